@@ -1,0 +1,747 @@
+//! The ensemble predictor of method.md §4: M small MLPs on standardised inputs and targets,
+//! each trained with AdamW on its own bootstrap resample, early-stopped on its own held-out
+//! slice, with its own seed; μ(x) = mean of the members, σ(x) = their standard deviation.
+
+use rand::Rng;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::data::Samples;
+use crate::error::{Error, Result};
+use crate::mlp::{AdamW, Mlp, Workspace};
+
+/// Training settings. [`Config::default`] is the one set of defaults used for every dataset
+/// (chosen for robustness on a few hundred noisy labels, not tuned to one file):
+///
+/// - **16 members**: ensembling is the most reliable variance reduction for small noisy data,
+///   and σ(x) drives active sampling (method.md §5); a standard deviation estimated from M
+///   members has relative error ≈ 1/√(2M), so 16 members give ≈ 18% where 8 give 25%.
+/// - **Two hidden layers of 32 SiLU units**: a few thousand weights for tens of inputs and
+///   hundreds of samples; smooth, so ∇ₓμ is continuous for the barrier search (method.md §6).
+/// - **AdamW, lr 3e-3, batch 32, decoupled weight decay 0.3** (each step shrinks weights by
+///   lr·λ ≈ 1e-3): strong shrinkage toward small weights, the classic remedy for small noisy
+///   regression sets; accuracy labels carry fine-tuning noise of a few tenths of a point.
+/// - **Early stopping** on a 20% held-out slice per member (a different slice per member, so
+///   the ensemble as a whole learns from every sample), patience 50 epochs, at most 1000
+///   epochs; the best-validation weights are kept.
+/// - **Bootstrap**: each member trains on a resample (with replacement) of its other 80%,
+///   which decorrelates the members and makes σ(x) more informative.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    /// Number of ensemble members M (≥ 1).
+    pub members: usize,
+    /// Hidden layer widths (each ≥ 1; at least one layer).
+    pub hidden: Vec<usize>,
+    /// Maximum training epochs per member (≥ 1).
+    pub max_epochs: usize,
+    /// Minibatch size (≥ 1).
+    pub batch_size: usize,
+    /// Adam learning rate (> 0).
+    pub learning_rate: f64,
+    /// Decoupled weight decay λ (≥ 0): each step multiplies weights by (1 − lr·λ).
+    pub weight_decay: f64,
+    /// Stop after this many epochs without a new best validation loss (≥ 1).
+    pub patience: usize,
+    /// Fraction of the training samples each member holds out for early stopping, in (0, 0.5].
+    pub val_frac: f64,
+    /// Train each member on a bootstrap resample of its non-held-out samples.
+    pub bootstrap: bool,
+    /// Seed of every random choice (member `m` uses ChaCha8 stream `m` of this seed).
+    pub seed: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            members: 16,
+            hidden: vec![32, 32],
+            max_epochs: 1000,
+            batch_size: 32,
+            learning_rate: 3e-3,
+            weight_decay: 0.3,
+            patience: 50,
+            val_frac: 0.2,
+            bootstrap: true,
+            seed: 0,
+        }
+    }
+}
+
+impl Config {
+    /// Checks every field; [`Error::Config`] names the first bad one and its value.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if self.members == 0 {
+            return bad("members must be ≥ 1, got 0".into());
+        }
+        if self.hidden.is_empty() || self.hidden.contains(&0) {
+            return bad(format!(
+                "hidden must be a non-empty list of widths ≥ 1, got {:?}",
+                self.hidden
+            ));
+        }
+        if self.max_epochs == 0 || self.batch_size == 0 || self.patience == 0 {
+            return bad(format!(
+                "max_epochs, batch_size and patience must be ≥ 1, got {}, {}, {}",
+                self.max_epochs, self.batch_size, self.patience
+            ));
+        }
+        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
+            return bad(format!(
+                "learning_rate must be finite and > 0, got {}",
+                self.learning_rate
+            ));
+        }
+        if !(self.weight_decay.is_finite()
+            && self.weight_decay >= 0.0
+            && self.learning_rate * self.weight_decay < 1.0)
+        {
+            return bad(format!(
+                "weight_decay must be ≥ 0 with lr·λ < 1, got {}",
+                self.weight_decay
+            ));
+        }
+        if !(self.val_frac > 0.0 && self.val_frac <= 0.5) {
+            return bad(format!(
+                "val_frac must be in (0, 0.5], got {}",
+                self.val_frac
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Mean and standard deviation used to standardise one quantity.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Scaler {
+    pub mean: Vec<f64>,
+    /// Standard deviation; a constant column gets 1 so it maps to 0 without dividing by 0.
+    pub std: Vec<f64>,
+}
+
+impl Scaler {
+    fn fit<'a>(cols: usize, rows: impl Iterator<Item = &'a [f64]> + Clone) -> Self {
+        let n = rows.clone().count() as f64;
+        let mut mean = vec![0.0; cols];
+        for r in rows.clone() {
+            for (m, v) in mean.iter_mut().zip(r) {
+                *m += v;
+            }
+        }
+        mean.iter_mut().for_each(|m| *m /= n);
+        let mut var = vec![0.0; cols];
+        for r in rows {
+            for ((s, v), m) in var.iter_mut().zip(r).zip(&mean) {
+                *s += (v - m) * (v - m);
+            }
+        }
+        let std = var
+            .into_iter()
+            .map(|s| (s / n).sqrt())
+            .map(|s| if s > 1e-12 { s } else { 1.0 })
+            .collect();
+        Self { mean, std }
+    }
+}
+
+/// Mean prediction and ensemble standard deviation per input row (accuracy units, e.g. %).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prediction {
+    /// μ(x) per row.
+    pub mean: Vec<f64>,
+    /// σ(x) per row: standard deviation over members (divisor M; 0 for a single member).
+    pub std: Vec<f64>,
+}
+
+/// A trained ensemble (see [`fit`]). Cheap to clone; `Send + Sync`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Predictor {
+    pub(crate) config: Config,
+    pub(crate) feature_names: Vec<String>,
+    pub(crate) target_name: String,
+    pub(crate) x_scaler: Scaler,
+    pub(crate) y_mean: f64,
+    pub(crate) y_std: f64,
+    pub(crate) members: Vec<Mlp>,
+    /// Best validation MSE (standardised units) and epochs trained, per member.
+    pub(crate) member_stats: Vec<MemberStats>,
+}
+
+/// Diagnostics of one member's training run.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct MemberStats {
+    /// Epochs actually run (≤ `max_epochs`).
+    pub epochs: usize,
+    /// Epoch (1-based) of the best validation loss, whose weights were kept.
+    pub best_epoch: usize,
+    /// Best validation mean squared error in standardised target units.
+    pub best_val_mse: f64,
+}
+
+/// Fits the ensemble of method.md §4 to `samples` with `config`.
+///
+/// Members train in parallel (rayon) but each draws only from its own ChaCha8 stream and the
+/// result is collected in member order, so the predictor is identical for any thread count.
+/// Errors: [`Error::Config`] for a bad config; [`Error::TooFewSamples`] for fewer than 4 samples.
+pub fn fit(samples: &Samples, config: &Config) -> Result<Predictor> {
+    config.validate()?;
+    let n = samples.len();
+    if n < 4 {
+        return Err(Error::TooFewSamples(format!(
+            "fit needs at least 4 samples, got {n}"
+        )));
+    }
+    let d = samples.n_features();
+    let x_scaler = Scaler::fit(d, samples.x().iter().map(|r| r.as_slice()));
+    let y_s = Scaler::fit(1, samples.y().chunks(1));
+    let (y_mean, y_std) = (y_s.mean[0], y_s.std[0]);
+    let xs: Vec<f32> = standardise(&x_scaler, samples.x().iter().map(|r| r.as_slice()));
+    let ys: Vec<f32> = samples
+        .y()
+        .iter()
+        .map(|&t| ((t - y_mean) / y_std) as f32)
+        .collect();
+    let mut sizes = vec![d];
+    sizes.extend(&config.hidden);
+    sizes.push(1);
+    let trained: Vec<(Mlp, MemberStats)> = (0..config.members)
+        .into_par_iter()
+        .map(|m| train_member(m, &sizes, &xs, &ys, config))
+        .collect();
+    let (members, member_stats) = trained.into_iter().unzip();
+    Ok(Predictor {
+        config: config.clone(),
+        feature_names: samples.feature_names().to_vec(),
+        target_name: samples.target_name().to_string(),
+        x_scaler,
+        y_mean,
+        y_std,
+        members,
+        member_stats,
+    })
+}
+
+fn standardise<'a>(s: &Scaler, rows: impl Iterator<Item = &'a [f64]>) -> Vec<f32> {
+    let mut out = Vec::new();
+    for r in rows {
+        out.extend(
+            r.iter()
+                .zip(&s.mean)
+                .zip(&s.std)
+                .map(|((v, m), sd)| ((v - m) / sd) as f32),
+        );
+    }
+    out
+}
+
+fn gather(xs: &[f32], ys: &[f32], d: usize, idx: &[usize], bx: &mut Vec<f32>, by: &mut Vec<f32>) {
+    bx.clear();
+    by.clear();
+    for &i in idx {
+        bx.extend_from_slice(&xs[i * d..(i + 1) * d]);
+        by.push(ys[i]);
+    }
+}
+
+/// Trains member `m`: its own stream, hold-out slice and bootstrap resample.
+fn train_member(
+    m: usize,
+    sizes: &[usize],
+    xs: &[f32],
+    ys: &[f32],
+    c: &Config,
+) -> (Mlp, MemberStats) {
+    let d = sizes[0];
+    let n = ys.len();
+    let mut rng = ChaCha8Rng::seed_from_u64(c.seed);
+    rng.set_stream(m as u64);
+    let mut perm: Vec<usize> = (0..n).collect();
+    perm.shuffle(&mut rng);
+    let n_val = ((c.val_frac * n as f64).round() as usize).clamp(1, n - 2);
+    let (val, pool) = perm.split_at(n_val);
+    let mut train: Vec<usize> = if c.bootstrap {
+        (0..pool.len())
+            .map(|_| pool[rng.random_range(0..pool.len())])
+            .collect()
+    } else {
+        pool.to_vec()
+    };
+    let mut net = Mlp::new(sizes.to_vec(), &mut rng);
+    let mut opt = AdamW::new(
+        net.params.len(),
+        c.learning_rate as f32,
+        c.weight_decay as f32,
+        net.weight_ranges(),
+    );
+    let (mut vx, mut vy) = (Vec::new(), Vec::new());
+    gather(xs, ys, d, val, &mut vx, &mut vy);
+    let (mut bx, mut by) = (Vec::new(), Vec::new());
+    let mut ws = Workspace::default();
+    let mut grad = vec![0.0f32; net.params.len()];
+    let mut d_out = Vec::new();
+    let mut best = (f64::INFINITY, 0usize, net.params.clone());
+    let mut epochs = 0;
+    for epoch in 1..=c.max_epochs {
+        epochs = epoch;
+        train.shuffle(&mut rng);
+        for batch in train.chunks(c.batch_size) {
+            gather(xs, ys, d, batch, &mut bx, &mut by);
+            let out = net.forward(&bx, &mut ws);
+            let scale = 1.0 / batch.len() as f32;
+            d_out.clear();
+            d_out.extend(out.iter().zip(&by).map(|(o, t)| (o - t) * scale));
+            grad.iter_mut().for_each(|g| *g = 0.0);
+            net.backward(&mut ws, &d_out, Some(&mut grad), None);
+            opt.step(&mut net.params, &grad);
+        }
+        let out = net.forward(&vx, &mut ws);
+        let mse = out
+            .iter()
+            .zip(&vy)
+            .map(|(o, t)| f64::from(o - t).powi(2))
+            .sum::<f64>()
+            / vy.len() as f64;
+        if mse < best.0 {
+            best = (mse, epoch, net.params.clone());
+        } else if epoch - best.1 >= c.patience {
+            break;
+        }
+    }
+    net.params = best.2;
+    (
+        net,
+        MemberStats {
+            epochs,
+            best_epoch: best.1,
+            best_val_mse: best.0,
+        },
+    )
+}
+
+/// Rows as the predictor's input: `&[Vec<f64>]`, `&[&[f64]]`, `&[[f64; D]]`, ...
+fn rows_to_f32<R: AsRef<[f64]>>(p: &Predictor, rows: &[R]) -> Result<Vec<f32>> {
+    let d = p.n_features();
+    for (i, r) in rows.iter().enumerate() {
+        let r = r.as_ref();
+        if r.len() != d {
+            return Err(Error::Shape(format!(
+                "input row {i} has {} features, the predictor expects {d}",
+                r.len()
+            )));
+        }
+        if let Some(j) = r.iter().position(|v| !v.is_finite()) {
+            return Err(Error::NonFinite(format!(
+                "input row {i}, feature {:?}: {}",
+                p.feature_names[j], r[j]
+            )));
+        }
+    }
+    Ok(standardise(&p.x_scaler, rows.iter().map(|r| r.as_ref())))
+}
+
+/// Rows per parallel chunk in batched prediction (small batches stay on the calling thread).
+const CHUNK: usize = 256;
+
+impl Predictor {
+    /// Number of input features `d`.
+    pub fn n_features(&self) -> usize {
+        self.x_scaler.mean.len()
+    }
+
+    /// Input feature names (length `d`), as in the training samples.
+    pub fn feature_names(&self) -> &[String] {
+        &self.feature_names
+    }
+
+    /// The target column the predictor was trained on.
+    pub fn target_name(&self) -> &str {
+        &self.target_name
+    }
+
+    /// The training configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Per-member training diagnostics.
+    pub fn member_stats(&self) -> &[MemberStats] {
+        &self.member_stats
+    }
+
+    /// Per-member outputs in target units, `[M][B]`, for standardised rows `z` (`[B, d]`).
+    fn member_outputs(&self, z: &[f32]) -> Vec<Vec<f64>> {
+        let d = self.n_features();
+        let b = z.len() / d;
+        let run = |chunk: &[f32]| -> Vec<Vec<f32>> {
+            let mut ws = Workspace::default();
+            self.members
+                .iter()
+                .map(|m| m.forward(chunk, &mut ws).to_vec())
+                .collect()
+        };
+        let parts: Vec<Vec<Vec<f32>>> = if b <= CHUNK {
+            vec![run(z)]
+        } else {
+            z.par_chunks(CHUNK * d).map(run).collect()
+        };
+        (0..self.members.len())
+            .map(|m| {
+                parts
+                    .iter()
+                    .flat_map(|p| p[m].iter())
+                    .map(|&o| f64::from(o) * self.y_std + self.y_mean)
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Batched prediction: μ(x) and σ(x) for every row (method.md §4), in target units.
+    ///
+    /// `rows`: B rows of `d` raw (unstandardised) features. Errors: [`Error::Shape`] for a row
+    /// of the wrong length, [`Error::NonFinite`] for NaN/inf. Deterministic; large batches run
+    /// in parallel chunks of 256 rows.
+    pub fn predict<R: AsRef<[f64]>>(&self, rows: &[R]) -> Result<Prediction> {
+        let z = rows_to_f32(self, rows)?;
+        let outs = self.member_outputs(&z);
+        Ok(mean_std(&outs, rows.len()))
+    }
+
+    /// [`Self::predict`] on a row-major matrix `x` of shape `[B, d]` (`x.len()` a multiple of `d`).
+    pub fn predict_matrix(&self, x: &[f64]) -> Result<Prediction> {
+        self.predict(&self.matrix_rows(x)?)
+    }
+
+    fn matrix_rows<'a>(&self, x: &'a [f64]) -> Result<Vec<&'a [f64]>> {
+        let d = self.n_features();
+        if x.len() % d != 0 {
+            return Err(Error::Shape(format!(
+                "matrix of {} values is not a multiple of d = {d}",
+                x.len()
+            )));
+        }
+        Ok(x.chunks(d).collect())
+    }
+
+    /// Batched analytic gradient ∇ₓμ(x) (in target units per raw feature unit), one `d`-vector
+    /// per row: the mean over members of the back-propagated input gradient, chained through
+    /// the input and target standardisation. Same errors as [`Self::predict`].
+    pub fn grad<R: AsRef<[f64]>>(&self, rows: &[R]) -> Result<Vec<Vec<f64>>> {
+        Ok(self.predict_grad(rows)?.1)
+    }
+
+    /// μ, σ and ∇ₓμ together (one forward pass per member), for gradient-based search.
+    pub fn predict_grad<R: AsRef<[f64]>>(&self, rows: &[R]) -> Result<(Prediction, Vec<Vec<f64>>)> {
+        let z = rows_to_f32(self, rows)?;
+        let d = self.n_features();
+        let b = rows.len();
+        let run = |chunk: &[f32]| -> (Vec<Vec<f32>>, Vec<f64>) {
+            let rb = chunk.len() / d;
+            let mut ws = Workspace::default();
+            let ones = vec![1.0f32; rb];
+            let mut dx = vec![0.0f32; chunk.len()];
+            let mut acc = vec![0.0f64; chunk.len()];
+            let mut outs = Vec::with_capacity(self.members.len());
+            for m in &self.members {
+                outs.push(m.forward(chunk, &mut ws).to_vec());
+                m.backward(&mut ws, &ones, None, Some(&mut dx));
+                acc.iter_mut()
+                    .zip(&dx)
+                    .for_each(|(a, g)| *a += f64::from(*g));
+            }
+            (outs, acc)
+        };
+        let parts: Vec<(Vec<Vec<f32>>, Vec<f64>)> = if b <= CHUNK {
+            vec![run(&z)]
+        } else {
+            z.par_chunks(CHUNK * d).map(run).collect()
+        };
+        let outs: Vec<Vec<f64>> = (0..self.members.len())
+            .map(|m| {
+                parts
+                    .iter()
+                    .flat_map(|p| p.0[m].iter())
+                    .map(|&o| f64::from(o) * self.y_std + self.y_mean)
+                    .collect()
+            })
+            .collect();
+        let scale = self.y_std / self.members.len() as f64;
+        let grads = parts
+            .iter()
+            .flat_map(|p| p.1.chunks(d))
+            .map(|g| {
+                g.iter()
+                    .zip(&self.x_scaler.std)
+                    .map(|(gj, sj)| gj * scale / sj)
+                    .collect()
+            })
+            .collect();
+        Ok((mean_std(&outs, b), grads))
+    }
+
+    /// The counterfactual sensitivity score of method.md §5 for one policy encoding `x`:
+    /// u(x) = mean over neighbours c of (μ(c) − μ(x))², where `neighbours` are the encodings
+    /// of the one-step-cheaper policies (computed by the caller from its search space).
+    /// No neighbours (the cheapest policy) gives 0. Units: target units squared.
+    pub fn counterfactual_score<R: AsRef<[f64]>>(
+        &self,
+        x: &[f64],
+        neighbours: &[R],
+    ) -> Result<f64> {
+        Ok(self.counterfactual_scores(&[x], |_, _| {
+            neighbours.iter().map(|c| c.as_ref().to_vec()).collect()
+        })?[0])
+    }
+
+    /// Batched [`Self::counterfactual_score`]: `neighbours(i, x_i)` returns the one-step-cheaper
+    /// neighbours of row `i`; all rows and neighbours are predicted in one batch.
+    pub fn counterfactual_scores<R, F>(&self, rows: &[R], neighbours: F) -> Result<Vec<f64>>
+    where
+        R: AsRef<[f64]>,
+        F: Fn(usize, &[f64]) -> Vec<Vec<f64>>,
+    {
+        let mut all: Vec<Vec<f64>> = rows.iter().map(|r| r.as_ref().to_vec()).collect();
+        let mut spans = Vec::with_capacity(rows.len());
+        for (i, r) in rows.iter().enumerate() {
+            let nb = neighbours(i, r.as_ref());
+            spans.push(all.len()..all.len() + nb.len());
+            all.extend(nb);
+        }
+        let mu = self.predict(&all)?.mean;
+        Ok(spans
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| {
+                if s.is_empty() {
+                    0.0
+                } else {
+                    let k = s.len() as f64;
+                    mu[s].iter().map(|c| (c - mu[i]).powi(2)).sum::<f64>() / k
+                }
+            })
+            .collect())
+    }
+}
+
+fn mean_std(outs: &[Vec<f64>], b: usize) -> Prediction {
+    let m = outs.len() as f64;
+    let mut mean = vec![0.0; b];
+    for o in outs {
+        mean.iter_mut().zip(o).for_each(|(a, v)| *a += v);
+    }
+    mean.iter_mut().for_each(|a| *a /= m);
+    let mut var = vec![0.0; b];
+    for o in outs {
+        var.iter_mut()
+            .zip(o)
+            .zip(&mean)
+            .for_each(|((s, v), mu)| *s += (v - mu) * (v - mu));
+    }
+    let std = var.into_iter().map(|s| (s / m).sqrt()).collect();
+    Prediction { mean, std }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A smooth nonlinear target on 4 features in [0, 1] (pure function of the seed).
+    pub(crate) fn synthetic(n: usize, seed: u64) -> Samples {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let x: Vec<Vec<f64>> = (0..n)
+            .map(|_| (0..4).map(|_| rng.random_range(0.0..1.0)).collect())
+            .collect();
+        let y = x
+            .iter()
+            .map(|r| 80.0 + 3.0 * r[0] * r[1] + 2.0 * (3.0 * r[2]).sin() - r[3])
+            .collect();
+        Samples::new(
+            (0..4).map(|j| format!("f{j}")).collect(),
+            "top1".into(),
+            x,
+            y,
+        )
+        .unwrap()
+    }
+
+    pub(crate) fn small() -> Config {
+        Config {
+            members: 3,
+            hidden: vec![16, 16],
+            max_epochs: 150,
+            patience: 30,
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn learns_a_nonlinear_function() {
+        let s = synthetic(300, 1);
+        let test = synthetic(100, 2);
+        let p = fit(&s, &small()).unwrap();
+        let pred = p.predict(test.x()).unwrap();
+        let r = crate::metrics::rmse(&pred.mean, test.y()).unwrap();
+        let ridge = crate::Ridge::fit_cv(&s, 0).unwrap();
+        let rr = crate::metrics::rmse(&ridge.predict(test.x()).unwrap(), test.y()).unwrap();
+        assert!(
+            r < 0.5 * rr,
+            "MLP RMSE {r} should beat ridge {rr} clearly on a nonlinear target"
+        );
+        assert!(pred.std.iter().all(|s| s.is_finite() && *s >= 0.0));
+    }
+
+    #[test]
+    fn same_result_for_any_thread_count() {
+        let s = synthetic(120, 3);
+        let cfg = Config {
+            max_epochs: 40,
+            ..small()
+        };
+        let run = |threads| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| fit(&s, &cfg).unwrap())
+        };
+        let (a, b) = (run(1), run(3));
+        assert_eq!(a, b);
+        // Large batches run in parallel chunks: also identical.
+        let rows: Vec<Vec<f64>> = (0..700).map(|i| s.x()[i % s.len()].clone()).collect();
+        let pa = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap()
+            .install(|| a.predict(&rows).unwrap());
+        let pb = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap()
+            .install(|| a.predict(&rows).unwrap());
+        assert_eq!(pa, pb);
+        // Different seed, different model.
+        assert_ne!(
+            fit(
+                &s,
+                &Config {
+                    seed: 9,
+                    ..cfg.clone()
+                }
+            )
+            .unwrap(),
+            a
+        );
+    }
+
+    #[test]
+    fn grad_matches_finite_differences() {
+        let s = synthetic(120, 4);
+        let p = fit(
+            &s,
+            &Config {
+                max_epochs: 60,
+                ..small()
+            },
+        )
+        .unwrap();
+        let rows: Vec<Vec<f64>> = s.x()[..5].to_vec();
+        let g = p.grad(&rows).unwrap();
+        let h = 1e-3;
+        for (r, gr) in rows.iter().zip(&g) {
+            for j in 0..r.len() {
+                let (mut a, mut b) = (r.clone(), r.clone());
+                a[j] += h;
+                b[j] -= h;
+                let mu = p.predict(&[a, b]).unwrap().mean;
+                let fd = (mu[0] - mu[1]) / (2.0 * h);
+                // f32 internals: central differences carry ~1e-4 absolute noise here.
+                assert!(
+                    (fd - gr[j]).abs() < 2e-2 * (1.0 + fd.abs()),
+                    "feature {j}: fd {fd} vs analytic {}",
+                    gr[j]
+                );
+            }
+        }
+        let (pred, g2) = p.predict_grad(&rows).unwrap();
+        assert_eq!(g, g2);
+        assert_eq!(pred, p.predict(&rows).unwrap());
+    }
+
+    #[test]
+    fn counterfactual_is_mean_squared_change() {
+        let s = synthetic(60, 5);
+        let p = fit(
+            &s,
+            &Config {
+                max_epochs: 20,
+                ..small()
+            },
+        )
+        .unwrap();
+        let x = s.x()[0].clone();
+        let nb = vec![s.x()[1].clone(), s.x()[2].clone()];
+        let mu = p
+            .predict(&[x.clone(), nb[0].clone(), nb[1].clone()])
+            .unwrap()
+            .mean;
+        let want = ((mu[1] - mu[0]).powi(2) + (mu[2] - mu[0]).powi(2)) / 2.0;
+        assert!((p.counterfactual_score(&x, &nb).unwrap() - want).abs() < 1e-12);
+        assert_eq!(
+            p.counterfactual_score(&x, &Vec::<Vec<f64>>::new()).unwrap(),
+            0.0
+        );
+        let batch = p
+            .counterfactual_scores(&[x.clone(), x.clone()], |i, _| {
+                if i == 0 { nb.clone() } else { vec![] }
+            })
+            .unwrap();
+        assert_eq!(batch.len(), 2);
+        assert!((batch[0] - want).abs() < 1e-12 && batch[1] == 0.0);
+    }
+
+    #[test]
+    fn bad_inputs_are_errors() {
+        let s = synthetic(30, 6);
+        let p = fit(
+            &s,
+            &Config {
+                max_epochs: 5,
+                ..small()
+            },
+        )
+        .unwrap();
+        assert!(matches!(p.predict(&[vec![0.0; 3]]), Err(Error::Shape(_))));
+        assert!(matches!(
+            p.grad(&[vec![0.0, f64::NAN, 0.0, 0.0]]),
+            Err(Error::NonFinite(_))
+        ));
+        assert!(matches!(p.predict_matrix(&[0.0; 7]), Err(Error::Shape(_))));
+        assert_eq!(p.predict_matrix(&[0.5; 8]).unwrap().mean.len(), 2);
+        assert!(matches!(
+            fit(&s.subset(&[0, 1, 2]), &small()),
+            Err(Error::TooFewSamples(_))
+        ));
+        for bad in [
+            Config {
+                members: 0,
+                ..small()
+            },
+            Config {
+                hidden: vec![],
+                ..small()
+            },
+            Config {
+                learning_rate: f64::NAN,
+                ..small()
+            },
+            Config {
+                val_frac: 0.0,
+                ..small()
+            },
+        ] {
+            assert!(matches!(fit(&s, &bad), Err(Error::Config(_))), "{bad:?}");
+        }
+    }
+}

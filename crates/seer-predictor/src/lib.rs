@@ -1,0 +1,40 @@
+//! seer-predictor: the accuracy predictor of SeerNet-rs (method.md §4).
+//!
+//! An ensemble of M small MLPs maps a policy encoding (or any feature row) to predicted
+//! accuracy: μ(x) is the members' mean and σ(x) their standard deviation (uncertainty for
+//! active sampling, method.md §5). ∇ₓμ is analytic (for the barrier search, method.md §6).
+//! Also here: CSV input, tie-aware Kendall's τ-b and Spearman's ρ, a ridge-regression baseline,
+//! repeated-split cross-validation, and a versioned safetensors file format.
+//!
+//! ```
+//! use seer_predictor::{Config, Samples, fit};
+//! // y = 2·x0 − x1 on a small grid.
+//! let x: Vec<Vec<f64>> = (0..40).map(|i| vec![(i % 8) as f64, (i / 8) as f64]).collect();
+//! let y: Vec<f64> = x.iter().map(|r| 2.0 * r[0] - r[1]).collect();
+//! let s = Samples::new(vec!["x0".into(), "x1".into()], "y".into(), x, y)?;
+//! let cfg = Config { members: 2, max_epochs: 50, ..Config::default() };
+//! let p = fit(&s, &cfg)?;
+//! let pred = p.predict(&[vec![7.0, 0.0], vec![0.0, 4.0]])?;
+//! assert!(pred.mean[0] > pred.mean[1]);
+//! let g = p.grad(&[vec![3.0, 2.0]])?; // ∂μ/∂x for that row
+//! assert!(g[0][0] > 0.0 && g[0][1] < 0.0);
+//! # Ok::<(), seer_predictor::Error>(())
+//! ```
+#![warn(missing_docs)]
+
+mod cv;
+mod data;
+mod ensemble;
+mod error;
+mod metrics;
+mod mlp;
+mod persist;
+mod ridge;
+
+pub use cv::{CvOptions, CvReport, SplitScores, Summary, cross_validate};
+pub use data::{CsvTable, DEFAULT_TARGET, Samples};
+pub use ensemble::{Config, MemberStats, Prediction, Predictor, fit};
+pub use error::{Error, Result};
+pub use metrics::{average_ranks, kendall_tau_b, pearson, rmse, spearman};
+pub use persist::{FORMAT, VERSION};
+pub use ridge::{Ridge, lambda_grid};

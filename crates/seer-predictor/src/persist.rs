@@ -1,0 +1,336 @@
+//! Saving and loading a trained [`Predictor`]: the one module that knows the file format.
+//!
+//! Format (safetensors, readable from Python with `safetensors.safe_open`):
+//! - tensors `member{m}.layer{l}.weight` f32 `[out, in]` and `member{m}.layer{l}.bias` f32
+//!   `[out]`; `scaler.x_mean`, `scaler.x_std` f64 `[d]`; `scaler.y` f64 `[2]` (mean, std);
+//!   `member_stats` f64 `[M, 3]` (epochs, best epoch, best validation MSE);
+//! - metadata key `seernet_predictor`: JSON `{"format": "seernet-predictor", "version": 1,
+//!   "config": {...}, "feature_names": [...], "target_name": "...", "sizes": [...]}`.
+//!
+//! A file of another format or a newer version is a clear error, never a guess.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use serde::{Deserialize, Serialize};
+
+use crate::ensemble::{Config, MemberStats, Predictor, Scaler};
+use crate::error::{Error, Result};
+use crate::mlp::Mlp;
+
+/// Value of the `format` field.
+pub const FORMAT: &str = "seernet-predictor";
+/// The format version this build writes (and the newest it reads).
+pub const VERSION: u32 = 1;
+const META_KEY: &str = "seernet_predictor";
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    format: String,
+    version: u32,
+    #[serde(default)]
+    config: Option<Config>,
+    #[serde(default)]
+    feature_names: Vec<String>,
+    #[serde(default)]
+    target_name: String,
+    #[serde(default)]
+    sizes: Vec<usize>,
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn f64_bytes(v: &[f64]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+impl Predictor {
+    /// Serialises to bytes in the format described in the module docs.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let header = Header {
+            format: FORMAT.into(),
+            version: VERSION,
+            config: Some(self.config.clone()),
+            feature_names: self.feature_names.clone(),
+            target_name: self.target_name.clone(),
+            sizes: self.members[0].sizes.clone(),
+        };
+        let meta = serde_json::to_string(&header)
+            .map_err(|e| Error::Shape(format!("encoding header: {e}")))?;
+        let mut blobs: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+        for (m, net) in self.members.iter().enumerate() {
+            let mut off = 0;
+            for (l, w) in net.sizes.windows(2).enumerate() {
+                let (i, o) = (w[0], w[1]);
+                blobs.push((
+                    format!("member{m}.layer{l}.weight"),
+                    Dtype::F32,
+                    vec![o, i],
+                    f32_bytes(&net.params[off..off + i * o]),
+                ));
+                off += i * o;
+                blobs.push((
+                    format!("member{m}.layer{l}.bias"),
+                    Dtype::F32,
+                    vec![o],
+                    f32_bytes(&net.params[off..off + o]),
+                ));
+                off += o;
+            }
+        }
+        let d = self.x_scaler.mean.len();
+        blobs.push((
+            "scaler.x_mean".into(),
+            Dtype::F64,
+            vec![d],
+            f64_bytes(&self.x_scaler.mean),
+        ));
+        blobs.push((
+            "scaler.x_std".into(),
+            Dtype::F64,
+            vec![d],
+            f64_bytes(&self.x_scaler.std),
+        ));
+        blobs.push((
+            "scaler.y".into(),
+            Dtype::F64,
+            vec![2],
+            f64_bytes(&[self.y_mean, self.y_std]),
+        ));
+        let stats: Vec<f64> = self
+            .member_stats
+            .iter()
+            .flat_map(|s| [s.epochs as f64, s.best_epoch as f64, s.best_val_mse])
+            .collect();
+        blobs.push((
+            "member_stats".into(),
+            Dtype::F64,
+            vec![self.member_stats.len(), 3],
+            f64_bytes(&stats),
+        ));
+        let views = blobs
+            .iter()
+            .map(|(name, dt, shape, data)| {
+                Ok((name.clone(), TensorView::new(*dt, shape.clone(), data)?))
+            })
+            .collect::<std::result::Result<Vec<_>, safetensors::SafeTensorError>>()
+            .map_err(|e| Error::Shape(format!("building tensors: {e}")))?;
+        let info = HashMap::from([(META_KEY.to_string(), meta)]);
+        safetensors::serialize(views, Some(info))
+            .map_err(|e| Error::Shape(format!("serialising: {e}")))
+    }
+
+    /// Writes the predictor to `path` (see the module docs for the format).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let bytes = self.to_bytes()?;
+        std::fs::write(path, bytes).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Reads a predictor written by [`Self::save`]. Errors: [`Error::Io`]; [`Error::Format`] for
+    /// a file that is not a seernet predictor, of a newer version, or inconsistent.
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_bytes(&bytes, path)
+    }
+
+    /// Parses bytes written by [`Self::to_bytes`]; `path` only names the source in errors.
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self> {
+        let bad = |message: String| Error::Format {
+            path: path.to_path_buf(),
+            message,
+        };
+        let (_, meta) = SafeTensors::read_metadata(bytes)
+            .map_err(|e| bad(format!("not a safetensors file ({e})")))?;
+        let json = meta
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get(META_KEY))
+            .ok_or_else(|| {
+                bad(format!(
+                    "safetensors file without a {META_KEY:?} header: not a seernet predictor"
+                ))
+            })?;
+        let header: Header =
+            serde_json::from_str(json).map_err(|e| bad(format!("malformed header: {e}")))?;
+        if header.format != FORMAT {
+            return Err(bad(format!(
+                "format is {:?}, expected {FORMAT:?}",
+                header.format
+            )));
+        }
+        if header.version > VERSION {
+            return Err(bad(format!(
+                "format version {} is newer than this build supports ({VERSION}); upgrade seernet",
+                header.version
+            )));
+        }
+        if header.version == 0 {
+            return Err(bad("format version 0 is not valid".into()));
+        }
+        let config = header
+            .config
+            .ok_or_else(|| bad("header has no config".into()))?;
+        let st =
+            SafeTensors::deserialize(bytes).map_err(|e| bad(format!("reading tensors: {e}")))?;
+        let get = |name: &str, dt: Dtype, shape: &[usize]| -> Result<Vec<u8>> {
+            let t = st
+                .tensor(name)
+                .map_err(|_| bad(format!("missing tensor {name:?}")))?;
+            if t.dtype() != dt || t.shape() != shape {
+                return Err(bad(format!(
+                    "tensor {name:?} is {:?} {:?}, expected {dt:?} {shape:?}",
+                    t.dtype(),
+                    t.shape()
+                )));
+            }
+            Ok(t.data().to_vec())
+        };
+        let f32s = |b: Vec<u8>| -> Vec<f32> {
+            b.chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect()
+        };
+        let f64s = |b: Vec<u8>| -> Vec<f64> {
+            b.chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                .collect()
+        };
+        let sizes = header.sizes;
+        if sizes.len() < 2 || sizes.contains(&0) || *sizes.last().unwrap() != 1 {
+            return Err(bad(format!("invalid layer sizes {sizes:?}")));
+        }
+        let d = sizes[0];
+        if header.feature_names.len() != d {
+            return Err(bad(format!(
+                "{} feature names for {d} inputs",
+                header.feature_names.len()
+            )));
+        }
+        let mut members = Vec::with_capacity(config.members);
+        for m in 0..config.members {
+            let mut params = Vec::new();
+            for (l, w) in sizes.windows(2).enumerate() {
+                params.extend(f32s(get(
+                    &format!("member{m}.layer{l}.weight"),
+                    Dtype::F32,
+                    &[w[1], w[0]],
+                )?));
+                params.extend(f32s(get(
+                    &format!("member{m}.layer{l}.bias"),
+                    Dtype::F32,
+                    &[w[1]],
+                )?));
+            }
+            if params.iter().any(|p| !p.is_finite()) {
+                return Err(bad(format!("member {m} has non-finite weights")));
+            }
+            members.push(Mlp {
+                sizes: sizes.clone(),
+                params,
+            });
+        }
+        let x_mean = f64s(get("scaler.x_mean", Dtype::F64, &[d])?);
+        let x_std = f64s(get("scaler.x_std", Dtype::F64, &[d])?);
+        let y = f64s(get("scaler.y", Dtype::F64, &[2])?);
+        if x_std
+            .iter()
+            .chain(&y[1..])
+            .any(|s| !(s.is_finite() && *s > 0.0))
+        {
+            return Err(bad(
+                "scaler standard deviations must be finite and > 0".into()
+            ));
+        }
+        let stats = f64s(get("member_stats", Dtype::F64, &[config.members, 3])?);
+        let member_stats = stats
+            .chunks(3)
+            .map(|s| MemberStats {
+                epochs: s[0] as usize,
+                best_epoch: s[1] as usize,
+                best_val_mse: s[2],
+            })
+            .collect();
+        Ok(Predictor {
+            config,
+            feature_names: header.feature_names,
+            target_name: header.target_name,
+            x_scaler: Scaler {
+                mean: x_mean,
+                std: x_std,
+            },
+            y_mean: y[0],
+            y_std: y[1],
+            members,
+            member_stats,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ensemble::tests::{small, synthetic};
+
+    #[test]
+    fn round_trip_is_exact() {
+        let s = synthetic(50, 11);
+        let p = crate::fit(
+            &s,
+            &Config {
+                max_epochs: 10,
+                ..small()
+            },
+        )
+        .unwrap();
+        let bytes = p.to_bytes().unwrap();
+        let q = Predictor::from_bytes(&bytes, Path::new("mem")).unwrap();
+        assert_eq!(p, q);
+    }
+
+    #[test]
+    fn future_version_and_foreign_files_are_errors() {
+        let s = synthetic(50, 12);
+        let p = crate::fit(
+            &s,
+            &Config {
+                max_epochs: 5,
+                ..small()
+            },
+        )
+        .unwrap();
+        let bytes = p.to_bytes().unwrap();
+        // Rewrite the header's version byte in place (same length keeps the file consistent).
+        let pat = b"\\\"version\\\":1";
+        let at = bytes
+            .windows(pat.len())
+            .position(|w| w == pat)
+            .expect("version field in header");
+        let mut future = bytes.clone();
+        future[at + pat.len() - 1] = b'9';
+        let e = Predictor::from_bytes(&future, Path::new("p.st"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("p.st") && e.contains("version 9 is newer"),
+            "{e}"
+        );
+        let e = Predictor::from_bytes(b"not a model", Path::new("x"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a safetensors file"), "{e}");
+        let other = safetensors::serialize(Vec::<(String, TensorView)>::new(), None).unwrap();
+        let e = Predictor::from_bytes(&other, Path::new("y"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a seernet predictor"), "{e}");
+    }
+}
