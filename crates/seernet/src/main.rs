@@ -1,0 +1,40 @@
+//! The `seernet` command-line tool: one subcommand per area, each in `src/cli/<area>.rs`.
+
+mod cli;
+
+use clap::{Parser, Subcommand};
+
+/// SeerNet-rs: automatic compression of CNNs (structured pruning + mixed precision).
+#[derive(Parser, Debug)]
+#[command(name = "seernet", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// MACs, BOPs and model size of a network under a policy, per layer and in total.
+    Complexity(cli::complexity::ComplexityArgs),
+    /// The searchable units and residual tie groups of a network's search space.
+    Space(cli::space::SpaceArgsCmd),
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Complexity(a) => cli::complexity::run(a),
+        Command::Space(a) => cli::space::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
