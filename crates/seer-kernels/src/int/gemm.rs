@@ -1,0 +1,570 @@
+//! The `u8 × i8 → i32` GEMM: `C[m, n] = Σ_k A[m, k] · W[n, k]`, run-time dispatched,
+//! cache-blocked and parallel (rayon).
+//!
+//! `A` holds unsigned activation codes (one row per output pixel, NHWC im2col rows), `W`
+//! signed weight codes (one row per output channel), so both operands are contiguous along
+//! the reduction `k`. Weights are rearranged once per call into a [`WeightPanel`]: panels of
+//! [`NR`] = 16 output channels, `k` in groups of 4, each group of a panel 64 bytes
+//! (`[channel][k mod 4]`) — exactly one AVX-512 register, or two AVX2 registers, whose
+//! 32-bit lanes are the 16 channels. The kernels broadcast 4 consecutive activation bytes
+//! of one row to every lane and multiply-accumulate them into 16 channel sums.
+//!
+//! Paths ([`Isa`]) and their exactness:
+//! - **AVX-512 VNNI**: `vpdpbusd` (u8×i8 products summed 4 at a time into i32, never
+//!   saturating): exact for all codes. 8 rows × 16 channels per micro-tile.
+//! - **AVX2**: `vpmaddubsw` multiplies u8×i8 and adds adjacent pairs into a *saturating*
+//!   i16. With `A ≤ a_max` and `|W| ≤ w_max` (measured on the actual operands), a pair sum
+//!   is bounded by `P = 2·a_max·w_max`. If `P ≤ 32767` no saturation can occur; then `s =
+//!   ⌊32767 / P⌋` pair sums can even be accumulated in i16 before widening to i32 with
+//!   `vpmaddwd` (kernel `avx2-i16`, used when `s ≥ 4`, i.e. low bit-widths: 64 MACs per
+//!   multiply uop pair instead of 32), otherwise every pair sum is widened at once (kernel
+//!   `avx2-i32`). If `P > 32767` (8-bit activations × weights beyond ±64, e.g. int8×int8) the
+//!   kernel `avx2-wide` sign-extends both operands to i16 and uses `vpmaddwd` only, which
+//!   cannot overflow. So every AVX2 result is exact; `tests::avx2_saturation_boundary`
+//!   checks the boundary cases.
+//! - **Portable**: the same blocking with plain Rust loops (i32 accumulation).
+//!
+//! Accumulation is in i32: the call fails (never wraps) if `k·a_max·w_max` exceeds
+//! `i32::MAX`.
+//!
+//! Low-bit weights are unpacked "on the fly" at layer-call time: [`WeightPanel::from_packed`]
+//! unpacks a bit-packed [`PackedWeights`] into the panel in `O(n·k)`, which is `1/m` of the
+//! GEMM's `O(m·n·k)`; the `int` bench measures that share (see docs/benchmarks.md), so no
+//! int8 copy of the weights has to be kept resident.
+
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+use super::Isa;
+use super::error::{Result, check_len, invalid};
+use super::pack::{PackedWeights, unpack_signed_into};
+
+/// Output channels per panel (lanes of one AVX-512 register).
+pub const NR: usize = 16;
+/// Reduction-dimension block (in `k`), a multiple of 4: one block of a panel is 16 KiB.
+const KC: usize = 1024;
+/// Target rows per parallel task (rounded to the micro-kernel's row count).
+const MC: usize = 64;
+
+/// Weights arranged for the micro-kernels: `n` output channels padded to panels of [`NR`],
+/// `k` padded to a multiple of 4 with zeros. Layout of `data` (i8):
+/// `[n.div_ceil(16)][kp/4][16 channels][4 k]`.
+#[derive(Debug)]
+pub struct WeightPanel {
+    n: usize,
+    k: usize,
+    kp: usize,
+    wmax: u32,
+    data: Vec<i8>,
+    /// The same codes as i16, `[panels][kp/2][16][2]`, built on first use by `avx2-wide`.
+    wide: OnceLock<Vec<i16>>,
+}
+
+impl WeightPanel {
+    /// Builds the panel from row-major codes `w` (`[n, k]`, one row per output channel).
+    ///
+    /// Errors: `ShapeMismatch` if `w.len() != n·k`; `InvalidArgument` if `n` or `k` is 0 or a
+    /// code is −128 (outside every symmetric range).
+    pub fn from_codes(w: &[i8], n: usize, k: usize) -> Result<Self> {
+        check_len("weight codes", n * k, w.len())?;
+        if n == 0 || k == 0 {
+            return Err(invalid("weight panel", format!("empty shape [{n}, {k}]")));
+        }
+        if w.contains(&i8::MIN) {
+            return Err(invalid(
+                "weight codes",
+                "code -128 is outside the symmetric range",
+            ));
+        }
+        let mut p = Self::empty(n, k);
+        for (r, row) in w.chunks_exact(k).enumerate() {
+            p.put_row(r, row, None);
+        }
+        Ok(p)
+    }
+
+    /// Unpacks bit-packed weights into a panel (`n = rows`, `k = cols`).
+    pub fn from_packed(w: &PackedWeights) -> Self {
+        Self::from_packed_permuted(w, None)
+    }
+
+    /// Like [`from_packed`](Self::from_packed), but panel column `j` takes packed column
+    /// `perm[j]` (used by convolution to reorder OIHW weights to the im2col order
+    /// `(kh, kw, c_in)`). Panics if `perm.len() != cols` or an index is out of range.
+    pub fn from_packed_permuted(w: &PackedWeights, perm: Option<&[usize]>) -> Self {
+        let (n, k) = (w.rows(), w.cols());
+        if let Some(p) = perm {
+            assert_eq!(p.len(), k, "permutation length");
+        }
+        let mut p = Self::empty(n, k);
+        let mut row = vec![0i8; k];
+        for r in 0..n {
+            unpack_signed_into(w.row(r), w.bits(), &mut row);
+            p.put_row(r, &row, perm);
+        }
+        p
+    }
+
+    fn empty(n: usize, k: usize) -> Self {
+        let kp = k.next_multiple_of(4);
+        let panels = n.div_ceil(NR);
+        Self {
+            n,
+            k,
+            kp,
+            wmax: 0,
+            data: vec![0; panels * kp * NR],
+            wide: OnceLock::new(),
+        }
+    }
+
+    fn put_row(&mut self, r: usize, row: &[i8], perm: Option<&[usize]>) {
+        let (p, j) = (r / NR, r % NR);
+        let base = p * self.kp * NR;
+        for kk in 0..self.k {
+            let q = match perm {
+                Some(perm) => row[perm[kk]],
+                None => row[kk],
+            };
+            self.wmax = self.wmax.max(q.unsigned_abs() as u32);
+            self.data[base + ((kk / 4) * NR + j) * 4 + kk % 4] = q;
+        }
+    }
+
+    /// Output channels `n`.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+    /// Reduction length `k`.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+    /// Largest `|code|` in the panel.
+    pub fn wmax(&self) -> u32 {
+        self.wmax
+    }
+
+    fn panels(&self) -> usize {
+        self.n.div_ceil(NR)
+    }
+
+    /// Pointer to panel `p`, starting at reduction index `k0` (a multiple of 4).
+    fn ptr_i8(&self, p: usize, k0: usize) -> *const i8 {
+        self.data[p * self.kp * NR + k0 * NR..].as_ptr()
+    }
+
+    fn wide(&self) -> &[i16] {
+        self.wide.get_or_init(|| {
+            let mut out = vec![0i16; self.data.len()];
+            for p in 0..self.panels() {
+                let base = p * self.kp * NR;
+                for kk in 0..self.kp {
+                    for j in 0..NR {
+                        out[base + ((kk / 2) * NR + j) * 2 + kk % 2] =
+                            self.data[base + ((kk / 4) * NR + j) * 4 + kk % 4] as i16;
+                    }
+                }
+            }
+            out
+        })
+    }
+}
+
+/// The micro-kernel a GEMM call runs (chosen from the ISA and the operands' ranges).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// AVX-512 VNNI `vpdpbusd`.
+    Vnni,
+    /// AVX2 `vpmaddubsw` + `vpmaddwd` per step (no saturation possible).
+    Avx2I32,
+    /// AVX2 `vpmaddubsw` accumulated in i16 for `s` steps, then widened.
+    Avx2I16 {
+        /// Steps (groups of 4 `k`) between widenings.
+        s: usize,
+    },
+    /// AVX2 `vpmaddwd` on operands sign-extended to i16 (exact for any codes).
+    Avx2Wide,
+    /// Plain Rust.
+    Portable,
+}
+
+impl Kernel {
+    /// Rows per micro-tile.
+    fn mr(self) -> usize {
+        match self {
+            Kernel::Vnni => 8,
+            _ => 4,
+        }
+    }
+
+    /// Picks the kernel for `isa` given the operands' largest activation code and |weight|.
+    pub fn choose(isa: Isa, amax: u32, wmax: u32) -> Kernel {
+        match isa {
+            Isa::Avx512Vnni => Kernel::Vnni,
+            Isa::Portable => Kernel::Portable,
+            Isa::Avx2 => {
+                let pair = 2 * amax * wmax;
+                if pair == 0 {
+                    Kernel::Avx2I16 { s: usize::MAX }
+                } else if pair > i16::MAX as u32 {
+                    Kernel::Avx2Wide
+                } else {
+                    let s = (i16::MAX as u32 / pair) as usize;
+                    if s >= 4 {
+                        Kernel::Avx2I16 { s }
+                    } else {
+                        Kernel::Avx2I32
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `C = A · Wᵀ` with the best path for this CPU; see [`gemm_u8i8_with`].
+pub fn gemm_u8i8(a: &[u8], m: usize, w: &WeightPanel, c: &mut [i32]) -> Result<()> {
+    gemm_u8i8_with(Isa::detect(), a, m, w, c).map(|_| ())
+}
+
+/// `C[m, n] = Σ_k A[m, k] · W[n, k]` on path `isa`; returns the micro-kernel used.
+///
+/// `a`: `[m, k]` row-major u8 activation codes; `w`: weights (`n × k`) as a panel; `c`:
+/// `[m, n]` row-major i32, overwritten. Exact (no saturation, no wrap-around) on every path.
+///
+/// Errors: `ShapeMismatch` for wrong buffer lengths; `InvalidArgument` if `isa` is not
+/// available on this CPU or if `k·max(A)·max|W|` could overflow i32.
+pub fn gemm_u8i8_with(
+    isa: Isa,
+    a: &[u8],
+    m: usize,
+    w: &WeightPanel,
+    c: &mut [i32],
+) -> Result<Kernel> {
+    let (n, k) = (w.n, w.k);
+    check_len("gemm activations", m * k, a.len())?;
+    check_len("gemm output", m * n, c.len())?;
+    if !isa.is_available() {
+        return Err(invalid(
+            "gemm",
+            format!(
+                "instruction set {} is not available on this CPU",
+                isa.name()
+            ),
+        ));
+    }
+    let amax = a.iter().copied().max().unwrap_or(0) as u32;
+    if (k as u64) * amax as u64 * w.wmax as u64 > i32::MAX as u64 {
+        return Err(invalid(
+            "gemm",
+            format!(
+                "k = {k} with codes up to {amax}×{} may overflow i32",
+                w.wmax
+            ),
+        ));
+    }
+    let kernel = Kernel::choose(isa, amax, w.wmax);
+    if m == 0 {
+        return Ok(kernel);
+    }
+    let mr = kernel.mr();
+    let mc = MC.next_multiple_of(mr);
+    let m_blocks = m.div_ceil(mc);
+    let panels = w.panels();
+    let target = 4 * rayon::current_num_threads();
+    let n_groups = target.div_ceil(m_blocks).clamp(1, panels);
+    let panels_per_group = panels.div_ceil(n_groups);
+    let n_groups = panels.div_ceil(panels_per_group);
+    let cptr = SyncPtr(c.as_mut_ptr());
+    let task = |t: usize| {
+        let (mb, ng) = (t / n_groups, t % n_groups);
+        let rows = mb * mc..((mb + 1) * mc).min(m);
+        let pans = ng * panels_per_group..((ng + 1) * panels_per_group).min(panels);
+        // SAFETY: tasks write disjoint (row range × panel range) tiles of `c`, which has
+        // m·n elements (checked above) and outlives the parallel loop.
+        unsafe { block(kernel, a, k, w, rows, pans, cptr.get(), n) };
+    };
+    if m_blocks * n_groups == 1 {
+        task(0);
+    } else {
+        (0..m_blocks * n_groups).into_par_iter().for_each(task);
+    }
+    Ok(kernel)
+}
+
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut i32);
+// SAFETY: used only to hand disjoint output tiles to rayon tasks.
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+impl SyncPtr {
+    fn get(self) -> *mut i32 {
+        self.0
+    }
+}
+
+/// Computes rows `rows` × panels `pans` of C.
+///
+/// # Safety
+/// `c` must point to an `[m, n]` i32 buffer containing the tile, not written concurrently.
+unsafe fn block(
+    kernel: Kernel,
+    a: &[u8],
+    k: usize,
+    w: &WeightPanel,
+    rows: std::ops::Range<usize>,
+    pans: std::ops::Range<usize>,
+    c: *mut i32,
+    n: usize,
+) {
+    let mr = kernel.mr();
+    let strips = rows.len().div_ceil(mr);
+    let wide = matches!(kernel, Kernel::Avx2Wide);
+    let wide_w = if wide { Some(w.wide()) } else { None };
+    let mut apack_u8: Vec<u8> = Vec::new();
+    let mut apack_i16: Vec<i16> = Vec::new();
+    let mut tile = [0i32; 8 * NR];
+    let mut k0 = 0;
+    while k0 < w.kp {
+        let kc = KC.min(w.kp - k0);
+        // Pack the A block: strips of `mr` rows, `[k/4][mr][4]` (u8) or `[k/2][mr][2]` (i16).
+        if wide {
+            apack_i16.clear();
+            apack_i16.resize(strips * kc * mr, 0);
+        } else {
+            apack_u8.clear();
+            apack_u8.resize(strips * kc * mr, 0);
+        }
+        for (s, strip_rows) in (0..strips).map(|s| {
+            (
+                s,
+                rows.start + s * mr..(rows.start + (s + 1) * mr).min(rows.end),
+            )
+        }) {
+            for (i, r) in strip_rows.enumerate() {
+                let arow = &a[r * k..(r + 1) * k];
+                let kend = (k0 + kc).min(k);
+                for kk in k0..kend {
+                    let rel = kk - k0;
+                    if wide {
+                        apack_i16[s * kc * mr + ((rel / 2) * mr + i) * 2 + rel % 2] =
+                            arow[kk] as i16;
+                    } else {
+                        apack_u8[s * kc * mr + ((rel / 4) * mr + i) * 4 + rel % 4] = arow[kk];
+                    }
+                }
+            }
+        }
+        for p in pans.clone() {
+            let ncols = NR.min(n - p * NR);
+            let bptr = w.ptr_i8(p, k0);
+            for s in 0..strips {
+                let r0 = rows.start + s * mr;
+                let nrows = mr.min(rows.end - r0);
+                let tile = &mut tile[..mr * NR];
+                // SAFETY: the packed strips hold kc·mr codes, the panel block kc·16 codes;
+                // the ISA was checked to be available by the caller.
+                unsafe {
+                    match kernel {
+                        Kernel::Portable => {
+                            micro_portable(&apack_u8[s * kc * mr..][..kc * mr], bptr, kc / 4, tile)
+                        }
+                        #[cfg(target_arch = "x86_64")]
+                        Kernel::Vnni => super::x86::vnni_8x16(
+                            apack_u8[s * kc * mr..].as_ptr(),
+                            bptr,
+                            kc / 4,
+                            tile,
+                        ),
+                        #[cfg(target_arch = "x86_64")]
+                        Kernel::Avx2I32 => super::x86::avx2_i32_4x16(
+                            apack_u8[s * kc * mr..].as_ptr(),
+                            bptr,
+                            kc / 4,
+                            tile,
+                        ),
+                        #[cfg(target_arch = "x86_64")]
+                        Kernel::Avx2I16 { s: steps } => super::x86::avx2_i16_4x16(
+                            apack_u8[s * kc * mr..].as_ptr(),
+                            bptr,
+                            kc / 4,
+                            steps,
+                            tile,
+                        ),
+                        #[cfg(target_arch = "x86_64")]
+                        Kernel::Avx2Wide => {
+                            let wb =
+                                wide_w.expect("wide panel")[p * w.kp * NR + k0 * NR..].as_ptr();
+                            super::x86::avx2_wide_4x16(
+                                apack_i16[s * kc * mr..].as_ptr(),
+                                wb,
+                                kc / 2,
+                                tile,
+                            )
+                        }
+                        #[cfg(not(target_arch = "x86_64"))]
+                        _ => unreachable!("x86 kernel on another architecture"),
+                    }
+                }
+                for i in 0..nrows {
+                    // SAFETY: row r0+i < m and columns p·16 .. p·16+ncols ≤ n lie inside c.
+                    let crow = unsafe {
+                        std::slice::from_raw_parts_mut(c.add((r0 + i) * n + p * NR), ncols)
+                    };
+                    let trow = &tile[i * NR..i * NR + ncols];
+                    if k0 == 0 {
+                        crow.copy_from_slice(trow);
+                    } else {
+                        crow.iter_mut().zip(trow).for_each(|(c, t)| *c += t);
+                    }
+                }
+            }
+        }
+        k0 += kc;
+    }
+}
+
+/// Portable micro-kernel: 4 rows × 16 channels over `groups` groups of 4 `k`.
+///
+/// # Safety
+/// `b` must point to `groups·64` readable bytes.
+unsafe fn micro_portable(a: &[u8], b: *const i8, groups: usize, tile: &mut [i32]) {
+    // SAFETY: guaranteed by the caller.
+    let b = unsafe { std::slice::from_raw_parts(b, groups * 64) };
+    let mut acc = [[0i32; NR]; 4];
+    for g in 0..groups {
+        let bg = &b[g * 64..g * 64 + 64];
+        for (i, acc) in acc.iter_mut().enumerate() {
+            let av = &a[(g * 4 + i) * 4..(g * 4 + i) * 4 + 4];
+            for (j, acc) in acc.iter_mut().enumerate() {
+                let bj = &bg[j * 4..j * 4 + 4];
+                *acc += av[0] as i32 * bj[0] as i32
+                    + av[1] as i32 * bj[1] as i32
+                    + av[2] as i32 * bj[2] as i32
+                    + av[3] as i32 * bj[3] as i32;
+            }
+        }
+    }
+    for (i, acc) in acc.iter().enumerate() {
+        tile[i * NR..(i + 1) * NR].copy_from_slice(acc);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::int::reference;
+    use proptest::prelude::*;
+
+    fn lcg(seed: u64) -> impl FnMut() -> u64 {
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        move || {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            s >> 33
+        }
+    }
+
+    fn check_all_paths(a: &[u8], m: usize, w: &[i8], n: usize, k: usize) -> Vec<Kernel> {
+        let want = reference::gemm_u8i8(a, m, w, n, k);
+        let panel = WeightPanel::from_codes(w, n, k).unwrap();
+        let mut used = Vec::new();
+        for isa in Isa::available() {
+            let mut c = vec![i32::MIN; m * n];
+            let kern = gemm_u8i8_with(isa, a, m, &panel, &mut c).unwrap();
+            assert_eq!(c, want, "{isa:?} ({kern:?}) m={m} n={n} k={k}");
+            used.push(kern);
+        }
+        used
+    }
+
+    #[test]
+    fn avx2_saturation_boundary() {
+        // Extreme codes: every pair sum of vpmaddubsw would saturate (255·127·2 > 32767).
+        let (m, n, k) = (9, 17, 37);
+        let a = vec![255u8; m * k];
+        let w: Vec<i8> = (0..n * k)
+            .map(|i| if i % 3 == 0 { -127 } else { 127 })
+            .collect();
+        let used = check_all_paths(&a, m, &w, n, k);
+        if Isa::Avx2.is_available() {
+            assert!(used.contains(&Kernel::Avx2Wide));
+        }
+        // Largest non-saturating ranges: 255 × 64 (pair = 32640) -> avx2-i32;
+        // 127 × 127 (pair = 32258) -> avx2-i32; 15 × 7 -> avx2-i16 with s = 156.
+        for (amax, wmax, expect) in [
+            (255u8, 64i8, Kernel::Avx2I32),
+            (127, 127, Kernel::Avx2I32),
+            (15, 7, Kernel::Avx2I16 { s: 156 }),
+            (255, 65, Kernel::Avx2Wide),
+        ] {
+            assert_eq!(Kernel::choose(Isa::Avx2, amax as u32, wmax as u32), expect);
+            let a = vec![amax; m * k];
+            let w: Vec<i8> = (0..n * k)
+                .map(|i| if i % 5 == 1 { -wmax } else { wmax })
+                .collect();
+            let used = check_all_paths(&a, m, &w, n, k);
+            if Isa::Avx2.is_available() {
+                assert!(used.contains(&expect));
+            }
+        }
+    }
+
+    #[test]
+    fn all_zero_and_tiny_shapes() {
+        check_all_paths(&[0; 12], 3, &[0; 8], 2, 4);
+        check_all_paths(&[7], 1, &[-3], 1, 1);
+        let mut c = vec![1i32; 0];
+        let p = WeightPanel::from_codes(&[1, 2], 2, 1).unwrap();
+        gemm_u8i8(&[], 0, &p, &mut c).unwrap();
+        assert!(gemm_u8i8(&[1], 2, &p, &mut c).is_err());
+        assert!(WeightPanel::from_codes(&[-128], 1, 1).is_err());
+    }
+
+    #[test]
+    fn large_blocked_and_parallel() {
+        // k > KC exercises k-blocking; m > MC and n > 16 exercise the task grid.
+        let (m, n, k) = (131, 70, KC + 77);
+        let mut r = lcg(3);
+        for (amax, wmax) in [(255u64, 127u64), (15, 7), (63, 31)] {
+            let a: Vec<u8> = (0..m * k).map(|_| (r() % (amax + 1)) as u8).collect();
+            let w: Vec<i8> = (0..n * k)
+                .map(|_| ((r() % (2 * wmax + 1)) as i64 - wmax as i64) as i8)
+                .collect();
+            check_all_paths(&a, m, &w, n, k);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn matches_reference(m in 1usize..40, n in 1usize..40, k in 1usize..80,
+                             abits in 2u32..=8, wbits in 2u32..=8, seed in any::<u64>(),
+                             zero_channel in any::<bool>()) {
+            let mut r = lcg(seed);
+            let amax = (1u64 << abits) - 1;
+            let wmax = (1u64 << (wbits - 1)) - 1;
+            let a: Vec<u8> = (0..m * k).map(|_| (r() % (amax + 1)) as u8).collect();
+            let mut w: Vec<i8> = (0..n * k).map(|_| ((r() % (2 * wmax + 1)) as i64 - wmax as i64) as i8).collect();
+            if zero_channel {
+                w[..k].fill(0);
+            }
+            check_all_paths(&a, m, &w, n, k);
+        }
+
+        #[test]
+        fn from_packed_equals_from_codes(n in 1usize..20, k in 1usize..50, bits in 2u32..=8, seed in any::<u64>()) {
+            let mut r = lcg(seed);
+            let q = (1i64 << (bits - 1)) - 1;
+            let w: Vec<i8> = (0..n * k).map(|_| ((r() as i64 % (2 * q + 1)) - q) as i8).collect();
+            let packed = PackedWeights::from_codes(&w, n, k, bits, vec![1.0; n]).unwrap();
+            let a = WeightPanel::from_packed(&packed);
+            let b = WeightPanel::from_codes(&w, n, k).unwrap();
+            prop_assert_eq!(&a.data, &b.data);
+            prop_assert_eq!(a.wmax, b.wmax);
+        }
+    }
+}

@@ -1,0 +1,578 @@
+//! Integer layers on NHWC `u8` activation codes: convolution (im2col + GEMM), linear,
+//! requantisation with fused ReLU/clip (and residual add), max/avg/global-average pooling.
+//!
+//! Real values follow method.md §3: an activation code `q` of a tensor with clip range `α`
+//! at `b` bits means `q·α/(2^b−1)`; a weight code of output channel `c` means `q·s_c`. A
+//! layer's i32 accumulator `acc[c]` therefore means `acc·s_in·s_c` (`s_in` the input's step),
+//! to which the folded BatchNorm scale and bias apply: [`Requant`] carries the per-channel
+//! real value of one accumulator unit (`acc_scale[c] = s_in·s_c·γ_c/σ_c`) and bias.
+
+use rayon::prelude::*;
+
+use super::Isa;
+use super::error::{Result, check_len, invalid};
+use super::gemm::{WeightPanel, gemm_u8i8_with};
+use super::pack::{PackedWeights, check_alpha, qmax_unsigned};
+
+/// Shape of a (dense, ungrouped) 2-D convolution on an NHWC input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvGeom {
+    /// Batch size `N`.
+    pub batch: usize,
+    /// Input height.
+    pub h: usize,
+    /// Input width.
+    pub w: usize,
+    /// Input channels.
+    pub c_in: usize,
+    /// Output channels.
+    pub c_out: usize,
+    /// Kernel height.
+    pub kh: usize,
+    /// Kernel width.
+    pub kw: usize,
+    /// Stride (both directions).
+    pub stride: usize,
+    /// Zero padding (both directions; code 0 is the real value 0).
+    pub pad: usize,
+}
+
+impl ConvGeom {
+    /// Output height `⌊(h + 2·pad − kh)/stride⌋ + 1`.
+    pub fn out_h(&self) -> usize {
+        (self.h + 2 * self.pad - self.kh) / self.stride + 1
+    }
+    /// Output width `⌊(w + 2·pad − kw)/stride⌋ + 1`.
+    pub fn out_w(&self) -> usize {
+        (self.w + 2 * self.pad - self.kw) / self.stride + 1
+    }
+    /// GEMM rows: `batch · out_h · out_w` output pixels.
+    pub fn rows(&self) -> usize {
+        self.batch * self.out_h() * self.out_w()
+    }
+    /// GEMM reduction length `kh · kw · c_in`.
+    pub fn k(&self) -> usize {
+        self.kh * self.kw * self.c_in
+    }
+    /// Input elements `batch · h · w · c_in`.
+    pub fn input_len(&self) -> usize {
+        self.batch * self.h * self.w * self.c_in
+    }
+    /// Errors with `InvalidArgument` for zero sizes/stride or a kernel larger than the
+    /// padded input.
+    pub fn validate(&self) -> Result<()> {
+        let g = self;
+        if [g.batch, g.h, g.w, g.c_in, g.c_out, g.kh, g.kw, g.stride].contains(&0) {
+            return Err(invalid("conv geometry", format!("zero size in {g:?}")));
+        }
+        if g.kh > g.h + 2 * g.pad || g.kw > g.w + 2 * g.pad {
+            return Err(invalid(
+                "conv geometry",
+                format!("kernel larger than padded input in {g:?}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// For each im2col column `(ky·kw + kx)·c_in + ci`, the OIHW weight column
+    /// `(ci·kh + ky)·kw + kx` it takes.
+    pub fn im2col_perm(&self) -> Vec<usize> {
+        let mut p = Vec::with_capacity(self.k());
+        for ky in 0..self.kh {
+            for kx in 0..self.kw {
+                for ci in 0..self.c_in {
+                    p.push((ci * self.kh + ky) * self.kw + kx);
+                }
+            }
+        }
+        p
+    }
+}
+
+/// Builds the GEMM panel of conv weights `w` (`[c_out, c_in·kh·kw]`, OIHW columns),
+/// reordered to the im2col order. Errors: `ShapeMismatch` if `w` does not fit `g`.
+pub fn conv_panel(w: &PackedWeights, g: &ConvGeom) -> Result<WeightPanel> {
+    g.validate()?;
+    check_len("conv weight rows (c_out)", g.c_out, w.rows())?;
+    check_len("conv weight columns (c_in·kh·kw)", g.k(), w.cols())?;
+    Ok(WeightPanel::from_packed_permuted(w, Some(&g.im2col_perm())))
+}
+
+/// im2col of an NHWC `u8` input: `[rows, kh·kw·c_in]`, padding with code 0.
+pub fn im2col(x: &[u8], g: &ConvGeom) -> Result<Vec<u8>> {
+    g.validate()?;
+    check_len("conv input", g.input_len(), x.len())?;
+    let (oh, ow, k, c) = (g.out_h(), g.out_w(), g.k(), g.c_in);
+    let mut out = vec![0u8; g.rows() * k];
+    out.par_chunks_mut(ow * k)
+        .enumerate()
+        .for_each(|(row_block, out)| {
+            let (b, oy) = (row_block / oh, row_block % oh);
+            for ox in 0..ow {
+                let o = &mut out[ox * k..(ox + 1) * k];
+                for ky in 0..g.kh {
+                    let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+                    if iy < 0 || iy >= g.h as isize {
+                        continue;
+                    }
+                    for kx in 0..g.kw {
+                        let ix = (ox * g.stride + kx) as isize - g.pad as isize;
+                        if ix < 0 || ix >= g.w as isize {
+                            continue;
+                        }
+                        let src = ((b * g.h + iy as usize) * g.w + ix as usize) * c;
+                        let dst = (ky * g.kw + kx) * c;
+                        o[dst..dst + c].copy_from_slice(&x[src..src + c]);
+                    }
+                }
+            }
+        });
+    Ok(out)
+}
+
+/// Integer convolution: NHWC `u8` codes `x` (`[batch, h, w, c_in]`) with the panel from
+/// [`conv_panel`]; returns the i32 accumulators `[batch, out_h, out_w, c_out]`.
+///
+/// Errors: `ShapeMismatch` for a wrong input length or a panel of another shape, plus the
+/// GEMM's errors. A 1×1, stride-1, unpadded convolution skips im2col.
+pub fn conv2d(x: &[u8], g: &ConvGeom, w: &WeightPanel, isa: Isa) -> Result<Vec<i32>> {
+    g.validate()?;
+    check_len("conv panel output channels", g.c_out, w.n())?;
+    check_len("conv panel reduction length", g.k(), w.k())?;
+    check_len("conv input", g.input_len(), x.len())?;
+    let mut out = vec![0i32; g.rows() * g.c_out];
+    if g.kh == 1 && g.kw == 1 && g.stride == 1 && g.pad == 0 {
+        gemm_u8i8_with(isa, x, g.rows(), w, &mut out)?;
+    } else {
+        let cols = im2col(x, g)?;
+        gemm_u8i8_with(isa, &cols, g.rows(), w, &mut out)?;
+    }
+    Ok(out)
+}
+
+/// Linear layer: `x` `[batch, in]` codes times `w` (`n = out`, `k = in`): i32 `[batch, out]`.
+pub fn linear(x: &[u8], batch: usize, w: &WeightPanel, isa: Isa) -> Result<Vec<i32>> {
+    let mut out = vec![0i32; batch * w.n()];
+    gemm_u8i8_with(isa, x, batch, w, &mut out)?;
+    Ok(out)
+}
+
+/// Requantisation of i32 accumulators to the next layer's unsigned codes, with the ReLU and
+/// clip of the activation quantizer fused: `y = acc·acc_scale[c] + bias[c]` (+ residual),
+/// `q = round(clamp(y, 0, α) / s)`, `s = α/(2^b − 1)` — the same formula as
+/// [`quantize_activations`](super::pack::quantize_activations) (method.md §3).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Requant {
+    /// Real value of one accumulator unit per output channel.
+    pub acc_scale: Vec<f32>,
+    /// Real bias per output channel (folded BatchNorm shift and/or layer bias).
+    pub bias: Vec<f32>,
+    /// Output clip range `α` (> 0).
+    pub alpha: f32,
+    /// Output bit-width (2..=8).
+    pub bits: u32,
+}
+
+impl Requant {
+    /// Checks lengths, bits and clip range. Errors: `ShapeMismatch`, `InvalidBits`,
+    /// `InvalidArgument`, `NonFinite`.
+    pub fn new(acc_scale: Vec<f32>, bias: Vec<f32>, alpha: f32, bits: u32) -> Result<Self> {
+        super::error::check_bits("requantisation output", bits)?;
+        check_len("requantisation bias", acc_scale.len(), bias.len())?;
+        check_alpha("requantisation output", alpha)?;
+        for (what, v) in [
+            ("requantisation scale", &acc_scale),
+            ("requantisation bias", &bias),
+        ] {
+            if let Some((index, &value)) = v.iter().enumerate().find(|(_, x)| !x.is_finite()) {
+                return Err(super::IntError::NonFinite {
+                    what: what.into(),
+                    index,
+                    value,
+                });
+            }
+        }
+        Ok(Self {
+            acc_scale,
+            bias,
+            alpha,
+            bits,
+        })
+    }
+
+    /// Real step of one output code, `α / (2^b − 1)`.
+    pub fn step(&self) -> f32 {
+        self.alpha / qmax_unsigned(self.bits) as f32
+    }
+
+    /// Output channels.
+    pub fn channels(&self) -> usize {
+        self.acc_scale.len()
+    }
+
+    #[inline]
+    fn quantize(&self, y: f32) -> u8 {
+        (y.clamp(0.0, self.alpha) / self.step()).round() as u8
+    }
+
+    /// Requantizes `acc` (`[rows, channels]`) into codes. Errors: `ShapeMismatch`.
+    pub fn apply(&self, acc: &[i32]) -> Result<Vec<u8>> {
+        let c = self.channels();
+        if c == 0 || acc.len() % c != 0 {
+            return Err(invalid(
+                "requantisation input",
+                format!("{} values are not rows of {c} channels", acc.len()),
+            ));
+        }
+        let mut out = vec![0u8; acc.len()];
+        out.par_chunks_mut(c * 256)
+            .zip(acc.par_chunks(c * 256))
+            .for_each(|(o, a)| {
+                for (o, a) in o.chunks_exact_mut(c).zip(a.chunks_exact(c)) {
+                    for j in 0..c {
+                        *o.get_mut(j).expect("row") =
+                            self.quantize(a[j] as f32 * self.acc_scale[j] + self.bias[j]);
+                    }
+                }
+            });
+        Ok(out)
+    }
+
+    /// Like [`apply`](Self::apply) with a residual (shortcut) input added before the ReLU/clip:
+    /// `y = acc·acc_scale[c] + bias[c] + r·r_step`, `r` codes of the shortcut tensor (same
+    /// shape as `acc`) whose real step is `r_step`. Errors: `ShapeMismatch`.
+    pub fn apply_residual(&self, acc: &[i32], residual: &[u8], r_step: f32) -> Result<Vec<u8>> {
+        check_len("residual input", acc.len(), residual.len())?;
+        let c = self.channels();
+        if c == 0 || acc.len() % c != 0 {
+            return Err(invalid(
+                "requantisation input",
+                format!("{} values are not rows of {c} channels", acc.len()),
+            ));
+        }
+        let mut out = vec![0u8; acc.len()];
+        out.par_chunks_mut(c * 256)
+            .zip(acc.par_chunks(c * 256))
+            .zip(residual.par_chunks(c * 256))
+            .for_each(|((o, a), r)| {
+                for i in 0..o.len() {
+                    let j = i % c;
+                    o[i] = self.quantize(
+                        a[i] as f32 * self.acc_scale[j] + self.bias[j] + r[i] as f32 * r_step,
+                    );
+                }
+            });
+        Ok(out)
+    }
+
+    /// Real outputs without quantisation (for logits): `acc·acc_scale[c] + bias[c]`.
+    pub fn dequantize(&self, acc: &[i32]) -> Vec<f32> {
+        let c = self.channels();
+        acc.iter()
+            .enumerate()
+            .map(|(i, &a)| a as f32 * self.acc_scale[i % c] + self.bias[i % c])
+            .collect()
+    }
+}
+
+/// Shape of a pooling window on an NHWC tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolGeom {
+    /// Batch size.
+    pub batch: usize,
+    /// Input height.
+    pub h: usize,
+    /// Input width.
+    pub w: usize,
+    /// Channels.
+    pub c: usize,
+    /// Window size (square).
+    pub k: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Padding (max pooling only; padded cells are ignored).
+    pub pad: usize,
+}
+
+impl PoolGeom {
+    /// Output height.
+    pub fn out_h(&self) -> usize {
+        (self.h + 2 * self.pad - self.k) / self.stride + 1
+    }
+    /// Output width.
+    pub fn out_w(&self) -> usize {
+        (self.w + 2 * self.pad - self.k) / self.stride + 1
+    }
+    fn validate(&self, x: &[u8]) -> Result<()> {
+        let g = self;
+        if [g.batch, g.h, g.w, g.c, g.k, g.stride].contains(&0)
+            || g.k > g.h + 2 * g.pad
+            || g.k > g.w + 2 * g.pad
+            || g.pad >= g.k
+        {
+            return Err(invalid("pool geometry", format!("{g:?}")));
+        }
+        check_len("pool input", g.batch * g.h * g.w * g.c, x.len())
+    }
+
+    /// Visits every output cell with the valid input cells of its window.
+    fn for_each_window(&self, mut f: impl FnMut(usize, &mut dyn Iterator<Item = usize>)) {
+        let (oh, ow) = (self.out_h(), self.out_w());
+        for b in 0..self.batch {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let y0 = (oy * self.stride) as isize - self.pad as isize;
+                    let x0 = (ox * self.stride) as isize - self.pad as isize;
+                    let (h, w) = (self.h as isize, self.w as isize);
+                    let mut cells =
+                        (y0.max(0)..(y0 + self.k as isize).min(h)).flat_map(move |iy| {
+                            (x0.max(0)..(x0 + self.k as isize).min(w))
+                                .map(move |ix| ((b as isize * h + iy) * w + ix) as usize)
+                        });
+                    f((b * oh + oy) * ow + ox, &mut cells);
+                }
+            }
+        }
+    }
+}
+
+/// Max pooling of NHWC codes (exact; padded cells are ignored). Errors: bad geometry/length.
+pub fn max_pool2d(x: &[u8], g: &PoolGeom) -> Result<Vec<u8>> {
+    g.validate(x)?;
+    let c = g.c;
+    let mut out = vec![0u8; g.batch * g.out_h() * g.out_w() * c];
+    g.for_each_window(|o, cells| {
+        let o = &mut out[o * c..(o + 1) * c];
+        for cell in cells {
+            for (o, &v) in o.iter_mut().zip(&x[cell * c..(cell + 1) * c]) {
+                *o = (*o).max(v);
+            }
+        }
+    });
+    Ok(out)
+}
+
+/// Average pooling of NHWC codes (no padding) with requantisation: the window mean of the
+/// codes times `in_step` (the input's real step) is quantized to `out_bits` with clip range
+/// `out_alpha`. With `in_step = out_alpha/(2^out_bits−1)` this is the rounded mean code.
+/// Errors: bad geometry/length, bad bits or clip range.
+pub fn avg_pool2d(
+    x: &[u8],
+    g: &PoolGeom,
+    in_step: f32,
+    out_alpha: f32,
+    out_bits: u32,
+) -> Result<Vec<u8>> {
+    if g.pad != 0 {
+        return Err(invalid("avg pool", "padding is not supported"));
+    }
+    g.validate(x)?;
+    let rq = Requant::new(
+        vec![in_step / (g.k * g.k) as f32; g.c],
+        vec![0.0; g.c],
+        out_alpha,
+        out_bits,
+    )?;
+    let c = g.c;
+    let mut sums = vec![0i32; g.batch * g.out_h() * g.out_w() * c];
+    g.for_each_window(|o, cells| {
+        let o = &mut sums[o * c..(o + 1) * c];
+        for cell in cells {
+            for (o, &v) in o.iter_mut().zip(&x[cell * c..(cell + 1) * c]) {
+                *o += v as i32;
+            }
+        }
+    });
+    rq.apply(&sums)
+}
+
+/// Global average pooling of NHWC codes `[batch, hw, c]` with requantisation (as
+/// [`avg_pool2d`]): returns `[batch, c]` codes. Errors: bad length/bits/clip range.
+pub fn global_avg_pool(
+    x: &[u8],
+    batch: usize,
+    hw: usize,
+    c: usize,
+    in_step: f32,
+    out_alpha: f32,
+    out_bits: u32,
+) -> Result<Vec<u8>> {
+    check_len("global pool input", batch * hw * c, x.len())?;
+    if hw == 0 || c == 0 {
+        return Err(invalid("global pool", "empty spatial size or channels"));
+    }
+    let rq = Requant::new(
+        vec![in_step / hw as f32; c],
+        vec![0.0; c],
+        out_alpha,
+        out_bits,
+    )?;
+    let mut sums = vec![0i32; batch * c];
+    for (s, img) in sums.chunks_exact_mut(c).zip(x.chunks_exact(hw * c)) {
+        for px in img.chunks_exact(c) {
+            s.iter_mut().zip(px).for_each(|(s, &v)| *s += v as i32);
+        }
+    }
+    rq.apply(&sums)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::int::pack::{activation_scale, quantize_activations};
+    use crate::int::reference;
+    use proptest::prelude::*;
+
+    fn lcg(seed: u64) -> impl FnMut() -> u64 {
+        let mut s = seed ^ 0x5DEE_CE66;
+        move || {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            s >> 33
+        }
+    }
+
+    fn geom() -> impl Strategy<Value = ConvGeom> {
+        (
+            1usize..3,
+            1usize..9,
+            1usize..9,
+            1usize..7,
+            1usize..21,
+            1usize..4,
+            1usize..3,
+            0usize..2,
+        )
+            .prop_filter_map(
+                "kernel fits",
+                |(batch, h, w, c_in, c_out, k, stride, pad)| {
+                    let g = ConvGeom {
+                        batch,
+                        h,
+                        w,
+                        c_in,
+                        c_out,
+                        kh: k,
+                        kw: k.min(2),
+                        stride,
+                        pad,
+                    };
+                    g.validate().ok().map(|_| g)
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(40))]
+        #[test]
+        fn conv_matches_reference(g in geom(), abits in 2u32..=8, wbits in 2u32..=8, seed in any::<u64>(), zero_ch in any::<bool>()) {
+            let mut r = lcg(seed);
+            let x: Vec<u8> = (0..g.input_len()).map(|_| (r() % (1 << abits)) as u8).collect();
+            let q = (1i64 << (wbits - 1)) - 1;
+            let mut codes: Vec<i8> = (0..g.c_out * g.k()).map(|_| ((r() as i64 % (2 * q + 1)) - q) as i8).collect();
+            if zero_ch {
+                codes[..g.k()].fill(0);
+            }
+            let w = PackedWeights::from_codes(&codes, g.c_out, g.k(), wbits, vec![1.0; g.c_out]).unwrap();
+            let panel = conv_panel(&w, &g).unwrap();
+            let want = reference::conv2d(&x, &g, &codes);
+            for isa in Isa::available() {
+                prop_assert_eq!(&conv2d(&x, &g, &panel, isa).unwrap(), &want, "{:?}", isa);
+            }
+        }
+
+        /// The whole integer layer (conv + requant) agrees with the fake-quantized float layer
+        /// computed in f64, except where the float value sits on a rounding boundary.
+        #[test]
+        fn conv_requant_matches_fake_quant(g in geom(), abits in 2u32..=8, wbits in 2u32..=8, obits in 2u32..=8, seed in any::<u64>()) {
+            let mut r = lcg(seed);
+            let xf: Vec<f32> = (0..g.input_len()).map(|_| (r() % 1000) as f32 / 500.0).collect();
+            let alpha_in = 1.5;
+            let x = quantize_activations(&xf, alpha_in, abits).unwrap();
+            let wf: Vec<f32> = (0..g.c_out * g.k()).map(|_| (r() % 2001) as f32 / 1000.0 - 1.0).collect();
+            let w = PackedWeights::quantize(&wf, g.c_out, g.k(), wbits).unwrap();
+            let bias: Vec<f32> = (0..g.c_out).map(|_| (r() % 100) as f32 / 100.0 - 0.5).collect();
+            let s_in = activation_scale(alpha_in, abits);
+            let rq = Requant::new(w.scales().iter().map(|s| s * s_in).collect(), bias.clone(), 2.0, obits).unwrap();
+            let got = rq.apply(&conv2d(&x, &g, &conv_panel(&w, &g).unwrap(), Isa::detect()).unwrap()).unwrap();
+            let y = reference::conv2d_f64(&reference::dequantize(&x, s_in), &g, &w.dequantize(), &bias);
+            let qmax = qmax_unsigned(obits) as f64;
+            for (i, (&q, &y)) in got.iter().zip(&y).enumerate() {
+                let t = y.clamp(0.0, 2.0) / 2.0 * qmax;
+                let near_tie = (t - t.floor() - 0.5).abs() < 1e-4;
+                prop_assert!(q as f64 == t.round() || near_tie, "index {i}: {q} vs {t}");
+            }
+        }
+
+        #[test]
+        fn pools_match_reference(batch in 1usize..3, h in 1usize..8, w in 1usize..8, c in 1usize..6,
+                                 k in 1usize..4, stride in 1usize..3, pad in 0usize..2, seed in any::<u64>()) {
+            let g = PoolGeom { batch, h, w, c, k, stride, pad };
+            prop_assume!(k <= h + 2 * pad && k <= w + 2 * pad && pad < k);
+            let mut r = lcg(seed);
+            let x: Vec<u8> = (0..batch * h * w * c).map(|_| (r() % 256) as u8).collect();
+            prop_assert_eq!(max_pool2d(&x, &g).unwrap(), reference::max_pool2d(&x, &g));
+            if pad == 0 {
+                let got = avg_pool2d(&x, &g, 1.0, 255.0, 8).unwrap();
+                prop_assert_eq!(got, reference::avg_pool2d(&x, &g));
+            }
+            let got = global_avg_pool(&x, batch, h * w, c, 1.0, 255.0, 8).unwrap();
+            prop_assert_eq!(got, reference::global_avg_pool(&x, batch, h * w, c));
+        }
+    }
+
+    #[test]
+    fn requant_residual_and_errors() {
+        let rq = Requant::new(vec![0.5, 1.0], vec![0.0, -1.0], 3.0, 2).unwrap();
+        assert_eq!(
+            rq.apply(&[1, 1, 4, 5, 100, -100]).unwrap(),
+            vec![1, 0, 2, 3, 3, 0]
+        );
+        assert_eq!(
+            rq.apply_residual(&[1, 1], &[2, 0], 0.5).unwrap(),
+            vec![2, 0]
+        );
+        assert!(rq.apply(&[1, 2, 3]).is_err());
+        assert!(Requant::new(vec![1.0], vec![0.0], 0.0, 4).is_err());
+        assert!(Requant::new(vec![f32::NAN], vec![0.0], 1.0, 4).is_err());
+        assert!(Requant::new(vec![1.0], vec![0.0], 1.0, 1).is_err());
+        let g = ConvGeom {
+            batch: 1,
+            h: 2,
+            w: 2,
+            c_in: 1,
+            c_out: 1,
+            kh: 3,
+            kw: 3,
+            stride: 1,
+            pad: 0,
+        };
+        assert!(g.validate().is_err());
+    }
+
+    #[test]
+    fn one_by_one_conv_skips_im2col_and_linear_works() {
+        let g = ConvGeom {
+            batch: 2,
+            h: 3,
+            w: 3,
+            c_in: 5,
+            c_out: 3,
+            kh: 1,
+            kw: 1,
+            stride: 1,
+            pad: 0,
+        };
+        let x: Vec<u8> = (0..g.input_len()).map(|i| (i * 7 % 256) as u8).collect();
+        let codes: Vec<i8> = (0..15).map(|i| (i as i8 % 7) - 3).collect();
+        let w = PackedWeights::from_codes(&codes, 3, 5, 4, vec![1.0; 3]).unwrap();
+        let p = conv_panel(&w, &g).unwrap();
+        assert_eq!(
+            conv2d(&x, &g, &p, Isa::detect()).unwrap(),
+            reference::conv2d(&x, &g, &codes)
+        );
+        let lin = linear(&x, 18, &WeightPanel::from_packed(&w), Isa::Portable).unwrap();
+        assert_eq!(lin, reference::gemm_u8i8(&x, 18, &codes, 3, 5));
+    }
+}
