@@ -36,7 +36,7 @@ fn candle_step_seconds(
     sizes.push(1);
     let mut vars = Vec::new();
     for w in sizes.windows(2) {
-        let a = (6.0 / w[0] as f64).sqrt();
+        let a = (6.0 / w[0] as f32).sqrt();
         vars.push(Var::rand(-a, a, (w[1], w[0]), &dev)?);
         vars.push(Var::zeros(w[1], DType::F32, &dev)?);
     }
