@@ -1,0 +1,832 @@
+//! The constrained search of method.md §6: the log-barrier interior-point path with Adam steps
+//! (or the authors' hard-stop normalised-gradient ascent), then discretisation with greedy
+//! repair and fill.
+
+use std::time::Instant;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::model::{Budget, Cost, CostKind, Objective, Space};
+
+/// Which continuous optimizer runs before discretisation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// The log-barrier interior-point path with Adam steps (method.md §6).
+    Barrier,
+    /// The authors' ablation: ascent along the L2-normalised gradient of μ with a fixed step,
+    /// stopping at the first step whose relaxed cost would reach the budget (their
+    /// `PGD/pgd_search.py`), followed by the same discretisation.
+    Pgd,
+}
+
+/// Settings of [`search`]. [`SearchConfig::default`] is the tuned default.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchConfig {
+    /// The continuous optimizer.
+    pub method: Method,
+    /// Independent starts (the best discretised one is returned).
+    pub starts: usize,
+    /// Starts advanced together in one batched objective call per step; groups of starts run
+    /// in parallel. Fixed (not derived from the thread count) so results do not depend on it.
+    pub starts_per_task: usize,
+    /// Barrier stages (values of t).
+    pub stages: usize,
+    /// Maximum Adam steps per stage.
+    pub steps_per_stage: usize,
+    /// Adam step size in encoded units at the first stage.
+    pub learning_rate: f64,
+    /// Step-size factor per stage (the path tightens as t shrinks).
+    pub lr_decay: f64,
+    /// Adam's first-moment decay β₁.
+    pub beta1: f64,
+    /// Adam's second-moment decay β₂.
+    pub beta2: f64,
+    /// Adam's ε.
+    pub epsilon: f64,
+    /// Barrier weight factor per stage: t ← ρ·t.
+    pub rho: f64,
+    /// Initial barrier weight t₀; `None` balances the two gradients at each start point
+    /// (t₀ = ‖∇μ‖₁ / ‖∇Σ log(B − C)‖₁).
+    pub t_init: Option<f64>,
+    /// A stage ends early once no coordinate of any start moves more than this in a step.
+    pub tolerance: f64,
+    /// Pgd: step length (L2 norm, encoded units). The authors used 0.005.
+    pub pgd_step: f64,
+    /// Pgd: maximum steps. The authors used 400.
+    pub pgd_steps: usize,
+    /// After repair, greedily spend the remaining budget (method.md §6).
+    pub fill: bool,
+    /// Seed of the random start points.
+    pub seed: u64,
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        Self {
+            method: Method::Barrier,
+            starts: 8,
+            starts_per_task: 4,
+            stages: 6,
+            steps_per_stage: 40,
+            learning_rate: 0.05,
+            lr_decay: 0.7,
+            beta1: 0.9,
+            beta2: 0.999,
+            epsilon: 1e-8,
+            rho: 0.2,
+            t_init: None,
+            tolerance: 1e-4,
+            pgd_step: 0.005,
+            pgd_steps: 400,
+            fill: true,
+            seed: 0,
+        }
+    }
+}
+
+impl SearchConfig {
+    /// The default settings with the authors' pgd ascent instead of the barrier.
+    pub fn pgd() -> Self {
+        Self {
+            method: Method::Pgd,
+            ..Self::default()
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |field, why: String| Err(Error::InvalidConfig { field, why });
+        if self.starts == 0 {
+            return bad("starts", "must be at least 1".into());
+        }
+        if self.starts_per_task == 0 {
+            return bad("starts_per_task", "must be at least 1".into());
+        }
+        for (field, v) in [
+            ("learning_rate", self.learning_rate),
+            ("pgd_step", self.pgd_step),
+            ("epsilon", self.epsilon),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return bad(field, format!("must be positive, got {v}"));
+            }
+        }
+        for (field, v) in [
+            ("rho", self.rho),
+            ("lr_decay", self.lr_decay),
+            ("beta1", self.beta1),
+            ("beta2", self.beta2),
+        ] {
+            if !(v > 0.0 && v <= 1.0) {
+                return bad(field, format!("must be in (0, 1], got {v}"));
+            }
+        }
+        if let Some(t) = self.t_init
+            && !(t.is_finite() && t > 0.0)
+        {
+            return bad("t_init", format!("must be positive, got {t}"));
+        }
+        Ok(())
+    }
+}
+
+/// What happened to one start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StartTrace {
+    /// Initial barrier weight t₀ (0 for pgd).
+    pub t_init: f64,
+    /// μ at the start point.
+    pub start_mean: f64,
+    /// μ at the end of each barrier stage (or after pgd).
+    pub stage_means: Vec<f64>,
+    /// Optimizer steps taken (all stages).
+    pub steps: usize,
+    /// Step halvings needed to stay strictly inside the budget.
+    pub halvings: usize,
+    /// Relaxed cost at the continuous end point.
+    pub continuous_cost: Cost,
+    /// μ of the policy after snapping to the nearest candidates.
+    pub rounded_mean: f64,
+    /// Greedy downgrades applied to get within budget.
+    pub repair_moves: usize,
+    /// Greedy upgrades applied to spend the slack.
+    pub fill_moves: usize,
+    /// μ of the discretised, within-budget policy.
+    pub final_mean: f64,
+}
+
+/// Diagnostics of a search.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trace {
+    /// One entry per start, in start order.
+    pub starts: Vec<StartTrace>,
+    /// Index of the start whose policy was returned.
+    pub best_start: usize,
+    /// Batched objective calls made.
+    pub objective_calls: usize,
+    /// Wall time of the whole search in seconds.
+    pub seconds: f64,
+}
+
+/// The outcome of [`search`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchResult {
+    /// Candidate index per gene of the returned policy.
+    pub indices: Vec<usize>,
+    /// Its encoding (the candidates' coordinates).
+    pub encoding: Vec<f64>,
+    /// Its exact cost; always within the budget.
+    pub cost: Cost,
+    /// Predicted μ of the policy.
+    pub predicted_mean: f64,
+    /// Predicted σ, when the objective provides one.
+    pub predicted_std: Option<f64>,
+    /// The continuous end point of the best start.
+    pub continuous: Vec<f64>,
+    /// Diagnostics.
+    pub trace: Trace,
+}
+
+/// Checked objective calls with a call counter.
+struct Eval<'a, O: Objective + ?Sized> {
+    obj: &'a O,
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+impl<O: Objective + ?Sized> Eval<'_, O> {
+    fn mean(&self, xs: &[f64], out: &mut [f64]) -> Result<()> {
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.obj.mean(xs, out).map_err(Error::Objective)?;
+        check_finite(out)
+    }
+
+    fn mean_grad(&self, xs: &[f64], mean: &mut [f64], grad: &mut [f64]) -> Result<()> {
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.obj
+            .mean_grad(xs, mean, grad)
+            .map_err(Error::Objective)?;
+        check_finite(mean)?;
+        check_finite(grad)
+    }
+}
+
+fn check_finite(v: &[f64]) -> Result<()> {
+    match v.iter().position(|x| !x.is_finite()) {
+        Some(row) => Err(Error::NonFinite { row, value: v[row] }),
+        None => Ok(()),
+    }
+}
+
+/// The problem with everything precomputed once per search.
+struct Prepared<'a, S: Space + ?Sized> {
+    space: &'a S,
+    budget: Budget,
+    limits: Vec<(CostKind, f64)>,
+    coords: Vec<Vec<f64>>,
+    lo: Vec<f64>,
+    hi: Vec<f64>,
+    cheapest: Vec<usize>,
+}
+
+impl<S: Space + ?Sized> Prepared<'_, S> {
+    fn dim(&self) -> usize {
+        self.coords.len()
+    }
+
+    fn cost(&self, idx: &[usize]) -> Result<Cost> {
+        self.space.cost(idx).map_err(Error::Cost)
+    }
+
+    fn relaxed(&self, x: &[f64], gb: &mut [f64], gs: &mut [f64]) -> Result<Cost> {
+        self.space.relaxed_cost(x, gb, gs).map_err(Error::Cost)
+    }
+
+    /// Strictly inside every budget (the barrier's domain).
+    fn interior(&self, c: &Cost) -> bool {
+        self.limits.iter().all(|&(k, b)| c.get(k) < b)
+    }
+
+    fn encode(&self, idx: &[usize], out: &mut [f64]) {
+        for (g, (&i, o)) in idx.iter().zip(out.iter_mut()).enumerate() {
+            *o = self.coords[g][i];
+        }
+    }
+
+    fn nearest(&self, x: &[f64]) -> Vec<usize> {
+        x.iter()
+            .zip(&self.coords)
+            .map(|(&v, c)| {
+                let mut best = 0;
+                for (i, &ci) in c.iter().enumerate() {
+                    if (ci - v).abs() < (c[best] - v).abs() {
+                        best = i;
+                    }
+                }
+                best
+            })
+            .collect()
+    }
+}
+
+/// Searches the policy with the highest predicted μ within `budget` (method.md §6).
+///
+/// `space` gives candidates and costs, `objective` μ (and optionally σ) of encoded policies.
+/// Barrier ([`Method::Barrier`]): from `starts` random points strictly inside the budget,
+/// maximise J_t(x) = μ(x) + t·Σ_k log(B_k − C_k(x)) with bias-corrected Adam steps, projected
+/// onto the box spanned by the candidates, halving any step that would leave the interior, for
+/// `stages` values of t (t ← ρ·t). Each end point is snapped to the nearest candidates, repaired
+/// (while over budget: the single-gene downgrade with the smallest predicted loss per unit of
+/// normalised cost saved) and filled (while possible: the single-gene change with the best
+/// predicted gain per unit of normalised cost spent that stays within budget). The best
+/// discretised start is returned; it is always within budget.
+///
+/// Deterministic for a given `config.seed`, whatever the number of threads.
+///
+/// Errors: [`Error::BudgetBelowMinimum`] (stating the minimum) when the cheapest policy is over
+/// budget; [`Error::InvalidBudget`], [`Error::InvalidConfig`], [`Error::InvalidProblem`] for bad
+/// input; objective and cost failures.
+pub fn search<S: Space + ?Sized, O: Objective + ?Sized>(
+    space: &S,
+    objective: &O,
+    budget: &Budget,
+    config: &SearchConfig,
+) -> Result<SearchResult> {
+    let started = Instant::now();
+    config.validate()?;
+    let p = prepare(space, objective, budget)?;
+    let eval = Eval {
+        obj: objective,
+        calls: 0.into(),
+    };
+    let d = p.dim();
+
+    // Start points, strictly inside the relaxed budget.
+    let cheap_x: Vec<f64> = {
+        let mut x = vec![0.0; d];
+        p.encode(&p.cheapest, &mut x);
+        x
+    };
+    let (mut gb, mut gs) = (vec![0.0; d], vec![0.0; d]);
+    let has_interior = p.interior(&p.relaxed(&cheap_x, &mut gb, &mut gs)?);
+    let starts: Vec<Vec<f64>> = if has_interior {
+        (0..config.starts)
+            .map(|s| start_point(&p, &cheap_x, config.seed, s as u64))
+            .collect::<Result<_>>()?
+    } else {
+        // The relaxation has no interior (budget at the cheapest policy's cost): discretise
+        // from the cheapest policy.
+        vec![cheap_x.clone()]
+    };
+
+    // Continuous phase: groups of starts in parallel, one batched call per step per group.
+    let groups: Vec<(Vec<Vec<f64>>, Vec<StartTrace>)> = starts
+        .par_chunks(config.starts_per_task)
+        .map(|chunk| {
+            if has_interior {
+                match config.method {
+                    Method::Barrier => barrier_path(&p, &eval, chunk, config),
+                    Method::Pgd => pgd_path(&p, &eval, chunk, config),
+                }
+            } else {
+                let mut mean = vec![0.0; 1];
+                eval.mean(&chunk[0], &mut mean)?;
+                Ok((chunk.to_vec(), vec![empty_trace(mean[0])]))
+            }
+        })
+        .collect::<Result<_>>()?;
+    let (ends, mut traces): (Vec<Vec<f64>>, Vec<StartTrace>) = groups
+        .into_iter()
+        .flat_map(|(e, t)| e.into_iter().zip(t))
+        .unzip();
+
+    // Discretisation of every start, in parallel.
+    let discrete: Vec<Discrete> = ends
+        .par_iter()
+        .map(|x| discretise(&p, &eval, x, config.fill))
+        .collect::<Result<_>>()?;
+    for ((t, dres), x) in traces.iter_mut().zip(&discrete).zip(&ends) {
+        t.rounded_mean = dres.rounded_mean;
+        t.repair_moves = dres.repair_moves;
+        t.fill_moves = dres.fill_moves;
+        t.final_mean = dres.mean;
+        t.continuous_cost = p.relaxed(x, &mut gb, &mut gs)?;
+    }
+    let best = (0..discrete.len())
+        .max_by(|&a, &b| {
+            discrete[a]
+                .mean
+                .total_cmp(&discrete[b].mean)
+                .then(b.cmp(&a))
+        })
+        .expect("at least one start");
+    let chosen = &discrete[best];
+    let mut encoding = vec![0.0; d];
+    p.encode(&chosen.indices, &mut encoding);
+    let mut std = [0.0];
+    let predicted_std = if objective
+        .std(&encoding, &mut std)
+        .map_err(Error::Objective)?
+    {
+        check_finite(&std)?;
+        Some(std[0])
+    } else {
+        None
+    };
+    let cost = p.cost(&chosen.indices)?;
+    debug_assert!(p.budget.admits(&cost));
+    Ok(SearchResult {
+        indices: chosen.indices.clone(),
+        encoding,
+        cost,
+        predicted_mean: chosen.mean,
+        predicted_std,
+        continuous: ends[best].clone(),
+        trace: Trace {
+            starts: traces,
+            best_start: best,
+            objective_calls: eval.calls.into_inner(),
+            seconds: started.elapsed().as_secs_f64(),
+        },
+    })
+}
+
+/// Validates the inputs and precomputes coordinates, bounds and the cheapest policy.
+fn prepare<'a, S: Space + ?Sized, O: Objective + ?Sized>(
+    space: &'a S,
+    objective: &O,
+    budget: &Budget,
+) -> Result<Prepared<'a, S>> {
+    let limits = budget.limits()?;
+    let d = space.dim();
+    if d == 0 {
+        return Err(Error::InvalidProblem("the space has no genes".into()));
+    }
+    if objective.dim() != d {
+        return Err(Error::InvalidProblem(format!(
+            "the objective takes {} inputs but the space has {d} genes",
+            objective.dim()
+        )));
+    }
+    let coords: Vec<Vec<f64>> = (0..d).map(|g| space.coords(g).to_vec()).collect();
+    for (g, c) in coords.iter().enumerate() {
+        if c.is_empty() || c.windows(2).any(|w| !(w[0] < w[1])) || c.iter().any(|v| !v.is_finite())
+        {
+            return Err(Error::InvalidProblem(format!(
+                "gene {g}: candidate coordinates must be finite and strictly ascending, got {c:?}"
+            )));
+        }
+    }
+    let cheapest = space.cheapest();
+    if cheapest.len() != d {
+        return Err(Error::InvalidProblem(format!(
+            "cheapest policy has {} genes, expected {d}",
+            cheapest.len()
+        )));
+    }
+    let min_cost = space.cost(&cheapest).map_err(Error::Cost)?;
+    for &(kind, b) in &limits {
+        if min_cost.get(kind) > b {
+            return Err(Error::BudgetBelowMinimum {
+                kind,
+                budget: b,
+                minimum: min_cost.get(kind),
+            });
+        }
+    }
+    Ok(Prepared {
+        space,
+        budget: *budget,
+        limits,
+        lo: coords.iter().map(|c| c[0]).collect(),
+        hi: coords.iter().map(|c| c[c.len() - 1]).collect(),
+        coords,
+        cheapest,
+    })
+}
+
+/// A random point of the box, pulled towards the cheapest policy until its relaxed cost is at
+/// most a random fraction (20–90%) of the budget (bisection on the segment).
+fn start_point<S: Space + ?Sized>(
+    p: &Prepared<'_, S>,
+    cheap_x: &[f64],
+    seed: u64,
+    index: u64,
+) -> Result<Vec<f64>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(index);
+    let d = p.dim();
+    let u: Vec<f64> = (0..d)
+        .map(|g| rng.random_range(p.lo[g]..=p.hi[g]))
+        .collect();
+    let frac = rng.random_range(0.2..0.9);
+    let (mut gb, mut gs) = (vec![0.0; d], vec![0.0; d]);
+    let mut x = vec![0.0; d];
+    let mut at = |lambda: f64, x: &mut [f64]| -> Result<bool> {
+        for g in 0..d {
+            x[g] = cheap_x[g] + lambda * (u[g] - cheap_x[g]);
+        }
+        let c = p.relaxed(x, &mut gb, &mut gs)?;
+        Ok(p.limits.iter().all(|&(k, b)| c.get(k) < frac * b) || (lambda == 0.0 && p.interior(&c)))
+    };
+    if at(1.0, &mut x)? {
+        return Ok(x);
+    }
+    let (mut lo, mut hi) = (0.0, 1.0);
+    for _ in 0..30 {
+        let mid = 0.5 * (lo + hi);
+        if at(mid, &mut x)? {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    at(lo, &mut x)?;
+    Ok(x)
+}
+
+fn empty_trace(mean: f64) -> StartTrace {
+    StartTrace {
+        t_init: 0.0,
+        start_mean: mean,
+        stage_means: Vec::new(),
+        steps: 0,
+        halvings: 0,
+        continuous_cost: Cost::default(),
+        rounded_mean: mean,
+        repair_moves: 0,
+        fill_moves: 0,
+        final_mean: mean,
+    }
+}
+
+/// Gradient of Σ_k log(B_k − C_k(x)) given the relaxed cost and its gradients.
+fn barrier_grad(limits: &[(CostKind, f64)], c: &Cost, gb: &[f64], gs: &[f64], out: &mut [f64]) {
+    out.iter_mut().for_each(|o| *o = 0.0);
+    for &(k, b) in limits {
+        let g = match k {
+            CostKind::Bops => gb,
+            CostKind::SizeBits => gs,
+        };
+        let w = 1.0 / (b - c.get(k));
+        for (o, gi) in out.iter_mut().zip(g) {
+            *o -= w * gi;
+        }
+    }
+}
+
+/// The barrier path for a group of starts (method.md §6). Returns the end points and traces.
+fn barrier_path<S: Space + ?Sized, O: Objective + ?Sized>(
+    p: &Prepared<'_, S>,
+    eval: &Eval<'_, O>,
+    starts: &[Vec<f64>],
+    cfg: &SearchConfig,
+) -> Result<(Vec<Vec<f64>>, Vec<StartTrace>)> {
+    let (n, d) = (starts.len(), p.dim());
+    let mut xs: Vec<f64> = starts.concat();
+    let mut mean = vec![0.0; n];
+    let mut grad = vec![0.0; n * d];
+    let (mut m, mut v) = (vec![0.0; n * d], vec![0.0; n * d]);
+    let (mut gb, mut gs, mut gphi, mut trial) =
+        (vec![0.0; d], vec![0.0; d], vec![0.0; d], vec![0.0; d]);
+    let mut traces: Vec<StartTrace> = Vec::with_capacity(n);
+
+    // t₀ per start.
+    eval.mean_grad(&xs, &mut mean, &mut grad)?;
+    let mut t = vec![0.0; n];
+    for i in 0..n {
+        let x = &xs[i * d..(i + 1) * d];
+        let c = p.relaxed(x, &mut gb, &mut gs)?;
+        barrier_grad(&p.limits, &c, &gb, &gs, &mut gphi);
+        let gmu: f64 = grad[i * d..(i + 1) * d].iter().map(|g| g.abs()).sum();
+        let gb1: f64 = gphi.iter().map(|g| g.abs()).sum();
+        t[i] = cfg.t_init.unwrap_or(if gb1 > 0.0 && gmu > 0.0 {
+            gmu / gb1
+        } else {
+            1.0
+        });
+        let mut tr = empty_trace(mean[i]);
+        tr.t_init = t[i];
+        traces.push(tr);
+    }
+
+    for stage in 0..cfg.stages {
+        let lr = cfg.learning_rate * cfg.lr_decay.powi(stage as i32);
+        m.iter_mut().for_each(|a| *a = 0.0);
+        v.iter_mut().for_each(|a| *a = 0.0);
+        let (mut b1t, mut b2t) = (1.0, 1.0);
+        for step in 0..cfg.steps_per_stage {
+            if step > 0 || stage > 0 {
+                eval.mean_grad(&xs, &mut mean, &mut grad)?;
+            }
+            b1t *= cfg.beta1;
+            b2t *= cfg.beta2;
+            let mut moved: f64 = 0.0;
+            for i in 0..n {
+                let x = &mut xs[i * d..(i + 1) * d];
+                let c = p.relaxed(x, &mut gb, &mut gs)?;
+                barrier_grad(&p.limits, &c, &gb, &gs, &mut gphi);
+                let (mi, vi) = (&mut m[i * d..(i + 1) * d], &mut v[i * d..(i + 1) * d]);
+                let gi = &grad[i * d..(i + 1) * d];
+                // Ascent direction: Adam on ∇J = ∇μ + t·∇Σ log(B − C); `trial` holds the step.
+                for j in 0..d {
+                    let g = gi[j] + t[i] * gphi[j];
+                    mi[j] = cfg.beta1 * mi[j] + (1.0 - cfg.beta1) * g;
+                    vi[j] = cfg.beta2 * vi[j] + (1.0 - cfg.beta2) * g * g;
+                    let mh = mi[j] / (1.0 - b1t);
+                    let vh = vi[j] / (1.0 - b2t);
+                    gphi[j] = lr * mh / (vh.sqrt() + cfg.epsilon);
+                }
+                let mut scale = 1.0;
+                let mut accepted = false;
+                for _ in 0..40 {
+                    for j in 0..d {
+                        trial[j] = (x[j] + scale * gphi[j]).clamp(p.lo[j], p.hi[j]);
+                    }
+                    if p.interior(&p.relaxed(&trial, &mut gb, &mut gs)?) {
+                        accepted = true;
+                        break;
+                    }
+                    scale *= 0.5;
+                    traces[i].halvings += 1;
+                }
+                if accepted {
+                    for j in 0..d {
+                        moved = moved.max((trial[j] - x[j]).abs());
+                        x[j] = trial[j];
+                    }
+                }
+                traces[i].steps += 1;
+            }
+            if moved < cfg.tolerance {
+                break;
+            }
+        }
+        eval.mean(&xs, &mut mean)?;
+        for i in 0..n {
+            traces[i].stage_means.push(mean[i]);
+            t[i] *= cfg.rho;
+        }
+    }
+    Ok((xs.chunks(d).map(<[f64]>::to_vec).collect(), traces))
+}
+
+/// The authors' hard-stop normalised-gradient ascent for a group of starts.
+fn pgd_path<S: Space + ?Sized, O: Objective + ?Sized>(
+    p: &Prepared<'_, S>,
+    eval: &Eval<'_, O>,
+    starts: &[Vec<f64>],
+    cfg: &SearchConfig,
+) -> Result<(Vec<Vec<f64>>, Vec<StartTrace>)> {
+    let (n, d) = (starts.len(), p.dim());
+    let mut xs: Vec<f64> = starts.concat();
+    let mut mean = vec![0.0; n];
+    let mut grad = vec![0.0; n * d];
+    let (mut gb, mut gs, mut trial) = (vec![0.0; d], vec![0.0; d], vec![0.0; d]);
+    let mut alive = vec![true; n];
+    let mut traces: Vec<StartTrace> = Vec::with_capacity(n);
+    for step in 0..cfg.pgd_steps {
+        eval.mean_grad(&xs, &mut mean, &mut grad)?;
+        if step == 0 {
+            traces = mean.iter().map(|&m| empty_trace(m)).collect();
+        }
+        for i in 0..n {
+            if !alive[i] {
+                continue;
+            }
+            let gi = &grad[i * d..(i + 1) * d];
+            let norm = gi.iter().map(|g| g * g).sum::<f64>().sqrt();
+            if norm == 0.0 {
+                alive[i] = false;
+                continue;
+            }
+            let x = &mut xs[i * d..(i + 1) * d];
+            for j in 0..d {
+                trial[j] = (x[j] + cfg.pgd_step * gi[j] / norm).clamp(p.lo[j], p.hi[j]);
+            }
+            if p.interior(&p.relaxed(&trial, &mut gb, &mut gs)?) {
+                x.copy_from_slice(&trial);
+                traces[i].steps += 1;
+            } else {
+                alive[i] = false; // hard stop at the budget
+            }
+        }
+        if !alive.iter().any(|&a| a) {
+            break;
+        }
+    }
+    eval.mean(&xs, &mut mean)?;
+    for (tr, &m) in traces.iter_mut().zip(&mean) {
+        tr.stage_means.push(m);
+    }
+    Ok((xs.chunks(d).map(<[f64]>::to_vec).collect(), traces))
+}
+
+/// A discretised start.
+struct Discrete {
+    indices: Vec<usize>,
+    mean: f64,
+    rounded_mean: f64,
+    repair_moves: usize,
+    fill_moves: usize,
+}
+
+/// Single-gene moves from `cur`: (gene, candidate, cost). Only moves `keep` accepts.
+fn moves<S: Space + ?Sized>(
+    p: &Prepared<'_, S>,
+    cur: &mut [usize],
+    mut keep: impl FnMut(&Cost) -> bool,
+) -> Result<Vec<(usize, usize, Cost)>> {
+    let mut out = Vec::new();
+    for g in 0..cur.len() {
+        let orig = cur[g];
+        for k in 0..p.coords[g].len() {
+            if k == orig {
+                continue;
+            }
+            cur[g] = k;
+            let c = p.cost(cur);
+            cur[g] = orig;
+            let c = c?;
+            if keep(&c) {
+                out.push((g, k, c));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// μ of `cur` with each single-gene move applied (one batched call).
+fn move_means<S: Space + ?Sized, O: Objective + ?Sized>(
+    p: &Prepared<'_, S>,
+    eval: &Eval<'_, O>,
+    cur: &[usize],
+    mv: &[(usize, usize, Cost)],
+) -> Result<Vec<f64>> {
+    let d = p.dim();
+    let mut base = vec![0.0; d];
+    p.encode(cur, &mut base);
+    let mut xs = Vec::with_capacity(mv.len() * d);
+    for &(g, k, _) in mv {
+        let at = xs.len();
+        xs.extend_from_slice(&base);
+        xs[at + g] = p.coords[g][k];
+    }
+    let mut out = vec![0.0; mv.len()];
+    eval.mean(&xs, &mut out)?;
+    Ok(out)
+}
+
+/// Nearest candidates, greedy repair while over budget, greedy fill while slack remains.
+fn discretise<S: Space + ?Sized, O: Objective + ?Sized>(
+    p: &Prepared<'_, S>,
+    eval: &Eval<'_, O>,
+    x: &[f64],
+    fill: bool,
+) -> Result<Discrete> {
+    let d = p.dim();
+    let mut cur = p.nearest(x);
+    let mut enc = vec![0.0; d];
+    let mut mu = [0.0];
+    p.encode(&cur, &mut enc);
+    eval.mean(&enc, &mut mu)?;
+    let rounded_mean = mu[0];
+    let mut cur_mean = mu[0];
+    let mut cur_cost = p.cost(&cur)?;
+    let total_cards: usize = p.coords.iter().map(Vec::len).sum();
+
+    // Repair: smallest predicted loss per unit of (normalised, violated) cost saved.
+    let mut repair_moves = 0;
+    while !p.budget.admits(&cur_cost) {
+        if repair_moves > 4 * total_cards {
+            // Pathological interplay of two budgets: fall back to the cheapest policy.
+            cur = p.cheapest.clone();
+            cur_cost = p.cost(&cur)?;
+            p.encode(&cur, &mut enc);
+            eval.mean(&enc, &mut mu)?;
+            cur_mean = mu[0];
+            break;
+        }
+        let violated: Vec<(CostKind, f64)> = p
+            .limits
+            .iter()
+            .copied()
+            .filter(|&(k, b)| cur_cost.get(k) > b)
+            .collect();
+        let saved = |c: &Cost| -> f64 {
+            violated
+                .iter()
+                .map(|&(k, b)| (cur_cost.get(k) - c.get(k)) / b)
+                .sum()
+        };
+        let mv = moves(p, &mut cur, |c| saved(c) > 0.0)?;
+        if mv.is_empty() {
+            return Err(Error::InvalidProblem(
+                "no single-gene change reduces the violated cost: costs are not monotone".into(),
+            ));
+        }
+        let means = move_means(p, eval, &cur, &mv)?;
+        let best = (0..mv.len())
+            .min_by(|&a, &b| {
+                let ra = (cur_mean - means[a]) / saved(&mv[a].2);
+                let rb = (cur_mean - means[b]) / saved(&mv[b].2);
+                ra.total_cmp(&rb).then(a.cmp(&b))
+            })
+            .expect("non-empty");
+        let (g, k, c) = mv[best];
+        cur[g] = k;
+        cur_cost = c;
+        cur_mean = means[best];
+        repair_moves += 1;
+    }
+
+    // Fill: best predicted gain per unit of normalised cost spent, staying within budget.
+    let mut fill_moves = 0;
+    if fill {
+        loop {
+            let mv = moves(p, &mut cur, |c| p.budget.admits(c))?;
+            if mv.is_empty() {
+                break;
+            }
+            let means = move_means(p, eval, &cur, &mv)?;
+            let spent = |c: &Cost| -> f64 {
+                p.limits
+                    .iter()
+                    .map(|&(k, b)| (c.get(k) - cur_cost.get(k)) / b)
+                    .sum()
+            };
+            // Score: gain per spent; a gain at no extra cost ranks above any that costs.
+            let score = |i: usize| -> (bool, f64) {
+                let gain = means[i] - cur_mean;
+                let s = spent(&mv[i].2);
+                if s <= 0.0 {
+                    (true, gain)
+                } else {
+                    (false, gain / s)
+                }
+            };
+            let best = (0..mv.len())
+                .filter(|&i| means[i] - cur_mean > 1e-12 * cur_mean.abs().max(1.0))
+                .max_by(|&a, &b| {
+                    let (sa, sb) = (score(a), score(b));
+                    sa.0.cmp(&sb.0).then(sa.1.total_cmp(&sb.1)).then(b.cmp(&a))
+                });
+            let Some(best) = best else { break };
+            let (g, k, c) = mv[best];
+            cur[g] = k;
+            cur_cost = c;
+            cur_mean = means[best];
+            fill_moves += 1;
+        }
+    }
+    Ok(Discrete {
+        indices: cur,
+        mean: cur_mean,
+        rounded_mean,
+        repair_moves,
+        fill_moves,
+    })
+}
