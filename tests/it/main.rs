@@ -1,5 +1,7 @@
 //! The single integration-test binary: cross-crate tests, one module per area.
 
+mod store;
+
 #[test]
 fn workspace_root_is_found() {
     assert!(seernet_tests::workspace_root().join("Cargo.toml").exists());

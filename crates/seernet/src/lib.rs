@@ -15,3 +15,11 @@
 
 /// Network specs, search space, policies and complexity (the `seer-policy` crate).
 pub use seer_policy as policy;
+
+pub mod budget;
+pub mod error;
+pub mod manifest;
+pub mod report;
+pub mod store;
+
+pub use error::{Error, Result};

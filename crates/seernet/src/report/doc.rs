@@ -1,0 +1,287 @@
+//! The report's content as a small document model, rendered to Markdown and to HTML, so both
+//! formats always carry the same figures.
+
+use super::{RunReport, TOP1_PLOT, best_uniform_at, fmt, layers_plot_name};
+
+/// One block of the document. All text is plain (renderers escape it).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Block {
+    /// Heading of level 1–3.
+    Heading(u8, String),
+    /// A paragraph.
+    Para(String),
+    /// A table: header and rows of cells.
+    Table(Vec<String>, Vec<Vec<String>>),
+    /// A bullet list.
+    List(Vec<String>),
+    /// A plot: its file name in the run directory and its alt text.
+    Plot(String, String),
+}
+
+fn opt<T>(v: Option<T>, f: impl Fn(T) -> String) -> String {
+    v.map_or_else(|| "—".to_string(), f)
+}
+
+pub(crate) fn document(r: &RunReport) -> Vec<Block> {
+    use Block::*;
+    let mut d = Vec::new();
+    d.push(Heading(
+        1,
+        if r.title.is_empty() {
+            "SeerNet-rs compression report".into()
+        } else {
+            r.title.clone()
+        },
+    ));
+    let mut facts = vec![
+        format!("Network: {} at input {}", r.arch, r.input),
+        format!("Dataset: {}", r.dataset),
+        format!("Seed: {}", r.seed),
+    ];
+    if let Some(c) = &r.command {
+        facts.push(format!("Command: {c}"));
+    }
+    d.push(List(facts));
+
+    let b = &r.baseline;
+    d.push(Heading(2, "Baseline (full precision)".into()));
+    d.push(Table(
+        vec![
+            "test top-1 (%)".into(),
+            "val top-1 (%)".into(),
+            "MACs".into(),
+            "BOPs at w8a8".into(),
+            "fp32 size".into(),
+            "source".into(),
+        ],
+        vec![vec![
+            format!("{:.2}", b.top1_test),
+            opt(b.top1_val, |v| format!("{v:.2}")),
+            fmt::si(b.macs),
+            fmt::si(b.bops_w8a8),
+            fmt::size(b.size_bits_fp32),
+            b.source.clone(),
+        ]],
+    ));
+
+    d.push(Heading(2, "Chosen policies".into()));
+    if r.budgets.is_empty() {
+        d.push(Para("No budget results.".into()));
+    } else {
+        d.push(Para(
+            "Predicted top-1 is the predictor's estimate under the labelling protocol (validation split, short fine-tune); \
+             measured top-1 is on the test split after the final fine-tune. The best uniform baseline is the measured uniform \
+             bit-width model with the highest top-1 at no more BOPs than the chosen policy; margin = measured − that baseline."
+                .into(),
+        ));
+        let rows = r
+            .budgets
+            .iter()
+            .map(|x| {
+                let limit = match (x.max_bops, x.max_size_bits) {
+                    (Some(bo), Some(s)) => format!("≤ {} BOPs, ≤ {}", fmt::si(bo), fmt::size(s)),
+                    (Some(bo), None) => format!("≤ {} BOPs", fmt::si(bo)),
+                    (None, Some(s)) => format!("≤ {}", fmt::size(s)),
+                    (None, None) => "—".into(),
+                };
+                let (best, margin) = match best_uniform_at(&r.uniform, x.bops) {
+                    Some(u) => (
+                        format!("{} ({:.2})", u.name, u.measured_top1),
+                        opt(x.measured_top1, |m| format!("{:+.2}", m - u.measured_top1)),
+                    ),
+                    None => ("none at ≤ these BOPs".into(), "—".into()),
+                };
+                vec![
+                    x.label.clone(),
+                    limit,
+                    format!(
+                        "{}{}",
+                        fmt::si(x.bops),
+                        opt(r.bops_share(x.bops), |s| format!(
+                            " ({:.1}% of w8a8)",
+                            100.0 * s
+                        ))
+                    ),
+                    fmt::size(x.size_bits),
+                    opt(r.compression_ratio(x.size_bits), |c| format!("{c:.1}×")),
+                    format!(
+                        "{:.2}{}",
+                        x.predicted_top1,
+                        x.predicted_std
+                            .map_or(String::new(), |s| format!(" ± {s:.2}"))
+                    ),
+                    fmt::top1(x.measured_top1),
+                    best,
+                    margin,
+                ]
+            })
+            .collect();
+        d.push(Table(
+            [
+                "budget",
+                "limit",
+                "BOPs",
+                "size",
+                "compression vs fp32",
+                "predicted top-1 (%)",
+                "measured test top-1 (%)",
+                "best uniform ≤ BOPs",
+                "margin (points)",
+            ]
+            .map(String::from)
+            .to_vec(),
+            rows,
+        ));
+        for x in &r.budgets {
+            d.push(Heading(3, format!("Policy {}", x.label)));
+            let mut facts = vec![
+                fmt::policy_summary(&x.policy),
+                format!("MACs: {}", fmt::si(x.macs)),
+            ];
+            if let Some(p) = &x.policy_file {
+                facts.push(format!("Policy file: {p}"));
+            }
+            if let Some(m) = &x.model_file {
+                facts.push(format!("Model file: {m}"));
+            }
+            d.push(List(facts));
+            let rows = x
+                .policy
+                .units
+                .iter()
+                .enumerate()
+                .map(|(i, u)| {
+                    vec![
+                        i.to_string(),
+                        r.unit_names.get(i).cloned().unwrap_or_else(|| "—".into()),
+                        format!("{}", u.prune),
+                        format!("{:.2}", 1.0 - u.prune),
+                        u.wbits.to_string(),
+                        u.abits.to_string(),
+                    ]
+                })
+                .collect();
+            d.push(Table(
+                [
+                    "#",
+                    "unit",
+                    "prune",
+                    "keep",
+                    "weight bits",
+                    "activation bits",
+                ]
+                .map(String::from)
+                .to_vec(),
+                rows,
+            ));
+            d.push(Plot(
+                layers_plot_name(&x.label),
+                format!("per-unit bits and keep ratio of policy {}", x.label),
+            ));
+        }
+    }
+
+    d.push(Heading(
+        2,
+        "Uniform bit-width baselines (measured, same final fine-tune)".into(),
+    ));
+    if r.uniform.is_empty() {
+        d.push(Para("None measured in this run.".into()));
+    } else {
+        let mut u = r.uniform.clone();
+        u.sort_by_key(|u| u.bops);
+        d.push(Table(
+            [
+                "baseline",
+                "w bits",
+                "a bits",
+                "prune",
+                "BOPs",
+                "size",
+                "measured test top-1 (%)",
+            ]
+            .map(String::from)
+            .to_vec(),
+            u.iter()
+                .map(|u| {
+                    vec![
+                        u.name.clone(),
+                        u.wbits.to_string(),
+                        u.abits.to_string(),
+                        format!("{}", u.prune),
+                        format!(
+                            "{}{}",
+                            fmt::si(u.bops),
+                            opt(r.bops_share(u.bops), |s| format!(" ({:.1}%)", 100.0 * s))
+                        ),
+                        fmt::size(u.size_bits),
+                        format!("{:.2}", u.measured_top1),
+                    ]
+                })
+                .collect(),
+        ));
+    }
+
+    d.push(Heading(2, "Top-1 vs BOPs".into()));
+    if r.uniform.is_empty() && r.budgets.is_empty() && r.front.is_empty() && r.labels.is_empty() {
+        d.push(Para("Nothing to plot.".into()));
+    } else {
+        d.push(Plot(
+            TOP1_PLOT.into(),
+            "measured top-1 vs BOPs with uniform baselines and the predicted front".into(),
+        ));
+    }
+
+    d.push(Heading(2, "Predictor quality (held-out labels)".into()));
+    match &r.predictor {
+        Some(p) => d.push(Table(
+            [
+                "Kendall τ-b",
+                "Spearman ρ",
+                "RMSE (points)",
+                "fitted on",
+                "held out",
+            ]
+            .map(String::from)
+            .to_vec(),
+            vec![vec![
+                format!("{:.3}", p.kendall_tau),
+                opt(p.spearman, |s| format!("{s:.3}")),
+                format!("{:.3}", p.rmse),
+                p.n_train.to_string(),
+                p.n_test.to_string(),
+            ]],
+        )),
+        None => d.push(Para("Not evaluated in this run.".into())),
+    }
+
+    d.push(Heading(2, "Stage timings".into()));
+    if r.timings.is_empty() {
+        d.push(Para("Not recorded.".into()));
+    } else {
+        let total: f64 = r.timings.iter().map(|t| t.seconds).sum();
+        let mut rows: Vec<Vec<String>> = r
+            .timings
+            .iter()
+            .map(|t| vec![t.stage.clone(), fmt::secs(t.seconds)])
+            .collect();
+        rows.push(vec!["total".into(), fmt::secs(total)]);
+        d.push(Table(vec!["stage".into(), "wall time".into()], rows));
+    }
+
+    if !r.settings.is_empty() {
+        d.push(Heading(2, "Settings".into()));
+        d.push(Table(
+            vec!["setting".into(), "value".into()],
+            r.settings
+                .iter()
+                .map(|s| vec![s.name.clone(), s.value.clone()])
+                .collect(),
+        ));
+    }
+    if !r.notes.is_empty() {
+        d.push(Heading(2, "Notes".into()));
+        d.push(List(r.notes.clone()));
+    }
+    d
+}

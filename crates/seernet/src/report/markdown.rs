@@ -1,0 +1,125 @@
+//! `report.md`: the report as GitHub-flavoured Markdown; plots are linked as SVG files beside it.
+
+use super::RunReport;
+use super::doc::{Block, document};
+
+/// Escapes text for Markdown: HTML-special characters become entities (a renderer would
+/// otherwise pass raw HTML through), and Markdown punctuation that could start markup is
+/// backslash-escaped. Newlines become spaces (cells and list items are one line).
+pub(crate) fn md_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '\n' | '\r' => out.push(' '),
+            '\\' | '`' | '*' | '_' | '[' | ']' | '|' | '#' | '!' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Renders `report.md`.
+pub fn render_markdown(r: &RunReport) -> String {
+    let mut s = String::new();
+    for b in document(r) {
+        match b {
+            Block::Heading(level, t) => {
+                s += &format!("{} {}\n\n", "#".repeat(level as usize), md_escape(&t));
+            }
+            Block::Para(t) => s += &format!("{}\n\n", md_escape(&t)),
+            Block::List(items) => {
+                for i in items {
+                    s += &format!("- {}\n", md_escape(&i));
+                }
+                s += "\n";
+            }
+            Block::Table(head, rows) => {
+                let line = |cells: &[String]| {
+                    format!(
+                        "| {} |\n",
+                        cells
+                            .iter()
+                            .map(|c| md_escape(c))
+                            .collect::<Vec<_>>()
+                            .join(" | ")
+                    )
+                };
+                s += &line(&head);
+                s += &format!("|{}\n", "---|".repeat(head.len()));
+                for r in rows {
+                    s += &line(&r);
+                }
+                s += "\n";
+            }
+            Block::Plot(file, alt) => s += &format!("![{}]({})\n\n", md_escape(&alt), file),
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::tests::synthetic;
+
+    #[test]
+    fn renders_what_it_is_given() {
+        let r = synthetic();
+        let md = render_markdown(&r);
+        assert!(md.starts_with("# Synthetic &lt;test&gt; &amp; \"report\"\n"));
+        // Baseline, both budgets, the uniform table, predictor and timings.
+        for needle in [
+            "| 92.31 | 92.90 |",
+            "frac-0.05",
+            "frac-0.15",
+            "| w2a2 | 2 | 2 | 0 |",
+            "| 0.710 | 0.880 | 0.420 | 96 | 16 |",
+            "| labelling | 13m 32s |",
+            "![measured top-1 vs BOPs",
+            "(layers-frac-0.05.svg)",
+            "| 90.20 | w2a2 (85.00) | +5.20 |",
+            "not measured",
+            "14.4×",
+            "conv3&lt;x&gt;",
+        ] {
+            assert!(md.contains(needle), "missing {needle:?} in\n{md}");
+        }
+        assert!(!md.contains("<script>") && !md.contains("toy<net>"));
+        // The unmeasured budget gets no margin.
+        let row = md.lines().find(|l| l.starts_with("| frac-0.15 |")).unwrap();
+        assert!(
+            row.contains("not measured") && row.ends_with("| w3a3 (88.40) | — |"),
+            "{row}"
+        );
+        // Every table row has as many cells as its header.
+        let mut cols = None;
+        for l in md.lines() {
+            if l.starts_with("|---") {
+                continue;
+            }
+            if l.starts_with('|') {
+                let n = l.matches(" | ").count();
+                assert_eq!(*cols.get_or_insert(n), n, "ragged table row: {l}");
+            } else {
+                cols = None;
+            }
+        }
+    }
+
+    #[test]
+    fn empty_report_claims_nothing() {
+        let md = render_markdown(&RunReport::default());
+        assert!(
+            md.contains("No budget results.")
+                && md.contains("None measured")
+                && md.contains("Not evaluated")
+        );
+        assert!(!md.contains(".svg"));
+    }
+}

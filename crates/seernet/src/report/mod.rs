@@ -1,0 +1,558 @@
+//! The run report (issue 7 §5): `report.md`, a self-contained `report.html` (inline SVG, no
+//! external assets), the SVG plots and `report.json`, rendered from a plain [`RunReport`].
+//!
+//! The report renders exactly what it is given: a missing measurement shows as "not measured",
+//! never as a made-up number. The only figures it derives are arithmetic on given ones
+//! (compression ratio, share of the w8a8 BOPs, best uniform baseline at ≤ the same BOPs and the
+//! margin to it), each labelled as such.
+//!
+//! ```
+//! use seernet::report::{RunReport, Baseline};
+//! let r = RunReport {
+//!     title: "demo".into(),
+//!     arch: "lenet5".into(),
+//!     input: "28x28x1".into(),
+//!     dataset: "fashion-mnist".into(),
+//!     baseline: Baseline { top1_test: 90.1, top1_val: None, macs: 1, bops_w8a8: 64, size_bits_fp32: 3200, source: "x".into() },
+//!     ..Default::default()
+//! };
+//! let dir = tempfile::tempdir().unwrap();
+//! let files = seernet::report::write_report(dir.path(), &r).unwrap();
+//! assert!(files.iter().any(|f| f.ends_with("report.html")));
+//! ```
+
+mod doc;
+mod html;
+mod markdown;
+mod plots;
+
+use std::path::{Path, PathBuf};
+
+use seer_policy::Policy;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::store::write_atomic;
+
+pub use html::render_html;
+pub use markdown::render_markdown;
+pub use plots::{plot_policy_layers, plot_top1_vs_bops};
+
+/// Format tag of `report.json`.
+pub const REPORT_FORMAT: &str = "seernet-report";
+/// `report.json` version written by this build.
+pub const REPORT_VERSION: u64 = 1;
+
+/// Everything a run reports. Top-1 values are percentages (0–100); BOPs, MACs and sizes follow
+/// method.md §2 (size in bits).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunReport {
+    /// Heading of the report.
+    pub title: String,
+    /// Network name.
+    pub arch: String,
+    /// Input shape `HxWxC`.
+    pub input: String,
+    /// Dataset name.
+    pub dataset: String,
+    /// Seed of the run.
+    pub seed: u64,
+    /// The command line that produced the run, if known.
+    pub command: Option<String>,
+    /// The full-precision network.
+    pub baseline: Baseline,
+    /// Settings of the run (labels, rounds, acquisition, fine-tune steps, ...), shown as a table.
+    pub settings: Vec<Setting>,
+    /// Names of the searchable units, in policy order (for per-unit tables and plots).
+    pub unit_names: Vec<String>,
+    /// One entry per budget.
+    pub budgets: Vec<BudgetOutcome>,
+    /// Measured uniform-bit-width baselines (same final fine-tune protocol).
+    pub uniform: Vec<UniformBaseline>,
+    /// The predictor's front: predicted top-1 of the best policy found at each BOPs level.
+    pub front: Vec<FrontPoint>,
+    /// Labelled samples (validation top-1 after the short fine-tune), for the scatter plot.
+    pub labels: Vec<LabelPoint>,
+    /// Predictor quality on held-out labels.
+    pub predictor: Option<PredictorQuality>,
+    /// Wall time per stage.
+    pub timings: Vec<StageTiming>,
+    /// Free-text notes (warnings, deviations), rendered as a list.
+    pub notes: Vec<String>,
+}
+
+/// The trained full-precision network.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Baseline {
+    /// Test top-1 of the full-precision network.
+    pub top1_test: f64,
+    /// Validation top-1, if measured.
+    pub top1_val: Option<f64>,
+    /// MACs of the unpruned network.
+    pub macs: u64,
+    /// BOPs of the unpruned network at w8a8 (the reference of `--bops-frac`).
+    pub bops_w8a8: u64,
+    /// Size of the full-precision (32-bit) weights in bits (the reference of compression ratios).
+    pub size_bits_fp32: u64,
+    /// Where the baseline came from (checkpoint path, or "trained in this run").
+    pub source: String,
+}
+
+/// A named setting of the run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Setting {
+    /// Name.
+    pub name: String,
+    /// Value as text.
+    pub value: String,
+}
+
+/// The outcome at one budget.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BudgetOutcome {
+    /// Budget label (`bops-5M`, `frac-0.1`, ...).
+    pub label: String,
+    /// BOPs limit, if any.
+    pub max_bops: Option<u64>,
+    /// Size limit in bits, if any.
+    pub max_size_bits: Option<u64>,
+    /// The chosen policy.
+    pub policy: Policy,
+    /// Its MACs.
+    pub macs: u64,
+    /// Its BOPs.
+    pub bops: u64,
+    /// Its size in bits.
+    pub size_bits: u64,
+    /// Predicted top-1 (validation protocol, short fine-tune).
+    pub predicted_top1: f64,
+    /// Ensemble std of the prediction.
+    pub predicted_std: Option<f64>,
+    /// Measured test top-1 after the final fine-tune; None when not measured.
+    pub measured_top1: Option<f64>,
+    /// Written policy file, relative to the run directory.
+    pub policy_file: Option<String>,
+    /// Written model file, relative to the run directory.
+    pub model_file: Option<String>,
+}
+
+/// A measured uniform-bit-width (optionally uniformly pruned) baseline.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct UniformBaseline {
+    /// Display name, e.g. `w4a4`.
+    pub name: String,
+    /// Weight bits of every searchable unit.
+    pub wbits: u32,
+    /// Activation bits of every searchable unit.
+    pub abits: u32,
+    /// Pruning ratio of every searchable unit.
+    pub prune: f64,
+    /// Its BOPs.
+    pub bops: u64,
+    /// Its size in bits.
+    pub size_bits: u64,
+    /// Measured test top-1 after the same final fine-tune.
+    pub measured_top1: f64,
+}
+
+/// One point of the predicted front.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct FrontPoint {
+    /// BOPs of the policy.
+    pub bops: u64,
+    /// Its predicted top-1.
+    pub predicted_top1: f64,
+}
+
+/// One labelled sample.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LabelPoint {
+    /// BOPs of the policy.
+    pub bops: u64,
+    /// Validation top-1 after the labelling fine-tune.
+    pub top1: f64,
+}
+
+/// Predictor quality on held-out labels (method.md §4).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PredictorQuality {
+    /// Kendall's τ-b between predicted and measured top-1.
+    pub kendall_tau: f64,
+    /// Spearman's ρ, if computed.
+    pub spearman: Option<f64>,
+    /// RMSE in top-1 points.
+    pub rmse: f64,
+    /// Labels the predictor was fitted on.
+    pub n_train: usize,
+    /// Held-out labels it was evaluated on.
+    pub n_test: usize,
+}
+
+/// Wall time of one stage.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StageTiming {
+    /// Stage name.
+    pub stage: String,
+    /// Seconds.
+    pub seconds: f64,
+}
+
+/// Best measured uniform baseline with BOPs ≤ `bops` (ties: the cheaper one).
+pub fn best_uniform_at(uniform: &[UniformBaseline], bops: u64) -> Option<&UniformBaseline> {
+    uniform
+        .iter()
+        .filter(|u| u.bops <= bops && u.measured_top1.is_finite())
+        .max_by(|a, b| {
+            a.measured_top1
+                .total_cmp(&b.measured_top1)
+                .then(b.bops.cmp(&a.bops))
+        })
+}
+
+impl RunReport {
+    /// fp32 size / policy size, when both are known and non-zero.
+    pub fn compression_ratio(&self, size_bits: u64) -> Option<f64> {
+        (self.baseline.size_bits_fp32 > 0 && size_bits > 0)
+            .then(|| self.baseline.size_bits_fp32 as f64 / size_bits as f64)
+    }
+
+    /// BOPs as a fraction of the unpruned w8a8 BOPs, when known.
+    pub fn bops_share(&self, bops: u64) -> Option<f64> {
+        (self.baseline.bops_w8a8 > 0).then(|| bops as f64 / self.baseline.bops_w8a8 as f64)
+    }
+
+    /// Measured top-1 minus the best uniform baseline at ≤ the same BOPs, when both exist.
+    pub fn margin(&self, b: &BudgetOutcome) -> Option<(f64, &UniformBaseline)> {
+        let u = best_uniform_at(&self.uniform, b.bops)?;
+        Some((b.measured_top1? - u.measured_top1, u))
+    }
+
+    /// `report.json`: the report with format tag and version.
+    pub fn to_json(&self) -> String {
+        #[derive(Serialize)]
+        struct Out<'a> {
+            format: &'static str,
+            version: u64,
+            #[serde(flatten)]
+            report: &'a RunReport,
+        }
+        serde_json::to_string_pretty(&Out {
+            format: REPORT_FORMAT,
+            version: REPORT_VERSION,
+            report: self,
+        })
+        .expect("serializes")
+    }
+
+    /// Parses `report.json`; Err(Report) for another format or version or bad JSON.
+    pub fn from_json(s: &str) -> Result<Self> {
+        let mut v: serde_json::Value =
+            serde_json::from_str(s).map_err(|e| Error::Report(format!("report.json: {e}")))?;
+        let obj = v
+            .as_object_mut()
+            .ok_or_else(|| Error::Report("report.json: not an object".into()))?;
+        match (obj.remove("format"), obj.remove("version")) {
+            (Some(f), Some(ver)) if f == REPORT_FORMAT && ver == REPORT_VERSION => {}
+            (f, ver) => {
+                return Err(Error::Report(format!(
+                    "report.json: format {} version {}, this build reads {REPORT_FORMAT} version {REPORT_VERSION}",
+                    f.map_or("(absent)".into(), |f| f.to_string()),
+                    ver.map_or("(absent)".into(), |v| v.to_string())
+                )));
+            }
+        }
+        serde_json::from_value(v).map_err(|e| Error::Report(format!("report.json: {e}")))
+    }
+}
+
+/// File name of the per-layer plot of a budget.
+pub fn layers_plot_name(label: &str) -> String {
+    format!("layers-{label}.svg")
+}
+
+/// File name of the top-1 vs BOPs plot.
+pub const TOP1_PLOT: &str = "top1-vs-bops.svg";
+
+/// Writes `report.md`, `report.html`, `report.json`, `top1-vs-bops.svg` and one
+/// `layers-<label>.svg` per budget into `dir` (each atomically); returns the paths written.
+/// Err(Io) naming the file, Err(Report) when a plot cannot be drawn.
+pub fn write_report(dir: &Path, r: &RunReport) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::Io {
+        path: dir.display().to_string(),
+        source: e,
+    })?;
+    let mut written = Vec::new();
+    let mut put = |name: &str, text: &str| -> Result<()> {
+        let p = dir.join(name);
+        write_atomic(&p, text.as_bytes())?;
+        written.push(p);
+        Ok(())
+    };
+    if let Some(svg) = plot_top1_vs_bops(r)? {
+        put(TOP1_PLOT, &svg)?;
+    }
+    for b in &r.budgets {
+        put(&layers_plot_name(&b.label), &plot_policy_layers(r, b)?)?;
+    }
+    put("report.md", &render_markdown(r))?;
+    put("report.html", &render_html(r)?)?;
+    put("report.json", &(r.to_json() + "\n"))?;
+    Ok(written)
+}
+
+/// Text helpers shared by the renderers.
+pub(crate) mod fmt {
+    /// `1234567` -> `1.23M` (SI, 3 significant digits).
+    pub fn si(v: u64) -> String {
+        let f = v as f64;
+        for (u, s) in [(1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")] {
+            if f >= u {
+                return format!("{}{s}", sig3(f / u));
+            }
+        }
+        v.to_string()
+    }
+    fn sig3(x: f64) -> String {
+        if x >= 100.0 {
+            format!("{x:.0}")
+        } else if x >= 10.0 {
+            format!("{x:.1}")
+        } else {
+            format!("{x:.2}")
+        }
+    }
+    /// Size in bits as bytes with SI units and 2 decimals: `327680` -> `40.96 KB`.
+    pub fn size(bits: u64) -> String {
+        let bytes = bits as f64 / 8.0;
+        for (u, s) in [(1e9, "GB"), (1e6, "MB"), (1e3, "KB")] {
+            if bytes >= u {
+                return format!("{:.2} {s}", bytes / u);
+            }
+        }
+        format!("{bytes} B")
+    }
+    /// Top-1 with two decimals, or "not measured".
+    pub fn top1(v: Option<f64>) -> String {
+        v.map_or_else(|| "not measured".to_string(), |v| format!("{v:.2}"))
+    }
+    /// Seconds as `1h 02m`, `3m 05s` or `12.3 s`.
+    pub fn secs(s: f64) -> String {
+        if !s.is_finite() {
+            return format!("{s}");
+        }
+        let t = s.round() as u64;
+        if s >= 3600.0 {
+            format!("{}h {:02}m", t / 3600, (t % 3600) / 60)
+        } else if s >= 60.0 {
+            format!("{}m {:02}s", t / 60, t % 60)
+        } else {
+            format!("{s:.1} s")
+        }
+    }
+    /// Compact per-unit summary: `w 8 4 4 … | a 8 4 … | keep 1 .75 …`.
+    pub fn policy_summary(p: &seer_policy::Policy) -> String {
+        let n = p.units.len().max(1) as f64;
+        let mw = p.units.iter().map(|u| u.wbits as f64).sum::<f64>() / n;
+        let ma = p.units.iter().map(|u| u.abits as f64).sum::<f64>() / n;
+        let mk = p.units.iter().map(|u| 1.0 - u.prune).sum::<f64>() / n;
+        format!(
+            "{} units; mean w {mw:.2} b, a {ma:.2} b, keep {mk:.2}",
+            p.units.len()
+        )
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use seer_policy::{InputShape, UnitPolicy};
+
+    /// A synthetic report (no real run): every number is a made-up test input.
+    pub(crate) fn synthetic() -> RunReport {
+        let units = 5;
+        let pol = |w: u32, a: u32, p: f64| Policy {
+            arch: "toy<net>".into(),
+            input: InputShape::new(28, 28, 1),
+            units: (0..units)
+                .map(|i| UnitPolicy {
+                    prune: if i == 0 { 0.0 } else { p },
+                    wbits: w + (i as u32 % 2),
+                    abits: a,
+                })
+                .collect(),
+        };
+        RunReport {
+            title: "Synthetic <test> & \"report\"".into(),
+            arch: "toy<net>".into(),
+            input: "28x28x1".into(),
+            dataset: "fashion-mnist".into(),
+            seed: 7,
+            command: Some("cargo xtask compress --out 'a<b>'".into()),
+            baseline: Baseline {
+                top1_test: 92.31,
+                top1_val: Some(92.9),
+                macs: 40_000_000,
+                bops_w8a8: 2_560_000_000,
+                size_bits_fp32: 270_000 * 32,
+                source: "baseline.safetensors".into(),
+            },
+            settings: vec![Setting {
+                name: "labels".into(),
+                value: "64 + 3×16".into(),
+            }],
+            unit_names: (0..units).map(|i| format!("conv{i}<x>")).collect(),
+            budgets: vec![
+                BudgetOutcome {
+                    label: "frac-0.05".into(),
+                    max_bops: Some(128_000_000),
+                    max_size_bits: None,
+                    policy: pol(2, 3, 0.5),
+                    macs: 20_000_000,
+                    bops: 127_000_000,
+                    size_bits: 600_000,
+                    predicted_top1: 89.5,
+                    predicted_std: Some(0.3),
+                    measured_top1: Some(90.2),
+                    policy_file: Some("policy-frac-0.05.json".into()),
+                    model_file: None,
+                },
+                BudgetOutcome {
+                    label: "frac-0.15".into(),
+                    max_bops: Some(384_000_000),
+                    max_size_bits: None,
+                    policy: pol(4, 4, 0.25),
+                    macs: 30_000_000,
+                    bops: 380_000_000,
+                    size_bits: 1_100_000,
+                    predicted_top1: 91.4,
+                    predicted_std: None,
+                    measured_top1: None,
+                    policy_file: None,
+                    model_file: None,
+                },
+            ],
+            uniform: vec![
+                UniformBaseline {
+                    name: "w2a2".into(),
+                    wbits: 2,
+                    abits: 2,
+                    prune: 0.0,
+                    bops: 100_000_000,
+                    size_bits: 560_000,
+                    measured_top1: 85.0,
+                },
+                UniformBaseline {
+                    name: "w3a3".into(),
+                    wbits: 3,
+                    abits: 3,
+                    prune: 0.0,
+                    bops: 225_000_000,
+                    size_bits: 820_000,
+                    measured_top1: 88.4,
+                },
+                UniformBaseline {
+                    name: "w4a4".into(),
+                    wbits: 4,
+                    abits: 4,
+                    prune: 0.0,
+                    bops: 400_000_000,
+                    size_bits: 1_090_000,
+                    measured_top1: 90.9,
+                },
+            ],
+            front: vec![
+                FrontPoint {
+                    bops: 90_000_000,
+                    predicted_top1: 86.0,
+                },
+                FrontPoint {
+                    bops: 200_000_000,
+                    predicted_top1: 90.0,
+                },
+                FrontPoint {
+                    bops: 400_000_000,
+                    predicted_top1: 91.5,
+                },
+            ],
+            labels: vec![
+                LabelPoint {
+                    bops: 150_000_000,
+                    top1: 87.0,
+                },
+                LabelPoint {
+                    bops: 300_000_000,
+                    top1: 89.9,
+                },
+            ],
+            predictor: Some(PredictorQuality {
+                kendall_tau: 0.71,
+                spearman: Some(0.88),
+                rmse: 0.42,
+                n_train: 96,
+                n_test: 16,
+            }),
+            timings: vec![
+                StageTiming {
+                    stage: "labelling".into(),
+                    seconds: 812.4,
+                },
+                StageTiming {
+                    stage: "search".into(),
+                    seconds: 0.2,
+                },
+            ],
+            notes: vec!["note with <script>alert(1)</script>".into()],
+        }
+    }
+
+    #[test]
+    fn derived_figures() {
+        let r = synthetic();
+        assert_eq!(
+            best_uniform_at(&r.uniform, 127_000_000).unwrap().name,
+            "w2a2"
+        );
+        assert_eq!(best_uniform_at(&r.uniform, 99_999_999), None);
+        let (m, u) = r.margin(&r.budgets[0]).unwrap();
+        assert_eq!(u.name, "w2a2");
+        assert!((m - 5.2).abs() < 1e-9);
+        assert_eq!(r.margin(&r.budgets[1]), None, "no measurement, no margin");
+        assert!((r.compression_ratio(600_000).unwrap() - 14.4).abs() < 1e-9);
+        assert_eq!(fmt::si(127_000_000), "127M");
+        assert_eq!(fmt::size(327_680), "40.96 KB");
+        assert_eq!(fmt::secs(812.4), "13m 32s");
+    }
+
+    #[test]
+    fn json_roundtrip_and_version() {
+        let r = synthetic();
+        let j = r.to_json();
+        assert_eq!(RunReport::from_json(&j).unwrap(), r);
+        let e = RunReport::from_json(&j.replacen("\"version\": 1", "\"version\": 2", 1))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("version 2"), "{e}");
+    }
+
+    #[test]
+    fn writes_all_files() {
+        let r = synthetic();
+        let dir = tempfile::tempdir().unwrap();
+        let files = write_report(dir.path(), &r).unwrap();
+        let names: Vec<String> = files
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "top1-vs-bops.svg",
+                "layers-frac-0.05.svg",
+                "layers-frac-0.15.svg",
+                "report.md",
+                "report.html",
+                "report.json"
+            ]
+        );
+    }
+}
