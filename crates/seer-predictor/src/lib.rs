@@ -30,6 +30,7 @@ mod metrics;
 mod mlp;
 mod persist;
 mod ridge;
+pub mod space;
 
 pub use cv::{CvOptions, CvReport, SplitScores, Summary, cross_validate};
 pub use data::{CsvTable, DEFAULT_TARGET, Samples};
