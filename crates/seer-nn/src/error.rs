@@ -61,6 +61,12 @@ pub enum Error {
         /// What is wrong.
         msg: String,
     },
+    /// A tensor operation failed (shapes, devices).
+    #[error("tensor op: {0}")]
+    Candle(#[from] candle_core::Error),
+    /// A seer-policy error (spec, search space, policy).
+    #[error(transparent)]
+    Policy(#[from] seer_policy::Error),
     /// JSON (de)serialisation failure on a named file.
     #[error("{path}: {source}")]
     Json {

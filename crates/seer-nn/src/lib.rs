@@ -10,7 +10,14 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod checkpoint;
 pub mod data;
 mod error;
+pub mod model;
+pub mod ops;
+pub mod train;
+
+#[cfg(test)]
+mod tests;
 
 pub use error::{Error, Result};

@@ -1,0 +1,1111 @@
+//! Quantizable CNNs built from a seer-policy [`NetworkSpec`] (ResNet-20/56, VGG-small,
+//! LeNet-5, or any user spec): parameters, the compressed forward pass (channel masks, weight
+//! and activation fake quantization per layer from a [`Policy`]), activation-range
+//! calibration and physical channel pruning (method.md §3, §7).
+//!
+//! Every layer of the spec is executed as written, so a model's layer list, shapes and MACs
+//! are the spec's by construction (checked in tests from the real tensor shapes).
+//!
+//! **Masked vs. slimmed.** [`Model::apply_policy`] chooses the kept output channels of each
+//! searchable unit by filter L2 norm (summed over the unit's layers, method.md §3) and
+//! simulates pruning by zeroing them: after the conv, again after a BatchNorm (whose shift
+//! would revive them) and, with `residual_pruning = tied`, after each residual add (the
+//! stream itself is pruned). Weights of input channels that are physically absent are also
+//! zeroed *before* weight quantization, so per-channel scales equal those of the physically
+//! pruned layer. [`Model::slim`] then removes the channels from convs, BatchNorms, residual
+//! partners and next-layer inputs; its outputs equal the masked model's.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor, Var};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use seer_policy::{LayerKind, NetworkSpec, Policy, ResidualPruning, SearchSpace};
+use serde::{Deserialize, Serialize};
+
+use crate::data::batch::mix;
+use crate::ops;
+use crate::{Error, Result};
+
+/// BatchNorm epsilon (PyTorch default).
+pub const BN_EPS: f64 = 1e-5;
+/// BatchNorm running-statistics momentum (PyTorch default).
+pub const BN_MOMENTUM: f64 = 0.1;
+
+/// Per-layer compression settings (weighted layers only; `None` = full precision).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerComp {
+    /// Kept output channels (ascending original indices); `None` = all.
+    pub keep: Option<Vec<usize>>,
+    /// Weight bit-width (2..=8) or `None` for f32.
+    pub wbits: Option<u32>,
+    /// Bit-width of the activation entering the layer (2..=8) or `None`. Never applied to
+    /// the image itself (8-bit pixels already).
+    pub abits: Option<u32>,
+    /// Slimmed models only: per input, the source channel of each channel this layer sees
+    /// (`None` = zero). Used by residual adds and option-A shortcuts after physical pruning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gathers: Option<Vec<Vec<Option<usize>>>>,
+}
+
+/// Trainable parameters and buffers of one layer (all optional by kind).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct LayerParams {
+    /// Conv/linear weight, or BatchNorm γ.
+    pub weight: Option<Var>,
+    /// Conv/linear bias, or BatchNorm β.
+    pub bias: Option<Var>,
+    /// BatchNorm running mean (buffer, not trained).
+    pub running_mean: Option<Var>,
+    /// BatchNorm running variance (buffer, not trained).
+    pub running_var: Option<Var>,
+    /// Activation clip range α of the layer's input quantizer (weighted layers).
+    pub alpha: Option<Var>,
+}
+
+/// Precomputed masks of the compressed forward pass.
+#[derive(Debug, Default, Clone)]
+struct Plan {
+    /// Multiply the layer's output by this (`[1, C, 1, 1]` or `[1, F]`).
+    out_mask: Vec<Option<Tensor>>,
+    /// Weighted layers: multiply the weight by this before quantization (absent inputs).
+    in_mask: Vec<Option<Tensor>>,
+    /// Channels physically present in each layer's output (`None` = all).
+    phys: Vec<Option<Vec<usize>>>,
+}
+
+/// A quantizable CNN. See the module docs.
+#[derive(Debug, Clone)]
+pub struct Model {
+    spec: NetworkSpec,
+    residual: ResidualPruning,
+    params: Vec<LayerParams>,
+    comp: Vec<LayerComp>,
+    plan: Plan,
+    slim: bool,
+    policy: Option<Policy>,
+    device: Device,
+}
+
+/// Activation samples gathered by [`Model::calibrate`], per layer.
+#[derive(Debug, Default)]
+struct Calib {
+    samples: Vec<Vec<f32>>,
+}
+
+fn kind_dims(kind: &LayerKind) -> Option<(usize, usize)> {
+    match *kind {
+        LayerKind::Conv2d { in_ch, out_ch, .. } => Some((in_ch, out_ch)),
+        LayerKind::Linear {
+            in_features,
+            out_features,
+            ..
+        } => Some((in_features, out_features)),
+        _ => None,
+    }
+}
+
+fn mask_tensor(len: usize, keep: &[usize], rank4: bool, dev: &Device) -> Result<Tensor> {
+    let mut m = vec![0f32; len];
+    for &k in keep {
+        m[k] = 1.0;
+    }
+    let t = Tensor::from_vec(m, len, dev)?;
+    Ok(if rank4 {
+        t.reshape((1, len, 1, 1))?
+    } else {
+        t.reshape((1, len))?
+    })
+}
+
+impl Model {
+    /// A freshly initialised full-precision model for `spec` (Kaiming-uniform weights
+    /// `U(±√(6/fan_in))`, zero biases, BN γ = 1, β = 0), all randomness from `seed`.
+    ///
+    /// Errors: a conv with different strides/paddings/dilations per axis (candle's conv2d
+    /// takes one value), or a spec that fails `NetworkSpec::check`.
+    pub fn new(spec: NetworkSpec, seed: u64, device: &Device) -> Result<Self> {
+        spec.check()?;
+        let mut params = Vec::with_capacity(spec.layers.len());
+        for (i, l) in spec.layers.iter().enumerate() {
+            let mut p = LayerParams::default();
+            let mut rng = ChaCha8Rng::seed_from_u64(mix(seed, i as u64, 0x5EE5));
+            match l.kind {
+                LayerKind::Conv2d {
+                    in_ch,
+                    out_ch,
+                    kernel,
+                    stride,
+                    padding,
+                    dilation,
+                    groups,
+                    bias,
+                } => {
+                    if stride[0] != stride[1]
+                        || padding[0] != padding[1]
+                        || dilation[0] != dilation[1]
+                    {
+                        return Err(Error::Invalid(format!(
+                            "layer {}: per-axis stride/padding/dilation differ; only square ones are supported",
+                            l.name
+                        )));
+                    }
+                    let fan_in = in_ch / groups * kernel[0] * kernel[1];
+                    let shape = (out_ch, in_ch / groups, kernel[0], kernel[1]);
+                    p.weight = Some(uniform_var(
+                        &mut rng,
+                        shape.0 * shape.1 * shape.2 * shape.3,
+                        fan_in,
+                        &[shape.0, shape.1, shape.2, shape.3],
+                        device,
+                    )?);
+                    if bias {
+                        p.bias = Some(Var::zeros(out_ch, DType::F32, device)?);
+                    }
+                    p.alpha = Some(Var::zeros(1, DType::F32, device)?);
+                }
+                LayerKind::Linear {
+                    in_features,
+                    out_features,
+                    bias,
+                } => {
+                    p.weight = Some(uniform_var(
+                        &mut rng,
+                        in_features * out_features,
+                        in_features,
+                        &[out_features, in_features],
+                        device,
+                    )?);
+                    if bias {
+                        p.bias = Some(Var::zeros(out_features, DType::F32, device)?);
+                    }
+                    p.alpha = Some(Var::zeros(1, DType::F32, device)?);
+                }
+                LayerKind::BatchNorm => {
+                    let c = l.out_shape[0];
+                    p.weight = Some(Var::ones(c, DType::F32, device)?);
+                    p.bias = Some(Var::zeros(c, DType::F32, device)?);
+                    p.running_mean = Some(Var::zeros(c, DType::F32, device)?);
+                    p.running_var = Some(Var::ones(c, DType::F32, device)?);
+                }
+                _ => {}
+            }
+            params.push(p);
+        }
+        let n = spec.layers.len();
+        let mut m = Self {
+            spec,
+            residual: ResidualPruning::Tied,
+            params,
+            comp: vec![LayerComp::default(); n],
+            plan: Plan::default(),
+            slim: false,
+            policy: None,
+            device: device.clone(),
+        };
+        m.rebuild_plan()?;
+        Ok(m)
+    }
+
+    /// The network spec (for a slimmed model: with the reduced channel counts).
+    pub fn spec(&self) -> &NetworkSpec {
+        &self.spec
+    }
+    /// The device the parameters live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+    /// The policy applied, if any.
+    pub fn policy(&self) -> Option<&Policy> {
+        self.policy.as_ref()
+    }
+    /// Per-layer compression settings (index = spec layer).
+    pub fn comp(&self) -> &[LayerComp] {
+        &self.comp
+    }
+    /// Whether pruned channels have been physically removed ([`Model::slim`]).
+    pub fn is_slim(&self) -> bool {
+        self.slim
+    }
+    /// How residual adds were treated when the policy was applied.
+    pub fn residual_pruning(&self) -> ResidualPruning {
+        self.residual
+    }
+
+    /// Trainable variables: weights, biases, BN γ/β, and (when `with_alpha`) the activation
+    /// clip ranges of quantized inputs. BN running statistics are never included.
+    pub fn trainable_vars(&self, with_alpha: bool) -> Vec<Var> {
+        let mut v = Vec::new();
+        for (i, p) in self.params.iter().enumerate() {
+            v.extend(p.weight.iter().cloned());
+            v.extend(p.bias.iter().cloned());
+            if with_alpha && self.comp[i].abits.is_some() && !self.spec.layers[i].inputs.is_empty()
+            {
+                v.extend(p.alpha.iter().cloned());
+            }
+        }
+        v
+    }
+
+    /// Number of parameters (weights, biases, BN γ/β), as stored.
+    pub fn num_params(&self) -> usize {
+        self.params
+            .iter()
+            .flat_map(|p| p.weight.iter().chain(p.bias.iter()))
+            .map(|v| v.elem_count())
+            .sum()
+    }
+
+    /// Applies a policy (method.md §1, §3): per weighted layer, weight/activation bit-widths
+    /// and kept output channels (top filter-L2 norms, summed over each searchable unit).
+    /// Replaces any earlier policy; α's must be (re)calibrated afterwards.
+    ///
+    /// Errors: the space's network differs from this model's (another arch or input size);
+    /// an invalid policy (seer-policy's message, naming the unit and value); bit-widths
+    /// outside 2..=8; a slimmed model.
+    pub fn apply_policy(&mut self, space: &SearchSpace, policy: &Policy) -> Result<()> {
+        if self.slim {
+            return Err(Error::Invalid(
+                "cannot apply a policy to a slimmed (physically pruned) model".into(),
+            ));
+        }
+        if space.spec() != &self.spec {
+            return Err(Error::Invalid(format!(
+                "the policy's search space is for {} at {}, but the model is {} at {}",
+                space.spec().name,
+                space.spec().input,
+                self.spec.name,
+                self.spec.input
+            )));
+        }
+        space.validate(policy)?;
+        let costs = space.cost(policy)?;
+        let mut comp = vec![LayerComp::default(); self.spec.layers.len()];
+        let mut kept_count: HashMap<usize, usize> = HashMap::new();
+        for lc in &costs.layers {
+            for (b, what) in [(lc.wbits, "weight"), (lc.abits, "activation")] {
+                if !(2..=8).contains(&b) {
+                    return Err(Error::Invalid(format!(
+                        "layer {}: {what} bit-width {b} is outside the supported 2..=8",
+                        lc.name
+                    )));
+                }
+            }
+            comp[lc.layer].wbits = Some(lc.wbits);
+            comp[lc.layer].abits = Some(lc.abits);
+            kept_count.insert(lc.layer, lc.c_out_kept);
+        }
+        for unit in space.units() {
+            let Some(&first) = unit.layers.first() else {
+                continue;
+            };
+            let c_out = kind_dims(&self.spec.layers[first].kind)
+                .map(|d| d.1)
+                .unwrap_or(0);
+            let k = kept_count.get(&first).copied().unwrap_or(c_out);
+            if k >= c_out || self.spec.layers[first].kind.is_depthwise() {
+                continue;
+            }
+            let mut score = vec![0f64; c_out];
+            for &l in &unit.layers {
+                let w = self.params[l]
+                    .weight
+                    .as_ref()
+                    .expect("weighted layer has weights");
+                let rows = w
+                    .as_tensor()
+                    .reshape((c_out, ()))?
+                    .sqr()?
+                    .sum(1)?
+                    .sqrt()?
+                    .to_vec1::<f32>()?;
+                for (s, r) in score.iter_mut().zip(rows) {
+                    *s += r as f64;
+                }
+            }
+            let keep = top_k(&score, k);
+            for &l in &unit.layers {
+                comp[l].keep = Some(keep.clone());
+            }
+        }
+        self.comp = comp;
+        self.residual = space.config().residual_pruning;
+        self.policy = Some(policy.clone());
+        for p in &self.params {
+            if let Some(a) = &p.alpha {
+                a.set(&Tensor::zeros(1, DType::F32, &self.device)?)?;
+            }
+        }
+        self.rebuild_plan()
+    }
+
+    /// Physical channel sets and masks from `comp` (see module docs).
+    fn rebuild_plan(&mut self) -> Result<()> {
+        let n = self.spec.layers.len();
+        let mut plan = Plan {
+            out_mask: vec![None; n],
+            in_mask: vec![None; n],
+            phys: vec![None; n],
+        };
+        if self.slim {
+            // A slimmed model has no masks: every channel it holds is real.
+            self.plan = plan;
+            return Ok(());
+        }
+        let tied = self.residual == ResidualPruning::Tied;
+        // Pruning constraint of each output (tied adds intersect them).
+        let mut constraint: Vec<Option<Vec<usize>>> = vec![None; n];
+        for i in 0..n {
+            let l = &self.spec.layers[i];
+            let c = l.out_shape[0];
+            let prod = l.inputs.first().copied();
+            let prod_phys = prod.and_then(|p| plan.phys[p].clone());
+            let rank4 = !matches!(l.kind, LayerKind::Linear { .. } | LayerKind::Flatten);
+            match l.kind {
+                LayerKind::Conv2d { .. } | LayerKind::Linear { .. } => {
+                    let (in_ch, groups) = match l.kind {
+                        LayerKind::Conv2d { in_ch, groups, .. } => (in_ch, groups),
+                        LayerKind::Linear { in_features, .. } => (in_features, 1),
+                        _ => unreachable!("matched conv or linear"),
+                    };
+                    let keep = if l.kind.is_depthwise() {
+                        prod_phys.clone()
+                    } else {
+                        self.comp[i].keep.clone()
+                    };
+                    if groups > 1
+                        && !l.kind.is_depthwise()
+                        && (keep.is_some() || prod_phys.is_some())
+                    {
+                        return Err(Error::Invalid(format!(
+                            "layer {}: pruning grouped convolutions is not supported",
+                            l.name
+                        )));
+                    }
+                    if let Some(k) = &keep {
+                        plan.out_mask[i] = Some(mask_tensor(c, k, rank4, &self.device)?);
+                    }
+                    if !l.kind.is_depthwise() {
+                        if let Some(pp) = &prod_phys {
+                            let wshape_rank4 = matches!(l.kind, LayerKind::Conv2d { .. });
+                            plan.in_mask[i] =
+                                Some(mask_tensor(in_ch, pp, wshape_rank4, &self.device)?);
+                        }
+                    }
+                    plan.phys[i] = keep.clone();
+                    constraint[i] = keep;
+                }
+                LayerKind::BatchNorm => {
+                    if let Some(pp) = &prod_phys {
+                        plan.out_mask[i] = Some(mask_tensor(c, pp, true, &self.device)?);
+                    }
+                    plan.phys[i] = prod_phys;
+                    constraint[i] = prod.and_then(|p| constraint[p].clone());
+                }
+                LayerKind::Relu
+                | LayerKind::Relu6
+                | LayerKind::MaxPool { .. }
+                | LayerKind::AvgPool { .. }
+                | LayerKind::GlobalAvgPool => {
+                    plan.phys[i] = prod_phys;
+                    constraint[i] = prod.and_then(|p| constraint[p].clone());
+                }
+                LayerKind::Flatten => {
+                    let [pc, ph, pw] = prod
+                        .map(|p| self.spec.layers[p].out_shape)
+                        .unwrap_or([c, 1, 1]);
+                    let hw = ph * pw;
+                    plan.phys[i] = prod_phys
+                        .map(|s| s.iter().flat_map(|&ch| ch * hw..(ch + 1) * hw).collect());
+                    let _ = pc;
+                }
+                LayerKind::PadShortcut { out_ch, .. } => {
+                    let in_c = prod
+                        .map(|p| self.spec.layers[p].out_shape[0])
+                        .unwrap_or(self.spec.input.c);
+                    let before = (out_ch - in_c) / 2;
+                    let src: Vec<usize> = prod_phys.unwrap_or_else(|| (0..in_c).collect());
+                    plan.phys[i] = Some(src.iter().map(|&s| s + before).collect());
+                }
+                LayerKind::Add => {
+                    let all =
+                        |s: &Option<Vec<usize>>| s.clone().unwrap_or_else(|| (0..c).collect());
+                    let mut union = vec![false; c];
+                    for &p in &l.inputs {
+                        for ch in all(&plan.phys[p]) {
+                            union[ch] = true;
+                        }
+                    }
+                    let mut present = union;
+                    if tied {
+                        for &p in &l.inputs {
+                            if let Some(k) = &constraint[p] {
+                                let mut m = vec![false; c];
+                                for &ch in k {
+                                    m[ch] = true;
+                                }
+                                for (a, b) in present.iter_mut().zip(m) {
+                                    *a &= b;
+                                }
+                            }
+                        }
+                    }
+                    let set: Vec<usize> = (0..c).filter(|&ch| present[ch]).collect();
+                    if set.len() < c {
+                        if tied {
+                            plan.out_mask[i] = Some(mask_tensor(c, &set, true, &self.device)?);
+                            constraint[i] = Some(set.clone());
+                        }
+                        plan.phys[i] = Some(set);
+                    }
+                }
+            }
+        }
+        self.plan = plan;
+        Ok(())
+    }
+
+    fn param(&self, v: &Option<Var>, train: bool) -> Option<Tensor> {
+        v.as_ref().map(|v| {
+            if train {
+                v.as_tensor().clone()
+            } else {
+                v.as_tensor().detach()
+            }
+        })
+    }
+
+    /// Logits `[N, classes]` for images `x` `[N, C, H, W]` (normalised). In training mode
+    /// BatchNorm uses batch statistics and updates its running estimates; in evaluation mode
+    /// it uses the running estimates and the result is detached from the parameters.
+    ///
+    /// Errors: shape mismatch with the spec's input; an activation quantizer whose range was
+    /// never calibrated ([`Model::calibrate`]).
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_impl(x, train, None, None)
+    }
+
+    /// The output shape of every layer (`[N, ...]` as computed, index = spec layer) for
+    /// input `x`, from an evaluation-mode forward pass.
+    pub fn layer_shapes(&self, x: &Tensor) -> Result<Vec<Vec<usize>>> {
+        let mut shapes = Vec::new();
+        self.forward_impl(x, false, None, Some(&mut shapes))?;
+        Ok(shapes)
+    }
+
+    /// MACs per weighted layer computed from real tensor shapes (output `[N, C_out, H, W]`
+    /// of the pass and the stored weight `[C_out, C_in/g, k_h, k_w]`), for one image:
+    /// `(layer index, MACs)`. Used to check the spec's analytic counts (method.md §2).
+    pub fn measured_macs(&self, x: &Tensor) -> Result<Vec<(usize, u64)>> {
+        let shapes = self.layer_shapes(x)?;
+        let mut v = Vec::new();
+        for (i, p) in self.params.iter().enumerate() {
+            let l = &self.spec.layers[i];
+            if !l.kind.is_weighted() {
+                continue;
+            }
+            let w = p.weight.as_ref().expect("weighted").dims().to_vec();
+            let macs = if w.len() == 4 {
+                let o = &shapes[i];
+                (o[1] * o[2] * o[3] * w[1] * w[2] * w[3]) as u64
+            } else {
+                (w[0] * w[1]) as u64
+            };
+            v.push((i, macs));
+        }
+        Ok(v)
+    }
+
+    fn forward_impl(
+        &self,
+        x: &Tensor,
+        train: bool,
+        mut calib: Option<&mut Calib>,
+        mut shapes: Option<&mut Vec<Vec<usize>>>,
+    ) -> Result<Tensor> {
+        let inp = self.spec.input;
+        let dims = x.dims();
+        if dims.len() != 4 || dims[1] != inp.c || dims[2] != inp.h || dims[3] != inp.w {
+            return Err(Error::Invalid(format!(
+                "model {} expects input [N, {}, {}, {}], got {:?}",
+                self.spec.name, inp.c, inp.h, inp.w, dims
+            )));
+        }
+        let n = self.spec.layers.len();
+        // Free each output after its last consumer (only when not training: autograd keeps
+        // what it needs anyway).
+        let mut last_use = vec![0usize; n];
+        for (i, l) in self.spec.layers.iter().enumerate() {
+            for &p in &l.inputs {
+                last_use[p] = i;
+            }
+        }
+        last_use[n - 1] = n;
+        let mut outs: Vec<Option<Tensor>> = vec![None; n];
+        for i in 0..n {
+            let l = &self.spec.layers[i];
+            let input = |k: usize| -> Tensor {
+                match l.inputs.get(k) {
+                    Some(&p) => outs[p].clone().expect("producer computed before consumer"),
+                    None => x.clone(),
+                }
+            };
+            let p = &self.params[i];
+            let c = &self.comp[i];
+            let mut y = match l.kind {
+                LayerKind::Conv2d {
+                    stride,
+                    padding,
+                    dilation,
+                    groups,
+                    ..
+                } => {
+                    let xin = self.quant_input(i, input(0), calib.as_deref_mut())?;
+                    let w = self.eff_weight(i, train)?;
+                    let mut y = ops::conv2d(&xin, &w, stride[0], padding[0], dilation[0], groups)?;
+                    if let Some(b) = self.param(&p.bias, train) {
+                        let co = b.dim(0)?;
+                        y = y.broadcast_add(&b.reshape((1, co, 1, 1))?)?;
+                    }
+                    y
+                }
+                LayerKind::Linear { .. } => {
+                    let mut xin = input(0);
+                    if xin.rank() > 2 {
+                        xin = xin.flatten_from(1)?;
+                    }
+                    let xin = self.quant_input(i, xin, calib.as_deref_mut())?;
+                    let w = self.eff_weight(i, train)?;
+                    let mut y = xin.matmul(&w.t()?)?;
+                    if let Some(b) = self.param(&p.bias, train) {
+                        y = y.broadcast_add(&b.unsqueeze(0)?)?;
+                    }
+                    y
+                }
+                LayerKind::BatchNorm => {
+                    let xin = input(0);
+                    let g = self.param(&p.weight, train).expect("bn gamma");
+                    let b = self.param(&p.bias, train).expect("bn beta");
+                    let (rm, rv) = (
+                        p.running_mean.as_ref().expect("bn mean"),
+                        p.running_var.as_ref().expect("bn var"),
+                    );
+                    if train {
+                        let (y, mean, var) = ops::batch_norm_train(&xin, &g, &b, BN_EPS)?;
+                        let m = xin.elem_count() / xin.dim(1)?;
+                        let unbiased = (var * (m as f64 / (m.max(2) - 1) as f64))?;
+                        let mom = BN_MOMENTUM;
+                        rm.set(&((rm.as_tensor() * (1.0 - mom))? + (mean * mom)?)?)?;
+                        rv.set(&((rv.as_tensor() * (1.0 - mom))? + (unbiased * mom)?)?)?;
+                        y
+                    } else {
+                        ops::batch_norm_eval(&xin, &g, &b, rm.as_tensor(), rv.as_tensor(), BN_EPS)?
+                    }
+                }
+                LayerKind::Relu => input(0).relu()?,
+                LayerKind::Relu6 => input(0).clamp(0f32, 6f32)?,
+                LayerKind::Add => {
+                    let mut acc: Option<Tensor> = None;
+                    for k in 0..l.inputs.len() {
+                        let mut t = input(k);
+                        if let Some(g) = c.gathers.as_ref().and_then(|g| g.get(k)) {
+                            t = ops::gather_channels(&t, g)?;
+                        }
+                        acc = Some(match acc {
+                            None => t,
+                            Some(a) => (a + t)?,
+                        });
+                    }
+                    acc.ok_or_else(|| Error::Invalid(format!("add {} has no inputs", l.name)))?
+                }
+                LayerKind::Flatten => input(0).flatten_from(1)?,
+                LayerKind::MaxPool {
+                    kernel,
+                    stride,
+                    padding,
+                } => {
+                    // Zero padding equals -inf padding after ReLU (non-negative inputs).
+                    let t = input(0)
+                        .pad_with_zeros(2, padding[0], padding[0])?
+                        .pad_with_zeros(3, padding[1], padding[1])?;
+                    t.max_pool2d_with_stride((kernel[0], kernel[1]), (stride[0], stride[1]))?
+                }
+                LayerKind::AvgPool {
+                    kernel,
+                    stride,
+                    padding,
+                } => {
+                    let t = input(0)
+                        .pad_with_zeros(2, padding[0], padding[0])?
+                        .pad_with_zeros(3, padding[1], padding[1])?;
+                    t.avg_pool2d_with_stride((kernel[0], kernel[1]), (stride[0], stride[1]))?
+                }
+                LayerKind::GlobalAvgPool => input(0).mean_keepdim(2)?.mean_keepdim(3)?,
+                LayerKind::PadShortcut { stride, out_ch } => {
+                    let t = ops::subsample(&input(0), stride)?;
+                    match c.gathers.as_ref().and_then(|g| g.first()) {
+                        Some(g) => ops::gather_channels(&t, g)?,
+                        None => {
+                            let cin = t.dim(1)?;
+                            let before = (out_ch - cin) / 2;
+                            t.pad_with_zeros(1, before, out_ch - cin - before)?
+                        }
+                    }
+                }
+            };
+            if let Some(m) = &self.plan.out_mask[i] {
+                y = y.broadcast_mul(m)?;
+            }
+            if let Some(s) = shapes.as_deref_mut() {
+                s.push(y.dims().to_vec());
+            }
+            outs[i] = Some(y);
+            if !train {
+                for &pi in &l.inputs {
+                    if last_use[pi] == i {
+                        outs[pi] = None;
+                    }
+                }
+            }
+        }
+        let out = outs[n - 1].take().expect("last layer computed");
+        Ok(if out.rank() > 2 {
+            out.flatten_from(1)?
+        } else {
+            out
+        })
+    }
+
+    /// The weight as used in the forward pass: absent input channels zeroed, then
+    /// fake-quantized per output channel.
+    fn eff_weight(&self, i: usize, train: bool) -> Result<Tensor> {
+        let mut w = self
+            .param(&self.params[i].weight, train)
+            .expect("weighted layer");
+        if let Some(m) = &self.plan.in_mask[i] {
+            w = w.broadcast_mul(m)?;
+        }
+        if let Some(b) = self.comp[i].wbits {
+            w = ops::fake_quant_weight(&w, b)?;
+        }
+        Ok(w)
+    }
+
+    fn quant_input(&self, i: usize, x: Tensor, calib: Option<&mut Calib>) -> Result<Tensor> {
+        let Some(bits) = self.comp[i].abits else {
+            return Ok(x);
+        };
+        if self.spec.layers[i].inputs.is_empty() {
+            return Ok(x); // the image: already 8-bit pixels
+        }
+        if let Some(c) = calib {
+            let v: Vec<f32> = x.flatten_all()?.to_vec1()?;
+            let step = (v.len() / 50_000).max(1);
+            c.samples[i].extend(v.iter().step_by(step).copied());
+            return Ok(x);
+        }
+        let alpha = self.params[i]
+            .alpha
+            .as_ref()
+            .expect("weighted layer has alpha");
+        let a = alpha.as_tensor().to_vec1::<f32>()?[0];
+        if !(a > 0.0) {
+            return Err(Error::Invalid(format!(
+                "layer {}: activation range not calibrated (call calibrate first)",
+                self.spec.layers[i].name
+            )));
+        }
+        ops::fake_quant_act(&x, alpha.as_tensor(), bits)
+    }
+
+    /// Activation-range calibration: runs `batches` through the model (evaluation mode,
+    /// activations unquantized) and sets each quantized input's clip range α to the value
+    /// minimising the quantization MSE on the sampled activations (grid of 100 fractions of
+    /// the maximum). Returns the α's chosen, by layer name.
+    pub fn calibrate<'a>(
+        &self,
+        batches: impl IntoIterator<Item = &'a Tensor>,
+    ) -> Result<BTreeMap<String, f32>> {
+        let n = self.spec.layers.len();
+        let mut calib = Calib {
+            samples: vec![Vec::new(); n],
+        };
+        for x in batches {
+            self.forward_impl(x, false, Some(&mut calib), None)?;
+        }
+        let mut out = BTreeMap::new();
+        for (i, s) in calib.samples.iter().enumerate() {
+            let Some(bits) = self.comp[i].abits else {
+                continue;
+            };
+            if self.spec.layers[i].inputs.is_empty() {
+                continue;
+            }
+            let alpha = best_clip(s, bits);
+            self.params[i]
+                .alpha
+                .as_ref()
+                .expect("alpha")
+                .set(&Tensor::from_vec(vec![alpha], 1, &self.device)?)?;
+            out.insert(self.spec.layers[i].name.clone(), alpha);
+        }
+        Ok(out)
+    }
+
+    /// Re-estimates BatchNorm running statistics (e.g. after pruning, method.md §3): resets
+    /// them and averages the batch statistics of `batches` equally (no parameter update).
+    pub fn reestimate_bn<'a>(&self, batches: impl IntoIterator<Item = &'a Tensor>) -> Result<()> {
+        let bns: Vec<&LayerParams> = self
+            .params
+            .iter()
+            .filter(|p| p.running_mean.is_some())
+            .collect();
+        let mut sums: Vec<Option<(Tensor, Tensor)>> = vec![None; bns.len()];
+        let mut k = 0usize;
+        for x in batches {
+            for p in &bns {
+                p.running_mean
+                    .as_ref()
+                    .expect("bn")
+                    .set(&p.running_mean.as_ref().expect("bn").zeros_like()?)?;
+                p.running_var
+                    .as_ref()
+                    .expect("bn")
+                    .set(&p.running_var.as_ref().expect("bn").zeros_like()?)?;
+            }
+            // With running stats zeroed, one training-mode pass leaves momentum·batch stats.
+            self.forward_impl(&x.detach(), true, None, None)?;
+            for (s, p) in sums.iter_mut().zip(&bns) {
+                let m = (p.running_mean.as_ref().expect("bn").as_tensor() / BN_MOMENTUM)?;
+                let v = (p.running_var.as_ref().expect("bn").as_tensor() / BN_MOMENTUM)?;
+                *s = Some(match s.take() {
+                    None => (m, v),
+                    Some((a, b)) => ((a + m)?, (b + v)?),
+                });
+            }
+            k += 1;
+        }
+        if k == 0 {
+            return Err(Error::Invalid(
+                "reestimate_bn needs at least one batch".into(),
+            ));
+        }
+        for (s, p) in sums.into_iter().zip(&bns) {
+            let (m, v) = s.expect("one batch at least");
+            p.running_mean.as_ref().expect("bn").set(&(m / k as f64)?)?;
+            p.running_var.as_ref().expect("bn").set(&(v / k as f64)?)?;
+        }
+        Ok(())
+    }
+
+    /// Physically removes pruned channels (method.md §7): from each conv/linear (output rows
+    /// and input columns), its BatchNorm, the residual partners, and the next layers' inputs.
+    /// Residual adds and option-A shortcuts get channel gathers where their inputs hold
+    /// different channel sets. The slimmed model's outputs equal this model's.
+    pub fn slim(&self) -> Result<Model> {
+        let n = self.spec.layers.len();
+        let idx = |s: &[usize]| {
+            Tensor::from_vec(
+                s.iter().map(|&v| v as u32).collect::<Vec<_>>(),
+                s.len(),
+                &self.device,
+            )
+        };
+        let mut spec = self.spec.clone();
+        let mut params = Vec::with_capacity(n);
+        let mut comp = self.comp.clone();
+        let phys = &self.plan.phys;
+        let full = |i: usize| -> Vec<usize> {
+            phys[i]
+                .clone()
+                .unwrap_or_else(|| (0..self.spec.layers[i].out_shape[0]).collect())
+        };
+        for i in 0..n {
+            let l = &self.spec.layers[i];
+            let p = &self.params[i];
+            let mut np = LayerParams::default();
+            let prod = l.inputs.first().copied();
+            let in_set: Option<Vec<usize>> = prod.map(full);
+            let out_set = full(i);
+            let sl = &mut spec.layers[i];
+            sl.out_shape[0] = out_set.len();
+            let sel =
+                |v: &Option<Var>, rows: &[usize], cols: Option<&[usize]>| -> Result<Option<Var>> {
+                    match v {
+                        None => Ok(None),
+                        Some(v) => {
+                            let mut t = v.as_tensor().index_select(&idx(rows)?, 0)?;
+                            if let Some(c) = cols {
+                                t = t.index_select(&idx(c)?, 1)?;
+                            }
+                            Ok(Some(Var::from_tensor(&t)?))
+                        }
+                    }
+                };
+            match &mut sl.kind {
+                LayerKind::Conv2d {
+                    in_ch,
+                    out_ch,
+                    groups,
+                    ..
+                } => {
+                    let dw = l.kind.is_depthwise();
+                    let ins = in_set.clone().unwrap_or_else(|| (0..*in_ch).collect());
+                    np.weight = sel(&p.weight, &out_set, if dw { None } else { Some(&ins) })?;
+                    np.bias = sel(&p.bias, &out_set, None)?;
+                    *in_ch = ins.len();
+                    *out_ch = out_set.len();
+                    if dw {
+                        *groups = out_set.len();
+                    }
+                    np.alpha = p
+                        .alpha
+                        .as_ref()
+                        .map(|a| Var::from_tensor(a.as_tensor()))
+                        .transpose()?;
+                }
+                LayerKind::Linear {
+                    in_features,
+                    out_features,
+                    ..
+                } => {
+                    let ins = in_set
+                        .clone()
+                        .unwrap_or_else(|| (0..*in_features).collect());
+                    np.weight = sel(&p.weight, &out_set, Some(&ins))?;
+                    np.bias = sel(&p.bias, &out_set, None)?;
+                    *in_features = ins.len();
+                    *out_features = out_set.len();
+                    np.alpha = p
+                        .alpha
+                        .as_ref()
+                        .map(|a| Var::from_tensor(a.as_tensor()))
+                        .transpose()?;
+                }
+                LayerKind::BatchNorm => {
+                    np.weight = sel(&p.weight, &out_set, None)?;
+                    np.bias = sel(&p.bias, &out_set, None)?;
+                    np.running_mean = sel(&p.running_mean, &out_set, None)?;
+                    np.running_var = sel(&p.running_var, &out_set, None)?;
+                }
+                LayerKind::Add => {
+                    let g: Vec<Vec<Option<usize>>> = l
+                        .inputs
+                        .iter()
+                        .map(|&q| {
+                            let s = full(q);
+                            out_set
+                                .iter()
+                                .map(|ch| s.iter().position(|x| x == ch))
+                                .collect()
+                        })
+                        .collect();
+                    comp[i].gathers = Some(g);
+                }
+                LayerKind::PadShortcut { out_ch, .. } => {
+                    *out_ch = out_set.len();
+                    comp[i].gathers = Some(vec![(0..out_set.len()).map(Some).collect()]);
+                }
+                _ => {}
+            }
+            params.push(np);
+            comp[i].keep = None;
+        }
+        let mut m = Model {
+            spec,
+            residual: self.residual,
+            params,
+            comp,
+            plan: Plan::default(),
+            slim: true,
+            policy: self.policy.clone(),
+            device: self.device.clone(),
+        };
+        m.rebuild_plan()?;
+        Ok(m)
+    }
+
+    /// All named tensors (PyTorch-style names: `<layer>.weight`, `.bias`, `.running_mean`,
+    /// `.running_var`, `.act_alpha`).
+    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut v = Vec::new();
+        for (l, p) in self.spec.layers.iter().zip(&self.params) {
+            for (suffix, t) in [
+                ("weight", &p.weight),
+                ("bias", &p.bias),
+                ("running_mean", &p.running_mean),
+                ("running_var", &p.running_var),
+                ("act_alpha", &p.alpha),
+            ] {
+                if let Some(t) = t {
+                    v.push((format!("{}.{suffix}", l.name), t.as_tensor().clone()));
+                }
+            }
+        }
+        v
+    }
+
+    /// Replaces the parameters from named tensors (see [`Model::named_tensors`]). Errors name
+    /// a missing tensor or a shape mismatch.
+    pub(crate) fn load_named(
+        &mut self,
+        mut get: impl FnMut(&str) -> Option<Tensor>,
+        source: &Path,
+    ) -> Result<()> {
+        let bad = |m: String| Error::Checkpoint {
+            path: source.to_path_buf(),
+            msg: m,
+        };
+        for (l, p) in self.spec.layers.iter().zip(&mut self.params) {
+            for (suffix, slot) in [
+                ("weight", &mut p.weight),
+                ("bias", &mut p.bias),
+                ("running_mean", &mut p.running_mean),
+                ("running_var", &mut p.running_var),
+                ("act_alpha", &mut p.alpha),
+            ] {
+                let Some(v) = slot else { continue };
+                let name = format!("{}.{suffix}", l.name);
+                let t = get(&name).ok_or_else(|| bad(format!("tensor {name} is missing")))?;
+                if t.dims() != v.dims() {
+                    return Err(bad(format!(
+                        "tensor {name} has shape {:?}, the network needs {:?}",
+                        t.dims(),
+                        v.dims()
+                    )));
+                }
+                *slot = Some(Var::from_tensor(
+                    &t.to_dtype(DType::F32)?.to_device(&self.device)?,
+                )?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Restores compression state read from a checkpoint.
+    pub(crate) fn set_state(
+        &mut self,
+        comp: Vec<LayerComp>,
+        residual: ResidualPruning,
+        slim: bool,
+        policy: Option<Policy>,
+    ) -> Result<()> {
+        if comp.len() != self.spec.layers.len() {
+            return Err(Error::Invalid(format!(
+                "{} layer settings for {} layers",
+                comp.len(),
+                self.spec.layers.len()
+            )));
+        }
+        self.comp = comp;
+        self.residual = residual;
+        self.slim = slim;
+        self.policy = policy;
+        self.rebuild_plan()
+    }
+
+    /// A model for a (possibly slimmed) spec without `check` (slimmed specs hold gathers).
+    pub(crate) fn skeleton(spec: NetworkSpec, device: &Device) -> Result<Self> {
+        let n = spec.layers.len();
+        let mut params = Vec::with_capacity(n);
+        for l in &spec.layers {
+            let mut p = LayerParams::default();
+            let z = |s: &[usize]| Var::zeros(s, DType::F32, device);
+            match l.kind {
+                LayerKind::Conv2d {
+                    in_ch,
+                    out_ch,
+                    kernel,
+                    groups,
+                    bias,
+                    ..
+                } => {
+                    p.weight = Some(z(&[out_ch, in_ch / groups.max(1), kernel[0], kernel[1]])?);
+                    p.bias = if bias { Some(z(&[out_ch])?) } else { None };
+                    p.alpha = Some(z(&[1])?);
+                }
+                LayerKind::Linear {
+                    in_features,
+                    out_features,
+                    bias,
+                } => {
+                    p.weight = Some(z(&[out_features, in_features])?);
+                    p.bias = if bias {
+                        Some(z(&[out_features])?)
+                    } else {
+                        None
+                    };
+                    p.alpha = Some(z(&[1])?);
+                }
+                LayerKind::BatchNorm => {
+                    let c = l.out_shape[0];
+                    p.weight = Some(z(&[c])?);
+                    p.bias = Some(z(&[c])?);
+                    p.running_mean = Some(z(&[c])?);
+                    p.running_var = Some(z(&[c])?);
+                }
+                _ => {}
+            }
+            params.push(p);
+        }
+        Ok(Self {
+            spec,
+            residual: ResidualPruning::Tied,
+            params,
+            comp: vec![LayerComp::default(); n],
+            plan: Plan::default(),
+            slim: false,
+            policy: None,
+            device: device.clone(),
+        })
+    }
+}
+
+fn uniform_var(
+    rng: &mut ChaCha8Rng,
+    n: usize,
+    fan_in: usize,
+    shape: &[usize],
+    dev: &Device,
+) -> Result<Var> {
+    let bound = (6.0 / fan_in.max(1) as f64).sqrt() as f32;
+    let v: Vec<f32> = (0..n).map(|_| rng.random_range(-bound..bound)).collect();
+    Ok(Var::from_tensor(&Tensor::from_vec(v, shape, dev)?)?)
+}
+
+/// Indices of the `k` largest scores, ascending (ties: lower index wins).
+pub fn top_k(score: &[f64], k: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..score.len()).collect();
+    order.sort_by(|&a, &b| score[b].total_cmp(&score[a]).then(a.cmp(&b)));
+    let mut keep: Vec<usize> = order.into_iter().take(k).collect();
+    keep.sort_unstable();
+    keep
+}
+
+/// The clip range α in (0, max] minimising the `bits`-bit unsigned quantization MSE of the
+/// samples (grid of 100 fractions of the maximum). 1.0 when every sample is ≤ 0.
+pub fn best_clip(samples: &[f32], bits: u32) -> f32 {
+    let max = samples.iter().copied().fold(0f32, f32::max);
+    if !(max > 0.0) {
+        return 1.0;
+    }
+    let levels = ops::act_levels(bits) as f32;
+    let pos: Vec<f32> = samples.iter().copied().filter(|&v| v > 0.0).collect();
+    let mut best = (f64::INFINITY, max);
+    for k in 1..=100 {
+        let a = max * k as f32 / 100.0;
+        let s = a / levels;
+        let err: f64 = pos
+            .iter()
+            .map(|&v| {
+                let q = (v.min(a) / s).round() * s;
+                ((q - v) as f64).powi(2)
+            })
+            .sum();
+        if err < best.0 {
+            best = (err, a);
+        }
+    }
+    best.1
+}

@@ -1,0 +1,280 @@
+//! Unit tests across the model, training and checkpoint modules (tiny nets, synthetic data).
+
+use candle_core::{Device, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use seer_policy::{InputShape, Policy, ResidualPruning, SearchSpace, SpaceConfig, builtin};
+
+use crate::checkpoint;
+use crate::data::{Dataset, Normalize};
+use crate::model::Model;
+use crate::train::{self, TrainConfig};
+
+fn input(s: &str) -> Option<InputShape> {
+    Some(s.parse().unwrap())
+}
+
+fn rand_x(n: usize, shape: InputShape, seed: u64) -> Tensor {
+    let mut r = ChaCha8Rng::seed_from_u64(seed);
+    let v: Vec<f32> = (0..n * shape.c * shape.h * shape.w)
+        .map(|_| r.random_range(-1.0..1.0))
+        .collect();
+    Tensor::from_vec(v, (n, shape.c, shape.h, shape.w), &Device::Cpu).unwrap()
+}
+
+fn random_policy(space: &SearchSpace, seed: u64) -> Policy {
+    let mut r = ChaCha8Rng::seed_from_u64(seed);
+    let idx: Vec<usize> = space
+        .genes()
+        .iter()
+        .map(|g| r.random_range(0..g.candidates.len()))
+        .collect();
+    space.from_indices(&idx).unwrap()
+}
+
+#[test]
+fn layer_shapes_and_macs_equal_the_spec() {
+    for (arch, inp) in [
+        ("resnet20", "28x28x1"),
+        ("resnet56", "8x8x3"),
+        ("vgg-small", "8x8x3"),
+        ("lenet5", "28x28x1"),
+        ("resnet20", "32x32x3"),
+    ] {
+        let spec = builtin(arch, input(inp), None).unwrap();
+        let model = Model::new(spec.clone(), 0, &Device::Cpu).unwrap();
+        let x = rand_x(1, spec.input, 1);
+        let shapes = model.layer_shapes(&x).unwrap();
+        assert_eq!(shapes.len(), spec.layers.len(), "{arch}");
+        for (l, s) in spec.layers.iter().zip(&shapes) {
+            let got: usize = s[1..].iter().product();
+            assert_eq!(
+                got,
+                l.out_shape.iter().product::<usize>(),
+                "{arch} {}: {s:?} vs {:?}",
+                l.name,
+                l.out_shape
+            );
+            assert_eq!(s[1], l.out_shape[0], "{arch} {}", l.name);
+        }
+        let space = SearchSpace::new(spec, SpaceConfig::default()).unwrap();
+        let cost = space.cost(&space.uniform(8, 8, 0.0).unwrap()).unwrap();
+        let measured = model.measured_macs(&x).unwrap();
+        assert_eq!(
+            measured.iter().map(|m| m.1).sum::<u64>(),
+            cost.total_macs,
+            "{arch} {inp}"
+        );
+        for (m, lc) in measured.iter().zip(&cost.layers) {
+            assert_eq!((m.0, m.1), (lc.layer, lc.macs), "{arch} {}", lc.name);
+        }
+    }
+    let spec = builtin("resnet20", input("32x32x3"), None).unwrap();
+    let model = Model::new(spec, 0, &Device::Cpu).unwrap();
+    let macs: u64 = model
+        .measured_macs(&rand_x(1, InputShape::new(32, 32, 3), 0))
+        .unwrap()
+        .iter()
+        .map(|m| m.1)
+        .sum();
+    assert_eq!(macs, 40_551_040); // method.md §2 reference
+}
+
+/// Populates BN running statistics with a few training-mode passes.
+fn warm_bn(m: &Model, seed: u64) {
+    for k in 0..3 {
+        m.forward(&rand_x(8, m.spec().input, seed + k), true)
+            .unwrap();
+    }
+}
+
+#[test]
+fn slimmed_equals_masked_on_random_policies() {
+    let cases = [
+        ("resnet20", "12x12x1", ResidualPruning::Tied),
+        ("resnet20", "12x12x1", ResidualPruning::Masked),
+        ("lenet5", "28x28x1", ResidualPruning::Tied),
+        ("vgg-small", "8x8x3", ResidualPruning::Tied),
+    ];
+    for (ci, (arch, inp, mode)) in cases.into_iter().enumerate() {
+        let spec = builtin(arch, input(inp), None).unwrap();
+        let cfg = SpaceConfig {
+            residual_pruning: mode,
+            ..SpaceConfig::default()
+        };
+        let space = SearchSpace::new(spec.clone(), cfg).unwrap();
+        for trial in 0..2u64 {
+            let mut m = Model::new(spec.clone(), trial, &Device::Cpu).unwrap();
+            warm_bn(&m, 10 * trial);
+            let pol = random_policy(&space, 100 * ci as u64 + trial);
+            m.apply_policy(&space, &pol).unwrap();
+            let calib: Vec<Tensor> = (0..2).map(|k| rand_x(8, spec.input, 50 + k)).collect();
+            m.calibrate(calib.iter()).unwrap();
+            let slim = m.slim().unwrap();
+            assert!(slim.num_params() < m.num_params() || pol.units.iter().all(|u| u.prune == 0.0));
+            let x = rand_x(4, spec.input, 7 + trial);
+            let a = m.forward(&x, false).unwrap();
+            let b = slim.forward(&x, false).unwrap();
+            let diff = (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(
+                diff <= 1e-4,
+                "{arch} {mode:?} trial {trial}: max abs diff {diff}"
+            );
+            // The slimmed network's real MACs are what seer-policy counts for the policy (tied);
+            // with masked residuals the stream is counted at full width, but channels that no
+            // branch produces (e.g. outside an option-A shortcut's range) are dropped too.
+            let measured: u64 = slim
+                .measured_macs(&x.narrow(0, 0, 1).unwrap())
+                .unwrap()
+                .iter()
+                .map(|m| m.1)
+                .sum();
+            let counted = space.cost(&pol).unwrap().total_macs;
+            if mode == ResidualPruning::Tied {
+                assert_eq!(measured, counted, "{arch} {mode:?} trial {trial}");
+            } else {
+                assert!(
+                    measured <= counted,
+                    "{arch} {mode:?} trial {trial}: {measured} > {counted}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn policy_for_another_network_is_refused() {
+    let spec = builtin("lenet5", None, None).unwrap();
+    let mut m = Model::new(spec, 0, &Device::Cpu).unwrap();
+    let other = SearchSpace::new(
+        builtin("resnet20", input("28x28x1"), None).unwrap(),
+        SpaceConfig::default(),
+    )
+    .unwrap();
+    let p = other.uniform(4, 4, 0.5).unwrap();
+    let e = m.apply_policy(&other, &p).unwrap_err().to_string();
+    assert!(e.contains("resnet20") && e.contains("lenet5"), "{e}");
+}
+
+/// Two-class synthetic images: class 1 has a bright square in the top-left corner.
+fn synthetic(n: usize, seed: u64) -> Dataset {
+    let mut r = ChaCha8Rng::seed_from_u64(seed);
+    let (mut images, mut labels) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        let l = (i % 2) as u8;
+        for y in 0..28 {
+            for x in 0..28 {
+                let base: u8 = r.random_range(0..60);
+                images.push(if l == 1 && y < 10 && x < 10 {
+                    200
+                } else {
+                    base
+                });
+            }
+        }
+        labels.push(l);
+    }
+    Dataset::new([1, 28, 28], 10, images, labels).unwrap()
+}
+
+#[test]
+fn training_learns_and_qat_and_checkpoints_roundtrip() {
+    let data = synthetic(256, 1);
+    let test = synthetic(128, 2);
+    let norm = Normalize::new(&[0.2], &[0.3]);
+    let spec = builtin("lenet5", None, None).unwrap();
+    let mut m = Model::new(spec.clone(), 0, &Device::Cpu).unwrap();
+    let before = train::evaluate(&m, &test, &norm, 64).unwrap();
+    let cfg = TrainConfig {
+        steps: Some(40),
+        batch_size: 32,
+        lr: 0.05,
+        ..TrainConfig::default()
+    };
+    let mut seen = 0;
+    let rep = train::train(&m, &data, &norm, &cfg, &mut |_| seen += 1).unwrap();
+    assert_eq!((rep.steps, seen), (40, 40));
+    let after = train::evaluate(&m, &test, &norm, 64).unwrap();
+    assert!(
+        after.top1 >= 95.0,
+        "before {} after {}",
+        before.top1,
+        after.top1
+    );
+
+    // QAT: w4a4 with half the channels pruned still learns the task.
+    let space = SearchSpace::new(spec.clone(), SpaceConfig::default()).unwrap();
+    let pol = space.uniform(4, 4, 0.5).unwrap();
+    let qcfg = TrainConfig {
+        steps: Some(20),
+        batch_size: 32,
+        lr: 0.01,
+        ..TrainConfig::default()
+    };
+    train::finetune_policy(&mut m, &space, &pol, &data, &norm, &qcfg, &mut |_| {}).unwrap();
+    let q = train::evaluate(&m, &test, &norm, 64).unwrap();
+    assert!(q.top1 >= 90.0, "qat top1 {}", q.top1);
+
+    // Checkpoint round trip (masked and slimmed), bit-exact outputs.
+    let td = tempfile::tempdir().unwrap();
+    let x = rand_x(3, spec.input, 9);
+    for (k, model) in [m.clone(), m.slim().unwrap()].into_iter().enumerate() {
+        let p = td.path().join(format!("m{k}.safetensors"));
+        checkpoint::save(&model, &p, Some("synthetic"), &serde_json::json!({"k": k})).unwrap();
+        let (back, info) = checkpoint::load(&p, Some("lenet5"), &Device::Cpu).unwrap();
+        assert_eq!(info.dataset.as_deref(), Some("synthetic"));
+        assert_eq!(back.policy(), Some(&pol));
+        let a = model
+            .forward(&x, false)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let b = back
+            .forward(&x, false)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(a, b);
+        // wrong arch, truncated file, garbage: clear errors
+        let e = checkpoint::load(&p, Some("resnet20"), &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("holds a lenet5 model, not resnet20"), "{e}");
+        let raw = std::fs::read(&p).unwrap();
+        std::fs::write(&p, &raw[..raw.len() / 2]).unwrap();
+        let e = checkpoint::load(&p, None, &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("corrupt or truncated"), "{e}");
+    }
+}
+
+#[test]
+fn sgd_skips_vars_without_gradient_and_cosine_ends_at_zero() {
+    use candle_core::Var;
+    let a = Var::from_vec(vec![1f32, 2.0], (1, 2), &Device::Cpu).unwrap();
+    let b = Var::from_vec(vec![5f32], 1, &Device::Cpu).unwrap();
+    let loss = a.as_tensor().sum_all().unwrap();
+    let g = loss.backward().unwrap();
+    let mut sgd = train::Sgd::new(vec![a.clone(), b.clone()], 0.9, 0.1);
+    sgd.step(&g, 0.5).unwrap();
+    // g = 1 + 0.1·w
+    assert_eq!(
+        a.as_tensor().to_vec2::<f32>().unwrap(),
+        vec![vec![1.0 - 0.5 * 1.1, 2.0 - 0.5 * 1.2]]
+    );
+    assert_eq!(b.as_tensor().to_vec1::<f32>().unwrap(), vec![5.0]);
+    assert!((train::cosine_lr(0.1, 0, 10) - 0.1).abs() < 1e-12);
+    assert!(train::cosine_lr(0.1, 10, 10).abs() < 1e-12);
+}

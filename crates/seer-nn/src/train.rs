@@ -1,0 +1,318 @@
+//! Training and evaluation: SGD with momentum and weight decay, cosine learning rate,
+//! quantization-aware fine-tuning of a policy (method.md §3, §7) and top-1 evaluation.
+
+use std::time::Instant;
+
+use candle_core::{Tensor, Var, backprop::GradStore};
+use seer_policy::{Policy, SearchSpace};
+
+use crate::data::{Augment, Batch, BatchIter, Dataset, Normalize};
+use crate::model::Model;
+use crate::{Error, Result};
+
+/// SGD with (heavy-ball) momentum and decoupled-from-BN weight decay, written out:
+/// `g ← ∇ + λ·w` (λ only on weights of rank ≥ 2), `v ← μ·v + g`, `w ← w − η·v`.
+/// Variables without a gradient in a step (e.g. unused, or frozen) are skipped.
+#[derive(Debug)]
+pub struct Sgd {
+    vars: Vec<Var>,
+    velocity: Vec<Option<Tensor>>,
+    /// Momentum μ.
+    pub momentum: f64,
+    /// Weight decay λ.
+    pub weight_decay: f64,
+}
+
+impl Sgd {
+    /// An optimizer over `vars`.
+    pub fn new(vars: Vec<Var>, momentum: f64, weight_decay: f64) -> Self {
+        let n = vars.len();
+        Self {
+            vars,
+            velocity: vec![None; n],
+            momentum,
+            weight_decay,
+        }
+    }
+
+    /// One update with learning rate `lr` from `grads`.
+    pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+        for (v, vel) in self.vars.iter().zip(self.velocity.iter_mut()) {
+            let Some(g) = grads.get(v.as_tensor()) else {
+                continue;
+            };
+            let mut g = g.clone();
+            if self.weight_decay > 0.0 && v.rank() >= 2 {
+                g = (g + (v.as_tensor() * self.weight_decay)?)?;
+            }
+            let nv = match vel.take() {
+                Some(old) if self.momentum > 0.0 => ((old * self.momentum)? + g)?,
+                _ => g,
+            };
+            v.set(&(v.as_tensor() - (&nv * lr)?)?)?;
+            *vel = Some(nv);
+        }
+        Ok(())
+    }
+}
+
+/// Cosine learning rate: `η_t = η₀ · ½ (1 + cos(π t / T))`.
+pub fn cosine_lr(base: f64, step: usize, total: usize) -> f64 {
+    0.5 * base * (1.0 + (std::f64::consts::PI * step as f64 / total.max(1) as f64).cos())
+}
+
+/// What to train.
+#[derive(Debug, Clone)]
+pub struct TrainConfig {
+    /// Epochs over the training data (ignored when `steps` is set).
+    pub epochs: usize,
+    /// Exact number of optimizer steps (overrides `epochs`).
+    pub steps: Option<usize>,
+    /// Mini-batch size.
+    pub batch_size: usize,
+    /// Peak learning rate (cosine-decayed to 0).
+    pub lr: f64,
+    /// SGD momentum.
+    pub momentum: f64,
+    /// Weight decay.
+    pub weight_decay: f64,
+    /// Seed of shuffling and augmentation.
+    pub seed: u64,
+    /// Training augmentation.
+    pub augment: Option<Augment>,
+    /// Also learn the activation clip ranges α (QAT).
+    pub train_alpha: bool,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 1,
+            steps: None,
+            batch_size: 128,
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            seed: 0,
+            augment: None,
+            train_alpha: false,
+        }
+    }
+}
+
+/// Progress of one optimizer step, for progress bars and logs.
+#[derive(Debug, Clone, Copy)]
+pub struct StepInfo {
+    /// Step index (0-based).
+    pub step: usize,
+    /// Total steps.
+    pub total: usize,
+    /// Epoch index.
+    pub epoch: usize,
+    /// Mini-batch loss.
+    pub loss: f32,
+    /// Mini-batch top-1 accuracy in [0, 1].
+    pub acc: f32,
+    /// Learning rate used.
+    pub lr: f64,
+}
+
+/// Summary of a training run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TrainReport {
+    /// Steps run.
+    pub steps: usize,
+    /// Images seen.
+    pub images: usize,
+    /// Wall time in seconds.
+    pub seconds: f64,
+    /// Mean loss over the last 50 steps.
+    pub final_loss: f32,
+}
+
+/// Converts a batch to `(x [N, C, H, W], y [N] u32)` tensors on `model`'s device.
+pub fn batch_tensors(b: Batch, model: &Model) -> Result<(Tensor, Tensor)> {
+    let [c, h, w] = b.shape;
+    let x = Tensor::from_vec(b.x, (b.n, c, h, w), model.device())?;
+    let y = Tensor::from_vec(b.y, b.n, model.device())?;
+    Ok((x, y))
+}
+
+/// Trains `model` on `data` (training split) with SGD + cosine LR, BatchNorm in training
+/// mode. `on_step` is called after every step. Errors: an empty dataset, a non-finite loss
+/// (diverged: lower the learning rate).
+pub fn train(
+    model: &Model,
+    data: &Dataset,
+    norm: &Normalize,
+    cfg: &TrainConfig,
+    on_step: &mut dyn FnMut(StepInfo),
+) -> Result<TrainReport> {
+    let per_epoch = data.len() / cfg.batch_size.max(1);
+    if per_epoch == 0 {
+        return Err(Error::Invalid(format!(
+            "{} training images are fewer than one batch of {}",
+            data.len(),
+            cfg.batch_size
+        )));
+    }
+    let total = cfg.steps.unwrap_or(cfg.epochs * per_epoch);
+    let mut sgd = Sgd::new(
+        model.trainable_vars(cfg.train_alpha),
+        cfg.momentum,
+        cfg.weight_decay,
+    );
+    let t0 = Instant::now();
+    let (mut step, mut images) = (0usize, 0usize);
+    let mut recent: Vec<f32> = Vec::new();
+    let mut epoch = 0usize;
+    while step < total {
+        for b in BatchIter::shuffled(
+            data,
+            cfg.batch_size,
+            norm.clone(),
+            cfg.augment,
+            cfg.seed,
+            epoch as u64,
+            true,
+        ) {
+            if step >= total {
+                break;
+            }
+            let n = b.n;
+            let (x, y) = batch_tensors(b, model)?;
+            let logits = model.forward(&x, true)?;
+            let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+            let lv = loss.to_scalar::<f32>()?;
+            if !lv.is_finite() {
+                return Err(Error::Invalid(format!(
+                    "training diverged at step {step} (loss {lv}); lower the learning rate"
+                )));
+            }
+            let grads = loss.backward()?;
+            let lr = cosine_lr(cfg.lr, step, total);
+            sgd.step(&grads, lr)?;
+            let pred = logits.argmax(1)?;
+            let correct = pred
+                .eq(&y)?
+                .to_dtype(candle_core::DType::F32)?
+                .sum_all()?
+                .to_scalar::<f32>()?;
+            recent.push(lv);
+            if recent.len() > 50 {
+                recent.remove(0);
+            }
+            on_step(StepInfo {
+                step,
+                total,
+                epoch,
+                loss: lv,
+                acc: correct / n as f32,
+                lr,
+            });
+            step += 1;
+            images += n;
+        }
+        epoch += 1;
+    }
+    Ok(TrainReport {
+        steps: step,
+        images,
+        seconds: t0.elapsed().as_secs_f64(),
+        final_loss: recent.iter().sum::<f32>() / recent.len().max(1) as f32,
+    })
+}
+
+/// Result of [`evaluate`].
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct EvalReport {
+    /// Top-1 accuracy in percent.
+    pub top1: f64,
+    /// Images evaluated.
+    pub n: usize,
+    /// Throughput of the forward passes (images per second, wall time).
+    pub images_per_s: f64,
+}
+
+/// Top-1 accuracy of `model` (evaluation mode) on all of `data`.
+pub fn evaluate(
+    model: &Model,
+    data: &Dataset,
+    norm: &Normalize,
+    batch: usize,
+) -> Result<EvalReport> {
+    let t0 = Instant::now();
+    let mut correct = 0usize;
+    for b in BatchIter::sequential(data, batch, norm.clone()) {
+        let (x, y) = batch_tensors(b, model)?;
+        let pred = model.forward(&x, false)?.argmax(1)?;
+        correct += pred
+            .eq(&y)?
+            .to_dtype(candle_core::DType::F32)?
+            .sum_all()?
+            .to_scalar::<f32>()? as usize;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let n = data.len();
+    Ok(EvalReport {
+        top1: 100.0 * correct as f64 / n.max(1) as f64,
+        n,
+        images_per_s: n as f64 / secs.max(1e-9),
+    })
+}
+
+/// `k` batches of `data` for calibration / BN re-estimation (shuffled with `seed`, not
+/// augmented), as input tensors.
+pub fn sample_batches(
+    model: &Model,
+    data: &Dataset,
+    norm: &Normalize,
+    k: usize,
+    batch: usize,
+    seed: u64,
+) -> Result<Vec<Tensor>> {
+    BatchIter::shuffled(data, batch, norm.clone(), None, seed, 0, false)
+        .take(k)
+        .map(|b| batch_tensors(b, model).map(|(x, _)| x))
+        .collect()
+}
+
+/// Quantization-aware fine-tuning of a policy (method.md §3): apply the policy (filter-L2
+/// channel choice, fake quantization), re-estimate BatchNorm statistics and calibrate the
+/// activation ranges on training batches, then train (weights and α) for `cfg`.
+pub fn finetune_policy(
+    model: &mut Model,
+    space: &SearchSpace,
+    policy: &Policy,
+    train_data: &Dataset,
+    norm: &Normalize,
+    cfg: &TrainConfig,
+    on_step: &mut dyn FnMut(StepInfo),
+) -> Result<TrainReport> {
+    model.apply_policy(space, policy)?;
+    prepare_quantized(model, train_data, norm, cfg.seed)?;
+    let mut c = cfg.clone();
+    c.train_alpha = true;
+    train(model, train_data, norm, &c, on_step)
+}
+
+/// BN re-estimation after pruning, then activation-range calibration, on 8 batches of 128
+/// training images.
+pub fn prepare_quantized(
+    model: &Model,
+    train_data: &Dataset,
+    norm: &Normalize,
+    seed: u64,
+) -> Result<()> {
+    let batches = sample_batches(model, train_data, norm, 8, 128, seed ^ 0xCA11B)?;
+    // BN statistics of the pruned network (activations unquantized: α not set yet).
+    let needs_calib = model.comp().iter().any(|c| c.abits.is_some());
+    if needs_calib {
+        model.calibrate(batches.iter())?;
+    }
+    model.reestimate_bn(batches.iter())?;
+    if needs_calib {
+        model.calibrate(batches.iter())?;
+    }
+    Ok(())
+}
