@@ -64,12 +64,12 @@ pub enum Error {
         supported: u64,
     },
     /// A file that cannot be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {err}")]
     Io {
         /// The path.
         path: String,
         /// The OS error.
-        source: std::io::Error,
+        err: std::io::Error,
     },
 }
 

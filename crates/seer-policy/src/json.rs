@@ -76,7 +76,7 @@ impl NetworkSpec {
         let path = path.as_ref();
         let s = std::fs::read_to_string(path).map_err(|e| Error::Io {
             path: path.display().to_string(),
-            source: e,
+            err: e,
         })?;
         Self::from_json_str(&s, &path.display().to_string())
     }

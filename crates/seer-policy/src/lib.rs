@@ -43,3 +43,6 @@ pub use json::{NETWORK_FORMAT, NETWORK_VERSION};
 pub use policy::{POLICY_FORMAT, POLICY_VERSION, Policy, UnitPolicy};
 pub use space::{Gene, GeneKind, ResidualPruning, SearchSpace, SpaceConfig, Unit, UnitGenes};
 pub use spec::{ConvOpts, InputShape, Layer, LayerKind, NetworkSpec, SpecBuilder, conv_out};
+
+#[cfg(test)]
+mod tests;

@@ -131,7 +131,7 @@ impl Policy {
         let path = path.as_ref();
         let s = std::fs::read_to_string(path).map_err(|e| Error::Io {
             path: path.display().to_string(),
-            source: e,
+            err: e,
         })?;
         Self::from_json_str(&s, &path.display().to_string())
     }
@@ -141,7 +141,7 @@ impl Policy {
         let path = path.as_ref();
         std::fs::write(path, self.to_json() + "\n").map_err(|e| Error::Io {
             path: path.display().to_string(),
-            source: e,
+            err: e,
         })
     }
 }

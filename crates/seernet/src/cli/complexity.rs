@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use std::fmt::Write as _;
+
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use seer_policy::Policy;
@@ -43,6 +45,7 @@ pub fn parse_uniform(s: &str) -> Result<(u32, u32)> {
 
 /// Runs `seernet complexity`.
 pub fn run(args: ComplexityArgs) -> Result<()> {
+    let mut o = String::new();
     let spec = args.net.spec()?;
     let space = args.space.space(spec)?;
     let (policy, label) = match &args.policy {
@@ -76,23 +79,25 @@ pub fn run(args: ComplexityArgs) -> Result<()> {
             "total_size_bits": costs.total_size_bits,
             "layers": costs.layers,
         });
-        println!("{v}");
+        writeln!(o, "{v}")?;
     } else {
-        println!(
+        writeln!(
+            o,
             "{} ({}), residual pruning {}, policy: {}",
             spec.name,
             spec.input,
             space.config().residual_pruning,
             label
-        );
-        print!("{}", costs.table());
-        println!(
+        )?;
+        write!(o, "{}", costs.table())?;
+        writeln!(
+            o,
             "total: {} MACs, {} BOPs, {} bits ({:.1} KiB)",
             costs.total_macs,
             costs.total_bops,
             costs.total_size_bits,
             costs.total_size_bits as f64 / 8.0 / 1024.0
-        );
+        )?;
     }
-    Ok(())
+    super::emit(&o)
 }

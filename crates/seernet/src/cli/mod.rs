@@ -1,5 +1,16 @@
 //! Subcommands of the `seernet` binary, one module per area.
 
 pub mod complexity;
+pub mod merge;
 pub mod net;
 pub mod space;
+
+/// Writes `text` to stdout; a closed pipe (e.g. `| head`) is not an error.
+pub fn emit(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}

@@ -1,5 +1,7 @@
 //! `seernet space`: the searchable units, genes and residual tie groups of a search space.
 
+use std::fmt::Write as _;
+
 use anyhow::Result;
 use clap::Args;
 
@@ -19,6 +21,7 @@ pub struct SpaceArgsCmd {
 
 /// Runs `seernet space`.
 pub fn run(args: SpaceArgsCmd) -> Result<()> {
+    let mut o = String::new();
     let spec = args.net.spec()?;
     let space = args.space.space(spec)?;
     let spec = space.spec();
@@ -64,11 +67,12 @@ pub fn run(args: SpaceArgsCmd) -> Result<()> {
             "min_bops": lo.bops, "max_bops": hi.bops,
             "min_size_bits": lo.size_bits, "max_size_bits": hi.size_bits,
         });
-        println!("{v}");
-        return Ok(());
+        writeln!(o, "{v}")?;
+        return super::emit(&o);
     }
     let c = space.config();
-    println!(
+    writeln!(
+        o,
         "{} ({}): {} searchable units, {} genes; residual pruning {}, {} bits",
         spec.name,
         spec.input,
@@ -80,17 +84,19 @@ pub fn run(args: SpaceArgsCmd) -> Result<()> {
         } else {
             "separate weight/activation"
         }
-    );
-    println!(
+    )?;
+    writeln!(
+        o,
         "candidates: prune {:?}, wbits {:?}, abits {:?}",
         c.prune_ratios, c.wbits, c.abits
-    );
-    println!(
+    )?;
+    writeln!(
+        o,
         "fixed at w{}a{}: {}",
         c.fixed_bits,
         c.fixed_bits,
         names(space.fixed_layers()).join(", ")
-    );
+    )?;
     let w = space
         .units()
         .iter()
@@ -98,26 +104,32 @@ pub fn run(args: SpaceArgsCmd) -> Result<()> {
         .max()
         .unwrap_or(4)
         .max(4);
-    println!("{:>4}  {:<w$}  {:<8}  layers", "unit", "name", "prunable");
+    writeln!(
+        o,
+        "{:>4}  {:<w$}  {:<8}  layers",
+        "unit", "name", "prunable"
+    )?;
     for (i, u) in space.units().iter().enumerate() {
-        println!(
+        writeln!(
+            o,
             "{i:>4}  {:<w$}  {:<8}  {}",
             u.name,
             if u.prunable { "yes" } else { "no (0)" },
             names(&u.layers).join(", ")
-        );
+        )?;
     }
     if space.tie_groups().is_empty() {
-        println!("tie groups: none");
+        writeln!(o, "tie groups: none")?;
     } else {
-        println!("tie groups (outputs joined by residual adds):");
+        writeln!(o, "tie groups (outputs joined by residual adds):")?;
         for g in space.tie_groups() {
-            println!("  {}", names(g).join(", "));
+            writeln!(o, "  {}", names(g).join(", "))?;
         }
     }
-    println!(
+    writeln!(
+        o,
         "BOPs range: {} .. {}; size range: {} .. {} bits",
         lo.bops, hi.bops, lo.size_bits, hi.size_bits
-    );
-    Ok(())
+    )?;
+    super::emit(&o)
 }

@@ -1,0 +1,559 @@
+//! Crate tests: hand-computed costs of a small net, gradients against finite differences,
+//! properties (monotonicity, encode/decode round trips), policy JSON, and the ResNet-20 table.
+
+use proptest::prelude::*;
+
+use crate::*;
+
+const TINY: &str = include_str!("../../../docs/examples/tiny-net.json");
+
+fn tiny() -> NetworkSpec {
+    NetworkSpec::from_json_str(TINY, "tiny-net.json").unwrap()
+}
+
+fn space(spec: NetworkSpec, mode: ResidualPruning) -> SearchSpace {
+    SearchSpace::new(
+        spec,
+        SpaceConfig {
+            residual_pruning: mode,
+            ..SpaceConfig::default()
+        },
+    )
+    .unwrap()
+}
+
+fn up(prune: f64, wbits: u32, abits: u32) -> UnitPolicy {
+    UnitPolicy {
+        prune,
+        wbits,
+        abits,
+    }
+}
+
+fn policy(s: &SearchSpace, units: Vec<UnitPolicy>) -> Policy {
+    Policy {
+        arch: s.spec().name.clone(),
+        input: s.spec().input,
+        units,
+    }
+}
+
+/// (name, c_in_kept, c_out_kept, macs, bops, size_bits) of every weighted layer.
+fn rows(c: &Costs) -> Vec<(&str, usize, usize, u64, u64, u64)> {
+    c.layers
+        .iter()
+        .map(|l| {
+            (
+                l.name.as_str(),
+                l.c_in_kept,
+                l.c_out_kept,
+                l.macs,
+                l.bops,
+                l.size_bits,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn tiny_net_shapes_units_and_ties() {
+    let spec = tiny();
+    let shape = |n: &str| spec.layers[spec.layer_index(n).unwrap()].out_shape;
+    assert_eq!(shape("stem"), [8, 5, 5]); // (9 + 2 − 3)/2 + 1 = 5 on an odd input
+    assert_eq!(shape("dw"), [12, 5, 5]);
+    assert_eq!(shape("down"), [6, 2, 2]); // (5 − 3)/2 + 1 = 2
+    assert_eq!(shape("flatten"), [24, 1, 1]);
+    let idx = |n: &str| spec.layer_index(n).unwrap();
+    assert_eq!(spec.tie_groups(), vec![vec![idx("project"), idx("side")]]);
+
+    let tied = space(spec.clone(), ResidualPruning::Tied);
+    let names: Vec<&str> = tied.units().iter().map(|u| u.name.as_str()).collect();
+    assert_eq!(names, ["expand+1", "project+1", "down"]);
+    assert_eq!(tied.units()[0].layers, [idx("expand"), idx("dw")]); // depthwise follows its producer
+    assert_eq!(tied.fixed_layers(), [idx("stem"), idx("fc")]);
+    assert_eq!(tied.dim(), 9);
+
+    let masked = space(spec, ResidualPruning::Masked);
+    let names: Vec<&str> = masked.units().iter().map(|u| u.name.as_str()).collect();
+    assert_eq!(names, ["expand+1", "project", "side", "down"]);
+    assert!(masked.tie_groups().is_empty());
+}
+
+#[test]
+fn tiny_net_hand_computed_tied() {
+    let s = space(tiny(), ResidualPruning::Tied);
+    let p = policy(&s, vec![up(0.5, 4, 6), up(0.25, 3, 5), up(0.25, 2, 8)]);
+    let c = s.cost(&p).unwrap();
+    // Worked by hand (docs/network-spec.md, "Worked example").
+    assert_eq!(
+        rows(&c),
+        vec![
+            // stem: 8·3·9 = 216 weights × 25 positions, 8/8 bits; 216·8 + 32·8.
+            ("stem", 3, 8, 5400, 345_600, 1984),
+            // expand 1×1: keeps 6 of 12; 6·8 = 48 weights; 48·4 + 32·6.
+            ("expand", 8, 6, 1200, 28_800, 384),
+            // depthwise follows expand: 6 channels · 9 = 54 weights (not 6·6·9/12).
+            ("dw", 6, 6, 1350, 32_400, 408),
+            // project: 6 → 6 of 8 (tied with side, prune 0.25).
+            ("project", 6, 6, 900, 13_500, 300),
+            // grouped conv g=2: 6 · 8 · 9 / 2 = 216 weights.
+            ("side", 8, 6, 5400, 81_000, 840),
+            // down: reads the tied stream (6 of 8), keeps round(4.5) = 5 of 6; 2×2 output.
+            ("down", 6, 5, 1080, 17_280, 700),
+            // fc: 5 kept channels × 2·2 positions = 20 of 24 inputs; bias 32 bits × 10.
+            ("fc", 20, 10, 200, 12_800, 2240),
+        ]
+    );
+    assert_eq!(
+        (c.total_macs, c.total_bops, c.total_size_bits),
+        (15_530, 531_380, 6856)
+    );
+    let t = s.totals_indices(&s.to_indices(&p).unwrap()).unwrap();
+    assert_eq!((t.macs, t.bops, t.size_bits), (15_530, 531_380, 6856));
+}
+
+#[test]
+fn tiny_net_one_pruned_channel_removes_hw_linear_inputs() {
+    let s = SearchSpace::new(
+        tiny(),
+        SpaceConfig {
+            prune_ratios: vec![0.0, 1.0 / 6.0],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let full = s.cost(&s.uniform(8, 8, 0.0).unwrap()).unwrap();
+    let mut p = s.uniform(8, 8, 0.0).unwrap();
+    p.units[2].prune = 1.0 / 6.0; // "down": 6 → 5 channels
+    let c = s.cost(&p).unwrap();
+    let fc = |c: &Costs| c.layers.last().unwrap().clone();
+    assert_eq!(fc(&full).c_in_kept, 24);
+    assert_eq!(fc(&c).c_in_kept, 20); // one channel = its 2·2 = 4 flattened inputs
+    assert_eq!(fc(&full).macs - fc(&c).macs, 4 * 10);
+}
+
+#[test]
+fn tiny_net_hand_computed_masked() {
+    let s = space(tiny(), ResidualPruning::Masked);
+    let p = policy(
+        &s,
+        vec![up(0.5, 4, 6), up(0.25, 3, 5), up(0.5, 3, 5), up(0.25, 2, 8)],
+    );
+    let c = s.cost(&p).unwrap();
+    let r = rows(&c);
+    assert_eq!(r[3], ("project", 6, 6, 900, 13_500, 300));
+    // side keeps 4 of 8: 4 · 8 · 9 / 2 = 144 weights.
+    assert_eq!(r[4], ("side", 8, 4, 3600, 54_000, 144 * 3 + 32 * 4));
+    // down reads the full-width residual stream: keep_in = 1 (8 channels).
+    assert_eq!(
+        r[5],
+        (
+            "down",
+            8,
+            5,
+            4 * 5 * 8 * 9,
+            4 * 5 * 8 * 9 * 16,
+            5 * 8 * 9 * 2 + 32 * 5
+        )
+    );
+    assert_eq!(c.layers[5].keep_in, 1.0);
+}
+
+#[test]
+fn relaxed_equals_exact_when_counts_are_integral() {
+    let s = space(tiny(), ResidualPruning::Tied);
+    let p = policy(&s, vec![up(0.5, 4, 6), up(0.25, 3, 5), up(0.5, 2, 8)]);
+    let c = s.cost(&p).unwrap();
+    let r = s.relaxed_cost(&s.encode(&p).unwrap()).unwrap();
+    assert_eq!(r.macs, c.total_macs as f64);
+    assert_eq!(r.bops, c.total_bops as f64);
+    assert_eq!(r.size_bits, c.total_size_bits as f64);
+}
+
+fn fd_check(s: &SearchSpace, x: &[f64]) {
+    let r = s.relaxed_cost(x).unwrap();
+    let h = 1e-5;
+    for g in 0..s.dim() {
+        let (mut a, mut b) = (x.to_vec(), x.to_vec());
+        a[g] += h;
+        b[g] -= h;
+        let (ra, rb) = (s.relaxed_cost(&a).unwrap(), s.relaxed_cost(&b).unwrap());
+        for (name, fd, an, scale) in [
+            (
+                "bops",
+                (ra.bops - rb.bops) / (2.0 * h),
+                r.grad_bops[g],
+                r.bops,
+            ),
+            (
+                "size",
+                (ra.size_bits - rb.size_bits) / (2.0 * h),
+                r.grad_size_bits[g],
+                r.size_bits,
+            ),
+            (
+                "macs",
+                (ra.macs - rb.macs) / (2.0 * h),
+                r.grad_macs[g],
+                r.macs,
+            ),
+        ] {
+            // The relaxation is a polynomial of degree ≤ 4 per coordinate: central
+            // differences are exact up to h² terms and rounding.
+            assert!(
+                (fd - an).abs() <= 1e-6 * scale + 1e-6 * an.abs(),
+                "{} gene {g} {name}: fd {fd} vs analytic {an}",
+                s.spec().name
+            );
+        }
+    }
+}
+
+#[test]
+fn gradients_match_finite_differences() {
+    let mut seed = 7u64;
+    let mut rnd = || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((seed >> 11) as f64) / ((1u64 << 53) as f64)
+    };
+    let specs = [
+        tiny(),
+        builtin("resnet20", None, None).unwrap(),
+        builtin("mobilenetv2", None, None).unwrap(),
+    ];
+    for spec in specs {
+        for mode in [ResidualPruning::Tied, ResidualPruning::Masked] {
+            for shared_bits in [false, true] {
+                let cfg = SpaceConfig {
+                    residual_pruning: mode,
+                    shared_bits,
+                    ..Default::default()
+                };
+                let s = SearchSpace::new(spec.clone(), cfg).unwrap();
+                let x: Vec<f64> = (0..s.dim()).map(|_| 0.05 + 0.9 * rnd()).collect();
+                fd_check(&s, &x);
+            }
+        }
+    }
+}
+
+#[test]
+fn resnet20_masked_matches_the_peer_data_columns() {
+    // ../shared/peer-data/seernet-resnet20-cifar10: 18 block convs, stage 1 block 1 conv 1 first.
+    let cfg = SpaceConfig {
+        prune_ratios: vec![0.25, 0.5, 0.75],
+        wbits: vec![2, 3, 4, 5],
+        abits: vec![2, 3, 4, 5],
+        residual_pruning: ResidualPruning::Masked,
+        shared_bits: true,
+        ..Default::default()
+    };
+    let s = SearchSpace::new(
+        builtin("resnet20", Some("32x32x3".parse().unwrap()), None).unwrap(),
+        cfg,
+    )
+    .unwrap();
+    let names: Vec<String> = s.units().iter().map(|u| u.name.clone()).collect();
+    let mut want = Vec::new();
+    for stage in 1..=3 {
+        for blk in 0..3 {
+            for conv in 1..=2 {
+                want.push(format!("layer{stage}.{blk}.conv{conv}"));
+            }
+        }
+    }
+    assert_eq!(names, want);
+    assert_eq!(s.dim(), 36);
+    assert!(
+        s.genes()
+            .iter()
+            .step_by(2)
+            .all(|g| g.kind == GeneKind::Prune)
+    );
+    assert!(
+        s.genes()
+            .iter()
+            .skip(1)
+            .step_by(2)
+            .all(|g| g.kind == GeneKind::Bits)
+    );
+}
+
+#[test]
+fn resnet20_tied_stage1_group_is_locked_by_the_stem() {
+    let s = space(
+        builtin("resnet20", None, None).unwrap(),
+        ResidualPruning::Tied,
+    );
+    assert_eq!(s.units().len(), 12);
+    let g = s
+        .units()
+        .iter()
+        .find(|u| u.name == "layer1.0.conv2+2")
+        .unwrap();
+    assert!(!g.prunable);
+    assert!(
+        s.units()
+            .iter()
+            .find(|u| u.name == "layer2.0.conv2+2")
+            .unwrap()
+            .prunable
+    );
+    let u = s
+        .units()
+        .iter()
+        .position(|u| u.name == "layer1.0.conv2+2")
+        .unwrap();
+    assert_eq!(s.genes()[s.unit_genes(u).prune].candidates, [0.0]);
+    // Its bits stay searchable; the stem itself stays at 8/8.
+    let mut p = s.uniform(8, 8, 0.0).unwrap();
+    p.units[u].wbits = 2;
+    let c = s.cost(&p).unwrap();
+    assert_eq!(c.layers[0].wbits, 8);
+    assert_eq!(
+        c.layers
+            .iter()
+            .find(|l| l.name == "layer1.1.conv2")
+            .unwrap()
+            .wbits,
+        2
+    );
+    p.units[u].prune = 0.25;
+    let e = s.validate(&p).unwrap_err().to_string();
+    assert!(
+        e.contains("unit 1 (layer1.0.conv2+2)") && e.contains("cannot be pruned"),
+        "{e}"
+    );
+}
+
+#[test]
+fn resnet20_per_layer_table_snapshot() {
+    let s = space(
+        builtin("resnet20", Some("32x32x3".parse().unwrap()), None).unwrap(),
+        ResidualPruning::Tied,
+    );
+    let mut p = s.uniform(4, 4, 0.0).unwrap();
+    for (i, u) in p.units.iter_mut().enumerate() {
+        if s.units()[i].prunable {
+            u.prune = [0.0, 0.25, 0.5, 0.75][i % 4];
+        }
+        u.wbits = [2, 3, 4, 5, 6, 8][i % 6];
+    }
+    insta::assert_snapshot!(s.cost(&p).unwrap().table());
+}
+
+#[test]
+fn policy_json_round_trip_and_errors() {
+    let s = space(
+        builtin("resnet20", None, None).unwrap(),
+        ResidualPruning::Tied,
+    );
+    let p = s.uniform(4, 5, 0.25).unwrap();
+    let back = Policy::from_json_str(&p.to_json(), "p.json").unwrap();
+    assert_eq!(back, p);
+    let future = p.to_json().replace("\"version\": 1", "\"version\": 2");
+    let e = Policy::from_json_str(&future, "p.json")
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        "p.json: seernet-policy version 2 is not supported (this build reads version 1)"
+    );
+    let e = Policy::from_json_str("{\"format\":\"other\",\"version\":1}", "p.json")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("format is 'other'"), "{e}");
+    let e = Policy::from_json_str("{", "p.json")
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("p.json: "), "{e}");
+
+    let mut bad = p.clone();
+    bad.units[3].abits = 7;
+    let e = s.validate_named(&bad, "p.json").unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "p.json: unit 3 (layer1.2.conv1): activation bit-width 7 is not a candidate [2, 3, 4, 5, 6, 8]"
+    );
+    bad = p.clone();
+    bad.units[0].prune = 1.0;
+    assert!(
+        s.validate_named(&bad, "p.json")
+            .unwrap_err()
+            .to_string()
+            .contains("pruning ratio 1 is outside [0, 1)")
+    );
+    bad = p.clone();
+    bad.units.pop();
+    assert!(
+        s.validate(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("11 units")
+    );
+    bad = p.clone();
+    bad.arch = "resnet56".into();
+    assert!(
+        s.validate(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("'resnet56'")
+    );
+    bad = p;
+    bad.input = InputShape::new(28, 28, 1);
+    assert!(
+        s.validate(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("28x28x1")
+    );
+}
+
+#[test]
+fn network_json_errors_name_file_and_layer() {
+    let e = NetworkSpec::from_json_str(&TINY.replace("\"groups\": 2", "\"groups\": 3"), "net.json")
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "net.json: layer 'side': groups 3 must divide in_ch 8 and out_ch 8"
+    );
+    let e = NetworkSpec::from_json_str(
+        &TINY.replace("\"version\": 1", "\"version\": 9"),
+        "net.json",
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::UnsupportedVersion { found: 9, .. }));
+    let e = NetworkSpec::from_json_str(
+        &TINY.replace("\"op\": \"flatten\"", "\"op\": \"flaten\""),
+        "net.json",
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("layer 'flatten': unknown op 'flaten'"),
+        "{e}"
+    );
+    let e = NetworkSpec::from_json_str(
+        &TINY.replace(
+            "\"inputs\": [\"project\", \"side\"]",
+            "\"inputs\": [\"project\", \"expand\"]",
+        ),
+        "n.json",
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("layer 'add': add inputs have different shapes"),
+        "{e}"
+    );
+    let e = NetworkSpec::from_json_str(
+        &TINY.replace("\"out_features\": 10", "\"out_features\": 11"),
+        "n.json",
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("expected [10, 1, 1]"), "{e}");
+    assert!(matches!(
+        SearchSpace::new(
+            tiny(),
+            SpaceConfig {
+                wbits: vec![0],
+                ..Default::default()
+            }
+        ),
+        Err(Error::InvalidConfig(_))
+    ));
+}
+
+#[test]
+fn full_spec_serde_round_trip() {
+    let spec = builtin("mobilenetv2", None, None).unwrap();
+    let back: NetworkSpec = serde_json::from_str(&serde_json::to_string(&spec).unwrap()).unwrap();
+    assert_eq!(back, spec);
+    back.check().unwrap();
+}
+
+fn arb_space() -> impl Strategy<Value = SearchSpace> {
+    (0usize..3, any::<bool>(), any::<bool>()).prop_map(|(net, masked, shared_bits)| {
+        let spec = match net {
+            0 => tiny(),
+            1 => builtin("resnet20", None, None).unwrap(),
+            _ => builtin("mobilenetv2", Some(InputShape::new(64, 64, 3)), None).unwrap(),
+        };
+        let mode = if masked {
+            ResidualPruning::Masked
+        } else {
+            ResidualPruning::Tied
+        };
+        SearchSpace::new(
+            spec,
+            SpaceConfig {
+                residual_pruning: mode,
+                shared_bits,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    })
+}
+
+fn arb_indices() -> impl Strategy<Value = (SearchSpace, Vec<usize>, usize)> {
+    arb_space().prop_flat_map(|s| {
+        let idx: Vec<_> = s.genes().iter().map(|g| 0..g.candidates.len()).collect();
+        let d = s.dim();
+        (Just(s), idx, 0..d)
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn encode_decode_is_identity_on_candidates((s, idx, _g) in arb_indices()) {
+        let p = s.from_indices(&idx).unwrap();
+        let x = s.encode(&p).unwrap();
+        prop_assert!(x.iter().all(|v| (0.0..=1.0).contains(v)));
+        prop_assert_eq!(&x, &s.encode_indices(&idx).unwrap());
+        prop_assert_eq!(s.decode(&x).unwrap(), p.clone());
+        prop_assert_eq!(s.to_indices(&p).unwrap(), idx.clone());
+        for g in 0..s.dim() {
+            prop_assert_eq!(s.gene_coords(g)[idx[g]], x[g]);
+        }
+        let back = Policy::from_json_str(&p.to_json(), "p").unwrap();
+        prop_assert_eq!(back, p);
+    }
+
+    #[test]
+    fn costs_are_monotone_in_bits_and_keep((s, idx, g) in arb_indices()) {
+        let gene = &s.genes()[g];
+        prop_assume!(idx[g] + 1 < gene.candidates.len());
+        let mut up = idx.clone();
+        up[g] += 1;
+        let (a, b) = (s.totals_indices(&idx).unwrap(), s.totals_indices(&up).unwrap());
+        match gene.kind {
+            GeneKind::Prune => {
+                // More pruning never costs more.
+                prop_assert!(b.macs <= a.macs && b.bops <= a.bops && b.size_bits <= a.size_bits);
+            }
+            GeneKind::WBits | GeneKind::Bits => {
+                prop_assert!(b.macs == a.macs && b.bops > a.bops && b.size_bits > a.size_bits);
+            }
+            GeneKind::ABits => {
+                prop_assert!(b.macs == a.macs && b.bops > a.bops && b.size_bits == a.size_bits);
+            }
+        }
+        prop_assert_eq!(s.cost_indices(&idx).unwrap().total_bops, a.bops);
+    }
+
+    #[test]
+    fn relaxed_equals_exact_on_resnet20_candidates((s, idx, _g) in arb_indices()) {
+        // ResNet-20's channel counts (16, 32, 64) times every keep ratio are integers.
+        prop_assume!(s.spec().name == "resnet20");
+        let c = s.cost_indices(&idx).unwrap();
+        let r = s.relaxed_cost(&s.encode_indices(&idx).unwrap()).unwrap();
+        prop_assert_eq!(r.bops, c.total_bops as f64);
+        prop_assert_eq!(r.size_bits, c.total_size_bits as f64);
+        prop_assert_eq!(r.macs, c.total_macs as f64);
+    }
+}
