@@ -1,0 +1,2 @@
+//! Benchmark of the training kernels (work in progress).
+fn main() {}

@@ -1,0 +1,636 @@
+//! 2-D convolution (NCHW) as a candle custom op with backward: im2col + GEMM forward,
+//! GEMM + col2im grad-input, GEMM grad-weight; rayon-parallel over images.
+//!
+//! Layout: the API is candle's NCHW for `x` and `[C_out, C_in/groups, K_h, K_w]` for the
+//! weight. Internally every (image, group) pair is one GEMM on an im2col matrix laid out
+//! `[C_in/groups · K_h · K_w, H_out · W_out]`, so the GEMM output is already NCHW and no
+//! layout copy is needed on either side (measured in `benches/kernels.rs`).
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use crate::matmul::{Mat, matmul};
+use crate::view::{F32View, prepare, storage_slice, to_tensor};
+use crate::{Error, Result};
+
+const OP: &str = "conv2d";
+
+/// Convolution hyper-parameters (the same in both spatial dimensions, like candle's conv2d).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dParams {
+    /// Step between output positions, ≥ 1.
+    pub stride: usize,
+    /// Zero padding added on every side, in input pixels.
+    pub padding: usize,
+    /// Spacing between kernel taps, ≥ 1.
+    pub dilation: usize,
+    /// Channel groups, ≥ 1; `groups == C_in == C_out` is a depthwise convolution.
+    pub groups: usize,
+}
+
+impl Default for Conv2dParams {
+    fn default() -> Self {
+        Self {
+            stride: 1,
+            padding: 0,
+            dilation: 1,
+            groups: 1,
+        }
+    }
+}
+
+impl Conv2dParams {
+    /// Stride `stride`, padding `padding`, no dilation, one group.
+    pub fn new(stride: usize, padding: usize) -> Self {
+        Self {
+            stride,
+            padding,
+            ..Self::default()
+        }
+    }
+    /// The same parameters with `groups` channel groups.
+    pub fn with_groups(self, groups: usize) -> Self {
+        Self { groups, ..self }
+    }
+    /// The same parameters with dilation `dilation`.
+    pub fn with_dilation(self, dilation: usize) -> Self {
+        Self { dilation, ..self }
+    }
+}
+
+/// All sizes of one convolution, validated.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Geom {
+    pub(crate) n: usize,
+    pub(crate) cin: usize,
+    pub(crate) h: usize,
+    pub(crate) w: usize,
+    pub(crate) cout: usize,
+    pub(crate) kh: usize,
+    pub(crate) kw: usize,
+    pub(crate) oh: usize,
+    pub(crate) ow: usize,
+    pub(crate) stride: usize,
+    pub(crate) pad: usize,
+    pub(crate) dil: usize,
+    pub(crate) groups: usize,
+    pub(crate) cin_g: usize,
+    pub(crate) cout_g: usize,
+    /// Rows of the im2col matrix: `cin_g · kh · kw`.
+    pub(crate) kdim: usize,
+    /// Columns of the im2col matrix: `oh · ow`.
+    pub(crate) ohw: usize,
+}
+
+impl Geom {
+    pub(crate) fn new(x: &[usize], w: &[usize], p: &Conv2dParams) -> Result<Self> {
+        let shape_err = |msg: String| Error::Shape { op: OP, msg };
+        let &[n, cin, h, wd] = x else {
+            return Err(shape_err(format!(
+                "input must be [N, C_in, H, W], got {x:?}"
+            )));
+        };
+        let &[cout, cin_g, kh, kw] = w else {
+            return Err(shape_err(format!(
+                "weight must be [C_out, C_in/groups, K_h, K_w], got {w:?}"
+            )));
+        };
+        if p.stride == 0 || p.dilation == 0 || p.groups == 0 {
+            return Err(Error::InvalidParam {
+                op: OP,
+                msg: format!(
+                    "stride {}, dilation {}, groups {} must all be ≥ 1",
+                    p.stride, p.dilation, p.groups
+                ),
+            });
+        }
+        if cin % p.groups != 0 || cout % p.groups != 0 || cin / p.groups != cin_g {
+            return Err(shape_err(format!(
+                "input {x:?} and weight {w:?} do not fit groups = {} (need C_in = groups · weight dim 1 and C_out divisible by groups)",
+                p.groups
+            )));
+        }
+        if kh == 0 || kw == 0 {
+            return Err(shape_err(format!("empty kernel {w:?}")));
+        }
+        let eff_h = p.dilation * (kh - 1) + 1;
+        let eff_w = p.dilation * (kw - 1) + 1;
+        if h + 2 * p.padding < eff_h || wd + 2 * p.padding < eff_w {
+            return Err(shape_err(format!(
+                "kernel {kh}×{kw} (dilation {}) larger than padded input {}×{}",
+                p.dilation,
+                h + 2 * p.padding,
+                wd + 2 * p.padding
+            )));
+        }
+        let oh = (h + 2 * p.padding - eff_h) / p.stride + 1;
+        let ow = (wd + 2 * p.padding - eff_w) / p.stride + 1;
+        Ok(Self {
+            n,
+            cin,
+            h,
+            w: wd,
+            cout,
+            kh,
+            kw,
+            oh,
+            ow,
+            stride: p.stride,
+            pad: p.padding,
+            dil: p.dilation,
+            groups: p.groups,
+            cin_g,
+            cout_g: cout / p.groups,
+            kdim: cin_g * kh * kw,
+            ohw: oh * ow,
+        })
+    }
+
+    /// 1×1, stride 1, no padding: the input image already is the im2col matrix.
+    fn is_pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0
+    }
+    fn in_img(&self) -> usize {
+        self.cin * self.h * self.w
+    }
+    fn out_img(&self) -> usize {
+        self.cout * self.ohw
+    }
+    /// Output positions `o` in `0..out_len` with `0 ≤ o·stride + off < in_len`, as `lo..hi`.
+    fn valid(off: isize, stride: usize, in_len: usize, out_len: usize) -> (usize, usize) {
+        let lo = if off >= 0 {
+            0
+        } else {
+            (off.unsigned_abs()).div_ceil(stride)
+        };
+        let last = in_len as isize - 1 - off;
+        let hi = if last < 0 {
+            0
+        } else {
+            (last as usize) / stride + 1
+        };
+        let hi = hi.min(out_len);
+        (lo.min(hi), hi)
+    }
+}
+
+/// im2col for one group of one image: `xg` starts at the group's first input channel;
+/// `col` is `[kdim, ohw]` row-major.
+fn im2col(xg: &[f32], g: &Geom, col: &mut [f32]) {
+    let (h, w, ow) = (g.h, g.w, g.ow);
+    for c in 0..g.cin_g {
+        let xc = &xg[c * h * w..(c + 1) * h * w];
+        for ky in 0..g.kh {
+            let offy = (ky * g.dil) as isize - g.pad as isize;
+            let (ylo, yhi) = Geom::valid(offy, g.stride, h, g.oh);
+            for kx in 0..g.kw {
+                let offx = (kx * g.dil) as isize - g.pad as isize;
+                let (xlo, xhi) = Geom::valid(offx, g.stride, w, ow);
+                let r = (c * g.kh + ky) * g.kw + kx;
+                let row = &mut col[r * g.ohw..(r + 1) * g.ohw];
+                row[..ylo * ow].fill(0.0);
+                row[yhi * ow..].fill(0.0);
+                for oy in ylo..yhi {
+                    let iy = (oy * g.stride) as isize + offy;
+                    let src = &xc[iy as usize * w..(iy as usize + 1) * w];
+                    let dst = &mut row[oy * ow..(oy + 1) * ow];
+                    dst[..xlo].fill(0.0);
+                    dst[xhi..].fill(0.0);
+                    if xhi == xlo {
+                        continue;
+                    }
+                    if g.stride == 1 {
+                        let s0 = (xlo as isize + offx) as usize;
+                        dst[xlo..xhi].copy_from_slice(&src[s0..s0 + (xhi - xlo)]);
+                    } else {
+                        for (ox, d) in dst[xlo..xhi].iter_mut().enumerate() {
+                            *d = src[(((ox + xlo) * g.stride) as isize + offx) as usize];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col`]: adds `col` (`[kdim, ohw]`) into the group's input gradient.
+fn col2im(col: &[f32], g: &Geom, dxg: &mut [f32]) {
+    let (h, w, ow) = (g.h, g.w, g.ow);
+    for c in 0..g.cin_g {
+        let dxc = &mut dxg[c * h * w..(c + 1) * h * w];
+        for ky in 0..g.kh {
+            let offy = (ky * g.dil) as isize - g.pad as isize;
+            let (ylo, yhi) = Geom::valid(offy, g.stride, h, g.oh);
+            for kx in 0..g.kw {
+                let offx = (kx * g.dil) as isize - g.pad as isize;
+                let (xlo, xhi) = Geom::valid(offx, g.stride, w, ow);
+                let r = (c * g.kh + ky) * g.kw + kx;
+                let row = &col[r * g.ohw..(r + 1) * g.ohw];
+                for oy in ylo..yhi {
+                    let iy = (oy * g.stride) as isize + offy;
+                    let dst = &mut dxc[iy as usize * w..(iy as usize + 1) * w];
+                    let src = &row[oy * ow + xlo..oy * ow + xhi];
+                    if src.is_empty() {
+                        continue;
+                    }
+                    if g.stride == 1 {
+                        let d0 = (xlo as isize + offx) as usize;
+                        for (d, s) in dst[d0..d0 + src.len()].iter_mut().zip(src) {
+                            *d += s;
+                        }
+                    } else {
+                        for (i, s) in src.iter().enumerate() {
+                            dst[(((i + xlo) * g.stride) as isize + offx) as usize] += s;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Whether to parallelise over images (each GEMM single-threaded) or inside each GEMM.
+fn per_image_parallel(n: usize) -> bool {
+    n >= 2 * rayon::current_num_threads().max(1) || n >= 8
+}
+
+/// Forward: `x` `[N, C_in, H, W]`, `wt` `[C_out, C_in/g, K_h, K_w]` → `[N, C_out, H_out, W_out]`.
+pub(crate) fn conv_forward(x: &[f32], wt: &[f32], g: &Geom) -> Vec<f32> {
+    let mut out = vec![0f32; g.n * g.out_img()];
+    if out.is_empty() {
+        return out;
+    }
+    let col_len = if g.is_pointwise() { 0 } else { g.kdim * g.ohw };
+    let one_image = |col: &mut Vec<f32>, i: usize, o: &mut [f32], par: Parallelism| {
+        let xi = &x[i * g.in_img()..(i + 1) * g.in_img()];
+        for grp in 0..g.groups {
+            let xg = &xi[grp * g.cin_g * g.h * g.w..(grp + 1) * g.cin_g * g.h * g.w];
+            let colm: &[f32] = if g.is_pointwise() {
+                xg
+            } else {
+                im2col(xg, g, col);
+                col
+            };
+            matmul(
+                g.cout_g,
+                g.ohw,
+                g.kdim,
+                &mut o[grp * g.cout_g * g.ohw..(grp + 1) * g.cout_g * g.ohw],
+                g.ohw,
+                false,
+                Mat::rows(
+                    &wt[grp * g.cout_g * g.kdim..(grp + 1) * g.cout_g * g.kdim],
+                    g.kdim,
+                ),
+                Mat::rows(colm, g.ohw),
+                par,
+            );
+        }
+    };
+    if per_image_parallel(g.n) {
+        out.par_chunks_mut(g.out_img()).enumerate().for_each_init(
+            || vec![0f32; col_len],
+            |col, (i, o)| one_image(col, i, o, Parallelism::None),
+        );
+    } else {
+        let mut col = vec![0f32; col_len];
+        for (i, o) in out.chunks_mut(g.out_img()).enumerate() {
+            one_image(&mut col, i, o, Parallelism::Rayon(0));
+        }
+    }
+    out
+}
+
+/// Images per grad-weight partial sum. Fixed (not per thread), so results do not depend on
+/// the number of threads.
+const DW_CHUNK: usize = 8;
+
+/// Backward: gradients of the input (`need_dx`) and the weight (`need_dw`) from `dy`
+/// `[N, C_out, H_out, W_out]`.
+pub(crate) fn conv_backward(
+    x: &[f32],
+    wt: &[f32],
+    dy: &[f32],
+    g: &Geom,
+    need_dx: bool,
+    need_dw: bool,
+) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
+    let wlen = g.cout * g.kdim;
+    let nchunks = g.n.div_ceil(DW_CHUNK);
+    let mut dx = if need_dx {
+        vec![0f32; g.n * g.in_img()]
+    } else {
+        Vec::new()
+    };
+    let mut parts = if need_dw {
+        vec![0f32; nchunks * wlen]
+    } else {
+        Vec::new()
+    };
+    if g.n == 0 || (!need_dx && !need_dw) {
+        return (need_dx.then_some(dx), need_dw.then(|| vec![0f32; wlen]));
+    }
+    let pointwise = g.is_pointwise();
+    let col_len = if pointwise { 0 } else { g.kdim * g.ohw };
+    let dx_chunks: Vec<Option<&mut [f32]>> = if need_dx {
+        dx.chunks_mut(DW_CHUNK * g.in_img()).map(Some).collect()
+    } else {
+        (0..nchunks).map(|_| None).collect()
+    };
+    let dw_chunks: Vec<Option<&mut [f32]>> = if need_dw {
+        parts.chunks_mut(wlen).map(Some).collect()
+    } else {
+        (0..nchunks).map(|_| None).collect()
+    };
+    let par_inner = if per_image_parallel(g.n) {
+        Parallelism::None
+    } else {
+        Parallelism::Rayon(0)
+    };
+    let chunk_task =
+        |bufs: &mut (Vec<f32>, Vec<f32>),
+         (ci, (mut dxc, mut dwc)): (usize, (Option<&mut [f32]>, Option<&mut [f32]>))| {
+            let (col, dcol) = bufs;
+            let first = ci * DW_CHUNK;
+            let last = (first + DW_CHUNK).min(g.n);
+            for i in first..last {
+                let xi = &x[i * g.in_img()..(i + 1) * g.in_img()];
+                let dyi = &dy[i * g.out_img()..(i + 1) * g.out_img()];
+                for grp in 0..g.groups {
+                    let gin = grp * g.cin_g * g.h * g.w..(grp + 1) * g.cin_g * g.h * g.w;
+                    let dyg = &dyi[grp * g.cout_g * g.ohw..(grp + 1) * g.cout_g * g.ohw];
+                    let wg = &wt[grp * g.cout_g * g.kdim..(grp + 1) * g.cout_g * g.kdim];
+                    if let Some(dwc) = dwc.as_deref_mut() {
+                        let colm: &[f32] = if pointwise {
+                            &xi[gin.clone()]
+                        } else {
+                            im2col(&xi[gin.clone()], g, col);
+                            col
+                        };
+                        // dW_g[cout_g, kdim] += dY_g[cout_g, ohw] · col^T[ohw, kdim]
+                        matmul(
+                            g.cout_g,
+                            g.kdim,
+                            g.ohw,
+                            &mut dwc[grp * g.cout_g * g.kdim..(grp + 1) * g.cout_g * g.kdim],
+                            g.kdim,
+                            true,
+                            Mat::rows(dyg, g.ohw),
+                            Mat::rows_t(colm, g.ohw),
+                            par_inner,
+                        );
+                    }
+                    if let Some(dxc) = dxc.as_deref_mut() {
+                        let off = (i - first) * g.in_img();
+                        let dxg = &mut dxc[off + gin.start..off + gin.end];
+                        // dcol[kdim, ohw] = W_g^T[kdim, cout_g] · dY_g[cout_g, ohw]
+                        if pointwise {
+                            matmul(
+                                g.kdim,
+                                g.ohw,
+                                g.cout_g,
+                                dxg,
+                                g.ohw,
+                                false,
+                                Mat::rows_t(wg, g.kdim),
+                                Mat::rows(dyg, g.ohw),
+                                par_inner,
+                            );
+                        } else {
+                            matmul(
+                                g.kdim,
+                                g.ohw,
+                                g.cout_g,
+                                dcol,
+                                g.ohw,
+                                false,
+                                Mat::rows_t(wg, g.kdim),
+                                Mat::rows(dyg, g.ohw),
+                                par_inner,
+                            );
+                            col2im(dcol, g, dxg);
+                        }
+                    }
+                }
+            }
+        };
+    let init = || (vec![0f32; col_len], vec![0f32; col_len]);
+    if per_image_parallel(g.n) {
+        dx_chunks
+            .into_par_iter()
+            .zip(dw_chunks)
+            .enumerate()
+            .for_each_init(init, chunk_task);
+    } else {
+        let mut bufs = init();
+        for item in dx_chunks.into_iter().zip(dw_chunks).enumerate() {
+            chunk_task(&mut bufs, item);
+        }
+    }
+    let dw = need_dw.then(|| {
+        let mut dw = vec![0f32; wlen];
+        dw.par_chunks_mut(1024).enumerate().for_each(|(bi, d)| {
+            let base = bi * 1024;
+            for p in 0..nchunks {
+                let src = &parts[p * wlen + base..p * wlen + base + d.len()];
+                for (a, b) in d.iter_mut().zip(src) {
+                    *a += b;
+                }
+            }
+        });
+        dw
+    });
+    (need_dx.then_some(dx), dw)
+}
+
+struct Conv2dOp {
+    params: Conv2dParams,
+}
+
+impl CustomOp2 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "seer-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = Geom::new(l1.dims(), l2.dims(), &self.params).map_err(Error::into_candle)?;
+        let x = storage_slice(s1, l1, OP)?;
+        let w = storage_slice(s2, l2, OP)?;
+        let out = conv_forward(x, w, &g);
+        Ok((CpuStorage::F32(out), Shape::from((g.n, g.cout, g.oh, g.ow))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = Geom::new(x.dims(), w.dims(), &self.params).map_err(Error::into_candle)?;
+        let grad = grad.contiguous()?;
+        let need_dx = x.track_op();
+        let need_dw = w.track_op();
+        let (dx, dw) = {
+            let xv = F32View::new(x, OP).map_err(Error::into_candle)?;
+            let wv = F32View::new(w, OP).map_err(Error::into_candle)?;
+            let gv = F32View::new(&grad, OP).map_err(Error::into_candle)?;
+            conv_backward(xv.slice(), wv.slice(), gv.slice(), &g, need_dx, need_dw)
+        };
+        let dx = dx.map(|v| to_tensor(v, x.dims())).transpose()?;
+        let dw = dw.map(|v| to_tensor(v, w.dims())).transpose()?;
+        Ok((dx, dw))
+    }
+}
+
+/// 2-D convolution with backward (candle custom op): `x` `[N, C_in, H, W]` f32 (NCHW),
+/// `w` `[C_out, C_in/groups, K_h, K_w]` f32 → `[N, C_out, H_out, W_out]` with
+/// `H_out = (H + 2·padding − dilation·(K_h − 1) − 1) / stride + 1` (likewise `W_out`).
+/// No bias (add one with `broadcast_add` if needed). Same result as candle's `conv2d` up to
+/// f32 summation order.
+///
+/// Errors: [`Error::Shape`] for ranks/sizes that do not fit (including `groups`),
+/// [`Error::InvalidParam`] for a zero stride, dilation or group count,
+/// [`Error::Unsupported`] for non-f32 or non-CPU tensors.
+pub fn conv2d(x: &Tensor, w: &Tensor, params: &Conv2dParams) -> Result<Tensor> {
+    Geom::new(x.dims(), w.dims(), params)?;
+    let x = prepare(x, OP)?;
+    let w = prepare(w, OP)?;
+    Ok(x.apply_op2(&w, Conv2dOp { params: *params })?)
+}
+
+/// Output spatial size `(H_out, W_out)` of [`conv2d`] for input `[.., H, W]` and kernel
+/// `K_h × K_w`. Errors as [`conv2d`].
+pub fn conv2d_output_hw(
+    input_hw: (usize, usize),
+    kernel_hw: (usize, usize),
+    params: &Conv2dParams,
+) -> Result<(usize, usize)> {
+    let g = Geom::new(
+        &[1, params.groups, input_hw.0, input_hw.1],
+        &[params.groups, 1, kernel_hw.0, kernel_hw.1],
+        params,
+    )?;
+    Ok((g.oh, g.ow))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reference;
+    use crate::testutil::{rel_err, tensor, var};
+    use proptest::prelude::*;
+
+    /// Forward and both gradients (of `Σ y·r` for a random `r`) of ours vs a direct f64
+    /// loop, and vs candle's conv2d + autograd wherever candle's backward supports the shape.
+    fn check(xs: [usize; 4], ws: [usize; 4], p: Conv2dParams, seed: u64) {
+        let x = var(seed, &xs);
+        let w = var(seed + 1, &ws);
+        let ours = conv2d(x.as_tensor(), w.as_tensor(), &p).unwrap();
+        let refy = reference::conv2d(x.as_tensor(), w.as_tensor(), &p).unwrap();
+        assert_eq!(ours.dims(), refy.dims());
+        let r = tensor(seed + 2, ours.dims());
+        let (dy, dx, dw) = reference::conv2d_direct(x.as_tensor(), w.as_tensor(), &r, &p).unwrap();
+        assert!(
+            rel_err(&ours, &refy, 1e-6) <= 1e-5,
+            "forward vs candle {xs:?} {ws:?} {p:?}"
+        );
+        assert!(
+            rel_err(&ours, &dy, 1e-6) <= 1e-5,
+            "forward vs direct {xs:?} {ws:?} {p:?}"
+        );
+        let go = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let gr = (refy * &r).unwrap().sum_all().unwrap().backward().ok();
+        for (name, v, direct) in [("x", &x, &dx), ("w", &w, &dw)] {
+            let a = go.get(v.as_tensor()).unwrap();
+            let e = rel_err(a, direct, 1e-6);
+            assert!(
+                e <= 1e-4,
+                "grad {name} vs direct: rel err {e} for {xs:?} {ws:?} {p:?}"
+            );
+            if let Some(gr) = &gr {
+                let e = rel_err(a, gr.get(v.as_tensor()).unwrap(), 1e-6);
+                assert!(
+                    e <= 1e-4,
+                    "grad {name} vs candle: rel err {e} for {xs:?} {ws:?} {p:?}"
+                );
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+        #[test]
+        fn matches_candle(
+            n in 1usize..4, groups in 1usize..4, depthwise in any::<bool>(),
+            cin_g in 1usize..4, cout_g in 1usize..4, kh in 1usize..4, kw in 1usize..4,
+            h in 1usize..10, w in 1usize..10, stride in 1usize..3, padding in 0usize..3,
+            dilation in 1usize..3, seed in 0u64..1000,
+        ) {
+            let (cin_g, cout_g) = if depthwise { (1, 1) } else { (cin_g, cout_g) };
+            let p = Conv2dParams { stride, padding, dilation, groups };
+            let xs = [n, cin_g * groups, h, w];
+            let ws = [cout_g * groups, cin_g, kh, kw];
+            prop_assume!(Geom::new(&xs, &ws, &p).is_ok());
+            check(xs, ws, p, seed);
+        }
+    }
+
+    #[test]
+    fn resnet_like_shapes() {
+        check([3, 16, 14, 14], [32, 16, 3, 3], Conv2dParams::new(2, 1), 7);
+        check([2, 8, 7, 7], [8, 8, 3, 3], Conv2dParams::new(1, 1), 8);
+        check(
+            [2, 6, 5, 5],
+            [6, 1, 3, 3],
+            Conv2dParams::new(1, 1).with_groups(6),
+            9,
+        );
+        check([2, 6, 5, 7], [4, 6, 1, 1], Conv2dParams::default(), 10);
+        // Batch large enough for the per-image parallel path.
+        check([17, 3, 6, 6], [5, 3, 3, 3], Conv2dParams::new(1, 1), 11);
+    }
+
+    #[test]
+    fn shape_errors() {
+        let x = tensor(1, &[2, 4, 5, 5]);
+        let bad_groups = conv2d(
+            &x,
+            &tensor(2, &[4, 4, 3, 3]),
+            &Conv2dParams::default().with_groups(2),
+        );
+        assert!(matches!(bad_groups, Err(Error::Shape { .. })));
+        let too_big = conv2d(&x, &tensor(2, &[4, 4, 7, 7]), &Conv2dParams::default());
+        assert!(matches!(too_big, Err(Error::Shape { .. })));
+        let rank = conv2d(
+            &tensor(1, &[4, 5, 5]),
+            &tensor(2, &[4, 4, 3, 3]),
+            &Conv2dParams::default(),
+        );
+        assert!(matches!(rank, Err(Error::Shape { .. })));
+        let stride0 = conv2d(&x, &tensor(2, &[4, 4, 3, 3]), &Conv2dParams::new(0, 1));
+        assert!(matches!(stride0, Err(Error::InvalidParam { .. })));
+        let f64x = x.to_dtype(candle_core::DType::F64).unwrap();
+        let dt = conv2d(&f64x, &tensor(2, &[4, 4, 3, 3]), &Conv2dParams::default());
+        assert!(matches!(dt, Err(Error::Unsupported { .. })));
+    }
+
+    #[test]
+    fn output_size() {
+        assert_eq!(
+            conv2d_output_hw((28, 28), (3, 3), &Conv2dParams::new(2, 1)).unwrap(),
+            (14, 14)
+        );
+        assert_eq!(
+            conv2d_output_hw((7, 7), (3, 3), &Conv2dParams::new(2, 1)).unwrap(),
+            (4, 4)
+        );
+    }
+}

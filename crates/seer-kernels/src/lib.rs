@@ -1,0 +1,48 @@
+//! seer-kernels: quantizers, structured channel pruning and fast CPU kernels for SeerNet-rs.
+//!
+//! Two halves share this crate: candle custom ops **with backward** for compression-aware
+//! training (convolution, fake quantization with the straight-through estimator, channel
+//! masks), and packed low-bit integer kernels for inference of exported models.
+#![warn(missing_docs)]
+//!
+//! Training ops (all f32, CPU, NCHW; every one has backward and a slow twin in
+//! [`reference`] built from plain candle ops that the tests compare against):
+//! [`conv2d`], [`fake_quant_weight`], [`fake_quant_act`], [`channel_mask`],
+//! [`batch_norm_train`] / [`batch_norm_relu_train`], [`relu`]; plus [`filter_l2_scores`]
+//! for choosing channels. Convolutions run as im2col + GEMM on the `gemm` crate (AVX-512
+//! chosen at run time where the CPU has it, AVX2+FMA otherwise), parallel over images.
+//!
+//! ```
+//! use candle_core::{Device, Tensor, Var};
+//! use seer_kernels::{Conv2dParams, conv2d, fake_quant_act, fake_quant_weight};
+//!
+//! let dev = Device::Cpu;
+//! let x = Tensor::randn(0f32, 1., (2, 3, 8, 8), &dev)?;
+//! let w = Var::randn(0f32, 0.1, (4, 3, 3, 3), &dev)?;
+//! let alpha = Var::new(&[2f32], &dev)?;
+//! let wq = fake_quant_weight(w.as_tensor(), 4)?; // per-channel symmetric, 4 bits
+//! let y = conv2d(&x, &wq, &Conv2dParams::new(1, 1))?; // [2, 4, 8, 8]
+//! let a = fake_quant_act(&y, alpha.as_tensor(), 4)?; // unsigned, clip range [0, α]
+//! let grads = a.sum_all()?.backward()?;
+//! assert_eq!(grads.get(w.as_tensor()).unwrap().dims(), &[4, 3, 3, 3]);
+//! assert_eq!(grads.get(alpha.as_tensor()).unwrap().dims(), &[1]);
+//! # Ok::<(), seer_kernels::Error>(())
+//! ```
+
+mod conv;
+mod error;
+pub mod int;
+mod mask;
+mod matmul;
+mod norm;
+mod quant;
+pub mod reference;
+mod view;
+
+pub use conv::{Conv2dParams, conv2d, conv2d_output_hw};
+pub use error::{Error, Result};
+pub use mask::{channel_mask, filter_l2_scores, group_scores, top_k_mask};
+pub use norm::{BatchNormOutput, batch_norm_eval, batch_norm_relu_train, batch_norm_train, relu};
+pub use quant::{act_levels, fake_quant_act, fake_quant_weight, weight_qmax, weight_scales};
+#[cfg(test)]
+mod testutil;

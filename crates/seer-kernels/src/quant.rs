@@ -1,0 +1,410 @@
+//! Fake quantization with the straight-through estimator (method.md §3): weights per output
+//! channel, symmetric, signed; activations unsigned with a learnable clip range α.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::view::{F32View, check_finite, prepare, storage_slice, to_tensor};
+use crate::{Error, Result};
+
+fn check_bits(op: &'static str, bits: u32) -> Result<()> {
+    if (2..=8).contains(&bits) {
+        Ok(())
+    } else {
+        Err(Error::InvalidBits { op, bits })
+    }
+}
+
+/// Largest signed level `2^(b−1) − 1` of a `bits`-bit symmetric quantizer.
+pub fn weight_qmax(bits: u32) -> f32 {
+    ((1u32 << (bits - 1)) - 1) as f32
+}
+
+/// Largest unsigned level `2^b − 1` of a `bits`-bit activation quantizer.
+pub fn act_levels(bits: u32) -> f32 {
+    ((1u32 << bits) - 1) as f32
+}
+
+/// A typed error raised inside a custom op's forward, handed back to the public wrapper
+/// (candle's custom-op interface only carries its own error type).
+type ErrSlot = Arc<Mutex<Option<Error>>>;
+
+fn fail(slot: &ErrSlot, e: Error) -> candle_core::Error {
+    let c = candle_core::Error::Msg(e.to_string());
+    if let Ok(mut s) = slot.lock() {
+        *s = Some(e);
+    }
+    c
+}
+
+fn take(slot: &ErrSlot, e: candle_core::Error) -> Error {
+    slot.lock()
+        .ok()
+        .and_then(|mut s| s.take())
+        .unwrap_or(Error::Candle(e))
+}
+
+/// Per-output-channel scales `max|w_c| / qmax` (1 for an all-zero channel) of `w` viewed as
+/// `[C, len]`; also checks finiteness.
+fn channel_scales(w: &[f32], c: usize, qmax: f32, op: &'static str) -> Result<Vec<f32>> {
+    check_finite(w, op, "w")?;
+    let len = if c == 0 { 0 } else { w.len() / c };
+    Ok((0..c)
+        .map(|ch| {
+            let m = w[ch * len..(ch + 1) * len]
+                .iter()
+                .fold(0f32, |m, v| m.max(v.abs()));
+            if m > 0.0 { m / qmax } else { 1.0 }
+        })
+        .collect())
+}
+
+const WOP: &str = "fake_quant_weight";
+
+struct FakeQuantWeightOp {
+    bits: u32,
+    err: ErrSlot,
+}
+
+impl CustomOp1 for FakeQuantWeightOp {
+    fn name(&self) -> &'static str {
+        "seer-fake-quant-weight"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let w = storage_slice(s, l, WOP)?;
+        let c = l.dims()[0];
+        let qmax = weight_qmax(self.bits);
+        let scales = channel_scales(w, c, qmax, WOP).map_err(|e| fail(&self.err, e))?;
+        let mut out = vec![0f32; w.len()];
+        let len = if c == 0 { 0 } else { w.len() / c };
+        if len > 0 {
+            out.par_chunks_mut(len)
+                .zip(w.par_chunks(len))
+                .zip(scales.par_iter())
+                .for_each(|((o, wc), &s)| {
+                    for (o, &v) in o.iter_mut().zip(wc) {
+                        *o = (v / s).round().clamp(-qmax, qmax) * s;
+                    }
+                });
+        }
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        // Straight-through estimator: every weight lies inside its channel's range, so the
+        // gradient passes unchanged (method.md §3).
+        Ok(Some(grad.clone()))
+    }
+}
+
+/// Fake-quantizes weights per output channel, symmetric, signed (method.md §3):
+/// `s_c = max|w_c| / (2^(b−1) − 1)` (`s_c = 1` for an all-zero channel, which stays zero),
+/// `q = clamp(round(w / s_c), −qmax, qmax) · s_c` with round-half-away-from-zero.
+/// Backward: straight-through (identity) gradient for `w`.
+///
+/// `w`: `[C_out, ...]` f32 (a conv weight `[C_out, C_in/g, K_h, K_w]` or a linear weight
+/// `[out, in]`); returns the same shape. Errors: [`Error::InvalidBits`] if `bits ∉ 2..=8`,
+/// [`Error::NonFinite`] for NaN/Inf in `w`, [`Error::Shape`] for a rank-0 tensor.
+pub fn fake_quant_weight(w: &Tensor, bits: u32) -> Result<Tensor> {
+    check_bits(WOP, bits)?;
+    if w.rank() == 0 {
+        return Err(Error::Shape {
+            op: WOP,
+            msg: "weight must have rank ≥ 1, got a scalar".into(),
+        });
+    }
+    let w = prepare(w, WOP)?;
+    let err = ErrSlot::default();
+    w.apply_op1(FakeQuantWeightOp {
+        bits,
+        err: err.clone(),
+    })
+    .map_err(|e| take(&err, e))
+}
+
+/// Per-output-channel scales `s_c` that [`fake_quant_weight`] uses, `[C_out]` f32.
+/// Errors as [`fake_quant_weight`].
+pub fn weight_scales(w: &Tensor, bits: u32) -> Result<Tensor> {
+    check_bits(WOP, bits)?;
+    if w.rank() == 0 {
+        return Err(Error::Shape {
+            op: WOP,
+            msg: "weight must have rank ≥ 1, got a scalar".into(),
+        });
+    }
+    let w = prepare(w, WOP)?;
+    let c = w.dim(0)?;
+    let v = F32View::new(&w, WOP)?;
+    let s = channel_scales(v.slice(), c, weight_qmax(bits), WOP)?;
+    Ok(to_tensor(s, &[c])?)
+}
+
+const AOP: &str = "fake_quant_act";
+
+struct FakeQuantActOp {
+    bits: u32,
+    err: ErrSlot,
+}
+
+fn read_alpha(a: &[f32], op: &'static str) -> Result<f32> {
+    match a {
+        [alpha] if alpha.is_finite() && *alpha > 0.0 => Ok(*alpha),
+        [alpha] => Err(Error::InvalidParam {
+            op,
+            msg: format!("clip range alpha must be finite and > 0, got {alpha}"),
+        }),
+        _ => Err(Error::Shape {
+            op,
+            msg: format!("alpha must hold one element, got {}", a.len()),
+        }),
+    }
+}
+
+impl CustomOp2 for FakeQuantActOp {
+    fn name(&self) -> &'static str {
+        "seer-fake-quant-act"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = storage_slice(s1, l1, AOP)?;
+        let a = storage_slice(s2, l2, AOP)?;
+        let alpha = read_alpha(a, AOP).map_err(|e| fail(&self.err, e))?;
+        check_finite(x, AOP, "x").map_err(|e| fail(&self.err, e))?;
+        let s = alpha / act_levels(self.bits);
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(16384)
+            .zip(x.par_chunks(16384))
+            .for_each(|(o, x)| {
+                for (o, &v) in o.iter_mut().zip(x) {
+                    *o = (v.clamp(0.0, alpha) / s).round() * s;
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        alpha: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let xv = F32View::new(x, AOP).map_err(Error::into_candle)?;
+        let av = F32View::new(alpha, AOP).map_err(Error::into_candle)?;
+        let gv = F32View::new(&grad, AOP).map_err(Error::into_candle)?;
+        let a = read_alpha(av.slice(), AOP).map_err(Error::into_candle)?;
+        let n = act_levels(self.bits);
+        let s = a / n;
+        let (xs, gs) = (xv.slice(), gv.slice());
+        let mut dx = vec![0f32; xs.len()];
+        // dα partial sums over fixed blocks (thread-count independent), summed in f64.
+        let dalpha: f64 = dx
+            .par_chunks_mut(16384)
+            .zip(xs.par_chunks(16384).zip(gs.par_chunks(16384)))
+            .map(|(d, (x, g))| {
+                let mut acc = 0f64;
+                for ((d, &x), &g) in d.iter_mut().zip(x).zip(g) {
+                    if x > a {
+                        acc += g as f64;
+                    } else if x >= 0.0 {
+                        *d = g;
+                        let t = x / s;
+                        acc += (g * ((t.round() - t) / n)) as f64;
+                    }
+                }
+                acc
+            })
+            .collect::<Vec<f64>>()
+            .iter()
+            .sum();
+        let dx = to_tensor(dx, x.dims())?;
+        let da = Tensor::full(dalpha as f32, alpha.dims(), alpha.device())?;
+        Ok((Some(dx), Some(da)))
+    }
+}
+
+/// Fake-quantizes activations, unsigned, to `bits` bits over the clip range `[0, α]`
+/// (method.md §3): `y = s · round(clamp(x, 0, α) / s)`, `s = α / (2^b − 1)`,
+/// round-half-away-from-zero.
+///
+/// Backward (PACT/LSQ-style): `∂y/∂x = 1` for `0 ≤ x ≤ α` (straight-through), `0` outside;
+/// `∂y/∂α = (round(x/s) − x/s) / (2^b − 1)` inside, `1` for `x > α`, `0` for `x < 0`
+/// (LSQ's step-size gradient, without its `1/√(N·Q)` scale), summed over all elements.
+///
+/// `x`: any shape, f32; `alpha`: one element (shape `[]` or `[1]`), f32, finite and > 0.
+/// Errors: [`Error::InvalidBits`] if `bits ∉ 2..=8`, [`Error::NonFinite`] for NaN/Inf in `x`,
+/// [`Error::InvalidParam`] for α ≤ 0 or non-finite, [`Error::Shape`] if α has ≠ 1 element.
+pub fn fake_quant_act(x: &Tensor, alpha: &Tensor, bits: u32) -> Result<Tensor> {
+    check_bits(AOP, bits)?;
+    if alpha.elem_count() != 1 {
+        return Err(Error::Shape {
+            op: AOP,
+            msg: format!("alpha must hold one element, got shape {:?}", alpha.dims()),
+        });
+    }
+    let x = prepare(x, AOP)?;
+    let alpha = prepare(alpha, AOP)?;
+    let err = ErrSlot::default();
+    x.apply_op2(
+        &alpha,
+        FakeQuantActOp {
+            bits,
+            err: err.clone(),
+        },
+    )
+    .map_err(|e| take(&err, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reference;
+    use crate::testutil::{rel_err, tensor, values, vec};
+    use candle_core::{Device, Var};
+    use proptest::prelude::*;
+
+    /// Weights with edge cases mixed in: zero channels, constant channels, grid midpoints.
+    fn weights(seed: u64, c: usize, len: usize, kind: u8) -> Var {
+        let mut v = values(seed, c * len);
+        for ch in 0..c {
+            let row = &mut v[ch * len..(ch + 1) * len];
+            match (kind + ch as u8) % 5 {
+                0 => row.fill(0.0),
+                1 => row.fill(-0.37),
+                2 => {
+                    // exact grid midpoints for 3 bits: s = 1/3 → (k + 0.5)/3
+                    for (i, x) in row.iter_mut().enumerate() {
+                        *x = if i == 0 {
+                            1.0
+                        } else {
+                            ((i % 3) as f32 + 0.5) / 3.0
+                        };
+                    }
+                }
+                _ => {}
+            }
+        }
+        Var::from_vec(v, (c, len), &Device::Cpu).unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+        #[test]
+        fn weight_matches_reference(c in 1usize..6, len in 1usize..20, bits in 2u32..=8, kind in 0u8..5, seed in 0u64..1000) {
+            let w = weights(seed, c, len, kind);
+            let ours = fake_quant_weight(w.as_tensor(), bits).unwrap();
+            let refq = reference::fake_quant_weight(w.as_tensor(), bits).unwrap();
+            prop_assert!(vec(&ours).iter().all(|v| v.is_finite()));
+            prop_assert!(rel_err(&ours, &refq, 1e-6) <= 1e-6);
+            // at most 2^b − 1 distinct levels per channel, all multiples of the scale
+            let r = tensor(seed + 5, &[c, len]);
+            let go = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let gr = (refq * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            prop_assert_eq!(vec(go.get(w.as_tensor()).unwrap()), vec(gr.get(w.as_tensor()).unwrap()));
+        }
+
+        #[test]
+        fn act_matches_reference(len in 1usize..200, bits in 2u32..=8, alpha in 0.05f32..3.0, kind in 0u8..4, seed in 0u64..1000) {
+            let mut v: Vec<f32> = values(seed, len).into_iter().map(|x| x * 2.0 * alpha).collect();
+            let s = alpha / act_levels(bits);
+            for (i, x) in v.iter_mut().enumerate() {
+                match (i as u8 + kind) % 7 {
+                    0 => *x = 0.0,
+                    1 => *x = alpha,
+                    2 => *x = ((i % 5) as f32 + 0.5) * s, // grid midpoint
+                    _ => {}
+                }
+            }
+            let x = Var::from_vec(v, len, &Device::Cpu).unwrap();
+            let a = Var::new(&[alpha], &Device::Cpu).unwrap();
+            let ours = fake_quant_act(x.as_tensor(), a.as_tensor(), bits).unwrap();
+            let refq = reference::fake_quant_act(x.as_tensor(), a.as_tensor(), bits).unwrap();
+            prop_assert!(rel_err(&ours, &refq, 1e-6) <= 1e-6, "{:?} vs {:?} (x {:?})", vec(&ours), vec(&refq), vec(x.as_tensor()));
+            let r = tensor(seed + 9, &[len]);
+            let go = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let gr = (refq * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            // STE mask for x: exact
+            prop_assert_eq!(vec(go.get(x.as_tensor()).unwrap()), vec(gr.get(x.as_tensor()).unwrap()));
+            let (da, dr) = (vec(go.get(a.as_tensor()).unwrap())[0], vec(gr.get(a.as_tensor()).unwrap())[0]);
+            let scale = vec(&r).iter().map(|v| v.abs()).sum::<f32>().max(1e-3);
+            prop_assert!((da - dr).abs() <= 1e-5 * scale, "dalpha {} vs {}", da, dr);
+        }
+    }
+
+    #[test]
+    fn zero_and_constant_channels() {
+        let w = Tensor::new(
+            &[[0f32, 0., 0.], [0.5, 0.5, 0.5], [-2., 1., 0.]],
+            &Device::Cpu,
+        )
+        .unwrap();
+        let q = vec(&fake_quant_weight(&w, 2).unwrap());
+        assert_eq!(q, vec![0., 0., 0., 0.5, 0.5, 0.5, -2., 2., 0.]);
+        let s = vec(&weight_scales(&w, 8).unwrap());
+        assert_eq!(s, vec![1.0, 0.5 / 127.0, 2.0 / 127.0]);
+    }
+
+    #[test]
+    fn eight_bit_levels_and_clip() {
+        let x = Tensor::new(&[-1f32, 0., 0.3, 1.0, 1.7, 255.0], &Device::Cpu).unwrap();
+        let a = Tensor::new(&[255f32], &Device::Cpu).unwrap();
+        // s = 1: integers in [0, 255]
+        assert_eq!(
+            vec(&fake_quant_act(&x, &a, 8).unwrap()),
+            vec![0., 0., 0., 1., 2., 255.]
+        );
+        let a = Tensor::new(&[3f32], &Device::Cpu).unwrap();
+        // 2 bits: levels {0,1,2,3}, 1.5 rounds away from zero
+        let x = Tensor::new(&[1.5f32, 2.49, 7.0], &Device::Cpu).unwrap();
+        assert_eq!(vec(&fake_quant_act(&x, &a, 2).unwrap()), vec![2., 2., 3.]);
+    }
+
+    #[test]
+    fn bad_inputs_are_errors() {
+        let w = Tensor::new(&[[1f32, f32::NAN]], &Device::Cpu).unwrap();
+        assert!(matches!(
+            fake_quant_weight(&w, 4),
+            Err(Error::NonFinite { index: 1, .. })
+        ));
+        let ok = Tensor::new(&[[1f32, 2.]], &Device::Cpu).unwrap();
+        assert!(matches!(
+            fake_quant_weight(&ok, 1),
+            Err(Error::InvalidBits { bits: 1, .. })
+        ));
+        assert!(matches!(
+            fake_quant_weight(&ok, 9),
+            Err(Error::InvalidBits { bits: 9, .. })
+        ));
+        let a = Tensor::new(&[1f32], &Device::Cpu).unwrap();
+        let x = Tensor::new(&[0.5f32, f32::INFINITY], &Device::Cpu).unwrap();
+        assert!(matches!(
+            fake_quant_act(&x, &a, 4),
+            Err(Error::NonFinite { what: "x", .. })
+        ));
+        let zero = Tensor::new(&[0f32], &Device::Cpu).unwrap();
+        assert!(matches!(
+            fake_quant_act(&ok, &zero, 4),
+            Err(Error::InvalidParam { .. })
+        ));
+        let two = Tensor::new(&[1f32, 2.], &Device::Cpu).unwrap();
+        assert!(matches!(
+            fake_quant_act(&ok, &two, 4),
+            Err(Error::Shape { .. })
+        ));
+    }
+}
