@@ -20,6 +20,7 @@ pub mod budget;
 pub mod error;
 pub mod manifest;
 pub mod report;
+pub mod search;
 pub mod store;
 
 pub use error::{Error, Result};
