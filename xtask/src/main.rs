@@ -46,7 +46,9 @@ struct Bench {
 }
 
 /// Every benchmark `cargo xtask bench NAME` knows (add one line per bench target).
-const BENCHES: &[Bench] = &[];
+const BENCHES: &[Bench] = &[
+    Bench { name: "predictor", package: "seer-predictor", target: "predictor" },
+];
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
