@@ -5,13 +5,12 @@
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {err}")]
     Io {
         /// The file or directory.
         path: String,
         /// The OS error.
-        #[source]
-        source: std::io::Error,
+        err: std::io::Error,
     },
     /// A budget flag's value is invalid.
     #[error("invalid budget {flag} '{value}': {msg}")]
@@ -91,13 +90,12 @@ pub enum Error {
         msg: String,
     },
     /// The labelling function failed for a policy.
-    #[error("labelling policy {hash} failed: {source}")]
+    #[error("labelling policy {hash} failed: {err}")]
     Label {
         /// The policy hash.
         hash: String,
         /// The labeller's error.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        err: Box<dyn std::error::Error + Send + Sync>,
     },
     /// Rendering the report failed.
     #[error("report: {0}")]

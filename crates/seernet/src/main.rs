@@ -18,6 +18,8 @@ enum Command {
     Complexity(cli::complexity::ComplexityArgs),
     /// The searchable units and residual tie groups of a network's search space.
     Space(cli::space::SpaceArgsCmd),
+    /// Fold per-policy label results (from `seernet label` shards) into a label store.
+    Merge(cli::merge::MergeArgs),
 }
 
 fn main() {
@@ -32,6 +34,7 @@ fn main() {
     let result = match cli.command {
         Command::Complexity(a) => cli::complexity::run(a),
         Command::Space(a) => cli::space::run(a),
+        Command::Merge(a) => cli::merge::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

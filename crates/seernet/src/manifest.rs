@@ -213,7 +213,7 @@ impl Manifest {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
             path: path.display().to_string(),
-            source: e,
+            err: e,
         })?;
         let mut lines = text.lines().enumerate();
         let (_, first) = lines
@@ -342,7 +342,7 @@ impl LabelResult {
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
             path: path.display().to_string(),
-            source: e,
+            err: e,
         })?;
         let v: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| ferr(path, 0, format!("bad JSON: {e}")))?;
@@ -392,7 +392,7 @@ where
     manifest.protocol.check_space(space)?;
     std::fs::create_dir_all(out_dir).map_err(|e| Error::Io {
         path: out_dir.display().to_string(),
-        source: e,
+        err: e,
     })?;
     let entries = manifest.shard(shard);
     let mut rep = ShardReport {
@@ -420,7 +420,7 @@ where
         let t0 = Instant::now();
         let m = label(e, seed).map_err(|err| Error::Label {
             hash: e.hash.clone(),
-            source: err.into(),
+            err: err.into(),
         })?;
         let seconds = t0.elapsed().as_secs_f64();
         let record =
@@ -459,12 +459,12 @@ pub fn load_results(dirs: &[PathBuf]) -> Result<Vec<(PathBuf, LabelResult)>> {
     for dir in dirs {
         let rd = std::fs::read_dir(dir).map_err(|e| Error::Io {
             path: dir.display().to_string(),
-            source: e,
+            err: e,
         })?;
         for ent in rd {
             let ent = ent.map_err(|e| Error::Io {
                 path: dir.display().to_string(),
-                source: e,
+                err: e,
             })?;
             let name = ent.file_name().to_string_lossy().into_owned();
             if name.starts_with('.') || !name.ends_with(".json") {

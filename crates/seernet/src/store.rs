@@ -402,7 +402,7 @@ pub struct StoreContents {
 fn io_err(path: &Path, e: std::io::Error) -> Error {
     Error::Io {
         path: path.display().to_string(),
-        source: e,
+        err: e,
     }
 }
 
@@ -761,7 +761,7 @@ where
         let t0 = std::time::Instant::now();
         let m = label(p, label_seed(protocol.seed, &hash)).map_err(|e| Error::Label {
             hash: hash.clone(),
-            source: e.into(),
+            err: e.into(),
         })?;
         let rec = LabelRecord::new(
             space,

@@ -279,7 +279,7 @@ pub const TOP1_PLOT: &str = "top1-vs-bops.svg";
 pub fn write_report(dir: &Path, r: &RunReport) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).map_err(|e| Error::Io {
         path: dir.display().to_string(),
-        source: e,
+        err: e,
     })?;
     let mut written = Vec::new();
     let mut put = |name: &str, text: &str| -> Result<()> {
