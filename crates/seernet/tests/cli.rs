@@ -1,0 +1,259 @@
+//! End-to-end tests of the `seernet complexity` and `seernet space` commands (the built binary).
+
+use std::process::Command;
+
+fn seernet(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_seernet"))
+        .args(args)
+        .output()
+        .expect("run seernet");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn json(args: &[&str]) -> serde_json::Value {
+    let (rc, out, err) = seernet(args);
+    assert_eq!(rc, 0, "seernet {args:?} failed: {err}");
+    serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("seernet {args:?}: not one JSON object ({e}): {out}"))
+}
+
+#[test]
+fn complexity_reference_totals() {
+    for (arch, input, macs) in [
+        ("resnet18", None, 1_814_073_344u64),
+        ("resnet50", None, 4_089_184_256),
+        ("mobilenetv2", None, 300_774_272),
+        ("resnet20", Some("32x32x3"), 40_551_040),
+    ] {
+        let mut args = vec!["complexity", "--arch", arch, "--uniform", "w8a8", "--json"];
+        if let Some(i) = input {
+            args.extend(["--input", i]);
+        }
+        let v = json(&args);
+        assert_eq!(v["total_macs"].as_u64(), Some(macs), "{arch}");
+        assert_eq!(v["total_bops"].as_u64(), Some(64 * macs), "{arch}");
+        let layers = v["layers"].as_array().unwrap();
+        let sum: u64 = layers.iter().map(|l| l["macs"].as_u64().unwrap()).sum();
+        assert_eq!(sum, macs);
+        assert!(v["total_size_bits"].as_u64().unwrap() > 0);
+    }
+}
+
+#[test]
+fn complexity_table_policy_file_and_pruning() {
+    let (rc, out, _) = seernet(&[
+        "complexity",
+        "--arch",
+        "resnet20",
+        "--uniform",
+        "w4a4",
+        "--prune",
+        "0.5",
+    ]);
+    assert_eq!(rc, 0);
+    assert!(
+        out.contains("layer1.0.conv1") && out.contains("total"),
+        "{out}"
+    );
+    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("layer")).collect();
+    assert_eq!(lines.len(), 1 + 18); // header + 18 block convs
+
+    let dir = std::env::temp_dir().join(format!("seernet-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("policy.json");
+    let units: Vec<String> = (0..18)
+        .map(|i| {
+            format!(
+                "{{\"prune\": {}, \"wbits\": 4, \"abits\": 4}}",
+                [0.25, 0.5, 0.75][i % 3]
+            )
+        })
+        .collect();
+    let body = format!(
+        "{{\"format\": \"seernet-policy\", \"version\": 1, \"arch\": \"resnet20\", \"input\": \"32x32x3\", \"units\": [{}]}}",
+        units.join(",")
+    );
+    std::fs::write(&path, &body).unwrap();
+    let p = path.to_str().unwrap();
+    let space = [
+        "--residual-pruning",
+        "masked",
+        "--prune-ratios",
+        "0.25,0.5,0.75",
+        "--bits",
+        "2,3,4,5",
+        "--shared-bits",
+    ];
+    let mut args = vec!["complexity", "--arch", "resnet20", "--policy", p, "--json"];
+    args.extend(space);
+    let v = json(&args);
+    let l = &v["layers"].as_array().unwrap()[1];
+    assert_eq!(l["name"], "layer1.0.conv1");
+    assert_eq!(l["c_out_kept"], 12);
+    assert_eq!(l["macs"].as_u64(), Some(32 * 32 * 12 * 16 * 9));
+    // masked: the conv after a residual add sees the full-width stream
+    assert_eq!(v["layers"].as_array().unwrap()[3]["keep_in"], 1.0);
+
+    // The same file against a tied space: wrong number of units, named file.
+    let (rc, _, err) = seernet(&["complexity", "--arch", "resnet20", "--policy", p]);
+    assert_ne!(rc, 0);
+    assert!(
+        err.contains(p) && err.contains("18 units") && err.contains("12 searchable units"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn space_lists_units_and_tie_groups() {
+    let v = json(&[
+        "space",
+        "--arch",
+        "resnet20",
+        "--input",
+        "32x32x3",
+        "--residual-pruning",
+        "masked",
+        "--shared-bits",
+        "--bits",
+        "2,3,4,5",
+        "--prune-ratios",
+        "0.25,0.5,0.75",
+        "--json",
+    ]);
+    let units = v["units"].as_array().unwrap();
+    assert_eq!(units.len(), 18);
+    assert_eq!(units[0]["name"], "layer1.0.conv1");
+    assert_eq!(units[1]["name"], "layer1.0.conv2");
+    assert_eq!(units[2]["name"], "layer1.1.conv1");
+    assert_eq!(v["dim"], 36);
+    assert!(v["tie_groups"].as_array().unwrap().is_empty());
+
+    let v = json(&["space", "--arch", "resnet18", "--json"]);
+    let groups = v["tie_groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 4);
+    assert!(
+        groups[1]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n == "layer2.0.downsample.0")
+    );
+    let (rc, out, _) = seernet(&["space", "--arch", "mobilenetv2"]);
+    assert_eq!(rc, 0);
+    assert!(
+        out.contains("tie groups") && out.contains("features.3.conv.2"),
+        "{out}"
+    );
+}
+
+#[test]
+fn bad_input_is_one_clear_line_and_nonzero_exit() {
+    let dir = std::env::temp_dir().join(format!("seernet-cli-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let future = dir.join("future.json");
+    std::fs::write(&future, r#"{"format": "seernet-policy", "version": 7, "arch": "resnet20", "input": "32x32x3", "units": []}"#).unwrap();
+    let malformed = dir.join("bad.json");
+    std::fs::write(&malformed, "{\"format\": \"seernet-policy\", ").unwrap();
+    let f = future.to_str().unwrap();
+    let m = malformed.to_str().unwrap();
+    let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
+        (
+            vec!["complexity", "--arch", "resnet99"],
+            vec!["resnet99", "unknown architecture"],
+        ),
+        (
+            vec!["complexity", "--arch", "resnet20", "--input", "32x32"],
+            vec!["32x32", "HxWxC"],
+        ),
+        (
+            vec!["complexity", "--arch", "resnet20", "--uniform", "w7a8"],
+            vec!["unit 0 (layer1.0.conv1)", "weight bit-width 7"],
+        ),
+        (
+            vec![
+                "complexity",
+                "--arch",
+                "resnet20",
+                "--uniform",
+                "w4a4",
+                "--prune",
+                "1",
+            ],
+            vec!["--prune 1", "[0, 1)"],
+        ),
+        (
+            vec!["complexity", "--arch", "resnet20", "--uniform", "wxa4"],
+            vec!["wxa4"],
+        ),
+        (
+            vec!["complexity", "--arch", "resnet20", "--policy", f],
+            vec![f, "version 7"],
+        ),
+        (
+            vec!["complexity", "--arch", "resnet20", "--policy", m],
+            vec![m],
+        ),
+        (
+            vec![
+                "complexity",
+                "--arch",
+                "resnet20",
+                "--policy",
+                "/nonexistent/p.json",
+            ],
+            vec!["/nonexistent/p.json"],
+        ),
+        (
+            vec!["space", "--arch", "resnet20", "--residual-pruning", "loose"],
+            vec!["loose", "tied"],
+        ),
+        (
+            vec!["space", "--arch", "resnet20", "--prune-ratios", "0,1.5"],
+            vec!["1.5", "[0, 1)"],
+        ),
+        (
+            vec![
+                "space",
+                "--arch",
+                "resnet20",
+                "--wbits",
+                "2,4",
+                "--shared-bits",
+            ],
+            vec!["shared bits"],
+        ),
+        (
+            vec!["space", "--arch", "lenet5", "--input", "8x8x1"],
+            vec!["lenet5", "conv2"],
+        ),
+    ];
+    for (args, needles) in cases {
+        let (rc, out, err) = seernet(&args);
+        assert_eq!(rc, 1, "{args:?}: {out} {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_eq!(
+            err.trim_end().lines().count(),
+            1,
+            "{args:?}: not one line: {err}"
+        );
+        for n in needles {
+            assert!(err.contains(n), "{args:?}: '{n}' missing from: {err}");
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn user_network_json_file() {
+    let root =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/examples/tiny-net.json");
+    let v = json(&["complexity", "--arch", root.to_str().unwrap(), "--json"]);
+    assert_eq!(v["arch"], "tiny-net");
+    // 8/8 unpruned: 5400 + 2400 + 2700 + 2400 + 7200 + 1728 + 240 MACs (docs/network-spec.md).
+    assert_eq!(v["total_macs"], 22_068);
+}
