@@ -18,6 +18,12 @@ enum Command {
     Complexity(cli::complexity::ComplexityArgs),
     /// The searchable units and residual tie groups of a network's search space.
     Space(cli::space::SpaceArgsCmd),
+    /// Train a full-precision network on a prepared dataset and write a checkpoint.
+    Train(cli::train::TrainArgs),
+    /// Top-1 accuracy of a checkpoint on a dataset split (`--json`: top1, n, images_per_s).
+    Eval(cli::eval::EvalArgs),
+    /// Apply a policy to a checkpoint, calibrate and fine-tune it with QAT.
+    Finetune(cli::finetune::FinetuneArgs),
     /// Fold per-policy label results (from `seernet label` shards) into a label store.
     Merge(cli::merge::MergeArgs),
 }
@@ -34,6 +40,9 @@ fn main() {
     let result = match cli.command {
         Command::Complexity(a) => cli::complexity::run(a),
         Command::Space(a) => cli::space::run(a),
+        Command::Train(a) => cli::train::run(a),
+        Command::Eval(a) => cli::eval::run(a),
+        Command::Finetune(a) => cli::finetune::run(a),
         Command::Merge(a) => cli::merge::run(a),
     };
     if let Err(e) = result {

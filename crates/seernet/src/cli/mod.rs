@@ -1,9 +1,13 @@
 //! Subcommands of the `seernet` binary, one module per area.
 
 pub mod complexity;
+pub mod eval;
+pub mod finetune;
 pub mod merge;
 pub mod net;
+pub mod nn_util;
 pub mod space;
+pub mod train;
 
 /// Writes `text` to stdout; a closed pipe (e.g. `| head`) is not an error.
 pub fn emit(text: &str) -> anyhow::Result<()> {

@@ -1,0 +1,74 @@
+//! `seernet eval`: top-1 accuracy of a checkpoint on a dataset split.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::Args;
+use seer_nn::data::{self, DatasetName, Split};
+use seer_nn::{checkpoint, train};
+
+use super::nn_util::device;
+
+/// Arguments of `seernet eval`.
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Checkpoint (.safetensors) written by `seernet train` or `seernet finetune`.
+    #[arg(long)]
+    model: PathBuf,
+    /// Dataset (defaults to the one recorded in the checkpoint).
+    #[arg(long)]
+    dataset: Option<String>,
+    /// Split: test (final reports only) or val.
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// Mini-batch size.
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    /// Print one JSON object (`top1`, `n`, `images_per_s`).
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `seernet eval`.
+pub fn run(a: EvalArgs) -> Result<()> {
+    let split = Split::parse(&a.split)?;
+    let (model, info) = checkpoint::load(&a.model, None, &device())?;
+    let name = match (&a.dataset, &info.dataset) {
+        (Some(d), Some(rec)) => {
+            let n = DatasetName::parse(d)?;
+            if DatasetName::parse(rec).map(|r| r != n).unwrap_or(false) {
+                bail!("{} was trained on {rec}, not {d}", a.model.display());
+            }
+            n
+        }
+        (Some(d), None) => DatasetName::parse(d)?,
+        (None, Some(rec)) => DatasetName::parse(rec)?,
+        (None, None) => bail!("{} records no dataset: pass --dataset", a.model.display()),
+    };
+    let [c, h, w] = name.shape();
+    let inp = model.spec().input;
+    if (inp.c, inp.h, inp.w) != (c, h, w) {
+        bail!(
+            "{} takes {inp} inputs but {name} images are {h}x{w}x{c}",
+            a.model.display()
+        );
+    }
+    let splits = data::load(name)?;
+    let rep = train::evaluate(&model, splits.get(split), &splits.normalize(), a.batch_size)?;
+    if a.json {
+        super::emit(&format!(
+            "{}\n",
+            serde_json::json!({"top1": rep.top1, "n": rep.n, "images_per_s": rep.images_per_s, "split": a.split, "dataset": name.as_str()})
+        ))?;
+    } else {
+        super::emit(&format!(
+            "{} on {name} {}: top-1 {:.2}% ({} images, {:.0} images/s)\n",
+            model.spec().name,
+            a.split,
+            rep.top1,
+            rep.n,
+            rep.images_per_s
+        ))?;
+    }
+    Ok(())
+}

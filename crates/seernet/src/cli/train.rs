@@ -1,0 +1,134 @@
+//! `seernet train`: trains a full-precision network from scratch on a prepared dataset and
+//! writes a safetensors checkpoint (validation top-1 in its metadata).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use seer_nn::data::{self, Augment, DatasetName};
+use seer_nn::{checkpoint, model::Model, train};
+
+use super::net::NetArgs;
+use super::nn_util::{device, progress_bar};
+
+/// Arguments of `seernet train`.
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    net: NetArgs,
+    /// Dataset (fashion-mnist, mnist, cifar10), prepared by `cargo xtask fetch-data`.
+    #[arg(long)]
+    dataset: String,
+    /// Epochs over the training split.
+    #[arg(long, default_value_t = 10)]
+    epochs: usize,
+    /// Output checkpoint (.safetensors).
+    #[arg(long)]
+    out: PathBuf,
+    /// Mini-batch size.
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    /// Peak learning rate (SGD, cosine decay).
+    #[arg(long, default_value_t = 0.05)]
+    lr: f64,
+    /// Weight decay.
+    #[arg(long, default_value_t = 5e-4)]
+    weight_decay: f64,
+    /// Seed of initialisation, shuffling and augmentation.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Disable augmentation (random crop; horizontal flip where the dataset allows it).
+    #[arg(long)]
+    no_augment: bool,
+    /// Print one JSON object when done.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `seernet train`.
+pub fn run(a: TrainArgs) -> Result<()> {
+    let name = DatasetName::parse(&a.dataset)?;
+    let [c, h, w] = name.shape();
+    let mut net = a.net.clone();
+    let want = format!("{h}x{w}x{c}");
+    match &net.input {
+        None => net.input = Some(want.clone()),
+        Some(s)
+            if s.parse::<seer_policy::InputShape>()
+                .map(|i| i.to_string())
+                .ok()
+                .as_deref()
+                != Some(want.as_str()) =>
+        {
+            bail!("--input {s} does not match {name} images ({want})")
+        }
+        _ => {}
+    }
+    if net.classes.is_none() {
+        net.classes = Some(name.num_classes());
+    }
+    let spec = net.spec()?;
+    let splits = data::load(name)?;
+    let norm = splits.normalize();
+    let dev = device();
+    let model = Model::new(spec, a.seed, &dev)?;
+    tracing::info!(arch = %model.spec().name, params = model.num_params(), train = splits.train.len(), "training");
+    let cfg = train::TrainConfig {
+        epochs: a.epochs,
+        steps: None,
+        batch_size: a.batch_size,
+        lr: a.lr,
+        weight_decay: a.weight_decay,
+        seed: a.seed,
+        augment: (!a.no_augment).then_some(Augment {
+            pad: name.crop_padding(),
+            hflip: name.allows_hflip(),
+        }),
+        ..train::TrainConfig::default()
+    };
+    let per_epoch = splits.train.len() / a.batch_size.max(1);
+    let pb = progress_bar((a.epochs * per_epoch) as u64, "train");
+    let mut ema: Option<(f32, f32)> = None;
+    let rep = train::train(&model, &splits.train, &norm, &cfg, &mut |s| {
+        let e = ema.map_or((s.loss, s.acc), |(l, ac)| {
+            (0.98 * l + 0.02 * s.loss, 0.98 * ac + 0.02 * s.acc)
+        });
+        ema = Some(e);
+        pb.set_position(s.step as u64 + 1);
+        if s.step % 10 == 0 {
+            pb.set_message(format!(
+                "epoch {} loss {:.3} acc {:.1}% lr {:.4}",
+                s.epoch + 1,
+                e.0,
+                100.0 * e.1,
+                s.lr
+            ));
+        }
+        if (s.step + 1) % per_epoch.max(1) == 0 {
+            tracing::info!(epoch = s.epoch + 1, loss = e.0, acc = e.1, "epoch done");
+        }
+    })?;
+    pb.finish_and_clear();
+    let val = train::evaluate(&model, &splits.val, &norm, 256)?;
+    let info = serde_json::json!({
+        "epochs": a.epochs, "steps": rep.steps, "batch_size": a.batch_size, "lr": a.lr,
+        "weight_decay": a.weight_decay, "seed": a.seed, "augment": !a.no_augment,
+        "train_seconds": rep.seconds, "final_loss": rep.final_loss, "val_top1": val.top1,
+        "split_sha256": splits.manifest.index_sha256,
+    });
+    checkpoint::save(&model, &a.out, Some(name.as_str()), &info)
+        .with_context(|| format!("writing {}", a.out.display()))?;
+    if a.json {
+        super::emit(&format!("{info}\n"))?;
+    } else {
+        super::emit(&format!(
+            "{} on {name}: {} epochs, {:.0} s, val top-1 {:.2}% -> {}\n",
+            model.spec().name,
+            a.epochs,
+            rep.seconds,
+            val.top1,
+            a.out.display()
+        ))?;
+    }
+    Ok(())
+}
