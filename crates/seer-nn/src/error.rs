@@ -64,6 +64,9 @@ pub enum Error {
     /// A tensor operation failed (shapes, devices).
     #[error("tensor op: {0}")]
     Candle(#[from] candle_core::Error),
+    /// A seer-kernels op rejected its input (bits, shapes, NaN/Inf).
+    #[error("kernel: {0}")]
+    Kernel(#[from] seer_kernels::Error),
     /// A seer-policy error (spec, search space, policy).
     #[error(transparent)]
     Policy(#[from] seer_policy::Error),
