@@ -24,6 +24,8 @@ enum Command {
     Eval(cli::eval::EvalArgs),
     /// Apply a policy to a checkpoint, calibrate and fine-tune it with QAT.
     Finetune(cli::finetune::FinetuneArgs),
+    /// Accuracy predictor: cross-validate, fit and evaluate on a CSV of samples.
+    Predictor(cli::predictor::PredictorArgs),
     /// Fold per-policy label results (from `seernet label` shards) into a label store.
     Merge(cli::merge::MergeArgs),
 }
@@ -43,6 +45,7 @@ fn main() {
         Command::Train(a) => cli::train::run(a),
         Command::Eval(a) => cli::eval::run(a),
         Command::Finetune(a) => cli::finetune::run(a),
+        Command::Predictor(a) => cli::predictor::run(a),
         Command::Merge(a) => cli::merge::run(a),
     };
     if let Err(e) = result {

@@ -6,6 +6,7 @@ pub mod finetune;
 pub mod merge;
 pub mod net;
 pub mod nn_util;
+pub mod predictor;
 pub mod space;
 pub mod train;
 
