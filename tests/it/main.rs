@@ -1,6 +1,7 @@
 //! The single integration-test binary: cross-crate tests, one module per area.
 
 mod policy;
+mod predictor;
 mod store;
 
 #[test]
