@@ -220,3 +220,86 @@ pub fn cross_validate(samples: &Samples, config: &Config, options: &CvOptions) -
         splits,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ensemble::tests::{small, synthetic};
+
+    #[test]
+    fn reports_both_models_on_the_same_splits() {
+        let s = synthetic(60, 21);
+        let cfg = Config {
+            max_epochs: 30,
+            ..small()
+        };
+        let opts = CvOptions {
+            splits: 3,
+            test_frac: 0.25,
+            seed: 5,
+        };
+        let r = cross_validate(&s, &cfg, &opts).unwrap();
+        assert_eq!(
+            (r.n_samples, r.n_features, r.n_test, r.splits.len()),
+            (60, 4, 15, 3)
+        );
+        let j = r.to_json();
+        for k in [
+            "kendall_tau",
+            "spearman",
+            "rmse",
+            "ridge_kendall_tau",
+            "n_samples",
+            "n_features",
+            "std_abs_err_spearman",
+        ] {
+            assert!(j[k].is_number(), "{k} missing in {j}");
+        }
+        assert!(r.summary(|x| x.ridge_kendall_tau).mean > 0.3);
+        // Same options, same numbers (fit time aside).
+        let again = cross_validate(&s, &cfg, &opts).unwrap();
+        for (a, b) in r.splits.iter().zip(&again.splits) {
+            assert_eq!(
+                (a.kendall_tau, a.rmse, a.ridge_rmse),
+                (b.kendall_tau, b.rmse, b.ridge_rmse)
+            );
+        }
+    }
+
+    #[test]
+    fn too_few_rows_or_bad_options_are_errors() {
+        let s = synthetic(8, 22);
+        let e = cross_validate(
+            &s,
+            &small(),
+            &CvOptions {
+                splits: 10,
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("8 samples but 10 splits"), "{e}");
+        let e = cross_validate(
+            &s,
+            &small(),
+            &CvOptions {
+                splits: 2,
+                test_frac: 0.1,
+                seed: 0,
+            },
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("leave 1 test"), "{e}");
+        let e = cross_validate(
+            &s,
+            &small(),
+            &CvOptions {
+                splits: 2,
+                test_frac: 1.0,
+                seed: 0,
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(e, Error::Config(_)), "{e}");
+    }
+}
