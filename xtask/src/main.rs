@@ -36,6 +36,23 @@ enum Task {
         #[arg(long)]
         force: bool,
     },
+    /// Train the default baseline on Fashion-MNIST with our own code (release build) and
+    /// write it to `assets/baselines/<arch>-fashion-mnist.safetensors`, then print its test
+    /// top-1.
+    TrainBaseline {
+        /// Architecture (lenet5: ~0.25 MB, minutes; resnet20: ~1.1 MB, hours on 2 cores).
+        #[arg(long, default_value = "lenet5")]
+        arch: String,
+        /// Epochs (default: 15 for lenet5, 30 otherwise).
+        #[arg(long)]
+        epochs: Option<usize>,
+        /// Peak learning rate (default: 0.05 for lenet5, 0.1 otherwise).
+        #[arg(long)]
+        lr: Option<f64>,
+        /// Output checkpoint (default under assets/baselines/).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 /// A benchmark: a `harness = false` bench target of one workspace package.
@@ -47,7 +64,10 @@ struct Bench {
 
 /// Every benchmark `cargo xtask bench NAME` knows (add one line per bench target).
 const BENCHES: &[Bench] = &[
+    Bench { name: "policy", package: "seer-policy", target: "cost" },
     Bench { name: "predictor", package: "seer-predictor", target: "predictor" },
+    Bench { name: "search", package: "seernet", target: "search" },
+    Bench { name: "int", package: "seer-kernels", target: "int" },
 ];
 
 fn main() -> Result<()> {
@@ -65,6 +85,22 @@ fn main() -> Result<()> {
                 extra.push("--force".into());
             }
             cargo(&["run", "--release", "--quiet", "-p", "seer-nn", "--bin", "seer-data", "--"], &extra)
+        }
+        Task::TrainBaseline { arch, epochs, lr, out } => {
+            let lenet = arch == "lenet5";
+            let epochs = epochs.unwrap_or(if lenet { 15 } else { 30 });
+            let lr = lr.unwrap_or(if lenet { 0.05 } else { 0.1 });
+            let out = out.unwrap_or_else(|| {
+                workspace_root().join("assets/baselines").join(format!("{arch}-fashion-mnist.safetensors"))
+            });
+            cargo(&["run", "--release", "--quiet", "-p", "seer-nn", "--bin", "seer-data", "--"], &["fetch".into(), "fashion-mnist".into()])?;
+            let run = ["run", "--release", "--quiet", "-p", "seernet", "--"];
+            let out_s = out.display().to_string();
+            cargo(&run, &[
+                "train".into(), "--arch".into(), arch, "--dataset".into(), "fashion-mnist".into(),
+                "--epochs".into(), epochs.to_string(), "--lr".into(), lr.to_string(), "--out".into(), out_s.clone(),
+            ])?;
+            cargo(&run, &["eval".into(), "--model".into(), out_s, "--split".into(), "test".into()])
         }
     }
 }

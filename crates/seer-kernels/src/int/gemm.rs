@@ -42,8 +42,9 @@ use super::pack::{PackedWeights, unpack_signed_into};
 
 /// Output channels per panel (lanes of one AVX-512 register).
 pub const NR: usize = 16;
-/// Reduction-dimension block (in `k`), a multiple of 4: one block of a panel is 16 KiB.
-const KC: usize = 1024;
+/// Reduction-dimension block (in `k`), a multiple of 4: one panel block is 4 KiB (i8)
+/// or 8 KiB (i16) and stays in L1 while it is reused by every row strip of a task.
+const KC: usize = 256;
 /// Target rows per parallel task (rounded to the micro-kernel's row count).
 const MC: usize = 64;
 
@@ -305,8 +306,14 @@ impl SyncPtr {
 
 /// Computes rows `rows` × panels `pans` of C.
 ///
+/// A is read in place (row stride `k`, 4-byte groups) when `k` is a multiple of 4 and the
+/// strip has all its rows; otherwise (and always for the i16 kernel) each strip is packed
+/// into a small buffer first.
+///
 /// # Safety
-/// `c` must point to an `[m, n]` i32 buffer containing the tile, not written concurrently.
+/// `c` must point to an `[m, n]` i32 buffer containing the tile, not written concurrently;
+/// the kernel's ISA must be available.
+#[allow(clippy::too_many_arguments)]
 unsafe fn block(
     kernel: Kernel,
     a: &[u8],
@@ -322,36 +329,22 @@ unsafe fn block(
     let wide = matches!(kernel, Kernel::Avx2Wide);
     let wide_w = if wide { Some(w.wide()) } else { None };
     let mut apack_u8: Vec<u8> = Vec::new();
-    let mut apack_i16: Vec<i16> = Vec::new();
     let mut tile = [0i32; 8 * NR];
     let mut k0 = 0;
     while k0 < w.kp {
         let kc = KC.min(w.kp - k0);
-        // Pack the A block: strips of `mr` rows, `[k/4][mr][4]` (u8) or `[k/2][mr][2]` (i16).
-        if wide {
-            apack_i16.clear();
-            apack_i16.resize(strips * kc * mr, 0);
-        } else {
-            apack_u8.clear();
-            apack_u8.resize(strips * kc * mr, 0);
-        }
-        for (s, strip_rows) in (0..strips).map(|s| {
-            (
-                s,
-                rows.start + s * mr..(rows.start + (s + 1) * mr).min(rows.end),
-            )
-        }) {
+        let kend = (k0 + kc).min(k);
+        // Pack the strips that cannot be read in place as `[k/4][mr][4]`, zero-padded.
+        let direct = |s: usize| k % 4 == 0 && rows.start + (s + 1) * mr <= rows.end;
+        apack_u8.clear();
+        apack_u8.resize(strips * kc * mr, 0);
+        for s in (0..strips).filter(|&s| !direct(s)) {
+            let strip_rows = rows.start + s * mr..(rows.start + (s + 1) * mr).min(rows.end);
             for (i, r) in strip_rows.enumerate() {
-                let arow = &a[r * k..(r + 1) * k];
-                let kend = (k0 + kc).min(k);
-                for kk in k0..kend {
-                    let rel = kk - k0;
-                    if wide {
-                        apack_i16[s * kc * mr + ((rel / 2) * mr + i) * 2 + rel % 2] =
-                            arow[kk] as i16;
-                    } else {
-                        apack_u8[s * kc * mr + ((rel / 4) * mr + i) * 4 + rel % 4] = arow[kk];
-                    }
+                let arow = &a[r * k + k0..r * k + kend];
+                let out = &mut apack_u8[s * kc * mr..(s + 1) * kc * mr];
+                for (g, quad) in arow.chunks(4).enumerate() {
+                    out[(g * mr + i) * 4..(g * mr + i) * 4 + quad.len()].copy_from_slice(quad);
                 }
             }
         }
@@ -362,45 +355,33 @@ unsafe fn block(
                 let r0 = rows.start + s * mr;
                 let nrows = mr.min(rows.end - r0);
                 let tile = &mut tile[..mr * NR];
-                // SAFETY: the packed strips hold kc·mr codes, the panel block kc·16 codes;
-                // the ISA was checked to be available by the caller.
+                // A operand: (pointer, row stride, group stride) in bytes.
+                let (ap, ars, ags) = if direct(s) {
+                    (a[r0 * k + k0..].as_ptr(), k, 4)
+                } else {
+                    (apack_u8.as_ptr().wrapping_add(s * kc * mr), 4, 4 * mr)
+                };
+                let groups = kc / 4;
+                // SAFETY: A strips hold kc·mr codes (in place: mr full rows of k ≥ k0+kc
+                // codes), the panel block kc·16 codes; the ISA was checked by the caller.
                 unsafe {
                     match kernel {
-                        Kernel::Portable => {
-                            micro_portable(&apack_u8[s * kc * mr..][..kc * mr], bptr, kc / 4, tile)
+                        Kernel::Portable => micro_portable(ap, ars, ags, bptr, groups, tile),
+                        #[cfg(target_arch = "x86_64")]
+                        Kernel::Vnni => super::x86::vnni_8x16(ap, ars, ags, bptr, groups, tile),
+                        #[cfg(target_arch = "x86_64")]
+                        Kernel::Avx2I32 => {
+                            super::x86::avx2_i32_4x16(ap, ars, ags, bptr, groups, tile)
                         }
                         #[cfg(target_arch = "x86_64")]
-                        Kernel::Vnni => super::x86::vnni_8x16(
-                            apack_u8[s * kc * mr..].as_ptr(),
-                            bptr,
-                            kc / 4,
-                            tile,
-                        ),
-                        #[cfg(target_arch = "x86_64")]
-                        Kernel::Avx2I32 => super::x86::avx2_i32_4x16(
-                            apack_u8[s * kc * mr..].as_ptr(),
-                            bptr,
-                            kc / 4,
-                            tile,
-                        ),
-                        #[cfg(target_arch = "x86_64")]
-                        Kernel::Avx2I16 { s: steps } => super::x86::avx2_i16_4x16(
-                            apack_u8[s * kc * mr..].as_ptr(),
-                            bptr,
-                            kc / 4,
-                            steps,
-                            tile,
-                        ),
+                        Kernel::Avx2I16 { s: steps } => {
+                            super::x86::avx2_i16_4x16(ap, ars, ags, bptr, groups, steps, tile)
+                        }
                         #[cfg(target_arch = "x86_64")]
                         Kernel::Avx2Wide => {
                             let wb =
                                 wide_w.expect("wide panel")[p * w.kp * NR + k0 * NR..].as_ptr();
-                            super::x86::avx2_wide_4x16(
-                                apack_i16[s * kc * mr..].as_ptr(),
-                                wb,
-                                kc / 2,
-                                tile,
-                            )
+                            super::x86::avx2_wide_4x16(ap, ars, ags, wb, groups, tile)
                         }
                         #[cfg(not(target_arch = "x86_64"))]
                         _ => unreachable!("x86 kernel on another architecture"),
@@ -424,18 +405,27 @@ unsafe fn block(
     }
 }
 
-/// Portable micro-kernel: 4 rows × 16 channels over `groups` groups of 4 `k`.
+/// Portable micro-kernel: 4 rows × 16 channels over `groups` groups of 4 `k`; row `i`,
+/// group `g` of A at `a + i·a_rs + g·a_gs`.
 ///
 /// # Safety
-/// `b` must point to `groups·64` readable bytes.
-unsafe fn micro_portable(a: &[u8], b: *const i8, groups: usize, tile: &mut [i32]) {
+/// Those A bytes and `groups·64` bytes at `b` must be readable.
+unsafe fn micro_portable(
+    a: *const u8,
+    a_rs: usize,
+    a_gs: usize,
+    b: *const i8,
+    groups: usize,
+    tile: &mut [i32],
+) {
     // SAFETY: guaranteed by the caller.
     let b = unsafe { std::slice::from_raw_parts(b, groups * 64) };
     let mut acc = [[0i32; NR]; 4];
     for g in 0..groups {
         let bg = &b[g * 64..g * 64 + 64];
         for (i, acc) in acc.iter_mut().enumerate() {
-            let av = &a[(g * 4 + i) * 4..(g * 4 + i) * 4 + 4];
+            // SAFETY: guaranteed by the caller.
+            let av = unsafe { std::slice::from_raw_parts(a.add(i * a_rs + g * a_gs), 4) };
             for (j, acc) in acc.iter_mut().enumerate() {
                 let bj = &bg[j * 4..j * 4 + 4];
                 *acc += av[0] as i32 * bj[0] as i32

@@ -2,9 +2,9 @@
 //!
 //! Every kernel computes one micro-tile `tile[MR][16] = Σ_g A_g · B_g` over `groups` groups
 //! of 4 reduction steps (2 for the wide kernel) and overwrites `tile` (row-major, 16 i32 per
-//! row). Operand layouts are those packed by `gemm.rs`: A as `[g][MR][4]` u8 (or `[h][MR][2]`
-//! i16), B as `[g][16][4]` i8 (or `[h][16][2]` i16), so one 32-bit broadcast of A meets one
-//! 32-bit lane per output channel of B. The exactness argument for each AVX2 kernel is in
+//! row). A's 4 codes of row `i`, group `g` sit at `a + i·a_rs + g·a_gs` (in place in the
+//! row-major matrix, or packed as `[g][MR][4]`). B is `[g][16][4]` i8 (or `[h][16][2]` i16), so one 32-bit broadcast of
+//! A meets one 32-bit lane per output channel of B. The exactness argument for each AVX2 kernel is in
 //! the `gemm` module docs; the caller picks the kernel from the measured operand ranges.
 
 use std::arch::x86_64::*;
@@ -15,19 +15,27 @@ use std::arch::x86_64::*;
 /// AMD Zen 3 development machine).
 ///
 /// # Safety
-/// The CPU must support avx512f, avx512bw and avx512vnni; `a` must point to `groups·32`
-/// bytes, `b` to `groups·64` bytes; `tile` must hold 128 i32.
+/// The CPU must support avx512f, avx512bw and avx512vnni; the 4 bytes at
+/// `a + i·a_rs + g·a_gs` (row `i < 8`, group `g`) and `groups·64` bytes at `b` must be
+/// readable; `tile` must hold 128 i32.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-pub(crate) unsafe fn vnni_8x16(a: *const u8, b: *const i8, groups: usize, tile: &mut [i32]) {
+pub(crate) unsafe fn vnni_8x16(
+    a: *const u8,
+    a_rs: usize,
+    a_gs: usize,
+    b: *const i8,
+    groups: usize,
+    tile: &mut [i32],
+) {
     assert!(tile.len() >= 8 * 16);
     let mut acc = [_mm512_setzero_si512(); 8];
     for g in 0..groups {
         // SAFETY: in bounds by the caller's contract; unaligned loads.
         unsafe {
             let bv = _mm512_loadu_si512(b.add(g * 64) as *const _);
-            let ag = a.add(g * 32);
+            let ag = a.add(g * a_gs);
             for (i, acc) in acc.iter_mut().enumerate() {
-                let av = _mm512_set1_epi32((ag.add(i * 4) as *const i32).read_unaligned());
+                let av = _mm512_set1_epi32((ag.add(i * a_rs) as *const i32).read_unaligned());
                 *acc = _mm512_dpbusd_epi32(*acc, av, bv);
             }
         }
@@ -41,10 +49,17 @@ pub(crate) unsafe fn vnni_8x16(a: *const u8, b: *const i8, groups: usize, tile: 
 /// AVX2: 4 rows × 16 channels, `vpmaddubsw` then `vpmaddwd` at every step.
 ///
 /// # Safety
-/// AVX2 required; `a` points to `groups·16` bytes, `b` to `groups·64` bytes; `tile` holds
-/// 64 i32. Exact only if every pair sum `a0·b0 + a1·b1` fits in i16 (caller's range check).
+/// AVX2 required; the 4 bytes at `a + i·a_rs + g·a_gs` (row `i < 4`, group `g`) and
+/// `groups·64` bytes at `b` must be readable; `tile` holds 64 i32. Exact only if every pair sum `a0·b0 + a1·b1` fits in i16 (caller's range check).
 #[target_feature(enable = "avx2")]
-pub(crate) unsafe fn avx2_i32_4x16(a: *const u8, b: *const i8, groups: usize, tile: &mut [i32]) {
+pub(crate) unsafe fn avx2_i32_4x16(
+    a: *const u8,
+    a_rs: usize,
+    a_gs: usize,
+    b: *const i8,
+    groups: usize,
+    tile: &mut [i32],
+) {
     assert!(tile.len() >= 4 * 16);
     let ones = _mm256_set1_epi16(1);
     let mut acc = [[_mm256_setzero_si256(); 2]; 4];
@@ -53,9 +68,9 @@ pub(crate) unsafe fn avx2_i32_4x16(a: *const u8, b: *const i8, groups: usize, ti
         unsafe {
             let b0 = _mm256_loadu_si256(b.add(g * 64) as *const __m256i);
             let b1 = _mm256_loadu_si256(b.add(g * 64 + 32) as *const __m256i);
-            let ag = a.add(g * 16);
+            let ag = a.add(g * a_gs);
             for (i, acc) in acc.iter_mut().enumerate() {
-                let av = _mm256_set1_epi32((ag.add(i * 4) as *const i32).read_unaligned());
+                let av = _mm256_set1_epi32((ag.add(i * a_rs) as *const i32).read_unaligned());
                 acc[0] = _mm256_add_epi32(
                     acc[0],
                     _mm256_madd_epi16(_mm256_maddubs_epi16(av, b0), ones),
@@ -78,6 +93,8 @@ pub(crate) unsafe fn avx2_i32_4x16(a: *const u8, b: *const i8, groups: usize, ti
 #[target_feature(enable = "avx2")]
 pub(crate) unsafe fn avx2_i16_4x16(
     a: *const u8,
+    a_rs: usize,
+    a_gs: usize,
     b: *const i8,
     groups: usize,
     s: usize,
@@ -95,9 +112,9 @@ pub(crate) unsafe fn avx2_i16_4x16(
             unsafe {
                 let b0 = _mm256_loadu_si256(b.add(g * 64) as *const __m256i);
                 let b1 = _mm256_loadu_si256(b.add(g * 64 + 32) as *const __m256i);
-                let ag = a.add(g * 16);
+                let ag = a.add(g * a_gs);
                 for (i, acc16) in acc16.iter_mut().enumerate() {
-                    let av = _mm256_set1_epi32((ag.add(i * 4) as *const i32).read_unaligned());
+                    let av = _mm256_set1_epi32((ag.add(i * a_rs) as *const i32).read_unaligned());
                     acc16[0] = _mm256_add_epi16(acc16[0], _mm256_maddubs_epi16(av, b0));
                     acc16[1] = _mm256_add_epi16(acc16[1], _mm256_maddubs_epi16(av, b1));
                 }
@@ -112,24 +129,44 @@ pub(crate) unsafe fn avx2_i16_4x16(
     store_4x16(&acc, tile);
 }
 
-/// AVX2: 4 rows × 16 channels on i16 operands with `vpmaddwd` (exact for all codes).
+/// AVX2: 4 rows × 16 channels with `vpmaddwd` only, exact for all codes. Each broadcast
+/// of 4 activation bytes is zero-extended in registers into the i16 pairs `(a0, a1)` and
+/// `(a2, a3)` by `vpshufb`; B is the i16 panel `[h][16][2]` (sign-extended once).
 ///
 /// # Safety
-/// AVX2 required; `a` points to `pairs·8` i16, `b` to `pairs·32` i16; `tile` holds 64 i32.
+/// AVX2 required; the 4 bytes at `a + i·a_rs + g·a_gs` (row `i < 4`, group `g`) and
+/// `groups·64` i16 at `b` must be readable; `tile` holds 64 i32.
 #[target_feature(enable = "avx2")]
-pub(crate) unsafe fn avx2_wide_4x16(a: *const i16, b: *const i16, pairs: usize, tile: &mut [i32]) {
+pub(crate) unsafe fn avx2_wide_4x16(
+    a: *const u8,
+    a_rs: usize,
+    a_gs: usize,
+    b: *const i16,
+    groups: usize,
+    tile: &mut [i32],
+) {
     assert!(tile.len() >= 4 * 16);
+    // Per 32-bit lane: bytes (a0, 0, a1, 0) and (a2, 0, a3, 0) (index 0x80 writes zero).
+    let lo = _mm256_set1_epi32(i32::from_le_bytes([0, 0x80, 1, 0x80]));
+    let hi = _mm256_set1_epi32(i32::from_le_bytes([2, 0x80, 3, 0x80]));
     let mut acc = [[_mm256_setzero_si256(); 2]; 4];
-    for h in 0..pairs {
+    for g in 0..groups {
         // SAFETY: in bounds by the caller's contract; unaligned loads.
         unsafe {
-            let b0 = _mm256_loadu_si256(b.add(h * 32) as *const __m256i);
-            let b1 = _mm256_loadu_si256(b.add(h * 32 + 16) as *const __m256i);
-            let ah = a.add(h * 8);
+            let bg = b.add(g * 64);
+            let b00 = _mm256_loadu_si256(bg as *const __m256i);
+            let b01 = _mm256_loadu_si256(bg.add(16) as *const __m256i);
+            let b10 = _mm256_loadu_si256(bg.add(32) as *const __m256i);
+            let b11 = _mm256_loadu_si256(bg.add(48) as *const __m256i);
+            let ag = a.add(g * a_gs);
             for (i, acc) in acc.iter_mut().enumerate() {
-                let av = _mm256_set1_epi32((ah.add(i * 2) as *const i32).read_unaligned());
-                acc[0] = _mm256_add_epi32(acc[0], _mm256_madd_epi16(av, b0));
-                acc[1] = _mm256_add_epi32(acc[1], _mm256_madd_epi16(av, b1));
+                let x = _mm256_set1_epi32((ag.add(i * a_rs) as *const i32).read_unaligned());
+                let p0 = _mm256_shuffle_epi8(x, lo);
+                let p1 = _mm256_shuffle_epi8(x, hi);
+                acc[0] = _mm256_add_epi32(acc[0], _mm256_madd_epi16(p0, b00));
+                acc[1] = _mm256_add_epi32(acc[1], _mm256_madd_epi16(p0, b01));
+                acc[0] = _mm256_add_epi32(acc[0], _mm256_madd_epi16(p1, b10));
+                acc[1] = _mm256_add_epi32(acc[1], _mm256_madd_epi16(p1, b11));
             }
         }
     }
