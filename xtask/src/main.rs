@@ -65,6 +65,7 @@ struct Bench {
 /// Every benchmark `cargo xtask bench NAME` knows (add one line per bench target).
 const BENCHES: &[Bench] = &[
     Bench { name: "policy", package: "seer-policy", target: "cost" },
+    Bench { name: "policy", package: "seer-policy", target: "cost" },
     Bench { name: "predictor", package: "seer-predictor", target: "predictor" },
     Bench { name: "search", package: "seernet", target: "search" },
     Bench { name: "int", package: "seer-kernels", target: "int" },
