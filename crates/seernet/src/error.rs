@@ -103,6 +103,9 @@ pub enum Error {
     /// An error of the policy layer (invalid policy for the space, ...).
     #[error(transparent)]
     Policy(#[from] seer_policy::Error),
+    /// An error of the models/data/training layer (checkpoint, dataset, fine-tune).
+    #[error(transparent)]
+    Nn(#[from] seer_nn::Error),
 }
 
 /// Result alias of the `seernet` library.

@@ -18,6 +18,7 @@ pub use seer_policy as policy;
 
 pub mod budget;
 pub mod error;
+pub mod labeler;
 pub mod manifest;
 pub mod report;
 pub mod search;

@@ -28,6 +28,10 @@ enum Command {
     Predictor(cli::predictor::PredictorArgs),
     /// Fold per-policy label results (from `seernet label` shards) into a label store.
     Merge(cli::merge::MergeArgs),
+    /// Label one shard of a manifest of policies (fine-tune + validation top-1), one file per policy.
+    Label(cli::label::LabelArgs),
+    /// Write a manifest of policies to label under one protocol (for `label --shard`).
+    Manifest(cli::manifest::ManifestArgs),
 }
 
 fn main() {
@@ -47,6 +51,8 @@ fn main() {
         Command::Finetune(a) => cli::finetune::run(a),
         Command::Predictor(a) => cli::predictor::run(a),
         Command::Merge(a) => cli::merge::run(a),
+        Command::Label(a) => cli::label::run(a),
+        Command::Manifest(a) => cli::manifest::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -3,6 +3,8 @@
 pub mod complexity;
 pub mod eval;
 pub mod finetune;
+pub mod label;
+pub mod manifest;
 pub mod merge;
 pub mod net;
 pub mod nn_util;

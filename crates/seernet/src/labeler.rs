@@ -1,0 +1,232 @@
+//! The labelling function of method.md §3 as one reusable piece: apply a policy to the trained
+//! baseline, re-estimate BatchNorm, calibrate, QAT fine-tune for the protocol's steps, measure
+//! top-1 on the **validation** split. Used by `seernet label` (shards) and by the pipeline,
+//! so both label under exactly the same [`Protocol`].
+//!
+//! The protocol pins the baseline (first 16 hex digits of SHA-256 of the checkpoint file), the
+//! dataset split (hash of the recorded train/val/test index hashes) and every fine-tune
+//! setting; [`Labeler::new`] refuses a checkpoint or dataset that does not match it.
+
+use std::path::Path;
+
+use candle_core::Device;
+use seer_nn::data::{self, Augment, DatasetName, Normalize, Splits};
+use seer_nn::{checkpoint, train};
+use seer_policy::{Policy, SearchSpace, SpaceConfig};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::store::{Measured, Protocol, hex};
+
+/// Fine-tune settings of a labelling protocol.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LabelSettings {
+    /// Optimizer steps per label.
+    pub steps: u64,
+    /// Mini-batch size.
+    pub batch_size: usize,
+    /// Peak learning rate (cosine decay).
+    pub lr: f64,
+    /// Base seed (each label's seed derives from it and the policy hash).
+    pub seed: u64,
+}
+
+/// Evaluation batch size (does not change results).
+const EVAL_BATCH: usize = 256;
+
+/// First 16 hex digits of SHA-256 of a file (the protocol's `baseline_hash`). Err(Io).
+pub fn file_hash(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| Error::Io {
+        path: path.display().to_string(),
+        err: e,
+    })?;
+    Ok(hex(&Sha256::digest(&bytes)[..8]))
+}
+
+/// First 16 hex digits of SHA-256 of the three recorded split index hashes (the protocol's
+/// `split_hash`).
+pub fn split_hash(splits: &Splits) -> String {
+    let h = &splits.manifest.index_sha256;
+    let s = format!("train={};val={};test={}", h.train, h.val, h.test);
+    hex(&Sha256::digest(s.as_bytes())[..8])
+}
+
+fn train_config(p: &Protocol, name: DatasetName, seed: u64) -> train::TrainConfig {
+    train::TrainConfig {
+        steps: Some(p.finetune_steps as usize),
+        batch_size: p.batch_size,
+        lr: p.lr,
+        seed,
+        augment: Some(Augment {
+            pad: name.crop_padding(),
+            hflip: name.allows_hflip(),
+        }),
+        ..train::TrainConfig::default()
+    }
+}
+
+fn extra(p: &Protocol, name: DatasetName) -> std::collections::BTreeMap<String, serde_json::Value> {
+    let c = train_config(p, name, 0);
+    let a = c.augment.expect("set above");
+    [
+        (
+            "labeler",
+            serde_json::json!("seer-nn finetune_policy; top-1 on val"),
+        ),
+        ("momentum", serde_json::json!(c.momentum)),
+        ("weight_decay", serde_json::json!(c.weight_decay)),
+        (
+            "augment",
+            serde_json::json!({"crop_pad": a.pad, "hflip": a.hflip}),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// A loaded baseline and dataset, ready to label policies under one protocol.
+pub struct Labeler {
+    protocol: Protocol,
+    checkpoint: std::path::PathBuf,
+    space: SearchSpace,
+    splits: Splits,
+    norm: Normalize,
+    name: DatasetName,
+}
+
+impl std::fmt::Debug for Labeler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Labeler")
+            .field("checkpoint", &self.checkpoint)
+            .field("protocol", &self.protocol.hash())
+            .finish()
+    }
+}
+
+impl Labeler {
+    /// The protocol for labelling policies of `space_config` on the baseline `checkpoint` with
+    /// `settings`; the dataset is the checkpoint's unless `dataset` is given. Err(Nn) for an
+    /// unreadable checkpoint or a missing dataset (the message says how to fetch it).
+    pub fn protocol(
+        checkpoint: &Path,
+        dataset: Option<&str>,
+        space_config: SpaceConfig,
+        settings: LabelSettings,
+    ) -> Result<Protocol> {
+        let (model, info) = checkpoint::load(checkpoint, None, &Device::Cpu)?;
+        let dname = dataset
+            .map(str::to_string)
+            .or(info.dataset)
+            .ok_or_else(|| Error::Format {
+                path: checkpoint.display().to_string(),
+                line: 0,
+                msg: "the checkpoint records no dataset: give one".into(),
+            })?;
+        let name = DatasetName::parse(&dname)?;
+        let splits = data::load(name)?;
+        let space = SearchSpace::new(model.spec().clone(), space_config)?;
+        let mut p = Protocol::for_space(
+            &space,
+            name.as_str(),
+            &split_hash(&splits),
+            &file_hash(checkpoint)?,
+            settings.steps,
+            settings.batch_size,
+            settings.lr,
+            settings.seed,
+        );
+        p.extra = extra(&p, name);
+        Ok(p)
+    }
+
+    /// Loads the baseline and dataset of `protocol`. Err(Protocol) when the checkpoint's hash,
+    /// its network, the dataset split or the labeller settings differ from the protocol's.
+    pub fn new(protocol: &Protocol, checkpoint: &Path) -> Result<Self> {
+        let mismatch = |what: &str, diff: String| Error::Protocol {
+            what: what.to_string(),
+            diff,
+        };
+        let got = file_hash(checkpoint)?;
+        if got != protocol.baseline_hash {
+            return Err(mismatch(
+                &format!("checkpoint {}", checkpoint.display()),
+                format!(
+                    "its hash is {got}, the protocol's baseline_hash is {}",
+                    protocol.baseline_hash
+                ),
+            ));
+        }
+        let (model, _) = checkpoint::load(checkpoint, Some(&protocol.arch), &Device::Cpu)?;
+        let space = SearchSpace::new(model.spec().clone(), protocol.space.clone())?;
+        protocol.check_space(&space)?;
+        let name = DatasetName::parse(&protocol.dataset)?;
+        let splits = data::load(name)?;
+        let sh = split_hash(&splits);
+        if sh != protocol.split_hash {
+            return Err(mismatch(
+                &format!("dataset {}", name.as_str()),
+                format!(
+                    "its split hash is {sh}, the protocol's is {}",
+                    protocol.split_hash
+                ),
+            ));
+        }
+        let want = extra(protocol, name);
+        if protocol.extra != want {
+            return Err(mismatch(
+                "labeller settings",
+                format!(
+                    "protocol has {:?}, this build labels with {:?}",
+                    protocol.extra, want
+                ),
+            ));
+        }
+        let norm = splits.normalize();
+        Ok(Labeler {
+            protocol: protocol.clone(),
+            checkpoint: checkpoint.to_path_buf(),
+            space,
+            splits,
+            norm,
+            name,
+        })
+    }
+
+    /// The search space of the protocol.
+    pub fn space(&self) -> &SearchSpace {
+        &self.space
+    }
+
+    /// The protocol.
+    pub fn protocol_ref(&self) -> &Protocol {
+        &self.protocol
+    }
+
+    /// Labels one policy with `seed` (use [`label_seed`](crate::store::label_seed)): a fresh copy
+    /// of the baseline, policy applied, fine-tuned for the protocol's steps on the training
+    /// split, top-1 (percent) on the validation split. `on_step` sees each optimizer step
+    /// (index, loss). Err(Policy) for a policy outside the space, Err(Nn) for training errors.
+    pub fn label(
+        &self,
+        policy: &Policy,
+        seed: u64,
+        on_step: &mut dyn FnMut(usize, f32),
+    ) -> Result<Measured> {
+        self.space.validate(policy)?;
+        let (mut model, _) =
+            checkpoint::load(&self.checkpoint, Some(&self.protocol.arch), &Device::Cpu)?;
+        let cfg = train_config(&self.protocol, self.name, seed);
+        train::finetune_policy(
+            &mut model,
+            &self.space,
+            policy,
+            &self.splits.train,
+            &self.norm,
+            &cfg,
+            &mut |s| on_step(s.step, s.loss),
+        )?;
+        let r = train::evaluate(&model, &self.splits.val, &self.norm, EVAL_BATCH)?;
+        Ok(Measured { top1: r.top1 })
+    }
+}
