@@ -30,6 +30,8 @@ pub(crate) struct Workspace {
     pre: Vec<Vec<f32>>,
     /// `post[l]`: inputs of layer `l` (`post[0]` is the batch itself), `[B, in_l]`.
     post: Vec<Vec<f32>>,
+    /// `dact[l]`: SiLU′ at `pre[l]` for hidden layers (computed with σ in the forward pass).
+    dact: Vec<Vec<f32>>,
     /// Gradient buffers for the backward pass, `[B, width]`.
     g_a: Vec<f32>,
     g_b: Vec<f32>,
@@ -41,21 +43,31 @@ fn sigmoid(z: f32) -> f32 {
     1.0 / (1.0 + (-z).exp())
 }
 
-/// SiLU (swish) `z·σ(z)`: smooth, so ∇ₓμ (used by the barrier search, method.md §6) is
-/// continuous, unlike ReLU's piecewise-constant gradient.
-#[inline]
-fn silu(z: f32) -> f32 {
-    z * sigmoid(z)
+/// SiLU (swish) `z·σ(z)` is the hidden activation: smooth, so ∇ₓμ (used by the barrier
+/// search, method.md §6) is continuous, unlike ReLU's piecewise-constant gradient.
+/// `(silu(z), silu′(z))` from one exponential: silu′ = σ(z)·(1 + z·(1 − σ(z))).
+#[inline(always)]
+fn silu_and_grad(z: f32) -> (f32, f32) {
+    let s = sigmoid(z);
+    (z * s, s * (1.0 + z * (1.0 - s)))
 }
 
+/// Whether the AVX2 code path can run (cached by std). The AVX2 path is the same Rust code
+/// compiled for 8-wide vectors without FMA, so it gives bit-identical results.
 #[inline]
-fn silu_grad(z: f32) -> f32 {
-    let s = sigmoid(z);
-    s * (1.0 + z * (1.0 - s))
+fn use_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// `Σ a_k b_k` with 8 independent accumulators (vectorisable; fixed order, deterministic).
-#[inline]
+#[inline(always)]
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let b = &b[..a.len()];
     let mut acc = [0.0f32; 8];
@@ -74,7 +86,7 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// `y += α·x`.
-#[inline]
+#[inline(always)]
 fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
     for (yi, xi) in y.iter_mut().zip(x) {
         *yi += alpha * xi;
@@ -136,6 +148,24 @@ impl Mlp {
     /// Forward pass on a row-major batch `x` (`[B, d]`); returns the outputs (`[B]`) and
     /// leaves the activations in `ws` for [`Self::backward`].
     pub fn forward<'w>(&self, x: &[f32], ws: &'w mut Workspace) -> &'w [f32] {
+        #[cfg(target_arch = "x86_64")]
+        if use_avx2() {
+            // SAFETY: AVX2 support was just checked.
+            unsafe { self.forward_avx2(x, ws) };
+            return &ws.pre[self.n_layers() - 1];
+        }
+        self.forward_impl(x, ws);
+        &ws.pre[self.n_layers() - 1]
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn forward_avx2(&self, x: &[f32], ws: &mut Workspace) {
+        self.forward_impl(x, ws)
+    }
+
+    #[inline(always)]
+    fn forward_impl(&self, x: &[f32], ws: &mut Workspace) {
         let d = self.input_dim();
         let b = x.len() / d;
         debug_assert_eq!(b * d, x.len());
@@ -143,6 +173,7 @@ impl Mlp {
         ws.batch = b;
         ws.pre.resize_with(nl, Vec::new);
         ws.post.resize_with(nl, Vec::new);
+        ws.dact.resize_with(nl, Vec::new);
         ws.post[0].clear();
         ws.post[0].extend_from_slice(x);
         for l in 0..nl {
@@ -162,11 +193,14 @@ impl Mlp {
             }
             if l + 1 < nl {
                 let next = &mut rest[0];
-                next.clear();
-                next.extend(pre.iter().map(|&z| silu(z)));
+                let dact = &mut ws.dact[l];
+                next.resize(pre.len(), 0.0);
+                dact.resize(pre.len(), 0.0);
+                for ((a, g), &z) in next.iter_mut().zip(dact.iter_mut()).zip(pre.iter()) {
+                    (*a, *g) = silu_and_grad(z);
+                }
             }
         }
-        &ws.pre[nl - 1]
     }
 
     /// Backward pass for the batch last given to [`Self::forward`].
@@ -174,6 +208,34 @@ impl Mlp {
     /// `d_out` (`[B]`): ∂loss/∂output per row. Adds ∂loss/∂params into `grad` (same layout as
     /// `params`) when given, and writes ∂loss/∂x (`[B, d]`) into `d_x` when given.
     pub fn backward(
+        &self,
+        ws: &mut Workspace,
+        d_out: &[f32],
+        grad: Option<&mut [f32]>,
+        d_x: Option<&mut [f32]>,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if use_avx2() {
+            // SAFETY: AVX2 support was just checked.
+            return unsafe { self.backward_avx2(ws, d_out, grad, d_x) };
+        }
+        self.backward_impl(ws, d_out, grad, d_x)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn backward_avx2(
+        &self,
+        ws: &mut Workspace,
+        d_out: &[f32],
+        grad: Option<&mut [f32]>,
+        d_x: Option<&mut [f32]>,
+    ) {
+        self.backward_impl(ws, d_out, grad, d_x)
+    }
+
+    #[inline(always)]
+    fn backward_impl(
         &self,
         ws: &mut Workspace,
         d_out: &[f32],
@@ -216,8 +278,8 @@ impl Mlp {
             }
             if l > 0 {
                 // Through the SiLU of layer l-1.
-                for (g, &z) in g_in.iter_mut().zip(&ws.pre[l - 1]) {
-                    *g *= silu_grad(z);
+                for (g, &s) in g_in.iter_mut().zip(&ws.dact[l - 1]) {
+                    *g *= s;
                 }
             }
             std::mem::swap(&mut g_pre, &mut g_in);
@@ -338,6 +400,36 @@ mod tests {
                 "x {k}: fd {fd} vs {}",
                 dx[k]
             );
+        }
+    }
+
+    #[test]
+    fn avx2_path_is_bit_identical_to_portable_path() {
+        let mut rng = ChaCha8Rng::seed_from_u64(8);
+        let m = Mlp::new(vec![37, 33, 19, 1], &mut rng);
+        let x: Vec<f32> = (0..5 * 37).map(|_| rng.random_range(-2.0..2.0)).collect();
+        let d_out: Vec<f32> = (0..5).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let run = |avx: bool| {
+            let mut ws = Workspace::default();
+            let mut g = vec![0.0; m.params.len()];
+            let mut dx = vec![0.0; x.len()];
+            if avx {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: only called when AVX2 is available.
+                unsafe {
+                    m.forward_avx2(&x, &mut ws);
+                    m.backward_avx2(&mut ws, &d_out, Some(&mut g), Some(&mut dx));
+                }
+            } else {
+                m.forward_impl(&x, &mut ws);
+                m.backward_impl(&mut ws, &d_out, Some(&mut g), Some(&mut dx));
+            }
+            (ws.pre.last().unwrap().clone(), g, dx)
+        };
+        if use_avx2() {
+            assert_eq!(run(true), run(false));
+        } else {
+            eprintln!("skipping: no AVX2 on this CPU");
         }
     }
 
