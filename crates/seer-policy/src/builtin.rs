@@ -349,6 +349,10 @@ mod tests {
             ("resnet50", None, 4_089_184_256),
             ("mobilenetv2", None, 300_774_272),
             ("resnet20", Some("32x32x3"), 40_551_040),
+            // Hand-computed: 3.5M + 151M + 75.5M + 151M + 75.5M + 151M + 82k (0.61 GMACs).
+            ("vgg-small", Some("32x32x3"), 607_600_640),
+            // 6·25·28² + 16·6·25·10² + 400·120 + 120·84 + 84·10.
+            ("lenet5", Some("28x28x1"), 416_520),
         ] {
             let (m, b) = w8a8_macs(arch, input);
             assert_eq!(m, macs, "{arch}");
