@@ -353,6 +353,36 @@ impl Budget {
     }
 }
 
+impl ResolvedBudget {
+    /// `policy-<label>.json`: the chosen policy's file name in the run directory.
+    pub fn policy_file(&self) -> String {
+        format!("policy-{}.json", self.label)
+    }
+    /// `model-<label>.safetensors`: the exported model's file name in the run directory.
+    pub fn model_file(&self) -> String {
+        format!("model-{}.safetensors", self.label)
+    }
+    /// Whether costs `(bops, size_bits)` are within every limit of this budget.
+    pub fn admits(&self, bops: u64, size_bits: u64) -> bool {
+        self.max_bops.is_none_or(|b| bops <= b) && self.max_size_bits.is_none_or(|s| size_bits <= s)
+    }
+}
+
+/// BOPs of the unpruned network with every unit at w8a8 (the reference of `--bops-frac`;
+/// method.md §2), whatever the space's candidates: the same network and options with prune
+/// {0} and bits {8}. Err(Policy) only for a spec the policy layer rejects.
+pub fn w8a8_bops(space: &seer_policy::SearchSpace) -> Result<u64> {
+    let cfg = seer_policy::SpaceConfig {
+        prune_ratios: vec![0.0],
+        wbits: vec![8],
+        abits: vec![8],
+        fixed_bits: 8,
+        ..space.config().clone()
+    };
+    let s = seer_policy::SearchSpace::new(space.spec().clone(), cfg)?;
+    Ok(s.cost(&s.uniform(8, 8, 0.0)?)?.total_bops)
+}
+
 /// All budgets from the three flags' values (each value may be a comma-separated list), in the
 /// order BOPs, size, fraction. Err(Budget) for a bad value or the same budget twice; Err(NoBudget)
 /// when none is given.
@@ -517,6 +547,32 @@ mod tests {
             let e = Budget::parse_bops_frac(s).unwrap_err().to_string();
             assert!(e.contains("--bops-frac") && e.contains(needle), "{s}: {e}");
         }
+    }
+
+    #[test]
+    fn w8a8_reference_and_files() {
+        use seer_policy::{SearchSpace, SpaceConfig, builtin};
+        let spec = builtin("resnet20", Some("32x32x3".parse().unwrap()), None).unwrap();
+        // A space without 8 bits or prune 0 among its candidates still has the w8a8 reference.
+        let cfg = SpaceConfig {
+            prune_ratios: vec![0.25, 0.5],
+            wbits: vec![2, 4],
+            abits: vec![2, 4],
+            ..SpaceConfig::default()
+        };
+        let space = SearchSpace::new(spec, cfg).unwrap();
+        assert_eq!(w8a8_bops(&space).unwrap(), 40_551_040 * 64);
+        let r = Budget::parse_bops_frac("0.1")
+            .unwrap()
+            .resolve(w8a8_bops(&space).unwrap());
+        assert_eq!(
+            (r.policy_file(), r.model_file()),
+            (
+                "policy-frac-0.1.json".into(),
+                "model-frac-0.1.safetensors".into()
+            )
+        );
+        assert!(r.admits(259_526_656, u64::MAX) && !r.admits(259_526_657, 0));
     }
 
     #[test]
