@@ -68,6 +68,7 @@ const BENCHES: &[Bench] = &[
     Bench { name: "policy", package: "seer-policy", target: "cost" },
     Bench { name: "predictor", package: "seer-predictor", target: "predictor" },
     Bench { name: "search", package: "seernet", target: "search" },
+    Bench { name: "search", package: "seernet", target: "search" },
     Bench { name: "int", package: "seer-kernels", target: "int" },
 ];
 

@@ -166,6 +166,10 @@ pub struct Trace {
     pub best_start: usize,
     /// Batched objective calls made.
     pub objective_calls: usize,
+    /// Wall time of the continuous phase (all starts) in seconds.
+    pub continuous_seconds: f64,
+    /// Wall time of the discretisation (all starts) in seconds.
+    pub discretise_seconds: f64,
     /// Wall time of the whole search in seconds.
     pub seconds: f64,
 }
@@ -343,11 +347,30 @@ pub fn search<S: Space + ?Sized, O: Objective + ?Sized>(
         .flat_map(|(e, t)| e.into_iter().zip(t))
         .unzip();
 
+    let continuous_seconds = started.elapsed().as_secs_f64();
     // Discretisation of every start, in parallel.
-    let discrete: Vec<Discrete> = ends
+    // Starts that round to the same policy are discretised once.
+    let rounded: Vec<Vec<usize>> = ends.iter().map(|x| p.nearest(x)).collect();
+    let mut unique: Vec<usize> = Vec::new();
+    let owner: Vec<usize> = rounded
+        .iter()
+        .enumerate()
+        .map(
+            |(i, r)| match unique.iter().position(|&u| rounded[u] == *r) {
+                Some(k) => k,
+                None => {
+                    unique.push(i);
+                    unique.len() - 1
+                }
+            },
+        )
+        .collect();
+    let solved: Vec<Discrete> = unique
         .par_iter()
-        .map(|x| discretise(&p, &eval, x, config.fill))
+        .map(|&i| discretise(&p, &eval, rounded[i].clone(), config.fill))
         .collect::<Result<_>>()?;
+    let discrete: Vec<&Discrete> = owner.iter().map(|&k| &solved[k]).collect();
+    let discretise_seconds = started.elapsed().as_secs_f64() - continuous_seconds;
     for ((t, dres), x) in traces.iter_mut().zip(&discrete).zip(&ends) {
         t.rounded_mean = dres.rounded_mean;
         t.repair_moves = dres.repair_moves;
@@ -363,7 +386,7 @@ pub fn search<S: Space + ?Sized, O: Objective + ?Sized>(
                 .then(b.cmp(&a))
         })
         .expect("at least one start");
-    let chosen = &discrete[best];
+    let chosen = discrete[best];
     let mut encoding = vec![0.0; d];
     p.encode(&chosen.indices, &mut encoding);
     let mut std = [0.0];
@@ -389,6 +412,8 @@ pub fn search<S: Space + ?Sized, O: Objective + ?Sized>(
             starts: traces,
             best_start: best,
             objective_calls: eval.calls.into_inner(),
+            continuous_seconds,
+            discretise_seconds,
             seconds: started.elapsed().as_secs_f64(),
         },
     })
@@ -720,15 +745,14 @@ fn move_means<S: Space + ?Sized, O: Objective + ?Sized>(
     Ok(out)
 }
 
-/// Nearest candidates, greedy repair while over budget, greedy fill while slack remains.
+/// From the nearest candidates `cur`: greedy repair while over budget, greedy fill while slack remains.
 fn discretise<S: Space + ?Sized, O: Objective + ?Sized>(
     p: &Prepared<'_, S>,
     eval: &Eval<'_, O>,
-    x: &[f64],
+    mut cur: Vec<usize>,
     fill: bool,
 ) -> Result<Discrete> {
     let d = p.dim();
-    let mut cur = p.nearest(x);
     let mut enc = vec![0.0; d];
     let mut mu = [0.0];
     p.encode(&cur, &mut enc);

@@ -28,6 +28,10 @@ enum Command {
     Predictor(cli::predictor::PredictorArgs),
     /// Fold per-policy label results (from `seernet label` shards) into a label store.
     Merge(cli::merge::MergeArgs),
+    /// The best policy for a budget on a trained predictor (barrier, pgd, evo or random search).
+    Search(cli::search::SearchArgs),
+    /// The predicted Pareto front: the best policy for N budgets from cheapest to most expensive.
+    Pareto(cli::search::ParetoArgs),
     /// Label one shard of a manifest of policies (fine-tune + validation top-1), one file per policy.
     Label(cli::label::LabelArgs),
     /// Write a manifest of policies to label under one protocol (for `label --shard`).
@@ -51,6 +55,8 @@ fn main() {
         Command::Finetune(a) => cli::finetune::run(a),
         Command::Predictor(a) => cli::predictor::run(a),
         Command::Merge(a) => cli::merge::run(a),
+        Command::Search(a) => cli::search::run_search(a),
+        Command::Pareto(a) => cli::search::run_pareto(a),
         Command::Label(a) => cli::label::run(a),
         Command::Manifest(a) => cli::manifest::run(a),
     };

@@ -2,10 +2,11 @@
 //! search engines (seer-barrier's `Objective`/`Space`, seer-evo's `Problem`) and one entry point,
 //! [`find_policy`], for every method (barrier, pgd, evolutionary, random; method.md §5–§6, §8).
 //!
-//! The predictor is trained on raw CSV features named `prune_<u>`, `bits_<u>` (shared weight
-//! and activation bit-width), `wbits_<u>`, `abits_<u>` for unit `u` of the search space (the
-//! sample format of seer-predictor); [`PredictorObjective`] maps the method.md §1 encoding the
-//! optimizers move onto those features (an affine map per gene) and chains the gradient.
+//! The predictor's features are either the method.md §1 encoding itself (named
+//! `<unit>.<kind>`, as `seernet predictor fit --arch ...` writes them) or raw CSV columns
+//! `prune_<u>`, `bits_<u>` (shared weight and activation bit-width), `wbits_<u>`, `abits_<u>`
+//! for unit `u`; [`PredictorObjective`] maps the encoding the optimizers move onto them (an
+//! affine map per gene) and chains the gradient.
 
 use std::time::Instant;
 
@@ -59,14 +60,25 @@ pub struct PredictorObjective<'a> {
 }
 
 impl<'a> PredictorObjective<'a> {
-    /// Maps every predictor feature (`prune_<u>`, `bits_<u>`, `wbits_<u>`, `abits_<u>`) onto a
-    /// gene of `space`. Errors ([`SearchError::Mismatch`]) name a feature that matches no gene,
+    /// Maps every predictor feature (`<unit>.<kind>` encodings, or raw `prune_<u>`, `bits_<u>`,
+    /// `wbits_<u>`, `abits_<u>` columns) onto a gene of `space`. Errors ([`SearchError::Mismatch`]) name a feature that matches no gene,
     /// or a gene the predictor has no feature for.
     pub fn new(predictor: &'a Predictor, space: &SearchSpace) -> Result<Self> {
         let dim = space.dim();
         let mut used = vec![false; dim];
         let mut features = Vec::with_capacity(predictor.n_features());
+        let gene_names = seer_predictor::space::gene_feature_names(space);
         for name in predictor.feature_names() {
+            // Trained with `--arch`: the features are the encoding itself, `<unit>.<kind>`.
+            if let Some(gene) = gene_names.iter().position(|g| g == name) {
+                used[gene] = true;
+                features.push(Feature::Gene {
+                    gene,
+                    offset: 0.0,
+                    scale: 1.0,
+                });
+                continue;
+            }
             let parsed = name.rsplit_once('_').and_then(|(kind, u)| {
                 let u: usize = u.parse().ok()?;
                 let kind = match kind {
@@ -80,7 +92,9 @@ impl<'a> PredictorObjective<'a> {
             });
             let Some((kind, unit)) = parsed else {
                 return Err(SearchError::Mismatch(format!(
-                    "feature {name:?} is not one of prune_<unit>, bits_<unit>, wbits_<unit>, abits_<unit>"
+                    "feature {name:?} is neither a gene of the space (`<unit>.<kind>`, e.g. {:?}) \
+                     nor one of prune_<unit>, bits_<unit>, wbits_<unit>, abits_<unit>",
+                    gene_names[0]
                 )));
             };
             let gene = space

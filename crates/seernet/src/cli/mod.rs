@@ -10,6 +10,7 @@ pub mod net;
 pub mod nn_util;
 pub mod predictor;
 pub mod space;
+pub mod search;
 pub mod train;
 
 /// Writes `text` to stdout; a closed pipe (e.g. `| head`) is not an error.
