@@ -27,6 +27,7 @@
 //! ```
 
 pub mod error;
+pub mod format;
 pub mod gemm;
 pub mod layers;
 pub mod pack;
