@@ -42,7 +42,9 @@ pub use error::{Error, Result};
 pub use json::{NETWORK_FORMAT, NETWORK_VERSION};
 pub use policy::{POLICY_FORMAT, POLICY_VERSION, Policy, UnitPolicy};
 pub use space::{Gene, GeneKind, ResidualPruning, SearchSpace, SpaceConfig, Unit, UnitGenes};
-pub use spec::{ConvOpts, InputShape, Layer, LayerKind, NetworkSpec, SpecBuilder, conv_out};
+pub use spec::{
+    ConvOpts, InputShape, Layer, LayerKind, MAX_DIM, NetworkSpec, SpecBuilder, conv_out,
+};
 
 #[cfg(test)]
 mod tests;

@@ -49,7 +49,7 @@ impl FromStr for InputShape {
         let mut v = [0usize; 3];
         for (slot, p) in v.iter_mut().zip(&parts) {
             *slot = p.trim().parse::<usize>().map_err(|_| bad())?;
-            if *slot == 0 {
+            if *slot == 0 || *slot > MAX_DIM {
                 return Err(bad());
             }
         }
@@ -353,7 +353,13 @@ impl ConvOpts {
 pub struct SpecBuilder {
     spec: NetworkSpec,
     source: String,
+    /// Upper bound of the network's total BOPs/size (u128), kept below `u64::MAX`.
+    bound: u128,
 }
+
+/// Largest accepted size parameter (channels, kernel, stride, padding, dilation, groups,
+/// input height/width/channels): 2²⁰. Larger values are rejected so no count can overflow.
+pub const MAX_DIM: usize = 1 << 20;
 
 impl SpecBuilder {
     /// Starts an empty network.
@@ -366,6 +372,7 @@ impl SpecBuilder {
                 layers: Vec::new(),
             },
             source: name.to_string(),
+            bound: 0,
         }
     }
 
@@ -479,7 +486,69 @@ impl SpecBuilder {
             ));
         }
         let [c, h, w] = self.shape(inputs.first().copied());
+        let params: Vec<usize> = match kind {
+            LayerKind::Conv2d {
+                in_ch,
+                out_ch,
+                kernel,
+                stride,
+                padding,
+                dilation,
+                groups,
+                ..
+            } => [
+                vec![in_ch, out_ch, groups],
+                kernel.to_vec(),
+                stride.to_vec(),
+                padding.to_vec(),
+                dilation.to_vec(),
+            ]
+            .concat(),
+            LayerKind::MaxPool {
+                kernel,
+                stride,
+                padding,
+            }
+            | LayerKind::AvgPool {
+                kernel,
+                stride,
+                padding,
+            } => [kernel, stride, padding].concat(),
+            LayerKind::PadShortcut { stride, out_ch } => vec![stride[0], stride[1], out_ch],
+            LayerKind::Linear { out_features, .. } => vec![out_features],
+            _ => vec![],
+        };
+        if let Some(v) = params.iter().find(|&&v| v > MAX_DIM) {
+            return Err(self.err(
+                name,
+                format!("size parameter {v} exceeds the supported maximum {MAX_DIM}"),
+            ));
+        }
         let out = self.infer(name, &kind, inputs, [c, h, w])?;
+        // Worst case over every policy: all weights at 32 bits times 32-bit activations.
+        let weights: u128 = match kind {
+            LayerKind::Conv2d {
+                in_ch,
+                out_ch,
+                kernel,
+                groups,
+                ..
+            } => out_ch as u128 * (in_ch / groups) as u128 * kernel[0] as u128 * kernel[1] as u128,
+            LayerKind::Linear {
+                in_features,
+                out_features,
+                ..
+            } => in_features as u128 * out_features as u128,
+            _ => 0,
+        };
+        self.bound +=
+            weights * (out[1] * out[2]) as u128 * 1024 + weights * 32 + 64 * out[0] as u128;
+        if self.bound > u64::MAX as u128 {
+            return Err(self.err(
+                name,
+                "the network is too large: its BOPs would overflow 64 bits".into(),
+            ));
+        }
         self.spec.layers.push(Layer {
             name: name.to_string(),
             kind,
@@ -645,6 +714,9 @@ impl SpecBuilder {
 
 /// Output size of a conv/pool along one axis: ⌊(n + 2p − d(k−1) − 1)/s⌋ + 1, or None if < 1.
 pub fn conv_out(n: usize, k: usize, s: usize, p: usize, d: usize) -> Option<usize> {
+    if k == 0 || s == 0 || d == 0 {
+        return None;
+    }
     let span = d * (k - 1) + 1;
     let padded = n + 2 * p;
     if padded < span {

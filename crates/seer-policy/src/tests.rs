@@ -464,6 +464,22 @@ fn network_json_errors_name_file_and_layer() {
         ),
         Err(Error::InvalidConfig(_))
     ));
+    let big = TINY.replace(
+        "\"out_ch\": 12, \"kernel\": 1",
+        "\"out_ch\": 1048577, \"kernel\": 1",
+    );
+    let e = NetworkSpec::from_json_str(&big, "n.json").unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("layer 'expand': size parameter 1048577 exceeds"),
+        "{e}"
+    );
+    let huge = TINY
+        .replace("9x9x3", "1048576x1048576x3")
+        .replace("\"out_ch\": 12", "\"out_ch\": 100000");
+    let e = NetworkSpec::from_json_str(&huge, "n.json").unwrap_err();
+    assert!(e.to_string().contains("overflow 64 bits"), "{e}");
+    assert!("9x9x2000000".parse::<InputShape>().is_err());
 }
 
 #[test]
