@@ -2,6 +2,7 @@
 
 mod policy;
 mod predictor;
+mod search;
 mod store;
 
 #[test]

@@ -226,10 +226,9 @@ pub enum Complexity {
 /// Genome index k of a gene whose cheapest candidate is its last (pruning ratios) maps to
 /// candidate `card − 1 − k`, so complexity is non-decreasing in every genome index, as
 /// seer-evo's repair assumes.
-#[derive(Debug)]
 pub struct PolicyProblem<'a> {
     space: &'a SearchSpace,
-    objective: &'a PredictorObjective<'a>,
+    objective: &'a dyn Objective,
     coords: Vec<Vec<f64>>,
     cards: Vec<usize>,
     reversed: Vec<bool>,
@@ -237,12 +236,22 @@ pub struct PolicyProblem<'a> {
     complexity: Complexity,
 }
 
+impl std::fmt::Debug for PolicyProblem<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyProblem")
+            .field("cards", &self.cards)
+            .field("fitness", &self.fitness)
+            .field("complexity", &self.complexity)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<'a> PolicyProblem<'a> {
     /// The problem of maximising `fitness` over `space`'s policies, with `complexity` as the
     /// quantity the band constrains.
     pub fn new(
         space: &'a SearchSpace,
-        objective: &'a PredictorObjective<'a>,
+        objective: &'a dyn Objective,
         fitness: Fitness,
         complexity: Complexity,
     ) -> Self {
@@ -290,7 +299,9 @@ impl Problem for PolicyProblem<'_> {
         match self.fitness {
             Fitness::Mean => self.objective.mean(&xs, &mut out)?,
             Fitness::Std => {
-                self.objective.std(&xs, &mut out)?;
+                if !self.objective.std(&xs, &mut out)? {
+                    return Err("the objective has no predictive std (Fitness::Std)".into());
+                }
             }
         }
         Ok(out)
@@ -399,7 +410,7 @@ pub struct Found {
     pub size_bits: u64,
     /// Predicted top-1 μ.
     pub predicted_mean: f64,
-    /// Predicted σ.
+    /// Predicted σ (NaN when the objective has none; a predictor always has one).
     pub predicted_std: f64,
     /// Wall time of the search in seconds.
     pub seconds: f64,
@@ -419,6 +430,26 @@ pub fn find_policy(
 ) -> Result<Found> {
     let start = Instant::now();
     let objective = PredictorObjective::new(predictor, space)?;
+    let mut f = find_policy_with(space, &objective, budget, options)?;
+    f.seconds = start.elapsed().as_secs_f64();
+    Ok(f)
+}
+
+/// [`find_policy`] for any objective over `space`'s encoding (μ to maximise; σ optional).
+pub fn find_policy_with(
+    space: &SearchSpace,
+    objective: &dyn Objective,
+    budget: &Budget,
+    options: &SearchOptions,
+) -> Result<Found> {
+    let start = Instant::now();
+    if objective.dim() != space.dim() {
+        return Err(SearchError::Mismatch(format!(
+            "the objective takes {} inputs, the space has {} genes",
+            objective.dim(),
+            space.dim()
+        )));
+    }
     let pspace = PolicySpace::new(space);
     // Budget checks (minimum) are shared by all methods.
     let limits = budget.limits()?;
@@ -447,13 +478,13 @@ pub fn find_policy(
                 },
                 ..options.barrier.clone()
             };
-            let r = seer_barrier::search(&pspace, &objective, budget, &cfg)?;
+            let r = seer_barrier::search(&pspace, objective, budget, &cfg)?;
             (r.indices, r.trace.objective_calls)
         }
         Method::Evo | Method::Random => {
             let problem = PolicyProblem::new(
                 space,
-                &objective,
+                objective,
                 Fitness::Mean,
                 Complexity::BudgetFraction(*budget),
             );
@@ -473,7 +504,14 @@ pub fn find_policy(
         }
     };
     let x = space.encode_indices(&indices)?;
-    let pred = predictor.predict_matrix(&objective.raw(&x))?;
+    let mut mean = [0.0];
+    objective
+        .mean(&x, &mut mean)
+        .map_err(|e| seer_barrier::Error::Objective(e))?;
+    let mut std = [0.0];
+    let has_std = objective
+        .std(&x, &mut std)
+        .map_err(|e| seer_barrier::Error::Objective(e))?;
     let t = space.totals_indices(&indices)?;
     Ok(Found {
         method: options.method,
@@ -481,8 +519,8 @@ pub fn find_policy(
         indices,
         bops: t.bops,
         size_bits: t.size_bits,
-        predicted_mean: pred.mean[0],
-        predicted_std: pred.std[0],
+        predicted_mean: mean[0],
+        predicted_std: if has_std { std[0] } else { f64::NAN },
         seconds: start.elapsed().as_secs_f64(),
         evaluations,
     })
