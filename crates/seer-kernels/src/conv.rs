@@ -7,10 +7,10 @@
 //! layout copy is needed on either side (measured in `benches/kernels.rs`).
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
-use gemm::Parallelism;
 use rayon::prelude::*;
 
-use crate::matmul::{Mat, matmul};
+use crate::matmul::Mat;
+use crate::simd::{gemm_bcast, gemm_dot};
 use crate::view::{F32View, prepare, storage_slice, to_tensor};
 use crate::{Error, Result};
 
@@ -175,10 +175,11 @@ impl Geom {
     }
 }
 
-/// im2col for one group of one image: `xg` starts at the group's first input channel;
-/// `col` is `[kdim, ohw]` row-major.
-fn im2col(xg: &[f32], g: &Geom, col: &mut [f32]) {
+/// im2col of output rows `oy0..oy1` for one group of one image: `xg` starts at the group's
+/// first input channel; `col` is `[kdim, (oy1 − oy0)·ow]` row-major.
+fn im2col(xg: &[f32], g: &Geom, oy0: usize, oy1: usize, col: &mut [f32]) {
     let (h, w, ow) = (g.h, g.w, g.ow);
+    let tp = (oy1 - oy0) * ow;
     for c in 0..g.cin_g {
         let xc = &xg[c * h * w..(c + 1) * h * w];
         for ky in 0..g.kh {
@@ -188,13 +189,14 @@ fn im2col(xg: &[f32], g: &Geom, col: &mut [f32]) {
                 let offx = (kx * g.dil) as isize - g.pad as isize;
                 let (xlo, xhi) = Geom::valid(offx, g.stride, w, ow);
                 let r = (c * g.kh + ky) * g.kw + kx;
-                let row = &mut col[r * g.ohw..(r + 1) * g.ohw];
-                row[..ylo * ow].fill(0.0);
-                row[yhi * ow..].fill(0.0);
+                let row = &mut col[r * tp..(r + 1) * tp];
+                let (ylo, yhi) = (ylo.clamp(oy0, oy1), yhi.clamp(oy0, oy1));
+                row[..(ylo - oy0) * ow].fill(0.0);
+                row[(yhi - oy0) * ow..].fill(0.0);
                 for oy in ylo..yhi {
                     let iy = (oy * g.stride) as isize + offy;
                     let src = &xc[iy as usize * w..(iy as usize + 1) * w];
-                    let dst = &mut row[oy * ow..(oy + 1) * ow];
+                    let dst = &mut row[(oy - oy0) * ow..(oy - oy0 + 1) * ow];
                     dst[..xlo].fill(0.0);
                     dst[xhi..].fill(0.0);
                     if xhi == xlo {
@@ -214,9 +216,11 @@ fn im2col(xg: &[f32], g: &Geom, col: &mut [f32]) {
     }
 }
 
-/// The adjoint of [`im2col`]: adds `col` (`[kdim, ohw]`) into the group's input gradient.
-fn col2im(col: &[f32], g: &Geom, dxg: &mut [f32]) {
+/// The adjoint of [`im2col`]: adds `col` (`[kdim, (oy1 − oy0)·ow]`) into the group's input
+/// gradient.
+fn col2im(col: &[f32], g: &Geom, oy0: usize, oy1: usize, dxg: &mut [f32]) {
     let (h, w, ow) = (g.h, g.w, g.ow);
+    let tp = (oy1 - oy0) * ow;
     for c in 0..g.cin_g {
         let dxc = &mut dxg[c * h * w..(c + 1) * h * w];
         for ky in 0..g.kh {
@@ -226,11 +230,12 @@ fn col2im(col: &[f32], g: &Geom, dxg: &mut [f32]) {
                 let offx = (kx * g.dil) as isize - g.pad as isize;
                 let (xlo, xhi) = Geom::valid(offx, g.stride, w, ow);
                 let r = (c * g.kh + ky) * g.kw + kx;
-                let row = &col[r * g.ohw..(r + 1) * g.ohw];
-                for oy in ylo..yhi {
+                let row = &col[r * tp..(r + 1) * tp];
+                for oy in ylo.clamp(oy0, oy1)..yhi.clamp(oy0, oy1) {
                     let iy = (oy * g.stride) as isize + offy;
                     let dst = &mut dxc[iy as usize * w..(iy as usize + 1) * w];
-                    let src = &row[oy * ow + xlo..oy * ow + xhi];
+                    let o = (oy - oy0) * ow;
+                    let src = &row[o + xlo..o + xhi];
                     if src.is_empty() {
                         continue;
                     }
@@ -255,48 +260,76 @@ fn per_image_parallel(n: usize) -> bool {
     n >= 2 * rayon::current_num_threads().max(1) || n >= 8
 }
 
+/// Floats per im2col tile: output rows are processed in tiles this big so the tile stays
+/// in the core's L2 cache between im2col and the GEMM that reads it.
+const TILE_FLOATS: usize = 32 * 1024;
+
+impl Geom {
+    /// Output rows per im2col tile.
+    fn tile_rows(&self) -> usize {
+        (TILE_FLOATS / (self.kdim * self.ow).max(1)).clamp(1, self.oh.max(1))
+    }
+    fn tile_len(&self) -> usize {
+        if self.is_pointwise() {
+            0
+        } else {
+            self.kdim * self.tile_rows() * self.ow
+        }
+    }
+    fn tiles(&self) -> impl Iterator<Item = (usize, usize)> + use<> {
+        let (oh, r) = (self.oh, self.tile_rows());
+        (0..oh.div_ceil(r)).map(move |t| (t * r, ((t + 1) * r).min(oh)))
+    }
+}
+
+/// Forward of one image: `xi` `[C_in, H, W]` → `o` `[C_out, H_out, W_out]`.
+fn forward_image(xi: &[f32], wt: &[f32], g: &Geom, col: &mut [f32], o: &mut [f32]) {
+    for grp in 0..g.groups {
+        let xg = &xi[grp * g.cin_g * g.h * g.w..(grp + 1) * g.cin_g * g.h * g.w];
+        let wg = Mat::rows(
+            &wt[grp * g.cout_g * g.kdim..(grp + 1) * g.cout_g * g.kdim],
+            g.kdim,
+        );
+        let og = &mut o[grp * g.cout_g * g.ohw..(grp + 1) * g.cout_g * g.ohw];
+        if g.is_pointwise() {
+            gemm_bcast(g.cout_g, g.ohw, g.kdim, wg, xg, g.ohw, og, g.ohw, false);
+            continue;
+        }
+        for (oy0, oy1) in g.tiles() {
+            let tp = (oy1 - oy0) * g.ow;
+            im2col(xg, g, oy0, oy1, col);
+            gemm_bcast(
+                g.cout_g,
+                tp,
+                g.kdim,
+                wg,
+                col,
+                tp,
+                &mut og[oy0 * g.ow..],
+                g.ohw,
+                false,
+            );
+        }
+    }
+}
+
 /// Forward: `x` `[N, C_in, H, W]`, `wt` `[C_out, C_in/g, K_h, K_w]` → `[N, C_out, H_out, W_out]`.
 pub(crate) fn conv_forward(x: &[f32], wt: &[f32], g: &Geom) -> Vec<f32> {
     let mut out = vec![0f32; g.n * g.out_img()];
     if out.is_empty() {
         return out;
     }
-    let col_len = if g.is_pointwise() { 0 } else { g.kdim * g.ohw };
-    let one_image = |col: &mut Vec<f32>, i: usize, o: &mut [f32], par: Parallelism| {
-        let xi = &x[i * g.in_img()..(i + 1) * g.in_img()];
-        for grp in 0..g.groups {
-            let xg = &xi[grp * g.cin_g * g.h * g.w..(grp + 1) * g.cin_g * g.h * g.w];
-            let colm: &[f32] = if g.is_pointwise() {
-                xg
-            } else {
-                im2col(xg, g, col);
-                col
-            };
-            matmul(
-                g.cout_g,
-                g.ohw,
-                g.kdim,
-                &mut o[grp * g.cout_g * g.ohw..(grp + 1) * g.cout_g * g.ohw],
-                g.ohw,
-                false,
-                Mat::rows(
-                    &wt[grp * g.cout_g * g.kdim..(grp + 1) * g.cout_g * g.kdim],
-                    g.kdim,
-                ),
-                Mat::rows(colm, g.ohw),
-                par,
-            );
-        }
-    };
+    let col_len = g.tile_len();
     if per_image_parallel(g.n) {
         out.par_chunks_mut(g.out_img()).enumerate().for_each_init(
             || vec![0f32; col_len],
-            |col, (i, o)| one_image(col, i, o, Parallelism::None),
+            |col, (i, o)| forward_image(&x[i * g.in_img()..(i + 1) * g.in_img()], wt, g, col, o),
         );
     } else {
+        // Few images: parallelise over output-channel groups of one image instead.
         let mut col = vec![0f32; col_len];
         for (i, o) in out.chunks_mut(g.out_img()).enumerate() {
-            one_image(&mut col, i, o, Parallelism::Rayon(0));
+            forward_image(&x[i * g.in_img()..(i + 1) * g.in_img()], wt, g, &mut col, o);
         }
     }
     out
@@ -305,6 +338,55 @@ pub(crate) fn conv_forward(x: &[f32], wt: &[f32], g: &Geom) -> Vec<f32> {
 /// Images per grad-weight partial sum. Fixed (not per thread), so results do not depend on
 /// the number of threads.
 const DW_CHUNK: usize = 8;
+
+/// Backward of one image: adds `dW` into `dwc` (if any) and writes `dx` into `dxi` (if any).
+#[allow(clippy::too_many_arguments)]
+fn backward_image(
+    xi: &[f32],
+    wt: &[f32],
+    dyi: &[f32],
+    g: &Geom,
+    col: &mut [f32],
+    dcol: &mut [f32],
+    mut dwc: Option<&mut [f32]>,
+    mut dxi: Option<&mut [f32]>,
+) {
+    let pointwise = g.is_pointwise();
+    for grp in 0..g.groups {
+        let gin = grp * g.cin_g * g.h * g.w..(grp + 1) * g.cin_g * g.h * g.w;
+        let xg = &xi[gin.clone()];
+        let dyg = &dyi[grp * g.cout_g * g.ohw..(grp + 1) * g.cout_g * g.ohw];
+        let wg = &wt[grp * g.cout_g * g.kdim..(grp + 1) * g.cout_g * g.kdim];
+        let wgt = Mat::rows_t(wg, g.kdim);
+        let mut dwg = dwc
+            .as_deref_mut()
+            .map(|d| &mut d[grp * g.cout_g * g.kdim..(grp + 1) * g.cout_g * g.kdim]);
+        let mut dxg = dxi.as_deref_mut().map(|d| &mut d[gin.clone()]);
+        if pointwise {
+            if let Some(dwg) = dwg {
+                gemm_dot(g.cout_g, g.kdim, g.ohw, dyg, g.ohw, xg, g.ohw, dwg, g.kdim);
+            }
+            if let Some(dxg) = dxg {
+                gemm_bcast(g.kdim, g.ohw, g.cout_g, wgt, dyg, g.ohw, dxg, g.ohw, false);
+            }
+            continue;
+        }
+        for (oy0, oy1) in g.tiles() {
+            let tp = (oy1 - oy0) * g.ow;
+            let dyt = &dyg[oy0 * g.ow..];
+            if let Some(dwg) = dwg.as_deref_mut() {
+                // dW_g[cout_g, kdim] += dY_t[cout_g, tp] · col_t[kdim, tp]ᵀ
+                im2col(xg, g, oy0, oy1, col);
+                gemm_dot(g.cout_g, g.kdim, tp, dyt, g.ohw, col, tp, dwg, g.kdim);
+            }
+            if let Some(dxg) = dxg.as_deref_mut() {
+                // dcol_t[kdim, tp] = W_gᵀ[kdim, cout_g] · dY_t[cout_g, tp], then col2im
+                gemm_bcast(g.kdim, tp, g.cout_g, wgt, dyt, g.ohw, dcol, tp, false);
+                col2im(&dcol[..g.kdim * tp], g, oy0, oy1, dxg);
+            }
+        }
+    }
+}
 
 /// Backward: gradients of the input (`need_dx`) and the weight (`need_dw`) from `dy`
 /// `[N, C_out, H_out, W_out]`.
@@ -331,8 +413,7 @@ pub(crate) fn conv_backward(
     if g.n == 0 || (!need_dx && !need_dw) {
         return (need_dx.then_some(dx), need_dw.then(|| vec![0f32; wlen]));
     }
-    let pointwise = g.is_pointwise();
-    let col_len = if pointwise { 0 } else { g.kdim * g.ohw };
+    let col_len = g.tile_len();
     let dx_chunks: Vec<Option<&mut [f32]>> = if need_dx {
         dx.chunks_mut(DW_CHUNK * g.in_img()).map(Some).collect()
     } else {
@@ -343,91 +424,30 @@ pub(crate) fn conv_backward(
     } else {
         (0..nchunks).map(|_| None).collect()
     };
-    let par_inner = if per_image_parallel(g.n) {
-        Parallelism::None
-    } else {
-        Parallelism::Rayon(0)
-    };
-    let chunk_task =
-        |bufs: &mut (Vec<f32>, Vec<f32>),
-         (ci, (mut dxc, mut dwc)): (usize, (Option<&mut [f32]>, Option<&mut [f32]>))| {
-            let (col, dcol) = bufs;
-            let first = ci * DW_CHUNK;
-            let last = (first + DW_CHUNK).min(g.n);
-            for i in first..last {
-                let xi = &x[i * g.in_img()..(i + 1) * g.in_img()];
-                let dyi = &dy[i * g.out_img()..(i + 1) * g.out_img()];
-                for grp in 0..g.groups {
-                    let gin = grp * g.cin_g * g.h * g.w..(grp + 1) * g.cin_g * g.h * g.w;
-                    let dyg = &dyi[grp * g.cout_g * g.ohw..(grp + 1) * g.cout_g * g.ohw];
-                    let wg = &wt[grp * g.cout_g * g.kdim..(grp + 1) * g.cout_g * g.kdim];
-                    if let Some(dwc) = dwc.as_deref_mut() {
-                        let colm: &[f32] = if pointwise {
-                            &xi[gin.clone()]
-                        } else {
-                            im2col(&xi[gin.clone()], g, col);
-                            col
-                        };
-                        // dW_g[cout_g, kdim] += dY_g[cout_g, ohw] · col^T[ohw, kdim]
-                        matmul(
-                            g.cout_g,
-                            g.kdim,
-                            g.ohw,
-                            &mut dwc[grp * g.cout_g * g.kdim..(grp + 1) * g.cout_g * g.kdim],
-                            g.kdim,
-                            true,
-                            Mat::rows(dyg, g.ohw),
-                            Mat::rows_t(colm, g.ohw),
-                            par_inner,
-                        );
-                    }
-                    if let Some(dxc) = dxc.as_deref_mut() {
-                        let off = (i - first) * g.in_img();
-                        let dxg = &mut dxc[off + gin.start..off + gin.end];
-                        // dcol[kdim, ohw] = W_g^T[kdim, cout_g] · dY_g[cout_g, ohw]
-                        if pointwise {
-                            matmul(
-                                g.kdim,
-                                g.ohw,
-                                g.cout_g,
-                                dxg,
-                                g.ohw,
-                                false,
-                                Mat::rows_t(wg, g.kdim),
-                                Mat::rows(dyg, g.ohw),
-                                par_inner,
-                            );
-                        } else {
-                            matmul(
-                                g.kdim,
-                                g.ohw,
-                                g.cout_g,
-                                dcol,
-                                g.ohw,
-                                false,
-                                Mat::rows_t(wg, g.kdim),
-                                Mat::rows(dyg, g.ohw),
-                                par_inner,
-                            );
-                            col2im(dcol, g, dxg);
-                        }
-                    }
-                }
-            }
-        };
-    let init = || (vec![0f32; col_len], vec![0f32; col_len]);
-    if per_image_parallel(g.n) {
-        dx_chunks
-            .into_par_iter()
-            .zip(dw_chunks)
-            .enumerate()
-            .for_each_init(init, chunk_task);
-    } else {
-        let mut bufs = init();
-        for item in dx_chunks.into_iter().zip(dw_chunks).enumerate() {
-            chunk_task(&mut bufs, item);
+    type Item<'a> = (usize, (Option<&'a mut [f32]>, Option<&'a mut [f32]>));
+    let chunk_task = |bufs: &mut (Vec<f32>, Vec<f32>), (ci, (mut dxc, mut dwc)): Item<'_>| {
+        let (col, dcol) = bufs;
+        let first = ci * DW_CHUNK;
+        for i in first..(first + DW_CHUNK).min(g.n) {
+            let off = (i - first) * g.in_img();
+            backward_image(
+                &x[i * g.in_img()..(i + 1) * g.in_img()],
+                wt,
+                &dy[i * g.out_img()..(i + 1) * g.out_img()],
+                g,
+                col,
+                dcol,
+                dwc.as_deref_mut(),
+                dxc.as_deref_mut().map(|d| &mut d[off..off + g.in_img()]),
+            );
         }
-    }
+    };
+    let init = || (vec![0f32; col_len], vec![0f32; col_len]);
+    dx_chunks
+        .into_par_iter()
+        .zip(dw_chunks)
+        .enumerate()
+        .for_each_init(init, chunk_task);
     let dw = need_dw.then(|| {
         let mut dw = vec![0f32; wlen];
         dw.par_chunks_mut(1024).enumerate().for_each(|(bi, d)| {
@@ -633,4 +653,37 @@ mod tests {
             (4, 4)
         );
     }
+}
+
+/// Phase timings for profiling (not part of the API): `(phase, seconds per call, GFLOP)`.
+#[doc(hidden)]
+pub fn __profile(
+    x: &[usize],
+    w: &[usize],
+    p: &Conv2dParams,
+    timer: &mut dyn FnMut(&mut dyn FnMut()) -> f64,
+) -> Result<Vec<(&'static str, f64, f64)>> {
+    let g = Geom::new(x, w, p)?;
+    let xs = vec![0.5f32; x.iter().product()];
+    let ws = vec![0.25f32; w.iter().product()];
+    let dy = vec![1f32; g.n * g.out_img()];
+    let gf = 2.0 * (g.n * g.cout * g.ohw * g.kdim) as f64 / 1e9;
+    Ok(vec![
+        ("fwd", timer(&mut || drop(conv_forward(&xs, &ws, &g))), gf),
+        (
+            "bwd",
+            timer(&mut || drop(conv_backward(&xs, &ws, &dy, &g, true, true))),
+            2.0 * gf,
+        ),
+        (
+            "dx",
+            timer(&mut || drop(conv_backward(&xs, &ws, &dy, &g, true, false))),
+            gf,
+        ),
+        (
+            "dw",
+            timer(&mut || drop(conv_backward(&xs, &ws, &dy, &g, false, true))),
+            gf,
+        ),
+    ])
 }

@@ -37,9 +37,10 @@ mod matmul;
 mod norm;
 mod quant;
 pub mod reference;
+mod simd;
 mod view;
 
-pub use conv::{Conv2dParams, conv2d, conv2d_output_hw};
+pub use conv::{__profile, Conv2dParams, conv2d, conv2d_output_hw};
 pub use error::{Error, Result};
 pub use mask::{channel_mask, filter_l2_scores, group_scores, top_k_mask};
 pub use norm::{BatchNormOutput, batch_norm_eval, batch_norm_relu_train, batch_norm_train, relu};

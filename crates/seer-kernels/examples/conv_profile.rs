@@ -1,0 +1,55 @@
+//! Profiling helper: GFLOP/s of each conv phase on the ResNet-20 shapes, by wall time and
+//! by process CPU time / threads (robust when other processes share the cores).
+use std::time::Instant;
+
+fn cpu_seconds() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let f: Vec<&str> = s
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (t(11) + t(12)) / 100.0
+}
+
+fn main() {
+    let threads = rayon::current_num_threads() as f64;
+    let mut timer = |f: &mut dyn FnMut()| -> f64 {
+        f();
+        let (w0, c0) = (Instant::now(), cpu_seconds());
+        let mut n = 0;
+        while w0.elapsed().as_secs_f64() < 1.0 {
+            f();
+            n += 1;
+        }
+        let wall = w0.elapsed().as_secs_f64() / n as f64;
+        let cpu = (cpu_seconds() - c0) / n as f64 / threads;
+        println!(
+            "    wall {:.2} ms, cpu/threads {:.2} ms",
+            wall * 1e3,
+            cpu * 1e3
+        );
+        cpu
+    };
+    let a = candle_core::Tensor::randn(0f32, 1., (1024, 1024), &candle_core::Device::Cpu).unwrap();
+    let t = timer(&mut || drop(a.matmul(&a).unwrap()));
+    println!(
+        "matmul 1024^3: {:.1} GFLOP/s (cpu time)",
+        2.0 * 1024f64.powi(3) / t / 1e9
+    );
+    let p1 = seer_kernels::Conv2dParams::new(1, 1);
+    let p2 = seer_kernels::Conv2dParams::new(2, 1);
+    for (x, w, p) in [
+        ([128, 16, 28, 28], [16, 16, 3, 3], p1),
+        ([128, 16, 28, 28], [32, 16, 3, 3], p2),
+        ([128, 32, 14, 14], [32, 32, 3, 3], p1),
+        ([128, 64, 7, 7], [64, 64, 3, 3], p1),
+    ] {
+        println!("{x:?} {w:?}");
+        for (k, t, gf) in seer_kernels::__profile(&x, &w, &p, &mut timer).unwrap() {
+            println!("  {k}: {:.1} GFLOP/s", gf / t);
+        }
+    }
+}

@@ -1,0 +1,443 @@
+//! Small-M matrix kernels for convolution on im2col tiles, without packing: AVX2+FMA
+//! register-tiled micro-kernels chosen at run time, with the `gemm` crate as the portable
+//! fallback.
+//!
+//! Convolution GEMMs here have a small dimension (output channels, 16–64 in ResNet-20) and
+//! operands that are already laid out for unit-stride loads, so a packing GEMM spends much
+//! of its time copying. These kernels read the operands in place:
+//! - [`gemm_bcast`]: `C = A·B` with `B` row-major (loads along its rows) and `A` read by
+//!   broadcasting single elements (any strides) — forward and grad-input;
+//! - [`gemm_dot`]: `C += A·Bᵀ` with both `A` and `B` row-major along the reduction
+//!   (dot products of rows) — grad-weight.
+//!
+//! Measured on a Zen 3 (AVX2, no AVX-512); on an AVX-512 machine these AVX2 kernels still
+//! run (the `gemm` fallback would use AVX-512, see docs/benchmarks.md).
+
+use crate::matmul::{Mat, matmul};
+use gemm::Parallelism;
+
+fn extent(r: usize, c: usize, rs: usize, cs: usize) -> usize {
+    if r == 0 || c == 0 {
+        0
+    } else {
+        (r - 1) * rs + (c - 1) * cs + 1
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx2() -> bool {
+    use std::sync::OnceLock;
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        std::env::var_os("SEER_KERNELS_NO_SIMD").is_none()
+            && is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+    })
+}
+
+/// `C[m×n] (ldc) = [C +] A[m×k] · B[k×n]`, `B` row-major with leading dimension `ldb`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_bcast(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Mat<'_>,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(c.len() >= extent(m, n, ldc, 1), "gemm_bcast: C too short");
+    if k > 0 {
+        assert!(
+            a.data.len() >= extent(m, k, a.rs, a.cs),
+            "gemm_bcast: A too short"
+        );
+        assert!(b.len() >= extent(k, n, ldb, 1), "gemm_bcast: B too short");
+    }
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() && k > 0 {
+        // SAFETY: CPU support checked above; every access stays within the extents asserted.
+        unsafe {
+            avx2::bcast(
+                m,
+                n,
+                k,
+                a.data.as_ptr(),
+                a.rs,
+                a.cs,
+                b.as_ptr(),
+                ldb,
+                c.as_mut_ptr(),
+                ldc,
+                accumulate,
+            )
+        };
+        return;
+    }
+    matmul(
+        m,
+        n,
+        k,
+        c,
+        ldc,
+        accumulate,
+        a,
+        Mat::rows(b, ldb),
+        Parallelism::None,
+    );
+}
+
+/// `C[m×n] (ldc) += A[m×p] · B[n×p]ᵀ`, `A` and `B` row-major with leading dimensions
+/// `lda`, `ldb` (dot products of their rows).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_dot(
+    m: usize,
+    n: usize,
+    p: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    if m == 0 || n == 0 || p == 0 {
+        return;
+    }
+    assert!(c.len() >= extent(m, n, ldc, 1), "gemm_dot: C too short");
+    assert!(a.len() >= extent(m, p, lda, 1), "gemm_dot: A too short");
+    assert!(b.len() >= extent(n, p, ldb, 1), "gemm_dot: B too short");
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: CPU support checked above; every access stays within the extents asserted.
+        unsafe {
+            avx2::dot(
+                m,
+                n,
+                p,
+                a.as_ptr(),
+                lda,
+                b.as_ptr(),
+                ldb,
+                c.as_mut_ptr(),
+                ldc,
+            )
+        };
+        return;
+    }
+    matmul(
+        m,
+        n,
+        p,
+        c,
+        ldc,
+        true,
+        Mat::rows(a, lda),
+        Mat::rows_t(b, ldb),
+        Parallelism::None,
+    );
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// One `MR × (8·NV)` tile of `C = [C +] A·B`.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn bcast_tile<const MR: usize, const NV: usize>(
+        k: usize,
+        a: *const f32,
+        ars: usize,
+        acs: usize,
+        b: *const f32,
+        ldb: usize,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        // SAFETY (whole body): the caller guarantees the tile lies inside A, B and C.
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); NV]; MR];
+            for kk in 0..k {
+                let bp = b.add(kk * ldb);
+                let mut bv = [_mm256_setzero_ps(); NV];
+                for (v, bv) in bv.iter_mut().enumerate() {
+                    *bv = _mm256_loadu_ps(bp.add(8 * v));
+                }
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let av = _mm256_broadcast_ss(&*a.add(r * ars + kk * acs));
+                    for v in 0..NV {
+                        acc[v] = _mm256_fmadd_ps(av, bv[v], acc[v]);
+                    }
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                for (v, &x) in acc.iter().enumerate() {
+                    let cp = c.add(r * ldc + 8 * v);
+                    let x = if accumulate {
+                        _mm256_add_ps(x, _mm256_loadu_ps(cp))
+                    } else {
+                        x
+                    };
+                    _mm256_storeu_ps(cp, x);
+                }
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn bcast_rows<const MR: usize>(
+        n: usize,
+        k: usize,
+        a: *const f32,
+        ars: usize,
+        acs: usize,
+        b: *const f32,
+        ldb: usize,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        // SAFETY (whole body): columns stay below n; rows below MR (caller's bound).
+        unsafe {
+            let mut j = 0;
+            while j + 24 <= n {
+                bcast_tile::<MR, 3>(k, a, ars, acs, b.add(j), ldb, c.add(j), ldc, accumulate);
+                j += 24;
+            }
+            while j + 8 <= n {
+                bcast_tile::<MR, 1>(k, a, ars, acs, b.add(j), ldb, c.add(j), ldc, accumulate);
+                j += 8;
+            }
+            for r in 0..MR {
+                for jj in j..n {
+                    let mut s = 0f32;
+                    for kk in 0..k {
+                        s += *a.add(r * ars + kk * acs) * *b.add(kk * ldb + jj);
+                    }
+                    let cp = c.add(r * ldc + jj);
+                    *cp = if accumulate { *cp + s } else { s };
+                }
+            }
+        }
+    }
+
+    /// See [`super::gemm_bcast`]; the caller checked CPU support and extents.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn bcast(
+        m: usize,
+        n: usize,
+        k: usize,
+        a: *const f32,
+        ars: usize,
+        acs: usize,
+        b: *const f32,
+        ldb: usize,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        // SAFETY (whole body): row blocks stay below m.
+        unsafe {
+            let mut i = 0;
+            while i + 4 <= m {
+                bcast_rows::<4>(
+                    n,
+                    k,
+                    a.add(i * ars),
+                    ars,
+                    acs,
+                    b,
+                    ldb,
+                    c.add(i * ldc),
+                    ldc,
+                    accumulate,
+                );
+                i += 4;
+            }
+            let (ai, ci) = (a.add(i * ars), c.add(i * ldc));
+            match m - i {
+                3 => bcast_rows::<3>(n, k, ai, ars, acs, b, ldb, ci, ldc, accumulate),
+                2 => bcast_rows::<2>(n, k, ai, ars, acs, b, ldb, ci, ldc, accumulate),
+                1 => bcast_rows::<1>(n, k, ai, ars, acs, b, ldb, ci, ldc, accumulate),
+                _ => {}
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let lo = _mm256_castps256_ps128(v);
+        let hi = _mm256_extractf128_ps(v, 1);
+        let s = _mm_add_ps(lo, hi);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    /// One `MR × NR` tile of `C += A·Bᵀ` (dot products along `p`).
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn dot_tile<const MR: usize, const NR: usize>(
+        p: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        ldb: usize,
+        c: *mut f32,
+        ldc: usize,
+    ) {
+        // SAFETY (whole body): the caller guarantees the tile lies inside A, B and C.
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); NR]; MR];
+            let pv = p / 8 * 8;
+            let mut q = 0;
+            while q < pv {
+                let mut bv = [_mm256_setzero_ps(); NR];
+                for (j, bv) in bv.iter_mut().enumerate() {
+                    *bv = _mm256_loadu_ps(b.add(j * ldb + q));
+                }
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let av = _mm256_loadu_ps(a.add(r * lda + q));
+                    for j in 0..NR {
+                        acc[j] = _mm256_fmadd_ps(av, bv[j], acc[j]);
+                    }
+                }
+                q += 8;
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                for (j, &v) in acc.iter().enumerate() {
+                    let mut s = hsum(v);
+                    for qq in pv..p {
+                        s += *a.add(r * lda + qq) * *b.add(j * ldb + qq);
+                    }
+                    *c.add(r * ldc + j) += s;
+                }
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn dot_rows<const MR: usize>(
+        n: usize,
+        p: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        ldb: usize,
+        c: *mut f32,
+        ldc: usize,
+    ) {
+        // SAFETY (whole body): column blocks stay below n.
+        unsafe {
+            let mut j = 0;
+            while j + 3 <= n {
+                dot_tile::<MR, 3>(p, a, lda, b.add(j * ldb), ldb, c.add(j), ldc);
+                j += 3;
+            }
+            match n - j {
+                2 => dot_tile::<MR, 2>(p, a, lda, b.add(j * ldb), ldb, c.add(j), ldc),
+                1 => dot_tile::<MR, 1>(p, a, lda, b.add(j * ldb), ldb, c.add(j), ldc),
+                _ => {}
+            }
+        }
+    }
+
+    /// See [`super::gemm_dot`]; the caller checked CPU support and extents.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn dot(
+        m: usize,
+        n: usize,
+        p: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        ldb: usize,
+        c: *mut f32,
+        ldc: usize,
+    ) {
+        // SAFETY (whole body): row blocks stay below m.
+        unsafe {
+            let mut i = 0;
+            while i + 4 <= m {
+                dot_rows::<4>(n, p, a.add(i * lda), lda, b, ldb, c.add(i * ldc), ldc);
+                i += 4;
+            }
+            let (ai, ci) = (a.add(i * lda), c.add(i * ldc));
+            match m - i {
+                3 => dot_rows::<3>(n, p, ai, lda, b, ldb, ci, ldc),
+                2 => dot_rows::<2>(n, p, ai, lda, b, ldb, ci, ldc),
+                1 => dot_rows::<1>(n, p, ai, lda, b, ldb, ci, ldc),
+                _ => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::values;
+
+    fn naive(
+        m: usize,
+        n: usize,
+        k: usize,
+        a: impl Fn(usize, usize) -> f32,
+        b: impl Fn(usize, usize) -> f32,
+    ) -> Vec<f32> {
+        let mut c = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                c[i * n + j] = (0..k).map(|q| a(i, q) as f64 * b(q, j) as f64).sum::<f64>() as f32;
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn kernels_match_naive_on_all_tile_remainders() {
+        for (m, n, k) in [
+            (1, 1, 1),
+            (3, 7, 5),
+            (4, 24, 9),
+            (5, 33, 16),
+            (7, 50, 3),
+            (16, 100, 144),
+        ] {
+            let a = values(1, m * k);
+            let b = values(2, k * n);
+            // bcast with A row-major, then with A transposed-strided
+            let want = naive(m, n, k, |i, q| a[i * k + q], |q, j| b[q * n + j]);
+            let mut c = values(3, m * n);
+            gemm_bcast(m, n, k, Mat::rows(&a, k), &b, n, &mut c, n, false);
+            for (x, y) in c.iter().zip(&want) {
+                assert!((x - y).abs() <= 1e-4, "bcast {m} {n} {k}");
+            }
+            let at: Vec<f32> = (0..k * m).map(|t| a[(t % m) * k + t / m]).collect();
+            let c0 = values(4, m * n);
+            let mut c = c0.clone();
+            gemm_bcast(m, n, k, Mat::rows_t(&at, m), &b, n, &mut c, n, true);
+            for ((x, y), z) in c.iter().zip(&want).zip(&c0) {
+                assert!((x - y - z).abs() <= 1e-4, "bcast acc {m} {n} {k}");
+            }
+            // dot: C += A[m×k]·Bt[n×k]ᵀ
+            let bt: Vec<f32> = (0..n * k).map(|t| b[(t % k) * n + t / k]).collect();
+            let mut c = c0.clone();
+            gemm_dot(m, n, k, &a, k, &bt, k, &mut c, n);
+            for ((x, y), z) in c.iter().zip(&want).zip(&c0) {
+                assert!((x - y - z).abs() <= 1e-4, "dot {m} {n} {k}");
+            }
+        }
+    }
+}
