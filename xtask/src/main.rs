@@ -36,6 +36,14 @@ enum Task {
         #[arg(long)]
         force: bool,
     },
+    /// The main job: `seernet compress` in release mode (fetches the data and uses the committed
+    /// baseline when present). `--quick` for the CI preset; other arguments are forwarded
+    /// (`--out DIR`, `--bops-frac 0.1`, `--acquisition random`, ...; see `seernet compress --help`).
+    Compress {
+        /// Arguments forwarded to `seernet compress`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Train the default baseline on Fashion-MNIST with our own code (release build) and
     /// write it to `assets/baselines/<arch>-fashion-mnist.safetensors`, then print its test
     /// top-1.
@@ -65,11 +73,10 @@ struct Bench {
 /// Every benchmark `cargo xtask bench NAME` knows (add one line per bench target).
 const BENCHES: &[Bench] = &[
     Bench { name: "policy", package: "seer-policy", target: "cost" },
-    Bench { name: "policy", package: "seer-policy", target: "cost" },
     Bench { name: "predictor", package: "seer-predictor", target: "predictor" },
     Bench { name: "search", package: "seernet", target: "search" },
-    Bench { name: "search", package: "seernet", target: "search" },
     Bench { name: "int", package: "seer-kernels", target: "int" },
+    Bench { name: "kernels", package: "seer-kernels", target: "kernels" },
 ];
 
 fn main() -> Result<()> {
@@ -87,6 +94,9 @@ fn main() -> Result<()> {
                 extra.push("--force".into());
             }
             cargo(&["run", "--release", "--quiet", "-p", "seer-nn", "--bin", "seer-data", "--"], &extra)
+        }
+        Task::Compress { args } => {
+            cargo(&["run", "--release", "--quiet", "-p", "seernet", "--", "compress"], &args)
         }
         Task::TrainBaseline { arch, epochs, lr, out } => {
             let lenet = arch == "lenet5";
