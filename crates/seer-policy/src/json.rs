@@ -81,6 +81,96 @@ impl NetworkSpec {
         Self::from_json_str(&s, &path.display().to_string())
     }
 
+    /// The spec in the user JSON format (pretty-printed), e.g. to start a custom network from
+    /// a built-in one. [`from_json_str`](Self::from_json_str) reads it back to an equal spec.
+    pub fn to_json(&self) -> String {
+        use serde_json::{Value, json};
+        let layers: Vec<Value> = self
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let mut o = serde_json::Map::new();
+                o.insert("name".into(), json!(l.name));
+                o.insert("op".into(), json!(l.kind.name()));
+                let names: Vec<&str> = l
+                    .inputs
+                    .iter()
+                    .map(|&p| self.layers[p].name.as_str())
+                    .collect();
+                match (l.inputs.as_slice(), &l.kind) {
+                    (_, LayerKind::Add) => {
+                        o.insert("inputs".into(), json!(names));
+                    }
+                    ([], _) if i > 0 => {
+                        o.insert("input".into(), json!("image"));
+                    }
+                    ([p], _) if *p + 1 != i => {
+                        o.insert("input".into(), json!(names[0]));
+                    }
+                    _ => {}
+                }
+                match l.kind {
+                    LayerKind::Conv2d {
+                        out_ch,
+                        kernel,
+                        stride,
+                        padding,
+                        dilation,
+                        groups,
+                        bias,
+                        ..
+                    } => {
+                        o.insert("out_ch".into(), json!(out_ch));
+                        o.insert("kernel".into(), json!(kernel));
+                        o.insert("stride".into(), json!(stride));
+                        o.insert("padding".into(), json!(padding));
+                        o.insert("dilation".into(), json!(dilation));
+                        o.insert("groups".into(), json!(groups));
+                        o.insert("bias".into(), json!(bias));
+                    }
+                    LayerKind::Linear {
+                        out_features, bias, ..
+                    } => {
+                        o.insert("out_features".into(), json!(out_features));
+                        o.insert("bias".into(), json!(bias));
+                    }
+                    LayerKind::MaxPool {
+                        kernel,
+                        stride,
+                        padding,
+                    }
+                    | LayerKind::AvgPool {
+                        kernel,
+                        stride,
+                        padding,
+                    } => {
+                        o.insert("kernel".into(), json!(kernel));
+                        o.insert("stride".into(), json!(stride));
+                        o.insert("padding".into(), json!(padding));
+                    }
+                    LayerKind::PadShortcut { stride, out_ch } => {
+                        o.insert("out_ch".into(), json!(out_ch));
+                        o.insert("stride".into(), json!(stride));
+                    }
+                    _ => {}
+                }
+                Value::Object(o)
+            })
+            .collect();
+        let mut s = String::from("{\n");
+        s += &format!("  \"format\": \"{NETWORK_FORMAT}\",\n  \"version\": {NETWORK_VERSION},\n");
+        s += &format!("  \"name\": {},\n", json!(self.name));
+        s += &format!(
+            "  \"input\": \"{}\",\n  \"num_classes\": {},\n  \"layers\": [\n",
+            self.input, self.num_classes
+        );
+        let rows: Vec<String> = layers.iter().map(|l| format!("    {l}")).collect();
+        s += &rows.join(",\n");
+        s += "\n  ]\n}\n";
+        s
+    }
+
     /// Parses the user JSON format; `source` names the document in errors.
     pub fn from_json_str(s: &str, source: &str) -> Result<Self> {
         let jerr = |msg: String| Error::Json {

@@ -483,6 +483,19 @@ fn network_json_errors_name_file_and_layer() {
 }
 
 #[test]
+fn user_json_round_trips_every_builtin() {
+    for name in builtin_names() {
+        let spec = builtin(name, None, None).unwrap();
+        let back = NetworkSpec::from_json_str(&spec.to_json(), name).unwrap();
+        assert_eq!(back, spec, "{name}");
+    }
+    assert_eq!(
+        NetworkSpec::from_json_str(&tiny().to_json(), "t").unwrap(),
+        tiny()
+    );
+}
+
+#[test]
 fn full_spec_serde_round_trip() {
     let spec = builtin("mobilenetv2", None, None).unwrap();
     let back: NetworkSpec = serde_json::from_str(&serde_json::to_string(&spec).unwrap()).unwrap();

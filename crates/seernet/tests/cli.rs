@@ -257,3 +257,45 @@ fn user_network_json_file() {
     // 8/8 unpruned: 5400 + 2400 + 2700 + 2400 + 7200 + 1728 + 240 MACs (docs/network-spec.md).
     assert_eq!(v["total_macs"], 22_068);
 }
+
+#[test]
+fn builtin_network_exports_to_the_user_format() {
+    let (rc, out, err) = seernet(&[
+        "space",
+        "--arch",
+        "resnet20",
+        "--input",
+        "28x28x1",
+        "--network-json",
+    ]);
+    assert_eq!(rc, 0, "{err}");
+    let dir = std::env::temp_dir().join(format!("seernet-cli-net-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("resnet20.json");
+    std::fs::write(&path, out).unwrap();
+    let a = json(&[
+        "complexity",
+        "--arch",
+        path.to_str().unwrap(),
+        "--uniform",
+        "w4a4",
+        "--prune",
+        "0.25",
+        "--json",
+    ]);
+    let b = json(&[
+        "complexity",
+        "--arch",
+        "resnet20",
+        "--input",
+        "28x28x1",
+        "--uniform",
+        "w4a4",
+        "--prune",
+        "0.25",
+        "--json",
+    ]);
+    assert_eq!(a["total_bops"], b["total_bops"]);
+    assert_eq!(a["layers"], b["layers"]);
+    std::fs::remove_dir_all(&dir).ok();
+}

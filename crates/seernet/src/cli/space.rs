@@ -17,12 +17,19 @@ pub struct SpaceArgsCmd {
     /// Print one JSON object instead of the listing.
     #[arg(long)]
     json: bool,
+    /// Print the network itself in the user JSON format (docs/network-spec.md), e.g. to
+    /// start a custom network from a built-in one.
+    #[arg(long, conflicts_with = "json")]
+    network_json: bool,
 }
 
 /// Runs `seernet space`.
 pub fn run(args: SpaceArgsCmd) -> Result<()> {
     let mut o = String::new();
     let spec = args.net.spec()?;
+    if args.network_json {
+        return super::emit(&spec.to_json());
+    }
     let space = args.space.space(spec)?;
     let spec = space.spec();
     let names = |ls: &[usize]| {
