@@ -14,6 +14,9 @@ use crate::error::{Error, Result};
 use crate::metrics::{kendall_tau_b, rmse, spearman};
 use crate::ridge::Ridge;
 
+/// Reads one score out of a split's scores.
+type Score = fn(&SplitScores) -> f64;
+
 /// Split protocol.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CvOptions {
@@ -115,7 +118,7 @@ impl CvReport {
     /// and `per_split` (the [`SplitScores`] array).
     pub fn to_json(&self) -> serde_json::Value {
         let mut o = serde_json::Map::new();
-        let fields: [(&str, fn(&SplitScores) -> f64); 8] = [
+        let fields: [(&str, Score); 8] = [
             ("kendall_tau", |s| s.kendall_tau),
             ("spearman", |s| s.spearman),
             ("rmse", |s| s.rmse),

@@ -416,7 +416,7 @@ impl Predictor {
 
     fn matrix_rows<'a>(&self, x: &'a [f64]) -> Result<Vec<&'a [f64]>> {
         let d = self.n_features();
-        if x.len() % d != 0 {
+        if !x.len().is_multiple_of(d) {
             return Err(Error::Shape(format!(
                 "matrix of {} values is not a multiple of d = {d}",
                 x.len()

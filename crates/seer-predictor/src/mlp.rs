@@ -379,15 +379,15 @@ mod tests {
         let mut dx = vec![0.0; x.len()];
         m.backward(&mut ws, &d_out, Some(&mut g), Some(&mut dx));
         let h = 1e-2f32;
-        for k in 0..m.params.len() {
+        for (k, &gk) in g.iter().enumerate() {
             let (mut p, mut q) = (m.clone(), m.clone());
             p.params[k] += h;
             q.params[k] -= h;
             let fd = (loss(&p, &x, &y) - loss(&q, &x, &y)) / (2.0 * f64::from(h));
             assert!(
-                (fd - f64::from(g[k])).abs() < 2e-3 * (1.0 + fd.abs()),
+                (fd - f64::from(gk)).abs() < 2e-3 * (1.0 + fd.abs()),
                 "param {k}: fd {fd} vs {}",
-                g[k]
+                gk
             );
         }
         for k in 0..x.len() {

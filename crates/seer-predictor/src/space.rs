@@ -151,6 +151,30 @@ pub fn samples_from_table(
     ))
 }
 
+/// The one-step-cheaper neighbours of a discrete policy (candidate indices `idx`, one per
+/// gene), as encodings: for each gene, the next larger pruning ratio or the next smaller
+/// bit-width, all other genes unchanged. These are the `c` of the counterfactual sensitivity
+/// score u(x) (method.md §5, [`crate::Predictor::counterfactual_scores`]); the cheapest
+/// policy has none. Errors: [`Error::Space`] if `idx` does not fit the space.
+pub fn cheaper_neighbours(space: &SearchSpace, idx: &[usize]) -> Result<Vec<Vec<f64>>> {
+    let base = space
+        .encode_indices(idx)
+        .map_err(|e| Error::Space(e.to_string()))?;
+    let mut out = Vec::new();
+    for (g, gene) in space.genes().iter().enumerate() {
+        let next = match gene.kind {
+            GeneKind::Prune => (idx[g] + 1 < gene.candidates.len()).then(|| idx[g] + 1),
+            _ => idx[g].checked_sub(1),
+        };
+        if let Some(k) = next {
+            let mut x = base.clone();
+            x[g] = space.gene_coords(g)[k];
+            out.push(x);
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,6 +223,37 @@ mod tests {
         assert_eq!(pols[0].units[2].prune, 0.75);
         assert_eq!((pols[0].units[5].wbits, pols[0].units[5].abits), (3, 3));
         assert_eq!(s.y(), &[85.5]);
+    }
+
+    #[test]
+    fn cheaper_neighbours_cost_less() {
+        let space = peer_space();
+        let idx: Vec<usize> = (0..space.dim()).map(|g| g % 3).collect();
+        let base = space.cost_indices(&idx).unwrap().total_bops;
+        let nb = cheaper_neighbours(&space, &idx).unwrap();
+        // Every gene not already at its cheapest candidate gives one neighbour.
+        let movable = space
+            .genes()
+            .iter()
+            .zip(&idx)
+            .filter(|&(g, &i)| {
+                if g.kind == GeneKind::Prune {
+                    i + 1 < g.candidates.len()
+                } else {
+                    i > 0
+                }
+            })
+            .count();
+        assert_eq!(nb.len(), movable);
+        for x in &nb {
+            let p = space.decode(x).unwrap();
+            assert!(space.cost(&p).unwrap().total_bops <= base);
+        }
+        assert!(
+            cheaper_neighbours(&space, &space.cheapest())
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
