@@ -438,7 +438,10 @@ fn prepare<'a, S: Space + ?Sized, O: Objective + ?Sized>(
     }
     let coords: Vec<Vec<f64>> = (0..d).map(|g| space.coords(g).to_vec()).collect();
     for (g, c) in coords.iter().enumerate() {
-        if c.is_empty() || c.windows(2).any(|w| !(w[0] < w[1])) || c.iter().any(|v| !v.is_finite())
+        if c.is_empty()
+            || c.windows(2)
+                .any(|w| w[0].partial_cmp(&w[1]) != Some(std::cmp::Ordering::Less))
+            || c.iter().any(|v| !v.is_finite())
         {
             return Err(Error::InvalidProblem(format!(
                 "gene {g}: candidate coordinates must be finite and strictly ascending, got {c:?}"

@@ -196,7 +196,7 @@ proptest! {
         let smax = space.cost(&space.most_expensive()).unwrap().size_bits;
         let budget = Budget {
             max_bops: Some(lo + frac * (hi - lo)),
-            max_size_bits: size_too.then(|| smin + 0.7 * frac * (smax - smin)),
+            max_size_bits: size_too.then_some(smin + 0.7 * frac * (smax - smin)),
         };
         for cfg in [SearchConfig { starts: 3, ..SearchConfig::default() }, SearchConfig { starts: 3, ..SearchConfig::pgd() }] {
             let out = search(&space, &obj, &budget, &cfg).unwrap();
