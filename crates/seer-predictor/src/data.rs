@@ -42,9 +42,9 @@ impl CsvTable {
     /// file, an empty or duplicate header, a row with the wrong number of cells, or a cell
     /// that is not a finite number (`NaN`, `inf` and text are rejected).
     pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        let text = std::fs::read_to_string(path).map_err(|error| Error::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         Self::parse(&text, &path.display().to_string())
     }

@@ -126,18 +126,18 @@ impl Predictor {
     /// Writes the predictor to `path` (see the module docs for the format).
     pub fn save(&self, path: &Path) -> Result<()> {
         let bytes = self.to_bytes()?;
-        std::fs::write(path, bytes).map_err(|source| Error::Io {
+        std::fs::write(path, bytes).map_err(|error| Error::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         })
     }
 
     /// Reads a predictor written by [`Self::save`]. Errors: [`Error::Io`]; [`Error::Format`] for
     /// a file that is not a seernet predictor, of a newer version, or inconsistent.
     pub fn load(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        let bytes = std::fs::read(path).map_err(|error| Error::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         Self::from_bytes(&bytes, path)
     }
