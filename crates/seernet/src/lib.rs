@@ -20,6 +20,7 @@ pub mod budget;
 pub mod error;
 pub mod labeler;
 pub mod manifest;
+pub mod pipeline;
 pub mod report;
 pub mod search;
 pub mod store;

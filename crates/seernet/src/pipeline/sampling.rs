@@ -1,0 +1,306 @@
+//! Which policies to label: the stratified initial set and the active-sampling acquisitions
+//! (ensemble std, counterfactual sensitivity, random) of method.md §5, plus the predictor
+//! features of a policy and the predictor fit on the label store.
+
+use std::collections::HashSet;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use seer_evo::{Band, EvoConfig, Genome, Problem};
+use seer_policy::{GeneKind, Policy, SearchSpace};
+use seer_predictor::{Predictor, Samples};
+
+use crate::error::{Error, Result};
+use crate::search::{Complexity, Fitness, PolicyProblem, PredictorObjective};
+use crate::store::LabelRecord;
+
+/// How the active rounds choose the next policies to label (method.md §5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Acquisition {
+    /// Ensemble disagreement σ(x), maximised by the evolutionary sampler.
+    Std,
+    /// The authors' counterfactual sensitivity u(x) = mean over one-step-cheaper neighbours c
+    /// of (μ(c) − μ(x))², maximised by the evolutionary sampler.
+    Counterfactual,
+    /// Uniformly random unlabelled policies in the complexity band (the baseline).
+    Random,
+}
+
+impl std::str::FromStr for Acquisition {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "std" => Ok(Self::Std),
+            "counterfactual" => Ok(Self::Counterfactual),
+            "random" => Ok(Self::Random),
+            _ => Err(format!(
+                "unknown acquisition {s:?} (std, counterfactual, random)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Acquisition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Std => "std",
+            Self::Counterfactual => "counterfactual",
+            Self::Random => "random",
+        })
+    }
+}
+
+fn pipeline_err(msg: String) -> Error {
+    Error::Format {
+        path: "pipeline".into(),
+        line: 0,
+        msg,
+    }
+}
+
+/// Predictor feature names of `space`: `prune_<u>`, `wbits_<u>`, `abits_<u>` or `bits_<u>` per
+/// gene, in gene order (the names [`PredictorObjective`] maps back onto the genes).
+pub fn feature_names(space: &SearchSpace) -> Vec<String> {
+    space
+        .genes()
+        .iter()
+        .map(|g| {
+            let k = match g.kind {
+                GeneKind::Prune => "prune",
+                GeneKind::WBits => "wbits",
+                GeneKind::ABits => "abits",
+                GeneKind::Bits => "bits",
+            };
+            format!("{k}_{}", g.unit)
+        })
+        .collect()
+}
+
+/// Raw predictor features of candidate indices `idx`: the candidate values (ratio, bits).
+pub fn features(space: &SearchSpace, idx: &[usize]) -> Vec<f64> {
+    space
+        .genes()
+        .iter()
+        .zip(idx)
+        .map(|(g, &k)| g.candidates[k])
+        .collect()
+}
+
+/// The labelled records as predictor samples (target: validation top-1 in percent).
+pub fn samples(space: &SearchSpace, records: &[LabelRecord]) -> Result<Samples> {
+    let x = records
+        .iter()
+        .map(|r| features(space, &r.indices))
+        .collect();
+    let y = records.iter().map(|r| r.top1).collect();
+    Samples::new(feature_names(space), "top1".into(), x, y)
+        .map_err(|e| pipeline_err(format!("building predictor samples: {e}")))
+}
+
+/// Fits the ensemble predictor (default configuration, `seed`) on `records`.
+pub fn fit(space: &SearchSpace, records: &[LabelRecord], seed: u64) -> Result<Predictor> {
+    let s = samples(space, records)?;
+    let cfg = seer_predictor::Config {
+        seed,
+        ..Default::default()
+    };
+    seer_predictor::fit(&s, &cfg).map_err(|e| pipeline_err(format!("fitting the predictor: {e}")))
+}
+
+/// A uniformly random genome (candidate index per gene).
+fn random_indices(space: &SearchSpace, rng: &mut ChaCha8Rng) -> Vec<usize> {
+    space
+        .genes()
+        .iter()
+        .map(|g| rng.random_range(0..g.candidates.len()))
+        .collect()
+}
+
+/// `n` distinct policies stratified over log-BOPs in `band` (method.md §5): `n` equal-width
+/// bins of log BOPs over the band, one uniformly random policy per bin (the first of up to
+/// 400·n seeded draws that lands there); bins nobody reached are filled with further in-band
+/// draws. Policies in `exclude` (hashes) are skipped. Err when not one draw lands in the band.
+pub fn stratified(
+    space: &SearchSpace,
+    band: (f64, f64),
+    n: usize,
+    seed: u64,
+    exclude: &HashSet<Vec<usize>>,
+) -> Result<Vec<Vec<usize>>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5747_a7);
+    let (lo, hi) = (band.0.max(1.0).ln(), band.1.max(1.0).ln());
+    let width = ((hi - lo) / n.max(1) as f64).max(1e-12);
+    let mut bins: Vec<Option<Vec<usize>>> = vec![None; n];
+    let mut spare: Vec<Vec<usize>> = Vec::new();
+    let mut seen: HashSet<Vec<usize>> = exclude.clone();
+    for _ in 0..400 * n.max(1) {
+        if bins.iter().all(Option::is_some) {
+            break;
+        }
+        let idx = random_indices(space, &mut rng);
+        if seen.contains(&idx) {
+            continue;
+        }
+        let b = space.totals_indices(&idx)?.bops as f64;
+        if b < band.0 || b > band.1 {
+            continue;
+        }
+        seen.insert(idx.clone());
+        let k = (((b.ln() - lo) / width) as usize).min(n - 1);
+        if bins[k].is_none() {
+            bins[k] = Some(idx);
+        } else if spare.len() < n {
+            spare.push(idx);
+        }
+    }
+    let mut out: Vec<Vec<usize>> = bins.into_iter().flatten().collect();
+    let mut spare = spare.into_iter();
+    while out.len() < n {
+        match spare.next() {
+            Some(s) => out.push(s),
+            None => break,
+        }
+    }
+    if out.is_empty() {
+        return Err(pipeline_err(format!(
+            "no policy found with BOPs in [{:.0}, {:.0}]",
+            band.0, band.1
+        )));
+    }
+    Ok(out)
+}
+
+/// The counterfactual-sensitivity acquisition as a seer-evo problem (genome mapping and
+/// complexity from [`PolicyProblem`]).
+struct CounterfactualProblem<'a> {
+    inner: PolicyProblem<'a>,
+    space: &'a SearchSpace,
+    predictor: &'a Predictor,
+}
+
+impl Problem for CounterfactualProblem<'_> {
+    fn cardinalities(&self) -> &[usize] {
+        self.inner.cardinalities()
+    }
+
+    fn fitness(&self, genomes: &[Genome]) -> std::result::Result<Vec<f64>, seer_evo::BoxError> {
+        let rows: Vec<Vec<usize>> = genomes.iter().map(|g| self.inner.indices(g)).collect();
+        let feats: Vec<Vec<f64>> = rows.iter().map(|i| features(self.space, i)).collect();
+        let cheapest = self.space.cheapest();
+        let genes = self.space.genes();
+        let scores = self.predictor.counterfactual_scores(&feats, |i, _| {
+            // One-step-cheaper neighbours: move one gene one candidate towards its cheapest.
+            let idx = &rows[i];
+            let mut out = Vec::new();
+            for (g, gene) in genes.iter().enumerate() {
+                let k = idx[g];
+                let step = match cheapest[g].cmp(&k) {
+                    std::cmp::Ordering::Less => k - 1,
+                    std::cmp::Ordering::Greater => k + 1,
+                    std::cmp::Ordering::Equal => continue,
+                };
+                if gene.candidates.len() < 2 {
+                    continue;
+                }
+                let mut n = idx.clone();
+                n[g] = step;
+                out.push(features(self.space, &n));
+            }
+            out
+        })?;
+        Ok(scores)
+    }
+
+    fn complexity(&self, genome: &[usize]) -> f64 {
+        self.inner.complexity(genome)
+    }
+}
+
+/// The next `k` policies to label (candidate indices), none of them in `labelled`, with BOPs in
+/// `band`. `Std`/`Counterfactual` run the evolutionary sampler (seer-evo, small population,
+/// fixed generations: deterministic for a seed) on the acquisition score; `Random` draws
+/// uniformly. Returns fewer than `k` only when the band holds fewer unlabelled policies.
+pub fn acquire(
+    space: &SearchSpace,
+    predictor: &Predictor,
+    acquisition: Acquisition,
+    labelled: &HashSet<Vec<usize>>,
+    band: (f64, f64),
+    k: usize,
+    generations: usize,
+    seed: u64,
+) -> Result<Vec<Vec<usize>>> {
+    if acquisition == Acquisition::Random {
+        return stratified(space, band, k, seed ^ 0x4a4d, labelled).map(|mut v| {
+            v.truncate(k);
+            v
+        });
+    }
+    let objective = PredictorObjective::new(predictor, space)
+        .map_err(|e| pipeline_err(format!("predictor/space mismatch: {e}")))?;
+    let problem = PolicyProblem::new(space, &objective, Fitness::Std, Complexity::Bops);
+    let archive: HashSet<Genome> = labelled.iter().map(|i| problem.genome(i)).collect();
+    let cfg = EvoConfig {
+        results: k,
+        generations,
+        ..EvoConfig::small(seed)
+    };
+    let evo_band = Band::new(band.0, band.1);
+    let run = |p: &dyn ProblemRef| -> Result<Vec<Vec<usize>>> { p.run(evo_band, &archive, &cfg) };
+    match acquisition {
+        Acquisition::Std => run(&problem),
+        Acquisition::Counterfactual => run(&CounterfactualProblem {
+            inner: PolicyProblem::new(space, &objective, Fitness::Mean, Complexity::Bops),
+            space,
+            predictor,
+        }),
+        Acquisition::Random => unreachable!("handled above"),
+    }
+}
+
+/// Object-safe runner over the two evolutionary acquisition problems.
+trait ProblemRef {
+    fn run(
+        &self,
+        band: Band,
+        archive: &HashSet<Genome>,
+        cfg: &EvoConfig,
+    ) -> Result<Vec<Vec<usize>>>;
+}
+
+impl ProblemRef for PolicyProblem<'_> {
+    fn run(
+        &self,
+        band: Band,
+        archive: &HashSet<Genome>,
+        cfg: &EvoConfig,
+    ) -> Result<Vec<Vec<usize>>> {
+        let r = seer_evo::evolve(self, band, archive, cfg)
+            .map_err(|e| pipeline_err(format!("active sampler: {e}")))?;
+        Ok(r.best.iter().map(|s| self.indices(&s.genome)).collect())
+    }
+}
+
+impl ProblemRef for CounterfactualProblem<'_> {
+    fn run(
+        &self,
+        band: Band,
+        archive: &HashSet<Genome>,
+        cfg: &EvoConfig,
+    ) -> Result<Vec<Vec<usize>>> {
+        let r = seer_evo::evolve(self, band, archive, cfg)
+            .map_err(|e| pipeline_err(format!("active sampler: {e}")))?;
+        Ok(r.best
+            .iter()
+            .map(|s| self.inner.indices(&s.genome))
+            .collect())
+    }
+}
+
+/// Policies of candidate-index rows.
+pub fn policies(space: &SearchSpace, rows: &[Vec<usize>]) -> Result<Vec<Policy>> {
+    rows.iter()
+        .map(|i| space.from_indices(i).map_err(Error::from))
+        .collect()
+}
