@@ -29,6 +29,10 @@ use crate::mlp::{AdamW, Mlp, Workspace};
 ///   epochs; the best-validation weights are kept.
 /// - **Bootstrap**: each member trains on a resample (with replacement) of its other 80%,
 ///   which decorrelates the members and makes σ(x) more informative.
+///
+/// Sensitivity (checked on the one real data set we have, so read it as a robustness check,
+/// not a tuning result): weight decay anywhere in 0.1–1 gives the same quality within noise,
+/// 0.01 is clearly worse (under-regularised); 8 vs 16 members differ by < 0.005 in τ.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Config {
     /// Number of ensemble members M (≥ 1).
