@@ -8,7 +8,12 @@
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
+use std::collections::BTreeMap;
+
 use seer_kernels::int::Isa;
+use seer_kernels::int::format::{
+    InputSpec, IntModel, LayerWeights, ModelMeta, Node, NodeOp, QuantOut,
+};
 use seer_kernels::int::gemm::{Kernel, WeightPanel, gemm_u8i8_with};
 use seer_kernels::int::pack::PackedWeights;
 
@@ -136,6 +141,268 @@ fn bench_candle(m: usize, n: usize, k: usize, min_s: f64) -> f64 {
     2.0 * (m * n * k) as f64 / t / 1e9
 }
 
+/// Gaussian-ish weights (sum of uniforms) with He scaling, `[rows, cols]`.
+fn he_weights(r: &mut impl FnMut() -> u64, rows: usize, cols: usize) -> Vec<f32> {
+    let std = (2.0 / cols as f32).sqrt();
+    (0..rows * cols)
+        .map(|_| {
+            let u: f32 = (0..4)
+                .map(|_| (r() % 10_000) as f32 / 10_000.0)
+                .sum::<f32>()
+                - 2.0;
+            u * std * 1.7
+        })
+        .collect()
+}
+
+/// CIFAR-style ResNet-20 (option-A shortcuts) on `hw`×`hw`×1 inputs, uniform bit-widths,
+/// random He-initialised weights: as the integer engine's graph, plus the f32 weights.
+fn resnet20(hw: usize, wbits: u32, abits: u32) -> (IntModel, Vec<(Vec<f32>, [usize; 4], usize)>) {
+    let mut r = lcg(11);
+    let mut nodes = Vec::new();
+    let mut weights = BTreeMap::new();
+    let mut f32w = Vec::new();
+    let out = |bits| Some(QuantOut { alpha: 3.0, bits });
+    let mut conv = |name: String,
+                    input: &str,
+                    c_in,
+                    c_out,
+                    stride,
+                    wb: u32,
+                    residual: Option<String>,
+                    nodes: &mut Vec<Node>| {
+        let w = he_weights(&mut r, c_out, c_in * 9);
+        let packed = seer_kernels::int::pack::PackedWeights::quantize(&w, c_out, c_in * 9, wb)
+            .expect("quantize");
+        weights.insert(
+            name.clone(),
+            LayerWeights {
+                packed,
+                mul: None,
+                bias: Some(vec![0.05; c_out]),
+            },
+        );
+        f32w.push((w, [c_out, c_in, 3, 3], stride));
+        nodes.push(Node {
+            name: name.clone(),
+            input: input.into(),
+            op: NodeOp::Conv {
+                c_in,
+                c_out,
+                kernel: 3,
+                stride,
+                pad: 1,
+                w_bits: wb,
+                residual,
+            },
+            out: out(abits),
+        });
+        name
+    };
+    let mut x = conv("conv1".into(), "input", 1, 16, 1, 8, None, &mut nodes);
+    let mut c_in = 16;
+    for (s, c) in [16usize, 32, 64].into_iter().enumerate() {
+        for b in 0..3 {
+            let stride = if s > 0 && b == 0 { 2 } else { 1 };
+            let shortcut = if stride == 2 {
+                let pad = (c - c_in) / 2;
+                let gather = (0..c)
+                    .map(|j| {
+                        if j >= pad && j < pad + c_in {
+                            Some(j - pad)
+                        } else {
+                            None
+                        }
+                    })
+                    .collect();
+                let name = format!("s{s}b{b}.sc");
+                nodes.push(Node {
+                    name: name.clone(),
+                    input: x.clone(),
+                    op: NodeOp::ShortcutA { stride: 2, gather },
+                    out: out(abits),
+                });
+                name
+            } else {
+                x.clone()
+            };
+            let a = conv(
+                format!("s{s}b{b}.a"),
+                &x,
+                c_in,
+                c,
+                stride,
+                wbits,
+                None,
+                &mut nodes,
+            );
+            x = conv(
+                format!("s{s}b{b}.b"),
+                &a,
+                c,
+                c,
+                1,
+                wbits,
+                Some(shortcut),
+                &mut nodes,
+            );
+            c_in = c;
+        }
+    }
+    nodes.push(Node {
+        name: "gap".into(),
+        input: x,
+        op: NodeOp::GlobalAvgPool,
+        out: Some(QuantOut {
+            alpha: 3.0,
+            bits: 8,
+        }),
+    });
+    let fc = he_weights(&mut r, 10, 64);
+    let packed =
+        seer_kernels::int::pack::PackedWeights::quantize(&fc, 10, 64, 8).expect("quantize");
+    weights.insert(
+        "fc".into(),
+        LayerWeights {
+            packed,
+            mul: None,
+            bias: None,
+        },
+    );
+    f32w.push((fc, [10, 64, 1, 1], 1));
+    nodes.push(Node {
+        name: "fc".into(),
+        input: "gap".into(),
+        op: NodeOp::Linear {
+            in_features: 64,
+            out_features: 10,
+            w_bits: 8,
+        },
+        out: None,
+    });
+    let meta = ModelMeta {
+        format: seer_kernels::int::format::FORMAT.into(),
+        version: seer_kernels::int::format::VERSION,
+        arch: "resnet20".into(),
+        input: InputSpec {
+            channels: 1,
+            height: hw,
+            width: hw,
+            mean: vec![0.286],
+            std: 0.353,
+        },
+        num_classes: 10,
+        policy: serde_json::json!({ "uniform": { "w_bits": wbits, "a_bits": abits } }),
+        nodes,
+    };
+    (IntModel::new(meta, weights).expect("valid model"), f32w)
+}
+
+/// The same ResNet-20 in f32 (conv, BN as affine, ReLU, option-A shortcut, GAP, linear),
+/// with candle's conv2d or our own (`seer_kernels::conv2d`).
+fn resnet20_f32(x: &Tensor, w: &[(Tensor, usize)], own: bool) -> Tensor {
+    let conv = |x: &Tensor, i: usize| -> Tensor {
+        let (wt, stride) = &w[i];
+        let y = if own {
+            seer_kernels::conv2d(x, wt, &seer_kernels::Conv2dParams::new(*stride, 1)).expect("conv")
+        } else {
+            x.conv2d(wt, 1, *stride, 1, 1).expect("conv")
+        };
+        // Folded BatchNorm as a per-channel affine map.
+        let c = y.dim(1).expect("dim");
+        let mul = Tensor::ones((1, c, 1, 1), candle_core::DType::F32, x.device()).expect("t");
+        y.broadcast_mul(&mul)
+            .expect("bn")
+            .broadcast_add(&(mul * 0.05).expect("t"))
+            .expect("bn")
+    };
+    let mut x = conv(x, 0).relu().expect("relu");
+    let mut i = 1;
+    for s in 0..3 {
+        for b in 0..3 {
+            let y = conv(&x, i).relu().expect("relu");
+            let y = conv(&y, i + 1);
+            let sc = if s > 0 && b == 0 {
+                let (n, c, h, wd) = x.dims4().expect("dims");
+                let sub = x
+                    .reshape((n, c, h / 2, 2, wd / 2, 2))
+                    .and_then(|t| t.narrow(3, 0, 1))
+                    .and_then(|t| t.narrow(5, 0, 1))
+                    .and_then(|t| t.reshape((n, c, h / 2, wd / 2)))
+                    .expect("subsample");
+                let z = Tensor::zeros(
+                    (n, c / 2, h / 2, wd / 2),
+                    candle_core::DType::F32,
+                    x.device(),
+                )
+                .expect("zeros");
+                Tensor::cat(&[&z, &sub, &z], 1).expect("cat")
+            } else {
+                x.clone()
+            };
+            x = (y + sc).expect("add").relu().expect("relu");
+            i += 2;
+        }
+    }
+    let g = x.mean((2, 3)).expect("gap");
+    g.matmul(&w[i].0.reshape((10, 64)).expect("fc").t().expect("t"))
+        .expect("fc")
+}
+
+struct ModelResult {
+    int_ips: f64,
+    size_ratio: f64,
+}
+
+fn bench_model(hw: usize, batch: usize, wbits: u32, abits: u32, min_s: f64) -> ModelResult {
+    let (model, _) = resnet20(hw, wbits, abits);
+    let mut r = lcg(3);
+    let pixels: Vec<u8> = (0..batch * hw * hw).map(|_| (r() % 256) as u8).collect();
+    let isa = Isa::detect();
+    let t = best_time(
+        || _ = model.forward(&pixels, batch, isa).expect("forward"),
+        min_s,
+    );
+    let params: usize = model
+        .meta()
+        .nodes
+        .iter()
+        .map(|n| match n.op {
+            NodeOp::Conv {
+                c_in,
+                c_out,
+                kernel,
+                ..
+            } => c_in * c_out * kernel * kernel + 2 * c_out,
+            NodeOp::Linear {
+                in_features,
+                out_features,
+                ..
+            } => in_features * out_features + out_features,
+            _ => 0,
+        })
+        .sum();
+    ModelResult {
+        int_ips: batch as f64 / t,
+        size_ratio: (4 * params) as f64 / model.storage_bytes() as f64,
+    }
+}
+
+fn bench_f32_model(hw: usize, batch: usize, own: bool, min_s: f64) -> f64 {
+    let (_, f32w) = resnet20(hw, 8, 8);
+    let dev = Device::Cpu;
+    let w: Vec<(Tensor, usize)> = f32w
+        .into_iter()
+        .map(|(w, shape, stride)| (Tensor::from_vec(w, &shape, &dev).expect("tensor"), stride))
+        .collect();
+    let x = Tensor::rand(-1f32, 1.0, (batch, 1, hw, hw), &dev).expect("tensor");
+    let t = best_time(
+        || _ = resnet20_f32(&x, &w, own).to_vec2::<f32>().expect("forward"),
+        min_s,
+    );
+    batch as f64 / t
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let opts = Opts {
@@ -228,6 +495,25 @@ fn main() {
         t_f32 / t_i4
     ));
 
+    // Whole ResNet-20 (28×28×1, batch 128) on the integer engine vs the f32 network.
+    let (hw, batch) = (28, 128);
+    let candle_ips = bench_f32_model(hw, batch, false, min_s);
+    let own_ips = bench_f32_model(hw, batch, true, min_s);
+    let m8 = bench_model(hw, batch, 8, 8, min_s);
+    let m4 = bench_model(hw, batch, 4, 4, min_s);
+    say(format!(
+        "ResNet-20 28×28×1 batch {batch}: f32 candle {candle_ips:7.0} img/s, f32 own kernels {own_ips:7.0} img/s"
+    ));
+    for (name, m) in [("int 8/8", &m8), ("int 4/4", &m4)] {
+        say(format!(
+            "ResNet-20 {name}: {:7.0} img/s  ×{:.2} vs candle, ×{:.2} vs own f32; {:.2}× smaller",
+            m.int_ips,
+            m.int_ips / candle_ips,
+            m.int_ips / own_ips,
+            m.size_ratio
+        ));
+    }
+
     let report = serde_json::json!({
         "bench": "int",
         "isa": isa.name(),
@@ -243,6 +529,17 @@ fn main() {
         "resnet20_int8_gemm_vs_f32_ratio": t_f32 / t_i8,
         "resnet20_int4_gemm_vs_f32_ratio": t_f32 / t_i4,
         "resnet20_shapes": rows,
+        "model": "ResNet-20 (option A), 28x28x1, batch 128, random He weights, uniform 4/4 bits, unpruned",
+        "f32_candle_images_per_s": candle_ips,
+        "f32_own_images_per_s": own_ips,
+        "int8_images_per_s": m8.int_ips,
+        "int4_images_per_s": m4.int_ips,
+        "model_speedup": m4.int_ips / candle_ips,
+        "model_speedup_vs_own_f32": m4.int_ips / own_ips,
+        "size_ratio": m4.size_ratio,
+        "int8_model_speedup": m8.int_ips / candle_ips,
+        "int8_model_speedup_vs_own_f32": m8.int_ips / own_ips,
+        "int8_size_ratio": m8.size_ratio,
     });
     if opts.json {
         println!("{report}");
