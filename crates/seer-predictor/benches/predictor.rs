@@ -18,6 +18,27 @@ fn peer_file() -> PathBuf {
         .join("../../../shared/peer-data/seernet-resnet20-cifar10/samples.csv")
 }
 
+/// This process's CPU time (user + system) in seconds, from /proc (Linux; None elsewhere).
+/// Unlike wall time it barely moves when other jobs share the cores.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0) // USER_HZ is 100 on Linux
+}
+
+/// The 1-minute load average (Linux; None elsewhere).
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -96,10 +117,13 @@ fn main() {
 
     // Fit time with defaults (acceptance ≤ 10 s), median of 3.
     let mut fits = Vec::new();
+    let mut cpu = Vec::new();
     let mut epochs = 0.0;
     let mut predictor = None;
+    let load_before = load_average();
     for r in 0..3 {
         let t = Instant::now();
+        let c0 = cpu_seconds();
         let p = fit(
             &train,
             &Config {
@@ -109,6 +133,9 @@ fn main() {
         )
         .expect("fit");
         fits.push(t.elapsed().as_secs_f64());
+        if let (Some(a), Some(b)) = (c0, cpu_seconds()) {
+            cpu.push(b - a);
+        }
         epochs = p
             .member_stats()
             .iter()
@@ -119,6 +146,7 @@ fn main() {
     }
     let p = predictor.unwrap();
     let fit_s = median(fits.clone());
+    let fit_cpu = (!cpu.is_empty()).then(|| median(cpu.clone()));
 
     // Our training step in isolation: a 1-member, fixed-epoch fit, divided by its steps.
     let one = Config {
@@ -157,6 +185,8 @@ fn main() {
                 "fit_seconds_320": fit_s,
                 "fit_seconds_320_all": fits,
                 "fit_within_10s": fit_s <= 10.0,
+                "fit_cpu_seconds_320": fit_cpu,
+                "load_average_1m": load_before,
                 "members": cfg.members,
                 "mean_epochs": epochs,
                 "threads": threads,
@@ -177,6 +207,12 @@ fn main() {
             "  fit on 320 samples      {fit_s:8.2} s  (median of {:?}; limit 10 s; mean {epochs:.0} epochs/member)",
             fits
         );
+        if let Some(c) = fit_cpu {
+            println!(
+                "{:26}{c:8.2} CPU-s over all threads (load average before: {load_before:?})",
+                ""
+            );
+        }
         println!(
             "  training step (batch {}) ours {:8.1} µs   candle {:8.1} µs   speedup ×{speedup:.1}",
             cfg.batch_size,
