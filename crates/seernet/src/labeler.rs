@@ -206,7 +206,8 @@ impl Labeler {
     /// Labels one policy with `seed` (use [`label_seed`](crate::store::label_seed)): a fresh copy
     /// of the baseline, policy applied, fine-tuned for the protocol's steps on the training
     /// split, top-1 (percent) on the validation split. `on_step` sees each optimizer step
-    /// (index, loss). Err(Policy) for a policy outside the space, Err(Nn) for training errors.
+    /// (index, loss). Err(Policy) for a policy outside the space, Err(Protocol) when the
+    /// checkpoint file changed since [`new`](Self::new), Err(Nn) for training errors.
     pub fn label(
         &self,
         policy: &Policy,
@@ -214,6 +215,18 @@ impl Labeler {
         on_step: &mut dyn FnMut(usize, f32),
     ) -> Result<Measured> {
         self.space.validate(policy)?;
+        // The baseline is re-read for every label (policies mutate the model); a checkpoint
+        // replaced during the run would silently change the protocol, so check it each time.
+        let h = file_hash(&self.checkpoint)?;
+        if h != self.protocol.baseline_hash {
+            return Err(Error::Protocol {
+                what: format!("checkpoint {}", self.checkpoint.display()),
+                diff: format!(
+                    "it changed during the run: hash {h}, the protocol's baseline_hash is {}",
+                    self.protocol.baseline_hash
+                ),
+            });
+        }
         let (mut model, _) =
             checkpoint::load(&self.checkpoint, Some(&self.protocol.arch), &Device::Cpu)?;
         let cfg = train_config(&self.protocol, self.name, seed);
