@@ -208,9 +208,9 @@ mod avx2 {
         // SAFETY (whole body): columns stay below n; rows below MR (caller's bound).
         unsafe {
             let mut j = 0;
-            while j + 24 <= n {
-                bcast_tile::<MR, 3>(k, a, ars, acs, b.add(j), ldb, c.add(j), ldc, accumulate);
-                j += 24;
+            while j + 16 <= n {
+                bcast_tile::<MR, 2>(k, a, ars, acs, b.add(j), ldb, c.add(j), ldc, accumulate);
+                j += 16;
             }
             while j + 8 <= n {
                 bcast_tile::<MR, 1>(k, a, ars, acs, b.add(j), ldb, c.add(j), ldc, accumulate);
@@ -339,13 +339,13 @@ mod avx2 {
     ) {
         // SAFETY (whole body): column blocks stay below n.
         unsafe {
+            // 4×2 tiles of 8-lane partial sums (8 accumulators + 2 B + 1 A register).
             let mut j = 0;
-            while j + 3 <= n {
-                dot_tile::<MR, 3>(p, a, lda, b.add(j * ldb), ldb, c.add(j), ldc);
-                j += 3;
+            while j + 2 <= n {
+                dot_tile::<MR, 2>(p, a, lda, b.add(j * ldb), ldb, c.add(j), ldc);
+                j += 2;
             }
             match n - j {
-                2 => dot_tile::<MR, 2>(p, a, lda, b.add(j * ldb), ldb, c.add(j), ldc),
                 1 => dot_tile::<MR, 1>(p, a, lda, b.add(j * ldb), ldb, c.add(j), ldc),
                 _ => {}
             }
