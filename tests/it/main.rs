@@ -1,5 +1,6 @@
 //! The single integration-test binary: cross-crate tests, one module per area.
 
+mod nn;
 mod policy;
 mod predictor;
 mod search;

@@ -75,8 +75,9 @@ struct Plan {
     phys: Vec<Option<Vec<usize>>>,
 }
 
-/// A quantizable CNN. See the module docs.
-#[derive(Debug, Clone)]
+/// A quantizable CNN. See the module docs. Not `Clone` (candle `Var`s share storage): use
+/// [`Model::try_clone`] for an independent copy.
+#[derive(Debug)]
 pub struct Model {
     spec: NetworkSpec,
     residual: ResidualPruning,
@@ -206,6 +207,39 @@ impl Model {
         };
         m.rebuild_plan()?;
         Ok(m)
+    }
+
+    /// An independent deep copy (parameters, buffers and α's copied), e.g. to label many
+    /// policies from one trained baseline.
+    pub fn try_clone(&self) -> Result<Model> {
+        let cp = |v: &Option<Var>| -> Result<Option<Var>> {
+            v.as_ref()
+                .map(|v| Ok(Var::from_tensor(&v.as_tensor().copy()?)?))
+                .transpose()
+        };
+        let params = self
+            .params
+            .iter()
+            .map(|p| {
+                Ok(LayerParams {
+                    weight: cp(&p.weight)?,
+                    bias: cp(&p.bias)?,
+                    running_mean: cp(&p.running_mean)?,
+                    running_var: cp(&p.running_var)?,
+                    alpha: cp(&p.alpha)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Model {
+            spec: self.spec.clone(),
+            residual: self.residual,
+            params,
+            comp: self.comp.clone(),
+            plan: self.plan.clone(),
+            slim: self.slim,
+            policy: self.policy.clone(),
+            device: self.device.clone(),
+        })
     }
 
     /// The network spec (for a slimmed model: with the reduced channel counts).
@@ -716,7 +750,13 @@ impl Model {
                 self.spec.layers[i].name
             )));
         }
-        ops::fake_quant_act(&x, alpha.as_tensor(), bits)
+        // LSQ's gradient scale for the step size: the α gradient is a sum over every
+        // activation of a sample, so scale it by 1/√(features · levels) (forward unchanged).
+        let feats = (x.elem_count() / x.dim(0)?.max(1)) as f64;
+        let g = 1.0 / (feats * ops::act_levels(bits) as f64).sqrt();
+        let a = alpha.as_tensor();
+        let a_scaled = ((a * g)? + (a - (a * g)?)?.detach())?;
+        ops::fake_quant_act(&x, &a_scaled, bits)
     }
 
     /// Activation-range calibration: runs `batches` through the model (evaluation mode,

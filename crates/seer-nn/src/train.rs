@@ -21,6 +21,8 @@ pub struct Sgd {
     pub momentum: f64,
     /// Weight decay λ.
     pub weight_decay: f64,
+    /// Clip the global gradient norm (before weight decay) to this value, if set.
+    pub clip_norm: Option<f64>,
 }
 
 impl Sgd {
@@ -32,16 +34,30 @@ impl Sgd {
             velocity: vec![None; n],
             momentum,
             weight_decay,
+            clip_norm: None,
         }
     }
 
     /// One update with learning rate `lr` from `grads`.
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+        let mut scale = 1.0;
+        if let Some(c) = self.clip_norm {
+            let mut sq = 0f64;
+            for v in &self.vars {
+                if let Some(g) = grads.get(v.as_tensor()) {
+                    sq += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+                }
+            }
+            let norm = sq.sqrt();
+            if norm > c {
+                scale = c / norm;
+            }
+        }
         for (v, vel) in self.vars.iter().zip(self.velocity.iter_mut()) {
             let Some(g) = grads.get(v.as_tensor()) else {
                 continue;
             };
-            let mut g = g.clone();
+            let mut g = if scale < 1.0 { (g * scale)? } else { g.clone() };
             if self.weight_decay > 0.0 && v.rank() >= 2 {
                 g = (g + (v.as_tensor() * self.weight_decay)?)?;
             }
@@ -82,6 +98,8 @@ pub struct TrainConfig {
     pub augment: Option<Augment>,
     /// Also learn the activation clip ranges α (QAT).
     pub train_alpha: bool,
+    /// Clip the global gradient norm to this value (QAT stability), if set.
+    pub clip_norm: Option<f64>,
 }
 
 impl Default for TrainConfig {
@@ -96,6 +114,7 @@ impl Default for TrainConfig {
             seed: 0,
             augment: None,
             train_alpha: false,
+            clip_norm: None,
         }
     }
 }
@@ -162,6 +181,7 @@ pub fn train(
         cfg.momentum,
         cfg.weight_decay,
     );
+    sgd.clip_norm = cfg.clip_norm;
     let t0 = Instant::now();
     let (mut step, mut images) = (0usize, 0usize);
     let mut recent: Vec<f32> = Vec::new();
@@ -277,9 +297,14 @@ pub fn sample_batches(
         .collect()
 }
 
+/// Default global gradient-norm clip of [`finetune_policy`]: pruning and low-bit quantization
+/// can make the first fine-tuning gradients very large.
+pub const QAT_CLIP_NORM: f64 = 5.0;
+
 /// Quantization-aware fine-tuning of a policy (method.md §3): apply the policy (filter-L2
 /// channel choice, fake quantization), re-estimate BatchNorm statistics and calibrate the
-/// activation ranges on training batches, then train (weights and α) for `cfg`.
+/// activation ranges on training batches, then train (weights and α) for `cfg`, with the
+/// gradient norm clipped to [`QAT_CLIP_NORM`] unless `cfg.clip_norm` says otherwise.
 pub fn finetune_policy(
     model: &mut Model,
     space: &SearchSpace,
@@ -293,6 +318,9 @@ pub fn finetune_policy(
     prepare_quantized(model, train_data, norm, cfg.seed)?;
     let mut c = cfg.clone();
     c.train_alpha = true;
+    if c.clip_norm.is_none() {
+        c.clip_norm = Some(QAT_CLIP_NORM);
+    }
     train(model, train_data, norm, &c, on_step)
 }
 
