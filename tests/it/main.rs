@@ -1,6 +1,7 @@
 //! The single integration-test binary: cross-crate tests, one module per area.
 
 mod nn;
+mod pipeline;
 mod policy;
 mod predictor;
 mod search;

@@ -111,8 +111,8 @@ pub fn run_cmd(a: CompressArgs) -> Result<()> {
     cfg.space.fix_first = a.fix_first;
     cfg.seed = a.seed;
     cfg.progress = !a.quiet;
-    if cfg.n0 == 0 {
-        bail!("--n0 0: at least one initial label is needed");
+    if cfg.n0 < 4 {
+        bail!("--n0 {}: the predictor needs at least 4 initial labels", cfg.n0);
     }
     cfg.command = Some(std::env::args().collect::<Vec<_>>().join(" "));
     let s = run(&cfg).with_context(|| format!("compress run in {}", cfg.out_dir.display()))?;

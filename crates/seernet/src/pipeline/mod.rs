@@ -124,13 +124,13 @@ impl Config {
     /// The quick run (`cargo xtask compress --quick`): the same loop with small counts.
     pub fn quick(out_dir: PathBuf) -> Self {
         Self {
-            baseline_steps: 600,
-            n0: 10,
+            baseline_steps: 400,
+            n0: 8,
             rounds: 2,
-            k: 4,
+            k: 3,
             sampler_generations: 15,
-            label_steps: 40,
-            final_steps: 200,
+            label_steps: 30,
+            final_steps: 100,
             ..Self::default_run(out_dir)
         }
     }
@@ -249,8 +249,11 @@ pub fn run(cfg: &Config) -> Result<Summary> {
     if cfg.budgets.is_empty() {
         return Err(Error::NoBudget);
     }
-    if cfg.n0 == 0 {
-        return Err(perr("n0 (initial labels) must be at least 1".into()));
+    if cfg.n0 < 4 {
+        return Err(perr(format!(
+            "n0 = {}: the predictor needs at least 4 initial labels",
+            cfg.n0
+        )));
     }
     let out = cfg.out_dir.clone();
     std::fs::create_dir_all(&out).map_err(|e| io_err(&out, e))?;
@@ -452,27 +455,22 @@ pub fn run(cfg: &Config) -> Result<Summary> {
                 pb.inc(1);
             }
         }
-        let mut msgs: Vec<String> = Vec::new();
         let rep = label_missing(store, &space, &pols, |p, seed| {
             let t = Instant::now();
             let m = labeler.label(p, seed, &mut |_, _| {})?;
             pb.inc(1);
             let c = space.cost(p).map(|c| c.total_bops).unwrap_or(0);
-            let msg = format!(
+            log.line(&format!(
                 "label {}: {} BOPs ({:.1}% of w8a8), val top-1 {:.2}% in {:.1} s",
                 policy_hash(p),
                 c,
                 100.0 * c as f64 / w8a8 as f64,
                 m.top1,
                 t.elapsed().as_secs_f64()
-            );
+            ));
             pb.set_message(format!("last {:.2}%", m.top1));
-            msgs.push(msg);
             Ok::<_, Error>(m)
         });
-        for m in msgs {
-            log.line(&m);
-        }
         let rep = rep?;
         *computed += rep.labelled;
         Ok(())
@@ -810,8 +808,10 @@ fn settings_table(cfg: &Config, protocol_hash: &str) -> Vec<report::Setting> {
     ]
 }
 
-/// Uniform-bit-width baselines: for each budget, the uniform policy (same bits for weights and
-/// activations on every searchable unit) with the most bits, then the least pruning, that fits.
+/// Uniform baselines (method.md §8): for each budget, the uniform policy (the same bits for
+/// weights and activations and the same pruning ratio on every searchable unit) with the most
+/// bits (then the least pruning) that fits, and the one with the least pruning (then the most
+/// bits) that fits; duplicates measured once.
 fn uniform_candidates(
     space: &SearchSpace,
     budgets: &[ResolvedBudget],
@@ -828,18 +828,33 @@ fn uniform_candidates(
     prunes.sort_by(f64::total_cmp);
     let mut out: Vec<(u32, u32, f64, Policy)> = Vec::new();
     for b in budgets {
-        'search: for &bit in &bits {
+        let fits = |bit: u32, p: f64| -> Result<Option<Policy>> {
+            let Ok(pol) = space.uniform(bit, bit, p) else {
+                return Ok(None);
+            };
+            let cost = space.cost(&pol)?;
+            Ok(admits(b, cost.total_bops, cost.total_size_bits).then_some(pol))
+        };
+        let mut picks = Vec::new();
+        'bits_first: for &bit in &bits {
             for &p in &prunes {
-                let Ok(pol) = space.uniform(bit, bit, p) else {
-                    continue;
-                };
-                let cost = space.cost(&pol)?;
-                if admits(b, cost.total_bops, cost.total_size_bits) {
-                    if !out.iter().any(|o| o.3 == pol) {
-                        out.push((bit, bit, p, pol));
-                    }
-                    break 'search;
+                if let Some(pol) = fits(bit, p)? {
+                    picks.push((bit, p, pol));
+                    break 'bits_first;
                 }
+            }
+        }
+        'prune_first: for &p in &prunes {
+            for &bit in &bits {
+                if let Some(pol) = fits(bit, p)? {
+                    picks.push((bit, p, pol));
+                    break 'prune_first;
+                }
+            }
+        }
+        for (bit, p, pol) in picks {
+            if !out.iter().any(|o| o.3 == pol) {
+                out.push((bit, bit, p, pol));
             }
         }
     }

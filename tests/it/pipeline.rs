@@ -1,0 +1,231 @@
+//! The main job (`seernet::pipeline`) end to end on a tiny configuration (LeNet-5, a small
+//! synthetic IDX dataset, a few labels of a few steps): a real `kill -9` in the middle of the
+//! labels followed by a rerun loses and recomputes nothing, the resumed run writes the same
+//! `policy-*.json` as an uninterrupted run with the same seed, and bad input (infeasible
+//! budget, missing dataset, corrupt store) is a clear error.
+//!
+//! Each run is a child process (this test binary re-executed with `CHILD_ENV` set) so that it
+//! can be killed and so that `SEERNET_DATA` is set for it alone.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use seer_nn::data::{self, DatasetName, idx};
+use seernet::budget::Budget;
+use seernet::pipeline::{Config, Summary, run};
+use seernet::store::read_store;
+
+const CHILD_ENV: &str = "SEERNET_IT_PIPELINE_CHILD";
+const TEST: &str = "pipeline::kill_resume_determinism_and_errors";
+
+/// Writes `n` synthetic 28×28 images (class = which horizontal band holds a bright bar).
+fn synthetic_data(root: &Path, n: usize) {
+    let mut images = Vec::with_capacity(n * 784);
+    let mut labels = Vec::with_capacity(n);
+    for i in 0..n {
+        let label = (i % 4) as u8;
+        for y in 0..28 {
+            for x in 0..28 {
+                let noise = (data::batch::mix(i as u64, y as u64, x as u64) % 61) as u8;
+                let bar = (y / 7) as u8 == label && (4..24).contains(&x);
+                images.push(if bar { 190 + noise } else { noise });
+            }
+        }
+        labels.push(label);
+    }
+    std::fs::create_dir_all(root).unwrap();
+    let ip = root.join("imgs-idx3-ubyte");
+    let lp = root.join("labs-idx1-ubyte");
+    idx::write_idx_u8(&ip, &[n, 28, 28], &images).unwrap();
+    idx::write_idx_u8(&lp, &[n], &labels).unwrap();
+    data::prepare_from_idx(&root.join("mnist"), DatasetName::Mnist, &[(ip, lp)]).unwrap();
+}
+
+/// The tiny configuration (child side), from environment variables.
+fn child_config() -> Config {
+    let out = PathBuf::from(std::env::var_os(CHILD_ENV).unwrap());
+    let mut c = Config::quick(out);
+    c.dataset = std::env::var("IT_DATASET").unwrap_or_else(|_| "mnist".into());
+    c.baseline = std::env::var_os("IT_BASELINE").map(PathBuf::from);
+    c.baseline_steps = 30;
+    c.n0 = 4;
+    c.rounds = 1;
+    c.k = 2;
+    c.budgets = vec![Budget::parse_bops_frac("0.1").unwrap()];
+    c.sampler_generations = 4;
+    c.label_steps = 3;
+    c.final_steps = 3;
+    c.batch_size = 16;
+    c.progress = false;
+    if let Ok(b) = std::env::var("IT_MAX_BOPS") {
+        c.budgets = vec![Budget::parse_max_bops(&b).unwrap()];
+    }
+    c
+}
+
+fn child(data_root: &Path, out: &Path, extra: &[(&str, String)]) -> Command {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([TEST, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, out)
+        .env("SEERNET_DATA", data_root)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+fn run_child(data_root: &Path, out: &Path, extra: &[(&str, String)]) -> Output {
+    child(data_root, out, extra).output().unwrap()
+}
+
+fn policies(dir: &Path) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy();
+            n.starts_with("policy-") && n.ends_with(".json")
+        })
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read_to_string(&p).unwrap(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn kill_resume_determinism_and_errors() {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        match run(&child_config()) {
+            Ok(_) => std::process::exit(0),
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::exit(3);
+            }
+        }
+    }
+    let td = tempfile::tempdir().unwrap();
+    let data_root = td.path().join("data");
+    synthetic_data(&data_root, 800);
+
+    // Run A, uninterrupted (trains its own baseline).
+    let a = td.path().join("a");
+    let o = run_child(&data_root, &a, &[]);
+    assert!(
+        o.status.success(),
+        "run A failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let sa: Summary =
+        serde_json::from_str(&std::fs::read_to_string(a.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(sa.labels, 4 + 2);
+    assert_eq!(sa.labels_computed, sa.labels);
+    for f in ["report.md", "report.html", "labels.jsonl"] {
+        assert!(a.join(f).is_file(), "{f} missing");
+    }
+    let pa = policies(&a);
+    assert_eq!(pa.len(), 1, "one policy per budget");
+    for (name, _) in &pa {
+        let model = name
+            .replace("policy-", "model-")
+            .replace(".json", ".safetensors");
+        assert!(a.join(&model).is_file(), "{model} missing");
+    }
+
+    // Run B on A's baseline, killed with SIGKILL once it has stored 2 labels, then resumed.
+    let b = td.path().join("b");
+    let base = [(
+        "IT_BASELINE",
+        a.join("baseline.safetensors").display().to_string(),
+    )];
+    let mut proc = child(&data_root, &b, &base).spawn().unwrap();
+    let store = b.join("labels.jsonl");
+    let t0 = Instant::now();
+    loop {
+        let n = std::fs::read_to_string(&store)
+            .map(|s| s.lines().count().saturating_sub(1))
+            .unwrap_or(0);
+        if n >= 2 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(600),
+            "run B stored no labels"
+        );
+        assert!(
+            proc.try_wait().unwrap().is_none(),
+            "run B ended before the kill"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    proc.kill().unwrap(); // SIGKILL
+    proc.wait().unwrap();
+    let before = read_store(&store).unwrap().records;
+    assert!(
+        before.len() >= 2 && before.len() < 6,
+        "{} labels before the kill",
+        before.len()
+    );
+    let o = run_child(&data_root, &b, &base);
+    assert!(
+        o.status.success(),
+        "resumed run B failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let sb: Summary =
+        serde_json::from_str(&std::fs::read_to_string(b.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(sb.labels, 6);
+    assert_eq!(
+        sb.labels_computed,
+        6 - before.len(),
+        "labels recomputed after resume"
+    );
+    let after = read_store(&store).unwrap().records;
+    assert_eq!(after.len(), 6);
+    for r in &before {
+        let now = after.iter().find(|x| x.hash == r.hash).expect("label lost");
+        assert_eq!(now, r, "label {} changed after resume", r.hash);
+    }
+    // Same seed (and an interrupted run) -> identical policies.
+    assert_eq!(
+        policies(&b),
+        pa,
+        "policy-*.json differ between runs A and B"
+    );
+
+    // Bad input: infeasible budget, missing dataset, corrupt store.
+    let o = run_child(
+        &data_root,
+        &td.path().join("c"),
+        &[base[0].clone(), ("IT_MAX_BOPS", "1K".into())],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("below the cheapest policy"),
+        "{err}"
+    );
+    let o = run_child(
+        &data_root,
+        &td.path().join("d"),
+        &[base[0].clone(), ("IT_DATASET", "cifar10".into())],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.to_lowercase().contains("cifar"),
+        "{err}"
+    );
+    let text = std::fs::read_to_string(&store).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines[2] = "{\"hash\": garbage";
+    std::fs::write(&store, lines.join("\n") + "\n").unwrap();
+    let o = run_child(&data_root, &b, &base);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("line 3"), "{err}");
+}
