@@ -10,7 +10,9 @@
 use std::time::Instant;
 
 use candle_core::{D, DType, Device, Tensor, Var};
-use seer_kernels::{Conv2dParams, batch_norm_relu_train, batch_norm_train, conv2d, relu};
+use seer_kernels::{
+    Conv2dParams, add_relu, batch_norm_relu_train, batch_norm_train, conv2d, shortcut_a,
+};
 
 type R<T> = candle_core::Result<T>;
 
@@ -257,7 +259,7 @@ fn candle_bn(x: &Tensor, g: &Tensor, b: &Tensor) -> R<Tensor> {
 }
 
 /// Option-A shortcut: every other pixel, channels zero-padded to `cout` (half each side).
-fn shortcut_a(x: &Tensor, cout: usize) -> R<Tensor> {
+fn candle_shortcut_a(x: &Tensor, cout: usize) -> R<Tensor> {
     let (n, c, h, w) = x.dims4()?;
     let sub = x
         .reshape((n, c, h / 2, 2, w / 2, 2))?
@@ -291,6 +293,19 @@ fn main() -> R<()> {
     let n = 128;
     let threads = rayon::current_num_threads();
 
+    if args.iter().any(|a| a == "--ours-only") {
+        // Profiling aid: only our training steps (e.g. under `perf record`).
+        let net = ResNet20::new(1, 10)?;
+        let x = Tensor::randn(0f32, 1., (n, 1, 28, 28), &Device::Cpu)?;
+        let labels = Tensor::from_vec(
+            (0..n as u32).map(|i| i % 10).collect::<Vec<u32>>(),
+            n,
+            &Device::Cpu,
+        )?;
+        let t = time(steps, || net.step(Impl::Ours, &x, &labels, 1e-3).map(drop))?;
+        println!("ours: {:.1} ms/step, {:.1} img/s", t * 1e3, n as f64 / t);
+        return Ok(());
+    }
     let mm = matmul_gflops(reps)?;
     let rows = bench_convs(n, reps)?;
 

@@ -8,7 +8,8 @@
 //! Training ops (all f32, CPU, NCHW; every one has backward and a slow twin in
 //! [`reference`] built from plain candle ops that the tests compare against):
 //! [`conv2d`], [`fake_quant_weight`], [`fake_quant_act`], [`channel_mask`],
-//! [`batch_norm_train`] / [`batch_norm_relu_train`], [`relu`]; plus [`filter_l2_scores`]
+//! [`batch_norm_train`] / [`batch_norm_relu_train`], [`relu`], [`add_relu`], [`shortcut_a`];
+//! plus [`filter_l2_scores`]
 //! for choosing channels. Convolutions run as im2col + GEMM on the `gemm` crate (AVX-512
 //! chosen at run time where the CPU has it, AVX2+FMA otherwise), parallel over images.
 //!
@@ -37,6 +38,7 @@ mod matmul;
 mod norm;
 mod quant;
 pub mod reference;
+mod residual;
 mod simd;
 mod view;
 
@@ -45,5 +47,6 @@ pub use error::{Error, Result};
 pub use mask::{channel_mask, filter_l2_scores, group_scores, top_k_mask};
 pub use norm::{BatchNormOutput, batch_norm_eval, batch_norm_relu_train, batch_norm_train, relu};
 pub use quant::{act_levels, fake_quant_act, fake_quant_weight, weight_qmax, weight_scales};
+pub use residual::{add_relu, shortcut_a};
 #[cfg(test)]
 mod testutil;
