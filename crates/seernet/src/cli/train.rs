@@ -87,6 +87,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         ..train::TrainConfig::default()
     };
     let per_epoch = splits.train.len() / a.batch_size.max(1);
+    let t0 = std::time::Instant::now();
     let pb = progress_bar((a.epochs * per_epoch) as u64, "train");
     let mut ema: Option<(f32, f32)> = None;
     let rep = train::train(&model, &splits.train, &norm, &cfg, &mut |s| {
@@ -106,6 +107,13 @@ pub fn run(a: TrainArgs) -> Result<()> {
         }
         if (s.step + 1) % per_epoch.max(1) == 0 {
             tracing::info!(epoch = s.epoch + 1, loss = e.0, acc = e.1, "epoch done");
+            // Partial checkpoint after every epoch, so a long run that is stopped still
+            // leaves a usable model (marked incomplete).
+            let partial = serde_json::json!({"epochs_done": s.epoch + 1, "epochs": a.epochs, "complete": false,
+                "seconds": t0.elapsed().as_secs_f64(), "train_loss_ema": e.0, "train_acc_ema": e.1});
+            if let Err(err) = checkpoint::save(&model, &a.out, Some(name.as_str()), &partial) {
+                tracing::warn!(%err, "could not write the partial checkpoint");
+            }
         }
     })?;
     pb.finish_and_clear();
@@ -114,7 +122,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         "epochs": a.epochs, "steps": rep.steps, "batch_size": a.batch_size, "lr": a.lr,
         "weight_decay": a.weight_decay, "seed": a.seed, "augment": !a.no_augment,
         "train_seconds": rep.seconds, "final_loss": rep.final_loss, "val_top1": val.top1,
-        "split_sha256": splits.manifest.index_sha256,
+        "split_sha256": splits.manifest.index_sha256, "complete": true,
     });
     checkpoint::save(&model, &a.out, Some(name.as_str()), &info)
         .with_context(|| format!("writing {}", a.out.display()))?;
