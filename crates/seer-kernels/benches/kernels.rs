@@ -210,15 +210,23 @@ impl ResNet20 {
                 let stride = if stage > 0 && block == 0 { 2 } else { 1 };
                 let a = self.cbr(imp, i, &h, stride, true)?;
                 let b = self.cbr(imp, i + 1, &a, 1, false)?;
-                let short = if stride == 2 {
-                    shortcut_a(&h, 16 << stage)?
-                } else {
-                    h.clone()
-                };
-                let s = (b + short)?;
                 h = match imp {
-                    Impl::Ours => relu(&s).map_err(err)?,
-                    Impl::Candle => s.relu()?,
+                    Impl::Ours => {
+                        let short = if stride == 2 {
+                            shortcut_a(&h, 16 << stage).map_err(err)?
+                        } else {
+                            h.clone()
+                        };
+                        add_relu(&b, &short).map_err(err)?
+                    }
+                    Impl::Candle => {
+                        let short = if stride == 2 {
+                            candle_shortcut_a(&h, 16 << stage)?
+                        } else {
+                            h.clone()
+                        };
+                        (b + short)?.relu()?
+                    }
                 };
                 i += 2;
             }
