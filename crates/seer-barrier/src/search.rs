@@ -67,8 +67,8 @@ impl Default for SearchConfig {
     fn default() -> Self {
         Self {
             method: Method::Barrier,
-            starts: 8,
-            starts_per_task: 4,
+            starts: 4,
+            starts_per_task: 2,
             stages: 6,
             steps_per_stage: 40,
             learning_rate: 0.05,
