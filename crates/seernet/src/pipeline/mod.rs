@@ -7,7 +7,7 @@
 //! - `labels.jsonl` — the durable label store ([`crate::store`]); a killed run (`kill -9`
 //!   included) started again with the same arguments resumes without recomputing a label.
 //! - `baseline.safetensors` — only when no baseline checkpoint was given (trained here).
-//! - `final/<policy hash>.json` — finished final fine-tunes (test and validation top-1).
+//! - `final/<policy hash>.json` — finished final fine-tunes (test top-1).
 //! - `policy-<budget>.json`, `model-<budget>.safetensors` ([`export`]), `report.md`,
 //!   `report.html`, `report.json`, SVG plots, `summary.json`, `run.log`.
 //!
@@ -217,7 +217,6 @@ struct FinalResult {
     steps: usize,
     seed: u64,
     top1_test: f64,
-    top1_val: f64,
     seconds: f64,
 }
 
@@ -876,7 +875,7 @@ struct FinalCtx<'a> {
 
 impl FinalCtx<'_> {
     /// Fine-tunes `policy` for `final_steps` (same quantizers as the labels, method.md §7),
-    /// evaluates on validation and test, exports to `export` when given; cached in
+    /// evaluates on the test split, exports to `export` when given; cached in
     /// `final/<hash>.json` (written last, so an interrupted export is redone).
     fn final_run(
         &self,
@@ -924,14 +923,12 @@ impl FinalCtx<'_> {
             &mut |s| self.bar.set_position(start + s.step as u64 + 1),
         )?;
         self.bar.set_position(start + self.cfg.final_steps as u64);
-        let val = train::evaluate(&model, &self.splits.val, self.norm, 256)?;
         let test = train::evaluate(&model, &self.splits.test, self.norm, 256)?;
         let r = FinalResult {
             hash: hash.clone(),
             steps: self.cfg.final_steps,
             seed,
             top1_test: test.top1,
-            top1_val: val.top1,
             seconds: t.elapsed().as_secs_f64(),
         };
         if let Some(path) = export {
@@ -944,7 +941,6 @@ impl FinalCtx<'_> {
                 "final_steps": self.cfg.final_steps,
                 "seed": seed,
                 "test_top1": test.top1,
-                "val_top1": val.top1,
             });
             let s = export::export_packed(&model, path, &prov)?;
             log.line(&format!(
