@@ -506,7 +506,7 @@ impl IntModel {
     /// the same as NCHW). Returns f32 logits `[batch, num_classes]`. Errors: `ShapeMismatch`
     /// for a wrong pixel count; `InvalidArgument` if a node's shapes do not chain.
     pub fn forward(&self, pixels: &[u8], batch: usize, isa: Isa) -> Result<Vec<f32>> {
-        self.forward_traced(pixels, batch, isa, &mut |_, _| {})
+        self.run(pixels, batch, isa, None)
     }
 
     /// [`forward`](Self::forward), calling `trace(node, real values)` after every node that
@@ -518,6 +518,17 @@ impl IntModel {
         isa: Isa,
         trace: &mut dyn FnMut(&str, Vec<f32>),
     ) -> Result<Vec<f32>> {
+        self.run(pixels, batch, isa, Some(trace))
+    }
+
+    fn run(
+        &self,
+        pixels: &[u8],
+        batch: usize,
+        isa: Isa,
+        mut trace: Option<&mut dyn FnMut(&str, Vec<f32>)>,
+    ) -> Result<Vec<f32>> {
+        let profile = std::env::var_os("SEER_INT_PROFILE").is_some();
         let inp = &self.meta.input;
         check_len(
             "input pixels",
@@ -535,6 +546,7 @@ impl IntModel {
         values.insert("input", image);
         let mut logits = None;
         for node in &self.meta.nodes {
+            let t0 = std::time::Instant::now();
             let x = values.get(node.input.as_str()).expect("validated input");
             let what = |why: String| invalid(&format!("node {}", node.name), why);
             let out: Value = match &node.op {
@@ -723,10 +735,19 @@ impl IntModel {
                     }
                 }
             };
-            trace(
-                &node.name,
-                out.codes.iter().map(|&q| q as f32 * out.step).collect(),
-            );
+            if let Some(trace) = trace.as_mut() {
+                trace(
+                    &node.name,
+                    out.codes.iter().map(|&q| q as f32 * out.step).collect(),
+                );
+            }
+            if profile {
+                eprintln!(
+                    "SEER_INT_PROFILE {} {:.3} ms",
+                    node.name,
+                    t0.elapsed().as_secs_f64() * 1e3
+                );
+            }
             values.insert(node.name.as_str(), out);
         }
         let logits = logits.ok_or_else(|| invalid("model", "the final node produced no logits"))?;
@@ -791,7 +812,7 @@ impl IntModel {
                 let o = i % co;
                 let pos = (i / co) % (oh * ow);
                 let y = a as f32 * acc_scale[o] + bias[o] - offset[pos * co + o];
-                (y.clamp(0.0, q.alpha) / step).round() as u8
+                super::layers::round_code(y.clamp(0.0, q.alpha) / step)
             })
             .collect())
     }

@@ -115,14 +115,16 @@ pub fn im2col(x: &[u8], g: &ConvGeom) -> Result<Vec<u8>> {
                     if iy < 0 || iy >= g.h as isize {
                         continue;
                     }
-                    for kx in 0..g.kw {
-                        let ix = (ox * g.stride + kx) as isize - g.pad as isize;
-                        if ix < 0 || ix >= g.w as isize {
-                            continue;
-                        }
-                        let src = ((b * g.h + iy as usize) * g.w + ix as usize) * c;
-                        let dst = (ky * g.kw + kx) * c;
-                        o[dst..dst + c].copy_from_slice(&x[src..src + c]);
+                    // The valid taps of one kernel row are contiguous in NHWC: one copy.
+                    let ix0 = (ox * g.stride) as isize - g.pad as isize;
+                    let kx0 = (-ix0).max(0) as usize;
+                    let kx1 = (g.w as isize - ix0).clamp(0, g.kw as isize) as usize;
+                    if kx0 < kx1 {
+                        let src =
+                            ((b * g.h + iy as usize) * g.w + (ix0 + kx0 as isize) as usize) * c;
+                        let dst = (ky * g.kw + kx0) * c;
+                        let len = (kx1 - kx0) * c;
+                        o[dst..dst + len].copy_from_slice(&x[src..src + len]);
                     }
                 }
             }
@@ -211,8 +213,8 @@ impl Requant {
     }
 
     #[inline]
-    fn quantize(&self, y: f32) -> u8 {
-        (y.clamp(0.0, self.alpha) / self.step()).round() as u8
+    fn quantize(&self, y: f32, step: f32) -> u8 {
+        round_code(y.clamp(0.0, self.alpha) / step)
     }
 
     /// Requantizes `acc` (`[rows, channels]`) into codes. Errors: `ShapeMismatch`.
@@ -225,13 +227,14 @@ impl Requant {
             ));
         }
         let mut out = vec![0u8; acc.len()];
+        let step = self.step();
         out.par_chunks_mut(c * 256)
             .zip(acc.par_chunks(c * 256))
             .for_each(|(o, a)| {
                 for (o, a) in o.chunks_exact_mut(c).zip(a.chunks_exact(c)) {
                     for j in 0..c {
                         *o.get_mut(j).expect("row") =
-                            self.quantize(a[j] as f32 * self.acc_scale[j] + self.bias[j]);
+                            self.quantize(a[j] as f32 * self.acc_scale[j] + self.bias[j], step);
                     }
                 }
             });
@@ -251,6 +254,7 @@ impl Requant {
             ));
         }
         let mut out = vec![0u8; acc.len()];
+        let step = self.step();
         out.par_chunks_mut(c * 256)
             .zip(acc.par_chunks(c * 256))
             .zip(residual.par_chunks(c * 256))
@@ -259,6 +263,7 @@ impl Requant {
                     let j = i % c;
                     o[i] = self.quantize(
                         a[i] as f32 * self.acc_scale[j] + self.bias[j] + r[i] as f32 * r_step,
+                        step,
                     );
                 }
             });
@@ -273,6 +278,14 @@ impl Requant {
             .map(|(i, &a)| a as f32 * self.acc_scale[i % c] + self.bias[i % c])
             .collect()
     }
+}
+
+/// `round(v)` (half away from zero) for `0 ≤ v < 256`, without a libm call: truncation is
+/// exact for such values, and so is the fraction `v − trunc(v)`.
+#[inline]
+pub(crate) fn round_code(v: f32) -> u8 {
+    let t = v as i32;
+    (t + (v - t as f32 >= 0.5) as i32) as u8
 }
 
 /// Shape of a pooling window on an NHWC tensor.
@@ -519,6 +532,22 @@ mod tests {
             }
             let got = global_avg_pool(&x, batch, h * w, c, 1.0, 255.0, 8).unwrap();
             prop_assert_eq!(got, reference::global_avg_pool(&x, batch, h * w, c));
+        }
+    }
+
+    #[test]
+    fn round_code_matches_round() {
+        for i in 0..=(255 * 64) {
+            let v = i as f32 / 64.0;
+            for v in [
+                v,
+                f32::from_bits(v.to_bits().saturating_sub(1)),
+                f32::from_bits(v.to_bits() + 1),
+            ] {
+                if v < 255.5 {
+                    assert_eq!(round_code(v), v.round() as u8, "{v}");
+                }
+            }
         }
     }
 
