@@ -58,6 +58,9 @@ fn child_config() -> Config {
     c.final_steps = 3;
     c.batch_size = 16;
     c.progress = false;
+    if let Ok(a) = std::env::var("IT_ACQ") {
+        c.acquisition = a.parse().unwrap();
+    }
     if let Ok(b) = std::env::var("IT_MAX_BOPS") {
         c.budgets = vec![Budget::parse_max_bops(&b).unwrap()];
     }
@@ -199,6 +202,22 @@ fn kill_resume_determinism_and_errors() {
         pa,
         "policy-*.json differ between runs A and B"
     );
+
+    // The other acquisitions run the same loop.
+    for acq in ["counterfactual", "random"] {
+        let dir = td.path().join(acq);
+        let o = run_child(&data_root, &dir, &[base[0].clone(), ("IT_ACQ", acq.into())]);
+        assert!(
+            o.status.success(),
+            "{acq}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let s: Summary =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap())
+                .unwrap();
+        assert_eq!(s.labels, 6, "{acq}");
+        assert_eq!(policies(&dir).len(), 1, "{acq}");
+    }
 
     // Bad input: infeasible budget, missing dataset, corrupt store.
     let o = run_child(
