@@ -541,6 +541,39 @@ pub fn conv2d_output_hw(
     Ok((g.oh, g.ow))
 }
 
+/// Phase timings for profiling (not part of the API): `(phase, seconds per call, GFLOP)`.
+#[doc(hidden)]
+pub fn __profile(
+    x: &[usize],
+    w: &[usize],
+    p: &Conv2dParams,
+    timer: &mut dyn FnMut(&mut dyn FnMut()) -> f64,
+) -> Result<Vec<(&'static str, f64, f64)>> {
+    let g = Geom::new(x, w, p)?;
+    let xs = vec![0.5f32; x.iter().product()];
+    let ws = vec![0.25f32; w.iter().product()];
+    let dy = vec![1f32; g.n * g.out_img()];
+    let gf = 2.0 * (g.n * g.cout * g.ohw * g.kdim) as f64 / 1e9;
+    Ok(vec![
+        ("fwd", timer(&mut || drop(conv_forward(&xs, &ws, &g))), gf),
+        (
+            "bwd",
+            timer(&mut || drop(conv_backward(&xs, &ws, &dy, &g, true, true))),
+            2.0 * gf,
+        ),
+        (
+            "dx",
+            timer(&mut || drop(conv_backward(&xs, &ws, &dy, &g, true, false))),
+            gf,
+        ),
+        (
+            "dw",
+            timer(&mut || drop(conv_backward(&xs, &ws, &dy, &g, false, true))),
+            gf,
+        ),
+    ])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -653,37 +686,4 @@ mod tests {
             (4, 4)
         );
     }
-}
-
-/// Phase timings for profiling (not part of the API): `(phase, seconds per call, GFLOP)`.
-#[doc(hidden)]
-pub fn __profile(
-    x: &[usize],
-    w: &[usize],
-    p: &Conv2dParams,
-    timer: &mut dyn FnMut(&mut dyn FnMut()) -> f64,
-) -> Result<Vec<(&'static str, f64, f64)>> {
-    let g = Geom::new(x, w, p)?;
-    let xs = vec![0.5f32; x.iter().product()];
-    let ws = vec![0.25f32; w.iter().product()];
-    let dy = vec![1f32; g.n * g.out_img()];
-    let gf = 2.0 * (g.n * g.cout * g.ohw * g.kdim) as f64 / 1e9;
-    Ok(vec![
-        ("fwd", timer(&mut || drop(conv_forward(&xs, &ws, &g))), gf),
-        (
-            "bwd",
-            timer(&mut || drop(conv_backward(&xs, &ws, &dy, &g, true, true))),
-            2.0 * gf,
-        ),
-        (
-            "dx",
-            timer(&mut || drop(conv_backward(&xs, &ws, &dy, &g, true, false))),
-            gf,
-        ),
-        (
-            "dw",
-            timer(&mut || drop(conv_backward(&xs, &ws, &dy, &g, false, true))),
-            gf,
-        ),
-    ])
 }

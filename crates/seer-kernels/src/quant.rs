@@ -50,7 +50,7 @@ fn take(slot: &ErrSlot, e: candle_core::Error) -> Error {
 /// `[C, len]`; also checks finiteness.
 fn channel_scales(w: &[f32], c: usize, qmax: f32, op: &'static str) -> Result<Vec<f32>> {
     check_finite(w, op, "w")?;
-    let len = if c == 0 { 0 } else { w.len() / c };
+    let len = w.len().checked_div(c).unwrap_or(0);
     Ok((0..c)
         .map(|ch| {
             let m = w[ch * len..(ch + 1) * len]
@@ -79,7 +79,7 @@ impl CustomOp1 for FakeQuantWeightOp {
         let qmax = weight_qmax(self.bits);
         let scales = channel_scales(w, c, qmax, WOP).map_err(|e| fail(&self.err, e))?;
         let mut out = vec![0f32; w.len()];
-        let len = if c == 0 { 0 } else { w.len() / c };
+        let len = w.len().checked_div(c).unwrap_or(0);
         if len > 0 {
             out.par_chunks_mut(len)
                 .zip(w.par_chunks(len))

@@ -345,9 +345,8 @@ mod avx2 {
                 dot_tile::<MR, 2>(p, a, lda, b.add(j * ldb), ldb, c.add(j), ldc);
                 j += 2;
             }
-            match n - j {
-                1 => dot_tile::<MR, 1>(p, a, lda, b.add(j * ldb), ldb, c.add(j), ldc),
-                _ => {}
+            if n - j == 1 {
+                dot_tile::<MR, 1>(p, a, lda, b.add(j * ldb), ldb, c.add(j), ldc);
             }
         }
     }

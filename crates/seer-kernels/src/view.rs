@@ -94,15 +94,15 @@ pub(crate) fn prepare(t: &Tensor, op: &'static str) -> Result<Tensor> {
 pub(crate) fn check_finite(v: &[f32], op: &'static str, what: &'static str) -> Result<()> {
     // Scan in wide chunks with a branch-free fold that vectorises; locate only on failure.
     for (ci, chunk) in v.chunks(4096).enumerate() {
-        if !chunk.iter().fold(true, |ok, x| ok & x.is_finite()) {
-            if let Some((i, &value)) = chunk.iter().enumerate().find(|(_, x)| !x.is_finite()) {
-                return Err(Error::NonFinite {
-                    op,
-                    what,
-                    index: ci * 4096 + i,
-                    value,
-                });
-            }
+        if !chunk.iter().fold(true, |ok, x| ok & x.is_finite())
+            && let Some((i, &value)) = chunk.iter().enumerate().find(|(_, x)| !x.is_finite())
+        {
+            return Err(Error::NonFinite {
+                op,
+                what,
+                index: ci * 4096 + i,
+                value,
+            });
         }
     }
     Ok(())
