@@ -13,11 +13,18 @@ pub fn workspace_root() -> PathBuf {
 /// Peer data is never copied into the project (see `../shared/peer-data/README.md`);
 /// tests that need it print a clear skip message when it is absent.
 pub fn peer_data(rel: &str) -> Option<PathBuf> {
-    let p = workspace_root().join("..").join("shared").join("peer-data").join(rel);
+    let p = workspace_root()
+        .join("..")
+        .join("shared")
+        .join("peer-data")
+        .join(rel);
     if p.exists() {
         Some(p)
     } else {
-        eprintln!("skipping: peer data {} not found (expected ../shared beside the checkout)", p.display());
+        eprintln!(
+            "skipping: peer data {} not found (expected ../shared beside the checkout)",
+            p.display()
+        );
         None
     }
 }

@@ -72,11 +72,31 @@ struct Bench {
 
 /// Every benchmark `cargo xtask bench NAME` knows (add one line per bench target).
 const BENCHES: &[Bench] = &[
-    Bench { name: "policy", package: "seer-policy", target: "cost" },
-    Bench { name: "predictor", package: "seer-predictor", target: "predictor" },
-    Bench { name: "search", package: "seernet", target: "search" },
-    Bench { name: "int", package: "seer-kernels", target: "int" },
-    Bench { name: "kernels", package: "seer-kernels", target: "kernels" },
+    Bench {
+        name: "policy",
+        package: "seer-policy",
+        target: "cost",
+    },
+    Bench {
+        name: "predictor",
+        package: "seer-predictor",
+        target: "predictor",
+    },
+    Bench {
+        name: "search",
+        package: "seernet",
+        target: "search",
+    },
+    Bench {
+        name: "int",
+        package: "seer-kernels",
+        target: "int",
+    },
+    Bench {
+        name: "kernels",
+        package: "seer-kernels",
+        target: "kernels",
+    },
 ];
 
 fn main() -> Result<()> {
@@ -86,31 +106,85 @@ fn main() -> Result<()> {
             let Some(b) = BENCHES.iter().find(|b| b.name == name) else {
                 bail!("unknown benchmark {name:?}");
             };
-            cargo(&["bench", "--quiet", "-p", b.package, "--bench", b.target, "--"], &args)
+            cargo(
+                &[
+                    "bench", "--quiet", "-p", b.package, "--bench", b.target, "--",
+                ],
+                &args,
+            )
         }
         Task::FetchData { name, force } => {
             let mut extra = vec!["fetch".to_string(), name];
             if force {
                 extra.push("--force".into());
             }
-            cargo(&["run", "--release", "--quiet", "-p", "seer-nn", "--bin", "seer-data", "--"], &extra)
+            cargo(
+                &[
+                    "run",
+                    "--release",
+                    "--quiet",
+                    "-p",
+                    "seer-nn",
+                    "--bin",
+                    "seer-data",
+                    "--",
+                ],
+                &extra,
+            )
         }
-        Task::Compress { args } => {
-            cargo(&["run", "--release", "--quiet", "-p", "seernet", "--", "compress"], &args)
-        }
-        Task::TrainBaseline { arch, epochs, lr, out } => {
+        Task::Compress { args } => cargo(
+            &[
+                "run",
+                "--release",
+                "--quiet",
+                "-p",
+                "seernet",
+                "--",
+                "compress",
+            ],
+            &args,
+        ),
+        Task::TrainBaseline {
+            arch,
+            epochs,
+            lr,
+            out,
+        } => {
             let lenet = arch == "lenet5";
             let epochs = epochs.unwrap_or(if lenet { 12 } else { 30 });
             let lr = lr.unwrap_or(if lenet { 0.05 } else { 0.1 });
             let out = out.unwrap_or_else(|| {
-                workspace_root().join("assets/baselines").join(format!("{arch}-fashion-mnist.safetensors"))
+                workspace_root()
+                    .join("assets/baselines")
+                    .join(format!("{arch}-fashion-mnist.safetensors"))
             });
-            cargo(&["run", "--release", "--quiet", "-p", "seer-nn", "--bin", "seer-data", "--"], &["fetch".into(), "fashion-mnist".into()])?;
+            cargo(
+                &[
+                    "run",
+                    "--release",
+                    "--quiet",
+                    "-p",
+                    "seer-nn",
+                    "--bin",
+                    "seer-data",
+                    "--",
+                ],
+                &["fetch".into(), "fashion-mnist".into()],
+            )?;
             let run = ["run", "--release", "--quiet", "-p", "seernet", "--"];
             let out_s = out.display().to_string();
             let mut train_args: Vec<String> = vec![
-                "train".into(), "--arch".into(), arch, "--dataset".into(), "fashion-mnist".into(),
-                "--epochs".into(), epochs.to_string(), "--lr".into(), lr.to_string(), "--out".into(), out_s.clone(),
+                "train".into(),
+                "--arch".into(),
+                arch,
+                "--dataset".into(),
+                "fashion-mnist".into(),
+                "--epochs".into(),
+                epochs.to_string(),
+                "--lr".into(),
+                lr.to_string(),
+                "--out".into(),
+                out_s.clone(),
             ];
             if lenet {
                 // LeNet-5 underfits with crop+flip in a few epochs (87.7% vs ≥ 89% test top-1
@@ -118,7 +192,16 @@ fn main() -> Result<()> {
                 train_args.push("--no-augment".into());
             }
             cargo(&run, &train_args)?;
-            cargo(&run, &["eval".into(), "--model".into(), out_s, "--split".into(), "test".into()])
+            cargo(
+                &run,
+                &[
+                    "eval".into(),
+                    "--model".into(),
+                    out_s,
+                    "--split".into(),
+                    "test".into(),
+                ],
+            )
         }
     }
 }

@@ -103,11 +103,7 @@ fn slimmed_equals_masked_on_random_policies() {
             ..SpaceConfig::default()
         };
         let space = SearchSpace::new(spec.clone(), cfg).unwrap();
-        let trials = if arch == "vgg-small" {
-            1
-        } else {
-            2
-        };
+        let trials = if arch == "vgg-small" { 1 } else { 2 };
         for trial in 0..trials {
             let mut m = Model::new(spec.clone(), trial, &Device::Cpu).unwrap();
             warm_bn(&m, 10 * trial);

@@ -112,7 +112,10 @@ pub fn run_cmd(a: CompressArgs) -> Result<()> {
     cfg.seed = a.seed;
     cfg.progress = !a.quiet;
     if cfg.n0 < 4 {
-        bail!("--n0 {}: the predictor needs at least 4 initial labels", cfg.n0);
+        bail!(
+            "--n0 {}: the predictor needs at least 4 initial labels",
+            cfg.n0
+        );
     }
     cfg.command = Some(std::env::args().collect::<Vec<_>>().join(" "));
     let s = run(&cfg).with_context(|| format!("compress run in {}", cfg.out_dir.display()))?;
