@@ -485,6 +485,89 @@ impl Predictor {
         Ok((mean_std(&outs, b), grads))
     }
 
+    /// The pessimistic score s(x) = μ(x) − κ·σ(x) (a lower confidence bound) and its analytic
+    /// gradient ∇ₓs, per row, in target units (per raw feature unit for the gradient).
+    ///
+    /// With per-member outputs f_m, ∇σ = (1 / (M σ)) Σ_m (f_m − μ) ∇f_m (σ with divisor M);
+    /// where σ = 0 (one member, or all members agree) the gradient of σ is taken as 0.
+    /// Maximising s instead of μ keeps a search near policies the ensemble agrees on: an
+    /// ensemble fitted on few labels extrapolates optimistically far from them (method.md §6,
+    /// our choice; κ = 0 gives [`Self::predict_grad`]'s μ and ∇μ). Returns (μ, σ, s) per row and
+    /// ∇s per row. Errors: as [`Self::predict`], and [`Error::Config`] for κ negative or not finite.
+    pub fn predict_lcb_grad<R: AsRef<[f64]>>(
+        &self,
+        rows: &[R],
+        kappa: f64,
+    ) -> Result<(Prediction, Vec<f64>, Vec<Vec<f64>>)> {
+        if !(kappa.is_finite() && kappa >= 0.0) {
+            return Err(Error::Config(format!(
+                "kappa must be finite and ≥ 0, got {kappa}"
+            )));
+        }
+        let z = rows_to_f32(self, rows)?;
+        let d = self.n_features();
+        let b = rows.len();
+        let m_count = self.members.len();
+        // Per chunk: member outputs [M][rb] (target units) and member input gradients [M][rb*d]
+        // (standardised inputs, standardised target).
+        let run = |chunk: &[f32]| -> (Vec<Vec<f64>>, Vec<Vec<f32>>) {
+            let rb = chunk.len() / d;
+            let mut ws = Workspace::default();
+            let ones = vec![1.0f32; rb];
+            let mut outs = Vec::with_capacity(m_count);
+            let mut grads = Vec::with_capacity(m_count);
+            for m in &self.members {
+                outs.push(
+                    m.forward(chunk, &mut ws)
+                        .iter()
+                        .map(|&o| f64::from(o) * self.y_std + self.y_mean)
+                        .collect(),
+                );
+                let mut dx = vec![0.0f32; chunk.len()];
+                m.backward(&mut ws, &ones, None, Some(&mut dx));
+                grads.push(dx);
+            }
+            (outs, grads)
+        };
+        let parts: Vec<(Vec<Vec<f64>>, Vec<Vec<f32>>)> = if b <= CHUNK {
+            vec![run(&z)]
+        } else {
+            z.par_chunks(CHUNK * d).map(run).collect()
+        };
+        let mut mean = Vec::with_capacity(b);
+        let mut std = Vec::with_capacity(b);
+        let mut score = Vec::with_capacity(b);
+        let mut grads = Vec::with_capacity(b);
+        let mf = m_count as f64;
+        for (outs, mgrads) in &parts {
+            let rb = outs[0].len();
+            for r in 0..rb {
+                let mu = outs.iter().map(|o| o[r]).sum::<f64>() / mf;
+                let sd = (outs.iter().map(|o| (o[r] - mu) * (o[r] - mu)).sum::<f64>() / mf).sqrt();
+                let mut g = vec![0.0f64; d];
+                for (o, gm) in outs.iter().zip(mgrads) {
+                    // d s / d f_m = 1/M − κ (f_m − μ) / (M σ).
+                    let w = if sd > 1e-12 {
+                        1.0 / mf - kappa * (o[r] - mu) / (mf * sd)
+                    } else {
+                        1.0 / mf
+                    };
+                    for (gj, &v) in g.iter_mut().zip(&gm[r * d..(r + 1) * d]) {
+                        *gj += w * f64::from(v);
+                    }
+                }
+                for (gj, sj) in g.iter_mut().zip(&self.x_scaler.std) {
+                    *gj *= self.y_std / sj;
+                }
+                mean.push(mu);
+                std.push(sd);
+                score.push(mu - kappa * sd);
+                grads.push(g);
+            }
+        }
+        Ok((Prediction { mean, std }, score, grads))
+    }
+
     /// The counterfactual sensitivity score of method.md §5 for one policy encoding `x`:
     /// u(x) = mean over neighbours c of (μ(c) − μ(x))², where `neighbours` are the encodings
     /// of the one-step-cheaper policies (computed by the caller from its search space).
@@ -671,6 +754,57 @@ pub(crate) mod tests {
         let (pred, g2) = p.predict_grad(&rows).unwrap();
         assert_eq!(g, g2);
         assert_eq!(pred, p.predict(&rows).unwrap());
+    }
+
+    #[test]
+    fn lcb_gradient_matches_finite_differences() {
+        let s = synthetic(120, 4);
+        let p = fit(
+            &s,
+            &Config {
+                max_epochs: 60,
+                ..small()
+            },
+        )
+        .unwrap();
+        let rows: Vec<Vec<f64>> = s.x()[..4].to_vec();
+        let kappa = 1.5;
+        let (pred, score, g) = p.predict_lcb_grad(&rows, kappa).unwrap();
+        let plain = p.predict(&rows).unwrap();
+        for r in 0..rows.len() {
+            assert!((pred.mean[r] - plain.mean[r]).abs() < 1e-9);
+            assert!((pred.std[r] - plain.std[r]).abs() < 1e-9);
+            assert!((score[r] - (plain.mean[r] - kappa * plain.std[r])).abs() < 1e-9);
+        }
+        let lcb = |x: Vec<f64>| {
+            let q = p.predict(&[x]).unwrap();
+            q.mean[0] - kappa * q.std[0]
+        };
+        let h = 1e-3;
+        for (r, gr) in rows.iter().zip(&g) {
+            for j in 0..r.len() {
+                let (mut a, mut b) = (r.clone(), r.clone());
+                a[j] += h;
+                b[j] -= h;
+                let fd = (lcb(a) - lcb(b)) / (2.0 * h);
+                assert!(
+                    (fd - gr[j]).abs() < 3e-2 * (1.0 + fd.abs()),
+                    "feature {j}: fd {fd} vs analytic {}",
+                    gr[j]
+                );
+            }
+        }
+        // κ = 0 is the plain mean gradient.
+        let (_, s0, g0) = p.predict_lcb_grad(&rows, 0.0).unwrap();
+        let gm = p.grad(&rows).unwrap();
+        for r in 0..rows.len() {
+            assert!((s0[r] - plain.mean[r]).abs() < 1e-9);
+            for j in 0..gm[r].len() {
+                assert!((g0[r][j] - gm[r][j]).abs() < 1e-6 * (1.0 + gm[r][j].abs()));
+            }
+        }
+        assert!(p.predict_lcb_grad(&rows, -1.0).is_err());
+        assert!(p.predict_lcb_grad(&rows, f64::NAN).is_err());
     }
 
     #[test]

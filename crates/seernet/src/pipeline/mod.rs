@@ -21,7 +21,7 @@
 pub mod export;
 pub mod sampling;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -71,6 +71,11 @@ pub struct Config {
     pub acquisition: Acquisition,
     /// Generations of the evolutionary sampler per round.
     pub sampler_generations: usize,
+    /// Pessimism levels κ of the verification rounds: per budget and κ, the barrier search
+    /// maximises μ − κσ and its policy is labelled (see [`run`]).
+    pub kappas: Vec<f64>,
+    /// Verification rounds after the active rounds (0: choose by the predictor alone).
+    pub verify_rounds: usize,
     /// Fine-tune steps per label (method.md §3).
     pub label_steps: u64,
     /// Fine-tune steps of each chosen policy and each uniform baseline (method.md §7).
@@ -118,6 +123,8 @@ impl Config {
             k: 10,
             acquisition: Acquisition::Std,
             sampler_generations: 30,
+            kappas: vec![0.0, 1.0, 2.0],
+            verify_rounds: 2,
             label_steps: 100,
             final_steps: 600,
             batch_size: 64,
@@ -136,6 +143,7 @@ impl Config {
             rounds: 2,
             k: 3,
             sampler_generations: 15,
+            verify_rounds: 1,
             label_steps: 30,
             final_steps: 100,
             ..Self::default_run(out_dir)
@@ -444,12 +452,29 @@ pub fn run(cfg: &Config) -> Result<Summary> {
         if open.created { "new" } else { "resuming" }
     ));
 
+    // Uniform anchors: the uniform baselines of every budget are labelled like any policy, so
+    // the predictor sees them and the final choice compares against them on validation.
+    let uniform = uniform_candidates(&space, &resolved)?;
+    let anchors: Vec<(Vec<usize>, String)> = uniform
+        .iter()
+        .map(|(w, a, p, pol)| {
+            let name = if *p > 0.0 {
+                format!("uniform anchor w{w}a{a} prune {p}")
+            } else {
+                format!("uniform anchor w{w}a{a}")
+            };
+            Ok((space.to_indices(pol)?, name))
+        })
+        .collect::<Result<_>>()?;
+
     // Labels: initial stratified set, then active rounds.
-    let total_planned = cfg.n0 + cfg.rounds * cfg.k;
+    let total_planned = cfg.n0 + anchors.len() + cfg.rounds * cfg.k;
     let pb = bar(total_planned as u64, "labels", cfg.progress);
     log.bar = Some(pb.clone());
     let mut computed = 0usize;
     let mut planned: Vec<Vec<usize>> = Vec::new();
+    // Where each planned policy came from, for the report.
+    let mut origin: HashMap<Vec<usize>, String> = HashMap::new();
     let label_batch = |rows: &[Vec<usize>],
                        store: &mut LabelStore,
                        log: &mut RunLog,
@@ -488,7 +513,27 @@ pub fn run(cfg: &Config) -> Result<Summary> {
         initial.len()
     ));
     label_batch(&initial, &mut store, &mut log, &mut computed)?;
+    for i in &initial {
+        origin.insert(i.clone(), "initial stratified set".into());
+    }
     planned.extend(initial);
+    let anchor_rows: Vec<Vec<usize>> = anchors
+        .iter()
+        .filter(|(i, _)| !planned.contains(i))
+        .map(|(i, _)| i.clone())
+        .collect();
+    if anchor_rows.len() < anchors.len() {
+        pb.inc((anchors.len() - anchor_rows.len()) as u64);
+    }
+    log.line(&format!(
+        "uniform anchors: {} uniform policies (the uniform baselines of the budgets)",
+        anchor_rows.len()
+    ));
+    label_batch(&anchor_rows, &mut store, &mut log, &mut computed)?;
+    for (i, name) in &anchors {
+        origin.entry(i.clone()).or_insert_with(|| name.clone());
+    }
+    planned.extend(anchor_rows);
     stage("initial labels", t, &mut timings);
 
     let t = Instant::now();
@@ -526,11 +571,64 @@ pub fn run(cfg: &Config) -> Result<Summary> {
             cfg.acquisition
         ));
         label_batch(&rows, &mut store, &mut log, &mut computed)?;
+        for i in &rows {
+            origin.insert(
+                i.clone(),
+                format!("active round {} ({} acquisition)", r + 1, cfg.acquisition),
+            );
+        }
+        planned.extend(rows);
+    }
+    stage("active rounds", t, &mut timings);
+
+    // Verification rounds: for every budget and pessimism κ, the barrier search on the current
+    // predictor proposes a policy (maximising μ − κσ); the new ones are labelled and the
+    // predictor refitted. The final choice per budget is then the labelled policy within the
+    // budget with the best validation top-1: the predictor proposes, the validation split
+    // decides (method.md §6; our choice — the authors take the predictor's optimum as is).
+    let t = Instant::now();
+    for v in 0..cfg.verify_rounds {
+        let recs = records_of(&store, &planned)?;
+        let predictor = sampling::fit(&space, &recs, cfg.seed.wrapping_add(4000 + v as u64))?;
+        let mut rows: Vec<Vec<usize>> = Vec::new();
+        for b in &resolved {
+            let bb = seer_barrier::Budget {
+                max_bops: b.max_bops.map(|v| v as f64),
+                max_size_bits: b.max_size_bits.map(|v| v as f64),
+            };
+            for &kappa in &cfg.kappas {
+                let mut opts = SearchOptions::new(Method::Barrier, cfg.seed);
+                opts.kappa = kappa;
+                let f = find_policy(&space, &predictor, &bb, &opts)
+                    .map_err(|e| perr(format!("search for budget {}: {e}", b.label)))?;
+                if !planned.contains(&f.indices) && !rows.contains(&f.indices) {
+                    origin.insert(
+                        f.indices.clone(),
+                        format!(
+                            "barrier search for {}, κ = {kappa}, verification round {}",
+                            b.label,
+                            v + 1
+                        ),
+                    );
+                    rows.push(f.indices);
+                }
+            }
+        }
+        log.line(&format!(
+            "verification round {}/{}: predictor fitted on {} labels; {} new policies proposed by the barrier search (κ ∈ {:?})",
+            v + 1,
+            cfg.verify_rounds,
+            recs.len(),
+            rows.len(),
+            cfg.kappas
+        ));
+        pb.inc_length(rows.len() as u64);
+        label_batch(&rows, &mut store, &mut log, &mut computed)?;
         planned.extend(rows);
     }
     pb.finish_and_clear();
     log.bar = None;
-    stage("active rounds", t, &mut timings);
+    stage("verification rounds", t, &mut timings);
 
     // Final predictor and its held-out quality.
     let t = Instant::now();
@@ -572,30 +670,64 @@ pub fn run(cfg: &Config) -> Result<Summary> {
     };
     stage("predictor", t, &mut timings);
 
-    // Barrier search per budget, and the predicted front.
+    // Choice per budget: the labelled policy within the budget with the best validation top-1
+    // (ties: fewer BOPs); without one (no verification rounds), the barrier optimum of μ.
     let t = Instant::now();
     let opts = SearchOptions::new(Method::Barrier, cfg.seed);
+    let mut front_opts = opts.clone();
+    front_opts.kappa = 1.0;
     let mut found = Vec::new();
     for b in &resolved {
         let bb = seer_barrier::Budget {
             max_bops: b.max_bops.map(|v| v as f64),
             max_size_bits: b.max_size_bits.map(|v| v as f64),
         };
-        let f = find_policy(&space, &predictor, &bb, &opts)
-            .map_err(|e| perr(format!("search for budget {}: {e}", b.label)))?;
+        let best = planned
+            .iter()
+            .zip(&recs)
+            .filter(|(_, r)| admits(b, r.bops, r.size_bits))
+            .max_by(|(_, x), (_, y)| x.top1.total_cmp(&y.top1).then(y.bops.cmp(&x.bops)));
+        let (f, from, label_top1) = match best {
+            Some((idx, r)) => {
+                let p = predictor
+                    .predict(&[sampling::features(&space, idx)])
+                    .map_err(|e| perr(format!("predicting budget {}: {e}", b.label)))?;
+                let f = crate::search::Found {
+                    method: Method::Barrier,
+                    indices: idx.clone(),
+                    policy: r.policy.clone(),
+                    bops: r.bops,
+                    size_bits: r.size_bits,
+                    predicted_mean: p.mean[0],
+                    predicted_std: p.std[0],
+                    seconds: 0.0,
+                    evaluations: 0,
+                };
+                let from = origin
+                    .get(idx)
+                    .cloned()
+                    .unwrap_or_else(|| "label store".into());
+                (f, from, Some(r.top1))
+            }
+            None => {
+                let f = find_policy(&space, &predictor, &bb, &opts)
+                    .map_err(|e| perr(format!("search for budget {}: {e}", b.label)))?;
+                (f, "barrier search (unlabelled)".to_string(), None)
+            }
+        };
         let file = format!("policy-{}.json", b.label);
         f.policy.save(out.join(&file))?;
         log.line(&format!(
-            "budget {}: policy with {} BOPs ({:.2}% of w8a8), {} bits, predicted val top-1 {:.2}% ± {:.2} ({:.0} ms) -> {file}",
+            "budget {}: policy with {} BOPs ({:.2}% of w8a8), {} bits, predicted val top-1 {:.2}% ± {:.2}, labelled val top-1 {}; from {from} -> {file}",
             b.label,
             f.bops,
             100.0 * f.bops as f64 / w8a8 as f64,
             f.size_bits,
             f.predicted_mean,
             f.predicted_std,
-            1000.0 * f.seconds
+            label_top1.map_or("—".into(), |v| format!("{v:.2}%")),
         ));
-        found.push((b.clone(), f, file));
+        found.push((b.clone(), f, file, from, label_top1));
     }
     let mut front = Vec::new();
     let levels = 10;
@@ -604,7 +736,7 @@ pub fn run(cfg: &Config) -> Result<Summary> {
         let lo = (cheapest.bops as f64 * 1.02).ln();
         let hi = band.1.max(cheapest.bops as f64 * 1.05).ln();
         let bb = seer_barrier::Budget::bops((lo + frac * (hi - lo)).exp());
-        if let Ok(f) = find_policy(&space, &predictor, &bb, &opts) {
+        if let Ok(f) = find_policy(&space, &predictor, &bb, &front_opts) {
             front.push(report::FrontPoint {
                 bops: f.bops,
                 predicted_top1: f.predicted_mean,
@@ -617,7 +749,6 @@ pub fn run(cfg: &Config) -> Result<Summary> {
     let t = Instant::now();
     let final_dir = out.join("final");
     std::fs::create_dir_all(&final_dir).map_err(|e| io_err(&final_dir, e))?;
-    let uniform = uniform_candidates(&space, &resolved)?;
     let n_final = found.len() + uniform.len();
     let fpb = bar(
         (n_final * cfg.final_steps) as u64,
@@ -637,7 +768,7 @@ pub fn run(cfg: &Config) -> Result<Summary> {
         bar: &fpb,
     };
     let mut outcomes = Vec::new();
-    for (b, f, file) in &found {
+    for (b, f, file, from, label_top1) in &found {
         let model_file = format!("model-{}.safetensors", b.label);
         let r = ctx.final_run(&f.policy, Some(&out.join(&model_file)), &mut log)?;
         log.line(&format!(
@@ -657,6 +788,8 @@ pub fn run(cfg: &Config) -> Result<Summary> {
             measured_top1: Some(r.top1_test),
             policy_file: Some(file.clone()),
             model_file: Some(model_file),
+            label_val_top1: *label_top1,
+            selected_from: Some(from.clone()),
         });
     }
     let mut uniform_out = Vec::new();
@@ -724,7 +857,7 @@ pub fn run(cfg: &Config) -> Result<Summary> {
         timings: Vec::new(),
         notes: vec![
             "Labels: validation top-1 after the short fine-tune (method.md §3); budgets: test top-1 after the final fine-tune. The test split is used only for the final figures.".into(),
-            "Exported models: physically pruned; quantized weights packed to their bit-widths with per-channel f32 scales (seernet-packed-model v1); see crates/seernet/src/pipeline/export.rs.".into(),
+            "Exported models: physically pruned; quantized weights packed to their bit-widths with per-channel f32 scales, BatchNorm folded, activation clip ranges as requantisations (seer-kernels integer engine format seernet-int-model v1, run with `seernet infer`); see crates/seernet/src/pipeline/export.rs.".into(),
             format!("Labels computed by the last invocation: {computed} of {}.", recs.len()),
         ],
     };
@@ -790,6 +923,10 @@ fn settings_table(cfg: &Config, protocol_hash: &str) -> Vec<report::Setting> {
             format!("{} × {}", cfg.rounds, cfg.k),
         ),
         s("acquisition", cfg.acquisition.to_string()),
+        s(
+            "verification rounds × pessimism κ",
+            format!("{} × {:?}", cfg.verify_rounds, cfg.kappas),
+        ),
         s(
             "label fine-tune",
             format!(
@@ -949,15 +1086,29 @@ impl FinalCtx<'_> {
                 "seed": seed,
                 "test_top1": test.top1,
             });
-            let s = export::export_packed(&model, path, &prov)?;
-            log.line(&format!(
-                "exported {}: {} bytes ({} packed weight tensors: {} bytes vs {} bytes f32)",
-                path.display(),
-                s.file_bytes,
-                s.packed_layers,
-                s.packed_weight_bytes,
-                s.f32_weight_bytes
-            ));
+            // The slim float model the export came from: `seernet infer`'s fake-quant reference.
+            let float_name = format!("final/{hash}.float.safetensors");
+            let slim = model.slim()?;
+            checkpoint::save(
+                &slim,
+                &self.cfg.out_dir.join(&float_name),
+                Some(self.dname.as_str()),
+                &prov,
+            )?;
+            let mut prov = prov;
+            prov["float_model"] = float_name.into();
+            let m = &self.splits.manifest;
+            match export::export_int(&slim, &m.mean, &m.std, path, &prov) {
+                Ok(s) => log.line(&format!(
+                    "exported {}: {} bytes ({} packed weight tensors: {} bytes vs {} bytes f32)",
+                    path.display(),
+                    s.file_bytes,
+                    s.packed_layers,
+                    s.packed_weight_bytes,
+                    s.f32_weight_bytes
+                )),
+                Err(e) => log.line(&format!("integer export skipped: {e}")),
+            }
         }
         let js = serde_json::to_string_pretty(&r).expect("serializes") + "\n";
         crate::store::write_atomic(&cache, js.as_bytes())?;

@@ -138,6 +138,14 @@ pub(crate) fn document(r: &RunReport) -> Vec<Block> {
                 fmt::policy_summary(&x.policy),
                 format!("MACs: {}", fmt::si(x.macs)),
             ];
+            if let Some(src) = &x.selected_from {
+                facts.push(format!(
+                    "Chosen from: {src}{}",
+                    x.label_val_top1.map_or(String::new(), |v| format!(
+                        " (validation top-1 {v:.2}% under the labelling protocol)"
+                    ))
+                ));
+            }
             if let Some(p) = &x.policy_file {
                 facts.push(format!("Policy file: {p}"));
             }

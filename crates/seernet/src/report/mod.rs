@@ -134,6 +134,14 @@ pub struct BudgetOutcome {
     pub policy_file: Option<String>,
     /// Written model file, relative to the run directory.
     pub model_file: Option<String>,
+    /// Validation top-1 of this policy measured under the labelling protocol (the evidence
+    /// the final choice was made on); None for reports written before it was recorded.
+    #[serde(default)]
+    pub label_val_top1: Option<f64>,
+    /// Where the chosen policy came from (e.g. `barrier search, κ = 1, verification round 2`,
+    /// `uniform anchor`, `active round 3`).
+    #[serde(default)]
+    pub selected_from: Option<String>,
 }
 
 /// A measured uniform-bit-width (optionally uniformly pruned) baseline.
@@ -415,6 +423,8 @@ pub(crate) mod tests {
                     measured_top1: Some(90.2),
                     policy_file: Some("policy-frac-0.05.json".into()),
                     model_file: None,
+                    label_val_top1: Some(88.1),
+                    selected_from: Some("barrier search, κ = 1".into()),
                 },
                 BudgetOutcome {
                     label: "frac-0.15".into(),
@@ -429,6 +439,8 @@ pub(crate) mod tests {
                     measured_top1: None,
                     policy_file: None,
                     model_file: None,
+                    label_val_top1: None,
+                    selected_from: None,
                 },
             ],
             uniform: vec![
