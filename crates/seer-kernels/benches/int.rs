@@ -293,6 +293,7 @@ fn resnet20(hw: usize, wbits: u32, abits: u32) -> (IntModel, Vec<(Vec<f32>, [usi
         },
         num_classes: 10,
         policy: serde_json::json!({ "uniform": { "w_bits": wbits, "a_bits": abits } }),
+        provenance: serde_json::Value::Null,
         nodes,
     };
     (IntModel::new(meta, weights).expect("valid model"), f32w)

@@ -38,6 +38,8 @@ enum Command {
     Label(cli::label::LabelArgs),
     /// Write a manifest of policies to label under one protocol (for `label --shard`).
     Manifest(cli::manifest::ManifestArgs),
+    /// Run an exported model on a dataset split on the integer engine; compare with fake-quant.
+    Infer(cli::infer::InferArgs),
 }
 
 fn main() {
@@ -62,6 +64,7 @@ fn main() {
         Command::Pareto(a) => cli::search::run_pareto(a),
         Command::Label(a) => cli::label::run(a),
         Command::Manifest(a) => cli::manifest::run(a),
+        Command::Infer(a) => cli::infer::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -1,4 +1,5 @@
-//! End-to-end tests of the `seernet complexity` and `seernet space` commands (the built binary).
+//! End-to-end tests of the `seernet complexity`, `seernet space` and `seernet infer` commands
+//! (the built binary).
 
 use std::process::Command;
 
@@ -298,4 +299,147 @@ fn builtin_network_exports_to_the_user_format() {
     assert_eq!(a["total_bops"], b["total_bops"]);
     assert_eq!(a["layers"], b["layers"]);
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `seernet infer` on a model exported by the pipeline's exporter (synthetic MNIST-shaped
+/// data, a LeNet-5 with a mixed pruned policy): it agrees with the fake-quantized float model,
+/// and every bad input is one clear error line.
+#[test]
+fn infer_runs_exported_models_and_rejects_bad_input() {
+    use candle_core::Device;
+    use seer_nn::data::{self, DatasetName, idx};
+    use seer_policy::{SearchSpace, SpaceConfig, builtin};
+
+    let td = tempfile::tempdir().unwrap();
+    let root = td.path().join("data");
+    let n = 500;
+    let (mut images, mut labels) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        let label = (i % 4) as u8;
+        for y in 0..28u64 {
+            for x in 0..28u64 {
+                let noise = (data::batch::mix(i as u64, y, x) % 61) as u8;
+                let bar = (y / 7) as u8 == label && (4..24).contains(&x);
+                images.push(if bar { 190 + noise } else { noise });
+            }
+        }
+        labels.push(label);
+    }
+    std::fs::create_dir_all(&root).unwrap();
+    let (ip, lp) = (root.join("i-idx3-ubyte"), root.join("l-idx1-ubyte"));
+    idx::write_idx_u8(&ip, &[n, 28, 28], &images).unwrap();
+    idx::write_idx_u8(&lp, &[n], &labels).unwrap();
+    data::prepare_from_idx(&root.join("mnist"), DatasetName::Mnist, &[(ip, lp)]).unwrap();
+    let splits = data::load_dir(&root.join("mnist"), DatasetName::Mnist).unwrap();
+
+    let spec = builtin("lenet5", None, None).unwrap();
+    let mut m = seer_nn::model::Model::new(spec.clone(), 3, &Device::Cpu).unwrap();
+    let space = SearchSpace::new(spec, SpaceConfig::default()).unwrap();
+    let mut pol = space.uniform(4, 4, 0.25).unwrap();
+    pol.units[0].wbits = 6;
+    pol.units[1].abits = 3;
+    m.apply_policy(&space, &pol).unwrap();
+    let norm = splits.normalize();
+    let calib = seer_nn::train::sample_batches(&m, &splits.train, &norm, 2, 64, 1).unwrap();
+    m.calibrate(calib.iter()).unwrap();
+    let run = td.path().join("run");
+    let float = run.join("final/f.float.safetensors");
+    seer_nn::checkpoint::save(
+        &m.slim().unwrap(),
+        &float,
+        Some("mnist"),
+        &serde_json::json!({}),
+    )
+    .unwrap();
+    let model = run.join("model-x.safetensors");
+    let prov = serde_json::json!({"dataset": "mnist", "float_model": "final/f.float.safetensors"});
+    let mf = &splits.manifest;
+    seernet::pipeline::export::export_int(&m, &mf.mean, &mf.std, &model, &prov).unwrap();
+
+    let infer = |args: &[&str], data_root: &std::path::Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_seernet"))
+            .arg("infer")
+            .args(args)
+            .env("SEERNET_DATA", data_root)
+            .output()
+            .expect("run seernet");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let ms = model.display().to_string();
+    let (rc, out, err) = infer(&["--model", &ms, "--dataset", "mnist", "--json"], &root);
+    assert_eq!(rc, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["n"].as_u64(), Some(splits.test.len() as u64));
+    let agree = v["agreement_with_fake_quant"].as_f64().unwrap();
+    assert!(agree >= 0.98, "agreement {agree}: {out}");
+    let (t, f) = (
+        v["top1"].as_f64().unwrap(),
+        v["fake_quant_top1"].as_f64().unwrap(),
+    );
+    assert!((0.0..=100.0).contains(&t) && (t - f).abs() <= 2.0, "{out}");
+    assert!(v["images_per_s"].as_f64().unwrap() > 0.0);
+    let (rc, out, _) = infer(
+        &["--model", &ms, "--dataset", "mnist", "--split", "val"],
+        &root,
+    );
+    assert_eq!(rc, 0);
+    assert!(
+        out.contains("integer engine top-1") && out.contains("identical"),
+        "{out}"
+    );
+
+    let bad = |args: &[&str], root: &std::path::Path, want: &[&str]| {
+        let (rc, out, err) = infer(args, root);
+        assert_ne!(rc, 0, "{args:?} succeeded: {out}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        for w in want {
+            assert!(err.contains(w), "{args:?}: {err:?} lacks {w:?}");
+        }
+    };
+    let missing = run.join("nope.safetensors").display().to_string();
+    bad(
+        &["--model", &missing, "--dataset", "mnist"],
+        &root,
+        &["nope.safetensors", "does not exist"],
+    );
+    let corrupt = run.join("corrupt.safetensors");
+    std::fs::write(&corrupt, b"garbage, not a model").unwrap();
+    let cs = corrupt.display().to_string();
+    bad(
+        &["--model", &cs, "--dataset", "mnist"],
+        &root,
+        &["corrupt.safetensors", "safetensors"],
+    );
+    bad(
+        &["--model", &ms, "--dataset", "cifar10"],
+        &root,
+        &["28x28x1", "32x32x3"],
+    );
+    bad(
+        &["--model", &ms, "--dataset", "mnist"],
+        &td.path().join("empty"),
+        &["mnist", "fetch-data"],
+    );
+    bad(
+        &[
+            "--model",
+            &ms,
+            "--dataset",
+            "mnist",
+            "--float-model",
+            &missing,
+        ],
+        &root,
+        &["fake-quant reference", "nope.safetensors"],
+    );
+    bad(
+        &["--model", &ms, "--dataset", "mnist", "--split", "nope"],
+        &root,
+        &["split"],
+    );
 }

@@ -153,6 +153,10 @@ pub struct ModelMeta {
     /// The compression policy, free-form JSON (seer-policy's format).
     #[serde(default)]
     pub policy: serde_json::Value,
+    /// Where the model came from, free-form JSON (baseline hash, seed, measured top-1, the
+    /// float checkpoint it was exported from, ...). `null` when absent.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub provenance: serde_json::Value,
     /// Nodes in execution order.
     pub nodes: Vec<Node>,
 }
@@ -965,6 +969,7 @@ mod tests {
             },
             num_classes: 3,
             policy: serde_json::json!({"note": "test"}),
+            provenance: serde_json::json!({"seed": 1}),
             nodes,
         };
         IntModel::new(meta, weights).unwrap()

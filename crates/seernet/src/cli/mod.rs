@@ -4,6 +4,7 @@ pub mod complexity;
 pub mod compress;
 pub mod eval;
 pub mod finetune;
+pub mod infer;
 pub mod label;
 pub mod manifest;
 pub mod merge;

@@ -1,49 +1,52 @@
-//! The exported compressed model (`model-<budget>.safetensors`, method.md §7): the physically
-//! pruned network with every quantized weight packed to its bit-width.
+//! Export of a fine-tuned compressed model (`model-<budget>.safetensors`, method.md §7) to
+//! the integer engine's file format (`seer_kernels::int::format`, `seernet-int-model`): the
+//! physically pruned network with every weight packed to its bit-width with per-output-channel
+//! f32 scales, BatchNorm folded into a per-channel multiplier and bias, and every activation
+//! quantizer of the fake-quantized model turned into a requantisation of its producer.
 //!
-//! # Format (`seernet-packed-model`, version 1)
-//! A safetensors file. For a conv/linear layer `L` whose weights are quantized to `b` bits,
-//! the f32 `L.weight` is replaced by
-//! - `L.weight.packed`: U8 `[C_out, row_bytes]`, the signed `b`-bit codes of each output
-//!   channel's row (`C_in/g·K_h·K_w` codes, OIHW order) in the dense little-endian bit stream
-//!   of `seer_kernels::int::pack` (`row_bytes = ⌈cols·b/8⌉`);
-//! - `L.weight.scales`: F32 `[C_out]`, the per-output-channel scale (`w = q · scale`);
-//! - `L.weight.shape`: I64 `[4]` or `[2]`, the original weight shape.
+//! # Mapping (fake-quantized float model → integer graph)
+//! The float model (seer-nn) quantizes the *input* of each weighted layer (except the
+//! image) to `abits` unsigned codes over `[0, α]`. The engine requantises each weighted
+//! layer's *output* instead, so a conv/linear layer `L` gets `out = {α, abits}` of the
+//! weighted layer(s) its output reaches through BatchNorm (folded), ReLU (the clip to
+//! `[0, α]` subsumes it), max pooling (monotone, so it commutes with quantisation) and
+//! flatten. Both then compute the same function up to float rounding at exact ties.
 //!
-//! Every other tensor (biases, BatchNorm parameters and running statistics, activation clip
-//! ranges `L.act_alpha`, and weights of layers left in full precision) is stored as F32 under
-//! the checkpoint names of `seer_nn::checkpoint`. Metadata: `format`, `version`, `arch`,
-//! `input`, `num_classes`, `spec`, `comp` (per-layer kept channels, weight bits `wbits`,
-//! activation bits `abits`, channel gathers of the slimmed graph), `policy`, `provenance`
-//! (JSON: baseline hash, protocol, seed, measured top-1, ...).
+//! Not representable exactly, hence a clear [`Error::Format`] naming the layer: a stream the
+//! float model keeps in float between weighted layers (residual adds, option-A shortcuts,
+//! average pooling), layers left in full precision, grouped or dilated convolutions, and
+//! per-channel input standard deviations that differ (the engine folds one input scale into
+//! the first GEMM).
+//!
+//! Provenance (free-form JSON given by the caller, e.g. the baseline hash, seed, measured
+//! test top-1 and the float checkpoint the export came from) and the policy go in the
+//! metadata (`ModelMeta::provenance`, `ModelMeta::policy`).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::Path;
 
-use safetensors::{Dtype, tensor::TensorView};
+use seer_kernels::int::format::{
+    FORMAT, InputSpec, IntModel, LayerWeights, ModelMeta, Node, NodeOp, QuantOut, VERSION,
+};
 use seer_kernels::int::pack::PackedWeights;
-use seer_nn::model::Model;
+use seer_nn::model::{BN_EPS, Model};
+use seer_policy::LayerKind;
 
 use crate::error::{Error, Result};
 
-/// Format tag of exported models.
-pub const PACKED_FORMAT: &str = "seernet-packed-model";
-/// Version of the exported-model format written by this build.
-pub const PACKED_VERSION: u32 = 1;
-
-/// What [`export_packed`] wrote.
+/// What [`export_int`] wrote.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ExportSummary {
     /// File size in bytes.
     pub file_bytes: u64,
-    /// Bytes of packed weight codes plus their scales.
+    /// Bytes of packed weight codes plus per-channel scales, multipliers and biases.
     pub packed_weight_bytes: u64,
     /// Bytes of the same weights as f32 before packing (after physical pruning).
     pub f32_weight_bytes: u64,
     /// Number of weight tensors packed.
     pub packed_layers: usize,
-    /// Parameters of the slimmed model (all tensors).
-    pub params: usize,
+    /// Nodes of the integer graph.
+    pub nodes: usize,
 }
 
 fn fmt_err(path: &Path, msg: String) -> Error {
@@ -54,110 +57,546 @@ fn fmt_err(path: &Path, msg: String) -> Error {
     }
 }
 
-/// Physically prunes `model` (a fine-tuned model with a policy applied; `Model::slim`) and writes
-/// it to `path` in the packed format above, with `provenance` in the metadata. Err(Nn) when
-/// slimming fails, Err(Format) when a weight cannot be packed.
-pub fn export_packed(
+/// The model of [`export_int`] without writing it. `model`: fine-tuned with a policy applied
+/// (slimmed here) and calibrated activation ranges; `mean`/`std`: the dataset normalisation
+/// `x = (p/255 − mean_c)/std_c` the model was trained with. `path` only names errors.
+///
+/// Errors: `Nn` when slimming fails; `Format` (naming the layer) for what the engine cannot
+/// represent exactly (see the module docs) or a weight that cannot be packed.
+pub fn to_int_model(
     model: &Model,
+    mean: &[f64],
+    std: &[f64],
+    provenance: &serde_json::Value,
+    path: &Path,
+) -> Result<IntModel> {
+    let slim = if model.is_slim() {
+        model.try_clone()?
+    } else {
+        model.slim()?
+    };
+    let spec = slim.spec();
+    let comp = slim.comp();
+    let n = spec.layers.len();
+    let err = |msg: String| fmt_err(path, msg);
+    if mean.len() != spec.input.c || std.len() != spec.input.c {
+        return Err(err(format!(
+            "normalisation has {} means and {} stds for {} input channels",
+            mean.len(),
+            std.len(),
+            spec.input.c
+        )));
+    }
+    if std.iter().any(|s| (s - std[0]).abs() > 1e-6 * std[0].abs()) {
+        return Err(err(format!(
+            "per-channel input stds differ ({std:?}); the integer engine takes one input scale"
+        )));
+    }
+    let tensors: BTreeMap<String, Vec<f32>> = slim
+        .named_tensors()
+        .into_iter()
+        .map(|(name, t)| {
+            let v = t
+                .flatten_all()
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(seer_nn::Error::from)?;
+            Ok((name, v))
+        })
+        .collect::<Result<_>>()?;
+    let tensor = |name: String| -> Result<&Vec<f32>> {
+        tensors
+            .get(&name)
+            .ok_or_else(|| err(format!("tensor {name} is missing")))
+    };
+    let mut consumers = vec![Vec::new(); n];
+    for (i, l) in spec.layers.iter().enumerate() {
+        for &p in &l.inputs {
+            consumers[p].push(i);
+        }
+    }
+    // Quantisation point of layer i's output: the activation quantizer of the weighted
+    // layers it reaches through pass-through layers; None when it reaches the output.
+    let quant_of = |i: usize| -> Result<Option<QuantOut>> {
+        let mut found: Option<QuantOut> = None;
+        let mut relu6 = false;
+        let mut stack = vec![i];
+        let mut reaches_output = false;
+        while let Some(j) = stack.pop() {
+            if consumers[j].is_empty() {
+                if j != i && !matches!(spec.layers[j].kind, LayerKind::Flatten) {
+                    return Err(err(format!(
+                        "layer {}: the network output must be a conv or linear layer",
+                        spec.layers[j].name
+                    )));
+                }
+                reaches_output = true;
+            }
+            for &c in &consumers[j] {
+                let l = &spec.layers[c];
+                match l.kind {
+                    LayerKind::Conv2d { .. } | LayerKind::Linear { .. } => {
+                        let (Some(bits), Some(_)) = (comp[c].abits, comp[c].wbits) else {
+                            return Err(err(format!(
+                                "layer {}: left in full precision; the integer engine needs quantized weights and activations",
+                                l.name
+                            )));
+                        };
+                        let alpha = tensor(format!("{}.act_alpha", l.name))?[0];
+                        if !(alpha.is_finite() && alpha > 0.0) {
+                            return Err(err(format!(
+                                "layer {}: activation range α = {alpha} was never calibrated",
+                                l.name
+                            )));
+                        }
+                        let q = QuantOut { alpha, bits };
+                        match found {
+                            Some(f) if f != q => {
+                                return Err(err(format!(
+                                    "layer {}: its output feeds quantizers with different ranges ({f:?} and {q:?})",
+                                    spec.layers[i].name
+                                )));
+                            }
+                            _ => found = Some(q),
+                        }
+                    }
+                    LayerKind::BatchNorm if j == i => stack.push(c),
+                    LayerKind::Relu | LayerKind::MaxPool { .. } | LayerKind::Flatten => {
+                        stack.push(c)
+                    }
+                    LayerKind::Relu6 => {
+                        relu6 = true;
+                        stack.push(c)
+                    }
+                    _ => {
+                        return Err(err(format!(
+                            "layer {} ({}): the fake-quantized model keeps this stream in float between weighted layers; the integer engine supports only conv/linear → [BatchNorm] → ReLU/max-pool/flatten → conv/linear chains",
+                            l.name,
+                            l.kind.name()
+                        )));
+                    }
+                }
+            }
+        }
+        if reaches_output && found.is_some() {
+            return Err(err(format!(
+                "layer {}: feeds both the output and a quantized layer",
+                spec.layers[i].name
+            )));
+        }
+        if let Some(q) = found
+            && relu6
+            && q.alpha > 6.0
+        {
+            return Err(err(format!(
+                "layer {}: ReLU6 followed by a clip range α = {} > 6 is not representable",
+                spec.layers[i].name, q.alpha
+            )));
+        }
+        Ok(found)
+    };
+
+    let mut value_of: Vec<String> = vec![String::new(); n];
+    let mut nodes: Vec<Node> = Vec::new();
+    let mut weights = BTreeMap::new();
+    for (i, l) in spec.layers.iter().enumerate() {
+        let input = match l.inputs.as_slice() {
+            [] => "input".to_string(),
+            [p] => value_of[*p].clone(),
+            _ => {
+                return Err(err(format!(
+                    "layer {} ({}): multi-input layers are not supported by the integer engine",
+                    l.name,
+                    l.kind.name()
+                )));
+            }
+        };
+        if input.is_empty() {
+            return Err(err(format!(
+                "layer {}: its input is not an integer value (a BatchNorm not directly after a conv/linear?)",
+                l.name
+            )));
+        }
+        match l.kind {
+            LayerKind::Conv2d { .. } | LayerKind::Linear { .. } => {
+                let wbits = comp[i].wbits.ok_or_else(|| {
+                    err(format!(
+                        "layer {}: left in full precision; the integer engine needs quantized weights",
+                        l.name
+                    ))
+                })?;
+                let op = match l.kind {
+                    LayerKind::Conv2d {
+                        in_ch,
+                        out_ch,
+                        kernel,
+                        stride,
+                        padding,
+                        dilation,
+                        groups,
+                        ..
+                    } => {
+                        if groups != 1 || dilation != [1, 1] || kernel[0] != kernel[1] {
+                            return Err(err(format!(
+                                "layer {}: only dense, undilated square convolutions run on the integer engine (groups {groups}, dilation {dilation:?}, kernel {kernel:?})",
+                                l.name
+                            )));
+                        }
+                        if stride[0] != stride[1] || padding[0] != padding[1] {
+                            return Err(err(format!(
+                                "layer {}: per-axis stride/padding differ",
+                                l.name
+                            )));
+                        }
+                        NodeOp::Conv {
+                            c_in: in_ch,
+                            c_out: out_ch,
+                            kernel: kernel[0],
+                            stride: stride[0],
+                            pad: padding[0],
+                            w_bits: wbits,
+                            residual: None,
+                        }
+                    }
+                    LayerKind::Linear {
+                        in_features,
+                        out_features,
+                        ..
+                    } => NodeOp::Linear {
+                        in_features,
+                        out_features,
+                        w_bits: wbits,
+                    },
+                    _ => unreachable!("matched conv or linear"),
+                };
+                let w = tensor(format!("{}.weight", l.name))?;
+                let rows = l.out_shape[0];
+                let cols = w.len() / rows.max(1);
+                let packed = PackedWeights::quantize(w, rows, cols, wbits)
+                    .map_err(|e| err(format!("packing {}.weight at {wbits} bits: {e}", l.name)))?;
+                let conv_bias = tensors.get(&format!("{}.bias", l.name));
+                // Fold a BatchNorm that directly follows (its only consumer).
+                let bn = match consumers[i].as_slice() {
+                    [c] if matches!(spec.layers[*c].kind, LayerKind::BatchNorm) => Some(*c),
+                    _ => None,
+                };
+                let (mul, bias) = match bn {
+                    Some(b) => {
+                        let name = &spec.layers[b].name;
+                        let g = tensor(format!("{name}.weight"))?;
+                        let beta = tensor(format!("{name}.bias"))?;
+                        let mu = tensor(format!("{name}.running_mean"))?;
+                        let var = tensor(format!("{name}.running_var"))?;
+                        let k: Vec<f32> = (0..rows)
+                            .map(|c| (g[c] as f64 / (var[c] as f64 + BN_EPS).sqrt()) as f32)
+                            .collect();
+                        let bias = (0..rows)
+                            .map(|c| {
+                                let b0 = conv_bias.map_or(0.0, |b| b[c]) as f64;
+                                (beta[c] as f64 + (b0 - mu[c] as f64) * k[c] as f64) as f32
+                            })
+                            .collect();
+                        (Some(k), Some(bias))
+                    }
+                    None => (None, conv_bias.cloned()),
+                };
+                let out = quant_of(bn.unwrap_or(i))?;
+                nodes.push(Node {
+                    name: l.name.clone(),
+                    input,
+                    op,
+                    out,
+                });
+                weights.insert(l.name.clone(), LayerWeights { packed, mul, bias });
+                value_of[i] = l.name.clone();
+                if let Some(b) = bn {
+                    value_of[b] = l.name.clone();
+                }
+            }
+            LayerKind::BatchNorm => {
+                if value_of[i].is_empty() {
+                    return Err(err(format!(
+                        "layer {}: a BatchNorm that does not directly follow a conv/linear cannot be folded",
+                        l.name
+                    )));
+                }
+            }
+            LayerKind::Relu | LayerKind::Relu6 | LayerKind::Flatten => value_of[i] = input,
+            LayerKind::MaxPool {
+                kernel,
+                stride,
+                padding,
+            } => {
+                if kernel[0] != kernel[1] || stride[0] != stride[1] || padding[0] != padding[1] {
+                    return Err(err(format!(
+                        "layer {}: only square max pooling runs on the integer engine",
+                        l.name
+                    )));
+                }
+                if input == "input" {
+                    return Err(err(format!(
+                        "layer {}: the image must feed a convolution",
+                        l.name
+                    )));
+                }
+                nodes.push(Node {
+                    name: l.name.clone(),
+                    input,
+                    op: NodeOp::MaxPool {
+                        kernel: kernel[0],
+                        stride: stride[0],
+                        pad: padding[0],
+                    },
+                    out: None,
+                });
+                value_of[i] = l.name.clone();
+            }
+            _ => {
+                return Err(err(format!(
+                    "layer {} ({}): not representable on the integer engine (the fake-quantized model keeps it in float)",
+                    l.name,
+                    l.kind.name()
+                )));
+            }
+        }
+    }
+    // Max-pool nodes keep their input's quantisation: give them their producer's, so only
+    // the final node has `out = null`.
+    let mut outs: BTreeMap<String, Option<QuantOut>> = BTreeMap::new();
+    for node in &mut nodes {
+        if matches!(node.op, NodeOp::MaxPool { .. }) {
+            node.out = outs.get(&node.input).copied().flatten();
+        }
+        outs.insert(node.name.clone(), node.out);
+    }
+    let policy = match slim.policy() {
+        Some(p) => {
+            serde_json::from_str(&p.to_json()).map_err(|e| err(format!("policy JSON: {e}")))?
+        }
+        None => serde_json::Value::Null,
+    };
+    let meta = ModelMeta {
+        format: FORMAT.into(),
+        version: VERSION,
+        arch: spec.name.clone(),
+        input: InputSpec {
+            channels: spec.input.c,
+            height: spec.input.h,
+            width: spec.input.w,
+            mean: mean.iter().map(|&m| m as f32).collect(),
+            std: std[0] as f32,
+        },
+        num_classes: spec.num_classes,
+        policy,
+        provenance: provenance.clone(),
+        nodes,
+    };
+    let m = IntModel::new(meta, weights).map_err(|e| err(format!("integer model: {e}")))?;
+    Ok(m)
+}
+
+/// Physically prunes `model` (fine-tuned, policy applied, activation ranges calibrated),
+/// converts it with [`to_int_model`] and writes it to `path` atomically. Returns what was
+/// written. Errors as [`to_int_model`], plus `Io` for the write.
+pub fn export_int(
+    model: &Model,
+    mean: &[f64],
+    std: &[f64],
     path: &Path,
     provenance: &serde_json::Value,
 ) -> Result<ExportSummary> {
-    let slim = model.slim()?;
-    let spec = slim.spec();
-    let comp = slim.comp();
-    if comp.len() != spec.layers.len() {
-        return Err(fmt_err(
-            path,
-            format!(
-                "{} layers but {} compression entries",
-                spec.layers.len(),
-                comp.len()
-            ),
-        ));
-    }
-    let wbits: HashMap<String, Option<u32>> = spec
-        .layers
+    let m = to_int_model(model, mean, std, provenance, path)?;
+    let bytes = m
+        .to_bytes()
+        .map_err(|e| fmt_err(path, format!("serialising: {e}")))?;
+    crate::store::write_atomic(path, &bytes)?;
+    let f32_bytes: u64 = m
+        .meta()
+        .nodes
         .iter()
-        .zip(comp)
-        .map(|(l, c)| (format!("{}.weight", l.name), c.wbits))
-        .collect();
-    let mut bufs: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
-    let mut sum = ExportSummary {
-        file_bytes: 0,
-        packed_weight_bytes: 0,
-        f32_weight_bytes: 0,
-        packed_layers: 0,
-        params: 0,
-    };
-    for (name, t) in slim.named_tensors() {
-        let dims = t.dims().to_vec();
-        let v: Vec<f32> = t
-            .flatten_all()
-            .and_then(|t| t.to_vec1())
-            .map_err(seer_nn::Error::from)?;
-        sum.params += v.len();
-        match wbits.get(&name).copied().flatten() {
-            Some(bits) if dims.len() >= 2 => {
-                let rows = dims[0];
-                let cols = v.len() / rows.max(1);
-                let p = PackedWeights::quantize(&v, rows, cols, bits)
-                    .map_err(|e| fmt_err(path, format!("packing {name} at {bits} bits: {e}")))?;
-                sum.packed_layers += 1;
-                sum.f32_weight_bytes += 4 * v.len() as u64;
-                sum.packed_weight_bytes += (p.data().len() + 4 * p.scales().len()) as u64;
-                bufs.push((
-                    format!("{name}.packed"),
-                    Dtype::U8,
-                    vec![rows, p.row_bytes()],
-                    p.data().to_vec(),
-                ));
-                bufs.push((
-                    format!("{name}.scales"),
-                    Dtype::F32,
-                    vec![rows],
-                    p.scales().iter().flat_map(|x| x.to_le_bytes()).collect(),
-                ));
-                bufs.push((
-                    format!("{name}.shape"),
-                    Dtype::I64,
-                    vec![dims.len()],
-                    dims.iter()
-                        .flat_map(|&d| (d as i64).to_le_bytes())
-                        .collect(),
-                ));
+        .map(|n| match n.op {
+            NodeOp::Conv {
+                c_in,
+                c_out,
+                kernel,
+                ..
+            } => 4 * (c_in * c_out * kernel * kernel) as u64,
+            NodeOp::Linear {
+                in_features,
+                out_features,
+                ..
+            } => 4 * (in_features * out_features) as u64,
+            _ => 0,
+        })
+        .sum();
+    Ok(ExportSummary {
+        file_bytes: bytes.len() as u64,
+        packed_weight_bytes: m.storage_bytes() as u64,
+        f32_weight_bytes: f32_bytes,
+        packed_layers: m
+            .meta()
+            .nodes
+            .iter()
+            .filter(|n| matches!(n.op, NodeOp::Conv { .. } | NodeOp::Linear { .. }))
+            .count(),
+        nodes: m.meta().nodes.len(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+    use seer_kernels::int::Isa;
+    use seer_policy::{InputShape, SearchSpace, SpaceConfig, builtin};
+
+    const MEAN: f64 = 0.2864;
+    const STD: f64 = 0.3532;
+
+    fn pixels(n: usize, len: usize, seed: u64) -> Vec<u8> {
+        let mut r = ChaCha8Rng::seed_from_u64(seed);
+        // Mostly dark images with bright blobs, like Fashion-MNIST.
+        (0..n * len)
+            .map(|_| {
+                if r.random_bool(0.4) {
+                    r.random_range(0..=255)
+                } else {
+                    0
+                }
+            })
+            .collect()
+    }
+
+    fn normalise(p: &[u8], n: usize, s: InputShape) -> Tensor {
+        let norm = seer_nn::data::batch::Normalize::new(&[MEAN], &[STD]);
+        let v: Vec<f32> = p.iter().map(|&q| norm.apply(0, q)).collect();
+        Tensor::from_vec(v, (n, s.c, s.h, s.w), &Device::Cpu).unwrap()
+    }
+
+    /// A model with a random mixed policy (pruning included), BN statistics and activation
+    /// ranges from data.
+    fn compressed(arch: &str, input: &str, seed: u64) -> Model {
+        let spec = builtin(arch, Some(input.parse().unwrap()), None).unwrap();
+        let s = spec.input;
+        let mut m = Model::new(spec.clone(), seed, &Device::Cpu).unwrap();
+        let len = s.c * s.h * s.w;
+        for k in 0..3 {
+            m.forward(&normalise(&pixels(16, len, 100 + k), 16, s), true)
+                .unwrap();
+        }
+        let space = SearchSpace::new(spec, SpaceConfig::default()).unwrap();
+        let mut r = ChaCha8Rng::seed_from_u64(seed);
+        let idx: Vec<usize> = space
+            .genes()
+            .iter()
+            .map(|g| r.random_range(0..g.candidates.len()))
+            .collect();
+        let pol = space.from_indices(&idx).unwrap();
+        m.apply_policy(&space, &pol).unwrap();
+        let calib: Vec<Tensor> = (0..2)
+            .map(|k| normalise(&pixels(32, len, 200 + k), 32, s))
+            .collect();
+        m.calibrate(calib.iter()).unwrap();
+        m
+    }
+
+    /// The integer engine computes the fake-quantized float model's function: identical
+    /// top-1 on (almost) every image and matching logits; round trip through the file.
+    #[test]
+    fn exported_engine_matches_fake_quant_model() {
+        let td = tempfile::tempdir().unwrap();
+        for (arch, input, seed) in [
+            ("lenet5", "28x28x1", 1u64),
+            ("lenet5", "28x28x1", 2),
+            ("vgg-small", "8x8x1", 3),
+        ] {
+            let m = compressed(arch, input, seed);
+            let s = m.spec().input;
+            let path = td.path().join(format!("{arch}-{seed}.safetensors"));
+            let prov = serde_json::json!({"seed": seed, "float_model": "x.safetensors"});
+            let sum = export_int(&m, &[MEAN], &[STD], &path, &prov).unwrap();
+            assert!(
+                sum.packed_weight_bytes * 3 < sum.f32_weight_bytes,
+                "{sum:?}"
+            );
+            let im = IntModel::load(&path).unwrap();
+            assert_eq!(im.meta().provenance, prov);
+            assert_eq!(
+                im.meta().policy,
+                serde_json::from_str::<serde_json::Value>(&m.policy().unwrap().to_json()).unwrap()
+            );
+            let n = 64;
+            let px = pixels(n, s.c * s.h * s.w, 300 + seed);
+            let want: Vec<f32> = m
+                .forward(&normalise(&px, n, s), false)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let k = m.spec().num_classes;
+            let scale = want.iter().fold(0f32, |a, b| a.max(b.abs()));
+            for isa in Isa::available() {
+                let got = im.forward(&px, n, isa).unwrap();
+                let top = |v: &[f32]| (0..k).max_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap();
+                let (mut agree, mut close) = (0, 0);
+                for b in 0..n {
+                    let (g, w) = (&got[b * k..(b + 1) * k], &want[b * k..(b + 1) * k]);
+                    agree += (top(g) == top(w)) as usize;
+                    close += g.iter().zip(w).all(|(a, b)| (a - b).abs() <= 1e-3 * scale) as usize;
+                }
+                assert!(
+                    agree * 100 >= n * 98,
+                    "{arch} {isa:?}: top-1 agreement {agree}/{n}"
+                );
+                assert!(
+                    close * 100 >= n * 90,
+                    "{arch} {isa:?}: close logits {close}/{n}"
+                );
             }
-            _ => bufs.push((
-                name,
-                Dtype::F32,
-                dims,
-                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            )),
         }
     }
-    let views: Vec<(String, TensorView<'_>)> = bufs
-        .iter()
-        .map(|(n, d, s, b)| {
-            TensorView::new(*d, s.clone(), b)
-                .map(|v| (n.clone(), v))
-                .map_err(|e| fmt_err(path, format!("tensor {n}: {e}")))
-        })
-        .collect::<Result<_>>()?;
-    let js = |v: serde_json::Result<String>| v.map_err(|e| fmt_err(path, format!("metadata: {e}")));
-    let mut meta: HashMap<String, String> = HashMap::new();
-    meta.insert("format".into(), PACKED_FORMAT.into());
-    meta.insert("version".into(), PACKED_VERSION.to_string());
-    meta.insert("arch".into(), spec.name.clone());
-    meta.insert("input".into(), spec.input.to_string());
-    meta.insert("num_classes".into(), spec.num_classes.to_string());
-    meta.insert("spec".into(), js(serde_json::to_string(spec))?);
-    meta.insert("comp".into(), js(serde_json::to_string(comp))?);
-    if let Some(p) = model.policy() {
-        meta.insert("policy".into(), p.to_json());
+
+    #[test]
+    fn unsupported_graphs_are_clear_errors() {
+        let m = compressed("resnet20", "8x8x1", 4);
+        let e = to_int_model(
+            &m,
+            &[MEAN],
+            &[STD],
+            &serde_json::Value::Null,
+            Path::new("r.st"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("r.st") && e.contains("layer"), "{e}");
+        let m = compressed("lenet5", "28x28x1", 5);
+        let e = to_int_model(
+            &m,
+            &[MEAN, 0.1],
+            &[STD],
+            &serde_json::Value::Null,
+            Path::new("x"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("normalisation"), "{e}");
+        // An uncalibrated activation range.
+        let spec = builtin("lenet5", None, None).unwrap();
+        let mut raw = Model::new(spec.clone(), 1, &Device::Cpu).unwrap();
+        let space = SearchSpace::new(spec, SpaceConfig::default()).unwrap();
+        raw.apply_policy(&space, &space.uniform(8, 8, 0.0).unwrap())
+            .unwrap();
+        let e = to_int_model(
+            &raw,
+            &[MEAN],
+            &[STD],
+            &serde_json::Value::Null,
+            Path::new("x"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("calibrated"), "{e}");
     }
-    meta.insert("provenance".into(), provenance.to_string());
-    let bytes = safetensors::serialize(views, Some(meta))
-        .map_err(|e| fmt_err(path, format!("serialising: {e}")))?;
-    sum.file_bytes = bytes.len() as u64;
-    crate::store::write_atomic(path, &bytes)?;
-    Ok(sum)
 }
