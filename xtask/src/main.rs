@@ -9,6 +9,8 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod cuda;
+
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "SeerNet-rs project automation")]
 struct Cli {
@@ -43,6 +45,15 @@ enum Task {
         /// Arguments forwarded to `seernet compress`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Install NVIDIA's CUDA 13.0 compiler from PyPI (cached in ~/.cache/seernet/cuda-13.0),
+    /// compile every seer-kernels-cuda kernel to sm_90 PTX, check the committed PTX is up to
+    /// date, then build and test seer-kernels-cuda with `--features cuda` (GPU tests
+    /// self-skip without a GPU).
+    CudaCheck {
+        /// Write the freshly compiled PTX over the committed copies instead of failing.
+        #[arg(long)]
+        write: bool,
     },
     /// Train the default baseline on Fashion-MNIST with our own code (release build) and
     /// write it to `assets/baselines/<arch>-fashion-mnist.safetensors`, then print its test
@@ -86,6 +97,11 @@ const BENCHES: &[Bench] = &[
         name: "search",
         package: "seernet",
         target: "search",
+    },
+    Bench {
+        name: "active",
+        package: "seernet",
+        target: "active",
     },
     Bench {
         name: "int",
@@ -132,6 +148,7 @@ fn main() -> Result<()> {
                 &extra,
             )
         }
+        Task::CudaCheck { write } => cuda::cuda_check(&workspace_root(), write),
         Task::Compress { args } => cargo(
             &[
                 "run",
