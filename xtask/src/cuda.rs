@@ -1,6 +1,7 @@
 //! `cargo xtask cuda-check`: installs NVIDIA's CUDA 13.0 compiler from PyPI into a cache,
 //! compiles every `crates/seer-kernels-cuda/kernels/*.cu` to PTX for `sm_90`, checks (or with
-//! `--write` updates) the committed PTX, then builds and tests seer-kernels-cuda with `cuda`.
+//! `--write` updates) the committed PTX, runs the kernels on a host emulation of CUDA
+//! (`kernels/emu/`), then builds and tests seer-kernels-cuda with `cuda`.
 //!
 //! CUDA 13.0.x is pinned because the project's GPU test machine (H200, driver 580) can JIT
 //! PTX only up to ISA 9.0; newer compilers emit newer PTX that driver rejects.
@@ -131,6 +132,36 @@ fn nvcc() -> Result<PathBuf> {
     }
 }
 
+/// Compiles `kernels/emu/emu_check.cpp` (the unmodified kernels on a host emulation of CUDA's
+/// threads, barriers and shared memory) with the host C++ compiler and runs it: checks kernel
+/// logic (indexing, tiling, reductions, bit decoding) on machines without a GPU.
+fn emulate(kdir: &Path, tmp: &Path) -> Result<()> {
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".into());
+    let exe = tmp.join("emu_check");
+    output(
+        Command::new(&cxx)
+            .args([
+                "-std=c++20",
+                "-O1",
+                "-ffp-contract=off",
+                "-pthread",
+                "-Wall",
+                "-Werror",
+                "-Wno-unknown-pragmas",
+                "-o",
+            ])
+            .arg(&exe)
+            .arg(kdir.join("emu/emu_check.cpp")),
+        &format!("{cxx} emu_check.cpp (needs a C++20 compiler: Debian `apt-get install g++`)"),
+    )?;
+    let out = output(
+        &mut Command::new(&exe),
+        "emu_check (kernels on the host emulation)",
+    )?;
+    eprintln!("  host emulation: {}", out.trim());
+    Ok(())
+}
+
 /// Runs the task. `write`: update the committed PTX instead of failing when it differs.
 pub fn cuda_check(root: &Path, write: bool) -> Result<()> {
     let nvcc = nvcc()?;
@@ -239,6 +270,7 @@ pub fn cuda_check(root: &Path, write: bool) -> Result<()> {
             }
         }
     }
+    emulate(&kdir, &tmp)?;
     let _ = std::fs::remove_dir_all(&tmp);
     if !stale.is_empty() {
         bail!(

@@ -20,7 +20,7 @@ __device__ __forceinline__ double seer_block_sum(double v) {
     __shared__ double red[SEER_BLOCK];
     red[threadIdx.x] = v;
     __syncthreads();
-    for (int s = SEER_BLOCK / 2; s > 0; s >>= 1) {
+    for (unsigned s = SEER_BLOCK / 2; s > 0; s >>= 1) {
         if (threadIdx.x < s) red[threadIdx.x] += red[threadIdx.x + s];
         __syncthreads();
     }

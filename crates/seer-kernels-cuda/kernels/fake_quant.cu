@@ -28,7 +28,7 @@ extern "C" __global__ void fq_weight_scales(const float* __restrict__ w, float* 
     }
     red[threadIdx.x] = m;
     __syncthreads();
-    for (int s = SEER_BLOCK / 2; s > 0; s >>= 1) {
+    for (unsigned s = SEER_BLOCK / 2; s > 0; s >>= 1) {
         if (threadIdx.x < s) red[threadIdx.x] = fmaxf(red[threadIdx.x], red[threadIdx.x + s]);
         __syncthreads();
     }
