@@ -53,7 +53,9 @@ extern "C" __global__ void fq_weight_forward(const float* __restrict__ w,
 
 // STE backward: dw = dy where the clamp is inactive (|round(w / s_c)| <= qmax), 0 elsewhere.
 // With the max-abs scales of fq_weight_scales every weight is inside, so dw = dy exactly,
-// which is what the CPU op returns.
+// which is what the CPU op returns (the one exception: a channel whose max |w| is so small,
+// ≲ 1e-42, that s_c underflows to 0 or to a subnormal too coarse to keep round(w / s_c) within
+// ±qmax; the CPU op passes dy there, this kernel 0).
 extern "C" __global__ void fq_weight_backward(const float* __restrict__ w,
                                               const float* __restrict__ scales,
                                               const float* __restrict__ dy,

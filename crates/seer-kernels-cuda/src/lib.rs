@@ -16,7 +16,7 @@
 //! [`Device::Cuda`] needs the `cuda` feature (off by default; nothing else in the workspace
 //! depends on this crate, so the default build never sees CUDA), a GPU and its driver: cudarc
 //! loads libcuda at run time, and a missing driver or GPU is the error
-//! [`Error::CudaUnavailable`], never a panic. With the feature, [`cuda::CudaKernels`] also
+//! [`Error::CudaUnavailable`], never a panic. With the feature, `cuda::CudaKernels` also
 //! works on device buffers without host round trips.
 //!
 //! ```
