@@ -45,6 +45,15 @@ pub struct CompressArgs {
     /// Fine-tune steps per label.
     #[arg(long)]
     label_steps: Option<u64>,
+    /// Verification rounds: per budget and pessimism κ the barrier search's policy is labelled;
+    /// the final choice is the labelled policy within the budget with the best validation
+    /// top-1 (0: take the barrier optimum of μ unverified).
+    #[arg(long)]
+    verify_rounds: Option<usize>,
+    /// Pessimism levels κ of the verification rounds (the search maximises μ − κσ;
+    /// comma-separated, each ≥ 0).
+    #[arg(long, value_delimiter = ',')]
+    kappas: Option<Vec<f64>>,
     /// Fine-tune steps of each chosen policy and uniform baseline.
     #[arg(long)]
     final_steps: Option<usize>,
@@ -99,6 +108,16 @@ pub fn run_cmd(a: CompressArgs) -> Result<()> {
     cfg.k = a.k.unwrap_or(cfg.k);
     cfg.acquisition = a.acquisition;
     cfg.label_steps = a.label_steps.unwrap_or(cfg.label_steps);
+    cfg.verify_rounds = a.verify_rounds.unwrap_or(cfg.verify_rounds);
+    if let Some(k) = a.kappas {
+        if let Some(bad) = k.iter().find(|v| !(v.is_finite() && **v >= 0.0)) {
+            bail!("--kappas: {bad} is not a finite number ≥ 0");
+        }
+        if k.is_empty() {
+            bail!("--kappas: give at least one value (e.g. 0,1,2)");
+        }
+        cfg.kappas = k;
+    }
     cfg.final_steps = a.final_steps.unwrap_or(cfg.final_steps);
     cfg.baseline_steps = a.baseline_steps.unwrap_or(cfg.baseline_steps);
     if let Some(p) = a.prune_ratios {

@@ -640,7 +640,9 @@ pub fn run(cfg: &Config) -> Result<Summary> {
             seed: cfg.seed.wrapping_add(3000),
             ..Default::default()
         };
-        let cv = seer_predictor::cross_validate(
+        // A diagnostic: when it cannot be computed (e.g. a held-out split whose labels are
+        // all equal, so τ is undefined) the run goes on without it.
+        match seer_predictor::cross_validate(
             &s,
             &pc,
             &seer_predictor::CvOptions {
@@ -648,22 +650,28 @@ pub fn run(cfg: &Config) -> Result<Summary> {
                 test_frac: 0.2,
                 seed: cfg.seed,
             },
-        )
-        .map_err(|e| perr(format!("predictor cross-validation: {e}")))?;
-        let q = report::PredictorQuality {
-            kendall_tau: cv.summary(|s| s.kendall_tau).mean,
-            spearman: Some(cv.summary(|s| s.spearman).mean),
-            rmse: cv.summary(|s| s.rmse).mean,
-            n_train: cv.n_samples - cv.n_test,
-            n_test: cv.n_test,
-        };
-        log.line(&format!(
+        ) {
+            Err(e) => {
+                log.line(&format!("predictor quality not measured: {e}"));
+                None
+            }
+            Ok(cv) => {
+                let q = report::PredictorQuality {
+                    kendall_tau: cv.summary(|s| s.kendall_tau).mean,
+                    spearman: Some(cv.summary(|s| s.spearman).mean),
+                    rmse: cv.summary(|s| s.rmse).mean,
+                    n_train: cv.n_samples - cv.n_test,
+                    n_test: cv.n_test,
+                };
+                log.line(&format!(
             "predictor on held-out labels (5 random 80/20 splits): Kendall tau {:.3}, Spearman {:.3}, RMSE {:.3} points",
             q.kendall_tau,
             q.spearman.unwrap_or(f64::NAN),
             q.rmse
         ));
-        Some(q)
+                Some(q)
+            }
+        }
     } else {
         log.line("fewer than 10 labels: predictor quality not measured");
         None
