@@ -194,6 +194,7 @@ fn resnet20(hw: usize, wbits: u32, abits: u32) -> (IntModel, Vec<(Vec<f32>, [usi
                 pad: 1,
                 w_bits: wb,
                 residual,
+                relu: false,
             },
             out: out(abits),
         });

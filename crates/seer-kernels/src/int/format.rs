@@ -15,7 +15,10 @@
 //! Pruned channels are physically absent: shapes are those of the slimmed network.
 //! Activations flow as NHWC unsigned codes; every node output with `out = {alpha, bits}`
 //! is requantised (ReLU + clip fused) to those bits; the last node has `out = null` and
-//! yields f32 logits. The image enters as raw 8-bit pixels `p` with the per-channel
+//! yields f32 logits. A conv with `out = null` before the last node yields real (f32)
+//! values (optionally ReLU'd): a stream the fake-quantized model keeps in float, e.g. a
+//! ResNet's residual stream; shortcut nodes and global pooling read it directly, convs
+//! through a `quantize` node. The image enters as raw 8-bit pixels `p` with the per-channel
 //! normalisation `x = (p/255 − mean_c)/std` (one `std` for all channels); the first conv
 //! corrects exactly for the mean at padded borders.
 
@@ -82,9 +85,14 @@ pub enum NodeOp {
         pad: usize,
         /// Weight bit-width.
         w_bits: u32,
-        /// Node whose output is added (same shape) before the ReLU/clip.
+        /// Node whose output (codes or real-valued) is added (same shape) before the
+        /// ReLU/clip.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         residual: Option<String>,
+        /// ReLU on a real-valued output (`out = null` mid-graph). Quantised outputs always
+        /// clip to `[0, α]`, which includes the ReLU.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        relu: bool,
     },
     /// Fully connected layer on the flattened input (PyTorch CHW flatten order).
     Linear {
@@ -113,8 +121,12 @@ pub enum NodeOp {
     },
     /// Global average pooling to `[C]`, requantised to `out`.
     GlobalAvgPool,
+    /// Quantises a real-valued input to unsigned `out` codes: `round(clamp(x, 0, α)/step)`
+    /// (the fake-quantized model's activation quantizer).
+    Quantize,
     /// "Option A" residual shortcut: subsample by `stride`, then output channel `j` is input
-    /// channel `gather[j]` (or zero). Keeps the input's quantisation.
+    /// channel `gather[j]` (or zero). Keeps the input's representation (codes with their
+    /// quantisation, or real values).
     ShortcutA {
         /// Subsampling stride.
         stride: usize,
@@ -133,7 +145,9 @@ pub struct Node {
     /// The operation.
     #[serde(flatten)]
     pub op: NodeOp,
-    /// Output quantisation (`null` only for the final node: f32 logits).
+    /// Output quantisation. `null`: a real-valued (f32) output — the final node's logits, or
+    /// mid-graph a conv whose output the float model keeps in float (a residual stream);
+    /// max-pool and shortcut nodes follow their input and ignore it.
     pub out: Option<QuantOut>,
 }
 
@@ -183,6 +197,8 @@ pub struct IntModel {
 #[derive(Clone, Debug)]
 struct Value {
     codes: Vec<u8>,
+    /// Real values (NHWC f32) instead of codes, for streams kept in float.
+    real: Option<Vec<f32>>,
     h: usize,
     w: usize,
     c: usize,
@@ -266,10 +282,29 @@ impl IntModel {
                     format!("node {}: unknown residual {r:?}", node.name),
                 ));
             }
-            if node.out.is_none() != last {
+            let real_ok = matches!(
+                node.op,
+                NodeOp::Conv { .. } | NodeOp::MaxPool { .. } | NodeOp::ShortcutA { .. }
+            );
+            if last
+                && (node.out.is_some()
+                    || !matches!(node.op, NodeOp::Conv { .. } | NodeOp::Linear { .. }))
+            {
                 return Err(fmt_err(
                     path,
-                    format!("node {}: only the final node has out = null", node.name),
+                    format!(
+                        "node {}: the final node must be a conv or linear node with out = null (logits)",
+                        node.name
+                    ),
+                ));
+            }
+            if !last && node.out.is_none() && !real_ok {
+                return Err(fmt_err(
+                    path,
+                    format!(
+                        "node {}: only conv, max-pool and shortcut nodes may have out = null before the final node",
+                        node.name
+                    ),
                 ));
             }
             if let Some(q) = node.out
@@ -542,6 +577,7 @@ impl IntModel {
         let mut values: HashMap<&str, Value> = HashMap::new();
         let image = Value {
             codes: pixels.to_vec(),
+            real: None,
             h: inp.height,
             w: inp.width,
             c: inp.channels,
@@ -549,10 +585,20 @@ impl IntModel {
         };
         values.insert("input", image);
         let mut logits = None;
-        for node in &self.meta.nodes {
+        let n_nodes = self.meta.nodes.len();
+        for (ni, node) in self.meta.nodes.iter().enumerate() {
             let t0 = std::time::Instant::now();
+            let last = ni + 1 == n_nodes;
             let x = values.get(node.input.as_str()).expect("validated input");
             let what = |why: String| invalid(&format!("node {}", node.name), why);
+            let need_codes = |v: &Value| -> Result<()> {
+                if v.real.is_some() {
+                    return Err(what(
+                        "its input is real-valued: a quantize node must come first".into(),
+                    ));
+                }
+                Ok(())
+            };
             let out: Value = match &node.op {
                 NodeOp::Conv {
                     c_in,
@@ -561,8 +607,10 @@ impl IntModel {
                     stride,
                     pad,
                     residual,
+                    relu,
                     ..
                 } => {
+                    need_codes(x)?;
                     if x.c != *c_in {
                         return Err(what(format!("input has {} channels, expected {c_in}", x.c)));
                     }
@@ -582,38 +630,73 @@ impl IntModel {
                     let acc = conv2d(&x.codes, &g, &panel, isa)?;
                     let (oh, ow) = (g.out_h(), g.out_w());
                     let (acc_scale, bias) = self.affine(lw, x.step);
-                    let y = if node.input == "input" {
-                        self.first_layer_out(&acc, &g, lw, &acc_scale, &bias, node.out)?
-                    } else {
-                        match (node.out, residual) {
-                            (Some(q), Some(r)) => {
-                                let rv = &values[r.as_str()];
-                                if (rv.h, rv.w, rv.c) != (oh, ow, *c_out) {
-                                    return Err(what(format!(
-                                        "residual {r} has shape {}x{}x{}",
-                                        rv.h, rv.w, rv.c
-                                    )));
-                                }
-                                Requant::new(acc_scale, bias, q.alpha, q.bits)?
-                                    .apply_residual(&acc, &rv.codes, rv.step)?
+                    let res = match residual {
+                        Some(r) => {
+                            let rv = &values[r.as_str()];
+                            if (rv.h, rv.w, rv.c) != (oh, ow, *c_out) {
+                                return Err(what(format!(
+                                    "residual {r} has shape {}x{}x{}",
+                                    rv.h, rv.w, rv.c
+                                )));
                             }
-                            (Some(q), None) => {
-                                Requant::new(acc_scale, bias, q.alpha, q.bits)?.apply(&acc)?
-                            }
-                            (None, _) => {
-                                logits =
-                                    Some(Requant::new(acc_scale, bias, 1.0, 8)?.dequantize(&acc));
-                                break;
-                            }
+                            Some(rv)
                         }
+                        None => None,
                     };
-                    let q = node.out.expect("checked");
-                    Value {
-                        codes: y,
+                    let shape = |codes: Vec<u8>, real: Option<Vec<f32>>, step: f32| Value {
+                        codes,
+                        real,
                         h: oh,
                         w: ow,
                         c: *c_out,
-                        step: q.alpha / qmax_unsigned(q.bits) as f32,
+                        step,
+                    };
+                    match (node.out, res) {
+                        // The fast paths: integer input, codes out, codes (or no) residual.
+                        (Some(q), None) if node.input != "input" => shape(
+                            Requant::new(acc_scale, bias, q.alpha, q.bits)?.apply(&acc)?,
+                            None,
+                            q.alpha / qmax_unsigned(q.bits) as f32,
+                        ),
+                        (Some(q), Some(rv)) if node.input != "input" && rv.real.is_none() => shape(
+                            Requant::new(acc_scale, bias, q.alpha, q.bits)?
+                                .apply_residual(&acc, &rv.codes, rv.step)?,
+                            None,
+                            q.alpha / qmax_unsigned(q.bits) as f32,
+                        ),
+                        (out, res) => {
+                            let mut pre = if node.input == "input" {
+                                self.first_layer_pre(&acc, &g, lw, &acc_scale, &bias)
+                            } else {
+                                Requant::new(acc_scale, bias, 1.0, 8)?.dequantize(&acc)
+                            };
+                            if let Some(rv) = res {
+                                match &rv.real {
+                                    Some(r) => pre.iter_mut().zip(r).for_each(|(y, r)| *y += r),
+                                    None => pre
+                                        .iter_mut()
+                                        .zip(&rv.codes)
+                                        .for_each(|(y, &r)| *y += r as f32 * rv.step),
+                                }
+                            }
+                            match out {
+                                Some(q) => shape(
+                                    quantize_real(&pre, q),
+                                    None,
+                                    q.alpha / qmax_unsigned(q.bits) as f32,
+                                ),
+                                None if last => {
+                                    logits = Some(pre);
+                                    break;
+                                }
+                                None => {
+                                    if *relu {
+                                        pre.iter_mut().for_each(|y| *y = y.max(0.0));
+                                    }
+                                    shape(Vec::new(), Some(pre), 0.0)
+                                }
+                            }
+                        }
                     }
                 }
                 NodeOp::Linear {
@@ -621,6 +704,7 @@ impl IntModel {
                     out_features,
                     ..
                 } => {
+                    need_codes(x)?;
                     if x.h * x.w * x.c != *in_features {
                         return Err(what(format!(
                             "input has {} features, expected {in_features}",
@@ -649,6 +733,7 @@ impl IntModel {
                         }
                         Some(q) => Value {
                             codes: Requant::new(acc_scale, bias, q.alpha, q.bits)?.apply(&acc)?,
+                            real: None,
                             h: 1,
                             w: 1,
                             c: *out_features,
@@ -661,6 +746,7 @@ impl IntModel {
                     stride,
                     pad,
                 } => {
+                    need_codes(x)?;
                     let g = PoolGeom {
                         batch,
                         h: x.h,
@@ -672,6 +758,7 @@ impl IntModel {
                     };
                     Value {
                         codes: max_pool2d(&x.codes, &g)?,
+                        real: None,
                         h: g.out_h(),
                         w: g.out_w(),
                         c: x.c,
@@ -679,6 +766,7 @@ impl IntModel {
                     }
                 }
                 NodeOp::AvgPool { kernel, stride } => {
+                    need_codes(x)?;
                     let q = node.out.expect("validated");
                     let g = PoolGeom {
                         batch,
@@ -692,6 +780,7 @@ impl IntModel {
                     let codes = avg_pool2d(&x.codes, &g, x.step, q.alpha, q.bits)?;
                     Value {
                         codes,
+                        real: None,
                         h: g.out_h(),
                         w: g.out_w(),
                         c: x.c,
@@ -700,12 +789,50 @@ impl IntModel {
                 }
                 NodeOp::GlobalAvgPool => {
                     let q = node.out.expect("validated");
-                    let codes =
-                        global_avg_pool(&x.codes, batch, x.h * x.w, x.c, x.step, q.alpha, q.bits)?;
+                    let codes = match &x.real {
+                        None => global_avg_pool(
+                            &x.codes,
+                            batch,
+                            x.h * x.w,
+                            x.c,
+                            x.step,
+                            q.alpha,
+                            q.bits,
+                        )?,
+                        Some(r) => {
+                            let (hw, c) = (x.h * x.w, x.c);
+                            let mut mean = vec![0f32; batch * c];
+                            for b in 0..batch {
+                                for p in 0..hw {
+                                    let row = &r[(b * hw + p) * c..(b * hw + p + 1) * c];
+                                    for (m, v) in mean[b * c..(b + 1) * c].iter_mut().zip(row) {
+                                        *m += v;
+                                    }
+                                }
+                            }
+                            mean.iter_mut().for_each(|m| *m /= hw as f32);
+                            quantize_real(&mean, q)
+                        }
+                    };
                     Value {
                         codes,
+                        real: None,
                         h: 1,
                         w: 1,
+                        c: x.c,
+                        step: q.alpha / qmax_unsigned(q.bits) as f32,
+                    }
+                }
+                NodeOp::Quantize => {
+                    let q = node.out.expect("validated");
+                    let Some(r) = &x.real else {
+                        return Err(what("its input is already quantised".into()));
+                    };
+                    Value {
+                        codes: quantize_real(r, q),
+                        real: None,
+                        h: x.h,
+                        w: x.w,
                         c: x.c,
                         step: q.alpha / qmax_unsigned(q.bits) as f32,
                     }
@@ -716,22 +843,40 @@ impl IntModel {
                     }
                     let (oh, ow) = (x.h.div_ceil(*stride), x.w.div_ceil(*stride));
                     let c = gather.len();
-                    let mut codes = vec![0u8; batch * oh * ow * c];
-                    for b in 0..batch {
-                        for oy in 0..oh {
-                            for ox in 0..ow {
-                                let src = ((b * x.h + oy * stride) * x.w + ox * stride) * x.c;
-                                let dst = ((b * oh + oy) * ow + ox) * c;
-                                for (j, g) in gather.iter().enumerate() {
-                                    if let Some(g) = g {
-                                        codes[dst + j] = x.codes[src + g];
+                    fn sc<T: Copy + Default>(
+                        src: &[T],
+                        (batch, h, w, cin): (usize, usize, usize, usize),
+                        (oh, ow): (usize, usize),
+                        stride: usize,
+                        gather: &[Option<usize>],
+                    ) -> Vec<T> {
+                        let c = gather.len();
+                        let mut out = vec![T::default(); batch * oh * ow * c];
+                        for b in 0..batch {
+                            for oy in 0..oh {
+                                for ox in 0..ow {
+                                    let s = ((b * h + oy * stride) * w + ox * stride) * cin;
+                                    let d = ((b * oh + oy) * ow + ox) * c;
+                                    for (j, g) in gather.iter().enumerate() {
+                                        if let Some(g) = g {
+                                            out[d + j] = src[s + g];
+                                        }
                                     }
                                 }
                             }
                         }
+                        out
                     }
+                    let dims = (batch, x.h, x.w, x.c);
                     Value {
-                        codes,
+                        codes: match x.real {
+                            None => sc(&x.codes, dims, (oh, ow), *stride, gather),
+                            Some(_) => Vec::new(),
+                        },
+                        real: x
+                            .real
+                            .as_ref()
+                            .map(|r| sc(r, dims, (oh, ow), *stride, gather)),
                         h: oh,
                         w: ow,
                         c,
@@ -742,7 +887,10 @@ impl IntModel {
             if let Some(trace) = trace.as_mut() {
                 trace(
                     &node.name,
-                    out.codes.iter().map(|&q| q as f32 * out.step).collect(),
+                    match &out.real {
+                        Some(r) => r.clone(),
+                        None => out.codes.iter().map(|&q| q as f32 * out.step).collect(),
+                    },
                 );
             }
             if profile {
@@ -769,18 +917,17 @@ impl IntModel {
         (scale, bias)
     }
 
-    /// First conv: the image's normalisation offset `−mean_c/std` enters only at valid
-    /// (unpadded) positions, so it is subtracted per output position exactly.
-    fn first_layer_out(
+    /// First conv, real-valued outputs before activation: the image's normalisation offset
+    /// `−mean_c/std` enters only at valid (unpadded) positions, so it is subtracted per output
+    /// position exactly.
+    fn first_layer_pre(
         &self,
         acc: &[i32],
         g: &ConvGeom,
         lw: &LayerWeights,
         acc_scale: &[f32],
         bias: &[f32],
-        out: Option<QuantOut>,
-    ) -> Result<Vec<u8>> {
-        let q = out.ok_or_else(|| invalid("model", "a single-layer model is not supported"))?;
+    ) -> Vec<f32> {
         let inp = &self.meta.input;
         let codes = lw.packed.unpack();
         let (oh, ow, co) = (g.out_h(), g.out_w(), g.c_out);
@@ -807,19 +954,24 @@ impl IntModel {
                 }
             }
         }
-        let rq = Requant::new(acc_scale.to_vec(), bias.to_vec(), q.alpha, q.bits)?;
-        let step = rq.step();
-        Ok(acc
-            .iter()
+        acc.iter()
             .enumerate()
             .map(|(i, &a)| {
                 let o = i % co;
                 let pos = (i / co) % (oh * ow);
-                let y = a as f32 * acc_scale[o] + bias[o] - offset[pos * co + o];
-                super::layers::round_code(y.clamp(0.0, q.alpha) / step)
+                a as f32 * acc_scale[o] + bias[o] - offset[pos * co + o]
             })
-            .collect())
+            .collect()
     }
+}
+
+/// Unsigned `q.bits` codes of real values over `[0, q.alpha]` (the fake quantizer's rounding:
+/// half away from zero).
+fn quantize_real(x: &[f32], q: QuantOut) -> Vec<u8> {
+    let step = q.alpha / qmax_unsigned(q.bits) as f32;
+    x.iter()
+        .map(|&y| super::layers::round_code(y.clamp(0.0, q.alpha) / step))
+        .collect()
 }
 
 #[cfg(test)]
@@ -858,6 +1010,7 @@ mod tests {
                 pad: 1,
                 w_bits,
                 residual: residual.map(Into::into),
+                relu: false,
             },
             out: out.map(|(alpha, bits)| QuantOut { alpha, bits }),
         }
@@ -931,6 +1084,12 @@ mod tests {
             alpha: 2.0,
             bits: 5,
         });
+        build(nodes)
+    }
+
+    /// A model over 8×8×1 images with 3 classes from `nodes`, random weights (an all-zero
+    /// output channel in each layer), multipliers and biases.
+    fn build(nodes: Vec<Node>) -> IntModel {
         let mut r = lcg(5);
         let mut weights = BTreeMap::new();
         for n in &nodes {
@@ -1008,6 +1167,7 @@ mod tests {
                     residual,
                     kernel,
                     pad,
+                    relu,
                     ..
                 } => {
                     let lw = &m.weights[&n.name];
@@ -1036,12 +1196,19 @@ mod tests {
                         y.iter_mut().zip(rv).for_each(|(y, r)| *y += r);
                     }
                     (
-                        y.into_iter().map(|y| fq(y, n.out.unwrap())).collect(),
+                        y.into_iter()
+                            .map(|y| match n.out {
+                                Some(q) => fq(y, q),
+                                None if *relu => y.max(0.0),
+                                None => y,
+                            })
+                            .collect(),
                         g.out_h(),
                         g.out_w(),
                         *c_out,
                     )
                 }
+                NodeOp::Quantize => (x.iter().map(|&v| fq(v, n.out.unwrap())).collect(), h, w, c),
                 NodeOp::ShortcutA { stride, gather } => {
                     let (oh, ow) = (h.div_ceil(*stride), w.div_ceil(*stride));
                     let mut o = vec![0.0; batch * oh * ow * gather.len()];
@@ -1148,9 +1315,82 @@ mod tests {
         (o, oh, ow, c)
     }
 
+    /// A residual network whose stream the float model keeps in float: real-valued conv
+    /// outputs (with ReLU), quantize nodes in front of convs, a real residual added inside a
+    /// conv, an option-A shortcut and global average pooling on real values.
+    fn toy_real_stream() -> IntModel {
+        let q = |alpha, bits| Some(QuantOut { alpha, bits });
+        let mut c1 = conv("c1", "input", 1, 4, 1, 8, None, None);
+        let mut c3 = conv("c3", "c2", 4, 4, 1, 4, Some("c1"), None);
+        let mut c4 = conv("c4", "q2", 4, 6, 2, 5, Some("sc"), None);
+        for n in [&mut c1, &mut c3, &mut c4] {
+            if let NodeOp::Conv { relu, .. } = &mut n.op {
+                *relu = true;
+            }
+        }
+        let node = |name: &str, input: &str, op: NodeOp, out| Node {
+            name: name.into(),
+            input: input.into(),
+            op,
+            out,
+        };
+        build(vec![
+            c1,
+            node("q1", "c1", NodeOp::Quantize, q(2.0, 4)),
+            conv("c2", "q1", 4, 4, 1, 3, None, Some((1.5, 3))),
+            c3,
+            node(
+                "sc",
+                "c3",
+                NodeOp::ShortcutA {
+                    stride: 2,
+                    gather: vec![Some(0), None, Some(2), Some(3), None, Some(1)],
+                },
+                None,
+            ),
+            node("q2", "c3", NodeOp::Quantize, q(2.0, 5)),
+            c4,
+            node("gap", "c4", NodeOp::GlobalAvgPool, q(1.0, 8)),
+            node(
+                "fc",
+                "gap",
+                NodeOp::Linear {
+                    in_features: 6,
+                    out_features: 3,
+                    w_bits: 8,
+                },
+                None,
+            ),
+        ])
+    }
+
     #[test]
     fn engine_matches_fake_quant_float_model_and_round_trips() {
-        let m = toy_model();
+        check_engine(toy_model());
+    }
+
+    #[test]
+    fn real_valued_residual_streams_match_the_float_model() {
+        let m = toy_real_stream();
+        check_engine(m.clone());
+        // A conv cannot read a real-valued stream directly.
+        let mut meta = m.meta().clone();
+        meta.nodes[2].input = "c1".into();
+        let bad = IntModel::new(meta, m.weights.clone()).unwrap();
+        let e = bad
+            .forward(&[0; 64], 1, Isa::Portable)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("c2") && e.contains("quantize"), "{e}");
+        // Only convs, max-pools and shortcuts may yield real values mid-graph.
+        let mut meta = m.meta().clone();
+        meta.nodes[7].out = None;
+        assert!(IntModel::new(meta, m.weights.clone()).is_err());
+    }
+
+    /// Checks the engine against the f64 fake-quantized float model, node by node and end to
+    /// end, on every available ISA, and the file round trip.
+    fn check_engine(m: IntModel) {
         let batch = 24;
         let mut r = lcg(9);
         let pixels: Vec<u8> = (0..batch * 64).map(|_| (r() * 256.0) as u8).collect();
@@ -1182,7 +1422,16 @@ mod tests {
         let mut ftrace = HashMap::new();
         float_forward(&m, &pixels, batch, Some(&etrace), &mut ftrace);
         for (name, e) in &etrace {
-            let (f, step) = (&ftrace[name], steps[name.as_str()]);
+            let f = &ftrace[name];
+            let Some(&step) = steps.get(name.as_str()) else {
+                // A real-valued node: equal up to f32 rounding.
+                let scale = f.iter().fold(1e-3f64, |a, b| a.max(b.abs()));
+                assert!(
+                    e.iter().zip(f).all(|(a, b)| (a - b).abs() <= 1e-4 * scale),
+                    "node {name}: real values differ"
+                );
+                continue;
+            };
             let off: Vec<f64> = e
                 .iter()
                 .zip(f)

@@ -10,13 +10,19 @@
 //! layer's *output* instead, so a conv/linear layer `L` gets `out = {α, abits}` of the
 //! weighted layer(s) its output reaches through BatchNorm (folded), ReLU (the clip to
 //! `[0, α]` subsumes it), max pooling (monotone, so it commutes with quantisation) and
-//! flatten. Both then compute the same function up to float rounding at exact ties.
+//! flatten. Where the float model keeps a stream in float (the residual stream of a ResNet:
+//! it feeds residual adds, option-A shortcuts and global pooling unquantized), the producing
+//! conv yields real values (`out = null`, fused ReLU), the residual add is fused into the
+//! conv that precedes it (`residual`), and every weighted consumer reads it through a
+//! `quantize` node with its own quantizer; global pooling quantizes its mean for the
+//! classifier. Both then compute the same function up to float rounding at exact ties:
+//! every GEMM is integer; only residual adds and global pooling run in f32.
 //!
-//! Not representable exactly, hence a clear [`Error::Format`] naming the layer: a stream the
-//! float model keeps in float between weighted layers (residual adds, option-A shortcuts,
-//! average pooling), layers left in full precision, grouped or dilated convolutions, and
-//! per-channel input standard deviations that differ (the engine folds one input scale into
-//! the first GEMM).
+//! Not representable, hence a clear [`Error::Format`] naming the layer: masked residual
+//! pruning (adds over different channel sets), average pooling, layers left in full
+//! precision, grouped or dilated convolutions, ReLU6 on a float stream, and per-channel
+//! input standard deviations that differ (the engine folds one input scale into the first
+//! GEMM).
 //!
 //! Provenance (free-form JSON given by the caller, e.g. the baseline hash, seed, measured
 //! test top-1 and the float checkpoint the export came from) and the policy go in the
@@ -47,6 +53,28 @@ pub struct ExportSummary {
     pub packed_layers: usize,
     /// Nodes of the integer graph.
     pub nodes: usize,
+}
+
+/// How a layer's output is represented on the integer engine.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Repr {
+    /// Unsigned codes of this quantizer.
+    Codes(QuantOut),
+    /// Real values (f32), kept in float by the fake-quantized model.
+    Real,
+    /// The network output.
+    Logits,
+}
+
+/// An engine value standing for a layer's output.
+#[derive(Clone, Debug)]
+struct Val {
+    /// Engine node name (`input` = the image).
+    node: String,
+    /// Quantisation of codes (`None` for the image or real values).
+    q: Option<QuantOut>,
+    /// Real-valued.
+    real: bool,
 }
 
 fn fmt_err(path: &Path, msg: String) -> Error {
@@ -114,108 +142,155 @@ pub fn to_int_model(
             consumers[p].push(i);
         }
     }
-    // Quantisation point of layer i's output: the activation quantizer of the weighted
-    // layers it reaches through pass-through layers; None when it reaches the output.
-    let quant_of = |i: usize| -> Result<Option<QuantOut>> {
-        let mut found: Option<QuantOut> = None;
-        let mut relu6 = false;
-        let mut stack = vec![i];
-        let mut reaches_output = false;
-        while let Some(j) = stack.pop() {
-            if consumers[j].is_empty() {
-                if j != i && !matches!(spec.layers[j].kind, LayerKind::Flatten) {
+    let name = |i: usize| spec.layers[i].name.as_str();
+    // Activation quantizer of weighted layer c (its input quantisation).
+    let quant_in = |c: usize| -> Result<QuantOut> {
+        let (Some(bits), Some(_)) = (comp[c].abits, comp[c].wbits) else {
+            return Err(err(format!(
+                "layer {}: left in full precision; the integer engine needs quantized weights and activations",
+                name(c)
+            )));
+        };
+        let alpha = tensor(format!("{}.act_alpha", name(c)))?[0];
+        if !(alpha.is_finite() && alpha > 0.0) {
+            return Err(err(format!(
+                "layer {}: activation range α = {alpha} was never calibrated",
+                name(c)
+            )));
+        }
+        Ok(QuantOut { alpha, bits })
+    };
+    // How the value of layer e must be represented: codes when every path reaches weighted
+    // layers with one quantizer through ReLU/max-pool/flatten (quantisation commutes with
+    // those), real-valued when the float model uses it in float (residual adds, shortcuts,
+    // global pooling, or quantizers that differ), logits when it is the network output.
+    let classify = |e: usize| -> Result<Repr> {
+        let mut qs: Vec<QuantOut> = Vec::new();
+        let mut float_use = false;
+        let mut output = consumers[e].is_empty();
+        let mut stack = consumers[e].clone();
+        while let Some(c) = stack.pop() {
+            match spec.layers[c].kind {
+                LayerKind::Conv2d { .. } | LayerKind::Linear { .. } => qs.push(quant_in(c)?),
+                LayerKind::Relu | LayerKind::MaxPool { .. } | LayerKind::Flatten => {
+                    output |= consumers[c].is_empty();
+                    stack.extend(&consumers[c]);
+                }
+                _ => float_use = true,
+            }
+        }
+        Ok(match (output, float_use, qs.as_slice()) {
+            (true, false, []) => Repr::Logits,
+            (true, _, _) => {
+                return Err(err(format!(
+                    "layer {}: feeds both the network output and other layers",
+                    name(e)
+                )));
+            }
+            (false, false, [q, rest @ ..]) if rest.iter().all(|r| r == q) => Repr::Codes(*q),
+            _ => Repr::Real,
+        })
+    };
+    let single = |e: usize, pred: &dyn Fn(&LayerKind) -> bool| match consumers[e].as_slice() {
+        [c] if pred(&spec.layers[*c].kind) => Some(*c),
+        _ => None,
+    };
+    let is_relu = |k: &LayerKind| matches!(k, LayerKind::Relu | LayerKind::Relu6);
+
+    let mut val: Vec<Option<Val>> = vec![None; n];
+    let mut nodes: Vec<Node> = Vec::new();
+    let mut weights = BTreeMap::new();
+    // A conv/linear (+ folded BatchNorm) whose output goes into a residual add, emitted when
+    // the add is reached (its other input is computed by then): (node, chain layers).
+    let mut pending: BTreeMap<usize, (Node, Vec<usize>)> = BTreeMap::new();
+    // Emits `node` for a chain ending at `end`, with an optional fused ReLU after it.
+    let finish = |mut node: Node,
+                  mut chain: Vec<usize>,
+                  end: usize,
+                  nodes: &mut Vec<Node>,
+                  val: &mut Vec<Option<Val>>|
+     -> Result<()> {
+        let mut end = end;
+        let relu = single(end, &is_relu);
+        if let Some(r) = relu {
+            chain.push(r);
+            end = r;
+        }
+        let repr = classify(end)?;
+        match repr {
+            Repr::Codes(q) => {
+                if let Some(r) = relu
+                    && matches!(spec.layers[r].kind, LayerKind::Relu6)
+                    && q.alpha > 6.0
+                {
                     return Err(err(format!(
-                        "layer {}: the network output must be a conv or linear layer",
-                        spec.layers[j].name
+                        "layer {}: ReLU6 followed by a clip range α = {} > 6 is not representable",
+                        name(r),
+                        q.alpha
                     )));
                 }
-                reaches_output = true;
+                node.out = Some(q);
             }
-            for &c in &consumers[j] {
-                let l = &spec.layers[c];
-                match l.kind {
-                    LayerKind::Conv2d { .. } | LayerKind::Linear { .. } => {
-                        let (Some(bits), Some(_)) = (comp[c].abits, comp[c].wbits) else {
-                            return Err(err(format!(
-                                "layer {}: left in full precision; the integer engine needs quantized weights and activations",
-                                l.name
-                            )));
-                        };
-                        let alpha = tensor(format!("{}.act_alpha", l.name))?[0];
-                        if !(alpha.is_finite() && alpha > 0.0) {
-                            return Err(err(format!(
-                                "layer {}: activation range α = {alpha} was never calibrated",
-                                l.name
-                            )));
-                        }
-                        let q = QuantOut { alpha, bits };
-                        match found {
-                            Some(f) if f != q => {
-                                return Err(err(format!(
-                                    "layer {}: its output feeds quantizers with different ranges ({f:?} and {q:?})",
-                                    spec.layers[i].name
-                                )));
-                            }
-                            _ => found = Some(q),
-                        }
+            Repr::Logits => {
+                if relu.is_some() {
+                    return Err(err(format!(
+                        "layer {}: the network output must be a conv or linear layer",
+                        name(end)
+                    )));
+                }
+                node.out = None;
+            }
+            Repr::Real => {
+                node.out = None;
+                match (&mut node.op, relu) {
+                    (_, Some(r)) if matches!(spec.layers[r].kind, LayerKind::Relu6) => {
+                        return Err(err(format!(
+                            "layer {}: ReLU6 on a stream kept in float is not supported",
+                            name(r)
+                        )));
                     }
-                    LayerKind::BatchNorm if j == i => stack.push(c),
-                    LayerKind::Relu | LayerKind::MaxPool { .. } | LayerKind::Flatten => {
-                        stack.push(c)
-                    }
-                    LayerKind::Relu6 => {
-                        relu6 = true;
-                        stack.push(c)
-                    }
+                    (NodeOp::Conv { relu: f, .. }, r) => *f = r.is_some(),
                     _ => {
                         return Err(err(format!(
-                            "layer {} ({}): the fake-quantized model keeps this stream in float between weighted layers; the integer engine supports only conv/linear → [BatchNorm] → ReLU/max-pool/flatten → conv/linear chains",
-                            l.name,
-                            l.kind.name()
+                            "layer {}: a linear layer whose output stays in float is not supported",
+                            node.name
                         )));
                     }
                 }
             }
         }
-        if reaches_output && found.is_some() {
-            return Err(err(format!(
-                "layer {}: feeds both the output and a quantized layer",
-                spec.layers[i].name
-            )));
+        let v = Val {
+            node: node.name.clone(),
+            q: node.out,
+            real: matches!(repr, Repr::Real),
+        };
+        for c in chain {
+            val[c] = Some(v.clone());
         }
-        if let Some(q) = found
-            && relu6
-            && q.alpha > 6.0
-        {
-            return Err(err(format!(
-                "layer {}: ReLU6 followed by a clip range α = {} > 6 is not representable",
-                spec.layers[i].name, q.alpha
-            )));
-        }
-        Ok(found)
+        nodes.push(node);
+        Ok(())
     };
 
-    let mut value_of: Vec<String> = vec![String::new(); n];
-    let mut nodes: Vec<Node> = Vec::new();
-    let mut weights = BTreeMap::new();
     for (i, l) in spec.layers.iter().enumerate() {
-        let input = match l.inputs.as_slice() {
-            [] => "input".to_string(),
-            [p] => value_of[*p].clone(),
-            _ => {
-                return Err(err(format!(
-                    "layer {} ({}): multi-input layers are not supported by the integer engine",
-                    l.name,
-                    l.kind.name()
-                )));
+        if val[i].is_some() || pending.values().any(|(_, chain)| chain.contains(&i)) {
+            continue; // fused into an earlier node (or one waiting for its residual add)
+        }
+        let input_val = |k: usize| -> Result<Val> {
+            match l.inputs.get(k) {
+                None => Ok(Val {
+                    node: "input".into(),
+                    q: None,
+                    real: false,
+                }),
+                Some(&p) => val[p].clone().ok_or_else(|| {
+                    err(format!(
+                        "layer {}: its input {} is not available on the integer engine",
+                        l.name,
+                        name(p)
+                    ))
+                }),
             }
         };
-        if input.is_empty() {
-            return Err(err(format!(
-                "layer {}: its input is not an integer value (a BatchNorm not directly after a conv/linear?)",
-                l.name
-            )));
-        }
         match l.kind {
             LayerKind::Conv2d { .. } | LayerKind::Linear { .. } => {
                 let wbits = comp[i].wbits.ok_or_else(|| {
@@ -255,6 +330,7 @@ pub fn to_int_model(
                             pad: padding[0],
                             w_bits: wbits,
                             residual: None,
+                            relu: false,
                         }
                     }
                     LayerKind::Linear {
@@ -268,6 +344,26 @@ pub fn to_int_model(
                     },
                     _ => unreachable!("matched conv or linear"),
                 };
+                let v = input_val(0)?;
+                let input = if v.real {
+                    // The float model quantizes this layer's input: a quantize node.
+                    let qn = format!("{}.input_quant", l.name);
+                    nodes.push(Node {
+                        name: qn.clone(),
+                        input: v.node,
+                        op: NodeOp::Quantize,
+                        out: Some(quant_in(i)?),
+                    });
+                    qn
+                } else {
+                    if v.node == "input" && !matches!(op, NodeOp::Conv { .. }) {
+                        return Err(err(format!(
+                            "layer {}: the image must feed a convolution",
+                            l.name
+                        )));
+                    }
+                    v.node
+                };
                 let w = tensor(format!("{}.weight", l.name))?;
                 let rows = l.out_shape[0];
                 let cols = w.len() / rows.max(1);
@@ -275,17 +371,14 @@ pub fn to_int_model(
                     .map_err(|e| err(format!("packing {}.weight at {wbits} bits: {e}", l.name)))?;
                 let conv_bias = tensors.get(&format!("{}.bias", l.name));
                 // Fold a BatchNorm that directly follows (its only consumer).
-                let bn = match consumers[i].as_slice() {
-                    [c] if matches!(spec.layers[*c].kind, LayerKind::BatchNorm) => Some(*c),
-                    _ => None,
-                };
+                let bn = single(i, &|k| matches!(k, LayerKind::BatchNorm));
                 let (mul, bias) = match bn {
                     Some(b) => {
-                        let name = &spec.layers[b].name;
-                        let g = tensor(format!("{name}.weight"))?;
-                        let beta = tensor(format!("{name}.bias"))?;
-                        let mu = tensor(format!("{name}.running_mean"))?;
-                        let var = tensor(format!("{name}.running_var"))?;
+                        let bname = name(b);
+                        let g = tensor(format!("{bname}.weight"))?;
+                        let beta = tensor(format!("{bname}.bias"))?;
+                        let mu = tensor(format!("{bname}.running_mean"))?;
+                        let var = tensor(format!("{bname}.running_var"))?;
                         let k: Vec<f32> = (0..rows)
                             .map(|c| (g[c] as f64 / (var[c] as f64 + BN_EPS).sqrt()) as f32)
                             .collect();
@@ -299,74 +392,208 @@ pub fn to_int_model(
                     }
                     None => (None, conv_bias.cloned()),
                 };
-                let out = quant_of(bn.unwrap_or(i))?;
-                nodes.push(Node {
+                weights.insert(l.name.clone(), LayerWeights { packed, mul, bias });
+                let node = Node {
                     name: l.name.clone(),
                     input,
                     op,
-                    out,
-                });
-                weights.insert(l.name.clone(), LayerWeights { packed, mul, bias });
-                value_of[i] = l.name.clone();
-                if let Some(b) = bn {
-                    value_of[b] = l.name.clone();
+                    out: None,
+                };
+                let mut chain = vec![i];
+                chain.extend(bn);
+                let end = bn.unwrap_or(i);
+                match single(end, &|k| matches!(k, LayerKind::Add)) {
+                    Some(add) if matches!(node.op, NodeOp::Conv { .. }) => {
+                        pending.insert(add, (node, chain));
+                    }
+                    _ => finish(node, chain, end, &mut nodes, &mut val)?,
                 }
             }
-            LayerKind::BatchNorm => {
-                if value_of[i].is_empty() {
+            LayerKind::Add => {
+                let Some((mut node, mut chain)) = pending.remove(&i) else {
                     return Err(err(format!(
-                        "layer {}: a BatchNorm that does not directly follow a conv/linear cannot be folded",
+                        "layer {}: a residual add runs on the integer engine only directly after a conv (+ BatchNorm)",
+                        l.name
+                    )));
+                };
+                let own = *chain.last().expect("chain has the conv");
+                let [a, b] = l.inputs.as_slice() else {
+                    return Err(err(format!(
+                        "layer {}: only two-input adds are supported",
+                        l.name
+                    )));
+                };
+                let (own_k, other) = if *a == own { (0, *b) } else { (1, *a) };
+                let identity = |g: &[Option<usize>], len: usize| {
+                    g.len() == len && g.iter().enumerate().all(|(j, s)| *s == Some(j))
+                };
+                let c_out = spec.layers[own].out_shape[0];
+                let gathers = comp[i].gathers.clone().unwrap_or_default();
+                if let Some(g) = gathers.get(own_k)
+                    && !identity(g, c_out)
+                {
+                    return Err(err(format!(
+                        "layer {}: the add's channels differ from those of {} (masked residual pruning is not supported by the integer engine)",
+                        l.name,
+                        name(own)
+                    )));
+                }
+                let ov = val[other].clone().ok_or_else(|| {
+                    err(format!(
+                        "layer {}: its input {} is not available on the integer engine",
+                        l.name,
+                        name(other)
+                    ))
+                })?;
+                let other_c = spec.layers[other].out_shape[0];
+                let residual = match gathers.get(1 - own_k) {
+                    Some(g) if !identity(g, other_c) || g.len() != c_out => {
+                        let sn = format!("{}.gather", l.name);
+                        nodes.push(Node {
+                            name: sn.clone(),
+                            input: ov.node,
+                            op: NodeOp::ShortcutA {
+                                stride: 1,
+                                gather: g.clone(),
+                            },
+                            out: ov.q,
+                        });
+                        sn
+                    }
+                    _ => ov.node,
+                };
+                if let NodeOp::Conv { residual: r, .. } = &mut node.op {
+                    *r = Some(residual);
+                }
+                chain.push(i);
+                finish(node, chain, i, &mut nodes, &mut val)?;
+            }
+            LayerKind::Relu | LayerKind::Relu6 => {
+                let v = input_val(0)?;
+                if v.real {
+                    return Err(err(format!(
+                        "layer {}: a ReLU on a real-valued stream must directly follow a conv or residual add",
                         l.name
                     )));
                 }
+                if matches!(l.kind, LayerKind::Relu6) && v.q.is_some_and(|q| q.alpha > 6.0) {
+                    return Err(err(format!(
+                        "layer {}: ReLU6 before a clip range α > 6 is not representable",
+                        l.name
+                    )));
+                }
+                val[i] = Some(v); // codes are already ≥ 0
             }
-            LayerKind::Relu | LayerKind::Relu6 | LayerKind::Flatten => value_of[i] = input,
+            LayerKind::Flatten => val[i] = Some(input_val(0)?),
             LayerKind::MaxPool {
                 kernel,
                 stride,
                 padding,
             } => {
+                let v = input_val(0)?;
+                if v.real || v.node == "input" {
+                    return Err(err(format!(
+                        "layer {}: max pooling runs on the integer engine only on a quantized stream",
+                        l.name
+                    )));
+                }
                 if kernel[0] != kernel[1] || stride[0] != stride[1] || padding[0] != padding[1] {
                     return Err(err(format!(
                         "layer {}: only square max pooling runs on the integer engine",
                         l.name
                     )));
                 }
-                if input == "input" {
-                    return Err(err(format!(
-                        "layer {}: the image must feed a convolution",
-                        l.name
-                    )));
-                }
                 nodes.push(Node {
                     name: l.name.clone(),
-                    input,
+                    input: v.node,
                     op: NodeOp::MaxPool {
                         kernel: kernel[0],
                         stride: stride[0],
                         pad: padding[0],
                     },
-                    out: None,
+                    out: v.q,
                 });
-                value_of[i] = l.name.clone();
+                val[i] = Some(Val {
+                    node: l.name.clone(),
+                    q: v.q,
+                    real: false,
+                });
             }
-            _ => {
+            LayerKind::GlobalAvgPool => {
+                let v = input_val(0)?;
+                if v.node == "input" {
+                    return Err(err(format!(
+                        "layer {}: the image must feed a convolution",
+                        l.name
+                    )));
+                }
+                let Repr::Codes(q) = classify(i)? else {
+                    return Err(err(format!(
+                        "layer {}: global pooling must feed conv/linear layers with one activation quantizer",
+                        l.name
+                    )));
+                };
+                nodes.push(Node {
+                    name: l.name.clone(),
+                    input: v.node,
+                    op: NodeOp::GlobalAvgPool,
+                    out: Some(q),
+                });
+                val[i] = Some(Val {
+                    node: l.name.clone(),
+                    q: Some(q),
+                    real: false,
+                });
+            }
+            LayerKind::PadShortcut { stride, out_ch } => {
+                let v = input_val(0)?;
+                if stride[0] != stride[1] || v.node == "input" {
+                    return Err(err(format!(
+                        "layer {}: only square-stride shortcuts of a layer's output are supported",
+                        l.name
+                    )));
+                }
+                let c_in = l
+                    .inputs
+                    .first()
+                    .map_or(spec.input.c, |&p| spec.layers[p].out_shape[0]);
+                let gather = match comp[i].gathers.as_ref().and_then(|g| g.first()) {
+                    Some(g) => g.clone(),
+                    None => {
+                        let before = (out_ch - c_in) / 2;
+                        (0..out_ch)
+                            .map(|j| j.checked_sub(before).filter(|&s| s < c_in))
+                            .collect()
+                    }
+                };
+                nodes.push(Node {
+                    name: l.name.clone(),
+                    input: v.node.clone(),
+                    op: NodeOp::ShortcutA {
+                        stride: stride[0],
+                        gather,
+                    },
+                    out: v.q,
+                });
+                val[i] = Some(Val {
+                    node: l.name.clone(),
+                    ..v
+                });
+            }
+            LayerKind::BatchNorm | LayerKind::AvgPool { .. } => {
                 return Err(err(format!(
-                    "layer {} ({}): not representable on the integer engine (the fake-quantized model keeps it in float)",
+                    "layer {} ({}): not representable on the integer engine (a BatchNorm must directly follow a conv/linear; average pooling is kept in float by the fake-quantized model)",
                     l.name,
                     l.kind.name()
                 )));
             }
         }
     }
-    // Max-pool nodes keep their input's quantisation: give them their producer's, so only
-    // the final node has `out = null`.
-    let mut outs: BTreeMap<String, Option<QuantOut>> = BTreeMap::new();
-    for node in &mut nodes {
-        if matches!(node.op, NodeOp::MaxPool { .. }) {
-            node.out = outs.get(&node.input).copied().flatten();
-        }
-        outs.insert(node.name.clone(), node.out);
+    if let Some((&add, _)) = pending.iter().next() {
+        return Err(err(format!(
+            "layer {}: residual add never reached",
+            name(add)
+        )));
     }
     let policy = match slim.policy() {
         Some(p) => {
@@ -477,6 +704,10 @@ mod tests {
     /// A model with a random mixed policy (pruning included), BN statistics and activation
     /// ranges from data.
     fn compressed(arch: &str, input: &str, seed: u64) -> Model {
+        compressed_with(arch, input, seed, SpaceConfig::default())
+    }
+
+    fn compressed_with(arch: &str, input: &str, seed: u64, cfg: SpaceConfig) -> Model {
         let spec = builtin(arch, Some(input.parse().unwrap()), None).unwrap();
         let s = spec.input;
         let mut m = Model::new(spec.clone(), seed, &Device::Cpu).unwrap();
@@ -485,7 +716,7 @@ mod tests {
             m.forward(&normalise(&pixels(16, len, 100 + k), 16, s), true)
                 .unwrap();
         }
-        let space = SearchSpace::new(spec, SpaceConfig::default()).unwrap();
+        let space = SearchSpace::new(spec, cfg).unwrap();
         let mut r = ChaCha8Rng::seed_from_u64(seed);
         let idx: Vec<usize> = space
             .genes()
@@ -510,6 +741,8 @@ mod tests {
             ("lenet5", "28x28x1", 1u64),
             ("lenet5", "28x28x1", 2),
             ("vgg-small", "8x8x1", 3),
+            ("resnet20", "8x8x1", 6),
+            ("resnet20", "12x12x1", 7),
         ] {
             let m = compressed(arch, input, seed);
             let s = m.spec().input;
@@ -560,7 +793,11 @@ mod tests {
 
     #[test]
     fn unsupported_graphs_are_clear_errors() {
-        let m = compressed("resnet20", "8x8x1", 4);
+        let masked = SpaceConfig {
+            residual_pruning: seer_policy::ResidualPruning::Masked,
+            ..SpaceConfig::default()
+        };
+        let m = compressed_with("resnet20", "8x8x1", 4, masked);
         let e = to_int_model(
             &m,
             &[MEAN],
@@ -570,7 +807,7 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("r.st") && e.contains("layer"), "{e}");
+        assert!(e.contains("r.st") && e.contains("masked"), "{e}");
         let m = compressed("lenet5", "28x28x1", 5);
         let e = to_int_model(
             &m,
