@@ -442,4 +442,41 @@ fn infer_runs_exported_models_and_rejects_bad_input() {
         &root,
         &["split"],
     );
+    // Speed comparison against a full-precision checkpoint of the same network.
+    let base = run.join("base.safetensors");
+    let plain = seer_nn::model::Model::new(builtin("lenet5", None, None).unwrap(), 4, &Device::Cpu)
+        .unwrap();
+    seer_nn::checkpoint::save(&plain, &base, Some("mnist"), &serde_json::json!({})).unwrap();
+    let bs = base.display().to_string();
+    let args = [
+        "--model",
+        &ms,
+        "--dataset",
+        "mnist",
+        "--json",
+        "--bench-baseline",
+        &bs,
+    ];
+    let more = ["--bench-images", "64", "--bench-reps", "1", "--no-compare"];
+    let (rc, out, err) = infer(&[&args[..], &more[..]].concat(), &root);
+    assert_eq!(rc, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    for key in ["model_speedup", "model_speedup_vs_own_f32", "size_ratio"] {
+        assert!(v[key].as_f64().unwrap() > 0.0, "{key}: {out}");
+    }
+    assert!(v["size_ratio"].as_f64().unwrap() > 4.0, "{out}");
+    assert!(v["agreement_with_fake_quant"].is_null());
+    let fs = float.display().to_string();
+    bad(
+        &[
+            "--model",
+            &ms,
+            "--dataset",
+            "mnist",
+            "--bench-baseline",
+            &fs,
+        ],
+        &root,
+        &["full-precision"],
+    );
 }

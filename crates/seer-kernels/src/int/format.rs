@@ -25,6 +25,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::Isa;
@@ -627,7 +628,16 @@ impl IntModel {
                     };
                     let lw = &self.weights[&node.name];
                     let panel = super::layers::conv_panel(&lw.packed, &g)?;
+                    let t_gemm = std::time::Instant::now();
                     let acc = conv2d(&x.codes, &g, &panel, isa)?;
+                    if profile {
+                        eprintln!(
+                            "SEER_INT_PROFILE {}.panel+gemm {:.3} ms (gemm {:.3} ms)",
+                            node.name,
+                            t0.elapsed().as_secs_f64() * 1e3,
+                            t_gemm.elapsed().as_secs_f64() * 1e3
+                        );
+                    }
                     let (oh, ow) = (g.out_h(), g.out_w());
                     let (acc_scale, bias) = self.affine(lw, x.step);
                     let res = match residual {
@@ -954,14 +964,26 @@ impl IntModel {
                 }
             }
         }
-        acc.iter()
-            .enumerate()
-            .map(|(i, &a)| {
-                let o = i % co;
-                let pos = (i / co) % (oh * ow);
-                a as f32 * acc_scale[o] + bias[o] - offset[pos * co + o]
-            })
-            .collect()
+        // Per image: offset[pos][o] − bias[o] is the same for every image.
+        let shift: Vec<f32> = offset
+            .chunks_exact(co)
+            .flat_map(|row| row.iter().zip(bias).map(|(off, b)| b - off))
+            .collect();
+        let mut pre = vec![0f32; acc.len()];
+        pre.par_chunks_mut(oh * ow * co)
+            .zip(acc.par_chunks(oh * ow * co))
+            .for_each(|(p, a)| {
+                for ((p, a), s) in p
+                    .chunks_exact_mut(co)
+                    .zip(a.chunks_exact(co))
+                    .zip(shift.chunks_exact(co))
+                {
+                    for o in 0..co {
+                        p[o] = a[o] as f32 * acc_scale[o] + s[o];
+                    }
+                }
+            });
+        pre
     }
 }
 
@@ -969,9 +991,15 @@ impl IntModel {
 /// half away from zero).
 fn quantize_real(x: &[f32], q: QuantOut) -> Vec<u8> {
     let step = q.alpha / qmax_unsigned(q.bits) as f32;
-    x.iter()
-        .map(|&y| super::layers::round_code(y.clamp(0.0, q.alpha) / step))
-        .collect()
+    let mut out = vec![0u8; x.len()];
+    out.par_chunks_mut(4096)
+        .zip(x.par_chunks(4096))
+        .for_each(|(o, x)| {
+            for (o, &y) in o.iter_mut().zip(x) {
+                *o = super::layers::round_code(y.clamp(0.0, q.alpha) / step);
+            }
+        });
+    out
 }
 
 #[cfg(test)]

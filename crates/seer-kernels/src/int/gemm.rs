@@ -107,6 +107,14 @@ impl WeightPanel {
         p
     }
 
+    /// The same panel over `kp = k` rounded up to a multiple of 4 columns (the padding
+    /// weights are zero), for activation rows zero-padded to `kp`: the micro-kernels then
+    /// read every row strip in place instead of repacking it.
+    pub fn with_padded_k(mut self) -> Self {
+        self.k = self.kp;
+        self
+    }
+
     fn empty(n: usize, k: usize) -> Self {
         let kp = k.next_multiple_of(4);
         let panels = n.div_ceil(NR);
@@ -131,6 +139,12 @@ impl WeightPanel {
             self.wmax = self.wmax.max(q.unsigned_abs() as u32);
             self.data[base + ((kk / 4) * NR + j) * 4 + kk % 4] = q;
         }
+    }
+
+    /// The code of output channel `r`, reduction column `kk` (zero in the padding).
+    pub fn code(&self, r: usize, kk: usize) -> i8 {
+        let (p, j) = (r / NR, r % NR);
+        self.data[p * self.kp * NR + ((kk / 4) * NR + j) * 4 + kk % 4]
     }
 
     /// Output channels `n`.

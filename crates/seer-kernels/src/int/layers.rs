@@ -74,6 +74,11 @@ impl ConvGeom {
         Ok(())
     }
 
+    /// A 1×1, stride-1, unpadded convolution: a plain GEMM on the input, no im2col.
+    pub fn is_pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0
+    }
+
     /// For each im2col column `(ky·kw + kx)·c_in + ci`, the OIHW weight column
     /// `(ci·kh + ky)·kw + kx` it takes.
     pub fn im2col_perm(&self) -> Vec<usize> {
@@ -90,19 +95,31 @@ impl ConvGeom {
 }
 
 /// Builds the GEMM panel of conv weights `w` (`[c_out, c_in·kh·kw]`, OIHW columns),
-/// reordered to the im2col order. Errors: `ShapeMismatch` if `w` does not fit `g`.
+/// reordered to the im2col order; except for 1×1 stride-1 unpadded convolutions (which skip
+/// im2col), the reduction is zero-padded to a multiple of 4 ([`WeightPanel::with_padded_k`])
+/// to match [`conv2d`]'s padded im2col rows. Errors: `ShapeMismatch` if `w` does not fit `g`.
 pub fn conv_panel(w: &PackedWeights, g: &ConvGeom) -> Result<WeightPanel> {
     g.validate()?;
     check_len("conv weight rows (c_out)", g.c_out, w.rows())?;
     check_len("conv weight columns (c_in·kh·kw)", g.k(), w.cols())?;
-    Ok(WeightPanel::from_packed_permuted(w, Some(&g.im2col_perm())))
+    let p = WeightPanel::from_packed_permuted(w, Some(&g.im2col_perm()));
+    Ok(if g.is_pointwise() {
+        p
+    } else {
+        p.with_padded_k()
+    })
 }
 
 /// im2col of an NHWC `u8` input: `[rows, kh·kw·c_in]`, padding with code 0.
 pub fn im2col(x: &[u8], g: &ConvGeom) -> Result<Vec<u8>> {
+    im2col_rows(x, g, g.k())
+}
+
+/// [`im2col`] with rows of `row_len ≥ kh·kw·c_in` codes (the tail is zero).
+fn im2col_rows(x: &[u8], g: &ConvGeom, row_len: usize) -> Result<Vec<u8>> {
     g.validate()?;
     check_len("conv input", g.input_len(), x.len())?;
-    let (oh, ow, k, c) = (g.out_h(), g.out_w(), g.k(), g.c_in);
+    let (oh, ow, k, c) = (g.out_h(), g.out_w(), row_len, g.c_in);
     let mut out = vec![0u8; g.rows() * k];
     out.par_chunks_mut(ow * k)
         .enumerate()
@@ -140,16 +157,67 @@ pub fn im2col(x: &[u8], g: &ConvGeom) -> Result<Vec<u8>> {
 pub fn conv2d(x: &[u8], g: &ConvGeom, w: &WeightPanel, isa: Isa) -> Result<Vec<i32>> {
     g.validate()?;
     check_len("conv panel output channels", g.c_out, w.n())?;
-    check_len("conv panel reduction length", g.k(), w.k())?;
+    if w.k() != g.k() && (g.is_pointwise() || w.k() != g.k().next_multiple_of(4)) {
+        check_len("conv panel reduction length", g.k(), w.k())?;
+    }
     check_len("conv input", g.input_len(), x.len())?;
     let mut out = vec![0i32; g.rows() * g.c_out];
-    if g.kh == 1 && g.kw == 1 && g.stride == 1 && g.pad == 0 {
+    if g.is_pointwise() {
         gemm_u8i8_with(isa, x, g.rows(), w, &mut out)?;
+    } else if g.c_in == 1 && g.stride == 1 && g.kh * g.kw <= 65_000 {
+        conv2d_c1(x, g, w, &mut out);
     } else {
-        let cols = im2col(x, g)?;
+        // Rows as long as the panel's reduction (zero-padded to a multiple of 4 by
+        // `conv_panel`, so the GEMM reads them in place).
+        let cols = im2col_rows(x, g, w.k())?;
         gemm_u8i8_with(isa, &cols, g.rows(), w, &mut out)?;
     }
     Ok(out)
+}
+
+/// Direct convolution of a one-channel input at stride 1 (the first layer of a grayscale
+/// network): im2col would copy `kh·kw` bytes per output pixel for a GEMM with a tiny
+/// reduction and few output channels, which costs more than the arithmetic. Here every
+/// output row is accumulated from shifted rows of the zero-padded image, vectorised along
+/// the row; exact i32 sums like the GEMM. Parallel over images.
+fn conv2d_c1(x: &[u8], g: &ConvGeom, w: &WeightPanel, out: &mut [i32]) {
+    let (oh, ow, co, kh, kw) = (g.out_h(), g.out_w(), g.c_out, g.kh, g.kw);
+    let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
+    let wt: Vec<i32> = (0..co)
+        .flat_map(|o| (0..kh * kw).map(move |t| w.code(o, t) as i32))
+        .collect();
+    out.par_chunks_mut(oh * ow * co)
+        .enumerate()
+        .for_each(|(b, out)| {
+            let mut img = vec![0i32; hp * wp];
+            for y in 0..g.h {
+                let src = &x[(b * g.h + y) * g.w..(b * g.h + y + 1) * g.w];
+                let dst = &mut img[(y + g.pad) * wp + g.pad..(y + g.pad) * wp + g.pad + g.w];
+                for (d, &s) in dst.iter_mut().zip(src) {
+                    *d = s as i32;
+                }
+            }
+            let mut row = vec![0i32; ow];
+            for oy in 0..oh {
+                for o in 0..co {
+                    row.fill(0);
+                    for ky in 0..kh {
+                        let src = &img[(oy + ky) * wp..(oy + ky + 1) * wp];
+                        for kx in 0..kw {
+                            let wv = wt[(o * kh + ky) * kw + kx];
+                            if wv != 0 {
+                                for (r, &v) in row.iter_mut().zip(&src[kx..kx + ow]) {
+                                    *r += wv * v;
+                                }
+                            }
+                        }
+                    }
+                    for (ox, &r) in row.iter().enumerate() {
+                        out[(oy * ow + ox) * co + o] = r;
+                    }
+                }
+            }
+        });
 }
 
 /// Linear layer: `x` `[batch, in]` codes times `w` (`n = out`, `k = in`): i32 `[batch, out]`.
@@ -489,6 +557,23 @@ mod tests {
             }
             let w = PackedWeights::from_codes(&codes, g.c_out, g.k(), wbits, vec![1.0; g.c_out]).unwrap();
             let panel = conv_panel(&w, &g).unwrap();
+            let want = reference::conv2d(&x, &g, &codes);
+            for isa in Isa::available() {
+                prop_assert_eq!(&conv2d(&x, &g, &panel, isa).unwrap(), &want, "{:?}", isa);
+            }
+        }
+
+        /// One input channel at stride 1 takes the direct path: equal to the reference for
+        /// any size, kernel, padding and channel count, extreme codes included.
+        #[test]
+        fn one_channel_direct_conv_matches_reference(b in 1usize..4, h in 1usize..12, w in 1usize..12, k in 1usize..6, pad in 0usize..3, c_out in 1usize..20, seed in any::<u64>(), extreme in any::<bool>()) {
+            prop_assume!(k <= h + 2 * pad && k <= w + 2 * pad && pad < k);
+            let g = ConvGeom { batch: b, h, w, c_in: 1, c_out, kh: k, kw: k, stride: 1, pad };
+            let mut r = lcg(seed);
+            let x: Vec<u8> = (0..g.input_len()).map(|_| if extreme { 255 } else { r() as u8 }).collect();
+            let codes: Vec<i8> = (0..c_out * g.k()).map(|i| if extreme { if i % 2 == 0 { 127 } else { -127 } } else { (r() % 255) as i8 }).map(|c| c.max(-127)).collect();
+            let pw = PackedWeights::from_codes(&codes, c_out, g.k(), 8, vec![1.0; c_out]).unwrap();
+            let panel = conv_panel(&pw, &g).unwrap();
             let want = reference::conv2d(&x, &g, &codes);
             for isa in Isa::available() {
                 prop_assert_eq!(&conv2d(&x, &g, &panel, isa).unwrap(), &want, "{:?}", isa);

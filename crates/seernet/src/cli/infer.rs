@@ -12,7 +12,10 @@
 //! With `--bench-baseline CKPT` it also times, in the same process and interleaved, the
 //! full-precision network of `CKPT` on our own f32 kernels (seer-nn's forward pass, seer-kernels
 //! conv2d) and on candle's conv2d, and reports `model_speedup` (vs candle),
-//! `model_speedup_vs_own_f32` and `size_ratio` (f32 parameter bytes / packed model bytes).
+//! `model_speedup_vs_own_f32` (ratios of best wall times over `--bench-reps` interleaved
+//! repetitions), `cpu_model_speedup*` (ratios of total process CPU time, robust on a shared
+//! machine) and `size_ratio` (f32 parameter + BatchNorm statistics bytes / packed model bytes:
+//! codes, scales, folded multipliers and biases).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -432,24 +435,31 @@ fn run_bench(
             want.len()
         );
     }
+    // Best wall time per method, and total process CPU time (robust when other processes
+    // share the cores: their load inflates wall time, not our CPU time).
     let (mut t_int, mut t_own, mut t_candle) = (f64::INFINITY, f64::INFINITY, f64::INFINITY);
+    let (mut c_int, mut c_own, mut c_candle) = (0.0, 0.0, 0.0);
     for _ in 0..a.bench_reps.max(1) {
-        let t = Instant::now();
+        let (t, c) = (Instant::now(), cpu_seconds());
         int_predict(m, &sub, 0, k, bs, isa)?;
         t_int = t_int.min(t.elapsed().as_secs_f64());
-        let t = Instant::now();
+        c_int += cpu_seconds() - c;
+        let (t, c) = (Instant::now(), cpu_seconds());
         for x in &batches {
             base.forward(x, false)?.argmax(1)?.to_vec1::<u32>()?;
         }
         t_own = t_own.min(t.elapsed().as_secs_f64());
-        let t = Instant::now();
+        c_own += cpu_seconds() - c;
+        let (t, c) = (Instant::now(), cpu_seconds());
         for x in &batches {
             candle_forward(&base, &params, x)?
                 .argmax(1)?
                 .to_vec1::<u32>()?;
         }
         t_candle = t_candle.min(t.elapsed().as_secs_f64());
+        c_candle += cpu_seconds() - c;
     }
+    let cpu_ratio = |a: f64, b: f64| if b > 0.0 { Some(a / b) } else { None };
     let f32_bytes = 4 * base.num_params()
         + 4 * base
             .named_tensors()
@@ -467,11 +477,26 @@ fn run_bench(
         "bench_candle_f32_images_per_s": ips(t_candle),
         "model_speedup": t_candle / t_int,
         "model_speedup_vs_own_f32": t_own / t_int,
+        "cpu_model_speedup": cpu_ratio(c_candle, c_int),
+        "cpu_model_speedup_vs_own_f32": cpu_ratio(c_own, c_int),
         "size_ratio": f32_bytes as f64 / model_bytes as f64,
         "f32_bytes": f32_bytes, "model_bytes": model_bytes, "model_file_bytes": file_bytes,
         "baseline": baseline.display().to_string(),
         "threads": rayon_threads(),
     }))
+}
+
+/// Process CPU time (user + system) in seconds, from /proc (0 where unavailable).
+fn cpu_seconds() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let f: Vec<&str> = s
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (t(11) + t(12)) / 100.0
 }
 
 fn rayon_threads() -> usize {
