@@ -40,6 +40,8 @@ enum Command {
     Manifest(cli::manifest::ManifestArgs),
     /// Run an exported model on a dataset split on the integer engine; compare with fake-quant.
     Infer(cli::infer::InferArgs),
+    /// Write a fine-tuned compressed checkpoint as an integer-engine model (for `infer`).
+    Export(cli::export::ExportArgs),
 }
 
 fn main() {
@@ -65,6 +67,7 @@ fn main() {
         Command::Label(a) => cli::label::run(a),
         Command::Manifest(a) => cli::manifest::run(a),
         Command::Infer(a) => cli::infer::run(a),
+        Command::Export(a) => cli::export::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -3,6 +3,7 @@
 pub mod complexity;
 pub mod compress;
 pub mod eval;
+pub mod export;
 pub mod finetune;
 pub mod infer;
 pub mod label;

@@ -1,0 +1,71 @@
+//! `seernet export`: writes a fine-tuned compressed checkpoint (`seernet finetune`) as an
+//! integer-engine model (the main job's `model-<budget>.safetensors` format,
+//! `seernet::pipeline::export`), runnable with `seernet infer`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use seer_nn::checkpoint;
+use seer_nn::data::{self, DatasetName};
+
+use super::nn_util::device;
+
+/// Arguments of `seernet export`.
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// Fine-tuned checkpoint carrying a policy (`seernet finetune --out`).
+    #[arg(long)]
+    model: PathBuf,
+    /// Output model file (`.safetensors`).
+    #[arg(long)]
+    out: PathBuf,
+    /// Dataset whose normalisation the model was trained with (defaults to the checkpoint's).
+    #[arg(long)]
+    dataset: Option<String>,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `seernet export`.
+pub fn run(a: ExportArgs) -> Result<()> {
+    let (model, info) = checkpoint::load(&a.model, None, &device())
+        .with_context(|| format!("loading {}", a.model.display()))?;
+    if model.policy().is_none() {
+        bail!(
+            "{} carries no compression policy: fine-tune it with `seernet finetune` first",
+            a.model.display()
+        );
+    }
+    let name = match (&a.dataset, &info.dataset) {
+        (Some(d), _) => DatasetName::parse(d)?,
+        (None, Some(d)) => DatasetName::parse(d)?,
+        (None, None) => bail!("{} records no dataset: pass --dataset", a.model.display()),
+    };
+    let splits = data::load(name).with_context(|| format!("loading dataset {name}"))?;
+    let float = std::fs::canonicalize(&a.model)
+        .with_context(|| format!("resolving {}", a.model.display()))?;
+    let prov = serde_json::json!({
+        "dataset": name.as_str(),
+        "float_model": float.display().to_string(),
+        "exported_by": "seernet export",
+        "info": info.info,
+    });
+    let m = &splits.manifest;
+    let s = seernet::pipeline::export::export_int(&model, &m.mean, &m.std, &a.out, &prov)?;
+    if a.json {
+        super::emit(&format!("{}\n", serde_json::to_string(&s)?))?;
+    } else {
+        super::emit(&format!(
+            "exported {}: {} bytes ({} nodes, {} packed weight tensors: {} bytes vs {} bytes f32)\n",
+            a.out.display(),
+            s.file_bytes,
+            s.nodes,
+            s.packed_layers,
+            s.packed_weight_bytes,
+            s.f32_weight_bytes
+        ))?;
+    }
+    Ok(())
+}
