@@ -479,4 +479,38 @@ fn infer_runs_exported_models_and_rejects_bad_input() {
         &root,
         &["full-precision"],
     );
+
+    // `seernet export` of a fine-tuned (masked, unslimmed) checkpoint, then `infer` on it.
+    let ckpt = run.join("ft.safetensors");
+    seer_nn::checkpoint::save(&m, &ckpt, Some("mnist"), &serde_json::json!({})).unwrap();
+    let exported = run.join("exported.safetensors");
+    let out = Command::new(env!("CARGO_BIN_EXE_seernet"))
+        .args(["export", "--model", &ckpt.display().to_string()])
+        .args(["--out", &exported.display().to_string()])
+        .env("SEERNET_DATA", &root)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let es = exported.display().to_string();
+    let (rc, out, err) = infer(&["--model", &es, "--dataset", "mnist", "--json"], &root);
+    assert_eq!(rc, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        v["agreement_with_fake_quant"].as_f64().unwrap() >= 0.98,
+        "{out}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_seernet"))
+        .args(["export", "--model", &bs, "--out", &es])
+        .env("SEERNET_DATA", &root)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no compression policy"),
+        "{err}"
+    );
 }
