@@ -291,6 +291,7 @@ fn resnet20(hw: usize, wbits: u32, abits: u32) -> (IntModel, Vec<(Vec<f32>, [usi
             width: hw,
             mean: vec![0.286],
             std: 0.353,
+            std_per_channel: Vec::new(),
         },
         num_classes: 10,
         policy: serde_json::json!({ "uniform": { "w_bits": wbits, "a_bits": abits } }),

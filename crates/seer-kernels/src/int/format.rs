@@ -56,6 +56,18 @@ pub struct InputSpec {
     pub mean: Vec<f32>,
     /// Standard deviation of the normalisation (shared by all channels).
     pub std: f32,
+    /// Per-channel standard deviations when they differ (then `std` is unused); empty: `std`
+    /// for every channel. The first conv then runs one integer convolution per input channel
+    /// and weighs each by its own input step.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub std_per_channel: Vec<f32>,
+}
+
+impl InputSpec {
+    /// Standard deviation of channel `c`.
+    pub fn channel_std(&self, c: usize) -> f32 {
+        self.std_per_channel.get(c).copied().unwrap_or(self.std)
+    }
 }
 
 /// Requantisation target of a node's output: unsigned `bits`-bit codes over `[0, alpha]`.
@@ -256,12 +268,18 @@ impl IntModel {
                 ),
             ));
         }
-        if meta.input.mean.len() != meta.input.channels
-            || !(meta.input.std.is_finite() && meta.input.std > 0.0)
+        let inp = &meta.input;
+        if inp.mean.len() != inp.channels
+            || !(inp.std.is_finite() && inp.std > 0.0)
+            || !(inp.std_per_channel.is_empty() || inp.std_per_channel.len() == inp.channels)
+            || !inp
+                .std_per_channel
+                .iter()
+                .all(|s| s.is_finite() && *s > 0.0)
         {
             return Err(fmt_err(
                 path,
-                "input: mean must have one entry per channel and std must be > 0",
+                "input: mean (and std_per_channel, if given) must have one entry per channel and every std must be > 0",
             ));
         }
         let mut seen = std::collections::HashSet::from(["input".to_string()]);
@@ -627,9 +645,19 @@ impl IntModel {
                         pad: *pad,
                     };
                     let lw = &self.weights[&node.name];
-                    let panel = super::layers::conv_panel(&lw.packed, &g)?;
+                    let first = node.input == "input";
+                    let split = first && !self.meta.input.std_per_channel.is_empty();
                     let t_gemm = std::time::Instant::now();
-                    let acc = conv2d(&x.codes, &g, &panel, isa)?;
+                    let acc = if split {
+                        Vec::new() // one convolution per input channel, in first_layer_pre
+                    } else {
+                        conv2d(
+                            &x.codes,
+                            &g,
+                            &super::layers::conv_panel(&lw.packed, &g)?,
+                            isa,
+                        )?
+                    };
                     if profile {
                         eprintln!(
                             "SEER_INT_PROFILE {}.panel+gemm {:.3} ms (gemm {:.3} ms)",
@@ -675,8 +703,10 @@ impl IntModel {
                             q.alpha / qmax_unsigned(q.bits) as f32,
                         ),
                         (out, res) => {
-                            let mut pre = if node.input == "input" {
-                                self.first_layer_pre(&acc, &g, lw, &acc_scale, &bias)
+                            let mut pre = if first {
+                                self.first_layer_pre(
+                                    &x.codes, &acc, &g, lw, &acc_scale, &bias, isa,
+                                )?
                             } else {
                                 Requant::new(acc_scale, bias, 1.0, 8)?.dequantize(&acc)
                             };
@@ -928,20 +958,52 @@ impl IntModel {
     }
 
     /// First conv, real-valued outputs before activation: the image's normalisation offset
-    /// `−mean_c/std` enters only at valid (unpadded) positions, so it is subtracted per output
-    /// position exactly.
+    /// `−mean_c/std_c` enters only at valid (unpadded) positions, so it is subtracted per
+    /// output position exactly. `acc`: the integer convolution of the pixels with one input
+    /// step for all channels; with per-channel stds (`acc` empty) each input channel is
+    /// convolved on its own and weighed by its step `1/(255·std_c)`.
+    #[allow(clippy::too_many_arguments)]
     fn first_layer_pre(
         &self,
+        pixels: &[u8],
         acc: &[i32],
         g: &ConvGeom,
         lw: &LayerWeights,
         acc_scale: &[f32],
         bias: &[f32],
-    ) -> Vec<f32> {
+        isa: Isa,
+    ) -> Result<Vec<f32>> {
         let inp = &self.meta.input;
         let codes = lw.packed.unpack();
         let (oh, ow, co) = (g.out_h(), g.out_w(), g.c_out);
-        // offset[pos][o] = mul_o·s_o·Σ_valid q·mean_c/std
+        let split = !inp.std_per_channel.is_empty();
+        let mut raw: Vec<f32> = Vec::new();
+        if split {
+            let (ci_n, kk) = (g.c_in, g.kh * g.kw);
+            let g1 = ConvGeom { c_in: 1, ..*g };
+            raw = vec![0f32; g.rows() * co];
+            for ci in 0..ci_n {
+                let xc: Vec<u8> = pixels.iter().skip(ci).step_by(ci_n).copied().collect();
+                let sub: Vec<i8> = (0..co)
+                    .flat_map(|o| codes[(o * ci_n + ci) * kk..(o * ci_n + ci + 1) * kk].iter())
+                    .copied()
+                    .collect();
+                let pw = PackedWeights::from_codes(&sub, co, kk, lw.packed.bits(), vec![1.0; co])?;
+                let a = conv2d(&xc, &g1, &super::layers::conv_panel(&pw, &g1)?, isa)?;
+                let step = 1.0 / (255.0 * inp.channel_std(ci));
+                let w: Vec<f32> = (0..co)
+                    .map(|o| lw.packed.scales()[o] * lw.mul.as_ref().map_or(1.0, |m| m[o]) * step)
+                    .collect();
+                raw.par_chunks_mut(co)
+                    .zip(a.par_chunks(co))
+                    .for_each(|(r, a)| {
+                        for o in 0..co {
+                            r[o] += a[o] as f32 * w[o];
+                        }
+                    });
+            }
+        }
+        // offset[pos][o] = mul_o·s_o·Σ_valid q·mean_c/std_c
         let mut offset = vec![0f32; oh * ow * co];
         for oy in 0..oh {
             for ox in 0..ow {
@@ -954,13 +1016,14 @@ impl IntModel {
                                 let ix = (ox * g.stride + kx) as isize - g.pad as isize;
                                 if iy >= 0 && ix >= 0 && iy < g.h as isize && ix < g.w as isize {
                                     s += codes[((o * g.c_in + ci) * g.kh + ky) * g.kw + kx] as f32
-                                        * inp.mean[ci];
+                                        * inp.mean[ci]
+                                        / inp.channel_std(ci);
                                 }
                             }
                         }
                     }
                     let mul = lw.mul.as_ref().map_or(1.0, |m| m[o]);
-                    offset[(oy * ow + ox) * co + o] = s * lw.packed.scales()[o] * mul / inp.std;
+                    offset[(oy * ow + ox) * co + o] = s * lw.packed.scales()[o] * mul;
                 }
             }
         }
@@ -969,6 +1032,16 @@ impl IntModel {
             .chunks_exact(co)
             .flat_map(|row| row.iter().zip(bias).map(|(off, b)| b - off))
             .collect();
+        if split {
+            raw.par_chunks_mut(oh * ow * co).for_each(|p| {
+                for (p, s) in p.chunks_exact_mut(co).zip(shift.chunks_exact(co)) {
+                    for o in 0..co {
+                        p[o] += s[o];
+                    }
+                }
+            });
+            return Ok(raw);
+        }
         let mut pre = vec![0f32; acc.len()];
         pre.par_chunks_mut(oh * ow * co)
             .zip(acc.par_chunks(oh * ow * co))
@@ -983,7 +1056,7 @@ impl IntModel {
                     }
                 }
             });
-        pre
+        Ok(pre)
     }
 }
 
@@ -1118,6 +1191,20 @@ mod tests {
     /// A model over 8×8×1 images with 3 classes from `nodes`, random weights (an all-zero
     /// output channel in each layer), multipliers and biases.
     fn build(nodes: Vec<Node>) -> IntModel {
+        build_with(
+            nodes,
+            InputSpec {
+                channels: 1,
+                height: 8,
+                width: 8,
+                mean: vec![0.3],
+                std: 0.35,
+                std_per_channel: Vec::new(),
+            },
+        )
+    }
+
+    fn build_with(nodes: Vec<Node>, input: InputSpec) -> IntModel {
         let mut r = lcg(5);
         let mut weights = BTreeMap::new();
         for n in &nodes {
@@ -1147,13 +1234,7 @@ mod tests {
             format: FORMAT.into(),
             version: VERSION,
             arch: "toy".into(),
-            input: InputSpec {
-                channels: 1,
-                height: 8,
-                width: 8,
-                mean: vec![0.3],
-                std: 0.35,
-            },
+            input,
             num_classes: 3,
             policy: serde_json::json!({"note": "test"}),
             provenance: serde_json::json!({"seed": 1}),
@@ -1180,9 +1261,19 @@ mod tests {
         let mut vals: HashMap<String, (Vec<f64>, usize, usize, usize)> = HashMap::new();
         let x: Vec<f64> = pixels
             .iter()
-            .map(|&p| (p as f64 / 255.0 - inp.mean[0] as f64) / inp.std as f64)
+            .enumerate()
+            .map(|(i, &p)| {
+                let c = i % inp.channels;
+                // Independent of `channel_std`, which the engine uses.
+                let sd = if inp.std_per_channel.is_empty() {
+                    inp.std
+                } else {
+                    inp.std_per_channel[c]
+                };
+                (p as f64 / 255.0 - inp.mean[c] as f64) / sd as f64
+            })
             .collect();
-        vals.insert("input".into(), (x, inp.height, inp.width, 1));
+        vals.insert("input".into(), (x, inp.height, inp.width, inp.channels));
         for n in &m.meta.nodes {
             let (mut x, h, w, c) = vals[&n.input].clone();
             if let Some(e) = engine.and_then(|e| e.get(&n.input)) {
@@ -1397,6 +1488,52 @@ mod tests {
         check_engine(toy_model());
     }
 
+    /// Three input channels with different normalisation stds: the first conv runs one
+    /// integer convolution per channel (direct path at stride 1, GEMM at stride 2).
+    #[test]
+    fn per_channel_input_std_matches_the_float_model() {
+        for stride in [1, 2] {
+            let input = InputSpec {
+                channels: 3,
+                height: 8,
+                width: 8,
+                mean: vec![0.49, 0.48, 0.45],
+                std: 0.25,
+                std_per_channel: vec![0.247, 0.243, 0.261],
+            };
+            let m = build_with(
+                vec![
+                    conv("c1", "input", 3, 4, stride, 8, None, Some((2.0, 4))),
+                    conv("c2", "c1", 4, 4, 1, 5, None, Some((1.5, 3))),
+                    Node {
+                        name: "gap".into(),
+                        input: "c2".into(),
+                        op: NodeOp::GlobalAvgPool,
+                        out: Some(QuantOut {
+                            alpha: 1.0,
+                            bits: 8,
+                        }),
+                    },
+                    Node {
+                        name: "fc".into(),
+                        input: "gap".into(),
+                        op: NodeOp::Linear {
+                            in_features: 4,
+                            out_features: 3,
+                            w_bits: 8,
+                        },
+                        out: None,
+                    },
+                ],
+                input,
+            );
+            check_engine(m.clone());
+            let mut meta = m.meta().clone();
+            meta.input.std_per_channel = vec![0.2, 0.0, 0.3];
+            assert!(IntModel::new(meta, m.weights.clone()).is_err());
+        }
+    }
+
     #[test]
     fn real_valued_residual_streams_match_the_float_model() {
         let m = toy_real_stream();
@@ -1421,7 +1558,9 @@ mod tests {
     fn check_engine(m: IntModel) {
         let batch = 24;
         let mut r = lcg(9);
-        let pixels: Vec<u8> = (0..batch * 64).map(|_| (r() * 256.0) as u8).collect();
+        let pixels: Vec<u8> = (0..batch * 64 * m.meta.input.channels)
+            .map(|_| (r() * 256.0) as u8)
+            .collect();
         // Node by node: each integer node, fed the engine's own inputs, equals the float
         // node except for rounding ties (f32 engine vs f64 reference): at most one step off,
         // and rarely (exact ties do occur: e.g. 4-cell means whose code sum is 31 or 93 land

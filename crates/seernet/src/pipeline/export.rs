@@ -20,9 +20,9 @@
 //!
 //! Not representable, hence a clear [`Error::Format`] naming the layer: masked residual
 //! pruning (adds over different channel sets), average pooling, layers left in full
-//! precision, grouped or dilated convolutions, ReLU6 on a float stream, and per-channel
-//! input standard deviations that differ (the engine folds one input scale into the first
-//! GEMM).
+//! precision, grouped or dilated convolutions, and ReLU6 on a float stream. Per-channel
+//! input standard deviations that differ (CIFAR) make the first conv run one integer
+//! convolution per input channel (`InputSpec::std_per_channel`).
 //!
 //! Provenance (free-form JSON given by the caller, e.g. the baseline hash, seed, measured
 //! test top-1 and the float checkpoint the export came from) and the policy go in the
@@ -115,11 +115,19 @@ pub fn to_int_model(
             spec.input.c
         )));
     }
-    if std.iter().any(|s| (s - std[0]).abs() > 1e-6 * std[0].abs()) {
-        return Err(err(format!(
-            "per-channel input stds differ ({std:?}); the integer engine takes one input scale"
-        )));
+    if let Some(bad) = std.iter().chain(mean).find(|v| !v.is_finite()) {
+        return Err(err(format!("normalisation value {bad} is not finite")));
     }
+    if let Some(bad) = std.iter().find(|s| **s <= 0.0) {
+        return Err(err(format!("normalisation std {bad} is not positive")));
+    }
+    // The engine takes one input step, or one per channel when the stds differ (the first
+    // conv then runs per input channel).
+    let std_per_channel: Vec<f32> = if std.iter().all(|s| *s == std[0]) {
+        Vec::new()
+    } else {
+        std.iter().map(|&s| s as f32).collect()
+    };
     let tensors: BTreeMap<String, Vec<f32>> = slim
         .named_tensors()
         .into_iter()
@@ -611,6 +619,7 @@ pub fn to_int_model(
             width: spec.input.w,
             mean: mean.iter().map(|&m| m as f32).collect(),
             std: std[0] as f32,
+            std_per_channel,
         },
         num_classes: spec.num_classes,
         policy,
@@ -788,6 +797,57 @@ mod tests {
                     "{arch} {isa:?}: close logits {close}/{n}"
                 );
             }
+        }
+    }
+
+    /// Three input channels with different stds (CIFAR-like): NCHW pixels for the float
+    /// model, NHWC for the engine.
+    #[test]
+    fn per_channel_normalisation_matches() {
+        let (mean, std) = ([0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]);
+        for (arch, seed) in [("vgg-small", 8u64), ("resnet20", 9)] {
+            let m = compressed(arch, "8x8x3", seed);
+            let im =
+                to_int_model(&m, &mean, &std, &serde_json::Value::Null, Path::new("x")).unwrap();
+            assert_eq!(im.meta().input.std_per_channel.len(), 3);
+            let n = 32;
+            let px = pixels(n, 3 * 64, 500 + seed);
+            let norm = seer_nn::data::batch::Normalize::new(&mean, &std);
+            let xf: Vec<f32> = px
+                .iter()
+                .enumerate()
+                .map(|(i, &p)| norm.apply((i / 64) % 3, p))
+                .collect();
+            let x = Tensor::from_vec(xf, (n, 3, 8, 8), &Device::Cpu).unwrap();
+            let want: Vec<f32> = m
+                .forward(&x, false)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let nhwc: Vec<u8> = (0..n * 192)
+                .map(|i| {
+                    let (b, pos, c) = (i / 192, (i % 192) / 3, i % 3);
+                    px[b * 192 + c * 64 + pos]
+                })
+                .collect();
+            let got = im.forward(&nhwc, n, Isa::detect()).unwrap();
+            let k = m.spec().num_classes;
+            let top = |v: &[f32]| (0..k).max_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap();
+            let agree = (0..n)
+                .filter(|&b| top(&got[b * k..(b + 1) * k]) == top(&want[b * k..(b + 1) * k]))
+                .count();
+            let scale = want.iter().fold(0f32, |a, b| a.max(b.abs()));
+            let close = (0..n * k)
+                .filter(|&i| (got[i] - want[i]).abs() <= 1e-3 * scale)
+                .count();
+            assert!(agree * 100 >= n * 95, "{arch}: {agree}/{n}");
+            assert!(
+                close * 10 >= n * k * 9,
+                "{arch}: {close}/{} logits close",
+                n * k
+            );
         }
     }
 
