@@ -7,8 +7,11 @@
 //! - `labels.jsonl` — the durable label store ([`crate::store`]); a killed run (`kill -9`
 //!   included) started again with the same arguments resumes without recomputing a label.
 //! - `baseline.safetensors` — only when no baseline checkpoint was given (trained here).
-//! - `final/<policy hash>.json` — finished final fine-tunes (test top-1).
-//! - `policy-<budget>.json`, `model-<budget>.safetensors` ([`export`]), `report.md`,
+//! - `final/<policy hash>.json` — finished final fine-tunes (test top-1);
+//!   `final/<policy hash>.float.safetensors` — the slim fine-tuned float model of each export,
+//!   the fake-quant reference of `seernet infer`.
+//! - `policy-<budget>.json`, `model-<budget>.safetensors` ([`export`]: the integer engine's
+//!   format, run with `seernet infer`), `report.md`,
 //!   `report.html`, `report.json`, SVG plots, `summary.json`, `run.log`.
 //!
 //! # Determinism
