@@ -219,8 +219,8 @@ impl Problem for CounterfactualProblem<'_> {
 
 /// The next `k` policies to label (candidate indices), none of them in `labelled`, with BOPs in
 /// `band`. `Std`/`Counterfactual` run the evolutionary sampler (seer-evo, small population,
-/// fixed generations: deterministic for a seed) on the acquisition score; `Random` draws
-/// uniformly. Returns fewer than `k` only when the band holds fewer unlabelled policies.
+/// fixed generations: deterministic for a seed) on the acquisition score once per each of `k`
+/// equal log-BOPs strata of the band and take each run's best; `Random` draws uniformly. Returns fewer than `k` only when the band holds fewer unlabelled policies.
 pub fn acquire(
     space: &SearchSpace,
     predictor: &Predictor,
@@ -241,22 +241,59 @@ pub fn acquire(
         .map_err(|e| pipeline_err(format!("predictor/space mismatch: {e}")))?;
     let problem = PolicyProblem::new(space, &objective, Fitness::Std, Complexity::Bops);
     let archive: HashSet<Genome> = labelled.iter().map(|i| problem.genome(i)).collect();
-    let cfg = EvoConfig {
-        results: k,
-        generations,
-        ..EvoConfig::small(seed)
-    };
-    let evo_band = Band::new(band.0, band.1);
-    let run = |p: &dyn ProblemRef| -> Result<Vec<Vec<usize>>> { p.run(evo_band, &archive, &cfg) };
-    match acquisition {
-        Acquisition::Std => run(&problem),
-        Acquisition::Counterfactual => run(&CounterfactualProblem {
-            inner: PolicyProblem::new(space, &objective, Fitness::Mean, Complexity::Bops),
-            space,
-            predictor,
-        }),
+    let cf;
+    let p: &dyn ProblemRef = match acquisition {
+        Acquisition::Std => &problem,
+        Acquisition::Counterfactual => {
+            cf = CounterfactualProblem {
+                inner: PolicyProblem::new(space, &objective, Fitness::Mean, Complexity::Bops),
+                space,
+                predictor,
+            };
+            &cf
+        }
         Acquisition::Random => unreachable!("handled above"),
+    };
+    // Stratified: one evolutionary run per equal-width log-BOPs stratum of the band, each
+    // returning its most uncertain unlabelled policy. A single run over the whole band returns
+    // k near-copies of one corner (measured: 30 σ-picked labels were clusters differing in one
+    // gene, all 2-bit, at the band's top, and made the predictor worse on held-out policies
+    // than 30 random ones; docs/benchmarks.md "Active vs random acquisition").
+    let (lo, hi) = (band.0.max(1.0).ln(), band.1.max(1.0).ln());
+    let width = (hi - lo) / k.max(1) as f64;
+    let mut archive = archive;
+    let mut out: Vec<Vec<usize>> = Vec::with_capacity(k);
+    for i in 0..k {
+        let b = Band::new(
+            (lo + width * i as f64).exp(),
+            (lo + width * (i + 1) as f64).exp(),
+        );
+        let cfg = EvoConfig {
+            results: 1,
+            generations,
+            ..EvoConfig::small(seed.wrapping_add(i as u64 * 0x9e37))
+        };
+        // A stratum may hold no feasible unlabelled policy (seer-evo's NoFeasibleGenome); it is
+        // then left to the fill below, whose errors do propagate.
+        if let Some(r) = p
+            .run(b, &archive, &cfg)
+            .ok()
+            .and_then(|v| v.into_iter().next())
+        {
+            archive.insert(problem.genome(&r));
+            out.push(r);
+        }
     }
+    // Strata nobody could fill (no unlabelled policy there): the most uncertain of the band.
+    if out.len() < k {
+        let cfg = EvoConfig {
+            results: k - out.len(),
+            generations,
+            ..EvoConfig::small(seed ^ 0xf111)
+        };
+        out.extend(p.run(Band::new(band.0, band.1), &archive, &cfg)?);
+    }
+    Ok(out)
 }
 
 /// Object-safe runner over the two evolutionary acquisition problems.
@@ -303,4 +340,63 @@ pub fn policies(space: &SearchSpace, rows: &[Vec<usize>]) -> Result<Vec<Policy>>
     rows.iter()
         .map(|i| space.from_indices(i).map_err(Error::from))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use seer_policy::{SpaceConfig, builtin};
+
+    #[test]
+    fn std_acquisition_is_distinct_unlabelled_in_band_and_spread_over_strata() {
+        let space = SearchSpace::new(
+            builtin("lenet5", None, None).unwrap(),
+            SpaceConfig {
+                fix_first: false,
+                ..SpaceConfig::default()
+            },
+        )
+        .unwrap();
+        let lo = space.totals_indices(&space.cheapest()).unwrap().bops as f64;
+        let hi = space.totals_indices(&space.most_expensive()).unwrap().bops as f64;
+        let band = (lo * 1.5, hi * 0.5);
+        let rows = stratified(&space, band, 24, 3, &HashSet::new()).unwrap();
+        // A synthetic accuracy: more bits and less pruning is better.
+        let x: Vec<Vec<f64>> = rows.iter().map(|r| features(&space, r)).collect();
+        let y: Vec<f64> = x
+            .iter()
+            .map(|f| 50.0 + f.iter().map(|v| v.min(8.0)).sum::<f64>())
+            .collect();
+        let s = Samples::new(feature_names(&space), "top1".into(), x, y).unwrap();
+        let pred = seer_predictor::fit(
+            &s,
+            &seer_predictor::Config {
+                members: 4,
+                max_epochs: 30,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let labelled: HashSet<Vec<usize>> = rows.iter().cloned().collect();
+        let k = 5;
+        let got = acquire(&space, &pred, Acquisition::Std, &labelled, band, k, 4, 7).unwrap();
+        assert_eq!(got.len(), k);
+        let distinct: HashSet<&Vec<usize>> = got.iter().collect();
+        assert_eq!(distinct.len(), k, "duplicates in {got:?}");
+        let (l, h) = (band.0.ln(), band.1.ln());
+        let mut strata = HashSet::new();
+        for r in &got {
+            assert!(!labelled.contains(r));
+            let b = space.totals_indices(r).unwrap().bops as f64;
+            assert!(b >= band.0 && b <= band.1, "{b} outside {band:?}");
+            strata.insert((((b.ln() - l) / (h - l)) * k as f64).min(k as f64 - 1.0) as usize);
+        }
+        assert!(
+            strata.len() >= 4,
+            "acquired policies fall in strata {strata:?}"
+        );
+        // Same seed, same policies.
+        let again = acquire(&space, &pred, Acquisition::Std, &labelled, band, k, 4, 7).unwrap();
+        assert_eq!(got, again);
+    }
 }
