@@ -315,8 +315,12 @@ pub fn run(a: InferArgs) -> Result<()> {
                 a.model.display()
             );
         };
-        let (fm, _) = checkpoint::load(&fp, Some(&meta.arch), &Device::Cpu)
-            .with_context(|| format!("loading the fake-quant reference {}", fp.display()))?;
+        let (fm, _) = checkpoint::load(&fp, Some(&meta.arch), &Device::Cpu).with_context(|| {
+            format!(
+                "loading the fake-quant reference {} (pass --float-model CKPT or --no-compare)",
+                fp.display()
+            )
+        })?;
         let fpol = fm
             .policy()
             .map(|p| serde_json::from_str::<serde_json::Value>(&p.to_json()));
