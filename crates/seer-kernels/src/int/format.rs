@@ -702,6 +702,13 @@ impl IntModel {
                             None,
                             q.alpha / qmax_unsigned(q.bits) as f32,
                         ),
+                        (Some(q), None) => shape(
+                            self.first_layer_codes(
+                                &x.codes, &acc, &g, lw, &acc_scale, &bias, isa, q,
+                            )?,
+                            None,
+                            q.alpha / qmax_unsigned(q.bits) as f32,
+                        ),
                         (out, res) => {
                             let mut pre = if first {
                                 self.first_layer_pre(
@@ -1003,35 +1010,7 @@ impl IntModel {
                     });
             }
         }
-        // offset[pos][o] = mul_o·s_o·Σ_valid q·mean_c/std_c
-        let mut offset = vec![0f32; oh * ow * co];
-        for oy in 0..oh {
-            for ox in 0..ow {
-                for o in 0..co {
-                    let mut s = 0f32;
-                    for ci in 0..g.c_in {
-                        for ky in 0..g.kh {
-                            for kx in 0..g.kw {
-                                let iy = (oy * g.stride + ky) as isize - g.pad as isize;
-                                let ix = (ox * g.stride + kx) as isize - g.pad as isize;
-                                if iy >= 0 && ix >= 0 && iy < g.h as isize && ix < g.w as isize {
-                                    s += codes[((o * g.c_in + ci) * g.kh + ky) * g.kw + kx] as f32
-                                        * inp.mean[ci]
-                                        / inp.channel_std(ci);
-                                }
-                            }
-                        }
-                    }
-                    let mul = lw.mul.as_ref().map_or(1.0, |m| m[o]);
-                    offset[(oy * ow + ox) * co + o] = s * lw.packed.scales()[o] * mul;
-                }
-            }
-        }
-        // Per image: offset[pos][o] − bias[o] is the same for every image.
-        let shift: Vec<f32> = offset
-            .chunks_exact(co)
-            .flat_map(|row| row.iter().zip(bias).map(|(off, b)| b - off))
-            .collect();
+        let shift = self.first_layer_shift(g, lw, &codes, bias);
         if split {
             raw.par_chunks_mut(oh * ow * co).for_each(|p| {
                 for (p, s) in p.chunks_exact_mut(co).zip(shift.chunks_exact(co)) {
@@ -1057,6 +1036,89 @@ impl IntModel {
                 }
             });
         Ok(pre)
+    }
+
+    /// Per output position and channel of the first conv: `bias − offset`, the offset being
+    /// the normalisation mean's contribution over the valid (unpadded) taps,
+    /// `mul_o·s_o·Σ_valid q·mean_c/std_c`. `codes`: the unpacked weights (OIHW).
+    fn first_layer_shift(
+        &self,
+        g: &ConvGeom,
+        lw: &LayerWeights,
+        codes: &[i8],
+        bias: &[f32],
+    ) -> Vec<f32> {
+        let inp = &self.meta.input;
+        let (oh, ow, co) = (g.out_h(), g.out_w(), g.c_out);
+        // offset[pos][o] = mul_o·s_o·Σ_valid q·mean_c/std_c
+        let mut offset = vec![0f32; oh * ow * co];
+        for oy in 0..oh {
+            for ox in 0..ow {
+                for o in 0..co {
+                    let mut s = 0f32;
+                    for ci in 0..g.c_in {
+                        for ky in 0..g.kh {
+                            for kx in 0..g.kw {
+                                let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+                                let ix = (ox * g.stride + kx) as isize - g.pad as isize;
+                                if iy >= 0 && ix >= 0 && iy < g.h as isize && ix < g.w as isize {
+                                    s += codes[((o * g.c_in + ci) * g.kh + ky) * g.kw + kx] as f32
+                                        * inp.mean[ci]
+                                        / inp.channel_std(ci);
+                                }
+                            }
+                        }
+                    }
+                    let mul = lw.mul.as_ref().map_or(1.0, |m| m[o]);
+                    offset[(oy * ow + ox) * co + o] = s * lw.packed.scales()[o] * mul;
+                }
+            }
+        }
+        // Per image: offset[pos][o] − bias[o] is the same for every image.
+        offset
+            .chunks_exact(co)
+            .flat_map(|row| row.iter().zip(bias).map(|(off, b)| b - off))
+            .collect()
+    }
+
+    /// The first conv's codes for output quantisation `q`, in one pass over the
+    /// accumulators (the values of [`first_layer_pre`](Self::first_layer_pre), quantized).
+    #[allow(clippy::too_many_arguments)]
+    fn first_layer_codes(
+        &self,
+        pixels: &[u8],
+        acc: &[i32],
+        g: &ConvGeom,
+        lw: &LayerWeights,
+        acc_scale: &[f32],
+        bias: &[f32],
+        isa: Isa,
+        q: QuantOut,
+    ) -> Result<Vec<u8>> {
+        if !self.meta.input.std_per_channel.is_empty() {
+            let pre = self.first_layer_pre(pixels, acc, g, lw, acc_scale, bias, isa)?;
+            return Ok(quantize_real(&pre, q));
+        }
+        let co = g.c_out;
+        let hw = g.out_h() * g.out_w();
+        let shift = self.first_layer_shift(g, lw, &lw.packed.unpack(), bias);
+        let step = q.alpha / qmax_unsigned(q.bits) as f32;
+        let mut out = vec![0u8; acc.len()];
+        out.par_chunks_mut(hw * co)
+            .zip(acc.par_chunks(hw * co))
+            .for_each(|(o, a)| {
+                for ((o, a), s) in o
+                    .chunks_exact_mut(co)
+                    .zip(a.chunks_exact(co))
+                    .zip(shift.chunks_exact(co))
+                {
+                    for c in 0..co {
+                        let y = a[c] as f32 * acc_scale[c] + s[c];
+                        o[c] = super::layers::round_code(y.clamp(0.0, q.alpha) / step);
+                    }
+                }
+            });
+        Ok(out)
     }
 }
 

@@ -421,7 +421,29 @@ impl PoolGeom {
 pub fn max_pool2d(x: &[u8], g: &PoolGeom) -> Result<Vec<u8>> {
     g.validate(x)?;
     let c = g.c;
-    let mut out = vec![0u8; g.batch * g.out_h() * g.out_w() * c];
+    let (oh, ow) = (g.out_h(), g.out_w());
+    let mut out = vec![0u8; g.batch * oh * ow * c];
+    if g.pad == 0 {
+        // Every window is whole: plain loops, parallel over images.
+        out.par_chunks_mut(oh * ow * c)
+            .zip(x.par_chunks(g.h * g.w * c))
+            .for_each(|(out, img)| {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let o = &mut out[(oy * ow + ox) * c..(oy * ow + ox + 1) * c];
+                        for ky in 0..g.k {
+                            for kx in 0..g.k {
+                                let p = ((oy * g.stride + ky) * g.w + ox * g.stride + kx) * c;
+                                for (o, &v) in o.iter_mut().zip(&img[p..p + c]) {
+                                    *o = (*o).max(v);
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+        return Ok(out);
+    }
     g.for_each_window(|o, cells| {
         let o = &mut out[o * c..(o + 1) * c];
         for cell in cells {
