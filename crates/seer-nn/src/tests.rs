@@ -282,3 +282,80 @@ fn sgd_skips_vars_without_gradient_and_cosine_ends_at_zero() {
     assert!((train::cosine_lr(0.1, 0, 10) - 0.1).abs() < 1e-12);
     assert!(train::cosine_lr(0.1, 10, 10).abs() < 1e-12);
 }
+
+#[test]
+fn resumed_training_matches_an_uninterrupted_run_without_momentum() {
+    let data = synthetic(128, 3);
+    let norm = Normalize::new(&[0.2], &[0.3]);
+    let spec = builtin("lenet5", None, None).unwrap();
+    let cfg = TrainConfig {
+        epochs: 3,
+        batch_size: 32,
+        lr: 0.05,
+        momentum: 0.0,
+        seed: 4,
+        ..TrainConfig::default()
+    };
+    let full = Model::new(spec.clone(), 0, &Device::Cpu).unwrap();
+    train::train(&full, &data, &norm, &cfg, &mut |_| {}).unwrap();
+    // One epoch, then resume at epoch 1 for the other two: same schedule, same batches.
+    let part = Model::new(spec.clone(), 0, &Device::Cpu).unwrap();
+    let mut steps = Vec::new();
+    train::train(
+        &part,
+        &data,
+        &norm,
+        &TrainConfig {
+            stop_epoch: Some(1),
+            ..cfg.clone()
+        },
+        &mut |s| steps.push((s.step, s.epoch)),
+    )
+    .unwrap();
+    train::train(
+        &part,
+        &data,
+        &norm,
+        &TrainConfig {
+            start_epoch: 1,
+            ..cfg.clone()
+        },
+        &mut |s| steps.push((s.step, s.epoch)),
+    )
+    .unwrap();
+    assert_eq!(steps.len(), 12);
+    assert_eq!(steps[4], (4, 1), "resumed run starts at step 4, epoch 1");
+    let x = rand_x(2, spec.input, 5);
+    let a = full
+        .forward(&x, false)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let b = part
+        .forward(&x, false)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let d = a
+        .iter()
+        .zip(&b)
+        .map(|(p, q)| (p - q).abs())
+        .fold(0.0f32, f32::max);
+    assert!(d <= 1e-4, "max |full − resumed| = {d}");
+    // Resuming past the end is an error.
+    let e = train::train(
+        &part,
+        &data,
+        &norm,
+        &TrainConfig {
+            start_epoch: 4,
+            ..cfg
+        },
+        &mut |_| {},
+    );
+    assert!(e.is_err());
+}

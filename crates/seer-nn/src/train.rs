@@ -100,6 +100,14 @@ pub struct TrainConfig {
     pub train_alpha: bool,
     /// Clip the global gradient norm to this value (QAT stability), if set.
     pub clip_norm: Option<f64>,
+    /// Resume at this epoch (0 = from scratch): the first `start_epoch` epochs are skipped,
+    /// the learning-rate schedule and the per-epoch shuffling continue exactly where an
+    /// uninterrupted run would be; only the SGD momentum restarts from zero.
+    pub start_epoch: usize,
+    /// Stop after this many epochs (counted from 0, so `Some(2)` ends after the second)
+    /// while the learning-rate schedule still spans all `epochs`/`steps`: a long run in
+    /// pieces, continued later with [`Self::start_epoch`]. `None`: run to the end.
+    pub stop_epoch: Option<usize>,
 }
 
 impl Default for TrainConfig {
@@ -115,6 +123,8 @@ impl Default for TrainConfig {
             augment: None,
             train_alpha: false,
             clip_norm: None,
+            start_epoch: 0,
+            stop_epoch: None,
         }
     }
 }
@@ -176,6 +186,12 @@ pub fn train(
         )));
     }
     let total = cfg.steps.unwrap_or(cfg.epochs * per_epoch);
+    if cfg.start_epoch * per_epoch > total {
+        return Err(Error::Invalid(format!(
+            "cannot resume at epoch {} of a {}-step run ({per_epoch} steps per epoch)",
+            cfg.start_epoch, total
+        )));
+    }
     let mut sgd = Sgd::new(
         model.trainable_vars(cfg.train_alpha),
         cfg.momentum,
@@ -183,10 +199,13 @@ pub fn train(
     );
     sgd.clip_norm = cfg.clip_norm;
     let t0 = Instant::now();
-    let (mut step, mut images) = (0usize, 0usize);
+    let (mut step, mut images) = (cfg.start_epoch * per_epoch, 0usize);
     let mut recent: Vec<f32> = Vec::new();
-    let mut epoch = 0usize;
-    while step < total {
+    let mut epoch = cfg.start_epoch;
+    let end = cfg
+        .stop_epoch
+        .map_or(total, |e| total.min(e.saturating_mul(per_epoch)));
+    while step < end {
         for b in BatchIter::shuffled(
             data,
             cfg.batch_size,
@@ -196,7 +215,7 @@ pub fn train(
             epoch as u64,
             true,
         ) {
-            if step >= total {
+            if step >= end {
                 break;
             }
             let n = b.n;

@@ -43,6 +43,15 @@ pub struct TrainArgs {
     /// Print one JSON object when done.
     #[arg(long)]
     json: bool,
+    /// Continue an interrupted run: `--out` holds the checkpoint written after the last
+    /// finished epoch (`complete: false`); training resumes at the next epoch with the same
+    /// learning-rate schedule and shuffling (SGD momentum restarts). Same arguments required.
+    #[arg(long)]
+    resume: bool,
+    /// Stop after this epoch of the `--epochs` schedule (the checkpoint stays partial; finish
+    /// later with `--resume`): a long run in pieces.
+    #[arg(long, value_name = "EPOCH")]
+    stop_epoch: Option<usize>,
 }
 
 /// Runs `seernet train`.
@@ -71,7 +80,42 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let splits = data::load(name)?;
     let norm = splits.normalize();
     let dev = device();
-    let model = Model::new(spec, a.seed, &dev)?;
+    let (model, start_epoch, prior_seconds) = if a.resume && a.out.is_file() {
+        let (m, info) = checkpoint::load(&a.out, Some(&spec.name), &dev)
+            .with_context(|| format!("resuming from {}", a.out.display()))?;
+        if m.spec() != &spec {
+            bail!(
+                "{} holds a different network than --arch/--input/--classes describe; \
+                 remove it or train into another --out",
+                a.out.display()
+            );
+        }
+        let i = &info.info;
+        if i["complete"].as_bool() == Some(true) {
+            bail!(
+                "{} is a finished run (complete: true); nothing to resume",
+                a.out.display()
+            );
+        }
+        let done = i["epochs_done"].as_u64().with_context(|| {
+            format!(
+                "{} records no epochs_done: not a partial checkpoint of `seernet train`",
+                a.out.display()
+            )
+        })? as usize;
+        if i["epochs"].as_u64() != Some(a.epochs as u64) {
+            bail!(
+                "{} was started with {} epochs, not {}: resume with the same --epochs",
+                a.out.display(),
+                i["epochs"],
+                a.epochs
+            );
+        }
+        tracing::info!(epochs_done = done, "resuming");
+        (m, done, i["seconds"].as_f64().unwrap_or(0.0))
+    } else {
+        (Model::new(spec, a.seed, &dev)?, 0, 0.0)
+    };
     tracing::info!(arch = %model.spec().name, params = model.num_params(), train = splits.train.len(), "training");
     let cfg = train::TrainConfig {
         epochs: a.epochs,
@@ -80,6 +124,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
         lr: a.lr,
         weight_decay: a.weight_decay,
         seed: a.seed,
+        start_epoch,
+        stop_epoch: a.stop_epoch,
         augment: (!a.no_augment).then_some(Augment {
             pad: name.crop_padding(),
             hflip: name.allows_hflip(),
@@ -89,6 +135,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let per_epoch = splits.train.len() / a.batch_size.max(1);
     let t0 = std::time::Instant::now();
     let pb = progress_bar((a.epochs * per_epoch) as u64, "train");
+    pb.set_position((start_epoch * per_epoch) as u64);
     let mut ema: Option<(f32, f32)> = None;
     let rep = train::train(&model, &splits.train, &norm, &cfg, &mut |s| {
         let e = ema.map_or((s.loss, s.acc), |(l, ac)| {
@@ -110,18 +157,26 @@ pub fn run(a: TrainArgs) -> Result<()> {
             // Partial checkpoint after every epoch, so a long run that is stopped still
             // leaves a usable model (marked incomplete).
             let partial = serde_json::json!({"epochs_done": s.epoch + 1, "epochs": a.epochs, "complete": false,
-                "seconds": t0.elapsed().as_secs_f64(), "train_loss_ema": e.0, "train_acc_ema": e.1});
+                "seconds": prior_seconds + t0.elapsed().as_secs_f64(), "train_loss_ema": e.0, "train_acc_ema": e.1});
             if let Err(err) = checkpoint::save(&model, &a.out, Some(name.as_str()), &partial) {
                 tracing::warn!(%err, "could not write the partial checkpoint");
             }
         }
     })?;
     pb.finish_and_clear();
+    if let Some(stop) = a.stop_epoch.filter(|&e| e < a.epochs) {
+        super::emit(&format!(
+            "stopped after epoch {stop} of {}: partial checkpoint {} (continue with --resume)\n",
+            a.epochs,
+            a.out.display()
+        ))?;
+        return Ok(());
+    }
     let val = train::evaluate(&model, &splits.val, &norm, 256)?;
     let info = serde_json::json!({
         "epochs": a.epochs, "steps": rep.steps, "batch_size": a.batch_size, "lr": a.lr,
         "weight_decay": a.weight_decay, "seed": a.seed, "augment": !a.no_augment,
-        "train_seconds": rep.seconds, "final_loss": rep.final_loss, "val_top1": val.top1,
+        "train_seconds": prior_seconds + rep.seconds, "resumed_at_epoch": start_epoch, "final_loss": rep.final_loss, "val_top1": val.top1,
         "split_sha256": splits.manifest.index_sha256, "complete": true,
     });
     checkpoint::save(&model, &a.out, Some(name.as_str()), &info)
