@@ -126,19 +126,7 @@ fn main() -> Res<()> {
     let (mut store, _) = LabelStore::open(store_dir.join("labels.jsonl"), &protocol)?;
 
     // Band of the default run: 0.5 × the smallest budget … 1.5 × the largest.
-    let w8a8 = {
-        let s = SearchSpace::new(
-            space.spec().clone(),
-            seer_policy::SpaceConfig {
-                prune_ratios: vec![0.0],
-                wbits: vec![8],
-                abits: vec![8],
-                shared_bits: false,
-                ..space.config().clone()
-            },
-        )?;
-        s.cost(&s.uniform(8, 8, 0.0)?)?.total_bops
-    };
+    let w8a8 = seernet::pipeline::w8a8_bops(&space)?;
     let budgets: Vec<(String, u64)> = ["0.05", "0.08", "0.12"]
         .iter()
         .map(|f| {

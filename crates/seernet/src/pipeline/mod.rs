@@ -238,8 +238,9 @@ struct FinalResult {
     seconds: f64,
 }
 
-/// BOPs of `spec` unpruned at w8a8 everywhere (the reference of `--bops-frac`).
-fn w8a8_bops(space: &SearchSpace) -> Result<u64> {
+/// BOPs of `space`'s network unpruned at w8a8 everywhere (the reference of `--bops-frac`).
+/// Errors: from seer-policy (cannot happen for a valid space).
+pub fn w8a8_bops(space: &SearchSpace) -> Result<u64> {
     let s = SearchSpace::new(
         space.spec().clone(),
         SpaceConfig {
