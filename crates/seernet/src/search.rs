@@ -465,9 +465,8 @@ pub fn find_policy(
     let objective = PredictorObjective::new(predictor, space)?.with_kappa(options.kappa)?;
     let mut f = find_policy_with(space, &objective, budget, options)?;
     // Report μ and σ themselves, not the pessimistic score the search maximised.
-    let p = predictor.predict(&[
-        PredictorObjective::new(predictor, space)?.raw(&space.encode_indices(&f.indices)?)
-    ])?;
+    // (The feature map does not depend on κ, so the objective's own map serves.)
+    let p = predictor.predict(&[objective.raw(&space.encode_indices(&f.indices)?)])?;
     f.predicted_mean = p.mean[0];
     f.predicted_std = p.std[0];
     f.seconds = start.elapsed().as_secs_f64();
