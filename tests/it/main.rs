@@ -6,6 +6,7 @@ mod policy;
 mod predictor;
 mod search;
 mod store;
+mod tidy;
 
 #[test]
 fn workspace_root_is_found() {
