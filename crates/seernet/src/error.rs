@@ -97,9 +97,9 @@ pub enum Error {
         /// The labeller's error.
         err: Box<dyn std::error::Error + Send + Sync>,
     },
-    /// Rendering the report failed.
+    /// Rendering or writing the report failed (the report crate's error, kept as `source()`).
     #[error("report: {0}")]
-    Report(String),
+    Report(#[from] seer_report::Error),
     /// An error of the policy layer (invalid policy for the space, ...).
     #[error(transparent)]
     Policy(#[from] seer_policy::Error),

@@ -16,12 +16,16 @@
 /// Network specs, search space, policies and complexity (the `seer-policy` crate).
 pub use seer_policy as policy;
 
+/// The run report: Markdown, HTML and SVG plots rendered from a plain
+/// [`RunReport`](report::RunReport) (the `seer-report` crate, re-exported here so that
+/// `seernet::report::...` paths keep working).
+pub use seer_report as report;
+
 pub mod budget;
 pub mod error;
 pub mod labeler;
 pub mod manifest;
 pub mod pipeline;
-pub mod report;
 pub mod search;
 pub mod store;
 

@@ -1,38 +1,60 @@
-//! The run report (issue 7 §5): `report.md`, a self-contained `report.html` (inline SVG, no
-//! external assets), the SVG plots and `report.json`, rendered from a plain [`RunReport`].
+//! seer-report: the run report of SeerNet-rs (issue 7 §5): `report.md`, a self-contained
+//! `report.html` (inline SVG, no external assets), the SVG plots and `report.json`, rendered
+//! from a plain [`RunReport`] (numbers, strings and [`seer_policy::Policy`] values; no tensors).
+//! The facade's pipeline builds the value; this crate only renders it.
 //!
 //! The report renders exactly what it is given: a missing measurement shows as "not measured",
 //! never as a made-up number. The only figures it derives are arithmetic on given ones
 //! (compression ratio, share of the w8a8 BOPs, best uniform baseline at ≤ the same BOPs and the
 //! margin to it), each labelled as such.
 //!
+//! [`render_report`] returns every file's name and text; [`write_report`] writes them into a
+//! directory, each atomically.
+//!
 //! ```
-//! use seernet::report::{RunReport, Baseline};
+//! use seer_report::{render_markdown, render_report, Baseline, RunReport, StageTiming};
+//!
 //! let r = RunReport {
 //!     title: "demo".into(),
 //!     arch: "lenet5".into(),
 //!     input: "28x28x1".into(),
 //!     dataset: "fashion-mnist".into(),
-//!     baseline: Baseline { top1_test: 90.1, top1_val: None, macs: 1, bops_w8a8: 64, size_bits_fp32: 3200, source: "x".into() },
+//!     baseline: Baseline {
+//!         top1_test: 90.1,
+//!         top1_val: None,
+//!         macs: 1_000,
+//!         bops_w8a8: 64_000,
+//!         size_bits_fp32: 3_200,
+//!         source: "baseline.safetensors".into(),
+//!     },
+//!     timings: vec![StageTiming { stage: "labelling".into(), seconds: 75.0 }],
 //!     ..Default::default()
 //! };
-//! let dir = tempfile::tempdir().unwrap();
-//! let files = seernet::report::write_report(dir.path(), &r).unwrap();
-//! assert!(files.iter().any(|f| f.ends_with("report.html")));
+//! let md = render_markdown(&r);
+//! assert!(md.starts_with("# demo\n"));
+//! assert!(md.lines().any(|l| l == "| 90.10 | — | 1.00K | 64.0K | 400 B | baseline.safetensors |"));
+//! assert!(md.lines().any(|l| l == "| labelling | 1m 15s |"));
+//!
+//! // No budgets and no points: no plots, just the three documents.
+//! let names: Vec<String> = render_report(&r)?.into_iter().map(|f| f.name).collect();
+//! assert_eq!(names, ["report.md", "report.html", "report.json"]);
+//! # Ok::<(), seer_report::Error>(())
 //! ```
+#![warn(missing_docs)]
 
 mod doc;
+mod error;
 mod html;
 mod markdown;
 mod plots;
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use seer_policy::Policy;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
-use crate::store::write_atomic;
+pub use error::{Error, Result};
 
 pub use html::render_html;
 pub use markdown::render_markdown;
@@ -252,24 +274,21 @@ impl RunReport {
         .expect("serializes")
     }
 
-    /// Parses `report.json`; Err(Report) for another format or version or bad JSON.
+    /// Parses `report.json`. Err(Json) for bad JSON or a body that is not a report,
+    /// Err(NotAnObject), Err(Version) for another format tag or version.
     pub fn from_json(s: &str) -> Result<Self> {
-        let mut v: serde_json::Value =
-            serde_json::from_str(s).map_err(|e| Error::Report(format!("report.json: {e}")))?;
-        let obj = v
-            .as_object_mut()
-            .ok_or_else(|| Error::Report("report.json: not an object".into()))?;
+        let mut v: serde_json::Value = serde_json::from_str(s)?;
+        let obj = v.as_object_mut().ok_or(Error::NotAnObject)?;
         match (obj.remove("format"), obj.remove("version")) {
             (Some(f), Some(ver)) if f == REPORT_FORMAT && ver == REPORT_VERSION => {}
             (f, ver) => {
-                return Err(Error::Report(format!(
-                    "report.json: format {} version {}, this build reads {REPORT_FORMAT} version {REPORT_VERSION}",
-                    f.map_or("(absent)".into(), |f| f.to_string()),
-                    ver.map_or("(absent)".into(), |v| v.to_string())
-                )));
+                return Err(Error::Version {
+                    format: f.map_or("(absent)".into(), |f| f.to_string()),
+                    version: ver.map_or("(absent)".into(), |v| v.to_string()),
+                });
             }
         }
-        serde_json::from_value(v).map_err(|e| Error::Report(format!("report.json: {e}")))
+        Ok(serde_json::from_value(v)?)
     }
 }
 
@@ -281,31 +300,80 @@ pub fn layers_plot_name(label: &str) -> String {
 /// File name of the top-1 vs BOPs plot.
 pub const TOP1_PLOT: &str = "top1-vs-bops.svg";
 
-/// Writes `report.md`, `report.html`, `report.json`, `top1-vs-bops.svg` and one
-/// `layers-<label>.svg` per budget into `dir` (each atomically); returns the paths written.
-/// Err(Io) naming the file, Err(Report) when a plot cannot be drawn.
-pub fn write_report(dir: &Path, r: &RunReport) -> Result<Vec<PathBuf>> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::Io {
-        path: dir.display().to_string(),
-        err: e,
-    })?;
-    let mut written = Vec::new();
-    let mut put = |name: &str, text: &str| -> Result<()> {
-        let p = dir.join(name);
-        write_atomic(&p, text.as_bytes())?;
-        written.push(p);
-        Ok(())
-    };
+/// One rendered report file: its name in the run directory and its text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReportFile {
+    /// File name, e.g. `report.md` or `layers-frac-0.05.svg`.
+    pub name: String,
+    /// Its full text (UTF-8).
+    pub contents: String,
+}
+
+/// Renders every report file, in the order [`write_report`] writes them: `top1-vs-bops.svg`
+/// (when there is anything to plot), one `layers-<label>.svg` per budget, `report.md`,
+/// `report.html` and `report.json` (with a final newline). Err(Plot) when a plot cannot be
+/// drawn.
+pub fn render_report(r: &RunReport) -> Result<Vec<ReportFile>> {
+    let mut files = Vec::new();
+    let mut put = |name: String, contents: String| files.push(ReportFile { name, contents });
     if let Some(svg) = plot_top1_vs_bops(r)? {
-        put(TOP1_PLOT, &svg)?;
+        put(TOP1_PLOT.into(), svg);
     }
     for b in &r.budgets {
-        put(&layers_plot_name(&b.label), &plot_policy_layers(r, b)?)?;
+        put(layers_plot_name(&b.label), plot_policy_layers(r, b)?);
     }
-    put("report.md", &render_markdown(r))?;
-    put("report.html", &render_html(r)?)?;
-    put("report.json", &(r.to_json() + "\n"))?;
+    put("report.md".into(), render_markdown(r));
+    put("report.html".into(), render_html(r)?);
+    put("report.json".into(), r.to_json() + "\n");
+    Ok(files)
+}
+
+/// Writes the files of [`render_report`] into `dir` (created if missing), each atomically;
+/// returns the paths written, in that order. Err(Io) naming the file or directory, Err(Plot)
+/// when a plot cannot be drawn (then nothing is written).
+pub fn write_report(dir: &Path, r: &RunReport) -> Result<Vec<PathBuf>> {
+    let files = render_report(r)?;
+    std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+    let mut written = Vec::with_capacity(files.len());
+    for f in files {
+        let path = dir.join(&f.name);
+        write_atomic(&path, f.contents.as_bytes())?;
+        written.push(path);
+    }
     Ok(written)
+}
+
+fn io_err(path: &Path, source: std::io::Error) -> Error {
+    Error::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Replaces `path` by `bytes` in one step: writes and syncs `.<name>.tmp<pid>` beside it, renames
+/// it over `path`, then syncs the directory (on Unix), so a reader sees the old file or the new
+/// one, never a torn one. The temporary file is removed on failure.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.tmp{}", std::process::id()));
+    std::fs::File::create(&tmp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            io_err(path, e)
+        })?;
+    #[cfg(unix)]
+    {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io_err(dir, e))?;
+    }
+    Ok(())
 }
 
 /// Text helpers shared by the renderers.
@@ -544,6 +612,44 @@ pub(crate) mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("version 2"), "{e}");
+        assert!(matches!(
+            RunReport::from_json("[1]"),
+            Err(Error::NotAnObject)
+        ));
+        let e = RunReport::from_json("{").unwrap_err();
+        assert!(matches!(e, Error::Json(_)) && std::error::Error::source(&e).is_some());
+        let e = RunReport::from_json(&j.replacen("\"title\"", "\"title_\"", 1)).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("report.json: missing field `title`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn render_matches_write() {
+        let r = synthetic();
+        let dir = tempfile::tempdir().unwrap();
+        let paths = write_report(dir.path(), &r).unwrap();
+        let files = render_report(&r).unwrap();
+        assert_eq!(paths.len(), files.len());
+        for (p, f) in paths.iter().zip(&files) {
+            assert_eq!(p, &dir.path().join(&f.name));
+            assert_eq!(std::fs::read_to_string(p).unwrap(), f.contents);
+        }
+        assert!(files.last().unwrap().contents.ends_with("}\n"));
+        // No temporary file is left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), files.len());
+    }
+
+    #[test]
+    fn write_error_names_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocker = dir.path().join("not-a-dir");
+        std::fs::write(&blocker, "x").unwrap();
+        let e = write_report(&blocker.join("sub"), &RunReport::default()).unwrap_err();
+        assert!(matches!(e, Error::Io { .. }), "{e:?}");
+        assert!(e.to_string().contains("not-a-dir"), "{e}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The report's content as a small document model, rendered to Markdown and to HTML, so both
 //! formats always carry the same figures.
 
-use super::{RunReport, TOP1_PLOT, best_uniform_at, fmt, layers_plot_name};
+use crate::{RunReport, TOP1_PLOT, best_uniform_at, fmt, layers_plot_name};
 
 /// One block of the document. All text is plain (renderers escape it).
 #[derive(Clone, Debug, PartialEq)]

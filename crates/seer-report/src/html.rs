@@ -1,8 +1,8 @@
 //! `report.html`: one self-contained page (inline CSS and inline SVG plots, no external assets).
 
-use super::doc::{Block, document};
-use super::{RunReport, TOP1_PLOT, layers_plot_name, plot_policy_layers, plot_top1_vs_bops};
-use crate::error::Result;
+use crate::Result;
+use crate::doc::{Block, document};
+use crate::{RunReport, TOP1_PLOT, layers_plot_name, plot_policy_layers, plot_top1_vs_bops};
 
 /// Escapes text for HTML element content and attribute values.
 pub(crate) fn html_escape(s: &str) -> String {
@@ -107,7 +107,7 @@ fn strip_xml_prolog(svg: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::tests::synthetic;
+    use crate::tests::synthetic;
 
     #[test]
     fn self_contained_and_escaped() {

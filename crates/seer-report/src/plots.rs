@@ -3,8 +3,8 @@
 
 use plotters::prelude::*;
 
-use super::{BudgetOutcome, RunReport, fmt};
-use crate::error::{Error, Result};
+use crate::{BudgetOutcome, RunReport, fmt};
+use crate::{Error, Result};
 
 const W: u32 = 860;
 const H: u32 = 520;
@@ -17,7 +17,7 @@ const ABITS: RGBColor = RGBColor(44, 160, 44);
 const KEEP: RGBColor = RGBColor(214, 39, 40);
 
 fn perr<E: std::fmt::Debug>(e: E) -> Error {
-    Error::Report(format!("plot: {e:?}"))
+    Error::Plot(format!("{e:?}"))
 }
 
 /// Range `[lo, hi]` padded by `frac` of its width (or ±1 when flat).
@@ -298,7 +298,7 @@ pub fn plot_policy_layers(r: &RunReport, b: &BudgetOutcome) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::tests::synthetic;
+    use crate::tests::synthetic;
 
     #[test]
     fn top1_plot_draws_every_series_and_escapes_text() {

@@ -1,7 +1,7 @@
 //! `report.md`: the report as GitHub-flavoured Markdown; plots are linked as SVG files beside it.
 
-use super::RunReport;
-use super::doc::{Block, document};
+use crate::RunReport;
+use crate::doc::{Block, document};
 
 /// Escapes text for Markdown: HTML-special characters become entities (a renderer would
 /// otherwise pass raw HTML through), and Markdown punctuation that could start markup is
@@ -66,7 +66,7 @@ pub fn render_markdown(r: &RunReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::tests::synthetic;
+    use crate::tests::synthetic;
 
     #[test]
     fn renders_what_it_is_given() {
