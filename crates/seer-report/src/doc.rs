@@ -1,7 +1,7 @@
 //! The report's content as a small document model, rendered to Markdown and to HTML, so both
 //! formats always carry the same figures.
 
-use crate::{RunReport, TOP1_PLOT, best_uniform_at, fmt, layers_plot_name};
+use crate::{PLOTS, RunReport, TOP1_PLOT, best_uniform_at, fmt, layers_plot_name};
 
 /// One block of the document. All text is plain (renderers escape it).
 #[derive(Clone, Debug, PartialEq)]
@@ -182,10 +182,12 @@ pub(crate) fn document(r: &RunReport) -> Vec<Block> {
                 .to_vec(),
                 rows,
             ));
-            d.push(Plot(
-                layers_plot_name(&x.label),
-                format!("per-unit bits and keep ratio of policy {}", x.label),
-            ));
+            if PLOTS {
+                d.push(Plot(
+                    layers_plot_name(&x.label),
+                    format!("per-unit bits and keep ratio of policy {}", x.label),
+                ));
+            }
         }
     }
 
@@ -231,7 +233,15 @@ pub(crate) fn document(r: &RunReport) -> Vec<Block> {
     }
 
     d.push(Heading(2, "Top-1 vs BOPs".into()));
-    if r.uniform.is_empty() && r.budgets.is_empty() && r.front.is_empty() && r.labels.is_empty() {
+    if !PLOTS {
+        d.push(Para(
+            "Plots not drawn: this build has no `plots` feature (seer-report).".into(),
+        ));
+    } else if r.uniform.is_empty()
+        && r.budgets.is_empty()
+        && r.front.is_empty()
+        && r.labels.is_empty()
+    {
         d.push(Para("Nothing to plot.".into()));
     } else {
         d.push(Plot(

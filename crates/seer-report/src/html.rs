@@ -1,7 +1,10 @@
 //! `report.html`: one self-contained page (inline CSS and inline SVG plots, no external assets).
 
 use crate::Result;
+#[cfg(not(feature = "plots"))]
+use crate::RunReport;
 use crate::doc::{Block, document};
+#[cfg(feature = "plots")]
 use crate::{RunReport, TOP1_PLOT, layers_plot_name, plot_policy_layers, plot_top1_vs_bops};
 
 /// Escapes text for HTML element content and attribute values.
@@ -68,6 +71,9 @@ pub fn render_html(r: &RunReport) -> Result<String> {
                 }
                 s += "</tbody>\n</table>\n";
             }
+            #[cfg(not(feature = "plots"))]
+            Block::Plot(..) => {}
+            #[cfg(feature = "plots")]
             Block::Plot(file, alt) => {
                 let svg = if file == TOP1_PLOT {
                     plot_top1_vs_bops(r)?
@@ -96,6 +102,7 @@ pub fn render_html(r: &RunReport) -> Result<String> {
 }
 
 /// An SVG document without an `<?xml ...?>` prolog, ready to inline in HTML.
+#[cfg(feature = "plots")]
 fn strip_xml_prolog(svg: &str) -> &str {
     let t = svg.trim_start();
     match (t.starts_with("<?xml"), t.find("?>")) {
@@ -104,7 +111,7 @@ fn strip_xml_prolog(svg: &str) -> &str {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "plots"))]
 mod tests {
     use super::*;
     use crate::tests::synthetic;

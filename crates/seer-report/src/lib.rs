@@ -46,6 +46,7 @@ mod doc;
 mod error;
 mod html;
 mod markdown;
+#[cfg(feature = "plots")]
 mod plots;
 
 use std::io::Write;
@@ -58,7 +59,12 @@ pub use error::{Error, Result};
 
 pub use html::render_html;
 pub use markdown::render_markdown;
+#[cfg(feature = "plots")]
 pub use plots::{plot_policy_layers, plot_top1_vs_bops};
+
+/// Whether this build draws the SVG plots (the `plots` feature); without it the report has
+/// the same tables and text and no figures.
+pub const PLOTS: bool = cfg!(feature = "plots");
 
 /// Format tag of `report.json`.
 pub const REPORT_FORMAT: &str = "seernet-report";
@@ -316,11 +322,14 @@ pub struct ReportFile {
 pub fn render_report(r: &RunReport) -> Result<Vec<ReportFile>> {
     let mut files = Vec::new();
     let mut put = |name: String, contents: String| files.push(ReportFile { name, contents });
-    if let Some(svg) = plot_top1_vs_bops(r)? {
-        put(TOP1_PLOT.into(), svg);
-    }
-    for b in &r.budgets {
-        put(layers_plot_name(&b.label), plot_policy_layers(r, b)?);
+    #[cfg(feature = "plots")]
+    {
+        if let Some(svg) = plot_top1_vs_bops(r)? {
+            put(TOP1_PLOT.into(), svg);
+        }
+        for b in &r.budgets {
+            put(layers_plot_name(&b.label), plot_policy_layers(r, b)?);
+        }
     }
     put("report.md".into(), render_markdown(r));
     put("report.html".into(), render_html(r)?);
@@ -652,6 +661,7 @@ pub(crate) mod tests {
         assert!(e.to_string().contains("not-a-dir"), "{e}");
     }
 
+    #[cfg(feature = "plots")]
     #[test]
     fn writes_all_files() {
         let r = synthetic();

@@ -68,6 +68,7 @@ mod tests {
     use super::*;
     use crate::tests::synthetic;
 
+    #[cfg(feature = "plots")]
     #[test]
     fn renders_what_it_is_given() {
         let r = synthetic();
