@@ -7,9 +7,7 @@ const PEER: &str = "seernet-resnet20-cifar10/samples.csv";
 
 #[test]
 fn small_ensemble_ranks_held_out_peer_policies() {
-    let Some(path) = seernet_tests::peer_data(PEER) else {
-        return;
-    };
+    let path = seernet_tests::peer_data(PEER);
     let all = Samples::from_csv(&path, "top1").unwrap();
     assert_eq!((all.len(), all.n_features()), (400, 36));
     // A fixed interleaved split: every 5th sample held out.
@@ -41,9 +39,7 @@ fn small_ensemble_ranks_held_out_peer_policies() {
 
 #[test]
 fn wrong_target_on_peer_file_names_the_columns() {
-    let Some(path) = seernet_tests::peer_data(PEER) else {
-        return;
-    };
+    let path = seernet_tests::peer_data(PEER);
     let e = CsvTable::read(&path)
         .unwrap()
         .into_samples("top5")

@@ -8,23 +8,18 @@ pub fn workspace_root() -> PathBuf {
     here.parent().map(PathBuf::from).unwrap_or(here)
 }
 
-/// `../shared/peer-data/<rel>` beside the checkout, if it exists.
+/// `<root>/assets/peer-data/<rel>`: real measurements published by others, committed with the
+/// repository (sources and licences in `assets/peer-data/README.md`).
 ///
-/// Peer data is never copied into the project (see `../shared/peer-data/README.md`);
-/// tests that need it print a clear skip message when it is absent.
-pub fn peer_data(rel: &str) -> Option<PathBuf> {
-    let p = workspace_root()
-        .join("..")
-        .join("shared")
-        .join("peer-data")
-        .join(rel);
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!(
-            "skipping: peer data {} not found (expected ../shared beside the checkout)",
-            p.display()
-        );
-        None
-    }
+/// Panics, naming the path, when the file is absent: a test that needs peer data fails rather
+/// than passing without having run.
+pub fn peer_data(rel: &str) -> PathBuf {
+    let p = workspace_root().join("assets").join("peer-data").join(rel);
+    assert!(
+        p.is_file(),
+        "peer data {} is missing: it is committed with the repository \
+         (see assets/peer-data/README.md); restore it with `git checkout -- assets/peer-data`",
+        p.display()
+    );
+    p
 }

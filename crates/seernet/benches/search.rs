@@ -6,7 +6,7 @@
 //!    the best policy under a BOPs budget is a multiple-choice knapsack solved exactly by
 //!    dynamic programming. Barrier's objective as a fraction of that optimum, 10 budgets.
 //! 2. **Real predictor**: the ensemble trained on the authors' ResNet-20 CIFAR-10 samples
-//!    (`../shared/peer-data/seernet-resnet20-cifar10/samples.csv`; masked, shared bits, prune
+//!    (`assets/peer-data/seernet-resnet20-cifar10/samples.csv`; masked, shared bits, prune
 //!    {0.25,0.5,0.75}, bits {2,3,4,5}); for 10 BOPs budgets: barrier vs evo (the authors'
 //!    population settings, bounded to `--evo-seconds`, default 60) vs pgd vs random search (as
 //!    many predictor calls as evo): predicted top-1, wall time, within budget.
@@ -162,19 +162,14 @@ fn main() {
     let dp_99 = ratios.iter().filter(|&&r| r >= 0.99).count();
 
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let csv = root.join("../shared/peer-data/seernet-resnet20-cifar10/samples.csv");
-    if !csv.exists() {
+    let csv = root.join("assets/peer-data/seernet-resnet20-cifar10/samples.csv");
+    if !csv.is_file() {
         eprintln!(
-            "{} not found: skipping the real-predictor part",
+            "search bench: peer data {} is missing (it is committed with the repository: \
+             see assets/peer-data/README.md)",
             csv.display()
         );
-        if json {
-            println!(
-                "{}",
-                json!({ "dp_optimality_min": dp_min, "dp_optimality": ratios, "dp_at_least_99": dp_99 })
-            );
-        }
-        return;
+        std::process::exit(1);
     }
     let samples = Samples::from_csv(&csv, "top1").unwrap();
     let t = Instant::now();
