@@ -48,8 +48,8 @@ enum Task {
     },
     /// Install NVIDIA's CUDA 13.0 compiler from PyPI (cached in ~/.cache/seernet/cuda-13.0),
     /// compile every seer-kernels-cuda kernel to sm_90 PTX, check the committed PTX is up to
-    /// date, then build and test seer-kernels-cuda with `--features cuda` (GPU tests
-    /// self-skip without a GPU).
+    /// date, then build and test seer-kernels-cuda with `--features cuda` (the `_cuda` tests
+    /// only where a GPU is present; they fail, not skip, on an unusable one).
     CudaCheck {
         /// Write the freshly compiled PTX over the committed copies instead of failing.
         #[arg(long)]
