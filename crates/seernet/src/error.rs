@@ -1,5 +1,6 @@
-//! The facade library's error type: one enum for the run-directory formats (label store,
-//! manifest, shard results), budgets and reports. Binaries wrap it in `anyhow`.
+//! The facade library's error type: one enum for budgets, the pipeline's run directory and
+//! reports, wrapping the sibling crates' errors whole (label store and manifests, policy
+//! layer, models/training). Binaries wrap it in `anyhow`.
 
 /// Errors of the `seernet` library. Every variant names the file, line, flag or value at fault.
 #[derive(Debug, thiserror::Error)]
@@ -25,53 +26,8 @@ pub enum Error {
     /// No budget was given.
     #[error("no budget given: use --max-bops, --max-size or --bops-frac")]
     NoBudget,
-    /// A label store line is invalid (1-based line number).
-    #[error("label store {path}, line {line}: {msg}")]
-    Store {
-        /// The store file.
-        path: String,
-        /// 1-based line number.
-        line: usize,
-        /// What is wrong.
-        msg: String,
-    },
-    /// A label store of another format version.
-    #[error(
-        "label store {path} has format version {found} (written by {writer}); this build reads version {supported}: use a matching seernet or start a new store"
-    )]
-    StoreVersion {
-        /// The store file.
-        path: String,
-        /// Version in the file.
-        found: u64,
-        /// Writer recorded in the file.
-        writer: String,
-        /// Version this build reads.
-        supported: u64,
-    },
-    /// Another process holds the store's lock.
-    #[error("label store {path} is in use by another process (locked)")]
-    Locked {
-        /// The store file.
-        path: String,
-    },
-    /// Labels or inputs made under another labelling protocol (never mixed silently).
-    #[error("{what} was made under another labelling protocol: {diff}")]
-    Protocol {
-        /// What was compared.
-        what: String,
-        /// The differing fields.
-        diff: String,
-    },
-    /// A label record is inconsistent.
-    #[error("label record {hash}: {msg}")]
-    Record {
-        /// Its policy hash.
-        hash: String,
-        /// What is wrong.
-        msg: String,
-    },
-    /// A manifest or shard result file is invalid (line 0 = the whole file).
+    /// A file the pipeline reads or writes is invalid, or a pipeline step failed (line 0 = the
+    /// whole file or no file).
     #[error("{path}{}: {msg}", if *line > 0 { format!(", line {line}") } else { String::new() })]
     Format {
         /// The file.
@@ -81,25 +37,14 @@ pub enum Error {
         /// What is wrong.
         msg: String,
     },
-    /// A `--shard I/N` value or its environment variable is invalid.
-    #[error("invalid shard '{value}': {msg}")]
-    Shard {
-        /// The value as given.
-        value: String,
-        /// What is wrong.
-        msg: String,
-    },
-    /// The labelling function failed for a policy.
-    #[error("labelling policy {hash} failed: {err}")]
-    Label {
-        /// The policy hash.
-        hash: String,
-        /// The labeller's error.
-        err: Box<dyn std::error::Error + Send + Sync>,
-    },
     /// Rendering the report failed.
     #[error("report: {0}")]
     Report(String),
+    /// An error of the label store, labelling protocol, manifests or shards (the `seer-label`
+    /// crate), including a labelling function's failure
+    /// ([`seer_label::Error::Labeller`]).
+    #[error(transparent)]
+    Label(#[from] seer_label::Error),
     /// An error of the policy layer (invalid policy for the space, ...).
     #[error(transparent)]
     Policy(#[from] seer_policy::Error),
