@@ -55,3 +55,22 @@ pub enum Error {
 
 /// Result alias of the `seernet` library.
 pub type Result<T> = std::result::Result<T, Error>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_errors_stay_whole_and_keep_their_message() {
+        let inner = seer_label::Error::Locked {
+            path: "run/labels.jsonl".into(),
+        };
+        let text = inner.to_string();
+        let e = Error::from(inner);
+        assert_eq!(e.to_string(), text);
+        assert!(matches!(
+            e,
+            Error::Label(seer_label::Error::Locked { ref path }) if path == "run/labels.jsonl"
+        ));
+    }
+}
