@@ -1,5 +1,6 @@
-//! The facade library's error type: one enum for the run-directory formats (label store,
-//! manifest, shard results), budgets and reports. Binaries wrap it in `anyhow`.
+//! The facade library's error type: one enum for budgets, the pipeline's run directory and
+//! reports, wrapping the sibling crates' errors whole (label store and manifests, policy
+//! layer, models/training). Binaries wrap it in `anyhow`.
 
 /// Errors of the `seernet` library. Every variant names the file, line, flag or value at fault.
 #[derive(Debug, thiserror::Error)]
@@ -25,53 +26,8 @@ pub enum Error {
     /// No budget was given.
     #[error("no budget given: use --max-bops, --max-size or --bops-frac")]
     NoBudget,
-    /// A label store line is invalid (1-based line number).
-    #[error("label store {path}, line {line}: {msg}")]
-    Store {
-        /// The store file.
-        path: String,
-        /// 1-based line number.
-        line: usize,
-        /// What is wrong.
-        msg: String,
-    },
-    /// A label store of another format version.
-    #[error(
-        "label store {path} has format version {found} (written by {writer}); this build reads version {supported}: use a matching seernet or start a new store"
-    )]
-    StoreVersion {
-        /// The store file.
-        path: String,
-        /// Version in the file.
-        found: u64,
-        /// Writer recorded in the file.
-        writer: String,
-        /// Version this build reads.
-        supported: u64,
-    },
-    /// Another process holds the store's lock.
-    #[error("label store {path} is in use by another process (locked)")]
-    Locked {
-        /// The store file.
-        path: String,
-    },
-    /// Labels or inputs made under another labelling protocol (never mixed silently).
-    #[error("{what} was made under another labelling protocol: {diff}")]
-    Protocol {
-        /// What was compared.
-        what: String,
-        /// The differing fields.
-        diff: String,
-    },
-    /// A label record is inconsistent.
-    #[error("label record {hash}: {msg}")]
-    Record {
-        /// Its policy hash.
-        hash: String,
-        /// What is wrong.
-        msg: String,
-    },
-    /// A manifest or shard result file is invalid (line 0 = the whole file).
+    /// A file the pipeline reads or writes is invalid, or a pipeline step failed (line 0 = the
+    /// whole file or no file).
     #[error("{path}{}: {msg}", if *line > 0 { format!(", line {line}") } else { String::new() })]
     Format {
         /// The file.
@@ -81,32 +37,45 @@ pub enum Error {
         /// What is wrong.
         msg: String,
     },
-    /// A `--shard I/N` value or its environment variable is invalid.
-    #[error("invalid shard '{value}': {msg}")]
-    Shard {
-        /// The value as given.
-        value: String,
-        /// What is wrong.
-        msg: String,
-    },
-    /// The labelling function failed for a policy.
-    #[error("labelling policy {hash} failed: {err}")]
-    Label {
-        /// The policy hash.
-        hash: String,
-        /// The labeller's error.
-        err: Box<dyn std::error::Error + Send + Sync>,
-    },
-    /// Rendering or writing the report failed (the report crate's error, kept as `source()`).
-    #[error("report: {0}")]
+    /// Rendering or writing the report failed (the `seer-report` crate's error, kept as
+    /// `source()`).
+    #[error("report")]
     Report(#[from] seer_report::Error),
-    /// An error of the policy layer (invalid policy for the space, ...).
-    #[error(transparent)]
+    /// An error of the label store, labelling protocol, manifests or shards (the `seer-label`
+    /// crate), including a labelling function's failure
+    /// ([`seer_label::Error::Labeller`]); kept as `source()`.
+    #[error("label store")]
+    Label(#[from] seer_label::Error),
+    /// An error of the policy layer (invalid policy for the space, ...), kept as `source()`.
+    #[error("policy")]
     Policy(#[from] seer_policy::Error),
-    /// An error of the models/data/training layer (checkpoint, dataset, fine-tune).
-    #[error(transparent)]
+    /// An error of the models/data/training layer (checkpoint, dataset, fine-tune), kept as
+    /// `source()`.
+    #[error("model, data or training")]
     Nn(#[from] seer_nn::Error),
 }
 
 /// Result alias of the `seernet` library.
 pub type Result<T> = std::result::Result<T, Error>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_errors_stay_whole_and_keep_their_message() {
+        let inner = seer_label::Error::Locked {
+            path: "run/labels.jsonl".into(),
+        };
+        let text = inner.to_string();
+        let e = Error::from(inner);
+        // The sibling's error is the source, so `{:#}` (anyhow) prints "label store: <it>".
+        let source = std::error::Error::source(&e).expect("kept as source");
+        assert_eq!(source.to_string(), text);
+        assert_eq!(e.to_string(), "label store");
+        assert!(matches!(
+            e,
+            Error::Label(seer_label::Error::Locked { ref path }) if path == "run/labels.jsonl"
+        ));
+    }
+}

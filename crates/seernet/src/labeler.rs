@@ -10,13 +10,14 @@
 use std::path::Path;
 
 use candle_core::Device;
+use seer_label::Error as LabelError;
 use seer_nn::data::{self, Augment, DatasetName, Normalize, Splits};
 use seer_nn::{checkpoint, train};
 use seer_policy::{Policy, SearchSpace, SpaceConfig};
-use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::store::{Measured, Protocol, hex};
+pub use crate::store::file_hash;
+use crate::store::{Measured, Protocol, short_digest};
 
 /// Fine-tune settings of a labelling protocol.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -34,21 +35,12 @@ pub struct LabelSettings {
 /// Evaluation batch size (does not change results).
 const EVAL_BATCH: usize = 256;
 
-/// First 16 hex digits of SHA-256 of a file (the protocol's `baseline_hash`). Err(Io).
-pub fn file_hash(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(|e| Error::Io {
-        path: path.display().to_string(),
-        err: e,
-    })?;
-    Ok(hex(&Sha256::digest(&bytes)[..8]))
-}
-
 /// First 16 hex digits of SHA-256 of the three recorded split index hashes (the protocol's
 /// `split_hash`).
 pub fn split_hash(splits: &Splits) -> String {
     let h = &splits.manifest.index_sha256;
     let s = format!("train={};val={};test={}", h.train, h.val, h.test);
-    hex(&Sha256::digest(s.as_bytes())[..8])
+    short_digest(s.as_bytes())
 }
 
 fn train_config(p: &Protocol, name: DatasetName, seed: u64) -> train::TrainConfig {
@@ -140,12 +132,15 @@ impl Labeler {
         Ok(p)
     }
 
-    /// Loads the baseline and dataset of `protocol`. Err(Protocol) when the checkpoint's hash,
-    /// its network, the dataset split or the labeller settings differ from the protocol's.
+    /// Loads the baseline and dataset of `protocol`. Err(Label(Protocol)) when the checkpoint's
+    /// hash, its network, the dataset split or the labeller settings differ from the protocol's;
+    /// Err(Label(Io)) for an unreadable checkpoint file.
     pub fn new(protocol: &Protocol, checkpoint: &Path) -> Result<Self> {
-        let mismatch = |what: &str, diff: String| Error::Protocol {
-            what: what.to_string(),
-            diff,
+        let mismatch = |what: &str, diff: String| {
+            Error::from(LabelError::Protocol {
+                what: what.to_string(),
+                diff,
+            })
         };
         let got = file_hash(checkpoint)?;
         if got != protocol.baseline_hash {
@@ -206,7 +201,7 @@ impl Labeler {
     /// Labels one policy with `seed` (use [`label_seed`](crate::store::label_seed)): a fresh copy
     /// of the baseline, policy applied, fine-tuned for the protocol's steps on the training
     /// split, top-1 (percent) on the validation split. `on_step` sees each optimizer step
-    /// (index, loss). Err(Policy) for a policy outside the space, Err(Protocol) when the
+    /// (index, loss). Err(Policy) for a policy outside the space, Err(Label(Protocol)) when the
     /// checkpoint file changed since [`new`](Self::new), Err(Nn) for training errors.
     pub fn label(
         &self,
@@ -219,13 +214,14 @@ impl Labeler {
         // replaced during the run would silently change the protocol, so check it each time.
         let h = file_hash(&self.checkpoint)?;
         if h != self.protocol.baseline_hash {
-            return Err(Error::Protocol {
+            return Err(LabelError::Protocol {
                 what: format!("checkpoint {}", self.checkpoint.display()),
                 diff: format!(
                     "it changed during the run: hash {h}, the protocol's baseline_hash is {}",
                     self.protocol.baseline_hash
                 ),
-            });
+            }
+            .into());
         }
         let (mut model, _) =
             checkpoint::load(&self.checkpoint, Some(&self.protocol.arch), &Device::Cpu)?;

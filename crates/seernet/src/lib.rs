@@ -16,6 +16,14 @@
 /// Network specs, search space, policies and complexity (the `seer-policy` crate).
 pub use seer_policy as policy;
 
+/// The label store, labelling protocol and shard manifests (the `seer-label` crate).
+pub use seer_label as label;
+/// Shard manifests, per-policy result files and merging (`seer_label::manifest`, kept at its
+/// old path `seernet::manifest`).
+pub use seer_label::manifest;
+/// The durable label store and the labelling protocol (`seer_label::store`, kept at its old
+/// path `seernet::store`).
+pub use seer_label::store;
 /// The run report: Markdown, HTML and SVG plots rendered from a plain
 /// [`RunReport`](report::RunReport) (the `seer-report` crate, re-exported here so that
 /// `seernet::report::...` paths keep working).
@@ -24,9 +32,7 @@ pub use seer_report as report;
 pub mod budget;
 pub mod error;
 pub mod labeler;
-pub mod manifest;
 pub mod pipeline;
 pub mod search;
-pub mod store;
 
 pub use error::{Error, Result};

@@ -23,7 +23,7 @@
 //! that differ, so labels from different protocols are never mixed.
 //!
 //! ```
-//! use seernet::store::{LabelStore, Protocol, LabelRecord};
+//! use seer_label::store::{LabelStore, Protocol, LabelRecord};
 //! use seer_policy::{builtin, SearchSpace, SpaceConfig};
 //! let dir = tempfile::tempdir().unwrap();
 //! let space = SearchSpace::new(builtin("lenet5", None, None).unwrap(), SpaceConfig::default()).unwrap();
@@ -51,7 +51,8 @@ use crate::error::{Error, Result};
 pub const STORE_FORMAT: &str = "seernet-labels";
 /// Store format version written and read by this build.
 pub const STORE_VERSION: u64 = 1;
-/// Name of this writer, recorded in headers and result files.
+/// Name of this writer (`seernet` and the workspace version), recorded in headers and result
+/// files.
 pub const WRITER: &str = concat!("seernet ", env!("CARGO_PKG_VERSION"));
 
 /// Everything that determines a label's value besides the policy (method.md §3). Two labels are
@@ -116,7 +117,7 @@ impl Protocol {
     /// Stable identifier: the first 16 hex digits of SHA-256 of the protocol's JSON.
     pub fn hash(&self) -> String {
         let json = serde_json::to_string(self).expect("a protocol always serializes");
-        hex(&Sha256::digest(json.as_bytes())[..8])
+        short_digest(json.as_bytes())
     }
 
     /// Err(Protocol) unless `space` has this protocol's arch, input and config.
@@ -184,12 +185,26 @@ pub fn label_seed(base_seed: u64, policy_hash: &str) -> u64 {
     u64::from_le_bytes(d[..8].try_into().expect("8 bytes"))
 }
 
-/// Checksum of a record line: first 16 hex digits (64 bits) of SHA-256 of `body`.
-fn line_check(body: &str) -> String {
-    hex(&Sha256::digest(body.as_bytes())[..8])
+/// First 16 hex digits (64 bits) of SHA-256 of `bytes`: the short identifiers of a protocol
+/// ([`Protocol::hash`]), a baseline checkpoint ([`file_hash`]), a dataset split, and the
+/// checksum of a store line.
+pub fn short_digest(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes)[..8])
 }
 
-pub(crate) fn hex(bytes: &[u8]) -> String {
+/// First 16 hex digits of SHA-256 of a file's bytes (a protocol's `baseline_hash` is this of
+/// the baseline checkpoint). Err(Io) naming the file.
+pub fn file_hash(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| io_err(path, e))?;
+    Ok(short_digest(&bytes))
+}
+
+/// Checksum of a record line: first 16 hex digits (64 bits) of SHA-256 of `body`.
+fn line_check(body: &str) -> String {
+    short_digest(body.as_bytes())
+}
+
+fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -408,7 +423,7 @@ fn io_err(path: &Path, e: std::io::Error) -> Error {
 
 /// Fsyncs the directory holding `path` (makes a create/rename durable). No-op where directories
 /// cannot be opened (non-Unix).
-pub(crate) fn sync_parent(path: &Path) -> Result<()> {
+fn sync_parent(path: &Path) -> Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -424,8 +439,10 @@ pub(crate) fn sync_parent(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file beside it, fsync, rename, fsync dir.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Writes `bytes` to `path` atomically: a temporary file beside it (`.NAME.tmpPID`), fsync,
+/// rename, fsync of the directory. Readers see the old file or the whole new one, never a
+/// part. Err(Io) naming `path` (the temporary file is removed).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -624,7 +641,14 @@ impl LabelStore {
                 diff: diff.join("; "),
             });
         }
-        if contents.report.dropped_tail.is_some() {
+        if let Some(t) = &contents.report.dropped_tail {
+            tracing::debug!(
+                store = %path.display(),
+                line = t.line,
+                bytes = t.bytes,
+                reason = %t.reason,
+                "dropping a torn last record"
+            );
             file.set_len(contents.good_len)
                 .map_err(|e| io_err(&path, e))?;
             file.sync_all().map_err(|e| io_err(&path, e))?;
@@ -738,7 +762,7 @@ pub struct LabelReport {
 /// yet (in order, duplicates within `policies` labelled once) and appends each durably as soon
 /// as it is finished, so a killed run loses at most the label in progress. `label` gets the
 /// policy and its seed ([`label_seed`]); its wall time is recorded. Err(Protocol) when `space`
-/// is not the store's; Err(Label) wrapping the labeller's error (labels already appended stay).
+/// is not the store's; Err(Labeller) wrapping the labeller's error (labels already appended stay).
 pub fn label_missing<E>(
     store: &mut LabelStore,
     space: &SearchSpace,
@@ -758,19 +782,17 @@ where
             continue;
         }
         space.validate(p)?;
+        let seed = label_seed(protocol.seed, &hash);
+        let _span = tracing::info_span!("label", hash = %hash, seed).entered();
         let t0 = std::time::Instant::now();
-        let m = label(p, label_seed(protocol.seed, &hash)).map_err(|e| Error::Label {
+        let m = label(p, seed).map_err(|e| Error::Labeller {
             hash: hash.clone(),
             err: e.into(),
         })?;
-        let rec = LabelRecord::new(
-            space,
-            &protocol,
-            p.clone(),
-            m.top1,
-            t0.elapsed().as_secs_f64(),
-        )?;
+        let seconds = t0.elapsed().as_secs_f64();
+        let rec = LabelRecord::new(space, &protocol, p.clone(), m.top1, seconds)?;
         store.append(rec)?;
+        tracing::debug!(top1 = m.top1, seconds, "label stored");
         rep.labelled += 1;
     }
     Ok(rep)

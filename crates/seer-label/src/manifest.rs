@@ -20,7 +20,7 @@
 //! [`LabelStore`], skipping hashes it already has and refusing other protocols.
 //!
 //! ```
-//! use seernet::manifest::ShardSpec;
+//! use seer_label::manifest::ShardSpec;
 //! let s = ShardSpec::parse_with_env("/4", |k| (k == "JOB_COMPLETION_INDEX").then(|| "2".to_string())).unwrap();
 //! assert_eq!((s.index, s.count), (2, 4));
 //! assert_eq!(s.select(10), vec![2, 6]);
@@ -377,7 +377,7 @@ pub struct ShardReport {
 /// policy, skipping policies that already have a result under the same protocol. `label` gets
 /// the entry and its seed ([`label_seed`]) and returns the validation top-1; its wall time is
 /// recorded. Err(Protocol) when `space` is not the manifest's or `out_dir` holds a result of
-/// another protocol for one of this shard's policies; Err(Label) wrapping the labeller's error
+/// another protocol for one of this shard's policies; Err(Labeller) wrapping the labeller's error
 /// (results already written stay, so a re-run resumes).
 pub fn run_shard<E>(
     manifest: &Manifest,
@@ -417,8 +417,9 @@ where
             }
         }
         let seed = label_seed(manifest.protocol.seed, &e.hash);
+        let _span = tracing::info_span!("label", id = e.id, hash = %e.hash, seed).entered();
         let t0 = Instant::now();
-        let m = label(e, seed).map_err(|err| Error::Label {
+        let m = label(e, seed).map_err(|err| Error::Labeller {
             hash: e.hash.clone(),
             err: err.into(),
         })?;
