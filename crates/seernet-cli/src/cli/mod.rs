@@ -1,5 +1,6 @@
 //! Subcommands of the `seernet` binary, one module per area.
 
+pub mod budget_args;
 pub mod complexity;
 pub mod compress;
 pub mod eval;

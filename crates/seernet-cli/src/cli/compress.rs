@@ -4,9 +4,9 @@
 
 use std::path::PathBuf;
 
+use super::budget_args::BudgetArgs;
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use seernet::budget::BudgetArgs;
 use seernet::pipeline::{Acquisition, Config, run};
 
 /// Arguments of `seernet compress`.
