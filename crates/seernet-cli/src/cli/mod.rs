@@ -13,6 +13,7 @@ pub mod merge;
 pub mod net;
 pub mod nn_util;
 pub mod predictor;
+pub mod progress;
 pub mod search;
 pub mod space;
 pub mod train;
