@@ -155,7 +155,7 @@ fn main() -> Result<()> {
                 "--release",
                 "--quiet",
                 "-p",
-                "seernet",
+                "seernet-cli",
                 "--",
                 "compress",
             ],
@@ -188,7 +188,7 @@ fn main() -> Result<()> {
                 ],
                 &["fetch".into(), "fashion-mnist".into()],
             )?;
-            let run = ["run", "--release", "--quiet", "-p", "seernet", "--"];
+            let run = ["run", "--release", "--quiet", "-p", "seernet-cli", "--"];
             let out_s = out.display().to_string();
             let mut train_args: Vec<String> = vec![
                 "train".into(),

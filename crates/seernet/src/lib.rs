@@ -1,5 +1,5 @@
-//! seernet: the SeerNet-rs facade. It wires the crates together (the compression pipeline)
-//! and hosts the `seernet` command-line tool; the logic lives in the `seer-*` crates.
+//! seernet: the SeerNet-rs facade. It wires the crates together (the compression pipeline);
+//! the logic lives in the `seer-*` crates and the `seernet` command-line tool in `seernet-cli`.
 //!
 //! The policy layer is re-exported as [`policy`]:
 //!

@@ -22,15 +22,14 @@
 //! evaluation only (method.md §3).
 
 pub mod export;
+pub mod progress;
 pub mod sampling;
 
 use std::collections::{HashMap, HashSet};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::Device;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use seer_nn::data::{self, Augment, DatasetName};
 use seer_nn::{checkpoint, model::Model, train};
 use seer_policy::{InputShape, Policy, SearchSpace, SpaceConfig};
@@ -43,7 +42,10 @@ use crate::report::{self, RunReport};
 use crate::search::{Method, SearchOptions, find_policy};
 use crate::store::{LabelRecord, LabelStore, label_missing, label_seed, policy_hash};
 
+pub use progress::{NoProgress, Progress};
 pub use sampling::Acquisition;
+
+use progress::RunLog;
 
 /// Settings of one compression run. [`Config::default_run`] and [`Config::quick`] are the two
 /// presets of `cargo xtask compress`.
@@ -89,7 +91,8 @@ pub struct Config {
     pub lr: f64,
     /// Seed of every random choice.
     pub seed: u64,
-    /// Show progress bars on stderr.
+    /// Report progress (stages and the run log's lines) to the [`Progress`] observer of
+    /// [`run_with`]; `run.log` and the `tracing` events are written either way.
     pub progress: bool,
     /// The command line, for the report.
     pub command: Option<String>,
@@ -175,44 +178,6 @@ pub struct Summary {
     pub seconds: f64,
 }
 
-/// Appends timestamped lines to `run.log` and mirrors them on stderr (above a progress bar).
-struct RunLog {
-    file: Option<std::fs::File>,
-    start: Instant,
-    bar: Option<ProgressBar>,
-    echo: bool,
-}
-
-impl RunLog {
-    fn line(&mut self, msg: &str) {
-        let l = format!("[{:7.1}s] {msg}", self.start.elapsed().as_secs_f64());
-        if let Some(f) = self.file.as_mut() {
-            let _ = writeln!(f, "{l}");
-        }
-        if self.echo {
-            match &self.bar {
-                Some(b) if !b.is_finished() => b.println(&l),
-                _ => eprintln!("{l}"),
-            }
-        }
-    }
-}
-
-fn bar(len: u64, what: &str, show: bool) -> ProgressBar {
-    let pb = ProgressBar::new(len);
-    if !show {
-        pb.set_draw_target(ProgressDrawTarget::hidden());
-    }
-    pb.set_style(
-        ProgressStyle::with_template(
-            "{prefix:>10} [{elapsed_precise}] {wide_bar} {pos}/{len} (eta {eta}) {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    pb.set_prefix(what.to_string());
-    pb
-}
-
 fn perr(msg: String) -> Error {
     Error::Format {
         path: "pipeline".into(),
@@ -258,11 +223,18 @@ fn admits(b: &ResolvedBudget, bops: u64, size_bits: u64) -> bool {
     b.max_bops.is_none_or(|m| bops <= m) && b.max_size_bits.is_none_or(|m| size_bits <= m)
 }
 
-/// Runs the whole pipeline of `cfg`. Errors: a missing dataset that cannot be fetched, an
-/// unreadable baseline, a budget below the cheapest policy of the space (stating the minimum),
-/// a label store of another protocol or a corrupt one, and any stage's failure (labels already
-/// stored are kept).
+/// Runs the whole pipeline of `cfg`, reporting progress to nobody (see [`run_with`]). Errors: a
+/// missing dataset that cannot be fetched, an unreadable baseline, a budget below the cheapest
+/// policy of the space (stating the minimum), a label store of another protocol or a corrupt
+/// one, and any stage's failure (labels already stored are kept).
 pub fn run(cfg: &Config) -> Result<Summary> {
+    run_with(cfg, &mut NoProgress)
+}
+
+/// Runs the whole pipeline of `cfg` like [`run`], reporting its stages and log lines to
+/// `progress` when [`Config::progress`] is set (the `seernet` CLI draws them as progress bars).
+/// What the run computes and writes does not depend on the observer. Errors: as [`run`].
+pub fn run_with(cfg: &Config, progress: &mut dyn Progress) -> Result<Summary> {
     let t_all = Instant::now();
     if cfg.budgets.is_empty() {
         return Err(Error::NoBudget);
@@ -276,16 +248,15 @@ pub fn run(cfg: &Config) -> Result<Summary> {
     let out = cfg.out_dir.clone();
     std::fs::create_dir_all(&out).map_err(|e| io_err(&out, e))?;
     let log_path = out.join("run.log");
-    let mut log = RunLog {
-        file: std::fs::OpenOptions::new()
+    let mut log = RunLog::new(
+        std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log_path)
             .ok(),
-        start: Instant::now(),
-        bar: None,
-        echo: cfg.progress,
-    };
+        cfg.progress,
+        progress,
+    );
     log.line(&format!(
         "seernet compress: {} -> {}",
         cfg.command.as_deref().unwrap_or("(library call)"),
@@ -473,27 +444,26 @@ pub fn run(cfg: &Config) -> Result<Summary> {
 
     // Labels: initial stratified set, then active rounds.
     let total_planned = cfg.n0 + anchors.len() + cfg.rounds * cfg.k;
-    let pb = bar(total_planned as u64, "labels", cfg.progress);
-    log.bar = Some(pb.clone());
+    log.stage("labels", total_planned as u64);
     let mut computed = 0usize;
     let mut planned: Vec<Vec<usize>> = Vec::new();
     // Where each planned policy came from, for the report.
     let mut origin: HashMap<Vec<usize>, String> = HashMap::new();
     let label_batch = |rows: &[Vec<usize>],
                        store: &mut LabelStore,
-                       log: &mut RunLog,
+                       log: &mut RunLog<'_>,
                        computed: &mut usize|
      -> Result<()> {
         let pols = sampling::policies(&space, rows)?;
         for p in &pols {
             if store.contains(&policy_hash(p)) {
-                pb.inc(1);
+                log.inc(1);
             }
         }
         let rep = label_missing(store, &space, &pols, |p, seed| {
             let t = Instant::now();
             let m = labeler.label(p, seed, &mut |_, _| {})?;
-            pb.inc(1);
+            log.inc(1);
             let c = space.cost(p).map(|c| c.total_bops).unwrap_or(0);
             log.line(&format!(
                 "label {}: {} BOPs ({:.1}% of w8a8), val top-1 {:.2}% in {:.1} s",
@@ -503,7 +473,7 @@ pub fn run(cfg: &Config) -> Result<Summary> {
                 m.top1,
                 t.elapsed().as_secs_f64()
             ));
-            pb.set_message(format!("last {:.2}%", m.top1));
+            log.message(&format!("last {:.2}%", m.top1));
             Ok::<_, Error>(m)
         });
         let rep = rep?;
@@ -527,7 +497,7 @@ pub fn run(cfg: &Config) -> Result<Summary> {
         .map(|(i, _)| i.clone())
         .collect();
     if anchor_rows.len() < anchors.len() {
-        pb.inc((anchors.len() - anchor_rows.len()) as u64);
+        log.inc((anchors.len() - anchor_rows.len()) as u64);
     }
     log.line(&format!(
         "uniform anchors: {} uniform policies (the uniform baselines of the budgets)",
@@ -626,12 +596,11 @@ pub fn run(cfg: &Config) -> Result<Summary> {
             rows.len(),
             cfg.kappas
         ));
-        pb.inc_length(rows.len() as u64);
+        log.add_total(rows.len() as u64);
         label_batch(&rows, &mut store, &mut log, &mut computed)?;
         planned.extend(rows);
     }
-    pb.finish_and_clear();
-    log.bar = None;
+    log.finish();
     stage("verification rounds", t, &mut timings);
 
     // Final predictor and its held-out quality.
@@ -762,12 +731,7 @@ pub fn run(cfg: &Config) -> Result<Summary> {
     let final_dir = out.join("final");
     std::fs::create_dir_all(&final_dir).map_err(|e| io_err(&final_dir, e))?;
     let n_final = found.len() + uniform.len();
-    let fpb = bar(
-        (n_final * cfg.final_steps) as u64,
-        "fine-tune",
-        cfg.progress,
-    );
-    log.bar = Some(fpb.clone());
+    log.stage("fine-tune", (n_final * cfg.final_steps) as u64);
     let ctx = FinalCtx {
         cfg,
         space: &space,
@@ -777,7 +741,6 @@ pub fn run(cfg: &Config) -> Result<Summary> {
         splits: &splits,
         norm: &norm,
         dname,
-        bar: &fpb,
     };
     let mut outcomes = Vec::new();
     for (b, f, file, from, label_top1) in &found {
@@ -827,8 +790,7 @@ pub fn run(cfg: &Config) -> Result<Summary> {
             measured_top1: r.top1_test,
         });
     }
-    fpb.finish_and_clear();
-    log.bar = None;
+    log.finish();
     stage("final fine-tune + export", t, &mut timings);
 
     // Report.
@@ -1026,7 +988,6 @@ struct FinalCtx<'a> {
     splits: &'a data::Splits,
     norm: &'a data::Normalize,
     dname: DatasetName,
-    bar: &'a ProgressBar,
 }
 
 impl FinalCtx<'_> {
@@ -1037,7 +998,7 @@ impl FinalCtx<'_> {
         &self,
         policy: &Policy,
         export: Option<&Path>,
-        log: &mut RunLog,
+        log: &mut RunLog<'_>,
     ) -> Result<FinalResult> {
         let hash = policy_hash(policy);
         let cache = self.cfg.out_dir.join("final").join(format!("{hash}.json"));
@@ -1052,7 +1013,7 @@ impl FinalCtx<'_> {
                 "final fine-tune of {hash}: found in {}",
                 cache.display()
             ));
-            self.bar.inc(self.cfg.final_steps as u64);
+            log.inc(self.cfg.final_steps as u64);
             return Ok(r);
         }
         let t = Instant::now();
@@ -1068,7 +1029,7 @@ impl FinalCtx<'_> {
             }),
             ..train::TrainConfig::default()
         };
-        let start = self.bar.position();
+        let start = log.position();
         train::finetune_policy(
             &mut model,
             self.space,
@@ -1076,9 +1037,9 @@ impl FinalCtx<'_> {
             &self.splits.train,
             self.norm,
             &tc,
-            &mut |s| self.bar.set_position(start + s.step as u64 + 1),
+            &mut |s| log.set_position(start + s.step as u64 + 1),
         )?;
-        self.bar.set_position(start + self.cfg.final_steps as u64);
+        log.set_position(start + self.cfg.final_steps as u64);
         let test = train::evaluate(&model, &self.splits.test, self.norm, 256)?;
         let r = FinalResult {
             hash: hash.clone(),
@@ -1134,7 +1095,7 @@ fn train_baseline(
     dname: DatasetName,
     splits: &data::Splits,
     path: &Path,
-    log: &mut RunLog,
+    log: &mut RunLog<'_>,
 ) -> Result<()> {
     let [c, h, w] = dname.shape();
     let input: InputShape = format!("{h}x{w}x{c}")
@@ -1160,14 +1121,14 @@ fn train_baseline(
         }),
         ..train::TrainConfig::default()
     };
-    let pb = bar(cfg.baseline_steps as u64, "baseline", cfg.progress);
+    log.stage("baseline", cfg.baseline_steps as u64);
     let rep = train::train(&model, &splits.train, &norm, &tc, &mut |s| {
-        pb.set_position(s.step as u64 + 1);
+        log.set_position(s.step as u64 + 1);
         if s.step % 20 == 0 {
-            pb.set_message(format!("loss {:.3}", s.loss));
+            log.message(&format!("loss {:.3}", s.loss));
         }
     })?;
-    pb.finish_and_clear();
+    log.finish();
     let val = train::evaluate(&model, &splits.val, &norm, 256)?;
     let info = serde_json::json!({
         "steps": rep.steps, "batch_size": 128, "lr": 0.05, "seed": cfg.seed, "augment": true,

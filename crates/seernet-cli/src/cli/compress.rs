@@ -4,10 +4,10 @@
 
 use std::path::PathBuf;
 
+use super::budget_args::BudgetArgs;
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use seernet::budget::BudgetArgs;
-use seernet::pipeline::{Acquisition, Config, run};
+use seernet::pipeline::{Acquisition, Config, run_with};
 
 /// Arguments of `seernet compress`.
 #[derive(Args, Debug)]
@@ -137,7 +137,8 @@ pub fn run_cmd(a: CompressArgs) -> Result<()> {
         );
     }
     cfg.command = Some(std::env::args().collect::<Vec<_>>().join(" "));
-    let s = run(&cfg).with_context(|| format!("compress run in {}", cfg.out_dir.display()))?;
+    let s = run_with(&cfg, &mut super::progress::Bars::default())
+        .with_context(|| format!("compress run in {}", cfg.out_dir.display()))?;
     if a.json {
         super::emit(&(serde_json::to_string(&s)? + "\n"))?;
     } else {

@@ -1,5 +1,6 @@
 //! Subcommands of the `seernet` binary, one module per area.
 
+pub mod budget_args;
 pub mod complexity;
 pub mod compress;
 pub mod eval;
@@ -12,6 +13,7 @@ pub mod merge;
 pub mod net;
 pub mod nn_util;
 pub mod predictor;
+pub mod progress;
 pub mod search;
 pub mod space;
 pub mod train;
