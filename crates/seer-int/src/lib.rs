@@ -17,7 +17,7 @@
 //! executed there; its tests run automatically on any CPU that has it.
 //!
 //! ```
-//! use seer_kernels::int::{gemm::{WeightPanel, gemm_u8i8}, pack::PackedWeights};
+//! use seer_int::{gemm::{WeightPanel, gemm_u8i8}, pack::PackedWeights};
 //! // 2 output channels × K = 3, quantized to 4 bits; 1 activation row.
 //! let w = PackedWeights::quantize(&[0.7, -0.7, 0.0, 0.1, 0.2, 0.3], 2, 3, 4).unwrap();
 //! let panel = WeightPanel::from_packed(&w);
@@ -35,7 +35,7 @@ pub mod reference;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-pub use error::{IntError, Result};
+pub use error::{Error, Result};
 
 use std::sync::OnceLock;
 

@@ -10,12 +10,10 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use std::collections::BTreeMap;
 
-use seer_kernels::int::Isa;
-use seer_kernels::int::format::{
-    InputSpec, IntModel, LayerWeights, ModelMeta, Node, NodeOp, QuantOut,
-};
-use seer_kernels::int::gemm::{Kernel, WeightPanel, gemm_u8i8_with};
-use seer_kernels::int::pack::PackedWeights;
+use seer_int::Isa;
+use seer_int::format::{InputSpec, IntModel, LayerWeights, ModelMeta, Node, NodeOp, QuantOut};
+use seer_int::gemm::{Kernel, WeightPanel, gemm_u8i8_with};
+use seer_int::pack::PackedWeights;
 
 struct Opts {
     json: bool,
@@ -172,8 +170,8 @@ fn resnet20(hw: usize, wbits: u32, abits: u32) -> (IntModel, Vec<(Vec<f32>, [usi
                     residual: Option<String>,
                     nodes: &mut Vec<Node>| {
         let w = he_weights(&mut r, c_out, c_in * 9);
-        let packed = seer_kernels::int::pack::PackedWeights::quantize(&w, c_out, c_in * 9, wb)
-            .expect("quantize");
+        let packed =
+            seer_int::pack::PackedWeights::quantize(&w, c_out, c_in * 9, wb).expect("quantize");
         weights.insert(
             name.clone(),
             LayerWeights {
@@ -260,8 +258,7 @@ fn resnet20(hw: usize, wbits: u32, abits: u32) -> (IntModel, Vec<(Vec<f32>, [usi
         }),
     });
     let fc = he_weights(&mut r, 10, 64);
-    let packed =
-        seer_kernels::int::pack::PackedWeights::quantize(&fc, 10, 64, 8).expect("quantize");
+    let packed = seer_int::pack::PackedWeights::quantize(&fc, 10, 64, 8).expect("quantize");
     weights.insert(
         "fc".into(),
         LayerWeights {
@@ -282,8 +279,8 @@ fn resnet20(hw: usize, wbits: u32, abits: u32) -> (IntModel, Vec<(Vec<f32>, [usi
         out: None,
     });
     let meta = ModelMeta {
-        format: seer_kernels::int::format::FORMAT.into(),
-        version: seer_kernels::int::format::VERSION,
+        format: seer_int::format::FORMAT.into(),
+        version: seer_int::format::VERSION,
         arch: "resnet20".into(),
         input: InputSpec {
             channels: 1,

@@ -28,13 +28,13 @@ use std::path::Path;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::Isa;
-use super::error::{IntError, Result, check_len, invalid};
-use super::gemm::WeightPanel;
-use super::layers::{
+use crate::Isa;
+use crate::error::{Error, Result, check_len, invalid};
+use crate::gemm::WeightPanel;
+use crate::layers::{
     ConvGeom, PoolGeom, Requant, avg_pool2d, conv2d, global_avg_pool, linear, max_pool2d,
 };
-use super::pack::{PackedWeights, qmax_unsigned};
+use crate::pack::{PackedWeights, qmax_unsigned};
 
 /// Format name in the metadata.
 pub const FORMAT: &str = "seernet-int-model";
@@ -218,8 +218,8 @@ struct Value {
     step: f32,
 }
 
-fn fmt_err(path: &str, why: impl Into<String>) -> IntError {
-    IntError::Format {
+fn fmt_err(path: &str, why: impl Into<String>) -> Error {
+    Error::Format {
         path: path.to_string(),
         why: why.into(),
     }
@@ -456,7 +456,7 @@ impl IntModel {
     /// Writes the model to `path`. Errors: `Io` naming the file.
     pub fn save(&self, path: &Path) -> Result<()> {
         let bytes = self.to_bytes()?;
-        std::fs::write(path, bytes).map_err(|source| IntError::Io {
+        std::fs::write(path, bytes).map_err(|source| Error::Io {
             path: path.display().to_string(),
             source,
         })
@@ -464,7 +464,7 @@ impl IntModel {
 
     /// Reads a model file. Errors: `Io`, or `Format` naming the file and what is wrong.
     pub fn load(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|source| IntError::Io {
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
             path: path.display().to_string(),
             source,
         })?;
@@ -654,7 +654,7 @@ impl IntModel {
                         conv2d(
                             &x.codes,
                             &g,
-                            &super::layers::conv_panel(&lw.packed, &g)?,
+                            &crate::layers::conv_panel(&lw.packed, &g)?,
                             isa,
                         )?
                     };
@@ -996,7 +996,7 @@ impl IntModel {
                     .copied()
                     .collect();
                 let pw = PackedWeights::from_codes(&sub, co, kk, lw.packed.bits(), vec![1.0; co])?;
-                let a = conv2d(&xc, &g1, &super::layers::conv_panel(&pw, &g1)?, isa)?;
+                let a = conv2d(&xc, &g1, &crate::layers::conv_panel(&pw, &g1)?, isa)?;
                 let step = 1.0 / (255.0 * inp.channel_std(ci));
                 let w: Vec<f32> = (0..co)
                     .map(|o| lw.packed.scales()[o] * lw.mul.as_ref().map_or(1.0, |m| m[o]) * step)
@@ -1114,7 +1114,7 @@ impl IntModel {
                 {
                     for c in 0..co {
                         let y = a[c] as f32 * acc_scale[c] + s[c];
-                        o[c] = super::layers::round_code(y.clamp(0.0, q.alpha) / step);
+                        o[c] = crate::layers::round_code(y.clamp(0.0, q.alpha) / step);
                     }
                 }
             });
@@ -1131,7 +1131,7 @@ fn quantize_real(x: &[f32], q: QuantOut) -> Vec<u8> {
         .zip(x.par_chunks(4096))
         .for_each(|(o, x)| {
             for (o, &y) in o.iter_mut().zip(x) {
-                *o = super::layers::round_code(y.clamp(0.0, q.alpha) / step);
+                *o = crate::layers::round_code(y.clamp(0.0, q.alpha) / step);
             }
         });
     out
@@ -1140,7 +1140,7 @@ fn quantize_real(x: &[f32], q: QuantOut) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::int::reference;
+    use crate::reference;
 
     fn lcg(seed: u64) -> impl FnMut() -> f32 {
         let mut s = seed;
