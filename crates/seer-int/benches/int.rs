@@ -153,9 +153,12 @@ fn he_weights(r: &mut impl FnMut() -> u64, rows: usize, cols: usize) -> Vec<f32>
         .collect()
 }
 
+/// f32 weights of one conv: values, OIHW shape, stride.
+type F32Conv = (Vec<f32>, [usize; 4], usize);
+
 /// CIFAR-style ResNet-20 (option-A shortcuts) on `hw`×`hw`×1 inputs, uniform bit-widths,
 /// random He-initialised weights: as the integer engine's graph, plus the f32 weights.
-fn resnet20(hw: usize, wbits: u32, abits: u32) -> (IntModel, Vec<(Vec<f32>, [usize; 4], usize)>) {
+fn resnet20(hw: usize, wbits: u32, abits: u32) -> (IntModel, Vec<F32Conv>) {
     let mut r = lcg(11);
     let mut nodes = Vec::new();
     let mut weights = BTreeMap::new();

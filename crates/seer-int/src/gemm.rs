@@ -349,7 +349,7 @@ unsafe fn block(
         let kc = KC.min(w.kp - k0);
         let kend = (k0 + kc).min(k);
         // Pack the strips that cannot be read in place as `[k/4][mr][4]`, zero-padded.
-        let direct = |s: usize| k % 4 == 0 && rows.start + (s + 1) * mr <= rows.end;
+        let direct = |s: usize| k.is_multiple_of(4) && rows.start + (s + 1) * mr <= rows.end;
         apack_u8.clear();
         apack_u8.resize(strips * kc * mr, 0);
         for s in (0..strips).filter(|&s| !direct(s)) {

@@ -288,7 +288,7 @@ impl Requant {
     /// Requantizes `acc` (`[rows, channels]`) into codes. Errors: `ShapeMismatch`.
     pub fn apply(&self, acc: &[i32]) -> Result<Vec<u8>> {
         let c = self.channels();
-        if c == 0 || acc.len() % c != 0 {
+        if c == 0 || !acc.len().is_multiple_of(c) {
             return Err(invalid(
                 "requantisation input",
                 format!("{} values are not rows of {c} channels", acc.len()),
@@ -300,9 +300,10 @@ impl Requant {
             .zip(acc.par_chunks(c * 256))
             .for_each(|(o, a)| {
                 for (o, a) in o.chunks_exact_mut(c).zip(a.chunks_exact(c)) {
-                    for j in 0..c {
-                        *o.get_mut(j).expect("row") =
-                            self.quantize(a[j] as f32 * self.acc_scale[j] + self.bias[j], step);
+                    for (((o, &a), &s), &b) in
+                        o.iter_mut().zip(a).zip(&self.acc_scale).zip(&self.bias)
+                    {
+                        *o = self.quantize(a as f32 * s + b, step);
                     }
                 }
             });
@@ -315,7 +316,7 @@ impl Requant {
     pub fn apply_residual(&self, acc: &[i32], residual: &[u8], r_step: f32) -> Result<Vec<u8>> {
         check_len("residual input", acc.len(), residual.len())?;
         let c = self.channels();
-        if c == 0 || acc.len() % c != 0 {
+        if c == 0 || !acc.len().is_multiple_of(c) {
             return Err(invalid(
                 "requantisation input",
                 format!("{} values are not rows of {c} channels", acc.len()),
