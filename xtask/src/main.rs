@@ -105,7 +105,7 @@ const BENCHES: &[Bench] = &[
     },
     Bench {
         name: "int",
-        package: "seer-kernels",
+        package: "seer-int",
         target: "int",
     },
     Bench {

@@ -3,7 +3,7 @@
 //! they are exactly what training on the CPU computes). Inputs are validated by the caller.
 
 use candle_core::{Device as CDevice, Tensor, Var};
-use seer_kernels::int::pack::PackedWeights;
+use seer_int::pack::PackedWeights;
 
 use crate::{ActGrad, Error, MaskGrad, Result, WeightFakeQuant};
 

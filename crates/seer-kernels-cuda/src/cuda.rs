@@ -20,7 +20,7 @@ use cudarc::driver::{
     LaunchConfig, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
-use seer_kernels::int::pack::PackedWeights;
+use seer_int::pack::PackedWeights;
 
 use crate::{
     AOP, ActGrad, Error, GOP, MOP, MaskGrad, Result, WOP, WeightFakeQuant, check_alpha, check_bits,

@@ -68,9 +68,9 @@ pub enum Error {
     /// An error from seer-kernels' CPU training ops (the CPU counterparts).
     #[error(transparent)]
     Kernels(#[from] seer_kernels::Error),
-    /// An error from seer-kernels' packed-integer formats.
+    /// An error from seer-int's packed-integer formats.
     #[error(transparent)]
-    Int(#[from] seer_kernels::int::IntError),
+    Int(#[from] seer_int::Error),
     /// An error raised by candle while the CPU counterparts build or read tensors.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

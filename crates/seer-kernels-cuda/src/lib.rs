@@ -9,8 +9,8 @@
 //!   [`fake_quant_act_backward`]), bit-identical to seer-kernels' CPU training ops;
 //! - structured channel masks ([`channel_mask`], [`channel_mask_backward`]);
 //! - dequantising GEMM of f32 activations with packed signed weights ([`dequant_gemm`]): fast
-//!   paths for int8 and int4, any bit-width 2..=8, on the very bytes of seer-kernels'
-//!   [`PackedWeights`] (`seer_kernels::int::pack`).
+//!   paths for int8 and int4, any bit-width 2..=8, on the very bytes of seer-int's
+//!   [`PackedWeights`] (`seer_int::pack`).
 //!
 //! [`Device::Cpu`] always works and calls seer-kernels' CPU implementations.
 //! [`Device::Cuda`] needs the `cuda` feature (off by default; nothing else in the workspace
@@ -45,7 +45,7 @@ mod tests;
 use std::fmt;
 
 pub use error::{Error, Result};
-pub use seer_kernels::int::pack::PackedWeights;
+pub use seer_int::pack::PackedWeights;
 
 /// Where a kernel runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -1,8 +1,8 @@
 //! seer-kernels: quantizers, structured channel pruning and fast CPU kernels for SeerNet-rs.
 //!
-//! Two halves share this crate: candle custom ops **with backward** for compression-aware
-//! training (convolution, fake quantization with the straight-through estimator, channel
-//! masks), and packed low-bit integer kernels for inference of exported models.
+//! Candle custom ops **with backward** for compression-aware training (convolution, fake
+//! quantization with the straight-through estimator, channel masks). The packed low-bit
+//! integer kernels that run exported models live in their own crate, `seer-int` (no candle).
 #![warn(missing_docs)]
 //!
 //! Training ops (all f32, CPU, NCHW; every one has backward and a slow twin in
@@ -32,7 +32,6 @@
 
 mod conv;
 mod error;
-pub mod int;
 mod mask;
 mod matmul;
 mod norm;

@@ -13,6 +13,9 @@
 //! ```
 #![warn(missing_docs)]
 
+/// The integer inference engine: packed low-bit formats, integer kernels, the exported-model
+/// file format (`model-*.safetensors`) and its interpreter (the `seer-int` crate).
+pub use seer_int as int;
 /// Network specs, search space, policies and complexity (the `seer-policy` crate).
 pub use seer_policy as policy;
 

@@ -1,5 +1,5 @@
 //! `seernet infer`: runs an exported model (`model-<budget>.safetensors`, the integer
-//! engine format of `seer_kernels::int::format`) on a dataset split entirely on the integer
+//! engine format of `seernet::int::format`) on a dataset split entirely on the integer
 //! kernels, and compares its predictions with the fake-quantized float model it was exported
 //! from (method.md §7).
 //!
@@ -24,13 +24,13 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use candle_core::{Device, Tensor};
 use clap::Args;
-use seer_kernels::int::Isa;
-use seer_kernels::int::format::IntModel;
 use seer_nn::data::batch::BatchIter;
 use seer_nn::data::{self, Dataset, DatasetName, Normalize, Split};
 use seer_nn::model::{BN_EPS, Model};
 use seer_nn::{checkpoint, train};
 use seer_policy::LayerKind;
+use seernet::int::Isa;
+use seernet::int::format::IntModel;
 
 /// Arguments of `seernet infer`.
 #[derive(Args, Debug)]

@@ -1,5 +1,5 @@
 //! Export of a fine-tuned compressed model (`model-<budget>.safetensors`, method.md §7) to
-//! the integer engine's file format (`seer_kernels::int::format`, `seernet-int-model`): the
+//! the integer engine's file format (`seer_int::format`, `seernet-int-model`): the
 //! physically pruned network with every weight packed to its bit-width with per-output-channel
 //! f32 scales, BatchNorm folded into a per-channel multiplier and bias, and every activation
 //! quantizer of the fake-quantized model turned into a requantisation of its producer.
@@ -31,10 +31,10 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use seer_kernels::int::format::{
+use seer_int::format::{
     FORMAT, InputSpec, IntModel, LayerWeights, ModelMeta, Node, NodeOp, QuantOut, VERSION,
 };
-use seer_kernels::int::pack::PackedWeights;
+use seer_int::pack::PackedWeights;
 use seer_nn::model::{BN_EPS, Model};
 use seer_policy::LayerKind;
 
@@ -684,7 +684,7 @@ mod tests {
     use candle_core::{Device, Tensor};
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
-    use seer_kernels::int::Isa;
+    use seer_int::Isa;
     use seer_policy::{InputShape, SearchSpace, SpaceConfig, builtin};
 
     const MEAN: f64 = 0.2864;

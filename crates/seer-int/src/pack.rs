@@ -18,7 +18,7 @@
 //! held one code per `u8` (NHWC order); [`pack_unsigned`] stores them densely with the same
 //! LSB-first bit stream as one weight row.
 
-use super::error::{IntError, Result, check_bits, check_len, invalid};
+use crate::error::{Error, Result, check_bits, check_len, invalid};
 
 /// Largest signed weight code at `bits` bits: `2^{bits−1} − 1` (method.md §3).
 pub fn qmax_signed(bits: u32) -> i32 {
@@ -119,7 +119,7 @@ impl PackedWeights {
             return Err(invalid("weights", format!("empty shape [{rows}, {cols}]")));
         }
         if let Some((index, &value)) = w.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-            return Err(IntError::NonFinite {
+            return Err(Error::NonFinite {
                 what: "weights".into(),
                 index,
                 value,
@@ -158,7 +158,7 @@ impl PackedWeights {
             .enumerate()
             .find(|(_, q)| (**q as i32).abs() > qmax)
         {
-            return Err(IntError::CodeOutOfRange {
+            return Err(Error::CodeOutOfRange {
                 what: "weight codes".into(),
                 index,
                 value: q as i32 as u32,
@@ -214,7 +214,7 @@ impl PackedWeights {
         for r in 0..rows {
             w.unpack_row_into(r, &mut row);
             if let Some(j) = row.iter().position(|&q| q as i32 == min) {
-                return Err(IntError::CodeOutOfRange {
+                return Err(Error::CodeOutOfRange {
                     what: "packed weight codes".into(),
                     index: r * cols + j,
                     value: min as u32,
@@ -323,7 +323,7 @@ pub fn quantize_activations(x: &[f32], alpha: f32, bits: u32) -> Result<Vec<u8>>
             if v.is_finite() {
                 Ok((v.clamp(0.0, alpha) / step).round() as u8)
             } else {
-                Err(IntError::NonFinite {
+                Err(Error::NonFinite {
                     what: "activations".into(),
                     index,
                     value: v,
@@ -362,7 +362,7 @@ pub fn pack_unsigned(codes: &[u8], bits: u32) -> Result<Vec<u8>> {
     check_bits("activations", bits)?;
     let qmax = qmax_unsigned(bits);
     if let Some((index, &q)) = codes.iter().enumerate().find(|(_, q)| **q as u32 > qmax) {
-        return Err(IntError::CodeOutOfRange {
+        return Err(Error::CodeOutOfRange {
             what: "activation codes".into(),
             index,
             value: q as u32,

@@ -36,9 +36,9 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use super::Isa;
-use super::error::{Result, check_len, invalid};
-use super::pack::{PackedWeights, unpack_signed_into};
+use crate::Isa;
+use crate::error::{Result, check_len, invalid};
+use crate::pack::{PackedWeights, unpack_signed_into};
 
 /// Output channels per panel (lanes of one AVX-512 register).
 pub const NR: usize = 16;
@@ -349,7 +349,7 @@ unsafe fn block(
         let kc = KC.min(w.kp - k0);
         let kend = (k0 + kc).min(k);
         // Pack the strips that cannot be read in place as `[k/4][mr][4]`, zero-padded.
-        let direct = |s: usize| k % 4 == 0 && rows.start + (s + 1) * mr <= rows.end;
+        let direct = |s: usize| k.is_multiple_of(4) && rows.start + (s + 1) * mr <= rows.end;
         apack_u8.clear();
         apack_u8.resize(strips * kc * mr, 0);
         for s in (0..strips).filter(|&s| !direct(s)) {
@@ -382,20 +382,20 @@ unsafe fn block(
                     match kernel {
                         Kernel::Portable => micro_portable(ap, ars, ags, bptr, groups, tile),
                         #[cfg(target_arch = "x86_64")]
-                        Kernel::Vnni => super::x86::vnni_8x16(ap, ars, ags, bptr, groups, tile),
+                        Kernel::Vnni => crate::x86::vnni_8x16(ap, ars, ags, bptr, groups, tile),
                         #[cfg(target_arch = "x86_64")]
                         Kernel::Avx2I32 => {
-                            super::x86::avx2_i32_4x16(ap, ars, ags, bptr, groups, tile)
+                            crate::x86::avx2_i32_4x16(ap, ars, ags, bptr, groups, tile)
                         }
                         #[cfg(target_arch = "x86_64")]
                         Kernel::Avx2I16 { s: steps } => {
-                            super::x86::avx2_i16_4x16(ap, ars, ags, bptr, groups, steps, tile)
+                            crate::x86::avx2_i16_4x16(ap, ars, ags, bptr, groups, steps, tile)
                         }
                         #[cfg(target_arch = "x86_64")]
                         Kernel::Avx2Wide => {
                             let wb =
                                 wide_w.expect("wide panel")[p * w.kp * NR + k0 * NR..].as_ptr();
-                            super::x86::avx2_wide_4x16(ap, ars, ags, wb, groups, tile)
+                            crate::x86::avx2_wide_4x16(ap, ars, ags, wb, groups, tile)
                         }
                         #[cfg(not(target_arch = "x86_64"))]
                         _ => unreachable!("x86 kernel on another architecture"),
@@ -457,7 +457,7 @@ unsafe fn micro_portable(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::int::reference;
+    use crate::reference;
     use proptest::prelude::*;
 
     fn lcg(seed: u64) -> impl FnMut() -> u64 {

@@ -10,12 +10,10 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use std::collections::BTreeMap;
 
-use seer_kernels::int::Isa;
-use seer_kernels::int::format::{
-    InputSpec, IntModel, LayerWeights, ModelMeta, Node, NodeOp, QuantOut,
-};
-use seer_kernels::int::gemm::{Kernel, WeightPanel, gemm_u8i8_with};
-use seer_kernels::int::pack::PackedWeights;
+use seer_int::Isa;
+use seer_int::format::{InputSpec, IntModel, LayerWeights, ModelMeta, Node, NodeOp, QuantOut};
+use seer_int::gemm::{Kernel, WeightPanel, gemm_u8i8_with};
+use seer_int::pack::PackedWeights;
 
 struct Opts {
     json: bool,
@@ -155,9 +153,12 @@ fn he_weights(r: &mut impl FnMut() -> u64, rows: usize, cols: usize) -> Vec<f32>
         .collect()
 }
 
+/// f32 weights of one conv: values, OIHW shape, stride.
+type F32Conv = (Vec<f32>, [usize; 4], usize);
+
 /// CIFAR-style ResNet-20 (option-A shortcuts) on `hw`×`hw`×1 inputs, uniform bit-widths,
 /// random He-initialised weights: as the integer engine's graph, plus the f32 weights.
-fn resnet20(hw: usize, wbits: u32, abits: u32) -> (IntModel, Vec<(Vec<f32>, [usize; 4], usize)>) {
+fn resnet20(hw: usize, wbits: u32, abits: u32) -> (IntModel, Vec<F32Conv>) {
     let mut r = lcg(11);
     let mut nodes = Vec::new();
     let mut weights = BTreeMap::new();
@@ -172,8 +173,8 @@ fn resnet20(hw: usize, wbits: u32, abits: u32) -> (IntModel, Vec<(Vec<f32>, [usi
                     residual: Option<String>,
                     nodes: &mut Vec<Node>| {
         let w = he_weights(&mut r, c_out, c_in * 9);
-        let packed = seer_kernels::int::pack::PackedWeights::quantize(&w, c_out, c_in * 9, wb)
-            .expect("quantize");
+        let packed =
+            seer_int::pack::PackedWeights::quantize(&w, c_out, c_in * 9, wb).expect("quantize");
         weights.insert(
             name.clone(),
             LayerWeights {
@@ -260,8 +261,7 @@ fn resnet20(hw: usize, wbits: u32, abits: u32) -> (IntModel, Vec<(Vec<f32>, [usi
         }),
     });
     let fc = he_weights(&mut r, 10, 64);
-    let packed =
-        seer_kernels::int::pack::PackedWeights::quantize(&fc, 10, 64, 8).expect("quantize");
+    let packed = seer_int::pack::PackedWeights::quantize(&fc, 10, 64, 8).expect("quantize");
     weights.insert(
         "fc".into(),
         LayerWeights {
@@ -282,8 +282,8 @@ fn resnet20(hw: usize, wbits: u32, abits: u32) -> (IntModel, Vec<(Vec<f32>, [usi
         out: None,
     });
     let meta = ModelMeta {
-        format: seer_kernels::int::format::FORMAT.into(),
-        version: seer_kernels::int::format::VERSION,
+        format: seer_int::format::FORMAT.into(),
+        version: seer_int::format::VERSION,
         arch: "resnet20".into(),
         input: InputSpec {
             channels: 1,

@@ -1,10 +1,10 @@
-//! The error type of the packed-integer inference kernels (`seer_kernels::int`).
+//! The error type of the packed-integer inference kernels (`seer_int`).
 
-/// Everything that can go wrong in `seer_kernels::int`: bad bit-widths, shapes that do not
+/// Everything that can go wrong in `seer_int`: bad bit-widths, shapes that do not
 /// agree, non-finite inputs and malformed model files. Every variant names what was wrong
 /// and where, so callers can report it without a backtrace.
 #[derive(Debug, thiserror::Error)]
-pub enum IntError {
+pub enum Error {
     /// A bit-width outside the supported range 2..=8.
     #[error("{what}: bit-width {bits} is not supported (expected 2..=8)")]
     InvalidBits {
@@ -72,15 +72,15 @@ pub enum IntError {
     },
 }
 
-/// Result alias of `seer_kernels::int`.
-pub type Result<T> = std::result::Result<T, IntError>;
+/// Result alias of `seer_int`.
+pub type Result<T> = std::result::Result<T, Error>;
 
 /// Checks that `bits` is a supported bit-width (2..=8); `what` names the tensor for the error.
 pub(crate) fn check_bits(what: &str, bits: u32) -> Result<()> {
     if (2..=8).contains(&bits) {
         Ok(())
     } else {
-        Err(IntError::InvalidBits {
+        Err(Error::InvalidBits {
             what: what.to_string(),
             bits,
         })
@@ -92,7 +92,7 @@ pub(crate) fn check_len(what: &str, expected: usize, got: usize) -> Result<()> {
     if expected == got {
         Ok(())
     } else {
-        Err(IntError::ShapeMismatch {
+        Err(Error::ShapeMismatch {
             what: what.to_string(),
             expected,
             got,
@@ -100,9 +100,9 @@ pub(crate) fn check_len(what: &str, expected: usize, got: usize) -> Result<()> {
     }
 }
 
-/// Builds an [`IntError::InvalidArgument`].
-pub(crate) fn invalid(what: &str, why: impl Into<String>) -> IntError {
-    IntError::InvalidArgument {
+/// Builds an [`Error::InvalidArgument`].
+pub(crate) fn invalid(what: &str, why: impl Into<String>) -> Error {
+    Error::InvalidArgument {
         what: what.to_string(),
         why: why.into(),
     }

@@ -1,7 +1,7 @@
 //! Slow scalar references for the integer kernels, written from the definitions with plain
 //! loops and no blocking, packing or SIMD. Tests compare every fast path against these.
 
-use super::layers::{ConvGeom, PoolGeom};
+use crate::layers::{ConvGeom, PoolGeom};
 
 /// `C[m, n] = Σ_k A[m, k]·W[n, k]` with i64 accumulation (then narrowed to i32).
 /// `a`: `[m, k]` u8; `w`: `[n, k]` i8 row-major.

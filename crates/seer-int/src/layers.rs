@@ -9,10 +9,10 @@
 
 use rayon::prelude::*;
 
-use super::Isa;
-use super::error::{Result, check_len, invalid};
-use super::gemm::{WeightPanel, gemm_u8i8_with};
-use super::pack::{PackedWeights, check_alpha, qmax_unsigned};
+use crate::Isa;
+use crate::error::{Result, check_len, invalid};
+use crate::gemm::{WeightPanel, gemm_u8i8_with};
+use crate::pack::{PackedWeights, check_alpha, qmax_unsigned};
 
 /// Shape of a (dense, ungrouped) 2-D convolution on an NHWC input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -230,7 +230,7 @@ pub fn linear(x: &[u8], batch: usize, w: &WeightPanel, isa: Isa) -> Result<Vec<i
 /// Requantisation of i32 accumulators to the next layer's unsigned codes, with the ReLU and
 /// clip of the activation quantizer fused: `y = acc·acc_scale[c] + bias[c]` (+ residual),
 /// `q = round(clamp(y, 0, α) / s)`, `s = α/(2^b − 1)` — the same formula as
-/// [`quantize_activations`](super::pack::quantize_activations) (method.md §3).
+/// [`quantize_activations`](crate::pack::quantize_activations) (method.md §3).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Requant {
     /// Real value of one accumulator unit per output channel.
@@ -247,7 +247,7 @@ impl Requant {
     /// Checks lengths, bits and clip range. Errors: `ShapeMismatch`, `InvalidBits`,
     /// `InvalidArgument`, `NonFinite`.
     pub fn new(acc_scale: Vec<f32>, bias: Vec<f32>, alpha: f32, bits: u32) -> Result<Self> {
-        super::error::check_bits("requantisation output", bits)?;
+        crate::error::check_bits("requantisation output", bits)?;
         check_len("requantisation bias", acc_scale.len(), bias.len())?;
         check_alpha("requantisation output", alpha)?;
         for (what, v) in [
@@ -255,7 +255,7 @@ impl Requant {
             ("requantisation bias", &bias),
         ] {
             if let Some((index, &value)) = v.iter().enumerate().find(|(_, x)| !x.is_finite()) {
-                return Err(super::IntError::NonFinite {
+                return Err(crate::Error::NonFinite {
                     what: what.into(),
                     index,
                     value,
@@ -288,7 +288,7 @@ impl Requant {
     /// Requantizes `acc` (`[rows, channels]`) into codes. Errors: `ShapeMismatch`.
     pub fn apply(&self, acc: &[i32]) -> Result<Vec<u8>> {
         let c = self.channels();
-        if c == 0 || acc.len() % c != 0 {
+        if c == 0 || !acc.len().is_multiple_of(c) {
             return Err(invalid(
                 "requantisation input",
                 format!("{} values are not rows of {c} channels", acc.len()),
@@ -300,9 +300,10 @@ impl Requant {
             .zip(acc.par_chunks(c * 256))
             .for_each(|(o, a)| {
                 for (o, a) in o.chunks_exact_mut(c).zip(a.chunks_exact(c)) {
-                    for j in 0..c {
-                        *o.get_mut(j).expect("row") =
-                            self.quantize(a[j] as f32 * self.acc_scale[j] + self.bias[j], step);
+                    for (((o, &a), &s), &b) in
+                        o.iter_mut().zip(a).zip(&self.acc_scale).zip(&self.bias)
+                    {
+                        *o = self.quantize(a as f32 * s + b, step);
                     }
                 }
             });
@@ -315,7 +316,7 @@ impl Requant {
     pub fn apply_residual(&self, acc: &[i32], residual: &[u8], r_step: f32) -> Result<Vec<u8>> {
         check_len("residual input", acc.len(), residual.len())?;
         let c = self.channels();
-        if c == 0 || acc.len() % c != 0 {
+        if c == 0 || !acc.len().is_multiple_of(c) {
             return Err(invalid(
                 "requantisation input",
                 format!("{} values are not rows of {c} channels", acc.len()),
@@ -522,8 +523,8 @@ pub fn global_avg_pool(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::int::pack::{activation_scale, quantize_activations};
-    use crate::int::reference;
+    use crate::pack::{activation_scale, quantize_activations};
+    use crate::reference;
     use proptest::prelude::*;
 
     fn lcg(seed: u64) -> impl FnMut() -> u64 {

@@ -1,0 +1,1097 @@
+//! The interpreter of exported integer models: runs an [`IntModel`] node by node entirely on
+//! the integer kernels (method.md §7), one function per node kind.
+//!
+//! Activations flow between nodes as NHWC unsigned codes with their quantisation step, or
+//! as real (f32) values for the streams the fake-quantized model keeps in float (the graph's
+//! semantics are in [`format`](mod@crate::format)). Only residual adds, global pooling of real
+//! streams and the first conv's normalisation correction run in f32; every GEMM is integer.
+//!
+//! Diagnostics: every node runs inside a `tracing` span `node` (debug level, fields `name`
+//! and `op`) and ends with a debug event carrying its wall time in milliseconds (`ms`);
+//! convolutions also report their weight panel + GEMM time (`gemm_ms`). Nothing is recorded
+//! unless a binary installs a subscriber, e.g. `RUST_LOG=seer_int=debug seernet infer ...`.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use crate::Isa;
+use crate::error::{Error, Result, check_len, invalid};
+use crate::format::{IntModel, LayerWeights, Node, NodeOp, QuantOut};
+use crate::gemm::WeightPanel;
+use crate::layers::{
+    ConvGeom, PoolGeom, Requant, avg_pool2d, conv_panel, conv2d, global_avg_pool, linear,
+    max_pool2d, round_code,
+};
+use crate::pack::{PackedWeights, qmax_unsigned};
+
+impl IntModel {
+    /// Runs a batch of images entirely on the integer kernels.
+    ///
+    /// `pixels`: `[batch, height, width, channels]` raw 8-bit pixels (NHWC; for one channel
+    /// the same as NCHW). Returns f32 logits `[batch, num_classes]`. Errors: `ShapeMismatch`
+    /// for a wrong pixel count; `InvalidArgument` if a node's shapes do not chain.
+    pub fn forward(&self, pixels: &[u8], batch: usize, isa: Isa) -> Result<Vec<f32>> {
+        self.run(pixels, batch, isa, None)
+    }
+
+    /// [`forward`](Self::forward), calling `trace(node, real values)` after every node that
+    /// produces codes (NHWC, dequantized) — for checking against the float model.
+    pub fn forward_traced(
+        &self,
+        pixels: &[u8],
+        batch: usize,
+        isa: Isa,
+        trace: &mut dyn FnMut(&str, Vec<f32>),
+    ) -> Result<Vec<f32>> {
+        self.run(pixels, batch, isa, Some(trace))
+    }
+
+    /// Runs the nodes in order; every output stays available by name for later residuals.
+    fn run(
+        &self,
+        pixels: &[u8],
+        batch: usize,
+        isa: Isa,
+        mut trace: Option<Trace>,
+    ) -> Result<Vec<f32>> {
+        let inp = &self.meta().input;
+        check_len(
+            "input pixels",
+            batch * inp.height * inp.width * inp.channels,
+            pixels.len(),
+        )?;
+        let image = Value {
+            codes: pixels.to_vec(),
+            real: None,
+            h: inp.height,
+            w: inp.width,
+            c: inp.channels,
+            step: 1.0 / (255.0 * inp.std),
+        };
+        let mut values: HashMap<&str, Value> = HashMap::from([("input", image)]);
+        let nodes = &self.meta().nodes;
+        let mut logits = None;
+        for (ni, node) in nodes.iter().enumerate() {
+            let _span =
+                tracing::debug_span!("node", name = %node.name, op = node.op.kind()).entered();
+            let t0 = Instant::now();
+            let x = values.get(node.input.as_str()).ok_or_else(|| {
+                invalid(&format!("node {}", node.name), "its input was not computed")
+            })?;
+            let cx = Ctx {
+                model: self,
+                node,
+                x,
+                values: &values,
+                batch,
+                isa,
+                last: ni + 1 == nodes.len(),
+            };
+            let out = cx.run_node()?;
+            tracing::debug!(ms = millis(t0), "node done");
+            match out {
+                Output::Logits(l) => {
+                    logits = Some(l);
+                    break;
+                }
+                Output::Value(v) => {
+                    if let Some(trace) = trace.as_mut() {
+                        trace(&node.name, v.dequantized());
+                    }
+                    values.insert(node.name.as_str(), v);
+                }
+            }
+        }
+        let logits = logits.ok_or_else(|| invalid("model", "the final node produced no logits"))?;
+        check_len("logits", batch * self.meta().num_classes, logits.len())?;
+        Ok(logits)
+    }
+}
+
+/// The callback of [`IntModel::forward_traced`]: node name and its output's real values.
+type Trace<'a> = &'a mut dyn FnMut(&str, Vec<f32>);
+
+/// Milliseconds since `t0`.
+fn millis(t0: Instant) -> f64 {
+    t0.elapsed().as_secs_f64() * 1e3
+}
+
+/// An activation flowing between nodes: NHWC codes `[batch, h, w, c]` with their step (the
+/// real value of one code), or real values of the same shape.
+#[derive(Clone, Debug)]
+struct Value {
+    codes: Vec<u8>,
+    /// Real values (NHWC f32) instead of codes, for streams kept in float.
+    real: Option<Vec<f32>>,
+    h: usize,
+    w: usize,
+    c: usize,
+    step: f32,
+}
+
+impl Value {
+    /// Codes of shape `(h, w, c)` per image, quantised to `q`.
+    fn quantized(codes: Vec<u8>, (h, w, c): (usize, usize, usize), q: QuantOut) -> Value {
+        Value {
+            codes,
+            real: None,
+            h,
+            w,
+            c,
+            step: out_step(q),
+        }
+    }
+
+    /// The real values (codes times step).
+    fn dequantized(&self) -> Vec<f32> {
+        match &self.real {
+            Some(r) => r.clone(),
+            None => self.codes.iter().map(|&q| q as f32 * self.step).collect(),
+        }
+    }
+}
+
+/// What a node yields: an activation for later nodes, or the model's logits.
+enum Output {
+    Value(Value),
+    Logits(Vec<f32>),
+}
+
+/// Everything a node reads: the model, the node, its input and the earlier outputs.
+struct Ctx<'a> {
+    model: &'a IntModel,
+    node: &'a Node,
+    /// The node's input.
+    x: &'a Value,
+    /// Outputs of earlier nodes by name (residual inputs).
+    values: &'a HashMap<&'a str, Value>,
+    batch: usize,
+    isa: Isa,
+    /// Whether this is the final node (a conv with `out = null` then yields logits).
+    last: bool,
+}
+
+/// The fields of a [`NodeOp::Conv`].
+struct ConvOp<'a> {
+    c_in: usize,
+    c_out: usize,
+    kernel: usize,
+    stride: usize,
+    pad: usize,
+    residual: Option<&'a str>,
+    relu: bool,
+}
+
+/// A convolution's integer accumulators and the affine map to its real outputs.
+struct ConvAcc<'a> {
+    g: ConvGeom,
+    lw: &'a LayerWeights,
+    /// `[batch·oh·ow, c_out]` i32 accumulators (empty for a first conv with per-channel
+    /// input stds, which convolves each input channel on its own).
+    acc: Vec<i32>,
+    /// Real value of one accumulator unit, per output channel.
+    scale: Vec<f32>,
+    /// Bias per output channel, in output units.
+    bias: Vec<f32>,
+}
+
+impl Ctx<'_> {
+    /// Dispatches on the node kind.
+    fn run_node(&self) -> Result<Output> {
+        match &self.node.op {
+            NodeOp::Conv {
+                c_in,
+                c_out,
+                kernel,
+                stride,
+                pad,
+                residual,
+                relu,
+                ..
+            } => self.conv_node(&ConvOp {
+                c_in: *c_in,
+                c_out: *c_out,
+                kernel: *kernel,
+                stride: *stride,
+                pad: *pad,
+                residual: residual.as_deref(),
+                relu: *relu,
+            }),
+            NodeOp::Linear {
+                in_features,
+                out_features,
+                ..
+            } => self.linear_node(*in_features, *out_features),
+            NodeOp::MaxPool {
+                kernel,
+                stride,
+                pad,
+            } => self
+                .max_pool_node(*kernel, *stride, *pad)
+                .map(Output::Value),
+            NodeOp::AvgPool { kernel, stride } => {
+                self.avg_pool_node(*kernel, *stride).map(Output::Value)
+            }
+            NodeOp::GlobalAvgPool => self.global_avg_pool_node().map(Output::Value),
+            NodeOp::Quantize => self.quantize_node().map(Output::Value),
+            NodeOp::ShortcutA { stride, gather } => {
+                self.shortcut_a_node(*stride, gather).map(Output::Value)
+            }
+        }
+    }
+
+    /// An `InvalidArgument` error naming the node.
+    fn err(&self, why: impl Into<String>) -> Error {
+        invalid(&format!("node {}", self.node.name), why)
+    }
+
+    /// Fails unless the input is codes (convs, linear layers and pools read codes only).
+    fn need_codes(&self) -> Result<()> {
+        if self.x.real.is_some() {
+            return Err(self.err("its input is real-valued: a quantize node must come first"));
+        }
+        Ok(())
+    }
+
+    /// The node's output quantisation (validated present for the kinds that call this).
+    fn out_quant(&self) -> Result<QuantOut> {
+        self.node
+            .out
+            .ok_or_else(|| self.err("needs an output quantisation"))
+    }
+
+    /// The node's weights (validated present for conv and linear nodes).
+    fn weights(&self) -> Result<&LayerWeights> {
+        self.model
+            .weights()
+            .get(&self.node.name)
+            .ok_or_else(|| self.err("missing weights"))
+    }
+
+    /// Convolution: integer accumulators, then folded BatchNorm, optional residual and the
+    /// output representation ([`conv_output`](Self::conv_output)).
+    fn conv_node(&self, op: &ConvOp) -> Result<Output> {
+        let x = self.x;
+        self.need_codes()?;
+        if x.c != op.c_in {
+            return Err(self.err(format!("input has {} channels, expected {}", x.c, op.c_in)));
+        }
+        let g = ConvGeom {
+            batch: self.batch,
+            h: x.h,
+            w: x.w,
+            c_in: x.c,
+            c_out: op.c_out,
+            kh: op.kernel,
+            kw: op.kernel,
+            stride: op.stride,
+            pad: op.pad,
+        };
+        let lw = self.weights()?;
+        let split =
+            self.node.input == "input" && !self.model.meta().input.std_per_channel.is_empty();
+        let t_gemm = Instant::now();
+        let acc = if split {
+            Vec::new() // one convolution per input channel, in first_layer_pre
+        } else {
+            conv2d(&x.codes, &g, &conv_panel(&lw.packed, &g)?, self.isa)?
+        };
+        tracing::debug!(gemm_ms = millis(t_gemm), "weight panel + gemm");
+        let res = match op.residual {
+            Some(r) => {
+                let rv = self
+                    .values
+                    .get(r)
+                    .ok_or_else(|| self.err(format!("residual {r} was not computed")))?;
+                if (rv.h, rv.w, rv.c) != (g.out_h(), g.out_w(), op.c_out) {
+                    return Err(
+                        self.err(format!("residual {r} has shape {}x{}x{}", rv.h, rv.w, rv.c))
+                    );
+                }
+                Some(rv)
+            }
+            None => None,
+        };
+        let (scale, bias) = affine(lw, x.step);
+        let a = ConvAcc {
+            g,
+            lw,
+            acc,
+            scale,
+            bias,
+        };
+        self.conv_output(op, a, res)
+    }
+
+    /// A convolution's output from its accumulators: requantised codes (the fast paths: an
+    /// integer input with no residual or a residual of codes), or real values (the first
+    /// conv, real residuals) quantised to `out`, kept real mid-graph (`out = null`, with the
+    /// optional ReLU) or returned as logits by the final node.
+    fn conv_output(&self, op: &ConvOp, a: ConvAcc, res: Option<&Value>) -> Result<Output> {
+        let first = self.node.input == "input";
+        let dims = (a.g.out_h(), a.g.out_w(), op.c_out);
+        Ok(Output::Value(match (self.node.out, res) {
+            (Some(q), None) if !first => Value::quantized(
+                Requant::new(a.scale, a.bias, q.alpha, q.bits)?.apply(&a.acc)?,
+                dims,
+                q,
+            ),
+            (Some(q), Some(rv)) if !first && rv.real.is_none() => Value::quantized(
+                Requant::new(a.scale, a.bias, q.alpha, q.bits)?
+                    .apply_residual(&a.acc, &rv.codes, rv.step)?,
+                dims,
+                q,
+            ),
+            (Some(q), None) => Value::quantized(self.first_layer_codes(&a, q)?, dims, q),
+            (out, res) => {
+                let mut pre = if first {
+                    self.first_layer_pre(&a)?
+                } else {
+                    Requant::new(a.scale, a.bias, 1.0, 8)?.dequantize(&a.acc)
+                };
+                if let Some(rv) = res {
+                    match &rv.real {
+                        Some(r) => pre.iter_mut().zip(r).for_each(|(y, r)| *y += r),
+                        None => pre
+                            .iter_mut()
+                            .zip(&rv.codes)
+                            .for_each(|(y, &r)| *y += r as f32 * rv.step),
+                    }
+                }
+                match out {
+                    Some(q) => Value::quantized(quantize_real(&pre, q), dims, q),
+                    None if self.last => return Ok(Output::Logits(pre)),
+                    None => {
+                        if op.relu {
+                            pre.iter_mut().for_each(|y| *y = y.max(0.0));
+                        }
+                        let (h, w, c) = dims;
+                        Value {
+                            codes: Vec::new(),
+                            real: Some(pre),
+                            h,
+                            w,
+                            c,
+                            step: 0.0,
+                        }
+                    }
+                }
+            }
+        }))
+    }
+
+    /// Fully connected layer on the flattened input: codes requantised to `out`, or the
+    /// logits when `out = null`.
+    fn linear_node(&self, in_features: usize, out_features: usize) -> Result<Output> {
+        let x = self.x;
+        self.need_codes()?;
+        if x.h * x.w * x.c != in_features {
+            return Err(self.err(format!(
+                "input has {} features, expected {in_features}",
+                x.h * x.w * x.c
+            )));
+        }
+        let lw = self.weights()?;
+        let panel = if x.h * x.w == 1 {
+            WeightPanel::from_packed(&lw.packed)
+        } else {
+            // Activations are HWC-flattened; weights CHW: reorder columns.
+            let perm: Vec<usize> = (0..in_features)
+                .map(|j| {
+                    let (pix, ch) = (j / x.c, j % x.c);
+                    ch * x.h * x.w + pix
+                })
+                .collect();
+            WeightPanel::from_packed_permuted(&lw.packed, Some(&perm))
+        };
+        let acc = linear(&x.codes, self.batch, &panel, self.isa)?;
+        let (scale, bias) = affine(lw, x.step);
+        Ok(match self.node.out {
+            None => Output::Logits(Requant::new(scale, bias, 1.0, 8)?.dequantize(&acc)),
+            Some(q) => Output::Value(Value::quantized(
+                Requant::new(scale, bias, q.alpha, q.bits)?.apply(&acc)?,
+                (1, 1, out_features),
+                q,
+            )),
+        })
+    }
+
+    /// Max pooling; keeps the input's quantisation.
+    fn max_pool_node(&self, kernel: usize, stride: usize, pad: usize) -> Result<Value> {
+        let x = self.x;
+        self.need_codes()?;
+        let g = PoolGeom {
+            batch: self.batch,
+            h: x.h,
+            w: x.w,
+            c: x.c,
+            k: kernel,
+            stride,
+            pad,
+        };
+        Ok(Value {
+            codes: max_pool2d(&x.codes, &g)?,
+            real: None,
+            h: g.out_h(),
+            w: g.out_w(),
+            c: x.c,
+            step: x.step,
+        })
+    }
+
+    /// Average pooling (no padding), requantised to `out`.
+    fn avg_pool_node(&self, kernel: usize, stride: usize) -> Result<Value> {
+        let x = self.x;
+        self.need_codes()?;
+        let q = self.out_quant()?;
+        let g = PoolGeom {
+            batch: self.batch,
+            h: x.h,
+            w: x.w,
+            c: x.c,
+            k: kernel,
+            stride,
+            pad: 0,
+        };
+        let codes = avg_pool2d(&x.codes, &g, x.step, q.alpha, q.bits)?;
+        Ok(Value::quantized(codes, (g.out_h(), g.out_w(), x.c), q))
+    }
+
+    /// Global average pooling of codes or of a real stream, requantised to `out`.
+    fn global_avg_pool_node(&self) -> Result<Value> {
+        let x = self.x;
+        let q = self.out_quant()?;
+        let codes = match &x.real {
+            None => global_avg_pool(
+                &x.codes,
+                self.batch,
+                x.h * x.w,
+                x.c,
+                x.step,
+                q.alpha,
+                q.bits,
+            )?,
+            Some(r) => quantize_real(&channel_means(r, self.batch, x.h * x.w, x.c), q),
+        };
+        Ok(Value::quantized(codes, (1, 1, x.c), q))
+    }
+
+    /// Quantises a real stream to `out` codes.
+    fn quantize_node(&self) -> Result<Value> {
+        let x = self.x;
+        let q = self.out_quant()?;
+        let Some(r) = &x.real else {
+            return Err(self.err("its input is already quantised"));
+        };
+        Ok(Value::quantized(quantize_real(r, q), (x.h, x.w, x.c), q))
+    }
+
+    /// Option-A shortcut: subsample by `stride`, gather channels (absent ones zero); keeps
+    /// the input's representation.
+    fn shortcut_a_node(&self, stride: usize, gather: &[Option<usize>]) -> Result<Value> {
+        let x = self.x;
+        if let Some(&Some(bad)) = gather.iter().find(|g| g.is_some_and(|g| g >= x.c)) {
+            return Err(self.err(format!("gather index {bad} ≥ {} input channels", x.c)));
+        }
+        let (oh, ow) = (x.h.div_ceil(stride), x.w.div_ceil(stride));
+        let dims = (self.batch, x.h, x.w, x.c);
+        Ok(Value {
+            codes: match x.real {
+                None => gather_channels(&x.codes, dims, (oh, ow), stride, gather),
+                Some(_) => Vec::new(),
+            },
+            real: x
+                .real
+                .as_ref()
+                .map(|r| gather_channels(r, dims, (oh, ow), stride, gather)),
+            h: oh,
+            w: ow,
+            c: gather.len(),
+            step: x.step,
+        })
+    }
+
+    /// First conv, real-valued outputs before activation: the image's normalisation offset
+    /// `−mean_c/std_c` enters only at valid (unpadded) positions, so it is subtracted per
+    /// output position exactly. `a.acc`: the integer convolution of the pixels with one
+    /// input step for all channels; with per-channel stds (`a.acc` empty) each input channel
+    /// is convolved on its own and weighed by its step `1/(255·std_c)`.
+    fn first_layer_pre(&self, a: &ConvAcc) -> Result<Vec<f32>> {
+        let (g, lw) = (&a.g, a.lw);
+        let inp = &self.model.meta().input;
+        let pixels = &self.x.codes;
+        let codes = lw.packed.unpack();
+        let (oh, ow, co) = (g.out_h(), g.out_w(), g.c_out);
+        let split = !inp.std_per_channel.is_empty();
+        let mut raw: Vec<f32> = Vec::new();
+        if split {
+            let (ci_n, kk) = (g.c_in, g.kh * g.kw);
+            let g1 = ConvGeom { c_in: 1, ..*g };
+            raw = vec![0f32; g.rows() * co];
+            for ci in 0..ci_n {
+                let xc: Vec<u8> = pixels.iter().skip(ci).step_by(ci_n).copied().collect();
+                let sub: Vec<i8> = (0..co)
+                    .flat_map(|o| codes[(o * ci_n + ci) * kk..(o * ci_n + ci + 1) * kk].iter())
+                    .copied()
+                    .collect();
+                let pw = PackedWeights::from_codes(&sub, co, kk, lw.packed.bits(), vec![1.0; co])?;
+                let acc = conv2d(&xc, &g1, &conv_panel(&pw, &g1)?, self.isa)?;
+                let step = 1.0 / (255.0 * inp.channel_std(ci));
+                let w: Vec<f32> = (0..co)
+                    .map(|o| lw.packed.scales()[o] * lw.mul.as_ref().map_or(1.0, |m| m[o]) * step)
+                    .collect();
+                raw.par_chunks_mut(co)
+                    .zip(acc.par_chunks(co))
+                    .for_each(|(r, a)| {
+                        for o in 0..co {
+                            r[o] += a[o] as f32 * w[o];
+                        }
+                    });
+            }
+        }
+        let shift = self.first_layer_shift(g, lw, &codes, &a.bias);
+        if split {
+            raw.par_chunks_mut(oh * ow * co).for_each(|p| {
+                for (p, s) in p.chunks_exact_mut(co).zip(shift.chunks_exact(co)) {
+                    for o in 0..co {
+                        p[o] += s[o];
+                    }
+                }
+            });
+            return Ok(raw);
+        }
+        let mut pre = vec![0f32; a.acc.len()];
+        pre.par_chunks_mut(oh * ow * co)
+            .zip(a.acc.par_chunks(oh * ow * co))
+            .for_each(|(p, acc)| {
+                for ((p, acc), s) in p
+                    .chunks_exact_mut(co)
+                    .zip(acc.chunks_exact(co))
+                    .zip(shift.chunks_exact(co))
+                {
+                    for o in 0..co {
+                        p[o] = acc[o] as f32 * a.scale[o] + s[o];
+                    }
+                }
+            });
+        Ok(pre)
+    }
+
+    /// Per output position and channel of the first conv: `bias − offset`, the offset being
+    /// the normalisation mean's contribution over the valid (unpadded) taps,
+    /// `mul_o·s_o·Σ_valid q·mean_c/std_c`. `codes`: the unpacked weights (OIHW).
+    fn first_layer_shift(
+        &self,
+        g: &ConvGeom,
+        lw: &LayerWeights,
+        codes: &[i8],
+        bias: &[f32],
+    ) -> Vec<f32> {
+        let inp = &self.model.meta().input;
+        let (oh, ow, co) = (g.out_h(), g.out_w(), g.c_out);
+        // offset[pos][o] = mul_o·s_o·Σ_valid q·mean_c/std_c
+        let mut offset = vec![0f32; oh * ow * co];
+        for oy in 0..oh {
+            for ox in 0..ow {
+                for o in 0..co {
+                    let mut s = 0f32;
+                    for ci in 0..g.c_in {
+                        for ky in 0..g.kh {
+                            for kx in 0..g.kw {
+                                let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+                                let ix = (ox * g.stride + kx) as isize - g.pad as isize;
+                                if iy >= 0 && ix >= 0 && iy < g.h as isize && ix < g.w as isize {
+                                    s += codes[((o * g.c_in + ci) * g.kh + ky) * g.kw + kx] as f32
+                                        * inp.mean[ci]
+                                        / inp.channel_std(ci);
+                                }
+                            }
+                        }
+                    }
+                    let mul = lw.mul.as_ref().map_or(1.0, |m| m[o]);
+                    offset[(oy * ow + ox) * co + o] = s * lw.packed.scales()[o] * mul;
+                }
+            }
+        }
+        // Per image: offset[pos][o] − bias[o] is the same for every image.
+        offset
+            .chunks_exact(co)
+            .flat_map(|row| row.iter().zip(bias).map(|(off, b)| b - off))
+            .collect()
+    }
+
+    /// The first conv's codes for output quantisation `q`, in one pass over the
+    /// accumulators (the values of [`first_layer_pre`](Self::first_layer_pre), quantized).
+    fn first_layer_codes(&self, a: &ConvAcc, q: QuantOut) -> Result<Vec<u8>> {
+        if !self.model.meta().input.std_per_channel.is_empty() {
+            let pre = self.first_layer_pre(a)?;
+            return Ok(quantize_real(&pre, q));
+        }
+        let co = a.g.c_out;
+        let hw = a.g.out_h() * a.g.out_w();
+        let shift = self.first_layer_shift(&a.g, a.lw, &a.lw.packed.unpack(), &a.bias);
+        let step = out_step(q);
+        let mut out = vec![0u8; a.acc.len()];
+        out.par_chunks_mut(hw * co)
+            .zip(a.acc.par_chunks(hw * co))
+            .for_each(|(o, acc)| {
+                for ((o, acc), s) in o
+                    .chunks_exact_mut(co)
+                    .zip(acc.chunks_exact(co))
+                    .zip(shift.chunks_exact(co))
+                {
+                    for c in 0..co {
+                        let y = acc[c] as f32 * a.scale[c] + s[c];
+                        o[c] = round_code(y.clamp(0.0, q.alpha) / step);
+                    }
+                }
+            });
+        Ok(out)
+    }
+}
+
+/// The step (real value of one code) of output quantisation `q`: `α / (2^bits − 1)`.
+fn out_step(q: QuantOut) -> f32 {
+    q.alpha / qmax_unsigned(q.bits) as f32
+}
+
+/// Per-channel real value of one accumulator unit (`scale·mul·in_step`), and the bias.
+fn affine(lw: &LayerWeights, in_step: f32) -> (Vec<f32>, Vec<f32>) {
+    let rows = lw.packed.rows();
+    let scale = (0..rows)
+        .map(|c| lw.packed.scales()[c] * lw.mul.as_ref().map_or(1.0, |m| m[c]) * in_step)
+        .collect();
+    let bias = lw.bias.clone().unwrap_or_else(|| vec![0.0; rows]);
+    (scale, bias)
+}
+
+/// Unsigned `q.bits` codes of real values over `[0, q.alpha]` (the fake quantizer's rounding:
+/// half away from zero).
+fn quantize_real(x: &[f32], q: QuantOut) -> Vec<u8> {
+    let step = out_step(q);
+    let mut out = vec![0u8; x.len()];
+    out.par_chunks_mut(4096)
+        .zip(x.par_chunks(4096))
+        .for_each(|(o, x)| {
+            for (o, &y) in o.iter_mut().zip(x) {
+                *o = round_code(y.clamp(0.0, q.alpha) / step);
+            }
+        });
+    out
+}
+
+/// Per image and channel, the mean over `hw` positions of a real NHWC stream `r`
+/// (`[batch, hw, c]` → `[batch, c]`).
+fn channel_means(r: &[f32], batch: usize, hw: usize, c: usize) -> Vec<f32> {
+    let mut mean = vec![0f32; batch * c];
+    for b in 0..batch {
+        for p in 0..hw {
+            let row = &r[(b * hw + p) * c..(b * hw + p + 1) * c];
+            for (m, v) in mean[b * c..(b + 1) * c].iter_mut().zip(row) {
+                *m += v;
+            }
+        }
+    }
+    mean.iter_mut().for_each(|m| *m /= hw as f32);
+    mean
+}
+
+/// The option-A shortcut on NHWC `src` of shape `(batch, h, w, cin)`: every `stride`-th
+/// position (output `(oh, ow)`), output channel `j` = input channel `gather[j]` or zero.
+fn gather_channels<T: Copy + Default>(
+    src: &[T],
+    (batch, h, w, cin): (usize, usize, usize, usize),
+    (oh, ow): (usize, usize),
+    stride: usize,
+    gather: &[Option<usize>],
+) -> Vec<T> {
+    let c = gather.len();
+    let mut out = vec![T::default(); batch * oh * ow * c];
+    for b in 0..batch {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let s = ((b * h + oy * stride) * w + ox * stride) * cin;
+                let d = ((b * oh + oy) * ow + ox) * c;
+                for (j, g) in gather.iter().enumerate() {
+                    if let Some(g) = g {
+                        out[d + j] = src[s + g];
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::InputSpec;
+    use crate::reference;
+    use crate::testutil::{build_with, conv, lcg, toy_model, toy_real_stream};
+
+    /// The fake-quantized float network, in f64 from dequantized weights.
+    /// With `engine` given, every node reads its inputs (and residuals) from the engine's
+    /// values instead of its own, so each node is checked in isolation.
+    fn float_forward(
+        m: &IntModel,
+        pixels: &[u8],
+        batch: usize,
+        engine: Option<&HashMap<String, Vec<f64>>>,
+        trace: &mut HashMap<String, Vec<f64>>,
+    ) -> Vec<f64> {
+        let inp = &m.meta().input;
+        let fq = |y: f64, q: QuantOut| {
+            let s = (q.alpha / qmax_unsigned(q.bits) as f32) as f64;
+            (y.clamp(0.0, q.alpha as f64) / s).round() * s
+        };
+        let mut vals: HashMap<String, (Vec<f64>, usize, usize, usize)> = HashMap::new();
+        let x: Vec<f64> = pixels
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| {
+                let c = i % inp.channels;
+                // Independent of `channel_std`, which the engine uses.
+                let sd = if inp.std_per_channel.is_empty() {
+                    inp.std
+                } else {
+                    inp.std_per_channel[c]
+                };
+                (p as f64 / 255.0 - inp.mean[c] as f64) / sd as f64
+            })
+            .collect();
+        vals.insert("input".into(), (x, inp.height, inp.width, inp.channels));
+        for n in &m.meta().nodes {
+            let (mut x, h, w, c) = vals[&n.input].clone();
+            if let Some(e) = engine.and_then(|e| e.get(&n.input)) {
+                x = e.clone();
+            }
+            let out = match &n.op {
+                NodeOp::Conv {
+                    c_out,
+                    stride,
+                    residual,
+                    kernel,
+                    pad,
+                    relu,
+                    ..
+                } => {
+                    let lw = &m.weights()[&n.name];
+                    let cols = lw.packed.cols();
+                    let wd: Vec<f32> = lw
+                        .packed
+                        .dequantize()
+                        .iter()
+                        .enumerate()
+                        .map(|(i, v)| v * lw.mul.as_ref().unwrap()[i / cols])
+                        .collect();
+                    let g = ConvGeom {
+                        batch,
+                        h,
+                        w,
+                        c_in: c,
+                        c_out: *c_out,
+                        kh: *kernel,
+                        kw: *kernel,
+                        stride: *stride,
+                        pad: *pad,
+                    };
+                    let mut y = reference::conv2d_f64(&x, &g, &wd, lw.bias.as_ref().unwrap());
+                    if let Some(r) = residual {
+                        let rv = engine.and_then(|e| e.get(r)).unwrap_or(&vals[r].0);
+                        y.iter_mut().zip(rv).for_each(|(y, r)| *y += r);
+                    }
+                    (
+                        y.into_iter()
+                            .map(|y| match n.out {
+                                Some(q) => fq(y, q),
+                                None if *relu => y.max(0.0),
+                                None => y,
+                            })
+                            .collect(),
+                        g.out_h(),
+                        g.out_w(),
+                        *c_out,
+                    )
+                }
+                NodeOp::Quantize => (x.iter().map(|&v| fq(v, n.out.unwrap())).collect(), h, w, c),
+                NodeOp::ShortcutA { stride, gather } => {
+                    let (oh, ow) = (h.div_ceil(*stride), w.div_ceil(*stride));
+                    let mut o = vec![0.0; batch * oh * ow * gather.len()];
+                    for b in 0..batch {
+                        for oy in 0..oh {
+                            for ox in 0..ow {
+                                for (j, g) in gather.iter().enumerate() {
+                                    if let Some(g) = g {
+                                        o[((b * oh + oy) * ow + ox) * gather.len() + j] =
+                                            x[((b * h + oy * stride) * w + ox * stride) * c + g];
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    (o, oh, ow, gather.len())
+                }
+                NodeOp::MaxPool {
+                    kernel,
+                    stride,
+                    pad,
+                } => pool_f64(&x, batch, h, w, c, *kernel, *stride, *pad, |v| {
+                    v.iter().copied().fold(0.0, f64::max)
+                }),
+                NodeOp::AvgPool { kernel, stride } => {
+                    let q = n.out.unwrap();
+                    pool_f64(&x, batch, h, w, c, *kernel, *stride, 0, |v| {
+                        fq(v.iter().sum::<f64>() / v.len() as f64, q)
+                    })
+                }
+                NodeOp::GlobalAvgPool => {
+                    let mut o = vec![0.0; batch * c];
+                    for b in 0..batch {
+                        for ch in 0..c {
+                            let s: f64 = (0..h * w).map(|p| x[(b * h * w + p) * c + ch]).sum();
+                            o[b * c + ch] = fq(s / (h * w) as f64, n.out.unwrap());
+                        }
+                    }
+                    (o, 1, 1, c)
+                }
+                NodeOp::Linear { out_features, .. } => {
+                    let lw = &m.weights()[&n.name];
+                    let cols = lw.packed.cols();
+                    let wd = lw.packed.dequantize();
+                    let mut o = vec![0.0; batch * out_features];
+                    for b in 0..batch {
+                        for j in 0..*out_features {
+                            let s: f64 = (0..cols)
+                                .map(|t| x[b * cols + t] * wd[j * cols + t] as f64)
+                                .sum();
+                            o[b * out_features + j] = s * lw.mul.as_ref().unwrap()[j] as f64
+                                + lw.bias.as_ref().unwrap()[j] as f64;
+                        }
+                    }
+                    return o;
+                }
+            };
+            trace.insert(n.name.clone(), out.0.clone());
+            vals.insert(n.name.clone(), out);
+        }
+        unreachable!("no logits")
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn pool_f64(
+        x: &[f64],
+        batch: usize,
+        h: usize,
+        w: usize,
+        c: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        f: impl Fn(&[f64]) -> f64,
+    ) -> (Vec<f64>, usize, usize, usize) {
+        let (oh, ow) = (
+            (h + 2 * pad - k) / stride + 1,
+            (w + 2 * pad - k) / stride + 1,
+        );
+        let mut o = vec![0.0; batch * oh * ow * c];
+        for b in 0..batch {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    for ch in 0..c {
+                        let mut cells = Vec::new();
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let (iy, ix) = (
+                                    (oy * stride + ky) as isize - pad as isize,
+                                    (ox * stride + kx) as isize - pad as isize,
+                                );
+                                if iy >= 0 && ix >= 0 && iy < h as isize && ix < w as isize {
+                                    cells.push(
+                                        x[((b * h + iy as usize) * w + ix as usize) * c + ch],
+                                    );
+                                }
+                            }
+                        }
+                        o[((b * oh + oy) * ow + ox) * c + ch] = f(&cells);
+                    }
+                }
+            }
+        }
+        (o, oh, ow, c)
+    }
+
+    #[test]
+    fn engine_matches_fake_quant_float_model_and_round_trips() {
+        check_engine(toy_model());
+    }
+
+    /// Three input channels with different normalisation stds: the first conv runs one
+    /// integer convolution per channel (direct path at stride 1, GEMM at stride 2).
+    #[test]
+    fn per_channel_input_std_matches_the_float_model() {
+        for stride in [1, 2] {
+            let input = InputSpec {
+                channels: 3,
+                height: 8,
+                width: 8,
+                mean: vec![0.49, 0.48, 0.45],
+                std: 0.25,
+                std_per_channel: vec![0.247, 0.243, 0.261],
+            };
+            let m = build_with(
+                vec![
+                    conv("c1", "input", 3, 4, stride, 8, None, Some((2.0, 4))),
+                    conv("c2", "c1", 4, 4, 1, 5, None, Some((1.5, 3))),
+                    Node {
+                        name: "gap".into(),
+                        input: "c2".into(),
+                        op: NodeOp::GlobalAvgPool,
+                        out: Some(QuantOut {
+                            alpha: 1.0,
+                            bits: 8,
+                        }),
+                    },
+                    Node {
+                        name: "fc".into(),
+                        input: "gap".into(),
+                        op: NodeOp::Linear {
+                            in_features: 4,
+                            out_features: 3,
+                            w_bits: 8,
+                        },
+                        out: None,
+                    },
+                ],
+                input,
+            );
+            check_engine(m.clone());
+            let mut meta = m.meta().clone();
+            meta.input.std_per_channel = vec![0.2, 0.0, 0.3];
+            assert!(IntModel::new(meta, m.weights().clone()).is_err());
+        }
+    }
+
+    #[test]
+    fn real_valued_residual_streams_match_the_float_model() {
+        let m = toy_real_stream();
+        check_engine(m.clone());
+        // A conv cannot read a real-valued stream directly.
+        let mut meta = m.meta().clone();
+        meta.nodes[2].input = "c1".into();
+        let bad = IntModel::new(meta, m.weights().clone()).unwrap();
+        let e = bad
+            .forward(&[0; 64], 1, Isa::Portable)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("c2") && e.contains("quantize"), "{e}");
+    }
+
+    #[test]
+    fn wrong_pixel_count_is_an_error() {
+        let m = toy_model();
+        assert!(m.forward(&[0; 10], 1, Isa::Portable).is_err());
+    }
+
+    /// Checks the engine against the f64 fake-quantized float model, node by node and end to
+    /// end, on every available ISA, and the file round trip.
+    fn check_engine(m: IntModel) {
+        let batch = 24;
+        let mut r = lcg(9);
+        let pixels: Vec<u8> = (0..batch * 64 * m.meta().input.channels)
+            .map(|_| (r() * 256.0) as u8)
+            .collect();
+        // Node by node: each integer node, fed the engine's own inputs, equals the float
+        // node except for rounding ties (f32 engine vs f64 reference): at most one step off,
+        // and rarely (exact ties do occur: e.g. 4-cell means whose code sum is 31 or 93 land
+        // exactly on .5 when requantised from α=2/5 bits to α=1.8/6 bits).
+        let mut etrace = HashMap::new();
+        m.forward_traced(&pixels, batch, Isa::detect(), &mut |name, v| {
+            etrace.insert(
+                name.to_string(),
+                v.iter().map(|&x| x as f64).collect::<Vec<f64>>(),
+            );
+        })
+        .unwrap();
+        let steps: HashMap<&str, f64> = m
+            .meta()
+            .nodes
+            .iter()
+            .filter_map(|n| {
+                n.out.map(|q| {
+                    (
+                        n.name.as_str(),
+                        (q.alpha / qmax_unsigned(q.bits) as f32) as f64,
+                    )
+                })
+            })
+            .collect();
+        let mut ftrace = HashMap::new();
+        float_forward(&m, &pixels, batch, Some(&etrace), &mut ftrace);
+        for (name, e) in &etrace {
+            let f = &ftrace[name];
+            let Some(&step) = steps.get(name.as_str()) else {
+                // A real-valued node: equal up to f32 rounding.
+                let scale = f.iter().fold(1e-3f64, |a, b| a.max(b.abs()));
+                assert!(
+                    e.iter().zip(f).all(|(a, b)| (a - b).abs() <= 1e-4 * scale),
+                    "node {name}: real values differ"
+                );
+                continue;
+            };
+            let off: Vec<f64> = e
+                .iter()
+                .zip(f)
+                .map(|(a, b)| (a - b).abs())
+                .filter(|d| *d > 1e-4 * step)
+                .collect();
+            assert!(
+                off.iter().all(|d| *d <= step * 1.0001),
+                "node {name}: a value is more than one step off"
+            );
+            assert!(
+                off.len() * 40 <= e.len().max(40),
+                "node {name}: {}/{} values differ",
+                off.len(),
+                e.len()
+            );
+        }
+        // End to end the flips propagate a little; predictions must still agree.
+        let want = float_forward(&m, &pixels, batch, None, &mut HashMap::new());
+        let bytes = m.to_bytes().unwrap();
+        let m2 = IntModel::from_bytes(&bytes, "<test>").unwrap();
+        assert_eq!(m2.meta(), m.meta());
+        assert_eq!(m2.weights(), m.weights());
+        let scale = want.iter().fold(0f64, |a, &b| a.max(b.abs()));
+        let mut agree = 0;
+        for isa in Isa::available() {
+            let got = m2.forward(&pixels, batch, isa).unwrap();
+            assert_eq!(got.len(), batch * 3);
+            let mut close = 0;
+            for b in 0..batch {
+                let row = |v: &[f64]| {
+                    (0..3)
+                        .max_by(|&i, &j| v[b * 3 + i].total_cmp(&v[b * 3 + j]))
+                        .unwrap()
+                };
+                let g64: Vec<f64> = got.iter().map(|&v| v as f64).collect();
+                agree += (row(&g64) == row(&want)) as usize;
+                close += (0..3).all(|j| (g64[b * 3 + j] - want[b * 3 + j]).abs() <= 1e-3 * scale)
+                    as usize;
+            }
+            // Rounding-tie flips propagate end to end (pooling spreads them); the logits of
+            // most images still match closely.
+            assert!(
+                close * 2 >= batch,
+                "{isa:?}: only {close}/{batch} images have matching logits"
+            );
+        }
+        assert!(
+            agree * 5 >= Isa::available().len() * batch * 4,
+            "argmax agreement {agree}"
+        );
+        assert!(m.storage_bytes() > 0);
+    }
+}

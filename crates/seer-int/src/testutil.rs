@@ -1,0 +1,212 @@
+//! Test-only builders shared by the format and interpreter tests: a deterministic
+//! generator and small models that touch every node kind.
+
+use std::collections::BTreeMap;
+
+use crate::format::{
+    FORMAT, InputSpec, IntModel, LayerWeights, ModelMeta, Node, NodeOp, QuantOut, VERSION,
+};
+use crate::pack::PackedWeights;
+
+/// Deterministic uniform values in `[0, 1)` (a 64-bit LCG).
+pub(crate) fn lcg(seed: u64) -> impl FnMut() -> f32 {
+    let mut s = seed;
+    move || {
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (s >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
+
+/// A 3×3 conv node with padding 1; `out`: `(alpha, bits)` or `None` (real-valued).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv(
+    name: &str,
+    input: &str,
+    c_in: usize,
+    c_out: usize,
+    stride: usize,
+    w_bits: u32,
+    residual: Option<&str>,
+    out: Option<(f32, u32)>,
+) -> Node {
+    Node {
+        name: name.into(),
+        input: input.into(),
+        op: NodeOp::Conv {
+            c_in,
+            c_out,
+            kernel: 3,
+            stride,
+            pad: 1,
+            w_bits,
+            residual: residual.map(Into::into),
+            relu: false,
+        },
+        out: out.map(|(alpha, bits)| QuantOut { alpha, bits }),
+    }
+}
+
+/// A small residual network touching every node kind.
+pub(crate) fn toy_model() -> IntModel {
+    let nodes = vec![
+        conv("c1", "input", 1, 4, 1, 8, None, Some((2.0, 4))),
+        conv("c2", "c1", 4, 4, 1, 3, Some("c1"), Some((1.5, 3))),
+        Node {
+            name: "sc".into(),
+            input: "c2".into(),
+            op: NodeOp::ShortcutA {
+                stride: 2,
+                gather: vec![Some(0), None, Some(2), Some(3), None, Some(1)],
+            },
+            out: None,
+        },
+        conv("c3", "c2", 4, 6, 2, 5, Some("sc"), Some((2.0, 5))),
+        Node {
+            name: "mp".into(),
+            input: "c3".into(),
+            op: NodeOp::MaxPool {
+                kernel: 2,
+                stride: 1,
+                pad: 1,
+            },
+            out: None,
+        },
+        Node {
+            name: "ap".into(),
+            input: "mp".into(),
+            op: NodeOp::AvgPool {
+                kernel: 2,
+                stride: 1,
+            },
+            out: Some(QuantOut {
+                alpha: 1.8,
+                bits: 6,
+            }),
+        },
+        Node {
+            name: "gap".into(),
+            input: "ap".into(),
+            op: NodeOp::GlobalAvgPool,
+            out: Some(QuantOut {
+                alpha: 1.0,
+                bits: 8,
+            }),
+        },
+        Node {
+            name: "fc".into(),
+            input: "gap".into(),
+            op: NodeOp::Linear {
+                in_features: 6,
+                out_features: 3,
+                w_bits: 8,
+            },
+            out: None,
+        },
+    ];
+    // Fix the node list: ShortcutA keeps its input's quantisation, so it carries none;
+    // the validator only requires `out = null` for the final node, so give it its input's.
+    let mut nodes = nodes;
+    nodes[2].out = Some(QuantOut {
+        alpha: 1.5,
+        bits: 3,
+    });
+    nodes[4].out = Some(QuantOut {
+        alpha: 2.0,
+        bits: 5,
+    });
+    build(nodes)
+}
+
+/// A model over 8×8×1 images with 3 classes from `nodes`, random weights (an all-zero
+/// output channel in each layer), multipliers and biases.
+pub(crate) fn build(nodes: Vec<Node>) -> IntModel {
+    build_with(
+        nodes,
+        InputSpec {
+            channels: 1,
+            height: 8,
+            width: 8,
+            mean: vec![0.3],
+            std: 0.35,
+            std_per_channel: Vec::new(),
+        },
+    )
+}
+
+pub(crate) fn build_with(nodes: Vec<Node>, input: InputSpec) -> IntModel {
+    let mut r = lcg(5);
+    let mut weights = BTreeMap::new();
+    for n in &nodes {
+        let Some((rows, cols, bits)) = n.op.weight_dims() else {
+            continue;
+        };
+        let mut w: Vec<f32> = (0..rows * cols).map(|_| r() - 0.5).collect();
+        w[cols..2 * cols].fill(0.0); // an all-zero channel
+        let packed = PackedWeights::quantize(&w, rows, cols, bits).unwrap();
+        let mul = Some((0..rows).map(|_| 0.5 + r()).collect());
+        let bias = Some((0..rows).map(|_| 0.4 * r() - 0.1).collect());
+        weights.insert(n.name.clone(), LayerWeights { packed, mul, bias });
+    }
+    let meta = ModelMeta {
+        format: FORMAT.into(),
+        version: VERSION,
+        arch: "toy".into(),
+        input,
+        num_classes: 3,
+        policy: serde_json::json!({"note": "test"}),
+        provenance: serde_json::json!({"seed": 1}),
+        nodes,
+    };
+    IntModel::new(meta, weights).unwrap()
+}
+
+/// A residual network whose stream the float model keeps in float: real-valued conv
+/// outputs (with ReLU), quantize nodes in front of convs, a real residual added inside a
+/// conv, an option-A shortcut and global average pooling on real values.
+pub(crate) fn toy_real_stream() -> IntModel {
+    let q = |alpha, bits| Some(QuantOut { alpha, bits });
+    let mut c1 = conv("c1", "input", 1, 4, 1, 8, None, None);
+    let mut c3 = conv("c3", "c2", 4, 4, 1, 4, Some("c1"), None);
+    let mut c4 = conv("c4", "q2", 4, 6, 2, 5, Some("sc"), None);
+    for n in [&mut c1, &mut c3, &mut c4] {
+        if let NodeOp::Conv { relu, .. } = &mut n.op {
+            *relu = true;
+        }
+    }
+    let node = |name: &str, input: &str, op: NodeOp, out| Node {
+        name: name.into(),
+        input: input.into(),
+        op,
+        out,
+    };
+    build(vec![
+        c1,
+        node("q1", "c1", NodeOp::Quantize, q(2.0, 4)),
+        conv("c2", "q1", 4, 4, 1, 3, None, Some((1.5, 3))),
+        c3,
+        node(
+            "sc",
+            "c3",
+            NodeOp::ShortcutA {
+                stride: 2,
+                gather: vec![Some(0), None, Some(2), Some(3), None, Some(1)],
+            },
+            None,
+        ),
+        node("q2", "c3", NodeOp::Quantize, q(2.0, 5)),
+        c4,
+        node("gap", "c4", NodeOp::GlobalAvgPool, q(1.0, 8)),
+        node(
+            "fc",
+            "gap",
+            NodeOp::Linear {
+                in_features: 6,
+                out_features: 3,
+                w_bits: 8,
+            },
+            None,
+        ),
+    ])
+}
