@@ -112,6 +112,46 @@ pub enum GeneKind {
     Bits,
 }
 
+impl GeneKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [GeneKind; 4] = [
+        GeneKind::Prune,
+        GeneKind::WBits,
+        GeneKind::ABits,
+        GeneKind::Bits,
+    ];
+
+    /// The kind's name in feature and CSV column names: `prune`, `wbits`, `abits`, `bits`.
+    /// The one table of these names; [`GeneKind::from_name`] is its inverse.
+    pub fn name(self) -> &'static str {
+        match self {
+            GeneKind::Prune => "prune",
+            GeneKind::WBits => "wbits",
+            GeneKind::ABits => "abits",
+            GeneKind::Bits => "bits",
+        }
+    }
+
+    /// The kind named `name` (exactly as [`GeneKind::name`] writes it), or None.
+    pub fn from_name(name: &str) -> Option<GeneKind> {
+        GeneKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// Splits a feature name `<kind>_<unit>` (as [`SearchSpace::feature_names`] writes it, e.g.
+    /// `wbits_3`) into its kind and unit index; None when the kind is unknown or the unit is
+    /// not an index. The unit is not checked against any space.
+    pub fn parse_feature(name: &str) -> Option<(GeneKind, usize)> {
+        let (kind, unit) = name.rsplit_once('_')?;
+        Some((GeneKind::from_name(kind)?, unit.parse().ok()?))
+    }
+}
+
+impl fmt::Display for GeneKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// One coordinate of the encoding: a discrete choice of one unit.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Gene {
@@ -519,6 +559,17 @@ impl SearchSpace {
     /// Genes: per unit in order `[Prune, WBits, ABits]` (3L), or `[Prune, Bits]` with shared bits (2L).
     pub fn genes(&self) -> &[Gene] {
         &self.genes
+    }
+
+    /// Feature names of the genes, in gene order: `<kind>_<unit>` with the kind's
+    /// [`GeneKind::name`] and the unit's index in [`units`](Self::units) (`prune_0`, `wbits_0`,
+    /// `abits_0`, `prune_1`, ...; `bits_<unit>` with shared bits). These are also the policy
+    /// CSV columns; [`GeneKind::parse_feature`] reads one back.
+    pub fn feature_names(&self) -> Vec<String> {
+        self.genes
+            .iter()
+            .map(|g| format!("{}_{}", g.kind.name(), g.unit))
+            .collect()
     }
 
     /// Number of genes (length of encodings and index vectors).
