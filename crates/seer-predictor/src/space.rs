@@ -3,7 +3,8 @@
 //!
 //! Columns (unit index `i` in [`SearchSpace::units`] order, 0-based):
 //! `prune_<i>` (pruning ratio; absent → 0), `bits_<i>` (weights and activations share it), or
-//! `wbits_<i>` and `abits_<i>`. Every other non-target column is an error, as is a unit with
+//! `wbits_<i>` and `abits_<i>` (the names of [`SearchSpace::feature_names`], read back by
+//! [`GeneKind::parse_feature`]). Every other non-target column is an error, as is a unit with
 //! no bit-width, a unit index outside the space, or both `bits_<i>` and `wbits_<i>`/`abits_<i>`.
 //! Features are the encoding `SearchSpace::encode(policy)`, named by [`gene_feature_names`].
 
@@ -12,41 +13,24 @@ use seer_policy::{GeneKind, Policy, SearchSpace, UnitPolicy};
 use crate::data::{CsvTable, Samples};
 use crate::error::{Error, Result};
 
-/// Feature name of every gene: `"<unit name>.<kind>"`, kind ∈ {prune, wbits, abits, bits}.
+/// Feature name of every gene: `"<unit name>.<kind>"`, kind ∈ {prune, wbits, abits, bits}
+/// ([`GeneKind::name`]).
 pub fn gene_feature_names(space: &SearchSpace) -> Vec<String> {
     space
         .genes()
         .iter()
-        .map(|g| {
-            let kind = match g.kind {
-                GeneKind::Prune => "prune",
-                GeneKind::WBits => "wbits",
-                GeneKind::ABits => "abits",
-                GeneKind::Bits => "bits",
-            };
-            format!("{}.{kind}", space.units()[g.unit].name)
-        })
+        .map(|g| format!("{}.{}", space.units()[g.unit].name, g.kind))
         .collect()
 }
 
-#[derive(Clone, Copy, PartialEq)]
-enum Col {
-    Prune,
-    Bits,
-    WBits,
-    ABits,
-}
-
-fn parse_column(name: &str) -> Option<(Col, usize)> {
-    let (kind, idx) = name.rsplit_once('_')?;
-    let col = match kind {
-        "prune" => Col::Prune,
-        "bits" => Col::Bits,
-        "wbits" => Col::WBits,
-        "abits" => Col::ABits,
-        _ => return None,
-    };
-    Some((col, idx.parse().ok()?))
+/// Slot of a column kind in the per-unit column table `[prune, bits, wbits, abits]`.
+fn slot(kind: GeneKind) -> usize {
+    match kind {
+        GeneKind::Prune => 0,
+        GeneKind::Bits => 1,
+        GeneKind::WBits => 2,
+        GeneKind::ABits => 3,
+    }
 }
 
 /// Reads `table` as policies of `space` (see the module docs) with target column `target`.
@@ -72,7 +56,7 @@ pub fn samples_from_table(
         if j == t {
             continue;
         }
-        let Some((kind, u)) = parse_column(h) else {
+        let Some((kind, u)) = GeneKind::parse_feature(h) else {
             return Err(csv_err(format!(
                 "column {} ({h:?}) is not a policy column (prune_<i>, bits_<i>, wbits_<i>, abits_<i>); \
                  drop it or leave out --arch to use raw features",
@@ -87,7 +71,7 @@ pub fn samples_from_table(
                 n_units.saturating_sub(1)
             )));
         }
-        cols[u][kind as usize] = Some(j);
+        cols[u][slot(kind)] = Some(j);
     }
     for (u, c) in cols.iter().enumerate() {
         let name = &space.units()[u].name;
