@@ -3,10 +3,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+use candle_core::{CustomOp1, CustomOp2, Layout, Tensor};
 use rayon::prelude::*;
 
-use crate::view::{F32View, check_finite, prepare, storage_slice, to_tensor};
+use crate::view::{BLOCK, F32View, Forward, check_finite, cpu_fwd, par_map, prepare, to_tensor};
 use crate::{Error, Result};
 
 fn check_bits(op: &'static str, bits: u32) -> Result<()> {
@@ -68,13 +68,8 @@ struct FakeQuantWeightOp {
     err: ErrSlot,
 }
 
-impl CustomOp1 for FakeQuantWeightOp {
-    fn name(&self) -> &'static str {
-        "seer-fake-quant-weight"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let w = storage_slice(s, l, WOP)?;
+impl FakeQuantWeightOp {
+    fn forward(&self, [w]: [&[f32]; 1], [l]: [&Layout; 1]) -> Forward {
         let c = l.dims()[0];
         let qmax = weight_qmax(self.bits);
         let scales = channel_scales(w, c, qmax, WOP).map_err(|e| fail(&self.err, e))?;
@@ -90,8 +85,16 @@ impl CustomOp1 for FakeQuantWeightOp {
                     }
                 });
         }
-        Ok((CpuStorage::F32(out), l.shape().clone()))
+        Ok((out, l.shape().clone()))
     }
+}
+
+impl CustomOp1 for FakeQuantWeightOp {
+    fn name(&self) -> &'static str {
+        "seer-fake-quant-weight"
+    }
+
+    cpu_fwd!(WOP; s l);
 
     fn bwd(
         &self,
@@ -168,33 +171,22 @@ fn read_alpha(a: &[f32], op: &'static str) -> Result<f32> {
     }
 }
 
+impl FakeQuantActOp {
+    fn forward(&self, [x, a]: [&[f32]; 2], [l, _]: [&Layout; 2]) -> Forward {
+        let alpha = read_alpha(a, AOP).map_err(|e| fail(&self.err, e))?;
+        check_finite(x, AOP, "x").map_err(|e| fail(&self.err, e))?;
+        let s = alpha / act_levels(self.bits);
+        let out = par_map(x, |v| (v.clamp(0.0, alpha) / s).round() * s);
+        Ok((out, l.shape().clone()))
+    }
+}
+
 impl CustomOp2 for FakeQuantActOp {
     fn name(&self) -> &'static str {
         "seer-fake-quant-act"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = storage_slice(s1, l1, AOP)?;
-        let a = storage_slice(s2, l2, AOP)?;
-        let alpha = read_alpha(a, AOP).map_err(|e| fail(&self.err, e))?;
-        check_finite(x, AOP, "x").map_err(|e| fail(&self.err, e))?;
-        let s = alpha / act_levels(self.bits);
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(16384)
-            .zip(x.par_chunks(16384))
-            .for_each(|(o, x)| {
-                for (o, &v) in o.iter_mut().zip(x) {
-                    *o = (v.clamp(0.0, alpha) / s).round() * s;
-                }
-            });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
-    }
+    cpu_fwd!(AOP; s1 l1, s2 l2);
 
     fn bwd(
         &self,
@@ -204,9 +196,9 @@ impl CustomOp2 for FakeQuantActOp {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        let xv = F32View::new(x, AOP).map_err(Error::into_candle)?;
-        let av = F32View::new(alpha, AOP).map_err(Error::into_candle)?;
-        let gv = F32View::new(&grad, AOP).map_err(Error::into_candle)?;
+        let xv = F32View::of(x, AOP)?;
+        let av = F32View::of(alpha, AOP)?;
+        let gv = F32View::of(&grad, AOP)?;
         let a = read_alpha(av.slice(), AOP).map_err(Error::into_candle)?;
         let n = act_levels(self.bits);
         let s = a / n;
@@ -214,8 +206,8 @@ impl CustomOp2 for FakeQuantActOp {
         let mut dx = vec![0f32; xs.len()];
         // dα partial sums over fixed blocks (thread-count independent), summed in f64.
         let dalpha: f64 = dx
-            .par_chunks_mut(16384)
-            .zip(xs.par_chunks(16384).zip(gs.par_chunks(16384)))
+            .par_chunks_mut(BLOCK)
+            .zip(xs.par_chunks(BLOCK).zip(gs.par_chunks(BLOCK)))
             .map(|(d, (x, g))| {
                 let mut acc = 0f64;
                 for ((d, &x), &g) in d.iter_mut().zip(x).zip(g) {

@@ -66,15 +66,17 @@ pub(crate) fn gemm_bcast(
             avx2::bcast(
                 m,
                 n,
-                k,
-                a.data.as_ptr(),
-                a.rs,
-                a.cs,
-                b.as_ptr(),
-                ldb,
-                c.as_mut_ptr(),
-                ldc,
-                accumulate,
+                avx2::Bcast {
+                    k,
+                    a: a.data.as_ptr(),
+                    ars: a.rs,
+                    acs: a.cs,
+                    b: b.as_ptr(),
+                    ldb,
+                    c: c.as_mut_ptr(),
+                    ldc,
+                    accumulate,
+                },
             )
         };
         return;
@@ -119,13 +121,15 @@ pub(crate) fn gemm_dot(
             avx2::dot(
                 m,
                 n,
-                p,
-                a.as_ptr(),
-                lda,
-                b.as_ptr(),
-                ldb,
-                c.as_mut_ptr(),
-                ldc,
+                avx2::Dot {
+                    p,
+                    a: a.as_ptr(),
+                    lda,
+                    b: b.as_ptr(),
+                    ldb,
+                    c: c.as_mut_ptr(),
+                    ldc,
+                },
             )
         };
         return;
@@ -147,20 +151,51 @@ pub(crate) fn gemm_dot(
 mod avx2 {
     use std::arch::x86_64::*;
 
+    /// Operands of `C = [C +] A·B` for the broadcast kernels: `A` with row and column strides
+    /// `ars`, `acs` (reduction length `k`), `B` and `C` row-major with leading dimensions.
+    #[derive(Clone, Copy)]
+    pub(super) struct Bcast {
+        pub k: usize,
+        pub a: *const f32,
+        pub ars: usize,
+        pub acs: usize,
+        pub b: *const f32,
+        pub ldb: usize,
+        pub c: *mut f32,
+        pub ldc: usize,
+        pub accumulate: bool,
+    }
+
+    impl Bcast {
+        /// The block whose top-left corner of `C` is row `i`, column `j`.
+        /// SAFETY: the block's first row and column must lie inside the operands.
+        unsafe fn at(self, i: usize, j: usize) -> Self {
+            // SAFETY: the caller's bound.
+            unsafe {
+                Self {
+                    a: self.a.add(i * self.ars),
+                    b: self.b.add(j),
+                    c: self.c.add(i * self.ldc + j),
+                    ..self
+                }
+            }
+        }
+    }
+
     /// One `MR × (8·NV)` tile of `C = [C +] A·B`.
     #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn bcast_tile<const MR: usize, const NV: usize>(
-        k: usize,
-        a: *const f32,
-        ars: usize,
-        acs: usize,
-        b: *const f32,
-        ldb: usize,
-        c: *mut f32,
-        ldc: usize,
-        accumulate: bool,
-    ) {
+    unsafe fn bcast_tile<const MR: usize, const NV: usize>(op: Bcast) {
+        let Bcast {
+            k,
+            a,
+            ars,
+            acs,
+            b,
+            ldb,
+            c,
+            ldc,
+            accumulate,
+        } = op;
         // SAFETY (whole body): the caller guarantees the tile lies inside A, B and C.
         unsafe {
             let mut acc = [[_mm256_setzero_ps(); NV]; MR];
@@ -192,30 +227,29 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn bcast_rows<const MR: usize>(
-        n: usize,
-        k: usize,
-        a: *const f32,
-        ars: usize,
-        acs: usize,
-        b: *const f32,
-        ldb: usize,
-        c: *mut f32,
-        ldc: usize,
-        accumulate: bool,
-    ) {
+    unsafe fn bcast_rows<const MR: usize>(n: usize, op: Bcast) {
         // SAFETY (whole body): columns stay below n; rows below MR (caller's bound).
         unsafe {
             let mut j = 0;
             while j + 16 <= n {
-                bcast_tile::<MR, 2>(k, a, ars, acs, b.add(j), ldb, c.add(j), ldc, accumulate);
+                bcast_tile::<MR, 2>(op.at(0, j));
                 j += 16;
             }
             while j + 8 <= n {
-                bcast_tile::<MR, 1>(k, a, ars, acs, b.add(j), ldb, c.add(j), ldc, accumulate);
+                bcast_tile::<MR, 1>(op.at(0, j));
                 j += 8;
             }
+            let Bcast {
+                k,
+                a,
+                ars,
+                acs,
+                b,
+                ldb,
+                c,
+                ldc,
+                accumulate,
+            } = op;
             for r in 0..MR {
                 for jj in j..n {
                     let mut s = 0f32;
@@ -231,43 +265,19 @@ mod avx2 {
 
     /// See [`super::gemm_bcast`]; the caller checked CPU support and extents.
     #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn bcast(
-        m: usize,
-        n: usize,
-        k: usize,
-        a: *const f32,
-        ars: usize,
-        acs: usize,
-        b: *const f32,
-        ldb: usize,
-        c: *mut f32,
-        ldc: usize,
-        accumulate: bool,
-    ) {
+    pub(super) unsafe fn bcast(m: usize, n: usize, op: Bcast) {
         // SAFETY (whole body): row blocks stay below m.
         unsafe {
             let mut i = 0;
             while i + 4 <= m {
-                bcast_rows::<4>(
-                    n,
-                    k,
-                    a.add(i * ars),
-                    ars,
-                    acs,
-                    b,
-                    ldb,
-                    c.add(i * ldc),
-                    ldc,
-                    accumulate,
-                );
+                bcast_rows::<4>(n, op.at(i, 0));
                 i += 4;
             }
-            let (ai, ci) = (a.add(i * ars), c.add(i * ldc));
+            let rest = op.at(i, 0);
             match m - i {
-                3 => bcast_rows::<3>(n, k, ai, ars, acs, b, ldb, ci, ldc, accumulate),
-                2 => bcast_rows::<2>(n, k, ai, ars, acs, b, ldb, ci, ldc, accumulate),
-                1 => bcast_rows::<1>(n, k, ai, ars, acs, b, ldb, ci, ldc, accumulate),
+                3 => bcast_rows::<3>(n, rest),
+                2 => bcast_rows::<2>(n, rest),
+                1 => bcast_rows::<1>(n, rest),
                 _ => {}
             }
         }
@@ -283,18 +293,47 @@ mod avx2 {
         _mm_cvtss_f32(s)
     }
 
+    /// Operands of `C += A·Bᵀ` for the dot kernels: `A` and `B` row-major along the reduction
+    /// (length `p`), `C` row-major, each with its leading dimension.
+    #[derive(Clone, Copy)]
+    pub(super) struct Dot {
+        pub p: usize,
+        pub a: *const f32,
+        pub lda: usize,
+        pub b: *const f32,
+        pub ldb: usize,
+        pub c: *mut f32,
+        pub ldc: usize,
+    }
+
+    impl Dot {
+        /// The block whose top-left corner of `C` is row `i`, column `j`.
+        /// SAFETY: the block's first row and column must lie inside the operands.
+        unsafe fn at(self, i: usize, j: usize) -> Self {
+            // SAFETY: the caller's bound.
+            unsafe {
+                Self {
+                    a: self.a.add(i * self.lda),
+                    b: self.b.add(j * self.ldb),
+                    c: self.c.add(i * self.ldc + j),
+                    ..self
+                }
+            }
+        }
+    }
+
     /// One `MR × NR` tile of `C += A·Bᵀ` (dot products along `p`).
     #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn dot_tile<const MR: usize, const NR: usize>(
-        p: usize,
-        a: *const f32,
-        lda: usize,
-        b: *const f32,
-        ldb: usize,
-        c: *mut f32,
-        ldc: usize,
-    ) {
+    unsafe fn dot_tile<const MR: usize, const NR: usize>(op: Dot) {
+        let Dot {
+            p,
+            a,
+            lda,
+            b,
+            ldb,
+            c,
+            ldc,
+        } = op;
         // SAFETY (whole body): the caller guarantees the tile lies inside A, B and C.
         unsafe {
             let mut acc = [[_mm256_setzero_ps(); NR]; MR];
@@ -326,57 +365,36 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn dot_rows<const MR: usize>(
-        n: usize,
-        p: usize,
-        a: *const f32,
-        lda: usize,
-        b: *const f32,
-        ldb: usize,
-        c: *mut f32,
-        ldc: usize,
-    ) {
+    unsafe fn dot_rows<const MR: usize>(n: usize, op: Dot) {
         // SAFETY (whole body): column blocks stay below n.
         unsafe {
             // 4×2 tiles of 8-lane partial sums (8 accumulators + 2 B + 1 A register).
             let mut j = 0;
             while j + 2 <= n {
-                dot_tile::<MR, 2>(p, a, lda, b.add(j * ldb), ldb, c.add(j), ldc);
+                dot_tile::<MR, 2>(op.at(0, j));
                 j += 2;
             }
             if n - j == 1 {
-                dot_tile::<MR, 1>(p, a, lda, b.add(j * ldb), ldb, c.add(j), ldc);
+                dot_tile::<MR, 1>(op.at(0, j));
             }
         }
     }
 
     /// See [`super::gemm_dot`]; the caller checked CPU support and extents.
     #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn dot(
-        m: usize,
-        n: usize,
-        p: usize,
-        a: *const f32,
-        lda: usize,
-        b: *const f32,
-        ldb: usize,
-        c: *mut f32,
-        ldc: usize,
-    ) {
+    pub(super) unsafe fn dot(m: usize, n: usize, op: Dot) {
         // SAFETY (whole body): row blocks stay below m.
         unsafe {
             let mut i = 0;
             while i + 4 <= m {
-                dot_rows::<4>(n, p, a.add(i * lda), lda, b, ldb, c.add(i * ldc), ldc);
+                dot_rows::<4>(n, op.at(i, 0));
                 i += 4;
             }
-            let (ai, ci) = (a.add(i * lda), c.add(i * ldc));
+            let rest = op.at(i, 0);
             match m - i {
-                3 => dot_rows::<3>(n, p, ai, lda, b, ldb, ci, ldc),
-                2 => dot_rows::<2>(n, p, ai, lda, b, ldb, ci, ldc),
-                1 => dot_rows::<1>(n, p, ai, lda, b, ldb, ci, ldc),
+                3 => dot_rows::<3>(n, rest),
+                2 => dot_rows::<2>(n, rest),
+                1 => dot_rows::<1>(n, rest),
                 _ => {}
             }
         }

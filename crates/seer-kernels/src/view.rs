@@ -1,8 +1,10 @@
 //! Borrowing contiguous f32 CPU data out of candle tensors and storages, and small helpers
-//! shared by the custom ops (finiteness checks).
+//! shared by the custom ops (finiteness checks, the `cpu_fwd` boilerplate, parallel
+//! element-wise maps).
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, Layout, Storage, StorageRef, Tensor};
+use candle_core::{CpuStorage, Layout, Shape, Storage, StorageRef, Tensor};
+use rayon::prelude::*;
 
 use crate::{Error, Result};
 
@@ -111,4 +113,71 @@ pub(crate) fn check_finite(v: &[f32], op: &'static str, what: &'static str) -> R
 /// Wraps a freshly computed vector as a tensor of `shape` on the CPU.
 pub(crate) fn to_tensor(v: Vec<f32>, shape: &[usize]) -> candle_core::Result<Tensor> {
     Tensor::from_vec(v, shape, &candle_core::Device::Cpu)
+}
+
+impl<'a> F32View<'a> {
+    /// [`F32View::new`] for use inside candle's custom-op callbacks (a candle error).
+    pub(crate) fn of(t: &'a Tensor, op: &'static str) -> candle_core::Result<Self> {
+        Self::new(t, op).map_err(Error::into_candle)
+    }
+}
+
+/// Output values and shape of a custom op's forward on borrowed slices (see [`cpu_fwd`]).
+pub(crate) type Forward = candle_core::Result<(Vec<f32>, Shape)>;
+
+/// Writes `cpu_fwd` of a candle custom op (`CustomOp1`, `CustomOp2`, `CustomOp3`) whose
+/// inputs are contiguous f32 CPU tensors: each input storage is borrowed as a slice (an error
+/// names the op `$op`) and handed with its layout to the op's inherent
+/// `fn forward(&self, [&[f32]; N], [&Layout; N]) -> Forward`. Call it inside the trait impl
+/// with one `storage layout` name pair per input: `cpu_fwd!(OP; s1 l1, s2 l2);`.
+macro_rules! cpu_fwd {
+    ($op:expr; $($s:ident $l:ident),+) => {
+        fn cpu_fwd(
+            &self,
+            $($s: &candle_core::CpuStorage, $l: &candle_core::Layout),+
+        ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+            let (out, shape) = self.forward(
+                [$($crate::view::storage_slice($s, $l, $op)?),+],
+                [$($l),+],
+            )?;
+            Ok((candle_core::CpuStorage::F32(out), shape))
+        }
+    };
+}
+pub(crate) use cpu_fwd;
+
+/// Elements per parallel block of the element-wise helpers (and of reductions whose partial
+/// sums must not depend on the thread count).
+pub(crate) const BLOCK: usize = 16384;
+
+/// `f(x)` for every element, in parallel over fixed blocks.
+pub(crate) fn par_map(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(BLOCK)
+        .zip(x.par_chunks(BLOCK))
+        .for_each(|(o, x)| {
+            for (o, &x) in o.iter_mut().zip(x) {
+                *o = f(x);
+            }
+        });
+    out
+}
+
+/// `f(a, b)` for every pair of elements of two equal-length slices, in parallel over fixed
+/// blocks.
+pub(crate) fn par_map2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; a.len()];
+    out.par_chunks_mut(BLOCK)
+        .zip(a.par_chunks(BLOCK).zip(b.par_chunks(BLOCK)))
+        .for_each(|(o, (a, b))| {
+            for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+                *o = f(a, b);
+            }
+        });
+    out
+}
+
+/// The gradient through a ReLU from its output `y`: `dy · [y > 0]` element-wise.
+pub(crate) fn relu_grad(dy: &[f32], y: &[f32]) -> Vec<f32> {
+    par_map2(dy, y, |g, y| if y > 0.0 { g } else { 0.0 })
 }
