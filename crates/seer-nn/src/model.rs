@@ -658,22 +658,23 @@ impl Model {
                     kernel,
                     stride,
                     padding,
-                } => {
-                    // Zero padding equals -inf padding after ReLU (non-negative inputs).
-                    let t = input(0)
-                        .pad_with_zeros(2, padding[0], padding[0])?
-                        .pad_with_zeros(3, padding[1], padding[1])?;
-                    t.max_pool2d_with_stride((kernel[0], kernel[1]), (stride[0], stride[1]))?
                 }
-                LayerKind::AvgPool {
+                | LayerKind::AvgPool {
                     kernel,
                     stride,
                     padding,
                 } => {
+                    // For max pooling, zero padding equals -inf padding after ReLU
+                    // (non-negative inputs).
                     let t = input(0)
                         .pad_with_zeros(2, padding[0], padding[0])?
                         .pad_with_zeros(3, padding[1], padding[1])?;
-                    t.avg_pool2d_with_stride((kernel[0], kernel[1]), (stride[0], stride[1]))?
+                    let (k, s) = ((kernel[0], kernel[1]), (stride[0], stride[1]));
+                    if matches!(l.kind, LayerKind::MaxPool { .. }) {
+                        t.max_pool2d_with_stride(k, s)?
+                    } else {
+                        t.avg_pool2d_with_stride(k, s)?
+                    }
                 }
                 LayerKind::GlobalAvgPool => input(0).mean_keepdim(2)?.mean_keepdim(3)?,
                 LayerKind::PadShortcut { stride, out_ch } => {

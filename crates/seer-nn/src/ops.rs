@@ -103,16 +103,7 @@ mod tests {
     use candle_core::{Device, Var};
     use seer_kernels::reference;
 
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
+    use crate::tests::max_abs_diff;
 
     /// Each wrapper passes its arguments to seer-kernels in the right order: compared with the
     /// slow references of `seer_kernels::reference` (forward and, for conv, gradients).

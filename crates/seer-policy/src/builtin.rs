@@ -140,13 +140,23 @@ fn cifar_resnet(b: &mut SpecBuilder, n: usize) -> Result<()> {
             } else {
                 x
             };
-            let s = b.add(&format!("{p}add"), &[y, short])?;
-            x = b.op(&format!("{p}relu2"), Some(s), LayerKind::Relu)?;
+            x = add_relu(b, &p, "relu2", y, short)?;
         }
     }
+    pool_classifier(b, x, "fc")
+}
+
+/// The residual join of a block: `{p}add` of `y` and `short`, then the ReLU `{p}{relu}`.
+fn add_relu(b: &mut SpecBuilder, p: &str, relu: &str, y: usize, short: usize) -> Result<usize> {
+    let s = b.add(&format!("{p}add"), &[y, short])?;
+    b.op(&format!("{p}{relu}"), Some(s), LayerKind::Relu)
+}
+
+/// Global average pooling (`avgpool`) of `x` and the linear classifier `fc` (with bias).
+fn pool_classifier(b: &mut SpecBuilder, x: usize, fc: &str) -> Result<()> {
     let g = b.op("avgpool", Some(x), LayerKind::GlobalAvgPool)?;
     let k = b.num_classes();
-    b.linear("fc", Some(g), k, true)?;
+    b.linear(fc, Some(g), k, true)?;
     Ok(())
 }
 
@@ -257,14 +267,10 @@ fn imagenet_resnet(b: &mut SpecBuilder, blocks: &[usize], bottleneck: bool) -> R
             } else {
                 x
             };
-            let s = b.add(&format!("{p}add"), &[y, short])?;
-            x = b.op(&format!("{p}relu"), Some(s), LayerKind::Relu)?;
+            x = add_relu(b, &p, "relu", y, short)?;
         }
     }
-    let g = b.op("avgpool", Some(x), LayerKind::GlobalAvgPool)?;
-    let k = b.num_classes();
-    b.linear("fc", Some(g), k, true)?;
-    Ok(())
+    pool_classifier(b, x, "fc")
 }
 
 /// torchvision MobileNetV2, width 1.0: inverted residuals (expand 1×1, depthwise 3×3,
@@ -318,10 +324,7 @@ fn mobilenet_v2(b: &mut SpecBuilder) -> Result<()> {
         }
     }
     x = cbr6(b, &format!("features.{i}"), Some(x), ConvOpts::new(1280, 1))?;
-    let g = b.op("avgpool", Some(x), LayerKind::GlobalAvgPool)?;
-    let k = b.num_classes();
-    b.linear("classifier.1", Some(g), k, true)?;
-    Ok(())
+    pool_classifier(b, x, "classifier.1")
 }
 
 /// Conv + BN + ReLU6 named `{p}.0`, `{p}.1`, `{p}.2` (torchvision's Conv2dNormActivation).

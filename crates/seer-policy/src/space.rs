@@ -85,6 +85,23 @@ impl Default for SpaceConfig {
     }
 }
 
+impl SpaceConfig {
+    /// The space of the SeerNet authors' released ResNet-20 samples (the peer data
+    /// `seernet-resnet20-cifar10`): masked residual pruning, one bit-width per unit (shared
+    /// bits), prune {0.25, 0.5, 0.75}, bits {2, 3, 4, 5}; the first and last layers fixed at 8
+    /// bits. With `builtin("resnet20", 32x32x3)` it has the data's 18 units in column order.
+    pub fn peer_resnet20() -> Self {
+        Self {
+            prune_ratios: vec![0.25, 0.5, 0.75],
+            wbits: vec![2, 3, 4, 5],
+            abits: vec![2, 3, 4, 5],
+            residual_pruning: ResidualPruning::Masked,
+            shared_bits: true,
+            ..Self::default()
+        }
+    }
+}
+
 /// A searchable unit: one layer, or the layers sharing one output-channel domain
 /// (a residual tie group in `tied` mode; a conv plus the depthwise convs that follow it).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

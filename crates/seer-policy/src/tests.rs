@@ -242,17 +242,9 @@ fn gradients_match_finite_differences() {
 #[test]
 fn resnet20_masked_matches_the_peer_data_columns() {
     // ../shared/peer-data/seernet-resnet20-cifar10: 18 block convs, stage 1 block 1 conv 1 first.
-    let cfg = SpaceConfig {
-        prune_ratios: vec![0.25, 0.5, 0.75],
-        wbits: vec![2, 3, 4, 5],
-        abits: vec![2, 3, 4, 5],
-        residual_pruning: ResidualPruning::Masked,
-        shared_bits: true,
-        ..Default::default()
-    };
     let s = SearchSpace::new(
         builtin("resnet20", Some("32x32x3".parse().unwrap()), None).unwrap(),
-        cfg,
+        SpaceConfig::peer_resnet20(),
     )
     .unwrap();
     let names: Vec<String> = s.units().iter().map(|u| u.name.clone()).collect();

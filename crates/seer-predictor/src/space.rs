@@ -162,7 +162,7 @@ pub fn cheaper_neighbours(space: &SearchSpace, idx: &[usize]) -> Result<Vec<Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use seer_policy::{InputShape, ResidualPruning, SpaceConfig, builtin};
+    use seer_policy::{InputShape, SpaceConfig, builtin};
 
     /// The peer data's space: ResNet-20, masked residual pruning, shared bits (README of the data).
     fn peer_space() -> SearchSpace {
@@ -172,15 +172,7 @@ mod tests {
             Some(10),
         )
         .unwrap();
-        let config = SpaceConfig {
-            prune_ratios: vec![0.25, 0.5, 0.75],
-            wbits: vec![2, 3, 4, 5],
-            abits: vec![2, 3, 4, 5],
-            residual_pruning: ResidualPruning::Masked,
-            shared_bits: true,
-            ..SpaceConfig::default()
-        };
-        SearchSpace::new(spec, config).unwrap()
+        SearchSpace::new(spec, SpaceConfig::peer_resnet20()).unwrap()
     }
 
     fn header(l: usize) -> String {
@@ -251,35 +243,27 @@ mod tests {
                 .collect::<Vec<_>>()
                 .join(",")
         };
-        let t = CsvTable::parse(&format!("{}\n{}\n", header(19), ok_row(19)), "p.csv").unwrap();
-        let e = samples_from_table(&t, "top1", &space)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("\"prune_18\"") && e.contains("18 searchable units"),
-            "{e}"
-        );
-        let t = CsvTable::parse(&format!("{}\n{}\n", header(17), ok_row(17)), "p.csv").unwrap();
-        let e = samples_from_table(&t, "top1", &space)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("unit 17") && e.contains("no bit-width column"),
-            "{e}"
-        );
-        let t = CsvTable::parse("foo,top1\n1,2\n", "p.csv").unwrap();
-        let e = samples_from_table(&t, "top1", &space)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("\"foo\"") && e.contains("not a policy column"),
-            "{e}"
-        );
-        let bad = ok_row(18).replacen("4", "7", 1);
-        let t = CsvTable::parse(&format!("{}\n{}\n", header(18), bad), "p.csv").unwrap();
-        let e = samples_from_table(&t, "top1", &space)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("p.csv: line 2"), "{e}");
+        let csv = |l: usize, row: String| format!("{}\n{row}\n", header(l));
+        for (text, needles) in [
+            (
+                csv(19, ok_row(19)),
+                &["\"prune_18\"", "18 searchable units"][..],
+            ),
+            (csv(17, ok_row(17)), &["unit 17", "no bit-width column"]),
+            (
+                "foo,top1\n1,2\n".to_string(),
+                &["\"foo\"", "not a policy column"],
+            ),
+            (
+                csv(18, ok_row(18).replacen("4", "7", 1)),
+                &["p.csv: line 2"],
+            ),
+        ] {
+            let t = CsvTable::parse(&text, "p.csv").unwrap();
+            let e = samples_from_table(&t, "top1", &space)
+                .unwrap_err()
+                .to_string();
+            assert!(needles.iter().all(|n| e.contains(n)), "{e}");
+        }
     }
 }
