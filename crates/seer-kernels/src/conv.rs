@@ -6,12 +6,12 @@
 //! `[C_in/groups · K_h · K_w, H_out · W_out]`, so the GEMM output is already NCHW and no
 //! layout copy is needed on either side (measured in `benches/kernels.rs`).
 
-use candle_core::{CustomOp2, Layout, Shape, Tensor};
+use candle_core::{Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::matmul::Mat;
 use crate::simd::{gemm_bcast, gemm_dot};
-use crate::view::{F32View, Forward, cpu_fwd, prepare, to_tensor};
+use crate::view::{Backward, F32View, Forward, custom_op, prepare, to_tensor};
 use crate::{Error, Result};
 
 const OP: &str = "conv2d";
@@ -496,22 +496,8 @@ impl Conv2dOp {
         let out = conv_forward(x, w, &g);
         Ok((out, Shape::from((g.n, g.cout, g.oh, g.ow))))
     }
-}
 
-impl CustomOp2 for Conv2dOp {
-    fn name(&self) -> &'static str {
-        "seer-conv2d"
-    }
-
-    cpu_fwd!(OP; s1 l1, s2 l2);
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    fn backward(&self, [x, w]: [&Tensor; 2], _res: &Tensor, grad: &Tensor) -> Backward<2> {
         let g = Geom::new(x.dims(), w.dims(), &self.params).map_err(Error::into_candle)?;
         let grad = grad.contiguous()?;
         let need_dx = x.track_op();
@@ -524,9 +510,11 @@ impl CustomOp2 for Conv2dOp {
         };
         let dx = dx.map(|v| to_tensor(v, x.dims())).transpose()?;
         let dw = dw.map(|v| to_tensor(v, w.dims())).transpose()?;
-        Ok((dx, dw))
+        Ok([dx, dw])
     }
 }
+
+custom_op!(CustomOp2 for Conv2dOp, |_| "seer-conv2d", OP);
 
 /// 2-D convolution with backward (candle custom op): `x` `[N, C_in, H, W]` f32 (NCHW),
 /// `w` `[C_out, C_in/groups, K_h, K_w]` f32 → `[N, C_out, H_out, W_out]` with

@@ -1,10 +1,10 @@
 //! Structured (channel) pruning: channel masks with backward, and L2 filter-norm scores
 //! summed over a residual tie group (method.md §3).
 
-use candle_core::{CustomOp2, Layout, Tensor};
+use candle_core::{Layout, Tensor};
 use rayon::prelude::*;
 
-use crate::view::{F32View, Forward, cpu_fwd, prepare, to_tensor};
+use crate::view::{Backward, F32View, Forward, custom_op, prepare, to_tensor};
 use crate::{Error, Result};
 
 const OP: &str = "channel_mask";
@@ -49,22 +49,8 @@ impl ChannelMaskOp {
         let (_, c, inner) = split(l.dims(), self.dim);
         Ok((scale_rows(x, m, c, inner), l.shape().clone()))
     }
-}
 
-impl CustomOp2 for ChannelMaskOp {
-    fn name(&self) -> &'static str {
-        "seer-channel-mask"
-    }
-
-    cpu_fwd!(OP; s1 l1, s2 l2);
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        mask: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    fn backward(&self, [x, mask]: [&Tensor; 2], _res: &Tensor, grad: &Tensor) -> Backward<2> {
         let grad = grad.contiguous()?;
         let xv = F32View::of(x, OP)?;
         let mv = F32View::of(mask, OP)?;
@@ -90,9 +76,11 @@ impl CustomOp2 for ChannelMaskOp {
         } else {
             None
         };
-        Ok((Some(to_tensor(dx, x.dims())?), dmask))
+        Ok([Some(to_tensor(dx, x.dims())?), dmask])
     }
 }
+
+custom_op!(CustomOp2 for ChannelMaskOp, |_| "seer-channel-mask", OP);
 
 /// Structured channel mask with backward: `y[.., c, ..] = x[.., c, ..] · mask[c]` along
 /// dimension `dim` (1 for NCHW activations, 0 for a weight's output channels). Backward:

@@ -4,10 +4,10 @@
 
 use std::sync::{Arc, OnceLock};
 
-use candle_core::{CustomOp1, CustomOp3, Layout, Tensor};
+use candle_core::{Layout, Tensor};
 use rayon::prelude::*;
 
-use crate::view::{F32View, Forward, cpu_fwd, par_map, prepare, relu_grad, to_tensor};
+use crate::view::{Backward, F32View, Forward, custom_op, par_map, prepare, relu_grad, to_tensor};
 use crate::{Error, Result};
 
 const OP: &str = "batch_norm_train";
@@ -121,27 +121,13 @@ impl BatchNormOp {
         let _ = self.stats.set(Stats { mean, var });
         Ok((out, l.shape().clone()))
     }
-}
 
-impl CustomOp3 for BatchNormOp {
-    fn name(&self) -> &'static str {
-        if self.relu {
-            "seer-batch-norm-relu-train"
-        } else {
-            "seer-batch-norm-train"
-        }
-    }
-
-    cpu_fwd!(OP; s1 l1, s2 l2, s3 l3);
-
-    fn bwd(
+    fn backward(
         &self,
-        x: &Tensor,
-        gamma: &Tensor,
-        _beta: &Tensor,
+        [x, gamma, _beta]: [&Tensor; 3],
         res: &Tensor,
         grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    ) -> Backward<3> {
         let Some(st) = self.stats.get() else {
             candle_core::bail!("{OP}: backward before forward");
         };
@@ -199,13 +185,21 @@ impl CustomOp3 for BatchNormOp {
                     }
                 });
         }
-        Ok((
+        Ok([
             Some(to_tensor(dx, x.dims())?),
             Some(to_tensor(dgamma, &[c])?),
             Some(to_tensor(dbeta, &[c])?),
-        ))
+        ])
     }
 }
+
+custom_op!(CustomOp3 for BatchNormOp, |op: &Self| {
+        if op.relu {
+            "seer-batch-norm-relu-train"
+        } else {
+            "seer-batch-norm-train"
+        }
+    }, OP);
 
 /// Output of [`batch_norm_train`]: the normalised tensor (with autograd) and the batch
 /// statistics (detached) for updating running estimates.
@@ -362,23 +356,17 @@ impl ReluOp {
     fn forward(&self, [x]: [&[f32]; 1], [l]: [&Layout; 1]) -> Forward {
         Ok((par_map(x, |x| x.max(0.0)), l.shape().clone()))
     }
-}
 
-impl CustomOp1 for ReluOp {
-    fn name(&self) -> &'static str {
-        "seer-relu"
-    }
-
-    cpu_fwd!(ROP; s l);
-
-    fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    fn backward(&self, [_x]: [&Tensor; 1], res: &Tensor, grad: &Tensor) -> Backward<1> {
         let grad = grad.contiguous()?;
         let rv = F32View::of(res, ROP)?;
         let gv = F32View::of(&grad, ROP)?;
         let dx = relu_grad(gv.slice(), rv.slice());
-        Ok(Some(to_tensor(dx, res.dims())?))
+        Ok([Some(to_tensor(dx, res.dims())?)])
     }
 }
+
+custom_op!(CustomOp1 for ReluOp, |_| "seer-relu", ROP);
 
 /// ReLU with a fused backward (`dx = dy · [x > 0]`; candle's built-in allocates four
 /// tensors for it and passes gradient at `x = 0`). `x`: any shape, f32.

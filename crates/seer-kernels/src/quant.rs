@@ -3,10 +3,12 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{CustomOp1, CustomOp2, Layout, Tensor};
+use candle_core::{Layout, Tensor};
 use rayon::prelude::*;
 
-use crate::view::{BLOCK, F32View, Forward, check_finite, cpu_fwd, par_map, prepare, to_tensor};
+use crate::view::{
+    BLOCK, Backward, F32View, Forward, check_finite, custom_op, par_map, prepare, to_tensor,
+};
 use crate::{Error, Result};
 
 fn check_bits(op: &'static str, bits: u32) -> Result<()> {
@@ -87,25 +89,27 @@ impl FakeQuantWeightOp {
         }
         Ok((out, l.shape().clone()))
     }
-}
 
-impl CustomOp1 for FakeQuantWeightOp {
-    fn name(&self) -> &'static str {
-        "seer-fake-quant-weight"
-    }
-
-    cpu_fwd!(WOP; s l);
-
-    fn bwd(
-        &self,
-        _w: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<Option<Tensor>> {
+    fn backward(&self, [_w]: [&Tensor; 1], _res: &Tensor, grad: &Tensor) -> Backward<1> {
         // Straight-through estimator: every weight lies inside its channel's range, so the
         // gradient passes unchanged (method.md §3).
-        Ok(Some(grad.clone()))
+        Ok([Some(grad.clone())])
     }
+}
+
+custom_op!(CustomOp1 for FakeQuantWeightOp, |_| "seer-fake-quant-weight", WOP);
+
+/// Checks the bit-width and rank of a weight for [`fake_quant_weight`] and
+/// [`weight_scales`]; returns it contiguous.
+fn prepare_weight(w: &Tensor, bits: u32) -> Result<Tensor> {
+    check_bits(WOP, bits)?;
+    if w.rank() == 0 {
+        return Err(Error::Shape {
+            op: WOP,
+            msg: "weight must have rank ≥ 1, got a scalar".into(),
+        });
+    }
+    prepare(w, WOP)
 }
 
 /// Fake-quantizes weights per output channel, symmetric, signed (method.md §3):
@@ -117,14 +121,7 @@ impl CustomOp1 for FakeQuantWeightOp {
 /// `[out, in]`); returns the same shape. Errors: [`Error::InvalidBits`] if `bits ∉ 2..=8`,
 /// [`Error::NonFinite`] for NaN/Inf in `w`, [`Error::Shape`] for a rank-0 tensor.
 pub fn fake_quant_weight(w: &Tensor, bits: u32) -> Result<Tensor> {
-    check_bits(WOP, bits)?;
-    if w.rank() == 0 {
-        return Err(Error::Shape {
-            op: WOP,
-            msg: "weight must have rank ≥ 1, got a scalar".into(),
-        });
-    }
-    let w = prepare(w, WOP)?;
+    let w = prepare_weight(w, bits)?;
     let err = ErrSlot::default();
     w.apply_op1(FakeQuantWeightOp {
         bits,
@@ -136,14 +133,7 @@ pub fn fake_quant_weight(w: &Tensor, bits: u32) -> Result<Tensor> {
 /// Per-output-channel scales `s_c` that [`fake_quant_weight`] uses, `[C_out]` f32.
 /// Errors as [`fake_quant_weight`].
 pub fn weight_scales(w: &Tensor, bits: u32) -> Result<Tensor> {
-    check_bits(WOP, bits)?;
-    if w.rank() == 0 {
-        return Err(Error::Shape {
-            op: WOP,
-            msg: "weight must have rank ≥ 1, got a scalar".into(),
-        });
-    }
-    let w = prepare(w, WOP)?;
+    let w = prepare_weight(w, bits)?;
     let c = w.dim(0)?;
     let v = F32View::new(&w, WOP)?;
     let s = channel_scales(v.slice(), c, weight_qmax(bits), WOP)?;
@@ -179,22 +169,8 @@ impl FakeQuantActOp {
         let out = par_map(x, |v| (v.clamp(0.0, alpha) / s).round() * s);
         Ok((out, l.shape().clone()))
     }
-}
 
-impl CustomOp2 for FakeQuantActOp {
-    fn name(&self) -> &'static str {
-        "seer-fake-quant-act"
-    }
-
-    cpu_fwd!(AOP; s1 l1, s2 l2);
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        alpha: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    fn backward(&self, [x, alpha]: [&Tensor; 2], _res: &Tensor, grad: &Tensor) -> Backward<2> {
         let grad = grad.contiguous()?;
         let xv = F32View::of(x, AOP)?;
         let av = F32View::of(alpha, AOP)?;
@@ -226,9 +202,11 @@ impl CustomOp2 for FakeQuantActOp {
             .sum();
         let dx = to_tensor(dx, x.dims())?;
         let da = Tensor::full(dalpha as f32, alpha.dims(), alpha.device())?;
-        Ok((Some(dx), Some(da)))
+        Ok([Some(dx), Some(da)])
     }
 }
+
+custom_op!(CustomOp2 for FakeQuantActOp, |_| "seer-fake-quant-act", AOP);
 
 /// Fake-quantizes activations, unsigned, to `bits` bits over the clip range `[0, α]`
 /// (method.md §3): `y = s · round(clamp(x, 0, α) / s)`, `s = α / (2^b − 1)`,

@@ -1,10 +1,10 @@
 //! Residual-block helpers with fused backward: `relu(a + b)` and the option-A (parameter-free)
 //! ResNet shortcut, each one pass over memory where candle's ops take several.
 
-use candle_core::{CustomOp1, CustomOp2, Layout, Shape, Tensor};
+use candle_core::{Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::view::{F32View, Forward, cpu_fwd, par_map2, prepare, relu_grad, to_tensor};
+use crate::view::{Backward, F32View, Forward, custom_op, par_map2, prepare, relu_grad, to_tensor};
 use crate::{Error, Result};
 
 const AOP: &str = "add_relu";
@@ -15,29 +15,17 @@ impl AddReluOp {
     fn forward(&self, [a, b]: [&[f32]; 2], [l, _]: [&Layout; 2]) -> Forward {
         Ok((par_map2(a, b, |a, b| (a + b).max(0.0)), l.shape().clone()))
     }
-}
 
-impl CustomOp2 for AddReluOp {
-    fn name(&self) -> &'static str {
-        "seer-add-relu"
-    }
-
-    cpu_fwd!(AOP; s1 l1, s2 l2);
-
-    fn bwd(
-        &self,
-        a: &Tensor,
-        b: &Tensor,
-        res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    fn backward(&self, [a, b]: [&Tensor; 2], res: &Tensor, grad: &Tensor) -> Backward<2> {
         let grad = grad.contiguous()?;
         let rv = F32View::of(res, AOP)?;
         let gv = F32View::of(&grad, AOP)?;
         let d = to_tensor(relu_grad(gv.slice(), rv.slice()), res.dims())?;
-        Ok((a.track_op().then(|| d.clone()), b.track_op().then_some(d)))
+        Ok([a.track_op().then(|| d.clone()), b.track_op().then_some(d)])
     }
 }
+
+custom_op!(CustomOp2 for AddReluOp, |_| "seer-add-relu", AOP);
 
 /// `relu(a + b)` with a fused backward (`da = db = dy · [y > 0]`): the residual join of a
 /// ResNet basic block. `a`, `b`: f32, equal shapes. Errors: [`Error::Shape`] if the shapes
@@ -87,16 +75,8 @@ impl ShortcutAOp {
         }
         Ok((out, Shape::from((n, self.cout, oh, ow))))
     }
-}
 
-impl CustomOp1 for ShortcutAOp {
-    fn name(&self) -> &'static str {
-        "seer-shortcut-a"
-    }
-
-    cpu_fwd!(SOP; s l);
-
-    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    fn backward(&self, [x]: [&Tensor; 1], _res: &Tensor, grad: &Tensor) -> Backward<1> {
         let grad = grad.contiguous()?;
         let gv = F32View::of(&grad, SOP)?;
         let g = gv.slice();
@@ -113,9 +93,11 @@ impl CustomOp1 for ShortcutAOp {
                 }
             });
         }
-        Ok(Some(to_tensor(dx, x.dims())?))
+        Ok([Some(to_tensor(dx, x.dims())?)])
     }
 }
+
+custom_op!(CustomOp1 for ShortcutAOp, |_| "seer-shortcut-a", SOP);
 
 /// The option-A ResNet shortcut (He et al. 2016, CIFAR variant): `x[:, :, ::2, ::2]` with its
 /// channels zero-padded to `cout` (`(cout − C)/2` zero channels before, the rest after), with

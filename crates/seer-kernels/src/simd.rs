@@ -66,13 +66,14 @@ pub(crate) fn gemm_bcast(
             avx2::bcast(
                 m,
                 n,
-                avx2::Bcast {
+                avx2::Gemm {
                     k,
                     a: a.data.as_ptr(),
                     ars: a.rs,
                     acs: a.cs,
                     b: b.as_ptr(),
-                    ldb,
+                    brs: ldb,
+                    bcs: 1,
                     c: c.as_mut_ptr(),
                     ldc,
                     accumulate,
@@ -121,14 +122,17 @@ pub(crate) fn gemm_dot(
             avx2::dot(
                 m,
                 n,
-                avx2::Dot {
-                    p,
+                avx2::Gemm {
+                    k: p,
                     a: a.as_ptr(),
-                    lda,
+                    ars: lda,
+                    acs: 1,
                     b: b.as_ptr(),
-                    ldb,
+                    brs: 1,
+                    bcs: ldb,
                     c: c.as_mut_ptr(),
                     ldc,
+                    accumulate: true,
                 },
             )
         };
@@ -151,22 +155,25 @@ pub(crate) fn gemm_dot(
 mod avx2 {
     use std::arch::x86_64::*;
 
-    /// Operands of `C = [C +] A·B` for the broadcast kernels: `A` with row and column strides
-    /// `ars`, `acs` (reduction length `k`), `B` and `C` row-major with leading dimensions.
+    /// Operands of `C = [C +] A·B` (`A` `m × k`, `B` `k × n`), each element addressed by
+    /// strides: `A[i, q]` at `a + i·ars + q·acs`, `B[q, j]` at `b + q·brs + j·bcs`, `C[i, j]`
+    /// at `c + i·ldc + j`. The broadcast kernels load `B` along rows (`bcs = 1`); the dot
+    /// kernels load `A` and `B` along the reduction (`acs = brs = 1`) and always accumulate.
     #[derive(Clone, Copy)]
-    pub(super) struct Bcast {
+    pub(super) struct Gemm {
         pub k: usize,
         pub a: *const f32,
         pub ars: usize,
         pub acs: usize,
         pub b: *const f32,
-        pub ldb: usize,
+        pub brs: usize,
+        pub bcs: usize,
         pub c: *mut f32,
         pub ldc: usize,
         pub accumulate: bool,
     }
 
-    impl Bcast {
+    impl Gemm {
         /// The block whose top-left corner of `C` is row `i`, column `j`.
         /// SAFETY: the block's first row and column must lie inside the operands.
         unsafe fn at(self, i: usize, j: usize) -> Self {
@@ -174,7 +181,7 @@ mod avx2 {
             unsafe {
                 Self {
                     a: self.a.add(i * self.ars),
-                    b: self.b.add(j),
+                    b: self.b.add(j * self.bcs),
                     c: self.c.add(i * self.ldc + j),
                     ..self
                 }
@@ -184,29 +191,19 @@ mod avx2 {
 
     /// One `MR × (8·NV)` tile of `C = [C +] A·B`.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn bcast_tile<const MR: usize, const NV: usize>(op: Bcast) {
-        let Bcast {
-            k,
-            a,
-            ars,
-            acs,
-            b,
-            ldb,
-            c,
-            ldc,
-            accumulate,
-        } = op;
+    unsafe fn bcast_tile<const MR: usize, const NV: usize>(op: Gemm) {
+        let Gemm { a, b, c, ldc, .. } = op;
         // SAFETY (whole body): the caller guarantees the tile lies inside A, B and C.
         unsafe {
             let mut acc = [[_mm256_setzero_ps(); NV]; MR];
-            for kk in 0..k {
-                let bp = b.add(kk * ldb);
+            for kk in 0..op.k {
+                let bp = b.add(kk * op.brs);
                 let mut bv = [_mm256_setzero_ps(); NV];
                 for (v, bv) in bv.iter_mut().enumerate() {
                     *bv = _mm256_loadu_ps(bp.add(8 * v));
                 }
                 for (r, acc) in acc.iter_mut().enumerate() {
-                    let av = _mm256_broadcast_ss(&*a.add(r * ars + kk * acs));
+                    let av = _mm256_broadcast_ss(&*a.add(r * op.ars + kk * op.acs));
                     for v in 0..NV {
                         acc[v] = _mm256_fmadd_ps(av, bv[v], acc[v]);
                     }
@@ -215,7 +212,7 @@ mod avx2 {
             for (r, acc) in acc.iter().enumerate() {
                 for (v, &x) in acc.iter().enumerate() {
                     let cp = c.add(r * ldc + 8 * v);
-                    let x = if accumulate {
+                    let x = if op.accumulate {
                         _mm256_add_ps(x, _mm256_loadu_ps(cp))
                     } else {
                         x
@@ -227,7 +224,7 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn bcast_rows<const MR: usize>(n: usize, op: Bcast) {
+    unsafe fn bcast_rows<const MR: usize>(n: usize, op: Gemm) {
         // SAFETY (whole body): columns stay below n; rows below MR (caller's bound).
         unsafe {
             let mut j = 0;
@@ -239,25 +236,15 @@ mod avx2 {
                 bcast_tile::<MR, 1>(op.at(0, j));
                 j += 8;
             }
-            let Bcast {
-                k,
-                a,
-                ars,
-                acs,
-                b,
-                ldb,
-                c,
-                ldc,
-                accumulate,
-            } = op;
+            let Gemm { a, b, c, .. } = op;
             for r in 0..MR {
                 for jj in j..n {
                     let mut s = 0f32;
-                    for kk in 0..k {
-                        s += *a.add(r * ars + kk * acs) * *b.add(kk * ldb + jj);
+                    for kk in 0..op.k {
+                        s += *a.add(r * op.ars + kk * op.acs) * *b.add(kk * op.brs + jj);
                     }
-                    let cp = c.add(r * ldc + jj);
-                    *cp = if accumulate { *cp + s } else { s };
+                    let cp = c.add(r * op.ldc + jj);
+                    *cp = if op.accumulate { *cp + s } else { s };
                 }
             }
         }
@@ -265,7 +252,7 @@ mod avx2 {
 
     /// See [`super::gemm_bcast`]; the caller checked CPU support and extents.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn bcast(m: usize, n: usize, op: Bcast) {
+    pub(super) unsafe fn bcast(m: usize, n: usize, op: Gemm) {
         // SAFETY (whole body): row blocks stay below m.
         unsafe {
             let mut i = 0;
@@ -293,46 +280,18 @@ mod avx2 {
         _mm_cvtss_f32(s)
     }
 
-    /// Operands of `C += A·Bᵀ` for the dot kernels: `A` and `B` row-major along the reduction
-    /// (length `p`), `C` row-major, each with its leading dimension.
-    #[derive(Clone, Copy)]
-    pub(super) struct Dot {
-        pub p: usize,
-        pub a: *const f32,
-        pub lda: usize,
-        pub b: *const f32,
-        pub ldb: usize,
-        pub c: *mut f32,
-        pub ldc: usize,
-    }
-
-    impl Dot {
-        /// The block whose top-left corner of `C` is row `i`, column `j`.
-        /// SAFETY: the block's first row and column must lie inside the operands.
-        unsafe fn at(self, i: usize, j: usize) -> Self {
-            // SAFETY: the caller's bound.
-            unsafe {
-                Self {
-                    a: self.a.add(i * self.lda),
-                    b: self.b.add(j * self.ldb),
-                    c: self.c.add(i * self.ldc + j),
-                    ..self
-                }
-            }
-        }
-    }
-
     /// One `MR × NR` tile of `C += A·Bᵀ` (dot products along `p`).
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn dot_tile<const MR: usize, const NR: usize>(op: Dot) {
-        let Dot {
-            p,
+    unsafe fn dot_tile<const MR: usize, const NR: usize>(op: Gemm) {
+        let Gemm {
+            k: p,
             a,
-            lda,
+            ars: lda,
             b,
-            ldb,
+            bcs: ldb,
             c,
             ldc,
+            ..
         } = op;
         // SAFETY (whole body): the caller guarantees the tile lies inside A, B and C.
         unsafe {
@@ -365,7 +324,7 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn dot_rows<const MR: usize>(n: usize, op: Dot) {
+    unsafe fn dot_rows<const MR: usize>(n: usize, op: Gemm) {
         // SAFETY (whole body): column blocks stay below n.
         unsafe {
             // 4×2 tiles of 8-lane partial sums (8 accumulators + 2 B + 1 A register).
@@ -382,7 +341,7 @@ mod avx2 {
 
     /// See [`super::gemm_dot`]; the caller checked CPU support and extents.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn dot(m: usize, n: usize, op: Dot) {
+    pub(super) unsafe fn dot(m: usize, n: usize, op: Gemm) {
         // SAFETY (whole body): row blocks stay below m.
         unsafe {
             let mut i = 0;

@@ -122,29 +122,71 @@ impl<'a> F32View<'a> {
     }
 }
 
-/// Output values and shape of a custom op's forward on borrowed slices (see [`cpu_fwd`]).
+/// Output values and shape of a custom op's forward on borrowed slices (see [`custom_op`]).
 pub(crate) type Forward = candle_core::Result<(Vec<f32>, Shape)>;
 
-/// Writes `cpu_fwd` of a candle custom op (`CustomOp1`, `CustomOp2`, `CustomOp3`) whose
-/// inputs are contiguous f32 CPU tensors: each input storage is borrowed as a slice (an error
-/// names the op `$op`) and handed with its layout to the op's inherent
-/// `fn forward(&self, [&[f32]; N], [&Layout; N]) -> Forward`. Call it inside the trait impl
-/// with one `storage layout` name pair per input: `cpu_fwd!(OP; s1 l1, s2 l2);`.
-macro_rules! cpu_fwd {
-    ($op:expr; $($s:ident $l:ident),+) => {
-        fn cpu_fwd(
-            &self,
-            $($s: &candle_core::CpuStorage, $l: &candle_core::Layout),+
-        ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-            let (out, shape) = self.forward(
-                [$($crate::view::storage_slice($s, $l, $op)?),+],
-                [$($l),+],
-            )?;
-            Ok((candle_core::CpuStorage::F32(out), shape))
+/// Gradients of a custom op's `N` inputs (see [`custom_op`]); `None` where not needed.
+pub(crate) type Backward<const N: usize> = candle_core::Result<[Option<Tensor>; N]>;
+
+/// Implements candle's `CustomOp1`, `CustomOp2` or `CustomOp3` for `$ty`, an op on
+/// contiguous f32 CPU tensors, from two inherent methods:
+/// `fn forward(&self, [&[f32]; N], [&Layout; N]) -> Forward` on the inputs' elements (each
+/// input storage borrowed as a slice; a non-contiguous or non-f32 one is an error naming the
+/// op `$op`), and `fn backward(&self, [&Tensor; N], res: &Tensor, grad: &Tensor) ->
+/// Backward<N>` (inputs, forward output, upstream gradient). `$name` maps the op to its name
+/// in candle's graph: `custom_op!(CustomOp2 for MyOp, |_| "seer-my-op", OP);`.
+macro_rules! custom_op {
+    (CustomOp1 for $ty:ty, $name:expr, $op:expr) => {
+        $crate::view::custom_op!(@impl CustomOp1 for $ty, $name, $op;
+            [x1 s1 l1 d1] -> Option<candle_core::Tensor>, d1);
+    };
+    (CustomOp2 for $ty:ty, $name:expr, $op:expr) => {
+        $crate::view::custom_op!(@impl CustomOp2 for $ty, $name, $op;
+            [x1 s1 l1 d1, x2 s2 l2 d2]
+            -> (Option<candle_core::Tensor>, Option<candle_core::Tensor>), (d1, d2));
+    };
+    (CustomOp3 for $ty:ty, $name:expr, $op:expr) => {
+        $crate::view::custom_op!(@impl CustomOp3 for $ty, $name, $op;
+            [x1 s1 l1 d1, x2 s2 l2 d2, x3 s3 l3 d3]
+            -> (
+                Option<candle_core::Tensor>,
+                Option<candle_core::Tensor>,
+                Option<candle_core::Tensor>,
+            ),
+            (d1, d2, d3));
+    };
+    // One input per `x s l d`: tensor, storage, layout and gradient names.
+    (@impl $tr:ident for $ty:ty, $name:expr, $op:expr;
+        [$($x:ident $s:ident $l:ident $d:ident),+] -> $grads:ty, $out:expr) => {
+        impl candle_core::$tr for $ty {
+            fn name(&self) -> &'static str {
+                let name: fn(&Self) -> &'static str = $name;
+                name(self)
+            }
+
+            fn cpu_fwd(
+                &self,
+                $($s: &candle_core::CpuStorage, $l: &candle_core::Layout),+
+            ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+                let inputs = [$($crate::view::storage_slice($s, $l, $op)?),+];
+                let (out, shape) = self.forward(inputs, [$($l),+])?;
+                Ok((candle_core::CpuStorage::F32(out), shape))
+            }
+
+            #[allow(clippy::type_complexity)]
+            fn bwd(
+                &self,
+                $($x: &candle_core::Tensor,)+
+                res: &candle_core::Tensor,
+                grad: &candle_core::Tensor,
+            ) -> candle_core::Result<$grads> {
+                let [$($d),+] = self.backward([$($x),+], res, grad)?;
+                Ok($out)
+            }
         }
     };
 }
-pub(crate) use cpu_fwd;
+pub(crate) use custom_op;
 
 /// Elements per parallel block of the element-wise helpers (and of reductions whose partial
 /// sums must not depend on the thread count).
