@@ -510,7 +510,8 @@ impl Predictor {
         let m_count = self.members.len();
         // Per chunk: member outputs [M][rb] (target units) and member input gradients [M][rb*d]
         // (standardised inputs, standardised target).
-        let run = |chunk: &[f32]| -> (Vec<Vec<f64>>, Vec<Vec<f32>>) {
+        type Part = (Vec<Vec<f64>>, Vec<Vec<f32>>);
+        let run = |chunk: &[f32]| -> Part {
             let rb = chunk.len() / d;
             let mut ws = Workspace::default();
             let ones = vec![1.0f32; rb];
@@ -529,7 +530,7 @@ impl Predictor {
             }
             (outs, grads)
         };
-        let parts: Vec<(Vec<Vec<f64>>, Vec<Vec<f32>>)> = if b <= CHUNK {
+        let parts: Vec<Part> = if b <= CHUNK {
             vec![run(&z)]
         } else {
             z.par_chunks(CHUNK * d).map(run).collect()
@@ -773,10 +774,10 @@ pub(crate) mod tests {
         let kappa = 1.5;
         let (pred, score, g) = p.predict_lcb_grad(&rows, kappa).unwrap();
         let plain = p.predict(&rows).unwrap();
-        for r in 0..rows.len() {
+        for (r, sc) in score.iter().enumerate() {
             assert!((pred.mean[r] - plain.mean[r]).abs() < 1e-9);
             assert!((pred.std[r] - plain.std[r]).abs() < 1e-9);
-            assert!((score[r] - (plain.mean[r] - kappa * plain.std[r])).abs() < 1e-9);
+            assert!((sc - (plain.mean[r] - kappa * plain.std[r])).abs() < 1e-9);
         }
         check_fd(&rows, &g, 3e-2, |x| {
             let q = p.predict(&[x]).unwrap();

@@ -197,7 +197,7 @@ pub fn read_npm_tarball(tgz: &Path, name: DatasetName) -> Result<Vec<RawEntry>> 
             _ => {
                 let v: Flat = serde_json::from_slice(&text)
                     .map_err(|e| bad(format!("{p}: unexpected JSON layout: {e}")))?;
-                if v.data.len() % 784 != 0 {
+                if !v.data.len().is_multiple_of(784) {
                     return Err(bad(format!(
                         "{p}: {} values is not a multiple of 784",
                         v.data.len()
