@@ -5,14 +5,7 @@
 use std::path::{Path, PathBuf};
 
 /// Folders never walked: build output, VCS data, fetched packages, fuzz corpora.
-const SKIP_DIRS: &[&str] = &[
-    "target",
-    ".git",
-    "node_modules",
-    "corpus",
-    "artifacts",
-    "runs",
-];
+const SKIP_DIRS: &[&str] = &["target", ".git", "node_modules", "corpus", "artifacts", "runs"];
 
 fn walk(dir: &Path, ext: &str, out: &mut Vec<PathBuf>) {
     let Ok(rd) = std::fs::read_dir(dir) else {
@@ -87,12 +80,10 @@ fn has_runnable_example(docs: &str) -> bool {
             }
             in_block = true;
             let info = info.trim();
-            let runs = info.split(',').map(str::trim).all(|tag| {
-                matches!(
-                    tag,
-                    "" | "rust" | "should_panic" | "edition2021" | "edition2024"
-                )
-            });
+            let runs = info
+                .split(',')
+                .map(str::trim)
+                .all(|tag| matches!(tag, "" | "rust" | "should_panic" | "edition2021" | "edition2024"));
             if runs {
                 return true;
             }
@@ -117,10 +108,7 @@ fn every_library_crate_documents_a_runnable_example() {
         .filter(|p| !has_runnable_example(&crate_docs(&std::fs::read_to_string(p).unwrap())))
         .map(|p| rel(p))
         .collect();
-    assert!(
-        bad.is_empty(),
-        "library crates whose docs carry no runnable example: {bad:?}"
-    );
+    assert!(bad.is_empty(), "library crates whose docs carry no runnable example: {bad:?}");
 }
 
 /// Markdown link targets `[text](target)` of `text`.
@@ -144,10 +132,7 @@ fn link_problems(path: &Path, text: &str) -> Vec<String> {
     let dir = path.parent().unwrap_or(&root);
     let mut bad = Vec::new();
     if text.contains("../shared") {
-        bad.push(format!(
-            "{}: refers to ../shared (outside the repository)",
-            rel(path)
-        ));
+        bad.push(format!("{}: refers to ../shared (outside the repository)", rel(path)));
     }
     for link in md_links(text) {
         let target = link.split_whitespace().next().unwrap_or("");
@@ -167,10 +152,7 @@ fn link_problems(path: &Path, text: &str) -> Vec<String> {
         };
         let root_abs = root.canonicalize().expect("root");
         if !abs.starts_with(&root_abs) {
-            bad.push(format!(
-                "{}: link {target} leaves the repository",
-                rel(path)
-            ));
+            bad.push(format!("{}: link {target} leaves the repository", rel(path)));
         }
     }
     bad
@@ -198,11 +180,7 @@ fn no_documentation_link_leaves_the_repository() {
             .join("\n");
         bad.extend(link_problems(&p, &docs));
     }
-    assert!(
-        bad.is_empty(),
-        "documentation links outside the repository:\n{}",
-        bad.join("\n")
-    );
+    assert!(bad.is_empty(), "documentation links outside the repository:\n{}", bad.join("\n"));
 }
 
 #[test]
@@ -214,10 +192,7 @@ fn the_checks_themselves_catch_what_they_look_for() {
     let root = seernet_tests::workspace_root();
     let readme = root.join("README.md");
     assert!(link_problems(&readme, "see [map](ARCHITECTURE.md)").is_empty());
-    assert_eq!(
-        link_problems(&readme, "see [m](../shared/docs/method.md)").len(),
-        2
-    );
+    assert_eq!(link_problems(&readme, "see [m](../shared/docs/method.md)").len(), 2);
     assert_eq!(link_problems(&readme, "see [m](docs/nowhere.md)").len(), 1);
     assert!(link_problems(&readme, "see [paper](https://arxiv.org/abs/1)").is_empty());
 }
