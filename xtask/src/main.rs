@@ -134,19 +134,7 @@ fn main() -> Result<()> {
             if force {
                 extra.push("--force".into());
             }
-            cargo(
-                &[
-                    "run",
-                    "--release",
-                    "--quiet",
-                    "-p",
-                    "seer-nn",
-                    "--bin",
-                    "seer-data",
-                    "--",
-                ],
-                &extra,
-            )
+            cargo(SEER_DATA, &extra)
         }
         Task::CudaCheck { write } => cuda::cuda_check(&workspace_root(), write),
         Task::Compress { args } => cargo(
@@ -175,19 +163,7 @@ fn main() -> Result<()> {
                     .join("assets/baselines")
                     .join(format!("{arch}-fashion-mnist.safetensors"))
             });
-            cargo(
-                &[
-                    "run",
-                    "--release",
-                    "--quiet",
-                    "-p",
-                    "seer-nn",
-                    "--bin",
-                    "seer-data",
-                    "--",
-                ],
-                &["fetch".into(), "fashion-mnist".into()],
-            )?;
+            cargo(SEER_DATA, &["fetch".into(), "fashion-mnist".into()])?;
             let run = ["run", "--release", "--quiet", "-p", "seernet-cli", "--"];
             let out_s = out.display().to_string();
             let mut train_args: Vec<String> = vec![
@@ -232,6 +208,18 @@ fn workspace_root() -> PathBuf {
 }
 
 /// Runs `cargo <fixed> <extra>` in the workspace root and fails if it fails.
+/// `cargo` arguments that run the release `seer-data` binary (dataset fetching).
+const SEER_DATA: &[&str] = &[
+    "run",
+    "--release",
+    "--quiet",
+    "-p",
+    "seer-nn",
+    "--bin",
+    "seer-data",
+    "--",
+];
+
 fn cargo(fixed: &[&str], extra: &[String]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(&cargo)

@@ -327,14 +327,16 @@ pub fn search<S: Space + ?Sized, O: Objective + ?Sized>(
     };
 
     // Continuous phase: groups of starts in parallel, one batched call per step per group.
+    let continuous = Continuous {
+        p: &p,
+        eval: &eval,
+        cfg: config,
+    };
     let groups: Vec<(Vec<Vec<f64>>, Vec<StartTrace>)> = starts
         .par_chunks(config.starts_per_task)
         .map(|chunk| {
             if has_interior {
-                match config.method {
-                    Method::Barrier => barrier_path(&p, &eval, chunk, config),
-                    Method::Pgd => pgd_path(&p, &eval, chunk, config),
-                }
+                continuous.run(chunk)
             } else {
                 let mut mean = vec![0.0; 1];
                 eval.mean(&chunk[0], &mut mean)?;
@@ -546,151 +548,177 @@ fn barrier_grad(limits: &[(CostKind, f64)], c: &Cost, gb: &[f64], gs: &[f64], ou
     }
 }
 
-/// The barrier path for a group of starts (method.md §6). Returns the end points and traces.
-fn barrier_path<S: Space + ?Sized, O: Objective + ?Sized>(
-    p: &Prepared<'_, S>,
-    eval: &Eval<'_, O>,
-    starts: &[Vec<f64>],
-    cfg: &SearchConfig,
-) -> Result<(Vec<Vec<f64>>, Vec<StartTrace>)> {
-    let (n, d) = (starts.len(), p.dim());
-    let mut xs: Vec<f64> = starts.concat();
-    let mut mean = vec![0.0; n];
-    let mut grad = vec![0.0; n * d];
-    let (mut m, mut v) = (vec![0.0; n * d], vec![0.0; n * d]);
-    let (mut gb, mut gs, mut gphi, mut trial) =
-        (vec![0.0; d], vec![0.0; d], vec![0.0; d], vec![0.0; d]);
-    let mut traces: Vec<StartTrace> = Vec::with_capacity(n);
+/// What the continuous phase needs: the prepared problem, the counted objective and the
+/// configuration.
+struct Continuous<'a, S: Space + ?Sized, O: Objective + ?Sized> {
+    p: &'a Prepared<'a, S>,
+    eval: &'a Eval<'a, O>,
+    cfg: &'a SearchConfig,
+}
 
-    // t₀ per start.
-    eval.mean_grad(&xs, &mut mean, &mut grad)?;
-    let mut t = vec![0.0; n];
-    for i in 0..n {
-        let x = &xs[i * d..(i + 1) * d];
-        let c = p.relaxed(x, &mut gb, &mut gs)?;
-        barrier_grad(&p.limits, &c, &gb, &gs, &mut gphi);
-        let gmu: f64 = grad[i * d..(i + 1) * d].iter().map(|g| g.abs()).sum();
-        let gb1: f64 = gphi.iter().map(|g| g.abs()).sum();
-        t[i] = cfg.t_init.unwrap_or(if gb1 > 0.0 && gmu > 0.0 {
-            gmu / gb1
-        } else {
-            1.0
-        });
-        let mut tr = empty_trace(mean[i]);
-        tr.t_init = t[i];
-        traces.push(tr);
+/// A group of starts moved together, one batched objective call per step: the points `xs`
+/// (`n × d`, row-major) and buffers for their μ and ∇μ.
+struct Group {
+    n: usize,
+    d: usize,
+    xs: Vec<f64>,
+    mean: Vec<f64>,
+    grad: Vec<f64>,
+}
+
+impl<S: Space + ?Sized, O: Objective + ?Sized> Continuous<'_, S, O> {
+    /// Moves the group of `starts` with the configured method; returns the end points and
+    /// the traces, one per start.
+    fn run(&self, starts: &[Vec<f64>]) -> Result<(Vec<Vec<f64>>, Vec<StartTrace>)> {
+        let (n, d) = (starts.len(), self.p.dim());
+        let mut g = Group {
+            n,
+            d,
+            xs: starts.concat(),
+            mean: vec![0.0; n],
+            grad: vec![0.0; n * d],
+        };
+        let traces = match self.cfg.method {
+            Method::Barrier => self.barrier_path(&mut g)?,
+            Method::Pgd => self.pgd_path(&mut g)?,
+        };
+        Ok((g.xs.chunks(d).map(<[f64]>::to_vec).collect(), traces))
     }
 
-    for stage in 0..cfg.stages {
-        let lr = cfg.learning_rate * cfg.lr_decay.powi(stage as i32);
-        m.iter_mut().for_each(|a| *a = 0.0);
-        v.iter_mut().for_each(|a| *a = 0.0);
-        let (mut b1t, mut b2t) = (1.0, 1.0);
-        for step in 0..cfg.steps_per_stage {
-            if step > 0 || stage > 0 {
-                eval.mean_grad(&xs, &mut mean, &mut grad)?;
+    /// The barrier path for a group of starts (method.md §6).
+    fn barrier_path(&self, g: &mut Group) -> Result<Vec<StartTrace>> {
+        let Self { p, eval, cfg } = *self;
+        let (n, d) = (g.n, g.d);
+        let Group { xs, mean, grad, .. } = g;
+        let (mut m, mut v) = (vec![0.0; n * d], vec![0.0; n * d]);
+        let (mut gb, mut gs, mut gphi, mut trial) =
+            (vec![0.0; d], vec![0.0; d], vec![0.0; d], vec![0.0; d]);
+        let mut traces: Vec<StartTrace> = Vec::with_capacity(n);
+
+        // t₀ per start.
+        eval.mean_grad(xs, mean, grad)?;
+        let mut t = vec![0.0; n];
+        for i in 0..n {
+            let x = &xs[i * d..(i + 1) * d];
+            let c = p.relaxed(x, &mut gb, &mut gs)?;
+            barrier_grad(&p.limits, &c, &gb, &gs, &mut gphi);
+            let gmu: f64 = grad[i * d..(i + 1) * d].iter().map(|g| g.abs()).sum();
+            let gb1: f64 = gphi.iter().map(|g| g.abs()).sum();
+            t[i] = cfg.t_init.unwrap_or(if gb1 > 0.0 && gmu > 0.0 {
+                gmu / gb1
+            } else {
+                1.0
+            });
+            let mut tr = empty_trace(mean[i]);
+            tr.t_init = t[i];
+            traces.push(tr);
+        }
+
+        for stage in 0..cfg.stages {
+            let lr = cfg.learning_rate * cfg.lr_decay.powi(stage as i32);
+            m.iter_mut().for_each(|a| *a = 0.0);
+            v.iter_mut().for_each(|a| *a = 0.0);
+            let (mut b1t, mut b2t) = (1.0, 1.0);
+            for step in 0..cfg.steps_per_stage {
+                if step > 0 || stage > 0 {
+                    eval.mean_grad(xs, mean, grad)?;
+                }
+                b1t *= cfg.beta1;
+                b2t *= cfg.beta2;
+                let mut moved: f64 = 0.0;
+                for i in 0..n {
+                    let x = &mut xs[i * d..(i + 1) * d];
+                    let c = p.relaxed(x, &mut gb, &mut gs)?;
+                    barrier_grad(&p.limits, &c, &gb, &gs, &mut gphi);
+                    let (mi, vi) = (&mut m[i * d..(i + 1) * d], &mut v[i * d..(i + 1) * d]);
+                    let gi = &grad[i * d..(i + 1) * d];
+                    // Ascent direction: Adam on ∇J = ∇μ + t·∇Σ log(B − C); `trial` holds the step.
+                    for j in 0..d {
+                        let g = gi[j] + t[i] * gphi[j];
+                        mi[j] = cfg.beta1 * mi[j] + (1.0 - cfg.beta1) * g;
+                        vi[j] = cfg.beta2 * vi[j] + (1.0 - cfg.beta2) * g * g;
+                        let mh = mi[j] / (1.0 - b1t);
+                        let vh = vi[j] / (1.0 - b2t);
+                        gphi[j] = lr * mh / (vh.sqrt() + cfg.epsilon);
+                    }
+                    let mut scale = 1.0;
+                    let mut accepted = false;
+                    for _ in 0..40 {
+                        for j in 0..d {
+                            trial[j] = (x[j] + scale * gphi[j]).clamp(p.lo[j], p.hi[j]);
+                        }
+                        if p.interior(&p.relaxed(&trial, &mut gb, &mut gs)?) {
+                            accepted = true;
+                            break;
+                        }
+                        scale *= 0.5;
+                        traces[i].halvings += 1;
+                    }
+                    if accepted {
+                        for j in 0..d {
+                            moved = moved.max((trial[j] - x[j]).abs());
+                            x[j] = trial[j];
+                        }
+                    }
+                    traces[i].steps += 1;
+                }
+                if moved < cfg.tolerance {
+                    break;
+                }
             }
-            b1t *= cfg.beta1;
-            b2t *= cfg.beta2;
-            let mut moved: f64 = 0.0;
+            eval.mean(xs, mean)?;
             for i in 0..n {
-                let x = &mut xs[i * d..(i + 1) * d];
-                let c = p.relaxed(x, &mut gb, &mut gs)?;
-                barrier_grad(&p.limits, &c, &gb, &gs, &mut gphi);
-                let (mi, vi) = (&mut m[i * d..(i + 1) * d], &mut v[i * d..(i + 1) * d]);
-                let gi = &grad[i * d..(i + 1) * d];
-                // Ascent direction: Adam on ∇J = ∇μ + t·∇Σ log(B − C); `trial` holds the step.
-                for j in 0..d {
-                    let g = gi[j] + t[i] * gphi[j];
-                    mi[j] = cfg.beta1 * mi[j] + (1.0 - cfg.beta1) * g;
-                    vi[j] = cfg.beta2 * vi[j] + (1.0 - cfg.beta2) * g * g;
-                    let mh = mi[j] / (1.0 - b1t);
-                    let vh = vi[j] / (1.0 - b2t);
-                    gphi[j] = lr * mh / (vh.sqrt() + cfg.epsilon);
-                }
-                let mut scale = 1.0;
-                let mut accepted = false;
-                for _ in 0..40 {
-                    for j in 0..d {
-                        trial[j] = (x[j] + scale * gphi[j]).clamp(p.lo[j], p.hi[j]);
-                    }
-                    if p.interior(&p.relaxed(&trial, &mut gb, &mut gs)?) {
-                        accepted = true;
-                        break;
-                    }
-                    scale *= 0.5;
-                    traces[i].halvings += 1;
-                }
-                if accepted {
-                    for j in 0..d {
-                        moved = moved.max((trial[j] - x[j]).abs());
-                        x[j] = trial[j];
-                    }
-                }
-                traces[i].steps += 1;
+                traces[i].stage_means.push(mean[i]);
+                t[i] *= cfg.rho;
             }
-            if moved < cfg.tolerance {
+        }
+        Ok(traces)
+    }
+
+    /// The authors' hard-stop normalised-gradient ascent for a group of starts.
+    fn pgd_path(&self, g: &mut Group) -> Result<Vec<StartTrace>> {
+        let Self { p, eval, cfg } = *self;
+        let (n, d) = (g.n, g.d);
+        let Group { xs, mean, grad, .. } = g;
+        let (mut gb, mut gs, mut trial) = (vec![0.0; d], vec![0.0; d], vec![0.0; d]);
+        let mut alive = vec![true; n];
+        let mut traces: Vec<StartTrace> = Vec::with_capacity(n);
+        for step in 0..cfg.pgd_steps {
+            eval.mean_grad(xs, mean, grad)?;
+            if step == 0 {
+                traces = mean.iter().map(|&m| empty_trace(m)).collect();
+            }
+            for i in 0..n {
+                if !alive[i] {
+                    continue;
+                }
+                let gi = &grad[i * d..(i + 1) * d];
+                let norm = gi.iter().map(|g| g * g).sum::<f64>().sqrt();
+                if norm == 0.0 {
+                    alive[i] = false;
+                    continue;
+                }
+                let x = &mut xs[i * d..(i + 1) * d];
+                for j in 0..d {
+                    trial[j] = (x[j] + cfg.pgd_step * gi[j] / norm).clamp(p.lo[j], p.hi[j]);
+                }
+                if p.interior(&p.relaxed(&trial, &mut gb, &mut gs)?) {
+                    x.copy_from_slice(&trial);
+                    traces[i].steps += 1;
+                } else {
+                    alive[i] = false; // hard stop at the budget
+                }
+            }
+            if !alive.iter().any(|&a| a) {
                 break;
             }
         }
-        eval.mean(&xs, &mut mean)?;
-        for i in 0..n {
-            traces[i].stage_means.push(mean[i]);
-            t[i] *= cfg.rho;
+        eval.mean(xs, mean)?;
+        for (tr, &m) in traces.iter_mut().zip(mean.iter()) {
+            tr.stage_means.push(m);
         }
+        Ok(traces)
     }
-    Ok((xs.chunks(d).map(<[f64]>::to_vec).collect(), traces))
-}
-
-/// The authors' hard-stop normalised-gradient ascent for a group of starts.
-fn pgd_path<S: Space + ?Sized, O: Objective + ?Sized>(
-    p: &Prepared<'_, S>,
-    eval: &Eval<'_, O>,
-    starts: &[Vec<f64>],
-    cfg: &SearchConfig,
-) -> Result<(Vec<Vec<f64>>, Vec<StartTrace>)> {
-    let (n, d) = (starts.len(), p.dim());
-    let mut xs: Vec<f64> = starts.concat();
-    let mut mean = vec![0.0; n];
-    let mut grad = vec![0.0; n * d];
-    let (mut gb, mut gs, mut trial) = (vec![0.0; d], vec![0.0; d], vec![0.0; d]);
-    let mut alive = vec![true; n];
-    let mut traces: Vec<StartTrace> = Vec::with_capacity(n);
-    for step in 0..cfg.pgd_steps {
-        eval.mean_grad(&xs, &mut mean, &mut grad)?;
-        if step == 0 {
-            traces = mean.iter().map(|&m| empty_trace(m)).collect();
-        }
-        for i in 0..n {
-            if !alive[i] {
-                continue;
-            }
-            let gi = &grad[i * d..(i + 1) * d];
-            let norm = gi.iter().map(|g| g * g).sum::<f64>().sqrt();
-            if norm == 0.0 {
-                alive[i] = false;
-                continue;
-            }
-            let x = &mut xs[i * d..(i + 1) * d];
-            for j in 0..d {
-                trial[j] = (x[j] + cfg.pgd_step * gi[j] / norm).clamp(p.lo[j], p.hi[j]);
-            }
-            if p.interior(&p.relaxed(&trial, &mut gb, &mut gs)?) {
-                x.copy_from_slice(&trial);
-                traces[i].steps += 1;
-            } else {
-                alive[i] = false; // hard stop at the budget
-            }
-        }
-        if !alive.iter().any(|&a| a) {
-            break;
-        }
-    }
-    eval.mean(&xs, &mut mean)?;
-    for (tr, &m) in traces.iter_mut().zip(&mean) {
-        tr.stage_means.push(m);
-    }
-    Ok((xs.chunks(d).map(<[f64]>::to_vec).collect(), traces))
 }
 
 /// A discretised start.

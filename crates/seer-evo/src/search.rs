@@ -292,6 +292,7 @@ impl<'a, P: Problem + ?Sized> Breeder<'a, P> {
                 return None;
             }
             let mut k = rng.random_range(0..n);
+            #[allow(clippy::needless_range_loop)] // `movable` reads `g` by index too
             for i in 0..g.len() {
                 if movable(i) {
                     if k == 0 {

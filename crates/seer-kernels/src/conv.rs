@@ -6,12 +6,12 @@
 //! `[C_in/groups · K_h · K_w, H_out · W_out]`, so the GEMM output is already NCHW and no
 //! layout copy is needed on either side (measured in `benches/kernels.rs`).
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+use candle_core::{Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::matmul::Mat;
 use crate::simd::{gemm_bcast, gemm_dot};
-use crate::view::{F32View, prepare, storage_slice, to_tensor};
+use crate::view::{Backward, F32View, Forward, custom_op, prepare, to_tensor};
 use crate::{Error, Result};
 
 const OP: &str = "conv2d";
@@ -175,45 +175,75 @@ impl Geom {
     }
 }
 
+/// One kernel tap `(c, ky, kx)` of a group: its im2col row, and per axis the input offset of
+/// output position 0 (`oy·stride + offy` is the input row) and the output range `lo..hi` whose
+/// reads fall inside the input.
+struct Tap {
+    c: usize,
+    row: usize,
+    offy: isize,
+    ys: (usize, usize),
+    offx: isize,
+    xs: (usize, usize),
+}
+
+impl Geom {
+    /// Calls `f` for every tap of one group, in im2col row order.
+    #[inline]
+    fn for_each_tap(&self, mut f: impl FnMut(Tap)) {
+        for c in 0..self.cin_g {
+            for ky in 0..self.kh {
+                let offy = (ky * self.dil) as isize - self.pad as isize;
+                let ys = Geom::valid(offy, self.stride, self.h, self.oh);
+                for kx in 0..self.kw {
+                    let offx = (kx * self.dil) as isize - self.pad as isize;
+                    let xs = Geom::valid(offx, self.stride, self.w, self.ow);
+                    let row = (c * self.kh + ky) * self.kw + kx;
+                    f(Tap {
+                        c,
+                        row,
+                        offy,
+                        ys,
+                        offx,
+                        xs,
+                    });
+                }
+            }
+        }
+    }
+}
+
 /// im2col of output rows `oy0..oy1` for one group of one image: `xg` starts at the group's
 /// first input channel; `col` is `[kdim, (oy1 − oy0)·ow]` row-major.
 fn im2col(xg: &[f32], g: &Geom, oy0: usize, oy1: usize, col: &mut [f32]) {
     let (h, w, ow) = (g.h, g.w, g.ow);
     let tp = (oy1 - oy0) * ow;
-    for c in 0..g.cin_g {
-        let xc = &xg[c * h * w..(c + 1) * h * w];
-        for ky in 0..g.kh {
-            let offy = (ky * g.dil) as isize - g.pad as isize;
-            let (ylo, yhi) = Geom::valid(offy, g.stride, h, g.oh);
-            for kx in 0..g.kw {
-                let offx = (kx * g.dil) as isize - g.pad as isize;
-                let (xlo, xhi) = Geom::valid(offx, g.stride, w, ow);
-                let r = (c * g.kh + ky) * g.kw + kx;
-                let row = &mut col[r * tp..(r + 1) * tp];
-                let (ylo, yhi) = (ylo.clamp(oy0, oy1), yhi.clamp(oy0, oy1));
-                row[..(ylo - oy0) * ow].fill(0.0);
-                row[(yhi - oy0) * ow..].fill(0.0);
-                for oy in ylo..yhi {
-                    let iy = (oy * g.stride) as isize + offy;
-                    let src = &xc[iy as usize * w..(iy as usize + 1) * w];
-                    let dst = &mut row[(oy - oy0) * ow..(oy - oy0 + 1) * ow];
-                    dst[..xlo].fill(0.0);
-                    dst[xhi..].fill(0.0);
-                    if xhi == xlo {
-                        continue;
-                    }
-                    if g.stride == 1 {
-                        let s0 = (xlo as isize + offx) as usize;
-                        dst[xlo..xhi].copy_from_slice(&src[s0..s0 + (xhi - xlo)]);
-                    } else {
-                        for (ox, d) in dst[xlo..xhi].iter_mut().enumerate() {
-                            *d = src[(((ox + xlo) * g.stride) as isize + offx) as usize];
-                        }
-                    }
+    g.for_each_tap(|t| {
+        let xc = &xg[t.c * h * w..(t.c + 1) * h * w];
+        let (xlo, xhi) = t.xs;
+        let row = &mut col[t.row * tp..(t.row + 1) * tp];
+        let (ylo, yhi) = (t.ys.0.clamp(oy0, oy1), t.ys.1.clamp(oy0, oy1));
+        row[..(ylo - oy0) * ow].fill(0.0);
+        row[(yhi - oy0) * ow..].fill(0.0);
+        for oy in ylo..yhi {
+            let iy = (oy * g.stride) as isize + t.offy;
+            let src = &xc[iy as usize * w..(iy as usize + 1) * w];
+            let dst = &mut row[(oy - oy0) * ow..(oy - oy0 + 1) * ow];
+            dst[..xlo].fill(0.0);
+            dst[xhi..].fill(0.0);
+            if xhi == xlo {
+                continue;
+            }
+            if g.stride == 1 {
+                let s0 = (xlo as isize + t.offx) as usize;
+                dst[xlo..xhi].copy_from_slice(&src[s0..s0 + (xhi - xlo)]);
+            } else {
+                for (ox, d) in dst[xlo..xhi].iter_mut().enumerate() {
+                    *d = src[(((ox + xlo) * g.stride) as isize + t.offx) as usize];
                 }
             }
         }
-    }
+    });
 }
 
 /// The adjoint of [`im2col`]: adds `col` (`[kdim, (oy1 − oy0)·ow]`) into the group's input
@@ -221,38 +251,30 @@ fn im2col(xg: &[f32], g: &Geom, oy0: usize, oy1: usize, col: &mut [f32]) {
 fn col2im(col: &[f32], g: &Geom, oy0: usize, oy1: usize, dxg: &mut [f32]) {
     let (h, w, ow) = (g.h, g.w, g.ow);
     let tp = (oy1 - oy0) * ow;
-    for c in 0..g.cin_g {
-        let dxc = &mut dxg[c * h * w..(c + 1) * h * w];
-        for ky in 0..g.kh {
-            let offy = (ky * g.dil) as isize - g.pad as isize;
-            let (ylo, yhi) = Geom::valid(offy, g.stride, h, g.oh);
-            for kx in 0..g.kw {
-                let offx = (kx * g.dil) as isize - g.pad as isize;
-                let (xlo, xhi) = Geom::valid(offx, g.stride, w, ow);
-                let r = (c * g.kh + ky) * g.kw + kx;
-                let row = &col[r * tp..(r + 1) * tp];
-                for oy in ylo.clamp(oy0, oy1)..yhi.clamp(oy0, oy1) {
-                    let iy = (oy * g.stride) as isize + offy;
-                    let dst = &mut dxc[iy as usize * w..(iy as usize + 1) * w];
-                    let o = (oy - oy0) * ow;
-                    let src = &row[o + xlo..o + xhi];
-                    if src.is_empty() {
-                        continue;
-                    }
-                    if g.stride == 1 {
-                        let d0 = (xlo as isize + offx) as usize;
-                        for (d, s) in dst[d0..d0 + src.len()].iter_mut().zip(src) {
-                            *d += s;
-                        }
-                    } else {
-                        for (i, s) in src.iter().enumerate() {
-                            dst[(((i + xlo) * g.stride) as isize + offx) as usize] += s;
-                        }
-                    }
+    g.for_each_tap(|t| {
+        let dxc = &mut dxg[t.c * h * w..(t.c + 1) * h * w];
+        let (xlo, xhi) = t.xs;
+        let row = &col[t.row * tp..(t.row + 1) * tp];
+        for oy in t.ys.0.clamp(oy0, oy1)..t.ys.1.clamp(oy0, oy1) {
+            let iy = (oy * g.stride) as isize + t.offy;
+            let dst = &mut dxc[iy as usize * w..(iy as usize + 1) * w];
+            let o = (oy - oy0) * ow;
+            let src = &row[o + xlo..o + xhi];
+            if src.is_empty() {
+                continue;
+            }
+            if g.stride == 1 {
+                let d0 = (xlo as isize + t.offx) as usize;
+                for (d, s) in dst[d0..d0 + src.len()].iter_mut().zip(src) {
+                    *d += s;
+                }
+            } else {
+                for (i, s) in src.iter().enumerate() {
+                    dst[(((i + xlo) * g.stride) as isize + t.offx) as usize] += s;
                 }
             }
         }
-    }
+    });
 }
 
 /// Whether to parallelise over images (each GEMM single-threaded) or inside each GEMM.
@@ -468,47 +490,31 @@ struct Conv2dOp {
     params: Conv2dParams,
 }
 
-impl CustomOp2 for Conv2dOp {
-    fn name(&self) -> &'static str {
-        "seer-conv2d"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = Geom::new(l1.dims(), l2.dims(), &self.params).map_err(Error::into_candle)?;
-        let x = storage_slice(s1, l1, OP)?;
-        let w = storage_slice(s2, l2, OP)?;
+impl Conv2dOp {
+    fn forward(&self, [x, w]: [&[f32]; 2], [lx, lw]: [&Layout; 2]) -> Forward {
+        let g = Geom::new(lx.dims(), lw.dims(), &self.params).map_err(Error::into_candle)?;
         let out = conv_forward(x, w, &g);
-        Ok((CpuStorage::F32(out), Shape::from((g.n, g.cout, g.oh, g.ow))))
+        Ok((out, Shape::from((g.n, g.cout, g.oh, g.ow))))
     }
 
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    fn backward(&self, [x, w]: [&Tensor; 2], _res: &Tensor, grad: &Tensor) -> Backward<2> {
         let g = Geom::new(x.dims(), w.dims(), &self.params).map_err(Error::into_candle)?;
         let grad = grad.contiguous()?;
         let need_dx = x.track_op();
         let need_dw = w.track_op();
         let (dx, dw) = {
-            let xv = F32View::new(x, OP).map_err(Error::into_candle)?;
-            let wv = F32View::new(w, OP).map_err(Error::into_candle)?;
-            let gv = F32View::new(&grad, OP).map_err(Error::into_candle)?;
+            let xv = F32View::of(x, OP)?;
+            let wv = F32View::of(w, OP)?;
+            let gv = F32View::of(&grad, OP)?;
             conv_backward(xv.slice(), wv.slice(), gv.slice(), &g, need_dx, need_dw)
         };
         let dx = dx.map(|v| to_tensor(v, x.dims())).transpose()?;
         let dw = dw.map(|v| to_tensor(v, w.dims())).transpose()?;
-        Ok((dx, dw))
+        Ok([dx, dw])
     }
 }
+
+custom_op!(CustomOp2 for Conv2dOp, |_| "seer-conv2d", OP);
 
 /// 2-D convolution with backward (candle custom op): `x` `[N, C_in, H, W]` f32 (NCHW),
 /// `w` `[C_out, C_in/groups, K_h, K_w]` f32 → `[N, C_out, H_out, W_out]` with

@@ -1,10 +1,10 @@
 //! Structured (channel) pruning: channel masks with backward, and L2 filter-norm scores
 //! summed over a residual tie group (method.md §3).
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+use candle_core::{Layout, Tensor};
 use rayon::prelude::*;
 
-use crate::view::{F32View, prepare, storage_slice, to_tensor};
+use crate::view::{Backward, F32View, Forward, custom_op, prepare, to_tensor};
 use crate::{Error, Result};
 
 const OP: &str = "channel_mask";
@@ -22,69 +22,42 @@ struct ChannelMaskOp {
     dim: usize,
 }
 
-impl CustomOp2 for ChannelMaskOp {
-    fn name(&self) -> &'static str {
-        "seer-channel-mask"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = storage_slice(s1, l1, OP)?;
-        let m = storage_slice(s2, l2, OP)?;
-        let (_, c, inner) = split(l1.dims(), self.dim);
-        let mut out = vec![0f32; x.len()];
-        if inner > 0 {
-            out.par_chunks_mut(inner)
-                .zip(x.par_chunks(inner))
-                .enumerate()
-                .for_each(|(r, (o, x))| {
-                    let mv = m[r % c];
-                    if mv == 1.0 {
-                        o.copy_from_slice(x);
-                    } else if mv != 0.0 {
-                        for (o, x) in o.iter_mut().zip(x) {
-                            *o = x * mv;
-                        }
+/// `src` as rows of `inner` values (row `r` in channel `r % c`), each row times `m[r % c]`:
+/// copied where the factor is 1, left zero where it is 0.
+fn scale_rows(src: &[f32], m: &[f32], c: usize, inner: usize) -> Vec<f32> {
+    let mut out = vec![0f32; src.len()];
+    if inner > 0 {
+        out.par_chunks_mut(inner)
+            .zip(src.par_chunks(inner))
+            .enumerate()
+            .for_each(|(r, (o, x))| {
+                let mv = m[r % c];
+                if mv == 1.0 {
+                    o.copy_from_slice(x);
+                } else if mv != 0.0 {
+                    for (o, x) in o.iter_mut().zip(x) {
+                        *o = x * mv;
                     }
-                });
-        }
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+                }
+            });
+    }
+    out
+}
+
+impl ChannelMaskOp {
+    fn forward(&self, [x, m]: [&[f32]; 2], [l, _]: [&Layout; 2]) -> Forward {
+        let (_, c, inner) = split(l.dims(), self.dim);
+        Ok((scale_rows(x, m, c, inner), l.shape().clone()))
     }
 
-    fn bwd(
-        &self,
-        x: &Tensor,
-        mask: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    fn backward(&self, [x, mask]: [&Tensor; 2], _res: &Tensor, grad: &Tensor) -> Backward<2> {
         let grad = grad.contiguous()?;
-        let xv = F32View::new(x, OP).map_err(Error::into_candle)?;
-        let mv = F32View::new(mask, OP).map_err(Error::into_candle)?;
-        let gv = F32View::new(&grad, OP).map_err(Error::into_candle)?;
+        let xv = F32View::of(x, OP)?;
+        let mv = F32View::of(mask, OP)?;
+        let gv = F32View::of(&grad, OP)?;
         let (m, g, xs) = (mv.slice(), gv.slice(), xv.slice());
         let (_, c, inner) = split(x.dims(), self.dim);
-        let mut dx = vec![0f32; g.len()];
-        if inner > 0 {
-            dx.par_chunks_mut(inner)
-                .zip(g.par_chunks(inner))
-                .enumerate()
-                .for_each(|(r, (d, g))| {
-                    let mv = m[r % c];
-                    if mv == 1.0 {
-                        d.copy_from_slice(g);
-                    } else if mv != 0.0 {
-                        for (d, g) in d.iter_mut().zip(g) {
-                            *d = g * mv;
-                        }
-                    }
-                });
-        }
+        let dx = scale_rows(g, m, c, inner);
         let dmask = if mask.track_op() && inner > 0 {
             // d mask_c = Σ g · x over every element of channel c (fixed order: rows ascending).
             let rows: Vec<f64> = g
@@ -103,9 +76,11 @@ impl CustomOp2 for ChannelMaskOp {
         } else {
             None
         };
-        Ok((Some(to_tensor(dx, x.dims())?), dmask))
+        Ok([Some(to_tensor(dx, x.dims())?), dmask])
     }
 }
+
+custom_op!(CustomOp2 for ChannelMaskOp, |_| "seer-channel-mask", OP);
 
 /// Structured channel mask with backward: `y[.., c, ..] = x[.., c, ..] · mask[c]` along
 /// dimension `dim` (1 for NCHW activations, 0 for a weight's output channels). Backward:
@@ -246,7 +221,10 @@ mod tests {
             let go = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
             let gr = (refm * &r).unwrap().sum_all().unwrap().backward().unwrap();
             prop_assert_eq!(vec(go.get(x.as_tensor()).unwrap()), vec(gr.get(x.as_tensor()).unwrap()));
-            prop_assert!(rel_err(go.get(m.as_tensor()).unwrap(), gr.get(m.as_tensor()).unwrap(), 1e-6) <= 1e-5);
+            // dmask is a sum of dy·x that may cancel: measure its error against Σ|dy·x|, the
+            // scale of f32 summation error (saved case: 2e-3 from terms summing to 2.2 in size).
+            let scale = vec(&(x.as_tensor() * &r).unwrap().abs().unwrap().sum_all().unwrap())[0];
+            prop_assert!(rel_err(go.get(m.as_tensor()).unwrap(), gr.get(m.as_tensor()).unwrap(), scale.max(1e-6)) <= 1e-5);
         }
     }
 

@@ -4,10 +4,10 @@
 
 use std::sync::{Arc, OnceLock};
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor};
+use candle_core::{Layout, Tensor};
 use rayon::prelude::*;
 
-use crate::view::{F32View, prepare, storage_slice, to_tensor};
+use crate::view::{Backward, F32View, Forward, custom_op, par_map, prepare, relu_grad, to_tensor};
 use crate::{Error, Result};
 
 const OP: &str = "batch_norm_train";
@@ -89,28 +89,9 @@ struct BatchNormOp {
     stats: Arc<OnceLock<Stats>>,
 }
 
-impl CustomOp3 for BatchNormOp {
-    fn name(&self) -> &'static str {
-        if self.relu {
-            "seer-batch-norm-relu-train"
-        } else {
-            "seer-batch-norm-train"
-        }
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = storage_slice(s1, l1, OP)?;
-        let gamma = storage_slice(s2, l2, OP)?;
-        let beta = storage_slice(s3, l3, OP)?;
-        let (n, c, inner) = nci(l1.dims());
+impl BatchNormOp {
+    fn forward(&self, [x, gamma, beta]: [&[f32]; 3], [l, _, _]: [&Layout; 3]) -> Forward {
+        let (n, c, inner) = nci(l.dims());
         let (mean, var) = channel_stats(x, n, c, inner);
         let (scale, shift): (Vec<f32>, Vec<f32>) = (0..c)
             .map(|ch| {
@@ -138,41 +119,29 @@ impl CustomOp3 for BatchNormOp {
                 });
         }
         let _ = self.stats.set(Stats { mean, var });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        Ok((out, l.shape().clone()))
     }
 
-    fn bwd(
+    fn backward(
         &self,
-        x: &Tensor,
-        gamma: &Tensor,
-        _beta: &Tensor,
+        [x, gamma, _beta]: [&Tensor; 3],
         res: &Tensor,
         grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    ) -> Backward<3> {
         let Some(st) = self.stats.get() else {
             candle_core::bail!("{OP}: backward before forward");
         };
         let grad = grad.contiguous()?;
-        let xv = F32View::new(x, OP).map_err(Error::into_candle)?;
-        let gv = F32View::new(gamma, OP).map_err(Error::into_candle)?;
-        let dv = F32View::new(&grad, OP).map_err(Error::into_candle)?;
-        let rv = F32View::new(res, OP).map_err(Error::into_candle)?;
+        let xv = F32View::of(x, OP)?;
+        let gv = F32View::of(gamma, OP)?;
+        let dv = F32View::of(&grad, OP)?;
+        let rv = F32View::of(res, OP)?;
         let (xs, gam, dys, ys) = (xv.slice(), gv.slice(), dv.slice(), rv.slice());
         let (n, c, inner) = nci(x.dims());
         let m = (n * inner) as f64;
         // With the fused ReLU, the gradient reaching BatchNorm is dy · [y > 0].
         let relu = self.relu;
-        let masked: Option<Vec<f32>> = relu.then(|| {
-            let mut g = vec![0f32; dys.len()];
-            g.par_chunks_mut(16384)
-                .zip(dys.par_chunks(16384).zip(ys.par_chunks(16384)))
-                .for_each(|(g, (d, y))| {
-                    for ((g, &d), &y) in g.iter_mut().zip(d).zip(y) {
-                        *g = if y > 0.0 { d } else { 0.0 };
-                    }
-                });
-            g
-        });
+        let masked: Option<Vec<f32>> = relu.then(|| relu_grad(dys, ys));
         let dy: &[f32] = masked.as_deref().unwrap_or(dys);
         let sums: Vec<(f64, f64)> = (0..c)
             .into_par_iter()
@@ -216,13 +185,21 @@ impl CustomOp3 for BatchNormOp {
                     }
                 });
         }
-        Ok((
+        Ok([
             Some(to_tensor(dx, x.dims())?),
             Some(to_tensor(dgamma, &[c])?),
             Some(to_tensor(dbeta, &[c])?),
-        ))
+        ])
     }
 }
+
+custom_op!(CustomOp3 for BatchNormOp, |op: &Self| {
+        if op.relu {
+            "seer-batch-norm-relu-train"
+        } else {
+            "seer-batch-norm-train"
+        }
+    }, OP);
 
 /// Output of [`batch_norm_train`]: the normalised tensor (with autograd) and the batch
 /// statistics (detached) for updating running estimates.
@@ -375,43 +352,21 @@ const ROP: &str = "relu";
 
 struct ReluOp;
 
-impl CustomOp1 for ReluOp {
-    fn name(&self) -> &'static str {
-        "seer-relu"
+impl ReluOp {
+    fn forward(&self, [x]: [&[f32]; 1], [l]: [&Layout; 1]) -> Forward {
+        Ok((par_map(x, |x| x.max(0.0)), l.shape().clone()))
     }
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = storage_slice(s, l, ROP)?;
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(16384)
-            .zip(x.par_chunks(16384))
-            .for_each(|(o, x)| {
-                for (o, &x) in o.iter_mut().zip(x) {
-                    *o = x.max(0.0);
-                }
-            });
-        Ok((CpuStorage::F32(out), l.shape().clone()))
-    }
-
-    fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    fn backward(&self, [_x]: [&Tensor; 1], res: &Tensor, grad: &Tensor) -> Backward<1> {
         let grad = grad.contiguous()?;
-        let rv = F32View::new(res, ROP).map_err(Error::into_candle)?;
-        let gv = F32View::new(&grad, ROP).map_err(Error::into_candle)?;
-        let mut dx = vec![0f32; gv.slice().len()];
-        dx.par_chunks_mut(16384)
-            .zip(
-                gv.slice()
-                    .par_chunks(16384)
-                    .zip(rv.slice().par_chunks(16384)),
-            )
-            .for_each(|(d, (g, y))| {
-                for ((d, &g), &y) in d.iter_mut().zip(g).zip(y) {
-                    *d = if y > 0.0 { g } else { 0.0 };
-                }
-            });
-        Ok(Some(to_tensor(dx, res.dims())?))
+        let rv = F32View::of(res, ROP)?;
+        let gv = F32View::of(&grad, ROP)?;
+        let dx = relu_grad(gv.slice(), rv.slice());
+        Ok([Some(to_tensor(dx, res.dims())?)])
     }
 }
+
+custom_op!(CustomOp1 for ReluOp, |_| "seer-relu", ROP);
 
 /// ReLU with a fused backward (`dx = dy · [x > 0]`; candle's built-in allocates four
 /// tensors for it and passes gradient at `x = 0`). `x`: any shape, f32.

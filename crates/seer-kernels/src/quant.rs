@@ -3,10 +3,12 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+use candle_core::{Layout, Tensor};
 use rayon::prelude::*;
 
-use crate::view::{F32View, check_finite, prepare, storage_slice, to_tensor};
+use crate::view::{
+    BLOCK, Backward, F32View, Forward, check_finite, custom_op, par_map, prepare, to_tensor,
+};
 use crate::{Error, Result};
 
 fn check_bits(op: &'static str, bits: u32) -> Result<()> {
@@ -68,13 +70,8 @@ struct FakeQuantWeightOp {
     err: ErrSlot,
 }
 
-impl CustomOp1 for FakeQuantWeightOp {
-    fn name(&self) -> &'static str {
-        "seer-fake-quant-weight"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let w = storage_slice(s, l, WOP)?;
+impl FakeQuantWeightOp {
+    fn forward(&self, [w]: [&[f32]; 1], [l]: [&Layout; 1]) -> Forward {
         let c = l.dims()[0];
         let qmax = weight_qmax(self.bits);
         let scales = channel_scales(w, c, qmax, WOP).map_err(|e| fail(&self.err, e))?;
@@ -90,19 +87,29 @@ impl CustomOp1 for FakeQuantWeightOp {
                     }
                 });
         }
-        Ok((CpuStorage::F32(out), l.shape().clone()))
+        Ok((out, l.shape().clone()))
     }
 
-    fn bwd(
-        &self,
-        _w: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<Option<Tensor>> {
+    fn backward(&self, [_w]: [&Tensor; 1], _res: &Tensor, grad: &Tensor) -> Backward<1> {
         // Straight-through estimator: every weight lies inside its channel's range, so the
         // gradient passes unchanged (method.md §3).
-        Ok(Some(grad.clone()))
+        Ok([Some(grad.clone())])
     }
+}
+
+custom_op!(CustomOp1 for FakeQuantWeightOp, |_| "seer-fake-quant-weight", WOP);
+
+/// Checks the bit-width and rank of a weight for [`fake_quant_weight`] and
+/// [`weight_scales`]; returns it contiguous.
+fn prepare_weight(w: &Tensor, bits: u32) -> Result<Tensor> {
+    check_bits(WOP, bits)?;
+    if w.rank() == 0 {
+        return Err(Error::Shape {
+            op: WOP,
+            msg: "weight must have rank ≥ 1, got a scalar".into(),
+        });
+    }
+    prepare(w, WOP)
 }
 
 /// Fake-quantizes weights per output channel, symmetric, signed (method.md §3):
@@ -114,14 +121,7 @@ impl CustomOp1 for FakeQuantWeightOp {
 /// `[out, in]`); returns the same shape. Errors: [`Error::InvalidBits`] if `bits ∉ 2..=8`,
 /// [`Error::NonFinite`] for NaN/Inf in `w`, [`Error::Shape`] for a rank-0 tensor.
 pub fn fake_quant_weight(w: &Tensor, bits: u32) -> Result<Tensor> {
-    check_bits(WOP, bits)?;
-    if w.rank() == 0 {
-        return Err(Error::Shape {
-            op: WOP,
-            msg: "weight must have rank ≥ 1, got a scalar".into(),
-        });
-    }
-    let w = prepare(w, WOP)?;
+    let w = prepare_weight(w, bits)?;
     let err = ErrSlot::default();
     w.apply_op1(FakeQuantWeightOp {
         bits,
@@ -133,14 +133,7 @@ pub fn fake_quant_weight(w: &Tensor, bits: u32) -> Result<Tensor> {
 /// Per-output-channel scales `s_c` that [`fake_quant_weight`] uses, `[C_out]` f32.
 /// Errors as [`fake_quant_weight`].
 pub fn weight_scales(w: &Tensor, bits: u32) -> Result<Tensor> {
-    check_bits(WOP, bits)?;
-    if w.rank() == 0 {
-        return Err(Error::Shape {
-            op: WOP,
-            msg: "weight must have rank ≥ 1, got a scalar".into(),
-        });
-    }
-    let w = prepare(w, WOP)?;
+    let w = prepare_weight(w, bits)?;
     let c = w.dim(0)?;
     let v = F32View::new(&w, WOP)?;
     let s = channel_scales(v.slice(), c, weight_qmax(bits), WOP)?;
@@ -168,45 +161,20 @@ fn read_alpha(a: &[f32], op: &'static str) -> Result<f32> {
     }
 }
 
-impl CustomOp2 for FakeQuantActOp {
-    fn name(&self) -> &'static str {
-        "seer-fake-quant-act"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = storage_slice(s1, l1, AOP)?;
-        let a = storage_slice(s2, l2, AOP)?;
+impl FakeQuantActOp {
+    fn forward(&self, [x, a]: [&[f32]; 2], [l, _]: [&Layout; 2]) -> Forward {
         let alpha = read_alpha(a, AOP).map_err(|e| fail(&self.err, e))?;
         check_finite(x, AOP, "x").map_err(|e| fail(&self.err, e))?;
         let s = alpha / act_levels(self.bits);
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(16384)
-            .zip(x.par_chunks(16384))
-            .for_each(|(o, x)| {
-                for (o, &v) in o.iter_mut().zip(x) {
-                    *o = (v.clamp(0.0, alpha) / s).round() * s;
-                }
-            });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        let out = par_map(x, |v| (v.clamp(0.0, alpha) / s).round() * s);
+        Ok((out, l.shape().clone()))
     }
 
-    fn bwd(
-        &self,
-        x: &Tensor,
-        alpha: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    fn backward(&self, [x, alpha]: [&Tensor; 2], _res: &Tensor, grad: &Tensor) -> Backward<2> {
         let grad = grad.contiguous()?;
-        let xv = F32View::new(x, AOP).map_err(Error::into_candle)?;
-        let av = F32View::new(alpha, AOP).map_err(Error::into_candle)?;
-        let gv = F32View::new(&grad, AOP).map_err(Error::into_candle)?;
+        let xv = F32View::of(x, AOP)?;
+        let av = F32View::of(alpha, AOP)?;
+        let gv = F32View::of(&grad, AOP)?;
         let a = read_alpha(av.slice(), AOP).map_err(Error::into_candle)?;
         let n = act_levels(self.bits);
         let s = a / n;
@@ -214,8 +182,8 @@ impl CustomOp2 for FakeQuantActOp {
         let mut dx = vec![0f32; xs.len()];
         // dα partial sums over fixed blocks (thread-count independent), summed in f64.
         let dalpha: f64 = dx
-            .par_chunks_mut(16384)
-            .zip(xs.par_chunks(16384).zip(gs.par_chunks(16384)))
+            .par_chunks_mut(BLOCK)
+            .zip(xs.par_chunks(BLOCK).zip(gs.par_chunks(BLOCK)))
             .map(|(d, (x, g))| {
                 let mut acc = 0f64;
                 for ((d, &x), &g) in d.iter_mut().zip(x).zip(g) {
@@ -234,9 +202,11 @@ impl CustomOp2 for FakeQuantActOp {
             .sum();
         let dx = to_tensor(dx, x.dims())?;
         let da = Tensor::full(dalpha as f32, alpha.dims(), alpha.device())?;
-        Ok((Some(dx), Some(da)))
+        Ok([Some(dx), Some(da)])
     }
 }
+
+custom_op!(CustomOp2 for FakeQuantActOp, |_| "seer-fake-quant-act", AOP);
 
 /// Fake-quantizes activations, unsigned, to `bits` bits over the clip range `[0, α]`
 /// (method.md §3): `y = s · round(clamp(x, 0, α) / s)`, `s = α / (2^b − 1)`,

@@ -1,68 +1,31 @@
 //! Residual-block helpers with fused backward: `relu(a + b)` and the option-A (parameter-free)
 //! ResNet shortcut, each one pass over memory where candle's ops take several.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+use candle_core::{Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::view::{F32View, prepare, storage_slice, to_tensor};
+use crate::view::{Backward, F32View, Forward, custom_op, par_map2, prepare, relu_grad, to_tensor};
 use crate::{Error, Result};
 
 const AOP: &str = "add_relu";
-const BLOCK: usize = 16384;
 
 struct AddReluOp;
 
-impl CustomOp2 for AddReluOp {
-    fn name(&self) -> &'static str {
-        "seer-add-relu"
+impl AddReluOp {
+    fn forward(&self, [a, b]: [&[f32]; 2], [l, _]: [&Layout; 2]) -> Forward {
+        Ok((par_map2(a, b, |a, b| (a + b).max(0.0)), l.shape().clone()))
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let a = storage_slice(s1, l1, AOP)?;
-        let b = storage_slice(s2, l2, AOP)?;
-        let mut out = vec![0f32; a.len()];
-        out.par_chunks_mut(BLOCK)
-            .zip(a.par_chunks(BLOCK).zip(b.par_chunks(BLOCK)))
-            .for_each(|(o, (a, b))| {
-                for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
-                    *o = (a + b).max(0.0);
-                }
-            });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
-    }
-
-    fn bwd(
-        &self,
-        a: &Tensor,
-        b: &Tensor,
-        res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    fn backward(&self, [a, b]: [&Tensor; 2], res: &Tensor, grad: &Tensor) -> Backward<2> {
         let grad = grad.contiguous()?;
-        let rv = F32View::new(res, AOP).map_err(Error::into_candle)?;
-        let gv = F32View::new(&grad, AOP).map_err(Error::into_candle)?;
-        let mut d = vec![0f32; gv.slice().len()];
-        d.par_chunks_mut(BLOCK)
-            .zip(
-                gv.slice()
-                    .par_chunks(BLOCK)
-                    .zip(rv.slice().par_chunks(BLOCK)),
-            )
-            .for_each(|(d, (g, y))| {
-                for ((d, &g), &y) in d.iter_mut().zip(g).zip(y) {
-                    *d = if y > 0.0 { g } else { 0.0 };
-                }
-            });
-        let d = to_tensor(d, res.dims())?;
-        Ok((a.track_op().then(|| d.clone()), b.track_op().then_some(d)))
+        let rv = F32View::of(res, AOP)?;
+        let gv = F32View::of(&grad, AOP)?;
+        let d = to_tensor(relu_grad(gv.slice(), rv.slice()), res.dims())?;
+        Ok([a.track_op().then(|| d.clone()), b.track_op().then_some(d)])
     }
 }
+
+custom_op!(CustomOp2 for AddReluOp, |_| "seer-add-relu", AOP);
 
 /// `relu(a + b)` with a fused backward (`da = db = dy · [y > 0]`): the residual join of a
 /// ResNet basic block. `a`, `b`: f32, equal shapes. Errors: [`Error::Shape`] if the shapes
@@ -92,13 +55,8 @@ fn dims(x: &[usize], cout: usize) -> (usize, usize, usize, usize, usize, usize, 
     (n, c, h, w, h.div_ceil(2), w.div_ceil(2), (cout - c) / 2)
 }
 
-impl CustomOp1 for ShortcutAOp {
-    fn name(&self) -> &'static str {
-        "seer-shortcut-a"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = storage_slice(s, l, SOP)?;
+impl ShortcutAOp {
+    fn forward(&self, [x]: [&[f32]; 1], [l]: [&Layout; 1]) -> Forward {
         let (n, c, h, w, oh, ow, lo) = dims(l.dims(), self.cout);
         let mut out = vec![0f32; n * self.cout * oh * ow];
         if !out.is_empty() {
@@ -115,12 +73,12 @@ impl CustomOp1 for ShortcutAOp {
                 }
             });
         }
-        Ok((CpuStorage::F32(out), Shape::from((n, self.cout, oh, ow))))
+        Ok((out, Shape::from((n, self.cout, oh, ow))))
     }
 
-    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    fn backward(&self, [x]: [&Tensor; 1], _res: &Tensor, grad: &Tensor) -> Backward<1> {
         let grad = grad.contiguous()?;
-        let gv = F32View::new(&grad, SOP).map_err(Error::into_candle)?;
+        let gv = F32View::of(&grad, SOP)?;
         let g = gv.slice();
         let (_, c, h, w, oh, ow, lo) = dims(x.dims(), self.cout);
         let mut dx = vec![0f32; x.elem_count()];
@@ -135,9 +93,11 @@ impl CustomOp1 for ShortcutAOp {
                 }
             });
         }
-        Ok(Some(to_tensor(dx, x.dims())?))
+        Ok([Some(to_tensor(dx, x.dims())?)])
     }
 }
+
+custom_op!(CustomOp1 for ShortcutAOp, |_| "seer-shortcut-a", SOP);
 
 /// The option-A ResNet shortcut (He et al. 2016, CIFAR variant): `x[:, :, ::2, ::2]` with its
 /// channels zero-padded to `cout` (`(cout − C)/2` zero channels before, the rest after), with

@@ -66,15 +66,18 @@ pub(crate) fn gemm_bcast(
             avx2::bcast(
                 m,
                 n,
-                k,
-                a.data.as_ptr(),
-                a.rs,
-                a.cs,
-                b.as_ptr(),
-                ldb,
-                c.as_mut_ptr(),
-                ldc,
-                accumulate,
+                avx2::Gemm {
+                    k,
+                    a: a.data.as_ptr(),
+                    ars: a.rs,
+                    acs: a.cs,
+                    b: b.as_ptr(),
+                    brs: ldb,
+                    bcs: 1,
+                    c: c.as_mut_ptr(),
+                    ldc,
+                    accumulate,
+                },
             )
         };
         return;
@@ -119,13 +122,18 @@ pub(crate) fn gemm_dot(
             avx2::dot(
                 m,
                 n,
-                p,
-                a.as_ptr(),
-                lda,
-                b.as_ptr(),
-                ldb,
-                c.as_mut_ptr(),
-                ldc,
+                avx2::Gemm {
+                    k: p,
+                    a: a.as_ptr(),
+                    ars: lda,
+                    acs: 1,
+                    b: b.as_ptr(),
+                    brs: 1,
+                    bcs: ldb,
+                    c: c.as_mut_ptr(),
+                    ldc,
+                    accumulate: true,
+                },
             )
         };
         return;
@@ -147,31 +155,55 @@ pub(crate) fn gemm_dot(
 mod avx2 {
     use std::arch::x86_64::*;
 
+    /// Operands of `C = [C +] A·B` (`A` `m × k`, `B` `k × n`), each element addressed by
+    /// strides: `A[i, q]` at `a + i·ars + q·acs`, `B[q, j]` at `b + q·brs + j·bcs`, `C[i, j]`
+    /// at `c + i·ldc + j`. The broadcast kernels load `B` along rows (`bcs = 1`); the dot
+    /// kernels load `A` and `B` along the reduction (`acs = brs = 1`) and always accumulate.
+    #[derive(Clone, Copy)]
+    pub(super) struct Gemm {
+        pub k: usize,
+        pub a: *const f32,
+        pub ars: usize,
+        pub acs: usize,
+        pub b: *const f32,
+        pub brs: usize,
+        pub bcs: usize,
+        pub c: *mut f32,
+        pub ldc: usize,
+        pub accumulate: bool,
+    }
+
+    impl Gemm {
+        /// The block whose top-left corner of `C` is row `i`, column `j`.
+        /// SAFETY: the block's first row and column must lie inside the operands.
+        unsafe fn at(self, i: usize, j: usize) -> Self {
+            // SAFETY: the caller's bound.
+            unsafe {
+                Self {
+                    a: self.a.add(i * self.ars),
+                    b: self.b.add(j * self.bcs),
+                    c: self.c.add(i * self.ldc + j),
+                    ..self
+                }
+            }
+        }
+    }
+
     /// One `MR × (8·NV)` tile of `C = [C +] A·B`.
     #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn bcast_tile<const MR: usize, const NV: usize>(
-        k: usize,
-        a: *const f32,
-        ars: usize,
-        acs: usize,
-        b: *const f32,
-        ldb: usize,
-        c: *mut f32,
-        ldc: usize,
-        accumulate: bool,
-    ) {
+    unsafe fn bcast_tile<const MR: usize, const NV: usize>(op: Gemm) {
+        let Gemm { a, b, c, ldc, .. } = op;
         // SAFETY (whole body): the caller guarantees the tile lies inside A, B and C.
         unsafe {
             let mut acc = [[_mm256_setzero_ps(); NV]; MR];
-            for kk in 0..k {
-                let bp = b.add(kk * ldb);
+            for kk in 0..op.k {
+                let bp = b.add(kk * op.brs);
                 let mut bv = [_mm256_setzero_ps(); NV];
                 for (v, bv) in bv.iter_mut().enumerate() {
                     *bv = _mm256_loadu_ps(bp.add(8 * v));
                 }
                 for (r, acc) in acc.iter_mut().enumerate() {
-                    let av = _mm256_broadcast_ss(&*a.add(r * ars + kk * acs));
+                    let av = _mm256_broadcast_ss(&*a.add(r * op.ars + kk * op.acs));
                     for v in 0..NV {
                         acc[v] = _mm256_fmadd_ps(av, bv[v], acc[v]);
                     }
@@ -180,7 +212,7 @@ mod avx2 {
             for (r, acc) in acc.iter().enumerate() {
                 for (v, &x) in acc.iter().enumerate() {
                     let cp = c.add(r * ldc + 8 * v);
-                    let x = if accumulate {
+                    let x = if op.accumulate {
                         _mm256_add_ps(x, _mm256_loadu_ps(cp))
                     } else {
                         x
@@ -192,38 +224,27 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn bcast_rows<const MR: usize>(
-        n: usize,
-        k: usize,
-        a: *const f32,
-        ars: usize,
-        acs: usize,
-        b: *const f32,
-        ldb: usize,
-        c: *mut f32,
-        ldc: usize,
-        accumulate: bool,
-    ) {
+    unsafe fn bcast_rows<const MR: usize>(n: usize, op: Gemm) {
         // SAFETY (whole body): columns stay below n; rows below MR (caller's bound).
         unsafe {
             let mut j = 0;
             while j + 16 <= n {
-                bcast_tile::<MR, 2>(k, a, ars, acs, b.add(j), ldb, c.add(j), ldc, accumulate);
+                bcast_tile::<MR, 2>(op.at(0, j));
                 j += 16;
             }
             while j + 8 <= n {
-                bcast_tile::<MR, 1>(k, a, ars, acs, b.add(j), ldb, c.add(j), ldc, accumulate);
+                bcast_tile::<MR, 1>(op.at(0, j));
                 j += 8;
             }
+            let Gemm { a, b, c, .. } = op;
             for r in 0..MR {
                 for jj in j..n {
                     let mut s = 0f32;
-                    for kk in 0..k {
-                        s += *a.add(r * ars + kk * acs) * *b.add(kk * ldb + jj);
+                    for kk in 0..op.k {
+                        s += *a.add(r * op.ars + kk * op.acs) * *b.add(kk * op.brs + jj);
                     }
-                    let cp = c.add(r * ldc + jj);
-                    *cp = if accumulate { *cp + s } else { s };
+                    let cp = c.add(r * op.ldc + jj);
+                    *cp = if op.accumulate { *cp + s } else { s };
                 }
             }
         }
@@ -231,43 +252,19 @@ mod avx2 {
 
     /// See [`super::gemm_bcast`]; the caller checked CPU support and extents.
     #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn bcast(
-        m: usize,
-        n: usize,
-        k: usize,
-        a: *const f32,
-        ars: usize,
-        acs: usize,
-        b: *const f32,
-        ldb: usize,
-        c: *mut f32,
-        ldc: usize,
-        accumulate: bool,
-    ) {
+    pub(super) unsafe fn bcast(m: usize, n: usize, op: Gemm) {
         // SAFETY (whole body): row blocks stay below m.
         unsafe {
             let mut i = 0;
             while i + 4 <= m {
-                bcast_rows::<4>(
-                    n,
-                    k,
-                    a.add(i * ars),
-                    ars,
-                    acs,
-                    b,
-                    ldb,
-                    c.add(i * ldc),
-                    ldc,
-                    accumulate,
-                );
+                bcast_rows::<4>(n, op.at(i, 0));
                 i += 4;
             }
-            let (ai, ci) = (a.add(i * ars), c.add(i * ldc));
+            let rest = op.at(i, 0);
             match m - i {
-                3 => bcast_rows::<3>(n, k, ai, ars, acs, b, ldb, ci, ldc, accumulate),
-                2 => bcast_rows::<2>(n, k, ai, ars, acs, b, ldb, ci, ldc, accumulate),
-                1 => bcast_rows::<1>(n, k, ai, ars, acs, b, ldb, ci, ldc, accumulate),
+                3 => bcast_rows::<3>(n, rest),
+                2 => bcast_rows::<2>(n, rest),
+                1 => bcast_rows::<1>(n, rest),
                 _ => {}
             }
         }
@@ -285,16 +282,17 @@ mod avx2 {
 
     /// One `MR × NR` tile of `C += A·Bᵀ` (dot products along `p`).
     #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn dot_tile<const MR: usize, const NR: usize>(
-        p: usize,
-        a: *const f32,
-        lda: usize,
-        b: *const f32,
-        ldb: usize,
-        c: *mut f32,
-        ldc: usize,
-    ) {
+    unsafe fn dot_tile<const MR: usize, const NR: usize>(op: Gemm) {
+        let Gemm {
+            k: p,
+            a,
+            ars: lda,
+            b,
+            bcs: ldb,
+            c,
+            ldc,
+            ..
+        } = op;
         // SAFETY (whole body): the caller guarantees the tile lies inside A, B and C.
         unsafe {
             let mut acc = [[_mm256_setzero_ps(); NR]; MR];
@@ -326,57 +324,36 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn dot_rows<const MR: usize>(
-        n: usize,
-        p: usize,
-        a: *const f32,
-        lda: usize,
-        b: *const f32,
-        ldb: usize,
-        c: *mut f32,
-        ldc: usize,
-    ) {
+    unsafe fn dot_rows<const MR: usize>(n: usize, op: Gemm) {
         // SAFETY (whole body): column blocks stay below n.
         unsafe {
             // 4×2 tiles of 8-lane partial sums (8 accumulators + 2 B + 1 A register).
             let mut j = 0;
             while j + 2 <= n {
-                dot_tile::<MR, 2>(p, a, lda, b.add(j * ldb), ldb, c.add(j), ldc);
+                dot_tile::<MR, 2>(op.at(0, j));
                 j += 2;
             }
             if n - j == 1 {
-                dot_tile::<MR, 1>(p, a, lda, b.add(j * ldb), ldb, c.add(j), ldc);
+                dot_tile::<MR, 1>(op.at(0, j));
             }
         }
     }
 
     /// See [`super::gemm_dot`]; the caller checked CPU support and extents.
     #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn dot(
-        m: usize,
-        n: usize,
-        p: usize,
-        a: *const f32,
-        lda: usize,
-        b: *const f32,
-        ldb: usize,
-        c: *mut f32,
-        ldc: usize,
-    ) {
+    pub(super) unsafe fn dot(m: usize, n: usize, op: Gemm) {
         // SAFETY (whole body): row blocks stay below m.
         unsafe {
             let mut i = 0;
             while i + 4 <= m {
-                dot_rows::<4>(n, p, a.add(i * lda), lda, b, ldb, c.add(i * ldc), ldc);
+                dot_rows::<4>(n, op.at(i, 0));
                 i += 4;
             }
-            let (ai, ci) = (a.add(i * lda), c.add(i * ldc));
+            let rest = op.at(i, 0);
             match m - i {
-                3 => dot_rows::<3>(n, p, ai, lda, b, ldb, ci, ldc),
-                2 => dot_rows::<2>(n, p, ai, lda, b, ldb, ci, ldc),
-                1 => dot_rows::<1>(n, p, ai, lda, b, ldb, ci, ldc),
+                3 => dot_rows::<3>(n, rest),
+                2 => dot_rows::<2>(n, rest),
+                1 => dot_rows::<1>(n, rest),
                 _ => {}
             }
         }

@@ -1,8 +1,10 @@
 //! Borrowing contiguous f32 CPU data out of candle tensors and storages, and small helpers
-//! shared by the custom ops (finiteness checks).
+//! shared by the custom ops (finiteness checks, the `cpu_fwd` boilerplate, parallel
+//! element-wise maps).
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, Layout, Storage, StorageRef, Tensor};
+use candle_core::{CpuStorage, Layout, Shape, Storage, StorageRef, Tensor};
+use rayon::prelude::*;
 
 use crate::{Error, Result};
 
@@ -111,4 +113,113 @@ pub(crate) fn check_finite(v: &[f32], op: &'static str, what: &'static str) -> R
 /// Wraps a freshly computed vector as a tensor of `shape` on the CPU.
 pub(crate) fn to_tensor(v: Vec<f32>, shape: &[usize]) -> candle_core::Result<Tensor> {
     Tensor::from_vec(v, shape, &candle_core::Device::Cpu)
+}
+
+impl<'a> F32View<'a> {
+    /// [`F32View::new`] for use inside candle's custom-op callbacks (a candle error).
+    pub(crate) fn of(t: &'a Tensor, op: &'static str) -> candle_core::Result<Self> {
+        Self::new(t, op).map_err(Error::into_candle)
+    }
+}
+
+/// Output values and shape of a custom op's forward on borrowed slices (see [`custom_op`]).
+pub(crate) type Forward = candle_core::Result<(Vec<f32>, Shape)>;
+
+/// Gradients of a custom op's `N` inputs (see [`custom_op`]); `None` where not needed.
+pub(crate) type Backward<const N: usize> = candle_core::Result<[Option<Tensor>; N]>;
+
+/// Implements candle's `CustomOp1`, `CustomOp2` or `CustomOp3` for `$ty`, an op on
+/// contiguous f32 CPU tensors, from two inherent methods:
+/// `fn forward(&self, [&[f32]; N], [&Layout; N]) -> Forward` on the inputs' elements (each
+/// input storage borrowed as a slice; a non-contiguous or non-f32 one is an error naming the
+/// op `$op`), and `fn backward(&self, [&Tensor; N], res: &Tensor, grad: &Tensor) ->
+/// Backward<N>` (inputs, forward output, upstream gradient). `$name` maps the op to its name
+/// in candle's graph: `custom_op!(CustomOp2 for MyOp, |_| "seer-my-op", OP);`.
+macro_rules! custom_op {
+    (CustomOp1 for $ty:ty, $name:expr, $op:expr) => {
+        $crate::view::custom_op!(@impl CustomOp1 for $ty, $name, $op;
+            [x1 s1 l1 d1] -> Option<candle_core::Tensor>, d1);
+    };
+    (CustomOp2 for $ty:ty, $name:expr, $op:expr) => {
+        $crate::view::custom_op!(@impl CustomOp2 for $ty, $name, $op;
+            [x1 s1 l1 d1, x2 s2 l2 d2]
+            -> (Option<candle_core::Tensor>, Option<candle_core::Tensor>), (d1, d2));
+    };
+    (CustomOp3 for $ty:ty, $name:expr, $op:expr) => {
+        $crate::view::custom_op!(@impl CustomOp3 for $ty, $name, $op;
+            [x1 s1 l1 d1, x2 s2 l2 d2, x3 s3 l3 d3]
+            -> (
+                Option<candle_core::Tensor>,
+                Option<candle_core::Tensor>,
+                Option<candle_core::Tensor>,
+            ),
+            (d1, d2, d3));
+    };
+    // One input per `x s l d`: tensor, storage, layout and gradient names.
+    (@impl $tr:ident for $ty:ty, $name:expr, $op:expr;
+        [$($x:ident $s:ident $l:ident $d:ident),+] -> $grads:ty, $out:expr) => {
+        impl candle_core::$tr for $ty {
+            fn name(&self) -> &'static str {
+                let name: fn(&Self) -> &'static str = $name;
+                name(self)
+            }
+
+            fn cpu_fwd(
+                &self,
+                $($s: &candle_core::CpuStorage, $l: &candle_core::Layout),+
+            ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+                let inputs = [$($crate::view::storage_slice($s, $l, $op)?),+];
+                let (out, shape) = self.forward(inputs, [$($l),+])?;
+                Ok((candle_core::CpuStorage::F32(out), shape))
+            }
+
+            #[allow(clippy::type_complexity)]
+            fn bwd(
+                &self,
+                $($x: &candle_core::Tensor,)+
+                res: &candle_core::Tensor,
+                grad: &candle_core::Tensor,
+            ) -> candle_core::Result<$grads> {
+                let [$($d),+] = self.backward([$($x),+], res, grad)?;
+                Ok($out)
+            }
+        }
+    };
+}
+pub(crate) use custom_op;
+
+/// Elements per parallel block of the element-wise helpers (and of reductions whose partial
+/// sums must not depend on the thread count).
+pub(crate) const BLOCK: usize = 16384;
+
+/// `f(x)` for every element, in parallel over fixed blocks.
+pub(crate) fn par_map(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(BLOCK)
+        .zip(x.par_chunks(BLOCK))
+        .for_each(|(o, x)| {
+            for (o, &x) in o.iter_mut().zip(x) {
+                *o = f(x);
+            }
+        });
+    out
+}
+
+/// `f(a, b)` for every pair of elements of two equal-length slices, in parallel over fixed
+/// blocks.
+pub(crate) fn par_map2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; a.len()];
+    out.par_chunks_mut(BLOCK)
+        .zip(a.par_chunks(BLOCK).zip(b.par_chunks(BLOCK)))
+        .for_each(|(o, (a, b))| {
+            for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+                *o = f(a, b);
+            }
+        });
+    out
+}
+
+/// The gradient through a ReLU from its output `y`: `dy · [y > 0]` element-wise.
+pub(crate) fn relu_grad(dy: &[f32], y: &[f32]) -> Vec<f32> {
+    par_map2(dy, y, |g, y| if y > 0.0 { g } else { 0.0 })
 }

@@ -139,10 +139,10 @@ pub fn load(
         )));
     }
     let arch = get("arch")?;
-    if let Some(want) = expect_arch {
-        if want != arch {
-            return Err(bad(format!("holds a {arch} model, not {want}")));
-        }
+    if let Some(want) = expect_arch
+        && want != arch
+    {
+        return Err(bad(format!("holds a {arch} model, not {want}")));
     }
     let spec: NetworkSpec =
         serde_json::from_str(get("spec")?).map_err(|e| bad(format!("spec: {e}")))?;

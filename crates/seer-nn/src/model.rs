@@ -194,8 +194,16 @@ impl Model {
             }
             params.push(p);
         }
+        let mut m = Self::unplanned(spec, params, device);
+        m.rebuild_plan()?;
+        Ok(m)
+    }
+
+    /// A dense, uncompressed model of `spec` with these parameters (one entry per layer),
+    /// before its execution plan is built.
+    fn unplanned(spec: NetworkSpec, params: Vec<LayerParams>, device: &Device) -> Self {
         let n = spec.layers.len();
-        let mut m = Self {
+        Self {
             spec,
             residual: ResidualPruning::Tied,
             params,
@@ -204,9 +212,7 @@ impl Model {
             slim: false,
             policy: None,
             device: device.clone(),
-        };
-        m.rebuild_plan()?;
-        Ok(m)
+        }
     }
 
     /// An independent deep copy (parameters, buffers and α's copied), e.g. to label many
@@ -420,12 +426,11 @@ impl Model {
                     if let Some(k) = &keep {
                         plan.out_mask[i] = Some(mask_tensor(c, k, rank4, &self.device)?);
                     }
-                    if !l.kind.is_depthwise() {
-                        if let Some(pp) = &prod_phys {
-                            let wshape_rank4 = matches!(l.kind, LayerKind::Conv2d { .. });
-                            plan.in_mask[i] =
-                                Some(mask_tensor(in_ch, pp, wshape_rank4, &self.device)?);
-                        }
+                    if !l.kind.is_depthwise()
+                        && let Some(pp) = &prod_phys
+                    {
+                        let wshape_rank4 = matches!(l.kind, LayerKind::Conv2d { .. });
+                        plan.in_mask[i] = Some(mask_tensor(in_ch, pp, wshape_rank4, &self.device)?);
                     }
                     plan.phys[i] = keep.clone();
                     constraint[i] = keep;
@@ -658,22 +663,23 @@ impl Model {
                     kernel,
                     stride,
                     padding,
-                } => {
-                    // Zero padding equals -inf padding after ReLU (non-negative inputs).
-                    let t = input(0)
-                        .pad_with_zeros(2, padding[0], padding[0])?
-                        .pad_with_zeros(3, padding[1], padding[1])?;
-                    t.max_pool2d_with_stride((kernel[0], kernel[1]), (stride[0], stride[1]))?
                 }
-                LayerKind::AvgPool {
+                | LayerKind::AvgPool {
                     kernel,
                     stride,
                     padding,
                 } => {
+                    // For max pooling, zero padding equals -inf padding after ReLU
+                    // (non-negative inputs).
                     let t = input(0)
                         .pad_with_zeros(2, padding[0], padding[0])?
                         .pad_with_zeros(3, padding[1], padding[1])?;
-                    t.avg_pool2d_with_stride((kernel[0], kernel[1]), (stride[0], stride[1]))?
+                    let (k, s) = ((kernel[0], kernel[1]), (stride[0], stride[1]));
+                    if matches!(l.kind, LayerKind::MaxPool { .. }) {
+                        t.max_pool2d_with_stride(k, s)?
+                    } else {
+                        t.avg_pool2d_with_stride(k, s)?
+                    }
                 }
                 LayerKind::GlobalAvgPool => input(0).mean_keepdim(2)?.mean_keepdim(3)?,
                 LayerKind::PadShortcut { stride, out_ch } => {
@@ -744,7 +750,7 @@ impl Model {
             .as_ref()
             .expect("weighted layer has alpha");
         let a = alpha.as_tensor().to_vec1::<f32>()?[0];
-        if !(a > 0.0) {
+        if a.is_nan() || a <= 0.0 {
             return Err(Error::Invalid(format!(
                 "layer {}: activation range not calibrated (call calibrate first)",
                 self.spec.layers[i].name
@@ -861,6 +867,7 @@ impl Model {
                 .clone()
                 .unwrap_or_else(|| (0..self.spec.layers[i].out_shape[0]).collect())
         };
+        #[allow(clippy::needless_range_loop)] // `i` indexes the spec, params and plan alike
         for i in 0..n {
             let l = &self.spec.layers[i];
             let p = &self.params[i];
@@ -1089,16 +1096,7 @@ impl Model {
             }
             params.push(p);
         }
-        Ok(Self {
-            spec,
-            residual: ResidualPruning::Tied,
-            params,
-            comp: vec![LayerComp::default(); n],
-            plan: Plan::default(),
-            slim: false,
-            policy: None,
-            device: device.clone(),
-        })
+        Ok(Self::unplanned(spec, params, device))
     }
 }
 
@@ -1127,7 +1125,7 @@ pub fn top_k(score: &[f64], k: usize) -> Vec<usize> {
 /// samples (grid of 100 fractions of the maximum). 1.0 when every sample is ≤ 0.
 pub fn best_clip(samples: &[f32], bits: u32) -> f32 {
     let max = samples.iter().copied().fold(0f32, f32::max);
-    if !(max > 0.0) {
+    if max.is_nan() || max <= 0.0 {
         return 1.0;
     }
     let levels = ops::act_levels(bits) as f32;

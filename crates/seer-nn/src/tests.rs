@@ -22,6 +22,28 @@ fn rand_x(n: usize, shape: InputShape, seed: u64) -> Tensor {
     Tensor::from_vec(v, (n, shape.c, shape.h, shape.w), &Device::Cpu).unwrap()
 }
 
+/// Eval-mode outputs of `m` on `x`, flattened.
+fn outputs(m: &Model, x: &Tensor) -> Vec<f32> {
+    m.forward(x, false)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+}
+
+/// `max |a − b|` over all elements.
+pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 fn random_policy(space: &SearchSpace, seed: u64) -> Policy {
     let mut r = ChaCha8Rng::seed_from_u64(seed);
     let idx: Vec<usize> = space
@@ -114,16 +136,10 @@ fn slimmed_equals_masked_on_random_policies() {
             let slim = m.slim().unwrap();
             assert!(slim.num_params() < m.num_params() || pol.units.iter().all(|u| u.prune == 0.0));
             let x = rand_x(4, spec.input, 7 + trial);
-            let a = m.forward(&x, false).unwrap();
-            let b = slim.forward(&x, false).unwrap();
-            let diff = (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = max_abs_diff(
+                &m.forward(&x, false).unwrap(),
+                &slim.forward(&x, false).unwrap(),
+            );
             assert!(
                 diff <= 1e-4,
                 "{arch} {mode:?} trial {trial}: max abs diff {diff}"
@@ -235,21 +251,7 @@ fn training_learns_and_qat_and_checkpoints_roundtrip() {
         let (back, info) = checkpoint::load(&p, Some("lenet5"), &Device::Cpu).unwrap();
         assert_eq!(info.dataset.as_deref(), Some("synthetic"));
         assert_eq!(back.policy(), Some(&pol));
-        let a = model
-            .forward(&x, false)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        let b = back
-            .forward(&x, false)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        assert_eq!(a, b);
+        assert_eq!(outputs(&model, &x), outputs(&back, &x));
         // wrong arch, truncated file, garbage: clear errors
         let e = checkpoint::load(&p, Some("resnet20"), &Device::Cpu)
             .unwrap_err()
@@ -326,25 +328,10 @@ fn resumed_training_matches_an_uninterrupted_run_without_momentum() {
     assert_eq!(steps.len(), 12);
     assert_eq!(steps[4], (4, 1), "resumed run starts at step 4, epoch 1");
     let x = rand_x(2, spec.input, 5);
-    let a = full
-        .forward(&x, false)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    let b = part
-        .forward(&x, false)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    let d = a
-        .iter()
-        .zip(&b)
-        .map(|(p, q)| (p - q).abs())
-        .fold(0.0f32, f32::max);
+    let d = max_abs_diff(
+        &full.forward(&x, false).unwrap(),
+        &part.forward(&x, false).unwrap(),
+    );
     assert!(d <= 1e-4, "max |full − resumed| = {d}");
     // Resuming past the end is an error.
     let e = train::train(

@@ -89,26 +89,16 @@ fn main() {
             space.dim()
         );
         let speedup = t_rebuild / t_into;
+        let [into, relaxed, totals, cost, rebuild] =
+            [t_into, t_relaxed, t_totals, t_cost, t_rebuild].map(|t| t * 1e6);
         if json {
             fields.push(format!(
-                "\"{arch}\":{{\"dim\":{},\"relaxed_into_us\":{:.3},\"relaxed_us\":{:.3},\"totals_us\":{:.3},\"cost_us\":{:.3},\"rebuild_relaxed_us\":{:.3},\"speedup_vs_rebuild\":{:.1}}}",
-                space.dim(),
-                t_into * 1e6,
-                t_relaxed * 1e6,
-                t_totals * 1e6,
-                t_cost * 1e6,
-                t_rebuild * 1e6,
-                speedup
+                "\"{arch}\":{{\"dim\":{},\"relaxed_into_us\":{into:.3},\"relaxed_us\":{relaxed:.3},\"totals_us\":{totals:.3},\"cost_us\":{cost:.3},\"rebuild_relaxed_us\":{rebuild:.3},\"speedup_vs_rebuild\":{speedup:.1}}}",
+                space.dim()
             ));
         } else {
             println!(
-                "{label:<36} {:>11.2} µs {:>11.2} µs {:>11.2} µs {:>11.2} µs {:>13.2} µs {:>8.0}×",
-                t_into * 1e6,
-                t_relaxed * 1e6,
-                t_totals * 1e6,
-                t_cost * 1e6,
-                t_rebuild * 1e6,
-                speedup
+                "{label:<36} {into:>11.2} µs {relaxed:>11.2} µs {totals:>11.2} µs {cost:>11.2} µs {rebuild:>13.2} µs {speedup:>8.0}×"
             );
         }
     }

@@ -85,6 +85,11 @@ fn alias(key: &str) -> Option<&'static str> {
     }
 }
 
+/// A 3×3 conv with padding 1 (same size at stride 1), `out` channels.
+fn conv3x3(out: usize, stride: usize) -> ConvOpts {
+    ConvOpts::new(out, 3).stride(stride).pad(1)
+}
+
 fn conv_bn(
     b: &mut SpecBuilder,
     conv: &str,
@@ -103,31 +108,30 @@ fn conv_bn_relu(
     x: Option<usize>,
     o: ConvOpts,
 ) -> Result<usize> {
-    let y = conv_bn(b, &format!("{p}conv{idx}"), &format!("{p}bn{idx}"), x, o)?;
+    let y = conv_bn_n(b, p, idx, x, o)?;
     b.op(&format!("{p}relu{idx}"), Some(y), LayerKind::Relu)
+}
+
+/// [`conv_bn`] named `{p}conv{idx}`, `{p}bn{idx}` (torchvision's block layer names).
+fn conv_bn_n(
+    b: &mut SpecBuilder,
+    p: &str,
+    idx: &str,
+    x: Option<usize>,
+    o: ConvOpts,
+) -> Result<usize> {
+    conv_bn(b, &format!("{p}conv{idx}"), &format!("{p}bn{idx}"), x, o)
 }
 
 /// CIFAR ResNet-(6n+2): 3 stages of n basic blocks (16, 32, 64 channels), option-A shortcuts.
 fn cifar_resnet(b: &mut SpecBuilder, n: usize) -> Result<()> {
-    let mut x = conv_bn_relu(b, "", "1", None, ConvOpts::new(16, 3).pad(1))?;
+    let mut x = conv_bn_relu(b, "", "1", None, conv3x3(16, 1))?;
     for (stage, planes) in [16usize, 32, 64].into_iter().enumerate() {
         for blk in 0..n {
             let stride = if stage > 0 && blk == 0 { 2 } else { 1 };
             let p = format!("layer{}.{}.", stage + 1, blk);
-            let y = conv_bn_relu(
-                b,
-                &p,
-                "1",
-                Some(x),
-                ConvOpts::new(planes, 3).stride(stride).pad(1),
-            )?;
-            let y = conv_bn(
-                b,
-                &format!("{p}conv2"),
-                &format!("{p}bn2"),
-                Some(y),
-                ConvOpts::new(planes, 3).pad(1),
-            )?;
+            let y = conv_bn_relu(b, &p, "1", Some(x), conv3x3(planes, stride))?;
+            let y = conv_bn_n(b, &p, "2", Some(y), conv3x3(planes, 1))?;
             let short = if stride != 1 || b.channels(Some(x)) != planes {
                 b.op(
                     &format!("{p}shortcut"),
@@ -140,13 +144,23 @@ fn cifar_resnet(b: &mut SpecBuilder, n: usize) -> Result<()> {
             } else {
                 x
             };
-            let s = b.add(&format!("{p}add"), &[y, short])?;
-            x = b.op(&format!("{p}relu2"), Some(s), LayerKind::Relu)?;
+            x = add_relu(b, &p, "relu2", y, short)?;
         }
     }
+    pool_classifier(b, x, "fc")
+}
+
+/// The residual join of a block: `{p}add` of `y` and `short`, then the ReLU `{p}{relu}`.
+fn add_relu(b: &mut SpecBuilder, p: &str, relu: &str, y: usize, short: usize) -> Result<usize> {
+    let s = b.add(&format!("{p}add"), &[y, short])?;
+    b.op(&format!("{p}{relu}"), Some(s), LayerKind::Relu)
+}
+
+/// Global average pooling (`avgpool`) of `x` and the linear classifier `fc` (with bias).
+fn pool_classifier(b: &mut SpecBuilder, x: usize, fc: &str) -> Result<()> {
     let g = b.op("avgpool", Some(x), LayerKind::GlobalAvgPool)?;
     let k = b.num_classes();
-    b.linear("fc", Some(g), k, true)?;
+    b.linear(fc, Some(g), k, true)?;
     Ok(())
 }
 
@@ -156,7 +170,7 @@ fn vgg_small(b: &mut SpecBuilder) -> Result<()> {
     let mut i = 0;
     for (stage, ch) in [128usize, 256, 512].into_iter().enumerate() {
         for _ in 0..2 {
-            let c = b.conv(&format!("features.conv{i}"), x, ConvOpts::new(ch, 3).pad(1))?;
+            let c = b.conv(&format!("features.conv{i}"), x, conv3x3(ch, 1))?;
             let n = b.op(&format!("features.bn{i}"), Some(c), LayerKind::BatchNorm)?;
             x = Some(b.op(&format!("features.relu{i}"), Some(n), LayerKind::Relu)?);
             i += 1;
@@ -216,35 +230,11 @@ fn imagenet_resnet(b: &mut SpecBuilder, blocks: &[usize], bottleneck: bool) -> R
             let out = planes * expansion;
             let y = if bottleneck {
                 let y = conv_bn_relu(b, &p, "1", Some(x), ConvOpts::new(planes, 1))?;
-                let y = conv_bn_relu(
-                    b,
-                    &p,
-                    "2",
-                    Some(y),
-                    ConvOpts::new(planes, 3).stride(stride).pad(1),
-                )?;
-                conv_bn(
-                    b,
-                    &format!("{p}conv3"),
-                    &format!("{p}bn3"),
-                    Some(y),
-                    ConvOpts::new(out, 1),
-                )?
+                let y = conv_bn_relu(b, &p, "2", Some(y), conv3x3(planes, stride))?;
+                conv_bn_n(b, &p, "3", Some(y), ConvOpts::new(out, 1))?
             } else {
-                let y = conv_bn_relu(
-                    b,
-                    &p,
-                    "1",
-                    Some(x),
-                    ConvOpts::new(planes, 3).stride(stride).pad(1),
-                )?;
-                conv_bn(
-                    b,
-                    &format!("{p}conv2"),
-                    &format!("{p}bn2"),
-                    Some(y),
-                    ConvOpts::new(out, 3).pad(1),
-                )?
+                let y = conv_bn_relu(b, &p, "1", Some(x), conv3x3(planes, stride))?;
+                conv_bn_n(b, &p, "2", Some(y), conv3x3(out, 1))?
             };
             let short = if stride != 1 || b.channels(Some(x)) != out {
                 conv_bn(
@@ -257,14 +247,10 @@ fn imagenet_resnet(b: &mut SpecBuilder, blocks: &[usize], bottleneck: bool) -> R
             } else {
                 x
             };
-            let s = b.add(&format!("{p}add"), &[y, short])?;
-            x = b.op(&format!("{p}relu"), Some(s), LayerKind::Relu)?;
+            x = add_relu(b, &p, "relu", y, short)?;
         }
     }
-    let g = b.op("avgpool", Some(x), LayerKind::GlobalAvgPool)?;
-    let k = b.num_classes();
-    b.linear("fc", Some(g), k, true)?;
-    Ok(())
+    pool_classifier(b, x, "fc")
 }
 
 /// torchvision MobileNetV2, width 1.0: inverted residuals (expand 1×1, depthwise 3×3,
@@ -279,7 +265,7 @@ fn mobilenet_v2(b: &mut SpecBuilder) -> Result<()> {
         (6, 160, 3, 2),
         (6, 320, 1, 1),
     ];
-    let mut x = cbr6(b, "features.0", None, ConvOpts::new(32, 3).stride(2).pad(1))?;
+    let mut x = cbr6(b, "features.0", None, conv3x3(32, 2))?;
     let mut i = 1;
     for (t, c, n, s) in settings {
         for r in 0..n {
@@ -318,10 +304,7 @@ fn mobilenet_v2(b: &mut SpecBuilder) -> Result<()> {
         }
     }
     x = cbr6(b, &format!("features.{i}"), Some(x), ConvOpts::new(1280, 1))?;
-    let g = b.op("avgpool", Some(x), LayerKind::GlobalAvgPool)?;
-    let k = b.num_classes();
-    b.linear("classifier.1", Some(g), k, true)?;
-    Ok(())
+    pool_classifier(b, x, "classifier.1")
 }
 
 /// Conv + BN + ReLU6 named `{p}.0`, `{p}.1`, `{p}.2` (torchvision's Conv2dNormActivation).

@@ -235,6 +235,30 @@ impl SearchSpace {
         Ok(t)
     }
 
+    /// The reference BOPs of `--bops-frac` (docs/method.md §2): BOPs of this space's network
+    /// unpruned, with every weighted layer (searchable units and fixed layers alike) at 8-bit
+    /// weights and 8-bit activations. It depends only on the network and the residual mode,
+    /// never on the candidates, `fix_first`/`fix_last`, `shared_bits` or `fixed_bits`: it is
+    /// counted on the same spec with prune {0}, bits {8}, `shared_bits = false` and
+    /// `fixed_bits = 8`. A budget `--bops-frac f` allows `⌊f · w8a8_bops⌋` BOPs.
+    ///
+    /// Errors: only those of [`SearchSpace::new`] for that configuration, which cannot
+    /// happen for a space that was built.
+    pub fn w8a8_bops(&self) -> Result<u64> {
+        let reference = SearchSpace::new(
+            self.spec().clone(),
+            crate::SpaceConfig {
+                prune_ratios: vec![0.0],
+                wbits: vec![8],
+                abits: vec![8],
+                shared_bits: false,
+                fixed_bits: 8,
+                ..self.config().clone()
+            },
+        )?;
+        Ok(reference.totals_indices(&vec![0; reference.dim()])?.bops)
+    }
+
     /// Relaxed MACs, BOPs and size at `x` with analytic gradients (length `dim()`).
     /// Exact polynomial in `x` (bilinear in keep ratios, bilinear in bits); it equals the
     /// discrete cost at candidate points when every kept channel count is integral.

@@ -5,7 +5,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::policy::check_header;
+use crate::policy::{parse_versioned, read_text};
 use crate::spec::{InputShape, LayerKind, NetworkSpec, SpecBuilder};
 
 /// Format tag of network files.
@@ -74,11 +74,7 @@ impl NetworkSpec {
     /// Err(UnsupportedVersion), or Err(InvalidSpec) naming the file and layer.
     pub fn from_json_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let s = std::fs::read_to_string(path).map_err(|e| Error::Io {
-            path: path.display().to_string(),
-            err: e,
-        })?;
-        Self::from_json_str(&s, &path.display().to_string())
+        Self::from_json_str(&read_text(path)?, &path.display().to_string())
     }
 
     /// The spec in the user JSON format (pretty-printed), e.g. to start a custom network from
@@ -92,7 +88,6 @@ impl NetworkSpec {
             .map(|(i, l)| {
                 let mut o = serde_json::Map::new();
                 o.insert("name".into(), json!(l.name));
-                o.insert("op".into(), json!(l.kind.name()));
                 let names: Vec<&str> = l
                     .inputs
                     .iter()
@@ -110,51 +105,14 @@ impl NetworkSpec {
                     }
                     _ => {}
                 }
-                match l.kind {
-                    LayerKind::Conv2d {
-                        out_ch,
-                        kernel,
-                        stride,
-                        padding,
-                        dilation,
-                        groups,
-                        bias,
-                        ..
-                    } => {
-                        o.insert("out_ch".into(), json!(out_ch));
-                        o.insert("kernel".into(), json!(kernel));
-                        o.insert("stride".into(), json!(stride));
-                        o.insert("padding".into(), json!(padding));
-                        o.insert("dilation".into(), json!(dilation));
-                        o.insert("groups".into(), json!(groups));
-                        o.insert("bias".into(), json!(bias));
-                    }
-                    LayerKind::Linear {
-                        out_features, bias, ..
-                    } => {
-                        o.insert("out_features".into(), json!(out_features));
-                        o.insert("bias".into(), json!(bias));
-                    }
-                    LayerKind::MaxPool {
-                        kernel,
-                        stride,
-                        padding,
-                    }
-                    | LayerKind::AvgPool {
-                        kernel,
-                        stride,
-                        padding,
-                    } => {
-                        o.insert("kernel".into(), json!(kernel));
-                        o.insert("stride".into(), json!(stride));
-                        o.insert("padding".into(), json!(padding));
-                    }
-                    LayerKind::PadShortcut { stride, out_ch } => {
-                        o.insert("out_ch".into(), json!(out_ch));
-                        o.insert("stride".into(), json!(stride));
-                    }
-                    _ => {}
-                }
+                // `op` and the layer's own fields as serde writes them, less the input width, which is
+                // inferred when the file is read back.
+                o.extend(match serde_json::to_value(&l.kind) {
+                    Ok(Value::Object(k)) => k,
+                    _ => unreachable!("a layer kind serializes to an object"),
+                });
+                o.remove("in_ch");
+                o.remove("in_features");
                 Value::Object(o)
             })
             .collect();
@@ -173,13 +131,7 @@ impl NetworkSpec {
 
     /// Parses the user JSON format; `source` names the document in errors.
     pub fn from_json_str(s: &str, source: &str) -> Result<Self> {
-        let jerr = |msg: String| Error::Json {
-            source_name: source.to_string(),
-            msg,
-        };
-        let v: serde_json::Value = serde_json::from_str(s).map_err(|e| jerr(e.to_string()))?;
-        check_header(&v, NETWORK_FORMAT, NETWORK_VERSION, source)?;
-        let net: UserNet = serde_json::from_value(v).map_err(|e| jerr(e.to_string()))?;
+        let net: UserNet = parse_versioned(s, NETWORK_FORMAT, NETWORK_VERSION, source)?;
         let mut b = SpecBuilder::new(&net.name, net.input, net.num_classes).with_source(source);
         for (i, l) in net.layers.iter().enumerate() {
             let lerr = |msg: String| Error::InvalidSpec {

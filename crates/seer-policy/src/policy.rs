@@ -61,12 +61,7 @@ struct PolicyFileIn {
 }
 
 /// Checks the `format` tag and `version` of a parsed JSON document.
-pub(crate) fn check_header(
-    v: &serde_json::Value,
-    format: &str,
-    version: u64,
-    source: &str,
-) -> Result<()> {
+fn check_header(v: &serde_json::Value, format: &str, version: u64, source: &str) -> Result<()> {
     let jerr = |msg: String| Error::Json {
         source_name: source.to_string(),
         msg,
@@ -94,6 +89,32 @@ pub(crate) fn check_header(
     Ok(())
 }
 
+/// Parses the versioned JSON document `s` (named `source` in errors): checks its `format`
+/// tag and `version`, then reads it as a `T`. Err(Json) for malformed JSON, a wrong tag or a
+/// document `T` rejects; Err(UnsupportedVersion) for another version.
+pub(crate) fn parse_versioned<T: serde::de::DeserializeOwned>(
+    s: &str,
+    format: &str,
+    version: u64,
+    source: &str,
+) -> Result<T> {
+    let jerr = |e: serde_json::Error| Error::Json {
+        source_name: source.to_string(),
+        msg: e.to_string(),
+    };
+    let v: serde_json::Value = serde_json::from_str(s).map_err(jerr)?;
+    check_header(&v, format, version, source)?;
+    serde_json::from_value(v).map_err(jerr)
+}
+
+/// The text of the file at `path`. Err(Io) naming the path.
+pub(crate) fn read_text(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| Error::Io {
+        path: path.display().to_string(),
+        err: e,
+    })
+}
+
 impl Policy {
     /// Pretty JSON with format tag and version.
     pub fn to_json(&self) -> String {
@@ -112,13 +133,7 @@ impl Policy {
     /// another version. Values are checked against a space by
     /// [`SearchSpace::validate_named`](crate::SearchSpace::validate_named).
     pub fn from_json_str(s: &str, source: &str) -> Result<Self> {
-        let jerr = |msg: String| Error::Json {
-            source_name: source.to_string(),
-            msg,
-        };
-        let v: serde_json::Value = serde_json::from_str(s).map_err(|e| jerr(e.to_string()))?;
-        check_header(&v, POLICY_FORMAT, POLICY_VERSION, source)?;
-        let f: PolicyFileIn = serde_json::from_value(v).map_err(|e| jerr(e.to_string()))?;
+        let f: PolicyFileIn = parse_versioned(s, POLICY_FORMAT, POLICY_VERSION, source)?;
         Ok(Policy {
             arch: f.arch,
             input: f.input,
@@ -129,11 +144,7 @@ impl Policy {
     /// Reads a policy file. Err(Io) naming the path, or as [`from_json_str`](Self::from_json_str).
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let s = std::fs::read_to_string(path).map_err(|e| Error::Io {
-            path: path.display().to_string(),
-            err: e,
-        })?;
-        Self::from_json_str(&s, &path.display().to_string())
+        Self::from_json_str(&read_text(path)?, &path.display().to_string())
     }
 
     /// Writes the policy as JSON. Err(Io) naming the path.

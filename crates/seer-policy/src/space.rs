@@ -85,6 +85,23 @@ impl Default for SpaceConfig {
     }
 }
 
+impl SpaceConfig {
+    /// The space of the SeerNet authors' released ResNet-20 samples (the peer data
+    /// `seernet-resnet20-cifar10`): masked residual pruning, one bit-width per unit (shared
+    /// bits), prune {0.25, 0.5, 0.75}, bits {2, 3, 4, 5}; the first and last layers fixed at 8
+    /// bits. With `builtin("resnet20", 32x32x3)` it has the data's 18 units in column order.
+    pub fn peer_resnet20() -> Self {
+        Self {
+            prune_ratios: vec![0.25, 0.5, 0.75],
+            wbits: vec![2, 3, 4, 5],
+            abits: vec![2, 3, 4, 5],
+            residual_pruning: ResidualPruning::Masked,
+            shared_bits: true,
+            ..Self::default()
+        }
+    }
+}
+
 /// A searchable unit: one layer, or the layers sharing one output-channel domain
 /// (a residual tie group in `tied` mode; a conv plus the depthwise convs that follow it).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,6 +127,46 @@ pub enum GeneKind {
     ABits,
     /// Shared weight and activation bit-width (`shared_bits`).
     Bits,
+}
+
+impl GeneKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [GeneKind; 4] = [
+        GeneKind::Prune,
+        GeneKind::WBits,
+        GeneKind::ABits,
+        GeneKind::Bits,
+    ];
+
+    /// The kind's name in feature and CSV column names: `prune`, `wbits`, `abits`, `bits`.
+    /// The one table of these names; [`GeneKind::from_name`] is its inverse.
+    pub fn name(self) -> &'static str {
+        match self {
+            GeneKind::Prune => "prune",
+            GeneKind::WBits => "wbits",
+            GeneKind::ABits => "abits",
+            GeneKind::Bits => "bits",
+        }
+    }
+
+    /// The kind named `name` (exactly as [`GeneKind::name`] writes it), or None.
+    pub fn from_name(name: &str) -> Option<GeneKind> {
+        GeneKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// Splits a feature name `<kind>_<unit>` (as [`SearchSpace::feature_names`] writes it, e.g.
+    /// `wbits_3`) into its kind and unit index; None when the kind is unknown or the unit is
+    /// not an index. The unit is not checked against any space.
+    pub fn parse_feature(name: &str) -> Option<(GeneKind, usize)> {
+        let (kind, unit) = name.rsplit_once('_')?;
+        Some((GeneKind::from_name(kind)?, unit.parse().ok()?))
+    }
+}
+
+impl fmt::Display for GeneKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// One coordinate of the encoding: a discrete choice of one unit.
@@ -519,6 +576,17 @@ impl SearchSpace {
     /// Genes: per unit in order `[Prune, WBits, ABits]` (3L), or `[Prune, Bits]` with shared bits (2L).
     pub fn genes(&self) -> &[Gene] {
         &self.genes
+    }
+
+    /// Feature names of the genes, in gene order: `<kind>_<unit>` with the kind's
+    /// [`GeneKind::name`] and the unit's index in [`units`](Self::units) (`prune_0`, `wbits_0`,
+    /// `abits_0`, `prune_1`, ...; `bits_<unit>` with shared bits). These are also the policy
+    /// CSV columns; [`GeneKind::parse_feature`] reads one back.
+    pub fn feature_names(&self) -> Vec<String> {
+        self.genes
+            .iter()
+            .map(|g| format!("{}_{}", g.kind.name(), g.unit))
+            .collect()
     }
 
     /// Number of genes (length of encodings and index vectors).

@@ -242,17 +242,9 @@ fn gradients_match_finite_differences() {
 #[test]
 fn resnet20_masked_matches_the_peer_data_columns() {
     // assets/peer-data/seernet-resnet20-cifar10: 18 block convs, stage 1 block 1 conv 1 first.
-    let cfg = SpaceConfig {
-        prune_ratios: vec![0.25, 0.5, 0.75],
-        wbits: vec![2, 3, 4, 5],
-        abits: vec![2, 3, 4, 5],
-        residual_pruning: ResidualPruning::Masked,
-        shared_bits: true,
-        ..Default::default()
-    };
     let s = SearchSpace::new(
         builtin("resnet20", Some("32x32x3".parse().unwrap()), None).unwrap(),
-        cfg,
+        SpaceConfig::peer_resnet20(),
     )
     .unwrap();
     let names: Vec<String> = s.units().iter().map(|u| u.name.clone()).collect();
@@ -585,4 +577,98 @@ proptest! {
         prop_assert_eq!(r.size_bits, c.total_size_bits as f64);
         prop_assert_eq!(r.macs, c.total_macs as f64);
     }
+}
+
+#[test]
+fn w8a8_reference_bops_ignore_candidates_and_flags() {
+    // Unpruned, every layer at w8a8: 64 · MACs (LeNet-5 416,520 MACs; ResNet-20 40,551,040).
+    for (arch, want) in [("lenet5", 416_520u64 * 64), ("resnet20", 40_551_040 * 64)] {
+        let spec = builtin(arch, None, None).unwrap();
+        for (prune, bits, mode, shared, fix_first, fix_last, fixed_bits) in [
+            (
+                vec![0.0],
+                vec![8],
+                ResidualPruning::Tied,
+                false,
+                true,
+                true,
+                8,
+            ),
+            (
+                vec![0.25, 0.5],
+                vec![2, 4],
+                ResidualPruning::Tied,
+                true,
+                false,
+                true,
+                4,
+            ),
+            (
+                vec![0.5],
+                vec![3],
+                ResidualPruning::Masked,
+                false,
+                true,
+                false,
+                2,
+            ),
+            (
+                vec![0.75],
+                vec![5, 6],
+                ResidualPruning::Masked,
+                true,
+                false,
+                false,
+                6,
+            ),
+        ] {
+            let cfg = SpaceConfig {
+                prune_ratios: prune,
+                wbits: bits.clone(),
+                abits: bits,
+                residual_pruning: mode,
+                shared_bits: shared,
+                fix_first,
+                fix_last,
+                fixed_bits,
+            };
+            let s = SearchSpace::new(spec.clone(), cfg.clone()).unwrap();
+            assert_eq!(s.w8a8_bops().unwrap(), want, "{arch} {cfg:?}");
+        }
+    }
+}
+
+#[test]
+fn gene_kind_names_and_feature_names() {
+    for k in GeneKind::ALL {
+        assert_eq!(GeneKind::from_name(k.name()), Some(k));
+        assert_eq!(k.to_string(), k.name());
+    }
+    assert_eq!(GeneKind::from_name("Prune"), None);
+    assert_eq!(
+        GeneKind::parse_feature("wbits_12"),
+        Some((GeneKind::WBits, 12))
+    );
+    assert_eq!(GeneKind::parse_feature("bits_x"), None);
+    assert_eq!(GeneKind::parse_feature("width_3"), None);
+    let spec = builtin("lenet5", None, None).unwrap();
+    let s = space(spec.clone(), ResidualPruning::Tied);
+    let names = s.feature_names();
+    assert_eq!(names.len(), s.dim());
+    assert_eq!(&names[..3], ["prune_0", "wbits_0", "abits_0"]);
+    for (g, n) in s.genes().iter().zip(&names) {
+        assert_eq!(GeneKind::parse_feature(n), Some((g.kind, g.unit)));
+    }
+    let shared = SearchSpace::new(
+        spec,
+        SpaceConfig {
+            shared_bits: true,
+            ..SpaceConfig::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        &shared.feature_names()[..4],
+        ["prune_0", "bits_0", "prune_1", "bits_1"]
+    );
 }

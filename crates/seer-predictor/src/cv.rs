@@ -272,37 +272,19 @@ mod tests {
     #[test]
     fn too_few_rows_or_bad_options_are_errors() {
         let s = synthetic(8, 22);
-        let e = cross_validate(
-            &s,
-            &small(),
-            &CvOptions {
-                splits: 10,
-                ..Default::default()
-            },
-        )
-        .unwrap_err();
-        assert!(e.to_string().contains("8 samples but 10 splits"), "{e}");
-        let e = cross_validate(
-            &s,
-            &small(),
-            &CvOptions {
-                splits: 2,
-                test_frac: 0.1,
+        for (splits, test_frac, want, config) in [
+            (10, 0.2, "8 samples but 10 splits", false),
+            (2, 0.1, "leave 1 test", false),
+            (2, 1.0, "test_frac must be in (0, 1)", true),
+        ] {
+            let opts = CvOptions {
+                splits,
+                test_frac,
                 seed: 0,
-            },
-        )
-        .unwrap_err();
-        assert!(e.to_string().contains("leave 1 test"), "{e}");
-        let e = cross_validate(
-            &s,
-            &small(),
-            &CvOptions {
-                splits: 2,
-                test_frac: 1.0,
-                seed: 0,
-            },
-        )
-        .unwrap_err();
-        assert!(matches!(e, Error::Config(_)), "{e}");
+            };
+            let e = cross_validate(&s, &small(), &opts).unwrap_err();
+            assert!(e.to_string().contains(want), "{e}");
+            assert_eq!(matches!(e, Error::Config(_)), config, "{e}");
+        }
     }
 }

@@ -510,7 +510,8 @@ impl Predictor {
         let m_count = self.members.len();
         // Per chunk: member outputs [M][rb] (target units) and member input gradients [M][rb*d]
         // (standardised inputs, standardised target).
-        let run = |chunk: &[f32]| -> (Vec<Vec<f64>>, Vec<Vec<f32>>) {
+        type Part = (Vec<Vec<f64>>, Vec<Vec<f32>>);
+        let run = |chunk: &[f32]| -> Part {
             let rb = chunk.len() / d;
             let mut ws = Workspace::default();
             let ones = vec![1.0f32; rb];
@@ -529,7 +530,7 @@ impl Predictor {
             }
             (outs, grads)
         };
-        let parts: Vec<(Vec<Vec<f64>>, Vec<Vec<f32>>)> = if b <= CHUNK {
+        let parts: Vec<Part> = if b <= CHUNK {
             vec![run(&z)]
         } else {
             z.par_chunks(CHUNK * d).map(run).collect()
@@ -663,6 +664,39 @@ pub(crate) mod tests {
         }
     }
 
+    /// `synthetic(n, seed)` and the [`small`] ensemble fitted to it for `max_epochs`.
+    pub(crate) fn fitted(n: usize, seed: u64, max_epochs: usize) -> (Samples, Predictor) {
+        let s = synthetic(n, seed);
+        let p = fit(
+            &s,
+            &Config {
+                max_epochs,
+                ..small()
+            },
+        )
+        .unwrap();
+        (s, p)
+    }
+
+    /// Checks `grad` (one row per row of `rows`) against central differences of `f` with a
+    /// relative tolerance `tol` (f32 internals carry ~1e-4 absolute noise).
+    fn check_fd(rows: &[Vec<f64>], grad: &[Vec<f64>], tol: f64, f: impl Fn(Vec<f64>) -> f64) {
+        let h = 1e-3;
+        for (r, gr) in rows.iter().zip(grad) {
+            for j in 0..r.len() {
+                let (mut a, mut b) = (r.clone(), r.clone());
+                a[j] += h;
+                b[j] -= h;
+                let fd = (f(a) - f(b)) / (2.0 * h);
+                assert!(
+                    (fd - gr[j]).abs() < tol * (1.0 + fd.abs()),
+                    "feature {j}: fd {fd} vs analytic {}",
+                    gr[j]
+                );
+            }
+        }
+    }
+
     #[test]
     fn learns_a_nonlinear_function() {
         let s = synthetic(300, 1);
@@ -724,33 +758,10 @@ pub(crate) mod tests {
 
     #[test]
     fn grad_matches_finite_differences() {
-        let s = synthetic(120, 4);
-        let p = fit(
-            &s,
-            &Config {
-                max_epochs: 60,
-                ..small()
-            },
-        )
-        .unwrap();
+        let (s, p) = fitted(120, 4, 60);
         let rows: Vec<Vec<f64>> = s.x()[..5].to_vec();
         let g = p.grad(&rows).unwrap();
-        let h = 1e-3;
-        for (r, gr) in rows.iter().zip(&g) {
-            for j in 0..r.len() {
-                let (mut a, mut b) = (r.clone(), r.clone());
-                a[j] += h;
-                b[j] -= h;
-                let mu = p.predict(&[a, b]).unwrap().mean;
-                let fd = (mu[0] - mu[1]) / (2.0 * h);
-                // f32 internals: central differences carry ~1e-4 absolute noise here.
-                assert!(
-                    (fd - gr[j]).abs() < 2e-2 * (1.0 + fd.abs()),
-                    "feature {j}: fd {fd} vs analytic {}",
-                    gr[j]
-                );
-            }
-        }
+        check_fd(&rows, &g, 2e-2, |x| p.predict(&[x]).unwrap().mean[0]);
         let (pred, g2) = p.predict_grad(&rows).unwrap();
         assert_eq!(g, g2);
         assert_eq!(pred, p.predict(&rows).unwrap());
@@ -758,42 +769,20 @@ pub(crate) mod tests {
 
     #[test]
     fn lcb_gradient_matches_finite_differences() {
-        let s = synthetic(120, 4);
-        let p = fit(
-            &s,
-            &Config {
-                max_epochs: 60,
-                ..small()
-            },
-        )
-        .unwrap();
+        let (s, p) = fitted(120, 4, 60);
         let rows: Vec<Vec<f64>> = s.x()[..4].to_vec();
         let kappa = 1.5;
         let (pred, score, g) = p.predict_lcb_grad(&rows, kappa).unwrap();
         let plain = p.predict(&rows).unwrap();
-        for r in 0..rows.len() {
+        for (r, sc) in score.iter().enumerate() {
             assert!((pred.mean[r] - plain.mean[r]).abs() < 1e-9);
             assert!((pred.std[r] - plain.std[r]).abs() < 1e-9);
-            assert!((score[r] - (plain.mean[r] - kappa * plain.std[r])).abs() < 1e-9);
+            assert!((sc - (plain.mean[r] - kappa * plain.std[r])).abs() < 1e-9);
         }
-        let lcb = |x: Vec<f64>| {
+        check_fd(&rows, &g, 3e-2, |x| {
             let q = p.predict(&[x]).unwrap();
             q.mean[0] - kappa * q.std[0]
-        };
-        let h = 1e-3;
-        for (r, gr) in rows.iter().zip(&g) {
-            for j in 0..r.len() {
-                let (mut a, mut b) = (r.clone(), r.clone());
-                a[j] += h;
-                b[j] -= h;
-                let fd = (lcb(a) - lcb(b)) / (2.0 * h);
-                assert!(
-                    (fd - gr[j]).abs() < 3e-2 * (1.0 + fd.abs()),
-                    "feature {j}: fd {fd} vs analytic {}",
-                    gr[j]
-                );
-            }
-        }
+        });
         // κ = 0 is the plain mean gradient.
         let (_, s0, g0) = p.predict_lcb_grad(&rows, 0.0).unwrap();
         let gm = p.grad(&rows).unwrap();
@@ -809,15 +798,7 @@ pub(crate) mod tests {
 
     #[test]
     fn counterfactual_is_mean_squared_change() {
-        let s = synthetic(60, 5);
-        let p = fit(
-            &s,
-            &Config {
-                max_epochs: 20,
-                ..small()
-            },
-        )
-        .unwrap();
+        let (s, p) = fitted(60, 5, 20);
         let x = s.x()[0].clone();
         let nb = vec![s.x()[1].clone(), s.x()[2].clone()];
         let mu = p
@@ -841,15 +822,7 @@ pub(crate) mod tests {
 
     #[test]
     fn bad_inputs_are_errors() {
-        let s = synthetic(30, 6);
-        let p = fit(
-            &s,
-            &Config {
-                max_epochs: 5,
-                ..small()
-            },
-        )
-        .unwrap();
+        let (s, p) = fitted(30, 6, 5);
         assert!(matches!(p.predict(&[vec![0.0; 3]]), Err(Error::Shape(_))));
         assert!(matches!(
             p.grad(&[vec![0.0, f64::NAN, 0.0, 0.0]]),

@@ -278,19 +278,11 @@ impl Predictor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ensemble::tests::{small, synthetic};
+    use crate::ensemble::tests::fitted;
 
     #[test]
     fn round_trip_is_exact() {
-        let s = synthetic(50, 11);
-        let p = crate::fit(
-            &s,
-            &Config {
-                max_epochs: 10,
-                ..small()
-            },
-        )
-        .unwrap();
+        let (_, p) = fitted(50, 11, 10);
         let bytes = p.to_bytes().unwrap();
         let q = Predictor::from_bytes(&bytes, Path::new("mem")).unwrap();
         assert_eq!(p, q);
@@ -298,15 +290,7 @@ mod tests {
 
     #[test]
     fn future_version_and_foreign_files_are_errors() {
-        let s = synthetic(50, 12);
-        let p = crate::fit(
-            &s,
-            &Config {
-                max_epochs: 5,
-                ..small()
-            },
-        )
-        .unwrap();
+        let (_, p) = fitted(50, 12, 5);
         let bytes = p.to_bytes().unwrap();
         // Rewrite the header's version byte in place (same length keeps the file consistent).
         let pat = b"\\\"version\\\":1";

