@@ -79,17 +79,9 @@ fn peer_data_policies_fit_the_masked_resnet20_space() {
     let text = std::fs::read_to_string(csv).unwrap();
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap().split(',').collect();
-    let cfg = SpaceConfig {
-        prune_ratios: vec![0.25, 0.5, 0.75],
-        wbits: vec![2, 3, 4, 5],
-        abits: vec![2, 3, 4, 5],
-        residual_pruning: ResidualPruning::Masked,
-        shared_bits: true,
-        ..Default::default()
-    };
-    let space = SearchSpace::new(
+        let space = SearchSpace::new(
         builtin("resnet20", Some("32x32x3".parse().unwrap()), None).unwrap(),
-        cfg,
+        SpaceConfig::peer_resnet20(),
     )
     .unwrap();
     assert_eq!(space.units().len(), 18);

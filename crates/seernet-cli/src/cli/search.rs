@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use seer_barrier::Budget as Limits;
-use seer_policy::{SearchSpace, SpaceConfig};
+use seer_policy::SearchSpace;
 use seer_predictor::Predictor;
 use seernet::budget::Budget;
 use seernet::search::{Found, Method, SearchOptions, find_policy};
@@ -91,18 +91,6 @@ fn setup(c: &Common) -> Result<(SearchSpace, Predictor, SearchOptions)> {
     Ok((space, predictor, o))
 }
 
-/// BOPs of the unpruned network at w8a8 (the reference of `--bops-frac`).
-fn w8a8_bops(space: &SearchSpace) -> Result<u64> {
-    let cfg = SpaceConfig {
-        prune_ratios: vec![0.0],
-        wbits: vec![8],
-        abits: vec![8],
-        ..space.config().clone()
-    };
-    let s = SearchSpace::new(space.spec().clone(), cfg)?;
-    Ok(s.totals_indices(&vec![0; s.dim()])?.bops)
-}
-
 fn policy_json(f: &Found) -> Result<serde_json::Value> {
     Ok(serde_json::from_str(&f.policy.to_json())?)
 }
@@ -175,7 +163,7 @@ pub fn run_search(args: SearchArgs) -> Result<()> {
 }
 
 fn bops_of(b: &Budget, space: &SearchSpace) -> Result<u64> {
-    let r = b.resolve(w8a8_bops(space)?);
+    let r = b.resolve(space.w8a8_bops()?);
     r.max_bops.context("budget without a BOPs limit")
 }
 
