@@ -79,7 +79,7 @@ fn peer_data_policies_fit_the_masked_resnet20_space() {
     let text = std::fs::read_to_string(csv).unwrap();
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap().split(',').collect();
-        let space = SearchSpace::new(
+    let space = SearchSpace::new(
         builtin("resnet20", Some("32x32x3".parse().unwrap()), None).unwrap(),
         SpaceConfig::peer_resnet20(),
     )

@@ -20,19 +20,6 @@ fn err(e: seer_kernels::Error) -> candle_core::Error {
     candle_core::Error::Msg(e.to_string())
 }
 
-/// Process CPU time (user + system) in seconds, from /proc (0 where unavailable).
-fn cpu_seconds() -> f64 {
-    let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let f: Vec<&str> = s
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (t(11) + t(12)) / 100.0
-}
-
 /// Median over `rounds` of the per-round ratio `time(b) / time(a)`, `a` and `b` timed back to
 /// back in each round so that a changing machine load affects both alike. Also returns the
 /// ratio of total CPU times (robust when other processes share the cores).
@@ -45,12 +32,12 @@ fn interleaved_ratio<A: FnMut() -> R<()>, B: FnMut() -> R<()>>(
     b()?;
     let (mut ratios, mut ca, mut cb) = (Vec::new(), 0.0, 0.0);
     for _ in 0..rounds.max(1) {
-        let (s, c) = (Instant::now(), cpu_seconds());
+        let (s, c) = (Instant::now(), seer_bench::cpu_seconds_or_zero());
         a()?;
-        let (ta, c2) = (s.elapsed().as_secs_f64(), cpu_seconds());
+        let (ta, c2) = (s.elapsed().as_secs_f64(), seer_bench::cpu_seconds_or_zero());
         let s = Instant::now();
         b()?;
-        let (tb, c3) = (s.elapsed().as_secs_f64(), cpu_seconds());
+        let (tb, c3) = (s.elapsed().as_secs_f64(), seer_bench::cpu_seconds_or_zero());
         ratios.push(tb / ta);
         ca += c2 - c;
         cb += c3 - c2;

@@ -2,30 +2,18 @@
 //! by process CPU time / threads (robust when other processes share the cores).
 use std::time::Instant;
 
-fn cpu_seconds() -> f64 {
-    let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let f: Vec<&str> = s
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (t(11) + t(12)) / 100.0
-}
-
 fn main() {
     let threads = rayon::current_num_threads() as f64;
     let mut timer = |f: &mut dyn FnMut()| -> f64 {
         f();
-        let (w0, c0) = (Instant::now(), cpu_seconds());
+        let (w0, c0) = (Instant::now(), seer_bench::cpu_seconds_or_zero());
         let mut n = 0;
         while w0.elapsed().as_secs_f64() < 1.0 {
             f();
             n += 1;
         }
         let wall = w0.elapsed().as_secs_f64() / n as f64;
-        let cpu = (cpu_seconds() - c0) / n as f64 / threads;
+        let cpu = (seer_bench::cpu_seconds_or_zero() - c0) / n as f64 / threads;
         println!(
             "    wall {:.2} ms, cpu/threads {:.2} ms",
             wall * 1e3,

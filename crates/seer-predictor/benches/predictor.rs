@@ -19,27 +19,6 @@ fn peer_file() -> PathBuf {
         .join("../../assets/peer-data/seernet-resnet20-cifar10/samples.csv")
 }
 
-/// This process's CPU time (user + system) in seconds, from /proc (Linux; None elsewhere).
-/// Unlike wall time it barely moves when other jobs share the cores.
-fn cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / 100.0) // USER_HZ is 100 on Linux
-}
-
-/// The 1-minute load average (Linux; None elsewhere).
-fn load_average() -> Option<f64> {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -119,10 +98,10 @@ fn main() {
     let mut cpu = Vec::new();
     let mut epochs = 0.0;
     let mut predictor = None;
-    let load_before = load_average();
+    let load_before = seer_bench::load_average();
     for r in 0..3 {
         let t = Instant::now();
-        let c0 = cpu_seconds();
+        let c0 = seer_bench::cpu_seconds();
         let p = fit(
             &train,
             &Config {
@@ -132,7 +111,7 @@ fn main() {
         )
         .expect("fit");
         fits.push(t.elapsed().as_secs_f64());
-        if let (Some(a), Some(b)) = (c0, cpu_seconds()) {
+        if let (Some(a), Some(b)) = (c0, seer_bench::cpu_seconds()) {
             cpu.push(b - a);
         }
         epochs = p

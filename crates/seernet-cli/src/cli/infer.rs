@@ -444,24 +444,24 @@ fn run_bench(
     let (mut t_int, mut t_own, mut t_candle) = (f64::INFINITY, f64::INFINITY, f64::INFINITY);
     let (mut c_int, mut c_own, mut c_candle) = (0.0, 0.0, 0.0);
     for _ in 0..a.bench_reps.max(1) {
-        let (t, c) = (Instant::now(), cpu_seconds());
+        let (t, c) = (Instant::now(), seer_bench::cpu_seconds_or_zero());
         int_predict(m, &sub, 0, k, bs, isa)?;
         t_int = t_int.min(t.elapsed().as_secs_f64());
-        c_int += cpu_seconds() - c;
-        let (t, c) = (Instant::now(), cpu_seconds());
+        c_int += seer_bench::cpu_seconds_or_zero() - c;
+        let (t, c) = (Instant::now(), seer_bench::cpu_seconds_or_zero());
         for x in &batches {
             base.forward(x, false)?.argmax(1)?.to_vec1::<u32>()?;
         }
         t_own = t_own.min(t.elapsed().as_secs_f64());
-        c_own += cpu_seconds() - c;
-        let (t, c) = (Instant::now(), cpu_seconds());
+        c_own += seer_bench::cpu_seconds_or_zero() - c;
+        let (t, c) = (Instant::now(), seer_bench::cpu_seconds_or_zero());
         for x in &batches {
             candle_forward(&base, &params, x)?
                 .argmax(1)?
                 .to_vec1::<u32>()?;
         }
         t_candle = t_candle.min(t.elapsed().as_secs_f64());
-        c_candle += cpu_seconds() - c;
+        c_candle += seer_bench::cpu_seconds_or_zero() - c;
     }
     let cpu_ratio = |a: f64, b: f64| if b > 0.0 { Some(a / b) } else { None };
     let f32_bytes = 4 * base.num_params()
@@ -486,23 +486,6 @@ fn run_bench(
         "size_ratio": f32_bytes as f64 / model_bytes as f64,
         "f32_bytes": f32_bytes, "model_bytes": model_bytes, "model_file_bytes": file_bytes,
         "baseline": baseline.display().to_string(),
-        "threads": rayon_threads(),
+        "threads": seer_bench::threads(),
     }))
-}
-
-/// Process CPU time (user + system) in seconds, from /proc (0 where unavailable).
-fn cpu_seconds() -> f64 {
-    let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let f: Vec<&str> = s
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (t(11) + t(12)) / 100.0
-}
-
-fn rayon_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
