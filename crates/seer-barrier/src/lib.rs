@@ -1,4 +1,4 @@
-//! seer-barrier: log-barrier constrained policy search (method.md §6).
+//! seer-barrier: log-barrier constrained policy search (docs/method.md §6).
 //!
 //! Given an accuracy predictor μ (through the [`Objective`] trait) and a discrete policy space
 //! with exact and relaxed costs (through the [`Space`] trait), [`search`] finds the policy with

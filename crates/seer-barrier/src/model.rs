@@ -34,9 +34,9 @@ pub trait Objective: Sync {
 /// Exact complexity of a discrete policy, or its continuous relaxation.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Cost {
-    /// Bit operations (method.md §2).
+    /// Bit operations (docs/method.md §2).
     pub bops: f64,
-    /// Model size in bits (method.md §2).
+    /// Model size in bits (docs/method.md §2).
     pub size_bits: f64,
 }
 
@@ -71,7 +71,7 @@ impl std::fmt::Display for CostKind {
 /// The discrete policy space, as the optimizer needs it.
 ///
 /// A policy is one candidate index per gene; gene `g`'s candidates sit at the encoded
-/// coordinates `coords(g)` (ascending, in [0, 1]: method.md §1). Costs must be non-decreasing
+/// coordinates `coords(g)` (ascending, in [0, 1]: docs/method.md §1). Costs must be non-decreasing
 /// along the box's "more expensive" directions so that [`Space::cheapest`] is cheapest in every
 /// cost. Implementations must be deterministic and cheap (called thousands of times).
 pub trait Space: Sync {

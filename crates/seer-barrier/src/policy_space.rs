@@ -15,7 +15,7 @@ pub struct PolicySpace<'a> {
 }
 
 impl<'a> PolicySpace<'a> {
-    /// Wraps `space`; coordinates are the method.md §1 encodings of the candidates.
+    /// Wraps `space`; coordinates are the docs/method.md §1 encodings of the candidates.
     pub fn new(space: &'a SearchSpace) -> Self {
         let coords = (0..space.dim()).map(|g| space.gene_coords(g)).collect();
         Self { space, coords }

@@ -1,4 +1,4 @@
-//! The constrained search of method.md §6: the log-barrier interior-point path with Adam steps
+//! The constrained search of docs/method.md §6: the log-barrier interior-point path with Adam steps
 //! (or the authors' hard-stop normalised-gradient ascent), then discretisation with greedy
 //! repair and fill.
 
@@ -14,7 +14,7 @@ use crate::model::{Budget, Cost, CostKind, Objective, Space};
 /// Which continuous optimizer runs before discretisation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
-    /// The log-barrier interior-point path with Adam steps (method.md §6).
+    /// The log-barrier interior-point path with Adam steps (docs/method.md §6).
     Barrier,
     /// The authors' ablation: ascent along the L2-normalised gradient of μ with a fixed step,
     /// stopping at the first step whose relaxed cost would reach the budget (their
@@ -57,7 +57,7 @@ pub struct SearchConfig {
     pub pgd_step: f64,
     /// Pgd: maximum steps. The authors used 400.
     pub pgd_steps: usize,
-    /// After repair, greedily spend the remaining budget (method.md §6).
+    /// After repair, greedily spend the remaining budget (docs/method.md §6).
     pub fill: bool,
     /// Seed of the random start points.
     pub seed: u64,
@@ -276,7 +276,7 @@ impl<S: Space + ?Sized> Prepared<'_, S> {
     }
 }
 
-/// Searches the policy with the highest predicted μ within `budget` (method.md §6).
+/// Searches the policy with the highest predicted μ within `budget` (docs/method.md §6).
 ///
 /// `space` gives candidates and costs, `objective` μ (and optionally σ) of encoded policies.
 /// Barrier ([`Method::Barrier`]): from `starts` random points strictly inside the budget,
@@ -585,7 +585,7 @@ impl<S: Space + ?Sized, O: Objective + ?Sized> Continuous<'_, S, O> {
         Ok((g.xs.chunks(d).map(<[f64]>::to_vec).collect(), traces))
     }
 
-    /// The barrier path for a group of starts (method.md §6).
+    /// The barrier path for a group of starts (docs/method.md §6).
     fn barrier_path(&self, g: &mut Group) -> Result<Vec<StartTrace>> {
         let Self { p, eval, cfg } = *self;
         let (n, d) = (g.n, g.d);

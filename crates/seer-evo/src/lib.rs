@@ -1,4 +1,4 @@
-//! seer-evo: generic, seeded evolutionary search over discrete genomes (method.md §5).
+//! seer-evo: generic, seeded evolutionary search over discrete genomes (docs/method.md §5).
 //!
 //! A *genome* is one candidate index per gene (`Vec<usize>`); a [`Problem`] says how many
 //! candidates each gene has, scores genomes in batches (the fitness: the predictor's

@@ -478,7 +478,7 @@ fn score_all<P: Problem + ?Sized>(
         .collect())
 }
 
-/// Evolutionary search maximising `problem`'s fitness inside `band` (method.md §5).
+/// Evolutionary search maximising `problem`'s fitness inside `band` (docs/method.md §5).
 ///
 /// Generation 0 is `population` random genomes; each later generation breeds `mutation`
 /// per-gene mutants and `crossover` uniform-crossover children from the `parents` best genomes
@@ -582,7 +582,7 @@ fn no_feasible<P: Problem + ?Sized>(b: &Breeder<'_, P>, per_round: usize) -> Err
 /// Random search: `evaluations` distinct random genomes repaired into `band` (none from
 /// `archive`), scored in batches of `config.batch`; returns the best `config.results`.
 ///
-/// The baseline of method.md §8 (same machinery and the same repair as [`evolve`], so the two
+/// The baseline of docs/method.md §8 (same machinery and the same repair as [`evolve`], so the two
 /// differ only in how candidates are proposed). Uses `config.seed`, `results`, `batch`,
 /// `time_limit` and `population` (genomes bred per round); errors as [`evolve`].
 pub fn random_search<P: Problem + ?Sized>(

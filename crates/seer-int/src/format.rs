@@ -1,4 +1,4 @@
-//! The exported integer model file (`model-*.safetensors`, method.md §7): its metadata and
+//! The exported integer model file (`model-*.safetensors`, docs/method.md §7): its metadata and
 //! graph, reading and writing, and validation. The interpreter that runs it is
 //! [`interp`](crate::interp) ([`IntModel::forward`]).
 //!

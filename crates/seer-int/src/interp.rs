@@ -1,5 +1,5 @@
 //! The interpreter of exported integer models: runs an [`IntModel`] node by node entirely on
-//! the integer kernels (method.md §7), one function per node kind.
+//! the integer kernels (docs/method.md §7), one function per node kind.
 //!
 //! Activations flow between nodes as NHWC unsigned codes with their quantisation step, or
 //! as real (f32) values for the streams the fake-quantized model keeps in float (the graph's

@@ -1,7 +1,7 @@
 //! Integer layers on NHWC `u8` activation codes: convolution (im2col + GEMM), linear,
 //! requantisation with fused ReLU/clip (and residual add), max/avg/global-average pooling.
 //!
-//! Real values follow method.md §3: an activation code `q` of a tensor with clip range `α`
+//! Real values follow docs/method.md §3: an activation code `q` of a tensor with clip range `α`
 //! at `b` bits means `q·α/(2^b−1)`; a weight code of output channel `c` means `q·s_c`. A
 //! layer's i32 accumulator `acc[c]` therefore means `acc·s_in·s_c` (`s_in` the input's step),
 //! to which the folded BatchNorm scale and bias apply: [`Requant`] carries the per-channel
@@ -230,7 +230,7 @@ pub fn linear(x: &[u8], batch: usize, w: &WeightPanel, isa: Isa) -> Result<Vec<i
 /// Requantisation of i32 accumulators to the next layer's unsigned codes, with the ReLU and
 /// clip of the activation quantizer fused: `y = acc·acc_scale[c] + bias[c]` (+ residual),
 /// `q = round(clamp(y, 0, α) / s)`, `s = α/(2^b − 1)` — the same formula as
-/// [`quantize_activations`](crate::pack::quantize_activations) (method.md §3).
+/// [`quantize_activations`](crate::pack::quantize_activations) (docs/method.md §3).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Requant {
     /// Real value of one accumulator unit per output channel.

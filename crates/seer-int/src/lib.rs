@@ -2,7 +2,7 @@
 //! pruned, mixed-precision quantized) models entirely on integer kernels.
 //!
 //! Everything here works on integer codes, following the quantization conventions of the
-//! fake-quantization training ops (method.md §3): weights per-output-channel symmetric
+//! fake-quantization training ops (docs/method.md §3): weights per-output-channel symmetric
 //! signed with zero point 0, activations unsigned with a clip range and zero point 0.
 //!
 //! - [`pack`]: the packed formats (bit-packed weight rows with f32 scales, unsigned

@@ -11,21 +11,21 @@
 //! bits fill exactly `b` bytes, every group of 8 consecutive codes is byte aligned, which is
 //! what the unpacker exploits. Codes lie in `[−(2^{b−1}−1), 2^{b−1}−1]` (symmetric: the code
 //! `−2^{b−1}` is never written). Row `c` dequantizes as `w = q · scale[c]` with one f32 scale
-//! per output channel and zero point 0 (method.md §3).
+//! per output channel and zero point 0 (docs/method.md §3).
 //!
 //! **Activations** are unsigned `b`-bit codes `q ∈ [0, 2^b−1]`, zero point 0, representing
-//! `x = q · α/(2^b−1)` for the layer's clip range `α` (method.md §3). In the kernels they are
+//! `x = q · α/(2^b−1)` for the layer's clip range `α` (docs/method.md §3). In the kernels they are
 //! held one code per `u8` (NHWC order); [`pack_unsigned`] stores them densely with the same
 //! LSB-first bit stream as one weight row.
 
 use crate::error::{Error, Result, check_bits, check_len, invalid};
 
-/// Largest signed weight code at `bits` bits: `2^{bits−1} − 1` (method.md §3).
+/// Largest signed weight code at `bits` bits: `2^{bits−1} − 1` (docs/method.md §3).
 pub fn qmax_signed(bits: u32) -> i32 {
     (1i32 << (bits - 1)) - 1
 }
 
-/// Largest unsigned activation code at `bits` bits: `2^bits − 1` (method.md §3).
+/// Largest unsigned activation code at `bits` bits: `2^bits − 1` (docs/method.md §3).
 pub fn qmax_unsigned(bits: u32) -> u32 {
     (1u32 << bits) - 1
 }
@@ -108,7 +108,7 @@ impl PackedWeights {
     /// Quantizes `w` (`[rows, cols]` row-major f32, one row per output channel) to `bits`
     /// bits per output channel, symmetric: `scale_c = max|w_c| / (2^{b−1}−1)` (an all-zero
     /// row gets scale 1 and stays zero), `q = round(w / scale_c)` (half away from zero)
-    /// clamped to `±(2^{b−1}−1)` (method.md §3).
+    /// clamped to `±(2^{b−1}−1)` (docs/method.md §3).
     ///
     /// Errors: `InvalidBits` if `bits ∉ 2..=8`, `ShapeMismatch` if `w.len() != rows·cols`,
     /// `NonFinite` for NaN/∞ weights, `InvalidArgument` if `rows` or `cols` is 0.
@@ -282,7 +282,7 @@ impl PackedWeights {
     }
 }
 
-/// The per-channel scale of method.md §3: `max|w| / (2^{b−1}−1)`, or 1 for an all-zero row.
+/// The per-channel scale of docs/method.md §3: `max|w| / (2^{b−1}−1)`, or 1 for an all-zero row.
 pub fn weight_scale(row: &[f32], bits: u32) -> f32 {
     let m = row.iter().fold(0f32, |m, &x| m.max(x.abs()));
     if m == 0.0 {
@@ -308,7 +308,7 @@ fn check_scales(scales: &[f32]) -> Result<()> {
 
 /// Quantizes activations to unsigned `bits`-bit codes with clip range `alpha`:
 /// `q = round(clamp(x, 0, α) / s)`, `s = α / (2^b − 1)` (half away from zero), zero point 0
-/// (method.md §3) — the same f32 operations as the training op `fake_quant_act`, so the
+/// (docs/method.md §3) — the same f32 operations as the training op `fake_quant_act`, so the
 /// codes are exactly its levels. Returns one code per `u8`.
 ///
 /// Errors: `InvalidBits`, `InvalidArgument` if `alpha` is not positive and finite,

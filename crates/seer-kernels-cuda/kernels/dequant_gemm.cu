@@ -1,4 +1,4 @@
-// Dequantising GEMM for packed low-bit weights (method.md §3, §7): y = x · Wᵀ with
+// Dequantising GEMM for packed low-bit weights (docs/method.md §3, §7): y = x · Wᵀ with
 //   x: [m, k] row-major f32 activations,
 //   W: [n, k] signed codes packed by seer-kernels' `PackedWeights` (int/pack.rs): one LSB-first
 //      little-endian bit stream per output channel, code j at bits [j·b, (j+1)·b), rows starting

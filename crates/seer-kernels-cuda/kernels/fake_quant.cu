@@ -1,4 +1,4 @@
-// Fake quantisation with the straight-through estimator (STE), method.md §3: the CUDA twins of
+// Fake quantisation with the straight-through estimator (STE), docs/method.md §3: the CUDA twins of
 // seer-kernels' CPU ops `fake_quant_weight` and `fake_quant_act`.
 //
 // Exactness: every rounding-sensitive step uses the IEEE round-to-nearest intrinsics

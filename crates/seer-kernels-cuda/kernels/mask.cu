@@ -1,4 +1,4 @@
-// Structured (channel) pruning masks, method.md §3: the CUDA twins of seer-kernels' CPU op
+// Structured (channel) pruning masks, docs/method.md §3: the CUDA twins of seer-kernels' CPU op
 // `channel_mask` (forward and backward). A tensor is viewed as [outer, c, inner] around the
 // masked dimension; mask[c] is usually 0 or 1.
 

@@ -296,7 +296,7 @@ impl CudaKernels {
     // Device-buffer API.
     // ------------------------------------------------------------------------------------------
 
-    /// Per-channel symmetric weight fake quantization on the GPU (method.md §3); see
+    /// Per-channel symmetric weight fake quantization on the GPU (docs/method.md §3); see
     /// [`crate::fake_quant_weight`] for the formula. `w`: `[c_out, len]` f32 on this GPU.
     /// Returns `(values [c_out, len], scales [c_out])`, bit-identical to the CPU op.
     /// Errors: [`Error::InvalidBits`], [`Error::Shape`], [`Error::NonFinite`] (first index),
@@ -368,7 +368,7 @@ impl CudaKernels {
         Ok(dw)
     }
 
-    /// Unsigned activation fake quantization over `[0, alpha]` on the GPU (method.md §3); see
+    /// Unsigned activation fake quantization over `[0, alpha]` on the GPU (docs/method.md §3); see
     /// [`crate::fake_quant_act`]. `x`: non-empty f32 on this GPU. Returns `y`, bit-identical
     /// to the CPU op. Errors: [`Error::InvalidBits`], [`Error::InvalidParam`] (α),
     /// [`Error::Shape`] (empty), [`Error::NonFinite`], [`Error::Driver`].

@@ -3,7 +3,7 @@
 /// Everything that can go wrong in seer-kernels-cuda.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A bit-width outside the supported range 2..=8 (method.md §1).
+    /// A bit-width outside the supported range 2..=8 (docs/method.md §1).
     #[error("{op}: bit-width {bits} is outside 2..=8")]
     InvalidBits {
         /// The operation that rejected its input.

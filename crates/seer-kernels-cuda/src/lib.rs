@@ -3,7 +3,7 @@
 //!
 //! Kernels (CUDA C in `kernels/*.cu`, compiled to PTX for `sm_90` by `cargo xtask cuda-check`
 //! with NVIDIA's CUDA 13.0 compiler and committed under `ptx/`, so building never needs nvcc):
-//! - fake quantization with the straight-through estimator (method.md §3): per-channel
+//! - fake quantization with the straight-through estimator (docs/method.md §3): per-channel
 //!   symmetric weights ([`fake_quant_weight`], [`fake_quant_weight_backward`]) and unsigned
 //!   activations with a learnable clip range α ([`fake_quant_act`],
 //!   [`fake_quant_act_backward`]), bit-identical to seer-kernels' CPU training ops;
@@ -227,7 +227,7 @@ fn split_dims(
 // The operations, on host slices, for any device.
 // ----------------------------------------------------------------------------------------------
 
-/// Fake-quantizes weights per output channel, symmetric, signed (method.md §3):
+/// Fake-quantizes weights per output channel, symmetric, signed (docs/method.md §3):
 /// `s_c = max|w_c| / (2^(b−1) − 1)` (1 for an all-zero channel, which stays zero),
 /// `q = clamp(round(w / s_c), −qmax, qmax) · s_c`, rounding half away from zero. CUDA and CPU
 /// results are bit-identical.
@@ -254,7 +254,7 @@ pub fn fake_quant_weight(
     }
 }
 
-/// Backward of [`fake_quant_weight`] (straight-through estimator, method.md §3): `dw = dy`
+/// Backward of [`fake_quant_weight`] (straight-through estimator, docs/method.md §3): `dw = dy`
 /// wherever the clamp is inactive. With max-abs scales every weight lies inside its channel's
 /// range, so `dw = dy` exactly, as seer-kernels' CPU op returns.
 ///
@@ -282,7 +282,7 @@ pub fn fake_quant_weight_backward(
 }
 
 /// Fake-quantizes activations, unsigned, to `bits` bits over the clip range `[0, α]`
-/// (method.md §3): `y = s · round(clamp(x, 0, α) / s)`, `s = α / (2^b − 1)`, rounding half away
+/// (docs/method.md §3): `y = s · round(clamp(x, 0, α) / s)`, `s = α / (2^b − 1)`, rounding half away
 /// from zero. CUDA and CPU results are bit-identical.
 ///
 /// `x`: any shape, flattened, f32; `alpha`: the clip range (same units as `x`), finite and > 0.
@@ -301,7 +301,7 @@ pub fn fake_quant_act(dev: &Device, x: &[f32], alpha: f32, bits: u32) -> Result<
     }
 }
 
-/// Backward of [`fake_quant_act`] (PACT/LSQ style, method.md §3): `dx = dy` for `0 ≤ x ≤ α`,
+/// Backward of [`fake_quant_act`] (PACT/LSQ style, docs/method.md §3): `dx = dy` for `0 ≤ x ≤ α`,
 /// `0` outside; `dα = Σ dy · ∂y/∂α` with `∂y/∂α = (round(x/s) − x/s) / (2^b − 1)` inside, `1`
 /// for `x > α` and `0` for `x < 0`, summed in f64. `dx` is bit-identical on CUDA and CPU; `dα`
 /// differs only by the order of the f64 sum (≲ 1 ulp of f32).
@@ -330,7 +330,7 @@ pub fn fake_quant_act_backward(
     }
 }
 
-/// Structured channel mask (method.md §3): `y[.., c, ..] = x[.., c, ..] · mask[c]` along
+/// Structured channel mask (docs/method.md §3): `y[.., c, ..] = x[.., c, ..] · mask[c]` along
 /// dimension `dim` of `dims` (1 for NCHW activations, 0 for a weight's output channels); a mask
 /// value of 0 writes 0 and 1 copies, exactly as seer-kernels' CPU op.
 ///
@@ -389,7 +389,7 @@ pub fn channel_mask_backward(
 }
 
 /// Dequantising GEMM: `y = x · Wᵀ` with `y[r, c] = scale_c · Σ_j x[r, j] · q[c, j]` for f32
-/// activations and packed signed weights (method.md §3, §7). The GPU reads the packed bytes of
+/// activations and packed signed weights (docs/method.md §3, §7). The GPU reads the packed bytes of
 /// `w` as they are (int8 and int4 fast paths, any bit-width 2..=8); the CPU dequantizes them and
 /// runs candle's f32 matmul. Results agree to f32 rounding (different summation order).
 ///

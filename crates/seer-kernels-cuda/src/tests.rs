@@ -52,7 +52,7 @@ fn values(seed: u64, n: usize) -> Vec<f32> {
         .collect()
 }
 
-// --- slow references (method.md §3) ---------------------------------------------------------
+// --- slow references (docs/method.md §3) ---------------------------------------------------------
 
 fn ref_weight(w: &[f32], c_out: usize, bits: u32) -> (Vec<f32>, Vec<f32>) {
     let len = w.len() / c_out;

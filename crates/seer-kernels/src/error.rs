@@ -11,7 +11,7 @@ pub enum Error {
         /// What was expected and what was given.
         msg: String,
     },
-    /// A bit-width outside the supported range 2..=8 (method.md §1).
+    /// A bit-width outside the supported range 2..=8 (docs/method.md §1).
     #[error("{op}: bit-width {bits} is outside 2..=8")]
     InvalidBits {
         /// The operation that rejected its input.

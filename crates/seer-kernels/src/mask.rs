@@ -1,5 +1,5 @@
 //! Structured (channel) pruning: channel masks with backward, and L2 filter-norm scores
-//! summed over a residual tie group (method.md §3).
+//! summed over a residual tie group (docs/method.md §3).
 
 use candle_core::{Layout, Tensor};
 use rayon::prelude::*;
@@ -114,7 +114,7 @@ pub fn channel_mask(x: &Tensor, mask: &Tensor, dim: usize) -> Result<Tensor> {
 const SOP: &str = "filter_l2_scores";
 
 /// L2 filter-norm scores of output channels, summed over a residual tie group
-/// (method.md §3): `score[c] = Σ_layers ‖w_layer[c, ..]‖₂`.
+/// (docs/method.md §3): `score[c] = Σ_layers ‖w_layer[c, ..]‖₂`.
 ///
 /// `weights`: the weights of every layer of the tie group (one layer for an untied conv),
 /// each `[C_out, ...]` f32 with the same `C_out`. Returns `C_out` scores (f32, in the

@@ -1,4 +1,4 @@
-//! Fake quantization with the straight-through estimator (method.md §3): weights per output
+//! Fake quantization with the straight-through estimator (docs/method.md §3): weights per output
 //! channel, symmetric, signed; activations unsigned with a learnable clip range α.
 
 use std::sync::{Arc, Mutex};
@@ -92,7 +92,7 @@ impl FakeQuantWeightOp {
 
     fn backward(&self, [_w]: [&Tensor; 1], _res: &Tensor, grad: &Tensor) -> Backward<1> {
         // Straight-through estimator: every weight lies inside its channel's range, so the
-        // gradient passes unchanged (method.md §3).
+        // gradient passes unchanged (docs/method.md §3).
         Ok([Some(grad.clone())])
     }
 }
@@ -112,7 +112,7 @@ fn prepare_weight(w: &Tensor, bits: u32) -> Result<Tensor> {
     prepare(w, WOP)
 }
 
-/// Fake-quantizes weights per output channel, symmetric, signed (method.md §3):
+/// Fake-quantizes weights per output channel, symmetric, signed (docs/method.md §3):
 /// `s_c = max|w_c| / (2^(b−1) − 1)` (`s_c = 1` for an all-zero channel, which stays zero),
 /// `q = clamp(round(w / s_c), −qmax, qmax) · s_c` with round-half-away-from-zero.
 /// Backward: straight-through (identity) gradient for `w`.
@@ -209,7 +209,7 @@ impl FakeQuantActOp {
 custom_op!(CustomOp2 for FakeQuantActOp, |_| "seer-fake-quant-act", AOP);
 
 /// Fake-quantizes activations, unsigned, to `bits` bits over the clip range `[0, α]`
-/// (method.md §3): `y = s · round(clamp(x, 0, α) / s)`, `s = α / (2^b − 1)`,
+/// (docs/method.md §3): `y = s · round(clamp(x, 0, α) / s)`, `s = α / (2^b − 1)`,
 /// round-half-away-from-zero.
 ///
 /// Backward (PACT/LSQ-style): `∂y/∂x = 1` for `0 ≤ x ≤ α` (straight-through), `0` outside;

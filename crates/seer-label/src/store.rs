@@ -1,6 +1,6 @@
 //! The durable sample store: every finished label (policy → validation top-1) appended to a
 //! JSON-lines file, so a run killed at any point (`kill -9` included) resumes without losing or
-//! recomputing a label (method.md §3, §5).
+//! recomputing a label (docs/method.md §3, §5).
 //!
 //! # Format (`seernet-labels`, version 1)
 //! One JSON object per line. Line 1 is the header,
@@ -55,7 +55,7 @@ pub const STORE_VERSION: u64 = 1;
 /// files.
 pub const WRITER: &str = concat!("seernet ", env!("CARGO_PKG_VERSION"));
 
-/// Everything that determines a label's value besides the policy (method.md §3). Two labels are
+/// Everything that determines a label's value besides the policy (docs/method.md §3). Two labels are
 /// comparable only under equal protocols.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -218,11 +218,11 @@ pub struct LabelRecord {
     pub policy: Policy,
     /// Candidate index per gene ([`SearchSpace::to_indices`]).
     pub indices: Vec<usize>,
-    /// Total MACs of the policy (method.md §2).
+    /// Total MACs of the policy (docs/method.md §2).
     pub macs: u64,
-    /// Total BOPs (method.md §2).
+    /// Total BOPs (docs/method.md §2).
     pub bops: u64,
-    /// Model size in bits (method.md §2).
+    /// Model size in bits (docs/method.md §2).
     pub size_bits: u64,
     /// [`Protocol::hash`] of the protocol it was labelled under.
     pub protocol: String,

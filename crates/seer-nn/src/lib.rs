@@ -1,5 +1,5 @@
 //! seer-nn: datasets, quantizable layers, the CNN model zoo, training with quantization-aware
-//! fine-tuning, and physical channel pruning (method.md §3, §7).
+//! fine-tuning, and physical channel pruning (docs/method.md §3, §7).
 //!
 //! ```
 //! use seer_nn::data::{DatasetName, split_indices};

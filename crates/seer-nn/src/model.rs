@@ -1,13 +1,13 @@
 //! Quantizable CNNs built from a seer-policy [`NetworkSpec`] (ResNet-20/56, VGG-small,
 //! LeNet-5, or any user spec): parameters, the compressed forward pass (channel masks, weight
 //! and activation fake quantization per layer from a [`Policy`]), activation-range
-//! calibration and physical channel pruning (method.md §3, §7).
+//! calibration and physical channel pruning (docs/method.md §3, §7).
 //!
 //! Every layer of the spec is executed as written, so a model's layer list, shapes and MACs
 //! are the spec's by construction (checked in tests from the real tensor shapes).
 //!
 //! **Masked vs. slimmed.** [`Model::apply_policy`] chooses the kept output channels of each
-//! searchable unit by filter L2 norm (summed over the unit's layers, method.md §3) and
+//! searchable unit by filter L2 norm (summed over the unit's layers, docs/method.md §3) and
 //! simulates pruning by zeroing them: after the conv, again after a BatchNorm (whose shift
 //! would revive them) and, with `residual_pruning = tied`, after each residual add (the
 //! stream itself is pruned). Weights of input channels that are physically absent are also
@@ -297,7 +297,7 @@ impl Model {
             .sum()
     }
 
-    /// Applies a policy (method.md §1, §3): per weighted layer, weight/activation bit-widths
+    /// Applies a policy (docs/method.md §1, §3): per weighted layer, weight/activation bit-widths
     /// and kept output channels (top filter-L2 norms, summed over each searchable unit).
     /// Replaces any earlier policy; α's must be (re)calibrated afterwards.
     ///
@@ -535,7 +535,7 @@ impl Model {
 
     /// MACs per weighted layer computed from real tensor shapes (output `[N, C_out, H, W]`
     /// of the pass and the stored weight `[C_out, C_in/g, k_h, k_w]`), for one image:
-    /// `(layer index, MACs)`. Used to check the spec's analytic counts (method.md §2).
+    /// `(layer index, MACs)`. Used to check the spec's analytic counts (docs/method.md §2).
     pub fn measured_macs(&self, x: &Tensor) -> Result<Vec<(usize, u64)>> {
         let shapes = self.layer_shapes(x)?;
         let mut v = Vec::new();
@@ -799,7 +799,7 @@ impl Model {
         Ok(out)
     }
 
-    /// Re-estimates BatchNorm running statistics (e.g. after pruning, method.md §3): resets
+    /// Re-estimates BatchNorm running statistics (e.g. after pruning, docs/method.md §3): resets
     /// them and averages the batch statistics of `batches` equally (no parameter update).
     pub fn reestimate_bn<'a>(&self, batches: impl IntoIterator<Item = &'a Tensor>) -> Result<()> {
         let bns: Vec<&LayerParams> = self
@@ -845,7 +845,7 @@ impl Model {
         Ok(())
     }
 
-    /// Physically removes pruned channels (method.md §7): from each conv/linear (output rows
+    /// Physically removes pruned channels (docs/method.md §7): from each conv/linear (output rows
     /// and input columns), its BatchNorm, the residual partners, and the next layers' inputs.
     /// Residual adds and option-A shortcuts get channel gathers where their inputs hold
     /// different channel sets. The slimmed model's outputs equal this model's.

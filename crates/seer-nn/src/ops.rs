@@ -2,7 +2,7 @@
 //! straight-through estimator (STE), batch normalisation, channel gathers.
 //!
 //! One thin module so the backend can be swapped in one place: `seer-kernels`' custom ops with
-//! backward (im2col + GEMM convolution, fused quantizers and BatchNorm; method.md §3). Their
+//! backward (im2col + GEMM convolution, fused quantizers and BatchNorm; docs/method.md §3). Their
 //! slow references (plain candle ops) and the tests against them live in
 //! `seer_kernels::reference`; this module's tests check only the wiring (argument order,
 //! returned statistics).
@@ -32,14 +32,14 @@ pub fn conv2d(
     Ok(seer_kernels::conv2d(x, w, &p)?)
 }
 
-/// Per-output-channel symmetric signed fake quantization of weights with STE (method.md §3;
+/// Per-output-channel symmetric signed fake quantization of weights with STE (docs/method.md §3;
 /// seer-kernels). `w`: `[C_out, ...]`; errors for `bits ∉ 2..=8` or NaN/Inf.
 pub fn fake_quant_weight(w: &Tensor, bits: u32) -> Result<Tensor> {
     Ok(seer_kernels::fake_quant_weight(w, bits)?)
 }
 
 /// Unsigned activation fake quantization over `[0, α]` with STE and the PACT/LSQ gradient
-/// for α (method.md §3; seer-kernels). `alpha`: one element, > 0.
+/// for α (docs/method.md §3; seer-kernels). `alpha`: one element, > 0.
 pub fn fake_quant_act(x: &Tensor, alpha: &Tensor, bits: u32) -> Result<Tensor> {
     Ok(seer_kernels::fake_quant_act(x, alpha, bits)?)
 }

@@ -99,7 +99,7 @@ fn layer_shapes_and_macs_equal_the_spec() {
         .iter()
         .map(|m| m.1)
         .sum();
-    assert_eq!(macs, 40_551_040); // method.md §2 reference
+    assert_eq!(macs, 40_551_040); // docs/method.md §2 reference
 }
 
 /// Populates BN running statistics with a few training-mode passes.

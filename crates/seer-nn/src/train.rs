@@ -1,5 +1,5 @@
 //! Training and evaluation: SGD with momentum and weight decay, cosine learning rate,
-//! quantization-aware fine-tuning of a policy (method.md §3, §7) and top-1 evaluation.
+//! quantization-aware fine-tuning of a policy (docs/method.md §3, §7) and top-1 evaluation.
 
 use std::time::Instant;
 
@@ -320,7 +320,7 @@ pub fn sample_batches(
 /// can make the first fine-tuning gradients very large.
 pub const QAT_CLIP_NORM: f64 = 5.0;
 
-/// Quantization-aware fine-tuning of a policy (method.md §3): apply the policy (filter-L2
+/// Quantization-aware fine-tuning of a policy (docs/method.md §3): apply the policy (filter-L2
 /// channel choice, fake quantization), re-estimate BatchNorm statistics and calibrate the
 /// activation ranges on training batches, then train (weights and α) for `cfg`, with the
 /// gradient norm clipped to [`QAT_CLIP_NORM`] unless `cfg.clip_norm` says otherwise.

@@ -1,5 +1,5 @@
 //! Exact MACs, BOPs and model size of a discrete policy, and the continuous relaxation with
-//! its analytic gradient (method.md §2).
+//! its analytic gradient (docs/method.md §2).
 //!
 //! Conventions (see `docs/network-spec.md`): only conv and linear layers count. For a layer
 //! with `n_out` kept output channels and `n_in` kept input channels (features),
@@ -89,7 +89,7 @@ pub struct RelaxedCost {
     pub grad_size_bits: Vec<f64>,
 }
 
-/// Kept channels `max(1, round(keep · c))` (method.md §1).
+/// Kept channels `max(1, round(keep · c))` (docs/method.md §1).
 #[inline]
 pub fn kept_channels(keep: f64, c: usize) -> usize {
     if keep >= 1.0 {

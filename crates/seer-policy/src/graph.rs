@@ -3,7 +3,7 @@
 //! Every tensor belongs to a *channel domain*: the set of tensors whose channels are pruned
 //! together. A non-depthwise conv, a linear layer or a padding shortcut starts a new domain;
 //! BN, activations, pooling, flatten and depthwise convs pass their producer's domain on
-//! ("channels follow the producer", method.md §2). A residual add either merges its inputs'
+//! ("channels follow the producer", docs/method.md §2). A residual add either merges its inputs'
 //! domains (`tied`) or starts a fresh full-width domain that is never pruned (`masked`).
 
 use crate::space::ResidualPruning;

@@ -1,5 +1,5 @@
 //! seer-policy: network specs, the compression search space, policies, and exact
-//! MACs / BOPs / model size with analytic gradients (method.md §1–§2). No tensors.
+//! MACs / BOPs / model size with analytic gradients (docs/method.md §1–§2). No tensors.
 //!
 //! A [`NetworkSpec`] is a layer graph (built in by [`builtin`], or read from the user JSON
 //! format by [`NetworkSpec::from_json_file`]). A [`SearchSpace`] groups its weighted layers
@@ -18,7 +18,7 @@
 //! assert_eq!(c.total_macs, 40_551_040);
 //! assert_eq!(c.total_bops, 64 * c.total_macs);
 //!
-//! // The encoding of method.md §1 and the relaxed cost with its gradient.
+//! // The encoding of docs/method.md §1 and the relaxed cost with its gradient.
 //! let x = space.encode(&w8a8)?;
 //! let r = space.relaxed_cost(&x)?;
 //! assert_eq!(r.grad_bops.len(), space.dim());

@@ -1,4 +1,4 @@
-//! The search space (method.md §1): searchable units, their genes and candidates, and the
+//! The search space (docs/method.md §1): searchable units, their genes and candidates, and the
 //! encoding of a [`Policy`] as a normalized vector in `[0, 1]^dim`.
 
 use std::fmt;
@@ -48,7 +48,7 @@ impl FromStr for ResidualPruning {
     }
 }
 
-/// Search-space options (method.md §1). Candidate lists are sorted and de-duplicated by
+/// Search-space options (docs/method.md §1). Candidate lists are sorted and de-duplicated by
 /// [`SearchSpace::new`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SpaceConfig {
@@ -261,7 +261,7 @@ pub struct UnitGenes {
     pub abits: usize,
 }
 
-/// The searchable units of a network and their candidate choices (method.md §1).
+/// The searchable units of a network and their candidate choices (docs/method.md §1).
 #[derive(Clone, Debug)]
 pub struct SearchSpace {
     spec: NetworkSpec,
@@ -615,7 +615,7 @@ impl SearchSpace {
         &self.tie_groups
     }
 
-    /// Encoded coordinate of every candidate of `gene`, ascending (method.md §1):
+    /// Encoded coordinate of every candidate of `gene`, ascending (docs/method.md §1):
     /// prune `p / max P`, bits `(b − min B)/(max B − min B)`; 0 for a single candidate.
     pub fn gene_coords(&self, gene: usize) -> Vec<f64> {
         self.genes[gene]
@@ -719,7 +719,7 @@ impl SearchSpace {
         self.validate_named(p, "policy")
     }
 
-    /// Encodes a policy as `x ∈ [0,1]^dim` (method.md §1). Any valid pruning ratio encodes
+    /// Encodes a policy as `x ∈ [0,1]^dim` (docs/method.md §1). Any valid pruning ratio encodes
     /// (`p / max P`, which may exceed 1 for a ratio above the largest candidate).
     /// Err(InvalidPolicy) if the policy does not fit.
     pub fn encode(&self, p: &Policy) -> Result<Vec<f64>> {

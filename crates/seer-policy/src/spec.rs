@@ -2,7 +2,7 @@
 //!
 //! A [`NetworkSpec`] is a topologically ordered list of [`Layer`]s; each layer names its
 //! producers by index (`inputs`, empty = the input image) and carries its output shape
-//! `[C, H, W]`. Shapes are inferred and checked when the spec is built (method.md §2).
+//! `[C, H, W]`. Shapes are inferred and checked when the spec is built (docs/method.md §2).
 
 use std::fmt;
 use std::str::FromStr;
@@ -75,7 +75,7 @@ impl<'de> Deserialize<'de> for InputShape {
 }
 
 /// What a layer computes. Only `Conv2d` and `Linear` carry weights and count toward MACs,
-/// BOPs and size (method.md §2).
+/// BOPs and size (docs/method.md §2).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum LayerKind {
@@ -260,7 +260,7 @@ impl NetworkSpec {
 
     /// Residual tie groups: sets of channel-producing layers (non-depthwise conv or linear)
     /// whose outputs meet, transitively, at residual additions and so must keep the same
-    /// channels (method.md §1). Each group is sorted; groups are ordered by first layer.
+    /// channels (docs/method.md §1). Each group is sorted; groups are ordered by first layer.
     /// Only groups formed by at least one `Add` are listed.
     pub fn tie_groups(&self) -> Vec<Vec<usize>> {
         crate::graph::Channels::analyse(self, crate::space::ResidualPruning::Tied).tie_groups(self)

@@ -1,5 +1,5 @@
 //! Repeated random train/test splits: our ensemble and the ridge baseline on the same splits,
-//! scored by Kendall's τ-b, Spearman's ρ and RMSE on the held-out samples (method.md §4).
+//! scored by Kendall's τ-b, Spearman's ρ and RMSE on the held-out samples (docs/method.md §4).
 
 use std::time::Instant;
 

@@ -1,4 +1,4 @@
-//! The ensemble predictor of method.md §4: M small MLPs on standardised inputs and targets,
+//! The ensemble predictor of docs/method.md §4: M small MLPs on standardised inputs and targets,
 //! each trained with AdamW on its own bootstrap resample, early-stopped on its own held-out
 //! slice, with its own seed; μ(x) = mean of the members, σ(x) = their standard deviation.
 
@@ -17,10 +17,10 @@ use crate::mlp::{AdamW, Mlp, Workspace};
 /// (chosen for robustness on a few hundred noisy labels, not tuned to one file):
 ///
 /// - **16 members**: ensembling is the most reliable variance reduction for small noisy data,
-///   and σ(x) drives active sampling (method.md §5); a standard deviation estimated from M
+///   and σ(x) drives active sampling (docs/method.md §5); a standard deviation estimated from M
 ///   members has relative error ≈ 1/√(2M), so 16 members give ≈ 18% where 8 give 25%.
 /// - **Two hidden layers of 32 SiLU units**: a few thousand weights for tens of inputs and
-///   hundreds of samples; smooth, so ∇ₓμ is continuous for the barrier search (method.md §6).
+///   hundreds of samples; smooth, so ∇ₓμ is continuous for the barrier search (docs/method.md §6).
 /// - **AdamW, lr 3e-3, batch 32, decoupled weight decay 0.3** (each step shrinks weights by
 ///   lr·λ ≈ 1e-3): strong shrinkage toward small weights, the classic remedy for small noisy
 ///   regression sets; accuracy labels carry fine-tuning noise of a few tenths of a point.
@@ -185,7 +185,7 @@ pub struct MemberStats {
     pub best_val_mse: f64,
 }
 
-/// Fits the ensemble of method.md §4 to `samples` with `config`.
+/// Fits the ensemble of docs/method.md §4 to `samples` with `config`.
 ///
 /// Members train in parallel (rayon) but each draws only from its own ChaCha8 stream and the
 /// result is collected in member order, so the predictor is identical for any thread count.
@@ -402,7 +402,7 @@ impl Predictor {
             .collect()
     }
 
-    /// Batched prediction: μ(x) and σ(x) for every row (method.md §4), in target units.
+    /// Batched prediction: μ(x) and σ(x) for every row (docs/method.md §4), in target units.
     ///
     /// `rows`: B rows of `d` raw (unstandardised) features. Errors: [`Error::Shape`] for a row
     /// of the wrong length, [`Error::NonFinite`] for NaN/inf. Deterministic; large batches run
@@ -491,7 +491,7 @@ impl Predictor {
     /// With per-member outputs f_m, ∇σ = (1 / (M σ)) Σ_m (f_m − μ) ∇f_m (σ with divisor M);
     /// where σ = 0 (one member, or all members agree) the gradient of σ is taken as 0.
     /// Maximising s instead of μ keeps a search near policies the ensemble agrees on: an
-    /// ensemble fitted on few labels extrapolates optimistically far from them (method.md §6,
+    /// ensemble fitted on few labels extrapolates optimistically far from them (docs/method.md §6,
     /// our choice; κ = 0 gives [`Self::predict_grad`]'s μ and ∇μ). Returns (μ, σ, s) per row and
     /// ∇s per row. Errors: as [`Self::predict`], and [`Error::Config`] for κ negative or not finite.
     pub fn predict_lcb_grad<R: AsRef<[f64]>>(
@@ -569,7 +569,7 @@ impl Predictor {
         Ok((Prediction { mean, std }, score, grads))
     }
 
-    /// The counterfactual sensitivity score of method.md §5 for one policy encoding `x`:
+    /// The counterfactual sensitivity score of docs/method.md §5 for one policy encoding `x`:
     /// u(x) = mean over neighbours c of (μ(c) − μ(x))², where `neighbours` are the encodings
     /// of the one-step-cheaper policies (computed by the caller from its search space).
     /// No neighbours (the cheapest policy) gives 0. Units: target units squared.

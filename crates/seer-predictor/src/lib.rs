@@ -1,8 +1,8 @@
-//! seer-predictor: the accuracy predictor of SeerNet-rs (method.md §4).
+//! seer-predictor: the accuracy predictor of SeerNet-rs (docs/method.md §4).
 //!
 //! An ensemble of M small MLPs maps a policy encoding (or any feature row) to predicted
 //! accuracy: μ(x) is the members' mean and σ(x) their standard deviation (uncertainty for
-//! active sampling, method.md §5). ∇ₓμ is analytic (for the barrier search, method.md §6).
+//! active sampling, docs/method.md §5). ∇ₓμ is analytic (for the barrier search, docs/method.md §6).
 //! Also here: CSV input, tie-aware Kendall's τ-b and Spearman's ρ, a ridge-regression baseline,
 //! repeated-split cross-validation, and a versioned safetensors file format.
 //!

@@ -1,4 +1,4 @@
-//! Ranking and error metrics for predictor quality (method.md §4): tie-aware Kendall's τ-b,
+//! Ranking and error metrics for predictor quality (docs/method.md §4): tie-aware Kendall's τ-b,
 //! Spearman's ρ (Pearson on average ranks), Pearson's r and RMSE.
 //!
 //! Every function takes two equal-length slices and returns [`Error::Shape`] on a length

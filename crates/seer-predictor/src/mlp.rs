@@ -44,7 +44,7 @@ fn sigmoid(z: f32) -> f32 {
 }
 
 /// SiLU (swish) `z·σ(z)` is the hidden activation: smooth, so ∇ₓμ (used by the barrier
-/// search, method.md §6) is continuous, unlike ReLU's piecewise-constant gradient.
+/// search, docs/method.md §6) is continuous, unlike ReLU's piecewise-constant gradient.
 /// `(silu(z), silu′(z))` from one exponential: silu′ = σ(z)·(1 + z·(1 − σ(z))).
 #[inline(always)]
 fn silu_and_grad(z: f32) -> (f32, f32) {

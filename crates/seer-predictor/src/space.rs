@@ -1,5 +1,5 @@
 //! Mapping policy CSV columns onto a seer-policy search space, so a predictor trained on a
-//! CSV can later drive the search (method.md §1 encoding).
+//! CSV can later drive the search (docs/method.md §1 encoding).
 //!
 //! Columns (unit index `i` in [`SearchSpace::units`] order, 0-based):
 //! `prune_<i>` (pruning ratio; absent → 0), `bits_<i>` (weights and activations share it), or
@@ -35,7 +35,7 @@ fn slot(kind: GeneKind) -> usize {
 
 /// Reads `table` as policies of `space` (see the module docs) with target column `target`.
 ///
-/// Returns the samples (features = method.md §1 encoding, named by [`gene_feature_names`])
+/// Returns the samples (features = docs/method.md §1 encoding, named by [`gene_feature_names`])
 /// and the decoded policies, row by row. Errors: [`Error::Csv`] naming the column for an
 /// unknown or out-of-range column, [`Error::Space`] naming the line and unit for a policy
 /// the space rejects (bits not among the candidates, a ratio outside [0, 1), ...).
@@ -138,7 +138,7 @@ pub fn samples_from_table(
 /// The one-step-cheaper neighbours of a discrete policy (candidate indices `idx`, one per
 /// gene), as encodings: for each gene, the next larger pruning ratio or the next smaller
 /// bit-width, all other genes unchanged. These are the `c` of the counterfactual sensitivity
-/// score u(x) (method.md §5, [`crate::Predictor::counterfactual_scores`]); the cheapest
+/// score u(x) (docs/method.md §5, [`crate::Predictor::counterfactual_scores`]); the cheapest
 /// policy has none. Errors: [`Error::Space`] if `idx` does not fit the space.
 pub fn cheaper_neighbours(space: &SearchSpace, idx: &[usize]) -> Result<Vec<Vec<f64>>> {
     let base = space

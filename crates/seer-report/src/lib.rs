@@ -72,7 +72,7 @@ pub const REPORT_FORMAT: &str = "seernet-report";
 pub const REPORT_VERSION: u64 = 1;
 
 /// Everything a run reports. Top-1 values are percentages (0–100); BOPs, MACs and sizes follow
-/// method.md §2 (size in bits).
+/// docs/method.md §2 (size in bits).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunReport {
     /// Heading of the report.
@@ -209,7 +209,7 @@ pub struct LabelPoint {
     pub top1: f64,
 }
 
-/// Predictor quality on held-out labels (method.md §4).
+/// Predictor quality on held-out labels (docs/method.md §4).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PredictorQuality {
     /// Kendall's τ-b between predicted and measured top-1.

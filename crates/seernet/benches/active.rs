@@ -4,7 +4,7 @@
 //!
 //! Setting: the default run's network, data and space (committed LeNet-5 baseline,
 //! Fashion-MNIST, first layer searchable, prune {0, .25, .5, .75}, bits {2,3,4,5,6,8}),
-//! sampling band 0.5×5% … 1.5×12% of the w8a8 BOPs, labelling protocol of method.md §3 (100
+//! sampling band 0.5×5% … 1.5×12% of the w8a8 BOPs, labelling protocol of docs/method.md §3 (100
 //! fine-tune steps of batch 64, validation top-1). A held-out **test set** of `--test`
 //! stratified policies is labelled once; both acquisitions start from the same `--n0`
 //! stratified labels and add `--rounds` × `--k` labels each, the predictor refitted before

@@ -13,24 +13,28 @@
 //! ```
 #![warn(missing_docs)]
 
+/// The log-barrier budget search and its rounding (the `seer-barrier` crate).
+pub use seer_barrier as barrier;
+/// The evolutionary sampler and random search over discrete genomes (the `seer-evo` crate).
+pub use seer_evo as evo;
 /// The integer inference engine: packed low-bit formats, integer kernels, the exported-model
 /// file format (`model-*.safetensors`) and its interpreter (the `seer-int` crate).
 pub use seer_int as int;
-/// Network specs, search space, policies and complexity (the `seer-policy` crate).
-pub use seer_policy as policy;
 /// Training ops with backward (conv, fake quantization with STE, channel masks, BatchNorm) and
 /// their slow references (the `seer-kernels` crate).
 pub use seer_kernels as kernels;
 /// Datasets, the model zoo, QAT fine-tuning and physical pruning (the `seer-nn` crate).
 pub use seer_nn as nn;
+/// Network specs, search space, policies and complexity (the `seer-policy` crate).
+pub use seer_policy as policy;
 /// The MLP-ensemble accuracy predictor (μ, σ, ∇μ), ridge baseline and rank metrics (the
 /// `seer-predictor` crate).
 pub use seer_predictor as predictor;
-/// The log-barrier budget search and its rounding (the `seer-barrier` crate).
-pub use seer_barrier as barrier;
-/// The evolutionary sampler and random search over discrete genomes (the `seer-evo` crate).
-pub use seer_evo as evo;
 
+/// CUDA kernels with CPU counterparts behind one device switch (the `seer-kernels-cuda`
+/// crate; only with this crate's `cuda` feature, so the default build never needs CUDA).
+#[cfg(feature = "cuda")]
+pub use seer_kernels_cuda as cuda;
 /// The label store, labelling protocol and shard manifests (the `seer-label` crate).
 pub use seer_label as label;
 /// Shard manifests, per-policy result files and merging (`seer_label::manifest`, kept at its
@@ -43,10 +47,6 @@ pub use seer_label::store;
 /// [`RunReport`](report::RunReport) (the `seer-report` crate, re-exported here so that
 /// `seernet::report::...` paths keep working).
 pub use seer_report as report;
-/// CUDA kernels with CPU counterparts behind one device switch (the `seer-kernels-cuda`
-/// crate; only with this crate's `cuda` feature, so the default build never needs CUDA).
-#[cfg(feature = "cuda")]
-pub use seer_kernels_cuda as cuda;
 
 pub mod budget;
 pub mod error;

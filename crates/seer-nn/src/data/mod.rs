@@ -302,7 +302,7 @@ pub fn dedupe(
 pub enum Split {
     /// Training images (augmented during training).
     Train,
-    /// Validation images: labelling and model selection (method.md §3).
+    /// Validation images: labelling and model selection (docs/method.md §3).
     Val,
     /// Test images: final reports only.
     Test,

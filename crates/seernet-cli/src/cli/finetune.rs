@@ -1,6 +1,6 @@
 //! `seernet finetune`: applies a compression policy to a trained checkpoint (filter-L2
 //! channel pruning, fake quantization), re-estimates BatchNorm, calibrates activation
-//! ranges and fine-tunes with QAT (method.md §3, §7); reports validation top-1.
+//! ranges and fine-tunes with QAT (docs/method.md §3, §7); reports validation top-1.
 
 use std::path::PathBuf;
 

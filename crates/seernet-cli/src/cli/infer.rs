@@ -1,7 +1,7 @@
 //! `seernet infer`: runs an exported model (`model-<budget>.safetensors`, the integer
 //! engine format of `seernet::int::format`) on a dataset split entirely on the integer
 //! kernels, and compares its predictions with the fake-quantized float model it was exported
-//! from (method.md §7).
+//! from (docs/method.md §7).
 //!
 //! The float reference is the slim fine-tuned checkpoint the main job saves beside each
 //! export (`final/<policy-hash>.float.safetensors`, recorded as `float_model` in the

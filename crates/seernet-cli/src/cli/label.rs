@@ -1,4 +1,4 @@
-//! `seernet label`: label one shard of a manifest (method.md §3), one atomic result file per
+//! `seernet label`: label one shard of a manifest (docs/method.md §3), one atomic result file per
 //! policy in `--out`; re-running a shard skips finished policies. Fold the results into a
 //! store with `seernet merge`.
 

@@ -58,7 +58,7 @@ impl NetArgs {
     }
 }
 
-/// Search-space options (method.md §1 defaults).
+/// Search-space options (docs/method.md §1 defaults).
 #[derive(Args, Clone, Debug, Default)]
 pub struct SpaceArgs {
     /// Candidate pruning ratios, comma-separated, each in [0, 1).

@@ -1,5 +1,5 @@
 //! `seernet predictor cv|fit|eval`: train, cross-validate and evaluate the accuracy predictor
-//! (method.md §4) on a CSV of (policy or features, accuracy) samples.
+//! (docs/method.md §4) on a CSV of (policy or features, accuracy) samples.
 
 use std::path::{Path, PathBuf};
 
@@ -39,7 +39,7 @@ struct SampleArgs {
     #[arg(long, default_value = seer_predictor::DEFAULT_TARGET)]
     target: String,
     /// Map `prune_<i>`, `bits_<i>`, `wbits_<i>`, `abits_<i>` columns onto this network's
-    /// search space (features = method.md §1 encoding); without it every column is a raw feature.
+    /// search space (features = docs/method.md §1 encoding); without it every column is a raw feature.
     #[arg(long)]
     arch: Option<String>,
     /// Input shape HxWxC for --arch.

@@ -1,5 +1,5 @@
 //! `seernet search` (the best policy for one budget) and `seernet pareto` (the predicted front
-//! from the cheapest to the most expensive policy), on a trained predictor (method.md §6).
+//! from the cheapest to the most expensive policy), on a trained predictor (docs/method.md §6).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
