@@ -177,6 +177,14 @@ pub fn train(
     cfg: &TrainConfig,
     on_step: &mut dyn FnMut(StepInfo),
 ) -> Result<TrainReport> {
+    let _span = tracing::info_span!(
+        "train",
+        images = data.len(),
+        batch = cfg.batch_size,
+        steps = ?cfg.steps,
+        lr = cfg.lr
+    )
+    .entered();
     let per_epoch = data.len() / cfg.batch_size.max(1);
     if per_epoch == 0 {
         return Err(Error::Invalid(format!(
@@ -280,6 +288,7 @@ pub fn evaluate(
     norm: &Normalize,
     batch: usize,
 ) -> Result<EvalReport> {
+    let _span = tracing::info_span!("evaluate", images = data.len()).entered();
     let t0 = Instant::now();
     let mut correct = 0usize;
     for b in BatchIter::sequential(data, batch, norm.clone()) {
@@ -333,8 +342,10 @@ pub fn finetune_policy(
     cfg: &TrainConfig,
     on_step: &mut dyn FnMut(StepInfo),
 ) -> Result<TrainReport> {
+    let _span = tracing::info_span!("fine-tune", seed = cfg.seed).entered();
     model.apply_policy(space, policy)?;
     prepare_quantized(model, train_data, norm, cfg.seed)?;
+    tracing::debug!("policy applied, BatchNorm re-estimated, activation ranges calibrated");
     let mut c = cfg.clone();
     c.train_alpha = true;
     if c.clip_norm.is_none() {
