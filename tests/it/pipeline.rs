@@ -111,7 +111,8 @@ fn kill_resume_determinism_and_errors() {
         match run(&child_config()) {
             Ok(_) => std::process::exit(0),
             Err(e) => {
-                eprintln!("error: {e}");
+                // The whole chain, as the CLI prints it (`{:#}`).
+                eprintln!("error: {}", seernet::error::chain(&e));
                 std::process::exit(3);
             }
         }

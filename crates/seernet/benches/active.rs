@@ -31,6 +31,7 @@ use seer_predictor::{kendall_tau_b, rmse};
 use seernet::budget::Budget;
 use seernet::labeler::{LabelSettings, Labeler};
 use seernet::pipeline::Config;
+use seernet::pipeline::Stream;
 use seernet::pipeline::sampling::{self, Acquisition};
 use seernet::store::{LabelRecord, LabelStore, label_missing, policy_hash};
 use serde_json::json;
@@ -157,7 +158,7 @@ fn main() -> Res<()> {
         let mut curve = Vec::new();
         for r in 0..=rounds {
             let recs = label_rows(&mut store, &space, &labeler, &planned)?;
-            let fit_seed = seed.wrapping_add(1000 + r as u64);
+            let fit_seed = Stream::ActiveFit(r).seed(seed);
             let (tau, err) = score(&space, &recs, &test, fit_seed)?;
             let best: Vec<f64> = budgets
                 .iter()
@@ -183,12 +184,14 @@ fn main() -> Res<()> {
             let rows = sampling::acquire(
                 &space,
                 &predictor,
-                acq,
                 &seen,
-                band,
-                k,
-                cfg.sampler_generations,
-                seed.wrapping_add(2000 + r as u64),
+                &sampling::Request {
+                    acquisition: acq,
+                    band,
+                    k,
+                    generations: cfg.sampler_generations,
+                    seed: Stream::ActiveSampler(r).seed(seed),
+                },
             )?;
             planned.extend(rows);
         }

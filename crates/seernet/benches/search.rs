@@ -193,8 +193,8 @@ fn main() {
             space.dim()
         );
         println!(
-            "{:>12} | {:>8} {:>8} | {:>8} {:>8} | {:>8} {:>8} {:>9} | {:>8} {:>8} | {}",
-            "budget BOPs", "barrier", "ms", "pgd", "ms", "evo", "s", "evals", "random", "s", "ok"
+            "{:>12} | {:>8} {:>8} | {:>8} {:>8} | {:>8} {:>8} {:>9} | {:>8} {:>8} | ok",
+            "budget BOPs", "barrier", "ms", "pgd", "ms", "evo", "s", "evals", "random", "s"
         );
     }
     let mut rows = Vec::new();

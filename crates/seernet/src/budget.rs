@@ -362,6 +362,13 @@ impl ResolvedBudget {
     pub fn model_file(&self) -> String {
         format!("model-{}.safetensors", self.label)
     }
+    /// The limits as the search engines take them (seer-barrier's budget, limits in f64).
+    pub fn limits(&self) -> seer_barrier::Budget {
+        seer_barrier::Budget {
+            max_bops: self.max_bops.map(|v| v as f64),
+            max_size_bits: self.max_size_bits.map(|v| v as f64),
+        }
+    }
     /// Whether costs `(bops, size_bits)` are within every limit of this budget.
     pub fn admits(&self, bops: u64, size_bits: u64) -> bool {
         self.max_bops.is_none_or(|b| bops <= b) && self.max_size_bits.is_none_or(|s| size_bits <= s)

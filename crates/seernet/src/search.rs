@@ -15,28 +15,7 @@ use seer_evo::{Band, EvoConfig, Problem};
 use seer_policy::{GeneKind, Policy, SearchSpace};
 use seer_predictor::Predictor;
 
-/// Errors of the search facade.
-#[derive(Debug, thiserror::Error)]
-pub enum SearchError {
-    /// The predictor's features do not match the search space.
-    #[error("predictor does not fit the search space: {0}")]
-    Mismatch(String),
-    /// From the barrier / pgd optimizer (budget below the minimum, ...).
-    #[error(transparent)]
-    Barrier(#[from] seer_barrier::Error),
-    /// From the evolutionary or random search.
-    #[error(transparent)]
-    Evo(#[from] seer_evo::Error),
-    /// From the search space.
-    #[error(transparent)]
-    Policy(#[from] seer_policy::Error),
-    /// From the predictor.
-    #[error(transparent)]
-    Predictor(#[from] seer_predictor::Error),
-}
-
-/// `Result` of this module.
-pub type Result<T> = std::result::Result<T, SearchError>;
+use crate::error::{Error, Result};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -62,8 +41,9 @@ pub struct PredictorObjective<'a> {
 
 impl<'a> PredictorObjective<'a> {
     /// Maps every predictor feature (`<unit>.<kind>` encodings, or raw `prune_<u>`, `bits_<u>`,
-    /// `wbits_<u>`, `abits_<u>` columns) onto a gene of `space`. Errors ([`SearchError::Mismatch`]) name a feature that matches no gene,
-    /// or a gene the predictor has no feature for.
+    /// `wbits_<u>`, `abits_<u>` columns) onto a gene of `space`. Errors
+    /// ([`Error::PredictorMismatch`]) name a feature that matches no gene, or a gene the
+    /// predictor has no feature for.
     pub fn new(predictor: &'a Predictor, space: &SearchSpace) -> Result<Self> {
         let dim = space.dim();
         let mut used = vec![false; dim];
@@ -92,7 +72,7 @@ impl<'a> PredictorObjective<'a> {
                 Some((kind, u))
             });
             let Some((kind, unit)) = parsed else {
-                return Err(SearchError::Mismatch(format!(
+                return Err(Error::PredictorMismatch(format!(
                     "feature {name:?} is neither a gene of the space (`<unit>.<kind>`, e.g. {:?}) \
                      nor one of prune_<unit>, bits_<unit>, wbits_<unit>, abits_<unit>",
                     gene_names[0]
@@ -103,7 +83,7 @@ impl<'a> PredictorObjective<'a> {
                 .iter()
                 .position(|g| g.unit == unit && g.kind == kind)
                 .ok_or_else(|| {
-                    SearchError::Mismatch(format!(
+                    Error::PredictorMismatch(format!(
                         "feature {name:?} has no gene in the space ({} units, {})",
                         space.units().len(),
                         if space.config().shared_bits {
@@ -130,7 +110,7 @@ impl<'a> PredictorObjective<'a> {
         }
         if let Some(g) = (0..dim).find(|&g| !used[g] && space.genes()[g].candidates.len() > 1) {
             let gene = &space.genes()[g];
-            return Err(SearchError::Mismatch(format!(
+            return Err(Error::PredictorMismatch(format!(
                 "the predictor has no feature for gene {g} ({:?} of unit {} `{}`)",
                 gene.kind,
                 gene.unit,
@@ -148,12 +128,13 @@ impl<'a> PredictorObjective<'a> {
     /// Maximise the lower confidence bound μ − κσ instead of μ (κ ≥ 0; 0 is plain μ). A
     /// predictor fitted on tens of labels extrapolates optimistically away from them (seen on
     /// the default run: μ above the full-precision accuracy with σ ≈ 10 points); κ > 0 keeps
-    /// the search where the ensemble agrees. Err([`SearchError::Mismatch`]) for κ < 0 or NaN.
+    /// the search where the ensemble agrees. Err([`Error::Config`]) for κ < 0 or NaN.
     pub fn with_kappa(mut self, kappa: f64) -> Result<Self> {
         if !(kappa.is_finite() && kappa >= 0.0) {
-            return Err(SearchError::Mismatch(format!(
-                "kappa must be finite and ≥ 0, got {kappa}"
-            )));
+            return Err(Error::Config {
+                what: "kappa".into(),
+                msg: format!("must be finite and ≥ 0, got {kappa}"),
+            });
         }
         self.kappa = kappa;
         Ok(self)
@@ -453,8 +434,10 @@ pub struct Found {
 
 /// Finds the policy with the highest predicted accuracy within `budget` with `options.method`.
 ///
-/// Errors: a budget below the cheapest policy (stating the minimum), a predictor that does not
-/// fit the space, predictor failures.
+/// Errors: [`Error::Barrier`] (`BudgetBelowMinimum`, stating the minimum) for a budget below the
+/// cheapest policy, whatever the method; [`Error::PredictorMismatch`] for a predictor that does
+/// not fit the space; [`Error::Config`] for an invalid κ; [`Error::Predictor`],
+/// [`Error::Barrier`] or [`Error::Evo`] for failures of the predictor or the search engine.
 pub fn find_policy(
     space: &SearchSpace,
     predictor: &Predictor,
@@ -474,15 +457,19 @@ pub fn find_policy(
 }
 
 /// [`find_policy`] for any objective over `space`'s encoding (μ to maximise; σ optional).
+/// Errors as [`find_policy`]; [`Error::PredictorMismatch`] when the objective's dimension is not
+/// the space's.
 pub fn find_policy_with(
     space: &SearchSpace,
     objective: &dyn Objective,
     budget: &Budget,
     options: &SearchOptions,
 ) -> Result<Found> {
+    let _span =
+        tracing::info_span!("search", method = %options.method, kappa = options.kappa).entered();
     let start = Instant::now();
     if objective.dim() != space.dim() {
-        return Err(SearchError::Mismatch(format!(
+        return Err(Error::PredictorMismatch(format!(
             "the objective takes {} inputs, the space has {} genes",
             objective.dim(),
             space.dim()
@@ -545,11 +532,11 @@ pub fn find_policy_with(
     let mut mean = [0.0];
     objective
         .mean(&x, &mut mean)
-        .map_err(|e| seer_barrier::Error::Objective(e))?;
+        .map_err(seer_barrier::Error::Objective)?;
     let mut std = [0.0];
     let has_std = objective
         .std(&x, &mut std)
-        .map_err(|e| seer_barrier::Error::Objective(e))?;
+        .map_err(seer_barrier::Error::Objective)?;
     let t = space.totals_indices(&indices)?;
     Ok(Found {
         method: options.method,
@@ -677,6 +664,15 @@ mod tests {
             &SearchOptions::new(Method::Evo, 0),
         )
         .unwrap_err();
-        assert!(e.to_string().contains("below the cheapest policy"), "{e}");
+        // The engine's error is kept whole as the source.
+        assert!(
+            matches!(
+                e,
+                Error::Barrier(seer_barrier::Error::BudgetBelowMinimum { .. })
+            ),
+            "{e:?}"
+        );
+        let text = crate::error::chain(&e);
+        assert!(text.contains("below the cheapest policy"), "{text}");
     }
 }

@@ -18,7 +18,7 @@
 //! classifier. Both then compute the same function up to float rounding at exact ties:
 //! every GEMM is integer; only residual adds and global pooling run in f32.
 //!
-//! Not representable, hence a clear [`Error::Format`] naming the layer: masked residual
+//! Not representable, hence a clear [`Error::Export`] naming the layer: masked residual
 //! pruning (adds over different channel sets), average pooling, layers left in full
 //! precision, grouped or dilated convolutions, and ReLU6 on a float stream. Per-channel
 //! input standard deviations that differ (CIFAR) make the first conv run one integer
@@ -78,9 +78,8 @@ struct Val {
 }
 
 fn fmt_err(path: &Path, msg: String) -> Error {
-    Error::Format {
+    Error::Export {
         path: path.display().to_string(),
-        line: 0,
         msg,
     }
 }
@@ -89,7 +88,7 @@ fn fmt_err(path: &Path, msg: String) -> Error {
 /// (slimmed here) and calibrated activation ranges; `mean`/`std`: the dataset normalisation
 /// `x = (p/255 − mean_c)/std_c` the model was trained with. `path` only names errors.
 ///
-/// Errors: `Nn` when slimming fails; `Format` (naming the layer) for what the engine cannot
+/// Errors: `Nn` when slimming fails; `Export` (naming the layer) for what the engine cannot
 /// represent exactly (see the module docs) or a weight that cannot be packed.
 pub fn to_int_model(
     model: &Model,

@@ -10,6 +10,7 @@ use seer_evo::{Band, EvoConfig, Genome, Problem};
 use seer_policy::{GeneKind, Policy, SearchSpace};
 use seer_predictor::{Predictor, Samples};
 
+use super::Stream;
 use crate::error::{Error, Result};
 use crate::search::{Complexity, Fitness, PolicyProblem, PredictorObjective};
 use crate::store::LabelRecord;
@@ -51,14 +52,6 @@ impl std::fmt::Display for Acquisition {
     }
 }
 
-fn pipeline_err(msg: String) -> Error {
-    Error::Format {
-        path: "pipeline".into(),
-        line: 0,
-        msg,
-    }
-}
-
 /// Predictor feature names of `space`: `prune_<u>`, `wbits_<u>`, `abits_<u>` or `bits_<u>` per
 /// gene, in gene order (the names [`PredictorObjective`] maps back onto the genes).
 pub fn feature_names(space: &SearchSpace) -> Vec<String> {
@@ -88,24 +81,25 @@ pub fn features(space: &SearchSpace, idx: &[usize]) -> Vec<f64> {
 }
 
 /// The labelled records as predictor samples (target: validation top-1 in percent).
+/// Err([`Error::Predictor`]) when they do not make a sample set (none, or non-finite values).
 pub fn samples(space: &SearchSpace, records: &[LabelRecord]) -> Result<Samples> {
     let x = records
         .iter()
         .map(|r| features(space, &r.indices))
         .collect();
     let y = records.iter().map(|r| r.top1).collect();
-    Samples::new(feature_names(space), "top1".into(), x, y)
-        .map_err(|e| pipeline_err(format!("building predictor samples: {e}")))
+    Ok(Samples::new(feature_names(space), "top1".into(), x, y)?)
 }
 
 /// Fits the ensemble predictor (default configuration, `seed`) on `records`.
+/// Err([`Error::Predictor`]) when the predictor cannot be fitted (too few records, ...).
 pub fn fit(space: &SearchSpace, records: &[LabelRecord], seed: u64) -> Result<Predictor> {
     let s = samples(space, records)?;
     let cfg = seer_predictor::Config {
         seed,
         ..Default::default()
     };
-    seer_predictor::fit(&s, &cfg).map_err(|e| pipeline_err(format!("fitting the predictor: {e}")))
+    Ok(seer_predictor::fit(&s, &cfg)?)
 }
 
 /// A uniformly random genome (candidate index per gene).
@@ -120,7 +114,9 @@ fn random_indices(space: &SearchSpace, rng: &mut ChaCha8Rng) -> Vec<usize> {
 /// `n` distinct policies stratified over log-BOPs in `band` (method.md §5): `n` equal-width
 /// bins of log BOPs over the band, one uniformly random policy per bin (the first of up to
 /// 400·n seeded draws that lands there); bins nobody reached are filled with further in-band
-/// draws. Policies in `exclude` (hashes) are skipped. Err when not one draw lands in the band.
+/// draws (the draws' stream: [`Stream::StratifiedDraws`] of `seed`). Policies in `exclude`
+/// (candidate indices) are skipped. Err([`Error::EmptyBand`]) when not one draw lands in the
+/// band.
 pub fn stratified(
     space: &SearchSpace,
     band: (f64, f64),
@@ -128,7 +124,7 @@ pub fn stratified(
     seed: u64,
     exclude: &HashSet<Vec<usize>>,
 ) -> Result<Vec<Vec<usize>>> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5747_a7);
+    let mut rng = ChaCha8Rng::seed_from_u64(Stream::StratifiedDraws.seed(seed));
     let (lo, hi) = (band.0.max(1.0).ln(), band.1.max(1.0).ln());
     let width = ((hi - lo) / n.max(1) as f64).max(1e-12);
     let mut bins: Vec<Option<Vec<usize>>> = vec![None; n];
@@ -163,10 +159,10 @@ pub fn stratified(
         }
     }
     if out.is_empty() {
-        return Err(pipeline_err(format!(
-            "no policy found with BOPs in [{:.0}, {:.0}]",
-            band.0, band.1
-        )));
+        return Err(Error::EmptyBand {
+            lo: band.0,
+            hi: band.1,
+        });
     }
     Ok(out)
 }
@@ -217,28 +213,51 @@ impl Problem for CounterfactualProblem<'_> {
     }
 }
 
-/// The next `k` policies to label (candidate indices), none of them in `labelled`, with BOPs in
-/// `band`. `Std`/`Counterfactual` run the evolutionary sampler (seer-evo, small population,
-/// fixed generations: deterministic for a seed) on the acquisition score once per each of `k`
-/// equal log-BOPs strata of the band and take each run's best; `Random` draws uniformly. Returns fewer than `k` only when the band holds fewer unlabelled policies.
+/// What one acquisition asks for (see [`acquire`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Request {
+    /// How to choose.
+    pub acquisition: Acquisition,
+    /// The BOPs band the policies must fall in, `(lo, hi)`.
+    pub band: (f64, f64),
+    /// How many policies.
+    pub k: usize,
+    /// Generations of each evolutionary run (`Std`, `Counterfactual`).
+    pub generations: usize,
+    /// The acquisition's seed (the base of its sub-streams, see [`Stream`]).
+    pub seed: u64,
+}
+
+/// The next `req.k` policies to label (candidate indices), none of them in `labelled`, with BOPs
+/// in `req.band`. `Std`/`Counterfactual` run the evolutionary sampler (seer-evo, small
+/// population, `req.generations` generations: deterministic for a seed) on the acquisition
+/// score once per each of `k` equal log-BOPs strata of the band and take each run's best;
+/// `Random` draws uniformly. Returns fewer than `k` only when the band holds fewer unlabelled
+/// policies. Seeds: the sub-streams [`Stream::RandomAcquisition`], [`Stream::SamplerStratum`]
+/// and [`Stream::SamplerFill`] of `req.seed`. Errors: [`Error::PredictorMismatch`] when the
+/// predictor does not fit `space`, [`Error::Evo`] when the fill run fails,
+/// [`Error::EmptyBand`] (random acquisition).
 pub fn acquire(
     space: &SearchSpace,
     predictor: &Predictor,
-    acquisition: Acquisition,
     labelled: &HashSet<Vec<usize>>,
-    band: (f64, f64),
-    k: usize,
-    generations: usize,
-    seed: u64,
+    req: &Request,
 ) -> Result<Vec<Vec<usize>>> {
+    let Request {
+        acquisition,
+        band,
+        k,
+        generations,
+        seed,
+    } = *req;
     if acquisition == Acquisition::Random {
-        return stratified(space, band, k, seed ^ 0x4a4d, labelled).map(|mut v| {
+        let seed = Stream::RandomAcquisition.seed(seed);
+        return stratified(space, band, k, seed, labelled).map(|mut v| {
             v.truncate(k);
             v
         });
     }
-    let objective = PredictorObjective::new(predictor, space)
-        .map_err(|e| pipeline_err(format!("predictor/space mismatch: {e}")))?;
+    let objective = PredictorObjective::new(predictor, space)?;
     let problem = PolicyProblem::new(space, &objective, Fitness::Std, Complexity::Bops);
     let archive: HashSet<Genome> = labelled.iter().map(|i| problem.genome(i)).collect();
     let cf;
@@ -271,7 +290,7 @@ pub fn acquire(
         let cfg = EvoConfig {
             results: 1,
             generations,
-            ..EvoConfig::small(seed.wrapping_add(i as u64 * 0x9e37))
+            ..EvoConfig::small(Stream::SamplerStratum(i).seed(seed))
         };
         // A stratum may hold no feasible unlabelled policy (seer-evo's NoFeasibleGenome); it is
         // then left to the fill below, whose errors do propagate.
@@ -289,7 +308,7 @@ pub fn acquire(
         let cfg = EvoConfig {
             results: k - out.len(),
             generations,
-            ..EvoConfig::small(seed ^ 0xf111)
+            ..EvoConfig::small(Stream::SamplerFill.seed(seed))
         };
         out.extend(p.run(Band::new(band.0, band.1), &archive, &cfg)?);
     }
@@ -313,8 +332,7 @@ impl ProblemRef for PolicyProblem<'_> {
         archive: &HashSet<Genome>,
         cfg: &EvoConfig,
     ) -> Result<Vec<Vec<usize>>> {
-        let r = seer_evo::evolve(self, band, archive, cfg)
-            .map_err(|e| pipeline_err(format!("active sampler: {e}")))?;
+        let r = seer_evo::evolve(self, band, archive, cfg)?;
         Ok(r.best.iter().map(|s| self.indices(&s.genome)).collect())
     }
 }
@@ -326,8 +344,7 @@ impl ProblemRef for CounterfactualProblem<'_> {
         archive: &HashSet<Genome>,
         cfg: &EvoConfig,
     ) -> Result<Vec<Vec<usize>>> {
-        let r = seer_evo::evolve(self, band, archive, cfg)
-            .map_err(|e| pipeline_err(format!("active sampler: {e}")))?;
+        let r = seer_evo::evolve(self, band, archive, cfg)?;
         Ok(r.best
             .iter()
             .map(|s| self.inner.indices(&s.genome))
@@ -379,7 +396,14 @@ mod tests {
         .unwrap();
         let labelled: HashSet<Vec<usize>> = rows.iter().cloned().collect();
         let k = 5;
-        let got = acquire(&space, &pred, Acquisition::Std, &labelled, band, k, 4, 7).unwrap();
+        let req = Request {
+            acquisition: Acquisition::Std,
+            band,
+            k,
+            generations: 4,
+            seed: 7,
+        };
+        let got = acquire(&space, &pred, &labelled, &req).unwrap();
         assert_eq!(got.len(), k);
         let distinct: HashSet<&Vec<usize>> = got.iter().collect();
         assert_eq!(distinct.len(), k, "duplicates in {got:?}");
@@ -396,7 +420,7 @@ mod tests {
             "acquired policies fall in strata {strata:?}"
         );
         // Same seed, same policies.
-        let again = acquire(&space, &pred, Acquisition::Std, &labelled, band, k, 4, 7).unwrap();
+        let again = acquire(&space, &pred, &labelled, &req).unwrap();
         assert_eq!(got, again);
     }
 }

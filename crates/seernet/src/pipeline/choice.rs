@@ -1,0 +1,198 @@
+//! The final predictor with its held-out quality, and the choice of one policy per budget
+//! (plus the predicted accuracy-vs-BOPs front of the report).
+
+use std::time::Instant;
+
+use seer_predictor::Predictor;
+
+use super::{Run, Stream, sampling};
+use crate::budget::ResolvedBudget;
+use crate::error::{Result, chain};
+use crate::report;
+use crate::search::{Found, Method, SearchOptions, find_policy};
+use crate::store::LabelRecord;
+
+/// The final predictor, fitted on every planned label.
+pub(super) struct Fitted {
+    /// The planned labels, in plan order.
+    pub(super) recs: Vec<LabelRecord>,
+    pub(super) predictor: Predictor,
+    /// Held-out quality, when measured (≥ 10 labels).
+    pub(super) quality: Option<report::PredictorQuality>,
+}
+
+/// One budget's chosen policy.
+pub(super) struct Chosen {
+    pub(super) budget: ResolvedBudget,
+    pub(super) found: Found,
+    /// Where the policy came from (initial set, active round, verification, ...).
+    pub(super) from: String,
+    /// Its label (validation top-1), when it is a labelled policy.
+    pub(super) label_top1: Option<f64>,
+}
+
+/// The choice per budget and the predicted front.
+pub(super) struct Choice {
+    pub(super) chosen: Vec<Chosen>,
+    pub(super) front: Vec<report::FrontPoint>,
+}
+
+impl Run<'_> {
+    /// Stage 5: the final predictor on every planned label (seed: [`Stream::FinalFit`]) and,
+    /// with at least 10 labels, its quality on held-out labels (a diagnostic: when it cannot be
+    /// computed the run logs why and goes on).
+    pub(super) fn final_predictor(&mut self) -> Result<Fitted> {
+        let t = Instant::now();
+        let recs = self.planned_records()?;
+        let seed = Stream::FinalFit.seed(self.cfg.seed);
+        let predictor = sampling::fit(&self.space, &recs, seed)?;
+        let quality = if recs.len() >= 10 {
+            self.quality(&recs)?
+        } else {
+            self.log
+                .line("fewer than 10 labels: predictor quality not measured");
+            None
+        };
+        self.timed("predictor", t);
+        Ok(Fitted {
+            recs,
+            predictor,
+            quality,
+        })
+    }
+
+    /// Kendall τ, Spearman and RMSE of the predictor over 5 random 80/20 splits of `recs`
+    /// (members' seed: [`Stream::FinalFit`]; splits: [`Stream::QualitySplits`]). `None` when
+    /// they cannot be computed (e.g. a held-out split whose labels are all equal).
+    fn quality(&mut self, recs: &[LabelRecord]) -> Result<Option<report::PredictorQuality>> {
+        let s = sampling::samples(&self.space, recs)?;
+        let pc = seer_predictor::Config {
+            seed: Stream::FinalFit.seed(self.cfg.seed),
+            ..Default::default()
+        };
+        let cv = seer_predictor::CvOptions {
+            splits: 5,
+            test_frac: 0.2,
+            seed: Stream::QualitySplits.seed(self.cfg.seed),
+        };
+        let cv = match seer_predictor::cross_validate(&s, &pc, &cv) {
+            Ok(cv) => cv,
+            Err(e) => {
+                let why = chain(&e);
+                self.log
+                    .line(&format!("predictor quality not measured: {why}"));
+                return Ok(None);
+            }
+        };
+        let q = report::PredictorQuality {
+            kendall_tau: cv.summary(|s| s.kendall_tau).mean,
+            spearman: Some(cv.summary(|s| s.spearman).mean),
+            rmse: cv.summary(|s| s.rmse).mean,
+            n_train: cv.n_samples - cv.n_test,
+            n_test: cv.n_test,
+        };
+        self.log.line(&format!(
+            "predictor on held-out labels (5 random 80/20 splits): Kendall tau {:.3}, Spearman {:.3}, RMSE {:.3} points",
+            q.kendall_tau,
+            q.spearman.unwrap_or(f64::NAN),
+            q.rmse
+        ));
+        Ok(Some(q))
+    }
+
+    /// Stage 6: the policy of each budget (written to its policy file) and the predicted front.
+    pub(super) fn choose(&mut self, fitted: &Fitted) -> Result<Choice> {
+        let _span = tracing::info_span!("choose").entered();
+        let t = Instant::now();
+        let mut chosen = Vec::new();
+        for b in self.budgets.resolved.clone() {
+            chosen.push(self.choose_for(b, fitted)?);
+        }
+        let front = self.front(&fitted.predictor);
+        self.timed("search", t);
+        Ok(Choice { chosen, front })
+    }
+
+    /// The labelled policy within budget `b` with the best validation top-1 (ties: fewer BOPs);
+    /// without one (no verification rounds), the barrier optimum of μ. Writes it to
+    /// `policy-<label>.json`.
+    fn choose_for(&mut self, b: ResolvedBudget, fitted: &Fitted) -> Result<Chosen> {
+        let best = self
+            .planned
+            .iter()
+            .zip(&fitted.recs)
+            .filter(|(_, r)| b.admits(r.bops, r.size_bits))
+            .max_by(|(_, x), (_, y)| x.top1.total_cmp(&y.top1).then(y.bops.cmp(&x.bops)));
+        let (found, from, label_top1) = match best {
+            Some((idx, r)) => {
+                let p = fitted
+                    .predictor
+                    .predict(&[sampling::features(&self.space, idx)])?;
+                let found = Found {
+                    method: Method::Barrier,
+                    indices: idx.clone(),
+                    policy: r.policy.clone(),
+                    bops: r.bops,
+                    size_bits: r.size_bits,
+                    predicted_mean: p.mean[0],
+                    predicted_std: p.std[0],
+                    seconds: 0.0,
+                    evaluations: 0,
+                };
+                let from = self.origin.get(idx).cloned();
+                (
+                    found,
+                    from.unwrap_or_else(|| "label store".into()),
+                    Some(r.top1),
+                )
+            }
+            None => {
+                let found = self.search(&b, &fitted.predictor, 0.0)?;
+                (found, "barrier search (unlabelled)".to_string(), None)
+            }
+        };
+        let file = b.policy_file();
+        found.policy.save(self.out.join(&file))?;
+        self.log.line(&format!(
+            "budget {}: policy with {} BOPs ({:.2}% of w8a8), {} bits, predicted val top-1 {:.2}% ± {:.2}, labelled val top-1 {}; from {from} -> {file}",
+            b.label,
+            found.bops,
+            100.0 * found.bops as f64 / self.budgets.w8a8 as f64,
+            found.size_bits,
+            found.predicted_mean,
+            found.predicted_std,
+            label_top1.map_or("—".into(), |v| format!("{v:.2}%")),
+        ));
+        Ok(Chosen {
+            budget: b,
+            found,
+            from,
+            label_top1,
+        })
+    }
+
+    /// The predicted accuracy-vs-BOPs front for the report: the barrier optimum of μ − σ at 10
+    /// log-spaced BOPs budgets from just above the cheapest policy to the band's top (a budget
+    /// whose search fails is left out).
+    fn front(&self, predictor: &Predictor) -> Vec<report::FrontPoint> {
+        let mut opts = SearchOptions::new(Method::Barrier, Stream::Search.seed(self.cfg.seed));
+        opts.kappa = 1.0;
+        let cheapest = self.budgets.cheapest.bops as f64;
+        let levels = 10;
+        let mut front = Vec::new();
+        for i in 0..levels {
+            let frac = i as f64 / (levels - 1) as f64;
+            let lo = (cheapest * 1.02).ln();
+            let hi = self.budgets.band.1.max(cheapest * 1.05).ln();
+            let bb = seer_barrier::Budget::bops((lo + frac * (hi - lo)).exp());
+            match find_policy(&self.space, predictor, &bb, &opts) {
+                Ok(f) => front.push(report::FrontPoint {
+                    bops: f.bops,
+                    predicted_top1: f.predicted_mean,
+                }),
+                Err(e) => tracing::debug!(error = %chain(&e), "front point left out"),
+            }
+        }
+        front
+    }
+}

