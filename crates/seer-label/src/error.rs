@@ -78,15 +78,17 @@ pub enum Error {
     },
     /// The labelling function failed for a policy ([`label_missing`](crate::store::label_missing),
     /// [`run_shard`](crate::manifest::run_shard)).
-    #[error("labelling policy {hash} failed: {err}")]
+    #[error("labelling policy {hash} failed")]
     Labeller {
         /// The policy hash.
         hash: String,
-        /// The labeller's error.
+        /// The labeller's error (kept as `source()`).
+        #[source]
         err: Box<dyn std::error::Error + Send + Sync>,
     },
-    /// An error of the policy layer (a policy outside the search space, ...).
-    #[error(transparent)]
+    /// An error of the policy layer (a policy outside the search space, ...), kept as
+    /// `source()`.
+    #[error("policy")]
     Policy(#[from] seer_policy::Error),
 }
 

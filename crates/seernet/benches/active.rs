@@ -127,7 +127,7 @@ fn main() -> Res<()> {
     let (mut store, _) = LabelStore::open(store_dir.join("labels.jsonl"), &protocol)?;
 
     // Band of the default run: 0.5 × the smallest budget … 1.5 × the largest.
-    let w8a8 = seernet::pipeline::w8a8_bops(&space)?;
+    let w8a8 = space.w8a8_bops()?;
     let budgets: Vec<(String, u64)> = ["0.05", "0.08", "0.12"]
         .iter()
         .map(|f| {

@@ -4,7 +4,7 @@
 //! - **BOPs** (`--max-bops`): a plain number or an SI suffix, `K` = 10³, `M` = 10⁶, `G` = 10⁹,
 //!   `T` = 10¹² (case-insensitive), or scientific notation (`5e6`). The result must be a whole
 //!   number of BOPs.
-//! - **Model size** (`--max-size`): given in **bytes** and converted to bits (× 8), as method.md §2
+//! - **Model size** (`--max-size`): given in **bytes** and converted to bits (× 8), as docs/method.md §2
 //!   counts size in bits. `B` = 1 byte, SI `KB`/`MB`/`GB` = 10³/10⁶/10⁹ bytes (`kB` accepted),
 //!   binary `KiB`/`MiB`/`GiB` = 2¹⁰/2²⁰/2³⁰ bytes. A bare number means bytes. A lowercase `b`
 //!   (`40Kb`, bits by SI convention) and a bare `K`/`M`/`G` are refused as ambiguous. The result
@@ -37,9 +37,9 @@ use crate::error::{Error, Result};
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind", content = "value")]
 pub enum BudgetKind {
-    /// At most this many BOPs (method.md §2).
+    /// At most this many BOPs (docs/method.md §2).
     MaxBops(u64),
-    /// At most this many bits of model size (method.md §2; parsed from bytes × 8).
+    /// At most this many bits of model size (docs/method.md §2; parsed from bytes × 8).
     MaxSizeBits(u64),
     /// At most this fraction (0, 1] of the unpruned network's w8a8 BOPs.
     BopsFrac(f64),
@@ -337,7 +337,7 @@ impl Budget {
     }
 
     /// Absolute limits: `BopsFrac(f)` becomes `max_bops = ⌊f · w8a8_bops⌋` (`w8a8_bops`: BOPs of
-    /// the unpruned network with every unit at w8a8, method.md §2).
+    /// the unpruned network with every unit at w8a8, docs/method.md §2).
     pub fn resolve(&self, w8a8_bops: u64) -> ResolvedBudget {
         let (max_bops, max_size_bits) = match self.kind {
             BudgetKind::MaxBops(b) => (Some(b), None),
@@ -373,21 +373,6 @@ impl ResolvedBudget {
     pub fn admits(&self, bops: u64, size_bits: u64) -> bool {
         self.max_bops.is_none_or(|b| bops <= b) && self.max_size_bits.is_none_or(|s| size_bits <= s)
     }
-}
-
-/// BOPs of the unpruned network with every unit at w8a8 (the reference of `--bops-frac`;
-/// method.md §2), whatever the space's candidates: the same network and options with prune
-/// {0} and bits {8}. Err(Policy) only for a spec the policy layer rejects.
-pub fn w8a8_bops(space: &seer_policy::SearchSpace) -> Result<u64> {
-    let cfg = seer_policy::SpaceConfig {
-        prune_ratios: vec![0.0],
-        wbits: vec![8],
-        abits: vec![8],
-        fixed_bits: 8,
-        ..space.config().clone()
-    };
-    let s = seer_policy::SearchSpace::new(space.spec().clone(), cfg)?;
-    Ok(s.cost(&s.uniform(8, 8, 0.0)?)?.total_bops)
 }
 
 /// All budgets from the three flags' values (each value may be a comma-separated list), in the
@@ -547,10 +532,10 @@ mod tests {
             ..SpaceConfig::default()
         };
         let space = SearchSpace::new(spec, cfg).unwrap();
-        assert_eq!(w8a8_bops(&space).unwrap(), 40_551_040 * 64);
+        assert_eq!(space.w8a8_bops().unwrap(), 40_551_040 * 64);
         let r = Budget::parse_bops_frac("0.1")
             .unwrap()
-            .resolve(w8a8_bops(&space).unwrap());
+            .resolve(space.w8a8_bops().unwrap());
         assert_eq!(
             (r.policy_file(), r.model_file()),
             (

@@ -1,4 +1,4 @@
-//! The labelling function of method.md §3 as one reusable piece: apply a policy to the trained
+//! The labelling function of docs/method.md §3 as one reusable piece: apply a policy to the trained
 //! baseline, re-estimate BatchNorm, calibrate, QAT fine-tune for the protocol's steps, measure
 //! top-1 on the **validation** split. Used by `seernet label` (shards) and by the pipeline,
 //! so both label under exactly the same [`Protocol`].

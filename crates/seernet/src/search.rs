@@ -1,8 +1,8 @@
 //! Policy search on a trained predictor: adapters from seer-predictor and seer-policy to the
 //! search engines (seer-barrier's `Objective`/`Space`, seer-evo's `Problem`) and one entry point,
-//! [`find_policy`], for every method (barrier, pgd, evolutionary, random; method.md §5–§6, §8).
+//! [`find_policy`], for every method (barrier, pgd, evolutionary, random; docs/method.md §5–§6, §8).
 //!
-//! The predictor's features are either the method.md §1 encoding itself (named
+//! The predictor's features are either the docs/method.md §1 encoding itself (named
 //! `<unit>.<kind>`, as `seernet predictor fit --arch ...` writes them) or raw CSV columns
 //! `prune_<u>`, `bits_<u>` (shared weight and activation bit-width), `wbits_<u>`, `abits_<u>`
 //! for unit `u`; [`PredictorObjective`] maps the encoding the optimizers move onto them (an
@@ -30,7 +30,7 @@ enum Feature {
     Const(f64),
 }
 
-/// A trained predictor seen as a function of the policy encoding (method.md §1).
+/// A trained predictor seen as a function of the policy encoding (docs/method.md §1).
 #[derive(Debug, Clone)]
 pub struct PredictorObjective<'a> {
     predictor: &'a Predictor,
@@ -216,7 +216,7 @@ impl Objective for PredictorObjective<'_> {
 pub enum Fitness {
     /// Predicted accuracy μ (the evolutionary-search baseline under a budget).
     Mean,
-    /// Ensemble disagreement σ (the active sampler's acquisition, method.md §5).
+    /// Ensemble disagreement σ (the active sampler's acquisition, docs/method.md §5).
     Std,
 }
 
@@ -336,7 +336,7 @@ impl Problem for PolicyProblem<'_> {
 /// A search method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
-    /// Log-barrier interior-point path with Adam steps (method.md §6), the default.
+    /// Log-barrier interior-point path with Adam steps (docs/method.md §6), the default.
     Barrier,
     /// The authors' hard-stop normalised-gradient ascent (ablation).
     Pgd,
@@ -384,7 +384,7 @@ pub struct SearchOptions {
     /// Predictor evaluations of random search.
     pub random_evaluations: usize,
     /// Pessimism κ: every method maximises μ − κσ (see [`PredictorObjective::with_kappa`]);
-    /// 0 (the default) is the plain predicted accuracy of method.md §6.
+    /// 0 (the default) is the plain predicted accuracy of docs/method.md §6.
     pub kappa: f64,
 }
 

@@ -1,4 +1,4 @@
-//! Export of a fine-tuned compressed model (`model-<budget>.safetensors`, method.md §7) to
+//! Export of a fine-tuned compressed model (`model-<budget>.safetensors`, docs/method.md §7) to
 //! the integer engine's file format (`seer_int::format`, `seernet-int-model`): the
 //! physically pruned network with every weight packed to its bit-width with per-output-channel
 //! f32 scales, BatchNorm folded into a per-channel multiplier and bias, and every activation

@@ -1,4 +1,4 @@
-//! The final fine-tunes (method.md §7): each chosen policy (then exported to the integer
+//! The final fine-tunes (docs/method.md §7): each chosen policy (then exported to the integer
 //! engine's format) and each uniform baseline, fine-tuned for `final_steps` and measured on the
 //! test split; each cached in `final/<policy hash>.json`.
 
@@ -108,7 +108,7 @@ impl Run<'_> {
         })
     }
 
-    /// Fine-tunes `policy` for `final_steps` (same quantizers as the labels, method.md §7;
+    /// Fine-tunes `policy` for `final_steps` (same quantizers as the labels, docs/method.md §7;
     /// seed: `label_seed(`[`Stream::FinalFinetune`]`, policy hash)`), evaluates on the test
     /// split, exports to `export` when given; cached in `final/<hash>.json` (written last, so an
     /// interrupted export is redone).

@@ -1,6 +1,6 @@
 //! The main job (issue 7): baseline → N₀ stratified labels → R active rounds of K labels →
 //! predictor refit → barrier search per budget → final fine-tune → test-split evaluation →
-//! physically pruned, packed export → report (method.md §3–§8). This module only wires the
+//! physically pruned, packed export → report (docs/method.md §3–§8). This module only wires the
 //! crates together; every stage is resumable from the run directory.
 //!
 //! # Stages
@@ -34,7 +34,7 @@
 //! looked up by policy hash), not on whatever the store holds, so a resumed run plans the same
 //! policies as an uninterrupted one.
 //! The validation split is the only one labels see; the test split is read by the final
-//! evaluation only (method.md §3).
+//! evaluation only (docs/method.md §3).
 
 mod choice;
 pub mod export;
@@ -100,9 +100,9 @@ pub struct Config {
     pub kappas: Vec<f64>,
     /// Verification rounds after the active rounds (0: choose by the predictor alone).
     pub verify_rounds: usize,
-    /// Fine-tune steps per label (method.md §3).
+    /// Fine-tune steps per label (docs/method.md §3).
     pub label_steps: u64,
-    /// Fine-tune steps of each chosen policy and each uniform baseline (method.md §7).
+    /// Fine-tune steps of each chosen policy and each uniform baseline (docs/method.md §7).
     pub final_steps: usize,
     /// Mini-batch size of all fine-tunes.
     pub batch_size: usize,
@@ -197,22 +197,6 @@ pub struct Summary {
     pub seconds: f64,
 }
 
-/// BOPs of `space`'s network unpruned at w8a8 everywhere (the reference of `--bops-frac`).
-/// Errors: from seer-policy (cannot happen for a valid space).
-pub fn w8a8_bops(space: &SearchSpace) -> Result<u64> {
-    let s = SearchSpace::new(
-        space.spec().clone(),
-        SpaceConfig {
-            prune_ratios: vec![0.0],
-            wbits: vec![8],
-            abits: vec![8],
-            shared_bits: false,
-            ..space.config().clone()
-        },
-    )?;
-    Ok(s.cost(&s.uniform(8, 8, 0.0)?)?.total_bops)
-}
-
 /// Runs the whole pipeline of `cfg`, reporting progress to nobody (see [`run_with`]). Errors: a
 /// missing dataset that cannot be fetched, an unreadable baseline, a budget below the cheapest
 /// policy of the space (stating the minimum), a label store of another protocol or a corrupt
@@ -293,7 +277,7 @@ struct Budgets {
 }
 
 /// A uniform policy: the same bits for weights and activations and the same pruning ratio on
-/// every searchable unit (method.md §8).
+/// every searchable unit (docs/method.md §8).
 #[derive(Clone, Debug)]
 struct Uniform {
     wbits: u32,

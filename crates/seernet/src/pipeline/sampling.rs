@@ -1,5 +1,5 @@
 //! Which policies to label: the stratified initial set and the active-sampling acquisitions
-//! (ensemble std, counterfactual sensitivity, random) of method.md §5, plus the predictor
+//! (ensemble std, counterfactual sensitivity, random) of docs/method.md §5, plus the predictor
 //! features of a policy and the predictor fit on the label store.
 
 use std::collections::HashSet;
@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::search::{Complexity, Fitness, PolicyProblem, PredictorObjective};
 use crate::store::LabelRecord;
 
-/// How the active rounds choose the next policies to label (method.md §5).
+/// How the active rounds choose the next policies to label (docs/method.md §5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Acquisition {
@@ -111,7 +111,7 @@ fn random_indices(space: &SearchSpace, rng: &mut ChaCha8Rng) -> Vec<usize> {
         .collect()
 }
 
-/// `n` distinct policies stratified over log-BOPs in `band` (method.md §5): `n` equal-width
+/// `n` distinct policies stratified over log-BOPs in `band` (docs/method.md §5): `n` equal-width
 /// bins of log BOPs over the band, one uniformly random policy per bin (the first of up to
 /// 400·n seeded draws that lands there); bins nobody reached are filled with further in-band
 /// draws (the draws' stream: [`Stream::StratifiedDraws`] of `seed`). Policies in `exclude`

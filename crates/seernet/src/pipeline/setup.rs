@@ -11,7 +11,7 @@ use seer_nn::data::{self, Augment, DatasetName};
 use seer_nn::{checkpoint, model::Model, train};
 use seer_policy::{InputShape, Policy, SearchSpace};
 
-use super::{Baseline, Budgets, Config, Progress, Run, RunLog, Stream, Uniform, w8a8_bops};
+use super::{Baseline, Budgets, Config, Progress, Run, RunLog, Stream, Uniform};
 use crate::budget::ResolvedBudget;
 use crate::error::{Error, Result};
 use crate::labeler::{LabelSettings, Labeler};
@@ -240,7 +240,7 @@ fn train_baseline(
 /// to 1.5 × the highest BOPs budget, within the space's range (the whole range when a budget
 /// limits size only).
 fn resolve_budgets(cfg: &Config, space: &SearchSpace, log: &mut RunLog<'_>) -> Result<Budgets> {
-    let w8a8 = w8a8_bops(space)?;
+    let w8a8 = space.w8a8_bops()?;
     let resolved: Vec<ResolvedBudget> = cfg.budgets.iter().map(|b| b.resolve(w8a8)).collect();
     let cheapest = space.totals_indices(&space.cheapest())?;
     let dearest = space.totals_indices(&space.most_expensive())?;
@@ -349,7 +349,7 @@ fn open_store(
     })
 }
 
-/// Uniform baselines (method.md §8): for each budget, the uniform policy (the same bits for
+/// Uniform baselines (docs/method.md §8): for each budget, the uniform policy (the same bits for
 /// weights and activations and the same pruning ratio on every searchable unit) with the most
 /// bits (then the least pruning) that fits, and the one with the least pruning (then the most
 /// bits) that fits; duplicates measured once.

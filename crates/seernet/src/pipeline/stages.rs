@@ -187,7 +187,7 @@ impl Run<'_> {
     /// on the current predictor proposes a policy (maximising μ − κσ); the new ones are
     /// labelled and the predictor refitted. The final choice per budget is then the labelled
     /// policy within the budget with the best validation top-1: the predictor proposes, the
-    /// validation split decides (method.md §6; our choice — the authors take the predictor's
+    /// validation split decides (docs/method.md §6; our choice — the authors take the predictor's
     /// optimum as is).
     pub(super) fn verification_rounds(&mut self) -> Result<()> {
         let t = Instant::now();
