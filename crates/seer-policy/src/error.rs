@@ -63,6 +63,19 @@ pub enum Error {
         /// The version this build reads and writes.
         supported: u64,
     },
+    /// A budget flag's value is invalid (or the budget cannot be met: `flag` = `budget`).
+    #[error("invalid budget {flag} '{value}': {msg}")]
+    Budget {
+        /// The flag, e.g. `--max-size`.
+        flag: String,
+        /// The value as given.
+        value: String,
+        /// What is wrong.
+        msg: String,
+    },
+    /// No budget was given.
+    #[error("no budget given: use --max-bops, --max-size or --bops-frac")]
+    NoBudget,
     /// A file that cannot be read or written.
     #[error("{path}: {err}")]
     Io {

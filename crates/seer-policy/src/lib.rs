@@ -27,6 +27,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod budget;
 mod builtin;
 mod cost;
 mod error;

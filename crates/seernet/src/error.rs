@@ -15,19 +15,6 @@ pub enum Error {
         /// The OS error.
         err: std::io::Error,
     },
-    /// A budget flag's value is invalid.
-    #[error("invalid budget {flag} '{value}': {msg}")]
-    Budget {
-        /// The flag, e.g. `--max-size`.
-        flag: String,
-        /// The value as given.
-        value: String,
-        /// What is wrong.
-        msg: String,
-    },
-    /// No budget was given.
-    #[error("no budget given: use --max-bops, --max-size or --bops-frac")]
-    NoBudget,
     /// A setting of the run is invalid, or names something that does not exist.
     #[error("invalid setting {what}: {msg}")]
     Config {

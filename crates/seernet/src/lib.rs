@@ -48,7 +48,9 @@ pub use seer_label::store;
 /// `seernet::report::...` paths keep working).
 pub use seer_report as report;
 
-pub mod budget;
+/// Complexity budgets (`--max-bops`, `--max-size`, `--bops-frac`): `seer_policy::budget`, kept
+/// at its old path `seernet::budget`.
+pub use seer_policy::budget;
 pub mod error;
 pub mod labeler;
 pub mod pipeline;

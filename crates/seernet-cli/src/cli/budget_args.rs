@@ -19,7 +19,7 @@ pub struct BudgetArgs {
 impl BudgetArgs {
     /// Parses every given budget. Errors: see [`seernet::budget::parse_budgets`] (a malformed
     /// value, a budget given twice, no budget at all).
-    pub fn budgets(&self) -> seernet::Result<Vec<Budget>> {
+    pub fn budgets(&self) -> seernet::policy::Result<Vec<Budget>> {
         parse_budgets(&self.max_bops, &self.max_size, &self.bops_frac)
     }
 }

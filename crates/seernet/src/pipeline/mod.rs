@@ -296,3 +296,11 @@ impl Uniform {
         }
     }
 }
+
+/// A budget's limits as the search engines take them (seer-barrier's budget, limits in f64).
+fn limits(b: &ResolvedBudget) -> seer_barrier::Budget {
+    seer_barrier::Budget {
+        max_bops: b.max_bops.map(|v| v as f64),
+        max_size_bits: b.max_size_bits.map(|v| v as f64),
+    }
+}

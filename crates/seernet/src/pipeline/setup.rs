@@ -44,8 +44,8 @@ struct Labels {
 impl<'a> Run<'a> {
     /// Opens the run of `cfg` (stage 1): checks the settings, opens `run.log`, loads (fetching
     /// when needed) the dataset and the baseline (training it when none is given), resolves the
-    /// budgets, opens the label store under the labelling protocol. Errors: [`Error::NoBudget`],
-    /// [`Error::Config`] (too few initial labels, a missing baseline), [`Error::Budget`] for a
+    /// budgets, opens the label store under the labelling protocol. Errors: [`seer_policy::Error::NoBudget`],
+    /// [`Error::Config`] (too few initial labels, a missing baseline), [`seer_policy::Error::Budget`] for a
     /// budget below the cheapest policy, and the sibling crates' errors (data, checkpoint,
     /// label store).
     pub(super) fn open(cfg: &'a Config, progress: &'a mut dyn Progress) -> Result<Self> {
@@ -112,7 +112,7 @@ impl<'a> Run<'a> {
 /// Settings the run cannot start with.
 fn check(cfg: &Config) -> Result<()> {
     if cfg.budgets.is_empty() {
-        return Err(Error::NoBudget);
+        return Err(seer_policy::Error::NoBudget.into());
     }
     if cfg.n0 < 4 {
         return Err(Error::Config {
@@ -236,7 +236,7 @@ fn train_baseline(
 }
 
 /// The budgets resolved against the w8a8 BOPs of `space`, each checked against the cheapest
-/// policy (Err([`Error::Budget`]) stating the minimum), and the sampling band: half the lowest
+/// policy (Err([`seer_policy::Error::Budget`]) stating the minimum), and the sampling band: half the lowest
 /// to 1.5 × the highest BOPs budget, within the space's range (the whole range when a budget
 /// limits size only).
 fn resolve_budgets(cfg: &Config, space: &SearchSpace, log: &mut RunLog<'_>) -> Result<Budgets> {
@@ -245,10 +245,12 @@ fn resolve_budgets(cfg: &Config, space: &SearchSpace, log: &mut RunLog<'_>) -> R
     let cheapest = space.totals_indices(&space.cheapest())?;
     let dearest = space.totals_indices(&space.most_expensive())?;
     for b in &resolved {
-        let below = |msg: String| Error::Budget {
-            flag: "budget".into(),
-            value: b.label.clone(),
-            msg,
+        let below = |msg: String| {
+            Error::from(seer_policy::Error::Budget {
+                flag: "budget".into(),
+                value: b.label.clone(),
+                msg,
+            })
         };
         if let Some(m) = b.max_bops.filter(|&m| m < cheapest.bops) {
             return Err(below(format!(

@@ -78,7 +78,7 @@ impl Run<'_> {
     ) -> Result<Found> {
         let mut opts = SearchOptions::new(Method::Barrier, Stream::Search.seed(self.cfg.seed));
         opts.kappa = kappa;
-        find_policy(&self.space, predictor, &b.limits(), &opts).map_err(|e| Error::Search {
+        find_policy(&self.space, predictor, &super::limits(b), &opts).map_err(|e| Error::Search {
             budget: b.label.clone(),
             source: Box::new(e),
         })

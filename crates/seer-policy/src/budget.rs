@@ -19,7 +19,7 @@
 //! (`policy-<label>.json`, `model-<label>.safetensors`).
 //!
 //! ```
-//! use seernet::budget::{Budget, BudgetKind};
+//! use seer_policy::budget::{Budget, BudgetKind};
 //! let b = Budget::parse_max_size("40KiB").unwrap();
 //! assert_eq!(b.kind, BudgetKind::MaxSizeBits(40 * 1024 * 8));
 //! assert_eq!(b.label, "size-40KiB");
@@ -362,13 +362,6 @@ impl ResolvedBudget {
     pub fn model_file(&self) -> String {
         format!("model-{}.safetensors", self.label)
     }
-    /// The limits as the search engines take them (seer-barrier's budget, limits in f64).
-    pub fn limits(&self) -> seer_barrier::Budget {
-        seer_barrier::Budget {
-            max_bops: self.max_bops.map(|v| v as f64),
-            max_size_bits: self.max_size_bits.map(|v| v as f64),
-        }
-    }
     /// Whether costs `(bops, size_bits)` are within every limit of this budget.
     pub fn admits(&self, bops: u64, size_bits: u64) -> bool {
         self.max_bops.is_none_or(|b| bops <= b) && self.max_size_bits.is_none_or(|s| size_bits <= s)
@@ -522,7 +515,7 @@ mod tests {
 
     #[test]
     fn w8a8_reference_and_files() {
-        use seer_policy::{SearchSpace, SpaceConfig, builtin};
+        use crate::{SearchSpace, SpaceConfig, builtin};
         let spec = builtin("resnet20", Some("32x32x3".parse().unwrap()), None).unwrap();
         // A space without 8 bits or prune 0 among its candidates still has the w8a8 reference.
         let cfg = SpaceConfig {
