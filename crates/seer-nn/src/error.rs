@@ -6,6 +6,15 @@ use std::path::PathBuf;
 /// involved and, where the fix is known, say what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A model cannot be exported to the integer engine's format (naming the layer), or its
+    /// file cannot be serialised.
+    #[error("{path}: {msg}")]
+    Export {
+        /// The file the export was to write.
+        path: String,
+        /// What the engine cannot represent.
+        msg: String,
+    },
     /// An I/O failure on a named file or directory.
     #[error("{path}: {source}")]
     Io {
@@ -70,6 +79,10 @@ pub enum Error {
     /// A seer-policy error (spec, search space, policy).
     #[error(transparent)]
     Policy(#[from] seer_policy::Error),
+    /// An error of the label store or labelling protocol (the `seer-label` crate), kept as
+    /// `source()`: a checkpoint, dataset or setting that differs from the protocol's.
+    #[error("labelling protocol")]
+    Label(#[from] seer_label::Error),
     /// JSON (de)serialisation failure on a named file.
     #[error("{path}: {source}")]
     Json {

@@ -13,6 +13,8 @@
 pub mod checkpoint;
 pub mod data;
 mod error;
+pub mod export;
+pub mod labeler;
 pub mod model;
 pub mod ops;
 pub mod train;

@@ -33,15 +33,6 @@ pub enum Error {
         /// What is wrong.
         msg: String,
     },
-    /// A model cannot be exported to the integer engine's format (naming the layer), or its
-    /// file cannot be serialised.
-    #[error("{path}: {msg}")]
-    Export {
-        /// The file the export was to write.
-        path: String,
-        /// What the engine cannot represent.
-        msg: String,
-    },
     /// A policy the run planned has no label in the store (the store changed under the run).
     #[error("planned policy {hash} is not in the label store")]
     MissingLabel {

@@ -52,7 +52,9 @@ pub use seer_report as report;
 /// at its old path `seernet::budget`.
 pub use seer_policy::budget;
 pub mod error;
-pub mod labeler;
+/// Labelling a policy with our models (docs/method.md §3): `seer_nn::labeler`, kept at its old
+/// path `seernet::labeler`.
+pub use seer_nn::labeler;
 pub mod pipeline;
 pub mod search;
 

@@ -37,7 +37,9 @@
 //! evaluation only (docs/method.md §3).
 
 mod choice;
-pub mod export;
+/// Export of a fine-tuned fake-quantized model to the integer engine (`seer_nn::export`, kept at
+/// its old path).
+pub use seer_nn::export;
 mod finals;
 pub mod progress;
 pub mod sampling;

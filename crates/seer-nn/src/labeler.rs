@@ -9,15 +9,15 @@
 
 use std::path::Path;
 
+use crate::data::{self, Augment, DatasetName, Normalize, Splits};
+use crate::{checkpoint, train};
 use candle_core::Device;
 use seer_label::Error as LabelError;
-use seer_nn::data::{self, Augment, DatasetName, Normalize, Splits};
-use seer_nn::{checkpoint, train};
 use seer_policy::{Policy, SearchSpace, SpaceConfig};
 
-use crate::error::{Error, Result};
-pub use crate::store::file_hash;
-use crate::store::{Measured, Protocol, short_digest};
+use crate::{Error, Result};
+pub use seer_label::store::file_hash;
+use seer_label::store::{Measured, Protocol, short_digest};
 
 /// Fine-tune settings of a labelling protocol.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -110,9 +110,8 @@ impl Labeler {
         let dname = dataset
             .map(str::to_string)
             .or(info.dataset)
-            .ok_or_else(|| Error::Format {
-                path: checkpoint.display().to_string(),
-                line: 0,
+            .ok_or_else(|| Error::Checkpoint {
+                path: checkpoint.to_path_buf(),
                 msg: "the checkpoint records no dataset: give one".into(),
             })?;
         let name = DatasetName::parse(&dname)?;
@@ -198,7 +197,7 @@ impl Labeler {
         &self.protocol
     }
 
-    /// Labels one policy with `seed` (use [`label_seed`](crate::store::label_seed)): a fresh copy
+    /// Labels one policy with `seed` (use [`label_seed`](seer_label::store::label_seed)): a fresh copy
     /// of the baseline, policy applied, fine-tuned for the protocol's steps on the training
     /// split, top-1 (percent) on the validation split. `on_step` sees each optimizer step
     /// (index, loss). Err(Policy) for a policy outside the space, Err(Label(Protocol)) when the

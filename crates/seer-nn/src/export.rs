@@ -31,14 +31,14 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use crate::model::{BN_EPS, Model};
 use seer_int::format::{
     FORMAT, InputSpec, IntModel, LayerWeights, ModelMeta, Node, NodeOp, QuantOut, VERSION,
 };
 use seer_int::pack::PackedWeights;
-use seer_nn::model::{BN_EPS, Model};
 use seer_policy::LayerKind;
 
-use crate::error::{Error, Result};
+use crate::{Error, Result};
 
 /// What [`export_int`] wrote.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -131,10 +131,7 @@ pub fn to_int_model(
         .named_tensors()
         .into_iter()
         .map(|(name, t)| {
-            let v = t
-                .flatten_all()
-                .and_then(|t| t.to_vec1::<f32>())
-                .map_err(seer_nn::Error::from)?;
+            let v = t.flatten_all().and_then(|t| t.to_vec1::<f32>())?;
             Ok((name, v))
         })
         .collect::<Result<_>>()?;
@@ -643,7 +640,7 @@ pub fn export_int(
     let bytes = m
         .to_bytes()
         .map_err(|e| fmt_err(path, format!("serialising: {e}")))?;
-    crate::store::write_atomic(path, &bytes)?;
+    crate::data::idx::write_atomic(path, &bytes)?;
     let f32_bytes: u64 = m
         .meta()
         .nodes
@@ -704,7 +701,7 @@ mod tests {
     }
 
     fn normalise(p: &[u8], n: usize, s: InputShape) -> Tensor {
-        let norm = seer_nn::data::batch::Normalize::new(&[MEAN], &[STD]);
+        let norm = crate::data::batch::Normalize::new(&[MEAN], &[STD]);
         let v: Vec<f32> = p.iter().map(|&q| norm.apply(0, q)).collect();
         Tensor::from_vec(v, (n, s.c, s.h, s.w), &Device::Cpu).unwrap()
     }
@@ -811,7 +808,7 @@ mod tests {
             assert_eq!(im.meta().input.std_per_channel.len(), 3);
             let n = 32;
             let px = pixels(n, 3 * 64, 500 + seed);
-            let norm = seer_nn::data::batch::Normalize::new(&mean, &std);
+            let norm = crate::data::batch::Normalize::new(&mean, &std);
             let xf: Vec<f32> = px
                 .iter()
                 .enumerate()
