@@ -3,7 +3,7 @@
 
 use crate::error::{BoxError, Error, Result};
 
-/// The function to maximise: predicted accuracy μ(x) of encoded policies x ∈ [0,1]^dim.
+/// The function to maximise: predicted accuracy μ(x) of encoded policies x ∈ \[0,1\]^dim.
 ///
 /// All methods are batched over rows of a row-major matrix `xs` of shape `[n, dim]`. They may
 /// be called from several threads at once and must be deterministic per row (a row's result

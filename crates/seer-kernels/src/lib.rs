@@ -6,7 +6,7 @@
 #![warn(missing_docs)]
 //!
 //! Training ops (all f32, CPU, NCHW; every one has backward and a slow twin in
-//! [`reference`] built from plain candle ops that the tests compare against):
+//! [`reference`](mod@reference) built from plain candle ops that the tests compare against):
 //! [`conv2d`], [`fake_quant_weight`], [`fake_quant_act`], [`channel_mask`],
 //! [`batch_norm_train`] / [`batch_norm_relu_train`], [`relu`], [`add_relu`], [`shortcut_a`];
 //! plus [`filter_l2_scores`]
