@@ -636,7 +636,8 @@ mod tests {
             }
         })
         .unwrap_err();
-        assert!(err.to_string().contains("boom"), "{err}");
+        let cause = std::error::Error::source(&err).map(|c| c.to_string());
+        assert_eq!(cause.as_deref(), Some("boom"), "{err}");
         let r1 = run_shard(&m, &s, ShardSpec { index: 1, count: 2 }, &out, fake).unwrap();
         assert_eq!((r1.labelled, r1.skipped_existing), (4, 2));
 

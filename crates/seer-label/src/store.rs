@@ -1073,7 +1073,9 @@ pub(crate) mod tests {
                 }
             })
             .unwrap_err();
-            assert!(e.to_string().contains("killed"));
+            // The labeller's error is the source of the store's error.
+            let cause = std::error::Error::source(&e).map(|c| c.to_string());
+            assert_eq!(cause.as_deref(), Some("killed"), "{e}");
         }
         let (mut st, _) = LabelStore::open(&path, &p).unwrap();
         assert_eq!(st.len(), 3);
