@@ -416,21 +416,16 @@ impl IntModel {
                 vec![p.rows()],
                 f32s(p.scales()),
             ));
-            if let Some(m) = &w.mul {
-                bufs.push((
-                    format!("{name}.mul"),
-                    safetensors::Dtype::F32,
-                    vec![m.len()],
-                    f32s(m),
-                ));
-            }
-            if let Some(b) = &w.bias {
-                bufs.push((
-                    format!("{name}.bias"),
-                    safetensors::Dtype::F32,
-                    vec![b.len()],
-                    f32s(b),
-                ));
+            for (suffix, v) in [("mul", &w.mul), ("bias", &w.bias)] {
+                if let Some(v) = v {
+                    let n = vec![v.len()];
+                    bufs.push((
+                        format!("{name}.{suffix}"),
+                        safetensors::Dtype::F32,
+                        n,
+                        f32s(v),
+                    ));
+                }
             }
         }
         let views = bufs

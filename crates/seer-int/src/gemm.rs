@@ -369,33 +369,38 @@ unsafe fn block(
                 let r0 = rows.start + s * mr;
                 let nrows = mr.min(rows.end - r0);
                 let tile = &mut tile[..mr * NR];
-                // A operand: (pointer, row stride, group stride) in bytes.
-                let (ap, ars, ags) = if direct(s) {
-                    (a[r0 * k + k0..].as_ptr(), k, 4)
+                let ap = if direct(s) {
+                    APanel {
+                        ptr: a[r0 * k + k0..].as_ptr(),
+                        row: k,
+                        group: 4,
+                    }
                 } else {
-                    (apack_u8.as_ptr().wrapping_add(s * kc * mr), 4, 4 * mr)
+                    APanel {
+                        ptr: apack_u8.as_ptr().wrapping_add(s * kc * mr),
+                        row: 4,
+                        group: 4 * mr,
+                    }
                 };
                 let groups = kc / 4;
                 // SAFETY: A strips hold kc·mr codes (in place: mr full rows of k ≥ k0+kc
                 // codes), the panel block kc·16 codes; the ISA was checked by the caller.
                 unsafe {
                     match kernel {
-                        Kernel::Portable => micro_portable(ap, ars, ags, bptr, groups, tile),
+                        Kernel::Portable => micro_portable(ap, bptr, groups, tile),
                         #[cfg(target_arch = "x86_64")]
-                        Kernel::Vnni => crate::x86::vnni_8x16(ap, ars, ags, bptr, groups, tile),
+                        Kernel::Vnni => crate::x86::vnni_8x16(ap, bptr, groups, tile),
                         #[cfg(target_arch = "x86_64")]
-                        Kernel::Avx2I32 => {
-                            crate::x86::avx2_i32_4x16(ap, ars, ags, bptr, groups, tile)
-                        }
+                        Kernel::Avx2I32 => crate::x86::avx2_i32_4x16(ap, bptr, groups, tile),
                         #[cfg(target_arch = "x86_64")]
                         Kernel::Avx2I16 { s: steps } => {
-                            crate::x86::avx2_i16_4x16(ap, ars, ags, bptr, groups, steps, tile)
+                            crate::x86::avx2_i16_4x16(ap, bptr, groups, steps, tile)
                         }
                         #[cfg(target_arch = "x86_64")]
                         Kernel::Avx2Wide => {
                             let wb =
                                 wide_w.expect("wide panel")[p * w.kp * NR + k0 * NR..].as_ptr();
-                            crate::x86::avx2_wide_4x16(ap, ars, ags, wb, groups, tile)
+                            crate::x86::avx2_wide_4x16(ap, wb, groups, tile)
                         }
                         #[cfg(not(target_arch = "x86_64"))]
                         _ => unreachable!("x86 kernel on another architecture"),
@@ -419,19 +424,24 @@ unsafe fn block(
     }
 }
 
+/// The A operand of a micro-kernel: the 4 codes of row `i`, group `g` start at
+/// `ptr + i·row + g·group` (strides in bytes; in place in the row-major matrix, or packed).
+#[derive(Clone, Copy)]
+pub(crate) struct APanel {
+    /// First code of row 0, group 0.
+    pub(crate) ptr: *const u8,
+    /// Row stride in bytes.
+    pub(crate) row: usize,
+    /// Group stride in bytes.
+    pub(crate) group: usize,
+}
+
 /// Portable micro-kernel: 4 rows × 16 channels over `groups` groups of 4 `k`; row `i`,
-/// group `g` of A at `a + i·a_rs + g·a_gs`.
+/// group `g` of A at `a.ptr + i·a.row + g·a.group`.
 ///
 /// # Safety
 /// Those A bytes and `groups·64` bytes at `b` must be readable.
-unsafe fn micro_portable(
-    a: *const u8,
-    a_rs: usize,
-    a_gs: usize,
-    b: *const i8,
-    groups: usize,
-    tile: &mut [i32],
-) {
+unsafe fn micro_portable(a: APanel, b: *const i8, groups: usize, tile: &mut [i32]) {
     // SAFETY: guaranteed by the caller.
     let b = unsafe { std::slice::from_raw_parts(b, groups * 64) };
     let mut acc = [[0i32; NR]; 4];
@@ -439,7 +449,7 @@ unsafe fn micro_portable(
         let bg = &b[g * 64..g * 64 + 64];
         for (i, acc) in acc.iter_mut().enumerate() {
             // SAFETY: guaranteed by the caller.
-            let av = unsafe { std::slice::from_raw_parts(a.add(i * a_rs + g * a_gs), 4) };
+            let av = unsafe { std::slice::from_raw_parts(a.ptr.add(i * a.row + g * a.group), 4) };
             for (j, acc) in acc.iter_mut().enumerate() {
                 let bj = &bg[j * 4..j * 4 + 4];
                 *acc += av[0] as i32 * bj[0] as i32

@@ -418,11 +418,10 @@ impl Ctx<'_> {
         })
     }
 
-    /// Max pooling; keeps the input's quantisation.
-    fn max_pool_node(&self, kernel: usize, stride: usize, pad: usize) -> Result<Value> {
+    /// The pooling window `kernel × kernel` (stride, padding) over this node's input.
+    fn pool_geom(&self, kernel: usize, stride: usize, pad: usize) -> PoolGeom {
         let x = self.x;
-        self.need_codes()?;
-        let g = PoolGeom {
+        PoolGeom {
             batch: self.batch,
             h: x.h,
             w: x.w,
@@ -430,7 +429,14 @@ impl Ctx<'_> {
             k: kernel,
             stride,
             pad,
-        };
+        }
+    }
+
+    /// Max pooling; keeps the input's quantisation.
+    fn max_pool_node(&self, kernel: usize, stride: usize, pad: usize) -> Result<Value> {
+        let x = self.x;
+        self.need_codes()?;
+        let g = self.pool_geom(kernel, stride, pad);
         Ok(Value {
             codes: max_pool2d(&x.codes, &g)?,
             real: None,
@@ -446,15 +452,7 @@ impl Ctx<'_> {
         let x = self.x;
         self.need_codes()?;
         let q = self.out_quant()?;
-        let g = PoolGeom {
-            batch: self.batch,
-            h: x.h,
-            w: x.w,
-            c: x.c,
-            k: kernel,
-            stride,
-            pad: 0,
-        };
+        let g = self.pool_geom(kernel, stride, 0);
         let codes = avg_pool2d(&x.codes, &g, x.step, q.alpha, q.bits)?;
         Ok(Value::quantized(codes, (g.out_h(), g.out_w(), x.c), q))
     }

@@ -14,6 +14,12 @@ use crate::error::{Result, check_len, invalid};
 use crate::gemm::{WeightPanel, gemm_u8i8_with};
 use crate::pack::{PackedWeights, check_alpha, qmax_unsigned};
 
+/// Window positions along one axis of length `len` (zero-padded by `pad` on both sides):
+/// `⌊(len + 2·pad − k)/stride⌋ + 1`.
+fn window_count(len: usize, k: usize, stride: usize, pad: usize) -> usize {
+    (len + 2 * pad - k) / stride + 1
+}
+
 /// Shape of a (dense, ungrouped) 2-D convolution on an NHWC input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConvGeom {
@@ -40,11 +46,11 @@ pub struct ConvGeom {
 impl ConvGeom {
     /// Output height `⌊(h + 2·pad − kh)/stride⌋ + 1`.
     pub fn out_h(&self) -> usize {
-        (self.h + 2 * self.pad - self.kh) / self.stride + 1
+        window_count(self.h, self.kh, self.stride, self.pad)
     }
     /// Output width `⌊(w + 2·pad − kw)/stride⌋ + 1`.
     pub fn out_w(&self) -> usize {
-        (self.w + 2 * self.pad - self.kw) / self.stride + 1
+        window_count(self.w, self.kw, self.stride, self.pad)
     }
     /// GEMM rows: `batch · out_h · out_w` output pixels.
     pub fn rows(&self) -> usize {
@@ -285,8 +291,8 @@ impl Requant {
         round_code(y.clamp(0.0, self.alpha) / step)
     }
 
-    /// Requantizes `acc` (`[rows, channels]`) into codes. Errors: `ShapeMismatch`.
-    pub fn apply(&self, acc: &[i32]) -> Result<Vec<u8>> {
+    /// The channel count, after checking that `acc` is whole rows of it. Errors: `ShapeMismatch`.
+    fn row_len(&self, acc: &[i32]) -> Result<usize> {
         let c = self.channels();
         if c == 0 || !acc.len().is_multiple_of(c) {
             return Err(invalid(
@@ -294,6 +300,12 @@ impl Requant {
                 format!("{} values are not rows of {c} channels", acc.len()),
             ));
         }
+        Ok(c)
+    }
+
+    /// Requantizes `acc` (`[rows, channels]`) into codes. Errors: `ShapeMismatch`.
+    pub fn apply(&self, acc: &[i32]) -> Result<Vec<u8>> {
+        let c = self.row_len(acc)?;
         let mut out = vec![0u8; acc.len()];
         let step = self.step();
         out.par_chunks_mut(c * 256)
@@ -315,13 +327,7 @@ impl Requant {
     /// shape as `acc`) whose real step is `r_step`. Errors: `ShapeMismatch`.
     pub fn apply_residual(&self, acc: &[i32], residual: &[u8], r_step: f32) -> Result<Vec<u8>> {
         check_len("residual input", acc.len(), residual.len())?;
-        let c = self.channels();
-        if c == 0 || !acc.len().is_multiple_of(c) {
-            return Err(invalid(
-                "requantisation input",
-                format!("{} values are not rows of {c} channels", acc.len()),
-            ));
-        }
+        let c = self.row_len(acc)?;
         let mut out = vec![0u8; acc.len()];
         let step = self.step();
         out.par_chunks_mut(c * 256)
@@ -377,14 +383,6 @@ pub struct PoolGeom {
 }
 
 impl PoolGeom {
-    /// Output height.
-    pub fn out_h(&self) -> usize {
-        (self.h + 2 * self.pad - self.k) / self.stride + 1
-    }
-    /// Output width.
-    pub fn out_w(&self) -> usize {
-        (self.w + 2 * self.pad - self.k) / self.stride + 1
-    }
     fn validate(&self, x: &[u8]) -> Result<()> {
         let g = self;
         if [g.batch, g.h, g.w, g.c, g.k, g.stride].contains(&0)
@@ -395,6 +393,14 @@ impl PoolGeom {
             return Err(invalid("pool geometry", format!("{g:?}")));
         }
         check_len("pool input", g.batch * g.h * g.w * g.c, x.len())
+    }
+    /// Output height.
+    pub fn out_h(&self) -> usize {
+        window_count(self.h, self.k, self.stride, self.pad)
+    }
+    /// Output width.
+    pub fn out_w(&self) -> usize {
+        window_count(self.w, self.k, self.stride, self.pad)
     }
 
     /// Visits every output cell with the valid input cells of its window.

@@ -176,14 +176,19 @@ impl PackedWeights {
                 pack_bits(row.iter().map(|&q| q as u8), bits, out);
             }
         }
-        Ok(Self {
+        Ok(Self::assemble(bits, rows, cols, data, scales))
+    }
+
+    /// The struct from checked parts (`data`: `rows` rows of `⌈cols·bits/8⌉` bytes).
+    fn assemble(bits: u32, rows: usize, cols: usize, data: Vec<u8>, scales: Vec<f32>) -> Self {
+        Self {
             bits,
             rows,
             cols,
-            row_bytes,
+            row_bytes: packed_len(cols, bits),
             data,
             scales,
-        })
+        }
     }
 
     /// Wraps packed bytes read from a file. Errors: `InvalidBits`, `ShapeMismatch` if
@@ -201,14 +206,7 @@ impl PackedWeights {
         check_len("packed weight bytes", rows * row_bytes, data.len())?;
         check_len("weight scales", rows, scales.len())?;
         check_scales(&scales)?;
-        let w = Self {
-            bits,
-            rows,
-            cols,
-            row_bytes,
-            data,
-            scales,
-        };
+        let w = Self::assemble(bits, rows, cols, data, scales);
         let min = -(qmax_signed(bits) + 1);
         let mut row = vec![0i8; cols];
         for r in 0..rows {

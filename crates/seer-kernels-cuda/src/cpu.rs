@@ -79,8 +79,7 @@ pub(crate) fn fake_quant_act_backward(
 
 pub(crate) fn channel_mask(
     x: &[f32],
-    dims: &[usize],
-    dim: usize,
+    (dims, dim): (&[usize], usize),
     mask: &[f32],
 ) -> Result<Vec<f32>> {
     let t = Tensor::from_slice(x, dims, &CDevice::Cpu)?;
@@ -90,8 +89,7 @@ pub(crate) fn channel_mask(
 
 pub(crate) fn channel_mask_backward(
     x: &[f32],
-    dims: &[usize],
-    dim: usize,
+    (dims, dim): (&[usize], usize),
     mask: &[f32],
     dy: &[f32],
     want_dmask: bool,

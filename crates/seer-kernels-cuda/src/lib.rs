@@ -223,6 +223,24 @@ fn split_dims(
     ))
 }
 
+/// Evaluates `$cpu` on the CPU; on a CUDA device, `$gpu` with that device's shared
+/// [`cuda::CudaKernels`] bound to `$k`, or Err(CudaUnavailable) when the crate was built
+/// without the `cuda` feature.
+macro_rules! on_device {
+    ($dev:expr, $cpu:expr, |$k:ident| $gpu:expr) => {
+        match $dev {
+            Device::Cpu => $cpu,
+            #[cfg(feature = "cuda")]
+            Device::Cuda(o) => {
+                let $k = cuda::CudaKernels::shared(*o)?;
+                $gpu
+            }
+            #[cfg(not(feature = "cuda"))]
+            Device::Cuda(o) => Err(Error::not_built(*o)),
+        }
+    };
+}
+
 // ----------------------------------------------------------------------------------------------
 // The operations, on host slices, for any device.
 // ----------------------------------------------------------------------------------------------
@@ -245,13 +263,8 @@ pub fn fake_quant_weight(
 ) -> Result<WeightFakeQuant> {
     check_weight(w.len(), c_out, bits)?;
     check_finite(WOP, "w", w)?;
-    match dev {
-        Device::Cpu => cpu::fake_quant_weight(w, c_out, bits),
-        #[cfg(feature = "cuda")]
-        Device::Cuda(o) => cuda::CudaKernels::shared(*o)?.host_fake_quant_weight(w, c_out, bits),
-        #[cfg(not(feature = "cuda"))]
-        Device::Cuda(o) => Err(Error::not_built(*o)),
-    }
+    on_device!(dev, cpu::fake_quant_weight(w, c_out, bits), |k| k
+        .host_fake_quant_weight(w, c_out, bits))
 }
 
 /// Backward of [`fake_quant_weight`] (straight-through estimator, docs/method.md §3): `dw = dy`
@@ -270,15 +283,11 @@ pub fn fake_quant_weight_backward(
     check_weight(w.len(), c_out, bits)?;
     check_same_len(WOP, "dy", w.len(), dy.len())?;
     check_finite(WOP, "w", w)?;
-    match dev {
-        Device::Cpu => cpu::fake_quant_weight_backward(w, c_out, bits, dy),
-        #[cfg(feature = "cuda")]
-        Device::Cuda(o) => {
-            cuda::CudaKernels::shared(*o)?.host_fake_quant_weight_backward(w, c_out, bits, dy)
-        }
-        #[cfg(not(feature = "cuda"))]
-        Device::Cuda(o) => Err(Error::not_built(*o)),
-    }
+    on_device!(
+        dev,
+        cpu::fake_quant_weight_backward(w, c_out, bits, dy),
+        |k| k.host_fake_quant_weight_backward(w, c_out, bits, dy)
+    )
 }
 
 /// Fake-quantizes activations, unsigned, to `bits` bits over the clip range `[0, α]`
@@ -292,13 +301,8 @@ pub fn fake_quant_act(dev: &Device, x: &[f32], alpha: f32, bits: u32) -> Result<
     check_bits(AOP, bits)?;
     check_alpha(alpha)?;
     check_finite(AOP, "x", x)?;
-    match dev {
-        Device::Cpu => cpu::fake_quant_act(x, alpha, bits),
-        #[cfg(feature = "cuda")]
-        Device::Cuda(o) => cuda::CudaKernels::shared(*o)?.host_fake_quant_act(x, alpha, bits),
-        #[cfg(not(feature = "cuda"))]
-        Device::Cuda(o) => Err(Error::not_built(*o)),
-    }
+    on_device!(dev, cpu::fake_quant_act(x, alpha, bits), |k| k
+        .host_fake_quant_act(x, alpha, bits))
 }
 
 /// Backward of [`fake_quant_act`] (PACT/LSQ style, docs/method.md §3): `dx = dy` for `0 ≤ x ≤ α`,
@@ -319,15 +323,8 @@ pub fn fake_quant_act_backward(
     check_alpha(alpha)?;
     check_same_len(AOP, "dy", x.len(), dy.len())?;
     check_finite(AOP, "x", x)?;
-    match dev {
-        Device::Cpu => cpu::fake_quant_act_backward(x, alpha, bits, dy),
-        #[cfg(feature = "cuda")]
-        Device::Cuda(o) => {
-            cuda::CudaKernels::shared(*o)?.host_fake_quant_act_backward(x, alpha, bits, dy)
-        }
-        #[cfg(not(feature = "cuda"))]
-        Device::Cuda(o) => Err(Error::not_built(*o)),
-    }
+    on_device!(dev, cpu::fake_quant_act_backward(x, alpha, bits, dy), |k| k
+        .host_fake_quant_act_backward(x, alpha, bits, dy))
 }
 
 /// Structured channel mask (docs/method.md §3): `y[.., c, ..] = x[.., c, ..] · mask[c]` along
@@ -345,18 +342,10 @@ pub fn channel_mask(
     mask: &[f32],
 ) -> Result<Vec<f32>> {
     let (outer, c, inner) = split_dims(dims, dim, x.len(), mask.len())?;
-    match dev {
-        Device::Cpu => cpu::channel_mask(x, dims, dim, mask),
-        #[cfg(feature = "cuda")]
-        Device::Cuda(o) => {
-            cuda::CudaKernels::shared(*o)?.host_channel_mask(x, mask, outer, c, inner)
-        }
-        #[cfg(not(feature = "cuda"))]
-        Device::Cuda(o) => {
-            let _ = (outer, c, inner);
-            Err(Error::not_built(*o))
-        }
-    }
+    #[cfg(not(feature = "cuda"))]
+    let _ = (outer, c, inner);
+    on_device!(dev, cpu::channel_mask(x, (dims, dim), mask), |k| k
+        .host_channel_mask(x, mask, outer, c, inner))
 }
 
 /// Backward of [`channel_mask`]: `dx = dy · mask[c]` (exact) and, if `want_dmask`,
@@ -374,18 +363,14 @@ pub fn channel_mask_backward(
     want_dmask: bool,
 ) -> Result<MaskGrad> {
     let (outer, c, inner) = split_dims(dims, dim, x.len(), mask.len())?;
+    #[cfg(not(feature = "cuda"))]
+    let _ = (outer, c, inner);
     check_same_len(MOP, "dy", x.len(), dy.len())?;
-    match dev {
-        Device::Cpu => cpu::channel_mask_backward(x, dims, dim, mask, dy, want_dmask),
-        #[cfg(feature = "cuda")]
-        Device::Cuda(o) => cuda::CudaKernels::shared(*o)?
-            .host_channel_mask_backward(x, mask, dy, outer, c, inner, want_dmask),
-        #[cfg(not(feature = "cuda"))]
-        Device::Cuda(o) => {
-            let _ = (outer, c, inner);
-            Err(Error::not_built(*o))
-        }
-    }
+    on_device!(
+        dev,
+        cpu::channel_mask_backward(x, (dims, dim), mask, dy, want_dmask),
+        |k| k.host_channel_mask_backward(x, mask, dy, outer, c, inner, want_dmask)
+    )
 }
 
 /// Dequantising GEMM: `y = x · Wᵀ` with `y[r, c] = scale_c · Σ_j x[r, j] · q[c, j]` for f32
@@ -400,11 +385,6 @@ pub fn channel_mask_backward(
 pub fn dequant_gemm(dev: &Device, x: &[f32], m: usize, w: &PackedWeights) -> Result<Vec<f32>> {
     check_same_len(GOP, "x", m * w.cols(), x.len())?;
     check_finite(GOP, "x", x)?;
-    match dev {
-        Device::Cpu => cpu::dequant_gemm(x, m, w),
-        #[cfg(feature = "cuda")]
-        Device::Cuda(o) => cuda::CudaKernels::shared(*o)?.host_dequant_gemm(x, m, w),
-        #[cfg(not(feature = "cuda"))]
-        Device::Cuda(o) => Err(Error::not_built(*o)),
-    }
+    on_device!(dev, cpu::dequant_gemm(x, m, w), |k| k
+        .host_dequant_gemm(x, m, w))
 }

@@ -250,24 +250,32 @@ mod avx2 {
         }
     }
 
-    /// See [`super::gemm_bcast`]; the caller checked CPU support and extents.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn bcast(m: usize, n: usize, op: Gemm) {
-        // SAFETY (whole body): row blocks stay below m.
-        unsafe {
+    /// Calls `$rows::<R>(n, op.at(i, 0))` for the row blocks of `m` rows: blocks of 4, then
+    /// one block of the 3, 2 or 1 rows left. Expands in place (inside the caller's unsafe
+    /// block and target features).
+    macro_rules! row_blocks {
+        ($rows:ident, $m:expr, $n:expr, $op:expr) => {{
+            let (m, n, op) = ($m, $n, $op);
             let mut i = 0;
             while i + 4 <= m {
-                bcast_rows::<4>(n, op.at(i, 0));
+                $rows::<4>(n, op.at(i, 0));
                 i += 4;
             }
             let rest = op.at(i, 0);
             match m - i {
-                3 => bcast_rows::<3>(n, rest),
-                2 => bcast_rows::<2>(n, rest),
-                1 => bcast_rows::<1>(n, rest),
+                3 => $rows::<3>(n, rest),
+                2 => $rows::<2>(n, rest),
+                1 => $rows::<1>(n, rest),
                 _ => {}
             }
-        }
+        }};
+    }
+
+    /// See [`super::gemm_bcast`]; the caller checked CPU support and extents.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn bcast(m: usize, n: usize, op: Gemm) {
+        // SAFETY: row blocks stay below m.
+        unsafe { row_blocks!(bcast_rows, m, n, op) }
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -328,13 +336,12 @@ mod avx2 {
         // SAFETY (whole body): column blocks stay below n.
         unsafe {
             // 4×2 tiles of 8-lane partial sums (8 accumulators + 2 B + 1 A register).
-            let mut j = 0;
-            while j + 2 <= n {
+            let pairs = n / 2 * 2;
+            for j in (0..pairs).step_by(2) {
                 dot_tile::<MR, 2>(op.at(0, j));
-                j += 2;
             }
-            if n - j == 1 {
-                dot_tile::<MR, 1>(op.at(0, j));
+            if n > pairs {
+                dot_tile::<MR, 1>(op.at(0, pairs));
             }
         }
     }
@@ -342,21 +349,8 @@ mod avx2 {
     /// See [`super::gemm_dot`]; the caller checked CPU support and extents.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn dot(m: usize, n: usize, op: Gemm) {
-        // SAFETY (whole body): row blocks stay below m.
-        unsafe {
-            let mut i = 0;
-            while i + 4 <= m {
-                dot_rows::<4>(n, op.at(i, 0));
-                i += 4;
-            }
-            let rest = op.at(i, 0);
-            match m - i {
-                3 => dot_rows::<3>(n, rest),
-                2 => dot_rows::<2>(n, rest),
-                1 => dot_rows::<1>(n, rest),
-                _ => {}
-            }
-        }
+        // SAFETY: row blocks stay below m.
+        unsafe { row_blocks!(dot_rows, m, n, op) }
     }
 }
 

@@ -101,37 +101,31 @@ fn conv_bn(
     b.op(bn, Some(c), LayerKind::BatchNorm)
 }
 
-fn conv_bn_relu(
-    b: &mut SpecBuilder,
-    p: &str,
-    idx: &str,
-    x: Option<usize>,
-    o: ConvOpts,
-) -> Result<usize> {
-    let y = conv_bn_n(b, p, idx, x, o)?;
+/// Where a block layer sits: `(prefix, index)`, as in torchvision's names `{prefix}conv{index}`,
+/// `{prefix}bn{index}`, `{prefix}relu{index}` (`layer1.0.` and `2` give `layer1.0.conv2`).
+type At<'a> = (&'a str, &'a str);
+
+/// [`conv_bn_n`] followed by a ReLU `{p}relu{idx}`.
+fn conv_bn_relu(b: &mut SpecBuilder, at: At, x: Option<usize>, o: ConvOpts) -> Result<usize> {
+    let y = conv_bn_n(b, at, x, o)?;
+    let (p, idx) = at;
     b.op(&format!("{p}relu{idx}"), Some(y), LayerKind::Relu)
 }
 
 /// [`conv_bn`] named `{p}conv{idx}`, `{p}bn{idx}` (torchvision's block layer names).
-fn conv_bn_n(
-    b: &mut SpecBuilder,
-    p: &str,
-    idx: &str,
-    x: Option<usize>,
-    o: ConvOpts,
-) -> Result<usize> {
+fn conv_bn_n(b: &mut SpecBuilder, (p, idx): At, x: Option<usize>, o: ConvOpts) -> Result<usize> {
     conv_bn(b, &format!("{p}conv{idx}"), &format!("{p}bn{idx}"), x, o)
 }
 
 /// CIFAR ResNet-(6n+2): 3 stages of n basic blocks (16, 32, 64 channels), option-A shortcuts.
 fn cifar_resnet(b: &mut SpecBuilder, n: usize) -> Result<()> {
-    let mut x = conv_bn_relu(b, "", "1", None, conv3x3(16, 1))?;
+    let mut x = conv_bn_relu(b, ("", "1"), None, conv3x3(16, 1))?;
     for (stage, planes) in [16usize, 32, 64].into_iter().enumerate() {
         for blk in 0..n {
             let stride = if stage > 0 && blk == 0 { 2 } else { 1 };
             let p = format!("layer{}.{}.", stage + 1, blk);
-            let y = conv_bn_relu(b, &p, "1", Some(x), conv3x3(planes, stride))?;
-            let y = conv_bn_n(b, &p, "2", Some(y), conv3x3(planes, 1))?;
+            let y = conv_bn_relu(b, (&p, "1"), Some(x), conv3x3(planes, stride))?;
+            let y = conv_bn_n(b, (&p, "2"), Some(y), conv3x3(planes, 1))?;
             let short = if stride != 1 || b.channels(Some(x)) != planes {
                 b.op(
                     &format!("{p}shortcut"),
@@ -211,7 +205,7 @@ fn maxpool2() -> LayerKind {
 
 /// torchvision ResNet-18 (basic blocks) / ResNet-50 (bottlenecks, stride in the 3×3 conv).
 fn imagenet_resnet(b: &mut SpecBuilder, blocks: &[usize], bottleneck: bool) -> Result<()> {
-    let x = conv_bn_relu(b, "", "1", None, ConvOpts::new(64, 7).stride(2).pad(3))?;
+    let x = conv_bn_relu(b, ("", "1"), None, ConvOpts::new(64, 7).stride(2).pad(3))?;
     let mut x = b.op(
         "maxpool",
         Some(x),
@@ -229,12 +223,12 @@ fn imagenet_resnet(b: &mut SpecBuilder, blocks: &[usize], bottleneck: bool) -> R
             let p = format!("layer{}.{}.", stage + 1, blk);
             let out = planes * expansion;
             let y = if bottleneck {
-                let y = conv_bn_relu(b, &p, "1", Some(x), ConvOpts::new(planes, 1))?;
-                let y = conv_bn_relu(b, &p, "2", Some(y), conv3x3(planes, stride))?;
-                conv_bn_n(b, &p, "3", Some(y), ConvOpts::new(out, 1))?
+                let y = conv_bn_relu(b, (&p, "1"), Some(x), ConvOpts::new(planes, 1))?;
+                let y = conv_bn_relu(b, (&p, "2"), Some(y), conv3x3(planes, stride))?;
+                conv_bn_n(b, (&p, "3"), Some(y), ConvOpts::new(out, 1))?
             } else {
-                let y = conv_bn_relu(b, &p, "1", Some(x), conv3x3(planes, stride))?;
-                conv_bn_n(b, &p, "2", Some(y), conv3x3(out, 1))?
+                let y = conv_bn_relu(b, (&p, "1"), Some(x), conv3x3(planes, stride))?;
+                conv_bn_n(b, (&p, "2"), Some(y), conv3x3(out, 1))?
             };
             let short = if stride != 1 || b.channels(Some(x)) != out {
                 conv_bn(

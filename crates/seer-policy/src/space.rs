@@ -747,14 +747,20 @@ impl SearchSpace {
         Ok((0..self.dim()).map(|g| self.nearest(g, x[g])).collect())
     }
 
-    pub(crate) fn check_x(&self, x: &[f64]) -> Result<()> {
-        if x.len() != self.dim() {
-            return Err(Error::InvalidEncoding(format!(
-                "length {} but the space has {} genes",
-                x.len(),
-                self.dim()
-            )));
+    /// Err(InvalidEncoding) "`{what}`length `len` but the space has `dim` genes" unless
+    /// `len == dim()`.
+    fn check_dim(&self, what: &str, len: usize) -> Result<()> {
+        if len == self.dim() {
+            return Ok(());
         }
+        Err(Error::InvalidEncoding(format!(
+            "{what}length {len} but the space has {} genes",
+            self.dim()
+        )))
+    }
+
+    pub(crate) fn check_x(&self, x: &[f64]) -> Result<()> {
+        self.check_dim("", x.len())?;
         if let Some((i, v)) = x.iter().enumerate().find(|(_, v)| !v.is_finite()) {
             return Err(Error::InvalidEncoding(format!("coordinate {i} is {v}")));
         }
@@ -789,13 +795,7 @@ impl SearchSpace {
     }
 
     pub(crate) fn check_indices(&self, idx: &[usize]) -> Result<()> {
-        if idx.len() != self.dim() {
-            return Err(Error::InvalidEncoding(format!(
-                "index vector of length {} but the space has {} genes",
-                idx.len(),
-                self.dim()
-            )));
-        }
+        self.check_dim("index vector of ", idx.len())?;
         for (g, &i) in idx.iter().enumerate() {
             if i >= self.genes[g].candidates.len() {
                 return Err(Error::InvalidEncoding(format!(

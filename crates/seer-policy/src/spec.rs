@@ -167,6 +167,23 @@ impl LayerKind {
         }
     }
 
+    /// `[kernel, stride, padding]` of a max or average pooling layer; None for other kinds.
+    pub fn pool_window(&self) -> Option<[[usize; 2]; 3]> {
+        match *self {
+            LayerKind::MaxPool {
+                kernel,
+                stride,
+                padding,
+            }
+            | LayerKind::AvgPool {
+                kernel,
+                stride,
+                padding,
+            } => Some([kernel, stride, padding]),
+            _ => None,
+        }
+    }
+
     /// Whether the layer has weights (conv or linear): only these count MACs, BOPs and size.
     pub fn is_weighted(&self) -> bool {
         matches!(self, LayerKind::Conv2d { .. } | LayerKind::Linear { .. })
@@ -486,37 +503,28 @@ impl SpecBuilder {
             ));
         }
         let [c, h, w] = self.shape(inputs.first().copied());
+        // Every size parameter, checked against MAX_DIM below.
         let params: Vec<usize> = match kind {
             LayerKind::Conv2d {
                 in_ch,
                 out_ch,
-                kernel,
-                stride,
-                padding,
-                dilation,
                 groups,
+                kernel: k,
+                stride: s,
+                padding: p,
+                dilation: d,
                 ..
             } => [
                 vec![in_ch, out_ch, groups],
-                kernel.to_vec(),
-                stride.to_vec(),
-                padding.to_vec(),
-                dilation.to_vec(),
+                k.to_vec(),
+                s.to_vec(),
+                p.to_vec(),
+                d.to_vec(),
             ]
             .concat(),
-            LayerKind::MaxPool {
-                kernel,
-                stride,
-                padding,
-            }
-            | LayerKind::AvgPool {
-                kernel,
-                stride,
-                padding,
-            } => [kernel, stride, padding].concat(),
             LayerKind::PadShortcut { stride, out_ch } => vec![stride[0], stride[1], out_ch],
             LayerKind::Linear { out_features, .. } => vec![out_features],
-            _ => vec![],
+            _ => kind.pool_window().map_or_else(Vec::new, |w| w.concat()),
         };
         if let Some(v) = params.iter().find(|&&v| v > MAX_DIM) {
             return Err(self.err(
@@ -651,16 +659,10 @@ impl SpecBuilder {
                 [c, h, w]
             }
             LayerKind::Flatten => [c * h * w, 1, 1],
-            LayerKind::MaxPool {
-                kernel,
-                stride,
-                padding,
-            }
-            | LayerKind::AvgPool {
-                kernel,
-                stride,
-                padding,
-            } => {
+            LayerKind::MaxPool { .. } | LayerKind::AvgPool { .. } => {
+                let Some([kernel, stride, padding]) = kind.pool_window() else {
+                    return Err(e("not a pooling layer".into()));
+                };
                 pos2("kernel", kernel)?;
                 pos2("stride", stride)?;
                 if 2 * padding[0] > kernel[0] || 2 * padding[1] > kernel[1] {

@@ -227,15 +227,12 @@ pub fn cross_validate(samples: &Samples, config: &Config, options: &CvOptions) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ensemble::tests::{small, synthetic};
+    use crate::ensemble::tests::{small, small_with_epochs, synthetic};
 
     #[test]
     fn reports_both_models_on_the_same_splits() {
         let s = synthetic(60, 21);
-        let cfg = Config {
-            max_epochs: 30,
-            ..small()
-        };
+        let cfg = small_with_epochs(30);
         let opts = CvOptions {
             splits: 3,
             test_frac: 0.25,

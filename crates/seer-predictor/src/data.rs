@@ -203,20 +203,8 @@ impl Samples {
                 "a sample set needs at least one row".into(),
             ));
         }
-        let d = feature_names.len();
         for (i, (row, &t)) in x.iter().zip(&y).enumerate() {
-            if row.len() != d {
-                return Err(Error::Shape(format!(
-                    "row {i} has {} features, expected {d}",
-                    row.len()
-                )));
-            }
-            if let Some(j) = row.iter().position(|v| !v.is_finite()) {
-                return Err(Error::NonFinite(format!(
-                    "row {i}, feature {:?}: {}",
-                    feature_names[j], row[j]
-                )));
-            }
+            check_row(row, &feature_names, ("", i), "expected")?;
             if !t.is_finite() {
                 return Err(Error::NonFinite(format!(
                     "row {i}, target {target_name:?}: {t}"
@@ -280,6 +268,31 @@ impl Samples {
             y: idx.iter().map(|&i| self.y[i]).collect(),
         }
     }
+}
+
+/// Checks feature row `i` (named `{prefix}row {i}` in messages): `names.len()` values, all
+/// finite. Errors: [`Error::Shape`] "... has n features, `{expects}` d", [`Error::NonFinite`]
+/// naming the feature.
+pub(crate) fn check_row(
+    row: &[f64],
+    names: &[String],
+    (prefix, i): (&str, usize),
+    expects: &str,
+) -> Result<()> {
+    let d = names.len();
+    if row.len() != d {
+        return Err(Error::Shape(format!(
+            "{prefix}row {i} has {} features, {expects} {d}",
+            row.len()
+        )));
+    }
+    if let Some(j) = row.iter().position(|v| !v.is_finite()) {
+        return Err(Error::NonFinite(format!(
+            "{prefix}row {i}, feature {:?}: {}",
+            names[j], row[j]
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

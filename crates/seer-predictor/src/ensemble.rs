@@ -9,7 +9,7 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::data::Samples;
+use crate::data::{Samples, check_row};
 use crate::error::{Error, Result};
 use crate::mlp::{AdamW, Mlp, Workspace};
 
@@ -327,21 +327,10 @@ fn train_member(
 
 /// Rows as the predictor's input: `&[Vec<f64>]`, `&[&[f64]]`, `&[[f64; D]]`, ...
 fn rows_to_f32<R: AsRef<[f64]>>(p: &Predictor, rows: &[R]) -> Result<Vec<f32>> {
-    let d = p.n_features();
+    // The scaler's width is the input width; the names match it in every fitted predictor.
+    let names = (p.feature_names.get(..p.n_features())).unwrap_or(&p.feature_names);
     for (i, r) in rows.iter().enumerate() {
-        let r = r.as_ref();
-        if r.len() != d {
-            return Err(Error::Shape(format!(
-                "input row {i} has {} features, the predictor expects {d}",
-                r.len()
-            )));
-        }
-        if let Some(j) = r.iter().position(|v| !v.is_finite()) {
-            return Err(Error::NonFinite(format!(
-                "input row {i}, feature {:?}: {}",
-                p.feature_names[j], r[j]
-            )));
-        }
+        check_row(r.as_ref(), names, ("input ", i), "the predictor expects")?;
     }
     Ok(standardise(&p.x_scaler, rows.iter().map(|r| r.as_ref())))
 }
@@ -654,6 +643,13 @@ pub(crate) mod tests {
         .unwrap()
     }
 
+    pub(crate) fn small_with_epochs(max_epochs: usize) -> Config {
+        Config {
+            max_epochs,
+            ..small()
+        }
+    }
+
     pub(crate) fn small() -> Config {
         Config {
             members: 3,
@@ -716,10 +712,7 @@ pub(crate) mod tests {
     #[test]
     fn same_result_for_any_thread_count() {
         let s = synthetic(120, 3);
-        let cfg = Config {
-            max_epochs: 40,
-            ..small()
-        };
+        let cfg = small_with_epochs(40);
         let run = |threads| {
             rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)

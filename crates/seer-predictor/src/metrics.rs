@@ -7,14 +7,20 @@
 
 use crate::error::{Error, Result};
 
-fn check(a: &[f64], b: &[f64], what: &str) -> Result<()> {
-    if a.len() != b.len() {
-        return Err(Error::Shape(format!(
-            "{what}: slices of length {} and {}",
-            a.len(),
-            b.len()
-        )));
+/// Err(Shape) "`what`: slices of length .. and .." unless `a` and `b` have the same length.
+fn check_same_len(a: &[f64], b: &[f64], what: &str) -> Result<()> {
+    if a.len() == b.len() {
+        return Ok(());
     }
+    Err(Error::Shape(format!(
+        "{what}: slices of length {} and {}",
+        a.len(),
+        b.len()
+    )))
+}
+
+fn check(a: &[f64], b: &[f64], what: &str) -> Result<()> {
+    check_same_len(a, b, what)?;
     if a.len() < 2 {
         return Err(Error::TooFewSamples(format!(
             "{what} needs at least 2 points, got {}",
@@ -102,13 +108,7 @@ pub fn spearman(a: &[f64], b: &[f64]) -> Result<f64> {
 
 /// Root-mean-square error √(mean (a−b)²), in the units of the inputs (accuracy points).
 pub fn rmse(pred: &[f64], truth: &[f64]) -> Result<f64> {
-    if pred.len() != truth.len() {
-        return Err(Error::Shape(format!(
-            "RMSE: slices of length {} and {}",
-            pred.len(),
-            truth.len()
-        )));
-    }
+    check_same_len(pred, truth, "RMSE")?;
     if pred.is_empty() {
         return Err(Error::TooFewSamples("RMSE of no points".into()));
     }

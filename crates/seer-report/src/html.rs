@@ -9,15 +9,23 @@ use crate::{RunReport, TOP1_PLOT, layers_plot_name, plot_policy_layers, plot_top
 
 /// Escapes text for HTML element content and attribute values.
 pub(crate) fn html_escape(s: &str) -> String {
+    escape_markup(s, |c, out| match c {
+        '"' => out.push_str("&quot;"),
+        '\'' => out.push_str("&#39;"),
+        c => out.push(c),
+    })
+}
+
+/// Copies `s` with `&`, `<` and `>` as HTML entities, handing every other character to
+/// `other` (which appends it, escaped as its format needs).
+pub(crate) fn escape_markup(s: &str, mut other: impl FnMut(char, &mut String)) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
             '&' => out.push_str("&amp;"),
             '<' => out.push_str("&lt;"),
             '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
+            c => other(c, &mut out),
         }
     }
     out

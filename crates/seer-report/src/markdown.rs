@@ -2,26 +2,20 @@
 
 use crate::RunReport;
 use crate::doc::{Block, document};
+use crate::html::escape_markup;
 
 /// Escapes text for Markdown: HTML-special characters become entities (a renderer would
 /// otherwise pass raw HTML through), and Markdown punctuation that could start markup is
 /// backslash-escaped. Newlines become spaces (cells and list items are one line).
 pub(crate) fn md_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '\n' | '\r' => out.push(' '),
-            '\\' | '`' | '*' | '_' | '[' | ']' | '|' | '#' | '!' => {
-                out.push('\\');
-                out.push(c);
-            }
-            c => out.push(c),
+    escape_markup(s, |c, out| match c {
+        '\n' | '\r' => out.push(' '),
+        '\\' | '`' | '*' | '_' | '[' | ']' | '|' | '#' | '!' => {
+            out.push('\\');
+            out.push(c);
         }
-    }
-    out
+        c => out.push(c),
+    })
 }
 
 /// Renders `report.md`.

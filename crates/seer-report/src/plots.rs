@@ -33,29 +33,19 @@ fn padded(lo: f64, hi: f64, frac: f64) -> (f64, f64) {
 /// top-1, and predicted as hollow markers), the predicted front, the labelled samples and the
 /// BOPs budgets as vertical lines. None when there is nothing to plot.
 pub fn plot_top1_vs_bops(r: &RunReport) -> Result<Option<String>> {
-    let mut xs: Vec<f64> = Vec::new();
-    let mut ys: Vec<f64> = Vec::new();
-    for u in &r.uniform {
-        xs.push(u.bops as f64);
-        ys.push(u.measured_top1);
-    }
+    // Every plotted point; only the axis ranges are taken from them, so order does not matter.
+    let (mut xs, mut ys): (Vec<f64>, Vec<f64>) = r
+        .uniform
+        .iter()
+        .map(|u| (u.bops, u.measured_top1))
+        .chain(r.budgets.iter().map(|b| (b.bops, b.predicted_top1)))
+        .chain(r.front.iter().map(|f| (f.bops, f.predicted_top1)))
+        .chain(r.labels.iter().map(|l| (l.bops, l.top1)))
+        .map(|(x, y)| (x as f64, y))
+        .unzip();
     for b in &r.budgets {
-        xs.push(b.bops as f64);
-        ys.push(b.predicted_top1);
-        if let Some(m) = b.measured_top1 {
-            ys.push(m);
-        }
-        if let Some(mb) = b.max_bops {
-            xs.push(mb as f64);
-        }
-    }
-    for f in &r.front {
-        xs.push(f.bops as f64);
-        ys.push(f.predicted_top1);
-    }
-    for l in &r.labels {
-        xs.push(l.bops as f64);
-        ys.push(l.top1);
+        ys.extend(b.measured_top1);
+        xs.extend(b.max_bops.map(|mb| mb as f64));
     }
     xs.retain(|x| x.is_finite() && *x > 0.0);
     ys.retain(|y| y.is_finite());
@@ -81,14 +71,8 @@ pub fn plot_top1_vs_bops(r: &RunReport) -> Result<Option<String>> {
     {
         let root = SVGBackend::with_string(&mut svg, (W, H)).into_drawing_area();
         root.fill(&WHITE).map_err(perr)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(
-                format!("Top-1 vs BOPs — {} on {}", r.arch, r.dataset),
-                ("sans-serif", 20),
-            )
-            .margin(12)
-            .x_label_area_size(44)
-            .y_label_area_size(56)
+        let caption = format!("Top-1 vs BOPs — {} on {}", r.arch, r.dataset);
+        let mut chart = chart_on(&root, caption, 20, (44, 56))
             .build_cartesian_2d((xlo..xhi).log_scale(), ylo..yhi)
             .map_err(perr)?;
         chart
@@ -118,12 +102,7 @@ pub fn plot_top1_vs_bops(r: &RunReport) -> Result<Option<String>> {
                 .legend(|(x, y)| Circle::new((x + 8, y), 3, LABELS.filled()));
         }
         if !r.front.is_empty() {
-            let mut f: Vec<(f64, f64)> = r
-                .front
-                .iter()
-                .map(|p| (p.bops as f64, p.predicted_top1))
-                .collect();
-            f.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let f = sorted_by_x(r.front.iter().map(|p| (p.bops as f64, p.predicted_top1)));
             chart
                 .draw_series(LineSeries::new(f, FRONT.stroke_width(2)))
                 .map_err(perr)?
@@ -131,12 +110,7 @@ pub fn plot_top1_vs_bops(r: &RunReport) -> Result<Option<String>> {
                 .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], FRONT.stroke_width(2)));
         }
         if !r.uniform.is_empty() {
-            let mut u: Vec<(f64, f64)> = r
-                .uniform
-                .iter()
-                .map(|u| (u.bops as f64, u.measured_top1))
-                .collect();
-            u.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let u = sorted_by_x(r.uniform.iter().map(|u| (u.bops as f64, u.measured_top1)));
             chart
                 .draw_series(LineSeries::new(u, UNIFORM.mix(0.5)))
                 .map_err(perr)?;
@@ -185,16 +159,48 @@ pub fn plot_top1_vs_bops(r: &RunReport) -> Result<Option<String>> {
                 .label("chosen policy (measured test)")
                 .legend(|(x, y)| Circle::new((x + 8, y), 5, CHOSEN.filled()));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.3))
-            .draw()
-            .map_err(perr)?;
+        draw_legend(&mut chart, SeriesLabelPosition::LowerRight)?;
         root.present().map_err(perr)?;
     }
     Ok(Some(svg))
+}
+
+/// A chart builder on `root` in the report's style: `caption` in `font_px` sans-serif, a 12 px
+/// margin, and label areas of `(x, y)` px below and left of the plot.
+fn chart_on<'a, 'b, DB: DrawingBackend>(
+    root: &'a DrawingArea<DB, plotters::coord::Shift>,
+    caption: String,
+    font_px: u32,
+    (x, y): (u32, u32),
+) -> ChartBuilder<'a, 'b, DB> {
+    let mut builder = ChartBuilder::on(root);
+    builder
+        .caption(caption, ("sans-serif", font_px))
+        .margin(12)
+        .x_label_area_size(x)
+        .y_label_area_size(y);
+    builder
+}
+
+/// Draws the series legend at `pos` on a translucent white box.
+fn draw_legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    pos: SeriesLabelPosition,
+) -> Result<()> {
+    chart
+        .configure_series_labels()
+        .position(pos)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.3))
+        .draw()
+        .map_err(perr)
+}
+
+/// The points `(x, y)` sorted by `x` (stable, `total_cmp`), for drawing as a line.
+fn sorted_by_x(points: impl Iterator<Item = (f64, f64)>) -> Vec<(f64, f64)> {
+    let mut v: Vec<(f64, f64)> = points.collect();
+    v.sort_by(|a, b| a.0.total_cmp(&b.0));
+    v
 }
 
 /// Per-unit weight and activation bit-widths (bars, left axis) and keep ratio `1 − prune`
@@ -214,14 +220,8 @@ pub fn plot_policy_layers(r: &RunReport, b: &BudgetOutcome) -> Result<String> {
         let width = W.max(160 + 26 * n as u32);
         let root = SVGBackend::with_string(&mut svg, (width, 420)).into_drawing_area();
         root.fill(&WHITE).map_err(perr)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(
-                format!("Policy {} — {} per unit", b.label, r.arch),
-                ("sans-serif", 18),
-            )
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(48)
+        let caption = format!("Policy {} — {} per unit", b.label, r.arch);
+        let mut chart = chart_on(&root, caption, 18, (40, 48))
             .right_y_label_area_size(56)
             .build_cartesian_2d(-0.6..(n as f64 - 0.4), 0.0..max_bits + 0.5)
             .map_err(perr)?
@@ -283,13 +283,7 @@ pub fn plot_policy_layers(r: &RunReport, b: &BudgetOutcome) -> Result<String> {
         chart
             .draw_secondary_series(keep.into_iter().map(|p| Circle::new(p, 3, KEEP.filled())))
             .map_err(perr)?;
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.3))
-            .draw()
-            .map_err(perr)?;
+        draw_legend(&mut chart, SeriesLabelPosition::UpperRight)?;
         root.present().map_err(perr)?;
     }
     Ok(svg)

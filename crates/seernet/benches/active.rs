@@ -23,7 +23,7 @@
 //! `--store DIR`, `--parallel 4`.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use seer_policy::SearchSpace;
@@ -36,19 +36,10 @@ use seernet::pipeline::sampling::{self, Acquisition};
 use seernet::store::{LabelRecord, LabelStore, label_missing, policy_hash};
 use serde_json::json;
 
+mod common;
+use common::{arg, root};
+
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
-
-fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 /// Labels the rows missing from `store`, then returns their records in row order.
 fn label_rows(

@@ -13,7 +13,6 @@
 //!
 //! Flags: `--json` (one JSON object), `--evo-seconds S`, `--budgets N`.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
@@ -25,13 +24,8 @@ use seer_predictor::{Config, Samples, fit};
 use seernet::search::{Method, SearchOptions, find_policy};
 use serde_json::json;
 
-fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+mod common;
+use common::{arg, root};
 
 fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
@@ -161,8 +155,7 @@ fn main() {
     let dp_min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
     let dp_99 = ratios.iter().filter(|&&r| r >= 0.99).count();
 
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let csv = root.join("assets/peer-data/seernet-resnet20-cifar10/samples.csv");
+    let csv = root().join("assets/peer-data/seernet-resnet20-cifar10/samples.csv");
     if !csv.is_file() {
         eprintln!(
             "search bench: peer data {} is missing (it is committed with the repository: \

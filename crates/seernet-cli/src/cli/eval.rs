@@ -55,20 +55,12 @@ pub fn run(a: EvalArgs) -> Result<()> {
     }
     let splits = data::load(name)?;
     let rep = train::evaluate(&model, splits.get(split), &splits.normalize(), a.batch_size)?;
-    if a.json {
-        super::emit(&format!(
-            "{}\n",
-            serde_json::json!({"top1": rep.top1, "n": rep.n, "images_per_s": rep.images_per_s, "split": a.split, "dataset": name.as_str()})
-        ))?;
-    } else {
-        super::emit(&format!(
-            "{} on {name} {}: top-1 {:.2}% ({} images, {:.0} images/s)\n",
-            model.spec().name,
-            a.split,
-            rep.top1,
-            rep.n,
-            rep.images_per_s
-        ))?;
-    }
-    Ok(())
+    let v = serde_json::json!({"top1": rep.top1, "n": rep.n, "images_per_s": rep.images_per_s, "split": a.split, "dataset": name.as_str()});
+    super::emit_result(a.json, &v, || {
+        let (arch, split) = (&model.spec().name, &a.split);
+        format!(
+            "{arch} on {name} {split}: top-1 {:.2}% ({} images, {:.0} images/s)\n",
+            rep.top1, rep.n, rep.images_per_s
+        )
+    })
 }

@@ -107,10 +107,8 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
     });
     checkpoint::save(&out_model, &a.out, Some(name.as_str()), &meta)
         .with_context(|| format!("writing {}", a.out.display()))?;
-    if a.json {
-        super::emit(&format!("{meta}\n"))?;
-    } else {
-        super::emit(&format!(
+    super::emit_result(a.json, &meta, || {
+        format!(
             "fine-tuned {} steps in {:.0} s: val top-1 {:.2}%, {} BOPs, {} bits -> {}\n",
             a.steps,
             rep.seconds,
@@ -118,7 +116,6 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
             cost.total_bops,
             cost.total_size_bits,
             a.out.display()
-        ))?;
-    }
-    Ok(())
+        )
+    })
 }

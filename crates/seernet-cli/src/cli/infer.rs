@@ -132,9 +132,24 @@ fn nn_predict(model: &Model, data: &Dataset, norm: &Normalize, bs: usize) -> Res
     Ok(preds)
 }
 
-/// Full-precision forward pass of `model`'s network built from plain candle ops (candle's
-/// conv2d, BatchNorm from running statistics): the "network in candle" baseline. Supports an
-/// unslimmed, policy-free model.
+/// Zero-pads `x` (`[N, C, H, W]`) by `padding` on both sides of H and W, then max- (`max`) or
+/// average-pools it over `kernel` windows at `stride`.
+fn pool2d(
+    x: &Tensor,
+    max: bool,
+    [kernel, stride, padding]: [[usize; 2]; 3],
+) -> candle_core::Result<Tensor> {
+    let x = x
+        .pad_with_zeros(2, padding[0], padding[0])?
+        .pad_with_zeros(3, padding[1], padding[1])?;
+    let (k, s) = ((kernel[0], kernel[1]), (stride[0], stride[1]));
+    if max {
+        x.max_pool2d_with_stride(k, s)
+    } else {
+        x.avg_pool2d_with_stride(k, s)
+    }
+}
+
 fn candle_forward(
     model: &Model,
     params: &HashMap<String, Tensor>,
@@ -188,18 +203,12 @@ fn candle_forward(
                 kernel,
                 stride,
                 padding,
-            } => inp(0)
-                .pad_with_zeros(2, padding[0], padding[0])?
-                .pad_with_zeros(3, padding[1], padding[1])?
-                .max_pool2d_with_stride((kernel[0], kernel[1]), (stride[0], stride[1]))?,
+            } => pool2d(&inp(0), true, [kernel, stride, padding])?,
             LayerKind::AvgPool {
                 kernel,
                 stride,
                 padding,
-            } => inp(0)
-                .pad_with_zeros(2, padding[0], padding[0])?
-                .pad_with_zeros(3, padding[1], padding[1])?
-                .avg_pool2d_with_stride((kernel[0], kernel[1]), (stride[0], stride[1]))?,
+            } => pool2d(&inp(0), false, [kernel, stride, padding])?,
             LayerKind::GlobalAvgPool => inp(0).mean_keepdim(2)?.mean_keepdim(3)?,
             LayerKind::Add => {
                 let mut a = inp(0);

@@ -27,3 +27,17 @@ pub fn emit(text: &str) -> anyhow::Result<()> {
         _ => Ok(()),
     }
 }
+
+/// Prints `value` as one JSON line under `--json`, else the human summary `text()` (which
+/// ends in a newline), through [`emit`].
+pub fn emit_result(
+    json: bool,
+    value: &serde_json::Value,
+    text: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
+    if json {
+        emit(&format!("{value}\n"))
+    } else {
+        emit(&text())
+    }
+}

@@ -181,17 +181,14 @@ pub fn run(a: TrainArgs) -> Result<()> {
     });
     checkpoint::save(&model, &a.out, Some(name.as_str()), &info)
         .with_context(|| format!("writing {}", a.out.display()))?;
-    if a.json {
-        super::emit(&format!("{info}\n"))?;
-    } else {
-        super::emit(&format!(
+    super::emit_result(a.json, &info, || {
+        format!(
             "{} on {name}: {} epochs, {:.0} s, val top-1 {:.2}% -> {}\n",
             model.spec().name,
             a.epochs,
             rep.seconds,
             val.top1,
             a.out.display()
-        ))?;
-    }
-    Ok(())
+        )
+    })
 }
