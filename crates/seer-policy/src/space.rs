@@ -54,9 +54,9 @@ impl FromStr for ResidualPruning {
 pub struct SpaceConfig {
     /// Candidate pruning ratios, each in `[0, 1)`; default {0, 0.25, 0.5, 0.75}.
     pub prune_ratios: Vec<f64>,
-    /// Candidate weight bit-widths, each in 1..=32; default {2, 3, 4, 5, 6, 8}.
+    /// Candidate weight bit-widths, each in [`MIN_BITS`]..=[`MAX_BITS`]; default {2, 3, 4, 5, 6, 8}.
     pub wbits: Vec<u32>,
-    /// Candidate activation bit-widths, each in 1..=32; default {2, 3, 4, 5, 6, 8}.
+    /// Candidate activation bit-widths, each in [`MIN_BITS`]..=[`MAX_BITS`]; default {2, 3, 4, 5, 6, 8}.
     pub abits: Vec<u32>,
     /// Residual pruning mode; default `tied`.
     pub residual_pruning: ResidualPruning,
@@ -101,6 +101,13 @@ impl SpaceConfig {
         }
     }
 }
+
+/// The lowest bit-width a space may hold: the fake quantizers (seer-kernels), the QAT models
+/// (seer-nn) and the integer engine (seer-int) implement 2..=8 bits, so the cost model prices
+/// only what the model can compute.
+pub const MIN_BITS: u32 = 2;
+/// The highest bit-width a space may hold (see [`MIN_BITS`]).
+pub const MAX_BITS: u32 = 8;
 
 /// A searchable unit: one layer, or the layers sharing one output-channel domain
 /// (a residual tie group in `tied` mode; a conv plus the depthwise convs that follow it).
@@ -294,7 +301,7 @@ impl SearchSpace {
     /// Builds the space for `spec` under `config`.
     ///
     /// Err(InvalidConfig) for empty candidate lists, pruning ratios outside `[0, 1)`,
-    /// bit-widths outside 1..=32, or `shared_bits` with different weight/activation lists;
+    /// bit-widths (candidates or `fixed_bits`) outside [`MIN_BITS`]..=[`MAX_BITS`], or `shared_bits` with different weight/activation lists;
     /// Err(InvalidSpec) if the spec's shapes are inconsistent.
     pub fn new(spec: NetworkSpec, mut config: SpaceConfig) -> Result<Self> {
         spec.check()?;
@@ -316,8 +323,11 @@ impl SearchSpace {
             .chain(&config.abits)
             .chain([&config.fixed_bits])
         {
-            if !(1..=32).contains(&b) {
-                return cfg_err(format!("bit-width {b} is outside 1..=32"));
+            if !(MIN_BITS..=MAX_BITS).contains(&b) {
+                return cfg_err(format!(
+                    "bit-width {b} is outside {MIN_BITS}..={MAX_BITS}, the range the quantizers and \
+                     the integer engine implement"
+                ));
             }
         }
         config.prune_ratios = sorted_unique(&config.prune_ratios);

@@ -672,3 +672,36 @@ fn gene_kind_names_and_feature_names() {
         ["prune_0", "bits_0", "prune_1", "bits_1"]
     );
 }
+
+/// Issue 13, case 6: the space accepted 1- to 32-bit candidates (`complexity --wbits 1,2,8
+/// --uniform w1a1` priced them) while the quantizers and the integer engine implement only
+/// 2..=8: one range, checked where the space is built, with a clear error.
+#[test]
+fn bit_widths_outside_what_the_kernels_implement_are_refused() {
+    let with = |wbits: Vec<u32>, abits: Vec<u32>, fixed_bits: u32| {
+        SearchSpace::new(
+            tiny(),
+            SpaceConfig {
+                wbits,
+                abits,
+                fixed_bits,
+                ..Default::default()
+            },
+        )
+    };
+    for (w, a, f, bad) in [
+        (vec![1, 2, 8], vec![8], 8, 1),
+        (vec![8], vec![2, 16], 8, 16),
+        (vec![8], vec![8], 32, 32),
+    ] {
+        let e = with(w, a, f).unwrap_err();
+        assert!(matches!(e, Error::InvalidConfig(_)), "{e}");
+        assert!(
+            e.to_string()
+                .contains(&format!("bit-width {bad} is outside 2..=8")),
+            "{e}"
+        );
+    }
+    assert!(with(vec![2, 8], vec![2, 8], 8).is_ok());
+    assert_eq!((MIN_BITS, MAX_BITS), (2, 8));
+}

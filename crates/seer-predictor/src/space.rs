@@ -95,11 +95,14 @@ pub fn samples_from_table(
     for (row, &line) in table.rows.iter().zip(&table.lines) {
         let bits = |j: usize| -> Result<u32> {
             let v = row[j];
-            if v.fract() != 0.0 || !(1.0..=32.0).contains(&v) {
+            let range = f64::from(seer_policy::MIN_BITS)..=f64::from(seer_policy::MAX_BITS);
+            if v.fract() != 0.0 || !range.contains(&v) {
                 return Err(csv_err(format!(
-                    "line {line}, column {} ({:?}): bit-width {v} is not an integer in 1..=32",
+                    "line {line}, column {} ({:?}): bit-width {v} is not an integer in {}..={}",
                     j + 1,
-                    table.headers[j]
+                    table.headers[j],
+                    seer_policy::MIN_BITS,
+                    seer_policy::MAX_BITS
                 )));
             }
             Ok(v as u32)

@@ -160,8 +160,20 @@ fn bad_input_is_one_clear_line_and_nonzero_exit() {
     std::fs::write(&future, r#"{"format": "seernet-policy", "version": 7, "arch": "resnet20", "input": "32x32x3", "units": []}"#).unwrap();
     let malformed = dir.join("bad.json");
     std::fs::write(&malformed, "{\"format\": \"seernet-policy\", ").unwrap();
+    // Issue 13, case 7: a network with nothing searchable (its only layers fixed).
+    let fixed = dir.join("fixed-net.json");
+    std::fs::write(
+        &fixed,
+        r#"{"format": "seernet-network", "version": 1, "name": "fixed-net", "input": "4x4x1",
+            "num_classes": 3, "layers": [
+              {"name": "stem", "op": "conv2d", "out_ch": 2, "kernel": 3, "padding": 1},
+              {"name": "flatten", "op": "flatten"},
+              {"name": "fc", "op": "linear", "out_features": 3}]}"#,
+    )
+    .unwrap();
     let f = future.to_str().unwrap();
     let m = malformed.to_str().unwrap();
+    let x = fixed.to_str().unwrap();
     let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
         (
             vec!["complexity", "--arch", "resnet99"],
@@ -190,6 +202,32 @@ fn bad_input_is_one_clear_line_and_nonzero_exit() {
         (
             vec!["complexity", "--arch", "resnet20", "--uniform", "wxa4"],
             vec!["wxa4"],
+        ),
+        // Issue 13, case 6: one bit-width range (2..=8), checked where the space is built.
+        (
+            vec![
+                "complexity",
+                "--arch",
+                "lenet5",
+                "--wbits",
+                "1,2,8",
+                "--uniform",
+                "w1a1",
+            ],
+            vec!["bit-width 1 is outside 2..=8"],
+        ),
+        // Issue 13, case 7: flags that would change nothing are refused, not ignored.
+        (
+            vec![
+                "complexity",
+                "--arch",
+                x,
+                "--uniform",
+                "w2a2",
+                "--prune",
+                "0.5",
+            ],
+            vec!["fixed-net has no searchable unit", "--uniform and --prune"],
         ),
         (
             vec!["complexity", "--arch", "resnet20", "--policy", f],

@@ -60,6 +60,20 @@ pub fn run(args: ComplexityArgs) -> Result<()> {
             if !prune.is_finite() || !(0.0..1.0).contains(&prune) {
                 bail!("--prune {prune}: the pruning ratio must be in [0, 1)");
             }
+            let fixed = space.config().fixed_bits;
+            if space.units().is_empty() && (args.uniform.is_some() || args.prune.is_some()) {
+                bail!(
+                    "{} has no searchable unit (every weighted layer is fixed at w{fixed}a{fixed}): \
+                     --uniform and --prune would change nothing",
+                    space.spec().name
+                );
+            }
+            if prune > 0.0 && !space.units().iter().any(|u| u.prunable) {
+                bail!(
+                    "--prune {prune}: {} has no prunable unit, so no channel would be removed",
+                    space.spec().name
+                );
+            }
             let p = space
                 .uniform(w, a, prune)
                 .with_context(|| format!("--uniform w{w}a{a} --prune {prune}"))?;
