@@ -1,6 +1,6 @@
 //! seer-label: the label store, the labelling protocol and shard manifests. No tensors: the
 //! labelling function itself (a fine-tune and a validation pass) is supplied by the caller
-//! (the `seernet` facade's `Labeler`, or a closure in tests).
+//! (`seer_nn::labeler::Labeler`, or a closure in tests).
 //!
 //! - [`store`]: the **label store**, a durable, append-only JSON-lines file of labelled policies
 //!   (policy → validation top-1 in percent, costs, seed, seconds), keyed by [`policy_hash`]

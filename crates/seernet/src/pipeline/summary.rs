@@ -63,7 +63,7 @@ impl Run<'_> {
             .collect();
         let mut notes = vec![
             "Labels: validation top-1 after the short fine-tune (docs/method.md §3); budgets: test top-1 after the final fine-tune. The test split is used only for the final figures.".into(),
-            "Exported models: physically pruned; quantized weights packed to their bit-widths with per-channel f32 scales, BatchNorm folded, activation clip ranges as requantisations (seer-kernels integer engine format seernet-int-model v1, run with `seernet infer`); see crates/seernet/src/pipeline/export.rs.".into(),
+            "Exported models: physically pruned; quantized weights packed to their bit-widths with per-channel f32 scales, BatchNorm folded, activation clip ranges as requantisations (seer-int integer engine format seernet-int-model v1, run with `seernet infer`); see crates/seer-nn/src/export.rs.".into(),
             format!("Labels computed by the last invocation: {} of {}.", self.computed, fitted.recs.len()),
         ];
         if let Some(d) = &self.dropped_tail {
