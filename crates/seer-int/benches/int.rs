@@ -366,23 +366,19 @@ fn bench_model(hw: usize, batch: usize, wbits: u32, abits: u32, min_s: f64) -> M
         || _ = model.forward(&pixels, batch, isa).expect("forward"),
         min_s,
     );
+    // Weights plus, per output channel, a scale and a bias (conv) or a bias (linear).
     let params: usize = model
         .meta()
         .nodes
         .iter()
-        .map(|n| match n.op {
-            NodeOp::Conv {
-                c_in,
-                c_out,
-                kernel,
-                ..
-            } => c_in * c_out * kernel * kernel + 2 * c_out,
-            NodeOp::Linear {
-                in_features,
-                out_features,
-                ..
-            } => in_features * out_features + out_features,
-            _ => 0,
+        .filter_map(|n| {
+            let (rows, cols, _) = n.op.weight_dims()?;
+            let per_out = if matches!(n.op, NodeOp::Conv { .. }) {
+                2
+            } else {
+                1
+            };
+            Some(rows * cols + per_out * rows)
         })
         .sum();
     ModelResult {

@@ -645,20 +645,8 @@ pub fn export_int(
         .meta()
         .nodes
         .iter()
-        .map(|n| match n.op {
-            NodeOp::Conv {
-                c_in,
-                c_out,
-                kernel,
-                ..
-            } => 4 * (c_in * c_out * kernel * kernel) as u64,
-            NodeOp::Linear {
-                in_features,
-                out_features,
-                ..
-            } => 4 * (in_features * out_features) as u64,
-            _ => 0,
-        })
+        .filter_map(|n| n.op.weight_dims())
+        .map(|(rows, cols, _)| 4 * (rows * cols) as u64)
         .sum();
     Ok(ExportSummary {
         file_bytes: bytes.len() as u64,
@@ -668,7 +656,7 @@ pub fn export_int(
             .meta()
             .nodes
             .iter()
-            .filter(|n| matches!(n.op, NodeOp::Conv { .. } | NodeOp::Linear { .. }))
+            .filter(|n| n.op.weight_dims().is_some())
             .count(),
         nodes: m.meta().nodes.len(),
     })
