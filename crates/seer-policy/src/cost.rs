@@ -6,9 +6,13 @@
 //! weights kept `W = n_out · n_in · k_h·k_w / groups` (rounded to the nearest integer for a
 //! grouped conv whose kept channels do not divide evenly; a depthwise conv keeps
 //! `n_out · k_h·k_w`: its groups shrink with its channels), `MACs = H_out·W_out·W`,
-//! `BOPs = MACs · b_w · b_a` (`b_a`: bits of the activation entering the layer), and
-//! `size = W · b_w + 32 · n_out` (one f32 scale per kept output channel) `+ 32 · n_out`
-//! when the layer has a bias. BatchNorm folds into the scale and is not counted.
+//! `BOPs = MACs · b_w · b_a` (`b_a`: bits of the activation entering the layer; 8 for a layer
+//! that reads the image, whose pixels are used as they are), and
+//! `size` the bits the integer engine stores (seer-int's `IntModel::storage_bytes` × 8): each
+//! kept output channel's `W / n_out` codes of `b_w` bits packed into whole bytes
+//! (`8·⌈(W/n_out)·b_w / 8⌉`), one f32 scale, and, when a BatchNorm directly follows (its only
+//! consumer), its folded f32 multiplier and bias; a layer with a bias and no BatchNorm keeps
+//! an f32 bias.
 
 use serde::{Deserialize, Serialize};
 
@@ -43,7 +47,8 @@ pub struct LayerCost {
     pub macs: u64,
     /// Bit operations `macs · wbits · abits`.
     pub bops: u64,
-    /// Model size in bits (weights, scales, biases).
+    /// Model size in bits as the integer engine stores it (packed rows, f32 scales, folded
+    /// BatchNorm multipliers, biases).
     pub size_bits: u64,
 }
 
@@ -130,9 +135,17 @@ impl SearchSpace {
             Some(u) => bits(u),
             None => (self.config().fixed_bits, self.config().fixed_bits),
         };
+        let ab = if t.reads_image {
+            crate::space::IMAGE_BITS
+        } else {
+            ab
+        };
         let macs = t.hw * weights;
         let bops = macs * wb as u64 * ab as u64;
-        let size = weights * wb as u64 + 32 * n_out as u64 * if t.bias { 2 } else { 1 };
+        // The integer engine's storage: each output channel's codes packed into whole bytes,
+        // plus its f32 scale (and folded BatchNorm multiplier and bias).
+        let cols = weights.div_ceil(n_out as u64);
+        let size = n_out as u64 * (8 * (cols * wb as u64).div_ceil(8) + 32 * t.floats_per_channel);
         LayerNums {
             n_in,
             n_out,
@@ -260,8 +273,11 @@ impl SearchSpace {
     }
 
     /// Relaxed MACs, BOPs and size at `x` with analytic gradients (length `dim()`).
-    /// Exact polynomial in `x` (bilinear in keep ratios, bilinear in bits); it equals the
-    /// discrete cost at candidate points when every kept channel count is integral.
+    /// Exact polynomial in `x` (bilinear in keep ratios, bilinear in bits). MACs and BOPs
+    /// equal the discrete cost at candidate points when every kept channel count is integral;
+    /// the size there lies between the exact size and the exact size plus 7 bits per kept
+    /// output channel (row padding, counted at its worst so the relaxation never
+    /// under-prices a policy).
     /// Err(InvalidEncoding) for a wrong length or non-finite coordinate.
     pub fn relaxed_cost(&self, x: &[f64]) -> Result<RelaxedCost> {
         let mut out = RelaxedCost::default();
@@ -290,16 +306,18 @@ impl SearchSpace {
             let w = t.w_full * fo * fi;
             let hw = t.hw as f64;
             let m = hw * w;
-            let scale_bits = 32.0 * t.c_out as f64 * if t.bias { 2.0 } else { 1.0 };
+            // Per kept output channel: its f32 scale (multiplier, bias) and at most 7 bits of
+            // row padding, so the relaxed size bounds the exact one from above.
+            let chan_bits = (32 * t.floats_per_channel + 7) as f64 * t.c_out as f64;
             macs += m;
             bops += m * bw * ba;
-            size += w * bw + scale_bits * fo;
+            size += w * bw + chan_bits * fo;
             // ∂w/∂x through the keep factors.
             if let Some(g) = t.f_out.gene {
                 let dw = -t.f_out.slope * t.w_full * fi;
                 out.grad_macs[g] += hw * dw;
                 out.grad_bops[g] += hw * dw * bw * ba;
-                out.grad_size_bits[g] += dw * bw - scale_bits * t.f_out.slope;
+                out.grad_size_bits[g] += dw * bw - chan_bits * t.f_out.slope;
             }
             if let Some(g) = t.f_in.gene {
                 let dw = -t.f_in.slope * t.w_full * fo;

@@ -43,7 +43,8 @@ pub use error::{Error, Result};
 pub use json::{NETWORK_FORMAT, NETWORK_VERSION};
 pub use policy::{POLICY_FORMAT, POLICY_VERSION, Policy, UnitPolicy};
 pub use space::{
-    Gene, GeneKind, MAX_BITS, MIN_BITS, ResidualPruning, SearchSpace, SpaceConfig, Unit, UnitGenes,
+    Gene, GeneKind, IMAGE_BITS, MAX_BITS, MIN_BITS, ResidualPruning, SearchSpace, SpaceConfig,
+    Unit, UnitGenes,
 };
 pub use spec::{
     ConvOpts, InputShape, Layer, LayerKind, MAX_DIM, NetworkSpec, SpecBuilder, conv_out,

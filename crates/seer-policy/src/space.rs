@@ -108,6 +108,11 @@ impl SpaceConfig {
 pub const MIN_BITS: u32 = 2;
 /// The highest bit-width a space may hold (see [`MIN_BITS`]).
 pub const MAX_BITS: u32 = 8;
+/// Bit-width of the image entering a network: 8-bit pixels, which the models (seer-nn) and
+/// the integer engine (seer-int) use as they are. A layer that reads the image is priced at
+/// this input bit-width whatever its unit's activation gene says, and a unit made only of
+/// such layers has the single activation candidate `IMAGE_BITS` (docs/method.md §2).
+pub const IMAGE_BITS: u32 = 8;
 
 /// A searchable unit: one layer, or the layers sharing one output-channel domain
 /// (a residual tie group in `tied` mode; a conv plus the depthwise convs that follow it).
@@ -255,6 +260,11 @@ pub(crate) struct Term {
     pub f_in: Factor,
     pub wb: BitSrc,
     pub ab: BitSrc,
+    /// The layer reads the image: its input is priced at [`IMAGE_BITS`].
+    pub reads_image: bool,
+    /// f32 values stored per kept output channel: the scale, plus the multiplier and bias
+    /// of a folded BatchNorm (its only consumer), or a bias of its own.
+    pub floats_per_channel: u64,
 }
 
 /// Gene indices of one unit (`w == a` with shared bits).
@@ -425,9 +435,19 @@ impl SearchSpace {
                 let g = push(&mut genes, u, GeneKind::Bits, wc.clone(), false);
                 (g, g)
             } else {
+                // A unit that only reads the image has nothing to quantize at its input.
+                let ac = if unit
+                    .layers
+                    .iter()
+                    .all(|&l| spec.layers[l].inputs.is_empty())
+                {
+                    vec![IMAGE_BITS as f64]
+                } else {
+                    ac.clone()
+                };
                 (
                     push(&mut genes, u, GeneKind::WBits, wc.clone(), false),
-                    push(&mut genes, u, GeneKind::ABits, ac.clone(), false),
+                    push(&mut genes, u, GeneKind::ABits, ac, false),
                 )
             };
             unit_genes.push(UnitGenes {
@@ -453,6 +473,14 @@ impl SearchSpace {
                 }
                 _ => Factor::ONE,
             }
+        };
+        // Whether a BatchNorm is the only consumer of layer `l` (the export folds it).
+        let bn_follows = |l: usize| {
+            let mut consumers = spec.layers.iter().filter(|c| c.inputs.contains(&l));
+            matches!(
+                (consumers.next(), consumers.next()),
+                (Some(c), None) if matches!(c.kind, LayerKind::BatchNorm)
+            )
         };
         let mut terms = Vec::new();
         for &l in &weighted {
@@ -520,6 +548,16 @@ impl SearchSpace {
                 }
                 None => (fixed_bits, fixed_bits),
             };
+            let reads_image = layer.inputs.is_empty();
+            let ab = if reads_image {
+                BitSrc {
+                    gene: None,
+                    lo: IMAGE_BITS as f64,
+                    scale: 0.0,
+                }
+            } else {
+                ab
+            };
             let (in_c_dom, in_mult) = match layer.inputs.first() {
                 Some(&p) => (ch.out_c[p], ch.out_mult[p]),
                 None => (spec.input.c, 1),
@@ -549,6 +587,12 @@ impl SearchSpace {
                 },
                 wb,
                 ab,
+                reads_image,
+                floats_per_channel: match (bn_follows(l), layer.kind.has_bias()) {
+                    (true, _) => 3,
+                    (false, true) => 2,
+                    (false, false) => 1,
+                },
             });
         }
         let tie_groups = ch.tie_groups(&spec);
@@ -623,6 +667,16 @@ impl SearchSpace {
     /// as analysed under this space's residual-pruning mode (empty in `masked` mode).
     pub fn tie_groups(&self) -> &[Vec<usize>] {
         &self.tie_groups
+    }
+
+    /// Whether unit `u` has no activation choice: without shared bits, all its layers read
+    /// the image, so its activation gene holds only [`IMAGE_BITS`].
+    pub fn reads_only_image(&self, u: usize) -> bool {
+        !self.config.shared_bits
+            && self.units[u]
+                .layers
+                .iter()
+                .all(|&l| self.spec.layers[l].inputs.is_empty())
     }
 
     /// Encoded coordinate of every candidate of `gene`, ascending (docs/method.md §1):
@@ -708,11 +762,21 @@ impl SearchSpace {
                     up.wbits, self.config.wbits
                 ));
             }
-            if !self.config.abits.contains(&up.abits) {
-                return err(format!(
-                    "{at}: activation bit-width {} is not a candidate {:?}",
-                    up.abits, self.config.abits
-                ));
+            let ac = &self.genes[self.unit_genes[u].abits].candidates;
+            if !ac.contains(&(up.abits as f64)) {
+                return err(if self.reads_only_image(u) {
+                    format!(
+                        "{at}: activation bit-width {} but this unit reads the image, whose \
+                         {IMAGE_BITS}-bit pixels are used as they are: its activation bit-width \
+                         is {IMAGE_BITS}",
+                        up.abits
+                    )
+                } else {
+                    format!(
+                        "{at}: activation bit-width {} is not a candidate {:?}",
+                        up.abits, self.config.abits
+                    )
+                });
             }
             if self.config.shared_bits && up.wbits != up.abits {
                 return err(format!(
@@ -849,17 +913,23 @@ impl SearchSpace {
             .collect())
     }
 
-    /// The same choice for every unit: `prune` on prunable units (0 on the others).
+    /// The same choice for every unit: `prune` on prunable units (0 on the others), `abits` on
+    /// units that do not only read the image ([`IMAGE_BITS`] on those).
     /// Err(InvalidPolicy) if the bits are not candidates (or differ with shared bits) or the
     /// ratio is outside `[0, 1)`.
     pub fn uniform(&self, wbits: u32, abits: u32, prune: f64) -> Result<Policy> {
         let units = self
             .units
             .iter()
-            .map(|u| UnitPolicy {
+            .enumerate()
+            .map(|(i, u)| UnitPolicy {
                 prune: if u.prunable { prune } else { 0.0 },
                 wbits,
-                abits,
+                abits: if self.reads_only_image(i) {
+                    IMAGE_BITS
+                } else {
+                    abits
+                },
             })
             .collect();
         let p = Policy {
