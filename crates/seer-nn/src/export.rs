@@ -662,6 +662,51 @@ pub fn export_int(
     })
 }
 
+/// An upper bound, in bytes, on what an exported file of `baseline` (unpruned, before any
+/// policy) holds beyond the engine's storage ([`IntModel::storage_bytes`]): the safetensors
+/// header with the graph, the policy and `provenance`. A size budget keeps this much of the
+/// file free, so that the exported file, not only its weights, fits (docs/method.md §2).
+///
+/// Measured on the export of `baseline` under the most expensive policy of `space` (every
+/// channel kept: pruning only shortens the graph's gathers and numbers), with α's calibrated
+/// on `calib` (`[N, C, H, W]`, normalised), plus a margin for what the text of a final
+/// export may lengthen: 16 bytes per f32 in the metadata (α's written shortest-first), 4 per
+/// shortcut gather entry (`null` where a kept channel lost its source), 24
+/// per searchable unit (pruning ratios in the policy), 64 for provenance numbers, 8 for the
+/// header's alignment. `provenance` should have the keys of the final export.
+///
+/// Errors: as [`to_int_model`] (a network the engine cannot represent), and the policy's.
+pub fn header_bound(
+    baseline: &Model,
+    space: &seer_policy::SearchSpace,
+    mean: &[f64],
+    std: &[f64],
+    calib: &candle_core::Tensor,
+    provenance: &serde_json::Value,
+) -> Result<u64> {
+    let mut m = baseline.try_clone()?;
+    let dearest = space.from_indices(&space.most_expensive())?;
+    m.apply_policy(space, &dearest)?;
+    m.calibrate([calib])?;
+    let path = Path::new("<header bound>");
+    let im = to_int_model(&m, mean, std, provenance, path)?;
+    let bytes = im
+        .to_bytes()
+        .map_err(|e| fmt_err(path, format!("serialising: {e}")))?;
+    let header = (bytes.len() - im.storage_bytes()) as u64;
+    let floats = im.meta().nodes.iter().filter(|n| n.out.is_some()).count() as u64;
+    let gathers: u64 = im
+        .meta()
+        .nodes
+        .iter()
+        .map(|n| match &n.op {
+            NodeOp::ShortcutA { gather, .. } => gather.len() as u64,
+            _ => 0,
+        })
+        .sum();
+    Ok(header + 16 * floats + 4 * gathers + 24 * space.units().len() as u64 + 64 + 8)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -747,6 +792,11 @@ mod tests {
                 "{sum:?}"
             );
             let im = IntModel::load(&path).unwrap();
+            // The cost model's size is the engine's storage (issue 13, case 3).
+            let space = SearchSpace::new(m.spec().clone(), SpaceConfig::default()).unwrap();
+            let counted = space.cost(m.policy().unwrap()).unwrap().total_size_bits;
+            assert_eq!(8 * im.storage_bytes() as u64, counted, "{arch} {input}");
+            assert_eq!(sum.packed_weight_bytes, im.storage_bytes() as u64);
             assert_eq!(im.meta().provenance, prov);
             assert_eq!(
                 im.meta().policy,
@@ -879,5 +929,49 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("calibrated"), "{e}");
+    }
+
+    /// The header bound holds for random policies (issue 13, case 3: a size budget must hold
+    /// for the file the user gets): file bytes ≤ engine storage + bound.
+    #[test]
+    fn header_bound_covers_every_policy() {
+        let td = tempfile::tempdir().unwrap();
+        for (arch, input) in [("lenet5", "28x28x1"), ("resnet20", "8x8x1")] {
+            let spec = builtin(arch, Some(input.parse().unwrap()), None).unwrap();
+            let s = spec.input;
+            let len = s.c * s.h * s.w;
+            let base = Model::new(spec.clone(), 5, &Device::Cpu).unwrap();
+            base.forward(&normalise(&pixels(16, len, 100), 16, s), true)
+                .unwrap();
+            let space = SearchSpace::new(spec, SpaceConfig::default()).unwrap();
+            let calib = normalise(&pixels(32, len, 200), 32, s);
+            let prov = serde_json::json!({"seed": 1, "test_top1": 0.0, "policy_hash": "x"});
+            let bound = header_bound(&base, &space, &[MEAN], &[STD], &calib, &prov).unwrap();
+            let mut r = ChaCha8Rng::seed_from_u64(9);
+            for k in 0..4 {
+                let idx: Vec<usize> = space
+                    .genes()
+                    .iter()
+                    .map(|g| r.random_range(0..g.candidates.len()))
+                    .collect();
+                let pol = space.from_indices(&idx).unwrap();
+                let mut m = base.try_clone().unwrap();
+                m.apply_policy(&space, &pol).unwrap();
+                m.calibrate([&normalise(&pixels(32, len, 300 + k), 32, s)])
+                    .unwrap();
+                let prov = serde_json::json!({"seed": 123456789u64, "test_top1": 91.23456789,
+                    "policy_hash": "0123456789abcdef"});
+                let path = td.path().join(format!("{arch}-{k}.safetensors"));
+                let sum = export_int(&m, &[MEAN], &[STD], &path, &prov).unwrap();
+                let counted = space.cost(&pol).unwrap().total_size_bits;
+                assert_eq!(8 * sum.packed_weight_bytes, counted);
+                assert!(
+                    sum.file_bytes <= sum.packed_weight_bytes + bound,
+                    "{arch}: file {} > storage {} + bound {bound}",
+                    sum.file_bytes,
+                    sum.packed_weight_bytes
+                );
+            }
+        }
     }
 }

@@ -178,7 +178,10 @@ fn relaxed_equals_exact_when_counts_are_integral() {
             l.c_out_kept as u64 * (8 * (cols * l.wbits as u64).div_ceil(8) - cols * l.wbits as u64)
         })
         .sum();
-    assert_eq!(r.size_bits, c.total_size_bits as f64 - padding_exact as f64 + pad);
+    assert_eq!(
+        r.size_bits,
+        c.total_size_bits as f64 - padding_exact as f64 + pad
+    );
 }
 
 fn fd_check(s: &SearchSpace, x: &[f64]) {
@@ -795,4 +798,35 @@ fn the_image_is_priced_at_eight_bits_whatever_the_gene_says() {
     assert!(!shared.reads_only_image(0));
     let c = shared.cost(&shared.uniform(2, 2, 0.0).unwrap()).unwrap();
     assert_eq!((c.layers[0].wbits, c.layers[0].abits), (2, 8));
+}
+
+/// Issue 13, case 3: a 1×1 layer with 3 inputs and 3 outputs at 4 bits was priced at 132 bits
+/// (`9·4 + 3·32`), but the engine packs each row of 3 codes into 2 bytes: 144 bits.
+#[test]
+fn size_counts_whole_bytes_per_packed_row() {
+    let json = r#"{"format": "seernet-network", "version": 1, "name": "one-by-one",
+        "input": "2x2x3", "num_classes": 2, "layers": [
+        {"name": "mix", "op": "conv2d", "out_ch": 3, "kernel": 1},
+        {"name": "mix_bn", "op": "batch_norm"},
+        {"name": "pool", "op": "global_avg_pool"},
+        {"name": "flatten", "op": "flatten"},
+        {"name": "fc", "op": "linear", "out_features": 2}]}"#;
+    let spec = NetworkSpec::from_json_str(json, "one-by-one.json").unwrap();
+    let s = SearchSpace::new(
+        spec,
+        SpaceConfig {
+            fix_first: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut p = s.uniform(8, 8, 0.0).unwrap();
+    p.units[0].wbits = 4;
+    let c = s.cost(&p).unwrap();
+    // 3 rows of 2 bytes, then per channel the scale and the folded BatchNorm's multiplier
+    // and bias (f32 each).
+    assert_eq!(c.layers[0].size_bits, 3 * 16 + 3 * 3 * 32);
+    assert_eq!(c.layers[0].size_bits - 2 * 3 * 32, 144, "was 132");
+    // The classifier: 2 rows of 3 bytes and a scale each.
+    assert_eq!(c.layers[1].size_bits, 2 * 24 + 2 * 32);
 }

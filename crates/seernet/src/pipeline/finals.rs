@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::choice::Chosen;
 use super::{Run, Stream, Uniform, export};
+use crate::budget::BudgetKind;
 use crate::error::{Error, Result, chain};
 use crate::report;
 use crate::store::{label_seed, policy_hash};
@@ -65,7 +66,11 @@ impl Run<'_> {
         let (b, f) = (&c.budget, &c.found);
         let model_file = b.model_file();
         let path = self.out.join(&model_file);
-        let r = self.final_run(&f.policy, Some(&path))?;
+        let limit = match b.kind {
+            BudgetKind::MaxSizeBits(bits) => Some(bits / 8),
+            _ => None,
+        };
+        let r = self.final_run(&f.policy, Some((&path, limit)))?;
         self.log.line(&format!(
             "budget {}: test top-1 {:.2}% after {} fine-tune steps -> {model_file}",
             b.label, r.top1_test, self.cfg.final_steps
@@ -112,7 +117,11 @@ impl Run<'_> {
     /// seed: `label_seed(`[`Stream::FinalFinetune`]`, policy hash)`), evaluates on the test
     /// split, exports to `export` when given; cached in `final/<hash>.json` (written last, so an
     /// interrupted export is redone).
-    fn final_run(&mut self, policy: &Policy, export: Option<&Path>) -> Result<FinalResult> {
+    fn final_run(
+        &mut self,
+        policy: &Policy,
+        export: Option<(&Path, Option<u64>)>,
+    ) -> Result<FinalResult> {
         let cfg = self.cfg;
         let hash = policy_hash(policy);
         let cache = cfg.out_dir.join("final").join(format!("{hash}.json"));
@@ -121,7 +130,7 @@ impl Run<'_> {
             && let Ok(r) = serde_json::from_str::<FinalResult>(&text)
             && r.steps == cfg.final_steps
             && r.seed == seed
-            && export.is_none_or(|p| p.is_file())
+            && export.is_none_or(|(p, _)| p.is_file())
         {
             self.log.line(&format!(
                 "final fine-tune of {hash}: found in {}",
@@ -140,8 +149,8 @@ impl Run<'_> {
             top1_test: test.top1,
             seconds: t.elapsed().as_secs_f64(),
         };
-        if let Some(path) = export {
-            self.export(&model, &r, path)?;
+        if let Some((path, limit)) = export {
+            self.export(&model, &r, path, limit)?;
         }
         let js = serde_json::to_string_pretty(&r).expect("serializes") + "\n";
         crate::store::write_atomic(&cache, js.as_bytes())?;
@@ -183,40 +192,71 @@ impl Run<'_> {
     /// Writes the slim fine-tuned float model (`final/<hash>.float.safetensors`, the
     /// fake-quant reference of `seernet infer`) and its integer export to `path`, both with
     /// provenance. An export the engine cannot represent is logged (with its whole error chain)
-    /// and skipped; failing to write the float model is an error.
-    fn export(&mut self, model: &Model, r: &FinalResult, path: &Path) -> Result<()> {
+    /// and skipped; failing to write the float model is an error. A file over
+    /// `size_limit_bytes` (the budget's, when it limits size) is logged as a warning.
+    fn export(
+        &mut self,
+        model: &Model,
+        r: &FinalResult,
+        path: &Path,
+        size_limit_bytes: Option<u64>,
+    ) -> Result<()> {
         let _span = tracing::info_span!("export", policy = %r.hash).entered();
         let cfg = self.cfg;
         let dname = self.dname.as_str();
-        let prov = serde_json::json!({
-            "writer": crate::store::WRITER,
-            "baseline_hash": self.protocol.baseline_hash,
-            "labelling_protocol": self.protocol.hash(),
-            "policy_hash": r.hash,
-            "dataset": dname,
-            "final_steps": cfg.final_steps,
-            "seed": r.seed,
-            "test_top1": r.top1_test,
-        });
-        let float_name = format!("final/{}.float.safetensors", r.hash);
+        let mut prov = provenance(&self.protocol, dname, cfg.final_steps, &r.hash, r.seed);
+        prov["test_top1"] = r.top1_test.into();
+        let float_name = prov["float_model"].take();
+        let float_name = float_name.as_str().unwrap_or_default().to_string();
         let slim = model.slim()?;
         checkpoint::save(&slim, &cfg.out_dir.join(&float_name), Some(dname), &prov)?;
-        let mut prov = prov;
         prov["float_model"] = float_name.into();
         let m = &self.splits.manifest;
         match export::export_int(&slim, &m.mean, &m.std, path, &prov) {
-            Ok(s) => self.log.line(&format!(
-                "exported {}: {} bytes ({} packed weight tensors: {} bytes vs {} bytes f32)",
-                path.display(),
-                s.file_bytes,
-                s.packed_layers,
-                s.packed_weight_bytes,
-                s.f32_weight_bytes
-            )),
+            Ok(s) => {
+                self.log.line(&format!(
+                    "exported {}: {} bytes ({} packed weight tensors: {} bytes vs {} bytes f32)",
+                    path.display(),
+                    s.file_bytes,
+                    s.packed_layers,
+                    s.packed_weight_bytes,
+                    s.f32_weight_bytes
+                ));
+                if let Some(limit) = size_limit_bytes
+                    && s.file_bytes > limit
+                {
+                    self.log.line(&format!(
+                        "WARNING: {} is {} bytes, over its size budget of {limit} bytes",
+                        path.display(),
+                        s.file_bytes
+                    ));
+                }
+            }
             Err(e) => self
                 .log
                 .line(&format!("integer export skipped: {}", chain(&e))),
         }
         Ok(())
     }
+}
+
+/// The provenance written into a final export and its float checkpoint (`float_model`
+/// included; `test_top1` added by the caller once measured).
+pub(super) fn provenance(
+    protocol: &crate::store::Protocol,
+    dataset: &str,
+    final_steps: usize,
+    policy_hash: &str,
+    seed: u64,
+) -> serde_json::Value {
+    serde_json::json!({
+        "writer": crate::store::WRITER,
+        "baseline_hash": protocol.baseline_hash,
+        "labelling_protocol": protocol.hash(),
+        "policy_hash": policy_hash,
+        "dataset": dataset,
+        "final_steps": final_steps,
+        "seed": seed,
+        "float_model": format!("final/{policy_hash}.float.safetensors"),
+    })
 }

@@ -12,7 +12,7 @@ use seer_nn::{checkpoint, model::Model, train};
 use seer_policy::{InputShape, Policy, SearchSpace};
 
 use super::{Baseline, Budgets, Config, Progress, Run, RunLog, Stream, Uniform};
-use crate::budget::ResolvedBudget;
+use crate::budget::{BudgetKind, ResolvedBudget};
 use crate::error::{Error, Result};
 use crate::labeler::{LabelSettings, Labeler};
 use crate::report;
@@ -82,8 +82,27 @@ impl<'a> Run<'a> {
         let t = Instant::now();
         let (base, space) = baseline(cfg, dname, &splits, &norm, &out, &mut log)?;
         timed(&mut timings, "baseline", t);
-        let budgets = resolve_budgets(cfg, &space, &mut log)?;
         let labels = open_store(cfg, dname, &base.path, &out, &mut log)?;
+        let header = if cfg
+            .budgets
+            .iter()
+            .any(|b| matches!(b.kind, BudgetKind::MaxSizeBits(_)))
+        {
+            let t = Instant::now();
+            let prov = super::finals::provenance(
+                &labels.protocol,
+                dname.as_str(),
+                cfg.final_steps,
+                &"0".repeat(16),
+                u64::MAX,
+            );
+            let bytes = file_header_bound(&base.path, &space, &splits, &norm, prov)?;
+            timed(&mut timings, "file header bound", t);
+            Some(bytes)
+        } else {
+            None
+        };
+        let budgets = resolve_budgets(cfg, &space, header, &mut log)?;
         let uniform = uniform_candidates(&space, &budgets.resolved)?;
         Ok(Run {
             cfg,
@@ -239,9 +258,54 @@ fn train_baseline(
 /// policy (Err([`seer_policy::Error::Budget`]) stating the minimum), and the sampling band: half the lowest
 /// to 1.5 × the highest BOPs budget, within the space's range (the whole range when a budget
 /// limits size only).
-fn resolve_budgets(cfg: &Config, space: &SearchSpace, log: &mut RunLog<'_>) -> Result<Budgets> {
+/// Bytes an exported file holds beyond the engine's storage, at most
+/// ([`export::header_bound`](crate::pipeline::export::header_bound)), for the baseline at
+/// `path` with α's calibrated on one batch of 128 training images.
+fn file_header_bound(
+    path: &Path,
+    space: &SearchSpace,
+    splits: &data::Splits,
+    norm: &data::Normalize,
+    mut provenance: serde_json::Value,
+) -> Result<u64> {
+    let (model, _) = checkpoint::load(path, None, &Device::Cpu)?;
+    let calib = train::sample_batches(&model, &splits.train, norm, 1, 128, 0)?;
+    provenance["test_top1"] = (100.0f64 / 3.0).into();
+    let m = &splits.manifest;
+    Ok(super::export::header_bound(
+        &model,
+        space,
+        &m.mean,
+        &m.std,
+        &calib[0],
+        &provenance,
+    )?)
+}
+
+/// Resolves the budgets against the space; a size budget keeps `header` bytes (the file's
+/// header, [`file_header_bound`]) free so the exported file fits, not only its weights.
+fn resolve_budgets(
+    cfg: &Config,
+    space: &SearchSpace,
+    header: Option<u64>,
+    log: &mut RunLog<'_>,
+) -> Result<Budgets> {
     let w8a8 = space.w8a8_bops()?;
-    let resolved: Vec<ResolvedBudget> = cfg.budgets.iter().map(|b| b.resolve(w8a8)).collect();
+    let mut resolved: Vec<ResolvedBudget> = cfg.budgets.iter().map(|b| b.resolve(w8a8)).collect();
+    if let Some(h) = header {
+        for b in &mut resolved {
+            if let Some(bits) = b.max_size_bits {
+                b.max_size_bits = Some(bits.saturating_sub(8 * h));
+                log.line(&format!(
+                    "budget {}: {} bytes, of which at most {h} go to the file's header: the \
+                     weights may take {} bytes",
+                    b.label,
+                    bits / 8,
+                    (bits / 8).saturating_sub(h)
+                ));
+            }
+        }
+    }
     let cheapest = space.totals_indices(&space.cheapest())?;
     let dearest = space.totals_indices(&space.most_expensive())?;
     for b in &resolved {
@@ -261,9 +325,11 @@ fn resolve_budgets(cfg: &Config, space: &SearchSpace, log: &mut RunLog<'_>) -> R
         }
         if let Some(m) = b.max_size_bits.filter(|&m| m < cheapest.size_bits) {
             return Err(below(format!(
-                "{m} bits is below the smallest policy of the search space ({} bits = {} bytes)",
-                cheapest.size_bits,
-                cheapest.size_bits.div_ceil(8)
+                "{} bytes is below the smallest model of the search space: {} bytes of weights \
+                 and at most {} bytes of file header",
+                m.div_ceil(8) + header.unwrap_or(0),
+                cheapest.size_bits.div_ceil(8),
+                header.unwrap_or(0)
             )));
         }
     }
