@@ -52,7 +52,11 @@ fn child_config() -> Config {
     c.n0 = 4;
     c.rounds = 1;
     c.k = 2;
-    c.budgets = vec![Budget::parse_bops_frac("0.1").unwrap()];
+    // A BOPs budget and a size budget (the exported file must fit the latter).
+    c.budgets = vec![
+        Budget::parse_bops_frac("0.1").unwrap(),
+        Budget::parse_max_size("16KB").unwrap(),
+    ];
     c.sampler_generations = 4;
     c.label_steps = 3;
     c.verify_rounds = 1;
@@ -131,9 +135,10 @@ fn kill_resume_determinism_and_errors() {
     );
     let sa: Summary =
         serde_json::from_str(&std::fs::read_to_string(a.join("summary.json")).unwrap()).unwrap();
-    // 4 initial + 1–2 uniform anchors + 2 active + up to 2 verification labels.
+    // 4 initial + 1–2 uniform anchors per budget + 2 active + up to 2 verification labels
+    // per budget (two budgets).
     assert!(
-        (4 + 1 + 2..=4 + 2 + 2 + 2).contains(&sa.labels),
+        (4 + 1 + 2..=4 + 4 + 2 + 4).contains(&sa.labels),
         "{} labels",
         sa.labels
     );
@@ -154,13 +159,25 @@ fn kill_resume_determinism_and_errors() {
         assert!(a.join(f).is_file(), "{f} missing");
     }
     let pa = policies(&a);
-    assert_eq!(pa.len(), 1, "one policy per budget");
+    assert_eq!(pa.len(), 2, "one policy per budget");
     for (name, _) in &pa {
         let model = name
             .replace("policy-", "model-")
             .replace(".json", ".safetensors");
         assert!(a.join(&model).is_file(), "{model} missing");
     }
+    // The size budget holds for the file the user gets (issue 13, case 3), and the report's
+    // size is the engine's storage.
+    let sized = &rep["budgets"][1];
+    assert_eq!(sized["max_size_bits"].as_u64(), Some(16_000 * 8), "{sized}");
+    let file = a.join(sized["model_file"].as_str().unwrap());
+    let bytes = std::fs::metadata(&file).unwrap().len();
+    assert!(bytes <= 16_000, "{} is {bytes} bytes", file.display());
+    let engine = seernet::int::format::IntModel::load(&file).unwrap();
+    assert_eq!(
+        8 * engine.storage_bytes() as u64,
+        sized["size_bits"].as_u64().unwrap()
+    );
 
     // Run B on A's baseline, killed with SIGKILL once it has stored 2 labels, then resumed.
     let b = td.path().join("b");
@@ -236,7 +253,7 @@ fn kill_resume_determinism_and_errors() {
             serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap())
                 .unwrap();
         assert!(s.labels >= 7, "{acq}: {} labels", s.labels);
-        assert_eq!(policies(&dir).len(), 1, "{acq}");
+        assert_eq!(policies(&dir).len(), 2, "{acq}");
     }
 
     // Bad input: infeasible budget, missing dataset, corrupt store.

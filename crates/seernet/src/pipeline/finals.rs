@@ -78,7 +78,8 @@ impl Run<'_> {
         Ok(report::BudgetOutcome {
             label: b.label.clone(),
             max_bops: b.max_bops,
-            max_size_bits: b.max_size_bits,
+            // The user's limit (the search kept the file's header free of it).
+            max_size_bits: limit.map(|bytes| 8 * bytes),
             policy: f.policy.clone(),
             macs: self.space.cost(&f.policy)?.total_macs,
             bops: f.bops,
