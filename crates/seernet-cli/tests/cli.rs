@@ -552,3 +552,62 @@ fn infer_runs_exported_models_and_rejects_bad_input() {
         "{err}"
     );
 }
+
+/// Issue 17, case 5: `compress --help` shows the defaults of the counts, both presets', and
+/// they are the pipeline's (so the text cannot go stale).
+#[test]
+fn compress_help_shows_the_defaults_of_both_presets() {
+    use seernet::pipeline::Config;
+    let (rc, out, err) = seernet(&["compress", "--help"]);
+    assert_eq!(rc, 0, "{err}");
+    let (d, q) = (Config::default_run("x".into()), Config::quick("x".into()));
+    let text = out.split_whitespace().collect::<Vec<_>>().join(" ");
+    for (flag, dv, qv) in [
+        ("--n0", d.n0, q.n0),
+        ("--rounds", d.rounds, q.rounds),
+        ("--k", d.k, q.k),
+        (
+            "--label-steps",
+            d.label_steps as usize,
+            q.label_steps as usize,
+        ),
+        ("--verify-rounds", d.verify_rounds, q.verify_rounds),
+        ("--final-steps", d.final_steps, q.final_steps),
+        ("--baseline-steps", d.baseline_steps, q.baseline_steps),
+    ] {
+        let at = text
+            .find(&format!("{flag} <"))
+            .unwrap_or_else(|| panic!("{flag} missing from --help"));
+        // The flag's help runs to the next flag (`--quick:` inside a help text is not one).
+        let rest = &text[at + 2..];
+        let next = rest
+            .match_indices(" --")
+            .find(|(i, _)| !rest[i + 3..].starts_with("quick:"))
+            .map_or(text.len(), |(i, _)| at + 2 + i);
+        let help = &text[at..next];
+        assert!(
+            help.contains(&format!("[default: {dv}; with --quick: {qv}]")),
+            "{flag}: {help}"
+        );
+    }
+    let kappas = d.kappas.iter().map(|k| k.to_string()).collect::<Vec<_>>();
+    assert!(text.contains(&format!("[default: {}]", kappas.join(","))));
+}
+
+/// Issue 17, case 4: a dataset alias maps to the canonical name, and an unknown name is
+/// refused before anything runs.
+#[test]
+fn compress_refuses_an_unknown_dataset() {
+    let td = tempfile::tempdir().unwrap();
+    let out = td.path().join("run");
+    let (rc, _, err) = seernet(&[
+        "compress",
+        "--dataset",
+        "fashon-mnist",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_ne!(rc, 0);
+    assert!(err.contains("unknown dataset \"fashon-mnist\""), "{err}");
+    assert!(!out.exists(), "nothing is written for a bad dataset name");
+}

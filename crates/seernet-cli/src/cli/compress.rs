@@ -30,34 +30,35 @@ pub struct CompressArgs {
     dataset: String,
     #[command(flatten)]
     budgets: BudgetArgs,
-    /// Initial labels N₀.
+    /// Initial labels N₀ [default: 30; with --quick: 8].
     #[arg(long)]
     n0: Option<usize>,
-    /// Active rounds R.
+    /// Active rounds R [default: 3; with --quick: 2].
     #[arg(long)]
     rounds: Option<usize>,
-    /// Labels per round K.
+    /// Labels per round K [default: 10; with --quick: 3].
     #[arg(long)]
     k: Option<usize>,
     /// Acquisition of the active rounds: std, counterfactual or random.
     #[arg(long, default_value = "std")]
     acquisition: Acquisition,
-    /// Fine-tune steps per label.
+    /// Fine-tune steps per label [default: 100; with --quick: 30].
     #[arg(long)]
     label_steps: Option<u64>,
     /// Verification rounds: per budget and pessimism κ the barrier search's policy is labelled;
     /// the final choice is the labelled policy within the budget with the best validation
-    /// top-1 (0: take the barrier optimum of μ unverified).
+    /// top-1 (0: take the barrier optimum of μ unverified) [default: 2; with --quick: 1].
     #[arg(long)]
     verify_rounds: Option<usize>,
     /// Pessimism levels κ of the verification rounds (the search maximises μ − κσ;
-    /// comma-separated, each ≥ 0).
+    /// comma-separated, each ≥ 0) [default: 0,1,2].
     #[arg(long, value_delimiter = ',')]
     kappas: Option<Vec<f64>>,
-    /// Fine-tune steps of each chosen policy and uniform baseline.
+    /// Fine-tune steps of each chosen policy and uniform baseline [default: 600; with
+    /// --quick: 100].
     #[arg(long)]
     final_steps: Option<usize>,
-    /// Steps of a baseline trained here.
+    /// Steps of a baseline trained here [default: 2000; with --quick: 400].
     #[arg(long)]
     baseline_steps: Option<usize>,
     /// Candidate pruning ratios (comma-separated).
@@ -80,6 +81,17 @@ pub struct CompressArgs {
     json: bool,
 }
 
+/// The committed baseline `assets/baselines/<arch>-<dataset>.safetensors`, looked up in the
+/// current directory and then in the workspace this binary was built from (so `seernet`
+/// finds it from any directory of a clone).
+fn committed_baseline(arch: &str, dataset: &str) -> Option<PathBuf> {
+    let rel = PathBuf::from("assets/baselines").join(format!("{arch}-{dataset}.safetensors"));
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    [rel.clone(), workspace.join(&rel)]
+        .into_iter()
+        .find(|p| p.is_file())
+}
+
 /// Runs `seernet compress`.
 pub fn run_cmd(a: CompressArgs) -> Result<()> {
     let mut cfg = if a.quick {
@@ -88,14 +100,14 @@ pub fn run_cmd(a: CompressArgs) -> Result<()> {
         Config::default_run(a.out.clone())
     };
     cfg.arch = a.arch.clone();
-    cfg.dataset = a.dataset.clone();
+    // One name per dataset: aliases (`fashion_mnist`, `fmnist`) become the canonical name,
+    // which also names the committed baseline.
+    let dataset = seernet::nn::data::DatasetName::parse(&a.dataset)
+        .with_context(|| format!("--dataset {}", a.dataset))?;
+    cfg.dataset = dataset.as_str().to_string();
     cfg.baseline = match a.baseline {
         Some(p) => Some(p),
-        None => {
-            let p = PathBuf::from("assets/baselines")
-                .join(format!("{}-{}.safetensors", a.arch, a.dataset));
-            p.is_file().then_some(p)
-        }
+        None => committed_baseline(&a.arch, dataset.as_str()),
     };
     if !(a.budgets.max_bops.is_empty()
         && a.budgets.max_size.is_empty()
@@ -166,4 +178,22 @@ pub fn run_cmd(a: CompressArgs) -> Result<()> {
         super::emit(&t)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 17, case 4: `--dataset fashion_mnist` trained a 2,000-step baseline because the
+    /// committed one was looked up under the raw name, relative to the current directory.
+    #[test]
+    fn aliases_find_the_committed_baseline_from_any_directory() {
+        let canonical = seernet::nn::data::DatasetName::parse("fashion_mnist")
+            .unwrap()
+            .as_str();
+        assert_eq!(canonical, "fashion-mnist");
+        let p = committed_baseline("lenet5", canonical).expect("committed LeNet-5 baseline");
+        assert!(p.is_file() && p.ends_with("assets/baselines/lenet5-fashion-mnist.safetensors"));
+        assert!(committed_baseline("lenet5", "fashion_mnist").is_none());
+    }
 }
