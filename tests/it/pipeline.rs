@@ -264,7 +264,9 @@ fn kill_resume_determinism_and_errors() {
     );
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        !o.status.success() && err.contains("below the cheapest policy"),
+        !o.status.success()
+            && err.contains("budget bops-1K cannot be met: 1000 BOPs is below the cheapest policy")
+            && !err.contains("budget budget"),
         "{err}"
     );
     let o = run_child(

@@ -63,7 +63,15 @@ pub enum Error {
         /// The version this build reads and writes.
         supported: u64,
     },
-    /// A budget flag's value is invalid (or the budget cannot be met: `flag` = `budget`).
+    /// A budget that no policy of the search space meets.
+    #[error("budget {label} cannot be met: {msg}")]
+    Infeasible {
+        /// The budget's label (e.g. `bops-1K`).
+        label: String,
+        /// Why, with the minimum the space allows.
+        msg: String,
+    },
+    /// A budget flag's value is invalid.
     #[error("invalid budget {flag} '{value}': {msg}")]
     Budget {
         /// The flag, e.g. `--max-size`.

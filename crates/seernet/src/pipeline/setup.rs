@@ -45,7 +45,7 @@ impl<'a> Run<'a> {
     /// Opens the run of `cfg` (stage 1): checks the settings, opens `run.log`, loads (fetching
     /// when needed) the dataset and the baseline (training it when none is given), resolves the
     /// budgets, opens the label store under the labelling protocol. Errors: [`seer_policy::Error::NoBudget`],
-    /// [`Error::Config`] (too few initial labels, a missing baseline), [`seer_policy::Error::Budget`] for a
+    /// [`Error::Config`] (too few initial labels, a missing baseline), [`seer_policy::Error::Infeasible`] for a
     /// budget below the cheapest policy, and the sibling crates' errors (data, checkpoint,
     /// label store).
     pub(super) fn open(cfg: &'a Config, progress: &'a mut dyn Progress) -> Result<Self> {
@@ -255,7 +255,7 @@ fn train_baseline(
 }
 
 /// The budgets resolved against the w8a8 BOPs of `space`, each checked against the cheapest
-/// policy (Err([`seer_policy::Error::Budget`]) stating the minimum), and the sampling band: half the lowest
+/// policy (Err([`seer_policy::Error::Infeasible`]) stating the minimum), and the sampling band: half the lowest
 /// to 1.5 × the highest BOPs budget, within the space's range (the whole range when a budget
 /// limits size only).
 /// Bytes an exported file holds beyond the engine's storage, at most
@@ -310,9 +310,8 @@ fn resolve_budgets(
     let dearest = space.totals_indices(&space.most_expensive())?;
     for b in &resolved {
         let below = |msg: String| {
-            Error::from(seer_policy::Error::Budget {
-                flag: "budget".into(),
-                value: b.label.clone(),
+            Error::from(seer_policy::Error::Infeasible {
+                label: b.label.clone(),
                 msg,
             })
         };
