@@ -409,7 +409,12 @@ impl Model {
                         w.dim(0)?
                     )));
                 }
-                let rows = w.reshape((c, ()))?.sqr()?.sum(1)?.sqrt()?.to_vec1::<f32>()?;
+                let rows = w
+                    .reshape((c, ()))?
+                    .sqr()?
+                    .sum(1)?
+                    .sqrt()?
+                    .to_vec1::<f32>()?;
                 for (s, r) in score.iter_mut().zip(rows) {
                     *s += r as f64;
                 }

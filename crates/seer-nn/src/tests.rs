@@ -450,8 +450,12 @@ fn grouped_conv_keeps_channels_evenly_per_group() {
             panic!("g is a conv");
         };
         // 4 blocks of 2 channels: round(2·(1 − p)) ≥ 1 per block.
-        let kept = |p: f64| 4 * ((2.0 * (1.0 - p)) as f64).round().max(1.0) as usize;
-        assert_eq!((in_ch, out_ch, groups), (kept(pa), kept(pg), 4), "{pa} {pg}");
+        let kept = |p: f64| 4 * (2.0 * (1.0 - p)).round().max(1.0) as usize;
+        assert_eq!(
+            (in_ch, out_ch, groups),
+            (kept(pa), kept(pg), 4),
+            "{pa} {pg}"
+        );
         assert_eq!(slim.spec().layers[a].out_shape[0], kept(pa));
     }
 }

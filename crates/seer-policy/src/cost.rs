@@ -104,7 +104,10 @@ pub fn kept_channels(keep: f64, c: usize) -> usize {
 /// keeping the same number: `blocks · kept_channels(keep, c / blocks)` (all `c` at
 /// `keep >= 1`). `blocks` must divide `c` (a space's blocks always do).
 pub(crate) fn kept_in_blocks(keep: f64, c: usize, blocks: usize) -> usize {
-    debug_assert!(blocks >= 1 && c.is_multiple_of(blocks), "{blocks} blocks of {c}");
+    debug_assert!(
+        blocks >= 1 && c.is_multiple_of(blocks),
+        "{blocks} blocks of {c}"
+    );
     if keep >= 1.0 || blocks <= 1 {
         return kept_channels(keep, c);
     }

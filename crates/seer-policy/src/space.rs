@@ -579,11 +579,7 @@ impl SearchSpace {
                 unit,
                 w_full: layer.kind.weight_count() as f64,
                 f_out: factor(out_dom),
-                f_in: if follows {
-                    Factor::ONE
-                } else {
-                    factor(in_dom)
-                },
+                f_in: if follows { Factor::ONE } else { factor(in_dom) },
                 wb,
                 ab,
             });

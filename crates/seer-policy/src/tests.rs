@@ -711,7 +711,9 @@ fn bit_widths_outside_what_the_kernels_implement_are_refused() {
 fn grouped_net(a_out: usize, g_opts: ConvOpts) -> NetworkSpec {
     let mut b = SpecBuilder::new("grouped", InputShape::new(10, 10, 3), 10);
     let stem = b.conv("stem", None, ConvOpts::new(8, 3).pad(1)).unwrap();
-    let a = b.conv("a", Some(stem), ConvOpts::new(a_out, 3).pad(1)).unwrap();
+    let a = b
+        .conv("a", Some(stem), ConvOpts::new(a_out, 3).pad(1))
+        .unwrap();
     let g = b.conv("g", Some(a), g_opts.pad(1)).unwrap();
     let p = b.op("pool", Some(g), LayerKind::GlobalAvgPool).unwrap();
     b.linear("fc", Some(p), 10, false).unwrap();
@@ -792,12 +794,18 @@ fn grouped_convs_lock_domains_they_cannot_prune() {
     let mut b = SpecBuilder::new("split", InputShape::new(6, 6, 3), 10);
     let stem = b.conv("stem", None, ConvOpts::new(4, 3).pad(1)).unwrap();
     let a = b.conv("a", Some(stem), ConvOpts::new(4, 1)).unwrap();
-    let m = b.conv("m", Some(a), ConvOpts::new(12, 1).groups(4)).unwrap();
-    let g = b.conv("g", Some(m), ConvOpts::new(12, 1).groups(6)).unwrap();
+    let m = b
+        .conv("m", Some(a), ConvOpts::new(12, 1).groups(4))
+        .unwrap();
+    let g = b
+        .conv("g", Some(m), ConvOpts::new(12, 1).groups(6))
+        .unwrap();
     let g2 = b.conv("g2", Some(g), ConvOpts::new(4, 1)).unwrap();
     // 2 groups with one output each: the output cannot lose a channel; g2's 4 channels
     // split into 2 blocks.
-    let one = b.conv("one", Some(g2), ConvOpts::new(2, 1).groups(2)).unwrap();
+    let one = b
+        .conv("one", Some(g2), ConvOpts::new(2, 1).groups(2))
+        .unwrap();
     let p = b.op("pool", Some(one), LayerKind::GlobalAvgPool).unwrap();
     b.linear("fc", Some(p), 10, false).unwrap();
     let s = SearchSpace::new(b.finish().unwrap(), SpaceConfig::default()).unwrap();
