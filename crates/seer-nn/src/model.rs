@@ -350,12 +350,16 @@ impl Model {
     }
 
     /// Applies a policy (docs/method.md §1, §3): per weighted layer, weight/activation bit-widths
-    /// and kept output channels (top filter-L2 norms, summed over each searchable unit).
-    /// Replaces any earlier policy; α's must be (re)calibrated afterwards.
+    /// and kept output channels (top filter-L2 norms, summed over each searchable unit, the
+    /// same number in each of the unit's blocks, `Unit::kept`); depthwise and multiplier
+    /// convs keep the outputs of their kept inputs. Replaces any earlier policy; α's must be
+    /// (re)calibrated afterwards.
     ///
     /// Errors: the space's network differs from this model's (another arch or input size);
     /// an invalid policy (seer-policy's message, naming the unit and value); bit-widths
-    /// outside 2..=8; a slimmed model.
+    /// outside 2..=8; a slimmed model; a grouped conv whose kept inputs or outputs would not
+    /// spread evenly over its groups (possible only where a `masked` add or a `pad_shortcut`
+    /// hands on fewer channels than seer-policy counts).
     pub fn apply_policy(&mut self, space: &SearchSpace, policy: &Policy) -> Result<()> {
         if self.slim {
             return Err(Error::Invalid(
