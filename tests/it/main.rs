@@ -4,6 +4,7 @@ mod nn;
 mod pipeline;
 mod policy;
 mod predictor;
+mod pruning;
 mod search;
 mod store;
 mod tidy;

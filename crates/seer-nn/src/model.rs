@@ -14,8 +14,14 @@
 //! zeroed *before* weight quantization, so per-channel scales equal those of the physically
 //! pruned layer. [`Model::slim`] then removes the channels from convs, BatchNorms, residual
 //! partners and next-layer inputs; its outputs equal the masked model's.
+//!
+//! **Grouped convs** follow seer-policy's channel flow (docs/network-spec.md, "Channel
+//! flow"): a conv whose groups each read one input channel (depthwise, or with channel
+//! multiplier `m`) keeps the `m` outputs of every kept input and loses a group per pruned
+//! input; a grouped conv keeps its groups, each with as many inputs and outputs as the
+//! others, because kept channels are chosen per block (`seer_policy::Unit::blocks`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -95,18 +101,6 @@ struct Calib {
     samples: Vec<Vec<f32>>,
 }
 
-fn kind_dims(kind: &LayerKind) -> Option<(usize, usize)> {
-    match *kind {
-        LayerKind::Conv2d { in_ch, out_ch, .. } => Some((in_ch, out_ch)),
-        LayerKind::Linear {
-            in_features,
-            out_features,
-            ..
-        } => Some((in_features, out_features)),
-        _ => None,
-    }
-}
-
 fn mask_tensor(len: usize, keep: &[usize], rank4: bool, dev: &Device) -> Result<Tensor> {
     let mut m = vec![0f32; len];
     for &k in keep {
@@ -118,6 +112,64 @@ fn mask_tensor(len: usize, keep: &[usize], rank4: bool, dev: &Device) -> Result<
     } else {
         t.reshape((1, len))?
     })
+}
+
+/// The kept output rows and kept input columns (relative to the group) of every group of a
+/// conv `[in_ch, out_ch, groups]` that keeps input channels `ins` and output channels `outs`
+/// (ascending); groups that keep neither are dropped (a depthwise or channel-multiplier conv
+/// whose input channel was pruned). A slimmed conv needs equal groups, so this errs when a
+/// group keeps outputs but no input (or the reverse) or groups keep different numbers of
+/// channels (seer-policy's blocks prevent both; docs/network-spec.md, "Channel flow").
+fn group_split(
+    name: &str,
+    [in_ch, out_ch, groups]: [usize; 3],
+    ins: &[usize],
+    outs: &[usize],
+) -> Result<Vec<(Vec<usize>, Vec<usize>)>> {
+    let (cin_g, cout_g) = (in_ch / groups, out_ch / groups);
+    let mut parts = vec![(Vec::new(), Vec::new()); groups];
+    for &o in outs {
+        parts[o / cout_g].0.push(o);
+    }
+    for &c in ins {
+        parts[c / cin_g].1.push(c % cin_g);
+    }
+    parts.retain(|(rows, cols)| !rows.is_empty() || !cols.is_empty());
+    let first = parts.first().map(|(r, c)| (r.len(), c.len()));
+    if let Some((j, (rows, cols))) = parts
+        .iter()
+        .enumerate()
+        .find(|(_, (r, c))| r.is_empty() || c.is_empty() || Some((r.len(), c.len())) != first)
+    {
+        return Err(Error::Invalid(format!(
+            "layer {name}: kept channels are not spread evenly over its {groups} groups \
+             (a kept group holds {} outputs and {} inputs, group {j} of the kept ones {} and {})",
+            first.map_or(0, |f| f.0),
+            first.map_or(0, |f| f.1),
+            rows.len(),
+            cols.len()
+        )));
+    }
+    Ok(parts)
+}
+
+/// Mask `[out_ch, in_ch/groups, 1, 1]` of a grouped conv's weight: 1 where the input channel a
+/// weight reads is in `present`.
+fn group_in_mask(
+    [in_ch, out_ch, groups]: [usize; 3],
+    present: &[usize],
+    dev: &Device,
+) -> Result<Tensor> {
+    let (cin_g, cout_g) = (in_ch / groups, out_ch / groups);
+    let mut has = vec![false; in_ch];
+    for &c in present {
+        has[c] = true;
+    }
+    let m: Vec<f32> = (0..out_ch)
+        .flat_map(|o| (0..cin_g).map(move |k| (o / cout_g) * cin_g + k))
+        .map(|c| if has[c] { 1.0 } else { 0.0 })
+        .collect();
+    Ok(Tensor::from_vec(m, (out_ch, cin_g, 1, 1), dev)?)
 }
 
 impl Model {
@@ -298,12 +350,16 @@ impl Model {
     }
 
     /// Applies a policy (docs/method.md §1, §3): per weighted layer, weight/activation bit-widths
-    /// and kept output channels (top filter-L2 norms, summed over each searchable unit).
-    /// Replaces any earlier policy; α's must be (re)calibrated afterwards.
+    /// and kept output channels (top filter-L2 norms, summed over each searchable unit, the
+    /// same number in each of the unit's blocks, `Unit::kept`); depthwise and multiplier
+    /// convs keep the outputs of their kept inputs. Replaces any earlier policy; α's must be
+    /// (re)calibrated afterwards.
     ///
     /// Errors: the space's network differs from this model's (another arch or input size);
     /// an invalid policy (seer-policy's message, naming the unit and value); bit-widths
-    /// outside 2..=8; a slimmed model.
+    /// outside 2..=8; a slimmed model; a grouped conv whose kept inputs or outputs would not
+    /// spread evenly over its groups (possible only where a `masked` add or a `pad_shortcut`
+    /// hands on fewer channels than seer-policy counts).
     pub fn apply_policy(&mut self, space: &SearchSpace, policy: &Policy) -> Result<()> {
         if self.slim {
             return Err(Error::Invalid(
@@ -322,7 +378,6 @@ impl Model {
         space.validate(policy)?;
         let costs = space.cost(policy)?;
         let mut comp = vec![LayerComp::default(); self.spec.layers.len()];
-        let mut kept_count: HashMap<usize, usize> = HashMap::new();
         for lc in &costs.layers {
             for (b, what) in [(lc.wbits, "weight"), (lc.abits, "activation")] {
                 if !(2..=8).contains(&b) {
@@ -334,28 +389,32 @@ impl Model {
             }
             comp[lc.layer].wbits = Some(lc.wbits);
             comp[lc.layer].abits = Some(lc.abits);
-            kept_count.insert(lc.layer, lc.c_out_kept);
         }
-        for unit in space.units() {
-            let Some(&first) = unit.layers.first() else {
-                continue;
-            };
-            let c_out = kind_dims(&self.spec.layers[first].kind)
-                .map(|d| d.1)
-                .unwrap_or(0);
-            let k = kept_count.get(&first).copied().unwrap_or(c_out);
-            if k >= c_out || self.spec.layers[first].kind.is_depthwise() {
+        for (unit, up) in space.units().iter().zip(&policy.units) {
+            let c = unit.channels;
+            let k = unit.kept(up.prune);
+            if !unit.prunable || k >= c {
                 continue;
             }
-            let mut score = vec![0f64; c_out];
+            // One score per domain channel. A layer that follows the domain with multiplier
+            // m holds m consecutive weight rows per domain channel: reshaping to c rows sums
+            // them.
+            let mut score = vec![0f64; c];
             for &l in &unit.layers {
                 let w = self.params[l]
                     .weight
                     .as_ref()
-                    .expect("weighted layer has weights");
+                    .expect("weighted layer has weights")
+                    .as_tensor();
+                if w.dim(0)? % c != 0 {
+                    return Err(Error::Invalid(format!(
+                        "layer {}: {} output channels are not a multiple of its unit's {c}",
+                        self.spec.layers[l].name,
+                        w.dim(0)?
+                    )));
+                }
                 let rows = w
-                    .as_tensor()
-                    .reshape((c_out, ()))?
+                    .reshape((c, ()))?
                     .sqr()?
                     .sum(1)?
                     .sqrt()?
@@ -364,9 +423,20 @@ impl Model {
                     *s += r as f64;
                 }
             }
-            let keep = top_k(&score, k);
+            // Grouped convs: every block of consecutive channels keeps the same number.
+            let size = c / unit.blocks;
+            let keep: Vec<usize> = (0..unit.blocks)
+                .flat_map(|b| {
+                    top_k(&score[b * size..(b + 1) * size], k / unit.blocks)
+                        .into_iter()
+                        .map(move |i| b * size + i)
+                })
+                .collect();
             for &l in &unit.layers {
-                comp[l].keep = Some(keep.clone());
+                // Layers that follow the domain take their channels from their input.
+                if self.spec.layers[l].kind.channel_multiplier().is_none() {
+                    comp[l].keep = Some(keep.clone());
+                }
             }
         }
         self.comp = comp;
@@ -409,28 +479,35 @@ impl Model {
                         LayerKind::Linear { in_features, .. } => (in_features, 1),
                         _ => unreachable!("matched conv or linear"),
                     };
-                    let keep = if l.kind.is_depthwise() {
-                        prod_phys.clone()
-                    } else {
-                        self.comp[i].keep.clone()
+                    let mult = l.kind.channel_multiplier();
+                    let keep = match mult {
+                        // Output c·m + r reads input c alone: it exists iff input c does.
+                        Some(m) => prod_phys
+                            .as_ref()
+                            .map(|pp| pp.iter().flat_map(|&ch| ch * m..(ch + 1) * m).collect()),
+                        None => self.comp[i].keep.clone(),
                     };
-                    if groups > 1
-                        && !l.kind.is_depthwise()
-                        && (keep.is_some() || prod_phys.is_some())
-                    {
-                        return Err(Error::Invalid(format!(
-                            "layer {}: pruning grouped convolutions is not supported",
-                            l.name
-                        )));
+                    if groups > 1 && (keep.is_some() || prod_phys.is_some()) {
+                        // Refuses kept sets that no smaller grouped conv computes.
+                        group_split(
+                            &l.name,
+                            [in_ch, c, groups],
+                            &prod_phys.clone().unwrap_or_else(|| (0..in_ch).collect()),
+                            &keep.clone().unwrap_or_else(|| (0..c).collect()),
+                        )?;
                     }
                     if let Some(k) = &keep {
                         plan.out_mask[i] = Some(mask_tensor(c, k, rank4, &self.device)?);
                     }
-                    if !l.kind.is_depthwise()
+                    if mult.is_none()
                         && let Some(pp) = &prod_phys
                     {
-                        let wshape_rank4 = matches!(l.kind, LayerKind::Conv2d { .. });
-                        plan.in_mask[i] = Some(mask_tensor(in_ch, pp, wshape_rank4, &self.device)?);
+                        plan.in_mask[i] = Some(if groups > 1 {
+                            group_in_mask([in_ch, c, groups], pp, &self.device)?
+                        } else {
+                            let wshape_rank4 = matches!(l.kind, LayerKind::Conv2d { .. });
+                            mask_tensor(in_ch, pp, wshape_rank4, &self.device)?
+                        });
                     }
                     plan.phys[i] = keep.clone();
                     constraint[i] = keep;
@@ -897,15 +974,30 @@ impl Model {
                     groups,
                     ..
                 } => {
-                    let dw = l.kind.is_depthwise();
                     let ins = in_set.clone().unwrap_or_else(|| (0..*in_ch).collect());
-                    np.weight = sel(&p.weight, &out_set, if dw { None } else { Some(&ins) })?;
+                    // Per kept group: its kept outputs and its kept inputs (group-relative).
+                    let parts = group_split(&l.name, [*in_ch, *out_ch, *groups], &ins, &out_set)?;
+                    np.weight = if *groups == 1 {
+                        sel(&p.weight, &out_set, Some(&ins))?
+                    } else if *in_ch == *groups {
+                        // One input per group: the rows alone (weight [out, 1, k, k]).
+                        sel(&p.weight, &out_set, None)?
+                    } else {
+                        let w = p.weight.as_ref().expect("conv has a weight").as_tensor();
+                        let blocks = parts
+                            .iter()
+                            .map(|(rows, cols)| {
+                                w.index_select(&idx(rows)?, 0)?
+                                    .index_select(&idx(cols)?, 1)
+                                    .map_err(Error::from)
+                            })
+                            .collect::<Result<Vec<_>>>()?;
+                        Some(Var::from_tensor(&Tensor::cat(&blocks, 0)?)?)
+                    };
                     np.bias = sel(&p.bias, &out_set, None)?;
                     *in_ch = ins.len();
                     *out_ch = out_set.len();
-                    if dw {
-                        *groups = out_set.len();
-                    }
+                    *groups = parts.len();
                     np.alpha = p
                         .alpha
                         .as_ref()

@@ -346,3 +346,116 @@ fn resumed_training_matches_an_uninterrupted_run_without_momentum() {
     );
     assert!(e.is_err());
 }
+
+/// `stem` (fixed) → `a` (conv 8) → `g` (3×3, pad 1, `groups`, `g_out` outputs) → global
+/// average pool → `fc`, on 10×10×3.
+fn grouped_net(g_out: usize, groups: usize) -> seer_policy::NetworkSpec {
+    use seer_policy::{ConvOpts, LayerKind, SpecBuilder};
+    let mut b = SpecBuilder::new("grouped", InputShape::new(10, 10, 3), 10);
+    let stem = b.conv("stem", None, ConvOpts::new(8, 3).pad(1)).unwrap();
+    let a = b.conv("a", Some(stem), ConvOpts::new(8, 3).pad(1)).unwrap();
+    let bn = b.op("bn", Some(a), LayerKind::BatchNorm).unwrap();
+    let g = b
+        .conv("g", Some(bn), ConvOpts::new(g_out, 3).pad(1).groups(groups))
+        .unwrap();
+    let r = b.op("relu", Some(g), LayerKind::Relu).unwrap();
+    let p = b.op("pool", Some(r), LayerKind::GlobalAvgPool).unwrap();
+    b.linear("fc", Some(p), 10, true).unwrap();
+    b.finish().unwrap()
+}
+
+/// Pruned, calibrated, slimmed: the slimmed model computes the masked one's logits and
+/// costs the counted MACs per layer. Returns the slimmed model.
+fn prune_and_slim(spec: &seer_policy::NetworkSpec, space: &SearchSpace, p: &Policy) -> Model {
+    let mut m = Model::new(spec.clone(), 1, &Device::Cpu).unwrap();
+    warm_bn(&m, 3);
+    m.apply_policy(space, p).unwrap();
+    m.calibrate([&rand_x(8, spec.input, 4)]).unwrap();
+    let slim = m.slim().unwrap();
+    let x = rand_x(4, spec.input, 5);
+    let d = max_abs_diff(
+        &m.forward(&x, false).unwrap(),
+        &slim.forward(&x, false).unwrap(),
+    );
+    assert!(d <= 1e-4, "masked vs slimmed max |diff| {d}");
+    let measured = slim.measured_macs(&x.narrow(0, 0, 1).unwrap()).unwrap();
+    let counted: Vec<(usize, u64)> = space
+        .cost(p)
+        .unwrap()
+        .layers
+        .iter()
+        .map(|l| (l.layer, l.macs))
+        .collect();
+    assert_eq!(measured, counted);
+    slim
+}
+
+/// Issue 13, case 2: `apply_policy` refused every policy that pruned a grouped conv or its
+/// producer ("pruning grouped convolutions is not supported"). Cutting one of 8 input
+/// channels of a multiplier-2 conv (in 8, out 16, groups 8) removes the pair of outputs that
+/// read it: in 7, out 14, groups 7, 12,600 MACs (14,400 unpruned).
+#[test]
+fn multiplier_conv_loses_the_outputs_of_a_pruned_input() {
+    let spec = grouped_net(16, 8);
+    let space = SearchSpace::new(
+        spec.clone(),
+        SpaceConfig {
+            prune_ratios: vec![0.0, 0.125],
+            ..SpaceConfig::default()
+        },
+    )
+    .unwrap();
+    let g = spec.layer_index("g").unwrap();
+    for (prune, want, macs) in [(0.0, (8, 16, 8), 14_400), (0.125, (7, 14, 7), 12_600)] {
+        let p = space.uniform(4, 4, prune).unwrap();
+        let slim = prune_and_slim(&spec, &space, &p);
+        let seer_policy::LayerKind::Conv2d {
+            in_ch,
+            out_ch,
+            groups,
+            ..
+        } = slim.spec().layers[g].kind
+        else {
+            panic!("g is a conv");
+        };
+        assert_eq!((in_ch, out_ch, groups), want);
+        let x = rand_x(1, spec.input, 0);
+        let m = slim.measured_macs(&x).unwrap();
+        assert_eq!(m.iter().find(|m| m.0 == g).unwrap().1, macs);
+    }
+}
+
+/// A grouped conv with two inputs per group (in 8, out 8, groups 4) keeps the same number of
+/// channels in every group, of its outputs and of its producer's.
+#[test]
+fn grouped_conv_keeps_channels_evenly_per_group() {
+    let spec = grouped_net(8, 4);
+    let space = SearchSpace::new(spec.clone(), SpaceConfig::default()).unwrap();
+    let (a, g) = (
+        spec.layer_index("a").unwrap(),
+        spec.layer_index("g").unwrap(),
+    );
+    for (pa, pg) in [(0.5, 0.5), (0.5, 0.0), (0.0, 0.5), (0.25, 0.75)] {
+        let mut p = space.uniform(5, 6, 0.0).unwrap();
+        p.units[0].prune = pa;
+        p.units[1].prune = pg;
+        let slim = prune_and_slim(&spec, &space, &p);
+        let seer_policy::LayerKind::Conv2d {
+            in_ch,
+            out_ch,
+            groups,
+            ..
+        } = slim.spec().layers[g].kind
+        else {
+            panic!("g is a conv");
+        };
+        // 4 blocks of 2 channels: round(2·(1 − p)) ≥ 1 per block.
+        let kept = |p: f64| 4 * (2.0 * (1.0 - p)).round().max(1.0) as usize;
+        assert_eq!(
+            (in_ch, out_ch, groups),
+            (kept(pa), kept(pg), 4),
+            "{pa} {pg}"
+        );
+        assert_eq!(slim.spec().layers[a].out_shape[0], kept(pa));
+    }
+}

@@ -3,9 +3,10 @@
 //!
 //! Conventions (see `docs/network-spec.md`): only conv and linear layers count. For a layer
 //! with `n_out` kept output channels and `n_in` kept input channels (features),
-//! weights kept `W = n_out · n_in · k_h·k_w / groups` (rounded to the nearest integer for a
-//! grouped conv whose kept channels do not divide evenly; a depthwise conv keeps
-//! `n_out · k_h·k_w`: its groups shrink with its channels), `MACs = H_out·W_out·W`,
+//! weights kept `W = n_out · n_in · k_h·k_w / groups` (exact: a grouped conv's kept channels
+//! split evenly over its groups, see [`crate::Unit::blocks`]; a conv whose groups each read
+//! one input channel, depthwise or with a channel multiplier, keeps `n_out · k_h·k_w`: its
+//! groups shrink with its input channels), `MACs = H_out·W_out·W`,
 //! `BOPs = MACs · b_w · b_a` (`b_a`: bits of the activation entering the layer; 8 for a layer
 //! that reads the image, whose pixels are used as they are), and
 //! `size` the bits the integer engine stores (seer-int's `IntModel::storage_bytes` × 8): each
@@ -104,6 +105,20 @@ pub fn kept_channels(keep: f64, c: usize) -> usize {
     }
 }
 
+/// Kept channels of `c` channels in `blocks` equal blocks of consecutive channels, each
+/// keeping the same number: `blocks · kept_channels(keep, c / blocks)` (all `c` at
+/// `keep >= 1`). `blocks` must divide `c` (a space's blocks always do).
+pub(crate) fn kept_in_blocks(keep: f64, c: usize, blocks: usize) -> usize {
+    debug_assert!(
+        blocks >= 1 && c.is_multiple_of(blocks),
+        "{blocks} blocks of {c}"
+    );
+    if keep >= 1.0 || blocks <= 1 {
+        return kept_channels(keep, c);
+    }
+    blocks * kept_channels(keep, c / blocks)
+}
+
 #[derive(Clone, Copy)]
 struct LayerNums {
     n_in: usize,
@@ -122,14 +137,14 @@ impl SearchSpace {
         keep: &dyn Fn(usize) -> f64,
         bits: &dyn Fn(usize) -> (u32, u32),
     ) -> LayerNums {
-        let n_out = kept_channels(keep(t.out_dom), t.c_out);
-        let n_in = kept_channels(keep(t.in_dom), t.c_in_dom) * t.in_mult;
-        let weights: u64 = if t.depthwise {
+        let n_out = kept_in_blocks(keep(t.out_dom), t.c_out_dom, t.out_blocks) * t.out_mult;
+        let n_in = kept_in_blocks(keep(t.in_dom), t.c_in_dom, t.in_blocks) * t.in_mult;
+        let weights: u64 = if t.follows {
+            // One input channel per group: every kept output has one k_h×k_w filter.
             n_out as u64 * t.kk
         } else {
-            let num = n_out as u64 * n_in as u64 * t.kk;
-            let g = t.groups as u64;
-            (num + g / 2) / g
+            // Blocks make both counts multiples of the groups: the division is exact.
+            n_out as u64 * n_in as u64 * t.kk / t.groups as u64
         };
         let (wb, ab) = match t.unit {
             Some(u) => bits(u),
@@ -274,10 +289,11 @@ impl SearchSpace {
 
     /// Relaxed MACs, BOPs and size at `x` with analytic gradients (length `dim()`).
     /// Exact polynomial in `x` (bilinear in keep ratios, bilinear in bits). MACs and BOPs
-    /// equal the discrete cost at candidate points when every kept channel count is integral;
-    /// the size there lies between the exact size and the exact size plus 7 bits per kept
-    /// output channel (row padding, counted at its worst so the relaxation never
-    /// under-prices a policy).
+    /// equal the discrete cost at candidate points when every kept channel count is integral
+    /// (`(1 − p)·C / blocks` for a domain in blocks, see [`crate::Unit::blocks`]); the size
+    /// there lies between the exact size and the exact size plus 7 bits per kept output
+    /// channel (row padding, counted at its worst so the relaxation never under-prices a
+    /// policy).
     /// Err(InvalidEncoding) for a wrong length or non-finite coordinate.
     pub fn relaxed_cost(&self, x: &[f64]) -> Result<RelaxedCost> {
         let mut out = RelaxedCost::default();

@@ -115,7 +115,8 @@ pub const MAX_BITS: u32 = 8;
 pub const IMAGE_BITS: u32 = 8;
 
 /// A searchable unit: one layer, or the layers sharing one output-channel domain
-/// (a residual tie group in `tied` mode; a conv plus the depthwise convs that follow it).
+/// (a residual tie group in `tied` mode; a conv plus the depthwise and channel-multiplier
+/// convs that follow it, see [`LayerKind::channel_multiplier`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Unit {
     /// Display name: the first layer's name, with `+N` when N more layers belong to it.
@@ -123,8 +124,28 @@ pub struct Unit {
     /// Weighted layer indices (in the spec) whose weights/inputs this unit's bits govern.
     pub layers: Vec<usize>,
     /// Whether the unit may be pruned. False when its channels are tied to a fixed layer,
-    /// the image, the classes, or a masked residual stream: its prune gene is then {0}.
+    /// the image, the classes, or a masked residual stream, or when grouped convs leave no
+    /// channel to remove (see `blocks`): its prune gene is then {0}.
     pub prunable: bool,
+    /// Channels of the unit's domain: the output channels of the convs and linear layers
+    /// that produce it (a layer that follows it with multiplier `m` has `m ×` as many).
+    pub channels: usize,
+    /// The domain's channels form this many equal blocks of consecutive channels, and
+    /// pruning keeps the same number in every block: the least common multiple of the groups
+    /// of the grouped convs (`1 < groups < in_ch`) that write or read the domain, so that
+    /// every group of such a conv keeps as many channels as the others. 1 without grouped
+    /// convs, and for units that cannot be pruned. Always divides `channels`.
+    pub blocks: usize,
+}
+
+impl Unit {
+    /// Channels the unit keeps at pruning ratio `prune` (docs/network-spec.md, "Genes and
+    /// encoding"): `blocks · max(1, round((1 − prune) · channels / blocks))`, all of them at
+    /// `prune <= 0`. A ratio that validation accepts (in `[0, 1)`) never keeps fewer than
+    /// `blocks` channels.
+    pub fn kept(&self, prune: f64) -> usize {
+        crate::cost::kept_in_blocks(1.0 - prune, self.channels, self.blocks)
+    }
 }
 
 /// Which choice a gene encodes.
@@ -236,22 +257,29 @@ impl BitSrc {
 pub(crate) struct Term {
     pub layer: usize,
     pub label: String,
-    pub depthwise: bool,
+    /// Each group reads one input channel (`groups == in_ch > 1`, depthwise or with a
+    /// channel multiplier): the outputs follow the input, one weight row per output.
+    pub follows: bool,
     pub out_dom: usize,
     pub in_dom: usize,
     /// Output channels (features for linear).
     pub c_out: usize,
     /// Input channels/features.
     pub c_in: usize,
+    /// Output channels in domain units and their multiplier (c_out = c_out_dom · out_mult).
+    pub c_out_dom: usize,
+    pub out_mult: usize,
     /// Input channels in domain units, and the flatten multiplier (c_in = c_in_dom · in_mult).
     pub c_in_dom: usize,
     pub in_mult: usize,
+    /// Blocks of the output and input domains (see [`Unit::blocks`]).
+    pub out_blocks: usize,
+    pub in_blocks: usize,
     pub groups: usize,
     /// k_h·k_w (1 for linear).
     pub kk: u64,
     /// H_out·W_out (1 for linear).
     pub hw: u64,
-    pub bias: bool,
     /// Unit index, None for fixed layers.
     pub unit: Option<usize>,
     /// Full weight count.
@@ -385,6 +413,8 @@ impl SearchSpace {
                         name: String::new(),
                         layers: Vec::new(),
                         prunable: !locked[d],
+                        channels: ch.dom_c[d],
+                        blocks: if locked[d] { 1 } else { ch.blocks[d] },
                     });
                     dom_unit[d] = Some(units.len() - 1);
                     units.len() - 1
@@ -487,6 +517,7 @@ impl SearchSpace {
             let layer = &spec.layers[l];
             let [_, oh, ow] = layer.out_shape;
             let depthwise = layer.kind.is_depthwise();
+            let follows = layer.kind.channel_multiplier().is_some();
             let (c_in, c_out, groups, kk, hw, label) = match layer.kind {
                 LayerKind::Conv2d {
                     in_ch,
@@ -563,28 +594,28 @@ impl SearchSpace {
                 None => (spec.input.c, 1),
             };
             let (out_dom, in_dom) = (ch.out_dom[l], ch.in_dom[l]);
+            let blocks = |d: usize| if locked[d] { 1 } else { ch.blocks[d] };
             terms.push(Term {
                 layer: l,
                 label,
-                depthwise,
+                follows,
                 out_dom,
                 in_dom,
                 c_out,
                 c_in,
+                c_out_dom: ch.out_c[l],
+                out_mult: ch.out_mult[l],
                 c_in_dom: in_c_dom,
                 in_mult,
+                out_blocks: blocks(out_dom),
+                in_blocks: blocks(in_dom),
                 groups,
                 kk,
                 hw,
-                bias: layer.kind.has_bias(),
                 unit,
                 w_full: layer.kind.weight_count() as f64,
                 f_out: factor(out_dom),
-                f_in: if depthwise {
-                    Factor::ONE
-                } else {
-                    factor(in_dom)
-                },
+                f_in: if follows { Factor::ONE } else { factor(in_dom) },
                 wb,
                 ab,
                 reads_image,

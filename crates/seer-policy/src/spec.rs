@@ -195,6 +195,23 @@ impl LayerKind {
             if *groups == *in_ch && *in_ch == *out_ch && *groups > 1)
     }
 
+    /// For a conv whose every group reads one input channel (`groups == in_ch > 1`): its
+    /// channel multiplier `m = out_ch / in_ch` (1 for a depthwise conv). Output channel
+    /// `c·m + r` (`r < m`) reads input channel `c` alone, so such a conv cannot prune on its
+    /// own: its channels follow its producer's, `m` outputs per kept input (docs/network-spec.md,
+    /// "Channel flow"). None for every other layer.
+    pub fn channel_multiplier(&self) -> Option<usize> {
+        match *self {
+            LayerKind::Conv2d {
+                in_ch,
+                out_ch,
+                groups,
+                ..
+            } if groups == in_ch && groups > 1 => Some(out_ch / in_ch),
+            _ => None,
+        }
+    }
+
     /// Number of weights (biases excluded): conv `out·in/groups·k_h·k_w`, linear `in·out`, else 0.
     pub fn weight_count(&self) -> u64 {
         match *self {
@@ -275,7 +292,8 @@ impl NetworkSpec {
         self.layers.iter().map(|l| l.kind.weight_count()).sum()
     }
 
-    /// Residual tie groups: sets of channel-producing layers (non-depthwise conv or linear)
+    /// Residual tie groups: sets of channel-producing layers (conv or linear, except convs
+    /// that follow their producer: see [`LayerKind::channel_multiplier`])
     /// whose outputs meet, transitively, at residual additions and so must keep the same
     /// channels (docs/method.md §1). Each group is sorted; groups are ordered by first layer.
     /// Only groups formed by at least one `Add` are listed.

@@ -830,3 +830,129 @@ fn size_counts_whole_bytes_per_packed_row() {
     // The classifier: 2 rows of 3 bytes and a scale each.
     assert_eq!(c.layers[1].size_bits, 2 * 24 + 2 * 32);
 }
+
+/// `stem` (fixed, 8 channels) → `a` (conv 8, prunable) → `g` (3×3, pad 1, `g_opts`) → global
+/// average pool → `fc`, on a 10×10×3 input.
+fn grouped_net(a_out: usize, g_opts: ConvOpts) -> NetworkSpec {
+    let mut b = SpecBuilder::new("grouped", InputShape::new(10, 10, 3), 10);
+    let stem = b.conv("stem", None, ConvOpts::new(8, 3).pad(1)).unwrap();
+    let a = b
+        .conv("a", Some(stem), ConvOpts::new(a_out, 3).pad(1))
+        .unwrap();
+    let g = b.conv("g", Some(a), g_opts.pad(1)).unwrap();
+    let p = b.op("pool", Some(g), LayerKind::GlobalAvgPool).unwrap();
+    b.linear("fc", Some(p), 10, false).unwrap();
+    b.finish().unwrap()
+}
+
+/// Issue 13, case 2: a grouped conv with one input channel per group (in 8, out 16, groups 8)
+/// was its own prunable unit, priced at 16 outputs after its producer was cut to 7 (12,600
+/// MACs), though no conv with 8 groups reads 7 channels. Cutting one input channel removes
+/// the pair of outputs that read it: in 7, out 14, groups 7, still 12,600 MACs; the conv has
+/// no prune gene of its own.
+#[test]
+fn multiplier_conv_follows_its_producer() {
+    let spec = grouped_net(8, ConvOpts::new(16, 3).groups(8));
+    assert_eq!(spec.layers[2].kind.channel_multiplier(), Some(2));
+    let s = SearchSpace::new(
+        spec,
+        SpaceConfig {
+            prune_ratios: vec![0.0, 0.125],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let names: Vec<&str> = s.units().iter().map(|u| u.name.as_str()).collect();
+    assert_eq!(names, ["a+1"]);
+    assert_eq!((s.units()[0].channels, s.units()[0].blocks), (8, 1));
+    let g = |c: &Costs| c.layers[2].clone();
+    let full = s.cost(&s.uniform(8, 8, 0.0).unwrap()).unwrap();
+    assert_eq!((g(&full).c_in_kept, g(&full).c_out_kept), (8, 16));
+    assert_eq!(g(&full).macs, 14_400); // 16 · 9 · 10·10
+    let cut = s.cost(&s.uniform(8, 8, 0.125).unwrap()).unwrap();
+    assert_eq!((g(&cut).c_in_kept, g(&cut).c_out_kept), (7, 14));
+    assert_eq!(g(&cut).macs, 12_600); // 14 · 9 · 10·10
+    // The classifier reads the 14 channels left.
+    assert_eq!(cut.layers[3].c_in_kept, 14);
+    assert_eq!(s.units()[0].kept(0.125), 7);
+}
+
+/// A grouped conv with several inputs per group keeps channels evenly over its groups: its
+/// own outputs and the domain it reads split into blocks (here 4 blocks of 3 channels), and
+/// every block keeps `max(1, round((1 − p)·3))`: 8 of 12 at p = 0.25, not 9.
+#[test]
+fn grouped_conv_prunes_in_blocks() {
+    let s = SearchSpace::new(
+        grouped_net(12, ConvOpts::new(12, 3).groups(4)),
+        SpaceConfig::default(),
+    )
+    .unwrap();
+    let names: Vec<&str> = s.units().iter().map(|u| u.name.as_str()).collect();
+    assert_eq!(names, ["a", "g"]);
+    for u in s.units() {
+        assert!(u.prunable);
+        assert_eq!((u.channels, u.blocks), (12, 4));
+    }
+    let mut p = s.uniform(8, 8, 0.25).unwrap();
+    let c = s.cost(&p).unwrap();
+    let g = &c.layers[2];
+    assert_eq!((g.c_in_kept, g.c_out_kept), (8, 8));
+    assert_eq!(g.macs, 8 * 2 * 9 * 100); // 8 outputs reading 8/4 = 2 inputs each
+    p.units[0].prune = 0.5;
+    p.units[1].prune = 0.75;
+    let g = s.cost(&p).unwrap().layers[2].clone();
+    assert_eq!((g.c_in_kept, g.c_out_kept), (8, 4)); // 4·round(1.5) = 8; 4·max(1, 0.75) = 4
+    assert_eq!(g.macs, 4 * 2 * 9 * 100);
+    // The continuous relaxation keeps counting (1 − p)·C.
+    let r = s.relaxed_cost(&s.encode(&p).unwrap()).unwrap();
+    assert!(r.macs > 0.0);
+    fd_check(&s, &s.encode(&p).unwrap());
+}
+
+/// Domains no kept set can serve stay whole: a grouped conv whose groups split a domain
+/// channel's run, blocks of one channel, and a tied add of a multiplier conv's output with
+/// a plain one.
+#[test]
+fn grouped_convs_lock_domains_they_cannot_prune() {
+    // a (4) → multiplier 3 (12 = 4 × 3) → grouped conv with 6 groups: a group boundary
+    // falls inside the 3 channels of one of a's channels.
+    let mut b = SpecBuilder::new("split", InputShape::new(6, 6, 3), 10);
+    let stem = b.conv("stem", None, ConvOpts::new(4, 3).pad(1)).unwrap();
+    let a = b.conv("a", Some(stem), ConvOpts::new(4, 1)).unwrap();
+    let m = b
+        .conv("m", Some(a), ConvOpts::new(12, 1).groups(4))
+        .unwrap();
+    let g = b
+        .conv("g", Some(m), ConvOpts::new(12, 1).groups(6))
+        .unwrap();
+    let g2 = b.conv("g2", Some(g), ConvOpts::new(4, 1)).unwrap();
+    // 2 groups with one output each: the output cannot lose a channel; g2's 4 channels
+    // split into 2 blocks.
+    let one = b
+        .conv("one", Some(g2), ConvOpts::new(2, 1).groups(2))
+        .unwrap();
+    let p = b.op("pool", Some(one), LayerKind::GlobalAvgPool).unwrap();
+    b.linear("fc", Some(p), 10, false).unwrap();
+    let s = SearchSpace::new(b.finish().unwrap(), SpaceConfig::default()).unwrap();
+    let unit = |n: &str| s.units().iter().find(|u| u.name == n).unwrap().clone();
+    assert!(!unit("a+1").prunable, "groups of g split a's channels");
+    assert!(!unit("one").prunable, "2 blocks of 1 channel");
+    assert!(unit("g").prunable && unit("g").blocks == 6);
+    assert!(unit("g2").prunable && unit("g2").blocks == 2);
+    for u in s.units().iter().filter(|u| !u.prunable) {
+        assert_eq!(u.blocks, 1);
+    }
+
+    // Tied add of a multiplier conv's output (4 channels × 2) and a plain conv's 8 outputs.
+    let mut b = SpecBuilder::new("mixed", InputShape::new(6, 6, 3), 10);
+    let stem = b.conv("stem", None, ConvOpts::new(4, 3).pad(1)).unwrap();
+    let a = b.conv("a", Some(stem), ConvOpts::new(4, 1)).unwrap();
+    let m = b.conv("m", Some(a), ConvOpts::new(8, 1).groups(4)).unwrap();
+    let c = b.conv("c", Some(stem), ConvOpts::new(8, 1)).unwrap();
+    let add = b.add("add", &[m, c]).unwrap();
+    let p = b.op("pool", Some(add), LayerKind::GlobalAvgPool).unwrap();
+    b.linear("fc", Some(p), 10, false).unwrap();
+    let s = SearchSpace::new(b.finish().unwrap(), SpaceConfig::default()).unwrap();
+    assert_eq!(s.units().len(), 1);
+    assert!(!s.units()[0].prunable);
+}
