@@ -67,7 +67,7 @@ fn documented_example_network_loads_and_matches_the_worked_example() {
     let c = space.cost(&p).unwrap();
     assert_eq!(
         (c.total_macs, c.total_bops, c.total_size_bits),
-        (15_530, 531_380, 6_856)
+        (15_530, 531_380, 6_960)
     );
     let full = space.cost(&space.uniform(8, 8, 0.0).unwrap()).unwrap();
     assert_eq!(full.total_macs, 22_068);
