@@ -1,5 +1,5 @@
-//! End-to-end tests of the `seernet complexity`, `seernet space` and `seernet infer` commands
-//! (the built binary).
+//! End-to-end tests of the `seernet complexity`, `seernet space`, `seernet infer`,
+//! `seernet predictor` and `seernet search` commands (the built binary).
 
 use std::process::Command;
 
@@ -549,6 +549,123 @@ fn infer_runs_exported_models_and_rejects_bad_input() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("no compression policy"),
+        "{err}"
+    );
+}
+
+/// Issue 13, case 4: a predictor fitted on labels up to 97.1% (policies with 2–5 bits) asked
+/// about w8a8 reported "predicted top-1 103.315 ± 0.661" without a warning. Now the prediction
+/// stays in [0, 100] and `seernet search` warns that it extrapolates; inside the data it does
+/// not warn.
+#[test]
+fn search_warns_when_the_prediction_extrapolates() {
+    let dir = tempfile::tempdir().unwrap();
+    // LeNet-5's three searchable units; top-1 loses 0.9 points per missing bit below 5 and 3
+    // points per unit of pruning, shifted so that the best label is 97.1.
+    let mut state = 13u64;
+    let mut pick = |n: u64| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) % n
+    };
+    let mut rows = Vec::new();
+    for _ in 0..120 {
+        let prune: Vec<f64> = (0..3).map(|_| 0.25 * pick(3) as f64).collect();
+        let bits: Vec<f64> = (0..6).map(|_| (2 + pick(4)) as f64).collect();
+        let pen: f64 = prune.iter().map(|p| 3.0 * p).sum::<f64>()
+            + bits.iter().map(|b| 0.9 * (5.0 - b)).sum::<f64>();
+        rows.push((prune, bits, pen));
+    }
+    let best = rows.iter().map(|r| r.2).fold(f64::INFINITY, f64::min);
+    let mut csv = String::from(
+        "prune_0,prune_1,prune_2,wbits_0,wbits_1,wbits_2,abits_0,abits_1,abits_2,top1\n",
+    );
+    for (p, b, pen) in &rows {
+        let cells: Vec<String> = p.iter().chain(b).map(|v| v.to_string()).collect();
+        csv += &format!("{},{:.4}\n", cells.join(","), 97.1 - (pen - best));
+    }
+    let samples = dir.path().join("samples.csv");
+    std::fs::write(&samples, &csv).unwrap();
+    let model = dir.path().join("p.safetensors");
+    let (s, m) = (samples.to_str().unwrap(), model.to_str().unwrap());
+    let (rc, _, err) = seernet(&[
+        "predictor",
+        "fit",
+        "--samples",
+        s,
+        "--out",
+        m,
+        "--members",
+        "4",
+        "--max-epochs",
+        "200",
+    ]);
+    assert_eq!(rc, 0, "{err}");
+
+    // w8a8 lies outside the labelled bits (2–5): bounded, and a warning line names why.
+    let search = [
+        "search",
+        "--predictor",
+        m,
+        "--arch",
+        "lenet5",
+        "--bops-frac",
+        "100%",
+    ];
+    let (rc, out, err) = seernet(&search);
+    assert_eq!(rc, 0, "{err}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("method barrier"))
+        .unwrap();
+    let top1: f64 = line
+        .split("predicted top-1 ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!((0.0..=100.0).contains(&top1), "{line}");
+    let warning = err
+        .lines()
+        .find(|l| l.starts_with("warning: predicted top-1"))
+        .unwrap_or_else(|| panic!("no warning in {err:?}"));
+    assert!(
+        warning.contains("extrapolates beyond the predictor's training data")
+            && warning.contains("outside the training range")
+            && warning.contains("training labels ")
+            && warning.contains("97.10"),
+        "{warning}"
+    );
+    let mut json_args = search.to_vec();
+    json_args.push("--json");
+    let v = json(&json_args);
+    assert_eq!(v["extrapolation"]["any"], true, "{v}");
+    assert!(v["predicted_top1"].as_f64().unwrap() <= 100.0, "{v}");
+
+    // The labelled space itself (bits 2–5, prune ≤ 0.5): no warning.
+    let (rc, _, err) = seernet(&[
+        "search",
+        "--predictor",
+        m,
+        "--arch",
+        "lenet5",
+        "--bops-frac",
+        "100%",
+        "--bits",
+        "2,3,4,5",
+        "--prune-ratios",
+        "0,0.25,0.5",
+    ]);
+    assert_eq!(rc, 0, "{err}");
+    assert!(!err.contains("warning"), "{err}");
+
+    // A target outside [0, 100] needs --unbounded, and the error says so.
+    std::fs::write(&samples, csv.replace(",9", ",19")).unwrap();
+    let (rc, _, err) = seernet(&["predictor", "fit", "--samples", s, "--out", m]);
+    assert_ne!(rc, 0);
+    assert!(
+        err.contains("outside [0, 100]") && err.contains("--unbounded"),
         "{err}"
     );
 }

@@ -11,7 +11,8 @@ use seer_barrier::Budget as Limits;
 use seer_policy::SearchSpace;
 use seer_predictor::Predictor;
 use seernet::budget::Budget;
-use seernet::search::{Found, Method, SearchOptions, find_policy};
+use seernet::report::EXTRAPOLATION_MARK;
+use seernet::search::{Found, Method, PredictorObjective, SearchOptions, find_policy};
 use serde_json::json;
 
 use super::net::{NetArgs, SpaceArgs};
@@ -79,6 +80,14 @@ fn setup(c: &Common) -> Result<(SearchSpace, Predictor, SearchOptions)> {
     let space = c.space.space(spec)?;
     let predictor = Predictor::load(&c.predictor)
         .with_context(|| format!("--predictor {}", c.predictor.display()))?;
+    if predictor.training_range().is_none() {
+        eprintln!(
+            "warning: {} is a format-1 predictor: it has no recorded training range, so its \
+             predictions are unbounded and extrapolation cannot be detected; refit it with \
+             `seernet predictor fit` to get bounded, flagged predictions",
+            c.predictor.display()
+        );
+    }
     if !(c.evo_seconds.is_finite() && c.evo_seconds > 0.0) {
         bail!(
             "--evo-seconds {}: must be a positive number of seconds",
@@ -93,6 +102,54 @@ fn setup(c: &Common) -> Result<(SearchSpace, Predictor, SearchOptions)> {
 
 fn policy_json(f: &Found) -> Result<serde_json::Value> {
     Ok(serde_json::from_str(&f.policy.to_json())?)
+}
+
+/// `found`'s extrapolation flags as JSON (null when they cannot be told).
+fn extrapolation_json(f: &Found) -> serde_json::Value {
+    f.extrapolation.map_or(serde_json::Value::Null, |e| {
+        json!({
+            "any": e.any(),
+            "above_labels": e.above_labels,
+            "below_labels": e.below_labels,
+            "features_outside": e.features_outside,
+        })
+    })
+}
+
+/// The warning line for a prediction that extrapolates beyond the predictor's training data
+/// (docs/method.md §4), naming the label range and the features outside; None when it does not.
+fn extrapolation_warning(
+    space: &SearchSpace,
+    predictor: &Predictor,
+    f: &Found,
+) -> Result<Option<String>> {
+    let (Some(e), Some(range)) = (f.extrapolation, predictor.training_range()) else {
+        return Ok(None);
+    };
+    if !e.any() {
+        return Ok(None);
+    }
+    let row =
+        PredictorObjective::new(predictor, space)?.raw_row(&space.encode_indices(&f.indices)?);
+    let mut outside = predictor.features_outside(&row)?;
+    let n = outside.len();
+    if n > 6 {
+        outside.truncate(5);
+        outside.push(format!("… ({n} in all)"));
+    }
+    Ok(Some(format!(
+        "warning: predicted top-1 {:.3} extrapolates beyond the predictor's training data: {} \
+         (training labels {:.2} to {:.2}{}); treat it as a guess, not an estimate",
+        f.predicted_mean,
+        e.describe(),
+        range.y_min,
+        range.y_max,
+        if outside.is_empty() {
+            String::new()
+        } else {
+            format!("; outside the training range: {}", outside.join(", "))
+        }
+    )))
 }
 
 /// Runs `seernet search`.
@@ -113,6 +170,7 @@ pub fn run_search(args: SearchArgs) -> Result<()> {
         bail!("no budget given: use --max-bops, --max-size or --bops-frac");
     }
     let f = find_policy(&space, &predictor, &limits, &options)?;
+    let warning = extrapolation_warning(&space, &predictor, &f)?;
     if let Some(out) = &args.out {
         f.policy
             .save(out)
@@ -126,10 +184,14 @@ pub fn run_search(args: SearchArgs) -> Result<()> {
             "size_bits": f.size_bits,
             "predicted_top1": f.predicted_mean,
             "predicted_std": f.predicted_std,
+            "extrapolation": extrapolation_json(&f),
             "seconds": f.seconds,
             "max_bops": limits.max_bops,
             "max_size_bits": limits.max_size_bits,
         });
+        if let Some(w) = &warning {
+            eprintln!("{w}");
+        }
         return super::emit(&format!("{v}\n"));
     }
     let mut o = String::new();
@@ -159,7 +221,11 @@ pub fn run_search(args: SearchArgs) -> Result<()> {
         f.predicted_std,
         f.seconds
     )?;
-    super::emit(&o)
+    super::emit(&o)?;
+    if let Some(w) = &warning {
+        eprintln!("{w}");
+    }
+    Ok(())
 }
 
 fn bops_of(b: &Budget, space: &SearchSpace) -> Result<u64> {
@@ -197,6 +263,17 @@ pub fn run_pareto(args: ParetoArgs) -> Result<()> {
             })
         })
         .collect();
+    let flagged = found
+        .iter()
+        .filter(|(_, f)| f.extrapolation.is_some_and(|e| e.any()))
+        .count();
+    let warning = (flagged > 0).then(|| {
+        format!(
+            "warning: {flagged} of {} predictions extrapolate beyond the predictor's training data \
+             (marked {EXTRAPOLATION_MARK}); treat them as guesses, not estimates",
+            found.len()
+        )
+    });
     if args.common.json {
         let pts = found
             .iter()
@@ -208,6 +285,7 @@ pub fn run_pareto(args: ParetoArgs) -> Result<()> {
                     "size_bits": f.size_bits,
                     "predicted_top1": f.predicted_mean,
                     "predicted_std": f.predicted_std,
+                    "extrapolation": extrapolation_json(f),
                     "seconds": f.seconds,
                     "on_front": front,
                     "policy": policy_json(f)?,
@@ -215,6 +293,9 @@ pub fn run_pareto(args: ParetoArgs) -> Result<()> {
             })
             .collect::<Result<Vec<_>>>()?;
         let v = json!({ "method": options.method.to_string(), "points": pts });
+        if let Some(w) = &warning {
+            eprintln!("{w}");
+        }
         return super::emit(&format!("{v}\n"));
     }
     let mut o = String::new();
@@ -224,9 +305,14 @@ pub fn run_pareto(args: ParetoArgs) -> Result<()> {
         "budget BOPs", "BOPs", "size bits", "pred top1", "std", "ms", "front"
     )?;
     for ((b, f), &front) in found.iter().zip(&on_front) {
+        let mark = if f.extrapolation.is_some_and(|e| e.any()) {
+            EXTRAPOLATION_MARK
+        } else {
+            " "
+        };
         writeln!(
             o,
-            "{:>16.0} {:>16} {:>14} {:>10.3} {:>8.3} {:>9.1} {:>6}",
+            "{:>16.0} {:>16} {:>14} {:>9.3}{mark} {:>8.3} {:>9.1} {:>6}",
             b,
             f.bops,
             f.size_bits,
@@ -236,5 +322,9 @@ pub fn run_pareto(args: ParetoArgs) -> Result<()> {
             if front { "yes" } else { "no" }
         )?;
     }
-    super::emit(&o)
+    super::emit(&o)?;
+    if let Some(w) = &warning {
+        eprintln!("{w}");
+    }
+    Ok(())
 }
