@@ -555,10 +555,10 @@ fn infer_runs_exported_models_and_rejects_bad_input() {
 
 /// Issue 13, case 4: a predictor fitted on labels up to 97.1% (policies with 2–5 bits) asked
 /// about w8a8 reported "predicted top-1 103.315 ± 0.661" without a warning. Now the prediction
-/// stays in [0, 100] and `seernet search` warns that it extrapolates; inside the data it does
-/// not warn.
+/// stays in [0, 100] and `seernet predict` / `seernet search` warn that it extrapolates;
+/// inside the data there is no warning.
 #[test]
-fn search_warns_when_the_prediction_extrapolates() {
+fn predict_and_search_warn_when_the_prediction_extrapolates() {
     let dir = tempfile::tempdir().unwrap();
     // LeNet-5's three searchable units; top-1 loses 0.9 points per missing bit below 5 and 3
     // points per unit of pruning, shifted so that the best label is 97.1.
@@ -604,47 +604,65 @@ fn search_warns_when_the_prediction_extrapolates() {
     assert_eq!(rc, 0, "{err}");
 
     // w8a8 lies outside the labelled bits (2–5): bounded, and a warning line names why.
-    let search = [
-        "search",
+    let predict = [
+        "predict",
         "--predictor",
         m,
         "--arch",
         "lenet5",
-        "--bops-frac",
-        "100%",
+        "--uniform",
+        "w8a8",
     ];
-    let (rc, out, err) = seernet(&search);
+    let (rc, out, err) = seernet(&predict);
     assert_eq!(rc, 0, "{err}");
-    let line = out
-        .lines()
-        .find(|l| l.starts_with("method barrier"))
-        .unwrap();
-    let top1: f64 = line
+    let top1: f64 = out
         .split("predicted top-1 ")
         .nth(1)
         .and_then(|t| t.split(' ').next())
         .and_then(|t| t.parse().ok())
-        .unwrap_or_else(|| panic!("{line}"));
-    assert!((0.0..=100.0).contains(&top1), "{line}");
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        out.starts_with("uniform w8a8 prune 0: ") && (0.0..=100.0).contains(&top1),
+        "{out}"
+    );
     let warning = err
         .lines()
         .find(|l| l.starts_with("warning: predicted top-1"))
         .unwrap_or_else(|| panic!("no warning in {err:?}"));
     assert!(
         warning.contains("extrapolates beyond the predictor's training data")
-            && warning.contains("outside the training range")
+            && warning.contains("6 features outside the training range")
             && warning.contains("training labels ")
-            && warning.contains("97.10"),
+            && warning.contains(" to 97.10;")
+            && warning.contains("outside the training range: wbits_0, wbits_1, wbits_2, abits_0"),
         "{warning}"
     );
-    let mut json_args = search.to_vec();
+    let mut json_args = predict.to_vec();
     json_args.push("--json");
     let v = json(&json_args);
     assert_eq!(v["extrapolation"]["any"], true, "{v}");
+    assert_eq!(v["extrapolation"]["features_outside"], 6, "{v}");
     assert!(v["predicted_top1"].as_f64().unwrap() <= 100.0, "{v}");
 
-    // The labelled space itself (bits 2–5, prune ≤ 0.5): no warning.
-    let (rc, _, err) = seernet(&[
+    // A policy inside the labelled ranges: no warning.
+    let (rc, out, err) = seernet(&[
+        "predict",
+        "--predictor",
+        m,
+        "--arch",
+        "lenet5",
+        "--uniform",
+        "w4a4",
+        "--prune",
+        "0.25",
+    ]);
+    assert_eq!(rc, 0, "{err}");
+    assert!(out.contains("predicted top-1 "), "{out}");
+    assert!(!err.contains("warning"), "{err}");
+
+    // `seernet search` at the full w8a8 budget goes past the best label: it warns too, and its
+    // prediction stays in [0, 100].
+    let (rc, out, err) = seernet(&[
         "search",
         "--predictor",
         m,
@@ -652,13 +670,13 @@ fn search_warns_when_the_prediction_extrapolates() {
         "lenet5",
         "--bops-frac",
         "100%",
-        "--bits",
-        "2,3,4,5",
-        "--prune-ratios",
-        "0,0.25,0.5",
+        "--json",
     ]);
     assert_eq!(rc, 0, "{err}");
-    assert!(!err.contains("warning"), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v["predicted_top1"].as_f64().unwrap() <= 100.0, "{v}");
+    assert_eq!(v["extrapolation"]["any"], true, "{v}");
+    assert!(err.contains("warning: predicted top-1"), "{err}");
 
     // A target outside [0, 100] needs --unbounded, and the error says so.
     std::fs::write(&samples, csv.replace(",9", ",19")).unwrap();

@@ -16,6 +16,7 @@ use seernet::search::{Found, Method, PredictorObjective, SearchOptions, find_pol
 use serde_json::json;
 
 use super::net::{NetArgs, SpaceArgs};
+use super::predict::{extrapolation_json, extrapolation_warning, load_predictor};
 
 /// Options shared by `search` and `pareto`.
 #[derive(Args, Debug)]
@@ -78,16 +79,7 @@ pub struct ParetoArgs {
 fn setup(c: &Common) -> Result<(SearchSpace, Predictor, SearchOptions)> {
     let spec = c.net.spec()?;
     let space = c.space.space(spec)?;
-    let predictor = Predictor::load(&c.predictor)
-        .with_context(|| format!("--predictor {}", c.predictor.display()))?;
-    if predictor.training_range().is_none() {
-        eprintln!(
-            "warning: {} is a format-1 predictor: it has no recorded training range, so its \
-             predictions are unbounded and extrapolation cannot be detected; refit it with \
-             `seernet predictor fit` to get bounded, flagged predictions",
-            c.predictor.display()
-        );
-    }
+    let predictor = load_predictor(&c.predictor)?;
     if !(c.evo_seconds.is_finite() && c.evo_seconds > 0.0) {
         bail!(
             "--evo-seconds {}: must be a positive number of seconds",
@@ -104,52 +96,12 @@ fn policy_json(f: &Found) -> Result<serde_json::Value> {
     Ok(serde_json::from_str(&f.policy.to_json())?)
 }
 
-/// `found`'s extrapolation flags as JSON (null when they cannot be told).
-fn extrapolation_json(f: &Found) -> serde_json::Value {
-    f.extrapolation.map_or(serde_json::Value::Null, |e| {
-        json!({
-            "any": e.any(),
-            "above_labels": e.above_labels,
-            "below_labels": e.below_labels,
-            "features_outside": e.features_outside,
-        })
-    })
-}
-
-/// The warning line for a prediction that extrapolates beyond the predictor's training data
-/// (docs/method.md §4), naming the label range and the features outside; None when it does not.
-fn extrapolation_warning(
-    space: &SearchSpace,
-    predictor: &Predictor,
-    f: &Found,
-) -> Result<Option<String>> {
-    let (Some(e), Some(range)) = (f.extrapolation, predictor.training_range()) else {
-        return Ok(None);
-    };
-    if !e.any() {
-        return Ok(None);
-    }
+/// The warning line for `f`'s prediction when it extrapolates (see
+/// [`super::predict::extrapolation_warning`]).
+fn found_warning(space: &SearchSpace, predictor: &Predictor, f: &Found) -> Result<Option<String>> {
     let row =
         PredictorObjective::new(predictor, space)?.raw_row(&space.encode_indices(&f.indices)?);
-    let mut outside = predictor.features_outside(&row)?;
-    let n = outside.len();
-    if n > 6 {
-        outside.truncate(5);
-        outside.push(format!("… ({n} in all)"));
-    }
-    Ok(Some(format!(
-        "warning: predicted top-1 {:.3} extrapolates beyond the predictor's training data: {} \
-         (training labels {:.2} to {:.2}{}); treat it as a guess, not an estimate",
-        f.predicted_mean,
-        e.describe(),
-        range.y_min,
-        range.y_max,
-        if outside.is_empty() {
-            String::new()
-        } else {
-            format!("; outside the training range: {}", outside.join(", "))
-        }
-    )))
+    extrapolation_warning(predictor, &row, f.predicted_mean, f.extrapolation)
 }
 
 /// Runs `seernet search`.
@@ -170,7 +122,7 @@ pub fn run_search(args: SearchArgs) -> Result<()> {
         bail!("no budget given: use --max-bops, --max-size or --bops-frac");
     }
     let f = find_policy(&space, &predictor, &limits, &options)?;
-    let warning = extrapolation_warning(&space, &predictor, &f)?;
+    let warning = found_warning(&space, &predictor, &f)?;
     if let Some(out) = &args.out {
         f.policy
             .save(out)
@@ -184,7 +136,7 @@ pub fn run_search(args: SearchArgs) -> Result<()> {
             "size_bits": f.size_bits,
             "predicted_top1": f.predicted_mean,
             "predicted_std": f.predicted_std,
-            "extrapolation": extrapolation_json(&f),
+            "extrapolation": extrapolation_json(f.extrapolation),
             "seconds": f.seconds,
             "max_bops": limits.max_bops,
             "max_size_bits": limits.max_size_bits,
@@ -285,7 +237,7 @@ pub fn run_pareto(args: ParetoArgs) -> Result<()> {
                     "size_bits": f.size_bits,
                     "predicted_top1": f.predicted_mean,
                     "predicted_std": f.predicted_std,
-                    "extrapolation": extrapolation_json(f),
+                    "extrapolation": extrapolation_json(f.extrapolation),
                     "seconds": f.seconds,
                     "on_front": front,
                     "policy": policy_json(f)?,
