@@ -663,6 +663,13 @@ mod tests {
             o.random_evaluations = 300;
             let f = find_policy(&space, &pred, &budget, &o).unwrap();
             assert!(f.bops as f64 <= budget.max_bops.unwrap(), "{method}");
+            // The predictor's flags at the found policy come along; a bare objective has none.
+            let obj = PredictorObjective::new(&pred, &space).unwrap();
+            let row = obj.raw_row(&space.encode_indices(&f.indices).unwrap());
+            let want = pred.predict(&[row]).unwrap().extrapolation.unwrap()[0];
+            assert_eq!(f.extrapolation, Some(want), "{method}");
+            let bare = find_policy_with(&space, &obj, &budget, &o).unwrap();
+            assert_eq!(bare.extrapolation, None);
         }
         let e = find_policy(
             &space,
