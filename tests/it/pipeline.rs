@@ -155,6 +155,29 @@ fn kill_resume_determinism_and_errors() {
         md.contains("Chosen from:"),
         "report.md lacks the choice's origin"
     );
+    // Predictions stay in [0, 100]; the report marks exactly the flagged ones (issue 13, case 4).
+    let pct = |v: &serde_json::Value| (0.0..=100.0).contains(&v.as_f64().unwrap());
+    assert!(pct(&chosen["predicted_top1"]), "{chosen}");
+    let front = rep["front"].as_array().unwrap();
+    assert!(!front.is_empty());
+    for p in front {
+        assert!(
+            pct(&p["predicted_top1"]) && p["extrapolates"].is_boolean(),
+            "{p}"
+        );
+    }
+    let flagged = chosen["extrapolation"].is_string();
+    assert!(flagged || chosen["extrapolation"].is_null(), "{chosen}");
+    assert_eq!(md.contains("† The prediction extrapolates"), flagged);
+    let front_flagged = front.iter().filter(|p| p["extrapolates"] == true).count();
+    assert_eq!(
+        md.contains(&format!(
+            "{front_flagged} of the {} points of the predicted front extrapolate",
+            front.len()
+        )),
+        front_flagged > 0,
+        "{md}"
+    );
     for f in ["report.md", "report.html", "labels.jsonl"] {
         assert!(a.join(f).is_file(), "{f} missing");
     }

@@ -1,6 +1,8 @@
 //! The ensemble predictor of docs/method.md §4: M small MLPs on standardised inputs and targets,
 //! each trained with AdamW on its own bootstrap resample, early-stopped on its own held-out
 //! slice, with its own seed; μ(x) = mean of the members, σ(x) = their standard deviation.
+//! Each member's output goes through the output map of [`Output`] (by default onto
+//! `[0, 100]`), and every prediction records whether it extrapolates ([`Extrapolation`]).
 
 use rand::Rng;
 use rand::SeedableRng;
@@ -12,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::{Samples, check_row};
 use crate::error::{Error, Result};
 use crate::mlp::{AdamW, Mlp, Workspace};
+use crate::output::{Extrapolation, Output, TrainingRange};
 
 /// Training settings. [`Config::default`] is the one set of defaults used for every dataset
 /// (chosen for robustness on a few hundred noisy labels, not tuned to one file):
@@ -29,6 +32,9 @@ use crate::mlp::{AdamW, Mlp, Workspace};
 ///   epochs; the best-validation weights are kept.
 /// - **Bootstrap**: each member trains on a resample (with replacement) of its other 80%,
 ///   which decorrelates the members and makes σ(x) more informative.
+/// - **Output onto `[0, 100]`** ([`Output::PERCENT`]): each member's output passes through a
+///   logistic map, so no prediction leaves the range of accuracy in percent; the loss is still
+///   the squared error in points (docs/method.md §4, "Bounded output").
 ///
 /// Sensitivity (checked on the one real data set we have, so read it as a robustness check,
 /// not a tuning result): weight decay anywhere in 0.1–1 gives the same quality within noise,
@@ -55,6 +61,10 @@ pub struct Config {
     pub bootstrap: bool,
     /// Seed of every random choice (member `m` uses ChaCha8 stream `m` of this seed).
     pub seed: u64,
+    /// The output map ([`Output::PERCENT`] by default). A configuration stored without this
+    /// field (format-1 predictor files) reads as [`Output::Linear`], as those were trained.
+    #[serde(default = "Output::unbounded")]
+    pub output: Output,
 }
 
 impl Default for Config {
@@ -70,6 +80,7 @@ impl Default for Config {
             val_frac: 0.2,
             bootstrap: true,
             seed: 0,
+            output: Output::PERCENT,
         }
     }
 }
@@ -114,7 +125,7 @@ impl Config {
                 self.val_frac
             ));
         }
-        Ok(())
+        self.output.validate()
     }
 }
 
@@ -151,13 +162,29 @@ impl Scaler {
     }
 }
 
-/// Mean prediction and ensemble standard deviation per input row (accuracy units, e.g. %).
+/// Mean prediction and ensemble standard deviation per input row (accuracy units, e.g. %),
+/// and whether each row extrapolates.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prediction {
-    /// μ(x) per row.
+    /// μ(x) per row; inside the bounds of [`Config::output`] when it has bounds.
     pub mean: Vec<f64>,
     /// σ(x) per row: standard deviation over members (divisor M; 0 for a single member).
     pub std: Vec<f64>,
+    /// Per row, how it extrapolates beyond the training data ([`TrainingRange::judge`] of the
+    /// row and its μ); `None` when the predictor has no recorded training range (format-1
+    /// files), i.e. when it cannot tell.
+    pub extrapolation: Option<Vec<Extrapolation>>,
+}
+
+impl Prediction {
+    /// Whether row `i` is flagged as an extrapolation (false when it cannot be told, see
+    /// [`Self::extrapolation`], or `i` is out of range).
+    pub fn extrapolates(&self, i: usize) -> bool {
+        self.extrapolation
+            .as_ref()
+            .and_then(|e| e.get(i))
+            .is_some_and(Extrapolation::any)
+    }
 }
 
 /// A trained ensemble (see [`fit`]). Cheap to clone; `Send + Sync`.
@@ -167,11 +194,15 @@ pub struct Predictor {
     pub(crate) feature_names: Vec<String>,
     pub(crate) target_name: String,
     pub(crate) x_scaler: Scaler,
+    /// The affine map of a member's output `o`: `u = y_mean + y_std·o`, in the space of the
+    /// output map (target units for [`Output::Linear`], logits for [`Output::Logistic`]).
     pub(crate) y_mean: f64,
     pub(crate) y_std: f64,
     pub(crate) members: Vec<Mlp>,
     /// Best validation MSE (standardised units) and epochs trained, per member.
     pub(crate) member_stats: Vec<MemberStats>,
+    /// The training rows' feature ranges and label range (`None`: a format-1 file).
+    pub(crate) range: Option<TrainingRange>,
 }
 
 /// Diagnostics of one member's training run.
@@ -185,11 +216,32 @@ pub struct MemberStats {
     pub best_val_mse: f64,
 }
 
+/// How the members' outputs are scored in training: prediction `g(b + a·o)` against the
+/// label, squared error divided by `scale²` (the labels' variance).
+#[derive(Debug, Clone, Copy)]
+struct Head {
+    output: Output,
+    a: f64,
+    b: f64,
+    scale: f64,
+}
+
+impl Head {
+    /// Residual `(g(u) − y)/scale` and its derivative with respect to `o`.
+    #[inline]
+    fn residual(&self, o: f32, y: f32) -> (f64, f64) {
+        let (f, df) = self.output.value_grad(self.b + self.a * f64::from(o));
+        ((f - f64::from(y)) / self.scale, df * self.a / self.scale)
+    }
+}
+
 /// Fits the ensemble of docs/method.md §4 to `samples` with `config`.
 ///
 /// Members train in parallel (rayon) but each draws only from its own ChaCha8 stream and the
 /// result is collected in member order, so the predictor is identical for any thread count.
-/// Errors: [`Error::Config`] for a bad config; [`Error::TooFewSamples`] for fewer than 4 samples.
+/// The training rows' ranges are recorded for [`Prediction::extrapolation`].
+/// Errors: [`Error::Config`] for a bad config or a label outside the bounds of
+/// [`Config::output`]; [`Error::TooFewSamples`] for fewer than 4 samples.
 pub fn fit(samples: &Samples, config: &Config) -> Result<Predictor> {
     config.validate()?;
     let n = samples.len();
@@ -198,22 +250,31 @@ pub fn fit(samples: &Samples, config: &Config) -> Result<Predictor> {
             "fit needs at least 4 samples, got {n}"
         )));
     }
+    config.output.check_labels(samples.y())?;
     let d = samples.n_features();
     let x_scaler = Scaler::fit(d, samples.x().iter().map(|r| r.as_slice()));
-    let y_s = Scaler::fit(1, samples.y().chunks(1));
-    let (y_mean, y_std) = (y_s.mean[0], y_s.std[0]);
-    let xs: Vec<f32> = standardise(&x_scaler, samples.x().iter().map(|r| r.as_slice()));
-    let ys: Vec<f32> = samples
+    // The affine map is fitted in the output map's space; the loss is scaled by the labels' std.
+    let link: Vec<f64> = samples
         .y()
         .iter()
-        .map(|&t| ((t - y_mean) / y_std) as f32)
+        .map(|&y| config.output.link_target(y))
         .collect();
+    let u_s = Scaler::fit(1, link.chunks(1));
+    let y_s = Scaler::fit(1, samples.y().chunks(1));
+    let head = Head {
+        output: config.output,
+        a: u_s.std[0],
+        b: u_s.mean[0],
+        scale: y_s.std[0],
+    };
+    let xs: Vec<f32> = standardise(&x_scaler, samples.x().iter().map(|r| r.as_slice()));
+    let ys: Vec<f32> = samples.y().iter().map(|&t| t as f32).collect();
     let mut sizes = vec![d];
     sizes.extend(&config.hidden);
     sizes.push(1);
     let trained: Vec<(Mlp, MemberStats)> = (0..config.members)
         .into_par_iter()
-        .map(|m| train_member(m, &sizes, &xs, &ys, config))
+        .map(|m| train_member(m, &sizes, &xs, &ys, &head, config))
         .collect();
     let (members, member_stats) = trained.into_iter().unzip();
     Ok(Predictor {
@@ -221,10 +282,11 @@ pub fn fit(samples: &Samples, config: &Config) -> Result<Predictor> {
         feature_names: samples.feature_names().to_vec(),
         target_name: samples.target_name().to_string(),
         x_scaler,
-        y_mean,
-        y_std,
+        y_mean: head.b,
+        y_std: head.a,
         members,
         member_stats,
+        range: Some(TrainingRange::of(samples.x(), samples.y())),
     })
 }
 
@@ -250,12 +312,14 @@ fn gather(xs: &[f32], ys: &[f32], d: usize, idx: &[usize], bx: &mut Vec<f32>, by
     }
 }
 
-/// Trains member `m`: its own stream, hold-out slice and bootstrap resample.
+/// Trains member `m`: its own stream, hold-out slice and bootstrap resample. `ys` are the
+/// labels in target units; `head` scores the outputs against them.
 fn train_member(
     m: usize,
     sizes: &[usize],
     xs: &[f32],
     ys: &[f32],
+    head: &Head,
     c: &Config,
 ) -> (Mlp, MemberStats) {
     let d = sizes[0];
@@ -294,9 +358,12 @@ fn train_member(
         for batch in train.chunks(c.batch_size) {
             gather(xs, ys, d, batch, &mut bx, &mut by);
             let out = net.forward(&bx, &mut ws);
-            let scale = 1.0 / batch.len() as f32;
+            let scale = 1.0 / batch.len() as f64;
             d_out.clear();
-            d_out.extend(out.iter().zip(&by).map(|(o, t)| (o - t) * scale));
+            d_out.extend(out.iter().zip(&by).map(|(&o, &t)| {
+                let (r, dr) = head.residual(o, t);
+                (r * dr * scale) as f32
+            }));
             grad.iter_mut().for_each(|g| *g = 0.0);
             net.backward(&mut ws, &d_out, Some(&mut grad), None);
             opt.step(&mut net.params, &grad);
@@ -305,7 +372,7 @@ fn train_member(
         let mse = out
             .iter()
             .zip(&vy)
-            .map(|(o, t)| f64::from(o - t).powi(2))
+            .map(|(&o, &t)| head.residual(o, t).0.powi(2))
             .sum::<f64>()
             / vy.len() as f64;
         if mse < best.0 {
@@ -364,6 +431,50 @@ impl Predictor {
         &self.member_stats
     }
 
+    /// The output map of the members ([`Config::output`]).
+    pub fn output(&self) -> Output {
+        self.config.output
+    }
+
+    /// The training rows' per-feature ranges and label range, `None` for a predictor read from
+    /// a format-1 file (which did not record them).
+    pub fn training_range(&self) -> Option<&TrainingRange> {
+        self.range.as_ref()
+    }
+
+    /// Names of the features of `row` outside the training range (empty when inside, or when
+    /// the range is unknown). Errors: as [`Self::predict`].
+    pub fn features_outside(&self, row: &[f64]) -> Result<Vec<String>> {
+        rows_to_f32(self, &[row])?;
+        Ok(self.range.as_ref().map_or_else(Vec::new, |r| {
+            r.features_outside(row)
+                .into_iter()
+                .map(|j| self.feature_names[j].clone())
+                .collect()
+        }))
+    }
+
+    /// A member's prediction and its derivative with respect to the raw output `o`.
+    #[inline]
+    fn head(&self, o: f32) -> (f64, f64) {
+        let (f, df) = self
+            .config
+            .output
+            .value_grad(self.y_mean + self.y_std * f64::from(o));
+        (f, df * self.y_std)
+    }
+
+    /// The extrapolation flags of `rows` with means `mean` (`None` without a training range).
+    fn judge<R: AsRef<[f64]>>(&self, rows: &[R], mean: &[f64]) -> Option<Vec<Extrapolation>> {
+        let r = self.range.as_ref()?;
+        Some(
+            rows.iter()
+                .zip(mean)
+                .map(|(x, &m)| r.judge(x.as_ref(), m))
+                .collect(),
+        )
+    }
+
     /// Per-member outputs in target units, `[M][B]`, for standardised rows `z` (`[B, d]`).
     fn member_outputs(&self, z: &[f32]) -> Vec<Vec<f64>> {
         let d = self.n_features();
@@ -385,13 +496,14 @@ impl Predictor {
                 parts
                     .iter()
                     .flat_map(|p| p[m].iter())
-                    .map(|&o| f64::from(o) * self.y_std + self.y_mean)
+                    .map(|&o| self.head(o).0)
                     .collect()
             })
             .collect()
     }
 
-    /// Batched prediction: μ(x) and σ(x) for every row (docs/method.md §4), in target units.
+    /// Batched prediction: μ(x) and σ(x) for every row (docs/method.md §4), in target units,
+    /// and whether each row extrapolates ([`Prediction::extrapolation`]).
     ///
     /// `rows`: B rows of `d` raw (unstandardised) features. Errors: [`Error::Shape`] for a row
     /// of the wrong length, [`Error::NonFinite`] for NaN/inf. Deterministic; large batches run
@@ -399,7 +511,12 @@ impl Predictor {
     pub fn predict<R: AsRef<[f64]>>(&self, rows: &[R]) -> Result<Prediction> {
         let z = rows_to_f32(self, rows)?;
         let outs = self.member_outputs(&z);
-        Ok(mean_std(&outs, rows.len()))
+        let (mean, std) = mean_std(&outs, rows.len());
+        Ok(Prediction {
+            extrapolation: self.judge(rows, &mean),
+            mean,
+            std,
+        })
     }
 
     /// [`Self::predict`] on a row-major matrix `x` of shape `[B, d]` (`x.len()` a multiple of `d`).
@@ -420,65 +537,24 @@ impl Predictor {
 
     /// Batched analytic gradient ∇ₓμ(x) (in target units per raw feature unit), one `d`-vector
     /// per row: the mean over members of the back-propagated input gradient, chained through
-    /// the input and target standardisation. Same errors as [`Self::predict`].
+    /// the input standardisation and the output map. Same errors as [`Self::predict`].
     pub fn grad<R: AsRef<[f64]>>(&self, rows: &[R]) -> Result<Vec<Vec<f64>>> {
         Ok(self.predict_grad(rows)?.1)
     }
 
     /// μ, σ and ∇ₓμ together (one forward pass per member), for gradient-based search.
     pub fn predict_grad<R: AsRef<[f64]>>(&self, rows: &[R]) -> Result<(Prediction, Vec<Vec<f64>>)> {
-        let z = rows_to_f32(self, rows)?;
-        let d = self.n_features();
-        let b = rows.len();
-        let run = |chunk: &[f32]| -> (Vec<Vec<f32>>, Vec<f64>) {
-            let rb = chunk.len() / d;
-            let mut ws = Workspace::default();
-            let ones = vec![1.0f32; rb];
-            let mut dx = vec![0.0f32; chunk.len()];
-            let mut acc = vec![0.0f64; chunk.len()];
-            let mut outs = Vec::with_capacity(self.members.len());
-            for m in &self.members {
-                outs.push(m.forward(chunk, &mut ws).to_vec());
-                m.backward(&mut ws, &ones, None, Some(&mut dx));
-                acc.iter_mut()
-                    .zip(&dx)
-                    .for_each(|(a, g)| *a += f64::from(*g));
-            }
-            (outs, acc)
-        };
-        let parts: Vec<(Vec<Vec<f32>>, Vec<f64>)> = if b <= CHUNK {
-            vec![run(&z)]
-        } else {
-            z.par_chunks(CHUNK * d).map(run).collect()
-        };
-        let outs: Vec<Vec<f64>> = (0..self.members.len())
-            .map(|m| {
-                parts
-                    .iter()
-                    .flat_map(|p| p.0[m].iter())
-                    .map(|&o| f64::from(o) * self.y_std + self.y_mean)
-                    .collect()
-            })
-            .collect();
-        let scale = self.y_std / self.members.len() as f64;
-        let grads = parts
-            .iter()
-            .flat_map(|p| p.1.chunks(d))
-            .map(|g| {
-                g.iter()
-                    .zip(&self.x_scaler.std)
-                    .map(|(gj, sj)| gj * scale / sj)
-                    .collect()
-            })
-            .collect();
-        Ok((mean_std(&outs, b), grads))
+        let (pred, _, grads) = self.predict_lcb_grad(rows, 0.0)?;
+        Ok((pred, grads))
     }
 
     /// The pessimistic score s(x) = μ(x) − κ·σ(x) (a lower confidence bound) and its analytic
     /// gradient ∇ₓs, per row, in target units (per raw feature unit for the gradient).
     ///
-    /// With per-member outputs f_m, ∇σ = (1 / (M σ)) Σ_m (f_m − μ) ∇f_m (σ with divisor M);
-    /// where σ = 0 (one member, or all members agree) the gradient of σ is taken as 0.
+    /// With per-member predictions f_m, ∇σ = (1 / (M σ)) Σ_m (f_m − μ) ∇f_m (σ with divisor M);
+    /// where σ = 0 (one member, or all members agree) the gradient of σ is taken as 0. Each
+    /// ∇f_m is the member's back-propagated input gradient times the derivative of the output
+    /// map, so both stay exact with a bounded output.
     /// Maximising s instead of μ keeps a search near policies the ensemble agrees on: an
     /// ensemble fitted on few labels extrapolates optimistically far from them (docs/method.md §6,
     /// our choice; κ = 0 gives [`Self::predict_grad`]'s μ and ∇μ). Returns (μ, σ, s) per row and
@@ -497,24 +573,26 @@ impl Predictor {
         let d = self.n_features();
         let b = rows.len();
         let m_count = self.members.len();
-        // Per chunk: member outputs [M][rb] (target units) and member input gradients [M][rb*d]
-        // (standardised inputs, standardised target).
+        // Per chunk: member predictions [M][rb] (target units) and member input gradients
+        // [M][rb*d] (standardised inputs, target units).
         type Part = (Vec<Vec<f64>>, Vec<Vec<f32>>);
         let run = |chunk: &[f32]| -> Part {
             let rb = chunk.len() / d;
             let mut ws = Workspace::default();
-            let ones = vec![1.0f32; rb];
             let mut outs = Vec::with_capacity(m_count);
             let mut grads = Vec::with_capacity(m_count);
+            let mut d_out = Vec::with_capacity(rb);
             for m in &self.members {
-                outs.push(
-                    m.forward(chunk, &mut ws)
-                        .iter()
-                        .map(|&o| f64::from(o) * self.y_std + self.y_mean)
-                        .collect(),
-                );
+                let mut f = Vec::with_capacity(rb);
+                d_out.clear();
+                for &o in m.forward(chunk, &mut ws) {
+                    let (v, dv) = self.head(o);
+                    f.push(v);
+                    d_out.push(dv as f32);
+                }
+                outs.push(f);
                 let mut dx = vec![0.0f32; chunk.len()];
-                m.backward(&mut ws, &ones, None, Some(&mut dx));
+                m.backward(&mut ws, &d_out, None, Some(&mut dx));
                 grads.push(dx);
             }
             (outs, grads)
@@ -547,7 +625,7 @@ impl Predictor {
                     }
                 }
                 for (gj, sj) in g.iter_mut().zip(&self.x_scaler.std) {
-                    *gj *= self.y_std / sj;
+                    *gj /= sj;
                 }
                 mean.push(mu);
                 std.push(sd);
@@ -555,7 +633,16 @@ impl Predictor {
                 grads.push(g);
             }
         }
-        Ok((Prediction { mean, std }, score, grads))
+        let extrapolation = self.judge(rows, &mean);
+        Ok((
+            Prediction {
+                mean,
+                std,
+                extrapolation,
+            },
+            score,
+            grads,
+        ))
     }
 
     /// The counterfactual sensitivity score of docs/method.md §5 for one policy encoding `x`:
@@ -602,7 +689,8 @@ impl Predictor {
     }
 }
 
-fn mean_std(outs: &[Vec<f64>], b: usize) -> Prediction {
+/// Mean and standard deviation (divisor M) over members of `[M][B]` outputs.
+fn mean_std(outs: &[Vec<f64>], b: usize) -> (Vec<f64>, Vec<f64>) {
     let m = outs.len() as f64;
     let mut mean = vec![0.0; b];
     for o in outs {
@@ -617,7 +705,7 @@ fn mean_std(outs: &[Vec<f64>], b: usize) -> Prediction {
             .for_each(|((s, v), mu)| *s += (v - mu) * (v - mu));
     }
     let std = var.into_iter().map(|s| (s / m).sqrt()).collect();
-    Prediction { mean, std }
+    (mean, std)
 }
 
 #[cfg(test)]
@@ -811,6 +899,113 @@ pub(crate) mod tests {
             .unwrap();
         assert_eq!(batch.len(), 2);
         assert!((batch[0] - want).abs() < 1e-12 && batch[1] == 0.0);
+    }
+
+    /// Issue 13, case 4: labels up to 97.1% from policies with 2–5 bits; w8a8 (8 bits, no
+    /// pruning) and a policy far beyond it. Six units, features `prune_u` in {0, 0.25, 0.5}
+    /// and `bits_u` in {2, 3, 4, 5}; top-1 falls by 0.9 points per missing bit and 3 points per
+    /// unit of pruning, shifted so that the best label is exactly 97.1.
+    fn issue_13_case_4() -> (Samples, Vec<f64>, Vec<f64>) {
+        let mut rng = ChaCha8Rng::seed_from_u64(13);
+        let units = 6;
+        let x: Vec<Vec<f64>> = (0..160)
+            .map(|_| {
+                let mut r: Vec<f64> = (0..units)
+                    .map(|_| [0.0, 0.25, 0.5][rng.random_range(0..3)])
+                    .collect();
+                r.extend((0..units).map(|_| [2.0, 3.0, 4.0, 5.0][rng.random_range(0..4)]));
+                r
+            })
+            .collect();
+        let pen: Vec<f64> = x
+            .iter()
+            .map(|r| {
+                r[..units].iter().map(|p| 3.0 * p).sum::<f64>()
+                    + r[units..].iter().map(|b| 0.9 * (5.0 - b)).sum::<f64>()
+            })
+            .collect();
+        let best = pen.iter().copied().fold(f64::INFINITY, f64::min);
+        let y = pen.iter().map(|p| 97.1 - (p - best)).collect();
+        let mut names: Vec<String> = (0..units).map(|u| format!("prune_{u}")).collect();
+        names.extend((0..units).map(|u| format!("bits_{u}")));
+        let s = Samples::new(names, "top1".into(), x, y).unwrap();
+        let w8a8 = [vec![0.0; units], vec![8.0; units]].concat();
+        let far = [vec![0.0; units], vec![64.0; units]].concat();
+        (s, w8a8, far)
+    }
+
+    #[test]
+    fn issue_13_case_4_predictions_stay_in_range_and_are_flagged() {
+        let (s, w8a8, far) = issue_13_case_4();
+        let ymax = s.y().iter().copied().fold(f64::MIN, f64::max);
+        assert!((ymax - 97.1).abs() < 1e-9, "{ymax}");
+        let cfg = Config {
+            max_epochs: 300,
+            ..small()
+        };
+        // The unbounded map reproduces the report: w8a8 above 100%, the far policy far above.
+        let linear = fit(
+            &s,
+            &Config {
+                output: Output::Linear,
+                ..cfg.clone()
+            },
+        )
+        .unwrap();
+        let ql = linear.predict(&[&w8a8, &far]).unwrap();
+        assert!(ql.mean[0] > 100.0 && ql.mean[1] > 150.0, "{:?}", ql.mean);
+        // The default (logistic onto [0, 100]): bounded, and both flagged.
+        let p = fit(&s, &cfg).unwrap();
+        let q = p.predict(&[&w8a8, &far]).unwrap();
+        for r in 0..2 {
+            assert!((0.0..=100.0).contains(&q.mean[r]), "{:?}", q.mean);
+            assert!(q.std[r].is_finite() && q.std[r] >= 0.0);
+            assert!(q.extrapolates(r));
+        }
+        let e = q.extrapolation.as_ref().unwrap();
+        assert_eq!(e[0].features_outside, 6, "the six bits_u = 8");
+        assert!(e[0].above_labels && e[1].above_labels, "{e:?}");
+        assert_eq!(
+            p.features_outside(&w8a8).unwrap(),
+            (0..6).map(|u| format!("bits_{u}")).collect::<Vec<_>>()
+        );
+        // Inside the data: not flagged, and as good as the unbounded fit.
+        let inside = p.predict(s.x()).unwrap();
+        assert!((0..s.len()).all(|i| !inside.extrapolates(i)));
+        let rl = crate::metrics::rmse(&linear.predict(s.x()).unwrap().mean, s.y()).unwrap();
+        let rb = crate::metrics::rmse(&inside.mean, s.y()).unwrap();
+        assert!(rb < 1.5 * rl + 0.05, "bounded RMSE {rb} vs unbounded {rl}");
+        // The gradient stays useful at w8a8: finite, and more bits still help.
+        let g = p.grad(&[&w8a8]).unwrap();
+        assert!(g[0].iter().all(|v| v.is_finite()));
+        assert!(g[0][6..].iter().sum::<f64>() > 0.0, "{:?}", g[0]);
+    }
+
+    #[test]
+    fn bounded_output_refuses_labels_outside_and_linear_takes_any() {
+        let s = synthetic(30, 8);
+        let shifted = Samples::new(
+            s.feature_names().to_vec(),
+            "y".into(),
+            s.x().to_vec(),
+            s.y().iter().map(|v| v - 200.0).collect(),
+        )
+        .unwrap();
+        let e = fit(&shifted, &small_with_epochs(5)).unwrap_err();
+        assert!(
+            matches!(&e, Error::Config(m) if m.contains("outside the output range [0, 100]")),
+            "{e}"
+        );
+        let cfg = Config {
+            output: Output::Linear,
+            ..small_with_epochs(5)
+        };
+        assert!(fit(&shifted, &cfg).unwrap().predict(s.x()).unwrap().mean[0] < 0.0);
+        let bad = Config {
+            output: Output::Logistic { lo: 5.0, hi: 5.0 },
+            ..small_with_epochs(5)
+        };
+        assert!(matches!(fit(&s, &bad), Err(Error::Config(_))));
     }
 
     #[test]

@@ -3,10 +3,18 @@
 //! Format (safetensors, readable from Python with `safetensors.safe_open`):
 //! - tensors `member{m}.layer{l}.weight` f32 `[out, in]` and `member{m}.layer{l}.bias` f32
 //!   `[out]`; `scaler.x_mean`, `scaler.x_std` f64 `[d]`; `scaler.y` f64 `[2]` (mean, std);
-//!   `member_stats` f64 `[M, 3]` (epochs, best epoch, best validation MSE);
-//! - metadata key `seernet_predictor`: JSON `{"format": "seernet-predictor", "version": 1,
-//!   "config": {...}, "feature_names": [...], "target_name": "...", "sizes": [...]}`.
+//!   `member_stats` f64 `[M, 3]` (epochs, best epoch, best validation MSE); since version 2
+//!   also `range.x` f64 `[2, d]` (per-feature minimum, then maximum, of the training rows) and
+//!   `range.y` f64 `[2]` (lowest, highest training label);
+//! - metadata key `seernet_predictor`: JSON `{"format": "seernet-predictor", "version": 2,
+//!   "config": {...}, "feature_names": [...], "target_name": "...", "sizes": [...]}`; the
+//!   config carries the output map (`"output": {"kind": "logistic", "lo": 0, "hi": 100}`).
+//!   `scaler.y` holds the affine map of a member's output (`u = y[0] + y[1]·o`, in the output
+//!   map's space).
 //!
+//! Version 1 (before bounded outputs) still loads: its config has no output map and reads as
+//! `Output::Linear` (as it was trained, so its predictions are unchanged and unbounded), and it
+//! has no training range, so its predictions carry `extrapolation: None`.
 //! A file of another format or a newer version is a clear error, never a guess.
 
 use std::collections::HashMap;
@@ -18,11 +26,12 @@ use serde::{Deserialize, Serialize};
 use crate::ensemble::{Config, MemberStats, Predictor, Scaler};
 use crate::error::{Error, Result};
 use crate::mlp::Mlp;
+use crate::output::{Output, TrainingRange};
 
 /// Value of the `format` field.
 pub const FORMAT: &str = "seernet-predictor";
-/// The format version this build writes (and the newest it reads).
-pub const VERSION: u32 = 1;
+/// The format version this build writes (and the newest it reads; version 1 is read too).
+pub const VERSION: u32 = 2;
 const META_KEY: &str = "seernet_predictor";
 
 #[derive(Serialize, Deserialize)]
@@ -50,9 +59,11 @@ fn f64_bytes(v: &[f64]) -> Vec<u8> {
 impl Predictor {
     /// Serialises to bytes in the format described in the module docs.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        // Every predictor this build fits has a range; one read from a version-1 file has none
+        // and is written back as version 1 (its config says `Linear`, as it was trained).
         let header = Header {
             format: FORMAT.into(),
-            version: VERSION,
+            version: if self.range.is_some() { VERSION } else { 1 },
             config: Some(self.config.clone()),
             feature_names: self.feature_names.clone(),
             target_name: self.target_name.clone(),
@@ -111,6 +122,16 @@ impl Predictor {
             vec![self.member_stats.len(), 3],
             f64_bytes(&stats),
         ));
+        if let Some(r) = &self.range {
+            let x: Vec<f64> = r.x_min.iter().chain(&r.x_max).copied().collect();
+            blobs.push(("range.x".into(), Dtype::F64, vec![2, d], f64_bytes(&x)));
+            blobs.push((
+                "range.y".into(),
+                Dtype::F64,
+                vec![2],
+                f64_bytes(&[r.y_min, r.y_max]),
+            ));
+        }
         let views = blobs
             .iter()
             .map(|(name, dt, shape, data)| {
@@ -179,6 +200,16 @@ impl Predictor {
         let config = header
             .config
             .ok_or_else(|| bad("header has no config".into()))?;
+        if header.version == 1 && config.output != Output::Linear {
+            return Err(bad(format!(
+                "a version-1 file with output {:?}: version 1 predates bounded outputs",
+                config.output
+            )));
+        }
+        config
+            .output
+            .validate()
+            .map_err(|e| bad(format!("config: {e}")))?;
         let st =
             SafeTensors::deserialize(bytes).map_err(|e| bad(format!("reading tensors: {e}")))?;
         let get = |name: &str, dt: Dtype, shape: &[usize]| -> Result<Vec<u8>> {
@@ -259,7 +290,28 @@ impl Predictor {
                 best_val_mse: s[2],
             })
             .collect();
+        let range = if header.version >= 2 {
+            let x = f64s(get("range.x", Dtype::F64, &[2, d])?);
+            let y = f64s(get("range.y", Dtype::F64, &[2])?);
+            if x.iter().chain(&y).any(|v| !v.is_finite())
+                || x[..d].iter().zip(&x[d..]).any(|(lo, hi)| lo > hi)
+                || y[0] > y[1]
+            {
+                return Err(bad(
+                    "training range must be finite with minimum ≤ maximum".into()
+                ));
+            }
+            Some(TrainingRange {
+                x_min: x[..d].to_vec(),
+                x_max: x[d..].to_vec(),
+                y_min: y[0],
+                y_max: y[1],
+            })
+        } else {
+            None
+        };
         Ok(Predictor {
+            range,
             config,
             feature_names: header.feature_names,
             target_name: header.target_name,
@@ -288,12 +340,66 @@ mod tests {
         assert_eq!(p, q);
     }
 
+    /// A version-1 file written by the code before bounded outputs (commit bbb49f8:
+    /// `fit` with `Config { members: 2, hidden: vec![4], max_epochs: 30, ..Config::default() }`
+    /// on `bits_0 = 2 + i % 4`, `prune_0 = 0.25·(i / 4)`, `top1 = 80 + 3·bits_0 − 4·prune_0`,
+    /// `i` in 0..24), and what that code predicted at two rows.
+    const V1_FILE: &[u8] = include_bytes!("../testdata/predictor-v1.safetensors");
+    const V1_ROWS: [[f64; 2]; 2] = [[3.0, 0.5], [8.0, 0.0]];
+    const V1_MEAN: [f64; 2] = [87.51236506022288, 97.84823663979083];
+    const V1_STD: [f64; 2] = [1.1338888067651993, 8.652874116822794];
+
+    #[test]
+    fn version_1_files_load_unchanged_and_unflagged() {
+        let p = Predictor::from_bytes(V1_FILE, Path::new("v1.st")).unwrap();
+        assert_eq!(p.output(), Output::Linear);
+        assert_eq!(p.training_range(), None);
+        let q = p.predict(&V1_ROWS).unwrap();
+        for r in 0..2 {
+            assert!((q.mean[r] - V1_MEAN[r]).abs() < 1e-9, "{:?}", q.mean);
+            assert!((q.std[r] - V1_STD[r]).abs() < 1e-9, "{:?}", q.std);
+        }
+        // No recorded range: the prediction cannot tell, and says so.
+        assert_eq!(q.extrapolation, None);
+        assert!(!q.extrapolates(1));
+        // Written back, it stays a version-1 file and reads the same.
+        let bytes = p.to_bytes().unwrap();
+        assert!(bytes.windows(13).any(|w| w == b"\\\"version\\\":1"));
+        assert_eq!(
+            Predictor::from_bytes(&bytes, Path::new("again")).unwrap(),
+            p
+        );
+    }
+
+    #[test]
+    fn version_2_records_output_and_range() {
+        let (s, p) = fitted(50, 13, 5);
+        assert_eq!(p.output(), Output::PERCENT);
+        let q = Predictor::from_bytes(&p.to_bytes().unwrap(), Path::new("mem")).unwrap();
+        let r = q.training_range().unwrap();
+        assert_eq!(r, p.training_range().unwrap());
+        let ymax = s.y().iter().copied().fold(f64::MIN, f64::max);
+        assert_eq!(r.y_max, ymax);
+        assert_eq!(r.x_min.len(), s.n_features());
+        // A version-2 file without its range tensors is an error, not a silent "unknown".
+        let mut bare = p.clone();
+        bare.range = None;
+        let mut b = bare.to_bytes().unwrap();
+        let pat = b"\\\"version\\\":1";
+        let at = b.windows(pat.len()).position(|w| w == pat).unwrap();
+        b[at + pat.len() - 1] = b'2';
+        let e = Predictor::from_bytes(&b, Path::new("p.st"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing tensor \"range.x\""), "{e}");
+    }
+
     #[test]
     fn future_version_and_foreign_files_are_errors() {
         let (_, p) = fitted(50, 12, 5);
         let bytes = p.to_bytes().unwrap();
         // Rewrite the header's version byte in place (same length keeps the file consistent).
-        let pat = b"\\\"version\\\":1";
+        let pat = b"\\\"version\\\":2";
         let at = bytes
             .windows(pat.len())
             .position(|w| w == pat)

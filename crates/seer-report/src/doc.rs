@@ -1,7 +1,9 @@
 //! The report's content as a small document model, rendered to Markdown and to HTML, so both
 //! formats always carry the same figures.
 
-use crate::{PLOTS, RunReport, TOP1_PLOT, best_uniform_at, fmt, layers_plot_name};
+use crate::{
+    EXTRAPOLATION_MARK, PLOTS, RunReport, TOP1_PLOT, best_uniform_at, fmt, layers_plot_name,
+};
 
 /// One block of the document. All text is plain (renderers escape it).
 #[derive(Clone, Debug, PartialEq)]
@@ -105,10 +107,15 @@ pub(crate) fn document(r: &RunReport) -> Vec<Block> {
                     fmt::size(x.size_bits),
                     opt(r.compression_ratio(x.size_bits), |c| format!("{c:.1}×")),
                     format!(
-                        "{:.2}{}",
+                        "{:.2}{}{}",
                         x.predicted_top1,
                         x.predicted_std
-                            .map_or(String::new(), |s| format!(" ± {s:.2}"))
+                            .map_or(String::new(), |s| format!(" ± {s:.2}")),
+                        if x.extrapolation.is_some() {
+                            EXTRAPOLATION_MARK
+                        } else {
+                            ""
+                        }
                     ),
                     fmt::top1(x.measured_top1),
                     best,
@@ -132,6 +139,13 @@ pub(crate) fn document(r: &RunReport) -> Vec<Block> {
             .to_vec(),
             rows,
         ));
+        if r.budgets.iter().any(|x| x.extrapolation.is_some()) {
+            d.push(Para(format!(
+                "{EXTRAPOLATION_MARK} The prediction extrapolates beyond the predictor's training data (above the highest \
+                 label or below the lowest by more than 5% of their range, or policy features outside the labelled \
+                 policies' range): a guess outside the data, not an estimate backed by labels."
+            )));
+        }
         for x in &r.budgets {
             d.push(Heading(3, format!("Policy {}", x.label)));
             let mut facts = vec![
@@ -144,6 +158,11 @@ pub(crate) fn document(r: &RunReport) -> Vec<Block> {
                     x.label_val_top1.map_or(String::new(), |v| format!(
                         " (validation top-1 {v:.2}% under the labelling protocol)"
                     ))
+                ));
+            }
+            if let Some(why) = &x.extrapolation {
+                facts.push(format!(
+                    "Predicted top-1 extrapolates {EXTRAPOLATION_MARK}: {why}"
                 ));
             }
             if let Some(p) = &x.policy_file {
@@ -248,6 +267,14 @@ pub(crate) fn document(r: &RunReport) -> Vec<Block> {
             TOP1_PLOT.into(),
             "measured top-1 vs BOPs with uniform baselines and the predicted front".into(),
         ));
+    }
+    let flagged = r.front.iter().filter(|f| f.extrapolates).count();
+    if flagged > 0 {
+        d.push(Para(format!(
+            "{flagged} of the {} points of the predicted front extrapolate beyond the predictor's training data{}.",
+            r.front.len(),
+            if PLOTS { " (crosses on the plot)" } else { "" }
+        )));
     }
 
     d.push(Heading(2, "Predictor quality (held-out labels)".into()));

@@ -144,6 +144,8 @@ mod tests {
         assert!(h.contains("<title>Synthetic &lt;test&gt; &amp; &quot;report&quot;</title>"));
         assert!(h.contains("cargo xtask compress --out &#39;a&lt;b&gt;&#39;"));
         assert!(h.contains("<td>+5.20</td>") && h.contains("<td>not measured</td>"));
+        // The extrapolating prediction keeps its marker.
+        assert!(h.contains("<td>91.40†</td>") && h.contains("† The prediction extrapolates"));
         // Tags balance: every table and figure opened is closed.
         for tag in ["table", "figure", "ul", "tr"] {
             assert_eq!(

@@ -170,6 +170,12 @@ pub struct BudgetOutcome {
     /// `uniform anchor`, `active round 3`).
     #[serde(default)]
     pub selected_from: Option<String>,
+    /// Why the predicted top-1 extrapolates beyond the predictor's training data, when it does
+    /// (e.g. `above the highest training label; 2 features outside the training range`);
+    /// None when it lies within it, could not be judged, or in reports written before this
+    /// was recorded. Rendered as a marker on the predicted value (docs/method.md §4).
+    #[serde(default)]
+    pub extrapolation: Option<String>,
 }
 
 /// A measured uniform-bit-width (optionally uniformly pruned) baseline.
@@ -198,6 +204,10 @@ pub struct FrontPoint {
     pub bops: u64,
     /// Its predicted top-1.
     pub predicted_top1: f64,
+    /// The prediction extrapolates beyond the predictor's training data (false also when it
+    /// could not be judged, and in reports written before this was recorded).
+    #[serde(default)]
+    pub extrapolates: bool,
 }
 
 /// One labelled sample.
@@ -305,6 +315,9 @@ pub fn layers_plot_name(label: &str) -> String {
 
 /// File name of the top-1 vs BOPs plot.
 pub const TOP1_PLOT: &str = "top1-vs-bops.svg";
+
+/// The marker after a predicted top-1 that extrapolates beyond the predictor's training data.
+pub const EXTRAPOLATION_MARK: &str = "†";
 
 /// One rendered report file: its name in the run directory and its text.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -502,6 +515,7 @@ pub(crate) mod tests {
                     model_file: None,
                     label_val_top1: Some(88.1),
                     selected_from: Some("barrier search, κ = 1".into()),
+                    extrapolation: None,
                 },
                 BudgetOutcome {
                     label: "frac-0.15".into(),
@@ -518,6 +532,7 @@ pub(crate) mod tests {
                     model_file: None,
                     label_val_top1: None,
                     selected_from: None,
+                    extrapolation: Some("above the highest training label".into()),
                 },
             ],
             uniform: vec![
@@ -553,14 +568,17 @@ pub(crate) mod tests {
                 FrontPoint {
                     bops: 90_000_000,
                     predicted_top1: 86.0,
+                    extrapolates: false,
                 },
                 FrontPoint {
                     bops: 200_000_000,
                     predicted_top1: 90.0,
+                    extrapolates: false,
                 },
                 FrontPoint {
                     bops: 400_000_000,
                     predicted_top1: 91.5,
+                    extrapolates: true,
                 },
             ],
             labels: vec![
@@ -610,6 +628,24 @@ pub(crate) mod tests {
         assert_eq!(fmt::si(127_000_000), "127M");
         assert_eq!(fmt::size(327_680), "40.96 KB");
         assert_eq!(fmt::secs(812.4), "13m 32s");
+    }
+
+    #[test]
+    fn reports_without_extrapolation_fields_still_read() {
+        // report.json written before the fields existed: both default to "not flagged".
+        let j = synthetic()
+            .to_json()
+            .replace(",\n      \"extrapolation\": null", "")
+            .replace(
+                ",\n      \"extrapolation\": \"above the highest training label\"",
+                "",
+            )
+            .replace(",\n      \"extrapolates\": false", "")
+            .replace(",\n      \"extrapolates\": true", "");
+        assert!(!j.contains("extrapolat"), "{j}");
+        let r = RunReport::from_json(&j).unwrap();
+        assert!(r.budgets.iter().all(|b| b.extrapolation.is_none()));
+        assert!(r.front.iter().all(|f| !f.extrapolates));
     }
 
     #[test]

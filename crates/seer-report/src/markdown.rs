@@ -108,6 +108,32 @@ mod tests {
     }
 
     #[test]
+    fn extrapolated_predictions_are_marked_with_a_legend() {
+        let mut r = synthetic();
+        let md = render_markdown(&r);
+        let row = |md: &str, label: &str| {
+            md.lines()
+                .find(|l| l.starts_with(&format!("| {label} |")))
+                .unwrap()
+                .to_string()
+        };
+        // frac-0.15 extrapolates, frac-0.05 does not.
+        assert!(row(&md, "frac-0.15").contains("| 91.40† |"), "{md}");
+        assert!(row(&md, "frac-0.05").contains("| 89.50 ± 0.30 |"), "{md}");
+        let legend = "† The prediction extrapolates beyond the predictor's training data";
+        assert_eq!(md.matches(legend).count(), 1, "{md}");
+        assert!(
+            md.contains("- Predicted top-1 extrapolates †: above the highest training label\n")
+        );
+        assert!(md.contains("1 of the 3 points of the predicted front extrapolate"));
+        // Nothing flagged: no marker, no legend, no front note.
+        r.budgets[1].extrapolation = None;
+        r.front.iter_mut().for_each(|f| f.extrapolates = false);
+        let md = render_markdown(&r);
+        assert!(!md.contains('†') && !md.contains("extrapolate"), "{md}");
+    }
+
+    #[test]
     fn empty_report_claims_nothing() {
         let md = render_markdown(&RunReport::default());
         assert!(

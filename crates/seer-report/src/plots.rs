@@ -30,8 +30,8 @@ fn padded(lo: f64, hi: f64, frac: f64) -> (f64, f64) {
 }
 
 /// Measured top-1 vs BOPs (log axis): the uniform baselines, the chosen policies (measured test
-/// top-1, and predicted as hollow markers), the predicted front, the labelled samples and the
-/// BOPs budgets as vertical lines. None when there is nothing to plot.
+/// top-1, and predicted as hollow markers), the predicted front (crosses where it extrapolates),
+/// the labelled samples and the BOPs budgets as vertical lines. None when there is nothing to plot.
 pub fn plot_top1_vs_bops(r: &RunReport) -> Result<Option<String>> {
     // Every plotted point; only the axis ranges are taken from them, so order does not matter.
     let (mut xs, mut ys): (Vec<f64>, Vec<f64>) = r
@@ -108,6 +108,17 @@ pub fn plot_top1_vs_bops(r: &RunReport) -> Result<Option<String>> {
                 .map_err(perr)?
                 .label("predicted front")
                 .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], FRONT.stroke_width(2)));
+            let flagged: Vec<&crate::FrontPoint> =
+                r.front.iter().filter(|p| p.extrapolates).collect();
+            if !flagged.is_empty() {
+                chart
+                    .draw_series(flagged.iter().map(|p| {
+                        Cross::new((p.bops as f64, p.predicted_top1), 5, FRONT.stroke_width(2))
+                    }))
+                    .map_err(perr)?
+                    .label("predicted, extrapolating")
+                    .legend(|(x, y)| Cross::new((x + 8, y), 5, FRONT.stroke_width(2)));
+            }
         }
         if !r.uniform.is_empty() {
             let u = sorted_by_x(r.uniform.iter().map(|u| (u.bops as f64, u.measured_top1)));
@@ -305,6 +316,7 @@ mod tests {
             "w4a4",
             "frac-0.05",
             "predicted front",
+            "predicted, extrapolating",
             "uniform bit-width",
             "toy&lt;net&gt;",
         ] {

@@ -28,6 +28,8 @@ enum Command {
     Finetune(cli::finetune::FinetuneArgs),
     /// Accuracy predictor: cross-validate, fit and evaluate on a CSV of samples.
     Predictor(cli::predictor::PredictorArgs),
+    /// Predicted top-1 of one policy on a trained predictor; warns when it extrapolates.
+    Predict(cli::predict::PredictArgs),
     /// Fold per-policy label results (from `seernet label` shards) into a label store.
     Merge(cli::merge::MergeArgs),
     /// The best policy for a budget on a trained predictor (barrier, pgd, evo or random search).
@@ -61,6 +63,7 @@ fn main() {
         Command::Eval(a) => cli::eval::run(a),
         Command::Finetune(a) => cli::finetune::run(a),
         Command::Predictor(a) => cli::predictor::run(a),
+        Command::Predict(a) => cli::predict::run(a),
         Command::Merge(a) => cli::merge::run(a),
         Command::Search(a) => cli::search::run_search(a),
         Command::Pareto(a) => cli::search::run_pareto(a),

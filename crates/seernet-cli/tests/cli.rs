@@ -1,5 +1,5 @@
-//! End-to-end tests of the `seernet complexity`, `seernet space` and `seernet infer` commands
-//! (the built binary).
+//! End-to-end tests of the `seernet complexity`, `seernet space`, `seernet infer`,
+//! `seernet predictor` and `seernet search` commands (the built binary).
 
 use std::process::Command;
 
@@ -610,4 +610,139 @@ fn compress_refuses_an_unknown_dataset() {
     assert_ne!(rc, 0);
     assert!(err.contains("unknown dataset \"fashon-mnist\""), "{err}");
     assert!(!out.exists(), "nothing is written for a bad dataset name");
+}
+
+/// Issue 13, case 4: a predictor fitted on labels up to 97.1% (policies with 2–5 bits) asked
+/// about w8a8 reported "predicted top-1 103.315 ± 0.661" without a warning. Now the prediction
+/// stays in [0, 100] and `seernet predict` / `seernet search` warn that it extrapolates;
+/// inside the data there is no warning.
+#[test]
+fn predict_and_search_warn_when_the_prediction_extrapolates() {
+    let dir = tempfile::tempdir().unwrap();
+    // LeNet-5's three searchable units; top-1 loses 0.9 points per missing bit below 5 and 3
+    // points per unit of pruning, shifted so that the best label is 97.1.
+    let mut state = 13u64;
+    let mut pick = |n: u64| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) % n
+    };
+    let mut rows = Vec::new();
+    for _ in 0..120 {
+        let prune: Vec<f64> = (0..3).map(|_| 0.25 * pick(3) as f64).collect();
+        let bits: Vec<f64> = (0..6).map(|_| (2 + pick(4)) as f64).collect();
+        let pen: f64 = prune.iter().map(|p| 3.0 * p).sum::<f64>()
+            + bits.iter().map(|b| 0.9 * (5.0 - b)).sum::<f64>();
+        rows.push((prune, bits, pen));
+    }
+    let best = rows.iter().map(|r| r.2).fold(f64::INFINITY, f64::min);
+    let mut csv = String::from(
+        "prune_0,prune_1,prune_2,wbits_0,wbits_1,wbits_2,abits_0,abits_1,abits_2,top1\n",
+    );
+    for (p, b, pen) in &rows {
+        let cells: Vec<String> = p.iter().chain(b).map(|v| v.to_string()).collect();
+        csv += &format!("{},{:.4}\n", cells.join(","), 97.1 - (pen - best));
+    }
+    let samples = dir.path().join("samples.csv");
+    std::fs::write(&samples, &csv).unwrap();
+    let model = dir.path().join("p.safetensors");
+    let (s, m) = (samples.to_str().unwrap(), model.to_str().unwrap());
+    let (rc, _, err) = seernet(&[
+        "predictor",
+        "fit",
+        "--samples",
+        s,
+        "--out",
+        m,
+        "--members",
+        "4",
+        "--max-epochs",
+        "200",
+    ]);
+    assert_eq!(rc, 0, "{err}");
+
+    // w8a8 lies outside the labelled bits (2–5): bounded, and a warning line names why.
+    let predict = [
+        "predict",
+        "--predictor",
+        m,
+        "--arch",
+        "lenet5",
+        "--uniform",
+        "w8a8",
+    ];
+    let (rc, out, err) = seernet(&predict);
+    assert_eq!(rc, 0, "{err}");
+    let top1: f64 = out
+        .split("predicted top-1 ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        out.starts_with("uniform w8a8 prune 0: ") && (0.0..=100.0).contains(&top1),
+        "{out}"
+    );
+    let warning = err
+        .lines()
+        .find(|l| l.starts_with("warning: predicted top-1"))
+        .unwrap_or_else(|| panic!("no warning in {err:?}"));
+    assert!(
+        warning.contains("extrapolates beyond the predictor's training data")
+            && warning.contains("6 features outside the training range")
+            && warning.contains("training labels ")
+            && warning.contains(" to 97.10;")
+            && warning.contains("outside the training range: wbits_0, wbits_1, wbits_2, abits_0"),
+        "{warning}"
+    );
+    let mut json_args = predict.to_vec();
+    json_args.push("--json");
+    let v = json(&json_args);
+    assert_eq!(v["extrapolation"]["any"], true, "{v}");
+    assert_eq!(v["extrapolation"]["features_outside"], 6, "{v}");
+    assert!(v["predicted_top1"].as_f64().unwrap() <= 100.0, "{v}");
+
+    // A policy inside the labelled ranges: no warning.
+    let (rc, out, err) = seernet(&[
+        "predict",
+        "--predictor",
+        m,
+        "--arch",
+        "lenet5",
+        "--uniform",
+        "w4a4",
+        "--prune",
+        "0.25",
+    ]);
+    assert_eq!(rc, 0, "{err}");
+    assert!(out.contains("predicted top-1 "), "{out}");
+    assert!(!err.contains("warning"), "{err}");
+
+    // `seernet search` at the full w8a8 budget goes past the best label: it warns too, and its
+    // prediction stays in [0, 100].
+    let (rc, out, err) = seernet(&[
+        "search",
+        "--predictor",
+        m,
+        "--arch",
+        "lenet5",
+        "--bops-frac",
+        "100%",
+        "--json",
+    ]);
+    assert_eq!(rc, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v["predicted_top1"].as_f64().unwrap() <= 100.0, "{v}");
+    assert_eq!(v["extrapolation"]["any"], true, "{v}");
+    assert!(err.contains("warning: predicted top-1"), "{err}");
+
+    // A target outside [0, 100] needs --unbounded, and the error says so.
+    std::fs::write(&samples, csv.replace(",9", ",19")).unwrap();
+    let (rc, _, err) = seernet(&["predictor", "fit", "--samples", s, "--out", m]);
+    assert_ne!(rc, 0);
+    assert!(
+        err.contains("outside [0, 100]") && err.contains("--unbounded"),
+        "{err}"
+    );
 }

@@ -13,7 +13,7 @@ use std::time::Instant;
 use seer_barrier::{Budget, CostKind, Objective, PolicySpace, SearchConfig};
 use seer_evo::{Band, EvoConfig, Problem};
 use seer_policy::{GeneKind, Policy, SearchSpace};
-use seer_predictor::Predictor;
+use seer_predictor::{Extrapolation, Predictor};
 
 use crate::error::{Error, Result};
 
@@ -140,6 +140,12 @@ impl<'a> PredictorObjective<'a> {
         Ok(self)
     }
 
+    /// The predictor's feature row (length `n_features`) for one encoded policy `x` (length
+    /// `dim`, docs/method.md §1), e.g. for [`Predictor::features_outside`].
+    pub fn raw_row(&self, x: &[f64]) -> Vec<f64> {
+        self.raw(x)
+    }
+
     /// Raw predictor rows (`[n, n_features]`) for encoded rows `xs` (`[n, dim]`).
     fn raw(&self, xs: &[f64]) -> Vec<f64> {
         let f = self.features.len();
@@ -184,13 +190,7 @@ impl Objective for PredictorObjective<'_> {
             self.predictor.predict_grad(&rows)?
         } else {
             let (p, score, g) = self.predictor.predict_lcb_grad(&rows, self.kappa)?;
-            (
-                seer_predictor::Prediction {
-                    mean: score,
-                    std: p.std,
-                },
-                g,
-            )
+            (seer_predictor::Prediction { mean: score, ..p }, g)
         };
         mean.copy_from_slice(&p.mean);
         for (out, gr) in grad.chunks_mut(self.dim).zip(&g) {
@@ -426,6 +426,10 @@ pub struct Found {
     pub predicted_mean: f64,
     /// Predicted σ (NaN when the objective has none; a predictor always has one).
     pub predicted_std: f64,
+    /// Whether the prediction extrapolates beyond the predictor's training data
+    /// (docs/method.md §4); None when it cannot be told (a predictor from a format-1 file, or
+    /// an objective that is not a predictor: [`find_policy_with`]).
+    pub extrapolation: Option<Extrapolation>,
     /// Wall time of the search in seconds.
     pub seconds: f64,
     /// Policies scored by the predictor (evo / random) or batched predictor calls (barrier).
@@ -433,6 +437,7 @@ pub struct Found {
 }
 
 /// Finds the policy with the highest predicted accuracy within `budget` with `options.method`.
+/// The result carries μ, σ and the extrapolation flag of the predictor at that policy.
 ///
 /// Errors: [`Error::Barrier`] (`BudgetBelowMinimum`, stating the minimum) for a budget below the
 /// cheapest policy, whatever the method; [`Error::PredictorMismatch`] for a predictor that does
@@ -452,6 +457,7 @@ pub fn find_policy(
     let p = predictor.predict(&[objective.raw(&space.encode_indices(&f.indices)?)])?;
     f.predicted_mean = p.mean[0];
     f.predicted_std = p.std[0];
+    f.extrapolation = p.extrapolation.and_then(|e| e.first().copied());
     f.seconds = start.elapsed().as_secs_f64();
     Ok(f)
 }
@@ -546,6 +552,7 @@ pub fn find_policy_with(
         size_bits: t.size_bits,
         predicted_mean: mean[0],
         predicted_std: if has_std { std[0] } else { f64::NAN },
+        extrapolation: None,
         seconds: start.elapsed().as_secs_f64(),
         evaluations,
     })
@@ -656,6 +663,13 @@ mod tests {
             o.random_evaluations = 300;
             let f = find_policy(&space, &pred, &budget, &o).unwrap();
             assert!(f.bops as f64 <= budget.max_bops.unwrap(), "{method}");
+            // The predictor's flags at the found policy come along; a bare objective has none.
+            let obj = PredictorObjective::new(&pred, &space).unwrap();
+            let row = obj.raw_row(&space.encode_indices(&f.indices).unwrap());
+            let want = pred.predict(&[row]).unwrap().extrapolation.unwrap()[0];
+            assert_eq!(f.extrapolation, Some(want), "{method}");
+            let bare = find_policy_with(&space, &obj, &budget, &o).unwrap();
+            assert_eq!(bare.extrapolation, None);
         }
         let e = find_policy(
             &space,

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use seer_policy::Policy;
+use seer_policy::{Policy, SearchSpace};
 
 use super::net::{NetArgs, SpaceArgs};
 
@@ -17,6 +17,16 @@ pub struct ComplexityArgs {
     net: NetArgs,
     #[command(flatten)]
     space: SpaceArgs,
+    #[command(flatten)]
+    policy: PolicyArgs,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Which policy a command looks at: a policy file, or uniform bit-widths and pruning.
+#[derive(Args, Debug)]
+pub struct PolicyArgs {
     /// Policy JSON file (`seernet-policy`, version 1).
     #[arg(long, conflicts_with_all = ["uniform", "prune"])]
     policy: Option<PathBuf>,
@@ -26,9 +36,41 @@ pub struct ComplexityArgs {
     /// Uniform pruning ratio in [0, 1) for every prunable unit (with --uniform); default 0.
     #[arg(long)]
     prune: Option<f64>,
-    /// Print one JSON object instead of the table.
-    #[arg(long)]
-    json: bool,
+}
+
+impl PolicyArgs {
+    /// The policy the flags name in `space` and a label for it (the file, or `uniform wXaY
+    /// prune P`). Errors name the flag or file at fault.
+    pub fn policy(&self, space: &SearchSpace) -> Result<(Policy, String)> {
+        if let Some(path) = &self.policy {
+            let p = Policy::load(path)?;
+            space.validate_named(&p, &path.display().to_string())?;
+            return Ok((p, path.display().to_string()));
+        }
+        let (w, a) = parse_uniform(self.uniform.as_deref().unwrap_or("w8a8"))?;
+        let prune = self.prune.unwrap_or(0.0);
+        if !prune.is_finite() || !(0.0..1.0).contains(&prune) {
+            bail!("--prune {prune}: the pruning ratio must be in [0, 1)");
+        }
+        let fixed = space.config().fixed_bits;
+        if space.units().is_empty() && (self.uniform.is_some() || self.prune.is_some()) {
+            bail!(
+                "{} has no searchable unit (every weighted layer is fixed at w{fixed}a{fixed}): \
+                 --uniform and --prune would change nothing",
+                space.spec().name
+            );
+        }
+        if prune > 0.0 && !space.units().iter().any(|u| u.prunable) {
+            bail!(
+                "--prune {prune}: {} has no prunable unit, so no channel would be removed",
+                space.spec().name
+            );
+        }
+        let p = space
+            .uniform(w, a, prune)
+            .with_context(|| format!("--uniform w{w}a{a} --prune {prune}"))?;
+        Ok((p, format!("uniform w{w}a{a} prune {prune}")))
+    }
 }
 
 /// Parses `wXaY` or `X` into (weight bits, activation bits).
@@ -48,38 +90,7 @@ pub fn run(args: ComplexityArgs) -> Result<()> {
     let mut o = String::new();
     let spec = args.net.spec()?;
     let space = args.space.space(spec)?;
-    let (policy, label) = match &args.policy {
-        Some(path) => {
-            let p = Policy::load(path)?;
-            space.validate_named(&p, &path.display().to_string())?;
-            (p, path.display().to_string())
-        }
-        None => {
-            let (w, a) = parse_uniform(args.uniform.as_deref().unwrap_or("w8a8"))?;
-            let prune = args.prune.unwrap_or(0.0);
-            if !prune.is_finite() || !(0.0..1.0).contains(&prune) {
-                bail!("--prune {prune}: the pruning ratio must be in [0, 1)");
-            }
-            let fixed = space.config().fixed_bits;
-            if space.units().is_empty() && (args.uniform.is_some() || args.prune.is_some()) {
-                bail!(
-                    "{} has no searchable unit (every weighted layer is fixed at w{fixed}a{fixed}): \
-                     --uniform and --prune would change nothing",
-                    space.spec().name
-                );
-            }
-            if prune > 0.0 && !space.units().iter().any(|u| u.prunable) {
-                bail!(
-                    "--prune {prune}: {} has no prunable unit, so no channel would be removed",
-                    space.spec().name
-                );
-            }
-            let p = space
-                .uniform(w, a, prune)
-                .with_context(|| format!("--uniform w{w}a{a} --prune {prune}"))?;
-            (p, format!("uniform w{w}a{a} prune {prune}"))
-        }
-    };
+    let (policy, label) = args.policy.policy(&space)?;
     let costs = space.cost(&policy)?;
     let spec = space.spec();
     if args.json {

@@ -12,6 +12,7 @@ pub mod manifest;
 pub mod merge;
 pub mod net;
 pub mod nn_util;
+pub mod predict;
 pub mod predictor;
 pub mod progress;
 pub mod search;

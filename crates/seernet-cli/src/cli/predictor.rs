@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use seer_predictor::{
-    Config, CsvTable, CvOptions, Predictor, Samples, cross_validate, fit, kendall_tau_b, rmse,
-    spearman,
+    Config, CsvTable, CvOptions, Output, Predictor, Samples, cross_validate, fit, kendall_tau_b,
+    rmse, spearman,
 };
 
 use super::net::{NetArgs, SpaceArgs};
@@ -84,6 +84,10 @@ struct TrainArgs {
     /// Seed of every random choice.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Unbounded (linear) output instead of the default logistic map onto [0, 100], for a
+    /// target that is not an accuracy in percent (docs/method.md §4).
+    #[arg(long)]
+    unbounded: bool,
 }
 
 impl TrainArgs {
@@ -94,8 +98,35 @@ impl TrainArgs {
             hidden: self.hidden.clone().unwrap_or(d.hidden),
             max_epochs: self.max_epochs.unwrap_or(d.max_epochs),
             seed: self.seed,
+            output: if self.unbounded {
+                Output::Linear
+            } else {
+                d.output
+            },
             ..d
         }
+    }
+
+    /// Err naming the first target value outside the output's bounds, and the way out.
+    fn check_target(&self, samples: &Samples, data: &SampleArgs) -> Result<()> {
+        let Some((lo, hi)) = self.config().output.bounds() else {
+            return Ok(());
+        };
+        if let Some((i, v)) = samples
+            .y()
+            .iter()
+            .enumerate()
+            .find(|(_, v)| !(lo..=hi).contains(*v))
+        {
+            bail!(
+                "{}: target {:?} of sample {} is {v}, outside [{lo}, {hi}] (accuracy in percent); \
+                 pass --unbounded for a target that is not an accuracy in percent",
+                data.samples.display(),
+                data.target,
+                i + 1
+            );
+        }
+        Ok(())
     }
 }
 
@@ -153,6 +184,7 @@ pub fn run(args: PredictorArgs) -> Result<()> {
 
 fn run_cv(a: CvArgs) -> Result<()> {
     let samples = a.data.load()?;
+    a.train.check_target(&samples, &a.data)?;
     let config = a.train.config();
     let opts = CvOptions {
         splits: a.splits,
@@ -209,6 +241,7 @@ fn run_cv(a: CvArgs) -> Result<()> {
 
 fn run_fit(a: FitArgs) -> Result<()> {
     let samples = a.data.load()?;
+    a.train.check_target(&samples, &a.data)?;
     let config = a.train.config();
     let t = std::time::Instant::now();
     let p = fit(&samples, &config)
@@ -286,6 +319,11 @@ fn run_eval(a: EvalArgs) -> Result<()> {
     let err = rmse(&pred.mean, y)?;
     let mean_std = pred.std.iter().sum::<f64>() / pred.std.len() as f64;
     let std_err = spearman(&pred.std, &abs_err).ok();
+    // Rows whose prediction extrapolates (None: a format-1 predictor cannot tell).
+    let extrapolating = pred
+        .extrapolation
+        .as_ref()
+        .map(|e| e.iter().filter(|e| e.any()).count());
     if a.json {
         let v = serde_json::json!({
             "model": a.model.display().to_string(),
@@ -297,6 +335,7 @@ fn run_eval(a: EvalArgs) -> Result<()> {
             "rmse": err,
             "mean_std": mean_std,
             "std_abs_err_spearman": std_err,
+            "n_extrapolating": extrapolating,
         });
         println!("{v}");
     } else {
@@ -308,6 +347,19 @@ fn run_eval(a: EvalArgs) -> Result<()> {
             samples.len(),
             std_err.map_or("undefined".into(), |v| format!("{v:.4}"))
         );
+    }
+    match extrapolating {
+        Some(0) => {}
+        Some(k) => eprintln!(
+            "warning: {k} of {} predictions extrapolate beyond the predictor's training data \
+             (labels or features outside what it was fitted on)",
+            samples.len()
+        ),
+        None => eprintln!(
+            "warning: {} is a format-1 predictor: no recorded training range, so its predictions \
+             are unbounded and extrapolation cannot be detected; refit it to get both",
+            a.model.display()
+        ),
     }
     Ok(())
 }

@@ -11,10 +11,12 @@ use seer_barrier::Budget as Limits;
 use seer_policy::SearchSpace;
 use seer_predictor::Predictor;
 use seernet::budget::Budget;
-use seernet::search::{Found, Method, SearchOptions, find_policy};
+use seernet::report::EXTRAPOLATION_MARK;
+use seernet::search::{Found, Method, PredictorObjective, SearchOptions, find_policy};
 use serde_json::json;
 
 use super::net::{NetArgs, SpaceArgs};
+use super::predict::{extrapolation_json, extrapolation_warning, load_predictor};
 
 /// Options shared by `search` and `pareto`.
 #[derive(Args, Debug)]
@@ -77,8 +79,7 @@ pub struct ParetoArgs {
 fn setup(c: &Common) -> Result<(SearchSpace, Predictor, SearchOptions)> {
     let spec = c.net.spec()?;
     let space = c.space.space(spec)?;
-    let predictor = Predictor::load(&c.predictor)
-        .with_context(|| format!("--predictor {}", c.predictor.display()))?;
+    let predictor = load_predictor(&c.predictor)?;
     if !(c.evo_seconds.is_finite() && c.evo_seconds > 0.0) {
         bail!(
             "--evo-seconds {}: must be a positive number of seconds",
@@ -93,6 +94,14 @@ fn setup(c: &Common) -> Result<(SearchSpace, Predictor, SearchOptions)> {
 
 fn policy_json(f: &Found) -> Result<serde_json::Value> {
     Ok(serde_json::from_str(&f.policy.to_json())?)
+}
+
+/// The warning line for `f`'s prediction when it extrapolates (see
+/// [`super::predict::extrapolation_warning`]).
+fn found_warning(space: &SearchSpace, predictor: &Predictor, f: &Found) -> Result<Option<String>> {
+    let row =
+        PredictorObjective::new(predictor, space)?.raw_row(&space.encode_indices(&f.indices)?);
+    extrapolation_warning(predictor, &row, f.predicted_mean, f.extrapolation)
 }
 
 /// Runs `seernet search`.
@@ -113,6 +122,7 @@ pub fn run_search(args: SearchArgs) -> Result<()> {
         bail!("no budget given: use --max-bops, --max-size or --bops-frac");
     }
     let f = find_policy(&space, &predictor, &limits, &options)?;
+    let warning = found_warning(&space, &predictor, &f)?;
     if let Some(out) = &args.out {
         f.policy
             .save(out)
@@ -126,10 +136,14 @@ pub fn run_search(args: SearchArgs) -> Result<()> {
             "size_bits": f.size_bits,
             "predicted_top1": f.predicted_mean,
             "predicted_std": f.predicted_std,
+            "extrapolation": extrapolation_json(f.extrapolation),
             "seconds": f.seconds,
             "max_bops": limits.max_bops,
             "max_size_bits": limits.max_size_bits,
         });
+        if let Some(w) = &warning {
+            eprintln!("{w}");
+        }
         return super::emit(&format!("{v}\n"));
     }
     let mut o = String::new();
@@ -159,7 +173,11 @@ pub fn run_search(args: SearchArgs) -> Result<()> {
         f.predicted_std,
         f.seconds
     )?;
-    super::emit(&o)
+    super::emit(&o)?;
+    if let Some(w) = &warning {
+        eprintln!("{w}");
+    }
+    Ok(())
 }
 
 fn bops_of(b: &Budget, space: &SearchSpace) -> Result<u64> {
@@ -197,6 +215,17 @@ pub fn run_pareto(args: ParetoArgs) -> Result<()> {
             })
         })
         .collect();
+    let flagged = found
+        .iter()
+        .filter(|(_, f)| f.extrapolation.is_some_and(|e| e.any()))
+        .count();
+    let warning = (flagged > 0).then(|| {
+        format!(
+            "warning: {flagged} of {} predictions extrapolate beyond the predictor's training data \
+             (marked {EXTRAPOLATION_MARK}); treat them as guesses, not estimates",
+            found.len()
+        )
+    });
     if args.common.json {
         let pts = found
             .iter()
@@ -208,6 +237,7 @@ pub fn run_pareto(args: ParetoArgs) -> Result<()> {
                     "size_bits": f.size_bits,
                     "predicted_top1": f.predicted_mean,
                     "predicted_std": f.predicted_std,
+                    "extrapolation": extrapolation_json(f.extrapolation),
                     "seconds": f.seconds,
                     "on_front": front,
                     "policy": policy_json(f)?,
@@ -215,6 +245,9 @@ pub fn run_pareto(args: ParetoArgs) -> Result<()> {
             })
             .collect::<Result<Vec<_>>>()?;
         let v = json!({ "method": options.method.to_string(), "points": pts });
+        if let Some(w) = &warning {
+            eprintln!("{w}");
+        }
         return super::emit(&format!("{v}\n"));
     }
     let mut o = String::new();
@@ -224,9 +257,14 @@ pub fn run_pareto(args: ParetoArgs) -> Result<()> {
         "budget BOPs", "BOPs", "size bits", "pred top1", "std", "ms", "front"
     )?;
     for ((b, f), &front) in found.iter().zip(&on_front) {
+        let mark = if f.extrapolation.is_some_and(|e| e.any()) {
+            EXTRAPOLATION_MARK
+        } else {
+            " "
+        };
         writeln!(
             o,
-            "{:>16.0} {:>16} {:>14} {:>10.3} {:>8.3} {:>9.1} {:>6}",
+            "{:>16.0} {:>16} {:>14} {:>9.3}{mark} {:>8.3} {:>9.1} {:>6}",
             b,
             f.bops,
             f.size_bits,
@@ -236,5 +274,9 @@ pub fn run_pareto(args: ParetoArgs) -> Result<()> {
             if front { "yes" } else { "no" }
         )?;
     }
-    super::emit(&o)
+    super::emit(&o)?;
+    if let Some(w) = &warning {
+        eprintln!("{w}");
+    }
+    Ok(())
 }

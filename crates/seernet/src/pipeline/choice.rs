@@ -136,6 +136,7 @@ impl Run<'_> {
                     size_bits: r.size_bits,
                     predicted_mean: p.mean[0],
                     predicted_std: p.std[0],
+                    extrapolation: p.extrapolation.and_then(|e| e.first().copied()),
                     seconds: 0.0,
                     evaluations: 0,
                 };
@@ -154,13 +155,17 @@ impl Run<'_> {
         let file = b.policy_file();
         found.policy.save(self.out.join(&file))?;
         self.log.line(&format!(
-            "budget {}: policy with {} BOPs ({:.2}% of w8a8), {} bits, predicted val top-1 {:.2}% ± {:.2}, labelled val top-1 {}; from {from} -> {file}",
+            "budget {}: policy with {} BOPs ({:.2}% of w8a8), {} bits, predicted val top-1 {:.2}% ± {:.2}{}, labelled val top-1 {}; from {from} -> {file}",
             b.label,
             found.bops,
             100.0 * found.bops as f64 / self.budgets.w8a8 as f64,
             found.size_bits,
             found.predicted_mean,
             found.predicted_std,
+            found
+                .extrapolation
+                .filter(|e| e.any())
+                .map_or(String::new(), |e| format!(" (extrapolates: {})", e.describe())),
             label_top1.map_or("—".into(), |v| format!("{v:.2}%")),
         ));
         Ok(Chosen {
@@ -189,6 +194,7 @@ impl Run<'_> {
                 Ok(f) => front.push(report::FrontPoint {
                     bops: f.bops,
                     predicted_top1: f.predicted_mean,
+                    extrapolates: f.extrapolation.is_some_and(|e| e.any()),
                 }),
                 Err(e) => tracing::debug!(error = %chain(&e), "front point left out"),
             }

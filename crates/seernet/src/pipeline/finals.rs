@@ -91,6 +91,7 @@ impl Run<'_> {
             model_file: Some(model_file),
             label_val_top1: c.label_top1,
             selected_from: Some(c.from.clone()),
+            extrapolation: f.extrapolation.filter(|e| e.any()).map(|e| e.describe()),
         })
     }
 
