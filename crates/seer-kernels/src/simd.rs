@@ -151,6 +151,79 @@ pub(crate) fn gemm_dot(
     );
 }
 
+/// `C[m×n] (ldc) = A[m×p] · B[n×p]ᵀ`, `A` and `B` row-major with leading dimensions `lda`,
+/// `ldb`, where every element of `C` is summed in an order fixed by `p` alone: the same bits
+/// for a row of `A` whatever `m`, whichever rows surround it and however the caller splits
+/// `A` into calls (the batch-invariant forward of [`crate::linear`]). AVX2+FMA: the
+/// [`gemm_dot`] kernels (eight lane sums, then the tail); elsewhere a portable loop with the
+/// same structure (separate multiply and add, so the bits differ between the two paths).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn dot_rows(
+    m: usize,
+    n: usize,
+    p: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(c.len() >= extent(m, n, ldc, 1), "dot_rows: C too short");
+    for i in 0..m {
+        c[i * ldc..i * ldc + n].fill(0.0);
+    }
+    if p == 0 {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        gemm_dot(m, n, p, a, lda, b, ldb, c, ldc);
+        return;
+    }
+    dot_rows_portable(m, n, p, a, lda, b, ldb, c, ldc);
+}
+
+/// The portable path of [`dot_rows`] (`C` already sized; overwritten).
+#[allow(clippy::too_many_arguments)]
+fn dot_rows_portable(
+    m: usize,
+    n: usize,
+    p: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    assert!(a.len() >= extent(m, p, lda, 1), "dot_rows: A too short");
+    assert!(b.len() >= extent(n, p, ldb, 1), "dot_rows: B too short");
+    for i in 0..m {
+        let ar = &a[i * lda..i * lda + p];
+        for j in 0..n {
+            let br = &b[j * ldb..j * ldb + p];
+            let mut lanes = [0f32; 8];
+            let (ca, cb) = (ar.chunks_exact(8), br.chunks_exact(8));
+            let (ra, rb) = (ca.remainder(), cb.remainder());
+            for (x, y) in ca.zip(cb) {
+                for l in 0..8 {
+                    lanes[l] += x[l] * y[l];
+                }
+            }
+            let mut s = ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6]))
+                + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]));
+            for (x, y) in ra.iter().zip(rb) {
+                s += x * y;
+            }
+            c[i * ldc + j] = s;
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
@@ -407,6 +480,27 @@ mod tests {
             gemm_dot(m, n, k, &a, k, &bt, k, &mut c, n);
             for ((x, y), z) in c.iter().zip(&want).zip(&c0) {
                 assert!((x - y - z).abs() <= 1e-4, "dot {m} {n} {k}");
+            }
+            // dot_rows: C = A·Btᵀ, each row the same bits when computed on its own.
+            for portable in [false, true] {
+                let mut c = c0.clone();
+                let rows = |m, a: &[f32], c: &mut [f32]| {
+                    if portable {
+                        dot_rows_portable(m, n, k, a, k, &bt, k, c, n);
+                    } else {
+                        dot_rows(m, n, k, a, k, &bt, k, c, n);
+                    }
+                };
+                rows(m, &a, &mut c);
+                for (x, y) in c.iter().zip(&want) {
+                    assert!((x - y).abs() <= 1e-4, "dot_rows {m} {n} {k} {portable}");
+                }
+                for i in 0..m {
+                    let mut r = vec![f32::NAN; n];
+                    rows(1, &a[i * k..(i + 1) * k], &mut r);
+                    let same = r.iter().zip(&c[i * n..(i + 1) * n]);
+                    assert!(same.into_iter().all(|(x, y)| x.to_bits() == y.to_bits()));
+                }
             }
         }
     }
