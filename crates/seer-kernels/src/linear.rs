@@ -5,16 +5,16 @@
 //! matrix sizes: a matrix-vector kernel for one row, a horizontal (dot-product) kernel for
 //! small products, packed blocking otherwise. Each sums the reduction dimension in its own
 //! order, so the logits of an image changed with the evaluation batch (issue 13, case 5).
-//! Here every output element is one dot product of an input row and a weight row whose
-//! summation order depends only on the reduction length `K` ([`crate::simd::dot_rows`]);
-//! work is split across threads only along the batch, never along `K`.
+//! Here every output element is summed over the reduction dimension `K` in one fixed order,
+//! `0, 1, …, K − 1` ([`crate::simd::gemm_rows`]), and work is split across threads only
+//! along the batch, never along `K`.
 
 use candle_core::{Layout, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::matmul::{Mat, matmul};
-use crate::simd::dot_rows;
+use crate::simd::gemm_rows;
 use crate::view::{Backward, F32View, Forward, custom_op, prepare, to_tensor};
 use crate::{Error, Result};
 
@@ -36,16 +36,33 @@ fn dims(x: &[usize], w: &[usize]) -> Result<(usize, usize, usize)> {
 }
 
 /// Forward: `x` `[n, k]`, `w` `[f, k]` → `x·Wᵀ` `[n, f]`, parallel over blocks of rows.
+///
+/// `W` is transposed once into `[k, f8]` (`f` padded with zero columns to a multiple of 8)
+/// so that every output column is a vector lane of [`gemm_rows`]'s kernel; the padding is
+/// dropped at the end.
 fn linear_forward(x: &[f32], w: &[f32], n: usize, k: usize, f: usize) -> Vec<f32> {
-    let mut out = vec![0f32; n * f];
-    if out.is_empty() || k == 0 {
+    if n * f == 0 || k == 0 {
+        return vec![0f32; n * f];
+    }
+    let f8 = f.next_multiple_of(8);
+    let mut wt = vec![0f32; k * f8];
+    for (j, row) in w.chunks_exact(k).enumerate() {
+        for (q, &v) in row.iter().enumerate() {
+            wt[q * f8 + j] = v;
+        }
+    }
+    let mut out = vec![0f32; n * f8];
+    let rows = (TASK_MACS / (k * f8)).next_multiple_of(4).max(4);
+    out.par_chunks_mut(rows * f8)
+        .zip(x.par_chunks(rows * k))
+        .for_each(|(o, xs)| gemm_rows(o.len() / f8, f8, k, xs, k, &wt, f8, o, f8));
+    if f8 == f {
         return out;
     }
-    let rows = (TASK_MACS / (k * f).max(1)).max(1);
-    out.par_chunks_mut(rows * f)
-        .zip(x.par_chunks(rows * k))
-        .for_each(|(o, xs)| dot_rows(o.len() / f, f, k, xs, k, w, k, o, f));
-    out
+    out.chunks_exact(f8)
+        .flat_map(|r| &r[..f])
+        .copied()
+        .collect()
 }
 
 /// The `gemm` crate's threading for a product of `macs` multiply-adds (splits the output,
@@ -104,9 +121,8 @@ custom_op!(CustomOp2 for LinearOp, |_| "seer-linear", OP);
 /// `broadcast_add`.
 ///
 /// **Batch-invariant forward:** row `i` of the output is bitwise the same whether `x` holds
-/// that one sample or thousands (each element is a dot product summed in an order fixed by
-/// `K` alone), unlike `x.matmul(&w.t())`, whose `gemm` kernel and blocking change with `N`.
-/// The backward uses the `gemm` crate (the weight gradient sums over the batch by definition).
+/// that one sample or thousands (each element is summed over `K` in one fixed order),
+/// unlike `x.matmul(&w.t())`, whose `gemm` kernel and blocking change with `N`. The backward uses the `gemm` crate (the weight gradient sums over the batch by definition).
 /// Same result as `x.matmul(&w.t())` up to f32 summation order.
 ///
 /// Errors: [`Error::Shape`] unless `x` is `[N, K]` and `w` is `[F, K]`;

@@ -151,17 +151,19 @@ pub(crate) fn gemm_dot(
     );
 }
 
-/// `C[m×n] (ldc) = A[m×p] · B[n×p]ᵀ`, `A` and `B` row-major with leading dimensions `lda`,
-/// `ldb`, where every element of `C` is summed in an order fixed by `p` alone: the same bits
-/// for a row of `A` whatever `m`, whichever rows surround it and however the caller splits
-/// `A` into calls (the batch-invariant forward of [`crate::linear`]). AVX2+FMA: the
-/// [`gemm_dot`] kernels (eight lane sums, then the tail); elsewhere a portable loop with the
-/// same structure (separate multiply and add, so the bits differ between the two paths).
+/// `C[m×n] (ldc) = A[m×k] · B[k×n]`, all row-major (leading dimensions `lda`, `ldb`, `ldc`),
+/// where every element of `C` is summed over `k` in the order `0, 1, …, k − 1`: the same
+/// bits for a row of `A` whatever `m`, whichever rows surround it and however the caller
+/// splits `A` into calls (the batch-invariant forward of [`crate::linear`]). AVX2+FMA: the
+/// [`gemm_bcast`] kernels (fused multiply-adds; columns past the last multiple of 8 run a
+/// scalar loop, so pad `n` to a multiple of 8 for speed); elsewhere a portable loop
+/// (separate multiply and add, so the bits differ between the two paths, not between
+/// batches).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn dot_rows(
+pub(crate) fn gemm_rows(
     m: usize,
     n: usize,
-    p: usize,
+    k: usize,
     a: &[f32],
     lda: usize,
     b: &[f32],
@@ -172,27 +174,20 @@ pub(crate) fn dot_rows(
     if m == 0 || n == 0 {
         return;
     }
-    assert!(c.len() >= extent(m, n, ldc, 1), "dot_rows: C too short");
-    for i in 0..m {
-        c[i * ldc..i * ldc + n].fill(0.0);
-    }
-    if p == 0 {
-        return;
-    }
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
-        gemm_dot(m, n, p, a, lda, b, ldb, c, ldc);
+        gemm_bcast(m, n, k, Mat::rows(a, lda), b, ldb, c, ldc, false);
         return;
     }
-    dot_rows_portable(m, n, p, a, lda, b, ldb, c, ldc);
+    gemm_rows_portable(m, n, k, a, lda, b, ldb, c, ldc);
 }
 
-/// The portable path of [`dot_rows`] (`C` already sized; overwritten).
+/// The portable path of [`gemm_rows`]: per row of `C`, `k` axpy steps in order.
 #[allow(clippy::too_many_arguments)]
-fn dot_rows_portable(
+fn gemm_rows_portable(
     m: usize,
     n: usize,
-    p: usize,
+    k: usize,
     a: &[f32],
     lda: usize,
     b: &[f32],
@@ -200,26 +195,18 @@ fn dot_rows_portable(
     c: &mut [f32],
     ldc: usize,
 ) {
-    assert!(a.len() >= extent(m, p, lda, 1), "dot_rows: A too short");
-    assert!(b.len() >= extent(n, p, ldb, 1), "dot_rows: B too short");
+    assert!(c.len() >= extent(m, n, ldc, 1), "gemm_rows: C too short");
+    if k > 0 {
+        assert!(a.len() >= extent(m, k, lda, 1), "gemm_rows: A too short");
+        assert!(b.len() >= extent(k, n, ldb, 1), "gemm_rows: B too short");
+    }
     for i in 0..m {
-        let ar = &a[i * lda..i * lda + p];
-        for j in 0..n {
-            let br = &b[j * ldb..j * ldb + p];
-            let mut lanes = [0f32; 8];
-            let (ca, cb) = (ar.chunks_exact(8), br.chunks_exact(8));
-            let (ra, rb) = (ca.remainder(), cb.remainder());
-            for (x, y) in ca.zip(cb) {
-                for l in 0..8 {
-                    lanes[l] += x[l] * y[l];
-                }
+        let ci = &mut c[i * ldc..i * ldc + n];
+        ci.fill(0.0);
+        for (q, &aq) in a[i * lda..i * lda + k].iter().enumerate() {
+            for (cv, &bv) in ci.iter_mut().zip(&b[q * ldb..q * ldb + n]) {
+                *cv += aq * bv;
             }
-            let mut s = ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6]))
-                + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]));
-            for (x, y) in ra.iter().zip(rb) {
-                s += x * y;
-            }
-            c[i * ldc + j] = s;
         }
     }
 }
@@ -481,19 +468,19 @@ mod tests {
             for ((x, y), z) in c.iter().zip(&want).zip(&c0) {
                 assert!((x - y - z).abs() <= 1e-4, "dot {m} {n} {k}");
             }
-            // dot_rows: C = A·Btᵀ, each row the same bits when computed on its own.
+            // gemm_rows: each row the same bits when computed on its own.
             for portable in [false, true] {
-                let mut c = c0.clone();
                 let rows = |m, a: &[f32], c: &mut [f32]| {
                     if portable {
-                        dot_rows_portable(m, n, k, a, k, &bt, k, c, n);
+                        gemm_rows_portable(m, n, k, a, k, &b, n, c, n);
                     } else {
-                        dot_rows(m, n, k, a, k, &bt, k, c, n);
+                        gemm_rows(m, n, k, a, k, &b, n, c, n);
                     }
                 };
+                let mut c = c0.clone();
                 rows(m, &a, &mut c);
                 for (x, y) in c.iter().zip(&want) {
-                    assert!((x - y).abs() <= 1e-4, "dot_rows {m} {n} {k} {portable}");
+                    assert!((x - y).abs() <= 1e-4, "gemm_rows {m} {n} {k} {portable}");
                 }
                 for i in 0..m {
                     let mut r = vec![f32::NAN; n];
