@@ -522,6 +522,10 @@ custom_op!(CustomOp2 for Conv2dOp, |_| "seer-conv2d", OP);
 /// No bias (add one with `broadcast_add` if needed). Same result as candle's `conv2d` up to
 /// f32 summation order.
 ///
+/// **Batch-invariant forward:** each image's output is bitwise the same whatever `N` (every
+/// image runs the same GEMM calls, with tiles fixed by the geometry; threads split only
+/// across images). The weight gradient sums over the batch by definition.
+///
 /// Errors: [`Error::Shape`] for ranks/sizes that do not fit (including `groups`),
 /// [`Error::InvalidParam`] for a zero stride, dilation or group count,
 /// [`Error::Unsupported`] for non-f32 or non-CPU tensors.
@@ -584,7 +588,7 @@ pub fn __profile(
 mod tests {
     use super::*;
     use crate::reference;
-    use crate::testutil::{rel_err, tensor, var};
+    use crate::testutil::{rel_err, tensor, var, vec};
     use proptest::prelude::*;
 
     /// Forward and both gradients (of `Σ y·r` for a random `r`) of ours vs a direct f64
@@ -655,6 +659,31 @@ mod tests {
         check([2, 6, 5, 7], [4, 6, 1, 1], Conv2dParams::default(), 10);
         // Batch large enough for the per-image parallel path.
         check([17, 3, 6, 6], [5, 3, 3, 3], Conv2dParams::new(1, 1), 11);
+    }
+
+    /// The forward of each image is bitwise the same alone (serial path) and inside a batch
+    /// large enough for the per-image parallel path, for plain, strided, pointwise and
+    /// depthwise convs.
+    #[test]
+    fn images_do_not_depend_on_the_batch() {
+        for (ws, p) in [
+            ([16, 16, 3, 3], Conv2dParams::new(1, 1)),
+            ([32, 16, 3, 3], Conv2dParams::new(2, 1)),
+            ([8, 16, 1, 1], Conv2dParams::default()),
+            ([16, 1, 3, 3], Conv2dParams::new(1, 1).with_groups(16)),
+        ] {
+            let n = 19;
+            let x = tensor(21, &[n, 16, 9, 9]);
+            let w = tensor(22, &ws);
+            let full = vec(&conv2d(&x, &w, &p).unwrap());
+            let per = full.len() / n;
+            for i in 0..n {
+                let one = vec(&conv2d(&x.narrow(0, i, 1).unwrap(), &w, &p).unwrap());
+                let same = one.iter().zip(&full[i * per..(i + 1) * per]);
+                let differ = same.filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+                assert_eq!(differ, 0, "image {i} of {n}, weight {ws:?} {p:?}");
+            }
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //!
 //! Training ops (all f32, CPU, NCHW; every one has backward and a slow twin in
 //! [`reference`](mod@reference) built from plain candle ops that the tests compare against):
-//! [`conv2d`], [`fake_quant_weight`], [`fake_quant_act`], [`channel_mask`],
+//! [`conv2d`], [`linear`] (batch-invariant forward), [`fake_quant_weight`], [`fake_quant_act`], [`channel_mask`],
 //! [`batch_norm_train`] / [`batch_norm_relu_train`], [`relu`], [`add_relu`], [`shortcut_a`];
 //! plus [`filter_l2_scores`]
 //! for choosing channels. Convolutions run as im2col + GEMM on the `gemm` crate (AVX-512
@@ -32,6 +32,7 @@
 
 mod conv;
 mod error;
+mod linear;
 mod mask;
 mod matmul;
 mod norm;
@@ -43,6 +44,7 @@ mod view;
 
 pub use conv::{__profile, Conv2dParams, conv2d, conv2d_output_hw};
 pub use error::{Error, Result};
+pub use linear::linear;
 pub use mask::{channel_mask, filter_l2_scores, group_scores, top_k_mask};
 pub use norm::{BatchNormOutput, batch_norm_eval, batch_norm_relu_train, batch_norm_train, relu};
 pub use quant::{act_levels, fake_quant_act, fake_quant_weight, weight_qmax, weight_scales};

@@ -12,6 +12,11 @@ pub fn conv2d(x: &Tensor, w: &Tensor, p: &Conv2dParams) -> Result<Tensor> {
     Ok(x.conv2d(w, p.padding, p.stride, p.dilation, p.groups)?)
 }
 
+/// candle's `matmul` with the transposed weight (same shapes as [`crate::linear`]).
+pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    Ok(x.matmul(&w.t()?)?)
+}
+
 /// Per-channel symmetric weight fake quantization with STE, from candle ops.
 pub fn fake_quant_weight(w: &Tensor, bits: u32) -> Result<Tensor> {
     let qmax = weight_qmax(bits) as f64;

@@ -151,6 +151,66 @@ pub(crate) fn gemm_dot(
     );
 }
 
+/// `C[m×n] (ldc) = A[m×k] · B[k×n]`, all row-major (leading dimensions `lda`, `ldb`, `ldc`),
+/// where every element of `C` is summed over `k` in the order `0, 1, …, k − 1`: the same
+/// bits for a row of `A` whatever `m`, whichever rows surround it and however the caller
+/// splits `A` into calls (the batch-invariant forward of [`crate::linear`]). AVX2+FMA: the
+/// [`gemm_bcast`] kernels (fused multiply-adds; columns past the last multiple of 8 run a
+/// scalar loop, so pad `n` to a multiple of 8 for speed); elsewhere a portable loop
+/// (separate multiply and add, so the bits differ between the two paths, not between
+/// batches).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_rows(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        gemm_bcast(m, n, k, Mat::rows(a, lda), b, ldb, c, ldc, false);
+        return;
+    }
+    gemm_rows_portable(m, n, k, a, lda, b, ldb, c, ldc);
+}
+
+/// The portable path of [`gemm_rows`]: per row of `C`, `k` axpy steps in order.
+#[allow(clippy::too_many_arguments)]
+fn gemm_rows_portable(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    assert!(c.len() >= extent(m, n, ldc, 1), "gemm_rows: C too short");
+    if k > 0 {
+        assert!(a.len() >= extent(m, k, lda, 1), "gemm_rows: A too short");
+        assert!(b.len() >= extent(k, n, ldb, 1), "gemm_rows: B too short");
+    }
+    for i in 0..m {
+        let ci = &mut c[i * ldc..i * ldc + n];
+        ci.fill(0.0);
+        for (q, &aq) in a[i * lda..i * lda + k].iter().enumerate() {
+            for (cv, &bv) in ci.iter_mut().zip(&b[q * ldb..q * ldb + n]) {
+                *cv += aq * bv;
+            }
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
@@ -407,6 +467,27 @@ mod tests {
             gemm_dot(m, n, k, &a, k, &bt, k, &mut c, n);
             for ((x, y), z) in c.iter().zip(&want).zip(&c0) {
                 assert!((x - y - z).abs() <= 1e-4, "dot {m} {n} {k}");
+            }
+            // gemm_rows: each row the same bits when computed on its own.
+            for portable in [false, true] {
+                let rows = |m, a: &[f32], c: &mut [f32]| {
+                    if portable {
+                        gemm_rows_portable(m, n, k, a, k, &b, n, c, n);
+                    } else {
+                        gemm_rows(m, n, k, a, k, &b, n, c, n);
+                    }
+                };
+                let mut c = c0.clone();
+                rows(m, &a, &mut c);
+                for (x, y) in c.iter().zip(&want) {
+                    assert!((x - y).abs() <= 1e-4, "gemm_rows {m} {n} {k} {portable}");
+                }
+                for i in 0..m {
+                    let mut r = vec![f32::NAN; n];
+                    rows(1, &a[i * k..(i + 1) * k], &mut r);
+                    let same = r.iter().zip(&c[i * n..(i + 1) * n]);
+                    assert!(same.into_iter().all(|(x, y)| x.to_bits() == y.to_bits()));
+                }
             }
         }
     }

@@ -596,6 +596,12 @@ impl Model {
     /// BatchNorm uses batch statistics and updates its running estimates; in evaluation mode
     /// it uses the running estimates and the result is detached from the parameters.
     ///
+    /// **Batch size.** In evaluation mode every image's logits are bitwise the same whatever
+    /// batch it is evaluated in (every op acts per image, and convs and linear layers sum in
+    /// an order fixed by the layer's shape; docs/method.md §3), so labels and reports do not
+    /// depend on the evaluation batch. Training mode does: BatchNorm's batch statistics are
+    /// batch-dependent by definition.
+    ///
     /// Errors: shape mismatch with the spec's input; an activation quantizer whose range was
     /// never calibrated ([`Model::calibrate`]).
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
@@ -693,7 +699,7 @@ impl Model {
                     }
                     let xin = self.quant_input(i, xin, calib.as_deref_mut())?;
                     let w = self.eff_weight(i, train)?;
-                    let mut y = xin.matmul(&w.t()?)?;
+                    let mut y = ops::linear(&xin, &w)?;
                     if let Some(b) = self.param(&p.bias, train) {
                         y = y.broadcast_add(&b.unsqueeze(0)?)?;
                     }

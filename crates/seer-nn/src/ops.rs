@@ -1,5 +1,6 @@
-//! The layer operations the models are built from: convolution, fake quantization with the
-//! straight-through estimator (STE), batch normalisation, channel gathers.
+//! The layer operations the models are built from: convolution, fully connected layers, fake
+//! quantization with the straight-through estimator (STE), batch normalisation, channel
+//! gathers.
 //!
 //! One thin module so the backend can be swapped in one place: `seer-kernels`' custom ops with
 //! backward (im2col + GEMM convolution, fused quantizers and BatchNorm; docs/method.md §3). Their
@@ -30,6 +31,14 @@ pub fn conv2d(
         groups,
     };
     Ok(seer_kernels::conv2d(x, w, &p)?)
+}
+
+/// Fully connected layer `x·Wᵀ` without bias (seer-kernels). `x`: `[N, K]`, `w`: `[F, K]`;
+/// returns `[N, F]`. Gradients for `x` and `w`. Each row of the output is bitwise the same
+/// whatever batch it is computed in (candle's `matmul` is not: its `gemm` kernel and
+/// summation order change with `N`).
+pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    Ok(seer_kernels::linear(x, w)?)
 }
 
 /// Per-output-channel symmetric signed fake quantization of weights with STE (docs/method.md §3;
@@ -157,6 +166,12 @@ mod tests {
                 &reference::fake_quant_act(x.as_tensor(), &alpha, bits).unwrap(),
             );
         }
+        // linear: x [3, 5] · w [4, 5]ᵀ (a swapped order would be a shape error).
+        let (xl, wl) = (t(&[3, 5]), t(&[4, 5]));
+        close(
+            &linear(xl.as_tensor(), wl.as_tensor()).unwrap(),
+            &reference::linear(xl.as_tensor(), wl.as_tensor()).unwrap(),
+        );
         let g = t(&[4]);
         let be = t(&[4]);
         let (y, mean, var) =

@@ -1,0 +1,223 @@
+//! Fully connected layer `y = x·Wᵀ` as a candle custom op with backward, whose forward gives
+//! every sample the same bits whatever batch it is computed in.
+//!
+//! candle's `matmul` hands the product to the `gemm` crate, which picks its algorithm from the
+//! matrix sizes: a matrix-vector kernel for one row, a horizontal (dot-product) kernel for
+//! small products, packed blocking otherwise. Each sums the reduction dimension in its own
+//! order, so the logits of an image changed with the evaluation batch (issue 13, case 5).
+//! Here every output element is summed over the reduction dimension `K` in one fixed order,
+//! `0, 1, …, K − 1` ([`crate::simd::gemm_rows`]), and work is split across threads only
+//! along the batch, never along `K`.
+
+use candle_core::{Layout, Shape, Tensor};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use crate::matmul::{Mat, matmul};
+use crate::simd::gemm_rows;
+use crate::view::{Backward, F32View, Forward, custom_op, prepare, to_tensor};
+use crate::{Error, Result};
+
+const OP: &str = "linear";
+
+/// Multiply-adds per parallel task of the forward pass (rows of `x` per task follow from it;
+/// the result does not depend on the split).
+const TASK_MACS: usize = 1 << 16;
+
+/// `(n, k, f)` of `x` `[N, K]` and `w` `[F, K]`.
+fn dims(x: &[usize], w: &[usize]) -> Result<(usize, usize, usize)> {
+    match (x, w) {
+        (&[n, k], &[f, kw]) if k == kw => Ok((n, k, f)),
+        _ => Err(Error::Shape {
+            op: OP,
+            msg: format!("input must be [N, K] and weight [F, K], got {x:?} and {w:?}"),
+        }),
+    }
+}
+
+/// Forward: `x` `[n, k]`, `w` `[f, k]` → `x·Wᵀ` `[n, f]`, parallel over blocks of rows.
+///
+/// `W` is transposed once into `[k, f8]` (`f` padded with zero columns to a multiple of 8)
+/// so that every output column is a vector lane of [`gemm_rows`]'s kernel; the padding is
+/// dropped at the end.
+fn linear_forward(x: &[f32], w: &[f32], n: usize, k: usize, f: usize) -> Vec<f32> {
+    if n * f == 0 || k == 0 {
+        return vec![0f32; n * f];
+    }
+    let f8 = f.next_multiple_of(8);
+    let mut wt = vec![0f32; k * f8];
+    for (j, row) in w.chunks_exact(k).enumerate() {
+        for (q, &v) in row.iter().enumerate() {
+            wt[q * f8 + j] = v;
+        }
+    }
+    let mut out = vec![0f32; n * f8];
+    let rows = (TASK_MACS / (k * f8)).next_multiple_of(4).max(4);
+    out.par_chunks_mut(rows * f8)
+        .zip(x.par_chunks(rows * k))
+        .for_each(|(o, xs)| gemm_rows(o.len() / f8, f8, k, xs, k, &wt, f8, o, f8));
+    if f8 == f {
+        return out;
+    }
+    out.chunks_exact(f8)
+        .flat_map(|r| &r[..f])
+        .copied()
+        .collect()
+}
+
+/// The `gemm` crate's threading for a product of `macs` multiply-adds (splits the output,
+/// never the reduction).
+fn par_for(macs: usize) -> Parallelism {
+    if macs >= 1 << 20 {
+        Parallelism::Rayon(rayon::current_num_threads().max(1))
+    } else {
+        Parallelism::None
+    }
+}
+
+struct LinearOp;
+
+impl LinearOp {
+    fn forward(&self, [x, w]: [&[f32]; 2], [lx, lw]: [&Layout; 2]) -> Forward {
+        let (n, k, f) = dims(lx.dims(), lw.dims()).map_err(Error::into_candle)?;
+        Ok((linear_forward(x, w, n, k, f), Shape::from((n, f))))
+    }
+
+    fn backward(&self, [x, w]: [&Tensor; 2], _res: &Tensor, grad: &Tensor) -> Backward<2> {
+        let (n, k, f) = dims(x.dims(), w.dims()).map_err(Error::into_candle)?;
+        let grad = grad.contiguous()?;
+        let (dx, dw) = {
+            let xv = F32View::of(x, OP)?;
+            let wv = F32View::of(w, OP)?;
+            let gv = F32View::of(&grad, OP)?;
+            let (xs, ws, dy) = (xv.slice(), wv.slice(), gv.slice());
+            let par = par_for(n * k * f);
+            let dx = x.track_op().then(|| {
+                // dx[n×k] = dy[n×f] · W[f×k]
+                let mut dx = vec![0f32; n * k];
+                let (a, b) = (Mat::rows(dy, f), Mat::rows(ws, k));
+                matmul(n, k, f, &mut dx, k, false, a, b, par);
+                dx
+            });
+            let dw = w.track_op().then(|| {
+                // dW[f×k] = dyᵀ[f×n] · x[n×k]
+                let mut dw = vec![0f32; f * k];
+                let (a, b) = (Mat::rows_t(dy, f), Mat::rows(xs, k));
+                matmul(f, k, n, &mut dw, k, false, a, b, par);
+                dw
+            });
+            (dx, dw)
+        };
+        let dx = dx.map(|v| to_tensor(v, x.dims())).transpose()?;
+        let dw = dw.map(|v| to_tensor(v, w.dims())).transpose()?;
+        Ok([dx, dw])
+    }
+}
+
+custom_op!(CustomOp2 for LinearOp, |_| "seer-linear", OP);
+
+/// Fully connected layer without bias, with backward (candle custom op): `x` `[N, K]` f32,
+/// `w` `[F, K]` f32 (PyTorch's `Linear.weight` layout) → `x·Wᵀ` `[N, F]`. Add a bias with
+/// `broadcast_add`.
+///
+/// **Batch-invariant forward:** row `i` of the output is bitwise the same whether `x` holds
+/// that one sample or thousands (each element is summed over `K` in one fixed order),
+/// unlike `x.matmul(&w.t())`, whose `gemm` kernel and blocking change with `N`. The backward uses the `gemm` crate (the weight gradient sums over the batch by definition).
+/// Same result as `x.matmul(&w.t())` up to f32 summation order.
+///
+/// Errors: [`Error::Shape`] unless `x` is `[N, K]` and `w` is `[F, K]`;
+/// [`Error::Unsupported`] for non-f32 or non-CPU tensors.
+pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    dims(x.dims(), w.dims())?;
+    let x = prepare(x, OP)?;
+    let w = prepare(w, OP)?;
+    Ok(x.apply_op2(&w, LinearOp)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reference;
+    use crate::testutil::{rel_err, tensor, var, vec};
+
+    /// Forward and both gradients (of `Σ y·r`) against the reference (candle's matmul +
+    /// autograd).
+    fn check(n: usize, k: usize, f: usize, seed: u64) {
+        let x = var(seed, &[n, k]);
+        let w = var(seed + 1, &[f, k]);
+        let ours = linear(x.as_tensor(), w.as_tensor()).unwrap();
+        let want = reference::linear(x.as_tensor(), w.as_tensor()).unwrap();
+        assert!(rel_err(&ours, &want, 1e-6) <= 1e-5, "forward {n} {k} {f}");
+        let r = tensor(seed + 2, &[n, f]);
+        let go = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let gw = (want * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        for v in [&x, &w] {
+            let e = rel_err(
+                go.get(v.as_tensor()).unwrap(),
+                gw.get(v.as_tensor()).unwrap(),
+                1e-6,
+            );
+            assert!(e <= 1e-5, "grad rel err {e} for {n} {k} {f}");
+        }
+    }
+
+    #[test]
+    fn matches_candle_matmul() {
+        for (n, k, f, seed) in [
+            (1, 1, 1, 1),
+            (1, 64, 10, 2),
+            (7, 64, 10, 3),
+            (5, 13, 3, 4),
+            (33, 400, 120, 5),
+            (300, 100, 7, 6),
+            (64, 2048, 10, 7),
+        ] {
+            check(n, k, f, seed);
+        }
+    }
+
+    /// Each output row is bitwise the same whether computed alone, in a small batch or in a
+    /// large one (the shapes of ResNet-20's classifier and of odd reduction lengths).
+    #[test]
+    fn rows_do_not_depend_on_the_batch() {
+        for (k, f) in [(64, 10), (61, 10), (400, 120), (9, 3)] {
+            let n = 512;
+            let x = tensor(11, &[n, k]);
+            let w = tensor(12, &[f, k]);
+            let full = vec(&linear(&x, &w).unwrap());
+            for b in [1usize, 3, 7, 64, 100] {
+                let mut got = Vec::with_capacity(n * f);
+                for s in (0..n).step_by(b) {
+                    let xs = x.narrow(0, s, b.min(n - s)).unwrap();
+                    got.extend(vec(&linear(&xs, &w).unwrap()));
+                }
+                let differ = got
+                    .iter()
+                    .zip(&full)
+                    .filter(|(a, b)| a.to_bits() != b.to_bits())
+                    .count();
+                assert_eq!(differ, 0, "k {k} f {f}: batch {b} vs {n}");
+            }
+        }
+    }
+
+    #[test]
+    fn shape_errors() {
+        let x = tensor(1, &[4, 5]);
+        for w in [tensor(2, &[3, 4]), tensor(2, &[3, 5, 1])] {
+            assert!(matches!(linear(&x, &w), Err(Error::Shape { .. })));
+        }
+        let x3 = tensor(1, &[4, 5, 1]);
+        assert!(matches!(
+            linear(&x3, &tensor(2, &[3, 5])),
+            Err(Error::Shape { .. })
+        ));
+        let f64x = x.to_dtype(candle_core::DType::F64).unwrap();
+        assert!(matches!(
+            linear(&f64x, &tensor(2, &[3, 5])),
+            Err(Error::Unsupported { .. })
+        ));
+        let empty = linear(&tensor(1, &[0, 5]), &tensor(2, &[3, 5])).unwrap();
+        assert_eq!(empty.dims(), &[0, 3]);
+    }
+}
