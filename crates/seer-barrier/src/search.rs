@@ -820,24 +820,21 @@ fn moves<S: Space + ?Sized>(
     Ok(out)
 }
 
-/// Evaluations per batch of two-gene changes (see [`discretise`]).
+/// Evaluations per batch of two-gene changes (see [`best_pair`]).
 const PAIR_CHUNK: usize = 32;
 
-/// The best two-gene change from `cur` (at `cur_cost`, μ `cur_mean`) that stays within budget
-/// and raises μ, with its μ; `None` when none of those examined does. `singles` are all
-/// single-gene changes from `cur` with their μ `single_means` (within budget or not): a pair
+/// The best two-gene change from the policy `at` that stays within budget and raises μ, with
+/// its μ; `None` when none of those examined does (`at` is left as it was). `singles` are all
+/// single-gene changes from `at` with their μ `single_means` (within budget or not): a pair
 /// is ranked by the sum of its two single gains, and the pairs within budget are evaluated in
 /// that order, [`PAIR_CHUNK`] at a time, until a batch holds an improvement (the best of that
 /// batch is returned, by [`best_gain`]) or `limit` pairs were evaluated. So a change that loses
 /// μ alone but gains with a second one (a local dip of the predictor), or a downgrade that
 /// frees the budget for an upgrade, is found without scoring every pair.
-#[allow(clippy::too_many_arguments)]
 fn best_pair<S: Space + ?Sized, O: Objective + ?Sized>(
     p: &Prepared<'_, S>,
     eval: &Eval<'_, O>,
-    cur: &mut [usize],
-    cur_cost: &Cost,
-    cur_mean: f64,
+    at: &mut Discrete,
     singles: &[Move],
     single_means: &[f64],
     limit: usize,
@@ -861,6 +858,7 @@ fn best_pair<S: Space + ?Sized, O: Objective + ?Sized>(
             let (i, j) = order[pos];
             pos += 1;
             let (first, second) = (singles[i].first, singles[j].first);
+            let cur = &mut at.indices;
             let (o1, o2) = (cur[first.0], cur[second.0]);
             cur[first.0] = first.1;
             cur[second.0] = second.1;
@@ -877,8 +875,8 @@ fn best_pair<S: Space + ?Sized, O: Objective + ?Sized>(
             }
         }
         evaluated += batch.len();
-        let means = move_means(p, eval, cur, &batch)?;
-        if let Some(b) = best_gain(p, cur_cost, cur_mean, &batch, &means, |_| true) {
+        let means = move_means(p, eval, &at.indices, &batch)?;
+        if let Some(b) = best_gain(p, &at.cost, at.mean, &batch, &means, |_| true) {
             return Ok(Some((batch[b], means[b])));
         }
     }
@@ -1062,17 +1060,7 @@ fn improve<S: Space + ?Sized, O: Objective + ?Sized>(
         (mv, means)
     };
     while at.pair_moves < p.dim() {
-        let Some((step, mean)) = best_pair(
-            p,
-            eval,
-            &mut at.indices,
-            &at.cost,
-            at.mean,
-            &mv,
-            &means,
-            pairs,
-        )?
-        else {
+        let Some((step, mean)) = best_pair(p, eval, at, &mv, &means, pairs)? else {
             break;
         };
         step.apply(&mut at.indices);
