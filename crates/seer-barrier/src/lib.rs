@@ -4,8 +4,8 @@
 //! with exact and relaxed costs (through the [`Space`] trait), [`search`] finds the policy with
 //! the highest predicted accuracy within a BOPs and/or model-size [`Budget`]: an interior-point
 //! path on J_t(x) = μ(x) + t·log(B − C(x)) with Adam steps from several starts in parallel,
-//! then nearest-candidate rounding, greedy repair and greedy fill. The returned policy is always
-//! within budget; a budget below the cheapest policy is an error stating the minimum.
+//! then nearest-candidate rounding, greedy repair, greedy fill and two-gene moves that spend the
+//! slack a single change cannot. The returned policy is always within budget; a budget below the cheapest policy is an error stating the minimum.
 //! [`Method::Pgd`] is the authors' hard-stop normalised-gradient ascent, kept as an ablation.
 //! [`PolicySpace`] adapts seer-policy's `SearchSpace`; [`mckp_optimum`] solves separable instances exactly, the reference for tests and benchmarks.
 //!

@@ -1,6 +1,6 @@
 //! The constrained search of docs/method.md §6: the log-barrier interior-point path with Adam steps
 //! (or the authors' hard-stop normalised-gradient ascent), then discretisation with greedy
-//! repair and fill.
+//! repair, fill and two-gene moves.
 
 use std::time::Instant;
 
@@ -57,8 +57,14 @@ pub struct SearchConfig {
     pub pgd_step: f64,
     /// Pgd: maximum steps. The authors used 400.
     pub pgd_steps: usize,
-    /// After repair, greedily spend the remaining budget (docs/method.md §6).
+    /// After repair, greedily spend the remaining budget with single-gene changes that raise μ
+    /// (docs/method.md §6).
     pub fill: bool,
+    /// With `fill`: when no single-gene change within budget raises μ, evaluate up to this
+    /// many two-gene changes within budget (the most promising first, by the sum of their
+    /// single-gene gains), apply the best that raises μ and fill again; at most one two-gene
+    /// change per gene of the space. 0 turns two-gene changes off.
+    pub pairs: usize,
     /// Seed of the random start points.
     pub seed: u64,
 }
@@ -67,7 +73,7 @@ impl Default for SearchConfig {
     fn default() -> Self {
         Self {
             method: Method::Barrier,
-            starts: 4,
+            starts: 8,
             starts_per_task: 2,
             stages: 6,
             steps_per_stage: 40,
@@ -82,6 +88,7 @@ impl Default for SearchConfig {
             pgd_step: 0.005,
             pgd_steps: 400,
             fill: true,
+            pairs: 256,
             seed: 0,
         }
     }
@@ -151,8 +158,10 @@ pub struct StartTrace {
     pub rounded_mean: f64,
     /// Greedy downgrades applied to get within budget.
     pub repair_moves: usize,
-    /// Greedy upgrades applied to spend the slack.
+    /// Single-gene changes applied to spend the slack (fill).
     pub fill_moves: usize,
+    /// Two-gene changes applied when no single-gene change raised μ.
+    pub pair_moves: usize,
     /// μ of the discretised, within-budget policy.
     pub final_mean: f64,
 }
@@ -285,8 +294,10 @@ impl<S: Space + ?Sized> Prepared<'_, S> {
 /// `stages` values of t (t ← ρ·t). Each end point is snapped to the nearest candidates, repaired
 /// (while over budget: the single-gene downgrade with the smallest predicted loss per unit of
 /// normalised cost saved) and filled (while possible: the single-gene change with the best
-/// predicted gain per unit of normalised cost spent that stays within budget). The best
-/// discretised start is returned; it is always within budget.
+/// predicted gain per unit of normalised cost spent that stays within budget); when no
+/// single-gene change raises μ, the best two-gene change within budget that does is applied
+/// and the fill resumes (`config.pairs`). The best discretised start is returned; it is always
+/// within budget.
 ///
 /// Deterministic for a given `config.seed`, whatever the number of threads.
 ///
@@ -350,33 +361,43 @@ pub fn search<S: Space + ?Sized, O: Objective + ?Sized>(
         .unzip();
 
     let continuous_seconds = started.elapsed().as_secs_f64();
-    // Discretisation of every start, in parallel.
-    // Starts that round to the same policy are discretised once.
+    // Discretisation of every start, in parallel: repair and single-gene fill, then the
+    // two-gene local search. Starts that round to the same policy, or that the fill brings to
+    // the same policy, are processed once.
     let rounded: Vec<Vec<usize>> = ends.iter().map(|x| p.nearest(x)).collect();
-    let mut unique: Vec<usize> = Vec::new();
-    let owner: Vec<usize> = rounded
-        .iter()
-        .enumerate()
-        .map(
-            |(i, r)| match unique.iter().position(|&u| rounded[u] == *r) {
-                Some(k) => k,
-                None => {
-                    unique.push(i);
-                    unique.len() - 1
-                }
-            },
-        )
-        .collect();
-    let solved: Vec<Discrete> = unique
+    let (unique, owner) = dedupe(&rounded);
+    let mut filled: Vec<Discrete> = unique
         .par_iter()
         .map(|&i| discretise(&p, &eval, rounded[i].clone(), config.fill))
         .collect::<Result<_>>()?;
-    let discrete: Vec<&Discrete> = owner.iter().map(|&k| &solved[k]).collect();
+    let filled_idx: Vec<Vec<usize>> = filled.iter().map(|f| f.indices.clone()).collect();
+    let (unique2, owner2) = dedupe(&filled_idx);
+    if config.fill && config.pairs > 0 {
+        let improved: Vec<Discrete> = unique2
+            .par_iter()
+            .map(|&k| {
+                let mut f = filled[k].clone();
+                improve(&p, &eval, &mut f, config.pairs)?;
+                Ok(f)
+            })
+            .collect::<Result<_>>()?;
+        // Each start keeps its own rounding and repair; the local search is shared.
+        let before: Vec<usize> = unique2.iter().map(|&k| filled[k].fill_moves).collect();
+        for (k, f) in filled.iter_mut().enumerate() {
+            let (j, done) = (owner2[k], &improved[owner2[k]]);
+            f.fill_moves += done.fill_moves - before[j];
+            f.pair_moves = done.pair_moves;
+            f.indices.clone_from(&done.indices);
+            f.mean = done.mean;
+        }
+    }
+    let discrete: Vec<&Discrete> = owner.iter().map(|&k| &filled[k]).collect();
     let discretise_seconds = started.elapsed().as_secs_f64() - continuous_seconds;
     for ((t, dres), x) in traces.iter_mut().zip(&discrete).zip(&ends) {
         t.rounded_mean = dres.rounded_mean;
         t.repair_moves = dres.repair_moves;
         t.fill_moves = dres.fill_moves;
+        t.pair_moves = dres.pair_moves;
         t.final_mean = dres.mean;
         t.continuous_cost = p.relaxed(x, &mut gb, &mut gs)?;
     }
@@ -529,6 +550,7 @@ fn empty_trace(mean: f64) -> StartTrace {
         rounded_mean: mean,
         repair_moves: 0,
         fill_moves: 0,
+        pair_moves: 0,
         final_mean: mean,
     }
 }
@@ -721,21 +743,60 @@ impl<S: Space + ?Sized, O: Objective + ?Sized> Continuous<'_, S, O> {
     }
 }
 
+/// Indices of the first occurrence of each distinct policy in `items`, and for every item the
+/// position of its policy among those.
+fn dedupe(items: &[Vec<usize>]) -> (Vec<usize>, Vec<usize>) {
+    let mut unique: Vec<usize> = Vec::new();
+    let owner = items
+        .iter()
+        .enumerate()
+        .map(|(i, r)| match unique.iter().position(|&u| items[u] == *r) {
+            Some(k) => k,
+            None => {
+                unique.push(i);
+                unique.len() - 1
+            }
+        })
+        .collect();
+    (unique, owner)
+}
+
 /// A discretised start.
+#[derive(Clone)]
 struct Discrete {
     indices: Vec<usize>,
     mean: f64,
+    cost: Cost,
     rounded_mean: f64,
     repair_moves: usize,
     fill_moves: usize,
+    pair_moves: usize,
 }
 
-/// Single-gene moves from `cur`: (gene, candidate, cost). Only moves `keep` accepts.
+/// A change of one or two genes: `(gene, candidate)` pairs (`second` is `None` for a single
+/// move) and the exact cost of the policy after it.
+#[derive(Clone, Copy)]
+struct Move {
+    first: (usize, usize),
+    second: Option<(usize, usize)>,
+    cost: Cost,
+}
+
+impl Move {
+    fn apply(&self, cur: &mut [usize]) {
+        cur[self.first.0] = self.first.1;
+        if let Some((g, k)) = self.second {
+            cur[g] = k;
+        }
+    }
+}
+
+/// Single-gene moves from `cur` that `keep` accepts (by the cost after the move).
 fn moves<S: Space + ?Sized>(
     p: &Prepared<'_, S>,
     cur: &mut [usize],
     mut keep: impl FnMut(&Cost) -> bool,
-) -> Result<Vec<(usize, usize, Cost)>> {
+) -> Result<Vec<Move>> {
     let mut out = Vec::new();
     for g in 0..cur.len() {
         let orig = cur[g];
@@ -748,35 +809,144 @@ fn moves<S: Space + ?Sized>(
             cur[g] = orig;
             let c = c?;
             if keep(&c) {
-                out.push((g, k, c));
+                out.push(Move {
+                    first: (g, k),
+                    second: None,
+                    cost: c,
+                });
             }
         }
     }
     Ok(out)
 }
 
-/// μ of `cur` with each single-gene move applied (one batched call).
+/// Evaluations per batch of two-gene changes (see [`best_pair`]).
+const PAIR_CHUNK: usize = 32;
+
+/// The best two-gene change from the policy `at` that stays within budget and raises μ, with
+/// its μ; `None` when none of those examined does (`at` is left as it was). `singles` are all
+/// single-gene changes from `at` with their μ `single_means` (within budget or not): a pair
+/// is ranked by the sum of its two single gains, and the pairs within budget are evaluated in
+/// that order, [`PAIR_CHUNK`] at a time, until a batch holds an improvement (the best of that
+/// batch is returned, by [`best_gain`]) or `limit` pairs were evaluated. So a change that loses
+/// μ alone but gains with a second one (a local dip of the predictor), or a downgrade that
+/// frees the budget for an upgrade, is found without scoring every pair.
+fn best_pair<S: Space + ?Sized, O: Objective + ?Sized>(
+    p: &Prepared<'_, S>,
+    eval: &Eval<'_, O>,
+    at: &mut Discrete,
+    singles: &[Move],
+    single_means: &[f64],
+    limit: usize,
+) -> Result<Option<(Move, f64)>> {
+    let mut order: Vec<(usize, usize)> = Vec::new();
+    for i in 0..singles.len() {
+        for j in i + 1..singles.len() {
+            if singles[i].first.0 != singles[j].first.0 {
+                order.push((i, j));
+            }
+        }
+    }
+    let est = |&(i, j): &(usize, usize)| single_means[i] + single_means[j];
+    // Stable: equal estimates keep the enumeration order.
+    order.sort_by(|a, b| est(b).total_cmp(&est(a)));
+    let (mut batch, mut evaluated) = (Vec::with_capacity(PAIR_CHUNK), 0);
+    let mut pos = 0;
+    while evaluated < limit && pos < order.len() {
+        batch.clear();
+        while batch.len() < PAIR_CHUNK.min(limit - evaluated) && pos < order.len() {
+            let (i, j) = order[pos];
+            pos += 1;
+            let (first, second) = (singles[i].first, singles[j].first);
+            let cur = &mut at.indices;
+            let (o1, o2) = (cur[first.0], cur[second.0]);
+            cur[first.0] = first.1;
+            cur[second.0] = second.1;
+            let c = p.cost(cur);
+            cur[first.0] = o1;
+            cur[second.0] = o2;
+            let c = c?;
+            if p.budget.admits(&c) {
+                batch.push(Move {
+                    first,
+                    second: Some(second),
+                    cost: c,
+                });
+            }
+        }
+        evaluated += batch.len();
+        let means = move_means(p, eval, &at.indices, &batch)?;
+        if let Some(b) = best_gain(p, &at.cost, at.mean, &batch, &means, |_| true) {
+            return Ok(Some((batch[b], means[b])));
+        }
+    }
+    Ok(None)
+}
+
+/// μ of `cur` with each move applied (one batched call).
 fn move_means<S: Space + ?Sized, O: Objective + ?Sized>(
     p: &Prepared<'_, S>,
     eval: &Eval<'_, O>,
     cur: &[usize],
-    mv: &[(usize, usize, Cost)],
+    mv: &[Move],
 ) -> Result<Vec<f64>> {
+    if mv.is_empty() {
+        return Ok(Vec::new());
+    }
     let d = p.dim();
     let mut base = vec![0.0; d];
     p.encode(cur, &mut base);
     let mut xs = Vec::with_capacity(mv.len() * d);
-    for &(g, k, _) in mv {
+    for m in mv {
         let at = xs.len();
         xs.extend_from_slice(&base);
-        xs[at + g] = p.coords[g][k];
+        for (g, k) in std::iter::once(m.first).chain(m.second) {
+            xs[at + g] = p.coords[g][k];
+        }
     }
     let mut out = vec![0.0; mv.len()];
     eval.mean(&xs, &mut out)?;
     Ok(out)
 }
 
-/// From the nearest candidates `cur`: greedy repair while over budget, greedy fill while slack remains.
+/// The move of `mv` (with μ `means`) that raises μ above `cur_mean` best: a gain at no extra
+/// normalised cost first (largest gain), else the largest gain per unit of normalised cost
+/// spent; ties go to the earlier move. `None` when no move raises μ by more than a relative
+/// 1e-12.
+fn best_gain<S: Space + ?Sized>(
+    p: &Prepared<'_, S>,
+    cur_cost: &Cost,
+    cur_mean: f64,
+    mv: &[Move],
+    means: &[f64],
+    admitted: impl Fn(usize) -> bool,
+) -> Option<usize> {
+    let spent = |c: &Cost| -> f64 {
+        p.limits
+            .iter()
+            .map(|&(k, b)| (c.get(k) - cur_cost.get(k)) / b)
+            .sum()
+    };
+    let score = |i: usize| -> (bool, f64) {
+        let gain = means[i] - cur_mean;
+        let s = spent(&mv[i].cost);
+        if s <= 0.0 {
+            (true, gain)
+        } else {
+            (false, gain / s)
+        }
+    };
+    (0..mv.len())
+        .filter(|&i| admitted(i) && means[i] - cur_mean > 1e-12 * cur_mean.abs().max(1.0))
+        .max_by(|&a, &b| {
+            let (sa, sb) = (score(a), score(b));
+            sa.0.cmp(&sb.0).then(sa.1.total_cmp(&sb.1)).then(b.cmp(&a))
+        })
+}
+
+/// From the nearest candidates `cur`: greedy repair while over budget (the single-gene
+/// change with the smallest predicted loss per unit of normalised violated cost saved), then,
+/// with `fill`, the single-gene fill of [`fill_singles`] (docs/method.md §6).
 fn discretise<S: Space + ?Sized, O: Objective + ?Sized>(
     p: &Prepared<'_, S>,
     eval: &Eval<'_, O>,
@@ -826,62 +996,78 @@ fn discretise<S: Space + ?Sized, O: Objective + ?Sized>(
         let means = move_means(p, eval, &cur, &mv)?;
         let best = (0..mv.len())
             .min_by(|&a, &b| {
-                let ra = (cur_mean - means[a]) / saved(&mv[a].2);
-                let rb = (cur_mean - means[b]) / saved(&mv[b].2);
+                let ra = (cur_mean - means[a]) / saved(&mv[a].cost);
+                let rb = (cur_mean - means[b]) / saved(&mv[b].cost);
                 ra.total_cmp(&rb).then(a.cmp(&b))
             })
             .expect("non-empty");
-        let (g, k, c) = mv[best];
-        cur[g] = k;
-        cur_cost = c;
+        mv[best].apply(&mut cur);
+        cur_cost = mv[best].cost;
         cur_mean = means[best];
         repair_moves += 1;
     }
 
-    // Fill: best predicted gain per unit of normalised cost spent, staying within budget.
-    let mut fill_moves = 0;
-    if fill {
-        loop {
-            let mv = moves(p, &mut cur, |c| p.budget.admits(c))?;
-            if mv.is_empty() {
-                break;
-            }
-            let means = move_means(p, eval, &cur, &mv)?;
-            let spent = |c: &Cost| -> f64 {
-                p.limits
-                    .iter()
-                    .map(|&(k, b)| (c.get(k) - cur_cost.get(k)) / b)
-                    .sum()
-            };
-            // Score: gain per spent; a gain at no extra cost ranks above any that costs.
-            let score = |i: usize| -> (bool, f64) {
-                let gain = means[i] - cur_mean;
-                let s = spent(&mv[i].2);
-                if s <= 0.0 {
-                    (true, gain)
-                } else {
-                    (false, gain / s)
-                }
-            };
-            let best = (0..mv.len())
-                .filter(|&i| means[i] - cur_mean > 1e-12 * cur_mean.abs().max(1.0))
-                .max_by(|&a, &b| {
-                    let (sa, sb) = (score(a), score(b));
-                    sa.0.cmp(&sb.0).then(sa.1.total_cmp(&sb.1)).then(b.cmp(&a))
-                });
-            let Some(best) = best else { break };
-            let (g, k, c) = mv[best];
-            cur[g] = k;
-            cur_cost = c;
-            cur_mean = means[best];
-            fill_moves += 1;
-        }
-    }
-    Ok(Discrete {
+    let mut out = Discrete {
         indices: cur,
         mean: cur_mean,
+        cost: cur_cost,
         rounded_mean,
         repair_moves,
-        fill_moves,
-    })
+        fill_moves: 0,
+        pair_moves: 0,
+    };
+    if fill {
+        fill_singles(p, eval, &mut out)?;
+    }
+    Ok(out)
+}
+
+/// Fill: while some single-gene change within budget raises μ, applies the best one by
+/// [`best_gain`]. `at` is within budget and stays so. Returns every single-gene change from
+/// the final policy (within budget or not) with its μ, for [`best_pair`].
+fn fill_singles<S: Space + ?Sized, O: Objective + ?Sized>(
+    p: &Prepared<'_, S>,
+    eval: &Eval<'_, O>,
+    at: &mut Discrete,
+) -> Result<(Vec<Move>, Vec<f64>)> {
+    loop {
+        let mv = moves(p, &mut at.indices, |_| true)?;
+        let means = move_means(p, eval, &at.indices, &mv)?;
+        let within = |i: usize| p.budget.admits(&mv[i].cost);
+        let Some(b) = best_gain(p, &at.cost, at.mean, &mv, &means, within) else {
+            return Ok((mv, means));
+        };
+        mv[b].apply(&mut at.indices);
+        at.cost = mv[b].cost;
+        at.mean = means[b];
+        at.fill_moves += 1;
+    }
+}
+
+/// Local search from a filled policy `at` (within budget): while [`best_pair`] finds a two-gene
+/// change within budget that raises μ (at most `pairs` evaluated per step), applies it and
+/// fills again with [`fill_singles`]; at most one two-gene change per gene of the space, so
+/// the time stays bounded. `at` never leaves the budget.
+fn improve<S: Space + ?Sized, O: Objective + ?Sized>(
+    p: &Prepared<'_, S>,
+    eval: &Eval<'_, O>,
+    at: &mut Discrete,
+    pairs: usize,
+) -> Result<()> {
+    let (mut mv, mut means) = {
+        let mv = moves(p, &mut at.indices, |_| true)?;
+        let means = move_means(p, eval, &at.indices, &mv)?;
+        (mv, means)
+    };
+    while at.pair_moves < p.dim() {
+        let Some((step, mean)) = best_pair(p, eval, at, &mv, &means, pairs)? else {
+            break;
+        };
+        step.apply(&mut at.indices);
+        at.cost = step.cost;
+        at.mean = mean;
+        at.pair_moves += 1;
+        (mv, means) = fill_singles(p, eval, at)?;
+    }
+    Ok(())
 }

@@ -205,3 +205,140 @@ proptest! {
         }
     }
 }
+
+/// Issue 13, case 8 ("budget left on the table"), rebuilt with its exact numbers on a
+/// four-gene table space: at a 7,000,000-BOPs budget the search stopped at 4,798,720 BOPs
+/// (μ 85.68) while the best policy within budget costs 6,872,320 BOPs (μ 86.58). μ is a broad
+/// hill around the stopping point in genes 0 and 1 plus a narrow bump at the better policy,
+/// which differs in both of those genes: each single-gene change from the stopping point loses
+/// μ (a local dip of the predictor), the two together gain 0.9 points.
+struct Dip {
+    /// Heights of the broad hill (at coordinates 1/3) and of the narrow bump (at 2/3).
+    a: f64,
+    b: f64,
+    /// Offset that puts μ at the stopping point at exactly 85.68.
+    c: f64,
+}
+
+impl Dip {
+    const HILL: (f64, f64) = (1.0 / 3.0, 0.3); // centre, width
+    const BUMP: (f64, f64) = (2.0 / 3.0, 0.08);
+
+    fn new() -> Self {
+        let g = |centre: f64, width: f64, x: f64| {
+            (-2.0 * (x - centre) * (x - centre) / (2.0 * width * width)).exp()
+        };
+        // μ(P1) = c + a + b·e_bump(P1), μ(P2) = c + a·e_hill(P2) + b: solve for 0.9 points.
+        let a = 1.0;
+        let (e_hill, e_bump) = (
+            g(Self::HILL.0, Self::HILL.1, 2.0 / 3.0),
+            g(Self::BUMP.0, Self::BUMP.1, 1.0 / 3.0),
+        );
+        let b = (0.9 + a * (1.0 - e_hill)) / (1.0 - e_bump);
+        Self {
+            a,
+            b,
+            c: 85.68 - a - b * e_bump,
+        }
+    }
+
+    fn value_grad(&self, x: &[f64], g: &mut [f64]) -> f64 {
+        let bell = |(centre, width): (f64, f64), h: f64| {
+            let (d0, d1) = (x[0] - centre, x[1] - centre);
+            let w2 = width * width;
+            let v = h * (-(d0 * d0 + d1 * d1) / (2.0 * w2)).exp();
+            (v, -v * d0 / w2, -v * d1 / w2)
+        };
+        let (hv, h0, h1) = bell(Self::HILL, self.a);
+        let (bv, b0, b1) = bell(Self::BUMP, self.b);
+        // Genes 2 and 3: μ peaks at their middle candidate (a predictor need not be monotone).
+        g[0] = h0 + b0;
+        g[1] = h1 + b1;
+        g[2] = -8.0 * (x[2] - 0.5);
+        g[3] = -8.0 * (x[3] - 0.5);
+        self.c + hv + bv - 4.0 * (x[2] - 0.5).powi(2) - 4.0 * (x[3] - 0.5).powi(2)
+    }
+}
+
+impl Objective for Dip {
+    fn dim(&self) -> usize {
+        4
+    }
+    fn mean(&self, xs: &[f64], mean: &mut [f64]) -> std::result::Result<(), BoxError> {
+        let mut g = [0.0; 4];
+        for (r, m) in xs.chunks(4).zip(mean) {
+            *m = self.value_grad(r, &mut g);
+        }
+        Ok(())
+    }
+    fn mean_grad(
+        &self,
+        xs: &[f64],
+        mean: &mut [f64],
+        grad: &mut [f64],
+    ) -> std::result::Result<(), BoxError> {
+        for ((r, m), g) in xs.chunks(4).zip(mean).zip(grad.chunks_mut(4)) {
+            *m = self.value_grad(r, g);
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn fill_spends_the_slack_past_a_local_dip_issue_13_case_8() {
+    let third = vec![0.0, 1.0 / 3.0, 2.0 / 3.0, 1.0];
+    let half = vec![0.0, 0.5, 1.0];
+    let space = TableSpace {
+        coords: vec![third.clone(), third, half.clone(), half],
+        bops: vec![
+            vec![0.0, 400_000.0, 1_400_000.0, 2_600_000.0],
+            vec![0.0, 300_000.0, 1_373_600.0, 2_400_000.0],
+            vec![0.0, 500_000.0, 1_200_000.0],
+            vec![0.0, 500_000.0, 1_200_000.0],
+        ],
+        size_bits: vec![vec![0.0; 4], vec![0.0; 4], vec![0.0; 3], vec![0.0; 3]],
+        fixed: Cost {
+            bops: 3_098_720.0,
+            size_bits: 0.0,
+        },
+    };
+    let obj = Dip::new();
+    let budget = Budget::bops(7_000_000.0);
+    let mu = |idx: &[usize]| {
+        let mut x = [0.0; 4];
+        for g in 0..4 {
+            x[g] = space.coords[g][idx[g]];
+        }
+        obj.value_grad(&x, &mut [0.0; 4])
+    };
+    // The issue's two policies, and the second is the exact optimum within budget.
+    let (stuck, best) = ([1, 1, 1, 1], [2, 2, 1, 1]);
+    assert_eq!(space.cost(&stuck).unwrap().bops, 4_798_720.0);
+    assert_eq!(space.cost(&best).unwrap().bops, 6_872_320.0);
+    assert!((mu(&stuck) - 85.68).abs() < 1e-9 && (mu(&best) - 86.58).abs() < 1e-9);
+    let mut optimum = (f64::NEG_INFINITY, vec![]);
+    for i in 0..4 * 4 * 3 * 3 {
+        let idx = vec![i % 4, i / 4 % 4, i / 16 % 3, i / 48];
+        if budget.admits(&space.cost(&idx).unwrap()) && mu(&idx) > optimum.0 {
+            optimum = (mu(&idx), idx);
+        }
+    }
+    assert_eq!(optimum.1, best);
+
+    // Before the fix (single-gene fill only): 4,798,720 BOPs, μ 85.68.
+    let old = SearchConfig {
+        pairs: 0,
+        ..SearchConfig::default()
+    };
+    let out = search(&space, &obj, &budget, &old).unwrap();
+    assert_eq!(out.indices, stuck);
+    assert_eq!(out.cost.bops, 4_798_720.0);
+    assert!((out.predicted_mean - 85.68).abs() < 1e-9);
+
+    // Now: the two-gene change is found; ≥ 95% of the budget and the optimum's μ.
+    let out = search(&space, &obj, &budget, &SearchConfig::default()).unwrap();
+    assert_eq!(out.indices, best, "{:?}", out.trace.starts);
+    assert!(out.cost.bops >= 0.95 * 7_000_000.0 && budget.admits(&out.cost));
+    assert!((out.predicted_mean - 86.58).abs() < 1e-9);
+    assert!(out.trace.starts[out.trace.best_start].pair_moves >= 1);
+}

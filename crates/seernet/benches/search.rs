@@ -9,22 +9,31 @@
 //!    (`assets/peer-data/seernet-resnet20-cifar10/samples.csv`; masked, shared bits, prune
 //!    {0.25,0.5,0.75}, bits {2,3,4,5}); for 10 BOPs budgets: barrier vs evo (the authors'
 //!    population settings, bounded to `--evo-seconds`, default 60) vs pgd vs random search (as
-//!    many predictor calls as evo): predicted top-1, wall time, within budget.
+//!    many predictor calls as evo): predicted top-1, share of the budget used, wall time.
+//! 3. **Small space** (issue 13, case 8): LeNet-5 with the main job's space (12 genes) and
+//!    ensembles fitted on 30 synthetic labels each (`common/few_labels.rs`; μ not monotone in
+//!    cost), label seeds 0..`--small-seeds` (default 8), BOPs budgets 4M, 7M, 10M: barrier with
+//!    the previous discretisation (4 starts, single-gene fill only), barrier, and evo (the
+//!    authors' population, 200 generations, no time bound: deterministic); predicted top-1,
+//!    share of the budget used, and whether a single-gene change within budget would still
+//!    raise μ (never, by construction of the fill).
 //!
-//! Flags: `--json` (one JSON object), `--evo-seconds S`, `--budgets N`.
+//! Flags: `--json` (one JSON object), `--evo-seconds S`, `--budgets N`, `--small-seeds N`.
 
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use seer_barrier::synthetic::SeparableObjective;
-use seer_barrier::{Budget, PolicySpace, SearchConfig, mckp_optimum, search};
+use seer_barrier::{Budget, Objective, PolicySpace, SearchConfig, mckp_optimum, search};
 use seer_policy::{InputShape, ResidualPruning, SearchSpace, SpaceConfig, builtin};
 use seer_predictor::{Config, Samples, fit};
-use seernet::search::{Method, SearchOptions, find_policy};
+use seernet::search::{Method, PredictorObjective, SearchOptions, find_policy};
 use serde_json::json;
 
 mod common;
+#[path = "common/few_labels.rs"]
+mod few_labels;
 use common::{arg, root};
 
 fn median(v: &[f64]) -> f64 {
@@ -145,11 +154,132 @@ fn exact_part(budgets: usize, json: bool) -> (Vec<f64>, Vec<f64>) {
     (ratios, secs)
 }
 
+/// Whether some single-gene change of `idx` within `budget` raises μ above `mean`.
+fn upgrade_fits(space: &SearchSpace, obj: &dyn Objective, idx: &[usize], budget: f64) -> bool {
+    let mut cur = idx.to_vec();
+    let mut xs = Vec::new();
+    for g in 0..cur.len() {
+        let orig = cur[g];
+        for k in 0..space.genes()[g].candidates.len() {
+            cur[g] = k;
+            if k != orig && space.totals_indices(&cur).unwrap().bops as f64 <= budget {
+                xs.extend(space.encode_indices(&cur).unwrap());
+            }
+        }
+        cur[g] = orig;
+    }
+    let mut base = [0.0];
+    obj.mean(&space.encode_indices(idx).unwrap(), &mut base)
+        .unwrap();
+    let mut out = vec![0.0; xs.len() / cur.len()];
+    if !out.is_empty() {
+        obj.mean(&xs, &mut out).unwrap();
+    }
+    out.iter()
+        .any(|&m| m > base[0] + 1e-12 * base[0].abs().max(1.0))
+}
+
+/// Part 3: the small space of issue 13, case 8. Returns the rows and a JSON summary.
+fn small_part(seeds: u64, json: bool) -> serde_json::Value {
+    let space = few_labels::lenet5_space();
+    let ps = PolicySpace::new(&space);
+    if !json {
+        println!(
+            "\n== small space (LeNet-5 28x28x1, main-job space, {} genes; 30 synthetic labels per predictor)",
+            space.dim()
+        );
+        println!(
+            "{:>4} {:>10} | {:>8} {:>6} | {:>8} {:>6} {:>7} {:>7} | {:>8} {:>6} {:>6}",
+            "seed",
+            "budget",
+            "previous",
+            "used",
+            "barrier",
+            "used",
+            "ms",
+            "upgrade",
+            "evo",
+            "used",
+            "s"
+        );
+    }
+    let (mut rows, mut gaps, mut gaps_prev) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut min_used_below_evo, mut any_upgrade, mut bar_s) = (f64::INFINITY, false, Vec::new());
+    for seed in 0..seeds {
+        let predictor = few_labels::few_label_predictor(&space, seed, 30);
+        let obj = PredictorObjective::new(&predictor, &space).unwrap();
+        for b in [4_000_000.0, 7_000_000.0, 10_000_000.0] {
+            let budget = Budget::bops(b);
+            let previous = SearchConfig {
+                starts: 4,
+                pairs: 0,
+                ..SearchConfig::default()
+            };
+            let prev = search(&ps, &obj, &budget, &previous).unwrap();
+            let t = Instant::now();
+            let bar = search(&ps, &obj, &budget, &SearchConfig::default()).unwrap();
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            let mut eo = SearchOptions::new(Method::Evo, 0);
+            eo.evo.time_limit = None;
+            eo.evo.generations = 200;
+            let evo = find_policy(&space, &predictor, &budget, &eo).unwrap();
+            let upgrade = upgrade_fits(&space, &obj, &bar.indices, b);
+            any_upgrade |= upgrade;
+            let gap = evo.predicted_mean - bar.predicted_mean;
+            if gap > 1e-9 {
+                min_used_below_evo = min_used_below_evo.min(bar.cost.bops / b);
+            }
+            gaps.push(gap);
+            gaps_prev.push(evo.predicted_mean - prev.predicted_mean);
+            bar_s.push(ms / 1e3);
+            if !json {
+                println!(
+                    "{seed:>4} {b:>10.3e} | {:>8.3} {:>6.3} | {:>8.3} {:>6.3} {ms:>7.1} {upgrade:>7} | {:>8.3} {:>6.3} {:>6.1}",
+                    prev.predicted_mean,
+                    prev.cost.bops / b,
+                    bar.predicted_mean,
+                    bar.cost.bops / b,
+                    evo.predicted_mean,
+                    evo.bops as f64 / b,
+                    evo.seconds
+                );
+            }
+            rows.push(json!({
+                "seed": seed,
+                "budget_bops": b,
+                "previous": { "pred": prev.predicted_mean, "bops": prev.cost.bops },
+                "barrier": { "pred": bar.predicted_mean, "bops": bar.cost.bops, "seconds": ms / 1e3, "upgrade_fits": upgrade },
+                "evo": { "pred": evo.predicted_mean, "bops": evo.bops, "seconds": evo.seconds },
+            }));
+        }
+    }
+    let max = |v: &[f64]| v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let summary = json!({
+        "small_evo_minus_barrier_max": max(&gaps),
+        "small_evo_minus_previous_max": max(&gaps_prev),
+        "small_min_used_where_below_evo": if min_used_below_evo.is_finite() { json!(min_used_below_evo) } else { json!(null) },
+        "small_upgrade_fits_anywhere": any_upgrade,
+        "small_barrier_seconds_median": median(&bar_s),
+        "small": rows,
+    });
+    if !json {
+        println!(
+            "small space: evo - barrier max {:+.3} points (previous discretisation {:+.3}); barrier median {:.1} ms; \
+             a mu-raising upgrade fits: {any_upgrade}",
+            max(&gaps),
+            max(&gaps_prev),
+            median(&bar_s) * 1e3
+        );
+    }
+    summary
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let json = args.iter().any(|a| a == "--json");
     let evo_seconds: f64 = arg(&args, "--evo-seconds", 60.0);
     let budgets: usize = arg(&args, "--budgets", 10);
+    let small_seeds: u64 = arg(&args, "--small-seeds", 8);
 
     let (ratios, dp_secs) = exact_part(budgets, json);
     let dp_min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
@@ -186,8 +316,19 @@ fn main() {
             space.dim()
         );
         println!(
-            "{:>12} | {:>8} {:>8} | {:>8} {:>8} | {:>8} {:>8} {:>9} | {:>8} {:>8} | ok",
-            "budget BOPs", "barrier", "ms", "pgd", "ms", "evo", "s", "evals", "random", "s"
+            "{:>12} | {:>8} {:>6} {:>8} | {:>8} {:>8} | {:>8} {:>6} {:>8} {:>9} | {:>8} {:>8} | ok",
+            "budget BOPs",
+            "barrier",
+            "used",
+            "ms",
+            "pgd",
+            "ms",
+            "evo",
+            "used",
+            "s",
+            "evals",
+            "random",
+            "s"
         );
     }
     let mut rows = Vec::new();
@@ -216,12 +357,14 @@ fn main() {
         gaps_rand.push(bar.predicted_mean - rnd.predicted_mean);
         if !json {
             println!(
-                "{b:>12.4e} | {:>8.3} {:>8.1} | {:>8.3} {:>8.1} | {:>8.3} {:>8.1} {:>9} | {:>8.3} {:>8.1} | {ok}",
+                "{b:>12.4e} | {:>8.3} {:>6.3} {:>8.1} | {:>8.3} {:>8.1} | {:>8.3} {:>6.3} {:>8.1} {:>9} | {:>8.3} {:>8.1} | {ok}",
                 bar.predicted_mean,
+                bar.bops as f64 / b,
                 bar.seconds * 1e3,
                 pgd.predicted_mean,
                 pgd.seconds * 1e3,
                 evo.predicted_mean,
+                evo.bops as f64 / b,
                 evo.seconds,
                 evo.evaluations,
                 rnd.predicted_mean,
@@ -237,6 +380,7 @@ fn main() {
             "within_budget": ok,
         }));
     }
+    let small = small_part(small_seeds, json);
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let (bm, em) = (median(&bar_s), median(&evo_s));
     if json {
@@ -257,6 +401,7 @@ fn main() {
                 "predictor_fit_seconds": fit_s,
                 "evo_seconds_limit": evo_seconds,
                 "budgets": rows,
+                "small_space": small,
             })
         );
     } else {
