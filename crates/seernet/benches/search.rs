@@ -10,6 +10,9 @@
 //!    {0.25,0.5,0.75}, bits {2,3,4,5}); for 10 BOPs budgets: barrier vs evo (the authors'
 //!    population settings, bounded to `--evo-seconds`, default 60) vs pgd vs random search (as
 //!    many predictor calls as evo): predicted top-1, share of the budget used, wall time.
+//!    Speed: barrier with the defaults and with the previous discretisation (4 starts, single-gene
+//!    fill only) on the same 10 budgets, 5 times each, interleaved: median wall time and CPU
+//!    time (all threads) per search, with the load average.
 //! 3. **Small space** (issue 13, case 8): LeNet-5 with the main job's space (12 genes) and
 //!    ensembles fitted on 30 synthetic labels each (`common/few_labels.rs`; μ not monotone in
 //!    cost), label seeds 0..`--small-seeds` (default 8), BOPs budgets 4M, 7M, 10M: barrier with
@@ -380,6 +383,48 @@ fn main() {
             "within_budget": ok,
         }));
     }
+    // Speed: defaults vs the previous discretisation, interleaved, 5 rounds over the budgets.
+    let previous = SearchConfig {
+        starts: 4,
+        pairs: 0,
+        ..SearchConfig::default()
+    };
+    let objective = PredictorObjective::new(&predictor, &space).unwrap();
+    let ps = PolicySpace::new(&space);
+    let load = seer_bench::load_average();
+    let (mut wall, mut cpu) = ([Vec::new(), Vec::new()], [0.0, 0.0]);
+    for _ in 0..5 {
+        for i in 1..=budgets {
+            let budget = Budget::bops(lo + (hi - lo) * i as f64 / (budgets + 1) as f64);
+            for (k, cfg) in [SearchConfig::default(), previous.clone()]
+                .iter()
+                .enumerate()
+            {
+                let (t, c) = (Instant::now(), seer_bench::cpu_seconds_or_zero());
+                search(&ps, &objective, &budget, cfg).unwrap();
+                wall[k].push(t.elapsed().as_secs_f64());
+                cpu[k] += seer_bench::cpu_seconds_or_zero() - c;
+            }
+        }
+    }
+    let per = |k: usize| cpu[k] / wall[k].len() as f64;
+    if !json {
+        println!(
+            "speed (5 x {budgets} budgets, load {load:?}): barrier median {:.1} ms wall, {:.1} ms CPU per search; \
+             previous discretisation {:.1} ms wall, {:.1} ms CPU",
+            median(&wall[0]) * 1e3,
+            per(0) * 1e3,
+            median(&wall[1]) * 1e3,
+            per(1) * 1e3
+        );
+    }
+    let speed = json!({
+        "load_average": load,
+        "barrier_wall_seconds_median": median(&wall[0]),
+        "barrier_cpu_seconds_per_search": per(0),
+        "previous_wall_seconds_median": median(&wall[1]),
+        "previous_cpu_seconds_per_search": per(1),
+    });
     let small = small_part(small_seeds, json);
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let (bm, em) = (median(&bar_s), median(&evo_s));
@@ -401,6 +446,7 @@ fn main() {
                 "predictor_fit_seconds": fit_s,
                 "evo_seconds_limit": evo_seconds,
                 "budgets": rows,
+                "speed": speed,
                 "small_space": small,
             })
         );
