@@ -739,6 +739,16 @@ mod tests {
         Tensor::from_vec(v, (n, s.c, s.h, s.w), &Device::Cpu).unwrap()
     }
 
+    /// A policy with a uniformly drawn candidate for every gene of `space`.
+    fn random_policy(space: &SearchSpace, r: &mut ChaCha8Rng) -> seer_policy::Policy {
+        let idx: Vec<usize> = space
+            .genes()
+            .iter()
+            .map(|g| r.random_range(0..g.candidates.len()))
+            .collect();
+        space.from_indices(&idx).unwrap()
+    }
+
     /// A model with a random mixed policy (pruning included), BN statistics and activation
     /// ranges from data.
     fn compressed(arch: &str, input: &str, seed: u64) -> Model {
@@ -755,13 +765,7 @@ mod tests {
                 .unwrap();
         }
         let space = SearchSpace::new(spec, cfg).unwrap();
-        let mut r = ChaCha8Rng::seed_from_u64(seed);
-        let idx: Vec<usize> = space
-            .genes()
-            .iter()
-            .map(|g| r.random_range(0..g.candidates.len()))
-            .collect();
-        let pol = space.from_indices(&idx).unwrap();
+        let pol = random_policy(&space, &mut ChaCha8Rng::seed_from_u64(seed));
         m.apply_policy(&space, &pol).unwrap();
         let calib: Vec<Tensor> = (0..2)
             .map(|k| normalise(&pixels(32, len, 200 + k), 32, s))
@@ -949,12 +953,7 @@ mod tests {
             let bound = header_bound(&base, &space, &[MEAN], &[STD], &calib, &prov).unwrap();
             let mut r = ChaCha8Rng::seed_from_u64(9);
             for k in 0..4 {
-                let idx: Vec<usize> = space
-                    .genes()
-                    .iter()
-                    .map(|g| r.random_range(0..g.candidates.len()))
-                    .collect();
-                let pol = space.from_indices(&idx).unwrap();
+                let pol = random_policy(&space, &mut r);
                 let mut m = base.try_clone().unwrap();
                 m.apply_policy(&space, &pol).unwrap();
                 m.calibrate([&normalise(&pixels(32, len, 300 + k), 32, s)])
