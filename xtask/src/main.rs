@@ -46,6 +46,14 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Run the `seernet` binary (release build, built first with cargo's progress shown):
+    /// `cargo xtask seernet infer --model M ...`; `cargo xtask seernet --help` is seernet's help.
+    #[command(disable_help_flag = true)]
+    Seernet {
+        /// Arguments passed to `seernet`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Install NVIDIA's CUDA 13.0 compiler from PyPI (cached in ~/.cache/seernet/cuda-13.0),
     /// compile every seer-kernels-cuda kernel to sm_90 PTX, check the committed PTX is up to
     /// date, then build and test seer-kernels-cuda with `--features cuda` (the `_cuda` tests
@@ -123,9 +131,7 @@ fn main() -> Result<()> {
                 bail!("unknown benchmark {name:?}");
             };
             cargo(
-                &[
-                    "bench", "--quiet", "-p", b.package, "--bench", b.target, "--",
-                ],
+                &["bench", "-p", b.package, "--bench", b.target, "--"],
                 &args,
             )
         }
@@ -134,21 +140,15 @@ fn main() -> Result<()> {
             if force {
                 extra.push("--force".into());
             }
-            cargo(SEER_DATA, &extra)
+            run(&release_bin("seer-nn", "seer-data")?, &extra)
         }
         Task::CudaCheck { write } => cuda::cuda_check(&workspace_root(), write),
-        Task::Compress { args } => cargo(
-            &[
-                "run",
-                "--release",
-                "--quiet",
-                "-p",
-                "seernet-cli",
-                "--",
-                "compress",
-            ],
-            &args,
-        ),
+        Task::Compress { args } => {
+            let mut all = vec!["compress".to_string()];
+            all.extend(args);
+            exec(&release_bin("seernet-cli", "seernet")?, &all)
+        }
+        Task::Seernet { args } => exec(&release_bin("seernet-cli", "seernet")?, &args),
         Task::TrainBaseline {
             arch,
             epochs,
@@ -163,8 +163,11 @@ fn main() -> Result<()> {
                     .join("assets/baselines")
                     .join(format!("{arch}-fashion-mnist.safetensors"))
             });
-            cargo(SEER_DATA, &["fetch".into(), "fashion-mnist".into()])?;
-            let run = ["run", "--release", "--quiet", "-p", "seernet-cli", "--"];
+            run(
+                &release_bin("seer-nn", "seer-data")?,
+                &["fetch".into(), "fashion-mnist".into()],
+            )?;
+            let seernet = release_bin("seernet-cli", "seernet")?;
             let out_s = out.display().to_string();
             let mut train_args: Vec<String> = vec![
                 "train".into(),
@@ -184,9 +187,9 @@ fn main() -> Result<()> {
                 // without; docs/benchmarks.md).
                 train_args.push("--no-augment".into());
             }
-            cargo(&run, &train_args)?;
-            cargo(
-                &run,
+            run(&seernet, &train_args)?;
+            run(
+                &seernet,
                 &[
                     "eval".into(),
                     "--model".into(),
@@ -207,19 +210,70 @@ fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-/// Runs `cargo <fixed> <extra>` in the workspace root and fails if it fails.
-/// `cargo` arguments that run the release `seer-data` binary (dataset fetching).
-const SEER_DATA: &[&str] = &[
-    "run",
-    "--release",
-    "--quiet",
-    "-p",
-    "seer-nn",
-    "--bin",
-    "seer-data",
-    "--",
-];
+/// The cargo target directory: `$CARGO_TARGET_DIR` (relative to the workspace root when
+/// relative) or `<workspace>/target`.
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) if !d.is_empty() => workspace_root().join(d),
+        _ => workspace_root().join("target"),
+    }
+}
 
+/// Builds binary `bin` of `package` in release mode with cargo's own progress on stderr (the
+/// first build of the workspace takes 6–8 minutes on 2 cores; later ones a second) and returns
+/// its path. Errors: the build fails, or the binary is not where cargo puts it.
+fn release_bin(package: &str, bin: &str) -> Result<PathBuf> {
+    eprintln!(
+        "xtask: building `{bin}` (release; the first build takes about 6–8 minutes on 2 cores, \
+         cargo's progress below)"
+    );
+    cargo(&["build", "--release", "-p", package, "--bin", bin], &[])?;
+    let path = target_dir()
+        .join("release")
+        .join(format!("{bin}{}", std::env::consts::EXE_SUFFIX));
+    if !path.is_file() {
+        bail!(
+            "built `{bin}` but found no binary at {}; is CARGO_TARGET_DIR or \
+             build.target-dir set elsewhere?",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Runs `bin args` in the current directory and fails if it fails.
+fn run(bin: &Path, args: &[String]) -> Result<()> {
+    let status = Command::new(bin)
+        .args(args)
+        .status()
+        .with_context(|| format!("running {}", bin.display()))?;
+    if !status.success() {
+        bail!("`{} {}` failed ({status})", bin.display(), args.join(" "));
+    }
+    Ok(())
+}
+
+/// Replaces this process with `bin args` (Unix), so that signals such as Ctrl-C reach the
+/// program directly and its exit status is ours; elsewhere runs it and exits with its code.
+fn exec(bin: &Path, args: &[String]) -> Result<()> {
+    let mut cmd = Command::new(bin);
+    cmd.args(args);
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        let err = cmd.exec();
+        Err(err).with_context(|| format!("starting {}", bin.display()))
+    }
+    #[cfg(not(unix))]
+    {
+        let status = cmd
+            .status()
+            .with_context(|| format!("running {}", bin.display()))?;
+        std::process::exit(status.code().unwrap_or(1));
+    }
+}
+
+/// Runs `cargo <fixed> <extra>` in the workspace root and fails if it fails.
 fn cargo(fixed: &[&str], extra: &[String]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(&cargo)

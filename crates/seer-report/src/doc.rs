@@ -2,7 +2,8 @@
 //! formats always carry the same figures.
 
 use crate::{
-    EXTRAPOLATION_MARK, PLOTS, RunReport, TOP1_PLOT, best_uniform_at, fmt, layers_plot_name,
+    EXTRAPOLATION_MARK, PLOTS, RunReport, StageTiming, TOP1_PLOT, best_uniform_at, fmt,
+    layers_plot_name,
 };
 
 /// One block of the document. All text is plain (renderers escape it).
@@ -73,18 +74,25 @@ pub(crate) fn document(r: &RunReport) -> Vec<Block> {
         d.push(Para(
             "Predicted top-1 is the predictor's estimate under the labelling protocol (validation split, short fine-tune); \
              measured top-1 is on the test split after the final fine-tune. The best uniform baseline is the measured uniform \
-             bit-width model with the highest top-1 at no more BOPs than the chosen policy; margin = measured − that baseline."
+             bit-width model with the highest top-1 at no more BOPs than the chosen policy; margin = measured − that baseline. \
+             Model size is what the integer engine stores (packed weights, per-channel scales and biases; the quantity a size \
+             budget limits, docs/method.md §2); file is the exported file with its header (network, provenance)."
                 .into(),
         ));
         let rows = r
             .budgets
             .iter()
             .map(|x| {
-                let limit = match (x.max_bops, x.max_size_bits) {
-                    (Some(bo), Some(s)) => format!("≤ {} BOPs, ≤ {}", fmt::si(bo), fmt::size(s)),
-                    (Some(bo), None) => format!("≤ {} BOPs", fmt::si(bo)),
-                    (None, Some(s)) => format!("≤ {}", fmt::size(s)),
-                    (None, None) => "—".into(),
+                let limit = match (x.max_bops, x.max_size_bits, &x.accuracy_target) {
+                    (Some(bo), Some(s), _) => format!("≤ {} BOPs, ≤ {}", fmt::si(bo), fmt::size(s)),
+                    (Some(bo), None, _) => format!("≤ {} BOPs", fmt::si(bo)),
+                    (None, Some(s), _) => format!("≤ {}", fmt::size(s)),
+                    (None, None, Some(t)) => format!(
+                        "test top-1 ≥ {:.2} (drop ≤ {})",
+                        t.reference_test_top1 - t.max_drop,
+                        t.max_drop
+                    ),
+                    (None, None, None) => "—".into(),
                 };
                 let (best, margin) = match best_uniform_at(&r.uniform, x.bops) {
                     Some(u) => (
@@ -105,6 +113,7 @@ pub(crate) fn document(r: &RunReport) -> Vec<Block> {
                         ))
                     ),
                     fmt::size(x.size_bits),
+                    opt(x.file_bytes, |b| fmt::size(8 * b)),
                     opt(r.compression_ratio(x.size_bits), |c| format!("{c:.1}×")),
                     format!(
                         "{:.2}{}{}",
@@ -128,7 +137,8 @@ pub(crate) fn document(r: &RunReport) -> Vec<Block> {
                 "budget",
                 "limit",
                 "BOPs",
-                "size",
+                "model size",
+                "file",
                 "compression vs fp32",
                 "predicted top-1 (%)",
                 "measured test top-1 (%)",
@@ -164,6 +174,9 @@ pub(crate) fn document(r: &RunReport) -> Vec<Block> {
                 facts.push(format!(
                     "Predicted top-1 extrapolates {EXTRAPOLATION_MARK}: {why}"
                 ));
+            }
+            if let Some(t) = &x.accuracy_target {
+                facts.extend(accuracy_target_facts(r, x, t));
             }
             if let Some(p) = &x.policy_file {
                 facts.push(format!("Policy file: {p}"));
@@ -226,7 +239,7 @@ pub(crate) fn document(r: &RunReport) -> Vec<Block> {
                 "a bits",
                 "prune",
                 "BOPs",
-                "size",
+                "model size",
                 "measured test top-1 (%)",
             ]
             .map(String::from)
@@ -304,14 +317,7 @@ pub(crate) fn document(r: &RunReport) -> Vec<Block> {
     if r.timings.is_empty() {
         d.push(Para("Not recorded.".into()));
     } else {
-        let total: f64 = r.timings.iter().map(|t| t.seconds).sum();
-        let mut rows: Vec<Vec<String>> = r
-            .timings
-            .iter()
-            .map(|t| vec![t.stage.clone(), fmt::secs(t.seconds)])
-            .collect();
-        rows.push(vec!["total".into(), fmt::secs(total)]);
-        d.push(Table(vec!["stage".into(), "wall time".into()], rows));
+        d.push(timings_table(r));
     }
 
     if !r.settings.is_empty() {
@@ -329,4 +335,108 @@ pub(crate) fn document(r: &RunReport) -> Vec<Block> {
         d.push(List(r.notes.clone()));
     }
     d
+}
+
+/// The stage-timings table: one row per stage with this invocation's wall time and, when the
+/// run was resumed, every invocation's together; the last row is the measured wall time (not
+/// a sum of the rows, which leaves out the time between stages).
+fn timings_table(r: &RunReport) -> Block {
+    let several = r.invocations > 1 && !r.timings_all.is_empty();
+    let mut names: Vec<&str> = r.timings_all.iter().map(|t| t.stage.as_str()).collect();
+    for t in &r.timings {
+        if !names.contains(&t.stage.as_str()) {
+            names.push(&t.stage);
+        }
+    }
+    let secs = |v: &[StageTiming], n: &str| {
+        let s: f64 = v.iter().filter(|t| t.stage == n).map(|t| t.seconds).sum();
+        if v.iter().any(|t| t.stage == n) {
+            fmt::secs(s)
+        } else {
+            "—".into()
+        }
+    };
+    let mut rows: Vec<Vec<String>> = names
+        .iter()
+        .map(|n| {
+            let mut row = vec![n.to_string(), secs(&r.timings, n)];
+            if several {
+                row.push(secs(&r.timings_all, n));
+            }
+            row
+        })
+        .collect();
+    let mut total = vec![
+        "total wall time".to_string(),
+        opt(r.wall_seconds, fmt::secs),
+    ];
+    if several {
+        total.push(opt(r.wall_seconds_all, fmt::secs));
+    }
+    rows.push(total);
+    let mut head = vec!["stage".to_string(), "this invocation".to_string()];
+    if several {
+        head.push(format!("all {} invocations", r.invocations));
+    }
+    Block::Table(head, rows)
+}
+
+/// What the report says of an accuracy target (`--max-drop`): how the policy was chosen,
+/// whether the drop held on the test split, and the next cheaper and next safer labelled
+/// policies.
+fn accuracy_target_facts(
+    r: &RunReport,
+    x: &crate::BudgetOutcome,
+    t: &crate::AccuracyTarget,
+) -> Vec<String> {
+    let share = |bops: u64| opt(r.bops_share(bops), |s| format!(" ({:.2}% of w8a8)", 100.0 * s));
+    let mut f = vec![if t.reached_on_labels {
+        format!(
+            "Accuracy target (max drop {} points): the cheapest labelled policy whose validation top-1 under the \
+             labelling protocol reached {:.2}% (the baseline's validation top-1 − {})",
+            t.max_drop, t.label_threshold, t.max_drop
+        )
+    } else {
+        format!(
+            "Accuracy target (max drop {} points): no labelled policy reached {:.2}% validation top-1 under the \
+             labelling protocol; this is the most accurate labelled policy",
+            t.max_drop, t.label_threshold
+        )
+    }];
+    f.push(match x.measured_top1 {
+        Some(m) => {
+            let (drop, held) = t.held(m);
+            format!(
+                "Test split: {m:.2}% after the final fine-tune vs {:.2}% full precision: drop {drop:.2} points, {}",
+                t.reference_test_top1,
+                if held {
+                    format!("within {} — the target held", t.max_drop)
+                } else {
+                    format!("more than {} — the target did NOT hold", t.max_drop)
+                }
+            )
+        }
+        None => "Test split: not measured, so whether the target held is unknown".into(),
+    });
+    f.push(match &t.next_cheaper {
+        Some(a) => format!(
+            "Next cheaper labelled policy: {} BOPs{}, {}, validation top-1 {:.2}% (below the threshold)",
+            fmt::si(a.bops),
+            share(a.bops),
+            fmt::size(a.size_bits),
+            a.label_val_top1
+        ),
+        None => "Next cheaper labelled policy: none".into(),
+    });
+    f.push(match &t.next_safer {
+        Some(a) => format!(
+            "Next safer labelled policy: {} BOPs{}, {}, validation top-1 {:.2}%",
+            fmt::si(a.bops),
+            share(a.bops),
+            fmt::size(a.size_bits),
+            a.label_val_top1
+        ),
+        None => "Next safer labelled policy: none (no dearer labelled policy was more accurate)".into(),
+    });
+    f
 }

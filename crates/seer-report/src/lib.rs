@@ -103,8 +103,21 @@ pub struct RunReport {
     pub labels: Vec<LabelPoint>,
     /// Predictor quality on held-out labels.
     pub predictor: Option<PredictorQuality>,
-    /// Wall time per stage.
+    /// Wall time per stage of the invocation that wrote the report (no total row: see
+    /// `wall_seconds`).
     pub timings: Vec<StageTiming>,
+    /// Wall time of the invocation that wrote the report, start to end.
+    #[serde(default)]
+    pub wall_seconds: Option<f64>,
+    /// Invocations of the run so far (a killed and resumed run has several; 0 when unknown).
+    #[serde(default)]
+    pub invocations: usize,
+    /// Wall time per stage summed over every invocation (shown when there were several).
+    #[serde(default)]
+    pub timings_all: Vec<StageTiming>,
+    /// Wall time of every invocation together.
+    #[serde(default)]
+    pub wall_seconds_all: Option<f64>,
     /// Free-text notes (warnings, deviations), rendered as a list.
     pub notes: Vec<String>,
 }
@@ -162,6 +175,10 @@ pub struct BudgetOutcome {
     pub policy_file: Option<String>,
     /// Written model file, relative to the run directory.
     pub model_file: Option<String>,
+    /// Bytes of the written model file (weights, scales and the header with the network and
+    /// provenance); `size_bits` counts what the integer engine stores of the weights only.
+    #[serde(default)]
+    pub file_bytes: Option<u64>,
     /// Validation top-1 of this policy measured under the labelling protocol (the evidence
     /// the final choice was made on); None for reports written before it was recorded.
     #[serde(default)]
@@ -176,6 +193,50 @@ pub struct BudgetOutcome {
     /// was recorded. Rendered as a marker on the predicted value (docs/method.md §4).
     #[serde(default)]
     pub extrapolation: Option<String>,
+    /// The accuracy target this outcome answers (`--max-drop`), when it is one.
+    #[serde(default)]
+    pub accuracy_target: Option<AccuracyTarget>,
+}
+
+/// An accuracy-first request (`--max-drop P`): the cheapest policy whose test top-1 stays
+/// within `max_drop` points of the full-precision baseline. The chosen policy is the cheapest
+/// labelled one whose validation top-1 under the labelling protocol reached
+/// `label_threshold`; whether the drop held on the test split is derived from the
+/// outcome's measured top-1 ([`AccuracyTarget::held`]).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AccuracyTarget {
+    /// Largest allowed drop P, in top-1 points.
+    pub max_drop: f64,
+    /// Full-precision test top-1 the drop is measured from (%).
+    pub reference_test_top1: f64,
+    /// Validation top-1 a label had to reach: the baseline's validation top-1 − P (%).
+    pub label_threshold: f64,
+    /// Whether some labelled policy reached the threshold (if none did, the chosen policy is
+    /// the most accurate labelled one).
+    pub reached_on_labels: bool,
+    /// The most accurate labelled policy cheaper than the chosen one (it missed the threshold).
+    pub next_cheaper: Option<Alternative>,
+    /// The cheapest labelled policy dearer and more accurate than the chosen one.
+    pub next_safer: Option<Alternative>,
+}
+
+impl AccuracyTarget {
+    /// Test-split drop of `measured` below the reference, and whether it is within P.
+    pub fn held(&self, measured: f64) -> (f64, bool) {
+        let drop = self.reference_test_top1 - measured;
+        (drop, drop <= self.max_drop)
+    }
+}
+
+/// A labelled policy offered as an alternative to the chosen one.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Alternative {
+    /// Its BOPs.
+    pub bops: u64,
+    /// Its size in bits.
+    pub size_bits: u64,
+    /// Its label: validation top-1 after the short fine-tune (%).
+    pub label_val_top1: f64,
 }
 
 /// A measured uniform-bit-width (optionally uniformly pruned) baseline.
@@ -512,10 +573,12 @@ pub(crate) mod tests {
                     predicted_std: Some(0.3),
                     measured_top1: Some(90.2),
                     policy_file: Some("policy-frac-0.05.json".into()),
-                    model_file: None,
+                    model_file: Some("model-frac-0.05.safetensors".into()),
+                    file_bytes: Some(81_234),
                     label_val_top1: Some(88.1),
                     selected_from: Some("barrier search, κ = 1".into()),
                     extrapolation: None,
+                    accuracy_target: None,
                 },
                 BudgetOutcome {
                     label: "frac-0.15".into(),
@@ -530,9 +593,11 @@ pub(crate) mod tests {
                     measured_top1: None,
                     policy_file: None,
                     model_file: None,
+                    file_bytes: None,
                     label_val_top1: None,
                     selected_from: None,
                     extrapolation: Some("above the highest training label".into()),
+                    accuracy_target: None,
                 },
             ],
             uniform: vec![
@@ -608,6 +673,19 @@ pub(crate) mod tests {
                     seconds: 0.2,
                 },
             ],
+            wall_seconds: Some(815.0),
+            invocations: 2,
+            timings_all: vec![
+                StageTiming {
+                    stage: "labelling".into(),
+                    seconds: 1200.0,
+                },
+                StageTiming {
+                    stage: "search".into(),
+                    seconds: 0.2,
+                },
+            ],
+            wall_seconds_all: Some(1230.5),
             notes: vec!["note with <script>alert(1)</script>".into()],
         }
     }

@@ -86,6 +86,19 @@ mod tests {
             assert!(md.contains(needle), "missing {needle:?} in\n{md}");
         }
         assert!(!md.contains("<script>") && !md.contains("toy<net>"));
+        // Issue 17, case 6: the timings counted the total twice and a resumed run replaced the
+        // real run's; now one column per scope and a measured wall-time row.
+        for needle in [
+            "| stage | this invocation | all 2 invocations |",
+            "| labelling | 13m 32s | 20m 00s |",
+            "| total wall time | 13m 35s | 20m 31s |",
+        ] {
+            assert!(md.contains(needle), "missing {needle:?} in\n{md}");
+        }
+        assert!(!md.contains("| total |") && !md.contains("this invocation)"));
+        // The model's stored size and the file's size are separate columns.
+        assert!(md.contains("| model size | file |"), "{md}");
+        assert!(md.contains("| 75.00 KB | 81.23 KB |"), "{md}");
         // The unmeasured budget gets no margin.
         let row = md.lines().find(|l| l.starts_with("| frac-0.15 |")).unwrap();
         assert!(

@@ -339,18 +339,10 @@ fn builtin_network_exports_to_the_user_format() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-/// `seernet infer` on a model exported by the pipeline's exporter (synthetic MNIST-shaped
-/// data, a LeNet-5 with a mixed pruned policy): it agrees with the fake-quantized float model,
-/// and every bad input is one clear error line.
-#[test]
-fn infer_runs_exported_models_and_rejects_bad_input() {
-    use candle_core::Device;
+/// Writes `n` synthetic MNIST-shaped images under `root/mnist` (prepared for `SEERNET_DATA =
+/// root`): the class (0–3) is the horizontal band that holds a bright bar, over noise.
+fn synthetic_mnist(root: &std::path::Path, n: usize) {
     use seer_nn::data::{self, DatasetName, idx};
-    use seer_policy::{SearchSpace, SpaceConfig, builtin};
-
-    let td = tempfile::tempdir().unwrap();
-    let root = td.path().join("data");
-    let n = 500;
     let (mut images, mut labels) = (Vec::new(), Vec::new());
     for i in 0..n {
         let label = (i % 4) as u8;
@@ -363,11 +355,95 @@ fn infer_runs_exported_models_and_rejects_bad_input() {
         }
         labels.push(label);
     }
-    std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(root).unwrap();
     let (ip, lp) = (root.join("i-idx3-ubyte"), root.join("l-idx1-ubyte"));
     idx::write_idx_u8(&ip, &[n, 28, 28], &images).unwrap();
     idx::write_idx_u8(&lp, &[n], &labels).unwrap();
     data::prepare_from_idx(&root.join("mnist"), DatasetName::Mnist, &[(ip, lp)]).unwrap();
+}
+
+/// Issue 17, case 8: Ctrl-C used to exit 130 without a word. Now the run says how many labels
+/// the store kept and how to resume, and off a terminal its progress comes as lines (case 2).
+#[cfg(unix)]
+#[test]
+fn ctrl_c_says_what_was_kept_and_how_to_resume() {
+    let td = tempfile::tempdir().unwrap();
+    let root = td.path().join("data");
+    synthetic_mnist(&root, 400);
+    let out = td.path().join("run");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_seernet"))
+        .args([
+            "compress",
+            "--quick",
+            "--arch",
+            "lenet5",
+            "--dataset",
+            "mnist",
+        ])
+        .args([
+            "--n0",
+            "6",
+            "--rounds",
+            "1",
+            "--k",
+            "2",
+            "--baseline-steps",
+            "20",
+        ])
+        .args(["--label-steps", "4", "--out"])
+        .arg(&out)
+        .env("SEERNET_DATA", &root)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the store to hold at least one label (header + 1 line).
+    let store = out.join("labels.jsonl");
+    let t0 = std::time::Instant::now();
+    loop {
+        let lines = std::fs::read_to_string(&store).map_or(0, |s| s.lines().count());
+        if lines >= 2 {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before the interrupt"
+        );
+        assert!(t0.elapsed().as_secs() < 600, "no label after 10 minutes");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(130), "{err}");
+    let kept = seernet::label::read_store(&store).unwrap().records.len();
+    assert!(kept >= 1);
+    let want = format!(
+        "interrupted: {kept} labels kept in {}; run the same command to resume",
+        store.display()
+    );
+    assert_eq!(err.lines().last(), Some(want.as_str()), "{err}");
+    // Off a terminal the stage progress comes as lines, not as an invisible bar.
+    assert!(err.lines().any(|l| l.starts_with("labels: ")), "{err}");
+    assert!(err.contains("label "), "{err}");
+}
+
+/// `seernet infer` on a model exported by the pipeline's exporter (synthetic MNIST-shaped
+/// data, a LeNet-5 with a mixed pruned policy): it agrees with the fake-quantized float model,
+/// and every bad input is one clear error line.
+#[test]
+fn infer_runs_exported_models_and_rejects_bad_input() {
+    use candle_core::Device;
+    use seer_nn::data::{self, DatasetName};
+    use seer_policy::{SearchSpace, SpaceConfig, builtin};
+
+    let td = tempfile::tempdir().unwrap();
+    let root = td.path().join("data");
+    synthetic_mnist(&root, 500);
     let splits = data::load_dir(&root.join("mnist"), DatasetName::Mnist).unwrap();
 
     let spec = builtin("lenet5", None, None).unwrap();

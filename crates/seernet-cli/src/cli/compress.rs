@@ -2,7 +2,7 @@
 //! per budget, final fine-tune, test evaluation, packed export and report, resumable from the
 //! run directory. `cargo xtask compress [--quick]` runs it with the project's defaults.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::budget_args::BudgetArgs;
 use anyhow::{Context, Result, bail};
@@ -149,6 +149,7 @@ pub fn run_cmd(a: CompressArgs) -> Result<()> {
         );
     }
     cfg.command = Some(std::env::args().collect::<Vec<_>>().join(" "));
+    on_interrupt(cfg.out_dir.clone());
     let s = run_with(&cfg, &mut super::progress::Bars::default())
         .with_context(|| format!("compress run in {}", cfg.out_dir.display()))?;
     if a.json {
@@ -180,12 +181,46 @@ pub fn run_cmd(a: CompressArgs) -> Result<()> {
     Ok(())
 }
 
+/// Installs the Ctrl-C (SIGINT) handler of a run writing into `out`: it prints
+/// [`interrupted_message`] and exits with status 130 (128 + SIGINT, as a shell reports it).
+/// Nothing is lost by stopping there: every label is appended to the store as one line the
+/// moment it is made, and a torn last line is dropped on resume (docs/method.md §3). A failure
+/// to install the handler only costs the message, so it is logged, not fatal.
+fn on_interrupt(out: PathBuf) {
+    if let Err(e) = ctrlc::set_handler(move || {
+        eprintln!("\n{}", interrupted_message(&out));
+        std::process::exit(130);
+    }) {
+        tracing::warn!("no Ctrl-C message: {e}");
+    }
+}
+
+/// `interrupted: 12 labels kept in runs/compress/labels.jsonl; run the same command to resume`
+/// (the label count read back from the store; `no labels yet` when there is none).
+pub(crate) fn interrupted_message(out: &Path) -> String {
+    let store = out.join("labels.jsonl");
+    let kept = match seernet::label::read_store(&store) {
+        Ok(c) => format!("{} labels kept in {}", c.records.len(), store.display()),
+        Err(_) => "no labels yet".to_string(),
+    };
+    format!("interrupted: {kept}; run the same command to resume")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// Issue 17, case 4: `--dataset fashion_mnist` trained a 2,000-step baseline because the
     /// committed one was looked up under the raw name, relative to the current directory.
+    #[test]
+    fn the_interrupt_message_counts_the_stored_labels() {
+        let td = tempfile::tempdir().unwrap();
+        assert_eq!(
+            interrupted_message(td.path()),
+            "interrupted: no labels yet; run the same command to resume"
+        );
+    }
+
     #[test]
     fn aliases_find_the_committed_baseline_from_any_directory() {
         let canonical = seernet::nn::data::DatasetName::parse("fashion_mnist")

@@ -88,6 +88,9 @@ impl Run<'_> {
             predicted_std: Some(f.predicted_std),
             measured_top1: Some(r.top1_test),
             policy_file: Some(b.policy_file()),
+            // Stat rather than trust the exporter's figure: the file is what the user ships
+            // (none when the export was skipped).
+            file_bytes: std::fs::metadata(&path).ok().map(|m| m.len()),
             model_file: Some(model_file),
             label_val_top1: c.label_top1,
             selected_from: Some(c.from.clone()),

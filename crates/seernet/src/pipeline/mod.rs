@@ -47,10 +47,10 @@ mod setup;
 mod stages;
 pub mod streams;
 mod summary;
+mod timings;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::time::Instant;
 
 use seer_nn::data::{self, DatasetName};
 use seer_policy::{Policy, SearchSpace, SpaceConfig, Totals};
@@ -193,10 +193,16 @@ pub struct Summary {
     pub budgets: Vec<serde_json::Value>,
     /// Predictor quality on held-out labels (Kendall τ, RMSE), when enough labels.
     pub predictor: Option<report::PredictorQuality>,
-    /// Seconds per stage.
+    /// Seconds per stage of this invocation.
     pub timings: Vec<report::StageTiming>,
     /// Total wall seconds of this invocation.
     pub seconds: f64,
+    /// Invocations of this run directory so far (1 for a run that was never resumed).
+    #[serde(default)]
+    pub invocations: usize,
+    /// Total wall seconds of every invocation of this run directory.
+    #[serde(default)]
+    pub seconds_all: f64,
 }
 
 /// Runs the whole pipeline of `cfg`, reporting progress to nobody (see [`run_with`]). Errors: a
@@ -230,10 +236,8 @@ struct Run<'a> {
     out: PathBuf,
     /// `run.log`, `tracing` and the progress observer.
     log: RunLog<'a>,
-    /// When the run started (the report's total).
-    started: Instant,
-    /// Seconds per finished stage, for the report.
-    timings: Vec<report::StageTiming>,
+    /// Seconds per finished stage, this invocation's and the earlier ones'.
+    timings: timings::Timings,
     dname: DatasetName,
     splits: data::Splits,
     norm: data::Normalize,

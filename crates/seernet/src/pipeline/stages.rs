@@ -7,7 +7,6 @@ use std::time::Instant;
 
 use seer_predictor::Predictor;
 
-use super::setup::timed;
 use super::{Run, Stream, sampling};
 use crate::budget::ResolvedBudget;
 use crate::error::{Error, Result};
@@ -17,7 +16,7 @@ use crate::store::{LabelRecord, label_missing, policy_hash};
 impl Run<'_> {
     /// Records the time since `t` as stage `name` of the report's timings.
     pub(super) fn timed(&mut self, name: &str, t: Instant) {
-        timed(&mut self.timings, name, t);
+        self.timings.record(name, t);
     }
 
     /// Labels the policies of `rows` that the store lacks (one label each, stored as it

@@ -20,11 +20,13 @@ impl Run<'_> {
         let t = Instant::now();
         let mut rep = self.report(&fitted, choice.front, finals);
         self.timed("report", t);
-        rep.timings = self.timings.clone();
-        rep.timings.push(report::StageTiming {
-            stage: "total (this invocation)".into(),
-            seconds: self.started.elapsed().as_secs_f64(),
-        });
+        self.timings.close();
+        rep.timings = self.timings.this().to_vec();
+        rep.wall_seconds = Some(self.timings.wall());
+        let (all, wall_all) = self.timings.all();
+        rep.invocations = self.timings.invocations();
+        rep.timings_all = all;
+        rep.wall_seconds_all = Some(wall_all);
         let files = report::write_report(&self.out, &rep)?;
         self.log.line(&format!(
             "report: {}",
@@ -42,7 +44,9 @@ impl Run<'_> {
             budgets: self.budgets_json(&rep),
             predictor: fitted.quality,
             timings: rep.timings.clone(),
-            seconds: self.started.elapsed().as_secs_f64(),
+            seconds: self.timings.wall(),
+            invocations: rep.invocations,
+            seconds_all: wall_all,
         };
         let js = serde_json::to_string_pretty(&summary).expect("serializes") + "\n";
         crate::store::write_atomic(&self.out.join("summary.json"), js.as_bytes())?;
@@ -91,8 +95,8 @@ impl Run<'_> {
             front,
             labels,
             predictor: fitted.quality.clone(),
-            timings: Vec::new(),
             notes,
+            ..RunReport::default()
         }
     }
 
