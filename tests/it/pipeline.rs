@@ -70,6 +70,10 @@ fn child_config() -> Config {
     if let Ok(b) = std::env::var("IT_MAX_BOPS") {
         c.budgets = vec![Budget::parse_max_bops(&b).unwrap()];
     }
+    if let Ok(p) = std::env::var("IT_MAX_DROP") {
+        c.max_drop = Some(p.parse().unwrap());
+        c.budgets.clear();
+    }
     c
 }
 
@@ -278,6 +282,73 @@ fn kill_resume_determinism_and_errors() {
         assert!(s.labels >= 7, "{acq}: {} labels", s.labels);
         assert_eq!(policies(&dir).len(), 2, "{acq}");
     }
+
+    // Accuracy first (issue 17, case 10): the cheapest labelled policy whose validation top-1
+    // is within the allowed drop of the baseline's, and the report says whether the test drop
+    // held. On this tiny synthetic run the labels are coarse, so P is large.
+    let dir = td.path().join("max-drop");
+    let o = run_child(
+        &data_root,
+        &dir,
+        &[base[0].clone(), ("IT_MAX_DROP", "30".into())],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let pol = policies(&dir);
+    assert_eq!(pol.len(), 1, "{pol:?}");
+    assert_eq!(pol[0].0, "policy-max-drop-30.json");
+    let rep: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    let out = &rep["budgets"][0];
+    let t = &out["accuracy_target"];
+    let threshold = t["label_threshold"].as_f64().unwrap();
+    let val = rep["baseline"]["top1_val"].as_f64().unwrap();
+    assert!((threshold - (val - 30.0)).abs() < 1e-9, "{t}");
+    let chosen_bops = out["bops"].as_u64().unwrap();
+    let chosen_label = out["label_val_top1"].as_f64().unwrap();
+    let recs = read_store(dir.join("labels.jsonl")).unwrap().records;
+    if t["reached_on_labels"] == true {
+        assert!(chosen_label >= threshold);
+        // No cheaper labelled policy reached the threshold.
+        assert!(
+            !recs
+                .iter()
+                .any(|r| r.bops < chosen_bops && r.top1 >= threshold),
+            "a cheaper label reached the threshold"
+        );
+    } else {
+        assert!(recs.iter().all(|r| r.top1 <= chosen_label));
+    }
+    // Every unpruned uniform bit-width is measured for comparison.
+    let uniform: Vec<&str> = rep["uniform"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        uniform.contains(&"w8a8") && uniform.contains(&"w2a2"),
+        "{uniform:?}"
+    );
+    let measured = out["measured_top1"].as_f64().unwrap();
+    let reference = t["reference_test_top1"].as_f64().unwrap();
+    let held = reference - measured <= 30.0;
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(md.contains("Accuracy target (max drop 30 points)"), "{md}");
+    assert!(
+        md.contains(if held {
+            "the target held"
+        } else {
+            "the target did NOT hold"
+        }),
+        "{md}"
+    );
+    assert!(md.contains("test top-1 ≥ "), "{md}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(
+        summary["budgets"][0]["accuracy_target"]["held"].as_bool(),
+        Some(held)
+    );
 
     // Bad input: infeasible budget, missing dataset, corrupt store.
     let o = run_child(

@@ -389,7 +389,11 @@ fn accuracy_target_facts(
     x: &crate::BudgetOutcome,
     t: &crate::AccuracyTarget,
 ) -> Vec<String> {
-    let share = |bops: u64| opt(r.bops_share(bops), |s| format!(" ({:.2}% of w8a8)", 100.0 * s));
+    let share = |bops: u64| {
+        opt(r.bops_share(bops), |s| {
+            format!(" ({:.2}% of w8a8)", 100.0 * s)
+        })
+    };
     let mut f = vec![if t.reached_on_labels {
         format!(
             "Accuracy target (max drop {} points): the cheapest labelled policy whose validation top-1 under the \
@@ -436,7 +440,9 @@ fn accuracy_target_facts(
             fmt::size(a.size_bits),
             a.label_val_top1
         ),
-        None => "Next safer labelled policy: none (no dearer labelled policy was more accurate)".into(),
+        None => {
+            "Next safer labelled policy: none (no dearer labelled policy was more accurate)".into()
+        }
     });
     f
 }

@@ -30,6 +30,11 @@ pub struct CompressArgs {
     dataset: String,
     #[command(flatten)]
     budgets: BudgetArgs,
+    /// Accuracy first: the cheapest policy whose test top-1 stays within P points of the
+    /// full-precision baseline (e.g. 1.0). Alone it replaces the default budgets; with budget
+    /// flags it is chosen beside them.
+    #[arg(long, value_name = "P")]
+    max_drop: Option<f64>,
     /// Initial labels N₀ [default: 30; with --quick: 8].
     #[arg(long)]
     n0: Option<usize>,
@@ -109,11 +114,18 @@ pub fn run_cmd(a: CompressArgs) -> Result<()> {
         Some(p) => Some(p),
         None => committed_baseline(&a.arch, dataset.as_str()),
     };
-    if !(a.budgets.max_bops.is_empty()
+    let budget_flags = !(a.budgets.max_bops.is_empty()
         && a.budgets.max_size.is_empty()
-        && a.budgets.bops_frac.is_empty())
-    {
+        && a.budgets.bops_frac.is_empty());
+    if budget_flags {
         cfg.budgets = a.budgets.budgets()?;
+    }
+    if let Some(p) = a.max_drop {
+        seernet::pipeline::target::check_max_drop(p).context("--max-drop")?;
+        cfg.max_drop = Some(p);
+        if !budget_flags {
+            cfg.budgets.clear();
+        }
     }
     cfg.n0 = a.n0.unwrap_or(cfg.n0);
     cfg.rounds = a.rounds.unwrap_or(cfg.rounds);
@@ -169,6 +181,24 @@ pub fn run_cmd(a: CompressArgs) -> Result<()> {
                 b["best_uniform_test_top1"].as_f64().map_or("none".into(), |v| format!("{v:.2}%")),
                 b["model_file"].as_str().unwrap_or("-"),
             ));
+        }
+        for b in &s.budgets {
+            let target = &b["accuracy_target"];
+            if let (Some(drop), Some(held)) =
+                (target["test_drop"].as_f64(), target["held"].as_bool())
+            {
+                t.push_str(&format!(
+                    "  {}: test top-1 {:.2} points below full precision ({:.2}%): {}\n",
+                    b["label"].as_str().unwrap_or("?"),
+                    drop,
+                    target["reference_test_top1"].as_f64().unwrap_or(f64::NAN),
+                    if held {
+                        "within the allowed drop"
+                    } else {
+                        "MORE than the allowed drop"
+                    }
+                ));
+            }
         }
         if let Some(q) = &s.predictor {
             t.push_str(&format!(

@@ -29,6 +29,8 @@ pub(super) struct Chosen {
     pub(super) from: String,
     /// Its label (validation top-1), when it is a labelled policy.
     pub(super) label_top1: Option<f64>,
+    /// The accuracy target it answers (`--max-drop`), when it is one.
+    pub(super) target: Option<report::AccuracyTarget>,
 }
 
 /// The choice per budget and the predicted front.
@@ -108,6 +110,9 @@ impl Run<'_> {
         for b in self.budgets.resolved.clone() {
             chosen.push(self.choose_for(b, fitted)?);
         }
+        if let Some(t) = self.target() {
+            chosen.extend(self.choose_for_target(&t, fitted)?);
+        }
         let front = self.front(&fitted.predictor);
         self.timed("search", t);
         Ok(Choice { chosen, front })
@@ -125,33 +130,78 @@ impl Run<'_> {
             .max_by(|(_, x), (_, y)| x.top1.total_cmp(&y.top1).then(y.bops.cmp(&x.bops)));
         let (found, from, label_top1) = match best {
             Some((idx, r)) => {
-                let p = fitted
-                    .predictor
-                    .predict(&[sampling::features(&self.space, idx)])?;
-                let found = Found {
-                    method: Method::Barrier,
-                    indices: idx.clone(),
-                    policy: r.policy.clone(),
-                    bops: r.bops,
-                    size_bits: r.size_bits,
-                    predicted_mean: p.mean[0],
-                    predicted_std: p.std[0],
-                    extrapolation: p.extrapolation.and_then(|e| e.first().copied()),
-                    seconds: 0.0,
-                    evaluations: 0,
-                };
-                let from = self.origin.get(idx).cloned();
-                (
-                    found,
-                    from.unwrap_or_else(|| "label store".into()),
-                    Some(r.top1),
-                )
+                let (found, from) = self.labelled(idx, r, fitted)?;
+                (found, from, Some(r.top1))
             }
             None => {
                 let found = self.search(&b, &fitted.predictor, 0.0)?;
                 (found, "barrier search (unlabelled)".to_string(), None)
             }
         };
+        self.save_choice(b, found, from, label_top1, None)
+    }
+
+    /// A labelled policy (candidate indices `idx`, record `r`) as a search result with the
+    /// final predictor's μ, σ and extrapolation flag, and where it came from.
+    fn labelled(&self, idx: &[usize], r: &LabelRecord, fitted: &Fitted) -> Result<(Found, String)> {
+        let p = fitted
+            .predictor
+            .predict(&[sampling::features(&self.space, idx)])?;
+        let found = Found {
+            method: Method::Barrier,
+            indices: idx.to_vec(),
+            policy: r.policy.clone(),
+            bops: r.bops,
+            size_bits: r.size_bits,
+            predicted_mean: p.mean[0],
+            predicted_std: p.std[0],
+            extrapolation: p.extrapolation.and_then(|e| e.first().copied()),
+            seconds: 0.0,
+            evaluations: 0,
+        };
+        let from = self.origin.get(idx).cloned();
+        Ok((found, from.unwrap_or_else(|| "label store".into())))
+    }
+
+    /// The accuracy target's choice (see [`Run::choose_target`]), written to its policy file;
+    /// none when nothing is labelled.
+    fn choose_for_target(
+        &mut self,
+        t: &super::target::Target,
+        fitted: &Fitted,
+    ) -> Result<Option<Chosen>> {
+        let Some((i, info)) = self.choose_target(t, fitted) else {
+            return Ok(None);
+        };
+        let r = &fitted.recs[i];
+        let (found, from) = self.labelled(&self.planned[i].clone(), r, fitted)?;
+        self.log.line(&format!(
+            "{}: {} (validation top-1 {:.2}% vs threshold {:.2}% = baseline {:.2}% − {})",
+            t.budget.label,
+            if info.reached_on_labels {
+                "cheapest labelled policy within the allowed drop"
+            } else {
+                "NO labelled policy within the allowed drop; taking the most accurate"
+            },
+            r.top1,
+            t.threshold,
+            self.base.val_top1,
+            t.max_drop
+        ));
+        let top1 = r.top1;
+        self.save_choice(t.budget.clone(), found, from, Some(top1), Some(info))
+            .map(Some)
+    }
+
+    /// Writes the choice for budget `b` to `policy-<label>.json` and logs it.
+    fn save_choice(
+        &mut self,
+        b: ResolvedBudget,
+        found: Found,
+        from: String,
+        label_top1: Option<f64>,
+        target: Option<report::AccuracyTarget>,
+    ) -> Result<Chosen> {
         let file = b.policy_file();
         found.policy.save(self.out.join(&file))?;
         self.log.line(&format!(
@@ -173,6 +223,7 @@ impl Run<'_> {
             found,
             from,
             label_top1,
+            target,
         })
     }
 

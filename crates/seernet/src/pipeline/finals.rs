@@ -95,6 +95,7 @@ impl Run<'_> {
             label_val_top1: c.label_top1,
             selected_from: Some(c.from.clone()),
             extrapolation: f.extrapolation.filter(|e| e.any()).map(|e| e.describe()),
+            accuracy_target: c.target.clone(),
         })
     }
 

@@ -47,6 +47,7 @@ mod setup;
 mod stages;
 pub mod streams;
 mod summary;
+pub mod target;
 mod timings;
 
 use std::collections::HashMap;
@@ -85,8 +86,11 @@ pub struct Config {
     pub dataset: String,
     /// Search space.
     pub space: SpaceConfig,
-    /// Budgets (at least one).
+    /// Budgets (at least one, unless [`Self::max_drop`] is set).
     pub budgets: Vec<Budget>,
+    /// Accuracy-first target (`--max-drop P`): also choose the cheapest policy whose top-1
+    /// stays within P points of the full-precision baseline (`pipeline::target`).
+    pub max_drop: Option<f64>,
     /// Initial labels N₀ (stratified over log-BOPs).
     pub n0: usize,
     /// Active rounds R.
@@ -157,6 +161,7 @@ impl Config {
             batch_size: 64,
             lr: 0.01,
             seed: 0,
+            max_drop: None,
             progress: true,
             command: None,
         }

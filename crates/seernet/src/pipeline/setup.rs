@@ -95,7 +95,7 @@ impl<'a> Run<'a> {
             None
         };
         let budgets = resolve_budgets(cfg, &space, header, &mut log)?;
-        let uniform = uniform_candidates(&space, &budgets.resolved)?;
+        let uniform = uniform_candidates(&space, &budgets.resolved, cfg.max_drop.is_some())?;
         Ok(Run {
             cfg,
             out,
@@ -121,7 +121,9 @@ impl<'a> Run<'a> {
 
 /// Settings the run cannot start with.
 fn check(cfg: &Config) -> Result<()> {
-    if cfg.budgets.is_empty() {
+    if let Some(p) = cfg.max_drop {
+        super::target::check_max_drop(p)?;
+    } else if cfg.budgets.is_empty() {
         return Err(seer_policy::Error::NoBudget.into());
     }
     if cfg.n0 < 4 {
@@ -329,7 +331,8 @@ fn resolve_budgets(
             )));
         }
     }
-    let band = if resolved.iter().all(|b| b.max_bops.is_some()) {
+    // An accuracy target needs labels up to the most expensive policies.
+    let band = if cfg.max_drop.is_none() && resolved.iter().all(|b| b.max_bops.is_some()) {
         let bops = || resolved.iter().filter_map(|b| b.max_bops);
         let lo = bops().min().unwrap_or(0) as f64;
         let hi = bops().max().unwrap_or(0) as f64;
@@ -416,8 +419,14 @@ fn open_store(
 /// Uniform baselines (docs/method.md §8): for each budget, the uniform policy (the same bits for
 /// weights and activations and the same pruning ratio on every searchable unit) with the most
 /// bits (then the least pruning) that fits, and the one with the least pruning (then the most
-/// bits) that fits; duplicates measured once.
-fn uniform_candidates(space: &SearchSpace, budgets: &[ResolvedBudget]) -> Result<Vec<Uniform>> {
+/// bits) that fits; with `every_width` (an accuracy target, which no cost limits) also every
+/// unpruned uniform bit-width, so the report can name the cheapest uniform model within the
+/// allowed drop. Duplicates measured once.
+fn uniform_candidates(
+    space: &SearchSpace,
+    budgets: &[ResolvedBudget],
+    every_width: bool,
+) -> Result<Vec<Uniform>> {
     let c = space.config();
     let mut bits: Vec<u32> = c
         .wbits
@@ -455,16 +464,28 @@ fn uniform_candidates(space: &SearchSpace, budgets: &[ResolvedBudget]) -> Result
                 }
             }
         }
-        for (bit, prune, policy) in picks {
-            if !out.iter().any(|o| o.policy == policy) {
-                out.push(Uniform {
-                    wbits: bit,
-                    abits: bit,
-                    prune,
-                    policy,
-                });
-            }
-        }
+        push_new(&mut out, picks);
+    }
+    if every_width {
+        let picks = bits
+            .iter()
+            .filter_map(|&bit| space.uniform(bit, bit, 0.0).ok().map(|p| (bit, 0.0, p)))
+            .collect();
+        push_new(&mut out, picks);
     }
     Ok(out)
+}
+
+/// Appends the uniform policies of `picks` (`(bits, prune, policy)`) that `out` lacks.
+fn push_new(out: &mut Vec<Uniform>, picks: Vec<(u32, f64, Policy)>) {
+    for (bit, prune, policy) in picks {
+        if !out.iter().any(|o| o.policy == policy) {
+            out.push(Uniform {
+                wbits: bit,
+                abits: bit,
+                prune,
+                policy,
+            });
+        }
+    }
 }

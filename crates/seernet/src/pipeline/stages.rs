@@ -204,13 +204,22 @@ impl Run<'_> {
         let recs = self.planned_records()?;
         let predictor = sampling::fit(&self.space, &recs, Stream::VerifyFit(v).seed(cfg.seed))?;
         let mut rows: Vec<Vec<usize>> = Vec::new();
-        for b in &self.budgets.resolved {
+        let target = self.target();
+        let searches = self
+            .budgets
+            .resolved
+            .iter()
+            .map(|b| (b.label.clone(), None))
+            .chain(target.iter().map(|t| (t.budget.label.clone(), Some(t))));
+        for (i, (label, t)) in searches.enumerate() {
             for &kappa in &cfg.kappas {
-                let f = self.search(b, &predictor, kappa)?;
+                let f = match t {
+                    Some(t) => self.search_target(t, &predictor, kappa)?,
+                    None => self.search(&self.budgets.resolved[i], &predictor, kappa)?,
+                };
                 if !self.planned.contains(&f.indices) && !rows.contains(&f.indices) {
                     let from = format!(
-                        "barrier search for {}, κ = {kappa}, verification round {}",
-                        b.label,
+                        "barrier search for {label}, κ = {kappa}, verification round {}",
                         v + 1
                     );
                     self.origin.insert(f.indices.clone(), from);

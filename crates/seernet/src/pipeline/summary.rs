@@ -108,7 +108,21 @@ impl Run<'_> {
             .iter()
             .map(|b| {
                 let best = report::best_uniform_at(&rep.uniform, b.bops);
+                let target = b.accuracy_target.as_ref().map(|t| {
+                    let held = b.measured_top1.map(|m| t.held(m));
+                    serde_json::json!({
+                        "max_drop": t.max_drop,
+                        "reference_test_top1": t.reference_test_top1,
+                        "label_threshold": t.label_threshold,
+                        "reached_on_labels": t.reached_on_labels,
+                        "test_drop": held.map(|h| h.0),
+                        "held": held.map(|h| h.1),
+                        "next_cheaper": t.next_cheaper,
+                        "next_safer": t.next_safer,
+                    })
+                });
                 serde_json::json!({
+                    "accuracy_target": target,
                     "label": b.label, "max_bops": b.max_bops, "max_size_bits": b.max_size_bits,
                     "bops": b.bops, "size_bits": b.size_bits,
                     "bops_frac_w8a8": b.bops as f64 / w8a8 as f64,
