@@ -94,6 +94,19 @@ mod erased {
     }
 }
 
+/// `"JSON"` or `"text"` when `bytes` look like a text file rather than a safetensors file
+/// (which starts with an 8-byte little-endian header length, whose high bytes are zero for any
+/// real header); None otherwise.
+fn text_kind(bytes: &[u8]) -> Option<&'static str> {
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace())?;
+    let looks_text = bytes.len() >= 8 && bytes[..8].iter().all(|b| b.is_ascii() && *b != 0);
+    match first {
+        b'{' | b'[' if looks_text => Some("JSON"),
+        _ if looks_text => Some("text"),
+        _ => None,
+    }
+}
+
 /// Reads a checkpoint. `expect_arch`: when given, a checkpoint of another architecture is an
 /// error (so `--arch resnet20` never silently loads a LeNet).
 ///
@@ -109,6 +122,13 @@ pub fn load(
         msg: m,
     };
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    if let Some(kind) = text_kind(&bytes) {
+        return Err(bad(format!(
+            "is a {kind} file, not a model checkpoint (a safetensors file written by `seernet \
+             train`, `finetune` or `compress`); pass a policy with --policy and a network with \
+             --network"
+        )));
+    }
     let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| {
         bad(format!(
             "not a readable safetensors file ({e}); it is corrupt or truncated"
@@ -120,6 +140,14 @@ pub fn load(
         ))
     })?;
     let meta = header.metadata().clone().unwrap_or_default();
+    if meta.contains_key(seer_int::format::META_KEY) {
+        return Err(bad(
+            "is an exported integer model (seer-int format), not a float checkpoint: run it \
+             with `seernet infer --model …`; its float twin is the `final/*.float.safetensors` \
+             file named in its provenance"
+                .into(),
+        ));
+    }
     let get = |k: &str| {
         meta.get(k)
             .ok_or_else(|| bad(format!("metadata key {k:?} is missing")))

@@ -237,6 +237,11 @@ fn bad_input_is_one_clear_line_and_nonzero_exit() {
             vec!["complexity", "--arch", "resnet20", "--policy", m],
             vec![m],
         ),
+        // Issue 17, case 9: a policy JSON passed as a model said "header too large".
+        (
+            vec!["eval", "--model", f],
+            vec![f, "is a JSON file, not a model checkpoint", "--policy"],
+        ),
         (
             vec![
                 "complexity",
@@ -484,6 +489,18 @@ fn infer_runs_exported_models_and_rejects_bad_input() {
         )
     };
     let ms = model.display().to_string();
+    // Issue 17, case 9: `seernet eval` on an exported model said `metadata key "format" is
+    // missing`; it now says what the file is and which command runs it.
+    let o = Command::new(env!("CARGO_BIN_EXE_seernet"))
+        .args(["eval", "--model", &ms])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("is an exported integer model") && err.contains("seernet infer"),
+        "{err}"
+    );
     let (rc, out, err) = infer(&["--model", &ms, "--dataset", "mnist", "--json"], &root);
     assert_eq!(rc, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
