@@ -355,6 +355,17 @@ fn resolve_budgets(
         })
         .collect::<Vec<_>>()
         .join(", ");
+    let mut limits = if limits.is_empty() {
+        "none".to_string()
+    } else {
+        limits
+    };
+    if let Some(p) = cfg.max_drop {
+        limits.push_str(&format!(
+            "; accuracy target {} (top-1 within {p} points of the baseline)",
+            super::target::label(p)
+        ));
+    }
     log.line(&format!(
         "search space: {} units, {} genes; w8a8 {} BOPs; budgets {limits}; sampling band {:.3e}..{:.3e} BOPs",
         space.units().len(),
