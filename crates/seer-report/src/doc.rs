@@ -396,9 +396,10 @@ fn accuracy_target_facts(
     };
     let mut f = vec![if t.reached_on_labels {
         format!(
-            "Accuracy target (max drop {} points): the cheapest labelled policy whose validation top-1 under the \
-             labelling protocol reached {:.2}% (the baseline's validation top-1 − {})",
-            t.max_drop, t.label_threshold, t.max_drop
+            "Accuracy target (max drop {} points): candidates were the labelled policies whose validation top-1 under the \
+             labelling protocol reached {:.2}% (the protocol's reference − {}), cheapest first; the first whose validation \
+             top-1 after the final fine-tune is within {} of the baseline's is taken",
+            t.max_drop, t.label_threshold, t.max_drop, t.max_drop
         )
     } else {
         format!(
@@ -422,6 +423,22 @@ fn accuracy_target_facts(
         }
         None => "Test split: not measured, so whether the target held is unknown".into(),
     });
+    for (k, tr) in t.tried.iter().enumerate() {
+        f.push(format!(
+            "Final fine-tune {} of {}: {} BOPs{}, label {:.2}%, validation top-1 {:.2}% after the final fine-tune \
+             (drop {:.2} vs the baseline's {:.2}%): {}; test top-1 {:.2}%",
+            k + 1,
+            t.tried.len(),
+            fmt::si(tr.bops),
+            share(tr.bops),
+            tr.label_val_top1,
+            tr.final_val_top1,
+            t.reference_val_top1 - tr.final_val_top1,
+            t.reference_val_top1,
+            if tr.accepted { "accepted" } else { "rejected" },
+            tr.test_top1
+        ));
+    }
     f.push(match &t.next_cheaper {
         Some(a) => format!(
             "Next cheaper labelled policy: {} BOPs{}, {}, validation top-1 {:.2}% (below the threshold)",

@@ -209,8 +209,16 @@ pub struct AccuracyTarget {
     pub max_drop: f64,
     /// Full-precision test top-1 the drop is measured from (%).
     pub reference_test_top1: f64,
-    /// Validation top-1 a label had to reach: the baseline's validation top-1 − P (%).
+    /// Full-precision validation top-1: a fine-tuned candidate is accepted when its
+    /// validation top-1 is at most P below it (%).
+    #[serde(default)]
+    pub reference_val_top1: f64,
+    /// Validation top-1 a label had to reach to become a candidate: the labelling protocol's
+    /// own reference (the unpruned w8a8 label, at most the baseline's validation top-1) − P (%).
     pub label_threshold: f64,
+    /// The candidates given the final fine-tune, cheapest first, until one was accepted.
+    #[serde(default)]
+    pub tried: Vec<Tried>,
     /// Whether some labelled policy reached the threshold (if none did, the chosen policy is
     /// the most accurate labelled one).
     pub reached_on_labels: bool,
@@ -226,6 +234,21 @@ impl AccuracyTarget {
         let drop = self.reference_test_top1 - measured;
         (drop, drop <= self.max_drop)
     }
+}
+
+/// A candidate of an accuracy target after its final fine-tune.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Tried {
+    /// Its BOPs.
+    pub bops: u64,
+    /// Its label: validation top-1 after the short fine-tune (%).
+    pub label_val_top1: f64,
+    /// Validation top-1 after the final fine-tune (%): what accepted or rejected it.
+    pub final_val_top1: f64,
+    /// Test top-1 after the final fine-tune (%): reported, never used to choose.
+    pub test_top1: f64,
+    /// Whether its validation drop was within P.
+    pub accepted: bool,
 }
 
 /// A labelled policy offered as an alternative to the chosen one.

@@ -31,6 +31,9 @@ pub(super) struct Chosen {
     pub(super) label_top1: Option<f64>,
     /// The accuracy target it answers (`--max-drop`), when it is one.
     pub(super) target: Option<report::AccuracyTarget>,
+    /// For an accuracy target: the safer candidates to fine-tune in turn if this one's
+    /// validation drop exceeds the target (cheapest first; see `pipeline::target`).
+    pub(super) safer: Vec<Chosen>,
 }
 
 /// The choice per budget and the predicted front.
@@ -170,11 +173,24 @@ impl Run<'_> {
         t: &super::target::Target,
         fitted: &Fitted,
     ) -> Result<Option<Chosen>> {
-        let Some((i, info)) = self.choose_target(t, fitted) else {
+        let Some((ladder, info)) = self.choose_target(t, fitted) else {
             return Ok(None);
         };
+        let i = ladder[0];
         let r = &fitted.recs[i];
         let (found, from) = self.labelled(&self.planned[i].clone(), r, fitted)?;
+        let mut safer = Vec::new();
+        for &j in &ladder[1..] {
+            let (f, from) = self.labelled(&self.planned[j].clone(), &fitted.recs[j], fitted)?;
+            safer.push(Chosen {
+                budget: t.budget.clone(),
+                found: f,
+                from,
+                label_top1: Some(fitted.recs[j].top1),
+                target: Some(info.clone()),
+                safer: Vec::new(),
+            });
+        }
         self.log.line(&format!(
             "{}: {} (validation top-1 {:.2}% vs threshold {:.2}% = baseline {:.2}% − {})",
             t.budget.label,
@@ -189,8 +205,9 @@ impl Run<'_> {
             t.max_drop
         ));
         let top1 = r.top1;
-        self.save_choice(t.budget.clone(), found, from, Some(top1), Some(info))
-            .map(Some)
+        let mut c = self.save_choice(t.budget.clone(), found, from, Some(top1), Some(info))?;
+        c.safer = safer;
+        Ok(Some(c))
     }
 
     /// Writes the choice for budget `b` to `policy-<label>.json` and logs it.
@@ -224,6 +241,7 @@ impl Run<'_> {
             from,
             label_top1,
             target,
+            safer: Vec::new(),
         })
     }
 

@@ -3,10 +3,12 @@
 //! of the full-precision baseline — what Intel Neural Compressor (`tolerable_loss`), NNCF
 //! (`max_drop`) and AIMET (`allowed_accuracy_drop`) offer.
 //!
-//! The predictor proposes, labels decide, the final fine-tune reports: each verification round
-//! proposes, per pessimism κ, the cheapest barrier optimum whose μ − κσ reaches the threshold
-//! (bisection on the BOPs budget); the choice is the cheapest labelled policy whose validation
-//! top-1 reached it; the test split then says whether the drop held.
+//! The predictor proposes, labels shortlist, the final fine-tune decides on the validation split,
+//! the test split reports: each verification round proposes, per pessimism κ, the cheapest
+//! barrier optimum whose μ − κσ reaches the label threshold (bisection on the BOPs budget); the
+//! cheapest labelled policy that reached it and up to [`MAX_TRIES`] − 1 safer ones form a
+//! ladder; each is fine-tuned in turn until one's validation top-1 is within P of the
+//! baseline's; the test split then says whether the drop held.
 
 use seer_predictor::Predictor;
 
@@ -17,6 +19,9 @@ use crate::error::{Error, Result};
 use crate::report;
 use crate::search::{Found, Method, SearchOptions, find_policy};
 
+/// Final fine-tunes an accuracy target may spend walking up its ladder of candidates.
+pub const MAX_TRIES: usize = 3;
+
 /// Bisection steps on the log-BOPs budget (2^-14 of the log range: well below one policy's
 /// BOPs step).
 const BISECTION_STEPS: usize = 14;
@@ -26,11 +31,14 @@ const BISECTION_STEPS: usize = 14;
 pub(super) struct Target {
     /// Largest allowed drop P (top-1 points).
     pub(super) max_drop: f64,
-    /// Validation top-1 a label must reach: the baseline's validation top-1 − P. Labels come
-    /// from a short fine-tune and the final model from a long one, so a policy that reaches it
-    /// on a label usually does better after the final fine-tune: the threshold errs on the safe
-    /// side.
+    /// Validation top-1 a label must reach to be a candidate: the labelling protocol's own
+    /// reference − P. The reference is the label of the unpruned uniform policy with the most
+    /// bits (w8a8), capped at the baseline's validation top-1: the short labelling fine-tune
+    /// costs even a near-lossless policy some accuracy, which the long final fine-tune
+    /// recovers, so labels are compared with what the protocol gives such a policy.
     pub(super) threshold: f64,
+    /// The baseline's validation top-1: a fine-tuned candidate is accepted within P of it.
+    pub(super) reference_val: f64,
     /// The target as an unconstrained "budget" (no cost limit), labelled `max-drop-<P>`, so
     /// that the final fine-tune, export and report treat it like any budget.
     pub(super) budget: ResolvedBudget,
@@ -56,9 +64,17 @@ impl Run<'_> {
     /// The run's accuracy target, if `--max-drop` was given.
     pub(super) fn target(&self) -> Option<Target> {
         let p = self.cfg.max_drop?;
+        let reference = self
+            .uniform
+            .iter()
+            .filter(|u| u.prune == 0.0)
+            .max_by_key(|u| (u.wbits, u.abits))
+            .and_then(|u| self.store.get(&crate::store::policy_hash(&u.policy)))
+            .map_or(self.base.val_top1, |r| r.top1.min(self.base.val_top1));
         Some(Target {
             max_drop: p,
-            threshold: self.base.val_top1 - p,
+            threshold: reference - p,
+            reference_val: self.base.val_top1,
             budget: ResolvedBudget {
                 label: label(p),
                 kind: BudgetKind::MaxBops(self.budgets.dearest.bops),
@@ -115,15 +131,16 @@ impl Run<'_> {
         Ok(best)
     }
 
-    /// The target's choice among the planned labels: the cheapest whose validation top-1
+    /// The target's ladder among the planned labels: first the cheapest whose validation top-1
     /// reached the threshold (ties: the more accurate), else the most accurate (ties: the
-    /// cheaper); with the next cheaper and the next safer labelled policies for the report.
-    /// `None` when nothing is labelled.
+    /// cheaper); then each next safer one, up to [`MAX_TRIES`] in all. With the report's view
+    /// of the first (next cheaper and next safer labelled policies). `None` when nothing is
+    /// labelled.
     pub(super) fn choose_target(
         &self,
         t: &Target,
         fitted: &Fitted,
-    ) -> Option<(usize, report::AccuracyTarget)> {
+    ) -> Option<(Vec<usize>, report::AccuracyTarget)> {
         let recs = &fitted.recs;
         let points: Vec<(u64, f64)> = recs.iter().map(|r| (r.bops, r.top1)).collect();
         let p = pick(&points, t.threshold)?;
@@ -133,13 +150,21 @@ impl Run<'_> {
             label_val_top1: recs[i].top1,
         };
         let (next_cheaper, next_safer) = (p.next_cheaper.map(alt), p.next_safer.map(alt));
-        let (pick, reached) = (p.chosen, p.reached);
+        let reached = p.reached;
+        let mut ladder = vec![p.chosen];
+        let mut safer = p.next_safer;
+        while let Some(i) = safer.filter(|_| ladder.len() < MAX_TRIES) {
+            ladder.push(i);
+            safer = pick_safer(&points, i);
+        }
         Some((
-            pick,
+            ladder,
             report::AccuracyTarget {
                 max_drop: t.max_drop,
                 reference_test_top1: self.base.test_top1,
+                reference_val_top1: t.reference_val,
                 label_threshold: t.threshold,
+                tried: Vec::new(),
                 reached_on_labels: reached,
                 next_cheaper,
                 next_safer,
@@ -181,15 +206,26 @@ fn pick(points: &[(u64, f64)], threshold: f64) -> Option<Pick> {
         .filter(|&i| points[i].1 >= threshold)
         .min_by(cheaper_first);
     let chosen = reached.or_else(|| (0..n).max_by(more_accurate))?;
-    let (bops, top1) = points[chosen];
+    let bops = points[chosen].0;
     Some(Pick {
         chosen,
         reached: reached.is_some(),
         next_cheaper: (0..n).filter(|&i| points[i].0 < bops).max_by(more_accurate),
-        next_safer: (0..n)
-            .filter(|&i| points[i].0 > bops && points[i].1 > top1)
-            .min_by(cheaper_first),
+        next_safer: pick_safer(points, chosen),
     })
+}
+
+/// The cheapest point dearer and more accurate than point `i` (ties: the more accurate).
+fn pick_safer(points: &[(u64, f64)], i: usize) -> Option<usize> {
+    let (bops, top1) = points[i];
+    (0..points.len())
+        .filter(|&j| points[j].0 > bops && points[j].1 > top1)
+        .min_by(|&a, &b| {
+            points[a]
+                .0
+                .cmp(&points[b].0)
+                .then(points[b].1.total_cmp(&points[a].1))
+        })
 }
 
 #[cfg(test)]
@@ -227,6 +263,10 @@ mod tests {
             })
         );
         assert_eq!(pick(&[], 50.0), None);
+        // The ladder above the first candidate: 300 -> 400 -> 500 BOPs.
+        assert_eq!(pick_safer(&pts, 1), Some(4));
+        assert_eq!(pick_safer(&pts, 4), Some(3));
+        assert_eq!(pick_safer(&pts, 3), None);
     }
 
     #[test]
