@@ -45,7 +45,7 @@ slurm_start() {
   chmod 400 "$t/munge/munge.key"
   munged --foreground --force --key-file="$t/munge/munge.key" \
     --socket="$t/munge/munge.socket" --pid-file="$t/munge/munged.pid" \
-    --log-file="$t/log/munged.log" --seed-file="$t/munge/munged.seed" &
+    --log-file="$t/log/munged.log" --seed-file="$t/munge/munged.seed" >>"$t/log/munged.out" 2>&1 &
   SLURM_PIDS+=($!)
   for _ in $(seq 50); do [ -S "$t/munge/munge.socket" ] && break; sleep 0.1; done
   ctld_port=$(_free_port 16817)
@@ -81,9 +81,9 @@ NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
 CONF
   export SLURM_CONF="$t/slurm.conf"
-  slurmctld -D -f "$SLURM_CONF" &
+  slurmctld -D -f "$SLURM_CONF" >>"$t/log/slurmctld.out" 2>&1 &
   SLURM_PIDS+=($!)
-  slurmd -D -f "$SLURM_CONF" &
+  slurmd -D -f "$SLURM_CONF" >>"$t/log/slurmd.out" 2>&1 &
   SLURM_PIDS+=($!)
   for _ in $(seq 100); do
     if sinfo -h -o '%T' 2>/dev/null | grep -qx idle; then
@@ -100,6 +100,12 @@ CONF
 
 slurm_stop() {
   local i pid
+  # Jobs still queued or running: cancel them and give their steps a moment to end, so that no
+  # task outlives the cluster.
+  if [ -n "$SLURM_TMP" ] && [ -n "$(squeue -h -o %i 2>/dev/null)" ]; then
+    scancel --user="$(id -un)" 2>/dev/null || true
+    for _ in $(seq 75); do [ -z "$(squeue -h -o %i 2>/dev/null)" ] && break; sleep 0.2; done
+  fi
   for ((i = ${#SLURM_PIDS[@]} - 1; i >= 0; i--)); do
     pid=${SLURM_PIDS[$i]}
     kill "$pid" 2>/dev/null || true

@@ -55,6 +55,9 @@ pub fn run(a: K8sJobArgs) -> Result<()> {
     if a.labels_per_task == 0 {
         bail!("--labels-per-task must be at least 1");
     }
+    if a.parallelism == 0 {
+        bail!("--parallelism must be at least 1");
+    }
     let m = Manifest::load(&a.manifest)?;
     if m.entries.is_empty() {
         bail!("{}: the manifest lists no policy", a.manifest.display());
