@@ -152,6 +152,11 @@ pub fn task_script(command: &[String], manifest: &Path, shards: usize, results: 
     )
 }
 
+/// `1 policy`, `2 policies`.
+fn policies_n(n: usize) -> String {
+    format!("{n} polic{}", if n == 1 { "y" } else { "ies" })
+}
+
 /// What [`label_batch`] did.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct BatchReport {
@@ -266,9 +271,9 @@ pub fn label_batch(
             return Err(Error::Cluster {
                 batch: name.into(),
                 msg: format!(
-                    "{} of {n} policies still have no result after {} submission(s) (tasks {:?} \
+                    "{} of {n} still without a result after {} submission(s) (tasks {:?} \
                      of {shards}; policies {}); see the task logs in {}",
-                    pending.len(),
+                    policies_n(pending.len()),
                     attempt,
                     indices,
                     hashes.join(", "),
@@ -291,17 +296,17 @@ pub fn label_batch(
         rep.submissions += 1;
         if attempt == 0 {
             log(&format!(
-                "batch {name}: job {id} submitted: {} task(s) of {shards} for {} policies ({} per task)",
+                "batch {name}: job {id} submitted: {} task(s) of {shards} for {} ({} per task)",
                 indices.len(),
-                pending.len(),
+                policies_n(pending.len()),
                 batch.labels_per_task
             ));
         } else {
             log(&format!(
-                "batch {name}: {} task(s) left {} policies without a result (tasks {}): \
+                "batch {name}: {} task(s) left {} without a result (tasks {}): \
                  resubmitted as job {id} (retry {attempt} of {})",
                 indices.len(),
-                pending.len(),
+                policies_n(pending.len()),
                 slurm::array_spec(&indices, None),
                 batch.retries
             ));

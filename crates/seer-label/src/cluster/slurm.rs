@@ -129,7 +129,7 @@ pub fn parse_job_id(stdout: &str) -> Option<String> {
     (!id.is_empty() && id.chars().all(|c| c.is_ascii_digit())).then(|| id.to_string())
 }
 
-/// The distinct job ids of `squeue -h -o %A` output, in order.
+/// The distinct job ids of `squeue -h -o %F` output (the array job ids), in order.
 pub fn parse_squeue(stdout: &str) -> Vec<String> {
     let mut ids: Vec<String> = Vec::new();
     for l in stdout.lines().map(str::trim).filter(|l| !l.is_empty()) {
@@ -190,7 +190,7 @@ impl Scheduler for Slurm {
         let args = [
             "--noheader".to_string(),
             format!("--name={name}"),
-            "--format=%A".to_string(),
+            "--format=%F".to_string(),
         ];
         Ok(parse_squeue(&run(name, &self.settings.squeue, &args)?))
     }
@@ -246,6 +246,50 @@ mod tests {
         assert_eq!(parse_job_id(""), None);
         assert_eq!(parse_squeue("12\n12\n 13 \n\n12\n"), ["12", "13"]);
         assert!(parse_squeue("").is_empty());
+    }
+
+    /// The commands as run: `sbatch` gets [`sbatch_args`] and its job id is parsed, `squeue`
+    /// is asked by job name; a failing command is an error carrying its stderr.
+    #[cfg(unix)]
+    #[test]
+    fn runs_sbatch_and_squeue_commands() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let script = |name: &str, body: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+            p.display().to_string()
+        };
+        let args_file = dir.path().join("args");
+        let mut s = SlurmSettings::new("/opt/seernet");
+        s.sbatch = script(
+            "sbatch",
+            &format!("echo \"$@\" > {}; echo '42;cluster'", args_file.display()),
+        );
+        s.squeue = script(
+            "squeue",
+            "case \"$*\" in *--name=seernet-x-initial*%F*) echo 42; echo 42;; esac",
+        );
+        let mut slurm = Slurm::new(s.clone()).unwrap();
+        let req = ArrayRequest {
+            name: "seernet-x-initial",
+            indices: &[0, 1],
+            script: Path::new("/r/task.sh"),
+            log_dir: Path::new("/r/logs"),
+            workdir: Path::new("/r"),
+        };
+        assert_eq!(slurm.submit(&req).unwrap(), "42");
+        let seen = std::fs::read_to_string(&args_file).unwrap();
+        assert_eq!(seen.trim(), sbatch_args(&s, &req).join(" "));
+        assert_eq!(slurm.active("seernet-x-initial").unwrap(), ["42"]);
+        assert!(slurm.active("seernet-x-active-1").unwrap().is_empty());
+        s.sbatch = script(
+            "sbatch2",
+            "echo 'sbatch: error: invalid partition' >&2; exit 1",
+        );
+        let e = Slurm::new(s).unwrap().submit(&req).unwrap_err().to_string();
+        assert!(e.contains("invalid partition"), "{e}");
     }
 
     #[test]

@@ -293,7 +293,7 @@ fn retries_are_bounded_and_nothing_submitted_when_all_is_stored() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("1 of 9 policies still have no result after 3 submission(s)")
+        e.contains("1 policy of 9 still without a result after 3 submission(s)")
             && e.contains("tasks [5]")
             && e.contains("logs"),
         "{e}"
