@@ -68,7 +68,7 @@ pub trait Scheduler {
 const POLL_FAILURES: usize = 5;
 
 /// Blocks until no job named `name` is pending or running. Err(Cluster) after
-/// [`POLL_FAILURES`] polls in a row failed.
+/// 5 polls in a row failed (the controller may restart or be busy meanwhile).
 pub fn wait(sched: &mut dyn Scheduler, name: &str, log: &mut dyn FnMut(&str)) -> Result<()> {
     let mut failures = 0;
     loop {
