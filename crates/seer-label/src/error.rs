@@ -86,6 +86,25 @@ pub enum Error {
         #[source]
         err: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A cluster scheduler refused or failed a labelling batch, or its tasks left policies
+    /// without a result after the retries.
+    #[error("cluster batch {batch}: {msg}")]
+    Cluster {
+        /// The batch (`initial`, `active-1`, ...) or job name.
+        batch: String,
+        /// What went wrong, with the scheduler's message.
+        msg: String,
+    },
+    /// Another driver holds the run directory's lock.
+    #[error(
+        "run directory lock {path} is held by another driver ({holder}); stop that driver, or remove the file if it is no longer running"
+    )]
+    RunLocked {
+        /// The lock file.
+        path: String,
+        /// Who holds it.
+        holder: String,
+    },
     /// An error of the policy layer (a policy outside the search space, ...), kept as
     /// `source()`.
     #[error("policy")]

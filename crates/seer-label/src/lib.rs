@@ -11,6 +11,9 @@
 //! - [`manifest`]: **shard manifests** for labelling on a cluster: a list of policies under one
 //!   protocol, `--shard I/N` slicing ([`ShardSpec`], index from Slurm or Kubernetes), one
 //!   atomic result file per policy ([`run_shard`]) and [`merge_results`] into a store.
+//! - [`cluster`]: **cluster batches**: a batch of policies labelled as one Slurm job array
+//!   (submit, wait, resubmit unfinished tasks, merge in order), the run directory's driver
+//!   lock, and Kubernetes Indexed Job rendering.
 //!
 //! Errors are one enum, [`Error`]. Long steps (each label) run inside `tracing` spans.
 //!
@@ -43,6 +46,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod cluster;
 mod error;
 pub mod manifest;
 pub mod store;

@@ -38,6 +38,8 @@ enum Command {
     Pareto(cli::search::ParetoArgs),
     /// Label one shard of a manifest of policies (fine-tune + validation top-1), one file per policy.
     Label(cli::label::LabelArgs),
+    /// Print a Kubernetes Indexed Job that labels a manifest's shards (one pod per index).
+    K8sJob(cli::k8s_job::K8sJobArgs),
     /// Write a manifest of policies to label under one protocol (for `label --shard`).
     Manifest(cli::manifest::ManifestArgs),
     /// Run an exported model on a dataset split on the integer engine; compare with fake-quant.
@@ -69,6 +71,7 @@ fn main() {
         Command::Pareto(a) => cli::search::run_pareto(a),
         Command::Label(a) => cli::label::run(a),
         Command::Manifest(a) => cli::manifest::run(a),
+        Command::K8sJob(a) => cli::k8s_job::run(a),
         Command::Infer(a) => cli::infer::run(a),
         Command::Export(a) => cli::export::run(a),
     };

@@ -839,3 +839,123 @@ fn predict_and_search_warn_when_the_prediction_extrapolates() {
         "{err}"
     );
 }
+
+/// Issue 19: `seernet k8s-job` prints an Indexed Job over a manifest (completions = ⌈policies /
+/// labels per task⌉, each pod the manifest's shard command); bad input is refused.
+#[test]
+fn k8s_job_renders_an_indexed_job_for_a_manifest() {
+    use seernet::manifest::Manifest;
+    use seernet::policy::{SearchSpace, SpaceConfig, builtin};
+    use seernet::store::Protocol;
+    let space = SearchSpace::new(
+        builtin("lenet5", None, None).unwrap(),
+        SpaceConfig::default(),
+    )
+    .unwrap();
+    let protocol = Protocol::for_space(&space, "fashion-mnist", "split0", "base0", 30, 64, 0.01, 0);
+    let pols: Vec<_> = [2, 3, 4, 6, 8]
+        .iter()
+        .map(|&b| space.uniform(b, b, 0.0).unwrap())
+        .collect();
+    let td = tempfile::tempdir().unwrap();
+    let m = td.path().join("M.jsonl");
+    Manifest::new(protocol, pols).unwrap().save(&m).unwrap();
+    let ms = m.to_str().unwrap();
+    let base = [
+        "k8s-job",
+        "--manifest",
+        ms,
+        "--image",
+        "reg.example/seernet:1",
+        "--parallelism",
+        "2",
+        "--model",
+        "/data/b.safetensors",
+    ];
+    let args: Vec<&str> = base
+        .iter()
+        .copied()
+        .chain(["--labels-per-task", "2", "--claim", "runs"])
+        .collect();
+    let (rc, out, err) = seernet(&args);
+    assert_eq!(rc, 0, "{err}");
+    let results = td.path().join("results");
+    for want in [
+        "kind: Job".to_string(),
+        "completionMode: Indexed".into(),
+        "completions: 3".into(),
+        "parallelism: 2".into(),
+        "backoffLimit: 6".into(),
+        "image: \"reg.example/seernet:1\"".into(),
+        format!(
+            "command: [\"seernet\", \"label\", \"--manifest\", \"{ms}\", \"--shard\", \"/3\", \
+             \"--out\", \"{}\", \"--model\", \"/data/b.safetensors\"]",
+            results.display()
+        ),
+        "claimName: \"runs\"".into(),
+        "mountPath: \"/data\"".into(),
+    ] {
+        assert!(out.contains(&want), "missing {want:?} in\n{out}");
+    }
+    assert!(out.contains("name: \"seernet-label-"), "{out}");
+    // One label per pod (the default): 5 completions.
+    let (rc, out, _) = seernet(&base);
+    assert_eq!(rc, 0);
+    assert!(
+        out.contains("completions: 5") && !out.contains("volumes"),
+        "{out}"
+    );
+    for (extra, needle) in [
+        (vec!["--labels-per-task", "0"], "at least 1"),
+        (vec!["--name", "Bad_Name"], "DNS-1123"),
+    ] {
+        let args: Vec<&str> = base.iter().copied().chain(extra).collect();
+        let (rc, _, err) = seernet(&args);
+        assert_ne!(rc, 0);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    let zero: Vec<&str> = base
+        .iter()
+        .map(|&a| if a == "2" { "0" } else { a })
+        .collect();
+    let (rc, _, err) = seernet(&zero);
+    assert_ne!(rc, 0);
+    assert!(err.contains("--parallelism must be at least 1"), "{err}");
+}
+
+/// Issue 19: Slurm options need `--executor slurm`, and bad values are refused before anything
+/// is written.
+#[test]
+fn compress_refuses_slurm_options_without_the_slurm_executor() {
+    let td = tempfile::tempdir().unwrap();
+    let out = td.path().join("run");
+    let o = out.to_str().unwrap();
+    for (args, needle) in [
+        (
+            vec!["--slurm-partition", "debug"],
+            "--slurm-partition needs --executor slurm",
+        ),
+        (
+            vec!["--labels-per-task", "3"],
+            "--labels-per-task needs --executor slurm",
+        ),
+        (
+            vec!["--executor", "slurm", "--labels-per-task", "0"],
+            "--labels-per-task must be at least 1",
+        ),
+        (
+            vec!["--executor", "slurm", "--slurm-poll", "0"],
+            "--slurm-poll 0",
+        ),
+        (vec!["--executor", "pbs"], "invalid value 'pbs'"),
+    ] {
+        let all: Vec<&str> = ["compress", "--quick", "--out", o]
+            .into_iter()
+            .chain(args.iter().copied())
+            .collect();
+        let (rc, _, err) = seernet(&all);
+        assert_ne!(rc, 0, "{args:?}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!out.exists(), "{args:?}: nothing is written");
+    }
+}

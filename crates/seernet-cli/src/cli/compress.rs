@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use super::budget_args::BudgetArgs;
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use seernet::pipeline::{Acquisition, Config, run_with};
+use seernet::label::cluster::SlurmSettings;
+use seernet::pipeline::{Acquisition, Config, Executor, run_with};
 
 /// Arguments of `seernet compress`.
 #[derive(Args, Debug)]
@@ -84,6 +85,84 @@ pub struct CompressArgs {
     /// Print the run summary as one JSON object.
     #[arg(long)]
     json: bool,
+    /// Where labels are computed: `local` (this process) or `slurm` (every labelling batch as
+    /// one job array of `seernet label` tasks; the run directory, the baseline and the data
+    /// root must be on a filesystem the nodes share: docs/cluster.md).
+    #[arg(long, default_value = "local", value_parser = ["local", "slurm"])]
+    executor: String,
+    /// Slurm partition of the job arrays [default: the cluster's default].
+    #[arg(long, value_name = "NAME")]
+    slurm_partition: Option<String>,
+    /// At most K array tasks at a time (`--array=0-(N-1)%K`) [default: no limit].
+    #[arg(long, value_name = "K")]
+    slurm_max_parallel: Option<usize>,
+    /// Further sbatch arguments, split at white space and passed through (e.g.
+    /// "--time=30 --mem=4G").
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    slurm_extra: Option<String>,
+    /// Resubmissions of a batch's unfinished array tasks before the run fails.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    slurm_retries: usize,
+    /// Seconds between two squeue polls.
+    #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
+    slurm_poll: f64,
+    /// The seernet binary the array tasks run [default: this one].
+    #[arg(long, value_name = "FILE")]
+    slurm_program: Option<PathBuf>,
+    /// Labels per array task (with --executor slurm): a batch of n labels is ⌈n / this⌉ tasks.
+    #[arg(long, default_value_t = 1, value_name = "L")]
+    labels_per_task: usize,
+}
+
+/// The executor of `a`: local, or Slurm with its settings. Err for Slurm options without
+/// `--executor slurm` and for invalid values.
+fn executor(a: &CompressArgs) -> Result<Executor> {
+    if a.executor == "local" {
+        let given = [
+            ("--slurm-partition", a.slurm_partition.is_some()),
+            ("--slurm-max-parallel", a.slurm_max_parallel.is_some()),
+            ("--slurm-extra", a.slurm_extra.is_some()),
+            ("--slurm-program", a.slurm_program.is_some()),
+            ("--labels-per-task", a.labels_per_task != 1),
+        ];
+        if let Some((flag, _)) = given.iter().find(|(_, g)| *g) {
+            bail!("{flag} needs --executor slurm");
+        }
+        return Ok(Executor::Local);
+    }
+    let program =
+        match &a.slurm_program {
+            Some(p) => std::path::absolute(p)
+                .with_context(|| format!("--slurm-program {}", p.display()))?,
+            None => std::env::current_exe()
+                .context("locating this seernet binary for the array tasks")?,
+        };
+    let mut s = SlurmSettings::new(program);
+    s.partition = a.slurm_partition.clone();
+    s.max_parallel = a.slurm_max_parallel;
+    s.extra = a
+        .slurm_extra
+        .as_deref()
+        .unwrap_or("")
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    s.labels_per_task = a.labels_per_task;
+    s.retries = a.slurm_retries;
+    s.poll_seconds = a.slurm_poll;
+    if a.labels_per_task == 0 {
+        bail!("--labels-per-task must be at least 1");
+    }
+    if a.slurm_max_parallel == Some(0) {
+        bail!("--slurm-max-parallel must be at least 1");
+    }
+    if !(a.slurm_poll.is_finite() && a.slurm_poll > 0.0) {
+        bail!(
+            "--slurm-poll {}: give a positive number of seconds",
+            a.slurm_poll
+        );
+    }
+    Ok(Executor::Slurm(s))
 }
 
 /// The committed baseline `assets/baselines/<arch>-<dataset>.safetensors`, looked up in the
@@ -99,6 +178,7 @@ fn committed_baseline(arch: &str, dataset: &str) -> Option<PathBuf> {
 
 /// Runs `seernet compress`.
 pub fn run_cmd(a: CompressArgs) -> Result<()> {
+    let exec = executor(&a)?;
     let mut cfg = if a.quick {
         Config::quick(a.out.clone())
     } else {
@@ -160,6 +240,7 @@ pub fn run_cmd(a: CompressArgs) -> Result<()> {
             cfg.n0
         );
     }
+    cfg.executor = exec;
     cfg.command = Some(std::env::args().collect::<Vec<_>>().join(" "));
     on_interrupt(cfg.out_dir.clone());
     let s = run_with(&cfg, &mut super::progress::Bars::default())

@@ -7,6 +7,7 @@ pub mod eval;
 pub mod export;
 pub mod finetune;
 pub mod infer;
+pub mod k8s_job;
 pub mod label;
 pub mod manifest;
 pub mod merge;

@@ -18,6 +18,10 @@
 //! 8. the report and `summary.json` (`report`).
 //!
 //! # Run directory
+//! - `driver.lock` — held while a driver runs (PID and host): a second driver on the same
+//!   directory is refused; a lock whose process is gone is taken over.
+//! - `cluster/<batch>/` — with the Slurm executor: each batch's manifest, task script, result
+//!   files and task logs ([`crate::label::cluster`]).
 //! - `labels.jsonl` — the durable label store ([`crate::store`]); a killed run (`kill -9`
 //!   included) started again with the same arguments resumes without recomputing a label.
 //! - `baseline.safetensors` — only when no baseline checkpoint was given (trained here).
@@ -59,6 +63,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::budget::{Budget, ResolvedBudget};
 use crate::error::Result;
+use crate::label::cluster::{RunLock, SlurmSettings};
 use crate::labeler::Labeler;
 use crate::report;
 use crate::store::{LabelStore, Protocol};
@@ -121,6 +126,24 @@ pub struct Config {
     pub progress: bool,
     /// The command line, for the report.
     pub command: Option<String>,
+    /// Where the labels are computed: in this process, or as Slurm job arrays.
+    pub executor: Executor,
+}
+
+/// Where a run computes its labels. Both give the same labels in the same store order (the
+/// label of a policy depends only on the protocol and the policy's seed, and a cluster batch is
+/// merged in plan order); only the wall times in the records differ.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Executor {
+    /// One label after another in this process (the default).
+    #[default]
+    Local,
+    /// Every labelling batch (the initial set, the anchors, each active and each verification
+    /// round) as one Slurm job array of `seernet label --shard` tasks
+    /// ([`crate::label::cluster`]); the run directory, the baseline and the data root must be
+    /// on a filesystem every node sees at the same path (docs/cluster.md).
+    Slurm(SlurmSettings),
 }
 
 impl Config {
@@ -164,6 +187,7 @@ impl Config {
             max_drop: None,
             progress: true,
             command: None,
+            executor: Executor::Local,
         }
     }
 
@@ -262,6 +286,8 @@ struct Run<'a> {
     origin: HashMap<Vec<usize>, String>,
     /// Labels computed by this invocation (the rest were found in the store).
     computed: usize,
+    /// The run directory's driver lock, held until the run ends.
+    _lock: RunLock,
 }
 
 /// The baseline checkpoint and its figures.

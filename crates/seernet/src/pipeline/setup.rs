@@ -15,6 +15,7 @@ use super::timings::Timings;
 use super::{Baseline, Budgets, Config, Progress, Run, RunLog, Stream, Uniform};
 use crate::budget::{BudgetKind, ResolvedBudget};
 use crate::error::{Error, Result};
+use crate::label::cluster::{RunLock, SlurmSettings};
 use crate::labeler::{LabelSettings, Labeler};
 use crate::store::{LabelStore, Protocol};
 
@@ -45,6 +46,7 @@ impl<'a> Run<'a> {
         check(cfg)?;
         let out = cfg.out_dir.clone();
         std::fs::create_dir_all(&out).map_err(|e| io_err(&out, e))?;
+        let (lock, stale) = RunLock::acquire(&out)?;
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -56,6 +58,22 @@ impl<'a> Run<'a> {
             cfg.command.as_deref().unwrap_or("(library call)"),
             out.display()
         ));
+        if let Some(h) = stale {
+            log.line(&format!(
+                "took over the driver lock of a driver that is gone ({h})"
+            ));
+        }
+        if let super::Executor::Slurm(s) = &cfg.executor {
+            log.line(&format!(
+                "executor: slurm ({} label(s) per array task, at most {} task(s) at a time, {} \
+                 retries; tasks run {})",
+                s.labels_per_task,
+                s.max_parallel
+                    .map_or_else(|| "unlimited".to_string(), |k| k.to_string()),
+                s.retries,
+                s.program.display()
+            ));
+        }
         let mut timings = Timings::open(&out, started);
         let t = Instant::now();
         let dname = DatasetName::parse(&cfg.dataset)?;
@@ -115,6 +133,7 @@ impl<'a> Run<'a> {
             planned: Vec::new(),
             origin: HashMap::new(),
             computed: 0,
+            _lock: lock,
         })
     }
 }
@@ -125,6 +144,9 @@ fn check(cfg: &Config) -> Result<()> {
         super::target::check_max_drop(p)?;
     } else if cfg.budgets.is_empty() {
         return Err(seer_policy::Error::NoBudget.into());
+    }
+    if let super::Executor::Slurm(s) = &cfg.executor {
+        SlurmSettings::check(s)?;
     }
     if cfg.n0 < 4 {
         return Err(Error::Config {

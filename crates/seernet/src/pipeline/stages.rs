@@ -3,13 +3,16 @@
 //! barrier search for a budget).
 
 use std::collections::HashSet;
+use std::path::Path;
 use std::time::Instant;
 
+use seer_policy::Policy;
 use seer_predictor::Predictor;
 
-use super::{Run, Stream, sampling};
+use super::{Executor, Run, Stream, sampling};
 use crate::budget::ResolvedBudget;
 use crate::error::{Error, Result};
+use crate::label::cluster::{self, SlurmSettings};
 use crate::search::{Found, Method, SearchOptions, find_policy};
 use crate::store::{LabelRecord, label_missing, policy_hash};
 
@@ -21,14 +24,19 @@ impl Run<'_> {
 
     /// Labels the policies of `rows` that the store lacks (one label each, stored as it
     /// finishes) and counts them in [`Run::computed`]; policies already stored only advance the
-    /// progress. Errors: the label store's and the labeller's, as [`Error::Label`].
-    fn label_batch(&mut self, rows: &[Vec<usize>]) -> Result<()> {
-        let _span = tracing::info_span!("label_batch", policies = rows.len()).entered();
+    /// progress. With the Slurm executor the batch runs as one job array named after `batch`
+    /// ([`Run::label_batch_slurm`]). Errors: the label store's and the labeller's (or the
+    /// scheduler's), as [`Error::Label`].
+    fn label_batch(&mut self, batch: &str, rows: &[Vec<usize>]) -> Result<()> {
+        let _span = tracing::info_span!("label_batch", batch, policies = rows.len()).entered();
         let pols = sampling::policies(&self.space, rows)?;
         for p in &pols {
             if self.store.contains(&policy_hash(p)) {
                 self.log.inc(1);
             }
+        }
+        if let Executor::Slurm(settings) = &self.cfg.executor {
+            return self.label_batch_slurm(batch, &pols, settings);
         }
         let (space, labeler, log) = (&self.space, &self.labeler, &mut self.log);
         let w8a8 = self.budgets.w8a8;
@@ -49,6 +57,66 @@ impl Run<'_> {
             Ok::<_, Error>(m)
         })?;
         self.computed += rep.labelled;
+        Ok(())
+    }
+
+    /// [`Run::label_batch`] on Slurm: the policies the store lacks become the manifest of
+    /// `<run>/cluster/<batch>/`, labelled by one job array of `seernet label` tasks
+    /// ([`cluster::label_batch`]); the results are merged in plan order and logged like local
+    /// labels. Paths handed to the tasks are absolute.
+    fn label_batch_slurm(
+        &mut self,
+        batch: &str,
+        pols: &[Policy],
+        settings: &SlurmSettings,
+    ) -> Result<()> {
+        let abs = |p: &Path| {
+            std::path::absolute(p).map_err(|e| Error::Io {
+                path: p.display().to_string(),
+                err: e,
+            })
+        };
+        let out = abs(&self.out)?;
+        let spec = cluster::Batch {
+            label: batch.into(),
+            dir: out.join("cluster").join(batch),
+            job_name: cluster::job_name(&out, batch),
+            command: vec![
+                settings.program.display().to_string(),
+                "label".into(),
+                "--model".into(),
+                abs(&self.base.path)?.display().to_string(),
+            ],
+            workdir: out.clone(),
+            labels_per_task: settings.labels_per_task,
+            retries: settings.retries,
+        };
+        let mut sched = cluster::Slurm::new(settings.clone())?;
+        let log = &mut self.log;
+        let rep = cluster::label_batch(
+            &mut self.store,
+            &self.space,
+            pols,
+            &spec,
+            &mut sched,
+            &mut |l| log.line(l),
+        )?;
+        let w8a8 = self.budgets.w8a8;
+        for r in &rep.merged {
+            self.log.inc(1);
+            self.log.line(&format!(
+                "label {}: {} BOPs ({:.1}% of w8a8), val top-1 {:.2}% in {:.1} s (slurm)",
+                r.hash,
+                r.bops,
+                100.0 * r.bops as f64 / w8a8 as f64,
+                r.top1,
+                r.seconds
+            ));
+        }
+        if let Some(r) = rep.merged.last() {
+            self.log.message(&format!("last {:.2}%", r.top1));
+        }
+        self.computed += rep.merged.len();
         Ok(())
     }
 
@@ -106,7 +174,7 @@ impl Run<'_> {
             "initial set: {} policies stratified over log-BOPs",
             initial.len()
         ));
-        self.label_batch(&initial)?;
+        self.label_batch("initial", &initial)?;
         for i in &initial {
             self.origin
                 .insert(i.clone(), "initial stratified set".into());
@@ -124,7 +192,7 @@ impl Run<'_> {
             "uniform anchors: {} uniform policies (the uniform baselines of the budgets)",
             rows.len()
         ));
-        self.label_batch(&rows)?;
+        self.label_batch("anchors", &rows)?;
         for (i, name) in anchors {
             self.origin.entry(i).or_insert(name);
         }
@@ -171,7 +239,7 @@ impl Run<'_> {
             rows.len(),
             cfg.acquisition
         ));
-        self.label_batch(&rows)?;
+        self.label_batch(&format!("active-{}", r + 1), &rows)?;
         for i in &rows {
             self.origin.insert(
                 i.clone(),
@@ -236,7 +304,7 @@ impl Run<'_> {
             cfg.kappas
         ));
         self.log.add_total(rows.len() as u64);
-        self.label_batch(&rows)?;
+        self.label_batch(&format!("verify-{}", v + 1), &rows)?;
         self.planned.extend(rows);
         Ok(())
     }
