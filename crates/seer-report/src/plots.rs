@@ -225,6 +225,7 @@ pub(crate) fn top1_plot(r: &RunReport) -> Result<Option<Top1Plot>> {
             .configure_mesh()
             .x_desc("BOPs (log scale)")
             .y_desc("top-1 (%)")
+            .x_labels(8)
             .x_label_formatter(&|x| fmt::si(x.round() as u64))
             .light_line_style(WHITE.mix(0.0))
             .draw()
@@ -305,9 +306,13 @@ pub(crate) fn top1_plot(r: &RunReport) -> Result<Option<Top1Plot>> {
                 .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], FRONT.stroke_width(2)));
             let below: Vec<(f64, f64)> = f.iter().copied().filter(|p| p.0 <= lab_lo).collect();
             let above: Vec<(f64, f64)> = f.iter().copied().filter(|p| p.0 >= lab_hi).collect();
-            if below.len() + above.len() > 0 && !r.labels.is_empty() {
-                for part in [below, above] {
-                    if part.len() >= 2 {
+            let parts: Vec<Vec<(f64, f64)>> = [below, above]
+                .into_iter()
+                .filter(|p| p.len() >= 2 && !r.labels.is_empty())
+                .collect();
+            if !parts.is_empty() {
+                for part in parts {
+                    {
                         chart
                             .draw_series(DashedLineSeries::new(
                                 part,
