@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use seer_nn::data::{self, Augment, DatasetName};
+use seer_nn::data::{self, DatasetName};
 use seer_nn::{checkpoint, train};
 use seer_policy::{Policy, SearchSpace};
 
@@ -75,10 +75,7 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
         batch_size: a.batch_size,
         lr: a.lr,
         seed: a.seed,
-        augment: Some(Augment {
-            pad: name.crop_padding(),
-            hflip: name.allows_hflip(),
-        }),
+        augment: seer_nn::labeler::finetune_augment(&info.info, name),
         ..train::TrainConfig::default()
     };
     let pb = progress_bar(a.steps as u64, "finetune");

@@ -6,7 +6,6 @@ use std::path::Path;
 use std::time::Instant;
 
 use candle_core::Device;
-use seer_nn::data::Augment;
 use seer_nn::model::Model;
 use seer_nn::{checkpoint, train};
 use seer_policy::Policy;
@@ -263,16 +262,14 @@ impl Run<'_> {
     fn finetune(&mut self, policy: &Policy, hash: &str, seed: u64) -> Result<Model> {
         let _span = tracing::info_span!("finetune", policy = hash, seed).entered();
         let cfg = self.cfg;
-        let (mut model, _) = checkpoint::load(&self.base.path, None, &Device::Cpu)?;
+        let (mut model, info) = checkpoint::load(&self.base.path, None, &Device::Cpu)?;
         let tc = train::TrainConfig {
             steps: Some(cfg.final_steps),
             batch_size: cfg.batch_size,
             lr: cfg.lr,
             seed,
-            augment: Some(Augment {
-                pad: self.dname.crop_padding(),
-                hflip: self.dname.allows_hflip(),
-            }),
+            // As the labels: the baseline's own augmentation (docs/method.md §3).
+            augment: seer_nn::labeler::finetune_augment(&info.info, self.dname),
             ..train::TrainConfig::default()
         };
         let log = &mut self.log;
