@@ -398,7 +398,7 @@ fn accuracy_target_facts(
         format!(
             "Accuracy target (max drop {} points): candidates were the labelled policies whose validation top-1 under the \
              labelling protocol reached {:.2}% (the protocol's reference − {}), cheapest first; the first whose validation \
-             top-1 after the final fine-tune is within {} of the baseline's is taken",
+             top-1 after the final fine-tune, less one standard error of it, is within {} of the baseline's is taken",
             t.max_drop, t.label_threshold, t.max_drop, t.max_drop
         )
     } else {

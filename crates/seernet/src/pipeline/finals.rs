@@ -129,15 +129,22 @@ impl Run<'_> {
             }
             let r = self.final_run(&cand.found.policy, Some((path, None)))?;
             let val = r.top1_val.unwrap_or(f64::NAN);
-            let ok = t.reference_val_top1 - val <= t.max_drop;
+            // The validation split's own sampling error as a safety margin: one standard
+            // error of the candidate's top-1 on `n` images (binomial, in points). Without it a
+            // candidate at 0.68 points on validation landed 1.02 below on test (P = 1).
+            let n = self.splits.val.len().max(1) as f64;
+            let a = (val / 100.0).clamp(0.0, 1.0);
+            let margin = 100.0 * (a * (1.0 - a) / n).sqrt();
+            let ok = t.reference_val_top1 - val + margin <= t.max_drop;
             self.log.line(&format!(
                 "{} try {}/{}: {} BOPs, validation top-1 {val:.2}% after the final fine-tune \
-                 (baseline {:.2}%): {}",
+                 (baseline {:.2}%; drop {:.2} + {margin:.2} standard error): {}",
                 cand.budget.label,
                 k + 1,
                 ladder.len(),
                 cand.found.bops,
                 t.reference_val_top1,
+                t.reference_val_top1 - val,
                 if ok {
                     "within the allowed drop, accepted"
                 } else {
