@@ -135,11 +135,20 @@ pub fn network_spec(data: &[u8]) -> bool {
     true
 }
 
-/// Label-store files (checksummed JSON lines). For a store that parses: every record
-/// re-serialises to a line that parses back equal; the store cut at three points after its
-/// header (torn writes) still parses, to a prefix of its records; its record lines in
-/// reverse order (the same labels appended in another order) parse to the same policies.
+/// Label-store files (checksummed JSON lines). Every line after the first, given a correct
+/// checksum (so that mutations reach the record parser behind it), parses to a record that
+/// re-serialises to a line that parses back equal, or is refused. For a store that parses:
+/// every record round-trips the same way; the store cut at three points after its header
+/// (torn writes) still parses, to a prefix of its records; its record lines in reverse order
+/// (the same labels appended in another order) parse to the same policies.
 pub fn label_store(data: &[u8]) -> bool {
+    for line in data.split(|&b| b == b'\n').skip(1) {
+        if let Some(rec) = resigned(line).and_then(|l| LabelRecord::from_line(l.as_bytes()).ok()) {
+            let again = rec.to_line();
+            let back = LabelRecord::from_line(&again.as_bytes()[..again.len() - 1]);
+            assert_eq!(back.as_ref(), Ok(&rec));
+        }
+    }
     let Ok(c) = parse_store(origin(), data) else {
         return false;
     };
@@ -172,6 +181,24 @@ pub fn label_store(data: &[u8]) -> bool {
         assert_eq!(set(&r.records), set(&c.records));
     }
     true
+}
+
+/// `line` (a JSON object, with or without a `"check"` field at its end) with the checksum
+/// field a store writer would give its body, as [`LabelRecord::to_line`] does.
+fn resigned(line: &[u8]) -> Option<String> {
+    const TAIL: usize = ",\"check\":\"0000000000000000\"}".len();
+    let s = std::str::from_utf8(line).ok()?;
+    let body = match s.len().checked_sub(TAIL) {
+        Some(at) if s.is_char_boundary(at) && s[at..].starts_with(",\"check\":\"") => {
+            format!("{}}}", &s[..at])
+        }
+        _ => s.to_string(),
+    };
+    let open = body.strip_suffix('}')?;
+    Some(format!(
+        "{open},\"check\":\"{}\"}}",
+        seer_label::short_digest(body.as_bytes())
+    ))
 }
 
 /// Shard manifests (`seernet-manifest` JSON lines): a parsed manifest written and read

@@ -99,8 +99,12 @@ pub fn fuzz(root: &Path, seconds: u64, runs: Option<u64>, target: Option<&str>) 
         let (mut execs, mut secs) = (None, None);
         for line in BufReader::new(child.stderr.take().expect("piped")).lines() {
             let line = line.context("reading libFuzzer's output")?;
-            // Progress lines repeat every doubling; keep the console to the essentials.
-            if !line.starts_with('#') || line.contains("DONE") {
+            // Progress lines repeat every doubling and the recommended dictionary runs to
+            // pages: keep the console to the essentials.
+            let noise = (line.starts_with('#') && !line.contains("DONE"))
+                || line.starts_with('"')
+                || line.starts_with("###");
+            if !noise {
                 eprintln!("{line}");
             }
             if let Some(v) = line.strip_prefix("stat::number_of_executed_units:") {

@@ -87,7 +87,9 @@ pub fn to_bytes(model: &Model, dataset: Option<&str>, info: &serde_json::Value) 
         .map_err(|e| Error::Invalid(format!("serialising a checkpoint: {e}")))
 }
 
-/// The checks of [`load_bytes`] before a model is built: every layer reads earlier layers;
+/// The checks of [`load_bytes`] before a model is built: layer names are unique (they name
+/// the tensors; saving a model with two layers of one name would fail); every layer reads
+/// earlier layers;
 /// an unslimmed spec passes [`NetworkSpec::check`] (a slimmed one holds reduced channel
 /// counts that only its gathers reconcile); every parameter tensor of the spec is in `st`
 /// as f32 with exactly the spec's shape. Err(message).
@@ -96,7 +98,11 @@ fn check_spec_against_tensors(
     slim: bool,
     st: &SafeTensors<'_>,
 ) -> std::result::Result<(), String> {
+    let mut names = std::collections::HashSet::new();
     for (i, l) in spec.layers.iter().enumerate() {
+        if !names.insert(l.name.as_str()) {
+            return Err(format!("spec: two layers are named {:?}", l.name));
+        }
         if let Some(p) = l.inputs.iter().find(|&&p| p >= i) {
             return Err(format!(
                 "spec: layer {} reads layer #{p}, which is not an earlier layer",
@@ -347,6 +353,21 @@ mod tests {
                 "{e}"
             );
         }
+        // Two layers of one name in a slimmed spec (not re-derived by `check`): the tensors
+        // they share would be written twice (fuzz target checkpoint,
+        // tests/fuzz-regressions/checkpoint/).
+        let mut spec = good.clone();
+        spec.layers.insert(0, spec.layers[0].clone());
+        spec.layers[1].inputs = vec![0];
+        let e = load_bytes(
+            &metadata_only(&spec, true, "[{},{}]"),
+            Path::new("m"),
+            None,
+            &Device::Cpu,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("two layers are named \"fc\""), "{e}");
         // A layer reading a later layer.
         let mut spec = good;
         spec.layers[0].inputs = vec![5];

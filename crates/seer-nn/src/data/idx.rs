@@ -68,10 +68,7 @@ pub fn parse_idx_u8(bytes: &[u8], path: &Path) -> Result<IdxU8> {
             u32::from_be_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]) as usize
         })
         .collect();
-    // u128: 255 dimensions of at most 2^32 - 1 can still overflow it, hence checked.
-    let n = dims
-        .iter()
-        .try_fold(1u128, |acc, &d| acc.checked_mul(d as u128));
+    let n = element_count(&dims);
     let have = bytes.len() - header;
     if n != Some(have as u128) {
         let promised = n.map_or_else(|| "more than 2^128".to_string(), |n| n.to_string());
@@ -87,6 +84,16 @@ pub fn parse_idx_u8(bytes: &[u8], path: &Path) -> Result<IdxU8> {
         dims,
         data: bytes[header..].to_vec(),
     })
+}
+
+/// The product of `dims`, `None` when it exceeds `u128` (255 dimensions of up to 2^32 − 1
+/// can); any zero dimension makes it 0, whatever the others.
+fn element_count(dims: &[usize]) -> Option<u128> {
+    if dims.contains(&0) {
+        return Some(0);
+    }
+    dims.iter()
+        .try_fold(1u128, |acc, &d| acc.checked_mul(d as u128))
 }
 
 /// Reads an IDX u8 file (`.gz` or plain). See [`parse_idx_u8`] for errors.
@@ -108,8 +115,7 @@ pub fn write_idx_u8(path: &Path, dims: &[usize], data: &[u8]) -> Result<()> {
 /// ([`Error::Invalid`]): `data.len()` differs from the product of `dims`, no or more than
 /// 255 dimensions, or a dimension above `u32::MAX`.
 pub fn encode_idx_u8(dims: &[usize], data: &[u8]) -> Result<Vec<u8>> {
-    let n = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
-    if n != Some(data.len()) || dims.is_empty() || dims.len() > 255 {
+    if element_count(dims) != Some(data.len() as u128) || dims.is_empty() || dims.len() > 255 {
         return Err(Error::Invalid(format!(
             "dims {dims:?} do not match {} bytes",
             data.len()
@@ -205,5 +211,10 @@ mod tests {
         assert_eq!((back.dims, back.data), (vec![3, 4], data));
         assert!(encode_idx_u8(&[3, 5], &[0; 12]).is_err());
         assert!(encode_idx_u8(&[usize::MAX, 2], &[]).is_err());
+        // A zero dimension after dimensions whose product overflows 64 bits: 0 elements,
+        // both ways (fuzz target idx, tests/fuzz-regressions/idx/).
+        let dims = [15, 2332557312, 4263480072, 2332033024, 0, 11090174];
+        let bytes = encode_idx_u8(&dims, &[]).unwrap();
+        assert_eq!(parse_idx_u8(&bytes, Path::new("x")).unwrap().dims, dims);
     }
 }
