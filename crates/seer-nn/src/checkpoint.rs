@@ -89,10 +89,9 @@ pub fn to_bytes(model: &Model, dataset: Option<&str>, info: &serde_json::Value) 
 
 /// The checks of [`load_bytes`] before a model is built: layer names are unique (they name
 /// the tensors; saving a model with two layers of one name would fail); every layer reads
-/// earlier layers;
-/// an unslimmed spec passes [`NetworkSpec::check`] (a slimmed one holds reduced channel
-/// counts that only its gathers reconcile); every parameter tensor of the spec is in `st`
-/// as f32 with exactly the spec's shape. Err(message).
+/// earlier layers; an unslimmed spec passes [`NetworkSpec::check`] (a slimmed one holds
+/// reduced channel counts that only its gathers reconcile); every parameter tensor of the
+/// spec is in `st` as f32 with exactly the spec's shape. Err(message).
 fn check_spec_against_tensors(
     spec: &NetworkSpec,
     slim: bool,

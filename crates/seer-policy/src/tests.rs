@@ -969,5 +969,8 @@ fn policy_json_round_trip_is_exact_for_every_float() {
     assert_eq!(p.units[0].prune, 1.6666666666666667e41);
     let back = Policy::from_json_str(&p.to_json(), "again").unwrap();
     assert_eq!(back, p);
-    assert_eq!(back.units[1].prune.to_bits(), 0.30000000000000004f64.to_bits());
+    assert_eq!(
+        back.units[1].prune.to_bits(),
+        0.30000000000000004f64.to_bits()
+    );
 }
