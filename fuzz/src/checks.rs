@@ -19,8 +19,11 @@ fn origin() -> &'static Path {
     Path::new("<fuzz input>")
 }
 
+/// A check: parses its input, returns whether it loaded, panics when a property is broken.
+pub type Check = fn(&[u8]) -> bool;
+
 /// Every target: its name (the cargo-fuzz target and seed folder) and its check.
-pub const TARGETS: &[(&str, fn(&[u8]) -> bool)] = &[
+pub const TARGETS: &[(&str, Check)] = &[
     ("idx", idx),
     ("cifar10", cifar10),
     ("checkpoint", checkpoint),

@@ -92,7 +92,7 @@ fn measure<R>(f: impl FnOnce() -> R) -> (R, usize) {
 }
 
 /// The check of fuzz target `name`.
-fn check_of(name: &str) -> fn(&[u8]) -> bool {
+fn check_of(name: &str) -> checks::Check {
     checks::TARGETS
         .iter()
         .find(|(n, _)| *n == name)
@@ -228,7 +228,7 @@ fn every_fuzz_seed_is_a_file_its_loader_accepts() {
             *counts.entry(*target).or_insert(0) += 1;
         }
         assert!(
-            counts.get(target).is_some(),
+            counts.contains_key(target),
             "no seed for fuzz target {target}: run this test with SEERNET_WRITE_SEEDS=1"
         );
     }

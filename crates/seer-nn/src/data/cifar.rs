@@ -20,7 +20,7 @@ pub fn read_cifar10_batch(path: &Path) -> Result<Vec<RawEntry>> {
 /// Errors ([`Error::BadData`]): a size that is not a whole, non-zero number of records
 /// (truncated file) or a label ≥ 10.
 pub fn parse_cifar10_batch(raw: &[u8], path: &Path) -> Result<Vec<RawEntry>> {
-    if raw.is_empty() || raw.len() % RECORD != 0 {
+    if raw.is_empty() || !raw.len().is_multiple_of(RECORD) {
         return Err(Error::bad(
             path,
             format!(
