@@ -10,6 +10,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod cuda;
+mod fuzz;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "SeerNet-rs project automation")]
@@ -62,6 +63,22 @@ enum Task {
         /// Write the freshly compiled PTX over the committed copies instead of failing.
         #[arg(long)]
         write: bool,
+    },
+    /// Fuzz every file loader (or one) with cargo-fuzz/libFuzzer for `--seconds` each, from
+    /// the committed seeds (`fuzz/seeds/TARGET`) and the growing corpus (`fuzz/corpus/TARGET`);
+    /// prints executions and time per target. Needs `cargo install cargo-fuzz --locked`.
+    /// A crash stops it, naming the input (under `fuzz/artifacts/TARGET/`).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Also stop a target after this many executions.
+        #[arg(long)]
+        runs: Option<u64>,
+        /// One target (default: all): idx, cifar10, checkpoint, int_model, policy,
+        /// network_spec, label_store, shard_manifest, shard_result, predictor.
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(fuzz::TARGETS))]
+        target: Option<String>,
     },
     /// Train the default baseline on Fashion-MNIST with our own code (release build) and
     /// write it to `assets/baselines/<arch>-fashion-mnist.safetensors`, then print its test
@@ -143,6 +160,11 @@ fn main() -> Result<()> {
             run(&release_bin("seer-nn", "seer-data")?, &extra)
         }
         Task::CudaCheck { write } => cuda::cuda_check(&workspace_root(), write),
+        Task::Fuzz {
+            seconds,
+            runs,
+            target,
+        } => fuzz::fuzz(&workspace_root(), seconds, runs, target.as_deref()),
         Task::Compress { args } => {
             let mut all = vec!["compress".to_string()];
             all.extend(args);

@@ -160,7 +160,8 @@ impl NodeOp {
 
     /// `(rows, cols, bits)` of a weighted node's packed weights: `[c_out, c_in·k·k]` for a
     /// conv (OIHW order), `[out_features, in_features]` for a linear layer; `None` for the
-    /// kinds without weights.
+    /// kinds without weights. `c_in·k·k` saturates at `usize::MAX`, a size no weight tensor
+    /// matches, so a model claiming it fails validation (see [`IntModel::from_bytes`]).
     pub fn weight_dims(&self) -> Option<(usize, usize, u32)> {
         match *self {
             NodeOp::Conv {
@@ -169,7 +170,11 @@ impl NodeOp {
                 kernel,
                 w_bits,
                 ..
-            } => Some((c_out, c_in * kernel * kernel, w_bits)),
+            } => Some((
+                c_out,
+                c_in.saturating_mul(kernel).saturating_mul(kernel),
+                w_bits,
+            )),
             NodeOp::Linear {
                 in_features,
                 out_features,
@@ -458,7 +463,9 @@ impl IntModel {
         Self::from_bytes(&bytes, &path.display().to_string())
     }
 
-    /// Parses safetensors bytes; `origin` names the source in errors.
+    /// Parses safetensors bytes; `origin` names the source in errors. Sizes in the metadata
+    /// only ever select and check tensors present in the file (whose lengths safetensors
+    /// checks against the file's length): nothing is allocated from a claimed size alone.
     pub fn from_bytes(bytes: &[u8], origin: &str) -> Result<Self> {
         let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
             .map_err(|e| fmt_err(origin, format!("not a readable safetensors file ({e})")))?;
@@ -549,6 +556,35 @@ mod tests {
             // Canonical: writing what was read gives the same bytes.
             assert_eq!(back.to_bytes().unwrap(), bytes);
             assert!(m.storage_bytes() > 0);
+        }
+    }
+
+    #[test]
+    fn metadata_claiming_2_pow_40_weights_is_refused_before_allocating() {
+        let m = toy_model();
+        for (c_in, kernel) in [(1usize << 20, 1024usize), (1 << 40, 1), (usize::MAX, 3)] {
+            let mut meta = m.meta().clone();
+            let NodeOp::Conv {
+                c_in: ci,
+                c_out,
+                kernel: k,
+                ..
+            } = &mut meta.nodes[0].op
+            else {
+                panic!("the toy model starts with a conv");
+            };
+            (*ci, *k) = (c_in, kernel);
+            *c_out = 1 << 20;
+            let bytes = IntModel {
+                meta,
+                weights: m.weights.clone(),
+            }
+            .to_bytes()
+            .unwrap();
+            let e = IntModel::from_bytes(&bytes, "big.safetensors")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("big.safetensors") && e.contains("c1"), "{e}");
         }
     }
 

@@ -192,8 +192,10 @@ impl PackedWeights {
     }
 
     /// Wraps packed bytes read from a file. Errors: `InvalidBits`, `ShapeMismatch` if
-    /// `data.len() != rows·⌈cols·bits/8⌉` or `scales.len() != rows`, `InvalidArgument` for a
-    /// bad scale, `CodeOutOfRange` for the never-written code `−2^{b−1}`.
+    /// `data.len() != rows·⌈cols·bits/8⌉` (or that size overflows) or `scales.len() != rows`,
+    /// `InvalidArgument` for an empty shape or a bad scale, `CodeOutOfRange` for the
+    /// never-written code `−2^{b−1}`. The shape is checked against `data` before anything is
+    /// allocated.
     pub fn from_raw(
         bits: u32,
         rows: usize,
@@ -202,8 +204,20 @@ impl PackedWeights {
         scales: Vec<f32>,
     ) -> Result<Self> {
         check_bits("weights", bits)?;
-        let row_bytes = packed_len(cols, bits);
-        check_len("packed weight bytes", rows * row_bytes, data.len())?;
+        if rows == 0 || cols == 0 {
+            return Err(invalid("weights", format!("empty shape [{rows}, {cols}]")));
+        }
+        let want = cols
+            .checked_mul(bits as usize)
+            .map(|b| b.div_ceil(8))
+            .and_then(|row_bytes| row_bytes.checked_mul(rows));
+        let Some(want) = want else {
+            return Err(invalid(
+                "packed weight bytes",
+                format!("shape [{rows}, {cols}] at {bits} bits overflows the address space"),
+            ));
+        };
+        check_len("packed weight bytes", want, data.len())?;
         check_len("weight scales", rows, scales.len())?;
         check_scales(&scales)?;
         let w = Self::assemble(bits, rows, cols, data, scales);
@@ -400,6 +414,25 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn from_raw_refuses_claimed_sizes_before_allocating() {
+        // 0 rows of 2^40 columns: no bytes expected, but a 2^40-byte row buffer would follow.
+        let e = PackedWeights::from_raw(4, 0, 1 << 40, vec![], vec![]).unwrap_err();
+        assert!(e.to_string().contains("empty shape"), "{e}");
+        // 2^20 x 2^20 codes (2^39 bytes at 4 bits) claimed, 3 bytes present.
+        let e = PackedWeights::from_raw(4, 1 << 20, 1 << 20, vec![0; 3], vec![1.0; 1 << 20])
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("expected 549755813888 elements, got 3"),
+            "{e}"
+        );
+        // A size whose byte count overflows usize is refused, not wrapped.
+        let e =
+            PackedWeights::from_raw(8, 2, usize::MAX / 2, vec![0; 3], vec![1.0; 2]).unwrap_err();
+        assert!(e.to_string().contains("overflows"), "{e}");
     }
 
     #[test]

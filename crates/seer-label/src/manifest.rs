@@ -215,6 +215,12 @@ impl Manifest {
             path: path.display().to_string(),
             err: e,
         })?;
+        Self::from_jsonl(&text, path)
+    }
+
+    /// Parses a manifest's text (what [`to_jsonl`](Self::to_jsonl) writes); `path` only names
+    /// the source in errors, which are those of [`load`](Self::load) but Io.
+    pub fn from_jsonl(text: &str, path: &Path) -> Result<Self> {
         let mut lines = text.lines().enumerate();
         let (_, first) = lines
             .next()
@@ -333,6 +339,11 @@ pub struct LabelResult {
 }
 
 impl LabelResult {
+    /// The file's text (pretty JSON and a newline), as [`run_shard`] writes it.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a result always serializes") + "\n"
+    }
+
     /// Path of the result file for `hash` in `dir`.
     pub fn path_in(dir: &Path, hash: &str) -> PathBuf {
         dir.join(format!("{hash}.json"))
@@ -344,8 +355,14 @@ impl LabelResult {
             path: path.display().to_string(),
             err: e,
         })?;
+        Self::from_json_str(&text, path)
+    }
+
+    /// Parses and checks a result file's text; `path` only names the source in errors
+    /// (Err(Format)).
+    pub fn from_json_str(text: &str, path: &Path) -> Result<Self> {
         let v: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| ferr(path, 0, format!("bad JSON: {e}")))?;
+            serde_json::from_str(text).map_err(|e| ferr(path, 0, format!("bad JSON: {e}")))?;
         check_tag(path, 0, &v, RESULT_FORMAT, RESULT_VERSION)?;
         let r: LabelResult = serde_json::from_value(v).map_err(|e| ferr(path, 0, e.to_string()))?;
         r.record.check().map_err(|e| ferr(path, 0, e.to_string()))?;
@@ -434,7 +451,7 @@ where
             protocol: manifest.protocol.clone(),
             record,
         };
-        let json = serde_json::to_string_pretty(&result).expect("serializes") + "\n";
+        let json = result.to_json();
         write_atomic(&path, json.as_bytes())?;
         rep.labelled += 1;
     }

@@ -473,7 +473,9 @@ pub fn read_store(path: impl AsRef<Path>) -> Result<StoreContents> {
     parse_store(path, &bytes)
 }
 
-fn parse_store(path: &Path, bytes: &[u8]) -> Result<StoreContents> {
+/// [`read_store`] on a store file's bytes; `path` only names the source in errors. A torn or
+/// corrupt last line is reported in `report.dropped_tail`, never an error.
+pub fn parse_store(path: &Path, bytes: &[u8]) -> Result<StoreContents> {
     let serr = |line: usize, msg: String| Error::Store {
         path: path.display().to_string(),
         line,

@@ -37,6 +37,15 @@ pub fn save(
     dataset: Option<&str>,
     info: &serde_json::Value,
 ) -> Result<()> {
+    let bytes = to_bytes(model, dataset, info)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    crate::data::idx::write_atomic(path, &bytes)
+}
+
+/// The checkpoint file's bytes (what [`save`] writes; [`load_bytes`] reads them back).
+pub fn to_bytes(model: &Model, dataset: Option<&str>, info: &serde_json::Value) -> Result<Vec<u8>> {
     let spec = model.spec();
     let named = model.named_tensors();
     let mut bufs: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(named.len());
@@ -74,12 +83,52 @@ pub fn save(
         meta.insert("policy".into(), p.to_json());
     }
     meta.insert("info".into(), info.to_string());
-    let bytes = safetensors::serialize(views, Some(meta))
-        .map_err(|e| Error::Invalid(format!("serialising {}: {e}", path.display())))?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    safetensors::serialize(views, Some(meta))
+        .map_err(|e| Error::Invalid(format!("serialising a checkpoint: {e}")))
+}
+
+/// The checks of [`load_bytes`] before a model is built: layer names are unique (they name
+/// the tensors; saving a model with two layers of one name would fail); every layer reads
+/// earlier layers; an unslimmed spec passes [`NetworkSpec::check`] (a slimmed one holds
+/// reduced channel counts that only its gathers reconcile); every parameter tensor of the
+/// spec is in `st` as f32 with exactly the spec's shape. Err(message).
+fn check_spec_against_tensors(
+    spec: &NetworkSpec,
+    slim: bool,
+    st: &SafeTensors<'_>,
+) -> std::result::Result<(), String> {
+    let mut names = std::collections::HashSet::new();
+    for (i, l) in spec.layers.iter().enumerate() {
+        if !names.insert(l.name.as_str()) {
+            return Err(format!("spec: two layers are named {:?}", l.name));
+        }
+        if let Some(p) = l.inputs.iter().find(|&&p| p >= i) {
+            return Err(format!(
+                "spec: layer {} reads layer #{p}, which is not an earlier layer",
+                l.name
+            ));
+        }
     }
-    crate::data::idx::write_atomic(path, &bytes)
+    if !slim {
+        spec.check().map_err(|e| format!("spec: {e}"))?;
+    }
+    for l in &spec.layers {
+        for (suffix, shape) in crate::model::param_shapes(&l.kind, l.out_shape) {
+            let name = format!("{}.{suffix}", l.name);
+            match st.tensor(&name) {
+                Ok(v) if v.dtype() == Dtype::F32 && v.shape() == shape.as_slice() => {}
+                Ok(v) => {
+                    return Err(format!(
+                        "tensor {name} is {:?} {:?}, the network needs F32 {shape:?}",
+                        v.dtype(),
+                        v.shape()
+                    ));
+                }
+                Err(_) => return Err(format!("tensor {name} is missing")),
+            }
+        }
+    }
+    Ok(())
 }
 
 mod erased {
@@ -117,24 +166,40 @@ pub fn load(
     expect_arch: Option<&str>,
     device: &Device,
 ) -> Result<(Model, CheckpointInfo)> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    load_bytes(&bytes, path, expect_arch, device)
+}
+
+/// [`load`] from the file's bytes; `path` only names the source in errors.
+///
+/// Nothing is allocated from the metadata's sizes alone: the spec is checked (producers
+/// earlier than their layer; for an unslimmed model every shape re-derived by
+/// [`NetworkSpec::check`]) and every parameter tensor the spec implies must be present in
+/// the file with exactly its shape before the model is built, so the model is never larger
+/// than the file's tensor data.
+pub fn load_bytes(
+    bytes: &[u8],
+    path: &Path,
+    expect_arch: Option<&str>,
+    device: &Device,
+) -> Result<(Model, CheckpointInfo)> {
     let bad = |m: String| Error::Checkpoint {
         path: path.to_path_buf(),
         msg: m,
     };
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    if let Some(kind) = text_kind(&bytes) {
+    if let Some(kind) = text_kind(bytes) {
         return Err(bad(format!(
             "is a {kind} file, not a model checkpoint (a safetensors file written by `seernet \
              train`, `finetune` or `compress`); pass a policy with --policy and a network with \
              --network"
         )));
     }
-    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| {
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| {
         bad(format!(
             "not a readable safetensors file ({e}); it is corrupt or truncated"
         ))
     })?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| {
+    let st = SafeTensors::deserialize(bytes).map_err(|e| {
         bad(format!(
             "not a readable safetensors file ({e}); it is corrupt or truncated"
         ))
@@ -187,6 +252,7 @@ pub fn load(
         ),
         None => None,
     };
+    check_spec_against_tensors(&spec, slim, &st).map_err(bad)?;
     let mut model = Model::skeleton(spec, device)?;
     let mut err = None;
     model.load_named(
@@ -226,4 +292,164 @@ pub fn load(
             info,
         },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use seer_policy::{InputShape, LayerKind, SpecBuilder};
+
+    /// A checkpoint holding only metadata: `spec`, no tensors.
+    fn metadata_only(spec: &NetworkSpec, slim: bool, comp: &str) -> Vec<u8> {
+        let meta = HashMap::from([
+            ("format".to_string(), MODEL_FORMAT.to_string()),
+            ("version".to_string(), "1".to_string()),
+            ("arch".to_string(), spec.name.clone()),
+            ("spec".to_string(), serde_json::to_string(spec).unwrap()),
+            ("comp".to_string(), comp.to_string()),
+            ("residual_pruning".to_string(), "tied".to_string()),
+            ("slim".to_string(), slim.to_string()),
+        ]);
+        safetensors::serialize(Vec::<(String, TensorView<'_>)>::new(), Some(meta)).unwrap()
+    }
+
+    #[test]
+    fn spec_claiming_2_pow_40_weights_is_refused_before_building_the_model() {
+        // A valid spec: one 2^20 x 2^20 linear layer (2^40 weights, 4 TiB as f32).
+        let mut b = SpecBuilder::new("big", InputShape::new(1, 1, 1 << 20), 1 << 20);
+        b.push(
+            "fc",
+            LayerKind::Linear {
+                in_features: 1 << 20,
+                out_features: 1 << 20,
+                bias: false,
+            },
+            &[],
+        )
+        .unwrap();
+        let spec = b.finish().unwrap();
+        for slim in [false, true] {
+            let bytes = metadata_only(&spec, slim, "[{}]");
+            let e = load_bytes(&bytes, Path::new("big.safetensors"), None, &Device::Cpu)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("big.safetensors") && e.contains("tensor fc.weight is missing"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn unchecked_spec_shapes_and_producers_are_refused() {
+        let mut b = SpecBuilder::new("t", InputShape::new(1, 1, 4), 3);
+        b.push(
+            "fc",
+            LayerKind::Linear {
+                in_features: 4,
+                out_features: 3,
+                bias: false,
+            },
+            &[],
+        )
+        .unwrap();
+        let good = b.finish().unwrap();
+        // A BatchNorm claiming 2^40 channels through its out_shape (not re-derived when slim:
+        // its tensors must still be present with that shape).
+        let mut spec = good.clone();
+        spec.layers.insert(
+            0,
+            seer_policy::Layer {
+                name: "bn".into(),
+                kind: LayerKind::BatchNorm,
+                inputs: vec![],
+                out_shape: [1 << 40, 1, 1],
+            },
+        );
+        for slim in [false, true] {
+            let e = load_bytes(
+                &metadata_only(&spec, slim, "[{},{}]"),
+                Path::new("m"),
+                None,
+                &Device::Cpu,
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.contains("spec:") || e.contains("bn.weight is missing"),
+                "{e}"
+            );
+        }
+        // Two layers of one name in a slimmed spec (not re-derived by `check`): the tensors
+        // they share would be written twice (fuzz target checkpoint,
+        // tests/fuzz-regressions/checkpoint/).
+        let mut spec = good.clone();
+        spec.layers.insert(0, spec.layers[0].clone());
+        spec.layers[1].inputs = vec![0];
+        let e = load_bytes(
+            &metadata_only(&spec, true, "[{},{}]"),
+            Path::new("m"),
+            None,
+            &Device::Cpu,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("two layers are named \"fc\""), "{e}");
+        // A layer reading a later layer.
+        let mut spec = good;
+        spec.layers[0].inputs = vec![5];
+        let e = load_bytes(
+            &metadata_only(&spec, true, "[{}]"),
+            Path::new("m"),
+            None,
+            &Device::Cpu,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("not an earlier layer"), "{e}");
+    }
+
+    /// `bytes` with metadata `key` set to `value`, tensors unchanged.
+    fn with_meta(bytes: &[u8], key: &str, value: &str) -> Vec<u8> {
+        let (_, h) = SafeTensors::read_metadata(bytes).unwrap();
+        let mut meta = h.metadata().clone().unwrap();
+        meta.insert(key.into(), value.into());
+        let st = SafeTensors::deserialize(bytes).unwrap();
+        safetensors::serialize(st.tensors(), Some(meta)).unwrap()
+    }
+
+    #[test]
+    fn hostile_compression_state_is_an_error_not_a_panic() {
+        let mut b = SpecBuilder::new("t", InputShape::new(1, 1, 4), 3);
+        b.push(
+            "fc",
+            LayerKind::Linear {
+                in_features: 4,
+                out_features: 3,
+                bias: true,
+            },
+            &[],
+        )
+        .unwrap();
+        let model = Model::new(b.finish().unwrap(), 1, &Device::Cpu).unwrap();
+        let bytes = to_bytes(&model, None, &serde_json::Value::Null).unwrap();
+        assert!(load_bytes(&bytes, Path::new("m"), None, &Device::Cpu).is_ok());
+        for (comp, want) in [
+            (r#"[{"keep":[0,7]}]"#, "below its 3 channels"),
+            (r#"[{"keep":[2,1]}]"#, "ascending"),
+            (r#"[{"keep":[1,1]}]"#, "ascending"),
+            (r#"[{"wbits":99}]"#, "bit-width 99"),
+            (r#"[{"abits":0}]"#, "bit-width 0"),
+        ] {
+            let e = load_bytes(
+                &with_meta(&bytes, "comp", comp),
+                Path::new("m"),
+                None,
+                &Device::Cpu,
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains(want), "{comp}: {e}");
+        }
+    }
 }

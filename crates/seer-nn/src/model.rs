@@ -101,6 +101,27 @@ struct Calib {
     samples: Vec<Vec<f32>>,
 }
 
+/// Checks one layer's compression settings as read from a file: kept channels strictly
+/// ascending and below the layer's `channels`, bit-widths in 2..=8. Err(Invalid) naming the
+/// layer.
+fn check_comp(name: &str, channels: usize, c: &LayerComp) -> Result<()> {
+    if let Some(k) = &c.keep
+        && (k.windows(2).any(|w| w[0] >= w[1]) || k.last().is_some_and(|&x| x >= channels))
+    {
+        return Err(Error::Invalid(format!(
+            "layer {name}: kept channels must be ascending and below its {channels} channels"
+        )));
+    }
+    for b in [c.wbits, c.abits].into_iter().flatten() {
+        if !(2..=8).contains(&b) {
+            return Err(Error::Invalid(format!(
+                "layer {name}: bit-width {b} is not in 2..=8"
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn mask_tensor(len: usize, keep: &[usize], rank4: bool, dev: &Device) -> Result<Tensor> {
     let mut m = vec![0f32; len];
     for &k in keep {
@@ -1143,6 +1164,9 @@ impl Model {
                 self.spec.layers.len()
             )));
         }
+        for (l, c) in self.spec.layers.iter().zip(&comp) {
+            check_comp(&l.name, l.out_shape[0], c)?;
+        }
         self.comp = comp;
         self.residual = residual;
         self.slim = slim;
@@ -1150,51 +1174,75 @@ impl Model {
         self.rebuild_plan()
     }
 
-    /// A model for a (possibly slimmed) spec without `check` (slimmed specs hold gathers).
+    /// A model for a (possibly slimmed) spec without `check` (slimmed specs hold gathers),
+    /// its parameters zero, shaped by [`param_shapes`].
     pub(crate) fn skeleton(spec: NetworkSpec, device: &Device) -> Result<Self> {
-        let n = spec.layers.len();
-        let mut params = Vec::with_capacity(n);
+        let mut params = Vec::with_capacity(spec.layers.len());
         for l in &spec.layers {
             let mut p = LayerParams::default();
-            let z = |s: &[usize]| Var::zeros(s, DType::F32, device);
-            match l.kind {
-                LayerKind::Conv2d {
-                    in_ch,
-                    out_ch,
-                    kernel,
-                    groups,
-                    bias,
-                    ..
-                } => {
-                    p.weight = Some(z(&[out_ch, in_ch / groups.max(1), kernel[0], kernel[1]])?);
-                    p.bias = if bias { Some(z(&[out_ch])?) } else { None };
-                    p.alpha = Some(z(&[1])?);
+            for (suffix, shape) in param_shapes(&l.kind, l.out_shape) {
+                let v = Some(Var::zeros(shape, DType::F32, device)?);
+                match suffix {
+                    "weight" => p.weight = v,
+                    "bias" => p.bias = v,
+                    "running_mean" => p.running_mean = v,
+                    "running_var" => p.running_var = v,
+                    _ => p.alpha = v,
                 }
-                LayerKind::Linear {
-                    in_features,
-                    out_features,
-                    bias,
-                } => {
-                    p.weight = Some(z(&[out_features, in_features])?);
-                    p.bias = if bias {
-                        Some(z(&[out_features])?)
-                    } else {
-                        None
-                    };
-                    p.alpha = Some(z(&[1])?);
-                }
-                LayerKind::BatchNorm => {
-                    let c = l.out_shape[0];
-                    p.weight = Some(z(&[c])?);
-                    p.bias = Some(z(&[c])?);
-                    p.running_mean = Some(z(&[c])?);
-                    p.running_var = Some(z(&[c])?);
-                }
-                _ => {}
             }
             params.push(p);
         }
         Ok(Self::unplanned(spec, params, device))
+    }
+}
+
+/// The parameter tensors of a layer of kind `kind` with output shape `out_shape`, as
+/// `(suffix, shape)`: the suffixes of [`Model::named_tensors`] (`weight`, `bias`,
+/// `running_mean`, `running_var`, `act_alpha`), in that order. Conv weights are
+/// `[out, in/groups, k_h, k_w]`, linear weights `[out, in]`, BatchNorm vectors `[C]`.
+pub(crate) fn param_shapes(
+    kind: &LayerKind,
+    out_shape: [usize; 3],
+) -> Vec<(&'static str, Vec<usize>)> {
+    match *kind {
+        LayerKind::Conv2d {
+            in_ch,
+            out_ch,
+            kernel,
+            groups,
+            bias,
+            ..
+        } => {
+            let mut v = vec![(
+                "weight",
+                vec![out_ch, in_ch / groups.max(1), kernel[0], kernel[1]],
+            )];
+            if bias {
+                v.push(("bias", vec![out_ch]));
+            }
+            v.push(("act_alpha", vec![1]));
+            v
+        }
+        LayerKind::Linear {
+            in_features,
+            out_features,
+            bias,
+        } => {
+            let mut v = vec![("weight", vec![out_features, in_features])];
+            if bias {
+                v.push(("bias", vec![out_features]));
+            }
+            v.push(("act_alpha", vec![1]));
+            v
+        }
+        LayerKind::BatchNorm => {
+            let c = out_shape[0];
+            ["weight", "bias", "running_mean", "running_var"]
+                .into_iter()
+                .map(|s| (s, vec![c]))
+                .collect()
+        }
+        _ => Vec::new(),
     }
 }
 

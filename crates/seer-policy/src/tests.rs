@@ -956,3 +956,21 @@ fn grouped_convs_lock_domains_they_cannot_prune() {
     assert_eq!(s.units().len(), 1);
     assert!(!s.units()[0].prunable);
 }
+
+/// A policy written and read again is the same policy, to the last bit of every float: the
+/// number from the fuzz target `policy` (tests/fuzz-regressions/policy/) read back one ulp off
+/// before serde_json's `float_roundtrip` feature was on.
+#[test]
+fn policy_json_round_trip_is_exact_for_every_float() {
+    let text = r#"{"format": "seernet-policy", "version": 1, "arch": "lenet5", "input": "28x28x1",
+        "units": [{"prune": 166666666666666666666666666666666666666660, "wbits": 2, "abits": 2},
+                  {"prune": 0.30000000000000004, "wbits": 4, "abits": 8}]}"#;
+    let p = Policy::from_json_str(text, "t").unwrap();
+    assert_eq!(p.units[0].prune, 1.6666666666666667e41);
+    let back = Policy::from_json_str(&p.to_json(), "again").unwrap();
+    assert_eq!(back, p);
+    assert_eq!(
+        back.units[1].prune.to_bits(),
+        0.30000000000000004f64.to_bits()
+    );
+}

@@ -164,6 +164,9 @@ impl Predictor {
     }
 
     /// Parses bytes written by [`Self::to_bytes`]; `path` only names the source in errors.
+    /// The header's counts and sizes only select and check tensors present in the file: a
+    /// header claiming 2^40 members or weights fails at the first missing tensor, having
+    /// allocated nothing for it.
     pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self> {
         let bad = |message: String| Error::Format {
             path: path.to_path_buf(),
@@ -210,6 +213,7 @@ impl Predictor {
             .output
             .validate()
             .map_err(|e| bad(format!("config: {e}")))?;
+        config.validate().map_err(|e| bad(format!("config: {e}")))?;
         let st =
             SafeTensors::deserialize(bytes).map_err(|e| bad(format!("reading tensors: {e}")))?;
         let get = |name: &str, dt: Dtype, shape: &[usize]| -> Result<Vec<u8>> {
@@ -246,7 +250,8 @@ impl Predictor {
                 header.feature_names.len()
             )));
         }
-        let mut members = Vec::with_capacity(config.members);
+        // Grows with the members actually found: `config.members` is a number from the file.
+        let mut members = Vec::new();
         for m in 0..config.members {
             let mut params = Vec::new();
             for (l, w) in sizes.windows(2).enumerate() {
@@ -280,6 +285,9 @@ impl Predictor {
             return Err(bad(
                 "scaler standard deviations must be finite and > 0".into()
             ));
+        }
+        if x_mean.iter().chain(&y[..1]).any(|m| !m.is_finite()) {
+            return Err(bad("scaler means must be finite".into()));
         }
         let stats = f64s(get("member_stats", Dtype::F64, &[config.members, 3])?);
         let member_stats = stats
@@ -392,6 +400,41 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("missing tensor \"range.x\""), "{e}");
+    }
+
+    #[test]
+    fn header_claiming_2_pow_40_members_and_weights_is_refused_before_allocating() {
+        let config = Config {
+            members: 1 << 40,
+            ..Config::default()
+        };
+        let header = serde_json::json!({
+            "format": FORMAT, "version": 2, "config": config,
+            "feature_names": ["a", "b"], "target_name": "top1",
+            "sizes": [2, 1u64 << 40, 1],
+        });
+        let meta = HashMap::from([(META_KEY.to_string(), header.to_string())]);
+        let bytes = safetensors::serialize(Vec::<(String, TensorView)>::new(), Some(meta)).unwrap();
+        let e = Predictor::from_bytes(&bytes, Path::new("big.st"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("big.st") && e.contains("missing tensor \"member0.layer0.weight\""),
+            "{e}"
+        );
+        // A header with no member at all is refused (writing it back would have nothing to
+        // take the layer sizes from).
+        let header = serde_json::json!({
+            "format": FORMAT, "version": 2,
+            "config": Config { members: 0, ..Config::default() },
+            "feature_names": ["a"], "target_name": "top1", "sizes": [1, 1],
+        });
+        let meta = HashMap::from([(META_KEY.to_string(), header.to_string())]);
+        let bytes = safetensors::serialize(Vec::<(String, TensorView)>::new(), Some(meta)).unwrap();
+        let e = Predictor::from_bytes(&bytes, Path::new("none.st"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("members must be ≥ 1"), "{e}");
     }
 
     #[test]

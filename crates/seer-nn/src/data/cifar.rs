@@ -9,11 +9,18 @@ use crate::{Error, Result};
 /// Bytes per CIFAR-10 record (label + 3·32·32 pixels).
 pub const RECORD: usize = 1 + 3 * 32 * 32;
 
-/// Parses one binary batch. Errors: a size that is not a whole number of records
-/// (truncated file) or a label ≥ 10.
+/// Reads one binary batch (plain or `.gz`). Errors: those of [`parse_cifar10_batch`].
 pub fn read_cifar10_batch(path: &Path) -> Result<Vec<RawEntry>> {
     let raw = super::idx::read_maybe_gz(path)?;
-    if raw.is_empty() || raw.len() % RECORD != 0 {
+    parse_cifar10_batch(&raw, path)
+}
+
+/// Parses the bytes of one binary batch; `path` only names the source in errors. The batch
+/// has no header: the record count is the byte length over [`RECORD`].
+/// Errors ([`Error::BadData`]): a size that is not a whole, non-zero number of records
+/// (truncated file) or a label ≥ 10.
+pub fn parse_cifar10_batch(raw: &[u8], path: &Path) -> Result<Vec<RawEntry>> {
+    if raw.is_empty() || !raw.len().is_multiple_of(RECORD) {
         return Err(Error::bad(
             path,
             format!(
