@@ -1,4 +1,4 @@
-//! The accuracy-first mode (`--max-drop P`, docs/method.md §7): instead of the most accurate
+//! The accuracy-first mode (`--max-drop P`, docs/method.md §6): instead of the most accurate
 //! policy within a cost budget, the cheapest policy whose accuracy stays within P top-1 points
 //! of the full-precision baseline — what Intel Neural Compressor (`tolerable_loss`), NNCF
 //! (`max_drop`) and AIMET (`allowed_accuracy_drop`) offer.
