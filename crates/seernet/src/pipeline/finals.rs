@@ -127,6 +127,9 @@ impl Run<'_> {
             if k > 0 {
                 self.log.add_total(self.cfg.final_steps as u64);
             }
+            // The file may hold another candidate's export (an earlier try, or an earlier
+            // invocation): without it the cached result is not taken and the export is made.
+            let _ = std::fs::remove_file(path);
             let r = self.final_run(&cand.found.policy, Some((path, None)))?;
             let val = r.top1_val.unwrap_or(f64::NAN);
             // The validation split's own sampling error as a safety margin: one standard
