@@ -4,6 +4,7 @@
 use std::time::Instant;
 
 use candle_core::{Tensor, Var, backprop::GradStore};
+pub use seer_label::FinetuneNetwork;
 use seer_policy::{Policy, SearchSpace};
 
 use crate::data::{Augment, Batch, BatchIter, Dataset, Normalize};
@@ -108,6 +109,10 @@ pub struct TrainConfig {
     /// while the learning-rate schedule still spans all `epochs`/`steps`: a long run in
     /// pieces, continued later with [`Self::start_epoch`]. `None`: run to the end.
     pub stop_epoch: Option<usize>,
+    /// [`finetune_policy`] only: fine-tune the masked full-width network, or remove the
+    /// pruned channels first and fine-tune the slimmed one (same result up to float
+    /// rounding, cheaper by about the pruned fraction). Ignored by [`train`].
+    pub network: FinetuneNetwork,
 }
 
 impl Default for TrainConfig {
@@ -125,6 +130,7 @@ impl Default for TrainConfig {
             clip_norm: None,
             start_epoch: 0,
             stop_epoch: None,
+            network: FinetuneNetwork::Masked,
         }
     }
 }
@@ -330,9 +336,12 @@ pub fn sample_batches(
 pub const QAT_CLIP_NORM: f64 = 5.0;
 
 /// Quantization-aware fine-tuning of a policy (docs/method.md §3): apply the policy (filter-L2
-/// channel choice, fake quantization), re-estimate BatchNorm statistics and calibrate the
-/// activation ranges on training batches, then train (weights and α) for `cfg`, with the
-/// gradient norm clipped to [`QAT_CLIP_NORM`] unless `cfg.clip_norm` says otherwise.
+/// channel choice, fake quantization), with `cfg.network` slim replace `model` by its
+/// physically pruned version ([`Model::slim`]), re-estimate BatchNorm statistics and
+/// calibrate the activation ranges on training batches, then train (weights and α) for
+/// `cfg`, with the gradient norm clipped to [`QAT_CLIP_NORM`] unless `cfg.clip_norm` says
+/// otherwise. The slimmed model computes what the masked one does up to float rounding
+/// (calibration and the α gradient scale use the masked model's full-width statistics).
 pub fn finetune_policy(
     model: &mut Model,
     space: &SearchSpace,
@@ -344,6 +353,9 @@ pub fn finetune_policy(
 ) -> Result<TrainReport> {
     let _span = tracing::info_span!("fine-tune", seed = cfg.seed).entered();
     model.apply_policy(space, policy)?;
+    if cfg.network == FinetuneNetwork::Slim {
+        *model = model.slim()?;
+    }
     prepare_quantized(model, train_data, norm, cfg.seed)?;
     tracing::debug!("policy applied, BatchNorm re-estimated, activation ranges calibrated");
     let mut c = cfg.clone();
