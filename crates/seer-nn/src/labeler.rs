@@ -269,7 +269,15 @@ impl Labeler {
             &mut |s| on_step(s.step, s.loss),
         )?;
         let t1 = std::time::Instant::now();
-        let r = train::evaluate(&model, &self.splits.val, &self.norm, EVAL_BATCH)?;
+        let r = match self.protocol.network {
+            FinetuneNetwork::Slim => {
+                train::evaluate(&model, &self.splits.val, &self.norm, EVAL_BATCH)?
+            }
+            // Masked protocols predate the evaluation path without autograd: keep their bits.
+            FinetuneNetwork::Masked => {
+                train::evaluate_reference(&model, &self.splits.val, &self.norm, EVAL_BATCH)?
+            }
+        };
         let before_val = t1.duration_since(t0).as_secs_f64();
         let times = LabelTimes {
             prepare_s: (before_val - rep.seconds).max(0.0),

@@ -13,6 +13,7 @@
 pub mod checkpoint;
 pub mod data;
 mod error;
+pub mod eval;
 pub mod export;
 pub mod labeler;
 pub mod model;

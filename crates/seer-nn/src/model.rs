@@ -119,9 +119,9 @@ pub(crate) struct LayerParams {
 
 /// Precomputed masks of the compressed forward pass.
 #[derive(Debug, Default, Clone)]
-struct Plan {
+pub(crate) struct Plan {
     /// Multiply the layer's output by this (`[1, C, 1, 1]` or `[1, F]`).
-    out_mask: Vec<Option<Tensor>>,
+    pub(crate) out_mask: Vec<Option<Tensor>>,
     /// Weighted layers: multiply the weight by this before quantization (absent inputs).
     in_mask: Vec<Option<Tensor>>,
     /// Channels physically present in each layer's output (`None` = all).
@@ -134,9 +134,9 @@ struct Plan {
 pub struct Model {
     spec: NetworkSpec,
     residual: ResidualPruning,
-    params: Vec<LayerParams>,
+    pub(crate) params: Vec<LayerParams>,
     comp: Vec<LayerComp>,
-    plan: Plan,
+    pub(crate) plan: Plan,
     slim: bool,
     policy: Option<Policy>,
     device: Device,
@@ -849,7 +849,7 @@ impl Model {
 
     /// The weight as used in the forward pass: absent input channels zeroed, then
     /// fake-quantized per output channel.
-    fn eff_weight(&self, i: usize, train: bool) -> Result<Tensor> {
+    pub(crate) fn eff_weight(&self, i: usize, train: bool) -> Result<Tensor> {
         let mut w = self
             .param(&self.params[i].weight, train)
             .expect("weighted layer");
@@ -881,6 +881,16 @@ impl Model {
             }
             return Ok(x);
         }
+        let per_image = x.elem_count() / x.dim(0)?.max(1);
+        let a_scaled = self.scaled_alpha(i, bits, per_image)?;
+        ops::fake_quant_act(&x, &a_scaled, bits)
+    }
+
+    /// The clip range α of layer `i`'s input quantizer as the forward pass uses it, for an
+    /// input of `per_image` elements per image: `α·g + (α − α·g)` with the second term
+    /// detached, LSQ's gradient scale `g` (forward value α up to rounding). Err(Invalid) when
+    /// α was never calibrated.
+    pub(crate) fn scaled_alpha(&self, i: usize, bits: u32, per_image: usize) -> Result<Tensor> {
         let alpha = self.params[i]
             .alpha
             .as_ref()
@@ -895,12 +905,11 @@ impl Model {
         // LSQ's gradient scale for the step size: the α gradient is a sum over every
         // activation of a sample, so scale it by 1/√(features · levels) (forward unchanged).
         // (Of the full-width input for a slimmed layer, as the masked model counts them.)
-        let per_image = x.elem_count() / x.dim(0)?.max(1);
+        let full = self.comp[i].full_input.as_ref();
         let feats = full.map_or(per_image, |f| f.full_per_image(per_image)) as f64;
         let g = 1.0 / (feats * ops::act_levels(bits) as f64).sqrt();
         let a = alpha.as_tensor();
-        let a_scaled = ((a * g)? + (a - (a * g)?)?.detach())?;
-        ops::fake_quant_act(&x, &a_scaled, bits)
+        Ok(((a * g)? + (a - (a * g)?)?.detach())?)
     }
 
     /// Activation-range calibration: runs `batches` through the model (evaluation mode,

@@ -8,6 +8,7 @@ pub use seer_label::FinetuneNetwork;
 use seer_policy::{Policy, SearchSpace};
 
 use crate::data::{Augment, Batch, BatchIter, Dataset, Normalize};
+use crate::eval::EvalNet;
 use crate::model::Model;
 use crate::{Error, Result};
 
@@ -287,7 +288,11 @@ pub struct EvalReport {
     pub images_per_s: f64,
 }
 
-/// Top-1 accuracy of `model` (evaluation mode) on all of `data`.
+/// Top-1 accuracy of `model` (evaluation mode) on all of `data`, on the evaluation path
+/// without autograd ([`EvalNet`]: BatchNorm folded, weights quantized once, one image per
+/// task). Equals [`evaluate_reference`] up to float rounding (an image whose two largest
+/// logits are within rounding of each other may count differently). Ties in the logits go
+/// to the lower class index.
 pub fn evaluate(
     model: &Model,
     data: &Dataset,
@@ -295,6 +300,42 @@ pub fn evaluate(
     batch: usize,
 ) -> Result<EvalReport> {
     let _span = tracing::info_span!("evaluate", images = data.len()).entered();
+    let t0 = Instant::now();
+    let net = EvalNet::compile(model)?;
+    let k = net.classes();
+    let mut correct = 0usize;
+    for b in BatchIter::sequential(data, batch, norm.clone()) {
+        let logits = net.logits(&b.x, b.n)?;
+        for (row, &y) in logits.chunks(k.max(1)).zip(&b.y) {
+            let best = row
+                .iter()
+                .enumerate()
+                .fold(
+                    (0, f32::NEG_INFINITY),
+                    |m, (j, &v)| if v > m.1 { (j, v) } else { m },
+                );
+            correct += usize::from(best.0 as u32 == y);
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let n = data.len();
+    Ok(EvalReport {
+        top1: 100.0 * correct as f64 / n.max(1) as f64,
+        n,
+        images_per_s: n as f64 / secs.max(1e-9),
+    })
+}
+
+/// The slow reference of [`evaluate`]: [`Model::forward`] in evaluation mode on candle
+/// tensors, batch by batch. Labels under masked protocols (written before issue 14) use it,
+/// so they reproduce bit for bit.
+pub fn evaluate_reference(
+    model: &Model,
+    data: &Dataset,
+    norm: &Normalize,
+    batch: usize,
+) -> Result<EvalReport> {
+    let _span = tracing::info_span!("evaluate_reference", images = data.len()).entered();
     let t0 = Instant::now();
     let mut correct = 0usize;
     for b in BatchIter::sequential(data, batch, norm.clone()) {
