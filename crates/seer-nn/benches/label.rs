@@ -9,7 +9,8 @@
 //!
 //! Options: `--json` (one JSON object), `--masked` (labels on the masked full-width network,
 //! the protocol before issue 14), `--no-labels` (throughputs only), `--policies N` (the first
-//! N of the 5), `--steps N` (timed training steps per throughput, default 10).
+//! N of the 5), `--steps N` (timed training steps per throughput, default 10),
+//! `--label-steps N` (fine-tune steps per label, default the protocol's 100; experiments only).
 //! Needs the prepared dataset (`cargo xtask fetch-data fashion-mnist`).
 
 use std::path::PathBuf;
@@ -113,6 +114,8 @@ fn conv_fraction() -> R<(f64, f64)> {
 }
 
 fn main() -> R<()> {
+    // SAFETY: first statement of main, no other thread exists yet.
+    unsafe { seer_nn::candle_elementwise_on_caller() };
     let args: Vec<String> = std::env::args().collect();
     let json = args.iter().any(|a| a == "--json");
     let masked = args.iter().any(|a| a == "--masked");
@@ -124,8 +127,9 @@ fn main() -> R<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let ckpt = root.join("assets/baselines/resnet20-fashion-mnist.safetensors");
     let load_start = seer_bench::load_average();
+    // (`--label-steps N`: shorter labels for experiments; the bench's figures use 100.)
     let settings = LabelSettings {
-        steps: 100,
+        steps: arg::<u64>(&args, "--label-steps").unwrap_or(100),
         batch_size: 64,
         lr: 0.01,
         seed: 0,

@@ -54,7 +54,7 @@ struct Fq {
 impl Fq {
     #[inline]
     fn apply(&self, v: f32) -> f32 {
-        (v.clamp(0.0, self.alpha) / self.step).round() * self.step
+        seer_kernels::round_half_away(v.clamp(0.0, self.alpha) / self.step) * self.step
     }
 }
 
@@ -162,6 +162,11 @@ pub struct EvalNet {
     output: Slot,
     classes: usize,
     slots: usize,
+}
+
+thread_local! {
+    /// Each thread's scratch, kept across images, batches and nets (buffers only grow).
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }
 
 /// Per-thread scratch: one buffer per slot, the im2col tile, the quantized input.
@@ -508,8 +513,8 @@ impl EvalNet {
         }
         out.par_chunks_mut(self.classes)
             .enumerate()
-            .try_for_each_init(Scratch::default, |s, (i, o)| {
-                self.image(&x[i * per..(i + 1) * per], s, o)
+            .try_for_each(|(i, o)| {
+                SCRATCH.with(|s| self.image(&x[i * per..(i + 1) * per], &mut s.borrow_mut(), o))
             })?;
         Ok(out)
     }

@@ -1311,7 +1311,7 @@ pub fn best_clip(samples: &[f32], bits: u32) -> f32 {
         let err: f64 = pos
             .iter()
             .map(|&v| {
-                let q = (v.min(a) / s).round() * s;
+                let q = seer_kernels::round_half_away(v.min(a) / s) * s;
                 ((q - v) as f64).powi(2)
             })
             .sum();
