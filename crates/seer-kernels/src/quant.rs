@@ -26,7 +26,7 @@ fn check_bits(op: &'static str, bits: u32) -> Result<()> {
 /// are returned as they are (already integers); the sign of a zero result follows `x`.
 #[inline]
 pub fn round_half_away(x: f32) -> f32 {
-    if !(x.abs() < 8_388_608.0) {
+    if x.is_nan() || x.abs() >= 8_388_608.0 {
         return x;
     }
     let t = (x as i32) as f32;

@@ -88,7 +88,7 @@ fn conv_fraction() -> R<(f64, f64)> {
     let a = Tensor::randn(0f32, 1., (1024, 1024), &dev)?;
     let b = Tensor::randn(0f32, 1., (1024, 1024), &dev)?;
     let mm_flop = 2.0 * 1024f64.powi(3);
-    let mut conv = || -> R<f64> {
+    let conv = || -> R<f64> {
         let t = Instant::now();
         let y = conv2d(x.as_tensor(), w.as_tensor(), &Conv2dParams::new(1, 1))?;
         y.sum_all()?.backward()?;

@@ -247,6 +247,8 @@ impl EvalNet {
             };
             // The last layer of a fused chain and its activation.
             let mut last = i;
+            // Every layer of the chain (not necessarily consecutive in the spec).
+            let mut chain = vec![i];
             let mut act = Act::None;
             let (op, ins, out_shape) = match l.kind {
                 LayerKind::Conv2d {
@@ -279,11 +281,13 @@ impl EvalNet {
                             epi.m2 = m;
                         }
                         last = b;
+                        chain.push(b);
                     }
                     if let Some((r, a)) =
                         only(last).and_then(|r| act_of(&layers[r].kind).map(|a| (r, a)))
                     {
                         last = r;
+                        chain.push(r);
                         act = a;
                     }
                     let p = Conv2dParams {
@@ -323,6 +327,7 @@ impl EvalNet {
                         only(i).and_then(|r| act_of(&layers[r].kind).map(|a| (r, a)))
                     {
                         last = r;
+                        chain.push(r);
                         act = a;
                     }
                     (
@@ -342,6 +347,7 @@ impl EvalNet {
                         only(i).and_then(|r| act_of(&layers[r].kind).map(|a| (r, a)))
                     {
                         last = r;
+                        chain.push(r);
                         act = a;
                     }
                     (Op::Affine { epi }, vec![(x, xs)], xs)
@@ -362,6 +368,7 @@ impl EvalNet {
                         only(i).and_then(|r| act_of(&layers[r].kind).map(|a| (r, a)))
                     {
                         last = r;
+                        chain.push(r);
                         act = a;
                     }
                     (
@@ -424,7 +431,7 @@ impl EvalNet {
                     )
                 }
             };
-            for j in i..=last {
+            for &j in &chain {
                 done[j] = true;
             }
             let v = next_value;
