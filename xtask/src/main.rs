@@ -138,6 +138,11 @@ const BENCHES: &[Bench] = &[
         package: "seer-kernels",
         target: "kernels",
     },
+    Bench {
+        name: "label",
+        package: "seer-nn",
+        target: "label",
+    },
 ];
 
 fn main() -> Result<()> {

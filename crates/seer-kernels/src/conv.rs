@@ -536,6 +536,47 @@ pub fn conv2d(x: &Tensor, w: &Tensor, params: &Conv2dParams) -> Result<Tensor> {
     Ok(x.apply_op2(&w, Conv2dOp { params: *params })?)
 }
 
+/// One image's convolution on plain slices, for inference without tensors or an autograd
+/// graph (no allocation once `col` and `out` have grown to their largest use):
+/// `x` `[C_in, H, W]`, `w` `[C_out, C_in/groups, K_h, K_w]` → `out` resized to
+/// `[C_out, H_out, W_out]`, which is returned. `col` is scratch. Bitwise the same as this
+/// image's slice of [`conv2d`] (the same per-image GEMM calls). Single-threaded: callers
+/// parallelise over images.
+///
+/// Errors as [`conv2d`], and [`Error::Shape`] when a slice's length differs from its shape.
+pub fn conv2d_image(
+    x: &[f32],
+    x_shape: [usize; 3],
+    w: &[f32],
+    w_shape: [usize; 4],
+    params: &Conv2dParams,
+    col: &mut Vec<f32>,
+    out: &mut Vec<f32>,
+) -> Result<[usize; 3]> {
+    let [c, h, wd] = x_shape;
+    let g = Geom::new(&[1, c, h, wd], &w_shape, params)?;
+    for (name, len, want) in [
+        ("input", x.len(), g.in_img()),
+        ("weight", w.len(), w_shape.iter().product()),
+    ] {
+        if len != want {
+            return Err(Error::Shape {
+                op: OP,
+                msg: format!("{name} slice holds {len} values, its shape needs {want}"),
+            });
+        }
+    }
+    out.clear();
+    out.resize(g.out_img(), 0.0);
+    if g.kdim > 0 && !out.is_empty() {
+        if col.len() < g.tile_len() {
+            col.resize(g.tile_len(), 0.0);
+        }
+        forward_image(x, w, &g, col, out);
+    }
+    Ok([g.cout, g.oh, g.ow])
+}
+
 /// Output spatial size `(H_out, W_out)` of [`conv2d`] for input `[.., H, W]` and kernel
 /// `K_h × K_w`. Errors as [`conv2d`].
 pub fn conv2d_output_hw(
@@ -644,6 +685,72 @@ mod tests {
             prop_assume!(Geom::new(&xs, &ws, &p).is_ok());
             check(xs, ws, p, seed);
         }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+        /// The slice API against the slow reference, one image at a time, with odd sizes and
+        /// zero input or output channels; bitwise equal to the tensor op's images.
+        #[test]
+        fn image_slices_match_the_reference(
+            n in 1usize..3, groups in 1usize..3, cin_g in 0usize..4, cout_g in 0usize..4,
+            kh in 1usize..4, kw in 1usize..4, h in 1usize..10, w in 1usize..10,
+            stride in 1usize..3, padding in 0usize..3, seed in 0u64..1000,
+        ) {
+            let p = Conv2dParams { stride, padding, dilation: 1, groups };
+            let xs = [n, cin_g * groups, h, w];
+            let ws = [cout_g * groups, cin_g, kh, kw];
+            prop_assume!(Geom::new(&xs, &ws, &p).is_ok());
+            let x = tensor(seed, &xs);
+            let wt = tensor(seed + 1, &ws);
+            let (xv, wv) = (vec(&x), vec(&wt));
+            let refy = reference::conv2d_direct(&x, &wt, &Tensor::zeros(
+                conv2d(&x, &wt, &p).unwrap().dims(), candle_core::DType::F32, x.device()).unwrap(), &p)
+                .unwrap().0;
+            let ry = vec(&refy);
+            let ours = vec(&conv2d(&x, &wt, &p).unwrap());
+            let per_in = xs[1] * h * w;
+            let per_out = ry.len() / n;
+            let (mut col, mut out) = (Vec::new(), vec![7.0; 3]);
+            for i in 0..n {
+                let shape = conv2d_image(&xv[i * per_in..(i + 1) * per_in], [xs[1], h, w],
+                    &wv, ws, &p, &mut col, &mut out).unwrap();
+                prop_assert_eq!(shape[0] * shape[1] * shape[2], per_out);
+                prop_assert_eq!(&out[..], &ours[i * per_out..(i + 1) * per_out]);
+                for (a, b) in out.iter().zip(&ry[i * per_out..(i + 1) * per_out]) {
+                    prop_assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn image_slice_errors() {
+        let p = Conv2dParams::new(1, 1);
+        let (mut col, mut out) = (Vec::new(), Vec::new());
+        let e = conv2d_image(
+            &[0.0; 5],
+            [1, 2, 2],
+            &[0.0; 9],
+            [1, 1, 3, 3],
+            &p,
+            &mut col,
+            &mut out,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("input slice holds 5"), "{e}");
+        let e = conv2d_image(
+            &[0.0; 4],
+            [1, 2, 2],
+            &[0.0; 9],
+            [1, 2, 3, 3],
+            &p,
+            &mut col,
+            &mut out,
+        )
+        .unwrap_err();
+        assert!(matches!(e, Error::Shape { .. }), "{e}");
     }
 
     #[test]

@@ -42,12 +42,14 @@ mod residual;
 mod simd;
 mod view;
 
-pub use conv::{__profile, Conv2dParams, conv2d, conv2d_output_hw};
+pub use conv::{__profile, Conv2dParams, conv2d, conv2d_image, conv2d_output_hw};
 pub use error::{Error, Result};
-pub use linear::linear;
+pub use linear::{PackedLinear, linear};
 pub use mask::{channel_mask, filter_l2_scores, group_scores, top_k_mask};
 pub use norm::{BatchNormOutput, batch_norm_eval, batch_norm_relu_train, batch_norm_train, relu};
-pub use quant::{act_levels, fake_quant_act, fake_quant_weight, weight_qmax, weight_scales};
+pub use quant::{
+    act_levels, fake_quant_act, fake_quant_weight, round_half_away, weight_qmax, weight_scales,
+};
 pub use residual::{add_relu, shortcut_a};
 #[cfg(test)]
 mod testutil;

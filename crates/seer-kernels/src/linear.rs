@@ -65,6 +65,71 @@ fn linear_forward(x: &[f32], w: &[f32], n: usize, k: usize, f: usize) -> Vec<f32
         .collect()
 }
 
+/// A fully connected layer's weight prepared once for [`PackedLinear::row`]: inference on
+/// plain slices, one sample at a time, without tensors or an autograd graph.
+#[derive(Clone, Debug)]
+pub struct PackedLinear {
+    /// `W` transposed to `[k, f8]`, `f8 = f` rounded up to a multiple of 8.
+    wt: Vec<f32>,
+    k: usize,
+    f: usize,
+    f8: usize,
+}
+
+impl PackedLinear {
+    /// Packs `w` `[f, k]` (row-major). Err(Shape) when `w.len() ≠ f·k`.
+    pub fn new(w: &[f32], f: usize, k: usize) -> Result<Self> {
+        if w.len() != f * k {
+            return Err(Error::Shape {
+                op: OP,
+                msg: format!(
+                    "weight slice holds {} values, [{f}, {k}] needs {}",
+                    w.len(),
+                    f * k
+                ),
+            });
+        }
+        let f8 = f.next_multiple_of(8);
+        let mut wt = vec![0f32; k * f8];
+        if k > 0 {
+            for (j, row) in w.chunks_exact(k).enumerate() {
+                for (q, &v) in row.iter().enumerate() {
+                    wt[q * f8 + j] = v;
+                }
+            }
+        }
+        Ok(Self { wt, k, f, f8 })
+    }
+
+    /// `x·Wᵀ` of one sample `x` `[k]` into `out` (resized to `[f]`; `pad` is scratch):
+    /// bitwise the same as that sample's row of [`linear`] (the same fixed-order kernel).
+    /// Err(Shape) when `x.len() ≠ k`.
+    pub fn row(&self, x: &[f32], pad: &mut Vec<f32>, out: &mut Vec<f32>) -> Result<()> {
+        if x.len() != self.k {
+            return Err(Error::Shape {
+                op: OP,
+                msg: format!(
+                    "input holds {} values, the weight needs {}",
+                    x.len(),
+                    self.k
+                ),
+            });
+        }
+        out.clear();
+        if self.f == 0 || self.k == 0 {
+            out.resize(self.f, 0.0);
+            return Ok(());
+        }
+        pad.clear();
+        pad.resize(self.f8, 0.0);
+        gemm_rows(
+            1, self.f8, self.k, x, self.k, &self.wt, self.f8, pad, self.f8,
+        );
+        out.extend_from_slice(&pad[..self.f]);
+        Ok(())
+    }
+}
+
 /// The `gemm` crate's threading for a product of `macs` multiply-adds (splits the output,
 /// never the reduction).
 fn par_for(macs: usize) -> Parallelism {
@@ -159,6 +224,42 @@ mod tests {
             );
             assert!(e <= 1e-5, "grad rel err {e} for {n} {k} {f}");
         }
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+        /// One sample at a time on slices: bitwise the rows of the tensor op, close to the
+        /// reference; odd and zero sizes included.
+        #[test]
+        fn packed_rows_match_the_op(n in 1usize..4, k in 0usize..40, f in 0usize..21, seed in 0u64..1000) {
+            let x = tensor(seed, &[n, k]);
+            let w = tensor(seed + 1, &[f, k]);
+            let ours = vec(&linear(&x, &w).unwrap());
+            let want = vec(&reference::linear(&x, &w).unwrap());
+            let p = PackedLinear::new(&vec(&w), f, k).unwrap();
+            let xv = vec(&x);
+            let (mut pad, mut out) = (Vec::new(), vec![3.0; 2]);
+            for i in 0..n {
+                p.row(&xv[i * k..(i + 1) * k], &mut pad, &mut out).unwrap();
+                prop_assert_eq!(&out[..], &ours[i * f..(i + 1) * f]);
+                for (a, b) in out.iter().zip(&want[i * f..(i + 1) * f]) {
+                    prop_assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn packed_shape_errors() {
+        assert!(PackedLinear::new(&[0.0; 5], 2, 3).is_err());
+        let p = PackedLinear::new(&[0.0; 6], 2, 3).unwrap();
+        let e = p
+            .row(&[0.0; 2], &mut Vec::new(), &mut Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("input holds 2 values"), "{e}");
     }
 
     #[test]

@@ -57,6 +57,7 @@ pub use manifest::{
     merge_results, run_shard,
 };
 pub use store::{
-    Appended, LabelRecord, LabelReport, LabelStore, Measured, OpenReport, Protocol, file_hash,
-    label_missing, label_seed, policy_hash, read_store, short_digest, write_atomic,
+    Appended, FinetuneNetwork, LabelRecord, LabelReport, LabelStore, Measured, OpenReport,
+    Protocol, file_hash, label_missing, label_seed, policy_hash, read_store, short_digest,
+    write_atomic,
 };

@@ -84,10 +84,45 @@ pub struct Protocol {
     /// augmentation, ...), compared like the named fields.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub extra: BTreeMap<String, serde_json::Value>,
+    /// Which network the fine-tune and validation ran on. Absent in the JSON (and so in the
+    /// hash) when [`FinetuneNetwork::Masked`]: protocols, stores and manifests written before
+    /// the field existed load unchanged, keep their hash, and say `masked`.
+    #[serde(default, skip_serializing_if = "FinetuneNetwork::is_masked")]
+    pub network: FinetuneNetwork,
+}
+
+/// The network a label's calibration, fine-tune and validation run on (docs/method.md §3).
+/// Both compute the same function up to float rounding (the slimmed network's layers sum
+/// over fewer, all real, channels); the slimmed one is cheaper by about the pruned fraction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinetuneNetwork {
+    /// The full-width network with pruned channels zeroed by masks (every store written
+    /// before this field existed).
+    #[default]
+    Masked,
+    /// The physically pruned network: pruned channels removed before calibration.
+    Slim,
+}
+
+impl FinetuneNetwork {
+    /// Whether this is [`FinetuneNetwork::Masked`] (the value a protocol without the field has).
+    pub fn is_masked(&self) -> bool {
+        *self == FinetuneNetwork::Masked
+    }
+
+    /// `masked` or `slim`, as in the protocol's JSON.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            FinetuneNetwork::Masked => "masked",
+            FinetuneNetwork::Slim => "slim",
+        }
+    }
 }
 
 impl Protocol {
-    /// A protocol for `space` (its arch, input and config) with no `extra` settings.
+    /// A protocol for `space` (its arch, input and config) with no `extra` settings, fine-tuning
+    /// on the masked network (set [`Protocol::network`] for the slimmed one).
     #[allow(clippy::too_many_arguments)]
     pub fn for_space(
         space: &SearchSpace,
@@ -111,6 +146,7 @@ impl Protocol {
             lr,
             seed,
             extra: BTreeMap::new(),
+            network: FinetuneNetwork::Masked,
         }
     }
 
@@ -882,6 +918,38 @@ pub(crate) mod tests {
             label_seed(0, &policy_hash(&a)),
             label_seed(0, &policy_hash(&b))
         );
+    }
+
+    #[test]
+    fn network_field_is_absent_for_masked_and_keeps_old_hashes() {
+        let s = space();
+        let p = protocol(&s);
+        // A protocol written before the field existed: no `network` key.
+        let json = serde_json::to_string(&p).unwrap();
+        assert!(!json.contains("network"), "{json}");
+        let old: Protocol = serde_json::from_str(&json).unwrap();
+        assert_eq!(old.network, FinetuneNetwork::Masked);
+        assert_eq!(old.hash(), p.hash());
+        let mut q = p.clone();
+        q.network = FinetuneNetwork::Slim;
+        assert_ne!(q.hash(), p.hash());
+        assert_eq!(
+            p.diff(&q),
+            vec![r#"network: (absent) vs "slim""#.to_string()]
+        );
+        let back: Protocol = serde_json::from_str(&serde_json::to_string(&q).unwrap()).unwrap();
+        assert_eq!(back, q);
+        // A store of masked labels refuses slim ones and the reverse.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("labels.jsonl");
+        let (mut st, _) = LabelStore::open(&path, &p).unwrap();
+        st.append(record(&s, &p, 0)).unwrap();
+        drop(st);
+        let e = LabelStore::open(&path, &q).unwrap_err().to_string();
+        assert!(e.contains("network"), "{e}");
+        let (st, _) = LabelStore::open(&path, &p).unwrap();
+        assert_eq!(st.len(), 1);
+        assert_eq!(st.protocol().network.as_str(), "masked");
     }
 
     /// A store with `n` records; returns its path, the protocol and the records.

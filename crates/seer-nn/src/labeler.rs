@@ -17,7 +17,7 @@ use seer_policy::{Policy, SearchSpace, SpaceConfig};
 
 use crate::{Error, Result};
 pub use seer_label::store::file_hash;
-use seer_label::store::{Measured, Protocol, short_digest};
+use seer_label::store::{FinetuneNetwork, Measured, Protocol, short_digest};
 
 /// Fine-tune settings of a labelling protocol.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -30,6 +30,25 @@ pub struct LabelSettings {
     pub lr: f64,
     /// Base seed (each label's seed derives from it and the policy hash).
     pub seed: u64,
+}
+
+/// Wall seconds of one label by phase ([`Labeler::label_timed`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct LabelTimes {
+    /// Loading the baseline, applying the policy (and slimming), BatchNorm re-estimation and
+    /// activation calibration.
+    pub prepare_s: f64,
+    /// The QAT fine-tune steps.
+    pub finetune_s: f64,
+    /// Top-1 on the validation split.
+    pub validate_s: f64,
+}
+
+impl LabelTimes {
+    /// The whole label.
+    pub fn total_s(&self) -> f64 {
+        self.prepare_s + self.finetune_s + self.validate_s
+    }
 }
 
 /// Evaluation batch size (does not change results).
@@ -62,6 +81,7 @@ fn train_config(p: &Protocol, seed: u64, augment: Option<Augment>) -> train::Tra
         lr: p.lr,
         seed,
         augment,
+        network: p.network,
         ..train::TrainConfig::default()
     }
 }
@@ -111,7 +131,9 @@ impl std::fmt::Debug for Labeler {
 
 impl Labeler {
     /// The protocol for labelling policies of `space_config` on the baseline `checkpoint` with
-    /// `settings`; the dataset is the checkpoint's unless `dataset` is given. Err(Nn) for an
+    /// `settings`, fine-tuning the slimmed network ([`FinetuneNetwork::Slim`]; [`Labeler`]
+    /// also labels under masked protocols, those of stores written before the field existed);
+    /// the dataset is the checkpoint's unless `dataset` is given. Err(Nn) for an
     /// unreadable checkpoint or a missing dataset (the message says how to fetch it).
     pub fn protocol(
         checkpoint: &Path,
@@ -141,6 +163,7 @@ impl Labeler {
             settings.seed,
         );
         p.extra = extra(&p, finetune_augment(&info.info, name));
+        p.network = FinetuneNetwork::Slim;
         Ok(p)
     }
 
@@ -212,7 +235,7 @@ impl Labeler {
     }
 
     /// Labels one policy with `seed` (use [`label_seed`](seer_label::store::label_seed)): a fresh copy
-    /// of the baseline, policy applied, fine-tuned for the protocol's steps on the training
+    /// of the baseline, policy applied, slimmed when the protocol's `network` says so, fine-tuned for the protocol's steps on the training
     /// split, top-1 (percent) on the validation split. `on_step` sees each optimizer step
     /// (index, loss). Err(Policy) for a policy outside the space, Err(Label(Protocol)) when the
     /// checkpoint file changed since [`new`](Self::new), Err(Nn) for training errors.
@@ -222,6 +245,17 @@ impl Labeler {
         seed: u64,
         on_step: &mut dyn FnMut(usize, f32),
     ) -> Result<Measured> {
+        self.label_timed(policy, seed, on_step).map(|(m, _)| m)
+    }
+
+    /// [`label`](Self::label), also returning where the wall time went.
+    pub fn label_timed(
+        &self,
+        policy: &Policy,
+        seed: u64,
+        on_step: &mut dyn FnMut(usize, f32),
+    ) -> Result<(Measured, LabelTimes)> {
+        let t0 = std::time::Instant::now();
         self.space.validate(policy)?;
         // The baseline is re-read for every label (policies mutate the model); a checkpoint
         // replaced during the run would silently change the protocol, so check it each time.
@@ -239,7 +273,7 @@ impl Labeler {
         let (mut model, _) =
             checkpoint::load(&self.checkpoint, Some(&self.protocol.arch), &Device::Cpu)?;
         let cfg = train_config(&self.protocol, seed, self.augment);
-        train::finetune_policy(
+        let rep = train::finetune_policy(
             &mut model,
             &self.space,
             policy,
@@ -248,7 +282,22 @@ impl Labeler {
             &cfg,
             &mut |s| on_step(s.step, s.loss),
         )?;
-        let r = train::evaluate(&model, &self.splits.val, &self.norm, EVAL_BATCH)?;
-        Ok(Measured { top1: r.top1 })
+        let t1 = std::time::Instant::now();
+        let r = match self.protocol.network {
+            FinetuneNetwork::Slim => {
+                train::evaluate(&model, &self.splits.val, &self.norm, EVAL_BATCH)?
+            }
+            // Masked protocols predate the evaluation path without autograd: keep their bits.
+            FinetuneNetwork::Masked => {
+                train::evaluate_reference(&model, &self.splits.val, &self.norm, EVAL_BATCH)?
+            }
+        };
+        let before_val = t1.duration_since(t0).as_secs_f64();
+        let times = LabelTimes {
+            prepare_s: (before_val - rep.seconds).max(0.0),
+            finetune_s: rep.seconds,
+            validate_s: t1.elapsed().as_secs_f64(),
+        };
+        Ok((Measured { top1: r.top1 }, times))
     }
 }

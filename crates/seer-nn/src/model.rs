@@ -53,6 +53,53 @@ pub struct LayerComp {
     /// (`None` = zero). Used by residual adds and option-A shortcuts after physical pruning.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gathers: Option<Vec<Vec<Option<usize>>>>,
+    /// Slimmed models only, weighted layers whose input lost channels: that input as the
+    /// masked model saw it. Activation calibration and the LSQ step-size gradient scale
+    /// use these full-width statistics, so a fine-tune of the slimmed model equals that of
+    /// the masked one up to float rounding (docs/method.md §3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_input: Option<FullInput>,
+}
+
+/// The full-width layout of a slimmed layer's input: `channels` channels (or features, for a
+/// linear layer) of which those at the ascending positions `present` are the ones the
+/// slimmed input holds, in order; the others were zero in the masked model.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FullInput {
+    /// Channel (feature) count of the unpruned input.
+    pub channels: usize,
+    /// Full-width index of each channel present, ascending.
+    pub present: Vec<usize>,
+}
+
+impl FullInput {
+    /// Elements per image of the full-width input whose slimmed version holds `slim_per_image`
+    /// elements per image.
+    fn full_per_image(&self, slim_per_image: usize) -> usize {
+        slim_per_image / self.present.len().max(1) * self.channels
+    }
+
+    /// The samples the masked model's calibration takes from this input (every `step`-th
+    /// element of the full-width tensor, `step = max(1, len / 50,000)`, absent channels read
+    /// as 0), read from the slimmed input `v` (`[n, present.len(), rest]` flattened).
+    fn calib_samples(&self, v: &[f32], n: usize, out: &mut Vec<f32>) {
+        let cs = self.present.len();
+        if n == 0 || cs == 0 {
+            return;
+        }
+        let per = v.len() / n / cs;
+        let cf = self.channels;
+        let mut inv = vec![None; cf];
+        for (k, &c) in self.present.iter().enumerate() {
+            inv[c] = Some(k);
+        }
+        let full_len = n * cf * per;
+        let step = (full_len / 50_000).max(1);
+        out.extend((0..full_len).step_by(step).map(|j| {
+            let (img, c, s) = (j / (cf * per), (j / per) % cf, j % per);
+            inv[c].map_or(0.0, |k| v[(img * cs + k) * per + s])
+        }));
+    }
 }
 
 /// Trainable parameters and buffers of one layer (all optional by kind).
@@ -72,9 +119,9 @@ pub(crate) struct LayerParams {
 
 /// Precomputed masks of the compressed forward pass.
 #[derive(Debug, Default, Clone)]
-struct Plan {
+pub(crate) struct Plan {
     /// Multiply the layer's output by this (`[1, C, 1, 1]` or `[1, F]`).
-    out_mask: Vec<Option<Tensor>>,
+    pub(crate) out_mask: Vec<Option<Tensor>>,
     /// Weighted layers: multiply the weight by this before quantization (absent inputs).
     in_mask: Vec<Option<Tensor>>,
     /// Channels physically present in each layer's output (`None` = all).
@@ -87,9 +134,9 @@ struct Plan {
 pub struct Model {
     spec: NetworkSpec,
     residual: ResidualPruning,
-    params: Vec<LayerParams>,
+    pub(crate) params: Vec<LayerParams>,
     comp: Vec<LayerComp>,
-    plan: Plan,
+    pub(crate) plan: Plan,
     slim: bool,
     policy: Option<Policy>,
     device: Device,
@@ -823,7 +870,7 @@ impl Model {
 
     /// The weight as used in the forward pass: absent input channels zeroed, then
     /// fake-quantized per output channel.
-    fn eff_weight(&self, i: usize, train: bool) -> Result<Tensor> {
+    pub(crate) fn eff_weight(&self, i: usize, train: bool) -> Result<Tensor> {
         let mut w = self
             .param(&self.params[i].weight, train)
             .expect("weighted layer");
@@ -843,12 +890,28 @@ impl Model {
         if self.spec.layers[i].inputs.is_empty() {
             return Ok(x); // the image: already 8-bit pixels
         }
+        let full = self.comp[i].full_input.as_ref();
         if let Some(c) = calib {
             let v: Vec<f32> = x.flatten_all()?.to_vec1()?;
-            let step = (v.len() / 50_000).max(1);
-            c.samples[i].extend(v.iter().step_by(step).copied());
+            match full {
+                Some(f) => f.calib_samples(&v, x.dim(0)?, &mut c.samples[i]),
+                None => {
+                    let step = (v.len() / 50_000).max(1);
+                    c.samples[i].extend(v.iter().step_by(step).copied());
+                }
+            }
             return Ok(x);
         }
+        let per_image = x.elem_count() / x.dim(0)?.max(1);
+        let a_scaled = self.scaled_alpha(i, bits, per_image)?;
+        ops::fake_quant_act(&x, &a_scaled, bits)
+    }
+
+    /// The clip range α of layer `i`'s input quantizer as the forward pass uses it, for an
+    /// input of `per_image` elements per image: `α·g + (α − α·g)` with the second term
+    /// detached, LSQ's gradient scale `g` (forward value α up to rounding). Err(Invalid) when
+    /// α was never calibrated.
+    pub(crate) fn scaled_alpha(&self, i: usize, bits: u32, per_image: usize) -> Result<Tensor> {
         let alpha = self.params[i]
             .alpha
             .as_ref()
@@ -862,11 +925,12 @@ impl Model {
         }
         // LSQ's gradient scale for the step size: the α gradient is a sum over every
         // activation of a sample, so scale it by 1/√(features · levels) (forward unchanged).
-        let feats = (x.elem_count() / x.dim(0)?.max(1)) as f64;
+        // (Of the full-width input for a slimmed layer, as the masked model counts them.)
+        let full = self.comp[i].full_input.as_ref();
+        let feats = full.map_or(per_image, |f| f.full_per_image(per_image)) as f64;
         let g = 1.0 / (feats * ops::act_levels(bits) as f64).sqrt();
         let a = alpha.as_tensor();
-        let a_scaled = ((a * g)? + (a - (a * g)?)?.detach())?;
-        ops::fake_quant_act(&x, &a_scaled, bits)
+        Ok(((a * g)? + (a - (a * g)?)?.detach())?)
     }
 
     /// Activation-range calibration: runs `batches` through the model (evaluation mode,
@@ -1022,6 +1086,12 @@ impl Model {
                         Some(Var::from_tensor(&Tensor::cat(&blocks, 0)?)?)
                     };
                     np.bias = sel(&p.bias, &out_set, None)?;
+                    if prod.is_some() && ins.len() < *in_ch {
+                        comp[i].full_input = Some(FullInput {
+                            channels: *in_ch,
+                            present: ins.clone(),
+                        });
+                    }
                     *in_ch = ins.len();
                     *out_ch = out_set.len();
                     *groups = parts.len();
@@ -1041,6 +1111,12 @@ impl Model {
                         .unwrap_or_else(|| (0..*in_features).collect());
                     np.weight = sel(&p.weight, &out_set, Some(&ins))?;
                     np.bias = sel(&p.bias, &out_set, None)?;
+                    if prod.is_some() && ins.len() < *in_features {
+                        comp[i].full_input = Some(FullInput {
+                            channels: *in_features,
+                            present: ins.clone(),
+                        });
+                    }
                     *in_features = ins.len();
                     *out_features = out_set.len();
                     np.alpha = p
@@ -1283,7 +1359,7 @@ pub fn best_clip(samples: &[f32], bits: u32) -> f32 {
         let err: f64 = pos
             .iter()
             .map(|&v| {
-                let q = (v.min(a) / s).round() * s;
+                let q = seer_kernels::round_half_away(v.min(a) / s) * s;
                 ((q - v) as f64).powi(2)
             })
             .sum();

@@ -493,3 +493,130 @@ fn eval_logits_do_not_depend_on_the_batch() {
         );
     }
 }
+
+/// Two-class synthetic `h×h×1` images (class 1: a bright top-left square).
+fn synthetic_sized(n: usize, h: usize, seed: u64) -> Dataset {
+    let mut r = ChaCha8Rng::seed_from_u64(seed);
+    let (mut images, mut labels) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        let l = (i % 2) as u8;
+        for y in 0..h {
+            for x in 0..h {
+                let base: u8 = r.random_range(0..60);
+                let bright = l == 1 && y < h / 3 && x < h / 3;
+                images.push(if bright { 200 } else { base });
+            }
+        }
+        labels.push(l);
+    }
+    Dataset::new([1, h, h], 10, images, labels).unwrap()
+}
+
+/// The fine-tune of a label on the slimmed network (pruned channels removed before BN
+/// re-estimation, calibration and QAT) equals the masked full-width fine-tune up to float
+/// rounding, for a fixed seed; and it is deterministic.
+#[test]
+fn slim_finetune_equals_masked_finetune() {
+    use seer_label::FinetuneNetwork;
+    let cases = [
+        ("resnet20", 12, ResidualPruning::Tied, 3),
+        ("resnet20", 12, ResidualPruning::Masked, 4),
+        ("lenet5", 28, ResidualPruning::Tied, 5),
+    ];
+    for (arch, h, mode, seed) in cases {
+        let spec = builtin(arch, input(&format!("{h}x{h}x1")), None).unwrap();
+        let space = SearchSpace::new(
+            spec.clone(),
+            SpaceConfig {
+                residual_pruning: mode,
+                ..SpaceConfig::default()
+            },
+        )
+        .unwrap();
+        let data = synthetic_sized(128, h, seed);
+        let val = synthetic_sized(64, h, seed + 100);
+        let norm = Normalize::new(&[0.2], &[0.3]);
+        let base = Model::new(spec.clone(), seed, &Device::Cpu).unwrap();
+        warm_bn(&base, seed);
+        // A policy that prunes every prunable unit (a random non-zero ratio), random bits.
+        let mut r = ChaCha8Rng::seed_from_u64(seed);
+        let idx: Vec<usize> = space
+            .genes()
+            .iter()
+            .map(|g| match g.kind {
+                seer_policy::GeneKind::Prune if g.candidates.len() > 1 => {
+                    r.random_range(1..g.candidates.len())
+                }
+                _ => r.random_range(0..g.candidates.len()),
+            })
+            .collect();
+        let pol = space.from_indices(&idx).unwrap();
+        let cfg = |network| TrainConfig {
+            steps: Some(4),
+            batch_size: 16,
+            lr: 0.02,
+            seed: 11,
+            network,
+            ..TrainConfig::default()
+        };
+        let run = |network| {
+            let mut m = base.try_clone().unwrap();
+            let rep = train::finetune_policy(
+                &mut m,
+                &space,
+                &pol,
+                &data,
+                &norm,
+                &cfg(network),
+                &mut |_| {},
+            )
+            .unwrap();
+            (m, rep.final_loss)
+        };
+        let (masked, loss_m) = run(FinetuneNetwork::Masked);
+        let (slim, loss_s) = run(FinetuneNetwork::Slim);
+        assert!(!masked.is_slim() && slim.is_slim(), "{arch}");
+        assert!(slim.num_params() < masked.num_params(), "{arch}");
+        assert!(
+            (loss_m - loss_s).abs() <= 1e-4 * loss_m.abs().max(1.0),
+            "{arch} {mode:?}: mean loss masked {loss_m} slim {loss_s}"
+        );
+        let x = rand_x(8, spec.input, seed + 7);
+        let (a, b) = (outputs(&masked, &x), outputs(&slim, &x));
+        let scale = a.iter().fold(1f32, |s, v| s.max(v.abs()));
+        let d = a
+            .iter()
+            .zip(&b)
+            .fold(0f32, |s, (p, q)| s.max((p - q).abs()));
+        assert!(
+            d <= 1e-3 * scale,
+            "{arch} {mode:?}: logits differ by {d} (scale {scale})"
+        );
+        // Validation top-1, as a label measures it.
+        let (tm, ts) = (
+            train::evaluate(&masked, &val, &norm, 32).unwrap().top1,
+            train::evaluate(&slim, &val, &norm, 32).unwrap().top1,
+        );
+        assert!(
+            (tm - ts).abs() <= 100.0 / 64.0,
+            "{arch}: top-1 {tm} vs {ts}"
+        );
+        // Deterministic for a seed: a second slim run is bitwise the same.
+        let (again, _) = run(FinetuneNetwork::Slim);
+        assert_eq!(outputs(&again, &x), b, "{arch}");
+        // The calibrated clip ranges agree (the slim model samples the masked layout).
+        let alphas = |m: &Model| -> Vec<f32> {
+            m.named_tensors()
+                .into_iter()
+                .filter(|(n, _)| n.ends_with("act_alpha"))
+                .map(|(_, t)| t.to_vec1::<f32>().unwrap()[0])
+                .collect()
+        };
+        for (p, q) in alphas(&masked).iter().zip(alphas(&slim)) {
+            assert!(
+                (p - q).abs() <= 1e-3 * p.abs().max(1e-3),
+                "{arch}: α {p} vs {q}"
+            );
+        }
+    }
+}

@@ -4,9 +4,11 @@
 use std::time::Instant;
 
 use candle_core::{Tensor, Var, backprop::GradStore};
+pub use seer_label::FinetuneNetwork;
 use seer_policy::{Policy, SearchSpace};
 
 use crate::data::{Augment, Batch, BatchIter, Dataset, Normalize};
+use crate::eval::EvalNet;
 use crate::model::Model;
 use crate::{Error, Result};
 
@@ -108,6 +110,10 @@ pub struct TrainConfig {
     /// while the learning-rate schedule still spans all `epochs`/`steps`: a long run in
     /// pieces, continued later with [`Self::start_epoch`]. `None`: run to the end.
     pub stop_epoch: Option<usize>,
+    /// [`finetune_policy`] only: fine-tune the masked full-width network, or remove the
+    /// pruned channels first and fine-tune the slimmed one (same result up to float
+    /// rounding, cheaper by about the pruned fraction). Ignored by [`train`].
+    pub network: FinetuneNetwork,
 }
 
 impl Default for TrainConfig {
@@ -125,6 +131,7 @@ impl Default for TrainConfig {
             clip_norm: None,
             start_epoch: 0,
             stop_epoch: None,
+            network: FinetuneNetwork::Masked,
         }
     }
 }
@@ -281,7 +288,11 @@ pub struct EvalReport {
     pub images_per_s: f64,
 }
 
-/// Top-1 accuracy of `model` (evaluation mode) on all of `data`.
+/// Top-1 accuracy of `model` (evaluation mode) on all of `data`, on the evaluation path
+/// without autograd ([`EvalNet`]: BatchNorm folded, weights quantized once, one image per
+/// task). Equals [`evaluate_reference`] up to float rounding (an image whose two largest
+/// logits are within rounding of each other may count differently). Ties in the logits go
+/// to the lower class index.
 pub fn evaluate(
     model: &Model,
     data: &Dataset,
@@ -289,6 +300,42 @@ pub fn evaluate(
     batch: usize,
 ) -> Result<EvalReport> {
     let _span = tracing::info_span!("evaluate", images = data.len()).entered();
+    let t0 = Instant::now();
+    let net = EvalNet::compile(model)?;
+    let k = net.classes();
+    let mut correct = 0usize;
+    for b in BatchIter::sequential(data, batch, norm.clone()) {
+        let logits = net.logits(&b.x, b.n)?;
+        for (row, &y) in logits.chunks(k.max(1)).zip(&b.y) {
+            let best = row
+                .iter()
+                .enumerate()
+                .fold(
+                    (0, f32::NEG_INFINITY),
+                    |m, (j, &v)| if v > m.1 { (j, v) } else { m },
+                );
+            correct += usize::from(best.0 as u32 == y);
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let n = data.len();
+    Ok(EvalReport {
+        top1: 100.0 * correct as f64 / n.max(1) as f64,
+        n,
+        images_per_s: n as f64 / secs.max(1e-9),
+    })
+}
+
+/// The slow reference of [`evaluate`]: [`Model::forward`] in evaluation mode on candle
+/// tensors, batch by batch. Labels under masked protocols (written before issue 14) use it,
+/// so they reproduce bit for bit.
+pub fn evaluate_reference(
+    model: &Model,
+    data: &Dataset,
+    norm: &Normalize,
+    batch: usize,
+) -> Result<EvalReport> {
+    let _span = tracing::info_span!("evaluate_reference", images = data.len()).entered();
     let t0 = Instant::now();
     let mut correct = 0usize;
     for b in BatchIter::sequential(data, batch, norm.clone()) {
@@ -330,9 +377,12 @@ pub fn sample_batches(
 pub const QAT_CLIP_NORM: f64 = 5.0;
 
 /// Quantization-aware fine-tuning of a policy (docs/method.md §3): apply the policy (filter-L2
-/// channel choice, fake quantization), re-estimate BatchNorm statistics and calibrate the
-/// activation ranges on training batches, then train (weights and α) for `cfg`, with the
-/// gradient norm clipped to [`QAT_CLIP_NORM`] unless `cfg.clip_norm` says otherwise.
+/// channel choice, fake quantization), with `cfg.network` slim replace `model` by its
+/// physically pruned version ([`Model::slim`]), re-estimate BatchNorm statistics and
+/// calibrate the activation ranges on training batches, then train (weights and α) for
+/// `cfg`, with the gradient norm clipped to [`QAT_CLIP_NORM`] unless `cfg.clip_norm` says
+/// otherwise. The slimmed model computes what the masked one does up to float rounding
+/// (calibration and the α gradient scale use the masked model's full-width statistics).
 pub fn finetune_policy(
     model: &mut Model,
     space: &SearchSpace,
@@ -344,6 +394,9 @@ pub fn finetune_policy(
 ) -> Result<TrainReport> {
     let _span = tracing::info_span!("fine-tune", seed = cfg.seed).entered();
     model.apply_policy(space, policy)?;
+    if cfg.network == FinetuneNetwork::Slim {
+        *model = model.slim()?;
+    }
     prepare_quantized(model, train_data, norm, cfg.seed)?;
     tracing::debug!("policy applied, BatchNorm re-estimated, activation ranges calibrated");
     let mut c = cfg.clone();

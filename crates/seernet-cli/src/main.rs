@@ -49,6 +49,8 @@ enum Command {
 }
 
 fn main() {
+    // SAFETY: first statement of main, no other thread exists yet.
+    unsafe { seer_nn::candle_elementwise_on_caller() };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -268,7 +268,7 @@ impl Run<'_> {
     }
 
     /// A fresh copy of the baseline with `policy` applied, fine-tuned for `final_steps` with
-    /// `seed` (progress: one unit per step).
+    /// `seed` on the protocol's network (slimmed or masked; progress: one unit per step).
     fn finetune(&mut self, policy: &Policy, hash: &str, seed: u64) -> Result<Model> {
         let _span = tracing::info_span!("finetune", policy = hash, seed).entered();
         let cfg = self.cfg;
@@ -280,6 +280,8 @@ impl Run<'_> {
             seed,
             // As the labels: the baseline's own augmentation (docs/method.md §3).
             augment: seer_nn::labeler::finetune_augment(&info.info, self.dname),
+            // The labels' network (slimmed under current protocols): same function, cheaper.
+            network: self.protocol.network,
             ..train::TrainConfig::default()
         };
         let log = &mut self.log;
@@ -316,7 +318,11 @@ impl Run<'_> {
         prov["test_top1"] = r.top1_test.into();
         let float_name = prov["float_model"].take();
         let float_name = float_name.as_str().unwrap_or_default().to_string();
-        let slim = model.slim()?;
+        let slim = if model.is_slim() {
+            model.try_clone()?
+        } else {
+            model.slim()?
+        };
         checkpoint::save(&slim, &cfg.out_dir.join(&float_name), Some(dname), &prov)?;
         prov["float_model"] = float_name.into();
         let m = &self.splits.manifest;

@@ -1,0 +1,257 @@
+//! `cargo xtask bench label [--json]`: what one ResNet-20 label costs under the main job's
+//! protocol (100 QAT steps of batch 64, top-1 on the 5,000-image validation split of
+//! Fashion-MNIST, the committed baseline), for 5 fixed policies spread over 6–25% of the
+//! w8a8 BOPs, split into preparation (load, policy, slimming, BatchNorm re-estimation,
+//! calibration), fine-tune and validation; then the training and evaluation throughputs of
+//! ResNet-20 at batch 128 (f32 and 8-bit fake-quantized, the PyTorch anchor's shapes; see
+//! `tools/torch_anchor.py`) and conv forward+backward against candle's f32 GEMM in the same
+//! run. docs/benchmarks.md records the figures.
+//!
+//! Options: `--json` (one JSON object), `--masked` (labels on the masked full-width network,
+//! the protocol before issue 14), `--no-labels` (throughputs only), `--policies N` (the first
+//! N of the 5), `--steps N` (timed training steps per throughput, default 10),
+//! `--label-steps N` (fine-tune steps per label, default the protocol's 100; experiments only).
+//! Needs the prepared dataset (`cargo xtask fetch-data fashion-mnist`).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor, Var};
+use seer_kernels::{Conv2dParams, conv2d};
+use seer_nn::checkpoint;
+use seer_nn::data::{self, Augment, DatasetName};
+use seer_nn::labeler::{LabelSettings, LabelTimes, Labeler};
+use seer_nn::model::Model;
+use seer_nn::train::{self, FinetuneNetwork, TrainConfig};
+use seer_policy::{Policy, SearchSpace, SpaceConfig};
+
+type R<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// The 5 fixed policies: uniform (weight bits, activation bits, prune ratio) over the
+/// searchable units (first and last layers stay at 8 bits).
+const POLICIES: &[(u32, u32, f64)] = &[
+    (4, 3, 0.0),
+    (5, 4, 0.25),
+    (4, 4, 0.25),
+    (6, 4, 0.5),
+    (4, 4, 0.5),
+];
+
+fn arg<T: std::str::FromStr>(args: &[String], name: &str) -> Option<T> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse().ok())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
+/// Training images per second of `steps` steps of batch 128 (after 2 warm-up steps).
+fn train_rate(model: &Model, splits: &data::Splits, alpha: bool, steps: usize) -> R<f64> {
+    let norm = splits.normalize();
+    let cfg = |steps| TrainConfig {
+        steps: Some(steps),
+        batch_size: 128,
+        lr: 0.01,
+        seed: 3,
+        augment: Some(Augment {
+            pad: 2,
+            hflip: true,
+        }),
+        train_alpha: alpha,
+        clip_norm: alpha.then_some(train::QAT_CLIP_NORM),
+        ..TrainConfig::default()
+    };
+    train::train(model, &splits.train, &norm, &cfg(2), &mut |_| {})?;
+    let r = train::train(model, &splits.train, &norm, &cfg(steps), &mut |_| {})?;
+    Ok(r.images as f64 / r.seconds)
+}
+
+/// `(conv 16→16 28×28 batch 128 forward+backward GFLOP/s, its fraction of the f32 1024³
+/// matmul rate)`, timed back to back in 5 rounds (median of the per-round ratios).
+fn conv_fraction() -> R<(f64, f64)> {
+    let dev = Device::Cpu;
+    let x = Var::from_tensor(&Tensor::randn(0f32, 1., (128, 16, 28, 28), &dev)?)?;
+    let w = Var::from_tensor(&Tensor::randn(0f32, 0.1, (16, 16, 3, 3), &dev)?)?;
+    let conv_flop = 3.0 * 2.0 * (128 * 16 * 28 * 28 * 16 * 9) as f64;
+    let a = Tensor::randn(0f32, 1., (1024, 1024), &dev)?;
+    let b = Tensor::randn(0f32, 1., (1024, 1024), &dev)?;
+    let mm_flop = 2.0 * 1024f64.powi(3);
+    let conv = || -> R<f64> {
+        let t = Instant::now();
+        let y = conv2d(x.as_tensor(), w.as_tensor(), &Conv2dParams::new(1, 1))?;
+        y.sum_all()?.backward()?;
+        Ok(t.elapsed().as_secs_f64())
+    };
+    let mm = || -> R<f64> {
+        let t = Instant::now();
+        for _ in 0..3 {
+            a.matmul(&b)?;
+        }
+        Ok(t.elapsed().as_secs_f64() / 3.0)
+    };
+    conv()?;
+    mm()?;
+    let (mut ratios, mut rates) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let tc = conv()?;
+        let tm = mm()?;
+        ratios.push((conv_flop / tc) / (mm_flop / tm));
+        rates.push(conv_flop / tc / 1e9);
+    }
+    Ok((median(rates), median(ratios)))
+}
+
+fn main() -> R<()> {
+    // SAFETY: first statement of main, no other thread exists yet.
+    unsafe { seer_nn::candle_elementwise_on_caller() };
+    let args: Vec<String> = std::env::args().collect();
+    let json = args.iter().any(|a| a == "--json");
+    let masked = args.iter().any(|a| a == "--masked");
+    let no_labels = args.iter().any(|a| a == "--no-labels");
+    let n_pol = arg::<usize>(&args, "--policies")
+        .unwrap_or(POLICIES.len())
+        .min(POLICIES.len());
+    let steps = arg::<usize>(&args, "--steps").unwrap_or(10).max(1);
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let ckpt = root.join("assets/baselines/resnet20-fashion-mnist.safetensors");
+    let load_start = seer_bench::load_average();
+    // (`--label-steps N`: shorter labels for experiments; the bench's figures use 100.)
+    let settings = LabelSettings {
+        steps: arg::<u64>(&args, "--label-steps").unwrap_or(100),
+        batch_size: 64,
+        lr: 0.01,
+        seed: 0,
+    };
+
+    // Labels.
+    let mut rows: Vec<(String, f64, f64, LabelTimes)> = Vec::new();
+    if !no_labels {
+        let mut protocol = Labeler::protocol(
+            &ckpt,
+            Some("fashion-mnist"),
+            SpaceConfig::default(),
+            settings,
+        )?;
+        if masked {
+            protocol.network = FinetuneNetwork::Masked;
+        }
+        let labeler = Labeler::new(&protocol, &ckpt)?;
+        let space: &SearchSpace = labeler.space();
+        let w8a8 = space.w8a8_bops()? as f64;
+        for &(wb, ab, p) in &POLICIES[..n_pol] {
+            let pol: Policy = space.uniform(wb, ab, p)?;
+            let frac = space.cost(&pol)?.total_bops as f64 / w8a8;
+            if !(0.06..=0.25).contains(&frac) {
+                return Err(format!("policy w{wb}a{ab} p{p} is at {frac:.3} of w8a8").into());
+            }
+            let name = format!("w{wb}a{ab} prune {p}");
+            let (m, t) = labeler.label_timed(&pol, 1, &mut |_, _| {})?;
+            if !json {
+                println!(
+                    "{name:<18} {:5.1}% of w8a8: {:6.1} s (prepare {:5.1}, fine-tune {:5.1}, validate {:5.1}) top-1 {:.2}%",
+                    100.0 * frac,
+                    t.total_s(),
+                    t.prepare_s,
+                    t.finetune_s,
+                    t.validate_s,
+                    m.top1
+                );
+            }
+            rows.push((name, frac, m.top1, t));
+        }
+    }
+
+    // Throughputs at batch 128: the baseline in f32, and 8-bit fake-quantized full width.
+    let name = DatasetName::parse("fashion-mnist")?;
+    let splits = data::load(name)?;
+    let norm = splits.normalize();
+    let (base, _) = checkpoint::load(&ckpt, Some("resnet20"), &Device::Cpu)?;
+    let f32_eval = train::evaluate(&base, &splits.val, &norm, 256)?;
+    let f32_eval_ref = train::evaluate_reference(&base, &splits.val, &norm, 256)?;
+    if f32_eval.top1 != f32_eval_ref.top1 {
+        return Err(format!(
+            "evaluation paths disagree: {} vs {}",
+            f32_eval.top1, f32_eval_ref.top1
+        )
+        .into());
+    }
+    let f32_train = train_rate(&base.try_clone()?, &splits, false, steps)?;
+    let mut q = base.try_clone()?;
+    let space = SearchSpace::new(q.spec().clone(), SpaceConfig::default())?;
+    q.apply_policy(&space, &space.uniform(8, 8, 0.0)?)?;
+    train::prepare_quantized(&q, &splits.train, &norm, 5)?;
+    let fq_eval = train::evaluate(&q, &splits.val, &norm, 256)?;
+    let qat_train = train_rate(&q, &splits, true, steps)?;
+    let (conv_gflops, conv_frac) = conv_fraction()?;
+    let load_end = seer_bench::load_average();
+
+    let med = |f: &dyn Fn(&LabelTimes) -> f64| median(rows.iter().map(|r| f(&r.3)).collect());
+    let obj = serde_json::json!({
+        "network": if masked { "masked" } else { "slim" },
+        "label_seconds_median": med(&|t| t.total_s()),
+        "label_prepare_seconds_median": med(&|t| t.prepare_s),
+        "label_finetune_seconds_median": med(&|t| t.finetune_s),
+        "label_validate_seconds_median": med(&|t| t.validate_s),
+        "labels": rows.iter().map(|(n, f, top1, t)| serde_json::json!({
+            "policy": n, "w8a8_fraction": f, "top1": top1, "seconds": t.total_s(),
+            "prepare_s": t.prepare_s, "finetune_s": t.finetune_s, "validate_s": t.validate_s,
+        })).collect::<Vec<_>>(),
+        "qat_train_img_per_s": qat_train,
+        "f32_train_img_per_s": f32_train,
+        "f32_eval_img_per_s": f32_eval.images_per_s,
+        "fq_eval_img_per_s": fq_eval.images_per_s,
+        "f32_eval_reference_img_per_s": f32_eval_ref.images_per_s,
+        "conv_fwd_bwd_gflops": conv_gflops,
+        "conv_fwd_bwd_fraction_of_gemm": conv_frac,
+        "threads": seer_bench::threads(),
+        "load_average_start": load_start,
+        "load_average_end": load_end,
+    });
+    if json {
+        println!("{obj}");
+    } else {
+        println!(
+            "label median {:.1} s (prepare {:.1}, fine-tune {:.1}, validate {:.1}) on the {} network",
+            obj["label_seconds_median"].as_f64().unwrap_or(f64::NAN),
+            obj["label_prepare_seconds_median"]
+                .as_f64()
+                .unwrap_or(f64::NAN),
+            obj["label_finetune_seconds_median"]
+                .as_f64()
+                .unwrap_or(f64::NAN),
+            obj["label_validate_seconds_median"]
+                .as_f64()
+                .unwrap_or(f64::NAN),
+            obj["network"].as_str().unwrap_or("?")
+        );
+        println!(
+            "ResNet-20 batch 128: QAT train {qat_train:.1} img/s, f32 train {f32_train:.1} img/s, \
+             f32 eval {:.1} img/s, fake-quant eval {:.1} img/s",
+            f32_eval.images_per_s, fq_eval.images_per_s
+        );
+        println!(
+            "f32 eval on the forward pass (slow reference): {:.1} img/s",
+            f32_eval_ref.images_per_s
+        );
+        println!(
+            "conv 16->16 28x28 fwd+bwd {conv_gflops:.1} GFLOP/s = {conv_frac:.2} of the f32 GEMM rate"
+        );
+        println!(
+            "threads {}, load average {load_start:?} -> {load_end:?}",
+            seer_bench::threads()
+        );
+    }
+    Ok(())
+}
