@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use crate::data::{self, Augment, DatasetName, Normalize, Splits};
+use crate::data::{Augment, DataSource, Normalize, Splits};
 use crate::{checkpoint, train};
 use candle_core::Device;
 use seer_label::Error as LabelError;
@@ -43,7 +43,7 @@ pub fn split_hash(splits: &Splits) -> String {
     short_digest(s.as_bytes())
 }
 
-fn train_config(p: &Protocol, name: DatasetName, seed: u64) -> train::TrainConfig {
+fn train_config(p: &Protocol, name: &DataSource, seed: u64) -> train::TrainConfig {
     train::TrainConfig {
         steps: Some(p.finetune_steps as usize),
         batch_size: p.batch_size,
@@ -57,7 +57,7 @@ fn train_config(p: &Protocol, name: DatasetName, seed: u64) -> train::TrainConfi
     }
 }
 
-fn extra(p: &Protocol, name: DatasetName) -> std::collections::BTreeMap<String, serde_json::Value> {
+fn extra(p: &Protocol, name: &DataSource) -> std::collections::BTreeMap<String, serde_json::Value> {
     let c = train_config(p, name, 0);
     let a = c.augment.expect("set above");
     [
@@ -84,7 +84,7 @@ pub struct Labeler {
     space: SearchSpace,
     splits: Splits,
     norm: Normalize,
-    name: DatasetName,
+    name: DataSource,
 }
 
 impl std::fmt::Debug for Labeler {
@@ -109,17 +109,17 @@ impl Labeler {
         let (model, info) = checkpoint::load(checkpoint, None, &Device::Cpu)?;
         let dname = dataset
             .map(str::to_string)
-            .or(info.dataset)
+            .or(info.dataset.clone())
             .ok_or_else(|| Error::Checkpoint {
                 path: checkpoint.to_path_buf(),
                 msg: "the checkpoint records no dataset: give one".into(),
             })?;
-        let name = DatasetName::parse(&dname)?;
-        let splits = data::load(name)?;
+        let name = DataSource::parse(&dname)?;
+        let splits = name.load()?;
         let space = SearchSpace::new(model.spec().clone(), space_config)?;
         let mut p = Protocol::for_space(
             &space,
-            name.as_str(),
+            &name.id(),
             &split_hash(&splits),
             &file_hash(checkpoint)?,
             settings.steps,
@@ -127,7 +127,7 @@ impl Labeler {
             settings.lr,
             settings.seed,
         );
-        p.extra = extra(&p, name);
+        p.extra = extra(&p, &name);
         Ok(p)
     }
 
@@ -151,22 +151,25 @@ impl Labeler {
                 ),
             ));
         }
-        let (model, _) = checkpoint::load(checkpoint, Some(&protocol.arch), &Device::Cpu)?;
+        let (model, info) = checkpoint::load(checkpoint, Some(&protocol.arch), &Device::Cpu)?;
         let space = SearchSpace::new(model.spec().clone(), protocol.space.clone())?;
         protocol.check_space(&space)?;
-        let name = DatasetName::parse(&protocol.dataset)?;
-        let splits = data::load(name)?;
+        let name = DataSource::parse(&protocol.dataset)?;
+        let mut splits = name.load()?;
+        if let Some((m, s)) = checkpoint::input_norm(&info) {
+            splits.use_norm(&m, &s)?;
+        }
         let sh = split_hash(&splits);
         if sh != protocol.split_hash {
             return Err(mismatch(
-                &format!("dataset {}", name.as_str()),
+                &format!("dataset {name}"),
                 format!(
                     "its split hash is {sh}, the protocol's is {}",
                     protocol.split_hash
                 ),
             ));
         }
-        let want = extra(protocol, name);
+        let want = extra(protocol, &name);
         if protocol.extra != want {
             return Err(mismatch(
                 "labeller settings",
@@ -224,7 +227,7 @@ impl Labeler {
         }
         let (mut model, _) =
             checkpoint::load(&self.checkpoint, Some(&self.protocol.arch), &Device::Cpu)?;
-        let cfg = train_config(&self.protocol, self.name, seed);
+        let cfg = train_config(&self.protocol, &self.name, seed);
         train::finetune_policy(
             &mut model,
             &self.space,

@@ -44,6 +44,8 @@ enum Command {
     Infer(cli::infer::InferArgs),
     /// Write a fine-tuned compressed checkpoint as an integer-engine model (for `infer`).
     Export(cli::export::ExportArgs),
+    /// Import an ONNX CNN (opset 13+) as a checkpoint the other commands accept.
+    Import(cli::import::ImportArgs),
 }
 
 fn main() {
@@ -71,6 +73,7 @@ fn main() {
         Command::Manifest(a) => cli::manifest::run(a),
         Command::Infer(a) => cli::infer::run(a),
         Command::Export(a) => cli::export::run(a),
+        Command::Import(a) => cli::import::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
