@@ -485,9 +485,29 @@ fn vgg_fixture_costs_match_the_hand_table() {
     assert_eq!(costs.total_macs, 4_729_728);
     assert_eq!(costs.total_bops, 64 * 4_729_728);
     assert_eq!(space.w8a8_bops().unwrap(), 64 * 4_729_728);
-    // No residual additions: no tie groups; every weighted layer but the classifier prunes.
+    // No residual additions: no tie groups. With the default space (first layer and
+    // classifier fixed at 8 bits) the units are the four weighted layers between them, one
+    // each, all prunable; layers keep the PyTorch parameter names.
     assert!(imp.spec.tie_groups().is_empty());
-    assert_eq!(space.units().len(), 6);
+    let w = imp.spec.weighted_layers();
+    let units: Vec<Vec<usize>> = space.units().iter().map(|u| u.layers.clone()).collect();
+    assert_eq!(units, w[1..5].iter().map(|&l| vec![l]).collect::<Vec<_>>());
+    assert!(space.units().iter().all(|u| u.prunable));
+    let names: Vec<&str> = w
+        .iter()
+        .map(|&l| imp.spec.layers[l].name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "features.0",
+            "features.2",
+            "features.5",
+            "features.7",
+            "fc1",
+            "fc2"
+        ]
+    );
 }
 
 /// The ResNet fixture: each block's residual Add ties the block's last conv with its
