@@ -769,15 +769,15 @@ fn convert_node(
                 };
                 let lo = scalar(1, "the lower bound")?;
                 let hi = scalar(2, "the upper bound")?;
-                match (lo, hi) {
-                    (Some(l), Some(h)) if l == 0.0 && h == 6.0 => LayerKind::Relu6,
-                    (Some(l), None) if l == 0.0 => LayerKind::Relu,
-                    (Some(l), Some(h)) if l == 0.0 && h == f32::INFINITY => LayerKind::Relu,
-                    _ => {
-                        return Err(at.unsupported(format!(
-                            "bounds {lo:?}..{hi:?}: only [0, 6] (ReLU6) and [0, ∞) (ReLU)"
-                        )));
-                    }
+                let from_zero = lo == Some(0.0);
+                if from_zero && hi == Some(6.0) {
+                    LayerKind::Relu6
+                } else if from_zero && hi.is_none_or(|h| h == f32::INFINITY) {
+                    LayerKind::Relu
+                } else {
+                    return Err(at.unsupported(format!(
+                        "bounds {lo:?}..{hi:?}: only [0, 6] (ReLU6) and [0, ∞) (ReLU)"
+                    )));
                 }
             };
             let (x, _) = act(0)?;
@@ -904,7 +904,7 @@ fn convert_node(
                 at.only_attrs(&["allowzero"])?;
                 let s = konst(1, "the target shape")?;
                 let ok = s.i.len() == 2
-                    && matches!(s.i[0], -1 | 0 | 1)
+                    && (-1..=1).contains(&s.i[0])
                     && (s.i[1] == -1 || s.i[1] == feats as i64)
                     && !(s.i[0] == -1 && s.i[1] == -1);
                 if !ok {

@@ -390,6 +390,17 @@ fn twenty_malformed_files_each_give_one_clear_error() {
             "training_mode 1",
         ),
         (
+            "reshape that is not a flatten",
+            mutate(|m| {
+                g(m).initializer.push(itensor("shape", vec![2, -1]));
+                let n = find(m, "flat");
+                n.op_type = Some("Reshape".into());
+                n.input.push("shape".into());
+                n.attribute.clear();
+            }),
+            "only [N, 2] (a flatten)",
+        ),
+        (
             "bad raw data",
             mutate(|m| {
                 let t = &mut g(m).initializer[1];

@@ -63,6 +63,11 @@ pub struct FolderLayout {
     pub explicit: [bool; 3],
 }
 
+/// `(file, label)` pairs.
+type Files = Vec<(PathBuf, u8)>;
+/// Files and their decoded pixels (`C·H·W` bytes each, in order).
+type Decoded = (Files, Vec<u8>);
+
 /// Extensions counted as images (compared lower-case).
 const EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
 
@@ -274,7 +279,7 @@ fn decode_all(
     files: &[(PathBuf, u8)],
     shape: [usize; 3],
     skip: bool,
-) -> Result<(Vec<(PathBuf, u8)>, Vec<u8>, usize)> {
+) -> Result<(Files, Vec<u8>, usize)> {
     let decoded: Vec<Result<Vec<u8>>> = files
         .par_iter()
         .map(|(p, _)| decode_resized(p, shape))
@@ -333,7 +338,7 @@ pub fn load_folder(root: &Path, name: &str, opts: &FolderOptions) -> Result<Spli
     check_shape(shape)?;
     let ncls = layout.classes.len();
     let mut skipped = 0;
-    let mut decoded: Vec<(Vec<(PathBuf, u8)>, Vec<u8>)> = Vec::new();
+    let mut decoded: Vec<Decoded> = Vec::new();
     for k in 0..3 {
         let (f, px, s) = decode_all(&layout.files[k], shape, opts.skip_corrupt)?;
         skipped += s;
@@ -354,7 +359,7 @@ pub fn load_folder(root: &Path, name: &str, opts: &FolderOptions) -> Result<Spli
         )));
     }
     let [tr, va, te] = split_indices(n, want_val, want_test, SPLIT_SEED)?;
-    let pick = |idx: &[u32]| -> (Vec<(PathBuf, u8)>, Vec<u8>) {
+    let pick = |idx: &[u32]| -> Decoded {
         let mut f = Vec::with_capacity(idx.len());
         let mut px = Vec::with_capacity(idx.len() * per);
         for &i in idx {
@@ -375,7 +380,7 @@ pub fn load_folder(root: &Path, name: &str, opts: &FolderOptions) -> Result<Spli
     } else {
         pick(&te)
     };
-    let mk = |(f, px): (Vec<(PathBuf, u8)>, Vec<u8>)| -> Result<(String, Dataset)> {
+    let mk = |(f, px): Decoded| -> Result<(String, Dataset)> {
         let labels = f.iter().map(|(_, l)| *l).collect();
         Ok((hash_files(root, &f), Dataset::new(shape, ncls, px, labels)?))
     };
