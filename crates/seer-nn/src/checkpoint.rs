@@ -30,6 +30,21 @@ pub struct CheckpointInfo {
     pub info: serde_json::Value,
 }
 
+/// The input normalisation a checkpoint carries (an imported network's `--input-mean` /
+/// `--input-std`, in its `info` as `input_mean` / `input_std`: per channel, of pixels scaled
+/// to [0, 1]), which then replaces the dataset's own. None when it records none.
+pub fn input_norm(info: &CheckpointInfo) -> Option<(Vec<f64>, Vec<f64>)> {
+    let get = |k: &str| -> Option<Vec<f64>> {
+        info.info
+            .get(k)?
+            .as_array()?
+            .iter()
+            .map(|v| v.as_f64())
+            .collect()
+    };
+    Some((get("input_mean")?, get("input_std")?))
+}
+
 /// Writes `model` to `path` (atomically: temporary file + rename).
 pub fn save(
     model: &Model,

@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use crate::data::{self, Augment, DatasetName, Normalize, Splits};
+use crate::data::{Augment, DataSource, Normalize, Splits};
 use crate::{checkpoint, train};
 use candle_core::Device;
 use seer_label::Error as LabelError;
@@ -67,7 +67,7 @@ pub fn split_hash(splits: &Splits) -> String {
 /// records `"augment": false` (e.g. the committed LeNet-5, trained without: fine-tuning it
 /// with crops cost its w8a8 policy 1.9 points of test top-1 after 600 steps, 87.66% vs
 /// 89.58%). `info`: the checkpoint's free-form JSON ([`checkpoint::CheckpointInfo::info`]).
-pub fn finetune_augment(info: &serde_json::Value, name: DatasetName) -> Option<Augment> {
+pub fn finetune_augment(info: &serde_json::Value, name: &DataSource) -> Option<Augment> {
     (info.get("augment") != Some(&serde_json::Value::Bool(false))).then(|| Augment {
         pad: name.crop_padding(),
         hflip: name.allows_hflip(),
@@ -144,17 +144,17 @@ impl Labeler {
         let (model, info) = checkpoint::load(checkpoint, None, &Device::Cpu)?;
         let dname = dataset
             .map(str::to_string)
-            .or(info.dataset)
+            .or(info.dataset.clone())
             .ok_or_else(|| Error::Checkpoint {
                 path: checkpoint.to_path_buf(),
                 msg: "the checkpoint records no dataset: give one".into(),
             })?;
-        let name = DatasetName::parse(&dname)?;
-        let splits = data::load(name)?;
+        let name = DataSource::parse(&dname)?;
+        let splits = name.load()?;
         let space = SearchSpace::new(model.spec().clone(), space_config)?;
         let mut p = Protocol::for_space(
             &space,
-            name.as_str(),
+            &name.id(),
             &split_hash(&splits),
             &file_hash(checkpoint)?,
             settings.steps,
@@ -162,7 +162,7 @@ impl Labeler {
             settings.lr,
             settings.seed,
         );
-        p.extra = extra(&p, finetune_augment(&info.info, name));
+        p.extra = extra(&p, finetune_augment(&info.info, &name));
         p.network = FinetuneNetwork::Slim;
         Ok(p)
     }
@@ -190,19 +190,22 @@ impl Labeler {
         let (model, info) = checkpoint::load(checkpoint, Some(&protocol.arch), &Device::Cpu)?;
         let space = SearchSpace::new(model.spec().clone(), protocol.space.clone())?;
         protocol.check_space(&space)?;
-        let name = DatasetName::parse(&protocol.dataset)?;
-        let splits = data::load(name)?;
+        let name = DataSource::parse(&protocol.dataset)?;
+        let mut splits = name.load()?;
+        if let Some((m, s)) = checkpoint::input_norm(&info) {
+            splits.use_norm(&m, &s)?;
+        }
         let sh = split_hash(&splits);
         if sh != protocol.split_hash {
             return Err(mismatch(
-                &format!("dataset {}", name.as_str()),
+                &format!("dataset {name}"),
                 format!(
                     "its split hash is {sh}, the protocol's is {}",
                     protocol.split_hash
                 ),
             ));
         }
-        let augment = finetune_augment(&info.info, name);
+        let augment = finetune_augment(&info.info, &name);
         let want = extra(protocol, augment);
         if protocol.extra != want {
             return Err(mismatch(

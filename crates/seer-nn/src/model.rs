@@ -1190,7 +1190,7 @@ impl Model {
 
     /// Replaces the parameters from named tensors (see [`Model::named_tensors`]). Errors name
     /// a missing tensor or a shape mismatch.
-    pub(crate) fn load_named(
+    pub fn load_named(
         &mut self,
         mut get: impl FnMut(&str) -> Option<Tensor>,
         source: &Path,

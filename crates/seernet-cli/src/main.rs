@@ -46,6 +46,8 @@ enum Command {
     Infer(cli::infer::InferArgs),
     /// Write a fine-tuned compressed checkpoint as an integer-engine model (for `infer`).
     Export(cli::export::ExportArgs),
+    /// Import an ONNX CNN (opset 13+) as a checkpoint the other commands accept.
+    Import(cli::import::ImportArgs),
 }
 
 fn main() {
@@ -76,6 +78,7 @@ fn main() {
         Command::K8sJob(a) => cli::k8s_job::run(a),
         Command::Infer(a) => cli::infer::run(a),
         Command::Export(a) => cli::export::run(a),
+        Command::Import(a) => cli::import::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

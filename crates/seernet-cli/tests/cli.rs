@@ -959,3 +959,87 @@ fn compress_refuses_slurm_options_without_the_slurm_executor() {
         assert!(!out.exists(), "{args:?}: nothing is written");
     }
 }
+
+/// Issue 20: bring your own network and images. An image folder (10 classes of synthetic
+/// 28×28 PNGs: the class is the band holding a bright bar) and the committed VGG-style ONNX
+/// fixture go through `seernet import` and the whole quick main job (`--model x.onnx`), which
+/// writes its exports; the imported normalisation is the one used.
+#[test]
+fn compress_an_imported_onnx_model_on_an_image_folder() {
+    let td = tempfile::tempdir().unwrap();
+    let folder = td.path().join("images");
+    for i in 0..300u64 {
+        let label = i % 10;
+        let img = seer_nn::data::folder::tests_support::bar_image(i, label);
+        let dir = folder.join(format!("class{label}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        img.save(dir.join(format!("{i:04}.png"))).unwrap();
+    }
+    let onnx =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/onnx/vgg.onnx");
+    // `seernet import` alone.
+    let ck = td.path().join("vgg.safetensors");
+    let v = json(&[
+        "import",
+        onnx.to_str().unwrap(),
+        "--out",
+        ck.to_str().unwrap(),
+        "--input-mean",
+        "0.286",
+        "--input-std",
+        "0.353",
+        "--json",
+    ]);
+    assert_eq!(v["num_classes"], 10);
+    assert_eq!(v["weighted_layers"], 6);
+    let out = td.path().join("run");
+    let (rc, stdout, err) = seernet(&[
+        "compress",
+        "--quick",
+        "--model",
+        onnx.to_str().unwrap(),
+        "--input-mean",
+        "0.286",
+        "--input-std",
+        "0.353",
+        "--dataset",
+        folder.to_str().unwrap(),
+        "--input",
+        "28x28x1",
+        "--n0",
+        "4",
+        "--rounds",
+        "1",
+        "--k",
+        "1",
+        "--label-steps",
+        "2",
+        "--verify-rounds",
+        "0",
+        "--final-steps",
+        "2",
+        "--bops-frac",
+        "30%",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(rc, 0, "{stdout}\n{err}");
+    let log = std::fs::read_to_string(out.join("run.log")).unwrap();
+    assert!(log.contains("input normalisation of"), "{log}");
+    assert!(out.join("imported.safetensors").is_file());
+    assert!(out.join("report.md").is_file());
+    let exported = std::fs::read_dir(&out)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.starts_with("model-") && n.ends_with(".safetensors")
+        })
+        .count();
+    assert!(
+        exported >= 1,
+        "no integer-engine export in {}",
+        out.display()
+    );
+}

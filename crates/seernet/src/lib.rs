@@ -25,6 +25,8 @@ pub use seer_int as int;
 pub use seer_kernels as kernels;
 /// Datasets, the model zoo, QAT fine-tuning and physical pruning (the `seer-nn` crate).
 pub use seer_nn as nn;
+/// ONNX import (`seernet import`).
+pub use seer_onnx as onnx;
 /// Network specs, search space, policies and complexity (the `seer-policy` crate).
 pub use seer_policy as policy;
 /// The MLP-ensemble accuracy predictor (μ, σ, ∇μ), ridge baseline and rank metrics (the

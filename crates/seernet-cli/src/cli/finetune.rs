@@ -6,7 +6,6 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use seer_nn::data::{self, DatasetName};
 use seer_nn::train::FinetuneNetwork;
 use seer_nn::{checkpoint, train};
 use seer_policy::{Policy, SearchSpace};
@@ -67,18 +66,21 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
         .clone()
         .or(info.dataset.clone())
         .with_context(|| format!("{} records no dataset: pass --dataset", a.model.display()))?;
-    let name = DatasetName::parse(&dname)?;
+    let name = super::eval::given(&dname, &model)?;
     let space = SearchSpace::new(model.spec().clone(), a.space.config()?)?;
     let policy = Policy::load(&a.policy)?;
     space.validate_named(&policy, &a.policy.display().to_string())?;
-    let splits = data::load(name)?;
+    let mut splits = name.load()?;
+    if let Some((m, s)) = checkpoint::input_norm(&info) {
+        splits.use_norm(&m, &s)?;
+    }
     let norm = splits.normalize();
     let cfg = train::TrainConfig {
         steps: Some(a.steps),
         batch_size: a.batch_size,
         lr: a.lr,
         seed: a.seed,
-        augment: seer_nn::labeler::finetune_augment(&info.info, name),
+        augment: seer_nn::labeler::finetune_augment(&info.info, &name),
         network: if a.slim {
             FinetuneNetwork::Slim
         } else {
@@ -110,7 +112,7 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
         "seconds": rep.seconds, "val_top1": val.top1, "bops": cost.total_bops,
         "size_bits": cost.total_size_bits, "slim": a.slim,
     });
-    checkpoint::save(&out_model, &a.out, Some(name.as_str()), &meta)
+    checkpoint::save(&out_model, &a.out, Some(&name.id()), &meta)
         .with_context(|| format!("writing {}", a.out.display()))?;
     super::emit_result(a.json, &meta, || {
         format!(

@@ -25,7 +25,7 @@ use anyhow::{Context, Result, bail};
 use candle_core::{Device, Tensor};
 use clap::Args;
 use seer_nn::data::batch::BatchIter;
-use seer_nn::data::{self, Dataset, DatasetName, Normalize, Split};
+use seer_nn::data::{DataSource, Dataset, Normalize, Split};
 use seer_nn::model::{BN_EPS, Model};
 use seer_nn::{checkpoint, train};
 use seer_policy::LayerKind;
@@ -260,13 +260,20 @@ pub fn run(a: InferArgs) -> Result<()> {
         bail!("--batch-size must be at least 1");
     }
     let split = Split::parse(&a.split)?;
-    let name = DatasetName::parse(&a.dataset)?;
     if !a.model.is_file() {
         bail!("model file {} does not exist", a.model.display());
     }
     let m = IntModel::load(&a.model)
         .with_context(|| format!("loading the integer model {}", a.model.display()))?;
     let meta = m.meta();
+    let name = match DataSource::parse(&a.dataset)? {
+        DataSource::Folder { .. } => {
+            let i = &meta.input;
+            let hwc = format!("{}x{}x{}", i.height, i.width, i.channels);
+            super::nn_util::data_source(&a.dataset, Some(&hwc), false)?
+        }
+        b => b,
+    };
     let [c, h, w] = name.shape();
     let inp = &meta.input;
     if (inp.channels, inp.height, inp.width) != (c, h, w) {
@@ -287,14 +294,16 @@ pub fn run(a: InferArgs) -> Result<()> {
         );
     }
     if let Some(d) = meta.provenance.get("dataset").and_then(|d| d.as_str())
-        && DatasetName::parse(d).is_ok_and(|r| r != name)
+        && DataSource::parse(d).is_ok_and(|r| r != name)
     {
         bail!(
             "{} was exported from a model trained on {d}, not {name}",
             a.model.display()
         );
     }
-    let splits = data::load(name).with_context(|| format!("loading dataset {name}"))?;
+    let splits = name
+        .load()
+        .with_context(|| format!("loading dataset {name}"))?;
     let data = splits.get(split);
     let n = data.len();
     if n == 0 {
@@ -362,7 +371,7 @@ pub fn run(a: InferArgs) -> Result<()> {
             "top1": top1, "n": n, "images_per_s": images_per_s,
             "agreement_with_fake_quant": agree, "fake_quant_top1": fq_top1,
             "top1_diff_points": fq_top1.map(|f| top1 - f),
-            "split": a.split, "dataset": name.as_str(), "model": a.model.display().to_string(),
+            "split": a.split, "dataset": name.id(), "model": a.model.display().to_string(),
             "arch": meta.arch, "batch_size": a.batch_size, "isa": isa.name(),
             "model_bytes": m.storage_bytes(),
             "float_model": fq.as_ref().map(|f| f.2.display().to_string()),

@@ -6,6 +6,7 @@ pub mod compress;
 pub mod eval;
 pub mod export;
 pub mod finetune;
+pub mod import;
 pub mod infer;
 pub mod k8s_job;
 pub mod label;

@@ -19,3 +19,19 @@ pub fn progress_bar(len: u64, what: &str) -> ProgressBar {
     pb.set_prefix(what.to_string());
     pb
 }
+
+/// The data source of `--dataset` (a built-in name or an image folder), with `--input HxWxC`
+/// (image folders are resized to it) and `--skip-corrupt` (undecodable images left out).
+pub fn data_source(
+    dataset: &str,
+    input: Option<&str>,
+    skip_corrupt: bool,
+) -> anyhow::Result<seer_nn::data::DataSource> {
+    use anyhow::Context;
+    let shape = input
+        .map(seer_nn::data::source::parse_hwc)
+        .transpose()
+        .with_context(|| format!("--input {}", input.unwrap_or_default()))?;
+    seer_nn::data::DataSource::from_arg(dataset, shape, skip_corrupt)
+        .with_context(|| format!("--dataset {dataset}"))
+}

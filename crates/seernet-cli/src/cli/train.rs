@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use seer_nn::data::{self, Augment, DatasetName};
+use seer_nn::data::Augment;
 use seer_nn::{checkpoint, model::Model, train};
 
 use super::net::NetArgs;
@@ -16,9 +16,13 @@ use super::nn_util::{device, progress_bar};
 pub struct TrainArgs {
     #[command(flatten)]
     net: NetArgs,
-    /// Dataset (fashion-mnist, mnist, cifar10), prepared by `cargo xtask fetch-data`.
+    /// Dataset (fashion-mnist, mnist, cifar10, prepared by `cargo xtask fetch-data`), or an
+    /// image folder (one sub-folder of PNG/JPEG images per class, resized to `--input`).
     #[arg(long)]
     dataset: String,
+    /// Image-folder datasets: leave undecodable images out (counted) instead of failing.
+    #[arg(long)]
+    skip_corrupt: bool,
     /// Epochs over the training split.
     #[arg(long, default_value_t = 10)]
     epochs: usize,
@@ -56,7 +60,7 @@ pub struct TrainArgs {
 
 /// Runs `seernet train`.
 pub fn run(a: TrainArgs) -> Result<()> {
-    let name = DatasetName::parse(&a.dataset)?;
+    let name = super::nn_util::data_source(&a.dataset, a.net.input.as_deref(), a.skip_corrupt)?;
     let [c, h, w] = name.shape();
     let mut net = a.net.clone();
     let want = format!("{h}x{w}x{c}");
@@ -77,7 +81,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         net.classes = Some(name.num_classes());
     }
     let spec = net.spec()?;
-    let splits = data::load(name)?;
+    let splits = name.load()?;
     let norm = splits.normalize();
     let dev = device();
     let (model, start_epoch, prior_seconds) = if a.resume && a.out.is_file() {
@@ -158,7 +162,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
             // leaves a usable model (marked incomplete).
             let partial = serde_json::json!({"epochs_done": s.epoch + 1, "epochs": a.epochs, "complete": false,
                 "seconds": prior_seconds + t0.elapsed().as_secs_f64(), "train_loss_ema": e.0, "train_acc_ema": e.1});
-            if let Err(err) = checkpoint::save(&model, &a.out, Some(name.as_str()), &partial) {
+            if let Err(err) = checkpoint::save(&model, &a.out, Some(&name.id()), &partial) {
                 tracing::warn!(%err, "could not write the partial checkpoint");
             }
         }
@@ -179,7 +183,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         "train_seconds": prior_seconds + rep.seconds, "resumed_at_epoch": start_epoch, "final_loss": rep.final_loss, "val_top1": val.top1,
         "split_sha256": splits.manifest.index_sha256, "complete": true,
     });
-    checkpoint::save(&model, &a.out, Some(name.as_str()), &info)
+    checkpoint::save(&model, &a.out, Some(&name.id()), &info)
         .with_context(|| format!("writing {}", a.out.display()))?;
     super::emit_result(a.json, &info, || {
         format!(

@@ -279,7 +279,7 @@ impl Run<'_> {
             lr: cfg.lr,
             seed,
             // As the labels: the baseline's own augmentation (docs/method.md §3).
-            augment: seer_nn::labeler::finetune_augment(&info.info, self.dname),
+            augment: seer_nn::labeler::finetune_augment(&info.info, &self.dname),
             // The labels' network (slimmed under current protocols): same function, cheaper.
             network: self.protocol.network,
             ..train::TrainConfig::default()
@@ -313,9 +313,15 @@ impl Run<'_> {
     ) -> Result<()> {
         let _span = tracing::info_span!("export", policy = %r.hash).entered();
         let cfg = self.cfg;
-        let dname = self.dname.as_str();
-        let mut prov = provenance(&self.protocol, dname, cfg.final_steps, &r.hash, r.seed);
+        let dname = self.dname.id();
+        let mut prov = provenance(&self.protocol, &dname, cfg.final_steps, &r.hash, r.seed);
         prov["test_top1"] = r.top1_test.into();
+        // An imported network's own input normalisation travels with its compressed copies.
+        let (_, base_info) = checkpoint::load(&self.base.path, None, &Device::Cpu)?;
+        if let Some((m, s)) = checkpoint::input_norm(&base_info) {
+            prov["input_mean"] = m.into();
+            prov["input_std"] = s.into();
+        }
         let float_name = prov["float_model"].take();
         let float_name = float_name.as_str().unwrap_or_default().to_string();
         let slim = if model.is_slim() {
@@ -323,7 +329,7 @@ impl Run<'_> {
         } else {
             model.slim()?
         };
-        checkpoint::save(&slim, &cfg.out_dir.join(&float_name), Some(dname), &prov)?;
+        checkpoint::save(&slim, &cfg.out_dir.join(&float_name), Some(&dname), &prov)?;
         prov["float_model"] = float_name.into();
         let m = &self.splits.manifest;
         match export::export_int(&slim, &m.mean, &m.std, path, &prov) {

@@ -57,7 +57,7 @@ mod timings;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use seer_nn::data::{self, DatasetName};
+use seer_nn::data::{self, DataSource};
 use seer_policy::{Policy, SearchSpace, SpaceConfig, Totals};
 use serde::{Deserialize, Serialize};
 
@@ -267,7 +267,7 @@ struct Run<'a> {
     log: RunLog<'a>,
     /// Seconds per finished stage, this invocation's and the earlier ones'.
     timings: timings::Timings,
-    dname: DatasetName,
+    dname: DataSource,
     splits: data::Splits,
     norm: data::Normalize,
     base: Baseline,

