@@ -143,6 +143,11 @@ const BENCHES: &[Bench] = &[
         package: "seer-nn",
         target: "label",
     },
+    Bench {
+        name: "label-fidelity",
+        package: "seernet",
+        target: "label_fidelity",
+    },
 ];
 
 fn main() -> Result<()> {

@@ -43,7 +43,9 @@ pub use error::{BoxError, Error, Result};
 pub use exact::mckp_optimum;
 pub use model::{Budget, Cost, CostKind, Objective, Space};
 pub use policy_space::PolicySpace;
-pub use search::{Method, SearchConfig, SearchResult, StartTrace, Trace, search};
+pub use search::{
+    Filled, Method, SearchConfig, SearchResult, StartTrace, Trace, fill_from, search,
+};
 
 #[cfg(test)]
 mod tests;

@@ -442,6 +442,80 @@ pub fn search<S: Space + ?Sized, O: Objective + ?Sized>(
     })
 }
 
+/// What [`fill_from`] returns: the filled policy and how it got there.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Filled {
+    /// Candidate index per gene of the filled policy (within budget).
+    pub indices: Vec<usize>,
+    /// μ of the objective at the start policy.
+    pub start_mean: f64,
+    /// μ at the filled policy (≥ `start_mean` when the start was within budget).
+    pub mean: f64,
+    /// Its exact cost.
+    pub cost: Cost,
+    /// Single-gene changes applied to repair a start over budget (0 for a start within it).
+    pub repair_moves: usize,
+    /// Single-gene changes applied to spend the slack.
+    pub fill_moves: usize,
+    /// Two-gene changes applied by the local search.
+    pub pair_moves: usize,
+}
+
+/// The discretisation phase of [`search`] from a given discrete policy `start` (candidate
+/// indices, one per gene): greedy repair if it is over budget, then, while some single-gene
+/// change within budget raises μ, the best one (largest gain per unit of normalised cost), and
+/// the two-gene local search with `pairs` candidate pairs per step (0: none). Used to spend the
+/// budget a labelled policy leaves unused (docs/method.md §6, "fill"): the result never leaves
+/// the budget and, from a start within it, never lowers μ.
+///
+/// Deterministic. Errors: as [`search`], and [`Error::InvalidProblem`] when `start` has the
+/// wrong length or an index outside its gene's candidates.
+pub fn fill_from<S: Space + ?Sized, O: Objective + ?Sized>(
+    space: &S,
+    objective: &O,
+    budget: &Budget,
+    start: &[usize],
+    pairs: usize,
+) -> Result<Filled> {
+    let p = prepare(space, objective, budget)?;
+    if start.len() != p.dim() {
+        return Err(Error::InvalidProblem(format!(
+            "the start policy has {} genes, the space {}",
+            start.len(),
+            p.dim()
+        )));
+    }
+    if let Some(g) = (0..start.len()).find(|&g| start[g] >= p.coords[g].len()) {
+        return Err(Error::InvalidProblem(format!(
+            "gene {g}: candidate index {} is outside 0..{}",
+            start[g],
+            p.coords[g].len()
+        )));
+    }
+    let eval = Eval {
+        obj: objective,
+        calls: 0.into(),
+    };
+    let mut enc = vec![0.0; p.dim()];
+    let mut mu = [0.0];
+    p.encode(start, &mut enc);
+    eval.mean(&enc, &mut mu)?;
+    let mut d = discretise(&p, &eval, start.to_vec(), true)?;
+    if pairs > 0 {
+        improve(&p, &eval, &mut d, pairs)?;
+    }
+    debug_assert!(p.budget.admits(&d.cost));
+    Ok(Filled {
+        indices: d.indices,
+        start_mean: mu[0],
+        mean: d.mean,
+        cost: d.cost,
+        repair_moves: d.repair_moves,
+        fill_moves: d.fill_moves,
+        pair_moves: d.pair_moves,
+    })
+}
+
 /// Validates the inputs and precomputes coordinates, bounds and the cheapest policy.
 fn prepare<'a, S: Space + ?Sized, O: Objective + ?Sized>(
     space: &'a S,

@@ -342,3 +342,43 @@ fn fill_spends_the_slack_past_a_local_dip_issue_13_case_8() {
     assert!((out.predicted_mean - 86.58).abs() < 1e-9);
     assert!(out.trace.starts[out.trace.best_start].pair_moves >= 1);
 }
+
+/// `fill_from` spends the slack a cheap start leaves: within budget, never below the start's
+/// μ, and close to the exact optimum on separable instances; a start over budget is repaired;
+/// malformed starts are errors.
+#[test]
+fn fill_from_spends_the_slack_and_never_leaves_the_budget() {
+    for seed in 0..6 {
+        let (space, obj) = instance(100 + seed, 12, 4);
+        let (lo, hi) = bops_range(&space);
+        let b = lo + 0.6 * (hi - lo);
+        let budget = Budget::bops(b);
+        let start = space.cheapest();
+        let f = fill_from(&space, &obj, &budget, &start, 8).unwrap();
+        assert!(f.cost.bops <= b, "seed {seed}");
+        assert!(f.mean >= f.start_mean, "seed {seed}");
+        assert!((obj.value(&f.indices) - f.mean).abs() < 1e-9);
+        assert!(f.fill_moves > 0 && f.repair_moves == 0, "seed {seed}");
+        let best = dp(&space, &obj, b);
+        assert!(f.mean >= 0.95 * best, "seed {seed}: {} vs {best}", f.mean);
+        // Nothing single-gene within budget raises μ any more.
+        for g in 0..f.indices.len() {
+            for k in 0..space.coords[g].len() {
+                let mut x = f.indices.clone();
+                x[g] = k;
+                if space.cost(&x).unwrap().bops <= b {
+                    assert!(obj.value(&x) <= f.mean + 1e-9, "seed {seed} gene {g} -> {k}");
+                }
+            }
+        }
+        // From the most expensive policy: repaired into the budget.
+        let r = fill_from(&space, &obj, &budget, &space.most_expensive(), 0).unwrap();
+        assert!(r.cost.bops <= b && r.repair_moves > 0, "seed {seed}");
+    }
+    let (space, obj) = instance(1, 5, 3);
+    let budget = Budget::bops(bops_range(&space).1);
+    let e = fill_from(&space, &obj, &budget, &[0, 0], 0).unwrap_err();
+    assert!(e.to_string().contains("2 genes"), "{e}");
+    let e = fill_from(&space, &obj, &budget, &[0, 0, 3, 0, 0], 0).unwrap_err();
+    assert!(e.to_string().contains("gene 2"), "{e}");
+}

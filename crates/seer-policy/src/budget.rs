@@ -1,4 +1,5 @@
-//! Complexity budgets of the main job: `--max-bops 5M`, `--max-size 40KB`, `--bops-frac 0.1`.
+//! Complexity budgets of the main job: `--max-bops 5M`, `--max-size 40KB`, `--bops-frac 0.1`,
+//! `--bops-uniform w3a3`.
 //!
 //! Units (documented once, used everywhere):
 //! - **BOPs** (`--max-bops`): a plain number or an SI suffix, `K` = 10³, `M` = 10⁶, `G` = 10⁹,
@@ -13,6 +14,11 @@
 //!   w8a8 (every unit at 8-bit weights and activations), or a percentage (`10%`). It is resolved
 //!   against that figure with [`Budget::resolve`], rounding down so the budget never exceeds
 //!   the fraction.
+//! - **Uniform-equivalent** (`--bops-uniform`): `wXaY`, the BOPs of the unpruned network with
+//!   every searchable unit at X-bit weights and Y-bit activations
+//!   ([`SearchSpace::uniform_bops`]): the budget at which mixed precision and pruning compete
+//!   with uniform wXaY (HAWQ-V3, HAQ, AIMET AMP and NNCF compare at such budgets). Label
+//!   `bops-wXaY`.
 //!
 //! Several budgets may be given at once (each flag repeats and takes comma-separated lists);
 //! each is its own target, and its [`Budget::label`] names its output files
@@ -23,14 +29,22 @@
 //! let b = Budget::parse_max_size("40KiB").unwrap();
 //! assert_eq!(b.kind, BudgetKind::MaxSizeBits(40 * 1024 * 8));
 //! assert_eq!(b.label, "size-40KiB");
-//! let f = Budget::parse_bops_frac("10%").unwrap().resolve(1_000_000);
-//! assert_eq!(f.max_bops, Some(100_000));
+//! use seer_policy::{SearchSpace, SpaceConfig, builtin};
+//! let space = SearchSpace::new(builtin("lenet5", None, None)?, SpaceConfig::default())?;
+//! let w8a8 = space.w8a8_bops()?;
+//! let f = Budget::parse_bops_frac("10%")?.resolve(&space)?;
+//! assert_eq!(f.max_bops, Some(w8a8 / 10));
+//! let u = Budget::parse_bops_uniform("w4a4")?;
+//! assert_eq!(u.label, "bops-w4a4");
+//! assert_eq!(u.resolve(&space)?.max_bops, Some(space.uniform_bops(4, 4)?));
+//! # Ok::<(), seer_policy::Error>(())
 //! ```
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::SearchSpace;
 use crate::error::{Error, Result};
 
 /// What one budget constrains.
@@ -43,6 +57,14 @@ pub enum BudgetKind {
     MaxSizeBits(u64),
     /// At most this fraction (0, 1] of the unpruned network's w8a8 BOPs.
     BopsFrac(f64),
+    /// At most the BOPs of the unpruned network at uniform `w{wbits}a{abits}`
+    /// ([`SearchSpace::uniform_bops`]).
+    BopsUniform {
+        /// Weight bit-width of the reference uniform policy.
+        wbits: u32,
+        /// Activation bit-width of the reference uniform policy.
+        abits: u32,
+    },
 }
 
 /// One budget with its file-name label (`[A-Za-z0-9.-]` only).
@@ -50,7 +72,7 @@ pub enum BudgetKind {
 pub struct Budget {
     /// The constraint.
     pub kind: BudgetKind,
-    /// Canonical label: `bops-5M`, `size-40KB`, `size-40KiB`, `frac-0.1`. Equal budgets written
+    /// Canonical label: `bops-5M`, `size-40KB`, `size-40KiB`, `frac-0.1`, `bops-w3a3`. Equal budgets written
     /// differently (`5000K`, `5M`) get the same label.
     pub label: String,
 }
@@ -336,20 +358,50 @@ impl Budget {
         })
     }
 
-    /// Absolute limits: `BopsFrac(f)` becomes `max_bops = ⌊f · w8a8_bops⌋` (`w8a8_bops`: BOPs of
-    /// the unpruned network with every unit at w8a8, docs/method.md §2).
-    pub fn resolve(&self, w8a8_bops: u64) -> ResolvedBudget {
+    /// Parses a `--bops-uniform` value `wXaY` (`w3a3`, `W4A8`): the BOPs of the unpruned
+    /// network at uniform X-bit weights and Y-bit activations. Err(Budget) for another form or
+    /// a bit-width outside 1..=16.
+    pub fn parse_bops_uniform(s: &str) -> Result<Budget> {
+        let flag = "--bops-uniform";
+        let t = s.trim().to_ascii_lowercase();
+        let form = || bad(flag, s, "expected wXaY, e.g. w3a3 (3-bit weights, 3-bit activations)");
+        let rest = t.strip_prefix('w').ok_or_else(form)?;
+        let (w, a) = rest.split_once('a').ok_or_else(form)?;
+        let parse = |x: &str| -> Result<u32> {
+            let v: u32 = x.parse().map_err(|_| form())?;
+            if (1..=16).contains(&v) {
+                Ok(v)
+            } else {
+                Err(bad(flag, s, format!("bit-width {v} is outside 1..=16")))
+            }
+        };
+        let (wbits, abits) = (parse(w)?, parse(a)?);
+        Ok(Budget {
+            kind: BudgetKind::BopsUniform { wbits, abits },
+            label: format!("bops-w{wbits}a{abits}"),
+        })
+    }
+
+    /// Absolute limits against `space`'s network: `BopsFrac(f)` becomes `max_bops = ⌊f ·
+    /// w8a8⌋` ([`SearchSpace::w8a8_bops`]), `BopsUniform` the BOPs of that uniform policy
+    /// ([`SearchSpace::uniform_bops`]), absolute budgets stay as given (docs/method.md §2).
+    ///
+    /// Errors: those of [`SearchSpace::w8a8_bops`] / [`SearchSpace::uniform_bops`].
+    pub fn resolve(&self, space: &SearchSpace) -> Result<ResolvedBudget> {
         let (max_bops, max_size_bits) = match self.kind {
             BudgetKind::MaxBops(b) => (Some(b), None),
             BudgetKind::MaxSizeBits(b) => (None, Some(b)),
-            BudgetKind::BopsFrac(f) => (Some((f * w8a8_bops as f64).floor() as u64), None),
+            BudgetKind::BopsFrac(f) => (Some((f * space.w8a8_bops()? as f64).floor() as u64), None),
+            BudgetKind::BopsUniform { wbits, abits } => {
+                (Some(space.uniform_bops(wbits, abits)?), None)
+            }
         };
-        ResolvedBudget {
+        Ok(ResolvedBudget {
             label: self.label.clone(),
             kind: self.kind,
             max_bops,
             max_size_bits,
-        }
+        })
     }
 }
 
@@ -368,20 +420,22 @@ impl ResolvedBudget {
     }
 }
 
-/// All budgets from the three flags' values (each value may be a comma-separated list), in the
-/// order BOPs, size, fraction. Err(Budget) for a bad value or the same budget twice; Err(NoBudget)
+/// All budgets from the four flags' values (each value may be a comma-separated list), in the
+/// order BOPs, size, fraction, uniform-equivalent. Err(Budget) for a bad value or the same budget twice; Err(NoBudget)
 /// when none is given.
 pub fn parse_budgets(
     max_bops: &[String],
     max_size: &[String],
     bops_frac: &[String],
+    bops_uniform: &[String],
 ) -> Result<Vec<Budget>> {
     let mut out: Vec<Budget> = Vec::new();
     type Parser = fn(&str) -> Result<Budget>;
-    let groups: [(&[String], Parser); 3] = [
+    let groups: [(&[String], Parser); 4] = [
         (max_bops, Budget::parse_max_bops),
         (max_size, Budget::parse_max_size),
         (bops_frac, Budget::parse_bops_frac),
+        (bops_uniform, Budget::parse_bops_uniform),
     ];
     for (values, parse) in groups {
         for v in values.iter().flat_map(|v| v.split(',')) {
@@ -458,21 +512,75 @@ mod tests {
         assert_eq!(Budget::parse_max_size("100").unwrap().label, "size-100B");
     }
 
+    /// ResNet-20 at 32×32×3, every layer searchable, with candidates lacking 8 bits and prune
+    /// 0: its w8a8 reference is still 40,551,040 MACs × 64.
+    fn resnet20_space() -> SearchSpace {
+        use crate::{SpaceConfig, builtin};
+        let spec = builtin("resnet20", Some("32x32x3".parse().unwrap()), None).unwrap();
+        let cfg = SpaceConfig {
+            prune_ratios: vec![0.25, 0.5],
+            wbits: vec![2, 4],
+            abits: vec![2, 4],
+            fix_first: false,
+            fix_last: false,
+            ..SpaceConfig::default()
+        };
+        SearchSpace::new(spec, cfg).unwrap()
+    }
+
     #[test]
     fn frac() {
+        let space = resnet20_space();
         let b = Budget::parse_bops_frac("0.1").unwrap();
         assert_eq!(b.label, "frac-0.1");
-        assert_eq!(b.resolve(40_551_040 * 64).max_bops, Some(259_526_656));
+        assert_eq!(b.resolve(&space).unwrap().max_bops, Some(259_526_656));
         assert_eq!(Budget::parse_bops_frac("10%").unwrap().label, "frac-0.1");
-        assert_eq!(
-            Budget::parse_bops_frac("4%")
-                .unwrap()
-                .resolve(1000)
-                .max_bops,
-            Some(40)
-        );
-        let r = Budget::parse_max_size("1KB").unwrap().resolve(1);
+        let r = Budget::parse_max_size("1KB")
+            .unwrap()
+            .resolve(&space)
+            .unwrap();
         assert_eq!((r.max_bops, r.max_size_bits), (None, Some(8000)));
+        let r = Budget::parse_max_bops("5M").unwrap().resolve(&space).unwrap();
+        assert_eq!((r.max_bops, r.max_size_bits), (Some(5_000_000), None));
+    }
+
+    /// `--bops-uniform wXaY` resolves to the BOPs of that uniform policy: by hand, Σ MACs ·
+    /// w · a over the layers, the first conv reading the 8-bit image. ResNet-20 at 32×32×3:
+    /// the first conv has 3·16·9·32·32 = 442,368 MACs, the rest 40,108,672.
+    #[test]
+    fn uniform_equivalent() {
+        let space = resnet20_space();
+        let first = 442_368u64;
+        let rest = 40_551_040u64 - first;
+        for (w, a) in [(2u32, 2u32), (3, 3), (4, 4), (4, 8), (8, 8)] {
+            let b = Budget::parse_bops_uniform(&format!("w{w}a{a}")).unwrap();
+            assert_eq!(b.label, format!("bops-w{w}a{a}"));
+            let want = first * u64::from(w) * 8 + rest * u64::from(w * a);
+            assert_eq!(b.resolve(&space).unwrap().max_bops, Some(want), "w{w}a{a}");
+        }
+        // w8a8 is the --bops-frac reference.
+        assert_eq!(space.uniform_bops(8, 8).unwrap(), space.w8a8_bops().unwrap());
+        // Where the bit-widths and prune 0 are candidates (the default space, first and last
+        // layers fixed at 8 bits), it is the uniform policy's BOPs.
+        let spec = crate::builtin("resnet20", Some("32x32x3".parse().unwrap()), None).unwrap();
+        let full = SearchSpace::new(spec, crate::SpaceConfig::default()).unwrap();
+        for (w, a) in [(4, 2), (3, 3), (8, 8)] {
+            let p = full.uniform(w, a, 0.0).unwrap();
+            let t = full.totals_indices(&full.to_indices(&p).unwrap()).unwrap();
+            assert_eq!(full.uniform_bops(w, a).unwrap(), t.bops, "w{w}a{a}");
+        }
+        assert_eq!(Budget::parse_bops_uniform(" W3A3 ").unwrap().label, "bops-w3a3");
+        for (s, needle) in [
+            ("3", "expected wXaY"),
+            ("w3", "expected wXaY"),
+            ("wxa3", "expected wXaY"),
+            ("w0a4", "outside 1..=16"),
+            ("w4a17", "outside 1..=16"),
+            ("a3w3", "expected wXaY"),
+        ] {
+            let e = Budget::parse_bops_uniform(s).unwrap_err().to_string();
+            assert!(e.contains("--bops-uniform") && e.contains(needle), "{s}: {e}");
+        }
     }
 
     #[test]
@@ -515,20 +623,12 @@ mod tests {
 
     #[test]
     fn w8a8_reference_and_files() {
-        use crate::{SearchSpace, SpaceConfig, builtin};
-        let spec = builtin("resnet20", Some("32x32x3".parse().unwrap()), None).unwrap();
-        // A space without 8 bits or prune 0 among its candidates still has the w8a8 reference.
-        let cfg = SpaceConfig {
-            prune_ratios: vec![0.25, 0.5],
-            wbits: vec![2, 4],
-            abits: vec![2, 4],
-            ..SpaceConfig::default()
-        };
-        let space = SearchSpace::new(spec, cfg).unwrap();
+        let space = resnet20_space();
         assert_eq!(space.w8a8_bops().unwrap(), 40_551_040 * 64);
         let r = Budget::parse_bops_frac("0.1")
             .unwrap()
-            .resolve(space.w8a8_bops().unwrap());
+            .resolve(&space)
+            .unwrap();
         assert_eq!(
             (r.policy_file(), r.model_file()),
             (
@@ -542,17 +642,34 @@ mod tests {
     #[test]
     fn several_at_once() {
         let v = |xs: &[&str]| xs.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let b = parse_budgets(&v(&["2M,5M"]), &v(&["40KB"]), &v(&["0.1", "15%"])).unwrap();
+        let b = parse_budgets(
+            &v(&["2M,5M"]),
+            &v(&["40KB"]),
+            &v(&["0.1", "15%"]),
+            &v(&["w2a2,w3a3"]),
+        )
+        .unwrap();
         let labels: Vec<_> = b.iter().map(|b| b.label.as_str()).collect();
         assert_eq!(
             labels,
-            ["bops-2M", "bops-5M", "size-40KB", "frac-0.1", "frac-0.15"]
+            [
+                "bops-2M",
+                "bops-5M",
+                "size-40KB",
+                "frac-0.1",
+                "frac-0.15",
+                "bops-w2a2",
+                "bops-w3a3"
+            ]
         );
-        let e = parse_budgets(&v(&["5M", "5000K"]), &[], &[])
+        let e = parse_budgets(&v(&["5M", "5000K"]), &[], &[], &[])
             .unwrap_err()
             .to_string();
         assert!(e.contains("bops-5M") && e.contains("twice"), "{e}");
-        assert!(matches!(parse_budgets(&[], &[], &[]), Err(Error::NoBudget)));
+        assert!(matches!(
+            parse_budgets(&[], &[], &[], &[]),
+            Err(Error::NoBudget)
+        ));
         for l in labels {
             assert!(
                 l.bytes()

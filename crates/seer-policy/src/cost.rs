@@ -287,6 +287,29 @@ impl SearchSpace {
         Ok(reference.totals_indices(&vec![0; reference.dim()])?.bops)
     }
 
+    /// BOPs of the uniform policy `w{wbits}a{abits}` of this space's network, unpruned: every
+    /// searchable unit at `wbits`-bit weights and `abits`-bit activations, the fixed layers at
+    /// this space's `fixed_bits`, and a layer that reads the image at 8-bit activations (as
+    /// [`SearchSpace::uniform`] counts it). Defined whether or not `wbits`/`abits` are
+    /// candidates of the space, so that a budget `--bops-uniform w3a3` names the same number
+    /// for any candidate set (docs/method.md §2). It is the BOPs of the uniform baseline the
+    /// report compares against when both bit-widths are candidates.
+    ///
+    /// Errors: [`crate::Error::InvalidConfig`] for a bit-width [`SearchSpace::new`] refuses.
+    pub fn uniform_bops(&self, wbits: u32, abits: u32) -> Result<u64> {
+        let reference = SearchSpace::new(
+            self.spec().clone(),
+            crate::SpaceConfig {
+                prune_ratios: vec![0.0],
+                wbits: vec![wbits],
+                abits: vec![abits],
+                shared_bits: false,
+                ..self.config().clone()
+            },
+        )?;
+        Ok(reference.totals_indices(&vec![0; reference.dim()])?.bops)
+    }
+
     /// Relaxed MACs, BOPs and size at `x` with analytic gradients (length `dim()`).
     /// Exact polynomial in `x` (bilinear in keep ratios, bilinear in bits). MACs and BOPs
     /// equal the discrete cost at candidate points when every kept channel count is integral

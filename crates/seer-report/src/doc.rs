@@ -170,6 +170,15 @@ pub(crate) fn document(r: &RunReport) -> Vec<Block> {
                     ))
                 ));
             }
+            if let Some(u) = x.budget_used {
+                facts.push(format!(
+                    "Budget used: {:.1}%{}",
+                    100.0 * u,
+                    x.budget_note
+                        .as_ref()
+                        .map_or(String::new(), |n| format!(" ({n})"))
+                ));
+            }
             if let Some(why) = &x.extrapolation {
                 facts.push(format!(
                     "Predicted top-1 extrapolates {EXTRAPOLATION_MARK}: {why}"
@@ -311,6 +320,14 @@ pub(crate) fn document(r: &RunReport) -> Vec<Block> {
             ]],
         )),
         None => d.push(Para("Not evaluated in this run.".into())),
+    }
+    if let Some(f) = &r.label_fidelity {
+        d.push(Para(format!(
+            "Label fidelity: Kendall τ-b {:.3} between the labels (short fine-tune) and the \
+             validation top-1 after the final fine-tune, over the {} policies of this run that \
+             have both (docs/method.md §3).",
+            f.kendall_tau, f.n
+        )));
     }
 
     d.push(Heading(2, "Stage timings".into()));

@@ -103,6 +103,11 @@ pub struct RunReport {
     pub labels: Vec<LabelPoint>,
     /// Predictor quality on held-out labels.
     pub predictor: Option<PredictorQuality>,
+    /// How well the labels rank policies the way the final fine-tune does, measured on this
+    /// run's own final fine-tunes (None with fewer than 4 labelled finals, and in reports
+    /// written before it was recorded).
+    #[serde(default)]
+    pub label_fidelity: Option<LabelFidelity>,
     /// Wall time per stage of the invocation that wrote the report (no total row: see
     /// `wall_seconds`).
     pub timings: Vec<StageTiming>,
@@ -196,6 +201,14 @@ pub struct BudgetOutcome {
     /// The accuracy target this outcome answers (`--max-drop`), when it is one.
     #[serde(default)]
     pub accuracy_target: Option<AccuracyTarget>,
+    /// The share of the budget the chosen policy uses: its BOPs / the BOPs limit, or its size
+    /// / the size limit, the larger of the two (None for an accuracy target).
+    #[serde(default)]
+    pub budget_used: Option<f64>,
+    /// Why the chosen policy leaves more than 10% of its budget unused, when it does (e.g. no
+    /// labelled policy between it and the limit validated higher).
+    #[serde(default)]
+    pub budget_note: Option<String>,
 }
 
 /// An accuracy-first request (`--max-drop P`): the cheapest policy whose test top-1 stays
@@ -301,6 +314,18 @@ pub struct LabelPoint {
     pub bops: u64,
     /// Validation top-1 after the labelling fine-tune.
     pub top1: f64,
+}
+
+/// Label fidelity (docs/method.md §3): Kendall's τ-b between the label of a policy (validation
+/// top-1 after the labelling protocol's short fine-tune) and its validation top-1 after the
+/// final fine-tune, over the policies of the run that had both (chosen policies and uniform
+/// baselines). A predictor can only be as good as this ranking.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LabelFidelity {
+    /// Kendall's τ-b between label and final validation top-1.
+    pub kendall_tau: f64,
+    /// Policies it was measured on.
+    pub n: usize,
 }
 
 /// Predictor quality on held-out labels (docs/method.md §4).
@@ -602,6 +627,8 @@ pub(crate) mod tests {
                     selected_from: Some("barrier search, κ = 1".into()),
                     extrapolation: None,
                     accuracy_target: None,
+                    budget_used: Some(127.0 / 128.0),
+                    budget_note: None,
                 },
                 BudgetOutcome {
                     label: "frac-0.15".into(),
@@ -621,6 +648,8 @@ pub(crate) mod tests {
                     selected_from: None,
                     extrapolation: Some("above the highest training label".into()),
                     accuracy_target: None,
+                    budget_used: Some(380.0 / 384.0),
+                    budget_note: Some("test note <b>".into()),
                 },
             ],
             uniform: vec![
@@ -685,6 +714,10 @@ pub(crate) mod tests {
                 rmse: 0.42,
                 n_train: 96,
                 n_test: 16,
+            }),
+            label_fidelity: Some(LabelFidelity {
+                kendall_tau: 0.833,
+                n: 9,
             }),
             timings: vec![
                 StageTiming {

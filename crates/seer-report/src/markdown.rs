@@ -82,6 +82,10 @@ mod tests {
             "not measured",
             "14.4×",
             "conv3&lt;x&gt;",
+            "Budget used: 99.2%",
+            "Budget used: 99.0% (test note &lt;b&gt;)",
+            "Label fidelity: Kendall τ-b 0.833",
+            "over the 9 policies",
         ] {
             assert!(md.contains(needle), "missing {needle:?} in\n{md}");
         }

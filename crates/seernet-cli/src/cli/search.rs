@@ -60,6 +60,10 @@ pub struct SearchArgs {
     /// BOPs budget as a fraction of the unpruned w8a8 network's BOPs: 0.1 or 10%.
     #[arg(long, value_name = "FRACTION", conflicts_with = "max_bops")]
     bops_frac: Option<String>,
+    /// BOPs budget of the unpruned network at uniform bit-widths: w3a3 (3-bit weights and
+    /// activations).
+    #[arg(long, value_name = "wXaY", conflicts_with_all = ["max_bops", "bops_frac"])]
+    bops_uniform: Option<String>,
     /// Also write the policy to this JSON file.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -114,12 +118,15 @@ pub fn run_search(args: SearchArgs) -> Result<()> {
     if let Some(s) = &args.bops_frac {
         limits.max_bops = Some(bops_of(&Budget::parse_bops_frac(s)?, &space)? as f64);
     }
+    if let Some(s) = &args.bops_uniform {
+        limits.max_bops = Some(bops_of(&Budget::parse_bops_uniform(s)?, &space)? as f64);
+    }
     if let Some(s) = &args.max_size {
-        let r = Budget::parse_max_size(s)?.resolve(0);
+        let r = Budget::parse_max_size(s)?.resolve(&space)?;
         limits.max_size_bits = r.max_size_bits.map(|b| b as f64);
     }
     if limits.max_bops.is_none() && limits.max_size_bits.is_none() {
-        bail!("no budget given: use --max-bops, --max-size or --bops-frac");
+        bail!("no budget given: use --max-bops, --max-size, --bops-frac or --bops-uniform");
     }
     let f = find_policy(&space, &predictor, &limits, &options)?;
     let warning = found_warning(&space, &predictor, &f)?;
@@ -181,7 +188,7 @@ pub fn run_search(args: SearchArgs) -> Result<()> {
 }
 
 fn bops_of(b: &Budget, space: &SearchSpace) -> Result<u64> {
-    let r = b.resolve(space.w8a8_bops()?);
+    let r = b.resolve(space)?;
     r.max_bops.context("budget without a BOPs limit")
 }
 

@@ -34,6 +34,46 @@ pub(super) struct Chosen {
     /// For an accuracy target: the safer candidates to fine-tune in turn if this one's
     /// validation drop exceeds the target (cheapest first; see `pipeline::target`).
     pub(super) safer: Vec<Chosen>,
+    /// Why the policy leaves more than 10% of its budget unused, when it does.
+    pub(super) budget_note: Option<String>,
+}
+
+/// The share of budget `b` costs `(bops, size_bits)` use: the larger of BOPs / BOPs limit and
+/// size / size limit (None when `b` has no limit).
+pub(super) fn budget_used(b: &ResolvedBudget, bops: u64, size_bits: u64) -> Option<f64> {
+    let shares = [
+        b.max_bops.map(|m| bops as f64 / m as f64),
+        b.max_size_bits.map(|m| size_bits as f64 / m as f64),
+    ];
+    shares.into_iter().flatten().reduce(f64::max)
+}
+
+/// Why the labelled policy `k` of `recs`, chosen for `b`, uses less than 90% of it; None when
+/// it uses at least that. Either the dearer labelled policies within the budget all validated
+/// lower, or none was labelled (the fill found no upgrade the predictor expected to gain).
+fn budget_note(b: &ResolvedBudget, recs: &[LabelRecord], k: usize) -> Option<String> {
+    let c = &recs[k];
+    let used = budget_used(b, c.bops, c.size_bits)?;
+    if used >= 0.9 {
+        return None;
+    }
+    let dearer: Vec<f64> = recs
+        .iter()
+        .filter(|r| b.admits(r.bops, r.size_bits) && r.bops > c.bops)
+        .map(|r| r.top1)
+        .collect();
+    Some(match dearer.iter().copied().reduce(f64::max) {
+        Some(m) => format!(
+            "the {} labelled {} within the budget that cost more validated at most {m:.2}%, \
+             against its {:.2}%",
+            dearer.len(),
+            if dearer.len() == 1 { "policy" } else { "policies" },
+            c.top1
+        ),
+        None => "no labelled policy lies between it and the limit: the fill found no upgrade \
+                 the predictor expected to gain"
+            .into(),
+    })
 }
 
 /// The choice per budget and the predicted front.
@@ -125,15 +165,12 @@ impl Run<'_> {
     /// without one (no verification rounds), the barrier optimum of μ. Writes it to
     /// `policy-<label>.json`.
     fn choose_for(&mut self, b: ResolvedBudget, fitted: &Fitted) -> Result<Chosen> {
-        let best = self
-            .planned
-            .iter()
-            .zip(&fitted.recs)
-            .filter(|(_, r)| b.admits(r.bops, r.size_bits))
-            .max_by(|(_, x), (_, y)| x.top1.total_cmp(&y.top1).then(y.bops.cmp(&x.bops)));
+        let best = super::stages::best_within(&b, &fitted.recs);
+        let note = best.and_then(|(k, _)| budget_note(&b, &fitted.recs, k));
         let (found, from, label_top1) = match best {
-            Some((idx, r)) => {
-                let (found, from) = self.labelled(idx, r, fitted)?;
+            Some((k, _)) => {
+                let r = &fitted.recs[k];
+                let (found, from) = self.labelled(&self.planned[k], r, fitted)?;
                 (found, from, Some(r.top1))
             }
             None => {
@@ -141,7 +178,9 @@ impl Run<'_> {
                 (found, "barrier search (unlabelled)".to_string(), None)
             }
         };
-        self.save_choice(b, found, from, label_top1, None)
+        let mut c = self.save_choice(b, found, from, label_top1, None)?;
+        c.budget_note = note;
+        Ok(c)
     }
 
     /// A labelled policy (candidate indices `idx`, record `r`) as a search result with the
@@ -189,6 +228,7 @@ impl Run<'_> {
                 label_top1: Some(fitted.recs[j].top1),
                 target: Some(info.clone()),
                 safer: Vec::new(),
+                budget_note: None,
             });
         }
         self.log.line(&format!(
@@ -242,6 +282,7 @@ impl Run<'_> {
             label_top1,
             target,
             safer: Vec::new(),
+            budget_note: None,
         })
     }
 

@@ -36,6 +36,25 @@ struct FinalResult {
 pub(super) struct Finals {
     pub(super) outcomes: Vec<report::BudgetOutcome>,
     pub(super) uniform: Vec<report::UniformBaseline>,
+    /// Per fine-tuned policy that has a label (keyed by policy hash): its label and its
+    /// validation top-1 after the final fine-tune, for the label fidelity.
+    pub(super) fidelity: std::collections::BTreeMap<String, (f64, f64)>,
+}
+
+impl Finals {
+    /// Kendall's τ-b between labels and final validation top-1 over [`Self::fidelity`]; None
+    /// with fewer than 4 policies or when it is undefined (all labels equal).
+    pub(super) fn label_fidelity(&self) -> Option<report::LabelFidelity> {
+        if self.fidelity.len() < 4 {
+            return None;
+        }
+        let (a, b): (Vec<f64>, Vec<f64>) = self.fidelity.values().copied().unzip();
+        let tau = seer_predictor::kendall_tau_b(&a, &b).ok()?;
+        tau.is_finite().then_some(report::LabelFidelity {
+            kendall_tau: tau,
+            n: a.len(),
+        })
+    }
 }
 
 impl Run<'_> {
@@ -51,6 +70,7 @@ impl Run<'_> {
         let n_final = chosen.len() + self.uniform.len();
         self.log
             .stage("fine-tune", (n_final * self.cfg.final_steps) as u64);
+        let mut fidelity = std::collections::BTreeMap::new();
         let mut outcomes = Vec::new();
         for c in chosen {
             outcomes.push(self.finetune_chosen(c)?);
@@ -59,9 +79,31 @@ impl Run<'_> {
         for u in self.uniform.clone() {
             uniform.push(self.finetune_uniform(&u)?);
         }
+        // Every policy fine-tuned above has its final result cached; those with a label pair.
+        let policies = chosen
+            .iter()
+            .flat_map(|c| std::iter::once(c).chain(&c.safer))
+            .map(|c| &c.found.policy)
+            .chain(self.uniform.iter().map(|u| &u.policy));
+        for p in policies {
+            let hash = policy_hash(p);
+            let cached = std::fs::read_to_string(final_dir.join(format!("{hash}.json")))
+                .ok()
+                .and_then(|t| serde_json::from_str::<FinalResult>(&t).ok());
+            if let (Some(r), Some(l)) = (cached, self.store.get(&hash))
+                && r.steps == self.cfg.final_steps
+                && let Some(v) = r.top1_val
+            {
+                fidelity.insert(hash, (l.top1, v));
+            }
+        }
         self.log.finish();
         self.timed("final fine-tune + export", t);
-        Ok(Finals { outcomes, uniform })
+        Ok(Finals {
+            outcomes,
+            uniform,
+            fidelity,
+        })
     }
 
     /// The final fine-tune and export of one budget's chosen policy.
@@ -105,6 +147,12 @@ impl Run<'_> {
             label_val_top1: c.label_top1,
             selected_from: Some(c.from.clone()),
             extrapolation: f.extrapolation.filter(|e| e.any()).map(|e| e.describe()),
+            budget_used: if target.is_some() {
+                None
+            } else {
+                super::choice::budget_used(b, f.bops, f.size_bits)
+            },
+            budget_note: c.budget_note.clone(),
             accuracy_target: target,
         })
     }

@@ -111,6 +111,11 @@ pub struct Config {
     pub kappas: Vec<f64>,
     /// Verification rounds after the active rounds (0: choose by the predictor alone).
     pub verify_rounds: usize,
+    /// Fill rounds after the verification rounds: per budget, the best labelled policy within
+    /// it is upgraded within the budget while the predictor's μ gains, and the upgrade is
+    /// labelled (docs/method.md §6, "fill"); 0: none.
+    #[serde(default)]
+    pub fill_rounds: usize,
     /// Fine-tune steps per label (docs/method.md §3).
     pub label_steps: u64,
     /// Fine-tune steps of each chosen policy and each uniform baseline (docs/method.md §7).
@@ -179,6 +184,7 @@ impl Config {
             sampler_generations: 30,
             kappas: vec![0.0, 1.0, 2.0],
             verify_rounds: 2,
+            fill_rounds: 2,
             label_steps: 100,
             final_steps: 600,
             batch_size: 64,
@@ -191,6 +197,59 @@ impl Config {
         }
     }
 
+    /// The ResNet-20 preset (`seernet compress --arch resnet20`; issue 15): the committed
+    /// ResNet-20 baseline on Fashion-MNIST (28×28×1), the default search space (prune {0, .25,
+    /// .5, .75}, bits {2, 3, 4, 5, 6, 8}, residual pruning tied, first and last layers fixed at
+    /// 8 bits), budgets at the BOPs of uniform w2a2, w3a3 and w4a4 of the unpruned network
+    /// (`--bops-uniform`, 6.25%, 14.1% and 25% of w8a8 up to the fixed layers), 50 initial
+    /// labels + 3 rounds of 10, 2 verification and 2 fill rounds, 50 fine-tune steps per label,
+    /// 300 per final fine-tune (batch 64). The label protocol's steps are what
+    /// `cargo xtask bench label-fidelity` measured (docs/benchmarks.md, "Label fidelity").
+    pub fn resnet20(out_dir: PathBuf) -> Self {
+        Self {
+            arch: "resnet20".into(),
+            space: SpaceConfig::default(),
+            budgets: ["w2a2", "w3a3", "w4a4"]
+                .iter()
+                .map(|f| Budget::parse_bops_uniform(f).expect("valid"))
+                .collect(),
+            n0: 50,
+            label_steps: 50,
+            final_steps: 300,
+            ..Self::default_run(out_dir)
+        }
+    }
+
+    /// The preset of `arch`: [`Self::resnet20`] for `resnet20`, else [`Self::default_run`]
+    /// with that network; with `quick`, [`Self::quick`]'s small counts on top.
+    pub fn preset(arch: &str, quick: bool, out_dir: PathBuf) -> Self {
+        let base = if arch == "resnet20" {
+            Self::resnet20(out_dir)
+        } else {
+            Self {
+                arch: arch.into(),
+                ..Self::default_run(out_dir)
+            }
+        };
+        if quick {
+            let q = Self::quick(PathBuf::new());
+            Self {
+                baseline_steps: q.baseline_steps,
+                n0: q.n0,
+                rounds: q.rounds,
+                k: q.k,
+                sampler_generations: q.sampler_generations,
+                verify_rounds: q.verify_rounds,
+                fill_rounds: q.fill_rounds,
+                label_steps: q.label_steps.min(base.label_steps),
+                final_steps: q.final_steps,
+                ..base
+            }
+        } else {
+            base
+        }
+    }
+
     /// The quick run (`cargo xtask compress --quick`): the same loop with small counts.
     pub fn quick(out_dir: PathBuf) -> Self {
         Self {
@@ -200,6 +259,7 @@ impl Config {
             k: 3,
             sampler_generations: 15,
             verify_rounds: 1,
+            fill_rounds: 1,
             label_steps: 30,
             final_steps: 100,
             ..Self::default_run(out_dir)
@@ -222,6 +282,13 @@ pub struct Summary {
     pub budgets: Vec<serde_json::Value>,
     /// Predictor quality on held-out labels (Kendall τ, RMSE), when enough labels.
     pub predictor: Option<report::PredictorQuality>,
+    /// Kendall τ of the predictor on held-out labels (`predictor.kendall_tau`), when measured.
+    #[serde(default)]
+    pub predictor_tau: Option<f64>,
+    /// Kendall τ between labels and the validation top-1 after the final fine-tune over this
+    /// run's fine-tuned policies ([`report::LabelFidelity`]), when at least 4 have both.
+    #[serde(default)]
+    pub label_fidelity_tau: Option<f64>,
     /// Seconds per stage of this invocation.
     pub timings: Vec<report::StageTiming>,
     /// Total wall seconds of this invocation.
@@ -232,6 +299,9 @@ pub struct Summary {
     /// Total wall seconds of every invocation of this run directory.
     #[serde(default)]
     pub seconds_all: f64,
+    /// The run's wall time: every invocation together (= `seconds_all`), build excluded.
+    #[serde(default)]
+    pub run_seconds: f64,
 }
 
 /// Runs the whole pipeline of `cfg`, reporting progress to nobody (see [`run_with`]). Errors: a
@@ -251,6 +321,7 @@ pub fn run_with(cfg: &Config, progress: &mut dyn Progress) -> Result<Summary> {
     run.initial_set()?;
     run.active_rounds()?;
     run.verification_rounds()?;
+    run.fill_rounds()?;
     let fitted = run.final_predictor()?;
     let choice = run.choose(&fitted)?;
     let finals = run.final_finetunes(&choice.chosen)?;

@@ -330,7 +330,11 @@ fn resolve_budgets(
     log: &mut RunLog<'_>,
 ) -> Result<Budgets> {
     let w8a8 = space.w8a8_bops()?;
-    let mut resolved: Vec<ResolvedBudget> = cfg.budgets.iter().map(|b| b.resolve(w8a8)).collect();
+    let mut resolved: Vec<ResolvedBudget> = cfg
+        .budgets
+        .iter()
+        .map(|b| b.resolve(space))
+        .collect::<std::result::Result<_, _>>()?;
     if let Some(h) = header {
         for b in &mut resolved {
             if let Some(bits) = b.max_size_bits {

@@ -1,5 +1,5 @@
-//! The label stages of a run: the initial set with the uniform anchors, the active rounds and
-//! the verification rounds, with what they share (labelling a batch, the planned labels, the
+//! The label stages of a run: the initial set with the uniform anchors, the active rounds, the
+//! verification rounds and the fill rounds, with what they share (labelling a batch, the planned labels, the
 //! barrier search for a budget).
 
 use std::collections::HashSet;
@@ -261,7 +261,6 @@ impl Run<'_> {
         for v in 0..self.cfg.verify_rounds {
             self.verification_round(v)?;
         }
-        self.log.finish();
         self.timed("verification rounds", t);
         Ok(())
     }
@@ -308,4 +307,99 @@ impl Run<'_> {
         self.planned.extend(rows);
         Ok(())
     }
+
+    /// Stage 4b: the fill rounds (docs/method.md §6, "fill"). For every budget, the labelled
+    /// policy within it with the best validation top-1 (what the choice would take); when it
+    /// leaves budget unused, [`fill_policy`](crate::search::fill_policy) upgrades it within the
+    /// budget while the predictor's μ gains (predictor seed: [`Stream::FillFit`]), and the
+    /// upgrade is labelled. A budget leaves the rounds once its fill proposes nothing new or its
+    /// last upgrade validated no higher than the policy it started from: the predictor
+    /// proposes, the labels decide.
+    pub(super) fn fill_rounds(&mut self) -> Result<()> {
+        if self.cfg.fill_rounds == 0 || self.budgets.resolved.is_empty() {
+            // The label stage ends here (it began with the initial set).
+            self.log.finish();
+            return Ok(());
+        }
+        let t = Instant::now();
+        let mut open: Vec<bool> = vec![true; self.budgets.resolved.len()];
+        // Per budget, the label the last upgrade started from.
+        let mut last_start: Vec<Option<f64>> = vec![None; open.len()];
+        for f in 0..self.cfg.fill_rounds {
+            let recs = self.planned_records()?;
+            let predictor =
+                sampling::fit(&self.space, &recs, Stream::FillFit(f).seed(self.cfg.seed))?;
+            let mut rows: Vec<Vec<usize>> = Vec::new();
+            for (i, b) in self.budgets.resolved.clone().iter().enumerate() {
+                if !open[i] {
+                    continue;
+                }
+                let Some((k, best)) = best_within(b, &recs) else {
+                    open[i] = false;
+                    continue;
+                };
+                // The previous upgrade did not validate higher: stop here.
+                if last_start[i].is_some_and(|s| best <= s) {
+                    open[i] = false;
+                    continue;
+                }
+                let start = self.planned[k].clone();
+                let found = crate::search::fill_policy(
+                    &self.space,
+                    &predictor,
+                    &super::limits(b),
+                    &start,
+                    0.0,
+                )
+                .map_err(|e| Error::Search {
+                    budget: b.label.clone(),
+                    source: Box::new(e),
+                })?;
+                if found.indices == start
+                    || self.planned.contains(&found.indices)
+                    || rows.contains(&found.indices)
+                {
+                    open[i] = false;
+                    continue;
+                }
+                self.log.line(&format!(
+                    "fill round {}/{} for {}: from the best labelled policy ({} BOPs, \
+                     validation {best:.2}%), {} upgrades within the budget -> {} BOPs, \
+                     predicted {:.2}%",
+                    f + 1,
+                    self.cfg.fill_rounds,
+                    b.label,
+                    recs[k].bops,
+                    found.evaluations,
+                    found.bops,
+                    found.predicted_mean
+                ));
+                last_start[i] = Some(best);
+                self.origin.insert(
+                    found.indices.clone(),
+                    format!("fill for {}, round {}", b.label, f + 1),
+                );
+                rows.push(found.indices);
+            }
+            if rows.is_empty() {
+                break;
+            }
+            self.log.add_total(rows.len() as u64);
+            self.label_batch(&format!("fill-{}", f + 1), &rows)?;
+            self.planned.extend(rows);
+        }
+        self.log.finish();
+        self.timed("fill rounds", t);
+        Ok(())
+    }
+}
+
+/// The labelled policy within `b` with the best validation top-1 (ties: fewer BOPs), as its
+/// index in `recs` (plan order) and its label; what [`Run::choose`] takes for `b`.
+pub(super) fn best_within(b: &ResolvedBudget, recs: &[LabelRecord]) -> Option<(usize, f64)> {
+    recs.iter()
+        .enumerate()
+        .filter(|(_, r)| b.admits(r.bops, r.size_bits))
+        .max_by(|(_, x), (_, y)| x.top1.total_cmp(&y.top1).then(y.bops.cmp(&x.bops)))
+        .map(|(k, r)| (k, r.top1))
 }

@@ -15,6 +15,7 @@
 //! | [`Stream::ActiveSampler`]`(r)` | `s + 2000 + r` | [`sampling::acquire`](super::sampling::acquire) of active round `r` |
 //! | [`Stream::FinalFit`] | `s + 3000` | final predictor, and the members of its cross-validation fits |
 //! | [`Stream::VerifyFit`]`(v)` | `s + 4000 + v` | predictor of verification round `v` (0-based) |
+//! | [`Stream::FillFit`]`(f)` | `s + 5000 + f` | predictor of fill round `f` (0-based) |
 //! | [`Stream::Search`] | `s` | barrier searches (verification, choice, front) |
 //! | [`Stream::QualitySplits`] | `s` | held-out splits of the predictor's cross-validation |
 //! | [`Stream::FinalFinetune`] | `s ^ 0xF1A1` | final fine-tunes; per policy `label_seed(it, policy hash)` |
@@ -50,6 +51,8 @@ pub enum Stream {
     FinalFit,
     /// The predictor of verification round `v` (0-based): `s + 4000 + v`.
     VerifyFit(usize),
+    /// The predictor of fill round `f` (0-based): `s + 5000 + f`.
+    FillFit(usize),
     /// Every barrier search of the run: `s`.
     Search,
     /// The held-out splits of the predictor's cross-validation: `s`.
@@ -80,6 +83,7 @@ impl Stream {
             Self::ActiveSampler(r) => base.wrapping_add(2000 + r as u64),
             Self::FinalFit => base.wrapping_add(3000),
             Self::VerifyFit(v) => base.wrapping_add(4000 + v as u64),
+            Self::FillFit(f) => base.wrapping_add(5000 + f as u64),
             Self::FinalFinetune => base ^ 0xF1A1,
             Self::StratifiedDraws => base ^ 0x0057_47A7,
             Self::RandomAcquisition => base ^ 0x4a4d,
@@ -97,7 +101,7 @@ mod tests {
     /// the table (literal values; the formula beside each): changing one changes every run.
     #[test]
     fn values_are_pinned_to_the_historical_formulas() {
-        let cases: [(super::Stream, u64, u64); 20] = [
+        let cases: [(super::Stream, u64, u64); 22] = [
             (Baseline, 0, 42),
             (Labels, 0, 42),
             (InitialSet, 0, 42),
@@ -110,6 +114,8 @@ mod tests {
             (FinalFit, 3000, 3042),                // s + 3000
             (VerifyFit(0), 4000, 4042),            // s + 4000 + v
             (VerifyFit(1), 4001, 4043),            // s + 4000 + v
+            (FillFit(0), 5000, 5042),              // s + 5000 + f
+            (FillFit(1), 5001, 5043),              // s + 5000 + f
             (FinalFinetune, 0xF1A1, 0xF18B),       // s ^ 0xF1A1
             (StratifiedDraws, 0x5747A7, 0x57478D), // t ^ 0x5747A7
             (RandomAcquisition, 0x4A4D, 0x4A67),   // t ^ 0x4A4D

@@ -18,7 +18,16 @@ impl Run<'_> {
         finals: Finals,
     ) -> Result<Summary> {
         let t = Instant::now();
+        let fidelity = finals.label_fidelity();
+        if let Some(f) = &fidelity {
+            self.log.line(&format!(
+                "label fidelity: Kendall tau {:.3} between labels and the validation top-1 after \
+                 the final fine-tune, over {} policies",
+                f.kendall_tau, f.n
+            ));
+        }
         let mut rep = self.report(&fitted, choice.front, finals);
+        rep.label_fidelity = fidelity;
         self.timed("report", t);
         self.timings.close();
         rep.timings = self.timings.this().to_vec();
@@ -42,11 +51,14 @@ impl Run<'_> {
             labels_computed: self.computed,
             dropped_tail: self.dropped_tail.clone(),
             budgets: self.budgets_json(&rep),
+            predictor_tau: fitted.quality.as_ref().map(|q| q.kendall_tau),
             predictor: fitted.quality,
+            label_fidelity_tau: rep.label_fidelity.as_ref().map(|f| f.kendall_tau),
             timings: rep.timings.clone(),
             seconds: self.timings.wall(),
             invocations: rep.invocations,
             seconds_all: wall_all,
+            run_seconds: wall_all,
         };
         let js = serde_json::to_string_pretty(&summary).expect("serializes") + "\n";
         crate::store::write_atomic(&self.out.join("summary.json"), js.as_bytes())?;
@@ -129,6 +141,8 @@ impl Run<'_> {
                     "predicted_val_top1": b.predicted_top1, "test_top1": b.measured_top1,
                     "best_uniform": best.map(|u| &u.name), "best_uniform_test_top1": best.map(|u| u.measured_top1),
                     "margin": match (b.measured_top1, best) { (Some(m), Some(u)) => Some(m - u.measured_top1), _ => None },
+                    "margin_points": match (b.measured_top1, best) { (Some(m), Some(u)) => Some(m - u.measured_top1), _ => None },
+                    "budget_used": b.budget_used, "budget_note": b.budget_note,
                     "policy_file": b.policy_file, "model_file": b.model_file,
                 })
             })
