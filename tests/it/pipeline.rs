@@ -140,13 +140,28 @@ fn kill_resume_determinism_and_errors() {
     let sa: Summary =
         serde_json::from_str(&std::fs::read_to_string(a.join("summary.json")).unwrap()).unwrap();
     // 4 initial + 1–2 uniform anchors per budget + 2 active + up to 2 verification labels
-    // per budget (two budgets).
+    // per budget + up to 1 fill label per budget (two budgets).
     assert!(
-        (4 + 1 + 2..=4 + 4 + 2 + 4).contains(&sa.labels),
+        (4 + 1 + 2..=4 + 4 + 2 + 4 + 2).contains(&sa.labels),
         "{} labels",
         sa.labels
     );
     assert_eq!(sa.labels_computed, sa.labels);
+    // Issue 15: the summary's figures per budget and for the run.
+    let sj: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join("summary.json")).unwrap()).unwrap();
+    for b in sj["budgets"].as_array().unwrap() {
+        let used = b["budget_used"].as_f64().unwrap();
+        assert!(used > 0.0 && used <= 1.0, "{b}");
+        assert!(b.get("margin_points").is_some(), "{b}");
+        // A policy using less than 90% of its budget says why.
+        assert_eq!(used < 0.9, b["budget_note"].is_string(), "{b}");
+    }
+    assert_eq!(sj["labels"].as_u64(), Some(sa.labels as u64));
+    assert!(sj["run_seconds"].as_f64().unwrap() > 0.0, "{sj}");
+    for k in ["predictor_tau", "label_fidelity_tau"] {
+        assert!(sj.get(k).is_some(), "summary.json lacks {k}");
+    }
     // The chosen policy is a labelled one within the budget, and the report says where from.
     let rep: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(a.join("report.json")).unwrap()).unwrap();
