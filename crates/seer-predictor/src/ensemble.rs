@@ -65,6 +65,11 @@ pub struct Config {
     /// field (format-1 predictor files) reads as [`Output::Linear`], as those were trained.
     #[serde(default = "Output::unbounded")]
     pub output: Output,
+    /// Each member adds a linear term of its inputs to the MLP's output (a linear model with
+    /// an MLP on top, trained jointly; the weight decay applies to it as ridge's penalty).
+    /// A configuration stored without this field reads as `false`, as those were trained.
+    #[serde(default)]
+    pub skip: bool,
 }
 
 impl Default for Config {
@@ -81,6 +86,7 @@ impl Default for Config {
             bootstrap: true,
             seed: 0,
             output: Output::PERCENT,
+            skip: false,
         }
     }
 }
@@ -337,7 +343,7 @@ fn train_member(
     } else {
         pool.to_vec()
     };
-    let mut net = Mlp::new(sizes.to_vec(), &mut rng);
+    let mut net = Mlp::new(sizes.to_vec(), c.skip, &mut rng);
     let mut opt = AdamW::new(
         net.params.len(),
         c.learning_rate as f32,

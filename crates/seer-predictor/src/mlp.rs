@@ -8,8 +8,11 @@
 //! compiler vectorises them, and their summation order is fixed, so results are bit-for-bit
 //! reproducible.
 //!
-//! Network: `x (d) → [Linear → SiLU] × H → Linear → y (1)`. Layer `l` stores its weight
-//! row-major as `[out, in]` followed by its bias `[out]`, all in one flat parameter vector.
+//! Network: `x (d) → [Linear → SiLU] × H → Linear → y (1)`, plus, with a *skip*, a linear
+//! term `s · x` added to the output (a linear model with an MLP on top: on accuracy data that
+//! is close to additive in the policy's genes the linear term carries the main effects and the
+//! MLP the interactions). Layer `l` stores its weight row-major as `[out, in]` followed by its
+//! bias `[out]`, all in one flat parameter vector; the skip's `d` weights come last.
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -19,8 +22,12 @@ use serde::{Deserialize, Serialize};
 pub(crate) struct Mlp {
     /// Layer widths: `[d, h_1, …, h_H, 1]`.
     pub sizes: Vec<usize>,
-    /// All weights and biases, layer by layer (`W_l` row-major `[out, in]`, then `b_l`).
+    /// All weights and biases, layer by layer (`W_l` row-major `[out, in]`, then `b_l`),
+    /// then the skip's `d` weights when [`Self::skip`].
     pub params: Vec<f32>,
+    /// Whether the output adds a linear term of the input (its weights end `params`).
+    #[serde(default)]
+    pub skip: bool,
 }
 
 /// Per-batch activations kept for the backward pass.
@@ -95,8 +102,8 @@ fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
 
 impl Mlp {
     /// A freshly initialised MLP: He-uniform weights for hidden layers (suited to SiLU),
-    /// LeCun-uniform for the output layer, zero biases.
-    pub fn new(sizes: Vec<usize>, rng: &mut impl Rng) -> Self {
+    /// LeCun-uniform for the output layer, zero biases; with `skip`, a zero linear term.
+    pub fn new(sizes: Vec<usize>, skip: bool, rng: &mut impl Rng) -> Self {
         let n: usize = sizes.windows(2).map(|w| w[0] * w[1] + w[1]).sum();
         let mut params = Vec::with_capacity(n);
         let last = sizes.len() - 2;
@@ -110,7 +117,19 @@ impl Mlp {
             params.extend((0..fan_in * out).map(|_| rng.random_range(-a..a)));
             params.extend(std::iter::repeat_n(0.0, out));
         }
-        Self { sizes, params }
+        if skip {
+            params.extend(std::iter::repeat_n(0.0, sizes[0]));
+        }
+        Self {
+            sizes,
+            params,
+            skip,
+        }
+    }
+
+    /// Offset of the skip's `d` weights in `params` (= the layers' parameter count).
+    pub fn skip_offset(&self) -> usize {
+        self.sizes.windows(2).map(|w| w[0] * w[1] + w[1]).sum()
     }
 
     /// Number of layers (linear maps).
@@ -135,14 +154,20 @@ impl Mlp {
         (off, off + i * o, i, o)
     }
 
-    /// Indices ranges of the weight matrices (weight decay applies to these, not to biases).
+    /// Indices ranges of the weight matrices and the skip (weight decay applies to these, not
+    /// to biases; on the skip it is ridge's penalty).
     pub fn weight_ranges(&self) -> Vec<std::ops::Range<usize>> {
-        (0..self.n_layers())
+        let mut r: Vec<_> = (0..self.n_layers())
             .map(|l| {
                 let (w, b, _, _) = self.layout(l);
                 w..b
             })
-            .collect()
+            .collect();
+        if self.skip {
+            let o = self.skip_offset();
+            r.push(o..o + self.input_dim());
+        }
+        r
     }
 
     /// Forward pass on a row-major batch `x` (`[B, d]`); returns the outputs (`[B]`) and
@@ -201,6 +226,14 @@ impl Mlp {
                 }
             }
         }
+        if self.skip {
+            let o = self.skip_offset();
+            let sw = &self.params[o..o + d];
+            let out = &mut ws.pre[nl - 1];
+            for (i, y) in out.iter_mut().enumerate() {
+                *y += dot(&x[i * d..(i + 1) * d], sw);
+            }
+        }
     }
 
     /// Backward pass for the batch last given to [`Self::forward`].
@@ -244,7 +277,17 @@ impl Mlp {
     ) {
         let b = ws.batch;
         let nl = self.n_layers();
+        let d = self.input_dim();
         debug_assert_eq!(d_out.len(), b);
+        if self.skip
+            && let Some(g) = grad.as_deref_mut()
+        {
+            let o = self.skip_offset();
+            let gs = &mut g[o..o + d];
+            for (i, &go) in d_out.iter().enumerate() {
+                axpy(go, &ws.post[0][i * d..(i + 1) * d], gs);
+            }
+        }
         // g_a holds ∂loss/∂pre of the current layer.
         let mut g_pre = std::mem::take(&mut ws.g_a);
         let mut g_in = std::mem::take(&mut ws.g_b);
@@ -285,8 +328,15 @@ impl Mlp {
             std::mem::swap(&mut g_pre, &mut g_in);
         }
         if let Some(dx) = d_x {
-            // After the loop's last swap, g_pre holds ∂loss/∂x.
-            dx.copy_from_slice(&g_pre[..b * self.input_dim()]);
+            // After the loop's last swap, g_pre holds ∂loss/∂x (through the MLP).
+            dx.copy_from_slice(&g_pre[..b * d]);
+            if self.skip {
+                let o = self.skip_offset();
+                let sw = &self.params[o..o + d];
+                for (i, &go) in d_out.iter().enumerate() {
+                    axpy(go, sw, &mut dx[i * d..(i + 1) * d]);
+                }
+            }
         }
         ws.g_a = g_pre;
         ws.g_b = g_in;
@@ -368,7 +418,20 @@ mod tests {
     #[test]
     fn backward_matches_finite_differences() {
         let mut rng = ChaCha8Rng::seed_from_u64(7);
-        let m = Mlp::new(vec![5, 7, 3, 1], &mut rng);
+        for skip in [false, true] {
+            let mut m = Mlp::new(vec![5, 7, 3, 1], skip, &mut rng);
+            if skip {
+                // A non-zero linear term, so its gradients are checked at a generic point.
+                let o = m.skip_offset();
+                for k in 0..5 {
+                    m.params[o + k] = rng.random_range(-1.0..1.0);
+                }
+            }
+            check_gradients(&m, &mut rng);
+        }
+    }
+
+    fn check_gradients(m: &Mlp, rng: &mut ChaCha8Rng) {
         let b = 4;
         let x: Vec<f32> = (0..b * 5).map(|_| rng.random_range(-1.0..1.0)).collect();
         let y: Vec<f32> = (0..b).map(|_| rng.random_range(-1.0..1.0)).collect();
@@ -376,6 +439,7 @@ mod tests {
         let out = m.forward(&x, &mut ws).to_vec();
         let d_out: Vec<f32> = out.iter().zip(&y).map(|(o, t)| o - t).collect();
         let mut g = vec![0.0; m.params.len()];
+        assert_eq!(g.len(), m.skip_offset() + if m.skip { 5 } else { 0 });
         let mut dx = vec![0.0; x.len()];
         m.backward(&mut ws, &d_out, Some(&mut g), Some(&mut dx));
         let h = 1e-2f32;
@@ -394,7 +458,7 @@ mod tests {
             let (mut xp, mut xm) = (x.clone(), x.clone());
             xp[k] += h;
             xm[k] -= h;
-            let fd = (loss(&m, &xp, &y) - loss(&m, &xm, &y)) / (2.0 * f64::from(h));
+            let fd = (loss(m, &xp, &y) - loss(m, &xm, &y)) / (2.0 * f64::from(h));
             assert!(
                 (fd - f64::from(dx[k])).abs() < 2e-3 * (1.0 + fd.abs()),
                 "x {k}: fd {fd} vs {}",
@@ -406,7 +470,11 @@ mod tests {
     #[test]
     fn avx2_path_is_bit_identical_to_portable_path() {
         let mut rng = ChaCha8Rng::seed_from_u64(8);
-        let m = Mlp::new(vec![37, 33, 19, 1], &mut rng);
+        let mut m = Mlp::new(vec![37, 33, 19, 1], true, &mut rng);
+        let o = m.skip_offset();
+        for k in 0..37 {
+            m.params[o + k] = rng.random_range(-1.0..1.0);
+        }
         let x: Vec<f32> = (0..5 * 37).map(|_| rng.random_range(-2.0..2.0)).collect();
         let d_out: Vec<f32> = (0..5).map(|_| rng.random_range(-1.0..1.0)).collect();
         let run = |avx: bool| {

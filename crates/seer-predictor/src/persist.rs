@@ -91,6 +91,14 @@ impl Predictor {
                 ));
                 off += o;
             }
+            if net.skip {
+                blobs.push((
+                    format!("member{m}.skip"),
+                    Dtype::F32,
+                    vec![net.input_dim()],
+                    f32_bytes(&net.params[off..off + net.input_dim()]),
+                ));
+            }
         }
         let d = self.x_scaler.mean.len();
         blobs.push((
@@ -266,12 +274,16 @@ impl Predictor {
                     &[w[1]],
                 )?));
             }
+            if config.skip {
+                params.extend(f32s(get(&format!("member{m}.skip"), Dtype::F32, &[d])?));
+            }
             if params.iter().any(|p| !p.is_finite()) {
                 return Err(bad(format!("member {m} has non-finite weights")));
             }
             members.push(Mlp {
                 sizes: sizes.clone(),
                 params,
+                skip: config.skip,
             });
         }
         let x_mean = f64s(get("scaler.x_mean", Dtype::F64, &[d])?);

@@ -10,8 +10,8 @@
 //! - the **reference**: the main job's final fine-tune (`--final-steps`, default 300 steps of
 //!   batch 64, lr 0.01, the slimmed network), then top-1 on the 5,000-image validation split;
 //! - one label per **protocol**: `S` fine-tune steps (0 = only calibration and BatchNorm
-//!   re-estimation) at learning rate `lr`, top-1 on the first 1,000, 2,000 and all 5,000
-//!   validation images (one fine-tune serves the three subsets).
+//!   re-estimation) at learning rate `lr`, top-1 on 1,000, 2,000 and all 5,000 validation
+//!   images (fixed seeded subsets, the same for every policy; one fine-tune serves the three).
 //!
 //! The table gives, per protocol and validation subset, Kendall's τ-b between label and
 //! reference over the policies done, and the median seconds of one label (fine-tune +
@@ -65,7 +65,8 @@ struct Row {
     kind: String,
     steps: usize,
     lr: f64,
-    /// Top-1 (%) on the first N validation images, per N of [`SUBSETS`] (`final`: 5,000 only).
+    /// Top-1 (%) on N validation images (a fixed seeded subset), per N of [`SUBSETS`]
+    /// (`final`: 5,000 only).
     top1: Vec<(usize, f64)>,
     /// Seconds of load + calibration + fine-tune.
     train_s: f64,
@@ -75,9 +76,15 @@ struct Row {
     bops_frac_w8a8: f64,
 }
 
-/// The first `n` images of `d`.
+/// `n` images of `d` drawn without replacement in a fixed seeded order (the same for every
+/// policy; the split itself is ordered, so its first images would not be a fair sample).
 fn head(d: &Dataset, n: usize) -> Dataset {
-    let idx: Vec<u32> = (0..n.min(d.len()) as u32).collect();
+    use rand::SeedableRng;
+    use rand::seq::SliceRandom;
+    let mut idx: Vec<u32> = (0..d.len() as u32).collect();
+    idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(0x5EED_F1DE));
+    idx.truncate(n.min(d.len()));
+    idx.sort_unstable();
     d.subset(&idx)
 }
 
