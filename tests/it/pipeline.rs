@@ -453,7 +453,7 @@ fn methods_fit_ilp_and_random() {
         let labels = js["labels"].as_u64().unwrap();
         if method == "fit-ilp" {
             assert!((1..=2).contains(&labels), "{labels} labels");
-            assert_eq!(log.matches("fit-ilp optimum").count(), 2, "{log}");
+            assert_eq!(log.matches(": fit-ilp optimum").count(), 2, "{log}");
             assert!(dir.join("fit-sensitivity.json").is_file());
         } else {
             // "(label budget N)" in the log: random labels all of it.

@@ -246,13 +246,19 @@ impl Run<'_> {
         let file = b.policy_file();
         found.policy.save(self.out.join(&file))?;
         self.log.line(&format!(
-            "budget {}: policy with {} BOPs ({:.2}% of w8a8), {} bits, predicted val top-1 {:.2}% ± {:.2}{}, labelled val top-1 {}; from {from} -> {file}",
+            "budget {}: policy with {} BOPs ({:.2}% of w8a8), {} bits, {}{}, labelled val top-1 {}; from {from} -> {file}",
             b.label,
             found.bops,
             100.0 * found.bops as f64 / self.budgets.w8a8 as f64,
             found.size_bits,
-            found.predicted_mean,
-            found.predicted_std,
+            if found.predicted_std.is_finite() {
+                format!(
+                    "predicted val top-1 {:.2}% ± {:.2}",
+                    found.predicted_mean, found.predicted_std
+                )
+            } else {
+                "no predictor".to_string()
+            },
             found
                 .extrapolation
                 .filter(|e| e.any())

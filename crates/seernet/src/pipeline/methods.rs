@@ -306,3 +306,33 @@ pub(super) fn check_method(cfg: &super::Config) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_unknown_names_list_the_methods() {
+        for m in CompressMethod::ALL {
+            assert_eq!(m.name().parse::<CompressMethod>(), Ok(m));
+            let js = serde_json::to_string(&m).unwrap();
+            assert_eq!(js, format!("\"{}\"", m.name()));
+        }
+        assert_eq!(CompressMethod::default(), CompressMethod::Seernet);
+        let e = "fit".parse::<CompressMethod>().unwrap_err();
+        assert!(e.contains("fit-ilp") && e.contains("hardstop"), "{e}");
+    }
+
+    #[test]
+    fn an_accuracy_target_needs_a_predictor_method() {
+        let mut cfg = super::super::Config::quick("unused".into());
+        cfg.max_drop = Some(1.0);
+        for m in CompressMethod::ALL {
+            cfg.method = m;
+            assert_eq!(check_method(&cfg).is_ok(), m.uses_predictor(), "{m}");
+        }
+        cfg.max_drop = None;
+        cfg.method = CompressMethod::FitIlp;
+        assert!(check_method(&cfg).is_ok());
+    }
+}

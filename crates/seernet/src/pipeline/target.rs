@@ -12,8 +12,8 @@
 
 use seer_predictor::Predictor;
 
-use super::choice::Fitted;
 use super::Run;
+use super::choice::Fitted;
 use crate::budget::{BudgetKind, ResolvedBudget};
 use crate::error::{Error, Result};
 use crate::report;
