@@ -61,6 +61,10 @@ struct Need {
     bits: bool,
 }
 
+/// The choices of the open units (prune, wbits, abits candidate indices, reduced to what later
+/// terms read), in unit order: the state of the dynamic program besides the cost.
+type Open = Vec<(usize, usize, usize)>;
+
 /// One kept partial solution after a unit.
 #[derive(Clone, Copy, Debug)]
 struct Entry {
@@ -172,7 +176,7 @@ impl SearchSpace {
             return Err(rounding_infeasible(label, bins));
         }
         // Layer u holds the entries after deciding units 0..=u, keyed by (open choices, bins).
-        type Key = (Vec<(usize, usize, usize)>, Vec<u64>);
+        type Key = (Open, Vec<u64>);
         let mut layers: Vec<Vec<(Key, Entry)>> = Vec::with_capacity(nu);
         let mut prev: Vec<(Key, Entry)> = vec![(
             (Vec::new(), constant),
@@ -203,7 +207,7 @@ impl SearchSpace {
             let mut next: BTreeMap<Key, Entry> = BTreeMap::new();
             // Unit u's cost in steps and score, per (open choices of the previous layer, option),
             // computed once per distinct open choice.
-            let mut cache: BTreeMap<Vec<(usize, usize, usize)>, Vec<Vec<u64>>> = BTreeMap::new();
+            let mut cache: BTreeMap<Open, Vec<Vec<u64>>> = BTreeMap::new();
             for (ei, ((okey, obins), e)) in prev.iter().enumerate() {
                 let costs = cache.entry(okey.clone()).or_insert_with(|| {
                     for (&v, &(p, w, a)) in prev_open.iter().zip(okey) {
@@ -228,7 +232,7 @@ impl SearchSpace {
                     }
                     let o = opts[u][oi];
                     let score = e.score + self.option_score(scores, u, o);
-                    let nkey: Vec<(usize, usize, usize)> = open[u]
+                    let nkey: Open = open[u]
                         .iter()
                         .map(|&v| {
                             let full = if v == u {
@@ -263,7 +267,7 @@ impl SearchSpace {
             // One limit: per open choice, drop entries no cheaper-or-better than an earlier one
             // (a dominated partial solution never completes to a better policy).
             let mut kept: Vec<(Key, Entry)> = Vec::with_capacity(next.len());
-            let mut best: Option<(Vec<(usize, usize, usize)>, f64)> = None;
+            let mut best: Option<(Open, f64)> = None;
             for (k, e) in next {
                 if lims.len() == 1 {
                     if let Some((bk, bs)) = &best
