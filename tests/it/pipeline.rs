@@ -64,6 +64,9 @@ fn child_config() -> Config {
     c.final_steps = 3;
     c.batch_size = 16;
     c.progress = false;
+    if let Ok(m) = std::env::var("IT_METHOD") {
+        c.method = m.parse().unwrap();
+    }
     if let Ok(a) = std::env::var("IT_ACQ") {
         c.acquisition = a.parse().unwrap();
     }
@@ -410,4 +413,72 @@ fn kill_resume_determinism_and_errors() {
     let o = run_child(&data_root, &b, &base);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("line 3"), "{err}");
+}
+
+/// `--method fit-ilp` and `--method random` on the same tiny LeNet-5 run (issue 16): each writes
+/// one exported policy per budget within its limit, says which method ran in `summary.json`
+/// and the report; fit-ilp labels only its optima (one per budget at most), random exactly the
+/// label budget of the default method.
+#[test]
+fn methods_fit_ilp_and_random() {
+    let td = tempfile::tempdir().unwrap();
+    let data_root = td.path().join("data");
+    synthetic_data(&data_root, 800);
+    let fit = td.path().join("fit");
+    let o = run_child(&data_root, &fit, &[("IT_METHOD", "fit-ilp".into())]);
+    assert!(
+        o.status.success(),
+        "fit-ilp failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let baseline = fit.join("baseline.safetensors");
+    let rnd = td.path().join("random");
+    let o = run_child(
+        &data_root,
+        &rnd,
+        &[
+            ("IT_METHOD", "random".into()),
+            ("IT_BASELINE", baseline.display().to_string()),
+        ],
+    );
+    assert!(
+        o.status.success(),
+        "random failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    for (dir, method) in [(&fit, "fit-ilp"), (&rnd, "random")] {
+        let text = std::fs::read_to_string(dir.join("summary.json")).unwrap();
+        let js: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(js["method"], method, "{text}");
+        let budgets = js["budgets"].as_array().unwrap();
+        assert_eq!(budgets.len(), 2);
+        for b in budgets {
+            assert!(b["test_top1"].is_number(), "{b}");
+            if let Some(m) = b["max_bops"].as_u64() {
+                assert!(b["bops"].as_u64().unwrap() <= m, "{b}");
+            }
+            if let Some(m) = b["max_size_bits"].as_u64() {
+                assert!(b["size_bits"].as_u64().unwrap() <= m, "{b}");
+            }
+            assert!(dir.join(b["model_file"].as_str().unwrap()).is_file());
+        }
+        let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+        assert!(md.contains(&format!("(method {method})")), "{md}");
+        let log = std::fs::read_to_string(dir.join("run.log")).unwrap();
+        let labels = js["labels"].as_u64().unwrap();
+        if method == "fit-ilp" {
+            assert!((1..=2).contains(&labels), "{labels} labels");
+            assert_eq!(log.matches(": fit-ilp optimum").count(), 2, "{log}");
+            assert!(dir.join("fit-sensitivity.json").is_file());
+        } else {
+            // "(label budget N)" in the log: random labels all of it.
+            let n: u64 = log
+                .split("(label budget ")
+                .nth(1)
+                .and_then(|t| t.split(')').next())
+                .and_then(|t| t.parse().ok())
+                .expect("the label budget is logged");
+            assert_eq!(labels, n, "{log}");
+        }
+    }
 }

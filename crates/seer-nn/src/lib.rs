@@ -18,6 +18,7 @@ pub mod export;
 pub mod labeler;
 pub mod model;
 pub mod ops;
+pub mod sensitivity;
 pub mod train;
 
 #[cfg(test)]

@@ -142,6 +142,16 @@ pub struct Model {
     device: Device,
 }
 
+/// A weighted layer's input seen by [`Model::forward_probed`].
+#[derive(Debug, Clone)]
+pub struct Probe {
+    /// The input as computed (`[N, C, H, W]`, or `[N, F]` for a linear layer), detached.
+    pub input: Tensor,
+    /// A zero variable added to the input: its gradient is the loss's gradient with respect
+    /// to the input.
+    pub zero: Var,
+}
+
 /// Activation samples gathered by [`Model::calibrate`], per layer.
 #[derive(Debug, Default)]
 struct Calib {
@@ -464,42 +474,7 @@ impl Model {
             if !unit.prunable || k >= c {
                 continue;
             }
-            // One score per domain channel. A layer that follows the domain with multiplier
-            // m holds m consecutive weight rows per domain channel: reshaping to c rows sums
-            // them.
-            let mut score = vec![0f64; c];
-            for &l in &unit.layers {
-                let w = self.params[l]
-                    .weight
-                    .as_ref()
-                    .expect("weighted layer has weights")
-                    .as_tensor();
-                if w.dim(0)? % c != 0 {
-                    return Err(Error::Invalid(format!(
-                        "layer {}: {} output channels are not a multiple of its unit's {c}",
-                        self.spec.layers[l].name,
-                        w.dim(0)?
-                    )));
-                }
-                let rows = w
-                    .reshape((c, ()))?
-                    .sqr()?
-                    .sum(1)?
-                    .sqrt()?
-                    .to_vec1::<f32>()?;
-                for (s, r) in score.iter_mut().zip(rows) {
-                    *s += r as f64;
-                }
-            }
-            // Grouped convs: every block of consecutive channels keeps the same number.
-            let size = c / unit.blocks;
-            let keep: Vec<usize> = (0..unit.blocks)
-                .flat_map(|b| {
-                    top_k(&score[b * size..(b + 1) * size], k / unit.blocks)
-                        .into_iter()
-                        .map(move |i| b * size + i)
-                })
-                .collect();
+            let keep = self.filter_keep(unit, k)?;
             for &l in &unit.layers {
                 // Layers that follow the domain take their channels from their input.
                 if self.spec.layers[l].kind.channel_multiplier().is_none() {
@@ -516,6 +491,52 @@ impl Model {
             }
         }
         self.rebuild_plan()
+    }
+
+    /// The output channels of `unit` kept at `k` (of its `channels`) by the filter ranking of
+    /// docs/method.md §3: per domain channel the sum over the unit's layers of its weight
+    /// rows' L2 norms (a layer following the domain with multiplier m contributes its m rows),
+    /// the top `k / blocks` in every block of a grouped domain; ascending. Errors: a layer
+    /// whose output channels are not a multiple of the unit's.
+    pub(crate) fn filter_keep(&self, unit: &seer_policy::Unit, k: usize) -> Result<Vec<usize>> {
+        let c = unit.channels;
+        // One score per domain channel. A layer that follows the domain with multiplier
+        // m holds m consecutive weight rows per domain channel: reshaping to c rows sums
+        // them.
+        let mut score = vec![0f64; c];
+        for &l in &unit.layers {
+            let w = self.params[l]
+                .weight
+                .as_ref()
+                .expect("weighted layer has weights")
+                .as_tensor();
+            if w.dim(0)? % c != 0 {
+                return Err(Error::Invalid(format!(
+                    "layer {}: {} output channels are not a multiple of its unit's {c}",
+                    self.spec.layers[l].name,
+                    w.dim(0)?
+                )));
+            }
+            let rows = w
+                .reshape((c, ()))?
+                .sqr()?
+                .sum(1)?
+                .sqrt()?
+                .to_vec1::<f32>()?;
+            for (s, r) in score.iter_mut().zip(rows) {
+                *s += r as f64;
+            }
+        }
+        // Grouped convs: every block of consecutive channels keeps the same number.
+        let size = c / unit.blocks;
+        let keep: Vec<usize> = (0..unit.blocks)
+            .flat_map(|b| {
+                top_k(&score[b * size..(b + 1) * size], k / unit.blocks)
+                    .into_iter()
+                    .map(move |i| b * size + i)
+            })
+            .collect();
+        Ok(keep)
     }
 
     /// Physical channel sets and masks from `comp` (see module docs).
@@ -673,14 +694,14 @@ impl Model {
     /// Errors: shape mismatch with the spec's input; an activation quantizer whose range was
     /// never calibrated ([`Model::calibrate`]).
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.forward_impl(x, train, None, None)
+        self.forward_impl(x, train, None, None, None)
     }
 
     /// The output shape of every layer (`[N, ...]` as computed, index = spec layer) for
     /// input `x`, from an evaluation-mode forward pass.
     pub fn layer_shapes(&self, x: &Tensor) -> Result<Vec<Vec<usize>>> {
         let mut shapes = Vec::new();
-        self.forward_impl(x, false, None, Some(&mut shapes))?;
+        self.forward_impl(x, false, None, Some(&mut shapes), None)?;
         Ok(shapes)
     }
 
@@ -713,7 +734,14 @@ impl Model {
         train: bool,
         mut calib: Option<&mut Calib>,
         mut shapes: Option<&mut Vec<Vec<usize>>>,
+        mut probes: Option<&mut Vec<Option<Probe>>>,
     ) -> Result<Tensor> {
+        // With probes: BatchNorm on its running statistics, parameters attached (gradients).
+        let attach = train || probes.is_some();
+        if let Some(p) = probes.as_deref_mut() {
+            p.clear();
+            p.resize(self.spec.layers.len(), None);
+        }
         let inp = self.spec.input;
         let dims = x.dims();
         if dims.len() != 4 || dims[1] != inp.c || dims[2] != inp.h || dims[3] != inp.w {
@@ -751,10 +779,11 @@ impl Model {
                     groups,
                     ..
                 } => {
-                    let xin = self.quant_input(i, input(0), calib.as_deref_mut())?;
-                    let w = self.eff_weight(i, train)?;
+                    let xin = Self::probe(i, input(0), probes.as_deref_mut())?;
+                    let xin = self.quant_input(i, xin, calib.as_deref_mut())?;
+                    let w = self.eff_weight(i, attach)?;
                     let mut y = ops::conv2d(&xin, &w, stride[0], padding[0], dilation[0], groups)?;
-                    if let Some(b) = self.param(&p.bias, train) {
+                    if let Some(b) = self.param(&p.bias, attach) {
                         let co = b.dim(0)?;
                         y = y.broadcast_add(&b.reshape((1, co, 1, 1))?)?;
                     }
@@ -765,18 +794,19 @@ impl Model {
                     if xin.rank() > 2 {
                         xin = xin.flatten_from(1)?;
                     }
+                    let xin = Self::probe(i, xin, probes.as_deref_mut())?;
                     let xin = self.quant_input(i, xin, calib.as_deref_mut())?;
-                    let w = self.eff_weight(i, train)?;
+                    let w = self.eff_weight(i, attach)?;
                     let mut y = ops::linear(&xin, &w)?;
-                    if let Some(b) = self.param(&p.bias, train) {
+                    if let Some(b) = self.param(&p.bias, attach) {
                         y = y.broadcast_add(&b.unsqueeze(0)?)?;
                     }
                     y
                 }
                 LayerKind::BatchNorm => {
                     let xin = input(0);
-                    let g = self.param(&p.weight, train).expect("bn gamma");
-                    let b = self.param(&p.bias, train).expect("bn beta");
+                    let g = self.param(&p.weight, attach).expect("bn gamma");
+                    let b = self.param(&p.bias, attach).expect("bn beta");
                     let (rm, rv) = (
                         p.running_mean.as_ref().expect("bn mean"),
                         p.running_var.as_ref().expect("bn var"),
@@ -868,6 +898,31 @@ impl Model {
         })
     }
 
+    /// With `probes`: replaces weighted layer `i`'s input `x` by `x + z` for a zero variable
+    /// `z` of its shape (so the loss's gradient with respect to the input is kept, as `z`'s)
+    /// and records `x` and `z` ([`Model::forward_probed`]).
+    fn probe(i: usize, x: Tensor, probes: Option<&mut Vec<Option<Probe>>>) -> Result<Tensor> {
+        let Some(p) = probes else { return Ok(x) };
+        let z = Var::zeros(x.shape(), x.dtype(), x.device())?;
+        let y = (&x + z.as_tensor())?;
+        p[i] = Some(Probe {
+            input: x.detach(),
+            zero: z,
+        });
+        Ok(y)
+    }
+
+    /// Logits `[N, classes]` of an evaluation-mode pass (BatchNorm on its running statistics)
+    /// whose result stays attached to the parameters, with a [`Probe`] on the input of every
+    /// weighted layer (index = spec layer; `None` for other layers): `loss.backward()` then
+    /// holds the gradient with respect to each weighted layer's input as its probe's `zero`
+    /// (seer-nn `sensitivity`). Errors: as [`Model::forward`].
+    pub fn forward_probed(&self, x: &Tensor) -> Result<(Tensor, Vec<Option<Probe>>)> {
+        let mut probes = Vec::new();
+        let y = self.forward_impl(x, false, None, None, Some(&mut probes))?;
+        Ok((y, probes))
+    }
+
     /// The weight as used in the forward pass: absent input channels zeroed, then
     /// fake-quantized per output channel.
     pub(crate) fn eff_weight(&self, i: usize, train: bool) -> Result<Tensor> {
@@ -946,7 +1001,7 @@ impl Model {
             samples: vec![Vec::new(); n],
         };
         for x in batches {
-            self.forward_impl(x, false, Some(&mut calib), None)?;
+            self.forward_impl(x, false, Some(&mut calib), None, None)?;
         }
         let mut out = BTreeMap::new();
         for (i, s) in calib.samples.iter().enumerate() {
@@ -989,7 +1044,7 @@ impl Model {
                     .set(&p.running_var.as_ref().expect("bn").zeros_like()?)?;
             }
             // With running stats zeroed, one training-mode pass leaves momentum·batch stats.
-            self.forward_impl(&x.detach(), true, None, None)?;
+            self.forward_impl(&x.detach(), true, None, None, None)?;
             for (s, p) in sums.iter_mut().zip(&bns) {
                 let m = (p.running_mean.as_ref().expect("bn").as_tensor() / BN_MOMENTUM)?;
                 let v = (p.running_var.as_ref().expect("bn").as_tensor() / BN_MOMENTUM)?;

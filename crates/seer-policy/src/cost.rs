@@ -120,18 +120,18 @@ pub(crate) fn kept_in_blocks(keep: f64, c: usize, blocks: usize) -> usize {
 }
 
 #[derive(Clone, Copy)]
-struct LayerNums {
+pub(crate) struct LayerNums {
     n_in: usize,
     n_out: usize,
     wb: u32,
     ab: u32,
-    macs: u64,
-    bops: u64,
-    size: u64,
+    pub(crate) macs: u64,
+    pub(crate) bops: u64,
+    pub(crate) size: u64,
 }
 
 impl SearchSpace {
-    fn layer_nums(
+    pub(crate) fn layer_nums(
         &self,
         t: &crate::space::Term,
         keep: &dyn Fn(usize) -> f64,

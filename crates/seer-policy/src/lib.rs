@@ -27,6 +27,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod alloc;
 pub mod budget;
 mod builtin;
 mod cost;
@@ -37,6 +38,7 @@ mod policy;
 mod space;
 mod spec;
 
+pub use alloc::{AllocLimits, Allocation};
 pub use builtin::{builtin, builtin_names};
 pub use cost::{Costs, LayerCost, RelaxedCost, Totals, kept_channels};
 pub use error::{Error, Result};

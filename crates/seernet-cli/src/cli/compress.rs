@@ -8,7 +8,7 @@ use super::budget_args::BudgetArgs;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use seernet::label::cluster::SlurmSettings;
-use seernet::pipeline::{Acquisition, Config, Executor, run_with};
+use seernet::pipeline::{Acquisition, CompressMethod, Config, Executor, run_with};
 
 /// Arguments of `seernet compress`.
 #[derive(Args, Debug)]
@@ -59,6 +59,14 @@ pub struct CompressArgs {
     /// Labels per round K [default: 10; with --quick: 3].
     #[arg(long)]
     k: Option<usize>,
+    /// How each budget's policy is chosen, all at the same label budget and with the same
+    /// final fine-tune (docs/method.md §9): seernet (predictor, active sampling, barrier
+    /// search), fit-ilp (Fisher × noise sensitivities, exact allocation, no label for the
+    /// search), random (random policies in each budget's band), evo (evolutionary search on the
+    /// predictor), hardstop (the authors' hard-stop gradient ascent on the predictor), uniform
+    /// (best uniform bit-width).
+    #[arg(long, default_value = "seernet")]
+    method: CompressMethod,
     /// Acquisition of the active rounds: std, counterfactual or random.
     #[arg(long, default_value = "std")]
     acquisition: Acquisition,
@@ -247,6 +255,7 @@ pub fn run_cmd(a: CompressArgs) -> Result<()> {
     cfg.rounds = a.rounds.unwrap_or(cfg.rounds);
     cfg.k = a.k.unwrap_or(cfg.k);
     cfg.acquisition = a.acquisition;
+    cfg.method = a.method;
     cfg.label_steps = a.label_steps.unwrap_or(cfg.label_steps);
     cfg.verify_rounds = a.verify_rounds.unwrap_or(cfg.verify_rounds);
     if let Some(k) = a.kappas {

@@ -7,16 +7,17 @@ use seer_predictor::Predictor;
 
 use super::{Run, Stream, sampling};
 use crate::budget::ResolvedBudget;
-use crate::error::{Result, chain};
+use crate::error::{Error, Result, chain};
 use crate::report;
-use crate::search::{Found, Method, SearchOptions, find_policy};
+use crate::search::{Found, find_policy};
 use crate::store::LabelRecord;
 
 /// The final predictor, fitted on every planned label.
 pub(super) struct Fitted {
     /// The planned labels, in plan order.
     pub(super) recs: Vec<LabelRecord>,
-    pub(super) predictor: Predictor,
+    /// The predictor; `None` for a method that uses none (`fit-ilp`, `random`, `uniform`).
+    pub(super) predictor: Option<Predictor>,
     /// Held-out quality, when measured (≥ 10 labels).
     pub(super) quality: Option<report::PredictorQuality>,
 }
@@ -83,14 +84,18 @@ pub(super) struct Choice {
 }
 
 impl Run<'_> {
-    /// Stage 5: the final predictor on every planned label (seed: [`Stream::FinalFit`]) and,
-    /// with at least 10 labels, its quality on held-out labels (a diagnostic: when it cannot be
-    /// computed the run logs why and goes on).
+    /// Stage 5: the final predictor on every planned label (seed: [`Stream::FinalFit`]; only
+    /// for a method that uses one) and, with at least 10 labels, the quality of a predictor on
+    /// held-out labels (a diagnostic: when it cannot be computed the run logs why and goes on).
     pub(super) fn final_predictor(&mut self) -> Result<Fitted> {
         let t = Instant::now();
         let recs = self.planned_records()?;
         let seed = Stream::FinalFit.seed(self.cfg.seed);
-        let predictor = sampling::fit(&self.space, &recs, seed)?;
+        let predictor = if self.cfg.method.uses_predictor() {
+            Some(sampling::fit(&self.space, &recs, seed)?)
+        } else {
+            None
+        };
         let quality = if recs.len() >= 10 {
             self.quality(&recs)?
         } else {
@@ -156,7 +161,10 @@ impl Run<'_> {
         if let Some(t) = self.target() {
             chosen.extend(self.choose_for_target(&t, fitted)?);
         }
-        let front = self.front(&fitted.predictor);
+        let front = match &fitted.predictor {
+            Some(p) => self.front(p),
+            None => Vec::new(),
+        };
         self.timed("search", t);
         Ok(Choice { chosen, front })
     }
@@ -174,8 +182,18 @@ impl Run<'_> {
                 (found, from, Some(r.top1))
             }
             None => {
-                let found = self.search(&b, &fitted.predictor, 0.0)?;
-                (found, "barrier search (unlabelled)".to_string(), None)
+                let Some(predictor) = &fitted.predictor else {
+                    return Err(Error::Config {
+                        what: "method".into(),
+                        msg: format!(
+                            "budget {}: method {} labelled no policy within the budget",
+                            b.label, self.cfg.method
+                        ),
+                    });
+                };
+                let found = self.search(&b, predictor, 0.0)?;
+                let from = format!("{} search (unlabelled)", found.method);
+                (found, from, None)
             }
         };
         let mut c = self.save_choice(b, found, from, label_top1, None)?;
@@ -184,20 +202,26 @@ impl Run<'_> {
     }
 
     /// A labelled policy (candidate indices `idx`, record `r`) as a search result with the
-    /// final predictor's μ, σ and extrapolation flag, and where it came from.
+    /// final predictor's μ, σ and extrapolation flag, and where it came from. Without a
+    /// predictor (a method that uses none) μ is the label itself and σ is NaN.
     fn labelled(&self, idx: &[usize], r: &LabelRecord, fitted: &Fitted) -> Result<(Found, String)> {
-        let p = fitted
-            .predictor
-            .predict(&[sampling::features(&self.space, idx)])?;
+        let (mean, std, extrapolation) = match &fitted.predictor {
+            Some(pr) => {
+                let p = pr.predict(&[sampling::features(&self.space, idx)])?;
+                let e = p.extrapolation.and_then(|e| e.first().copied());
+                (p.mean[0], p.std[0], e)
+            }
+            None => (r.top1, f64::NAN, None),
+        };
         let found = Found {
-            method: Method::Barrier,
+            method: self.search_options(0.0).method,
             indices: idx.to_vec(),
             policy: r.policy.clone(),
             bops: r.bops,
             size_bits: r.size_bits,
-            predicted_mean: p.mean[0],
-            predicted_std: p.std[0],
-            extrapolation: p.extrapolation.and_then(|e| e.first().copied()),
+            predicted_mean: mean,
+            predicted_std: std,
+            extrapolation,
             seconds: 0.0,
             evaluations: 0,
         };
@@ -262,13 +286,19 @@ impl Run<'_> {
         let file = b.policy_file();
         found.policy.save(self.out.join(&file))?;
         self.log.line(&format!(
-            "budget {}: policy with {} BOPs ({:.2}% of w8a8), {} bits, predicted val top-1 {:.2}% ± {:.2}{}, labelled val top-1 {}; from {from} -> {file}",
+            "budget {}: policy with {} BOPs ({:.2}% of w8a8), {} bits, {}{}, labelled val top-1 {}; from {from} -> {file}",
             b.label,
             found.bops,
             100.0 * found.bops as f64 / self.budgets.w8a8 as f64,
             found.size_bits,
-            found.predicted_mean,
-            found.predicted_std,
+            if found.predicted_std.is_finite() {
+                format!(
+                    "predicted val top-1 {:.2}% ± {:.2}",
+                    found.predicted_mean, found.predicted_std
+                )
+            } else {
+                "no predictor".to_string()
+            },
             found
                 .extrapolation
                 .filter(|e| e.any())
@@ -286,12 +316,11 @@ impl Run<'_> {
         })
     }
 
-    /// The predicted accuracy-vs-BOPs front for the report: the barrier optimum of μ − σ at 10
+    /// The predicted accuracy-vs-BOPs front for the report: the method's search optimum of μ − σ at 10
     /// log-spaced BOPs budgets from just above the cheapest policy to the band's top (a budget
     /// whose search fails is left out).
     fn front(&self, predictor: &Predictor) -> Vec<report::FrontPoint> {
-        let mut opts = SearchOptions::new(Method::Barrier, Stream::Search.seed(self.cfg.seed));
-        opts.kappa = 1.0;
+        let opts = self.search_options(1.0);
         let cheapest = self.budgets.cheapest.bops as f64;
         let levels = 10;
         let mut front = Vec::new();

@@ -137,7 +137,7 @@ impl Run<'_> {
             bops: f.bops,
             size_bits: f.size_bits,
             predicted_top1: f.predicted_mean,
-            predicted_std: Some(f.predicted_std),
+            predicted_std: Some(f.predicted_std).filter(|s| s.is_finite()),
             measured_top1: Some(r.top1_test),
             policy_file: Some(b.policy_file()),
             // Stat rather than trust the exporter's figure: the file is what the user ships

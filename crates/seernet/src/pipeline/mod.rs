@@ -45,6 +45,7 @@ mod choice;
 /// its old path).
 pub use seer_nn::export;
 mod finals;
+mod methods;
 pub mod progress;
 pub mod sampling;
 mod setup;
@@ -68,6 +69,7 @@ use crate::labeler::Labeler;
 use crate::report;
 use crate::store::{LabelStore, Protocol};
 
+pub use methods::{CompressMethod, FIT_BINS};
 pub use progress::{NoProgress, Progress};
 pub use sampling::Acquisition;
 pub use streams::Stream;
@@ -133,6 +135,9 @@ pub struct Config {
     pub command: Option<String>,
     /// Where the labels are computed: in this process, or as Slurm job arrays.
     pub executor: Executor,
+    /// How each budget's policy is chosen (`--method`; docs/method.md §9): the default
+    /// `seernet`, or a baseline at the same label budget.
+    pub method: CompressMethod,
 }
 
 /// Where a run computes its labels. Both give the same labels in the same store order (the
@@ -194,6 +199,7 @@ impl Config {
             progress: true,
             command: None,
             executor: Executor::Local,
+            method: CompressMethod::Seernet,
         }
     }
 
@@ -272,6 +278,9 @@ impl Config {
 pub struct Summary {
     /// Run directory.
     pub out_dir: String,
+    /// The method that chose the policies (`--method`).
+    #[serde(default)]
+    pub method: CompressMethod,
     /// Labels in the store for this run's plan.
     pub labels: usize,
     /// Labels computed by this invocation (the rest were found in the store).
@@ -318,10 +327,17 @@ pub fn run(cfg: &Config) -> Result<Summary> {
 /// sibling crates' errors are kept whole as `source()` (see [`crate::Error`]).
 pub fn run_with(cfg: &Config, progress: &mut dyn Progress) -> Result<Summary> {
     let mut run = Run::open(cfg, progress)?;
-    run.initial_set()?;
-    run.active_rounds()?;
-    run.verification_rounds()?;
-    run.fill_rounds()?;
+    match cfg.method {
+        CompressMethod::Seernet | CompressMethod::Evo | CompressMethod::Hardstop => {
+            run.initial_set()?;
+            run.active_rounds()?;
+            run.verification_rounds()?;
+            run.fill_rounds()?;
+        }
+        CompressMethod::Random => run.random_set()?,
+        CompressMethod::Uniform => run.uniform_set()?,
+        CompressMethod::FitIlp => run.fit_ilp()?,
+    }
     let fitted = run.final_predictor()?;
     let choice = run.choose(&fitted)?;
     let finals = run.final_finetunes(&choice.chosen)?;

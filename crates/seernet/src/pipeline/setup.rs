@@ -158,6 +158,7 @@ impl<'a> Run<'a> {
 
 /// Settings the run cannot start with.
 fn check(cfg: &Config) -> Result<()> {
+    super::methods::check_method(cfg)?;
     if let Some(p) = cfg.max_drop {
         super::target::check_max_drop(p)?;
     } else if cfg.budgets.is_empty() {

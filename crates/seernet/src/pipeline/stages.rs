@@ -13,7 +13,7 @@ use super::{Executor, Run, Stream, sampling};
 use crate::budget::ResolvedBudget;
 use crate::error::{Error, Result};
 use crate::label::cluster::{self, SlurmSettings};
-use crate::search::{Found, Method, SearchOptions, find_policy};
+use crate::search::{Found, find_policy};
 use crate::store::{LabelRecord, label_missing, policy_hash};
 
 impl Run<'_> {
@@ -27,7 +27,7 @@ impl Run<'_> {
     /// progress. With the Slurm executor the batch runs as one job array named after `batch`
     /// ([`Run::label_batch_slurm`]). Errors: the label store's and the labeller's (or the
     /// scheduler's), as [`Error::Label`].
-    fn label_batch(&mut self, batch: &str, rows: &[Vec<usize>]) -> Result<()> {
+    pub(super) fn label_batch(&mut self, batch: &str, rows: &[Vec<usize>]) -> Result<()> {
         let _span = tracing::info_span!("label_batch", batch, policies = rows.len()).entered();
         let pols = sampling::policies(&self.space, rows)?;
         for p in &pols {
@@ -135,16 +135,16 @@ impl Run<'_> {
             .collect()
     }
 
-    /// The barrier search's policy for budget `b` on `predictor`, maximising μ − κσ (seed:
-    /// [`Stream::Search`]). Err([`Error::Search`]) naming the budget, the reason as its source.
+    /// The search's policy for budget `b` on `predictor`, maximising μ − κσ (the method's
+    /// engine, [`Run::search_options`]; seed: [`Stream::Search`]). Err([`Error::Search`])
+    /// naming the budget, the reason as its source.
     pub(super) fn search(
         &self,
         b: &ResolvedBudget,
         predictor: &Predictor,
         kappa: f64,
     ) -> Result<Found> {
-        let mut opts = SearchOptions::new(Method::Barrier, Stream::Search.seed(self.cfg.seed));
-        opts.kappa = kappa;
+        let opts = self.search_options(kappa);
         find_policy(&self.space, predictor, &super::limits(b), &opts).map_err(|e| Error::Search {
             budget: b.label.clone(),
             source: Box::new(e),
@@ -286,7 +286,8 @@ impl Run<'_> {
                 };
                 if !self.planned.contains(&f.indices) && !rows.contains(&f.indices) {
                     let from = format!(
-                        "barrier search for {label}, κ = {kappa}, verification round {}",
+                        "{} search for {label}, κ = {kappa}, verification round {}",
+                        self.search_options(kappa).method,
                         v + 1
                     );
                     self.origin.insert(f.indices.clone(), from);
@@ -295,11 +296,12 @@ impl Run<'_> {
             }
         }
         self.log.line(&format!(
-            "verification round {}/{}: predictor fitted on {} labels; {} new policies proposed by the barrier search (κ ∈ {:?})",
+            "verification round {}/{}: predictor fitted on {} labels; {} new policies proposed by the {} search (κ ∈ {:?})",
             v + 1,
             cfg.verify_rounds,
             recs.len(),
             rows.len(),
+            self.search_options(0.0).method,
             cfg.kappas
         ));
         self.log.add_total(rows.len() as u64);

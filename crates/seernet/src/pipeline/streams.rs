@@ -23,6 +23,8 @@
 //! | [`Stream::RandomAcquisition`] | `t ^ 0x4A4D` | `acquire(Random, .., t)`: the seed it gives `stratified` |
 //! | [`Stream::SamplerStratum`]`(i)` | `t + i · 0x9E37` | `acquire(Std/Counterfactual, .., t)`: evolutionary run of stratum `i` |
 //! | [`Stream::SamplerFill`] | `t ^ 0xF111` | `acquire(.., t)`: the run that fills strata left empty |
+//! | [`Stream::RandomMethod`] | `s ^ 0x5A4D` | `--method random`: its draws of random policies |
+//! | [`Stream::Sensitivity`] | `s ^ 0xF157` | `--method fit-ilp`: the order of the images of its Fisher estimate |
 //!
 //! `s` = [`Config::seed`](super::Config::seed); `t` = the seed given to the sampling function;
 //! additions wrap modulo 2⁶⁴. Streams that share a value (the `= s` ones; [`Stream::FinalFit`]
@@ -67,6 +69,10 @@ pub enum Stream {
     SamplerStratum(usize),
     /// The evolutionary run that fills an acquisition's empty strata, given `t`: `t ^ 0xF111`.
     SamplerFill,
+    /// `--method random`'s draws of random policies: `s ^ 0x5A4D`.
+    RandomMethod,
+    /// `--method fit-ilp`'s image order for the Fisher estimate: `s ^ 0xF157`.
+    Sensitivity,
 }
 
 impl Stream {
@@ -89,6 +95,8 @@ impl Stream {
             Self::RandomAcquisition => base ^ 0x4a4d,
             Self::SamplerStratum(i) => base.wrapping_add(i as u64 * 0x9e37),
             Self::SamplerFill => base ^ 0xf111,
+            Self::RandomMethod => base ^ 0x5a4d,
+            Self::Sensitivity => base ^ 0xf157,
         }
     }
 }
@@ -101,7 +109,7 @@ mod tests {
     /// the table (literal values; the formula beside each): changing one changes every run.
     #[test]
     fn values_are_pinned_to_the_historical_formulas() {
-        let cases: [(super::Stream, u64, u64); 22] = [
+        let cases: [(super::Stream, u64, u64); 24] = [
             (Baseline, 0, 42),
             (Labels, 0, 42),
             (InitialSet, 0, 42),
@@ -124,6 +132,8 @@ mod tests {
             (SamplerStratum(3), 3 * 0x9E37, 3 * 0x9E37 + 42),
             (SamplerFill, 0xF111, 0xF13B), // t ^ 0xF111
             (ActiveFit(9), 1009, 1051),
+            (RandomMethod, 0x5A4D, 0x5A67), // s ^ 0x5A4D
+            (Sensitivity, 0xF157, 0xF17D),  // s ^ 0xF157
         ];
         for (s, at0, at42) in cases {
             assert_eq!((s.seed(0), s.seed(42)), (at0, at42), "{s:?}");

@@ -47,6 +47,7 @@ impl Run<'_> {
         ));
         let summary = Summary {
             out_dir: self.out.display().to_string(),
+            method: self.cfg.method,
             labels: fitted.recs.len(),
             labels_computed: self.computed,
             dropped_tail: self.dropped_tail.clone(),
@@ -85,8 +86,23 @@ impl Run<'_> {
         if let Some(d) = &self.dropped_tail {
             notes.push(format!("Label store: {d}."));
         }
+        notes.push(format!(
+            "Method: {} (docs/method.md §9); label budget {}, labels used {}.{}",
+            cfg.method,
+            self.label_budget(),
+            fitted.recs.len(),
+            if cfg.method.uses_predictor() {
+                ""
+            } else {
+                " This method uses no predictor: the predicted column shows each chosen policy's label (validation top-1 after the short fine-tune)."
+            }
+        ));
         RunReport {
-            title: format!("SeerNet-rs compression of {} on {dname}", space.spec().name),
+            title: format!(
+                "SeerNet-rs compression of {} on {dname} (method {})",
+                space.spec().name,
+                cfg.method
+            ),
             arch: space.spec().name.clone(),
             input: space.spec().input.to_string(),
             dataset: self.dname.id(),
@@ -157,6 +173,7 @@ fn settings_table(cfg: &Config, protocol_hash: &str) -> Vec<report::Setting> {
         value: v,
     };
     vec![
+        s("method", cfg.method.to_string()),
         s("initial labels N0", cfg.n0.to_string()),
         s(
             "active rounds R × labels K",

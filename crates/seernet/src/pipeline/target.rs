@@ -12,12 +12,12 @@
 
 use seer_predictor::Predictor;
 
+use super::Run;
 use super::choice::Fitted;
-use super::{Run, Stream};
 use crate::budget::{BudgetKind, ResolvedBudget};
 use crate::error::{Error, Result};
 use crate::report;
-use crate::search::{Found, Method, SearchOptions, find_policy};
+use crate::search::{Found, find_policy};
 
 /// Final fine-tunes an accuracy target may spend walking up its ladder of candidates.
 pub const MAX_TRIES: usize = 3;
@@ -86,7 +86,7 @@ impl Run<'_> {
 
     /// The cheapest barrier optimum (of μ − κσ) whose μ − κσ reaches `t.threshold`: bisection
     /// on the log-BOPs budget between the cheapest and the most expensive policy of the space
-    /// (seed: [`Stream::Search`]). When even the full budget's optimum falls short, that
+    /// (seed: [`Stream::Search`](super::Stream::Search)). When even the full budget's optimum falls short, that
     /// optimum (the safest proposal there is). Errors: the search's, as [`Error::Search`].
     pub(super) fn search_target(
         &self,
@@ -94,8 +94,7 @@ impl Run<'_> {
         predictor: &Predictor,
         kappa: f64,
     ) -> Result<Found> {
-        let mut opts = SearchOptions::new(Method::Barrier, Stream::Search.seed(self.cfg.seed));
-        opts.kappa = kappa;
+        let opts = self.search_options(kappa);
         let find = |bops: f64| {
             find_policy(
                 &self.space,
