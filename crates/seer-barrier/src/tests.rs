@@ -367,7 +367,10 @@ fn fill_from_spends_the_slack_and_never_leaves_the_budget() {
                 let mut x = f.indices.clone();
                 x[g] = k;
                 if space.cost(&x).unwrap().bops <= b {
-                    assert!(obj.value(&x) <= f.mean + 1e-9, "seed {seed} gene {g} -> {k}");
+                    assert!(
+                        obj.value(&x) <= f.mean + 1e-9,
+                        "seed {seed} gene {g} -> {k}"
+                    );
                 }
             }
         }

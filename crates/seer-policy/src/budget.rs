@@ -364,7 +364,13 @@ impl Budget {
     pub fn parse_bops_uniform(s: &str) -> Result<Budget> {
         let flag = "--bops-uniform";
         let t = s.trim().to_ascii_lowercase();
-        let form = || bad(flag, s, "expected wXaY, e.g. w3a3 (3-bit weights, 3-bit activations)");
+        let form = || {
+            bad(
+                flag,
+                s,
+                "expected wXaY, e.g. w3a3 (3-bit weights, 3-bit activations)",
+            )
+        };
         let rest = t.strip_prefix('w').ok_or_else(form)?;
         let (w, a) = rest.split_once('a').ok_or_else(form)?;
         let parse = |x: &str| -> Result<u32> {
@@ -540,7 +546,10 @@ mod tests {
             .resolve(&space)
             .unwrap();
         assert_eq!((r.max_bops, r.max_size_bits), (None, Some(8000)));
-        let r = Budget::parse_max_bops("5M").unwrap().resolve(&space).unwrap();
+        let r = Budget::parse_max_bops("5M")
+            .unwrap()
+            .resolve(&space)
+            .unwrap();
         assert_eq!((r.max_bops, r.max_size_bits), (Some(5_000_000), None));
     }
 
@@ -559,7 +568,10 @@ mod tests {
             assert_eq!(b.resolve(&space).unwrap().max_bops, Some(want), "w{w}a{a}");
         }
         // w8a8 is the --bops-frac reference.
-        assert_eq!(space.uniform_bops(8, 8).unwrap(), space.w8a8_bops().unwrap());
+        assert_eq!(
+            space.uniform_bops(8, 8).unwrap(),
+            space.w8a8_bops().unwrap()
+        );
         // Where the bit-widths and prune 0 are candidates (the default space, first and last
         // layers fixed at 8 bits), it is the uniform policy's BOPs.
         let spec = crate::builtin("resnet20", Some("32x32x3".parse().unwrap()), None).unwrap();
@@ -569,7 +581,10 @@ mod tests {
             let t = full.totals_indices(&full.to_indices(&p).unwrap()).unwrap();
             assert_eq!(full.uniform_bops(w, a).unwrap(), t.bops, "w{w}a{a}");
         }
-        assert_eq!(Budget::parse_bops_uniform(" W3A3 ").unwrap().label, "bops-w3a3");
+        assert_eq!(
+            Budget::parse_bops_uniform(" W3A3 ").unwrap().label,
+            "bops-w3a3"
+        );
         for (s, needle) in [
             ("3", "expected wXaY"),
             ("w3", "expected wXaY"),
@@ -579,7 +594,10 @@ mod tests {
             ("a3w3", "expected wXaY"),
         ] {
             let e = Budget::parse_bops_uniform(s).unwrap_err().to_string();
-            assert!(e.contains("--bops-uniform") && e.contains(needle), "{s}: {e}");
+            assert!(
+                e.contains("--bops-uniform") && e.contains(needle),
+                "{s}: {e}"
+            );
         }
     }
 

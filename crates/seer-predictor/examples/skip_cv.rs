@@ -25,7 +25,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let t = r.summary(|s| s.kendall_tau).mean;
             let rt = r.summary(|s| s.ridge_kendall_tau).mean;
             let rmse = r.summary(|s| s.rmse).mean;
-            println!("skip {skip} seed {seed}: tau {t:.4} ridge {rt:.4} (diff {:+.4}) rmse {rmse:.3}", t - rt);
+            println!(
+                "skip {skip} seed {seed}: tau {t:.4} ridge {rt:.4} (diff {:+.4}) rmse {rmse:.3}",
+                t - rt
+            );
             ours.push(t);
             ridge.push(rt);
         }

@@ -36,10 +36,10 @@ use std::time::Instant;
 use seer_policy::{Policy, SearchSpace};
 use seer_predictor::kendall_tau_b;
 use seernet::budget::Budget;
+use seernet::nn::checkpoint;
 use seernet::nn::data::{DataSource, Dataset, Normalize, Splits};
 use seernet::nn::labeler::finetune_augment;
 use seernet::nn::train::{self, FinetuneNetwork, TrainConfig};
-use seernet::nn::checkpoint;
 use seernet::pipeline::{Config, sampling};
 use seernet::store::{label_seed, policy_hash};
 use serde::{Deserialize, Serialize};
@@ -100,7 +100,14 @@ struct Bench {
 impl Bench {
     /// Fine-tunes `policy` for `steps` at `lr` (the labelling protocol's settings otherwise)
     /// and scores it on each validation subset in `subsets`.
-    fn run(&self, policy: &Policy, steps: usize, lr: f64, seed: u64, subsets: &[usize]) -> Res<Row> {
+    fn run(
+        &self,
+        policy: &Policy,
+        steps: usize,
+        lr: f64,
+        seed: u64,
+        subsets: &[usize],
+    ) -> Res<Row> {
         let t0 = Instant::now();
         let (mut model, _) = checkpoint::load(&self.ckpt, None, &candle_core::Device::Cpu)?;
         let cfg = TrainConfig {
@@ -165,11 +172,7 @@ fn main() -> Res<()> {
     let n_policies: usize = arg(&args, "--policies", 24);
     let final_steps: usize = arg(&args, "--final-steps", 300);
     let seed: u64 = arg(&args, "--seed", 0);
-    let store: PathBuf = arg(
-        &args,
-        "--store",
-        root().join("target/bench-label-fidelity"),
-    );
+    let store: PathBuf = arg(&args, "--store", root().join("target/bench-label-fidelity"));
     let protocols: Vec<(usize, f64)> = arg(&args, "--protocols", PROTOCOLS.to_string())
         .split(',')
         .map(|p| {
@@ -186,8 +189,14 @@ fn main() -> Res<()> {
     let splits = source.load()?;
     let norm = splits.normalize();
     let w8a8 = space.w8a8_bops()?;
-    let lo = Budget::parse_bops_uniform("w2a2")?.resolve(&space)?.max_bops.unwrap_or(0);
-    let hi = Budget::parse_bops_uniform("w4a4")?.resolve(&space)?.max_bops.unwrap_or(0);
+    let lo = Budget::parse_bops_uniform("w2a2")?
+        .resolve(&space)?
+        .max_bops
+        .unwrap_or(0);
+    let hi = Budget::parse_bops_uniform("w4a4")?
+        .resolve(&space)?
+        .max_bops
+        .unwrap_or(0);
     let cheapest = space.totals_indices(&space.cheapest())?.bops as f64;
     let band = ((0.5 * lo as f64).max(cheapest), hi as f64);
     let rows = sampling::stratified(&space, band, n_policies, seed, &Default::default())?;
@@ -206,18 +215,28 @@ fn main() -> Res<()> {
     let mut done: HashMap<(String, String, usize, u64), Row> = HashMap::new();
     if let Ok(text) = std::fs::read_to_string(&path) {
         // A torn last line (interrupted write) is dropped and redone.
-        for r in text.lines().filter_map(|l| serde_json::from_str::<Row>(l).ok()) {
+        for r in text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Row>(l).ok())
+        {
             done.insert((r.hash.clone(), r.kind.clone(), r.steps, r.lr.to_bits()), r);
         }
     }
-    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)?;
     if !report_only {
         for (i, p) in policies.iter().enumerate() {
             let hash = policy_hash(p);
             let pseed = label_seed(seed, &hash);
             let mut jobs: Vec<(&str, usize, f64, Vec<usize>)> =
                 vec![("final", final_steps, 0.01, vec![5000])];
-            jobs.extend(protocols.iter().map(|&(s, l)| ("label", s, l, SUBSETS.to_vec())));
+            jobs.extend(
+                protocols
+                    .iter()
+                    .map(|&(s, l)| ("label", s, l, SUBSETS.to_vec())),
+            );
             for (kind, steps, lr, subsets) in jobs {
                 let key = (hash.clone(), kind.to_string(), steps, lr.to_bits());
                 if done.contains_key(&key) {
@@ -264,7 +283,11 @@ fn main() -> Res<()> {
                 b.push(*f);
                 secs.push(r.train_s + r.val_s[si]);
             }
-            let tau = if a.len() >= 3 { kendall_tau_b(&a, &b).ok() } else { None };
+            let tau = if a.len() >= 3 {
+                kendall_tau_b(&a, &b).ok()
+            } else {
+                None
+            };
             table.push(json!({
                 "steps": steps, "lr": lr, "val_images": n, "policies": a.len(),
                 "kendall_tau": tau, "label_seconds_median": median(secs),
@@ -308,7 +331,9 @@ fn main() -> Res<()> {
                 t["lr"],
                 t["val_images"],
                 t["policies"],
-                t["kendall_tau"].as_f64().map_or("—".into(), |v| format!("{v:.3}")),
+                t["kendall_tau"]
+                    .as_f64()
+                    .map_or("—".into(), |v| format!("{v:.3}")),
                 t["label_seconds_median"].as_f64().unwrap_or(f64::NAN)
             );
         }

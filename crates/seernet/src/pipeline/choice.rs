@@ -68,7 +68,11 @@ fn budget_note(b: &ResolvedBudget, recs: &[LabelRecord], k: usize) -> Option<Str
             "the {} labelled {} within the budget that cost more validated at most {m:.2}%, \
              against its {:.2}%",
             dearer.len(),
-            if dearer.len() == 1 { "policy" } else { "policies" },
+            if dearer.len() == 1 {
+                "policy"
+            } else {
+                "policies"
+            },
             c.top1
         ),
         None => "no labelled policy lies between it and the limit: the fill found no upgrade \
