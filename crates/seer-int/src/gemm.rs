@@ -164,6 +164,16 @@ impl WeightPanel {
         self.n.div_ceil(NR)
     }
 
+    /// The reduction length padded to a multiple of 4 (the panel's stored length).
+    pub(crate) fn kp(&self) -> usize {
+        self.kp
+    }
+
+    /// Bytes held: the i8 panel, plus the i16 copy once the `avx2-wide` kernel built it.
+    pub fn resident_bytes(&self) -> usize {
+        self.data.len() + 2 * self.wide.get().map_or(0, Vec::len)
+    }
+
     /// Pointer to panel `p`, starting at reduction index `k0` (a multiple of 4).
     fn ptr_i8(&self, p: usize, k0: usize) -> *const i8 {
         self.data[p * self.kp * NR + k0 * NR..].as_ptr()
@@ -206,7 +216,7 @@ pub enum Kernel {
 
 impl Kernel {
     /// Rows per micro-tile.
-    fn mr(self) -> usize {
+    pub(crate) fn mr(self) -> usize {
         match self {
             Kernel::Vnni => 8,
             _ => 4,
@@ -421,6 +431,44 @@ unsafe fn block(
             }
         }
         k0 += kc;
+    }
+}
+
+/// Runs the micro-kernel `kernel` on panel `p` of `w` from reduction index `k0` (a multiple
+/// of 4) over `groups` groups of 4, writing `tile` (`mr × 16` i32, row-major).
+///
+/// # Safety
+/// The A bytes `a.ptr + i·a.row + g·a.group .. +4` (row `i < kernel.mr()`, group `g <
+/// groups`) must be readable, `k0 + 4·groups ≤ w.kp`, and the kernel's ISA available.
+pub(crate) unsafe fn micro(
+    kernel: Kernel,
+    a: APanel,
+    w: &WeightPanel,
+    p: usize,
+    k0: usize,
+    groups: usize,
+    tile: &mut [i32; 8 * NR],
+) {
+    debug_assert!(k0 + 4 * groups <= w.kp && p < w.panels());
+    let bptr = w.ptr_i8(p, k0);
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        match kernel {
+            Kernel::Portable => micro_portable(a, bptr, groups, tile),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Vnni => crate::x86::vnni_8x16(a, bptr, groups, tile),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2I32 => crate::x86::avx2_i32_4x16(a, bptr, groups, tile),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2I16 { s } => crate::x86::avx2_i16_4x16(a, bptr, groups, s, tile),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2Wide => {
+                let wb = w.wide()[p * w.kp * NR + k0 * NR..].as_ptr();
+                crate::x86::avx2_wide_4x16(a, wb, groups, tile)
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => unreachable!("x86 kernel on another architecture"),
+        }
     }
 }
 

@@ -89,6 +89,7 @@
 
 pub mod error;
 pub mod format;
+pub mod fused;
 pub mod gemm;
 pub mod interp;
 pub mod layers;

@@ -1,0 +1,577 @@
+//! Fused integer layers: the GEMM of a convolution or linear layer with its A rows built per
+//! row block in per-thread scratch (im2col of that block only; 1×1 convolutions and linear
+//! layers copy their rows) and the epilogue (requantisation with ReLU/clip, residual add,
+//! the next layer's bit-width, or real outputs) applied on the tile write-back — no im2col
+//! matrix, no i32 accumulator tensor of the whole layer, no allocation once the per-thread
+//! scratch has grown to the largest layer.
+//!
+//! The arithmetic is the same as the unfused path (`layers::conv2d` then [`Requant::apply`]):
+//! the same exact i32 sums from the same micro-kernels, then per element the same f32
+//! operations in the same order, so results are bit-identical; tests compare both with the
+//! slow references in [`reference`](mod@crate::reference).
+//!
+//! Parallelism: one level of rayon tasks over (row block × output-panel group); the row
+//! blocks are small enough that a batch of 128 gives many tasks, and small batches split the
+//! output channels instead, so the pool's threads are never oversubscribed by nested loops.
+
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+use crate::Isa;
+use crate::error::{Result, check_len, invalid};
+use crate::gemm::{APanel, Kernel, NR, WeightPanel, micro};
+use crate::layers::{ConvGeom, Requant, round_code};
+
+/// Largest reduction block (codes of `k`) per pass: one panel block is ≤ 16 KiB of i8 and
+/// stays in L1 while every row strip of a task reuses it.
+const KC: usize = 1024;
+/// Largest number of rows per task.
+const MB: usize = 64;
+
+/// Where the A rows of a fused GEMM come from.
+#[derive(Clone, Copy, Debug)]
+pub enum ASource<'a> {
+    /// Row-major `[m, k]` codes: a linear layer or a 1×1, stride-1, unpadded convolution.
+    Rows {
+        /// The codes, `m·k` of them.
+        a: &'a [u8],
+        /// Row length.
+        k: usize,
+    },
+    /// The im2col rows of an NHWC convolution input `x` (`[batch, h, w, c_in]`): row
+    /// `(b, oy, ox)` holds the window in the order `(ky, kx, c_in)`, zero where padded.
+    Im2col {
+        /// The input codes.
+        x: &'a [u8],
+        /// Its geometry.
+        g: &'a ConvGeom,
+    },
+}
+
+impl ASource<'_> {
+    /// Rows `m` and row length `k` (the unpadded reduction).
+    fn dims(&self) -> (usize, usize) {
+        match self {
+            ASource::Rows { a, k } => (if *k == 0 { 0 } else { a.len() / k }, *k),
+            ASource::Im2col { g, .. } => (g.rows(), g.k()),
+        }
+    }
+
+    /// The largest code (an upper bound of every A entry; padding is 0).
+    fn amax(&self) -> u32 {
+        let s = match self {
+            ASource::Rows { a, .. } => a,
+            ASource::Im2col { x, .. } => x,
+        };
+        max_u8(s) as u32
+    }
+
+    /// Writes rows `r0..r0 + nrows` into `buf` (`nrows` rows of `kp ≥ k` codes, the tail of
+    /// each row zero).
+    fn fill(&self, r0: usize, nrows: usize, kp: usize, buf: &mut [u8]) {
+        match *self {
+            ASource::Rows { a, k } => {
+                for (i, row) in buf.chunks_exact_mut(kp).take(nrows).enumerate() {
+                    row[..k].copy_from_slice(&a[(r0 + i) * k..(r0 + i + 1) * k]);
+                    row[k..].fill(0);
+                }
+            }
+            ASource::Im2col { x, g } => {
+                let (oh, ow, c) = (g.out_h(), g.out_w(), g.c_in);
+                for (i, row) in buf.chunks_exact_mut(kp).take(nrows).enumerate() {
+                    let r = r0 + i;
+                    let (b, oy, ox) = (r / (oh * ow), (r / ow) % oh, r % ow);
+                    row.fill(0);
+                    let ix0 = (ox * g.stride) as isize - g.pad as isize;
+                    // The valid taps of one kernel row are contiguous in NHWC: one copy.
+                    let kx0 = (-ix0).max(0) as usize;
+                    let kx1 = (g.w as isize - ix0).clamp(0, g.kw as isize) as usize;
+                    if kx0 >= kx1 {
+                        continue;
+                    }
+                    for ky in 0..g.kh {
+                        let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+                        if iy < 0 || iy >= g.h as isize {
+                            continue;
+                        }
+                        let src =
+                            ((b * g.h + iy as usize) * g.w + (ix0 + kx0 as isize) as usize) * c;
+                        let dst = (ky * g.kw + kx0) * c;
+                        let len = (kx1 - kx0) * c;
+                        row[dst..dst + len].copy_from_slice(&x[src..src + len]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The largest byte of `s` (0 for an empty slice); a plain loop the compiler vectorises.
+fn max_u8(s: &[u8]) -> u8 {
+    s.chunks(4096)
+        .map(|c| c.iter().fold(0u8, |m, &v| m.max(v)))
+        .max()
+        .unwrap_or(0)
+}
+
+/// The consumer of a fused GEMM's accumulators, called once per task.
+pub trait Sink: Sync {
+    /// Output columns `n` (the GEMM's output channels).
+    fn n(&self) -> usize;
+    /// Rows `r0..r0 + nrows`, columns `c0..c1` of the output: `acc` holds `nrows` rows of
+    /// `ld` i32, the first `c1 − c0` of each valid. Tasks call this for disjoint tiles.
+    fn write(&self, r0: usize, nrows: usize, c0: usize, c1: usize, acc: &[i32], ld: usize);
+}
+
+/// A raw output pointer handed to tasks that write disjoint tiles.
+#[derive(Clone, Copy)]
+struct Out<T>(*mut T, usize);
+// SAFETY: only used to write disjoint tiles of one buffer from rayon tasks.
+unsafe impl<T: Send> Send for Out<T> {}
+unsafe impl<T: Send> Sync for Out<T> {}
+
+impl<T> Out<T> {
+    fn new(s: &mut [T]) -> Self {
+        Out(s.as_mut_ptr(), s.len())
+    }
+    /// The elements `start..start + len`. Panics when out of bounds.
+    ///
+    /// # Safety
+    /// No other live reference may overlap that range.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice(&self, start: usize, len: usize) -> &mut [T] {
+        assert!(start + len <= self.1, "fused output tile out of bounds");
+        // SAFETY: in bounds (asserted); disjointness by the caller.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
+    }
+}
+
+/// Writes the raw i32 accumulators (`[m, n]` row-major).
+pub struct AccSink<'a> {
+    out: Out<i32>,
+    n: usize,
+    _life: std::marker::PhantomData<&'a mut [i32]>,
+}
+
+impl<'a> AccSink<'a> {
+    /// A sink into `out` (`[m, n]`).
+    pub fn new(out: &'a mut [i32], n: usize) -> Self {
+        Self {
+            out: Out::new(out),
+            n,
+            _life: std::marker::PhantomData,
+        }
+    }
+}
+
+impl Sink for AccSink<'_> {
+    fn n(&self) -> usize {
+        self.n
+    }
+    fn write(&self, r0: usize, nrows: usize, c0: usize, c1: usize, acc: &[i32], ld: usize) {
+        for i in 0..nrows {
+            // SAFETY: tasks write disjoint (row, column) tiles.
+            let o = unsafe { self.out.slice((r0 + i) * self.n + c0, c1 - c0) };
+            o.copy_from_slice(&acc[i * ld..i * ld + (c1 - c0)]);
+        }
+    }
+}
+
+/// Requantises to the next layer's codes: `q = round(clamp(acc·scale[c] + bias[c]
+/// (+ r·r_step), 0, α)/s)`, the formula of [`Requant::apply`] /
+/// [`Requant::apply_residual`], element for element.
+pub struct RequantSink<'a> {
+    rq: &'a Requant,
+    step: f32,
+    residual: Option<(&'a [u8], f32)>,
+    out: Out<u8>,
+    _life: std::marker::PhantomData<&'a mut [u8]>,
+}
+
+impl<'a> RequantSink<'a> {
+    /// A sink into `out` (`[m, channels]`), with an optional residual of codes (same shape
+    /// as the output) and its step. Errors: `ShapeMismatch` if the residual and the output
+    /// differ in length.
+    pub fn new(
+        rq: &'a Requant,
+        residual: Option<(&'a [u8], f32)>,
+        out: &'a mut [u8],
+    ) -> Result<Self> {
+        if let Some((r, _)) = residual {
+            check_len("residual input", out.len(), r.len())?;
+        }
+        Ok(Self {
+            rq,
+            step: rq.step(),
+            residual,
+            out: Out::new(out),
+            _life: std::marker::PhantomData,
+        })
+    }
+}
+
+impl Sink for RequantSink<'_> {
+    fn n(&self) -> usize {
+        self.rq.channels()
+    }
+    fn write(&self, r0: usize, nrows: usize, c0: usize, c1: usize, acc: &[i32], ld: usize) {
+        let n = self.n();
+        let (alpha, step) = (self.rq.alpha, self.step);
+        let s = &self.rq.acc_scale[c0..c1];
+        let b = &self.rq.bias[c0..c1];
+        for i in 0..nrows {
+            let base = (r0 + i) * n + c0;
+            // SAFETY: tasks write disjoint (row, column) tiles.
+            let o = unsafe { self.out.slice(base, c1 - c0) };
+            let a = &acc[i * ld..i * ld + (c1 - c0)];
+            match self.residual {
+                None => requant_row(o, a, s, b, alpha, step),
+                Some((r, r_step)) => {
+                    let r = &r[base..base + (c1 - c0)];
+                    for j in 0..o.len() {
+                        let y = a[j] as f32 * s[j] + b[j] + r[j] as f32 * r_step;
+                        o[j] = round_code(y.clamp(0.0, alpha) / step);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One row of [`RequantSink`] without residual (kept separate so it vectorises).
+#[inline]
+fn requant_row(o: &mut [u8], a: &[i32], s: &[f32], b: &[f32], alpha: f32, step: f32) {
+    for (((o, &a), &s), &b) in o.iter_mut().zip(a).zip(s).zip(b) {
+        let y = a as f32 * s + b;
+        *o = round_code(y.clamp(0.0, alpha) / step);
+    }
+}
+
+/// Per-thread scratch: the A rows of one task and its accumulators.
+struct Scratch {
+    a: Vec<u8>,
+    acc: Vec<i32>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = const { RefCell::new(Scratch { a: Vec::new(), acc: Vec::new() }) };
+}
+
+/// `C = A·Wᵀ` with the rows of `src` and the panel `w`, handed to `sink` tile by tile; returns
+/// the micro-kernel used. The panel's reduction may be padded beyond the rows' `k` (its
+/// padding weights are zero).
+///
+/// Errors: `ShapeMismatch` if the panel's output channels differ from the sink's or its
+/// reduction from the rows' (up to the padding to a multiple of 4); `InvalidArgument` if
+/// `isa` is not available or `k·max(A)·max|W|` could overflow i32.
+pub fn gemm_fused(isa: Isa, src: ASource, w: &WeightPanel, sink: &impl Sink) -> Result<Kernel> {
+    let (m, k) = src.dims();
+    if let ASource::Rows { a, k } = src {
+        if k == 0 || !a.len().is_multiple_of(k) {
+            return Err(invalid(
+                "fused gemm",
+                format!("{} codes are not rows of {k}", a.len()),
+            ));
+        }
+    }
+    if let ASource::Im2col { x, g } = src {
+        g.validate()?;
+        check_len("conv input", g.input_len(), x.len())?;
+    }
+    check_len("fused gemm output channels", sink.n(), w.n())?;
+    let kp = w.kp();
+    if w.k() != k && kp != k.next_multiple_of(4) {
+        check_len("fused gemm reduction length", k, w.k())?;
+    }
+    if !isa.is_available() {
+        return Err(invalid(
+            "gemm",
+            format!(
+                "instruction set {} is not available on this CPU",
+                isa.name()
+            ),
+        ));
+    }
+    let amax = src.amax();
+    if (k as u64) * amax as u64 * w.wmax() as u64 > i32::MAX as u64 {
+        return Err(invalid(
+            "gemm",
+            format!(
+                "k = {k} with codes up to {amax}×{} may overflow i32",
+                w.wmax()
+            ),
+        ));
+    }
+    let kernel = Kernel::choose(isa, amax, w.wmax());
+    if m == 0 {
+        return Ok(kernel);
+    }
+    let mr = kernel.mr();
+    let threads = rayon::current_num_threads();
+    let target = 4 * threads;
+    let mb = m.div_ceil(target).clamp(1, MB).next_multiple_of(mr);
+    let m_blocks = m.div_ceil(mb);
+    let panels = w.n().div_ceil(NR);
+    let n_groups = target.div_ceil(m_blocks).clamp(1, panels);
+    let per_group = panels.div_ceil(n_groups);
+    let n_groups = panels.div_ceil(per_group);
+    let n = w.n();
+    let task = |t: usize| {
+        let (mbi, ng) = (t / n_groups, t % n_groups);
+        let r0 = mbi * mb;
+        let nrows = mb.min(m - r0);
+        let pans = ng * per_group..((ng + 1) * per_group).min(panels);
+        let run = |s: &mut Scratch| {
+            let strips = nrows.div_ceil(mr);
+            let rows_pad = strips * mr;
+            let ld = pans.len() * NR;
+            if s.a.len() < rows_pad * kp {
+                s.a.resize(rows_pad * kp, 0);
+            }
+            if s.acc.len() < rows_pad * ld {
+                s.acc.resize(rows_pad * ld, 0);
+            }
+            let abuf = &mut s.a[..rows_pad * kp];
+            src.fill(r0, nrows, kp, abuf);
+            abuf[nrows * kp..].fill(0);
+            let acc = &mut s.acc[..rows_pad * ld];
+            let mut tile = [0i32; 8 * NR];
+            let mut k0 = 0;
+            while k0 < kp {
+                let kc = KC.min(kp - k0);
+                for (pi, p) in pans.clone().enumerate() {
+                    for st in 0..strips {
+                        let ap = APanel {
+                            ptr: abuf[st * mr * kp + k0..].as_ptr(),
+                            row: kp,
+                            group: 4,
+                        };
+                        // SAFETY: the strip holds mr rows of kp ≥ k0 + kc codes; the panel
+                        // block kc·16 codes; the kernel's ISA was checked above.
+                        unsafe { micro(kernel, ap, w, p, k0, kc / 4, &mut tile) };
+                        for i in 0..mr {
+                            let dst = &mut acc[(st * mr + i) * ld + pi * NR..][..NR];
+                            let t = &tile[i * NR..(i + 1) * NR];
+                            if k0 == 0 {
+                                dst.copy_from_slice(t);
+                            } else {
+                                dst.iter_mut().zip(t).for_each(|(d, t)| *d += t);
+                            }
+                        }
+                    }
+                }
+                k0 += kc;
+            }
+            let c0 = pans.start * NR;
+            let c1 = (pans.end * NR).min(n);
+            sink.write(r0, nrows, c0, c1, acc, ld);
+        };
+        SCRATCH.with(|s| match s.try_borrow_mut() {
+            Ok(mut s) => run(&mut s),
+            Err(_) => run(&mut Scratch {
+                a: Vec::new(),
+                acc: Vec::new(),
+            }),
+        });
+    };
+    let tasks = m_blocks * n_groups;
+    if tasks == 1 {
+        task(0);
+    } else {
+        (0..tasks).into_par_iter().for_each(task);
+    }
+    Ok(kernel)
+}
+
+/// Convolution fused with requantisation: NHWC codes `x` with the panel of
+/// [`conv_panel`](crate::layers::conv_panel), requantised by `rq` (and the optional residual
+/// codes with their step) into `out` (`[batch, out_h, out_w, c_out]` codes). A 1×1, stride-1,
+/// unpadded convolution reads its rows in place (no im2col). Bit-identical to
+/// [`conv2d`](crate::layers::conv2d) followed by [`Requant::apply`] or
+/// [`Requant::apply_residual`]. Errors: as [`gemm_fused`], plus `ShapeMismatch` for an
+/// output or residual of the wrong length or a requantisation of another channel count.
+pub fn conv2d_requant(
+    x: &[u8],
+    g: &ConvGeom,
+    w: &WeightPanel,
+    isa: Isa,
+    rq: &Requant,
+    residual: Option<(&[u8], f32)>,
+    out: &mut [u8],
+) -> Result<Kernel> {
+    g.validate()?;
+    check_len("conv output", g.rows() * g.c_out, out.len())?;
+    check_len("requantisation channels", g.c_out, rq.channels())?;
+    let sink = RequantSink::new(rq, residual, out)?;
+    gemm_fused(isa, conv_source(x, g)?, w, &sink)
+}
+
+/// The A rows of a convolution: in place for a 1×1, stride-1, unpadded convolution, im2col
+/// rows otherwise. Errors: `ShapeMismatch` for a wrong input length.
+pub fn conv_source<'a>(x: &'a [u8], g: &'a ConvGeom) -> Result<ASource<'a>> {
+    check_len("conv input", g.input_len(), x.len())?;
+    Ok(if g.is_pointwise() {
+        ASource::Rows { a: x, k: g.c_in }
+    } else {
+        ASource::Im2col { x, g }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layers::{conv_panel, conv2d};
+    use crate::pack::PackedWeights;
+    use crate::reference;
+    use proptest::prelude::*;
+
+    fn lcg(seed: u64) -> impl FnMut() -> u64 {
+        let mut s = seed ^ 0x0F0F_1234;
+        move || {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            s >> 33
+        }
+    }
+
+    fn geom() -> impl Strategy<Value = ConvGeom> {
+        (
+            1usize..4,
+            1usize..10,
+            1usize..10,
+            1usize..20,
+            1usize..40,
+            1usize..4,
+            1usize..3,
+            0usize..2,
+        )
+            .prop_filter_map(
+                "kernel fits",
+                |(batch, h, w, c_in, c_out, k, stride, pad)| {
+                    let g = ConvGeom {
+                        batch,
+                        h,
+                        w,
+                        c_in,
+                        c_out,
+                        kh: k,
+                        kw: k.min(3),
+                        stride,
+                        pad,
+                    };
+                    g.validate().ok().map(|_| g)
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        /// Fused conv + requantisation (with and without a residual) is bit-identical to the
+        /// slow reference conv followed by the unfused requantisation, on every ISA, with
+        /// odd sizes, all-zero channels and extreme codes.
+        #[test]
+        fn fused_conv_matches_reference(g in geom(), abits in 2u32..=8, wbits in 2u32..=8,
+                                        obits in 2u32..=8, seed in any::<u64>(),
+                                        zero_ch in any::<bool>(), extreme in any::<bool>(),
+                                        with_res in any::<bool>()) {
+            let mut r = lcg(seed);
+            let amax = (1u64 << abits) - 1;
+            let x: Vec<u8> = (0..g.input_len())
+                .map(|_| if extreme { amax as u8 } else { (r() % (amax + 1)) as u8 })
+                .collect();
+            let q = (1i64 << (wbits - 1)) - 1;
+            let mut codes: Vec<i8> = (0..g.c_out * g.k())
+                .map(|i| if extreme { if i % 3 == 0 { -q as i8 } else { q as i8 } }
+                     else { ((r() as i64 % (2 * q + 1)) - q) as i8 })
+                .collect();
+            if zero_ch {
+                codes[..g.k()].fill(0);
+            }
+            let w = PackedWeights::from_codes(&codes, g.c_out, g.k(), wbits, vec![1.0; g.c_out]).unwrap();
+            let panel = conv_panel(&w, &g).unwrap();
+            let scale: Vec<f32> = (0..g.c_out).map(|_| (r() % 1000) as f32 / 20_000.0 + 1e-4).collect();
+            let bias: Vec<f32> = (0..g.c_out).map(|_| (r() % 1000) as f32 / 500.0 - 1.0).collect();
+            let rq = Requant::new(scale, bias, 2.5, obits).unwrap();
+            let acc = reference::conv2d(&x, &g, &codes);
+            let res: Vec<u8> = (0..acc.len()).map(|_| r() as u8).collect();
+            let want = if with_res { rq.apply_residual(&acc, &res, 0.01).unwrap() } else { rq.apply(&acc).unwrap() };
+            for isa in Isa::available() {
+                let mut out = vec![0xAAu8; acc.len()];
+                conv2d_requant(&x, &g, &panel, isa, &rq, with_res.then_some((&res[..], 0.01)), &mut out).unwrap();
+                prop_assert_eq!(&out, &want, "{:?}", isa);
+                let mut raw = vec![i32::MIN; acc.len()];
+                gemm_fused(isa, conv_source(&x, &g).unwrap(), &panel, &AccSink::new(&mut raw, g.c_out)).unwrap();
+                prop_assert_eq!(&raw, &acc, "{:?} raw", isa);
+                prop_assert_eq!(&conv2d(&x, &g, &panel, isa).unwrap(), &acc);
+            }
+        }
+
+        /// Plain rows (a linear layer): odd `k`, many rows, many channels; equal to the
+        /// reference GEMM on every ISA.
+        #[test]
+        fn fused_rows_match_reference(m in 0usize..150, n in 1usize..70, k in 1usize..300,
+                                      abits in 2u32..=8, wbits in 2u32..=8, seed in any::<u64>()) {
+            let mut r = lcg(seed);
+            let amax = (1u64 << abits) - 1;
+            let a: Vec<u8> = (0..m * k).map(|_| (r() % (amax + 1)) as u8).collect();
+            let q = (1i64 << (wbits - 1)) - 1;
+            let codes: Vec<i8> = (0..n * k).map(|_| ((r() as i64 % (2 * q + 1)) - q) as i8).collect();
+            let panel = WeightPanel::from_codes(&codes, n, k).unwrap();
+            let want = reference::gemm_u8i8(&a, m, &codes, n, k);
+            for isa in Isa::available() {
+                let mut c = vec![i32::MIN; m * n];
+                gemm_fused(isa, ASource::Rows { a: &a, k }, &panel, &AccSink::new(&mut c, n)).unwrap();
+                prop_assert_eq!(&c, &want, "{:?}", isa);
+            }
+        }
+    }
+
+    #[test]
+    fn long_reduction_and_errors() {
+        // k > KC exercises the k-blocking.
+        let (m, n, k) = (37, 20, KC + 333);
+        let mut r = lcg(5);
+        let a: Vec<u8> = (0..m * k).map(|_| r() as u8).collect();
+        let codes: Vec<i8> = (0..n * k)
+            .map(|_| (r() % 255) as i8)
+            .map(|c| c.max(-127))
+            .collect();
+        let panel = WeightPanel::from_codes(&codes, n, k).unwrap();
+        let want = reference::gemm_u8i8(&a, m, &codes, n, k);
+        for isa in Isa::available() {
+            let mut c = vec![0; m * n];
+            gemm_fused(
+                isa,
+                ASource::Rows { a: &a, k },
+                &panel,
+                &AccSink::new(&mut c, n),
+            )
+            .unwrap();
+            assert_eq!(c, want, "{isa:?}");
+        }
+        let mut c = vec![0; m * (n + 1)];
+        assert!(
+            gemm_fused(
+                Isa::Portable,
+                ASource::Rows { a: &a, k },
+                &panel,
+                &AccSink::new(&mut c, n + 1)
+            )
+            .is_err()
+        );
+        assert!(
+            gemm_fused(
+                Isa::Portable,
+                ASource::Rows { a: &a[1..], k },
+                &panel,
+                &AccSink::new(&mut c, n)
+            )
+            .is_err()
+        );
+        let rq = Requant::new(vec![1.0; n], vec![0.0; n], 1.0, 8).unwrap();
+        let mut o = vec![0u8; m * n];
+        assert!(RequantSink::new(&rq, Some((&a[..3], 1.0)), &mut o).is_err());
+    }
+}
