@@ -17,8 +17,9 @@ Networks (random weights, 28x28x1 input, as in the Rust bench):
 - int8 GEMM on 1024^3 (`torch.ops.quantized.linear`, u8 x i8 -> u8) against the f32 matmul
   (`int8_gemm_gops_1024`, `f32_gemm_gflops_1024`).
 
-Figures are medians of `--reps` timed repetitions after two warm-ups; the load average at
-start and end is printed beside them (the machine is shared).
+Figures are medians of `--reps` timed repetitions after two warm-ups; `*_per_cpu_s` divide by
+the process CPU time of those repetitions instead (all threads; less sensitive to other jobs
+on a shared machine). The load average at start and end is printed beside them.
 """
 
 import argparse
@@ -65,24 +66,32 @@ class LeNet5(nn.Module):
 
 
 def median_time(f, reps):
+    """Median wall seconds per call, and process CPU seconds (all threads) per call."""
     f()
     f()
     ts = []
+    c0 = time.process_time()
     for _ in range(reps):
         t = time.perf_counter()
         f()
         ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
+    return statistics.median(ts), (time.process_time() - c0) / reps
 
 
-def eval_rate(model, x, reps):
+RATES = {}
+
+
+def eval_rate(model, x, reps, key):
+    """Images/s (wall); images per CPU-second goes to RATES[key + '_per_cpu_s']."""
     model.eval()
 
     def run():
         with torch.inference_mode():
             model(x)
 
-    return x.shape[0] / median_time(run, reps)
+    wall, cpu = median_time(run, reps)
+    RATES[key.replace("_per_s", "_per_cpu_s")] = x.shape[0] / cpu
+    return x.shape[0] / wall
 
 
 def ptq(model, calib):
@@ -117,15 +126,18 @@ def main():
         "load_average_start": os.getloadavg()[0],
     }
 
-    out["f32_option_a_images_per_s"] = eval_rate(ResNet20(False).eval(), x, a.reps)
+    k = "f32_option_a_images_per_s"
+    out[k] = eval_rate(ResNet20(False).eval(), x, a.reps, k)
     proj = ResNet20(True).eval()
-    out["f32_images_per_s"] = eval_rate(
-        torch.ao.quantization.fuse_modules(proj, proj.fuse_groups()), x, a.reps
-    )
-    out["int8_images_per_s"] = eval_rate(ptq(ResNet20(True), calib), x, a.reps)
-
-    out["lenet5_f32_images_per_s"] = eval_rate(LeNet5().eval(), x, a.reps)
-    out["lenet5_int8_images_per_s"] = eval_rate(ptq(LeNet5(), calib), x, a.reps)
+    fused = torch.ao.quantization.fuse_modules(proj, proj.fuse_groups())
+    out["f32_images_per_s"] = eval_rate(fused, x, a.reps, "f32_images_per_s")
+    k = "int8_images_per_s"
+    out[k] = eval_rate(ptq(ResNet20(True), calib), x, a.reps, k)
+    k = "lenet5_f32_images_per_s"
+    out[k] = eval_rate(LeNet5().eval(), x, a.reps, k)
+    k = "lenet5_int8_images_per_s"
+    out[k] = eval_rate(ptq(LeNet5(), calib), x, a.reps, k)
+    out.update(RATES)
 
     # int8 GEMM 1024^3: quantized linear (u8 activations x per-tensor i8 weights -> u8).
     s = 1024
@@ -133,8 +145,8 @@ def main():
     aq = torch.quantize_per_tensor(af, 1 / 255, 0, torch.quint8)
     wq = torch.quantize_per_tensor(wf, wf.abs().max().item() / 127, 0, torch.qint8)
     packed = torch.ops.quantized.linear_prepack(wq, None)
-    t_q = median_time(lambda: torch.ops.quantized.linear(aq, packed, 0.1, 0), a.reps)
-    t_f = median_time(lambda: torch.mm(af, wf.t()), a.reps)
+    t_q = median_time(lambda: torch.ops.quantized.linear(aq, packed, 0.1, 0), a.reps)[0]
+    t_f = median_time(lambda: torch.mm(af, wf.t()), a.reps)[0]
     out["int8_gemm_gops_1024"] = 2 * s**3 / t_q / 1e9
     out["f32_gemm_gflops_1024"] = 2 * s**3 / t_f / 1e9
     out["int8_gemm_vs_f32_ratio"] = out["int8_gemm_gops_1024"] / out["f32_gemm_gflops_1024"]

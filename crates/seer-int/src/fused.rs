@@ -82,11 +82,19 @@ impl ASource<'_> {
                 for (i, row) in buf.chunks_exact_mut(kp).take(nrows).enumerate() {
                     let r = r0 + i;
                     let (b, oy, ox) = (r / (oh * ow), (r / ow) % oh, r % ow);
-                    row.fill(0);
                     let ix0 = (ox * g.stride) as isize - g.pad as isize;
+                    let iy0 = (oy * g.stride) as isize - g.pad as isize;
                     // The valid taps of one kernel row are contiguous in NHWC: one copy.
                     let kx0 = (-ix0).max(0) as usize;
                     let kx1 = (g.w as isize - ix0).clamp(0, g.kw as isize) as usize;
+                    let interior =
+                        kx0 == 0 && kx1 == g.kw && iy0 >= 0 && iy0 + g.kh as isize <= g.h as isize;
+                    // An interior window overwrites the whole row but its padding tail.
+                    if interior {
+                        row[g.k()..].fill(0);
+                    } else {
+                        row.fill(0);
+                    }
                     if kx0 >= kx1 {
                         continue;
                     }
@@ -186,17 +194,21 @@ pub struct RequantSink<'a> {
     step: f32,
     residual: Option<(&'a [u8], f32)>,
     out: Out<u8>,
+    /// The AVX2 epilogue (else plain Rust; both give the same codes).
+    simd: bool,
     _life: std::marker::PhantomData<&'a mut [u8]>,
 }
 
 impl<'a> RequantSink<'a> {
     /// A sink into `out` (`[m, channels]`), with an optional residual of codes (same shape
-    /// as the output) and its step. Errors: `ShapeMismatch` if the residual and the output
-    /// differ in length.
+    /// as the output) and its step; its epilogue is vectorised with AVX2 unless `isa` is
+    /// [`Isa::Portable`] (the plain-Rust reference path). Errors: `ShapeMismatch` if the
+    /// residual and the output differ in length.
     pub fn new(
         rq: &'a Requant,
         residual: Option<(&'a [u8], f32)>,
         out: &'a mut [u8],
+        isa: Isa,
     ) -> Result<Self> {
         if let Some((r, _)) = residual {
             check_len("residual input", out.len(), r.len())?;
@@ -206,6 +218,7 @@ impl<'a> RequantSink<'a> {
             step: rq.step(),
             residual,
             out: Out::new(out),
+            simd: isa != Isa::Portable && Isa::Avx2.is_available(),
             _life: std::marker::PhantomData,
         })
     }
@@ -225,26 +238,57 @@ impl Sink for RequantSink<'_> {
             // SAFETY: tasks write disjoint (row, column) tiles.
             let o = unsafe { self.out.slice(base, c1 - c0) };
             let a = &acc[i * ld..i * ld + (c1 - c0)];
-            match self.residual {
-                None => requant_row(o, a, s, b, alpha, step),
-                Some((r, r_step)) => {
-                    let r = &r[base..base + (c1 - c0)];
-                    for j in 0..o.len() {
-                        let y = a[j] as f32 * s[j] + b[j] + r[j] as f32 * r_step;
-                        o[j] = round_code(y.clamp(0.0, alpha) / step);
-                    }
+            let r = self
+                .residual
+                .map(|(r, r_step)| (&r[base..base + (c1 - c0)], r_step));
+            let done = if self.simd {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `simd` is set only when AVX2 is available; the slices have o.len().
+                unsafe {
+                    crate::x86::requant_row_avx2(o, a, s, b, r, alpha, step)
                 }
-            }
+                #[cfg(not(target_arch = "x86_64"))]
+                0
+            } else {
+                0
+            };
+            requant_row(
+                &mut o[done..],
+                &a[done..],
+                &s[done..],
+                &b[done..],
+                r.map(|(r, rs)| (&r[done..], rs)),
+                alpha,
+                step,
+            );
         }
     }
 }
 
-/// One row of [`RequantSink`] without residual (kept separate so it vectorises).
+/// One row of [`RequantSink`] in plain Rust: `round(clamp(a·s + b (+ r·r_step), 0, α)/step)`.
 #[inline]
-fn requant_row(o: &mut [u8], a: &[i32], s: &[f32], b: &[f32], alpha: f32, step: f32) {
-    for (((o, &a), &s), &b) in o.iter_mut().zip(a).zip(s).zip(b) {
-        let y = a as f32 * s + b;
-        *o = round_code(y.clamp(0.0, alpha) / step);
+fn requant_row(
+    o: &mut [u8],
+    a: &[i32],
+    s: &[f32],
+    b: &[f32],
+    r: Option<(&[u8], f32)>,
+    alpha: f32,
+    step: f32,
+) {
+    match r {
+        None => {
+            for (((o, &a), &s), &b) in o.iter_mut().zip(a).zip(s).zip(b) {
+                let y = a as f32 * s + b;
+                *o = round_code(y.clamp(0.0, alpha) / step);
+            }
+        }
+        Some((r, r_step)) => {
+            for j in 0..o.len() {
+                let y = a[j] as f32 * s[j] + b[j] + r[j] as f32 * r_step;
+                o[j] = round_code(y.clamp(0.0, alpha) / step);
+            }
+        }
     }
 }
 
@@ -403,7 +447,7 @@ pub fn conv2d_requant(
     g.validate()?;
     check_len("conv output", g.rows() * g.c_out, out.len())?;
     check_len("requantisation channels", g.c_out, rq.channels())?;
-    let sink = RequantSink::new(rq, residual, out)?;
+    let sink = RequantSink::new(rq, residual, out, isa)?;
     gemm_fused(isa, conv_source(x, g)?, w, &sink)
 }
 
@@ -528,6 +572,54 @@ mod tests {
         }
     }
 
+    /// The AVX2 requantisation epilogue equals the plain-Rust one on every element: rows of
+    /// odd lengths, accumulators over the whole i32 range, rounding ties, both clip ends,
+    /// with and without a residual.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn simd_requant_equals_scalar() {
+        if !Isa::Avx2.is_available() {
+            return;
+        }
+        let mut r = lcg(11);
+        for len in [1usize, 7, 8, 9, 16, 31, 64, 67] {
+            for case in 0..40 {
+                let a: Vec<i32> = (0..len)
+                    .map(|j| match (case + j) % 4 {
+                        0 => r() as i32 - (1 << 30),
+                        1 => (r() % 2000) as i32 - 1000,
+                        2 => {
+                            if j % 2 == 0 {
+                                i32::MAX
+                            } else {
+                                i32::MIN
+                            }
+                        }
+                        _ => (r() % 64) as i32,
+                    })
+                    .collect();
+                let s: Vec<f32> = (0..len)
+                    .map(|_| (r() % 1000) as f32 / 4000.0 + 1e-6)
+                    .collect();
+                let b: Vec<f32> = (0..len).map(|_| (r() % 200) as f32 / 100.0 - 1.0).collect();
+                let res: Vec<u8> = (0..len).map(|_| r() as u8).collect();
+                // Steps of 0.25 and 0.5 make exact .5 ties frequent.
+                let (alpha, step) = [(3.75, 0.25), (7.5, 0.5), (2.0, 2.0 / 255.0)][case % 3];
+                for with_res in [None, Some((&res[..], 0.125f32))] {
+                    let mut want = vec![0u8; len];
+                    requant_row(&mut want, &a, &s, &b, with_res, alpha, step);
+                    let mut got = vec![0xEEu8; len];
+                    // SAFETY: AVX2 checked above; every slice has `len` elements.
+                    let done = unsafe {
+                        crate::x86::requant_row_avx2(&mut got, &a, &s, &b, with_res, alpha, step)
+                    };
+                    assert_eq!(done, len / 8 * 8);
+                    assert_eq!(&got[..done], &want[..done], "len {len} case {case}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn long_reduction_and_errors() {
         // k > KC exercises the k-blocking.
@@ -572,6 +664,6 @@ mod tests {
         );
         let rq = Requant::new(vec![1.0; n], vec![0.0; n], 1.0, 8).unwrap();
         let mut o = vec![0u8; m * n];
-        assert!(RequantSink::new(&rq, Some((&a[..3], 1.0)), &mut o).is_err());
+        assert!(RequantSink::new(&rq, Some((&a[..3], 1.0)), &mut o, Isa::Portable).is_err());
     }
 }

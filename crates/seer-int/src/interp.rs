@@ -630,7 +630,7 @@ impl Ctx<'_> {
                     self.isa,
                     rows,
                     &panel,
-                    &RequantSink::new(&rq, None, &mut out)?,
+                    &RequantSink::new(&rq, None, &mut out, self.isa)?,
                 )?;
                 Output::Value(Value::quantized(out, (1, 1, out_features), q))
             }

@@ -162,3 +162,65 @@ fn store_4x16(acc: &[[__m256i; 2]; 4], tile: &mut [i32]) {
         }
     }
 }
+
+/// Requantisation of one row (AVX2, 8 lanes): `o[j] = round(clamp(a[j]·s[j] + b[j]
+/// (+ r[j]·r_step), 0, α)/step)` with exactly the scalar path's f32 operations (multiply,
+/// add, add, clamp, divide; no FMA), then `round` half away from zero as
+/// [`round_code`](crate::layers::round_code): truncate, add 1 where the fraction is ≥ 0.5.
+/// The tail beyond a multiple of 8 is left to the caller; returns how many were written.
+///
+/// # Safety
+/// AVX2 required. `a`, `s`, `b` (and `r` if given) must be at least `o.len()` long.
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn requant_row_avx2(
+    o: &mut [u8],
+    a: &[i32],
+    s: &[f32],
+    b: &[f32],
+    r: Option<(&[u8], f32)>,
+    alpha: f32,
+    step: f32,
+) -> usize {
+    let n = o.len() / 8 * 8;
+    assert!(a.len() >= n && s.len() >= n && b.len() >= n);
+    if let Some((r, _)) = r {
+        assert!(r.len() >= n);
+    }
+    let zero = _mm256_setzero_ps();
+    let va = _mm256_set1_ps(alpha);
+    let vs = _mm256_set1_ps(step);
+    let half = _mm256_set1_ps(0.5);
+    let one = _mm256_set1_epi32(1);
+    let mut j = 0;
+    while j < n {
+        // SAFETY: j + 8 ≤ n ≤ every slice's length (asserted); unaligned loads.
+        unsafe {
+            let acc = _mm256_cvtepi32_ps(_mm256_loadu_si256(a.as_ptr().add(j) as *const __m256i));
+            let mut y = _mm256_add_ps(
+                _mm256_mul_ps(acc, _mm256_loadu_ps(s.as_ptr().add(j))),
+                _mm256_loadu_ps(b.as_ptr().add(j)),
+            );
+            if let Some((r, r_step)) = r {
+                let rv = _mm_loadl_epi64(r.as_ptr().add(j) as *const __m128i);
+                let rf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(rv));
+                y = _mm256_add_ps(y, _mm256_mul_ps(rf, _mm256_set1_ps(r_step)));
+            }
+            // clamp(y, 0, α): max then min (y is never NaN: finite codes, scales, biases).
+            let c = _mm256_min_ps(_mm256_max_ps(y, zero), va);
+            let v = _mm256_div_ps(c, vs);
+            let t = _mm256_cvttps_epi32(v);
+            let frac = _mm256_sub_ps(v, _mm256_cvtepi32_ps(t));
+            let up = _mm256_and_si256(
+                _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GE_OQ>(frac, half)),
+                one,
+            );
+            let q = _mm256_add_epi32(t, up);
+            // 8 i32 in 0..=255 → 8 bytes.
+            let p16 = _mm_packus_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256::<1>(q));
+            let p8 = _mm_packus_epi16(p16, p16);
+            _mm_storel_epi64(o.as_mut_ptr().add(j) as *mut __m128i, p8);
+        }
+        j += 8;
+    }
+    n
+}
