@@ -218,7 +218,7 @@ impl<'a> RequantSink<'a> {
             step: rq.step(),
             residual,
             out: Out::new(out),
-            simd: isa != Isa::Portable && Isa::Avx2.is_available(),
+            simd: simd_epilogue(isa),
             _life: std::marker::PhantomData,
         })
     }
@@ -241,28 +241,51 @@ impl Sink for RequantSink<'_> {
             let r = self
                 .residual
                 .map(|(r, r_step)| (&r[base..base + (c1 - c0)], r_step));
-            let done = if self.simd {
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: `simd` is set only when AVX2 is available; the slices have o.len().
-                unsafe {
-                    crate::x86::requant_row_avx2(o, a, s, b, r, alpha, step)
-                }
-                #[cfg(not(target_arch = "x86_64"))]
-                0
-            } else {
-                0
-            };
-            requant_row(
-                &mut o[done..],
-                &a[done..],
-                &s[done..],
-                &b[done..],
-                r.map(|(r, rs)| (&r[done..], rs)),
-                alpha,
-                step,
-            );
+            requant_into(o, a, s, b, r, alpha, step, self.simd);
         }
     }
+}
+
+/// `o[j] = round(clamp(a[j]·s[j] + b[j] (+ r[j]·r_step), 0, α)/step)`: the AVX2 epilogue when
+/// `simd` (callers set it only where AVX2 is available), the plain-Rust one for the rest.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub(crate) fn requant_into(
+    o: &mut [u8],
+    a: &[i32],
+    s: &[f32],
+    b: &[f32],
+    r: Option<(&[u8], f32)>,
+    alpha: f32,
+    step: f32,
+    simd: bool,
+) {
+    let done = if simd {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `simd` only where AVX2 is available; the slices are as long as `o`.
+        unsafe {
+            crate::x86::requant_row_avx2(o, a, s, b, r, alpha, step)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        0
+    } else {
+        0
+    };
+    requant_row(
+        &mut o[done..],
+        &a[done..],
+        &s[done..],
+        &b[done..],
+        r.map(|(r, rs)| (&r[done..], rs)),
+        alpha,
+        step,
+    );
+}
+
+/// Whether the epilogues of path `isa` are vectorised (AVX2 available and `isa` not the
+/// plain-Rust reference path).
+pub(crate) fn simd_epilogue(isa: Isa) -> bool {
+    isa != Isa::Portable && Isa::Avx2.is_available()
 }
 
 /// One row of [`RequantSink`] in plain Rust: `round(clamp(a·s + b (+ r·r_step), 0, α)/step)`.

@@ -147,6 +147,8 @@ impl IntModel {
 #[derive(Debug, Default)]
 pub(crate) struct Cache {
     panels: Vec<OnceLock<(PanelKey, Arc<WeightPanel>)>>,
+    /// A first conv's per-position bias minus normalisation offset (`first_layer_shift`).
+    shifts: Vec<OnceLock<(PanelKey, Arc<Vec<f32>>)>>,
     pool: Mutex<Vec<Vec<u8>>>,
 }
 
@@ -161,6 +163,7 @@ impl Clone for Cache {
     fn clone(&self) -> Self {
         Self {
             panels: self.panels.clone(),
+            shifts: self.shifts.clone(),
             pool: Mutex::default(),
         }
     }
@@ -171,6 +174,7 @@ impl Cache {
     pub(crate) fn new(nodes: usize) -> Self {
         Self {
             panels: (0..nodes).map(|_| OnceLock::new()).collect(),
+            shifts: (0..nodes).map(|_| OnceLock::new()).collect(),
             pool: Mutex::default(),
         }
     }
@@ -181,7 +185,13 @@ impl Cache {
             .iter()
             .filter_map(|p| p.get())
             .map(|(_, p)| p.resident_bytes())
-            .sum()
+            .sum::<usize>()
+            + self
+                .shifts
+                .iter()
+                .filter_map(|s| s.get())
+                .map(|(_, s)| 4 * s.len())
+                .sum::<usize>()
     }
 
     /// Node `i`'s panel for input shape `key`, built by `build` on first use (and uncached
@@ -204,6 +214,20 @@ impl Cache {
         // A concurrent caller may have set it first; both panels are equal.
         let _ = slot.set((key, p.clone()));
         Ok(p)
+    }
+
+    /// Node `i`'s first-layer shift for input shape `key`, computed by `build` on first use.
+    fn shift(&self, i: usize, key: PanelKey, build: impl FnOnce() -> Vec<f32>) -> Arc<Vec<f32>> {
+        let slot = &self.shifts[i];
+        match slot.get() {
+            Some((k, v)) if *k == key => v.clone(),
+            Some(_) => Arc::new(build()),
+            None => {
+                let v = Arc::new(build());
+                let _ = slot.set((key, v.clone()));
+                v
+            }
+        }
     }
 
     /// A zeroed buffer of `len` codes, reusing a pooled one when one is large enough.
@@ -848,9 +872,13 @@ impl Ctx<'_> {
         }
         let co = a.g.c_out;
         let hw = a.g.out_h() * a.g.out_w();
-        let shift = self.first_layer_shift(&a.g, a.lw, &a.lw.packed.unpack(), &a.bias);
+        let g = &a.g;
+        let shift = self.model.cache.shift(self.index, (g.h, g.w, g.c_in), || {
+            self.first_layer_shift(g, a.lw, &a.lw.packed.unpack(), &a.bias)
+        });
         let step = out_step(q);
-        let mut out = vec![0u8; a.acc.len()];
+        let simd = self.fused && crate::fused::simd_epilogue(self.isa);
+        let mut out = self.model.cache.take(a.acc.len());
         out.par_chunks_mut(hw * co)
             .zip(a.acc.par_chunks(hw * co))
             .for_each(|(o, acc)| {
@@ -859,10 +887,8 @@ impl Ctx<'_> {
                     .zip(acc.chunks_exact(co))
                     .zip(shift.chunks_exact(co))
                 {
-                    for c in 0..co {
-                        let y = acc[c] as f32 * a.scale[c] + s[c];
-                        o[c] = round_code(y.clamp(0.0, q.alpha) / step);
-                    }
+                    // y = acc·scale + shift: the requantisation formula with the shift as bias.
+                    crate::fused::requant_into(o, acc, &a.scale, s, None, q.alpha, step, simd);
                 }
             });
         Ok(out)
