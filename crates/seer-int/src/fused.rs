@@ -78,40 +78,43 @@ impl ASource<'_> {
                 }
             }
             ASource::Im2col { x, g } => {
-                let (oh, ow, c) = (g.out_h(), g.out_w(), g.c_in);
                 for (i, row) in buf.chunks_exact_mut(kp).take(nrows).enumerate() {
-                    let r = r0 + i;
-                    let (b, oy, ox) = (r / (oh * ow), (r / ow) % oh, r % ow);
-                    let ix0 = (ox * g.stride) as isize - g.pad as isize;
-                    let iy0 = (oy * g.stride) as isize - g.pad as isize;
-                    // The valid taps of one kernel row are contiguous in NHWC: one copy.
-                    let kx0 = (-ix0).max(0) as usize;
-                    let kx1 = (g.w as isize - ix0).clamp(0, g.kw as isize) as usize;
-                    let interior =
-                        kx0 == 0 && kx1 == g.kw && iy0 >= 0 && iy0 + g.kh as isize <= g.h as isize;
-                    // An interior window overwrites the whole row but its padding tail.
-                    if interior {
-                        row[g.k()..].fill(0);
-                    } else {
-                        row.fill(0);
-                    }
-                    if kx0 >= kx1 {
-                        continue;
-                    }
-                    for ky in 0..g.kh {
-                        let iy = (oy * g.stride + ky) as isize - g.pad as isize;
-                        if iy < 0 || iy >= g.h as isize {
-                            continue;
-                        }
-                        let src =
-                            ((b * g.h + iy as usize) * g.w + (ix0 + kx0 as isize) as usize) * c;
-                        let dst = (ky * g.kw + kx0) * c;
-                        let len = (kx1 - kx0) * c;
-                        row[dst..dst + len].copy_from_slice(&x[src..src + len]);
-                    }
+                    im2col_row(x, g, r0 + i, row);
                 }
             }
         }
+    }
+}
+
+/// im2col row `r` (output pixel `(b, oy, ox)`) of NHWC input `x` into `row` (`≥ k` codes; the
+/// window in the order `(ky, kx, c_in)`, zero where padded and in the tail).
+fn im2col_row(x: &[u8], g: &ConvGeom, r: usize, row: &mut [u8]) {
+    let (oh, ow, c) = (g.out_h(), g.out_w(), g.c_in);
+    let (b, oy, ox) = (r / (oh * ow), (r / ow) % oh, r % ow);
+    let ix0 = (ox * g.stride) as isize - g.pad as isize;
+    let iy0 = (oy * g.stride) as isize - g.pad as isize;
+    // The valid taps of one kernel row are contiguous in NHWC: one copy.
+    let kx0 = (-ix0).max(0) as usize;
+    let kx1 = (g.w as isize - ix0).clamp(0, g.kw as isize) as usize;
+    let interior = kx0 == 0 && kx1 == g.kw && iy0 >= 0 && iy0 + g.kh as isize <= g.h as isize;
+    // An interior window overwrites the whole row but its padding tail.
+    if interior {
+        row[g.k()..].fill(0);
+    } else {
+        row.fill(0);
+    }
+    if kx0 >= kx1 {
+        return;
+    }
+    for ky in 0..g.kh {
+        let iy = iy0 + ky as isize;
+        if iy < 0 || iy >= g.h as isize {
+            continue;
+        }
+        let src = ((b * g.h + iy as usize) * g.w + (ix0 + kx0 as isize) as usize) * c;
+        let dst = (ky * g.kw + kx0) * c;
+        let len = (kx1 - kx0) * c;
+        row[dst..dst + len].copy_from_slice(&x[src..src + len]);
     }
 }
 
@@ -316,13 +319,128 @@ fn requant_row(
 }
 
 /// Per-thread scratch: the A rows of one task and its accumulators.
+#[derive(Default)]
 struct Scratch {
     a: Vec<u8>,
     acc: Vec<i32>,
+    /// Rows of an implicit-GEMM task that go through im2col (borders, remainders).
+    misc: Vec<usize>,
 }
 
 thread_local! {
-    static SCRATCH: RefCell<Scratch> = const { RefCell::new(Scratch { a: Vec::new(), acc: Vec::new() }) };
+    static SCRATCH: RefCell<Scratch> = const {
+        RefCell::new(Scratch { a: Vec::new(), acc: Vec::new(), misc: Vec::new() })
+    };
+}
+
+/// The geometry of a convolution whose interior windows the micro-kernels can read in place
+/// (implicit GEMM): stride 1, each kernel row's window (`kw·c_in` codes) a whole number of
+/// 4-code groups, the reduction unpadded and in one block.
+fn implicit_geom<'a>(src: &ASource<'a>, kp: usize) -> Option<(&'a [u8], &'a ConvGeom)> {
+    match *src {
+        ASource::Im2col { x, g }
+            if g.stride == 1 && (g.kw * g.c_in).is_multiple_of(4) && kp == g.k() && kp <= KC =>
+        {
+            Some((x, g))
+        }
+        _ => None,
+    }
+}
+
+/// One task of an implicit-GEMM convolution: rows `r0..r0 + nrows` × panels `pans` into
+/// `acc` (`nrows` rows of `ld`). Every run of `mr` consecutive interior output pixels of one
+/// output row is read in place from the input, one micro-kernel call per kernel row
+/// (`add`ing into the tile); the other rows (borders, remainders) are im2col'ed `mr` at a
+/// time into `abuf` (`mr·kp` codes).
+#[allow(clippy::too_many_arguments)]
+fn implicit_task(
+    kernel: Kernel,
+    (x, g): (&[u8], &ConvGeom),
+    w: &WeightPanel,
+    r0: usize,
+    nrows: usize,
+    pans: std::ops::Range<usize>,
+    s: &mut Scratch,
+    ld: usize,
+) {
+    let mr = kernel.mr();
+    let kp = w.kp();
+    let Scratch { a: abuf, acc, misc } = s;
+    let acc = &mut acc[..nrows * ld];
+    let abuf = &mut abuf[..mr * kp];
+    misc.clear();
+    let (oh, ow, c) = (g.out_h(), g.out_w(), g.c_in);
+    let (ox_lo, ox_hi) = (g.pad, (g.w + g.pad + 1).saturating_sub(g.kw));
+    let row_bytes = g.kw * c;
+    let mut tile = [0i32; 8 * NR];
+    let rend = r0 + nrows;
+    let mut r = r0;
+    while r < rend {
+        let (b, oy, ox) = (r / (oh * ow), (r / ow) % oh, r % ow);
+        let seg_end = rend.min(r - ox + ow);
+        let iy0 = oy as isize - g.pad as isize;
+        let (a0, a1) = (ox.max(ox_lo), (ox + seg_end - r).min(ox_hi));
+        if iy0 < 0 || iy0 + g.kh as isize > g.h as isize || a1 < a0 + mr {
+            misc.extend(r..seg_end);
+            r = seg_end;
+            continue;
+        }
+        misc.extend(r..r + (a0 - ox));
+        let full = (a1 - a0) / mr * mr;
+        for sx in (a0..a0 + full).step_by(mr) {
+            let i = r + (sx - ox) - r0;
+            for (pi, p) in pans.clone().enumerate() {
+                for ky in 0..g.kh {
+                    let off = ((b * g.h + iy0 as usize + ky) * g.w + sx - g.pad) * c;
+                    // In bounds: the window of the strip's last pixel ends at input column
+                    // sx + mr − 1 − pad + kw ≤ w (interior), within input row iy0 + ky.
+                    assert!(off + (mr - 1) * c + row_bytes <= x.len());
+                    let ap = APanel {
+                        ptr: x[off..].as_ptr(),
+                        row: c,
+                        group: 4,
+                    };
+                    // SAFETY: rows i < mr read 4·(kw·c/4) codes from off + i·c (asserted in
+                    // bounds); the panel block from k0 = ky·kw·c holds kw·c codes per channel.
+                    unsafe {
+                        micro(
+                            kernel,
+                            ap,
+                            w,
+                            p,
+                            ky * row_bytes,
+                            row_bytes / 4,
+                            &mut tile,
+                            ky > 0,
+                        )
+                    };
+                }
+                for ii in 0..mr {
+                    acc[(i + ii) * ld + pi * NR..][..NR].copy_from_slice(&tile[ii * NR..][..NR]);
+                }
+            }
+        }
+        misc.extend(r + (a0 + full - ox)..seg_end);
+        r = seg_end;
+    }
+    for chunk in misc.chunks(mr) {
+        for (j, &rr) in chunk.iter().enumerate() {
+            im2col_row(x, g, rr, &mut abuf[j * kp..(j + 1) * kp]);
+        }
+        abuf[chunk.len() * kp..].fill(0);
+        let ap = APanel {
+            ptr: abuf.as_ptr(),
+            row: kp,
+            group: 4,
+        };
+        for (pi, p) in pans.clone().enumerate() {
+            // SAFETY: abuf holds mr rows of kp codes; the panel kp codes per channel.
+            unsafe { micro(kernel, ap, w, p, 0, kp / 4, &mut tile, false) };
+            for (j, &rr) in chunk.iter().enumerate() {
+                acc[(rr - r0) * ld + pi * NR..][..NR].copy_from_slice(&tile[j * NR..][..NR]);
+            }
+        }
+    }
 }
 
 /// `C = A·Wᵀ` with the rows of `src` and the panel `w`, handed to `sink` tile by tile; returns
@@ -377,7 +495,15 @@ pub fn gemm_fused(isa: Isa, src: ASource, w: &WeightPanel, sink: &impl Sink) -> 
     let mr = kernel.mr();
     let threads = rayon::current_num_threads();
     let target = 4 * threads;
-    let mb = m.div_ceil(target).clamp(1, MB).next_multiple_of(mr);
+    let implicit = implicit_geom(&src, kp);
+    let mut mb = m.div_ceil(target).clamp(1, MB).next_multiple_of(mr);
+    if let Some((_, g)) = implicit {
+        // Tasks of whole output rows, so that interior runs are not cut.
+        let ow = g.out_w();
+        if ow <= 2 * MB {
+            mb = mb.next_multiple_of(ow);
+        }
+    }
     let m_blocks = m.div_ceil(mb);
     let panels = w.n().div_ceil(NR);
     let n_groups = target.div_ceil(m_blocks).clamp(1, panels);
@@ -390,6 +516,19 @@ pub fn gemm_fused(isa: Isa, src: ASource, w: &WeightPanel, sink: &impl Sink) -> 
         let nrows = mb.min(m - r0);
         let pans = ng * per_group..((ng + 1) * per_group).min(panels);
         let run = |s: &mut Scratch| {
+            if let Some(geom) = implicit {
+                let ld = pans.len() * NR;
+                if s.a.len() < mr * kp {
+                    s.a.resize(mr * kp, 0);
+                }
+                if s.acc.len() < nrows * ld {
+                    s.acc.resize(nrows * ld, 0);
+                }
+                implicit_task(kernel, geom, w, r0, nrows, pans.clone(), s, ld);
+                let c1 = (pans.end * NR).min(n);
+                sink.write(r0, nrows, pans.start * NR, c1, &s.acc[..nrows * ld], ld);
+                return;
+            }
             let strips = nrows.div_ceil(mr);
             let rows_pad = strips * mr;
             let ld = pans.len() * NR;
@@ -416,7 +555,7 @@ pub fn gemm_fused(isa: Isa, src: ASource, w: &WeightPanel, sink: &impl Sink) -> 
                         };
                         // SAFETY: the strip holds mr rows of kp ≥ k0 + kc codes; the panel
                         // block kc·16 codes; the kernel's ISA was checked above.
-                        unsafe { micro(kernel, ap, w, p, k0, kc / 4, &mut tile) };
+                        unsafe { micro(kernel, ap, w, p, k0, kc / 4, &mut tile, false) };
                         for i in 0..mr {
                             let dst = &mut acc[(st * mr + i) * ld + pi * NR..][..NR];
                             let t = &tile[i * NR..(i + 1) * NR];
@@ -436,10 +575,7 @@ pub fn gemm_fused(isa: Isa, src: ASource, w: &WeightPanel, sink: &impl Sink) -> 
         };
         SCRATCH.with(|s| match s.try_borrow_mut() {
             Ok(mut s) => run(&mut s),
-            Err(_) => run(&mut Scratch {
-                a: Vec::new(),
-                acc: Vec::new(),
-            }),
+            Err(_) => run(&mut Scratch::default()),
         });
     };
     let tasks = m_blocks * n_groups;
@@ -572,6 +708,38 @@ mod tests {
                 gemm_fused(isa, conv_source(&x, &g).unwrap(), &panel, &AccSink::new(&mut raw, g.c_out)).unwrap();
                 prop_assert_eq!(&raw, &acc, "{:?} raw", isa);
                 prop_assert_eq!(&conv2d(&x, &g, &panel, isa).unwrap(), &acc);
+            }
+        }
+
+        /// Stride-1 convolutions whose interior windows are read in place (implicit GEMM:
+        /// `kw·c_in` a multiple of 4, rows wide enough for runs of 8 interior pixels), mixed
+        /// with im2col'ed borders and remainders: bit-identical to the reference on every ISA.
+        #[test]
+        fn implicit_conv_matches_reference(batch in 1usize..3, h in 1usize..14, w in 8usize..30,
+                                           c4 in 1usize..6, c_out in 1usize..40, k in 0usize..3,
+                                           pad in 0usize..3, abits in 2u32..=8, wbits in 2u32..=8,
+                                           seed in any::<u64>(), extreme in any::<bool>()) {
+            let k = [1, 3, 5][k];
+            let g = ConvGeom { batch, h, w, c_in: 4 * c4, c_out, kh: k, kw: k, stride: 1, pad: pad.min(k / 2 + 1) };
+            prop_assume!(g.validate().is_ok() && !g.is_pointwise());
+            let mut r = lcg(seed);
+            let amax = (1u64 << abits) - 1;
+            let x: Vec<u8> = (0..g.input_len())
+                .map(|_| if extreme { amax as u8 } else { (r() % (amax + 1)) as u8 })
+                .collect();
+            let q = (1i64 << (wbits - 1)) - 1;
+            let codes: Vec<i8> = (0..g.c_out * g.k())
+                .map(|i| if extreme { if i % 2 == 0 { q as i8 } else { -q as i8 } }
+                     else { ((r() as i64 % (2 * q + 1)) - q) as i8 })
+                .collect();
+            let wp = PackedWeights::from_codes(&codes, g.c_out, g.k(), wbits, vec![1.0; g.c_out]).unwrap();
+            let panel = conv_panel(&wp, &g).unwrap();
+            prop_assert!(implicit_geom(&conv_source(&x, &g).unwrap(), panel.kp()).is_some());
+            let want = reference::conv2d(&x, &g, &codes);
+            for isa in Isa::available() {
+                let mut raw = vec![i32::MIN; want.len()];
+                gemm_fused(isa, conv_source(&x, &g).unwrap(), &panel, &AccSink::new(&mut raw, g.c_out)).unwrap();
+                prop_assert_eq!(&raw, &want, "{:?}", isa);
             }
         }
 

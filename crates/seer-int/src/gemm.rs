@@ -397,20 +397,20 @@ unsafe fn block(
                 // codes), the panel block kc·16 codes; the ISA was checked by the caller.
                 unsafe {
                     match kernel {
-                        Kernel::Portable => micro_portable(ap, bptr, groups, tile),
+                        Kernel::Portable => micro_portable(ap, bptr, groups, tile, false),
                         #[cfg(target_arch = "x86_64")]
-                        Kernel::Vnni => crate::x86::vnni_8x16(ap, bptr, groups, tile),
+                        Kernel::Vnni => crate::x86::vnni_8x16(ap, bptr, groups, tile, false),
                         #[cfg(target_arch = "x86_64")]
-                        Kernel::Avx2I32 => crate::x86::avx2_i32_4x16(ap, bptr, groups, tile),
+                        Kernel::Avx2I32 => crate::x86::avx2_i32_4x16(ap, bptr, groups, tile, false),
                         #[cfg(target_arch = "x86_64")]
                         Kernel::Avx2I16 { s: steps } => {
-                            crate::x86::avx2_i16_4x16(ap, bptr, groups, steps, tile)
+                            crate::x86::avx2_i16_4x16(ap, bptr, groups, steps, tile, false)
                         }
                         #[cfg(target_arch = "x86_64")]
                         Kernel::Avx2Wide => {
                             let wb =
                                 wide_w.expect("wide panel")[p * w.kp * NR + k0 * NR..].as_ptr();
-                            crate::x86::avx2_wide_4x16(ap, wb, groups, tile)
+                            crate::x86::avx2_wide_4x16(ap, wb, groups, tile, false)
                         }
                         #[cfg(not(target_arch = "x86_64"))]
                         _ => unreachable!("x86 kernel on another architecture"),
@@ -448,23 +448,24 @@ pub(crate) unsafe fn micro(
     k0: usize,
     groups: usize,
     tile: &mut [i32; 8 * NR],
+    add: bool,
 ) {
     debug_assert!(k0 + 4 * groups <= w.kp && p < w.panels());
     let bptr = w.ptr_i8(p, k0);
     // SAFETY: guaranteed by the caller.
     unsafe {
         match kernel {
-            Kernel::Portable => micro_portable(a, bptr, groups, tile),
+            Kernel::Portable => micro_portable(a, bptr, groups, tile, add),
             #[cfg(target_arch = "x86_64")]
-            Kernel::Vnni => crate::x86::vnni_8x16(a, bptr, groups, tile),
+            Kernel::Vnni => crate::x86::vnni_8x16(a, bptr, groups, tile, add),
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2I32 => crate::x86::avx2_i32_4x16(a, bptr, groups, tile),
+            Kernel::Avx2I32 => crate::x86::avx2_i32_4x16(a, bptr, groups, tile, add),
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2I16 { s } => crate::x86::avx2_i16_4x16(a, bptr, groups, s, tile),
+            Kernel::Avx2I16 { s } => crate::x86::avx2_i16_4x16(a, bptr, groups, s, tile, add),
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2Wide => {
                 let wb = w.wide()[p * w.kp * NR + k0 * NR..].as_ptr();
-                crate::x86::avx2_wide_4x16(a, wb, groups, tile)
+                crate::x86::avx2_wide_4x16(a, wb, groups, tile, add)
             }
             #[cfg(not(target_arch = "x86_64"))]
             _ => unreachable!("x86 kernel on another architecture"),
@@ -485,14 +486,19 @@ pub(crate) struct APanel {
 }
 
 /// Portable micro-kernel: 4 rows × 16 channels over `groups` groups of 4 `k`; row `i`,
-/// group `g` of A at `a.ptr + i·a.row + g·a.group`.
+/// group `g` of A at `a.ptr + i·a.row + g·a.group`; adds to `tile` when `add`.
 ///
 /// # Safety
 /// Those A bytes and `groups·64` bytes at `b` must be readable.
-unsafe fn micro_portable(a: APanel, b: *const i8, groups: usize, tile: &mut [i32]) {
+unsafe fn micro_portable(a: APanel, b: *const i8, groups: usize, tile: &mut [i32], add: bool) {
     // SAFETY: guaranteed by the caller.
     let b = unsafe { std::slice::from_raw_parts(b, groups * 64) };
     let mut acc = [[0i32; NR]; 4];
+    if add {
+        for (i, acc) in acc.iter_mut().enumerate() {
+            acc.copy_from_slice(&tile[i * NR..(i + 1) * NR]);
+        }
+    }
     for g in 0..groups {
         let bg = &b[g * 64..g * 64 + 64];
         for (i, acc) in acc.iter_mut().enumerate() {

@@ -2,7 +2,7 @@
 //!
 //! Every kernel computes one micro-tile `tile[MR][16] = Σ_g A_g · B_g` over `groups` groups
 //! of 4 reduction steps (2 for the wide kernel) and overwrites `tile` (row-major, 16 i32 per
-//! row). A's 4 codes of row `i`, group `g` sit at `a.ptr + i·a.row + g·a.group` (in place in the
+//! row), or adds to it when `add` (the implicit-GEMM convolution sums one call per kernel row). A's 4 codes of row `i`, group `g` sit at `a.ptr + i·a.row + g·a.group` (in place in the
 //! row-major matrix, or packed as `[g][MR][4]`). B is `[g][16][4]` i8 (or `[h][16][2]` i16), so one 32-bit broadcast of
 //! A meets one 32-bit lane per output channel of B. The exactness argument for each AVX2 kernel is in
 //! the `gemm` module docs; the caller picks the kernel from the measured operand ranges.
@@ -21,9 +21,21 @@ use crate::gemm::APanel;
 /// `a.ptr + i·a.row + g·a.group` (row `i < 8`, group `g`) and `groups·64` bytes at `b` must be
 /// readable; `tile` must hold 128 i32.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-pub(crate) unsafe fn vnni_8x16(a: APanel, b: *const i8, groups: usize, tile: &mut [i32]) {
+pub(crate) unsafe fn vnni_8x16(
+    a: APanel,
+    b: *const i8,
+    groups: usize,
+    tile: &mut [i32],
+    add: bool,
+) {
     assert!(tile.len() >= 8 * 16);
     let mut acc = [_mm512_setzero_si512(); 8];
+    if add {
+        for (i, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: tile holds 8 rows of 16 i32 (asserted).
+            *acc = unsafe { _mm512_loadu_si512(tile.as_ptr().add(i * 16) as *const _) };
+        }
+    }
     for g in 0..groups {
         // SAFETY: in bounds by the caller's contract; unaligned loads.
         unsafe {
@@ -47,10 +59,16 @@ pub(crate) unsafe fn vnni_8x16(a: APanel, b: *const i8, groups: usize, tile: &mu
 /// AVX2 required; the 4 bytes at `a.ptr + i·a.row + g·a.group` (row `i < 4`, group `g`) and
 /// `groups·64` bytes at `b` must be readable; `tile` holds 64 i32. Exact only if every pair sum `a0·b0 + a1·b1` fits in i16 (caller's range check).
 #[target_feature(enable = "avx2")]
-pub(crate) unsafe fn avx2_i32_4x16(a: APanel, b: *const i8, groups: usize, tile: &mut [i32]) {
+pub(crate) unsafe fn avx2_i32_4x16(
+    a: APanel,
+    b: *const i8,
+    groups: usize,
+    tile: &mut [i32],
+    add: bool,
+) {
     assert!(tile.len() >= 4 * 16);
     let ones = _mm256_set1_epi16(1);
-    let mut acc = [[_mm256_setzero_si256(); 2]; 4];
+    let mut acc = load_4x16(tile, add);
     for g in 0..groups {
         // SAFETY: in bounds by the caller's contract; unaligned loads.
         unsafe {
@@ -85,10 +103,11 @@ pub(crate) unsafe fn avx2_i16_4x16(
     groups: usize,
     s: usize,
     tile: &mut [i32],
+    add: bool,
 ) {
     assert!(tile.len() >= 4 * 16 && s >= 1);
     let ones = _mm256_set1_epi16(1);
-    let mut acc = [[_mm256_setzero_si256(); 2]; 4];
+    let mut acc = load_4x16(tile, add);
     let mut g0 = 0;
     while g0 < groups {
         let g1 = groups.min(g0.saturating_add(s));
@@ -123,12 +142,18 @@ pub(crate) unsafe fn avx2_i16_4x16(
 /// AVX2 required; the 4 bytes at `a.ptr + i·a.row + g·a.group` (row `i < 4`, group `g`) and
 /// `groups·64` i16 at `b` must be readable; `tile` holds 64 i32.
 #[target_feature(enable = "avx2")]
-pub(crate) unsafe fn avx2_wide_4x16(a: APanel, b: *const i16, groups: usize, tile: &mut [i32]) {
+pub(crate) unsafe fn avx2_wide_4x16(
+    a: APanel,
+    b: *const i16,
+    groups: usize,
+    tile: &mut [i32],
+    add: bool,
+) {
     assert!(tile.len() >= 4 * 16);
     // Per 32-bit lane: bytes (a0, 0, a1, 0) and (a2, 0, a3, 0) (index 0x80 writes zero).
     let lo = _mm256_set1_epi32(i32::from_le_bytes([0, 0x80, 1, 0x80]));
     let hi = _mm256_set1_epi32(i32::from_le_bytes([2, 0x80, 3, 0x80]));
-    let mut acc = [[_mm256_setzero_si256(); 2]; 4];
+    let mut acc = load_4x16(tile, add);
     for g in 0..groups {
         // SAFETY: in bounds by the caller's contract; unaligned loads.
         unsafe {
@@ -150,6 +175,23 @@ pub(crate) unsafe fn avx2_wide_4x16(a: APanel, b: *const i16, groups: usize, til
         }
     }
     store_4x16(&acc, tile);
+}
+
+/// The starting accumulators of a 4×16 AVX2 kernel: `tile`'s contents when `add`, else 0.
+#[target_feature(enable = "avx2")]
+fn load_4x16(tile: &[i32], add: bool) -> [[__m256i; 2]; 4] {
+    assert!(tile.len() >= 4 * 16);
+    let mut acc = [[_mm256_setzero_si256(); 2]; 4];
+    if add {
+        for (i, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: tile holds at least 4 rows of 16 i32 (asserted).
+            unsafe {
+                acc[0] = _mm256_loadu_si256(tile.as_ptr().add(i * 16) as *const __m256i);
+                acc[1] = _mm256_loadu_si256(tile.as_ptr().add(i * 16 + 8) as *const __m256i);
+            }
+        }
+    }
+    acc
 }
 
 #[target_feature(enable = "avx2")]
