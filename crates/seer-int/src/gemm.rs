@@ -27,10 +27,11 @@
 //! Accumulation is in i32: the call fails (never wraps) if `k·a_max·w_max` exceeds
 //! `i32::MAX`.
 //!
-//! Low-bit weights are unpacked "on the fly" at layer-call time: [`WeightPanel::from_packed`]
-//! unpacks a bit-packed [`PackedWeights`] into the panel in `O(n·k)`, which is `1/m` of the
-//! GEMM's `O(m·n·k)`; the `int` bench measures that share (see docs/benchmarks.md), so no
-//! int8 copy of the weights has to be kept resident.
+//! [`WeightPanel::from_packed`] unpacks bit-packed [`PackedWeights`] into the panel in
+//! `O(n·k)`. The interpreter does that once per node, on the first forward call, and keeps
+//! the panel ([`IntModel::resident_bytes`](crate::IntModel::resident_bytes) counts it);
+//! files keep the packed form. The `int` bench still reports what unpacking on every call
+//! would cost ("unpack share").
 
 use std::sync::OnceLock;
 

@@ -38,6 +38,14 @@ impl IntModel {
         self.run(pixels, batch, isa, None, true)
     }
 
+    /// [`forward`](Self::forward) on the unfused layer functions ([`layers`](crate::layers):
+    /// im2col + GEMM into an i32 tensor, then a separate requantisation pass, weights unpacked
+    /// on every call): the same logits bit for bit, slower. Kept as the reference the fused
+    /// paths are tested against, and for the `int` bench's before/after ratio.
+    pub fn forward_unfused(&self, pixels: &[u8], batch: usize, isa: Isa) -> Result<Vec<f32>> {
+        self.run(pixels, batch, isa, None, false)
+    }
+
     /// [`forward`](Self::forward), calling `trace(node, real values)` after every node that
     /// produces codes (NHWC, dequantized) — for checking against the float model.
     pub fn forward_traced(
@@ -610,14 +618,7 @@ impl Ctx<'_> {
             Ok(if x.h * x.w == 1 {
                 WeightPanel::from_packed(&lw.packed)
             } else {
-                // Activations are HWC-flattened; weights CHW: reorder columns.
-                let perm: Vec<usize> = (0..in_features)
-                    .map(|j| {
-                        let (pix, ch) = (j / x.c, j % x.c);
-                        ch * x.h * x.w + pix
-                    })
-                    .collect();
-                WeightPanel::from_packed_permuted(&lw.packed, Some(&perm))
+                WeightPanel::from_packed_permuted(&lw.packed, Some(&panel_perm(x, in_features)))
             })
         })?;
         let (scale, bias) = affine(lw, x.step);
@@ -626,6 +627,12 @@ impl Ctx<'_> {
             k: in_features,
         };
         if !self.fused {
+            // As before the fused paths: the panel unpacked on every call.
+            let panel = if x.h * x.w == 1 {
+                WeightPanel::from_packed(&lw.packed)
+            } else {
+                WeightPanel::from_packed_permuted(&lw.packed, Some(&panel_perm(x, in_features)))
+            };
             let acc = linear(&x.codes, self.batch, &panel, self.isa)?;
             return Ok(match self.node.out {
                 None => Output::Logits(Requant::new(scale, bias, 1.0, 8)?.dequantize(&acc)),
@@ -893,6 +900,17 @@ impl Ctx<'_> {
             });
         Ok(out)
     }
+}
+
+/// The panel column order of a linear layer on a spatial input: activations are
+/// HWC-flattened, weights CHW.
+fn panel_perm(x: &Value, in_features: usize) -> Vec<usize> {
+    (0..in_features)
+        .map(|j| {
+            let (pix, ch) = (j / x.c, j % x.c);
+            ch * x.h * x.w + pix
+        })
+        .collect()
 }
 
 /// The step (real value of one code) of output quantisation `q`: `α / (2^bits − 1)`.
@@ -1244,7 +1262,7 @@ mod tests {
                     .map(|_| (r() * 256.0) as u8)
                     .collect();
                 for isa in Isa::available() {
-                    let want = m.run(&pixels, batch, isa, None, false).unwrap();
+                    let want = m.forward_unfused(&pixels, batch, isa).unwrap();
                     for _ in 0..2 {
                         let got = m.forward(&pixels, batch, isa).unwrap();
                         assert_eq!(

@@ -13,8 +13,7 @@ use crate::gemm::APanel;
 
 /// AVX-512 VNNI: 8 rows × 16 channels, `vpdpbusd` (exact for all u8×i8 codes).
 ///
-/// Compiled everywhere, executed only where `avx512vnni` is detected (not on the project's
-/// AMD Zen 3 development machine).
+/// Compiled everywhere, executed only where `avx512vnni` is detected.
 ///
 /// # Safety
 /// The CPU must support avx512f, avx512bw and avx512vnni; the 4 bytes at
