@@ -452,13 +452,13 @@ fn implicit_task(
 /// `isa` is not available or `k·max(A)·max|W|` could overflow i32.
 pub fn gemm_fused(isa: Isa, src: ASource, w: &WeightPanel, sink: &impl Sink) -> Result<Kernel> {
     let (m, k) = src.dims();
-    if let ASource::Rows { a, k } = src {
-        if k == 0 || !a.len().is_multiple_of(k) {
-            return Err(invalid(
-                "fused gemm",
-                format!("{} codes are not rows of {k}", a.len()),
-            ));
-        }
+    if let ASource::Rows { a, k } = src
+        && (k == 0 || !a.len().is_multiple_of(k))
+    {
+        return Err(invalid(
+            "fused gemm",
+            format!("{} codes are not rows of {k}", a.len()),
+        ));
     }
     if let ASource::Im2col { x, g } = src {
         g.validate()?;

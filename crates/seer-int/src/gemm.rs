@@ -441,6 +441,7 @@ unsafe fn block(
 /// # Safety
 /// The A bytes `a.ptr + i·a.row + g·a.group .. +4` (row `i < kernel.mr()`, group `g <
 /// groups`) must be readable, `k0 + 4·groups ≤ w.kp`, and the kernel's ISA available.
+#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn micro(
     kernel: Kernel,
     a: APanel,
