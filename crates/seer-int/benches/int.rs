@@ -1,4 +1,5 @@
-//! `cargo xtask bench int [--json] [--quick] [--models-only | --engine-only] [--isa NAME]
+//! `cargo xtask bench int [--json] [--quick] [--models-only | --engine-only | --exported-only]
+//! [--isa NAME]
 //! [--exported PATH]…`:
 //! packed-integer GEMM throughput against the best f32 GEMMs in the same build (the `gemm`
 //! crate and candle's matmul), measured in the same process, on 1024³ and on the im2col GEMM
@@ -9,7 +10,8 @@
 //! `runs/compress/model-*.safetensors` when present).
 //!
 //! `--isa avx2|avx512vnni|portable` runs every integer figure on that path; `--models-only`
-//! skips the GEMM sections, `--engine-only` also the f32 networks (for profiling). Every timing is the best of several repetitions (robust to other
+//! skips the GEMM sections, `--engine-only` also the f32 networks, `--exported-only` all but
+//! the exported models (for profiling). Every timing is the best of several repetitions (robust to other
 //! jobs on the machine); GOP/s counts 2 operations per multiply-accumulate for both integer
 //! and f32 GEMMs. The PyTorch side (f32 and int8 PTQ of the same networks) is printed by
 //! `tools/torch_int8.py`.
@@ -31,6 +33,8 @@ struct Opts {
     models_only: bool,
     /// Only the integer engine's models (no f32 networks, no GEMM sections; for profiling).
     engine_only: bool,
+    /// Only the exported models.
+    exported_only: bool,
     /// The integer engine's path (detected unless `--isa`).
     isa: Isa,
     /// Exported model files to time.
@@ -474,6 +478,24 @@ fn time_model(model: &IntModel, batch: usize, isa: Isa, min_s: f64) -> ModelResu
     }
 }
 
+/// Wall and CPU images/s of `model` on the unfused layer functions (the engine before the
+/// fused paths; same logits, asserted).
+fn time_unfused(model: &IntModel, batch: usize, isa: Isa, min_s: f64) -> (f64, f64) {
+    let inp = &model.meta().input;
+    let mut r = lcg(3);
+    let pixels: Vec<u8> = (0..batch * inp.height * inp.width * inp.channels)
+        .map(|_| (r() % 256) as u8)
+        .collect();
+    let fused = model.forward(&pixels, batch, isa).expect("forward");
+    let unfused = model.forward_unfused(&pixels, batch, isa).expect("forward");
+    assert_eq!(fused, unfused, "fused and unfused logits differ");
+    let (t, cpu) = best_time_cpu(
+        || _ = model.forward_unfused(&pixels, batch, isa).expect("forward"),
+        min_s,
+    );
+    (batch as f64 / t, batch as f64 / cpu.max(1e-9))
+}
+
 fn bench_model(
     hw: usize,
     batch: usize,
@@ -537,8 +559,9 @@ fn main() {
         quick: args.iter().any(|a| a == "--quick"),
         models_only: args
             .iter()
-            .any(|a| a == "--models-only" || a == "--engine-only"),
+            .any(|a| a == "--models-only" || a == "--engine-only" || a == "--exported-only"),
         engine_only: args.iter().any(|a| a == "--engine-only"),
+        exported_only: args.iter().any(|a| a == "--exported-only"),
         isa,
         exported: exported.iter().flat_map(|p| model_files(p)).collect(),
     };
@@ -580,106 +603,132 @@ fn main() {
         gemm_sections(&opts, min_s, &say, &mut report);
     }
 
-    // Whole ResNet-20 (28×28×1, batch 128) on the integer engine vs the f32 network.
-    let (hw, batch) = (28, 128);
-    let (candle_ips, candle_cpu) = if opts.engine_only {
-        (f64::NAN, f64::NAN)
-    } else {
-        bench_f32_model(hw, batch, false, min_s)
-    };
-    let (own_ips, own_cpu) = if opts.engine_only {
-        (f64::NAN, f64::NAN)
-    } else {
-        bench_f32_model(hw, batch, true, min_s)
-    };
-    let m8 = bench_model(hw, batch, 8, 8, isa, min_s);
-    let m4 = bench_model(hw, batch, 4, 4, isa, min_s);
-    say(format!(
-        "ResNet-20 28×28×1 batch {batch}: f32 candle {candle_ips:7.0} img/s ({candle_cpu:.0} per CPU-s), \
-         f32 own kernels {own_ips:7.0} img/s ({own_cpu:.0} per CPU-s)"
-    ));
-    let show = |name: &str, m: &ModelResult| {
+    if !opts.exported_only {
+        // Whole ResNet-20 (28×28×1, batch 128) on the integer engine vs the f32 network.
+        let (hw, batch) = (28, 128);
+        let (candle_ips, candle_cpu) = if opts.engine_only {
+            (f64::NAN, f64::NAN)
+        } else {
+            bench_f32_model(hw, batch, false, min_s)
+        };
+        let (own_ips, own_cpu) = if opts.engine_only {
+            (f64::NAN, f64::NAN)
+        } else {
+            bench_f32_model(hw, batch, true, min_s)
+        };
+        let m8 = bench_model(hw, batch, 8, 8, isa, min_s);
+        let m4 = bench_model(hw, batch, 4, 4, isa, min_s);
         say(format!(
-            "ResNet-20 {name}: {:7.0} img/s ({:.0} per CPU-s)  ×{:.2} vs candle, ×{:.2} vs own f32; \
-             {:.2}× smaller; file {} B, resident {} B (f32 {} B)",
-            m.int_ips,
-            m.cpu_ips,
-            m.int_ips / candle_ips,
-            m.int_ips / own_ips,
-            m.size_ratio,
-            m.file_bytes,
-            m.resident_bytes,
-            m.f32_bytes
-        ))
-    };
-    show(&format!("int 8/8 ({})", isa.name()), &m8);
-    show(&format!("int 4/4 ({})", isa.name()), &m4);
-    say(format!(
-        "ResNet-20 int 4/4 vs int 8/8: ×{:.2}",
-        m4.int_ips / m8.int_ips
-    ));
-    put(
-        &mut report,
-        "model",
-        serde_json::json!(
-            "ResNet-20 (option A), 28x28x1, batch 128, random He weights, uniform 4/4 bits, unpruned"
-        ),
-    );
-    for (k, v) in [
-        ("f32_candle_images_per_s", candle_ips),
-        ("f32_own_images_per_s", own_ips),
-        ("int8_images_per_s", m8.int_ips),
-        ("int4_images_per_s", m4.int_ips),
-        ("int4_vs_int8_ratio", m4.int_ips / m8.int_ips),
-        ("model_speedup", m4.int_ips / candle_ips),
-        ("model_speedup_vs_own_f32", m4.int_ips / own_ips),
-        ("size_ratio", m4.size_ratio),
-        ("int8_model_speedup", m8.int_ips / candle_ips),
-        ("int8_model_speedup_vs_own_f32", m8.int_ips / own_ips),
-        ("int8_size_ratio", m8.size_ratio),
-        ("f32_own_images_per_cpu_s", own_cpu),
-        ("f32_candle_images_per_cpu_s", candle_cpu),
-        ("int8_images_per_cpu_s", m8.cpu_ips),
-        ("int4_images_per_cpu_s", m4.cpu_ips),
-    ] {
-        put(&mut report, k, serde_json::json!(v));
-    }
-    for (k, m) in [("int8", &m8), ("int4", &m4)] {
-        put(
-            &mut report,
-            &format!("{k}_file_bytes"),
-            serde_json::json!(m.file_bytes),
-        );
-        put(
-            &mut report,
-            &format!("{k}_resident_bytes"),
-            serde_json::json!(m.resident_bytes),
-        );
-    }
-    put(&mut report, "f32_bytes", serde_json::json!(m8.f32_bytes));
-    // On a VNNI machine, the AVX2 path too (the issue's targets are for AVX2 machines).
-    if isa == Isa::Avx512Vnni && Isa::Avx2.is_available() {
-        let a8 = bench_model(hw, batch, 8, 8, Isa::Avx2, min_s);
-        let a4 = bench_model(hw, batch, 4, 4, Isa::Avx2, min_s);
-        show("int 8/8 (avx2)", &a8);
-        show("int 4/4 (avx2)", &a4);
+            "ResNet-20 28×28×1 batch {batch}: f32 candle {candle_ips:7.0} img/s ({candle_cpu:.0} per CPU-s), \
+             f32 own kernels {own_ips:7.0} img/s ({own_cpu:.0} per CPU-s)"
+        ));
+        let show = |name: &str, m: &ModelResult| {
+            say(format!(
+                "ResNet-20 {name}: {:7.0} img/s ({:.0} per CPU-s)  ×{:.2} vs candle, ×{:.2} vs own f32; \
+                 {:.2}× smaller; file {} B, resident {} B (f32 {} B)",
+                m.int_ips,
+                m.cpu_ips,
+                m.int_ips / candle_ips,
+                m.int_ips / own_ips,
+                m.size_ratio,
+                m.file_bytes,
+                m.resident_bytes,
+                m.f32_bytes
+            ))
+        };
+        show(&format!("int 8/8 ({})", isa.name()), &m8);
+        show(&format!("int 4/4 ({})", isa.name()), &m4);
         say(format!(
-            "ResNet-20 avx2 int 4/4 vs int 8/8: ×{:.2}",
-            a4.int_ips / a8.int_ips
+            "ResNet-20 int 4/4 vs int 8/8: ×{:.2}",
+            m4.int_ips / m8.int_ips
+        ));
+        // Before/after in the same run: the unfused layer functions on the same model.
+        let (u8_ips, u8_cpu) = time_unfused(&resnet20(hw, 8, 8).0, batch, isa, min_s);
+        say(format!(
+            "ResNet-20 int 8/8 unfused (the engine before issue 18): {u8_ips:7.0} img/s \
+             ({u8_cpu:.0} per CPU-s); fused ×{:.2} (CPU ×{:.2})",
+            m8.int_ips / u8_ips,
+            m8.cpu_ips / u8_cpu
         ));
         put(
             &mut report,
-            "int8_images_per_s_avx2",
-            serde_json::json!(a8.int_ips),
+            "int8_unfused_images_per_s",
+            serde_json::json!(u8_ips),
         );
         put(
             &mut report,
-            "int4_images_per_s_avx2",
-            serde_json::json!(a4.int_ips),
+            "int8_unfused_images_per_cpu_s",
+            serde_json::json!(u8_cpu),
         );
+        put(
+            &mut report,
+            "int8_fused_vs_unfused_ratio",
+            serde_json::json!(m8.int_ips / u8_ips),
+        );
+        put(
+            &mut report,
+            "model",
+            serde_json::json!(
+                "ResNet-20 (option A), 28x28x1, batch 128, random He weights, uniform 4/4 bits, unpruned"
+            ),
+        );
+        for (k, v) in [
+            ("f32_candle_images_per_s", candle_ips),
+            ("f32_own_images_per_s", own_ips),
+            ("int8_images_per_s", m8.int_ips),
+            ("int4_images_per_s", m4.int_ips),
+            ("int4_vs_int8_ratio", m4.int_ips / m8.int_ips),
+            ("model_speedup", m4.int_ips / candle_ips),
+            ("model_speedup_vs_own_f32", m4.int_ips / own_ips),
+            ("size_ratio", m4.size_ratio),
+            ("int8_model_speedup", m8.int_ips / candle_ips),
+            ("int8_model_speedup_vs_own_f32", m8.int_ips / own_ips),
+            ("int8_size_ratio", m8.size_ratio),
+            ("f32_own_images_per_cpu_s", own_cpu),
+            ("f32_candle_images_per_cpu_s", candle_cpu),
+            ("int8_images_per_cpu_s", m8.cpu_ips),
+            ("int4_images_per_cpu_s", m4.cpu_ips),
+        ] {
+            put(&mut report, k, serde_json::json!(v));
+        }
+        for (k, m) in [("int8", &m8), ("int4", &m4)] {
+            put(
+                &mut report,
+                &format!("{k}_file_bytes"),
+                serde_json::json!(m.file_bytes),
+            );
+            put(
+                &mut report,
+                &format!("{k}_resident_bytes"),
+                serde_json::json!(m.resident_bytes),
+            );
+        }
+        put(&mut report, "f32_bytes", serde_json::json!(m8.f32_bytes));
+        // On a VNNI machine, the AVX2 path too (the issue's targets are for AVX2 machines).
+        if isa == Isa::Avx512Vnni && Isa::Avx2.is_available() {
+            let a8 = bench_model(hw, batch, 8, 8, Isa::Avx2, min_s);
+            let a4 = bench_model(hw, batch, 4, 4, Isa::Avx2, min_s);
+            show("int 8/8 (avx2)", &a8);
+            show("int 4/4 (avx2)", &a4);
+            say(format!(
+                "ResNet-20 avx2 int 4/4 vs int 8/8: ×{:.2}",
+                a4.int_ips / a8.int_ips
+            ));
+            put(
+                &mut report,
+                "int8_images_per_s_avx2",
+                serde_json::json!(a8.int_ips),
+            );
+            put(
+                &mut report,
+                "int4_images_per_s_avx2",
+                serde_json::json!(a4.int_ips),
+            );
+        }
     }
 
     // Exported models (the main job's budgets), batch 128 of random pixels.
+    let batch = 128;
     let mut exported = serde_json::Map::new();
     let mut exported_bytes = serde_json::Map::new();
     let mut exported_cpu = serde_json::Map::new();

@@ -886,17 +886,13 @@ impl Ctx<'_> {
         let step = out_step(q);
         let simd = self.fused && crate::fused::simd_epilogue(self.isa);
         let mut out = self.model.cache.take(a.acc.len());
+        // y = acc·scale + shift: the requantisation formula with the per-position shift as
+        // bias; one image (all positions and channels) per call, the scale tiled to match.
+        let scale: Vec<f32> = (0..hw).flat_map(|_| a.scale.iter().copied()).collect();
         out.par_chunks_mut(hw * co)
             .zip(a.acc.par_chunks(hw * co))
             .for_each(|(o, acc)| {
-                for ((o, acc), s) in o
-                    .chunks_exact_mut(co)
-                    .zip(acc.chunks_exact(co))
-                    .zip(shift.chunks_exact(co))
-                {
-                    // y = acc·scale + shift: the requantisation formula with the shift as bias.
-                    crate::fused::requant_into(o, acc, &a.scale, s, None, q.alpha, step, simd);
-                }
+                crate::fused::requant_into(o, acc, &scale, &shift, None, q.alpha, step, simd);
             });
         Ok(out)
     }
