@@ -714,6 +714,18 @@ fn main() {
                 "ResNet-20 avx2 int 4/4 vs int 8/8: ×{:.2}",
                 a4.int_ips / a8.int_ips
             ));
+            let (u_ips, u_cpu) = time_unfused(&resnet20(hw, 8, 8).0, batch, Isa::Avx2, min_s);
+            say(format!(
+                "ResNet-20 int 8/8 unfused (avx2): {u_ips:7.0} img/s ({u_cpu:.0} per CPU-s); \
+                 fused ×{:.2} (CPU ×{:.2})",
+                a8.int_ips / u_ips,
+                a8.cpu_ips / u_cpu
+            ));
+            put(
+                &mut report,
+                "int8_fused_vs_unfused_ratio_avx2",
+                serde_json::json!(a8.int_ips / u_ips),
+            );
             put(
                 &mut report,
                 "int8_images_per_s_avx2",
