@@ -811,6 +811,73 @@ mod tests {
         }
     }
 
+    /// Issue 18's network: ResNet-20 at 28×28×1 (stages of 16, 32, 64 channels at 28², 14²,
+    /// 7²; 3×3 convs, stride 2 into stages 2 and 3), here at batch 2: every layer shape, fused
+    /// with requantisation and a residual, equals the reference on every ISA, for the 8/8 and
+    /// 4/4 bit-widths of the issue's table.
+    #[test]
+    fn resnet20_layer_shapes_match_reference() {
+        let shapes = [
+            (28, 1, 16, 1),
+            (28, 16, 16, 1),
+            (28, 16, 32, 2),
+            (14, 32, 32, 1),
+            (14, 32, 64, 2),
+            (7, 64, 64, 1),
+        ];
+        let mut r = lcg(18);
+        for (hw, c_in, c_out, stride) in shapes {
+            for bits in [8u32, 4] {
+                let g = ConvGeom {
+                    batch: 2,
+                    h: hw,
+                    w: hw,
+                    c_in,
+                    c_out,
+                    kh: 3,
+                    kw: 3,
+                    stride,
+                    pad: 1,
+                };
+                let amax = (1u64 << bits) - 1;
+                let x: Vec<u8> = (0..g.input_len())
+                    .map(|_| (r() % (amax + 1)) as u8)
+                    .collect();
+                let q = (1i64 << (bits - 1)) - 1;
+                let codes: Vec<i8> = (0..c_out * g.k())
+                    .map(|_| ((r() as i64 % (2 * q + 1)) - q) as i8)
+                    .collect();
+                let wp = PackedWeights::from_codes(&codes, c_out, g.k(), bits, vec![1.0; c_out])
+                    .unwrap();
+                let panel = conv_panel(&wp, &g).unwrap();
+                let scale: Vec<f32> = (0..c_out)
+                    .map(|_| (r() % 1000) as f32 / 50_000.0 + 1e-4)
+                    .collect();
+                let rq = Requant::new(scale, vec![0.05; c_out], 3.0, bits).unwrap();
+                let acc = reference::conv2d(&x, &g, &codes);
+                let res: Vec<u8> = (0..acc.len()).map(|_| (r() % (amax + 1)) as u8).collect();
+                let want = rq.apply_residual(&acc, &res, 3.0 / amax as f32).unwrap();
+                for isa in Isa::available() {
+                    let mut out = vec![0u8; acc.len()];
+                    conv2d_requant(
+                        &x,
+                        &g,
+                        &panel,
+                        isa,
+                        &rq,
+                        Some((&res, 3.0 / amax as f32)),
+                        &mut out,
+                    )
+                    .unwrap();
+                    assert_eq!(
+                        out, want,
+                        "{isa:?} {hw}² {c_in}→{c_out} stride {stride} {bits} bits"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn long_reduction_and_errors() {
         // k > KC exercises the k-blocking.
