@@ -237,10 +237,15 @@ pub struct LayerWeights {
 }
 
 /// An exported model: metadata plus per-node weights, runnable with [`IntModel::forward`].
+///
+/// The weights stay bit-packed (as on disk); the first forward call unpacks each conv and
+/// linear node's weights once into the GEMM's panel layout and keeps the panel for every
+/// later call ([`resident_bytes`](Self::resident_bytes) counts both).
 #[derive(Clone, Debug)]
 pub struct IntModel {
     meta: ModelMeta,
     weights: BTreeMap<String, LayerWeights>,
+    pub(crate) cache: crate::interp::Cache,
 }
 
 fn fmt_err(path: &str, why: impl Into<String>) -> Error {
@@ -254,9 +259,26 @@ impl IntModel {
     /// Validates and wraps a model. Errors (`Format`, naming `<memory>`): wrong format or
     /// version, duplicate/unknown node names, missing or misshapen weights, bad bits.
     pub fn new(meta: ModelMeta, weights: BTreeMap<String, LayerWeights>) -> Result<Self> {
-        let m = Self { meta, weights };
+        let m = Self::assemble(meta, weights);
         m.validate("<memory>")?;
         Ok(m)
+    }
+
+    /// The model with an empty panel cache (one slot per node), not yet validated.
+    fn assemble(meta: ModelMeta, weights: BTreeMap<String, LayerWeights>) -> Self {
+        let cache = crate::interp::Cache::new(meta.nodes.len());
+        Self {
+            meta,
+            weights,
+            cache,
+        }
+    }
+
+    /// Bytes the model holds in memory: the packed weights, scales, multipliers and biases
+    /// ([`storage_bytes`](Self::storage_bytes)) plus the GEMM panels unpacked so far (all of
+    /// them after one forward call).
+    pub fn resident_bytes(&self) -> usize {
+        self.storage_bytes() + self.cache.bytes()
     }
 
     /// The metadata.
@@ -535,7 +557,7 @@ impl IntModel {
                 tensor(&format!("{name}.bias"), safetensors::Dtype::F32)?.map(|(_, b)| f32s(b));
             weights.insert(name.clone(), LayerWeights { packed, mul, bias });
         }
-        let m = Self { meta, weights };
+        let m = Self::assemble(meta, weights);
         m.validate(origin)?;
         Ok(m)
     }
@@ -575,12 +597,9 @@ mod tests {
             };
             (*ci, *k) = (c_in, kernel);
             *c_out = 1 << 20;
-            let bytes = IntModel {
-                meta,
-                weights: m.weights.clone(),
-            }
-            .to_bytes()
-            .unwrap();
+            let bytes = IntModel::assemble(meta, m.weights.clone())
+                .to_bytes()
+                .unwrap();
             let e = IntModel::from_bytes(&bytes, "big.safetensors")
                 .unwrap_err()
                 .to_string();
@@ -605,12 +624,9 @@ mod tests {
         let m = toy_model();
         let mut meta = m.meta().clone();
         meta.version = VERSION + 1;
-        let future = IntModel {
-            meta,
-            weights: m.weights.clone(),
-        }
-        .to_bytes()
-        .unwrap();
+        let future = IntModel::assemble(meta, m.weights.clone())
+            .to_bytes()
+            .unwrap();
         let e = IntModel::from_bytes(&future, "m.safetensors")
             .unwrap_err()
             .to_string();

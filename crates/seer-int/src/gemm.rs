@@ -27,10 +27,11 @@
 //! Accumulation is in i32: the call fails (never wraps) if `k·a_max·w_max` exceeds
 //! `i32::MAX`.
 //!
-//! Low-bit weights are unpacked "on the fly" at layer-call time: [`WeightPanel::from_packed`]
-//! unpacks a bit-packed [`PackedWeights`] into the panel in `O(n·k)`, which is `1/m` of the
-//! GEMM's `O(m·n·k)`; the `int` bench measures that share (see docs/benchmarks.md), so no
-//! int8 copy of the weights has to be kept resident.
+//! [`WeightPanel::from_packed`] unpacks bit-packed [`PackedWeights`] into the panel in
+//! `O(n·k)`. The interpreter does that once per node, on the first forward call, and keeps
+//! the panel ([`IntModel::resident_bytes`](crate::IntModel::resident_bytes) counts it);
+//! files keep the packed form. The `int` bench still reports what unpacking on every call
+//! would cost ("unpack share").
 
 use std::sync::OnceLock;
 
@@ -164,6 +165,16 @@ impl WeightPanel {
         self.n.div_ceil(NR)
     }
 
+    /// The reduction length padded to a multiple of 4 (the panel's stored length).
+    pub(crate) fn kp(&self) -> usize {
+        self.kp
+    }
+
+    /// Bytes held: the i8 panel, plus the i16 copy once the `avx2-wide` kernel built it.
+    pub fn resident_bytes(&self) -> usize {
+        self.data.len() + 2 * self.wide.get().map_or(0, Vec::len)
+    }
+
     /// Pointer to panel `p`, starting at reduction index `k0` (a multiple of 4).
     fn ptr_i8(&self, p: usize, k0: usize) -> *const i8 {
         self.data[p * self.kp * NR + k0 * NR..].as_ptr()
@@ -206,7 +217,7 @@ pub enum Kernel {
 
 impl Kernel {
     /// Rows per micro-tile.
-    fn mr(self) -> usize {
+    pub(crate) fn mr(self) -> usize {
         match self {
             Kernel::Vnni => 8,
             _ => 4,
@@ -387,20 +398,20 @@ unsafe fn block(
                 // codes), the panel block kc·16 codes; the ISA was checked by the caller.
                 unsafe {
                     match kernel {
-                        Kernel::Portable => micro_portable(ap, bptr, groups, tile),
+                        Kernel::Portable => micro_portable(ap, bptr, groups, tile, false),
                         #[cfg(target_arch = "x86_64")]
-                        Kernel::Vnni => crate::x86::vnni_8x16(ap, bptr, groups, tile),
+                        Kernel::Vnni => crate::x86::vnni_8x16(ap, bptr, groups, tile, false),
                         #[cfg(target_arch = "x86_64")]
-                        Kernel::Avx2I32 => crate::x86::avx2_i32_4x16(ap, bptr, groups, tile),
+                        Kernel::Avx2I32 => crate::x86::avx2_i32_4x16(ap, bptr, groups, tile, false),
                         #[cfg(target_arch = "x86_64")]
                         Kernel::Avx2I16 { s: steps } => {
-                            crate::x86::avx2_i16_4x16(ap, bptr, groups, steps, tile)
+                            crate::x86::avx2_i16_4x16(ap, bptr, groups, steps, tile, false)
                         }
                         #[cfg(target_arch = "x86_64")]
                         Kernel::Avx2Wide => {
                             let wb =
                                 wide_w.expect("wide panel")[p * w.kp * NR + k0 * NR..].as_ptr();
-                            crate::x86::avx2_wide_4x16(ap, wb, groups, tile)
+                            crate::x86::avx2_wide_4x16(ap, wb, groups, tile, false)
                         }
                         #[cfg(not(target_arch = "x86_64"))]
                         _ => unreachable!("x86 kernel on another architecture"),
@@ -424,6 +435,46 @@ unsafe fn block(
     }
 }
 
+/// Runs the micro-kernel `kernel` on panel `p` of `w` from reduction index `k0` (a multiple
+/// of 4) over `groups` groups of 4, writing `tile` (`mr × 16` i32, row-major).
+///
+/// # Safety
+/// The A bytes `a.ptr + i·a.row + g·a.group .. +4` (row `i < kernel.mr()`, group `g <
+/// groups`) must be readable, `k0 + 4·groups ≤ w.kp`, and the kernel's ISA available.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn micro(
+    kernel: Kernel,
+    a: APanel,
+    w: &WeightPanel,
+    p: usize,
+    k0: usize,
+    groups: usize,
+    tile: &mut [i32; 8 * NR],
+    add: bool,
+) {
+    debug_assert!(k0 + 4 * groups <= w.kp && p < w.panels());
+    let bptr = w.ptr_i8(p, k0);
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        match kernel {
+            Kernel::Portable => micro_portable(a, bptr, groups, tile, add),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Vnni => crate::x86::vnni_8x16(a, bptr, groups, tile, add),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2I32 => crate::x86::avx2_i32_4x16(a, bptr, groups, tile, add),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2I16 { s } => crate::x86::avx2_i16_4x16(a, bptr, groups, s, tile, add),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2Wide => {
+                let wb = w.wide()[p * w.kp * NR + k0 * NR..].as_ptr();
+                crate::x86::avx2_wide_4x16(a, wb, groups, tile, add)
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => unreachable!("x86 kernel on another architecture"),
+        }
+    }
+}
+
 /// The A operand of a micro-kernel: the 4 codes of row `i`, group `g` start at
 /// `ptr + i·row + g·group` (strides in bytes; in place in the row-major matrix, or packed).
 #[derive(Clone, Copy)]
@@ -437,14 +488,19 @@ pub(crate) struct APanel {
 }
 
 /// Portable micro-kernel: 4 rows × 16 channels over `groups` groups of 4 `k`; row `i`,
-/// group `g` of A at `a.ptr + i·a.row + g·a.group`.
+/// group `g` of A at `a.ptr + i·a.row + g·a.group`; adds to `tile` when `add`.
 ///
 /// # Safety
 /// Those A bytes and `groups·64` bytes at `b` must be readable.
-unsafe fn micro_portable(a: APanel, b: *const i8, groups: usize, tile: &mut [i32]) {
+unsafe fn micro_portable(a: APanel, b: *const i8, groups: usize, tile: &mut [i32], add: bool) {
     // SAFETY: guaranteed by the caller.
     let b = unsafe { std::slice::from_raw_parts(b, groups * 64) };
     let mut acc = [[0i32; NR]; 4];
+    if add {
+        for (i, acc) in acc.iter_mut().enumerate() {
+            acc.copy_from_slice(&tile[i * NR..(i + 1) * NR]);
+        }
+    }
     for g in 0..groups {
         let bg = &b[g * 64..g * 64 + 64];
         for (i, acc) in acc.iter_mut().enumerate() {

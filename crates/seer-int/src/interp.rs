@@ -12,6 +12,7 @@
 //! unless a binary installs a subscriber, e.g. `RUST_LOG=seer_int=debug seernet infer ...`.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -19,6 +20,7 @@ use rayon::prelude::*;
 use crate::Isa;
 use crate::error::{Error, Result, check_len, invalid};
 use crate::format::{IntModel, LayerWeights, Node, NodeOp, QuantOut};
+use crate::fused::{ASource, AccSink, RequantSink, conv2d_requant, gemm_fused};
 use crate::gemm::WeightPanel;
 use crate::layers::{
     ConvGeom, PoolGeom, Requant, avg_pool2d, conv_panel, conv2d, global_avg_pool, linear,
@@ -33,7 +35,15 @@ impl IntModel {
     /// the same as NCHW). Returns f32 logits `[batch, num_classes]`. Errors: `ShapeMismatch`
     /// for a wrong pixel count; `InvalidArgument` if a node's shapes do not chain.
     pub fn forward(&self, pixels: &[u8], batch: usize, isa: Isa) -> Result<Vec<f32>> {
-        self.run(pixels, batch, isa, None)
+        self.run(pixels, batch, isa, None, true)
+    }
+
+    /// [`forward`](Self::forward) on the unfused layer functions ([`layers`](crate::layers):
+    /// im2col + GEMM into an i32 tensor, then a separate requantisation pass, weights unpacked
+    /// on every call): the same logits bit for bit, slower. Kept as the reference the fused
+    /// paths are tested against, and for the `int` bench's before/after ratio.
+    pub fn forward_unfused(&self, pixels: &[u8], batch: usize, isa: Isa) -> Result<Vec<f32>> {
+        self.run(pixels, batch, isa, None, false)
     }
 
     /// [`forward`](Self::forward), calling `trace(node, real values)` after every node that
@@ -45,7 +55,7 @@ impl IntModel {
         isa: Isa,
         trace: &mut dyn FnMut(&str, Vec<f32>),
     ) -> Result<Vec<f32>> {
-        self.run(pixels, batch, isa, Some(trace))
+        self.run(pixels, batch, isa, Some(trace), true)
     }
 
     /// Runs the nodes in order; every output stays available by name for later residuals.
@@ -55,6 +65,7 @@ impl IntModel {
         batch: usize,
         isa: Isa,
         mut trace: Option<Trace>,
+        fused: bool,
     ) -> Result<Vec<f32>> {
         let inp = &self.meta().input;
         check_len(
@@ -62,8 +73,11 @@ impl IntModel {
             batch * inp.height * inp.width * inp.channels,
             pixels.len(),
         )?;
+        let cache = &self.cache;
+        let mut input_codes = cache.take(pixels.len());
+        input_codes.copy_from_slice(pixels);
         let image = Value {
-            codes: pixels.to_vec(),
+            codes: input_codes,
             real: None,
             h: inp.height,
             w: inp.width,
@@ -72,6 +86,18 @@ impl IntModel {
         };
         let mut values: HashMap<&str, Value> = HashMap::from([("input", image)]);
         let nodes = &self.meta().nodes;
+        // The last node reading each value (as input or residual): its buffer goes back to
+        // the pool after that node.
+        let mut last_use: HashMap<&str, usize> = HashMap::new();
+        for (ni, node) in nodes.iter().enumerate() {
+            last_use.insert(node.input.as_str(), ni);
+            if let NodeOp::Conv {
+                residual: Some(r), ..
+            } = &node.op
+            {
+                last_use.insert(r.as_str(), ni);
+            }
+        }
         let mut logits = None;
         for (ni, node) in nodes.iter().enumerate() {
             let _span =
@@ -82,12 +108,14 @@ impl IntModel {
             })?;
             let cx = Ctx {
                 model: self,
+                index: ni,
                 node,
                 x,
                 values: &values,
                 batch,
                 isa,
                 last: ni + 1 == nodes.len(),
+                fused,
             };
             let out = cx.run_node()?;
             tracing::debug!(ms = millis(t0), "node done");
@@ -103,10 +131,142 @@ impl IntModel {
                     values.insert(node.name.as_str(), v);
                 }
             }
+            values.retain(|name, v| {
+                let keep = last_use.get(name).is_some_and(|&l| l > ni);
+                if !keep {
+                    cache.give(std::mem::take(&mut v.codes));
+                }
+                keep
+            });
+        }
+        for (_, v) in values.drain() {
+            cache.give(v.codes);
         }
         let logits = logits.ok_or_else(|| invalid("model", "the final node produced no logits"))?;
         check_len("logits", batch * self.meta().num_classes, logits.len())?;
         Ok(logits)
+    }
+}
+
+/// Per-model state the interpreter keeps across calls: each conv/linear node's weight panel,
+/// unpacked from the packed codes on first use (keyed by the node's input shape, which is
+/// fixed by the model's input size), and a pool of activation buffers reused across nodes
+/// and calls.
+#[derive(Debug, Default)]
+pub(crate) struct Cache {
+    panels: Vec<OnceLock<(PanelKey, Arc<WeightPanel>)>>,
+    /// A first conv's per-position bias minus normalisation offset (`first_layer_shift`).
+    shifts: Vec<OnceLock<(PanelKey, Arc<Vec<f32>>)>>,
+    pool: Mutex<Vec<Vec<u8>>>,
+}
+
+/// A node's input `(h, w, c)`, for which its cached panel was built.
+type PanelKey = (usize, usize, usize);
+
+/// Most buffers the pool keeps.
+const POOL_MAX: usize = 32;
+
+impl Clone for Cache {
+    /// The panels are shared; the clone starts with an empty buffer pool.
+    fn clone(&self) -> Self {
+        Self {
+            panels: self.panels.clone(),
+            shifts: self.shifts.clone(),
+            pool: Mutex::default(),
+        }
+    }
+}
+
+impl Cache {
+    /// An empty cache for `nodes` nodes.
+    pub(crate) fn new(nodes: usize) -> Self {
+        Self {
+            panels: (0..nodes).map(|_| OnceLock::new()).collect(),
+            shifts: (0..nodes).map(|_| OnceLock::new()).collect(),
+            pool: Mutex::default(),
+        }
+    }
+
+    /// Bytes held by the panels built so far.
+    pub(crate) fn bytes(&self) -> usize {
+        self.panels
+            .iter()
+            .filter_map(|p| p.get())
+            .map(|(_, p)| p.resident_bytes())
+            .sum::<usize>()
+            + self
+                .shifts
+                .iter()
+                .filter_map(|s| s.get())
+                .map(|(_, s)| 4 * s.len())
+                .sum::<usize>()
+    }
+
+    /// Node `i`'s panel for input shape `key`, built by `build` on first use (and uncached
+    /// for another shape than the first).
+    fn panel(
+        &self,
+        i: usize,
+        key: PanelKey,
+        build: impl FnOnce() -> Result<WeightPanel>,
+    ) -> Result<Arc<WeightPanel>> {
+        let slot = &self.panels[i];
+        if let Some((k, p)) = slot.get() {
+            return if *k == key {
+                Ok(p.clone())
+            } else {
+                build().map(Arc::new)
+            };
+        }
+        let p = Arc::new(build()?);
+        // A concurrent caller may have set it first; both panels are equal.
+        let _ = slot.set((key, p.clone()));
+        Ok(p)
+    }
+
+    /// Node `i`'s first-layer shift for input shape `key`, computed by `build` on first use.
+    fn shift(&self, i: usize, key: PanelKey, build: impl FnOnce() -> Vec<f32>) -> Arc<Vec<f32>> {
+        let slot = &self.shifts[i];
+        match slot.get() {
+            Some((k, v)) if *k == key => v.clone(),
+            Some(_) => Arc::new(build()),
+            None => {
+                let v = Arc::new(build());
+                let _ = slot.set((key, v.clone()));
+                v
+            }
+        }
+    }
+
+    /// A zeroed buffer of `len` codes, reusing a pooled one when one is large enough.
+    fn take(&self, len: usize) -> Vec<u8> {
+        let reuse = {
+            let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+            // The smallest buffer that fits, so large ones stay for large layers.
+            (0..pool.len())
+                .filter(|&i| pool[i].capacity() >= len)
+                .min_by_key(|&i| pool[i].capacity())
+                .map(|i| pool.swap_remove(i))
+        };
+        match reuse {
+            Some(mut v) => {
+                v.clear();
+                v.resize(len, 0);
+                v
+            }
+            None => vec![0; len],
+        }
+    }
+
+    /// Returns a buffer to the pool.
+    fn give(&self, v: Vec<u8>) {
+        if v.capacity() == 0 {
+            return;
+        }
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < POOL_MAX {
+            pool.push(v);
+        }
     }
 }
 
@@ -162,6 +322,8 @@ enum Output {
 /// Everything a node reads: the model, the node, its input and the earlier outputs.
 struct Ctx<'a> {
     model: &'a IntModel,
+    /// The node's index in the graph (its panel cache slot).
+    index: usize,
     node: &'a Node,
     /// The node's input.
     x: &'a Value,
@@ -171,6 +333,9 @@ struct Ctx<'a> {
     isa: Isa,
     /// Whether this is the final node (a conv with `out = null` then yields logits).
     last: bool,
+    /// Fused GEMM + epilogue paths (false: the unfused layer functions, kept as the
+    /// reference the fused paths are tested against).
+    fused: bool,
 }
 
 /// The fields of a [`NodeOp::Conv`].
@@ -290,16 +455,80 @@ impl Ctx<'_> {
             pad: op.pad,
         };
         let lw = self.weights()?;
-        let split =
-            self.node.input == "input" && !self.model.meta().input.std_per_channel.is_empty();
+        let first = self.node.input == "input";
+        let split = first && !self.model.meta().input.std_per_channel.is_empty();
+        let res = self.residual(op, &g)?;
+        // The fast path: codes in, codes out (with a residual of codes or none): one fused
+        // GEMM + requantisation pass into a pooled buffer.
+        if let (true, false, Some(q)) = (self.fused, first, self.node.out)
+            && res.is_none_or(|rv| rv.real.is_none())
+        {
+            let t_gemm = Instant::now();
+            let (scale, bias) = affine(lw, x.step);
+            let rq = Requant::new(scale, bias, q.alpha, q.bits)?;
+            let panel = self.conv_panel(lw, &g)?;
+            let mut out = self.model.cache.take(g.rows() * g.c_out);
+            conv2d_requant(
+                &x.codes,
+                &g,
+                &panel,
+                self.isa,
+                &rq,
+                res.map(|rv| (&rv.codes[..], rv.step)),
+                &mut out,
+            )?;
+            tracing::debug!(gemm_ms = millis(t_gemm), "fused gemm + requantisation");
+            let dims = (g.out_h(), g.out_w(), op.c_out);
+            return Ok(Output::Value(Value::quantized(out, dims, q)));
+        }
         let t_gemm = Instant::now();
         let acc = if split {
             Vec::new() // one convolution per input channel, in first_layer_pre
+        } else if self.fused {
+            self.conv_acc(lw, &g)?
         } else {
             conv2d(&x.codes, &g, &conv_panel(&lw.packed, &g)?, self.isa)?
         };
         tracing::debug!(gemm_ms = millis(t_gemm), "weight panel + gemm");
-        let res = match op.residual {
+        let (scale, bias) = affine(lw, x.step);
+        let a = ConvAcc {
+            g,
+            lw,
+            acc,
+            scale,
+            bias,
+        };
+        self.conv_output(op, a, res)
+    }
+
+    /// The node's cached conv panel (built on first use).
+    fn conv_panel(&self, lw: &LayerWeights, g: &ConvGeom) -> Result<Arc<WeightPanel>> {
+        self.model
+            .cache
+            .panel(self.index, (g.h, g.w, g.c_in), || conv_panel(&lw.packed, g))
+    }
+
+    /// A convolution's i32 accumulators `[rows, c_out]`: the direct one-channel path, or
+    /// the fused GEMM writing raw sums.
+    fn conv_acc(&self, lw: &LayerWeights, g: &ConvGeom) -> Result<Vec<i32>> {
+        let x = &self.x.codes;
+        if g.c_in == 1 && g.stride == 1 && !g.is_pointwise() {
+            return conv2d(x, g, &*self.conv_panel(lw, g)?, self.isa);
+        }
+        let mut acc = vec![0i32; g.rows() * g.c_out];
+        let panel = self.conv_panel(lw, g)?;
+        gemm_fused(
+            self.isa,
+            crate::fused::conv_source(x, g)?,
+            &panel,
+            &AccSink::new(&mut acc, g.c_out),
+        )?;
+        Ok(acc)
+    }
+
+    /// The residual input of a conv node, checked against its output shape.
+    fn residual(&self, op: &ConvOp, g: &ConvGeom) -> Result<Option<&Value>> {
+        Ok(match op.residual {
             Some(r) => {
                 let rv = self
                     .values
@@ -313,16 +542,7 @@ impl Ctx<'_> {
                 Some(rv)
             }
             None => None,
-        };
-        let (scale, bias) = affine(lw, x.step);
-        let a = ConvAcc {
-            g,
-            lw,
-            acc,
-            scale,
-            bias,
-        };
-        self.conv_output(op, a, res)
+        })
     }
 
     /// A convolution's output from its accumulators: requantised codes (the fast paths: an
@@ -394,27 +614,57 @@ impl Ctx<'_> {
             )));
         }
         let lw = self.weights()?;
-        let panel = if x.h * x.w == 1 {
-            WeightPanel::from_packed(&lw.packed)
-        } else {
-            // Activations are HWC-flattened; weights CHW: reorder columns.
-            let perm: Vec<usize> = (0..in_features)
-                .map(|j| {
-                    let (pix, ch) = (j / x.c, j % x.c);
-                    ch * x.h * x.w + pix
-                })
-                .collect();
-            WeightPanel::from_packed_permuted(&lw.packed, Some(&perm))
-        };
-        let acc = linear(&x.codes, self.batch, &panel, self.isa)?;
+        let panel = self.model.cache.panel(self.index, (x.h, x.w, x.c), || {
+            Ok(if x.h * x.w == 1 {
+                WeightPanel::from_packed(&lw.packed)
+            } else {
+                WeightPanel::from_packed_permuted(&lw.packed, Some(&panel_perm(x, in_features)))
+            })
+        })?;
         let (scale, bias) = affine(lw, x.step);
+        let rows = ASource::Rows {
+            a: &x.codes,
+            k: in_features,
+        };
+        if !self.fused {
+            // As before the fused paths: the panel unpacked on every call.
+            let panel = if x.h * x.w == 1 {
+                WeightPanel::from_packed(&lw.packed)
+            } else {
+                WeightPanel::from_packed_permuted(&lw.packed, Some(&panel_perm(x, in_features)))
+            };
+            let acc = linear(&x.codes, self.batch, &panel, self.isa)?;
+            return Ok(match self.node.out {
+                None => Output::Logits(Requant::new(scale, bias, 1.0, 8)?.dequantize(&acc)),
+                Some(q) => Output::Value(Value::quantized(
+                    Requant::new(scale, bias, q.alpha, q.bits)?.apply(&acc)?,
+                    (1, 1, out_features),
+                    q,
+                )),
+            });
+        }
         Ok(match self.node.out {
-            None => Output::Logits(Requant::new(scale, bias, 1.0, 8)?.dequantize(&acc)),
-            Some(q) => Output::Value(Value::quantized(
-                Requant::new(scale, bias, q.alpha, q.bits)?.apply(&acc)?,
-                (1, 1, out_features),
-                q,
-            )),
+            None => {
+                let mut acc = vec![0i32; self.batch * out_features];
+                gemm_fused(
+                    self.isa,
+                    rows,
+                    &panel,
+                    &AccSink::new(&mut acc, out_features),
+                )?;
+                Output::Logits(Requant::new(scale, bias, 1.0, 8)?.dequantize(&acc))
+            }
+            Some(q) => {
+                let rq = Requant::new(scale, bias, q.alpha, q.bits)?;
+                let mut out = self.model.cache.take(self.batch * out_features);
+                gemm_fused(
+                    self.isa,
+                    rows,
+                    &panel,
+                    &RequantSink::new(&rq, None, &mut out, self.isa)?,
+                )?;
+                Output::Value(Value::quantized(out, (1, 1, out_features), q))
+            }
         })
     }
 
@@ -629,25 +879,34 @@ impl Ctx<'_> {
         }
         let co = a.g.c_out;
         let hw = a.g.out_h() * a.g.out_w();
-        let shift = self.first_layer_shift(&a.g, a.lw, &a.lw.packed.unpack(), &a.bias);
+        let g = &a.g;
+        let shift = self.model.cache.shift(self.index, (g.h, g.w, g.c_in), || {
+            self.first_layer_shift(g, a.lw, &a.lw.packed.unpack(), &a.bias)
+        });
         let step = out_step(q);
-        let mut out = vec![0u8; a.acc.len()];
+        let simd = self.fused && crate::fused::simd_epilogue(self.isa);
+        let mut out = self.model.cache.take(a.acc.len());
+        // y = acc·scale + shift: the requantisation formula with the per-position shift as
+        // bias; one image (all positions and channels) per call, the scale tiled to match.
+        let scale: Vec<f32> = (0..hw).flat_map(|_| a.scale.iter().copied()).collect();
         out.par_chunks_mut(hw * co)
             .zip(a.acc.par_chunks(hw * co))
             .for_each(|(o, acc)| {
-                for ((o, acc), s) in o
-                    .chunks_exact_mut(co)
-                    .zip(acc.chunks_exact(co))
-                    .zip(shift.chunks_exact(co))
-                {
-                    for c in 0..co {
-                        let y = acc[c] as f32 * a.scale[c] + s[c];
-                        o[c] = round_code(y.clamp(0.0, q.alpha) / step);
-                    }
-                }
+                crate::fused::requant_into(o, acc, &scale, &shift, None, q.alpha, step, simd);
             });
         Ok(out)
     }
+}
+
+/// The panel column order of a linear layer on a spatial input: activations are
+/// HWC-flattened, weights CHW.
+fn panel_perm(x: &Value, in_features: usize) -> Vec<usize> {
+    (0..in_features)
+        .map(|j| {
+            let (pix, ch) = (j / x.c, j % x.c);
+            ch * x.h * x.w + pix
+        })
+        .collect()
 }
 
 /// The step (real value of one code) of output quantisation `q`: `α / (2^bits − 1)`.
@@ -985,6 +1244,33 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("c2") && e.contains("quantize"), "{e}");
+    }
+
+    /// The fused paths (GEMM + requantisation in one pass, cached panels, pooled buffers)
+    /// give bit-identical logits to the unfused layer functions, on every ISA, over repeated
+    /// calls (reused buffers) and batch sizes that leave partial row blocks.
+    #[test]
+    fn fused_paths_equal_the_unfused_engine() {
+        for m in [toy_model(), toy_real_stream()] {
+            let mut r = lcg(17);
+            for batch in [1, 3, 24] {
+                let pixels: Vec<u8> = (0..batch * 64 * m.meta().input.channels)
+                    .map(|_| (r() * 256.0) as u8)
+                    .collect();
+                for isa in Isa::available() {
+                    let want = m.forward_unfused(&pixels, batch, isa).unwrap();
+                    for _ in 0..2 {
+                        let got = m.forward(&pixels, batch, isa).unwrap();
+                        assert_eq!(
+                            got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                            want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                            "{isa:?} batch {batch}"
+                        );
+                    }
+                }
+            }
+            assert!(m.resident_bytes() > m.storage_bytes());
+        }
     }
 
     #[test]

@@ -171,7 +171,7 @@ pub fn conv2d(x: &[u8], g: &ConvGeom, w: &WeightPanel, isa: Isa) -> Result<Vec<i
     if g.is_pointwise() {
         gemm_u8i8_with(isa, x, g.rows(), w, &mut out)?;
     } else if g.c_in == 1 && g.stride == 1 && g.kh * g.kw <= 65_000 {
-        conv2d_c1(x, g, w, &mut out);
+        conv2d_c1(x, g, w, isa, &mut out);
     } else {
         // Rows as long as the panel's reduction (zero-padded to a multiple of 4 by
         // `conv_panel`, so the GEMM reads them in place).
@@ -186,44 +186,72 @@ pub fn conv2d(x: &[u8], g: &ConvGeom, w: &WeightPanel, isa: Isa) -> Result<Vec<i
 /// reduction and few output channels, which costs more than the arithmetic. Here every
 /// output row is accumulated from shifted rows of the zero-padded image, vectorised along
 /// the row; exact i32 sums like the GEMM. Parallel over images.
-fn conv2d_c1(x: &[u8], g: &ConvGeom, w: &WeightPanel, out: &mut [i32]) {
+fn conv2d_c1(x: &[u8], g: &ConvGeom, w: &WeightPanel, isa: Isa, out: &mut [i32]) {
     let (oh, ow, co, kh, kw) = (g.out_h(), g.out_w(), g.c_out, g.kh, g.kw);
-    let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
     let wt: Vec<i32> = (0..co)
         .flat_map(|o| (0..kh * kw).map(move |t| w.code(o, t) as i32))
         .collect();
+    let simd = isa != Isa::Portable && Isa::Avx2.is_available();
     out.par_chunks_mut(oh * ow * co)
         .enumerate()
         .for_each(|(b, out)| {
-            let mut img = vec![0i32; hp * wp];
-            for y in 0..g.h {
-                let src = &x[(b * g.h + y) * g.w..(b * g.h + y + 1) * g.w];
-                let dst = &mut img[(y + g.pad) * wp + g.pad..(y + g.pad) * wp + g.pad + g.w];
-                for (d, &s) in dst.iter_mut().zip(src) {
-                    *d = s as i32;
+            let x = &x[b * g.h * g.w..(b + 1) * g.h * g.w];
+            if simd {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: AVX2 is available (checked above).
+                unsafe {
+                    conv2d_c1_image_avx2(x, g, &wt, out)
                 }
-            }
-            let mut row = vec![0i32; ow];
-            for oy in 0..oh {
-                for o in 0..co {
-                    row.fill(0);
-                    for ky in 0..kh {
-                        let src = &img[(oy + ky) * wp..(oy + ky + 1) * wp];
-                        for kx in 0..kw {
-                            let wv = wt[(o * kh + ky) * kw + kx];
-                            if wv != 0 {
-                                for (r, &v) in row.iter_mut().zip(&src[kx..kx + ow]) {
-                                    *r += wv * v;
-                                }
-                            }
-                        }
-                    }
-                    for (ox, &r) in row.iter().enumerate() {
-                        out[(oy * ow + ox) * co + o] = r;
-                    }
-                }
+            } else {
+                conv2d_c1_image(x, g, &wt, out);
             }
         });
+}
+
+/// [`conv2d_c1_image`] compiled for AVX2 (the same integer sums, wider vectors).
+///
+/// # Safety
+/// AVX2 must be available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn conv2d_c1_image_avx2(x: &[u8], g: &ConvGeom, wt: &[i32], out: &mut [i32]) {
+    conv2d_c1_image(x, g, wt, out)
+}
+
+/// One image of [`conv2d_c1`]: `x` `[h, w]` codes, `wt` `[c_out, kh·kw]` weights, `out`
+/// `[out_h, out_w, c_out]` sums.
+#[inline(always)]
+fn conv2d_c1_image(x: &[u8], g: &ConvGeom, wt: &[i32], out: &mut [i32]) {
+    let (oh, ow, co, kh, kw) = (g.out_h(), g.out_w(), g.c_out, g.kh, g.kw);
+    let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
+    let mut img = vec![0i32; hp * wp];
+    for y in 0..g.h {
+        let src = &x[y * g.w..(y + 1) * g.w];
+        let dst = &mut img[(y + g.pad) * wp + g.pad..(y + g.pad) * wp + g.pad + g.w];
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = s as i32;
+        }
+    }
+    let mut row = vec![0i32; ow];
+    for oy in 0..oh {
+        for o in 0..co {
+            row.fill(0);
+            for ky in 0..kh {
+                let src = &img[(oy + ky) * wp..(oy + ky + 1) * wp];
+                for kx in 0..kw {
+                    let wv = wt[(o * kh + ky) * kw + kx];
+                    if wv != 0 {
+                        for (r, &v) in row.iter_mut().zip(&src[kx..kx + ow]) {
+                            *r += wv * v;
+                        }
+                    }
+                }
+            }
+            for (ox, &r) in row.iter().enumerate() {
+                out[(oy * ow + ox) * co + o] = r;
+            }
+        }
+    }
 }
 
 /// Linear layer: `x` `[batch, in]` codes times `w` (`n = out`, `k = in`): i32 `[batch, out]`.

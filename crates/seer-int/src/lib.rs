@@ -10,7 +10,11 @@
 //! - [`gemm`]: the `u8 × i8 → i32` matrix multiply at the heart of every layer, with an
 //!   AVX-512 VNNI path, AVX2 paths and a portable path chosen at run time ([`Isa`]).
 //! - [`layers`]: convolution (im2col + GEMM), linear, requantisation with fused ReLU/clip,
-//!   max/avg/global-average pooling.
+//!   max/avg/global-average pooling — the unfused layer functions.
+//! - [`fused`]: the layers the interpreter runs: GEMM with A rows built per row block
+//!   (implicit GEMM for interior 3×3 windows, im2col only of borders, 1×1 convolutions and
+//!   linear layers read in place) and requantisation (scale, bias, residual, ReLU/clip, next
+//!   layer's bits) applied on the tile write-back; bit-identical to [`layers`].
 //! - [`format`](mod@format): the exported-model file (`model-*.safetensors`, `seernet-int-model`): its
 //!   graph of nodes, reading, writing and validation ([`IntModel`]).
 //! - [`interp`]: the interpreter that runs an [`IntModel`] node by node
@@ -25,9 +29,10 @@
 //! seer-int` lists neither). Only the `int` benchmark, which measures the engine against the
 //! f32 paths of the training crates, uses them (as dev-dependencies).
 //!
-//! The AVX-512 VNNI path is compiled and dispatched on CPUs that report `avx512vnni`, but
-//! the project's development machine (AMD Zen 3) has no AVX-512, so it has not been
-//! executed there; its tests run automatically on any CPU that has it.
+//! The AVX-512 VNNI path is compiled and dispatched on CPUs that report `avx512vnni`; its
+//! tests run automatically on any CPU that has it (they did on the development machine of
+//! 2026-12-02, an AMD EPYC with AVX-512 VNNI; see docs/benchmarks.md). Every test also runs
+//! the AVX2 and portable paths on such a CPU.
 //!
 //! A tiny model built in memory (conv → global average pooling → linear), written to bytes,
 //! read back and run:
@@ -89,6 +94,7 @@
 
 pub mod error;
 pub mod format;
+pub mod fused;
 pub mod gemm;
 pub mod interp;
 pub mod layers;

@@ -2,7 +2,7 @@
 //!
 //! Every kernel computes one micro-tile `tile[MR][16] = Σ_g A_g · B_g` over `groups` groups
 //! of 4 reduction steps (2 for the wide kernel) and overwrites `tile` (row-major, 16 i32 per
-//! row). A's 4 codes of row `i`, group `g` sit at `a.ptr + i·a.row + g·a.group` (in place in the
+//! row), or adds to it when `add` (the implicit-GEMM convolution sums one call per kernel row). A's 4 codes of row `i`, group `g` sit at `a.ptr + i·a.row + g·a.group` (in place in the
 //! row-major matrix, or packed as `[g][MR][4]`). B is `[g][16][4]` i8 (or `[h][16][2]` i16), so one 32-bit broadcast of
 //! A meets one 32-bit lane per output channel of B. The exactness argument for each AVX2 kernel is in
 //! the `gemm` module docs; the caller picks the kernel from the measured operand ranges.
@@ -13,17 +13,28 @@ use crate::gemm::APanel;
 
 /// AVX-512 VNNI: 8 rows × 16 channels, `vpdpbusd` (exact for all u8×i8 codes).
 ///
-/// Compiled everywhere, executed only where `avx512vnni` is detected (not on the project's
-/// AMD Zen 3 development machine).
+/// Compiled everywhere, executed only where `avx512vnni` is detected.
 ///
 /// # Safety
 /// The CPU must support avx512f, avx512bw and avx512vnni; the 4 bytes at
 /// `a.ptr + i·a.row + g·a.group` (row `i < 8`, group `g`) and `groups·64` bytes at `b` must be
 /// readable; `tile` must hold 128 i32.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-pub(crate) unsafe fn vnni_8x16(a: APanel, b: *const i8, groups: usize, tile: &mut [i32]) {
+pub(crate) unsafe fn vnni_8x16(
+    a: APanel,
+    b: *const i8,
+    groups: usize,
+    tile: &mut [i32],
+    add: bool,
+) {
     assert!(tile.len() >= 8 * 16);
     let mut acc = [_mm512_setzero_si512(); 8];
+    if add {
+        for (i, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: tile holds 8 rows of 16 i32 (asserted).
+            *acc = unsafe { _mm512_loadu_si512(tile.as_ptr().add(i * 16) as *const _) };
+        }
+    }
     for g in 0..groups {
         // SAFETY: in bounds by the caller's contract; unaligned loads.
         unsafe {
@@ -47,10 +58,16 @@ pub(crate) unsafe fn vnni_8x16(a: APanel, b: *const i8, groups: usize, tile: &mu
 /// AVX2 required; the 4 bytes at `a.ptr + i·a.row + g·a.group` (row `i < 4`, group `g`) and
 /// `groups·64` bytes at `b` must be readable; `tile` holds 64 i32. Exact only if every pair sum `a0·b0 + a1·b1` fits in i16 (caller's range check).
 #[target_feature(enable = "avx2")]
-pub(crate) unsafe fn avx2_i32_4x16(a: APanel, b: *const i8, groups: usize, tile: &mut [i32]) {
+pub(crate) unsafe fn avx2_i32_4x16(
+    a: APanel,
+    b: *const i8,
+    groups: usize,
+    tile: &mut [i32],
+    add: bool,
+) {
     assert!(tile.len() >= 4 * 16);
     let ones = _mm256_set1_epi16(1);
-    let mut acc = [[_mm256_setzero_si256(); 2]; 4];
+    let mut acc = load_4x16(tile, add);
     for g in 0..groups {
         // SAFETY: in bounds by the caller's contract; unaligned loads.
         unsafe {
@@ -85,10 +102,11 @@ pub(crate) unsafe fn avx2_i16_4x16(
     groups: usize,
     s: usize,
     tile: &mut [i32],
+    add: bool,
 ) {
     assert!(tile.len() >= 4 * 16 && s >= 1);
     let ones = _mm256_set1_epi16(1);
-    let mut acc = [[_mm256_setzero_si256(); 2]; 4];
+    let mut acc = load_4x16(tile, add);
     let mut g0 = 0;
     while g0 < groups {
         let g1 = groups.min(g0.saturating_add(s));
@@ -123,12 +141,18 @@ pub(crate) unsafe fn avx2_i16_4x16(
 /// AVX2 required; the 4 bytes at `a.ptr + i·a.row + g·a.group` (row `i < 4`, group `g`) and
 /// `groups·64` i16 at `b` must be readable; `tile` holds 64 i32.
 #[target_feature(enable = "avx2")]
-pub(crate) unsafe fn avx2_wide_4x16(a: APanel, b: *const i16, groups: usize, tile: &mut [i32]) {
+pub(crate) unsafe fn avx2_wide_4x16(
+    a: APanel,
+    b: *const i16,
+    groups: usize,
+    tile: &mut [i32],
+    add: bool,
+) {
     assert!(tile.len() >= 4 * 16);
     // Per 32-bit lane: bytes (a0, 0, a1, 0) and (a2, 0, a3, 0) (index 0x80 writes zero).
     let lo = _mm256_set1_epi32(i32::from_le_bytes([0, 0x80, 1, 0x80]));
     let hi = _mm256_set1_epi32(i32::from_le_bytes([2, 0x80, 3, 0x80]));
-    let mut acc = [[_mm256_setzero_si256(); 2]; 4];
+    let mut acc = load_4x16(tile, add);
     for g in 0..groups {
         // SAFETY: in bounds by the caller's contract; unaligned loads.
         unsafe {
@@ -152,6 +176,23 @@ pub(crate) unsafe fn avx2_wide_4x16(a: APanel, b: *const i16, groups: usize, til
     store_4x16(&acc, tile);
 }
 
+/// The starting accumulators of a 4×16 AVX2 kernel: `tile`'s contents when `add`, else 0.
+#[target_feature(enable = "avx2")]
+fn load_4x16(tile: &[i32], add: bool) -> [[__m256i; 2]; 4] {
+    assert!(tile.len() >= 4 * 16);
+    let mut acc = [[_mm256_setzero_si256(); 2]; 4];
+    if add {
+        for (i, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: tile holds at least 4 rows of 16 i32 (asserted).
+            unsafe {
+                acc[0] = _mm256_loadu_si256(tile.as_ptr().add(i * 16) as *const __m256i);
+                acc[1] = _mm256_loadu_si256(tile.as_ptr().add(i * 16 + 8) as *const __m256i);
+            }
+        }
+    }
+    acc
+}
+
 #[target_feature(enable = "avx2")]
 fn store_4x16(acc: &[[__m256i; 2]; 4], tile: &mut [i32]) {
     for (i, acc) in acc.iter().enumerate() {
@@ -161,4 +202,66 @@ fn store_4x16(acc: &[[__m256i; 2]; 4], tile: &mut [i32]) {
             _mm256_storeu_si256(tile.as_mut_ptr().add(i * 16 + 8) as *mut __m256i, acc[1]);
         }
     }
+}
+
+/// Requantisation of one row (AVX2, 8 lanes): `o[j] = round(clamp(a[j]·s[j] + b[j]
+/// (+ r[j]·r_step), 0, α)/step)` with exactly the scalar path's f32 operations (multiply,
+/// add, add, clamp, divide; no FMA), then `round` half away from zero as
+/// [`round_code`](crate::layers::round_code): truncate, add 1 where the fraction is ≥ 0.5.
+/// The tail beyond a multiple of 8 is left to the caller; returns how many were written.
+///
+/// # Safety
+/// AVX2 required. `a`, `s`, `b` (and `r` if given) must be at least `o.len()` long.
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn requant_row_avx2(
+    o: &mut [u8],
+    a: &[i32],
+    s: &[f32],
+    b: &[f32],
+    r: Option<(&[u8], f32)>,
+    alpha: f32,
+    step: f32,
+) -> usize {
+    let n = o.len() / 8 * 8;
+    assert!(a.len() >= n && s.len() >= n && b.len() >= n);
+    if let Some((r, _)) = r {
+        assert!(r.len() >= n);
+    }
+    let zero = _mm256_setzero_ps();
+    let va = _mm256_set1_ps(alpha);
+    let vs = _mm256_set1_ps(step);
+    let half = _mm256_set1_ps(0.5);
+    let one = _mm256_set1_epi32(1);
+    let mut j = 0;
+    while j < n {
+        // SAFETY: j + 8 ≤ n ≤ every slice's length (asserted); unaligned loads.
+        unsafe {
+            let acc = _mm256_cvtepi32_ps(_mm256_loadu_si256(a.as_ptr().add(j) as *const __m256i));
+            let mut y = _mm256_add_ps(
+                _mm256_mul_ps(acc, _mm256_loadu_ps(s.as_ptr().add(j))),
+                _mm256_loadu_ps(b.as_ptr().add(j)),
+            );
+            if let Some((r, r_step)) = r {
+                let rv = _mm_loadl_epi64(r.as_ptr().add(j) as *const __m128i);
+                let rf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(rv));
+                y = _mm256_add_ps(y, _mm256_mul_ps(rf, _mm256_set1_ps(r_step)));
+            }
+            // clamp(y, 0, α): max then min (y is never NaN: finite codes, scales, biases).
+            let c = _mm256_min_ps(_mm256_max_ps(y, zero), va);
+            let v = _mm256_div_ps(c, vs);
+            let t = _mm256_cvttps_epi32(v);
+            let frac = _mm256_sub_ps(v, _mm256_cvtepi32_ps(t));
+            let up = _mm256_and_si256(
+                _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GE_OQ>(frac, half)),
+                one,
+            );
+            let q = _mm256_add_epi32(t, up);
+            // 8 i32 in 0..=255 → 8 bytes.
+            let p16 = _mm_packus_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256::<1>(q));
+            let p8 = _mm_packus_epi16(p16, p16);
+            _mm_storel_epi64(o.as_mut_ptr().add(j) as *mut __m128i, p8);
+        }
+        j += 8;
+    }
+    n
 }

@@ -1,0 +1,927 @@
+//! Fused integer layers: the GEMM of a convolution or linear layer with its A rows built per
+//! row block in per-thread scratch (im2col of that block only; 1×1 convolutions and linear
+//! layers copy their rows) and the epilogue (requantisation with ReLU/clip, residual add,
+//! the next layer's bit-width, or real outputs) applied on the tile write-back — no im2col
+//! matrix, no i32 accumulator tensor of the whole layer, no allocation once the per-thread
+//! scratch has grown to the largest layer.
+//!
+//! The arithmetic is the same as the unfused path (`layers::conv2d` then [`Requant::apply`]):
+//! the same exact i32 sums from the same micro-kernels, then per element the same f32
+//! operations in the same order, so results are bit-identical; tests compare both with the
+//! slow references in [`reference`](mod@crate::reference).
+//!
+//! Parallelism: one level of rayon tasks over (row block × output-panel group); the row
+//! blocks are small enough that a batch of 128 gives many tasks, and small batches split the
+//! output channels instead, so the pool's threads are never oversubscribed by nested loops.
+
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+use crate::Isa;
+use crate::error::{Result, check_len, invalid};
+use crate::gemm::{APanel, Kernel, NR, WeightPanel, micro};
+use crate::layers::{ConvGeom, Requant, round_code};
+
+/// Largest reduction block (codes of `k`) per pass: one panel block is ≤ 16 KiB of i8 and
+/// stays in L1 while every row strip of a task reuses it.
+const KC: usize = 1024;
+/// Largest number of rows per task.
+const MB: usize = 64;
+
+/// Where the A rows of a fused GEMM come from.
+#[derive(Clone, Copy, Debug)]
+pub enum ASource<'a> {
+    /// Row-major `[m, k]` codes: a linear layer or a 1×1, stride-1, unpadded convolution.
+    Rows {
+        /// The codes, `m·k` of them.
+        a: &'a [u8],
+        /// Row length.
+        k: usize,
+    },
+    /// The im2col rows of an NHWC convolution input `x` (`[batch, h, w, c_in]`): row
+    /// `(b, oy, ox)` holds the window in the order `(ky, kx, c_in)`, zero where padded.
+    Im2col {
+        /// The input codes.
+        x: &'a [u8],
+        /// Its geometry.
+        g: &'a ConvGeom,
+    },
+}
+
+impl ASource<'_> {
+    /// Rows `m` and row length `k` (the unpadded reduction).
+    fn dims(&self) -> (usize, usize) {
+        match self {
+            ASource::Rows { a, k } => (if *k == 0 { 0 } else { a.len() / k }, *k),
+            ASource::Im2col { g, .. } => (g.rows(), g.k()),
+        }
+    }
+
+    /// The largest code (an upper bound of every A entry; padding is 0).
+    fn amax(&self) -> u32 {
+        let s = match self {
+            ASource::Rows { a, .. } => a,
+            ASource::Im2col { x, .. } => x,
+        };
+        max_u8(s) as u32
+    }
+
+    /// Writes rows `r0..r0 + nrows` into `buf` (`nrows` rows of `kp ≥ k` codes, the tail of
+    /// each row zero).
+    fn fill(&self, r0: usize, nrows: usize, kp: usize, buf: &mut [u8]) {
+        match *self {
+            ASource::Rows { a, k } => {
+                for (i, row) in buf.chunks_exact_mut(kp).take(nrows).enumerate() {
+                    row[..k].copy_from_slice(&a[(r0 + i) * k..(r0 + i + 1) * k]);
+                    row[k..].fill(0);
+                }
+            }
+            ASource::Im2col { x, g } => {
+                for (i, row) in buf.chunks_exact_mut(kp).take(nrows).enumerate() {
+                    im2col_row(x, g, r0 + i, row);
+                }
+            }
+        }
+    }
+}
+
+/// im2col row `r` (output pixel `(b, oy, ox)`) of NHWC input `x` into `row` (`≥ k` codes; the
+/// window in the order `(ky, kx, c_in)`, zero where padded and in the tail).
+fn im2col_row(x: &[u8], g: &ConvGeom, r: usize, row: &mut [u8]) {
+    let (oh, ow, c) = (g.out_h(), g.out_w(), g.c_in);
+    let (b, oy, ox) = (r / (oh * ow), (r / ow) % oh, r % ow);
+    let ix0 = (ox * g.stride) as isize - g.pad as isize;
+    let iy0 = (oy * g.stride) as isize - g.pad as isize;
+    // The valid taps of one kernel row are contiguous in NHWC: one copy.
+    let kx0 = (-ix0).max(0) as usize;
+    let kx1 = (g.w as isize - ix0).clamp(0, g.kw as isize) as usize;
+    let interior = kx0 == 0 && kx1 == g.kw && iy0 >= 0 && iy0 + g.kh as isize <= g.h as isize;
+    // An interior window overwrites the whole row but its padding tail.
+    if interior {
+        row[g.k()..].fill(0);
+    } else {
+        row.fill(0);
+    }
+    if kx0 >= kx1 {
+        return;
+    }
+    for ky in 0..g.kh {
+        let iy = iy0 + ky as isize;
+        if iy < 0 || iy >= g.h as isize {
+            continue;
+        }
+        let src = ((b * g.h + iy as usize) * g.w + (ix0 + kx0 as isize) as usize) * c;
+        let dst = (ky * g.kw + kx0) * c;
+        let len = (kx1 - kx0) * c;
+        row[dst..dst + len].copy_from_slice(&x[src..src + len]);
+    }
+}
+
+/// The largest byte of `s` (0 for an empty slice); a plain loop the compiler vectorises.
+fn max_u8(s: &[u8]) -> u8 {
+    s.chunks(4096)
+        .map(|c| c.iter().fold(0u8, |m, &v| m.max(v)))
+        .max()
+        .unwrap_or(0)
+}
+
+/// The consumer of a fused GEMM's accumulators, called once per task.
+pub trait Sink: Sync {
+    /// Output columns `n` (the GEMM's output channels).
+    fn n(&self) -> usize;
+    /// Rows `r0..r0 + nrows`, columns `c0..c1` of the output: `acc` holds `nrows` rows of
+    /// `ld` i32, the first `c1 − c0` of each valid. Tasks call this for disjoint tiles.
+    fn write(&self, r0: usize, nrows: usize, c0: usize, c1: usize, acc: &[i32], ld: usize);
+}
+
+/// A raw output pointer handed to tasks that write disjoint tiles.
+#[derive(Clone, Copy)]
+struct Out<T>(*mut T, usize);
+// SAFETY: only used to write disjoint tiles of one buffer from rayon tasks.
+unsafe impl<T: Send> Send for Out<T> {}
+unsafe impl<T: Send> Sync for Out<T> {}
+
+impl<T> Out<T> {
+    fn new(s: &mut [T]) -> Self {
+        Out(s.as_mut_ptr(), s.len())
+    }
+    /// The elements `start..start + len`. Panics when out of bounds.
+    ///
+    /// # Safety
+    /// No other live reference may overlap that range.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice(&self, start: usize, len: usize) -> &mut [T] {
+        assert!(start + len <= self.1, "fused output tile out of bounds");
+        // SAFETY: in bounds (asserted); disjointness by the caller.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
+    }
+}
+
+/// Writes the raw i32 accumulators (`[m, n]` row-major).
+pub struct AccSink<'a> {
+    out: Out<i32>,
+    n: usize,
+    _life: std::marker::PhantomData<&'a mut [i32]>,
+}
+
+impl<'a> AccSink<'a> {
+    /// A sink into `out` (`[m, n]`).
+    pub fn new(out: &'a mut [i32], n: usize) -> Self {
+        Self {
+            out: Out::new(out),
+            n,
+            _life: std::marker::PhantomData,
+        }
+    }
+}
+
+impl Sink for AccSink<'_> {
+    fn n(&self) -> usize {
+        self.n
+    }
+    fn write(&self, r0: usize, nrows: usize, c0: usize, c1: usize, acc: &[i32], ld: usize) {
+        for i in 0..nrows {
+            // SAFETY: tasks write disjoint (row, column) tiles.
+            let o = unsafe { self.out.slice((r0 + i) * self.n + c0, c1 - c0) };
+            o.copy_from_slice(&acc[i * ld..i * ld + (c1 - c0)]);
+        }
+    }
+}
+
+/// Requantises to the next layer's codes: `q = round(clamp(acc·scale[c] + bias[c]
+/// (+ r·r_step), 0, α)/s)`, the formula of [`Requant::apply`] /
+/// [`Requant::apply_residual`], element for element.
+pub struct RequantSink<'a> {
+    rq: &'a Requant,
+    step: f32,
+    residual: Option<(&'a [u8], f32)>,
+    out: Out<u8>,
+    /// The AVX2 epilogue (else plain Rust; both give the same codes).
+    simd: bool,
+    _life: std::marker::PhantomData<&'a mut [u8]>,
+}
+
+impl<'a> RequantSink<'a> {
+    /// A sink into `out` (`[m, channels]`), with an optional residual of codes (same shape
+    /// as the output) and its step; its epilogue is vectorised with AVX2 unless `isa` is
+    /// [`Isa::Portable`] (the plain-Rust reference path). Errors: `ShapeMismatch` if the
+    /// residual and the output differ in length.
+    pub fn new(
+        rq: &'a Requant,
+        residual: Option<(&'a [u8], f32)>,
+        out: &'a mut [u8],
+        isa: Isa,
+    ) -> Result<Self> {
+        if let Some((r, _)) = residual {
+            check_len("residual input", out.len(), r.len())?;
+        }
+        Ok(Self {
+            rq,
+            step: rq.step(),
+            residual,
+            out: Out::new(out),
+            simd: simd_epilogue(isa),
+            _life: std::marker::PhantomData,
+        })
+    }
+}
+
+impl Sink for RequantSink<'_> {
+    fn n(&self) -> usize {
+        self.rq.channels()
+    }
+    fn write(&self, r0: usize, nrows: usize, c0: usize, c1: usize, acc: &[i32], ld: usize) {
+        let n = self.n();
+        let (alpha, step) = (self.rq.alpha, self.step);
+        let s = &self.rq.acc_scale[c0..c1];
+        let b = &self.rq.bias[c0..c1];
+        for i in 0..nrows {
+            let base = (r0 + i) * n + c0;
+            // SAFETY: tasks write disjoint (row, column) tiles.
+            let o = unsafe { self.out.slice(base, c1 - c0) };
+            let a = &acc[i * ld..i * ld + (c1 - c0)];
+            let r = self
+                .residual
+                .map(|(r, r_step)| (&r[base..base + (c1 - c0)], r_step));
+            requant_into(o, a, s, b, r, alpha, step, self.simd);
+        }
+    }
+}
+
+/// `o[j] = round(clamp(a[j]·s[j] + b[j] (+ r[j]·r_step), 0, α)/step)`: the AVX2 epilogue when
+/// `simd` (callers set it only where AVX2 is available), the plain-Rust one for the rest.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub(crate) fn requant_into(
+    o: &mut [u8],
+    a: &[i32],
+    s: &[f32],
+    b: &[f32],
+    r: Option<(&[u8], f32)>,
+    alpha: f32,
+    step: f32,
+    simd: bool,
+) {
+    let done = if simd {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `simd` only where AVX2 is available; the slices are as long as `o`.
+        unsafe {
+            crate::x86::requant_row_avx2(o, a, s, b, r, alpha, step)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        0
+    } else {
+        0
+    };
+    requant_row(
+        &mut o[done..],
+        &a[done..],
+        &s[done..],
+        &b[done..],
+        r.map(|(r, rs)| (&r[done..], rs)),
+        alpha,
+        step,
+    );
+}
+
+/// Whether the epilogues of path `isa` are vectorised (AVX2 available and `isa` not the
+/// plain-Rust reference path).
+pub(crate) fn simd_epilogue(isa: Isa) -> bool {
+    isa != Isa::Portable && Isa::Avx2.is_available()
+}
+
+/// One row of [`RequantSink`] in plain Rust: `round(clamp(a·s + b (+ r·r_step), 0, α)/step)`.
+#[inline]
+fn requant_row(
+    o: &mut [u8],
+    a: &[i32],
+    s: &[f32],
+    b: &[f32],
+    r: Option<(&[u8], f32)>,
+    alpha: f32,
+    step: f32,
+) {
+    match r {
+        None => {
+            for (((o, &a), &s), &b) in o.iter_mut().zip(a).zip(s).zip(b) {
+                let y = a as f32 * s + b;
+                *o = round_code(y.clamp(0.0, alpha) / step);
+            }
+        }
+        Some((r, r_step)) => {
+            for j in 0..o.len() {
+                let y = a[j] as f32 * s[j] + b[j] + r[j] as f32 * r_step;
+                o[j] = round_code(y.clamp(0.0, alpha) / step);
+            }
+        }
+    }
+}
+
+/// Per-thread scratch: the A rows of one task and its accumulators.
+#[derive(Default)]
+struct Scratch {
+    a: Vec<u8>,
+    acc: Vec<i32>,
+    /// Rows of an implicit-GEMM task that go through im2col (borders, remainders).
+    misc: Vec<usize>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = const {
+        RefCell::new(Scratch { a: Vec::new(), acc: Vec::new(), misc: Vec::new() })
+    };
+}
+
+/// The geometry of a convolution whose interior windows the micro-kernels can read in place
+/// (implicit GEMM): stride 1, each kernel row's window (`kw·c_in` codes) a whole number of
+/// 4-code groups, the reduction unpadded and in one block.
+fn implicit_geom<'a>(src: &ASource<'a>, kp: usize) -> Option<(&'a [u8], &'a ConvGeom)> {
+    match *src {
+        ASource::Im2col { x, g }
+            if g.stride == 1 && (g.kw * g.c_in).is_multiple_of(4) && kp == g.k() && kp <= KC =>
+        {
+            Some((x, g))
+        }
+        _ => None,
+    }
+}
+
+/// One task of an implicit-GEMM convolution: rows `r0..r0 + nrows` × panels `pans` into
+/// `acc` (`nrows` rows of `ld`). Every run of `mr` consecutive interior output pixels of one
+/// output row is read in place from the input, one micro-kernel call per kernel row
+/// (`add`ing into the tile); the other rows (borders, remainders) are im2col'ed `mr` at a
+/// time into `abuf` (`mr·kp` codes).
+#[allow(clippy::too_many_arguments)]
+fn implicit_task(
+    kernel: Kernel,
+    (x, g): (&[u8], &ConvGeom),
+    w: &WeightPanel,
+    r0: usize,
+    nrows: usize,
+    pans: std::ops::Range<usize>,
+    s: &mut Scratch,
+    ld: usize,
+) {
+    let mr = kernel.mr();
+    let kp = w.kp();
+    let Scratch { a: abuf, acc, misc } = s;
+    let acc = &mut acc[..nrows * ld];
+    let abuf = &mut abuf[..mr * kp];
+    misc.clear();
+    let (oh, ow, c) = (g.out_h(), g.out_w(), g.c_in);
+    let (ox_lo, ox_hi) = (g.pad, (g.w + g.pad + 1).saturating_sub(g.kw));
+    let row_bytes = g.kw * c;
+    let mut tile = [0i32; 8 * NR];
+    let rend = r0 + nrows;
+    let mut r = r0;
+    while r < rend {
+        let (b, oy, ox) = (r / (oh * ow), (r / ow) % oh, r % ow);
+        let seg_end = rend.min(r - ox + ow);
+        let iy0 = oy as isize - g.pad as isize;
+        let (a0, a1) = (ox.max(ox_lo), (ox + seg_end - r).min(ox_hi));
+        if iy0 < 0 || iy0 + g.kh as isize > g.h as isize || a1 < a0 + mr {
+            misc.extend(r..seg_end);
+            r = seg_end;
+            continue;
+        }
+        misc.extend(r..r + (a0 - ox));
+        let full = (a1 - a0) / mr * mr;
+        for sx in (a0..a0 + full).step_by(mr) {
+            let i = r + (sx - ox) - r0;
+            for (pi, p) in pans.clone().enumerate() {
+                for ky in 0..g.kh {
+                    let off = ((b * g.h + iy0 as usize + ky) * g.w + sx - g.pad) * c;
+                    // In bounds: the window of the strip's last pixel ends at input column
+                    // sx + mr − 1 − pad + kw ≤ w (interior), within input row iy0 + ky.
+                    assert!(off + (mr - 1) * c + row_bytes <= x.len());
+                    let ap = APanel {
+                        ptr: x[off..].as_ptr(),
+                        row: c,
+                        group: 4,
+                    };
+                    // SAFETY: rows i < mr read 4·(kw·c/4) codes from off + i·c (asserted in
+                    // bounds); the panel block from k0 = ky·kw·c holds kw·c codes per channel.
+                    unsafe {
+                        micro(
+                            kernel,
+                            ap,
+                            w,
+                            p,
+                            ky * row_bytes,
+                            row_bytes / 4,
+                            &mut tile,
+                            ky > 0,
+                        )
+                    };
+                }
+                for ii in 0..mr {
+                    acc[(i + ii) * ld + pi * NR..][..NR].copy_from_slice(&tile[ii * NR..][..NR]);
+                }
+            }
+        }
+        misc.extend(r + (a0 + full - ox)..seg_end);
+        r = seg_end;
+    }
+    for chunk in misc.chunks(mr) {
+        for (j, &rr) in chunk.iter().enumerate() {
+            im2col_row(x, g, rr, &mut abuf[j * kp..(j + 1) * kp]);
+        }
+        abuf[chunk.len() * kp..].fill(0);
+        let ap = APanel {
+            ptr: abuf.as_ptr(),
+            row: kp,
+            group: 4,
+        };
+        for (pi, p) in pans.clone().enumerate() {
+            // SAFETY: abuf holds mr rows of kp codes; the panel kp codes per channel.
+            unsafe { micro(kernel, ap, w, p, 0, kp / 4, &mut tile, false) };
+            for (j, &rr) in chunk.iter().enumerate() {
+                acc[(rr - r0) * ld + pi * NR..][..NR].copy_from_slice(&tile[j * NR..][..NR]);
+            }
+        }
+    }
+}
+
+/// `C = A·Wᵀ` with the rows of `src` and the panel `w`, handed to `sink` tile by tile; returns
+/// the micro-kernel used. The panel's reduction may be padded beyond the rows' `k` (its
+/// padding weights are zero).
+///
+/// Errors: `ShapeMismatch` if the panel's output channels differ from the sink's or its
+/// reduction from the rows' (up to the padding to a multiple of 4); `InvalidArgument` if
+/// `isa` is not available or `k·max(A)·max|W|` could overflow i32.
+pub fn gemm_fused(isa: Isa, src: ASource, w: &WeightPanel, sink: &impl Sink) -> Result<Kernel> {
+    let (m, k) = src.dims();
+    if let ASource::Rows { a, k } = src
+        && (k == 0 || !a.len().is_multiple_of(k))
+    {
+        return Err(invalid(
+            "fused gemm",
+            format!("{} codes are not rows of {k}", a.len()),
+        ));
+    }
+    if let ASource::Im2col { x, g } = src {
+        g.validate()?;
+        check_len("conv input", g.input_len(), x.len())?;
+    }
+    check_len("fused gemm output channels", sink.n(), w.n())?;
+    let kp = w.kp();
+    if w.k() != k && kp != k.next_multiple_of(4) {
+        check_len("fused gemm reduction length", k, w.k())?;
+    }
+    if !isa.is_available() {
+        return Err(invalid(
+            "gemm",
+            format!(
+                "instruction set {} is not available on this CPU",
+                isa.name()
+            ),
+        ));
+    }
+    let amax = src.amax();
+    if (k as u64) * amax as u64 * w.wmax() as u64 > i32::MAX as u64 {
+        return Err(invalid(
+            "gemm",
+            format!(
+                "k = {k} with codes up to {amax}×{} may overflow i32",
+                w.wmax()
+            ),
+        ));
+    }
+    let kernel = Kernel::choose(isa, amax, w.wmax());
+    if m == 0 {
+        return Ok(kernel);
+    }
+    let mr = kernel.mr();
+    let threads = rayon::current_num_threads();
+    let target = 4 * threads;
+    let implicit = implicit_geom(&src, kp);
+    let mut mb = m.div_ceil(target).clamp(1, MB).next_multiple_of(mr);
+    if let Some((_, g)) = implicit {
+        // Tasks of whole output rows, so that interior runs are not cut.
+        let ow = g.out_w();
+        if ow <= 2 * MB {
+            mb = mb.next_multiple_of(ow);
+        }
+    }
+    let m_blocks = m.div_ceil(mb);
+    let panels = w.n().div_ceil(NR);
+    let n_groups = target.div_ceil(m_blocks).clamp(1, panels);
+    let per_group = panels.div_ceil(n_groups);
+    let n_groups = panels.div_ceil(per_group);
+    let n = w.n();
+    let task = |t: usize| {
+        let (mbi, ng) = (t / n_groups, t % n_groups);
+        let r0 = mbi * mb;
+        let nrows = mb.min(m - r0);
+        let pans = ng * per_group..((ng + 1) * per_group).min(panels);
+        let run = |s: &mut Scratch| {
+            if let Some(geom) = implicit {
+                let ld = pans.len() * NR;
+                if s.a.len() < mr * kp {
+                    s.a.resize(mr * kp, 0);
+                }
+                if s.acc.len() < nrows * ld {
+                    s.acc.resize(nrows * ld, 0);
+                }
+                implicit_task(kernel, geom, w, r0, nrows, pans.clone(), s, ld);
+                let c1 = (pans.end * NR).min(n);
+                sink.write(r0, nrows, pans.start * NR, c1, &s.acc[..nrows * ld], ld);
+                return;
+            }
+            let strips = nrows.div_ceil(mr);
+            let rows_pad = strips * mr;
+            let ld = pans.len() * NR;
+            if s.a.len() < rows_pad * kp {
+                s.a.resize(rows_pad * kp, 0);
+            }
+            if s.acc.len() < rows_pad * ld {
+                s.acc.resize(rows_pad * ld, 0);
+            }
+            let abuf = &mut s.a[..rows_pad * kp];
+            src.fill(r0, nrows, kp, abuf);
+            abuf[nrows * kp..].fill(0);
+            let acc = &mut s.acc[..rows_pad * ld];
+            let mut tile = [0i32; 8 * NR];
+            let mut k0 = 0;
+            while k0 < kp {
+                let kc = KC.min(kp - k0);
+                for (pi, p) in pans.clone().enumerate() {
+                    for st in 0..strips {
+                        let ap = APanel {
+                            ptr: abuf[st * mr * kp + k0..].as_ptr(),
+                            row: kp,
+                            group: 4,
+                        };
+                        // SAFETY: the strip holds mr rows of kp ≥ k0 + kc codes; the panel
+                        // block kc·16 codes; the kernel's ISA was checked above.
+                        unsafe { micro(kernel, ap, w, p, k0, kc / 4, &mut tile, false) };
+                        for i in 0..mr {
+                            let dst = &mut acc[(st * mr + i) * ld + pi * NR..][..NR];
+                            let t = &tile[i * NR..(i + 1) * NR];
+                            if k0 == 0 {
+                                dst.copy_from_slice(t);
+                            } else {
+                                dst.iter_mut().zip(t).for_each(|(d, t)| *d += t);
+                            }
+                        }
+                    }
+                }
+                k0 += kc;
+            }
+            let c0 = pans.start * NR;
+            let c1 = (pans.end * NR).min(n);
+            sink.write(r0, nrows, c0, c1, acc, ld);
+        };
+        SCRATCH.with(|s| match s.try_borrow_mut() {
+            Ok(mut s) => run(&mut s),
+            Err(_) => run(&mut Scratch::default()),
+        });
+    };
+    let tasks = m_blocks * n_groups;
+    if tasks == 1 {
+        task(0);
+    } else {
+        (0..tasks).into_par_iter().for_each(task);
+    }
+    Ok(kernel)
+}
+
+/// Convolution fused with requantisation: NHWC codes `x` with the panel of
+/// [`conv_panel`](crate::layers::conv_panel), requantised by `rq` (and the optional residual
+/// codes with their step) into `out` (`[batch, out_h, out_w, c_out]` codes). A 1×1, stride-1,
+/// unpadded convolution reads its rows in place (no im2col). Bit-identical to
+/// [`conv2d`](crate::layers::conv2d) followed by [`Requant::apply`] or
+/// [`Requant::apply_residual`]. Errors: as [`gemm_fused`], plus `ShapeMismatch` for an
+/// output or residual of the wrong length or a requantisation of another channel count.
+pub fn conv2d_requant(
+    x: &[u8],
+    g: &ConvGeom,
+    w: &WeightPanel,
+    isa: Isa,
+    rq: &Requant,
+    residual: Option<(&[u8], f32)>,
+    out: &mut [u8],
+) -> Result<Kernel> {
+    g.validate()?;
+    check_len("conv output", g.rows() * g.c_out, out.len())?;
+    check_len("requantisation channels", g.c_out, rq.channels())?;
+    let sink = RequantSink::new(rq, residual, out, isa)?;
+    gemm_fused(isa, conv_source(x, g)?, w, &sink)
+}
+
+/// The A rows of a convolution: in place for a 1×1, stride-1, unpadded convolution, im2col
+/// rows otherwise. Errors: `ShapeMismatch` for a wrong input length.
+pub fn conv_source<'a>(x: &'a [u8], g: &'a ConvGeom) -> Result<ASource<'a>> {
+    check_len("conv input", g.input_len(), x.len())?;
+    Ok(if g.is_pointwise() {
+        ASource::Rows { a: x, k: g.c_in }
+    } else {
+        ASource::Im2col { x, g }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layers::{conv_panel, conv2d};
+    use crate::pack::PackedWeights;
+    use crate::reference;
+    use proptest::prelude::*;
+
+    fn lcg(seed: u64) -> impl FnMut() -> u64 {
+        let mut s = seed ^ 0x0F0F_1234;
+        move || {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            s >> 33
+        }
+    }
+
+    fn geom() -> impl Strategy<Value = ConvGeom> {
+        (
+            1usize..4,
+            1usize..10,
+            1usize..10,
+            1usize..20,
+            1usize..40,
+            1usize..4,
+            1usize..3,
+            0usize..2,
+        )
+            .prop_filter_map(
+                "kernel fits",
+                |(batch, h, w, c_in, c_out, k, stride, pad)| {
+                    let g = ConvGeom {
+                        batch,
+                        h,
+                        w,
+                        c_in,
+                        c_out,
+                        kh: k,
+                        kw: k.min(3),
+                        stride,
+                        pad,
+                    };
+                    g.validate().ok().map(|_| g)
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        /// Fused conv + requantisation (with and without a residual) is bit-identical to the
+        /// slow reference conv followed by the unfused requantisation, on every ISA, with
+        /// odd sizes, all-zero channels and extreme codes.
+        #[test]
+        fn fused_conv_matches_reference(g in geom(), abits in 2u32..=8, wbits in 2u32..=8,
+                                        obits in 2u32..=8, seed in any::<u64>(),
+                                        zero_ch in any::<bool>(), extreme in any::<bool>(),
+                                        with_res in any::<bool>()) {
+            let mut r = lcg(seed);
+            let amax = (1u64 << abits) - 1;
+            let x: Vec<u8> = (0..g.input_len())
+                .map(|_| if extreme { amax as u8 } else { (r() % (amax + 1)) as u8 })
+                .collect();
+            let q = (1i64 << (wbits - 1)) - 1;
+            let mut codes: Vec<i8> = (0..g.c_out * g.k())
+                .map(|i| if extreme { if i % 3 == 0 { -q as i8 } else { q as i8 } }
+                     else { ((r() as i64 % (2 * q + 1)) - q) as i8 })
+                .collect();
+            if zero_ch {
+                codes[..g.k()].fill(0);
+            }
+            let w = PackedWeights::from_codes(&codes, g.c_out, g.k(), wbits, vec![1.0; g.c_out]).unwrap();
+            let panel = conv_panel(&w, &g).unwrap();
+            let scale: Vec<f32> = (0..g.c_out).map(|_| (r() % 1000) as f32 / 20_000.0 + 1e-4).collect();
+            let bias: Vec<f32> = (0..g.c_out).map(|_| (r() % 1000) as f32 / 500.0 - 1.0).collect();
+            let rq = Requant::new(scale, bias, 2.5, obits).unwrap();
+            let acc = reference::conv2d(&x, &g, &codes);
+            let res: Vec<u8> = (0..acc.len()).map(|_| r() as u8).collect();
+            let want = if with_res { rq.apply_residual(&acc, &res, 0.01).unwrap() } else { rq.apply(&acc).unwrap() };
+            for isa in Isa::available() {
+                let mut out = vec![0xAAu8; acc.len()];
+                conv2d_requant(&x, &g, &panel, isa, &rq, with_res.then_some((&res[..], 0.01)), &mut out).unwrap();
+                prop_assert_eq!(&out, &want, "{:?}", isa);
+                let mut raw = vec![i32::MIN; acc.len()];
+                gemm_fused(isa, conv_source(&x, &g).unwrap(), &panel, &AccSink::new(&mut raw, g.c_out)).unwrap();
+                prop_assert_eq!(&raw, &acc, "{:?} raw", isa);
+                prop_assert_eq!(&conv2d(&x, &g, &panel, isa).unwrap(), &acc);
+            }
+        }
+
+        /// Stride-1 convolutions whose interior windows are read in place (implicit GEMM:
+        /// `kw·c_in` a multiple of 4, rows wide enough for runs of 8 interior pixels), mixed
+        /// with im2col'ed borders and remainders: bit-identical to the reference on every ISA.
+        #[test]
+        fn implicit_conv_matches_reference(batch in 1usize..3, h in 1usize..14, w in 8usize..30,
+                                           c4 in 1usize..6, c_out in 1usize..40, k in 0usize..3,
+                                           pad in 0usize..3, abits in 2u32..=8, wbits in 2u32..=8,
+                                           seed in any::<u64>(), extreme in any::<bool>()) {
+            let k = [1, 3, 5][k];
+            let g = ConvGeom { batch, h, w, c_in: 4 * c4, c_out, kh: k, kw: k, stride: 1, pad: pad.min(k / 2 + 1) };
+            prop_assume!(g.validate().is_ok() && !g.is_pointwise());
+            let mut r = lcg(seed);
+            let amax = (1u64 << abits) - 1;
+            let x: Vec<u8> = (0..g.input_len())
+                .map(|_| if extreme { amax as u8 } else { (r() % (amax + 1)) as u8 })
+                .collect();
+            let q = (1i64 << (wbits - 1)) - 1;
+            let codes: Vec<i8> = (0..g.c_out * g.k())
+                .map(|i| if extreme { if i % 2 == 0 { q as i8 } else { -q as i8 } }
+                     else { ((r() as i64 % (2 * q + 1)) - q) as i8 })
+                .collect();
+            let wp = PackedWeights::from_codes(&codes, g.c_out, g.k(), wbits, vec![1.0; g.c_out]).unwrap();
+            let panel = conv_panel(&wp, &g).unwrap();
+            prop_assert!(implicit_geom(&conv_source(&x, &g).unwrap(), panel.kp()).is_some());
+            let want = reference::conv2d(&x, &g, &codes);
+            for isa in Isa::available() {
+                let mut raw = vec![i32::MIN; want.len()];
+                gemm_fused(isa, conv_source(&x, &g).unwrap(), &panel, &AccSink::new(&mut raw, g.c_out)).unwrap();
+                prop_assert_eq!(&raw, &want, "{:?}", isa);
+            }
+        }
+
+        /// Plain rows (a linear layer): odd `k`, many rows, many channels; equal to the
+        /// reference GEMM on every ISA.
+        #[test]
+        fn fused_rows_match_reference(m in 0usize..150, n in 1usize..70, k in 1usize..300,
+                                      abits in 2u32..=8, wbits in 2u32..=8, seed in any::<u64>()) {
+            let mut r = lcg(seed);
+            let amax = (1u64 << abits) - 1;
+            let a: Vec<u8> = (0..m * k).map(|_| (r() % (amax + 1)) as u8).collect();
+            let q = (1i64 << (wbits - 1)) - 1;
+            let codes: Vec<i8> = (0..n * k).map(|_| ((r() as i64 % (2 * q + 1)) - q) as i8).collect();
+            let panel = WeightPanel::from_codes(&codes, n, k).unwrap();
+            let want = reference::gemm_u8i8(&a, m, &codes, n, k);
+            for isa in Isa::available() {
+                let mut c = vec![i32::MIN; m * n];
+                gemm_fused(isa, ASource::Rows { a: &a, k }, &panel, &AccSink::new(&mut c, n)).unwrap();
+                prop_assert_eq!(&c, &want, "{:?}", isa);
+            }
+        }
+    }
+
+    /// The AVX2 requantisation epilogue equals the plain-Rust one on every element: rows of
+    /// odd lengths, accumulators over the whole i32 range, rounding ties, both clip ends,
+    /// with and without a residual.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn simd_requant_equals_scalar() {
+        if !Isa::Avx2.is_available() {
+            return;
+        }
+        let mut r = lcg(11);
+        for len in [1usize, 7, 8, 9, 16, 31, 64, 67] {
+            for case in 0..40 {
+                let a: Vec<i32> = (0..len)
+                    .map(|j| match (case + j) % 4 {
+                        0 => r() as i32 - (1 << 30),
+                        1 => (r() % 2000) as i32 - 1000,
+                        2 => {
+                            if j % 2 == 0 {
+                                i32::MAX
+                            } else {
+                                i32::MIN
+                            }
+                        }
+                        _ => (r() % 64) as i32,
+                    })
+                    .collect();
+                let s: Vec<f32> = (0..len)
+                    .map(|_| (r() % 1000) as f32 / 4000.0 + 1e-6)
+                    .collect();
+                let b: Vec<f32> = (0..len).map(|_| (r() % 200) as f32 / 100.0 - 1.0).collect();
+                let res: Vec<u8> = (0..len).map(|_| r() as u8).collect();
+                // Steps of 0.25 and 0.5 make exact .5 ties frequent.
+                let (alpha, step) = [(3.75, 0.25), (7.5, 0.5), (2.0, 2.0 / 255.0)][case % 3];
+                for with_res in [None, Some((&res[..], 0.125f32))] {
+                    let mut want = vec![0u8; len];
+                    requant_row(&mut want, &a, &s, &b, with_res, alpha, step);
+                    let mut got = vec![0xEEu8; len];
+                    // SAFETY: AVX2 checked above; every slice has `len` elements.
+                    let done = unsafe {
+                        crate::x86::requant_row_avx2(&mut got, &a, &s, &b, with_res, alpha, step)
+                    };
+                    assert_eq!(done, len / 8 * 8);
+                    assert_eq!(&got[..done], &want[..done], "len {len} case {case}");
+                }
+            }
+        }
+    }
+
+    /// Issue 18's network: ResNet-20 at 28×28×1 (stages of 16, 32, 64 channels at 28², 14²,
+    /// 7²; 3×3 convs, stride 2 into stages 2 and 3), here at batch 2: every layer shape, fused
+    /// with requantisation and a residual, equals the reference on every ISA, for the 8/8 and
+    /// 4/4 bit-widths of the issue's table.
+    #[test]
+    fn resnet20_layer_shapes_match_reference() {
+        let shapes = [
+            (28, 1, 16, 1),
+            (28, 16, 16, 1),
+            (28, 16, 32, 2),
+            (14, 32, 32, 1),
+            (14, 32, 64, 2),
+            (7, 64, 64, 1),
+        ];
+        let mut r = lcg(18);
+        for (hw, c_in, c_out, stride) in shapes {
+            for bits in [8u32, 4] {
+                let g = ConvGeom {
+                    batch: 2,
+                    h: hw,
+                    w: hw,
+                    c_in,
+                    c_out,
+                    kh: 3,
+                    kw: 3,
+                    stride,
+                    pad: 1,
+                };
+                let amax = (1u64 << bits) - 1;
+                let x: Vec<u8> = (0..g.input_len())
+                    .map(|_| (r() % (amax + 1)) as u8)
+                    .collect();
+                let q = (1i64 << (bits - 1)) - 1;
+                let codes: Vec<i8> = (0..c_out * g.k())
+                    .map(|_| ((r() as i64 % (2 * q + 1)) - q) as i8)
+                    .collect();
+                let wp = PackedWeights::from_codes(&codes, c_out, g.k(), bits, vec![1.0; c_out])
+                    .unwrap();
+                let panel = conv_panel(&wp, &g).unwrap();
+                let scale: Vec<f32> = (0..c_out)
+                    .map(|_| (r() % 1000) as f32 / 50_000.0 + 1e-4)
+                    .collect();
+                let rq = Requant::new(scale, vec![0.05; c_out], 3.0, bits).unwrap();
+                let acc = reference::conv2d(&x, &g, &codes);
+                let res: Vec<u8> = (0..acc.len()).map(|_| (r() % (amax + 1)) as u8).collect();
+                let want = rq.apply_residual(&acc, &res, 3.0 / amax as f32).unwrap();
+                for isa in Isa::available() {
+                    let mut out = vec![0u8; acc.len()];
+                    conv2d_requant(
+                        &x,
+                        &g,
+                        &panel,
+                        isa,
+                        &rq,
+                        Some((&res, 3.0 / amax as f32)),
+                        &mut out,
+                    )
+                    .unwrap();
+                    assert_eq!(
+                        out, want,
+                        "{isa:?} {hw}² {c_in}→{c_out} stride {stride} {bits} bits"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn long_reduction_and_errors() {
+        // k > KC exercises the k-blocking.
+        let (m, n, k) = (37, 20, KC + 333);
+        let mut r = lcg(5);
+        let a: Vec<u8> = (0..m * k).map(|_| r() as u8).collect();
+        let codes: Vec<i8> = (0..n * k)
+            .map(|_| (r() % 255) as i8)
+            .map(|c| c.max(-127))
+            .collect();
+        let panel = WeightPanel::from_codes(&codes, n, k).unwrap();
+        let want = reference::gemm_u8i8(&a, m, &codes, n, k);
+        for isa in Isa::available() {
+            let mut c = vec![0; m * n];
+            gemm_fused(
+                isa,
+                ASource::Rows { a: &a, k },
+                &panel,
+                &AccSink::new(&mut c, n),
+            )
+            .unwrap();
+            assert_eq!(c, want, "{isa:?}");
+        }
+        let mut c = vec![0; m * (n + 1)];
+        assert!(
+            gemm_fused(
+                Isa::Portable,
+                ASource::Rows { a: &a, k },
+                &panel,
+                &AccSink::new(&mut c, n + 1)
+            )
+            .is_err()
+        );
+        assert!(
+            gemm_fused(
+                Isa::Portable,
+                ASource::Rows { a: &a[1..], k },
+                &panel,
+                &AccSink::new(&mut c, n)
+            )
+            .is_err()
+        );
+        let rq = Requant::new(vec![1.0; n], vec![0.0; n], 1.0, 8).unwrap();
+        let mut o = vec![0u8; m * n];
+        assert!(RequantSink::new(&rq, Some((&a[..3], 1.0)), &mut o, Isa::Portable).is_err());
+    }
+}
