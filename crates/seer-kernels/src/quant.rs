@@ -27,8 +27,8 @@ fn check_bits(op: &'static str, bits: u32) -> Result<()> {
 /// Written with selects only (no branches), so loops over slices vectorise.
 #[inline]
 pub fn round_half_away(x: f32) -> f32 {
-    // `!(|x| < 2^23)` also holds for NaN.
-    let keep = !(x.abs() < 8_388_608.0);
+    // Also true for NaN.
+    let keep = x.is_nan() || x.abs() >= 8_388_608.0;
     let t = (x as i32) as f32;
     let d = x - t;
     let up = if d >= 0.5 { 1.0 } else { 0.0 };
