@@ -670,6 +670,10 @@ impl Model {
     /// depend on the evaluation batch. Training mode does: BatchNorm's batch statistics are
     /// batch-dependent by definition.
     ///
+    /// **Fusions.** In training mode a BatchNorm or two-input add whose only consumer is a
+    /// ReLU runs fused with it (one pass forward and backward; [`Model::forward_unfused`] is
+    /// the reference, equal up to float rounding).
+    ///
     /// Errors: shape mismatch with the spec's input; an activation quantizer whose range was
     /// never calibrated ([`Model::calibrate`]).
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
