@@ -24,21 +24,17 @@ fn check_bits(op: &'static str, bits: u32) -> Result<()> {
 /// per quantized value was a measurable share of a QAT step and of calibration). For
 /// `|x| < 2^23`, `t = trunc(x)` by conversion and `x − t` is exact; larger values and NaN
 /// are returned as they are (already integers); the sign of a zero result follows `x`.
+/// Written with selects only (no branches), so loops over slices vectorise.
 #[inline]
 pub fn round_half_away(x: f32) -> f32 {
-    if x.is_nan() || x.abs() >= 8_388_608.0 {
-        return x;
-    }
+    // Also true for NaN.
+    let keep = x.is_nan() || x.abs() >= 8_388_608.0;
     let t = (x as i32) as f32;
     let d = x - t;
-    let r = if d >= 0.5 {
-        t + 1.0
-    } else if d <= -0.5 {
-        t - 1.0
-    } else {
-        t
-    };
-    r.copysign(x)
+    let up = if d >= 0.5 { 1.0 } else { 0.0 };
+    let down = if d <= -0.5 { 1.0 } else { 0.0 };
+    let r = ((t + up) - down).copysign(x);
+    if keep { x } else { r }
 }
 
 /// Largest signed level `2^(b−1) − 1` of a `bits`-bit symmetric quantizer.

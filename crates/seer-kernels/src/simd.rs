@@ -155,10 +155,9 @@ pub(crate) fn gemm_dot(
 /// where every element of `C` is summed over `k` in the order `0, 1, …, k − 1`: the same
 /// bits for a row of `A` whatever `m`, whichever rows surround it and however the caller
 /// splits `A` into calls (the batch-invariant forward of [`crate::linear`]). AVX2+FMA: the
-/// [`gemm_bcast`] kernels (fused multiply-adds; columns past the last multiple of 8 run a
-/// scalar loop, so pad `n` to a multiple of 8 for speed); elsewhere a portable loop
-/// (separate multiply and add, so the bits differ between the two paths, not between
-/// batches).
+/// [`gemm_bcast`] kernels (fused multiply-adds; columns past the last multiple of 8 as
+/// masked vectors, the same chain per element); elsewhere a portable loop (separate
+/// multiply and add, so the bits differ between the two paths, not between batches).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm_rows(
     m: usize,
@@ -292,20 +291,38 @@ mod avx2 {
                 bcast_tile::<MR, 2>(op.at(0, j));
                 j += 16;
             }
-            while j + 8 <= n {
+            if j + 8 <= n {
                 bcast_tile::<MR, 1>(op.at(0, j));
-                j += 8;
             }
-            let Gemm { a, b, c, .. } = op;
-            for r in 0..MR {
-                for jj in j..n {
-                    let mut s = 0f32;
-                    for kk in 0..op.k {
-                        s += *a.add(r * op.ars + kk * op.acs) * *b.add(kk * op.brs + jj);
-                    }
-                    let cp = c.add(r * op.ldc + jj);
-                    *cp = if op.accumulate { *cp + s } else { s };
+            // The last n mod 8 columns: `bcast_tail`, called for all rows by `bcast`.
+        }
+    }
+
+    /// Columns `0..rem` (`1 ≤ rem < 8`) of an `MR`-row block: one masked vector per row
+    /// (lanes past `rem` are neither read nor written), the same chain of fused
+    /// multiply-adds over `k` per element as the full tiles.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn bcast_tail<const MR: usize>(rem: usize, op: Gemm) {
+        // SAFETY (whole body): masked lanes stay below rem; rows below MR (caller's bound).
+        unsafe {
+            let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(rem as i32), lanes);
+            let mut acc = [_mm256_setzero_ps(); MR];
+            for kk in 0..op.k {
+                let bv = _mm256_maskload_ps(op.b.add(kk * op.brs), mask);
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let av = _mm256_broadcast_ss(&*op.a.add(r * op.ars + kk * op.acs));
+                    *acc = _mm256_fmadd_ps(av, bv, *acc);
                 }
+            }
+            for (r, &x) in acc.iter().enumerate() {
+                let cp = op.c.add(r * op.ldc);
+                let x = if op.accumulate {
+                    _mm256_add_ps(x, _mm256_maskload_ps(cp, mask))
+                } else {
+                    x
+                };
+                _mm256_maskstore_ps(cp, mask, x);
             }
         }
     }
@@ -331,11 +348,36 @@ mod avx2 {
         }};
     }
 
-    /// See [`super::gemm_bcast`]; the caller checked CPU support and extents.
+    /// See [`super::gemm_bcast`]; the caller checked CPU support and extents. Full vectors of
+    /// columns in `MR × 16` and `MR × 8` tiles, then the last `n mod 8` columns as masked
+    /// vectors in blocks of 8 rows (8 independent accumulator chains).
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn bcast(m: usize, n: usize, op: Gemm) {
-        // SAFETY: row blocks stay below m.
-        unsafe { row_blocks!(bcast_rows, m, n, op) }
+        // SAFETY: row blocks stay below m, the tail's columns below n.
+        unsafe {
+            row_blocks!(bcast_rows, m, n, op);
+            let (j, rem) = (n / 8 * 8, n % 8);
+            if rem == 0 {
+                return;
+            }
+            let op = op.at(0, j);
+            let mut i = 0;
+            while i + 8 <= m {
+                bcast_tail::<8>(rem, op.at(i, 0));
+                i += 8;
+            }
+            let rest = op.at(i, 0);
+            match m - i {
+                7 => bcast_tail::<7>(rem, rest),
+                6 => bcast_tail::<6>(rem, rest),
+                5 => bcast_tail::<5>(rem, rest),
+                4 => bcast_tail::<4>(rem, rest),
+                3 => bcast_tail::<3>(rem, rest),
+                2 => bcast_tail::<2>(rem, rest),
+                1 => bcast_tail::<1>(rem, rest),
+                _ => {}
+            }
+        }
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -433,6 +475,47 @@ mod tests {
             }
         }
         c
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+        /// `gemm_bcast` on the first `n` of `n + extra` columns (odd sizes, zero rows, columns
+        /// or reduction): matches a naive f64 product, leaves the other columns untouched, and
+        /// (AVX2) gives every column the bits it has in the wider product, whether it falls in
+        /// a full tile or in the masked tail.
+        #[test]
+        fn bcast_columns_do_not_depend_on_the_width(
+            m in 0usize..20, n in 0usize..40, k in 0usize..40, extra in 1usize..9,
+            accumulate in proptest::prelude::any::<bool>(), seed in 0u64..1000,
+        ) {
+            let nb = n + extra;
+            let a = values(seed, m * k);
+            let b = values(seed + 1, k * nb);
+            let c0 = values(seed + 2, m * nb);
+            let mut full = c0.clone();
+            gemm_bcast(m, nb, k, Mat::rows(&a, k), &b, nb, &mut full, nb, accumulate);
+            let mut part = c0.clone();
+            gemm_bcast(m, n, k, Mat::rows(&a, k), &b, nb, &mut part, nb, accumulate);
+            let want = naive(m, nb, k, |i, q| a[i * k + q], |q, j| b[q * nb + j]);
+            #[cfg(target_arch = "x86_64")]
+            let same_bits = has_avx2();
+            #[cfg(not(target_arch = "x86_64"))]
+            let same_bits = false;
+            for i in 0..m {
+                for j in 0..nb {
+                    let (p, f, c) = (part[i * nb + j], full[i * nb + j], c0[i * nb + j]);
+                    if j >= n {
+                        proptest::prop_assert_eq!(p.to_bits(), c.to_bits(), "column {} written", j);
+                        continue;
+                    }
+                    let w = want[i * nb + j] + if accumulate { c } else { 0.0 };
+                    proptest::prop_assert!((p - w).abs() <= 1e-4 * (1.0 + w.abs()), "{p} vs {w}");
+                    if same_bits {
+                        proptest::prop_assert_eq!(p.to_bits(), f.to_bits(), "row {} column {}", i, j);
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -691,10 +691,20 @@ impl Model {
     /// depend on the evaluation batch. Training mode does: BatchNorm's batch statistics are
     /// batch-dependent by definition.
     ///
+    /// **Fusions.** In training mode a BatchNorm or two-input add whose only consumer is a
+    /// ReLU runs fused with it (one pass forward and backward; [`Model::forward_unfused`] is
+    /// the reference, equal up to float rounding).
+    ///
     /// Errors: shape mismatch with the spec's input; an activation quantizer whose range was
     /// never calibrated ([`Model::calibrate`]).
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         self.forward_impl(x, train, None, None, None)
+    }
+
+    /// [`Model::forward`] without the training-mode ReLU fusions (every layer its own op): the
+    /// slow reference the fused training forward is tested against.
+    pub fn forward_unfused(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_layers(x, train, None, None, None, false)
     }
 
     /// The output shape of every layer (`[N, ...]` as computed, index = spec layer) for
@@ -732,9 +742,21 @@ impl Model {
         &self,
         x: &Tensor,
         train: bool,
+        calib: Option<&mut Calib>,
+        shapes: Option<&mut Vec<Vec<usize>>>,
+        probes: Option<&mut Vec<Option<Probe>>>,
+    ) -> Result<Tensor> {
+        self.forward_layers(x, train, calib, shapes, probes, true)
+    }
+
+    fn forward_layers(
+        &self,
+        x: &Tensor,
+        train: bool,
         mut calib: Option<&mut Calib>,
         mut shapes: Option<&mut Vec<Vec<usize>>>,
         mut probes: Option<&mut Vec<Option<Probe>>>,
+        fuse: bool,
     ) -> Result<Tensor> {
         // With probes: BatchNorm on its running statistics, parameters attached (gradients).
         let attach = train || probes.is_some();
@@ -760,6 +782,14 @@ impl Model {
             }
         }
         last_use[n - 1] = n;
+        // Training mode fuses a BatchNorm or a two-input residual add into the ReLU that is
+        // its only consumer (seer-kernels' one-pass ops, forward and backward): `fused[i]`
+        // marks such a producer, whose output is then already the ReLU's.
+        let fused = if fuse && train && calib.is_none() {
+            self.relu_fusions()
+        } else {
+            vec![false; n]
+        };
         let mut outs: Vec<Option<Tensor>> = vec![None; n];
         for i in 0..n {
             let l = &self.spec.layers[i];
@@ -812,7 +842,11 @@ impl Model {
                         p.running_var.as_ref().expect("bn var"),
                     );
                     if train {
-                        let (y, mean, var) = ops::batch_norm_train(&xin, &g, &b, BN_EPS)?;
+                        let (y, mean, var) = if fused[i] {
+                            ops::batch_norm_relu_train(&xin, &g, &b, BN_EPS)?
+                        } else {
+                            ops::batch_norm_train(&xin, &g, &b, BN_EPS)?
+                        };
                         let m = xin.elem_count() / xin.dim(1)?;
                         let unbiased = (var * (m as f64 / (m.max(2) - 1) as f64))?;
                         let mom = BN_MOMENTUM;
@@ -823,8 +857,10 @@ impl Model {
                         ops::batch_norm_eval(&xin, &g, &b, rm.as_tensor(), rv.as_tensor(), BN_EPS)?
                     }
                 }
-                LayerKind::Relu => input(0).relu()?,
+                LayerKind::Relu if l.inputs.first().is_some_and(|&p| fused[p]) => input(0),
+                LayerKind::Relu => ops::relu(&input(0))?,
                 LayerKind::Relu6 => input(0).clamp(0f32, 6f32)?,
+                LayerKind::Add if fused[i] => ops::add_relu(&input(0), &input(1))?,
                 LayerKind::Add => {
                     let mut acc: Option<Tensor> = None;
                     for k in 0..l.inputs.len() {
@@ -921,6 +957,34 @@ impl Model {
         let mut probes = Vec::new();
         let y = self.forward_impl(x, false, None, None, Some(&mut probes))?;
         Ok((y, probes))
+    }
+
+    /// Per layer, whether it is a BatchNorm, or an add of two inputs without channel
+    /// gathers, that has no output mask and whose only consumer is a ReLU: the training
+    /// forward computes it with that ReLU in one fused op (same values; the ReLU gradient is
+    /// `[y > 0]`).
+    fn relu_fusions(&self) -> Vec<bool> {
+        let layers = &self.spec.layers;
+        let mut consumers = vec![Vec::new(); layers.len()];
+        for (i, l) in layers.iter().enumerate() {
+            for &p in &l.inputs {
+                consumers[p].push(i);
+            }
+        }
+        (0..layers.len())
+            .map(|i| {
+                let fusable = match layers[i].kind {
+                    LayerKind::BatchNorm => true,
+                    LayerKind::Add => layers[i].inputs.len() == 2 && self.comp[i].gathers.is_none(),
+                    _ => false,
+                };
+                fusable
+                    && i + 1 < layers.len()
+                    && self.plan.out_mask[i].is_none()
+                    && consumers[i].len() == 1
+                    && matches!(layers[consumers[i][0]].kind, LayerKind::Relu)
+            })
+            .collect()
     }
 
     /// The weight as used in the forward pass: absent input channels zeroed, then
@@ -1400,24 +1464,41 @@ pub fn top_k(score: &[f64], k: usize) -> Vec<usize> {
 
 /// The clip range α in (0, max] minimising the `bits`-bit unsigned quantization MSE of the
 /// samples (grid of 100 fractions of the maximum). 1.0 when every sample is ≤ 0.
+///
+/// The 100 candidates are scored in parallel; each error is the same f64 sum, in sample
+/// order, as a serial loop gives (the f32 quantization and the f64 squares of a block of
+/// samples are computed first, vectorised, then added in order), so α does not depend on
+/// the thread count.
 pub fn best_clip(samples: &[f32], bits: u32) -> f32 {
+    use rayon::prelude::*;
     let max = samples.iter().copied().fold(0f32, f32::max);
     if max.is_nan() || max <= 0.0 {
         return 1.0;
     }
     let levels = ops::act_levels(bits) as f32;
     let pos: Vec<f32> = samples.iter().copied().filter(|&v| v > 0.0).collect();
+    const BLOCK: usize = 256;
+    let errs: Vec<(f64, f32)> = (1..=100)
+        .into_par_iter()
+        .map(|k| {
+            let a = max * k as f32 / 100.0;
+            let s = a / levels;
+            let mut sq = [0f64; BLOCK];
+            let mut err = 0f64;
+            for c in pos.chunks(BLOCK) {
+                for (e, &v) in sq.iter_mut().zip(c) {
+                    let q = seer_kernels::round_half_away(v.min(a) / s) * s;
+                    *e = ((q - v) as f64).powi(2);
+                }
+                for &e in &sq[..c.len()] {
+                    err += e;
+                }
+            }
+            (err, a)
+        })
+        .collect();
     let mut best = (f64::INFINITY, max);
-    for k in 1..=100 {
-        let a = max * k as f32 / 100.0;
-        let s = a / levels;
-        let err: f64 = pos
-            .iter()
-            .map(|&v| {
-                let q = seer_kernels::round_half_away(v.min(a) / s) * s;
-                ((q - v) as f64).powi(2)
-            })
-            .sum();
+    for (err, a) in errs {
         if err < best.0 {
             best = (err, a);
         }

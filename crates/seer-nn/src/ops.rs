@@ -65,6 +65,28 @@ pub fn batch_norm_train(
     Ok((o.y, o.mean, o.var))
 }
 
+/// [`batch_norm_train`] followed by ReLU in one fused op (seer-kernels; the ReLU gradient is
+/// `[y > 0]`). Shapes and returned statistics as [`batch_norm_train`].
+pub fn batch_norm_relu_train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let o = seer_kernels::batch_norm_relu_train(x, gamma, beta, eps)?;
+    Ok((o.y, o.mean, o.var))
+}
+
+/// ReLU with a one-pass backward (`dx = dy · [x > 0]`; seer-kernels). Any shape.
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    Ok(seer_kernels::relu(x)?)
+}
+
+/// `relu(a + b)` with a one-pass backward (seer-kernels). `a`, `b`: equal shapes.
+pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    Ok(seer_kernels::add_relu(a, b)?)
+}
+
 /// Batch normalisation from running statistics. Shapes as [`batch_norm_train`].
 pub fn batch_norm_eval(
     x: &Tensor,

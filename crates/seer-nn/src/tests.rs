@@ -620,3 +620,60 @@ fn slim_finetune_equals_masked_finetune() {
         }
     }
 }
+
+/// The training forward with BatchNorm+ReLU and add+ReLU fused equals the unfused one (every
+/// layer its own op), in f32 and under a QAT policy, masked and slimmed: logits and the
+/// gradients of every trainable variable (weights, BatchNorm, clip ranges α).
+#[test]
+fn fused_training_forward_equals_unfused() {
+    let spec = builtin("resnet20", input("12x12x1"), None).unwrap();
+    let space = SearchSpace::new(spec.clone(), SpaceConfig::default()).unwrap();
+    for (trial, quant) in [(0u64, false), (1, true), (2, true)] {
+        let mut m = Model::new(spec.clone(), trial, &Device::Cpu).unwrap();
+        warm_bn(&m, 30 + trial);
+        if quant {
+            m.apply_policy(&space, &random_policy(&space, 200 + trial))
+                .unwrap();
+            let calib: Vec<Tensor> = (0..2).map(|k| rand_x(8, spec.input, 60 + k)).collect();
+            m.calibrate(calib.iter()).unwrap();
+            if trial == 2 {
+                m = m.slim().unwrap();
+            }
+        }
+        let x = rand_x(6, spec.input, 70 + trial);
+        let vars = m.trainable_vars(quant);
+        let run = |fused: bool| {
+            let y = if fused {
+                m.forward(&x, true).unwrap()
+            } else {
+                m.forward_unfused(&x, true).unwrap()
+            };
+            let r = rand_x(6, spec.input, 90).flatten_from(1).unwrap();
+            let r = r.narrow(1, 0, y.dim(1).unwrap()).unwrap();
+            let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let grads: Vec<Tensor> = vars
+                .iter()
+                .map(|v| g.get(v.as_tensor()).unwrap().clone())
+                .collect();
+            (y, grads)
+        };
+        let (yf, gf) = run(true);
+        let (yu, gu) = run(false);
+        let d = max_abs_diff(&yf, &yu);
+        assert!(d <= 1e-5, "trial {trial}: logits differ by {d}");
+        for (i, (a, b)) in gf.iter().zip(&gu).enumerate() {
+            let scale = 1.0
+                + b.abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+            let d = max_abs_diff(a, b);
+            assert!(
+                d <= 1e-4 * scale,
+                "trial {trial}: gradient {i} differs by {d}"
+            );
+        }
+    }
+}

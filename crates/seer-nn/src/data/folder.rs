@@ -10,9 +10,9 @@
 //! - **Splits**: when the root has a `train/` sub-folder, `train/`, `val/` and `test/` are the
 //!   splits (their class folders must be among `train/`'s); a missing `val/` is carved from
 //!   `train/` and a missing `test/` likewise, with the sizes of
-//!   [`default_split_sizes`](super::default_split_sizes) (at least 1 each: `n/10` and `n/5`,
+//!   [`default_split_sizes`] (at least 1 each: `n/10` and `n/5`,
 //!   5,000 and 10,000 from 30,000 images on) and the seeded permutation of
-//!   [`split_indices`](super::split_indices) with [`SPLIT_SEED`]. Without `train/`, the whole
+//!   [`split_indices`] with [`SPLIT_SEED`]. Without `train/`, the whole
 //!   pool is split that way.
 //!   Images are not de-duplicated: the split is by file.
 //! - **Resizing** to `--input H×W×C`: an image already `W×H` is used as it is; otherwise it is

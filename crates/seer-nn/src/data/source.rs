@@ -1,5 +1,5 @@
 //! Where a dataset comes from: a built-in dataset by name, or an image folder
-//! ([`folder`](super::folder)) with its input shape. One canonical text names either, and is
+//! ([`folder`]) with its input shape. One canonical text names either, and is
 //! what checkpoints, labelling protocols and reports record:
 //!
 //! - `fashion-mnist`, `mnist`, `cifar10` (aliases as in [`DatasetName::parse`]);
