@@ -76,6 +76,13 @@ pub enum Error {
     /// `source()`.
     #[error("model, data or training")]
     Nn(#[from] seer_nn::Error),
+    /// An error of the integer engine's model file (reading an export back), kept as
+    /// `source()`.
+    #[error("integer model")]
+    Int(#[from] seer_int::Error),
+    /// An error of the ONNX import or QDQ export (the `seer-onnx` crate), kept as `source()`.
+    #[error("ONNX")]
+    Onnx(#[from] seer_onnx::Error),
     /// An error of the predictor (fit, prediction, samples), kept as `source()`.
     #[error("predictor")]
     Predictor(#[from] seer_predictor::Error),
