@@ -192,7 +192,13 @@ fn check_structure(im: &IntModel) -> (ModelProto, Vec<u32>) {
             cols,
             "{name}"
         );
-        let codes: Vec<i8> = w.raw_data.as_ref().unwrap().iter().map(|&c| c as i8).collect();
+        let codes: Vec<i8> = w
+            .raw_data
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|&c| c as i8)
+            .collect();
         let qmax = (1i32 << (b - 1)) - 1;
         assert!(
             codes.iter().all(|&c| (c as i32).abs() <= qmax),
@@ -203,7 +209,10 @@ fn check_structure(im: &IntModel) -> (ModelProto, Vec<u32>) {
             .chunks_exact(cols)
             .map(|r| r.iter().map(|&c| (c as i32).abs()).max().unwrap())
             .collect();
-        assert!(row_max.iter().all(|&m| m == qmax || m == 0), "{name}: {row_max:?}");
+        assert!(
+            row_max.iter().all(|&m| m == qmax || m == 0),
+            "{name}: {row_max:?}"
+        );
         let scale = f32s(init(&m, &format!("{name}.weight_scale")));
         let lw = &im.weights()[name];
         assert_eq!(scale.len(), rows, "{name}: one scale per output channel");
@@ -220,8 +229,32 @@ fn check_structure(im: &IntModel) -> (ModelProto, Vec<u32>) {
             .find(|n| n.output[0] == format!("{name}.weight"))
             .unwrap();
         assert_eq!(dq.op_type.as_deref(), Some("DequantizeLinear"));
-        let axis = dq.attribute.iter().find(|a| a.name.as_deref() == Some("axis"));
+        let axis = dq
+            .attribute
+            .iter()
+            .find(|a| a.name.as_deref() == Some("axis"));
         assert_eq!(axis.and_then(|a| a.i), Some(0), "{name}: per-axis");
+        // A conv's bias is a separate Add of [O, 1, 1] (ONNX Runtime would round a Conv bias
+        // input to the int32 grid); a linear layer's is Gemm's C input.
+        let bias = init(&m, &format!("{name}.bias"));
+        if matches!(node.op, NodeOp::Conv { .. }) {
+            assert_eq!(bias.dims, vec![rows as i64, 1, 1], "{name}");
+            let conv = g
+                .node
+                .iter()
+                .find(|n| {
+                    n.op_type.as_deref() == Some("Conv")
+                        && n.name.as_deref() == Some(&format!("{name}.conv_nobias"))
+                })
+                .unwrap();
+            assert_eq!(conv.input.len(), 2, "{name}: no bias input");
+        } else {
+            assert_eq!(bias.dims, vec![rows as i64], "{name}");
+        }
+        assert_eq!(
+            f32s(bias),
+            im.weights()[name].bias.clone().unwrap_or(vec![0.0; rows])
+        );
         if let Some(q) = node.out {
             let s = f32s(init(&m, &format!("{name}.act_scale")));
             assert_eq!(s, vec![q.alpha / ((1u32 << q.bits) - 1) as f32]);
@@ -259,9 +292,15 @@ fn qdq_export_of_the_compressed_vgg_fixture_has_the_expected_graph() {
     let sum = qdq::write_qdq(&im, &path).unwrap();
     let bytes = std::fs::read(&path).unwrap();
     assert_eq!(sum.file_bytes, bytes.len() as u64);
-    assert_eq!(sum.quantize_nodes + im.weights().len(), sum.dequantize_nodes);
+    assert_eq!(
+        sum.quantize_nodes + im.weights().len(),
+        sum.dequantize_nodes
+    );
     // One byte per kept weight plus small overhead: well under the slim f32 weights.
-    assert!(sum.file_bytes < 2 * sum.weight_codes as u64 + 16_384, "{sum:?}");
+    assert!(
+        sum.file_bytes < 2 * sum.weight_codes as u64 + 16_384,
+        "{sum:?}"
+    );
     let back = <ModelProto as prost::Message>::decode(&bytes[..]).unwrap();
     assert_eq!(back, m);
     let props: HashMap<_, _> = m
@@ -280,7 +319,13 @@ fn qdq_export_of_resnet20_covers_every_node_kind() {
     let im = compressed_zoo("resnet20", "12x12x1", 7);
     let kinds: std::collections::HashSet<&str> =
         im.meta().nodes.iter().map(|n| n.op.kind()).collect();
-    for k in ["conv", "linear", "quantize", "shortcut_a", "global_avg_pool"] {
+    for k in [
+        "conv",
+        "linear",
+        "quantize",
+        "shortcut_a",
+        "global_avg_pool",
+    ] {
         assert!(kinds.contains(k), "{k} missing from {kinds:?}");
     }
     let (m, _) = check_structure(&im);
@@ -290,7 +335,10 @@ fn qdq_export_of_resnet20_covers_every_node_kind() {
         assert!(has(op), "no {op}");
     }
     assert_eq!(
-        g.node.iter().filter(|n| n.output.iter().any(|o| o == OUTPUT)).count(),
+        g.node
+            .iter()
+            .filter(|n| n.output.iter().any(|o| o == OUTPUT))
+            .count(),
         1
     );
 }
@@ -313,7 +361,12 @@ fn tract_run(bytes: &[u8], x: Vec<f32>, shape: [usize; 4]) -> Vec<f32> {
         .unwrap();
     let input = Tensor4::from_shape(&shape, &x);
     let out = model.run(tvec!(input.into())).unwrap();
-    out[0].to_plain_array_view::<f32>().unwrap().iter().copied().collect()
+    out[0]
+        .to_plain_array_view::<f32>()
+        .unwrap()
+        .iter()
+        .copied()
+        .collect()
 }
 
 /// A tract tensor `[n, c, h, w]` of f32 values.
@@ -390,5 +443,8 @@ fn qdq_export_in_tract_agrees_with_the_integer_engine() {
     let im = compressed_zoo("resnet20", "12x12x1", 7);
     let px = pixels(64, 144, 9);
     let (agree, n) = tract_agreement(&im, &px, 64);
-    assert_eq!(agree, n, "resnet20: tract and the engine agree on {agree}/{n}");
+    assert_eq!(
+        agree, n,
+        "resnet20: tract and the engine agree on {agree}/{n}"
+    );
 }

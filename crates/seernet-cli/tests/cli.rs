@@ -1084,7 +1084,10 @@ fn compress_an_imported_onnx_model_on_an_image_folder() {
         assert_eq!(pj["predictions"].as_array().unwrap().len(), n_test);
         assert_eq!(pj["labels"].as_array().unwrap().len(), n_test);
         assert_eq!(pj["shape"], serde_json::json!([1, 28, 28]));
-        assert_eq!(std::fs::metadata(&images).unwrap().len() as usize, n_test * 28 * 28);
+        assert_eq!(
+            std::fs::metadata(&images).unwrap().len() as usize,
+            n_test * 28 * 28
+        );
         let correct = pj["predictions"]
             .as_array()
             .unwrap()

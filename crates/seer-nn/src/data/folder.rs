@@ -611,7 +611,10 @@ mod tests {
             o
         };
         let per = s.train.image(0).len();
-        s.train.images = order.iter().flat_map(|&i| s.train.image(i).to_vec()).collect();
+        s.train.images = order
+            .iter()
+            .flat_map(|&i| s.train.image(i).to_vec())
+            .collect();
         s.train.labels = order.iter().map(|&i| s.train.labels[i]).collect();
         assert_eq!(s.train.images.len(), per * s.train.len());
         let out = td.path().join("out");

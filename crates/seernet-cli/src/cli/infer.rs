@@ -338,8 +338,7 @@ pub fn run(a: InferArgs) -> Result<()> {
             "model": a.model.display().to_string(), "dataset": name.id(), "split": a.split,
             "n": n, "shape": data.shape, "predictions": preds, "labels": data.labels,
         });
-        std::fs::write(p, format!("{v}\n"))
-            .with_context(|| format!("writing {}", p.display()))?;
+        std::fs::write(p, format!("{v}\n")).with_context(|| format!("writing {}", p.display()))?;
     }
     if let Some(p) = &a.save_images {
         std::fs::write(p, &data.images).with_context(|| format!("writing {}", p.display()))?;
