@@ -15,7 +15,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// The main job: label, learn a predictor, search per budget, fine-tune, export, report.
-    Compress(cli::compress::CompressArgs),
+    Compress(Box<cli::compress::CompressArgs>),
     /// MACs, BOPs and model size of a network under a policy, per layer and in total.
     Complexity(cli::complexity::ComplexityArgs),
     /// The searchable units and residual tie groups of a network's search space.
@@ -64,7 +64,7 @@ fn main() {
     let result = match cli.command {
         Command::Complexity(a) => cli::complexity::run(a),
         Command::Space(a) => cli::space::run(a),
-        Command::Compress(a) => cli::compress::run_cmd(a),
+        Command::Compress(a) => cli::compress::run_cmd(*a),
         Command::Train(a) => cli::train::run(a),
         Command::Eval(a) => cli::eval::run(a),
         Command::Finetune(a) => cli::finetune::run(a),
