@@ -7,6 +7,12 @@
 //! operators and attributes are listed in [`convert::SUPPORTED`]; anything else is one
 //! [`Error::Unsupported`] naming the node, its op and what is supported.
 //!
+//! The other direction, [`qdq`]: a compressed model of the integer engine
+//! (`seer_int::format::IntModel`) written as an ONNX graph with `QuantizeLinear` /
+//! `DequantizeLinear` pairs (`model-<budget>.onnx`, docs/export.md): physically pruned,
+//! BatchNorm folded, int8 weights per output channel (bit-widths below 8 in a restricted
+//! int8 range), uint8 activations per tensor.
+//!
 //! ```
 //! // A file that is not an ONNX model is one clear error, not a panic.
 //! let e = seer_onnx::import_bytes(b"not a model", "x.onnx").unwrap_err();
@@ -17,11 +23,13 @@
 pub mod convert;
 #[allow(missing_docs)]
 pub mod proto;
+pub mod qdq;
 mod tensor;
 
 use std::path::{Path, PathBuf};
 
 pub use convert::{Imported, import_bytes};
+pub use qdq::{QdqSummary, to_qdq, write_qdq};
 
 /// Everything that can go wrong when importing an ONNX file. Messages name the file and,
 /// where one is at fault, the node (its name, or `#index` when unnamed) and its op.
@@ -85,6 +93,14 @@ pub enum Error {
         file: String,
         /// The spec error.
         source: seer_policy::Error,
+    },
+    /// An integer-engine model that cannot be written as an ONNX QDQ graph ([`qdq`]).
+    #[error("ONNX QDQ export: node {what}: {msg}")]
+    Export {
+        /// The engine node at fault (or `model`).
+        what: String,
+        /// What is wrong.
+        msg: String,
     },
     /// Building or saving the seer-nn model failed.
     #[error("{file}: building the model")]
@@ -184,3 +200,5 @@ pub fn import_file(path: &Path) -> Result<Imported> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_qdq;

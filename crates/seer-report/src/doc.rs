@@ -114,6 +114,7 @@ pub(crate) fn document(r: &RunReport) -> Vec<Block> {
                     ),
                     fmt::size(x.size_bits),
                     opt(x.file_bytes, |b| fmt::size(8 * b)),
+                    opt(x.onnx_bytes, |b| fmt::size(8 * b)),
                     opt(r.compression_ratio(x.size_bits), |c| format!("{c:.1}×")),
                     format!(
                         "{:.2}{}{}",
@@ -139,6 +140,7 @@ pub(crate) fn document(r: &RunReport) -> Vec<Block> {
                 "BOPs",
                 "model size",
                 "file",
+                "ONNX QDQ file",
                 "compression vs fp32",
                 "predicted top-1 (%)",
                 "measured test top-1 (%)",
@@ -192,6 +194,13 @@ pub(crate) fn document(r: &RunReport) -> Vec<Block> {
             }
             if let Some(m) = &x.model_file {
                 facts.push(format!("Model file: {m}"));
+            }
+            if let Some(o) = &x.onnx_file {
+                facts.push(format!(
+                    "ONNX QDQ file: {o}{}",
+                    x.onnx_bytes
+                        .map_or(String::new(), |b| format!(" ({b} bytes)"))
+                ));
             }
             d.push(List(facts));
             let rows = x

@@ -184,6 +184,13 @@ pub struct BudgetOutcome {
     /// provenance); `size_bits` counts what the integer engine stores of the weights only.
     #[serde(default)]
     pub file_bytes: Option<u64>,
+    /// The ONNX QDQ form of the model (`model-<budget>.onnx`, docs/export.md), relative to the
+    /// run directory; None when it was not written (or in reports from before it existed).
+    #[serde(default)]
+    pub onnx_file: Option<String>,
+    /// Bytes of the ONNX QDQ file on disk (int8 weights, float biases and scales, the graph).
+    #[serde(default)]
+    pub onnx_bytes: Option<u64>,
     /// Validation top-1 of this policy measured under the labelling protocol (the evidence
     /// the final choice was made on); None for reports written before it was recorded.
     #[serde(default)]
@@ -623,6 +630,8 @@ pub(crate) mod tests {
                     policy_file: Some("policy-frac-0.05.json".into()),
                     model_file: Some("model-frac-0.05.safetensors".into()),
                     file_bytes: Some(81_234),
+                    onnx_file: Some("model-frac-0.05.onnx".into()),
+                    onnx_bytes: Some(152_346),
                     label_val_top1: Some(88.1),
                     selected_from: Some("barrier search, κ = 1".into()),
                     extrapolation: None,
@@ -644,6 +653,8 @@ pub(crate) mod tests {
                     policy_file: None,
                     model_file: None,
                     file_bytes: None,
+                    onnx_file: None,
+                    onnx_bytes: None,
                     label_val_top1: None,
                     selected_from: None,
                     extrapolation: Some("above the highest training label".into()),

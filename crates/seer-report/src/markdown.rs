@@ -101,8 +101,13 @@ mod tests {
         }
         assert!(!md.contains("| total |") && !md.contains("this invocation)"));
         // The model's stored size and the file's size are separate columns.
-        assert!(md.contains("| model size | file |"), "{md}");
-        assert!(md.contains("| 75.00 KB | 81.23 KB |"), "{md}");
+        assert!(md.contains("| model size | file | ONNX QDQ file |"), "{md}");
+        assert!(md.contains("| 75.00 KB | 81.23 KB | 152.35 KB |"), "{md}");
+        // Issue 20: the ONNX QDQ export's bytes on disk, in the table and the policy's facts.
+        assert!(
+            md.contains("ONNX QDQ file: model-frac-0.05.onnx (152346 bytes)"),
+            "{md}"
+        );
         // The unmeasured budget gets no margin.
         let row = md.lines().find(|l| l.starts_with("| frac-0.15 |")).unwrap();
         assert!(

@@ -1042,4 +1042,62 @@ fn compress_an_imported_onnx_model_on_an_image_folder() {
         "no integer-engine export in {}",
         out.display()
     );
+    // Issue 20, deliver 3: every export has its ONNX QDQ form beside it, and the report gives
+    // its bytes on disk.
+    let mut checked = 0;
+    for e in std::fs::read_dir(&out).unwrap().filter_map(|e| e.ok()) {
+        let p = e.path();
+        let n = e.file_name().to_string_lossy().into_owned();
+        if !(n.starts_with("model-") && n.ends_with(".safetensors")) {
+            continue;
+        }
+        let onnx = p.with_extension("onnx");
+        let bytes = std::fs::metadata(&onnx)
+            .unwrap_or_else(|_| panic!("no {} beside {n}\n{log}", onnx.display()))
+            .len();
+        let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+        let name = onnx.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            md.contains(&format!("ONNX QDQ file: {name} ({bytes} bytes)")),
+            "{md}"
+        );
+        // The engine's predictions and the images they are for, for another runtime.
+        let preds = td.path().join("preds.json");
+        let images = td.path().join("images.u8");
+        let v = json(&[
+            "infer",
+            "--model",
+            p.to_str().unwrap(),
+            "--dataset",
+            folder.to_str().unwrap(),
+            "--no-compare",
+            "--predictions",
+            preds.to_str().unwrap(),
+            "--save-images",
+            images.to_str().unwrap(),
+            "--json",
+        ]);
+        let pj: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&preds).unwrap()).unwrap();
+        let n_test = v["n"].as_u64().unwrap() as usize;
+        assert_eq!(pj["n"].as_u64().unwrap() as usize, n_test);
+        assert_eq!(pj["predictions"].as_array().unwrap().len(), n_test);
+        assert_eq!(pj["labels"].as_array().unwrap().len(), n_test);
+        assert_eq!(pj["shape"], serde_json::json!([1, 28, 28]));
+        assert_eq!(
+            std::fs::metadata(&images).unwrap().len() as usize,
+            n_test * 28 * 28
+        );
+        let correct = pj["predictions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(pj["labels"].as_array().unwrap())
+            .filter(|(a, b)| a == b)
+            .count();
+        let top1 = v["top1"].as_f64().unwrap();
+        assert!((100.0 * correct as f64 / n_test as f64 - top1).abs() < 1e-9);
+        checked += 1;
+    }
+    assert!(checked >= 1);
 }

