@@ -96,7 +96,8 @@ struct Builder<'a> {
     what: &'a str,
 }
 
-fn ints(name: &str, v: &[i64]) -> AttributeProto {
+/// An `INTS` attribute `name` = `v`.
+pub(crate) fn ints(name: &str, v: &[i64]) -> AttributeProto {
     AttributeProto {
         name: Some(name.into()),
         r#type: Some(AttributeType::Ints as i32),
@@ -105,7 +106,8 @@ fn ints(name: &str, v: &[i64]) -> AttributeProto {
     }
 }
 
-fn int(name: &str, v: i64) -> AttributeProto {
+/// An `INT` attribute `name` = `v`.
+pub(crate) fn int(name: &str, v: i64) -> AttributeProto {
     AttributeProto {
         name: Some(name.into()),
         r#type: Some(AttributeType::Int as i32),
