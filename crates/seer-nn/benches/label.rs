@@ -25,6 +25,8 @@ use seer_nn::model::Model;
 use seer_nn::train::{self, FinetuneNetwork, TrainConfig};
 use seer_policy::{Policy, SearchSpace, SpaceConfig};
 
+use seer_bench::median;
+
 type R<T> = Result<T, Box<dyn std::error::Error>>;
 
 /// The 5 fixed policies: uniform (weight bits, activation bits, prune ratio) over the
@@ -42,19 +44,6 @@ fn arg<T: std::str::FromStr>(args: &[String], name: &str) -> Option<T> {
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1))
         .and_then(|s| s.parse().ok())
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        0.5 * (v[n / 2 - 1] + v[n / 2])
-    }
 }
 
 /// Training images per second of `steps` steps of batch 128 (after 2 warm-up steps).

@@ -45,6 +45,8 @@ use seernet::store::{label_seed, policy_hash};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use seer_bench::median;
+
 mod common;
 use common::{arg, root};
 
@@ -147,19 +149,6 @@ impl Bench {
             val_s,
             bops_frac_w8a8: bops as f64 / self.w8a8 as f64,
         })
-    }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        0.5 * (v[n / 2 - 1] + v[n / 2])
     }
 }
 
