@@ -59,6 +59,8 @@ fn child_config() -> Config {
     ];
     c.sampler_generations = 4;
     c.label_steps = 3;
+    // Labels scored on a seeded sample of the validation split, as the ResNet-20 run does.
+    c.label_val_images = Some(std::env::var("IT_VAL_IMAGES").map_or(40, |v| v.parse().unwrap()));
     c.verify_rounds = 1;
     c.kappas = vec![0.0, 1.0];
     c.final_steps = 3;
@@ -150,6 +152,36 @@ fn kill_resume_determinism_and_errors() {
         sa.labels
     );
     assert_eq!(sa.labels_computed, sa.labels);
+    // The protocol records the validation sample, and every label is a count out of 40.
+    let sto = read_store(a.join("labels.jsonl")).unwrap();
+    assert_eq!(sto.protocol.extra["val_images"], serde_json::json!(40));
+    for r in &sto.records {
+        let right = r.top1 * 40.0 / 100.0;
+        assert!(
+            (right - right.round()).abs() < 1e-9,
+            "top-1 {} of 40 images",
+            r.top1
+        );
+    }
+    // More validation images than the split has: one clear error before any label.
+    let o = run_child(
+        &data_root,
+        &td.path().join("val-too-many"),
+        &[
+            (
+                "IT_BASELINE",
+                a.join("baseline.safetensors").display().to_string(),
+            ),
+            ("IT_VAL_IMAGES", "1000000".into()),
+        ],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success()
+            && err.contains("1000000 validation images")
+            && err.contains("the validation split has"),
+        "{err}"
+    );
     // Issue 15: the summary's figures per budget and for the run.
     let sj: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(a.join("summary.json")).unwrap()).unwrap();

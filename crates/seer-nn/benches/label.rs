@@ -10,7 +10,9 @@
 //! Options: `--json` (one JSON object), `--masked` (labels on the masked full-width network,
 //! the protocol before issue 14), `--no-labels` (throughputs only), `--policies N` (the first
 //! N of the 5), `--steps N` (timed training steps per throughput, default 10),
-//! `--label-steps N` (fine-tune steps per label, default the protocol's 100; experiments only).
+//! `--label-steps N` (fine-tune steps per label, default the protocol's 100; experiments only),
+//! `--val-images N` (score labels on a seeded sample of N validation images, as the ResNet-20
+//! main job's protocol does; default all 5,000).
 //! Needs the prepared dataset (`cargo xtask fetch-data fashion-mnist`).
 
 use std::path::PathBuf;
@@ -122,6 +124,7 @@ fn main() -> R<()> {
         batch_size: 64,
         lr: 0.01,
         seed: 0,
+        val_images: arg::<usize>(&args, "--val-images"),
     };
 
     // Labels.

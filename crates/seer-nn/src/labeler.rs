@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use crate::data::{Augment, DataSource, Normalize, Splits};
+use crate::data::{Augment, DataSource, Dataset, Normalize, Splits};
 use crate::{checkpoint, train};
 use candle_core::Device;
 use seer_label::Error as LabelError;
@@ -30,7 +30,15 @@ pub struct LabelSettings {
     pub lr: f64,
     /// Base seed (each label's seed derives from it and the policy hash).
     pub seed: u64,
+    /// Validation images each label is scored on: `None` the whole validation split, `Some(n)`
+    /// the fixed sample [`Dataset::sample`]`(n, `[`VAL_SAMPLE_SEED`]`)` (recorded in the
+    /// protocol as `extra.val_images`; docs/method.md §3, step 6).
+    pub val_images: Option<usize>,
 }
+
+/// Seed of the validation sample of protocols with `extra.val_images` (the subsets
+/// `cargo xtask bench label-fidelity` scores on are drawn with it too).
+pub const VAL_SAMPLE_SEED: u64 = 0x5EED_F1DE;
 
 /// Wall seconds of one label by phase ([`Labeler::label_timed`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
@@ -53,6 +61,17 @@ impl LabelTimes {
 
 /// Evaluation batch size (does not change results).
 const EVAL_BATCH: usize = 256;
+
+/// Err(Invalid) unless `1 ≤ n ≤ split` (a protocol's validation sample within the split).
+fn check_val_images(n: usize, split: usize) -> Result<()> {
+    if n == 0 || n > split {
+        return Err(Error::Invalid(format!(
+            "labels scored on {n} validation images, but the validation split has {split}: \
+             give 1 to {split}"
+        )));
+    }
+    Ok(())
+}
 
 /// First 16 hex digits of SHA-256 of the three recorded split index hashes (the protocol's
 /// `split_hash`).
@@ -89,13 +108,22 @@ fn train_config(p: &Protocol, seed: u64, augment: Option<Augment>) -> train::Tra
 fn extra(
     p: &Protocol,
     augment: Option<Augment>,
+    val_images: Option<usize>,
 ) -> std::collections::BTreeMap<String, serde_json::Value> {
     let c = train_config(p, 0, augment);
     let aug = match augment {
         Some(a) => serde_json::json!({"crop_pad": a.pad, "hflip": a.hflip}),
         None => serde_json::json!("none (the baseline was trained without)"),
     };
+    let val = val_images.map(|n| ("val_images", serde_json::json!(n)));
     [
+        (
+            "calibration",
+            serde_json::json!({
+                "batches": train::CALIBRATION_BATCHES,
+                "batch_size": train::CALIBRATION_BATCH,
+            }),
+        ),
         (
             "labeler",
             serde_json::json!("seer-nn finetune_policy; top-1 on val"),
@@ -105,6 +133,7 @@ fn extra(
         ("augment", aug),
     ]
     .into_iter()
+    .chain(val)
     .map(|(k, v)| (k.to_string(), v))
     .collect()
 }
@@ -118,6 +147,8 @@ pub struct Labeler {
     norm: Normalize,
     /// Augmentation of the fine-tunes ([`finetune_augment`]).
     augment: Option<Augment>,
+    /// The validation images labels are scored on: the split's, or its protocol's sample.
+    val: Dataset,
 }
 
 impl std::fmt::Debug for Labeler {
@@ -162,7 +193,10 @@ impl Labeler {
             settings.lr,
             settings.seed,
         );
-        p.extra = extra(&p, finetune_augment(&info.info, &name));
+        if let Some(n) = settings.val_images {
+            check_val_images(n, splits.val.len())?;
+        }
+        p.extra = extra(&p, finetune_augment(&info.info, &name), settings.val_images);
         p.network = FinetuneNetwork::Slim;
         Ok(p)
     }
@@ -206,7 +240,20 @@ impl Labeler {
             ));
         }
         let augment = finetune_augment(&info.info, &name);
-        let want = extra(protocol, augment);
+        let val_images = match protocol.extra.get("val_images") {
+            None => None,
+            Some(v) => {
+                let n = v.as_u64().ok_or_else(|| {
+                    mismatch(
+                        "labeller settings",
+                        format!("extra.val_images is {v}, not a count of images"),
+                    )
+                })?;
+                check_val_images(n as usize, splits.val.len())?;
+                Some(n as usize)
+            }
+        };
+        let want = extra(protocol, augment, val_images);
         if protocol.extra != want {
             return Err(mismatch(
                 "labeller settings",
@@ -217,6 +264,10 @@ impl Labeler {
             ));
         }
         let norm = splits.normalize();
+        let val = match val_images {
+            Some(n) => splits.val.sample(n, VAL_SAMPLE_SEED),
+            None => splits.val.clone(),
+        };
         Ok(Labeler {
             protocol: protocol.clone(),
             checkpoint: checkpoint.to_path_buf(),
@@ -224,6 +275,7 @@ impl Labeler {
             splits,
             norm,
             augment,
+            val,
         })
     }
 
@@ -287,12 +339,10 @@ impl Labeler {
         )?;
         let t1 = std::time::Instant::now();
         let r = match self.protocol.network {
-            FinetuneNetwork::Slim => {
-                train::evaluate(&model, &self.splits.val, &self.norm, EVAL_BATCH)?
-            }
+            FinetuneNetwork::Slim => train::evaluate(&model, &self.val, &self.norm, EVAL_BATCH)?,
             // Masked protocols predate the evaluation path without autograd: keep their bits.
             FinetuneNetwork::Masked => {
-                train::evaluate_reference(&model, &self.splits.val, &self.norm, EVAL_BATCH)?
+                train::evaluate_reference(&model, &self.val, &self.norm, EVAL_BATCH)?
             }
         };
         let before_val = t1.duration_since(t0).as_secs_f64();

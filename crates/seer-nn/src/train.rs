@@ -407,15 +407,33 @@ pub fn finetune_policy(
     train(model, train_data, norm, &c, on_step)
 }
 
-/// BN re-estimation after pruning, then activation-range calibration, on 8 batches of 128
-/// training images.
+/// Batches of [`CALIBRATION_BATCH`] training images that [`prepare_quantized`] re-estimates
+/// BatchNorm and calibrates activation ranges on. 4 × 128 = 512 images: the label's fine-tune
+/// (≥ 25 steps with BatchNorm momentum 0.1) replaces the running statistics and trains α
+/// anyway, so more images only cost time (8 batches took 4.5 s of a 17 s ResNet-20 label;
+/// docs/benchmarks.md, "Label speed").
+pub const CALIBRATION_BATCHES: usize = 4;
+/// Images per calibration batch ([`CALIBRATION_BATCHES`]).
+pub const CALIBRATION_BATCH: usize = 128;
+
+/// Activation-range calibration, BatchNorm re-estimation after pruning (activations
+/// fake-quantized with the first calibration's ranges), then calibration again on the
+/// re-estimated network, all on the same [`CALIBRATION_BATCHES`] batches of
+/// [`CALIBRATION_BATCH`] training images drawn with `seed` (docs/method.md §3).
 pub fn prepare_quantized(
     model: &Model,
     train_data: &Dataset,
     norm: &Normalize,
     seed: u64,
 ) -> Result<()> {
-    let batches = sample_batches(model, train_data, norm, 8, 128, seed ^ 0xCA11B)?;
+    let batches = sample_batches(
+        model,
+        train_data,
+        norm,
+        CALIBRATION_BATCHES,
+        CALIBRATION_BATCH,
+        seed ^ 0xCA11B,
+    )?;
     // BN statistics of the pruned network (activations unquantized: α not set yet).
     let needs_calib = model.comp().iter().any(|c| c.abits.is_some());
     if needs_calib {

@@ -646,27 +646,45 @@ fn infer_runs_exported_models_and_rejects_bad_input() {
     );
 }
 
-/// Issue 17, case 5: `compress --help` shows the defaults of the counts, both presets', and
-/// they are the pipeline's (so the text cannot go stale).
+/// Issue 17, case 5: `compress --help` shows the defaults of the counts, every preset's
+/// (ResNet-20 default, LeNet-5, quick), and they are the pipeline's (so the text cannot go
+/// stale).
 #[test]
 fn compress_help_shows_the_defaults_of_both_presets() {
     use seernet::pipeline::Config;
     let (rc, out, err) = seernet(&["compress", "--help"]);
     assert_eq!(rc, 0, "{err}");
-    let (d, q) = (Config::default_run("x".into()), Config::quick("x".into()));
+    let (d, l, q) = (
+        Config::default_run("x".into()),
+        Config::lenet5("x".into()),
+        Config::quick("x".into()),
+    );
+    assert_eq!(d.arch, "resnet20");
+    assert_eq!((l.arch.as_str(), q.arch.as_str()), ("lenet5", "lenet5"));
     let text = out.split_whitespace().collect::<Vec<_>>().join(" ");
-    for (flag, dv, qv) in [
-        ("--n0", d.n0, q.n0),
-        ("--rounds", d.rounds, q.rounds),
-        ("--k", d.k, q.k),
+    for (flag, dv, lv, qv) in [
+        ("--n0", d.n0, l.n0, q.n0),
+        ("--rounds", d.rounds, l.rounds, q.rounds),
+        ("--k", d.k, l.k, q.k),
         (
             "--label-steps",
             d.label_steps as usize,
+            l.label_steps as usize,
             q.label_steps as usize,
         ),
-        ("--verify-rounds", d.verify_rounds, q.verify_rounds),
-        ("--final-steps", d.final_steps, q.final_steps),
-        ("--baseline-steps", d.baseline_steps, q.baseline_steps),
+        (
+            "--verify-rounds",
+            d.verify_rounds,
+            l.verify_rounds,
+            q.verify_rounds,
+        ),
+        ("--final-steps", d.final_steps, l.final_steps, q.final_steps),
+        (
+            "--baseline-steps",
+            d.baseline_steps,
+            l.baseline_steps,
+            q.baseline_steps,
+        ),
     ] {
         let at = text
             .find(&format!("{flag} <"))
@@ -678,10 +696,12 @@ fn compress_help_shows_the_defaults_of_both_presets() {
             .find(|(i, _)| !rest[i + 3..].starts_with("quick:"))
             .map_or(text.len(), |(i, _)| at + 2 + i);
         let help = &text[at..next];
-        assert!(
-            help.contains(&format!("[default: {dv}; with --quick: {qv}]")),
-            "{flag}: {help}"
-        );
+        let want = if dv == lv {
+            format!("[default: {dv}; with --quick: {qv}]")
+        } else {
+            format!("[default: {dv} (resnet20), {lv} (lenet5); with --quick: {qv}]")
+        };
+        assert!(help.contains(&want), "{flag}: {help} lacks {want}");
     }
     let kappas = d.kappas.iter().map(|k| k.to_string()).collect::<Vec<_>>();
     assert!(text.contains(&format!("[default: {}]", kappas.join(","))));

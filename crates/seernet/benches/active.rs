@@ -98,13 +98,14 @@ fn main() -> Res<()> {
     )
     .into();
 
-    let cfg = Config::default_run(store_dir.clone());
+    let cfg = Config::lenet5(store_dir.clone());
     let checkpoint = root().join("assets/baselines/lenet5-fashion-mnist.safetensors");
     let settings = LabelSettings {
         steps: cfg.label_steps,
         batch_size: cfg.batch_size,
         lr: cfg.lr,
         seed,
+        val_images: cfg.label_val_images,
     };
     let protocol = Labeler::protocol(
         &checkpoint,

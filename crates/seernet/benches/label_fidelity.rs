@@ -78,16 +78,11 @@ struct Row {
     bops_frac_w8a8: f64,
 }
 
-/// `n` images of `d` drawn without replacement in a fixed seeded order (the same for every
-/// policy; the split itself is ordered, so its first images would not be a fair sample).
+/// `n` images of `d`: the labels' validation sample (`Dataset::sample` with the labeller's
+/// `VAL_SAMPLE_SEED`, the same for every policy; the split itself is ordered, so its first
+/// images would not be a fair sample).
 fn head(d: &Dataset, n: usize) -> Dataset {
-    use rand::SeedableRng;
-    use rand::seq::SliceRandom;
-    let mut idx: Vec<u32> = (0..d.len() as u32).collect();
-    idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(0x5EED_F1DE));
-    idx.truncate(n.min(d.len()));
-    idx.sort_unstable();
-    d.subset(&idx)
+    d.sample(n, seernet::nn::labeler::VAL_SAMPLE_SEED)
 }
 
 struct Bench {

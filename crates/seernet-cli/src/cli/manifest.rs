@@ -42,6 +42,10 @@ pub struct ManifestArgs {
     /// Base seed of the labels.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Score labels on this many validation images (a fixed seeded sample of the split;
+    /// docs/method.md §3) [default: the whole validation split].
+    #[arg(long, value_name = "N")]
+    val_images: Option<usize>,
     /// Output manifest (JSON lines).
     #[arg(long, value_name = "M.jsonl")]
     out: PathBuf,
@@ -75,6 +79,7 @@ pub fn run(a: ManifestArgs) -> Result<()> {
         batch_size: a.batch_size,
         lr: a.lr,
         seed: a.seed,
+        val_images: a.val_images,
     };
     let protocol = Labeler::protocol(&a.model, a.dataset.as_deref(), a.space.config()?, settings)?;
     let (model, _) = seer_nn::checkpoint::load(&a.model, None, &candle_core::Device::Cpu)?;

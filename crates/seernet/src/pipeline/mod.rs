@@ -76,8 +76,9 @@ pub use streams::Stream;
 
 use progress::RunLog;
 
-/// Settings of one compression run. [`Config::default_run`] and [`Config::quick`] are the two
-/// presets of `cargo xtask compress`.
+/// Settings of one compression run. [`Config::default_run`] (ResNet-20) and [`Config::quick`]
+/// (LeNet-5, small counts) are the two presets of `cargo xtask compress`; [`Config::lenet5`]
+/// is `--arch lenet5`'s.
 #[derive(Clone, Debug, Serialize)]
 pub struct Config {
     /// Run directory (created; reused to resume).
@@ -120,6 +121,10 @@ pub struct Config {
     pub fill_rounds: usize,
     /// Fine-tune steps per label (docs/method.md §3).
     pub label_steps: u64,
+    /// Validation images each label is scored on: a fixed seeded sample of the validation
+    /// split (`seer_nn::labeler::LabelSettings::val_images`); `None` the whole split.
+    #[serde(default)]
+    pub label_val_images: Option<usize>,
     /// Fine-tune steps of each chosen policy and each uniform baseline (docs/method.md §7).
     pub final_steps: usize,
     /// Mini-batch size of all fine-tunes.
@@ -157,17 +162,18 @@ pub enum Executor {
 }
 
 impl Config {
-    /// The default run (`cargo xtask compress`): LeNet-5 on Fashion-MNIST, first layer
-    /// searchable, budgets 5%, 8% and 12% of the w8a8 BOPs; 30 initial labels + 3 rounds of
-    /// 10, 100 fine-tune steps per label, 600 per final fine-tune (batch 64).
-    ///
-    /// Why LeNet-5 and not ResNet-20: a LeNet-5 label (100 steps of batch 64 + validation) costs
-    /// ~7 s on the idle 2-core machine (measured ~335 images/s of QAT fine-tuning under load 10,
-    /// ~1,100 images/s estimated idle from CPU time); ResNet-20 at 28×28 has ~75× the MACs, so
-    /// 30 minutes would buy fewer than 30 labels, too few for a useful predictor. The first
-    /// layer is searchable because LeNet-5's conv1 at w8a8 alone is 28% of the w8a8 BOPs: with
-    /// it fixed no budget between 4% and 15% is feasible. See docs/benchmarks.md ("Main job").
+    /// The default run (`cargo xtask compress`): [`Self::resnet20`].
     pub fn default_run(out_dir: PathBuf) -> Self {
+        Self::resnet20(out_dir)
+    }
+
+    /// The LeNet-5 preset (`seernet compress --arch lenet5`; the default run before issue 15,
+    /// and the base of [`Self::quick`]): LeNet-5 on Fashion-MNIST, first layer searchable,
+    /// budgets 5%, 8% and 12% of the w8a8 BOPs; 30 initial labels + 3 rounds of 10, 100
+    /// fine-tune steps per label scored on the whole validation split, 600 per final
+    /// fine-tune (batch 64). The first layer is searchable because LeNet-5's conv1 at w8a8
+    /// alone is 28% of the w8a8 BOPs: with it fixed no budget between 4% and 15% is feasible.
+    pub fn lenet5(out_dir: PathBuf) -> Self {
         Self {
             out_dir,
             baseline: None,
@@ -191,6 +197,7 @@ impl Config {
             verify_rounds: 2,
             fill_rounds: 2,
             label_steps: 100,
+            label_val_images: None,
             final_steps: 600,
             batch_size: 64,
             lr: 0.01,
@@ -203,14 +210,15 @@ impl Config {
         }
     }
 
-    /// The ResNet-20 preset (`seernet compress --arch resnet20`; issue 15): the committed
-    /// ResNet-20 baseline on Fashion-MNIST (28×28×1), the default search space (prune {0, .25,
+    /// The ResNet-20 preset, the default run (issue 15): the committed ResNet-20 baseline on
+    /// Fashion-MNIST (28×28×1, 93.86% test top-1), the default search space (prune {0, .25,
     /// .5, .75}, bits {2, 3, 4, 5, 6, 8}, residual pruning tied, first and last layers fixed at
     /// 8 bits), budgets at the BOPs of uniform w2a2, w3a3 and w4a4 of the unpruned network
     /// (`--bops-uniform`, 6.25%, 14.1% and 25% of w8a8 up to the fixed layers), 50 initial
-    /// labels + 3 rounds of 10, 2 verification and 2 fill rounds, 50 fine-tune steps per label,
-    /// 300 per final fine-tune (batch 64). The label protocol's steps are what
-    /// `cargo xtask bench label-fidelity` measured (docs/benchmarks.md, "Label fidelity").
+    /// labels + 3 rounds of 10, 2 verification and 2 fill rounds; labels of 50 fine-tune
+    /// steps scored on a fixed sample of 2,000 validation images, the protocol
+    /// `cargo xtask bench label-fidelity` chose (docs/benchmarks.md, "Label fidelity"); 300
+    /// steps per final fine-tune (batch 64).
     pub fn resnet20(out_dir: PathBuf) -> Self {
         Self {
             arch: "resnet20".into(),
@@ -221,20 +229,21 @@ impl Config {
                 .collect(),
             n0: 50,
             label_steps: 50,
+            label_val_images: Some(2000),
             final_steps: 300,
-            ..Self::default_run(out_dir)
+            ..Self::lenet5(out_dir)
         }
     }
 
-    /// The preset of `arch`: [`Self::resnet20`] for `resnet20`, else [`Self::default_run`]
-    /// with that network; with `quick`, [`Self::quick`]'s small counts on top.
+    /// The preset of `arch`: [`Self::resnet20`] for `resnet20`, else [`Self::lenet5`]'s
+    /// settings with that network; with `quick`, [`Self::quick`]'s small counts on top.
     pub fn preset(arch: &str, quick: bool, out_dir: PathBuf) -> Self {
         let base = if arch == "resnet20" {
             Self::resnet20(out_dir)
         } else {
             Self {
                 arch: arch.into(),
-                ..Self::default_run(out_dir)
+                ..Self::lenet5(out_dir)
             }
         };
         if quick {
@@ -256,7 +265,8 @@ impl Config {
         }
     }
 
-    /// The quick run (`cargo xtask compress --quick`): the same loop with small counts.
+    /// The quick run (`cargo xtask compress --quick`, CI): [`Self::lenet5`] with small counts,
+    /// the same loop.
     pub fn quick(out_dir: PathBuf) -> Self {
         Self {
             baseline_steps: 400,
@@ -268,7 +278,7 @@ impl Config {
             fill_rounds: 1,
             label_steps: 30,
             final_steps: 100,
-            ..Self::default_run(out_dir)
+            ..Self::lenet5(out_dir)
         }
     }
 }

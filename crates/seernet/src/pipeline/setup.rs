@@ -444,6 +444,7 @@ fn open_store(
         batch_size: cfg.batch_size,
         lr: cfg.lr,
         seed: Stream::Labels.seed(cfg.seed),
+        val_images: cfg.label_val_images,
     };
     let protocol = Labeler::protocol(baseline, Some(&dname.id()), cfg.space.clone(), settings)?;
     let labeler = Labeler::new(&protocol, baseline)?;
