@@ -345,6 +345,7 @@ struct ConvOp<'a> {
     kernel: usize,
     stride: usize,
     pad: usize,
+    pad_end: usize,
     residual: Option<&'a str>,
     relu: bool,
 }
@@ -372,6 +373,7 @@ impl Ctx<'_> {
                 kernel,
                 stride,
                 pad,
+                pad_end,
                 residual,
                 relu,
                 ..
@@ -381,6 +383,7 @@ impl Ctx<'_> {
                 kernel: *kernel,
                 stride: *stride,
                 pad: *pad,
+                pad_end: pad_end.unwrap_or(*pad),
                 residual: residual.as_deref(),
                 relu: *relu,
             }),
@@ -453,6 +456,7 @@ impl Ctx<'_> {
             kw: op.kernel,
             stride: op.stride,
             pad: op.pad,
+            pad_end: op.pad_end,
         };
         let lw = self.weights()?;
         let first = self.node.input == "input";
@@ -1032,6 +1036,7 @@ mod tests {
                     residual,
                     kernel,
                     pad,
+                    pad_end,
                     relu,
                     ..
                 } => {
@@ -1054,6 +1059,7 @@ mod tests {
                         kw: *kernel,
                         stride: *stride,
                         pad: *pad,
+                        pad_end: pad_end.unwrap_or(*pad),
                     };
                     let mut y = reference::conv2d_f64(&x, &g, &wd, lw.bias.as_ref().unwrap());
                     if let Some(r) = residual {

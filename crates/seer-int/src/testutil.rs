@@ -40,6 +40,7 @@ pub(crate) fn conv(
             kernel: 3,
             stride,
             pad: 1,
+            pad_end: None,
             w_bits,
             residual: residual.map(Into::into),
             relu: false,

@@ -272,9 +272,12 @@ impl Model {
                     dilation,
                     groups,
                     bias,
+                    padding_end,
                 } => {
+                    let pe = padding_end.unwrap_or(padding);
                     if stride[0] != stride[1]
                         || padding[0] != padding[1]
+                        || pe[0] != pe[1]
                         || dilation[0] != dilation[1]
                     {
                         return Err(Error::Invalid(format!(
@@ -804,7 +807,6 @@ impl Model {
             let mut y = match l.kind {
                 LayerKind::Conv2d {
                     stride,
-                    padding,
                     dilation,
                     groups,
                     ..
@@ -812,7 +814,8 @@ impl Model {
                     let xin = Self::probe(i, input(0), probes.as_deref_mut())?;
                     let xin = self.quant_input(i, xin, calib.as_deref_mut())?;
                     let w = self.eff_weight(i, attach)?;
-                    let mut y = ops::conv2d(&xin, &w, stride[0], padding[0], dilation[0], groups)?;
+                    let pads = l.kind.conv_pads().expect("a conv has pads");
+                    let mut y = ops::conv2d_padded(&xin, &w, stride[0], pads, dilation[0], groups)?;
                     if let Some(b) = self.param(&p.bias, attach) {
                         let co = b.dim(0)?;
                         y = y.broadcast_add(&b.reshape((1, co, 1, 1))?)?;

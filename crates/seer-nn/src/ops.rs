@@ -33,6 +33,30 @@ pub fn conv2d(
     Ok(seer_kernels::conv2d(x, w, &p)?)
 }
 
+/// 2-D convolution with possibly asymmetric zero padding: `pads = (begin, end)`, `begin =
+/// [top, left]`, `end = [bottom, right]` ([`seer_policy::LayerKind::conv_pads`]). The
+/// padding common to all four sides is the convolution's own; the rest is added to `x` as
+/// explicit zeros first (candle's `pad_with_zeros`, with gradients), which computes the same
+/// sums as a convolution padding each side by its own amount. Shapes as [`conv2d`].
+pub fn conv2d_padded(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    pads: ([usize; 2], [usize; 2]),
+    dilation: usize,
+    groups: usize,
+) -> Result<Tensor> {
+    let (b, e) = pads;
+    let m = b[0].min(b[1]).min(e[0]).min(e[1]);
+    if b == [m, m] && e == [m, m] {
+        return conv2d(x, w, stride, m, dilation, groups);
+    }
+    let xp = x
+        .pad_with_zeros(2, b[0] - m, e[0] - m)?
+        .pad_with_zeros(3, b[1] - m, e[1] - m)?;
+    conv2d(&xp, w, stride, m, dilation, groups)
+}
+
 /// Fully connected layer `x·Wᵀ` without bias (seer-kernels). `x`: `[N, K]`, `w`: `[F, K]`;
 /// returns `[N, F]`. Gradients for `x` and `w`. Each row of the output is bitwise the same
 /// whatever batch it is computed in (candle's `matmul` is not: its `gemm` kernel and

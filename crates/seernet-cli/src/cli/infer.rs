@@ -180,9 +180,22 @@ fn candle_forward(
                 padding,
                 dilation,
                 groups,
+                padding_end,
                 ..
             } => {
-                let y = inp(0).conv2d(&p("weight"), padding[0], stride[0], dilation[0], groups)?;
+                // Asymmetric padding: the zeros beyond the smallest side explicitly, then a
+                // symmetric conv.
+                let (x, pad) = match padding_end {
+                    None => (inp(0), padding[0]),
+                    Some(e) => {
+                        let m = padding[0].min(padding[1]).min(e[0]).min(e[1]);
+                        let x = inp(0)
+                            .pad_with_zeros(2, padding[0] - m, e[0] - m)?
+                            .pad_with_zeros(3, padding[1] - m, e[1] - m)?;
+                        (x, m)
+                    }
+                };
+                let y = x.conv2d(&p("weight"), pad, stride[0], dilation[0], groups)?;
                 match bias {
                     Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?)?,
                     None => y,
