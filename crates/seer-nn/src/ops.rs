@@ -160,6 +160,39 @@ mod tests {
 
     use crate::tests::max_abs_diff;
 
+    /// Asymmetric padding at stride 1: padding 0 before and 1 after is the symmetric
+    /// padding-1 convolution shifted by one pixel (its first row and column dropped), in
+    /// value and in the weight and input gradients; `(begin, end)` with begin > end is the
+    /// other crop.
+    #[test]
+    fn asymmetric_padding_is_a_crop_of_the_symmetric_conv() {
+        use rand::{Rng, SeedableRng};
+        let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let mut t = |s: &[usize]| {
+            let n = s.iter().product();
+            let v: Vec<f32> = (0..n).map(|_| r.random_range(-1f32..1.0)).collect();
+            Var::from_vec(v, s, &Device::Cpu).unwrap()
+        };
+        let x = t(&[2, 3, 6, 5]);
+        let w = t(&[4, 3, 3, 3]);
+        let sym = conv2d(x.as_tensor(), w.as_tensor(), 1, 1, 1, 1).unwrap();
+        for (pads, lo) in [(([0, 0], [1, 1]), 1), (([1, 1], [0, 0]), 0)] {
+            let asym = conv2d_padded(x.as_tensor(), w.as_tensor(), 1, pads, 1, 1).unwrap();
+            assert_eq!(asym.dims(), &[2, 4, 5, 4]);
+            let crop = sym.narrow(2, lo, 5).unwrap().narrow(3, lo, 4).unwrap();
+            assert!(max_abs_diff(&asym, &crop) < 1e-5);
+            let ga = asym.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+            let gb = crop.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+            for v in [&w, &x] {
+                let d = max_abs_diff(
+                    ga.get(v.as_tensor()).unwrap(),
+                    gb.get(v.as_tensor()).unwrap(),
+                );
+                assert!(d < 1e-4, "{pads:?}: gradient diff {d}");
+            }
+        }
+    }
+
     /// Each wrapper passes its arguments to seer-kernels in the right order: compared with the
     /// slow references of `seer_kernels::reference` (forward and, for conv, gradients).
     #[test]
