@@ -179,6 +179,7 @@ fn random_spec(case: u64) -> NetworkSpec {
                     kernel: [2, 2],
                     stride: [2, 2],
                     padding: [0, 0],
+                    padding_end: None,
                 };
                 n.x = Some(n.b.op(&name, n.x, kind).unwrap());
             }

@@ -123,8 +123,12 @@ pub enum NodeOp {
         kernel: usize,
         /// Stride.
         stride: usize,
-        /// Padding.
+        /// Padding before the input (top and left), and after it unless `pad_end` is given.
         pad: usize,
+        /// Padding after the input (bottom and right) when it differs from `pad`; absent in
+        /// files with symmetric padding.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pad_end: Option<usize>,
     },
     /// Average pooling (square window, no padding), requantised to `out`.
     AvgPool {
@@ -378,6 +382,12 @@ impl IntModel {
             return bad(format!("unknown residual {r:?}"));
         }
         if let NodeOp::Conv {
+            kernel,
+            pad,
+            pad_end: Some(e),
+            ..
+        }
+        | NodeOp::MaxPool {
             kernel,
             pad,
             pad_end: Some(e),

@@ -14,12 +14,6 @@ use crate::error::{Result, check_len, invalid};
 use crate::gemm::{WeightPanel, gemm_u8i8_with};
 use crate::pack::{PackedWeights, check_alpha, qmax_unsigned};
 
-/// Window positions along one axis of length `len` (zero-padded by `pad` on both sides):
-/// `⌊(len + 2·pad − k)/stride⌋ + 1`.
-fn window_count(len: usize, k: usize, stride: usize, pad: usize) -> usize {
-    (len + 2 * pad - k) / stride + 1
-}
-
 /// Window positions along one axis of length `len` zero-padded by `pad` before and
 /// `pad_end` after it: `⌊(len + pad + pad_end − k)/stride⌋ + 1`.
 fn window_count2(len: usize, k: usize, stride: usize, pad: usize, pad_end: usize) -> usize {
@@ -414,29 +408,32 @@ pub struct PoolGeom {
     pub k: usize,
     /// Stride.
     pub stride: usize,
-    /// Padding (max pooling only; padded cells are ignored).
+    /// Padding before the input, top and left (max pooling only; padded cells are ignored).
     pub pad: usize,
+    /// Padding after the input, bottom and right (`pad` when symmetric).
+    pub pad_end: usize,
 }
 
 impl PoolGeom {
     fn validate(&self, x: &[u8]) -> Result<()> {
         let g = self;
         if [g.batch, g.h, g.w, g.c, g.k, g.stride].contains(&0)
-            || g.k > g.h + 2 * g.pad
-            || g.k > g.w + 2 * g.pad
+            || g.k > g.h + g.pad + g.pad_end
+            || g.k > g.w + g.pad + g.pad_end
             || g.pad >= g.k
+            || g.pad_end >= g.k
         {
             return Err(invalid("pool geometry", format!("{g:?}")));
         }
         check_len("pool input", g.batch * g.h * g.w * g.c, x.len())
     }
-    /// Output height.
+    /// Output height `⌊(h + pad + pad_end − k)/stride⌋ + 1`.
     pub fn out_h(&self) -> usize {
-        window_count(self.h, self.k, self.stride, self.pad)
+        window_count2(self.h, self.k, self.stride, self.pad, self.pad_end)
     }
-    /// Output width.
+    /// Output width `⌊(w + pad + pad_end − k)/stride⌋ + 1`.
     pub fn out_w(&self) -> usize {
-        window_count(self.w, self.k, self.stride, self.pad)
+        window_count2(self.w, self.k, self.stride, self.pad, self.pad_end)
     }
 
     /// Visits every output cell with the valid input cells of its window.
@@ -466,7 +463,7 @@ pub fn max_pool2d(x: &[u8], g: &PoolGeom) -> Result<Vec<u8>> {
     let c = g.c;
     let (oh, ow) = (g.out_h(), g.out_w());
     let mut out = vec![0u8; g.batch * oh * ow * c];
-    if g.pad == 0 {
+    if g.pad == 0 && g.pad_end == 0 {
         // Every window is whole: plain loops, parallel over images.
         out.par_chunks_mut(oh * ow * c)
             .zip(x.par_chunks(g.h * g.w * c))
@@ -509,7 +506,7 @@ pub fn avg_pool2d(
     out_alpha: f32,
     out_bits: u32,
 ) -> Result<Vec<u8>> {
-    if g.pad != 0 {
+    if g.pad != 0 || g.pad_end != 0 {
         return Err(invalid("avg pool", "padding is not supported"));
     }
     g.validate(x)?;
@@ -672,13 +669,13 @@ mod tests {
 
         #[test]
         fn pools_match_reference(batch in 1usize..3, h in 1usize..8, w in 1usize..8, c in 1usize..6,
-                                 k in 1usize..4, stride in 1usize..3, pad in 0usize..2, seed in any::<u64>()) {
-            let g = PoolGeom { batch, h, w, c, k, stride, pad };
-            prop_assume!(k <= h + 2 * pad && k <= w + 2 * pad && pad < k);
+                                 k in 1usize..4, stride in 1usize..3, pad in 0usize..2, pad_end in 0usize..2, seed in any::<u64>()) {
+            let g = PoolGeom { batch, h, w, c, k, stride, pad, pad_end };
+            prop_assume!(k <= h + pad + pad_end && k <= w + pad + pad_end && pad < k && pad_end < k);
             let mut r = lcg(seed);
             let x: Vec<u8> = (0..batch * h * w * c).map(|_| (r() % 256) as u8).collect();
             prop_assert_eq!(max_pool2d(&x, &g).unwrap(), reference::max_pool2d(&x, &g));
-            if pad == 0 {
+            if pad == 0 && pad_end == 0 {
                 let got = avg_pool2d(&x, &g, 1.0, 255.0, 8).unwrap();
                 prop_assert_eq!(got, reference::avg_pool2d(&x, &g));
             }

@@ -71,6 +71,7 @@ pub(crate) fn toy_model() -> IntModel {
                 kernel: 2,
                 stride: 1,
                 pad: 1,
+                pad_end: None,
             },
             out: None,
         },

@@ -400,19 +400,12 @@ impl EvalNet {
                     done[i] = true;
                     continue;
                 }
-                LayerKind::MaxPool {
-                    kernel,
-                    stride,
-                    padding,
-                }
-                | LayerKind::AvgPool {
-                    kernel,
-                    stride,
-                    padding,
-                } => {
+                LayerKind::MaxPool { kernel, stride, .. }
+                | LayerKind::AvgPool { kernel, stride, .. } => {
                     let (x, xs) = in_val(0);
-                    let oh = (xs[1] + 2 * padding[0]).saturating_sub(kernel[0]) / stride[0] + 1;
-                    let ow = (xs[2] + 2 * padding[1]).saturating_sub(kernel[1]) / stride[1] + 1;
+                    let (padding, pe) = l.kind.pads().expect("a pool has pads");
+                    let oh = (xs[1] + padding[0] + pe[0]).saturating_sub(kernel[0]) / stride[0] + 1;
+                    let ow = (xs[2] + padding[1] + pe[1]).saturating_sub(kernel[1]) / stride[1] + 1;
                     (
                         Op::Pool {
                             max: matches!(l.kind, LayerKind::MaxPool { .. }),

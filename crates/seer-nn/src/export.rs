@@ -495,6 +495,7 @@ pub fn to_int_model(
                 kernel,
                 stride,
                 padding,
+                ..
             } => {
                 let v = input_val(0)?;
                 if v.real || v.node == "input" {
@@ -503,7 +504,12 @@ pub fn to_int_model(
                         l.name
                     )));
                 }
-                if kernel[0] != kernel[1] || stride[0] != stride[1] || padding[0] != padding[1] {
+                let (_, pe) = l.kind.pads().expect("a pool has pads");
+                if kernel[0] != kernel[1]
+                    || stride[0] != stride[1]
+                    || padding[0] != padding[1]
+                    || pe[0] != pe[1]
+                {
                     return Err(err(format!(
                         "layer {}: only square max pooling runs on the integer engine",
                         l.name
@@ -516,6 +522,7 @@ pub fn to_int_model(
                         kernel: kernel[0],
                         stride: stride[0],
                         pad: padding[0],
+                        pad_end: (pe != padding).then_some(pe[0]),
                     },
                     out: v.q,
                 });

@@ -879,21 +879,14 @@ impl Model {
                     acc.ok_or_else(|| Error::Invalid(format!("add {} has no inputs", l.name)))?
                 }
                 LayerKind::Flatten => input(0).flatten_from(1)?,
-                LayerKind::MaxPool {
-                    kernel,
-                    stride,
-                    padding,
-                }
-                | LayerKind::AvgPool {
-                    kernel,
-                    stride,
-                    padding,
-                } => {
+                LayerKind::MaxPool { kernel, stride, .. }
+                | LayerKind::AvgPool { kernel, stride, .. } => {
                     // For max pooling, zero padding equals -inf padding after ReLU
                     // (non-negative inputs).
+                    let (b, e) = l.kind.pads().expect("a pool has pads");
                     let t = input(0)
-                        .pad_with_zeros(2, padding[0], padding[0])?
-                        .pad_with_zeros(3, padding[1], padding[1])?;
+                        .pad_with_zeros(2, b[0], e[0])?
+                        .pad_with_zeros(3, b[1], e[1])?;
                     let (k, s) = ((kernel[0], kernel[1]), (stride[0], stride[1]));
                     if matches!(l.kind, LayerKind::MaxPool { .. }) {
                         t.max_pool2d_with_stride(k, s)?

@@ -13,7 +13,7 @@
 //! | `Relu`, `Clip(0, 6)`, `Clip(0, ∞)` | `relu`, `relu6`, `relu` | Clip bounds from constants |
 //! | `Add` of two activations | `add` | a residual addition: tie groups follow |
 //! | `Gemm` (α = β = 1, transA = 0), `MatMul` (+ `Add` of a constant bias) | `linear` | weight stored `[out, in]` |
-//! | `MaxPool`, `AveragePool` | `max_pool`, `avg_pool` | floor mode; equal padding on both sides of an axis, only where ours means the same (max: after a ReLU; average: `count_include_pad = 1`) |
+//! | `MaxPool`, `AveragePool` | `max_pool`, `avg_pool` | floor mode; padding (asymmetric too, as for `Conv`) only where ours means the same (max: after a ReLU; average: `count_include_pad = 1`) |
 //! | `GlobalAveragePool` | `global_avg_pool` | |
 //! | `Flatten` (axis 1), `Reshape` to `[N, C·H·W]` | `flatten` | nothing when already `[F, 1, 1]` |
 //! | `Identity`, `Dropout` | — | aliases |
@@ -242,19 +242,6 @@ impl At<'_> {
             }
             other => Err(self.bad(format!("auto_pad {other:?} is not an ONNX value"))),
         }
-    }
-
-    /// Symmetric padding `[p_h, p_w]` (pooling layers): [`pads`](Self::pads) with equal
-    /// begin and end, else an unsupported-attribute error.
-    fn padding(&self, hw: [usize; 2], span: [usize; 2], stride: [usize; 2]) -> Result<[usize; 2]> {
-        let (b, e) = self.pads(hw, span, stride)?;
-        if b != e {
-            return Err(self.unsupported(format!(
-                "asymmetric padding {b:?} before and {e:?} after [h, w]: pooling layers pad \
-                 both sides of an axis equally (convolutions accept it)"
-            )));
-        }
-        Ok(b)
     }
 }
 
@@ -982,8 +969,8 @@ fn convert_node(
                 return Err(at.bad("kernel_shape is missing"));
             }
             let stride = at.pair("strides", 1, 1)?;
-            let padding = at.padding([h, wd], kernel, stride)?;
-            if padding != [0, 0] {
+            let (padding, padding_end) = at.pads([h, wd], kernel, stride)?;
+            if padding != [0, 0] || padding_end != [0, 0] {
                 if max && !nonneg {
                     return Err(at.unsupported(
                         "padding on an input that is not known to be non-negative (our max pool \
@@ -997,17 +984,20 @@ fn convert_node(
                 }
             }
             let name = layer_name(cx, at, None);
+            let padding_end = (padding_end != padding).then_some(padding_end);
             let kind = if max {
                 LayerKind::MaxPool {
                     kernel,
                     stride,
                     padding,
+                    padding_end,
                 }
             } else {
                 LayerKind::AvgPool {
                     kernel,
                     stride,
                     padding,
+                    padding_end,
                 }
             };
             let l = push(cx, &name, kind, &x.into_iter().collect::<Vec<_>>())?;

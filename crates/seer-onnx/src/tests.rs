@@ -314,9 +314,9 @@ fn twenty_malformed_files_each_give_one_clear_error() {
             "node add (Add)",
         ),
         (
-            "asymmetric pool padding",
-            mutate(|m| find(m, "pool").attribute.push(ints("pads", &[0, 0, 1, 1]))),
-            "node pool (MaxPool): asymmetric padding",
+            "pool padding beyond half its window",
+            mutate(|m| find(m, "pool").attribute.push(ints("pads", &[0, 0, 2, 2]))),
+            "must be at most half the kernel",
         ),
         (
             "unknown attribute",

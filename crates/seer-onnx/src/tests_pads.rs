@@ -1,6 +1,6 @@
-//! Asymmetric zero padding end to end (issue 20): an ONNX graph built here whose convs pad
-//! unequally (`pads` `[1, 1, 2, 2]` and `[0, 0, 1, 1]`, `auto_pad` `SAME_LOWER` and
-//! `SAME_UPPER`) imports to `padding` + `padding_end`, its fp32 logits equal tract's, and
+//! Asymmetric zero padding end to end (issue 20): an ONNX graph built here whose convs and
+//! max pool pad unequally (`pads` `[1, 1, 2, 2]` and `[0, 0, 1, 1]`, `auto_pad` `SAME_LOWER`
+//! and `SAME_UPPER`) imports to `padding` + `padding_end`, its fp32 logits equal tract's, and
 //! its compressed integer-engine model and that model's QDQ export agree in tract.
 
 use std::path::Path;
@@ -40,7 +40,7 @@ fn weights(n: usize, fan_in: usize, seed: u64) -> Vec<f32> {
 }
 
 /// image `[N, 1, 28, 28]` → Conv 1→4 4×4 pads `[1, 1, 2, 2]` (PyTorch `padding="same"` with
-/// an even kernel) → Relu → Conv 4→8 3×3 s2 pads `[0, 0, 1, 1]` (TF "SAME": 28 → 14) → Relu →
+/// an even kernel) → Relu → MaxPool 2×2 stride 1 pads `[0, 0, 1, 1]` (TF "SAME") → Conv 4→8 3×3 s2 pads `[0, 0, 1, 1]` (TF "SAME": 28 → 14) → Relu →
 /// Conv 8→8 3×3 s2 `SAME_LOWER` (14 → 7, the odd pixel first) → Relu → Conv 8→8 2×2
 /// `SAME_UPPER` (7 → 7, the odd pixel last) → Relu → GlobalAveragePool → Flatten → Gemm 8→10.
 pub(crate) fn asym_model() -> ModelProto {
@@ -57,7 +57,14 @@ pub(crate) fn asym_model() -> ModelProto {
         name: Some("asym".into()),
         node: vec![
             conv("c1", "image", "a1", vec![ints("pads", &[1, 1, 2, 2])]),
-            node("r1", "Relu", &["a1"], &["b1"], vec![]),
+            node("r1", "Relu", &["a1"], &["r1o"], vec![]),
+            node(
+                "mp",
+                "MaxPool",
+                &["r1o"],
+                &["b1"],
+                vec![ints("kernel_shape", &[2, 2]), ints("pads", &[0, 0, 1, 1])],
+            ),
             conv(
                 "c2",
                 "b1",
@@ -131,6 +138,9 @@ fn asymmetric_pads_import_to_padding_end_with_exact_shapes_and_macs() {
             (([0, 0], [1, 1]), [8, 7, 7]),
         ]
     );
+    let pool = imp.spec.layer_index("mp").unwrap();
+    assert_eq!(imp.spec.layers[pool].kind.pads(), Some(([0, 0], [1, 1])));
+    assert_eq!(imp.spec.layers[pool].out_shape, [4, 28, 28]);
     // Exact MACs: H_out·W_out·(weights), docs/network-spec.md.
     let space = SearchSpace::new(imp.spec.clone(), SpaceConfig::default()).unwrap();
     let full = space.uniform(8, 8, 0.0).unwrap();
@@ -217,13 +227,20 @@ fn asymmetric_pads_export_agrees_in_tract() {
         .nodes
         .iter()
         .filter_map(|n| match n.op {
-            seer_int::format::NodeOp::Conv { pad, pad_end, .. } => Some((pad, pad_end)),
+            seer_int::format::NodeOp::Conv { pad, pad_end, .. }
+            | seer_int::format::NodeOp::MaxPool { pad, pad_end, .. } => Some((pad, pad_end)),
             _ => None,
         })
         .collect();
     assert_eq!(
         pads,
-        vec![(1, Some(2)), (0, Some(1)), (1, Some(0)), (0, Some(1))]
+        vec![
+            (1, Some(2)),
+            (0, Some(1)),
+            (0, Some(1)),
+            (1, Some(0)),
+            (0, Some(1))
+        ]
     );
     let (agree, n) = tract_agreement(&im, &px, 64);
     assert_eq!(agree, n, "tract and the engine agree on {agree}/{n}");

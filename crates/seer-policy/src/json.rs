@@ -187,7 +187,7 @@ impl NetworkSpec {
                     "bias",
                 ],
                 "linear" => &["in_features", "out_features", "bias"],
-                "max_pool" | "avg_pool" => &["kernel", "stride", "padding"],
+                "max_pool" | "avg_pool" => &["kernel", "stride", "padding", "padding_end"],
                 "pad_shortcut" => &["out_ch", "stride"],
                 _ => &[],
             };
@@ -246,17 +246,20 @@ impl NetworkSpec {
                         .ok_or_else(|| lerr(format!("{} needs \"kernel\"", l.op)))?;
                     let stride = s2(&l.stride, kernel);
                     let padding = s2(&l.padding, [0, 0]);
+                    let padding_end = l.padding_end.as_ref().map(Size2::get);
                     if l.op == "max_pool" {
                         LayerKind::MaxPool {
                             kernel,
                             stride,
                             padding,
+                            padding_end,
                         }
                     } else {
                         LayerKind::AvgPool {
                             kernel,
                             stride,
                             padding,
+                            padding_end,
                         }
                     }
                 }

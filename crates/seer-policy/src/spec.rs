@@ -130,8 +130,12 @@ pub enum LayerKind {
         kernel: [usize; 2],
         /// Stride.
         stride: [usize; 2],
-        /// Padding on each side.
+        /// Padding before the input (top, left), and after it unless `padding_end` is given.
         padding: [usize; 2],
+        /// Asymmetric padding after the input (bottom, right), as for `conv2d`; absent
+        /// (None) means symmetric.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        padding_end: Option<[usize; 2]>,
     },
     /// Average pooling (floor mode).
     AvgPool {
@@ -139,8 +143,12 @@ pub enum LayerKind {
         kernel: [usize; 2],
         /// Stride.
         stride: [usize; 2],
-        /// Padding on each side.
+        /// Padding before the input (top, left), and after it unless `padding_end` is given.
         padding: [usize; 2],
+        /// Asymmetric padding after the input (bottom, right), as for `conv2d`; absent
+        /// (None) means symmetric.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        padding_end: Option<[usize; 2]>,
     },
     /// Global average pooling: `[C, H, W]` → `[C, 1, 1]`.
     GlobalAvgPool,
@@ -173,19 +181,45 @@ impl LayerKind {
         }
     }
 
-    /// `[kernel, stride, padding]` of a max or average pooling layer; None for other kinds.
+    /// `[kernel, stride, padding]` of a max or average pooling layer (`padding` before the
+    /// input; see [`pads`](Self::pads) for the end); None for other kinds.
     pub fn pool_window(&self) -> Option<[[usize; 2]; 3]> {
         match *self {
             LayerKind::MaxPool {
                 kernel,
                 stride,
                 padding,
+                ..
             }
             | LayerKind::AvgPool {
                 kernel,
                 stride,
                 padding,
+                ..
             } => Some([kernel, stride, padding]),
+            _ => None,
+        }
+    }
+
+    /// Zero padding of a conv or pooling layer as `(begin, end)`: `begin = [top, left]`,
+    /// `end = [bottom, right]` (`end = begin` when symmetric). None for other kinds.
+    pub fn pads(&self) -> Option<([usize; 2], [usize; 2])> {
+        match *self {
+            LayerKind::Conv2d {
+                padding,
+                padding_end,
+                ..
+            }
+            | LayerKind::MaxPool {
+                padding,
+                padding_end,
+                ..
+            }
+            | LayerKind::AvgPool {
+                padding,
+                padding_end,
+                ..
+            } => Some((padding, padding_end.unwrap_or(padding))),
             _ => None,
         }
     }
@@ -526,6 +560,16 @@ impl SpecBuilder {
             padding,
             padding_end: pe @ Some(_),
             ..
+        }
+        | LayerKind::MaxPool {
+            padding,
+            padding_end: pe @ Some(_),
+            ..
+        }
+        | LayerKind::AvgPool {
+            padding,
+            padding_end: pe @ Some(_),
+            ..
         } = &mut kind
             && *pe == Some(*padding)
         {
@@ -577,7 +621,10 @@ impl SpecBuilder {
             .concat(),
             LayerKind::PadShortcut { stride, out_ch } => vec![stride[0], stride[1], out_ch],
             LayerKind::Linear { out_features, .. } => vec![out_features],
-            _ => kind.pool_window().map_or_else(Vec::new, |w| w.concat()),
+            _ => match (kind.pool_window(), kind.pads()) {
+                (Some(w), Some((_, e))) => [w.concat(), e.to_vec()].concat(),
+                _ => Vec::new(),
+            },
         };
         if let Some(v) = params.iter().find(|&&v| v > MAX_DIM) {
             return Err(self.err(
@@ -711,19 +758,23 @@ impl SpecBuilder {
             }
             LayerKind::Flatten => [c * h * w, 1, 1],
             LayerKind::MaxPool { .. } | LayerKind::AvgPool { .. } => {
-                let Some([kernel, stride, padding]) = kind.pool_window() else {
+                let (Some([kernel, stride, padding]), Some((_, pe))) =
+                    (kind.pool_window(), kind.pads())
+                else {
                     return Err(e("not a pooling layer".into()));
                 };
                 pos2("kernel", kernel)?;
                 pos2("stride", stride)?;
-                if 2 * padding[0] > kernel[0] || 2 * padding[1] > kernel[1] {
-                    return Err(e(format!(
-                        "padding {padding:?} must be at most half the kernel {kernel:?}"
-                    )));
+                for p in [padding, pe] {
+                    if 2 * p[0] > kernel[0] || 2 * p[1] > kernel[1] {
+                        return Err(e(format!(
+                            "padding {p:?} must be at most half the kernel {kernel:?}"
+                        )));
+                    }
                 }
-                let oh = conv_out(h, kernel[0], stride[0], padding[0], 1)
+                let oh = conv_out_padded(h, kernel[0], stride[0], [padding[0], pe[0]], 1)
                     .ok_or_else(|| e(format!("window {kernel:?} does not fit input {h}x{w}")))?;
-                let ow = conv_out(w, kernel[1], stride[1], padding[1], 1)
+                let ow = conv_out_padded(w, kernel[1], stride[1], [padding[1], pe[1]], 1)
                     .ok_or_else(|| e(format!("window {kernel:?} does not fit input {h}x{w}")))?;
                 [c, oh, ow]
             }

@@ -509,7 +509,7 @@ fn full_spec_serde_round_trip() {
     back.check().unwrap();
 }
 
-/// Asymmetric conv padding (`padding_end`): output sizes and MACs from `H + p + p_end`, the
+/// Asymmetric conv and pool padding (`padding_end`): output sizes and MACs from `H + p + p_end`, the
 /// user JSON and serde forms round trip, an end equal to the begin is the symmetric form, and
 /// a spec serialised without the field (older files) reads as symmetric.
 #[test]
@@ -518,6 +518,7 @@ fn asymmetric_conv_padding_counts_exactly_and_round_trips() {
         "input": "8x8x1", "num_classes": 3, "layers": [
         {"name": "c1", "op": "conv2d", "out_ch": 2, "kernel": 3, "stride": 2, "padding": 0,
          "padding_end": 1},
+        {"name": "mp", "op": "max_pool", "kernel": 2, "stride": 1, "padding_end": 1},
         {"name": "c2", "op": "conv2d", "out_ch": 2, "kernel": 3, "padding": 1, "padding_end": 1},
         {"name": "gap", "op": "global_avg_pool"},
         {"name": "fc", "op": "linear", "out_features": 3}]}"#;
@@ -525,9 +526,12 @@ fn asymmetric_conv_padding_counts_exactly_and_round_trips() {
     // TF "SAME" on 8 at stride 2: ⌊(8 + 0 + 1 − 3)/2⌋ + 1 = 4 (symmetric 0 would give 3).
     assert_eq!(spec.layers[0].out_shape, [2, 4, 4]);
     assert_eq!(spec.layers[0].kind.conv_pads(), Some(([0, 0], [1, 1])));
+    // Max pooling 2×2 at stride 1 padded after only keeps the size: 4 + 0 + 1 − 2 + 1 = 4.
+    assert_eq!(spec.layers[1].out_shape, [2, 4, 4]);
+    assert_eq!(spec.layers[1].kind.pads(), Some(([0, 0], [1, 1])));
     // An end padding equal to the begin one is stored as symmetric.
     assert!(matches!(
-        spec.layers[1].kind,
+        spec.layers[2].kind,
         LayerKind::Conv2d {
             padding_end: None,
             ..
@@ -542,7 +546,7 @@ fn asymmetric_conv_padding_counts_exactly_and_round_trips() {
         spec
     );
     let full = serde_json::to_string(&spec).unwrap();
-    assert_eq!(full.matches("padding_end").count(), 1, "{full}");
+    assert_eq!(full.matches("padding_end").count(), 2, "{full}");
     let back: NetworkSpec = serde_json::from_str(&full).unwrap();
     assert_eq!(back, spec);
     // Older full specs have no field: symmetric, and their serialisation is unchanged.
