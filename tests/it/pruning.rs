@@ -61,7 +61,10 @@ impl Net<'_> {
     /// quantization represents exactly at every bit-width, so its weight bits would change
     /// the counted BOPs and nothing it computes.
     fn conv(&mut self, input: Option<usize>, out: usize, groups: usize, post: bool) -> usize {
-        let o = ConvOpts::new(out, 3).pad(1).groups(groups);
+        // Size-preserving padding, symmetric or asymmetric (TF-style "SAME" shapes).
+        let (b, e) = [(1, 1), (1, 1), (0, 2), (2, 0)][self.r.random_range(0..4)];
+        let mut o = ConvOpts::new(out, 3).pad(b).groups(groups);
+        o.padding_end = Some([e, e]);
         let name = self.name("conv");
         let mut y = self.b.conv(&name, input, o).unwrap();
         if post {
@@ -179,6 +182,7 @@ fn random_spec(case: u64) -> NetworkSpec {
                     kernel: [2, 2],
                     stride: [2, 2],
                     padding: [0, 0],
+                    padding_end: None,
                 };
                 n.x = Some(n.b.op(&name, n.x, kind).unwrap());
             }

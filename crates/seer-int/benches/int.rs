@@ -269,6 +269,7 @@ fn resnet20(hw: usize, wbits: u32, abits: u32) -> (IntModel, Vec<F32Conv>) {
                 kernel: 3,
                 stride,
                 pad: 1,
+                pad_end: None,
                 w_bits: wb,
                 residual,
                 relu: false,

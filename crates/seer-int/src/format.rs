@@ -89,8 +89,14 @@ pub enum NodeOp {
         kernel: usize,
         /// Stride.
         stride: usize,
-        /// Zero padding.
+        /// Zero padding before the input (top and left), and after it unless `pad_end` is
+        /// given.
         pad: usize,
+        /// Zero padding after the input (bottom and right) when it differs from `pad`
+        /// (asymmetric "SAME" padding); absent in files with symmetric padding, which read
+        /// unchanged.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pad_end: Option<usize>,
         /// Weight bit-width.
         w_bits: u32,
         /// Node whose output (codes or real-valued) is added (same shape) before the
@@ -117,8 +123,12 @@ pub enum NodeOp {
         kernel: usize,
         /// Stride.
         stride: usize,
-        /// Padding.
+        /// Padding before the input (top and left), and after it unless `pad_end` is given.
         pad: usize,
+        /// Padding after the input (bottom and right) when it differs from `pad`; absent in
+        /// files with symmetric padding.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pad_end: Option<usize>,
     },
     /// Average pooling (square window, no padding), requantised to `out`.
     AvgPool {
@@ -370,6 +380,24 @@ impl IntModel {
             && !seen.contains(r)
         {
             return bad(format!("unknown residual {r:?}"));
+        }
+        if let NodeOp::Conv {
+            kernel,
+            pad,
+            pad_end: Some(e),
+            ..
+        }
+        | NodeOp::MaxPool {
+            kernel,
+            pad,
+            pad_end: Some(e),
+            ..
+        } = node.op
+            && (e >= kernel || pad >= kernel)
+        {
+            return bad(format!(
+                "padding {pad} before and {e} after must each be below the kernel {kernel}"
+            ));
         }
         let real_ok = matches!(
             node.op,

@@ -649,10 +649,11 @@ mod tests {
             1usize..4,
             1usize..3,
             0usize..2,
+            0usize..3,
         )
             .prop_filter_map(
                 "kernel fits",
-                |(batch, h, w, c_in, c_out, k, stride, pad)| {
+                |(batch, h, w, c_in, c_out, k, stride, pad, pad_end)| {
                     let g = ConvGeom {
                         batch,
                         h,
@@ -663,6 +664,7 @@ mod tests {
                         kw: k.min(3),
                         stride,
                         pad,
+                        pad_end,
                     };
                     g.validate().ok().map(|_| g)
                 },
@@ -717,10 +719,11 @@ mod tests {
         #[test]
         fn implicit_conv_matches_reference(batch in 1usize..3, h in 1usize..14, w in 8usize..30,
                                            c4 in 1usize..6, c_out in 1usize..40, k in 0usize..3,
-                                           pad in 0usize..3, abits in 2u32..=8, wbits in 2u32..=8,
+                                           pad in 0usize..3, pad_end in 0usize..3,
+                                           abits in 2u32..=8, wbits in 2u32..=8,
                                            seed in any::<u64>(), extreme in any::<bool>()) {
             let k = [1, 3, 5][k];
-            let g = ConvGeom { batch, h, w, c_in: 4 * c4, c_out, kh: k, kw: k, stride: 1, pad: pad.min(k / 2 + 1) };
+            let g = ConvGeom { batch, h, w, c_in: 4 * c4, c_out, kh: k, kw: k, stride: 1, pad: pad.min(k / 2 + 1), pad_end: pad_end.min(k / 2 + 1) };
             prop_assume!(g.validate().is_ok() && !g.is_pointwise());
             let mut r = lcg(seed);
             let amax = (1u64 << abits) - 1;
@@ -838,6 +841,7 @@ mod tests {
                     kw: 3,
                     stride,
                     pad: 1,
+                    pad_end: 1,
                 };
                 let amax = (1u64 << bits) - 1;
                 let x: Vec<u8> = (0..g.input_len())

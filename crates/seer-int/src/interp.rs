@@ -345,6 +345,7 @@ struct ConvOp<'a> {
     kernel: usize,
     stride: usize,
     pad: usize,
+    pad_end: usize,
     residual: Option<&'a str>,
     relu: bool,
 }
@@ -372,6 +373,7 @@ impl Ctx<'_> {
                 kernel,
                 stride,
                 pad,
+                pad_end,
                 residual,
                 relu,
                 ..
@@ -381,6 +383,7 @@ impl Ctx<'_> {
                 kernel: *kernel,
                 stride: *stride,
                 pad: *pad,
+                pad_end: pad_end.unwrap_or(*pad),
                 residual: residual.as_deref(),
                 relu: *relu,
             }),
@@ -393,8 +396,9 @@ impl Ctx<'_> {
                 kernel,
                 stride,
                 pad,
+                pad_end,
             } => self
-                .max_pool_node(*kernel, *stride, *pad)
+                .max_pool_node(*kernel, *stride, *pad, pad_end.unwrap_or(*pad))
                 .map(Output::Value),
             NodeOp::AvgPool { kernel, stride } => {
                 self.avg_pool_node(*kernel, *stride).map(Output::Value)
@@ -453,6 +457,7 @@ impl Ctx<'_> {
             kw: op.kernel,
             stride: op.stride,
             pad: op.pad,
+            pad_end: op.pad_end,
         };
         let lw = self.weights()?;
         let first = self.node.input == "input";
@@ -669,7 +674,7 @@ impl Ctx<'_> {
     }
 
     /// The pooling window `kernel × kernel` (stride, padding) over this node's input.
-    fn pool_geom(&self, kernel: usize, stride: usize, pad: usize) -> PoolGeom {
+    fn pool_geom(&self, kernel: usize, stride: usize, pad: usize, pad_end: usize) -> PoolGeom {
         let x = self.x;
         PoolGeom {
             batch: self.batch,
@@ -679,14 +684,21 @@ impl Ctx<'_> {
             k: kernel,
             stride,
             pad,
+            pad_end,
         }
     }
 
     /// Max pooling; keeps the input's quantisation.
-    fn max_pool_node(&self, kernel: usize, stride: usize, pad: usize) -> Result<Value> {
+    fn max_pool_node(
+        &self,
+        kernel: usize,
+        stride: usize,
+        pad: usize,
+        pad_end: usize,
+    ) -> Result<Value> {
         let x = self.x;
         self.need_codes()?;
-        let g = self.pool_geom(kernel, stride, pad);
+        let g = self.pool_geom(kernel, stride, pad, pad_end);
         Ok(Value {
             codes: max_pool2d(&x.codes, &g)?,
             real: None,
@@ -702,7 +714,7 @@ impl Ctx<'_> {
         let x = self.x;
         self.need_codes()?;
         let q = self.out_quant()?;
-        let g = self.pool_geom(kernel, stride, 0);
+        let g = self.pool_geom(kernel, stride, 0, 0);
         let codes = avg_pool2d(&x.codes, &g, x.step, q.alpha, q.bits)?;
         Ok(Value::quantized(codes, (g.out_h(), g.out_w(), x.c), q))
     }
@@ -1032,6 +1044,7 @@ mod tests {
                     residual,
                     kernel,
                     pad,
+                    pad_end,
                     relu,
                     ..
                 } => {
@@ -1054,6 +1067,7 @@ mod tests {
                         kw: *kernel,
                         stride: *stride,
                         pad: *pad,
+                        pad_end: pad_end.unwrap_or(*pad),
                     };
                     let mut y = reference::conv2d_f64(&x, &g, &wd, lw.bias.as_ref().unwrap());
                     if let Some(r) = residual {
@@ -1095,12 +1109,16 @@ mod tests {
                     kernel,
                     stride,
                     pad,
-                } => pool_f64(&x, batch, h, w, c, *kernel, *stride, *pad, |v| {
-                    v.iter().copied().fold(0.0, f64::max)
-                }),
+                    pad_end,
+                } => {
+                    let pads = [*pad, pad_end.unwrap_or(*pad)];
+                    pool_f64(&x, batch, h, w, c, *kernel, *stride, pads, |v| {
+                        v.iter().copied().fold(0.0, f64::max)
+                    })
+                }
                 NodeOp::AvgPool { kernel, stride } => {
                     let q = n.out.unwrap();
-                    pool_f64(&x, batch, h, w, c, *kernel, *stride, 0, |v| {
+                    pool_f64(&x, batch, h, w, c, *kernel, *stride, [0, 0], |v| {
                         fq(v.iter().sum::<f64>() / v.len() as f64, q)
                     })
                 }
@@ -1146,12 +1164,12 @@ mod tests {
         c: usize,
         k: usize,
         stride: usize,
-        pad: usize,
+        [pad, pad_end]: [usize; 2],
         f: impl Fn(&[f64]) -> f64,
     ) -> (Vec<f64>, usize, usize, usize) {
         let (oh, ow) = (
-            (h + 2 * pad - k) / stride + 1,
-            (w + 2 * pad - k) / stride + 1,
+            (h + pad + pad_end - k) / stride + 1,
+            (w + pad + pad_end - k) / stride + 1,
         );
         let mut o = vec![0.0; batch * oh * ow * c];
         for b in 0..batch {

@@ -14,10 +14,10 @@ use crate::error::{Result, check_len, invalid};
 use crate::gemm::{WeightPanel, gemm_u8i8_with};
 use crate::pack::{PackedWeights, check_alpha, qmax_unsigned};
 
-/// Window positions along one axis of length `len` (zero-padded by `pad` on both sides):
-/// `⌊(len + 2·pad − k)/stride⌋ + 1`.
-fn window_count(len: usize, k: usize, stride: usize, pad: usize) -> usize {
-    (len + 2 * pad - k) / stride + 1
+/// Window positions along one axis of length `len` zero-padded by `pad` before and
+/// `pad_end` after it: `⌊(len + pad + pad_end − k)/stride⌋ + 1`.
+fn window_count2(len: usize, k: usize, stride: usize, pad: usize, pad_end: usize) -> usize {
+    (len + pad + pad_end - k) / stride + 1
 }
 
 /// Shape of a (dense, ungrouped) 2-D convolution on an NHWC input.
@@ -39,18 +39,20 @@ pub struct ConvGeom {
     pub kw: usize,
     /// Stride (both directions).
     pub stride: usize,
-    /// Zero padding (both directions; code 0 is the real value 0).
+    /// Zero padding before the input (top and left; code 0 is the real value 0).
     pub pad: usize,
+    /// Zero padding after the input (bottom and right): `pad` for symmetric padding.
+    pub pad_end: usize,
 }
 
 impl ConvGeom {
-    /// Output height `⌊(h + 2·pad − kh)/stride⌋ + 1`.
+    /// Output height `⌊(h + pad + pad_end − kh)/stride⌋ + 1`.
     pub fn out_h(&self) -> usize {
-        window_count(self.h, self.kh, self.stride, self.pad)
+        window_count2(self.h, self.kh, self.stride, self.pad, self.pad_end)
     }
-    /// Output width `⌊(w + 2·pad − kw)/stride⌋ + 1`.
+    /// Output width `⌊(w + pad + pad_end − kw)/stride⌋ + 1`.
     pub fn out_w(&self) -> usize {
-        window_count(self.w, self.kw, self.stride, self.pad)
+        window_count2(self.w, self.kw, self.stride, self.pad, self.pad_end)
     }
     /// GEMM rows: `batch · out_h · out_w` output pixels.
     pub fn rows(&self) -> usize {
@@ -71,7 +73,7 @@ impl ConvGeom {
         if [g.batch, g.h, g.w, g.c_in, g.c_out, g.kh, g.kw, g.stride].contains(&0) {
             return Err(invalid("conv geometry", format!("zero size in {g:?}")));
         }
-        if g.kh > g.h + 2 * g.pad || g.kw > g.w + 2 * g.pad {
+        if g.kh > g.h + g.pad + g.pad_end || g.kw > g.w + g.pad + g.pad_end {
             return Err(invalid(
                 "conv geometry",
                 format!("kernel larger than padded input in {g:?}"),
@@ -82,7 +84,7 @@ impl ConvGeom {
 
     /// A 1×1, stride-1, unpadded convolution: a plain GEMM on the input, no im2col.
     pub fn is_pointwise(&self) -> bool {
-        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0
+        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0 && self.pad_end == 0
     }
 
     /// For each im2col column `(ky·kw + kx)·c_in + ci`, the OIHW weight column
@@ -223,7 +225,7 @@ unsafe fn conv2d_c1_image_avx2(x: &[u8], g: &ConvGeom, wt: &[i32], out: &mut [i3
 #[inline(always)]
 fn conv2d_c1_image(x: &[u8], g: &ConvGeom, wt: &[i32], out: &mut [i32]) {
     let (oh, ow, co, kh, kw) = (g.out_h(), g.out_w(), g.c_out, g.kh, g.kw);
-    let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
+    let (hp, wp) = (g.h + g.pad + g.pad_end, g.w + g.pad + g.pad_end);
     let mut img = vec![0i32; hp * wp];
     for y in 0..g.h {
         let src = &x[y * g.w..(y + 1) * g.w];
@@ -406,29 +408,32 @@ pub struct PoolGeom {
     pub k: usize,
     /// Stride.
     pub stride: usize,
-    /// Padding (max pooling only; padded cells are ignored).
+    /// Padding before the input, top and left (max pooling only; padded cells are ignored).
     pub pad: usize,
+    /// Padding after the input, bottom and right (`pad` when symmetric).
+    pub pad_end: usize,
 }
 
 impl PoolGeom {
     fn validate(&self, x: &[u8]) -> Result<()> {
         let g = self;
         if [g.batch, g.h, g.w, g.c, g.k, g.stride].contains(&0)
-            || g.k > g.h + 2 * g.pad
-            || g.k > g.w + 2 * g.pad
+            || g.k > g.h + g.pad + g.pad_end
+            || g.k > g.w + g.pad + g.pad_end
             || g.pad >= g.k
+            || g.pad_end >= g.k
         {
             return Err(invalid("pool geometry", format!("{g:?}")));
         }
         check_len("pool input", g.batch * g.h * g.w * g.c, x.len())
     }
-    /// Output height.
+    /// Output height `⌊(h + pad + pad_end − k)/stride⌋ + 1`.
     pub fn out_h(&self) -> usize {
-        window_count(self.h, self.k, self.stride, self.pad)
+        window_count2(self.h, self.k, self.stride, self.pad, self.pad_end)
     }
-    /// Output width.
+    /// Output width `⌊(w + pad + pad_end − k)/stride⌋ + 1`.
     pub fn out_w(&self) -> usize {
-        window_count(self.w, self.k, self.stride, self.pad)
+        window_count2(self.w, self.k, self.stride, self.pad, self.pad_end)
     }
 
     /// Visits every output cell with the valid input cells of its window.
@@ -458,7 +463,7 @@ pub fn max_pool2d(x: &[u8], g: &PoolGeom) -> Result<Vec<u8>> {
     let c = g.c;
     let (oh, ow) = (g.out_h(), g.out_w());
     let mut out = vec![0u8; g.batch * oh * ow * c];
-    if g.pad == 0 {
+    if g.pad == 0 && g.pad_end == 0 {
         // Every window is whole: plain loops, parallel over images.
         out.par_chunks_mut(oh * ow * c)
             .zip(x.par_chunks(g.h * g.w * c))
@@ -501,7 +506,7 @@ pub fn avg_pool2d(
     out_alpha: f32,
     out_bits: u32,
 ) -> Result<Vec<u8>> {
-    if g.pad != 0 {
+    if g.pad != 0 || g.pad_end != 0 {
         return Err(invalid("avg pool", "padding is not supported"));
     }
     g.validate(x)?;
@@ -581,10 +586,11 @@ mod tests {
             1usize..4,
             1usize..3,
             0usize..2,
+            0usize..3,
         )
             .prop_filter_map(
                 "kernel fits",
-                |(batch, h, w, c_in, c_out, k, stride, pad)| {
+                |(batch, h, w, c_in, c_out, k, stride, pad, pad_end)| {
                     let g = ConvGeom {
                         batch,
                         h,
@@ -595,6 +601,7 @@ mod tests {
                         kw: k.min(2),
                         stride,
                         pad,
+                        pad_end,
                     };
                     g.validate().ok().map(|_| g)
                 },
@@ -623,9 +630,9 @@ mod tests {
         /// One input channel at stride 1 takes the direct path: equal to the reference for
         /// any size, kernel, padding and channel count, extreme codes included.
         #[test]
-        fn one_channel_direct_conv_matches_reference(b in 1usize..4, h in 1usize..12, w in 1usize..12, k in 1usize..6, pad in 0usize..3, c_out in 1usize..20, seed in any::<u64>(), extreme in any::<bool>()) {
-            prop_assume!(k <= h + 2 * pad && k <= w + 2 * pad && pad < k);
-            let g = ConvGeom { batch: b, h, w, c_in: 1, c_out, kh: k, kw: k, stride: 1, pad };
+        fn one_channel_direct_conv_matches_reference(b in 1usize..4, h in 1usize..12, w in 1usize..12, k in 1usize..6, pad in 0usize..3, pad_end in 0usize..3, c_out in 1usize..20, seed in any::<u64>(), extreme in any::<bool>()) {
+            prop_assume!(k <= h + pad + pad_end && k <= w + pad + pad_end && pad < k && pad_end < k);
+            let g = ConvGeom { batch: b, h, w, c_in: 1, c_out, kh: k, kw: k, stride: 1, pad, pad_end };
             let mut r = lcg(seed);
             let x: Vec<u8> = (0..g.input_len()).map(|_| if extreme { 255 } else { r() as u8 }).collect();
             let codes: Vec<i8> = (0..c_out * g.k()).map(|i| if extreme { if i % 2 == 0 { 127 } else { -127 } } else { (r() % 255) as i8 }).map(|c| c.max(-127)).collect();
@@ -662,13 +669,13 @@ mod tests {
 
         #[test]
         fn pools_match_reference(batch in 1usize..3, h in 1usize..8, w in 1usize..8, c in 1usize..6,
-                                 k in 1usize..4, stride in 1usize..3, pad in 0usize..2, seed in any::<u64>()) {
-            let g = PoolGeom { batch, h, w, c, k, stride, pad };
-            prop_assume!(k <= h + 2 * pad && k <= w + 2 * pad && pad < k);
+                                 k in 1usize..4, stride in 1usize..3, pad in 0usize..2, pad_end in 0usize..2, seed in any::<u64>()) {
+            let g = PoolGeom { batch, h, w, c, k, stride, pad, pad_end };
+            prop_assume!(k <= h + pad + pad_end && k <= w + pad + pad_end && pad < k && pad_end < k);
             let mut r = lcg(seed);
             let x: Vec<u8> = (0..batch * h * w * c).map(|_| (r() % 256) as u8).collect();
             prop_assert_eq!(max_pool2d(&x, &g).unwrap(), reference::max_pool2d(&x, &g));
-            if pad == 0 {
+            if pad == 0 && pad_end == 0 {
                 let got = avg_pool2d(&x, &g, 1.0, 255.0, 8).unwrap();
                 prop_assert_eq!(got, reference::avg_pool2d(&x, &g));
             }
@@ -718,6 +725,7 @@ mod tests {
             kw: 3,
             stride: 1,
             pad: 0,
+            pad_end: 0,
         };
         assert!(g.validate().is_err());
     }
@@ -734,6 +742,7 @@ mod tests {
             kw: 1,
             stride: 1,
             pad: 0,
+            pad_end: 0,
         };
         let x: Vec<u8> = (0..g.input_len()).map(|i| (i * 7 % 256) as u8).collect();
         let codes: Vec<i8> = (0..15).map(|i| (i as i8 % 7) - 3).collect();

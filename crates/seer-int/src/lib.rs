@@ -46,7 +46,7 @@
 //! let q = |alpha, bits| Some(QuantOut { alpha, bits });
 //! let nodes = vec![
 //!     // 1 → 2 channels, 3×3, 4-bit weights; output requantised to 4-bit codes over [0, 2].
-//!     node("conv", "input", NodeOp::Conv { c_in: 1, c_out: 2, kernel: 3, stride: 1, pad: 1,
+//!     node("conv", "input", NodeOp::Conv { c_in: 1, c_out: 2, kernel: 3, stride: 1, pad: 1, pad_end: None,
 //!         w_bits: 4, residual: None, relu: false }, q(2.0, 4)),
 //!     node("gap", "conv", NodeOp::GlobalAvgPool, q(1.0, 8)),
 //!     // The final node yields f32 logits (out = null).

@@ -107,6 +107,10 @@ enum Op {
         w: Vec<f32>,
         w_shape: [usize; 4],
         params: Conv2dParams,
+        /// Zeros added to the (quantized) input before the convolution for asymmetric
+        /// padding, `[top, bottom, left, right]` beyond `params.padding` (as the forward pass,
+        /// `ops::conv2d_padded`); None for symmetric padding.
+        extra: Option<[usize; 4]>,
         epi: Epi,
     },
     Linear {
@@ -255,13 +259,16 @@ impl EvalNet {
                     out_ch,
                     kernel,
                     stride,
-                    padding,
                     dilation,
                     groups,
                     ..
                 } => {
                     let (x, xs) = in_val(0);
                     let fq = fq_of(xs.iter().product())?;
+                    let (pb, pe) = l.kind.conv_pads().expect("a conv has pads");
+                    let m = pb[0].min(pb[1]).min(pe[0]).min(pe[1]);
+                    let extra = (pb != [m, m] || pe != [m, m])
+                        .then(|| [pb[0] - m, pe[0] - m, pb[1] - m, pe[1] - m]);
                     let wq = model.eff_weight(i, false)?;
                     let w_shape: [usize; 4] = wq.dims4()?.into();
                     let w = vec_of(&wq)?;
@@ -292,18 +299,23 @@ impl EvalNet {
                     }
                     let p = Conv2dParams {
                         stride: stride[0],
-                        padding: padding[0],
+                        padding: m,
                         dilation: dilation[0],
                         groups,
                     };
-                    let (oh, ow) =
-                        seer_kernels::conv2d_output_hw((xs[1], xs[2]), (kernel[0], kernel[1]), &p)?;
+                    let [e_t, e_b, e_l, e_r] = extra.unwrap_or_default();
+                    let (oh, ow) = seer_kernels::conv2d_output_hw(
+                        (xs[1] + e_t + e_b, xs[2] + e_l + e_r),
+                        (kernel[0], kernel[1]),
+                        &p,
+                    )?;
                     (
                         Op::Conv {
                             fq,
                             w,
                             w_shape,
                             params: p,
+                            extra,
                             epi,
                         },
                         vec![(x, xs)],
@@ -388,19 +400,12 @@ impl EvalNet {
                     done[i] = true;
                     continue;
                 }
-                LayerKind::MaxPool {
-                    kernel,
-                    stride,
-                    padding,
-                }
-                | LayerKind::AvgPool {
-                    kernel,
-                    stride,
-                    padding,
-                } => {
+                LayerKind::MaxPool { kernel, stride, .. }
+                | LayerKind::AvgPool { kernel, stride, .. } => {
                     let (x, xs) = in_val(0);
-                    let oh = (xs[1] + 2 * padding[0]).saturating_sub(kernel[0]) / stride[0] + 1;
-                    let ow = (xs[2] + 2 * padding[1]).saturating_sub(kernel[1]) / stride[1] + 1;
+                    let (padding, pe) = l.kind.pads().expect("a pool has pads");
+                    let oh = (xs[1] + padding[0] + pe[0]).saturating_sub(kernel[0]) / stride[0] + 1;
+                    let ow = (xs[2] + padding[1] + pe[1]).saturating_sub(kernel[1]) / stride[1] + 1;
                     (
                         Op::Pool {
                             max: matches!(l.kind, LayerKind::MaxPool { .. }),
@@ -569,6 +574,21 @@ fn bn_affine(model: &Model, i: usize) -> Result<(Vec<f32>, Vec<f32>)> {
     Ok((scale, shift))
 }
 
+/// `x` (`[C, H, W]`, the first `C·H·W` values) with `[top, bottom, left, right]` rows and
+/// columns of zeros added; returns the padded image and its shape.
+fn pad_image(x: &[f32], [c, h, w]: [usize; 3], [t, b, l, r]: [usize; 4]) -> (Vec<f32>, [usize; 3]) {
+    let (hp, wp) = (h + t + b, w + l + r);
+    let mut out = vec![0f32; c * hp * wp];
+    for ch in 0..c {
+        for y in 0..h {
+            let src = &x[(ch * h + y) * w..(ch * h + y + 1) * w];
+            let at = (ch * hp + y + t) * wp + l;
+            out[at..at + w].copy_from_slice(src);
+        }
+    }
+    (out, [c, hp, wp])
+}
+
 /// Runs one node for one image into `o`.
 fn run(
     nd: &Node,
@@ -587,6 +607,7 @@ fn run(
             w: wt,
             w_shape,
             params,
+            extra,
             epi,
         } => {
             let xin: &[f32] = match fq {
@@ -597,7 +618,13 @@ fn run(
                 }
                 None => x,
             };
-            conv2d_image(xin, nd.in_shapes[0], wt, *w_shape, params, col, o)?;
+            match extra {
+                None => conv2d_image(xin, nd.in_shapes[0], wt, *w_shape, params, col, o)?,
+                Some(e) => {
+                    let (padded, shape) = pad_image(xin, nd.in_shapes[0], *e);
+                    conv2d_image(&padded, shape, wt, *w_shape, params, col, o)?
+                }
+            };
             epi.apply(o, hw, act);
         }
         Op::Linear { fq, w: wt, epi } => {

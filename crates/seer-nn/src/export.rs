@@ -320,7 +320,8 @@ pub fn to_int_model(
                                 l.name
                             )));
                         }
-                        if stride[0] != stride[1] || padding[0] != padding[1] {
+                        let (_, pe) = l.kind.conv_pads().expect("a conv has pads");
+                        if stride[0] != stride[1] || padding[0] != padding[1] || pe[0] != pe[1] {
                             return Err(err(format!(
                                 "layer {}: per-axis stride/padding differ",
                                 l.name
@@ -332,6 +333,7 @@ pub fn to_int_model(
                             kernel: kernel[0],
                             stride: stride[0],
                             pad: padding[0],
+                            pad_end: (pe != padding).then_some(pe[0]),
                             w_bits: wbits,
                             residual: None,
                             relu: false,
@@ -493,6 +495,7 @@ pub fn to_int_model(
                 kernel,
                 stride,
                 padding,
+                ..
             } => {
                 let v = input_val(0)?;
                 if v.real || v.node == "input" {
@@ -501,7 +504,12 @@ pub fn to_int_model(
                         l.name
                     )));
                 }
-                if kernel[0] != kernel[1] || stride[0] != stride[1] || padding[0] != padding[1] {
+                let (_, pe) = l.kind.pads().expect("a pool has pads");
+                if kernel[0] != kernel[1]
+                    || stride[0] != stride[1]
+                    || padding[0] != padding[1]
+                    || pe[0] != pe[1]
+                {
                     return Err(err(format!(
                         "layer {}: only square max pooling runs on the integer engine",
                         l.name
@@ -514,6 +522,7 @@ pub fn to_int_model(
                         kernel: kernel[0],
                         stride: stride[0],
                         pad: padding[0],
+                        pad_end: (pe != padding).then_some(pe[0]),
                     },
                     out: v.q,
                 });

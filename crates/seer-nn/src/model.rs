@@ -272,9 +272,12 @@ impl Model {
                     dilation,
                     groups,
                     bias,
+                    padding_end,
                 } => {
+                    let pe = padding_end.unwrap_or(padding);
                     if stride[0] != stride[1]
                         || padding[0] != padding[1]
+                        || pe[0] != pe[1]
                         || dilation[0] != dilation[1]
                     {
                         return Err(Error::Invalid(format!(
@@ -804,7 +807,6 @@ impl Model {
             let mut y = match l.kind {
                 LayerKind::Conv2d {
                     stride,
-                    padding,
                     dilation,
                     groups,
                     ..
@@ -812,7 +814,8 @@ impl Model {
                     let xin = Self::probe(i, input(0), probes.as_deref_mut())?;
                     let xin = self.quant_input(i, xin, calib.as_deref_mut())?;
                     let w = self.eff_weight(i, attach)?;
-                    let mut y = ops::conv2d(&xin, &w, stride[0], padding[0], dilation[0], groups)?;
+                    let pads = l.kind.conv_pads().expect("a conv has pads");
+                    let mut y = ops::conv2d_padded(&xin, &w, stride[0], pads, dilation[0], groups)?;
                     if let Some(b) = self.param(&p.bias, attach) {
                         let co = b.dim(0)?;
                         y = y.broadcast_add(&b.reshape((1, co, 1, 1))?)?;
@@ -876,21 +879,14 @@ impl Model {
                     acc.ok_or_else(|| Error::Invalid(format!("add {} has no inputs", l.name)))?
                 }
                 LayerKind::Flatten => input(0).flatten_from(1)?,
-                LayerKind::MaxPool {
-                    kernel,
-                    stride,
-                    padding,
-                }
-                | LayerKind::AvgPool {
-                    kernel,
-                    stride,
-                    padding,
-                } => {
+                LayerKind::MaxPool { kernel, stride, .. }
+                | LayerKind::AvgPool { kernel, stride, .. } => {
                     // For max pooling, zero padding equals -inf padding after ReLU
                     // (non-negative inputs).
+                    let (b, e) = l.kind.pads().expect("a pool has pads");
                     let t = input(0)
-                        .pad_with_zeros(2, padding[0], padding[0])?
-                        .pad_with_zeros(3, padding[1], padding[1])?;
+                        .pad_with_zeros(2, b[0], e[0])?
+                        .pad_with_zeros(3, b[1], e[1])?;
                     let (k, s) = ((kernel[0], kernel[1]), (stride[0], stride[1]));
                     if matches!(l.kind, LayerKind::MaxPool { .. }) {
                         t.max_pool2d_with_stride(k, s)?

@@ -33,6 +33,30 @@ pub fn conv2d(
     Ok(seer_kernels::conv2d(x, w, &p)?)
 }
 
+/// 2-D convolution with possibly asymmetric zero padding: `pads = (begin, end)`, `begin =
+/// [top, left]`, `end = [bottom, right]` ([`seer_policy::LayerKind::conv_pads`]). The
+/// padding common to all four sides is the convolution's own; the rest is added to `x` as
+/// explicit zeros first (candle's `pad_with_zeros`, with gradients), which computes the same
+/// sums as a convolution padding each side by its own amount. Shapes as [`conv2d`].
+pub fn conv2d_padded(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    pads: ([usize; 2], [usize; 2]),
+    dilation: usize,
+    groups: usize,
+) -> Result<Tensor> {
+    let (b, e) = pads;
+    let m = b[0].min(b[1]).min(e[0]).min(e[1]);
+    if b == [m, m] && e == [m, m] {
+        return conv2d(x, w, stride, m, dilation, groups);
+    }
+    let xp = x
+        .pad_with_zeros(2, b[0] - m, e[0] - m)?
+        .pad_with_zeros(3, b[1] - m, e[1] - m)?;
+    conv2d(&xp, w, stride, m, dilation, groups)
+}
+
 /// Fully connected layer `x·Wᵀ` without bias (seer-kernels). `x`: `[N, K]`, `w`: `[F, K]`;
 /// returns `[N, F]`. Gradients for `x` and `w`. Each row of the output is bitwise the same
 /// whatever batch it is computed in (candle's `matmul` is not: its `gemm` kernel and
@@ -135,6 +159,39 @@ mod tests {
     use seer_kernels::reference;
 
     use crate::tests::max_abs_diff;
+
+    /// Asymmetric padding at stride 1: padding 0 before and 1 after is the symmetric
+    /// padding-1 convolution shifted by one pixel (its first row and column dropped), in
+    /// value and in the weight and input gradients; `(begin, end)` with begin > end is the
+    /// other crop.
+    #[test]
+    fn asymmetric_padding_is_a_crop_of_the_symmetric_conv() {
+        use rand::{Rng, SeedableRng};
+        let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let mut t = |s: &[usize]| {
+            let n = s.iter().product();
+            let v: Vec<f32> = (0..n).map(|_| r.random_range(-1f32..1.0)).collect();
+            Var::from_vec(v, s, &Device::Cpu).unwrap()
+        };
+        let x = t(&[2, 3, 6, 5]);
+        let w = t(&[4, 3, 3, 3]);
+        let sym = conv2d(x.as_tensor(), w.as_tensor(), 1, 1, 1, 1).unwrap();
+        for (pads, lo) in [(([0, 0], [1, 1]), 1), (([1, 1], [0, 0]), 0)] {
+            let asym = conv2d_padded(x.as_tensor(), w.as_tensor(), 1, pads, 1, 1).unwrap();
+            assert_eq!(asym.dims(), &[2, 4, 5, 4]);
+            let crop = sym.narrow(2, lo, 5).unwrap().narrow(3, lo, 4).unwrap();
+            assert!(max_abs_diff(&asym, &crop) < 1e-5);
+            let ga = asym.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+            let gb = crop.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+            for v in [&w, &x] {
+                let d = max_abs_diff(
+                    ga.get(v.as_tensor()).unwrap(),
+                    gb.get(v.as_tensor()).unwrap(),
+                );
+                assert!(d < 1e-4, "{pads:?}: gradient diff {d}");
+            }
+        }
+    }
 
     /// Each wrapper passes its arguments to seer-kernels in the right order: compared with the
     /// slow references of `seer_kernels::reference` (forward and, for conv, gradients).

@@ -8,12 +8,12 @@
 //!
 //! | ONNX | spec layer | notes |
 //! |---|---|---|
-//! | `Conv` | `conv2d` | weight `[O, I/g, kh, kw]`, optional bias; equal padding on both sides of each axis (`pads` or `auto_pad` SAME with an even total) |
+//! | `Conv` | `conv2d` | weight `[O, I/g, kh, kw]`, optional bias; `pads` (asymmetric ones as `padding` + `padding_end`) or `auto_pad` (`SAME_UPPER`, `SAME_LOWER`, `VALID`) |
 //! | `BatchNormalization` | `batch_norm` | inference mode; our ε is 1e-5, so `var' = var + ε − 1e-5` (exact) |
 //! | `Relu`, `Clip(0, 6)`, `Clip(0, ∞)` | `relu`, `relu6`, `relu` | Clip bounds from constants |
 //! | `Add` of two activations | `add` | a residual addition: tie groups follow |
 //! | `Gemm` (α = β = 1, transA = 0), `MatMul` (+ `Add` of a constant bias) | `linear` | weight stored `[out, in]` |
-//! | `MaxPool`, `AveragePool` | `max_pool`, `avg_pool` | floor mode; padding only where ours means the same (max: after a ReLU; average: `count_include_pad = 1`) |
+//! | `MaxPool`, `AveragePool` | `max_pool`, `avg_pool` | floor mode; padding (asymmetric too, as for `Conv`) only where ours means the same (max: after a ReLU; average: `count_include_pad = 1`) |
 //! | `GlobalAveragePool` | `global_avg_pool` | |
 //! | `Flatten` (axis 1), `Reshape` to `[N, C·H·W]` | `flatten` | nothing when already `[F, 1, 1]` |
 //! | `Identity`, `Dropout` | — | aliases |
@@ -200,9 +200,16 @@ impl At<'_> {
             ))),
         }
     }
-    /// Symmetric padding `[p_h, p_w]` from `pads` `[t, l, b, r]` and `auto_pad`, for input
-    /// `[h, w]`, kernel span `span` (dilated) and `stride`.
-    fn padding(&self, hw: [usize; 2], span: [usize; 2], stride: [usize; 2]) -> Result<[usize; 2]> {
+    /// Zero padding `(begin, end)` (`begin = [top, left]`, `end = [bottom, right]`) from
+    /// `pads` `[t, l, b, r]` and `auto_pad` (ONNX Conv/pooling spec: `SAME_UPPER` puts the odd
+    /// pixel at the end, `SAME_LOWER` at the beginning), for input `[h, w]`, kernel span
+    /// `span` (dilated) and `stride`.
+    fn pads(
+        &self,
+        hw: [usize; 2],
+        span: [usize; 2],
+        stride: [usize; 2],
+    ) -> Result<([usize; 2], [usize; 2])> {
         let auto = self.string("auto_pad")?.unwrap_or_else(|| "NOTSET".into());
         match auto.as_str() {
             "NOTSET" => {
@@ -215,29 +222,23 @@ impl At<'_> {
                         "attribute pads {p:?}: expected four values ≥ 0 [top, left, bottom, right]"
                     )));
                 }
-                if p[0] != p[2] || p[1] != p[3] {
-                    return Err(self.unsupported(format!(
-                        "asymmetric padding {p:?} [top, left, bottom, right]: the network spec \
-                         pads both sides of an axis equally"
-                    )));
-                }
-                Ok([p[0] as usize, p[1] as usize])
+                let p: Vec<usize> = p.iter().map(|&x| x as usize).collect();
+                Ok(([p[0], p[1]], [p[2], p[3]]))
             }
-            "VALID" => Ok([0, 0]),
+            "VALID" => Ok(([0, 0], [0, 0])),
             "SAME_UPPER" | "SAME_LOWER" => {
-                let mut out = [0; 2];
+                let (mut b, mut e) = ([0; 2], [0; 2]);
                 for a in 0..2 {
                     let o = hw[a].div_ceil(stride[a]);
                     let total = ((o - 1) * stride[a] + span[a]).saturating_sub(hw[a]);
-                    if total % 2 == 1 {
-                        return Err(self.unsupported(format!(
-                            "auto_pad {auto} needs {total} padding pixels on axis {a}, which \
-                             cannot be split equally over both sides"
-                        )));
-                    }
-                    out[a] = total / 2;
+                    let small = total / 2;
+                    (b[a], e[a]) = if auto == "SAME_UPPER" {
+                        (small, total - small)
+                    } else {
+                        (total - small, small)
+                    };
                 }
-                Ok(out)
+                Ok((b, e))
             }
             other => Err(self.bad(format!("auto_pad {other:?} is not an ONNX value"))),
         }
@@ -668,7 +669,7 @@ fn convert_node(
             let stride = at.pair("strides", 1, 1)?;
             let dilation = at.pair("dilations", 1, 1)?;
             let span = [dilation[0] * (kh - 1) + 1, dilation[1] * (kw - 1) + 1];
-            let padding = at.padding([h, wd], span, stride)?;
+            let (padding, padding_end) = at.pads([h, wd], span, stride)?;
             if let Some(b) = b
                 && b.len() != o
             {
@@ -687,6 +688,7 @@ fn convert_node(
                 dilation,
                 groups: groups as usize,
                 bias: b.is_some(),
+                padding_end: (padding_end != padding).then_some(padding_end),
             };
             let l = push(cx, &name, kind, &x.into_iter().collect::<Vec<_>>())?;
             cx.tensors
@@ -967,8 +969,8 @@ fn convert_node(
                 return Err(at.bad("kernel_shape is missing"));
             }
             let stride = at.pair("strides", 1, 1)?;
-            let padding = at.padding([h, wd], kernel, stride)?;
-            if padding != [0, 0] {
+            let (padding, padding_end) = at.pads([h, wd], kernel, stride)?;
+            if padding != [0, 0] || padding_end != [0, 0] {
                 if max && !nonneg {
                     return Err(at.unsupported(
                         "padding on an input that is not known to be non-negative (our max pool \
@@ -982,17 +984,20 @@ fn convert_node(
                 }
             }
             let name = layer_name(cx, at, None);
+            let padding_end = (padding_end != padding).then_some(padding_end);
             let kind = if max {
                 LayerKind::MaxPool {
                     kernel,
                     stride,
                     padding,
+                    padding_end,
                 }
             } else {
                 LayerKind::AvgPool {
                     kernel,
                     stride,
                     padding,
+                    padding_end,
                 }
             };
             let l = push(cx, &name, kind, &x.into_iter().collect::<Vec<_>>())?;

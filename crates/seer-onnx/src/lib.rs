@@ -201,4 +201,6 @@ pub fn import_file(path: &Path) -> Result<Imported> {
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_pads;
+#[cfg(test)]
 mod tests_qdq;

@@ -311,11 +311,13 @@ pub fn to_qdq(m: &IntModel) -> Result<ModelProto> {
                 kernel,
                 stride,
                 pad,
+                pad_end,
                 residual,
                 relu,
                 ..
             } => {
-                if c != *c_in || *stride == 0 || h + 2 * pad < *kernel || w + 2 * pad < *kernel {
+                let pe = pad_end.unwrap_or(*pad);
+                if c != *c_in || *stride == 0 || h + pad + pe < *kernel || w + pad + pe < *kernel {
                     return Err(b.err(format!(
                         "input {c}x{h}x{w} does not fit a {kernel}x{kernel} conv of {c_in} channels"
                     )));
@@ -333,7 +335,7 @@ pub fn to_qdq(m: &IntModel) -> Result<ModelProto> {
                     &[*c_out, *c_in, *kernel, *kernel],
                     &[*c_out, 1, 1],
                 )?;
-                let (k, s, p) = (*kernel as i64, *stride as i64, *pad as i64);
+                let (k, s, p, e) = (*kernel as i64, *stride as i64, *pad as i64, pe as i64);
                 let conv = format!("{base}.conv_nobias");
                 b.node(
                     "Conv",
@@ -343,7 +345,7 @@ pub fn to_qdq(m: &IntModel) -> Result<ModelProto> {
                     vec![
                         ints("kernel_shape", &[k, k]),
                         ints("strides", &[s, s]),
-                        ints("pads", &[p, p, p, p]),
+                        ints("pads", &[p, p, e, e]),
                         ints("dilations", &[1, 1]),
                         int("group", 1),
                     ],
@@ -352,8 +354,8 @@ pub fn to_qdq(m: &IntModel) -> Result<ModelProto> {
                 b.node("Add", &y, &[&conv, &bias], &y, vec![]);
                 let chw = (
                     *c_out,
-                    (h + 2 * pad - kernel) / stride + 1,
-                    (w + 2 * pad - kernel) / stride + 1,
+                    (h + pad + pe - kernel) / stride + 1,
+                    (w + pad + pe - kernel) / stride + 1,
                 );
                 let mut y = y;
                 if let Some(r) = residual {
@@ -458,11 +460,13 @@ pub fn to_qdq(m: &IntModel) -> Result<ModelProto> {
                 kernel,
                 stride,
                 pad,
+                pad_end,
             } => {
-                if *stride == 0 || h + 2 * pad < *kernel || w + 2 * pad < *kernel {
+                let pe = pad_end.unwrap_or(*pad);
+                if *stride == 0 || h + pad + pe < *kernel || w + pad + pe < *kernel {
                     return Err(b.err(format!("input {h}x{w} is smaller than the window")));
                 }
-                let (k, s, p) = (*kernel as i64, *stride as i64, *pad as i64);
+                let (k, s, p, e) = (*kernel as i64, *stride as i64, *pad as i64, pe as i64);
                 let y = format!("{base}.max_pool");
                 b.node(
                     "MaxPool",
@@ -472,13 +476,13 @@ pub fn to_qdq(m: &IntModel) -> Result<ModelProto> {
                     vec![
                         ints("kernel_shape", &[k, k]),
                         ints("strides", &[s, s]),
-                        ints("pads", &[p, p, p, p]),
+                        ints("pads", &[p, p, e, e]),
                     ],
                 );
                 let chw = (
                     c,
-                    (h + 2 * pad - kernel) / stride + 1,
-                    (w + 2 * pad - kernel) / stride + 1,
+                    (h + pad + pe - kernel) / stride + 1,
+                    (w + pad + pe - kernel) / stride + 1,
                 );
                 // The maximum of dequantized codes is a dequantized code: its Q/DQ pair is exact.
                 match x.q {

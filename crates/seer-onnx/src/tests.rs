@@ -11,7 +11,7 @@ use crate::proto::{
 };
 use crate::{Error, import_bytes};
 
-fn tensor(name: &str, dims: &[i64], v: Vec<f32>) -> TensorProto {
+pub(crate) fn tensor(name: &str, dims: &[i64], v: Vec<f32>) -> TensorProto {
     TensorProto {
         name: Some(name.into()),
         dims: dims.to_vec(),
@@ -33,7 +33,7 @@ fn itensor(name: &str, v: Vec<i64>) -> TensorProto {
 
 use crate::qdq::{int, ints};
 
-fn node(
+pub(crate) fn node(
     name: &str,
     op: &str,
     ins: &[&str],
@@ -50,7 +50,7 @@ fn node(
     }
 }
 
-fn value(name: &str, dims: &[i64]) -> ValueInfoProto {
+pub(crate) fn value(name: &str, dims: &[i64]) -> ValueInfoProto {
     let dim = dims
         .iter()
         .map(|&d| tensor_shape_proto::Dimension {
@@ -314,9 +314,9 @@ fn twenty_malformed_files_each_give_one_clear_error() {
             "node add (Add)",
         ),
         (
-            "asymmetric padding",
-            mutate(|m| find(m, "c1").attribute[0] = ints("pads", &[1, 1, 0, 0])),
-            "asymmetric padding",
+            "pool padding beyond half its window",
+            mutate(|m| find(m, "pool").attribute.push(ints("pads", &[0, 0, 2, 2]))),
+            "must be at most half the kernel",
         ),
         (
             "unknown attribute",

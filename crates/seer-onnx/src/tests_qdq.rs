@@ -26,7 +26,7 @@ fn fixture_dir() -> PathBuf {
 }
 
 /// The 64 committed Fashion-MNIST test images (`[64, 28, 28]` pixels) and their labels.
-fn eq_images() -> (Vec<u8>, Vec<u8>) {
+pub(crate) fn eq_images() -> (Vec<u8>, Vec<u8>) {
     let d = fixture_dir();
     let px = std::fs::read(d.join("eq-images.u8")).unwrap();
     let labels = std::fs::read(d.join("eq-labels.u8")).unwrap();
@@ -35,7 +35,7 @@ fn eq_images() -> (Vec<u8>, Vec<u8>) {
 }
 
 /// Normalised NCHW f32 values of `px` (one channel).
-fn normalised(px: &[u8]) -> Vec<f32> {
+pub(crate) fn normalised(px: &[u8]) -> Vec<f32> {
     px.iter()
         .map(|&p| ((p as f64 / 255.0 - MEAN) / STD) as f32)
         .collect()
@@ -43,7 +43,7 @@ fn normalised(px: &[u8]) -> Vec<f32> {
 
 /// A mixed policy: per unit, weight bits, activation bits and pruning ratio cycle through
 /// the candidates (so bit-widths below 8 and real pruning both occur).
-fn mixed_policy(space: &SearchSpace) -> Policy {
+pub(crate) fn mixed_policy(space: &SearchSpace) -> Policy {
     let idx: Vec<usize> = space
         .genes()
         .iter()
@@ -349,7 +349,7 @@ use tract_onnx::prelude::*;
 
 /// Runs the ONNX file `bytes` in tract on `x` (`[n, c, h, w]` f32) and returns the first
 /// output's values.
-fn tract_run(bytes: &[u8], x: Vec<f32>, shape: [usize; 4]) -> Vec<f32> {
+pub(crate) fn tract_run(bytes: &[u8], x: Vec<f32>, shape: [usize; 4]) -> Vec<f32> {
     let model = tract_onnx::onnx()
         .model_for_read(&mut &bytes[..])
         .unwrap()
@@ -377,7 +377,7 @@ impl Tensor4 {
     }
 }
 
-fn top1(v: &[f32], k: usize) -> Vec<usize> {
+pub(crate) fn top1(v: &[f32], k: usize) -> Vec<usize> {
     v.chunks_exact(k)
         .map(|r| (0..k).max_by(|&i, &j| r[i].total_cmp(&r[j])).unwrap())
         .collect()
@@ -419,7 +419,7 @@ fn fixtures_match_tract_logits() {
 
 /// Top-1 predictions of the QDQ export of `im` in tract and of the engine on `px` (NCHW
 /// pixels of `n` images; one channel, so also NHWC). Returns (agreeing, n).
-fn tract_agreement(im: &IntModel, px: &[u8], n: usize) -> (usize, usize) {
+pub(crate) fn tract_agreement(im: &IntModel, px: &[u8], n: usize) -> (usize, usize) {
     let i = &im.meta().input;
     assert_eq!(i.channels, 1);
     let k = im.meta().num_classes;

@@ -200,6 +200,7 @@ fn maxpool2() -> LayerKind {
         kernel: [2, 2],
         stride: [2, 2],
         padding: [0, 0],
+        padding_end: None,
     }
 }
 
@@ -213,6 +214,7 @@ fn imagenet_resnet(b: &mut SpecBuilder, blocks: &[usize], bottleneck: bool) -> R
             kernel: [3, 3],
             stride: [2, 2],
             padding: [1, 1],
+            padding_end: None,
         },
     )?;
     let expansion = if bottleneck { 4 } else { 1 };

@@ -48,6 +48,7 @@ struct UserLayer {
     kernel: Option<Size2>,
     stride: Option<Size2>,
     padding: Option<Size2>,
+    padding_end: Option<Size2>,
     dilation: Option<Size2>,
     groups: Option<usize>,
     bias: Option<bool>,
@@ -175,10 +176,18 @@ impl NetworkSpec {
             };
             let allowed: &[&str] = match l.op.as_str() {
                 "conv2d" => &[
-                    "in_ch", "out_ch", "kernel", "stride", "padding", "dilation", "groups", "bias",
+                    "in_ch",
+                    "out_ch",
+                    "kernel",
+                    "stride",
+                    "padding",
+                    "padding_end",
+                    "dilation",
+                    "groups",
+                    "bias",
                 ],
                 "linear" => &["in_features", "out_features", "bias"],
-                "max_pool" | "avg_pool" => &["kernel", "stride", "padding"],
+                "max_pool" | "avg_pool" => &["kernel", "stride", "padding", "padding_end"],
                 "pad_shortcut" => &["out_ch", "stride"],
                 _ => &[],
             };
@@ -188,6 +197,7 @@ impl NetworkSpec {
                 ("kernel", l.kernel.is_some()),
                 ("stride", l.stride.is_some()),
                 ("padding", l.padding.is_some()),
+                ("padding_end", l.padding_end.is_some()),
                 ("dilation", l.dilation.is_some()),
                 ("groups", l.groups.is_some()),
                 ("bias", l.bias.is_some()),
@@ -214,6 +224,7 @@ impl NetworkSpec {
                         dilation: s2(&l.dilation, [1, 1]),
                         groups: l.groups.unwrap_or(1),
                         bias: l.bias.unwrap_or(false),
+                        padding_end: l.padding_end.as_ref().map(Size2::get),
                     }
                 }
                 "linear" => LayerKind::Linear {
@@ -235,17 +246,20 @@ impl NetworkSpec {
                         .ok_or_else(|| lerr(format!("{} needs \"kernel\"", l.op)))?;
                     let stride = s2(&l.stride, kernel);
                     let padding = s2(&l.padding, [0, 0]);
+                    let padding_end = l.padding_end.as_ref().map(Size2::get);
                     if l.op == "max_pool" {
                         LayerKind::MaxPool {
                             kernel,
                             stride,
                             padding,
+                            padding_end,
                         }
                     } else {
                         LayerKind::AvgPool {
                             kernel,
                             stride,
                             padding,
+                            padding_end,
                         }
                     }
                 }

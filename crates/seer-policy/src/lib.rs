@@ -50,6 +50,7 @@ pub use space::{
 };
 pub use spec::{
     ConvOpts, InputShape, Layer, LayerKind, MAX_DIM, NetworkSpec, SpecBuilder, conv_out,
+    conv_out_padded,
 };
 
 #[cfg(test)]

@@ -90,7 +90,8 @@ pub enum LayerKind {
         kernel: [usize; 2],
         /// Stride `[s_h, s_w]`.
         stride: [usize; 2],
-        /// Zero padding `[p_h, p_w]` on each side.
+        /// Zero padding `[p_h, p_w]` before the input (top, left), and after it (bottom,
+        /// right) too unless `padding_end` is given.
         padding: [usize; 2],
         /// Dilation `[d_h, d_w]`.
         dilation: [usize; 2],
@@ -98,6 +99,11 @@ pub enum LayerKind {
         groups: usize,
         /// Whether the conv has a bias vector.
         bias: bool,
+        /// Asymmetric padding: zeros `[p_h, p_w]` after the input (bottom, right) when they
+        /// differ from `padding` (TF-style "SAME", ONNX `pads` `[t, l, b, r]` with `b ≠ t`
+        /// or `r ≠ l`); absent (None) means symmetric padding, so older specs read unchanged.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        padding_end: Option<[usize; 2]>,
     },
     /// Fully connected layer, weights `[out_features, in_features]`; its input is `[in_features, 1, 1]`.
     Linear {
@@ -124,8 +130,12 @@ pub enum LayerKind {
         kernel: [usize; 2],
         /// Stride.
         stride: [usize; 2],
-        /// Padding on each side.
+        /// Padding before the input (top, left), and after it unless `padding_end` is given.
         padding: [usize; 2],
+        /// Asymmetric padding after the input (bottom, right), as for `conv2d`; absent
+        /// (None) means symmetric.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        padding_end: Option<[usize; 2]>,
     },
     /// Average pooling (floor mode).
     AvgPool {
@@ -133,8 +143,12 @@ pub enum LayerKind {
         kernel: [usize; 2],
         /// Stride.
         stride: [usize; 2],
-        /// Padding on each side.
+        /// Padding before the input (top, left), and after it unless `padding_end` is given.
         padding: [usize; 2],
+        /// Asymmetric padding after the input (bottom, right), as for `conv2d`; absent
+        /// (None) means symmetric.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        padding_end: Option<[usize; 2]>,
     },
     /// Global average pooling: `[C, H, W]` → `[C, 1, 1]`.
     GlobalAvgPool,
@@ -167,19 +181,58 @@ impl LayerKind {
         }
     }
 
-    /// `[kernel, stride, padding]` of a max or average pooling layer; None for other kinds.
+    /// `[kernel, stride, padding]` of a max or average pooling layer (`padding` before the
+    /// input; see [`pads`](Self::pads) for the end); None for other kinds.
     pub fn pool_window(&self) -> Option<[[usize; 2]; 3]> {
         match *self {
             LayerKind::MaxPool {
                 kernel,
                 stride,
                 padding,
+                ..
             }
             | LayerKind::AvgPool {
                 kernel,
                 stride,
                 padding,
+                ..
             } => Some([kernel, stride, padding]),
+            _ => None,
+        }
+    }
+
+    /// Zero padding of a conv or pooling layer as `(begin, end)`: `begin = [top, left]`,
+    /// `end = [bottom, right]` (`end = begin` when symmetric). None for other kinds.
+    pub fn pads(&self) -> Option<([usize; 2], [usize; 2])> {
+        match *self {
+            LayerKind::Conv2d {
+                padding,
+                padding_end,
+                ..
+            }
+            | LayerKind::MaxPool {
+                padding,
+                padding_end,
+                ..
+            }
+            | LayerKind::AvgPool {
+                padding,
+                padding_end,
+                ..
+            } => Some((padding, padding_end.unwrap_or(padding))),
+            _ => None,
+        }
+    }
+
+    /// Zero padding of a conv as `(begin, end)`: `begin = [top, left]`, `end = [bottom, right]`
+    /// (`end = begin` for symmetric padding). None for other kinds.
+    pub fn conv_pads(&self) -> Option<([usize; 2], [usize; 2])> {
+        match *self {
+            LayerKind::Conv2d {
+                padding,
+                padding_end,
+                ..
+            } => Some((padding, padding_end.unwrap_or(padding))),
             _ => None,
         }
     }
@@ -331,8 +384,10 @@ pub struct ConvOpts {
     pub kernel: [usize; 2],
     /// Stride.
     pub stride: [usize; 2],
-    /// Padding.
+    /// Padding before the input (top, left), and after it unless `padding_end` is set.
     pub padding: [usize; 2],
+    /// Padding after the input (bottom, right) when it differs from `padding`.
+    pub padding_end: Option<[usize; 2]>,
     /// Dilation.
     pub dilation: [usize; 2],
     /// Groups.
@@ -349,6 +404,7 @@ impl ConvOpts {
             kernel: [k, k],
             stride: [1, 1],
             padding: [0, 0],
+            padding_end: None,
             dilation: [1, 1],
             groups: 1,
             bias: false,
@@ -464,6 +520,7 @@ impl SpecBuilder {
             dilation: o.dilation,
             groups: o.groups,
             bias: o.bias,
+            padding_end: o.padding_end,
         };
         self.push(name, kind, &input.into_iter().collect::<Vec<_>>())
     }
@@ -497,7 +554,27 @@ impl SpecBuilder {
     /// Appends a layer with explicit producers, checking `kind` against the input shape.
     /// Err(InvalidSpec) naming the layer when names repeat, producers are not earlier
     /// layers, channel counts disagree, or a spatial size would drop below 1.
-    pub fn push(&mut self, name: &str, kind: LayerKind, inputs: &[usize]) -> Result<usize> {
+    pub fn push(&mut self, name: &str, mut kind: LayerKind, inputs: &[usize]) -> Result<usize> {
+        // One form per padding: an end padding equal to the begin one is symmetric (None).
+        if let LayerKind::Conv2d {
+            padding,
+            padding_end: pe @ Some(_),
+            ..
+        }
+        | LayerKind::MaxPool {
+            padding,
+            padding_end: pe @ Some(_),
+            ..
+        }
+        | LayerKind::AvgPool {
+            padding,
+            padding_end: pe @ Some(_),
+            ..
+        } = &mut kind
+            && *pe == Some(*padding)
+        {
+            *pe = None;
+        }
         let idx = self.spec.layers.len();
         if name.is_empty() {
             return Err(self.err(&format!("#{idx}"), "empty layer name".into()));
@@ -531,18 +608,23 @@ impl SpecBuilder {
                 stride: s,
                 padding: p,
                 dilation: d,
+                padding_end: pe,
                 ..
             } => [
                 vec![in_ch, out_ch, groups],
                 k.to_vec(),
                 s.to_vec(),
                 p.to_vec(),
+                pe.unwrap_or(p).to_vec(),
                 d.to_vec(),
             ]
             .concat(),
             LayerKind::PadShortcut { stride, out_ch } => vec![stride[0], stride[1], out_ch],
             LayerKind::Linear { out_features, .. } => vec![out_features],
-            _ => kind.pool_window().map_or_else(Vec::new, |w| w.concat()),
+            _ => match (kind.pool_window(), kind.pads()) {
+                (Some(w), Some((_, e))) => [w.concat(), e.to_vec()].concat(),
+                _ => Vec::new(),
+            },
         };
         if let Some(v) = params.iter().find(|&&v| v > MAX_DIM) {
             return Err(self.err(
@@ -608,8 +690,10 @@ impl SpecBuilder {
                 padding,
                 dilation,
                 groups,
+                padding_end,
                 ..
             } => {
+                let pe = padding_end.unwrap_or(padding);
                 if in_ch != c {
                     return Err(e(format!("in_ch {in_ch} but its input has {c} channels")));
                 }
@@ -624,20 +708,16 @@ impl SpecBuilder {
                         "groups {groups} must divide in_ch {in_ch} and out_ch {out_ch}"
                     )));
                 }
-                let oh = conv_out(h, kernel[0], stride[0], padding[0], dilation[0]).ok_or_else(
-                    || {
-                        e(format!(
-                            "kernel {kernel:?} does not fit input {h}x{w} with padding {padding:?}"
-                        ))
-                    },
-                )?;
-                let ow = conv_out(w, kernel[1], stride[1], padding[1], dilation[1]).ok_or_else(
-                    || {
-                        e(format!(
-                            "kernel {kernel:?} does not fit input {h}x{w} with padding {padding:?}"
-                        ))
-                    },
-                )?;
+                let misfit = || {
+                    e(format!(
+                        "kernel {kernel:?} does not fit input {h}x{w} with padding {padding:?} \
+                         before and {pe:?} after"
+                    ))
+                };
+                let oh = conv_out_padded(h, kernel[0], stride[0], [padding[0], pe[0]], dilation[0])
+                    .ok_or_else(misfit)?;
+                let ow = conv_out_padded(w, kernel[1], stride[1], [padding[1], pe[1]], dilation[1])
+                    .ok_or_else(misfit)?;
                 [out_ch, oh, ow]
             }
             LayerKind::Linear {
@@ -678,19 +758,23 @@ impl SpecBuilder {
             }
             LayerKind::Flatten => [c * h * w, 1, 1],
             LayerKind::MaxPool { .. } | LayerKind::AvgPool { .. } => {
-                let Some([kernel, stride, padding]) = kind.pool_window() else {
+                let (Some([kernel, stride, padding]), Some((_, pe))) =
+                    (kind.pool_window(), kind.pads())
+                else {
                     return Err(e("not a pooling layer".into()));
                 };
                 pos2("kernel", kernel)?;
                 pos2("stride", stride)?;
-                if 2 * padding[0] > kernel[0] || 2 * padding[1] > kernel[1] {
-                    return Err(e(format!(
-                        "padding {padding:?} must be at most half the kernel {kernel:?}"
-                    )));
+                for p in [padding, pe] {
+                    if 2 * p[0] > kernel[0] || 2 * p[1] > kernel[1] {
+                        return Err(e(format!(
+                            "padding {p:?} must be at most half the kernel {kernel:?}"
+                        )));
+                    }
                 }
-                let oh = conv_out(h, kernel[0], stride[0], padding[0], 1)
+                let oh = conv_out_padded(h, kernel[0], stride[0], [padding[0], pe[0]], 1)
                     .ok_or_else(|| e(format!("window {kernel:?} does not fit input {h}x{w}")))?;
-                let ow = conv_out(w, kernel[1], stride[1], padding[1], 1)
+                let ow = conv_out_padded(w, kernel[1], stride[1], [padding[1], pe[1]], 1)
                     .ok_or_else(|| e(format!("window {kernel:?} does not fit input {h}x{w}")))?;
                 [c, oh, ow]
             }
@@ -734,11 +818,17 @@ impl SpecBuilder {
 
 /// Output size of a conv/pool along one axis: ⌊(n + 2p − d(k−1) − 1)/s⌋ + 1, or None if < 1.
 pub fn conv_out(n: usize, k: usize, s: usize, p: usize, d: usize) -> Option<usize> {
+    conv_out_padded(n, k, s, [p, p], d)
+}
+
+/// Output size along one axis with `[begin, end]` zero padding:
+/// ⌊(n + begin + end − d(k−1) − 1)/s⌋ + 1, or None if < 1.
+pub fn conv_out_padded(n: usize, k: usize, s: usize, pad: [usize; 2], d: usize) -> Option<usize> {
     if k == 0 || s == 0 || d == 0 {
         return None;
     }
     let span = d * (k - 1) + 1;
-    let padded = n + 2 * p;
+    let padded = n + pad[0] + pad[1];
     if padded < span {
         None
     } else {

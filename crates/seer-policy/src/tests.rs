@@ -509,6 +509,55 @@ fn full_spec_serde_round_trip() {
     back.check().unwrap();
 }
 
+/// Asymmetric conv and pool padding (`padding_end`): output sizes and MACs from `H + p + p_end`, the
+/// user JSON and serde forms round trip, an end equal to the begin is the symmetric form, and
+/// a spec serialised without the field (older files) reads as symmetric.
+#[test]
+fn asymmetric_conv_padding_counts_exactly_and_round_trips() {
+    let json = r#"{"format": "seernet-network", "version": 1, "name": "asym",
+        "input": "8x8x1", "num_classes": 3, "layers": [
+        {"name": "c1", "op": "conv2d", "out_ch": 2, "kernel": 3, "stride": 2, "padding": 0,
+         "padding_end": 1},
+        {"name": "mp", "op": "max_pool", "kernel": 2, "stride": 1, "padding_end": 1},
+        {"name": "c2", "op": "conv2d", "out_ch": 2, "kernel": 3, "padding": 1, "padding_end": 1},
+        {"name": "gap", "op": "global_avg_pool"},
+        {"name": "fc", "op": "linear", "out_features": 3}]}"#;
+    let spec = NetworkSpec::from_json_str(json, "asym.json").unwrap();
+    // TF "SAME" on 8 at stride 2: ⌊(8 + 0 + 1 − 3)/2⌋ + 1 = 4 (symmetric 0 would give 3).
+    assert_eq!(spec.layers[0].out_shape, [2, 4, 4]);
+    assert_eq!(spec.layers[0].kind.conv_pads(), Some(([0, 0], [1, 1])));
+    // Max pooling 2×2 at stride 1 padded after only keeps the size: 4 + 0 + 1 − 2 + 1 = 4.
+    assert_eq!(spec.layers[1].out_shape, [2, 4, 4]);
+    assert_eq!(spec.layers[1].kind.pads(), Some(([0, 0], [1, 1])));
+    // An end padding equal to the begin one is stored as symmetric.
+    assert!(matches!(
+        spec.layers[2].kind,
+        LayerKind::Conv2d {
+            padding_end: None,
+            ..
+        }
+    ));
+    let s = SearchSpace::new(spec.clone(), SpaceConfig::default()).unwrap();
+    let c = s.cost(&s.uniform(8, 8, 0.0).unwrap()).unwrap();
+    // c1: 4·4·(2·1·9) = 288; c2: 4·4·(2·2·9) = 576; fc: 2·3 = 6.
+    assert_eq!(c.total_macs, 288 + 576 + 6);
+    assert_eq!(
+        NetworkSpec::from_json_str(&spec.to_json(), "t").unwrap(),
+        spec
+    );
+    let full = serde_json::to_string(&spec).unwrap();
+    assert_eq!(full.matches("padding_end").count(), 2, "{full}");
+    let back: NetworkSpec = serde_json::from_str(&full).unwrap();
+    assert_eq!(back, spec);
+    // Older full specs have no field: symmetric, and their serialisation is unchanged.
+    let old = builtin("resnet20", None, None).unwrap();
+    let text = serde_json::to_string(&old).unwrap();
+    assert!(!text.contains("padding_end"));
+    assert_eq!(serde_json::from_str::<NetworkSpec>(&text).unwrap(), old);
+    assert_eq!(conv_out_padded(8, 3, 2, [0, 1], 1), Some(4));
+    assert_eq!(conv_out_padded(2, 3, 1, [0, 0], 1), None);
+}
+
 fn arb_space() -> impl Strategy<Value = SearchSpace> {
     (0usize..3, any::<bool>(), any::<bool>()).prop_map(|(net, masked, shared_bits)| {
         let spec = match net {

@@ -142,16 +142,18 @@ fn nn_predict(model: &Model, data: &Dataset, norm: &Normalize, bs: usize) -> Res
     Ok(preds)
 }
 
-/// Zero-pads `x` (`[N, C, H, W]`) by `padding` on both sides of H and W, then max- (`max`) or
-/// average-pools it over `kernel` windows at `stride`.
+/// Zero-pads `x` (`[N, C, H, W]`) by `pads` (`(begin, end)`: `[top, left]`, `[bottom,
+/// right]`), then max- (`max`) or average-pools it over `kernel` windows at `stride`.
 fn pool2d(
     x: &Tensor,
     max: bool,
-    [kernel, stride, padding]: [[usize; 2]; 3],
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    (b, e): ([usize; 2], [usize; 2]),
 ) -> candle_core::Result<Tensor> {
     let x = x
-        .pad_with_zeros(2, padding[0], padding[0])?
-        .pad_with_zeros(3, padding[1], padding[1])?;
+        .pad_with_zeros(2, b[0], e[0])?
+        .pad_with_zeros(3, b[1], e[1])?;
     let (k, s) = ((kernel[0], kernel[1]), (stride[0], stride[1]));
     if max {
         x.max_pool2d_with_stride(k, s)
@@ -180,9 +182,22 @@ fn candle_forward(
                 padding,
                 dilation,
                 groups,
+                padding_end,
                 ..
             } => {
-                let y = inp(0).conv2d(&p("weight"), padding[0], stride[0], dilation[0], groups)?;
+                // Asymmetric padding: the zeros beyond the smallest side explicitly, then a
+                // symmetric conv.
+                let (x, pad) = match padding_end {
+                    None => (inp(0), padding[0]),
+                    Some(e) => {
+                        let m = padding[0].min(padding[1]).min(e[0]).min(e[1]);
+                        let x = inp(0)
+                            .pad_with_zeros(2, padding[0] - m, e[0] - m)?
+                            .pad_with_zeros(3, padding[1] - m, e[1] - m)?;
+                        (x, m)
+                    }
+                };
+                let y = x.conv2d(&p("weight"), pad, stride[0], dilation[0], groups)?;
                 match bias {
                     Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?)?,
                     None => y,
@@ -209,16 +224,12 @@ fn candle_forward(
             LayerKind::Relu => inp(0).relu()?,
             LayerKind::Relu6 => inp(0).clamp(0f32, 6f32)?,
             LayerKind::Flatten => inp(0).flatten_from(1)?,
-            LayerKind::MaxPool {
-                kernel,
-                stride,
-                padding,
-            } => pool2d(&inp(0), true, [kernel, stride, padding])?,
-            LayerKind::AvgPool {
-                kernel,
-                stride,
-                padding,
-            } => pool2d(&inp(0), false, [kernel, stride, padding])?,
+            LayerKind::MaxPool { kernel, stride, .. }
+            | LayerKind::AvgPool { kernel, stride, .. } => {
+                let max = matches!(l.kind, LayerKind::MaxPool { .. });
+                let pads = l.kind.pads().expect("a pool has pads");
+                pool2d(&inp(0), max, kernel, stride, pads)?
+            }
             LayerKind::GlobalAvgPool => inp(0).mean_keepdim(2)?.mean_keepdim(3)?,
             LayerKind::Add => {
                 let mut a = inp(0);
