@@ -147,31 +147,32 @@ impl Job {
 /// (`<out>/<net>`), `root` the workspace root (where the labelled sets are).
 pub fn jobs(p: &Preset, runs: &Path, root: &Path) -> Vec<Job> {
     let mut v = Vec::new();
-    let mut compress = |name: String, method: &'static str, acquisition: &'static str, seed: u64| {
-        let dir = runs.join(&name);
-        let mut args = vec!["compress".to_string()];
-        args.extend(p.compress_flags.iter().cloned());
-        for (f, val) in [
-            ("--method", method.to_string()),
-            ("--acquisition", acquisition.to_string()),
-            ("--seed", seed.to_string()),
-            ("--out", dir.display().to_string()),
-        ] {
-            args.push(f.into());
-            args.push(val);
-        }
-        args.push("--quiet".into());
-        v.push(Job {
-            name,
-            dir,
-            args,
-            kind: JobKind::Compress {
-                method,
-                acquisition,
-                seed,
-            },
-        });
-    };
+    let mut compress =
+        |name: String, method: &'static str, acquisition: &'static str, seed: u64| {
+            let dir = runs.join(&name);
+            let mut args = vec!["compress".to_string()];
+            args.extend(p.compress_flags.iter().cloned());
+            for (f, val) in [
+                ("--method", method.to_string()),
+                ("--acquisition", acquisition.to_string()),
+                ("--seed", seed.to_string()),
+                ("--out", dir.display().to_string()),
+            ] {
+                args.push(f.into());
+                args.push(val);
+            }
+            args.push("--quiet".into());
+            v.push(Job {
+                name,
+                dir,
+                args,
+                kind: JobKind::Compress {
+                    method,
+                    acquisition,
+                    seed,
+                },
+            });
+        };
     for method in METHODS {
         for seed in SEEDS {
             compress(format!("{method}-s{seed}"), method, "std", seed);
@@ -769,10 +770,17 @@ pub fn to_svg(t: &Tables) -> Result<String> {
         .iter()
         .flat_map(|(_, c, _)| c.iter().map(|c| (c.mean_bops, c.mean_top1, c.std_top1)))
         .collect();
-    let xmin = pts.iter().map(|p| p.0).fold(f64::INFINITY, f64::min).max(1.0);
+    let xmin = pts
+        .iter()
+        .map(|p| p.0)
+        .fold(f64::INFINITY, f64::min)
+        .max(1.0);
     let xmax = pts.iter().map(|p| p.0).fold(1.0, f64::max);
     let ymin = pts.iter().map(|p| p.1 - p.2).fold(f64::INFINITY, f64::min);
-    let ymax = pts.iter().map(|p| p.1 + p.2).fold(f64::NEG_INFINITY, f64::max);
+    let ymax = pts
+        .iter()
+        .map(|p| p.1 + p.2)
+        .fold(f64::NEG_INFINITY, f64::max);
     if !(xmin.is_finite() && ymin.is_finite() && ymax.is_finite()) {
         bail!("nothing to plot");
     }
@@ -819,10 +827,7 @@ pub fn to_svg(t: &Tables) -> Result<String> {
                     PathElement::new(vec![(x, y), (x + 16, y)], colour.stroke_width(2))
                 });
             chart
-                .draw_series(
-                    line.iter()
-                        .map(|p| Circle::new(*p, 4, colour.filled())),
-                )
+                .draw_series(line.iter().map(|p| Circle::new(*p, 4, colour.filled())))
                 .map_err(|e| perr(&e))?;
             chart
                 .draw_series(cells.iter().map(|c| {
@@ -949,7 +954,10 @@ pub fn reproduce(o: &Options) -> Result<()> {
         &o.docs.join(format!("{net}.md")),
         to_markdown(&tables).as_bytes(),
     )?;
-    write_atomic(&o.docs.join(format!("{net}.svg")), to_svg(&tables)?.as_bytes())?;
+    write_atomic(
+        &o.docs.join(format!("{net}.svg")),
+        to_svg(&tables)?.as_bytes(),
+    )?;
     let extra = json!({
         "wall_seconds": round(t0.elapsed().as_secs_f64(), 1),
         "jobs_run": todo,
@@ -1039,9 +1047,15 @@ mod tests {
         let t = aggregate(&Preset::new(true), &matrix(), &cvs()).unwrap();
         let v: Value = serde_json::from_str(&to_json(&t)).unwrap();
         // seernet (i = 0) at frac-0.05: 70, 71, 72; fit-ilp (i = 1) at frac-0.12: 81, 83, 85.
-        assert_eq!(v["methods"]["seernet"]["frac-0.05"]["mean_top1"], json!(71.0));
+        assert_eq!(
+            v["methods"]["seernet"]["frac-0.05"]["mean_top1"],
+            json!(71.0)
+        );
         assert_eq!(v["methods"]["seernet"]["frac-0.05"]["std_top1"], json!(1.0));
-        assert_eq!(v["methods"]["fit-ilp"]["frac-0.12"]["mean_top1"], json!(83.0));
+        assert_eq!(
+            v["methods"]["fit-ilp"]["frac-0.12"]["mean_top1"],
+            json!(83.0)
+        );
         assert_eq!(v["methods"]["fit-ilp"]["frac-0.12"]["std_top1"], json!(2.0));
         for m in METHODS {
             for b in ["frac-0.05", "frac-0.12"] {
@@ -1073,7 +1087,12 @@ mod tests {
         let mut runs = matrix();
         runs[4].budgets.pop();
         assert!(aggregate(&Preset::new(true), &runs, &[]).is_err());
-        let e = parse_summary(&summary(&[70.0], 3, None).replace("test_top1", "x"), "m", "std", 0);
+        let e = parse_summary(
+            &summary(&[70.0], 3, None).replace("test_top1", "x"),
+            "m",
+            "std",
+            0,
+        );
         assert!(e.is_err());
     }
 
@@ -1083,13 +1102,32 @@ mod tests {
         let md = to_markdown(&t);
         assert!(md.contains("| method | labels | frac-0.05 | frac-0.12 |\n|---|---|---|---|\n"));
         // seernet: 71 ± 1 at 5% (BOPs 1000/20000 = 5.0%); uniform (i = 5) is best at both.
-        assert!(md.contains("| `seernet` | 20.0 | 71.00 ± 1.00 (5.0%) | 82.00 ± 2.00 (12.0%) |\n"), "{md}");
-        assert!(md.contains("| `uniform` | 25.0 | **76.00 ± 1.00** (5.0%) | **87.00 ± 2.00** (12.0%) |\n"), "{md}");
-        assert!(md.contains("| `std` | 0.5000 | 76.50 | 0.5000, 0.5000, 0.5000 | 75.00, 76.50, 78.00 |"), "{md}");
-        assert!(md.contains("| lenet5-default | 81 | 0.6500 | 0.5600 | +0.0900 |"), "{md}");
+        assert!(
+            md.contains("| `seernet` | 20.0 | 71.00 ± 1.00 (5.0%) | 82.00 ± 2.00 (12.0%) |\n"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| `uniform` | 25.0 | **76.00 ± 1.00** (5.0%) | **87.00 ± 2.00** (12.0%) |\n"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| `std` | 0.5000 | 76.50 | 0.5000, 0.5000, 0.5000 | 75.00, 76.50, 78.00 |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("| lenet5-default | 81 | 0.6500 | 0.5600 | +0.0900 |"),
+            "{md}"
+        );
         assert!(!md.contains("seconds"));
         // Same input, same bytes; and the SVG too.
-        assert_eq!(md, to_markdown(&aggregate(&Preset::new(true), &matrix(), &cvs()).unwrap()));
+        assert_eq!(
+            md,
+            to_markdown(&aggregate(&Preset::new(true), &matrix(), &cvs()).unwrap())
+        );
         let svg = to_svg(&t).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("hardstop"));
         assert_eq!(svg, to_svg(&t).unwrap());
@@ -1122,8 +1160,16 @@ mod tests {
             && j.args.windows(2).any(|w| w == ["--acquisition", "random"])));
         let cv = j.last().unwrap();
         assert_eq!(cv.name, "cv-lenet5-maxdrop-s2");
-        assert!(cv.args.join(" ").contains("--samples /ws/docs/data/lenet5-maxdrop-labels.csv --seed 2 --json"));
-        assert!(Preset::new(true).compress_flags.starts_with(&["--quick".to_string()]));
+        assert!(
+            cv.args
+                .join(" ")
+                .contains("--samples /ws/docs/data/lenet5-maxdrop-labels.csv --seed 2 --json")
+        );
+        assert!(
+            Preset::new(true)
+                .compress_flags
+                .starts_with(&["--quick".to_string()])
+        );
     }
 
     #[test]
@@ -1149,6 +1195,11 @@ mod tests {
         assert!(e.contains("other settings"), "{e}");
         // A directory with files but no args file is not ours.
         std::fs::remove_file(j.dir.join(ARGS_FILE)).unwrap();
-        assert!(job_state(&j).unwrap_err().to_string().contains("not a reproduce run"));
+        assert!(
+            job_state(&j)
+                .unwrap_err()
+                .to_string()
+                .contains("not a reproduce run")
+        );
     }
 }
