@@ -756,32 +756,30 @@ const COLOURS: [(u8, u8, u8); 6] = [
     (255, 127, 14),
 ];
 
-/// The SVG: mean test top-1 against mean chosen BOPs (log axis), one line per method through
-/// its budgets, with ± std bars. Errors: plotters fails to draw.
+/// The SVG: mean test top-1 against the chosen policies' mean BOPs in % of w8a8, one line per
+/// method through its budgets, with ± std bars (methods that chose the same policies overlap). Errors: plotters fails to draw.
 pub fn to_svg(t: &Tables) -> Result<String> {
     use plotters::prelude::*;
     let perr = |e: &dyn std::fmt::Debug| anyhow::anyhow!("plot: {e:?}");
+    let pct = |c: &Cell| 100.0 * c.mean_bops_frac;
     let pts: Vec<(f64, f64, f64)> = t
         .methods
         .iter()
-        .flat_map(|(_, c, _)| c.iter().map(|c| (c.mean_bops, c.mean_top1, c.std_top1)))
+        .flat_map(|(_, c, _)| c.iter().map(|c| (pct(c), c.mean_top1, c.std_top1)))
         .collect();
-    let xmin = pts
-        .iter()
-        .map(|p| p.0)
-        .fold(f64::INFINITY, f64::min)
-        .max(1.0);
-    let xmax = pts.iter().map(|p| p.0).fold(1.0, f64::max);
+    let xmin = pts.iter().map(|p| p.0).fold(f64::INFINITY, f64::min);
+    let xmax = pts.iter().map(|p| p.0).fold(f64::NEG_INFINITY, f64::max);
     let ymin = pts.iter().map(|p| p.1 - p.2).fold(f64::INFINITY, f64::min);
     let ymax = pts
         .iter()
         .map(|p| p.1 + p.2)
         .fold(f64::NEG_INFINITY, f64::max);
-    if !(xmin.is_finite() && ymin.is_finite() && ymax.is_finite()) {
+    if !(xmin.is_finite() && xmax.is_finite() && ymin.is_finite() && ymax.is_finite()) {
         bail!("nothing to plot");
     }
     let pad = ((ymax - ymin) * 0.1).max(0.5);
     let (ylo, yhi) = (ymin - pad, ymax + 3.0 * pad);
+    let xpad = ((xmax - xmin) * 0.08).max(0.5);
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (860, 520)).into_drawing_area();
@@ -799,21 +797,19 @@ pub fn to_svg(t: &Tables) -> Result<String> {
             .margin(12)
             .x_label_area_size(44)
             .y_label_area_size(56)
-            .build_cartesian_2d((xmin / 1.3..xmax * 1.3).log_scale(), ylo..yhi)
+            .build_cartesian_2d((xmin - xpad)..(xmax + xpad), ylo..yhi)
             .map_err(|e| perr(&e))?;
         chart
             .configure_mesh()
-            .x_desc("chosen policy's BOPs (log scale)")
+            .x_desc("chosen policy's BOPs (% of the w8a8 network's), mean over the seeds")
             .y_desc("test top-1 (%)")
             .x_labels(8)
-            .x_label_formatter(&|x| format!("{:.3e}", x))
             .light_line_style(WHITE.mix(0.0))
             .draw()
             .map_err(|e| perr(&e))?;
         for ((m, cells, _), (r, g, b)) in t.methods.iter().zip(COLOURS) {
             let colour = RGBColor(r, g, b);
-            let mut line: Vec<(f64, f64)> =
-                cells.iter().map(|c| (c.mean_bops, c.mean_top1)).collect();
+            let mut line: Vec<(f64, f64)> = cells.iter().map(|c| (pct(c), c.mean_top1)).collect();
             line.sort_by(|a, b| a.0.total_cmp(&b.0));
             chart
                 .draw_series(LineSeries::new(line.clone(), colour.stroke_width(2)))
@@ -829,8 +825,8 @@ pub fn to_svg(t: &Tables) -> Result<String> {
                 .draw_series(cells.iter().map(|c| {
                     PathElement::new(
                         vec![
-                            (c.mean_bops, c.mean_top1 - c.std_top1),
-                            (c.mean_bops, c.mean_top1 + c.std_top1),
+                            (pct(c), c.mean_top1 - c.std_top1),
+                            (pct(c), c.mean_top1 + c.std_top1),
                         ],
                         colour.stroke_width(1),
                     )
