@@ -1,6 +1,6 @@
 //! `cargo xtask`: the project's pipelines (benchmarks, data, the main job) as one small binary.
 //!
-//! xtask stays light (clap + anyhow): heavy work is delegated to release builds of the
+//! xtask stays light (clap + anyhow; serde_json and plotters for `reproduce`'s tables): heavy work is delegated to release builds of the
 //! workspace's own binaries and bench targets, so `cargo xtask` starts fast.
 
 use std::path::{Path, PathBuf};
