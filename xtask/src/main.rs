@@ -1,6 +1,6 @@
 //! `cargo xtask`: the project's pipelines (benchmarks, data, the main job) as one small binary.
 //!
-//! xtask stays light (clap + anyhow): heavy work is delegated to release builds of the
+//! xtask stays light (clap + anyhow; serde_json and plotters for `reproduce`'s tables): heavy work is delegated to release builds of the
 //! workspace's own binaries and bench targets, so `cargo xtask` starts fast.
 
 use std::path::{Path, PathBuf};
@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 
 mod cuda;
 mod fuzz;
+mod reproduce;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "SeerNet-rs project automation")]
@@ -54,6 +55,29 @@ enum Task {
         /// Arguments passed to `seernet`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// The comparison matrix of issue 16 (docs/benchmarks.md, "Reproduction"): every
+    /// `--method` × the preset's budgets × seeds 0, 1, 2, `--acquisition std` vs `random`, and
+    /// the predictor against ridge on the committed labelled sets; each run in its own
+    /// directory (a rerun skips finished runs and resumes the others from their label store),
+    /// then `docs/reproduce/<net>.{md,json,svg}` (the same bytes for the same seeds) and
+    /// `<net>.timings.json`. ResNet-20 by default (hours); `--quick`: LeNet-5, small counts.
+    Reproduce {
+        /// LeNet-5 with the quick preset and smaller counts (≤ 10 minutes on 2 cores; CI).
+        #[arg(long)]
+        quick: bool,
+        /// Print the JSON file instead of the Markdown tables.
+        #[arg(long)]
+        json: bool,
+        /// Run root: each run in `<DIR>/<net>/<method>-s<seed>` [default: runs/reproduce].
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Where the tables go [default: docs/reproduce].
+        #[arg(long, value_name = "DIR")]
+        docs: Option<PathBuf>,
+        /// Use this `seernet` binary instead of building the release one.
+        #[arg(long, value_name = "FILE")]
+        seernet: Option<PathBuf>,
     },
     /// Install NVIDIA's CUDA 13.0 compiler from PyPI (cached in ~/.cache/seernet/cuda-13.0),
     /// compile every seer-kernels-cuda kernel to sm_90 PTX, check the committed PTX is up to
@@ -179,6 +203,27 @@ fn main() -> Result<()> {
             let mut all = vec!["compress".to_string()];
             all.extend(args);
             exec(&release_bin("seernet-cli", "seernet")?, &all)
+        }
+        Task::Reproduce {
+            quick,
+            json,
+            out,
+            docs,
+            seernet,
+        } => {
+            let root = workspace_root();
+            let seernet = match seernet {
+                Some(p) => p,
+                None => release_bin("seernet-cli", "seernet")?,
+            };
+            reproduce::reproduce(&reproduce::Options {
+                quick,
+                json,
+                out: out.unwrap_or_else(|| root.join("runs/reproduce")),
+                docs: docs.unwrap_or_else(|| root.join("docs/reproduce")),
+                seernet,
+                root,
+            })
         }
         Task::Seernet { args } => exec(&release_bin("seernet-cli", "seernet")?, &args),
         Task::TrainBaseline {
