@@ -8,7 +8,7 @@ fn main() {
         f();
         let (w0, c0) = (Instant::now(), seer_bench::cpu_seconds_or_zero());
         let mut n = 0;
-        while w0.elapsed().as_secs_f64() < 1.0 {
+        while w0.elapsed().as_secs_f64() < 0.5 {
             f();
             n += 1;
         }
@@ -33,7 +33,18 @@ fn main() {
         ([128, 16, 28, 28], [16, 16, 3, 3], p1),
         ([128, 16, 28, 28], [32, 16, 3, 3], p2),
         ([128, 32, 14, 14], [32, 32, 3, 3], p1),
+        ([128, 32, 14, 14], [64, 32, 3, 3], p2),
         ([128, 64, 7, 7], [64, 64, 3, 3], p1),
+        (
+            [128, 16, 28, 28],
+            [32, 16, 1, 1],
+            seer_kernels::Conv2dParams::new(2, 0),
+        ),
+        (
+            [128, 32, 14, 14],
+            [64, 32, 1, 1],
+            seer_kernels::Conv2dParams::new(2, 0),
+        ),
     ] {
         println!("{x:?} {w:?}");
         for (k, t, gf) in seer_kernels::__profile(&x, &w, &p, &mut timer).unwrap() {
