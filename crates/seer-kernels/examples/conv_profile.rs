@@ -8,7 +8,7 @@ fn main() {
         f();
         let (w0, c0) = (Instant::now(), seer_bench::cpu_seconds_or_zero());
         let mut n = 0;
-        while w0.elapsed().as_secs_f64() < 1.0 {
+        while w0.elapsed().as_secs_f64() < 0.5 {
             f();
             n += 1;
         }
@@ -27,13 +27,66 @@ fn main() {
         "matmul 1024^3: {:.1} GFLOP/s (cpu time)",
         2.0 * 1024f64.powi(3) / t / 1e9
     );
+    // The label bench's `conv_fraction` measure: the kernels plus candle's graph, the
+    // `sum_all` and its broadcast gradient.
+    let dev = candle_core::Device::Cpu;
+    let x = candle_core::Var::randn(0f32, 1., (128, 16, 28, 28), &dev).unwrap();
+    let w = candle_core::Var::randn(0f32, 0.1, (16, 16, 3, 3), &dev).unwrap();
+    let t = timer(&mut || {
+        let y = seer_kernels::conv2d(
+            x.as_tensor(),
+            w.as_tensor(),
+            &seer_kernels::Conv2dParams::new(1, 1),
+        )
+        .unwrap();
+        drop(y.sum_all().unwrap().backward().unwrap());
+    });
+    println!(
+        "conv 16->16 28x28 fwd+bwd through candle (label bench): {:.1} GFLOP/s",
+        3.0 * 2.0 * (128 * 16 * 28 * 28 * 16 * 9) as f64 / t / 1e9
+    );
+    let y = seer_kernels::conv2d(
+        x.as_tensor(),
+        w.as_tensor(),
+        &seer_kernels::Conv2dParams::new(1, 1),
+    )
+    .unwrap();
+    println!("  of which: forward op alone");
+    timer(&mut || {
+        drop(
+            seer_kernels::conv2d(
+                x.as_tensor(),
+                w.as_tensor(),
+                &seer_kernels::Conv2dParams::new(1, 1),
+            )
+            .unwrap(),
+        )
+    });
+    println!("  sum_all");
+    timer(&mut || drop(y.sum_all().unwrap()));
+    println!("  broadcast gradient made contiguous (1.6 M floats)");
+    let ones = candle_core::Tensor::ones((), candle_core::DType::F32, &dev).unwrap();
+    timer(&mut || drop(ones.broadcast_as(y.shape()).unwrap().contiguous().unwrap()));
+    println!("  zeros_like + add (candle's gradient accumulation of one 1.6 M-float tensor)");
+    timer(&mut || drop(y.zeros_like().unwrap().add(&y).unwrap()));
     let p1 = seer_kernels::Conv2dParams::new(1, 1);
     let p2 = seer_kernels::Conv2dParams::new(2, 1);
     for (x, w, p) in [
         ([128, 16, 28, 28], [16, 16, 3, 3], p1),
         ([128, 16, 28, 28], [32, 16, 3, 3], p2),
         ([128, 32, 14, 14], [32, 32, 3, 3], p1),
+        ([128, 32, 14, 14], [64, 32, 3, 3], p2),
         ([128, 64, 7, 7], [64, 64, 3, 3], p1),
+        (
+            [128, 16, 28, 28],
+            [32, 16, 1, 1],
+            seer_kernels::Conv2dParams::new(2, 0),
+        ),
+        (
+            [128, 32, 14, 14],
+            [64, 32, 1, 1],
+            seer_kernels::Conv2dParams::new(2, 0),
+        ),
     ] {
         println!("{x:?} {w:?}");
         for (k, t, gf) in seer_kernels::__profile(&x, &w, &p, &mut timer).unwrap() {

@@ -1,6 +1,6 @@
-//! Small-M matrix kernels for convolution on im2col tiles, without packing: AVX2+FMA
-//! register-tiled micro-kernels chosen at run time, with the `gemm` crate as the portable
-//! fallback.
+//! Small-M matrix kernels for convolution on im2col tiles, without packing: AVX-512 and
+//! AVX2+FMA register-tiled micro-kernels chosen at run time, with the `gemm` crate (and a
+//! plain loop for [`gemm_rows`]) as the portable fallback.
 //!
 //! Convolution GEMMs here have a small dimension (output channels, 16–64 in ResNet-20) and
 //! operands that are already laid out for unit-stride loads, so a packing GEMM spends much
@@ -10,8 +10,13 @@
 //! - [`gemm_dot`]: `C += A·Bᵀ` with both `A` and `B` row-major along the reduction
 //!   (dot products of rows) — grad-weight.
 //!
-//! Measured on a Zen 3 (AVX2, no AVX-512); on an AVX-512 machine these AVX2 kernels still
-//! run (the `gemm` fallback would use AVX-512, see docs/benchmarks.md).
+//! Dispatch ([`Level`]): AVX-512F when the CPU has it (`8 × 48` tiles of 16-lane vectors),
+//! else AVX2+FMA (`4 × 16` tiles of 8-lane vectors), else portable. [`gemm_bcast`] gives the
+//! same bits on the AVX-512 and AVX2 paths (each element is the same chain of fused
+//! multiply-adds over `k`, then the optional add of `C`); [`gemm_dot`]'s partial sums depend
+//! on the vector width, so its bits differ between paths (never between calls on one path).
+//! `SEER_KERNELS_NO_SIMD` (set at all) forces the portable path and `SEER_KERNELS_NO_AVX512`
+//! the AVX2 one; tests force each path on their own thread with [`with_level`].
 
 use crate::matmul::{Mat, matmul};
 use gemm::Parallelism;
@@ -24,15 +29,62 @@ fn extent(r: usize, c: usize, rs: usize, cs: usize) -> usize {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-fn has_avx2() -> bool {
+/// The kernel family a call runs on, in increasing order of capability.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Level {
+    /// The `gemm` crate ([`gemm_bcast`], [`gemm_dot`]) or a plain loop ([`gemm_rows`]).
+    Portable,
+    /// AVX2 + FMA micro-kernels.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    Avx2,
+    /// AVX-512F micro-kernels.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    Avx512,
+}
+
+/// The best level this CPU supports (and the environment allows), detected once.
+fn detected() -> Level {
     use std::sync::OnceLock;
-    static HAS: OnceLock<bool> = OnceLock::new();
-    *HAS.get_or_init(|| {
-        std::env::var_os("SEER_KERNELS_NO_SIMD").is_none()
-            && is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
+    static LEVEL: OnceLock<Level> = OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        if std::env::var_os("SEER_KERNELS_NO_SIMD").is_some() {
+            return Level::Portable;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+            if avx2
+                && is_x86_feature_detected!("avx512f")
+                && std::env::var_os("SEER_KERNELS_NO_AVX512").is_none()
+            {
+                return Level::Avx512;
+            }
+            if avx2 {
+                return Level::Avx2;
+            }
+        }
+        Level::Portable
     })
+}
+
+thread_local! {
+    /// A cap on the level for calls made on this thread ([`with_level`]).
+    static CAP: std::cell::Cell<Level> = const { std::cell::Cell::new(Level::Avx512) };
+}
+
+/// The level calls on this thread run on: the detected one, capped by [`with_level`].
+pub(crate) fn level() -> Level {
+    detected().min(CAP.with(|c| c.get()))
+}
+
+/// Runs `f` with the kernels of this thread capped at `cap` (tests: every path on any CPU).
+/// Threads that `f` starts (rayon's) are not capped.
+#[cfg(test)]
+pub(crate) fn with_level<R>(cap: Level, f: impl FnOnce() -> R) -> R {
+    let old = CAP.with(|c| c.replace(cap));
+    let r = f();
+    CAP.with(|c| c.set(old));
+    r
 }
 
 /// `C[m×n] (ldc) = [C +] A[m×k] · B[k×n]`, `B` row-major with leading dimension `ldb`.
@@ -60,27 +112,27 @@ pub(crate) fn gemm_bcast(
         assert!(b.len() >= extent(k, n, ldb, 1), "gemm_bcast: B too short");
     }
     #[cfg(target_arch = "x86_64")]
-    if has_avx2() && k > 0 {
-        // SAFETY: CPU support checked above; every access stays within the extents asserted.
-        unsafe {
-            avx2::bcast(
-                m,
-                n,
-                avx2::Gemm {
-                    k,
-                    a: a.data.as_ptr(),
-                    ars: a.rs,
-                    acs: a.cs,
-                    b: b.as_ptr(),
-                    brs: ldb,
-                    bcs: 1,
-                    c: c.as_mut_ptr(),
-                    ldc,
-                    accumulate,
-                },
-            )
+    if k > 0 {
+        let op = Gemm {
+            k,
+            a: a.data.as_ptr(),
+            ars: a.rs,
+            acs: a.cs,
+            b: b.as_ptr(),
+            brs: ldb,
+            bcs: 1,
+            c: c.as_mut_ptr(),
+            ldc,
+            accumulate,
         };
-        return;
+        match level() {
+            // SAFETY: CPU support checked by `level`; every access stays within the extents
+            // asserted above.
+            Level::Avx512 => return unsafe { avx512::bcast(m, n, op) },
+            // SAFETY: as above.
+            Level::Avx2 => return unsafe { avx2::bcast(m, n, op) },
+            Level::Portable => {}
+        }
     }
     matmul(
         m,
@@ -116,27 +168,27 @@ pub(crate) fn gemm_dot(
     assert!(a.len() >= extent(m, p, lda, 1), "gemm_dot: A too short");
     assert!(b.len() >= extent(n, p, ldb, 1), "gemm_dot: B too short");
     #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: CPU support checked above; every access stays within the extents asserted.
-        unsafe {
-            avx2::dot(
-                m,
-                n,
-                avx2::Gemm {
-                    k: p,
-                    a: a.as_ptr(),
-                    ars: lda,
-                    acs: 1,
-                    b: b.as_ptr(),
-                    brs: 1,
-                    bcs: ldb,
-                    c: c.as_mut_ptr(),
-                    ldc,
-                    accumulate: true,
-                },
-            )
+    {
+        let op = Gemm {
+            k: p,
+            a: a.as_ptr(),
+            ars: lda,
+            acs: 1,
+            b: b.as_ptr(),
+            brs: 1,
+            bcs: ldb,
+            c: c.as_mut_ptr(),
+            ldc,
+            accumulate: true,
         };
-        return;
+        match level() {
+            // SAFETY: CPU support checked by `level`; every access stays within the extents
+            // asserted above.
+            Level::Avx512 => return unsafe { avx512::dot(m, n, op) },
+            // SAFETY: as above.
+            Level::Avx2 => return unsafe { avx2::dot(m, n, op) },
+            Level::Portable => {}
+        }
     }
     matmul(
         m,
@@ -154,10 +206,11 @@ pub(crate) fn gemm_dot(
 /// `C[m×n] (ldc) = A[m×k] · B[k×n]`, all row-major (leading dimensions `lda`, `ldb`, `ldc`),
 /// where every element of `C` is summed over `k` in the order `0, 1, …, k − 1`: the same
 /// bits for a row of `A` whatever `m`, whichever rows surround it and however the caller
-/// splits `A` into calls (the batch-invariant forward of [`crate::linear`]). AVX2+FMA: the
-/// [`gemm_bcast`] kernels (fused multiply-adds; columns past the last multiple of 8 as
-/// masked vectors, the same chain per element); elsewhere a portable loop (separate
-/// multiply and add, so the bits differ between the two paths, not between batches).
+/// splits `A` into calls (the batch-invariant forward of [`crate::linear`]). AVX-512 or
+/// AVX2+FMA: the [`gemm_bcast`] kernels (fused multiply-adds; columns past the last full
+/// vector as masked vectors, the same chain per element, the same bits on both); elsewhere
+/// a portable loop (separate multiply and add, so the bits differ between the portable and
+/// the SIMD paths, not between batches).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm_rows(
     m: usize,
@@ -173,8 +226,7 @@ pub(crate) fn gemm_rows(
     if m == 0 || n == 0 {
         return;
     }
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
+    if level() > Level::Portable {
         gemm_bcast(m, n, k, Mat::rows(a, lda), b, ldb, c, ldc, false);
         return;
     }
@@ -210,43 +262,47 @@ fn gemm_rows_portable(
     }
 }
 
+/// Operands of `C = [C +] A·B` (`A` `m × k`, `B` `k × n`), each element addressed by
+/// strides: `A[i, q]` at `a + i·ars + q·acs`, `B[q, j]` at `b + q·brs + j·bcs`, `C[i, j]`
+/// at `c + i·ldc + j`. The broadcast kernels load `B` along rows (`bcs = 1`); the dot
+/// kernels load `A` and `B` along the reduction (`acs = brs = 1`) and always accumulate.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct Gemm {
+    k: usize,
+    a: *const f32,
+    ars: usize,
+    acs: usize,
+    b: *const f32,
+    brs: usize,
+    bcs: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Gemm {
+    /// The block whose top-left corner of `C` is row `i`, column `j`.
+    /// SAFETY: the block's first row and column must lie inside the operands.
+    pub(crate) unsafe fn at(self, i: usize, j: usize) -> Self {
+        // SAFETY: the caller's bound.
+        unsafe {
+            Self {
+                a: self.a.add(i * self.ars),
+                b: self.b.add(j * self.bcs),
+                c: self.c.add(i * self.ldc + j),
+                ..self
+            }
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
 
-    /// Operands of `C = [C +] A·B` (`A` `m × k`, `B` `k × n`), each element addressed by
-    /// strides: `A[i, q]` at `a + i·ars + q·acs`, `B[q, j]` at `b + q·brs + j·bcs`, `C[i, j]`
-    /// at `c + i·ldc + j`. The broadcast kernels load `B` along rows (`bcs = 1`); the dot
-    /// kernels load `A` and `B` along the reduction (`acs = brs = 1`) and always accumulate.
-    #[derive(Clone, Copy)]
-    pub(super) struct Gemm {
-        pub k: usize,
-        pub a: *const f32,
-        pub ars: usize,
-        pub acs: usize,
-        pub b: *const f32,
-        pub brs: usize,
-        pub bcs: usize,
-        pub c: *mut f32,
-        pub ldc: usize,
-        pub accumulate: bool,
-    }
-
-    impl Gemm {
-        /// The block whose top-left corner of `C` is row `i`, column `j`.
-        /// SAFETY: the block's first row and column must lie inside the operands.
-        unsafe fn at(self, i: usize, j: usize) -> Self {
-            // SAFETY: the caller's bound.
-            unsafe {
-                Self {
-                    a: self.a.add(i * self.ars),
-                    b: self.b.add(j * self.bcs),
-                    c: self.c.add(i * self.ldc + j),
-                    ..self
-                }
-            }
-        }
-    }
+    use super::Gemm;
 
     /// One `MR × (8·NV)` tile of `C = [C +] A·B`.
     #[target_feature(enable = "avx2,fma")]
@@ -456,6 +512,213 @@ mod avx2 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::Gemm;
+
+    /// Lanes `0..r` set (`r ≤ 16`).
+    fn lanes(r: usize) -> __mmask16 {
+        if r >= 16 { 0xFFFF } else { (1u16 << r) - 1 }
+    }
+
+    /// One `MR × (16·NV)` tile of `C = [C +] A·B` whose last vector holds the columns of
+    /// `last` (the others are full): per element the chain of fused multiply-adds over `k`
+    /// from zero, then the add of `C` — the AVX2 kernel's arithmetic, so the same bits.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn bcast_tile<const MR: usize, const NV: usize>(op: Gemm, last: __mmask16) {
+        let Gemm { a, b, c, ldc, .. } = op;
+        let mask = |v: usize| if v + 1 == NV { last } else { 0xFFFF };
+        // SAFETY (whole body): the caller guarantees the tile's unmasked lanes lie inside
+        // A, B and C; masked lanes are neither read nor written.
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+            for kk in 0..op.k {
+                let bp = b.add(kk * op.brs);
+                let mut bv = [_mm512_setzero_ps(); NV];
+                for (v, bv) in bv.iter_mut().enumerate() {
+                    *bv = _mm512_maskz_loadu_ps(mask(v), bp.add(16 * v));
+                }
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let av = _mm512_set1_ps(*a.add(r * op.ars + kk * op.acs));
+                    for v in 0..NV {
+                        acc[v] = _mm512_fmadd_ps(av, bv[v], acc[v]);
+                    }
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                for (v, &x) in acc.iter().enumerate() {
+                    let cp = c.add(r * ldc + 16 * v);
+                    let x = if op.accumulate {
+                        _mm512_add_ps(x, _mm512_maskz_loadu_ps(mask(v), cp))
+                    } else {
+                        x
+                    };
+                    _mm512_mask_storeu_ps(cp, mask(v), x);
+                }
+            }
+        }
+    }
+
+    /// All `n` columns of an `MR`-row block: tiles of 48 columns, then one tile of 1–3
+    /// vectors for the rest, its last vector masked.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn bcast_rows<const MR: usize>(n: usize, op: Gemm) {
+        // SAFETY (whole body): columns stay below n; rows below MR (caller's bound).
+        unsafe {
+            let mut j = 0;
+            while j + 48 <= n {
+                bcast_tile::<MR, 3>(op.at(0, j), 0xFFFF);
+                j += 48;
+            }
+            let rest = n - j;
+            let last = lanes(rest - rest.saturating_sub(1) / 16 * 16);
+            match rest.div_ceil(16) {
+                3 => bcast_tile::<MR, 3>(op.at(0, j), last),
+                2 => bcast_tile::<MR, 2>(op.at(0, j), last),
+                1 => bcast_tile::<MR, 1>(op.at(0, j), last),
+                _ => {}
+            }
+        }
+    }
+
+    /// See [`super::gemm_bcast`]; the caller checked CPU support and extents. Rows in blocks
+    /// of 8, then one block of the 1–7 left.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn bcast(m: usize, n: usize, op: Gemm) {
+        // SAFETY: row blocks stay below m.
+        unsafe {
+            let mut i = 0;
+            while i + 8 <= m {
+                bcast_rows::<8>(n, op.at(i, 0));
+                i += 8;
+            }
+            let rest = op.at(i, 0);
+            match m - i {
+                7 => bcast_rows::<7>(n, rest),
+                6 => bcast_rows::<6>(n, rest),
+                5 => bcast_rows::<5>(n, rest),
+                4 => bcast_rows::<4>(n, rest),
+                3 => bcast_rows::<3>(n, rest),
+                2 => bcast_rows::<2>(n, rest),
+                1 => bcast_rows::<1>(n, rest),
+                _ => {}
+            }
+        }
+    }
+
+    /// One `MR × NR` tile of `C += A·Bᵀ`: 16-lane partial sums along `p` (the last vector
+    /// masked), each reduced once at the end.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn dot_tile<const MR: usize, const NR: usize>(op: Gemm) {
+        let Gemm {
+            k: p,
+            a,
+            ars: lda,
+            b,
+            bcs: ldb,
+            c,
+            ldc,
+            ..
+        } = op;
+        // SAFETY (whole body): the caller guarantees the tile lies inside A, B and C; masked
+        // lanes are not read.
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); NR]; MR];
+            let mut q = 0;
+            while q < p {
+                let m = lanes(p - q);
+                let mut bv = [_mm512_setzero_ps(); NR];
+                for (j, bv) in bv.iter_mut().enumerate() {
+                    *bv = _mm512_maskz_loadu_ps(m, b.add(j * ldb + q));
+                }
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let av = _mm512_maskz_loadu_ps(m, a.add(r * lda + q));
+                    for j in 0..NR {
+                        acc[j] = _mm512_fmadd_ps(av, bv[j], acc[j]);
+                    }
+                }
+                q += 16;
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                let cp = c.add(r * ldc);
+                if NR == 4 {
+                    let s = sum4(acc[0], acc[1], acc[2], acc[3]);
+                    _mm_storeu_ps(cp, _mm_add_ps(_mm_loadu_ps(cp), s));
+                    continue;
+                }
+                for (j, &v) in acc.iter().enumerate() {
+                    *cp.add(j) += _mm512_reduce_add_ps(v);
+                }
+            }
+        }
+    }
+
+    /// The lane sums of four vectors, `[Σv0, Σv1, Σv2, Σv3]`: 128-bit blocks of two vectors
+    /// added pairwise, then the four floats of each block (fewer shuffles than four
+    /// separate reductions).
+    #[target_feature(enable = "avx512f")]
+    fn sum4(v0: __m512, v1: __m512, v2: __m512, v3: __m512) -> __m128 {
+        // [v0 blocks 0+2, 1+3 | v1 blocks 0+2, 1+3]
+        let w01 = _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0x44>(v0, v1),
+            _mm512_shuffle_f32x4::<0xEE>(v0, v1),
+        );
+        let w23 = _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0x44>(v2, v3),
+            _mm512_shuffle_f32x4::<0xEE>(v2, v3),
+        );
+        // One 4-float block per vector: [v0 | v1 | v2 | v3].
+        let x = _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0x88>(w01, w23),
+            _mm512_shuffle_f32x4::<0xDD>(w01, w23),
+        );
+        let y = _mm512_add_ps(x, _mm512_permute_ps::<0b10_11_00_01>(x));
+        let z = _mm512_add_ps(y, _mm512_permute_ps::<0b01_00_11_10>(y));
+        _mm512_castps512_ps128(_mm512_maskz_compress_ps(0x1111, z))
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn dot_rows<const MR: usize>(n: usize, op: Gemm) {
+        // SAFETY (whole body): column blocks stay below n.
+        unsafe {
+            let mut j = 0;
+            while j + 4 <= n {
+                dot_tile::<MR, 4>(op.at(0, j));
+                j += 4;
+            }
+            match n - j {
+                3 => dot_tile::<MR, 3>(op.at(0, j)),
+                2 => dot_tile::<MR, 2>(op.at(0, j)),
+                1 => dot_tile::<MR, 1>(op.at(0, j)),
+                _ => {}
+            }
+        }
+    }
+
+    /// See [`super::gemm_dot`]; the caller checked CPU support and extents. `4 × 4` tiles
+    /// (16 accumulators).
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn dot(m: usize, n: usize, op: Gemm) {
+        // SAFETY: row blocks stay below m.
+        unsafe {
+            let mut i = 0;
+            while i + 4 <= m {
+                dot_rows::<4>(n, op.at(i, 0));
+                i += 4;
+            }
+            let rest = op.at(i, 0);
+            match m - i {
+                3 => dot_rows::<3>(n, rest),
+                2 => dot_rows::<2>(n, rest),
+                1 => dot_rows::<1>(n, rest),
+                _ => {}
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -477,41 +740,89 @@ mod tests {
         c
     }
 
+    /// Every level this CPU runs, portable first.
+    fn levels() -> Vec<Level> {
+        [Level::Portable, Level::Avx2, Level::Avx512]
+            .into_iter()
+            .filter(|&l| l <= detected())
+            .collect()
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
         /// `gemm_bcast` on the first `n` of `n + extra` columns (odd sizes, zero rows, columns
-        /// or reduction): matches a naive f64 product, leaves the other columns untouched, and
-        /// (AVX2) gives every column the bits it has in the wider product, whether it falls in
-        /// a full tile or in the masked tail.
+        /// or reduction), on every level this CPU has: matches a naive f64 product, leaves the
+        /// other columns untouched, and (SIMD levels) gives every column the bits it has in the
+        /// wider product, whether it falls in a full tile or in the masked tail, and the same
+        /// bits on AVX-512 as on AVX2.
         #[test]
         fn bcast_columns_do_not_depend_on_the_width(
-            m in 0usize..20, n in 0usize..40, k in 0usize..40, extra in 1usize..9,
+            m in 0usize..20, n in 0usize..120, k in 0usize..40, extra in 1usize..20,
             accumulate in proptest::prelude::any::<bool>(), seed in 0u64..1000,
         ) {
             let nb = n + extra;
             let a = values(seed, m * k);
             let b = values(seed + 1, k * nb);
             let c0 = values(seed + 2, m * nb);
-            let mut full = c0.clone();
-            gemm_bcast(m, nb, k, Mat::rows(&a, k), &b, nb, &mut full, nb, accumulate);
-            let mut part = c0.clone();
-            gemm_bcast(m, n, k, Mat::rows(&a, k), &b, nb, &mut part, nb, accumulate);
             let want = naive(m, nb, k, |i, q| a[i * k + q], |q, j| b[q * nb + j]);
-            #[cfg(target_arch = "x86_64")]
-            let same_bits = has_avx2();
-            #[cfg(not(target_arch = "x86_64"))]
-            let same_bits = false;
-            for i in 0..m {
-                for j in 0..nb {
-                    let (p, f, c) = (part[i * nb + j], full[i * nb + j], c0[i * nb + j]);
-                    if j >= n {
-                        proptest::prop_assert_eq!(p.to_bits(), c.to_bits(), "column {} written", j);
-                        continue;
+            let mut simd_bits: Option<Vec<u32>> = None;
+            for level in levels() {
+                let (full, part) = with_level(level, || {
+                    let mut full = c0.clone();
+                    gemm_bcast(m, nb, k, Mat::rows(&a, k), &b, nb, &mut full, nb, accumulate);
+                    let mut part = c0.clone();
+                    gemm_bcast(m, n, k, Mat::rows(&a, k), &b, nb, &mut part, nb, accumulate);
+                    (full, part)
+                });
+                let same_bits = level > Level::Portable;
+                for i in 0..m {
+                    for j in 0..nb {
+                        let (p, f, c) = (part[i * nb + j], full[i * nb + j], c0[i * nb + j]);
+                        if j >= n {
+                            proptest::prop_assert_eq!(p.to_bits(), c.to_bits(), "column {} written", j);
+                            continue;
+                        }
+                        let w = want[i * nb + j] + if accumulate { c } else { 0.0 };
+                        proptest::prop_assert!((p - w).abs() <= 1e-4 * (1.0 + w.abs()), "{level:?}: {p} vs {w}");
+                        if same_bits {
+                            proptest::prop_assert_eq!(p.to_bits(), f.to_bits(), "{:?} row {} column {}", level, i, j);
+                        }
                     }
-                    let w = want[i * nb + j] + if accumulate { c } else { 0.0 };
-                    proptest::prop_assert!((p - w).abs() <= 1e-4 * (1.0 + w.abs()), "{p} vs {w}");
-                    if same_bits {
-                        proptest::prop_assert_eq!(p.to_bits(), f.to_bits(), "row {} column {}", i, j);
+                }
+                if same_bits {
+                    let bits: Vec<u32> = full.iter().map(|x| x.to_bits()).collect();
+                    if let Some(prev) = &simd_bits {
+                        proptest::prop_assert!(prev == &bits, "{:?} differs from AVX2", level);
+                    }
+                    simd_bits = Some(bits);
+                }
+            }
+        }
+
+        /// `gemm_dot` on every level this CPU has, odd sizes and zero rows, columns or
+        /// reduction, strided rows: `C + A·Bᵀ` of a naive f64 product, padding untouched.
+        #[test]
+        fn dot_matches_naive_on_every_level(
+            m in 0usize..12, n in 0usize..12, p in 0usize..80, pad in 0usize..5,
+            seed in 0u64..1000,
+        ) {
+            let (lda, ldb, ldc) = (p + pad, p + 2 * pad, n + pad);
+            let a = values(seed, m * lda);
+            let b = values(seed + 1, n * ldb);
+            let c0 = values(seed + 2, m * ldc);
+            let want = naive(m, n, p, |i, q| a[i * lda + q], |q, j| b[j * ldb + q]);
+            for level in levels() {
+                let mut c = c0.clone();
+                with_level(level, || gemm_dot(m, n, p, &a, lda, &b, ldb, &mut c, ldc));
+                for i in 0..m {
+                    for j in 0..ldc {
+                        let (x, z) = (c[i * ldc + j], c0[i * ldc + j]);
+                        if j >= n {
+                            proptest::prop_assert_eq!(x.to_bits(), z.to_bits());
+                            continue;
+                        }
+                        let w = want[i * n + j] + z;
+                        proptest::prop_assert!((x - w).abs() <= 1e-4 * (1.0 + w.abs()), "{level:?}: {x} vs {w}");
                     }
                 }
             }
@@ -527,7 +838,18 @@ mod tests {
             (5, 33, 16),
             (7, 50, 3),
             (16, 100, 144),
+            (9, 47, 17),
+            (17, 97, 33),
+            (15, 49, 8),
         ] {
+            for level in levels() {
+                with_level(level, || remainders(m, n, k));
+            }
+        }
+    }
+
+    fn remainders(m: usize, n: usize, k: usize) {
+        {
             let a = values(1, m * k);
             let b = values(2, k * n);
             // bcast with A row-major, then with A transposed-strided
@@ -535,21 +857,25 @@ mod tests {
             let mut c = values(3, m * n);
             gemm_bcast(m, n, k, Mat::rows(&a, k), &b, n, &mut c, n, false);
             for (x, y) in c.iter().zip(&want) {
-                assert!((x - y).abs() <= 1e-4, "bcast {m} {n} {k}");
+                assert!((x - y).abs() <= 1e-4, "bcast {m} {n} {k} {:?}", level());
             }
             let at: Vec<f32> = (0..k * m).map(|t| a[(t % m) * k + t / m]).collect();
             let c0 = values(4, m * n);
             let mut c = c0.clone();
             gemm_bcast(m, n, k, Mat::rows_t(&at, m), &b, n, &mut c, n, true);
             for ((x, y), z) in c.iter().zip(&want).zip(&c0) {
-                assert!((x - y - z).abs() <= 1e-4, "bcast acc {m} {n} {k}");
+                assert!(
+                    (x - y - z).abs() <= 1e-4,
+                    "bcast acc {m} {n} {k} {:?}",
+                    level()
+                );
             }
             // dot: C += A[m×k]·Bt[n×k]ᵀ
             let bt: Vec<f32> = (0..n * k).map(|t| b[(t % k) * n + t / k]).collect();
             let mut c = c0.clone();
             gemm_dot(m, n, k, &a, k, &bt, k, &mut c, n);
             for ((x, y), z) in c.iter().zip(&want).zip(&c0) {
-                assert!((x - y - z).abs() <= 1e-4, "dot {m} {n} {k}");
+                assert!((x - y - z).abs() <= 1e-4, "dot {m} {n} {k} {:?}", level());
             }
             // gemm_rows: each row the same bits when computed on its own.
             for portable in [false, true] {
