@@ -107,6 +107,7 @@ fn conv_fraction() -> R<(f64, f64)> {
 fn main() -> R<()> {
     // SAFETY: first statement of main, no other thread exists yet.
     unsafe { seer_nn::candle_elementwise_on_caller() };
+    seer_nn::keep_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     let json = args.iter().any(|a| a == "--json");
     let masked = args.iter().any(|a| a == "--masked");

@@ -51,6 +51,7 @@ fn rate(model: &Model, splits: &data::Splits, qat: bool, steps: usize) -> R<(f64
 fn main() -> R<()> {
     // SAFETY: first statement of main, no other thread exists yet.
     unsafe { seer_nn::candle_elementwise_on_caller() };
+    seer_nn::keep_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     let steps = arg(&args, "--steps", 5);
     let rounds = arg(&args, "--rounds", 3);

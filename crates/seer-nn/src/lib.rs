@@ -26,6 +26,31 @@ mod tests;
 
 pub use error::{Error, Result};
 
+/// Keeps freed memory in the process instead of returning it to the kernel (glibc only; a no-op
+/// elsewhere): blocks up to 32 MiB (glibc's maximum `M_MMAP_THRESHOLD`) come from the heap
+/// rather than their own `mmap`, and the heap is not trimmed below 1 GiB. A training step
+/// allocates and frees the same multi-megabyte tensors (activations, gradients, im2col
+/// tiles) again and again; with glibc's defaults each such block is a fresh `mmap` whose pages
+/// fault in zero-filled every time, which showed up as system time (22 s of a 30 s
+/// evaluation in issue 14) and as ~40% of candle's gradient accumulation in a conv profile
+/// (docs/benchmarks.md, "Idle figures, session 7"). Results are unchanged: only where memory
+/// comes from differs. Returns whether both settings took effect. Call it once, early in
+/// `main` (settings apply to later allocations).
+pub fn keep_freed_memory() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallopt only changes allocator parameters; both values are in range.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20) == 1
+                && libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30) == 1
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}
+
 /// Runs candle's element-wise operations on the calling thread (sets `CANDLE_NUM_THREADS=1`
 /// unless it is already set), for programs whose heavy work is seer-kernels' rayon-parallel
 /// ops. candle 0.11 runs element-wise ops (the SGD update, gradient accumulation, bias and

@@ -677,3 +677,9 @@ fn fused_training_forward_equals_unfused() {
         }
     }
 }
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn keep_freed_memory_takes_effect_on_glibc() {
+    assert!(crate::keep_freed_memory(), "mallopt refused a setting");
+}

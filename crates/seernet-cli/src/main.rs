@@ -53,6 +53,7 @@ enum Command {
 fn main() {
     // SAFETY: first statement of main, no other thread exists yet.
     unsafe { seer_nn::candle_elementwise_on_caller() };
+    seer_nn::keep_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -150,6 +150,7 @@ impl Bench {
 fn main() -> Res<()> {
     // SAFETY: first thing in main, no other thread exists yet.
     unsafe { seernet::nn::candle_elementwise_on_caller() };
+    seernet::nn::keep_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     let json_out = args.iter().any(|a| a == "--json");
     let report_only = args.iter().any(|a| a == "--report-only");
