@@ -1,6 +1,7 @@
-//! `cargo xtask bench label [--json]`: what one ResNet-20 label costs under the main job's
+//! `cargo xtask bench label [--json]`: what one ResNet-20 label costs under issue 14's
 //! protocol (100 QAT steps of batch 64, top-1 on the 5,000-image validation split of
-//! Fashion-MNIST, the committed baseline), for 5 fixed policies spread over 6–25% of the
+//! Fashion-MNIST, the committed baseline; the main job's labels since issue 15 are
+//! `--label-steps 50 --val-images 2000`), for 5 fixed policies spread over 6–25% of the
 //! w8a8 BOPs, split into preparation (load, policy, slimming, BatchNorm re-estimation,
 //! calibration), fine-tune and validation; then the training and evaluation throughputs of
 //! ResNet-20 at batch 128 (f32 and 8-bit fake-quantized, the PyTorch anchor's shapes; see
