@@ -145,6 +145,11 @@ fn good() -> ModelProto {
         output: vec![value("logits", &[-1, 3])],
         ..Default::default()
     };
+    model_of(graph)
+}
+
+/// An opset-17 model around `graph` (the tests' common wrapper).
+pub(crate) fn model_of(graph: GraphProto) -> ModelProto {
     ModelProto {
         ir_version: Some(8),
         opset_import: vec![OperatorSetIdProto {

@@ -9,11 +9,9 @@ use candle_core::{Device, Tensor};
 use prost::Message;
 use seer_policy::{LayerKind, SearchSpace, SpaceConfig};
 
-use crate::proto::{
-    AttributeProto, GraphProto, ModelProto, OperatorSetIdProto, attribute_proto::AttributeType,
-};
+use crate::proto::{AttributeProto, GraphProto, ModelProto, attribute_proto::AttributeType};
 use crate::qdq::ints;
-use crate::tests::{node, tensor, value};
+use crate::tests::{model_of, node, tensor, value};
 use crate::tests_qdq::{eq_images, mixed_policy, normalised, top1, tract_agreement, tract_run};
 
 /// A `STRING` attribute `name` = `v`.
@@ -107,16 +105,7 @@ pub(crate) fn asym_model() -> ModelProto {
         output: vec![value("logits", &[-1, 10])],
         ..Default::default()
     };
-    ModelProto {
-        ir_version: Some(8),
-        opset_import: vec![OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(17),
-        }],
-        producer_name: Some("seer-onnx tests".into()),
-        graph: Some(graph),
-        ..Default::default()
-    }
+    model_of(graph)
 }
 
 #[test]
