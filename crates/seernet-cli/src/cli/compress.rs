@@ -28,7 +28,7 @@ pub struct CompressArgs {
     baseline: Option<PathBuf>,
     #[command(flatten)]
     norm: super::import::NormArgs,
-    /// Network (built-in name) and its preset: `resnet20` (19 units, budgets at uniform
+    /// Network (built-in name) and its preset: `resnet20` (12 searchable units, budgets at uniform
     /// w2a2/w3a3/w4a4) or `lenet5` (4 units, budgets 5/8/12% of w8a8); committed baselines
     /// for both on Fashion-MNIST; trained here when there is no baseline checkpoint
     /// [default: resnet20; with --quick: lenet5].
