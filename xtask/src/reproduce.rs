@@ -92,11 +92,13 @@ impl Preset {
 
 /// A labelled set the predictor is cross-validated on: its name in the tables and its CSV,
 /// relative to the workspace root.
-pub const PREDICTOR_SETS: [(&str, &str); 3] = [
+pub const PREDICTOR_SETS: [(&str, &str); 4] = [
     (
         "authors-resnet20-cifar10",
         "assets/peer-data/seernet-resnet20-cifar10/samples.csv",
     ),
+    // The labels of the ResNet-20 default run of session 7 (docs/benchmarks.md, "Main job").
+    ("resnet20-default", "docs/data/resnet20-default-labels.csv"),
     ("lenet5-default", "docs/data/lenet5-default-labels.csv"),
     ("lenet5-maxdrop", "docs/data/lenet5-maxdrop-labels.csv"),
 ];
@@ -1138,7 +1140,7 @@ mod tests {
     fn jobs_cover_the_matrix_with_one_directory_each() {
         let p = Preset::new(false);
         let j = jobs(&p, Path::new("/r/resnet20"), Path::new("/ws"));
-        assert_eq!(j.len(), 6 * 3 + 3 + 3 * 3);
+        assert_eq!(j.len(), 6 * 3 + 3 + PREDICTOR_SETS.len() * 3);
         let names: std::collections::BTreeSet<_> = j.iter().map(|j| j.dir.clone()).collect();
         assert_eq!(names.len(), j.len());
         assert_eq!(j[0].dir, Path::new("/r/resnet20/seernet-s0"));
