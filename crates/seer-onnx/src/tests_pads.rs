@@ -11,7 +11,7 @@ use seer_policy::{LayerKind, SearchSpace, SpaceConfig};
 
 use crate::proto::{AttributeProto, GraphProto, ModelProto, attribute_proto::AttributeType};
 use crate::qdq::ints;
-use crate::tests::{model_of, node, tensor, value};
+use crate::tests::{model_of, node, tensor, value, worst_relative};
 use crate::tests_qdq::{eq_images, mixed_policy, normalised, top1, tract_agreement, tract_run};
 
 /// A `STRING` attribute `name` = `v`.
@@ -162,13 +162,7 @@ fn asymmetric_pads_logits_match_tract() {
         .to_vec1()
         .unwrap();
     assert_eq!(got.len(), want.len());
-    let mut worst = 0f64;
-    for (g, w) in got.chunks(10).zip(want.chunks(10)) {
-        let scale = w.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6) as f64;
-        for (a, b) in g.iter().zip(w) {
-            worst = worst.max((*a as f64 - *b as f64).abs() / scale);
-        }
-    }
+    let worst = worst_relative(&got, &want, 10);
     assert!(worst <= 1e-4, "worst relative difference {worst:e}");
     assert_eq!(top1(&got, 10), top1(&want, 10));
 }

@@ -405,13 +405,7 @@ fn fixtures_match_tract_logits() {
             .to_vec1()
             .unwrap();
         assert_eq!(got.len(), want.len(), "{name}");
-        let mut worst = 0f64;
-        for (g, w) in got.chunks(10).zip(want.chunks(10)) {
-            let scale = w.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6) as f64;
-            for (a, b) in g.iter().zip(w) {
-                worst = worst.max((*a as f64 - *b as f64).abs() / scale);
-            }
-        }
+        let worst = crate::tests::worst_relative(&got, &want, 10);
         assert!(worst <= 1e-4, "{name}: worst relative difference {worst:e}");
         assert_eq!(top1(&got, 10), top1(&want, 10), "{name}");
     }
