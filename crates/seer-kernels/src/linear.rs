@@ -10,11 +10,10 @@
 //! along the batch, never along `K`.
 
 use candle_core::{Layout, Shape, Tensor};
-use gemm::Parallelism;
 use rayon::prelude::*;
 
-use crate::matmul::{Mat, matmul};
-use crate::simd::gemm_rows;
+use crate::matmul::Mat;
+use crate::simd::{gemm_bcast, gemm_rows};
 use crate::view::{Backward, F32View, Forward, custom_op, prepare, to_tensor};
 use crate::{Error, Result};
 
@@ -130,16 +129,30 @@ impl PackedLinear {
     }
 }
 
-/// The `gemm` crate's threading for a product of `macs` multiply-adds (splits the output,
-/// never the reduction).
-fn par_for(macs: usize) -> Parallelism {
-    if macs >= 1 << 20 {
-        Parallelism::Rayon(rayon::current_num_threads().max(1))
-    } else {
-        Parallelism::None
+/// `C[m×n] = A[m×k] · B[k×n]` (`B` and `C` row-major, leading dimensions `n`) with the
+/// [`gemm_bcast`] kernels, parallel over blocks of rows of `C` when `macs` is large. Every
+/// element is one chain of multiply-adds over `k` in order, so the bits depend neither on
+/// the split nor on the machine's vector width (AVX2 and AVX-512 give the same; the
+/// `gemm` crate, used here before, picks kernels and blockings per CPU).
+fn bcast_rows_par(m: usize, n: usize, k: usize, a: Mat<'_>, b: &[f32], c: &mut [f32], macs: usize) {
+    if m == 0 || n == 0 {
+        return;
     }
+    let threads = rayon::current_num_threads().max(1);
+    let rows = if macs >= 1 << 20 && threads > 1 {
+        m.div_ceil(threads).next_multiple_of(4).max(4)
+    } else {
+        m.max(1)
+    };
+    c.par_chunks_mut(rows * n).enumerate().for_each(|(t, ct)| {
+        let r0 = t * rows;
+        let at = Mat {
+            data: &a.data[(r0 * a.rs).min(a.data.len())..],
+            ..a
+        };
+        gemm_bcast(ct.len() / n, n, k, at, b, n, ct, n, false);
+    });
 }
-
 struct LinearOp;
 
 impl LinearOp {
@@ -156,19 +169,16 @@ impl LinearOp {
             let wv = F32View::of(w, OP)?;
             let gv = F32View::of(&grad, OP)?;
             let (xs, ws, dy) = (xv.slice(), wv.slice(), gv.slice());
-            let par = par_for(n * k * f);
             let dx = x.track_op().then(|| {
                 // dx[n×k] = dy[n×f] · W[f×k]
                 let mut dx = vec![0f32; n * k];
-                let (a, b) = (Mat::rows(dy, f), Mat::rows(ws, k));
-                matmul(n, k, f, &mut dx, k, false, a, b, par);
+                bcast_rows_par(n, k, f, Mat::rows(dy, f), ws, &mut dx, n * k * f);
                 dx
             });
             let dw = w.track_op().then(|| {
                 // dW[f×k] = dyᵀ[f×n] · x[n×k]
                 let mut dw = vec![0f32; f * k];
-                let (a, b) = (Mat::rows_t(dy, f), Mat::rows(xs, k));
-                matmul(f, k, n, &mut dw, k, false, a, b, par);
+                bcast_rows_par(f, k, n, Mat::rows_t(dy, f), xs, &mut dw, n * k * f);
                 dw
             });
             (dx, dw)
@@ -187,7 +197,7 @@ custom_op!(CustomOp2 for LinearOp, |_| "seer-linear", OP);
 ///
 /// **Batch-invariant forward:** row `i` of the output is bitwise the same whether `x` holds
 /// that one sample or thousands (each element is summed over `K` in one fixed order),
-/// unlike `x.matmul(&w.t())`, whose `gemm` kernel and blocking change with `N`. The backward uses the `gemm` crate (the weight gradient sums over the batch by definition).
+/// unlike `x.matmul(&w.t())`, whose `gemm` kernel and blocking change with `N`. The backward runs the same kernels (`bcast_rows_par`): its bits do not depend on the CPU's vector width either.
 /// Same result as `x.matmul(&w.t())` up to f32 summation order.
 ///
 /// Errors: [`Error::Shape`] unless `x` is `[N, K]` and `w` is `[F, K]`;

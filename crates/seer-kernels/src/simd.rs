@@ -13,8 +13,10 @@
 //! Dispatch ([`Level`]): AVX-512F when the CPU has it (`8 × 48` tiles of 16-lane vectors),
 //! else AVX2+FMA (`4 × 16` tiles of 8-lane vectors), else portable. [`gemm_bcast`] gives the
 //! same bits on the AVX-512 and AVX2 paths (each element is the same chain of fused
-//! multiply-adds over `k`, then the optional add of `C`); [`gemm_dot`]'s partial sums depend
-//! on the vector width, so its bits differ between paths (never between calls on one path).
+//! multiply-adds over `k`, then the optional add of `C`); [`gemm_dot`]'s 8-lane partial sums
+//! would change with a 16-lane kernel, so it runs the AVX2 kernel on AVX-512 machines too:
+//! training gives the same bits on every x86-64 machine with AVX2+FMA (the portable path
+//! differs).
 //! `SEER_KERNELS_NO_SIMD` (set at all) forces the portable path and `SEER_KERNELS_NO_AVX512`
 //! the AVX2 one; tests force each path on their own thread with [`with_level`].
 
@@ -184,9 +186,9 @@ pub(crate) fn gemm_dot(
         match level() {
             // SAFETY: CPU support checked by `level`; every access stays within the extents
             // asserted above.
-            Level::Avx512 => return unsafe { avx512::dot(m, n, op) },
-            // SAFETY: as above.
-            Level::Avx2 => return unsafe { avx2::dot(m, n, op) },
+            // The AVX2 kernel on AVX-512 machines too: its 8-lane partial sums are then the
+            // same on every x86-64 machine with AVX2, so labels are the same bits everywhere.
+            Level::Avx512 | Level::Avx2 => return unsafe { avx2::dot(m, n, op) },
             Level::Portable => {}
         }
     }
@@ -607,116 +609,6 @@ mod avx512 {
             }
         }
     }
-
-    /// One `MR × NR` tile of `C += A·Bᵀ`: 16-lane partial sums along `p` (the last vector
-    /// masked), each reduced once at the end.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn dot_tile<const MR: usize, const NR: usize>(op: Gemm) {
-        let Gemm {
-            k: p,
-            a,
-            ars: lda,
-            b,
-            bcs: ldb,
-            c,
-            ldc,
-            ..
-        } = op;
-        // SAFETY (whole body): the caller guarantees the tile lies inside A, B and C; masked
-        // lanes are not read.
-        unsafe {
-            let mut acc = [[_mm512_setzero_ps(); NR]; MR];
-            let mut q = 0;
-            while q < p {
-                let m = lanes(p - q);
-                let mut bv = [_mm512_setzero_ps(); NR];
-                for (j, bv) in bv.iter_mut().enumerate() {
-                    *bv = _mm512_maskz_loadu_ps(m, b.add(j * ldb + q));
-                }
-                for (r, acc) in acc.iter_mut().enumerate() {
-                    let av = _mm512_maskz_loadu_ps(m, a.add(r * lda + q));
-                    for j in 0..NR {
-                        acc[j] = _mm512_fmadd_ps(av, bv[j], acc[j]);
-                    }
-                }
-                q += 16;
-            }
-            for (r, acc) in acc.iter().enumerate() {
-                let cp = c.add(r * ldc);
-                if NR == 4 {
-                    let s = sum4(acc[0], acc[1], acc[2], acc[3]);
-                    _mm_storeu_ps(cp, _mm_add_ps(_mm_loadu_ps(cp), s));
-                    continue;
-                }
-                for (j, &v) in acc.iter().enumerate() {
-                    *cp.add(j) += _mm512_reduce_add_ps(v);
-                }
-            }
-        }
-    }
-
-    /// The lane sums of four vectors, `[Σv0, Σv1, Σv2, Σv3]`: 128-bit blocks of two vectors
-    /// added pairwise, then the four floats of each block (fewer shuffles than four
-    /// separate reductions).
-    #[target_feature(enable = "avx512f")]
-    fn sum4(v0: __m512, v1: __m512, v2: __m512, v3: __m512) -> __m128 {
-        // [v0 blocks 0+2, 1+3 | v1 blocks 0+2, 1+3]
-        let w01 = _mm512_add_ps(
-            _mm512_shuffle_f32x4::<0x44>(v0, v1),
-            _mm512_shuffle_f32x4::<0xEE>(v0, v1),
-        );
-        let w23 = _mm512_add_ps(
-            _mm512_shuffle_f32x4::<0x44>(v2, v3),
-            _mm512_shuffle_f32x4::<0xEE>(v2, v3),
-        );
-        // One 4-float block per vector: [v0 | v1 | v2 | v3].
-        let x = _mm512_add_ps(
-            _mm512_shuffle_f32x4::<0x88>(w01, w23),
-            _mm512_shuffle_f32x4::<0xDD>(w01, w23),
-        );
-        let y = _mm512_add_ps(x, _mm512_permute_ps::<0b10_11_00_01>(x));
-        let z = _mm512_add_ps(y, _mm512_permute_ps::<0b01_00_11_10>(y));
-        _mm512_castps512_ps128(_mm512_maskz_compress_ps(0x1111, z))
-    }
-
-    #[target_feature(enable = "avx512f")]
-    unsafe fn dot_rows<const MR: usize>(n: usize, op: Gemm) {
-        // SAFETY (whole body): column blocks stay below n.
-        unsafe {
-            let mut j = 0;
-            while j + 4 <= n {
-                dot_tile::<MR, 4>(op.at(0, j));
-                j += 4;
-            }
-            match n - j {
-                3 => dot_tile::<MR, 3>(op.at(0, j)),
-                2 => dot_tile::<MR, 2>(op.at(0, j)),
-                1 => dot_tile::<MR, 1>(op.at(0, j)),
-                _ => {}
-            }
-        }
-    }
-
-    /// See [`super::gemm_dot`]; the caller checked CPU support and extents. `4 × 4` tiles
-    /// (16 accumulators).
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn dot(m: usize, n: usize, op: Gemm) {
-        // SAFETY: row blocks stay below m.
-        unsafe {
-            let mut i = 0;
-            while i + 4 <= m {
-                dot_rows::<4>(n, op.at(i, 0));
-                i += 4;
-            }
-            let rest = op.at(i, 0);
-            match m - i {
-                3 => dot_rows::<3>(n, rest),
-                2 => dot_rows::<2>(n, rest),
-                1 => dot_rows::<1>(n, rest),
-                _ => {}
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -800,7 +692,8 @@ mod tests {
         }
 
         /// `gemm_dot` on every level this CPU has, odd sizes and zero rows, columns or
-        /// reduction, strided rows: `C + A·Bᵀ` of a naive f64 product, padding untouched.
+        /// reduction, strided rows: `C + A·Bᵀ` of a naive f64 product, padding untouched, and
+        /// the same bits on every SIMD level.
         #[test]
         fn dot_matches_naive_on_every_level(
             m in 0usize..12, n in 0usize..12, p in 0usize..80, pad in 0usize..5,
@@ -811,9 +704,18 @@ mod tests {
             let b = values(seed + 1, n * ldb);
             let c0 = values(seed + 2, m * ldc);
             let want = naive(m, n, p, |i, q| a[i * lda + q], |q, j| b[j * ldb + q]);
+            let mut simd_bits: Option<Vec<u32>> = None;
             for level in levels() {
                 let mut c = c0.clone();
                 with_level(level, || gemm_dot(m, n, p, &a, lda, &b, ldb, &mut c, ldc));
+                if level > Level::Portable {
+                    // The same bits on AVX-512 as on AVX2 (labels agree across machines).
+                    let bits: Vec<u32> = c.iter().map(|x| x.to_bits()).collect();
+                    if let Some(prev) = &simd_bits {
+                        proptest::prop_assert!(prev == &bits, "{:?} differs from AVX2", level);
+                    }
+                    simd_bits = Some(bits);
+                }
                 for i in 0..m {
                     for j in 0..ldc {
                         let (x, z) = (c[i * ldc + j], c0[i * ldc + j]);
