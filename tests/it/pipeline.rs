@@ -144,14 +144,20 @@ fn kill_resume_determinism_and_errors() {
     );
     let sa: Summary =
         serde_json::from_str(&std::fs::read_to_string(a.join("summary.json")).unwrap()).unwrap();
-    // 4 initial + 1–2 uniform anchors per budget + 2 active + up to 2 verification labels
-    // per budget + up to 1 fill label per budget (two budgets).
+    // 4 initial + 1–2 uniform anchors per budget + up to 1 fit-ilp anchor per budget + 2
+    // active + up to 2 verification labels per budget + up to 1 fill label per budget (two
+    // budgets).
     assert!(
-        (4 + 1 + 2..=4 + 4 + 2 + 4 + 2).contains(&sa.labels),
+        (4 + 1 + 2..=4 + 4 + 2 + 2 + 4 + 2).contains(&sa.labels),
         "{} labels",
         sa.labels
     );
     assert_eq!(sa.labels_computed, sa.labels);
+    // The fit-ilp optimum of each budget was computed and labelled as an anchor.
+    let log_a = std::fs::read_to_string(a.join("run.log")).unwrap();
+    assert_eq!(log_a.matches(": fit-ilp optimum").count(), 2, "{log_a}");
+    assert!(log_a.contains("fit-ilp anchors: "), "{log_a}");
+    assert!(a.join("fit-sensitivity.json").is_file());
     // The protocol records the validation sample, and every label is a count out of 40.
     let sto = read_store(a.join("labels.jsonl")).unwrap();
     assert_eq!(sto.protocol.extra["val_images"], serde_json::json!(40));

@@ -84,6 +84,11 @@ pub struct CompressArgs {
     /// top-1 (0: take the barrier optimum of μ unverified) [default: 2; with --quick: 1].
     #[arg(long)]
     verify_rounds: Option<usize>,
+    /// Do not label the fit-ilp optimum of every budget as an anchor (by default the
+    /// predictor methods label it after the uniform anchors, so the validated choice never
+    /// falls behind that zero-label baseline on validation; docs/method.md §5).
+    #[arg(long)]
+    no_fit_anchors: bool,
     /// Pessimism levels κ of the verification rounds (the search maximises μ − κσ;
     /// comma-separated, each ≥ 0) [default: 0,1,2].
     #[arg(long, value_delimiter = ',')]
@@ -274,6 +279,9 @@ pub fn run_cmd(a: CompressArgs) -> Result<()> {
         cfg.label_val_images = Some(n);
     }
     cfg.verify_rounds = a.verify_rounds.unwrap_or(cfg.verify_rounds);
+    if a.no_fit_anchors {
+        cfg.fit_anchors = false;
+    }
     if let Some(k) = a.kappas {
         if let Some(bad) = k.iter().find(|v| !(v.is_finite() && **v >= 0.0)) {
             bail!("--kappas: {bad} is not a finite number ≥ 0");

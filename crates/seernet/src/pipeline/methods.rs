@@ -3,7 +3,8 @@
 //! of the default ([`Run::label_budget`]), chooses per budget the labelled policy within the
 //! budget with the best validation top-1, and shares the final fine-tune, test evaluation and
 //! export; only where the labelled policies come from differs:
-//! - `seernet`: stratified initial set, active rounds, barrier search on the predictor in the
+//! - `seernet`: stratified initial set, the uniform anchors and (by default) the fit-ilp
+//!   optimum of every budget as anchors, active rounds, barrier search on the predictor in the
 //!   verification rounds;
 //! - `evo` / `hardstop`: the same, with the evolutionary search (seer-evo) or the authors'
 //!   hard-stop normalised-gradient ascent instead of the barrier;
@@ -105,7 +106,8 @@ pub const FIT_BINS: usize = 4000;
 
 impl Run<'_> {
     /// The label budget N every method may spend: the default method's plan at most, N₀ +
-    /// the uniform anchors + R·K + one label per verification round, budget (and target) and
+    /// the uniform anchors (+ one fit-ilp anchor per budget with
+    /// [`Config::fit_anchors`](super::Config::fit_anchors)) + R·K + one label per verification round, budget (and target) and
     /// κ + one label per fill round and budget.
     pub(super) fn label_budget(&self) -> usize {
         let cfg = self.cfg;
@@ -115,6 +117,11 @@ impl Run<'_> {
             + cfg.rounds * cfg.k
             + cfg.verify_rounds * searches * cfg.kappas.len()
             + cfg.fill_rounds * self.budgets.resolved.len()
+            + if cfg.fit_anchors {
+                self.budgets.resolved.len()
+            } else {
+                0
+            }
     }
 
     /// The search options of the predictor methods (seed: [`Stream::Search`]): the barrier for
@@ -239,12 +246,17 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// `--method fit-ilp`: sensitivities of the full-precision baseline from 256 training
-    /// images in minibatches of 8 (seed: [`Stream::Sensitivity`]), then per budget the exact
-    /// optimum of their sum under the budget ([`FIT_BINS`] steps per limit), each labelled
-    /// (verification). Writes `fit-sensitivity.json`. Errors: the sensitivity computation's,
-    /// and [`seer_policy::Error::Infeasible`] for a budget the allocation cannot meet.
-    pub(super) fn fit_ilp(&mut self) -> Result<()> {
+    /// The fit-ilp optimum of every budget, deduplicated, each with its origin: sensitivities
+    /// of the full-precision baseline from 256 training images in minibatches of 8 (seed:
+    /// [`Stream::Sensitivity`]), then per budget the exact optimum of their sum under the
+    /// budget ([`FIT_BINS`] steps per limit). Writes `fit-sensitivity.json`. Errors: the
+    /// sensitivity computation's, and [`seer_policy::Error::Infeasible`] for a budget the
+    /// allocation cannot meet (with `skip_infeasible`, such a budget is logged and has no
+    /// optimum instead).
+    pub(super) fn fit_optima(
+        &mut self,
+        skip_infeasible: bool,
+    ) -> Result<Vec<(Vec<usize>, String)>> {
         let t = Instant::now();
         let (model, _) = checkpoint::load(&self.base.path, None, &Device::Cpu)?;
         let cfg = SensitivityConfig {
@@ -256,7 +268,7 @@ impl Run<'_> {
         let js = serde_json::to_string_pretty(&sens).expect("serializes") + "\n";
         crate::store::write_atomic(&path, js.as_bytes())?;
         self.log.line(&format!(
-            "method fit-ilp: Fisher traces from {} minibatch gradients of {} images -> {}",
+            "fit-ilp: Fisher traces from {} minibatch gradients of {} images -> {}",
             sens.batches,
             sens.images / sens.batches.max(1),
             path.display()
@@ -264,27 +276,43 @@ impl Run<'_> {
         let scores = sens.gene_scores(&self.space)?;
         self.timed("sensitivities", t);
         let t = Instant::now();
-        let mut rows: Vec<Vec<usize>> = Vec::new();
+        let mut rows: Vec<(Vec<usize>, String)> = Vec::new();
         for b in self.budgets.resolved.clone() {
             let lim = AllocLimits {
                 max_bops: b.max_bops,
                 max_size_bits: b.max_size_bits,
             };
-            let a = self.space.allocate(&scores, lim, FIT_BINS, &b.label)?;
+            let a = match self.space.allocate(&scores, lim, FIT_BINS, &b.label) {
+                Ok(a) => a,
+                Err(e @ seer_policy::Error::Infeasible { .. }) if skip_infeasible => {
+                    self.log
+                        .line(&format!("budget {}: no fit-ilp anchor ({e})", b.label));
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             self.log.line(&format!(
                 "budget {}: fit-ilp optimum {} BOPs, {} bits, predicted loss increase {:.4e} ({} DP states)",
                 b.label, a.totals.bops, a.totals.size_bits, a.score, a.states
             ));
-            if !rows.contains(&a.indices) {
-                self.origin.insert(
-                    a.indices.clone(),
-                    format!("fit-ilp optimum for {}", b.label),
-                );
-                rows.push(a.indices);
+            if !rows.iter().any(|(r, _)| r == &a.indices) {
+                rows.push((a.indices, format!("fit-ilp optimum for {}", b.label)));
             }
         }
         self.timed("allocation", t);
+        Ok(rows)
+    }
+
+    /// `--method fit-ilp`: the fit-ilp optimum of every budget ([`Run::fit_optima`]), each
+    /// labelled (the same verification as the other methods).
+    pub(super) fn fit_ilp(&mut self) -> Result<()> {
+        let optima = self.fit_optima(false)?;
         let t = Instant::now();
+        let mut rows = Vec::new();
+        for (idx, name) in optima {
+            self.origin.insert(idx.clone(), name);
+            rows.push(idx);
+        }
         self.log.stage("labels", rows.len() as u64);
         self.label_batch("fit-ilp", &rows)?;
         self.planned.extend(rows);

@@ -114,6 +114,12 @@ pub struct Config {
     pub kappas: Vec<f64>,
     /// Verification rounds after the active rounds (0: choose by the predictor alone).
     pub verify_rounds: usize,
+    /// Label the fit-ilp optimum of every budget (Fisher × quantization-noise sensitivities,
+    /// exact allocation; `--method fit-ilp`'s policies) as anchors after the uniform ones, so
+    /// that the predictor sees them and the validated choice can never fall behind that
+    /// zero-label baseline on validation (docs/method.md §5); `--no-fit-anchors` turns it off.
+    #[serde(default)]
+    pub fit_anchors: bool,
     /// Fill rounds after the verification rounds: per budget, the best labelled policy within
     /// it is upgraded within the budget while the predictor's μ gains, and the upgrade is
     /// labelled (docs/method.md §6, "fill"); 0: none.
@@ -196,6 +202,7 @@ impl Config {
             kappas: vec![0.0, 1.0, 2.0],
             verify_rounds: 2,
             fill_rounds: 2,
+            fit_anchors: true,
             label_steps: 100,
             label_val_images: None,
             final_steps: 600,

@@ -153,7 +153,9 @@ impl Run<'_> {
 
     /// Stage 2: N₀ policies stratified over log-BOPs in the sampling band (seed:
     /// [`Stream::InitialSet`]), then the uniform baselines as anchors (labelled like any policy,
-    /// so that the predictor sees them and the choice compares against them on validation).
+    /// so that the predictor sees them and the choice compares against them on validation),
+    /// then, with [`Config::fit_anchors`](super::Config::fit_anchors), the fit-ilp optimum of
+    /// every budget ([`Run::fit_optima`]) likewise.
     pub(super) fn initial_set(&mut self) -> Result<()> {
         let anchors: Vec<(Vec<usize>, String)> = self
             .uniform
@@ -164,7 +166,12 @@ impl Run<'_> {
             })
             .collect::<Result<_>>()?;
         let cfg = self.cfg;
-        let total_planned = cfg.n0 + anchors.len() + cfg.rounds * cfg.k;
+        let fit_planned = if cfg.fit_anchors {
+            self.budgets.resolved.len()
+        } else {
+            0
+        };
+        let total_planned = cfg.n0 + anchors.len() + fit_planned + cfg.rounds * cfg.k;
         self.log.stage("labels", total_planned as u64);
         let t = Instant::now();
         let seed = Stream::InitialSet.seed(cfg.seed);
@@ -197,6 +204,28 @@ impl Run<'_> {
             self.origin.entry(i).or_insert(name);
         }
         self.planned.extend(rows);
+        if cfg.fit_anchors {
+            // The sensitivity baseline's optimum of every budget (docs/method.md §5): the
+            // predictor sees it, and the choice compares against it on validation.
+            let optima = self.fit_optima(true)?;
+            let rows: Vec<Vec<usize>> = optima
+                .iter()
+                .filter(|(i, _)| !self.planned.contains(i))
+                .map(|(i, _)| i.clone())
+                .collect();
+            if rows.len() < fit_planned {
+                self.log.inc((fit_planned - rows.len()) as u64);
+            }
+            self.log.line(&format!(
+                "fit-ilp anchors: {} new policies (the fit-ilp optimum of each budget)",
+                rows.len()
+            ));
+            self.label_batch("fit-anchors", &rows)?;
+            for (i, name) in optima {
+                self.origin.entry(i).or_insert(format!("{name} (anchor)"));
+            }
+            self.planned.extend(rows);
+        }
         self.timed("initial labels", t);
         Ok(())
     }
