@@ -20,7 +20,7 @@ use rayon::prelude::*;
 
 use crate::Isa;
 use crate::error::{Result, check_len, invalid};
-use crate::gemm::{APanel, Kernel, NR, WeightPanel, micro};
+use crate::gemm::{APanel, Kernel, NR, WeightPanel, micro, micro_wide};
 use crate::layers::{ConvGeom, Requant, round_code};
 
 /// Largest reduction block (codes of `k`) per pass: one panel block is ≤ 16 KiB of i8 and
@@ -325,11 +325,22 @@ struct Scratch {
     acc: Vec<i32>,
     /// Rows of an implicit-GEMM task that go through im2col (borders, remainders).
     misc: Vec<usize>,
+    /// The A rows (or the implicit GEMM's im2col'ed rows) widened to i16, for the
+    /// `avx2-wide` kernel.
+    a16: Vec<i16>,
+    /// The input rows an implicit-GEMM task reads in place, widened to i16 (`avx2-wide`).
+    x16: Vec<i16>,
 }
 
 thread_local! {
     static SCRATCH: RefCell<Scratch> = const {
-        RefCell::new(Scratch { a: Vec::new(), acc: Vec::new(), misc: Vec::new() })
+        RefCell::new(Scratch {
+            a: Vec::new(),
+            acc: Vec::new(),
+            misc: Vec::new(),
+            a16: Vec::new(),
+            x16: Vec::new(),
+        })
     };
 }
 
@@ -347,14 +358,34 @@ fn implicit_geom<'a>(src: &ASource<'a>, kp: usize) -> Option<(&'a [u8], &'a Conv
     }
 }
 
+/// Rows per strip of an implicit-GEMM convolution: the kernel's, except that the
+/// `avx2-wide` kernel (6 rows) takes 4-row strips when they read more of each output row's
+/// interior run in place (e.g. 5 interior pixels of a 7-wide output: 4 in place instead of 0).
+fn implicit_mr(kernel: Kernel, g: &ConvGeom) -> usize {
+    let mr = kernel.mr();
+    if !kernel.wide_a() {
+        return mr;
+    }
+    // Interior output columns: pad ..< min(w + pad + 1 − kw, out_w), as in `implicit_task`.
+    let run = (g.w + g.pad + 1)
+        .saturating_sub(g.kw)
+        .min(g.out_w())
+        .saturating_sub(g.pad);
+    if run / 4 * 4 > run / mr * mr { 4 } else { mr }
+}
+
 /// One task of an implicit-GEMM convolution: rows `r0..r0 + nrows` × panels `pans` into
 /// `acc` (`nrows` rows of `ld`). Every run of `mr` consecutive interior output pixels of one
 /// output row is read in place from the input, one micro-kernel call per kernel row
-/// (`add`ing into the tile); the other rows (borders, remainders) are im2col'ed `mr` at a
-/// time into `abuf` (`mr·kp` codes).
+/// (`add`ing into the tile; the `avx2-wide` kernel takes all kernel rows in one call), in
+/// strips of `mr` rows (see [`implicit_mr`]); the other rows (borders, remainders) are im2col'ed `mr` at a
+/// time into `abuf` (`mr·kp` codes). For a kernel with [`Kernel::wide_a`] the input rows
+/// the task reads in place are first widened once to i16 (`x16`), and so are the im2col'ed
+/// rows (`a16`).
 #[allow(clippy::too_many_arguments)]
 fn implicit_task(
     kernel: Kernel,
+    mr: usize,
     (x, g): (&[u8], &ConvGeom),
     w: &WeightPanel,
     r0: usize,
@@ -363,13 +394,39 @@ fn implicit_task(
     s: &mut Scratch,
     ld: usize,
 ) {
-    let mr = kernel.mr();
     let kp = w.kp();
-    let Scratch { a: abuf, acc, misc } = s;
+    let Scratch {
+        a: abuf,
+        acc,
+        misc,
+        a16,
+        x16,
+    } = s;
     let acc = &mut acc[..nrows * ld];
     let abuf = &mut abuf[..mr * kp];
     misc.clear();
     let (oh, ow, c) = (g.out_h(), g.out_w(), g.c_in);
+    let wide = kernel.wide_a();
+    // The input codes `x[lo..hi]` cover every in-place read of the task: input rows
+    // max(oy − pad, 0) .. min(oy − pad + kh, h) of the first and last output rows' images.
+    let (lo, hi) = if wide {
+        let (last, plane) = (r0 + nrows - 1, g.w * c);
+        let (b0, oy0) = (r0 / (oh * ow), (r0 / ow) % oh);
+        let (b1, oy1) = (last / (oh * ow), (last / ow) % oh);
+        let lo = (b0 * g.h + oy0.saturating_sub(g.pad)) * plane;
+        let hi = (b1 * g.h + (oy1 + g.kh).saturating_sub(g.pad).min(g.h)) * plane;
+        let hi = hi.max(lo);
+        if x16.len() < hi - lo {
+            x16.resize(hi - lo, 0);
+        }
+        crate::gemm::widen_u8(&x[lo..hi], x16);
+        if a16.len() < mr * kp {
+            a16.resize(mr * kp, 0);
+        }
+        (lo, hi)
+    } else {
+        (0, x.len())
+    };
     let (ox_lo, ox_hi) = (g.pad, (g.w + g.pad + 1).saturating_sub(g.kw));
     let row_bytes = g.kw * c;
     let mut tile = [0i32; 8 * NR];
@@ -390,30 +447,63 @@ fn implicit_task(
         for sx in (a0..a0 + full).step_by(mr) {
             let i = r + (sx - ox) - r0;
             for (pi, p) in pans.clone().enumerate() {
-                for ky in 0..g.kh {
-                    let off = ((b * g.h + iy0 as usize + ky) * g.w + sx - g.pad) * c;
+                if wide {
+                    // All kh kernel rows in one call: segment ky is input row iy0 + ky.
+                    let plane = g.w * c;
+                    let off = ((b * g.h + iy0 as usize) * g.w + sx - g.pad) * c;
                     // In bounds: the window of the strip's last pixel ends at input column
-                    // sx + mr − 1 − pad + kw ≤ w (interior), within input row iy0 + ky.
-                    assert!(off + (mr - 1) * c + row_bytes <= x.len());
+                    // sx + mr − 1 − pad + kw ≤ w (interior), within input row iy0 + kh − 1,
+                    // which lies in lo..hi.
+                    assert!(off >= lo && off + (g.kh - 1) * plane + (mr - 1) * c + row_bytes <= hi);
                     let ap = APanel {
-                        ptr: x[off..].as_ptr(),
-                        row: c,
-                        group: 4,
+                        ptr: x16[off - lo..].as_ptr() as *const u8,
+                        row: 2 * c,
+                        group: 8,
                     };
-                    // SAFETY: rows i < mr read 4·(kw·c/4) codes from off + i·c (asserted in
-                    // bounds); the panel block from k0 = ky·kw·c holds kw·c codes per channel.
+                    // SAFETY: rows i < mr of segment ky read 4·(kw·c/4) i16 from
+                    // off + ky·plane + i·c (asserted inside x16's lo..hi); the panel holds kh
+                    // segments of kw·c codes per channel from k0 = 0; AVX2 by the kernel.
                     unsafe {
-                        micro(
-                            kernel,
+                        micro_wide(
+                            mr,
                             ap,
+                            (g.kh, 2 * plane),
                             w,
                             p,
-                            ky * row_bytes,
+                            0,
                             row_bytes / 4,
                             &mut tile,
-                            ky > 0,
+                            false,
                         )
                     };
+                } else {
+                    for ky in 0..g.kh {
+                        let off = ((b * g.h + iy0 as usize + ky) * g.w + sx - g.pad) * c;
+                        // In bounds: the window of the strip's last pixel ends at input
+                        // column sx + mr − 1 − pad + kw ≤ w (interior), within input row
+                        // iy0 + ky.
+                        assert!(off + (mr - 1) * c + row_bytes <= x.len());
+                        let ap = APanel {
+                            ptr: x[off..].as_ptr(),
+                            row: c,
+                            group: 4,
+                        };
+                        // SAFETY: rows i < mr read 4·(kw·c/4) codes from off + i·c
+                        // (asserted in bounds); the panel block from k0 = ky·kw·c holds
+                        // kw·c codes per channel.
+                        unsafe {
+                            micro(
+                                kernel,
+                                ap,
+                                w,
+                                p,
+                                ky * row_bytes,
+                                row_bytes / 4,
+                                &mut tile,
+                                ky > 0,
+                            )
+                        };
+                    }
                 }
                 for ii in 0..mr {
                     acc[(i + ii) * ld + pi * NR..][..NR].copy_from_slice(&tile[ii * NR..][..NR]);
@@ -428,14 +518,29 @@ fn implicit_task(
             im2col_row(x, g, rr, &mut abuf[j * kp..(j + 1) * kp]);
         }
         abuf[chunk.len() * kp..].fill(0);
-        let ap = APanel {
-            ptr: abuf.as_ptr(),
-            row: kp,
-            group: 4,
+        let ap = if wide {
+            crate::gemm::widen_u8(abuf, a16);
+            APanel {
+                ptr: a16.as_ptr() as *const u8,
+                row: 2 * kp,
+                group: 8,
+            }
+        } else {
+            APanel {
+                ptr: abuf.as_ptr(),
+                row: kp,
+                group: 4,
+            }
         };
         for (pi, p) in pans.clone().enumerate() {
-            // SAFETY: abuf holds mr rows of kp codes; the panel kp codes per channel.
-            unsafe { micro(kernel, ap, w, p, 0, kp / 4, &mut tile, false) };
+            // SAFETY: abuf (a16) holds mr rows of kp codes; the panel kp codes per channel.
+            unsafe {
+                if wide {
+                    micro_wide(mr, ap, (1, 0), w, p, 0, kp / 4, &mut tile, false)
+                } else {
+                    micro(kernel, ap, w, p, 0, kp / 4, &mut tile, false)
+                }
+            };
             for (j, &rr) in chunk.iter().enumerate() {
                 acc[(rr - r0) * ld + pi * NR..][..NR].copy_from_slice(&tile[j * NR..][..NR]);
             }
@@ -492,10 +597,10 @@ pub fn gemm_fused(isa: Isa, src: ASource, w: &WeightPanel, sink: &impl Sink) -> 
     if m == 0 {
         return Ok(kernel);
     }
-    let mr = kernel.mr();
     let threads = rayon::current_num_threads();
     let target = 4 * threads;
     let implicit = implicit_geom(&src, kp);
+    let mr = implicit.map_or(kernel.mr(), |(_, g)| implicit_mr(kernel, g));
     let mut mb = m.div_ceil(target).clamp(1, MB).next_multiple_of(mr);
     if let Some((_, g)) = implicit {
         // Tasks of whole output rows, so that interior runs are not cut.
@@ -524,7 +629,7 @@ pub fn gemm_fused(isa: Isa, src: ASource, w: &WeightPanel, sink: &impl Sink) -> 
                 if s.acc.len() < nrows * ld {
                     s.acc.resize(nrows * ld, 0);
                 }
-                implicit_task(kernel, geom, w, r0, nrows, pans.clone(), s, ld);
+                implicit_task(kernel, mr, geom, w, r0, nrows, pans.clone(), s, ld);
                 let c1 = (pans.end * NR).min(n);
                 sink.write(r0, nrows, pans.start * NR, c1, &s.acc[..nrows * ld], ld);
                 return;
@@ -541,6 +646,14 @@ pub fn gemm_fused(isa: Isa, src: ASource, w: &WeightPanel, sink: &impl Sink) -> 
             let abuf = &mut s.a[..rows_pad * kp];
             src.fill(r0, nrows, kp, abuf);
             abuf[nrows * kp..].fill(0);
+            let wide = kernel.wide_a();
+            if wide {
+                if s.a16.len() < rows_pad * kp {
+                    s.a16.resize(rows_pad * kp, 0);
+                }
+                crate::gemm::widen_u8(abuf, &mut s.a16);
+            }
+            let (abuf, a16) = (&s.a[..rows_pad * kp], &s.a16);
             let acc = &mut s.acc[..rows_pad * ld];
             let mut tile = [0i32; 8 * NR];
             let mut k0 = 0;
@@ -548,10 +661,18 @@ pub fn gemm_fused(isa: Isa, src: ASource, w: &WeightPanel, sink: &impl Sink) -> 
                 let kc = KC.min(kp - k0);
                 for (pi, p) in pans.clone().enumerate() {
                     for st in 0..strips {
-                        let ap = APanel {
-                            ptr: abuf[st * mr * kp + k0..].as_ptr(),
-                            row: kp,
-                            group: 4,
+                        let ap = if wide {
+                            APanel {
+                                ptr: a16[st * mr * kp + k0..].as_ptr() as *const u8,
+                                row: 2 * kp,
+                                group: 8,
+                            }
+                        } else {
+                            APanel {
+                                ptr: abuf[st * mr * kp + k0..].as_ptr(),
+                                row: kp,
+                                group: 4,
+                            }
                         };
                         // SAFETY: the strip holds mr rows of kp ≥ k0 + kc codes; the panel
                         // block kc·16 codes; the kernel's ISA was checked above.

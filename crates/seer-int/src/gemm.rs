@@ -48,6 +48,9 @@ pub const NR: usize = 16;
 const KC: usize = 256;
 /// Target rows per parallel task (rounded to the micro-kernel's row count).
 const MC: usize = 64;
+/// Rows per micro-tile of the `avx2-wide` kernel (12 accumulators; an implicit-GEMM
+/// convolution whose interior runs fit 4-row strips better uses 4, see [`micro_wide`]).
+pub(crate) const WIDE_MR: usize = 6;
 
 /// Weights arranged for the micro-kernels: `n` output channels padded to panels of [`NR`],
 /// `k` padded to a multiple of 4 with zeros. Layout of `data` (i8):
@@ -220,8 +223,15 @@ impl Kernel {
     pub(crate) fn mr(self) -> usize {
         match self {
             Kernel::Vnni => 8,
+            Kernel::Avx2Wide => WIDE_MR,
             _ => 4,
         }
+    }
+
+    /// Whether the kernel reads its A operand as i16 codes (the u8 codes zero-extended, 4 of
+    /// them = 8 bytes per group) instead of u8: only [`Kernel::Avx2Wide`].
+    pub(crate) fn wide_a(self) -> bool {
+        matches!(self, Kernel::Avx2Wide)
     }
 
     /// Picks the kernel for `isa` given the operands' largest activation code and |weight|.
@@ -332,8 +342,9 @@ impl SyncPtr {
 /// Computes rows `rows` × panels `pans` of C.
 ///
 /// A is read in place (row stride `k`, 4-byte groups) when `k` is a multiple of 4 and the
-/// strip has all its rows; otherwise (and always for the i16 kernel) each strip is packed
-/// into a small buffer first.
+/// strip has all its rows; otherwise each strip is packed into a small buffer first. For the
+/// `avx2-wide` kernel every strip of a reduction block is widened once to i16 rows (zero
+/// padded) and reused by every panel of the task.
 ///
 /// # Safety
 /// `c` must point to an `[m, n]` i32 buffer containing the tile, not written concurrently;
@@ -351,19 +362,29 @@ unsafe fn block(
 ) {
     let mr = kernel.mr();
     let strips = rows.len().div_ceil(mr);
-    let wide = matches!(kernel, Kernel::Avx2Wide);
-    let wide_w = if wide { Some(w.wide()) } else { None };
+    let wide = kernel.wide_a();
     let mut apack_u8: Vec<u8> = Vec::new();
+    let mut apack_i16: Vec<i16> = Vec::new();
     let mut tile = [0i32; 8 * NR];
     let mut k0 = 0;
     while k0 < w.kp {
         let kc = KC.min(w.kp - k0);
         let kend = (k0 + kc).min(k);
-        // Pack the strips that cannot be read in place as `[k/4][mr][4]`, zero-padded.
-        let direct = |s: usize| k.is_multiple_of(4) && rows.start + (s + 1) * mr <= rows.end;
-        apack_u8.clear();
-        apack_u8.resize(strips * kc * mr, 0);
-        for s in (0..strips).filter(|&s| !direct(s)) {
+        // Pack the strips that cannot be read in place as `[k/4][mr][4]`, zero-padded; for
+        // the wide kernel all strips as i16 rows `[mr][kc]`.
+        let direct =
+            |s: usize| !wide && k.is_multiple_of(4) && rows.start + (s + 1) * mr <= rows.end;
+        if wide {
+            apack_i16.clear();
+            apack_i16.resize(strips * mr * kc, 0);
+            for (i, r) in rows.clone().enumerate() {
+                widen_u8(&a[r * k + k0..r * k + kend], &mut apack_i16[i * kc..]);
+            }
+        } else {
+            apack_u8.clear();
+            apack_u8.resize(strips * kc * mr, 0);
+        }
+        for s in (0..strips).filter(|&s| !wide && !direct(s)) {
             let strip_rows = rows.start + s * mr..(rows.start + (s + 1) * mr).min(rows.end);
             for (i, r) in strip_rows.enumerate() {
                 let arow = &a[r * k + k0..r * k + kend];
@@ -375,12 +396,16 @@ unsafe fn block(
         }
         for p in pans.clone() {
             let ncols = NR.min(n - p * NR);
-            let bptr = w.ptr_i8(p, k0);
             for s in 0..strips {
                 let r0 = rows.start + s * mr;
                 let nrows = mr.min(rows.end - r0);
-                let tile = &mut tile[..mr * NR];
-                let ap = if direct(s) {
+                let ap = if wide {
+                    APanel {
+                        ptr: apack_i16[s * mr * kc..].as_ptr() as *const u8,
+                        row: 2 * kc,
+                        group: 8,
+                    }
+                } else if direct(s) {
                     APanel {
                         ptr: a[r0 * k + k0..].as_ptr(),
                         row: k,
@@ -393,30 +418,10 @@ unsafe fn block(
                         group: 4 * mr,
                     }
                 };
-                let groups = kc / 4;
                 // SAFETY: A strips hold kc·mr codes (in place: mr full rows of k ≥ k0+kc
-                // codes), the panel block kc·16 codes; the ISA was checked by the caller.
-                unsafe {
-                    match kernel {
-                        Kernel::Portable => micro_portable(ap, bptr, groups, tile, false),
-                        #[cfg(target_arch = "x86_64")]
-                        Kernel::Vnni => crate::x86::vnni_8x16(ap, bptr, groups, tile, false),
-                        #[cfg(target_arch = "x86_64")]
-                        Kernel::Avx2I32 => crate::x86::avx2_i32_4x16(ap, bptr, groups, tile, false),
-                        #[cfg(target_arch = "x86_64")]
-                        Kernel::Avx2I16 { s: steps } => {
-                            crate::x86::avx2_i16_4x16(ap, bptr, groups, steps, tile, false)
-                        }
-                        #[cfg(target_arch = "x86_64")]
-                        Kernel::Avx2Wide => {
-                            let wb =
-                                wide_w.expect("wide panel")[p * w.kp * NR + k0 * NR..].as_ptr();
-                            crate::x86::avx2_wide_4x16(ap, wb, groups, tile, false)
-                        }
-                        #[cfg(not(target_arch = "x86_64"))]
-                        _ => unreachable!("x86 kernel on another architecture"),
-                    }
-                }
+                // codes; i16 strips mr rows of kc), the panel block kc·16 codes; the ISA was
+                // checked by the caller.
+                unsafe { micro(kernel, ap, w, p, k0, kc / 4, &mut tile, false) };
                 for i in 0..nrows {
                     // SAFETY: row r0+i < m and columns p·16 .. p·16+ncols ≤ n lie inside c.
                     let crow = unsafe {
@@ -435,12 +440,21 @@ unsafe fn block(
     }
 }
 
+/// Zero-extends the u8 codes `src` into the first `src.len()` elements of `dst` (a plain
+/// loop the compiler vectorises). Panics if `dst` is shorter than `src`.
+pub(crate) fn widen_u8(src: &[u8], dst: &mut [i16]) {
+    for (d, &s) in dst[..src.len()].iter_mut().zip(src) {
+        *d = s as i16;
+    }
+}
+
 /// Runs the micro-kernel `kernel` on panel `p` of `w` from reduction index `k0` (a multiple
-/// of 4) over `groups` groups of 4, writing `tile` (`mr × 16` i32, row-major).
+/// of 4) over `groups` groups of 4, writing `tile` (`mr × 16` i32, row-major), or adding to
+/// it when `add`. A is u8 codes, or i16 codes when [`Kernel::wide_a`].
 ///
 /// # Safety
-/// The A bytes `a.ptr + i·a.row + g·a.group .. +4` (row `i < kernel.mr()`, group `g <
-/// groups`) must be readable, `k0 + 4·groups ≤ w.kp`, and the kernel's ISA available.
+/// The A codes `a.ptr + i·a.row + g·a.group ..` (4 u8 or, for `wide_a`, 4 i16; row `i <
+/// kernel.mr()`, group `g < groups`) must be readable, `k0 + 4·groups ≤ w.kp`, and the kernel's ISA available.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn micro(
     kernel: Kernel,
@@ -465,18 +479,56 @@ pub(crate) unsafe fn micro(
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2I16 { s } => crate::x86::avx2_i16_4x16(a, bptr, groups, s, tile, add),
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2Wide => {
-                let wb = w.wide()[p * w.kp * NR + k0 * NR..].as_ptr();
-                crate::x86::avx2_wide_4x16(a, wb, groups, tile, add)
-            }
+            Kernel::Avx2Wide => micro_wide(WIDE_MR, a, (1, 0), w, p, k0, groups, tile, add),
             #[cfg(not(target_arch = "x86_64"))]
             _ => unreachable!("x86 kernel on another architecture"),
         }
     }
 }
 
+/// The `avx2-wide` micro-kernel with `mr` (4 or 6) rows on panel `p` of `w` from reduction
+/// index `k0` (a multiple of 4): `segs` segments of `groups` groups, segment `s` of A at
+/// `a.ptr + s·seg` (bytes), the panel contiguous (see [`avx2_wide`](crate::x86::avx2_wide));
+/// writes `tile` (`mr × 16` i32), or adds to it when `add`. A holds i16 codes.
+///
+/// # Safety
+/// The 4 i16 at `a.ptr + s·seg + i·a.row + g·a.group` (segment `s < segs`, row `i < mr`,
+/// group `g < groups`) must be readable, `k0 + 4·segs·groups ≤ w.kp`, and AVX2 available.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn micro_wide(
+    mr: usize,
+    a: APanel,
+    segs: (usize, usize),
+    w: &WeightPanel,
+    p: usize,
+    k0: usize,
+    groups: usize,
+    tile: &mut [i32; 8 * NR],
+    add: bool,
+) {
+    debug_assert!(k0 + 4 * segs.0 * groups <= w.kp && p < w.panels());
+    #[cfg(target_arch = "x86_64")]
+    {
+        let wb = w.wide()[p * w.kp * NR + k0 * NR..].as_ptr();
+        // SAFETY: guaranteed by the caller.
+        unsafe {
+            match mr {
+                4 => crate::x86::avx2_wide::<4>(a, segs, wb, groups, tile, add),
+                6 => crate::x86::avx2_wide::<6>(a, segs, wb, groups, tile, add),
+                _ => unreachable!("avx2-wide strips have 4 or 6 rows"),
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (mr, a, segs, w, p, k0, groups, tile, add);
+        unreachable!("x86 kernel on another architecture");
+    }
+}
+
 /// The A operand of a micro-kernel: the 4 codes of row `i`, group `g` start at
 /// `ptr + i·row + g·group` (strides in bytes; in place in the row-major matrix, or packed).
+/// u8 codes, or i16 codes (8 bytes per group) for the kernels with [`Kernel::wide_a`].
 #[derive(Clone, Copy)]
 pub(crate) struct APanel {
     /// First code of row 0, group 0.
