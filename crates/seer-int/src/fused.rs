@@ -68,13 +68,13 @@ impl ASource<'_> {
     }
 
     /// Writes rows `r0..r0 + nrows` into `buf` (`nrows` rows of `kp ≥ k` codes, the tail of
-    /// each row zero).
-    fn fill(&self, r0: usize, nrows: usize, kp: usize, buf: &mut [u8]) {
+    /// each row zero), as u8 or widened to i16.
+    fn fill<T: Copy + From<u8>>(&self, r0: usize, nrows: usize, kp: usize, buf: &mut [T]) {
         match *self {
             ASource::Rows { a, k } => {
                 for (i, row) in buf.chunks_exact_mut(kp).take(nrows).enumerate() {
-                    row[..k].copy_from_slice(&a[(r0 + i) * k..(r0 + i + 1) * k]);
-                    row[k..].fill(0);
+                    copy_codes(&a[(r0 + i) * k..(r0 + i + 1) * k], &mut row[..k]);
+                    row[k..].fill(T::from(0));
                 }
             }
             ASource::Im2col { x, g } => {
@@ -86,9 +86,18 @@ impl ASource<'_> {
     }
 }
 
-/// im2col row `r` (output pixel `(b, oy, ox)`) of NHWC input `x` into `row` (`≥ k` codes; the
-/// window in the order `(ky, kx, c_in)`, zero where padded and in the tail).
-fn im2col_row(x: &[u8], g: &ConvGeom, r: usize, row: &mut [u8]) {
+/// Copies the u8 codes `src` into `dst` (same length), as u8 or zero-extended to i16.
+#[inline]
+fn copy_codes<T: Copy + From<u8>>(src: &[u8], dst: &mut [T]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = T::from(s);
+    }
+}
+
+/// im2col row `r` (output pixel `(b, oy, ox)`) of NHWC input `x` into `row` (`≥ k` codes, u8
+/// or widened to i16; the window in the order `(ky, kx, c_in)`, zero where padded and in the
+/// tail).
+fn im2col_row<T: Copy + From<u8>>(x: &[u8], g: &ConvGeom, r: usize, row: &mut [T]) {
     let (oh, ow, c) = (g.out_h(), g.out_w(), g.c_in);
     let (b, oy, ox) = (r / (oh * ow), (r / ow) % oh, r % ow);
     let ix0 = (ox * g.stride) as isize - g.pad as isize;
@@ -99,9 +108,9 @@ fn im2col_row(x: &[u8], g: &ConvGeom, r: usize, row: &mut [u8]) {
     let interior = kx0 == 0 && kx1 == g.kw && iy0 >= 0 && iy0 + g.kh as isize <= g.h as isize;
     // An interior window overwrites the whole row but its padding tail.
     if interior {
-        row[g.k()..].fill(0);
+        row[g.k()..].fill(T::from(0));
     } else {
-        row.fill(0);
+        row.fill(T::from(0));
     }
     if kx0 >= kx1 {
         return;
@@ -114,7 +123,7 @@ fn im2col_row(x: &[u8], g: &ConvGeom, r: usize, row: &mut [u8]) {
         let src = ((b * g.h + iy as usize) * g.w + (ix0 + kx0 as isize) as usize) * c;
         let dst = (ky * g.kw + kx0) * c;
         let len = (kx1 - kx0) * c;
-        row[dst..dst + len].copy_from_slice(&x[src..src + len]);
+        copy_codes(&x[src..src + len], &mut row[dst..dst + len]);
     }
 }
 
@@ -514,18 +523,22 @@ fn implicit_task(
         r = seg_end;
     }
     for chunk in misc.chunks(mr) {
-        for (j, &rr) in chunk.iter().enumerate() {
-            im2col_row(x, g, rr, &mut abuf[j * kp..(j + 1) * kp]);
-        }
-        abuf[chunk.len() * kp..].fill(0);
         let ap = if wide {
-            crate::gemm::widen_u8(abuf, a16);
+            let a16 = &mut a16[..mr * kp];
+            for (j, &rr) in chunk.iter().enumerate() {
+                im2col_row(x, g, rr, &mut a16[j * kp..(j + 1) * kp]);
+            }
+            a16[chunk.len() * kp..].fill(0);
             APanel {
                 ptr: a16.as_ptr() as *const u8,
                 row: 2 * kp,
                 group: 8,
             }
         } else {
+            for (j, &rr) in chunk.iter().enumerate() {
+                im2col_row(x, g, rr, &mut abuf[j * kp..(j + 1) * kp]);
+            }
+            abuf[chunk.len() * kp..].fill(0);
             APanel {
                 ptr: abuf.as_ptr(),
                 row: kp,
@@ -643,17 +656,20 @@ pub fn gemm_fused(isa: Isa, src: ASource, w: &WeightPanel, sink: &impl Sink) -> 
             if s.acc.len() < rows_pad * ld {
                 s.acc.resize(rows_pad * ld, 0);
             }
-            let abuf = &mut s.a[..rows_pad * kp];
-            src.fill(r0, nrows, kp, abuf);
-            abuf[nrows * kp..].fill(0);
             let wide = kernel.wide_a();
             if wide {
                 if s.a16.len() < rows_pad * kp {
                     s.a16.resize(rows_pad * kp, 0);
                 }
-                crate::gemm::widen_u8(abuf, &mut s.a16);
+                let a16 = &mut s.a16[..rows_pad * kp];
+                src.fill(r0, nrows, kp, a16);
+                a16[nrows * kp..].fill(0);
+            } else {
+                let abuf = &mut s.a[..rows_pad * kp];
+                src.fill(r0, nrows, kp, abuf);
+                abuf[nrows * kp..].fill(0);
             }
-            let (abuf, a16) = (&s.a[..rows_pad * kp], &s.a16);
+            let (abuf, a16) = (&s.a[..], &s.a16[..]);
             let acc = &mut s.acc[..rows_pad * ld];
             let mut tile = [0i32; 8 * NR];
             let mut k0 = 0;
@@ -867,6 +883,55 @@ mod tests {
             }
         }
 
+        /// 8-bit activations × 8-bit weights (the `avx2-wide` kernel on AVX2, on i16 copies of
+        /// the rows): implicit-GEMM convolutions with 6- and 4-row strips, im2col'ed borders,
+        /// strided and pointwise convolutions, odd sizes, all-zero channels and extreme codes
+        /// (255 × ±127), with and without a residual; bit-identical to the reference on every
+        /// ISA, and the wide kernel is the one AVX2 runs.
+        #[test]
+        fn wide_conv_matches_reference(batch in 1usize..3, h in 1usize..12, w in 1usize..30,
+                                       c_in in prop::sample::select(vec![1usize, 2, 3, 4, 8, 12, 16]),
+                                       c_out in 1usize..40, k in 0usize..3, stride in 1usize..3,
+                                       pad in 0usize..3, pad_end in 0usize..3, seed in any::<u64>(),
+                                       zero_ch in any::<bool>(), extreme in any::<bool>(),
+                                       with_res in any::<bool>()) {
+            let k = [1, 3, 5][k];
+            let g = ConvGeom { batch, h, w, c_in, c_out, kh: k, kw: k, stride, pad: pad.min(k / 2 + 1), pad_end: pad_end.min(k / 2 + 1) };
+            prop_assume!(g.validate().is_ok());
+            let mut r = lcg(seed);
+            let mut x: Vec<u8> = (0..g.input_len())
+                .map(|_| if extreme { 255 } else { r() as u8 })
+                .collect();
+            x[0] = 255;
+            let mut codes: Vec<i8> = (0..g.c_out * g.k())
+                .map(|i| if extreme { if i % 3 == 0 { -127 } else { 127 } }
+                     else { ((r() % 255) as i64 - 127) as i8 })
+                .collect();
+            codes[g.k() - 1] = 127;
+            if zero_ch && c_out > 1 {
+                codes[g.k()..2 * g.k()].fill(0);
+            }
+            let wp = PackedWeights::from_codes(&codes, g.c_out, g.k(), 8, vec![1.0; g.c_out]).unwrap();
+            let panel = conv_panel(&wp, &g).unwrap();
+            let scale: Vec<f32> = (0..g.c_out).map(|_| (r() % 1000) as f32 / 4_000_000.0 + 1e-6).collect();
+            let bias: Vec<f32> = (0..g.c_out).map(|_| (r() % 1000) as f32 / 500.0 - 1.0).collect();
+            let rq = Requant::new(scale, bias, 2.5, 8).unwrap();
+            let acc = reference::conv2d(&x, &g, &codes);
+            let res: Vec<u8> = (0..acc.len()).map(|_| r() as u8).collect();
+            let want = if with_res { rq.apply_residual(&acc, &res, 0.01).unwrap() } else { rq.apply(&acc).unwrap() };
+            for isa in Isa::available() {
+                let mut out = vec![0xAAu8; acc.len()];
+                let kern = conv2d_requant(&x, &g, &panel, isa, &rq, with_res.then_some((&res[..], 0.01)), &mut out).unwrap();
+                prop_assert_eq!(&out, &want, "{:?}", isa);
+                if isa == Isa::Avx2 {
+                    prop_assert_eq!(kern, Kernel::Avx2Wide);
+                }
+                let mut raw = vec![i32::MIN; acc.len()];
+                gemm_fused(isa, conv_source(&x, &g).unwrap(), &panel, &AccSink::new(&mut raw, g.c_out)).unwrap();
+                prop_assert_eq!(&raw, &acc, "{:?} raw", isa);
+            }
+        }
+
         /// Plain rows (a linear layer): odd `k`, many rows, many channels; equal to the
         /// reference GEMM on every ISA.
         #[test]
@@ -1001,6 +1066,38 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The `avx2-wide` kernel's strip height for implicit GEMM: 6 rows unless 4-row strips
+    /// read more of the interior in place (3×3, pad 1: interior = w − 2 pixels).
+    #[test]
+    fn implicit_mr_picks_rows() {
+        let g = |w| ConvGeom {
+            batch: 1,
+            h: 9,
+            w,
+            c_in: 4,
+            c_out: 8,
+            kh: 3,
+            kw: 3,
+            stride: 1,
+            pad: 1,
+            pad_end: 1,
+        };
+        for (w, mr) in [
+            (28, 6),
+            (14, 6),
+            (8, 6),
+            (7, 4),
+            (11, 4),
+            (6, 4),
+            (5, 6),
+            (3, 6),
+        ] {
+            assert_eq!(implicit_mr(Kernel::Avx2Wide, &g(w)), mr, "w = {w}");
+        }
+        assert_eq!(implicit_mr(Kernel::Avx2I32, &g(7)), 4);
+        assert_eq!(implicit_mr(Kernel::Vnni, &g(7)), 8);
     }
 
     #[test]

@@ -677,6 +677,29 @@ mod tests {
             check_all_paths(&a, m, &w, n, k);
         }
 
+        /// 8-bit × 8-bit operands (the `avx2-wide` kernel on AVX2, A widened to i16 per
+        /// strip): row counts that leave partial 6-row strips, odd `k` across the k-blocks,
+        /// all-zero channels and extreme codes (255 × ±127).
+        #[test]
+        fn wide_matches_reference(m in 1usize..50, n in 1usize..40, k in 1usize..600,
+                                  seed in any::<u64>(), extreme in any::<bool>(),
+                                  zero_channel in any::<bool>()) {
+            let mut r = lcg(seed);
+            let mut a: Vec<u8> = (0..m * k).map(|_| if extreme { 255 } else { r() as u8 }).collect();
+            a[0] = 255;
+            let mut w: Vec<i8> = (0..n * k)
+                .map(|i| if extreme { if i % 2 == 0 { 127 } else { -127 } } else { ((r() % 255) as i64 - 127) as i8 })
+                .collect();
+            w[n * k - 1] = -127;
+            if zero_channel {
+                w[..k].fill(0);
+            }
+            let used = check_all_paths(&a, m, &w, n, k);
+            if Isa::Avx2.is_available() {
+                prop_assert!(used.contains(&Kernel::Avx2Wide));
+            }
+        }
+
         #[test]
         fn from_packed_equals_from_codes(n in 1usize..20, k in 1usize..50, bits in 2u32..=8, seed in any::<u64>()) {
             let mut r = lcg(seed);
