@@ -63,4 +63,30 @@ fn main() {
         total += best * count as f64;
     }
     println!("network convs (batch 2, 1 thread): {:.1} µs", total * 1e6);
+    // The unfused GEMM (`gemm_u8i8_with`, A read in place or packed per strip): 8/8 and 4/4 bits.
+    let (m, n, k) = (48, 256, 1024);
+    for bits in [8u32, 4] {
+        let amax = (1u64 << bits) - 1;
+        let q = (1i64 << (bits - 1)) - 1;
+        let a: Vec<u8> = (0..m * k).map(|_| (r() % (amax + 1)) as u8).collect();
+        let mut codes: Vec<i8> = (0..n * k)
+            .map(|_| ((r() % (2 * q as u64 + 1)) as i64 - q) as i8)
+            .collect();
+        codes[0] = q as i8;
+        let panel = seer_int::gemm::WeightPanel::from_codes(&codes, n, k).unwrap();
+        let mut c = vec![0i32; m * n];
+        let mut best = f64::INFINITY;
+        pool.install(|| {
+            for _ in 0..200 {
+                let t = Instant::now();
+                seer_int::gemm::gemm_u8i8_with(Isa::Avx2, &a, m, &panel, &mut c).unwrap();
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+        });
+        println!(
+            "gemm {m}x{n}x{k} {bits}/{bits} bits: {:.1} µs ({:.1} GOP/s, 1 thread)",
+            best * 1e6,
+            2.0 * (m * n * k) as f64 / best / 1e9
+        );
+    }
 }

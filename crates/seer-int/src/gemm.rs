@@ -363,6 +363,7 @@ unsafe fn block(
     let mr = kernel.mr();
     let strips = rows.len().div_ceil(mr);
     let wide = kernel.wide_a();
+    let wide_w = if wide { Some(w.wide()) } else { None };
     let mut apack_u8: Vec<u8> = Vec::new();
     let mut apack_i16: Vec<i16> = Vec::new();
     let mut tile = [0i32; 8 * NR];
@@ -396,6 +397,7 @@ unsafe fn block(
         }
         for p in pans.clone() {
             let ncols = NR.min(n - p * NR);
+            let bptr = w.ptr_i8(p, k0);
             for s in 0..strips {
                 let r0 = rows.start + s * mr;
                 let nrows = mr.min(rows.end - r0);
@@ -418,10 +420,32 @@ unsafe fn block(
                         group: 4 * mr,
                     }
                 };
+                let groups = kc / 4;
+                let tile = &mut tile[..mr * NR];
                 // SAFETY: A strips hold kc·mr codes (in place: mr full rows of k ≥ k0+kc
                 // codes; i16 strips mr rows of kc), the panel block kc·16 codes; the ISA was
                 // checked by the caller.
-                unsafe { micro(kernel, ap, w, p, k0, kc / 4, &mut tile, false) };
+                unsafe {
+                    match kernel {
+                        Kernel::Portable => micro_portable(ap, bptr, groups, tile, false),
+                        #[cfg(target_arch = "x86_64")]
+                        Kernel::Vnni => crate::x86::vnni_8x16(ap, bptr, groups, tile, false),
+                        #[cfg(target_arch = "x86_64")]
+                        Kernel::Avx2I32 => crate::x86::avx2_i32_4x16(ap, bptr, groups, tile, false),
+                        #[cfg(target_arch = "x86_64")]
+                        Kernel::Avx2I16 { s: steps } => {
+                            crate::x86::avx2_i16_4x16(ap, bptr, groups, steps, tile, false)
+                        }
+                        #[cfg(target_arch = "x86_64")]
+                        Kernel::Avx2Wide => {
+                            let wb =
+                                wide_w.expect("wide panel")[p * w.kp * NR + k0 * NR..].as_ptr();
+                            crate::x86::avx2_wide::<WIDE_MR>(ap, (1, 0), wb, groups, tile, false)
+                        }
+                        #[cfg(not(target_arch = "x86_64"))]
+                        _ => unreachable!("x86 kernel on another architecture"),
+                    }
+                }
                 for i in 0..nrows {
                     // SAFETY: row r0+i < m and columns p·16 .. p·16+ncols ≤ n lie inside c.
                     let crow = unsafe {
@@ -691,7 +715,7 @@ mod tests {
                 .map(|i| if extreme { if i % 2 == 0 { 127 } else { -127 } } else { ((r() % 255) as i64 - 127) as i8 })
                 .collect();
             w[n * k - 1] = -127;
-            if zero_channel {
+            if zero_channel && n > 1 {
                 w[..k].fill(0);
             }
             let used = check_all_paths(&a, m, &w, n, k);
