@@ -367,33 +367,13 @@ fn implicit_geom<'a>(src: &ASource<'a>, kp: usize) -> Option<(&'a [u8], &'a Conv
     }
 }
 
-/// Rows per strip of an implicit-GEMM convolution: the kernel's, except that the
-/// `avx2-wide` kernel (6 rows) takes 4-row strips when they read more of each output row's
-/// interior run in place (e.g. 5 interior pixels of a 7-wide output: 4 in place instead of 0).
-fn implicit_mr(kernel: Kernel, g: &ConvGeom) -> usize {
-    let mr = kernel.mr();
-    if !kernel.wide_a() {
-        return mr;
-    }
-    // Interior output columns: pad ..< min(w + pad + 1 − kw, out_w), as in `implicit_task`.
-    let run = (g.w + g.pad + 1)
-        .saturating_sub(g.kw)
-        .min(g.out_w())
-        .saturating_sub(g.pad);
-    if run / 4 * 4 > run / mr * mr { 4 } else { mr }
-}
-
-/// One task of an implicit-GEMM convolution: rows `r0..r0 + nrows` × panels `pans` into
-/// `acc` (`nrows` rows of `ld`). Every run of `mr` consecutive interior output pixels of one
-/// output row is read in place from the input, one micro-kernel call per kernel row
-/// (`add`ing into the tile; the `avx2-wide` kernel takes all kernel rows in one call), in
-/// strips of `mr` rows (see [`implicit_mr`]); the other rows (borders, remainders) are im2col'ed `mr` at a
-/// time into `abuf` (`mr·kp` codes). For a kernel with [`Kernel::wide_a`] the input rows
-/// the task reads in place are first widened once to i16 (`x16`), and so are the im2col'ed
-/// rows (`a16`).
+/// [`implicit_task`] for the `avx2-wide` kernel: the input rows the task needs are copied
+/// once, widened to i16 and zero-padded (`x16`, `[rows][w + pad + pad_end][c_in]`), so every
+/// output pixel's window lies in place — borders included, no im2col. Each output row (or
+/// the part of it in the task) runs in strips of `mr` pixels and one shorter strip for the
+/// remainder (the kernel has 1- to 6-row forms), so nothing is computed twice.
 #[allow(clippy::too_many_arguments)]
-fn implicit_task(
-    kernel: Kernel,
+fn implicit_task_wide(
     mr: usize,
     (x, g): (&[u8], &ConvGeom),
     w: &WeightPanel,
@@ -403,39 +383,106 @@ fn implicit_task(
     s: &mut Scratch,
     ld: usize,
 ) {
+    let Scratch { acc, x16, .. } = s;
+    let acc = &mut acc[..nrows * ld];
+    let (oh, ow, c) = (g.out_h(), g.out_w(), g.c_in);
+    let (hp, wp) = (g.h + g.pad + g.pad_end, g.w + g.pad + g.pad_end);
+    let row_codes = wp * c;
+    // Padded rows q = b·hp + py (py = iy + pad) from the first output row's window top to the
+    // last one's bottom (stride 1: output row oy reads padded rows oy .. oy + kh).
+    let last = r0 + nrows - 1;
+    let q0 = (r0 / (oh * ow)) * hp + (r0 / ow) % oh;
+    let q1 = (last / (oh * ow)) * hp + (last / ow) % oh + g.kh;
+    let len = (q1 - q0) * row_codes;
+    if x16.len() < len {
+        x16.resize(len, 0);
+    }
+    for (q, dst) in (q0..q1).zip(x16.chunks_exact_mut(row_codes)) {
+        let (b, py) = (q / hp, q % hp);
+        match py.checked_sub(g.pad).filter(|&iy| iy < g.h) {
+            Some(iy) => {
+                let src = (b * g.h + iy) * g.w * c;
+                dst[..g.pad * c].fill(0);
+                crate::gemm::widen_u8(&x[src..src + g.w * c], &mut dst[g.pad * c..]);
+                dst[(g.pad + g.w) * c..].fill(0);
+            }
+            None => dst.fill(0),
+        }
+    }
+    let row_bytes = g.kw * c;
+    let mut tile = [0i32; 8 * NR];
+    let rend = r0 + nrows;
+    let mut r = r0;
+    while r < rend {
+        let (b, oy, ox) = (r / (oh * ow), (r / ow) % oh, r % ow);
+        let seg_end = rend.min(r - ox + ow);
+        // Window top-left of output pixel (b, oy, sx) in x16: padded row b·hp + oy, col sx.
+        let base = (b * hp + oy - q0) * row_codes;
+        let mut sx = ox;
+        while sx < ox + (seg_end - r) {
+            let rows = mr.min(ox + (seg_end - r) - sx);
+            let off = base + sx * c;
+            // In bounds: the strip's last window ends at padded column sx + rows − 1 + kw ≤ wp
+            // of padded row b·hp + oy + kh − 1 < q1.
+            assert!(off + (g.kh - 1) * row_codes + (rows - 1) * c + row_bytes <= len);
+            let ap = APanel {
+                ptr: x16[off..].as_ptr() as *const u8,
+                row: 2 * c,
+                group: 8,
+            };
+            for (pi, p) in pans.clone().enumerate() {
+                // SAFETY: rows i < rows of segment ky read kw·c i16 from off + ky·row_codes +
+                // i·c (asserted inside x16[..len]); the panel holds kh segments of kw·c codes
+                // per channel; AVX2 by the kernel.
+                unsafe {
+                    micro_wide(
+                        rows,
+                        ap,
+                        (g.kh, 2 * row_codes),
+                        w,
+                        p,
+                        0,
+                        row_bytes / 4,
+                        &mut tile,
+                        false,
+                    )
+                };
+                for ii in 0..rows {
+                    acc[(r + sx + ii - ox - r0) * ld + pi * NR..][..NR]
+                        .copy_from_slice(&tile[ii * NR..][..NR]);
+                }
+            }
+            sx += rows;
+        }
+        r = seg_end;
+    }
+}
+
+/// One task of an implicit-GEMM convolution: rows `r0..r0 + nrows` × panels `pans` into
+/// `acc` (`nrows` rows of `ld`). Every run of `mr` consecutive interior output pixels of one
+/// output row is read in place from the input, one micro-kernel call per kernel row
+/// (`add`ing into the tile); the other rows (borders, remainders) are im2col'ed `mr` at a
+/// time into `abuf` (`mr·kp` codes).
+#[allow(clippy::too_many_arguments)]
+fn implicit_task(
+    kernel: Kernel,
+    (x, g): (&[u8], &ConvGeom),
+    w: &WeightPanel,
+    r0: usize,
+    nrows: usize,
+    pans: std::ops::Range<usize>,
+    s: &mut Scratch,
+    ld: usize,
+) {
+    let mr = kernel.mr();
     let kp = w.kp();
     let Scratch {
-        a: abuf,
-        acc,
-        misc,
-        a16,
-        x16,
+        a: abuf, acc, misc, ..
     } = s;
     let acc = &mut acc[..nrows * ld];
     let abuf = &mut abuf[..mr * kp];
     misc.clear();
     let (oh, ow, c) = (g.out_h(), g.out_w(), g.c_in);
-    let wide = kernel.wide_a();
-    // The input codes `x[lo..hi]` cover every in-place read of the task: input rows
-    // max(oy − pad, 0) .. min(oy − pad + kh, h) of the first and last output rows' images.
-    let (lo, hi) = if wide {
-        let (last, plane) = (r0 + nrows - 1, g.w * c);
-        let (b0, oy0) = (r0 / (oh * ow), (r0 / ow) % oh);
-        let (b1, oy1) = (last / (oh * ow), (last / ow) % oh);
-        let lo = (b0 * g.h + oy0.saturating_sub(g.pad)) * plane;
-        let hi = (b1 * g.h + (oy1 + g.kh).saturating_sub(g.pad).min(g.h)) * plane;
-        let hi = hi.max(lo);
-        if x16.len() < hi - lo {
-            x16.resize(hi - lo, 0);
-        }
-        crate::gemm::widen_u8(&x[lo..hi], x16);
-        if a16.len() < mr * kp {
-            a16.resize(mr * kp, 0);
-        }
-        (lo, hi)
-    } else {
-        (0, x.len())
-    };
     let (ox_lo, ox_hi) = (g.pad, (g.w + g.pad + 1).saturating_sub(g.kw));
     let row_bytes = g.kw * c;
     let mut tile = [0i32; 8 * NR];
@@ -456,63 +503,30 @@ fn implicit_task(
         for sx in (a0..a0 + full).step_by(mr) {
             let i = r + (sx - ox) - r0;
             for (pi, p) in pans.clone().enumerate() {
-                if wide {
-                    // All kh kernel rows in one call: segment ky is input row iy0 + ky.
-                    let plane = g.w * c;
-                    let off = ((b * g.h + iy0 as usize) * g.w + sx - g.pad) * c;
+                for ky in 0..g.kh {
+                    let off = ((b * g.h + iy0 as usize + ky) * g.w + sx - g.pad) * c;
                     // In bounds: the window of the strip's last pixel ends at input column
-                    // sx + mr − 1 − pad + kw ≤ w (interior), within input row iy0 + kh − 1,
-                    // which lies in lo..hi.
-                    assert!(off >= lo && off + (g.kh - 1) * plane + (mr - 1) * c + row_bytes <= hi);
+                    // sx + mr − 1 − pad + kw ≤ w (interior), within input row iy0 + ky.
+                    assert!(off + (mr - 1) * c + row_bytes <= x.len());
                     let ap = APanel {
-                        ptr: x16[off - lo..].as_ptr() as *const u8,
-                        row: 2 * c,
-                        group: 8,
+                        ptr: x[off..].as_ptr(),
+                        row: c,
+                        group: 4,
                     };
-                    // SAFETY: rows i < mr of segment ky read 4·(kw·c/4) i16 from
-                    // off + ky·plane + i·c (asserted inside x16's lo..hi); the panel holds kh
-                    // segments of kw·c codes per channel from k0 = 0; AVX2 by the kernel.
+                    // SAFETY: rows i < mr read 4·(kw·c/4) codes from off + i·c (asserted in
+                    // bounds); the panel block from k0 = ky·kw·c holds kw·c codes per channel.
                     unsafe {
-                        micro_wide(
-                            mr,
+                        micro(
+                            kernel,
                             ap,
-                            (g.kh, 2 * plane),
                             w,
                             p,
-                            0,
+                            ky * row_bytes,
                             row_bytes / 4,
                             &mut tile,
-                            false,
+                            ky > 0,
                         )
                     };
-                } else {
-                    for ky in 0..g.kh {
-                        let off = ((b * g.h + iy0 as usize + ky) * g.w + sx - g.pad) * c;
-                        // In bounds: the window of the strip's last pixel ends at input
-                        // column sx + mr − 1 − pad + kw ≤ w (interior), within input row
-                        // iy0 + ky.
-                        assert!(off + (mr - 1) * c + row_bytes <= x.len());
-                        let ap = APanel {
-                            ptr: x[off..].as_ptr(),
-                            row: c,
-                            group: 4,
-                        };
-                        // SAFETY: rows i < mr read 4·(kw·c/4) codes from off + i·c
-                        // (asserted in bounds); the panel block from k0 = ky·kw·c holds
-                        // kw·c codes per channel.
-                        unsafe {
-                            micro(
-                                kernel,
-                                ap,
-                                w,
-                                p,
-                                ky * row_bytes,
-                                row_bytes / 4,
-                                &mut tile,
-                                ky > 0,
-                            )
-                        };
-                    }
                 }
                 for ii in 0..mr {
                     acc[(i + ii) * ld + pi * NR..][..NR].copy_from_slice(&tile[ii * NR..][..NR]);
@@ -523,37 +537,18 @@ fn implicit_task(
         r = seg_end;
     }
     for chunk in misc.chunks(mr) {
-        let ap = if wide {
-            let a16 = &mut a16[..mr * kp];
-            for (j, &rr) in chunk.iter().enumerate() {
-                im2col_row(x, g, rr, &mut a16[j * kp..(j + 1) * kp]);
-            }
-            a16[chunk.len() * kp..].fill(0);
-            APanel {
-                ptr: a16.as_ptr() as *const u8,
-                row: 2 * kp,
-                group: 8,
-            }
-        } else {
-            for (j, &rr) in chunk.iter().enumerate() {
-                im2col_row(x, g, rr, &mut abuf[j * kp..(j + 1) * kp]);
-            }
-            abuf[chunk.len() * kp..].fill(0);
-            APanel {
-                ptr: abuf.as_ptr(),
-                row: kp,
-                group: 4,
-            }
+        for (j, &rr) in chunk.iter().enumerate() {
+            im2col_row(x, g, rr, &mut abuf[j * kp..(j + 1) * kp]);
+        }
+        abuf[chunk.len() * kp..].fill(0);
+        let ap = APanel {
+            ptr: abuf.as_ptr(),
+            row: kp,
+            group: 4,
         };
         for (pi, p) in pans.clone().enumerate() {
-            // SAFETY: abuf (a16) holds mr rows of kp codes; the panel kp codes per channel.
-            unsafe {
-                if wide {
-                    micro_wide(mr, ap, (1, 0), w, p, 0, kp / 4, &mut tile, false)
-                } else {
-                    micro(kernel, ap, w, p, 0, kp / 4, &mut tile, false)
-                }
-            };
+            // SAFETY: abuf holds mr rows of kp codes; the panel kp codes per channel.
+            unsafe { micro(kernel, ap, w, p, 0, kp / 4, &mut tile, false) };
             for (j, &rr) in chunk.iter().enumerate() {
                 acc[(rr - r0) * ld + pi * NR..][..NR].copy_from_slice(&tile[j * NR..][..NR]);
             }
@@ -613,7 +608,7 @@ pub fn gemm_fused(isa: Isa, src: ASource, w: &WeightPanel, sink: &impl Sink) -> 
     let threads = rayon::current_num_threads();
     let target = 4 * threads;
     let implicit = implicit_geom(&src, kp);
-    let mr = implicit.map_or(kernel.mr(), |(_, g)| implicit_mr(kernel, g));
+    let mr = kernel.mr();
     let mut mb = m.div_ceil(target).clamp(1, MB).next_multiple_of(mr);
     if let Some((_, g)) = implicit {
         // Tasks of whole output rows, so that interior runs are not cut.
@@ -642,7 +637,11 @@ pub fn gemm_fused(isa: Isa, src: ASource, w: &WeightPanel, sink: &impl Sink) -> 
                 if s.acc.len() < nrows * ld {
                     s.acc.resize(nrows * ld, 0);
                 }
-                implicit_task(kernel, mr, geom, w, r0, nrows, pans.clone(), s, ld);
+                if kernel.wide_a() {
+                    implicit_task_wide(mr, geom, w, r0, nrows, pans.clone(), s, ld);
+                } else {
+                    implicit_task(kernel, geom, w, r0, nrows, pans.clone(), s, ld);
+                }
                 let c1 = (pans.end * NR).min(n);
                 sink.write(r0, nrows, pans.start * NR, c1, &s.acc[..nrows * ld], ld);
                 return;
@@ -1068,36 +1067,54 @@ mod tests {
         }
     }
 
-    /// The `avx2-wide` kernel's strip height for implicit GEMM: 6 rows unless 4-row strips
-    /// read more of the interior in place (3×3, pad 1: interior = w − 2 pixels).
+    /// Output rows wider than a task (`out_w > 2·MB`): implicit-GEMM tasks that start and end
+    /// inside an output row, remainder strips of 1 to 5 rows, 8/8-bit extreme codes, and
+    /// asymmetric padding; equal to the reference on every ISA.
     #[test]
-    fn implicit_mr_picks_rows() {
-        let g = |w| ConvGeom {
-            batch: 1,
-            h: 9,
-            w,
-            c_in: 4,
-            c_out: 8,
-            kh: 3,
-            kw: 3,
-            stride: 1,
-            pad: 1,
-            pad_end: 1,
-        };
-        for (w, mr) in [
-            (28, 6),
-            (14, 6),
-            (8, 6),
-            (7, 4),
-            (11, 4),
-            (6, 4),
-            (5, 6),
-            (3, 6),
-        ] {
-            assert_eq!(implicit_mr(Kernel::Avx2Wide, &g(w)), mr, "w = {w}");
+    fn wide_implicit_rows_longer_than_a_task() {
+        let mut r = lcg(21);
+        for (w, pad, pad_end, c_in) in [(141, 1, 1, 4), (133, 2, 0, 8), (130, 0, 2, 4)] {
+            let g = ConvGeom {
+                batch: 2,
+                h: 4,
+                w,
+                c_in,
+                c_out: 19,
+                kh: 3,
+                kw: 3,
+                stride: 1,
+                pad,
+                pad_end,
+            };
+            let x: Vec<u8> = (0..g.input_len())
+                .map(|i| if i % 7 == 0 { 255 } else { r() as u8 })
+                .collect();
+            let codes: Vec<i8> = (0..g.c_out * g.k())
+                .map(|i| {
+                    if i % 5 == 0 {
+                        -127
+                    } else {
+                        ((r() % 255) as i64 - 127) as i8
+                    }
+                })
+                .collect();
+            let wp =
+                PackedWeights::from_codes(&codes, g.c_out, g.k(), 8, vec![1.0; g.c_out]).unwrap();
+            let panel = conv_panel(&wp, &g).unwrap();
+            assert!(implicit_geom(&conv_source(&x, &g).unwrap(), panel.kp()).is_some());
+            let want = reference::conv2d(&x, &g, &codes);
+            for isa in Isa::available() {
+                let mut raw = vec![i32::MIN; want.len()];
+                let kern = gemm_fused(
+                    isa,
+                    conv_source(&x, &g).unwrap(),
+                    &panel,
+                    &AccSink::new(&mut raw, g.c_out),
+                )
+                .unwrap();
+                assert_eq!(raw, want, "{isa:?} ({kern:?}) w {w}");
+            }
         }
-        assert_eq!(implicit_mr(Kernel::Avx2I32, &g(7)), 4);
-        assert_eq!(implicit_mr(Kernel::Vnni, &g(7)), 8);
     }
 
     #[test]

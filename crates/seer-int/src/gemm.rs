@@ -510,7 +510,7 @@ pub(crate) unsafe fn micro(
     }
 }
 
-/// The `avx2-wide` micro-kernel with `mr` (4 or 6) rows on panel `p` of `w` from reduction
+/// The `avx2-wide` micro-kernel with `mr` (1 to 6) rows on panel `p` of `w` from reduction
 /// index `k0` (a multiple of 4): `segs` segments of `groups` groups, segment `s` of A at
 /// `a.ptr + s·seg` (bytes), the panel contiguous (see [`avx2_wide`](crate::x86::avx2_wide));
 /// writes `tile` (`mr × 16` i32), or adds to it when `add`. A holds i16 codes.
@@ -537,9 +537,13 @@ pub(crate) unsafe fn micro_wide(
         // SAFETY: guaranteed by the caller.
         unsafe {
             match mr {
+                1 => crate::x86::avx2_wide::<1>(a, segs, wb, groups, tile, add),
+                2 => crate::x86::avx2_wide::<2>(a, segs, wb, groups, tile, add),
+                3 => crate::x86::avx2_wide::<3>(a, segs, wb, groups, tile, add),
                 4 => crate::x86::avx2_wide::<4>(a, segs, wb, groups, tile, add),
+                5 => crate::x86::avx2_wide::<5>(a, segs, wb, groups, tile, add),
                 6 => crate::x86::avx2_wide::<6>(a, segs, wb, groups, tile, add),
-                _ => unreachable!("avx2-wide strips have 4 or 6 rows"),
+                _ => unreachable!("avx2-wide strips have 1 to 6 rows"),
             }
         }
     }
