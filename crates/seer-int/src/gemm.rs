@@ -376,11 +376,16 @@ unsafe fn block(
         let direct =
             |s: usize| !wide && k.is_multiple_of(4) && rows.start + (s + 1) * mr <= rows.end;
         if wide {
-            apack_i16.clear();
-            apack_i16.resize(strips * mr * kc, 0);
-            for (i, r) in rows.clone().enumerate() {
-                widen_u8(&a[r * k + k0..r * k + kend], &mut apack_i16[i * kc..]);
+            // Every element is written: the rows' codes, zero tails and zero padding rows.
+            if apack_i16.len() < strips * mr * kc {
+                apack_i16.resize(strips * mr * kc, 0);
             }
+            for (i, r) in rows.clone().enumerate() {
+                let dst = &mut apack_i16[i * kc..(i + 1) * kc];
+                widen_u8(&a[r * k + k0..r * k + kend], dst);
+                dst[kend - k0..].fill(0);
+            }
+            apack_i16[rows.len() * kc..strips * mr * kc].fill(0);
         } else {
             apack_u8.clear();
             apack_u8.resize(strips * kc * mr, 0);
