@@ -20,7 +20,7 @@ use rayon::prelude::*;
 
 use crate::Isa;
 use crate::error::{Result, check_len, invalid};
-use crate::gemm::{APanel, Kernel, NR, WeightPanel, micro};
+use crate::gemm::{APanel, Kernel, NR, WeightPanel, micro, micro_wide};
 use crate::layers::{ConvGeom, Requant, round_code};
 
 /// Largest reduction block (codes of `k`) per pass: one panel block is ≤ 16 KiB of i8 and
@@ -68,13 +68,13 @@ impl ASource<'_> {
     }
 
     /// Writes rows `r0..r0 + nrows` into `buf` (`nrows` rows of `kp ≥ k` codes, the tail of
-    /// each row zero).
-    fn fill(&self, r0: usize, nrows: usize, kp: usize, buf: &mut [u8]) {
+    /// each row zero), as u8 or widened to i16.
+    fn fill<T: Copy + From<u8>>(&self, r0: usize, nrows: usize, kp: usize, buf: &mut [T]) {
         match *self {
             ASource::Rows { a, k } => {
                 for (i, row) in buf.chunks_exact_mut(kp).take(nrows).enumerate() {
-                    row[..k].copy_from_slice(&a[(r0 + i) * k..(r0 + i + 1) * k]);
-                    row[k..].fill(0);
+                    copy_codes(&a[(r0 + i) * k..(r0 + i + 1) * k], &mut row[..k]);
+                    row[k..].fill(T::from(0));
                 }
             }
             ASource::Im2col { x, g } => {
@@ -86,9 +86,18 @@ impl ASource<'_> {
     }
 }
 
-/// im2col row `r` (output pixel `(b, oy, ox)`) of NHWC input `x` into `row` (`≥ k` codes; the
-/// window in the order `(ky, kx, c_in)`, zero where padded and in the tail).
-fn im2col_row(x: &[u8], g: &ConvGeom, r: usize, row: &mut [u8]) {
+/// Copies the u8 codes `src` into `dst` (same length), as u8 or zero-extended to i16.
+#[inline]
+fn copy_codes<T: Copy + From<u8>>(src: &[u8], dst: &mut [T]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = T::from(s);
+    }
+}
+
+/// im2col row `r` (output pixel `(b, oy, ox)`) of NHWC input `x` into `row` (`≥ k` codes, u8
+/// or widened to i16; the window in the order `(ky, kx, c_in)`, zero where padded and in the
+/// tail).
+fn im2col_row<T: Copy + From<u8>>(x: &[u8], g: &ConvGeom, r: usize, row: &mut [T]) {
     let (oh, ow, c) = (g.out_h(), g.out_w(), g.c_in);
     let (b, oy, ox) = (r / (oh * ow), (r / ow) % oh, r % ow);
     let ix0 = (ox * g.stride) as isize - g.pad as isize;
@@ -99,9 +108,9 @@ fn im2col_row(x: &[u8], g: &ConvGeom, r: usize, row: &mut [u8]) {
     let interior = kx0 == 0 && kx1 == g.kw && iy0 >= 0 && iy0 + g.kh as isize <= g.h as isize;
     // An interior window overwrites the whole row but its padding tail.
     if interior {
-        row[g.k()..].fill(0);
+        row[g.k()..].fill(T::from(0));
     } else {
-        row.fill(0);
+        row.fill(T::from(0));
     }
     if kx0 >= kx1 {
         return;
@@ -114,7 +123,7 @@ fn im2col_row(x: &[u8], g: &ConvGeom, r: usize, row: &mut [u8]) {
         let src = ((b * g.h + iy as usize) * g.w + (ix0 + kx0 as isize) as usize) * c;
         let dst = (ky * g.kw + kx0) * c;
         let len = (kx1 - kx0) * c;
-        row[dst..dst + len].copy_from_slice(&x[src..src + len]);
+        copy_codes(&x[src..src + len], &mut row[dst..dst + len]);
     }
 }
 
@@ -325,11 +334,22 @@ struct Scratch {
     acc: Vec<i32>,
     /// Rows of an implicit-GEMM task that go through im2col (borders, remainders).
     misc: Vec<usize>,
+    /// The A rows (or the implicit GEMM's im2col'ed rows) widened to i16, for the
+    /// `avx2-wide` kernel.
+    a16: Vec<i16>,
+    /// The input rows an implicit-GEMM task reads in place, widened to i16 (`avx2-wide`).
+    x16: Vec<i16>,
 }
 
 thread_local! {
     static SCRATCH: RefCell<Scratch> = const {
-        RefCell::new(Scratch { a: Vec::new(), acc: Vec::new(), misc: Vec::new() })
+        RefCell::new(Scratch {
+            a: Vec::new(),
+            acc: Vec::new(),
+            misc: Vec::new(),
+            a16: Vec::new(),
+            x16: Vec::new(),
+        })
     };
 }
 
@@ -344,6 +364,97 @@ fn implicit_geom<'a>(src: &ASource<'a>, kp: usize) -> Option<(&'a [u8], &'a Conv
             Some((x, g))
         }
         _ => None,
+    }
+}
+
+/// [`implicit_task`] for the `avx2-wide` kernel: the input rows the task needs are copied
+/// once, widened to i16 and zero-padded (`x16`, `[rows][w + pad + pad_end][c_in]`), so every
+/// output pixel's window lies in place — borders included, no im2col. Each output row (or
+/// the part of it in the task) runs in strips of `mr` pixels and one shorter strip for the
+/// remainder (the kernel has 1- to 6-row forms), so nothing is computed twice.
+#[allow(clippy::too_many_arguments)]
+fn implicit_task_wide(
+    mr: usize,
+    (x, g): (&[u8], &ConvGeom),
+    w: &WeightPanel,
+    r0: usize,
+    nrows: usize,
+    pans: std::ops::Range<usize>,
+    s: &mut Scratch,
+    ld: usize,
+) {
+    let Scratch { acc, x16, .. } = s;
+    let acc = &mut acc[..nrows * ld];
+    let (oh, ow, c) = (g.out_h(), g.out_w(), g.c_in);
+    let (hp, wp) = (g.h + g.pad + g.pad_end, g.w + g.pad + g.pad_end);
+    let row_codes = wp * c;
+    // Padded rows q = b·hp + py (py = iy + pad) from the first output row's window top to the
+    // last one's bottom (stride 1: output row oy reads padded rows oy .. oy + kh).
+    let last = r0 + nrows - 1;
+    let q0 = (r0 / (oh * ow)) * hp + (r0 / ow) % oh;
+    let q1 = (last / (oh * ow)) * hp + (last / ow) % oh + g.kh;
+    let len = (q1 - q0) * row_codes;
+    if x16.len() < len {
+        x16.resize(len, 0);
+    }
+    for (q, dst) in (q0..q1).zip(x16.chunks_exact_mut(row_codes)) {
+        let (b, py) = (q / hp, q % hp);
+        match py.checked_sub(g.pad).filter(|&iy| iy < g.h) {
+            Some(iy) => {
+                let src = (b * g.h + iy) * g.w * c;
+                dst[..g.pad * c].fill(0);
+                crate::gemm::widen_u8(&x[src..src + g.w * c], &mut dst[g.pad * c..]);
+                dst[(g.pad + g.w) * c..].fill(0);
+            }
+            None => dst.fill(0),
+        }
+    }
+    let row_bytes = g.kw * c;
+    let mut tile = [0i32; 8 * NR];
+    let rend = r0 + nrows;
+    let mut r = r0;
+    while r < rend {
+        let (b, oy, ox) = (r / (oh * ow), (r / ow) % oh, r % ow);
+        let seg_end = rend.min(r - ox + ow);
+        // Window top-left of output pixel (b, oy, sx) in x16: padded row b·hp + oy, col sx.
+        let base = (b * hp + oy - q0) * row_codes;
+        let mut sx = ox;
+        while sx < ox + (seg_end - r) {
+            let rows = mr.min(ox + (seg_end - r) - sx);
+            let off = base + sx * c;
+            // In bounds: the strip's last window ends at padded column sx + rows − 1 + kw ≤ wp
+            // of padded row b·hp + oy + kh − 1 < q1.
+            assert!(off + (g.kh - 1) * row_codes + (rows - 1) * c + row_bytes <= len);
+            let ap = APanel {
+                ptr: x16[off..].as_ptr() as *const u8,
+                row: 2 * c,
+                group: 8,
+            };
+            for (pi, p) in pans.clone().enumerate() {
+                // SAFETY: rows i < rows of segment ky read kw·c i16 from off + ky·row_codes +
+                // i·c (asserted inside x16[..len]); the panel holds kh segments of kw·c codes
+                // per channel; AVX2 by the kernel.
+                unsafe {
+                    micro_wide(
+                        rows,
+                        ap,
+                        (g.kh, 2 * row_codes),
+                        w,
+                        p,
+                        0,
+                        row_bytes / 4,
+                        &mut tile,
+                        false,
+                    )
+                };
+                for ii in 0..rows {
+                    acc[(r + sx + ii - ox - r0) * ld + pi * NR..][..NR]
+                        .copy_from_slice(&tile[ii * NR..][..NR]);
+                }
+            }
+            sx += rows;
+        }
+        r = seg_end;
     }
 }
 
@@ -365,7 +476,9 @@ fn implicit_task(
 ) {
     let mr = kernel.mr();
     let kp = w.kp();
-    let Scratch { a: abuf, acc, misc } = s;
+    let Scratch {
+        a: abuf, acc, misc, ..
+    } = s;
     let acc = &mut acc[..nrows * ld];
     let abuf = &mut abuf[..mr * kp];
     misc.clear();
@@ -492,10 +605,10 @@ pub fn gemm_fused(isa: Isa, src: ASource, w: &WeightPanel, sink: &impl Sink) -> 
     if m == 0 {
         return Ok(kernel);
     }
-    let mr = kernel.mr();
     let threads = rayon::current_num_threads();
     let target = 4 * threads;
     let implicit = implicit_geom(&src, kp);
+    let mr = kernel.mr();
     let mut mb = m.div_ceil(target).clamp(1, MB).next_multiple_of(mr);
     if let Some((_, g)) = implicit {
         // Tasks of whole output rows, so that interior runs are not cut.
@@ -524,7 +637,11 @@ pub fn gemm_fused(isa: Isa, src: ASource, w: &WeightPanel, sink: &impl Sink) -> 
                 if s.acc.len() < nrows * ld {
                     s.acc.resize(nrows * ld, 0);
                 }
-                implicit_task(kernel, geom, w, r0, nrows, pans.clone(), s, ld);
+                if kernel.wide_a() {
+                    implicit_task_wide(mr, geom, w, r0, nrows, pans.clone(), s, ld);
+                } else {
+                    implicit_task(kernel, geom, w, r0, nrows, pans.clone(), s, ld);
+                }
                 let c1 = (pans.end * NR).min(n);
                 sink.write(r0, nrows, pans.start * NR, c1, &s.acc[..nrows * ld], ld);
                 return;
@@ -538,9 +655,20 @@ pub fn gemm_fused(isa: Isa, src: ASource, w: &WeightPanel, sink: &impl Sink) -> 
             if s.acc.len() < rows_pad * ld {
                 s.acc.resize(rows_pad * ld, 0);
             }
-            let abuf = &mut s.a[..rows_pad * kp];
-            src.fill(r0, nrows, kp, abuf);
-            abuf[nrows * kp..].fill(0);
+            let wide = kernel.wide_a();
+            if wide {
+                if s.a16.len() < rows_pad * kp {
+                    s.a16.resize(rows_pad * kp, 0);
+                }
+                let a16 = &mut s.a16[..rows_pad * kp];
+                src.fill(r0, nrows, kp, a16);
+                a16[nrows * kp..].fill(0);
+            } else {
+                let abuf = &mut s.a[..rows_pad * kp];
+                src.fill(r0, nrows, kp, abuf);
+                abuf[nrows * kp..].fill(0);
+            }
+            let (abuf, a16) = (&s.a[..], &s.a16[..]);
             let acc = &mut s.acc[..rows_pad * ld];
             let mut tile = [0i32; 8 * NR];
             let mut k0 = 0;
@@ -548,10 +676,18 @@ pub fn gemm_fused(isa: Isa, src: ASource, w: &WeightPanel, sink: &impl Sink) -> 
                 let kc = KC.min(kp - k0);
                 for (pi, p) in pans.clone().enumerate() {
                     for st in 0..strips {
-                        let ap = APanel {
-                            ptr: abuf[st * mr * kp + k0..].as_ptr(),
-                            row: kp,
-                            group: 4,
+                        let ap = if wide {
+                            APanel {
+                                ptr: a16[st * mr * kp + k0..].as_ptr() as *const u8,
+                                row: 2 * kp,
+                                group: 8,
+                            }
+                        } else {
+                            APanel {
+                                ptr: abuf[st * mr * kp + k0..].as_ptr(),
+                                row: kp,
+                                group: 4,
+                            }
                         };
                         // SAFETY: the strip holds mr rows of kp ≥ k0 + kc codes; the panel
                         // block kc·16 codes; the kernel's ISA was checked above.
@@ -746,6 +882,55 @@ mod tests {
             }
         }
 
+        /// 8-bit activations × 8-bit weights (the `avx2-wide` kernel on AVX2, on i16 copies of
+        /// the rows): implicit-GEMM convolutions with 6- and 4-row strips, im2col'ed borders,
+        /// strided and pointwise convolutions, odd sizes, all-zero channels and extreme codes
+        /// (255 × ±127), with and without a residual; bit-identical to the reference on every
+        /// ISA, and the wide kernel is the one AVX2 runs.
+        #[test]
+        fn wide_conv_matches_reference(batch in 1usize..3, h in 1usize..12, w in 1usize..30,
+                                       c_in in prop::sample::select(vec![1usize, 2, 3, 4, 8, 12, 16]),
+                                       c_out in 1usize..40, k in 0usize..3, stride in 1usize..3,
+                                       pad in 0usize..3, pad_end in 0usize..3, seed in any::<u64>(),
+                                       zero_ch in any::<bool>(), extreme in any::<bool>(),
+                                       with_res in any::<bool>()) {
+            let k = [1, 3, 5][k];
+            let g = ConvGeom { batch, h, w, c_in, c_out, kh: k, kw: k, stride, pad: pad.min(k / 2 + 1), pad_end: pad_end.min(k / 2 + 1) };
+            prop_assume!(g.validate().is_ok());
+            let mut r = lcg(seed);
+            let mut x: Vec<u8> = (0..g.input_len())
+                .map(|_| if extreme { 255 } else { r() as u8 })
+                .collect();
+            x[0] = 255;
+            let mut codes: Vec<i8> = (0..g.c_out * g.k())
+                .map(|i| if extreme { if i % 3 == 0 { -127 } else { 127 } }
+                     else { ((r() % 255) as i64 - 127) as i8 })
+                .collect();
+            codes[g.k() - 1] = 127;
+            if zero_ch && c_out > 1 {
+                codes[g.k()..2 * g.k()].fill(0);
+            }
+            let wp = PackedWeights::from_codes(&codes, g.c_out, g.k(), 8, vec![1.0; g.c_out]).unwrap();
+            let panel = conv_panel(&wp, &g).unwrap();
+            let scale: Vec<f32> = (0..g.c_out).map(|_| (r() % 1000) as f32 / 4_000_000.0 + 1e-6).collect();
+            let bias: Vec<f32> = (0..g.c_out).map(|_| (r() % 1000) as f32 / 500.0 - 1.0).collect();
+            let rq = Requant::new(scale, bias, 2.5, 8).unwrap();
+            let acc = reference::conv2d(&x, &g, &codes);
+            let res: Vec<u8> = (0..acc.len()).map(|_| r() as u8).collect();
+            let want = if with_res { rq.apply_residual(&acc, &res, 0.01).unwrap() } else { rq.apply(&acc).unwrap() };
+            for isa in Isa::available() {
+                let mut out = vec![0xAAu8; acc.len()];
+                let kern = conv2d_requant(&x, &g, &panel, isa, &rq, with_res.then_some((&res[..], 0.01)), &mut out).unwrap();
+                prop_assert_eq!(&out, &want, "{:?}", isa);
+                if isa == Isa::Avx2 {
+                    prop_assert_eq!(kern, Kernel::Avx2Wide);
+                }
+                let mut raw = vec![i32::MIN; acc.len()];
+                gemm_fused(isa, conv_source(&x, &g).unwrap(), &panel, &AccSink::new(&mut raw, g.c_out)).unwrap();
+                prop_assert_eq!(&raw, &acc, "{:?} raw", isa);
+            }
+        }
+
         /// Plain rows (a linear layer): odd `k`, many rows, many channels; equal to the
         /// reference GEMM on every ISA.
         #[test]
@@ -878,6 +1063,56 @@ mod tests {
                         "{isa:?} {hw}² {c_in}→{c_out} stride {stride} {bits} bits"
                     );
                 }
+            }
+        }
+    }
+
+    /// Output rows wider than a task (`out_w > 2·MB`): implicit-GEMM tasks that start and end
+    /// inside an output row, remainder strips of 1 to 5 rows, 8/8-bit extreme codes, and
+    /// asymmetric padding; equal to the reference on every ISA.
+    #[test]
+    fn wide_implicit_rows_longer_than_a_task() {
+        let mut r = lcg(21);
+        for (w, pad, pad_end, c_in) in [(141, 1, 1, 4), (133, 2, 0, 8), (130, 0, 2, 4)] {
+            let g = ConvGeom {
+                batch: 2,
+                h: 4,
+                w,
+                c_in,
+                c_out: 19,
+                kh: 3,
+                kw: 3,
+                stride: 1,
+                pad,
+                pad_end,
+            };
+            let x: Vec<u8> = (0..g.input_len())
+                .map(|i| if i % 7 == 0 { 255 } else { r() as u8 })
+                .collect();
+            let codes: Vec<i8> = (0..g.c_out * g.k())
+                .map(|i| {
+                    if i % 5 == 0 {
+                        -127
+                    } else {
+                        ((r() % 255) as i64 - 127) as i8
+                    }
+                })
+                .collect();
+            let wp =
+                PackedWeights::from_codes(&codes, g.c_out, g.k(), 8, vec![1.0; g.c_out]).unwrap();
+            let panel = conv_panel(&wp, &g).unwrap();
+            assert!(implicit_geom(&conv_source(&x, &g).unwrap(), panel.kp()).is_some());
+            let want = reference::conv2d(&x, &g, &codes);
+            for isa in Isa::available() {
+                let mut raw = vec![i32::MIN; want.len()];
+                let kern = gemm_fused(
+                    isa,
+                    conv_source(&x, &g).unwrap(),
+                    &panel,
+                    &AccSink::new(&mut raw, g.c_out),
+                )
+                .unwrap();
+                assert_eq!(raw, want, "{isa:?} ({kern:?}) w {w}");
             }
         }
     }

@@ -48,6 +48,9 @@ pub const NR: usize = 16;
 const KC: usize = 256;
 /// Target rows per parallel task (rounded to the micro-kernel's row count).
 const MC: usize = 64;
+/// Rows per micro-tile of the `avx2-wide` kernel (12 accumulators; an implicit-GEMM
+/// convolution whose interior runs fit 4-row strips better uses 4, see [`micro_wide`]).
+pub(crate) const WIDE_MR: usize = 6;
 
 /// Weights arranged for the micro-kernels: `n` output channels padded to panels of [`NR`],
 /// `k` padded to a multiple of 4 with zeros. Layout of `data` (i8):
@@ -220,8 +223,15 @@ impl Kernel {
     pub(crate) fn mr(self) -> usize {
         match self {
             Kernel::Vnni => 8,
+            Kernel::Avx2Wide => WIDE_MR,
             _ => 4,
         }
+    }
+
+    /// Whether the kernel reads its A operand as i16 codes (the u8 codes zero-extended, 4 of
+    /// them = 8 bytes per group) instead of u8: only [`Kernel::Avx2Wide`].
+    pub(crate) fn wide_a(self) -> bool {
+        matches!(self, Kernel::Avx2Wide)
     }
 
     /// Picks the kernel for `isa` given the operands' largest activation code and |weight|.
@@ -332,8 +342,9 @@ impl SyncPtr {
 /// Computes rows `rows` × panels `pans` of C.
 ///
 /// A is read in place (row stride `k`, 4-byte groups) when `k` is a multiple of 4 and the
-/// strip has all its rows; otherwise (and always for the i16 kernel) each strip is packed
-/// into a small buffer first.
+/// strip has all its rows; otherwise each strip is packed into a small buffer first. For the
+/// `avx2-wide` kernel every strip of a reduction block is widened once to i16 rows (zero
+/// padded) and reused by every panel of the task.
 ///
 /// # Safety
 /// `c` must point to an `[m, n]` i32 buffer containing the tile, not written concurrently;
@@ -351,19 +362,35 @@ unsafe fn block(
 ) {
     let mr = kernel.mr();
     let strips = rows.len().div_ceil(mr);
-    let wide = matches!(kernel, Kernel::Avx2Wide);
+    let wide = kernel.wide_a();
     let wide_w = if wide { Some(w.wide()) } else { None };
     let mut apack_u8: Vec<u8> = Vec::new();
+    let mut apack_i16: Vec<i16> = Vec::new();
     let mut tile = [0i32; 8 * NR];
     let mut k0 = 0;
     while k0 < w.kp {
         let kc = KC.min(w.kp - k0);
         let kend = (k0 + kc).min(k);
-        // Pack the strips that cannot be read in place as `[k/4][mr][4]`, zero-padded.
-        let direct = |s: usize| k.is_multiple_of(4) && rows.start + (s + 1) * mr <= rows.end;
-        apack_u8.clear();
-        apack_u8.resize(strips * kc * mr, 0);
-        for s in (0..strips).filter(|&s| !direct(s)) {
+        // Pack the strips that cannot be read in place as `[k/4][mr][4]`, zero-padded; for
+        // the wide kernel all strips as i16 rows `[mr][kc]`.
+        let direct =
+            |s: usize| !wide && k.is_multiple_of(4) && rows.start + (s + 1) * mr <= rows.end;
+        if wide {
+            // Every element is written: the rows' codes, zero tails and zero padding rows.
+            if apack_i16.len() < strips * mr * kc {
+                apack_i16.resize(strips * mr * kc, 0);
+            }
+            for (i, r) in rows.clone().enumerate() {
+                let dst = &mut apack_i16[i * kc..(i + 1) * kc];
+                widen_u8(&a[r * k + k0..r * k + kend], dst);
+                dst[kend - k0..].fill(0);
+            }
+            apack_i16[rows.len() * kc..strips * mr * kc].fill(0);
+        } else {
+            apack_u8.clear();
+            apack_u8.resize(strips * kc * mr, 0);
+        }
+        for s in (0..strips).filter(|&s| !wide && !direct(s)) {
             let strip_rows = rows.start + s * mr..(rows.start + (s + 1) * mr).min(rows.end);
             for (i, r) in strip_rows.enumerate() {
                 let arow = &a[r * k + k0..r * k + kend];
@@ -379,8 +406,13 @@ unsafe fn block(
             for s in 0..strips {
                 let r0 = rows.start + s * mr;
                 let nrows = mr.min(rows.end - r0);
-                let tile = &mut tile[..mr * NR];
-                let ap = if direct(s) {
+                let ap = if wide {
+                    APanel {
+                        ptr: apack_i16[s * mr * kc..].as_ptr() as *const u8,
+                        row: 2 * kc,
+                        group: 8,
+                    }
+                } else if direct(s) {
                     APanel {
                         ptr: a[r0 * k + k0..].as_ptr(),
                         row: k,
@@ -394,8 +426,10 @@ unsafe fn block(
                     }
                 };
                 let groups = kc / 4;
+                let tile = &mut tile[..mr * NR];
                 // SAFETY: A strips hold kc·mr codes (in place: mr full rows of k ≥ k0+kc
-                // codes), the panel block kc·16 codes; the ISA was checked by the caller.
+                // codes; i16 strips mr rows of kc), the panel block kc·16 codes; the ISA was
+                // checked by the caller.
                 unsafe {
                     match kernel {
                         Kernel::Portable => micro_portable(ap, bptr, groups, tile, false),
@@ -411,7 +445,7 @@ unsafe fn block(
                         Kernel::Avx2Wide => {
                             let wb =
                                 wide_w.expect("wide panel")[p * w.kp * NR + k0 * NR..].as_ptr();
-                            crate::x86::avx2_wide_4x16(ap, wb, groups, tile, false)
+                            crate::x86::avx2_wide::<WIDE_MR>(ap, (1, 0), wb, groups, tile, false)
                         }
                         #[cfg(not(target_arch = "x86_64"))]
                         _ => unreachable!("x86 kernel on another architecture"),
@@ -435,12 +469,21 @@ unsafe fn block(
     }
 }
 
+/// Zero-extends the u8 codes `src` into the first `src.len()` elements of `dst` (a plain
+/// loop the compiler vectorises). Panics if `dst` is shorter than `src`.
+pub(crate) fn widen_u8(src: &[u8], dst: &mut [i16]) {
+    for (d, &s) in dst[..src.len()].iter_mut().zip(src) {
+        *d = s as i16;
+    }
+}
+
 /// Runs the micro-kernel `kernel` on panel `p` of `w` from reduction index `k0` (a multiple
-/// of 4) over `groups` groups of 4, writing `tile` (`mr × 16` i32, row-major).
+/// of 4) over `groups` groups of 4, writing `tile` (`mr × 16` i32, row-major), or adding to
+/// it when `add`. A is u8 codes, or i16 codes when [`Kernel::wide_a`].
 ///
 /// # Safety
-/// The A bytes `a.ptr + i·a.row + g·a.group .. +4` (row `i < kernel.mr()`, group `g <
-/// groups`) must be readable, `k0 + 4·groups ≤ w.kp`, and the kernel's ISA available.
+/// The A codes `a.ptr + i·a.row + g·a.group ..` (4 u8 or, for `wide_a`, 4 i16; row `i <
+/// kernel.mr()`, group `g < groups`) must be readable, `k0 + 4·groups ≤ w.kp`, and the kernel's ISA available.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn micro(
     kernel: Kernel,
@@ -465,18 +508,60 @@ pub(crate) unsafe fn micro(
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2I16 { s } => crate::x86::avx2_i16_4x16(a, bptr, groups, s, tile, add),
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2Wide => {
-                let wb = w.wide()[p * w.kp * NR + k0 * NR..].as_ptr();
-                crate::x86::avx2_wide_4x16(a, wb, groups, tile, add)
-            }
+            Kernel::Avx2Wide => micro_wide(WIDE_MR, a, (1, 0), w, p, k0, groups, tile, add),
             #[cfg(not(target_arch = "x86_64"))]
             _ => unreachable!("x86 kernel on another architecture"),
         }
     }
 }
 
+/// The `avx2-wide` micro-kernel with `mr` (1 to 6) rows on panel `p` of `w` from reduction
+/// index `k0` (a multiple of 4): `segs` segments of `groups` groups, segment `s` of A at
+/// `a.ptr + s·seg` (bytes), the panel contiguous (see [`avx2_wide`](crate::x86::avx2_wide));
+/// writes `tile` (`mr × 16` i32), or adds to it when `add`. A holds i16 codes.
+///
+/// # Safety
+/// The 4 i16 at `a.ptr + s·seg + i·a.row + g·a.group` (segment `s < segs`, row `i < mr`,
+/// group `g < groups`) must be readable, `k0 + 4·segs·groups ≤ w.kp`, and AVX2 available.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn micro_wide(
+    mr: usize,
+    a: APanel,
+    segs: (usize, usize),
+    w: &WeightPanel,
+    p: usize,
+    k0: usize,
+    groups: usize,
+    tile: &mut [i32; 8 * NR],
+    add: bool,
+) {
+    debug_assert!(k0 + 4 * segs.0 * groups <= w.kp && p < w.panels());
+    #[cfg(target_arch = "x86_64")]
+    {
+        let wb = w.wide()[p * w.kp * NR + k0 * NR..].as_ptr();
+        // SAFETY: guaranteed by the caller.
+        unsafe {
+            match mr {
+                1 => crate::x86::avx2_wide::<1>(a, segs, wb, groups, tile, add),
+                2 => crate::x86::avx2_wide::<2>(a, segs, wb, groups, tile, add),
+                3 => crate::x86::avx2_wide::<3>(a, segs, wb, groups, tile, add),
+                4 => crate::x86::avx2_wide::<4>(a, segs, wb, groups, tile, add),
+                5 => crate::x86::avx2_wide::<5>(a, segs, wb, groups, tile, add),
+                6 => crate::x86::avx2_wide::<6>(a, segs, wb, groups, tile, add),
+                _ => unreachable!("avx2-wide strips have 1 to 6 rows"),
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (mr, a, segs, w, p, k0, groups, tile, add);
+        unreachable!("x86 kernel on another architecture");
+    }
+}
+
 /// The A operand of a micro-kernel: the 4 codes of row `i`, group `g` start at
 /// `ptr + i·row + g·group` (strides in bytes; in place in the row-major matrix, or packed).
+/// u8 codes, or i16 codes (8 bytes per group) for the kernels with [`Kernel::wide_a`].
 #[derive(Clone, Copy)]
 pub(crate) struct APanel {
     /// First code of row 0, group 0.
@@ -623,6 +708,29 @@ mod tests {
                 w[..k].fill(0);
             }
             check_all_paths(&a, m, &w, n, k);
+        }
+
+        /// 8-bit × 8-bit operands (the `avx2-wide` kernel on AVX2, A widened to i16 per
+        /// strip): row counts that leave partial 6-row strips, odd `k` across the k-blocks,
+        /// all-zero channels and extreme codes (255 × ±127).
+        #[test]
+        fn wide_matches_reference(m in 1usize..50, n in 1usize..40, k in 1usize..600,
+                                  seed in any::<u64>(), extreme in any::<bool>(),
+                                  zero_channel in any::<bool>()) {
+            let mut r = lcg(seed);
+            let mut a: Vec<u8> = (0..m * k).map(|_| if extreme { 255 } else { r() as u8 }).collect();
+            a[0] = 255;
+            let mut w: Vec<i8> = (0..n * k)
+                .map(|i| if extreme { if i % 2 == 0 { 127 } else { -127 } } else { ((r() % 255) as i64 - 127) as i8 })
+                .collect();
+            w[n * k - 1] = -127;
+            if zero_channel && n > 1 {
+                w[..k].fill(0);
+            }
+            let used = check_all_paths(&a, m, &w, n, k);
+            if Isa::Avx2.is_available() {
+                prop_assert!(used.contains(&Kernel::Avx2Wide));
+            }
         }
 
         #[test]

@@ -999,7 +999,7 @@ mod tests {
     use super::*;
     use crate::format::InputSpec;
     use crate::reference;
-    use crate::testutil::{build_with, conv, lcg, toy_model, toy_real_stream};
+    use crate::testutil::{build_with, conv, lcg, toy_int8, toy_model, toy_real_stream};
 
     /// The fake-quantized float network, in f64 from dequantized weights.
     /// With `engine` given, every node reads its inputs (and residuals) from the engine's
@@ -1269,7 +1269,7 @@ mod tests {
     /// calls (reused buffers) and batch sizes that leave partial row blocks.
     #[test]
     fn fused_paths_equal_the_unfused_engine() {
-        for m in [toy_model(), toy_real_stream()] {
+        for m in [toy_model(), toy_real_stream(), toy_int8()] {
             let mut r = lcg(17);
             for batch in [1, 3, 24] {
                 let pixels: Vec<u8> = (0..batch * 64 * m.meta().input.channels)

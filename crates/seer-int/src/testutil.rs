@@ -212,3 +212,38 @@ pub(crate) fn toy_real_stream() -> IntModel {
         ),
     ])
 }
+
+/// An all-8-bit residual network (8-bit weights, 8-bit activation codes that saturate at
+/// 255): on AVX2 every conv runs the `avx2-wide` kernel — an im2col'ed first layer, an
+/// implicit-GEMM 3×3 conv with a residual, a strided conv and a conv over a 4×4 map.
+pub(crate) fn toy_int8() -> IntModel {
+    let mut c1 = conv("c1", "input", 1, 8, 1, 8, None, Some((0.5, 8)));
+    if let NodeOp::Conv { relu, .. } = &mut c1.op {
+        *relu = true;
+    }
+    build(vec![
+        c1,
+        conv("c2", "c1", 8, 8, 1, 8, Some("c1"), Some((0.5, 8))),
+        conv("c3", "c2", 8, 12, 2, 8, None, Some((0.5, 8))),
+        conv("c4", "c3", 12, 12, 1, 8, Some("c3"), Some((0.5, 8))),
+        Node {
+            name: "gap".into(),
+            input: "c4".into(),
+            op: NodeOp::GlobalAvgPool,
+            out: Some(QuantOut {
+                alpha: 1.0,
+                bits: 8,
+            }),
+        },
+        Node {
+            name: "fc".into(),
+            input: "gap".into(),
+            op: NodeOp::Linear {
+                in_features: 12,
+                out_features: 3,
+                w_bits: 8,
+            },
+            out: None,
+        },
+    ])
+}

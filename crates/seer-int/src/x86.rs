@@ -133,6 +133,71 @@ pub(crate) unsafe fn avx2_i16_4x16(
     store_4x16(&acc, tile);
 }
 
+/// AVX2: `MR` rows × 16 channels with `vpmaddwd` only, exact for all codes. A holds the
+/// activation codes already widened to i16 (zero-extended u8), so one 32-bit broadcast is
+/// the pair `(a_{2h}, a_{2h+1})` of one row; B is the i16 panel `[h][16][2]` (sign-extended
+/// once). Per row and pair of `k`: 1 broadcast, 2 `vpmaddwd`, 2 `vpaddd` — no shuffles.
+/// `MR = 6` keeps 12 accumulators, 2 weight vectors and the broadcast in the 16 registers.
+///
+/// The reduction runs over `segs` segments of `groups` groups each: segment `s` of A starts
+/// `s·seg` bytes after `a.ptr` (the kernel rows of an implicit-GEMM convolution, one input
+/// row apart), while B continues contiguously (`(s·groups + g)·64` i16).
+///
+/// # Safety
+/// AVX2 required; `MR ≤ 8`; the 4 i16 (8 bytes) at `a.ptr + s·seg + i·a.row + g·a.group`
+/// (segment `s < segs`, row `i < MR`, group `g < groups`; strides in bytes) and
+/// `segs·groups·64` i16 at `b` must be readable; `tile` holds `MR·16` i32.
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn avx2_wide<const MR: usize>(
+    a: APanel,
+    (segs, seg): (usize, usize),
+    b: *const i16,
+    groups: usize,
+    tile: &mut [i32],
+    add: bool,
+) {
+    assert!(MR <= 8 && tile.len() >= MR * 16);
+    let mut acc = [[_mm256_setzero_si256(); 2]; MR];
+    if add {
+        for (i, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: tile holds MR rows of 16 i32 (asserted).
+            unsafe {
+                acc[0] = _mm256_loadu_si256(tile.as_ptr().add(i * 16) as *const __m256i);
+                acc[1] = _mm256_loadu_si256(tile.as_ptr().add(i * 16 + 8) as *const __m256i);
+            }
+        }
+    }
+    for s in 0..segs {
+        // SAFETY: in bounds by the caller's contract.
+        let (aseg, bseg) = unsafe { (a.ptr.add(s * seg), b.add(s * groups * 64)) };
+        for g in 0..groups {
+            for h in 0..2 {
+                // SAFETY: in bounds by the caller's contract; unaligned loads.
+                unsafe {
+                    let bg = bseg.add(g * 64 + h * 32);
+                    let b0 = _mm256_loadu_si256(bg as *const __m256i);
+                    let b1 = _mm256_loadu_si256(bg.add(16) as *const __m256i);
+                    let ag = aseg.add(g * a.group + h * 4);
+                    for (i, acc) in acc.iter_mut().enumerate() {
+                        let x =
+                            _mm256_set1_epi32((ag.add(i * a.row) as *const i32).read_unaligned());
+                        acc[0] = _mm256_add_epi32(acc[0], _mm256_madd_epi16(x, b0));
+                        acc[1] = _mm256_add_epi32(acc[1], _mm256_madd_epi16(x, b1));
+                    }
+                }
+            }
+        }
+    }
+    for (i, acc) in acc.iter().enumerate() {
+        // SAFETY: tile holds MR rows of 16 i32 (asserted).
+        unsafe {
+            _mm256_storeu_si256(tile.as_mut_ptr().add(i * 16) as *mut __m256i, acc[0]);
+            _mm256_storeu_si256(tile.as_mut_ptr().add(i * 16 + 8) as *mut __m256i, acc[1]);
+        }
+    }
+}
+
+/// The previous u8-input wide kernel (2 `vpshufb` per row and group), kept for the A/B timing test.
 /// AVX2: 4 rows × 16 channels with `vpmaddwd` only, exact for all codes. Each broadcast
 /// of 4 activation bytes is zero-extended in registers into the i16 pairs `(a0, a1)` and
 /// `(a2, a3)` by `vpshufb`; B is the i16 panel `[h][16][2]` (sign-extended once).
@@ -140,8 +205,9 @@ pub(crate) unsafe fn avx2_i16_4x16(
 /// # Safety
 /// AVX2 required; the 4 bytes at `a.ptr + i·a.row + g·a.group` (row `i < 4`, group `g`) and
 /// `groups·64` i16 at `b` must be readable; `tile` holds 64 i32.
+#[cfg(test)]
 #[target_feature(enable = "avx2")]
-pub(crate) unsafe fn avx2_wide_4x16(
+pub(crate) unsafe fn avx2_wide_u8_4x16(
     a: APanel,
     b: *const i16,
     groups: usize,
@@ -264,4 +330,147 @@ pub(crate) unsafe fn requant_row_avx2(
         j += 8;
     }
     n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(seed: u64) -> impl FnMut() -> u64 {
+        let mut s = seed ^ 0x5EED_0018;
+        move || {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            s >> 33
+        }
+    }
+
+    /// `tile[i][j] (+)= Σ_k a[i][k]·b[j][k]` for the wide kernels' operands: A i16 rows of
+    /// `row` elements, B the i16 panel `[k/2][16][2]`.
+    fn wide_ref(a: &[i16], row: usize, mr: usize, b: &[i16], k: usize, tile: &mut [i32]) {
+        for i in 0..mr {
+            for j in 0..16 {
+                let mut s = 0i32;
+                for kk in 0..k {
+                    s += a[i * row + kk] as i32 * b[((kk / 2) * 16 + j) * 2 + kk % 2] as i32;
+                }
+                tile[i * 16 + j] += s;
+            }
+        }
+    }
+
+    fn check_wide<const MR: usize>(r: &mut impl FnMut() -> u64, groups: usize, extreme: bool) {
+        let (k, row) = (4 * groups, 4 * groups + 4 * (r() as usize % 3));
+        let a: Vec<i16> = (0..MR * row)
+            .map(|_| if extreme { 255 } else { (r() % 256) as i16 })
+            .collect();
+        let b: Vec<i16> = (0..k * 16)
+            .map(|i| match (extreme, i % 3) {
+                (true, 0) => -127,
+                (true, _) => 127,
+                _ => (r() % 255) as i16 - 127,
+            })
+            .collect();
+        for add in [false, true] {
+            let start: Vec<i32> = (0..MR * 16).map(|_| (r() % 1000) as i32 - 500).collect();
+            let mut want = if add { start.clone() } else { vec![0; MR * 16] };
+            wide_ref(&a, row, MR, &b, k, &mut want);
+            let mut got = start.clone();
+            let ap = APanel {
+                ptr: a.as_ptr() as *const u8,
+                row: 2 * row,
+                group: 8,
+            };
+            // SAFETY: AVX2 checked by the caller; A holds MR rows of row ≥ k i16, B k·16.
+            unsafe { avx2_wide::<MR>(ap, (1, 0), b.as_ptr(), groups, &mut got, add) };
+            assert_eq!(
+                got, want,
+                "MR {MR} groups {groups} add {add} extreme {extreme}"
+            );
+        }
+    }
+
+    /// The i16-input wide kernel at every row count the engine may use, against a scalar
+    /// sum: random and extreme codes (255 × ±127), 0 to 40 groups, overwrite and add.
+    #[test]
+    fn wide_kernel_matches_scalar() {
+        if !is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let mut r = lcg(1);
+        for groups in [0usize, 1, 2, 3, 7, 36, 40] {
+            for extreme in [false, true] {
+                check_wide::<4>(&mut r, groups, extreme);
+                check_wide::<6>(&mut r, groups, extreme);
+                check_wide::<1>(&mut r, groups, extreme);
+            }
+        }
+    }
+
+    /// Timing of the wide kernels on L1-resident operands (`cargo test --release -p seer-int
+    /// wide_kernel_timing -- --ignored --nocapture`): the u8-input kernel (2 `vpshufb` per row
+    /// and group) against the i16-input kernel at 4 and 6 rows; interleaved, best of rounds,
+    /// reported as ns per 16 MACs.
+    #[test]
+    #[ignore]
+    fn wide_kernel_timing() {
+        if !is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let groups = 36; // k = 144: a 3×3 convolution over 16 channels
+        let a8 = vec![200u8; 8 * 4 * groups];
+        let a16 = vec![200i16; 8 * 4 * groups];
+        let b = vec![-99i16; 64 * groups];
+        let mut tile = [0i32; 128];
+        let reps = 20_000;
+        let mut best = [f64::INFINITY; 3];
+        for _round in 0..15 {
+            for (v, best) in best.iter_mut().enumerate() {
+                let t = std::time::Instant::now();
+                for _ in 0..reps {
+                    // SAFETY: AVX2 checked; operands hold 8 rows × 4·groups codes, B 64·groups.
+                    unsafe {
+                        match v {
+                            0 => {
+                                let ap = APanel {
+                                    ptr: a8.as_ptr(),
+                                    row: 4 * groups,
+                                    group: 4,
+                                };
+                                avx2_wide_u8_4x16(ap, b.as_ptr(), groups, &mut tile, false)
+                            }
+                            1 => {
+                                let ap = APanel {
+                                    ptr: a16.as_ptr() as *const u8,
+                                    row: 8 * groups,
+                                    group: 8,
+                                };
+                                avx2_wide::<4>(ap, (1, 0), b.as_ptr(), groups, &mut tile, false)
+                            }
+                            _ => {
+                                let ap = APanel {
+                                    ptr: a16.as_ptr() as *const u8,
+                                    row: 8 * groups,
+                                    group: 8,
+                                };
+                                avx2_wide::<6>(ap, (1, 0), b.as_ptr(), groups, &mut tile, false)
+                            }
+                        }
+                    }
+                    std::hint::black_box(&mut tile);
+                }
+                let macs = reps as f64 * [4.0, 4.0, 6.0][v] * 64.0 * groups as f64;
+                *best = best.min(t.elapsed().as_secs_f64() * 1e9 / (macs / 16.0));
+            }
+        }
+        println!(
+            "ns per 16 MACs: u8 4x16 {:.4}, i16 4x16 {:.4}, i16 6x16 {:.4}; speed-ups ×{:.3}, ×{:.3}",
+            best[0],
+            best[1],
+            best[2],
+            best[0] / best[1],
+            best[0] / best[2]
+        );
+    }
 }

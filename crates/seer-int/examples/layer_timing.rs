@@ -1,0 +1,92 @@
+//! Best-of-many single-thread timing of the fused 8/8-bit conv + requantisation on every
+//! ResNet-20 (28×28×1) layer shape at batch 2 (short calls, robust to a loaded machine).
+use seer_int::Isa;
+use seer_int::fused::conv2d_requant;
+use seer_int::layers::{ConvGeom, Requant, conv_panel};
+use seer_int::pack::PackedWeights;
+use std::time::Instant;
+
+fn main() {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    // (hw, c_in, c_out, stride, count in ResNet-20)
+    let shapes = [
+        (28, 1, 16, 1, 1),
+        (28, 16, 16, 1, 6),
+        (28, 16, 32, 2, 1),
+        (14, 32, 32, 1, 5),
+        (14, 32, 64, 2, 1),
+        (7, 64, 64, 1, 5),
+    ];
+    let mut s = 7u64;
+    let mut r = move || {
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        s >> 33
+    };
+    let mut total = 0.0;
+    for (hw, c_in, c_out, stride, count) in shapes {
+        let g = ConvGeom {
+            batch: 2,
+            h: hw,
+            w: hw,
+            c_in,
+            c_out,
+            kh: 3,
+            kw: 3,
+            stride,
+            pad: 1,
+            pad_end: 1,
+        };
+        let x: Vec<u8> = (0..g.input_len()).map(|_| r() as u8).collect();
+        let mut codes: Vec<i8> = (0..c_out * g.k())
+            .map(|_| (r() % 255) as i8)
+            .map(|c| c.max(-127))
+            .collect();
+        codes[0] = 127;
+        let wp = PackedWeights::from_codes(&codes, c_out, g.k(), 8, vec![1.0; c_out]).unwrap();
+        let panel = conv_panel(&wp, &g).unwrap();
+        let rq = Requant::new(vec![1e-4; c_out], vec![0.05; c_out], 3.0, 8).unwrap();
+        let mut out = vec![0u8; g.rows() * c_out];
+        let mut best = f64::INFINITY;
+        pool.install(|| {
+            for _ in 0..400 {
+                let t = Instant::now();
+                conv2d_requant(&x, &g, &panel, Isa::Avx2, &rq, None, &mut out).unwrap();
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+        });
+        println!("{hw}² {c_in}->{c_out} s{stride}: {:.1} µs", best * 1e6);
+        total += best * count as f64;
+    }
+    println!("network convs (batch 2, 1 thread): {:.1} µs", total * 1e6);
+    // The unfused GEMM (`gemm_u8i8_with`, A read in place or packed per strip): 8/8 and 4/4 bits.
+    let (m, n, k) = (48, 256, 1024);
+    for bits in [8u32, 4] {
+        let amax = (1u64 << bits) - 1;
+        let q = (1i64 << (bits - 1)) - 1;
+        let a: Vec<u8> = (0..m * k).map(|_| (r() % (amax + 1)) as u8).collect();
+        let mut codes: Vec<i8> = (0..n * k)
+            .map(|_| ((r() % (2 * q as u64 + 1)) as i64 - q) as i8)
+            .collect();
+        codes[0] = q as i8;
+        let panel = seer_int::gemm::WeightPanel::from_codes(&codes, n, k).unwrap();
+        let mut c = vec![0i32; m * n];
+        let mut best = f64::INFINITY;
+        pool.install(|| {
+            for _ in 0..200 {
+                let t = Instant::now();
+                seer_int::gemm::gemm_u8i8_with(Isa::Avx2, &a, m, &panel, &mut c).unwrap();
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+        });
+        println!(
+            "gemm {m}x{n}x{k} {bits}/{bits} bits: {:.1} µs ({:.1} GOP/s, 1 thread)",
+            best * 1e6,
+            2.0 * (m * n * k) as f64 / best / 1e9
+        );
+    }
+}
