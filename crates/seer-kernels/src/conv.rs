@@ -10,7 +10,7 @@ use candle_core::{Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::matmul::Mat;
-use crate::simd::{gemm_bcast, gemm_dot};
+use crate::simd::{Level, gemm_bcast, gemm_bcast_tab, gemm_dot, gemm_dot_tab, level};
 use crate::view::{Backward, F32View, Forward, custom_op, prepare, to_tensor};
 use crate::{Error, Result};
 
@@ -304,6 +304,148 @@ impl Geom {
     }
 }
 
+/// The direct path for "same" convolutions (stride 1, no dilation, one group, a square odd
+/// kernel of side ≥ 3, padding `(K − 1)/2`: ResNet's 3×3 convs), without im2col.
+///
+/// Each image is zero-padded once to `[C, H + 2p, W + 2p]` (plus `K − 1` zeros at the end)
+/// and the convolution is computed on the padded-width grid `H × (W + 2p)`: grid column
+/// `y·(W + 2p) + x` of tap `(c, ky, kx)` reads the padded image at
+/// `c·plane + ky·(W + 2p) + kx` plus that column, so every tap's `B` row is one contiguous
+/// window ([`gemm_bcast_tab`]'s row table) and the `2p` junk columns per output row are
+/// dropped when the grid is copied out.
+/// - Forward: the same values and the same chain of fused multiply-adds over the taps as
+///   im2col + [`gemm_bcast`] (padding reads zeros either way), so the same bits.
+/// - Grad-input: the same direct convolution of the padded `dY` with the weights
+///   transposed to `[C_in, C_out, K, K]` and flipped in both spatial axes (no col buffer,
+///   no col2im).
+/// - Grad-weight: dot products ([`gemm_dot_tab`]) of the padded `dY`'s rows, read on the
+///   grid (junk columns land on its zero padding), with the windows of the padded input.
+///
+/// Used on AVX2 (and AVX-512) CPUs; the portable level keeps the general path.
+struct Direct {
+    k: usize,
+    p: usize,
+    hp: usize,
+    wp: usize,
+    /// Taps of the padded input: `(c, ky, kx)` → `c·plane + ky·wp + kx`.
+    xtab: Vec<usize>,
+    /// Taps of the padded `dY`: `(o, ky, kx)` → `o·plane + ky·wp + kx`.
+    dytab: Vec<usize>,
+}
+
+impl Direct {
+    fn new(g: &Geom) -> Option<Self> {
+        let same = g.stride == 1
+            && g.dil == 1
+            && g.groups == 1
+            && g.kh == g.kw
+            && g.kh % 2 == 1
+            && g.kh >= 3
+            && 2 * g.pad == g.kh - 1;
+        if !same || level() < Level::Avx2 {
+            return None;
+        }
+        let (k, p) = (g.kh, g.pad);
+        let (hp, wp) = (g.h + 2 * p, g.w + 2 * p);
+        let tab = |c: usize| -> Vec<usize> {
+            let mut t = Vec::with_capacity(c * k * k);
+            for ch in 0..c {
+                for ky in 0..k {
+                    for kx in 0..k {
+                        t.push(ch * hp * wp + ky * wp + kx);
+                    }
+                }
+            }
+            t
+        };
+        Some(Self {
+            k,
+            p,
+            hp,
+            wp,
+            xtab: tab(g.cin),
+            dytab: tab(g.cout),
+        })
+    }
+    /// Floats of a padded image of `c` channels (with its `K − 1` trailing zeros).
+    fn padded_len(&self, c: usize) -> usize {
+        c * self.hp * self.wp + self.k - 1
+    }
+    /// Columns of the grid: `H · (W + 2p)`.
+    fn grid_cols(&self) -> usize {
+        (self.hp - 2 * self.p) * self.wp
+    }
+    /// Copies `src` `[c, H, W]` into the interior of `dst` (`[c, H + 2p, W + 2p]` + tail);
+    /// the padding of `dst` is left as it is (zero).
+    fn pad_into(&self, src: &[f32], c: usize, dst: &mut [f32]) {
+        let (p, wp) = (self.p, self.wp);
+        let (h, w) = (self.hp - 2 * p, wp - 2 * p);
+        for (ch, s) in src.chunks_exact(h * w).take(c).enumerate() {
+            let d = &mut dst[ch * self.hp * wp..(ch + 1) * self.hp * wp];
+            for (y, row) in s.chunks_exact(w).enumerate() {
+                let o = (y + p) * wp + p;
+                d[o..o + w].copy_from_slice(row);
+            }
+        }
+    }
+    /// Drops the junk columns: `grid` `[m, H, W + 2p]` → `out` `[m, H, W]`.
+    fn unpad(&self, grid: &[f32], m: usize, out: &mut [f32]) {
+        let wp = self.wp;
+        let w = wp - 2 * self.p;
+        let cols = self.grid_cols();
+        for (gr, o) in grid
+            .chunks_exact(cols)
+            .zip(out.chunks_exact_mut(cols / wp * w))
+            .take(m)
+        {
+            for (src, dst) in gr.chunks_exact(wp).zip(o.chunks_exact_mut(w)) {
+                dst.copy_from_slice(&src[..w]);
+            }
+        }
+    }
+    /// Forward of one image (see [`Direct`]); `xp` keeps zero padding between calls.
+    fn forward_image(
+        &self,
+        xi: &[f32],
+        wt: &[f32],
+        g: &Geom,
+        xp: &mut [f32],
+        grid: &mut [f32],
+        o: &mut [f32],
+    ) {
+        self.pad_into(xi, g.cin, xp);
+        let n = self.grid_cols();
+        gemm_bcast_tab(
+            g.cout,
+            n,
+            g.kdim,
+            Mat::rows(wt, g.kdim),
+            xp,
+            &self.xtab,
+            grid,
+            n,
+        );
+        self.unpad(grid, g.cout, o);
+    }
+}
+
+/// The weights for the direct grad-input: `[C_out, C_in, K, K]` → `[C_in, C_out, K, K]`
+/// flipped in both spatial axes.
+fn flip_weights(wt: &[f32], g: &Geom) -> Vec<f32> {
+    let kk = g.kh * g.kw;
+    let mut f = vec![0f32; wt.len()];
+    for o in 0..g.cout {
+        for c in 0..g.cin {
+            let src = &wt[(o * g.cin + c) * kk..(o * g.cin + c + 1) * kk];
+            let dst = &mut f[(c * g.cout + o) * kk..(c * g.cout + o + 1) * kk];
+            for (d, s) in dst.iter_mut().zip(src.iter().rev()) {
+                *d = *s;
+            }
+        }
+    }
+    f
+}
+
 /// Forward of one image: `xi` `[C_in, H, W]` → `o` `[C_out, H_out, W_out]`.
 fn forward_image(xi: &[f32], wt: &[f32], g: &Geom, col: &mut [f32], o: &mut [f32]) {
     for grp in 0..g.groups {
@@ -337,8 +479,28 @@ fn forward_image(xi: &[f32], wt: &[f32], g: &Geom, col: &mut [f32], o: &mut [f32
 
 /// Forward: `x` `[N, C_in, H, W]`, `wt` `[C_out, C_in/g, K_h, K_w]` → `[N, C_out, H_out, W_out]`.
 pub(crate) fn conv_forward(x: &[f32], wt: &[f32], g: &Geom) -> Vec<f32> {
+    conv_forward_with(x, wt, g, Direct::new(g).as_ref())
+}
+
+/// [`conv_forward`] on the direct path when `direct` is given, else on im2col.
+fn conv_forward_with(x: &[f32], wt: &[f32], g: &Geom, direct: Option<&Direct>) -> Vec<f32> {
     let mut out = vec![0f32; g.n * g.out_img()];
     if out.is_empty() {
+        return out;
+    }
+    if let Some(d) = direct {
+        let init = || {
+            (
+                vec![0f32; d.padded_len(g.cin)],
+                vec![0f32; g.cout * d.grid_cols()],
+            )
+        };
+        let task = |(xp, grid): &mut (Vec<f32>, Vec<f32>), (i, o): (usize, &mut [f32])| {
+            d.forward_image(&x[i * g.in_img()..(i + 1) * g.in_img()], wt, g, xp, grid, o)
+        };
+        out.par_chunks_mut(g.out_img())
+            .enumerate()
+            .for_each_init(init, task);
         return out;
     }
     let col_len = g.tile_len();
@@ -420,6 +582,19 @@ pub(crate) fn conv_backward(
     need_dx: bool,
     need_dw: bool,
 ) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
+    conv_backward_with(x, wt, dy, g, need_dx, need_dw, false)
+}
+
+/// [`conv_backward`]; `force_general` keeps the im2col path even where [`Direct`] applies.
+fn conv_backward_with(
+    x: &[f32],
+    wt: &[f32],
+    dy: &[f32],
+    g: &Geom,
+    need_dx: bool,
+    need_dw: bool,
+    force_general: bool,
+) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
     let wlen = g.cout * g.kdim;
     let nchunks = g.n.div_ceil(DW_CHUNK);
     let mut dx = if need_dx {
@@ -435,41 +610,100 @@ pub(crate) fn conv_backward(
     if g.n == 0 || (!need_dx && !need_dw) {
         return (need_dx.then_some(dx), need_dw.then(|| vec![0f32; wlen]));
     }
+    let direct = if force_general { None } else { Direct::new(g) };
+    let wflip = match (&direct, need_dx) {
+        (Some(_), true) => flip_weights(wt, g),
+        _ => Vec::new(),
+    };
     let col_len = g.tile_len();
     let dx_chunks: Vec<Option<&mut [f32]>> = if need_dx {
-        dx.chunks_mut(DW_CHUNK * g.in_img()).map(Some).collect()
+        dx.chunks_mut((DW_CHUNK * g.in_img()).max(1))
+            .map(Some)
+            .collect()
     } else {
         (0..nchunks).map(|_| None).collect()
     };
     let dw_chunks: Vec<Option<&mut [f32]>> = if need_dw {
-        parts.chunks_mut(wlen).map(Some).collect()
+        parts.chunks_mut(wlen.max(1)).map(Some).collect()
     } else {
         (0..nchunks).map(|_| None).collect()
     };
     type Item<'a> = (usize, (Option<&'a mut [f32]>, Option<&'a mut [f32]>));
-    let chunk_task = |bufs: &mut (Vec<f32>, Vec<f32>), (ci, (mut dxc, mut dwc)): Item<'_>| {
-        let (col, dcol) = bufs;
-        let first = ci * DW_CHUNK;
-        for i in first..(first + DW_CHUNK).min(g.n) {
-            let off = (i - first) * g.in_img();
-            backward_image(
-                &x[i * g.in_img()..(i + 1) * g.in_img()],
-                wt,
-                &dy[i * g.out_img()..(i + 1) * g.out_img()],
-                g,
-                col,
-                dcol,
-                dwc.as_deref_mut(),
-                dxc.as_deref_mut().map(|d| &mut d[off..off + g.in_img()]),
-            );
-        }
-    };
-    let init = || (vec![0f32; col_len], vec![0f32; col_len]);
-    dx_chunks
-        .into_par_iter()
-        .zip(dw_chunks)
-        .enumerate()
-        .for_each_init(init, chunk_task);
+    if let Some(d) = &direct {
+        let (ci_len, co_len) = (d.padded_len(g.cin), d.padded_len(g.cout));
+        let cols = d.grid_cols();
+        let init = || {
+            let xp = if need_dw {
+                vec![0f32; ci_len]
+            } else {
+                Vec::new()
+            };
+            let grid = if need_dx {
+                vec![0f32; g.cin * cols]
+            } else {
+                Vec::new()
+            };
+            (xp, vec![0f32; co_len], grid)
+        };
+        type Bufs = (Vec<f32>, Vec<f32>, Vec<f32>);
+        let task = |(xp, dyp, grid): &mut Bufs, (ci, (mut dxc, mut dwc)): Item<'_>| {
+            let first = ci * DW_CHUNK;
+            let plane = d.hp * d.wp;
+            for i in first..(first + DW_CHUNK).min(g.n) {
+                d.pad_into(&dy[i * g.out_img()..(i + 1) * g.out_img()], g.cout, dyp);
+                if let Some(dxc) = dxc.as_deref_mut() {
+                    let off = (i - first) * g.in_img();
+                    let k = g.cout * d.k * d.k;
+                    gemm_bcast_tab(
+                        g.cin,
+                        cols,
+                        k,
+                        Mat::rows(&wflip, k),
+                        dyp,
+                        &d.dytab,
+                        grid,
+                        cols,
+                    );
+                    d.unpad(grid, g.cin, &mut dxc[off..off + g.in_img()]);
+                }
+                if let Some(dwc) = dwc.as_deref_mut() {
+                    d.pad_into(&x[i * g.in_img()..(i + 1) * g.in_img()], g.cin, xp);
+                    // dY on the grid: its padded rows from (p, p) on, junk columns on zeros.
+                    let a = &dyp[d.p * d.wp + d.p..];
+                    gemm_dot_tab(g.cout, g.kdim, cols, a, plane, xp, &d.xtab, dwc, g.kdim);
+                }
+            }
+        };
+        dx_chunks
+            .into_par_iter()
+            .zip(dw_chunks)
+            .enumerate()
+            .for_each_init(init, task);
+    } else {
+        let chunk_task = |bufs: &mut (Vec<f32>, Vec<f32>), (ci, (mut dxc, mut dwc)): Item<'_>| {
+            let (col, dcol) = bufs;
+            let first = ci * DW_CHUNK;
+            for i in first..(first + DW_CHUNK).min(g.n) {
+                let off = (i - first) * g.in_img();
+                backward_image(
+                    &x[i * g.in_img()..(i + 1) * g.in_img()],
+                    wt,
+                    &dy[i * g.out_img()..(i + 1) * g.out_img()],
+                    g,
+                    col,
+                    dcol,
+                    dwc.as_deref_mut(),
+                    dxc.as_deref_mut().map(|d| &mut d[off..off + g.in_img()]),
+                );
+            }
+        };
+        let init = || (vec![0f32; col_len], vec![0f32; col_len]);
+        dx_chunks
+            .into_par_iter()
+            .zip(dw_chunks)
+            .enumerate()
+            .for_each_init(init, chunk_task);
+    }
     let dw = need_dw.then(|| {
         let mut dw = vec![0f32; wlen];
         dw.par_chunks_mut(1024).enumerate().for_each(|(bi, d)| {
@@ -569,10 +803,18 @@ pub fn conv2d_image(
     out.clear();
     out.resize(g.out_img(), 0.0);
     if g.kdim > 0 && !out.is_empty() {
-        if col.len() < g.tile_len() {
-            col.resize(g.tile_len(), 0.0);
+        if let Some(d) = Direct::new(&g) {
+            let xl = d.padded_len(g.cin);
+            col.clear();
+            col.resize(xl + g.cout * d.grid_cols(), 0.0);
+            let (xp, grid) = col.split_at_mut(xl);
+            d.forward_image(x, w, &g, xp, grid, out);
+        } else {
+            if col.len() < g.tile_len() {
+                col.resize(g.tile_len(), 0.0);
+            }
+            forward_image(x, w, &g, col, out);
         }
-        forward_image(x, w, &g, col, out);
     }
     Ok([g.cout, g.oh, g.ow])
 }
@@ -605,24 +847,47 @@ pub fn __profile(
     let ws = vec![0.25f32; w.iter().product()];
     let dy = vec![1f32; g.n * g.out_img()];
     let gf = 2.0 * (g.n * g.cout * g.ohw * g.kdim) as f64 / 1e9;
-    Ok(vec![
-        ("fwd", timer(&mut || drop(conv_forward(&xs, &ws, &g))), gf),
-        (
-            "bwd",
-            timer(&mut || drop(conv_backward(&xs, &ws, &dy, &g, true, true))),
-            2.0 * gf,
-        ),
-        (
-            "dx",
-            timer(&mut || drop(conv_backward(&xs, &ws, &dy, &g, true, false))),
-            gf,
-        ),
-        (
-            "dw",
-            timer(&mut || drop(conv_backward(&xs, &ws, &dy, &g, false, true))),
-            gf,
-        ),
-    ])
+    let mut general = Vec::new();
+    if Direct::new(&g).is_some() {
+        general = vec![
+            (
+                "fwd (im2col)",
+                timer(&mut || drop(conv_forward_with(&xs, &ws, &g, None))),
+                gf,
+            ),
+            (
+                "dx (im2col)",
+                timer(&mut || drop(conv_backward_with(&xs, &ws, &dy, &g, true, false, true))),
+                gf,
+            ),
+            (
+                "dw (im2col)",
+                timer(&mut || drop(conv_backward_with(&xs, &ws, &dy, &g, false, true, true))),
+                gf,
+            ),
+        ];
+    }
+    Ok(general
+        .into_iter()
+        .chain([
+            ("fwd", timer(&mut || drop(conv_forward(&xs, &ws, &g))), gf),
+            (
+                "bwd",
+                timer(&mut || drop(conv_backward(&xs, &ws, &dy, &g, true, true))),
+                2.0 * gf,
+            ),
+            (
+                "dx",
+                timer(&mut || drop(conv_backward(&xs, &ws, &dy, &g, true, false))),
+                gf,
+            ),
+            (
+                "dw",
+                timer(&mut || drop(conv_backward(&xs, &ws, &dy, &g, false, true))),
+                gf,
+            ),
+        ])
+        .collect())
 }
 
 #[cfg(test)]
@@ -722,6 +987,77 @@ mod tests {
                 }
             }
         }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+        /// The direct "same"-conv path (AVX2 only; portable keeps the general path): forward
+        /// bitwise equal to im2col + GEMM, both gradients against the f64 reference and the
+        /// general path; odd sizes, 1×1 images, zero channels, batch 1.
+        #[test]
+        fn direct_path_matches_reference(
+            n in 1usize..4, cin in 0usize..6, cout in 0usize..6, k5 in any::<bool>(),
+            h in 1usize..10, w in 1usize..10, seed in 0u64..1000,
+        ) {
+            let k = if k5 { 5 } else { 3 };
+            let p = Conv2dParams::new(1, k / 2);
+            let (xs, ws) = ([n, cin, h, w], [cout, cin, k, k]);
+            let g = Geom::new(&xs, &ws, &p).unwrap();
+            let d = Direct::new(&g);
+            let avx2 = cfg!(target_arch = "x86_64") && crate::simd::level() >= Level::Avx2;
+            prop_assert_eq!(d.is_some(), avx2);
+            let portable = crate::simd::with_level(Level::Portable, || Direct::new(&g).is_none());
+            prop_assert!(portable);
+            let Some(d) = d else { return Ok(()) };
+            let x = tensor(seed, &xs);
+            let wt = tensor(seed + 1, &ws);
+            let (xv, wv) = (vec(&x), vec(&wt));
+            let fast = conv_forward_with(&xv, &wv, &g, Some(&d));
+            let slow = conv_forward_with(&xv, &wv, &g, None);
+            let differ = fast.iter().zip(&slow).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+            prop_assert_eq!(differ, 0);
+            let r = tensor(seed + 2, &[n, cout, h, w]);
+            let (ry, rdx, rdw) = reference::conv2d_direct(&x, &wt, &r, &p).unwrap();
+            for (a, b) in fast.iter().zip(&vec(&ry)) {
+                prop_assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
+            }
+            let rv = vec(&r);
+            let (dx, dw) = conv_backward_with(&xv, &wv, &rv, &g, true, true, false);
+            let (gx, gw) = conv_backward_with(&xv, &wv, &rv, &g, true, true, true);
+            let (dx, dw, gx, gw) = (dx.unwrap(), dw.unwrap(), gx.unwrap(), gw.unwrap());
+            for (ours, general, want) in [(&dx, &gx, vec(&rdx)), (&dw, &gw, vec(&rdw))] {
+                prop_assert_eq!(ours.len(), want.len());
+                for ((a, b), c) in ours.iter().zip(&want).zip(general) {
+                    prop_assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{a} vs {b}");
+                    prop_assert!((a - c).abs() <= 1e-4 * (1.0 + c.abs()), "{a} vs general {c}");
+                }
+            }
+            // Only one of the two gradients: the same bits as both together.
+            let (dx1, _) = conv_backward_with(&xv, &wv, &rv, &g, true, false, false);
+            let (_, dw1) = conv_backward_with(&xv, &wv, &rv, &g, false, true, false);
+            prop_assert!(dx1.unwrap() == dx && dw1.unwrap() == dw);
+        }
+    }
+
+    /// The direct path's gradients do not depend on the number of threads.
+    #[test]
+    fn direct_gradients_do_not_depend_on_threads() {
+        let (xs, ws) = ([19, 8, 7, 9], [6, 8, 3, 3]);
+        let g = Geom::new(&xs, &ws, &Conv2dParams::new(1, 1)).unwrap();
+        let (x, w, dy) = (
+            vec(&tensor(31, &xs)),
+            vec(&tensor(32, &ws)),
+            vec(&tensor(33, &[19, 6, 7, 9])),
+        );
+        let run = |t: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(t)
+                .build()
+                .unwrap();
+            pool.install(|| conv_backward(&x, &w, &dy, &g, true, true))
+        };
+        let (a, b) = (run(1), run(3));
+        assert!(a.0 == b.0 && a.1 == b.1);
     }
 
     #[test]

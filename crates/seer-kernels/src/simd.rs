@@ -126,13 +126,15 @@ pub(crate) fn gemm_bcast(
             c: c.as_mut_ptr(),
             ldc,
             accumulate,
+            ktab: std::ptr::null(),
+            jtab: std::ptr::null(),
         };
         match level() {
             // SAFETY: CPU support checked by `level`; every access stays within the extents
             // asserted above.
             Level::Avx512 => return unsafe { avx512::bcast(m, n, op) },
             // SAFETY: as above.
-            Level::Avx2 => return unsafe { avx2::bcast(m, n, op) },
+            Level::Avx2 => return unsafe { avx2::bcast::<false>(m, n, op) },
             Level::Portable => {}
         }
     }
@@ -182,13 +184,15 @@ pub(crate) fn gemm_dot(
             c: c.as_mut_ptr(),
             ldc,
             accumulate: true,
+            ktab: std::ptr::null(),
+            jtab: std::ptr::null(),
         };
         match level() {
             // SAFETY: CPU support checked by `level`; every access stays within the extents
             // asserted above.
             // The AVX2 kernel on AVX-512 machines too: its 8-lane partial sums are then the
             // same on every x86-64 machine with AVX2, so labels are the same bits everywhere.
-            Level::Avx512 | Level::Avx2 => return unsafe { avx2::dot(m, n, op) },
+            Level::Avx512 | Level::Avx2 => return unsafe { avx2::dot::<false>(m, n, op) },
             Level::Portable => {}
         }
     }
@@ -203,6 +207,128 @@ pub(crate) fn gemm_dot(
         Mat::rows_t(b, ldb),
         Parallelism::None,
     );
+}
+
+/// `C[m×n] (ldc) = A[m×k] · B[k×n]` where row `q` of `B` is `b[ktab[q]..ktab[q] + n]`
+/// (rows anywhere in `b`, e.g. shifted windows of one padded image: the direct
+/// convolution in [`crate::conv`]). AVX2+FMA (also on AVX-512 CPUs): the [`gemm_bcast`]
+/// kernels, so every element is the same chain of fused multiply-adds over `k` as
+/// [`gemm_bcast`] on the same values (the same bits). Portable: a plain loop (separate
+/// multiply and add). Panics (internal bug) when a row runs past `b`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_bcast_tab(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Mat<'_>,
+    b: &[f32],
+    ktab: &[usize],
+    c: &mut [f32],
+    ldc: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(
+        c.len() >= extent(m, n, ldc, 1),
+        "gemm_bcast_tab: C too short"
+    );
+    assert!(ktab.len() >= k, "gemm_bcast_tab: table too short");
+    if k > 0 {
+        assert!(
+            a.data.len() >= extent(m, k, a.rs, a.cs),
+            "gemm_bcast_tab: A too short"
+        );
+        assert!(
+            ktab[..k].iter().all(|&o| o + n <= b.len()),
+            "gemm_bcast_tab: B too short"
+        );
+    }
+    #[cfg(target_arch = "x86_64")]
+    if k > 0 && level() >= Level::Avx2 {
+        let op = Gemm {
+            k,
+            a: a.data.as_ptr(),
+            ars: a.rs,
+            acs: a.cs,
+            b: b.as_ptr(),
+            brs: 0,
+            bcs: 1,
+            c: c.as_mut_ptr(),
+            ldc,
+            accumulate: false,
+            ktab: ktab.as_ptr(),
+            jtab: std::ptr::null(),
+        };
+        // SAFETY: AVX2+FMA checked by `level` (AVX-512 implies both here, see `detected`);
+        // every access stays within the extents asserted above.
+        return unsafe { avx2::bcast::<true>(m, n, op) };
+    }
+    for i in 0..m {
+        let ci = &mut c[i * ldc..i * ldc + n];
+        ci.fill(0.0);
+        for (q, &o) in ktab[..k].iter().enumerate() {
+            let aq = a.data[i * a.rs + q * a.cs];
+            for (cv, &bv) in ci.iter_mut().zip(&b[o..o + n]) {
+                *cv += aq * bv;
+            }
+        }
+    }
+}
+
+/// `C[m×n] (ldc) += A[m×p] · Bᵀ` where row `j` of `Bᵀ` is `b[jtab[j]..jtab[j] + p]` and `A`
+/// is row-major (leading dimension `lda`): dot products of `A`'s rows with windows of `b`
+/// (the direct grad-weight in [`crate::conv`]). AVX2+FMA: the [`gemm_dot`] kernels (the
+/// same bits as [`gemm_dot`] on the same rows); portable: a plain loop. Panics (internal
+/// bug) when a row runs past `b`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_dot_tab(
+    m: usize,
+    n: usize,
+    p: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    jtab: &[usize],
+    c: &mut [f32],
+    ldc: usize,
+) {
+    if m == 0 || n == 0 || p == 0 {
+        return;
+    }
+    assert!(c.len() >= extent(m, n, ldc, 1), "gemm_dot_tab: C too short");
+    assert!(a.len() >= extent(m, p, lda, 1), "gemm_dot_tab: A too short");
+    assert!(jtab.len() >= n, "gemm_dot_tab: table too short");
+    assert!(
+        jtab[..n].iter().all(|&o| o + p <= b.len()),
+        "gemm_dot_tab: B too short"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if level() >= Level::Avx2 {
+        let op = Gemm {
+            k: p,
+            a: a.as_ptr(),
+            ars: lda,
+            acs: 1,
+            b: b.as_ptr(),
+            brs: 1,
+            bcs: 0,
+            c: c.as_mut_ptr(),
+            ldc,
+            accumulate: true,
+            ktab: std::ptr::null(),
+            jtab: jtab.as_ptr(),
+        };
+        // SAFETY: AVX2+FMA checked by `level`; accesses within the extents asserted above.
+        return unsafe { avx2::dot::<true>(m, n, op) };
+    }
+    for i in 0..m {
+        let ai = &a[i * lda..i * lda + p];
+        for (j, &o) in jtab[..n].iter().enumerate() {
+            let s: f32 = ai.iter().zip(&b[o..o + p]).map(|(x, y)| x * y).sum();
+            c[i * ldc + j] += s;
+        }
+    }
 }
 
 /// `C[m×n] (ldc) = A[m×k] · B[k×n]`, all row-major (leading dimensions `lda`, `ldb`, `ldc`),
@@ -281,6 +407,10 @@ struct Gemm {
     c: *mut f32,
     ldc: usize,
     accumulate: bool,
+    /// Broadcast kernels with a row table: `B[q, j]` at `b + ktab[q] + j` (null: `brs`).
+    ktab: *const usize,
+    /// Dot kernels with a row table: `B[q, j]` at `b + jtab[j] + q` (null: `bcs`).
+    jtab: *const usize,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -290,11 +420,43 @@ impl Gemm {
     pub(crate) unsafe fn at(self, i: usize, j: usize) -> Self {
         // SAFETY: the caller's bound.
         unsafe {
+            let (b, jtab) = if self.jtab.is_null() {
+                (self.b.add(j * self.bcs), self.jtab)
+            } else {
+                (self.b, self.jtab.add(j))
+            };
             Self {
                 a: self.a.add(i * self.ars),
-                b: self.b.add(j * self.bcs),
+                b,
+                jtab,
                 c: self.c.add(i * self.ldc + j),
                 ..self
+            }
+        }
+    }
+    /// Broadcast kernels: the start of row `kk` of `B` (`KT`: from the row table).
+    /// SAFETY: `kk < k`.
+    #[inline(always)]
+    unsafe fn brow_k<const KT: bool>(&self, kk: usize) -> *const f32 {
+        // SAFETY: the caller's bound; the table entries were checked against B's length.
+        unsafe {
+            if KT {
+                self.b.add(*self.ktab.add(kk))
+            } else {
+                self.b.add(kk * self.brs)
+            }
+        }
+    }
+    /// Dot kernels: the start of row `j` of `Bᵀ` (`JT`: from the row table).
+    /// SAFETY: `j` inside the block.
+    #[inline(always)]
+    unsafe fn brow_j<const JT: bool>(&self, j: usize) -> *const f32 {
+        // SAFETY: the caller's bound; the table entries were checked against B's length.
+        unsafe {
+            if JT {
+                self.b.add(*self.jtab.add(j))
+            } else {
+                self.b.add(j * self.bcs)
             }
         }
     }
@@ -306,15 +468,15 @@ mod avx2 {
 
     use super::Gemm;
 
-    /// One `MR × (8·NV)` tile of `C = [C +] A·B`.
+    /// One `MR × (8·NV)` tile of `C = [C +] A·B` (`KT`: `B`'s rows from the row table).
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn bcast_tile<const MR: usize, const NV: usize>(op: Gemm) {
-        let Gemm { a, b, c, ldc, .. } = op;
+    unsafe fn bcast_tile<const MR: usize, const NV: usize, const KT: bool>(op: Gemm) {
+        let Gemm { a, c, ldc, .. } = op;
         // SAFETY (whole body): the caller guarantees the tile lies inside A, B and C.
         unsafe {
             let mut acc = [[_mm256_setzero_ps(); NV]; MR];
             for kk in 0..op.k {
-                let bp = b.add(kk * op.brs);
+                let bp = op.brow_k::<KT>(kk);
                 let mut bv = [_mm256_setzero_ps(); NV];
                 for (v, bv) in bv.iter_mut().enumerate() {
                     *bv = _mm256_loadu_ps(bp.add(8 * v));
@@ -340,19 +502,25 @@ mod avx2 {
         }
     }
 
+    /// All `m` rows of one column block of `8·NV` columns: `4 × 8·NV` tiles (12 accumulators
+    /// for `NV = 3`), then one tile of the 3, 2 or 1 rows left. The column block's `B` panel
+    /// stays in L1 across the row blocks.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn bcast_rows<const MR: usize>(n: usize, op: Gemm) {
-        // SAFETY (whole body): columns stay below n; rows below MR (caller's bound).
+    unsafe fn bcast_cols<const NV: usize, const KT: bool>(m: usize, op: Gemm) {
+        // SAFETY (whole body): rows stay below m (caller's bound on the columns).
         unsafe {
-            let mut j = 0;
-            while j + 16 <= n {
-                bcast_tile::<MR, 2>(op.at(0, j));
-                j += 16;
+            let mut i = 0;
+            while i + 4 <= m {
+                bcast_tile::<4, NV, KT>(op.at(i, 0));
+                i += 4;
             }
-            if j + 8 <= n {
-                bcast_tile::<MR, 1>(op.at(0, j));
+            let rest = op.at(i, 0);
+            match m - i {
+                3 => bcast_tile::<3, NV, KT>(rest),
+                2 => bcast_tile::<2, NV, KT>(rest),
+                1 => bcast_tile::<1, NV, KT>(rest),
+                _ => {}
             }
-            // The last n mod 8 columns: `bcast_tail`, called for all rows by `bcast`.
         }
     }
 
@@ -360,14 +528,14 @@ mod avx2 {
     /// (lanes past `rem` are neither read nor written), the same chain of fused
     /// multiply-adds over `k` per element as the full tiles.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn bcast_tail<const MR: usize>(rem: usize, op: Gemm) {
+    unsafe fn bcast_tail<const MR: usize, const KT: bool>(rem: usize, op: Gemm) {
         // SAFETY (whole body): masked lanes stay below rem; rows below MR (caller's bound).
         unsafe {
             let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
             let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(rem as i32), lanes);
             let mut acc = [_mm256_setzero_ps(); MR];
             for kk in 0..op.k {
-                let bv = _mm256_maskload_ps(op.b.add(kk * op.brs), mask);
+                let bv = _mm256_maskload_ps(op.brow_k::<KT>(kk), mask);
                 for (r, acc) in acc.iter_mut().enumerate() {
                     let av = _mm256_broadcast_ss(&*op.a.add(r * op.ars + kk * op.acs));
                     *acc = _mm256_fmadd_ps(av, bv, *acc);
@@ -385,54 +553,47 @@ mod avx2 {
         }
     }
 
-    /// Calls `$rows::<R>(n, op.at(i, 0))` for the row blocks of `m` rows: blocks of 4, then
-    /// one block of the 3, 2 or 1 rows left. Expands in place (inside the caller's unsafe
-    /// block and target features).
-    macro_rules! row_blocks {
-        ($rows:ident, $m:expr, $n:expr, $op:expr) => {{
-            let (m, n, op) = ($m, $n, $op);
-            let mut i = 0;
-            while i + 4 <= m {
-                $rows::<4>(n, op.at(i, 0));
-                i += 4;
-            }
-            let rest = op.at(i, 0);
-            match m - i {
-                3 => $rows::<3>(n, rest),
-                2 => $rows::<2>(n, rest),
-                1 => $rows::<1>(n, rest),
-                _ => {}
-            }
-        }};
-    }
-
-    /// See [`super::gemm_bcast`]; the caller checked CPU support and extents. Full vectors of
-    /// columns in `MR × 16` and `MR × 8` tiles, then the last `n mod 8` columns as masked
-    /// vectors in blocks of 8 rows (8 independent accumulator chains).
+    /// See [`super::gemm_bcast`] and [`super::gemm_bcast_rows`] (`KT`); the caller checked
+    /// CPU support and extents. Column blocks of 24, then 16 and 8 (each over all rows,
+    /// see `bcast_cols`), then the last `n mod 8` columns as masked vectors in blocks of 8
+    /// rows (8 independent accumulator chains). Every element is the same chain of fused
+    /// multiply-adds over `k` whichever block it falls in.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn bcast(m: usize, n: usize, op: Gemm) {
-        // SAFETY: row blocks stay below m, the tail's columns below n.
+    pub(super) unsafe fn bcast<const KT: bool>(m: usize, n: usize, op: Gemm) {
+        // SAFETY: column blocks stay below n, row blocks below m.
         unsafe {
-            row_blocks!(bcast_rows, m, n, op);
-            let (j, rem) = (n / 8 * 8, n % 8);
+            let mut j = 0;
+            while j + 24 <= n {
+                bcast_cols::<3, KT>(m, op.at(0, j));
+                j += 24;
+            }
+            if j + 16 <= n {
+                bcast_cols::<2, KT>(m, op.at(0, j));
+                j += 16;
+            }
+            if j + 8 <= n {
+                bcast_cols::<1, KT>(m, op.at(0, j));
+                j += 8;
+            }
+            let rem = n - j;
             if rem == 0 {
                 return;
             }
             let op = op.at(0, j);
             let mut i = 0;
             while i + 8 <= m {
-                bcast_tail::<8>(rem, op.at(i, 0));
+                bcast_tail::<8, KT>(rem, op.at(i, 0));
                 i += 8;
             }
             let rest = op.at(i, 0);
             match m - i {
-                7 => bcast_tail::<7>(rem, rest),
-                6 => bcast_tail::<6>(rem, rest),
-                5 => bcast_tail::<5>(rem, rest),
-                4 => bcast_tail::<4>(rem, rest),
-                3 => bcast_tail::<3>(rem, rest),
-                2 => bcast_tail::<2>(rem, rest),
-                1 => bcast_tail::<1>(rem, rest),
+                7 => bcast_tail::<7, KT>(rem, rest),
+                6 => bcast_tail::<6, KT>(rem, rest),
+                5 => bcast_tail::<5, KT>(rem, rest),
+                4 => bcast_tail::<4, KT>(rem, rest),
+                3 => bcast_tail::<3, KT>(rem, rest),
+                2 => bcast_tail::<2, KT>(rem, rest),
+                1 => bcast_tail::<1, KT>(rem, rest),
                 _ => {}
             }
         }
@@ -448,28 +609,31 @@ mod avx2 {
         _mm_cvtss_f32(s)
     }
 
-    /// One `MR × NR` tile of `C += A·Bᵀ` (dot products along `p`).
+    /// One `MR × NR` tile of `C += A·Bᵀ` (dot products along `p`; `JT`: `Bᵀ`'s rows from
+    /// the row table).
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn dot_tile<const MR: usize, const NR: usize>(op: Gemm) {
+    unsafe fn dot_tile<const MR: usize, const NR: usize, const JT: bool>(op: Gemm) {
         let Gemm {
             k: p,
             a,
             ars: lda,
-            b,
-            bcs: ldb,
             c,
             ldc,
             ..
         } = op;
         // SAFETY (whole body): the caller guarantees the tile lies inside A, B and C.
         unsafe {
+            let mut bp = [op.b; NR];
+            for (j, bp) in bp.iter_mut().enumerate() {
+                *bp = op.brow_j::<JT>(j);
+            }
             let mut acc = [[_mm256_setzero_ps(); NR]; MR];
             let pv = p / 8 * 8;
             let mut q = 0;
             while q < pv {
                 let mut bv = [_mm256_setzero_ps(); NR];
                 for (j, bv) in bv.iter_mut().enumerate() {
-                    *bv = _mm256_loadu_ps(b.add(j * ldb + q));
+                    *bv = _mm256_loadu_ps(bp[j].add(q));
                 }
                 for (r, acc) in acc.iter_mut().enumerate() {
                     let av = _mm256_loadu_ps(a.add(r * lda + q));
@@ -483,7 +647,7 @@ mod avx2 {
                 for (j, &v) in acc.iter().enumerate() {
                     let mut s = hsum(v);
                     for qq in pv..p {
-                        s += *a.add(r * lda + qq) * *b.add(j * ldb + qq);
+                        s += *a.add(r * lda + qq) * *bp[j].add(qq);
                     }
                     *c.add(r * ldc + j) += s;
                 }
@@ -492,25 +656,39 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn dot_rows<const MR: usize>(n: usize, op: Gemm) {
+    unsafe fn dot_rows<const MR: usize, const JT: bool>(n: usize, op: Gemm) {
         // SAFETY (whole body): column blocks stay below n.
         unsafe {
             // 4×2 tiles of 8-lane partial sums (8 accumulators + 2 B + 1 A register).
             let pairs = n / 2 * 2;
             for j in (0..pairs).step_by(2) {
-                dot_tile::<MR, 2>(op.at(0, j));
+                dot_tile::<MR, 2, JT>(op.at(0, j));
             }
             if n > pairs {
-                dot_tile::<MR, 1>(op.at(0, pairs));
+                dot_tile::<MR, 1, JT>(op.at(0, pairs));
             }
         }
     }
 
-    /// See [`super::gemm_dot`]; the caller checked CPU support and extents.
+    /// See [`super::gemm_dot`] and [`super::gemm_dot_rows`] (`JT`); the caller checked CPU
+    /// support and extents. Row blocks of 4, then one of the 3, 2 or 1 rows left.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn dot(m: usize, n: usize, op: Gemm) {
+    pub(super) unsafe fn dot<const JT: bool>(m: usize, n: usize, op: Gemm) {
         // SAFETY: row blocks stay below m.
-        unsafe { row_blocks!(dot_rows, m, n, op) }
+        unsafe {
+            let mut i = 0;
+            while i + 4 <= m {
+                dot_rows::<4, JT>(n, op.at(i, 0));
+                i += 4;
+            }
+            let rest = op.at(i, 0);
+            match m - i {
+                3 => dot_rows::<3, JT>(n, rest),
+                2 => dot_rows::<2, JT>(n, rest),
+                1 => dot_rows::<1, JT>(n, rest),
+                _ => {}
+            }
+        }
     }
 }
 
@@ -725,6 +903,83 @@ mod tests {
                         }
                         let w = want[i * n + j] + z;
                         proptest::prop_assert!((x - w).abs() <= 1e-4 * (1.0 + w.abs()), "{level:?}: {x} vs {w}");
+                    }
+                }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+        /// The row-table kernels on every level: rows at random offsets of one buffer (odd
+        /// sizes, zero rows, columns or reduction) against a naive f64 product; on SIMD
+        /// levels `gemm_bcast_tab` gives the bits of `gemm_bcast` on the same rows copied
+        /// out, and `gemm_dot_tab` those of `gemm_dot`.
+        #[test]
+        fn table_kernels_match_naive_and_the_strided_kernels(
+            m in 0usize..14, n in 0usize..80, k in 0usize..30, len in 1usize..200,
+            pad in 0usize..4, seed in 0u64..1000,
+        ) {
+            let buf = values(seed, len + n);
+            let offs = values(seed + 1, k.max(m));
+            let tab: Vec<usize> = offs.iter().map(|v| ((v.abs() * 997.0) as usize) % (len + 1)).collect();
+            let a = values(seed + 2, m * k);
+            let ldc = n + pad;
+            let c0 = values(seed + 3, m * ldc);
+            // B copied out row by row, for the strided kernels and the naive product.
+            let bk: Vec<f32> = tab[..k].iter().flat_map(|&o| buf[o..o + n].to_vec()).collect();
+            let want = naive(m, n, k, |i, q| a[i * k + q], |q, j| bk[q * n + j]);
+            for level in levels() {
+                let (tabbed, strided) = with_level(level, || {
+                    let mut t = c0.clone();
+                    gemm_bcast_tab(m, n, k, Mat::rows(&a, k), &buf, &tab, &mut t, ldc);
+                    let mut s = c0.clone();
+                    gemm_bcast(m, n, k, Mat::rows(&a, k), &bk, n, &mut s, ldc, false);
+                    (t, s)
+                });
+                for i in 0..m {
+                    for j in 0..ldc {
+                        let (x, z) = (tabbed[i * ldc + j], c0[i * ldc + j]);
+                        if j >= n {
+                            proptest::prop_assert_eq!(x.to_bits(), z.to_bits());
+                            continue;
+                        }
+                        let w = want[i * n + j];
+                        proptest::prop_assert!((x - w).abs() <= 1e-4 * (1.0 + w.abs()), "{level:?}: {x} vs {w}");
+                        if level > Level::Portable {
+                            proptest::prop_assert_eq!(x.to_bits(), strided[i * ldc + j].to_bits());
+                        }
+                    }
+                }
+            }
+            // dot: C[m×n'] += A[m×p]·Bᵀ, row j of Bᵀ = buf[tab[j]..][..p] with p = n.
+            let (nn, p) = (k, n);
+            let jt = &tab[..nn];
+            let a2 = values(seed + 4, m * p);
+            let bt: Vec<f32> = jt.iter().flat_map(|&o| buf[o..o + p].to_vec()).collect();
+            let ldc2 = nn + pad;
+            let c2 = values(seed + 5, m * ldc2);
+            let want = naive(m, nn, p, |i, q| a2[i * p + q], |q, j| bt[j * p + q]);
+            for level in levels() {
+                let (tabbed, strided) = with_level(level, || {
+                    let mut t = c2.clone();
+                    gemm_dot_tab(m, nn, p, &a2, p, &buf, jt, &mut t, ldc2);
+                    let mut s = c2.clone();
+                    gemm_dot(m, nn, p, &a2, p, &bt, p, &mut s, ldc2);
+                    (t, s)
+                });
+                for i in 0..m {
+                    for j in 0..ldc2 {
+                        let (x, z) = (tabbed[i * ldc2 + j], c2[i * ldc2 + j]);
+                        if j >= nn {
+                            proptest::prop_assert_eq!(x.to_bits(), z.to_bits());
+                            continue;
+                        }
+                        let w = want[i * nn + j] + z;
+                        proptest::prop_assert!((x - w).abs() <= 1e-4 * (1.0 + w.abs()), "{level:?}: {x} vs {w}");
+                        if level > Level::Portable {
+                            proptest::prop_assert_eq!(x.to_bits(), strided[i * ldc2 + j].to_bits());
+                        }
                     }
                 }
             }
