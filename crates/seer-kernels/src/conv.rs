@@ -320,6 +320,9 @@ impl Geom {
 ///   no col2im).
 /// - Grad-weight: dot products ([`gemm_dot_tab`]) of the padded `dY`'s rows, read on the
 ///   grid (junk columns land on its zero padding), with the windows of the padded input.
+///   The backward keeps the [`DW_CHUNK`] images of a chunk channel-major (`[C, DW_CHUNK,
+///   plane]`), so one dot product runs over several small images (about
+///   [`DW_DOT_FLOATS`] floats each) and their junk rows land on zero padding too.
 ///
 /// Used on AVX2 (and AVX-512) CPUs; the portable level keeps the general path.
 struct Direct {
@@ -329,9 +332,15 @@ struct Direct {
     wp: usize,
     /// Taps of the padded input: `(c, ky, kx)` → `c·plane + ky·wp + kx`.
     xtab: Vec<usize>,
-    /// Taps of the padded `dY`: `(o, ky, kx)` → `o·plane + ky·wp + kx`.
-    dytab: Vec<usize>,
+    /// Taps of a chunk of padded inputs: `(c, ky, kx)` → `c·DW_CHUNK·plane + ky·wp + kx`.
+    xtab_chunk: Vec<usize>,
+    /// Taps of a chunk of padded `dY`: `(o, ky, kx)` → `o·DW_CHUNK·plane + ky·wp + kx`.
+    dytab_chunk: Vec<usize>,
 }
+
+/// Floats per grad-weight dot product on the direct path: images of a chunk are summed in
+/// one call until it reaches about this length (fixed, so results do not depend on threads).
+const DW_DOT_FLOATS: usize = 1024;
 
 impl Direct {
     fn new(g: &Geom) -> Option<Self> {
@@ -347,12 +356,12 @@ impl Direct {
         }
         let (k, p) = (g.kh, g.pad);
         let (hp, wp) = (g.h + 2 * p, g.w + 2 * p);
-        let tab = |c: usize| -> Vec<usize> {
+        let tab = |c: usize, cstride: usize| -> Vec<usize> {
             let mut t = Vec::with_capacity(c * k * k);
             for ch in 0..c {
                 for ky in 0..k {
                     for kx in 0..k {
-                        t.push(ch * hp * wp + ky * wp + kx);
+                        t.push(ch * cstride + ky * wp + kx);
                     }
                 }
             }
@@ -363,25 +372,31 @@ impl Direct {
             p,
             hp,
             wp,
-            xtab: tab(g.cin),
-            dytab: tab(g.cout),
+            xtab: tab(g.cin, hp * wp),
+            xtab_chunk: tab(g.cin, DW_CHUNK * hp * wp),
+            dytab_chunk: tab(g.cout, DW_CHUNK * hp * wp),
         })
     }
     /// Floats of a padded image of `c` channels (with its `K − 1` trailing zeros).
     fn padded_len(&self, c: usize) -> usize {
         c * self.hp * self.wp + self.k - 1
     }
+    /// Floats of a chunk of padded images, `[c, DW_CHUNK, plane]` (+ `K − 1` zeros; at
+    /// least one channel, so that every image's slice exists when `c = 0`).
+    fn chunk_len(&self, c: usize) -> usize {
+        c.max(1) * DW_CHUNK * self.hp * self.wp + self.k - 1
+    }
     /// Columns of the grid: `H · (W + 2p)`.
     fn grid_cols(&self) -> usize {
         (self.hp - 2 * self.p) * self.wp
     }
-    /// Copies `src` `[c, H, W]` into the interior of `dst` (`[c, H + 2p, W + 2p]` + tail);
-    /// the padding of `dst` is left as it is (zero).
-    fn pad_into(&self, src: &[f32], c: usize, dst: &mut [f32]) {
+    /// Copies `src` `[c, H, W]` into the interiors of the planes `H + 2p × W + 2p` that
+    /// start every `cstride` floats in `dst`; the padding is left as it is (zero).
+    fn pad_into(&self, src: &[f32], c: usize, dst: &mut [f32], cstride: usize) {
         let (p, wp) = (self.p, self.wp);
         let (h, w) = (self.hp - 2 * p, wp - 2 * p);
         for (ch, s) in src.chunks_exact(h * w).take(c).enumerate() {
-            let d = &mut dst[ch * self.hp * wp..(ch + 1) * self.hp * wp];
+            let d = &mut dst[ch * cstride..ch * cstride + self.hp * wp];
             for (y, row) in s.chunks_exact(w).enumerate() {
                 let o = (y + p) * wp + p;
                 d[o..o + w].copy_from_slice(row);
@@ -413,7 +428,7 @@ impl Direct {
         grid: &mut [f32],
         o: &mut [f32],
     ) {
-        self.pad_into(xi, g.cin, xp);
+        self.pad_into(xi, g.cin, xp, self.hp * self.wp);
         let n = self.grid_cols();
         gemm_bcast_tab(
             g.cout,
@@ -630,10 +645,13 @@ fn conv_backward_with(
     };
     type Item<'a> = (usize, (Option<&'a mut [f32]>, Option<&'a mut [f32]>));
     if let Some(d) = &direct {
-        let (ci_len, co_len) = (d.padded_len(g.cin), d.padded_len(g.cout));
+        let (ci_len, co_len) = (d.chunk_len(g.cin), d.chunk_len(g.cout));
         let cols = d.grid_cols();
+        let plane = d.hp * d.wp;
+        let cs = DW_CHUNK * plane;
+        let per_dot = (DW_DOT_FLOATS / plane).clamp(1, DW_CHUNK);
         let init = || {
-            let xp = if need_dw {
+            let xq = if need_dw {
                 vec![0f32; ci_len]
             } else {
                 Vec::new()
@@ -643,34 +661,38 @@ fn conv_backward_with(
             } else {
                 Vec::new()
             };
-            (xp, vec![0f32; co_len], grid)
+            (xq, vec![0f32; co_len], grid)
         };
         type Bufs = (Vec<f32>, Vec<f32>, Vec<f32>);
-        let task = |(xp, dyp, grid): &mut Bufs, (ci, (mut dxc, mut dwc)): Item<'_>| {
+        let task = |(xq, dyq, grid): &mut Bufs, (ci, (mut dxc, mut dwc)): Item<'_>| {
             let first = ci * DW_CHUNK;
-            let plane = d.hp * d.wp;
-            for i in first..(first + DW_CHUNK).min(g.n) {
-                d.pad_into(&dy[i * g.out_img()..(i + 1) * g.out_img()], g.cout, dyp);
-                if let Some(dxc) = dxc.as_deref_mut() {
-                    let off = (i - first) * g.in_img();
-                    let k = g.cout * d.k * d.k;
-                    gemm_bcast_tab(
-                        g.cin,
-                        cols,
-                        k,
-                        Mat::rows(&wflip, k),
-                        dyp,
-                        &d.dytab,
-                        grid,
-                        cols,
-                    );
-                    d.unpad(grid, g.cin, &mut dxc[off..off + g.in_img()]);
+            let nimg = (first + DW_CHUNK).min(g.n) - first;
+            for i in 0..nimg {
+                let src = &dy[(first + i) * g.out_img()..(first + i + 1) * g.out_img()];
+                d.pad_into(src, g.cout, &mut dyq[i * plane..], cs);
+            }
+            if let Some(dxc) = dxc.as_deref_mut() {
+                let k = g.cout * d.k * d.k;
+                for i in 0..nimg {
+                    let b = &dyq[i * plane..];
+                    let wf = Mat::rows(&wflip, k);
+                    gemm_bcast_tab(g.cin, cols, k, wf, b, &d.dytab_chunk, grid, cols);
+                    d.unpad(grid, g.cin, &mut dxc[i * g.in_img()..(i + 1) * g.in_img()]);
                 }
-                if let Some(dwc) = dwc.as_deref_mut() {
-                    d.pad_into(&x[i * g.in_img()..(i + 1) * g.in_img()], g.cin, xp);
-                    // dY on the grid: its padded rows from (p, p) on, junk columns on zeros.
-                    let a = &dyp[d.p * d.wp + d.p..];
-                    gemm_dot_tab(g.cout, g.kdim, cols, a, plane, xp, &d.xtab, dwc, g.kdim);
+            }
+            if let Some(dwc) = dwc.as_deref_mut() {
+                for i in 0..nimg {
+                    let src = &x[(first + i) * g.in_img()..(first + i + 1) * g.in_img()];
+                    d.pad_into(src, g.cin, &mut xq[i * plane..], cs);
+                }
+                for i0 in (0..nimg).step_by(per_dot) {
+                    let i1 = (i0 + per_dot).min(nimg);
+                    let len = (i1 - i0 - 1) * plane + cols;
+                    // dY on the grid: its padded rows from (p, p) on; junk columns and rows
+                    // land on zero padding.
+                    let a = &dyq[i0 * plane + d.p * d.wp + d.p..];
+                    let b = &xq[i0 * plane..];
+                    gemm_dot_tab(g.cout, g.kdim, len, a, cs, b, &d.xtab_chunk, dwc, g.kdim);
                 }
             }
         };
@@ -996,7 +1018,7 @@ mod tests {
         /// general path; odd sizes, 1×1 images, zero channels, batch 1.
         #[test]
         fn direct_path_matches_reference(
-            n in 1usize..4, cin in 0usize..6, cout in 0usize..6, k5 in any::<bool>(),
+            n in 1usize..12, cin in 0usize..6, cout in 0usize..6, k5 in any::<bool>(),
             h in 1usize..10, w in 1usize..10, seed in 0u64..1000,
         ) {
             let k = if k5 { 5 } else { 3 };

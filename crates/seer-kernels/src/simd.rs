@@ -502,20 +502,23 @@ mod avx2 {
         }
     }
 
-    /// All `m` rows of one column block of `8·NV` columns: `4 × 8·NV` tiles (12 accumulators
-    /// for `NV = 3`), then one tile of the 3, 2 or 1 rows left. The column block's `B` panel
-    /// stays in L1 across the row blocks.
+    /// All `m` rows of one column block of `8·NV` columns: `6 × 8·NV` tiles (for `NV = 2`:
+    /// 12 accumulators, 2 `B` vectors and one broadcast, 15 of the 16 registers — a `4 × 24`
+    /// tile needs all 16 and LLVM spills), then one tile of the 1–5 rows left. The column
+    /// block's `B` panel stays in L1 across the row blocks.
     #[target_feature(enable = "avx2,fma")]
     unsafe fn bcast_cols<const NV: usize, const KT: bool>(m: usize, op: Gemm) {
         // SAFETY (whole body): rows stay below m (caller's bound on the columns).
         unsafe {
             let mut i = 0;
-            while i + 4 <= m {
-                bcast_tile::<4, NV, KT>(op.at(i, 0));
-                i += 4;
+            while i + 6 <= m {
+                bcast_tile::<6, NV, KT>(op.at(i, 0));
+                i += 6;
             }
             let rest = op.at(i, 0);
             match m - i {
+                5 => bcast_tile::<5, NV, KT>(rest),
+                4 => bcast_tile::<4, NV, KT>(rest),
                 3 => bcast_tile::<3, NV, KT>(rest),
                 2 => bcast_tile::<2, NV, KT>(rest),
                 1 => bcast_tile::<1, NV, KT>(rest),
@@ -554,7 +557,7 @@ mod avx2 {
     }
 
     /// See [`super::gemm_bcast`] and [`super::gemm_bcast_rows`] (`KT`); the caller checked
-    /// CPU support and extents. Column blocks of 24, then 16 and 8 (each over all rows,
+    /// CPU support and extents. Column blocks of 16, then one of 8 (each over all rows,
     /// see `bcast_cols`), then the last `n mod 8` columns as masked vectors in blocks of 8
     /// rows (8 independent accumulator chains). Every element is the same chain of fused
     /// multiply-adds over `k` whichever block it falls in.
@@ -563,11 +566,7 @@ mod avx2 {
         // SAFETY: column blocks stay below n, row blocks below m.
         unsafe {
             let mut j = 0;
-            while j + 24 <= n {
-                bcast_cols::<3, KT>(m, op.at(0, j));
-                j += 24;
-            }
-            if j + 16 <= n {
+            while j + 16 <= n {
                 bcast_cols::<2, KT>(m, op.at(0, j));
                 j += 16;
             }
