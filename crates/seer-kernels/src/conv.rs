@@ -5,6 +5,11 @@
 //! weight. Internally every (image, group) pair is one GEMM on an im2col matrix laid out
 //! `[C_in/groups · K_h · K_w, H_out · W_out]`, so the GEMM output is already NCHW and no
 //! layout copy is needed on either side (measured in `benches/kernels.rs`).
+//!
+//! Stride-1 "same" convolutions (ResNet's 3×3, padding 1) take a direct path on AVX2 CPUs
+//! instead (see `Direct`): no im2col, no col buffer, no col2im; the forward gives the same
+//! bits as im2col, the gradients differ in summation order (deterministic, independent of
+//! the thread count). Other geometries and the portable level keep im2col.
 
 use candle_core::{Layout, Shape, Tensor};
 use rayon::prelude::*;

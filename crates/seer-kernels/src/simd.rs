@@ -11,7 +11,9 @@
 //!   (dot products of rows) — grad-weight.
 //!
 //! Dispatch ([`Level`]): AVX-512F when the CPU has it (`8 × 48` tiles of 16-lane vectors),
-//! else AVX2+FMA (`4 × 16` tiles of 8-lane vectors), else portable. [`gemm_bcast`] gives the
+//! else AVX2+FMA (`6 × 16` broadcast and `4 × 2` dot tiles of 8-lane vectors), else
+//! portable. [`gemm_bcast_tab`] and [`gemm_dot_tab`] read `B`'s rows through a table of
+//! offsets (shifted windows of a padded image) on the AVX2 kernels. [`gemm_bcast`] gives the
 //! same bits on the AVX-512 and AVX2 paths (each element is the same chain of fused
 //! multiply-adds over `k`, then the optional add of `C`); [`gemm_dot`]'s 8-lane partial sums
 //! would change with a 16-lane kernel, so it runs the AVX2 kernel on AVX-512 machines too:
