@@ -337,10 +337,6 @@ struct Direct {
     wp: usize,
     /// Taps of the padded input: `(c, ky, kx)` → `c·plane + ky·wp + kx`.
     xtab: Vec<usize>,
-    /// Taps of a chunk of padded inputs: `(c, ky, kx)` → `c·DW_CHUNK·plane + ky·wp + kx`.
-    xtab_chunk: Vec<usize>,
-    /// Taps of a chunk of padded `dY`: `(o, ky, kx)` → `o·DW_CHUNK·plane + ky·wp + kx`.
-    dytab_chunk: Vec<usize>,
 }
 
 /// Floats per grad-weight dot product on the direct path: images of a chunk are summed in
@@ -361,26 +357,29 @@ impl Direct {
         }
         let (k, p) = (g.kh, g.pad);
         let (hp, wp) = (g.h + 2 * p, g.w + 2 * p);
-        let tab = |c: usize, cstride: usize| -> Vec<usize> {
-            let mut t = Vec::with_capacity(c * k * k);
-            for ch in 0..c {
-                for ky in 0..k {
-                    for kx in 0..k {
-                        t.push(ch * cstride + ky * wp + kx);
-                    }
-                }
-            }
-            t
-        };
-        Some(Self {
+        let mut d = Self {
             k,
             p,
             hp,
             wp,
-            xtab: tab(g.cin, hp * wp),
-            xtab_chunk: tab(g.cin, DW_CHUNK * hp * wp),
-            dytab_chunk: tab(g.cout, DW_CHUNK * hp * wp),
-        })
+            xtab: Vec::new(),
+        };
+        d.xtab = d.taps(g.cin, hp * wp);
+        Some(d)
+    }
+    /// The window offsets of `c` padded planes that start every `cstride` floats: tap
+    /// `(ch, ky, kx)` → `ch·cstride + ky·wp + kx`.
+    fn taps(&self, c: usize, cstride: usize) -> Vec<usize> {
+        let k = self.k;
+        let mut t = Vec::with_capacity(c * k * k);
+        for ch in 0..c {
+            for ky in 0..k {
+                for kx in 0..k {
+                    t.push(ch * cstride + ky * self.wp + kx);
+                }
+            }
+        }
+        t
     }
     /// Floats of a padded image of `c` channels (with its `K − 1` trailing zeros).
     fn padded_len(&self, c: usize) -> usize {
@@ -655,6 +654,8 @@ fn conv_backward_with(
         let plane = d.hp * d.wp;
         let cs = DW_CHUNK * plane;
         let per_dot = (DW_DOT_FLOATS / plane).clamp(1, DW_CHUNK);
+        // Taps of a chunk's channel-major planes (`[C, DW_CHUNK, plane]`).
+        let (xtab_chunk, dytab_chunk) = (d.taps(g.cin, cs), d.taps(g.cout, cs));
         let init = || {
             let xq = if need_dw {
                 vec![0f32; ci_len]
@@ -681,7 +682,7 @@ fn conv_backward_with(
                 for i in 0..nimg {
                     let b = &dyq[i * plane..];
                     let wf = Mat::rows(&wflip, k);
-                    gemm_bcast_tab(g.cin, cols, k, wf, b, &d.dytab_chunk, grid, cols);
+                    gemm_bcast_tab(g.cin, cols, k, wf, b, &dytab_chunk, grid, cols);
                     d.unpad(grid, g.cin, &mut dxc[i * g.in_img()..(i + 1) * g.in_img()]);
                 }
             }
@@ -697,7 +698,7 @@ fn conv_backward_with(
                     // land on zero padding.
                     let a = &dyq[i0 * plane + d.p * d.wp + d.p..];
                     let b = &xq[i0 * plane..];
-                    gemm_dot_tab(g.cout, g.kdim, len, a, cs, b, &d.xtab_chunk, dwc, g.kdim);
+                    gemm_dot_tab(g.cout, g.kdim, len, a, cs, b, &xtab_chunk, dwc, g.kdim);
                 }
             }
         };
@@ -798,10 +799,11 @@ pub fn conv2d(x: &Tensor, w: &Tensor, params: &Conv2dParams) -> Result<Tensor> {
 }
 
 /// One image's convolution on plain slices, for inference without tensors or an autograd
-/// graph (no allocation once `col` and `out` have grown to their largest use):
+/// graph (no allocation once `col` and `out` have grown to their largest use, except the
+/// direct path's table of `C_in·K²` tap offsets, one small `Vec` per call):
 /// `x` `[C_in, H, W]`, `w` `[C_out, C_in/groups, K_h, K_w]` → `out` resized to
 /// `[C_out, H_out, W_out]`, which is returned. `col` is scratch. Bitwise the same as this
-/// image's slice of [`conv2d`] (the same per-image GEMM calls). Single-threaded: callers
+/// image's slice of [`conv2d`] (the same per-image GEMM calls, direct or im2col). Single-threaded: callers
 /// parallelise over images.
 ///
 /// Errors as [`conv2d`], and [`Error::Shape`] when a slice's length differs from its shape.
