@@ -357,13 +357,14 @@ thread_local! {
     };
 }
 
-/// The geometry of a convolution whose interior windows the micro-kernels can read in place
-/// (implicit GEMM): stride 1, each kernel row's window (`kw·c_in` codes) a whole number of
-/// 4-code groups, the reduction unpadded and in one block.
+/// The geometry of a convolution whose windows the micro-kernels can read in place (implicit
+/// GEMM): each kernel row's window (`kw·c_in` codes) a whole number of 4-code groups, the
+/// reduction unpadded and in one block. Any stride for the padded path
+/// ([`implicit_task_padded`]); [`implicit_task`] needs stride 1 (checked by the caller).
 fn implicit_geom<'a>(src: &ASource<'a>, kp: usize) -> Option<(&'a [u8], &'a ConvGeom)> {
     match *src {
         ASource::Im2col { x, g }
-            if g.stride == 1 && (g.kw * g.c_in).is_multiple_of(4) && kp == g.k() && kp <= KC =>
+            if (g.kw * g.c_in).is_multiple_of(4) && kp == g.k() && kp <= KC =>
         {
             Some((x, g))
         }
@@ -419,7 +420,8 @@ fn pad_rows<T: Copy + From<u8>>(
 /// [`implicit_task`] for the kernels of [`padded_mr`]: the input rows the task needs are
 /// copied once, zero-padded, into `x16` (i16 codes, `avx2-wide`) or `x8` (u8 codes,
 /// `avx2-i16`) as `[rows][w + pad + pad_end][c_in]`, so every output pixel's window lies in
-/// place — borders included, no im2col. Each output row (or the part of it in the task) runs
+/// place — borders included, no im2col, at any stride (a strip's windows are `stride·c_in`
+/// codes apart). Each output row (or the part of it in the task) runs
 /// in strips of at most `mr` pixels of near-equal heights (the kernels have 1- to 6-row
 /// forms), all `kh` kernel rows in one kernel call, so nothing is computed twice.
 #[allow(clippy::too_many_arguments)]
@@ -439,11 +441,12 @@ fn implicit_task_padded(
     let (oh, ow, c) = (g.out_h(), g.out_w(), g.c_in);
     let hp = g.h + g.pad + g.pad_end;
     let row_codes = (g.w + g.pad + g.pad_end) * c;
+    let st = g.stride;
     // Padded rows q = b·hp + py from the first output row's window top to the last one's
-    // bottom (stride 1: output row oy reads padded rows oy .. oy + kh).
+    // bottom (output row oy reads padded rows oy·stride .. oy·stride + kh).
     let last = r0 + nrows - 1;
-    let q0 = (r0 / (oh * ow)) * hp + (r0 / ow) % oh;
-    let q1 = (last / (oh * ow)) * hp + (last / ow) % oh + g.kh;
+    let q0 = (r0 / (oh * ow)) * hp + (r0 / ow) % oh * st;
+    let q1 = (last / (oh * ow)) * hp + (last / ow) % oh * st + g.kh;
     // The padded codes (`len` of them, `esz` bytes each) from `base`.
     let (base, esz, len) = if kernel.wide_a() {
         let len = pad_rows(x, g, (q0, q1), x16);
@@ -459,8 +462,9 @@ fn implicit_task_padded(
     while r < rend {
         let (b, oy, ox) = (r / (oh * ow), (r / ow) % oh, r % ow);
         let seg_end = rend.min(r - ox + ow);
-        // Window top-left of output pixel (b, oy, sx): padded row b·hp + oy, column sx.
-        let row0 = (b * hp + oy - q0) * row_codes;
+        // Window top-left of output pixel (b, oy, sx): padded row b·hp + oy·stride, column
+        // sx·stride; the strip's rows are stride·c_in codes apart.
+        let row0 = (b * hp + oy * st - q0) * row_codes;
         // The run of seg_end − r pixels in strips of as equal heights as possible (e.g. 7 =
         // 4 + 3 rather than 6 + 1: a short strip reloads the panel for few rows).
         let run = seg_end - r;
@@ -468,19 +472,19 @@ fn implicit_task_padded(
         let mut sx = ox;
         for j in 0..strips {
             let rows = run / strips + usize::from(j < run % strips);
-            let off = row0 + sx * c;
-            // In bounds: the strip's last window ends at padded column sx + rows − 1 + kw ≤
-            // w + pad + pad_end of padded row b·hp + oy + kh − 1 < q1.
-            assert!(off + (g.kh - 1) * row_codes + (rows - 1) * c + row_bytes <= len);
+            let off = row0 + sx * st * c;
+            // In bounds: the strip's last window ends at padded column (sx + rows − 1)·stride
+            // + kw ≤ w + pad + pad_end of padded row b·hp + oy·stride + kh − 1 < q1.
+            assert!(off + (g.kh - 1) * row_codes + (rows - 1) * st * c + row_bytes <= len);
             let ap = APanel {
                 ptr: base.wrapping_add(off * esz),
-                row: esz * c,
+                row: esz * c * st,
                 group: 4 * esz,
             };
             let segs = (g.kh, esz * row_codes);
             for (pi, p) in pans.clone().enumerate() {
                 // SAFETY: rows i < rows of segment ky read kw·c codes from off + ky·row_codes
-                // + i·c (asserted inside the len padded codes); the panel holds kh segments of
+                // + i·stride·c (asserted inside the len padded codes); the panel holds kh segments of
                 // kw·c codes per channel; AVX2 and the i16 range by the kernel's choice.
                 unsafe {
                     match kernel {
@@ -650,8 +654,10 @@ pub fn gemm_fused(isa: Isa, src: ASource, w: &WeightPanel, sink: &impl Sink) -> 
     }
     let threads = rayon::current_num_threads();
     let target = 4 * threads;
-    let implicit = implicit_geom(&src, kp);
-    let padded = implicit.and(padded_mr(kernel));
+    let geom = implicit_geom(&src, kp);
+    let padded = geom.and(padded_mr(kernel));
+    // `implicit_task` reads unpadded input rows at stride 1 only; the padded rows any stride.
+    let implicit = geom.filter(|(_, g)| padded.is_some() || g.stride == 1);
     // The other paths run `avx2-i16` in 6-row strips too (see `micro_i16`).
     let mr = match (padded, kernel) {
         (Some(mr), _) => mr,
@@ -988,7 +994,7 @@ mod tests {
         }
 
         /// Low-bit codes (the `avx2-i16` kernel on AVX2, reading zero-padded u8 input rows in
-        /// place for stride-1 convolutions, 6-row strips otherwise): borders, stride 2,
+        /// place where `kw·c_in` is a multiple of 4, 6-row im2col strips otherwise): borders, stride 2,
         /// pointwise and 5×5 convolutions, odd sizes and channel counts, all-zero channels and
         /// extreme codes, with and without a residual; bit-identical to the reference on every
         /// ISA, and the i16 kernel is the one AVX2 runs.
@@ -1177,24 +1183,31 @@ mod tests {
     }
 
     /// Output rows wider than a task (`out_w > 2·MB`): implicit-GEMM tasks that start and end
-    /// inside an output row, remainder strips of 1 to 5 rows, 8/8-bit extreme codes, and
-    /// asymmetric padding; equal to the reference on every ISA.
+    /// inside an output row, remainder strips of 1 to 5 rows, 8/8-bit extreme codes, stride 1 and 2,
+    /// and asymmetric padding; equal to the reference on every ISA.
     #[test]
     fn wide_implicit_rows_longer_than_a_task() {
         let mut r = lcg(21);
-        for (w, pad, pad_end, c_in) in [(141, 1, 1, 4), (133, 2, 0, 8), (130, 0, 2, 4)] {
+        for (w, pad, pad_end, c_in, stride) in [
+            (141, 1, 1, 4, 1),
+            (133, 2, 0, 8, 1),
+            (130, 0, 2, 4, 1),
+            (269, 1, 1, 4, 2),
+            (270, 2, 0, 8, 2),
+        ] {
             let g = ConvGeom {
                 batch: 2,
-                h: 4,
+                h: 5,
                 w,
                 c_in,
                 c_out: 19,
                 kh: 3,
                 kw: 3,
-                stride: 1,
+                stride,
                 pad,
                 pad_end,
             };
+            assert!(g.out_w() > 2 * MB);
             let x: Vec<u8> = (0..g.input_len())
                 .map(|i| if i % 7 == 0 { 255 } else { r() as u8 })
                 .collect();
@@ -1252,29 +1265,32 @@ mod tests {
     }
 
     /// Output rows wider than a task for the `avx2-i16` kernel on zero-padded u8 rows: tasks
-    /// that start and end inside an output row, remainder strips of 1 to 5 rows, asymmetric
+    /// that start and end inside an output row, remainder strips, stride 1 and 2, asymmetric
     /// padding, 4/4-bit codes (extreme ones every few codes); equal to the reference.
     #[test]
     fn i16_implicit_rows_longer_than_a_task() {
         let mut r = lcg(22);
-        for (w, pad, pad_end, c_in) in [
-            (141, 1, 1, 4),
-            (133, 2, 0, 8),
-            (130, 0, 2, 4),
-            (139, 1, 1, 12),
+        for (w, pad, pad_end, c_in, stride) in [
+            (141, 1, 1, 4, 1),
+            (133, 2, 0, 8, 1),
+            (130, 0, 2, 4, 1),
+            (139, 1, 1, 12, 1),
+            (269, 1, 1, 4, 2),
+            (270, 0, 2, 12, 2),
         ] {
             let g = ConvGeom {
                 batch: 2,
-                h: 4,
+                h: 5,
                 w,
                 c_in,
                 c_out: 19,
                 kh: 3,
                 kw: 3,
-                stride: 1,
+                stride,
                 pad,
                 pad_end,
             };
+            assert!(g.out_w() > 2 * MB);
             let x: Vec<u8> = (0..g.input_len())
                 .map(|i| if i % 7 == 0 { 15 } else { (r() % 16) as u8 })
                 .collect();
