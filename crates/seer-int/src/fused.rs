@@ -245,6 +245,20 @@ impl Sink for RequantSink<'_> {
         let (alpha, step) = (self.rq.alpha, self.step);
         let s = &self.rq.acc_scale[c0..c1];
         let b = &self.rq.bias[c0..c1];
+        #[cfg(target_arch = "x86_64")]
+        if self.simd && c0 == 0 && c1 == n && ld == n && n.is_multiple_of(8) {
+            // Whole rows, contiguous in `acc` and in the output: one call for the tile, the
+            // channel factors repeated every n (no per-row overhead for narrow layers).
+            // SAFETY: tasks write disjoint row ranges (the tile has all columns).
+            let o = unsafe { self.out.slice(r0 * n, nrows * n) };
+            let r = self
+                .residual
+                .map(|(r, r_step)| (&r[r0 * n..(r0 + nrows) * n], r_step));
+            // SAFETY: `simd` only where AVX2 is available; acc and r hold nrows·n elements,
+            // the factors n, a multiple of 8, so every element is written (no tail).
+            unsafe { crate::x86::requant_row_avx2(o, &acc[..nrows * n], s, b, r, alpha, step) };
+            return;
+        }
         for i in 0..nrows {
             let base = (r0 + i) * n + c0;
             // SAFETY: tasks write disjoint (row, column) tiles.
@@ -1109,6 +1123,53 @@ mod tests {
                     };
                     assert_eq!(done, len / 8 * 8);
                     assert_eq!(&got[..done], &want[..done], "len {len} case {case}");
+                }
+            }
+        }
+    }
+
+    /// The AVX2 epilogue over several whole rows at once (factors of `p` channels repeated
+    /// every `p` elements, as [`RequantSink`] uses for tiles of all channels) equals the
+    /// plain-Rust one row by row, with and without a residual, rounding ties and both clip
+    /// ends.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn simd_requant_whole_rows_equal_scalar() {
+        if !Isa::Avx2.is_available() {
+            return;
+        }
+        let mut r = lcg(12);
+        for p in [8usize, 16, 24, 64] {
+            for rows in [1usize, 2, 5] {
+                let len = p * rows;
+                let a: Vec<i32> = (0..len)
+                    .map(|j| match j % 3 {
+                        0 => r() as i32 - (1 << 30),
+                        1 => (r() % 2000) as i32 - 1000,
+                        _ => (r() % 64) as i32,
+                    })
+                    .collect();
+                let s: Vec<f32> = (0..p)
+                    .map(|_| (r() % 1000) as f32 / 4000.0 + 1e-6)
+                    .collect();
+                let b: Vec<f32> = (0..p).map(|_| (r() % 200) as f32 / 100.0 - 1.0).collect();
+                let res: Vec<u8> = (0..len).map(|_| r() as u8).collect();
+                for with_res in [false, true] {
+                    let mut want = vec![0u8; len];
+                    for i in 0..rows {
+                        let rr = with_res.then(|| (&res[i * p..(i + 1) * p], 0.125f32));
+                        let row = i * p..(i + 1) * p;
+                        requant_row(&mut want[row.clone()], &a[row], &s, &b, rr, 3.75, 0.25);
+                    }
+                    let mut got = vec![0xEEu8; len];
+                    let rr = with_res.then(|| (&res[..], 0.125f32));
+                    // SAFETY: AVX2 checked above; a and res hold len elements, s and b p, a
+                    // multiple of 8.
+                    let done = unsafe {
+                        crate::x86::requant_row_avx2(&mut got, &a, &s, &b, rr, 3.75, 0.25)
+                    };
+                    assert_eq!(done, len);
+                    assert_eq!(got, want, "p {p} rows {rows} residual {with_res}");
                 }
             }
         }

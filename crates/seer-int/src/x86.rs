@@ -365,8 +365,13 @@ fn store_4x16(acc: &[[__m256i; 2]; 4], tile: &mut [i32]) {
 /// [`round_code`](crate::layers::round_code): truncate, add 1 where the fraction is ≥ 0.5.
 /// The tail beyond a multiple of 8 is left to the caller; returns how many were written.
 ///
+/// The factors `s`, `b` are per element, or — when shorter than `o`'s multiple of 8 — the
+/// `p = s.len()` factors of `p` channels repeated along `o` (element `j` takes `s[j mod p]`;
+/// several whole rows of a tile in one call), which needs `p` a non-zero multiple of 8.
+///
 /// # Safety
-/// AVX2 required. `a`, `s`, `b` (and `r` if given) must be at least `o.len()` long.
+/// AVX2 required. `a` (and `r` if given) must be at least `o.len()` long; `s` and `b` as
+/// long, or as above (checked: panics otherwise).
 #[target_feature(enable = "avx2")]
 pub(crate) unsafe fn requant_row_avx2(
     o: &mut [u8],
@@ -378,7 +383,14 @@ pub(crate) unsafe fn requant_row_avx2(
     step: f32,
 ) -> usize {
     let n = o.len() / 8 * 8;
-    assert!(a.len() >= n && s.len() >= n && b.len() >= n);
+    assert!(a.len() >= n);
+    // Channel period of the factors (none when they are per element).
+    let period = if s.len() < n || b.len() < n {
+        assert!(!s.is_empty() && s.len().is_multiple_of(8) && b.len() >= s.len());
+        s.len()
+    } else {
+        usize::MAX
+    };
     if let Some((r, _)) = r {
         assert!(r.len() >= n);
     }
@@ -387,14 +399,15 @@ pub(crate) unsafe fn requant_row_avx2(
     let vs = _mm256_set1_ps(step);
     let half = _mm256_set1_ps(0.5);
     let one = _mm256_set1_epi32(1);
-    let mut j = 0;
+    let (mut j, mut c) = (0, 0);
     while j < n {
-        // SAFETY: j + 8 ≤ n ≤ every slice's length (asserted); unaligned loads.
+        // SAFETY: j + 8 ≤ n ≤ a's and r's lengths, c + 8 ≤ s's and b's (c = j when they are
+        // per element, else c < period, a multiple of 8) (asserted); unaligned loads.
         unsafe {
             let acc = _mm256_cvtepi32_ps(_mm256_loadu_si256(a.as_ptr().add(j) as *const __m256i));
             let mut y = _mm256_add_ps(
-                _mm256_mul_ps(acc, _mm256_loadu_ps(s.as_ptr().add(j))),
-                _mm256_loadu_ps(b.as_ptr().add(j)),
+                _mm256_mul_ps(acc, _mm256_loadu_ps(s.as_ptr().add(c))),
+                _mm256_loadu_ps(b.as_ptr().add(c)),
             );
             if let Some((r, r_step)) = r {
                 let rv = _mm_loadl_epi64(r.as_ptr().add(j) as *const __m128i);
@@ -417,6 +430,10 @@ pub(crate) unsafe fn requant_row_avx2(
             _mm_storel_epi64(o.as_mut_ptr().add(j) as *mut __m128i, p8);
         }
         j += 8;
+        c += 8;
+        if c == period {
+            c = 0;
+        }
     }
     n
 }
@@ -617,6 +634,85 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Timing of the 8/8- and 4/4-bit AVX2 kernels on L1-resident operands of a 3×3
+    /// convolution over 16 channels as the fused implicit GEMM calls them (3 segments of 12
+    /// groups): `avx2-wide` 6 rows against `avx2-i16` 6 rows and the unfused 4×16 form
+    /// (`cargo test --release -p seer-int i16_kernel_timing -- --ignored --nocapture`);
+    /// interleaved, best of rounds, reported as ns per 16 MACs.
+    #[test]
+    #[ignore]
+    fn i16_kernel_timing() {
+        if !is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let (segs, groups) = (3usize, 12usize);
+        let a8 = vec![9u8; 6 * 4 * groups * segs];
+        let a16 = vec![200i16; 6 * 4 * groups * segs];
+        let b8 = vec![-5i8; 64 * groups * segs];
+        let b16 = vec![-99i16; 64 * groups * segs];
+        let mut tile = [0i32; 128];
+        let reps = 20_000;
+        let mut best = [f64::INFINITY; 3];
+        for _round in 0..15 {
+            for (v, best) in best.iter_mut().enumerate() {
+                let t = std::time::Instant::now();
+                for _ in 0..reps {
+                    // SAFETY: AVX2 checked; A holds 6 rows × segs·4·groups codes, B
+                    // segs·groups·64; 4/4 codes allow s = 156 ≥ 36 groups.
+                    unsafe {
+                        match v {
+                            0 => {
+                                let ap = APanel {
+                                    ptr: a16.as_ptr() as *const u8,
+                                    row: 8 * groups,
+                                    group: 8,
+                                };
+                                let sg = (segs, 6 * 8 * groups);
+                                avx2_wide::<6>(ap, sg, b16.as_ptr(), groups, &mut tile, false)
+                            }
+                            1 => {
+                                let ap = APanel {
+                                    ptr: a8.as_ptr(),
+                                    row: 4 * groups,
+                                    group: 4,
+                                };
+                                let sg = (segs, 6 * 4 * groups);
+                                avx2_i16_rows::<6>(
+                                    ap,
+                                    sg,
+                                    b8.as_ptr(),
+                                    groups,
+                                    156,
+                                    &mut tile,
+                                    false,
+                                )
+                            }
+                            _ => {
+                                let ap = APanel {
+                                    ptr: a8.as_ptr(),
+                                    row: 4 * groups * segs,
+                                    group: 4,
+                                };
+                                avx2_i16_4x16(ap, b8.as_ptr(), groups * segs, 156, &mut tile, false)
+                            }
+                        }
+                    }
+                    std::hint::black_box(&mut tile);
+                }
+                let macs = reps as f64 * [6.0, 6.0, 4.0][v] * 64.0 * (groups * segs) as f64;
+                *best = best.min(t.elapsed().as_secs_f64() * 1e9 / (macs / 16.0));
+            }
+        }
+        println!(
+            "ns per 16 MACs: wide 6x16 {:.4}, i16 6x16 {:.4}, i16 4x16 {:.4}; i16 6x16 vs wide ×{:.3}, vs i16 4x16 ×{:.3}",
+            best[0],
+            best[1],
+            best[2],
+            best[0] / best[1],
+            best[2] / best[1]
+        );
     }
 
     /// Timing of the wide kernels on L1-resident operands (`cargo test --release -p seer-int
