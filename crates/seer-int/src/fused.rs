@@ -5,10 +5,18 @@
 //! matrix, no i32 accumulator tensor of the whole layer, no allocation once the per-thread
 //! scratch has grown to the largest layer.
 //!
+//! Convolutions whose kernel rows are whole groups of 4 codes (`kw·c_in` a multiple of 4) run
+//! as implicit GEMM: on AVX2 (`avx2-wide` for 8-bit operands, `avx2-i16` for low-bit ones)
+//! each task copies the input rows it needs once into zero-padded rows and every window is
+//! read in place, at any stride, in strips of up to 6 output pixels with all kernel rows in one
+//! kernel call; the other kernels read the interior in place at stride 1 and im2col the
+//! borders.
+//!
 //! The arithmetic is the same as the unfused path (`layers::conv2d` then [`Requant::apply`]):
-//! the same exact i32 sums from the same micro-kernels, then per element the same f32
-//! operations in the same order, so results are bit-identical; tests compare both with the
-//! slow references in [`reference`](mod@crate::reference).
+//! the same exact i32 sums (every micro-kernel is exact; the fused paths may use taller tiles
+//! of the same instructions), then per element the same f32 operations in the same order, so
+//! results are bit-identical; tests compare both with the slow references in
+//! [`reference`](mod@crate::reference).
 //!
 //! Parallelism: one level of rayon tasks over (row block × output-panel group); the row
 //! blocks are small enough that a batch of 128 gives many tasks, and small batches split the

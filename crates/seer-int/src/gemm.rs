@@ -49,7 +49,7 @@ const KC: usize = 256;
 /// Target rows per parallel task (rounded to the micro-kernel's row count).
 const MC: usize = 64;
 /// Rows per micro-tile of the `avx2-wide` kernel (12 accumulators; an implicit-GEMM
-/// convolution whose interior runs fit 4-row strips better uses 4, see [`micro_wide`]).
+/// convolution also runs shorter strips, see [`micro_wide`]).
 pub(crate) const WIDE_MR: usize = 6;
 /// Rows per micro-tile of the `avx2-i16` kernel in the fused convolution paths (12 i16
 /// accumulators; see [`micro_i16`]). The unfused GEMM keeps 4-row tiles.
@@ -222,7 +222,8 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    /// Rows per micro-tile.
+    /// Rows per micro-tile (of the unfused GEMM; the fused paths run `avx2-i16` in strips of
+    /// [`I16_MR`] rows).
     pub(crate) fn mr(self) -> usize {
         match self {
             Kernel::Vnni => 8,
