@@ -5,10 +5,18 @@
 //! matrix, no i32 accumulator tensor of the whole layer, no allocation once the per-thread
 //! scratch has grown to the largest layer.
 //!
+//! Convolutions whose kernel rows are whole groups of 4 codes (`kw·c_in` a multiple of 4) run
+//! as implicit GEMM: on AVX2 (`avx2-wide` for 8-bit operands, `avx2-i16` for low-bit ones)
+//! each task copies the input rows it needs once into zero-padded rows and every window is
+//! read in place, at any stride, in strips of up to 6 output pixels with all kernel rows in one
+//! kernel call; the other kernels read the interior in place at stride 1 and im2col the
+//! borders.
+//!
 //! The arithmetic is the same as the unfused path (`layers::conv2d` then [`Requant::apply`]):
-//! the same exact i32 sums from the same micro-kernels, then per element the same f32
-//! operations in the same order, so results are bit-identical; tests compare both with the
-//! slow references in [`reference`](mod@crate::reference).
+//! the same exact i32 sums (every micro-kernel is exact; the fused paths may use taller tiles
+//! of the same instructions), then per element the same f32 operations in the same order, so
+//! results are bit-identical; tests compare both with the slow references in
+//! [`reference`](mod@crate::reference).
 //!
 //! Parallelism: one level of rayon tasks over (row block × output-panel group); the row
 //! blocks are small enough that a batch of 128 gives many tasks, and small batches split the
@@ -20,7 +28,7 @@ use rayon::prelude::*;
 
 use crate::Isa;
 use crate::error::{Result, check_len, invalid};
-use crate::gemm::{APanel, Kernel, NR, WeightPanel, micro, micro_wide};
+use crate::gemm::{APanel, I16_MR, Kernel, NR, WIDE_MR, WeightPanel, micro, micro_i16, micro_wide};
 use crate::layers::{ConvGeom, Requant, round_code};
 
 /// Largest reduction block (codes of `k`) per pass: one panel block is ≤ 16 KiB of i8 and
@@ -245,6 +253,20 @@ impl Sink for RequantSink<'_> {
         let (alpha, step) = (self.rq.alpha, self.step);
         let s = &self.rq.acc_scale[c0..c1];
         let b = &self.rq.bias[c0..c1];
+        #[cfg(target_arch = "x86_64")]
+        if self.simd && c0 == 0 && c1 == n && ld == n && n.is_multiple_of(8) {
+            // Whole rows, contiguous in `acc` and in the output: one call for the tile, the
+            // channel factors repeated every n (no per-row overhead for narrow layers).
+            // SAFETY: tasks write disjoint row ranges (the tile has all columns).
+            let o = unsafe { self.out.slice(r0 * n, nrows * n) };
+            let r = self
+                .residual
+                .map(|(r, r_step)| (&r[r0 * n..(r0 + nrows) * n], r_step));
+            // SAFETY: `simd` only where AVX2 is available; acc and r hold nrows·n elements,
+            // the factors n, a multiple of 8, so every element is written (no tail).
+            unsafe { crate::x86::requant_row_avx2(o, &acc[..nrows * n], s, b, r, alpha, step) };
+            return;
+        }
         for i in 0..nrows {
             let base = (r0 + i) * n + c0;
             // SAFETY: tasks write disjoint (row, column) tiles.
@@ -337,8 +359,11 @@ struct Scratch {
     /// The A rows (or the implicit GEMM's im2col'ed rows) widened to i16, for the
     /// `avx2-wide` kernel.
     a16: Vec<i16>,
-    /// The input rows an implicit-GEMM task reads in place, widened to i16 (`avx2-wide`).
+    /// The input rows an implicit-GEMM task reads in place, zero-padded and widened to i16
+    /// (`avx2-wide`).
     x16: Vec<i16>,
+    /// The same as u8 codes (`avx2-i16`).
+    x8: Vec<u8>,
 }
 
 thread_local! {
@@ -349,17 +374,19 @@ thread_local! {
             misc: Vec::new(),
             a16: Vec::new(),
             x16: Vec::new(),
+            x8: Vec::new(),
         })
     };
 }
 
-/// The geometry of a convolution whose interior windows the micro-kernels can read in place
-/// (implicit GEMM): stride 1, each kernel row's window (`kw·c_in` codes) a whole number of
-/// 4-code groups, the reduction unpadded and in one block.
+/// The geometry of a convolution whose windows the micro-kernels can read in place (implicit
+/// GEMM): each kernel row's window (`kw·c_in` codes) a whole number of 4-code groups, the
+/// reduction unpadded and in one block. Any stride for the padded path
+/// ([`implicit_task_padded`]); [`implicit_task`] needs stride 1 (checked by the caller).
 fn implicit_geom<'a>(src: &ASource<'a>, kp: usize) -> Option<(&'a [u8], &'a ConvGeom)> {
     match *src {
         ASource::Im2col { x, g }
-            if g.stride == 1 && (g.kw * g.c_in).is_multiple_of(4) && kp == g.k() && kp <= KC =>
+            if (g.kw * g.c_in).is_multiple_of(4) && kp == g.k() && kp <= KC =>
         {
             Some((x, g))
         }
@@ -367,13 +394,61 @@ fn implicit_geom<'a>(src: &ASource<'a>, kp: usize) -> Option<(&'a [u8], &'a Conv
     }
 }
 
-/// [`implicit_task`] for the `avx2-wide` kernel: the input rows the task needs are copied
-/// once, widened to i16 and zero-padded (`x16`, `[rows][w + pad + pad_end][c_in]`), so every
-/// output pixel's window lies in place — borders included, no im2col. Each output row (or
-/// the part of it in the task) runs in strips of `mr` pixels and one shorter strip for the
-/// remainder (the kernel has 1- to 6-row forms), so nothing is computed twice.
+/// The rows per strip of the padded implicit-GEMM path ([`implicit_task_padded`]) for
+/// `kernel`: `Some` for the AVX2 kernels with 1- to 6-row forms (`avx2-wide` on i16 rows,
+/// `avx2-i16` on u8 rows), `None` for the kernels that take [`implicit_task`].
+fn padded_mr(kernel: Kernel) -> Option<usize> {
+    match kernel {
+        Kernel::Avx2Wide => Some(WIDE_MR),
+        Kernel::Avx2I16 { .. } => Some(I16_MR),
+        _ => None,
+    }
+}
+
+/// Copies the input rows of padded rows `q0..q1` (`q = b·hp + py`, `py = iy + pad`) into `buf`
+/// as `[q1 − q0][w + pad + pad_end][c_in]` codes (u8, or widened to i16), zero in the padding;
+/// returns the number of codes written.
+fn pad_rows<T: Copy + From<u8>>(
+    x: &[u8],
+    g: &ConvGeom,
+    (q0, q1): (usize, usize),
+    buf: &mut Vec<T>,
+) -> usize {
+    let c = g.c_in;
+    let hp = g.h + g.pad + g.pad_end;
+    let row_codes = (g.w + g.pad + g.pad_end) * c;
+    let len = (q1 - q0) * row_codes;
+    if buf.len() < len {
+        buf.resize(len, T::from(0));
+    }
+    for (q, dst) in (q0..q1).zip(buf.chunks_exact_mut(row_codes)) {
+        let (b, py) = (q / hp, q % hp);
+        match py.checked_sub(g.pad).filter(|&iy| iy < g.h) {
+            Some(iy) => {
+                let src = (b * g.h + iy) * g.w * c;
+                dst[..g.pad * c].fill(T::from(0));
+                copy_codes(
+                    &x[src..src + g.w * c],
+                    &mut dst[g.pad * c..(g.pad + g.w) * c],
+                );
+                dst[(g.pad + g.w) * c..].fill(T::from(0));
+            }
+            None => dst.fill(T::from(0)),
+        }
+    }
+    len
+}
+
+/// [`implicit_task`] for the kernels of [`padded_mr`]: the input rows the task needs are
+/// copied once, zero-padded, into `x16` (i16 codes, `avx2-wide`) or `x8` (u8 codes,
+/// `avx2-i16`) as `[rows][w + pad + pad_end][c_in]`, so every output pixel's window lies in
+/// place — borders included, no im2col, at any stride (a strip's windows are `stride·c_in`
+/// codes apart). Each output row (or the part of it in the task) runs
+/// in strips of at most `mr` pixels of near-equal heights (the kernels have 1- to 6-row
+/// forms), all `kh` kernel rows in one kernel call, so nothing is computed twice.
 #[allow(clippy::too_many_arguments)]
-fn implicit_task_wide(
+fn implicit_task_padded(
+    kernel: Kernel,
     mr: usize,
     (x, g): (&[u8], &ConvGeom),
     w: &WeightPanel,
@@ -383,32 +458,25 @@ fn implicit_task_wide(
     s: &mut Scratch,
     ld: usize,
 ) {
-    let Scratch { acc, x16, .. } = s;
+    let Scratch { acc, x16, x8, .. } = s;
     let acc = &mut acc[..nrows * ld];
     let (oh, ow, c) = (g.out_h(), g.out_w(), g.c_in);
-    let (hp, wp) = (g.h + g.pad + g.pad_end, g.w + g.pad + g.pad_end);
-    let row_codes = wp * c;
-    // Padded rows q = b·hp + py (py = iy + pad) from the first output row's window top to the
-    // last one's bottom (stride 1: output row oy reads padded rows oy .. oy + kh).
+    let hp = g.h + g.pad + g.pad_end;
+    let row_codes = (g.w + g.pad + g.pad_end) * c;
+    let st = g.stride;
+    // Padded rows q = b·hp + py from the first output row's window top to the last one's
+    // bottom (output row oy reads padded rows oy·stride .. oy·stride + kh).
     let last = r0 + nrows - 1;
-    let q0 = (r0 / (oh * ow)) * hp + (r0 / ow) % oh;
-    let q1 = (last / (oh * ow)) * hp + (last / ow) % oh + g.kh;
-    let len = (q1 - q0) * row_codes;
-    if x16.len() < len {
-        x16.resize(len, 0);
-    }
-    for (q, dst) in (q0..q1).zip(x16.chunks_exact_mut(row_codes)) {
-        let (b, py) = (q / hp, q % hp);
-        match py.checked_sub(g.pad).filter(|&iy| iy < g.h) {
-            Some(iy) => {
-                let src = (b * g.h + iy) * g.w * c;
-                dst[..g.pad * c].fill(0);
-                crate::gemm::widen_u8(&x[src..src + g.w * c], &mut dst[g.pad * c..]);
-                dst[(g.pad + g.w) * c..].fill(0);
-            }
-            None => dst.fill(0),
-        }
-    }
+    let q0 = (r0 / (oh * ow)) * hp + (r0 / ow) % oh * st;
+    let q1 = (last / (oh * ow)) * hp + (last / ow) % oh * st + g.kh;
+    // The padded codes (`len` of them, `esz` bytes each) from `base`.
+    let (base, esz, len) = if kernel.wide_a() {
+        let len = pad_rows(x, g, (q0, q1), x16);
+        (x16.as_ptr() as *const u8, 2, len)
+    } else {
+        let len = pad_rows(x, g, (q0, q1), x8);
+        (x8.as_ptr(), 1, len)
+    };
     let row_bytes = g.kw * c;
     let mut tile = [0i32; 8 * NR];
     let rend = r0 + nrows;
@@ -416,36 +484,37 @@ fn implicit_task_wide(
     while r < rend {
         let (b, oy, ox) = (r / (oh * ow), (r / ow) % oh, r % ow);
         let seg_end = rend.min(r - ox + ow);
-        // Window top-left of output pixel (b, oy, sx) in x16: padded row b·hp + oy, col sx.
-        let base = (b * hp + oy - q0) * row_codes;
+        // Window top-left of output pixel (b, oy, sx): padded row b·hp + oy·stride, column
+        // sx·stride; the strip's rows are stride·c_in codes apart.
+        let row0 = (b * hp + oy * st - q0) * row_codes;
+        // The run of seg_end − r pixels in strips of as equal heights as possible (e.g. 7 =
+        // 4 + 3 rather than 6 + 1: a short strip reloads the panel for few rows).
+        let run = seg_end - r;
+        let strips = run.div_ceil(mr);
         let mut sx = ox;
-        while sx < ox + (seg_end - r) {
-            let rows = mr.min(ox + (seg_end - r) - sx);
-            let off = base + sx * c;
-            // In bounds: the strip's last window ends at padded column sx + rows − 1 + kw ≤ wp
-            // of padded row b·hp + oy + kh − 1 < q1.
-            assert!(off + (g.kh - 1) * row_codes + (rows - 1) * c + row_bytes <= len);
+        for j in 0..strips {
+            let rows = run / strips + usize::from(j < run % strips);
+            let off = row0 + sx * st * c;
+            // In bounds: the strip's last window ends at padded column (sx + rows − 1)·stride
+            // + kw ≤ w + pad + pad_end of padded row b·hp + oy·stride + kh − 1 < q1.
+            assert!(off + (g.kh - 1) * row_codes + (rows - 1) * st * c + row_bytes <= len);
             let ap = APanel {
-                ptr: x16[off..].as_ptr() as *const u8,
-                row: 2 * c,
-                group: 8,
+                ptr: base.wrapping_add(off * esz),
+                row: esz * c * st,
+                group: 4 * esz,
             };
+            let segs = (g.kh, esz * row_codes);
             for (pi, p) in pans.clone().enumerate() {
-                // SAFETY: rows i < rows of segment ky read kw·c i16 from off + ky·row_codes +
-                // i·c (asserted inside x16[..len]); the panel holds kh segments of kw·c codes
-                // per channel; AVX2 by the kernel.
+                // SAFETY: rows i < rows of segment ky read kw·c codes from off + ky·row_codes
+                // + i·stride·c (asserted inside the len padded codes); the panel holds kh segments of
+                // kw·c codes per channel; AVX2 and the i16 range by the kernel's choice.
                 unsafe {
-                    micro_wide(
-                        rows,
-                        ap,
-                        (g.kh, 2 * row_codes),
-                        w,
-                        p,
-                        0,
-                        row_bytes / 4,
-                        &mut tile,
-                        false,
-                    )
+                    match kernel {
+                        Kernel::Avx2I16 { s } => {
+                            micro_i16(rows, ap, segs, w, p, 0, row_bytes / 4, s, &mut tile, false)
+                        }
+                        _ => micro_wide(rows, ap, segs, w, p, 0, row_bytes / 4, &mut tile, false),
+                    }
                 };
                 for ii in 0..rows {
                     acc[(r + sx + ii - ox - r0) * ld + pi * NR..][..NR]
@@ -607,8 +676,16 @@ pub fn gemm_fused(isa: Isa, src: ASource, w: &WeightPanel, sink: &impl Sink) -> 
     }
     let threads = rayon::current_num_threads();
     let target = 4 * threads;
-    let implicit = implicit_geom(&src, kp);
-    let mr = kernel.mr();
+    let geom = implicit_geom(&src, kp);
+    let padded = geom.and(padded_mr(kernel));
+    // `implicit_task` reads unpadded input rows at stride 1 only; the padded rows any stride.
+    let implicit = geom.filter(|(_, g)| padded.is_some() || g.stride == 1);
+    // The other paths run `avx2-i16` in 6-row strips too (see `micro_i16`).
+    let mr = match (padded, kernel) {
+        (Some(mr), _) => mr,
+        (None, Kernel::Avx2I16 { .. }) if implicit.is_none() => I16_MR,
+        _ => kernel.mr(),
+    };
     let mut mb = m.div_ceil(target).clamp(1, MB).next_multiple_of(mr);
     if let Some((_, g)) = implicit {
         // Tasks of whole output rows, so that interior runs are not cut.
@@ -637,8 +714,8 @@ pub fn gemm_fused(isa: Isa, src: ASource, w: &WeightPanel, sink: &impl Sink) -> 
                 if s.acc.len() < nrows * ld {
                     s.acc.resize(nrows * ld, 0);
                 }
-                if kernel.wide_a() {
-                    implicit_task_wide(mr, geom, w, r0, nrows, pans.clone(), s, ld);
+                if padded.is_some() {
+                    implicit_task_padded(kernel, mr, geom, w, r0, nrows, pans.clone(), s, ld);
                 } else {
                     implicit_task(kernel, geom, w, r0, nrows, pans.clone(), s, ld);
                 }
@@ -691,7 +768,14 @@ pub fn gemm_fused(isa: Isa, src: ASource, w: &WeightPanel, sink: &impl Sink) -> 
                         };
                         // SAFETY: the strip holds mr rows of kp ≥ k0 + kc codes; the panel
                         // block kc·16 codes; the kernel's ISA was checked above.
-                        unsafe { micro(kernel, ap, w, p, k0, kc / 4, &mut tile, false) };
+                        unsafe {
+                            match kernel {
+                                Kernel::Avx2I16 { s } => {
+                                    micro_i16(mr, ap, (1, 0), w, p, k0, kc / 4, s, &mut tile, false)
+                                }
+                                _ => micro(kernel, ap, w, p, k0, kc / 4, &mut tile, false),
+                            }
+                        };
                         for i in 0..mr {
                             let dst = &mut acc[(st * mr + i) * ld + pi * NR..][..NR];
                             let t = &tile[i * NR..(i + 1) * NR];
@@ -931,6 +1015,59 @@ mod tests {
             }
         }
 
+        /// Low-bit codes (the `avx2-i16` kernel on AVX2, reading zero-padded u8 input rows in
+        /// place where `kw·c_in` is a multiple of 4, 6-row im2col strips otherwise): borders, stride 2,
+        /// pointwise and 5×5 convolutions, odd sizes and channel counts, all-zero channels and
+        /// extreme codes, with and without a residual; bit-identical to the reference on every
+        /// ISA, and the i16 kernel is the one AVX2 runs.
+        #[test]
+        fn i16_conv_matches_reference(batch in 1usize..3, h in 1usize..12, w in 1usize..30,
+                                      c_in in prop::sample::select(vec![1usize, 2, 3, 4, 8, 12, 16, 20]),
+                                      c_out in 1usize..40, k in 0usize..3, stride in 1usize..3,
+                                      pad in 0usize..3, pad_end in 0usize..3,
+                                      bits in prop::sample::select(vec![(4u32, 4u32), (2, 2), (3, 4), (5, 5), (4, 6), (6, 6)]),
+                                      seed in any::<u64>(), zero_ch in any::<bool>(),
+                                      extreme in any::<bool>(), with_res in any::<bool>()) {
+            let k = [1, 3, 5][k];
+            let g = ConvGeom { batch, h, w, c_in, c_out, kh: k, kw: k, stride, pad: pad.min(k / 2 + 1), pad_end: pad_end.min(k / 2 + 1) };
+            prop_assume!(g.validate().is_ok());
+            let (abits, wbits) = bits;
+            let amax = (1u64 << abits) - 1;
+            let q = (1i64 << (wbits - 1)) - 1;
+            let mut r = lcg(seed);
+            let mut x: Vec<u8> = (0..g.input_len())
+                .map(|_| if extreme { amax as u8 } else { (r() % (amax + 1)) as u8 })
+                .collect();
+            x[0] = amax as u8;
+            let sign = if seed.is_multiple_of(2) { 1 } else { -1 };
+            let mut codes: Vec<i8> = (0..g.c_out * g.k())
+                .map(|_| if extreme { (sign * q) as i8 } else { ((r() as i64 % (2 * q + 1)) - q) as i8 })
+                .collect();
+            codes[g.k() - 1] = q as i8;
+            if zero_ch && c_out > 1 {
+                codes[g.k()..2 * g.k()].fill(0);
+            }
+            let wp = PackedWeights::from_codes(&codes, g.c_out, g.k(), wbits, vec![1.0; g.c_out]).unwrap();
+            let panel = conv_panel(&wp, &g).unwrap();
+            let scale: Vec<f32> = (0..g.c_out).map(|_| (r() % 1000) as f32 / 200_000.0 + 1e-5).collect();
+            let bias: Vec<f32> = (0..g.c_out).map(|_| (r() % 1000) as f32 / 500.0 - 1.0).collect();
+            let rq = Requant::new(scale, bias, 2.5, abits).unwrap();
+            let acc = reference::conv2d(&x, &g, &codes);
+            let res: Vec<u8> = (0..acc.len()).map(|_| (r() % (amax + 1)) as u8).collect();
+            let want = if with_res { rq.apply_residual(&acc, &res, 0.01).unwrap() } else { rq.apply(&acc).unwrap() };
+            for isa in Isa::available() {
+                let mut out = vec![0xAAu8; acc.len()];
+                let kern = conv2d_requant(&x, &g, &panel, isa, &rq, with_res.then_some((&res[..], 0.01)), &mut out).unwrap();
+                prop_assert_eq!(&out, &want, "{:?}", isa);
+                if isa == Isa::Avx2 {
+                    prop_assert!(matches!(kern, Kernel::Avx2I16 { .. }), "{:?}", kern);
+                }
+                let mut raw = vec![i32::MIN; acc.len()];
+                gemm_fused(isa, conv_source(&x, &g).unwrap(), &panel, &AccSink::new(&mut raw, g.c_out)).unwrap();
+                prop_assert_eq!(&raw, &acc, "{:?} raw", isa);
+            }
+        }
+
         /// Plain rows (a linear layer): odd `k`, many rows, many channels; equal to the
         /// reference GEMM on every ISA.
         #[test]
@@ -994,6 +1131,53 @@ mod tests {
                     };
                     assert_eq!(done, len / 8 * 8);
                     assert_eq!(&got[..done], &want[..done], "len {len} case {case}");
+                }
+            }
+        }
+    }
+
+    /// The AVX2 epilogue over several whole rows at once (factors of `p` channels repeated
+    /// every `p` elements, as [`RequantSink`] uses for tiles of all channels) equals the
+    /// plain-Rust one row by row, with and without a residual, rounding ties and both clip
+    /// ends.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn simd_requant_whole_rows_equal_scalar() {
+        if !Isa::Avx2.is_available() {
+            return;
+        }
+        let mut r = lcg(12);
+        for p in [8usize, 16, 24, 64] {
+            for rows in [1usize, 2, 5] {
+                let len = p * rows;
+                let a: Vec<i32> = (0..len)
+                    .map(|j| match j % 3 {
+                        0 => r() as i32 - (1 << 30),
+                        1 => (r() % 2000) as i32 - 1000,
+                        _ => (r() % 64) as i32,
+                    })
+                    .collect();
+                let s: Vec<f32> = (0..p)
+                    .map(|_| (r() % 1000) as f32 / 4000.0 + 1e-6)
+                    .collect();
+                let b: Vec<f32> = (0..p).map(|_| (r() % 200) as f32 / 100.0 - 1.0).collect();
+                let res: Vec<u8> = (0..len).map(|_| r() as u8).collect();
+                for with_res in [false, true] {
+                    let mut want = vec![0u8; len];
+                    for i in 0..rows {
+                        let rr = with_res.then(|| (&res[i * p..(i + 1) * p], 0.125f32));
+                        let row = i * p..(i + 1) * p;
+                        requant_row(&mut want[row.clone()], &a[row], &s, &b, rr, 3.75, 0.25);
+                    }
+                    let mut got = vec![0xEEu8; len];
+                    let rr = with_res.then(|| (&res[..], 0.125f32));
+                    // SAFETY: AVX2 checked above; a and res hold len elements, s and b p, a
+                    // multiple of 8.
+                    let done = unsafe {
+                        crate::x86::requant_row_avx2(&mut got, &a, &s, &b, rr, 3.75, 0.25)
+                    };
+                    assert_eq!(done, len);
+                    assert_eq!(got, want, "p {p} rows {rows} residual {with_res}");
                 }
             }
         }
@@ -1068,24 +1252,31 @@ mod tests {
     }
 
     /// Output rows wider than a task (`out_w > 2·MB`): implicit-GEMM tasks that start and end
-    /// inside an output row, remainder strips of 1 to 5 rows, 8/8-bit extreme codes, and
-    /// asymmetric padding; equal to the reference on every ISA.
+    /// inside an output row, remainder strips of 1 to 5 rows, 8/8-bit extreme codes, stride 1 and 2,
+    /// and asymmetric padding; equal to the reference on every ISA.
     #[test]
     fn wide_implicit_rows_longer_than_a_task() {
         let mut r = lcg(21);
-        for (w, pad, pad_end, c_in) in [(141, 1, 1, 4), (133, 2, 0, 8), (130, 0, 2, 4)] {
+        for (w, pad, pad_end, c_in, stride) in [
+            (141, 1, 1, 4, 1),
+            (133, 2, 0, 8, 1),
+            (130, 0, 2, 4, 1),
+            (269, 1, 1, 4, 2),
+            (270, 2, 0, 8, 2),
+        ] {
             let g = ConvGeom {
                 batch: 2,
-                h: 4,
+                h: 5,
                 w,
                 c_in,
                 c_out: 19,
                 kh: 3,
                 kw: 3,
-                stride: 1,
+                stride,
                 pad,
                 pad_end,
             };
+            assert!(g.out_w() > 2 * MB);
             let x: Vec<u8> = (0..g.input_len())
                 .map(|i| if i % 7 == 0 { 255 } else { r() as u8 })
                 .collect();
@@ -1114,6 +1305,140 @@ mod tests {
                 .unwrap();
                 assert_eq!(raw, want, "{isa:?} ({kern:?}) w {w}");
             }
+        }
+    }
+
+    /// Raw accumulators of the fused convolution `g` on `x` with weight codes `codes` against
+    /// the reference, on every ISA; returns the kernel AVX2 ran (if available).
+    fn check_conv_raw(x: &[u8], g: &ConvGeom, codes: &[i8], wbits: u32) -> Option<Kernel> {
+        let wp =
+            PackedWeights::from_codes(codes, g.c_out, g.k(), wbits, vec![1.0; g.c_out]).unwrap();
+        let panel = conv_panel(&wp, g).unwrap();
+        let want = reference::conv2d(x, g, codes);
+        let mut used = None;
+        for isa in Isa::available() {
+            let mut raw = vec![i32::MIN; want.len()];
+            let kern = gemm_fused(
+                isa,
+                conv_source(x, g).unwrap(),
+                &panel,
+                &AccSink::new(&mut raw, g.c_out),
+            )
+            .unwrap();
+            assert_eq!(raw, want, "{isa:?} ({kern:?}) {g:?}");
+            if isa == Isa::Avx2 {
+                used = Some(kern);
+            }
+        }
+        used
+    }
+
+    /// Output rows wider than a task for the `avx2-i16` kernel on zero-padded u8 rows: tasks
+    /// that start and end inside an output row, remainder strips, stride 1 and 2, asymmetric
+    /// padding, 4/4-bit codes (extreme ones every few codes); equal to the reference.
+    #[test]
+    fn i16_implicit_rows_longer_than_a_task() {
+        let mut r = lcg(22);
+        for (w, pad, pad_end, c_in, stride) in [
+            (141, 1, 1, 4, 1),
+            (133, 2, 0, 8, 1),
+            (130, 0, 2, 4, 1),
+            (139, 1, 1, 12, 1),
+            (269, 1, 1, 4, 2),
+            (270, 0, 2, 12, 2),
+        ] {
+            let g = ConvGeom {
+                batch: 2,
+                h: 5,
+                w,
+                c_in,
+                c_out: 19,
+                kh: 3,
+                kw: 3,
+                stride,
+                pad,
+                pad_end,
+            };
+            assert!(g.out_w() > 2 * MB);
+            let x: Vec<u8> = (0..g.input_len())
+                .map(|i| if i % 7 == 0 { 15 } else { (r() % 16) as u8 })
+                .collect();
+            let codes: Vec<i8> = (0..g.c_out * g.k())
+                .map(|i| if i % 5 == 0 { -7 } else { (r() % 15) as i8 - 7 })
+                .collect();
+            let wp =
+                PackedWeights::from_codes(&codes, g.c_out, g.k(), 4, vec![1.0; g.c_out]).unwrap();
+            let panel = conv_panel(&wp, &g).unwrap();
+            assert!(implicit_geom(&conv_source(&x, &g).unwrap(), panel.kp()).is_some());
+            if let Some(kern) = check_conv_raw(&x, &g, &codes, 4) {
+                assert_eq!(kern, Kernel::Avx2I16 { s: 156 });
+            }
+        }
+    }
+
+    /// The i16 sums at their limit: every product at the extreme with one sign, reductions long
+    /// enough that the kernel widens inside a kernel row (4/4 bits: 156 groups of pair sums up
+    /// to 210, i.e. ±32760 before widening; 255 × 16: 4 groups of 8160; 6/6 bits: 8 groups),
+    /// also where the range just allows `s = 4`; stride 1 (padded rows in place), stride 2 and
+    /// 1×1 convolutions; equal to the reference on every ISA, with the expected `s` on AVX2.
+    #[test]
+    fn i16_conv_saturation_boundaries() {
+        for (amax, wmax, s) in [
+            (15u8, 7i8, 156usize),
+            (255, 16, 4),
+            (63, 31, 8),
+            (127, 32, 4),
+        ] {
+            for (c_in, k, stride, pad) in [
+                (72, 3, 1, 1),
+                (64, 3, 1, 0),
+                (72, 3, 2, 1),
+                (200, 1, 1, 0),
+                (180, 1, 2, 0),
+                (28, 5, 1, 2),
+            ] {
+                let g = ConvGeom {
+                    batch: 1,
+                    h: 7,
+                    w: 9,
+                    c_in,
+                    c_out: 18,
+                    kh: k,
+                    kw: k,
+                    stride,
+                    pad,
+                    pad_end: pad,
+                };
+                for sign in [1i8, -1] {
+                    let x = vec![amax; g.input_len()];
+                    let mut codes = vec![sign * wmax; g.c_out * g.k()];
+                    // One channel of alternating signs, one all zero.
+                    for (i, c) in codes[..g.k()].iter_mut().enumerate() {
+                        *c = if i % 2 == 0 { wmax } else { -wmax };
+                    }
+                    codes[g.k()..2 * g.k()].fill(0);
+                    if let Some(kern) = check_conv_raw(&x, &g, &codes, 8) {
+                        assert_eq!(kern, Kernel::Avx2I16 { s }, "{amax} × {wmax}");
+                    }
+                }
+            }
+        }
+        // All-zero operands (pair bound 0: the kernel never widens before the end).
+        let g = ConvGeom {
+            batch: 1,
+            h: 5,
+            w: 6,
+            c_in: 8,
+            c_out: 17,
+            kh: 3,
+            kw: 3,
+            stride: 1,
+            pad: 1,
+            pad_end: 1,
+        };
+        let codes: Vec<i8> = (0..g.c_out * g.k()).map(|i| (i % 7) as i8 - 3).collect();
+        if let Some(kern) = check_conv_raw(&vec![0; g.input_len()], &g, &codes, 4) {
+            assert_eq!(kern, Kernel::Avx2I16 { s: usize::MAX });
         }
     }
 

@@ -49,8 +49,11 @@ const KC: usize = 256;
 /// Target rows per parallel task (rounded to the micro-kernel's row count).
 const MC: usize = 64;
 /// Rows per micro-tile of the `avx2-wide` kernel (12 accumulators; an implicit-GEMM
-/// convolution whose interior runs fit 4-row strips better uses 4, see [`micro_wide`]).
+/// convolution also runs shorter strips, see [`micro_wide`]).
 pub(crate) const WIDE_MR: usize = 6;
+/// Rows per micro-tile of the `avx2-i16` kernel in the fused convolution paths (12 i16
+/// accumulators; see [`micro_i16`]). The unfused GEMM keeps 4-row tiles.
+pub(crate) const I16_MR: usize = 6;
 
 /// Weights arranged for the micro-kernels: `n` output channels padded to panels of [`NR`],
 /// `k` padded to a multiple of 4 with zeros. Layout of `data` (i8):
@@ -219,7 +222,8 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    /// Rows per micro-tile.
+    /// Rows per micro-tile (of the unfused GEMM; the fused paths run `avx2-i16` in strips of
+    /// [`I16_MR`] rows).
     pub(crate) fn mr(self) -> usize {
         match self {
             Kernel::Vnni => 8,
@@ -555,6 +559,53 @@ pub(crate) unsafe fn micro_wide(
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = (mr, a, segs, w, p, k0, groups, tile, add);
+        unreachable!("x86 kernel on another architecture");
+    }
+}
+
+/// The `avx2-i16` micro-kernel with `mr` (1 to 6) rows on panel `p` of `w` from reduction
+/// index `k0` (a multiple of 4): `segs` segments of `groups` groups, segment `q` of A at
+/// `a.ptr + q·seg` (bytes), the panel contiguous (see
+/// [`avx2_i16_rows`](crate::x86::avx2_i16_rows)), i16 sums widened every `s` groups; writes
+/// `tile` (`mr × 16` i32), or adds to it when `add`. A holds u8 codes.
+///
+/// # Safety
+/// The 4 bytes at `a.ptr + q·seg + i·a.row + g·a.group` (segment `q < segs`, row `i < mr`,
+/// group `g < groups`) must be readable, `k0 + 4·segs·groups ≤ w.kp`, `s ≥ 1` with
+/// `s·2·a_max·w_max ≤ 32767` (as chosen by [`Kernel::choose`]), and AVX2 available.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn micro_i16(
+    mr: usize,
+    a: APanel,
+    segs: (usize, usize),
+    w: &WeightPanel,
+    p: usize,
+    k0: usize,
+    groups: usize,
+    s: usize,
+    tile: &mut [i32; 8 * NR],
+    add: bool,
+) {
+    debug_assert!(k0 + 4 * segs.0 * groups <= w.kp && p < w.panels());
+    #[cfg(target_arch = "x86_64")]
+    {
+        let wb = w.ptr_i8(p, k0);
+        // SAFETY: guaranteed by the caller.
+        unsafe {
+            match mr {
+                1 => crate::x86::avx2_i16_rows::<1>(a, segs, wb, groups, s, tile, add),
+                2 => crate::x86::avx2_i16_rows::<2>(a, segs, wb, groups, s, tile, add),
+                3 => crate::x86::avx2_i16_rows::<3>(a, segs, wb, groups, s, tile, add),
+                4 => crate::x86::avx2_i16_rows::<4>(a, segs, wb, groups, s, tile, add),
+                5 => crate::x86::avx2_i16_rows::<5>(a, segs, wb, groups, s, tile, add),
+                6 => crate::x86::avx2_i16_rows::<6>(a, segs, wb, groups, s, tile, add),
+                _ => unreachable!("avx2-i16 strips have 1 to 6 rows"),
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (mr, a, segs, w, p, k0, groups, s, tile, add);
         unreachable!("x86 kernel on another architecture");
     }
 }

@@ -133,6 +133,95 @@ pub(crate) unsafe fn avx2_i16_4x16(
     store_4x16(&acc, tile);
 }
 
+/// AVX2: `MR` rows × 16 channels, `vpmaddubsw` accumulated in i16 registers (`2·MR`
+/// accumulators, so `MR = 6` fills the 16 registers without spills) and widened with
+/// `vpmaddwd` into the i32 `tile` in memory after every `s` groups and at the end. Per row and
+/// group of 4 `k`: 1 broadcast, 2 `vpmaddubsw`, 2 `vpaddw`.
+///
+/// The reduction runs over `segs` segments of `groups` groups each, as in [`avx2_wide`]:
+/// segment `q` of A starts `q·seg` bytes after `a.ptr` (the kernel rows of an implicit-GEMM
+/// convolution, one padded input row apart), while B continues contiguously
+/// (`(q·groups + g)·64` bytes). The `s`-group count runs across segments.
+///
+/// # Safety
+/// AVX2 required; `MR ≤ 8`, `s ≥ 1`; the 4 bytes at `a.ptr + q·seg + i·a.row + g·a.group`
+/// (segment `q < segs`, row `i < MR`, group `g < groups`) and `segs·groups·64` bytes at `b`
+/// must be readable; `tile` holds `MR·16` i32. Exact only if `s` pair sums fit in i16:
+/// `s·2·a_max·w_max ≤ 32767` (caller's range check, as [`avx2_i16_4x16`]).
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn avx2_i16_rows<const MR: usize>(
+    a: APanel,
+    (segs, seg): (usize, usize),
+    b: *const i8,
+    groups: usize,
+    s: usize,
+    tile: &mut [i32],
+    add: bool,
+) {
+    assert!(MR <= 8 && tile.len() >= MR * 16 && s >= 1);
+    let mut acc16 = [[_mm256_setzero_si256(); 2]; MR];
+    // Whether `tile` already holds partial sums (else the first widening overwrites it).
+    let mut have = add;
+    // Groups left before the i16 sums must be widened.
+    let mut left = s;
+    for q in 0..segs {
+        // SAFETY: in bounds by the caller's contract.
+        let (aseg, bseg) = unsafe { (a.ptr.add(q * seg), b.add(q * groups * 64)) };
+        let mut g0 = 0;
+        while g0 < groups {
+            let g1 = groups.min(g0.saturating_add(left));
+            for g in g0..g1 {
+                // SAFETY: in bounds by the caller's contract; unaligned loads.
+                unsafe {
+                    let b0 = _mm256_loadu_si256(bseg.add(g * 64) as *const __m256i);
+                    let b1 = _mm256_loadu_si256(bseg.add(g * 64 + 32) as *const __m256i);
+                    let ag = aseg.add(g * a.group);
+                    for (i, acc16) in acc16.iter_mut().enumerate() {
+                        let av =
+                            _mm256_set1_epi32((ag.add(i * a.row) as *const i32).read_unaligned());
+                        acc16[0] = _mm256_add_epi16(acc16[0], _mm256_maddubs_epi16(av, b0));
+                        acc16[1] = _mm256_add_epi16(acc16[1], _mm256_maddubs_epi16(av, b1));
+                    }
+                }
+            }
+            left -= g1 - g0;
+            g0 = g1;
+            if left == 0 {
+                widen_i16(&mut acc16, tile, have);
+                have = true;
+                left = s;
+            }
+        }
+    }
+    if left != s || !have {
+        widen_i16(&mut acc16, tile, have);
+    }
+}
+
+/// Widens the i16 sums `acc16` of an `MR × 16` tile with `vpmaddwd` (adjacent lanes belong to
+/// one channel) into `tile`, adding to its contents when `add`, and zeroes `acc16`.
+#[target_feature(enable = "avx2")]
+#[inline]
+fn widen_i16<const MR: usize>(acc16: &mut [[__m256i; 2]; MR], tile: &mut [i32], add: bool) {
+    assert!(tile.len() >= MR * 16);
+    let ones = _mm256_set1_epi16(1);
+    for (i, acc16) in acc16.iter_mut().enumerate() {
+        for (h, acc16) in acc16.iter_mut().enumerate() {
+            // SAFETY: tile holds MR rows of 16 i32 (asserted); unaligned loads and stores.
+            unsafe {
+                let t = tile.as_mut_ptr().add(i * 16 + h * 8) as *mut __m256i;
+                let mut v = _mm256_madd_epi16(*acc16, ones);
+                if add {
+                    v = _mm256_add_epi32(v, _mm256_loadu_si256(t));
+                }
+                _mm256_storeu_si256(t, v);
+            }
+            *acc16 = _mm256_setzero_si256();
+        }
+    }
+}
+
 /// AVX2: `MR` rows × 16 channels with `vpmaddwd` only, exact for all codes. A holds the
 /// activation codes already widened to i16 (zero-extended u8), so one 32-bit broadcast is
 /// the pair `(a_{2h}, a_{2h+1})` of one row; B is the i16 panel `[h][16][2]` (sign-extended
@@ -276,8 +365,13 @@ fn store_4x16(acc: &[[__m256i; 2]; 4], tile: &mut [i32]) {
 /// [`round_code`](crate::layers::round_code): truncate, add 1 where the fraction is ≥ 0.5.
 /// The tail beyond a multiple of 8 is left to the caller; returns how many were written.
 ///
+/// The factors `s`, `b` are per element, or — when shorter than `o`'s multiple of 8 — the
+/// `p = s.len()` factors of `p` channels repeated along `o` (element `j` takes `s[j mod p]`;
+/// several whole rows of a tile in one call), which needs `p` a non-zero multiple of 8.
+///
 /// # Safety
-/// AVX2 required. `a`, `s`, `b` (and `r` if given) must be at least `o.len()` long.
+/// AVX2 required. `a` (and `r` if given) must be at least `o.len()` long; `s` and `b` as
+/// long, or as above (checked: panics otherwise).
 #[target_feature(enable = "avx2")]
 pub(crate) unsafe fn requant_row_avx2(
     o: &mut [u8],
@@ -289,7 +383,14 @@ pub(crate) unsafe fn requant_row_avx2(
     step: f32,
 ) -> usize {
     let n = o.len() / 8 * 8;
-    assert!(a.len() >= n && s.len() >= n && b.len() >= n);
+    assert!(a.len() >= n);
+    // Channel period of the factors (none when they are per element).
+    let period = if s.len() < n || b.len() < n {
+        assert!(!s.is_empty() && s.len().is_multiple_of(8) && b.len() >= s.len());
+        s.len()
+    } else {
+        usize::MAX
+    };
     if let Some((r, _)) = r {
         assert!(r.len() >= n);
     }
@@ -298,14 +399,15 @@ pub(crate) unsafe fn requant_row_avx2(
     let vs = _mm256_set1_ps(step);
     let half = _mm256_set1_ps(0.5);
     let one = _mm256_set1_epi32(1);
-    let mut j = 0;
+    let (mut j, mut c) = (0, 0);
     while j < n {
-        // SAFETY: j + 8 ≤ n ≤ every slice's length (asserted); unaligned loads.
+        // SAFETY: j + 8 ≤ n ≤ a's and r's lengths, c + 8 ≤ s's and b's (c = j when they are
+        // per element, else c < period, a multiple of 8) (asserted); unaligned loads.
         unsafe {
             let acc = _mm256_cvtepi32_ps(_mm256_loadu_si256(a.as_ptr().add(j) as *const __m256i));
             let mut y = _mm256_add_ps(
-                _mm256_mul_ps(acc, _mm256_loadu_ps(s.as_ptr().add(j))),
-                _mm256_loadu_ps(b.as_ptr().add(j)),
+                _mm256_mul_ps(acc, _mm256_loadu_ps(s.as_ptr().add(c))),
+                _mm256_loadu_ps(b.as_ptr().add(c)),
             );
             if let Some((r, r_step)) = r {
                 let rv = _mm_loadl_epi64(r.as_ptr().add(j) as *const __m128i);
@@ -328,6 +430,10 @@ pub(crate) unsafe fn requant_row_avx2(
             _mm_storel_epi64(o.as_mut_ptr().add(j) as *mut __m128i, p8);
         }
         j += 8;
+        c += 8;
+        if c == period {
+            c = 0;
+        }
     }
     n
 }
@@ -406,6 +512,207 @@ mod tests {
                 check_wide::<1>(&mut r, groups, extreme);
             }
         }
+    }
+
+    /// `tile[i][j] (+)= Σ_q Σ_k a[q·seg + i·row + k] · B[q·kseg + k][j]` for the i16-sum
+    /// kernel's operands: A u8 segments, B the i8 panel `[k/4][16][4]` over all segments.
+    #[allow(clippy::too_many_arguments)]
+    fn i16_ref(
+        a: &[u8],
+        (segs, seg): (usize, usize),
+        row: usize,
+        mr: usize,
+        b: &[i8],
+        kseg: usize,
+        tile: &mut [i32],
+    ) {
+        for i in 0..mr {
+            for j in 0..16 {
+                let mut acc = 0i32;
+                for q in 0..segs {
+                    for kk in 0..kseg {
+                        let bk = q * kseg + kk;
+                        acc += a[q * seg + i * row + kk] as i32
+                            * b[((bk / 4) * 16 + j) * 4 + bk % 4] as i32;
+                    }
+                }
+                tile[i * 16 + j] += acc;
+            }
+        }
+    }
+
+    /// One case of [`avx2_i16_rows`]: `segs` segments of `groups` groups, rows `row` codes
+    /// apart inside a segment, codes up to `amax` × `±wmax` (`extreme`: every product at the
+    /// extreme with one sign, so the i16 sums reach `s·2·amax·wmax`), widening every `s`.
+    #[allow(clippy::too_many_arguments)]
+    fn check_i16<const MR: usize>(
+        r: &mut impl FnMut() -> u64,
+        segs: usize,
+        groups: usize,
+        (amax, wmax): (u64, i64),
+        s: usize,
+        extreme: bool,
+    ) {
+        let kseg = 4 * groups;
+        let row = kseg + 4 * (r() as usize % 3) + 1;
+        let seg = MR * row + 3;
+        let a: Vec<u8> = (0..segs * seg + 4)
+            .map(|_| {
+                if extreme {
+                    amax as u8
+                } else {
+                    (r() % (amax + 1)) as u8
+                }
+            })
+            .collect();
+        let sign = if r().is_multiple_of(2) { 1 } else { -1 };
+        let b: Vec<i8> = (0..segs * kseg * 16)
+            .map(|_| {
+                if extreme {
+                    (sign * wmax) as i8
+                } else {
+                    ((r() % (2 * wmax as u64 + 1)) as i64 - wmax) as i8
+                }
+            })
+            .collect();
+        for add in [false, true] {
+            let start: Vec<i32> = (0..MR * 16).map(|_| (r() % 1000) as i32 - 500).collect();
+            let mut want = if add { start.clone() } else { vec![0; MR * 16] };
+            i16_ref(&a, (segs, seg), row, MR, &b, kseg, &mut want);
+            let mut got = start.clone();
+            let ap = APanel {
+                ptr: a.as_ptr(),
+                row,
+                group: 4,
+            };
+            // SAFETY: AVX2 checked by the caller; segment q, row i < MR reads kseg codes from
+            // q·seg + i·row < a.len(); B holds segs·groups·64 codes; s·2·amax·wmax ≤ 32767.
+            unsafe { avx2_i16_rows::<MR>(ap, (segs, seg), b.as_ptr(), groups, s, &mut got, add) };
+            assert_eq!(
+                got, want,
+                "MR {MR} segs {segs} groups {groups} s {s} add {add} extreme {extreme}"
+            );
+        }
+    }
+
+    /// The i16-sum kernel at every row count the fused paths use, against a scalar sum: one
+    /// and several segments (the widening count runs across them), 0 to 40 groups, `s` from 1
+    /// to the largest the range allows (4/4 bits: 156 groups of sums up to 210, i.e. up to
+    /// 32760 in i16), random and extreme codes of both signs, overwrite and add.
+    #[test]
+    fn i16_rows_kernel_matches_scalar() {
+        if !is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let mut r = lcg(2);
+        for (amax, wmax, smax) in [
+            (15u64, 7i64, 156usize),
+            (255, 16, 4),
+            (63, 31, 8),
+            (7, 3, 780),
+        ] {
+            assert_eq!(smax, (i16::MAX as u64 / (2 * amax * wmax as u64)) as usize);
+            for (segs, groups) in [
+                (1usize, 0usize),
+                (1, 1),
+                (1, 7),
+                (3, 12),
+                (3, 36),
+                (5, 40),
+                (2, 3),
+            ] {
+                for s in [1, 3, smax] {
+                    for extreme in [false, true] {
+                        let range = (amax, wmax);
+                        check_i16::<1>(&mut r, segs, groups, range, s, extreme);
+                        check_i16::<2>(&mut r, segs, groups, range, s, extreme);
+                        check_i16::<3>(&mut r, segs, groups, range, s, extreme);
+                        check_i16::<4>(&mut r, segs, groups, range, s, extreme);
+                        check_i16::<5>(&mut r, segs, groups, range, s, extreme);
+                        check_i16::<6>(&mut r, segs, groups, range, s, extreme);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Timing of the 8/8- and 4/4-bit AVX2 kernels on L1-resident operands of a 3×3
+    /// convolution over 16 channels as the fused implicit GEMM calls them (3 segments of 12
+    /// groups): `avx2-wide` 6 rows against `avx2-i16` 6 rows and the unfused 4×16 form
+    /// (`cargo test --release -p seer-int i16_kernel_timing -- --ignored --nocapture`);
+    /// interleaved, best of rounds, reported as ns per 16 MACs.
+    #[test]
+    #[ignore]
+    fn i16_kernel_timing() {
+        if !is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let (segs, groups) = (3usize, 12usize);
+        let a8 = vec![9u8; 6 * 4 * groups * segs];
+        let a16 = vec![200i16; 6 * 4 * groups * segs];
+        let b8 = vec![-5i8; 64 * groups * segs];
+        let b16 = vec![-99i16; 64 * groups * segs];
+        let mut tile = [0i32; 128];
+        let reps = 20_000;
+        let mut best = [f64::INFINITY; 3];
+        for _round in 0..15 {
+            for (v, best) in best.iter_mut().enumerate() {
+                let t = std::time::Instant::now();
+                for _ in 0..reps {
+                    // SAFETY: AVX2 checked; A holds 6 rows × segs·4·groups codes, B
+                    // segs·groups·64; 4/4 codes allow s = 156 ≥ 36 groups.
+                    unsafe {
+                        match v {
+                            0 => {
+                                let ap = APanel {
+                                    ptr: a16.as_ptr() as *const u8,
+                                    row: 8 * groups,
+                                    group: 8,
+                                };
+                                let sg = (segs, 6 * 8 * groups);
+                                avx2_wide::<6>(ap, sg, b16.as_ptr(), groups, &mut tile, false)
+                            }
+                            1 => {
+                                let ap = APanel {
+                                    ptr: a8.as_ptr(),
+                                    row: 4 * groups,
+                                    group: 4,
+                                };
+                                let sg = (segs, 6 * 4 * groups);
+                                avx2_i16_rows::<6>(
+                                    ap,
+                                    sg,
+                                    b8.as_ptr(),
+                                    groups,
+                                    156,
+                                    &mut tile,
+                                    false,
+                                )
+                            }
+                            _ => {
+                                let ap = APanel {
+                                    ptr: a8.as_ptr(),
+                                    row: 4 * groups * segs,
+                                    group: 4,
+                                };
+                                avx2_i16_4x16(ap, b8.as_ptr(), groups * segs, 156, &mut tile, false)
+                            }
+                        }
+                    }
+                    std::hint::black_box(&mut tile);
+                }
+                let macs = reps as f64 * [6.0, 6.0, 4.0][v] * 64.0 * (groups * segs) as f64;
+                *best = best.min(t.elapsed().as_secs_f64() * 1e9 / (macs / 16.0));
+            }
+        }
+        println!(
+            "ns per 16 MACs: wide 6x16 {:.4}, i16 6x16 {:.4}, i16 4x16 {:.4}; i16 6x16 vs wide ×{:.3}, vs i16 4x16 ×{:.3}",
+            best[0],
+            best[1],
+            best[2],
+            best[0] / best[1],
+            best[2] / best[1]
+        );
     }
 
     /// Timing of the wide kernels on L1-resident operands (`cargo test --release -p seer-int
