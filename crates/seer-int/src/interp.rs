@@ -969,7 +969,7 @@ fn channel_means(r: &[f32], batch: usize, hw: usize, c: usize) -> Vec<f32> {
 
 /// The option-A shortcut on NHWC `src` of shape `(batch, h, w, cin)`: every `stride`-th
 /// position (output `(oh, ow)`), output channel `j` = input channel `gather[j]` or zero.
-fn gather_channels<T: Copy + Default>(
+fn gather_channels<T: Copy + Default + Send + Sync>(
     src: &[T],
     (batch, h, w, cin): (usize, usize, usize, usize),
     (oh, ow): (usize, usize),
@@ -977,20 +977,35 @@ fn gather_channels<T: Copy + Default>(
     gather: &[Option<usize>],
 ) -> Vec<T> {
     let c = gather.len();
-    let mut out = vec![T::default(); batch * oh * ow * c];
-    for b in 0..batch {
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let s = ((b * h + oy * stride) * w + ox * stride) * cin;
-                let d = ((b * oh + oy) * ow + ox) * c;
-                for (j, g) in gather.iter().enumerate() {
-                    if let Some(g) = g {
-                        out[d + j] = src[s + g];
-                    }
-                }
+    // Runs of consecutive source channels landing in consecutive output channels
+    // `(output channel, source channel, length)`: one copy each per pixel (option A's zero
+    // padding of the channels is a single run).
+    let mut runs: Vec<(usize, usize, usize)> = Vec::new();
+    for (j, g) in gather.iter().enumerate() {
+        if let Some(g) = *g {
+            match runs.last_mut() {
+                Some((d, s, n)) if *d + *n == j && *s + *n == g => *n += 1,
+                _ => runs.push((j, g, 1)),
             }
         }
     }
+    let mut out = vec![T::default(); batch * oh * ow * c];
+    if out.is_empty() {
+        return out;
+    }
+    out.par_chunks_mut(oh * ow * c)
+        .enumerate()
+        .for_each(|(b, out)| {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let s = ((b * h + oy * stride) * w + ox * stride) * cin;
+                    let d = (oy * ow + ox) * c;
+                    for &(dj, sj, n) in &runs {
+                        out[d + dj..d + dj + n].copy_from_slice(&src[s + sj..s + sj + n]);
+                    }
+                }
+            }
+        });
     out
 }
 
@@ -1196,6 +1211,50 @@ mod tests {
             }
         }
         (o, oh, ow, c)
+    }
+
+    /// The run-wise, per-image parallel gather equals the element-wise loop for gathers
+    /// with runs, gaps, repeats and reversals, at strides 1–3 and odd sizes.
+    #[test]
+    fn gather_channels_matches_elementwise() {
+        let mut r = lcg(17);
+        let gathers: [&[Option<usize>]; 5] = [
+            &[None, Some(0), Some(1), Some(2), None],
+            &[Some(0), None, Some(2), Some(3), None, Some(1)],
+            &[Some(3), Some(2), Some(1), Some(0)],
+            &[Some(1), Some(1), Some(2), Some(3), Some(0), Some(1)],
+            &[None, None],
+        ];
+        for (batch, h, w, stride) in [
+            (3usize, 5usize, 7usize, 2usize),
+            (2, 4, 4, 1),
+            (1, 7, 5, 3),
+            (0, 3, 3, 2),
+        ] {
+            let cin = 4;
+            let src: Vec<u8> = (0..batch * h * w * cin)
+                .map(|_| (r() * 255.0) as u8)
+                .collect();
+            let (oh, ow) = (h.div_ceil(stride), w.div_ceil(stride));
+            for gather in gathers {
+                let c = gather.len();
+                let mut want = vec![0u8; batch * oh * ow * c];
+                for b in 0..batch {
+                    for oy in 0..oh {
+                        for ox in 0..ow {
+                            for (j, g) in gather.iter().enumerate() {
+                                if let Some(g) = g {
+                                    want[((b * oh + oy) * ow + ox) * c + j] =
+                                        src[((b * h + oy * stride) * w + ox * stride) * cin + g];
+                                }
+                            }
+                        }
+                    }
+                }
+                let got = gather_channels(&src, (batch, h, w, cin), (oh, ow), stride, gather);
+                assert_eq!(got, want, "{gather:?} stride {stride}");
+            }
+        }
     }
 
     #[test]
