@@ -486,6 +486,16 @@ impl Ctx<'_> {
             let dims = (g.out_h(), g.out_w(), op.c_out);
             return Ok(Output::Value(Value::quantized(out, dims, q)));
         }
+        // A one-channel first conv to codes (a grayscale network's first layer): the direct
+        // conv and the requantisation image by image, the sums staying in cache.
+        if let (true, false, Some(q), None) = (self.fused, split, self.node.out, res)
+            && first
+            && g.c_in == 1
+            && g.stride == 1
+            && !g.is_pointwise()
+        {
+            return self.first_layer_c1_codes(lw, &g, q).map(Output::Value);
+        }
         let t_gemm = Instant::now();
         let acc = if split {
             Vec::new() // one convolution per input channel, in first_layer_pre
@@ -880,6 +890,38 @@ impl Ctx<'_> {
             .chunks_exact(co)
             .flat_map(|row| row.iter().zip(bias).map(|(off, b)| b - off))
             .collect()
+    }
+
+    /// A one-channel, stride-1 first conv's codes for output quantisation `q`: per image,
+    /// the direct conv into a per-thread buffer and [`first_layer_codes`](Self::first_layer_codes)'s
+    /// requantisation of it (the same codes, bit for bit, without the i32 tensor of the whole
+    /// batch).
+    fn first_layer_c1_codes(&self, lw: &LayerWeights, g: &ConvGeom, q: QuantOut) -> Result<Value> {
+        let t_gemm = Instant::now();
+        g.validate()?;
+        let x = &self.x.codes;
+        check_len("conv input", g.input_len(), x.len())?;
+        let panel = self.conv_panel(lw, g)?;
+        let wt = crate::layers::c1_weights(g, &panel);
+        let (scale, bias) = affine(lw, self.x.step);
+        let (co, hw) = (g.c_out, g.out_h() * g.out_w());
+        let shift = self.model.cache.shift(self.index, (g.h, g.w, g.c_in), || {
+            self.first_layer_shift(g, lw, &lw.packed.unpack(), &bias)
+        });
+        let step = out_step(q);
+        let simd = crate::fused::simd_epilogue(self.isa);
+        let scale: Vec<f32> = (0..hw).flat_map(|_| scale.iter().copied()).collect();
+        let mut out = self.model.cache.take(g.rows() * co);
+        out.par_chunks_mut(hw * co).enumerate().for_each_init(
+            || vec![0i32; hw * co],
+            |acc, (b, o)| {
+                let xb = &x[b * g.h * g.w..(b + 1) * g.h * g.w];
+                crate::layers::conv2d_c1_one(xb, g, &wt, self.isa, acc);
+                crate::fused::requant_into(o, acc, &scale, &shift, None, q.alpha, step, simd);
+            },
+        );
+        tracing::debug!(gemm_ms = millis(t_gemm), "direct conv + requantisation");
+        Ok(Value::quantized(out, (g.out_h(), g.out_w(), co), q))
     }
 
     /// The first conv's codes for output quantisation `q`, in one pass over the

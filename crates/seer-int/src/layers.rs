@@ -190,25 +190,34 @@ pub fn conv2d(x: &[u8], g: &ConvGeom, w: &WeightPanel, isa: Isa) -> Result<Vec<i
 /// the row (on AVX2: per output pixel along the channels, [`conv2d_c1_image_avx2`]); exact
 /// i32 sums like the GEMM. Parallel over images.
 fn conv2d_c1(x: &[u8], g: &ConvGeom, w: &WeightPanel, isa: Isa, out: &mut [i32]) {
-    let (oh, ow, co, kh, kw) = (g.out_h(), g.out_w(), g.c_out, g.kh, g.kw);
-    let wt: Vec<i32> = (0..co)
-        .flat_map(|o| (0..kh * kw).map(move |t| w.code(o, t) as i32))
-        .collect();
-    let simd = isa != Isa::Portable && Isa::Avx2.is_available();
+    let (oh, ow, co) = (g.out_h(), g.out_w(), g.c_out);
+    let wt = c1_weights(g, w);
     out.par_chunks_mut(oh * ow * co)
         .enumerate()
         .for_each(|(b, out)| {
             let x = &x[b * g.h * g.w..(b + 1) * g.h * g.w];
-            if simd {
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: AVX2 is available (checked above).
-                unsafe {
-                    conv2d_c1_image_avx2(x, g, &wt, out)
-                }
-            } else {
-                conv2d_c1_image(x, g, &wt, out);
-            }
+            conv2d_c1_one(x, g, &wt, isa, out);
         });
+}
+
+/// The `[c_out, kh·kw]` weights of a one-channel conv panel as i32, for [`conv2d_c1_one`].
+pub(crate) fn c1_weights(g: &ConvGeom, w: &WeightPanel) -> Vec<i32> {
+    (0..g.c_out)
+        .flat_map(|o| (0..g.kh * g.kw).map(move |t| w.code(o, t) as i32))
+        .collect()
+}
+
+/// One image of [`conv2d_c1`]: `x` `[h, w]` codes, `wt` from [`c1_weights`], `out`
+/// `[out_h, out_w, c_out]` sums; on AVX2 unless `isa` is portable.
+pub(crate) fn conv2d_c1_one(x: &[u8], g: &ConvGeom, wt: &[i32], isa: Isa, out: &mut [i32]) {
+    if isa != Isa::Portable && Isa::Avx2.is_available() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 is available (checked above).
+        unsafe {
+            return conv2d_c1_image_avx2(x, g, wt, out);
+        }
+    }
+    conv2d_c1_image(x, g, wt, out);
 }
 
 /// [`conv2d_c1_image`] on AVX2, vectorised along the output channels instead of the row:
