@@ -486,6 +486,16 @@ impl Ctx<'_> {
             let dims = (g.out_h(), g.out_w(), op.c_out);
             return Ok(Output::Value(Value::quantized(out, dims, q)));
         }
+        // A one-channel first conv to codes (a grayscale network's first layer): the direct
+        // conv and the requantisation image by image, the sums staying in cache.
+        if let (true, false, Some(q), None) = (self.fused, split, self.node.out, res)
+            && first
+            && g.c_in == 1
+            && g.stride == 1
+            && !g.is_pointwise()
+        {
+            return self.first_layer_c1_codes(lw, &g, q).map(Output::Value);
+        }
         let t_gemm = Instant::now();
         let acc = if split {
             Vec::new() // one convolution per input channel, in first_layer_pre
@@ -882,6 +892,38 @@ impl Ctx<'_> {
             .collect()
     }
 
+    /// A one-channel, stride-1 first conv's codes for output quantisation `q`: per image,
+    /// the direct conv into a per-thread buffer and [`first_layer_codes`](Self::first_layer_codes)'s
+    /// requantisation of it (the same codes, bit for bit, without the i32 tensor of the whole
+    /// batch).
+    fn first_layer_c1_codes(&self, lw: &LayerWeights, g: &ConvGeom, q: QuantOut) -> Result<Value> {
+        let t_gemm = Instant::now();
+        g.validate()?;
+        let x = &self.x.codes;
+        check_len("conv input", g.input_len(), x.len())?;
+        let panel = self.conv_panel(lw, g)?;
+        let wt = crate::layers::c1_weights(g, &panel);
+        let (scale, bias) = affine(lw, self.x.step);
+        let (co, hw) = (g.c_out, g.out_h() * g.out_w());
+        let shift = self.model.cache.shift(self.index, (g.h, g.w, g.c_in), || {
+            self.first_layer_shift(g, lw, &lw.packed.unpack(), &bias)
+        });
+        let step = out_step(q);
+        let simd = crate::fused::simd_epilogue(self.isa);
+        let scale: Vec<f32> = (0..hw).flat_map(|_| scale.iter().copied()).collect();
+        let mut out = self.model.cache.take(g.rows() * co);
+        out.par_chunks_mut(hw * co).enumerate().for_each_init(
+            || vec![0i32; hw * co],
+            |acc, (b, o)| {
+                let xb = &x[b * g.h * g.w..(b + 1) * g.h * g.w];
+                crate::layers::conv2d_c1_one(xb, g, &wt, self.isa, acc);
+                crate::fused::requant_into(o, acc, &scale, &shift, None, q.alpha, step, simd);
+            },
+        );
+        tracing::debug!(gemm_ms = millis(t_gemm), "direct conv + requantisation");
+        Ok(Value::quantized(out, (g.out_h(), g.out_w(), co), q))
+    }
+
     /// The first conv's codes for output quantisation `q`, in one pass over the
     /// accumulators (the values of [`first_layer_pre`](Self::first_layer_pre), quantized).
     fn first_layer_codes(&self, a: &ConvAcc, q: QuantOut) -> Result<Vec<u8>> {
@@ -969,7 +1011,7 @@ fn channel_means(r: &[f32], batch: usize, hw: usize, c: usize) -> Vec<f32> {
 
 /// The option-A shortcut on NHWC `src` of shape `(batch, h, w, cin)`: every `stride`-th
 /// position (output `(oh, ow)`), output channel `j` = input channel `gather[j]` or zero.
-fn gather_channels<T: Copy + Default>(
+fn gather_channels<T: Copy + Default + Send + Sync>(
     src: &[T],
     (batch, h, w, cin): (usize, usize, usize, usize),
     (oh, ow): (usize, usize),
@@ -977,20 +1019,35 @@ fn gather_channels<T: Copy + Default>(
     gather: &[Option<usize>],
 ) -> Vec<T> {
     let c = gather.len();
-    let mut out = vec![T::default(); batch * oh * ow * c];
-    for b in 0..batch {
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let s = ((b * h + oy * stride) * w + ox * stride) * cin;
-                let d = ((b * oh + oy) * ow + ox) * c;
-                for (j, g) in gather.iter().enumerate() {
-                    if let Some(g) = g {
-                        out[d + j] = src[s + g];
-                    }
-                }
+    // Runs of consecutive source channels landing in consecutive output channels
+    // `(output channel, source channel, length)`: one copy each per pixel (option A's zero
+    // padding of the channels is a single run).
+    let mut runs: Vec<(usize, usize, usize)> = Vec::new();
+    for (j, g) in gather.iter().enumerate() {
+        if let Some(g) = *g {
+            match runs.last_mut() {
+                Some((d, s, n)) if *d + *n == j && *s + *n == g => *n += 1,
+                _ => runs.push((j, g, 1)),
             }
         }
     }
+    let mut out = vec![T::default(); batch * oh * ow * c];
+    if out.is_empty() {
+        return out;
+    }
+    out.par_chunks_mut(oh * ow * c)
+        .enumerate()
+        .for_each(|(b, out)| {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let s = ((b * h + oy * stride) * w + ox * stride) * cin;
+                    let d = (oy * ow + ox) * c;
+                    for &(dj, sj, n) in &runs {
+                        out[d + dj..d + dj + n].copy_from_slice(&src[s + sj..s + sj + n]);
+                    }
+                }
+            }
+        });
     out
 }
 
@@ -1196,6 +1253,50 @@ mod tests {
             }
         }
         (o, oh, ow, c)
+    }
+
+    /// The run-wise, per-image parallel gather equals the element-wise loop for gathers
+    /// with runs, gaps, repeats and reversals, at strides 1–3 and odd sizes.
+    #[test]
+    fn gather_channels_matches_elementwise() {
+        let mut r = lcg(17);
+        let gathers: [&[Option<usize>]; 5] = [
+            &[None, Some(0), Some(1), Some(2), None],
+            &[Some(0), None, Some(2), Some(3), None, Some(1)],
+            &[Some(3), Some(2), Some(1), Some(0)],
+            &[Some(1), Some(1), Some(2), Some(3), Some(0), Some(1)],
+            &[None, None],
+        ];
+        for (batch, h, w, stride) in [
+            (3usize, 5usize, 7usize, 2usize),
+            (2, 4, 4, 1),
+            (1, 7, 5, 3),
+            (0, 3, 3, 2),
+        ] {
+            let cin = 4;
+            let src: Vec<u8> = (0..batch * h * w * cin)
+                .map(|_| (r() * 255.0) as u8)
+                .collect();
+            let (oh, ow) = (h.div_ceil(stride), w.div_ceil(stride));
+            for gather in gathers {
+                let c = gather.len();
+                let mut want = vec![0u8; batch * oh * ow * c];
+                for b in 0..batch {
+                    for oy in 0..oh {
+                        for ox in 0..ow {
+                            for (j, g) in gather.iter().enumerate() {
+                                if let Some(g) = g {
+                                    want[((b * oh + oy) * ow + ox) * c + j] =
+                                        src[((b * h + oy * stride) * w + ox * stride) * cin + g];
+                                }
+                            }
+                        }
+                    }
+                }
+                let got = gather_channels(&src, (batch, h, w, cin), (oh, ow), stride, gather);
+                assert_eq!(got, want, "{gather:?} stride {stride}");
+            }
+        }
     }
 
     #[test]

