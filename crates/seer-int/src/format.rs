@@ -151,11 +151,18 @@ pub enum NodeOp {
         /// Source channel of every output channel (`null` = zero).
         gather: Vec<Option<usize>>,
     },
+    /// Channel concatenation of the node's `input` followed by `others`, in that order (equal
+    /// height and width). Keeps the inputs' representation: all codes of one quantisation
+    /// (`out` must equal it) or all real values (`out = null`).
+    Concat {
+        /// The inputs after the first (`input`), at least one.
+        others: Vec<String>,
+    },
 }
 
 impl NodeOp {
     /// The kind's name as written in the file's `op` field (`conv`, `linear`, `max_pool`,
-    /// `avg_pool`, `global_avg_pool`, `quantize`, `shortcut_a`).
+    /// `avg_pool`, `global_avg_pool`, `quantize`, `shortcut_a`, `concat`).
     pub fn kind(&self) -> &'static str {
         match self {
             NodeOp::Conv { .. } => "conv",
@@ -165,6 +172,19 @@ impl NodeOp {
             NodeOp::GlobalAvgPool => "global_avg_pool",
             NodeOp::Quantize => "quantize",
             NodeOp::ShortcutA { .. } => "shortcut_a",
+            NodeOp::Concat { .. } => "concat",
+        }
+    }
+
+    /// Names of the values this node reads besides its `input`: a conv's residual, a
+    /// concat's further inputs.
+    pub fn extra_inputs(&self) -> Vec<&str> {
+        match self {
+            NodeOp::Conv {
+                residual: Some(r), ..
+            } => vec![r.as_str()],
+            NodeOp::Concat { others } => others.iter().map(String::as_str).collect(),
+            _ => Vec::new(),
         }
     }
 
@@ -374,12 +394,16 @@ impl IntModel {
         if !seen.contains(&node.input) {
             return bad(format!("unknown input {:?}", node.input));
         }
-        if let NodeOp::Conv {
-            residual: Some(r), ..
-        } = &node.op
-            && !seen.contains(r)
-        {
-            return bad(format!("unknown residual {r:?}"));
+        if let Some(r) = node.op.extra_inputs().into_iter().find(|r| !seen.contains(*r)) {
+            return bad(format!("unknown input {r:?}"));
+        }
+        if let NodeOp::Concat { others } = &node.op {
+            if others.is_empty() {
+                return bad("a concat needs at least two inputs".into());
+            }
+            if node.input == "input" || others.iter().any(|o| o == "input") {
+                return bad("the image cannot be concatenated".into());
+            }
         }
         if let NodeOp::Conv {
             kernel,
@@ -401,7 +425,10 @@ impl IntModel {
         }
         let real_ok = matches!(
             node.op,
-            NodeOp::Conv { .. } | NodeOp::MaxPool { .. } | NodeOp::ShortcutA { .. }
+            NodeOp::Conv { .. }
+                | NodeOp::MaxPool { .. }
+                | NodeOp::ShortcutA { .. }
+                | NodeOp::Concat { .. }
         );
         if last
             && (node.out.is_some()
@@ -413,7 +440,7 @@ impl IntModel {
         }
         if !last && node.out.is_none() && !real_ok {
             return bad(
-                "only conv, max-pool and shortcut nodes may have out = null before the final node"
+                "only conv, max-pool, shortcut and concat nodes may have out = null before the final node"
                     .into(),
             );
         }

@@ -91,11 +91,8 @@ impl IntModel {
         let mut last_use: HashMap<&str, usize> = HashMap::new();
         for (ni, node) in nodes.iter().enumerate() {
             last_use.insert(node.input.as_str(), ni);
-            if let NodeOp::Conv {
-                residual: Some(r), ..
-            } = &node.op
-            {
-                last_use.insert(r.as_str(), ni);
+            for r in node.op.extra_inputs() {
+                last_use.insert(r, ni);
             }
         }
         let mut logits = None;
@@ -408,6 +405,7 @@ impl Ctx<'_> {
             NodeOp::ShortcutA { stride, gather } => {
                 self.shortcut_a_node(*stride, gather).map(Output::Value)
             }
+            NodeOp::Concat { others } => self.concat_node(others).map(Output::Value),
         }
     }
 
@@ -783,6 +781,99 @@ impl Ctx<'_> {
         })
     }
 
+    /// Channel concatenation (NHWC: per pixel, each input's channels in turn). Every input
+    /// must have the node input's height, width and representation (codes of one step, or
+    /// real values); codes must match `out`'s step.
+    fn concat_node(&self, others: &[String]) -> Result<Value> {
+        let mut ins = vec![self.x];
+        for o in others {
+            ins.push(
+                self.values
+                    .get(o.as_str())
+                    .ok_or_else(|| self.err(format!("its input {o} was not computed")))?,
+            );
+        }
+        let x = self.x;
+        let real = x.real.is_some();
+        for v in &ins {
+            if (v.h, v.w) != (x.h, x.w) {
+                return Err(self.err(format!(
+                    "inputs of {}x{} and {}x{} pixels",
+                    x.h, x.w, v.h, v.w
+                )));
+            }
+            if v.real.is_some() != real || (!real && v.step.to_bits() != x.step.to_bits()) {
+                return Err(self.err(
+                    "its inputs differ in representation (codes of one quantisation, or all real)",
+                ));
+            }
+        }
+        match (self.node.out, real) {
+            (None, true) => {}
+            (Some(q), false) if out_step(q).to_bits() == x.step.to_bits() => {}
+            _ => {
+                return Err(self.err(
+                    "its out must be its inputs' quantisation (null for real-valued inputs)",
+                ));
+            }
+        }
+        let c: usize = ins.iter().map(|v| v.c).sum();
+        let pixels = self.batch * x.h * x.w;
+        fn cat<T: Copy + Default + Send + Sync>(
+            parts: &[(&[T], usize)],
+            pixels: usize,
+            c: usize,
+        ) -> Vec<T> {
+            let mut out = vec![T::default(); pixels * c];
+            out.par_chunks_mut(c.max(1) * 64)
+                .enumerate()
+                .for_each(|(k, chunk)| {
+                    for (j, o) in chunk.chunks_mut(c.max(1)).enumerate() {
+                        let p = k * 64 + j;
+                        let mut d = 0;
+                        for &(src, n) in parts {
+                            o[d..d + n].copy_from_slice(&src[p * n..(p + 1) * n]);
+                            d += n;
+                        }
+                    }
+                });
+            out
+        }
+        if c == 0 {
+            return Err(self.err("a concat of zero channels"));
+        }
+        Ok(if real {
+            let parts: Vec<(&[f32], usize)> = ins
+                .iter()
+                .map(|v| (v.real.as_deref().unwrap_or(&[]), v.c))
+                .collect();
+            for (src, n) in &parts {
+                check_len("concat input", pixels * n, src.len())?;
+            }
+            Value {
+                codes: Vec::new(),
+                real: Some(cat(&parts, pixels, c)),
+                h: x.h,
+                w: x.w,
+                c,
+                step: x.step,
+            }
+        } else {
+            let parts: Vec<(&[u8], usize)> = ins.iter().map(|v| (&v.codes[..], v.c)).collect();
+            for (src, n) in &parts {
+                check_len("concat input", pixels * n, src.len())?;
+            }
+            Value {
+                codes: cat(&parts, pixels, c),
+                real: None,
+                h: x.h,
+                w: x.w,
+                c,
+                step: x.step,
+            }
+        })
+    }
+
     /// First conv, real-valued outputs before activation: the image's normalisation offset
     /// `−mean_c/std_c` enters only at valid (unpadded) positions, so it is subtracted per
     /// output position exactly. `a.acc`: the integer convolution of the pixels with one
@@ -1056,7 +1147,9 @@ mod tests {
     use super::*;
     use crate::format::InputSpec;
     use crate::reference;
-    use crate::testutil::{build_with, conv, lcg, toy_int8, toy_model, toy_real_stream};
+    use crate::testutil::{
+        build_with, conv, lcg, toy_concat, toy_int8, toy_model, toy_real_stream,
+    };
 
     /// The fake-quantized float network, in f64 from dequantized weights.
     /// With `engine` given, every node reads its inputs (and residuals) from the engine's
@@ -1145,6 +1238,21 @@ mod tests {
                     )
                 }
                 NodeOp::Quantize => (x.iter().map(|&v| fq(v, n.out.unwrap())).collect(), h, w, c),
+                NodeOp::Concat { others } => {
+                    let mut parts = vec![(x, c)];
+                    for o in others {
+                        let v = engine.and_then(|e| e.get(o)).unwrap_or(&vals[o].0);
+                        parts.push((v.clone(), vals[o].3));
+                    }
+                    let ct: usize = parts.iter().map(|p| p.1).sum();
+                    let mut out = Vec::with_capacity(batch * h * w * ct);
+                    for p in 0..batch * h * w {
+                        for (v, n) in &parts {
+                            out.extend_from_slice(&v[p * n..(p + 1) * n]);
+                        }
+                    }
+                    (out, h, w, ct)
+                }
                 NodeOp::ShortcutA { stride, gather } => {
                     let (oh, ow) = (h.div_ceil(*stride), w.div_ceil(*stride));
                     let mut o = vec![0.0; batch * oh * ow * gather.len()];
@@ -1365,12 +1473,71 @@ mod tests {
         assert!(e.contains("c2") && e.contains("quantize"), "{e}");
     }
 
+    /// Concatenations of codes (three inputs, then max pooling) and of real values (then a
+    /// quantize node and a residual read) equal the float model; inputs that differ in
+    /// quantisation or size, or an `out` other than the inputs', are clear errors.
+    #[test]
+    fn concat_nodes_match_the_float_model_and_refuse_mixed_inputs() {
+        let m = toy_concat();
+        check_engine(m.clone());
+        let run = |edit: &dyn Fn(&mut Vec<Node>)| {
+            let mut meta = m.meta().clone();
+            edit(&mut meta.nodes);
+            IntModel::new(meta, m.weights().clone())
+                .and_then(|bad| bad.forward(&[7; 64], 1, Isa::Portable))
+                .map(|_| ())
+                .unwrap_err()
+                .to_string()
+        };
+        let at = |nodes: &mut Vec<Node>, name: &str| nodes.iter().position(|n| n.name == name).unwrap();
+        // Codes of another quantisation.
+        let e = run(&|n| {
+            let b = at(n, "b");
+            n[b].out = Some(QuantOut { alpha: 1.4, bits: 5 });
+        });
+        assert!(e.contains("cat") && e.contains("representation"), "{e}");
+        // Codes concatenated with real values.
+        let e = run(&|n| {
+            let c = at(n, "rcat");
+            n[c].op = NodeOp::Concat {
+                others: vec!["b".into()],
+            };
+        });
+        assert!(e.contains("representation"), "{e}");
+        // An `out` that is not the inputs' quantisation.
+        let e = run(&|n| {
+            let c = at(n, "cat");
+            n[c].out = Some(QuantOut { alpha: 1.5, bits: 4 });
+        });
+        assert!(e.contains("cat") && e.contains("out"), "{e}");
+        // An unknown input, one input only, the image.
+        let e = run(&|n| {
+            let c = at(n, "cat");
+            n[c].op = NodeOp::Concat {
+                others: vec!["nope".into()],
+            };
+        });
+        assert!(e.contains("unknown input"), "{e}");
+        let e = run(&|n| {
+            let c = at(n, "cat");
+            n[c].op = NodeOp::Concat { others: vec![] };
+        });
+        assert!(e.contains("two inputs"), "{e}");
+        let e = run(&|n| {
+            let c = at(n, "cat");
+            n[c].op = NodeOp::Concat {
+                others: vec!["input".into()],
+            };
+        });
+        assert!(e.contains("image"), "{e}");
+    }
+
     /// The fused paths (GEMM + requantisation in one pass, cached panels, pooled buffers)
     /// give bit-identical logits to the unfused layer functions, on every ISA, over repeated
     /// calls (reused buffers) and batch sizes that leave partial row blocks.
     #[test]
     fn fused_paths_equal_the_unfused_engine() {
-        for m in [toy_model(), toy_real_stream(), toy_int8()] {
+        for m in [toy_model(), toy_real_stream(), toy_int8(), toy_concat()] {
             let mut r = lcg(17);
             for batch in [1, 3, 24] {
                 let pixels: Vec<u8> = (0..batch * 64 * m.meta().input.channels)

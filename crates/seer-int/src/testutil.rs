@@ -247,3 +247,60 @@ pub(crate) fn toy_int8() -> IntModel {
         },
     ])
 }
+
+/// Concatenations of codes (two convs requantised alike, then max pooling) and of real
+/// values (two real-valued convs, then a quantize node and a residual read).
+pub(crate) fn toy_concat() -> IntModel {
+    let q = |alpha, bits| Some(QuantOut { alpha, bits });
+    let node = |name: &str, input: &str, op: NodeOp, out| Node {
+        name: name.into(),
+        input: input.into(),
+        op,
+        out,
+    };
+    let cat = |others: &[&str]| NodeOp::Concat {
+        others: others.iter().map(|s| s.to_string()).collect(),
+    };
+    let mut ra = conv("ra", "c1", 4, 3, 1, 6, None, None);
+    let mut rb = conv("rb", "c1", 4, 2, 1, 4, None, None);
+    for n in [&mut ra, &mut rb] {
+        if let NodeOp::Conv { relu, .. } = &mut n.op {
+            *relu = true;
+        }
+    }
+    build(vec![
+        conv("c1", "input", 1, 4, 1, 8, None, Some((2.0, 4))),
+        conv("a", "c1", 4, 3, 1, 5, None, Some((1.5, 5))),
+        conv("b", "c1", 4, 2, 1, 3, None, Some((1.5, 5))),
+        conv("a2", "c1", 4, 2, 1, 2, None, Some((1.5, 5))),
+        node("cat", "a", cat(&["b", "a2"]), q(1.5, 5)),
+        ra,
+        rb,
+        node("rcat", "ra", cat(&["rb"]), None),
+        node("q", "rcat", NodeOp::Quantize, q(2.0, 4)),
+        conv("c2", "q", 5, 5, 1, 4, Some("rcat"), Some((2.0, 4))),
+        node(
+            "mp",
+            "cat",
+            NodeOp::MaxPool {
+                kernel: 3,
+                stride: 1,
+                pad: 1,
+                pad_end: None,
+            },
+            q(1.5, 5),
+        ),
+        conv("c3", "mp", 7, 5, 1, 8, Some("c2"), Some((1.0, 8))),
+        node("gap", "c3", NodeOp::GlobalAvgPool, q(1.0, 8)),
+        node(
+            "fc",
+            "gap",
+            NodeOp::Linear {
+                in_features: 5,
+                out_features: 3,
+                w_bits: 8,
+            },
+            None,
+        ),
+    ])
+}

@@ -129,6 +129,8 @@ enum Op {
         gathers: Vec<Option<Vec<Option<usize>>>>,
         mask: Option<Vec<f32>>,
     },
+    /// Channel concatenation of the inputs (CHW buffers one after another).
+    Concat,
     Pool {
         max: bool,
         k: [usize; 2],
@@ -392,6 +394,12 @@ impl EvalNet {
                         [c, h, w],
                     )
                 }
+                LayerKind::Concat => {
+                    let ins: Vec<(usize, [usize; 3])> = (0..l.inputs.len()).map(in_val).collect();
+                    let c = ins.iter().map(|v| v.1[0]).sum();
+                    let [_, h, w] = ins.first().map(|v| v.1).unwrap_or([0, 0, 0]);
+                    (Op::Concat, ins, [c, h, w])
+                }
                 LayerKind::Flatten => {
                     let (x, xs) = in_val(0);
                     // Same memory, a vector view.
@@ -447,7 +455,7 @@ impl EvalNet {
             // masks convs, linears, BatchNorms and adds only); refuse rather than ignore one.
             if matches!(
                 op,
-                Op::Act | Op::Pool { .. } | Op::GlobalAvg | Op::Shortcut { .. }
+                Op::Act | Op::Concat | Op::Pool { .. } | Op::GlobalAvg | Op::Shortcut { .. }
             ) && model.plan.out_mask[i].is_some()
             {
                 return Err(Error::Invalid(format!(
@@ -681,6 +689,13 @@ fn run(
                 }
             }
         }
+        Op::Concat => {
+            o.clear();
+            for (&src, sh) in nd.inputs.iter().zip(&nd.in_shapes) {
+                let len: usize = sh.iter().product();
+                o.extend(bufs[src][..len].iter().map(|&v| act.apply(v)));
+            }
+        }
         Op::Pool { max, k, s, p } => {
             let [_, ih, iw] = nd.in_shapes[0];
             o.clear();
@@ -785,10 +800,22 @@ mod tests {
             ("vgg-small", "8x8x3", ResidualPruning::Tied),
             ("mobilenetv2", "17x17x3", ResidualPruning::Tied),
         ];
-        for (ci, (arch, inp, mode)) in cases.into_iter().enumerate() {
-            let Ok(spec) = builtin(arch, Some(inp.parse().unwrap()), None) else {
-                panic!("builtin {arch} at {inp}");
-            };
+        let specs = cases
+            .into_iter()
+            .map(|(arch, inp, mode)| {
+                let Ok(spec) = builtin(arch, Some(inp.parse().unwrap()), None) else {
+                    panic!("builtin {arch} at {inp}");
+                };
+                (spec, mode)
+            })
+            // Channel concatenations (issue 20).
+            .chain(
+                crate::tests::concat_nets()
+                    .into_iter()
+                    .map(|s| (s, ResidualPruning::Tied)),
+            );
+        for (ci, (spec, mode)) in specs.enumerate() {
+            let (arch, inp) = (spec.name.clone(), spec.input.to_string());
             let space = SearchSpace::new(
                 spec.clone(),
                 SpaceConfig {

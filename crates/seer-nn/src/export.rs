@@ -18,9 +18,14 @@
 //! classifier. Both then compute the same function up to float rounding at exact ties:
 //! every GEMM is integer; only residual adds and global pooling run in f32.
 //!
+//! A channel concatenation passes its consumers' quantizer back to every input (as ReLU and
+//! max pooling do), so its inputs arrive as codes of one quantisation (or all real) and the
+//! engine's `concat` node only copies them.
+//!
 //! Not representable, hence a clear [`Error::Export`] naming the layer: masked residual
 //! pruning (adds over different channel sets), average pooling, layers left in full
-//! precision, grouped or dilated convolutions, and ReLU6 on a float stream. Per-channel
+//! precision, grouped or dilated convolutions, ReLU6 on a float stream, and a concat whose
+//! inputs other layers read with different quantizers. Per-channel
 //! input standard deviations that differ (CIFAR) make the first conv run one integer
 //! convolution per input channel (`InputSpec::std_per_channel`).
 //!
@@ -176,7 +181,10 @@ pub fn to_int_model(
         while let Some(c) = stack.pop() {
             match spec.layers[c].kind {
                 LayerKind::Conv2d { .. } | LayerKind::Linear { .. } => qs.push(quant_in(c)?),
-                LayerKind::Relu | LayerKind::MaxPool { .. } | LayerKind::Flatten => {
+                LayerKind::Relu
+                | LayerKind::MaxPool { .. }
+                | LayerKind::Flatten
+                | LayerKind::Concat => {
                     output |= consumers[c].is_empty();
                     stack.extend(&consumers[c]);
                 }
@@ -491,6 +499,42 @@ pub fn to_int_model(
                 val[i] = Some(v); // codes are already ≥ 0
             }
             LayerKind::Flatten => val[i] = Some(input_val(0)?),
+            LayerKind::Concat => {
+                let ins = (0..l.inputs.len())
+                    .map(input_val)
+                    .collect::<Result<Vec<_>>>()?;
+                let first = &ins[0];
+                if ins.iter().any(|v| v.node == "input") {
+                    return Err(err(format!(
+                        "layer {}: the image cannot be concatenated on the integer engine",
+                        l.name
+                    )));
+                }
+                if let Some(k) = ins
+                    .iter()
+                    .position(|v| v.real != first.real || v.q != first.q)
+                {
+                    return Err(err(format!(
+                        "layer {}: its inputs {} and {} are quantized differently (a concat's inputs must feed only it, or layers with one activation quantizer)",
+                        l.name,
+                        name(l.inputs[0]),
+                        name(l.inputs[k])
+                    )));
+                }
+                nodes.push(Node {
+                    name: l.name.clone(),
+                    input: first.node.clone(),
+                    op: NodeOp::Concat {
+                        others: ins[1..].iter().map(|v| v.node.clone()).collect(),
+                    },
+                    out: first.q,
+                });
+                val[i] = Some(Val {
+                    node: l.name.clone(),
+                    q: first.q,
+                    real: first.real,
+                });
+            }
             LayerKind::MaxPool {
                 kernel,
                 stride,
@@ -766,6 +810,10 @@ mod tests {
 
     fn compressed_with(arch: &str, input: &str, seed: u64, cfg: SpaceConfig) -> Model {
         let spec = builtin(arch, Some(input.parse().unwrap()), None).unwrap();
+        compressed_spec(spec, seed, cfg)
+    }
+
+    fn compressed_spec(spec: seer_policy::NetworkSpec, seed: u64, cfg: SpaceConfig) -> Model {
         let s = spec.input;
         let mut m = Model::new(spec.clone(), seed, &Device::Cpu).unwrap();
         let len = s.c * s.h * s.w;
@@ -845,6 +893,52 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Channel concatenations (issue 20): the three branches feeding a concat are
+    /// requantised to the quantizer of the conv after it and joined by a `concat` node; the
+    /// engine then computes the fake-quantized model's function. A concat on a stream kept in
+    /// float that feeds a residual add is refused with a clear error.
+    #[test]
+    fn concat_exports_and_matches_fake_quant_model() {
+        let nets = crate::tests::concat_nets();
+        for seed in [11u64, 12, 13] {
+            let m = compressed_spec(nets[0].clone(), seed, SpaceConfig::default());
+            let im = to_int_model(&m, &[MEAN], &[STD], &serde_json::Value::Null, Path::new("c"))
+                .unwrap();
+            let cat = im.meta().nodes.iter().find(|n| n.name == "cat").unwrap();
+            assert!(matches!(&cat.op, NodeOp::Concat { others } if others.len() == 2));
+            let im = IntModel::from_bytes(&im.to_bytes().unwrap(), "mem").unwrap();
+            let s = m.spec().input;
+            let n = 64;
+            let px = pixels(n, s.c * s.h * s.w, 400 + seed);
+            let want: Vec<f32> = m
+                .forward(&normalise(&px, n, s), false)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let k = m.spec().num_classes;
+            let top = |v: &[f32]| (0..k).max_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap();
+            let scale = want.iter().fold(0f32, |a, b| a.max(b.abs()));
+            for isa in Isa::available() {
+                let got = im.forward(&px, n, isa).unwrap();
+                let agree = (0..n)
+                    .filter(|&b| top(&got[b * k..(b + 1) * k]) == top(&want[b * k..(b + 1) * k]))
+                    .count();
+                let close = (0..n * k)
+                    .filter(|&i| (got[i] - want[i]).abs() <= 1e-3 * scale)
+                    .count();
+                assert!(agree * 100 >= n * 98, "seed {seed} {isa:?}: {agree}/{n}");
+                assert!(close * 10 >= n * k * 9, "seed {seed} {isa:?}: {close} close");
+            }
+        }
+        let m = compressed_spec(nets[1].clone(), 14, SpaceConfig::default());
+        let e = to_int_model(&m, &[MEAN], &[STD], &serde_json::Value::Null, Path::new("r"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("add"), "{e}");
     }
 
     /// Three input channels with different stds (CIFAR-like): NCHW pixels for the float

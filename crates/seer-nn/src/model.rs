@@ -636,6 +636,24 @@ impl Model {
                     let src: Vec<usize> = prod_phys.unwrap_or_else(|| (0..in_c).collect());
                     plan.phys[i] = Some(src.iter().map(|&s| s + before).collect());
                 }
+                LayerKind::Concat => {
+                    // Present channels: each input's, shifted by the channels before it.
+                    // Pruning never reaches a concat (seer-policy locks its domains), but an
+                    // input may still hold fewer channels (an option-A shortcut's zeros).
+                    let mut set = Vec::with_capacity(c);
+                    let mut offset = 0;
+                    for &p in &l.inputs {
+                        let pc = self.spec.layers[p].out_shape[0];
+                        match &plan.phys[p] {
+                            Some(s) => set.extend(s.iter().map(|&ch| ch + offset)),
+                            None => set.extend(offset..offset + pc),
+                        }
+                        offset += pc;
+                    }
+                    if set.len() < c {
+                        plan.phys[i] = Some(set);
+                    }
+                }
                 LayerKind::Add => {
                     let all =
                         |s: &Option<Vec<usize>>| s.clone().unwrap_or_else(|| (0..c).collect());
@@ -877,6 +895,10 @@ impl Model {
                         });
                     }
                     acc.ok_or_else(|| Error::Invalid(format!("add {} has no inputs", l.name)))?
+                }
+                LayerKind::Concat => {
+                    let parts: Vec<Tensor> = (0..l.inputs.len()).map(&input).collect();
+                    Tensor::cat(&parts, 1)?
                 }
                 LayerKind::Flatten => input(0).flatten_from(1)?,
                 LayerKind::MaxPool { kernel, stride, .. }

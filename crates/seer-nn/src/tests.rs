@@ -683,3 +683,101 @@ fn fused_training_forward_equals_unfused() {
 fn keep_freed_memory_takes_effect_on_glibc() {
     assert!(crate::keep_freed_memory(), "mallopt refused a setting");
 }
+
+/// Networks with channel concatenations (ONNX `Concat`, issue 20), on 8×8×1, 10 classes:
+/// - `concat-codes`: stem → {1×1 conv, 3×3 conv, 3×3 conv} (each + BN + ReLU) → concat of
+///   three → max pool → conv → global pool → fc (every concat input requantised alike on
+///   the integer engine);
+/// - `concat-residual`: stem → {3×3 conv + BN + ReLU, 1×1 conv + BN} → concat → residual add
+///   with the stem's output → ReLU → global pool → fc (a concat on a stream kept in float).
+pub(crate) fn concat_nets() -> Vec<seer_policy::NetworkSpec> {
+    use seer_policy::{ConvOpts, LayerKind, SpecBuilder};
+    let inp = InputShape::new(8, 8, 1);
+    let mut b = SpecBuilder::new("concat-codes", inp, 10);
+    let stem = b.conv("stem", None, ConvOpts::new(6, 3).pad(1)).unwrap();
+    let sb = b.op("stem_bn", Some(stem), LayerKind::BatchNorm).unwrap();
+    let x = b.op("stem_relu", Some(sb), LayerKind::Relu).unwrap();
+    let mut branches = Vec::new();
+    for (name, out, k) in [("b1", 3, 1), ("b3", 4, 3), ("b3b", 2, 3)] {
+        let c = b
+            .conv(name, Some(x), ConvOpts::new(out, k).pad(k / 2))
+            .unwrap();
+        let n = b
+            .op(&format!("{name}_bn"), Some(c), LayerKind::BatchNorm)
+            .unwrap();
+        branches.push(b.op(&format!("{name}_relu"), Some(n), LayerKind::Relu).unwrap());
+    }
+    let cat = b.concat("cat", &branches).unwrap();
+    let mp = b
+        .op(
+            "pool",
+            Some(cat),
+            LayerKind::MaxPool {
+                kernel: [2, 2],
+                stride: [2, 2],
+                padding: [0, 0],
+                padding_end: None,
+            },
+        )
+        .unwrap();
+    let c2 = b.conv("c2", Some(mp), ConvOpts::new(8, 3).pad(1)).unwrap();
+    let n2 = b.op("c2_bn", Some(c2), LayerKind::BatchNorm).unwrap();
+    let r2 = b.op("c2_relu", Some(n2), LayerKind::Relu).unwrap();
+    let g = b.op("gap", Some(r2), LayerKind::GlobalAvgPool).unwrap();
+    b.linear("fc", Some(g), 10, true).unwrap();
+    let codes = b.finish().unwrap();
+
+    let mut b = SpecBuilder::new("concat-residual", inp, 10);
+    let stem = b.conv("stem", None, ConvOpts::new(6, 3).pad(1)).unwrap();
+    let sb = b.op("stem_bn", Some(stem), LayerKind::BatchNorm).unwrap();
+    let x = b.op("stem_relu", Some(sb), LayerKind::Relu).unwrap();
+    let a = b.conv("a", Some(x), ConvOpts::new(4, 3).pad(1)).unwrap();
+    let an = b.op("a_bn", Some(a), LayerKind::BatchNorm).unwrap();
+    let ar = b.op("a_relu", Some(an), LayerKind::Relu).unwrap();
+    let c = b.conv("b", Some(x), ConvOpts::new(2, 1)).unwrap();
+    let cn = b.op("b_bn", Some(c), LayerKind::BatchNorm).unwrap();
+    let cat = b.concat("cat", &[ar, cn]).unwrap();
+    let add = b.add("add", &[cat, x]).unwrap();
+    let r = b.op("add_relu", Some(add), LayerKind::Relu).unwrap();
+    let g = b.op("gap", Some(r), LayerKind::GlobalAvgPool).unwrap();
+    b.linear("fc", Some(g), 10, true).unwrap();
+    vec![codes, b.finish().unwrap()]
+}
+
+/// Pruning stops at a concat: the convs it reads keep every channel under any policy, the
+/// others prune; the slimmed model computes the masked one's logits with the counted MACs.
+#[test]
+fn concat_inputs_keep_their_channels_and_slim_exactly() {
+    for spec in concat_nets() {
+        let space = SearchSpace::new(spec.clone(), SpaceConfig::default()).unwrap();
+        let mut r = ChaCha8Rng::seed_from_u64(3);
+        let mut pruned_elsewhere = false;
+        for _ in 0..4 {
+            let idx: Vec<usize> = space
+                .genes()
+                .iter()
+                .map(|g| r.random_range(0..g.candidates.len()))
+                .collect();
+            let p = space.from_indices(&idx).unwrap();
+            let slim = prune_and_slim(&spec, &space, &p);
+            for l in &spec.layers {
+                let feeds_concat = spec.layers.iter().any(|c| {
+                    matches!(c.kind, seer_policy::LayerKind::Concat)
+                        && c.inputs.iter().any(|&q| spec.layers[q].name == l.name)
+                });
+                let i = spec.layer_index(&l.name).unwrap();
+                let (full, got) = (l.out_shape[0], slim.spec().layers[i].out_shape[0]);
+                if feeds_concat {
+                    assert_eq!(got, full, "{}: {} feeds the concat", spec.name, l.name);
+                } else if got < full {
+                    pruned_elsewhere = true;
+                }
+            }
+            let cat = spec.layer_index("cat").unwrap();
+            assert_eq!(slim.spec().layers[cat].out_shape, spec.layers[cat].out_shape);
+        }
+        if spec.name == "concat-codes" {
+            assert!(pruned_elsewhere, "the stem and c2 can still prune");
+        }
+    }
+}

@@ -26,7 +26,8 @@
 //! - **Pools**: `MaxPool` (followed by the input's own Q/DQ pair: exact), `AveragePool`,
 //!   `GlobalAveragePool` (requantised like the engine). **Quantize**: Clip → Q → DQ.
 //!   **Option-A shortcut**: `Slice` with steps (subsampling), then `Pad` (one zero channel) and
-//!   `Gather` on channels.
+//!   `Gather` on channels. **Concat**: `Concat` on axis 1 of the inputs' dequantized (or real)
+//!   values, which share one step.
 //! - **Input**: `input`, f32 `[N, C, H, W]`, the normalised image `x = (p/255 − mean_c)/std_c`
 //!   (as for the imported ONNX model); the engine's exact mean correction at padded borders
 //!   is what a float conv on `x` with zero padding computes. Mean and std are in the model's
@@ -587,6 +588,33 @@ pub fn to_qdq(m: &IntModel) -> Result<ModelProto> {
                     name: y,
                     q: x.q,
                     chw,
+                }
+            }
+            NodeOp::Concat { others } => {
+                let mut names = vec![x.name.clone()];
+                let mut total = c;
+                for o in others {
+                    let v = vals
+                        .get(o.as_str())
+                        .ok_or_else(|| b.err(format!("input {o} was not computed")))?;
+                    if (v.chw.1, v.chw.2) != (h, w) || v.q != x.q {
+                        return Err(b.err(format!(
+                            "input {o} differs from {} in size or quantisation",
+                            node.input
+                        )));
+                    }
+                    names.push(v.name.clone());
+                    total += v.chw.0;
+                }
+                // Dequantized codes of one step concatenated are dequantized codes: no new
+                // Q/DQ pair.
+                let y = format!("{base}.concat");
+                let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+                b.node("Concat", &y, &refs, &y, vec![int("axis", 1)]);
+                Val {
+                    name: y,
+                    q: x.q,
+                    chw: (total, h, w),
                 }
             }
         };

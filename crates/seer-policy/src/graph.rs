@@ -6,7 +6,8 @@
 //! `groups == in_ch` (depthwise, or with a channel multiplier) pass their producer's domain on
 //! ("channels follow the producer", docs/method.md §2). A residual add either merges its
 //! inputs' domains (`tied`) or starts a fresh full-width domain that is never pruned
-//! (`masked`).
+//! (`masked`). A channel concatenation starts a fresh domain and locks it and every domain it
+//! reads: pruning does not pass through a concat (its producers keep all their channels).
 //!
 //! A grouped conv (`1 < groups < in_ch`) can only lose channels evenly from its groups: its
 //! output domain and the domain it reads are split into equal *blocks* of consecutive
@@ -157,6 +158,16 @@ impl Channels {
                         out_mult[i] = src_mult;
                     }
                 },
+                LayerKind::Concat => {
+                    // Locked: the concat's channels are its inputs' channels back to back, so
+                    // neither side may lose channels.
+                    for &p in &l.inputs {
+                        let r = find(&mut raw.parent, out_raw[p]);
+                        raw.locked[r] = true;
+                    }
+                    out_raw[i] = raw.new_dom(true);
+                    out_c[i] = l.out_shape[0];
+                }
                 LayerKind::Flatten => {
                     out_raw[i] = src_dom;
                     out_c[i] = src_c;

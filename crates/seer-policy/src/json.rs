@@ -95,7 +95,7 @@ impl NetworkSpec {
                     .map(|&p| self.layers[p].name.as_str())
                     .collect();
                 match (l.inputs.as_slice(), &l.kind) {
-                    (_, LayerKind::Add) => {
+                    (_, LayerKind::Add | LayerKind::Concat) => {
                         o.insert("inputs".into(), json!(names));
                     }
                     ([], _) if i > 0 => {
@@ -236,6 +236,7 @@ impl NetworkSpec {
                 "relu" => LayerKind::Relu,
                 "relu6" => LayerKind::Relu6,
                 "add" => LayerKind::Add,
+                "concat" => LayerKind::Concat,
                 "flatten" => LayerKind::Flatten,
                 "global_avg_pool" => LayerKind::GlobalAvgPool,
                 "max_pool" | "avg_pool" => {
@@ -269,11 +270,11 @@ impl NetworkSpec {
                 },
                 other => {
                     return Err(lerr(format!(
-                        "unknown op '{other}' (known: conv2d, linear, batch_norm, relu, relu6, add, flatten, max_pool, avg_pool, global_avg_pool, pad_shortcut)"
+                        "unknown op '{other}' (known: conv2d, linear, batch_norm, relu, relu6, add, concat, flatten, max_pool, avg_pool, global_avg_pool, pad_shortcut)"
                     )));
                 }
             };
-            if !matches!(kind, LayerKind::Add) && inputs.len() > 1 {
+            if !matches!(kind, LayerKind::Add | LayerKind::Concat) && inputs.len() > 1 {
                 return Err(lerr(format!(
                     "{} takes one input, got {}",
                     l.op,

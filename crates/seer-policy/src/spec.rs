@@ -122,6 +122,11 @@ pub enum LayerKind {
     Relu6,
     /// Element-wise sum of two or more equal-shaped inputs (a residual addition).
     Add,
+    /// Concatenation of two or more inputs along channels (ONNX `Concat` on axis 1): inputs
+    /// `[C_k, H, W]` with equal `H, W` give `[ΣC_k, H, W]`, channels in input order.
+    /// Counts 0 MACs and 0 bits. Channel pruning does not pass through it: its inputs and
+    /// its output keep all their channels (docs/network-spec.md, "Channel flow").
+    Concat,
     /// `[C, H, W]` → `[C·H·W, 1, 1]`.
     Flatten,
     /// Max pooling (floor mode).
@@ -173,6 +178,7 @@ impl LayerKind {
             LayerKind::Relu => "relu",
             LayerKind::Relu6 => "relu6",
             LayerKind::Add => "add",
+            LayerKind::Concat => "concat",
             LayerKind::Flatten => "flatten",
             LayerKind::MaxPool { .. } => "max_pool",
             LayerKind::AvgPool { .. } => "avg_pool",
@@ -551,6 +557,11 @@ impl SpecBuilder {
         self.push(name, LayerKind::Add, inputs)
     }
 
+    /// A channel concatenation of two or more producers (equal height and width).
+    pub fn concat(&mut self, name: &str, inputs: &[usize]) -> Result<usize> {
+        self.push(name, LayerKind::Concat, inputs)
+    }
+
     /// Appends a layer with explicit producers, checking `kind` against the input shape.
     /// Err(InvalidSpec) naming the layer when names repeat, producers are not earlier
     /// layers, channel counts disagree, or a spatial size would drop below 1.
@@ -587,11 +598,14 @@ impl SpecBuilder {
                 return Err(self.err(name, format!("input #{p} is not an earlier layer")));
             }
         }
-        let is_add = matches!(kind, LayerKind::Add);
-        if is_add && inputs.len() < 2 {
-            return Err(self.err(name, "an add needs at least two inputs".into()));
+        let multi = matches!(kind, LayerKind::Add | LayerKind::Concat);
+        if multi && inputs.len() < 2 {
+            return Err(self.err(
+                name,
+                format!("{} needs at least two inputs", kind.name()),
+            ));
         }
-        if !is_add && inputs.len() > 1 {
+        if !multi && inputs.len() > 1 {
             return Err(self.err(
                 name,
                 format!("{} takes one input, got {}", kind.name(), inputs.len()),
@@ -755,6 +769,25 @@ impl SpecBuilder {
                     }
                 }
                 [c, h, w]
+            }
+            LayerKind::Concat => {
+                let mut total = 0usize;
+                for &p in inputs {
+                    let [pc, ph, pw] = self.spec.layers[p].out_shape;
+                    if [ph, pw] != [h, w] {
+                        return Err(e(format!(
+                            "concat inputs have different spatial sizes: {h}x{w} ({}) vs {ph}x{pw} ({})",
+                            self.spec.layers[inputs[0]].name, self.spec.layers[p].name
+                        )));
+                    }
+                    total += pc;
+                }
+                if total > MAX_DIM {
+                    return Err(e(format!(
+                        "concat of {total} channels exceeds the supported maximum {MAX_DIM}"
+                    )));
+                }
+                [total, h, w]
             }
             LayerKind::Flatten => [c * h * w, 1, 1],
             LayerKind::MaxPool { .. } | LayerKind::AvgPool { .. } => {

@@ -238,6 +238,10 @@ fn candle_forward(
                 }
                 a
             }
+            LayerKind::Concat => {
+                let parts: Vec<Tensor> = (0..l.inputs.len()).map(inp).collect();
+                Tensor::cat(&parts, 1)?
+            }
             LayerKind::PadShortcut { stride, out_ch } => {
                 let t = inp(0);
                 let (h, w) = (t.dim(2)?, t.dim(3)?);
