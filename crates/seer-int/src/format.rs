@@ -394,7 +394,12 @@ impl IntModel {
         if !seen.contains(&node.input) {
             return bad(format!("unknown input {:?}", node.input));
         }
-        if let Some(r) = node.op.extra_inputs().into_iter().find(|r| !seen.contains(*r)) {
+        if let Some(r) = node
+            .op
+            .extra_inputs()
+            .into_iter()
+            .find(|r| !seen.contains(*r))
+        {
             return bad(format!("unknown input {r:?}"));
         }
         if let NodeOp::Concat { others } = &node.op {

@@ -3,8 +3,9 @@
 //!
 //! Activations flow between nodes as NHWC unsigned codes with their quantisation step, or
 //! as real (f32) values for the streams the fake-quantized model keeps in float (the graph's
-//! semantics are in [`format`](mod@crate::format)). Only residual adds, global pooling of real
-//! streams and the first conv's normalisation correction run in f32; every GEMM is integer.
+//! semantics are in [`format`](mod@crate::format)). Only residual adds, max and global pooling
+//! and concatenation of real streams, and the first conv's normalisation correction run in
+//! f32; every GEMM is integer.
 //!
 //! Diagnostics: every node runs inside a `tracing` span `node` (debug level, fields `name`
 //! and `op`) and ends with a debug event carrying its wall time in milliseconds (`ms`);
@@ -24,7 +25,7 @@ use crate::fused::{ASource, AccSink, RequantSink, conv2d_requant, gemm_fused};
 use crate::gemm::WeightPanel;
 use crate::layers::{
     ConvGeom, PoolGeom, Requant, avg_pool2d, conv_panel, conv2d, global_avg_pool, linear,
-    max_pool2d, round_code,
+    max_pool2d, max_pool2d_real, round_code,
 };
 use crate::pack::{PackedWeights, qmax_unsigned};
 
@@ -705,8 +706,18 @@ impl Ctx<'_> {
         pad_end: usize,
     ) -> Result<Value> {
         let x = self.x;
-        self.need_codes()?;
         let g = self.pool_geom(kernel, stride, pad, pad_end);
+        if let Some(r) = &x.real {
+            // A real-valued stream (with the float model's zero padding).
+            return Ok(Value {
+                codes: Vec::new(),
+                real: Some(max_pool2d_real(r, &g)?),
+                h: g.out_h(),
+                w: g.out_w(),
+                c: x.c,
+                step: x.step,
+            });
+        }
         Ok(Value {
             codes: max_pool2d(&x.codes, &g)?,
             real: None,
@@ -1278,7 +1289,7 @@ mod tests {
                 } => {
                     let pads = [*pad, pad_end.unwrap_or(*pad)];
                     pool_f64(&x, batch, h, w, c, *kernel, *stride, pads, |v| {
-                        v.iter().copied().fold(0.0, f64::max)
+                        v.iter().copied().fold(f64::NEG_INFINITY, f64::max)
                     })
                 }
                 NodeOp::AvgPool { kernel, stride } => {
@@ -1352,6 +1363,8 @@ mod tests {
                                     cells.push(
                                         x[((b * h + iy as usize) * w + ix as usize) * c + ch],
                                     );
+                                } else {
+                                    cells.push(0.0); // zero padding, as the float model
                                 }
                             }
                         }
@@ -1489,11 +1502,15 @@ mod tests {
                 .unwrap_err()
                 .to_string()
         };
-        let at = |nodes: &mut Vec<Node>, name: &str| nodes.iter().position(|n| n.name == name).unwrap();
+        let at =
+            |nodes: &mut Vec<Node>, name: &str| nodes.iter().position(|n| n.name == name).unwrap();
         // Codes of another quantisation.
         let e = run(&|n| {
             let b = at(n, "b");
-            n[b].out = Some(QuantOut { alpha: 1.4, bits: 5 });
+            n[b].out = Some(QuantOut {
+                alpha: 1.4,
+                bits: 5,
+            });
         });
         assert!(e.contains("cat") && e.contains("representation"), "{e}");
         // Codes concatenated with real values.
@@ -1507,7 +1524,10 @@ mod tests {
         // An `out` that is not the inputs' quantisation.
         let e = run(&|n| {
             let c = at(n, "cat");
-            n[c].out = Some(QuantOut { alpha: 1.5, bits: 4 });
+            n[c].out = Some(QuantOut {
+                alpha: 1.5,
+                bits: 4,
+            });
         });
         assert!(e.contains("cat") && e.contains("out"), "{e}");
         // An unknown input, one input only, the image.

@@ -502,7 +502,7 @@ pub struct PoolGeom {
 }
 
 impl PoolGeom {
-    fn validate(&self, x: &[u8]) -> Result<()> {
+    fn validate<T>(&self, x: &[T]) -> Result<()> {
         let g = self;
         if [g.batch, g.h, g.w, g.c, g.k, g.stride].contains(&0)
             || g.k > g.h + g.pad + g.pad_end
@@ -579,6 +579,41 @@ pub fn max_pool2d(x: &[u8], g: &PoolGeom) -> Result<Vec<u8>> {
             }
         }
     });
+    Ok(out)
+}
+
+/// Max pooling of real-valued NHWC activations (a stream the fake-quantized model keeps in
+/// float) with the float model's zero padding: a window that reaches past the border also
+/// takes the maximum with 0 (seer-nn pads with zeros, then pools), one inside it takes the
+/// maximum of its cells alone (negative values stay). Errors: bad geometry/length.
+pub fn max_pool2d_real(x: &[f32], g: &PoolGeom) -> Result<Vec<f32>> {
+    g.validate(x)?;
+    let c = g.c;
+    let (oh, ow) = (g.out_h(), g.out_w());
+    let mut out = vec![0f32; g.batch * oh * ow * c];
+    let (h, w) = (g.h as isize, g.w as isize);
+    out.par_chunks_mut(oh * ow * c)
+        .zip(x.par_chunks(g.h * g.w * c))
+        .for_each(|(out, img)| {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let y0 = (oy * g.stride) as isize - g.pad as isize;
+                    let x0 = (ox * g.stride) as isize - g.pad as isize;
+                    let (y1, x1) = (y0 + g.k as isize, x0 + g.k as isize);
+                    let padded = y0 < 0 || x0 < 0 || y1 > h || x1 > w;
+                    let o = &mut out[(oy * ow + ox) * c..(oy * ow + ox + 1) * c];
+                    o.fill(if padded { 0.0 } else { f32::NEG_INFINITY });
+                    for iy in y0.max(0)..y1.min(h) {
+                        for ix in x0.max(0)..x1.min(w) {
+                            let p = (iy * w + ix) as usize * c;
+                            for (o, &v) in o.iter_mut().zip(&img[p..p + c]) {
+                                *o = o.max(v);
+                            }
+                        }
+                    }
+                }
+            }
+        });
     Ok(out)
 }
 
@@ -763,6 +798,34 @@ mod tests {
             let mut r = lcg(seed);
             let x: Vec<u8> = (0..batch * h * w * c).map(|_| (r() % 256) as u8).collect();
             prop_assert_eq!(max_pool2d(&x, &g).unwrap(), reference::max_pool2d(&x, &g));
+            // Real values of both signs against zero-padding then pooling, cell by cell.
+            let xr: Vec<f32> = x.iter().map(|&v| v as f32 / 16.0 - 8.0).collect();
+            let (ph, pw) = (h + pad + pad_end, w + pad + pad_end);
+            let (oh, ow) = (g.out_h(), g.out_w());
+            let mut want = vec![0f32; batch * oh * ow * c];
+            for b in 0..batch {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        for ch in 0..c {
+                            let mut m = f32::NEG_INFINITY;
+                            for ky in 0..k {
+                                for kx in 0..k {
+                                    let (py, px) = (oy * stride + ky, ox * stride + kx);
+                                    prop_assert!(py < ph && px < pw);
+                                    let v = if py < pad || px < pad || py - pad >= h || px - pad >= w {
+                                        0.0
+                                    } else {
+                                        xr[((b * h + py - pad) * w + px - pad) * c + ch]
+                                    };
+                                    m = m.max(v);
+                                }
+                            }
+                            want[((b * oh + oy) * ow + ox) * c + ch] = m;
+                        }
+                    }
+                }
+            }
+            prop_assert_eq!(max_pool2d_real(&xr, &g).unwrap(), want);
             if pad == 0 && pad_end == 0 {
                 let got = avg_pool2d(&x, &g, 1.0, 255.0, 8).unwrap();
                 prop_assert_eq!(got, reference::avg_pool2d(&x, &g));

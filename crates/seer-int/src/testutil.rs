@@ -248,8 +248,9 @@ pub(crate) fn toy_int8() -> IntModel {
     ])
 }
 
-/// Concatenations of codes (two convs requantised alike, then max pooling) and of real
-/// values (two real-valued convs, then a quantize node and a residual read).
+/// Concatenations of codes (three convs requantised alike, then max pooling) and of real
+/// values (a ReLU'd and a signed real-valued conv, then max pooling of the real stream, a
+/// quantize node and a residual read).
 pub(crate) fn toy_concat() -> IntModel {
     let q = |alpha, bits| Some(QuantOut { alpha, bits });
     let node = |name: &str, input: &str, op: NodeOp, out| Node {
@@ -262,11 +263,10 @@ pub(crate) fn toy_concat() -> IntModel {
         others: others.iter().map(|s| s.to_string()).collect(),
     };
     let mut ra = conv("ra", "c1", 4, 3, 1, 6, None, None);
-    let mut rb = conv("rb", "c1", 4, 2, 1, 4, None, None);
-    for n in [&mut ra, &mut rb] {
-        if let NodeOp::Conv { relu, .. } = &mut n.op {
-            *relu = true;
-        }
+    let rb = conv("rb", "c1", 4, 2, 1, 4, None, None);
+    // `rb` stays signed: the real max pool below must keep negative maxima.
+    if let NodeOp::Conv { relu, .. } = &mut ra.op {
+        *relu = true;
     }
     build(vec![
         conv("c1", "input", 1, 4, 1, 8, None, Some((2.0, 4))),
@@ -277,7 +277,18 @@ pub(crate) fn toy_concat() -> IntModel {
         ra,
         rb,
         node("rcat", "ra", cat(&["rb"]), None),
-        node("q", "rcat", NodeOp::Quantize, q(2.0, 4)),
+        node(
+            "rmp",
+            "rcat",
+            NodeOp::MaxPool {
+                kernel: 3,
+                stride: 1,
+                pad: 1,
+                pad_end: None,
+            },
+            None,
+        ),
+        node("q", "rmp", NodeOp::Quantize, q(2.0, 4)),
         conv("c2", "q", 5, 5, 1, 4, Some("rcat"), Some((2.0, 4))),
         node(
             "mp",
@@ -290,7 +301,7 @@ pub(crate) fn toy_concat() -> IntModel {
             },
             q(1.5, 5),
         ),
-        conv("c3", "mp", 7, 5, 1, 8, Some("c2"), Some((1.0, 8))),
+        conv("c3", "mp", 7, 5, 1, 8, Some("c2"), Some((1.3, 7))),
         node("gap", "c3", NodeOp::GlobalAvgPool, q(1.0, 8)),
         node(
             "fc",

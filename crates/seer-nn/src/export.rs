@@ -542,9 +542,9 @@ pub fn to_int_model(
                 ..
             } => {
                 let v = input_val(0)?;
-                if v.real || v.node == "input" {
+                if v.node == "input" {
                     return Err(err(format!(
-                        "layer {}: max pooling runs on the integer engine only on a quantized stream",
+                        "layer {}: max pooling of the image does not run on the integer engine",
                         l.name
                     )));
                 }
@@ -573,7 +573,7 @@ pub fn to_int_model(
                 val[i] = Some(Val {
                     node: l.name.clone(),
                     q: v.q,
-                    real: false,
+                    real: v.real,
                 });
             }
             LayerKind::GlobalAvgPool => {
@@ -904,8 +904,14 @@ mod tests {
         let nets = crate::tests::concat_nets();
         for seed in [11u64, 12, 13] {
             let m = compressed_spec(nets[0].clone(), seed, SpaceConfig::default());
-            let im = to_int_model(&m, &[MEAN], &[STD], &serde_json::Value::Null, Path::new("c"))
-                .unwrap();
+            let im = to_int_model(
+                &m,
+                &[MEAN],
+                &[STD],
+                &serde_json::Value::Null,
+                Path::new("c"),
+            )
+            .unwrap();
             let cat = im.meta().nodes.iter().find(|n| n.name == "cat").unwrap();
             assert!(matches!(&cat.op, NodeOp::Concat { others } if others.len() == 2));
             let im = IntModel::from_bytes(&im.to_bytes().unwrap(), "mem").unwrap();
@@ -931,13 +937,22 @@ mod tests {
                     .filter(|&i| (got[i] - want[i]).abs() <= 1e-3 * scale)
                     .count();
                 assert!(agree * 100 >= n * 98, "seed {seed} {isa:?}: {agree}/{n}");
-                assert!(close * 10 >= n * k * 9, "seed {seed} {isa:?}: {close} close");
+                assert!(
+                    close * 10 >= n * k * 9,
+                    "seed {seed} {isa:?}: {close} close"
+                );
             }
         }
         let m = compressed_spec(nets[1].clone(), 14, SpaceConfig::default());
-        let e = to_int_model(&m, &[MEAN], &[STD], &serde_json::Value::Null, Path::new("r"))
-            .unwrap_err()
-            .to_string();
+        let e = to_int_model(
+            &m,
+            &[MEAN],
+            &[STD],
+            &serde_json::Value::Null,
+            Path::new("r"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("add"), "{e}");
     }
 

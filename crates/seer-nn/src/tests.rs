@@ -705,7 +705,10 @@ pub(crate) fn concat_nets() -> Vec<seer_policy::NetworkSpec> {
         let n = b
             .op(&format!("{name}_bn"), Some(c), LayerKind::BatchNorm)
             .unwrap();
-        branches.push(b.op(&format!("{name}_relu"), Some(n), LayerKind::Relu).unwrap());
+        branches.push(
+            b.op(&format!("{name}_relu"), Some(n), LayerKind::Relu)
+                .unwrap(),
+        );
     }
     let cat = b.concat("cat", &branches).unwrap();
     let mp = b
@@ -774,7 +777,10 @@ fn concat_inputs_keep_their_channels_and_slim_exactly() {
                 }
             }
             let cat = spec.layer_index("cat").unwrap();
-            assert_eq!(slim.spec().layers[cat].out_shape, spec.layers[cat].out_shape);
+            assert_eq!(
+                slim.spec().layers[cat].out_shape,
+                spec.layers[cat].out_shape
+            );
         }
         if spec.name == "concat-codes" {
             assert!(pruned_elsewhere, "the stem and c2 can still prune");

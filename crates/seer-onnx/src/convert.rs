@@ -35,9 +35,9 @@ use crate::tensor::{Const, decode};
 use crate::{Error, Result};
 
 /// What the importer supports, quoted in every [`Error::Unsupported`].
-pub const SUPPORTED: &str = "Conv, BatchNormalization, Relu, Clip(0,6)/Clip(0,inf), Add, Gemm, \
-    MatMul(+Add bias), MaxPool, AveragePool, GlobalAveragePool, Flatten(axis 1), Reshape to \
-    [N, features], Identity, Dropout, Constant, and Add/Mul/Sub/Div/Reshape/Unsqueeze/Squeeze/\
+pub const SUPPORTED: &str = "Conv, BatchNormalization, Relu, Clip(0,6)/Clip(0,inf), Add, \
+    Concat(axis 1), Gemm, MatMul(+Add bias), MaxPool, AveragePool, GlobalAveragePool, \
+    Flatten(axis 1), Reshape to [N, features], Identity, Dropout, Constant, and Add/Mul/Sub/Div/Reshape/Unsqueeze/Squeeze/\
     Concat on constants (opset 13 or later)";
 
 /// An imported network: its spec, weights and provenance.
@@ -1021,10 +1021,42 @@ fn convert_node(
                 nonneg,
             })
         }
-        "Concat" => Err(at.unsupported(
-            "concatenating activations: the network spec has no concatenation (channel flow \
-             is analysed over single-producer layers and additions)",
-        )),
+        "Concat" => {
+            at.only_attrs(&["axis"])?;
+            if n.input.len() < 2 {
+                return Err(at.bad("a concatenation needs at least two inputs"));
+            }
+            let mut layers = Vec::with_capacity(n.input.len());
+            let mut all_nonneg = true;
+            for k in 0..n.input.len() {
+                let (x, nonneg) = act(k)?;
+                let Some(x) = x else {
+                    return Err(at.unsupported("concatenating the input image itself"));
+                };
+                layers.push(x);
+                all_nonneg &= nonneg;
+            }
+            // Channels: axis 1, or −3 on [N, C, H, W] activations.
+            let [_, h, wd] = cx.builder.shape(Some(layers[0]));
+            if at.attr("axis").is_none() {
+                return Err(at.bad("the axis attribute is missing (required by ONNX)"));
+            }
+            match at.int("axis", 1)? {
+                1 => {}
+                -3 if h * wd > 1 => {}
+                a => {
+                    return Err(
+                        at.unsupported(format!("axis {a}: only the channel axis (1) is supported"))
+                    );
+                }
+            }
+            let name = layer_name(cx, at, None);
+            let l = push(cx, &name, LayerKind::Concat, &layers)?;
+            one(Val::Act {
+                layer: Some(l),
+                nonneg: all_nonneg,
+            })
+        }
         _ => Err(at.unsupported(format!("operator {op:?} is not supported"))),
     }
 }

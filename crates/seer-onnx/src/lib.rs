@@ -201,6 +201,8 @@ pub fn import_file(path: &Path) -> Result<Imported> {
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_concat;
+#[cfg(test)]
 mod tests_pads;
 #[cfg(test)]
 mod tests_qdq;

@@ -23,7 +23,8 @@
 //!   Runtime's optimizer would round it to the int32 grid `x_scale·w_scale`); a fused residual is an `Add` of the residual's (dequantized or real) value before
 //!   the clip; a real-valued output keeps the optional `Relu`; the final node's output,
 //!   flattened, is the graph output `logits` `[N, classes]`.
-//! - **Pools**: `MaxPool` (followed by the input's own Q/DQ pair: exact), `AveragePool`,
+//! - **Pools**: `MaxPool` (followed by the input's own Q/DQ pair: exact; on a real-valued
+//!   stream after an explicit zero `Pad`, the engine's padding), `AveragePool`,
 //!   `GlobalAveragePool` (requantised like the engine). **Quantize**: Clip → Q → DQ.
 //!   **Option-A shortcut**: `Slice` with steps (subsampling), then `Pad` (one zero channel) and
 //!   `Gather` on channels. **Concat**: `Concat` on axis 1 of the inputs' dequantized (or real)
@@ -467,12 +468,22 @@ pub fn to_qdq(m: &IntModel) -> Result<ModelProto> {
                 if *stride == 0 || h + pad + pe < *kernel || w + pad + pe < *kernel {
                     return Err(b.err(format!("input {h}x{w} is smaller than the window")));
                 }
-                let (k, s, p, e) = (*kernel as i64, *stride as i64, *pad as i64, pe as i64);
+                let (k, s, mut p, mut e) = (*kernel as i64, *stride as i64, *pad as i64, pe as i64);
+                let mut src = x.name.clone();
+                if x.q.is_none() && (p > 0 || e > 0) {
+                    // A real stream may be negative: ONNX pads a MaxPool with −∞, the engine
+                    // (and the float model) with zeros, so the zeros come first.
+                    let pads = format!("{base}.zero_pads");
+                    b.i64s(&pads, &[0, 0, p, p, 0, 0, e, e]);
+                    let padded = format!("{base}.zero_padded");
+                    b.node("Pad", &padded, &[&src, &pads], &padded, vec![]);
+                    (src, p, e) = (padded, 0, 0);
+                }
                 let y = format!("{base}.max_pool");
                 b.node(
                     "MaxPool",
                     &y,
-                    &[&x.name],
+                    &[&src],
                     &y,
                     vec![
                         ints("kernel_shape", &[k, k]),

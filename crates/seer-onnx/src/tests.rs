@@ -373,13 +373,18 @@ fn twenty_malformed_files_each_give_one_clear_error() {
             "only FLOAT and INT64",
         ),
         (
-            "concat of activations",
+            "concat without an axis",
+            mutate(|m| find(m, "add").op_type = Some("Concat".into())),
+            "axis attribute is missing",
+        ),
+        (
+            "concat on a spatial axis",
             mutate(|m| {
                 let n = find(m, "add");
                 n.op_type = Some("Concat".into());
-                n.attribute.push(int("axis", 1));
+                n.attribute.push(int("axis", 2));
             }),
-            "no concatenation",
+            "only the channel axis",
         ),
         (
             "ceil mode pool",

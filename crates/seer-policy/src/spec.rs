@@ -600,10 +600,7 @@ impl SpecBuilder {
         }
         let multi = matches!(kind, LayerKind::Add | LayerKind::Concat);
         if multi && inputs.len() < 2 {
-            return Err(self.err(
-                name,
-                format!("{} needs at least two inputs", kind.name()),
-            ));
+            return Err(self.err(name, format!("{} needs at least two inputs", kind.name())));
         }
         if !multi && inputs.len() > 1 {
             return Err(self.err(

@@ -1023,3 +1023,60 @@ fn policy_json_round_trip_is_exact_for_every_float() {
         0.30000000000000004f64.to_bits()
     );
 }
+
+/// Channel concatenation (issue 20): output channels add up, spatial sizes must agree, at
+/// least two inputs; pruning stops at it (its producers cannot prune, a conv reading it sees
+/// every channel) while the layers around it still prune; the JSON form reads back equal;
+/// 0 MACs for the concat itself.
+#[test]
+fn concat_shapes_locks_and_json() {
+    let mut b = SpecBuilder::new("cat", InputShape::new(8, 8, 1), 10);
+    let stem = b.conv("stem", None, ConvOpts::new(6, 3).pad(1)).unwrap();
+    let mid = b
+        .conv("mid", Some(stem), ConvOpts::new(8, 3).pad(1))
+        .unwrap();
+    let a = b.conv("a", Some(mid), ConvOpts::new(3, 1)).unwrap();
+    let c = b.conv("c", Some(mid), ConvOpts::new(5, 3).pad(1)).unwrap();
+    let down = b
+        .conv("down", Some(mid), ConvOpts::new(2, 3).stride(2).pad(1))
+        .unwrap();
+    let e = b.concat("bad", &[a, down]).unwrap_err().to_string();
+    assert!(
+        e.contains("spatial sizes") && e.contains("8x8") && e.contains("4x4"),
+        "{e}"
+    );
+    let e = b.concat("one", &[a]).unwrap_err().to_string();
+    assert!(e.contains("at least two inputs"), "{e}");
+    let cat = b.concat("cat", &[a, c]).unwrap();
+    let after = b
+        .conv("after", Some(cat), ConvOpts::new(4, 3).pad(1))
+        .unwrap();
+    let p = b.op("pool", Some(after), LayerKind::GlobalAvgPool).unwrap();
+    b.linear("fc", Some(p), 10, false).unwrap();
+    let spec = b.finish().unwrap();
+    assert_eq!(spec.layers[cat].out_shape, [8, 8, 8]);
+    let s = SearchSpace::new(spec.clone(), SpaceConfig::default()).unwrap();
+    let unit = |n: &str| s.units().iter().find(|u| u.name == n).unwrap().clone();
+    assert!(
+        !unit("a").prunable && !unit("c").prunable,
+        "they feed the concat"
+    );
+    assert!(unit("mid").prunable && unit("after").prunable);
+    // Pruning `mid` by half shrinks the inputs of a, c and down; `after` reads all 8.
+    let pol = s.uniform(8, 8, 0.0).unwrap();
+    let mut units = pol.units.clone();
+    let k = s.units().iter().position(|u| u.name == "mid").unwrap();
+    units[k].prune = 0.5;
+    let costs = s.cost(&policy(&s, units)).unwrap();
+    let row = |n: &str| costs.layers.iter().find(|l| l.name == n).unwrap();
+    assert_eq!((row("a").c_in_kept, row("a").c_out_kept), (4, 3));
+    assert_eq!((row("after").c_in_kept, row("after").c_out_kept), (8, 4));
+    assert_eq!(row("after").macs, 64 * 4 * 8 * 9);
+    let back = NetworkSpec::from_json_str(&spec.to_json(), "cat.json").unwrap();
+    assert_eq!(back, spec);
+    let json = spec.to_json();
+    assert!(
+        json.contains(r#"{"inputs":["a","c"],"name":"cat","op":"concat"}"#),
+        "{json}"
+    );
+}
