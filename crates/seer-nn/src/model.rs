@@ -911,7 +911,7 @@ impl Model {
                         .pad_with_zeros(3, b[1], e[1])?;
                     let (k, s) = ((kernel[0], kernel[1]), (stride[0], stride[1]));
                     if matches!(l.kind, LayerKind::MaxPool { .. }) {
-                        t.max_pool2d_with_stride(k, s)?
+                        ops::max_pool2d(&t, kernel, stride)?
                     } else {
                         t.avg_pool2d_with_stride(k, s)?
                     }

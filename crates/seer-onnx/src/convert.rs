@@ -12,6 +12,7 @@
 //! | `BatchNormalization` | `batch_norm` | inference mode; our ε is 1e-5, so `var' = var + ε − 1e-5` (exact) |
 //! | `Relu`, `Clip(0, 6)`, `Clip(0, ∞)` | `relu`, `relu6`, `relu` | Clip bounds from constants |
 //! | `Add` of two activations | `add` | a residual addition: tie groups follow |
+//! | `Concat` of two or more activations (axis 1, or −3 on `[N, C, H, W]`) | `concat` | channels in input order; pruning stops at it (its producers keep every channel) |
 //! | `Gemm` (α = β = 1, transA = 0), `MatMul` (+ `Add` of a constant bias) | `linear` | weight stored `[out, in]` |
 //! | `MaxPool`, `AveragePool` | `max_pool`, `avg_pool` | floor mode; padding (asymmetric too, as for `Conv`) only where ours means the same (max: after a ReLU; average: `count_include_pad = 1`) |
 //! | `GlobalAveragePool` | `global_avg_pool` | |
@@ -19,8 +20,7 @@
 //! | `Identity`, `Dropout` | — | aliases |
 //! | `Constant`, ops on constants only | — | folded (`Add`, `Mul`, `Sub`, `Div`, `Identity`, `Reshape`, `Unsqueeze`, `Squeeze`, `Concat` on int64/float constants) |
 //!
-//! `Concat` of activations has no counterpart in the spec (channel flow is analysed on a
-//! single-producer graph with additions) and is refused with that reason.
+//! A `Concat` mixing activations and constants, or concatenating the image itself, is refused.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;

@@ -62,7 +62,13 @@ pub(crate) fn mixed_policy(space: &SearchSpace) -> Policy {
 /// The VGG-style fixture compressed with [`mixed_policy`] and fine-tuned (`steps` steps on
 /// the 64 images, slim network), exported to the integer engine; with the spec before pruning.
 fn compressed_vgg(steps: usize) -> (IntModel, seer_policy::NetworkSpec) {
-    let path = fixture_dir().join("vgg.onnx");
+    compressed_fixture("vgg", steps)
+}
+
+/// The committed fixture `name` imported, fine-tuned `steps` steps under [`mixed_policy`] on
+/// the 64 images, exported to the integer engine.
+fn compressed_fixture(name: &str, steps: usize) -> (IntModel, seer_policy::NetworkSpec) {
+    let path = fixture_dir().join(format!("{name}.onnx"));
     let imp = crate::import_file(&path).unwrap();
     let mut model = imp.model(&path).unwrap();
     let space = SearchSpace::new(imp.spec.clone(), SpaceConfig::default()).unwrap();
@@ -84,7 +90,7 @@ fn compressed_vgg(steps: usize) -> (IntModel, seer_policy::NetworkSpec) {
         &[MEAN],
         &[STD],
         &serde_json::Value::Null,
-        Path::new("vgg"),
+        Path::new(name),
     )
     .unwrap();
     (im, imp.spec)
@@ -391,7 +397,7 @@ fn fixtures_match_tract_logits() {
     let (px, _) = eq_images();
     let x = normalised(&px);
     let xt = Tensor::from_vec(x.clone(), (64, 1, 28, 28), &Device::Cpu).unwrap();
-    for name in ["resnet_proj", "mbv2", "vgg"] {
+    for name in ["resnet_proj", "mbv2", "vgg", "inception"] {
         let path = fixture_dir().join(format!("{name}.onnx"));
         let want = tract_run(&std::fs::read(&path).unwrap(), x.clone(), [64, 1, 28, 28]);
         let imp = crate::import_file(&path).unwrap();
@@ -433,6 +439,20 @@ fn qdq_export_in_tract_agrees_with_the_integer_engine() {
     let (px, _) = eq_images();
     let (agree, n) = tract_agreement(&im, &px, 64);
     assert_eq!(agree, n, "vgg: tract and the engine agree on {agree}/{n}");
+    // Concatenated branches, max pooling of a real-valued stream (the block inputs feed
+    // branches with different quantizers).
+    let (im, _) = compressed_fixture("inception", 20);
+    assert!(
+        im.meta()
+            .nodes
+            .iter()
+            .any(|n| matches!(n.op, seer_int::format::NodeOp::Concat { .. }))
+    );
+    let (agree, n) = tract_agreement(&im, &px, 64);
+    assert_eq!(
+        agree, n,
+        "inception: tract and the engine agree on {agree}/{n}"
+    );
     // Residual streams, shortcuts and global pooling (random weights, synthetic images).
     let im = compressed_zoo("resnet20", "12x12x1", 7);
     let px = pixels(64, 144, 9);
