@@ -22,7 +22,8 @@ def main():
     x = np.frombuffer((DIR / "eq-images.u8").read_bytes(), np.uint8).reshape(64, 1, 28, 28)
     x = ((x.astype(np.float32) / 255 - MEAN) / STD).astype(np.float32)
     bad = 0
-    for name in ["resnet_proj", "mbv2", "vgg"]:
+    names = ["resnet_proj", "mbv2", "vgg", "inception"]
+    for name in names:
         sess = ort.InferenceSession(str(DIR / f"{name}.onnx"), providers=["CPUExecutionProvider"])
         got = sess.run(None, {"image": x})[0]
         want = np.frombuffer((DIR / f"{name}.ort-logits.f32").read_bytes(), "<f4").reshape(got.shape)
@@ -32,7 +33,7 @@ def main():
         bad += not ok
         print(f"{name}: onnxruntime {ort.__version__}, worst relative difference {worst:.2e}"
               f" {'ok' if ok else 'MISMATCH'}")
-    print(f"{3 - bad} passed, {bad} failed")
+    print(f"{len(names) - bad} passed, {bad} failed")
     return 1 if bad else 0
 
 
