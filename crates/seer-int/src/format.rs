@@ -99,6 +99,11 @@ pub enum NodeOp {
         pad_end: Option<usize>,
         /// Weight bit-width.
         w_bits: u32,
+        /// Groups (divides `c_in` and `c_out`; `c_in` for a depthwise conv): output channel
+        /// `o` reads the `c_in/groups` input channels of group `o / (c_out/groups)`. Absent
+        /// (1) in files of dense convs, which read unchanged.
+        #[serde(default = "one", skip_serializing_if = "is_one")]
+        groups: usize,
         /// Node whose output (codes or real-valued) is added (same shape) before the
         /// ReLU/clip.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -107,6 +112,9 @@ pub enum NodeOp {
         /// clip to `[0, α]`, which includes the ReLU.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         relu: bool,
+        /// ReLU6 (clip to `[0, 6]`, MobileNetV2) on a real-valued output; implies `relu`.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        relu6: bool,
     },
     /// Fully connected layer on the flattened input (PyTorch CHW flatten order).
     Linear {
@@ -188,8 +196,8 @@ impl NodeOp {
         }
     }
 
-    /// `(rows, cols, bits)` of a weighted node's packed weights: `[c_out, c_in·k·k]` for a
-    /// conv (OIHW order), `[out_features, in_features]` for a linear layer; `None` for the
+    /// `(rows, cols, bits)` of a weighted node's packed weights: `[c_out, (c_in/groups)·k·k]`
+    /// for a conv (OIHW order), `[out_features, in_features]` for a linear layer; `None` for the
     /// kinds without weights. `c_in·k·k` saturates at `usize::MAX`, a size no weight tensor
     /// matches, so a model claiming it fails validation (see [`IntModel::from_bytes`]).
     pub fn weight_dims(&self) -> Option<(usize, usize, u32)> {
@@ -199,10 +207,13 @@ impl NodeOp {
                 c_out,
                 kernel,
                 w_bits,
+                groups,
                 ..
             } => Some((
                 c_out,
-                c_in.saturating_mul(kernel).saturating_mul(kernel),
+                (c_in / groups.max(1))
+                    .saturating_mul(kernel)
+                    .saturating_mul(kernel),
                 w_bits,
             )),
             NodeOp::Linear {
@@ -213,6 +224,14 @@ impl NodeOp {
             _ => None,
         }
     }
+}
+
+fn one() -> usize {
+    1
+}
+
+fn is_one(v: &usize) -> bool {
+    *v == 1
 }
 
 /// A node: `op` applied to the output of `input` (`"input"` is the image).
@@ -401,6 +420,22 @@ impl IntModel {
             .find(|r| !seen.contains(*r))
         {
             return bad(format!("unknown input {r:?}"));
+        }
+        if let NodeOp::Conv {
+            c_in,
+            c_out,
+            groups,
+            ..
+        } = node.op
+        {
+            if groups == 0 || !c_in.is_multiple_of(groups) || !c_out.is_multiple_of(groups) {
+                return bad(format!(
+                    "groups {groups} must divide c_in {c_in} and c_out {c_out}"
+                ));
+            }
+            if groups > 1 && node.input == "input" {
+                return bad("a conv reading the image must have one group".into());
+            }
         }
         if let NodeOp::Concat { others } = &node.op {
             if others.is_empty() {

@@ -24,8 +24,8 @@ use crate::format::{IntModel, LayerWeights, Node, NodeOp, QuantOut};
 use crate::fused::{ASource, AccSink, RequantSink, conv2d_requant, gemm_fused};
 use crate::gemm::WeightPanel;
 use crate::layers::{
-    ConvGeom, PoolGeom, Requant, avg_pool2d, conv_panel, conv2d, global_avg_pool, linear,
-    max_pool2d, max_pool2d_real, round_code,
+    ConvGeom, PoolGeom, Requant, avg_pool2d, conv_panel, conv2d, conv2d_grouped, global_avg_pool,
+    linear, max_pool2d, max_pool2d_real, round_code,
 };
 use crate::pack::{PackedWeights, qmax_unsigned};
 
@@ -346,6 +346,8 @@ struct ConvOp<'a> {
     pad_end: usize,
     residual: Option<&'a str>,
     relu: bool,
+    relu6: bool,
+    groups: usize,
 }
 
 /// A convolution's integer accumulators and the affine map to its real outputs.
@@ -374,6 +376,8 @@ impl Ctx<'_> {
                 pad_end,
                 residual,
                 relu,
+                relu6,
+                groups,
                 ..
             } => self.conv_node(&ConvOp {
                 c_in: *c_in,
@@ -384,6 +388,8 @@ impl Ctx<'_> {
                 pad_end: pad_end.unwrap_or(*pad),
                 residual: residual.as_deref(),
                 relu: *relu,
+                relu6: *relu6,
+                groups: *groups,
             }),
             NodeOp::Linear {
                 in_features,
@@ -462,6 +468,24 @@ impl Ctx<'_> {
         let first = self.node.input == "input";
         let split = first && !self.model.meta().input.std_per_channel.is_empty();
         let res = self.residual(op, &g)?;
+        if op.groups > 1 {
+            // Grouped (depthwise) conv: direct integer sums, then the common epilogue.
+            if first {
+                return Err(self.err("a conv reading the image must have one group"));
+            }
+            let t_gemm = Instant::now();
+            let acc = conv2d_grouped(&x.codes, &g, op.groups, &lw.packed.unpack())?;
+            tracing::debug!(gemm_ms = millis(t_gemm), "grouped direct conv");
+            let (scale, bias) = affine(lw, x.step);
+            let a = ConvAcc {
+                g,
+                lw,
+                acc,
+                scale,
+                bias,
+            };
+            return self.conv_output(op, a, res);
+        }
         // The fast path: codes in, codes out (with a residual of codes or none): one fused
         // GEMM + requantisation pass into a pooled buffer.
         if let (true, false, Some(q)) = (self.fused, first, self.node.out)
@@ -598,7 +622,9 @@ impl Ctx<'_> {
                     Some(q) => Value::quantized(quantize_real(&pre, q), dims, q),
                     None if self.last => return Ok(Output::Logits(pre)),
                     None => {
-                        if op.relu {
+                        if op.relu6 {
+                            pre.iter_mut().for_each(|y| *y = y.clamp(0.0, 6.0));
+                        } else if op.relu {
                             pre.iter_mut().for_each(|y| *y = y.max(0.0));
                         }
                         let (h, w, c) = dims;
@@ -1159,7 +1185,7 @@ mod tests {
     use crate::format::InputSpec;
     use crate::reference;
     use crate::testutil::{
-        build_with, conv, lcg, toy_concat, toy_int8, toy_model, toy_real_stream,
+        build_with, conv, lcg, toy_concat, toy_grouped, toy_int8, toy_model, toy_real_stream,
     };
 
     /// The fake-quantized float network, in f64 from dequantized weights.
@@ -1207,6 +1233,8 @@ mod tests {
                     pad,
                     pad_end,
                     relu,
+                    relu6,
+                    groups,
                     ..
                 } => {
                     let lw = &m.weights()[&n.name];
@@ -1230,7 +1258,33 @@ mod tests {
                         pad: *pad,
                         pad_end: pad_end.unwrap_or(*pad),
                     };
-                    let mut y = reference::conv2d_f64(&x, &g, &wd, lw.bias.as_ref().unwrap());
+                    let bias = lw.bias.as_ref().unwrap();
+                    let mut y = if *groups == 1 {
+                        reference::conv2d_f64(&x, &g, &wd, bias)
+                    } else {
+                        // Group by group on the group's channels, dense.
+                        let (cin_g, cout_g) = (c / groups, c_out / groups);
+                        let gg = ConvGeom {
+                            c_in: cin_g,
+                            c_out: cout_g,
+                            ..g
+                        };
+                        let mut y = vec![0.0; g.rows() * c_out];
+                        for gi in 0..*groups {
+                            let sub: Vec<f64> = x
+                                .chunks(c)
+                                .flat_map(|p| p[gi * cin_g..(gi + 1) * cin_g].to_vec())
+                                .collect();
+                            let wg = &wd[gi * cout_g * cols..(gi + 1) * cout_g * cols];
+                            let bg = &bias[gi * cout_g..(gi + 1) * cout_g];
+                            let yg = reference::conv2d_f64(&sub, &gg, wg, bg);
+                            for p in 0..g.rows() {
+                                y[p * c_out + gi * cout_g..p * c_out + (gi + 1) * cout_g]
+                                    .copy_from_slice(&yg[p * cout_g..(p + 1) * cout_g]);
+                            }
+                        }
+                        y
+                    };
                     if let Some(r) = residual {
                         let rv = engine.and_then(|e| e.get(r)).unwrap_or(&vals[r].0);
                         y.iter_mut().zip(rv).for_each(|(y, r)| *y += r);
@@ -1239,6 +1293,7 @@ mod tests {
                         y.into_iter()
                             .map(|y| match n.out {
                                 Some(q) => fq(y, q),
+                                None if *relu6 => y.clamp(0.0, 6.0),
                                 None if *relu => y.max(0.0),
                                 None => y,
                             })
@@ -1552,12 +1607,46 @@ mod tests {
         assert!(e.contains("image"), "{e}");
     }
 
+    /// Depthwise, channel-multiplier and two-group convs (with a residual after them) equal
+    /// the float model; groups not dividing the channels, or not matching the weights, are
+    /// refused when the file is read.
+    #[test]
+    fn grouped_convs_match_the_float_model() {
+        let m = toy_grouped();
+        check_engine(m.clone());
+        let bad = |node: usize, groups: usize| {
+            let mut meta = m.meta().clone();
+            if let NodeOp::Conv { groups: g, .. } = &mut meta.nodes[node].op {
+                *g = groups;
+            }
+            IntModel::new(meta, m.weights().clone())
+                .unwrap_err()
+                .to_string()
+        };
+        let e = bad(1, 3);
+        assert!(
+            e.contains("dw") && e.contains("groups 3 must divide"),
+            "{e}"
+        );
+        let e = bad(2, 0);
+        assert!(e.contains("mult") && e.contains("groups 0"), "{e}");
+        // Dense weights for a node that claims groups: the weight shape no longer fits.
+        let e = bad(3, 1);
+        assert!(e.contains("g2") && e.contains("weights are"), "{e}");
+    }
+
     /// The fused paths (GEMM + requantisation in one pass, cached panels, pooled buffers)
     /// give bit-identical logits to the unfused layer functions, on every ISA, over repeated
     /// calls (reused buffers) and batch sizes that leave partial row blocks.
     #[test]
     fn fused_paths_equal_the_unfused_engine() {
-        for m in [toy_model(), toy_real_stream(), toy_int8(), toy_concat()] {
+        for m in [
+            toy_model(),
+            toy_real_stream(),
+            toy_int8(),
+            toy_concat(),
+            toy_grouped(),
+        ] {
             let mut r = lcg(17);
             for batch in [1, 3, 24] {
                 let pixels: Vec<u8> = (0..batch * 64 * m.meta().input.channels)

@@ -102,6 +102,74 @@ impl ConvGeom {
     }
 }
 
+/// Grouped 2-D convolution (depthwise, channel multiplier, or `1 < groups < c_in`) of NHWC
+/// codes `x` (`g.c_in` channels; code 0 is the real value 0, so padding is code 0) with OIHW
+/// weight codes `w` `[c_out, (c_in/groups)·kh·kw]`: output channel `co` of group
+/// `co / (c_out/groups)` reads that group's `c_in/groups` input channels. Returns the exact
+/// i32 sums `[batch·oh·ow, c_out]`, as [`conv2d`] does for `groups = 1` (direct loops, images
+/// in parallel; the kernels of a depthwise layer are small, so no GEMM). Errors:
+/// `InvalidArgument` for a bad geometry or `groups` not dividing both channel counts,
+/// `ShapeMismatch` for wrong lengths.
+pub fn conv2d_grouped(x: &[u8], g: &ConvGeom, groups: usize, w: &[i8]) -> Result<Vec<i32>> {
+    g.validate()?;
+    if groups == 0 || !g.c_in.is_multiple_of(groups) || !g.c_out.is_multiple_of(groups) {
+        return Err(invalid(
+            "grouped conv",
+            format!(
+                "groups {groups} must divide c_in {} and c_out {}",
+                g.c_in, g.c_out
+            ),
+        ));
+    }
+    check_len("conv input", g.input_len(), x.len())?;
+    let (cin_g, cout_g) = (g.c_in / groups, g.c_out / groups);
+    check_len("conv weights", g.c_out * cin_g * g.kh * g.kw, w.len())?;
+    // Weights as [ky][kx][ci][co] so the innermost loop runs over output channels.
+    let taps = g.kh * g.kw;
+    let mut wt = vec![0i32; taps * cin_g * g.c_out];
+    for co in 0..g.c_out {
+        for ci in 0..cin_g {
+            for t in 0..taps {
+                wt[(t * cin_g + ci) * g.c_out + co] = w[(co * cin_g + ci) * taps + t] as i32;
+            }
+        }
+    }
+    // First input channel of each output channel's group.
+    let base: Vec<usize> = (0..g.c_out).map(|co| co / cout_g * cin_g).collect();
+    let (oh, ow) = (g.out_h(), g.out_w());
+    let mut out = vec![0i32; g.rows() * g.c_out];
+    out.par_chunks_mut(oh * ow * g.c_out)
+        .zip(x.par_chunks(g.h * g.w * g.c_in))
+        .for_each(|(o, img)| {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let acc = &mut o[(oy * ow + ox) * g.c_out..(oy * ow + ox + 1) * g.c_out];
+                    for ky in 0..g.kh {
+                        let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+                        if iy < 0 || iy >= g.h as isize {
+                            continue;
+                        }
+                        for kx in 0..g.kw {
+                            let ix = (ox * g.stride + kx) as isize - g.pad as isize;
+                            if ix < 0 || ix >= g.w as isize {
+                                continue;
+                            }
+                            let px = &img[(iy as usize * g.w + ix as usize) * g.c_in..][..g.c_in];
+                            let t = ky * g.kw + kx;
+                            for ci in 0..cin_g {
+                                let wr = &wt[(t * cin_g + ci) * g.c_out..][..g.c_out];
+                                for ((a, &wv), &b) in acc.iter_mut().zip(wr).zip(&base) {
+                                    *a += px[b + ci] as i32 * wv;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    Ok(out)
+}
+
 /// Builds the GEMM panel of conv weights `w` (`[c_out, c_in·kh·kw]`, OIHW columns),
 /// reordered to the im2col order; except for 1×1 stride-1 unpadded convolutions (which skip
 /// im2col), the reduction is zero-padded to a multiple of 4 ([`WeightPanel::with_padded_k`])
@@ -833,6 +901,83 @@ mod tests {
             let got = global_avg_pool(&x, batch, h * w, c, 1.0, 255.0, 8).unwrap();
             prop_assert_eq!(got, reference::global_avg_pool(&x, batch, h * w, c));
         }
+    }
+
+    /// The grouped direct conv against the reference dense conv run group by group
+    /// (depthwise, channel multiplier 2, two-channel groups; odd sizes, strides, asymmetric
+    /// padding, extreme codes).
+    #[test]
+    fn grouped_conv_matches_dense_conv_per_group() {
+        let mut r = lcg(31);
+        for (c_in, c_out, groups, k, stride, pad, pad_end, h, w) in [
+            (5, 5, 5, 3, 1, 1, 1, 7, 6),
+            (4, 8, 4, 3, 2, 1, 0, 9, 9),
+            (6, 9, 3, 2, 1, 0, 1, 5, 4),
+            (3, 3, 3, 1, 1, 0, 0, 1, 1),
+            (8, 4, 2, 3, 2, 0, 1, 8, 7),
+        ] {
+            let g = ConvGeom {
+                batch: 2,
+                h,
+                w,
+                c_in,
+                c_out,
+                kh: k,
+                kw: k,
+                stride,
+                pad,
+                pad_end,
+            };
+            let x: Vec<u8> = (0..g.input_len())
+                .map(|i| if i % 11 == 0 { 255 } else { (r() % 256) as u8 })
+                .collect();
+            let (cin_g, cout_g) = (c_in / groups, c_out / groups);
+            let wc: Vec<i8> = (0..c_out * cin_g * k * k)
+                .map(|i| {
+                    if i % 7 == 0 {
+                        -128
+                    } else {
+                        (r() % 256) as u8 as i8
+                    }
+                })
+                .collect();
+            let got = conv2d_grouped(&x, &g, groups, &wc).unwrap();
+            let (oh, ow) = (g.out_h(), g.out_w());
+            let mut want = vec![0i32; g.rows() * c_out];
+            for gi in 0..groups {
+                let sub: Vec<u8> = x
+                    .chunks(c_in)
+                    .flat_map(|p| p[gi * cin_g..(gi + 1) * cin_g].to_vec())
+                    .collect();
+                let gg = ConvGeom {
+                    c_in: cin_g,
+                    c_out: cout_g,
+                    ..g
+                };
+                let wg = &wc[gi * cout_g * cin_g * k * k..(gi + 1) * cout_g * cin_g * k * k];
+                let y = reference::conv2d(&sub, &gg, wg);
+                for p in 0..2 * oh * ow {
+                    want[p * c_out + gi * cout_g..p * c_out + (gi + 1) * cout_g]
+                        .copy_from_slice(&y[p * cout_g..(p + 1) * cout_g]);
+                }
+            }
+            assert_eq!(got, want, "{c_in} {c_out} groups {groups} k {k} s {stride}");
+        }
+        let g = ConvGeom {
+            batch: 1,
+            h: 3,
+            w: 3,
+            c_in: 4,
+            c_out: 6,
+            kh: 1,
+            kw: 1,
+            stride: 1,
+            pad: 0,
+            pad_end: 0,
+        };
+        assert!(conv2d_grouped(&[0; 36], &g, 4, &[0; 6]).is_err()); // 4 does not divide 6
+        assert!(conv2d_grouped(&[0; 35], &g, 2, &[0; 12]).is_err()); // short input
+        assert!(conv2d_grouped(&[0; 36], &g, 2, &[0; 11]).is_err()); // short weights
     }
 
     #[test]

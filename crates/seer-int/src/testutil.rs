@@ -44,6 +44,8 @@ pub(crate) fn conv(
             w_bits,
             residual: residual.map(Into::into),
             relu: false,
+            relu6: false,
+            groups: 1,
         },
         out: out.map(|(alpha, bits)| QuantOut { alpha, bits }),
     }
@@ -176,6 +178,10 @@ pub(crate) fn toy_real_stream() -> IntModel {
         if let NodeOp::Conv { relu, .. } = &mut n.op {
             *relu = true;
         }
+    }
+    // c4 clips at 6 (ReLU6 on a real stream, as MobileNetV2's last conv before pooling).
+    if let NodeOp::Conv { relu6, .. } = &mut c4.op {
+        *relu6 = true;
     }
     let node = |name: &str, input: &str, op: NodeOp, out| Node {
         name: name.into(),
@@ -313,5 +319,47 @@ pub(crate) fn toy_concat() -> IntModel {
             },
             None,
         ),
+    ])
+}
+
+/// Grouped convs: a depthwise 3×3, a channel-multiplier-2 3×3 at stride 2, a two-group 3×3
+/// and a dense 1×1 adding the two-group conv's output as its residual.
+pub(crate) fn toy_grouped() -> IntModel {
+    let grouped = |name: &str, input: &str, c_in, c_out, stride, bits, groups, out| {
+        let mut n = conv(name, input, c_in, c_out, stride, bits, None, Some(out));
+        if let NodeOp::Conv { groups: g, .. } = &mut n.op {
+            *g = groups;
+        }
+        n
+    };
+    let mut pw = conv("pw", "g2", 6, 6, 1, 6, Some("g2"), Some((1.3, 7)));
+    if let NodeOp::Conv { kernel, pad, .. } = &mut pw.op {
+        (*kernel, *pad) = (1, 0);
+    }
+    build(vec![
+        conv("c1", "input", 1, 4, 1, 8, None, Some((2.0, 4))),
+        grouped("dw", "c1", 4, 4, 1, 5, 4, (1.5, 5)),
+        grouped("mult", "dw", 4, 8, 2, 4, 4, (1.7, 6)),
+        grouped("g2", "mult", 8, 6, 1, 3, 2, (1.1, 4)),
+        pw,
+        Node {
+            name: "gap".into(),
+            input: "pw".into(),
+            op: NodeOp::GlobalAvgPool,
+            out: Some(QuantOut {
+                alpha: 1.0,
+                bits: 8,
+            }),
+        },
+        Node {
+            name: "fc".into(),
+            input: "gap".into(),
+            op: NodeOp::Linear {
+                in_features: 6,
+                out_features: 3,
+                w_bits: 8,
+            },
+            out: None,
+        },
     ])
 }

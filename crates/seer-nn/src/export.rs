@@ -24,8 +24,8 @@
 //!
 //! Not representable, hence a clear [`Error::Export`] naming the layer: masked residual
 //! pruning (adds over different channel sets), average pooling, layers left in full
-//! precision, grouped or dilated convolutions, ReLU6 on a float stream, and a concat whose
-//! inputs other layers read with different quantizers. Per-channel
+//! precision, dilated convolutions, grouped convolutions of the image, and a concat whose inputs other layers read with different quantizers. Grouped and
+//! depthwise convolutions run as the engine's grouped direct conv. Per-channel
 //! input standard deviations that differ (CIFAR) make the first conv run one integer
 //! convolution per input channel (`InputSpec::std_per_channel`).
 //!
@@ -255,13 +255,15 @@ pub fn to_int_model(
             Repr::Real => {
                 node.out = None;
                 match (&mut node.op, relu) {
-                    (_, Some(r)) if matches!(spec.layers[r].kind, LayerKind::Relu6) => {
-                        return Err(err(format!(
-                            "layer {}: ReLU6 on a stream kept in float is not supported",
-                            name(r)
-                        )));
+                    (
+                        NodeOp::Conv {
+                            relu: f, relu6: f6, ..
+                        },
+                        r,
+                    ) => {
+                        *f = r.is_some();
+                        *f6 = r.is_some_and(|r| matches!(spec.layers[r].kind, LayerKind::Relu6));
                     }
-                    (NodeOp::Conv { relu: f, .. }, r) => *f = r.is_some(),
                     _ => {
                         return Err(err(format!(
                             "layer {}: a linear layer whose output stays in float is not supported",
@@ -322,9 +324,15 @@ pub fn to_int_model(
                         groups,
                         ..
                     } => {
-                        if groups != 1 || dilation != [1, 1] || kernel[0] != kernel[1] {
+                        if dilation != [1, 1] || kernel[0] != kernel[1] {
                             return Err(err(format!(
-                                "layer {}: only dense, undilated square convolutions run on the integer engine (groups {groups}, dilation {dilation:?}, kernel {kernel:?})",
+                                "layer {}: only undilated square convolutions run on the integer engine (dilation {dilation:?}, kernel {kernel:?})",
+                                l.name
+                            )));
+                        }
+                        if groups > 1 && l.inputs.is_empty() {
+                            return Err(err(format!(
+                                "layer {}: a grouped convolution of the image does not run on the integer engine",
                                 l.name
                             )));
                         }
@@ -343,8 +351,10 @@ pub fn to_int_model(
                             pad: padding[0],
                             pad_end: (pe != padding).then_some(pe[0]),
                             w_bits: wbits,
+                            groups,
                             residual: None,
                             relu: false,
+                            relu6: false,
                         }
                     }
                     LayerKind::Linear {
@@ -842,6 +852,8 @@ mod tests {
             ("vgg-small", "8x8x1", 3),
             ("resnet20", "8x8x1", 6),
             ("resnet20", "12x12x1", 7),
+            // Depthwise convs (the engine's grouped direct conv), inverted residuals, ReLU6.
+            ("mobilenetv2", "16x16x1", 8),
         ] {
             let m = compressed(arch, input, seed);
             let s = m.spec().input;

@@ -17,7 +17,8 @@
 //!   `QuantizeLinear(scale = α/(2^b − 1), zero point uint8 0)` → `DequantizeLinear`: unsigned
 //!   codes in `[0, 2^b − 1]` on the uint8 grid (the clip keeps `b < 8` codes in range and is
 //!   the fused ReLU of the engine).
-//! - **Conv / linear**: `Conv` (pads, strides) then `Add` of the folded bias
+//! - **Conv / linear**: `Conv` (pads, strides, `group` for grouped and depthwise convs) then
+//!   `Add` of the folded bias
 //!   (`β − γμ/σ + γb/σ`, f32 `[O, 1, 1]`), or `Flatten` + `Gemm(transB = 1)` with it as the bias
 //!   input, on the dequantized input and weights (a conv's bias is not its third input: ONNX
 //!   Runtime's optimizer would round it to the int32 grid `x_scale·w_scale`); a fused residual is an `Add` of the residual's (dequantized or real) value before
@@ -316,9 +317,16 @@ pub fn to_qdq(m: &IntModel) -> Result<ModelProto> {
                 pad_end,
                 residual,
                 relu,
+                relu6,
+                groups,
                 ..
             } => {
                 let pe = pad_end.unwrap_or(*pad);
+                if *groups == 0 || !c_in.is_multiple_of(*groups) || !c_out.is_multiple_of(*groups) {
+                    return Err(b.err(format!(
+                        "groups {groups} must divide c_in {c_in} and c_out {c_out}"
+                    )));
+                }
                 if c != *c_in || *stride == 0 || h + pad + pe < *kernel || w + pad + pe < *kernel {
                     return Err(b.err(format!(
                         "input {c}x{h}x{w} does not fit a {kernel}x{kernel} conv of {c_in} channels"
@@ -334,7 +342,7 @@ pub fn to_qdq(m: &IntModel) -> Result<ModelProto> {
                 let (wt, bias) = b.weights(
                     base,
                     lw,
-                    &[*c_out, *c_in, *kernel, *kernel],
+                    &[*c_out, c_in / groups, *kernel, *kernel],
                     &[*c_out, 1, 1],
                 )?;
                 let (k, s, p, e) = (*kernel as i64, *stride as i64, *pad as i64, pe as i64);
@@ -349,7 +357,7 @@ pub fn to_qdq(m: &IntModel) -> Result<ModelProto> {
                         ints("strides", &[s, s]),
                         ints("pads", &[p, p, e, e]),
                         ints("dilations", &[1, 1]),
-                        int("group", 1),
+                        int("group", *groups as i64),
                     ],
                 );
                 let y = format!("{base}.conv");
@@ -390,6 +398,18 @@ pub fn to_qdq(m: &IntModel) -> Result<ModelProto> {
                         b.node("Flatten", OUTPUT, &[&y], OUTPUT, vec![int("axis", 1)]);
                         Val {
                             name: OUTPUT.into(),
+                            q: None,
+                            chw,
+                        }
+                    }
+                    None if *relu6 => {
+                        let (lo, hi) = (format!("{base}.relu6_min"), format!("{base}.relu6_max"));
+                        b.f32s(&lo, &[], &[0.0]);
+                        b.f32s(&hi, &[], &[6.0]);
+                        let r = format!("{base}.relu6");
+                        b.node("Clip", &r, &[&y, &lo, &hi], &r, vec![]);
+                        Val {
+                            name: r,
                             q: None,
                             chw,
                         }

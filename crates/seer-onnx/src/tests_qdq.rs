@@ -453,6 +453,16 @@ fn qdq_export_in_tract_agrees_with_the_integer_engine() {
         agree, n,
         "inception: tract and the engine agree on {agree}/{n}"
     );
+    // Depthwise convs (ONNX `group`), inverted residuals, ReLU6 before global pooling.
+    let (im, _) = compressed_fixture("mbv2", 20);
+    assert!(
+        im.meta()
+            .nodes
+            .iter()
+            .any(|n| matches!(n.op, seer_int::format::NodeOp::Conv { groups, .. } if groups > 1))
+    );
+    let (agree, n) = tract_agreement(&im, &px, 64);
+    assert_eq!(agree, n, "mbv2: tract and the engine agree on {agree}/{n}");
     // Residual streams, shortcuts and global pooling (random weights, synthetic images).
     let im = compressed_zoo("resnet20", "12x12x1", 7);
     let px = pixels(64, 144, 9);

@@ -76,6 +76,8 @@ pub fn resnet20(hw: usize, wbits: u32, abits: u32) -> (IntModel, Vec<F32Conv>) {
                 w_bits: wb,
                 residual,
                 relu: false,
+                relu6: false,
+                groups: 1,
             },
             out: out(abits),
         });
