@@ -75,7 +75,8 @@ pub struct InferArgs {
     #[arg(long)]
     save_images: Option<PathBuf>,
     /// Print one JSON object (`top1`, `n`, `images_per_s`, `agreement_with_fake_quant`,
-    /// `fake_quant_top1`, ...).
+    /// `fake_quant_top1`, `normalisation` (the model's, which the float models are fed with),
+    /// ...).
     #[arg(long)]
     json: bool,
 }
@@ -359,6 +360,15 @@ pub fn run(a: InferArgs) -> Result<()> {
         std::fs::write(p, &data.images).with_context(|| format!("writing {}", p.display()))?;
     }
 
+    // The normalisation the model was exported with, as the engine applies it: an imported
+    // ONNX model keeps its own (`--input-mean/--input-std`), not the dataset's.
+    let inp = &meta.input;
+    let norm_mean: Vec<f64> = inp.mean.iter().map(|&v| v as f64).collect();
+    let norm_std: Vec<f64> = (0..inp.channels)
+        .map(|c| inp.channel_std(c) as f64)
+        .collect();
+    let model_norm = Normalize::new(&norm_mean, &norm_std);
+
     // The fake-quantized float model.
     let mut fq: Option<(f64, f64, PathBuf)> = None;
     if !a.no_compare {
@@ -385,7 +395,7 @@ pub fn run(a: InferArgs) -> Result<()> {
                 a.model.display()
             ),
         }
-        let fpreds = nn_predict(&fm, data, &splits.normalize(), 256)?;
+        let fpreds = nn_predict(&fm, data, &model_norm, 256)?;
         let agree = preds.iter().zip(&fpreds).filter(|(a, b)| a == b).count();
         fq = Some((
             agree as f64 / n as f64,
@@ -397,7 +407,7 @@ pub fn run(a: InferArgs) -> Result<()> {
     // Optional speed comparison against the full-precision network.
     let mut bench = serde_json::Value::Null;
     if let Some(bp) = &a.bench_baseline {
-        bench = run_bench(&a, &m, bp, data, &splits.normalize(), isa)?;
+        bench = run_bench(&a, &m, bp, data, &model_norm, isa)?;
     }
 
     let (agree, fq_top1) = (fq.as_ref().map(|f| f.0), fq.as_ref().map(|f| f.1));
@@ -410,6 +420,7 @@ pub fn run(a: InferArgs) -> Result<()> {
             "arch": meta.arch, "batch_size": a.batch_size, "isa": isa.name(),
             "model_bytes": m.storage_bytes(),
             "float_model": fq.as_ref().map(|f| f.2.display().to_string()),
+            "normalisation": {"mean": norm_mean, "std": norm_std},
         });
         if let serde_json::Value::Object(b) = bench {
             v.as_object_mut().expect("object").extend(b);
