@@ -47,7 +47,7 @@
 //! let nodes = vec![
 //!     // 1 → 2 channels, 3×3, 4-bit weights; output requantised to 4-bit codes over [0, 2].
 //!     node("conv", "input", NodeOp::Conv { c_in: 1, c_out: 2, kernel: 3, stride: 1, pad: 1, pad_end: None,
-//!         w_bits: 4, residual: None, relu: false }, q(2.0, 4)),
+//!         w_bits: 4, groups: 1, residual: None, relu: false, relu6: false }, q(2.0, 4)),
 //!     node("gap", "conv", NodeOp::GlobalAvgPool, q(1.0, 8)),
 //!     // The final node yields f32 logits (out = null).
 //!     node("fc", "gap", NodeOp::Linear { in_features: 2, out_features: 3, w_bits: 8 }, None),
