@@ -605,27 +605,45 @@ impl Ctx<'_> {
             (Some(q), None) => Value::quantized(self.first_layer_codes(&a, q)?, dims, q),
             (out, res) => {
                 let mut pre = if first {
-                    self.first_layer_pre(&a)?
-                } else {
-                    Requant::new(a.scale, a.bias, 1.0, 8)?.dequantize(&a.acc)
-                };
-                if let Some(rv) = res {
-                    match &rv.real {
-                        Some(r) => pre.iter_mut().zip(r).for_each(|(y, r)| *y += r),
-                        None => pre
-                            .iter_mut()
-                            .zip(&rv.codes)
-                            .for_each(|(y, &r)| *y += r as f32 * rv.step),
+                    let mut pre = self.first_layer_pre(&a)?;
+                    if let Some(rv) = res {
+                        add_residual(&mut pre, 0, rv);
                     }
-                }
+                    pre
+                } else {
+                    // `acc·scale + bias (+ residual)` in one parallel pass over rows of
+                    // output channels (the same float operations, in the same order, as
+                    // `Requant::dequantize` followed by the residual add).
+                    let c = op.c_out.max(1);
+                    let (scale, bias) = (&a.scale, &a.bias);
+                    check_len("conv accumulators", a.g.rows() * op.c_out, a.acc.len())?;
+                    let mut pre = vec![0f32; a.acc.len()];
+                    let rows = 256;
+                    pre.par_chunks_mut(rows * c)
+                        .zip(a.acc.par_chunks(rows * c))
+                        .enumerate()
+                        .for_each(|(k, (o, acc))| {
+                            for (orow, arow) in o.chunks_mut(c).zip(acc.chunks(c)) {
+                                for j in 0..orow.len() {
+                                    orow[j] = arow[j] as f32 * scale[j] + bias[j];
+                                }
+                            }
+                            if let Some(rv) = res {
+                                add_residual(o, k * rows * c, rv);
+                            }
+                        });
+                    pre
+                };
                 match out {
                     Some(q) => Value::quantized(quantize_real(&pre, q), dims, q),
                     None if self.last => return Ok(Output::Logits(pre)),
                     None => {
                         if op.relu6 {
-                            pre.iter_mut().for_each(|y| *y = y.clamp(0.0, 6.0));
+                            pre.par_chunks_mut(1 << 14)
+                                .for_each(|p| p.iter_mut().for_each(|y| *y = y.clamp(0.0, 6.0)));
                         } else if op.relu {
-                            pre.iter_mut().for_each(|y| *y = y.max(0.0));
+                            pre.par_chunks_mut(1 << 14)
+                                .for_each(|p| p.iter_mut().for_each(|y| *y = y.max(0.0)));
                         }
                         let (h, w, c) = dims;
                         Value {
@@ -790,7 +808,10 @@ impl Ctx<'_> {
         let Some(r) = &x.real else {
             return Err(self.err("its input is already quantised"));
         };
-        Ok(Value::quantized(quantize_real(r, q), (x.h, x.w, x.c), q))
+        // Into a pooled buffer (a fresh one per call costs page faults at these sizes).
+        let mut out = self.model.cache.take(r.len());
+        quantize_real_into(r, q, &mut out);
+        Ok(Value::quantized(out, (x.h, x.w, x.c), q))
     }
 
     /// Option-A shortcut: subsample by `stride`, gather channels (absent ones zero); keeps
@@ -1108,9 +1129,27 @@ fn affine(lw: &LayerWeights, in_step: f32) -> (Vec<f32>, Vec<f32>) {
 
 /// Unsigned `q.bits` codes of real values over `[0, q.alpha]` (the fake quantizer's rounding:
 /// half away from zero).
+/// Adds the residual `rv` (real values, or codes times their step) to `pre`, which holds
+/// the output elements from `offset` on.
+fn add_residual(pre: &mut [f32], offset: usize, rv: &Value) {
+    match &rv.real {
+        Some(r) => pre.iter_mut().zip(&r[offset..]).for_each(|(y, r)| *y += r),
+        None => pre
+            .iter_mut()
+            .zip(&rv.codes[offset..])
+            .for_each(|(y, &r)| *y += r as f32 * rv.step),
+    }
+}
+
 fn quantize_real(x: &[f32], q: QuantOut) -> Vec<u8> {
-    let step = out_step(q);
     let mut out = vec![0u8; x.len()];
+    quantize_real_into(x, q, &mut out);
+    out
+}
+
+/// [`quantize_real`] into `out` (`x.len()` codes).
+fn quantize_real_into(x: &[f32], q: QuantOut, out: &mut [u8]) {
+    let step = out_step(q);
     out.par_chunks_mut(4096)
         .zip(x.par_chunks(4096))
         .for_each(|(o, x)| {
@@ -1118,7 +1157,6 @@ fn quantize_real(x: &[f32], q: QuantOut) -> Vec<u8> {
                 *o = round_code(y.clamp(0.0, q.alpha) / step);
             }
         });
-    out
 }
 
 /// Per image and channel, the mean over `hw` positions of a real NHWC stream `r`
