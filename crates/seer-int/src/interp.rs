@@ -96,11 +96,58 @@ impl IntModel {
                 last_use.insert(r, ni);
             }
         }
+        // Quantize nodes fused into the real-valued conv they read (fused path): by producer.
+        let mut quant_of: Vec<Vec<(usize, QuantOut)>> = vec![Vec::new(); nodes.len()];
+        if fused {
+            let index: HashMap<&str, usize> = nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.name.as_str(), i))
+                .collect();
+            for (ni, node) in nodes.iter().enumerate() {
+                if let (NodeOp::Quantize, Some(q), Some(&p)) =
+                    (&node.op, node.out, index.get(node.input.as_str()))
+                    && p < ni
+                    && matches!(nodes[p].op, NodeOp::Conv { .. })
+                    && nodes[p].out.is_none()
+                    && nodes[p].input != "input"
+                {
+                    quant_of[p].push((ni, q));
+                }
+            }
+        }
+        let mut precomputed: HashMap<usize, Vec<u8>> = HashMap::new();
         let mut logits = None;
         for (ni, node) in nodes.iter().enumerate() {
             let _span =
                 tracing::debug_span!("node", name = %node.name, op = node.op.kind()).entered();
             let t0 = Instant::now();
+            if let Some(codes) = precomputed.remove(&ni) {
+                // A quantize node computed by its producer's epilogue.
+                let x = values.get(node.input.as_str()).ok_or_else(|| {
+                    invalid(&format!("node {}", node.name), "its input was not computed")
+                })?;
+                let q = node.out.ok_or_else(|| {
+                    invalid(
+                        &format!("node {}", node.name),
+                        "needs an output quantisation",
+                    )
+                })?;
+                let v = Value::quantized(codes, (x.h, x.w, x.c), q);
+                tracing::debug!(ms = millis(t0), "node done (fused into its producer)");
+                if let Some(trace) = trace.as_mut() {
+                    trace(&node.name, v.dequantized());
+                }
+                values.insert(node.name.as_str(), v);
+                values.retain(|name, v| {
+                    let keep = last_use.get(name).is_some_and(|&l| l > ni);
+                    if !keep {
+                        cache.give(std::mem::take(&mut v.codes));
+                    }
+                    keep
+                });
+                continue;
+            }
             let x = values.get(node.input.as_str()).ok_or_else(|| {
                 invalid(&format!("node {}", node.name), "its input was not computed")
             })?;
@@ -114,8 +161,13 @@ impl IntModel {
                 isa,
                 last: ni + 1 == nodes.len(),
                 fused,
+                quant_consumers: &quant_of[ni],
+                extra: Default::default(),
             };
             let out = cx.run_node()?;
+            precomputed.extend(std::mem::take(
+                &mut *cx.extra.lock().unwrap_or_else(|e| e.into_inner()),
+            ));
             tracing::debug!(ms = millis(t0), "node done");
             match out {
                 Output::Logits(l) => {
@@ -334,6 +386,11 @@ struct Ctx<'a> {
     /// Fused GEMM + epilogue paths (false: the unfused layer functions, kept as the
     /// reference the fused paths are tested against).
     fused: bool,
+    /// Quantize nodes reading this node's real-valued output (fused path only): their codes
+    /// are computed in the conv's epilogue, while each block of outputs is in cache.
+    quant_consumers: &'a [(usize, QuantOut)],
+    /// Codes computed for `quant_consumers`, by node index.
+    extra: Mutex<Vec<(usize, Vec<u8>)>>,
 }
 
 /// The fields of a [`NodeOp::Conv`].
@@ -614,34 +671,68 @@ impl Ctx<'_> {
                     // `acc·scale + bias (+ residual)` in one parallel pass over rows of
                     // output channels (the same float operations, in the same order, as
                     // `Requant::dequantize` followed by the residual add).
+                    // A real-valued stream also gets its ReLU here, and the codes of the
+                    // quantize nodes that read it (`quant_consumers`), block by block.
                     let c = op.c_out.max(1);
                     let (scale, bias) = (&a.scale, &a.bias);
                     check_len("conv accumulators", a.g.rows() * op.c_out, a.acc.len())?;
+                    let stream = out.is_none() && !self.last;
+                    let act = |y: f32| match (stream, op.relu6, op.relu) {
+                        (true, true, _) => y.clamp(0.0, 6.0),
+                        (true, false, true) => y.max(0.0),
+                        _ => y,
+                    };
+                    let consumers: &[(usize, QuantOut)] =
+                        if stream { self.quant_consumers } else { &[] };
+                    let mut codes: Vec<Vec<u8>> = consumers
+                        .iter()
+                        .map(|_| self.model.cache.take(a.acc.len()))
+                        .collect();
                     let mut pre = vec![0f32; a.acc.len()];
-                    let rows = 256;
-                    pre.par_chunks_mut(rows * c)
-                        .zip(a.acc.par_chunks(rows * c))
+                    let block = 256 * c;
+                    let mut code_blocks: Vec<std::slice::ChunksMut<'_, u8>> =
+                        codes.iter_mut().map(|v| v.chunks_mut(block)).collect();
+                    let mut jobs: Vec<(usize, &mut [f32], &[i32], Vec<&mut [u8]>)> = pre
+                        .chunks_mut(block)
+                        .zip(a.acc.chunks(block))
                         .enumerate()
-                        .for_each(|(k, (o, acc))| {
-                            for (orow, arow) in o.chunks_mut(c).zip(acc.chunks(c)) {
-                                for j in 0..orow.len() {
-                                    orow[j] = arow[j] as f32 * scale[j] + bias[j];
-                                }
+                        .map(|(k, (o, acc))| {
+                            let cb = code_blocks.iter_mut().filter_map(Iterator::next).collect();
+                            (k, o, acc, cb)
+                        })
+                        .collect();
+                    jobs.par_iter_mut().for_each(|(k, o, acc, cb)| {
+                        for (orow, arow) in o.chunks_mut(c).zip(acc.chunks(c)) {
+                            for j in 0..orow.len() {
+                                orow[j] = arow[j] as f32 * scale[j] + bias[j];
                             }
-                            if let Some(rv) = res {
-                                add_residual(o, k * rows * c, rv);
-                            }
-                        });
+                        }
+                        if let Some(rv) = res {
+                            add_residual(o, *k * block, rv);
+                        }
+                        if stream && (op.relu || op.relu6) {
+                            o.iter_mut().for_each(|y| *y = act(*y));
+                        }
+                        for (dst, &(_, q)) in cb.iter_mut().zip(consumers) {
+                            quantize_real_block(o, q, dst);
+                        }
+                    });
+                    drop(jobs);
+                    self.extra
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .extend(consumers.iter().map(|&(ni, _)| ni).zip(codes));
                     pre
                 };
                 match out {
                     Some(q) => Value::quantized(quantize_real(&pre, q), dims, q),
                     None if self.last => return Ok(Output::Logits(pre)),
                     None => {
-                        if op.relu6 {
+                        // (Not the first layer: the ReLU was applied in the pass above.)
+                        if first && op.relu6 {
                             pre.par_chunks_mut(1 << 14)
                                 .for_each(|p| p.iter_mut().for_each(|y| *y = y.clamp(0.0, 6.0)));
-                        } else if op.relu {
+                        } else if first && op.relu {
                             pre.par_chunks_mut(1 << 14)
                                 .for_each(|p| p.iter_mut().for_each(|y| *y = y.max(0.0)));
                         }
@@ -1145,6 +1236,14 @@ fn quantize_real(x: &[f32], q: QuantOut) -> Vec<u8> {
     let mut out = vec![0u8; x.len()];
     quantize_real_into(x, q, &mut out);
     out
+}
+
+/// [`quantize_real`] of one block, sequentially, into `out`.
+fn quantize_real_block(x: &[f32], q: QuantOut, out: &mut [u8]) {
+    let step = out_step(q);
+    for (o, &y) in out.iter_mut().zip(x) {
+        *o = round_code(y.clamp(0.0, q.alpha) / step);
+    }
 }
 
 /// [`quantize_real`] into `out` (`x.len()` codes).
