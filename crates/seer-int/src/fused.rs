@@ -280,6 +280,111 @@ impl Sink for RequantSink<'_> {
     }
 }
 
+/// The residual a [`RealSink`] adds: real values, or codes with their step.
+#[derive(Clone, Copy)]
+pub(crate) enum Residual<'a> {
+    /// Real values (same shape as the output).
+    Real(&'a [f32]),
+    /// Codes and the real value of one code.
+    Codes(&'a [u8], f32),
+}
+
+/// Writes a real-valued output (a stream the float model keeps in float):
+/// `y = act(acc·scale[c] + bias[c] (+ residual))`, `act` a ReLU, ReLU6 or nothing, and for
+/// each quantizer `(α, step)` in `codes` also `round(clamp(y, 0, α)/step)` — the same float
+/// operations, in the same order, as the interpreter's unfused epilogue and its quantize
+/// nodes, so the results are bitwise those.
+pub(crate) struct RealSink<'a> {
+    scale: &'a [f32],
+    bias: &'a [f32],
+    residual: Option<Residual<'a>>,
+    relu: bool,
+    relu6: bool,
+    out: Out<f32>,
+    codes: Vec<(Out<u8>, f32, f32)>,
+    _life: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+impl<'a> RealSink<'a> {
+    /// A sink into `out` (`[m, scale.len()]`) and `codes` (each `[m, n]`, with its `(α, step)`).
+    /// Errors: `ShapeMismatch` when a buffer, the residual or the bias has another length.
+    pub(crate) fn new(
+        scale: &'a [f32],
+        bias: &'a [f32],
+        residual: Option<Residual<'a>>,
+        (relu, relu6): (bool, bool),
+        out: &'a mut [f32],
+        codes: Vec<(&'a mut [u8], f32, f32)>,
+    ) -> Result<Self> {
+        check_len("bias", scale.len(), bias.len())?;
+        match residual {
+            Some(Residual::Real(r)) => check_len("residual input", out.len(), r.len())?,
+            Some(Residual::Codes(r, _)) => check_len("residual input", out.len(), r.len())?,
+            None => {}
+        }
+        for (c, _, _) in &codes {
+            check_len("fused quantize output", out.len(), c.len())?;
+        }
+        Ok(Self {
+            scale,
+            bias,
+            residual,
+            relu,
+            relu6,
+            out: Out::new(out),
+            codes: codes
+                .into_iter()
+                .map(|(c, a, s)| (Out::new(c), a, s))
+                .collect(),
+            _life: std::marker::PhantomData,
+        })
+    }
+}
+
+impl Sink for RealSink<'_> {
+    fn n(&self) -> usize {
+        self.scale.len()
+    }
+    fn write(&self, r0: usize, nrows: usize, c0: usize, c1: usize, acc: &[i32], ld: usize) {
+        let n = self.n();
+        let (s, b) = (&self.scale[c0..c1], &self.bias[c0..c1]);
+        for i in 0..nrows {
+            let base = (r0 + i) * n + c0;
+            // SAFETY: tasks write disjoint (row, column) tiles.
+            let o = unsafe { self.out.slice(base, c1 - c0) };
+            let a = &acc[i * ld..i * ld + (c1 - c0)];
+            for j in 0..o.len() {
+                o[j] = a[j] as f32 * s[j] + b[j];
+            }
+            match self.residual {
+                Some(Residual::Real(r)) => {
+                    for (y, r) in o.iter_mut().zip(&r[base..]) {
+                        *y += r;
+                    }
+                }
+                Some(Residual::Codes(r, step)) => {
+                    for (y, &r) in o.iter_mut().zip(&r[base..]) {
+                        *y += r as f32 * step;
+                    }
+                }
+                None => {}
+            }
+            if self.relu6 {
+                o.iter_mut().for_each(|y| *y = y.clamp(0.0, 6.0));
+            } else if self.relu {
+                o.iter_mut().for_each(|y| *y = y.max(0.0));
+            }
+            for (c, alpha, step) in &self.codes {
+                // SAFETY: as above, the same tile of another buffer.
+                let q = unsafe { c.slice(base, o.len()) };
+                for (q, &y) in q.iter_mut().zip(o.iter()) {
+                    *q = crate::layers::round_code(y.clamp(0.0, *alpha) / step);
+                }
+            }
+        }
+    }
+}
+
 /// `o[j] = round(clamp(a[j]·s[j] + b[j] (+ r[j]·r_step), 0, α)/step)`: the AVX2 epilogue when
 /// `simd` (callers set it only where AVX2 is available), the plain-Rust one for the rest.
 #[allow(clippy::too_many_arguments)]

@@ -21,7 +21,7 @@ use rayon::prelude::*;
 use crate::Isa;
 use crate::error::{Error, Result, check_len, invalid};
 use crate::format::{IntModel, LayerWeights, Node, NodeOp, QuantOut};
-use crate::fused::{ASource, AccSink, RequantSink, conv2d_requant, gemm_fused};
+use crate::fused::{ASource, AccSink, RealSink, RequantSink, Residual, conv2d_requant, gemm_fused};
 use crate::gemm::WeightPanel;
 use crate::layers::{
     ConvGeom, PoolGeom, Requant, avg_pool2d, conv_panel, conv2d, conv2d_grouped, global_avg_pool,
@@ -575,6 +575,62 @@ impl Ctx<'_> {
             && !g.is_pointwise()
         {
             return self.first_layer_c1_codes(lw, &g, q).map(Output::Value);
+        }
+        // A real-valued stream (the float model's residual stream): GEMM, folded BatchNorm,
+        // residual, ReLU and the codes of the quantize nodes reading it, in one pass.
+        if self.fused
+            && !first
+            && !self.last
+            && self.node.out.is_none()
+            && !(g.c_in == 1 && g.stride == 1 && !g.is_pointwise())
+        {
+            let t_gemm = Instant::now();
+            let (scale, bias) = affine(lw, x.step);
+            let panel = self.conv_panel(lw, &g)?;
+            let len = g.rows() * g.c_out;
+            let mut pre = vec![0f32; len];
+            let mut codes: Vec<Vec<u8>> = self
+                .quant_consumers
+                .iter()
+                .map(|_| self.model.cache.take(len))
+                .collect();
+            let residual = res.map(|rv| match &rv.real {
+                Some(r) => Residual::Real(r),
+                None => Residual::Codes(&rv.codes, rv.step),
+            });
+            let sink = RealSink::new(
+                &scale,
+                &bias,
+                residual,
+                (op.relu, op.relu6),
+                &mut pre,
+                codes
+                    .iter_mut()
+                    .zip(self.quant_consumers)
+                    .map(|(c, &(_, q))| (&mut c[..], q.alpha, out_step(q)))
+                    .collect(),
+            )?;
+            gemm_fused(
+                self.isa,
+                crate::fused::conv_source(&x.codes, &g)?,
+                &panel,
+                &sink,
+            )?;
+            drop(sink);
+            tracing::debug!(gemm_ms = millis(t_gemm), "fused gemm + real epilogue");
+            self.extra
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(self.quant_consumers.iter().map(|&(ni, _)| ni).zip(codes));
+            let (h, w, c) = (g.out_h(), g.out_w(), op.c_out);
+            return Ok(Output::Value(Value {
+                codes: Vec::new(),
+                real: Some(pre),
+                h,
+                w,
+                c,
+                step: 0.0,
+            }));
         }
         let t_gemm = Instant::now();
         let acc = if split {
