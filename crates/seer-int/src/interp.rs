@@ -727,57 +727,32 @@ impl Ctx<'_> {
                     // `acc·scale + bias (+ residual)` in one parallel pass over rows of
                     // output channels (the same float operations, in the same order, as
                     // `Requant::dequantize` followed by the residual add).
-                    // A real-valued stream also gets its ReLU here, and the codes of the
-                    // quantize nodes that read it (`quant_consumers`), block by block.
+                    // A real-valued stream also gets its ReLU here. (The fused path runs
+                    // this epilogue inside the GEMM instead, `RealSink`.)
                     let c = op.c_out.max(1);
                     let (scale, bias) = (&a.scale, &a.bias);
                     check_len("conv accumulators", a.g.rows() * op.c_out, a.acc.len())?;
                     let stream = out.is_none() && !self.last;
-                    let act = |y: f32| match (stream, op.relu6, op.relu) {
-                        (true, true, _) => y.clamp(0.0, 6.0),
-                        (true, false, true) => y.max(0.0),
-                        _ => y,
-                    };
-                    let consumers: &[(usize, QuantOut)] =
-                        if stream { self.quant_consumers } else { &[] };
-                    let mut codes: Vec<Vec<u8>> = consumers
-                        .iter()
-                        .map(|_| self.model.cache.take(a.acc.len()))
-                        .collect();
                     let mut pre = vec![0f32; a.acc.len()];
                     let block = 256 * c;
-                    let mut code_blocks: Vec<std::slice::ChunksMut<'_, u8>> =
-                        codes.iter_mut().map(|v| v.chunks_mut(block)).collect();
-                    let mut jobs: Vec<(usize, &mut [f32], &[i32], Vec<&mut [u8]>)> = pre
-                        .chunks_mut(block)
-                        .zip(a.acc.chunks(block))
+                    pre.par_chunks_mut(block)
+                        .zip(a.acc.par_chunks(block))
                         .enumerate()
-                        .map(|(k, (o, acc))| {
-                            let cb = code_blocks.iter_mut().filter_map(Iterator::next).collect();
-                            (k, o, acc, cb)
-                        })
-                        .collect();
-                    jobs.par_iter_mut().for_each(|(k, o, acc, cb)| {
-                        for (orow, arow) in o.chunks_mut(c).zip(acc.chunks(c)) {
-                            for j in 0..orow.len() {
-                                orow[j] = arow[j] as f32 * scale[j] + bias[j];
+                        .for_each(|(k, (o, acc))| {
+                            for (orow, arow) in o.chunks_mut(c).zip(acc.chunks(c)) {
+                                for j in 0..orow.len() {
+                                    orow[j] = arow[j] as f32 * scale[j] + bias[j];
+                                }
                             }
-                        }
-                        if let Some(rv) = res {
-                            add_residual(o, *k * block, rv);
-                        }
-                        if stream && (op.relu || op.relu6) {
-                            o.iter_mut().for_each(|y| *y = act(*y));
-                        }
-                        for (dst, &(_, q)) in cb.iter_mut().zip(consumers) {
-                            quantize_real_block(o, q, dst);
-                        }
-                    });
-                    drop(jobs);
-                    self.extra
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .extend(consumers.iter().map(|&(ni, _)| ni).zip(codes));
+                            if let Some(rv) = res {
+                                add_residual(o, k * block, rv);
+                            }
+                            if stream && op.relu6 {
+                                o.iter_mut().for_each(|y| *y = y.clamp(0.0, 6.0));
+                            } else if stream && op.relu {
+                                o.iter_mut().for_each(|y| *y = y.max(0.0));
+                            }
+                        });
                     pre
                 };
                 match out {
@@ -1292,14 +1267,6 @@ fn quantize_real(x: &[f32], q: QuantOut) -> Vec<u8> {
     let mut out = vec![0u8; x.len()];
     quantize_real_into(x, q, &mut out);
     out
-}
-
-/// [`quantize_real`] of one block, sequentially, into `out`.
-fn quantize_real_block(x: &[f32], q: QuantOut, out: &mut [u8]) {
-    let step = out_step(q);
-    for (o, &y) in out.iter_mut().zip(x) {
-        *o = round_code(y.clamp(0.0, q.alpha) / step);
-    }
 }
 
 /// [`quantize_real`] into `out` (`x.len()` codes).
