@@ -122,52 +122,36 @@ impl IntModel {
             let _span =
                 tracing::debug_span!("node", name = %node.name, op = node.op.kind()).entered();
             let t0 = Instant::now();
-            if let Some(codes) = precomputed.remove(&ni) {
-                // A quantize node computed by its producer's epilogue.
-                let x = values.get(node.input.as_str()).ok_or_else(|| {
-                    invalid(&format!("node {}", node.name), "its input was not computed")
-                })?;
+            let x = values.get(node.input.as_str()).ok_or_else(|| {
+                invalid(&format!("node {}", node.name), "its input was not computed")
+            })?;
+            let out = if let Some(codes) = precomputed.remove(&ni) {
+                // A quantize node whose codes its producer's epilogue computed.
                 let q = node.out.ok_or_else(|| {
                     invalid(
                         &format!("node {}", node.name),
                         "needs an output quantisation",
                     )
                 })?;
-                let v = Value::quantized(codes, (x.h, x.w, x.c), q);
-                tracing::debug!(ms = millis(t0), "node done (fused into its producer)");
-                if let Some(trace) = trace.as_mut() {
-                    trace(&node.name, v.dequantized());
-                }
-                values.insert(node.name.as_str(), v);
-                values.retain(|name, v| {
-                    let keep = last_use.get(name).is_some_and(|&l| l > ni);
-                    if !keep {
-                        cache.give(std::mem::take(&mut v.codes));
-                    }
-                    keep
-                });
-                continue;
-            }
-            let x = values.get(node.input.as_str()).ok_or_else(|| {
-                invalid(&format!("node {}", node.name), "its input was not computed")
-            })?;
-            let cx = Ctx {
-                model: self,
-                index: ni,
-                node,
-                x,
-                values: &values,
-                batch,
-                isa,
-                last: ni + 1 == nodes.len(),
-                fused,
-                quant_consumers: &quant_of[ni],
-                extra: Default::default(),
+                Output::Value(Value::quantized(codes, (x.h, x.w, x.c), q))
+            } else {
+                let cx = Ctx {
+                    model: self,
+                    index: ni,
+                    node,
+                    x,
+                    values: &values,
+                    batch,
+                    isa,
+                    last: ni + 1 == nodes.len(),
+                    fused,
+                    quant_consumers: &quant_of[ni],
+                    extra: Default::default(),
+                };
+                let out = cx.run_node()?;
+                precomputed.extend(cx.extra.into_inner().unwrap_or_else(|e| e.into_inner()));
+                out
             };
-            let out = cx.run_node()?;
-            precomputed.extend(std::mem::take(
-                &mut *cx.extra.lock().unwrap_or_else(|e| e.into_inner()),
-            ));
             tracing::debug!(ms = millis(t0), "node done");
             match out {
                 Output::Logits(l) => {

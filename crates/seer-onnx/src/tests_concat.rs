@@ -12,20 +12,8 @@ use seer_policy::{LayerKind, SearchSpace, SpaceConfig};
 use crate::proto::{GraphProto, ModelProto};
 use crate::qdq::{int, ints};
 use crate::tests::{model_of, node, tensor, value, worst_relative};
+use crate::tests_pads::weights;
 use crate::tests_qdq::{eq_images, mixed_policy, normalised, top1, tract_agreement, tract_run};
-
-/// Deterministic weights in [−0.5, 0.5) scaled by `2/√fan_in` (xorshift).
-fn weights(n: usize, fan_in: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 / (fan_in as f32).sqrt()
-        })
-        .collect()
-}
 
 /// image `[N, 1, 28, 28]` → Conv 1→8 3×3 pad 1 → Relu → MaxPool 2 (14×14) → three branches:
 /// Conv 8→4 1×1 → Relu; Conv 8→6 3×3 pad 1 → Relu; MaxPool 3×3 stride 1 pad 1 → Conv 8→2

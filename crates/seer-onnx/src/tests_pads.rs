@@ -24,8 +24,8 @@ fn string(name: &str, v: &str) -> AttributeProto {
     }
 }
 
-/// Deterministic weights in [−0.5, 0.5) scaled by `1/√fan_in`.
-fn weights(n: usize, fan_in: usize, seed: u64) -> Vec<f32> {
+/// Deterministic weights in [−0.5, 0.5) scaled by `2/√fan_in` (xorshift).
+pub(crate) fn weights(n: usize, fan_in: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..n)
         .map(|_| {
