@@ -12,7 +12,7 @@ use seer_policy::{LayerKind, SearchSpace, SpaceConfig};
 use crate::proto::{GraphProto, ModelProto};
 use crate::qdq::{int, ints};
 use crate::tests::{model_of, node, tensor, value, worst_relative};
-use crate::tests_pads::weights;
+use crate::tests_pads::{conv, weights};
 use crate::tests_qdq::{eq_images, mixed_policy, normalised, top1, tract_agreement, tract_run};
 
 /// image `[N, 1, 28, 28]` → Conv 1→8 3×3 pad 1 → Relu → MaxPool 2 (14×14) → three branches:
@@ -20,15 +20,6 @@ use crate::tests_qdq::{eq_images, mixed_policy, normalised, top1, tract_agreemen
 /// 1×1 → Relu → `Concat` (axis 1, 12 channels) → Conv 12→8 3×3 stride 2 pad 1 (7×7) → Relu →
 /// GlobalAveragePool → Flatten → Gemm 8→10.
 pub(crate) fn inception_model() -> ModelProto {
-    let conv = |name: &str, x: &str, y: &str, attrs| {
-        node(
-            name,
-            "Conv",
-            &[x, &format!("{name}.weight"), &format!("{name}.bias")],
-            &[y],
-            attrs,
-        )
-    };
     let pool = |name: &str, x: &str, y: &str, k: i64, s: i64, p: i64| {
         node(
             name,

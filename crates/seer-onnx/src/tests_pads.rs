@@ -9,7 +9,9 @@ use candle_core::{Device, Tensor};
 use prost::Message;
 use seer_policy::{LayerKind, SearchSpace, SpaceConfig};
 
-use crate::proto::{AttributeProto, GraphProto, ModelProto, attribute_proto::AttributeType};
+use crate::proto::{
+    AttributeProto, GraphProto, ModelProto, NodeProto, attribute_proto::AttributeType,
+};
 use crate::qdq::ints;
 use crate::tests::{model_of, node, tensor, value, worst_relative};
 use crate::tests_qdq::{eq_images, mixed_policy, normalised, top1, tract_agreement, tract_run};
@@ -22,6 +24,18 @@ fn string(name: &str, v: &str) -> AttributeProto {
         s: Some(v.as_bytes().to_vec()),
         ..Default::default()
     }
+}
+
+/// A `Conv` node `name` reading `x` with the initializers `<name>.weight` and `<name>.bias`,
+/// writing `y`.
+pub(crate) fn conv(name: &str, x: &str, y: &str, attrs: Vec<AttributeProto>) -> NodeProto {
+    node(
+        name,
+        "Conv",
+        &[x, &format!("{name}.weight"), &format!("{name}.bias")],
+        &[y],
+        attrs,
+    )
 }
 
 /// Deterministic weights in [−0.5, 0.5) scaled by `2/√fan_in` (xorshift).
@@ -42,15 +56,6 @@ pub(crate) fn weights(n: usize, fan_in: usize, seed: u64) -> Vec<f32> {
 /// Conv 8→8 3×3 s2 `SAME_LOWER` (14 → 7, the odd pixel first) → Relu → Conv 8→8 2×2
 /// `SAME_UPPER` (7 → 7, the odd pixel last) → Relu → GlobalAveragePool → Flatten → Gemm 8→10.
 pub(crate) fn asym_model() -> ModelProto {
-    let conv = |name: &str, x: &str, y: &str, attrs| {
-        node(
-            name,
-            "Conv",
-            &[x, &format!("{name}.weight"), &format!("{name}.bias")],
-            &[y],
-            attrs,
-        )
-    };
     let graph = GraphProto {
         name: Some("asym".into()),
         node: vec![
