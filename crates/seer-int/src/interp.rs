@@ -1329,7 +1329,7 @@ mod tests {
     use crate::format::InputSpec;
     use crate::reference;
     use crate::testutil::{
-        build_with, conv, lcg, toy_concat, toy_grouped, toy_int8, toy_model, toy_real_stream,
+        build_with, conv, head, lcg, toy_concat, toy_grouped, toy_int8, toy_model, toy_real_stream,
     };
 
     /// The fake-quantized float network, in f64 from dequantized weights.
@@ -1638,29 +1638,14 @@ mod tests {
                 std_per_channel: vec![0.247, 0.243, 0.261],
             };
             let m = build_with(
-                vec![
-                    conv("c1", "input", 3, 4, stride, 8, None, Some((2.0, 4))),
-                    conv("c2", "c1", 4, 4, 1, 5, None, Some((1.5, 3))),
-                    Node {
-                        name: "gap".into(),
-                        input: "c2".into(),
-                        op: NodeOp::GlobalAvgPool,
-                        out: Some(QuantOut {
-                            alpha: 1.0,
-                            bits: 8,
-                        }),
-                    },
-                    Node {
-                        name: "fc".into(),
-                        input: "gap".into(),
-                        op: NodeOp::Linear {
-                            in_features: 4,
-                            out_features: 3,
-                            w_bits: 8,
-                        },
-                        out: None,
-                    },
-                ],
+                [
+                    vec![
+                        conv("c1", "input", 3, 4, stride, 8, None, Some((2.0, 4))),
+                        conv("c2", "c1", 4, 4, 1, 5, None, Some((1.5, 3))),
+                    ],
+                    head("c2", 4),
+                ]
+                .concat(),
                 input,
             );
             check_engine(m.clone());
@@ -1712,13 +1697,17 @@ mod tests {
             });
         });
         assert!(e.contains("cat") && e.contains("representation"), "{e}");
+        // A concat node `name` reading `others` after its own input.
+        let rewire = |name: &str, others: &[&str]| {
+            run(&|n| {
+                let c = at(n, name);
+                n[c].op = NodeOp::Concat {
+                    others: others.iter().map(|o| o.to_string()).collect(),
+                };
+            })
+        };
         // Codes concatenated with real values.
-        let e = run(&|n| {
-            let c = at(n, "rcat");
-            n[c].op = NodeOp::Concat {
-                others: vec!["b".into()],
-            };
-        });
+        let e = rewire("rcat", &["b"]);
         assert!(e.contains("representation"), "{e}");
         // An `out` that is not the inputs' quantisation.
         let e = run(&|n| {
@@ -1730,24 +1719,11 @@ mod tests {
         });
         assert!(e.contains("cat") && e.contains("out"), "{e}");
         // An unknown input, one input only, the image.
-        let e = run(&|n| {
-            let c = at(n, "cat");
-            n[c].op = NodeOp::Concat {
-                others: vec!["nope".into()],
-            };
-        });
+        let e = rewire("cat", &["nope"]);
         assert!(e.contains("unknown input"), "{e}");
-        let e = run(&|n| {
-            let c = at(n, "cat");
-            n[c].op = NodeOp::Concat { others: vec![] };
-        });
+        let e = rewire("cat", &[]);
         assert!(e.contains("two inputs"), "{e}");
-        let e = run(&|n| {
-            let c = at(n, "cat");
-            n[c].op = NodeOp::Concat {
-                others: vec!["input".into()],
-            };
-        });
+        let e = rewire("cat", &["input"]);
         assert!(e.contains("image"), "{e}");
     }
 

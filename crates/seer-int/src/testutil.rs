@@ -51,6 +51,32 @@ pub(crate) fn conv(
     }
 }
 
+/// The classifier head of the toy models: global average pooling of `input` (`features`
+/// channels) to 8-bit codes over [0, 1], then an 8-bit linear layer to 3 logits.
+pub(crate) fn head(input: &str, features: usize) -> Vec<Node> {
+    vec![
+        Node {
+            name: "gap".into(),
+            input: input.into(),
+            op: NodeOp::GlobalAvgPool,
+            out: Some(QuantOut {
+                alpha: 1.0,
+                bits: 8,
+            }),
+        },
+        Node {
+            name: "fc".into(),
+            input: "gap".into(),
+            op: NodeOp::Linear {
+                in_features: features,
+                out_features: 3,
+                w_bits: 8,
+            },
+            out: None,
+        },
+    ]
+}
+
 /// A small residual network touching every node kind.
 pub(crate) fn toy_model() -> IntModel {
     let nodes = vec![
@@ -89,29 +115,11 @@ pub(crate) fn toy_model() -> IntModel {
                 bits: 6,
             }),
         },
-        Node {
-            name: "gap".into(),
-            input: "ap".into(),
-            op: NodeOp::GlobalAvgPool,
-            out: Some(QuantOut {
-                alpha: 1.0,
-                bits: 8,
-            }),
-        },
-        Node {
-            name: "fc".into(),
-            input: "gap".into(),
-            op: NodeOp::Linear {
-                in_features: 6,
-                out_features: 3,
-                w_bits: 8,
-            },
-            out: None,
-        },
     ];
     // Fix the node list: ShortcutA keeps its input's quantisation, so it carries none;
     // the validator only requires `out = null` for the final node, so give it its input's.
     let mut nodes = nodes;
+    nodes.extend(head("ap", 6));
     nodes[2].out = Some(QuantOut {
         alpha: 1.5,
         bits: 3,
@@ -189,34 +197,29 @@ pub(crate) fn toy_real_stream() -> IntModel {
         op,
         out,
     };
-    build(vec![
-        c1,
-        node("q1", "c1", NodeOp::Quantize, q(2.0, 4)),
-        conv("c2", "q1", 4, 4, 1, 3, None, Some((1.5, 3))),
-        c3,
-        node(
-            "sc",
-            "c3",
-            NodeOp::ShortcutA {
-                stride: 2,
-                gather: vec![Some(0), None, Some(2), Some(3), None, Some(1)],
-            },
-            None,
-        ),
-        node("q2", "c3", NodeOp::Quantize, q(2.0, 5)),
-        c4,
-        node("gap", "c4", NodeOp::GlobalAvgPool, q(1.0, 8)),
-        node(
-            "fc",
-            "gap",
-            NodeOp::Linear {
-                in_features: 6,
-                out_features: 3,
-                w_bits: 8,
-            },
-            None,
-        ),
-    ])
+    build(
+        [
+            vec![
+                c1,
+                node("q1", "c1", NodeOp::Quantize, q(2.0, 4)),
+                conv("c2", "q1", 4, 4, 1, 3, None, Some((1.5, 3))),
+                c3,
+                node(
+                    "sc",
+                    "c3",
+                    NodeOp::ShortcutA {
+                        stride: 2,
+                        gather: vec![Some(0), None, Some(2), Some(3), None, Some(1)],
+                    },
+                    None,
+                ),
+                node("q2", "c3", NodeOp::Quantize, q(2.0, 5)),
+                c4,
+            ],
+            head("c4", 6),
+        ]
+        .concat(),
+    )
 }
 
 /// An all-8-bit residual network (8-bit weights, 8-bit activation codes that saturate at
@@ -227,31 +230,18 @@ pub(crate) fn toy_int8() -> IntModel {
     if let NodeOp::Conv { relu, .. } = &mut c1.op {
         *relu = true;
     }
-    build(vec![
-        c1,
-        conv("c2", "c1", 8, 8, 1, 8, Some("c1"), Some((0.5, 8))),
-        conv("c3", "c2", 8, 12, 2, 8, None, Some((0.5, 8))),
-        conv("c4", "c3", 12, 12, 1, 8, Some("c3"), Some((0.5, 8))),
-        Node {
-            name: "gap".into(),
-            input: "c4".into(),
-            op: NodeOp::GlobalAvgPool,
-            out: Some(QuantOut {
-                alpha: 1.0,
-                bits: 8,
-            }),
-        },
-        Node {
-            name: "fc".into(),
-            input: "gap".into(),
-            op: NodeOp::Linear {
-                in_features: 12,
-                out_features: 3,
-                w_bits: 8,
-            },
-            out: None,
-        },
-    ])
+    build(
+        [
+            vec![
+                c1,
+                conv("c2", "c1", 8, 8, 1, 8, Some("c1"), Some((0.5, 8))),
+                conv("c3", "c2", 8, 12, 2, 8, None, Some((0.5, 8))),
+                conv("c4", "c3", 12, 12, 1, 8, Some("c3"), Some((0.5, 8))),
+            ],
+            head("c4", 12),
+        ]
+        .concat(),
+    )
 }
 
 /// Concatenations of codes (three convs requantised alike, then max pooling) and of real
@@ -274,52 +264,47 @@ pub(crate) fn toy_concat() -> IntModel {
     if let NodeOp::Conv { relu, .. } = &mut ra.op {
         *relu = true;
     }
-    build(vec![
-        conv("c1", "input", 1, 4, 1, 8, None, Some((2.0, 4))),
-        conv("a", "c1", 4, 3, 1, 5, None, Some((1.5, 5))),
-        conv("b", "c1", 4, 2, 1, 3, None, Some((1.5, 5))),
-        conv("a2", "c1", 4, 2, 1, 2, None, Some((1.5, 5))),
-        node("cat", "a", cat(&["b", "a2"]), q(1.5, 5)),
-        ra,
-        rb,
-        node("rcat", "ra", cat(&["rb"]), None),
-        node(
-            "rmp",
-            "rcat",
-            NodeOp::MaxPool {
-                kernel: 3,
-                stride: 1,
-                pad: 1,
-                pad_end: None,
-            },
-            None,
-        ),
-        node("q", "rmp", NodeOp::Quantize, q(2.0, 4)),
-        conv("c2", "q", 5, 5, 1, 4, Some("rcat"), Some((2.0, 4))),
-        node(
-            "mp",
-            "cat",
-            NodeOp::MaxPool {
-                kernel: 3,
-                stride: 1,
-                pad: 1,
-                pad_end: None,
-            },
-            q(1.5, 5),
-        ),
-        conv("c3", "mp", 7, 5, 1, 8, Some("c2"), Some((1.3, 7))),
-        node("gap", "c3", NodeOp::GlobalAvgPool, q(1.0, 8)),
-        node(
-            "fc",
-            "gap",
-            NodeOp::Linear {
-                in_features: 5,
-                out_features: 3,
-                w_bits: 8,
-            },
-            None,
-        ),
-    ])
+    build(
+        [
+            vec![
+                conv("c1", "input", 1, 4, 1, 8, None, Some((2.0, 4))),
+                conv("a", "c1", 4, 3, 1, 5, None, Some((1.5, 5))),
+                conv("b", "c1", 4, 2, 1, 3, None, Some((1.5, 5))),
+                conv("a2", "c1", 4, 2, 1, 2, None, Some((1.5, 5))),
+                node("cat", "a", cat(&["b", "a2"]), q(1.5, 5)),
+                ra,
+                rb,
+                node("rcat", "ra", cat(&["rb"]), None),
+                node(
+                    "rmp",
+                    "rcat",
+                    NodeOp::MaxPool {
+                        kernel: 3,
+                        stride: 1,
+                        pad: 1,
+                        pad_end: None,
+                    },
+                    None,
+                ),
+                node("q", "rmp", NodeOp::Quantize, q(2.0, 4)),
+                conv("c2", "q", 5, 5, 1, 4, Some("rcat"), Some((2.0, 4))),
+                node(
+                    "mp",
+                    "cat",
+                    NodeOp::MaxPool {
+                        kernel: 3,
+                        stride: 1,
+                        pad: 1,
+                        pad_end: None,
+                    },
+                    q(1.5, 5),
+                ),
+                conv("c3", "mp", 7, 5, 1, 8, Some("c2"), Some((1.3, 7))),
+            ],
+            head("c3", 5),
+        ]
+        .concat(),
+    )
 }
 
 /// Grouped convs: a depthwise 3×3, a channel-multiplier-2 3×3 at stride 2, a two-group 3×3
@@ -336,30 +321,17 @@ pub(crate) fn toy_grouped() -> IntModel {
     if let NodeOp::Conv { kernel, pad, .. } = &mut pw.op {
         (*kernel, *pad) = (1, 0);
     }
-    build(vec![
-        conv("c1", "input", 1, 4, 1, 8, None, Some((2.0, 4))),
-        grouped("dw", "c1", 4, 4, 1, 5, 4, (1.5, 5)),
-        grouped("mult", "dw", 4, 8, 2, 4, 4, (1.7, 6)),
-        grouped("g2", "mult", 8, 6, 1, 3, 2, (1.1, 4)),
-        pw,
-        Node {
-            name: "gap".into(),
-            input: "pw".into(),
-            op: NodeOp::GlobalAvgPool,
-            out: Some(QuantOut {
-                alpha: 1.0,
-                bits: 8,
-            }),
-        },
-        Node {
-            name: "fc".into(),
-            input: "gap".into(),
-            op: NodeOp::Linear {
-                in_features: 6,
-                out_features: 3,
-                w_bits: 8,
-            },
-            out: None,
-        },
-    ])
+    build(
+        [
+            vec![
+                conv("c1", "input", 1, 4, 1, 8, None, Some((2.0, 4))),
+                grouped("dw", "c1", 4, 4, 1, 5, 4, (1.5, 5)),
+                grouped("mult", "dw", 4, 8, 2, 4, 4, (1.7, 6)),
+                grouped("g2", "mult", 8, 6, 1, 3, 2, (1.1, 4)),
+                pw,
+            ],
+            head("pw", 6),
+        ]
+        .concat(),
+    )
 }
