@@ -6,12 +6,18 @@
 //!   `member_stats` f64 `[M, 3]` (epochs, best epoch, best validation MSE); since version 2
 //!   also `range.x` f64 `[2, d]` (per-feature minimum, then maximum, of the training rows) and
 //!   `range.y` f64 `[2]` (lowest, highest training label);
-//! - metadata key `seernet_predictor`: JSON `{"format": "seernet-predictor", "version": 2,
-//!   "config": {...}, "feature_names": [...], "target_name": "...", "sizes": [...]}`; the
+//! - the members read `d + k` inputs: the `d` raw features, then the quantization-noise power
+//!   of the `k` raw columns listed in the header's `noise_columns` (since version 3; empty,
+//!   and absent in older files, when `config.noise_features` is off), so `sizes[0]`, the
+//!   scaler and a skip term have `d + k` entries while `feature_names` and `range.x` have `d`;
+//! - metadata key `seernet_predictor`: JSON `{"format": "seernet-predictor", "version": 3,
+//!   "config": {...}, "feature_names": [...], "noise_columns": [...], "target_name": "...",
+//!   "sizes": [...]}`; the
 //!   config carries the output map (`"output": {"kind": "logistic", "lo": 0, "hi": 100}`).
 //!   `scaler.y` holds the affine map of a member's output (`u = y[0] + y[1]·o`, in the output
 //!   map's space).
 //!
+//! Versions 1 and 2 have no noise inputs (their configs read `noise_features: false`).
 //! Version 1 (before bounded outputs) still loads: its config has no output map and reads as
 //! `Output::Linear` (as it was trained, so its predictions are unchanged and unbounded), and it
 //! has no training range, so its predictions carry `extrapolation: None`.
@@ -31,7 +37,7 @@ use crate::output::{Output, TrainingRange};
 /// Value of the `format` field.
 pub const FORMAT: &str = "seernet-predictor";
 /// The format version this build writes (and the newest it reads; version 1 is read too).
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 const META_KEY: &str = "seernet_predictor";
 
 #[derive(Serialize, Deserialize)]
@@ -42,6 +48,8 @@ struct Header {
     config: Option<Config>,
     #[serde(default)]
     feature_names: Vec<String>,
+    #[serde(default)]
+    noise_columns: Vec<usize>,
     #[serde(default)]
     target_name: String,
     #[serde(default)]
@@ -66,6 +74,7 @@ impl Predictor {
             version: if self.range.is_some() { VERSION } else { 1 },
             config: Some(self.config.clone()),
             feature_names: self.feature_names.clone(),
+            noise_columns: self.noise_cols.clone(),
             target_name: self.target_name.clone(),
             sizes: self.members[0].sizes.clone(),
         };
@@ -132,7 +141,8 @@ impl Predictor {
         ));
         if let Some(r) = &self.range {
             let x: Vec<f64> = r.x_min.iter().chain(&r.x_max).copied().collect();
-            blobs.push(("range.x".into(), Dtype::F64, vec![2, d], f64_bytes(&x)));
+            let d_raw = self.n_features();
+            blobs.push(("range.x".into(), Dtype::F64, vec![2, d_raw], f64_bytes(&x)));
             blobs.push((
                 "range.y".into(),
                 Dtype::F64,
@@ -252,10 +262,28 @@ impl Predictor {
             return Err(bad(format!("invalid layer sizes {sizes:?}")));
         }
         let d = sizes[0];
-        if header.feature_names.len() != d {
+        let noise_cols = header.noise_columns;
+        let d_raw = header.feature_names.len();
+        if header.version < 3 && !noise_cols.is_empty() {
             return Err(bad(format!(
-                "{} feature names for {d} inputs",
-                header.feature_names.len()
+                "noise_columns in a version-{} file (noise inputs came with version 3)",
+                header.version
+            )));
+        }
+        if !config.noise_features && !noise_cols.is_empty() {
+            return Err(bad(
+                "noise_columns listed but config.noise_features is false".into(),
+            ));
+        }
+        if noise_cols.windows(2).any(|w| w[0] >= w[1]) || noise_cols.iter().any(|&j| j >= d_raw) {
+            return Err(bad(format!(
+                "noise_columns {noise_cols:?} must be ascending indices below {d_raw} features"
+            )));
+        }
+        if d_raw + noise_cols.len() != d {
+            return Err(bad(format!(
+                "{d_raw} feature names and {} noise columns for {d} inputs",
+                noise_cols.len()
             )));
         }
         // Grows with the members actually found: `config.members` is a number from the file.
@@ -311,10 +339,10 @@ impl Predictor {
             })
             .collect();
         let range = if header.version >= 2 {
-            let x = f64s(get("range.x", Dtype::F64, &[2, d])?);
+            let x = f64s(get("range.x", Dtype::F64, &[2, d_raw])?);
             let y = f64s(get("range.y", Dtype::F64, &[2])?);
             if x.iter().chain(&y).any(|v| !v.is_finite())
-                || x[..d].iter().zip(&x[d..]).any(|(lo, hi)| lo > hi)
+                || x[..d_raw].iter().zip(&x[d_raw..]).any(|(lo, hi)| lo > hi)
                 || y[0] > y[1]
             {
                 return Err(bad(
@@ -322,8 +350,8 @@ impl Predictor {
                 ));
             }
             Some(TrainingRange {
-                x_min: x[..d].to_vec(),
-                x_max: x[d..].to_vec(),
+                x_min: x[..d_raw].to_vec(),
+                x_max: x[d_raw..].to_vec(),
                 y_min: y[0],
                 y_max: y[1],
             })
@@ -334,6 +362,7 @@ impl Predictor {
             range,
             config,
             feature_names: header.feature_names,
+            noise_cols,
             target_name: header.target_name,
             x_scaler: Scaler {
                 mean: x_mean,
@@ -415,6 +444,39 @@ mod tests {
     }
 
     #[test]
+    fn version_3_records_noise_columns_and_older_versions_have_none() {
+        let s = crate::ensemble::tests::bit_width_samples(40, 31);
+        let cfg = crate::ensemble::tests::small_with_epochs(10);
+        let p = crate::fit(&s, &cfg).unwrap();
+        assert_eq!(p.noise_columns(), &[1, 2, 4]);
+        let bytes = p.to_bytes().unwrap();
+        let q = Predictor::from_bytes(&bytes, Path::new("mem")).unwrap();
+        assert_eq!(p, q);
+        // The same file claiming version 2 (which had no noise inputs) is refused.
+        let pat = b"\\\"version\\\":3";
+        let at = bytes.windows(pat.len()).position(|w| w == pat).unwrap();
+        let mut old = bytes.clone();
+        old[at + pat.len() - 1] = b'2';
+        let e = Predictor::from_bytes(&old, Path::new("p.st"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("noise_columns in a version-2 file"), "{e}");
+        // A version-2 file (no noise inputs) still loads and predicts as written.
+        let plain = crate::fit(
+            &s,
+            &Config {
+                noise_features: false,
+                ..cfg
+            },
+        )
+        .unwrap();
+        let mut v2 = plain.to_bytes().unwrap();
+        let at = v2.windows(pat.len()).position(|w| w == pat).unwrap();
+        v2[at + pat.len() - 1] = b'2';
+        assert_eq!(Predictor::from_bytes(&v2, Path::new("v2")).unwrap(), plain);
+    }
+
+    #[test]
     fn header_claiming_2_pow_40_members_and_weights_is_refused_before_allocating() {
         let config = Config {
             members: 1 << 40,
@@ -454,7 +516,7 @@ mod tests {
         let (_, p) = fitted(50, 12, 5);
         let bytes = p.to_bytes().unwrap();
         // Rewrite the header's version byte in place (same length keeps the file consistent).
-        let pat = b"\\\"version\\\":2";
+        let pat = b"\\\"version\\\":3";
         let at = bytes
             .windows(pat.len())
             .position(|w| w == pat)

@@ -88,6 +88,10 @@ struct TrainArgs {
     /// target that is not an accuracy in percent (docs/method.md §4).
     #[arg(long)]
     unbounded: bool,
+    /// Feed bit-width columns to the members as raw values only, without their
+    /// quantization-noise power 2^(-2b) (docs/method.md §4, "Noise features"; for comparison).
+    #[arg(long)]
+    no_noise_features: bool,
 }
 
 impl TrainArgs {
@@ -103,6 +107,7 @@ impl TrainArgs {
             } else {
                 d.output
             },
+            noise_features: !self.no_noise_features,
             ..d
         }
     }
