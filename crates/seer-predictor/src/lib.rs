@@ -6,7 +6,9 @@
 //! By default every member's output passes through a logistic map onto `[0, 100]`
 //! ([`Output::PERCENT`]), so μ stays in the range of accuracy in percent, and every
 //! [`Prediction`] records whether it extrapolates beyond the labels or the training rows'
-//! feature ranges ([`Extrapolation`]).
+//! feature ranges ([`Extrapolation`]). Bit-width columns (`bits_<i>`, `wbits_<i>`,
+//! `abits_<i>`, [`is_bit_width_name`]) also enter the members as their quantization-noise
+//! power `2^(−2b)` ([`Config::noise_features`]); predictions and gradients take the raw columns.
 //! Also here: CSV input, tie-aware Kendall's τ-b and Spearman's ρ, a ridge-regression baseline,
 //! repeated-split cross-validation, and a versioned safetensors file format.
 //!
