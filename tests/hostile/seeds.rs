@@ -196,7 +196,8 @@ pub fn write_all(dir: &Path) {
         record: record(&lenet, &proto, 1),
     };
     write(dir, "shard_result", "one.json", res.to_json().as_bytes());
-    // Predictors: the committed version-1 file and a small version-2 fit.
+    // Predictors: the committed version-1 file and a small fit (version 3: `bits_0` is a noise
+    // column). `v2.safetensors` in the seed folder is the same fit written before version 3.
     let v1 = seernet_tests::workspace_root()
         .join("crates/seer-predictor/testdata/predictor-v1.safetensors");
     write(
@@ -218,7 +219,7 @@ pub fn write_all(dir: &Path) {
         ..Config::default()
     };
     let p = seer_predictor::fit(&samples, &config).unwrap();
-    write(dir, "predictor", "v2.safetensors", &p.to_bytes().unwrap());
+    write(dir, "predictor", "v3.safetensors", &p.to_bytes().unwrap());
 }
 
 /// A checkpoint whose (valid) spec is one 2^20 x 2^20 linear layer, without its tensors.
