@@ -761,7 +761,7 @@ fn predict_and_search_warn_when_the_prediction_extrapolates() {
     std::fs::write(&samples, &csv).unwrap();
     let model = dir.path().join("p.safetensors");
     let (s, m) = (samples.to_str().unwrap(), model.to_str().unwrap());
-    let (rc, _, err) = seernet(&[
+    let (rc, out, err) = seernet(&[
         "predictor",
         "fit",
         "--samples",
@@ -774,6 +774,13 @@ fn predict_and_search_warn_when_the_prediction_extrapolates() {
         "200",
     ]);
     assert_eq!(rc, 0, "{err}");
+    // The six bit-width columns also enter as their noise power (docs/method.md §4).
+    assert!(
+        out.contains(
+            "quantization-noise power 2^(-2b): wbits_0, wbits_1, wbits_2, abits_0, abits_1, abits_2"
+        ),
+        "{out}"
+    );
 
     // w8a8 lies outside the labelled bits (2–5): bounded, and a warning line names why.
     let predict = [

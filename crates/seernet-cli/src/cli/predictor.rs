@@ -254,6 +254,11 @@ fn run_fit(a: FitArgs) -> Result<()> {
     let secs = t.elapsed().as_secs_f64();
     p.save(&a.out)?;
     let epochs: Vec<usize> = p.member_stats().iter().map(|s| s.epochs).collect();
+    let noise: Vec<&str> = p
+        .noise_columns()
+        .iter()
+        .map(|&j| p.feature_names()[j].as_str())
+        .collect();
     if a.json {
         let v = serde_json::json!({
             "out": a.out.display().to_string(),
@@ -262,6 +267,7 @@ fn run_fit(a: FitArgs) -> Result<()> {
             "members": config.members,
             "epochs": epochs,
             "seconds": secs,
+            "noise_features": noise,
         });
         println!("{v}");
     } else {
@@ -272,6 +278,12 @@ fn run_fit(a: FitArgs) -> Result<()> {
             samples.n_features(),
             a.out.display()
         );
+        if !noise.is_empty() {
+            println!(
+                "bit-width columns also read as quantization-noise power 2^(-2b): {}",
+                noise.join(", ")
+            );
+        }
     }
     Ok(())
 }
