@@ -80,7 +80,7 @@ fn with_noise_columns(samples: &Samples) -> Result<Samples, seer_predictor::Erro
         .iter()
         .map(|r| {
             let mut v = r.clone();
-            v.extend(cols.iter().map(|&j| (-2.0 * r[j]).exp2()));
+            v.extend(cols.iter().map(|&j| seer_predictor::noise_power(r[j])));
             v
         })
         .collect();

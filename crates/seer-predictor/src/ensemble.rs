@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{Samples, check_row};
 use crate::error::{Error, Result};
-use crate::features::{expand_into, noise_columns, noise_grad};
+use crate::features::{expand, noise_columns, noise_grad};
 use crate::mlp::{AdamW, Mlp, Workspace};
 use crate::output::{Extrapolation, Output, TrainingRange};
 
@@ -279,15 +279,7 @@ pub fn fit(samples: &Samples, config: &Config) -> Result<Predictor> {
     } else {
         Vec::new()
     };
-    let inputs: Vec<Vec<f64>> = samples
-        .x()
-        .iter()
-        .map(|r| {
-            let mut v = Vec::with_capacity(r.len() + noise_cols.len());
-            expand_into(r, &noise_cols, &mut v);
-            v
-        })
-        .collect();
+    let inputs: Vec<Vec<f64>> = samples.x().iter().map(|r| expand(r, &noise_cols)).collect();
     let d = samples.n_features() + noise_cols.len();
     let x_scaler = Scaler::fit(d, inputs.iter().map(|r| r.as_slice()));
     // The affine map is fitted in the output map's space; the loss is scaled by the labels' std.
@@ -437,8 +429,7 @@ fn rows_to_f32<R: AsRef<[f64]>>(p: &Predictor, rows: &[R]) -> Result<Vec<f32>> {
     for (i, r) in rows.iter().enumerate() {
         let r = r.as_ref();
         check_row(r, names, ("input ", i), "the predictor expects")?;
-        let mut v = Vec::with_capacity(p.input_width());
-        expand_into(r, &p.noise_cols, &mut v);
+        let v = expand(r, &p.noise_cols);
         if let Some(k) = v[r.len()..].iter().position(|x| !x.is_finite()) {
             let j = p.noise_cols[k];
             return Err(Error::NonFinite(format!(

@@ -45,23 +45,32 @@ pub(crate) fn noise_columns(names: &[String], rows: &[Vec<f64>]) -> Vec<usize> {
         .collect()
 }
 
-/// Noise power `2^(−2b)` of a `b`-bit quantizer relative to its range (unitless).
+/// Noise power `2^(−2b)` of a `b`-bit uniform quantizer relative to its range (unitless; the
+/// 6 dB-per-bit rule, docs/method.md §4 "Noise features"). Any finite `b`; overflows to ∞
+/// below `b ≈ −512`.
+///
+/// ```
+/// assert_eq!(seer_predictor::noise_power(4.0), 1.0 / 256.0);
+/// assert!(seer_predictor::noise_power(2.0) > 16.0 * seer_predictor::noise_power(4.0) - 1e-12);
+/// ```
 #[inline]
-pub(crate) fn noise(b: f64) -> f64 {
+pub fn noise_power(b: f64) -> f64 {
     (-2.0 * b).exp2()
 }
 
 /// `d noise / d b = −2·ln 2 · 2^(−2b)`.
 #[inline]
 pub(crate) fn noise_grad(b: f64) -> f64 {
-    -2.0 * std::f64::consts::LN_2 * noise(b)
+    -2.0 * std::f64::consts::LN_2 * noise_power(b)
 }
 
-/// Appends the ensemble's input row for raw row `row`: the raw values, then `noise(row[j])`
-/// for every `j` in `cols`.
-pub(crate) fn expand_into(row: &[f64], cols: &[usize], out: &mut Vec<f64>) {
+/// The ensemble's input row for raw row `row`: the raw values, then `noise_power(row[j])` for every
+/// `j` in `cols`.
+pub(crate) fn expand(row: &[f64], cols: &[usize]) -> Vec<f64> {
+    let mut out = Vec::with_capacity(row.len() + cols.len());
     out.extend_from_slice(row);
-    out.extend(cols.iter().map(|&j| noise(row[j])));
+    out.extend(cols.iter().map(|&j| noise_power(row[j])));
+    out
 }
 
 #[cfg(test)]
@@ -95,16 +104,17 @@ mod tests {
         let rows = vec![vec![0.5, 2.0, 8.0, 0.5], vec![0.0, 4.0, 3.0, 6.0]];
         // abits_1 holds 0.5 in one row: not a bit-width column.
         assert_eq!(noise_columns(&names, &rows), vec![1, 2]);
-        let mut out = Vec::new();
-        expand_into(&rows[0], &[1, 2], &mut out);
-        assert_eq!(out, vec![0.5, 2.0, 8.0, 0.5, 1.0 / 16.0, 1.0 / 65536.0]);
+        assert_eq!(
+            expand(&rows[0], &[1, 2]),
+            vec![0.5, 2.0, 8.0, 0.5, 1.0 / 16.0, 1.0 / 65536.0]
+        );
     }
 
     #[test]
     fn gradient_matches_finite_differences() {
         for b in [1.0, 2.0, 3.5, 8.0] {
             let h = 1e-6;
-            let fd = (noise(b + h) - noise(b - h)) / (2.0 * h);
+            let fd = (noise_power(b + h) - noise_power(b - h)) / (2.0 * h);
             assert!(
                 (fd - noise_grad(b)).abs() <= 1e-6 * noise_grad(b).abs(),
                 "{b}"

@@ -47,7 +47,7 @@ pub use cv::{CvOptions, CvReport, SplitScores, Summary, cross_validate};
 pub use data::{CsvTable, DEFAULT_TARGET, Samples};
 pub use ensemble::{Config, MemberStats, Prediction, Predictor, fit};
 pub use error::{Error, Result};
-pub use features::is_bit_width_name;
+pub use features::{is_bit_width_name, noise_power};
 pub use metrics::{average_ranks, kendall_tau_b, pearson, rmse, spearman};
 pub use output::{Extrapolation, LABEL_MARGIN, Output, TrainingRange};
 pub use persist::{FORMAT, VERSION};
