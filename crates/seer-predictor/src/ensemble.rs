@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{Samples, check_row};
 use crate::error::{Error, Result};
-use crate::features::{expand, noise_columns, noise_grad};
+use crate::features::{expand, noise_columns, noise_grad, noise_power};
 use crate::mlp::{AdamW, Mlp, Workspace};
 use crate::output::{Extrapolation, Output, TrainingRange};
 
@@ -323,14 +323,19 @@ pub fn fit(samples: &Samples, config: &Config) -> Result<Predictor> {
 fn standardise<'a>(s: &Scaler, rows: impl Iterator<Item = &'a [f64]>) -> Vec<f32> {
     let mut out = Vec::new();
     for r in rows {
-        out.extend(
-            r.iter()
-                .zip(&s.mean)
-                .zip(&s.std)
-                .map(|((v, m), sd)| ((v - m) / sd) as f32),
-        );
+        push_standardised(s, r.iter().copied(), &mut out);
     }
     out
+}
+
+/// Appends one row's `values` standardised by `s` (as f32) to `out`.
+fn push_standardised(s: &Scaler, values: impl Iterator<Item = f64>, out: &mut Vec<f32>) {
+    out.extend(
+        values
+            .zip(&s.mean)
+            .zip(&s.std)
+            .map(|((v, m), sd)| ((v - m) / sd) as f32),
+    );
 }
 
 fn gather(xs: &[f32], ys: &[f32], d: usize, idx: &[usize], bx: &mut Vec<f32>, by: &mut Vec<f32>) {
@@ -425,24 +430,23 @@ fn train_member(
 /// Rows as the members' standardised input (`[B, input_width]`): `&[Vec<f64>]`, `&[&[f64]]`, ...
 fn rows_to_f32<R: AsRef<[f64]>>(p: &Predictor, rows: &[R]) -> Result<Vec<f32>> {
     let names = &p.feature_names;
-    let mut inputs = Vec::with_capacity(rows.len());
+    let mut z = Vec::with_capacity(rows.len() * p.input_width());
     for (i, r) in rows.iter().enumerate() {
         let r = r.as_ref();
         check_row(r, names, ("input ", i), "the predictor expects")?;
-        let v = expand(r, &p.noise_cols);
-        if let Some(k) = v[r.len()..].iter().position(|x| !x.is_finite()) {
+        let noise = p.noise_cols.iter().map(|&j| noise_power(r[j]));
+        push_standardised(&p.x_scaler, r.iter().copied().chain(noise), &mut z);
+        // The raw values are finite, so only a noise input can overflow (even in f32).
+        let tail = &z[z.len() - p.noise_cols.len()..];
+        if let Some(k) = tail.iter().position(|x| !x.is_finite()) {
             let j = p.noise_cols[k];
             return Err(Error::NonFinite(format!(
                 "input row {i}, feature {:?}: bit-width {} has no finite noise power 2^(-2b)",
                 names[j], r[j]
             )));
         }
-        inputs.push(v);
     }
-    Ok(standardise(
-        &p.x_scaler,
-        inputs.iter().map(|r| r.as_slice()),
-    ))
+    Ok(z)
 }
 
 /// Rows per parallel chunk in batched prediction (small batches stay on the calling thread).
