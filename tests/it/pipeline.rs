@@ -210,6 +210,31 @@ fn kill_resume_determinism_and_errors() {
     assert!(chosen["label_val_top1"].is_number(), "{chosen}");
     assert!(chosen["selected_from"].is_string(), "{chosen}");
     assert!(chosen["bops"].as_u64().unwrap() <= chosen["max_bops"].as_u64().unwrap());
+    // The final pick (docs/method.md §7): no uniform anchor within a BOPs budget validated
+    // higher after the final fine-tune than the policy the budget returns (a size budget's
+    // report shows the user's limit, not the searched one, so it is left out).
+    for b in rep["budgets"].as_array().unwrap() {
+        let own = b["final_val_top1"].as_f64().unwrap();
+        if let Some(m) = b["max_bops"]
+            .as_u64()
+            .filter(|_| b["max_size_bits"].is_null())
+        {
+            for u in rep["uniform"].as_array().unwrap() {
+                if u["bops"].as_u64().unwrap() <= m {
+                    assert!(
+                        u["final_val_top1"].as_f64().unwrap() <= own,
+                        "{u} beats {b}"
+                    );
+                }
+            }
+        }
+        // The policy file holds the policy the budget returns (rewritten by a final pick).
+        let file: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(a.join(b["policy_file"].as_str().unwrap())).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(file["units"], b["policy"]["units"], "{b}");
+    }
     let md = std::fs::read_to_string(a.join("report.md")).unwrap();
     assert!(
         md.contains("Chosen from:"),

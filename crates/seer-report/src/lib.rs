@@ -216,6 +216,11 @@ pub struct BudgetOutcome {
     /// labelled policy between it and the limit validated higher).
     #[serde(default)]
     pub budget_note: Option<String>,
+    /// Validation top-1 (%) after the final fine-tune, on which the final pick compared the
+    /// search's choice with the uniform anchors within the budget (None in reports written
+    /// before it was recorded).
+    #[serde(default)]
+    pub final_val_top1: Option<f64>,
 }
 
 /// An accuracy-first request (`--max-drop P`): the cheapest policy whose test top-1 stays
@@ -299,6 +304,10 @@ pub struct UniformBaseline {
     pub size_bits: u64,
     /// Measured test top-1 after the same final fine-tune.
     pub measured_top1: f64,
+    /// Validation top-1 (%) after that fine-tune (None in reports written before it was
+    /// recorded).
+    #[serde(default)]
+    pub final_val_top1: Option<f64>,
 }
 
 /// One point of the predicted front.
@@ -638,6 +647,7 @@ pub(crate) mod tests {
                     accuracy_target: None,
                     budget_used: Some(127.0 / 128.0),
                     budget_note: None,
+                    final_val_top1: Some(89.9),
                 },
                 BudgetOutcome {
                     label: "frac-0.15".into(),
@@ -661,6 +671,7 @@ pub(crate) mod tests {
                     accuracy_target: None,
                     budget_used: Some(380.0 / 384.0),
                     budget_note: Some("test note <b>".into()),
+                    final_val_top1: None,
                 },
             ],
             uniform: vec![
@@ -672,6 +683,7 @@ pub(crate) mod tests {
                     bops: 100_000_000,
                     size_bits: 560_000,
                     measured_top1: 85.0,
+                    final_val_top1: Some(85.0),
                 },
                 UniformBaseline {
                     name: "w3a3".into(),
@@ -681,6 +693,7 @@ pub(crate) mod tests {
                     bops: 225_000_000,
                     size_bits: 820_000,
                     measured_top1: 88.4,
+                    final_val_top1: Some(88.4),
                 },
                 UniformBaseline {
                     name: "w4a4".into(),
@@ -690,6 +703,7 @@ pub(crate) mod tests {
                     bops: 400_000_000,
                     size_bits: 1_090_000,
                     measured_top1: 90.9,
+                    final_val_top1: Some(90.9),
                 },
             ],
             front: vec![

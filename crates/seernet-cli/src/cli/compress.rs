@@ -89,6 +89,12 @@ pub struct CompressArgs {
     /// falls behind that zero-label baseline on validation; docs/method.md §5).
     #[arg(long)]
     no_fit_anchors: bool,
+    /// The final pick (docs/method.md §7): this many next-best labelled policies per budget
+    /// are fine-tuned beside the choice and the uniform anchors within the budget, and the
+    /// budget returns the one with the best validation top-1 after the final fine-tune
+    /// (predictor methods; 0: only the uniform anchors compete) [default: 1].
+    #[arg(long, value_name = "N")]
+    final_rivals: Option<usize>,
     /// Pessimism levels κ of the verification rounds (the search maximises μ − κσ;
     /// comma-separated, each ≥ 0) [default: 0,1,2].
     #[arg(long, value_delimiter = ',')]
@@ -282,6 +288,7 @@ pub fn run_cmd(a: CompressArgs) -> Result<()> {
     if a.no_fit_anchors {
         cfg.fit_anchors = false;
     }
+    cfg.final_rivals = a.final_rivals.unwrap_or(cfg.final_rivals);
     if let Some(k) = a.kappas {
         if let Some(bad) = k.iter().find(|v| !(v.is_finite() && **v >= 0.0)) {
             bail!("--kappas: {bad} is not a finite number ≥ 0");

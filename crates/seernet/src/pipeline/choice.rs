@@ -35,6 +35,10 @@ pub(super) struct Chosen {
     /// For an accuracy target: the safer candidates to fine-tune in turn if this one's
     /// validation drop exceeds the target (cheapest first; see `pipeline::target`).
     pub(super) safer: Vec<Chosen>,
+    /// For a budget of a predictor method: the uniform anchors within the budget (labelled,
+    /// and fine-tuned anyway for the report) that the final pick compares with this policy on
+    /// validation after the final fine-tune (docs/method.md §7).
+    pub(super) rivals: Vec<Chosen>,
     /// Why the policy leaves more than 10% of its budget unused, when it does.
     pub(super) budget_note: Option<String>,
 }
@@ -202,7 +206,121 @@ impl Run<'_> {
         };
         let mut c = self.save_choice(b, found, from, label_top1, None)?;
         c.budget_note = note;
+        if self.cfg.method.uses_predictor() {
+            c.rivals = self.rivals(&c, fitted)?;
+        }
         Ok(c)
+    }
+
+    /// The final pick's rivals of `c` (docs/method.md §7): the labelled uniform anchors within
+    /// its budget (from: `uniform anchor <name>`) in anchor order, the uniform policy within it
+    /// with the best predicted μ, then the
+    /// [`Config::final_rivals`](super::Config::final_rivals) best-labelled other policies
+    /// within it; never `c`'s own policy, none twice.
+    fn rivals(&self, c: &Chosen, fitted: &Fitted) -> Result<Vec<Chosen>> {
+        let mut out: Vec<Chosen> = Vec::new();
+        // Adds a rival unless it is `c` or already in; whether it was added.
+        let push = |found: Found, from: String, top1: Option<f64>, out: &mut Vec<Chosen>| {
+            let new = found.policy != c.found.policy
+                && out.iter().all(|o| o.found.policy != found.policy);
+            if new {
+                out.push(Chosen {
+                    budget: c.budget.clone(),
+                    found,
+                    from,
+                    label_top1: top1,
+                    target: None,
+                    safer: Vec::new(),
+                    rivals: Vec::new(),
+                    budget_note: None,
+                });
+            }
+            new
+        };
+        for u in &self.uniform {
+            let cost = self.space.cost(&u.policy)?;
+            if !c.budget.admits(cost.total_bops, cost.total_size_bits) {
+                continue;
+            }
+            let Some(r) = self.store.get(&crate::store::policy_hash(&u.policy)) else {
+                continue;
+            };
+            let idx = self.space.to_indices(&u.policy)?;
+            let (found, _) = self.labelled(&idx, r, fitted)?;
+            let from = format!("uniform anchor {}", u.name());
+            push(found, from, Some(r.top1), &mut out);
+        }
+        if let Some((found, from, top1)) = self.predicted_best_uniform(&c.budget, fitted)? {
+            push(found, from, top1, &mut out);
+        }
+        let mut next = 0;
+        for k in super::stages::ranked_within(&c.budget, &fitted.recs) {
+            if next == self.cfg.final_rivals {
+                break;
+            }
+            let r = &fitted.recs[k];
+            let (found, from) = self.labelled(&self.planned[k], r, fitted)?;
+            if push(found, from, Some(r.top1), &mut out) {
+                next += 1;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The uniform policy within `b` (any of the space's, not only the anchors) with the
+    /// highest predicted μ (ties: the first, most bits first), as a search result, where it
+    /// came from and its label if it has one; None without a predictor or without a uniform
+    /// policy within `b`.
+    fn predicted_best_uniform(
+        &self,
+        b: &ResolvedBudget,
+        fitted: &Fitted,
+    ) -> Result<Option<(Found, String, Option<f64>)>> {
+        let Some(pr) = &fitted.predictor else {
+            return Ok(None);
+        };
+        let mut cands = Vec::new();
+        for u in super::setup::all_uniform(&self.space) {
+            let cost = self.space.cost(&u.policy)?;
+            if b.admits(cost.total_bops, cost.total_size_bits) {
+                let idx = self.space.to_indices(&u.policy)?;
+                cands.push((u, cost, idx));
+            }
+        }
+        let rows: Vec<_> = cands
+            .iter()
+            .map(|(_, _, idx)| sampling::features(&self.space, idx))
+            .collect();
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let p = pr.predict(&rows)?;
+        let best = (0..rows.len())
+            .max_by(|&x, &y| p.mean[x].total_cmp(&p.mean[y]).then(y.cmp(&x)))
+            .expect("non-empty");
+        let (u, cost, idx) = cands.swap_remove(best);
+        let label = self
+            .store
+            .get(&crate::store::policy_hash(&u.policy))
+            .map(|r| r.top1);
+        let found = Found {
+            method: self.search_options(0.0).method,
+            indices: idx,
+            policy: u.policy.clone(),
+            bops: cost.total_bops,
+            size_bits: cost.total_size_bits,
+            predicted_mean: p.mean[best],
+            predicted_std: p.std[best],
+            extrapolation: p.extrapolation.and_then(|e| e.get(best).copied()),
+            seconds: 0.0,
+            evaluations: rows.len(),
+        };
+        let from = format!(
+            "uniform {} (the best predicted uniform policy within {})",
+            u.name(),
+            b.label
+        );
+        Ok(Some((found, from, label)))
     }
 
     /// A labelled policy (candidate indices `idx`, record `r`) as a search result with the
@@ -256,6 +374,7 @@ impl Run<'_> {
                 label_top1: Some(fitted.recs[j].top1),
                 target: Some(info.clone()),
                 safer: Vec::new(),
+                rivals: Vec::new(),
                 budget_note: None,
             });
         }
@@ -316,6 +435,7 @@ impl Run<'_> {
             label_top1,
             target,
             safer: Vec::new(),
+            rivals: Vec::new(),
             budget_note: None,
         })
     }

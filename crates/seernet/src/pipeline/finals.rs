@@ -1,6 +1,8 @@
-//! The final fine-tunes (docs/method.md §7): each chosen policy (then exported to the integer
-//! engine's format) and each uniform baseline, fine-tuned for `final_steps` and measured on the
-//! test split; each cached in `final/<policy hash>.json`.
+//! The final fine-tunes (docs/method.md §7): each uniform baseline and each chosen policy
+//! (then exported to the integer engine's format), fine-tuned for `final_steps` and measured on
+//! the validation and test splits; with a predictor method, the final pick of each budget among
+//! its choice and the choice's rivals on validation; each result cached in
+//! `final/<policy hash>.json`.
 
 use std::path::Path;
 use std::time::Instant;
@@ -71,13 +73,15 @@ impl Run<'_> {
         self.log
             .stage("fine-tune", (n_final * self.cfg.final_steps) as u64);
         let mut fidelity = std::collections::BTreeMap::new();
-        let mut outcomes = Vec::new();
-        for c in chosen {
-            outcomes.push(self.finetune_chosen(c)?);
-        }
+        // The uniform baselines first: the final pick of each budget compares the chosen
+        // policy with those within it on validation after this same fine-tune.
         let mut uniform = Vec::new();
         for u in self.uniform.clone() {
             uniform.push(self.finetune_uniform(&u)?);
+        }
+        let mut outcomes = Vec::new();
+        for c in chosen {
+            outcomes.push(self.finetune_chosen(c)?);
         }
         // Every policy fine-tuned above has its final result cached; those with a label pair.
         let policies = chosen
@@ -87,11 +91,7 @@ impl Run<'_> {
             .chain(self.uniform.iter().map(|u| &u.policy));
         for p in policies {
             let hash = policy_hash(p);
-            let cached = std::fs::read_to_string(final_dir.join(format!("{hash}.json")))
-                .ok()
-                .and_then(|t| serde_json::from_str::<FinalResult>(&t).ok());
-            if let (Some(r), Some(l)) = (cached, self.store.get(&hash))
-                && r.steps == self.cfg.final_steps
+            if let (Some(r), Some(l)) = (self.cached_final(p), self.store.get(&hash))
                 && let Some(v) = r.top1_val
             {
                 fidelity.insert(hash, (l.top1, v));
@@ -114,13 +114,16 @@ impl Run<'_> {
             BudgetKind::MaxSizeBits(bits) => Some(bits / 8),
             _ => None,
         };
-        let (c, r, target) = match &c.target {
-            Some(t) => self.walk_ladder(c, t, &path)?,
-            None => (
-                c,
-                self.final_run(&c.found.policy, Some((&path, limit)))?,
-                None,
-            ),
+        let (c, r, target, pick) = match &c.target {
+            Some(t) => {
+                let (c, r, target) = self.walk_ladder(c, t, &path)?;
+                (c, r, target, None)
+            }
+            None => {
+                let r = self.final_run(&c.found.policy, Some((&path, limit)))?;
+                let (c, r, pick) = self.final_pick(c, r, &path, limit)?;
+                (c, r, None, pick)
+            }
         };
         let (b, f) = (&c.budget, &c.found);
         self.log.line(&format!(
@@ -149,16 +152,108 @@ impl Run<'_> {
                 .then(|| onnx_path(Path::new(&model_file)).display().to_string()),
             model_file: Some(model_file),
             label_val_top1: c.label_top1,
-            selected_from: Some(c.from.clone()),
+            selected_from: Some(match &pick {
+                Some(p) => format!("{}; {p}", c.from),
+                None => c.from.clone(),
+            }),
             extrapolation: f.extrapolation.filter(|e| e.any()).map(|e| e.describe()),
             budget_used: if target.is_some() {
                 None
             } else {
                 super::choice::budget_used(b, f.bops, f.size_bits)
             },
-            budget_note: c.budget_note.clone(),
+            budget_note: match (&pick, super::choice::budget_used(b, f.bops, f.size_bits)) {
+                (Some(p), Some(used)) if used < 0.9 => Some(p.clone()),
+                _ => c.budget_note.clone(),
+            },
             accuracy_target: target,
+            final_val_top1: r.top1_val,
         })
+    }
+
+    /// The final pick (docs/method.md §7) of a budget's choice `c`, whose final result is
+    /// `r` and whose export is at `path`: when one of `c`'s rivals (the uniform anchors within
+    /// the budget, already fine-tuned, and the runner-ups by label, fine-tuned here) validated
+    /// strictly higher after the final fine-tune, the best of them replaces it (policy file
+    /// rewritten; exported from the model just fine-tuned, or from the same seeded fine-tune
+    /// again when its result was cached) and the returned note says so; otherwise `c` and `r`
+    /// unchanged.
+    /// The test split plays no part.
+    fn final_pick<'c>(
+        &mut self,
+        c: &'c Chosen,
+        r: FinalResult,
+        path: &Path,
+        limit: Option<u64>,
+    ) -> Result<(&'c Chosen, FinalResult, Option<String>)> {
+        let own = r.top1_val.unwrap_or(f64::NEG_INFINITY);
+        let mut best: Option<(&'c Chosen, f64, FinalResult, Option<Model>)> = None;
+        let mut seen = Vec::new();
+        for rival in &c.rivals {
+            // The uniform anchors are fine-tuned already; a runner-up is fine-tuned now (its
+            // model kept while it leads, so a winning runner-up is exported without a second
+            // fine-tune).
+            let (f, model) = match self.cached_final(&rival.found.policy) {
+                Some(f) => (f, None),
+                None => {
+                    self.log.add_total(self.cfg.final_steps as u64);
+                    self.final_run_keep(&rival.found.policy, None)?
+                }
+            };
+            let Some(v) = f.top1_val else { continue };
+            seen.push(format!("{} {v:.2}%", rival.from));
+            if v > own && best.as_ref().is_none_or(|(_, b, _, _)| v > *b) {
+                best = Some((rival, v, f, model));
+            }
+        }
+        if !c.rivals.is_empty() {
+            self.log.line(&format!(
+                "budget {}: final pick on validation after the final fine-tune: the choice \
+                 {own:.2}%; {}",
+                c.budget.label,
+                seen.join("; ")
+            ));
+        }
+        let Some((rival, v, f, model)) = best else {
+            return Ok((c, r, None));
+        };
+        let note = format!(
+            "final pick: validation top-1 {v:.2}% after the final fine-tune, above the \
+             search's choice ({}, {} BOPs) at {own:.2}%",
+            c.from, c.found.bops
+        );
+        self.log
+            .line(&format!("budget {}: {} {note}", c.budget.label, rival.from));
+        let _ = std::fs::remove_file(path);
+        let _ = std::fs::remove_file(onnx_path(path));
+        let r = match model {
+            Some(m) => {
+                self.export(&m, &f, path, limit)?;
+                f
+            }
+            None => {
+                // Fine-tuned before (a uniform anchor, or an earlier invocation): the same
+                // seeded fine-tune again, for its model.
+                self.log.add_total(self.cfg.final_steps as u64);
+                self.final_run(&rival.found.policy, Some((path, limit)))?
+            }
+        };
+        rival
+            .found
+            .policy
+            .save(self.out.join(rival.budget.policy_file()))?;
+        Ok((rival, r, Some(note)))
+    }
+
+    /// The cached final result of `policy` under this run's final fine-tune (steps and seed),
+    /// when it exists and records a validation top-1.
+    fn cached_final(&self, policy: &Policy) -> Option<FinalResult> {
+        let hash = policy_hash(policy);
+        let seed = label_seed(Stream::FinalFinetune.seed(self.cfg.seed), &hash);
+        let path = self.out.join("final").join(format!("{hash}.json"));
+        let text = std::fs::read_to_string(path).ok()?;
+        let r: FinalResult = serde_json::from_str(&text).ok()?;
+        (r.steps == self.cfg.final_steps && r.seed == seed && r.top1_val.is_some()).then_some(r)
     }
 
     /// An accuracy target's final fine-tunes (docs/method.md §6, `pipeline::target`): the
@@ -271,6 +366,7 @@ impl Run<'_> {
             bops: c.total_bops,
             size_bits: c.total_size_bits,
             measured_top1: r.top1_test,
+            final_val_top1: r.top1_val,
         })
     }
 
@@ -283,6 +379,16 @@ impl Run<'_> {
         policy: &Policy,
         export: Option<(&Path, Option<u64>)>,
     ) -> Result<FinalResult> {
+        Ok(self.final_run_keep(policy, export)?.0)
+    }
+
+    /// [`Self::final_run`], also returning the fine-tuned model when it was fine-tuned now
+    /// (None when the result came from the cache).
+    fn final_run_keep(
+        &mut self,
+        policy: &Policy,
+        export: Option<(&Path, Option<u64>)>,
+    ) -> Result<(FinalResult, Option<Model>)> {
         let cfg = self.cfg;
         let hash = policy_hash(policy);
         let cache = cfg.out_dir.join("final").join(format!("{hash}.json"));
@@ -305,7 +411,7 @@ impl Run<'_> {
             {
                 self.export_onnx(path);
             }
-            return Ok(r);
+            return Ok((r, None));
         }
         let t = Instant::now();
         let model = self.finetune(policy, &hash, seed)?;
@@ -324,7 +430,7 @@ impl Run<'_> {
         }
         let js = serde_json::to_string_pretty(&r).expect("serializes") + "\n";
         crate::store::write_atomic(&cache, js.as_bytes())?;
-        Ok(r)
+        Ok((r, Some(model)))
     }
 
     /// A fresh copy of the baseline with `policy` applied, fine-tuned for `final_steps` with

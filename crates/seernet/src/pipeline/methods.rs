@@ -202,36 +202,19 @@ impl Run<'_> {
     /// [`Run::label_budget`] of them; all labelled.
     pub(super) fn uniform_set(&mut self) -> Result<()> {
         let t = Instant::now();
-        let c = self.space.config().clone();
-        let mut bits: Vec<u32> = c
-            .wbits
-            .iter()
-            .copied()
-            .filter(|b| c.abits.contains(b))
-            .collect();
-        bits.sort_unstable_by(|a, b| b.cmp(a));
         let mut rows: Vec<Vec<usize>> = Vec::new();
-        for &b in &bits {
-            for &p in &c.prune_ratios {
-                let Ok(pol) = self.space.uniform(b, b, p) else {
-                    continue;
-                };
-                let cost = self.space.cost(&pol)?;
-                let fits = self
-                    .budgets
-                    .resolved
-                    .iter()
-                    .any(|r| r.admits(cost.total_bops, cost.total_size_bits));
-                let idx = self.space.to_indices(&pol)?;
-                if fits && !rows.contains(&idx) && rows.len() < self.label_budget() {
-                    let name = if p > 0.0 {
-                        format!("uniform w{b}a{b} prune {p}")
-                    } else {
-                        format!("uniform w{b}a{b}")
-                    };
-                    self.origin.insert(idx.clone(), name);
-                    rows.push(idx);
-                }
+        for u in super::setup::all_uniform(&self.space) {
+            let cost = self.space.cost(&u.policy)?;
+            let fits = self
+                .budgets
+                .resolved
+                .iter()
+                .any(|r| r.admits(cost.total_bops, cost.total_size_bits));
+            let idx = self.space.to_indices(&u.policy)?;
+            if fits && !rows.contains(&idx) && rows.len() < self.label_budget() {
+                self.origin
+                    .insert(idx.clone(), format!("uniform {}", u.name()));
+                rows.push(idx);
             }
         }
         self.log.stage("labels", rows.len() as u64);

@@ -14,7 +14,8 @@
 //! 4. the verification rounds (`verification rounds`);
 //! 5. the final predictor and its held-out quality (`predictor`);
 //! 6. the choice per budget and the predicted front (`search`);
-//! 7. the final fine-tunes and the export (`final fine-tune + export`);
+//! 7. the final fine-tunes, the final pick among each choice and its rivals (predictor methods)
+//!    and the export (`final fine-tune + export`);
 //! 8. the report and `summary.json` (`report`).
 //!
 //! # Run directory
@@ -125,6 +126,12 @@ pub struct Config {
     /// labelled (docs/method.md §6, "fill"); 0: none.
     #[serde(default)]
     pub fill_rounds: usize,
+    /// The final pick (docs/method.md §7): besides the uniform anchors within each budget,
+    /// this many next-best labelled policies within it (by label) are fine-tuned like the
+    /// choice, and the budget returns whichever validates highest after the final fine-tune
+    /// on the whole validation split (predictor methods only; `--final-rivals`).
+    #[serde(default)]
+    pub final_rivals: usize,
     /// Fine-tune steps per label (docs/method.md §3).
     pub label_steps: u64,
     /// Validation images each label is scored on: a fixed seeded sample of the validation
@@ -203,6 +210,7 @@ impl Config {
             verify_rounds: 2,
             fill_rounds: 2,
             fit_anchors: true,
+            final_rivals: 1,
             label_steps: 100,
             label_val_images: None,
             final_steps: 600,

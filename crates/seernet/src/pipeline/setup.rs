@@ -533,6 +533,34 @@ fn uniform_candidates(
     Ok(out)
 }
 
+/// Every uniform policy of the space: the bit-widths common to weights and activations, most
+/// first, each with the space's pruning ratios in their order; combinations the space cannot
+/// express are skipped.
+pub(super) fn all_uniform(space: &SearchSpace) -> Vec<Uniform> {
+    let c = space.config();
+    let mut bits: Vec<u32> = c
+        .wbits
+        .iter()
+        .copied()
+        .filter(|b| c.abits.contains(b))
+        .collect();
+    bits.sort_unstable_by(|a, b| b.cmp(a));
+    let mut out = Vec::new();
+    for &b in &bits {
+        for &p in &c.prune_ratios {
+            if let Ok(policy) = space.uniform(b, b, p) {
+                out.push(Uniform {
+                    wbits: b,
+                    abits: b,
+                    prune: p,
+                    policy,
+                });
+            }
+        }
+    }
+    out
+}
+
 /// Appends the uniform policies of `picks` (`(bits, prune, policy)`) that `out` lacks.
 fn push_new(out: &mut Vec<Uniform>, picks: Vec<(u32, f64, Policy)>) {
     for (bit, prune, policy) in picks {

@@ -428,9 +428,21 @@ impl Run<'_> {
 /// The labelled policy within `b` with the best validation top-1 (ties: fewer BOPs), as its
 /// index in `recs` (plan order) and its label; what [`Run::choose`] takes for `b`.
 pub(super) fn best_within(b: &ResolvedBudget, recs: &[LabelRecord]) -> Option<(usize, f64)> {
-    recs.iter()
-        .enumerate()
-        .filter(|(_, r)| b.admits(r.bops, r.size_bits))
-        .max_by(|(_, x), (_, y)| x.top1.total_cmp(&y.top1).then(y.bops.cmp(&x.bops)))
-        .map(|(k, r)| (k, r.top1))
+    ranked_within(b, recs).first().map(|&k| (k, recs[k].top1))
+}
+
+/// The labelled policies within `b`, best validation top-1 first (ties: fewer BOPs, then plan
+/// order), as indices into `recs`.
+pub(super) fn ranked_within(b: &ResolvedBudget, recs: &[LabelRecord]) -> Vec<usize> {
+    let mut ks: Vec<usize> = (0..recs.len())
+        .filter(|&k| b.admits(recs[k].bops, recs[k].size_bits))
+        .collect();
+    ks.sort_by(|&x, &y| {
+        let (rx, ry) = (&recs[x], &recs[y]);
+        ry.top1
+            .total_cmp(&rx.top1)
+            .then(rx.bops.cmp(&ry.bops))
+            .then(x.cmp(&y))
+    });
+    ks
 }
