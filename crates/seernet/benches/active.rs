@@ -1,4 +1,4 @@
-//! `cargo xtask bench active [--json]`: active (ensemble-std) vs random acquisition at equal
+//! `cargo xtask bench active [--json]`: active (ensemble-std, and σ over random pools) vs random acquisition at equal
 //! label counts on the real labelling loop of the main job (issue 7), plus the speed of
 //! labelling two policies at once on this machine.
 //!
@@ -146,7 +146,7 @@ fn main() -> Res<()> {
     label_rows(&mut store, &space, &labeler, &initial)?;
 
     let mut results = Vec::new();
-    for acq in [Acquisition::Std, Acquisition::Random] {
+    for acq in [Acquisition::Std, Acquisition::Pool, Acquisition::Random] {
         eprintln!("acquisition {acq}:");
         let mut planned = initial.clone();
         let mut curve = Vec::new();
@@ -228,17 +228,21 @@ fn main() -> Res<()> {
     }
 
     let last = |i: usize| results[i].1.last().cloned().unwrap_or_default();
-    let (s, r) = (last(0), last(1));
+    let (s, p, r) = (last(0), last(1), last(2));
     let f = |v: &serde_json::Value, key: &str| v[key].as_f64().unwrap_or(f64::NAN);
     let out = json!({
         "labels_each": f(&s, "labels"),
         "n_test": test.len(),
         "std": {"curve": results[0].1},
-        "random": {"curve": results[1].1},
+        "pool": {"curve": results[1].1},
+        "random": {"curve": results[2].1},
         "tau_std": f(&s, "kendall_tau"),
+        "tau_pool": f(&p, "kendall_tau"),
         "tau_random": f(&r, "kendall_tau"),
         "tau_gain": f(&s, "kendall_tau") - f(&r, "kendall_tau"),
+        "tau_gain_pool": f(&p, "kendall_tau") - f(&r, "kendall_tau"),
         "rmse_std": f(&s, "rmse"),
+        "rmse_pool": f(&p, "rmse"),
         "rmse_random": f(&r, "rmse"),
         "rmse_ratio_std_over_random": f(&s, "rmse") / f(&r, "rmse"),
         "parallel_labelling": par,
@@ -249,17 +253,15 @@ fn main() -> Res<()> {
         println!("{out}");
     } else {
         println!(
-            "active vs random at {} labels each (test set {}): tau {:.3} vs {:.3} (gain {:+.3}); RMSE {:.2} vs {:.2} (ratio {:.2})",
+            "at {} labels each (test set {}): tau std {:.3}, pool {:.3}, random {:.3}; RMSE std {:.2}, pool {:.2}, random {:.2}",
             out["labels_each"],
             out["n_test"],
-            out["tau_std"].as_f64().unwrap_or(f64::NAN),
-            out["tau_random"].as_f64().unwrap_or(f64::NAN),
-            out["tau_gain"].as_f64().unwrap_or(f64::NAN),
-            out["rmse_std"].as_f64().unwrap_or(f64::NAN),
-            out["rmse_random"].as_f64().unwrap_or(f64::NAN),
-            out["rmse_ratio_std_over_random"]
-                .as_f64()
-                .unwrap_or(f64::NAN)
+            f(&out, "tau_std"),
+            f(&out, "tau_pool"),
+            f(&out, "tau_random"),
+            f(&out, "rmse_std"),
+            f(&out, "rmse_pool"),
+            f(&out, "rmse_random"),
         );
     }
     Ok(())

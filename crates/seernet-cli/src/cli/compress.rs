@@ -69,7 +69,8 @@ pub struct CompressArgs {
     /// (best uniform bit-width).
     #[arg(long, default_value = "seernet")]
     method: CompressMethod,
-    /// Acquisition of the active rounds: std, counterfactual or random.
+    /// Acquisition of the active rounds: std, counterfactual, random or pool (σ over random
+    /// candidates per stratum; docs/method.md §5).
     #[arg(long, default_value = "std")]
     acquisition: Acquisition,
     /// Fine-tune steps per label [default: 50 (resnet20), 100 (lenet5); with --quick: 30].

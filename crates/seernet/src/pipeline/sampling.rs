@@ -26,7 +26,14 @@ pub enum Acquisition {
     Counterfactual,
     /// Uniformly random unlabelled policies in the complexity band (the baseline).
     Random,
+    /// Pool-based σ: per stratum, [`POOL`] uniformly random unlabelled policies of the
+    /// stratum, of which the one with the largest ensemble σ is labelled. The candidates are
+    /// typical policies (random's distribution), the choice among them uncertainty's.
+    Pool,
 }
+
+/// Random candidates per stratum of [`Acquisition::Pool`].
+pub const POOL: usize = 16;
 
 impl std::str::FromStr for Acquisition {
     type Err = String;
@@ -35,8 +42,9 @@ impl std::str::FromStr for Acquisition {
             "std" => Ok(Self::Std),
             "counterfactual" => Ok(Self::Counterfactual),
             "random" => Ok(Self::Random),
+            "pool" => Ok(Self::Pool),
             _ => Err(format!(
-                "unknown acquisition {s:?} (std, counterfactual, random)"
+                "unknown acquisition {s:?} (std, counterfactual, random, pool)"
             )),
         }
     }
@@ -48,6 +56,7 @@ impl std::fmt::Display for Acquisition {
             Self::Std => "std",
             Self::Counterfactual => "counterfactual",
             Self::Random => "random",
+            Self::Pool => "pool",
         })
     }
 }
@@ -257,6 +266,9 @@ pub fn acquire(
             v
         });
     }
+    if acquisition == Acquisition::Pool {
+        return pool(space, predictor, labelled, band, k, seed);
+    }
     let objective = PredictorObjective::new(predictor, space)?;
     let problem = PolicyProblem::new(space, &objective, Fitness::Std, Complexity::Bops);
     let archive: HashSet<Genome> = labelled.iter().map(|i| problem.genome(i)).collect();
@@ -271,7 +283,7 @@ pub fn acquire(
             };
             &cf
         }
-        Acquisition::Random => unreachable!("handled above"),
+        Acquisition::Random | Acquisition::Pool => unreachable!("handled above"),
     };
     // Stratified: one evolutionary run per equal-width log-BOPs stratum of the band, each
     // returning its most uncertain unlabelled policy. A single run over the whole band returns
@@ -313,6 +325,83 @@ pub fn acquire(
         out.extend(p.run(Band::new(band.0, band.1), &archive, &cfg)?);
     }
     Ok(out)
+}
+
+/// [`Acquisition::Pool`]: `k` equal log-BOPs strata of `band`; in each, up to [`POOL`]
+/// distinct unlabelled policies from uniformly random draws (at most `400·k·POOL` draws, stream
+/// [`Stream::PoolDraws`] of `seed`); per stratum the candidate with the largest σ (ties: the
+/// first drawn). Strata no draw reached are filled with the largest-σ candidates left over.
+/// Errors: [`Error::EmptyBand`] when not one draw lands in the band; the predictor's.
+fn pool(
+    space: &SearchSpace,
+    predictor: &Predictor,
+    labelled: &HashSet<Vec<usize>>,
+    band: (f64, f64),
+    k: usize,
+    seed: u64,
+) -> Result<Vec<Vec<usize>>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(Stream::PoolDraws.seed(seed));
+    let (lo, hi) = (band.0.max(1.0).ln(), band.1.max(1.0).ln());
+    let width = ((hi - lo) / k.max(1) as f64).max(1e-12);
+    let mut strata: Vec<Vec<Vec<usize>>> = vec![Vec::new(); k];
+    let mut seen: HashSet<Vec<usize>> = labelled.clone();
+    for _ in 0..400 * k.max(1) * POOL {
+        if strata.iter().all(|c| c.len() >= POOL) {
+            break;
+        }
+        let idx = random_indices(space, &mut rng);
+        if seen.contains(&idx) {
+            continue;
+        }
+        let b = space.totals_indices(&idx)?.bops as f64;
+        if b < band.0 || b > band.1 {
+            continue;
+        }
+        let s = (((b.ln() - lo) / width) as usize).min(k.max(1) - 1);
+        if strata[s].len() < POOL {
+            seen.insert(idx.clone());
+            strata[s].push(idx);
+        }
+    }
+    let cands: Vec<(usize, Vec<usize>)> = strata
+        .into_iter()
+        .enumerate()
+        .flat_map(|(s, c)| c.into_iter().map(move |i| (s, i)))
+        .collect();
+    if cands.is_empty() {
+        return Err(Error::EmptyBand {
+            lo: band.0,
+            hi: band.1,
+        });
+    }
+    let feats: Vec<Vec<f64>> = cands.iter().map(|(_, i)| features(space, i)).collect();
+    let std = predictor.predict(&feats)?.std;
+    // Candidates by σ, largest first (ties: draw order).
+    let mut order: Vec<usize> = (0..cands.len()).collect();
+    order.sort_by(|&a, &b| std[b].total_cmp(&std[a]).then(a.cmp(&b)));
+    let mut taken = vec![false; cands.len()];
+    let mut filled = vec![false; k];
+    let mut out = Vec::with_capacity(k);
+    for &c in &order {
+        let s = cands[c].0;
+        if !filled[s] {
+            filled[s] = true;
+            taken[c] = true;
+            out.push(c);
+        }
+    }
+    for &c in &order {
+        if out.len() >= k {
+            break;
+        }
+        if !taken[c] {
+            taken[c] = true;
+            out.push(c);
+        }
+    }
+    // In stratum order, as the other acquisitions return them.
+    out.sort_by_key(|&c| (cands[c].0, c));
+    Ok(out.into_iter().map(|c| cands[c].1.clone()).collect())
 }
 
 /// Object-safe runner over the two evolutionary acquisition problems.
@@ -365,7 +454,7 @@ mod tests {
     use seer_policy::{SpaceConfig, builtin};
 
     #[test]
-    fn std_acquisition_is_distinct_unlabelled_in_band_and_spread_over_strata() {
+    fn std_and_pool_acquisitions_are_distinct_unlabelled_in_band_and_spread_over_strata() {
         let space = SearchSpace::new(
             builtin("lenet5", None, None).unwrap(),
             SpaceConfig {
@@ -397,31 +486,58 @@ mod tests {
         .unwrap();
         let labelled: HashSet<Vec<usize>> = rows.iter().cloned().collect();
         let k = 5;
-        let req = Request {
-            acquisition: Acquisition::Std,
-            band,
-            k,
-            generations: 4,
-            seed: 7,
-        };
-        let got = acquire(&space, &pred, &labelled, &req).unwrap();
-        assert_eq!(got.len(), k);
-        let distinct: HashSet<&Vec<usize>> = got.iter().collect();
-        assert_eq!(distinct.len(), k, "duplicates in {got:?}");
-        let (l, h) = (band.0.ln(), band.1.ln());
-        let mut strata = HashSet::new();
-        for r in &got {
-            assert!(!labelled.contains(r));
-            let b = space.totals_indices(r).unwrap().bops as f64;
-            assert!(b >= band.0 && b <= band.1, "{b} outside {band:?}");
-            strata.insert((((b.ln() - l) / (h - l)) * k as f64).min(k as f64 - 1.0) as usize);
+        for acquisition in [Acquisition::Std, Acquisition::Pool] {
+            let req = Request {
+                acquisition,
+                band,
+                k,
+                generations: 4,
+                seed: 7,
+            };
+            let got = acquire(&space, &pred, &labelled, &req).unwrap();
+            assert_eq!(got.len(), k, "{acquisition}");
+            let distinct: HashSet<&Vec<usize>> = got.iter().collect();
+            assert_eq!(distinct.len(), k, "duplicates in {got:?}");
+            let (l, h) = (band.0.ln(), band.1.ln());
+            let mut strata = HashSet::new();
+            for r in &got {
+                assert!(!labelled.contains(r));
+                let b = space.totals_indices(r).unwrap().bops as f64;
+                assert!(b >= band.0 && b <= band.1, "{b} outside {band:?}");
+                strata.insert((((b.ln() - l) / (h - l)) * k as f64).min(k as f64 - 1.0) as usize);
+            }
+            assert!(
+                strata.len() >= 4,
+                "{acquisition}: acquired policies fall in strata {strata:?}"
+            );
+            // Same seed, same policies.
+            let again = acquire(&space, &pred, &labelled, &req).unwrap();
+            assert_eq!(got, again);
         }
+        // A pool pick is the largest σ of 16 random candidates: with one stratum (the whole
+        // band) it is more uncertain than the median of 41 other random policies (a random
+        // or least-σ pick would fall below it half the time or always).
+        let one = acquire(
+            &space,
+            &pred,
+            &labelled,
+            &Request {
+                acquisition: Acquisition::Pool,
+                band,
+                k: 1,
+                generations: 4,
+                seed: 11,
+            },
+        )
+        .unwrap();
+        let others = stratified(&space, band, 41, 99, &labelled).unwrap();
+        let sd = |r: &Vec<usize>| pred.predict(&[features(&space, r)]).unwrap().std[0];
+        let mut sds: Vec<f64> = others.iter().map(sd).collect();
+        sds.sort_by(f64::total_cmp);
         assert!(
-            strata.len() >= 4,
-            "acquired policies fall in strata {strata:?}"
+            sd(&one[0]) >= sds[sds.len() / 2],
+            "{} vs {sds:?}",
+            sd(&one[0])
         );
-        // Same seed, same policies.
-        let again = acquire(&space, &pred, &labelled, &req).unwrap();
-        assert_eq!(got, again);
     }
 }

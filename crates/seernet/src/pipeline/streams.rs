@@ -23,6 +23,7 @@
 //! | [`Stream::RandomAcquisition`] | `t ^ 0x4A4D` | `acquire(Random, .., t)`: the seed it gives `stratified` |
 //! | [`Stream::SamplerStratum`]`(i)` | `t + i · 0x9E37` | `acquire(Std/Counterfactual, .., t)`: evolutionary run of stratum `i` |
 //! | [`Stream::SamplerFill`] | `t ^ 0xF111` | `acquire(.., t)`: the run that fills strata left empty |
+//! | [`Stream::PoolDraws`] | `t ^ 0x9001` | `acquire(Pool, .., t)`: the random draws of its candidate pools |
 //! | [`Stream::RandomMethod`] | `s ^ 0x5A4D` | `--method random`: its draws of random policies |
 //! | [`Stream::Sensitivity`] | `s ^ 0xF157` | `--method fit-ilp`: the order of the images of its Fisher estimate |
 //!
@@ -69,6 +70,8 @@ pub enum Stream {
     SamplerStratum(usize),
     /// The evolutionary run that fills an acquisition's empty strata, given `t`: `t ^ 0xF111`.
     SamplerFill,
+    /// The random candidates of a pool acquisition given `t`: `t ^ 0x9001`.
+    PoolDraws,
     /// `--method random`'s draws of random policies: `s ^ 0x5A4D`.
     RandomMethod,
     /// `--method fit-ilp`'s image order for the Fisher estimate: `s ^ 0xF157`.
@@ -95,6 +98,7 @@ impl Stream {
             Self::RandomAcquisition => base ^ 0x4a4d,
             Self::SamplerStratum(i) => base.wrapping_add(i as u64 * 0x9e37),
             Self::SamplerFill => base ^ 0xf111,
+            Self::PoolDraws => base ^ 0x9001,
             Self::RandomMethod => base ^ 0x5a4d,
             Self::Sensitivity => base ^ 0xf157,
         }
@@ -109,7 +113,7 @@ mod tests {
     /// the table (literal values; the formula beside each): changing one changes every run.
     #[test]
     fn values_are_pinned_to_the_historical_formulas() {
-        let cases: [(super::Stream, u64, u64); 24] = [
+        let cases: [(super::Stream, u64, u64); 25] = [
             (Baseline, 0, 42),
             (Labels, 0, 42),
             (InitialSet, 0, 42),
@@ -134,6 +138,7 @@ mod tests {
             (ActiveFit(9), 1009, 1051),
             (RandomMethod, 0x5A4D, 0x5A67), // s ^ 0x5A4D
             (Sensitivity, 0xF157, 0xF17D),  // s ^ 0xF157
+            (PoolDraws, 0x9001, 0x902B),    // t ^ 0x9001
         ];
         for (s, at0, at42) in cases {
             assert_eq!((s.seed(0), s.seed(42)), (at0, at42), "{s:?}");
