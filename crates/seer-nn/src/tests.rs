@@ -787,3 +787,61 @@ fn concat_inputs_keep_their_channels_and_slim_exactly() {
         }
     }
 }
+
+/// Distillation (`TrainConfig::distill`): a fresh student trained on the teacher's logits alone
+/// (the labels are not read) comes to agree with the teacher, and its logits move towards the
+/// teacher's (the distillation loss on held-out images falls).
+#[test]
+fn distillation_pulls_the_student_towards_the_teacher() {
+    let data = synthetic(256, 1);
+    let test = synthetic(128, 2);
+    let norm = Normalize::new(&[0.2], &[0.3]);
+    let spec = builtin("lenet5", None, None).unwrap();
+    let teacher = Model::new(spec.clone(), 0, &Device::Cpu).unwrap();
+    let cfg = TrainConfig {
+        steps: Some(40),
+        batch_size: 32,
+        lr: 0.05,
+        ..TrainConfig::default()
+    };
+    train::train(&teacher, &data, &norm, &cfg, &mut |_| {}).unwrap();
+    let net = std::sync::Arc::new(crate::eval::EvalNet::compile(&teacher).unwrap());
+    // Labels scrambled: only the teacher can teach the task.
+    let mut labels = data.labels.clone();
+    labels.rotate_left(1);
+    let images: Vec<u8> = (0..data.len())
+        .flat_map(|i| data.image(i).to_vec())
+        .collect();
+    let scrambled = Dataset::new([1, 28, 28], 10, images, labels).unwrap();
+    let student = Model::new(spec, 7, &Device::Cpu).unwrap();
+    let x = {
+        let b = crate::data::BatchIter::sequential(&test, 128, norm.clone())
+            .next()
+            .unwrap();
+        train::batch_tensors(b, &student).unwrap().0
+    };
+    let kl = |m: &Model| {
+        let t = teacher.forward(&x, false).unwrap();
+        let s = m.forward(&x, false).unwrap();
+        train::distill_loss(&s, &t, 1.0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    let before = kl(&student);
+    let dcfg = TrainConfig {
+        distill: Some(train::Distill {
+            teacher: net,
+            temperature: 1.0,
+        }),
+        ..cfg
+    };
+    train::train(&student, &scrambled, &norm, &dcfg, &mut |_| {}).unwrap();
+    let after = kl(&student);
+    assert!(
+        after < 0.5 * before,
+        "KL to the teacher {before} -> {after}"
+    );
+    let acc = train::evaluate(&student, &test, &norm, 64).unwrap().top1;
+    assert!(acc >= 90.0, "distilled student top-1 {acc}");
+}

@@ -114,6 +114,35 @@ pub struct TrainConfig {
     /// pruned channels first and fine-tune the slimmed one (same result up to float
     /// rounding, cheaper by about the pruned fraction). Ignored by [`train`].
     pub network: FinetuneNetwork,
+    /// Distil from a teacher (docs/method.md §7): the loss is the teacher-to-student KL
+    /// divergence of the softmaxed logits instead of the cross-entropy with the labels.
+    /// `None`: plain cross-entropy.
+    pub distill: Option<Distill>,
+}
+
+/// Logit distillation from a full-precision teacher (quantization-aware distillation, as in
+/// NVIDIA ModelOpt's QAD and the KD recipes of QAT papers): per mini-batch the teacher's
+/// logits `t` (evaluation mode, no gradient) and the student's `s`, loss
+/// `KL(softmax(t/T) ‖ softmax(s/T)) · T²`, mean over the images (Hinton et al. 2015's scaling,
+/// so gradients keep their size across temperatures).
+#[derive(Debug, Clone)]
+pub struct Distill {
+    /// The teacher, compiled once for evaluation (its logits are bitwise those of its forward
+    /// pass).
+    pub teacher: std::sync::Arc<crate::eval::EvalNet>,
+    /// Softmax temperature T > 0.
+    pub temperature: f32,
+}
+
+/// `KL(softmax(t/T) ‖ softmax(s/T)) · T²` averaged over the rows of student logits `s` and
+/// teacher logits `t` (`[N, C]`, `t` carries no gradient). See [`Distill`].
+pub fn distill_loss(s: &Tensor, t: &Tensor, temperature: f32) -> Result<Tensor> {
+    let tt = f64::from(temperature);
+    let log_ps = candle_nn::ops::log_softmax(&(s / tt)?, 1)?;
+    let log_pt = candle_nn::ops::log_softmax(&(t.detach() / tt)?, 1)?;
+    let pt = log_pt.exp()?;
+    let kl = (pt * (log_pt - log_ps)?)?.sum(1)?.mean(0)?;
+    Ok((kl * (tt * tt))?)
 }
 
 impl Default for TrainConfig {
@@ -132,6 +161,7 @@ impl Default for TrainConfig {
             start_epoch: 0,
             stop_epoch: None,
             network: FinetuneNetwork::Masked,
+            distill: None,
         }
     }
 }
@@ -234,9 +264,23 @@ pub fn train(
                 break;
             }
             let n = b.n;
+            let teacher = match &cfg.distill {
+                Some(d) => {
+                    let t = d.teacher.logits(&b.x, n)?;
+                    Some(Tensor::from_vec(
+                        t,
+                        (n, d.teacher.classes()),
+                        model.device(),
+                    )?)
+                }
+                None => None,
+            };
             let (x, y) = batch_tensors(b, model)?;
             let logits = model.forward(&x, true)?;
-            let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+            let loss = match (&cfg.distill, teacher) {
+                (Some(d), Some(t)) => distill_loss(&logits, &t, d.temperature)?,
+                _ => candle_nn::loss::cross_entropy(&logits, &y)?,
+            };
             let lv = loss.to_scalar::<f32>()?;
             if !lv.is_finite() {
                 return Err(Error::Invalid(format!(
@@ -444,4 +488,78 @@ pub fn prepare_quantized(
         model.calibrate(batches.iter())?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// Plain-Rust reference of [`distill_loss`] in f64, and its gradient with respect to the
+    /// student's logits: `T · (softmax(s/T) − softmax(t/T)) / N`.
+    fn reference(s: &[f32], t: &[f32], c: usize, temp: f64) -> (f64, Vec<f64>) {
+        let n = s.len() / c;
+        let softmax = |v: &[f32]| -> Vec<f64> {
+            let m = v.iter().map(|&x| x as f64 / temp).fold(f64::MIN, f64::max);
+            let e: Vec<f64> = v.iter().map(|&x| (x as f64 / temp - m).exp()).collect();
+            let z: f64 = e.iter().sum();
+            e.iter().map(|x| x / z).collect()
+        };
+        let (mut loss, mut grad) = (0.0, vec![0.0; s.len()]);
+        for i in 0..n {
+            let (ps, pt) = (softmax(&s[i * c..][..c]), softmax(&t[i * c..][..c]));
+            for j in 0..c {
+                loss += pt[j] * (pt[j].ln() - ps[j].ln());
+                grad[i * c + j] = temp * (ps[j] - pt[j]) / n as f64;
+            }
+        }
+        (loss * temp * temp / n as f64, grad)
+    }
+
+    #[test]
+    fn distill_loss_matches_the_reference_value_and_gradient() {
+        let (n, c) = (5, 7);
+        let s: Vec<f32> = (0..n * c)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) / 3.0)
+            .collect();
+        let t: Vec<f32> = (0..n * c)
+            .map(|i| ((i * 53 % 29) as f32 - 14.0) / 4.0)
+            .collect();
+        for temp in [1.0f32, 2.5] {
+            let sv = Var::from_vec(s.clone(), (n, c), &Device::Cpu).unwrap();
+            let tt = Tensor::from_vec(t.clone(), (n, c), &Device::Cpu).unwrap();
+            let loss = distill_loss(sv.as_tensor(), &tt, temp).unwrap();
+            let (want, want_grad) = reference(&s, &t, c, temp as f64);
+            let got = loss.to_scalar::<f32>().unwrap() as f64;
+            assert!(
+                (got - want).abs() < 1e-5 * want.abs().max(1.0),
+                "{got} vs {want}"
+            );
+            let g = loss.backward().unwrap();
+            let gs: Vec<f32> = g
+                .get(&sv)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            for (a, b) in gs.iter().zip(&want_grad) {
+                assert!((*a as f64 - b).abs() < 1e-6, "{a} vs {b}");
+            }
+        }
+        // Zero when the student already matches the teacher; no gradient reaches the teacher.
+        let tt = Tensor::from_vec(t.clone(), (n, c), &Device::Cpu).unwrap();
+        let same = distill_loss(&tt, &tt, 1.0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(same.abs() < 1e-6, "{same}");
+        let tv = Var::from_vec(t, (n, c), &Device::Cpu).unwrap();
+        let sv = Var::from_vec(s, (n, c), &Device::Cpu).unwrap();
+        let g = distill_loss(sv.as_tensor(), tv.as_tensor(), 1.0)
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert!(g.get(&tv).is_none(), "the teacher's logits got a gradient");
+    }
 }

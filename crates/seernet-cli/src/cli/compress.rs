@@ -96,6 +96,10 @@ pub struct CompressArgs {
     /// (predictor methods; 0: only the uniform anchors compete) [default: 1].
     #[arg(long, value_name = "N")]
     final_rivals: Option<usize>,
+    /// Final fine-tunes learn from the labels (cross-entropy) instead of distilling from the
+    /// full-precision baseline's logits (the default: KL divergence, T = 1; docs/method.md §7).
+    #[arg(long)]
+    no_final_distill: bool,
     /// Pessimism levels κ of the verification rounds (the search maximises μ − κσ;
     /// comma-separated, each ≥ 0) [default: 0,1,2].
     #[arg(long, value_delimiter = ',')]
@@ -290,6 +294,9 @@ pub fn run_cmd(a: CompressArgs) -> Result<()> {
         cfg.fit_anchors = false;
     }
     cfg.final_rivals = a.final_rivals.unwrap_or(cfg.final_rivals);
+    if a.no_final_distill {
+        cfg.final_distill = false;
+    }
     if let Some(k) = a.kappas {
         if let Some(bad) = k.iter().find(|v| !(v.is_finite() && **v >= 0.0)) {
             bail!("--kappas: {bad} is not a finite number ≥ 0");

@@ -31,6 +31,9 @@ struct FinalResult {
     /// such a cache is redone).
     #[serde(default)]
     top1_val: Option<f64>,
+    /// Whether the fine-tune distilled from the baseline (false in caches written before).
+    #[serde(default)]
+    distill: bool,
     seconds: f64,
 }
 
@@ -253,7 +256,11 @@ impl Run<'_> {
         let path = self.out.join("final").join(format!("{hash}.json"));
         let text = std::fs::read_to_string(path).ok()?;
         let r: FinalResult = serde_json::from_str(&text).ok()?;
-        (r.steps == self.cfg.final_steps && r.seed == seed && r.top1_val.is_some()).then_some(r)
+        (r.steps == self.cfg.final_steps
+            && r.seed == seed
+            && r.top1_val.is_some()
+            && r.distill == self.cfg.final_distill)
+            .then_some(r)
     }
 
     /// An accuracy target's final fine-tunes (docs/method.md §6, `pipeline::target`): the
@@ -398,6 +405,7 @@ impl Run<'_> {
             && r.steps == cfg.final_steps
             && r.seed == seed
             && r.top1_val.is_some()
+            && r.distill == cfg.final_distill
             && export.is_none_or(|(p, _)| p.is_file())
         {
             self.log.line(&format!(
@@ -423,6 +431,7 @@ impl Run<'_> {
             seed,
             top1_test: test.top1,
             top1_val: Some(val.top1),
+            distill: cfg.final_distill,
             seconds: t.elapsed().as_secs_f64(),
         };
         if let Some((path, limit)) = export {
@@ -439,7 +448,18 @@ impl Run<'_> {
         let _span = tracing::info_span!("finetune", policy = hash, seed).entered();
         let cfg = self.cfg;
         let (mut model, info) = checkpoint::load(&self.base.path, None, &Device::Cpu)?;
+        // The full-precision baseline as the teacher (docs/method.md §7), compiled before the
+        // policy is applied.
+        let distill = if cfg.final_distill {
+            Some(train::Distill {
+                teacher: std::sync::Arc::new(seer_nn::eval::EvalNet::compile(&model)?),
+                temperature: 1.0,
+            })
+        } else {
+            None
+        };
         let tc = train::TrainConfig {
+            distill,
             steps: Some(cfg.final_steps),
             batch_size: cfg.batch_size,
             lr: cfg.lr,

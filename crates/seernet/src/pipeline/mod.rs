@@ -132,6 +132,12 @@ pub struct Config {
     /// on the whole validation split (predictor methods only; `--final-rivals`).
     #[serde(default)]
     pub final_rivals: usize,
+    /// Final fine-tunes (chosen policies, rivals and uniform baselines alike) distil from the
+    /// full-precision baseline's logits instead of learning from the labels
+    /// (`seer_nn::train::Distill`, T = 1; docs/method.md §7). On in every preset;
+    /// `--no-final-distill` turns it off. Labels are unaffected.
+    #[serde(default)]
+    pub final_distill: bool,
     /// Fine-tune steps per label (docs/method.md §3).
     pub label_steps: u64,
     /// Validation images each label is scored on: a fixed seeded sample of the validation
@@ -211,6 +217,7 @@ impl Config {
             fill_rounds: 2,
             fit_anchors: true,
             final_rivals: 1,
+            final_distill: true,
             label_steps: 100,
             label_val_images: None,
             final_steps: 600,
