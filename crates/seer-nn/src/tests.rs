@@ -844,4 +844,11 @@ fn distillation_pulls_the_student_towards_the_teacher() {
     );
     let acc = train::evaluate(&student, &test, &norm, 64).unwrap().top1;
     assert!(acc >= 90.0, "distilled student top-1 {acc}");
+    // Bad settings are clear errors before any step.
+    let mut bad = dcfg.clone();
+    bad.distill.as_mut().unwrap().temperature = 0.0;
+    let e = train::train(&student, &data, &norm, &bad, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("distillation temperature 0"), "{e}");
 }

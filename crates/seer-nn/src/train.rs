@@ -206,7 +206,8 @@ pub fn batch_tensors(b: Batch, model: &Model) -> Result<(Tensor, Tensor)> {
 
 /// Trains `model` on `data` (training split) with SGD + cosine LR, BatchNorm in training
 /// mode. `on_step` is called after every step. Errors: an empty dataset, a non-finite loss
-/// (diverged: lower the learning rate).
+/// (diverged: lower the learning rate), a distillation temperature that is not finite and
+/// > 0, a teacher with another number of classes or input shape.
 pub fn train(
     model: &Model,
     data: &Dataset,
@@ -229,6 +230,14 @@ pub fn train(
             data.len(),
             cfg.batch_size
         )));
+    }
+    if let Some(d) = &cfg.distill {
+        let t = d.temperature;
+        if !(t.is_finite() && t > 0.0) {
+            return Err(Error::Invalid(format!(
+                "distillation temperature {t}: give a finite value > 0"
+            )));
+        }
     }
     let total = cfg.steps.unwrap_or(cfg.epochs * per_epoch);
     if cfg.start_epoch * per_epoch > total {
@@ -264,22 +273,26 @@ pub fn train(
                 break;
             }
             let n = b.n;
+            // The teacher reads the batch before `batch_tensors` takes it.
             let teacher = match &cfg.distill {
-                Some(d) => {
-                    let t = d.teacher.logits(&b.x, n)?;
-                    Some(Tensor::from_vec(
-                        t,
-                        (n, d.teacher.classes()),
-                        model.device(),
-                    )?)
-                }
+                Some(d) => Some((d, d.teacher.logits(&b.x, n)?)),
                 None => None,
             };
             let (x, y) = batch_tensors(b, model)?;
             let logits = model.forward(&x, true)?;
-            let loss = match (&cfg.distill, teacher) {
-                (Some(d), Some(t)) => distill_loss(&logits, &t, d.temperature)?,
-                _ => candle_nn::loss::cross_entropy(&logits, &y)?,
+            let loss = match teacher {
+                Some((d, t)) => {
+                    let classes = logits.dim(1)?;
+                    if d.teacher.classes() != classes {
+                        return Err(Error::Invalid(format!(
+                            "the teacher has {} classes, the model {classes}",
+                            d.teacher.classes()
+                        )));
+                    }
+                    let t = Tensor::from_vec(t, (n, classes), model.device())?;
+                    distill_loss(&logits, &t, d.temperature)?
+                }
+                None => candle_nn::loss::cross_entropy(&logits, &y)?,
             };
             let lv = loss.to_scalar::<f32>()?;
             if !lv.is_finite() {
