@@ -485,13 +485,7 @@ fn uniform_candidates(
     every_width: bool,
 ) -> Result<Vec<Uniform>> {
     let c = space.config();
-    let mut bits: Vec<u32> = c
-        .wbits
-        .iter()
-        .copied()
-        .filter(|b| c.abits.contains(b))
-        .collect();
-    bits.sort_unstable_by(|a, b| b.cmp(a));
+    let bits = uniform_bits(space);
     let mut prunes = c.prune_ratios.clone();
     prunes.sort_by(f64::total_cmp);
     let mut out: Vec<Uniform> = Vec::new();
@@ -537,17 +531,9 @@ fn uniform_candidates(
 /// first, each with the space's pruning ratios in their order; combinations the space cannot
 /// express are skipped.
 pub(super) fn all_uniform(space: &SearchSpace) -> Vec<Uniform> {
-    let c = space.config();
-    let mut bits: Vec<u32> = c
-        .wbits
-        .iter()
-        .copied()
-        .filter(|b| c.abits.contains(b))
-        .collect();
-    bits.sort_unstable_by(|a, b| b.cmp(a));
     let mut out = Vec::new();
-    for &b in &bits {
-        for &p in &c.prune_ratios {
+    for b in uniform_bits(space) {
+        for &p in &space.config().prune_ratios {
             if let Ok(policy) = space.uniform(b, b, p) {
                 out.push(Uniform {
                     wbits: b,
@@ -559,6 +545,20 @@ pub(super) fn all_uniform(space: &SearchSpace) -> Vec<Uniform> {
         }
     }
     out
+}
+
+/// The bit-widths a uniform policy can take (offered for weights and for activations), most
+/// first.
+fn uniform_bits(space: &SearchSpace) -> Vec<u32> {
+    let c = space.config();
+    let mut bits: Vec<u32> = c
+        .wbits
+        .iter()
+        .copied()
+        .filter(|b| c.abits.contains(b))
+        .collect();
+    bits.sort_unstable_by(|a, b| b.cmp(a));
+    bits
 }
 
 /// Appends the uniform policies of `picks` (`(bits, prune, policy)`) that `out` lacks.
