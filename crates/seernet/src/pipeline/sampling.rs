@@ -120,6 +120,42 @@ fn random_indices(space: &SearchSpace, rng: &mut ChaCha8Rng) -> Vec<usize> {
         .collect()
 }
 
+/// Uniformly random policies drawn with `rng` (at most `draws` draws): each one not in `seen`
+/// whose BOPs lie in `band` is added to `seen` and handed to `take` with its stratum among `n`
+/// equal-width log-BOPs strata of the band, until `take` answers that every stratum is
+/// filled. Nothing is drawn for `n` = 0.
+fn draw_strata(
+    space: &SearchSpace,
+    band: (f64, f64),
+    n: usize,
+    draws: usize,
+    rng: &mut ChaCha8Rng,
+    seen: &mut HashSet<Vec<usize>>,
+    mut take: impl FnMut(usize, Vec<usize>) -> bool,
+) -> Result<()> {
+    if n == 0 {
+        return Ok(());
+    }
+    let (lo, hi) = (band.0.max(1.0).ln(), band.1.max(1.0).ln());
+    let width = ((hi - lo) / n as f64).max(1e-12);
+    for _ in 0..draws {
+        let idx = random_indices(space, rng);
+        if seen.contains(&idx) {
+            continue;
+        }
+        let b = space.totals_indices(&idx)?.bops as f64;
+        if b < band.0 || b > band.1 {
+            continue;
+        }
+        seen.insert(idx.clone());
+        let k = (((b.ln() - lo) / width) as usize).min(n - 1);
+        if take(k, idx) {
+            break;
+        }
+    }
+    Ok(())
+}
+
 /// `n` distinct policies stratified over log-BOPs in `band` (docs/method.md §5): `n` equal-width
 /// bins of log BOPs over the band, one uniformly random policy per bin (the first of up to
 /// 400·n seeded draws that lands there); bins nobody reached are filled with further in-band
@@ -134,31 +170,18 @@ pub fn stratified(
     exclude: &HashSet<Vec<usize>>,
 ) -> Result<Vec<Vec<usize>>> {
     let mut rng = ChaCha8Rng::seed_from_u64(Stream::StratifiedDraws.seed(seed));
-    let (lo, hi) = (band.0.max(1.0).ln(), band.1.max(1.0).ln());
-    let width = ((hi - lo) / n.max(1) as f64).max(1e-12);
     let mut bins: Vec<Option<Vec<usize>>> = vec![None; n];
     let mut spare: Vec<Vec<usize>> = Vec::new();
     let mut seen: HashSet<Vec<usize>> = exclude.clone();
-    for _ in 0..400 * n.max(1) {
-        if bins.iter().all(Option::is_some) {
-            break;
-        }
-        let idx = random_indices(space, &mut rng);
-        if seen.contains(&idx) {
-            continue;
-        }
-        let b = space.totals_indices(&idx)?.bops as f64;
-        if b < band.0 || b > band.1 {
-            continue;
-        }
-        seen.insert(idx.clone());
-        let k = (((b.ln() - lo) / width) as usize).min(n - 1);
+    let draws = 400 * n.max(1);
+    draw_strata(space, band, n, draws, &mut rng, &mut seen, |k, idx| {
         if bins[k].is_none() {
             bins[k] = Some(idx);
         } else if spare.len() < n {
             spare.push(idx);
         }
-    }
+        bins.iter().all(Option::is_some)
+    })?;
     let mut out: Vec<Vec<usize>> = bins.into_iter().flatten().collect();
     let mut spare = spare.into_iter();
     while out.len() < n {
@@ -341,28 +364,15 @@ fn pool(
     seed: u64,
 ) -> Result<Vec<Vec<usize>>> {
     let mut rng = ChaCha8Rng::seed_from_u64(Stream::PoolDraws.seed(seed));
-    let (lo, hi) = (band.0.max(1.0).ln(), band.1.max(1.0).ln());
-    let width = ((hi - lo) / k.max(1) as f64).max(1e-12);
     let mut strata: Vec<Vec<Vec<usize>>> = vec![Vec::new(); k];
     let mut seen: HashSet<Vec<usize>> = labelled.clone();
-    for _ in 0..400 * k.max(1) * POOL {
-        if strata.iter().all(|c| c.len() >= POOL) {
-            break;
-        }
-        let idx = random_indices(space, &mut rng);
-        if seen.contains(&idx) {
-            continue;
-        }
-        let b = space.totals_indices(&idx)?.bops as f64;
-        if b < band.0 || b > band.1 {
-            continue;
-        }
-        let s = (((b.ln() - lo) / width) as usize).min(k.max(1) - 1);
+    let draws = 400 * k.max(1) * POOL;
+    draw_strata(space, band, k, draws, &mut rng, &mut seen, |s, idx| {
         if strata[s].len() < POOL {
-            seen.insert(idx.clone());
             strata[s].push(idx);
         }
-    }
+        strata.iter().all(|c| c.len() >= POOL)
+    })?;
     let cands: Vec<(usize, Vec<usize>)> = strata
         .into_iter()
         .enumerate()
