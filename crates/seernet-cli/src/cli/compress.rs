@@ -93,7 +93,7 @@ pub struct CompressArgs {
     /// The final pick (docs/method.md §7): this many next-best labelled policies per budget
     /// are fine-tuned beside the choice and the uniform anchors within the budget, and the
     /// budget returns the one with the best validation top-1 after the final fine-tune
-    /// (predictor methods; 0: only the uniform anchors compete) [default: 1].
+    /// (predictor methods; 0: only uniform policies compete) [default: 1].
     #[arg(long, value_name = "N")]
     final_rivals: Option<usize>,
     /// Final fine-tunes learn from the labels (cross-entropy) instead of distilling from the
