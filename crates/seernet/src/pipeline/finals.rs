@@ -248,8 +248,8 @@ impl Run<'_> {
         Ok((rival, r, Some(note)))
     }
 
-    /// The cached final result of `policy` under this run's final fine-tune (steps and seed),
-    /// when it exists and records a validation top-1.
+    /// The cached final result of `policy` under this run's final fine-tune (steps, seed and
+    /// distillation), when it exists and records a validation top-1.
     fn cached_final(&self, policy: &Policy) -> Option<FinalResult> {
         let hash = policy_hash(policy);
         let seed = label_seed(Stream::FinalFinetune.seed(self.cfg.seed), &hash);
@@ -400,12 +400,7 @@ impl Run<'_> {
         let hash = policy_hash(policy);
         let cache = cfg.out_dir.join("final").join(format!("{hash}.json"));
         let seed = label_seed(Stream::FinalFinetune.seed(cfg.seed), &hash);
-        if let Ok(text) = std::fs::read_to_string(&cache)
-            && let Ok(r) = serde_json::from_str::<FinalResult>(&text)
-            && r.steps == cfg.final_steps
-            && r.seed == seed
-            && r.top1_val.is_some()
-            && r.distill == cfg.final_distill
+        if let Some(r) = self.cached_final(policy)
             && export.is_none_or(|(p, _)| p.is_file())
         {
             self.log.line(&format!(
