@@ -69,6 +69,9 @@ fn child_config() -> Config {
     if let Ok(m) = std::env::var("IT_METHOD") {
         c.method = m.parse().unwrap();
     }
+    if let Ok(w) = std::env::var("IT_WORKERS") {
+        c.workers = w.parse().unwrap();
+    }
     if let Ok(a) = std::env::var("IT_ACQ") {
         c.acquisition = a.parse().unwrap();
     }
@@ -134,9 +137,10 @@ fn kill_resume_determinism_and_errors() {
     let data_root = td.path().join("data");
     synthetic_data(&data_root, 800);
 
-    // Run A, uninterrupted (trains its own baseline).
+    // Run A, uninterrupted (trains its own baseline), two labels and two final fine-tunes at
+    // a time (`--workers 2`; run B below works one after another).
     let a = td.path().join("a");
-    let o = run_child(&data_root, &a, &[]);
+    let o = run_child(&data_root, &a, &[("IT_WORKERS", "2".into())]);
     assert!(
         o.status.success(),
         "run A failed: {}",
@@ -157,6 +161,9 @@ fn kill_resume_determinism_and_errors() {
     let log_a = std::fs::read_to_string(a.join("run.log")).unwrap();
     assert_eq!(log_a.matches(": fit-ilp optimum").count(), 2, "{log_a}");
     assert!(log_a.contains("fit-ilp anchors: "), "{log_a}");
+    // Labels and final fine-tunes ran on the two workers.
+    assert!(log_a.contains("labels on 2 workers of"), "{log_a}");
+    assert!(log_a.contains("final fine-tunes: "), "{log_a}");
     assert!(a.join("fit-sensitivity.json").is_file());
     // The protocol records the validation sample, and every label is a count out of 40.
     let sto = read_store(a.join("labels.jsonl")).unwrap();
@@ -287,12 +294,16 @@ fn kill_resume_determinism_and_errors() {
         sized["size_bits"].as_u64().unwrap()
     );
 
-    // Run B on A's baseline, killed with SIGKILL once it has stored 2 labels, then resumed.
+    // Run B on A's baseline, one label at a time, killed with SIGKILL once it has stored 2
+    // labels, then resumed.
     let b = td.path().join("b");
-    let base = [(
-        "IT_BASELINE",
-        a.join("baseline.safetensors").display().to_string(),
-    )];
+    let base = [
+        (
+            "IT_BASELINE",
+            a.join("baseline.safetensors").display().to_string(),
+        ),
+        ("IT_WORKERS", "1".into()),
+    ];
     let mut proc = child(&data_root, &b, &base).spawn().unwrap();
     let store = b.join("labels.jsonl");
     let t0 = Instant::now();
@@ -341,12 +352,43 @@ fn kill_resume_determinism_and_errors() {
         let now = after.iter().find(|x| x.hash == r.hash).expect("label lost");
         assert_eq!(now, r, "label {} changed after resume", r.hash);
     }
-    // Same seed (and an interrupted run) -> identical policies.
+    // Same seed (and an interrupted run, and one worker instead of two) -> identical labels,
+    // policies and final results.
+    let labels_a = read_store(a.join("labels.jsonl")).unwrap().records;
+    for r in &after {
+        let ra = labels_a
+            .iter()
+            .find(|x| x.hash == r.hash)
+            .expect("same plan");
+        assert_eq!(ra.top1, r.top1, "label {} differs with workers", r.hash);
+    }
     assert_eq!(
         policies(&b),
         pa,
         "policy-*.json differ between runs A and B"
     );
+    let rep_b: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(b.join("report.json")).unwrap()).unwrap();
+    for key in ["budgets", "uniform"] {
+        let finals = |r: &serde_json::Value| -> Vec<(f64, f64)> {
+            r[key]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| {
+                    (
+                        x["measured_top1"].as_f64().unwrap(),
+                        x["final_val_top1"].as_f64().unwrap(),
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(
+            finals(&rep),
+            finals(&rep_b),
+            "final {key} differ with workers"
+        );
+    }
 
     // The other acquisitions run the same loop.
     for acq in ["counterfactual", "random"] {

@@ -58,6 +58,6 @@ pub use manifest::{
 };
 pub use store::{
     Appended, FinetuneNetwork, LabelRecord, LabelReport, LabelStore, Measured, OpenReport,
-    Protocol, file_hash, label_missing, label_seed, policy_hash, read_store, short_digest,
-    write_atomic,
+    PendingLabel, Protocol, file_hash, label_missing, label_seed, pending_labels, policy_hash,
+    read_store, short_digest, write_atomic,
 };

@@ -796,11 +796,58 @@ pub struct LabelReport {
     pub already: usize,
 }
 
+/// A policy [`pending_labels`] found missing from a store: what labelling it needs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PendingLabel {
+    /// The policy (validated against the space).
+    pub policy: Policy,
+    /// Its [`policy_hash`].
+    pub hash: String,
+    /// Its label seed under the store's protocol ([`label_seed`]).
+    pub seed: u64,
+}
+
+/// The policies of `policies` that `store` does not hold yet, in order, each once, with their
+/// hashes and seeds; and how many were found in the store (a repeat within `policies`
+/// counts as found). Err(Protocol) when `space` is not
+/// the store's; Err(Policy) for a policy outside `space`.
+pub fn pending_labels(
+    store: &LabelStore,
+    space: &SearchSpace,
+    policies: &[Policy],
+) -> Result<(Vec<PendingLabel>, usize)> {
+    store.protocol().check_space(space)?;
+    let seed = store.protocol().seed;
+    let (mut out, mut already) = (Vec::new(), 0);
+    let mut seen = std::collections::HashSet::new();
+    for p in policies {
+        let hash = policy_hash(p);
+        if store.contains(&hash) {
+            already += 1;
+            continue;
+        }
+        if !seen.insert(hash.clone()) {
+            // Labelled once, by its first occurrence: counted as found, as a second
+            // occurrence is after a sequential label.
+            already += 1;
+            continue;
+        }
+        space.validate(p)?;
+        out.push(PendingLabel {
+            policy: p.clone(),
+            seed: label_seed(seed, &hash),
+            hash,
+        });
+    }
+    Ok((out, already))
+}
+
 /// The resumable labelling loop: labels every policy of `policies` that `store` does not hold
-/// yet (in order, duplicates within `policies` labelled once) and appends each durably as soon
-/// as it is finished, so a killed run loses at most the label in progress. `label` gets the
-/// policy and its seed ([`label_seed`]); its wall time is recorded. Err(Protocol) when `space`
-/// is not the store's; Err(Labeller) wrapping the labeller's error (labels already appended stay).
+/// yet (in order, duplicates within `policies` labelled once, [`pending_labels`]) and appends
+/// each durably as soon as it is finished, so a killed run loses at most the label in progress.
+/// `label` gets the policy and its seed ([`label_seed`]); its wall time is recorded.
+/// Err(Protocol) when `space` is not the store's; Err(Labeller) wrapping the labeller's error
+/// (labels already appended stay).
 pub fn label_missing<E>(
     store: &mut LabelStore,
     space: &SearchSpace,
@@ -810,25 +857,21 @@ pub fn label_missing<E>(
 where
     E: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    store.protocol().check_space(space)?;
+    let (pending, already) = pending_labels(store, space, policies)?;
     let protocol = store.protocol().clone();
-    let mut rep = LabelReport::default();
-    for p in policies {
-        let hash = policy_hash(p);
-        if store.contains(&hash) {
-            rep.already += 1;
-            continue;
-        }
-        space.validate(p)?;
-        let seed = label_seed(protocol.seed, &hash);
-        let _span = tracing::info_span!("label", hash = %hash, seed).entered();
+    let mut rep = LabelReport {
+        labelled: 0,
+        already,
+    };
+    for p in pending {
+        let _span = tracing::info_span!("label", hash = %p.hash, seed = p.seed).entered();
         let t0 = std::time::Instant::now();
-        let m = label(p, seed).map_err(|e| Error::Labeller {
-            hash: hash.clone(),
+        let m = label(&p.policy, p.seed).map_err(|e| Error::Labeller {
+            hash: p.hash.clone(),
             err: e.into(),
         })?;
         let seconds = t0.elapsed().as_secs_f64();
-        let rec = LabelRecord::new(space, &protocol, p.clone(), m.top1, seconds)?;
+        let rec = LabelRecord::new(space, &protocol, p.policy, m.top1, seconds)?;
         store.append(rec)?;
         tracing::debug!(top1 = m.top1, seconds, "label stored");
         rep.labelled += 1;

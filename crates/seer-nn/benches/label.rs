@@ -13,7 +13,10 @@
 //! N of the 5), `--steps N` (timed training steps per throughput, default 10),
 //! `--label-steps N` (fine-tune steps per label, default the protocol's 100; experiments only),
 //! `--val-images N` (score labels on a seeded sample of N validation images, as the ResNet-20
-//! main job's protocol does; default all 5,000).
+//! main job's protocol does; default all 5,000), `--workers N` (then label the same policies
+//! again N at a time, each on 1/N of the cores, as `seernet compress --workers` does, and
+//! report the wall seconds per label; the labels must equal the one-at-a-time ones; default
+//! one per core, 1: skip).
 //! Needs the prepared dataset (`cargo xtask fetch-data fashion-mnist`).
 
 use std::path::PathBuf;
@@ -105,6 +108,65 @@ fn conv_fraction() -> R<(f64, f64)> {
     Ok((median(rates), median(ratios)))
 }
 
+/// Wall seconds per label of the first `n` policies labelled `workers` at a time (each worker
+/// its own rayon pool of cores / workers threads, as `seernet compress --workers`); Err when a
+/// label differs from the one-at-a-time label in `rows` (the kernels give the same bits on any
+/// thread count).
+fn label_side_by_side(
+    labeler: &Labeler,
+    n: usize,
+    workers: usize,
+    rows: &[(String, f64, f64, LabelTimes)],
+) -> R<f64> {
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let threads = (cores / workers).max(1);
+    let space = labeler.space();
+    let pols: Vec<Policy> = POLICIES[..n]
+        .iter()
+        .map(|&(wb, ab, p)| space.uniform(wb, ab, p))
+        .collect::<Result<_, _>>()?;
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let t = Instant::now();
+    let tops: Vec<(usize, f64)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                s.spawn(|| -> Result<Vec<(usize, f64)>, String> {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .map_err(|e| e.to_string())?;
+                    let mut out = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let Some(p) = pols.get(i) else { break };
+                        let m = pool
+                            .install(|| labeler.label(p, 1, &mut |_, _| {}))
+                            .map_err(|e| e.to_string())?;
+                        out.push((i, m.top1));
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for h in handles {
+            all.extend(h.join().map_err(|_| "a worker panicked".to_string())??);
+        }
+        Ok::<_, String>(all)
+    })?;
+    let per_label = t.elapsed().as_secs_f64() / n as f64;
+    for (i, top1) in tops {
+        if top1 != rows[i].2 {
+            return Err(format!(
+                "{}: top-1 {top1} on {workers} workers vs {} alone",
+                rows[i].0, rows[i].2
+            )
+            .into());
+        }
+    }
+    Ok(per_label)
+}
+
 fn main() -> R<()> {
     // SAFETY: first statement of main, no other thread exists yet.
     unsafe { seer_nn::candle_elementwise_on_caller() };
@@ -117,6 +179,9 @@ fn main() -> R<()> {
         .unwrap_or(POLICIES.len())
         .min(POLICIES.len());
     let steps = arg::<usize>(&args, "--steps").unwrap_or(10).max(1);
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let workers = arg::<usize>(&args, "--workers").unwrap_or(cores).max(1);
+    let mut parallel: Option<f64> = None;
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let ckpt = root.join("assets/baselines/resnet20-fashion-mnist.safetensors");
     let load_start = seer_bench::load_average();
@@ -165,6 +230,9 @@ fn main() -> R<()> {
             }
             rows.push((name, frac, m.top1, t));
         }
+        if workers > 1 && n_pol > 1 {
+            parallel = Some(label_side_by_side(&labeler, n_pol, workers, &rows)?);
+        }
     }
 
     // Throughputs at batch 128: the baseline in f32, and 8-bit fake-quantized full width.
@@ -202,6 +270,9 @@ fn main() -> R<()> {
             "policy": n, "w8a8_fraction": f, "top1": top1, "seconds": t.total_s(),
             "prepare_s": t.prepare_s, "finetune_s": t.finetune_s, "validate_s": t.validate_s,
         })).collect::<Vec<_>>(),
+        "label_seconds_mean": rows.iter().map(|r| r.3.total_s()).sum::<f64>() / rows.len().max(1) as f64,
+        "label_workers": if parallel.is_some() { workers } else { 1 },
+        "label_workers_seconds_per_label": parallel,
         "qat_train_img_per_s": qat_train,
         "f32_train_img_per_s": f32_train,
         "f32_eval_img_per_s": f32_eval.images_per_s,
@@ -230,6 +301,12 @@ fn main() -> R<()> {
                 .unwrap_or(f64::NAN),
             obj["network"].as_str().unwrap_or("?")
         );
+        if let Some(p) = parallel {
+            println!(
+                "labels {workers} at a time: {p:.1} s per label (one at a time: {:.1} s mean)",
+                rows.iter().map(|r| r.3.total_s()).sum::<f64>() / rows.len().max(1) as f64
+            );
+        }
         println!(
             "ResNet-20 batch 128: QAT train {qat_train:.1} img/s, f32 train {f32_train:.1} img/s, \
              f32 eval {:.1} img/s, fake-quant eval {:.1} img/s",

@@ -100,6 +100,12 @@ pub struct CompressArgs {
     /// full-precision baseline's logits (the default: KL divergence, T = 1; docs/method.md §7).
     #[arg(long)]
     no_final_distill: bool,
+    /// Labels and final fine-tunes computed side by side, each on its share of the cores (0:
+    /// one per core; 1: one after another on every core). The results do not depend on it;
+    /// on small networks one fine-tune per core gets through about 1.5x more work
+    /// (docs/benchmarks.md, "Label workers") [default: 0].
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
     /// Pessimism levels κ of the verification rounds (the search maximises μ − κσ;
     /// comma-separated, each ≥ 0) [default: 0,1,2].
     #[arg(long, value_delimiter = ',')]
@@ -294,6 +300,7 @@ pub fn run_cmd(a: CompressArgs) -> Result<()> {
         cfg.fit_anchors = false;
     }
     cfg.final_rivals = a.final_rivals.unwrap_or(cfg.final_rivals);
+    cfg.workers = a.workers.unwrap_or(cfg.workers);
     if a.no_final_distill {
         cfg.final_distill = false;
     }

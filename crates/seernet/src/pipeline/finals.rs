@@ -14,7 +14,7 @@ use seer_policy::Policy;
 use serde::{Deserialize, Serialize};
 
 use super::choice::Chosen;
-use super::{Run, Stream, Uniform, export};
+use super::{Run, Stream, Uniform, export, workers};
 use crate::budget::BudgetKind;
 use crate::error::{Error, Result, chain};
 use crate::report;
@@ -62,7 +62,7 @@ impl Finals {
     }
 }
 
-impl Run<'_> {
+impl<'a> Run<'a> {
     /// Stage 7: the final fine-tunes of the chosen policies (each exported to
     /// `model-<label>.safetensors`) and of the uniform baselines.
     pub(super) fn final_finetunes(&mut self, chosen: &[Chosen]) -> Result<Finals> {
@@ -72,6 +72,8 @@ impl Run<'_> {
             path: final_dir.display().to_string(),
             err,
         })?;
+        // With workers: every fine-tune the stage will need, side by side, first.
+        self.prefetch_finals(chosen)?;
         let n_final = chosen.len() + self.uniform.len();
         self.log
             .stage("fine-tune", (n_final * self.cfg.final_steps) as u64);
@@ -400,6 +402,16 @@ impl Run<'_> {
         let hash = policy_hash(policy);
         let cache = cfg.out_dir.join("final").join(format!("{hash}.json"));
         let seed = label_seed(Stream::FinalFinetune.seed(cfg.seed), &hash);
+        // Fine-tuned by this invocation's workers (`prefetch_finals`): its model is taken
+        // when it has to be exported, else the result is read from the cache below.
+        if let Some((path, limit)) = export
+            && let Some(r) = self.cached_final(policy)
+            && let Some(model) = self.prefetched.remove(&hash)
+        {
+            self.log.inc(cfg.final_steps as u64);
+            self.export(&model, &r, path, limit)?;
+            return Ok((r, Some(model)));
+        }
         if let Some(r) = self.cached_final(policy)
             && export.is_none_or(|(p, _)| p.is_file())
         {
@@ -416,19 +428,11 @@ impl Run<'_> {
             }
             return Ok((r, None));
         }
-        let t = Instant::now();
-        let model = self.finetune(policy, &hash, seed)?;
-        let test = train::evaluate(&model, &self.splits.test, &self.norm, 256)?;
-        let val = train::evaluate(&model, &self.splits.val, &self.norm, 256)?;
-        let r = FinalResult {
-            hash: hash.clone(),
-            steps: cfg.final_steps,
-            seed,
-            top1_test: test.top1,
-            top1_val: Some(val.top1),
-            distill: cfg.final_distill,
-            seconds: t.elapsed().as_secs_f64(),
-        };
+        let (ctx, log, _) = self.finetune_parts();
+        let start = log.position();
+        let (r, model) = ctx.run(policy, &hash, seed, &mut |step| {
+            log.set_position(start + step as u64)
+        })?;
         if let Some((path, limit)) = export {
             self.export(&model, &r, path, limit)?;
         }
@@ -437,47 +441,105 @@ impl Run<'_> {
         Ok((r, Some(model)))
     }
 
-    /// A fresh copy of the baseline with `policy` applied, fine-tuned for `final_steps` with
-    /// `seed` on the protocol's network (slimmed or masked; progress: one unit per step).
-    fn finetune(&mut self, policy: &Policy, hash: &str, seed: u64) -> Result<Model> {
-        let _span = tracing::info_span!("finetune", policy = hash, seed).entered();
-        let cfg = self.cfg;
-        let (mut model, info) = checkpoint::load(&self.base.path, None, &Device::Cpu)?;
-        // The full-precision baseline as the teacher (docs/method.md §7), compiled before the
-        // policy is applied.
-        let distill = if cfg.final_distill {
-            Some(train::Distill {
-                teacher: std::sync::Arc::new(seer_nn::eval::EvalNet::compile(&model)?),
-                temperature: 1.0,
-            })
-        } else {
-            None
-        };
-        let tc = train::TrainConfig {
-            distill,
-            steps: Some(cfg.final_steps),
-            batch_size: cfg.batch_size,
-            lr: cfg.lr,
-            seed,
-            // As the labels: the baseline's own augmentation (docs/method.md §3).
-            augment: seer_nn::labeler::finetune_augment(&info.info, &self.dname),
-            // The labels' network (slimmed under current protocols): same function, cheaper.
+    /// What a final fine-tune reads (shared by the workers), beside the run's log and its
+    /// prefetched models, borrowed apart.
+    fn finetune_parts(
+        &mut self,
+    ) -> (
+        FinetuneCtx<'_>,
+        &mut super::RunLog<'a>,
+        &mut std::collections::HashMap<String, Model>,
+    ) {
+        let ctx = FinetuneCtx {
+            cfg: self.cfg,
+            base: &self.base.path,
+            space: &self.space,
+            splits: &self.splits,
+            norm: &self.norm,
+            dname: &self.dname,
             network: self.protocol.network,
-            ..train::TrainConfig::default()
         };
-        let log = &mut self.log;
-        let start = log.position();
-        train::finetune_policy(
-            &mut model,
-            &self.space,
-            policy,
-            &self.splits.train,
-            &self.norm,
-            &tc,
-            &mut |s| log.set_position(start + s.step as u64 + 1),
+        (ctx, &mut self.log, &mut self.prefetched)
+    }
+
+    /// With more than one worker (`--workers`, [`workers::plan`]): fine-tunes every policy
+    /// the final stage needs and lacks a cached result for (the uniform baselines, each
+    /// choice and, for a budget, its rivals; for an accuracy target only the first of its
+    /// ladder), side by side, caching each result as it finishes and keeping its model for an
+    /// export. The stage then reads them as cached; the results are those of one fine-tune
+    /// after another (same seeds, same bits). With one worker: nothing (the stage fine-tunes
+    /// as it goes, and only the rivals it needs).
+    fn prefetch_finals(&mut self, chosen: &[Chosen]) -> Result<()> {
+        let mut todo: Vec<(String, Policy)> = Vec::new();
+        let wanted = self
+            .uniform
+            .iter()
+            .map(|u| &u.policy)
+            .chain(chosen.iter().flat_map(|c| {
+                let rivals = if c.target.is_none() {
+                    c.rivals.as_slice()
+                } else {
+                    &[]
+                };
+                std::iter::once(&c.found.policy).chain(rivals.iter().map(|r| &r.found.policy))
+            }));
+        for p in wanted {
+            let h = policy_hash(p);
+            if self.cached_final(p).is_none() && !todo.iter().any(|(t, _)| *t == h) {
+                todo.push((h, p.clone()));
+            }
+        }
+        let (workers, threads) = workers::plan(self.cfg.workers, todo.len());
+        if workers <= 1 {
+            return Ok(());
+        }
+        let steps = self.cfg.final_steps as u64;
+        let t = Instant::now();
+        self.log.line(&format!(
+            "final fine-tunes: {} on {workers} workers of {threads} thread{} each",
+            todo.len(),
+            if threads == 1 { "" } else { "s" }
+        ));
+        self.log
+            .stage("fine-tune (workers)", todo.len() as u64 * steps);
+        let final_seed = Stream::FinalFinetune.seed(self.cfg.seed);
+        let done_steps = std::sync::atomic::AtomicU64::new(0);
+        let out = self.out.clone();
+        let (ctx, log, prefetched) = self.finetune_parts();
+        // `done` and `tick` both write to the log, one at a time on this thread.
+        let log = std::cell::RefCell::new(log);
+        workers::map_ordered(
+            &todo,
+            workers,
+            threads,
+            |(hash, policy)| {
+                let seed = label_seed(final_seed, hash);
+                ctx.run(policy, hash, seed, &mut |_| {
+                    done_steps.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                })
+            },
+            |i, (r, model)| {
+                let (hash, _) = &todo[i];
+                let cache = out.join("final").join(format!("{hash}.json"));
+                let js = serde_json::to_string_pretty(&r).expect("serializes") + "\n";
+                crate::store::write_atomic(&cache, js.as_bytes())?;
+                log.borrow_mut().line(&format!(
+                    "final fine-tune of {hash}: validation top-1 {:.2}%, test {:.2}% in {:.1} s",
+                    r.top1_val.unwrap_or(f64::NAN),
+                    r.top1_test,
+                    r.seconds
+                ));
+                prefetched.insert(hash.clone(), model);
+                Ok(())
+            },
+            || {
+                let done = done_steps.load(std::sync::atomic::Ordering::Relaxed);
+                log.borrow_mut().set_position(done);
+            },
         )?;
-        log.set_position(start + cfg.final_steps as u64);
-        Ok(model)
+        self.log.finish();
+        self.timed("final fine-tunes (workers)", t);
+        Ok(())
     }
 
     /// Writes the slim fine-tuned float model (`final/<hash>.float.safetensors`, the
@@ -566,6 +628,81 @@ impl Run<'_> {
                 .log
                 .line(&format!("ONNX export skipped: {}", chain(&e))),
         }
+    }
+}
+
+/// The pieces of a run one final fine-tune reads ([`Run::finetune_parts`]); shared by the
+/// workers of [`Run::prefetch_finals`].
+struct FinetuneCtx<'r> {
+    cfg: &'r super::Config,
+    base: &'r Path,
+    space: &'r seer_policy::SearchSpace,
+    splits: &'r seer_nn::data::Splits,
+    norm: &'r seer_nn::data::Normalize,
+    dname: &'r seer_nn::data::DataSource,
+    network: crate::store::FinetuneNetwork,
+}
+
+impl FinetuneCtx<'_> {
+    /// A fresh copy of the baseline with `policy` applied, fine-tuned for `final_steps` with
+    /// `seed` on the protocol's network (slimmed or masked), then measured on the test and
+    /// validation splits; `on_step(k)` after step k (1-based). Returns the result (not yet
+    /// cached) and the model. Errors: loading the baseline, the fine-tune, the evaluations.
+    fn run(
+        &self,
+        policy: &Policy,
+        hash: &str,
+        seed: u64,
+        on_step: &mut dyn FnMut(usize),
+    ) -> Result<(FinalResult, Model)> {
+        let _span = tracing::info_span!("finetune", policy = hash, seed).entered();
+        let t = Instant::now();
+        let cfg = self.cfg;
+        let (mut model, info) = checkpoint::load(self.base, None, &Device::Cpu)?;
+        // The full-precision baseline as the teacher (docs/method.md §7), compiled before the
+        // policy is applied.
+        let distill = if cfg.final_distill {
+            Some(train::Distill {
+                teacher: std::sync::Arc::new(seer_nn::eval::EvalNet::compile(&model)?),
+                temperature: 1.0,
+            })
+        } else {
+            None
+        };
+        let tc = train::TrainConfig {
+            distill,
+            steps: Some(cfg.final_steps),
+            batch_size: cfg.batch_size,
+            lr: cfg.lr,
+            seed,
+            // As the labels: the baseline's own augmentation (docs/method.md §3).
+            augment: seer_nn::labeler::finetune_augment(&info.info, self.dname),
+            // The labels' network (slimmed under current protocols): same function, cheaper.
+            network: self.network,
+            ..train::TrainConfig::default()
+        };
+        train::finetune_policy(
+            &mut model,
+            self.space,
+            policy,
+            &self.splits.train,
+            self.norm,
+            &tc,
+            &mut |s| on_step(s.step + 1),
+        )?;
+        on_step(cfg.final_steps);
+        let test = train::evaluate(&model, &self.splits.test, self.norm, 256)?;
+        let val = train::evaluate(&model, &self.splits.val, self.norm, 256)?;
+        let r = FinalResult {
+            hash: hash.to_string(),
+            steps: cfg.final_steps,
+            seed,
+            top1_test: test.top1,
+            top1_val: Some(val.top1),
+            distill: cfg.final_distill,
+            seconds: t.elapsed().as_secs_f64(),
+        };
+        Ok((r, model))
     }
 }
 

@@ -55,6 +55,7 @@ pub mod streams;
 mod summary;
 pub mod target;
 mod timings;
+mod workers;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -148,6 +149,13 @@ pub struct Config {
     pub final_steps: usize,
     /// Mini-batch size of all fine-tunes.
     pub batch_size: usize,
+    /// Labels and final fine-tunes computed side by side (`--workers`): this many at a time,
+    /// each on its share of the cores (`0`: one per core; `1`: one after another on every
+    /// core, as before). On a small network several one-thread fine-tunes get through more
+    /// work than one fine-tune on every thread (docs/benchmarks.md, "Label workers"). The
+    /// results do not depend on it (the kernels give the same bits on any thread count).
+    #[serde(default)]
+    pub workers: usize,
     /// Peak learning rate of all fine-tunes (cosine decay).
     pub lr: f64,
     /// Seed of every random choice.
@@ -222,6 +230,7 @@ impl Config {
             label_val_images: None,
             final_steps: 600,
             batch_size: 64,
+            workers: 0,
             lr: 0.01,
             seed: 0,
             max_drop: None,
@@ -405,6 +414,9 @@ struct Run<'a> {
     origin: HashMap<Vec<usize>, String>,
     /// Labels computed by this invocation (the rest were found in the store).
     computed: usize,
+    /// Models fine-tuned by the final stage's workers, by policy hash, until exported
+    /// (`finals::prefetch_finals`).
+    prefetched: HashMap<String, seer_nn::model::Model>,
     /// The run directory's driver lock, held until the run ends.
     _lock: RunLock,
 }

@@ -151,6 +151,7 @@ impl<'a> Run<'a> {
             planned: Vec::new(),
             origin: HashMap::new(),
             computed: 0,
+            prefetched: HashMap::new(),
             _lock: lock,
         })
     }

@@ -9,12 +9,12 @@ use std::time::Instant;
 use seer_policy::Policy;
 use seer_predictor::Predictor;
 
-use super::{Executor, Run, Stream, sampling};
+use super::{Executor, Run, Stream, sampling, workers};
 use crate::budget::ResolvedBudget;
 use crate::error::{Error, Result};
 use crate::label::cluster::{self, SlurmSettings};
 use crate::search::{Found, find_policy};
-use crate::store::{LabelRecord, label_missing, policy_hash};
+use crate::store::{LabelRecord, pending_labels, policy_hash};
 
 impl Run<'_> {
     /// Records the time since `t` as stage `name` of the report's timings.
@@ -38,25 +38,56 @@ impl Run<'_> {
         if let Executor::Slurm(settings) = &self.cfg.executor {
             return self.label_batch_slurm(batch, &pols, settings);
         }
-        let (space, labeler, log) = (&self.space, &self.labeler, &mut self.log);
-        let w8a8 = self.budgets.w8a8;
-        let rep = label_missing(&mut self.store, space, &pols, |p, seed| {
-            let t = Instant::now();
-            let m = labeler.label(p, seed, &mut |_, _| {})?;
-            log.inc(1);
-            let c = space.cost(p).map(|c| c.total_bops).unwrap_or(0);
-            log.line(&format!(
-                "label {}: {} BOPs ({:.1}% of w8a8), val top-1 {:.2}% in {:.1} s",
-                policy_hash(p),
-                c,
-                100.0 * c as f64 / w8a8 as f64,
-                m.top1,
-                t.elapsed().as_secs_f64()
+        let (pending, _) = pending_labels(&self.store, &self.space, &pols)?;
+        let (workers, threads) = workers::plan(self.cfg.workers, pending.len());
+        if workers > 1 {
+            self.log.line(&format!(
+                "batch {batch}: {} labels on {workers} workers of {threads} thread{} each",
+                pending.len(),
+                if threads == 1 { "" } else { "s" }
             ));
-            log.message(&format!("last {:.2}%", m.top1));
-            Ok::<_, Error>(m)
-        })?;
-        self.computed += rep.labelled;
+        }
+        let (space, labeler, store, log) =
+            (&self.space, &self.labeler, &mut self.store, &mut self.log);
+        let protocol = store.protocol().clone();
+        let w8a8 = self.budgets.w8a8;
+        let mut labelled = 0;
+        workers::map_ordered(
+            &pending,
+            workers,
+            threads,
+            |p| {
+                let _span = tracing::info_span!("label", hash = %p.hash, seed = p.seed).entered();
+                let t = Instant::now();
+                let m = labeler
+                    .label(&p.policy, p.seed, &mut |_, _| {})
+                    .map_err(|e| seer_label::Error::Labeller {
+                        hash: p.hash.clone(),
+                        err: Box::new(e),
+                    })?;
+                Ok((m, t.elapsed().as_secs_f64()))
+            },
+            |i, (m, seconds)| {
+                let p = &pending[i];
+                let rec = LabelRecord::new(space, &protocol, p.policy.clone(), m.top1, seconds)?;
+                let bops = rec.bops;
+                store.append(rec)?;
+                labelled += 1;
+                log.inc(1);
+                log.line(&format!(
+                    "label {}: {} BOPs ({:.1}% of w8a8), val top-1 {:.2}% in {:.1} s",
+                    p.hash,
+                    bops,
+                    100.0 * bops as f64 / w8a8 as f64,
+                    m.top1,
+                    seconds
+                ));
+                log.message(&format!("last {:.2}%", m.top1));
+                Ok(())
+            },
+            || {},
+        )?;
+        self.computed += labelled;
         Ok(())
     }
 
