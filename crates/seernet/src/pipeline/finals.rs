@@ -504,6 +504,13 @@ impl<'a> Run<'a> {
             .stage("fine-tune (workers)", todo.len() as u64 * steps);
         let final_seed = Stream::FinalFinetune.seed(self.cfg.seed);
         let done_steps = std::sync::atomic::AtomicU64::new(0);
+        // The largest networks first (MACs), so that the stage does not end on one long
+        // fine-tune beside an idle worker.
+        let macs = todo
+            .iter()
+            .map(|(_, p)| Ok(self.space.cost(p)?.total_macs))
+            .collect::<Result<Vec<u64>>>()?;
+        let order = workers::largest_first(&macs);
         let out = self.out.clone();
         let (ctx, log, prefetched) = self.finetune_parts();
         // `done` and `tick` both write to the log, one at a time on this thread.
@@ -512,6 +519,7 @@ impl<'a> Run<'a> {
             &todo,
             workers,
             threads,
+            &order,
             |(hash, policy)| {
                 let seed = label_seed(final_seed, hash);
                 ctx.run(policy, hash, seed, &mut |_| {

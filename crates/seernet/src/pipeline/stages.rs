@@ -52,10 +52,17 @@ impl Run<'_> {
         let protocol = store.protocol().clone();
         let w8a8 = self.budgets.w8a8;
         let mut labelled = 0;
+        // The largest networks first (MACs; a label's time follows them), so that a batch does
+        // not end on one large label beside an idle worker.
+        let macs = pending
+            .iter()
+            .map(|p| Ok(space.cost(&p.policy)?.total_macs))
+            .collect::<Result<Vec<u64>>>()?;
         workers::map_ordered(
             &pending,
             workers,
             threads,
+            &workers::largest_first(&macs),
             |p| {
                 let _span = tracing::info_span!("label", hash = %p.hash, seed = p.seed).entered();
                 let t = Instant::now();

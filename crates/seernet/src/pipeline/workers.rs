@@ -31,8 +31,19 @@ fn plan_for(requested: usize, n: usize, cores: usize) -> (usize, usize) {
     (workers, (cores / workers).max(1))
 }
 
+/// The order to start jobs of costs `costs` in: largest first (ties in item order), so that
+/// the last jobs of a batch are short and no worker idles long beside the last one (the
+/// longest-processing-time rule).
+pub(crate) fn largest_first(costs: &[u64]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..costs.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(costs[i]));
+    order
+}
+
 /// Runs `job` on every item of `items` on `workers` threads (each in its own rayon pool of
-/// `threads` threads; with one worker, on the caller's thread and pool) and hands each result
+/// `threads` threads; with one worker, on the caller's thread and pool), starting them in
+/// `start_order` (a permutation of the item indices, e.g. [`largest_first`]; one worker
+/// takes them in item order), and hands each result
 /// to `done` on the calling thread, in item order, as soon as it and every earlier one are
 /// finished; `tick` runs on the calling thread about every 200 ms while jobs run (progress
 /// from counters the jobs update). After the first error (of a job or of `done`) no new job starts; jobs already
@@ -43,6 +54,7 @@ pub(crate) fn map_ordered<T, R>(
     items: &[T],
     workers: usize,
     threads: usize,
+    start_order: &[usize],
     job: impl Fn(&T) -> Result<R> + Sync,
     mut done: impl FnMut(usize, R) -> Result<()>,
     mut tick: impl FnMut(),
@@ -51,6 +63,16 @@ where
     T: Sync,
     R: Send,
 {
+    {
+        let mut sorted = start_order.to_vec();
+        sorted.sort_unstable();
+        if !sorted.iter().copied().eq(0..items.len()) {
+            return Err(Error::Config {
+                what: "worker start order".into(),
+                msg: format!("not a permutation of the {} items", items.len()),
+            });
+        }
+    }
     if workers <= 1 || items.len() <= 1 {
         for (i, it) in items.iter().enumerate() {
             done(i, job(it)?)?;
@@ -81,8 +103,9 @@ where
                     if stop.load(Ordering::SeqCst) {
                         break;
                     }
-                    let i = next.fetch_add(1, Ordering::SeqCst);
-                    let Some(it) = items.get(i) else { break };
+                    let k = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(&i) = start_order.get(k) else { break };
+                    let it = &items[i];
                     let r = pool.install(|| job(it));
                     if r.is_err() {
                         stop.store(true, Ordering::SeqCst);
@@ -121,7 +144,8 @@ where
                 }
             }
         }
-        // A job that failed after a gap (an earlier item never ran: the workers stopped).
+        // A job that failed after a gap (an earlier item had not started when the workers
+        // stopped): its error, the earliest such.
         if failed.is_none()
             && let Some((i, Err(e))) = waiting.into_iter().find(|(_, r)| r.is_err())
         {
@@ -147,6 +171,44 @@ mod tests {
     }
 
     #[test]
+    fn largest_first_orders_by_cost_then_item() {
+        assert_eq!(largest_first(&[3, 9, 3, 12, 0]), vec![3, 1, 0, 2, 4]);
+        assert!(largest_first(&[]).is_empty());
+    }
+
+    #[test]
+    fn a_start_order_that_is_not_a_permutation_is_refused() {
+        for order in [vec![0, 0, 1], vec![0, 1], vec![0, 1, 3]] {
+            let e = map_ordered(&[1, 2, 3], 2, 1, &order, |&x| Ok(x), |_, _| Ok(()), || {})
+                .unwrap_err();
+            assert!(e.to_string().contains("not a permutation"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_failure_before_an_unstarted_item_is_returned() {
+        // Started from the end: item 30 fails while items 0..30 never start.
+        let items: Vec<usize> = (0..40).collect();
+        let order: Vec<usize> = (0..40).rev().collect();
+        let mut got = Vec::new();
+        let err = map_ordered(
+            &items,
+            2,
+            1,
+            &order,
+            |&x| if x == 30 { Err(fail("item 30")) } else { Ok(x) },
+            |i, _| {
+                got.push(i);
+                Ok(())
+            },
+            || {},
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("item 30"), "{err}");
+        assert!(got.is_empty(), "{got:?}");
+    }
+
+    #[test]
     fn plan_shares_the_cores() {
         assert_eq!(plan_for(0, 10, 2), (2, 1));
         assert_eq!(plan_for(0, 1, 2), (1, 2), "one job takes every core");
@@ -164,10 +226,13 @@ mod tests {
         for (workers, threads) in [(1, 1), (2, 1), (3, 2), (5, 1)] {
             let seen = Mutex::new(Vec::new());
             let mut got = Vec::new();
+            // Started last-first: every result waits for the earlier ones.
+            let order: Vec<usize> = (0..items.len()).rev().collect();
             map_ordered(
                 &items,
                 workers,
                 threads,
+                &order,
                 |&x| {
                     // Later items finish first now and then.
                     std::thread::sleep(std::time::Duration::from_millis((23 - x) % 4));
@@ -198,6 +263,7 @@ mod tests {
             &items,
             2,
             1,
+            &(0..40).collect::<Vec<_>>(),
             |&x| {
                 started.fetch_add(1, Ordering::SeqCst);
                 if x == 5 {
@@ -230,6 +296,7 @@ mod tests {
             &items,
             2,
             1,
+            &(0..40).collect::<Vec<_>>(),
             |&x| {
                 started.fetch_add(1, Ordering::SeqCst);
                 std::thread::sleep(std::time::Duration::from_millis(2));
