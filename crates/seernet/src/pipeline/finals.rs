@@ -546,7 +546,11 @@ impl<'a> Run<'a> {
             },
         )?;
         self.log.finish();
-        self.timed("final fine-tunes (workers)", t);
+        // (Timed as part of the stage's "final fine-tune + export".)
+        tracing::debug!(
+            seconds = t.elapsed().as_secs_f64(),
+            "final fine-tunes on the workers"
+        );
         Ok(())
     }
 
