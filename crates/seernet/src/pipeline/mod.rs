@@ -178,7 +178,8 @@ pub struct Config {
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Executor {
-    /// One label after another in this process (the default).
+    /// In this process (the default): [`Config::workers`] labels at a time, stored in plan
+    /// order.
     #[default]
     Local,
     /// Every labelling batch (the initial set, the anchors, each active and each verification

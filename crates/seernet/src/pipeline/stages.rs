@@ -22,8 +22,10 @@ impl Run<'_> {
         self.timings.record(name, t);
     }
 
-    /// Labels the policies of `rows` that the store lacks (one label each, stored as it
-    /// finishes) and counts them in [`Run::computed`]; policies already stored only advance the
+    /// Labels the policies of `rows` that the store lacks,
+    /// [`Config::workers`](super::Config::workers) at a time (largest networks started first;
+    /// each stored, in plan order, once it and every earlier one are finished) and counts them
+    /// in [`Run::computed`]; policies already stored only advance the
     /// progress. With the Slurm executor the batch runs as one job array named after `batch`
     /// ([`Run::label_batch_slurm`]). Errors: the label store's and the labeller's (or the
     /// scheduler's), as [`Error::Label`].
