@@ -37,6 +37,14 @@ struct FinalResult {
     seconds: f64,
 }
 
+impl FinalResult {
+    /// Writes the result to `path` (atomically: an interrupted write leaves no cache).
+    fn save(&self, path: &Path) -> Result<()> {
+        let js = serde_json::to_string_pretty(self).expect("serializes") + "\n";
+        Ok(crate::store::write_atomic(path, js.as_bytes())?)
+    }
+}
+
 /// What the final fine-tunes measured, for the report.
 pub(super) struct Finals {
     pub(super) outcomes: Vec<report::BudgetOutcome>,
@@ -254,8 +262,8 @@ impl<'a> Run<'a> {
     /// distillation), when it exists and records a validation top-1.
     fn cached_final(&self, policy: &Policy) -> Option<FinalResult> {
         let hash = policy_hash(policy);
-        let seed = label_seed(Stream::FinalFinetune.seed(self.cfg.seed), &hash);
-        let path = self.out.join("final").join(format!("{hash}.json"));
+        let seed = self.final_seed(&hash);
+        let path = self.final_cache(&hash);
         let text = std::fs::read_to_string(path).ok()?;
         let r: FinalResult = serde_json::from_str(&text).ok()?;
         (r.steps == self.cfg.final_steps
@@ -400,8 +408,8 @@ impl<'a> Run<'a> {
     ) -> Result<(FinalResult, Option<Model>)> {
         let cfg = self.cfg;
         let hash = policy_hash(policy);
-        let cache = cfg.out_dir.join("final").join(format!("{hash}.json"));
-        let seed = label_seed(Stream::FinalFinetune.seed(cfg.seed), &hash);
+        let cache = self.final_cache(&hash);
+        let seed = self.final_seed(&hash);
         // Fine-tuned by this invocation's workers (`prefetch_finals`): its model is taken
         // when it has to be exported, else the result is read from the cache below.
         if let Some((path, limit)) = export
@@ -436,9 +444,18 @@ impl<'a> Run<'a> {
         if let Some((path, limit)) = export {
             self.export(&model, &r, path, limit)?;
         }
-        let js = serde_json::to_string_pretty(&r).expect("serializes") + "\n";
-        crate::store::write_atomic(&cache, js.as_bytes())?;
+        r.save(&cache)?;
         Ok((r, Some(model)))
+    }
+
+    /// The seed of `hash`'s final fine-tune: `label_seed(`[`Stream::FinalFinetune`]`, hash)`.
+    fn final_seed(&self, hash: &str) -> u64 {
+        label_seed(Stream::FinalFinetune.seed(self.cfg.seed), hash)
+    }
+
+    /// Where `hash`'s final result is cached: `<run>/final/<hash>.json`.
+    fn final_cache(&self, hash: &str) -> std::path::PathBuf {
+        self.out.join("final").join(format!("{hash}.json"))
     }
 
     /// What a final fine-tune reads (shared by the workers), beside the run's log and its
@@ -470,7 +487,8 @@ impl<'a> Run<'a> {
     /// after another (same seeds, same bits). With one worker: nothing (the stage fine-tunes
     /// as it goes, and only the rivals it needs).
     fn prefetch_finals(&mut self, chosen: &[Chosen]) -> Result<()> {
-        let mut todo: Vec<(String, Policy)> = Vec::new();
+        // (hash, policy, seed, cache file) of each fine-tune to make.
+        let mut todo: Vec<(String, Policy, u64, std::path::PathBuf)> = Vec::new();
         let wanted = self
             .uniform
             .iter()
@@ -485,8 +503,13 @@ impl<'a> Run<'a> {
             }));
         for p in wanted {
             let h = policy_hash(p);
-            if self.cached_final(p).is_none() && !todo.iter().any(|(t, _)| *t == h) {
-                todo.push((h, p.clone()));
+            if self.cached_final(p).is_none() && !todo.iter().any(|t| t.0 == h) {
+                todo.push((
+                    h.clone(),
+                    p.clone(),
+                    self.final_seed(&h),
+                    self.final_cache(&h),
+                ));
             }
         }
         let (workers, threads) = workers::plan(self.cfg.workers, todo.len());
@@ -495,23 +518,14 @@ impl<'a> Run<'a> {
         }
         let steps = self.cfg.final_steps as u64;
         let t = Instant::now();
-        self.log.line(&format!(
-            "final fine-tunes: {} on {workers} workers of {threads} thread{} each",
-            todo.len(),
-            if threads == 1 { "" } else { "s" }
-        ));
+        let what = workers::describe(todo.len(), "fine-tunes", workers, threads);
+        self.log.line(&format!("final fine-tunes: {what}"));
         self.log
             .stage("fine-tune (workers)", todo.len() as u64 * steps);
-        let final_seed = Stream::FinalFinetune.seed(self.cfg.seed);
         let done_steps = std::sync::atomic::AtomicU64::new(0);
-        // The largest networks first (MACs), so that the stage does not end on one long
-        // fine-tune beside an idle worker.
-        let macs = todo
-            .iter()
-            .map(|(_, p)| Ok(self.space.cost(p)?.total_macs))
-            .collect::<Result<Vec<u64>>>()?;
-        let order = workers::largest_first(&macs);
-        let out = self.out.clone();
+        // The largest networks first, so that the stage does not end on one long fine-tune
+        // beside an idle worker.
+        let order = workers::largest_networks_first(&self.space, todo.iter().map(|t| &t.1))?;
         let (ctx, log, prefetched) = self.finetune_parts();
         // `done` and `tick` both write to the log, one at a time on this thread.
         let log = std::cell::RefCell::new(log);
@@ -520,17 +534,14 @@ impl<'a> Run<'a> {
             workers,
             threads,
             &order,
-            |(hash, policy)| {
-                let seed = label_seed(final_seed, hash);
-                ctx.run(policy, hash, seed, &mut |_| {
+            |(hash, policy, seed, _)| {
+                ctx.run(policy, hash, *seed, &mut |_| {
                     done_steps.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 })
             },
             |i, (r, model)| {
-                let (hash, _) = &todo[i];
-                let cache = out.join("final").join(format!("{hash}.json"));
-                let js = serde_json::to_string_pretty(&r).expect("serializes") + "\n";
-                crate::store::write_atomic(&cache, js.as_bytes())?;
+                let (hash, _, _, cache) = &todo[i];
+                r.save(cache)?;
                 log.borrow_mut().line(&format!(
                     "final fine-tune of {hash}: validation top-1 {:.2}%, test {:.2}% in {:.1} s",
                     r.top1_val.unwrap_or(f64::NAN),

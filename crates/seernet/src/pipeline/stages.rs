@@ -43,28 +43,22 @@ impl Run<'_> {
         let (pending, _) = pending_labels(&self.store, &self.space, &pols)?;
         let (workers, threads) = workers::plan(self.cfg.workers, pending.len());
         if workers > 1 {
-            self.log.line(&format!(
-                "batch {batch}: {} labels on {workers} workers of {threads} thread{} each",
-                pending.len(),
-                if threads == 1 { "" } else { "s" }
-            ));
+            let what = workers::describe(pending.len(), "labels", workers, threads);
+            self.log.line(&format!("batch {batch}: {what}"));
         }
         let (space, labeler, store, log) =
             (&self.space, &self.labeler, &mut self.store, &mut self.log);
         let protocol = store.protocol().clone();
         let w8a8 = self.budgets.w8a8;
         let mut labelled = 0;
-        // The largest networks first (MACs; a label's time follows them), so that a batch does
-        // not end on one large label beside an idle worker.
-        let macs = pending
-            .iter()
-            .map(|p| Ok(space.cost(&p.policy)?.total_macs))
-            .collect::<Result<Vec<u64>>>()?;
+        // The largest networks first, so that a batch does not end on one large label beside
+        // an idle worker.
+        let order = workers::largest_networks_first(space, pending.iter().map(|p| &p.policy))?;
         workers::map_ordered(
             &pending,
             workers,
             threads,
-            &workers::largest_first(&macs),
+            &order,
             |p| {
                 let _span = tracing::info_span!("label", hash = %p.hash, seed = p.seed).entered();
                 let t = Instant::now();

@@ -40,6 +40,26 @@ pub(crate) fn largest_first(costs: &[u64]) -> Vec<usize> {
     order
 }
 
+/// [`largest_first`] by the MACs of `policies` (a fine-tune's time follows them). Err(Policy)
+/// for a policy outside `space`.
+pub(crate) fn largest_networks_first<'p>(
+    space: &seer_policy::SearchSpace,
+    policies: impl Iterator<Item = &'p seer_policy::Policy>,
+) -> Result<Vec<usize>> {
+    let macs = policies
+        .map(|p| Ok(space.cost(p)?.total_macs))
+        .collect::<Result<Vec<u64>>>()?;
+    Ok(largest_first(&macs))
+}
+
+/// `9 labels on 2 workers of 1 thread each`, for the run log (`what`: `labels`, ...).
+pub(crate) fn describe(n: usize, what: &str, workers: usize, threads: usize) -> String {
+    format!(
+        "{n} {what} on {workers} workers of {threads} thread{} each",
+        if threads == 1 { "" } else { "s" }
+    )
+}
+
 /// Runs `job` on every item of `items` on `workers` threads (each in its own rayon pool of
 /// `threads` threads; with one worker, on the caller's thread and pool), starting them in
 /// `start_order` (a permutation of the item indices, e.g. [`largest_first`]; one worker
@@ -206,6 +226,18 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains("item 30"), "{err}");
         assert!(got.is_empty(), "{got:?}");
+    }
+
+    #[test]
+    fn describe_counts() {
+        assert_eq!(
+            describe(9, "labels", 2, 1),
+            "9 labels on 2 workers of 1 thread each"
+        );
+        assert_eq!(
+            describe(3, "jobs", 4, 4),
+            "3 jobs on 4 workers of 4 threads each"
+        );
     }
 
     #[test]
