@@ -72,6 +72,12 @@ fn child_config() -> Config {
     if let Ok(w) = std::env::var("IT_WORKERS") {
         c.workers = w.parse().unwrap();
     }
+    if let Ok(f) = std::env::var("IT_LABEL_CACHE") {
+        c.label_cache = Some(f.into());
+    }
+    if let Ok(d) = std::env::var("IT_FINAL_CACHE") {
+        c.final_cache = Some(d.into());
+    }
     if let Ok(a) = std::env::var("IT_ACQ") {
         c.acquisition = a.parse().unwrap();
     }
@@ -138,9 +144,26 @@ fn kill_resume_determinism_and_errors() {
     synthetic_data(&data_root, 800);
 
     // Run A, uninterrupted (trains its own baseline), two labels and two final fine-tunes at
-    // a time (`--workers 2`; run B below works one after another).
+    // a time (`--workers 2`; run B below works one after another), sharing its labels and
+    // final fine-tunes through a label cache and a final cache (run C below reads them).
     let a = td.path().join("a");
-    let o = run_child(&data_root, &a, &[("IT_WORKERS", "2".into())]);
+    let cache = td.path().join("shared");
+    let caches = [
+        (
+            "IT_LABEL_CACHE",
+            cache.join("labels.jsonl").display().to_string(),
+        ),
+        ("IT_FINAL_CACHE", cache.join("final").display().to_string()),
+    ];
+    let o = run_child(
+        &data_root,
+        &a,
+        &[
+            ("IT_WORKERS", "2".into()),
+            caches[0].clone(),
+            caches[1].clone(),
+        ],
+    );
     assert!(
         o.status.success(),
         "run A failed: {}",
@@ -389,6 +412,98 @@ fn kill_resume_determinism_and_errors() {
             "final {key} differ with workers"
         );
     }
+
+    // Run C: run A's settings on A's baseline with A's label and final caches, one worker:
+    // every label and every final fine-tune is taken from the caches (none computed), the
+    // exports are made from the cached float models, and everything equals run A's.
+    let c = td.path().join("c");
+    let o = run_child(
+        &data_root,
+        &c,
+        &[
+            base[0].clone(),
+            base[1].clone(),
+            caches[0].clone(),
+            caches[1].clone(),
+        ],
+    );
+    assert!(
+        o.status.success(),
+        "run C failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let sc: Summary =
+        serde_json::from_str(&std::fs::read_to_string(c.join("summary.json")).unwrap()).unwrap();
+    assert_eq!((sc.labels, sc.labels_computed), (sa.labels, 0));
+    let log_c = std::fs::read_to_string(c.join("run.log")).unwrap();
+    assert!(
+        log_c.contains("labels taken from the label cache"),
+        "{log_c}"
+    );
+    assert!(log_c.contains("exported from its stored model"), "{log_c}");
+    assert!(
+        !log_c.contains("final fine-tunes: "),
+        "run C fine-tuned: {log_c}"
+    );
+    // Every final result of run C is the shared cache's, copied (a fine-tune made again would
+    // record its own wall time).
+    let proto_dirs: Vec<PathBuf> = std::fs::read_dir(cache.join("final"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(proto_dirs.len(), 1, "one protocol: {proto_dirs:?}");
+    let mut finals_c = 0;
+    for e in std::fs::read_dir(c.join("final")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "json") {
+            let shared = proto_dirs[0].join(p.file_name().unwrap());
+            assert_eq!(
+                std::fs::read_to_string(&p).unwrap(),
+                std::fs::read_to_string(&shared).unwrap(),
+                "{} was fine-tuned again",
+                p.display()
+            );
+            finals_c += 1;
+        }
+    }
+    assert!(finals_c >= 3, "{finals_c} final results");
+    assert_eq!(policies(&c), pa, "policy-*.json differ with the caches");
+    for (name, _) in &pa {
+        let model = name
+            .replace("policy-", "model-")
+            .replace(".json", ".safetensors");
+        assert!(
+            std::fs::read(a.join(&model)).unwrap() == std::fs::read(c.join(&model)).unwrap(),
+            "{model} differs when exported from the cached float model"
+        );
+    }
+    let labels_c = read_store(c.join("labels.jsonl")).unwrap().records;
+    assert_eq!(labels_c.len(), labels_a.len());
+    for r in &labels_c {
+        let ra = labels_a
+            .iter()
+            .find(|x| x.hash == r.hash)
+            .expect("same plan");
+        assert_eq!(ra.top1, r.top1, "label {} differs from the cache", r.hash);
+    }
+    // The label cache cannot be the run's own store.
+    let own = td.path().join("own");
+    let o = run_child(
+        &data_root,
+        &own,
+        &[
+            base[0].clone(),
+            (
+                "IT_LABEL_CACHE",
+                own.join("labels.jsonl").display().to_string(),
+            ),
+        ],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("is this run's own label store"),
+        "{err}"
+    );
 
     // The other acquisitions run the same loop.
     for acq in ["counterfactual", "random"] {

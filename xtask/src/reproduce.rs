@@ -78,7 +78,28 @@ impl Preset {
             Self {
                 net: "resnet20",
                 quick: false,
-                compress_flags: s(&["--arch", "resnet20"]),
+                // The default run's network, budgets and label protocol (50 steps scored on
+                // 2,000 validation images) with a label budget of 41 per method (16 initial
+                // + 5 uniform and 3 fit-ilp anchors + 2 rounds of 4 + 2 verification rounds
+                // at κ = 0 + 1 fill round, per budget where it applies) and 150-step final
+                // fine-tunes, so that the matrix fits in about 2 hours on 2 cores
+                // (docs/benchmarks.md, "Reproduction").
+                compress_flags: s(&[
+                    "--arch",
+                    "resnet20",
+                    "--n0",
+                    "16",
+                    "--rounds",
+                    "2",
+                    "--k",
+                    "4",
+                    "--kappas",
+                    "0",
+                    "--fill-rounds",
+                    "1",
+                    "--final-steps",
+                    "150",
+                ]),
                 cv_seeds: 3,
             }
         }
@@ -140,14 +161,18 @@ impl Job {
     }
 }
 
-/// Every job of the matrix, compress runs first (method-major, then seed), then the random
-/// acquisition runs, then the predictor's cross-validations. `runs` is the network's run root
+/// Every job of the matrix: per seed every method's compress run, then the random acquisition
+/// run; then the predictor's cross-validations. The compress runs of one seed share a label
+/// store and a final fine-tune cache (`<runs>/cache-s<seed>/`, `seernet compress --label-cache
+/// --final-cache`): a policy two methods both label, or both fine-tune, is computed once, with
+/// the same result each would compute alone. `runs` is the network's run root
 /// (`<out>/<net>`), `root` the workspace root (where the labelled sets are).
 pub fn jobs(p: &Preset, runs: &Path, root: &Path) -> Vec<Job> {
     let mut v = Vec::new();
     let mut compress =
         |name: String, method: &'static str, acquisition: &'static str, seed: u64| {
             let dir = runs.join(&name);
+            let cache = runs.join(format!("cache-s{seed}"));
             let mut args = vec!["compress".to_string()];
             args.extend(p.compress_flags.iter().cloned());
             for (f, val) in [
@@ -155,6 +180,11 @@ pub fn jobs(p: &Preset, runs: &Path, root: &Path) -> Vec<Job> {
                 ("--acquisition", acquisition.to_string()),
                 ("--seed", seed.to_string()),
                 ("--out", dir.display().to_string()),
+                (
+                    "--label-cache",
+                    cache.join("labels.jsonl").display().to_string(),
+                ),
+                ("--final-cache", cache.join("final").display().to_string()),
             ] {
                 args.push(f.into());
                 args.push(val);
@@ -171,13 +201,11 @@ pub fn jobs(p: &Preset, runs: &Path, root: &Path) -> Vec<Job> {
                 },
             });
         };
-    for method in METHODS {
-        for seed in SEEDS {
+    for seed in SEEDS {
+        for method in METHODS {
             compress(format!("{method}-s{seed}"), method, "std", seed);
         }
-    }
-    for acq in ACQUISITIONS.iter().filter(|a| **a != "std") {
-        for seed in SEEDS {
+        for acq in ACQUISITIONS.iter().filter(|a| **a != "std") {
             compress(format!("seernet-acq-{acq}-s{seed}"), "seernet", acq, seed);
         }
     }
@@ -1144,11 +1172,15 @@ mod tests {
         let names: std::collections::BTreeSet<_> = j.iter().map(|j| j.dir.clone()).collect();
         assert_eq!(names.len(), j.len());
         assert_eq!(j[0].dir, Path::new("/r/resnet20/seernet-s0"));
-        let a = j[4].args.join(" ");
+        // Seed-major: a seed's methods, then its random-acquisition run.
+        assert_eq!(j[6].name, "seernet-acq-random-s0");
+        let a = j[8].args.join(" ");
         assert_eq!(
             a,
-            "compress --arch resnet20 --method fit-ilp --acquisition std --seed 1 \
-             --out /r/resnet20/fit-ilp-s1 --quiet"
+            "compress --arch resnet20 --n0 16 --rounds 2 --k 4 --kappas 0 --fill-rounds 1 \
+             --final-steps 150 --method fit-ilp --acquisition std --seed 1 \
+             --out /r/resnet20/fit-ilp-s1 --label-cache /r/resnet20/cache-s1/labels.jsonl \
+             --final-cache /r/resnet20/cache-s1/final --quiet"
         );
         assert!(j.iter().any(|j| j.name == "seernet-acq-random-s2"
             && j.args.windows(2).any(|w| w == ["--acquisition", "random"])));

@@ -85,6 +85,11 @@ pub struct CompressArgs {
     /// top-1 (0: take the barrier optimum of μ unverified) [default: 2; with --quick: 1].
     #[arg(long)]
     verify_rounds: Option<usize>,
+    /// Fill rounds after the verification rounds: per round and budget, the best labelled
+    /// policy within the budget is upgraded within it while the predictor gains, and the
+    /// upgrade is labelled (docs/method.md §6; 0: none) [default: 2; with --quick: 1].
+    #[arg(long)]
+    fill_rounds: Option<usize>,
     /// Do not label the fit-ilp optimum of every budget as an anchor (by default the
     /// predictor methods label it after the uniform anchors, so the validated choice never
     /// falls behind that zero-label baseline on validation; docs/method.md §5).
@@ -106,6 +111,15 @@ pub struct CompressArgs {
     /// (docs/benchmarks.md, "Label workers") [default: 0].
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
+    /// A label store shared with other runs of the same labelling protocol (e.g. other
+    /// methods or budgets on the same seed): labels found there are copied instead of
+    /// computed, and the labels computed are added to it. Results do not depend on it.
+    #[arg(long, value_name = "FILE")]
+    label_cache: Option<PathBuf>,
+    /// A directory of final fine-tunes (results and fine-tuned models) shared the same way:
+    /// a fine-tune found there for the same protocol, seed and steps is not redone.
+    #[arg(long, value_name = "DIR")]
+    final_cache: Option<PathBuf>,
     /// Pessimism levels κ of the verification rounds (the search maximises μ − κσ;
     /// comma-separated, each ≥ 0) [default: 0,1,2].
     #[arg(long, value_delimiter = ',')]
@@ -296,11 +310,14 @@ pub fn run_cmd(a: CompressArgs) -> Result<()> {
         cfg.label_val_images = Some(n);
     }
     cfg.verify_rounds = a.verify_rounds.unwrap_or(cfg.verify_rounds);
+    cfg.fill_rounds = a.fill_rounds.unwrap_or(cfg.fill_rounds);
     if a.no_fit_anchors {
         cfg.fit_anchors = false;
     }
     cfg.final_rivals = a.final_rivals.unwrap_or(cfg.final_rivals);
     cfg.workers = a.workers.unwrap_or(cfg.workers);
+    cfg.label_cache = a.label_cache.or(cfg.label_cache);
+    cfg.final_cache = a.final_cache.or(cfg.final_cache);
     if a.no_final_distill {
         cfg.final_distill = false;
     }

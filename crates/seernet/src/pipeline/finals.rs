@@ -260,17 +260,63 @@ impl<'a> Run<'a> {
 
     /// The cached final result of `policy` under this run's final fine-tune (steps, seed and
     /// distillation), when it exists and records a validation top-1.
+    ///
+    /// With a shared final cache ([`Config::final_cache`](super::Config::final_cache)) a result
+    /// found only there is copied into the run's own cache and returned.
     fn cached_final(&self, policy: &Policy) -> Option<FinalResult> {
         let hash = policy_hash(policy);
-        let seed = self.final_seed(&hash);
-        let path = self.final_cache(&hash);
-        let text = std::fs::read_to_string(path).ok()?;
-        let r: FinalResult = serde_json::from_str(&text).ok()?;
-        (r.steps == self.cfg.final_steps
-            && r.seed == seed
-            && r.top1_val.is_some()
-            && r.distill == self.cfg.final_distill)
-            .then_some(r)
+        let valid = |path: &Path| -> Option<FinalResult> {
+            let text = std::fs::read_to_string(path).ok()?;
+            let r: FinalResult = serde_json::from_str(&text).ok()?;
+            (r.steps == self.cfg.final_steps
+                && r.seed == self.final_seed(&hash)
+                && r.top1_val.is_some()
+                && r.distill == self.cfg.final_distill)
+                .then_some(r)
+        };
+        let own = self.final_cache(&hash);
+        if let Some(r) = valid(&own) {
+            return Some(r);
+        }
+        let r = valid(&self.shared_final_dir()?.join(format!("{hash}.json")))?;
+        // The copy only saves a later lookup; without it the shared file is read again.
+        let _ = r.save(&own);
+        Some(r)
+    }
+
+    /// The directory of this run's protocol in the shared final cache
+    /// ([`Config::final_cache`](super::Config::final_cache)): `DIR/<labelling protocol hash>`.
+    fn shared_final_dir(&self) -> Option<std::path::PathBuf> {
+        let dir = self.cfg.final_cache.as_ref()?;
+        Some(dir.join(self.protocol.hash()))
+    }
+
+    /// The fine-tuned float model of `r` stored by an earlier fine-tune (the run's own
+    /// `final/<hash>.float.safetensors`, written with an export, or the shared final cache's),
+    /// when its provenance names the same policy, seed and steps. None when there is none or
+    /// it does not load (the fine-tune is then made again).
+    fn stored_model(&self, r: &FinalResult) -> Option<Model> {
+        let name = format!("{}.float.safetensors", r.hash);
+        let own = self.out.join("final").join(&name);
+        let shared = self.shared_final_dir().map(|d| d.join(&name));
+        for path in std::iter::once(own).chain(shared) {
+            if !path.is_file() {
+                continue;
+            }
+            let Ok((model, info)) = checkpoint::load(&path, None, &Device::Cpu) else {
+                continue;
+            };
+            let i = &info.info;
+            let same = i.get("policy_hash").and_then(|v| v.as_str()) == Some(r.hash.as_str())
+                && i.get("seed").and_then(|v| v.as_u64()) == Some(r.seed)
+                && i.get("final_steps").and_then(|v| v.as_u64()) == Some(r.steps as u64)
+                && i.get("labelling_protocol").and_then(|v| v.as_str())
+                    == Some(self.protocol.hash().as_str());
+            if same && model.policy().is_some() {
+                return Some(model);
+            }
+        }
+        None
     }
 
     /// An accuracy target's final fine-tunes (docs/method.md §6, `pipeline::target`): the
@@ -420,6 +466,20 @@ impl<'a> Run<'a> {
             self.export(&model, &r, path, limit)?;
             return Ok((r, Some(model)));
         }
+        // Fine-tuned before (an earlier invocation, or another run sharing the final cache):
+        // exported from its stored float model, not fine-tuned again.
+        if let Some((path, limit)) = export
+            && !path.is_file()
+            && let Some(r) = self.cached_final(policy)
+            && let Some(model) = self.stored_model(&r)
+        {
+            self.log.line(&format!(
+                "final fine-tune of {hash}: found in the cache, exported from its stored model"
+            ));
+            self.log.inc(cfg.final_steps as u64);
+            self.export(&model, &r, path, limit)?;
+            return Ok((r, Some(model)));
+        }
         if let Some(r) = self.cached_final(policy)
             && export.is_none_or(|(p, _)| p.is_file())
         {
@@ -445,7 +505,21 @@ impl<'a> Run<'a> {
             self.export(&model, &r, path, limit)?;
         }
         r.save(&cache)?;
+        if let Some(dir) = self.shared_final_dir() {
+            share_final(&dir, &r, &model, &self.final_provenance(&r))?;
+        }
         Ok((r, Some(model)))
+    }
+
+    /// The provenance of `r`'s float model and export ([`provenance`] of this run).
+    fn final_provenance(&self, r: &FinalResult) -> serde_json::Value {
+        provenance(
+            &self.protocol,
+            &self.dname.id(),
+            self.cfg.final_steps,
+            &r.hash,
+            r.seed,
+        )
     }
 
     /// The seed of `hash`'s final fine-tune: `label_seed(`[`Stream::FinalFinetune`]`, hash)`.
@@ -526,6 +600,9 @@ impl<'a> Run<'a> {
         // The largest networks first, so that the stage does not end on one long fine-tune
         // beside an idle worker.
         let order = workers::largest_networks_first(&self.space, todo.iter().map(|t| &t.1))?;
+        let shared = self
+            .shared_final_dir()
+            .map(|d| (d, self.protocol.clone(), self.dname.id()));
         let (ctx, log, prefetched) = self.finetune_parts();
         // `done` and `tick` both write to the log, one at a time on this thread.
         let log = std::cell::RefCell::new(log);
@@ -542,6 +619,10 @@ impl<'a> Run<'a> {
             |i, (r, model)| {
                 let (hash, _, _, cache) = &todo[i];
                 r.save(cache)?;
+                if let Some((dir, protocol, dataset)) = &shared {
+                    let prov = provenance(protocol, dataset, r.steps, &r.hash, r.seed);
+                    share_final(dir, &r, &model, &prov)?;
+                }
                 log.borrow_mut().line(&format!(
                     "final fine-tune of {hash}: validation top-1 {:.2}%, test {:.2}% in {:.1} s",
                     r.top1_val.unwrap_or(f64::NAN),
@@ -727,6 +808,21 @@ impl FinetuneCtx<'_> {
         };
         Ok((r, model))
     }
+}
+
+/// Writes `r` and its fine-tuned `model` (slimmed, with `prov`) into the shared final cache
+/// directory `dir` ([`Config::final_cache`](super::Config::final_cache)): the float model
+/// first, then the result, so a result there always has its model. Errors: writing either.
+fn share_final(dir: &Path, r: &FinalResult, model: &Model, prov: &serde_json::Value) -> Result<()> {
+    let slim = if model.is_slim() {
+        model.try_clone()?
+    } else {
+        model.slim()?
+    };
+    let dataset = prov["dataset"].as_str().map(str::to_string);
+    let float = dir.join(format!("{}.float.safetensors", r.hash));
+    checkpoint::save(&slim, &float, dataset.as_deref(), prov)?;
+    r.save(&dir.join(format!("{}.json", r.hash)))
 }
 
 /// The ONNX QDQ file beside the integer export `path` (`model-<budget>.onnx`).

@@ -29,6 +29,11 @@
 //! - `final/<policy hash>.json` — finished final fine-tunes (test top-1);
 //!   `final/<policy hash>.float.safetensors` — the slim fine-tuned float model of each export,
 //!   the fake-quant reference of `seernet infer`.
+//! - Outside the directory, when given: the shared label store of [`Config::label_cache`]
+//!   and the shared final fine-tunes of [`Config::final_cache`]
+//!   (`<DIR>/<labelling protocol hash>/<policy hash>.json` and `.float.safetensors`), which
+//!   runs of one protocol and seed read and extend (`cargo xtask reproduce` gives every method
+//!   of a seed the same two).
 //! - `policy-<budget>.json`, `model-<budget>.safetensors` ([`export`]: the integer engine's
 //!   format, run with `seernet infer`), `report.md`,
 //!   `report.html`, `report.json`, SVG plots, `summary.json`, `run.log`.
@@ -37,7 +42,7 @@
 //! Every random choice flows from [`Config::seed`] through one table, [`Stream`]. Round `r`'s
 //! predictor is fitted on exactly the labels planned before it (initial set + rounds `< r`,
 //! looked up by policy hash), not on whatever the store holds, so a resumed run plans the same
-//! policies as an uninterrupted one.
+//! policies as an uninterrupted one, and a run with a label cache the same as one without.
 //! The validation split is the only one labels see; the test split is read by the final
 //! evaluation only (docs/method.md §3).
 
@@ -156,6 +161,22 @@ pub struct Config {
     /// results do not depend on it (the kernels give the same bits on any thread count).
     #[serde(default)]
     pub workers: usize,
+    /// A label store shared between runs of the same labelling protocol (`--label-cache
+    /// FILE`; e.g. the methods of one seed in `cargo xtask reproduce`, or a run with other
+    /// budgets): a label this run needs is copied from it into the run's own store instead of
+    /// computed, and every label the run computes is added to it. The run's results do not
+    /// depend on it (a label depends only on the protocol and the policy's seed, and a run
+    /// reads only the labels it planned). Created when missing; a store of another protocol
+    /// is an error. One run at a time may hold it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_cache: Option<PathBuf>,
+    /// A directory of final fine-tunes shared the same way (`--final-cache DIR`): each result
+    /// and its fine-tuned float model, under `DIR/<labelling protocol hash>/<policy hash>`
+    /// (the final seed, steps and distillation are checked as for the run's own cache). A
+    /// fine-tune found there is not redone, and a chosen policy found there is exported from
+    /// its stored model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_cache: Option<PathBuf>,
     /// Peak learning rate of all fine-tunes (cosine decay).
     pub lr: f64,
     /// Seed of every random choice.
@@ -232,6 +253,8 @@ impl Config {
             final_steps: 600,
             batch_size: 64,
             workers: 0,
+            label_cache: None,
+            final_cache: None,
             lr: 0.01,
             seed: 0,
             max_drop: None,
@@ -405,6 +428,8 @@ struct Run<'a> {
     protocol: Protocol,
     labeler: Labeler,
     store: LabelStore,
+    /// The shared label store of [`Config::label_cache`], when given.
+    label_cache: Option<LabelStore>,
     /// The store's torn tail dropped on open, described.
     dropped_tail: Option<String>,
     /// The uniform baselines (labelled as anchors, fine-tuned for the report).

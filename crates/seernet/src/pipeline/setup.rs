@@ -111,6 +111,10 @@ impl<'a> Run<'a> {
         let (base, space) = baseline(cfg, &dname, &splits, &norm, &out, &mut log)?;
         timings.record("baseline", t);
         let labels = open_store(cfg, &dname, &base.path, &out, &mut log)?;
+        let label_cache = match &cfg.label_cache {
+            Some(path) => Some(open_label_cache(path, &labels.store, &mut log)?),
+            None => None,
+        };
         let header = if cfg
             .budgets
             .iter()
@@ -146,6 +150,7 @@ impl<'a> Run<'a> {
             protocol: labels.protocol,
             labeler: labels.labeler,
             store: labels.store,
+            label_cache,
             dropped_tail: labels.dropped_tail,
             uniform,
             planned: Vec::new(),
@@ -472,6 +477,44 @@ fn open_store(
         store,
         dropped_tail,
     })
+}
+
+/// The shared label store of [`Config::label_cache`] at `path` under the protocol of the run's
+/// store `own` (created with its directory when missing; a torn last record is dropped).
+/// Err([`Error::Config`]) when `path` is the run's own store; Err([`Error::Label`]) for a store
+/// of another protocol (its differing fields named), a corrupt one, or one another run holds;
+/// Err([`Error::Io`]) when its directory cannot be created.
+fn open_label_cache(path: &Path, own: &LabelStore, log: &mut RunLog<'_>) -> Result<LabelStore> {
+    let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    if abs(path) == abs(own.path()) {
+        return Err(Error::Config {
+            what: "label_cache".into(),
+            msg: format!(
+                "{} is this run's own label store: give a file outside the run directory \
+                 (shared by the runs that should reuse each other's labels)",
+                path.display()
+            ),
+        });
+    }
+    let protocol = own.protocol();
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|err| Error::Io {
+            path: dir.display().to_string(),
+            err,
+        })?;
+    }
+    let (store, open) = LabelStore::open(path, protocol)?;
+    log.line(&format!(
+        "label cache {}: {} labels of this protocol{}",
+        path.display(),
+        store.len(),
+        if open.dropped_tail.is_some() {
+            " (a torn last record dropped)"
+        } else {
+            ""
+        }
+    ));
+    Ok(store)
 }
 
 /// Uniform baselines (docs/method.md §8): for each budget, the uniform policy (the same bits for

@@ -27,20 +27,73 @@ impl Run<'_> {
     /// each stored, in plan order, once it and every earlier one are finished) and counts them
     /// in [`Run::computed`]; policies already stored only advance the
     /// progress. With the Slurm executor the batch runs as one job array named after `batch`
-    /// ([`Run::label_batch_slurm`]). Errors: the label store's and the labeller's (or the
-    /// scheduler's), as [`Error::Label`].
+    /// ([`Run::label_batch_slurm`]). With a label cache ([`Config::label_cache`](super::Config::label_cache))
+    /// the labels it holds are copied first and those computed are added to it afterwards.
+    /// Errors: the label stores' and the labeller's (or the scheduler's), as [`Error::Label`].
     pub(super) fn label_batch(&mut self, batch: &str, rows: &[Vec<usize>]) -> Result<()> {
         let _span = tracing::info_span!("label_batch", batch, policies = rows.len()).entered();
         let pols = sampling::policies(&self.space, rows)?;
+        self.take_cached_labels(&pols)?;
         for p in &pols {
             if self.store.contains(&policy_hash(p)) {
                 self.log.inc(1);
             }
         }
         if let Executor::Slurm(settings) = &self.cfg.executor {
-            return self.label_batch_slurm(batch, &pols, settings);
+            self.label_batch_slurm(batch, &pols, settings)?;
+        } else {
+            self.label_batch_local(batch, &pols)?;
         }
-        let (pending, _) = pending_labels(&self.store, &self.space, &pols)?;
+        self.share_labels(&pols)
+    }
+
+    /// Copies into the run's store, in plan order, the labels of `pols` that it lacks and the
+    /// shared store of [`Config::label_cache`](super::Config::label_cache) holds (same
+    /// protocol, so the same label the run would compute). Errors: the store's.
+    fn take_cached_labels(&mut self, pols: &[Policy]) -> Result<()> {
+        let Some(cache) = &self.label_cache else {
+            return Ok(());
+        };
+        let mut taken = 0;
+        for p in pols {
+            let hash = policy_hash(p);
+            if !self.store.contains(&hash)
+                && let Some(r) = cache.get(&hash)
+            {
+                self.store.append(r.clone())?;
+                taken += 1;
+            }
+        }
+        if taken > 0 {
+            self.log.line(&format!(
+                "{taken} labels taken from the label cache {}",
+                cache.path().display()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Adds to the shared store of [`Config::label_cache`](super::Config::label_cache), in
+    /// plan order, the labels of `pols` the run holds and it lacks. Errors: the store's.
+    fn share_labels(&mut self, pols: &[Policy]) -> Result<()> {
+        let Some(cache) = &mut self.label_cache else {
+            return Ok(());
+        };
+        for p in pols {
+            let hash = policy_hash(p);
+            if !cache.contains(&hash)
+                && let Some(r) = self.store.get(&hash)
+            {
+                cache.append(r.clone())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Run::label_batch`] in this process, [`Config::workers`](super::Config::workers) at a
+    /// time.
+    fn label_batch_local(&mut self, batch: &str, pols: &[Policy]) -> Result<()> {
+        let (pending, _) = pending_labels(&self.store, &self.space, pols)?;
         let (workers, threads) = workers::plan(self.cfg.workers, pending.len());
         if workers > 1 {
             let what = workers::describe(pending.len(), "labels", workers, threads);
