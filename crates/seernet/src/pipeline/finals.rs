@@ -245,8 +245,9 @@ impl<'a> Run<'a> {
                 f
             }
             None => {
-                // Fine-tuned before (a uniform anchor, or an earlier invocation): the same
-                // seeded fine-tune again, for its model.
+                // Fine-tuned before (a uniform anchor, an earlier invocation or another run
+                // sharing the final cache): exported from its stored float model when there
+                // is one, else from the same seeded fine-tune made again.
                 self.log.add_total(self.cfg.final_steps as u64);
                 self.final_run(&rival.found.policy, Some((path, limit)))?
             }
@@ -661,7 +662,7 @@ impl<'a> Run<'a> {
         let _span = tracing::info_span!("export", policy = %r.hash).entered();
         let cfg = self.cfg;
         let dname = self.dname.id();
-        let mut prov = provenance(&self.protocol, &dname, cfg.final_steps, &r.hash, r.seed);
+        let mut prov = self.final_provenance(r);
         prov["test_top1"] = r.top1_test.into();
         // An imported network's own input normalisation travels with its compressed copies.
         let (_, base_info) = checkpoint::load(&self.base.path, None, &Device::Cpu)?;
