@@ -457,45 +457,47 @@ impl<'a> Run<'a> {
         let hash = policy_hash(policy);
         let cache = self.final_cache(&hash);
         let seed = self.final_seed(&hash);
-        // Fine-tuned by this invocation's workers (`prefetch_finals`): its model is taken
-        // when it has to be exported, else the result is read from the cache below.
-        if let Some((path, limit)) = export
-            && let Some(r) = self.cached_final(policy)
-            && let Some(model) = self.prefetched.remove(&hash)
-        {
-            self.log.inc(cfg.final_steps as u64);
-            self.export(&model, &r, path, limit)?;
-            return Ok((r, Some(model)));
-        }
-        // Fine-tuned before (an earlier invocation, or another run sharing the final cache):
-        // exported from its stored float model, not fine-tuned again.
-        if let Some((path, limit)) = export
-            && !path.is_file()
-            && let Some(r) = self.cached_final(policy)
-            && let Some(model) = self.stored_model(&r)
-        {
-            self.log.line(&format!(
-                "final fine-tune of {hash}: found in the cache, exported from its stored model"
-            ));
-            self.log.inc(cfg.final_steps as u64);
-            self.export(&model, &r, path, limit)?;
-            return Ok((r, Some(model)));
-        }
-        if let Some(r) = self.cached_final(policy)
-            && export.is_none_or(|(p, _)| p.is_file())
-        {
-            self.log.line(&format!(
-                "final fine-tune of {hash}: found in {}",
-                cache.display()
-            ));
-            self.log.inc(cfg.final_steps as u64);
-            // A run directory from before the ONNX export: write it from the kept export.
-            if let Some((path, _)) = export
-                && !onnx_path(path).is_file()
-            {
-                self.export_onnx(path);
+        // Read once: every way out below but the fine-tune starts from the cached result.
+        if let Some(r) = self.cached_final(policy) {
+            match export {
+                // Fine-tuned by this invocation's workers (`prefetch_finals`): its model is
+                // taken for the export.
+                Some((path, limit)) if self.prefetched.contains_key(&hash) => {
+                    let model = self.prefetched.remove(&hash).expect("checked above");
+                    self.log.inc(cfg.final_steps as u64);
+                    self.export(&model, &r, path, limit)?;
+                    return Ok((r, Some(model)));
+                }
+                // Fine-tuned before (an earlier invocation, or another run sharing the final
+                // cache) and not exported here yet: exported from its stored float model, not
+                // fine-tuned again (without one, fine-tuned again below).
+                Some((path, limit)) if !path.is_file() => {
+                    if let Some(model) = self.stored_model(&r) {
+                        self.log.line(&format!(
+                            "final fine-tune of {hash}: found in the cache, exported from its \
+                             stored model"
+                        ));
+                        self.log.inc(cfg.final_steps as u64);
+                        self.export(&model, &r, path, limit)?;
+                        return Ok((r, Some(model)));
+                    }
+                }
+                _ => {
+                    self.log.line(&format!(
+                        "final fine-tune of {hash}: found in {}",
+                        cache.display()
+                    ));
+                    self.log.inc(cfg.final_steps as u64);
+                    // A run directory from before the ONNX export: write it from the kept
+                    // export.
+                    if let Some((path, _)) = export
+                        && !onnx_path(path).is_file()
+                    {
+                        self.export_onnx(path);
+                    }
+                    return Ok((r, None));
+                }
             }
-            return Ok((r, None));
         }
         let (ctx, log, _) = self.finetune_parts();
         let start = log.position();
@@ -672,11 +674,7 @@ impl<'a> Run<'a> {
         }
         let float_name = prov["float_model"].take();
         let float_name = float_name.as_str().unwrap_or_default().to_string();
-        let slim = if model.is_slim() {
-            model.try_clone()?
-        } else {
-            model.slim()?
-        };
+        let slim = slim_copy(model)?;
         checkpoint::save(&slim, &cfg.out_dir.join(&float_name), Some(&dname), &prov)?;
         prov["float_model"] = float_name.into();
         let m = &self.splits.manifest;
@@ -815,15 +813,21 @@ impl FinetuneCtx<'_> {
 /// directory `dir` ([`Config::final_cache`](super::Config::final_cache)): the float model
 /// first, then the result, so a result there always has its model. Errors: writing either.
 fn share_final(dir: &Path, r: &FinalResult, model: &Model, prov: &serde_json::Value) -> Result<()> {
-    let slim = if model.is_slim() {
-        model.try_clone()?
-    } else {
-        model.slim()?
-    };
+    let slim = slim_copy(model)?;
     let dataset = prov["dataset"].as_str().map(str::to_string);
     let float = dir.join(format!("{}.float.safetensors", r.hash));
     checkpoint::save(&slim, &float, dataset.as_deref(), prov)?;
     r.save(&dir.join(format!("{}.json", r.hash)))
+}
+
+/// A physically pruned copy of `model` (a clone when it is already slim): the float model a
+/// checkpoint of a final fine-tune holds. Errors: the slimming's.
+fn slim_copy(model: &Model) -> Result<Model> {
+    Ok(if model.is_slim() {
+        model.try_clone()?
+    } else {
+        model.slim()?
+    })
 }
 
 /// The ONNX QDQ file beside the integer export `path` (`model-<budget>.onnx`).
