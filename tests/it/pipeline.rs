@@ -78,6 +78,9 @@ fn child_config() -> Config {
     if let Ok(d) = std::env::var("IT_FINAL_CACHE") {
         c.final_cache = Some(d.into());
     }
+    if let Ok(f) = std::env::var("IT_HELDOUT") {
+        c.heldout_labels = Some(f.into());
+    }
     if let Ok(a) = std::env::var("IT_ACQ") {
         c.acquisition = a.parse().unwrap();
     }
@@ -701,4 +704,55 @@ fn methods_fit_ilp_and_random() {
             assert_eq!(labels, n, "{log}");
         }
     }
+    // The random method's labels as a fixed held-out set of a predictor method's run: scored
+    // on the ones it did not plan.
+    let sn = td.path().join("seernet");
+    let held = rnd.join("labels.jsonl");
+    let o = run_child(
+        &data_root,
+        &sn,
+        &[
+            ("IT_BASELINE", baseline.display().to_string()),
+            ("IT_HELDOUT", held.display().to_string()),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s: Summary =
+        serde_json::from_str(&std::fs::read_to_string(sn.join("summary.json")).unwrap()).unwrap();
+    let held_recs = read_store(&held).unwrap().records;
+    let mut values: Vec<f64> = held_recs.iter().map(|r| r.top1).collect();
+    values.dedup();
+    assert!(
+        values.len() > 1,
+        "the random labels can be ranked: {values:?}"
+    );
+    let q = s.predictor_heldout.expect("scored on the held-out labels");
+    let planned: std::collections::HashSet<String> = read_store(sn.join("labels.jsonl"))
+        .unwrap()
+        .records
+        .into_iter()
+        .map(|r| r.hash)
+        .collect();
+    let unseen = held_recs
+        .iter()
+        .filter(|r| !planned.contains(&r.hash))
+        .count();
+    assert_eq!(q.n_test, unseen);
+    assert_eq!(q.n_train, s.labels);
+    assert!(
+        (-1.0..=1.0).contains(&q.kendall_tau) && q.rmse.is_finite(),
+        "{q:?}"
+    );
+    // Not for a method without a predictor.
+    let o = run_child(
+        &data_root,
+        &td.path().join("uniform"),
+        &[
+            ("IT_METHOD", "uniform".into()),
+            ("IT_BASELINE", baseline.display().to_string()),
+            ("IT_HELDOUT", held.display().to_string()),
+        ],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("fits none"), "{err}");
 }

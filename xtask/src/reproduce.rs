@@ -23,6 +23,17 @@ pub const METHODS: [&str; 6] = ["seernet", "fit-ilp", "random", "evo", "hardstop
 /// its runs are the `seernet` method's.
 pub const ACQUISITIONS: [&str; 2] = ["std", "random"];
 
+/// The method whose labels are every seed's fixed held-out set for the predictor methods'
+/// τ (`seernet compress --heldout-labels`): its policies are drawn uniformly within each
+/// budget's band, where the choices are made, and no predictor chose them. It runs first in
+/// each seed.
+pub const HELDOUT_METHOD: &str = "random";
+
+/// Whether `method` fits a predictor (its runs are scored on the held-out set).
+fn uses_predictor(method: &str) -> bool {
+    matches!(method, "seernet" | "evo" | "hardstop")
+}
+
 /// The file each run directory gets first: the exact `seernet` arguments of the run.
 pub const ARGS_FILE: &str = "reproduce-args.json";
 
@@ -161,8 +172,9 @@ impl Job {
     }
 }
 
-/// Every job of the matrix: per seed every method's compress run, then the random acquisition
-/// run; then the predictor's cross-validations. The compress runs of one seed share a label
+/// Every job of the matrix: per seed every method's compress run ([`HELDOUT_METHOD`] first:
+/// the predictor methods' runs score their predictor on its labels, `--heldout-labels`), then
+/// the random acquisition run; then the predictor's cross-validations. The compress runs of one seed share a label
 /// store and a final fine-tune cache (`<runs>/cache-s<seed>/`, `seernet compress --label-cache
 /// --final-cache`): a policy two methods both label, or both fine-tune, is computed once, with
 /// the same result each would compute alone. `runs` is the network's run root
@@ -189,6 +201,13 @@ pub fn jobs(p: &Preset, runs: &Path, root: &Path) -> Vec<Job> {
                 args.push(f.into());
                 args.push(val);
             }
+            if uses_predictor(method) {
+                let heldout = runs
+                    .join(format!("{HELDOUT_METHOD}-s{seed}"))
+                    .join("labels.jsonl");
+                args.push("--heldout-labels".into());
+                args.push(heldout.display().to_string());
+            }
             args.push("--quiet".into());
             v.push(Job {
                 name,
@@ -201,8 +220,12 @@ pub fn jobs(p: &Preset, runs: &Path, root: &Path) -> Vec<Job> {
                 },
             });
         };
+    // The held-out set's method first in each seed, then the rest in table order.
+    let order: Vec<&'static str> = std::iter::once(HELDOUT_METHOD)
+        .chain(METHODS.into_iter().filter(|m| *m != HELDOUT_METHOD))
+        .collect();
     for seed in SEEDS {
-        for method in METHODS {
+        for &method in &order {
             compress(format!("{method}-s{seed}"), method, "std", seed);
         }
         for acq in ACQUISITIONS.iter().filter(|a| **a != "std") {
@@ -347,8 +370,12 @@ pub struct RunResult {
     pub seed: u64,
     /// Labels the run used.
     pub labels: u64,
-    /// Kendall τ of the predictor on held-out labels (None: not measured, e.g. `uniform`).
-    pub predictor_tau: Option<f64>,
+    /// Kendall τ of the predictor on the seed's fixed held-out set (`predictor_heldout`;
+    /// None: no predictor, e.g. `uniform`).
+    pub heldout_tau: Option<f64>,
+    /// Kendall τ of the predictor over random splits of the run's own labels
+    /// (`predictor_tau`; None: not measured).
+    pub cv_tau: Option<f64>,
     pub budgets: Vec<BudgetResult>,
     /// Wall seconds of every invocation of the run (timings only).
     pub run_seconds: f64,
@@ -386,7 +413,8 @@ pub fn parse_summary(text: &str, method: &str, acquisition: &str, seed: u64) -> 
         labels: v["labels"]
             .as_u64()
             .context("summary.json: no integer `labels`")?,
-        predictor_tau: v["predictor_tau"].as_f64(),
+        heldout_tau: v["predictor_heldout"]["kendall_tau"].as_f64(),
+        cv_tau: v["predictor_tau"].as_f64(),
         budgets,
         run_seconds: v["run_seconds"].as_f64().unwrap_or(0.0),
     })
@@ -451,8 +479,10 @@ pub struct Cell {
 #[derive(Clone, Debug, PartialEq)]
 pub struct AcqRow {
     pub name: String,
-    /// Predictor τ per seed (runs where it was measured).
+    /// Predictor τ on the seed's fixed held-out set, per seed (runs where it was measured).
     pub tau: Vec<f64>,
+    /// Predictor τ over random splits of the run's own labels, per seed.
+    pub cv_tau: Vec<f64>,
     /// Per seed: mean test top-1 of the chosen policies over the budgets.
     pub chosen_top1: Vec<f64>,
 }
@@ -534,7 +564,8 @@ pub fn aggregate(p: &Preset, runs: &[RunResult], cvs: &[CvResult]) -> Result<Tab
         }
         acquisition.push(AcqRow {
             name: a.into(),
-            tau: rs.iter().filter_map(|r| r.predictor_tau).collect(),
+            tau: rs.iter().filter_map(|r| r.heldout_tau).collect(),
+            cv_tau: rs.iter().filter_map(|r| r.cv_tau).collect(),
             chosen_top1: rs
                 .iter()
                 .map(|r| mean_std(&r.budgets.iter().map(|b| b.test_top1).collect::<Vec<_>>()).0)
@@ -574,7 +605,8 @@ fn opt_mean(xs: &[f64]) -> Option<f64> {
 
 /// The JSON file (`docs/reproduce/<net>.json`, `--json`): `methods.<method>.<budget>.mean_top1`
 /// and `.std_top1` (plus `mean_bops`, `mean_bops_frac`, `top1` per seed), `labels.<method>`
-/// (per seed), `acquisition.<name>.tau_mean` and `.chosen_top1_mean` (plus per-seed values),
+/// (per seed), `acquisition.<name>.tau_mean` (on the fixed held-out set) and
+/// `.chosen_top1_mean` (plus per-seed values, and `cv_tau_mean` on the runs' own labels),
 /// `predictor[]` rows `{set, samples, tau, ridge_tau}`. Top-1 in % to 4 decimals, τ to 4,
 /// BOPs fractions to 6; keys sorted. No wall time.
 pub fn to_json(t: &Tables) -> String {
@@ -606,6 +638,7 @@ pub fn to_json(t: &Tables) -> String {
                 "tau_mean": opt_mean(&a.tau).map(r4),
                 "chosen_top1_mean": opt_mean(&a.chosen_top1).map(r4),
                 "tau": a.tau.iter().map(|x| r4(*x)).collect::<Vec<_>>(),
+                "cv_tau_mean": opt_mean(&a.cv_tau).map(r4),
                 "chosen_top1": a.chosen_top1.iter().map(|x| r4(*x)).collect::<Vec<_>>(),
             }),
         );
@@ -693,14 +726,18 @@ pub fn to_markdown(t: &Tables) -> String {
     let _ = writeln!(s, "\n## Acquisition (`--method seernet`, same seeds)\n");
     let _ = writeln!(
         s,
-        "Predictor τ: Kendall τ-b of the run's predictor on its held-out labels; chosen top-1: \
-         test top-1 of the chosen policies, mean over the budgets; both averaged over the seeds.\n"
+        "Predictor τ: Kendall τ-b of the run's final predictor on one fixed held-out set per \
+         seed, the labels of the `{HELDOUT_METHOD}` method's run (policies drawn uniformly within \
+         each budget's band) that the run did not plan; own-labels τ: the same over random \
+         80/20 splits of the run's own labels (not comparable across acquisitions, which label \
+         different policies); chosen top-1: test top-1 of the chosen policies, mean over the \
+         budgets; all averaged over the seeds.\n"
     );
     let _ = writeln!(
         s,
-        "| acquisition | predictor τ (mean) | chosen test top-1 (mean) | τ per seed | chosen top-1 per seed |"
+        "| acquisition | predictor τ (mean) | chosen test top-1 (mean) | τ per seed | chosen top-1 per seed | own-labels τ (mean) |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|");
     let list = |v: &[f64], d: usize| {
         v.iter()
             .map(|x| format!("{x:.d$}"))
@@ -710,12 +747,13 @@ pub fn to_markdown(t: &Tables) -> String {
     for a in &t.acquisition {
         let _ = writeln!(
             s,
-            "| `{}` | {} | {} | {} | {} |",
+            "| `{}` | {} | {} | {} | {} | {} |",
             a.name,
             opt_mean(&a.tau).map_or("–".into(), |x| format!("{x:.4}")),
             opt_mean(&a.chosen_top1).map_or("–".into(), |x| format!("{x:.2}")),
             list(&a.tau, 4),
-            list(&a.chosen_top1, 2)
+            list(&a.chosen_top1, 2),
+            opt_mean(&a.cv_tau).map_or("–".into(), |x| format!("{x:.4}")),
         );
     }
     let _ = writeln!(s, "\n## Predictor against ridge\n");
@@ -1008,7 +1046,8 @@ pub fn reproduce(o: &Options) -> Result<()> {
 mod tests {
     use super::*;
 
-    /// A summary.json as `seernet compress` writes it (only the keys read here, plus others).
+    /// A summary.json as `seernet compress` writes it (only the keys read here, plus others):
+    /// `tau` is the held-out τ, the own-labels τ is `tau + 0.1`.
     fn summary(top1: &[f64], labels: u64, tau: Option<f64>) -> String {
         let budgets: Vec<Value> = top1
             .iter()
@@ -1019,7 +1058,12 @@ mod tests {
                        "bops_frac_w8a8": bops as f64 / 20000.0, "margin_points": 0.0})
             })
             .collect();
-        json!({"labels": labels, "predictor_tau": tau, "budgets": budgets,
+        let heldout = tau.map(|t| {
+            json!({"kendall_tau": t, "rmse": 1.0, "n_train": labels,
+                                         "n_test": 40})
+        });
+        json!({"labels": labels, "predictor_tau": tau.map(|t| t + 0.1),
+               "predictor_heldout": heldout, "budgets": budgets,
                "run_seconds": 12.5, "out_dir": "x"})
         .to_string()
     }
@@ -1089,6 +1133,7 @@ mod tests {
         assert_eq!(v["acquisition"]["std"]["tau_mean"], json!(0.5));
         assert_eq!(v["acquisition"]["std"]["chosen_top1_mean"], json!(76.5));
         assert_eq!(v["acquisition"]["random"]["tau_mean"], json!(0.35));
+        assert_eq!(v["acquisition"]["random"]["cv_tau_mean"], json!(0.45));
         assert_eq!(v["acquisition"]["random"]["chosen_top1_mean"], json!(65.5));
         let p = &v["predictor"][0];
         assert_eq!(p["set"], json!("lenet5-default"));
@@ -1171,10 +1216,30 @@ mod tests {
         assert_eq!(j.len(), 6 * 3 + 3 + PREDICTOR_SETS.len() * 3);
         let names: std::collections::BTreeSet<_> = j.iter().map(|j| j.dir.clone()).collect();
         assert_eq!(names.len(), j.len());
-        assert_eq!(j[0].dir, Path::new("/r/resnet20/seernet-s0"));
-        // Seed-major: a seed's methods, then its random-acquisition run.
+        // Seed-major: a seed's held-out method, its other methods, then its
+        // random-acquisition run.
+        assert_eq!(j[0].dir, Path::new("/r/resnet20/random-s0"));
+        assert_eq!(j[1].dir, Path::new("/r/resnet20/seernet-s0"));
         assert_eq!(j[6].name, "seernet-acq-random-s0");
-        let a = j[8].args.join(" ");
+        for job in &j[..7] {
+            let heldout = job
+                .args
+                .windows(2)
+                .any(|w| w == ["--heldout-labels", "/r/resnet20/random-s0/labels.jsonl"]);
+            let predictor = [
+                "seernet-s0",
+                "evo-s0",
+                "hardstop-s0",
+                "seernet-acq-random-s0",
+            ];
+            assert_eq!(
+                heldout,
+                predictor.contains(&job.name.as_str()),
+                "{}",
+                job.name
+            );
+        }
+        let a = j[9].args.join(" ");
         assert_eq!(
             a,
             "compress --arch resnet20 --n0 16 --rounds 2 --k 4 --kappas 0 --fill-rounds 1 \

@@ -1,4 +1,5 @@
-//! `cargo xtask bench active [--json]`: active (ensemble-std, and σ over random pools) vs random acquisition at equal
+//! `cargo xtask bench active [--json]`: active (ensemble-std, σ over random pools, σ over random
+//! pools of the budgets' bands) vs random acquisition at equal
 //! label counts on the real labelling loop of the main job (issue 7), plus the speed of
 //! labelling two policies at once on this machine.
 //!
@@ -146,7 +147,17 @@ fn main() -> Res<()> {
     label_rows(&mut store, &space, &labeler, &initial)?;
 
     let mut results = Vec::new();
-    for acq in [Acquisition::Std, Acquisition::Pool, Acquisition::Random] {
+    // The budgets' own bands [limit/2, limit] (`--acquisition bands`).
+    let budget_bands: Vec<(f64, f64)> = budgets
+        .iter()
+        .map(|(_, m)| ((0.5 * *m as f64).max(cheapest), *m as f64))
+        .collect();
+    for acq in [
+        Acquisition::Std,
+        Acquisition::Pool,
+        Acquisition::Bands,
+        Acquisition::Random,
+    ] {
         eprintln!("acquisition {acq}:");
         let mut planned = initial.clone();
         let mut curve = Vec::new();
@@ -182,6 +193,7 @@ fn main() -> Res<()> {
                 &sampling::Request {
                     acquisition: acq,
                     band,
+                    bands: budget_bands.clone(),
                     k,
                     generations: cfg.sampler_generations,
                     seed: Stream::ActiveSampler(r).seed(seed),

@@ -69,8 +69,9 @@ pub struct CompressArgs {
     /// (best uniform bit-width).
     #[arg(long, default_value = "seernet")]
     method: CompressMethod,
-    /// Acquisition of the active rounds: std, counterfactual, random or pool (σ over random
-    /// candidates per stratum; docs/method.md §5).
+    /// Acquisition of the active rounds: std, counterfactual, random, pool (σ over random
+    /// candidates per stratum) or bands (σ over random candidates of each budget's band;
+    /// docs/method.md §5).
     #[arg(long, default_value = "std")]
     acquisition: Acquisition,
     /// Fine-tune steps per label [default: 50 (resnet20), 100 (lenet5); with --quick: 30].
@@ -120,6 +121,12 @@ pub struct CompressArgs {
     /// a fine-tune found there for the same protocol, seed and steps is not redone.
     #[arg(long, value_name = "DIR")]
     final_cache: Option<PathBuf>,
+    /// Also score the final predictor on the labels of this store (same labelling
+    /// protocol, e.g. another run's labels.jsonl) that the run did not plan: one fixed
+    /// held-out set for runs that labelled different policies (summary.json:
+    /// predictor_heldout). Predictor methods only.
+    #[arg(long, value_name = "FILE")]
+    heldout_labels: Option<PathBuf>,
     /// Pessimism levels κ of the verification rounds (the search maximises μ − κσ;
     /// comma-separated, each ≥ 0) [default: 0,1,2].
     #[arg(long, value_delimiter = ',')]
@@ -318,6 +325,7 @@ pub fn run_cmd(a: CompressArgs) -> Result<()> {
     cfg.workers = a.workers.unwrap_or(cfg.workers);
     cfg.label_cache = a.label_cache.or(cfg.label_cache);
     cfg.final_cache = a.final_cache.or(cfg.final_cache);
+    cfg.heldout_labels = a.heldout_labels.or(cfg.heldout_labels);
     if a.no_final_distill {
         cfg.final_distill = false;
     }

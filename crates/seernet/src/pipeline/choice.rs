@@ -20,6 +20,9 @@ pub(super) struct Fitted {
     pub(super) predictor: Option<Predictor>,
     /// Held-out quality, when measured (≥ 10 labels).
     pub(super) quality: Option<report::PredictorQuality>,
+    /// The predictor scored on the fixed held-out labels of [`Config::heldout_labels`]
+    /// (`super::Config`), when given.
+    pub(super) heldout: Option<report::PredictorQuality>,
 }
 
 /// One budget's chosen policy.
@@ -111,12 +114,92 @@ impl Run<'_> {
                 .line("fewer than 10 labels: predictor quality not measured");
             None
         };
+        let heldout = match (&predictor, &self.cfg.heldout_labels) {
+            (Some(p), Some(path)) => self.heldout_quality(p, path, recs.len())?,
+            _ => None,
+        };
         self.timed("predictor", t);
         Ok(Fitted {
             recs,
             predictor,
             quality,
+            heldout,
         })
+    }
+
+    /// The final predictor `p` (fitted on `n_train` labels) scored on the labels of the store
+    /// at `path` whose policies this run did not plan: Kendall's τ-b, Spearman's ρ and RMSE
+    /// (points) between μ and the labels. One fixed set scores runs that planned different
+    /// labels alike (issue 16: acquisitions compared on one held-out set). `None` (logged, the
+    /// run goes on, as for [`Run::quality`]) when fewer than 4 labels are left or they cannot
+    /// be ranked (all equal). Errors: the store is missing ([`Error::Config`]), of another
+    /// labelling protocol or unreadable (the store's error).
+    fn heldout_quality(
+        &mut self,
+        p: &Predictor,
+        path: &std::path::Path,
+        n_train: usize,
+    ) -> Result<Option<report::PredictorQuality>> {
+        let bad = |msg: String| Error::Config {
+            what: "heldout_labels".into(),
+            msg,
+        };
+        if !path.is_file() {
+            return Err(bad(format!(
+                "{} is not a label store (a labels.jsonl of a run of this labelling protocol)",
+                path.display()
+            )));
+        }
+        let (store, _) = crate::store::LabelStore::open(path, self.store.protocol())?;
+        let planned: std::collections::HashSet<&[usize]> =
+            self.planned.iter().map(|i| i.as_slice()).collect();
+        let mut rows = Vec::new();
+        let mut truth = Vec::new();
+        for r in store.records() {
+            let idx = self.space.to_indices(&r.policy)?;
+            if !planned.contains(idx.as_slice()) {
+                rows.push(sampling::features(&self.space, &idx));
+                truth.push(r.top1);
+            }
+        }
+        let not_measured = |log: &mut super::progress::RunLog<'_>, why: String| {
+            log.line(&format!(
+                "predictor on the held-out labels of {} not measured: {why}",
+                path.display()
+            ));
+            Ok(None)
+        };
+        if truth.len() < 4 {
+            let why = format!("{} labels this run did not plan, 4 needed", truth.len());
+            return not_measured(&mut self.log, why);
+        }
+        let pred = p.predict(&rows)?.mean;
+        let metrics = (|| -> std::result::Result<_, seer_predictor::Error> {
+            Ok((
+                seer_predictor::kendall_tau_b(&pred, &truth)?,
+                seer_predictor::spearman(&pred, &truth)?,
+                seer_predictor::rmse(&pred, &truth)?,
+            ))
+        })();
+        let (kendall_tau, spearman, rmse) = match metrics {
+            Ok(m) => m,
+            Err(e) => return not_measured(&mut self.log, chain(&e)),
+        };
+        let q = report::PredictorQuality {
+            kendall_tau,
+            spearman: Some(spearman),
+            rmse,
+            n_train,
+            n_test: truth.len(),
+        };
+        self.log.line(&format!(
+            "predictor on the {} held-out labels of {}: Kendall tau {:.3}, RMSE {:.3} points",
+            q.n_test,
+            path.display(),
+            q.kendall_tau,
+            q.rmse
+        ));
+        Ok(Some(q))
     }
 
     /// Kendall τ, Spearman and RMSE of the predictor over 5 random 80/20 splits of `recs`

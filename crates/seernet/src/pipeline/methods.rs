@@ -305,9 +305,30 @@ impl Run<'_> {
     }
 }
 
-/// Refuses settings a method cannot run with: an accuracy target (`--max-drop`) needs a
-/// predictor method.
+/// Refuses settings a method cannot run with: an accuracy target (`--max-drop`) and held-out
+/// labels (`--heldout-labels`, which must be an existing file) need a predictor method.
 pub(super) fn check_method(cfg: &super::Config) -> Result<()> {
+    if let Some(p) = &cfg.heldout_labels {
+        let msg = if !cfg.method.uses_predictor() {
+            format!(
+                "--heldout-labels scores a predictor: method {} fits none",
+                cfg.method
+            )
+        } else if !p.is_file() {
+            format!(
+                "{} is not a label store (a labels.jsonl of a run of this labelling protocol)",
+                p.display()
+            )
+        } else {
+            String::new()
+        };
+        if !msg.is_empty() {
+            return Err(Error::Config {
+                what: "heldout_labels".into(),
+                msg,
+            });
+        }
+    }
     if cfg.max_drop.is_some() && !cfg.method.uses_predictor() {
         return Err(Error::Config {
             what: "method".into(),
@@ -337,7 +358,7 @@ mod tests {
     }
 
     #[test]
-    fn an_accuracy_target_needs_a_predictor_method() {
+    fn accuracy_targets_and_heldout_labels_need_a_predictor_method() {
         let mut cfg = super::super::Config::quick("unused".into());
         cfg.max_drop = Some(1.0);
         for m in CompressMethod::ALL {
@@ -347,5 +368,12 @@ mod tests {
         cfg.max_drop = None;
         cfg.method = CompressMethod::FitIlp;
         assert!(check_method(&cfg).is_ok());
+        cfg.heldout_labels = Some("/nonexistent/labels.jsonl".into());
+        cfg.method = CompressMethod::Seernet;
+        let e = check_method(&cfg).unwrap_err().to_string();
+        assert!(e.contains("is not a label store"), "{e}");
+        cfg.method = CompressMethod::Uniform;
+        let e = check_method(&cfg).unwrap_err().to_string();
+        assert!(e.contains("method uniform fits none"), "{e}");
     }
 }

@@ -177,6 +177,13 @@ pub struct Config {
     /// its stored model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub final_cache: Option<PathBuf>,
+    /// A label store of the same labelling protocol (`--heldout-labels FILE`, e.g. another
+    /// run's `labels.jsonl`): the final predictor is also scored on its labels of policies
+    /// this run did not plan (Kendall τ-b, RMSE; `predictor_heldout` in `summary.json`), so
+    /// runs that planned different labels are compared on one fixed set. Read only; it does
+    /// not change the run's choices. Predictor methods only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heldout_labels: Option<PathBuf>,
     /// Peak learning rate of all fine-tunes (cosine decay).
     pub lr: f64,
     /// Seed of every random choice.
@@ -254,6 +261,7 @@ impl Config {
             batch_size: 64,
             workers: 0,
             label_cache: None,
+            heldout_labels: None,
             final_cache: None,
             lr: 0.01,
             seed: 0,
@@ -359,6 +367,10 @@ pub struct Summary {
     /// Kendall τ of the predictor on held-out labels (`predictor.kendall_tau`), when measured.
     #[serde(default)]
     pub predictor_tau: Option<f64>,
+    /// The final predictor on the fixed held-out labels of [`Config::heldout_labels`], when
+    /// given (`n_train`: the run's labels; `n_test`: the held-out ones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predictor_heldout: Option<report::PredictorQuality>,
     /// Kendall τ between labels and the validation top-1 after the final fine-tune over this
     /// run's fine-tuned policies ([`report::LabelFidelity`]), when at least 4 have both.
     #[serde(default)]

@@ -30,6 +30,12 @@ pub enum Acquisition {
     /// stratum, of which the one with the largest ensemble σ is labelled. The candidates are
     /// typical policies (random's distribution), the choice among them uncertainty's.
     Pool,
+    /// Pool-based σ inside the budgets' bands: the K labels are dealt round-robin to the
+    /// budgets ([`Request::bands`], `[limit/2, limit]` in BOPs, where the choices are made);
+    /// per budget, [`POOL`] uniformly random unlabelled policies of its band per label, of
+    /// which the largest-σ ones are labelled. Labels go where a budget's choice is made and
+    /// are typical policies there; among those, uncertainty picks.
+    Bands,
 }
 
 /// Random candidates per stratum of [`Acquisition::Pool`].
@@ -43,8 +49,9 @@ impl std::str::FromStr for Acquisition {
             "counterfactual" => Ok(Self::Counterfactual),
             "random" => Ok(Self::Random),
             "pool" => Ok(Self::Pool),
+            "bands" => Ok(Self::Bands),
             _ => Err(format!(
-                "unknown acquisition {s:?} (std, counterfactual, random, pool)"
+                "unknown acquisition {s:?} (std, counterfactual, random, pool, bands)"
             )),
         }
     }
@@ -57,6 +64,7 @@ impl std::fmt::Display for Acquisition {
             Self::Counterfactual => "counterfactual",
             Self::Random => "random",
             Self::Pool => "pool",
+            Self::Bands => "bands",
         })
     }
 }
@@ -246,12 +254,14 @@ impl Problem for CounterfactualProblem<'_> {
 }
 
 /// What one acquisition asks for (see [`acquire`]).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Request {
     /// How to choose.
     pub acquisition: Acquisition,
     /// The BOPs band the policies must fall in, `(lo, hi)`.
     pub band: (f64, f64),
+    /// The budgets' BOPs bands `(lo, hi)` ([`Acquisition::Bands`]; empty: `band` alone).
+    pub bands: Vec<(f64, f64)>,
     /// How many policies.
     pub k: usize,
     /// Generations of each evolutionary run (`Std`, `Counterfactual`).
@@ -281,6 +291,7 @@ pub fn acquire(
         k,
         generations,
         seed,
+        ..
     } = *req;
     if acquisition == Acquisition::Random {
         let seed = Stream::RandomAcquisition.seed(seed);
@@ -291,6 +302,14 @@ pub fn acquire(
     }
     if acquisition == Acquisition::Pool {
         return pool(space, predictor, labelled, band, k, seed);
+    }
+    if acquisition == Acquisition::Bands {
+        let bands = if req.bands.is_empty() {
+            vec![band]
+        } else {
+            req.bands.clone()
+        };
+        return band_pools(space, predictor, labelled, &bands, k, seed);
     }
     let objective = PredictorObjective::new(predictor, space)?;
     let problem = PolicyProblem::new(space, &objective, Fitness::Std, Complexity::Bops);
@@ -306,7 +325,9 @@ pub fn acquire(
             };
             &cf
         }
-        Acquisition::Random | Acquisition::Pool => unreachable!("handled above"),
+        Acquisition::Random | Acquisition::Pool | Acquisition::Bands => {
+            unreachable!("handled above")
+        }
     };
     // Stratified: one evolutionary run per equal-width log-BOPs stratum of the band, each
     // returning its most uncertain unlabelled policy. A single run over the whole band returns
@@ -414,6 +435,52 @@ fn pool(
     Ok(out.into_iter().map(|c| cands[c].1.clone()).collect())
 }
 
+/// [`Acquisition::Bands`]: label `i` of `k` goes to band `i mod bands.len()`; per band with
+/// `m` labels, up to `m·`[`POOL`] distinct unlabelled policies from uniformly random draws
+/// landing in it (at most `400·m·POOL` draws, stream [`Stream::PoolDraws`] of `seed`, bands in
+/// order), of which the `m` with the largest σ (ties: the first drawn). Returns fewer than `k`
+/// only when the bands hold fewer unlabelled policies. Errors: [`Error::EmptyBand`] when not
+/// one draw lands in any band; the predictor's.
+fn band_pools(
+    space: &SearchSpace,
+    predictor: &Predictor,
+    labelled: &HashSet<Vec<usize>>,
+    bands: &[(f64, f64)],
+    k: usize,
+    seed: u64,
+) -> Result<Vec<Vec<usize>>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(Stream::PoolDraws.seed(seed));
+    let mut seen: HashSet<Vec<usize>> = labelled.clone();
+    let mut out = Vec::with_capacity(k);
+    for (j, &band) in bands.iter().enumerate() {
+        let m = (0..k).filter(|i| i % bands.len() == j).count();
+        if m == 0 {
+            continue;
+        }
+        let mut cands: Vec<Vec<usize>> = Vec::new();
+        let want = m * POOL;
+        draw_strata(space, band, 1, 400 * want, &mut rng, &mut seen, |_, idx| {
+            cands.push(idx);
+            cands.len() >= want
+        })?;
+        if cands.is_empty() {
+            continue;
+        }
+        let feats: Vec<Vec<f64>> = cands.iter().map(|i| features(space, i)).collect();
+        let std = predictor.predict(&feats)?.std;
+        let mut order: Vec<usize> = (0..cands.len()).collect();
+        order.sort_by(|&a, &b| std[b].total_cmp(&std[a]).then(a.cmp(&b)));
+        out.extend(order.into_iter().take(m).map(|c| cands[c].clone()));
+    }
+    if out.is_empty() && k > 0 {
+        let (lo, hi) = bands.iter().fold((f64::INFINITY, 0.0f64), |(l, h), b| {
+            (l.min(b.0), h.max(b.1))
+        });
+        return Err(Error::EmptyBand { lo, hi });
+    }
+    Ok(out)
+}
+
 /// Object-safe runner over the two evolutionary acquisition problems.
 trait ProblemRef {
     fn run(
@@ -464,7 +531,7 @@ mod tests {
     use seer_policy::{SpaceConfig, builtin};
 
     #[test]
-    fn std_and_pool_acquisitions_are_distinct_unlabelled_in_band_and_spread_over_strata() {
+    fn std_pool_and_bands_acquisitions_are_distinct_unlabelled_in_band_and_spread() {
         let space = SearchSpace::new(
             builtin("lenet5", None, None).unwrap(),
             SpaceConfig {
@@ -500,6 +567,7 @@ mod tests {
             let req = Request {
                 acquisition,
                 band,
+                bands: Vec::new(),
                 k,
                 generations: 4,
                 seed: 7,
@@ -534,6 +602,7 @@ mod tests {
             &Request {
                 acquisition: Acquisition::Pool,
                 band,
+                bands: Vec::new(),
                 k: 1,
                 generations: 4,
                 seed: 11,
@@ -549,5 +618,44 @@ mod tests {
             "{} vs {sds:?}",
             sd(&one[0])
         );
+        // Bands: labels dealt round-robin to the bands (3, 2, 2 of 7), each inside its band,
+        // distinct and unlabelled; each band's first pick the largest σ of its pool, so at
+        // least the median σ of random policies of that band; same seed, same policies.
+        let (lo, hi) = (band.0, band.1);
+        let mid = (lo * hi).sqrt();
+        let bands = vec![(lo, mid), (mid, hi), ((lo * mid).sqrt(), (mid * hi).sqrt())];
+        let req = Request {
+            acquisition: Acquisition::Bands,
+            band,
+            bands: bands.clone(),
+            k: 7,
+            generations: 4,
+            seed: 5,
+        };
+        let got = acquire(&space, &pred, &labelled, &req).unwrap();
+        assert_eq!(got.len(), 7);
+        assert_eq!(got.iter().collect::<HashSet<_>>().len(), 7, "{got:?}");
+        let bops = |r: &Vec<usize>| space.totals_indices(r).unwrap().bops as f64;
+        for (j, r) in got.iter().enumerate() {
+            let b = [0, 0, 0, 1, 1, 2, 2][j];
+            let (l, h) = bands[b];
+            assert!(!labelled.contains(r));
+            assert!(
+                bops(r) >= l && bops(r) <= h,
+                "pick {j}: {} outside {l}..{h}",
+                bops(r)
+            );
+        }
+        for (b, j) in [(0, 0), (1, 3), (2, 5)] {
+            let others = stratified(&space, bands[b], 41, 99, &labelled).unwrap();
+            let mut sds: Vec<f64> = others.iter().map(sd).collect();
+            sds.sort_by(f64::total_cmp);
+            assert!(
+                sd(&got[j]) >= sds[sds.len() / 2],
+                "band {b}: {} vs {sds:?}",
+                sd(&got[j])
+            );
+        }
+        assert_eq!(acquire(&space, &pred, &labelled, &req).unwrap(), got);
     }
 }

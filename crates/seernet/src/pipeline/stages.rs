@@ -342,6 +342,7 @@ impl Run<'_> {
             &sampling::Request {
                 acquisition: cfg.acquisition,
                 band: self.budgets.band,
+                bands: self.budget_bands(),
                 k: cfg.k,
                 generations: cfg.sampler_generations,
                 seed: Stream::ActiveSampler(r).seed(cfg.seed),
@@ -364,6 +365,18 @@ impl Run<'_> {
         }
         self.planned.extend(rows);
         Ok(())
+    }
+
+    /// The budgets' BOPs bands `[limit/2, limit]` (the lower end at least the cheapest
+    /// policy's BOPs), in budget order, for the budgets with a BOPs limit.
+    fn budget_bands(&self) -> Vec<(f64, f64)> {
+        let floor = self.budgets.cheapest.bops as f64;
+        self.budgets
+            .resolved
+            .iter()
+            .filter_map(|b| b.max_bops)
+            .map(|m| ((0.5 * m as f64).max(floor), m as f64))
+            .collect()
     }
 
     /// Stage 4: the verification rounds. For every budget and pessimism κ, the barrier search

@@ -23,7 +23,7 @@
 //! | [`Stream::RandomAcquisition`] | `t ^ 0x4A4D` | `acquire(Random, .., t)`: the seed it gives `stratified` |
 //! | [`Stream::SamplerStratum`]`(i)` | `t + i · 0x9E37` | `acquire(Std/Counterfactual, .., t)`: evolutionary run of stratum `i` |
 //! | [`Stream::SamplerFill`] | `t ^ 0xF111` | `acquire(.., t)`: the run that fills strata left empty |
-//! | [`Stream::PoolDraws`] | `t ^ 0x9001` | `acquire(Pool, .., t)`: the random draws of its candidate pools |
+//! | [`Stream::PoolDraws`] | `t ^ 0x9001` | `acquire(Pool or Bands, .., t)`: the random draws of its candidate pools |
 //! | [`Stream::RandomMethod`] | `s ^ 0x5A4D` | `--method random`: its draws of random policies |
 //! | [`Stream::Sensitivity`] | `s ^ 0xF157` | `--method fit-ilp`: the order of the images of its Fisher estimate |
 //!
@@ -70,7 +70,7 @@ pub enum Stream {
     SamplerStratum(usize),
     /// The evolutionary run that fills an acquisition's empty strata, given `t`: `t ^ 0xF111`.
     SamplerFill,
-    /// The random candidates of a pool acquisition given `t`: `t ^ 0x9001`.
+    /// The random candidates of a pool or bands acquisition given `t`: `t ^ 0x9001`.
     PoolDraws,
     /// `--method random`'s draws of random policies: `s ^ 0x5A4D`.
     RandomMethod,

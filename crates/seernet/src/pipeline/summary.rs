@@ -54,6 +54,7 @@ impl Run<'_> {
             budgets: self.budgets_json(&rep),
             predictor_tau: fitted.quality.as_ref().map(|q| q.kendall_tau),
             predictor: fitted.quality,
+            predictor_heldout: fitted.heldout,
             label_fidelity_tau: rep.label_fidelity.as_ref().map(|f| f.kendall_tau),
             timings: rep.timings.clone(),
             seconds: self.timings.wall(),
