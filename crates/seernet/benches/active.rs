@@ -194,6 +194,7 @@ fn main() -> Res<()> {
                     acquisition: acq,
                     band,
                     bands: budget_bands.clone(),
+                    round: r,
                     k,
                     generations: cfg.sampler_generations,
                     seed: Stream::ActiveSampler(r).seed(seed),

@@ -140,22 +140,33 @@ impl Run<'_> {
         path: &std::path::Path,
         n_train: usize,
     ) -> Result<Option<report::PredictorQuality>> {
-        let bad = |msg: String| Error::Config {
-            what: "heldout_labels".into(),
-            msg,
-        };
         if !path.is_file() {
-            return Err(bad(format!(
-                "{} is not a label store (a labels.jsonl of a run of this labelling protocol)",
-                path.display()
-            )));
+            return Err(Error::Config {
+                what: "heldout_labels".into(),
+                msg: format!(
+                    "{} is not a label store (a labels.jsonl of a run of this labelling protocol)",
+                    path.display()
+                ),
+            });
         }
-        let (store, _) = crate::store::LabelStore::open(path, self.store.protocol())?;
+        // Read only (no lock, a torn last line skipped, not truncated): it is another run's.
+        let store = crate::store::read_store(path)?;
+        let diff = store.protocol.diff(self.store.protocol());
+        if !diff.is_empty() {
+            return Err(seer_label::Error::Protocol {
+                what: format!(
+                    "held-out label store {} (store vs this run)",
+                    path.display()
+                ),
+                diff: diff.join("; "),
+            }
+            .into());
+        }
         let planned: std::collections::HashSet<&[usize]> =
             self.planned.iter().map(|i| i.as_slice()).collect();
         let mut rows = Vec::new();
         let mut truth = Vec::new();
-        for r in store.records() {
+        for r in &store.records {
             let idx = self.space.to_indices(&r.policy)?;
             if !planned.contains(idx.as_slice()) {
                 rows.push(sampling::features(&self.space, &idx));

@@ -262,6 +262,10 @@ pub struct Request {
     pub band: (f64, f64),
     /// The budgets' BOPs bands `(lo, hi)` ([`Acquisition::Bands`]; empty: `band` alone).
     pub bands: Vec<(f64, f64)>,
+    /// The active round (0-based): [`Acquisition::Bands`] deals this round's first label to
+    /// band `round mod bands`, so that with K smaller than the number of budgets every
+    /// budget still gets labels over the rounds.
+    pub round: usize,
     /// How many policies.
     pub k: usize,
     /// Generations of each evolutionary run (`Std`, `Counterfactual`).
@@ -309,7 +313,7 @@ pub fn acquire(
         } else {
             req.bands.clone()
         };
-        return band_pools(space, predictor, labelled, &bands, k, seed);
+        return band_pools(space, predictor, labelled, &bands, k, req.round, seed);
     }
     let objective = PredictorObjective::new(predictor, space)?;
     let problem = PolicyProblem::new(space, &objective, Fitness::Std, Complexity::Bops);
@@ -435,7 +439,8 @@ fn pool(
     Ok(out.into_iter().map(|c| cands[c].1.clone()).collect())
 }
 
-/// [`Acquisition::Bands`]: label `i` of `k` goes to band `i mod bands.len()`; per band with
+/// [`Acquisition::Bands`]: label `i` of `k` goes to band `(i + round) mod bands.len()`; per
+/// band with
 /// `m` labels, up to `m·`[`POOL`] distinct unlabelled policies from uniformly random draws
 /// landing in it (at most `400·m·POOL` draws, stream [`Stream::PoolDraws`] of `seed`, bands in
 /// order), of which the `m` with the largest σ (ties: the first drawn). Returns fewer than `k`
@@ -447,13 +452,14 @@ fn band_pools(
     labelled: &HashSet<Vec<usize>>,
     bands: &[(f64, f64)],
     k: usize,
+    round: usize,
     seed: u64,
 ) -> Result<Vec<Vec<usize>>> {
     let mut rng = ChaCha8Rng::seed_from_u64(Stream::PoolDraws.seed(seed));
     let mut seen: HashSet<Vec<usize>> = labelled.clone();
     let mut out = Vec::with_capacity(k);
     for (j, &band) in bands.iter().enumerate() {
-        let m = (0..k).filter(|i| i % bands.len() == j).count();
+        let m = (0..k).filter(|i| (i + round) % bands.len() == j).count();
         if m == 0 {
             continue;
         }
@@ -568,6 +574,7 @@ mod tests {
                 acquisition,
                 band,
                 bands: Vec::new(),
+                round: 0,
                 k,
                 generations: 4,
                 seed: 7,
@@ -603,6 +610,7 @@ mod tests {
                 acquisition: Acquisition::Pool,
                 band,
                 bands: Vec::new(),
+                round: 0,
                 k: 1,
                 generations: 4,
                 seed: 11,
@@ -628,6 +636,7 @@ mod tests {
             acquisition: Acquisition::Bands,
             band,
             bands: bands.clone(),
+            round: 0,
             k: 7,
             generations: 4,
             seed: 5,
@@ -657,5 +666,17 @@ mod tests {
             );
         }
         assert_eq!(acquire(&space, &pred, &labelled, &req).unwrap(), got);
+        // Round 1 deals 2 labels starting at band 1: bands 1 and 2 get one each, band 0 none.
+        let req = Request {
+            k: 2,
+            round: 1,
+            ..req
+        };
+        let got = acquire(&space, &pred, &labelled, &req).unwrap();
+        assert_eq!(got.len(), 2);
+        for (r, b) in got.iter().zip([1, 2]) {
+            let (l, h) = bands[b];
+            assert!(bops(r) >= l && bops(r) <= h, "{} outside band {b}", bops(r));
+        }
     }
 }

@@ -343,6 +343,7 @@ impl Run<'_> {
                 acquisition: cfg.acquisition,
                 band: self.budgets.band,
                 bands: self.budget_bands(),
+                round: r,
                 k: cfg.k,
                 generations: cfg.sampler_generations,
                 seed: Stream::ActiveSampler(r).seed(cfg.seed),
