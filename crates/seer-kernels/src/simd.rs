@@ -13,7 +13,7 @@
 //! Dispatch ([`Level`]): AVX-512F when the CPU has it (`8 × 48` tiles of 16-lane vectors),
 //! else AVX2+FMA (`6 × 16` broadcast and `4 × 2` dot tiles of 8-lane vectors), else
 //! portable. [`gemm_bcast_tab`] and [`gemm_dot_tab`] read `B`'s rows through a table of
-//! offsets (shifted windows of a padded image) on the AVX2 kernels. [`gemm_bcast`] gives the
+//! offsets (shifted windows of a padded image) on the same kernels. [`gemm_bcast`] gives the
 //! same bits on the AVX-512 and AVX2 paths (each element is the same chain of fused
 //! multiply-adds over `k`, then the optional add of `C`); [`gemm_dot`]'s 8-lane partial sums
 //! would change with a 16-lane kernel, so it runs the AVX2 kernel on AVX-512 machines too:
@@ -134,7 +134,7 @@ pub(crate) fn gemm_bcast(
         match level() {
             // SAFETY: CPU support checked by `level`; every access stays within the extents
             // asserted above.
-            Level::Avx512 => return unsafe { avx512::bcast(m, n, op) },
+            Level::Avx512 => return unsafe { avx512::bcast::<false>(m, n, op) },
             // SAFETY: as above.
             Level::Avx2 => return unsafe { avx2::bcast::<false>(m, n, op) },
             Level::Portable => {}
@@ -213,10 +213,10 @@ pub(crate) fn gemm_dot(
 
 /// `C[m×n] (ldc) = A[m×k] · B[k×n]` where row `q` of `B` is `b[ktab[q]..ktab[q] + n]`
 /// (rows anywhere in `b`, e.g. shifted windows of one padded image: the direct
-/// convolution in [`crate::conv`]). AVX2+FMA (also on AVX-512 CPUs): the [`gemm_bcast`]
-/// kernels, so every element is the same chain of fused multiply-adds over `k` as
-/// [`gemm_bcast`] on the same values (the same bits). Portable: a plain loop (separate
-/// multiply and add). Panics (internal bug) when a row runs past `b`.
+/// convolution in [`crate::conv`]). AVX-512 and AVX2+FMA: the [`gemm_bcast`] kernels, so every
+/// element is the same chain of fused multiply-adds over `k` as [`gemm_bcast`] on the same
+/// values (the same bits on both levels). Portable: a plain loop (separate multiply and
+/// add). Panics (internal bug) when a row runs past `b`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm_bcast_tab(
     m: usize,
@@ -248,6 +248,7 @@ pub(crate) fn gemm_bcast_tab(
     }
     #[cfg(target_arch = "x86_64")]
     if k > 0 && level() >= Level::Avx2 {
+        let level = level();
         let op = Gemm {
             k,
             a: a.data.as_ptr(),
@@ -262,9 +263,15 @@ pub(crate) fn gemm_bcast_tab(
             ktab: ktab.as_ptr(),
             jtab: std::ptr::null(),
         };
-        // SAFETY: AVX2+FMA checked by `level` (AVX-512 implies both here, see `detected`);
-        // every access stays within the extents asserted above.
-        return unsafe { avx2::bcast::<true>(m, n, op) };
+        // SAFETY: AVX-512F, or AVX2+FMA, checked by `level`; every access stays within the
+        // extents asserted above.
+        return unsafe {
+            if level == Level::Avx512 {
+                avx512::bcast::<true>(m, n, op)
+            } else {
+                avx2::bcast::<true>(m, n, op)
+            }
+        };
     }
     for i in 0..m {
         let ci = &mut c[i * ldc..i * ldc + n];
@@ -708,15 +715,18 @@ mod avx512 {
     /// `last` (the others are full): per element the chain of fused multiply-adds over `k`
     /// from zero, then the add of `C` — the AVX2 kernel's arithmetic, so the same bits.
     #[target_feature(enable = "avx512f")]
-    unsafe fn bcast_tile<const MR: usize, const NV: usize>(op: Gemm, last: __mmask16) {
-        let Gemm { a, b, c, ldc, .. } = op;
+    unsafe fn bcast_tile<const MR: usize, const NV: usize, const KT: bool>(
+        op: Gemm,
+        last: __mmask16,
+    ) {
+        let Gemm { a, c, ldc, .. } = op;
         let mask = |v: usize| if v + 1 == NV { last } else { 0xFFFF };
         // SAFETY (whole body): the caller guarantees the tile's unmasked lanes lie inside
         // A, B and C; masked lanes are neither read nor written.
         unsafe {
             let mut acc = [[_mm512_setzero_ps(); NV]; MR];
             for kk in 0..op.k {
-                let bp = b.add(kk * op.brs);
+                let bp = op.brow_k::<KT>(kk);
                 let mut bv = [_mm512_setzero_ps(); NV];
                 for (v, bv) in bv.iter_mut().enumerate() {
                     *bv = _mm512_maskz_loadu_ps(mask(v), bp.add(16 * v));
@@ -745,45 +755,45 @@ mod avx512 {
     /// All `n` columns of an `MR`-row block: tiles of 48 columns, then one tile of 1–3
     /// vectors for the rest, its last vector masked.
     #[target_feature(enable = "avx512f")]
-    unsafe fn bcast_rows<const MR: usize>(n: usize, op: Gemm) {
+    unsafe fn bcast_rows<const MR: usize, const KT: bool>(n: usize, op: Gemm) {
         // SAFETY (whole body): columns stay below n; rows below MR (caller's bound).
         unsafe {
             let mut j = 0;
             while j + 48 <= n {
-                bcast_tile::<MR, 3>(op.at(0, j), 0xFFFF);
+                bcast_tile::<MR, 3, KT>(op.at(0, j), 0xFFFF);
                 j += 48;
             }
             let rest = n - j;
             let last = lanes(rest - rest.saturating_sub(1) / 16 * 16);
             match rest.div_ceil(16) {
-                3 => bcast_tile::<MR, 3>(op.at(0, j), last),
-                2 => bcast_tile::<MR, 2>(op.at(0, j), last),
-                1 => bcast_tile::<MR, 1>(op.at(0, j), last),
+                3 => bcast_tile::<MR, 3, KT>(op.at(0, j), last),
+                2 => bcast_tile::<MR, 2, KT>(op.at(0, j), last),
+                1 => bcast_tile::<MR, 1, KT>(op.at(0, j), last),
                 _ => {}
             }
         }
     }
 
-    /// See [`super::gemm_bcast`]; the caller checked CPU support and extents. Rows in blocks
-    /// of 8, then one block of the 1–7 left.
+    /// See [`super::gemm_bcast`] and [`super::gemm_bcast_tab`] (`KT`); the caller checked CPU
+    /// support and extents. Rows in blocks of 8, then one block of the 1–7 left.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn bcast(m: usize, n: usize, op: Gemm) {
+    pub(super) unsafe fn bcast<const KT: bool>(m: usize, n: usize, op: Gemm) {
         // SAFETY: row blocks stay below m.
         unsafe {
             let mut i = 0;
             while i + 8 <= m {
-                bcast_rows::<8>(n, op.at(i, 0));
+                bcast_rows::<8, KT>(n, op.at(i, 0));
                 i += 8;
             }
             let rest = op.at(i, 0);
             match m - i {
-                7 => bcast_rows::<7>(n, rest),
-                6 => bcast_rows::<6>(n, rest),
-                5 => bcast_rows::<5>(n, rest),
-                4 => bcast_rows::<4>(n, rest),
-                3 => bcast_rows::<3>(n, rest),
-                2 => bcast_rows::<2>(n, rest),
-                1 => bcast_rows::<1>(n, rest),
+                7 => bcast_rows::<7, KT>(n, rest),
+                6 => bcast_rows::<6, KT>(n, rest),
+                5 => bcast_rows::<5, KT>(n, rest),
+                4 => bcast_rows::<4, KT>(n, rest),
+                3 => bcast_rows::<3, KT>(n, rest),
+                2 => bcast_rows::<2, KT>(n, rest),
+                1 => bcast_rows::<1, KT>(n, rest),
                 _ => {}
             }
         }
