@@ -53,5 +53,6 @@ pub use quant::{
     act_levels, fake_quant_act, fake_quant_weight, round_half_away, weight_qmax, weight_scales,
 };
 pub use residual::{add_relu, shortcut_a};
+pub use simd::{map_into, map2_into};
 #[cfg(test)]
 mod testutil;

@@ -197,11 +197,7 @@ pub(crate) fn par_map(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
     let mut out = vec![0f32; x.len()];
     out.par_chunks_mut(BLOCK)
         .zip(x.par_chunks(BLOCK))
-        .for_each(|(o, x)| {
-            for (o, &x) in o.iter_mut().zip(x) {
-                *o = f(x);
-            }
-        });
+        .for_each(|(o, x)| crate::simd::map_into(x, o, &f));
     out
 }
 
@@ -211,11 +207,7 @@ pub(crate) fn par_map2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync)
     let mut out = vec![0f32; a.len()];
     out.par_chunks_mut(BLOCK)
         .zip(a.par_chunks(BLOCK).zip(b.par_chunks(BLOCK)))
-        .for_each(|(o, (a, b))| {
-            for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
-                *o = f(a, b);
-            }
-        });
+        .for_each(|(o, (a, b))| crate::simd::map2_into(a, b, o, &f));
     out
 }
 

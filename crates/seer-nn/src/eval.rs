@@ -621,7 +621,8 @@ fn run(
             let xin: &[f32] = match fq {
                 Some(f) => {
                     q.clear();
-                    q.extend(x.iter().map(|&v| f.apply(v)));
+                    q.resize(x.len(), 0.0);
+                    seer_kernels::map_into(x, q, |v| f.apply(v));
                     q
                 }
                 None => x,
@@ -640,7 +641,8 @@ fn run(
             let xin: &[f32] = match fq {
                 Some(f) => {
                     q.clear();
-                    q.extend(x[..k].iter().map(|&v| f.apply(v)));
+                    q.resize(k, 0.0);
+                    seer_kernels::map_into(&x[..k], q, |v| f.apply(v));
                     q
                 }
                 None => &x[..k],
