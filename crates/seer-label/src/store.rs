@@ -450,6 +450,21 @@ pub struct StoreContents {
     good_len: u64,
 }
 
+impl StoreContents {
+    /// Err([`Error::Protocol`]) naming the store at `path` and every differing field when
+    /// its protocol is not `protocol`.
+    pub fn require_protocol(&self, path: &Path, protocol: &Protocol) -> Result<()> {
+        let diff = self.protocol.diff(protocol);
+        if diff.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Protocol {
+            what: format!("label store {} (store vs this run)", path.display()),
+            diff: diff.join("; "),
+        })
+    }
+}
+
 fn io_err(path: &Path, e: std::io::Error) -> Error {
     Error::Io {
         path: path.display().to_string(),
@@ -672,13 +687,7 @@ impl LabelStore {
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(|e| io_err(&path, e))?;
         let contents = parse_store(&path, &bytes)?;
-        let diff = contents.protocol.diff(protocol);
-        if !diff.is_empty() {
-            return Err(Error::Protocol {
-                what: format!("label store {} (store vs this run)", path.display()),
-                diff: diff.join("; "),
-            });
-        }
+        contents.require_protocol(&path, protocol)?;
         if let Some(t) = &contents.report.dropped_tail {
             tracing::debug!(
                 store = %path.display(),

@@ -114,9 +114,9 @@ impl Run<'_> {
                 .line("fewer than 10 labels: predictor quality not measured");
             None
         };
-        let heldout = match (&predictor, &self.cfg.heldout_labels) {
-            (Some(p), Some(path)) => self.heldout_quality(p, path, recs.len())?,
-            _ => None,
+        let heldout = match &predictor {
+            Some(p) => self.heldout_quality(p, recs.len())?,
+            None => None,
         };
         self.timed("predictor", t);
         Ok(Fitted {
@@ -127,46 +127,26 @@ impl Run<'_> {
         })
     }
 
-    /// The final predictor `p` (fitted on `n_train` labels) scored on the labels of the store
-    /// at `path` whose policies this run did not plan: Kendall's τ-b, Spearman's ρ and RMSE
-    /// (points) between μ and the labels. One fixed set scores runs that planned different
-    /// labels alike (issue 16: acquisitions compared on one held-out set). `None` (logged, the
-    /// run goes on, as for [`Run::quality`]) when fewer than 4 labels are left or they cannot
-    /// be ranked (all equal). Errors: the store is missing ([`Error::Config`]), of another
-    /// labelling protocol or unreadable (the store's error).
+    /// The final predictor `p` (fitted on `n_train` labels) scored on the held-out labels
+    /// ([`Config::heldout_labels`](super::Config::heldout_labels), read at setup) whose
+    /// policies this run did not plan: Kendall's τ-b, Spearman's ρ and RMSE (points) between
+    /// μ and the labels. One fixed set scores runs that planned different labels alike
+    /// (issue 16: acquisitions compared on one held-out set). `None` without held-out labels,
+    /// and (logged, the run goes on, as for [`Run::quality`]) when fewer than 4 labels are
+    /// left or they cannot be ranked (all equal). Errors: a held-out policy outside the space (the policy crate's).
     fn heldout_quality(
         &mut self,
         p: &Predictor,
-        path: &std::path::Path,
         n_train: usize,
     ) -> Result<Option<report::PredictorQuality>> {
-        if !path.is_file() {
-            return Err(Error::Config {
-                what: "heldout_labels".into(),
-                msg: format!(
-                    "{} is not a label store (a labels.jsonl of a run of this labelling protocol)",
-                    path.display()
-                ),
-            });
-        }
-        // Read only (no lock, a torn last line skipped, not truncated): it is another run's.
-        let store = crate::store::read_store(path)?;
-        let diff = store.protocol.diff(self.store.protocol());
-        if !diff.is_empty() {
-            return Err(seer_label::Error::Protocol {
-                what: format!(
-                    "held-out label store {} (store vs this run)",
-                    path.display()
-                ),
-                diff: diff.join("; "),
-            }
-            .into());
-        }
+        let Some((path, records)) = &self.heldout else {
+            return Ok(None);
+        };
         let planned: std::collections::HashSet<&[usize]> =
             self.planned.iter().map(|i| i.as_slice()).collect();
         let mut rows = Vec::new();
         let mut truth = Vec::new();
-        for r in &store.records {
+        for r in records {
             let idx = self.space.to_indices(&r.policy)?;
             if !planned.contains(idx.as_slice()) {
                 rows.push(sampling::features(&self.space, &idx));

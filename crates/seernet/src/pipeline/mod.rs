@@ -180,8 +180,9 @@ pub struct Config {
     /// A label store of the same labelling protocol (`--heldout-labels FILE`, e.g. another
     /// run's `labels.jsonl`): the final predictor is also scored on its labels of policies
     /// this run did not plan (Kendall τ-b, RMSE; `predictor_heldout` in `summary.json`), so
-    /// runs that planned different labels are compared on one fixed set. Read only; it does
-    /// not change the run's choices. Predictor methods only.
+    /// runs that planned different labels are compared on one fixed set. Read once at setup
+    /// (its protocol checked there); it does not change the run's choices. Predictor methods
+    /// only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heldout_labels: Option<PathBuf>,
     /// Peak learning rate of all fine-tunes (cosine decay).
@@ -442,6 +443,8 @@ struct Run<'a> {
     store: LabelStore,
     /// The shared label store of [`Config::label_cache`], when given.
     label_cache: Option<LabelStore>,
+    /// [`Config::heldout_labels`] and its records (read and protocol-checked at setup).
+    heldout: Option<(PathBuf, Vec<crate::store::LabelRecord>)>,
     /// The store's torn tail dropped on open, described.
     dropped_tail: Option<String>,
     /// The uniform baselines (labelled as anchors, fine-tuned for the report).

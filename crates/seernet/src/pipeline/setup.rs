@@ -115,6 +115,15 @@ impl<'a> Run<'a> {
             Some(path) => Some(open_label_cache(path, &labels.store, &mut log)?),
             None => None,
         };
+        // Read and checked now, so that a wrong file fails before any label is computed.
+        let heldout = match &cfg.heldout_labels {
+            Some(path) => {
+                let store = crate::store::read_store(path)?;
+                store.require_protocol(path, labels.store.protocol())?;
+                Some((path.clone(), store.records))
+            }
+            None => None,
+        };
         let header = if cfg
             .budgets
             .iter()
@@ -151,6 +160,7 @@ impl<'a> Run<'a> {
             labeler: labels.labeler,
             store: labels.store,
             label_cache,
+            heldout,
             dropped_tail: labels.dropped_tail,
             uniform,
             planned: Vec::new(),
