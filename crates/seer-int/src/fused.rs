@@ -302,11 +302,14 @@ pub(crate) struct RealSink<'a> {
     relu6: bool,
     out: Out<f32>,
     codes: Vec<(Out<u8>, f32, f32)>,
+    /// The AVX2 epilogue (else plain Rust; both give the same bits).
+    simd: bool,
     _life: std::marker::PhantomData<&'a mut [f32]>,
 }
 
 impl<'a> RealSink<'a> {
-    /// A sink into `out` (`[m, scale.len()]`) and `codes` (each `[m, n]`, with its `(α, step)`).
+    /// A sink into `out` (`[m, scale.len()]`) and `codes` (each `[m, n]`, with its `(α, step)`),
+    /// its epilogue vectorised with AVX2 unless `isa` is [`Isa::Portable`].
     /// Errors: `ShapeMismatch` when a buffer, the residual or the bias has another length.
     pub(crate) fn new(
         scale: &'a [f32],
@@ -315,6 +318,7 @@ impl<'a> RealSink<'a> {
         (relu, relu6): (bool, bool),
         out: &'a mut [f32],
         codes: Vec<(&'a mut [u8], f32, f32)>,
+        isa: Isa,
     ) -> Result<Self> {
         check_len("bias", scale.len(), bias.len())?;
         match residual {
@@ -336,8 +340,76 @@ impl<'a> RealSink<'a> {
                 .into_iter()
                 .map(|(c, a, s)| (Out::new(c), a, s))
                 .collect(),
+            simd: simd_epilogue(isa),
             _life: std::marker::PhantomData,
         })
+    }
+}
+
+impl RealSink<'_> {
+    /// Elements `base..base + o.len()` of the tile in plain Rust (`a` its accumulators, `s`
+    /// and `b` its channel factors): the reference the AVX2 epilogue is tested against.
+    fn write_plain(&self, base: usize, o: &mut [f32], a: &[i32], s: &[f32], b: &[f32]) {
+        for j in 0..o.len() {
+            o[j] = a[j] as f32 * s[j] + b[j];
+        }
+        match self.residual {
+            Some(Residual::Real(r)) => {
+                for (y, r) in o.iter_mut().zip(&r[base..]) {
+                    *y += r;
+                }
+            }
+            Some(Residual::Codes(r, step)) => {
+                for (y, &r) in o.iter_mut().zip(&r[base..]) {
+                    *y += r as f32 * step;
+                }
+            }
+            None => {}
+        }
+        if self.relu6 {
+            o.iter_mut().for_each(|y| *y = y.clamp(0.0, 6.0));
+        } else if self.relu {
+            o.iter_mut().for_each(|y| *y = y.max(0.0));
+        }
+        for (c, alpha, step) in &self.codes {
+            // SAFETY: the caller's tile, in another buffer of the same shape.
+            let q = unsafe { c.slice(base, o.len()) };
+            for (q, &y) in q.iter_mut().zip(o.iter()) {
+                *q = crate::layers::round_code(y.clamp(0.0, *alpha) / step);
+            }
+        }
+    }
+
+    /// Elements `base..base + o.len()` on AVX2 up to the last multiple of 8 (the factors
+    /// `s`, `b` per element or repeating every `s.len()`, a multiple of 8), the tail in
+    /// plain Rust: the same bits as [`write_plain`](Self::write_plain).
+    #[cfg(target_arch = "x86_64")]
+    fn write_simd(&self, base: usize, o: &mut [f32], a: &[i32], s: &[f32], b: &[f32]) {
+        let len = o.len();
+        let r = self.residual.map(|r| match r {
+            Residual::Real(r) => Residual::Real(&r[base..base + len]),
+            Residual::Codes(r, st) => Residual::Codes(&r[base..base + len], st),
+        });
+        // SAFETY: `simd` is set only where AVX2 is available; a and r hold len elements,
+        // s and b len or a period that is a multiple of 8 (the callers' contract).
+        let done = unsafe { crate::x86::real_row_avx2(o, a, s, b, r, (self.relu, self.relu6)) };
+        for (c, alpha, step) in &self.codes {
+            // SAFETY: the caller's tile, in another buffer of the same shape.
+            let q = unsafe { c.slice(base, done) };
+            // SAFETY: AVX2 as above; o holds at least `done` elements.
+            unsafe { crate::x86::codes_row_avx2(q, &o[..done], *alpha, *step) };
+        }
+        if done < len {
+            // A tail only where the factors are per element (a period is a multiple of 8
+            // and divides the length).
+            self.write_plain(
+                base + done,
+                &mut o[done..],
+                &a[done..len],
+                &s[done..],
+                &b[done..],
+            );
+        }
     }
 }
 
@@ -348,39 +420,28 @@ impl Sink for RealSink<'_> {
     fn write(&self, r0: usize, nrows: usize, c0: usize, c1: usize, acc: &[i32], ld: usize) {
         let n = self.n();
         let (s, b) = (&self.scale[c0..c1], &self.bias[c0..c1]);
+        #[cfg(target_arch = "x86_64")]
+        if self.simd {
+            if c0 == 0 && c1 == n && ld == n && n.is_multiple_of(8) {
+                // Whole rows, contiguous: one call for the tile, factors repeated every n.
+                // SAFETY: tasks write disjoint row ranges (the tile has all columns).
+                let o = unsafe { self.out.slice(r0 * n, nrows * n) };
+                self.write_simd(r0 * n, o, &acc[..nrows * n], s, b);
+                return;
+            }
+            for i in 0..nrows {
+                let base = (r0 + i) * n + c0;
+                // SAFETY: tasks write disjoint (row, column) tiles.
+                let o = unsafe { self.out.slice(base, c1 - c0) };
+                self.write_simd(base, o, &acc[i * ld..i * ld + (c1 - c0)], s, b);
+            }
+            return;
+        }
         for i in 0..nrows {
             let base = (r0 + i) * n + c0;
             // SAFETY: tasks write disjoint (row, column) tiles.
             let o = unsafe { self.out.slice(base, c1 - c0) };
-            let a = &acc[i * ld..i * ld + (c1 - c0)];
-            for j in 0..o.len() {
-                o[j] = a[j] as f32 * s[j] + b[j];
-            }
-            match self.residual {
-                Some(Residual::Real(r)) => {
-                    for (y, r) in o.iter_mut().zip(&r[base..]) {
-                        *y += r;
-                    }
-                }
-                Some(Residual::Codes(r, step)) => {
-                    for (y, &r) in o.iter_mut().zip(&r[base..]) {
-                        *y += r as f32 * step;
-                    }
-                }
-                None => {}
-            }
-            if self.relu6 {
-                o.iter_mut().for_each(|y| *y = y.clamp(0.0, 6.0));
-            } else if self.relu {
-                o.iter_mut().for_each(|y| *y = y.max(0.0));
-            }
-            for (c, alpha, step) in &self.codes {
-                // SAFETY: as above, the same tile of another buffer.
-                let q = unsafe { c.slice(base, o.len()) };
-                for (q, &y) in q.iter_mut().zip(o.iter()) {
-                    *q = crate::layers::round_code(y.clamp(0.0, *alpha) / step);
-                }
-            }
+            self.write_plain(base, o, &acc[i * ld..i * ld + (c1 - c0)], s, b);
         }
     }
 }
@@ -1236,6 +1297,95 @@ mod tests {
                     };
                     assert_eq!(done, len / 8 * 8);
                     assert_eq!(&got[..done], &want[..done], "len {len} case {case}");
+                }
+            }
+        }
+    }
+
+    /// [`RealSink`]'s AVX2 epilogue writes the same bits as its plain-Rust one — real
+    /// outputs and the codes of every quantizer — for whole-row tiles and column sub-tiles
+    /// of widths with and without a tail, real and code residuals, ReLU, ReLU6 and none,
+    /// signed zeros (negative scales times zero accumulators), rounding ties and both clip
+    /// ends.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn real_sink_simd_equals_plain() {
+        if !Isa::Avx2.is_available() {
+            return;
+        }
+        let mut r = lcg(21);
+        for n in [8usize, 13, 16, 24, 37, 64] {
+            let m = 7;
+            let len = m * n;
+            let acc: Vec<i32> = (0..len)
+                .map(|j| match j % 5 {
+                    0 => 0,
+                    1 => (r() % 2000) as i32 - 1000,
+                    2 => r() as i32 - (1 << 30),
+                    _ => (r() % 64) as i32 - 8,
+                })
+                .collect();
+            let scale: Vec<f32> = (0..n)
+                .map(|c| {
+                    let v = (r() % 1000) as f32 / 4000.0 + 1e-6;
+                    if c % 4 == 3 { -v } else { v }
+                })
+                .collect();
+            let bias: Vec<f32> = (0..n)
+                .map(|c| match c % 3 {
+                    0 => -0.0,
+                    1 => 0.25 * ((r() % 16) as f32 - 8.0),
+                    _ => (r() % 200) as f32 / 100.0 - 1.0,
+                })
+                .collect();
+            let real: Vec<f32> = (0..len)
+                .map(|j| {
+                    if j % 6 == 0 {
+                        -0.0
+                    } else {
+                        (r() % 64) as f32 / 8.0 - 4.0
+                    }
+                })
+                .collect();
+            let codes_in: Vec<u8> = (0..len).map(|_| r() as u8).collect();
+            let residuals = [
+                None,
+                Some(Residual::Real(&real[..])),
+                Some(Residual::Codes(&codes_in[..], 0.125)),
+            ];
+            for residual in residuals {
+                for act in [(false, false), (true, false), (false, true)] {
+                    let run = |isa: Isa, cols: &[(usize, usize)]| {
+                        let mut out = vec![f32::NAN; len];
+                        let mut q1 = vec![0xEEu8; len];
+                        let mut q2 = vec![0xEEu8; len];
+                        let sink = RealSink::new(
+                            &scale,
+                            &bias,
+                            residual,
+                            act,
+                            &mut out,
+                            vec![(&mut q1[..], 3.75, 0.25), (&mut q2[..], 2.0, 2.0 / 255.0)],
+                            isa,
+                        )
+                        .unwrap();
+                        for &(c0, c1) in cols {
+                            let mut tile = vec![0i32; m * (c1 - c0)];
+                            for i in 0..m {
+                                tile[i * (c1 - c0)..(i + 1) * (c1 - c0)]
+                                    .copy_from_slice(&acc[i * n + c0..i * n + c1]);
+                            }
+                            sink.write(0, 3, c0, c1, &tile, c1 - c0);
+                            sink.write(3, m - 3, c0, c1, &tile[3 * (c1 - c0)..], c1 - c0);
+                        }
+                        drop(sink);
+                        (out.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), q1, q2)
+                    };
+                    for cols in [vec![(0, n)], vec![(0, n / 2), (n / 2, n)]] {
+                        let want = run(Isa::Portable, &cols);
+                        let got = run(Isa::Avx2, &cols);
+                        assert_eq!(got, want, "n {n} act {act:?} cols {cols:?}");
+                    }
                 }
             }
         }

@@ -21,7 +21,9 @@ use rayon::prelude::*;
 use crate::Isa;
 use crate::error::{Error, Result, check_len, invalid};
 use crate::format::{IntModel, LayerWeights, Node, NodeOp, QuantOut};
-use crate::fused::{ASource, AccSink, RealSink, RequantSink, Residual, conv2d_requant, gemm_fused};
+use crate::fused::{
+    ASource, AccSink, RealSink, RequantSink, Residual, conv2d_requant, gemm_fused, simd_epilogue,
+};
 use crate::gemm::WeightPanel;
 use crate::layers::{
     ConvGeom, PoolGeom, Requant, avg_pool2d, conv_panel, conv2d, conv2d_grouped, global_avg_pool,
@@ -593,6 +595,7 @@ impl Ctx<'_> {
                     .zip(self.quant_consumers)
                     .map(|(c, &(_, q))| (&mut c[..], q.alpha, out_step(q)))
                     .collect(),
+                self.isa,
             )?;
             gemm_fused(
                 self.isa,
@@ -740,7 +743,9 @@ impl Ctx<'_> {
                     pre
                 };
                 match out {
-                    Some(q) => Value::quantized(quantize_real(&pre, q), dims, q),
+                    Some(q) => {
+                        Value::quantized(quantize_real(&pre, q, simd_epilogue(self.isa)), dims, q)
+                    }
                     None if self.last => return Ok(Output::Logits(pre)),
                     None => {
                         // (Not the first layer: the ReLU was applied in the pass above.)
@@ -902,7 +907,11 @@ impl Ctx<'_> {
                 q.alpha,
                 q.bits,
             )?,
-            Some(r) => quantize_real(&channel_means(r, self.batch, x.h * x.w, x.c), q),
+            Some(r) => quantize_real(
+                &channel_means(r, self.batch, x.h * x.w, x.c),
+                q,
+                simd_epilogue(self.isa),
+            ),
         };
         Ok(Value::quantized(codes, (1, 1, x.c), q))
     }
@@ -916,7 +925,7 @@ impl Ctx<'_> {
         };
         // Into a pooled buffer (a fresh one per call costs page faults at these sizes).
         let mut out = self.model.cache.take(r.len());
-        quantize_real_into(r, q, &mut out);
+        quantize_real_into(r, q, &mut out, simd_epilogue(self.isa));
         Ok(Value::quantized(out, (x.h, x.w, x.c), q))
     }
 
@@ -1184,7 +1193,7 @@ impl Ctx<'_> {
     fn first_layer_codes(&self, a: &ConvAcc, q: QuantOut) -> Result<Vec<u8>> {
         if !self.model.meta().input.std_per_channel.is_empty() {
             let pre = self.first_layer_pre(a)?;
-            return Ok(quantize_real(&pre, q));
+            return Ok(quantize_real(&pre, q, simd_epilogue(self.isa)));
         }
         let co = a.g.c_out;
         let hw = a.g.out_h() * a.g.out_w();
@@ -1247,19 +1256,33 @@ fn add_residual(pre: &mut [f32], offset: usize, rv: &Value) {
     }
 }
 
-fn quantize_real(x: &[f32], q: QuantOut) -> Vec<u8> {
+/// The codes of quantizer `q` for the real values `x`: `round(clamp(x, 0, α)/step)`, on
+/// AVX2 when `simd` (the same codes; see [`quantize_real_into`]).
+fn quantize_real(x: &[f32], q: QuantOut, simd: bool) -> Vec<u8> {
     let mut out = vec![0u8; x.len()];
-    quantize_real_into(x, q, &mut out);
+    quantize_real_into(x, q, &mut out, simd);
     out
 }
 
-/// [`quantize_real`] into `out` (`x.len()` codes).
-fn quantize_real_into(x: &[f32], q: QuantOut, out: &mut [u8]) {
+/// [`quantize_real`] into `out` (`x.len()` codes); `simd` (set only where AVX2 is
+/// available) runs [`codes_row_avx2`](crate::x86::codes_row_avx2), the tail in plain Rust.
+fn quantize_real_into(x: &[f32], q: QuantOut, out: &mut [u8], simd: bool) {
     let step = out_step(q);
     out.par_chunks_mut(4096)
         .zip(x.par_chunks(4096))
         .for_each(|(o, x)| {
-            for (o, &y) in o.iter_mut().zip(x) {
+            let done = if simd {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `simd` only where AVX2 is available; `x` is as long as `o`.
+                unsafe {
+                    crate::x86::codes_row_avx2(o, x, q.alpha, step)
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                0
+            } else {
+                0
+            };
+            for (o, &y) in o[done..].iter_mut().zip(&x[done..]) {
                 *o = round_code(y.clamp(0.0, q.alpha) / step);
             }
         });

@@ -438,6 +438,122 @@ pub(crate) unsafe fn requant_row_avx2(
     n
 }
 
+/// [`RealSink`](crate::fused::RealSink)'s real-valued epilogue on AVX2:
+/// `o[j] = act(a[j]·s[j] + b[j] (+ residual[j]))`, the residual real (`+ r[j]`) or codes
+/// (`+ r[j]·r_step`), `act` ReLU (`max(y, 0)`), ReLU6 (`clamp(y, 0, 6)`) or nothing — the
+/// plain-Rust epilogue's operations in its order, multiply then add (no FMA), so the same
+/// bits. Writes the longest multiple of 8 of `o` and returns it (the caller finishes the tail).
+///
+/// The factors repeat with period `s.len()` when shorter than `o`'s multiple of 8 (as in
+/// [`requant_row_avx2`]), which then must be a non-zero multiple of 8.
+///
+/// # Safety
+/// AVX2 required. `a` and the residual must be at least `o.len()` long; `s` and `b` as long,
+/// or as above (checked: panics otherwise).
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn real_row_avx2(
+    o: &mut [f32],
+    a: &[i32],
+    s: &[f32],
+    b: &[f32],
+    r: Option<crate::fused::Residual<'_>>,
+    (relu, relu6): (bool, bool),
+) -> usize {
+    use crate::fused::Residual;
+    let n = o.len() / 8 * 8;
+    assert!(a.len() >= n);
+    let period = if s.len() < n || b.len() < n {
+        assert!(!s.is_empty() && s.len().is_multiple_of(8) && b.len() >= s.len());
+        s.len()
+    } else {
+        usize::MAX
+    };
+    match r {
+        Some(Residual::Real(r)) => assert!(r.len() >= n),
+        Some(Residual::Codes(r, _)) => assert!(r.len() >= n),
+        None => {}
+    }
+    let zero = _mm256_setzero_ps();
+    let six = _mm256_set1_ps(6.0);
+    let (mut j, mut c) = (0, 0);
+    while j < n {
+        // SAFETY: j + 8 ≤ n ≤ the lengths of a, o and the residual; c + 8 ≤ s's and b's
+        // (c = j when per element, else c < period, a multiple of 8) (asserted); unaligned.
+        unsafe {
+            let acc = _mm256_cvtepi32_ps(_mm256_loadu_si256(a.as_ptr().add(j) as *const __m256i));
+            let mut y = _mm256_add_ps(
+                _mm256_mul_ps(acc, _mm256_loadu_ps(s.as_ptr().add(c))),
+                _mm256_loadu_ps(b.as_ptr().add(c)),
+            );
+            match r {
+                Some(Residual::Real(r)) => {
+                    y = _mm256_add_ps(y, _mm256_loadu_ps(r.as_ptr().add(j)));
+                }
+                Some(Residual::Codes(r, step)) => {
+                    let rv = _mm_loadl_epi64(r.as_ptr().add(j) as *const __m128i);
+                    let rf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(rv));
+                    y = _mm256_add_ps(y, _mm256_mul_ps(rf, _mm256_set1_ps(step)));
+                }
+                None => {}
+            }
+            if relu6 {
+                // `f32::clamp(y, 0, 6)`: replaced only where below 0 / above 6, so -0.0 and
+                // NaN pass through as in plain Rust.
+                y = _mm256_blendv_ps(y, zero, _mm256_cmp_ps::<_CMP_LT_OQ>(y, zero));
+                y = _mm256_blendv_ps(y, six, _mm256_cmp_ps::<_CMP_GT_OQ>(y, six));
+            } else if relu {
+                y = _mm256_max_ps(y, zero);
+            }
+            _mm256_storeu_ps(o.as_mut_ptr().add(j), y);
+        }
+        j += 8;
+        c += 8;
+        if c == period {
+            c = 0;
+        }
+    }
+    n
+}
+
+/// The codes of a quantizer `(α, step)` reading a real stream, on AVX2:
+/// `q[j] = round(clamp(y[j], 0, α)/step)` (ties away from zero), as
+/// [`round_code`](crate::layers::round_code) of the plain-Rust path. Writes the longest
+/// multiple of 8 of `q` and returns it.
+///
+/// # Safety
+/// AVX2 required; `y` at least `q.len()` long (checked: panics otherwise).
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn codes_row_avx2(q: &mut [u8], y: &[f32], alpha: f32, step: f32) -> usize {
+    let n = q.len() / 8 * 8;
+    assert!(y.len() >= n);
+    let zero = _mm256_setzero_ps();
+    let va = _mm256_set1_ps(alpha);
+    let vs = _mm256_set1_ps(step);
+    let half = _mm256_set1_ps(0.5);
+    let one = _mm256_set1_epi32(1);
+    let mut j = 0;
+    while j < n {
+        // SAFETY: j + 8 ≤ n ≤ y's and q's lengths (asserted); unaligned loads and stores.
+        unsafe {
+            let v = _mm256_loadu_ps(y.as_ptr().add(j));
+            let c = _mm256_min_ps(_mm256_max_ps(v, zero), va);
+            let v = _mm256_div_ps(c, vs);
+            let t = _mm256_cvttps_epi32(v);
+            let frac = _mm256_sub_ps(v, _mm256_cvtepi32_ps(t));
+            let up = _mm256_and_si256(
+                _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GE_OQ>(frac, half)),
+                one,
+            );
+            let x = _mm256_add_epi32(t, up);
+            let p16 = _mm_packus_epi32(_mm256_castsi256_si128(x), _mm256_extracti128_si256::<1>(x));
+            let p8 = _mm_packus_epi16(p16, p16);
+            _mm_storel_epi64(q.as_mut_ptr().add(j) as *mut __m128i, p8);
+        }
+        j += 8;
+    }
+    n
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -494,6 +610,41 @@ mod tests {
                 got, want,
                 "MR {MR} groups {groups} add {add} extreme {extreme}"
             );
+        }
+    }
+
+    /// The AVX2 quantizer of real streams gives the codes of the plain-Rust
+    /// `round_code(clamp(y, 0, α)/step)` for exact ties, both clip ends, ±0, ±∞ and NaN, at
+    /// lengths with and without a tail (left untouched).
+    #[test]
+    fn codes_row_matches_scalar() {
+        if !is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let mut r = lcg(31);
+        for len in [0usize, 7, 8, 9, 16, 45] {
+            let y: Vec<f32> = (0..len)
+                .map(|j| match j % 9 {
+                    0 => -0.0,
+                    1 => f32::NAN,
+                    2 => f32::INFINITY,
+                    3 => f32::NEG_INFINITY,
+                    4 => 0.125 * (r() % 40) as f32 - 1.0,
+                    _ => (r() % 10_000) as f32 / 1000.0 - 2.0,
+                })
+                .collect();
+            for (alpha, step) in [(3.75f32, 0.25f32), (7.5, 0.5), (2.0, 2.0 / 255.0)] {
+                let want: Vec<u8> = y
+                    .iter()
+                    .map(|&v| crate::layers::round_code(v.clamp(0.0, alpha) / step))
+                    .collect();
+                let mut got = vec![0xEEu8; len];
+                // SAFETY: AVX2 checked above; y holds len values.
+                let done = unsafe { codes_row_avx2(&mut got, &y, alpha, step) };
+                assert_eq!(done, len / 8 * 8);
+                assert_eq!(&got[..done], &want[..done], "len {len} alpha {alpha}");
+                assert!(got[done..].iter().all(|&q| q == 0xEE));
+            }
         }
     }
 
