@@ -77,7 +77,7 @@ impl IntModel {
             pixels.len(),
         )?;
         let cache = &self.cache;
-        let mut input_codes = cache.take(pixels.len());
+        let mut input_codes = cache.take_dirty(pixels.len());
         input_codes.copy_from_slice(pixels);
         let image = Value {
             codes: input_codes,
@@ -112,7 +112,6 @@ impl IntModel {
                     && p < ni
                     && matches!(nodes[p].op, NodeOp::Conv { .. })
                     && nodes[p].out.is_none()
-                    && nodes[p].input != "input"
                 {
                     quant_of[p].push((ni, q));
                 }
@@ -171,12 +170,18 @@ impl IntModel {
                 let keep = last_use.get(name).is_some_and(|&l| l > ni);
                 if !keep {
                     cache.give(std::mem::take(&mut v.codes));
+                    if let Some(r) = v.real.take() {
+                        cache.give_real(r);
+                    }
                 }
                 keep
             });
         }
         for (_, v) in values.drain() {
             cache.give(v.codes);
+            if let Some(r) = v.real {
+                cache.give_real(r);
+            }
         }
         let logits = logits.ok_or_else(|| invalid("model", "the final node produced no logits"))?;
         check_len("logits", batch * self.meta().num_classes, logits.len())?;
@@ -194,6 +199,8 @@ pub(crate) struct Cache {
     /// A first conv's per-position bias minus normalisation offset (`first_layer_shift`).
     shifts: Vec<OnceLock<(PanelKey, Arc<Vec<f32>>)>>,
     pool: Mutex<Vec<Vec<u8>>>,
+    /// Real-valued stream buffers, reused likewise.
+    reals: Mutex<Vec<Vec<f32>>>,
 }
 
 /// A node's input `(h, w, c)`, for which its cached panel was built.
@@ -209,6 +216,7 @@ impl Clone for Cache {
             panels: self.panels.clone(),
             shifts: self.shifts.clone(),
             pool: Mutex::default(),
+            reals: Mutex::default(),
         }
     }
 }
@@ -220,6 +228,7 @@ impl Cache {
             panels: (0..nodes).map(|_| OnceLock::new()).collect(),
             shifts: (0..nodes).map(|_| OnceLock::new()).collect(),
             pool: Mutex::default(),
+            reals: Mutex::default(),
         }
     }
 
@@ -276,33 +285,62 @@ impl Cache {
 
     /// A zeroed buffer of `len` codes, reusing a pooled one when one is large enough.
     fn take(&self, len: usize) -> Vec<u8> {
-        let reuse = {
-            let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-            // The smallest buffer that fits, so large ones stay for large layers.
-            (0..pool.len())
-                .filter(|&i| pool[i].capacity() >= len)
-                .min_by_key(|&i| pool[i].capacity())
-                .map(|i| pool.swap_remove(i))
-        };
-        match reuse {
-            Some(mut v) => {
-                v.clear();
-                v.resize(len, 0);
-                v
-            }
-            None => vec![0; len],
-        }
+        let mut v = self.take_dirty(len);
+        v.fill(0);
+        v
+    }
+
+    /// A buffer of `len` codes whose contents are unspecified (a pooled buffer's old codes,
+    /// zeros where it grew): for outputs every element of which the caller overwrites,
+    /// without clearing 1–2 MB per layer first.
+    fn take_dirty(&self, len: usize) -> Vec<u8> {
+        pool_take(&self.pool, len, 0)
     }
 
     /// Returns a buffer to the pool.
     fn give(&self, v: Vec<u8>) {
-        if v.capacity() == 0 {
-            return;
+        pool_give(&self.pool, v);
+    }
+
+    /// [`take_dirty`](Self::take_dirty) for a real-valued stream (`len` f32 values,
+    /// unspecified until the caller overwrites every one).
+    fn take_real_dirty(&self, len: usize) -> Vec<f32> {
+        pool_take(&self.reals, len, 0.0)
+    }
+
+    /// Returns a real-valued buffer to its pool.
+    fn give_real(&self, v: Vec<f32>) {
+        pool_give(&self.reals, v);
+    }
+}
+
+/// The smallest pooled buffer holding `len` elements (so large ones stay for large layers)
+/// resized to `len` (its old contents kept, `fill` where it grows), or a new one.
+fn pool_take<T: Copy>(pool: &Mutex<Vec<Vec<T>>>, len: usize, fill: T) -> Vec<T> {
+    let reuse = {
+        let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
+        (0..pool.len())
+            .filter(|&i| pool[i].capacity() >= len)
+            .min_by_key(|&i| pool[i].capacity())
+            .map(|i| pool.swap_remove(i))
+    };
+    match reuse {
+        Some(mut v) => {
+            v.resize(len, fill);
+            v
         }
-        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-        if pool.len() < POOL_MAX {
-            pool.push(v);
-        }
+        None => vec![fill; len],
+    }
+}
+
+/// Puts `v` back into `pool` (up to [`POOL_MAX`] buffers; empty ones are dropped).
+fn pool_give<T>(pool: &Mutex<Vec<Vec<T>>>, v: Vec<T>) {
+    if v.capacity() == 0 {
+        return;
+    }
+    let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
+    if pool.len() < POOL_MAX {
+        pool.push(v);
     }
 }
 
@@ -538,7 +576,7 @@ impl Ctx<'_> {
             let (scale, bias) = affine(lw, x.step);
             let rq = Requant::new(scale, bias, q.alpha, q.bits)?;
             let panel = self.conv_panel(lw, &g)?;
-            let mut out = self.model.cache.take(g.rows() * g.c_out);
+            let mut out = self.model.cache.take_dirty(g.rows() * g.c_out);
             conv2d_requant(
                 &x.codes,
                 &g,
@@ -551,6 +589,19 @@ impl Ctx<'_> {
             tracing::debug!(gemm_ms = millis(t_gemm), "fused gemm + requantisation");
             let dims = (g.out_h(), g.out_w(), op.c_out);
             return Ok(Output::Value(Value::quantized(out, dims, q)));
+        }
+        // A one-channel first conv to a real stream (its ReLU and the codes of the quantize
+        // nodes reading it in the same pass), image by image, the sums staying in cache.
+        if let (true, false, None, None) = (self.fused, split, self.node.out, res)
+            && first
+            && !self.last
+            && g.c_in == 1
+            && g.stride == 1
+            && !g.is_pointwise()
+            && crate::fused::simd_epilogue(self.isa)
+            && (g.out_h() * g.out_w() * g.c_out).is_multiple_of(8)
+        {
+            return self.first_layer_c1_stream(lw, &g, op).map(Output::Value);
         }
         // A one-channel first conv to codes (a grayscale network's first layer): the direct
         // conv and the requantisation image by image, the sums staying in cache.
@@ -574,11 +625,12 @@ impl Ctx<'_> {
             let (scale, bias) = affine(lw, x.step);
             let panel = self.conv_panel(lw, &g)?;
             let len = g.rows() * g.c_out;
-            let mut pre = vec![0f32; len];
+            // Every element of these is written by the sink (the GEMM covers all tiles).
+            let mut pre = self.model.cache.take_real_dirty(len);
             let mut codes: Vec<Vec<u8>> = self
                 .quant_consumers
                 .iter()
-                .map(|_| self.model.cache.take(len))
+                .map(|_| self.model.cache.take_dirty(len))
                 .collect();
             let residual = res.map(|rv| match &rv.real {
                 Some(r) => Residual::Real(r),
@@ -1188,6 +1240,77 @@ impl Ctx<'_> {
         Ok(Value::quantized(out, (g.out_h(), g.out_w(), co), q))
     }
 
+    /// A one-channel, stride-1 first conv kept as a real stream (`out = null`): per image,
+    /// the direct conv into a per-thread buffer, `act(acc·scale + shift)` on AVX2
+    /// ([`real_row_avx2`](crate::x86::real_row_avx2)) and the codes of every quantize node
+    /// reading the stream ([`codes_row_avx2`](crate::x86::codes_row_avx2), handed to them
+    /// through `extra`). The same bits as [`first_layer_pre`](Self::first_layer_pre), its
+    /// ReLU pass and the quantize nodes, without the batch's i32 tensor or extra passes.
+    /// Callers ensure AVX2 and an image of a multiple of 8 elements.
+    fn first_layer_c1_stream(&self, lw: &LayerWeights, g: &ConvGeom, op: &ConvOp) -> Result<Value> {
+        let t_gemm = Instant::now();
+        g.validate()?;
+        let x = &self.x.codes;
+        check_len("conv input", g.input_len(), x.len())?;
+        let panel = self.conv_panel(lw, g)?;
+        let wt = crate::layers::c1_weights(g, &panel);
+        let (scale, bias) = affine(lw, self.x.step);
+        let (co, hw) = (g.c_out, g.out_h() * g.out_w());
+        let shift = self.model.cache.shift(self.index, (g.h, g.w, g.c_in), || {
+            self.first_layer_shift(g, lw, &lw.packed.unpack(), &bias)
+        });
+        let scale: Vec<f32> = (0..hw).flat_map(|_| scale.iter().copied()).collect();
+        let img = hw * co;
+        // Every element of these is written below (whole images, multiples of 8).
+        let mut pre = self.model.cache.take_real_dirty(g.rows() * co);
+        let mut codes: Vec<Vec<u8>> = self
+            .quant_consumers
+            .iter()
+            .map(|_| self.model.cache.take_dirty(pre.len()))
+            .collect();
+        let quants: Vec<(f32, f32)> = self
+            .quant_consumers
+            .iter()
+            .map(|&(_, q)| (q.alpha, out_step(q)))
+            .collect();
+        // Per image: its real outputs and its slice of every consumer's codes.
+        let mut per_image: Vec<(&mut [f32], Vec<&mut [u8]>)> =
+            pre.chunks_mut(img).map(|p| (p, Vec::new())).collect();
+        for c in codes.iter_mut() {
+            for ((_, cs), q) in per_image.iter_mut().zip(c.chunks_mut(img)) {
+                cs.push(q);
+            }
+        }
+        per_image.into_par_iter().enumerate().for_each_init(
+            || vec![0i32; img],
+            |acc, (b, (o, cs))| {
+                let xb = &x[b * g.h * g.w..(b + 1) * g.h * g.w];
+                crate::layers::conv2d_c1_one(xb, g, &wt, self.isa, acc);
+                // SAFETY: callers ensure AVX2 (`simd_epilogue`) and img a multiple of 8, so
+                // every element is written; acc, scale and shift hold img elements.
+                unsafe {
+                    crate::x86::real_row_avx2(o, acc, &scale, &shift, None, (op.relu, op.relu6));
+                    for (q, &(alpha, step)) in cs.into_iter().zip(&quants) {
+                        crate::x86::codes_row_avx2(q, o, alpha, step);
+                    }
+                }
+            },
+        );
+        tracing::debug!(gemm_ms = millis(t_gemm), "direct conv + real epilogue");
+        self.extra
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(self.quant_consumers.iter().map(|&(ni, _)| ni).zip(codes));
+        Ok(Value {
+            codes: Vec::new(),
+            real: Some(pre),
+            h: g.out_h(),
+            w: g.out_w(),
+            c: co,
+            step: 0.0,
+        })
+    }
+
     /// The first conv's codes for output quantisation `q`, in one pass over the
     /// accumulators (the values of [`first_layer_pre`](Self::first_layer_pre), quantized).
     fn first_layer_codes(&self, a: &ConvAcc, q: QuantOut) -> Result<Vec<u8>> {
@@ -1780,7 +1903,8 @@ mod tests {
 
     /// The fused paths (GEMM + requantisation in one pass, cached panels, pooled buffers)
     /// give bit-identical logits to the unfused layer functions, on every ISA, over repeated
-    /// calls (reused buffers) and batch sizes that leave partial row blocks.
+    /// calls (reused buffers holding another input's activations) and batch sizes that leave
+    /// partial row blocks.
     #[test]
     fn fused_paths_equal_the_unfused_engine() {
         for m in [
@@ -1795,9 +1919,13 @@ mod tests {
                 let pixels: Vec<u8> = (0..batch * 64 * m.meta().input.channels)
                     .map(|_| (r() * 256.0) as u8)
                     .collect();
+                let other: Vec<u8> = pixels.iter().map(|p| p.wrapping_mul(7) ^ 0x5A).collect();
                 for isa in Isa::available() {
                     let want = m.forward_unfused(&pixels, batch, isa).unwrap();
                     for _ in 0..2 {
+                        // Pooled buffers (reused without clearing where every element is
+                        // overwritten) first hold another input's activations.
+                        m.forward(&other, batch, isa).unwrap();
                         let got = m.forward(&pixels, batch, isa).unwrap();
                         assert_eq!(
                             got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),

@@ -79,6 +79,40 @@ pub struct InferArgs {
     /// ...).
     #[arg(long)]
     json: bool,
+    /// Kernel path of the integer engine: `auto` (the best this CPU has), `avx512vnni`,
+    /// `avx2` or `portable` (plain Rust); every path gives the same logits bit for bit, so
+    /// this only changes the speed (e.g. to time the AVX2 kernels on an AVX-512 machine).
+    #[arg(long, value_enum, default_value_t = IsaArg::Auto)]
+    isa: IsaArg,
+}
+
+/// `--isa` of `seernet infer`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum IsaArg {
+    Auto,
+    Avx512vnni,
+    Avx2,
+    Portable,
+}
+
+impl IsaArg {
+    /// The engine path; an error when this CPU lacks it.
+    fn resolve(self) -> Result<Isa> {
+        let isa = match self {
+            IsaArg::Auto => return Ok(Isa::detect()),
+            IsaArg::Avx512vnni => Isa::Avx512Vnni,
+            IsaArg::Avx2 => Isa::Avx2,
+            IsaArg::Portable => Isa::Portable,
+        };
+        if !isa.is_available() {
+            bail!(
+                "--isa {}: this CPU does not support it (best available: {})",
+                isa.name(),
+                Isa::detect().name()
+            );
+        }
+        Ok(isa)
+    }
 }
 
 /// `[n, H, W, C]` pixels of images `lo..hi` (the dataset stores `[C, H, W]`).
@@ -335,7 +369,7 @@ pub fn run(a: InferArgs) -> Result<()> {
     if n == 0 {
         bail!("the {} split of {name} is empty", a.split);
     }
-    let isa = Isa::detect();
+    let isa = a.isa.resolve()?;
 
     // Integer engine on the whole split.
     let t0 = Instant::now();
