@@ -28,7 +28,9 @@ use rayon::prelude::*;
 
 use crate::Isa;
 use crate::error::{Result, check_len, invalid};
-use crate::gemm::{APanel, I16_MR, Kernel, NR, WIDE_MR, WeightPanel, micro, micro_i16, micro_wide};
+use crate::gemm::{
+    APanel, I16_MR, Kernel, NR, WIDE_MR, WeightPanel, micro, micro_i16, micro_vnni, micro_wide,
+};
 use crate::layers::{ConvGeom, Requant, round_code};
 
 /// Largest reduction block (codes of `k`) per pass: one panel block is ≤ 16 KiB of i8 and
@@ -561,12 +563,13 @@ fn implicit_geom<'a>(src: &ASource<'a>, kp: usize) -> Option<(&'a [u8], &'a Conv
 }
 
 /// The rows per strip of the padded implicit-GEMM path ([`implicit_task_padded`]) for
-/// `kernel`: `Some` for the AVX2 kernels with 1- to 6-row forms (`avx2-wide` on i16 rows,
-/// `avx2-i16` on u8 rows), `None` for the kernels that take [`implicit_task`].
+/// `kernel`: `Some` for the kernels with forms of 1 row up to that many (`avx2-wide` on i16
+/// rows, `avx2-i16` and `vnni` on u8 rows), `None` for those that take [`implicit_task`].
 fn padded_mr(kernel: Kernel) -> Option<usize> {
     match kernel {
         Kernel::Avx2Wide => Some(WIDE_MR),
         Kernel::Avx2I16 { .. } => Some(I16_MR),
+        Kernel::Vnni => Some(8),
         _ => None,
     }
 }
@@ -678,6 +681,9 @@ fn implicit_task_padded(
                     match kernel {
                         Kernel::Avx2I16 { s } => {
                             micro_i16(rows, ap, segs, w, p, 0, row_bytes / 4, s, &mut tile, false)
+                        }
+                        Kernel::Vnni => {
+                            micro_vnni(rows, ap, segs, w, p, 0, row_bytes / 4, &mut tile, false)
                         }
                         _ => micro_wide(rows, ap, segs, w, p, 0, row_bytes / 4, &mut tile, false),
                     }

@@ -563,6 +563,53 @@ pub(crate) unsafe fn micro_wide(
     }
 }
 
+/// The `vnni` micro-kernel with `mr` (1 to 8) rows on panel `p` of `w` from reduction index
+/// `k0` (a multiple of 4): `segs` segments of `groups` groups, segment `s` of A at
+/// `a.ptr + s·seg` (bytes), the panel contiguous (see [`vnni_rows`](crate::x86::vnni_rows));
+/// writes `tile` (`mr × 16` i32), or adds to it when `add`. A holds u8 codes.
+///
+/// # Safety
+/// The 4 u8 at `a.ptr + s·seg + i·a.row + g·a.group` (segment `s < segs`, row `i < mr`,
+/// group `g < groups`) must be readable, `k0 + 4·segs·groups ≤ w.kp`, and AVX-512 VNNI
+/// available.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn micro_vnni(
+    mr: usize,
+    a: APanel,
+    segs: (usize, usize),
+    w: &WeightPanel,
+    p: usize,
+    k0: usize,
+    groups: usize,
+    tile: &mut [i32; 8 * NR],
+    add: bool,
+) {
+    debug_assert!(k0 + 4 * segs.0 * groups <= w.kp && p < w.panels());
+    #[cfg(target_arch = "x86_64")]
+    {
+        let wb = w.ptr_i8(p, k0);
+        // SAFETY: guaranteed by the caller.
+        unsafe {
+            match mr {
+                1 => crate::x86::vnni_rows::<1>(a, segs, wb, groups, tile, add),
+                2 => crate::x86::vnni_rows::<2>(a, segs, wb, groups, tile, add),
+                3 => crate::x86::vnni_rows::<3>(a, segs, wb, groups, tile, add),
+                4 => crate::x86::vnni_rows::<4>(a, segs, wb, groups, tile, add),
+                5 => crate::x86::vnni_rows::<5>(a, segs, wb, groups, tile, add),
+                6 => crate::x86::vnni_rows::<6>(a, segs, wb, groups, tile, add),
+                7 => crate::x86::vnni_rows::<7>(a, segs, wb, groups, tile, add),
+                8 => crate::x86::vnni_rows::<8>(a, segs, wb, groups, tile, add),
+                _ => unreachable!("vnni strips have 1 to 8 rows"),
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (mr, a, segs, w, p, k0, groups, tile, add);
+        unreachable!("x86 kernel on another architecture");
+    }
+}
+
 /// The `avx2-i16` micro-kernel with `mr` (1 to 6) rows on panel `p` of `w` from reduction
 /// index `k0` (a multiple of 4): `segs` segments of `groups` groups, segment `q` of A at
 /// `a.ptr + q·seg` (bytes), the panel contiguous (see

@@ -52,6 +52,55 @@ pub(crate) unsafe fn vnni_8x16(
     }
 }
 
+/// AVX-512 VNNI with `MR` (1 to 8) rows × 16 channels over `segs` segments of `groups`
+/// groups: segment `q` of A starts `q·seg` bytes after `a.ptr` (the kernel rows of an
+/// implicit-GEMM convolution on zero-padded input rows, one padded row apart), B continues
+/// contiguously (`(q·groups + g)·64` bytes). The same `vpdpbusd` per row and group as
+/// [`vnni_8x16`] (exact i32 sums; integer adds, so any order gives the same sums); writes
+/// `tile` (`MR × 16` i32), or adds to it when `add`.
+///
+/// # Safety
+/// As [`vnni_8x16`], for rows `i < MR` and every segment: the 4 bytes at
+/// `a.ptr + q·seg + i·a.row + g·a.group` and `segs·groups·64` bytes at `b` must be readable;
+/// `tile` holds `MR·16` i32.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub(crate) unsafe fn vnni_rows<const MR: usize>(
+    a: APanel,
+    (segs, seg): (usize, usize),
+    b: *const i8,
+    groups: usize,
+    tile: &mut [i32],
+    add: bool,
+) {
+    assert!(MR <= 8 && tile.len() >= MR * 16);
+    let mut acc = [_mm512_setzero_si512(); MR];
+    if add {
+        for (i, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: tile holds MR rows of 16 i32 (asserted).
+            *acc = unsafe { _mm512_loadu_si512(tile.as_ptr().add(i * 16) as *const _) };
+        }
+    }
+    for q in 0..segs {
+        // SAFETY: in bounds by the caller's contract.
+        let (aseg, bseg) = unsafe { (a.ptr.add(q * seg), b.add(q * groups * 64)) };
+        for g in 0..groups {
+            // SAFETY: in bounds by the caller's contract; unaligned loads.
+            unsafe {
+                let bv = _mm512_loadu_si512(bseg.add(g * 64) as *const _);
+                let ag = aseg.add(g * a.group);
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    let av = _mm512_set1_epi32((ag.add(i * a.row) as *const i32).read_unaligned());
+                    *acc = _mm512_dpbusd_epi32(*acc, av, bv);
+                }
+            }
+        }
+    }
+    for (i, acc) in acc.iter().enumerate() {
+        // SAFETY: tile holds MR rows of 16 i32.
+        unsafe { _mm512_storeu_si512(tile.as_mut_ptr().add(i * 16) as *mut _, *acc) };
+    }
+}
+
 /// AVX2: 4 rows × 16 channels, `vpmaddubsw` then `vpmaddwd` at every step.
 ///
 /// # Safety
@@ -743,6 +792,70 @@ mod tests {
                 got, want,
                 "MR {MR} segs {segs} groups {groups} s {s} add {add} extreme {extreme}"
             );
+        }
+    }
+
+    /// One case of [`vnni_rows`] on the layout of [`check_i16`]: any u8 and i8 codes (random,
+    /// or every product 255 × ±128 of one sign), overwrite and add.
+    fn check_vnni<const MR: usize>(
+        r: &mut impl FnMut() -> u64,
+        segs: usize,
+        groups: usize,
+        extreme: bool,
+    ) {
+        let kseg = 4 * groups;
+        let row = kseg + 4 * (r() as usize % 3) + 1;
+        let seg = MR * row + 3;
+        let a: Vec<u8> = (0..segs * seg + 4)
+            .map(|_| if extreme { 255 } else { r() as u8 })
+            .collect();
+        let sign = r().is_multiple_of(2);
+        let b: Vec<i8> = (0..segs * kseg * 16)
+            .map(|_| match (extreme, sign) {
+                (true, true) => 127,
+                (true, false) => -128,
+                _ => r() as u8 as i8,
+            })
+            .collect();
+        for add in [false, true] {
+            let start: Vec<i32> = (0..MR * 16).map(|_| (r() % 1000) as i32 - 500).collect();
+            let mut want = if add { start.clone() } else { vec![0; MR * 16] };
+            i16_ref(&a, (segs, seg), row, MR, &b, kseg, &mut want);
+            let mut got = start.clone();
+            let ap = APanel {
+                ptr: a.as_ptr(),
+                row,
+                group: 4,
+            };
+            // SAFETY: VNNI checked by the caller; segment q, row i < MR reads kseg codes from
+            // q·seg + i·row < a.len(); B holds segs·groups·64 codes.
+            unsafe { vnni_rows::<MR>(ap, (segs, seg), b.as_ptr(), groups, &mut got, add) };
+            assert_eq!(
+                got, want,
+                "MR {MR} segs {segs} groups {groups} add {add} extreme {extreme}"
+            );
+        }
+    }
+
+    /// The VNNI kernel of the padded implicit GEMM at every row count (1 to 8), over one and
+    /// several segments and 0 to 40 groups, against a scalar sum.
+    #[test]
+    fn vnni_rows_kernel_matches_scalar() {
+        if !crate::Isa::Avx512Vnni.is_available() {
+            return;
+        }
+        let mut r = lcg(3);
+        for (segs, groups) in [(1usize, 0usize), (1, 1), (1, 7), (3, 12), (3, 36), (5, 40)] {
+            for extreme in [false, true] {
+                check_vnni::<1>(&mut r, segs, groups, extreme);
+                check_vnni::<2>(&mut r, segs, groups, extreme);
+                check_vnni::<3>(&mut r, segs, groups, extreme);
+                check_vnni::<4>(&mut r, segs, groups, extreme);
+                check_vnni::<5>(&mut r, segs, groups, extreme);
+                check_vnni::<6>(&mut r, segs, groups, extreme);
+                check_vnni::<7>(&mut r, segs, groups, extreme);
+                check_vnni::<8>(&mut r, segs, groups, extreme);
+            }
         }
     }
 
