@@ -6,11 +6,13 @@
 //! scratch has grown to the largest layer.
 //!
 //! Convolutions whose kernel rows are whole groups of 4 codes (`kw·c_in` a multiple of 4) run
-//! as implicit GEMM: on AVX2 (`avx2-wide` for 8-bit operands, `avx2-i16` for low-bit ones)
-//! each task copies the input rows it needs once into zero-padded rows and every window is
-//! read in place, at any stride, in strips of up to 6 output pixels with all kernel rows in one
-//! kernel call; the other kernels read the interior in place at stride 1 and im2col the
-//! borders.
+//! as implicit GEMM: with the VNNI and AVX2 kernels (`vnni`; `avx2-wide` for 8-bit operands,
+//! `avx2-i16` for low-bit ones) each task copies the input rows it needs once into
+//! zero-padded rows and every window is read in place, at any stride, in strips of up to 8
+//! (VNNI) or 6 output pixels with all kernel rows in one kernel call; the other kernels read
+//! the interior in place at stride 1 and im2col the borders. The epilogues (requantisation,
+//! and the real-valued outputs of streams the float model keeps in float with the codes of
+//! their quantizers) run on AVX2 where the CPU has it, with the plain-Rust operations' bits.
 //!
 //! The arithmetic is the same as the unfused path (`layers::conv2d` then [`Requant::apply`]):
 //! the same exact i32 sums (every micro-kernel is exact; the fused paths may use taller tiles

@@ -12,7 +12,8 @@
 //! - [`layers`]: convolution (im2col + GEMM), linear, requantisation with fused ReLU/clip,
 //!   max/avg/global-average pooling — the unfused layer functions.
 //! - [`fused`]: the layers the interpreter runs: GEMM with A rows built per row block
-//!   (implicit GEMM for interior 3×3 windows, im2col only of borders, 1×1 convolutions and
+//!   (implicit GEMM on zero-padded input rows for the VNNI and AVX2 kernels, im2col only of
+//!   borders for the others, 1×1 convolutions and
 //!   linear layers read in place) and requantisation (scale, bias, residual, ReLU/clip, next
 //!   layer's bits) applied on the tile write-back; bit-identical to [`layers`].
 //! - [`format`](mod@format): the exported-model file (`model-*.safetensors`, `seernet-int-model`): its
