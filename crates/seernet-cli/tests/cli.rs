@@ -513,6 +513,33 @@ fn infer_runs_exported_models_and_rejects_bad_input() {
     );
     assert!((0.0..=100.0).contains(&t) && (t - f).abs() <= 2.0, "{out}");
     assert!(v["images_per_s"].as_f64().unwrap() > 0.0);
+    // `--isa portable` (plain Rust, every CPU) gives the same predictions as the best path.
+    let (rc, out_p, err) = infer(
+        &[
+            "--model",
+            &ms,
+            "--dataset",
+            "mnist",
+            "--json",
+            "--isa",
+            "portable",
+        ],
+        &root,
+    );
+    assert_eq!(rc, 0, "{err}");
+    let vp: serde_json::Value = serde_json::from_str(&out_p).unwrap();
+    assert_eq!(vp["isa"], "portable");
+    assert_eq!(vp["top1"], v["top1"]);
+    assert_eq!(
+        vp["agreement_with_fake_quant"],
+        v["agreement_with_fake_quant"]
+    );
+    let (rc, _, err) = infer(
+        &["--model", &ms, "--dataset", "mnist", "--isa", "sse9"],
+        &root,
+    );
+    assert_ne!(rc, 0);
+    assert!(err.contains("sse9") && err.contains("avx2"), "{err}");
     let (rc, out, _) = infer(
         &["--model", &ms, "--dataset", "mnist", "--split", "val"],
         &root,
