@@ -1208,25 +1208,36 @@ impl Ctx<'_> {
             .collect()
     }
 
+    /// What both one-channel, stride-1 first-conv paths need, checked: the direct conv's
+    /// weights ([`c1_weights`](crate::layers::c1_weights)), the per-channel accumulator scale
+    /// tiled over one image's positions (`[out_h·out_w·c_out]`) and the cached per-position
+    /// shift ([`first_layer_shift`](Self::first_layer_shift)). Errors: an invalid geometry or
+    /// an input of another length.
+    fn c1_setup(&self, lw: &LayerWeights, g: &ConvGeom) -> Result<C1Setup> {
+        g.validate()?;
+        check_len("conv input", g.input_len(), self.x.codes.len())?;
+        let panel = self.conv_panel(lw, g)?;
+        let wt = crate::layers::c1_weights(g, &panel);
+        let (scale, bias) = affine(lw, self.x.step);
+        let shift = self.model.cache.shift(self.index, (g.h, g.w, g.c_in), || {
+            self.first_layer_shift(g, lw, &lw.packed.unpack(), &bias)
+        });
+        let hw = g.out_h() * g.out_w();
+        let scale = (0..hw).flat_map(|_| scale.iter().copied()).collect();
+        Ok(C1Setup { wt, scale, shift })
+    }
+
     /// A one-channel, stride-1 first conv's codes for output quantisation `q`: per image,
     /// the direct conv into a per-thread buffer and [`first_layer_codes`](Self::first_layer_codes)'s
     /// requantisation of it (the same codes, bit for bit, without the i32 tensor of the whole
     /// batch).
     fn first_layer_c1_codes(&self, lw: &LayerWeights, g: &ConvGeom, q: QuantOut) -> Result<Value> {
         let t_gemm = Instant::now();
-        g.validate()?;
         let x = &self.x.codes;
-        check_len("conv input", g.input_len(), x.len())?;
-        let panel = self.conv_panel(lw, g)?;
-        let wt = crate::layers::c1_weights(g, &panel);
-        let (scale, bias) = affine(lw, self.x.step);
+        let C1Setup { wt, scale, shift } = self.c1_setup(lw, g)?;
         let (co, hw) = (g.c_out, g.out_h() * g.out_w());
-        let shift = self.model.cache.shift(self.index, (g.h, g.w, g.c_in), || {
-            self.first_layer_shift(g, lw, &lw.packed.unpack(), &bias)
-        });
         let step = out_step(q);
         let simd = crate::fused::simd_epilogue(self.isa);
-        let scale: Vec<f32> = (0..hw).flat_map(|_| scale.iter().copied()).collect();
         let mut out = self.model.cache.take(g.rows() * co);
         out.par_chunks_mut(hw * co).enumerate().for_each_init(
             || vec![0i32; hw * co],
@@ -1249,17 +1260,9 @@ impl Ctx<'_> {
     /// Callers ensure AVX2 and an image of a multiple of 8 elements.
     fn first_layer_c1_stream(&self, lw: &LayerWeights, g: &ConvGeom, op: &ConvOp) -> Result<Value> {
         let t_gemm = Instant::now();
-        g.validate()?;
         let x = &self.x.codes;
-        check_len("conv input", g.input_len(), x.len())?;
-        let panel = self.conv_panel(lw, g)?;
-        let wt = crate::layers::c1_weights(g, &panel);
-        let (scale, bias) = affine(lw, self.x.step);
+        let C1Setup { wt, scale, shift } = self.c1_setup(lw, g)?;
         let (co, hw) = (g.c_out, g.out_h() * g.out_w());
-        let shift = self.model.cache.shift(self.index, (g.h, g.w, g.c_in), || {
-            self.first_layer_shift(g, lw, &lw.packed.unpack(), &bias)
-        });
-        let scale: Vec<f32> = (0..hw).flat_map(|_| scale.iter().copied()).collect();
         let img = hw * co;
         // Every element of these is written below (whole images, multiples of 8).
         let mut pre = self.model.cache.take_real_dirty(g.rows() * co);
@@ -1337,6 +1340,16 @@ impl Ctx<'_> {
             });
         Ok(out)
     }
+}
+
+/// The operands of a one-channel first conv's per-image paths ([`Ctx::c1_setup`]).
+struct C1Setup {
+    /// Weights of the direct conv (`[c_out][kh·kw]` i32).
+    wt: Vec<i32>,
+    /// Accumulator scale per element of one image (`[out_h·out_w·c_out]`).
+    scale: Vec<f32>,
+    /// Bias minus normalisation offset per element of one image (same shape).
+    shift: Arc<Vec<f32>>,
 }
 
 /// The panel column order of a linear layer on a spatial input: activations are

@@ -443,11 +443,8 @@ pub(crate) unsafe fn requant_row_avx2(
     if let Some((r, _)) = r {
         assert!(r.len() >= n);
     }
-    let zero = _mm256_setzero_ps();
     let va = _mm256_set1_ps(alpha);
     let vs = _mm256_set1_ps(step);
-    let half = _mm256_set1_ps(0.5);
-    let one = _mm256_set1_epi32(1);
     let (mut j, mut c) = (0, 0);
     while j < n {
         // SAFETY: j + 8 ≤ n ≤ a's and r's lengths, c + 8 ≤ s's and b's (c = j when they are
@@ -463,20 +460,8 @@ pub(crate) unsafe fn requant_row_avx2(
                 let rf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(rv));
                 y = _mm256_add_ps(y, _mm256_mul_ps(rf, _mm256_set1_ps(r_step)));
             }
-            // clamp(y, 0, α): max then min (y is never NaN: finite codes, scales, biases).
-            let c = _mm256_min_ps(_mm256_max_ps(y, zero), va);
-            let v = _mm256_div_ps(c, vs);
-            let t = _mm256_cvttps_epi32(v);
-            let frac = _mm256_sub_ps(v, _mm256_cvtepi32_ps(t));
-            let up = _mm256_and_si256(
-                _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GE_OQ>(frac, half)),
-                one,
-            );
-            let q = _mm256_add_epi32(t, up);
-            // 8 i32 in 0..=255 → 8 bytes.
-            let p16 = _mm_packus_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256::<1>(q));
-            let p8 = _mm_packus_epi16(p16, p16);
-            _mm_storel_epi64(o.as_mut_ptr().add(j) as *mut __m128i, p8);
+            // (y is never NaN: finite codes, scales, biases.)
+            store_codes8(o.as_mut_ptr().add(j), y, va, vs);
         }
         j += 8;
         c += 8;
@@ -485,6 +470,31 @@ pub(crate) unsafe fn requant_row_avx2(
         }
     }
     n
+}
+
+/// Stores the 8 codes `round(clamp(y, 0, α)/step)` (ties away from zero; `α` and `step`
+/// broadcast in `va`, `vs`) at `dst`: clamp as max then min (NaN → 0, as the plain-Rust
+/// [`round_code`](crate::layers::round_code) of a NaN), an IEEE division, truncation plus one
+/// where the fraction is at least ½, and saturating packs to bytes (codes lie in 0..=255).
+///
+/// # Safety
+/// AVX2 required; 8 bytes at `dst` writable.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn store_codes8(dst: *mut u8, y: __m256, va: __m256, vs: __m256) {
+    let c = _mm256_min_ps(_mm256_max_ps(y, _mm256_setzero_ps()), va);
+    let v = _mm256_div_ps(c, vs);
+    let t = _mm256_cvttps_epi32(v);
+    let frac = _mm256_sub_ps(v, _mm256_cvtepi32_ps(t));
+    let up = _mm256_and_si256(
+        _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GE_OQ>(frac, _mm256_set1_ps(0.5))),
+        _mm256_set1_epi32(1),
+    );
+    let q = _mm256_add_epi32(t, up);
+    let p16 = _mm_packus_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256::<1>(q));
+    let p8 = _mm_packus_epi16(p16, p16);
+    // SAFETY: 8 writable bytes at dst (the caller's contract); unaligned store.
+    unsafe { _mm_storel_epi64(dst as *mut __m128i, p8) };
 }
 
 /// [`RealSink`](crate::fused::RealSink)'s real-valued epilogue on AVX2:
@@ -575,28 +585,18 @@ pub(crate) unsafe fn real_row_avx2(
 pub(crate) unsafe fn codes_row_avx2(q: &mut [u8], y: &[f32], alpha: f32, step: f32) -> usize {
     let n = q.len() / 8 * 8;
     assert!(y.len() >= n);
-    let zero = _mm256_setzero_ps();
     let va = _mm256_set1_ps(alpha);
     let vs = _mm256_set1_ps(step);
-    let half = _mm256_set1_ps(0.5);
-    let one = _mm256_set1_epi32(1);
     let mut j = 0;
     while j < n {
         // SAFETY: j + 8 ≤ n ≤ y's and q's lengths (asserted); unaligned loads and stores.
         unsafe {
-            let v = _mm256_loadu_ps(y.as_ptr().add(j));
-            let c = _mm256_min_ps(_mm256_max_ps(v, zero), va);
-            let v = _mm256_div_ps(c, vs);
-            let t = _mm256_cvttps_epi32(v);
-            let frac = _mm256_sub_ps(v, _mm256_cvtepi32_ps(t));
-            let up = _mm256_and_si256(
-                _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GE_OQ>(frac, half)),
-                one,
+            store_codes8(
+                q.as_mut_ptr().add(j),
+                _mm256_loadu_ps(y.as_ptr().add(j)),
+                va,
+                vs,
             );
-            let x = _mm256_add_epi32(t, up);
-            let p16 = _mm_packus_epi32(_mm256_castsi256_si128(x), _mm256_extracti128_si256::<1>(x));
-            let p8 = _mm_packus_epi16(p16, p16);
-            _mm_storel_epi64(q.as_mut_ptr().add(j) as *mut __m128i, p8);
         }
         j += 8;
     }
