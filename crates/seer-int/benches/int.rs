@@ -6,8 +6,8 @@
 //! shapes of ResNet-20 at 28×28×1, batch 128; whole-network images/s of ResNet-20 in f32
 //! (candle, our own conv), int8 and int4 on the integer engine (on the detected instruction
 //! set and, where that is AVX-512 VNNI, on AVX2 too), with resident and on-disk bytes; and
-//! images/s of exported models (`--exported FILE|DIR`, repeatable; by default the main job's
-//! `runs/compress/model-*.safetensors` when present).
+//! images/s of exported models (`--exported FILE|DIR`, repeatable, relative to the workspace
+//! root; by default the main job's `runs/compress/model-*.safetensors` when present).
 //!
 //! `--isa avx2|avx512vnni|portable` runs every integer figure on that path; `--models-only`
 //! skips the GEMM sections, `--engine-only` also the f32 networks, `--exported-only` all but
@@ -376,10 +376,23 @@ fn main() {
             isa
         }
     };
-    let mut exported: Vec<PathBuf> = value_of("--exported").iter().map(PathBuf::from).collect();
+    // `cargo bench` runs this in the crate's directory: a relative `--exported` path that does
+    // not exist there is taken from the workspace root, where `cargo xtask` is run.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut exported: Vec<PathBuf> = value_of("--exported")
+        .iter()
+        .map(|p| {
+            let p = PathBuf::from(p);
+            if p.is_relative() && !p.exists() && root.join(&p).exists() {
+                root.join(p)
+            } else {
+                p
+            }
+        })
+        .collect();
     if exported.is_empty() {
         // The main job's default output directory (`cargo xtask compress`), when present.
-        let default = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../runs/compress");
+        let default = root.join("runs/compress");
         if default.is_dir() {
             exported.push(default);
         }
