@@ -519,6 +519,19 @@ pub(crate) unsafe fn micro(
     }
 }
 
+/// Calls the const-generic x86 kernel `$f::<R>` for `R = $mr` out of the row counts
+/// listed (the strips of the padded implicit GEMM), `$what` naming the kernel if `$mr` is
+/// none of them.
+#[cfg(target_arch = "x86_64")]
+macro_rules! by_rows {
+    ($mr:expr, $what:literal, $f:ident, [$($n:literal),+], $args:tt) => {
+        match $mr {
+            $($n => crate::x86::$f::<$n> $args,)+
+            _ => unreachable!(concat!($what, " strips have no kernel of this row count")),
+        }
+    };
+}
+
 /// The `avx2-wide` micro-kernel with `mr` (1 to 6) rows on panel `p` of `w` from reduction
 /// index `k0` (a multiple of 4): `segs` segments of `groups` groups, segment `s` of A at
 /// `a.ptr + s·seg` (bytes), the panel contiguous (see [`avx2_wide`](crate::x86::avx2_wide));
@@ -545,15 +558,13 @@ pub(crate) unsafe fn micro_wide(
         let wb = w.wide()[p * w.kp * NR + k0 * NR..].as_ptr();
         // SAFETY: guaranteed by the caller.
         unsafe {
-            match mr {
-                1 => crate::x86::avx2_wide::<1>(a, segs, wb, groups, tile, add),
-                2 => crate::x86::avx2_wide::<2>(a, segs, wb, groups, tile, add),
-                3 => crate::x86::avx2_wide::<3>(a, segs, wb, groups, tile, add),
-                4 => crate::x86::avx2_wide::<4>(a, segs, wb, groups, tile, add),
-                5 => crate::x86::avx2_wide::<5>(a, segs, wb, groups, tile, add),
-                6 => crate::x86::avx2_wide::<6>(a, segs, wb, groups, tile, add),
-                _ => unreachable!("avx2-wide strips have 1 to 6 rows"),
-            }
+            by_rows!(
+                mr,
+                "avx2-wide",
+                avx2_wide,
+                [1, 2, 3, 4, 5, 6],
+                (a, segs, wb, groups, tile, add)
+            )
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -590,17 +601,13 @@ pub(crate) unsafe fn micro_vnni(
         let wb = w.ptr_i8(p, k0);
         // SAFETY: guaranteed by the caller.
         unsafe {
-            match mr {
-                1 => crate::x86::vnni_rows::<1>(a, segs, wb, groups, tile, add),
-                2 => crate::x86::vnni_rows::<2>(a, segs, wb, groups, tile, add),
-                3 => crate::x86::vnni_rows::<3>(a, segs, wb, groups, tile, add),
-                4 => crate::x86::vnni_rows::<4>(a, segs, wb, groups, tile, add),
-                5 => crate::x86::vnni_rows::<5>(a, segs, wb, groups, tile, add),
-                6 => crate::x86::vnni_rows::<6>(a, segs, wb, groups, tile, add),
-                7 => crate::x86::vnni_rows::<7>(a, segs, wb, groups, tile, add),
-                8 => crate::x86::vnni_rows::<8>(a, segs, wb, groups, tile, add),
-                _ => unreachable!("vnni strips have 1 to 8 rows"),
-            }
+            by_rows!(
+                mr,
+                "vnni",
+                vnni_rows,
+                [1, 2, 3, 4, 5, 6, 7, 8],
+                (a, segs, wb, groups, tile, add)
+            )
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -639,15 +646,13 @@ pub(crate) unsafe fn micro_i16(
         let wb = w.ptr_i8(p, k0);
         // SAFETY: guaranteed by the caller.
         unsafe {
-            match mr {
-                1 => crate::x86::avx2_i16_rows::<1>(a, segs, wb, groups, s, tile, add),
-                2 => crate::x86::avx2_i16_rows::<2>(a, segs, wb, groups, s, tile, add),
-                3 => crate::x86::avx2_i16_rows::<3>(a, segs, wb, groups, s, tile, add),
-                4 => crate::x86::avx2_i16_rows::<4>(a, segs, wb, groups, s, tile, add),
-                5 => crate::x86::avx2_i16_rows::<5>(a, segs, wb, groups, s, tile, add),
-                6 => crate::x86::avx2_i16_rows::<6>(a, segs, wb, groups, s, tile, add),
-                _ => unreachable!("avx2-i16 strips have 1 to 6 rows"),
-            }
+            by_rows!(
+                mr,
+                "avx2-i16",
+                avx2_i16_rows,
+                [1, 2, 3, 4, 5, 6],
+                (a, segs, wb, groups, s, tile, add)
+            )
         }
     }
     #[cfg(not(target_arch = "x86_64"))]

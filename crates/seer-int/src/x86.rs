@@ -775,23 +775,37 @@ mod tests {
                 }
             })
             .collect();
+        let case = format!("MR {MR} segs {segs} groups {groups} s {s} extreme {extreme}");
+        run_segmented(r, (MR, segs, seg, row), (&a, &b), &case, |ap, tile, add| {
+            // SAFETY: AVX2 checked by the caller; segment q, row i < MR reads kseg codes from
+            // q·seg + i·row < a.len(); B holds segs·groups·64 codes; s·2·amax·wmax ≤ 32767.
+            unsafe { avx2_i16_rows::<MR>(ap, (segs, seg), b.as_ptr(), groups, s, tile, add) }
+        });
+    }
+
+    /// Runs a segmented kernel (`kernel(A, tile, add)`, A rows `row` codes apart, segments
+    /// `seg` apart) on `a` and `b`, overwriting and adding to a random tile, against
+    /// [`i16_ref`]; `case` names the case in a failure.
+    fn run_segmented(
+        r: &mut impl FnMut() -> u64,
+        (mr, segs, seg, row): (usize, usize, usize, usize),
+        (a, b): (&[u8], &[i8]),
+        case: &str,
+        kernel: impl Fn(APanel, &mut [i32], bool),
+    ) {
+        let kseg = b.len() / (16 * segs.max(1));
         for add in [false, true] {
-            let start: Vec<i32> = (0..MR * 16).map(|_| (r() % 1000) as i32 - 500).collect();
-            let mut want = if add { start.clone() } else { vec![0; MR * 16] };
-            i16_ref(&a, (segs, seg), row, MR, &b, kseg, &mut want);
+            let start: Vec<i32> = (0..mr * 16).map(|_| (r() % 1000) as i32 - 500).collect();
+            let mut want = if add { start.clone() } else { vec![0; mr * 16] };
+            i16_ref(a, (segs, seg), row, mr, b, kseg, &mut want);
             let mut got = start.clone();
             let ap = APanel {
                 ptr: a.as_ptr(),
                 row,
                 group: 4,
             };
-            // SAFETY: AVX2 checked by the caller; segment q, row i < MR reads kseg codes from
-            // q·seg + i·row < a.len(); B holds segs·groups·64 codes; s·2·amax·wmax ≤ 32767.
-            unsafe { avx2_i16_rows::<MR>(ap, (segs, seg), b.as_ptr(), groups, s, &mut got, add) };
-            assert_eq!(
-                got, want,
-                "MR {MR} segs {segs} groups {groups} s {s} add {add} extreme {extreme}"
-            );
+            kernel(ap, &mut got, add);
+            assert_eq!(got, want, "{case} add {add}");
         }
     }
 
@@ -817,24 +831,12 @@ mod tests {
                 _ => r() as u8 as i8,
             })
             .collect();
-        for add in [false, true] {
-            let start: Vec<i32> = (0..MR * 16).map(|_| (r() % 1000) as i32 - 500).collect();
-            let mut want = if add { start.clone() } else { vec![0; MR * 16] };
-            i16_ref(&a, (segs, seg), row, MR, &b, kseg, &mut want);
-            let mut got = start.clone();
-            let ap = APanel {
-                ptr: a.as_ptr(),
-                row,
-                group: 4,
-            };
+        let case = format!("MR {MR} segs {segs} groups {groups} extreme {extreme}");
+        run_segmented(r, (MR, segs, seg, row), (&a, &b), &case, |ap, tile, add| {
             // SAFETY: VNNI checked by the caller; segment q, row i < MR reads kseg codes from
             // q·seg + i·row < a.len(); B holds segs·groups·64 codes.
-            unsafe { vnni_rows::<MR>(ap, (segs, seg), b.as_ptr(), groups, &mut got, add) };
-            assert_eq!(
-                got, want,
-                "MR {MR} segs {segs} groups {groups} add {add} extreme {extreme}"
-            );
-        }
+            unsafe { vnni_rows::<MR>(ap, (segs, seg), b.as_ptr(), groups, tile, add) }
+        });
     }
 
     /// The VNNI kernel of the padded implicit GEMM at every row count (1 to 8), over one and
