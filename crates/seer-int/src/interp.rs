@@ -1137,7 +1137,10 @@ impl Ctx<'_> {
                     });
             }
         }
-        let shift = self.first_layer_shift(g, lw, &codes, &a.bias);
+        // The same per-position shift as the per-image paths, built once per input shape.
+        let shift = self.model.cache.shift(self.index, (g.h, g.w, g.c_in), || {
+            self.first_layer_shift(g, lw, &codes, &a.bias)
+        });
         if split {
             raw.par_chunks_mut(oh * ow * co).for_each(|p| {
                 for (p, s) in p.chunks_exact_mut(co).zip(shift.chunks_exact(co)) {
