@@ -38,7 +38,21 @@ impl IntModel {
     /// the same as NCHW). Returns f32 logits `[batch, num_classes]`. Errors: `ShapeMismatch`
     /// for a wrong pixel count; `InvalidArgument` if a node's shapes do not chain.
     pub fn forward(&self, pixels: &[u8], batch: usize, isa: Isa) -> Result<Vec<f32>> {
-        self.run(pixels, batch, isa, None, true)
+        let inp = &self.meta().input;
+        let per_image = inp.height * inp.width * inp.channels;
+        check_len("input pixels", batch * per_image, pixels.len())?;
+        if batch <= MICRO_BATCH {
+            return self.run(pixels, batch, isa, None, true);
+        }
+        // Micro-batches through the whole graph, one per rayon task: a task's activations
+        // are small enough to stay in its core's cache, and the threads do not wait for each
+        // other between nodes. Every image's logits depend on that image only (integer GEMMs are exact, the
+        // epilogues element-wise, pooling per image), so the bits are the whole batch's.
+        let parts = pixels
+            .par_chunks(MICRO_BATCH * per_image)
+            .map(|p| self.run(p, p.len() / per_image, isa, None, true))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(parts.concat())
     }
 
     /// [`forward`](Self::forward) on the unfused layer functions ([`layers`](crate::layers):
@@ -208,6 +222,12 @@ type PanelKey = (usize, usize, usize);
 
 /// Most buffers the pool keeps.
 const POOL_MAX: usize = 32;
+
+/// Images per micro-batch of [`IntModel::forward`]: a larger batch runs as micro-batches of
+/// this many images, each through the whole graph as one rayon task. On the exported
+/// ResNet-20 (batch 128, 2 threads) 16 gave 8,500 images/s against 6,400–7,300 for the
+/// whole batch node by node (docs/benchmarks.md, session 17); 8 to 32 were within noise.
+pub(crate) const MICRO_BATCH: usize = 16;
 
 impl Clone for Cache {
     /// The panels are shared; the clone starts with an empty buffer pool.
@@ -1920,7 +1940,7 @@ mod tests {
     /// The fused paths (GEMM + requantisation in one pass, cached panels, pooled buffers)
     /// give bit-identical logits to the unfused layer functions, on every ISA, over repeated
     /// calls (reused buffers holding another input's activations) and batch sizes that leave
-    /// partial row blocks.
+    /// partial row blocks or split into micro-batches (24 = 16 + 8, 37 = 16 + 16 + 5).
     #[test]
     fn fused_paths_equal_the_unfused_engine() {
         for m in [
@@ -1931,7 +1951,7 @@ mod tests {
             toy_grouped(),
         ] {
             let mut r = lcg(17);
-            for batch in [1, 3, 24] {
+            for batch in [1, 3, 24, 37] {
                 let pixels: Vec<u8> = (0..batch * 64 * m.meta().input.channels)
                     .map(|_| (r() * 256.0) as u8)
                     .collect();
@@ -1949,6 +1969,18 @@ mod tests {
                             "{isa:?} batch {batch}"
                         );
                     }
+                    // An image's logits do not depend on the rest of its batch (nor on which
+                    // micro-batch or kernel it ran in): one image at a time gives the same bits.
+                    let per = pixels.len() / batch;
+                    let single: Vec<f32> = pixels
+                        .chunks(per)
+                        .flat_map(|p| m.forward(p, 1, isa).unwrap())
+                        .collect();
+                    assert_eq!(
+                        single.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        "{isa:?} batch {batch}, one image at a time"
+                    );
                 }
             }
             assert!(m.resident_bytes() > m.storage_bytes());
