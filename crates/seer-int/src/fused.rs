@@ -649,7 +649,6 @@ fn implicit_task_padded(
         (x8.as_ptr(), 1, len)
     };
     let row_bytes = g.kw * c;
-    let mut tile = [0i32; 8 * NR];
     let rend = r0 + nrows;
     let mut r = r0;
     while r < rend {
@@ -675,25 +674,24 @@ fn implicit_task_padded(
                 group: 4 * esz,
             };
             let segs = (g.kh, esz * row_codes);
+            // The strip's accumulator rows: consecutive output pixels, `ld` apart in `acc`.
+            let first = (r + sx - ox - r0) * ld;
             for (pi, p) in pans.clone().enumerate() {
+                // The kernel writes its tile in place: rows `ld` apart from column pi·16.
+                let tile = (&mut acc[first + pi * NR..], ld);
+                let groups = row_bytes / 4;
                 // SAFETY: rows i < rows of segment ky read kw·c codes from off + ky·row_codes
                 // + i·stride·c (asserted inside the len padded codes); the panel holds kh segments of
                 // kw·c codes per channel; AVX2 and the i16 range by the kernel's choice.
                 unsafe {
                     match kernel {
                         Kernel::Avx2I16 { s } => {
-                            micro_i16(rows, ap, segs, w, p, 0, row_bytes / 4, s, &mut tile, false)
+                            micro_i16(rows, ap, segs, w, p, 0, groups, s, tile, false)
                         }
-                        Kernel::Vnni => {
-                            micro_vnni(rows, ap, segs, w, p, 0, row_bytes / 4, &mut tile, false)
-                        }
-                        _ => micro_wide(rows, ap, segs, w, p, 0, row_bytes / 4, &mut tile, false),
+                        Kernel::Vnni => micro_vnni(rows, ap, segs, w, p, 0, groups, tile, false),
+                        _ => micro_wide(rows, ap, segs, w, p, 0, groups, tile, false),
                     }
                 };
-                for ii in 0..rows {
-                    acc[(r + sx + ii - ox - r0) * ld + pi * NR..][..NR]
-                        .copy_from_slice(&tile[ii * NR..][..NR]);
-                }
             }
             sx += rows;
         }
@@ -944,9 +942,18 @@ pub fn gemm_fused(isa: Isa, src: ASource, w: &WeightPanel, sink: &impl Sink) -> 
                         // block kc·16 codes; the kernel's ISA was checked above.
                         unsafe {
                             match kernel {
-                                Kernel::Avx2I16 { s } => {
-                                    micro_i16(mr, ap, (1, 0), w, p, k0, kc / 4, s, &mut tile, false)
-                                }
+                                Kernel::Avx2I16 { s } => micro_i16(
+                                    mr,
+                                    ap,
+                                    (1, 0),
+                                    w,
+                                    p,
+                                    k0,
+                                    kc / 4,
+                                    s,
+                                    (&mut tile, NR),
+                                    false,
+                                ),
                                 _ => micro(kernel, ap, w, p, k0, kc / 4, &mut tile, false),
                             }
                         };

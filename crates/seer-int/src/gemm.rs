@@ -449,7 +449,14 @@ unsafe fn block(
                         Kernel::Avx2Wide => {
                             let wb =
                                 wide_w.expect("wide panel")[p * w.kp * NR + k0 * NR..].as_ptr();
-                            crate::x86::avx2_wide::<WIDE_MR>(ap, (1, 0), wb, groups, tile, false)
+                            crate::x86::avx2_wide::<WIDE_MR>(
+                                ap,
+                                (1, 0),
+                                wb,
+                                groups,
+                                (tile, NR),
+                                false,
+                            )
                         }
                         #[cfg(not(target_arch = "x86_64"))]
                         _ => unreachable!("x86 kernel on another architecture"),
@@ -512,7 +519,7 @@ pub(crate) unsafe fn micro(
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2I16 { s } => crate::x86::avx2_i16_4x16(a, bptr, groups, s, tile, add),
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2Wide => micro_wide(WIDE_MR, a, (1, 0), w, p, k0, groups, tile, add),
+            Kernel::Avx2Wide => micro_wide(WIDE_MR, a, (1, 0), w, p, k0, groups, (tile, NR), add),
             #[cfg(not(target_arch = "x86_64"))]
             _ => unreachable!("x86 kernel on another architecture"),
         }
@@ -535,7 +542,8 @@ macro_rules! by_rows {
 /// The `avx2-wide` micro-kernel with `mr` (1 to 6) rows on panel `p` of `w` from reduction
 /// index `k0` (a multiple of 4): `segs` segments of `groups` groups, segment `s` of A at
 /// `a.ptr + s·seg` (bytes), the panel contiguous (see [`avx2_wide`](crate::x86::avx2_wide));
-/// writes `tile` (`mr × 16` i32), or adds to it when `add`. A holds i16 codes.
+/// writes the `mr × 16` i32 tile `tile = (buf, ld)` (rows `ld ≥ 16` apart in `buf`), or adds
+/// to it when `add`. A holds i16 codes.
 ///
 /// # Safety
 /// The 4 i16 at `a.ptr + s·seg + i·a.row + g·a.group` (segment `s < segs`, row `i < mr`,
@@ -549,7 +557,7 @@ pub(crate) unsafe fn micro_wide(
     p: usize,
     k0: usize,
     groups: usize,
-    tile: &mut [i32; 8 * NR],
+    tile: (&mut [i32], usize),
     add: bool,
 ) {
     debug_assert!(k0 + 4 * segs.0 * groups <= w.kp && p < w.panels());
@@ -577,7 +585,8 @@ pub(crate) unsafe fn micro_wide(
 /// The `vnni` micro-kernel with `mr` (1 to 8) rows on panel `p` of `w` from reduction index
 /// `k0` (a multiple of 4): `segs` segments of `groups` groups, segment `s` of A at
 /// `a.ptr + s·seg` (bytes), the panel contiguous (see [`vnni_rows`](crate::x86::vnni_rows));
-/// writes `tile` (`mr × 16` i32), or adds to it when `add`. A holds u8 codes.
+/// writes the `mr × 16` i32 tile `tile = (buf, ld)` (rows `ld ≥ 16` apart in `buf`), or adds
+/// to it when `add`. A holds u8 codes.
 ///
 /// # Safety
 /// The 4 u8 at `a.ptr + s·seg + i·a.row + g·a.group` (segment `s < segs`, row `i < mr`,
@@ -592,7 +601,7 @@ pub(crate) unsafe fn micro_vnni(
     p: usize,
     k0: usize,
     groups: usize,
-    tile: &mut [i32; 8 * NR],
+    tile: (&mut [i32], usize),
     add: bool,
 ) {
     debug_assert!(k0 + 4 * segs.0 * groups <= w.kp && p < w.panels());
@@ -621,7 +630,8 @@ pub(crate) unsafe fn micro_vnni(
 /// index `k0` (a multiple of 4): `segs` segments of `groups` groups, segment `q` of A at
 /// `a.ptr + q·seg` (bytes), the panel contiguous (see
 /// [`avx2_i16_rows`](crate::x86::avx2_i16_rows)), i16 sums widened every `s` groups; writes
-/// `tile` (`mr × 16` i32), or adds to it when `add`. A holds u8 codes.
+/// the `mr × 16` i32 tile `tile = (buf, ld)` (rows `ld ≥ 16` apart in `buf`), or adds to it
+/// when `add`. A holds u8 codes.
 ///
 /// # Safety
 /// The 4 bytes at `a.ptr + q·seg + i·a.row + g·a.group` (segment `q < segs`, row `i < mr`,
@@ -637,7 +647,7 @@ pub(crate) unsafe fn micro_i16(
     k0: usize,
     groups: usize,
     s: usize,
-    tile: &mut [i32; 8 * NR],
+    tile: (&mut [i32], usize),
     add: bool,
 ) {
     debug_assert!(k0 + 4 * segs.0 * groups <= w.kp && p < w.panels());

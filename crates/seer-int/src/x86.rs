@@ -57,27 +57,28 @@ pub(crate) unsafe fn vnni_8x16(
 /// implicit-GEMM convolution on zero-padded input rows, one padded row apart), B continues
 /// contiguously (`(q·groups + g)·64` bytes). The same `vpdpbusd` per row and group as
 /// [`vnni_8x16`] (exact i32 sums; integer adds, so any order gives the same sums); writes
-/// `tile` (`MR × 16` i32), or adds to it when `add`.
+/// the `MR × 16` i32 tile whose rows start `ld` elements apart in `tile` (16 for a packed
+/// tile, the accumulator row length to write a task's accumulators in place), or adds to it
+/// when `add`. Panics unless `1 ≤ MR ≤ 8`, `ld ≥ 16` and `tile` holds `(MR − 1)·ld + 16`.
 ///
 /// # Safety
 /// As [`vnni_8x16`], for rows `i < MR` and every segment: the 4 bytes at
-/// `a.ptr + q·seg + i·a.row + g·a.group` and `segs·groups·64` bytes at `b` must be readable;
-/// `tile` holds `MR·16` i32.
+/// `a.ptr + q·seg + i·a.row + g·a.group` and `segs·groups·64` bytes at `b` must be readable.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 pub(crate) unsafe fn vnni_rows<const MR: usize>(
     a: APanel,
     (segs, seg): (usize, usize),
     b: *const i8,
     groups: usize,
-    tile: &mut [i32],
+    (tile, ld): (&mut [i32], usize),
     add: bool,
 ) {
-    assert!(MR <= 8 && tile.len() >= MR * 16);
+    assert!((1..=8).contains(&MR) && ld >= 16 && tile.len() >= (MR - 1) * ld + 16);
     let mut acc = [_mm512_setzero_si512(); MR];
     if add {
         for (i, acc) in acc.iter_mut().enumerate() {
-            // SAFETY: tile holds MR rows of 16 i32 (asserted).
-            *acc = unsafe { _mm512_loadu_si512(tile.as_ptr().add(i * 16) as *const _) };
+            // SAFETY: tile holds MR rows of 16 i32, ld apart (asserted).
+            *acc = unsafe { _mm512_loadu_si512(tile.as_ptr().add(i * ld) as *const _) };
         }
     }
     for q in 0..segs {
@@ -96,8 +97,8 @@ pub(crate) unsafe fn vnni_rows<const MR: usize>(
         }
     }
     for (i, acc) in acc.iter().enumerate() {
-        // SAFETY: tile holds MR rows of 16 i32.
-        unsafe { _mm512_storeu_si512(tile.as_mut_ptr().add(i * 16) as *mut _, *acc) };
+        // SAFETY: tile holds MR rows of 16 i32, ld apart.
+        unsafe { _mm512_storeu_si512(tile.as_mut_ptr().add(i * ld) as *mut _, *acc) };
     }
 }
 
@@ -184,8 +185,9 @@ pub(crate) unsafe fn avx2_i16_4x16(
 
 /// AVX2: `MR` rows × 16 channels, `vpmaddubsw` accumulated in i16 registers (`2·MR`
 /// accumulators, so `MR = 6` fills the 16 registers without spills) and widened with
-/// `vpmaddwd` into the i32 `tile` in memory after every `s` groups and at the end. Per row and
-/// group of 4 `k`: 1 broadcast, 2 `vpmaddubsw`, 2 `vpaddw`.
+/// `vpmaddwd` into the i32 tile in memory (rows `ld` apart in `tile`, as [`vnni_rows`]) after
+/// every `s` groups and at the end. Per row and group of 4 `k`: 1 broadcast, 2 `vpmaddubsw`,
+/// 2 `vpaddw`.
 ///
 /// The reduction runs over `segs` segments of `groups` groups each, as in [`avx2_wide`]:
 /// segment `q` of A starts `q·seg` bytes after `a.ptr` (the kernel rows of an implicit-GEMM
@@ -193,9 +195,9 @@ pub(crate) unsafe fn avx2_i16_4x16(
 /// (`(q·groups + g)·64` bytes). The `s`-group count runs across segments.
 ///
 /// # Safety
-/// AVX2 required; `MR ≤ 8`, `s ≥ 1`; the 4 bytes at `a.ptr + q·seg + i·a.row + g·a.group`
+/// AVX2 required; `1 ≤ MR ≤ 8`, `s ≥ 1`; the 4 bytes at `a.ptr + q·seg + i·a.row + g·a.group`
 /// (segment `q < segs`, row `i < MR`, group `g < groups`) and `segs·groups·64` bytes at `b`
-/// must be readable; `tile` holds `MR·16` i32. Exact only if `s` pair sums fit in i16:
+/// must be readable (the tile's bounds are checked). Exact only if `s` pair sums fit in i16:
 /// `s·2·a_max·w_max ≤ 32767` (caller's range check, as [`avx2_i16_4x16`]).
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
@@ -205,10 +207,10 @@ pub(crate) unsafe fn avx2_i16_rows<const MR: usize>(
     b: *const i8,
     groups: usize,
     s: usize,
-    tile: &mut [i32],
+    (tile, ld): (&mut [i32], usize),
     add: bool,
 ) {
-    assert!(MR <= 8 && tile.len() >= MR * 16 && s >= 1);
+    assert!((1..=8).contains(&MR) && ld >= 16 && tile.len() >= (MR - 1) * ld + 16 && s >= 1);
     let mut acc16 = [[_mm256_setzero_si256(); 2]; MR];
     // Whether `tile` already holds partial sums (else the first widening overwrites it).
     let mut have = add;
@@ -237,29 +239,35 @@ pub(crate) unsafe fn avx2_i16_rows<const MR: usize>(
             left -= g1 - g0;
             g0 = g1;
             if left == 0 {
-                widen_i16(&mut acc16, tile, have);
+                widen_i16(&mut acc16, (&mut *tile, ld), have);
                 have = true;
                 left = s;
             }
         }
     }
     if left != s || !have {
-        widen_i16(&mut acc16, tile, have);
+        widen_i16(&mut acc16, (tile, ld), have);
     }
 }
 
 /// Widens the i16 sums `acc16` of an `MR × 16` tile with `vpmaddwd` (adjacent lanes belong to
-/// one channel) into `tile`, adding to its contents when `add`, and zeroes `acc16`.
+/// one channel) into `tile` (rows `ld` i32 apart), adding to its contents when `add`, and
+/// zeroes `acc16`.
 #[target_feature(enable = "avx2")]
 #[inline]
-fn widen_i16<const MR: usize>(acc16: &mut [[__m256i; 2]; MR], tile: &mut [i32], add: bool) {
-    assert!(tile.len() >= MR * 16);
+fn widen_i16<const MR: usize>(
+    acc16: &mut [[__m256i; 2]; MR],
+    (tile, ld): (&mut [i32], usize),
+    add: bool,
+) {
+    assert!(MR >= 1 && ld >= 16 && tile.len() >= (MR - 1) * ld + 16);
     let ones = _mm256_set1_epi16(1);
     for (i, acc16) in acc16.iter_mut().enumerate() {
         for (h, acc16) in acc16.iter_mut().enumerate() {
-            // SAFETY: tile holds MR rows of 16 i32 (asserted); unaligned loads and stores.
+            // SAFETY: tile holds MR rows of 16 i32, ld apart (asserted); unaligned loads and
+            // stores.
             unsafe {
-                let t = tile.as_mut_ptr().add(i * 16 + h * 8) as *mut __m256i;
+                let t = tile.as_mut_ptr().add(i * ld + h * 8) as *mut __m256i;
                 let mut v = _mm256_madd_epi16(*acc16, ones);
                 if add {
                     v = _mm256_add_epi32(v, _mm256_loadu_si256(t));
@@ -279,29 +287,30 @@ fn widen_i16<const MR: usize>(acc16: &mut [[__m256i; 2]; MR], tile: &mut [i32], 
 ///
 /// The reduction runs over `segs` segments of `groups` groups each: segment `s` of A starts
 /// `s·seg` bytes after `a.ptr` (the kernel rows of an implicit-GEMM convolution, one input
-/// row apart), while B continues contiguously (`(s·groups + g)·64` i16).
+/// row apart), while B continues contiguously (`(s·groups + g)·64` i16). The tile's rows are
+/// `ld` apart in `tile`, as in [`vnni_rows`].
 ///
 /// # Safety
-/// AVX2 required; `MR ≤ 8`; the 4 i16 (8 bytes) at `a.ptr + s·seg + i·a.row + g·a.group`
+/// AVX2 required; `1 ≤ MR ≤ 8`; the 4 i16 (8 bytes) at `a.ptr + s·seg + i·a.row + g·a.group`
 /// (segment `s < segs`, row `i < MR`, group `g < groups`; strides in bytes) and
-/// `segs·groups·64` i16 at `b` must be readable; `tile` holds `MR·16` i32.
+/// `segs·groups·64` i16 at `b` must be readable (the tile's bounds are checked).
 #[target_feature(enable = "avx2")]
 pub(crate) unsafe fn avx2_wide<const MR: usize>(
     a: APanel,
     (segs, seg): (usize, usize),
     b: *const i16,
     groups: usize,
-    tile: &mut [i32],
+    (tile, ld): (&mut [i32], usize),
     add: bool,
 ) {
-    assert!(MR <= 8 && tile.len() >= MR * 16);
+    assert!((1..=8).contains(&MR) && ld >= 16 && tile.len() >= (MR - 1) * ld + 16);
     let mut acc = [[_mm256_setzero_si256(); 2]; MR];
     if add {
         for (i, acc) in acc.iter_mut().enumerate() {
-            // SAFETY: tile holds MR rows of 16 i32 (asserted).
+            // SAFETY: tile holds MR rows of 16 i32, ld apart (asserted).
             unsafe {
-                acc[0] = _mm256_loadu_si256(tile.as_ptr().add(i * 16) as *const __m256i);
-                acc[1] = _mm256_loadu_si256(tile.as_ptr().add(i * 16 + 8) as *const __m256i);
+                acc[0] = _mm256_loadu_si256(tile.as_ptr().add(i * ld) as *const __m256i);
+                acc[1] = _mm256_loadu_si256(tile.as_ptr().add(i * ld + 8) as *const __m256i);
             }
         }
     }
@@ -327,10 +336,10 @@ pub(crate) unsafe fn avx2_wide<const MR: usize>(
         }
     }
     for (i, acc) in acc.iter().enumerate() {
-        // SAFETY: tile holds MR rows of 16 i32 (asserted).
+        // SAFETY: tile holds MR rows of 16 i32, ld apart (asserted).
         unsafe {
-            _mm256_storeu_si256(tile.as_mut_ptr().add(i * 16) as *mut __m256i, acc[0]);
-            _mm256_storeu_si256(tile.as_mut_ptr().add(i * 16 + 8) as *mut __m256i, acc[1]);
+            _mm256_storeu_si256(tile.as_mut_ptr().add(i * ld) as *mut __m256i, acc[0]);
+            _mm256_storeu_si256(tile.as_mut_ptr().add(i * ld + 8) as *mut __m256i, acc[1]);
         }
     }
 }
@@ -619,14 +628,22 @@ mod tests {
 
     /// `tile[i][j] (+)= Σ_k a[i][k]·b[j][k]` for the wide kernels' operands: A i16 rows of
     /// `row` elements, B the i16 panel `[k/2][16][2]`.
-    fn wide_ref(a: &[i16], row: usize, mr: usize, b: &[i16], k: usize, tile: &mut [i32]) {
+    fn wide_ref(
+        a: &[i16],
+        row: usize,
+        mr: usize,
+        b: &[i16],
+        k: usize,
+        tile: &mut [i32],
+        ld: usize,
+    ) {
         for i in 0..mr {
             for j in 0..16 {
                 let mut s = 0i32;
                 for kk in 0..k {
                     s += a[i * row + kk] as i32 * b[((kk / 2) * 16 + j) * 2 + kk % 2] as i32;
                 }
-                tile[i * 16 + j] += s;
+                tile[i * ld + j] += s;
             }
         }
     }
@@ -643,10 +660,18 @@ mod tests {
                 _ => (r() % 255) as i16 - 127,
             })
             .collect();
-        for add in [false, true] {
-            let start: Vec<i32> = (0..MR * 16).map(|_| (r() % 1000) as i32 - 500).collect();
-            let mut want = if add { start.clone() } else { vec![0; MR * 16] };
-            wide_ref(&a, row, MR, &b, k, &mut want);
+        // Tile rows packed (16 apart) and in place in wider accumulators (40 apart: the
+        // elements between rows must stay as they were).
+        for (ld, add) in [(16, false), (16, true), (40, false), (40, true)] {
+            let len = (MR - 1) * ld + 16;
+            let start: Vec<i32> = (0..len).map(|_| (r() % 1000) as i32 - 500).collect();
+            let mut want = start.clone();
+            if !add {
+                for i in 0..MR {
+                    want[i * ld..i * ld + 16].fill(0);
+                }
+            }
+            wide_ref(&a, row, MR, &b, k, &mut want, ld);
             let mut got = start.clone();
             let ap = APanel {
                 ptr: a.as_ptr() as *const u8,
@@ -654,10 +679,10 @@ mod tests {
                 group: 8,
             };
             // SAFETY: AVX2 checked by the caller; A holds MR rows of row ≥ k i16, B k·16.
-            unsafe { avx2_wide::<MR>(ap, (1, 0), b.as_ptr(), groups, &mut got, add) };
+            unsafe { avx2_wide::<MR>(ap, (1, 0), b.as_ptr(), groups, (&mut got, ld), add) };
             assert_eq!(
                 got, want,
-                "MR {MR} groups {groups} add {add} extreme {extreme}"
+                "MR {MR} groups {groups} ld {ld} add {add} extreme {extreme}"
             );
         }
     }
@@ -714,7 +739,7 @@ mod tests {
         }
     }
 
-    /// `tile[i][j] (+)= Σ_q Σ_k a[q·seg + i·row + k] · B[q·kseg + k][j]` for the i16-sum
+    /// `tile[i·ld + j] (+)= Σ_q Σ_k a[q·seg + i·row + k] · B[q·kseg + k][j]` for the i16-sum
     /// kernel's operands: A u8 segments, B the i8 panel `[k/4][16][4]` over all segments.
     #[allow(clippy::too_many_arguments)]
     fn i16_ref(
@@ -724,7 +749,7 @@ mod tests {
         mr: usize,
         b: &[i8],
         kseg: usize,
-        tile: &mut [i32],
+        (tile, ld): (&mut [i32], usize),
     ) {
         for i in 0..mr {
             for j in 0..16 {
@@ -736,7 +761,7 @@ mod tests {
                             * b[((bk / 4) * 16 + j) * 4 + bk % 4] as i32;
                     }
                 }
-                tile[i * 16 + j] += acc;
+                tile[i * ld + j] += acc;
             }
         }
     }
@@ -783,29 +808,38 @@ mod tests {
         });
     }
 
-    /// Runs a segmented kernel (`kernel(A, tile, add)`, A rows `row` codes apart, segments
-    /// `seg` apart) on `a` and `b`, overwriting and adding to a random tile, against
-    /// [`i16_ref`]; `case` names the case in a failure.
+    /// Runs a segmented kernel (`kernel(A, (tile, ld), add)`, A rows `row` codes apart,
+    /// segments `seg` apart) on `a` and `b`, overwriting and adding to a random tile of rows
+    /// 16 apart (packed) and 40 apart (in place in wider accumulators, whose other elements
+    /// must stay as they were), against [`i16_ref`]; `case` names the case in a failure.
     fn run_segmented(
         r: &mut impl FnMut() -> u64,
         (mr, segs, seg, row): (usize, usize, usize, usize),
         (a, b): (&[u8], &[i8]),
         case: &str,
-        kernel: impl Fn(APanel, &mut [i32], bool),
+        kernel: impl Fn(APanel, (&mut [i32], usize), bool),
     ) {
         let kseg = b.len() / (16 * segs.max(1));
-        for add in [false, true] {
-            let start: Vec<i32> = (0..mr * 16).map(|_| (r() % 1000) as i32 - 500).collect();
-            let mut want = if add { start.clone() } else { vec![0; mr * 16] };
-            i16_ref(a, (segs, seg), row, mr, b, kseg, &mut want);
-            let mut got = start.clone();
-            let ap = APanel {
-                ptr: a.as_ptr(),
-                row,
-                group: 4,
-            };
-            kernel(ap, &mut got, add);
-            assert_eq!(got, want, "{case} add {add}");
+        for ld in [16, 40] {
+            for add in [false, true] {
+                let len = (mr - 1) * ld + 16;
+                let start: Vec<i32> = (0..len).map(|_| (r() % 1000) as i32 - 500).collect();
+                let mut want = start.clone();
+                if !add {
+                    for i in 0..mr {
+                        want[i * ld..i * ld + 16].fill(0);
+                    }
+                }
+                i16_ref(a, (segs, seg), row, mr, b, kseg, (&mut want, ld));
+                let mut got = start.clone();
+                let ap = APanel {
+                    ptr: a.as_ptr(),
+                    row,
+                    group: 4,
+                };
+                kernel(ap, (&mut got, ld), add);
+                assert_eq!(got, want, "{case} ld {ld} add {add}");
+            }
         }
     }
 
@@ -936,7 +970,7 @@ mod tests {
                                     group: 8,
                                 };
                                 let sg = (segs, 6 * 8 * groups);
-                                avx2_wide::<6>(ap, sg, b16.as_ptr(), groups, &mut tile, false)
+                                avx2_wide::<6>(ap, sg, b16.as_ptr(), groups, (&mut tile, 16), false)
                             }
                             1 => {
                                 let ap = APanel {
@@ -951,7 +985,7 @@ mod tests {
                                     b8.as_ptr(),
                                     groups,
                                     156,
-                                    &mut tile,
+                                    (&mut tile, 16),
                                     false,
                                 )
                             }
@@ -1019,7 +1053,14 @@ mod tests {
                                     row: 8 * groups,
                                     group: 8,
                                 };
-                                avx2_wide::<4>(ap, (1, 0), b.as_ptr(), groups, &mut tile, false)
+                                avx2_wide::<4>(
+                                    ap,
+                                    (1, 0),
+                                    b.as_ptr(),
+                                    groups,
+                                    (&mut tile, 16),
+                                    false,
+                                )
                             }
                             _ => {
                                 let ap = APanel {
@@ -1027,7 +1068,14 @@ mod tests {
                                     row: 8 * groups,
                                     group: 8,
                                 };
-                                avx2_wide::<6>(ap, (1, 0), b.as_ptr(), groups, &mut tile, false)
+                                avx2_wide::<6>(
+                                    ap,
+                                    (1, 0),
+                                    b.as_ptr(),
+                                    groups,
+                                    (&mut tile, 16),
+                                    false,
+                                )
                             }
                         }
                     }
