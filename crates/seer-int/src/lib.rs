@@ -19,7 +19,8 @@
 //! - [`format`](mod@format): the exported-model file (`model-*.safetensors`, `seernet-int-model`): its
 //!   graph of nodes, reading, writing and validation ([`IntModel`]).
 //! - [`interp`]: the interpreter that runs an [`IntModel`] node by node
-//!   ([`IntModel::forward`]), with per-node `tracing` spans (debug level).
+//!   ([`IntModel::forward`]; a batch of more than 16 images as micro-batches of 16, each through
+//!   the whole graph as one rayon task), with per-node `tracing` spans (debug level).
 //! - [`reference`](mod@reference): slow scalar references every fast kernel is tested against.
 //!
 //! Errors: one enum, [`Error`]. Diagnostics go through `tracing`; this crate never installs

@@ -1015,6 +1015,53 @@ mod tests {
         );
     }
 
+    /// Timing of the VNNI kernel on L1-resident operands, one thread, in the shape of a 3×3
+    /// convolution over 16 channels as the padded implicit GEMM calls it (8 rows, 3 segments
+    /// of 12 groups): GMAC/s per core, the ceiling a network's integer GEMMs approach (`cargo
+    /// test --release -p seer-int vnni_kernel_timing -- --ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn vnni_kernel_timing() {
+        if !crate::Isa::Avx512Vnni.is_available() {
+            return;
+        }
+        let (segs, groups) = (3usize, 12usize);
+        let a = vec![9u8; 8 * 4 * groups * segs];
+        let b = vec![-5i8; 64 * groups * segs];
+        let mut tile = [0i32; 128];
+        let reps = 50_000;
+        let mut best = f64::INFINITY;
+        for _round in 0..15 {
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                let ap = APanel {
+                    ptr: a.as_ptr(),
+                    row: 4 * groups,
+                    group: 4,
+                };
+                // SAFETY: VNNI checked; segment q, row i < 8 reads 4·groups codes from
+                // q·8·4·groups + i·4·groups < a.len(); B holds segs·groups·64 codes.
+                unsafe {
+                    vnni_rows::<8>(
+                        ap,
+                        (segs, 8 * 4 * groups),
+                        b.as_ptr(),
+                        groups,
+                        (&mut tile, 16),
+                        false,
+                    )
+                };
+                std::hint::black_box(&mut tile);
+            }
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        let macs = reps as f64 * 8.0 * 64.0 * (groups * segs) as f64;
+        println!(
+            "vnni 8×16, 3 segments of 12 groups: {:.1} GMAC/s on one core",
+            macs / best / 1e9
+        );
+    }
+
     /// Timing of the wide kernels on L1-resident operands (`cargo test --release -p seer-int
     /// wide_kernel_timing -- --ignored --nocapture`): the u8-input kernel (2 `vpshufb` per row
     /// and group) against the i16-input kernel at 4 and 6 rows; interleaved, best of rounds,
