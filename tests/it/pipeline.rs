@@ -416,6 +416,90 @@ fn kill_resume_determinism_and_errors() {
         );
     }
 
+    // The label store keeps plan order whatever the workers: B (one worker) wrote A's order.
+    let hashes = |recs: &[seernet::store::LabelRecord]| -> Vec<String> {
+        recs.iter().map(|r| r.hash.clone()).collect()
+    };
+    assert_eq!(
+        hashes(&after),
+        hashes(&labels_a),
+        "store order differs with workers"
+    );
+
+    // Run D: run B's settings on two workers, killed with SIGKILL once a label finished out of
+    // plan order (the workers start the largest networks first, so the smallest, first in plan
+    // order, finishes last) sits in `labels.arrived.jsonl` only, then resumed: no finished label
+    // is computed again, and the store ends in plan order.
+    let d = td.path().join("d");
+    let base_d = [base[0].clone(), ("IT_WORKERS", "2".into())];
+    let mut proc = child(&data_root, &d, &base_d).spawn().unwrap();
+    let arrived = d.join("labels.arrived.jsonl");
+    let t0 = Instant::now();
+    // Hashes in a store file (header and a torn last line skipped).
+    let file_hashes = |p: &Path| -> Vec<String> {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["hash"].as_str().map(str::to_string))
+            .collect()
+    };
+    loop {
+        let main = file_hashes(&d.join("labels.jsonl"));
+        if file_hashes(&arrived).iter().any(|h| !main.contains(h)) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(600),
+            "run D stored no label out of order"
+        );
+        assert!(
+            proc.try_wait().unwrap().is_none(),
+            "run D ended before the kill"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    proc.kill().unwrap(); // SIGKILL
+    proc.wait().unwrap();
+    let stored = hashes(&read_store(d.join("labels.jsonl")).unwrap().records);
+    let only_arrived = hashes(&read_store(&arrived).unwrap().records)
+        .into_iter()
+        .filter(|h| !stored.contains(h))
+        .count();
+    let kept_len = stored.len() + only_arrived;
+    assert!(kept_len >= 1 && kept_len < sa.labels, "{kept_len} kept");
+    let o = run_child(&data_root, &d, &base_d);
+    assert!(
+        o.status.success(),
+        "resumed run D failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let sd: Summary =
+        serde_json::from_str(&std::fs::read_to_string(d.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(
+        sd.labels_computed,
+        sa.labels - kept_len,
+        "labels finished before the kill were computed again"
+    );
+    let log_d = std::fs::read_to_string(d.join("run.log")).unwrap();
+    assert_eq!(
+        log_d.contains(&format!("{only_arrived} labels taken from")),
+        only_arrived > 0,
+        "{log_d}"
+    );
+    let labels_d = read_store(d.join("labels.jsonl")).unwrap().records;
+    assert_eq!(hashes(&labels_d), hashes(&labels_a), "run D's store order");
+    for r in &labels_d {
+        let ra = labels_a.iter().find(|x| x.hash == r.hash).unwrap();
+        assert_eq!(ra.top1, r.top1, "label {} differs after the resume", r.hash);
+    }
+    assert_eq!(
+        policies(&d),
+        pa,
+        "policy-*.json differ between runs A and D"
+    );
+
     // Run C: run A's settings on A's baseline with A's label and final caches, one worker:
     // every label and every final fine-tune is taken from the caches (none computed), the
     // exports are made from the cached float models, and everything equals run A's.

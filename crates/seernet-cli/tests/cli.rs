@@ -425,11 +425,30 @@ fn ctrl_c_says_what_was_kept_and_how_to_resume() {
     let o = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(130), "{err}");
-    let kept = seernet::label::read_store(&store).unwrap().records.len();
-    assert!(kept >= 1);
+    let stored: Vec<String> = seernet::label::read_store(&store)
+        .unwrap()
+        .records
+        .into_iter()
+        .map(|r| r.hash)
+        .collect();
+    assert!(!stored.is_empty());
+    // Labels that finished while an earlier one of their batch still ran.
+    let arrived = out.join("labels.arrived.jsonl");
+    let more = seernet::label::read_store(&arrived).map_or(0, |c| {
+        c.records
+            .iter()
+            .filter(|r| !stored.contains(&r.hash))
+            .count()
+    });
     let want = format!(
-        "interrupted: {kept} labels kept in {}; run the same command to resume",
-        store.display()
+        "interrupted: {} labels kept in {}{}; run the same command to resume",
+        stored.len(),
+        store.display(),
+        if more > 0 {
+            format!(" and {more} in {}", arrived.display())
+        } else {
+            String::new()
+        }
     );
     assert_eq!(err.lines().last(), Some(want.as_str()), "{err}");
     // Off a terminal the stage progress comes as lines, not as an invisible bar.

@@ -425,12 +425,30 @@ fn on_interrupt(out: PathBuf) {
 }
 
 /// `interrupted: 12 labels kept in runs/compress/labels.jsonl; run the same command to resume`
-/// (the label count read back from the store; `no labels yet` when there is none).
+/// (the label count read back from the store; `no labels yet` when there is none), plus
+/// `and 3 in runs/compress/labels.arrived.jsonl` for labels that finished while an earlier
+/// label of their batch still ran (a resumed run takes them from there).
 pub(crate) fn interrupted_message(out: &Path) -> String {
     let store = out.join("labels.jsonl");
-    let kept = match seernet::label::read_store(&store) {
-        Ok(c) => format!("{} labels kept in {}", c.records.len(), store.display()),
-        Err(_) => "no labels yet".to_string(),
+    let hashes = |p: &Path| -> Option<Vec<String>> {
+        let c = seernet::label::read_store(p).ok()?;
+        Some(c.records.into_iter().map(|r| r.hash).collect())
+    };
+    let kept = match hashes(&store) {
+        Some(h) => {
+            let mut s = format!("{} labels kept in {}", h.len(), store.display());
+            let arrived = out.join("labels.arrived.jsonl");
+            let more = hashes(&arrived)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|a| !h.contains(a))
+                .count();
+            if more > 0 {
+                s += &format!(" and {more} in {}", arrived.display());
+            }
+            s
+        }
+        None => "no labels yet".to_string(),
     };
     format!("interrupted: {kept}; run the same command to resume")
 }

@@ -619,12 +619,14 @@ impl<'a> Run<'a> {
                     done_steps.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 })
             },
-            |i, (r, model)| {
+            // Cached and logged as each finishes (not in item order), so that a killed run
+            // keeps every finished fine-tune.
+            |i, (r, model), _| {
                 let (hash, _, _, cache) = &todo[i];
                 r.save(cache)?;
                 if let Some((dir, protocol, dataset)) = &shared {
                     let prov = provenance(protocol, dataset, r.steps, &r.hash, r.seed);
-                    share_final(dir, &r, &model, &prov)?;
+                    share_final(dir, r, model, &prov)?;
                 }
                 log.borrow_mut().line(&format!(
                     "final fine-tune of {hash}: validation top-1 {:.2}%, test {:.2}% in {:.1} s",
@@ -632,7 +634,10 @@ impl<'a> Run<'a> {
                     r.top1_test,
                     r.seconds
                 ));
-                prefetched.insert(hash.clone(), model);
+                Ok(())
+            },
+            |i, (_, model)| {
+                prefetched.insert(todo[i].0.clone(), model);
                 Ok(())
             },
             || {

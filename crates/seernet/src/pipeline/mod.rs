@@ -23,8 +23,13 @@
 //!   directory is refused; a lock whose process is gone is taken over.
 //! - `cluster/<batch>/` — with the Slurm executor: each batch's manifest, task script, result
 //!   files and task logs ([`crate::label::cluster`]).
-//! - `labels.jsonl` — the durable label store ([`crate::store`]); a killed run (`kill -9`
-//!   included) started again with the same arguments resumes without recomputing a label.
+//! - `labels.jsonl` — the durable label store ([`crate::store`]), in plan order; a killed run
+//!   (`kill -9` included) started again with the same arguments resumes without recomputing a
+//!   label.
+//! - `labels.arrived.jsonl` — labels that finished while an earlier label of their batch was
+//!   still running (workers start the largest networks first), stored at once so that a kill
+//!   loses none; a resumed run takes them from there (not computing them again) and stores
+//!   them in `labels.jsonl` in their turn, so that it keeps plan order.
 //! - `baseline.safetensors` — only when no baseline checkpoint was given (trained here).
 //! - `final/<policy hash>.json` — finished final fine-tunes (test top-1);
 //!   `final/<policy hash>.float.safetensors` — the slim fine-tuned float model of each export,
@@ -441,6 +446,10 @@ struct Run<'a> {
     protocol: Protocol,
     labeler: Labeler,
     store: LabelStore,
+    /// `labels.arrived.jsonl`: labels that finished before an earlier label of their batch
+    /// (so not yet in `store`, which keeps plan order), opened when the first one arrives or
+    /// when a killed run left the file.
+    arrived: Option<LabelStore>,
     /// The shared label store of [`Config::label_cache`], when given.
     label_cache: Option<LabelStore>,
     /// [`Config::heldout_labels`] and its records (read and protocol-checked at setup).

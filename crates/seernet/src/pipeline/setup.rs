@@ -115,6 +115,14 @@ impl<'a> Run<'a> {
             Some(path) => Some(open_label_cache(path, &labels.store, &mut log)?),
             None => None,
         };
+        // Labels a killed run finished out of plan order (see `Run::arrived`).
+        let arrived_path = out.join(ARRIVED_STORE);
+        let arrived = if arrived_path.exists() {
+            let (store, _) = LabelStore::open(&arrived_path, labels.store.protocol())?;
+            Some(store)
+        } else {
+            None
+        };
         // Read and checked now, so that a wrong file fails before any label is computed.
         let heldout = match &cfg.heldout_labels {
             Some(path) => {
@@ -159,6 +167,7 @@ impl<'a> Run<'a> {
             protocol: labels.protocol,
             labeler: labels.labeler,
             store: labels.store,
+            arrived,
             label_cache,
             heldout,
             dropped_tail: labels.dropped_tail,
@@ -488,6 +497,9 @@ fn open_store(
         dropped_tail,
     })
 }
+
+/// The run directory's store of labels that finished out of plan order (`Run::arrived`).
+pub(super) const ARRIVED_STORE: &str = "labels.arrived.jsonl";
 
 /// The shared label store of [`Config::label_cache`] at `path` under the protocol of the run's
 /// store `own` (created with its directory when missing; a torn last record is dropped).

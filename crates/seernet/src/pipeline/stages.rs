@@ -2,19 +2,20 @@
 //! verification rounds and the fill rounds, with what they share (labelling a batch, the planned labels, the
 //! barrier search for a budget).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Instant;
 
 use seer_policy::Policy;
 use seer_predictor::Predictor;
 
+use super::setup::ARRIVED_STORE;
 use super::{Executor, Run, Stream, sampling, workers};
 use crate::budget::ResolvedBudget;
 use crate::error::{Error, Result};
 use crate::label::cluster::{self, SlurmSettings};
 use crate::search::{Found, find_policy};
-use crate::store::{LabelRecord, pending_labels, policy_hash};
+use crate::store::{LabelRecord, LabelStore, pending_labels, policy_hash};
 
 impl Run<'_> {
     /// Records the time since `t` as stage `name` of the report's timings.
@@ -24,7 +25,9 @@ impl Run<'_> {
 
     /// Labels the policies of `rows` that the store lacks,
     /// [`Config::workers`](super::Config::workers) at a time (largest networks started first;
-    /// each stored, in plan order, once it and every earlier one are finished) and counts them
+    /// each logged when it finishes and stored, in plan order, once it and every earlier one
+    /// are finished; one that must wait for an earlier one is kept in `labels.arrived.jsonl`
+    /// meanwhile, and a resumed run takes it from there) and counts them
     /// in [`Run::computed`]; policies already stored only advance the
     /// progress. With the Slurm executor the batch runs as one job array named after `batch`
     /// ([`Run::label_batch_slurm`]). With a label cache ([`Config::label_cache`](super::Config::label_cache))
@@ -101,6 +104,24 @@ impl Run<'_> {
         }
         let (space, labeler, store, log) =
             (&self.space, &self.labeler, &mut self.store, &mut self.log);
+        let (arrived, arrived_path) = (&mut self.arrived, self.out.join(ARRIVED_STORE));
+        // Labels a killed run finished out of plan order: taken, not computed, in their turn.
+        let earlier: HashMap<String, LabelRecord> = pending
+            .iter()
+            .filter_map(|p| {
+                arrived
+                    .as_ref()?
+                    .get(&p.hash)
+                    .map(|r| (p.hash.clone(), r.clone()))
+            })
+            .collect();
+        if !earlier.is_empty() {
+            log.line(&format!(
+                "{} labels taken from {} (finished before the run stopped)",
+                earlier.len(),
+                arrived_path.display()
+            ));
+        }
         let protocol = store.protocol().clone();
         let w8a8 = self.budgets.w8a8;
         let mut labelled = 0;
@@ -113,6 +134,9 @@ impl Run<'_> {
             threads,
             &order,
             |p| {
+                if let Some(r) = earlier.get(&p.hash) {
+                    return Ok((r.clone(), false));
+                }
                 let _span = tracing::info_span!("label", hash = %p.hash, seed = p.seed).entered();
                 let t = Instant::now();
                 let m = labeler
@@ -121,24 +145,36 @@ impl Run<'_> {
                         hash: p.hash.clone(),
                         err: Box::new(e),
                     })?;
-                Ok((m, t.elapsed().as_secs_f64()))
-            },
-            |i, (m, seconds)| {
-                let p = &pending[i];
+                let seconds = t.elapsed().as_secs_f64();
                 let rec = LabelRecord::new(space, &protocol, p.policy.clone(), m.top1, seconds)?;
-                let bops = rec.bops;
-                store.append(rec)?;
-                labelled += 1;
+                Ok((rec, true))
+            },
+            // Logged as it finishes; stored at once in `labels.arrived.jsonl` when an earlier
+            // label of the batch still runs (labels.jsonl takes it, in plan order, once they
+            // are all done), so that a killed run keeps it.
+            |_, (rec, computed), waits| {
+                if waits && *computed {
+                    let a = match arrived {
+                        Some(a) => a,
+                        None => arrived.insert(LabelStore::open(&arrived_path, &protocol)?.0),
+                    };
+                    a.append(rec.clone())?;
+                }
                 log.inc(1);
                 log.line(&format!(
                     "label {}: {} BOPs ({:.1}% of w8a8), val top-1 {:.2}% in {:.1} s",
-                    p.hash,
-                    bops,
-                    100.0 * bops as f64 / w8a8 as f64,
-                    m.top1,
-                    seconds
+                    rec.hash,
+                    rec.bops,
+                    100.0 * rec.bops as f64 / w8a8 as f64,
+                    rec.top1,
+                    rec.seconds
                 ));
-                log.message(&format!("last {:.2}%", m.top1));
+                log.message(&format!("last {:.2}%", rec.top1));
+                Ok(())
+            },
+            |_, (rec, computed)| {
+                labelled += usize::from(computed);
+                store.append(rec)?;
                 Ok(())
             },
             || {},

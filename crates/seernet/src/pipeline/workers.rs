@@ -63,19 +63,28 @@ pub(crate) fn describe(n: usize, what: &str, workers: usize, threads: usize) -> 
 /// Runs `job` on every item of `items` on `workers` threads (each in its own rayon pool of
 /// `threads` threads; with one worker, on the caller's thread and pool), starting them in
 /// `start_order` (a permutation of the item indices, e.g. [`largest_first`]; one worker
-/// takes them in item order), and hands each result
-/// to `done` on the calling thread, in item order, as soon as it and every earlier one are
-/// finished; `tick` runs on the calling thread about every 200 ms while jobs run (progress
-/// from counters the jobs update). After the first error (of a job or of `done`) no new job starts; jobs already
+/// takes them in item order).
+///
+/// Each successful result goes to `arrived(i, &result, waits)` on the calling thread as soon
+/// as its job finishes, in the order the jobs finish; `waits` tells whether an earlier item is
+/// still unfinished. That is for what must not wait for earlier items: saving a finished job
+/// so that a killed run keeps it, logging progress. Then it goes to `done` on the calling
+/// thread, in item order, as soon as it and every earlier one are finished. `tick` runs on
+/// the calling thread about every 200 ms while jobs run (progress from counters the jobs
+/// update).
+///
+/// After the first error (of a job, `arrived` or `done`) no new job starts; jobs already
 /// running finish, results before the failed item are still handed to `done`, later ones are
 /// dropped, and the error of the earliest failed item is returned. Err([`Error::Config`]) when
 /// a worker's thread pool cannot be built.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn map_ordered<T, R>(
     items: &[T],
     workers: usize,
     threads: usize,
     start_order: &[usize],
     job: impl Fn(&T) -> Result<R> + Sync,
+    mut arrived: impl FnMut(usize, &R, bool) -> Result<()>,
     mut done: impl FnMut(usize, R) -> Result<()>,
     mut tick: impl FnMut(),
 ) -> Result<()>
@@ -95,7 +104,9 @@ where
     }
     if workers <= 1 || items.len() <= 1 {
         for (i, it) in items.iter().enumerate() {
-            done(i, job(it)?)?;
+            let r = job(it)?;
+            arrived(i, &r, false)?;
+            done(i, r)?;
             tick();
         }
         return Ok(());
@@ -151,6 +162,16 @@ where
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             };
             tick();
+            let r = match r {
+                Ok(v) if failed.is_none() => match arrived(i, &v, i != expected) {
+                    Ok(()) => Ok(v),
+                    Err(e) => {
+                        stop.store(true, Ordering::SeqCst);
+                        Err(e)
+                    }
+                },
+                r => r,
+            };
             waiting.insert(i, r);
             while let Some(r) = waiting.remove(&expected) {
                 let i = expected;
@@ -199,8 +220,17 @@ mod tests {
     #[test]
     fn a_start_order_that_is_not_a_permutation_is_refused() {
         for order in [vec![0, 0, 1], vec![0, 1], vec![0, 1, 3]] {
-            let e = map_ordered(&[1, 2, 3], 2, 1, &order, |&x| Ok(x), |_, _| Ok(()), || {})
-                .unwrap_err();
+            let e = map_ordered(
+                &[1, 2, 3],
+                2,
+                1,
+                &order,
+                |&x| Ok(x),
+                |_, _, _| Ok(()),
+                |_, _| Ok(()),
+                || {},
+            )
+            .unwrap_err();
             assert!(e.to_string().contains("not a permutation"), "{e}");
         }
     }
@@ -217,6 +247,7 @@ mod tests {
             1,
             &order,
             |&x| if x == 30 { Err(fail("item 30")) } else { Ok(x) },
+            |_, _, _| Ok(()),
             |i, _| {
                 got.push(i);
                 Ok(())
@@ -252,12 +283,16 @@ mod tests {
         assert_eq!(plan_for(0, 0, 0), (1, 1));
     }
 
+    /// `done` sees every result in item order; `arrived` sees each one once, as its job
+    /// finishes and before `done` does, with `waits` set exactly when an earlier item had not
+    /// yet been handed to `done` (with workers started last-first, most of them).
     #[test]
     fn results_arrive_in_item_order_with_the_workers_pools() {
         let items: Vec<u64> = (0..23).collect();
         for (workers, threads) in [(1, 1), (2, 1), (3, 2), (5, 1)] {
             let seen = Mutex::new(Vec::new());
             let mut got = Vec::new();
+            let arrivals = std::cell::RefCell::new(Vec::new());
             // Started last-first: every result waits for the earlier ones.
             let order: Vec<usize> = (0..items.len()).rev().collect();
             map_ordered(
@@ -271,7 +306,28 @@ mod tests {
                     seen.lock().unwrap().push(rayon::current_num_threads());
                     Ok(x * x)
                 },
+                |i, &r, waits| {
+                    assert_eq!(r, (i * i) as u64);
+                    arrivals.borrow_mut().push((i, waits));
+                    Ok(())
+                },
                 |i, r| {
+                    let arrivals = arrivals.borrow();
+                    assert!(
+                        arrivals.iter().any(|&(a, _)| a == i),
+                        "{i} done before it arrived"
+                    );
+                    // An item arrived without waiting exactly when all before it were done.
+                    let waited = arrivals.iter().find(|&&(a, _)| a == i).unwrap().1;
+                    let before_done = got.len() == i;
+                    assert!(before_done, "done out of order");
+                    if !waited {
+                        assert!(
+                            arrivals.iter().position(|&(a, _)| a == i).unwrap()
+                                == arrivals.len() - 1,
+                            "{i} arrived without waiting but was not handed on at once"
+                        );
+                    }
                     got.push((i, r));
                     Ok(())
                 },
@@ -280,8 +336,22 @@ mod tests {
             .unwrap();
             let want: Vec<(usize, u64)> = (0..23).map(|i| (i as usize, i * i)).collect();
             assert_eq!(got, want, "workers {workers}");
+            let arrivals = arrivals.into_inner();
+            let mut arrived: Vec<usize> = arrivals.iter().map(|&(i, _)| i).collect();
+            arrived.sort_unstable();
+            assert_eq!(arrived, (0..23).collect::<Vec<_>>(), "each arrives once");
             if workers > 1 {
                 assert!(seen.lock().unwrap().iter().all(|&t| t == threads));
+                // Item 22 starts first and finishes before item 0: it waited.
+                assert!(
+                    arrivals.iter().any(|&(_, w)| w),
+                    "workers {workers}: none waited"
+                );
+            } else {
+                assert!(
+                    arrivals.iter().all(|&(_, w)| !w),
+                    "one worker: in item order"
+                );
             }
         }
     }
@@ -305,6 +375,7 @@ mod tests {
                     Ok(x)
                 }
             },
+            |_, _, _| Ok(()),
             |i, r| {
                 got.push((i, r));
                 Ok(())
@@ -334,6 +405,7 @@ mod tests {
                 std::thread::sleep(std::time::Duration::from_millis(2));
                 Ok(x)
             },
+            |_, _, _| Ok(()),
             |i, _| {
                 if i == 3 {
                     Err(fail("store full"))
