@@ -80,11 +80,18 @@ impl<'a> Run<'a> {
             path: final_dir.display().to_string(),
             err,
         })?;
-        // With workers: every fine-tune the stage will need, side by side, first.
-        self.prefetch_finals(chosen)?;
+        // With workers: every fine-tune the stage will need, side by side, first; the stage
+        // below then collects their results (and exports) rather than fine-tuning.
+        let prefetched = self.prefetch_finals(chosen)?;
         let n_final = chosen.len() + self.uniform.len();
-        self.log
-            .stage("fine-tune", (n_final * self.cfg.final_steps) as u64);
+        self.log.stage(
+            if prefetched {
+                "final results"
+            } else {
+                "fine-tune"
+            },
+            (n_final * self.cfg.final_steps) as u64,
+        );
         let mut fidelity = std::collections::BTreeMap::new();
         // The uniform baselines first: the final pick of each budget compares the chosen
         // policy with those within it on validation after this same fine-tune.
@@ -483,10 +490,14 @@ impl<'a> Run<'a> {
                     }
                 }
                 _ => {
-                    self.log.line(&format!(
-                        "final fine-tune of {hash}: found in {}",
-                        cache.display()
-                    ));
+                    // One the workers just fine-tuned was logged when it finished; its model
+                    // is not needed (no export).
+                    if self.prefetched.remove(&hash).is_none() {
+                        self.log.line(&format!(
+                            "final fine-tune of {hash}: found in {}",
+                            cache.display()
+                        ));
+                    }
                     self.log.inc(cfg.final_steps as u64);
                     // A run directory from before the ONNX export: write it from the kept
                     // export.
@@ -562,8 +573,8 @@ impl<'a> Run<'a> {
     /// ladder), side by side, caching each result as it finishes and keeping its model for an
     /// export. The stage then reads them as cached; the results are those of one fine-tune
     /// after another (same seeds, same bits). With one worker: nothing (the stage fine-tunes
-    /// as it goes, and only the rivals it needs).
-    fn prefetch_finals(&mut self, chosen: &[Chosen]) -> Result<()> {
+    /// as it goes, and only the rivals it needs). Returns whether the workers ran.
+    fn prefetch_finals(&mut self, chosen: &[Chosen]) -> Result<bool> {
         // (hash, policy, seed, cache file) of each fine-tune to make.
         let mut todo: Vec<(String, Policy, u64, std::path::PathBuf)> = Vec::new();
         let wanted = self
@@ -591,7 +602,7 @@ impl<'a> Run<'a> {
         }
         let (workers, threads) = workers::plan(self.cfg.workers, todo.len());
         if workers <= 1 {
-            return Ok(());
+            return Ok(false);
         }
         let steps = self.cfg.final_steps as u64;
         let t = Instant::now();
@@ -651,7 +662,7 @@ impl<'a> Run<'a> {
             seconds = t.elapsed().as_secs_f64(),
             "final fine-tunes on the workers"
         );
-        Ok(())
+        Ok(true)
     }
 
     /// Writes the slim fine-tuned float model (`final/<hash>.float.safetensors`, the
