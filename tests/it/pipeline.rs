@@ -130,6 +130,37 @@ fn policies(dir: &Path) -> Vec<(String, String)> {
     v
 }
 
+/// The policy hashes in the label store file `p`, in file order (none when it is missing; the
+/// header and a torn last line skipped): read while a run writes it.
+fn file_hashes(p: &Path) -> Vec<String> {
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["hash"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// Kills `proc` (`name` in failures) with SIGKILL as soon as `ready()` holds, polling every
+/// 5 ms; fails if the run ends first or nothing happens in 10 minutes.
+fn kill_when(mut proc: std::process::Child, name: &str, ready: impl Fn() -> bool) {
+    let t0 = Instant::now();
+    while !ready() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(600),
+            "{name}: nothing to kill for"
+        );
+        assert!(
+            proc.try_wait().unwrap().is_none(),
+            "{name} ended before the kill"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    proc.kill().unwrap(); // SIGKILL
+    proc.wait().unwrap();
+}
+
 #[test]
 fn kill_resume_determinism_and_errors() {
     if std::env::var_os(CHILD_ENV).is_some() {
@@ -330,28 +361,12 @@ fn kill_resume_determinism_and_errors() {
         ),
         ("IT_WORKERS", "1".into()),
     ];
-    let mut proc = child(&data_root, &b, &base).spawn().unwrap();
     let store = b.join("labels.jsonl");
-    let t0 = Instant::now();
-    loop {
-        let n = std::fs::read_to_string(&store)
-            .map(|s| s.lines().count().saturating_sub(1))
-            .unwrap_or(0);
-        if n >= 2 {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(600),
-            "run B stored no labels"
-        );
-        assert!(
-            proc.try_wait().unwrap().is_none(),
-            "run B ended before the kill"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    proc.kill().unwrap(); // SIGKILL
-    proc.wait().unwrap();
+    kill_when(
+        child(&data_root, &b, &base).spawn().unwrap(),
+        "run B",
+        || file_hashes(&store).len() >= 2,
+    );
     let before = read_store(&store).unwrap().records;
     assert!(
         before.len() >= 2 && before.len() < sa.labels,
@@ -432,36 +447,15 @@ fn kill_resume_determinism_and_errors() {
     // is computed again, and the store ends in plan order.
     let d = td.path().join("d");
     let base_d = [base[0].clone(), ("IT_WORKERS", "2".into())];
-    let mut proc = child(&data_root, &d, &base_d).spawn().unwrap();
     let arrived = d.join("labels.arrived.jsonl");
-    let t0 = Instant::now();
-    // Hashes in a store file (header and a torn last line skipped).
-    let file_hashes = |p: &Path| -> Vec<String> {
-        std::fs::read_to_string(p)
-            .unwrap_or_default()
-            .lines()
-            .skip(1)
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter_map(|v| v["hash"].as_str().map(str::to_string))
-            .collect()
-    };
-    loop {
-        let main = file_hashes(&d.join("labels.jsonl"));
-        if file_hashes(&arrived).iter().any(|h| !main.contains(h)) {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(600),
-            "run D stored no label out of order"
-        );
-        assert!(
-            proc.try_wait().unwrap().is_none(),
-            "run D ended before the kill"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    proc.kill().unwrap(); // SIGKILL
-    proc.wait().unwrap();
+    kill_when(
+        child(&data_root, &d, &base_d).spawn().unwrap(),
+        "run D",
+        || {
+            let main = file_hashes(&d.join("labels.jsonl"));
+            file_hashes(&arrived).iter().any(|h| !main.contains(h))
+        },
+    );
     let stored = hashes(&read_store(d.join("labels.jsonl")).unwrap().records);
     let only_arrived = hashes(&read_store(&arrived).unwrap().records)
         .into_iter()
