@@ -649,6 +649,7 @@ fn implicit_task_padded(
         (x8.as_ptr(), 1, len)
     };
     let row_bytes = g.kw * c;
+    let groups = row_bytes / 4;
     let rend = r0 + nrows;
     let mut r = r0;
     while r < rend {
@@ -679,7 +680,6 @@ fn implicit_task_padded(
             for (pi, p) in pans.clone().enumerate() {
                 // The kernel writes its tile in place: rows `ld` apart from column pi·16.
                 let tile = (&mut acc[first + pi * NR..], ld);
-                let groups = row_bytes / 4;
                 // SAFETY: rows i < rows of segment ky read kw·c codes from off + ky·row_codes
                 // + i·stride·c (asserted inside the len padded codes); the panel holds kh segments of
                 // kw·c codes per channel; AVX2 and the i16 range by the kernel's choice.
