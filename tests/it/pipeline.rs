@@ -218,8 +218,10 @@ fn kill_resume_determinism_and_errors() {
     let log_a = std::fs::read_to_string(a.join("run.log")).unwrap();
     assert_eq!(log_a.matches(": fit-ilp optimum").count(), 2, "{log_a}");
     assert!(log_a.contains("fit-ilp anchors: "), "{log_a}");
-    // Labels and final fine-tunes ran on the two workers.
+    // Labels and final fine-tunes ran on the two workers; every label that finished out of
+    // plan order has reached labels.jsonl, so the arrived store is gone.
     assert!(log_a.contains("labels on 2 workers of"), "{log_a}");
+    assert!(!a.join("labels.arrived.jsonl").exists());
     assert!(log_a.contains("final fine-tunes: "), "{log_a}");
     assert!(a.join("fit-sensitivity.json").is_file());
     // The protocol records the validation sample, and every label is a count out of 40.
@@ -482,6 +484,7 @@ fn kill_resume_determinism_and_errors() {
         only_arrived > 0,
         "{log_d}"
     );
+    assert!(!arrived.exists(), "the arrived store outlived its batch");
     let labels_d = read_store(d.join("labels.jsonl")).unwrap().records;
     assert_eq!(hashes(&labels_d), hashes(&labels_a), "run D's store order");
     for r in &labels_d {

@@ -29,7 +29,8 @@
 //! - `labels.arrived.jsonl` — labels that finished while an earlier label of their batch was
 //!   still running (workers start the largest networks first), stored at once so that a kill
 //!   loses none; a resumed run takes them from there (not computing them again) and stores
-//!   them in `labels.jsonl` in their turn, so that it keeps plan order.
+//!   them in `labels.jsonl` in their turn, so that it keeps plan order. Removed after a
+//!   batch once `labels.jsonl` holds every label it does.
 //! - `baseline.safetensors` — only when no baseline checkpoint was given (trained here).
 //! - `final/<policy hash>.json` — finished final fine-tunes (test top-1);
 //!   `final/<policy hash>.float.safetensors` — the slim fine-tuned float model of each export,

@@ -180,6 +180,17 @@ impl Run<'_> {
             || {},
         )?;
         self.computed += labelled;
+        // Once labels.jsonl holds every label the arrived store does (this batch's, and a
+        // killed run's when this was the batch it stopped in), a resume needs nothing from it.
+        let covered = |a: &LabelStore| a.records().iter().all(|r| self.store.contains(&r.hash));
+        if let Some(a) = self.arrived.take_if(|a| covered(a)) {
+            let path = a.path().to_path_buf();
+            drop(a);
+            std::fs::remove_file(&path).map_err(|err| Error::Io {
+                path: path.display().to_string(),
+                err,
+            })?;
+        }
         Ok(())
     }
 
