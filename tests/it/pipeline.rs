@@ -130,6 +130,18 @@ fn policies(dir: &Path) -> Vec<(String, String)> {
     v
 }
 
+/// Runs the pipeline child on `out` with `extra` settings, asserts that it succeeded (`name`
+/// in the failure, with its stderr) and returns its summary.
+fn run_ok(data_root: &Path, out: &Path, extra: &[(&str, String)], name: &str) -> Summary {
+    let o = run_child(data_root, out, extra);
+    assert!(
+        o.status.success(),
+        "{name} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap()
+}
+
 /// The policy hashes in the label store file `p`, in file order (none when it is missing; the
 /// header and a torn last line skipped): read while a run writes it.
 fn file_hashes(p: &Path) -> Vec<String> {
@@ -375,14 +387,7 @@ fn kill_resume_determinism_and_errors() {
         "{} labels before the kill",
         before.len()
     );
-    let o = run_child(&data_root, &b, &base);
-    assert!(
-        o.status.success(),
-        "resumed run B failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let sb: Summary =
-        serde_json::from_str(&std::fs::read_to_string(b.join("summary.json")).unwrap()).unwrap();
+    let sb = run_ok(&data_root, &b, &base, "resumed run B");
     assert_eq!(sb.labels, sa.labels);
     assert_eq!(
         sb.labels_computed,
@@ -465,14 +470,7 @@ fn kill_resume_determinism_and_errors() {
         .count();
     let kept_len = stored.len() + only_arrived;
     assert!(kept_len >= 1 && kept_len < sa.labels, "{kept_len} kept");
-    let o = run_child(&data_root, &d, &base_d);
-    assert!(
-        o.status.success(),
-        "resumed run D failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let sd: Summary =
-        serde_json::from_str(&std::fs::read_to_string(d.join("summary.json")).unwrap()).unwrap();
+    let sd = run_ok(&data_root, &d, &base_d, "resumed run D");
     assert_eq!(
         sd.labels_computed,
         sa.labels - kept_len,
