@@ -626,8 +626,15 @@ impl<'a> Run<'a> {
             threads,
             &order,
             |(hash, policy, seed, _)| {
-                ctx.run(policy, hash, *seed, &mut |_| {
-                    done_steps.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                // `on_step` gives the steps done so far (and the total once more at the end):
+                // count each step once.
+                let mut last = 0;
+                ctx.run(policy, hash, *seed, &mut |k| {
+                    if k > last {
+                        let new = (k - last) as u64;
+                        done_steps.fetch_add(new, std::sync::atomic::Ordering::Relaxed);
+                        last = k;
+                    }
                 })
             },
             // Cached and logged as each finishes (not in item order), so that a killed run
