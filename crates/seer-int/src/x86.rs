@@ -11,6 +11,12 @@ use std::arch::x86_64::*;
 
 use crate::gemm::APanel;
 
+/// Whether a buffer of `len` i32 holds an `mr × 16` tile whose rows start `ld` apart
+/// (`1 ≤ mr ≤ 8`, `ld ≥ 16`): the bounds every kernel writing a strided tile checks.
+fn tile_fits(mr: usize, len: usize, ld: usize) -> bool {
+    (1..=8).contains(&mr) && ld >= 16 && len >= (mr - 1) * ld + 16
+}
+
 /// AVX-512 VNNI: 8 rows × 16 channels, `vpdpbusd` (exact for all u8×i8 codes).
 ///
 /// Compiled everywhere, executed only where `avx512vnni` is detected.
@@ -73,7 +79,7 @@ pub(crate) unsafe fn vnni_rows<const MR: usize>(
     (tile, ld): (&mut [i32], usize),
     add: bool,
 ) {
-    assert!((1..=8).contains(&MR) && ld >= 16 && tile.len() >= (MR - 1) * ld + 16);
+    assert!(tile_fits(MR, tile.len(), ld));
     let mut acc = [_mm512_setzero_si512(); MR];
     if add {
         for (i, acc) in acc.iter_mut().enumerate() {
@@ -210,7 +216,7 @@ pub(crate) unsafe fn avx2_i16_rows<const MR: usize>(
     (tile, ld): (&mut [i32], usize),
     add: bool,
 ) {
-    assert!((1..=8).contains(&MR) && ld >= 16 && tile.len() >= (MR - 1) * ld + 16 && s >= 1);
+    assert!(tile_fits(MR, tile.len(), ld) && s >= 1);
     let mut acc16 = [[_mm256_setzero_si256(); 2]; MR];
     // Whether `tile` already holds partial sums (else the first widening overwrites it).
     let mut have = add;
@@ -260,7 +266,7 @@ fn widen_i16<const MR: usize>(
     (tile, ld): (&mut [i32], usize),
     add: bool,
 ) {
-    assert!(MR >= 1 && ld >= 16 && tile.len() >= (MR - 1) * ld + 16);
+    assert!(tile_fits(MR, tile.len(), ld));
     let ones = _mm256_set1_epi16(1);
     for (i, acc16) in acc16.iter_mut().enumerate() {
         for (h, acc16) in acc16.iter_mut().enumerate() {
@@ -303,7 +309,7 @@ pub(crate) unsafe fn avx2_wide<const MR: usize>(
     (tile, ld): (&mut [i32], usize),
     add: bool,
 ) {
-    assert!((1..=8).contains(&MR) && ld >= 16 && tile.len() >= (MR - 1) * ld + 16);
+    assert!(tile_fits(MR, tile.len(), ld));
     let mut acc = [[_mm256_setzero_si256(); 2]; MR];
     if add {
         for (i, acc) in acc.iter_mut().enumerate() {
