@@ -54,7 +54,7 @@ pub mod store;
 pub use error::{Error, Result};
 pub use manifest::{
     LabelResult, Manifest, ManifestEntry, MergeReport, ShardReport, ShardSpec, load_results,
-    merge_results, run_shard,
+    merge_results, run_shard, run_shard_with,
 };
 pub use store::{
     Appended, FinetuneNetwork, LabelRecord, LabelReport, LabelStore, Measured, OpenReport,

@@ -401,7 +401,24 @@ pub fn run_shard<E>(
     space: &SearchSpace,
     shard: ShardSpec,
     out_dir: &Path,
+    label: impl FnMut(&ManifestEntry, u64) -> std::result::Result<Measured, E>,
+) -> Result<ShardReport>
+where
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    run_shard_with(manifest, space, shard, out_dir, label, |_, _| {})
+}
+
+/// [`run_shard`], calling `saved(entry, record)` once each new result file is written (renamed
+/// into place), so that a log line saying a label is done is never printed for a result that a
+/// kill at that moment would lose. Same errors as [`run_shard`].
+pub fn run_shard_with<E>(
+    manifest: &Manifest,
+    space: &SearchSpace,
+    shard: ShardSpec,
+    out_dir: &Path,
     mut label: impl FnMut(&ManifestEntry, u64) -> std::result::Result<Measured, E>,
+    mut saved: impl FnMut(&ManifestEntry, &LabelRecord),
 ) -> Result<ShardReport>
 where
     E: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -453,6 +470,7 @@ where
         };
         let json = result.to_json();
         write_atomic(&path, json.as_bytes())?;
+        saved(e, &result.record);
         rep.labelled += 1;
     }
     Ok(rep)
@@ -632,6 +650,43 @@ mod tests {
         .unwrap();
         assert_eq!((r0.assigned, r0.labelled, r0.skipped_existing), (6, 6, 0));
         assert_eq!(calls, 6);
+        // `saved` sees each new result once, after its file is in place; skipped ones not.
+        let out2 = dir.path().join("out2");
+        let mut seen = Vec::new();
+        let r = run_shard_with(
+            &m,
+            &s,
+            ShardSpec { index: 0, count: 2 },
+            &out2,
+            fake,
+            |e, r| {
+                assert!(LabelResult::path_in(&out2, &e.hash).exists());
+                assert_eq!(
+                    (r.hash.as_str(), r.top1),
+                    (e.hash.as_str(), 40.0 + e.policy.units[1].wbits as f64)
+                );
+                seen.push(e.id);
+            },
+        )
+        .unwrap();
+        assert_eq!(seen.len(), r.labelled);
+        assert_eq!(
+            seen,
+            m.shard(ShardSpec { index: 0, count: 2 })
+                .iter()
+                .map(|e| e.id)
+                .collect::<Vec<_>>()
+        );
+        let r = run_shard_with(
+            &m,
+            &s,
+            ShardSpec { index: 0, count: 2 },
+            &out2,
+            fake,
+            |_, _| panic!("nothing new was saved"),
+        )
+        .unwrap();
+        assert_eq!(r.skipped_existing, 6);
         // Re-running the same shard labels nothing.
         let r0b = run_shard(
             &m,

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use seernet::labeler::Labeler;
-use seernet::manifest::{Manifest, ShardSpec, run_shard};
+use seernet::manifest::{Manifest, ShardSpec, run_shard_with};
 
 /// Arguments of `seernet label`.
 #[derive(Args, Debug)]
@@ -54,19 +54,22 @@ pub fn run(a: LabelArgs) -> Result<()> {
     );
     let t0 = std::time::Instant::now();
     let mut done = 0usize;
-    let rep = run_shard(&manifest, labeler.space(), shard, &a.out, |e, seed| {
-        let t = std::time::Instant::now();
-        let m = labeler.label(&e.policy, seed, &mut |_, _| {})?;
-        done += 1;
-        eprintln!(
-            "  [{done}] policy {} (id {}): val top-1 {:.2}% in {:.1} s",
-            e.hash,
-            e.id,
-            m.top1,
-            t.elapsed().as_secs_f64()
-        );
-        Ok::<_, seernet::Error>(m)
-    })?;
+    // The line is printed once the result file is in place: a task killed before that has no
+    // line, and its label is made again by the resubmitted task (tests/slurm counts the lines).
+    let rep = run_shard_with(
+        &manifest,
+        labeler.space(),
+        shard,
+        &a.out,
+        |e, seed| labeler.label(&e.policy, seed, &mut |_, _| {}),
+        |e, r| {
+            done += 1;
+            eprintln!(
+                "  [{done}] policy {} (id {}): val top-1 {:.2}% in {:.1} s",
+                e.hash, e.id, r.top1, r.seconds
+            );
+        },
+    )?;
     if a.json {
         let v = serde_json::json!({
             "shard": format!("{}/{}", shard.index, shard.count),
