@@ -365,14 +365,15 @@ fn main() {
     let isa = match value_of("--isa").last().map(String::as_str) {
         None => Isa::detect(),
         Some(name) => {
-            let isa = Isa::ALL
-                .into_iter()
-                .find(|i| i.name() == name)
-                .unwrap_or_else(|| panic!("unknown --isa {name} (avx512vnni, avx2, portable)"));
-            assert!(
-                isa.is_available(),
-                "--isa {name} is not available on this CPU"
-            );
+            let names: Vec<&str> = Isa::ALL.iter().map(|i| i.name()).collect();
+            let Some(isa) = Isa::ALL.into_iter().find(|i| i.name() == name) else {
+                eprintln!("error: unknown --isa {name} (one of {})", names.join(", "));
+                std::process::exit(2);
+            };
+            if !isa.is_available() {
+                eprintln!("error: --isa {name} is not available on this CPU");
+                std::process::exit(2);
+            }
             isa
         }
     };
