@@ -10,7 +10,9 @@
 # release `seernet`, and then runs the recipes of docs/cluster.md as written:
 #  1. the Slurm recipe (the quick main job with --executor slurm), while it runs:
 #     - a second driver on the same run directory is refused;
-#     - one running task of the first array is cancelled with scancel (it must be resubmitted);
+#     - two tasks of the first array are cancelled with scancel: its last pending task (it
+#       must be resubmitted) and a running one (resubmitted unless its log shows that its label
+#       was made before the cancel arrived);
 #     - once the first active round is submitted, the driver is killed with SIGKILL, and the
 #       recipe is run again (it must finish without labelling anything twice);
 #     then tests/slurm/check.py: labels.jsonl records and policy-*.json equal the local run's
