@@ -132,27 +132,30 @@ DRIVER_PID=""
 bash -euo pipefail -c "$SLURM_RECIPE" >"$WORK/driver2.log" 2>&1 || fail "the restarted driver failed"
 echo "cluster test: the restarted driver finished ($((SECONDS - t1)) s for the slurm run)" >&2
 
-# The resubmitted tasks: the pending one, and the running one unless its log shows that its
-# label was made before the cancel arrived.
+# The resubmitted tasks: each cancelled one whose log does not show that its label was made
+# before the cancel arrived (the pending one had not started).
 RESUB=$(sed -n 's/.*batch initial: .* (tasks \([0-9,-]*\)): resubmitted as job.*/\1/p' "$RUN/run.log")
 [ -n "$RESUB" ] || fail "the cancelled tasks were not resubmitted"
-RUNNING_LOG=$RUN/cluster/initial/logs/${TASK%%_*}_${TASK##*_}.out
-python3 - "$RESUB" "$PENDING_TASK" "${TASK##*_}" "$RUNNING_LOG" <<'PY' || fail "the resubmitted tasks are wrong"
-import re, sys
-spec, pending, running, log = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+LOGS=$RUN/cluster/initial/logs
+python3 - "$RESUB" "$JOB" "$PENDING_TASK" "${TASK##*_}" "$LOGS" <<'PY' || fail "the resubmitted tasks are wrong"
+import os, re, sys
+spec, job, logs = sys.argv[1], sys.argv[2], sys.argv[5]
+pending, running = int(sys.argv[3]), int(sys.argv[4])
 tasks = set()
 for part in spec.split(","):
     a, _, b = part.partition("-")
     tasks.update(range(int(a), int(b or a) + 1))
-with open(log, errors="replace") as f:
-    text = f.read()
-# The label line comes after the result file is written (seernet label), so a log without it
-# belongs to a task whose result is missing.
-cut_short = re.search(r"\] policy [0-9a-f]{32} \(id \d+\): val top-1", text) is None
-want = {pending} | ({running} if cut_short else set())
+# A cancelled task is resubmitted unless its log holds its label line, which `seernet label`
+# prints once the result file is in place. A task cancelled before it started has no log.
+def made_its_label(task):
+    path = os.path.join(logs, f"{job}_{task}.out")
+    if not os.path.exists(path):
+        return False
+    with open(path, errors="replace") as f:
+        return re.search(r"\] policy [0-9a-f]{32} \(id \d+\): val top-1", f.read()) is not None
+want = {t for t in (pending, running) if not made_its_label(t)}
 assert tasks == want, f"resubmitted tasks {sorted(tasks)}, expected {sorted(want)}"
-what = "cut its label short" if cut_short else "came after its label was made"
-print(f"cluster test: tasks {sorted(tasks)} resubmitted (the running task's cancel {what})", file=sys.stderr)
+print(f"cluster test: tasks {sorted(tasks)} resubmitted (cancelled: pending {pending}, running {running})", file=sys.stderr)
 PY
 grep -q "took over the driver lock" "$RUN/run.log" || fail "the stale lock was not reported"
 [ "$(grep -c 'batch active-1: job .* submitted' "$RUN/run.log")" = 1 ] \
