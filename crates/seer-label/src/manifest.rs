@@ -651,40 +651,21 @@ mod tests {
         assert_eq!((r0.assigned, r0.labelled, r0.skipped_existing), (6, 6, 0));
         assert_eq!(calls, 6);
         // `saved` sees each new result once, after its file is in place; skipped ones not.
-        let out2 = dir.path().join("out2");
+        let (out2, shard0) = (dir.path().join("out2"), ShardSpec { index: 0, count: 2 });
         let mut seen = Vec::new();
-        let r = run_shard_with(
-            &m,
-            &s,
-            ShardSpec { index: 0, count: 2 },
-            &out2,
-            fake,
-            |e, r| {
-                assert!(LabelResult::path_in(&out2, &e.hash).exists());
-                assert_eq!(
-                    (r.hash.as_str(), r.top1),
-                    (e.hash.as_str(), 40.0 + e.policy.units[1].wbits as f64)
-                );
-                seen.push(e.id);
-            },
-        )
+        let r = run_shard_with(&m, &s, shard0, &out2, fake, |e, r| {
+            assert!(LabelResult::path_in(&out2, &e.hash).exists());
+            let want = 40.0 + e.policy.units[1].wbits as f64;
+            assert_eq!((r.hash.as_str(), r.top1), (e.hash.as_str(), want));
+            seen.push(e.id);
+        })
         .unwrap();
         assert_eq!(seen.len(), r.labelled);
-        assert_eq!(
-            seen,
-            m.shard(ShardSpec { index: 0, count: 2 })
-                .iter()
-                .map(|e| e.id)
-                .collect::<Vec<_>>()
-        );
-        let r = run_shard_with(
-            &m,
-            &s,
-            ShardSpec { index: 0, count: 2 },
-            &out2,
-            fake,
-            |_, _| panic!("nothing new was saved"),
-        )
+        let ids: Vec<_> = m.shard(shard0).iter().map(|e| e.id).collect();
+        assert_eq!(seen, ids);
+        let r = run_shard_with(&m, &s, shard0, &out2, fake, |_, _| {
+            panic!("nothing new was saved")
+        })
         .unwrap();
         assert_eq!(r.skipped_existing, 6);
         // Re-running the same shard labels nothing.
