@@ -666,31 +666,19 @@ mod tests {
                 _ => (r() % 255) as i16 - 127,
             })
             .collect();
-        // Tile rows packed (16 apart) and in place in wider accumulators (40 apart: the
-        // elements between rows must stay as they were).
-        for (ld, add) in [(16, false), (16, true), (40, false), (40, true)] {
-            let len = (MR - 1) * ld + 16;
-            let start: Vec<i32> = (0..len).map(|_| (r() % 1000) as i32 - 500).collect();
-            let mut want = start.clone();
-            if !add {
-                for i in 0..MR {
-                    want[i * ld..i * ld + 16].fill(0);
-                }
-            }
-            wide_ref(&a, row, MR, &b, k, &mut want, ld);
-            let mut got = start.clone();
-            let ap = APanel {
-                ptr: a.as_ptr() as *const u8,
-                row: 2 * row,
-                group: 8,
-            };
+        let ap = APanel {
+            ptr: a.as_ptr() as *const u8,
+            row: 2 * row,
+            group: 8,
+        };
+        check_tile(
+            r,
+            MR,
+            &format!("MR {MR} groups {groups} extreme {extreme}"),
+            |want, ld| wide_ref(&a, row, MR, &b, k, want, ld),
             // SAFETY: AVX2 checked by the caller; A holds MR rows of row ≥ k i16, B k·16.
-            unsafe { avx2_wide::<MR>(ap, (1, 0), b.as_ptr(), groups, (&mut got, ld), add) };
-            assert_eq!(
-                got, want,
-                "MR {MR} groups {groups} ld {ld} add {add} extreme {extreme}"
-            );
-        }
+            |tile, add| unsafe { avx2_wide::<MR>(ap, (1, 0), b.as_ptr(), groups, tile, add) },
+        );
     }
 
     /// The AVX2 quantizer of real streams gives the codes of the plain-Rust
@@ -826,6 +814,31 @@ mod tests {
         kernel: impl Fn(APanel, (&mut [i32], usize), bool),
     ) {
         let kseg = b.len() / (16 * segs.max(1));
+        let ap = APanel {
+            ptr: a.as_ptr(),
+            row,
+            group: 4,
+        };
+        check_tile(
+            r,
+            mr,
+            case,
+            |want, ld| i16_ref(a, (segs, seg), row, mr, b, kseg, (want, ld)),
+            |tile, add| kernel(ap, tile, add),
+        );
+    }
+
+    /// Runs a tile-writing kernel on a random `mr × 16` tile with rows 16 apart (packed) and
+    /// 40 apart (in place in wider accumulators, whose other elements must stay as they were),
+    /// overwriting and adding, against `reference(tile, ld)`, which adds the exact sums to
+    /// the tile's rows; `case` names the case in a failure.
+    fn check_tile(
+        r: &mut impl FnMut() -> u64,
+        mr: usize,
+        case: &str,
+        reference: impl Fn(&mut [i32], usize),
+        kernel: impl Fn((&mut [i32], usize), bool),
+    ) {
         for ld in [16, 40] {
             for add in [false, true] {
                 let len = (mr - 1) * ld + 16;
@@ -836,14 +849,9 @@ mod tests {
                         want[i * ld..i * ld + 16].fill(0);
                     }
                 }
-                i16_ref(a, (segs, seg), row, mr, b, kseg, (&mut want, ld));
-                let mut got = start.clone();
-                let ap = APanel {
-                    ptr: a.as_ptr(),
-                    row,
-                    group: 4,
-                };
-                kernel(ap, (&mut got, ld), add);
+                reference(&mut want, ld);
+                let mut got = start;
+                kernel((&mut got, ld), add);
                 assert_eq!(got, want, "{case} ld {ld} add {add}");
             }
         }
