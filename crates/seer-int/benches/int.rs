@@ -1,5 +1,5 @@
-//! `cargo xtask bench int [--json] [--quick] [--models-only | --engine-only | --exported-only]
-//! [--isa NAME]
+//! `cargo xtask bench int [--json] [--quick]
+//! [--models-only | --engine-only | --exported-only | --gemm-only] [--isa NAME]
 //! [--exported PATH]…`:
 //! packed-integer GEMM throughput against the best f32 GEMMs in the same build (the `gemm`
 //! crate and candle's matmul), measured in the same process, on 1024³ and on the im2col GEMM
@@ -11,9 +11,9 @@
 //!
 //! `--isa avx2|avx512vnni|portable` runs every integer figure on that path; `--models-only`
 //! skips the GEMM sections, `--engine-only` also the f32 networks, `--exported-only` all but
-//! the exported models (for profiling). Every timing is the best of several repetitions (robust to other
-//! jobs on the machine); GOP/s counts 2 operations per multiply-accumulate for both integer
-//! and f32 GEMMs. The PyTorch side (f32 and int8 PTQ of the same networks) is printed by
+//! the exported models (for profiling), `--gemm-only` all but the GEMM sections. Every timing
+//! is the best of several repetitions (robust to other jobs on the machine); GOP/s counts 2
+//! operations per multiply-accumulate for both integer and f32 GEMMs. The PyTorch side (f32 and int8 PTQ of the same networks) is printed by
 //! `tools/torch_int8.py`.
 
 use std::path::{Path, PathBuf};
@@ -33,6 +33,8 @@ struct Opts {
     json: bool,
     quick: bool,
     models_only: bool,
+    /// `--gemm-only`: the GEMM sections and nothing else.
+    gemm_only: bool,
     /// Only the integer engine's models (no f32 networks, no GEMM sections; for profiling).
     engine_only: bool,
     /// Only the exported models.
@@ -406,6 +408,7 @@ fn main() {
             .any(|a| a == "--models-only" || a == "--engine-only" || a == "--exported-only"),
         engine_only: args.iter().any(|a| a == "--engine-only"),
         exported_only: args.iter().any(|a| a == "--exported-only"),
+        gemm_only: args.iter().any(|a| a == "--gemm-only"),
         isa,
         exported: exported.iter().flat_map(|p| model_files(p)).collect(),
     };
@@ -445,6 +448,12 @@ fn main() {
 
     if !opts.models_only {
         gemm_sections(&opts, min_s, &say, &mut report);
+    }
+    if opts.gemm_only {
+        if opts.json {
+            println!("{report}");
+        }
+        return;
     }
 
     if !opts.exported_only {

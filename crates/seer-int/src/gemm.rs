@@ -43,9 +43,11 @@ use crate::pack::{PackedWeights, unpack_signed_into};
 
 /// Output channels per panel (lanes of one AVX-512 register).
 pub const NR: usize = 16;
-/// Reduction-dimension block (in `k`), a multiple of 4: one panel block is 4 KiB (i8)
-/// or 8 KiB (i16) and stays in L1 while it is reused by every row strip of a task.
-const KC: usize = 256;
+/// Reduction-dimension block (in `k`), a multiple of 4. A `k` of up to 1024 runs in one
+/// pass, so each output tile is flushed once: against 256, this raised the exact int8 GEMM
+/// on 1024³ by ≈ 10% on AVX2 and ≈ 20% on VNNI (docs/benchmarks.md, session 19); a panel
+/// block (16 KiB i8, 32 KiB i16) then streams from L2 rather than staying in L1.
+const KC: usize = 1024;
 /// Target rows per parallel task (rounded to the micro-kernel's row count).
 const MC: usize = 64;
 /// Rows per micro-tile of the `avx2-wide` kernel (12 accumulators; an implicit-GEMM
@@ -308,8 +310,13 @@ pub fn gemm_u8i8_with(
         return Ok(kernel);
     }
     let mr = kernel.mr();
-    let mc = MC.next_multiple_of(mr);
-    let m_blocks = m.div_ceil(mc);
+    // Row blocks of whole strips, as even as possible (their strip counts differ by at most
+    // one), so that no thread is left with a long last block.
+    let strips = m.div_ceil(mr);
+    let m_blocks = strips.div_ceil(MC.div_ceil(mr));
+    let block_rows = |mb: usize| {
+        (mb * strips / m_blocks * mr).min(m)..((mb + 1) * strips / m_blocks * mr).min(m)
+    };
     let panels = w.panels();
     let target = 4 * rayon::current_num_threads();
     let n_groups = target.div_ceil(m_blocks).clamp(1, panels);
@@ -318,7 +325,7 @@ pub fn gemm_u8i8_with(
     let cptr = SyncPtr(c.as_mut_ptr());
     let task = |t: usize| {
         let (mb, ng) = (t / n_groups, t % n_groups);
-        let rows = mb * mc..((mb + 1) * mc).min(m);
+        let rows = block_rows(mb);
         let pans = ng * panels_per_group..((ng + 1) * panels_per_group).min(panels);
         // SAFETY: tasks write disjoint (row range × panel range) tiles of `c`, which has
         // m·n elements (checked above) and outlives the parallel loop.
@@ -371,6 +378,13 @@ unsafe fn block(
     let mut apack_u8: Vec<u8> = Vec::new();
     let mut apack_i16: Vec<i16> = Vec::new();
     let mut tile = [0i32; 8 * NR];
+    // A task that holds every panel owns its rows of C outright: the wide kernel then writes
+    // (and accumulates over reduction blocks) its full tiles there directly.
+    // SAFETY: rows `rows` × all n columns lie inside c (m·n elements) and no other task
+    // writes them (tasks split rows, or panels when `pans` is not all of them).
+    #[cfg(target_arch = "x86_64")]
+    let mut crows = (wide && pans.start == 0 && pans.end == w.panels())
+        .then(|| unsafe { std::slice::from_raw_parts_mut(c.add(rows.start * n), rows.len() * n) });
     let mut k0 = 0;
     while k0 < w.kp {
         let kc = KC.min(w.kp - k0);
@@ -430,6 +444,25 @@ unsafe fn block(
                     }
                 };
                 let groups = kc / 4;
+                #[cfg(target_arch = "x86_64")]
+                if let (Kernel::Avx2Wide, Some(crows)) = (kernel, crows.as_deref_mut())
+                    && nrows == WIDE_MR
+                    && ncols == NR
+                {
+                    let wb = wide_w.expect("wide panel")[p * w.kp * NR + k0 * NR..].as_ptr();
+                    // SAFETY: as below; the tile's 6 rows of 16 lie inside the task's rows.
+                    unsafe {
+                        crate::x86::avx2_wide::<WIDE_MR>(
+                            ap,
+                            (1, 0),
+                            wb,
+                            groups,
+                            (&mut crows[s * mr * n + p * NR..], n),
+                            k0 > 0,
+                        )
+                    };
+                    continue;
+                }
                 let tile = &mut tile[..mr * NR];
                 // SAFETY: A strips hold kc·mr codes (in place: mr full rows of k ≥ k0+kc
                 // codes; i16 strips mr rows of kc), the panel block kc·16 codes; the ISA was
@@ -794,15 +827,19 @@ mod tests {
 
     #[test]
     fn large_blocked_and_parallel() {
-        // k > KC exercises k-blocking; m > MC and n > 16 exercise the task grid.
-        let (m, n, k) = (131, 70, KC + 77);
+        // k > KC exercises k-blocking; m > MC and n > 16 exercise the task grid. With one
+        // panel (n = 16), and with more row blocks than tasks wanted (m = 535 on up to two
+        // threads), a task holds every panel and the wide kernel accumulates its full tiles
+        // in C itself, partial strips and panels through the tile buffer.
         let mut r = lcg(3);
-        for (amax, wmax) in [(255u64, 127u64), (15, 7), (63, 31)] {
-            let a: Vec<u8> = (0..m * k).map(|_| (r() % (amax + 1)) as u8).collect();
-            let w: Vec<i8> = (0..n * k)
-                .map(|_| ((r() % (2 * wmax + 1)) as i64 - wmax as i64) as i8)
-                .collect();
-            check_all_paths(&a, m, &w, n, k);
+        for (m, n, k) in [(131, 70, KC + 77), (83, 16, KC + 77), (535, 33, KC + 5)] {
+            for (amax, wmax) in [(255u64, 127u64), (15, 7), (63, 31)] {
+                let a: Vec<u8> = (0..m * k).map(|_| (r() % (amax + 1)) as u8).collect();
+                let w: Vec<i8> = (0..n * k)
+                    .map(|_| ((r() % (2 * wmax + 1)) as i64 - wmax as i64) as i8)
+                    .collect();
+                check_all_paths(&a, m, &w, n, k);
+            }
         }
     }
 
