@@ -379,10 +379,10 @@ unsafe fn block(
     let mut apack_i16: Vec<i16> = Vec::new();
     let mut tile = [0i32; 8 * NR];
     // A task that holds every panel owns its rows of C outright: the wide kernel then writes
-    // (and accumulates over reduction blocks) its full tiles there directly.
+    // (and accumulates over reduction blocks) its full tiles there directly, and the other
+    // tiles are written back through the same slice.
     // SAFETY: rows `rows` × all n columns lie inside c (m·n elements) and no other task
     // writes them (tasks split rows, or panels when `pans` is not all of them).
-    #[cfg(target_arch = "x86_64")]
     let mut crows = (wide && pans.start == 0 && pans.end == w.panels())
         .then(|| unsafe { std::slice::from_raw_parts_mut(c.add(rows.start * n), rows.len() * n) });
     let mut k0 = 0;
@@ -496,9 +496,12 @@ unsafe fn block(
                     }
                 }
                 for i in 0..nrows {
-                    // SAFETY: row r0+i < m and columns p·16 .. p·16+ncols ≤ n lie inside c.
-                    let crow = unsafe {
-                        std::slice::from_raw_parts_mut(c.add((r0 + i) * n + p * NR), ncols)
+                    let at = (r0 + i) * n + p * NR;
+                    let crow = match crows.as_deref_mut() {
+                        // The task's own rows (no second pointer into them while `crows` lives).
+                        Some(crows) => &mut crows[at - rows.start * n..][..ncols],
+                        // SAFETY: row r0+i < m and columns p·16 .. p·16+ncols ≤ n lie inside c.
+                        None => unsafe { std::slice::from_raw_parts_mut(c.add(at), ncols) },
                     };
                     let trow = &tile[i * NR..i * NR + ncols];
                     if k0 == 0 {
