@@ -13,8 +13,8 @@
 //! skips the GEMM sections, `--engine-only` also the f32 networks, `--exported-only` all but
 //! the exported models (for profiling), `--gemm-only` all but the GEMM sections. Every timing
 //! is the best of several repetitions (robust to other jobs on the machine); GOP/s counts 2
-//! operations per multiply-accumulate for both integer and f32 GEMMs. The PyTorch side (f32 and int8 PTQ of the same networks) is printed by
-//! `tools/torch_int8.py`.
+//! operations per multiply-accumulate for both integer and f32 GEMMs. The PyTorch side (f32
+//! and int8 PTQ of the same networks) is printed by `tools/torch_int8.py`.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;

@@ -444,25 +444,9 @@ unsafe fn block(
                     }
                 };
                 let groups = kc / 4;
-                #[cfg(target_arch = "x86_64")]
-                if let (Kernel::Avx2Wide, Some(crows)) = (kernel, crows.as_deref_mut())
-                    && nrows == WIDE_MR
-                    && ncols == NR
-                {
-                    let wb = wide_w.expect("wide panel")[p * w.kp * NR + k0 * NR..].as_ptr();
-                    // SAFETY: as below; the tile's 6 rows of 16 lie inside the task's rows.
-                    unsafe {
-                        crate::x86::avx2_wide::<WIDE_MR>(
-                            ap,
-                            (1, 0),
-                            wb,
-                            groups,
-                            (&mut crows[s * mr * n + p * NR..], n),
-                            k0 > 0,
-                        )
-                    };
-                    continue;
-                }
+                // Full wide tiles of a task that owns its rows accumulate in C itself.
+                let in_place =
+                    kernel == Kernel::Avx2Wide && crows.is_some() && nrows == mr && ncols == NR;
                 let tile = &mut tile[..mr * NR];
                 // SAFETY: A strips hold kc·mr codes (in place: mr full rows of k ≥ k0+kc
                 // codes; i16 strips mr rows of kc), the panel block kc·16 codes; the ISA was
@@ -482,18 +466,20 @@ unsafe fn block(
                         Kernel::Avx2Wide => {
                             let wb =
                                 wide_w.expect("wide panel")[p * w.kp * NR + k0 * NR..].as_ptr();
-                            crate::x86::avx2_wide::<WIDE_MR>(
-                                ap,
-                                (1, 0),
-                                wb,
-                                groups,
-                                (tile, NR),
-                                false,
-                            )
+                            let (dst, ld, add) = match crows.as_deref_mut() {
+                                Some(crows) if in_place => {
+                                    (&mut crows[s * mr * n + p * NR..], n, k0 > 0)
+                                }
+                                _ => (&mut *tile, NR, false),
+                            };
+                            crate::x86::avx2_wide::<WIDE_MR>(ap, (1, 0), wb, groups, (dst, ld), add)
                         }
                         #[cfg(not(target_arch = "x86_64"))]
                         _ => unreachable!("x86 kernel on another architecture"),
                     }
+                }
+                if in_place {
+                    continue;
                 }
                 for i in 0..nrows {
                     let at = (r0 + i) * n + p * NR;
