@@ -7,7 +7,7 @@ Prints one JSON object with the keys of the Rust bench (`qat_train_img_per_s`,
 `conv_fwd_bwd_fraction_of_gemm`) plus the variants the issue's table quotes. Needs only
 `torch` (`pip install torch`); not part of CI.
 
-    python3 tools/torch_anchor.py [--threads 2] [--reps 7]
+    python3 tools/torch_anchor.py [--threads 2] [--reps 7] [--labels]
 
 Figures are medians of `--reps` timed repetitions after two warm-ups.
 - f32 training step: option-A (zero-padding) shortcuts, SGD with momentum, cross-entropy.
@@ -16,6 +16,15 @@ Figures are medians of `--reps` timed repetitions after two warm-ups.
 - f32 evaluation: option A in eval mode, and the BN-fused projection-shortcut network.
 - fake-quantized evaluation: the prepared QAT network in eval mode (observers frozen).
 - conv 16->16 28x28 forward+backward GFLOP/s as a fraction of a 1024^3 f32 matmul.
+- `--labels`: one label of the Rust bench's protocol for each of its 5 policies, timed end to
+  end as a PyTorch user would run it (`label_seconds_median`, `label_seconds`): the network
+  at the policy's slim widths (uniform prune p of every prunable unit: the block-internal
+  convs and the stage-2/3 residual streams, stage 1 kept at 16 as the first conv is fixed),
+  option-A shortcuts as ours, `fuse_modules_qat` + `prepare_qat` (x86 qconfig: 8-bit fake
+  quantization costs what 3-6 bits do), 4 calibration forward passes of 128 images, 100 SGD
+  steps of batch 64 with pad-2 random crops and horizontal flips, then the fake-quantized
+  evaluation of 5,000 images in batches of 128. Random images (loading excluded, as it is
+  from memory on our side too).
 """
 
 import argparse
@@ -65,20 +74,33 @@ class Block(nn.Module):
         return self.relu2(self.add.add(y, s))
 
 
+def kept(c, p):
+    """Channels kept of `c` at prune ratio `p` (docs/method.md section 1)."""
+    return max(1, round((1 - p) * c))
+
+
 class ResNet20(nn.Module):
-    def __init__(self, projection=False, cin=1, classes=10):
+    def __init__(self, projection=False, cin=1, classes=10, prune=0.0):
         super().__init__()
         self.quant = torch.ao.quantization.QuantStub()
         self.conv = nn.Conv2d(cin, 16, 3, 1, 1, bias=False)
         self.bn = nn.BatchNorm2d(16)
         self.relu = nn.ReLU()
         blocks, c = [], 16
-        for cout, stride in [(16, 1), (32, 2), (64, 2)]:
+        for stage, (width, stride) in enumerate([(16, 1), (32, 2), (64, 2)]):
+            # Stage 1's stream is tied to the fixed first conv, so it is never pruned.
+            cout = width if stage == 0 else kept(width, prune)
             for i in range(3):
-                blocks.append(Block(c, cout, stride if i == 0 else 1, projection))
+                b = Block(c, cout, stride if i == 0 else 1, projection)
+                mid = kept(width, prune)
+                if mid != cout:
+                    b.conv1 = nn.Conv2d(c, mid, 3, stride if i == 0 else 1, 1, bias=False)
+                    b.bn1 = nn.BatchNorm2d(mid)
+                    b.conv2 = nn.Conv2d(mid, cout, 3, 1, 1, bias=False)
+                blocks.append(b)
                 c = cout
         self.blocks = nn.Sequential(*blocks)
-        self.fc = nn.Linear(64, classes)
+        self.fc = nn.Linear(c, classes)
         self.dequant = torch.ao.quantization.DeQuantStub()
 
     def forward(self, x):
@@ -130,11 +152,54 @@ def eval_rate(model, x, reps):
     return x.shape[0] / median_time(run, reps)
 
 
+# The Rust bench's 5 policies: (weight bits, activation bits, prune ratio).
+POLICIES = [(4, 3, 0.0), (5, 4, 0.25), (4, 4, 0.25), (6, 4, 0.5), (4, 4, 0.5)]
+
+
+def augment(x):
+    """Pad-2 random crops and random horizontal flips of a batch (the label's augmentation)."""
+    n, _, h, w = x.shape
+    xp = F.pad(x, (2, 2, 2, 2))
+    i, j = torch.randint(0, 5, (2,)).tolist()
+    x = xp[:, :, i : i + h, j : j + w]
+    flip = torch.rand(n) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+def label_seconds(prune, train_x, train_y, val_x):
+    """Seconds of one label (prepare, fine-tune, validate) at prune ratio `prune`."""
+    t0 = time.perf_counter()
+    m = ResNet20(False, prune=prune).train()
+    m = torch.ao.quantization.fuse_modules_qat(m, m.fuse_groups())
+    m.qconfig = torch.ao.quantization.get_default_qat_qconfig("x86")
+    torch.ao.quantization.prepare_qat(m, inplace=True)
+    with torch.no_grad():
+        for b in range(4):
+            m(train_x[b * 128 : (b + 1) * 128])
+    t1 = time.perf_counter()
+    opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    for s in range(100):
+        i = (s * 64) % (train_x.shape[0] - 64)
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(m(augment(train_x[i : i + 64])), train_y[i : i + 64]).backward()
+        opt.step()
+    t2 = time.perf_counter()
+    m.apply(torch.ao.quantization.disable_observer)
+    m.apply(torch.nn.intrinsic.qat.freeze_bn_stats)
+    m.eval()
+    with torch.inference_mode():
+        for b in range(0, val_x.shape[0], 128):
+            m(val_x[b : b + 128])
+    t3 = time.perf_counter()
+    return {"prepare": t1 - t0, "finetune": t2 - t1, "validate": t3 - t2, "total": t3 - t0}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--labels", action="store_true", help="also time the 5 policies' labels")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -179,6 +244,14 @@ def main():
     out["conv_fwd_bwd_gflops"] = conv_flop / t_conv / 1e9
     out["gemm_gflops"] = 2 * 1024**3 / t_mm / 1e9
     out["conv_fwd_bwd_fraction_of_gemm"] = out["conv_fwd_bwd_gflops"] / out["gemm_gflops"]
+    if a.labels:
+        train_x, train_y = torch.randn(6400, 1, 28, 28), torch.randint(0, 10, (6400,))
+        val_x = torch.randn(5000, 1, 28, 28)
+        rows = {}
+        for wb, ab, p in POLICIES:
+            rows[f"w{wb}a{ab} prune {p}"] = label_seconds(p, train_x, train_y, val_x)
+        out["label_seconds"] = rows
+        out["label_seconds_median"] = statistics.median(r["total"] for r in rows.values())
     out["load_average_end"] = os.getloadavg()[0]
     print(json.dumps(out))
 

@@ -98,8 +98,50 @@ pub fn to_bytes(model: &Model, dataset: Option<&str>, info: &serde_json::Value) 
         meta.insert("policy".into(), p.to_json());
     }
     meta.insert("info".into(), info.to_string());
-    safetensors::serialize(views, Some(meta))
-        .map_err(|e| Error::Invalid(format!("serialising a checkpoint: {e}")))
+    let bytes = safetensors::serialize(views, Some(meta))
+        .map_err(|e| Error::Invalid(format!("serialising a checkpoint: {e}")))?;
+    canonical_header(bytes)
+}
+
+/// `bytes` (a safetensors file) with the keys of its JSON header, and of the header's
+/// `__metadata__`, in sorted order, so that one model always gives the same bytes: safetensors
+/// writes the metadata map in hash order, which differs from call to call, and label stores
+/// pin a baseline by its file's SHA-256 (an ONNX model imported twice must match its label
+/// cache). The header keeps its length (same keys and values, compact JSON, padded with
+/// spaces as before), so the tensor offsets are unchanged. Errors: `Invalid` for a header
+/// that is not a JSON object (never for what `safetensors::serialize` wrote).
+fn canonical_header(mut bytes: Vec<u8>) -> Result<Vec<u8>> {
+    let bad = |m: &str| Error::Invalid(format!("serialising a checkpoint: {m}"));
+    let n = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
+        .filter(|&n| bytes.len() >= 8 + n)
+        .ok_or_else(|| bad("header length out of range"))?;
+    let header: serde_json::Value =
+        serde_json::from_slice(&bytes[8..8 + n]).map_err(|e| bad(&e.to_string()))?;
+    let sorted = |v: &serde_json::Map<String, serde_json::Value>| {
+        let mut keys: Vec<&String> = v.keys().collect();
+        keys.sort();
+        keys.into_iter()
+            .map(|k| (k.clone(), v[k].clone()))
+            .collect::<serde_json::Map<_, _>>()
+    };
+    let mut top = sorted(
+        header
+            .as_object()
+            .ok_or_else(|| bad("header is not an object"))?,
+    );
+    if let Some(serde_json::Value::Object(m)) = top.get("__metadata__") {
+        let m = sorted(m);
+        top.insert("__metadata__".into(), m.into());
+    }
+    let json = serde_json::to_vec(&top).map_err(|e| bad(&e.to_string()))?;
+    if json.len() > n {
+        return Err(bad("sorted header is longer than the original"));
+    }
+    bytes[8..8 + json.len()].copy_from_slice(&json);
+    bytes[8 + json.len()..8 + n].fill(b' ');
+    Ok(bytes)
 }
 
 /// The checks of [`load_bytes`] before a model is built: layer names are unique (they name
@@ -466,5 +508,48 @@ mod tests {
             .to_string();
             assert!(e.contains(want), "{comp}: {e}");
         }
+    }
+
+    #[test]
+    fn one_model_always_gives_the_same_bytes() {
+        let mut b = SpecBuilder::new("t", InputShape::new(1, 1, 4), 3);
+        b.push(
+            "fc",
+            LayerKind::Linear {
+                in_features: 4,
+                out_features: 3,
+                bias: true,
+            },
+            &[],
+        )
+        .unwrap();
+        let model = Model::new(b.finish().unwrap(), 1, &Device::Cpu).unwrap();
+        let info = serde_json::json!({"z": 1, "a": [2, 3], "onnx_hash": "ab"});
+        let first = to_bytes(&model, Some("fashion-mnist"), &info).unwrap();
+        // Every call builds a new metadata map, hashed with a new random state.
+        for _ in 0..8 {
+            assert_eq!(
+                to_bytes(&model, Some("fashion-mnist"), &info).unwrap(),
+                first
+            );
+        }
+        let (_, h) = SafeTensors::read_metadata(&first).unwrap();
+        assert_eq!(h.metadata().as_ref().unwrap().len(), 11);
+        let n = u64::from_le_bytes(first[..8].try_into().unwrap()) as usize;
+        let text = std::str::from_utf8(&first[8..8 + n]).unwrap();
+        let at = |k: &str| text.find(&format!("\"{k}\":")).unwrap();
+        let keys = [
+            "arch",
+            "comp",
+            "dataset",
+            "format",
+            "info",
+            "input",
+            "num_classes",
+        ];
+        assert!(keys.windows(2).all(|w| at(w[0]) < at(w[1])), "{text}");
+        let (m, loaded) = load_bytes(&first, Path::new("m"), None, &Device::Cpu).unwrap();
+        assert_eq!(m.named_tensors().len(), model.named_tensors().len());
+        assert_eq!(loaded.dataset.as_deref(), Some("fashion-mnist"));
     }
 }

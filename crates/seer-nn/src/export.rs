@@ -89,6 +89,44 @@ fn fmt_err(path: &Path, msg: String) -> Error {
     }
 }
 
+/// Why a network of `spec` can never run on the integer engine, whatever its policy: the
+/// first layer [`to_int_model`] would refuse for its kind and place alone (average pooling,
+/// which the fake-quantized model keeps in float; a BatchNorm that is not the only consumer
+/// of a conv or linear layer, so cannot be folded into it). `None` when the structure is
+/// exportable; a policy can still be refused later (masked residual pruning, a layer left in
+/// full precision). Callers warn before hours of labelling rather than after.
+pub fn not_exportable(spec: &seer_policy::NetworkSpec) -> Option<String> {
+    let mut consumers = vec![0usize; spec.layers.len()];
+    for l in &spec.layers {
+        for &p in &l.inputs {
+            consumers[p] += 1;
+        }
+    }
+    spec.layers.iter().find_map(|l| match l.kind {
+        LayerKind::AvgPool { .. } => Some(format!(
+            "layer {}: average pooling (global average pooling is fine)",
+            l.name
+        )),
+        LayerKind::BatchNorm => {
+            let folds = matches!(
+                l.inputs.as_slice(),
+                [p] if consumers[*p] == 1
+                    && matches!(
+                        spec.layers[*p].kind,
+                        LayerKind::Conv2d { .. } | LayerKind::Linear { .. }
+                    )
+            );
+            (!folds).then(|| {
+                format!(
+                    "layer {}: a BatchNorm that does not directly follow a conv or linear layer",
+                    l.name
+                )
+            })
+        }
+        _ => None,
+    })
+}
+
 /// The model of [`export_int`] without writing it. `model`: fine-tuned with a policy applied
 /// (slimmed here) and calibrated activation ranges; `mean`/`std`: the dataset normalisation
 /// `x = (p/255 − mean_c)/std_c` the model was trained with. `path` only names errors.
@@ -1044,6 +1082,59 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("calibrated"), "{e}");
+    }
+
+    /// `not_exportable` names exactly the structures `to_int_model` refuses by layer kind:
+    /// none in the built-in networks (every one exports), average pooling and a BatchNorm
+    /// after a ReLU in small hand-made ones (each then refused by the conversion too).
+    #[test]
+    fn structural_blockers_are_named_before_any_conversion() {
+        for arch in [
+            "resnet20",
+            "resnet56",
+            "vgg-small",
+            "lenet5",
+            "resnet18",
+            "mobilenetv2",
+        ] {
+            let spec = builtin(arch, None, None).unwrap();
+            assert_eq!(not_exportable(&spec), None, "{arch}");
+        }
+        use seer_policy::{ConvOpts, SpecBuilder};
+        let net = |blocker: &str| {
+            let mut b = SpecBuilder::new("t", "8x8x1".parse().unwrap(), 3);
+            let c = b.conv("conv", None, ConvOpts::new(4, 3).pad(1)).unwrap();
+            let r = b.op("relu", Some(c), LayerKind::Relu).unwrap();
+            let kind = match blocker {
+                "pool" => LayerKind::AvgPool {
+                    kernel: [2, 2],
+                    stride: [2, 2],
+                    padding: [0, 0],
+                    padding_end: None,
+                },
+                _ => LayerKind::BatchNorm,
+            };
+            let x = b.op(blocker, Some(r), kind).unwrap();
+            let f = b.op("flatten", Some(x), LayerKind::Flatten).unwrap();
+            b.linear("fc", Some(f), 3, true).unwrap();
+            b.finish().unwrap()
+        };
+        for (blocker, want) in [("pool", "average pooling"), ("bn", "BatchNorm")] {
+            let spec = net(blocker);
+            let why = not_exportable(&spec).unwrap();
+            assert!(why.contains(blocker) && why.contains(want), "{why}");
+            let m = compressed_spec(spec, 3, SpaceConfig::default());
+            let e = to_int_model(
+                &m,
+                &[MEAN],
+                &[STD],
+                &serde_json::Value::Null,
+                Path::new("x"),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains(&format!("layer {blocker}")), "{e}");
+        }
     }
 
     /// The header bound holds for random policies (issue 13, case 3: a size budget must hold

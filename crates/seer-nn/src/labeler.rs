@@ -67,7 +67,7 @@ fn check_val_images(n: usize, split: usize) -> Result<()> {
     if n == 0 || n > split {
         return Err(Error::Invalid(format!(
             "labels scored on {n} validation images, but the validation split has {split}: \
-             give 1 to {split}"
+             give 1 to {split} (`seernet compress --label-val-images N`)"
         )));
     }
     Ok(())

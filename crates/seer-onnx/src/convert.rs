@@ -15,7 +15,8 @@
 //! | `Concat` of two or more activations (axis 1, or −3 on `[N, C, H, W]`) | `concat` | channels in input order; pruning stops at it (its producers keep every channel) |
 //! | `Gemm` (α = β = 1, transA = 0), `MatMul` (+ `Add` of a constant bias) | `linear` | weight stored `[out, in]` |
 //! | `MaxPool`, `AveragePool` | `max_pool`, `avg_pool` | floor mode; padding (asymmetric too, as for `Conv`) only where ours means the same (max: after a ReLU; average: `count_include_pad = 1`) |
-//! | `GlobalAveragePool` | `global_avg_pool` | |
+//! | `GlobalAveragePool`, `ReduceMean` over axes `[2, 3]` | `global_avg_pool` | keepdims or not (the dynamo exporter writes `AdaptiveAvgPool2d(1)` as `ReduceMean`) |
+//! | `Softmax`, `LogSoftmax` on the class axis, as the last node | — | dropped: top-1 is unchanged and fine-tuning trains the logits |
 //! | `Flatten` (axis 1), `Reshape` to `[N, C·H·W]` | `flatten` | nothing when already `[F, 1, 1]` |
 //! | `Identity`, `Dropout` | — | aliases |
 //! | `Constant`, ops on constants only | — | folded (`Add`, `Mul`, `Sub`, `Div`, `Identity`, `Reshape`, `Unsqueeze`, `Squeeze`, `Concat` on int64/float constants) |
@@ -37,7 +38,8 @@ use crate::{Error, Result};
 /// What the importer supports, quoted in every [`Error::Unsupported`].
 pub const SUPPORTED: &str = "Conv, BatchNormalization, Relu, Clip(0,6)/Clip(0,inf), Add, \
     Concat(axis 1), Gemm, MatMul(+Add bias), MaxPool, AveragePool, GlobalAveragePool, \
-    Flatten(axis 1), Reshape to [N, features], Identity, Dropout, Constant, and Add/Mul/Sub/Div/Reshape/Unsqueeze/Squeeze/\
+    ReduceMean over axes [2, 3], Flatten(axis 1), Reshape to [N, features], Identity, Dropout, \
+    a final Softmax/LogSoftmax (dropped), Constant, and Add/Mul/Sub/Div/Reshape/Unsqueeze/Squeeze/\
     Concat on constants (opset 13 or later)";
 
 /// An imported network: its spec, weights and provenance.
@@ -253,10 +255,24 @@ impl At<'_> {
 /// malformed attribute), [`Error::Unsupported`] (an op or attribute outside [`SUPPORTED`]),
 /// [`Error::Spec`] (the result is not a valid network, e.g. no classifier at the end).
 pub fn import_bytes(bytes: &[u8], file: &str) -> Result<Imported> {
-    let m = ModelProto::decode(bytes).map_err(|e| Error::Decode {
+    import_in(bytes, file, None)
+}
+
+/// [`import_bytes`] with initializers stored in external files (the ONNX external-data
+/// format, `location`/`offset`/`length` relative to `dir`, the model file's folder) read in.
+/// Without `dir`, such an initializer is an [`Error::Model`] that says to import from a path.
+pub(crate) fn import_in(bytes: &[u8], file: &str, dir: Option<&Path>) -> Result<Imported> {
+    let mut m = ModelProto::decode(bytes).map_err(|e| Error::Decode {
         file: file.into(),
         msg: e.to_string(),
     })?;
+    if let Some(g) = m.graph.as_mut() {
+        for t in &mut g.initializer {
+            if t.data_location == Some(1) {
+                crate::tensor::read_external(t, dir, file)?;
+            }
+        }
+    }
     let model_err = |msg: String| Error::Model {
         file: file.into(),
         msg,
@@ -1020,6 +1036,66 @@ fn convert_node(
                 layer: Some(l),
                 nonneg,
             })
+        }
+        "ReduceMean" => {
+            // torch.onnx.export's dynamo exporter writes `AdaptiveAvgPool2d(1)` / `x.mean((2, 3))`
+            // this way: a mean over both spatial axes is a global average pool (keepdims or not:
+            // a [C, 1, 1] activation is already flat).
+            at.only_attrs(&["axes", "keepdims", "noop_with_empty_axes"])?;
+            let (x, nonneg) = act(0)?;
+            let axes = match at.ints("axes") {
+                Some(a) => a,
+                None => match get(1)? {
+                    Some(Val::Const(c)) => c.i.clone(),
+                    Some(Val::Act { .. }) => {
+                        return Err(at.unsupported("axes computed at run time"));
+                    }
+                    None => Vec::new(),
+                },
+            };
+            let mut norm: Vec<i64> = axes
+                .iter()
+                .map(|&a| if a < 0 { a + 4 } else { a })
+                .collect();
+            norm.sort_unstable();
+            if norm != [2, 3] {
+                return Err(at.unsupported(format!(
+                    "a mean over axes {axes:?}: only the spatial axes [2, 3] of [N, C, H, W] \
+                     (a global average pool) are supported"
+                )));
+            }
+            let name = layer_name(cx, at, None);
+            let l = push(
+                cx,
+                &name,
+                LayerKind::GlobalAvgPool,
+                &x.into_iter().collect::<Vec<_>>(),
+            )?;
+            one(Val::Act {
+                layer: Some(l),
+                nonneg,
+            })
+        }
+        "Softmax" | "LogSoftmax" => {
+            // A classifier exported for deployment often ends in a softmax. It keeps each
+            // image's top-1, and training works on the logits before it, so the network is
+            // imported without it; anywhere else it would change what later layers see.
+            at.only_attrs(&["axis"])?;
+            let last = n
+                .output
+                .iter()
+                .all(|o| consumers.get(o.as_str()).is_none_or(|c| c.is_empty()));
+            if !last {
+                return Err(at.unsupported(
+                    "a softmax inside the network (only a final one, on the class scores, is \
+                     dropped on import)",
+                ));
+            }
+            if !matches!(at.int("axis", -1)?, -1 | 1) {
+                return Err(at.unsupported("a softmax over an axis other than the classes"));
+            }
+            act(0)?;
+            one(need(0)?.clone())
         }
         "Concat" => {
             at.only_attrs(&["axis"])?;

@@ -180,14 +180,17 @@ pub fn import_to_checkpoint(
     Ok(imp)
 }
 
-/// Reads and imports the ONNX file at `path` (see [`import_bytes`]).
+/// Reads and imports the ONNX file at `path` (see [`import_bytes`]), with initializers kept
+/// in external data files beside it (what `torch.onnx.export` writes by default since
+/// PyTorch 2.5: `net.onnx` + `net.onnx.data`).
 /// The network is named after the file's stem (`vgg.onnx` → `vgg`).
 pub fn import_file(path: &Path) -> Result<Imported> {
     let bytes = std::fs::read(path).map_err(|e| Error::Io {
         path: path.to_path_buf(),
         source: e,
     })?;
-    let mut imp = import_bytes(&bytes, &path.display().to_string())?;
+    let dir = path.parent().unwrap_or(Path::new(""));
+    let mut imp = convert::import_in(&bytes, &path.display().to_string(), Some(dir))?;
     if let Some(stem) = path
         .file_stem()
         .and_then(|s| s.to_str())
@@ -202,6 +205,8 @@ pub fn import_file(path: &Path) -> Result<Imported> {
 mod tests;
 #[cfg(test)]
 mod tests_concat;
+#[cfg(test)]
+mod tests_exporters;
 #[cfg(test)]
 mod tests_pads;
 #[cfg(test)]

@@ -77,7 +77,7 @@ pub(crate) fn value(name: &str, dims: &[i64]) -> ValueInfoProto {
 
 /// image [N,1,4,4] → Conv 1→2 3×3 pad 1 (+bias) → BN → Relu → residual Add with a 1×1 conv →
 /// Clip(0,6) → MaxPool 2 → GlobalAveragePool → Flatten → Gemm 2→3 (transB).
-fn good() -> ModelProto {
+pub(crate) fn good() -> ModelProto {
     let conv_w: Vec<f32> = (0..18).map(|i| (i as f32 - 9.0) / 10.0).collect();
     let graph = GraphProto {
         name: Some("tiny".into()),

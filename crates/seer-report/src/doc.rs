@@ -192,8 +192,12 @@ pub(crate) fn document(r: &RunReport) -> Vec<Block> {
             if let Some(p) = &x.policy_file {
                 facts.push(format!("Policy file: {p}"));
             }
-            if let Some(m) = &x.model_file {
-                facts.push(format!("Model file: {m}"));
+            match &x.model_file {
+                Some(m) => facts.push(format!("Model file: {m}")),
+                None if x.measured_top1.is_some() => facts.push(
+                    "Model file: none (the integer export was skipped; run.log says why)".into(),
+                ),
+                None => {}
             }
             if let Some(o) = &x.onnx_file {
                 facts.push(format!(

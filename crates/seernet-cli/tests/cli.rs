@@ -1189,6 +1189,84 @@ fn compress_an_imported_onnx_model_on_an_image_folder() {
             "{v}"
         );
         checked += 1;
+        if checked == 1 {
+            // The same images in another folder (new data, a moved folder): a note, not a
+            // refusal.
+            let moved = td.path().join("moved");
+            copy_tree(&folder, &moved);
+            let (rc, stdout, err) = seernet(&[
+                "infer",
+                "--model",
+                p.to_str().unwrap(),
+                "--dataset",
+                moved.to_str().unwrap(),
+                "--no-compare",
+            ]);
+            assert_eq!(rc, 0, "{stdout}\n{err}");
+            assert!(
+                err.contains("note:") && err.contains("running it on"),
+                "{err}"
+            );
+        }
     }
     assert!(checked >= 1);
+
+    // One ONNX file imported twice gives the same bytes (label stores pin a baseline by its
+    // file's hash, so a label cache shared by two runs of `--model net.onnx` must match).
+    let ck2 = td.path().join("vgg2.safetensors");
+    json(&[
+        "import",
+        onnx.to_str().unwrap(),
+        "--out",
+        ck2.to_str().unwrap(),
+        "--input-mean",
+        "0.286",
+        "--input-std",
+        "0.353",
+        "--json",
+    ]);
+    assert!(std::fs::read(&ck).unwrap() == std::fs::read(&ck2).unwrap());
+
+    // A dataset with more classes than the network has outputs is refused before any label.
+    let twelve = td.path().join("twelve");
+    copy_tree(&folder, &twelve);
+    for extra in ["class90", "class91"] {
+        copy_tree(&folder.join("class0"), &twelve.join(extra));
+    }
+    let (rc, stdout, err) = seernet(&[
+        "compress",
+        "--quick",
+        "--model",
+        onnx.to_str().unwrap(),
+        "--input-mean",
+        "0.286",
+        "--input-std",
+        "0.353",
+        "--dataset",
+        twelve.to_str().unwrap(),
+        "--input",
+        "28x28x1",
+        "--quiet",
+        "--out",
+        td.path().join("run12").to_str().unwrap(),
+    ]);
+    assert_ne!(rc, 0, "{stdout}");
+    assert!(
+        err.contains("has 10 outputs but") && err.contains("12 classes"),
+        "{err}"
+    );
+    assert!(!td.path().join("run12").join("labels.jsonl").exists());
+}
+
+/// Copies the files of `from` (one level of sub-folders) into `to`.
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    for e in std::fs::read_dir(from).unwrap().filter_map(|e| e.ok()) {
+        let dst = to.join(e.file_name());
+        if e.path().is_dir() {
+            copy_tree(&e.path(), &dst);
+        } else {
+            std::fs::create_dir_all(to).unwrap();
+            std::fs::copy(e.path(), dst).unwrap();
+        }
+    }
 }

@@ -276,6 +276,7 @@ pub fn run_cmd(a: CompressArgs) -> Result<()> {
             if p.extension()
                 .is_some_and(|e| e.eq_ignore_ascii_case("onnx")) =>
         {
+            super::import::warn_default_norm(&a.norm);
             let out = a.out.join("imported.safetensors");
             std::fs::create_dir_all(&a.out)
                 .with_context(|| format!("creating {}", a.out.display()))?;
@@ -378,7 +379,9 @@ pub fn run_cmd(a: CompressArgs) -> Result<()> {
                 100.0 * b["bops_frac_w8a8"].as_f64().unwrap_or(f64::NAN),
                 b["test_top1"].as_f64().map_or("-".into(), |v| format!("{v:.2}%")),
                 b["best_uniform_test_top1"].as_f64().map_or("none".into(), |v| format!("{v:.2}%")),
-                b["model_file"].as_str().unwrap_or("-"),
+                b["model_file"]
+                    .as_str()
+                    .unwrap_or("no integer model (run.log says why)"),
             ));
         }
         for b in &s.budgets {

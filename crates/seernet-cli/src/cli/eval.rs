@@ -48,8 +48,14 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let name = match (&a.dataset, &info.dataset) {
         (Some(d), Some(rec)) => {
             let n = given(d, &model)?;
-            if DataSource::parse(rec).map(|r| r != n).unwrap_or(false) {
-                bail!("{} was trained on {rec}, not {d}", a.model.display());
+            // Other images of the same shape and classes are a user's right (new data, a
+            // moved folder); the shape and class checks below still apply.
+            if DataSource::parse(rec).is_ok_and(|r| r != n) {
+                eprintln!(
+                    "note: {} was trained on {rec}; evaluating it on {}",
+                    a.model.display(),
+                    n.id()
+                );
             }
             n
         }
@@ -63,6 +69,14 @@ pub fn run(a: EvalArgs) -> Result<()> {
         bail!(
             "{} takes {inp} inputs but {name} images are {h}x{w}x{c}",
             a.model.display()
+        );
+    }
+    if model.spec().num_classes != name.num_classes() {
+        bail!(
+            "{} has {} classes but {name} has {}",
+            a.model.display(),
+            model.spec().num_classes,
+            name.num_classes()
         );
     }
     let mut splits = name.load()?;

@@ -53,6 +53,18 @@ pub fn import(
     .with_context(|| format!("importing {}", onnx.display()))
 }
 
+/// Warns on stderr when neither `--input-mean` nor `--input-std` is given: an ONNX file does
+/// not say how its network's inputs were normalised, and feeding `p/255` to a network trained
+/// on standardised pixels silently costs most of its accuracy.
+pub fn warn_default_norm(norm: &NormArgs) {
+    if norm.input_mean.is_none() && norm.input_std.is_none() {
+        eprintln!(
+            "warning: no --input-mean/--input-std given: the network is fed pixels scaled to \
+             [0, 1] (mean 0, std 1); pass the normalisation it was trained with"
+        );
+    }
+}
+
 /// Whether `checkpoint` was imported from `onnx` as it is now (same content hash) with the
 /// normalisation `norm` asks for.
 pub fn is_current(checkpoint: &Path, onnx: &Path, norm: &NormArgs) -> bool {
@@ -83,6 +95,7 @@ pub fn run(a: ImportArgs) -> Result<()> {
         Some(d) => Some(seer_nn::data::DataSource::parse(d)?.id()),
         None => None,
     };
+    warn_default_norm(&a.norm);
     let imp = import(&a.model, &out, &a.norm, dataset.as_deref())?;
     let s = &imp.spec;
     let weighted = s.weighted_layers().len();

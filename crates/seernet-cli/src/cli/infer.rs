@@ -353,12 +353,15 @@ pub fn run(a: InferArgs) -> Result<()> {
             name.num_classes()
         );
     }
+    // Other images of the same shape and classes are a user's right (new data, a moved
+    // folder): a note, not an error.
     if let Some(d) = meta.provenance.get("dataset").and_then(|d| d.as_str())
         && DataSource::parse(d).is_ok_and(|r| r != name)
     {
-        bail!(
-            "{} was exported from a model trained on {d}, not {name}",
-            a.model.display()
+        eprintln!(
+            "note: {} was exported from a model trained on {d}; running it on {}",
+            a.model.display(),
+            name.id()
         );
     }
     let splits = name

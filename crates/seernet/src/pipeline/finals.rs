@@ -146,9 +146,16 @@ impl<'a> Run<'a> {
             }
         };
         let (b, f) = (&c.budget, &c.found);
+        // None when the integer export was skipped (logged above with its reason).
+        let written = path.is_file().then_some(model_file);
         self.log.line(&format!(
-            "budget {}: test top-1 {:.2}% after {} fine-tune steps -> {model_file}",
-            b.label, r.top1_test, self.cfg.final_steps
+            "budget {}: test top-1 {:.2}% after {} fine-tune steps -> {}",
+            b.label,
+            r.top1_test,
+            self.cfg.final_steps,
+            written
+                .as_deref()
+                .unwrap_or("no integer model (export skipped, see above)")
         ));
         Ok(report::BudgetOutcome {
             label: b.label.clone(),
@@ -167,10 +174,11 @@ impl<'a> Run<'a> {
             // (none when the export was skipped).
             file_bytes: std::fs::metadata(&path).ok().map(|m| m.len()),
             onnx_bytes: std::fs::metadata(onnx_path(&path)).ok().map(|m| m.len()),
-            onnx_file: onnx_path(&path)
-                .is_file()
-                .then(|| onnx_path(Path::new(&model_file)).display().to_string()),
-            model_file: Some(model_file),
+            onnx_file: written
+                .as_ref()
+                .filter(|_| onnx_path(&path).is_file())
+                .map(|m| onnx_path(Path::new(m)).display().to_string()),
+            model_file: written,
             label_val_top1: c.label_top1,
             selected_from: Some(match &pick {
                 Some(p) => format!("{}; {p}", c.from),

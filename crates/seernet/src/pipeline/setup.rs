@@ -239,6 +239,14 @@ fn baseline(
         }
     };
     let (model, _) = checkpoint::load(&path, None, &Device::Cpu)?;
+    check_fits(model.spec(), dname, &path)?;
+    if let Some(why) = seer_nn::export::not_exportable(model.spec()) {
+        log.line(&format!(
+            "WARNING: {} cannot run on the integer engine ({why}): this run writes policies \
+             and fine-tuned float checkpoints, but no model-*.safetensors or model-*.onnx",
+            path.display()
+        ));
+    }
     let val = train::evaluate(&model, &splits.val, norm, 256)?;
     let test = train::evaluate(&model, &splits.test, norm, 256)?;
     log.line(&format!(
@@ -257,6 +265,40 @@ fn baseline(
         size_bits_fp32: 32 * model.num_params() as u64,
     };
     Ok((base, space))
+}
+
+/// Err([`Error::Config`]) unless the network at `path` (`spec`) takes the dataset's images and
+/// has one output per class: caught here, before any label, instead of as a shape error in
+/// the middle of a fine-tune (or, for too few classes, never).
+fn check_fits(spec: &seer_policy::NetworkSpec, dname: &DataSource, path: &Path) -> Result<()> {
+    let [c, h, w] = dname.shape();
+    let i = spec.input;
+    let msg = if (i.c, i.h, i.w) != (c, h, w) {
+        format!(
+            "{} takes {}x{}x{} images but {dname} images are {h}x{w}x{c} (for an image folder, \
+             --input {}x{}x{} resizes them)",
+            path.display(),
+            i.h,
+            i.w,
+            i.c,
+            i.h,
+            i.w,
+            i.c
+        )
+    } else if spec.num_classes != dname.num_classes() {
+        format!(
+            "{} has {} outputs but {dname} has {} classes",
+            path.display(),
+            spec.num_classes,
+            dname.num_classes()
+        )
+    } else {
+        return Ok(());
+    };
+    Err(Error::Config {
+        what: "dataset".into(),
+        msg,
+    })
 }
 
 /// Trains the full-precision baseline of `cfg.arch` into `path` (atomic write; seeds:
