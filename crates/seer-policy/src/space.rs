@@ -783,7 +783,7 @@ impl SearchSpace {
             }
             if !unit.prunable && up.prune != 0.0 {
                 return err(format!(
-                    "{at}: pruning ratio {} but this unit cannot be pruned (its channels are tied to a fixed layer, the classes or a masked residual stream)",
+                    "{at}: pruning ratio {} but this unit cannot be pruned (its channels are tied to a fixed layer, the classes or a masked residual stream); a policy made in another space needs that space's settings (first or last layer searchable, residual pruning; `seernet`: --no-fix-first, --no-fix-last, --residual-pruning)",
                     up.prune
                 ));
             }

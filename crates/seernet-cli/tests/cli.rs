@@ -150,6 +150,27 @@ fn space_lists_units_and_tie_groups() {
         out.contains("tie groups") && out.contains("features.3.conv.2"),
         "{out}"
     );
+
+    // An ONNX model, and the checkpoint it imports to, have the same space.
+    let onnx =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/onnx/vgg.onnx");
+    let from_onnx = json(&["space", "--arch", onnx.to_str().unwrap(), "--json"]);
+    assert!(
+        !from_onnx["units"].as_array().unwrap().is_empty(),
+        "{from_onnx}"
+    );
+    let td = tempfile::tempdir().unwrap();
+    let ck = td.path().join("vgg.safetensors");
+    let (rc, _, err) = seernet(&[
+        "import",
+        onnx.to_str().unwrap(),
+        "--out",
+        ck.to_str().unwrap(),
+    ]);
+    assert_eq!(rc, 0, "{err}");
+    let from_ck = json(&["space", "--arch", ck.to_str().unwrap(), "--json"]);
+    assert_eq!(from_onnx["units"], from_ck["units"]);
+    assert_eq!(from_onnx["dim"], from_ck["dim"]);
 }
 
 #[test]

@@ -18,6 +18,9 @@ pub struct EvalArgs {
     /// Dataset (defaults to the one recorded in the checkpoint).
     #[arg(long)]
     dataset: Option<String>,
+    /// Image-folder datasets: leave undecodable images out (counted) instead of failing.
+    #[arg(long)]
+    skip_corrupt: bool,
     /// Split: test (final reports only) or val.
     #[arg(long, default_value = "test")]
     split: String,
@@ -29,13 +32,15 @@ pub struct EvalArgs {
     json: bool,
 }
 
-/// `--dataset d` for `model`: an image folder is read at the model's input shape.
-pub fn given(d: &str, model: &seer_nn::model::Model) -> Result<DataSource> {
+/// `--dataset d` for `model`: an image folder is read at the model's input shape, leaving
+/// undecodable images out when `skip_corrupt`.
+pub fn given(d: &str, model: &seer_nn::model::Model, skip_corrupt: bool) -> Result<DataSource> {
     let i = model.spec().input;
     let src = DataSource::parse(d)?;
     Ok(match src {
         DataSource::Folder { .. } => {
-            super::nn_util::data_source(d, Some(&format!("{}x{}x{}", i.h, i.w, i.c)), false)?
+            let hwc = format!("{}x{}x{}", i.h, i.w, i.c);
+            super::nn_util::data_source(d, Some(&hwc), skip_corrupt)?
         }
         b => b,
     })
@@ -47,7 +52,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let (model, info) = checkpoint::load(&a.model, None, &device())?;
     let name = match (&a.dataset, &info.dataset) {
         (Some(d), Some(rec)) => {
-            let n = given(d, &model)?;
+            let n = given(d, &model, a.skip_corrupt)?;
             // Other images of the same shape and classes are a user's right (new data, a
             // moved folder); the shape and class checks below still apply.
             if DataSource::parse(rec).is_ok_and(|r| r != n) {
@@ -59,7 +64,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
             }
             n
         }
-        (Some(d), None) => given(d, &model)?,
+        (Some(d), None) => given(d, &model, a.skip_corrupt)?,
         (None, Some(rec)) => DataSource::parse(rec)?,
         (None, None) => bail!("{} records no dataset: pass --dataset", a.model.display()),
     };

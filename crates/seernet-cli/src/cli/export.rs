@@ -44,7 +44,7 @@ pub fn run(a: ExportArgs) -> Result<()> {
         );
     }
     let name = match (&a.dataset, &info.dataset) {
-        (Some(d), _) => super::eval::given(d, &model)?,
+        (Some(d), _) => super::eval::given(d, &model, false)?,
         (None, Some(d)) => DataSource::parse(d)?,
         (None, None) => bail!("{} records no dataset: pass --dataset", a.model.display()),
     };

@@ -66,7 +66,7 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
         .clone()
         .or(info.dataset.clone())
         .with_context(|| format!("{} records no dataset: pass --dataset", a.model.display()))?;
-    let name = super::eval::given(&dname, &model)?;
+    let name = super::eval::given(&dname, &model, false)?;
     let space = SearchSpace::new(model.spec().clone(), a.space.config()?)?;
     let policy = Policy::load(&a.policy)?;
     space.validate_named(&policy, &a.policy.display().to_string())?;

@@ -41,6 +41,9 @@ pub struct InferArgs {
     /// Dataset (e.g. fashion-mnist); its images must have the model's input shape.
     #[arg(long)]
     dataset: String,
+    /// Image-folder datasets: leave undecodable images out (counted) instead of failing.
+    #[arg(long)]
+    skip_corrupt: bool,
     /// Split: test (final reports only) or val.
     #[arg(long, default_value = "test")]
     split: String,
@@ -330,7 +333,7 @@ pub fn run(a: InferArgs) -> Result<()> {
         DataSource::Folder { .. } => {
             let i = &meta.input;
             let hwc = format!("{}x{}x{}", i.height, i.width, i.channels);
-            super::nn_util::data_source(&a.dataset, Some(&hwc), false)?
+            super::nn_util::data_source(&a.dataset, Some(&hwc), a.skip_corrupt)?
         }
         b => b,
     };

@@ -13,7 +13,8 @@ use seer_policy::{
 #[derive(Args, Clone, Debug)]
 pub struct NetArgs {
     /// Built-in architecture (resnet20, resnet56, vgg-small, lenet5, resnet18, resnet50,
-    /// mobilenetv2) or the path of a network JSON file (`*.json`).
+    /// mobilenetv2), or the path of a network JSON file (`*.json`), an ONNX model (`*.onnx`)
+    /// or a checkpoint (`*.safetensors`).
     #[arg(long)]
     pub arch: String,
     /// Input shape HxWxC, e.g. 28x28x1 (built-ins only; default per architecture).
@@ -35,7 +36,26 @@ impl NetArgs {
                     self.arch
                 );
             }
-            return Ok(NetworkSpec::from_json_file(&self.arch)?);
+            let ext = Path::new(&self.arch)
+                .extension()
+                .and_then(|e| e.to_str())
+                .map(str::to_ascii_lowercase);
+            return match ext.as_deref() {
+                // The network of an ONNX model or a checkpoint, as the other commands read it.
+                Some("onnx") => Ok(seernet::onnx::import_file(Path::new(&self.arch))?.spec),
+                Some("safetensors") => {
+                    let dev = candle_core::Device::Cpu;
+                    let (model, _) = seer_nn::checkpoint::load(Path::new(&self.arch), None, &dev)?;
+                    if model.is_slim() {
+                        bail!(
+                            "{} holds a slimmed (compressed) network; give its baseline",
+                            self.arch
+                        );
+                    }
+                    Ok(model.spec().clone())
+                }
+                _ => Ok(NetworkSpec::from_json_file(&self.arch)?),
+            };
         }
         let input = match &self.input {
             Some(s) => Some(

@@ -453,7 +453,9 @@ impl Run<'_> {
             });
         }
         self.log.line(&format!(
-            "{}: {} (validation top-1 {:.2}% vs threshold {:.2}% = baseline {:.2}% − {})",
+            "{}: {} (validation top-1 {:.2}% vs threshold {:.2}% = reference {:.2}% − {}; the \
+             reference is the lower of the baseline's validation top-1, {:.2}%, and the label of \
+             the widest unpruned uniform policy)",
             t.budget.label,
             if info.reached_on_labels {
                 "cheapest labelled policy within the allowed drop"
@@ -462,8 +464,9 @@ impl Run<'_> {
             },
             r.top1,
             t.threshold,
+            t.threshold + t.max_drop,
+            t.max_drop,
             self.base.val_top1,
-            t.max_drop
         ));
         let top1 = r.top1;
         let mut c = self.save_choice(t.budget.clone(), found, from, Some(top1), Some(info))?;
