@@ -39,7 +39,8 @@ pub struct CompressArgs {
     /// class (ImageFolder layout; `train/`, `val/`, `test/` used when present; docs/datasets.md).
     #[arg(long, default_value = "fashion-mnist")]
     dataset: String,
-    /// Image-folder datasets: the `HxWxC` every image is resized to (default: the first image's).
+    /// Image-folder datasets: the `HxWxC` every image is resized to (default: the input shape
+    /// of the network given with --model/--baseline, else the first image's).
     #[arg(long, value_name = "HxWxC")]
     input: Option<String>,
     /// Image-folder datasets: leave undecodable images out (counted) instead of failing.
@@ -259,7 +260,18 @@ pub fn run_cmd(a: CompressArgs) -> Result<()> {
     let mut cfg = Config::preset(&arch, a.quick, a.out.clone());
     // One name per dataset: aliases (`fashion_mnist`, `fmnist`) become the canonical name,
     // which also names the committed baseline.
-    let dataset = super::nn_util::data_source(&a.dataset, a.input.as_deref(), a.skip_corrupt)?;
+    // An image folder is read at the given network's input shape unless --input says
+    // otherwise (not at its first image's size, which a network of another shape cannot take).
+    let input = match (&a.input, &a.baseline) {
+        (None, Some(p))
+            if seer_nn::data::DataSource::parse(&a.dataset)
+                .is_ok_and(|d| d.builtin().is_none()) =>
+        {
+            model_input(p)
+        }
+        _ => a.input.clone(),
+    };
+    let dataset = super::nn_util::data_source(&a.dataset, input.as_deref(), a.skip_corrupt)?;
     cfg.dataset = dataset.id();
     let onnx = a.baseline.as_ref().is_some_and(|p| {
         p.extension()
@@ -454,6 +466,21 @@ pub(crate) fn interrupted_message(out: &Path) -> String {
         None => "no labels yet".to_string(),
     };
     format!("interrupted: {kept}; run the same command to resume")
+}
+
+/// `HxWxC` of the network in `path` (an ONNX model or a checkpoint), or None when it cannot be
+/// read here (the run reports that error itself when it loads the file).
+fn model_input(path: &std::path::Path) -> Option<String> {
+    let is_onnx = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("onnx"));
+    let i = if is_onnx {
+        seernet::onnx::import_file(path).ok()?.spec.input
+    } else {
+        let (m, _) = seer_nn::checkpoint::load(path, None, &candle_core::Device::Cpu).ok()?;
+        m.spec().input
+    };
+    Some(format!("{}x{}x{}", i.h, i.w, i.c))
 }
 
 #[cfg(test)]
