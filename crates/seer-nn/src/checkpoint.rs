@@ -475,8 +475,8 @@ mod tests {
         safetensors::serialize(st.tensors(), Some(meta)).unwrap()
     }
 
-    #[test]
-    fn hostile_compression_state_is_an_error_not_a_panic() {
+    /// A network of one linear layer (4 → 3, with bias).
+    fn one_linear() -> Model {
         let mut b = SpecBuilder::new("t", InputShape::new(1, 1, 4), 3);
         b.push(
             "fc",
@@ -488,7 +488,12 @@ mod tests {
             &[],
         )
         .unwrap();
-        let model = Model::new(b.finish().unwrap(), 1, &Device::Cpu).unwrap();
+        Model::new(b.finish().unwrap(), 1, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn hostile_compression_state_is_an_error_not_a_panic() {
+        let model = one_linear();
         let bytes = to_bytes(&model, None, &serde_json::Value::Null).unwrap();
         assert!(load_bytes(&bytes, Path::new("m"), None, &Device::Cpu).is_ok());
         for (comp, want) in [
@@ -512,18 +517,7 @@ mod tests {
 
     #[test]
     fn one_model_always_gives_the_same_bytes() {
-        let mut b = SpecBuilder::new("t", InputShape::new(1, 1, 4), 3);
-        b.push(
-            "fc",
-            LayerKind::Linear {
-                in_features: 4,
-                out_features: 3,
-                bias: true,
-            },
-            &[],
-        )
-        .unwrap();
-        let model = Model::new(b.finish().unwrap(), 1, &Device::Cpu).unwrap();
+        let model = one_linear();
         let info = serde_json::json!({"z": 1, "a": [2, 3], "onnx_hash": "ab"});
         let first = to_bytes(&model, Some("fashion-mnist"), &info).unwrap();
         // Every call builds a new metadata map, hashed with a new random state.

@@ -582,6 +582,20 @@ fn convert_node(
         Ok(l)
     };
     let one = |v: Val| Ok(vec![v]);
+    // A global average pool of activation `x` (with whether it is non-negative).
+    let global_avg_pool = |cx: &mut Ctx, (x, nonneg): (Option<usize>, bool)| {
+        let name = layer_name(cx, at, None);
+        let l = push(
+            cx,
+            &name,
+            LayerKind::GlobalAvgPool,
+            &x.into_iter().collect::<Vec<_>>(),
+        )?;
+        one(Val::Act {
+            layer: Some(l),
+            nonneg,
+        })
+    };
     match op.as_str() {
         "Constant" => {
             at.only_attrs(&[
@@ -1024,25 +1038,14 @@ fn convert_node(
         }
         "GlobalAveragePool" => {
             at.only_attrs(&[])?;
-            let (x, nonneg) = act(0)?;
-            let name = layer_name(cx, at, None);
-            let l = push(
-                cx,
-                &name,
-                LayerKind::GlobalAvgPool,
-                &x.into_iter().collect::<Vec<_>>(),
-            )?;
-            one(Val::Act {
-                layer: Some(l),
-                nonneg,
-            })
+            global_avg_pool(cx, act(0)?)
         }
         "ReduceMean" => {
             // torch.onnx.export's dynamo exporter writes `AdaptiveAvgPool2d(1)` / `x.mean((2, 3))`
             // this way: a mean over both spatial axes is a global average pool (keepdims or not:
             // a [C, 1, 1] activation is already flat).
             at.only_attrs(&["axes", "keepdims", "noop_with_empty_axes"])?;
-            let (x, nonneg) = act(0)?;
+            let x = act(0)?;
             let axes = match at.ints("axes") {
                 Some(a) => a,
                 None => match get(1)? {
@@ -1064,17 +1067,7 @@ fn convert_node(
                      (a global average pool) are supported"
                 )));
             }
-            let name = layer_name(cx, at, None);
-            let l = push(
-                cx,
-                &name,
-                LayerKind::GlobalAvgPool,
-                &x.into_iter().collect::<Vec<_>>(),
-            )?;
-            one(Val::Act {
-                layer: Some(l),
-                nonneg,
-            })
+            global_avg_pool(cx, x)
         }
         "Softmax" | "LogSoftmax" => {
             // A classifier exported for deployment often ends in a softmax. It keeps each
