@@ -468,18 +468,10 @@ pub(crate) fn interrupted_message(out: &Path) -> String {
     format!("interrupted: {kept}; run the same command to resume")
 }
 
-/// `HxWxC` of the network in `path` (an ONNX model or a checkpoint), or None when it cannot be
-/// read here (the run reports that error itself when it loads the file).
-fn model_input(path: &std::path::Path) -> Option<String> {
-    let is_onnx = path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("onnx"));
-    let i = if is_onnx {
-        seernet::onnx::import_file(path).ok()?.spec.input
-    } else {
-        let (m, _) = seer_nn::checkpoint::load(path, None, &candle_core::Device::Cpu).ok()?;
-        m.spec().input
-    };
+/// `HxWxC` of the network in `path` ([`file_spec`](super::net::file_spec)), or None when it
+/// cannot be read here (the run reports that error itself when it loads the file).
+fn model_input(path: &Path) -> Option<String> {
+    let i = super::net::file_spec(path).ok()?.input;
     Some(format!("{}x{}x{}", i.h, i.w, i.c))
 }
 

@@ -36,26 +36,7 @@ impl NetArgs {
                     self.arch
                 );
             }
-            let ext = Path::new(&self.arch)
-                .extension()
-                .and_then(|e| e.to_str())
-                .map(str::to_ascii_lowercase);
-            return match ext.as_deref() {
-                // The network of an ONNX model or a checkpoint, as the other commands read it.
-                Some("onnx") => Ok(seernet::onnx::import_file(Path::new(&self.arch))?.spec),
-                Some("safetensors") => {
-                    let dev = candle_core::Device::Cpu;
-                    let (model, _) = seer_nn::checkpoint::load(Path::new(&self.arch), None, &dev)?;
-                    if model.is_slim() {
-                        bail!(
-                            "{} holds a slimmed (compressed) network; give its baseline",
-                            self.arch
-                        );
-                    }
-                    Ok(model.spec().clone())
-                }
-                _ => Ok(NetworkSpec::from_json_file(&self.arch)?),
-            };
+            return file_spec(Path::new(&self.arch));
         }
         let input = match &self.input {
             Some(s) => Some(
@@ -75,6 +56,30 @@ impl NetArgs {
             ),
             e => e.into(),
         })
+    }
+}
+
+/// The network in the file at `path`: an ONNX model (`*.onnx`, imported as `seernet import`
+/// does), a checkpoint (`*.safetensors`; not a slimmed one, whose widths are a policy's), or a
+/// network JSON file. Errors name the file.
+pub fn file_spec(path: &Path) -> Result<NetworkSpec> {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    match ext.as_deref() {
+        Some("onnx") => Ok(seernet::onnx::import_file(path)?.spec),
+        Some("safetensors") => {
+            let (model, _) = seer_nn::checkpoint::load(path, None, &candle_core::Device::Cpu)?;
+            if model.is_slim() {
+                bail!(
+                    "{} holds a slimmed (compressed) network; give its baseline",
+                    path.display()
+                );
+            }
+            Ok(model.spec().clone())
+        }
+        _ => Ok(NetworkSpec::from_json_file(path)?),
     }
 }
 
