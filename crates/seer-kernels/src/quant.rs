@@ -21,19 +21,22 @@ fn check_bits(op: &'static str, bits: u32) -> Result<()> {
 
 /// `x.round()` (to the nearest integer, halves away from zero), bit for bit, without the
 /// `roundf` library call that `f32::round` compiles to on x86-64 without SSE4.1 (one call
-/// per quantized value was a measurable share of a QAT step and of calibration). For
-/// `|x| < 2^23`, `t = trunc(x)` by conversion and `x − t` is exact; larger values and NaN
-/// are returned as they are (already integers); the sign of a zero result follows `x`.
-/// Written with selects only (no branches), so loops over slices vectorise.
+/// per quantized value was a measurable share of a QAT step and of calibration), and without
+/// an `as i32` cast, whose saturation checks kept loops scalar. For `|x| < 2^23`,
+/// `(|x| + 2^23) − 2^23` is `|x|` rounded to an integer (ties to even), one less when that
+/// is above `|x|` gives `⌊|x|⌋`, and `|x| − ⌊|x|⌋` is exact; larger values and NaN are
+/// returned as they are (already integers); the sign of a zero result follows `x`. Written
+/// with selects only (no branches, no casts), so loops over slices vectorise.
 #[inline]
 pub fn round_half_away(x: f32) -> f32 {
+    const TWO_23: f32 = 8_388_608.0;
+    let ax = x.abs();
     // Also true for NaN.
-    let keep = x.is_nan() || x.abs() >= 8_388_608.0;
-    let t = (x as i32) as f32;
-    let d = x - t;
-    let up = if d >= 0.5 { 1.0 } else { 0.0 };
-    let down = if d <= -0.5 { 1.0 } else { 0.0 };
-    let r = ((t + up) - down).copysign(x);
+    let keep = x.is_nan() | (ax >= TWO_23);
+    let near = (ax + TWO_23) - TWO_23;
+    let floor = if near > ax { near - 1.0 } else { near };
+    let up = if ax - floor >= 0.5 { 1.0 } else { 0.0 };
+    let r = (floor + up).copysign(x);
     if keep { x } else { r }
 }
 
@@ -194,30 +197,7 @@ impl FakeQuantActOp {
         let av = F32View::of(alpha, AOP)?;
         let gv = F32View::of(&grad, AOP)?;
         let a = read_alpha(av.slice(), AOP).map_err(Error::into_candle)?;
-        let n = act_levels(self.bits);
-        let s = a / n;
-        let (xs, gs) = (xv.slice(), gv.slice());
-        let mut dx = vec![0f32; xs.len()];
-        // dα partial sums over fixed blocks (thread-count independent), summed in f64.
-        let dalpha: f64 = dx
-            .par_chunks_mut(BLOCK)
-            .zip(xs.par_chunks(BLOCK).zip(gs.par_chunks(BLOCK)))
-            .map(|(d, (x, g))| {
-                let mut acc = 0f64;
-                for ((d, &x), &g) in d.iter_mut().zip(x).zip(g) {
-                    if x > a {
-                        acc += g as f64;
-                    } else if x >= 0.0 {
-                        *d = g;
-                        let t = x / s;
-                        acc += (g * ((round_half_away(t) - t) / n)) as f64;
-                    }
-                }
-                acc
-            })
-            .collect::<Vec<f64>>()
-            .iter()
-            .sum();
+        let (dx, dalpha) = act_backward(xv.slice(), gv.slice(), a, act_levels(self.bits));
         let dx = to_tensor(dx, x.dims())?;
         let da = Tensor::full(dalpha as f32, alpha.dims(), alpha.device())?;
         Ok([Some(dx), Some(da)])
@@ -225,6 +205,65 @@ impl FakeQuantActOp {
 }
 
 custom_op!(CustomOp2 for FakeQuantActOp, |_| "seer-fake-quant-act", AOP);
+
+/// The backward of [`fake_quant_act`] on slices: `(dx, dα)` for input `x`, upstream gradient
+/// `g` (same length), clip range `a` and `n = 2^b − 1` levels.
+///
+/// `dα` is summed per fixed block of [`BLOCK`] elements in element order, in f64, and the
+/// block sums are added in block order, so the result does not depend on the thread count.
+/// Its terms are computed element-wise in f32 (vectorised, [`crate::simd::map2_into`]);
+/// outside the clip range below zero the term is `+0.0`, which leaves an f64 sum that never
+/// holds `−0.0` unchanged, so the bits equal those of a loop that skips those elements
+/// (tested against one). Four blocks are summed in one interleaved loop: four independent
+/// add chains instead of one, with each block's own order unchanged.
+fn act_backward(xs: &[f32], gs: &[f32], a: f32, n: f32) -> (Vec<f32>, f64) {
+    const GROUP: usize = 4;
+    let s = a / n;
+    let mut dx = vec![0f32; xs.len()];
+    let sums: Vec<f64> = dx
+        .par_chunks_mut(GROUP * BLOCK)
+        .zip(
+            xs.par_chunks(GROUP * BLOCK)
+                .zip(gs.par_chunks(GROUP * BLOCK)),
+        )
+        .flat_map_iter(|(d, (x, g))| {
+            crate::simd::map2_into(
+                x,
+                g,
+                d,
+                move |x, g| if x >= 0.0 && x <= a { g } else { 0.0 },
+            );
+            let mut terms = vec![0f32; x.len()];
+            // Every branch computed, then selected: the loop vectorises (with `if`/`else if`
+            // it stayed scalar).
+            crate::simd::map2_into(x, g, &mut terms, move |x, g| {
+                let t = x / s;
+                let inside = g * ((round_half_away(t) - t) / n);
+                let v = if x > a { g } else { inside };
+                if x >= 0.0 { v } else { 0.0 }
+            });
+            block_sums::<GROUP>(&terms)
+        })
+        .collect();
+    (dx, sums.iter().sum())
+}
+
+/// Per block of [`BLOCK`] elements of `t` (at most `G` blocks), the f64 sum of its elements
+/// in order. When there are `G` full blocks their chains run interleaved.
+fn block_sums<const G: usize>(t: &[f32]) -> Vec<f64> {
+    if t.len() == G * BLOCK {
+        let mut acc = [0f64; G];
+        for i in 0..BLOCK {
+            for (j, a) in acc.iter_mut().enumerate() {
+                *a += t[j * BLOCK + i] as f64;
+            }
+        }
+        return acc.to_vec();
+    }
+    t.chunks(BLOCK)
+        .map(|b| b.iter().fold(0f64, |acc, &v| acc + v as f64))
+        .collect()
+}
 
 /// Fake-quantizes activations, unsigned, to `bits` bits over the clip range `[0, α]`
 /// (docs/method.md §3): `y = s · round(clamp(x, 0, α) / s)`, `s = α / (2^b − 1)`,
@@ -368,6 +407,82 @@ mod tests {
             let (da, dr) = (vec(go.get(a.as_tensor()).unwrap())[0], vec(gr.get(a.as_tensor()).unwrap())[0]);
             let scale = vec(&r).iter().map(|v| v.abs()).sum::<f32>().max(1e-3);
             prop_assert!((da - dr).abs() <= 1e-5 * scale, "dalpha {} vs {}", da, dr);
+        }
+    }
+
+    /// The element-by-element loop that [`act_backward`] replaced (one block at a time,
+    /// skipping the elements below zero).
+    fn act_backward_loop(xs: &[f32], gs: &[f32], a: f32, n: f32) -> (Vec<f32>, f64) {
+        let s = a / n;
+        let mut dx = vec![0f32; xs.len()];
+        let mut sums = Vec::new();
+        for (d, (x, g)) in dx
+            .chunks_mut(BLOCK)
+            .zip(xs.chunks(BLOCK).zip(gs.chunks(BLOCK)))
+        {
+            let mut acc = 0f64;
+            for ((d, &x), &g) in d.iter_mut().zip(x).zip(g) {
+                if x > a {
+                    acc += g as f64;
+                } else if x >= 0.0 {
+                    *d = g;
+                    let t = x / s;
+                    acc += (g * ((round_half_away(t) - t) / n)) as f64;
+                }
+            }
+            sums.push(acc);
+        }
+        (dx, sums.iter().sum())
+    }
+
+    /// The vectorised, interleaved backward gives the loop's bits, for one block, a group of
+    /// four, groups with a tail, negative and signed-zero gradients, on every SIMD level.
+    #[test]
+    fn act_backward_has_the_loops_bits() {
+        use crate::simd::{Level, detected, with_level};
+        let levels = [Level::Portable, Level::Avx2, Level::Avx512];
+        // One worker thread, so that the capped level holds inside rayon's loops too.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        for len in [1, 1000, BLOCK, 4 * BLOCK, 4 * BLOCK + 17, 9 * BLOCK + 5] {
+            let a = 1.3f32;
+            let mut x: Vec<f32> = values(len as u64, len)
+                .into_iter()
+                .map(|v| v * 2.0 * a)
+                .collect();
+            let mut g = values(len as u64 + 1, len);
+            for i in (0..len).step_by(7) {
+                x[i] = 0.0;
+                g[(i * 3) % len] = -0.0;
+            }
+            x[len / 2] = a;
+            for bits in [2, 4, 8] {
+                let n = act_levels(bits);
+                let want = act_backward_loop(&x, &g, a, n);
+                for &l in levels.iter().filter(|&&l| l <= detected()) {
+                    let got = pool.install(|| with_level(l, || act_backward(&x, &g, a, n)));
+                    assert_eq!(
+                        got.1.to_bits(),
+                        want.1.to_bits(),
+                        "dα, len {len}, {bits} bits, {l:?}"
+                    );
+                    let same = got
+                        .0
+                        .iter()
+                        .zip(&want.0)
+                        .all(|(p, q)| p.to_bits() == q.to_bits());
+                    assert!(same, "dx, len {len}, {bits} bits, {l:?}");
+                }
+                // And on the default pool (several threads at the detected level).
+                let got = act_backward(&x, &g, a, n);
+                assert_eq!(
+                    got.1.to_bits(),
+                    want.1.to_bits(),
+                    "dα, len {len}, {bits} bits"
+                );
+            }
         }
     }
 

@@ -50,7 +50,7 @@ pub(crate) enum Level {
 }
 
 /// The best level this CPU supports (and the environment allows), detected once.
-fn detected() -> Level {
+pub(crate) fn detected() -> Level {
     use std::sync::OnceLock;
     static LEVEL: OnceLock<Level> = OnceLock::new();
     *LEVEL.get_or_init(|| {
