@@ -15,8 +15,11 @@ use candle_core::{Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::matmul::Mat;
-use crate::simd::{Level, gemm_bcast, gemm_bcast_tab, gemm_dot, gemm_dot_tab, level};
-use crate::view::{Backward, F32View, Forward, custom_op, prepare, to_tensor};
+use crate::quant::{AOP, ActQ, ErrSlot, act_backward, check_bits, fail, read_alpha, take};
+use crate::simd::{Level, gemm_bcast, gemm_bcast_tab, gemm_dot, gemm_dot_tab, level, map_into};
+use crate::view::{
+    Backward, F32View, Forward, check_finite, custom_op, par_map, prepare, to_tensor,
+};
 use crate::{Error, Result};
 
 const OP: &str = "conv2d";
@@ -395,15 +398,20 @@ impl Direct {
         (self.hp - 2 * self.p) * self.wp
     }
     /// Copies `src` `[c, H, W]` into the interiors of the planes `H + 2p × W + 2p` that
-    /// start every `cstride` floats in `dst`; the padding is left as it is (zero).
-    fn pad_into(&self, src: &[f32], c: usize, dst: &mut [f32], cstride: usize) {
+    /// start every `cstride` floats in `dst`, fake-quantized by `q` when given (a zero stays
+    /// zero, so the padding is that of the quantized image); the padding is left as it is
+    /// (zero).
+    fn pad_into(&self, src: &[f32], c: usize, dst: &mut [f32], cstride: usize, q: Option<ActQ>) {
         let (p, wp) = (self.p, self.wp);
         let (h, w) = (self.hp - 2 * p, wp - 2 * p);
         for (ch, s) in src.chunks_exact(h * w).take(c).enumerate() {
             let d = &mut dst[ch * cstride..ch * cstride + self.hp * wp];
             for (y, row) in s.chunks_exact(w).enumerate() {
                 let o = (y + p) * wp + p;
-                d[o..o + w].copy_from_slice(row);
+                match q {
+                    Some(q) => map_into(row, &mut d[o..o + w], move |v| q.apply(v)),
+                    None => d[o..o + w].copy_from_slice(row),
+                }
             }
         }
     }
@@ -422,7 +430,9 @@ impl Direct {
             }
         }
     }
-    /// Forward of one image (see [`Direct`]); `xp` keeps zero padding between calls.
+    /// Forward of one image (see [`Direct`]) on its input fake-quantized by `q` when given;
+    /// `xp` keeps zero padding between calls.
+    #[allow(clippy::too_many_arguments)]
     fn forward_image(
         &self,
         xi: &[f32],
@@ -431,8 +441,9 @@ impl Direct {
         xp: &mut [f32],
         grid: &mut [f32],
         o: &mut [f32],
+        q: Option<ActQ>,
     ) {
-        self.pad_into(xi, g.cin, xp, self.hp * self.wp);
+        self.pad_into(xi, g.cin, xp, self.hp * self.wp, q);
         let n = self.grid_cols();
         gemm_bcast_tab(
             g.cout,
@@ -498,14 +509,26 @@ fn forward_image(xi: &[f32], wt: &[f32], g: &Geom, col: &mut [f32], o: &mut [f32
 
 /// Forward: `x` `[N, C_in, H, W]`, `wt` `[C_out, C_in/g, K_h, K_w]` → `[N, C_out, H_out, W_out]`.
 pub(crate) fn conv_forward(x: &[f32], wt: &[f32], g: &Geom) -> Vec<f32> {
-    conv_forward_with(x, wt, g, Direct::new(g).as_ref())
+    conv_forward_with(x, wt, g, Direct::new(g).as_ref(), None)
 }
 
-/// [`conv_forward`] on the direct path when `direct` is given, else on im2col.
-fn conv_forward_with(x: &[f32], wt: &[f32], g: &Geom, direct: Option<&Direct>) -> Vec<f32> {
+/// [`conv_forward`] on the direct path when `direct` is given, else on im2col, of `x`
+/// fake-quantized by `q` when given (on the direct path while padding each image; else
+/// quantized whole first).
+fn conv_forward_with(
+    x: &[f32],
+    wt: &[f32],
+    g: &Geom,
+    direct: Option<&Direct>,
+    q: Option<ActQ>,
+) -> Vec<f32> {
     let mut out = vec![0f32; g.n * g.out_img()];
     if out.is_empty() {
         return out;
+    }
+    if let (Some(q), None) = (q, direct) {
+        let xq = par_map(x, move |v| q.apply(v));
+        return conv_forward_with(&xq, wt, g, None, None);
     }
     if let Some(d) = direct {
         let init = || {
@@ -515,7 +538,15 @@ fn conv_forward_with(x: &[f32], wt: &[f32], g: &Geom, direct: Option<&Direct>) -
             )
         };
         let task = |(xp, grid): &mut (Vec<f32>, Vec<f32>), (i, o): (usize, &mut [f32])| {
-            d.forward_image(&x[i * g.in_img()..(i + 1) * g.in_img()], wt, g, xp, grid, o)
+            d.forward_image(
+                &x[i * g.in_img()..(i + 1) * g.in_img()],
+                wt,
+                g,
+                xp,
+                grid,
+                o,
+                q,
+            )
         };
         out.par_chunks_mut(g.out_img())
             .enumerate()
@@ -601,10 +632,13 @@ pub(crate) fn conv_backward(
     need_dx: bool,
     need_dw: bool,
 ) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
-    conv_backward_with(x, wt, dy, g, need_dx, need_dw, false)
+    conv_backward_with(x, wt, dy, g, need_dx, need_dw, false, None)
 }
 
-/// [`conv_backward`]; `force_general` keeps the im2col path even where [`Direct`] applies.
+/// [`conv_backward`]; `force_general` keeps the im2col path even where [`Direct`] applies;
+/// with `q`, the convolution's input is `x` fake-quantized by `q` (the weight gradient reads
+/// it quantized; the input gradient is that of the quantized input).
+#[allow(clippy::too_many_arguments)]
 fn conv_backward_with(
     x: &[f32],
     wt: &[f32],
@@ -613,6 +647,7 @@ fn conv_backward_with(
     need_dx: bool,
     need_dw: bool,
     force_general: bool,
+    q: Option<ActQ>,
 ) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
     let wlen = g.cout * g.kdim;
     let nchunks = g.n.div_ceil(DW_CHUNK);
@@ -630,6 +665,10 @@ fn conv_backward_with(
         return (need_dx.then_some(dx), need_dw.then(|| vec![0f32; wlen]));
     }
     let direct = if force_general { None } else { Direct::new(g) };
+    if let (Some(q), None, true) = (q, &direct, need_dw) {
+        let xq = par_map(x, move |v| q.apply(v));
+        return conv_backward_with(&xq, wt, dy, g, need_dx, need_dw, true, None);
+    }
     let wflip = match (&direct, need_dx) {
         (Some(_), true) => flip_weights(wt, g),
         _ => Vec::new(),
@@ -675,7 +714,7 @@ fn conv_backward_with(
             let nimg = (first + DW_CHUNK).min(g.n) - first;
             for i in 0..nimg {
                 let src = &dy[(first + i) * g.out_img()..(first + i + 1) * g.out_img()];
-                d.pad_into(src, g.cout, &mut dyq[i * plane..], cs);
+                d.pad_into(src, g.cout, &mut dyq[i * plane..], cs, None);
             }
             if let Some(dxc) = dxc.as_deref_mut() {
                 let k = g.cout * d.k * d.k;
@@ -689,7 +728,7 @@ fn conv_backward_with(
             if let Some(dwc) = dwc.as_deref_mut() {
                 for i in 0..nimg {
                     let src = &x[(first + i) * g.in_img()..(first + i + 1) * g.in_img()];
-                    d.pad_into(src, g.cin, &mut xq[i * plane..], cs);
+                    d.pad_into(src, g.cin, &mut xq[i * plane..], cs, q);
                 }
                 for i0 in (0..nimg).step_by(per_dot) {
                     let i1 = (i0 + per_dot).min(nimg);
@@ -837,7 +876,7 @@ pub fn conv2d_image(
             col.clear();
             col.resize(xl + g.cout * d.grid_cols(), 0.0);
             let (xp, grid) = col.split_at_mut(xl);
-            d.forward_image(x, w, &g, xp, grid, out);
+            d.forward_image(x, w, &g, xp, grid, out, None);
         } else {
             if col.len() < g.tile_len() {
                 col.resize(g.tile_len(), 0.0);
@@ -846,6 +885,98 @@ pub fn conv2d_image(
         }
     }
     Ok([g.cout, g.oh, g.ow])
+}
+
+struct Conv2dFqOp {
+    params: Conv2dParams,
+    bits: u32,
+    err: ErrSlot,
+}
+
+impl Conv2dFqOp {
+    fn forward(&self, [x, w, a]: [&[f32]; 3], [lx, lw, _]: [&Layout; 3]) -> Forward {
+        let alpha = read_alpha(a, AOP).map_err(|e| fail(&self.err, e))?;
+        check_finite(x, AOP, "x").map_err(|e| fail(&self.err, e))?;
+        let g = Geom::new(lx.dims(), lw.dims(), &self.params).map_err(Error::into_candle)?;
+        let q = ActQ::new(alpha, self.bits);
+        let out = conv_forward_with(x, w, &g, Direct::new(&g).as_ref(), Some(q));
+        Ok((out, Shape::from((g.n, g.cout, g.oh, g.ow))))
+    }
+
+    fn backward(&self, [x, w, a]: [&Tensor; 3], _res: &Tensor, grad: &Tensor) -> Backward<3> {
+        let g = Geom::new(x.dims(), w.dims(), &self.params).map_err(Error::into_candle)?;
+        let grad = grad.contiguous()?;
+        let need_x = x.track_op() || a.track_op();
+        let xv = F32View::of(x, OP)?;
+        let wv = F32View::of(w, OP)?;
+        let av = F32View::of(a, AOP)?;
+        let gv = F32View::of(&grad, OP)?;
+        let alpha = read_alpha(av.slice(), AOP).map_err(Error::into_candle)?;
+        let q = ActQ::new(alpha, self.bits);
+        let (dxq, dw) = conv_backward_with(
+            xv.slice(),
+            wv.slice(),
+            gv.slice(),
+            &g,
+            need_x,
+            w.track_op(),
+            false,
+            Some(q),
+        );
+        let (dx, da) = match dxq {
+            Some(dxq) => {
+                let (dx, da) = act_backward(xv.slice(), &dxq, q.a, q.n);
+                let da = Tensor::full(da as f32, a.dims(), a.device())?;
+                (Some(to_tensor(dx, x.dims())?), Some(da))
+            }
+            None => (None, None),
+        };
+        let dw = dw.map(|v| to_tensor(v, w.dims())).transpose()?;
+        Ok([dx, dw, da])
+    }
+}
+
+custom_op!(CustomOp3 for Conv2dFqOp, |_| "seer-conv2d-fq-input", OP);
+
+/// `conv2d(fake_quant_act(x, alpha, bits), w, params)` as one op (docs/method.md §3): the
+/// same values and the same gradients for `x`, `w` and `alpha`, without the quantized input
+/// as a tensor of its own. On the direct path each image is quantized while it is padded
+/// (forward, and again for the weight gradient); elsewhere the input is quantized whole
+/// first. A QAT step saves one activation-sized tensor and one gradient accumulation per
+/// convolution (candle adds every gradient into zeros).
+///
+/// Gradients equal those of the two ops, except that a zero input gradient may keep a sign
+/// that candle's accumulation turns to `+0` (no value differs).
+///
+/// Shapes as [`conv2d`] and [`crate::fake_quant_act`]: `x` `[N, C_in, H, W]`, `w` `[C_out,
+/// C_in/groups, K_h, K_w]`, `alpha` one element. Errors: those of both ops
+/// ([`Error::InvalidBits`], [`Error::NonFinite`] for NaN/Inf in `x`, [`Error::InvalidParam`]
+/// for α ≤ 0, [`Error::Shape`]).
+pub fn conv2d_fq_input(
+    x: &Tensor,
+    w: &Tensor,
+    alpha: &Tensor,
+    bits: u32,
+    params: &Conv2dParams,
+) -> Result<Tensor> {
+    check_bits(AOP, bits)?;
+    if alpha.elem_count() != 1 {
+        return Err(Error::Shape {
+            op: AOP,
+            msg: format!("alpha must hold one element, got shape {:?}", alpha.dims()),
+        });
+    }
+    Geom::new(x.dims(), w.dims(), params)?;
+    let x = prepare(x, OP)?;
+    let w = prepare(w, OP)?;
+    let alpha = prepare(alpha, AOP)?;
+    let err = ErrSlot::default();
+    let op = Conv2dFqOp {
+        params: *params,
+        bits,
+        err: err.clone(),
+    };
+    x.apply_op3(&w, &alpha, op).map_err(|e| take(&err, e))
 }
 
 /// Output spatial size `(H_out, W_out)` of [`conv2d`] for input `[.., H, W]` and kernel
@@ -881,17 +1012,25 @@ pub fn __profile(
         general = vec![
             (
                 "fwd (im2col)",
-                timer(&mut || drop(conv_forward_with(&xs, &ws, &g, None))),
+                timer(&mut || drop(conv_forward_with(&xs, &ws, &g, None, None))),
                 gf,
             ),
             (
                 "dx (im2col)",
-                timer(&mut || drop(conv_backward_with(&xs, &ws, &dy, &g, true, false, true))),
+                timer(&mut || {
+                    drop(conv_backward_with(
+                        &xs, &ws, &dy, &g, true, false, true, None,
+                    ))
+                }),
                 gf,
             ),
             (
                 "dw (im2col)",
-                timer(&mut || drop(conv_backward_with(&xs, &ws, &dy, &g, false, true, true))),
+                timer(&mut || {
+                    drop(conv_backward_with(
+                        &xs, &ws, &dy, &g, false, true, true, None,
+                    ))
+                }),
                 gf,
             ),
         ];
@@ -924,6 +1063,7 @@ mod tests {
     use super::*;
     use crate::reference;
     use crate::testutil::{rel_err, tensor, var, vec};
+    use candle_core::Var;
     use proptest::prelude::*;
 
     /// Forward and both gradients (of `Σ y·r` for a random `r`) of ours vs a direct f64
@@ -1041,8 +1181,8 @@ mod tests {
             let x = tensor(seed, &xs);
             let wt = tensor(seed + 1, &ws);
             let (xv, wv) = (vec(&x), vec(&wt));
-            let fast = conv_forward_with(&xv, &wv, &g, Some(&d));
-            let slow = conv_forward_with(&xv, &wv, &g, None);
+            let fast = conv_forward_with(&xv, &wv, &g, Some(&d), None);
+            let slow = conv_forward_with(&xv, &wv, &g, None, None);
             let differ = fast.iter().zip(&slow).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
             prop_assert_eq!(differ, 0);
             let r = tensor(seed + 2, &[n, cout, h, w]);
@@ -1051,8 +1191,8 @@ mod tests {
                 prop_assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
             }
             let rv = vec(&r);
-            let (dx, dw) = conv_backward_with(&xv, &wv, &rv, &g, true, true, false);
-            let (gx, gw) = conv_backward_with(&xv, &wv, &rv, &g, true, true, true);
+            let (dx, dw) = conv_backward_with(&xv, &wv, &rv, &g, true, true, false, None);
+            let (gx, gw) = conv_backward_with(&xv, &wv, &rv, &g, true, true, true, None);
             let (dx, dw, gx, gw) = (dx.unwrap(), dw.unwrap(), gx.unwrap(), gw.unwrap());
             for (ours, general, want) in [(&dx, &gx, vec(&rdx)), (&dw, &gw, vec(&rdw))] {
                 prop_assert_eq!(ours.len(), want.len());
@@ -1062,13 +1202,94 @@ mod tests {
                 }
             }
             // Only one of the two gradients: the same bits as both together.
-            let (dx1, _) = conv_backward_with(&xv, &wv, &rv, &g, true, false, false);
-            let (_, dw1) = conv_backward_with(&xv, &wv, &rv, &g, false, true, false);
+            let (dx1, _) = conv_backward_with(&xv, &wv, &rv, &g, true, false, false, None);
+            let (_, dw1) = conv_backward_with(&xv, &wv, &rv, &g, false, true, false, None);
             prop_assert!(dx1.unwrap() == dx && dw1.unwrap() == dw);
         }
     }
 
     /// The direct path's gradients do not depend on the number of threads.
+    /// The fused quantize-then-convolve op against `fake_quant_act` + `conv2d`: the same
+    /// output bits, the same weight- and α-gradient bits, the same input-gradient values, on
+    /// the direct path (3×3 and 5×5 "same"), im2col (stride 2, 1×1, groups) and an empty
+    /// batch.
+    #[test]
+    fn fused_input_quantization_matches_the_two_ops() {
+        let cases: [([usize; 4], [usize; 4], Conv2dParams); 6] = [
+            ([3, 4, 9, 7], [5, 4, 3, 3], Conv2dParams::new(1, 1)),
+            ([2, 3, 8, 8], [4, 3, 5, 5], Conv2dParams::new(1, 2)),
+            ([3, 4, 9, 7], [6, 4, 3, 3], Conv2dParams::new(2, 1)),
+            ([2, 5, 6, 6], [3, 5, 1, 1], Conv2dParams::new(1, 0)),
+            (
+                [2, 4, 7, 7],
+                [4, 2, 3, 3],
+                Conv2dParams::new(1, 1).with_groups(2),
+            ),
+            ([0, 4, 5, 5], [4, 4, 3, 3], Conv2dParams::new(1, 1)),
+        ];
+        for (ci, (xs, ws, p)) in cases.into_iter().enumerate() {
+            for bits in [2, 4, 8] {
+                let seed = 40 + ci as u64;
+                // Inputs below zero, at zero, inside and above the clip range 0.9.
+                let xt = (tensor(seed, &xs) * 1.5).unwrap();
+                let x = Var::from_tensor(&xt).unwrap();
+                let w = var(seed + 1, &ws);
+                let a = Var::new(&[0.9f32], &candle_core::Device::Cpu).unwrap();
+                let fused =
+                    conv2d_fq_input(x.as_tensor(), w.as_tensor(), a.as_tensor(), bits, &p).unwrap();
+                let xq = crate::fake_quant_act(x.as_tensor(), a.as_tensor(), bits).unwrap();
+                let two = conv2d(&xq, w.as_tensor(), &p).unwrap();
+                let bits_of = |t: &Tensor| vec(t).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits_of(&fused),
+                    bits_of(&two),
+                    "forward, case {ci}, {bits} bits"
+                );
+                if xs[0] == 0 {
+                    continue;
+                }
+                let r = tensor(seed + 2, fused.dims());
+                let gf = (&fused * &r)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                let gt = (&two * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                let get = |g: &candle_core::backprop::GradStore, v: &Var| {
+                    vec(g.get(v.as_tensor()).unwrap())
+                };
+                assert_eq!(get(&gf, &x), get(&gt, &x), "dx, case {ci}, {bits} bits");
+                let wb = |g: &candle_core::backprop::GradStore, v: &Var| {
+                    get(g, v).iter().map(|f| f.to_bits()).collect::<Vec<_>>()
+                };
+                assert_eq!(wb(&gf, &w), wb(&gt, &w), "dw, case {ci}, {bits} bits");
+                assert_eq!(wb(&gf, &a), wb(&gt, &a), "dalpha, case {ci}, {bits} bits");
+            }
+        }
+        let x = tensor(1, &[1, 2, 4, 4]);
+        let w = tensor(2, &[2, 2, 3, 3]);
+        let one = |v: f32| Tensor::new(&[v], &candle_core::Device::Cpu).unwrap();
+        let p = Conv2dParams::new(1, 1);
+        assert!(matches!(
+            conv2d_fq_input(&x, &w, &one(0.5), 9, &p),
+            Err(Error::InvalidBits { .. })
+        ));
+        assert!(matches!(
+            conv2d_fq_input(&x, &w, &one(0.0), 4, &p),
+            Err(Error::InvalidParam { .. })
+        ));
+        let nan = x.broadcast_mul(&one(f32::NAN)).unwrap();
+        assert!(matches!(
+            conv2d_fq_input(&nan, &w, &one(0.5), 4, &p),
+            Err(Error::NonFinite { .. })
+        ));
+        assert!(matches!(
+            conv2d_fq_input(&x, &tensor(3, &[2, 3, 3, 3]), &one(0.5), 4, &p),
+            Err(Error::Shape { .. })
+        ));
+    }
+
     #[test]
     fn direct_gradients_do_not_depend_on_threads() {
         let (xs, ws) = ([19, 8, 7, 9], [6, 8, 3, 3]);

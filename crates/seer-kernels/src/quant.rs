@@ -11,7 +11,7 @@ use crate::view::{
 };
 use crate::{Error, Result};
 
-fn check_bits(op: &'static str, bits: u32) -> Result<()> {
+pub(crate) fn check_bits(op: &'static str, bits: u32) -> Result<()> {
     if (2..=8).contains(&bits) {
         Ok(())
     } else {
@@ -50,11 +50,32 @@ pub fn act_levels(bits: u32) -> f32 {
     ((1u32 << bits) - 1) as f32
 }
 
+/// The activation quantizer of [`fake_quant_act`] as a value: clip range `a` (> 0), `n =
+/// 2^b − 1` levels, step `s = a / n`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ActQ {
+    pub(crate) a: f32,
+    pub(crate) n: f32,
+    pub(crate) s: f32,
+}
+
+impl ActQ {
+    pub(crate) fn new(a: f32, bits: u32) -> Self {
+        let n = act_levels(bits);
+        Self { a, n, s: a / n }
+    }
+    /// `s · round(clamp(v, 0, a) / s)`: [`fake_quant_act`]'s forward of one value.
+    #[inline(always)]
+    pub(crate) fn apply(self, v: f32) -> f32 {
+        round_half_away(v.clamp(0.0, self.a) / self.s) * self.s
+    }
+}
+
 /// A typed error raised inside a custom op's forward, handed back to the public wrapper
 /// (candle's custom-op interface only carries its own error type).
-type ErrSlot = Arc<Mutex<Option<Error>>>;
+pub(crate) type ErrSlot = Arc<Mutex<Option<Error>>>;
 
-fn fail(slot: &ErrSlot, e: Error) -> candle_core::Error {
+pub(crate) fn fail(slot: &ErrSlot, e: Error) -> candle_core::Error {
     let c = candle_core::Error::Msg(e.to_string());
     if let Ok(mut s) = slot.lock() {
         *s = Some(e);
@@ -62,7 +83,7 @@ fn fail(slot: &ErrSlot, e: Error) -> candle_core::Error {
     c
 }
 
-fn take(slot: &ErrSlot, e: candle_core::Error) -> Error {
+pub(crate) fn take(slot: &ErrSlot, e: candle_core::Error) -> Error {
     slot.lock()
         .ok()
         .and_then(|mut s| s.take())
@@ -161,14 +182,14 @@ pub fn weight_scales(w: &Tensor, bits: u32) -> Result<Tensor> {
     Ok(to_tensor(s, &[c])?)
 }
 
-const AOP: &str = "fake_quant_act";
+pub(crate) const AOP: &str = "fake_quant_act";
 
 struct FakeQuantActOp {
     bits: u32,
     err: ErrSlot,
 }
 
-fn read_alpha(a: &[f32], op: &'static str) -> Result<f32> {
+pub(crate) fn read_alpha(a: &[f32], op: &'static str) -> Result<f32> {
     match a {
         [alpha] if alpha.is_finite() && *alpha > 0.0 => Ok(*alpha),
         [alpha] => Err(Error::InvalidParam {
@@ -186,8 +207,8 @@ impl FakeQuantActOp {
     fn forward(&self, [x, a]: [&[f32]; 2], [l, _]: [&Layout; 2]) -> Forward {
         let alpha = read_alpha(a, AOP).map_err(|e| fail(&self.err, e))?;
         check_finite(x, AOP, "x").map_err(|e| fail(&self.err, e))?;
-        let s = alpha / act_levels(self.bits);
-        let out = par_map(x, |v| round_half_away(v.clamp(0.0, alpha) / s) * s);
+        let q = ActQ::new(alpha, self.bits);
+        let out = par_map(x, move |v| q.apply(v));
         Ok((out, l.shape().clone()))
     }
 
@@ -216,7 +237,7 @@ custom_op!(CustomOp2 for FakeQuantActOp, |_| "seer-fake-quant-act", AOP);
 /// holds `−0.0` unchanged, so the bits equal those of a loop that skips those elements
 /// (tested against one). Four blocks are summed in one interleaved loop: four independent
 /// add chains instead of one, with each block's own order unchanged.
-fn act_backward(xs: &[f32], gs: &[f32], a: f32, n: f32) -> (Vec<f32>, f64) {
+pub(crate) fn act_backward(xs: &[f32], gs: &[f32], a: f32, n: f32) -> (Vec<f32>, f64) {
     const GROUP: usize = 4;
     let s = a / n;
     let mut dx = vec![0f32; xs.len()];

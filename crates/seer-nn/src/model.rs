@@ -713,8 +713,9 @@ impl Model {
     /// batch-dependent by definition.
     ///
     /// **Fusions.** In training mode a BatchNorm or two-input add whose only consumer is a
-    /// ReLU runs fused with it (one pass forward and backward; [`Model::forward_unfused`] is
-    /// the reference, equal up to float rounding).
+    /// ReLU runs fused with it (one pass forward and backward), and a convolution with
+    /// symmetric padding quantizes its input itself ([`seer_kernels::conv2d_fq_input`]);
+    /// [`Model::forward_unfused`] is the reference, equal up to float rounding.
     ///
     /// Errors: shape mismatch with the spec's input; an activation quantizer whose range was
     /// never calibrated ([`Model::calibrate`]).
@@ -722,8 +723,8 @@ impl Model {
         self.forward_impl(x, train, None, None, None)
     }
 
-    /// [`Model::forward`] without the training-mode ReLU fusions (every layer its own op): the
-    /// slow reference the fused training forward is tested against.
+    /// [`Model::forward`] without the fusions (every layer its own op): the slow reference the
+    /// fused forward is tested against.
     pub fn forward_unfused(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         self.forward_layers(x, train, None, None, None, false)
     }
@@ -830,10 +831,23 @@ impl Model {
                     ..
                 } => {
                     let xin = Self::probe(i, input(0), probes.as_deref_mut())?;
-                    let xin = self.quant_input(i, xin, calib.as_deref_mut())?;
-                    let w = self.eff_weight(i, attach)?;
                     let pads = l.kind.conv_pads().expect("a conv has pads");
-                    let mut y = ops::conv2d_padded(&xin, &w, stride[0], pads, dilation[0], groups)?;
+                    let (b, e) = pads;
+                    let fused_quant = self.comp[i].abits.filter(|_| {
+                        fuse && calib.is_none() && !l.inputs.is_empty() && b == [b[0]; 2] && e == b
+                    });
+                    let mut y = if let Some(bits) = fused_quant {
+                        // The input's fake quantization inside the conv (one op).
+                        let per_image = xin.elem_count() / xin.dim(0)?.max(1);
+                        let a = self.scaled_alpha(i, bits, per_image)?;
+                        let w = self.eff_weight(i, attach)?;
+                        let p = (stride[0], b[0], dilation[0], groups);
+                        ops::conv2d_fq_input(&xin, &w, &a, bits, p)?
+                    } else {
+                        let xin = self.quant_input(i, xin, calib.as_deref_mut())?;
+                        let w = self.eff_weight(i, attach)?;
+                        ops::conv2d_padded(&xin, &w, stride[0], pads, dilation[0], groups)?
+                    };
                     if let Some(b) = self.param(&p.bias, attach) {
                         let co = b.dim(0)?;
                         y = y.broadcast_add(&b.reshape((1, co, 1, 1))?)?;

@@ -57,6 +57,27 @@ pub fn conv2d_padded(
     conv2d(&xp, w, stride, m, dilation, groups)
 }
 
+/// `conv2d(fake_quant_act(x, alpha, bits), w)` in one op (seer-kernels
+/// [`seer_kernels::conv2d_fq_input`]): the same values and gradients, one tensor and one
+/// gradient accumulation fewer. `p` = `(stride, padding, dilation, groups)`; shapes and
+/// errors as [`conv2d`] and [`fake_quant_act`].
+pub fn conv2d_fq_input(
+    x: &Tensor,
+    w: &Tensor,
+    alpha: &Tensor,
+    bits: u32,
+    p: (usize, usize, usize, usize),
+) -> Result<Tensor> {
+    let (stride, padding, dilation, groups) = p;
+    let params = seer_kernels::Conv2dParams {
+        stride,
+        padding,
+        dilation,
+        groups,
+    };
+    Ok(seer_kernels::conv2d_fq_input(x, w, alpha, bits, &params)?)
+}
+
 /// Fully connected layer `x·Wᵀ` without bias (seer-kernels). `x`: `[N, K]`, `w`: `[F, K]`;
 /// returns `[N, F]`. Gradients for `x` and `w`. Each row of the output is bitwise the same
 /// whatever batch it is computed in (candle's `matmul` is not: its `gemm` kernel and
