@@ -8,10 +8,12 @@
 //! Training ops (all f32, CPU, NCHW; every one has backward and a slow twin in
 //! [`reference`](mod@reference) built from plain candle ops that the tests compare against):
 //! [`conv2d`], [`linear`] (batch-invariant forward), [`fake_quant_weight`], [`fake_quant_act`], [`channel_mask`],
-//! [`batch_norm_train`] / [`batch_norm_relu_train`], [`relu`], [`add_relu`], [`shortcut_a`];
-//! plus [`filter_l2_scores`]
-//! for choosing channels. Convolutions run as im2col + GEMM on the `gemm` crate (AVX-512
-//! chosen at run time where the CPU has it, AVX2+FMA otherwise), parallel over images.
+//! [`batch_norm_train`] / [`batch_norm_relu_train`], [`relu`], [`add_relu`], [`shortcut_a`],
+//! and [`conv2d_fq_input`] (an input's [`fake_quant_act`] and the [`conv2d`] that reads it in
+//! one op, tested against the two); plus [`filter_l2_scores`] for choosing channels.
+//! Convolutions run direct (stride-1 "same" kernels) or as im2col + GEMM on register-tiled
+//! kernels (AVX-512 chosen at run time where the CPU has it, AVX2+FMA otherwise, a portable
+//! loop elsewhere), parallel over images.
 //!
 //! ```
 //! use candle_core::{Device, Tensor, Var};
