@@ -218,7 +218,7 @@ impl FakeQuantActOp {
         let av = F32View::of(alpha, AOP)?;
         let gv = F32View::of(&grad, AOP)?;
         let a = read_alpha(av.slice(), AOP).map_err(Error::into_candle)?;
-        let (dx, dalpha) = act_backward(xv.slice(), gv.slice(), a, act_levels(self.bits));
+        let (dx, dalpha) = act_backward(xv.slice(), gv.slice(), ActQ::new(a, self.bits));
         let dx = to_tensor(dx, x.dims())?;
         let da = Tensor::full(dalpha as f32, alpha.dims(), alpha.device())?;
         Ok([Some(dx), Some(da)])
@@ -228,7 +228,7 @@ impl FakeQuantActOp {
 custom_op!(CustomOp2 for FakeQuantActOp, |_| "seer-fake-quant-act", AOP);
 
 /// The backward of [`fake_quant_act`] on slices: `(dx, dα)` for input `x`, upstream gradient
-/// `g` (same length), clip range `a` and `n = 2^b − 1` levels.
+/// `g` (same length) and the quantizer `q`.
 ///
 /// `dα` is summed per fixed block of [`BLOCK`] elements in element order, in f64, and the
 /// block sums are added in block order, so the result does not depend on the thread count.
@@ -237,9 +237,9 @@ custom_op!(CustomOp2 for FakeQuantActOp, |_| "seer-fake-quant-act", AOP);
 /// holds `−0.0` unchanged, so the bits equal those of a loop that skips those elements
 /// (tested against one). Four blocks are summed in one interleaved loop: four independent
 /// add chains instead of one, with each block's own order unchanged.
-pub(crate) fn act_backward(xs: &[f32], gs: &[f32], a: f32, n: f32) -> (Vec<f32>, f64) {
+pub(crate) fn act_backward(xs: &[f32], gs: &[f32], q: ActQ) -> (Vec<f32>, f64) {
     const GROUP: usize = 4;
-    let s = a / n;
+    let ActQ { a, n, s } = q;
     let mut dx = vec![0f32; xs.len()];
     let sums: Vec<f64> = dx
         .par_chunks_mut(GROUP * BLOCK)
@@ -255,8 +255,7 @@ pub(crate) fn act_backward(xs: &[f32], gs: &[f32], a: f32, n: f32) -> (Vec<f32>,
                 move |x, g| if x >= 0.0 && x <= a { g } else { 0.0 },
             );
             let mut terms = vec![0f32; x.len()];
-            // Every branch computed, then selected: the loop vectorises (with `if`/`else if`
-            // it stayed scalar).
+            // Every branch computed, then selected: no branch in the loop body.
             crate::simd::map2_into(x, g, &mut terms, move |x, g| {
                 let t = x / s;
                 let inside = g * ((round_half_away(t) - t) / n);
@@ -483,7 +482,8 @@ mod tests {
                 let n = act_levels(bits);
                 let want = act_backward_loop(&x, &g, a, n);
                 for &l in levels.iter().filter(|&&l| l <= detected()) {
-                    let got = pool.install(|| with_level(l, || act_backward(&x, &g, a, n)));
+                    let q = ActQ::new(a, bits);
+                    let got = pool.install(|| with_level(l, || act_backward(&x, &g, q)));
                     assert_eq!(
                         got.1.to_bits(),
                         want.1.to_bits(),
@@ -497,7 +497,7 @@ mod tests {
                     assert!(same, "dx, len {len}, {bits} bits, {l:?}");
                 }
                 // And on the default pool (several threads at the detected level).
-                let got = act_backward(&x, &g, a, n);
+                let got = act_backward(&x, &g, ActQ::new(a, bits));
                 assert_eq!(
                     got.1.to_bits(),
                     want.1.to_bits(),
