@@ -925,7 +925,7 @@ impl Conv2dFqOp {
         );
         let (dx, da) = match dxq {
             Some(dxq) => {
-                let (dx, da) = act_backward(xv.slice(), &dxq, q.a, q.n);
+                let (dx, da) = act_backward(xv.slice(), &dxq, q);
                 let da = Tensor::full(da as f32, a.dims(), a.device())?;
                 (Some(to_tensor(dx, x.dims())?), Some(da))
             }
@@ -1086,15 +1086,23 @@ mod tests {
         );
         let go = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
         let gr = (refy * &r).unwrap().sum_all().unwrap().backward().ok();
-        for (name, v, direct) in [("x", &x, &dx), ("w", &w, &dw)] {
+        // Gradient errors are measured against the sums of the terms' magnitudes (the same
+        // gradients of |x|, |w| and |r|), the scale f32 rounding works on: a weight gradient
+        // that nearly cancels is otherwise judged against its tiny result.
+        let abs = |t: &Tensor| t.abs().unwrap();
+        let (_, sx, sw) =
+            reference::conv2d_direct(&abs(x.as_tensor()), &abs(w.as_tensor()), &abs(&r), &p)
+                .unwrap();
+        let max = |t: &Tensor| vec(t).iter().fold(1e-6f32, |m, v| m.max(*v));
+        for (name, v, direct, scale) in [("x", &x, &dx, max(&sx)), ("w", &w, &dw, max(&sw))] {
             let a = go.get(v.as_tensor()).unwrap();
-            let e = rel_err(a, direct, 1e-6);
+            let e = rel_err(a, direct, scale);
             assert!(
                 e <= 1e-4,
                 "grad {name} vs direct: rel err {e} for {xs:?} {ws:?} {p:?}"
             );
             if let Some(gr) = &gr {
-                let e = rel_err(a, gr.get(v.as_tensor()).unwrap(), 1e-6);
+                let e = rel_err(a, gr.get(v.as_tensor()).unwrap(), scale);
                 assert!(
                     e <= 1e-4,
                     "grad {name} vs candle: rel err {e} for {xs:?} {ws:?} {p:?}"
