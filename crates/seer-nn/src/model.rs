@@ -128,6 +128,12 @@ pub(crate) struct Plan {
     phys: Vec<Option<Vec<usize>>>,
 }
 
+/// Whether channel gather `g` (output channel `j` ← input channel `g[j]`, zero for `None`)
+/// maps `c` input channels onto themselves in order, i.e. is the identity.
+fn identity_gather(g: &[Option<usize>], c: usize) -> bool {
+    g.len() == c && g.iter().enumerate().all(|(j, s)| *s == Some(j))
+}
+
 /// A quantizable CNN. See the module docs. Not `Clone` (candle `Var`s share storage): use
 /// [`Model::try_clone`] for an independent copy.
 #[derive(Debug)]
@@ -900,7 +906,9 @@ impl Model {
                     let mut acc: Option<Tensor> = None;
                     for k in 0..l.inputs.len() {
                         let mut t = input(k);
-                        if let Some(g) = c.gathers.as_ref().and_then(|g| g.get(k)) {
+                        if let Some(g) = c.gathers.as_ref().and_then(|g| g.get(k))
+                            && !(fuse && identity_gather(g, t.dim(1)?))
+                        {
                             t = ops::gather_channels(&t, g)?;
                         }
                         acc = Some(match acc {
@@ -932,13 +940,23 @@ impl Model {
                 }
                 LayerKind::GlobalAvgPool => input(0).mean_keepdim(2)?.mean_keepdim(3)?,
                 LayerKind::PadShortcut { stride, out_ch } => {
-                    let t = ops::subsample(&input(0), stride)?;
-                    match c.gathers.as_ref().and_then(|g| g.first()) {
-                        Some(g) => ops::gather_channels(&t, g)?,
-                        None => {
-                            let cin = t.dim(1)?;
-                            let before = (out_ch - cin) / 2;
-                            t.pad_with_zeros(1, before, out_ch - cin - before)?
+                    let x0 = input(0);
+                    let cin = x0.dim(1)?;
+                    let gather = c.gathers.as_ref().and_then(|g| g.first());
+                    // A slimmed shortcut whose gather keeps its channels is the subsampling
+                    // alone; stride 2 (ResNet's) runs as one op (seer-kernels' `shortcut_a`).
+                    let same = fuse && gather.is_some_and(|g| identity_gather(g, cin));
+                    if fuse && stride == [2, 2] && (same || gather.is_none()) {
+                        ops::shortcut_a(&x0, if same { cin } else { out_ch })?
+                    } else {
+                        let t = ops::subsample(&x0, stride)?;
+                        match gather {
+                            Some(_) if same => t,
+                            Some(g) => ops::gather_channels(&t, g)?,
+                            None => {
+                                let before = (out_ch - cin) / 2;
+                                t.pad_with_zeros(1, before, out_ch - cin - before)?
+                            }
                         }
                     }
                 }
@@ -992,7 +1010,7 @@ impl Model {
     }
 
     /// Per layer, whether it is a BatchNorm, or an add of two inputs without channel
-    /// gathers, that has no output mask and whose only consumer is a ReLU: the training
+    /// gathers (or with gathers that keep every channel in place), that has no output mask and whose only consumer is a ReLU: the training
     /// forward computes it with that ReLU in one fused op (same values; the ReLU gradient is
     /// `[y > 0]`).
     fn relu_fusions(&self) -> Vec<bool> {
@@ -1007,7 +1025,15 @@ impl Model {
             .map(|i| {
                 let fusable = match layers[i].kind {
                     LayerKind::BatchNorm => true,
-                    LayerKind::Add => layers[i].inputs.len() == 2 && self.comp[i].gathers.is_none(),
+                    LayerKind::Add => {
+                        let ins = &layers[i].inputs;
+                        ins.len() == 2
+                            && self.comp[i].gathers.as_ref().is_none_or(|g| {
+                                g.iter()
+                                    .zip(ins)
+                                    .all(|(g, &p)| identity_gather(g, layers[p].out_shape[0]))
+                            })
+                    }
                     _ => false,
                 };
                 fusable

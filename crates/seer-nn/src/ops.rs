@@ -159,6 +159,13 @@ pub fn gather_channels(x: &Tensor, src: &[Option<usize>]) -> Result<Tensor> {
     Ok(padded.index_select(&idx, 1)?)
 }
 
+/// The option-A ResNet shortcut in one op (seer-kernels): `x[:, :, ::2, ::2]` with its
+/// channels zero-padded to `cout` (`(cout − C)/2` zero channels first). `x`: `[N, C, H, W]`
+/// → `[N, cout, ⌈H/2⌉, ⌈W/2⌉]`; the same values as [`subsample`] and a channel pad.
+pub fn shortcut_a(x: &Tensor, cout: usize) -> Result<Tensor> {
+    Ok(seer_kernels::shortcut_a(x, cout)?)
+}
+
 /// Max pooling of `x` `[N, C, H, W]` (already padded) with window `k` and stride `s`, floor
 /// mode. Non-overlapping windows (`k == s`) use candle's op; overlapping ones (`k ≠ s`, where
 /// candle has no backward) seer-kernels' `max_pool2d`, which gives the same values.
