@@ -9,6 +9,7 @@
 //! [`reference`](mod@reference) built from plain candle ops that the tests compare against):
 //! [`conv2d`], [`linear`] (batch-invariant forward), [`fake_quant_weight`], [`fake_quant_act`], [`channel_mask`],
 //! [`batch_norm_train`] / [`batch_norm_relu_train`], [`relu`], [`add_relu`], [`shortcut_a`],
+//! [`gather_channels`],
 //! and [`conv2d_fq_input`] (an input's [`fake_quant_act`] and the [`conv2d`] that reads it in
 //! one op, tested against the two); plus [`filter_l2_scores`] for choosing channels.
 //! Convolutions run direct (stride-1 "same" kernels) or as im2col + GEMM on register-tiled
@@ -54,7 +55,7 @@ pub use pool::max_pool2d;
 pub use quant::{
     act_levels, fake_quant_act, fake_quant_weight, round_half_away, weight_qmax, weight_scales,
 };
-pub use residual::{add_relu, shortcut_a};
+pub use residual::{add_relu, gather_channels, shortcut_a};
 pub use simd::{map_into, map2_into};
 #[cfg(test)]
 mod testutil;

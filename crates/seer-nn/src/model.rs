@@ -909,7 +909,7 @@ impl Model {
                         if let Some(g) = c.gathers.as_ref().and_then(|g| g.get(k))
                             && !(fuse && identity_gather(g, t.dim(1)?))
                         {
-                            t = ops::gather_channels(&t, g)?;
+                            t = ops::gather_channels(&t, g, [1, 1])?;
                         }
                         acc = Some(match acc {
                             None => t,
@@ -949,11 +949,11 @@ impl Model {
                     if fuse && stride == [2, 2] && (same || gather.is_none()) {
                         ops::shortcut_a(&x0, if same { cin } else { out_ch })?
                     } else {
-                        let t = ops::subsample(&x0, stride)?;
                         match gather {
-                            Some(_) if same => t,
-                            Some(g) => ops::gather_channels(&t, g)?,
+                            Some(_) if same => ops::subsample(&x0, stride)?,
+                            Some(g) => ops::gather_channels(&x0, g, stride)?,
                             None => {
+                                let t = ops::subsample(&x0, stride)?;
                                 let before = (out_ch - cin) / 2;
                                 t.pad_with_zeros(1, before, out_ch - cin - before)?
                             }

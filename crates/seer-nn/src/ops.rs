@@ -146,17 +146,12 @@ pub fn batch_norm_eval(
     )?)
 }
 
-/// Channel gather with zeros: output channel `j` is input channel `src[j]`, or zero where
-/// `src[j]` is `None`. `x`: `[N, C, H, W]`; returns `[N, src.len(), H, W]`. Differentiable.
-pub fn gather_channels(x: &Tensor, src: &[Option<usize>]) -> Result<Tensor> {
-    let c = x.dim(1)?;
-    let padded = x.pad_with_zeros(1, 0, 1)?;
-    let idx: Vec<u32> = src
-        .iter()
-        .map(|s| s.map_or(c as u32, |v| v as u32))
-        .collect();
-    let idx = Tensor::from_vec(idx, src.len(), x.device())?;
-    Ok(padded.index_select(&idx, 1)?)
+/// Channel gather with zeros and subsampling in one op (seer-kernels): output channel `j` is
+/// input channel `src[j]` at every `stride`-th row and column (`x[:, src[j], ::s_h, ::s_w]`),
+/// or zero where `src[j]` is `None`. `x`: `[N, C, H, W]`; returns `[N, src.len(), ⌈H/s_h⌉,
+/// ⌈W/s_w⌉]`. Differentiable.
+pub fn gather_channels(x: &Tensor, src: &[Option<usize>], stride: [usize; 2]) -> Result<Tensor> {
+    Ok(seer_kernels::gather_channels(x, src, stride)?)
 }
 
 /// The option-A ResNet shortcut in one op (seer-kernels): `x[:, :, ::2, ::2]` with its
@@ -327,7 +322,7 @@ mod tests {
             .unwrap()
             .reshape((2, 3, 3, 3))
             .unwrap();
-        let g = gather_channels(&x, &[Some(2), None, Some(0)]).unwrap();
+        let g = gather_channels(&x, &[Some(2), None, Some(0)], [1, 1]).unwrap();
         assert_eq!(g.dims(), &[2, 3, 3, 3]);
         let v = g.to_vec3::<f32>().ok();
         assert!(v.is_none());
