@@ -15,7 +15,7 @@ use candle_core::{Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::matmul::Mat;
-use crate::quant::{AOP, ActQ, ErrSlot, act_backward, check_bits, fail, read_alpha, take};
+use crate::quant::{AOP, ActQ, ErrSlot, act_backward, check_act_args, fail, read_alpha, take};
 use crate::simd::{Level, gemm_bcast, gemm_bcast_tab, gemm_dot, gemm_dot_tab, level, map_into};
 use crate::view::{
     Backward, F32View, Forward, check_finite, custom_op, par_map, prepare, to_tensor,
@@ -959,13 +959,7 @@ pub fn conv2d_fq_input(
     bits: u32,
     params: &Conv2dParams,
 ) -> Result<Tensor> {
-    check_bits(AOP, bits)?;
-    if alpha.elem_count() != 1 {
-        return Err(Error::Shape {
-            op: AOP,
-            msg: format!("alpha must hold one element, got shape {:?}", alpha.dims()),
-        });
-    }
+    check_act_args(alpha, bits)?;
     Geom::new(x.dims(), w.dims(), params)?;
     let x = prepare(x, OP)?;
     let w = prepare(w, OP)?;

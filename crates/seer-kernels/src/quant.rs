@@ -189,6 +189,20 @@ struct FakeQuantActOp {
     err: ErrSlot,
 }
 
+/// The activation quantizer's arguments checked before an op is built: `bits ∈ 2..=8`
+/// ([`Error::InvalidBits`]) and α of one element ([`Error::Shape`]; its value is checked
+/// when read, [`read_alpha`]).
+pub(crate) fn check_act_args(alpha: &Tensor, bits: u32) -> Result<()> {
+    check_bits(AOP, bits)?;
+    if alpha.elem_count() != 1 {
+        return Err(Error::Shape {
+            op: AOP,
+            msg: format!("alpha must hold one element, got shape {:?}", alpha.dims()),
+        });
+    }
+    Ok(())
+}
+
 pub(crate) fn read_alpha(a: &[f32], op: &'static str) -> Result<f32> {
     match a {
         [alpha] if alpha.is_finite() && *alpha > 0.0 => Ok(*alpha),
@@ -297,13 +311,7 @@ fn block_sums<const G: usize>(t: &[f32]) -> Vec<f64> {
 /// Errors: [`Error::InvalidBits`] if `bits ∉ 2..=8`, [`Error::NonFinite`] for NaN/Inf in `x`,
 /// [`Error::InvalidParam`] for α ≤ 0 or non-finite, [`Error::Shape`] if α has ≠ 1 element.
 pub fn fake_quant_act(x: &Tensor, alpha: &Tensor, bits: u32) -> Result<Tensor> {
-    check_bits(AOP, bits)?;
-    if alpha.elem_count() != 1 {
-        return Err(Error::Shape {
-            op: AOP,
-            msg: format!("alpha must hold one element, got shape {:?}", alpha.dims()),
-        });
-    }
+    check_act_args(alpha, bits)?;
     let x = prepare(x, AOP)?;
     let alpha = prepare(alpha, AOP)?;
     let err = ErrSlot::default();
