@@ -1010,9 +1010,9 @@ impl Model {
     }
 
     /// Per layer, whether it is a BatchNorm, or an add of two inputs without channel
-    /// gathers (or with gathers that keep every channel in place), that has no output mask and whose only consumer is a ReLU: the training
-    /// forward computes it with that ReLU in one fused op (same values; the ReLU gradient is
-    /// `[y > 0]`).
+    /// gathers (or with gathers that keep every channel in place), that has no output mask
+    /// and whose only consumer is a ReLU: the training forward computes it with that ReLU in
+    /// one fused op (same values; the ReLU gradient is `[y > 0]`).
     fn relu_fusions(&self) -> Vec<bool> {
         let layers = &self.spec.layers;
         let mut consumers = vec![Vec::new(); layers.len()];
