@@ -45,64 +45,10 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 const SOP: &str = "shortcut_a";
 
-struct ShortcutAOp {
-    cout: usize,
-}
-
-/// `(n, c, h, w, oh, ow, lo)` of the shortcut: output `[n, cout, oh, ow]`, input channel `c`
-/// lands on output channel `lo + c`.
-fn dims(x: &[usize], cout: usize) -> (usize, usize, usize, usize, usize, usize, usize) {
-    let (n, c, h, w) = (x[0], x[1], x[2], x[3]);
-    (n, c, h, w, h.div_ceil(2), w.div_ceil(2), (cout - c) / 2)
-}
-
-impl ShortcutAOp {
-    fn forward(&self, [x]: [&[f32]; 1], [l]: [&Layout; 1]) -> Forward {
-        let (n, c, h, w, oh, ow, lo) = dims(l.dims(), self.cout);
-        let mut out = vec![0f32; n * self.cout * oh * ow];
-        if !out.is_empty() {
-            out.par_chunks_mut(oh * ow).enumerate().for_each(|(r, o)| {
-                let (img, co) = (r / self.cout, r % self.cout);
-                if co < lo || co >= lo + c {
-                    return;
-                }
-                let xc = &x[(img * c + co - lo) * h * w..][..h * w];
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        o[oy * ow + ox] = xc[2 * oy * w + 2 * ox];
-                    }
-                }
-            });
-        }
-        Ok((out, Shape::from((n, self.cout, oh, ow))))
-    }
-
-    fn backward(&self, [x]: [&Tensor; 1], _res: &Tensor, grad: &Tensor) -> Backward<1> {
-        let grad = grad.contiguous()?;
-        let gv = F32View::of(&grad, SOP)?;
-        let g = gv.slice();
-        let (_, c, h, w, oh, ow, lo) = dims(x.dims(), self.cout);
-        let mut dx = vec![0f32; x.elem_count()];
-        if !dx.is_empty() {
-            dx.par_chunks_mut(h * w).enumerate().for_each(|(r, d)| {
-                let (img, ci) = (r / c, r % c);
-                let gc = &g[(img * self.cout + lo + ci) * oh * ow..][..oh * ow];
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        d[2 * oy * w + 2 * ox] = gc[oy * ow + ox];
-                    }
-                }
-            });
-        }
-        Ok([Some(to_tensor(dx, x.dims())?)])
-    }
-}
-
-custom_op!(CustomOp1 for ShortcutAOp, |_| "seer-shortcut-a", SOP);
-
 /// The option-A ResNet shortcut (He et al. 2016, CIFAR variant): `x[:, :, ::2, ::2]` with its
 /// channels zero-padded to `cout` (`(cout − C)/2` zero channels before, the rest after), with
-/// backward. `x`: `[N, C, H, W]` f32 → `[N, cout, ⌈H/2⌉, ⌈W/2⌉]`.
+/// backward: the [`gather_channels`] of that channel placement at stride 2.
+/// `x`: `[N, C, H, W]` f32 → `[N, cout, ⌈H/2⌉, ⌈W/2⌉]`.
 /// Errors: [`Error::Shape`] for a rank other than 4 or `cout < C`.
 pub fn shortcut_a(x: &Tensor, cout: usize) -> Result<Tensor> {
     if x.rank() != 4 || cout < x.dims()[1] {
@@ -114,8 +60,11 @@ pub fn shortcut_a(x: &Tensor, cout: usize) -> Result<Tensor> {
             ),
         });
     }
-    let x = prepare(x, SOP)?;
-    Ok(x.apply_op1(ShortcutAOp { cout })?)
+    let (c, lo) = (x.dims()[1], (cout - x.dims()[1]) / 2);
+    let src: Vec<Option<usize>> = (0..cout)
+        .map(|j| (lo..lo + c).contains(&j).then(|| j - lo))
+        .collect();
+    gather_channels(x, &src, [2, 2])
 }
 
 const GOP: &str = "gather_channels";
