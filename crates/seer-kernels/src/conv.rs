@@ -16,7 +16,10 @@ use rayon::prelude::*;
 
 use crate::matmul::Mat;
 use crate::quant::{AOP, ActQ, ErrSlot, act_backward, check_act_args, fail, read_alpha, take};
-use crate::simd::{Level, gemm_bcast, gemm_bcast_tab, gemm_dot, gemm_dot_tab, level, map_into};
+use crate::simd::{
+    Level, bcast_cycles, gemm_bcast, gemm_bcast_gather, gemm_bcast_tab, gemm_dot, gemm_dot_tab,
+    level, map_into, transpose,
+};
 use crate::view::{
     Backward, F32View, Forward, check_finite, custom_op, par_map, prepare, to_tensor,
 };
@@ -332,7 +335,19 @@ impl Geom {
 ///   plane]`), so one dot product runs over several small images (about
 ///   [`DW_DOT_FLOATS`] floats each) and their junk rows land on zero padding too.
 ///
+/// Forward and grad-input each run in one of two forms with the same bits
+/// ([`Direct::gathered`]): on the grid as above (output channels as rows of the product,
+/// broadcast weights, vectors along the grid), or **gathered** (output positions as rows,
+/// vectors along the output channels: [`gemm_bcast_gather`] reads each tap of each position
+/// straight from the padded image, so neither junk columns nor im2col; the weights
+/// transposed to `[K, C_out]`, the `[H·W, C_out]` result transposed back). A product's
+/// factors commute, so every element is the same chain of fused multiply-adds either way;
+/// the form whose tiles fill better ([`bcast_cycles`]) runs — gathered for ResNet-20's 16-,
+/// 32- and 64-channel layers on both levels (the 7×7 grid of the last stage wastes 2 of
+/// every 9 columns).
+///
 /// Used on AVX2 (and AVX-512) CPUs; the portable level keeps the general path.
+#[derive(Debug)]
 struct Direct {
     k: usize,
     p: usize,
@@ -340,6 +355,11 @@ struct Direct {
     wp: usize,
     /// Taps of the padded input: `(c, ky, kx)` → `c·plane + ky·wp + kx`.
     xtab: Vec<usize>,
+    /// Output positions on the grid: `y·W + x` → `y·wp + x` (the gathered form's rows).
+    ptab: Vec<usize>,
+    /// The forward runs gathered (`C_out` columns), and the grad-input (`C_in` columns).
+    fwd_gathered: bool,
+    bwd_gathered: bool,
 }
 
 /// Floats per grad-weight dot product on the direct path: images of a chunk are summed in
@@ -366,9 +386,50 @@ impl Direct {
             hp,
             wp,
             xtab: Vec::new(),
+            ptab: (0..g.h * g.w).map(|i| i / g.w * wp + i % g.w).collect(),
+            fwd_gathered: false,
+            bwd_gathered: false,
         };
         d.xtab = d.taps(g.cin, hp * wp);
+        d.fwd_gathered = d.gathered(g.cout);
+        d.bwd_gathered = d.gathered(g.cin);
         Some(d)
+    }
+    /// Whether a product with `m` output channels (the forward's `C_out`, the grad-input's
+    /// `C_in`) runs gathered: when [`bcast_cycles`] expects it 3% cheaper than the grid (the
+    /// grid's unpadding copy and the gathered form's transposition cost about the same).
+    fn gathered(&self, m: usize) -> bool {
+        let positions = self.ptab.len();
+        FORCE_FORM.with(|f| f.get()).unwrap_or_else(|| {
+            bcast_cycles(positions, m) < 0.97 * bcast_cycles(m, self.grid_cols())
+        })
+    }
+    /// One image's direct convolution, `m` output channels from the padded image `xp`
+    /// through the taps `taps` into `o` `[m, H, W]`: on the grid with the weights `w`
+    /// `[m, taps]` and `grid` as scratch, or gathered with the transposed weights `w_t`
+    /// `[taps, m]` and `grid` holding the `[H·W, m]` result.
+    #[allow(clippy::too_many_arguments)]
+    fn product(
+        &self,
+        m: usize,
+        xp: &[f32],
+        taps: &[usize],
+        w: &[f32],
+        w_t: &[f32],
+        gathered: bool,
+        grid: &mut [f32],
+        o: &mut [f32],
+    ) {
+        let k = taps.len();
+        if gathered {
+            let hw = self.ptab.len();
+            gemm_bcast_gather(hw, m, k, xp, &self.ptab, taps, w_t, m, grid, m);
+            transpose(&grid[..hw * m], hw, m, &mut o[..m * hw]);
+        } else {
+            let n = self.grid_cols();
+            gemm_bcast_tab(m, n, k, Mat::rows(w, k), xp, taps, grid, n);
+            self.unpad(grid, m, o);
+        }
     }
     /// The window offsets of `c` padded planes that start every `cstride` floats: tap
     /// `(ch, ky, kx)` → `ch·cstride + ky·wp + kx`.
@@ -431,12 +492,14 @@ impl Direct {
         }
     }
     /// Forward of one image (see [`Direct`]) on its input fake-quantized by `q` when given;
-    /// `xp` keeps zero padding between calls.
+    /// `xp` keeps zero padding between calls; `wt_t` is `wt` transposed when the forward
+    /// runs gathered (else unused).
     #[allow(clippy::too_many_arguments)]
     fn forward_image(
         &self,
         xi: &[f32],
         wt: &[f32],
+        wt_t: &[f32],
         g: &Geom,
         xp: &mut [f32],
         grid: &mut [f32],
@@ -444,18 +507,8 @@ impl Direct {
         q: Option<ActQ>,
     ) {
         self.pad_into(xi, g.cin, xp, self.hp * self.wp, q);
-        let n = self.grid_cols();
-        gemm_bcast_tab(
-            g.cout,
-            n,
-            g.kdim,
-            Mat::rows(wt, g.kdim),
-            xp,
-            &self.xtab,
-            grid,
-            n,
-        );
-        self.unpad(grid, g.cout, o);
+        let gathered = self.fwd_gathered;
+        self.product(g.cout, xp, &self.xtab, wt, wt_t, gathered, grid, o);
     }
 }
 
@@ -474,6 +527,28 @@ fn flip_weights(wt: &[f32], g: &Geom) -> Vec<f32> {
         }
     }
     f
+}
+
+/// `w` `[rows, cols]` transposed (a weight matrix for the gathered direct form).
+fn transposed(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0f32; w.len()];
+    transpose(w, rows, cols, &mut t);
+    t
+}
+
+thread_local! {
+    /// Tests: the direct path's form forced on this thread (`Some(true)`: gathered).
+    static FORCE_FORM: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` with the direct path's form forced on this thread (tests: both forms on any
+/// shape); rayon's threads that `f` starts are not forced.
+#[cfg(test)]
+fn with_form<R>(gathered: bool, f: impl FnOnce() -> R) -> R {
+    let prev = FORCE_FORM.with(|c| c.replace(Some(gathered)));
+    let r = f();
+    FORCE_FORM.with(|c| c.set(prev));
+    r
 }
 
 /// Forward of one image: `xi` `[C_in, H, W]` → `o` `[C_out, H_out, W_out]`.
@@ -531,6 +606,11 @@ fn conv_forward_with(
         return conv_forward_with(&xq, wt, g, None, None);
     }
     if let Some(d) = direct {
+        let wt_t = if d.fwd_gathered {
+            transposed(wt, g.cout, g.kdim)
+        } else {
+            Vec::new()
+        };
         let init = || {
             (
                 vec![0f32; d.padded_len(g.cin)],
@@ -541,6 +621,7 @@ fn conv_forward_with(
             d.forward_image(
                 &x[i * g.in_img()..(i + 1) * g.in_img()],
                 wt,
+                &wt_t,
                 g,
                 xp,
                 grid,
@@ -673,6 +754,10 @@ fn conv_backward_with(
         (Some(_), true) => flip_weights(wt, g),
         _ => Vec::new(),
     };
+    let wflip_t = match &direct {
+        Some(d) if need_dx && d.bwd_gathered => transposed(&wflip, g.cin, g.cout * d.k * d.k),
+        _ => Vec::new(),
+    };
     let col_len = g.tile_len();
     let dx_chunks: Vec<Option<&mut [f32]>> = if need_dx {
         dx.chunks_mut((DW_CHUNK * g.in_img()).max(1))
@@ -717,12 +802,17 @@ fn conv_backward_with(
                 d.pad_into(src, g.cout, &mut dyq[i * plane..], cs, None);
             }
             if let Some(dxc) = dxc.as_deref_mut() {
-                let k = g.cout * d.k * d.k;
                 for i in 0..nimg {
-                    let b = &dyq[i * plane..];
-                    let wf = Mat::rows(&wflip, k);
-                    gemm_bcast_tab(g.cin, cols, k, wf, b, &dytab_chunk, grid, cols);
-                    d.unpad(grid, g.cin, &mut dxc[i * g.in_img()..(i + 1) * g.in_img()]);
+                    d.product(
+                        g.cin,
+                        &dyq[i * plane..],
+                        &dytab_chunk,
+                        &wflip,
+                        &wflip_t,
+                        d.bwd_gathered,
+                        grid,
+                        &mut dxc[i * g.in_img()..(i + 1) * g.in_img()],
+                    );
                 }
             }
             if let Some(dwc) = dwc.as_deref_mut() {
@@ -838,12 +928,12 @@ pub fn conv2d(x: &Tensor, w: &Tensor, params: &Conv2dParams) -> Result<Tensor> {
 }
 
 /// One image's convolution on plain slices, for inference without tensors or an autograd
-/// graph (no allocation once `col` and `out` have grown to their largest use, except the
-/// direct path's table of `C_in·K²` tap offsets, one small `Vec` per call):
-/// `x` `[C_in, H, W]`, `w` `[C_out, C_in/groups, K_h, K_w]` → `out` resized to
+/// graph: `x` `[C_in, H, W]`, `w` `[C_out, C_in/groups, K_h, K_w]` → `out` resized to
 /// `[C_out, H_out, W_out]`, which is returned. `col` is scratch. Bitwise the same as this
-/// image's slice of [`conv2d`] (the same per-image GEMM calls, direct or im2col). Single-threaded: callers
-/// parallelise over images.
+/// image's slice of [`conv2d`] (the same per-image GEMM calls, direct or im2col).
+/// Single-threaded: callers parallelise over images. Each call prepares the weight (the
+/// direct path's tap table, and the transposed weight when it runs gathered): for many
+/// images with one weight, [`PackedConv2d`] prepares it once.
 ///
 /// Errors as [`conv2d`], and [`Error::Shape`] when a slice's length differs from its shape.
 pub fn conv2d_image(
@@ -855,36 +945,106 @@ pub fn conv2d_image(
     col: &mut Vec<f32>,
     out: &mut Vec<f32>,
 ) -> Result<[usize; 3]> {
-    let [c, h, wd] = x_shape;
-    let g = Geom::new(&[1, c, h, wd], &w_shape, params)?;
-    for (name, len, want) in [
-        ("input", x.len(), g.in_img()),
-        ("weight", w.len(), w_shape.iter().product()),
-    ] {
-        if len != want {
+    let packed = PackedConv2d::new(w, w_shape, params, x_shape)?;
+    packed.image(x, col, out)?;
+    Ok(packed.out_shape())
+}
+
+/// A convolution prepared once for [`PackedConv2d::image`]: one image at a time on plain
+/// slices, for inference without tensors or an autograd graph (evaluation runs every image
+/// alone, so its logits do not depend on the batch). Holds the weight, and for the direct
+/// path its tap table and, when that path runs gathered ([`Direct`]), the weight transposed.
+#[derive(Debug)]
+pub struct PackedConv2d {
+    g: Geom,
+    w: Vec<f32>,
+    w_t: Vec<f32>,
+    direct: Option<Direct>,
+}
+
+impl PackedConv2d {
+    /// Prepares `w` `[C_out, C_in/groups, K_h, K_w]` for images of shape `x_shape`
+    /// `[C_in, H, W]`. The direct path's form is chosen for the CPU this runs on.
+    /// Errors as [`conv2d`] for shapes and parameters that do not fit, and [`Error::Shape`]
+    /// when `w`'s length differs from `w_shape`.
+    pub fn new(
+        w: &[f32],
+        w_shape: [usize; 4],
+        params: &Conv2dParams,
+        x_shape: [usize; 3],
+    ) -> Result<Self> {
+        let [c, h, wd] = x_shape;
+        let g = Geom::new(&[1, c, h, wd], &w_shape, params)?;
+        let want: usize = w_shape.iter().product();
+        if w.len() != want {
             return Err(Error::Shape {
                 op: OP,
-                msg: format!("{name} slice holds {len} values, its shape needs {want}"),
+                msg: format!(
+                    "weight slice holds {} values, its shape needs {want}",
+                    w.len()
+                ),
             });
         }
+        let direct = Direct::new(&g);
+        let w_t = match &direct {
+            Some(d) if d.fwd_gathered => transposed(w, g.cout, g.kdim),
+            _ => Vec::new(),
+        };
+        Ok(Self {
+            g,
+            w: w.to_vec(),
+            w_t,
+            direct,
+        })
     }
-    out.clear();
-    out.resize(g.out_img(), 0.0);
-    if g.kdim > 0 && !out.is_empty() {
-        if let Some(d) = Direct::new(&g) {
+
+    /// The output shape `[C_out, H_out, W_out]`.
+    pub fn out_shape(&self) -> [usize; 3] {
+        [self.g.cout, self.g.oh, self.g.ow]
+    }
+
+    /// The convolution of one image `x` `[C_in, H, W]` into `out` (resized to
+    /// [`Self::out_shape`]); `col` is scratch. No allocation once `col` and `out` have grown
+    /// to their largest use. Bitwise this image's slice of [`conv2d`].
+    /// Errors: [`Error::Shape`] when `x` does not hold one image of the prepared shape.
+    pub fn image(&self, x: &[f32], col: &mut Vec<f32>, out: &mut Vec<f32>) -> Result<()> {
+        let g = &self.g;
+        if x.len() != g.in_img() {
+            return Err(Error::Shape {
+                op: OP,
+                msg: format!(
+                    "input slice holds {} values, one image of [{}, {}, {}] needs {}",
+                    x.len(),
+                    g.cin,
+                    g.h,
+                    g.w,
+                    g.in_img()
+                ),
+            });
+        }
+        out.clear();
+        out.resize(g.out_img(), 0.0);
+        if g.kdim == 0 || out.is_empty() {
+            return Ok(());
+        }
+        if let Some(d) = &self.direct {
             let xl = d.padded_len(g.cin);
-            col.clear();
-            col.resize(xl + g.cout * d.grid_cols(), 0.0);
+            if col.len() < xl + g.cout * d.grid_cols() {
+                col.resize(xl + g.cout * d.grid_cols(), 0.0);
+            }
+            // The padding must be zero: clear the padded image's first part (the interior
+            // is overwritten; the grid needs no clearing).
+            col[..xl].fill(0.0);
             let (xp, grid) = col.split_at_mut(xl);
-            d.forward_image(x, w, &g, xp, grid, out, None);
+            d.forward_image(x, &self.w, &self.w_t, g, xp, grid, out, None);
         } else {
             if col.len() < g.tile_len() {
                 col.resize(g.tile_len(), 0.0);
             }
-            forward_image(x, w, &g, col, out);
+            forward_image(x, &self.w, g, col, out);
         }
+        Ok(())
     }
-    Ok([g.cout, g.oh, g.ow])
 }
 
 struct Conv2dFqOp {
@@ -1207,6 +1367,58 @@ mod tests {
             let (dx1, _) = conv_backward_with(&xv, &wv, &rv, &g, true, false, false, None);
             let (_, dw1) = conv_backward_with(&xv, &wv, &rv, &g, false, true, false, None);
             prop_assert!(dx1.unwrap() == dx && dw1.unwrap() == dw);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+        /// The direct path's two forms (grid and gathered, see [`Direct`]) give the same bits:
+        /// the forward (batch and one image at a time, as evaluation runs it, also on a
+        /// quantized input) equal to im2col + GEMM, and both gradients; channel counts across
+        /// the tiles' remainders (zero included), odd sizes, 3×3 and 5×5.
+        #[test]
+        fn direct_forms_give_the_same_bits(
+            n in 1usize..4, cin in 0usize..40, cout in 0usize..40, k5 in any::<bool>(),
+            h in 1usize..12, w in 1usize..12, seed in 0u64..1000,
+        ) {
+            let k = if k5 { 5 } else { 3 };
+            let p = Conv2dParams::new(1, k / 2);
+            let (xs, ws) = ([n, cin, h, w], [cout, cin, k, k]);
+            let g = Geom::new(&xs, &ws, &p).unwrap();
+            if Direct::new(&g).is_none() {
+                return Ok(());
+            }
+            let (xv, wv) = (vec(&tensor(seed, &xs)), vec(&tensor(seed + 1, &ws)));
+            let rv = vec(&tensor(seed + 2, &[n, cout, h, w]));
+            let q = ActQ::new(1.5, 3);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+            let run = |gathered: bool| {
+                with_form(gathered, || {
+                    let d = Direct::new(&g).unwrap();
+                    prop_assert_eq!((d.fwd_gathered, d.bwd_gathered), (gathered, gathered));
+                    let y = conv_forward_with(&xv, &wv, &g, Some(&d), None);
+                    let yq = conv_forward_with(&xv, &wv, &g, Some(&d), Some(q));
+                    let (dx, dw) = conv_backward_with(&xv, &wv, &rv, &g, true, true, false, None);
+                    let mut images = Vec::new();
+                    let (mut col, mut out) = (Vec::new(), Vec::new());
+                    for i in 0..n {
+                        let xi = &xv[i * g.in_img()..(i + 1) * g.in_img()];
+                        conv2d_image(xi, [cin, h, w], &wv, ws, &p, &mut col, &mut out).unwrap();
+                        images.extend_from_slice(&out);
+                    }
+                    Ok([bits(&y), bits(&yq), bits(&dx.unwrap()), bits(&dw.unwrap()), bits(&images)])
+                })
+            };
+            let (grid, gathered) = (run(false)?, run(true)?);
+            let general = bits(&conv_forward_with(&xv, &wv, &g, None, None));
+            prop_assert!(grid[0] == general, "grid forward differs from im2col");
+            for (what, (a, b)) in ["forward", "quantized forward", "dx", "dw", "image"]
+                .iter()
+                .zip(grid.iter().zip(&gathered))
+            {
+                prop_assert!(a == b, "{} differs between the forms", what);
+            }
+            prop_assert!(gathered[4] == gathered[0], "one image at a time differs from the batch");
         }
     }
 

@@ -46,7 +46,9 @@ mod residual;
 mod simd;
 mod view;
 
-pub use conv::{__profile, Conv2dParams, conv2d, conv2d_fq_input, conv2d_image, conv2d_output_hw};
+pub use conv::{
+    __profile, Conv2dParams, PackedConv2d, conv2d, conv2d_fq_input, conv2d_image, conv2d_output_hw,
+};
 pub use error::{Error, Result};
 pub use linear::{PackedLinear, linear};
 pub use mask::{channel_mask, filter_l2_scores, group_scores, top_k_mask};

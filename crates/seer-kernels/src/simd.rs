@@ -184,13 +184,14 @@ pub(crate) fn gemm_bcast(
             accumulate,
             ktab: std::ptr::null(),
             jtab: std::ptr::null(),
+            rtab: std::ptr::null(),
         };
         match level() {
             // SAFETY: CPU support checked by `level`; every access stays within the extents
             // asserted above.
-            Level::Avx512 => return unsafe { avx512::bcast::<false>(m, n, op) },
+            Level::Avx512 => return unsafe { avx512::bcast::<PLAIN>(m, n, op) },
             // SAFETY: as above.
-            Level::Avx2 => return unsafe { avx2::bcast::<false>(m, n, op) },
+            Level::Avx2 => return unsafe { avx2::bcast::<PLAIN>(m, n, op) },
             Level::Portable => {}
         }
     }
@@ -242,6 +243,7 @@ pub(crate) fn gemm_dot(
             accumulate: true,
             ktab: std::ptr::null(),
             jtab: std::ptr::null(),
+            rtab: std::ptr::null(),
         };
         match level() {
             // SAFETY: CPU support checked by `level`; every access stays within the extents
@@ -316,14 +318,15 @@ pub(crate) fn gemm_bcast_tab(
             accumulate: false,
             ktab: ktab.as_ptr(),
             jtab: std::ptr::null(),
+            rtab: std::ptr::null(),
         };
         // SAFETY: AVX-512F, or AVX2+FMA, checked by `level`; every access stays within the
         // extents asserted above.
         return unsafe {
             if level == Level::Avx512 {
-                avx512::bcast::<true>(m, n, op)
+                avx512::bcast::<BTAB>(m, n, op)
             } else {
-                avx2::bcast::<true>(m, n, op)
+                avx2::bcast::<BTAB>(m, n, op)
             }
         };
     }
@@ -336,6 +339,178 @@ pub(crate) fn gemm_bcast_tab(
                 *cv += aq * bv;
             }
         }
+    }
+}
+
+/// `C[m×n] (ldc) = A[m×k] · B[k×n]` where `A[i, q] = a[rtab[i] + ktab[q]]` and `B` is
+/// row-major with leading dimension `ldb`: `A` gathered from one buffer, e.g. the taps
+/// `ktab` of a zero-padded image read at the output positions `rtab` — the direct
+/// convolution in [`crate::conv`] with output positions as rows and output channels as
+/// columns, without im2col and without junk positions. AVX-512 and AVX2+FMA: the
+/// [`gemm_bcast`] kernels, so every element is the same chain of fused multiply-adds over
+/// `q` as [`gemm_bcast`] on the same values (and, since a product's factors commute, as the
+/// transposed product `Bᵀ·Aᵀ` on those kernels): the same bits on both levels. Portable: a
+/// plain loop (separate multiply and add). Panics (internal bug) when an entry of `A` lies
+/// past `a`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_bcast_gather(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    rtab: &[usize],
+    ktab: &[usize],
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(
+        c.len() >= extent(m, n, ldc, 1),
+        "gemm_bcast_gather: C too short"
+    );
+    assert!(
+        rtab.len() >= m && ktab.len() >= k,
+        "gemm_bcast_gather: table too short"
+    );
+    if k > 0 {
+        let last = rtab[..m].iter().max().unwrap_or(&0) + ktab[..k].iter().max().unwrap_or(&0);
+        assert!(last < a.len(), "gemm_bcast_gather: A too short");
+        assert!(
+            b.len() >= extent(k, n, ldb, 1),
+            "gemm_bcast_gather: B too short"
+        );
+    }
+    #[cfg(target_arch = "x86_64")]
+    if k > 0 && level() >= Level::Avx2 {
+        let level = level();
+        let op = Gemm {
+            k,
+            a: a.as_ptr(),
+            ars: 0,
+            acs: 0,
+            b: b.as_ptr(),
+            brs: ldb,
+            bcs: 1,
+            c: c.as_mut_ptr(),
+            ldc,
+            accumulate: false,
+            ktab: ktab.as_ptr(),
+            jtab: std::ptr::null(),
+            rtab: rtab.as_ptr(),
+        };
+        // SAFETY: AVX-512F, or AVX2+FMA, checked by `level`; every access stays within the
+        // extents asserted above.
+        return unsafe {
+            if level == Level::Avx512 {
+                avx512::bcast::<ATAB>(m, n, op)
+            } else {
+                avx2::bcast::<ATAB>(m, n, op)
+            }
+        };
+    }
+    for i in 0..m {
+        let ci = &mut c[i * ldc..i * ldc + n];
+        ci.fill(0.0);
+        for (q, &o) in ktab[..k].iter().enumerate() {
+            let aq = a[rtab[i] + o];
+            for (cv, &bv) in ci.iter_mut().zip(&b[q * ldb..q * ldb + n]) {
+                *cv += aq * bv;
+            }
+        }
+    }
+}
+
+/// `dst` `[cols, rows]` (leading dimension `rows`) = the transpose of `src` `[rows, cols]`
+/// (row-major): 8 × 8 blocks through AVX registers when the CPU has AVX2, the edges (and
+/// other CPUs) element by element. A copy: the same bits on every path.
+pub(crate) fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+    assert!(
+        src.len() >= rows * cols && dst.len() >= rows * cols,
+        "transpose: slices too short"
+    );
+    let (r8, c8) = (rows / 8 * 8, cols / 8 * 8);
+    #[cfg(target_arch = "x86_64")]
+    if level() >= Level::Avx2 {
+        for r0 in (0..r8).step_by(8) {
+            for c0 in (0..c8).step_by(8) {
+                // SAFETY: AVX2 checked by `level`; the block's rows r0..r0 + 8 and columns
+                // c0..c0 + 8 lie inside both matrices (asserted lengths).
+                unsafe {
+                    avx2::transpose8(
+                        src.as_ptr().add(r0 * cols + c0),
+                        cols,
+                        dst.as_mut_ptr().add(c0 * rows + r0),
+                        rows,
+                    )
+                };
+            }
+        }
+    } else {
+        edges(src, rows, cols, dst, 0..r8, 0..c8);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    edges(src, rows, cols, dst, 0..r8, 0..c8);
+    edges(src, rows, cols, dst, 0..rows, c8..cols);
+    edges(src, rows, cols, dst, r8..rows, 0..c8);
+}
+
+/// The elements of rows `rr` and columns `cc` of [`transpose`], one by one.
+fn edges(
+    src: &[f32],
+    rows: usize,
+    cols: usize,
+    dst: &mut [f32],
+    rr: std::ops::Range<usize>,
+    cc: std::ops::Range<usize>,
+) {
+    for c in cc {
+        for r in rr.clone() {
+            dst[c * rows + r] = src[r * cols + c];
+        }
+    }
+}
+
+/// The broadcast kernels' estimated cycles per step of the reduction for an `m × n` block
+/// of `C` at this thread's level (their tiling, one vector FMA per lane group and cycle on
+/// each of two pipes, four cycles of FMA latency per chain, masked columns half again as
+/// dear): for choosing, between two products with the same bits, the one that fills the
+/// tiles better. Portable: `m · n`.
+pub(crate) fn bcast_cycles(m: usize, n: usize) -> f64 {
+    // One tile of `r` rows and `v` vectors: its chains issue two per cycle but each waits
+    // four cycles for its previous step.
+    let tile = |r: usize, v: usize, per_cycle: f64| -> f64 {
+        if r == 0 || v == 0 {
+            0.0
+        } else {
+            ((r * v) as f64 / per_cycle).max(4.0)
+        }
+    };
+    match level() {
+        Level::Avx2 => {
+            // Column blocks of 16 and 8 over 6-row tiles, then masked 8-row tiles.
+            let rows = |v: usize| (m / 6) as f64 * tile(6, v, 2.0) + tile(m % 6, v, 2.0);
+            let mut t = (n / 16) as f64 * rows(2);
+            if n % 16 >= 8 {
+                t += rows(1);
+            }
+            if !n.is_multiple_of(8) {
+                t += 1.5 * ((m / 8) as f64 * tile(8, 1, 2.0) + tile(m % 8, 1, 2.0));
+            }
+            t
+        }
+        Level::Avx512 => {
+            // Row blocks of 8 over 48-column tiles, then one tile of the columns left.
+            let block = |r: usize| {
+                let rest = (n % 48).div_ceil(16);
+                (n / 48) as f64 * tile(r, 3, 1.0) + tile(r, rest, 1.0)
+            };
+            (m / 8) as f64 * block(8) + block(m % 8)
+        }
+        Level::Portable => (m * n) as f64,
     }
 }
 
@@ -381,6 +556,7 @@ pub(crate) fn gemm_dot_tab(
             accumulate: true,
             ktab: std::ptr::null(),
             jtab: jtab.as_ptr(),
+            rtab: std::ptr::null(),
         };
         // SAFETY: AVX2+FMA checked by `level`; accesses within the extents asserted above.
         return unsafe { avx2::dot::<true>(m, n, op) };
@@ -474,7 +650,21 @@ struct Gemm {
     ktab: *const usize,
     /// Dot kernels with a row table: `B[q, j]` at `b + jtab[j] + q` (null: `bcs`).
     jtab: *const usize,
+    /// Broadcast kernels in [`ATAB`] mode: `A[i, q]` at `a + rtab[i] + ktab[q]` (null
+    /// otherwise).
+    rtab: *const usize,
 }
+
+/// Broadcast kernel modes: `A` and `B` by strides.
+#[cfg(target_arch = "x86_64")]
+const PLAIN: u8 = 0;
+/// `B`'s rows from the row table `ktab`, `A` by strides.
+#[cfg(target_arch = "x86_64")]
+const BTAB: u8 = 1;
+/// `A` gathered through a row table and a tap table (`a + rtab[i] + ktab[q]`), `B` by
+/// strides.
+#[cfg(target_arch = "x86_64")]
+const ATAB: u8 = 2;
 
 #[cfg(target_arch = "x86_64")]
 impl Gemm {
@@ -488,8 +678,14 @@ impl Gemm {
             } else {
                 (self.b, self.jtab.add(j))
             };
+            let (a, rtab) = if self.rtab.is_null() {
+                (self.a.add(i * self.ars), self.rtab)
+            } else {
+                (self.a, self.rtab.add(i))
+            };
             Self {
-                a: self.a.add(i * self.ars),
+                a,
+                rtab,
                 b,
                 jtab,
                 c: self.c.add(i * self.ldc + j),
@@ -497,16 +693,43 @@ impl Gemm {
             }
         }
     }
-    /// Broadcast kernels: the start of row `kk` of `B` (`KT`: from the row table).
+    /// Broadcast kernels: the start of row `kk` of `B` (mode [`BTAB`]: from the row table).
     /// SAFETY: `kk < k`.
     #[inline(always)]
-    unsafe fn brow_k<const KT: bool>(&self, kk: usize) -> *const f32 {
+    unsafe fn brow_k<const T: u8>(&self, kk: usize) -> *const f32 {
         // SAFETY: the caller's bound; the table entries were checked against B's length.
         unsafe {
-            if KT {
+            if T == BTAB {
                 self.b.add(*self.ktab.add(kk))
             } else {
                 self.b.add(kk * self.brs)
+            }
+        }
+    }
+    /// Broadcast kernels: the address of `A[r, 0]` in the tile's rows (mode [`ATAB`]: from
+    /// the row table; add [`Self::acol`]).
+    /// SAFETY: row `r` inside the block.
+    #[inline(always)]
+    unsafe fn arow<const T: u8>(&self, r: usize) -> *const f32 {
+        // SAFETY: the caller's bound; the table entries were checked against A's length.
+        unsafe {
+            if T == ATAB {
+                self.a.add(*self.rtab.add(r))
+            } else {
+                self.a.add(r * self.ars)
+            }
+        }
+    }
+    /// Broadcast kernels: the offset of column `kk` of `A` from a row's start.
+    /// SAFETY: `kk < k`.
+    #[inline(always)]
+    unsafe fn acol<const T: u8>(&self, kk: usize) -> usize {
+        // SAFETY: the caller's bound.
+        unsafe {
+            if T == ATAB {
+                *self.ktab.add(kk)
+            } else {
+                kk * self.acs
             }
         }
     }
@@ -531,21 +754,24 @@ mod avx2 {
 
     use super::Gemm;
 
-    /// One `MR × (8·NV)` tile of `C = [C +] A·B` (`KT`: `B`'s rows from the row table).
+    /// One `MR × (8·NV)` tile of `C = [C +] A·B` (`T`: the mode, [`super::PLAIN`],
+    /// [`super::BTAB`] or [`super::ATAB`]).
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn bcast_tile<const MR: usize, const NV: usize, const KT: bool>(op: Gemm) {
-        let Gemm { a, c, ldc, .. } = op;
+    unsafe fn bcast_tile<const MR: usize, const NV: usize, const T: u8>(op: Gemm) {
+        let Gemm { c, ldc, .. } = op;
         // SAFETY (whole body): the caller guarantees the tile lies inside A, B and C.
         unsafe {
+            let arows: [*const f32; MR] = std::array::from_fn(|r| op.arow::<T>(r));
             let mut acc = [[_mm256_setzero_ps(); NV]; MR];
             for kk in 0..op.k {
-                let bp = op.brow_k::<KT>(kk);
+                let bp = op.brow_k::<T>(kk);
+                let ac = op.acol::<T>(kk);
                 let mut bv = [_mm256_setzero_ps(); NV];
                 for (v, bv) in bv.iter_mut().enumerate() {
                     *bv = _mm256_loadu_ps(bp.add(8 * v));
                 }
                 for (r, acc) in acc.iter_mut().enumerate() {
-                    let av = _mm256_broadcast_ss(&*a.add(r * op.ars + kk * op.acs));
+                    let av = _mm256_broadcast_ss(&*arows[r].add(ac));
                     for v in 0..NV {
                         acc[v] = _mm256_fmadd_ps(av, bv[v], acc[v]);
                     }
@@ -570,21 +796,21 @@ mod avx2 {
     /// tile needs all 16 and LLVM spills), then one tile of the 1–5 rows left. The column
     /// block's `B` panel stays in L1 across the row blocks.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn bcast_cols<const NV: usize, const KT: bool>(m: usize, op: Gemm) {
+    unsafe fn bcast_cols<const NV: usize, const T: u8>(m: usize, op: Gemm) {
         // SAFETY (whole body): rows stay below m (caller's bound on the columns).
         unsafe {
             let mut i = 0;
             while i + 6 <= m {
-                bcast_tile::<6, NV, KT>(op.at(i, 0));
+                bcast_tile::<6, NV, T>(op.at(i, 0));
                 i += 6;
             }
             let rest = op.at(i, 0);
             match m - i {
-                5 => bcast_tile::<5, NV, KT>(rest),
-                4 => bcast_tile::<4, NV, KT>(rest),
-                3 => bcast_tile::<3, NV, KT>(rest),
-                2 => bcast_tile::<2, NV, KT>(rest),
-                1 => bcast_tile::<1, NV, KT>(rest),
+                5 => bcast_tile::<5, NV, T>(rest),
+                4 => bcast_tile::<4, NV, T>(rest),
+                3 => bcast_tile::<3, NV, T>(rest),
+                2 => bcast_tile::<2, NV, T>(rest),
+                1 => bcast_tile::<1, NV, T>(rest),
                 _ => {}
             }
         }
@@ -594,16 +820,18 @@ mod avx2 {
     /// (lanes past `rem` are neither read nor written), the same chain of fused
     /// multiply-adds over `k` per element as the full tiles.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn bcast_tail<const MR: usize, const KT: bool>(rem: usize, op: Gemm) {
+    unsafe fn bcast_tail<const MR: usize, const T: u8>(rem: usize, op: Gemm) {
         // SAFETY (whole body): masked lanes stay below rem; rows below MR (caller's bound).
         unsafe {
             let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
             let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(rem as i32), lanes);
+            let arows: [*const f32; MR] = std::array::from_fn(|r| op.arow::<T>(r));
             let mut acc = [_mm256_setzero_ps(); MR];
             for kk in 0..op.k {
-                let bv = _mm256_maskload_ps(op.brow_k::<KT>(kk), mask);
+                let bv = _mm256_maskload_ps(op.brow_k::<T>(kk), mask);
+                let ac = op.acol::<T>(kk);
                 for (r, acc) in acc.iter_mut().enumerate() {
-                    let av = _mm256_broadcast_ss(&*op.a.add(r * op.ars + kk * op.acs));
+                    let av = _mm256_broadcast_ss(&*arows[r].add(ac));
                     *acc = _mm256_fmadd_ps(av, bv, *acc);
                 }
             }
@@ -619,22 +847,23 @@ mod avx2 {
         }
     }
 
-    /// See [`super::gemm_bcast`] and [`super::gemm_bcast_rows`] (`KT`); the caller checked
+    /// See [`super::gemm_bcast`], [`super::gemm_bcast_tab`] and [`super::gemm_bcast_gather`]
+    /// (`T`: the mode); the caller checked
     /// CPU support and extents. Column blocks of 16, then one of 8 (each over all rows,
     /// see `bcast_cols`), then the last `n mod 8` columns as masked vectors in blocks of 8
     /// rows (8 independent accumulator chains). Every element is the same chain of fused
     /// multiply-adds over `k` whichever block it falls in.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn bcast<const KT: bool>(m: usize, n: usize, op: Gemm) {
+    pub(super) unsafe fn bcast<const T: u8>(m: usize, n: usize, op: Gemm) {
         // SAFETY: column blocks stay below n, row blocks below m.
         unsafe {
             let mut j = 0;
             while j + 16 <= n {
-                bcast_cols::<2, KT>(m, op.at(0, j));
+                bcast_cols::<2, T>(m, op.at(0, j));
                 j += 16;
             }
             if j + 8 <= n {
-                bcast_cols::<1, KT>(m, op.at(0, j));
+                bcast_cols::<1, T>(m, op.at(0, j));
                 j += 8;
             }
             let rem = n - j;
@@ -644,19 +873,58 @@ mod avx2 {
             let op = op.at(0, j);
             let mut i = 0;
             while i + 8 <= m {
-                bcast_tail::<8, KT>(rem, op.at(i, 0));
+                bcast_tail::<8, T>(rem, op.at(i, 0));
                 i += 8;
             }
             let rest = op.at(i, 0);
             match m - i {
-                7 => bcast_tail::<7, KT>(rem, rest),
-                6 => bcast_tail::<6, KT>(rem, rest),
-                5 => bcast_tail::<5, KT>(rem, rest),
-                4 => bcast_tail::<4, KT>(rem, rest),
-                3 => bcast_tail::<3, KT>(rem, rest),
-                2 => bcast_tail::<2, KT>(rem, rest),
-                1 => bcast_tail::<1, KT>(rem, rest),
+                7 => bcast_tail::<7, T>(rem, rest),
+                6 => bcast_tail::<6, T>(rem, rest),
+                5 => bcast_tail::<5, T>(rem, rest),
+                4 => bcast_tail::<4, T>(rem, rest),
+                3 => bcast_tail::<3, T>(rem, rest),
+                2 => bcast_tail::<2, T>(rem, rest),
+                1 => bcast_tail::<1, T>(rem, rest),
                 _ => {}
+            }
+        }
+    }
+
+    /// One 8 × 8 block: `d[c·ldd + r] = s[r·lds + c]` for `r, c < 8`.
+    /// SAFETY: the caller guarantees AVX2 and that the block lies inside both buffers.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn transpose8(s: *const f32, lds: usize, d: *mut f32, ldd: usize) {
+        // SAFETY: the caller's bounds.
+        unsafe {
+            let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(s.add(i * lds)));
+            let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+            let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+            let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+            let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+            let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+            let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+            let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+            let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+            let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+            let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+            let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+            let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+            let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+            let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+            let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+            let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+            let o = [
+                _mm256_permute2f128_ps::<0x20>(u0, u4),
+                _mm256_permute2f128_ps::<0x20>(u1, u5),
+                _mm256_permute2f128_ps::<0x20>(u2, u6),
+                _mm256_permute2f128_ps::<0x20>(u3, u7),
+                _mm256_permute2f128_ps::<0x31>(u0, u4),
+                _mm256_permute2f128_ps::<0x31>(u1, u5),
+                _mm256_permute2f128_ps::<0x31>(u2, u6),
+                _mm256_permute2f128_ps::<0x31>(u3, u7),
+            ];
+            for (i, v) in o.iter().enumerate() {
+                _mm256_storeu_ps(d.add(i * ldd), *v);
             }
         }
     }
@@ -769,24 +1037,23 @@ mod avx512 {
     /// `last` (the others are full): per element the chain of fused multiply-adds over `k`
     /// from zero, then the add of `C` — the AVX2 kernel's arithmetic, so the same bits.
     #[target_feature(enable = "avx512f")]
-    unsafe fn bcast_tile<const MR: usize, const NV: usize, const KT: bool>(
-        op: Gemm,
-        last: __mmask16,
-    ) {
-        let Gemm { a, c, ldc, .. } = op;
+    unsafe fn bcast_tile<const MR: usize, const NV: usize, const T: u8>(op: Gemm, last: __mmask16) {
+        let Gemm { c, ldc, .. } = op;
         let mask = |v: usize| if v + 1 == NV { last } else { 0xFFFF };
         // SAFETY (whole body): the caller guarantees the tile's unmasked lanes lie inside
         // A, B and C; masked lanes are neither read nor written.
         unsafe {
+            let arows: [*const f32; MR] = std::array::from_fn(|r| op.arow::<T>(r));
             let mut acc = [[_mm512_setzero_ps(); NV]; MR];
             for kk in 0..op.k {
-                let bp = op.brow_k::<KT>(kk);
+                let bp = op.brow_k::<T>(kk);
+                let ac = op.acol::<T>(kk);
                 let mut bv = [_mm512_setzero_ps(); NV];
                 for (v, bv) in bv.iter_mut().enumerate() {
                     *bv = _mm512_maskz_loadu_ps(mask(v), bp.add(16 * v));
                 }
                 for (r, acc) in acc.iter_mut().enumerate() {
-                    let av = _mm512_set1_ps(*a.add(r * op.ars + kk * op.acs));
+                    let av = _mm512_set1_ps(*arows[r].add(ac));
                     for v in 0..NV {
                         acc[v] = _mm512_fmadd_ps(av, bv[v], acc[v]);
                     }
@@ -809,45 +1076,46 @@ mod avx512 {
     /// All `n` columns of an `MR`-row block: tiles of 48 columns, then one tile of 1–3
     /// vectors for the rest, its last vector masked.
     #[target_feature(enable = "avx512f")]
-    unsafe fn bcast_rows<const MR: usize, const KT: bool>(n: usize, op: Gemm) {
+    unsafe fn bcast_rows<const MR: usize, const T: u8>(n: usize, op: Gemm) {
         // SAFETY (whole body): columns stay below n; rows below MR (caller's bound).
         unsafe {
             let mut j = 0;
             while j + 48 <= n {
-                bcast_tile::<MR, 3, KT>(op.at(0, j), 0xFFFF);
+                bcast_tile::<MR, 3, T>(op.at(0, j), 0xFFFF);
                 j += 48;
             }
             let rest = n - j;
             let last = lanes(rest - rest.saturating_sub(1) / 16 * 16);
             match rest.div_ceil(16) {
-                3 => bcast_tile::<MR, 3, KT>(op.at(0, j), last),
-                2 => bcast_tile::<MR, 2, KT>(op.at(0, j), last),
-                1 => bcast_tile::<MR, 1, KT>(op.at(0, j), last),
+                3 => bcast_tile::<MR, 3, T>(op.at(0, j), last),
+                2 => bcast_tile::<MR, 2, T>(op.at(0, j), last),
+                1 => bcast_tile::<MR, 1, T>(op.at(0, j), last),
                 _ => {}
             }
         }
     }
 
-    /// See [`super::gemm_bcast`] and [`super::gemm_bcast_tab`] (`KT`); the caller checked CPU
+    /// See [`super::gemm_bcast`], [`super::gemm_bcast_tab`] and [`super::gemm_bcast_gather`]
+    /// (`T`: the mode); the caller checked CPU
     /// support and extents. Rows in blocks of 8, then one block of the 1–7 left.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn bcast<const KT: bool>(m: usize, n: usize, op: Gemm) {
+    pub(super) unsafe fn bcast<const T: u8>(m: usize, n: usize, op: Gemm) {
         // SAFETY: row blocks stay below m.
         unsafe {
             let mut i = 0;
             while i + 8 <= m {
-                bcast_rows::<8, KT>(n, op.at(i, 0));
+                bcast_rows::<8, T>(n, op.at(i, 0));
                 i += 8;
             }
             let rest = op.at(i, 0);
             match m - i {
-                7 => bcast_rows::<7, KT>(n, rest),
-                6 => bcast_rows::<6, KT>(n, rest),
-                5 => bcast_rows::<5, KT>(n, rest),
-                4 => bcast_rows::<4, KT>(n, rest),
-                3 => bcast_rows::<3, KT>(n, rest),
-                2 => bcast_rows::<2, KT>(n, rest),
-                1 => bcast_rows::<1, KT>(n, rest),
+                7 => bcast_rows::<7, T>(n, rest),
+                6 => bcast_rows::<6, T>(n, rest),
+                5 => bcast_rows::<5, T>(n, rest),
+                4 => bcast_rows::<4, T>(n, rest),
+                3 => bcast_rows::<3, T>(n, rest),
+                2 => bcast_rows::<2, T>(n, rest),
+                1 => bcast_rows::<1, T>(n, rest),
                 _ => {}
             }
         }
@@ -1087,6 +1355,97 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+        /// `gemm_bcast_gather` on every level: `A[i, q] = buf[rtab[i] + ktab[q]]` at random
+        /// offsets (odd sizes, zero rows, columns or reduction, repeated offsets) against a
+        /// naive f64 product, columns past `n` untouched; on SIMD levels every element has
+        /// the bits of the transposed product `Cᵀ = Bᵀ·Aᵀ` on `gemm_bcast` (the grid form of
+        /// the direct convolution), and the same bits on AVX-512 as on AVX2.
+        #[test]
+        fn gather_kernel_has_the_bits_of_the_transposed_product(
+            m in 0usize..40, n in 0usize..70, k in 0usize..30, len in 1usize..200,
+            pad in 0usize..4, seed in 0u64..1000,
+        ) {
+            let buf = values(seed, 2 * len + 1);
+            let offs = values(seed + 1, k + m);
+            let to_off = |v: &f32| ((v.abs() * 997.0) as usize) % (len + 1);
+            let ktab: Vec<usize> = offs[..k].iter().map(to_off).collect();
+            let rtab: Vec<usize> = offs[k..].iter().map(to_off).collect();
+            let b = values(seed + 2, k * n);
+            let ldc = n + pad;
+            let c0 = values(seed + 3, m * ldc);
+            let a = |i: usize, q: usize| buf[rtab[i] + ktab[q]];
+            let want = naive(m, n, k, a, |q, j| b[q * n + j]);
+            // Aᵀ `[k, m]` and Bᵀ `[n, k]` materialised for the transposed product.
+            let at: Vec<f32> = (0..k * m).map(|t| a(t % m, t / m)).collect();
+            let bt: Vec<f32> = (0..n * k).map(|t| b[(t % k) * n + t / k]).collect();
+            let mut simd_bits: Option<Vec<u32>> = None;
+            for level in levels() {
+                let (got, tr) = with_level(level, || {
+                    let mut g = c0.clone();
+                    gemm_bcast_gather(m, n, k, &buf, &rtab, &ktab, &b, n, &mut g, ldc);
+                    let mut t = vec![0f32; n * m];
+                    gemm_bcast(n, m, k, Mat::rows(&bt, k), &at, m, &mut t, m, false);
+                    (g, t)
+                });
+                for i in 0..m {
+                    for j in 0..ldc {
+                        let (x, z) = (got[i * ldc + j], c0[i * ldc + j]);
+                        if j >= n {
+                            proptest::prop_assert_eq!(x.to_bits(), z.to_bits());
+                            continue;
+                        }
+                        let w = want[i * n + j];
+                        proptest::prop_assert!((x - w).abs() <= 1e-4 * (1.0 + w.abs()), "{level:?}: {x} vs {w}");
+                        if level > Level::Portable {
+                            proptest::prop_assert_eq!(x.to_bits(), tr[j * m + i].to_bits(), "{:?} ({}, {})", level, i, j);
+                        }
+                    }
+                }
+                if level > Level::Portable {
+                    let bits: Vec<u32> = got.iter().map(|x| x.to_bits()).collect();
+                    if let Some(prev) = &simd_bits {
+                        proptest::prop_assert!(prev == &bits, "{:?} differs from AVX2", level);
+                    }
+                    simd_bits = Some(bits);
+                }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// `transpose` on every level: each element moved, nothing else written, for sizes
+        /// around the 8 × 8 blocks (zero rows or columns included).
+        #[test]
+        fn transpose_moves_every_element(rows in 0usize..30, cols in 0usize..30, seed in 0u64..100) {
+            let src = values(seed, rows * cols);
+            for level in levels() {
+                let mut dst = vec![f32::NAN; rows * cols + 3];
+                with_level(level, || transpose(&src, rows, cols, &mut dst));
+                for r in 0..rows {
+                    for c in 0..cols {
+                        proptest::prop_assert_eq!(dst[c * rows + r].to_bits(), src[r * cols + c].to_bits());
+                    }
+                }
+                proptest::prop_assert!(dst[rows * cols..].iter().all(|v| v.is_nan()));
+            }
+        }
+    }
+
+    /// The cost model prefers full tiles: ResNet-20's 7×7 stage (64 channels, 63 grid
+    /// columns) gathered, a 12-channel layer at 28×28 on the grid, on every SIMD level.
+    #[test]
+    fn cost_model_picks_the_fuller_tiles() {
+        for level in levels().into_iter().filter(|&l| l > Level::Portable) {
+            with_level(level, || {
+                assert!(bcast_cycles(49, 64) < bcast_cycles(64, 63), "{level:?}");
+                assert!(bcast_cycles(784, 12) > bcast_cycles(12, 840), "{level:?}");
+                assert!(bcast_cycles(6, 16) > 0.0);
+            });
         }
     }
 

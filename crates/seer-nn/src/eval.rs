@@ -19,7 +19,7 @@
 
 use candle_core::Tensor;
 use rayon::prelude::*;
-use seer_kernels::{Conv2dParams, PackedLinear, conv2d_image};
+use seer_kernels::{Conv2dParams, PackedConv2d, PackedLinear};
 use seer_policy::LayerKind;
 
 use crate::model::{BN_EPS, Model};
@@ -104,9 +104,8 @@ impl Epi {
 enum Op {
     Conv {
         fq: Option<Fq>,
-        w: Vec<f32>,
-        w_shape: [usize; 4],
-        params: Conv2dParams,
+        /// The weight, prepared for the input shape (after `extra`).
+        conv: Box<PackedConv2d>,
         /// Zeros added to the (quantized) input before the convolution for asymmetric
         /// padding, `[top, bottom, left, right]` beyond `params.padding` (as the forward pass,
         /// `ops::conv2d_padded`); None for symmetric padding.
@@ -311,12 +310,16 @@ impl EvalNet {
                         (kernel[0], kernel[1]),
                         &p,
                     )?;
+                    let conv = Box::new(PackedConv2d::new(
+                        &w,
+                        w_shape,
+                        &p,
+                        [xs[0], xs[1] + e_t + e_b, xs[2] + e_l + e_r],
+                    )?);
                     (
                         Op::Conv {
                             fq,
-                            w,
-                            w_shape,
-                            params: p,
+                            conv,
                             extra,
                             epi,
                         },
@@ -612,9 +615,7 @@ fn run(
     match &nd.op {
         Op::Conv {
             fq,
-            w: wt,
-            w_shape,
-            params,
+            conv,
             extra,
             epi,
         } => {
@@ -628,10 +629,10 @@ fn run(
                 None => x,
             };
             match extra {
-                None => conv2d_image(xin, nd.in_shapes[0], wt, *w_shape, params, col, o)?,
+                None => conv.image(xin, col, o)?,
                 Some(e) => {
-                    let (padded, shape) = pad_image(xin, nd.in_shapes[0], *e);
-                    conv2d_image(&padded, shape, wt, *w_shape, params, col, o)?
+                    let (padded, _) = pad_image(xin, nd.in_shapes[0], *e);
+                    conv.image(&padded, col, o)?
                 }
             };
             epi.apply(o, hw, act);
