@@ -355,7 +355,8 @@ struct Direct {
     wp: usize,
     /// Taps of the padded input: `(c, ky, kx)` → `c·plane + ky·wp + kx`.
     xtab: Vec<usize>,
-    /// Output positions on the grid: `y·W + x` → `y·wp + x` (the gathered form's rows).
+    /// Output positions on the padded image: `y·W_out + x` → `s·y·wp + s·x` for stride `s`
+    /// (the gathered form's rows).
     ptab: Vec<usize>,
     /// The forward runs gathered (`C_out` columns), and the grad-input (`C_in` columns).
     fwd_gathered: bool,
@@ -367,8 +368,36 @@ struct Direct {
 const DW_DOT_FLOATS: usize = 1024;
 
 impl Direct {
+    /// The forward's plan: [`Direct::new`] at stride 1; at a larger stride (a downsampling
+    /// "same"-padded conv, e.g. ResNet's 3×3 stride 2), the gathered form when the cost model
+    /// prefers it to im2col + GEMM (which it then replaces: the same taps in the same order,
+    /// zeros read from the padding instead of written by im2col, so the same bits), else
+    /// None. The backward of a strided conv keeps the general path.
+    fn forward(g: &Geom) -> Option<Self> {
+        if g.stride == 1 {
+            return Self::new(g);
+        }
+        let mut d = Self::plan(g, g.stride)?;
+        let (m, hw) = (g.cout, g.ohw);
+        d.fwd_gathered = FORCE_FORM
+            .with(|f| f.get())
+            .unwrap_or_else(|| bcast_cycles(hw, m) <= 1.05 * bcast_cycles(m, hw));
+        d.fwd_gathered.then_some(d)
+    }
+    /// The stride-1 "same" plan (grid or gathered, forward and grad-input); None when the
+    /// geometry does not fit or the CPU lacks AVX2.
     fn new(g: &Geom) -> Option<Self> {
-        let same = g.stride == 1
+        if g.stride != 1 {
+            return None;
+        }
+        let mut d = Self::plan(g, 1)?;
+        d.fwd_gathered = d.gathered(g.cout);
+        d.bwd_gathered = d.gathered(g.cin);
+        Some(d)
+    }
+    /// Tables for a "same"-padded geometry at `stride`, both forms off.
+    fn plan(g: &Geom, stride: usize) -> Option<Self> {
+        let same = g.stride == stride
             && g.dil == 1
             && g.groups == 1
             && g.kh == g.kw
@@ -386,13 +415,13 @@ impl Direct {
             hp,
             wp,
             xtab: Vec::new(),
-            ptab: (0..g.h * g.w).map(|i| i / g.w * wp + i % g.w).collect(),
+            ptab: (0..g.ohw)
+                .map(|i| stride * (i / g.ow * wp + i % g.ow))
+                .collect(),
             fwd_gathered: false,
             bwd_gathered: false,
         };
         d.xtab = d.taps(g.cin, hp * wp);
-        d.fwd_gathered = d.gathered(g.cout);
-        d.bwd_gathered = d.gathered(g.cin);
         Some(d)
     }
     /// Whether a product with `m` output channels (the forward's `C_out`, the grad-input's
@@ -584,7 +613,7 @@ fn forward_image(xi: &[f32], wt: &[f32], g: &Geom, col: &mut [f32], o: &mut [f32
 
 /// Forward: `x` `[N, C_in, H, W]`, `wt` `[C_out, C_in/g, K_h, K_w]` → `[N, C_out, H_out, W_out]`.
 pub(crate) fn conv_forward(x: &[f32], wt: &[f32], g: &Geom) -> Vec<f32> {
-    conv_forward_with(x, wt, g, Direct::new(g).as_ref(), None)
+    conv_forward_with(x, wt, g, Direct::forward(g).as_ref(), None)
 }
 
 /// [`conv_forward`] on the direct path when `direct` is given, else on im2col, of `x`
@@ -985,7 +1014,7 @@ impl PackedConv2d {
                 ),
             });
         }
-        let direct = Direct::new(&g);
+        let direct = Direct::forward(&g);
         let w_t = match &direct {
             Some(d) if d.fwd_gathered => transposed(w, g.cout, g.kdim),
             _ => Vec::new(),
@@ -1059,7 +1088,7 @@ impl Conv2dFqOp {
         check_finite(x, AOP, "x").map_err(|e| fail(&self.err, e))?;
         let g = Geom::new(lx.dims(), lw.dims(), &self.params).map_err(Error::into_candle)?;
         let q = ActQ::new(alpha, self.bits);
-        let out = conv_forward_with(x, w, &g, Direct::new(&g).as_ref(), Some(q));
+        let out = conv_forward_with(x, w, &g, Direct::forward(&g).as_ref(), Some(q));
         Ok((out, Shape::from((g.n, g.cout, g.oh, g.ow))))
     }
 
@@ -1419,6 +1448,44 @@ mod tests {
                 prop_assert!(a == b, "{} differs between the forms", what);
             }
             prop_assert!(gathered[4] == gathered[0], "one image at a time differs from the batch");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+        /// A strided "same"-padded conv's gathered forward (batch, quantized input, and one
+        /// image at a time through `PackedConv2d`) has the bits of im2col + GEMM; strides 2–3,
+        /// odd sizes, zero channels, 3×3 and 5×5.
+        #[test]
+        fn strided_gathered_forward_has_the_bits_of_im2col(
+            n in 1usize..4, cin in 0usize..24, cout in 0usize..40, k5 in any::<bool>(),
+            stride in 2usize..4, h in 1usize..14, w in 1usize..14, seed in 0u64..1000,
+        ) {
+            let k = if k5 { 5 } else { 3 };
+            let p = Conv2dParams::new(stride, k / 2);
+            let (xs, ws) = ([n, cin, h, w], [cout, cin, k, k]);
+            let Ok(g) = Geom::new(&xs, &ws, &p) else { return Ok(()) };
+            let Some(d) = with_form(true, || Direct::forward(&g)) else {
+                prop_assert!(crate::simd::level() < Level::Avx2);
+                return Ok(());
+            };
+            prop_assert!(d.fwd_gathered);
+            let (xv, wv) = (vec(&tensor(seed, &xs)), vec(&tensor(seed + 1, &ws)));
+            let q = ActQ::new(1.5, 3);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+            let fast = bits(&conv_forward_with(&xv, &wv, &g, Some(&d), None));
+            let slow = bits(&conv_forward_with(&xv, &wv, &g, None, None));
+            prop_assert!(fast == slow, "forward differs from im2col");
+            let fq = bits(&conv_forward_with(&xv, &wv, &g, Some(&d), Some(q)));
+            let fq_slow = bits(&conv_forward_with(&xv, &wv, &g, None, Some(q)));
+            prop_assert!(fq == fq_slow, "quantized forward differs from im2col");
+            let packed = with_form(true, || PackedConv2d::new(&wv, ws, &p, [cin, h, w])).unwrap();
+            let (mut col, mut out, mut images) = (Vec::new(), Vec::new(), Vec::new());
+            for i in 0..n {
+                packed.image(&xv[i * g.in_img()..(i + 1) * g.in_img()], &mut col, &mut out).unwrap();
+                images.extend_from_slice(&out);
+            }
+            prop_assert!(bits(&images) == slow, "one image at a time differs");
         }
     }
 

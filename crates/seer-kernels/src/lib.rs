@@ -12,9 +12,12 @@
 //! [`gather_channels`],
 //! and [`conv2d_fq_input`] (an input's [`fake_quant_act`] and the [`conv2d`] that reads it in
 //! one op, tested against the two); plus [`filter_l2_scores`] for choosing channels.
-//! Convolutions run direct (stride-1 "same" kernels) or as im2col + GEMM on register-tiled
-//! kernels (AVX-512 chosen at run time where the CPU has it, AVX2+FMA otherwise, a portable
-//! loop elsewhere), parallel over images.
+//! Convolutions run direct (stride-1 "same" kernels: on the padded image's grid, or gathered
+//! with output positions as rows and output channels as vectors, whichever fills the tiles
+//! better — the same bits either way) or as im2col + GEMM on register-tiled kernels
+//! (AVX-512 chosen at run time where the CPU has it, AVX2+FMA otherwise, a portable loop
+//! elsewhere), parallel over images. For inference one image at a time, [`PackedConv2d`]
+//! prepares a weight once and [`PackedLinear`] a fully connected layer's.
 //!
 //! ```
 //! use candle_core::{Device, Tensor, Var};
