@@ -7,7 +7,10 @@ Prints one JSON object with the keys of the Rust bench (`qat_train_img_per_s`,
 `conv_fwd_bwd_fraction_of_gemm`) plus the variants the issue's table quotes. Needs only
 `torch` (`pip install torch`); not part of CI.
 
-    python3 tools/torch_anchor.py [--threads 2] [--reps 7] [--labels]
+    python3 tools/torch_anchor.py [--threads 2] [--reps 7] [--labels] [--avx2]
+
+`--avx2` caps ATen, oneDNN and MKL at AVX2 (to compare with our `SEER_KERNELS_NO_AVX512=1`
+run on an AVX-512 host, as the issue's machine has no AVX-512).
 
 Figures are medians of `--reps` timed repetitions after two warm-ups.
 - f32 training step: option-A (zero-padding) shortcuts, SGD with momentum, cross-entropy.
@@ -31,7 +34,16 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
+
+if "--avx2" in sys.argv:
+    # An AVX2-only CPU (the issue's Zen 3) on an AVX-512 host: ATen's kernels, oneDNN's
+    # convolutions and MKL's GEMM each have their own switch, read when torch loads.
+    # (ATEN_CPU_CAPABILITY alone leaves oneDNN's AVX-512 convolutions on.)
+    os.environ["ATEN_CPU_CAPABILITY"] = "avx2"
+    os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX2"
+    os.environ["MKL_ENABLE_INSTRUCTIONS"] = "AVX2"
 
 import torch
 import torch.nn as nn
@@ -200,6 +212,7 @@ def main():
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--labels", action="store_true", help="also time the 5 policies' labels")
+    ap.add_argument("--avx2", action="store_true", help="cap ATen, oneDNN and MKL at AVX2")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -211,6 +224,7 @@ def main():
         "threads": a.threads,
         "batch": n,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "default"),
         "load_average_start": os.getloadavg()[0],
     }
 
