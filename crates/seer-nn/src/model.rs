@@ -1523,10 +1523,10 @@ pub fn top_k(score: &[f64], k: usize) -> Vec<usize> {
 /// The clip range α in (0, max] minimising the `bits`-bit unsigned quantization MSE of the
 /// samples (grid of 100 fractions of the maximum). 1.0 when every sample is ≤ 0.
 ///
-/// The 100 candidates are scored in parallel; each error is the same f64 sum, in sample
-/// order, as a serial loop gives (the f32 quantization and the f64 squares of a block of
-/// samples are computed first, vectorised, then added in order), so α does not depend on
-/// the thread count.
+/// Each candidate's error is an f64 sum in sample order, as a serial loop gives, so α does
+/// not depend on the thread count or the CPU. The candidates are scored [`CLIP_LANES`] at a
+/// time in one pass over the samples, side by side in vector lanes, where one candidate at a
+/// time waited for each add (docs/benchmarks.md, session 24).
 pub fn best_clip(samples: &[f32], bits: u32) -> f32 {
     use rayon::prelude::*;
     let max = samples.iter().copied().fold(0f32, f32::max);
@@ -1535,31 +1535,221 @@ pub fn best_clip(samples: &[f32], bits: u32) -> f32 {
     }
     let levels = ops::act_levels(bits) as f32;
     let pos: Vec<f32> = samples.iter().copied().filter(|&v| v > 0.0).collect();
-    const BLOCK: usize = 256;
-    let errs: Vec<(f64, f32)> = (1..=100)
+    let clip = |k: usize| max * k as f32 / 100.0;
+    let errs: Vec<[f64; CLIP_LANES]> = (0..100usize.div_ceil(CLIP_LANES))
         .into_par_iter()
-        .map(|k| {
-            let a = max * k as f32 / 100.0;
-            let s = a / levels;
-            let mut sq = [0f64; BLOCK];
-            let mut err = 0f64;
-            for c in pos.chunks(BLOCK) {
-                for (e, &v) in sq.iter_mut().zip(c) {
-                    let q = seer_kernels::round_half_away(v.min(a) / s) * s;
-                    *e = ((q - v) as f64).powi(2);
-                }
-                for &e in &sq[..c.len()] {
-                    err += e;
-                }
-            }
-            (err, a)
+        .map(|g| {
+            let a: [f32; CLIP_LANES] = std::array::from_fn(|j| clip(g * CLIP_LANES + j + 1));
+            let s: [f32; CLIP_LANES] = std::array::from_fn(|j| a[j] / levels);
+            clip_errors(&pos, &a, &s)
         })
         .collect();
     let mut best = (f64::INFINITY, max);
-    for (err, a) in errs {
+    for (k, &err) in errs.iter().flatten().enumerate().take(100) {
         if err < best.0 {
-            best = (err, a);
+            best = (err, clip(k + 1));
         }
     }
     best.1
+}
+
+/// Clip candidates [`best_clip`] scores side by side: one AVX2 vector of f32.
+const CLIP_LANES: usize = 8;
+
+/// Per lane `j`, `Σ_v (q_j(v) − v)²` in f64, summed in the order of `pos`, with
+/// `q_j(v) = round(min(v, a_j) / s_j) · s_j` (ties away from zero). The same bits on every
+/// path: each lane's operations are IEEE-exact steps in a fixed order (no fused
+/// multiply-add), whatever the vector width.
+fn clip_errors(pos: &[f32], a: &[f32; CLIP_LANES], s: &[f32; CLIP_LANES]) -> [f64; CLIP_LANES] {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 was detected just above.
+        return unsafe { clip_errors_avx2(pos, a, s) };
+    }
+    clip_errors_lanes(pos, a, s)
+}
+
+/// [`clip_errors`] with the lanes in one AVX2 vector: per sample, the eight candidates'
+/// quantizations side by side and two vectors of f64 sums. `round_half_away` of
+/// `x = min(v, a) / s` is `⌊x⌋ + (x − ⌊x⌋ ≥ ½)` here: its value for every `x ≥ 0`, +∞
+/// included, and NaN where `x` is NaN, as there; `x` is never negative (`v > 0`, `a ≥ 0`,
+/// `s ≥ 0`).
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn clip_errors_avx2(
+    pos: &[f32],
+    a: &[f32; CLIP_LANES],
+    s: &[f32; CLIP_LANES],
+) -> [f64; CLIP_LANES] {
+    use std::arch::x86_64::*;
+    const _: () = assert!(CLIP_LANES == 8);
+    // SAFETY: `a` and `s` hold 8 f32 each.
+    let (av, sv) = unsafe { (_mm256_loadu_ps(a.as_ptr()), _mm256_loadu_ps(s.as_ptr())) };
+    let (half, one) = (_mm256_set1_ps(0.5), _mm256_set1_ps(1.0));
+    let (mut lo, mut hi) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+    for &v in pos {
+        let vv = _mm256_set1_ps(v);
+        let x = _mm256_div_ps(_mm256_min_ps(vv, av), sv);
+        let fl = _mm256_floor_ps(x);
+        let up = _mm256_and_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(_mm256_sub_ps(x, fl), half), one);
+        let r = _mm256_add_ps(fl, up);
+        let d = _mm256_sub_ps(_mm256_mul_ps(r, sv), vv);
+        let (dl, dh) = (
+            _mm256_cvtps_pd(_mm256_castps256_ps128(d)),
+            _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(d)),
+        );
+        lo = _mm256_add_pd(lo, _mm256_mul_pd(dl, dl));
+        hi = _mm256_add_pd(hi, _mm256_mul_pd(dh, dh));
+    }
+    let mut err = [0f64; CLIP_LANES];
+    // SAFETY: `err` holds 8 f64: 4 from each pointer.
+    unsafe {
+        _mm256_storeu_pd(err.as_mut_ptr(), lo);
+        _mm256_storeu_pd(err.as_mut_ptr().add(4), hi);
+    }
+    err
+}
+
+/// [`clip_errors`], portable: per block of samples, each lane's squared errors (a loop over
+/// samples, which vectorises), then the lanes' sums side by side (independent add chains),
+/// each in sample order.
+fn clip_errors_lanes(
+    pos: &[f32],
+    a: &[f32; CLIP_LANES],
+    s: &[f32; CLIP_LANES],
+) -> [f64; CLIP_LANES] {
+    const BLOCK: usize = 256;
+    let mut sq = [[0f64; BLOCK]; CLIP_LANES];
+    let mut err = [0f64; CLIP_LANES];
+    for c in pos.chunks(BLOCK) {
+        for (j, sq) in sq.iter_mut().enumerate() {
+            let (a, s) = (a[j], s[j]);
+            for (e, &v) in sq.iter_mut().zip(c) {
+                let q = seer_kernels::round_half_away(v.min(a) / s) * s;
+                *e = ((q - v) as f64).powi(2);
+            }
+        }
+        for t in 0..c.len() {
+            for (e, sq) in err.iter_mut().zip(&sq) {
+                *e += sq[t];
+            }
+        }
+    }
+    err
+}
+
+#[cfg(test)]
+mod clip_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// One candidate's error, one sample at a time in order: what [`clip_errors`] must give
+    /// bit for bit in every lane.
+    fn serial_error(pos: &[f32], a: f32, s: f32) -> f64 {
+        let mut err = 0f64;
+        for &v in pos {
+            let q = seer_kernels::round_half_away(v.min(a) / s) * s;
+            err += ((q - v) as f64).powi(2);
+        }
+        err
+    }
+
+    /// [`best_clip`] one candidate at a time, serially (its form before the lanes).
+    fn best_clip_serial(samples: &[f32], bits: u32) -> f32 {
+        let max = samples.iter().copied().fold(0f32, f32::max);
+        if max.is_nan() || max <= 0.0 {
+            return 1.0;
+        }
+        let levels = ops::act_levels(bits) as f32;
+        let pos: Vec<f32> = samples.iter().copied().filter(|&v| v > 0.0).collect();
+        let mut best = (f64::INFINITY, max);
+        for k in 1..=100 {
+            let a = max * k as f32 / 100.0;
+            let err = serial_error(&pos, a, a / levels);
+            if err < best.0 {
+                best = (err, a);
+            }
+        }
+        best.1
+    }
+
+    fn samples() -> impl Strategy<Value = Vec<f32>> {
+        prop_oneof![
+            prop::collection::vec(-2f32..6.0, 0..1_200),
+            // Many ties at zero and repeated values, as after a ReLU.
+            prop::collection::vec(prop_oneof![Just(0f32), Just(1.5f32), 0f32..3.0], 0..700),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        #[test]
+        fn lanes_have_the_bits_of_serial_sums(
+            pos in prop::collection::vec(1e-4f32..8.0, 0..1_100),
+            a in prop::array::uniform8(0.01f32..8.0),
+            bits in 2u32..=8,
+        ) {
+            let levels = ops::act_levels(bits) as f32;
+            let s: [f32; CLIP_LANES] = std::array::from_fn(|j| a[j] / levels);
+            let fast = clip_errors(&pos, &a, &s);
+            let portable = clip_errors_lanes(&pos, &a, &s);
+            for j in 0..CLIP_LANES {
+                let want = serial_error(&pos, a[j], s[j]);
+                prop_assert_eq!(fast[j].to_bits(), want.to_bits(), "lane {}", j);
+                prop_assert_eq!(portable[j].to_bits(), want.to_bits(), "lane {}", j);
+            }
+        }
+
+        #[test]
+        fn best_clip_is_the_serial_choice(v in samples(), bits in 2u32..=8) {
+            prop_assert_eq!(best_clip(&v, bits).to_bits(), best_clip_serial(&v, bits).to_bits());
+        }
+    }
+
+    #[test]
+    fn ties_clipping_and_a_zero_range_have_the_serial_bits() {
+        // Steps of 1 and ½ make every `k + ½` sample an exact tie; samples above `a` clip;
+        // a lane with a = 0 divides 0 by 0 (NaN, as the serial loop gives).
+        let pos: Vec<f32> = (1..80)
+            .map(|k| k as f32 * 0.25)
+            .chain([3e9, 1e-30])
+            .collect();
+        let a = [15.0f32, 7.5, 3.0, 0.0, 2.5, 1.0, 15.0, 8.0];
+        let s = [1.0f32, 0.5, 0.5, 0.0, 0.5, 1.0, 0.5, 1.0];
+        let fast = clip_errors(&pos, &a, &s);
+        let portable = clip_errors_lanes(&pos, &a, &s);
+        for j in 0..CLIP_LANES {
+            let want = serial_error(&pos, a[j], s[j]);
+            assert_eq!(fast[j].to_bits(), want.to_bits(), "lane {j}");
+            assert_eq!(portable[j].to_bits(), want.to_bits(), "lane {j}");
+        }
+        assert!(fast[3].is_nan() && fast[0].is_finite());
+    }
+
+    #[test]
+    fn best_clip_on_a_long_skewed_input() {
+        // More samples than one block, a heavy tail: the choice is interior.
+        let v: Vec<f32> = (0..70_001u32)
+            .map(|i| {
+                let u = (i.wrapping_mul(2_654_435_761) >> 8) as f32 / (1 << 24) as f32;
+                u * u * u * 10.0 - 0.5
+            })
+            .collect();
+        for bits in [2, 4, 8] {
+            let got = best_clip(&v, bits);
+            assert_eq!(
+                got.to_bits(),
+                best_clip_serial(&v, bits).to_bits(),
+                "{bits} bits"
+            );
+            let max = v.iter().copied().fold(0f32, f32::max);
+            assert!(got > 0.0 && got <= max);
+        }
+        assert!(best_clip(&v, 2) < best_clip(&v, 8));
+        assert_eq!(best_clip(&[-1.0, 0.0], 4), 1.0);
+    }
 }
