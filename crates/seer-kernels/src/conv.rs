@@ -982,7 +982,8 @@ pub fn conv2d_image(
 /// A convolution prepared once for [`PackedConv2d::image`]: one image at a time on plain
 /// slices, for inference without tensors or an autograd graph (evaluation runs every image
 /// alone, so its logits do not depend on the batch). Holds the weight, and for the direct
-/// path its tap table and, when that path runs gathered ([`Direct`]), the weight transposed.
+/// path its tap table and, when that path runs gathered by output position, the weight
+/// transposed.
 #[derive(Debug)]
 pub struct PackedConv2d {
     g: Geom,

@@ -1524,8 +1524,8 @@ pub fn top_k(score: &[f64], k: usize) -> Vec<usize> {
 /// samples (grid of 100 fractions of the maximum). 1.0 when every sample is ≤ 0.
 ///
 /// Each candidate's error is an f64 sum in sample order, as a serial loop gives, so α does
-/// not depend on the thread count or the CPU. The candidates are scored [`CLIP_LANES`] at a
-/// time in one pass over the samples, side by side in vector lanes, where one candidate at a
+/// not depend on the thread count or the CPU. The candidates are scored eight at a time in
+/// one pass over the samples, side by side in vector lanes, where one candidate at a
 /// time waited for each add (docs/benchmarks.md, session 24).
 pub fn best_clip(samples: &[f32], bits: u32) -> f32 {
     use rayon::prelude::*;
