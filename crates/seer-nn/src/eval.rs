@@ -586,8 +586,8 @@ fn bn_affine(model: &Model, i: usize) -> Result<(Vec<f32>, Vec<f32>)> {
 }
 
 /// `x` (`[C, H, W]`, the first `C·H·W` values) with `[top, bottom, left, right]` rows and
-/// columns of zeros added; returns the padded image and its shape.
-fn pad_image(x: &[f32], [c, h, w]: [usize; 3], [t, b, l, r]: [usize; 4]) -> (Vec<f32>, [usize; 3]) {
+/// columns of zeros added: `[C, H + top + bottom, W + left + right]`.
+fn pad_image(x: &[f32], [c, h, w]: [usize; 3], [t, b, l, r]: [usize; 4]) -> Vec<f32> {
     let (hp, wp) = (h + t + b, w + l + r);
     let mut out = vec![0f32; c * hp * wp];
     for ch in 0..c {
@@ -597,7 +597,7 @@ fn pad_image(x: &[f32], [c, h, w]: [usize; 3], [t, b, l, r]: [usize; 4]) -> (Vec
             out[at..at + w].copy_from_slice(src);
         }
     }
-    (out, [c, hp, wp])
+    out
 }
 
 /// Runs one node for one image into `o`.
@@ -631,7 +631,7 @@ fn run(
             match extra {
                 None => conv.image(xin, col, o)?,
                 Some(e) => {
-                    let (padded, _) = pad_image(xin, nd.in_shapes[0], *e);
+                    let padded = pad_image(xin, nd.in_shapes[0], *e);
                     conv.image(&padded, col, o)?
                 }
             };
