@@ -13,6 +13,7 @@
 
 use candle_core::{Layout, Shape, Tensor};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 use crate::matmul::Mat;
 use crate::quant::{AOP, ActQ, ErrSlot, act_backward, check_act_args, fail, read_alpha, take};
@@ -21,7 +22,8 @@ use crate::simd::{
     level, map_into, transpose,
 };
 use crate::view::{
-    Backward, F32View, Forward, check_finite, custom_op, par_map, prepare, to_tensor,
+    Backward, F32View, Forward, check_finite, custom_op, par_chunks_filled_init, par_map, prepare,
+    to_tensor, zeroed,
 };
 use crate::{Error, Result};
 
@@ -626,9 +628,9 @@ fn conv_forward_with(
     direct: Option<&Direct>,
     q: Option<ActQ>,
 ) -> Vec<f32> {
-    let mut out = vec![0f32; g.n * g.out_img()];
-    if out.is_empty() {
-        return out;
+    let len = g.n * g.out_img();
+    if len == 0 {
+        return Vec::new();
     }
     if let (Some(q), None) = (q, direct) {
         let xq = par_map(x, move |v| q.apply(v));
@@ -646,7 +648,7 @@ fn conv_forward_with(
                 vec![0f32; g.cout * d.grid_cols()],
             )
         };
-        let task = |(xp, grid): &mut (Vec<f32>, Vec<f32>), (i, o): (usize, &mut [f32])| {
+        let task = |(xp, grid): &mut (Vec<f32>, Vec<f32>), i: usize, o: &mut [f32]| {
             d.forward_image(
                 &x[i * g.in_img()..(i + 1) * g.in_img()],
                 wt,
@@ -658,18 +660,19 @@ fn conv_forward_with(
                 q,
             )
         };
-        out.par_chunks_mut(g.out_img())
-            .enumerate()
-            .for_each_init(init, task);
-        return out;
+        return par_chunks_filled_init(len, g.out_img(), init, task);
     }
     let col_len = g.tile_len();
     if per_image_parallel(g.n) {
-        out.par_chunks_mut(g.out_img()).enumerate().for_each_init(
+        return par_chunks_filled_init(
+            len,
+            g.out_img(),
             || vec![0f32; col_len],
-            |col, (i, o)| forward_image(&x[i * g.in_img()..(i + 1) * g.in_img()], wt, g, col, o),
+            |col, i, o| forward_image(&x[i * g.in_img()..(i + 1) * g.in_img()], wt, g, col, o),
         );
-    } else {
+    }
+    let mut out = vec![0f32; len];
+    {
         // Few images: parallelise over output-channel groups of one image instead.
         let mut col = vec![0f32; col_len];
         for (i, o) in out.chunks_mut(g.out_img()).enumerate() {
@@ -761,18 +764,19 @@ fn conv_backward_with(
 ) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
     let wlen = g.cout * g.kdim;
     let nchunks = g.n.div_ceil(DW_CHUNK);
-    let mut dx = if need_dx {
-        vec![0f32; g.n * g.in_img()]
-    } else {
-        Vec::new()
-    };
+    // Allocated uninitialised: each task zeroes its chunk of images before filling it.
+    let dx_len = if need_dx { g.n * g.in_img() } else { 0 };
+    let mut dx: Vec<f32> = Vec::with_capacity(dx_len);
     let mut parts = if need_dw {
         vec![0f32; nchunks * wlen]
     } else {
         Vec::new()
     };
     if g.n == 0 || (!need_dx && !need_dw) {
-        return (need_dx.then_some(dx), need_dw.then(|| vec![0f32; wlen]));
+        return (
+            need_dx.then(|| vec![0f32; dx_len]),
+            need_dw.then(|| vec![0f32; wlen]),
+        );
     }
     let direct = if force_general { None } else { Direct::new(g) };
     if let (Some(q), None, true) = (q, &direct, need_dw) {
@@ -788,19 +792,25 @@ fn conv_backward_with(
         _ => Vec::new(),
     };
     let col_len = g.tile_len();
-    let dx_chunks: Vec<Option<&mut [f32]>> = if need_dx {
-        dx.chunks_mut((DW_CHUNK * g.in_img()).max(1))
+    let dx_chunks: Vec<Option<&mut [MaybeUninit<f32>]>> = if dx_len > 0 {
+        dx.spare_capacity_mut()[..dx_len]
+            .chunks_mut((DW_CHUNK * g.in_img()).max(1))
             .map(Some)
             .collect()
     } else {
         (0..nchunks).map(|_| None).collect()
     };
-    let dw_chunks: Vec<Option<&mut [f32]>> = if need_dw {
-        parts.chunks_mut(wlen.max(1)).map(Some).collect()
+    let dw_chunks: Vec<Option<&mut [f32]>> = if need_dw && wlen > 0 {
+        parts.chunks_mut(wlen).map(Some).collect()
     } else {
         (0..nchunks).map(|_| None).collect()
     };
-    type Item<'a> = (usize, (Option<&'a mut [f32]>, Option<&'a mut [f32]>));
+    // One task per chunk of images: the zip below visits every chunk of `dx`.
+    assert_eq!(dx_chunks.len(), dw_chunks.len(), "conv backward: chunking");
+    type Item<'a> = (
+        usize,
+        (Option<&'a mut [MaybeUninit<f32>]>, Option<&'a mut [f32]>),
+    );
     if let Some(d) = &direct {
         let (ci_len, co_len) = (d.chunk_len(g.cin), d.chunk_len(g.cout));
         let cols = d.grid_cols();
@@ -823,7 +833,8 @@ fn conv_backward_with(
             (xq, vec![0f32; co_len], grid)
         };
         type Bufs = (Vec<f32>, Vec<f32>, Vec<f32>);
-        let task = |(xq, dyq, grid): &mut Bufs, (ci, (mut dxc, mut dwc)): Item<'_>| {
+        let task = |(xq, dyq, grid): &mut Bufs, (ci, (dxc, mut dwc)): Item<'_>| {
+            let mut dxc = dxc.map(zeroed);
             let first = ci * DW_CHUNK;
             let nimg = (first + DW_CHUNK).min(g.n) - first;
             for i in 0..nimg {
@@ -866,7 +877,8 @@ fn conv_backward_with(
             .enumerate()
             .for_each_init(init, task);
     } else {
-        let chunk_task = |bufs: &mut (Vec<f32>, Vec<f32>), (ci, (mut dxc, mut dwc)): Item<'_>| {
+        let chunk_task = |bufs: &mut (Vec<f32>, Vec<f32>), (ci, (dxc, mut dwc)): Item<'_>| {
+            let mut dxc = dxc.map(zeroed);
             let (col, dcol) = bufs;
             let first = ci * DW_CHUNK;
             for i in first..(first + DW_CHUNK).min(g.n) {
@@ -890,6 +902,10 @@ fn conv_backward_with(
             .enumerate()
             .for_each_init(init, chunk_task);
     }
+    // SAFETY: when `dx_len > 0`, `dx_chunks` held chunks covering `0..dx_len`, as many as
+    // `dw_chunks` (asserted), so the zip visited every one, and each task zeroed its chunk
+    // before filling it; a panic in a task propagates before this line.
+    unsafe { dx.set_len(dx_len) };
     let dw = need_dw.then(|| {
         let mut dw = vec![0f32; wlen];
         dw.par_chunks_mut(1024).enumerate().for_each(|(bi, d)| {

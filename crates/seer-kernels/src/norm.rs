@@ -7,32 +7,242 @@ use std::sync::{Arc, OnceLock};
 use candle_core::{Layout, Tensor};
 use rayon::prelude::*;
 
-use crate::view::{Backward, F32View, Forward, custom_op, par_map, prepare, relu_grad, to_tensor};
+use crate::view::{
+    Backward, F32View, Forward, custom_op, par_chunks_filled, par_map, prepare, relu_grad,
+    to_tensor,
+};
 use crate::{Error, Result};
 
 const OP: &str = "batch_norm_train";
 
-/// `(Σ a, Σ a·(b − c))` over two equal-length slices: eight f32 lanes (vectorises), then f64.
-#[inline]
-fn dot_sum(a: &[f32], b: &[f32], c: f32) -> (f64, f64) {
-    let mut s = [0f32; 8];
-    let mut p = [0f32; 8];
-    let ca = a.chunks_exact(8);
-    let cb = b.chunks_exact(8);
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            s[l] += x[l];
-            p[l] += x[l] * (y[l] - c);
+/// Images whose blocks of one channel are summed side by side: independent add chains, so
+/// the sums run at the adder's throughput instead of its latency (each block's own sum
+/// keeps its order, so the bits are those of one block at a time).
+const SIDE: usize = 4;
+
+/// Per block `k`: `(Σ a_k, Σ a_k·(b_k − c))` over `len` elements, eight f32 lanes (lane `l`
+/// adds elements `l, l + 8, …` in order), the lanes then added in f64 in lane order, then
+/// the `len mod 8` last elements one by one in f64. `K` blocks at once. Panics (an internal
+/// bug) when a block is shorter than `len`.
+#[inline(always)]
+fn dot_sums<const K: usize>(a: [&[f32]; K], b: [&[f32]; K], c: f32, len: usize) -> [(f64, f64); K] {
+    let full = len / 8 * 8;
+    let mut s = [[0f32; 8]; K];
+    let mut p = [[0f32; 8]; K];
+    for k in 0..K {
+        for (x, y) in a[k][..full]
+            .chunks_exact(8)
+            .zip(b[k][..full].chunks_exact(8))
+        {
+            for l in 0..8 {
+                s[k][l] += x[l];
+                p[k][l] += x[l] * (y[l] - c);
+            }
         }
     }
+    std::array::from_fn(|k| dot_finish(s[k], p[k], &a[k][full..len], &b[k][full..len], c))
+}
+
+/// The end of [`dot_sums`] for one block: its lanes in f64, then its last elements.
+#[inline(always)]
+fn dot_finish(s: [f32; 8], p: [f32; 8], a: &[f32], b: &[f32], c: f32) -> (f64, f64) {
     let mut s0: f64 = s.iter().map(|&v| v as f64).sum();
     let mut p0: f64 = p.iter().map(|&v| v as f64).sum();
-    for (x, y) in ra.iter().zip(rb) {
+    for (x, y) in a.iter().zip(b) {
         s0 += *x as f64;
         p0 += (*x * (*y - c)) as f64;
     }
     (s0, p0)
+}
+
+/// Per block `k`: `Σ (a_k − m)²` over `len` elements as two f64 parts, the sum of eight f32
+/// lanes (as in [`dot_sums`]) and the sum of the last `len mod 8` terms. Panics (an
+/// internal bug) when a block is shorter than `len`.
+#[inline(always)]
+fn sq_devs<const K: usize>(a: [&[f32]; K], m: f32, len: usize) -> [(f64, f64); K] {
+    let full = len / 8 * 8;
+    let mut acc = [[0f32; 8]; K];
+    for k in 0..K {
+        for x in a[k][..full].chunks_exact(8) {
+            for l in 0..8 {
+                let d = x[l] - m;
+                acc[k][l] += d * d;
+            }
+        }
+    }
+    std::array::from_fn(|k| sq_finish(acc[k], &a[k][full..len], m))
+}
+
+/// The end of [`sq_devs`] for one block.
+#[inline(always)]
+fn sq_finish(acc: [f32; 8], a: &[f32], m: f32) -> (f64, f64) {
+    (
+        acc.iter().map(|&v| v as f64).sum::<f64>(),
+        a.iter().map(|&v| ((v - m) * (v - m)) as f64).sum::<f64>(),
+    )
+}
+
+/// [`dot_sums`] and [`sq_devs`] with the `K` blocks side by side in AVX registers, one
+/// 8-lane vector per block and sum: the same IEEE operations per lane in the same order
+/// (separate multiply and add), so the same bits.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// See [`super::dot_sums`]; the caller checked AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) fn dot_sums<const K: usize>(
+        a: [&[f32]; K],
+        b: [&[f32]; K],
+        c: f32,
+        len: usize,
+    ) -> [(f64, f64); K] {
+        assert!(
+            a.iter().chain(&b).all(|t| t.len() >= len),
+            "dot_sums: block too short"
+        );
+        let full = len / 8 * 8;
+        let cv = _mm256_set1_ps(c);
+        let mut s = [_mm256_setzero_ps(); K];
+        let mut p = [_mm256_setzero_ps(); K];
+        let mut q = 0;
+        while q < full {
+            for k in 0..K {
+                // SAFETY: q + 8 <= full <= len, and every block holds `len` elements.
+                let (x, y) = unsafe {
+                    (
+                        _mm256_loadu_ps(a[k].as_ptr().add(q)),
+                        _mm256_loadu_ps(b[k].as_ptr().add(q)),
+                    )
+                };
+                s[k] = _mm256_add_ps(s[k], x);
+                p[k] = _mm256_add_ps(p[k], _mm256_mul_ps(x, _mm256_sub_ps(y, cv)));
+            }
+            q += 8;
+        }
+        std::array::from_fn(|k| {
+            let (mut sl, mut pl) = ([0f32; 8], [0f32; 8]);
+            // SAFETY: each array holds 8 floats.
+            unsafe {
+                _mm256_storeu_ps(sl.as_mut_ptr(), s[k]);
+                _mm256_storeu_ps(pl.as_mut_ptr(), p[k]);
+            }
+            super::dot_finish(sl, pl, &a[k][full..len], &b[k][full..len], c)
+        })
+    }
+
+    /// See [`super::sq_devs`]; the caller checked AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) fn sq_devs<const K: usize>(a: [&[f32]; K], m: f32, len: usize) -> [(f64, f64); K] {
+        assert!(a.iter().all(|t| t.len() >= len), "sq_devs: block too short");
+        let full = len / 8 * 8;
+        let mv = _mm256_set1_ps(m);
+        let mut acc = [_mm256_setzero_ps(); K];
+        let mut q = 0;
+        while q < full {
+            for k in 0..K {
+                // SAFETY: q + 8 <= full <= len, and every block holds `len` elements.
+                let x = unsafe { _mm256_loadu_ps(a[k].as_ptr().add(q)) };
+                let d = _mm256_sub_ps(x, mv);
+                acc[k] = _mm256_add_ps(acc[k], _mm256_mul_ps(d, d));
+            }
+            q += 8;
+        }
+        std::array::from_fn(|k| {
+            let mut l = [0f32; 8];
+            // SAFETY: the array holds 8 floats.
+            unsafe { _mm256_storeu_ps(l.as_mut_ptr(), acc[k]) };
+            super::sq_finish(l, &a[k][full..len], m)
+        })
+    }
+}
+
+/// What one channel's sums over the images compute ([`channel_sums`]).
+#[derive(Clone, Copy)]
+enum ChannelSum {
+    /// `(Σ a, Σ a·(b − m))` ([`dot_sums`]; `b` is `a` when only `Σ a` is wanted).
+    Dot,
+    /// `(Σ (a − m)², 0)` ([`sq_devs`]; each block's two parts added in turn).
+    SqDev,
+}
+
+/// Channel `ch`'s sums over the `[N, C, inner]` data `a` (and `b`, same layout): each
+/// image's block summed as [`dot_sums`] / [`sq_devs`] do, the block totals added in f64 in
+/// image order — [`SIDE`] images side by side, the same bits as one at a time. On AVX2 CPUs
+/// the blocks sit in AVX registers ([`avx2`]; the same bits).
+#[allow(clippy::too_many_arguments)]
+fn channel_sums(
+    kind: ChannelSum,
+    a: &[f32],
+    b: &[f32],
+    m: f32,
+    n: usize,
+    c: usize,
+    inner: usize,
+    ch: usize,
+) -> (f64, f64) {
+    #[cfg(target_arch = "x86_64")]
+    let simd = crate::simd::level() >= crate::simd::Level::Avx2;
+    #[cfg(not(target_arch = "x86_64"))]
+    let simd = false;
+    fn group<const K: usize>(
+        simd: bool,
+        kind: ChannelSum,
+        a: [&[f32]; K],
+        b: [&[f32]; K],
+        m: f32,
+        len: usize,
+        acc: &mut (f64, f64),
+    ) {
+        match kind {
+            ChannelSum::Dot => {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: AVX2 checked by the caller (`simd`).
+                let r = if simd {
+                    unsafe { avx2::dot_sums::<K>(a, b, m, len) }
+                } else {
+                    dot_sums::<K>(a, b, m, len)
+                };
+                #[cfg(not(target_arch = "x86_64"))]
+                let r = dot_sums::<K>(a, b, m, len);
+                for (s, p) in r {
+                    acc.0 += s;
+                    acc.1 += p;
+                }
+            }
+            ChannelSum::SqDev => {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: AVX2 checked by the caller (`simd`).
+                let r = if simd {
+                    unsafe { avx2::sq_devs::<K>(a, m, len) }
+                } else {
+                    sq_devs::<K>(a, m, len)
+                };
+                #[cfg(not(target_arch = "x86_64"))]
+                let r = sq_devs::<K>(a, m, len);
+                for (lanes, tail) in r {
+                    acc.0 += lanes;
+                    acc.0 += tail;
+                }
+            }
+        }
+    }
+    fn at(t: &[f32], at: usize, inner: usize) -> &[f32] {
+        &t[at..at + inner]
+    }
+    let block = |t, i: usize| at(t, (i * c + ch) * inner, inner);
+    let mut acc = (0f64, 0f64);
+    let mut i = 0;
+    while i + SIDE <= n {
+        let ab: [&[f32]; SIDE] = std::array::from_fn(|k| block(a, i + k));
+        let bb: [&[f32]; SIDE] = std::array::from_fn(|k| block(b, i + k));
+        group::<SIDE>(simd, kind, ab, bb, m, inner, &mut acc);
+        i += SIDE;
+    }
+    for i in i..n {
+        group::<1>(simd, kind, [block(a, i)], [block(b, i)], m, inner, &mut acc);
+    }
+    acc
 }
 
 /// Per-channel `(mean, biased variance)` of the `[N, C, inner]` data, two passes per channel
@@ -42,31 +252,9 @@ fn channel_stats(x: &[f32], n: usize, c: usize, inner: usize) -> (Vec<f32>, Vec<
     (0..c)
         .into_par_iter()
         .map(|ch| {
-            let block = |i: usize| &x[(i * c + ch) * inner..(i * c + ch + 1) * inner];
-            let mut s = 0f64;
-            for i in 0..n {
-                s += dot_sum(block(i), block(i), 0.0).0;
-            }
+            let s = channel_sums(ChannelSum::Dot, x, x, 0.0, n, c, inner, ch).0;
             let mean = (s / m) as f32;
-            let mut q = 0f64;
-            for i in 0..n {
-                let b = block(i);
-                // Σ (x − mean)² via dot_sum(x − mean, x, mean) would need a temporary; do it inline.
-                let mut acc = [0f32; 8];
-                let cb = b.chunks_exact(8);
-                let rem = cb.remainder();
-                for v in cb {
-                    for l in 0..8 {
-                        let d = v[l] - mean;
-                        acc[l] += d * d;
-                    }
-                }
-                q += acc.iter().map(|&v| v as f64).sum::<f64>();
-                q += rem
-                    .iter()
-                    .map(|&v| ((v - mean) * (v - mean)) as f64)
-                    .sum::<f64>();
-            }
+            let q = channel_sums(ChannelSum::SqDev, x, x, mean, n, c, inner, ch).0;
             (mean, (q / m) as f32)
         })
         .unzip()
@@ -99,25 +287,20 @@ impl BatchNormOp {
                 (k, beta[ch] - mean[ch] * k)
             })
             .unzip();
-        let mut out = vec![0f32; x.len()];
-        if inner > 0 {
-            let relu = self.relu;
-            out.par_chunks_mut(inner)
-                .zip(x.par_chunks(inner))
-                .enumerate()
-                .for_each(|(r, (o, x))| {
-                    let (k, b) = (scale[r % c], shift[r % c]);
-                    if relu {
-                        for (o, &x) in o.iter_mut().zip(x) {
-                            *o = (x * k + b).max(0.0);
-                        }
-                    } else {
-                        for (o, &x) in o.iter_mut().zip(x) {
-                            *o = x * k + b;
-                        }
-                    }
-                });
-        }
+        let relu = self.relu;
+        let out = par_chunks_filled(x.len(), inner.max(1), |r, o| {
+            let (k, b) = (scale[r % c], shift[r % c]);
+            let x = &x[r * inner..][..o.len()];
+            if relu {
+                for (o, &x) in o.iter_mut().zip(x) {
+                    *o = (x * k + b).max(0.0);
+                }
+            } else {
+                for (o, &x) in o.iter_mut().zip(x) {
+                    *o = x * k + b;
+                }
+            }
+        });
         let _ = self.stats.set(Stats { mean, var });
         Ok((out, l.shape().clone()))
     }
@@ -145,16 +328,7 @@ impl BatchNormOp {
         let dy: &[f32] = masked.as_deref().unwrap_or(dys);
         let sums: Vec<(f64, f64)> = (0..c)
             .into_par_iter()
-            .map(|ch| {
-                let (mut s, mut p) = (0f64, 0f64);
-                for i in 0..n {
-                    let r = (i * c + ch) * inner..(i * c + ch + 1) * inner;
-                    let (bs, bp) = dot_sum(&dy[r.clone()], &xs[r], st.mean[ch]);
-                    s += bs;
-                    p += bp;
-                }
-                (s, p)
-            })
+            .map(|ch| channel_sums(ChannelSum::Dot, dy, xs, st.mean[ch], n, c, inner, ch))
             .collect();
         // dβ = Σ dy, dγ = Σ dy·x̂ = invstd·Σ dy·(x − mean);
         // dx = k·dy + b·x + d with k = γ·invstd, b = −k·invstd·dγ/M, d = −k·dβ/M − b·mean.
@@ -173,18 +347,13 @@ impl BatchNormOp {
             let d = -k * s / m - b * mean;
             coef[ch] = (k as f32, b as f32, d as f32);
         }
-        let mut dx = vec![0f32; xs.len()];
-        if inner > 0 {
-            dx.par_chunks_mut(inner)
-                .zip(dy.par_chunks(inner).zip(xs.par_chunks(inner)))
-                .enumerate()
-                .for_each(|(r, (o, (dy, x)))| {
-                    let (k, b, d) = coef[r % c];
-                    for ((o, &g), &x) in o.iter_mut().zip(dy).zip(x) {
-                        *o = k * g + b * x + d;
-                    }
-                });
-        }
+        let dx = par_chunks_filled(xs.len(), inner.max(1), |r, o| {
+            let (k, b, d) = coef[r % c];
+            let (dy, x) = (&dy[r * inner..][..o.len()], &xs[r * inner..][..o.len()]);
+            for ((o, &g), &x) in o.iter_mut().zip(dy).zip(x) {
+                *o = k * g + b * x + d;
+            }
+        });
         Ok([
             Some(to_tensor(dx, x.dims())?),
             Some(to_tensor(dgamma, &[c])?),
@@ -380,6 +549,7 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
 mod tests {
     use super::*;
     use crate::reference;
+    use crate::simd::{Level, with_level};
     use crate::testutil::{rel_err, tensor, var, vec};
     use proptest::prelude::*;
 
@@ -483,5 +653,108 @@ mod tests {
         ));
         let ev = batch_norm_eval(&x, &g, &b, &out.mean, &out.var, 1e-5).unwrap();
         assert!(rel_err(&ev, &out.y, 1e-3) < 1e-5);
+    }
+
+    /// The one block at a time sums that [`channel_sums`] replaced (session 24's code):
+    /// `(Σ a, Σ a·(b − c))` of one block.
+    fn dot_sum_one(a: &[f32], b: &[f32], c: f32) -> (f64, f64) {
+        let mut s = [0f32; 8];
+        let mut p = [0f32; 8];
+        let ca = a.chunks_exact(8);
+        let cb = b.chunks_exact(8);
+        let (ra, rb) = (ca.remainder(), cb.remainder());
+        for (x, y) in ca.zip(cb) {
+            for l in 0..8 {
+                s[l] += x[l];
+                p[l] += x[l] * (y[l] - c);
+            }
+        }
+        let mut s0: f64 = s.iter().map(|&v| v as f64).sum();
+        let mut p0: f64 = p.iter().map(|&v| v as f64).sum();
+        for (x, y) in ra.iter().zip(rb) {
+            s0 += *x as f64;
+            p0 += (*x * (*y - c)) as f64;
+        }
+        (s0, p0)
+    }
+
+    /// Session 24's `channel_stats`: images one at a time, the variance loop inline.
+    fn channel_stats_one(x: &[f32], n: usize, c: usize, inner: usize) -> (Vec<f32>, Vec<f32>) {
+        let m = (n * inner) as f64;
+        (0..c)
+            .map(|ch| {
+                let block = |i: usize| &x[(i * c + ch) * inner..(i * c + ch + 1) * inner];
+                let mut s = 0f64;
+                for i in 0..n {
+                    s += dot_sum_one(block(i), block(i), 0.0).0;
+                }
+                let mean = (s / m) as f32;
+                let mut q = 0f64;
+                for i in 0..n {
+                    let b = block(i);
+                    let mut acc = [0f32; 8];
+                    let cb = b.chunks_exact(8);
+                    let rem = cb.remainder();
+                    for v in cb {
+                        for l in 0..8 {
+                            let d = v[l] - mean;
+                            acc[l] += d * d;
+                        }
+                    }
+                    q += acc.iter().map(|&v| v as f64).sum::<f64>();
+                    q += rem
+                        .iter()
+                        .map(|&v| ((v - mean) * (v - mean)) as f64)
+                        .sum::<f64>();
+                }
+                (mean, (q / m) as f32)
+            })
+            .unzip()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..Default::default() })]
+        /// The side-by-side channel sums (statistics of the forward, the two sums of the
+        /// backward) give the bits of one image at a time on every level this CPU runs:
+        /// image counts around multiples of [`SIDE`], blocks shorter and longer than a
+        /// vector, with large and tiny values mixed so that summation order would show.
+        #[test]
+        fn side_by_side_channel_sums_have_the_bits_of_one_image_at_a_time(
+            n in 0usize..11, c in 1usize..4, inner in 0usize..40, seed in 0u64..1000,
+            m in -2f32..2.0,
+        ) {
+            let len = n * c * inner;
+            let scale = |v: Vec<f32>| -> Vec<f32> {
+                v.iter()
+                    .enumerate()
+                    .map(|(i, &x)| if i % 5 == 2 { x * 1e4 } else { x * 1e-3 + 0.5 })
+                    .collect()
+            };
+            let (x, y) = (scale(crate::testutil::values(seed, len)), crate::testutil::values(seed + 1, len));
+            let want_stats = channel_stats_one(&x, n, c, inner);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            let levels = [Level::Portable, Level::Avx2, Level::Avx512]
+                .into_iter()
+                .filter(|&l| l <= crate::simd::detected());
+            for level in levels {
+                let (mean, var) = with_level(level, || channel_stats(&x, n, c, inner));
+                prop_assert_eq!(bits(&mean), bits(&want_stats.0), "{:?}", level);
+                prop_assert_eq!(bits(&var), bits(&want_stats.1), "{:?}", level);
+                for ch in 0..c {
+                    let got = with_level(level, || {
+                        channel_sums(ChannelSum::Dot, &x, &y, m, n, c, inner, ch)
+                    });
+                    let mut want = (0f64, 0f64);
+                    for i in 0..n {
+                        let r = (i * c + ch) * inner..(i * c + ch + 1) * inner;
+                        let (s, p) = dot_sum_one(&x[r.clone()], &y[r], m);
+                        want.0 += s;
+                        want.1 += p;
+                    }
+                    prop_assert_eq!(got.0.to_bits(), want.0.to_bits(), "{:?} ch {}", level, ch);
+                    prop_assert_eq!(got.1.to_bits(), want.1.to_bits(), "{:?} ch {}", level, ch);
+                }
+            }
+        }
     }
 }

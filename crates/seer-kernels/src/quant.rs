@@ -7,7 +7,7 @@ use candle_core::{Layout, Tensor};
 use rayon::prelude::*;
 
 use crate::view::{
-    BLOCK, Backward, F32View, Forward, check_finite, custom_op, par_map, prepare, to_tensor,
+    BLOCK, Backward, F32View, Forward, check_finite, custom_op, par_map, prepare, to_tensor, zeroed,
 };
 use crate::{Error, Result};
 
@@ -254,14 +254,21 @@ custom_op!(CustomOp2 for FakeQuantActOp, |_| "seer-fake-quant-act", AOP);
 pub(crate) fn act_backward(xs: &[f32], gs: &[f32], q: ActQ) -> (Vec<f32>, f64) {
     const GROUP: usize = 4;
     let ActQ { a, n, s } = q;
-    let mut dx = vec![0f32; xs.len()];
-    let sums: Vec<f64> = dx
+    let len = xs.len();
+    assert_eq!(
+        gs.len(),
+        len,
+        "act_backward: gradient and input lengths differ"
+    );
+    let mut dx: Vec<f32> = Vec::with_capacity(len);
+    let sums: Vec<f64> = dx.spare_capacity_mut()[..len]
         .par_chunks_mut(GROUP * BLOCK)
         .zip(
             xs.par_chunks(GROUP * BLOCK)
                 .zip(gs.par_chunks(GROUP * BLOCK)),
         )
         .flat_map_iter(|(d, (x, g))| {
+            let d = zeroed(d);
             crate::simd::map2_into(
                 x,
                 g,
@@ -279,6 +286,9 @@ pub(crate) fn act_backward(xs: &[f32], gs: &[f32], q: ActQ) -> (Vec<f32>, f64) {
             block_sums::<GROUP>(&terms)
         })
         .collect();
+    // SAFETY: the chunks cover `0..len` (`xs` has `len` elements, so the zip visited every
+    // chunk) and each was initialised by `zeroed`; a panic in a task propagates first.
+    unsafe { dx.set_len(len) };
     (dx, sums.iter().sum())
 }
 

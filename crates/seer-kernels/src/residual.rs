@@ -3,9 +3,11 @@
 //! where candle's ops take several.
 
 use candle_core::{Layout, Shape, Tensor};
-use rayon::prelude::*;
 
-use crate::view::{Backward, F32View, Forward, custom_op, par_map2, prepare, relu_grad, to_tensor};
+use crate::view::{
+    Backward, F32View, Forward, custom_op, par_chunks_filled, par_map2, prepare, relu_grad,
+    to_tensor,
+};
 use crate::{Error, Result};
 
 const AOP: &str = "add_relu";
@@ -93,23 +95,20 @@ impl GatherOp {
     fn forward(&self, [x]: [&[f32]; 1], [l]: [&Layout; 1]) -> Forward {
         let (n, c, h, w, oh, ow) = self.dims(l.dims());
         let (j, [sh, sw]) = (self.src.len(), self.stride);
-        let mut out = vec![0f32; n * j * oh * ow];
-        if !out.is_empty() {
-            out.par_chunks_mut(oh * ow).enumerate().for_each(|(r, o)| {
-                let Some(ci) = self.src[r % j] else { return };
-                let xc = &x[((r / j) * c + ci) * h * w..][..h * w];
-                if sh == 1 && sw == 1 {
-                    o.copy_from_slice(xc);
-                    return;
+        let out = par_chunks_filled(n * j * oh * ow, (oh * ow).max(1), |r, o| {
+            let Some(ci) = self.src[r % j] else { return };
+            let xc = &x[((r / j) * c + ci) * h * w..][..h * w];
+            if sh == 1 && sw == 1 {
+                o.copy_from_slice(xc);
+                return;
+            }
+            for (oy, orow) in o.chunks_exact_mut(ow).enumerate() {
+                let xr = &xc[oy * sh * w..];
+                for (ox, v) in orow.iter_mut().enumerate() {
+                    *v = xr[ox * sw];
                 }
-                for (oy, orow) in o.chunks_exact_mut(ow).enumerate() {
-                    let xr = &xc[oy * sh * w..];
-                    for (ox, v) in orow.iter_mut().enumerate() {
-                        *v = xr[ox * sw];
-                    }
-                }
-            });
-        }
+            }
+        });
         Ok((out, Shape::from((n, j, oh, ow))))
     }
 
@@ -126,21 +125,18 @@ impl GatherOp {
                 users[ci].push(k);
             }
         }
-        let mut dx = vec![0f32; x.elem_count()];
-        if !dx.is_empty() {
-            dx.par_chunks_mut(h * w).enumerate().for_each(|(r, d)| {
-                let img = r / c;
-                for &k in &users[r % c] {
-                    let gc = &g[(img * j + k) * oh * ow..][..oh * ow];
-                    for (oy, grow) in gc.chunks_exact(ow).enumerate() {
-                        let drow = &mut d[oy * sh * w..];
-                        for (ox, &v) in grow.iter().enumerate() {
-                            drow[ox * sw] += v;
-                        }
+        let dx = par_chunks_filled(x.elem_count(), (h * w).max(1), |r, d| {
+            let img = r / c;
+            for &k in &users[r % c] {
+                let gc = &g[(img * j + k) * oh * ow..][..oh * ow];
+                for (oy, grow) in gc.chunks_exact(ow).enumerate() {
+                    let drow = &mut d[oy * sh * w..];
+                    for (ox, &v) in grow.iter().enumerate() {
+                        drow[ox * sw] += v;
                     }
                 }
-            });
-        }
+            }
+        });
         Ok([Some(to_tensor(dx, x.dims())?)])
     }
 }

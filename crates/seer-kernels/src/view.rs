@@ -2,6 +2,8 @@
 //! shared by the custom ops (finiteness checks, the `cpu_fwd` boilerplate, parallel
 //! element-wise maps).
 
+use std::mem::MaybeUninit;
+
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, Layout, Shape, Storage, StorageRef, Tensor};
 use rayon::prelude::*;
@@ -192,23 +194,66 @@ pub(crate) use custom_op;
 /// sums must not depend on the thread count).
 pub(crate) const BLOCK: usize = 16384;
 
+/// Zeroes `cells` and returns them as initialised floats. For outputs allocated without
+/// initialisation ([`par_chunks_filled`], the convolutions' buffers) and zeroed by the
+/// parallel task that then fills them: the zeroing runs on every core and leaves the chunk
+/// in cache for the writes, where `vec![0f32; n]` (calloc on a reused heap block) would
+/// write the whole buffer to memory first, on the calling thread alone.
+pub(crate) fn zeroed(cells: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    for c in cells.iter_mut() {
+        c.write(0.0);
+    }
+    // SAFETY: every element was written just above, and `MaybeUninit<f32>` has the size,
+    // alignment and validity of `f32` once written.
+    unsafe { &mut *(cells as *mut [MaybeUninit<f32>] as *mut [f32]) }
+}
+
+/// `len` floats computed in parallel, chunk by chunk: `fill(state, i, out)` gets chunk `i`
+/// (`chunk` elements, the last one shorter) zeroed ([`zeroed`]) and writes what it wants
+/// into it; `init` makes each rayon job's scratch `state`, as `for_each_init`. Panics (an
+/// internal bug) when `chunk` is 0 and `len` is not.
+pub(crate) fn par_chunks_filled_init<S>(
+    len: usize,
+    chunk: usize,
+    init: impl Fn() -> S + Sync + Send,
+    fill: impl Fn(&mut S, usize, &mut [f32]) + Sync + Send,
+) -> Vec<f32> {
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    if len == 0 {
+        return out;
+    }
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk)
+        .enumerate()
+        .for_each_init(init, |s, (i, c)| fill(s, i, zeroed(c)));
+    // SAFETY: the chunks cover `0..len` and each was initialised by `zeroed` in its task
+    // (a panic in a task propagates before this line).
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// [`par_chunks_filled_init`] without scratch state.
+pub(crate) fn par_chunks_filled(
+    len: usize,
+    chunk: usize,
+    fill: impl Fn(usize, &mut [f32]) + Sync + Send,
+) -> Vec<f32> {
+    par_chunks_filled_init(len, chunk, || (), |_, i, o| fill(i, o))
+}
+
 /// `f(x)` for every element, in parallel over fixed blocks.
 pub(crate) fn par_map(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
-    out.par_chunks_mut(BLOCK)
-        .zip(x.par_chunks(BLOCK))
-        .for_each(|(o, x)| crate::simd::map_into(x, o, &f));
-    out
+    par_chunks_filled(x.len(), BLOCK, |i, o| {
+        crate::simd::map_into(&x[i * BLOCK..], o, &f)
+    })
 }
 
 /// `f(a, b)` for every pair of elements of two equal-length slices, in parallel over fixed
 /// blocks.
 pub(crate) fn par_map2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
-    let mut out = vec![0f32; a.len()];
-    out.par_chunks_mut(BLOCK)
-        .zip(a.par_chunks(BLOCK).zip(b.par_chunks(BLOCK)))
-        .for_each(|(o, (a, b))| crate::simd::map2_into(a, b, o, &f));
-    out
+    par_chunks_filled(a.len().min(b.len()), BLOCK, |i, o| {
+        crate::simd::map2_into(&a[i * BLOCK..], &b[i * BLOCK..], o, &f)
+    })
 }
 
 /// The gradient through a ReLU from its output `y`: `dy · [y > 0]` element-wise.
