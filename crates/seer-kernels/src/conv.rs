@@ -834,14 +834,14 @@ fn conv_backward_with(
         };
         type Bufs = (Vec<f32>, Vec<f32>, Vec<f32>);
         let task = |(xq, dyq, grid): &mut Bufs, (ci, (dxc, mut dwc)): Item<'_>| {
-            let mut dxc = dxc.map(zeroed);
+            let dxc = dxc.map(zeroed);
             let first = ci * DW_CHUNK;
             let nimg = (first + DW_CHUNK).min(g.n) - first;
             for i in 0..nimg {
                 let src = &dy[(first + i) * g.out_img()..(first + i + 1) * g.out_img()];
                 d.pad_into(src, g.cout, &mut dyq[i * plane..], cs, None);
             }
-            if let Some(dxc) = dxc.as_deref_mut() {
+            if let Some(dxc) = dxc {
                 for i in 0..nimg {
                     d.product(
                         g.cin,

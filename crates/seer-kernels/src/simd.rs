@@ -10,13 +10,16 @@
 //! - [`gemm_dot`]: `C += A·Bᵀ` with both `A` and `B` row-major along the reduction
 //!   (dot products of rows) — grad-weight.
 //!
-//! Dispatch ([`Level`]): AVX-512F when the CPU has it (`8 × 48` tiles of 16-lane vectors),
-//! else AVX2+FMA (`6 × 16` broadcast and `4 × 2` dot tiles of 8-lane vectors), else
-//! portable. [`gemm_bcast_tab`] and [`gemm_dot_tab`] read `B`'s rows through a table of
-//! offsets (shifted windows of a padded image) on the same kernels. [`gemm_bcast`] gives the
-//! same bits on the AVX-512 and AVX2 paths (each element is the same chain of fused
-//! multiply-adds over `k`, then the optional add of `C`); [`gemm_dot`]'s 8-lane partial sums
-//! would change with a 16-lane kernel, so it runs the AVX2 kernel on AVX-512 machines too:
+//! Dispatch ([`Level`]): AVX-512F when the CPU has it (`8 × 48` broadcast tiles of 16-lane
+//! vectors, `8 × 4` dot tiles), else AVX2+FMA (`6 × 16` broadcast and `4 × 2` dot tiles of
+//! 8-lane vectors), else portable. [`gemm_bcast_tab`] and [`gemm_dot_tab`] read `B`'s rows
+//! through a table of offsets (shifted windows of a padded image) on the same kernels.
+//! [`gemm_bcast`] gives the same bits on the AVX-512 and AVX2 paths (each element is the
+//! same chain of fused multiply-adds over `k`, then the optional add of `C`). [`gemm_dot`]
+//! sums each dot product in eight lanes (lane `l` takes elements `l, l + 8, …`), then
+//! reduces them; a 16-lane sum would change the bits, so the AVX-512 kernel keeps the eight
+//! lanes and puts two of them in a register (rows `2r` and `2r + 1` against one column,
+//! `B`'s eight elements broadcast to both halves, `A`'s row pairs packed side by side):
 //! training gives the same bits on every x86-64 machine with AVX2+FMA (the portable path
 //! differs).
 //! `SEER_KERNELS_NO_SIMD` (set at all) forces the portable path and `SEER_KERNELS_NO_AVX512`
@@ -208,6 +211,41 @@ pub(crate) fn gemm_bcast(
     );
 }
 
+/// Whether the AVX-512 dot kernel beats the AVX2 one on an `m × n` product over `p`: it
+/// needs a row pair, and its packing of `A` and two-half reductions pay off on long dot
+/// products over many columns only (measured with the `conv_profile` example: ResNet-20's
+/// direct and strided 3×3 weight gradients 1.1–1.45× faster, the 1×1 and 7×7-output ones
+/// with `p` = 49 up to 20% slower on it). Either kernel gives the same bits.
+#[cfg(target_arch = "x86_64")]
+fn dot512_pays(m: usize, n: usize, p: usize) -> bool {
+    #[cfg(test)]
+    if FORCE_DOT512.with(|f| f.get()) {
+        return m >= 2;
+    }
+    m >= 2 && n >= 32 && p >= 128
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+thread_local! {
+    /// Tests: the AVX-512 dot kernel on every product with a row pair (small ones too).
+    static FORCE_DOT512: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with the AVX-512 dot kernel on every product it can take, on this thread.
+#[cfg(all(test, target_arch = "x86_64"))]
+fn force_dot512<R>(f: impl FnOnce() -> R) -> R {
+    let old = FORCE_DOT512.with(|c| c.replace(true));
+    let r = f();
+    FORCE_DOT512.with(|c| c.set(old));
+    r
+}
+
+#[cfg(target_arch = "x86_64")]
+thread_local! {
+    /// The AVX-512 dot kernel's packed rows of `A`, kept per thread across calls.
+    static DOT_PACK: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// `C[m×n] (ldc) += A[m×p] · B[n×p]ᵀ`, `A` and `B` row-major with leading dimensions
 /// `lda`, `ldb` (dot products of their rows).
 #[allow(clippy::too_many_arguments)]
@@ -248,8 +286,12 @@ pub(crate) fn gemm_dot(
         match level() {
             // SAFETY: CPU support checked by `level`; every access stays within the extents
             // asserted above.
-            // The AVX2 kernel on AVX-512 machines too: its 8-lane partial sums are then the
-            // same on every x86-64 machine with AVX2, so labels are the same bits everywhere.
+            // Both kernels keep the AVX2 kernel's 8-lane partial sums, so labels are the same
+            // bits on every x86-64 machine with AVX2.
+            Level::Avx512 if dot512_pays(m, n, p) => {
+                return DOT_PACK
+                    .with(|p| unsafe { avx512::dot::<false>(m, n, op, &mut p.borrow_mut()) });
+            }
             Level::Avx512 | Level::Avx2 => return unsafe { avx2::dot::<false>(m, n, op) },
             Level::Portable => {}
         }
@@ -516,7 +558,7 @@ pub(crate) fn bcast_cycles(m: usize, n: usize) -> f64 {
 
 /// `C[m×n] (ldc) += A[m×p] · Bᵀ` where row `j` of `Bᵀ` is `b[jtab[j]..jtab[j] + p]` and `A`
 /// is row-major (leading dimension `lda`): dot products of `A`'s rows with windows of `b`
-/// (the direct grad-weight in [`crate::conv`]). AVX2+FMA: the [`gemm_dot`] kernels (the
+/// (the direct grad-weight in [`crate::conv`]). AVX-512 and AVX2+FMA: the [`gemm_dot`] kernels (the
 /// same bits as [`gemm_dot`] on the same rows); portable: a plain loop. Panics (internal
 /// bug) when a row runs past `b`.
 #[allow(clippy::too_many_arguments)]
@@ -558,6 +600,11 @@ pub(crate) fn gemm_dot_tab(
             jtab: jtab.as_ptr(),
             rtab: std::ptr::null(),
         };
+        if level() == Level::Avx512 && dot512_pays(m, n, p) {
+            // SAFETY: AVX-512F checked by `level`; accesses within the extents asserted above.
+            return DOT_PACK
+                .with(|p| unsafe { avx512::dot::<true>(m, n, op, &mut p.borrow_mut()) });
+        }
         // SAFETY: AVX2+FMA checked by `level`; accesses within the extents asserted above.
         return unsafe { avx2::dot::<true>(m, n, op) };
     }
@@ -930,7 +977,7 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn hsum(v: __m256) -> f32 {
+    pub(super) unsafe fn hsum(v: __m256) -> f32 {
         let lo = _mm256_castps256_ps128(v);
         let hi = _mm256_extractf128_ps(v, 1);
         let s = _mm_add_ps(lo, hi);
@@ -986,7 +1033,7 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn dot_rows<const MR: usize, const JT: bool>(n: usize, op: Gemm) {
+    pub(super) unsafe fn dot_rows<const MR: usize, const JT: bool>(n: usize, op: Gemm) {
         // SAFETY (whole body): column blocks stay below n.
         unsafe {
             // 4×2 tiles of 8-lane partial sums (8 accumulators + 2 B + 1 A register).
@@ -1120,6 +1167,137 @@ mod avx512 {
             }
         }
     }
+
+    /// Row pairs of `A` per dot tile (8 rows).
+    const RP: usize = 4;
+    /// Columns of `C` per dot tile.
+    const NC: usize = 4;
+
+    /// Packs the `pairs` row pairs of the dot kernels' `A` (`op.a`, rows `op.ars` apart) for
+    /// [`dot_tile`]: for pair `t` and step `s` of the reduction (elements `8s..8s + 8`), 16
+    /// floats at `(t·steps + s)·16`: row `2t`'s eight, then row `2t + 1`'s.
+    /// SAFETY: rows `0..2·pairs` of `A` hold `8·steps` elements each.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn pack_pairs(op: &Gemm, pairs: usize, steps: usize, pack: &mut Vec<f32>) {
+        pack.clear();
+        pack.reserve(pairs * steps * 16);
+        for t in 0..pairs {
+            // SAFETY: the caller's bound.
+            let (r0, r1) = unsafe {
+                (
+                    std::slice::from_raw_parts(op.a.add(2 * t * op.ars), 8 * steps),
+                    std::slice::from_raw_parts(op.a.add((2 * t + 1) * op.ars), 8 * steps),
+                )
+            };
+            for (x0, x1) in r0.chunks_exact(8).zip(r1.chunks_exact(8)) {
+                pack.extend_from_slice(x0);
+                pack.extend_from_slice(x1);
+            }
+        }
+    }
+
+    /// One `2·R × N` tile of `C += A·Bᵀ` (dot products along `p`; `JT`: `Bᵀ`'s rows from
+    /// the row table) from `A`'s rows packed in pairs at `ap` ([`pack_pairs`]). A 16-lane
+    /// accumulator holds two of the AVX2 kernel's 8-lane partial sums, rows `2r` and
+    /// `2r + 1` against column `j`: `B`'s eight elements are broadcast to both halves, so
+    /// every lane runs the AVX2 kernel's chain of fused multiply-adds, and each half is
+    /// then reduced by the AVX2 kernel's `hsum` and tail loop — the same bits.
+    /// SAFETY: the tile lies inside A, B and C; `ap` holds the tile's `R` pairs.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn dot_tile<const R: usize, const N: usize, const JT: bool>(
+        op: Gemm,
+        ap: *const f32,
+        steps: usize,
+    ) {
+        let p = op.k;
+        let pv = 8 * steps;
+        // SAFETY (whole body): the caller's bounds; packed pair `r`'s step `s` lies at
+        // `(r·steps + s)·16`.
+        unsafe {
+            let bp: [*const f32; N] = std::array::from_fn(|j| op.brow_j::<JT>(j));
+            let mut acc = [[_mm512_setzero_ps(); N]; R];
+            for st in 0..steps {
+                let q = 8 * st;
+                let bv: [__m512; N] = std::array::from_fn(|j| {
+                    let half = _mm256_loadu_pd(bp[j].add(q) as *const f64);
+                    _mm512_castpd_ps(_mm512_broadcast_f64x4(half))
+                });
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let av = _mm512_loadu_ps(ap.add((r * steps + st) * 16));
+                    for j in 0..N {
+                        acc[j] = _mm512_fmadd_ps(av, bv[j], acc[j]);
+                    }
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                for (j, &v) in acc.iter().enumerate() {
+                    let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+                    for (h, half) in [(0, _mm512_castps512_ps256(v)), (1, hi)] {
+                        let row = 2 * r + h;
+                        let mut s = super::avx2::hsum(half);
+                        for qq in pv..p {
+                            s += *op.a.add(row * op.ars + qq) * *bp[j].add(qq);
+                        }
+                        *op.c.add(row * op.ldc + j) += s;
+                    }
+                }
+            }
+        }
+    }
+
+    /// All `n` columns of `2·R` rows: tiles of [`NC`] columns, then one of the 1–3 left.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn dot_pairs<const R: usize, const JT: bool>(
+        n: usize,
+        op: Gemm,
+        ap: *const f32,
+        steps: usize,
+    ) {
+        // SAFETY (whole body): column blocks stay below n.
+        unsafe {
+            let mut j = 0;
+            while j + NC <= n {
+                dot_tile::<R, NC, JT>(op.at(0, j), ap, steps);
+                j += NC;
+            }
+            match n - j {
+                3 => dot_tile::<R, 3, JT>(op.at(0, j), ap, steps),
+                2 => dot_tile::<R, 2, JT>(op.at(0, j), ap, steps),
+                1 => dot_tile::<R, 1, JT>(op.at(0, j), ap, steps),
+                _ => {}
+            }
+        }
+    }
+
+    /// See [`super::gemm_dot`] and [`super::gemm_dot_tab`] (`JT`): the AVX2 kernel's sums
+    /// two rows to a 16-lane register (the same bits as [`super::avx2::dot`]). `A`'s row
+    /// pairs are packed into `pack` first (each is then read once per column tile); an odd
+    /// last row runs the AVX2 kernel. The caller checked CPU support and extents.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn dot<const JT: bool>(m: usize, n: usize, op: Gemm, pack: &mut Vec<f32>) {
+        let steps = op.k / 8;
+        let pairs = m / 2;
+        // SAFETY: rows, row pairs and the odd last row stay below m; the pack holds
+        // `pairs` pairs of `steps` steps.
+        unsafe {
+            pack_pairs(&op, pairs, steps, pack);
+            let ap = |t: usize| pack.as_ptr().add(t * steps * 16);
+            let mut t = 0;
+            while t + RP <= pairs {
+                dot_pairs::<RP, JT>(n, op.at(2 * t, 0), ap(t), steps);
+                t += RP;
+            }
+            match pairs - t {
+                3 => dot_pairs::<3, JT>(n, op.at(2 * t, 0), ap(t), steps),
+                2 => dot_pairs::<2, JT>(n, op.at(2 * t, 0), ap(t), steps),
+                1 => dot_pairs::<1, JT>(n, op.at(2 * t, 0), ap(t), steps),
+                _ => {}
+            }
+            if m % 2 == 1 {
+                super::avx2::dot_rows::<1, JT>(n, op.at(m - 1, 0));
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1207,7 +1385,7 @@ mod tests {
         /// the same bits on every SIMD level.
         #[test]
         fn dot_matches_naive_on_every_level(
-            m in 0usize..12, n in 0usize..12, p in 0usize..80, pad in 0usize..5,
+            m in 0usize..20, n in 0usize..12, p in 0usize..80, pad in 0usize..5,
             seed in 0u64..1000,
         ) {
             let (lda, ldb, ldc) = (p + pad, p + 2 * pad, n + pad);
@@ -1220,10 +1398,15 @@ mod tests {
                 let mut c = c0.clone();
                 with_level(level, || gemm_dot(m, n, p, &a, lda, &b, ldb, &mut c, ldc));
                 if level > Level::Portable {
-                    // The same bits on AVX-512 as on AVX2 (labels agree across machines).
+                    // The same bits on AVX-512 as on AVX2 (labels agree across machines), with
+                    // the AVX-512 kernel on these small products too (it takes long ones only).
                     let bits: Vec<u32> = c.iter().map(|x| x.to_bits()).collect();
                     if let Some(prev) = &simd_bits {
                         proptest::prop_assert!(prev == &bits, "{:?} differs from AVX2", level);
+                        let mut f = c0.clone();
+                        force_dot512(|| with_level(level, || gemm_dot(m, n, p, &a, lda, &b, ldb, &mut f, ldc)));
+                        let fb: Vec<u32> = f.iter().map(|x| x.to_bits()).collect();
+                        proptest::prop_assert!(prev == &fb, "{:?} (forced) differs from AVX2", level);
                     }
                     simd_bits = Some(bits);
                 }
@@ -1333,13 +1516,14 @@ mod tests {
             let c2 = values(seed + 5, m * ldc2);
             let want = naive(m, nn, p, |i, q| a2[i * p + q], |q, j| bt[j * p + q]);
             for level in levels() {
-                let (tabbed, strided) = with_level(level, || {
+                // On AVX-512, the AVX-512 dot kernel on these small products too.
+                let (tabbed, strided) = force_dot512(|| with_level(level, || {
                     let mut t = c2.clone();
                     gemm_dot_tab(m, nn, p, &a2, p, &buf, jt, &mut t, ldc2);
                     let mut s = c2.clone();
                     gemm_dot(m, nn, p, &a2, p, &bt, p, &mut s, ldc2);
                     (t, s)
-                });
+                }));
                 for i in 0..m {
                     for j in 0..ldc2 {
                         let (x, z) = (tabbed[i * ldc2 + j], c2[i * ldc2 + j]);
