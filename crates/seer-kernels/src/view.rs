@@ -94,20 +94,25 @@ pub(crate) fn prepare(t: &Tensor, op: &'static str) -> Result<Tensor> {
     Ok(t.contiguous()?)
 }
 
-/// First non-finite element of `v`, as an error naming `what`.
+/// First non-finite element of `v`, as an error naming `what`. The scan runs on every core
+/// in blocks of [`BLOCK`] (a branch-free fold that vectorises per block); the error names
+/// the lowest bad index, as a scan in order would. Run serially, this pass over a layer's
+/// input was 1.6% of a QAT training step's samples, all on the calling thread.
 pub(crate) fn check_finite(v: &[f32], op: &'static str, what: &'static str) -> Result<()> {
-    // Scan in wide chunks with a branch-free fold that vectorises; locate only on failure.
-    for (ci, chunk) in v.chunks(4096).enumerate() {
-        if !chunk.iter().fold(true, |ok, x| ok & x.is_finite())
-            && let Some((i, &value)) = chunk.iter().enumerate().find(|(_, x)| !x.is_finite())
-        {
-            return Err(Error::NonFinite {
-                op,
-                what,
-                index: ci * 4096 + i,
-                value,
-            });
-        }
+    let all_finite = |c: &[f32]| c.iter().fold(true, |ok, x| ok & x.is_finite());
+    let bad = v
+        .par_chunks(BLOCK)
+        .enumerate()
+        .find_first(|(_, c)| !all_finite(c));
+    if let Some((ci, chunk)) = bad
+        && let Some((i, &value)) = chunk.iter().enumerate().find(|(_, x)| !x.is_finite())
+    {
+        return Err(Error::NonFinite {
+            op,
+            what,
+            index: ci * BLOCK + i,
+            value,
+        });
     }
     Ok(())
 }
@@ -259,4 +264,39 @@ pub(crate) fn par_map2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync)
 /// The gradient through a ReLU from its output `y`: `dy · [y > 0]` element-wise.
 pub(crate) fn relu_grad(dy: &[f32], y: &[f32]) -> Vec<f32> {
     par_map2(dy, y, |g, y| if y > 0.0 { g } else { 0.0 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `check_finite` names the lowest bad index across blocks (NaN and infinities), and
+    /// passes finite data of any length.
+    #[test]
+    fn check_finite_names_the_first_bad_element() {
+        for len in [0, 1, BLOCK - 1, BLOCK, 5 * BLOCK + 17] {
+            let mut v: Vec<f32> = (0..len).map(|i| (i as f32).sin() * 1e30).collect();
+            assert!(check_finite(&v, "op", "x").is_ok(), "len {len}");
+            if len < 2 {
+                continue;
+            }
+            let (late, early) = (len - 1, len / 3);
+            v[late] = f32::NAN;
+            v[early] = f32::NEG_INFINITY;
+            match check_finite(&v, "op", "x") {
+                Err(Error::NonFinite {
+                    index, value, what, ..
+                }) => {
+                    assert_eq!((index, what), (early, "x"), "len {len}");
+                    assert_eq!(value, f32::NEG_INFINITY);
+                }
+                other => panic!("len {len}: {other:?}"),
+            }
+            v[early] = 0.0;
+            assert!(matches!(
+                check_finite(&v, "op", "x"),
+                Err(Error::NonFinite { index, .. }) if index == late
+            ));
+        }
+    }
 }
