@@ -493,18 +493,32 @@ impl Direct {
     /// start every `cstride` floats in `dst`, fake-quantized by `q` when given (a zero stays
     /// zero, so the padding is that of the quantized image); the padding is left as it is
     /// (zero).
+    ///
+    /// With `q`, the `c` planes are quantized in one pass into this thread's scratch
+    /// ([`PAD_SCRATCH`]) and then copied row by row: a row of the small maps (7 or 14 wide)
+    /// would leave most of its elements to the vector loop's scalar tail (the same bits
+    /// either way).
     fn pad_into(&self, src: &[f32], c: usize, dst: &mut [f32], cstride: usize, q: Option<ActQ>) {
         let (p, wp) = (self.p, self.wp);
         let (h, w) = (self.hp - 2 * p, wp - 2 * p);
-        for (ch, s) in src.chunks_exact(h * w).take(c).enumerate() {
-            let d = &mut dst[ch * cstride..ch * cstride + self.hp * wp];
-            for (y, row) in s.chunks_exact(w).enumerate() {
-                let o = (y + p) * wp + p;
-                match q {
-                    Some(q) => map_into(row, &mut d[o..o + w], move |v| q.apply(v)),
-                    None => d[o..o + w].copy_from_slice(row),
+        let copy_rows = |src: &[f32], dst: &mut [f32]| {
+            for (ch, s) in src.chunks_exact(h * w).take(c).enumerate() {
+                let d = &mut dst[ch * cstride..ch * cstride + self.hp * wp];
+                for (y, row) in s.chunks_exact(w).enumerate() {
+                    let o = (y + p) * wp + p;
+                    d[o..o + w].copy_from_slice(row);
                 }
             }
+        };
+        match q {
+            None => copy_rows(src, dst),
+            Some(q) => PAD_SCRATCH.with(|t| {
+                let mut t = t.borrow_mut();
+                let len = (c * h * w).min(src.len());
+                t.resize(len, 0.0);
+                map_into(&src[..len], &mut t, move |v| q.apply(v));
+                copy_rows(&t, dst);
+            }),
         }
     }
     /// Drops the junk columns: `grid` `[m, H, W + 2p]` → `out` `[m, H, W]`.
@@ -660,13 +674,14 @@ fn conv_forward_with(
                 q,
             )
         };
-        return par_chunks_filled_init(len, g.out_img(), init, task);
+        return par_chunks_filled_init(len, g.out_img(), DW_CHUNK, init, task);
     }
     let col_len = g.tile_len();
     if per_image_parallel(g.n) {
         return par_chunks_filled_init(
             len,
             g.out_img(),
+            DW_CHUNK,
             || vec![0f32; col_len],
             |col, i, o| forward_image(&x[i * g.in_img()..(i + 1) * g.in_img()], wt, g, col, o),
         );
@@ -680,6 +695,11 @@ fn conv_forward_with(
         }
     }
     out
+}
+
+thread_local! {
+    /// [`Direct::pad_into`]'s quantized planes, kept per thread across calls.
+    static PAD_SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Images per grad-weight partial sum. Fixed (not per thread), so results do not depend on

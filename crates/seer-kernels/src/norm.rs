@@ -478,8 +478,10 @@ pub fn batch_norm_relu_train(
     batch_norm_impl(x, gamma, beta, eps, true)
 }
 
-/// BatchNorm in evaluation mode from running statistics, built from candle ops (gradients
-/// flow to `x`, `γ`, `β`): `y = γ·(x − mean)/√(var + eps) + β`.
+/// BatchNorm in evaluation mode from running statistics: `y = x·k + b` with
+/// `k = γ/√(var + eps)` and `b = β − mean·k`. Built from candle ops when a gradient may be
+/// wanted (`x`, `γ` or `β` tracked: gradients flow to those three); otherwise one parallel
+/// pass over `x` with the same bits, and no gradient to anything.
 /// `x`: `[N, C, ...]`; the rest `[C]`. Errors: [`Error::Shape`] for mismatched shapes.
 pub fn batch_norm_eval(
     x: &Tensor,
@@ -513,6 +515,24 @@ pub fn batch_norm_eval(
     bshape[1] = c;
     let k = (gamma / (running_var + eps)?.sqrt()?)?;
     let b = (beta - (running_mean * &k)?)?;
+    // The running statistics get no gradient (they are often variables, kept for updates).
+    let tracked = [x, gamma, beta].iter().any(|t| t.track_op());
+    if !tracked && x.dtype() == candle_core::DType::F32 && x.device().is_cpu() {
+        // No gradient wanted (calibration, BatchNorm re-estimation): one parallel pass of
+        // `x·k + b` per element, the two roundings of candle's broadcast multiply and add.
+        let x = x.contiguous()?;
+        let xv = F32View::new(&x, "batch_norm_eval")?;
+        let xs = xv.slice();
+        let (kv, bv) = (k.to_vec1::<f32>()?, b.to_vec1::<f32>()?);
+        let inner = xs.len() / (x.dims()[0] * c).max(1);
+        let out = par_chunks_filled(xs.len(), inner.max(1), |r, o| {
+            let (k, b) = (kv[r % c], bv[r % c]);
+            for (o, &v) in o.iter_mut().zip(&xs[r * inner..]) {
+                *o = v * k + b;
+            }
+        });
+        return Ok(to_tensor(out, x.dims())?);
+    }
     Ok(x.broadcast_mul(&k.reshape(bshape.as_slice())?)?
         .broadcast_add(&b.reshape(bshape.as_slice())?)?)
 }
@@ -653,6 +673,49 @@ mod tests {
         ));
         let ev = batch_norm_eval(&x, &g, &b, &out.mean, &out.var, 1e-5).unwrap();
         assert!(rel_err(&ev, &out.y, 1e-3) < 1e-5);
+    }
+
+    /// The untracked fast path of `batch_norm_eval` gives the bits of the candle ops it
+    /// stands for (the tracked path), on 2-D and 4-D inputs with signed zeros and extremes.
+    #[test]
+    fn eval_fast_path_has_the_bits_of_the_candle_ops() {
+        for (seed, shape) in [
+            (1u64, vec![3usize, 4]),
+            (2, vec![2, 3, 5, 7]),
+            (3, vec![1, 2, 1, 1]),
+        ] {
+            let mut xs = crate::testutil::values(seed, shape.iter().product());
+            xs[0] = -0.0;
+            if xs.len() > 2 {
+                xs[1] = 3e38;
+                xs[2] = -1e-40;
+            }
+            let c = shape[1];
+            let x = candle_core::Tensor::from_vec(xs, shape.as_slice(), &candle_core::Device::Cpu)
+                .unwrap();
+            let g = (tensor(seed + 1, &[c]) + 1.5).unwrap();
+            let b = tensor(seed + 2, &[c]);
+            // Running statistics as variables, as seer-nn keeps them: still the fast path.
+            let m = candle_core::Var::from_tensor(&tensor(seed + 3, &[c])).unwrap();
+            let m = m.as_tensor();
+            let v = (tensor(seed + 4, &[c]).abs().unwrap() + 0.1).unwrap();
+            let fast = batch_norm_eval(&x, &g, &b, m, &v, 1e-5).unwrap();
+            assert!(!fast.track_op(), "{shape:?}: the fast path was not taken");
+            let gv = candle_core::Var::from_tensor(&g).unwrap();
+            let slow = batch_norm_eval(&x, gv.as_tensor(), &b, m, &v, 1e-5).unwrap();
+            assert!(slow.track_op());
+            let bits = |t: &candle_core::Tensor| {
+                t.flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(fast.dims(), shape.as_slice());
+            assert_eq!(bits(&fast), bits(&slow), "{shape:?}");
+        }
     }
 
     /// The one block at a time sums that [`channel_sums`] replaced (session 24's code):

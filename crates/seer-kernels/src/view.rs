@@ -215,11 +215,14 @@ pub(crate) fn zeroed(cells: &mut [MaybeUninit<f32>]) -> &mut [f32] {
 
 /// `len` floats computed in parallel, chunk by chunk: `fill(state, i, out)` gets chunk `i`
 /// (`chunk` elements, the last one shorter) zeroed ([`zeroed`]) and writes what it wants
-/// into it; `init` makes each rayon job's scratch `state`, as `for_each_init`. Panics (an
-/// internal bug) when `chunk` is 0 and `len` is not.
+/// into it; `init` makes each rayon job's scratch `state`, as `for_each_init`, and a job
+/// takes at least `min_chunks` chunks (rayon calls `init` once per job it splits off, so a
+/// scratch worth zeroing should be shared by several chunks). Panics (an internal bug) when
+/// `chunk` is 0 and `len` is not.
 pub(crate) fn par_chunks_filled_init<S>(
     len: usize,
     chunk: usize,
+    min_chunks: usize,
     init: impl Fn() -> S + Sync + Send,
     fill: impl Fn(&mut S, usize, &mut [f32]) + Sync + Send,
 ) -> Vec<f32> {
@@ -229,6 +232,7 @@ pub(crate) fn par_chunks_filled_init<S>(
     }
     out.spare_capacity_mut()[..len]
         .par_chunks_mut(chunk)
+        .with_min_len(min_chunks.max(1))
         .enumerate()
         .for_each_init(init, |s, (i, c)| fill(s, i, zeroed(c)));
     // SAFETY: the chunks cover `0..len` and each was initialised by `zeroed` in its task
@@ -243,7 +247,7 @@ pub(crate) fn par_chunks_filled(
     chunk: usize,
     fill: impl Fn(usize, &mut [f32]) + Sync + Send,
 ) -> Vec<f32> {
-    par_chunks_filled_init(len, chunk, || (), |_, i, o| fill(i, o))
+    par_chunks_filled_init(len, chunk, 1, || (), |_, i, o| fill(i, o))
 }
 
 /// `f(x)` for every element, in parallel over fixed blocks.
