@@ -18,7 +18,9 @@ Figures are medians of `--reps` timed repetitions after two warm-ups.
   `fuse_modules_qat` then `prepare_qat` with the x86 qconfig (per-channel weights).
 - f32 evaluation: option A in eval mode, and the BN-fused projection-shortcut network.
 - fake-quantized evaluation: the prepared QAT network in eval mode (observers frozen).
-- conv 16->16 28x28 forward+backward GFLOP/s as a fraction of a 1024^3 f32 matmul.
+- conv 16->16 28x28 forward+backward GFLOP/s as a fraction of a 1024^3 f32 matmul: the
+  kernels alone (`aten::convolution_backward` on a given output gradient of ones), and as
+  `_autograd` through autograd (`y.backward(ones)`) and as `_sum_all` through a `.sum()` loss.
 - `--labels`: one label of the Rust bench's protocol for each of its 5 policies, timed end to
   end as a PyTorch user would run it (`label_seconds_median`, `label_seconds`): the network
   at the policy's slim widths (uniform prune p of every prunable unit: the block-internal
@@ -249,15 +251,33 @@ def main():
     w = torch.randn(16, 16, 3, 3, requires_grad=True)
     conv_flop = 3 * 2 * n * 16 * 28 * 28 * 16 * 9
 
+    gy = torch.ones(n, 16, 28, 28)
+
+    def conv_kernels():
+        # The kernels alone: forward, then the backward on a given output gradient.
+        with torch.no_grad():
+            F.conv2d(xc, w, padding=1)
+            torch.ops.aten.convolution_backward(
+                gy, xc, w, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [True, True, False]
+            )
+
     def conv():
+        # Through autograd, the output gradient (ones) given.
+        xc.grad, w.grad = None, None
+        y = F.conv2d(xc, w, padding=1)
+        y.backward(torch.ones_like(y))
+
+    def conv_sum():
+        xc.grad, w.grad = None, None
         F.conv2d(xc, w, padding=1).sum().backward()
 
     m1, m2 = torch.randn(1024, 1024), torch.randn(1024, 1024)
-    t_conv = median_time(conv, a.reps)
     t_mm = median_time(lambda: torch.mm(m1, m2), a.reps)
-    out["conv_fwd_bwd_gflops"] = conv_flop / t_conv / 1e9
     out["gemm_gflops"] = 2 * 1024**3 / t_mm / 1e9
-    out["conv_fwd_bwd_fraction_of_gemm"] = out["conv_fwd_bwd_gflops"] / out["gemm_gflops"]
+    for key, f in [("", conv_kernels), ("_autograd", conv), ("_sum_all", conv_sum)]:
+        gflops = conv_flop / median_time(f, a.reps) / 1e9
+        out[f"conv_fwd_bwd{key}_gflops"] = gflops
+        out[f"conv_fwd_bwd{key}_fraction_of_gemm"] = gflops / out["gemm_gflops"]
     if a.labels:
         train_x, train_y = torch.randn(6400, 1, 28, 28), torch.randint(0, 10, (6400,))
         val_x = torch.randn(5000, 1, 28, 28)

@@ -19,11 +19,11 @@ use crate::matmul::Mat;
 use crate::quant::{AOP, ActQ, ErrSlot, act_backward, check_act_args, fail, read_alpha, take};
 use crate::simd::{
     Level, bcast_cycles, gemm_bcast, gemm_bcast_gather, gemm_bcast_tab, gemm_dot, gemm_dot_tab,
-    level, map_into, transpose,
+    level, map_into, transpose, transpose_into,
 };
 use crate::view::{
-    Backward, F32View, Forward, check_finite, custom_op, par_chunks_filled_init, par_map, prepare,
-    to_tensor, zeroed,
+    Backward, F32View, Forward, as_uninit, check_finite, custom_op, par_chunks_filled_init,
+    par_chunks_written_init, par_map, poison, prepare, to_tensor, zeroed,
 };
 use crate::{Error, Result};
 
@@ -438,7 +438,9 @@ impl Direct {
     /// One image's direct convolution, `m` output channels from the padded image `xp`
     /// through the taps `taps` into `o` `[m, H, W]`: on the grid with the weights `w`
     /// `[m, taps]` and `grid` as scratch, or gathered with the transposed weights `w_t`
-    /// `[taps, m]` and `grid` holding the `[H·W, m]` result.
+    /// `[taps, m]` and `grid` holding the `[H·W, m]` result. Writes (initialises) every
+    /// element of `o[..m·H·W]`, whatever `taps` holds (none: zeros, as the grid's products
+    /// then are).
     #[allow(clippy::too_many_arguments)]
     fn product(
         &self,
@@ -449,13 +451,13 @@ impl Direct {
         w_t: &[f32],
         gathered: bool,
         grid: &mut [f32],
-        o: &mut [f32],
+        o: &mut [MaybeUninit<f32>],
     ) {
         let k = taps.len();
         if gathered {
             let hw = self.ptab.len();
             gemm_bcast_gather(hw, m, k, xp, &self.ptab, taps, w_t, m, grid, m);
-            transpose(&grid[..hw * m], hw, m, &mut o[..m * hw]);
+            transpose_into(&grid[..hw * m], hw, m, &mut o[..m * hw]);
         } else {
             let n = self.grid_cols();
             gemm_bcast_tab(m, n, k, Mat::rows(w, k), xp, taps, grid, n);
@@ -521,8 +523,9 @@ impl Direct {
             }),
         }
     }
-    /// Drops the junk columns: `grid` `[m, H, W + 2p]` → `out` `[m, H, W]`.
-    fn unpad(&self, grid: &[f32], m: usize, out: &mut [f32]) {
+    /// Drops the junk columns: `grid` `[m, H, W + 2p]` → `out` `[m, H, W]` (every element
+    /// of `out[..m·H·W]` written).
+    fn unpad(&self, grid: &[f32], m: usize, out: &mut [MaybeUninit<f32>]) {
         let wp = self.wp;
         let w = wp - 2 * self.p;
         let cols = self.grid_cols();
@@ -532,13 +535,15 @@ impl Direct {
             .take(m)
         {
             for (src, dst) in gr.chunks_exact(wp).zip(o.chunks_exact_mut(w)) {
-                dst.copy_from_slice(&src[..w]);
+                for (d, &v) in dst.iter_mut().zip(&src[..w]) {
+                    d.write(v);
+                }
             }
         }
     }
     /// Forward of one image (see [`Direct`]) on its input fake-quantized by `q` when given;
     /// `xp` keeps zero padding between calls; `wt_t` is `wt` transposed when the forward
-    /// runs gathered (else unused).
+    /// runs gathered (else unused). Writes every element of `o` (`[C_out, H, W]`).
     #[allow(clippy::too_many_arguments)]
     fn forward_image(
         &self,
@@ -548,7 +553,7 @@ impl Direct {
         g: &Geom,
         xp: &mut [f32],
         grid: &mut [f32],
-        o: &mut [f32],
+        o: &mut [MaybeUninit<f32>],
         q: Option<ActQ>,
     ) {
         self.pad_into(xi, g.cin, xp, self.hp * self.wp, q);
@@ -662,7 +667,7 @@ fn conv_forward_with(
                 vec![0f32; g.cout * d.grid_cols()],
             )
         };
-        let task = |(xp, grid): &mut (Vec<f32>, Vec<f32>), i: usize, o: &mut [f32]| {
+        let task = |(xp, grid): &mut (Vec<f32>, Vec<f32>), i: usize, o: &mut [MaybeUninit<f32>]| {
             d.forward_image(
                 &x[i * g.in_img()..(i + 1) * g.in_img()],
                 wt,
@@ -674,7 +679,8 @@ fn conv_forward_with(
                 q,
             )
         };
-        return par_chunks_filled_init(len, g.out_img(), DW_CHUNK, init, task);
+        // SAFETY: each chunk is one image's output, which `forward_image` writes whole.
+        return unsafe { par_chunks_written_init(len, g.out_img(), DW_CHUNK, init, task) };
     }
     let col_len = g.tile_len();
     if per_image_parallel(g.n) {
@@ -854,7 +860,11 @@ fn conv_backward_with(
         };
         type Bufs = (Vec<f32>, Vec<f32>, Vec<f32>);
         let task = |(xq, dyq, grid): &mut Bufs, (ci, (dxc, mut dwc)): Item<'_>| {
-            let dxc = dxc.map(zeroed);
+            // The chunk's images are written whole by `product` below (no zeroing first).
+            let mut dxc = dxc;
+            if let Some(c) = dxc.as_deref_mut() {
+                poison(c);
+            }
             let first = ci * DW_CHUNK;
             let nimg = (first + DW_CHUNK).min(g.n) - first;
             for i in 0..nimg {
@@ -923,8 +933,10 @@ fn conv_backward_with(
             .for_each_init(init, chunk_task);
     }
     // SAFETY: when `dx_len > 0`, `dx_chunks` held chunks covering `0..dx_len`, as many as
-    // `dw_chunks` (asserted), so the zip visited every one, and each task zeroed its chunk
-    // before filling it; a panic in a task propagates before this line.
+    // `dw_chunks` (asserted), so the zip visited every one, and each task initialised its
+    // chunk: the direct path's `product` writes each of the chunk's images whole, the
+    // general path zeroes the chunk before accumulating into it; a panic in a task
+    // propagates before this line.
     unsafe { dx.set_len(dx_len) };
     let dw = need_dw.then(|| {
         let mut dw = vec![0f32; wlen];
@@ -990,6 +1002,46 @@ pub fn conv2d(x: &Tensor, w: &Tensor, params: &Conv2dParams) -> Result<Tensor> {
     let x = prepare(x, OP)?;
     let w = prepare(w, OP)?;
     Ok(x.apply_op2(&w, Conv2dOp { params: *params })?)
+}
+
+/// The gradients of [`conv2d`] for a given output gradient, outside candle's autograd:
+/// `x` `[N, C_in, H, W]`, `w` `[C_out, C_in/groups, K_h, K_w]` and `dy`
+/// `[N, C_out, H_out, W_out]` (the gradient of a loss with respect to `conv2d(x, w)`) →
+/// `(dx, dw)` with the shapes of `x` and `w`. The same kernels and values as the backward
+/// that `conv2d(x, w)?.backward()` runs, for training loops that drive their own gradients
+/// and for timing the convolution's backward without the autograd's gradient accumulation
+/// (`cargo xtask bench label`'s conv fraction).
+///
+/// Errors as [`conv2d`], and [`Error::Shape`] when `dy`'s shape is not the output's.
+pub fn conv2d_backward(
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+    params: &Conv2dParams,
+) -> Result<(Tensor, Tensor)> {
+    let g = Geom::new(x.dims(), w.dims(), params)?;
+    let want = [g.n, g.cout, g.oh, g.ow];
+    if dy.dims() != want {
+        return Err(Error::Shape {
+            op: OP,
+            msg: format!(
+                "output gradient of shape {:?}, the output is {want:?}",
+                dy.dims()
+            ),
+        });
+    }
+    let (xc, wc, dyc) = (prepare(x, OP)?, prepare(w, OP)?, prepare(dy, OP)?);
+    let (dx, dw) = {
+        let (xv, wv, gv) = (
+            F32View::new(&xc, OP)?,
+            F32View::new(&wc, OP)?,
+            F32View::new(&dyc, OP)?,
+        );
+        conv_backward(xv.slice(), wv.slice(), gv.slice(), &g, true, true)
+    };
+    let dx = dx.unwrap_or_default();
+    let dw = dw.unwrap_or_default();
+    Ok((to_tensor(dx, x.dims())?, to_tensor(dw, w.dims())?))
 }
 
 /// One image's convolution on plain slices, for inference without tensors or an autograd
@@ -1102,6 +1154,8 @@ impl PackedConv2d {
             // is overwritten; the grid needs no clearing).
             col[..xl].fill(0.0);
             let (xp, grid) = col.split_at_mut(xl);
+            // SAFETY: `forward_image` writes only computed values.
+            let out = unsafe { as_uninit(out) };
             d.forward_image(x, &self.w, &self.w_t, g, xp, grid, out, None);
         } else {
             if col.len() < g.tile_len() {
@@ -1305,6 +1359,18 @@ mod tests {
             "forward vs direct {xs:?} {ws:?} {p:?}"
         );
         let go = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        // The public backward gives the autograd's values for the same output gradient.
+        let (bx, bw) = conv2d_backward(x.as_tensor(), w.as_tensor(), &r, &p).unwrap();
+        assert_eq!(
+            vec(&bx),
+            vec(go.get(x.as_tensor()).unwrap()),
+            "conv2d_backward dx"
+        );
+        assert_eq!(
+            vec(&bw),
+            vec(go.get(w.as_tensor()).unwrap()),
+            "conv2d_backward dw"
+        );
         let gr = (refy * &r).unwrap().sum_all().unwrap().backward().ok();
         // Gradient errors are measured against the sums of the terms' magnitudes (the same
         // gradients of |x|, |w| and |r|), the scale f32 rounding works on: a weight gradient
@@ -1329,6 +1395,20 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn backward_rejects_a_gradient_of_the_wrong_shape() {
+        let (x, w) = (tensor(1, &[2, 3, 5, 5]), tensor(2, &[4, 3, 3, 3]));
+        let p = Conv2dParams::new(1, 1);
+        let dy = tensor(3, &[2, 4, 5, 4]);
+        let e = conv2d_backward(&x, &w, &dy, &p).unwrap_err();
+        assert!(
+            matches!(e, Error::Shape { .. }) && e.to_string().contains("[2, 4, 5, 5]"),
+            "{e}"
+        );
+        let (dx, dw) = conv2d_backward(&x, &w, &tensor(3, &[2, 4, 5, 5]), &p).unwrap();
+        assert_eq!((dx.dims(), dw.dims()), (x.dims(), w.dims()));
     }
 
     proptest! {

@@ -50,7 +50,8 @@ mod simd;
 mod view;
 
 pub use conv::{
-    __profile, Conv2dParams, PackedConv2d, conv2d, conv2d_fq_input, conv2d_image, conv2d_output_hw,
+    __profile, Conv2dParams, PackedConv2d, conv2d, conv2d_backward, conv2d_fq_input, conv2d_image,
+    conv2d_output_hw,
 };
 pub use error::{Error, Result};
 pub use linear::{PackedLinear, linear};

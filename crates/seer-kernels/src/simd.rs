@@ -470,6 +470,18 @@ pub(crate) fn gemm_bcast_gather(
 /// (row-major): 8 × 8 blocks through AVX registers when the CPU has AVX2, the edges (and
 /// other CPUs) element by element. A copy: the same bits on every path.
 pub(crate) fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+    // SAFETY: `transpose_into` writes only values of `src`.
+    transpose_into(src, rows, cols, unsafe { crate::view::as_uninit(dst) })
+}
+
+/// [`transpose`] into memory that need not be initialised: writes (initialises) exactly
+/// `dst[..rows · cols]`.
+pub(crate) fn transpose_into(
+    src: &[f32],
+    rows: usize,
+    cols: usize,
+    dst: &mut [std::mem::MaybeUninit<f32>],
+) {
     assert!(
         src.len() >= rows * cols && dst.len() >= rows * cols,
         "transpose: slices too short"
@@ -485,7 +497,7 @@ pub(crate) fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) 
                     avx2::transpose8(
                         src.as_ptr().add(r0 * cols + c0),
                         cols,
-                        dst.as_mut_ptr().add(c0 * rows + r0),
+                        dst.as_mut_ptr().cast::<f32>().add(c0 * rows + r0),
                         rows,
                     )
                 };
@@ -505,13 +517,13 @@ fn edges(
     src: &[f32],
     rows: usize,
     cols: usize,
-    dst: &mut [f32],
+    dst: &mut [std::mem::MaybeUninit<f32>],
     rr: std::ops::Range<usize>,
     cc: std::ops::Range<usize>,
 ) {
     for c in cc {
         for r in rr.clone() {
-            dst[c * rows + r] = src[r * cols + c];
+            dst[c * rows + r].write(src[r * cols + c]);
         }
     }
 }

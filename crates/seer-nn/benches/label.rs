@@ -73,21 +73,41 @@ fn train_rate(model: &Model, splits: &data::Splits, alpha: bool, steps: usize) -
     Ok(r.images as f64 / r.seconds)
 }
 
-/// `(conv 16→16 28×28 batch 128 forward+backward GFLOP/s, its fraction of the f32 1024³
-/// matmul rate)`, timed back to back in 5 rounds (median of the per-round ratios).
-fn conv_fraction() -> R<(f64, f64)> {
+/// Conv 16→16 28×28 batch 128, forward + backward, against the f32 1024³ matmul, timed back
+/// to back in 5 rounds (each figure the mean of 3 calls; medians over the rounds):
+/// `[GFLOP/s, fraction of the matmul rate]` three times: the convolution's kernels alone
+/// ([`conv2d`], then [`seer_kernels::conv2d_backward`] on a given output gradient of ones,
+/// as PyTorch's `aten::convolution_backward`); the same through candle's autograd
+/// (`y.backward()`, which seeds the root with ones and adds each input's gradient into zeros
+/// on the calling thread); and through a `sum_all` loss, whose backward also adds the
+/// broadcast gradient into zeros first.
+fn conv_fraction() -> R<[f64; 6]> {
     let dev = Device::Cpu;
     let x = Var::from_tensor(&Tensor::randn(0f32, 1., (128, 16, 28, 28), &dev)?)?;
     let w = Var::from_tensor(&Tensor::randn(0f32, 0.1, (16, 16, 3, 3), &dev)?)?;
+    let p = Conv2dParams::new(1, 1);
+    let dy = Tensor::ones((128, 16, 28, 28), candle_core::DType::F32, &dev)?;
     let conv_flop = 3.0 * 2.0 * (128 * 16 * 28 * 28 * 16 * 9) as f64;
     let a = Tensor::randn(0f32, 1., (1024, 1024), &dev)?;
     let b = Tensor::randn(0f32, 1., (1024, 1024), &dev)?;
     let mm_flop = 2.0 * 1024f64.powi(3);
-    let conv = || -> R<f64> {
+    // Each figure is the mean of 3 back-to-back calls, as the matmul's.
+    let conv = |how: usize| -> R<f64> {
         let t = Instant::now();
-        let y = conv2d(x.as_tensor(), w.as_tensor(), &Conv2dParams::new(1, 1))?;
-        y.sum_all()?.backward()?;
-        Ok(t.elapsed().as_secs_f64())
+        for _ in 0..3 {
+            let y = conv2d(x.as_tensor(), w.as_tensor(), &p)?;
+            match how {
+                0 => drop(seer_kernels::conv2d_backward(
+                    x.as_tensor(),
+                    w.as_tensor(),
+                    &dy,
+                    &p,
+                )?),
+                1 => drop(y.backward()?),
+                _ => drop(y.sum_all()?.backward()?),
+            }
+        }
+        Ok(t.elapsed().as_secs_f64() / 3.0)
     };
     let mm = || -> R<f64> {
         let t = Instant::now();
@@ -96,16 +116,20 @@ fn conv_fraction() -> R<(f64, f64)> {
         }
         Ok(t.elapsed().as_secs_f64() / 3.0)
     };
-    conv()?;
-    mm()?;
-    let (mut ratios, mut rates) = (Vec::new(), Vec::new());
-    for _ in 0..5 {
-        let tc = conv()?;
-        let tm = mm()?;
-        ratios.push((conv_flop / tc) / (mm_flop / tm));
-        rates.push(conv_flop / tc / 1e9);
+    for how in 0..3 {
+        conv(how)?;
     }
-    Ok((median(rates), median(ratios)))
+    mm()?;
+    let mut cols: [Vec<f64>; 6] = Default::default();
+    for _ in 0..5 {
+        let ts = [conv(0)?, conv(1)?, conv(2)?];
+        let tm = mm()?;
+        for (i, t) in ts.into_iter().enumerate() {
+            cols[2 * i].push(conv_flop / t / 1e9);
+            cols[2 * i + 1].push((conv_flop / t) / (mm_flop / tm));
+        }
+    }
+    Ok(cols.map(median))
 }
 
 /// Wall seconds per label of the first `n` policies labelled `workers` at a time (each worker
@@ -256,7 +280,14 @@ fn main() -> R<()> {
     train::prepare_quantized(&q, &splits.train, &norm, 5)?;
     let fq_eval = train::evaluate(&q, &splits.val, &norm, 256)?;
     let qat_train = train_rate(&q, &splits, true, steps)?;
-    let (conv_gflops, conv_frac) = conv_fraction()?;
+    let [
+        conv_gflops,
+        conv_frac,
+        conv_ag_gflops,
+        conv_ag_frac,
+        conv_sum_gflops,
+        conv_sum_frac,
+    ] = conv_fraction()?;
     let load_end = seer_bench::load_average();
 
     let med = |f: &dyn Fn(&LabelTimes) -> f64| median(rows.iter().map(|r| f(&r.3)).collect());
@@ -280,6 +311,10 @@ fn main() -> R<()> {
         "f32_eval_reference_img_per_s": f32_eval_ref.images_per_s,
         "conv_fwd_bwd_gflops": conv_gflops,
         "conv_fwd_bwd_fraction_of_gemm": conv_frac,
+        "conv_fwd_bwd_autograd_gflops": conv_ag_gflops,
+        "conv_fwd_bwd_autograd_fraction_of_gemm": conv_ag_frac,
+        "conv_fwd_bwd_sum_all_gflops": conv_sum_gflops,
+        "conv_fwd_bwd_sum_all_fraction_of_gemm": conv_sum_frac,
         "threads": seer_bench::threads(),
         "load_average_start": load_start,
         "load_average_end": load_end,
@@ -317,7 +352,9 @@ fn main() -> R<()> {
             f32_eval_ref.images_per_s
         );
         println!(
-            "conv 16->16 28x28 fwd+bwd {conv_gflops:.1} GFLOP/s = {conv_frac:.2} of the f32 GEMM rate"
+            "conv 16->16 28x28 fwd+bwd {conv_gflops:.1} GFLOP/s = {conv_frac:.2} of the f32 GEMM rate \
+             (through candle's autograd: {conv_ag_gflops:.1} GFLOP/s = {conv_ag_frac:.2}; with a sum_all \
+             loss: {conv_sum_gflops:.1} GFLOP/s = {conv_sum_frac:.2})"
         );
         println!(
             "threads {}, load average {load_start:?} -> {load_end:?}",
