@@ -27,51 +27,35 @@ fn main() {
         "matmul 1024^3: {:.1} GFLOP/s (cpu time)",
         2.0 * 1024f64.powi(3) / t / 1e9
     );
-    // The label bench's `conv_fwd_bwd_sum_all_fraction_of_gemm`: the kernels plus candle's
-    // graph, the `sum_all` and its broadcast gradient.
+    // Conv 16->16 28x28 forward + backward three ways, as the label bench's three conv
+    // fractions: through candle with a `sum_all` loss (its broadcast gradient added into
+    // zeros first), the kernels alone (`conv2d_backward` on a given gradient), and through
+    // candle's autograd with the gradient of ones given (a non-scalar root's seed).
     let dev = candle_core::Device::Cpu;
     let x = candle_core::Var::randn(0f32, 1., (128, 16, 28, 28), &dev).unwrap();
     let w = candle_core::Var::randn(0f32, 0.1, (16, 16, 3, 3), &dev).unwrap();
-    let t = timer(&mut || {
-        let y = seer_kernels::conv2d(
-            x.as_tensor(),
-            w.as_tensor(),
-            &seer_kernels::Conv2dParams::new(1, 1),
-        )
-        .unwrap();
-        drop(y.sum_all().unwrap().backward().unwrap());
-    });
-    println!(
-        "conv 16->16 28x28 fwd+bwd through candle with a sum_all loss: {:.1} GFLOP/s",
-        3.0 * 2.0 * (128 * 16 * 28 * 28 * 16 * 9) as f64 / t / 1e9
-    );
-    // The kernels alone, the output gradient given: the label bench's
-    // `conv_fwd_bwd_fraction_of_gemm`.
     let p = seer_kernels::Conv2dParams::new(1, 1);
     let dy = candle_core::Tensor::ones((128, 16, 28, 28), candle_core::DType::F32, &dev).unwrap();
-    let t = timer(&mut || {
-        drop(seer_kernels::conv2d(x.as_tensor(), w.as_tensor(), &p).unwrap());
-        drop(seer_kernels::conv2d_backward(x.as_tensor(), w.as_tensor(), &dy, &p).unwrap());
-    });
-    println!(
-        "conv 16->16 28x28 fwd+bwd, kernels alone (conv2d, conv2d_backward): {:.1} GFLOP/s",
-        3.0 * 2.0 * (128 * 16 * 28 * 28 * 16 * 9) as f64 / t / 1e9
-    );
-    // Through candle's autograd with the output gradient given (candle seeds a non-scalar
-    // root with ones): the label bench's `conv_fwd_bwd_autograd_fraction_of_gemm`.
-    let t = timer(&mut || {
-        let y = seer_kernels::conv2d(
-            x.as_tensor(),
-            w.as_tensor(),
-            &seer_kernels::Conv2dParams::new(1, 1),
-        )
-        .unwrap();
-        drop(y.backward().unwrap());
-    });
-    println!(
-        "conv 16->16 28x28 fwd+bwd through candle, gradient of ones given: {:.1} GFLOP/s",
-        3.0 * 2.0 * (128 * 16 * 28 * 28 * 16 * 9) as f64 / t / 1e9
-    );
+    for (how, name) in [
+        (2, "through candle with a sum_all loss"),
+        (0, "kernels alone (conv2d, conv2d_backward)"),
+        (1, "through candle, gradient of ones given"),
+    ] {
+        let t = timer(&mut || {
+            let y = seer_kernels::conv2d(x.as_tensor(), w.as_tensor(), &p).unwrap();
+            match how {
+                0 => drop(
+                    seer_kernels::conv2d_backward(x.as_tensor(), w.as_tensor(), &dy, &p).unwrap(),
+                ),
+                1 => drop(y.backward().unwrap()),
+                _ => drop(y.sum_all().unwrap().backward().unwrap()),
+            }
+        });
+        println!(
+            "conv 16->16 28x28 fwd+bwd, {name}: {:.1} GFLOP/s",
+            3.0 * 2.0 * (128 * 16 * 28 * 28 * 16 * 9) as f64 / t / 1e9
+        );
+    }
     let y = seer_kernels::conv2d(
         x.as_tensor(),
         w.as_tensor(),

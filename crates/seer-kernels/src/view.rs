@@ -284,19 +284,12 @@ pub(crate) fn par_chunks_filled_init<S>(
     init: impl Fn() -> S + Sync + Send,
     fill: impl Fn(&mut S, usize, &mut [f32]) + Sync + Send,
 ) -> Vec<f32> {
-    let mut out: Vec<f32> = Vec::with_capacity(len);
-    if len == 0 {
-        return out;
+    // SAFETY: `zeroed` initialises every element of each chunk before `fill` sees it.
+    unsafe {
+        par_chunks_written_init(len, chunk, min_chunks, init, |s, i, c| {
+            fill(s, i, zeroed(c))
+        })
     }
-    out.spare_capacity_mut()[..len]
-        .par_chunks_mut(chunk)
-        .with_min_len(min_chunks.max(1))
-        .enumerate()
-        .for_each_init(init, |s, (i, c)| fill(s, i, zeroed(c)));
-    // SAFETY: the chunks cover `0..len` and each was initialised by `zeroed` in its task
-    // (a panic in a task propagates before this line).
-    unsafe { out.set_len(len) };
-    out
 }
 
 /// [`par_chunks_filled_init`] without scratch state.
