@@ -8,7 +8,7 @@ use candle_core::{Layout, Tensor};
 use rayon::prelude::*;
 
 use crate::view::{
-    Backward, F32View, Forward, custom_op, par_chunks_filled, par_map, prepare, relu_grad,
+    Backward, F32View, Forward, custom_op, par_chunks_written, par_map, prepare, relu_grad,
     to_tensor,
 };
 use crate::{Error, Result};
@@ -288,19 +288,22 @@ impl BatchNormOp {
             })
             .unzip();
         let relu = self.relu;
-        let out = par_chunks_filled(x.len(), inner.max(1), |r, o| {
-            let (k, b) = (scale[r % c], shift[r % c]);
-            let x = &x[r * inner..][..o.len()];
-            if relu {
-                for (o, &x) in o.iter_mut().zip(x) {
-                    *o = (x * k + b).max(0.0);
+        // SAFETY: each chunk is one plane, `o.len()` elements of `x` each written.
+        let out = unsafe {
+            par_chunks_written(x.len(), inner.max(1), |r, o| {
+                let (k, b) = (scale[r % c], shift[r % c]);
+                let x = &x[r * inner..][..o.len()];
+                if relu {
+                    for (o, &x) in o.iter_mut().zip(x) {
+                        o.write((x * k + b).max(0.0));
+                    }
+                } else {
+                    for (o, &x) in o.iter_mut().zip(x) {
+                        o.write(x * k + b);
+                    }
                 }
-            } else {
-                for (o, &x) in o.iter_mut().zip(x) {
-                    *o = x * k + b;
-                }
-            }
-        });
+            })
+        };
         let _ = self.stats.set(Stats { mean, var });
         Ok((out, l.shape().clone()))
     }
@@ -347,13 +350,16 @@ impl BatchNormOp {
             let d = -k * s / m - b * mean;
             coef[ch] = (k as f32, b as f32, d as f32);
         }
-        let dx = par_chunks_filled(xs.len(), inner.max(1), |r, o| {
-            let (k, b, d) = coef[r % c];
-            let (dy, x) = (&dy[r * inner..][..o.len()], &xs[r * inner..][..o.len()]);
-            for ((o, &g), &x) in o.iter_mut().zip(dy).zip(x) {
-                *o = k * g + b * x + d;
-            }
-        });
+        // SAFETY: each chunk is one plane, every element written from `dy` and `x`.
+        let dx = unsafe {
+            par_chunks_written(xs.len(), inner.max(1), |r, o| {
+                let (k, b, d) = coef[r % c];
+                let (dy, x) = (&dy[r * inner..][..o.len()], &xs[r * inner..][..o.len()]);
+                for ((o, &g), &x) in o.iter_mut().zip(dy).zip(x) {
+                    o.write(k * g + b * x + d);
+                }
+            })
+        };
         Ok([
             Some(to_tensor(dx, x.dims())?),
             Some(to_tensor(dgamma, &[c])?),
@@ -525,12 +531,16 @@ pub fn batch_norm_eval(
         let xs = xv.slice();
         let (kv, bv) = (k.to_vec1::<f32>()?, b.to_vec1::<f32>()?);
         let inner = xs.len() / (x.dims()[0] * c).max(1);
-        let out = par_chunks_filled(xs.len(), inner.max(1), |r, o| {
-            let (k, b) = (kv[r % c], bv[r % c]);
-            for (o, &v) in o.iter_mut().zip(&xs[r * inner..]) {
-                *o = v * k + b;
-            }
-        });
+        // SAFETY: each chunk is one plane; `xs[r·inner..]` is at least as long, so every
+        // element is written.
+        let out = unsafe {
+            par_chunks_written(xs.len(), inner.max(1), |r, o| {
+                let (k, b) = (kv[r % c], bv[r % c]);
+                for (o, &v) in o.iter_mut().zip(&xs[r * inner..]) {
+                    o.write(v * k + b);
+                }
+            })
+        };
         return Ok(to_tensor(out, x.dims())?);
     }
     Ok(x.broadcast_mul(&k.reshape(bshape.as_slice())?)?

@@ -7,7 +7,7 @@ use candle_core::{Layout, Tensor};
 use rayon::prelude::*;
 
 use crate::view::{
-    BLOCK, Backward, F32View, Forward, check_finite, custom_op, par_map, prepare, to_tensor, zeroed,
+    BLOCK, Backward, F32View, Forward, check_finite, custom_op, par_map, prepare, to_tensor,
 };
 use crate::{Error, Result};
 
@@ -268,8 +268,7 @@ pub(crate) fn act_backward(xs: &[f32], gs: &[f32], q: ActQ) -> (Vec<f32>, f64) {
                 .zip(gs.par_chunks(GROUP * BLOCK)),
         )
         .flat_map_iter(|(d, (x, g))| {
-            let d = zeroed(d);
-            crate::simd::map2_into(
+            crate::simd::map2_into_uninit(
                 x,
                 g,
                 d,
@@ -287,7 +286,9 @@ pub(crate) fn act_backward(xs: &[f32], gs: &[f32], q: ActQ) -> (Vec<f32>, f64) {
         })
         .collect();
     // SAFETY: the chunks cover `0..len` (`xs` has `len` elements, so the zip visited every
-    // chunk) and each was initialised by `zeroed`; a panic in a task propagates first.
+    // chunk) and `map2_into_uninit` wrote each whole (`x` and `g` are as long as their chunk
+    // of `dx`: all three are the same-sized pieces of `len`-element slices); a panic in a
+    // task propagates first.
     unsafe { dx.set_len(len) };
     (dx, sums.iter().sum())
 }

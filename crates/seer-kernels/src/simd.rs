@@ -30,6 +30,7 @@
 
 use crate::matmul::{Mat, matmul};
 use gemm::Parallelism;
+use std::mem::MaybeUninit;
 
 fn extent(r: usize, c: usize, rs: usize, cs: usize) -> usize {
     if r == 0 || c == 0 {
@@ -104,6 +105,19 @@ pub(crate) fn with_level<R>(cap: Level, f: impl FnOnce() -> R) -> R {
 /// fake quantization (`clamp`, divide, round, multiply), which the baseline x86-64 target
 /// vectorises only 4 wide.
 pub fn map_into(x: &[f32], out: &mut [f32], f: impl Fn(f32) -> f32) {
+    // SAFETY: `map_into_uninit` writes only values of `f`.
+    map_into_uninit(x, unsafe { crate::view::as_uninit(out) }, f)
+}
+
+/// `out[i] = f(a[i], b[i])`, as [`map_into`] for two inputs.
+pub fn map2_into(a: &[f32], b: &[f32], out: &mut [f32], f: impl Fn(f32, f32) -> f32) {
+    // SAFETY: `map2_into_uninit` writes only values of `f`.
+    map2_into_uninit(a, b, unsafe { crate::view::as_uninit(out) }, f)
+}
+
+/// [`map_into`] into memory that need not be initialised: writes (initialises) exactly the
+/// first `min(x.len(), out.len())` elements.
+pub(crate) fn map_into_uninit(x: &[f32], out: &mut [MaybeUninit<f32>], f: impl Fn(f32) -> f32) {
     #[cfg(target_arch = "x86_64")]
     if level() >= Level::Avx2 {
         // SAFETY: AVX2 checked by `level`.
@@ -112,8 +126,14 @@ pub fn map_into(x: &[f32], out: &mut [f32], f: impl Fn(f32) -> f32) {
     map_plain(x, out, f)
 }
 
-/// `out[i] = f(a[i], b[i])`, as [`map_into`] for two inputs.
-pub fn map2_into(a: &[f32], b: &[f32], out: &mut [f32], f: impl Fn(f32, f32) -> f32) {
+/// [`map2_into`] into memory that need not be initialised: writes (initialises) exactly the
+/// first `min(a.len(), b.len(), out.len())` elements.
+pub(crate) fn map2_into_uninit(
+    a: &[f32],
+    b: &[f32],
+    out: &mut [MaybeUninit<f32>],
+    f: impl Fn(f32, f32) -> f32,
+) {
     #[cfg(target_arch = "x86_64")]
     if level() >= Level::Avx2 {
         // SAFETY: AVX2 checked by `level`.
@@ -123,28 +143,33 @@ pub fn map2_into(a: &[f32], b: &[f32], out: &mut [f32], f: impl Fn(f32, f32) -> 
 }
 
 #[inline(always)]
-fn map_plain(x: &[f32], out: &mut [f32], f: impl Fn(f32) -> f32) {
+fn map_plain(x: &[f32], out: &mut [MaybeUninit<f32>], f: impl Fn(f32) -> f32) {
     for (o, &v) in out.iter_mut().zip(x) {
-        *o = f(v);
+        o.write(f(v));
     }
 }
 
 #[inline(always)]
-fn map2_plain(a: &[f32], b: &[f32], out: &mut [f32], f: impl Fn(f32, f32) -> f32) {
+fn map2_plain(a: &[f32], b: &[f32], out: &mut [MaybeUninit<f32>], f: impl Fn(f32, f32) -> f32) {
     for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
-        *o = f(x, y);
+        o.write(f(x, y));
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn map_avx2(x: &[f32], out: &mut [f32], f: impl Fn(f32) -> f32) {
+unsafe fn map_avx2(x: &[f32], out: &mut [MaybeUninit<f32>], f: impl Fn(f32) -> f32) {
     map_plain(x, out, f)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn map2_avx2(a: &[f32], b: &[f32], out: &mut [f32], f: impl Fn(f32, f32) -> f32) {
+unsafe fn map2_avx2(
+    a: &[f32],
+    b: &[f32],
+    out: &mut [MaybeUninit<f32>],
+    f: impl Fn(f32, f32) -> f32,
+) {
     map2_plain(a, b, out, f)
 }
 
@@ -476,12 +501,7 @@ pub(crate) fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) 
 
 /// [`transpose`] into memory that need not be initialised: writes (initialises) exactly
 /// `dst[..rows · cols]`.
-pub(crate) fn transpose_into(
-    src: &[f32],
-    rows: usize,
-    cols: usize,
-    dst: &mut [std::mem::MaybeUninit<f32>],
-) {
+pub(crate) fn transpose_into(src: &[f32], rows: usize, cols: usize, dst: &mut [MaybeUninit<f32>]) {
     assert!(
         src.len() >= rows * cols && dst.len() >= rows * cols,
         "transpose: slices too short"
@@ -517,7 +537,7 @@ fn edges(
     src: &[f32],
     rows: usize,
     cols: usize,
-    dst: &mut [std::mem::MaybeUninit<f32>],
+    dst: &mut [MaybeUninit<f32>],
     rr: std::ops::Range<usize>,
     cc: std::ops::Range<usize>,
 ) {

@@ -30,13 +30,21 @@ pub(crate) fn vec(t: &Tensor) -> Vec<f32> {
     t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
 }
 
-/// `max |a − b| / max(max |b|, floor)`.
+/// `max |a − b| / max(max |b|, floor)`; infinite where one side is NaN or infinite and the
+/// other is not the same value (`f32::max` would skip a NaN difference, so a kernel that left
+/// NaN, or an unwritten poisoned element, in its output would pass).
 pub(crate) fn rel_err(a: &Tensor, b: &Tensor, floor: f32) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shapes differ");
     let (a, b) = (vec(a), vec(b));
     let scale = b.iter().fold(floor, |m, v| m.max(v.abs()));
-    a.iter()
-        .zip(&b)
-        .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
-        / scale
+    let diff = |x: f32, y: f32| {
+        if x.is_finite() && y.is_finite() {
+            (x - y).abs()
+        } else if x == y || (x.is_nan() && y.is_nan()) {
+            0.0
+        } else {
+            f32::INFINITY
+        }
+    };
+    a.iter().zip(&b).fold(0f32, |m, (&x, &y)| m.max(diff(x, y))) / scale
 }

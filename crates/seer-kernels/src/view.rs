@@ -301,19 +301,39 @@ pub(crate) fn par_chunks_filled(
     par_chunks_filled_init(len, chunk, 1, || (), |_, i, o| fill(i, o))
 }
 
+/// [`par_chunks_written_init`] without scratch state.
+///
+/// # Safety
+/// As [`par_chunks_written_init`]: `fill` initialises every element of its chunk.
+pub(crate) unsafe fn par_chunks_written(
+    len: usize,
+    chunk: usize,
+    fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync + Send,
+) -> Vec<f32> {
+    // SAFETY: the caller's contract.
+    unsafe { par_chunks_written_init(len, chunk, 1, || (), |_, i, o| fill(i, o)) }
+}
+
 /// `f(x)` for every element, in parallel over fixed blocks.
 pub(crate) fn par_map(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
-    par_chunks_filled(x.len(), BLOCK, |i, o| {
-        crate::simd::map_into(&x[i * BLOCK..], o, &f)
-    })
+    // SAFETY: chunk `i` is `out[i·BLOCK..]` (at most BLOCK long) and `x[i·BLOCK..]` is at
+    // least as long, so the map writes every element of the chunk.
+    unsafe {
+        par_chunks_written(x.len(), BLOCK, |i, o| {
+            crate::simd::map_into_uninit(&x[i * BLOCK..], o, &f)
+        })
+    }
 }
 
 /// `f(a, b)` for every pair of elements of two equal-length slices, in parallel over fixed
 /// blocks.
 pub(crate) fn par_map2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
-    par_chunks_filled(a.len().min(b.len()), BLOCK, |i, o| {
-        crate::simd::map2_into(&a[i * BLOCK..], &b[i * BLOCK..], o, &f)
-    })
+    // SAFETY: as `par_map`'s, with the output as long as the shorter input.
+    unsafe {
+        par_chunks_written(a.len().min(b.len()), BLOCK, |i, o| {
+            crate::simd::map2_into_uninit(&a[i * BLOCK..], &b[i * BLOCK..], o, &f)
+        })
+    }
 }
 
 /// The gradient through a ReLU from its output `y`: `dy · [y > 0]` element-wise.
