@@ -11,7 +11,9 @@
 //! [`batch_norm_train`] / [`batch_norm_relu_train`], [`relu`], [`add_relu`], [`shortcut_a`],
 //! [`gather_channels`],
 //! and [`conv2d_fq_input`] (an input's [`fake_quant_act`] and the [`conv2d`] that reads it in
-//! one op, tested against the two); plus [`filter_l2_scores`] for choosing channels.
+//! one op, tested against the two); plus [`filter_l2_scores`] for choosing channels, and
+//! [`conv2d_backward`], the convolution's gradients for a given output gradient outside the
+//! autograd (for training loops that drive their own gradients, and for timing the kernels).
 //! Convolutions run direct (stride-1 "same" kernels: on the padded image's grid, or gathered
 //! with output positions as rows and output channels as vectors, whichever fills the tiles
 //! better — the same bits either way) or as im2col + GEMM on register-tiled kernels
