@@ -436,11 +436,12 @@ impl Direct {
         })
     }
     /// One image's direct convolution, `m` output channels from the padded image `xp`
-    /// through the taps `taps` into `o` `[m, H, W]`: on the grid with the weights `w`
-    /// `[m, taps]` and `grid` as scratch, or gathered with the transposed weights `w_t`
-    /// `[taps, m]` and `grid` holding the `[H·W, m]` result. Writes (initialises) every
-    /// element of `o[..m·H·W]`, whatever `taps` holds (none: zeros, as the grid's products
-    /// then are).
+    /// through the taps `taps` into `o` `[m, H_out, W_out]`: on the grid (stride 1, so
+    /// `H_out × W_out = H × W`) with the weights `w` `[m, taps]` and `grid` as scratch, or
+    /// gathered (one row per output position of the position table) with the transposed
+    /// weights `w_t` `[taps, m]` and `grid` holding the `[H_out·W_out, m]` result. Writes
+    /// (initialises) every element of `o[..m·H_out·W_out]`, whatever `taps` holds (none:
+    /// zeros, as the products then are).
     #[allow(clippy::too_many_arguments)]
     fn product(
         &self,
@@ -529,6 +530,11 @@ impl Direct {
         let wp = self.wp;
         let w = wp - 2 * self.p;
         let cols = self.grid_cols();
+        // Callers rely on every element being written (outputs are not zeroed first).
+        assert!(
+            grid.len() >= m * cols && out.len() >= m * (cols / wp) * w,
+            "unpad: grid or output too short"
+        );
         for (gr, o) in grid
             .chunks_exact(cols)
             .zip(out.chunks_exact_mut(cols / wp * w))
@@ -543,7 +549,7 @@ impl Direct {
     }
     /// Forward of one image (see [`Direct`]) on its input fake-quantized by `q` when given;
     /// `xp` keeps zero padding between calls; `wt_t` is `wt` transposed when the forward
-    /// runs gathered (else unused). Writes every element of `o` (`[C_out, H, W]`).
+    /// runs gathered (else unused). Writes every element of `o` (`[C_out, H_out, W_out]`).
     #[allow(clippy::too_many_arguments)]
     fn forward_image(
         &self,
