@@ -7,7 +7,7 @@ Prints one JSON object with the keys of the Rust bench (`qat_train_img_per_s`,
 `conv_fwd_bwd_fraction_of_gemm`) plus the variants the issue's table quotes. Needs only
 `torch` (`pip install torch`); not part of CI.
 
-    python3 tools/torch_anchor.py [--threads 2] [--reps 7] [--labels] [--avx2]
+    python3 tools/torch_anchor.py [--threads 2] [--reps 7] [--batch 128] [--labels] [--avx2]
 
 `--avx2` caps ATen, oneDNN and MKL at AVX2 (to compare with our `SEER_KERNELS_NO_AVX512=1`
 run on an AVX-512 host, as the issue's machine has no AVX-512).
@@ -47,9 +47,15 @@ if "--avx2" in sys.argv:
     os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX2"
     os.environ["MKL_ENABLE_INSTRUCTIONS"] = "AVX2"
 
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
+try:
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+except ImportError:
+    if "-h" in sys.argv or "--help" in sys.argv:
+        print(__doc__)
+        sys.exit(0)
+    sys.exit("tools/torch_anchor.py needs PyTorch: pip install torch (see --help)")
 
 
 class ShortcutA(nn.Module):
