@@ -389,6 +389,13 @@ fn kill_resume_determinism_and_errors() {
     );
     let sb = run_ok(&data_root, &b, &base, "resumed run B");
     assert_eq!(sb.labels, sa.labels);
+    // A rival that wins a final pick is exported from the model its final fine-tune made, on
+    // two workers (A) and on one (B, whose final stage ran in one invocation): never
+    // fine-tuned a second time for its export.
+    let log_b = std::fs::read_to_string(b.join("run.log")).unwrap();
+    for (run, log) in [("A", &log_a), ("B", &log_b)] {
+        assert!(!log.contains("fine-tuned again"), "run {run}: {log}");
+    }
     assert_eq!(
         sb.labels_computed,
         sa.labels - before.len(),

@@ -83,6 +83,21 @@ impl<'a> Run<'a> {
         // With workers: every fine-tune the stage will need, side by side, first; the stage
         // below then collects their results (and exports) rather than fine-tuning.
         let prefetched = self.prefetch_finals(chosen)?;
+        // A choice, or a rival that wins its budget's final pick, is exported from the model
+        // its final fine-tune made (kept below when the uniform baselines' fine-tunes come
+        // first), not fine-tuned a second time.
+        self.keep_models = chosen
+            .iter()
+            .flat_map(|c| {
+                let rivals = if c.target.is_none() {
+                    c.rivals.as_slice()
+                } else {
+                    &[]
+                };
+                std::iter::once(c).chain(rivals)
+            })
+            .map(|c| policy_hash(&c.found.policy))
+            .collect();
         let n_final = chosen.len() + self.uniform.len();
         self.log.stage(
             if prefetched {
@@ -117,6 +132,8 @@ impl<'a> Run<'a> {
                 fidelity.insert(hash, (l.top1, v));
             }
         }
+        self.keep_models.clear();
+        self.prefetched.clear();
         self.log.finish();
         self.timed("final fine-tune + export", t);
         Ok(Finals {
@@ -203,9 +220,9 @@ impl<'a> Run<'a> {
     /// `r` and whose export is at `path`: when one of `c`'s rivals (the uniform anchors within
     /// the budget, already fine-tuned, and the runner-ups by label, fine-tuned here) validated
     /// strictly higher after the final fine-tune, the best of them replaces it (policy file
-    /// rewritten; exported from the model just fine-tuned, or from the same seeded fine-tune
-    /// again when its result was cached) and the returned note says so; otherwise `c` and `r`
-    /// unchanged.
+    /// rewritten; exported from the model its final fine-tune made, kept for this, or from
+    /// its stored float model or the same seeded fine-tune again when an earlier invocation
+    /// made it) and the returned note says so; otherwise `c` and `r` unchanged.
     /// The test split plays no part.
     fn final_pick<'c>(
         &mut self,
@@ -215,23 +232,27 @@ impl<'a> Run<'a> {
         limit: Option<u64>,
     ) -> Result<(&'c Chosen, FinalResult, Option<String>)> {
         let own = r.top1_val.unwrap_or(f64::NEG_INFINITY);
-        let mut best: Option<(&'c Chosen, f64, FinalResult, Option<Model>)> = None;
+        let mut best: Option<(&'c Chosen, f64)> = None;
         let mut seen = Vec::new();
         for rival in &c.rivals {
-            // The uniform anchors are fine-tuned already; a runner-up is fine-tuned now (its
-            // model kept while it leads, so a winning runner-up is exported without a second
-            // fine-tune).
-            let (f, model) = match self.cached_final(&rival.found.policy) {
-                Some(f) => (f, None),
+            // The uniform anchors are fine-tuned already; a runner-up is fine-tuned now. Either
+            // way its model is kept (`keep_models`), so that the winner, in this budget or in
+            // another whose rival it also is, is exported without a second fine-tune.
+            let f = match self.cached_final(&rival.found.policy) {
+                Some(f) => f,
                 None => {
                     self.log.add_total(self.cfg.final_steps as u64);
-                    self.final_run_keep(&rival.found.policy, None)?
+                    let (f, model) = self.final_run_keep(&rival.found.policy, None)?;
+                    if let Some(model) = model {
+                        self.prefetched.insert(f.hash.clone(), model);
+                    }
+                    f
                 }
             };
             let Some(v) = f.top1_val else { continue };
             seen.push(format!("{} {v:.2}%", rival.from));
-            if v > own && best.as_ref().is_none_or(|(_, b, _, _)| v > *b) {
-                best = Some((rival, v, f, model));
+            if v > own && best.as_ref().is_none_or(|(_, b)| v > *b) {
+                best = Some((rival, v));
             }
         }
         if !c.rivals.is_empty() {
@@ -242,7 +263,7 @@ impl<'a> Run<'a> {
                 seen.join("; ")
             ));
         }
-        let Some((rival, v, f, model)) = best else {
+        let Some((rival, v)) = best else {
             return Ok((c, r, None));
         };
         let note = format!(
@@ -254,19 +275,11 @@ impl<'a> Run<'a> {
             .line(&format!("budget {}: {} {note}", c.budget.label, rival.from));
         let _ = std::fs::remove_file(path);
         let _ = std::fs::remove_file(onnx_path(path));
-        let r = match model {
-            Some(m) => {
-                self.export(&m, &f, path, limit)?;
-                f
-            }
-            None => {
-                // Fine-tuned before (a uniform anchor, an earlier invocation or another run
-                // sharing the final cache): exported from its stored float model when there
-                // is one, else from the same seeded fine-tune made again.
-                self.log.add_total(self.cfg.final_steps as u64);
-                self.final_run(&rival.found.policy, Some((path, limit)))?
-            }
-        };
+        // Exported from its kept model; when a rival was fine-tuned by an earlier invocation
+        // or another run sharing the final cache, from its stored float model when there is
+        // one, else from the same seeded fine-tune made again.
+        self.log.add_total(self.cfg.final_steps as u64);
+        let r = self.final_run(&rival.found.policy, Some((path, limit)))?;
         rival
             .found
             .policy
@@ -430,7 +443,14 @@ impl<'a> Run<'a> {
 
     /// The final fine-tune of one uniform baseline (not exported).
     fn finetune_uniform(&mut self, u: &Uniform) -> Result<report::UniformBaseline> {
-        let r = self.final_run(&u.policy, None)?;
+        let (r, model) = self.final_run_keep(&u.policy, None)?;
+        let hash = policy_hash(&u.policy);
+        if let Some(model) = model
+            && self.keep_models.contains(&hash)
+        {
+            // A choice or a final pick's rival: kept for its export.
+            self.prefetched.insert(hash, model);
+        }
         let c = self.space.cost(&u.policy)?;
         let name = u.name();
         self.log.line(&format!(
@@ -496,11 +516,20 @@ impl<'a> Run<'a> {
                         self.export(&model, &r, path, limit)?;
                         return Ok((r, Some(model)));
                     }
+                    self.log.line(&format!(
+                        "final fine-tune of {hash}: cached without its model; fine-tuned \
+                         again (same seed) for the export"
+                    ));
                 }
                 _ => {
                     // One the workers just fine-tuned was logged when it finished; its model
-                    // is not needed (no export).
-                    if self.prefetched.remove(&hash).is_none() {
+                    // is not needed (no export), unless it is a final pick's rival.
+                    let fetched = if self.keep_models.contains(&hash) {
+                        self.prefetched.contains_key(&hash)
+                    } else {
+                        self.prefetched.remove(&hash).is_some()
+                    };
+                    if !fetched {
                         self.log.line(&format!(
                             "final fine-tune of {hash}: found in {}",
                             cache.display()

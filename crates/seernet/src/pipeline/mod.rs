@@ -68,7 +68,7 @@ pub mod target;
 mod timings;
 mod workers;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
 use seer_nn::data::{self, DataSource};
@@ -468,6 +468,11 @@ struct Run<'a> {
     /// Models fine-tuned by the final stage's workers, by policy hash, until exported
     /// (`finals::prefetch_finals`).
     prefetched: HashMap<String, seer_nn::model::Model>,
+    /// Policy hashes of the chosen policies and of the final pick's rivals (set by the final
+    /// stage): their fine-tuned models stay in `prefetched` after their results are read, so
+    /// that the one a budget returns is exported from the model already fine-tuned instead of
+    /// being fine-tuned again.
+    keep_models: HashSet<String>,
     /// The run directory's driver lock, held until the run ends.
     _lock: RunLock,
 }

@@ -2,7 +2,7 @@
 //! (trained here when none is given), budgets and sampling band, labelling protocol and label
 //! store, and the uniform baselines.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -176,6 +176,7 @@ impl<'a> Run<'a> {
             origin: HashMap::new(),
             computed: 0,
             prefetched: HashMap::new(),
+            keep_models: HashSet::new(),
             _lock: lock,
         })
     }
