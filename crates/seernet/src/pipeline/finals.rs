@@ -83,18 +83,18 @@ impl<'a> Run<'a> {
         // With workers: every fine-tune the stage will need, side by side, first; the stage
         // below then collects their results (and exports) rather than fine-tuning.
         let prefetched = self.prefetch_finals(chosen)?;
-        // A choice, or a rival that wins its budget's final pick, is exported from the model
-        // its final fine-tune made (kept below when the uniform baselines' fine-tunes come
-        // first), not fine-tuned a second time.
+        // A choice, a rival that wins its budget's final pick or an accuracy target's safer
+        // candidate is exported from the model its final fine-tune made (kept below when the
+        // uniform baselines' fine-tunes come first), not fine-tuned a second time.
         self.keep_models = chosen
             .iter()
             .flat_map(|c| {
-                let rivals = if c.target.is_none() {
+                let others = if c.target.is_none() {
                     c.rivals.as_slice()
                 } else {
-                    &[]
+                    c.safer.as_slice()
                 };
-                std::iter::once(c).chain(rivals)
+                std::iter::once(c).chain(others)
             })
             .map(|c| policy_hash(&c.found.policy))
             .collect();
@@ -236,8 +236,9 @@ impl<'a> Run<'a> {
         let mut seen = Vec::new();
         for rival in &c.rivals {
             // The uniform anchors are fine-tuned already; a runner-up is fine-tuned now. Either
-            // way its model is kept (`keep_models`), so that the winner, in this budget or in
-            // another whose rival it also is, is exported without a second fine-tune.
+            // way its model is kept (`keep_models`), so that the winner is exported without a
+            // second fine-tune (should it win another budget too, that export is made from the
+            // float model the first one stored).
             let f = match self.cached_final(&rival.found.policy) {
                 Some(f) => f,
                 None => {
@@ -448,7 +449,8 @@ impl<'a> Run<'a> {
         if let Some(model) = model
             && self.keep_models.contains(&hash)
         {
-            // A choice or a final pick's rival: kept for its export.
+            // A choice, a final pick's rival or a target's safer candidate: kept for its
+            // export.
             self.prefetched.insert(hash, model);
         }
         let c = self.space.cost(&u.policy)?;
@@ -523,7 +525,8 @@ impl<'a> Run<'a> {
                 }
                 _ => {
                     // One the workers just fine-tuned was logged when it finished; its model
-                    // is not needed (no export), unless it is a final pick's rival.
+                    // is not needed (no export), unless it is a choice or a final pick's rival
+                    // (`keep_models`).
                     let fetched = if self.keep_models.contains(&hash) {
                         self.prefetched.contains_key(&hash)
                     } else {

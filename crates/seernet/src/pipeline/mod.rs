@@ -465,13 +465,14 @@ struct Run<'a> {
     origin: HashMap<Vec<usize>, String>,
     /// Labels computed by this invocation (the rest were found in the store).
     computed: usize,
-    /// Models fine-tuned by the final stage's workers, by policy hash, until exported
-    /// (`finals::prefetch_finals`).
+    /// Fine-tuned models of the final stage, by policy hash: those its workers made
+    /// (`finals::prefetch_finals`) until read or exported, and those of `keep_models` until
+    /// exported; cleared when the stage ends.
     prefetched: HashMap<String, seer_nn::model::Model>,
-    /// Policy hashes of the chosen policies and of the final pick's rivals (set by the final
-    /// stage): their fine-tuned models stay in `prefetched` after their results are read, so
-    /// that the one a budget returns is exported from the model already fine-tuned instead of
-    /// being fine-tuned again.
+    /// Policy hashes of the chosen policies, the final pick's rivals and the accuracy targets'
+    /// safer candidates (set by the final stage): their fine-tuned models stay in `prefetched`
+    /// after their results are read, so that the one a budget returns is exported from the
+    /// model already fine-tuned instead of being fine-tuned again.
     keep_models: HashSet<String>,
     /// The run directory's driver lock, held until the run ends.
     _lock: RunLock,
