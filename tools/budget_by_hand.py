@@ -79,7 +79,12 @@ def main():
         if n not in POLICIES:
             sys.exit(f"unknown policy {n!r}; known: {', '.join(POLICIES)}")
     os.makedirs(a.out, exist_ok=True)
-    budget = None
+
+    def cx(extra):
+        return json.loads(run([SEERNET, "complexity", "--arch", "resnet20", "--input",
+                               "28x28x1", "--json"] + extra))
+
+    budget = cx(["--uniform", "w3a3"])["total_bops"]
     rows = []
     for name in names:
         pol = {"format": "seernet-policy", "version": 1, "arch": "resnet20",
@@ -87,10 +92,6 @@ def main():
         pfile = os.path.join(a.out, name.replace("/", "_") + ".json")
         with open(pfile, "w") as f:
             json.dump(pol, f)
-        cx = lambda p: json.loads(run([SEERNET, "complexity", "--arch", "resnet20",
-                                       "--input", "28x28x1", "--json"] + p))
-        if budget is None:
-            budget = cx(["--uniform", "w3a3"])["total_bops"]
         c = cx(["--policy", pfile])
         for s in [int(x) for x in a.seeds.split(",")]:
             steps = "" if a.steps == 300 else f"-{a.steps}steps"
