@@ -12,7 +12,10 @@ the figures.
 
     cargo build --release -p seernet-cli
     python3 tools/budget_by_hand.py [--seeds 0,1] [--only w3a3,w4a2] [--steps 300]
-        [--out runs/by-hand]
+        [--out runs/by-hand] [--seernet PATH]
+
+`--seernet` runs another build of the CLI, e.g. one with an experimental quantizer
+(tools/experiments/README.md).
 
 Prints one line per policy and seed, and a JSON summary at the end. A policy whose result
 file exists is not fine-tuned again (the run can be stopped and resumed).
@@ -71,9 +74,12 @@ def main():
     ap.add_argument("--only", default="", help="policy names, comma-separated (default all)")
     ap.add_argument("--steps", type=int, default=300, help="fine-tune steps (default 300)")
     ap.add_argument("--out", default=os.path.join(ROOT, "runs", "by-hand"))
+    ap.add_argument("--seernet", default=SEERNET,
+                    help="the seernet binary (default: this checkout's target/release/seernet)")
     a = ap.parse_args()
-    if not os.path.exists(SEERNET):
-        sys.exit(f"{SEERNET} not found: cargo build --release -p seernet-cli")
+    seernet = a.seernet
+    if not os.path.exists(seernet):
+        sys.exit(f"{seernet} not found: cargo build --release -p seernet-cli")
     names = [n for n in a.only.split(",") if n] or list(POLICIES)
     for n in names:
         if n not in POLICIES:
@@ -81,7 +87,7 @@ def main():
     os.makedirs(a.out, exist_ok=True)
 
     def cx(extra):
-        return json.loads(run([SEERNET, "complexity", "--arch", "resnet20", "--input",
+        return json.loads(run([seernet, "complexity", "--arch", "resnet20", "--input",
                                "28x28x1", "--json"] + extra))
 
     budget = cx(["--uniform", "w3a3"])["total_bops"]
@@ -98,10 +104,10 @@ def main():
             stem = os.path.join(a.out, f"{name.replace('/', '_')}-s{s}{steps}")
             res = stem + ".val.json"
             if not os.path.exists(res):
-                run([SEERNET, "finetune", "--model", BASELINE, "--policy", pfile,
+                run([seernet, "finetune", "--model", BASELINE, "--policy", pfile,
                      "--steps", str(a.steps), "--batch-size", "64", "--seed", str(s), "--slim",
                      "--out", stem + ".safetensors", "--json"])
-                out = run([SEERNET, "eval", "--model", stem + ".safetensors", "--split",
+                out = run([seernet, "eval", "--model", stem + ".safetensors", "--split",
                            "val", "--json"])
                 with open(res + ".tmp", "w") as f:
                     f.write(out)
