@@ -22,7 +22,7 @@ def main():
     x = np.frombuffer((DIR / "eq-images.u8").read_bytes(), np.uint8).reshape(64, 1, 28, 28)
     x = ((x.astype(np.float32) / 255 - MEAN) / STD).astype(np.float32)
     bad = 0
-    names = ["resnet_proj", "mbv2", "vgg", "inception"]
+    names = ["resnet_proj", "mbv2", "vgg", "inception", "lenet_avg"]
     for name in names:
         sess = ort.InferenceSession(str(DIR / f"{name}.onnx"), providers=["CPUExecutionProvider"])
         got = sess.run(None, {"image": x})[0]

@@ -9,7 +9,9 @@ kept as the exporter decides):
 - mbv2: a MobileNetV2-style network (inverted residuals, depthwise 3x3, ReLU6),
 - vgg: a VGG-style network (3x3 convs, max pooling, two fully connected layers),
 - inception: two GoogLeNet-style blocks (1x1, 1x1 -> 3x3 and max pool -> 1x1 branches joined
-  by a channel Concat).
+  by a channel Concat),
+- lenet_avg: LeNet-5 with its original average-pooling subsampling (nn.AvgPool2d(2)) and a
+  padded 3x3 stride-1 average pool (count_include_pad, PyTorch's default) before a third conv.
 
 Data: the prepared pool `images-idx3-ubyte` / `labels-idx1-ubyte` of
 `$SEERNET_DATA/fashion-mnist` (default `~/.cache/seernet`; `cargo xtask fetch-data
@@ -20,7 +22,7 @@ logits for each model on them (inputs normalised as `(p/255 - 0.2860) / 0.3530`)
 imported model against those.
 
 Usage: pip install torch onnx onnxruntime; python3 tools/make_onnx_fixtures.py [NAME ...]
-(all four models without names; the 64 images are written every time, identical for the same
+(all five models without names; the 64 images are written every time, identical for the same
 pool).
 """
 
@@ -159,7 +161,32 @@ class Inception(nn.Module):
         return self.fc(torch.flatten(x, 1))
 
 
-MODELS = {"resnet_proj": ResNetProj, "mbv2": MbV2, "vgg": Vgg, "inception": Inception}
+class LeNetAvg(nn.Module):
+    """LeNet-5 with average-pooling subsampling, plus a padded 3x3 stride-1 average pool."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.AvgPool2d(2),
+            nn.Conv2d(6, 16, 5), nn.ReLU(), nn.AvgPool2d(3, 1, 1),
+            nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
+        )
+        self.fc1 = nn.Linear(16 * 5 * 5, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, 10)
+
+    def forward(self, x):
+        x = torch.flatten(self.features(x), 1)
+        return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
+
+
+MODELS = {
+    "resnet_proj": ResNetProj,
+    "mbv2": MbV2,
+    "vgg": Vgg,
+    "inception": Inception,
+    "lenet_avg": LeNetAvg,
+}
 
 
 def train(model, x, y, steps, seed):

@@ -138,12 +138,21 @@ pub enum NodeOp {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pad_end: Option<usize>,
     },
-    /// Average pooling (square window, no padding), requantised to `out`.
+    /// Average pooling (square window), requantised to `out`. Zero padding counts in the
+    /// divisor (ONNX `count_include_pad = 1`, PyTorch's default), as the float model's
+    /// `avg_pool` pads with zeros and then averages.
     AvgPool {
         /// Window.
         kernel: usize,
         /// Stride.
         stride: usize,
+        /// Padding before the input (top and left), and after it unless `pad_end` is given;
+        /// absent (0) in files without padding.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        pad: usize,
+        /// Padding after the input (bottom and right) when it differs from `pad`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pad_end: Option<usize>,
     },
     /// Global average pooling to `[C]`, requantised to `out`.
     GlobalAvgPool,
@@ -456,6 +465,12 @@ impl IntModel {
             pad,
             pad_end: Some(e),
             ..
+        }
+        | NodeOp::AvgPool {
+            kernel,
+            pad,
+            pad_end: Some(e),
+            ..
         } = node.op
             && (e >= kernel || pad >= kernel)
         {
@@ -483,6 +498,11 @@ impl IntModel {
                 "only conv, max-pool, shortcut and concat nodes may have out = null before the final node"
                     .into(),
             );
+        }
+        if let NodeOp::AvgPool { kernel, pad, .. } = node.op
+            && pad >= kernel
+        {
+            return bad(format!("padding {pad} must be below the kernel {kernel}"));
         }
         if let Some(q) = node.out
             && !((2..=8).contains(&q.bits) && q.alpha.is_finite() && q.alpha > 0.0)
@@ -656,6 +676,11 @@ impl IntModel {
         m.validate(origin)?;
         Ok(m)
     }
+}
+
+/// serde's `skip_serializing_if` for a padding of 0 (older files have no such key).
+fn is_zero(v: &usize) -> bool {
+    *v == 0
 }
 
 #[cfg(test)]

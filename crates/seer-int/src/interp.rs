@@ -26,8 +26,8 @@ use crate::fused::{
 };
 use crate::gemm::WeightPanel;
 use crate::layers::{
-    ConvGeom, PoolGeom, Requant, avg_pool2d, conv_panel, conv2d, conv2d_grouped, global_avg_pool,
-    linear, max_pool2d, max_pool2d_real, round_code,
+    ConvGeom, PoolGeom, Requant, avg_pool2d, avg_pool2d_real, conv_panel, conv2d, conv2d_grouped,
+    global_avg_pool, linear, max_pool2d, max_pool2d_real, round_code,
 };
 use crate::pack::{PackedWeights, qmax_unsigned};
 
@@ -505,9 +505,14 @@ impl Ctx<'_> {
             } => self
                 .max_pool_node(*kernel, *stride, *pad, pad_end.unwrap_or(*pad))
                 .map(Output::Value),
-            NodeOp::AvgPool { kernel, stride } => {
-                self.avg_pool_node(*kernel, *stride).map(Output::Value)
-            }
+            NodeOp::AvgPool {
+                kernel,
+                stride,
+                pad,
+                pad_end,
+            } => self
+                .avg_pool_node(*kernel, *stride, *pad, pad_end.unwrap_or(*pad))
+                .map(Output::Value),
             NodeOp::GlobalAvgPool => self.global_avg_pool_node().map(Output::Value),
             NodeOp::Quantize => self.quantize_node().map(Output::Value),
             NodeOp::ShortcutA { stride, gather } => {
@@ -955,13 +960,23 @@ impl Ctx<'_> {
         })
     }
 
-    /// Average pooling (no padding), requantised to `out`.
-    fn avg_pool_node(&self, kernel: usize, stride: usize) -> Result<Value> {
+    /// Average pooling (zero padding counted in the divisor), requantised to `out`: of codes
+    /// ([`avg_pool2d`]) or of a real stream, whose window means ([`avg_pool2d_real`], the
+    /// float model's arithmetic) are quantized as the consumer's activation quantizer does.
+    fn avg_pool_node(
+        &self,
+        kernel: usize,
+        stride: usize,
+        pad: usize,
+        pad_end: usize,
+    ) -> Result<Value> {
         let x = self.x;
-        self.need_codes()?;
         let q = self.out_quant()?;
-        let g = self.pool_geom(kernel, stride, 0, 0);
-        let codes = avg_pool2d(&x.codes, &g, x.step, q.alpha, q.bits)?;
+        let g = self.pool_geom(kernel, stride, pad, pad_end);
+        let codes = match &x.real {
+            None => avg_pool2d(&x.codes, &g, x.step, q.alpha, q.bits)?,
+            Some(r) => quantize_real(&avg_pool2d_real(r, &g)?, q, simd_epilogue(self.isa)),
+        };
         Ok(Value::quantized(codes, (g.out_h(), g.out_w(), x.c), q))
     }
 
@@ -1673,9 +1688,15 @@ mod tests {
                         v.iter().copied().fold(f64::NEG_INFINITY, f64::max)
                     })
                 }
-                NodeOp::AvgPool { kernel, stride } => {
+                NodeOp::AvgPool {
+                    kernel,
+                    stride,
+                    pad,
+                    pad_end,
+                } => {
                     let q = n.out.unwrap();
-                    pool_f64(&x, batch, h, w, c, *kernel, *stride, [0, 0], |v| {
+                    let pads = [*pad, pad_end.unwrap_or(*pad)];
+                    pool_f64(&x, batch, h, w, c, *kernel, *stride, pads, |v| {
                         fq(v.iter().sum::<f64>() / v.len() as f64, q)
                     })
                 }
@@ -1852,8 +1873,9 @@ mod tests {
         assert!(e.contains("c2") && e.contains("quantize"), "{e}");
     }
 
-    /// Concatenations of codes (three inputs, then max pooling) and of real values (then a
-    /// quantize node and a residual read) equal the float model; inputs that differ in
+    /// Concatenations of codes (three inputs, then max pooling) and of real values (then max
+    /// pooling, padded average pooling requantised to codes, and a residual read) equal the
+    /// float model; inputs that differ in
     /// quantisation or size, or an `out` other than the inputs', are clear errors.
     #[test]
     fn concat_nodes_match_the_float_model_and_refuse_mixed_inputs() {

@@ -563,7 +563,8 @@ pub struct PoolGeom {
     pub k: usize,
     /// Stride.
     pub stride: usize,
-    /// Padding before the input, top and left (max pooling only; padded cells are ignored).
+    /// Padding before the input, top and left (max pooling ignores padded cells; average
+    /// pooling counts them as zeros).
     pub pad: usize,
     /// Padding after the input, bottom and right (`pad` when symmetric).
     pub pad_end: usize,
@@ -685,10 +686,11 @@ pub fn max_pool2d_real(x: &[f32], g: &PoolGeom) -> Result<Vec<f32>> {
     Ok(out)
 }
 
-/// Average pooling of NHWC codes (no padding) with requantisation: the window mean of the
-/// codes times `in_step` (the input's real step) is quantized to `out_bits` with clip range
-/// `out_alpha`. With `in_step = out_alpha/(2^out_bits−1)` this is the rounded mean code.
-/// Errors: bad geometry/length, bad bits or clip range.
+/// Average pooling of NHWC codes with requantisation: the window mean of the codes times
+/// `in_step` (the input's real step) is quantized to `out_bits` with clip range `out_alpha`.
+/// Padded cells count as code 0 (real 0: activation codes have no zero point) and in the
+/// divisor `k²` (`count_include_pad = 1`). With `in_step = out_alpha/(2^out_bits−1)` this is
+/// the rounded mean code. Errors: bad geometry/length, bad bits or clip range.
 pub fn avg_pool2d(
     x: &[u8],
     g: &PoolGeom,
@@ -696,9 +698,6 @@ pub fn avg_pool2d(
     out_alpha: f32,
     out_bits: u32,
 ) -> Result<Vec<u8>> {
-    if g.pad != 0 || g.pad_end != 0 {
-        return Err(invalid("avg pool", "padding is not supported"));
-    }
     g.validate(x)?;
     let rq = Requant::new(
         vec![in_step / (g.k * g.k) as f32; g.c],
@@ -717,6 +716,28 @@ pub fn avg_pool2d(
         }
     });
     rq.apply(&sums)
+}
+
+/// Average pooling of a real-valued NHWC stream `[batch, h, w, c]` → `[batch, out_h, out_w,
+/// c]`, zero padding counted in the divisor (`count_include_pad = 1`), in the float model's
+/// arithmetic (candle's `avg_pool2d` after `pad_with_zeros`): per window the in-bounds values
+/// summed in row-major window order from `0.0` (a padded `+0.0` leaves an f32 sum unchanged),
+/// times the f32 of `1/k²`. Errors: bad geometry or length.
+pub fn avg_pool2d_real(x: &[f32], g: &PoolGeom) -> Result<Vec<f32>> {
+    g.validate(x)?;
+    let c = g.c;
+    let scale = (1.0 / (g.k * g.k) as f64) as f32;
+    let mut out = vec![0f32; g.batch * g.out_h() * g.out_w() * c];
+    g.for_each_window(|o, cells| {
+        let o = &mut out[o * c..(o + 1) * c];
+        for cell in cells {
+            for (o, &v) in o.iter_mut().zip(&x[cell * c..(cell + 1) * c]) {
+                *o += v;
+            }
+        }
+        o.iter_mut().for_each(|v| *v *= scale);
+    });
+    Ok(out)
 }
 
 /// Global average pooling of NHWC codes `[batch, hw, c]` with requantisation (as
@@ -871,11 +892,16 @@ mod tests {
             let (ph, pw) = (h + pad + pad_end, w + pad + pad_end);
             let (oh, ow) = (g.out_h(), g.out_w());
             let mut want = vec![0f32; batch * oh * ow * c];
+            // Average pooling as candle computes it on the zero-padded tensor: every cell of
+            // the window, padded zeros included, summed in row-major order, times f32(1/k²).
+            let mut want_avg = vec![0f32; batch * oh * ow * c];
+            let scale = (1.0 / (k * k) as f64) as f32;
             for b in 0..batch {
                 for oy in 0..oh {
                     for ox in 0..ow {
                         for ch in 0..c {
                             let mut m = f32::NEG_INFINITY;
+                            let mut sum = 0f32;
                             for ky in 0..k {
                                 for kx in 0..k {
                                     let (py, px) = (oy * stride + ky, ox * stride + kx);
@@ -886,18 +912,23 @@ mod tests {
                                         xr[((b * h + py - pad) * w + px - pad) * c + ch]
                                     };
                                     m = m.max(v);
+                                    sum += v;
                                 }
                             }
                             want[((b * oh + oy) * ow + ox) * c + ch] = m;
+                            want_avg[((b * oh + oy) * ow + ox) * c + ch] = sum * scale;
                         }
                     }
                 }
             }
             prop_assert_eq!(max_pool2d_real(&xr, &g).unwrap(), want);
-            if pad == 0 && pad_end == 0 {
-                let got = avg_pool2d(&x, &g, 1.0, 255.0, 8).unwrap();
-                prop_assert_eq!(got, reference::avg_pool2d(&x, &g));
-            }
+            let got_avg = avg_pool2d_real(&xr, &g).unwrap();
+            prop_assert_eq!(
+                got_avg.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                want_avg.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            );
+            let got = avg_pool2d(&x, &g, 1.0, 255.0, 8).unwrap();
+            prop_assert_eq!(got, reference::avg_pool2d(&x, &g));
             let got = global_avg_pool(&x, batch, h * w, c, 1.0, 255.0, 8).unwrap();
             prop_assert_eq!(got, reference::global_avg_pool(&x, batch, h * w, c));
         }

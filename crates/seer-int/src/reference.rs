@@ -78,11 +78,13 @@ pub fn max_pool2d(x: &[u8], g: &PoolGeom) -> Vec<u8> {
     pool(x, g, |cells| cells.iter().copied().max().unwrap_or(0))
 }
 
-/// Average pooling (no padding), result rounded half up to the nearest code.
+/// Average pooling, padded cells counted as code 0 in the divisor `k²`
+/// (`count_include_pad = 1`), result rounded half up to the nearest code.
 pub fn avg_pool2d(x: &[u8], g: &PoolGeom) -> Vec<u8> {
+    let area = (g.k * g.k) as f64;
     pool(x, g, |cells| {
         let s: u32 = cells.iter().map(|&v| v as u32).sum();
-        ((s as f64 / cells.len() as f64) + 0.5).floor() as u8
+        ((s as f64 / area) + 0.5).floor() as u8
     })
 }
 

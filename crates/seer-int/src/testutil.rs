@@ -109,6 +109,8 @@ pub(crate) fn toy_model() -> IntModel {
             op: NodeOp::AvgPool {
                 kernel: 2,
                 stride: 1,
+                pad: 1,
+                pad_end: Some(0),
             },
             out: Some(QuantOut {
                 alpha: 1.8,
@@ -245,8 +247,8 @@ pub(crate) fn toy_int8() -> IntModel {
 }
 
 /// Concatenations of codes (three convs requantised alike, then max pooling) and of real
-/// values (a ReLU'd and a signed real-valued conv, then max pooling of the real stream, a
-/// quantize node and a residual read).
+/// values (a ReLU'd and a signed real-valued conv, then max pooling of the real stream,
+/// padded average pooling of it requantised to codes, and a residual read).
 pub(crate) fn toy_concat() -> IntModel {
     let q = |alpha, bits| Some(QuantOut { alpha, bits });
     let node = |name: &str, input: &str, op: NodeOp, out| Node {
@@ -286,7 +288,18 @@ pub(crate) fn toy_concat() -> IntModel {
                     },
                     None,
                 ),
-                node("q", "rmp", NodeOp::Quantize, q(2.0, 4)),
+                // Average pooling of the real stream (padded before only), requantised.
+                node(
+                    "q",
+                    "rmp",
+                    NodeOp::AvgPool {
+                        kernel: 2,
+                        stride: 1,
+                        pad: 1,
+                        pad_end: Some(0),
+                    },
+                    q(2.0, 4),
+                ),
                 conv("c2", "q", 5, 5, 1, 4, Some("rcat"), Some((2.0, 4))),
                 node(
                     "mp",

@@ -59,7 +59,7 @@ pub use error::{Error, Result};
 pub use linear::{PackedLinear, linear};
 pub use mask::{channel_mask, filter_l2_scores, group_scores, top_k_mask};
 pub use norm::{BatchNormOutput, batch_norm_eval, batch_norm_relu_train, batch_norm_train, relu};
-pub use pool::max_pool2d;
+pub use pool::{avg_pool2d, max_pool2d};
 pub use quant::{
     act_levels, fake_quant_act, fake_quant_weight, round_half_away, weight_qmax, weight_scales,
 };

@@ -703,7 +703,8 @@ fn run(
             let [_, ih, iw] = nd.in_shapes[0];
             o.clear();
             o.resize(c * hw, 0.0);
-            let area = (k[0] * k[1]) as f32;
+            // candle's avg_pool2d: the window sum times the f32 of 1/area.
+            let inv_area = (1.0 / (k[0] * k[1]) as f64) as f32;
             for ch in 0..c {
                 let xc = &x[ch * ih * iw..(ch + 1) * ih * iw];
                 for oy in 0..h {
@@ -722,7 +723,8 @@ fn run(
                                 acc = if *max { acc.max(v) } else { acc + v };
                             }
                         }
-                        o[ch * hw + oy * w + ox] = act.apply(if *max { acc } else { acc / area });
+                        o[ch * hw + oy * w + ox] =
+                            act.apply(if *max { acc } else { acc * inv_area });
                     }
                 }
             }

@@ -15,16 +15,20 @@
 //! conv yields real values (`out = null`, fused ReLU), the residual add is fused into the
 //! conv that precedes it (`residual`), and every weighted consumer reads it through a
 //! `quantize` node with its own quantizer; global pooling quantizes its mean for the
-//! classifier. Both then compute the same function up to float rounding at exact ties:
-//! every GEMM is integer; only residual adds and global pooling run in f32.
+//! classifier, and average pooling (zero padding counted) quantizes its window means for
+//! the weighted layers it feeds. Both then compute the same function up to float rounding
+//! at exact ties: every GEMM is integer; only residual adds and average and global pooling
+//! run in f32.
 //!
 //! A channel concatenation passes its consumers' quantizer back to every input (as ReLU and
 //! max pooling do), so its inputs arrive as codes of one quantisation (or all real) and the
 //! engine's `concat` node only copies them.
 //!
 //! Not representable, hence a clear [`Error::Export`] naming the layer: masked residual
-//! pruning (adds over different channel sets), average pooling, layers left in full
-//! precision, dilated convolutions, grouped convolutions of the image, and a concat whose inputs other layers read with different quantizers. Grouped and
+//! pruning (adds over different channel sets), average pooling that does not feed weighted
+//! layers of one quantizer (or reads the image), layers left in full precision, dilated
+//! convolutions, grouped convolutions of the image, and a concat whose inputs other layers
+//! read with different quantizers. Grouped and
 //! depthwise convolutions run as the engine's grouped direct conv. Per-channel
 //! input standard deviations that differ (CIFAR) make the first conv run one integer
 //! convolution per input channel (`InputSpec::std_per_channel`).
@@ -90,9 +94,8 @@ fn fmt_err(path: &Path, msg: String) -> Error {
 }
 
 /// Why a network of `spec` can never run on the integer engine, whatever its policy: the
-/// first layer [`to_int_model`] would refuse for its kind and place alone (average pooling,
-/// which the fake-quantized model keeps in float; a BatchNorm that is not the only consumer
-/// of a conv or linear layer, so cannot be folded into it). `None` when the structure is
+/// first layer [`to_int_model`] would refuse for its kind and place alone (a BatchNorm that
+/// is not the only consumer of a conv or linear layer, so cannot be folded into it). `None` when the structure is
 /// exportable; a policy can still be refused later (masked residual pruning, a layer left in
 /// full precision). Callers warn before hours of labelling rather than after.
 pub fn not_exportable(spec: &seer_policy::NetworkSpec) -> Option<String> {
@@ -103,10 +106,6 @@ pub fn not_exportable(spec: &seer_policy::NetworkSpec) -> Option<String> {
         }
     }
     spec.layers.iter().find_map(|l| match l.kind {
-        LayerKind::AvgPool { .. } => Some(format!(
-            "layer {}: average pooling (global average pooling is fine)",
-            l.name
-        )),
         LayerKind::BatchNorm => {
             let folds = matches!(
                 l.inputs.as_slice(),
@@ -210,7 +209,7 @@ pub fn to_int_model(
     // How the value of layer e must be represented: codes when every path reaches weighted
     // layers with one quantizer through ReLU/max-pool/flatten (quantisation commutes with
     // those), real-valued when the float model uses it in float (residual adds, shortcuts,
-    // global pooling, or quantizers that differ), logits when it is the network output.
+    // average or global pooling, or quantizers that differ), logits when it is the network output.
     let classify = |e: usize| -> Result<Repr> {
         let mut qs: Vec<QuantOut> = Vec::new();
         let mut float_use = false;
@@ -685,9 +684,59 @@ pub fn to_int_model(
                     ..v
                 });
             }
-            LayerKind::BatchNorm | LayerKind::AvgPool { .. } => {
+            LayerKind::AvgPool {
+                kernel,
+                stride,
+                padding,
+                padding_end,
+            } => {
+                // The float model averages the real values (zero padding counted) and the
+                // consumer quantizes the means: on the engine, a real stream in, codes of the
+                // consumers' quantizer out.
+                let v = input_val(0)?;
+                let pe = padding_end.unwrap_or(padding);
+                if kernel[0] != kernel[1]
+                    || stride[0] != stride[1]
+                    || padding[0] != padding[1]
+                    || pe[0] != pe[1]
+                {
+                    return Err(err(format!(
+                        "layer {}: only square average pooling runs on the integer engine",
+                        l.name
+                    )));
+                }
+                if !v.real {
+                    return Err(err(format!(
+                        "layer {}: average pooling must read a conv's output (the image, or a value the engine holds as codes, cannot be averaged as the float model does)",
+                        l.name
+                    )));
+                }
+                let Repr::Codes(q) = classify(i)? else {
+                    return Err(err(format!(
+                        "layer {}: average pooling must feed conv/linear layers with one activation quantizer",
+                        l.name
+                    )));
+                };
+                nodes.push(Node {
+                    name: l.name.clone(),
+                    input: v.node,
+                    op: NodeOp::AvgPool {
+                        kernel: kernel[0],
+                        stride: stride[0],
+                        pad: padding[0],
+                        pad_end: (pe != padding).then_some(pe[0]),
+                    },
+                    out: Some(q),
+                });
+                val[i] = Some(Val {
+                    node: l.name.clone(),
+                    q: Some(q),
+                    real: false,
+                });
+            }
+            LayerKind::BatchNorm => {
                 return Err(err(format!(
-                    "layer {} ({}): not representable on the integer engine (a BatchNorm must directly follow a conv/linear; average pooling is kept in float by the fake-quantized model)",
+                    "layer {} ({}): not representable on the integer engine (a BatchNorm must directly follow a conv/linear)",
                     l.name,
                     l.kind.name()
                 )));
@@ -1085,8 +1134,8 @@ mod tests {
     }
 
     /// `not_exportable` names exactly the structures `to_int_model` refuses by layer kind:
-    /// none in the built-in networks (every one exports), average pooling and a BatchNorm
-    /// after a ReLU in small hand-made ones (each then refused by the conversion too).
+    /// none in the built-in networks (every one exports), a BatchNorm after a ReLU in a small
+    /// hand-made one (then refused by the conversion too).
     #[test]
     fn structural_blockers_are_named_before_any_conversion() {
         for arch in [
@@ -1101,28 +1150,121 @@ mod tests {
             assert_eq!(not_exportable(&spec), None, "{arch}");
         }
         use seer_policy::{ConvOpts, SpecBuilder};
-        let net = |blocker: &str| {
-            let mut b = SpecBuilder::new("t", "8x8x1".parse().unwrap(), 3);
-            let c = b.conv("conv", None, ConvOpts::new(4, 3).pad(1)).unwrap();
-            let r = b.op("relu", Some(c), LayerKind::Relu).unwrap();
-            let kind = match blocker {
-                "pool" => LayerKind::AvgPool {
-                    kernel: [2, 2],
-                    stride: [2, 2],
-                    padding: [0, 0],
-                    padding_end: None,
-                },
-                _ => LayerKind::BatchNorm,
-            };
-            let x = b.op(blocker, Some(r), kind).unwrap();
-            let f = b.op("flatten", Some(x), LayerKind::Flatten).unwrap();
-            b.linear("fc", Some(f), 3, true).unwrap();
-            b.finish().unwrap()
+        let mut b = SpecBuilder::new("t", "8x8x1".parse().unwrap(), 3);
+        let c = b.conv("conv", None, ConvOpts::new(4, 3).pad(1)).unwrap();
+        let r = b.op("relu", Some(c), LayerKind::Relu).unwrap();
+        let x = b.op("bn", Some(r), LayerKind::BatchNorm).unwrap();
+        let f = b.op("flatten", Some(x), LayerKind::Flatten).unwrap();
+        b.linear("fc", Some(f), 3, true).unwrap();
+        let spec = b.finish().unwrap();
+        let why = not_exportable(&spec).unwrap();
+        assert!(
+            why.contains("layer bn") && why.contains("BatchNorm"),
+            "{why}"
+        );
+        let m = compressed_spec(spec, 3, SpaceConfig::default());
+        let e = to_int_model(
+            &m,
+            &[MEAN],
+            &[STD],
+            &serde_json::Value::Null,
+            Path::new("x"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("layer bn"), "{e}");
+    }
+
+    /// Average pooling (LeNet-5's original subsampling; a padded 3×3 one, stride 1, as in
+    /// Inception's pool branch; one padded after the input only) exports as the engine's
+    /// `avg_pool` on the real stream, requantised to its consumer's codes, and the engine
+    /// computes the fake-quantized model's function under random policies (pruning
+    /// included). Average pooling that feeds a residual add, or reads the image, is a clear
+    /// error naming the layer.
+    #[test]
+    fn average_pooling_exports_and_matches_fake_quant_model() {
+        use seer_policy::{ConvOpts, SpecBuilder};
+        let avg = |k: usize, s: usize, p: usize, pe: Option<usize>| LayerKind::AvgPool {
+            kernel: [k, k],
+            stride: [s, s],
+            padding: [p, p],
+            padding_end: pe.map(|e| [e, e]),
         };
-        for (blocker, want) in [("pool", "average pooling"), ("bn", "BatchNorm")] {
-            let spec = net(blocker);
-            let why = not_exportable(&spec).unwrap();
-            assert!(why.contains(blocker) && why.contains(want), "{why}");
+        let mut b = SpecBuilder::new("avg", "16x16x1".parse().unwrap(), 10);
+        let c1 = b.conv("c1", None, ConvOpts::new(6, 5).pad(2)).unwrap();
+        let n1 = b.op("c1_bn", Some(c1), LayerKind::BatchNorm).unwrap();
+        let r1 = b.op("c1_relu", Some(n1), LayerKind::Relu).unwrap();
+        let p1 = b.op("sub1", Some(r1), avg(2, 2, 0, None)).unwrap();
+        let c2 = b.conv("c2", Some(p1), ConvOpts::new(8, 3).pad(1)).unwrap();
+        let r2 = b.op("c2_relu", Some(c2), LayerKind::Relu).unwrap();
+        let p2 = b.op("pool3", Some(r2), avg(3, 1, 1, None)).unwrap();
+        let c3 = b.conv("c3", Some(p2), ConvOpts::new(8, 3).pad(1)).unwrap();
+        let r3 = b.op("c3_relu", Some(c3), LayerKind::Relu).unwrap();
+        let p3 = b.op("sub2", Some(r3), avg(3, 2, 1, Some(0))).unwrap();
+        let f = b.op("flatten", Some(p3), LayerKind::Flatten).unwrap();
+        b.linear("fc", Some(f), 10, true).unwrap();
+        let spec = b.finish().unwrap();
+        assert_eq!(not_exportable(&spec), None);
+        for seed in [21u64, 22, 23] {
+            let m = compressed_spec(spec.clone(), seed, SpaceConfig::default());
+            let im = to_int_model(
+                &m,
+                &[MEAN],
+                &[STD],
+                &serde_json::Value::Null,
+                Path::new("a"),
+            )
+            .unwrap();
+            let pools: Vec<_> = im
+                .meta()
+                .nodes
+                .iter()
+                .filter_map(|n| match n.op {
+                    NodeOp::AvgPool {
+                        kernel,
+                        stride,
+                        pad,
+                        pad_end,
+                    } => Some((
+                        n.name.as_str(),
+                        kernel,
+                        stride,
+                        pad,
+                        pad_end,
+                        n.out.is_some(),
+                    )),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(
+                pools,
+                [
+                    ("sub1", 2, 2, 0, None, true),
+                    ("pool3", 3, 1, 1, None, true),
+                    ("sub2", 3, 2, 1, Some(0), true)
+                ]
+            );
+            let im = IntModel::from_bytes(&im.to_bytes().unwrap(), "mem").unwrap();
+            assert_engine_computes(&m, &im, 600 + seed, "avg-pool");
+        }
+        // Into a residual add (the float model keeps its output in float).
+        let mut b = SpecBuilder::new("avg-add", "8x8x1".parse().unwrap(), 3);
+        let c = b.conv("c", None, ConvOpts::new(4, 3).pad(1)).unwrap();
+        let r = b.op("r", Some(c), LayerKind::Relu).unwrap();
+        let p = b.op("pool", Some(r), avg(3, 1, 1, None)).unwrap();
+        let add = b.add("add", &[p, r]).unwrap();
+        let g = b.op("gap", Some(add), LayerKind::GlobalAvgPool).unwrap();
+        b.linear("fc", Some(g), 3, true).unwrap();
+        // Of the image.
+        let mut b2 = SpecBuilder::new("avg-image", "8x8x1".parse().unwrap(), 3);
+        let p = b2.op("pool", None, avg(2, 2, 0, None)).unwrap();
+        let c = b2.conv("c", Some(p), ConvOpts::new(4, 3).pad(1)).unwrap();
+        let g = b2.op("gap", Some(c), LayerKind::GlobalAvgPool).unwrap();
+        b2.linear("fc", Some(g), 3, true).unwrap();
+        for (spec, want) in [
+            (b.finish().unwrap(), "one activation quantizer"),
+            (b2.finish().unwrap(), "must read a conv"),
+        ] {
             let m = compressed_spec(spec, 3, SpaceConfig::default());
             let e = to_int_model(
                 &m,
@@ -1133,7 +1275,7 @@ mod tests {
             )
             .unwrap_err()
             .to_string();
-            assert!(e.contains(&format!("layer {blocker}")), "{e}");
+            assert!(e.contains("layer pool") && e.contains(want), "{e}");
         }
     }
 

@@ -931,11 +931,10 @@ impl Model {
                     let t = input(0)
                         .pad_with_zeros(2, b[0], e[0])?
                         .pad_with_zeros(3, b[1], e[1])?;
-                    let (k, s) = ((kernel[0], kernel[1]), (stride[0], stride[1]));
                     if matches!(l.kind, LayerKind::MaxPool { .. }) {
                         ops::max_pool2d(&t, kernel, stride)?
                     } else {
-                        t.avg_pool2d_with_stride(k, s)?
+                        ops::avg_pool2d(&t, kernel, stride)?
                     }
                 }
                 LayerKind::GlobalAvgPool => input(0).mean_keepdim(2)?.mean_keepdim(3)?,

@@ -172,6 +172,18 @@ pub fn max_pool2d(x: &Tensor, k: [usize; 2], s: [usize; 2]) -> Result<Tensor> {
     }
 }
 
+/// Average pooling of `x` `[N, C, H, W]` (already padded: the zeros count) with window `k`
+/// and stride `s`, floor mode. Non-overlapping windows (`k == s`) use candle's op;
+/// overlapping ones (`k ≠ s`, where candle has no backward) seer-kernels' `avg_pool2d`,
+/// which gives the same values bit for bit.
+pub fn avg_pool2d(x: &Tensor, k: [usize; 2], s: [usize; 2]) -> Result<Tensor> {
+    if k == s {
+        Ok(x.avg_pool2d_with_stride((k[0], k[1]), (s[0], s[1]))?)
+    } else {
+        Ok(seer_kernels::avg_pool2d(x, k, s)?)
+    }
+}
+
 /// Spatial subsampling `x[:, :, ::s_h, ::s_w]`. `x`: `[N, C, H, W]`.
 pub fn subsample(x: &Tensor, s: [usize; 2]) -> Result<Tensor> {
     let mut y = x.clone();

@@ -530,26 +530,36 @@ pub fn to_qdq(m: &IntModel) -> Result<ModelProto> {
                     },
                 }
             }
-            NodeOp::AvgPool { kernel, stride } => {
+            NodeOp::AvgPool {
+                kernel,
+                stride,
+                pad,
+                pad_end,
+            } => {
                 let q = node
                     .out
                     .ok_or_else(|| b.err("average pooling without out"))?;
-                if *stride == 0 || h < *kernel || w < *kernel {
+                let pe = pad_end.unwrap_or(*pad);
+                if *stride == 0 || h + pad + pe < *kernel || w + pad + pe < *kernel {
                     return Err(b.err(format!("input {h}x{w} is smaller than the window")));
                 }
-                let (k, s) = (*kernel as i64, *stride as i64);
+                let (k, s, p, e) = (*kernel as i64, *stride as i64, *pad as i64, pe as i64);
                 let y = format!("{base}.avg_pool");
-                b.node(
-                    "AveragePool",
-                    &y,
-                    &[&x.name],
-                    &y,
-                    vec![ints("kernel_shape", &[k, k]), ints("strides", &[s, s])],
-                );
+                let mut attrs = vec![ints("kernel_shape", &[k, k]), ints("strides", &[s, s])];
+                if p > 0 || e > 0 {
+                    // Zeros count in the divisor, as the engine and the float model average.
+                    attrs.push(ints("pads", &[p, p, e, e]));
+                    attrs.push(int("count_include_pad", 1));
+                }
+                b.node("AveragePool", &y, &[&x.name], &y, attrs);
                 Val {
                     name: b.requant(base, &y, q),
                     q: Some(q),
-                    chw: (c, (h - kernel) / stride + 1, (w - kernel) / stride + 1),
+                    chw: (
+                        c,
+                        (h + pad + pe - kernel) / stride + 1,
+                        (w + pad + pe - kernel) / stride + 1,
+                    ),
                 }
             }
             NodeOp::GlobalAvgPool => {

@@ -449,7 +449,7 @@ fn fixtures_match_onnx_runtime_logits() {
         .map(|&p| (p as f32 / 255.0 - 0.2860) / 0.3530)
         .collect();
     let x = candle_core::Tensor::from_vec(x, (64, 1, 28, 28), &candle_core::Device::Cpu).unwrap();
-    for name in ["resnet_proj", "mbv2", "vgg", "inception"] {
+    for name in ["resnet_proj", "mbv2", "vgg", "inception", "lenet_avg"] {
         let path = dir.join(format!("{name}.onnx"));
         let imp = crate::import_file(&path).unwrap();
         let model = imp.model(&path).unwrap();

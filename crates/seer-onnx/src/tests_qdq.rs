@@ -68,7 +68,13 @@ fn compressed_vgg(steps: usize) -> (IntModel, seer_policy::NetworkSpec) {
 /// The committed fixture `name` imported, fine-tuned `steps` steps under [`mixed_policy`] on
 /// the 64 images, exported to the integer engine.
 fn compressed_fixture(name: &str, steps: usize) -> (IntModel, seer_policy::NetworkSpec) {
-    let path = fixture_dir().join(format!("{name}.onnx"));
+    compressed_onnx(&fixture_dir().join(format!("{name}.onnx")), name, steps)
+}
+
+/// The ONNX file `path` imported, fine-tuned `steps` steps under [`mixed_policy`] on the 64
+/// images, exported to the integer engine.
+fn compressed_onnx(path: &Path, name: &str, steps: usize) -> (IntModel, seer_policy::NetworkSpec) {
+    let path = path.to_path_buf();
     let imp = crate::import_file(&path).unwrap();
     let mut model = imp.model(&path).unwrap();
     let space = SearchSpace::new(imp.spec.clone(), SpaceConfig::default()).unwrap();
@@ -389,7 +395,7 @@ pub(crate) fn top1(v: &[f32], k: usize) -> Vec<usize> {
         .collect()
 }
 
-/// Issue 20, acceptance 1: the three fixtures' logits from our importer equal tract's on the
+/// Issue 20, acceptance 1: the fixtures' logits from our importer equal tract's on the
 /// 64 real images within 1e-4 relative to each image's largest logit (the ONNX Runtime check
 /// is `fixtures_match_onnx_runtime_logits`).
 #[test]
@@ -397,7 +403,7 @@ fn fixtures_match_tract_logits() {
     let (px, _) = eq_images();
     let x = normalised(&px);
     let xt = Tensor::from_vec(x.clone(), (64, 1, 28, 28), &Device::Cpu).unwrap();
-    for name in ["resnet_proj", "mbv2", "vgg", "inception"] {
+    for name in ["resnet_proj", "mbv2", "vgg", "inception", "lenet_avg"] {
         let path = fixture_dir().join(format!("{name}.onnx"));
         let want = tract_run(&std::fs::read(&path).unwrap(), x.clone(), [64, 1, 28, 28]);
         let imp = crate::import_file(&path).unwrap();
@@ -463,6 +469,21 @@ fn qdq_export_in_tract_agrees_with_the_integer_engine() {
     );
     let (agree, n) = tract_agreement(&im, &px, 64);
     assert_eq!(agree, n, "mbv2: tract and the engine agree on {agree}/{n}");
+    // Average pooling (LeNet-5's subsampling, a padded 3×3 stride-1 pool) of real streams.
+    let (im, _) = compressed_fixture("lenet_avg", 20);
+    assert_eq!(
+        im.meta()
+            .nodes
+            .iter()
+            .filter(|n| matches!(n.op, NodeOp::AvgPool { .. }))
+            .count(),
+        3
+    );
+    let (agree, n) = tract_agreement(&im, &px, 64);
+    assert_eq!(
+        agree, n,
+        "lenet_avg: tract and the engine agree on {agree}/{n}"
+    );
     // Residual streams, shortcuts and global pooling (random weights, synthetic images).
     let im = compressed_zoo("resnet20", "12x12x1", 7);
     let px = pixels(64, 144, 9);
@@ -470,5 +491,141 @@ fn qdq_export_in_tract_agrees_with_the_integer_engine() {
     assert_eq!(
         agree, n,
         "resnet20: tract and the engine agree on {agree}/{n}"
+    );
+}
+
+/// A LeNet-style network with three `AveragePool`s, built here: 2×2 stride 2 (LeNet-5's
+/// subsampling), 3×3 stride 1 with `pads` 1 (Inception's pool branch) and 3×3 stride 2
+/// padded before only, both with `count_include_pad = 1`; random weights.
+/// image `[N, 1, 28, 28]` → Conv 1→6 5×5 pad 2 → Relu → AveragePool 2/2 (14×14) → Conv 6→8
+/// 3×3 pad 1 → Relu → AveragePool 3/1 pad 1 → Conv 8→8 3×3 stride 2 pad 1 (7×7) → Relu →
+/// AveragePool 3/2 pads (1, 1, 0, 0) (3×3) → Flatten → Gemm 72→10.
+fn avg_pool_net() -> ModelProto {
+    use crate::qdq::{int, ints};
+    use crate::tests::{model_of, node, tensor, value};
+    let mut s = 0x2545_F491_4F6C_DD1Du64;
+    let mut w = |n: usize, fan_in: usize| -> Vec<f32> {
+        let a = (3.0 / fan_in as f32).sqrt();
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * a
+            })
+            .collect()
+    };
+    let conv = |name: &str, x: &str, y: &str, k: i64, stride: i64, pad: i64| {
+        node(
+            name,
+            "Conv",
+            &[x, &format!("{name}.weight"), &format!("{name}.bias")],
+            &[y],
+            vec![
+                ints("kernel_shape", &[k, k]),
+                ints("strides", &[stride, stride]),
+                ints("pads", &[pad, pad, pad, pad]),
+            ],
+        )
+    };
+    let pool = |name: &str, x: &str, y: &str, k: i64, stride: i64, pads: [i64; 4]| {
+        let mut attrs = vec![
+            ints("kernel_shape", &[k, k]),
+            ints("strides", &[stride, stride]),
+        ];
+        if pads != [0; 4] {
+            attrs.push(ints("pads", &pads));
+            attrs.push(int("count_include_pad", 1));
+        }
+        node(name, "AveragePool", &[x], &[y], attrs)
+    };
+    let graph = crate::proto::GraphProto {
+        name: Some("avg-pools".into()),
+        node: vec![
+            conv("c1", "image", "a1", 5, 1, 2),
+            node("r1", "Relu", &["a1"], &["b1"], vec![]),
+            pool("sub1", "b1", "p1", 2, 2, [0; 4]),
+            conv("c2", "p1", "a2", 3, 1, 1),
+            node("r2", "Relu", &["a2"], &["b2"], vec![]),
+            pool("pool3", "b2", "p2", 3, 1, [1; 4]),
+            conv("c3", "p2", "a3", 3, 2, 1),
+            node("r3", "Relu", &["a3"], &["b3"], vec![]),
+            pool("sub2", "b3", "p3", 3, 2, [1, 1, 0, 0]),
+            node("flat", "Flatten", &["p3"], &["f"], vec![int("axis", 1)]),
+            node(
+                "fc",
+                "Gemm",
+                &["f", "fc.weight", "fc.bias"],
+                &["logits"],
+                vec![int("transB", 1)],
+            ),
+        ],
+        initializer: vec![
+            tensor("c1.weight", &[6, 1, 5, 5], w(150, 25)),
+            tensor("c1.bias", &[6], w(6, 4)),
+            tensor("c2.weight", &[8, 6, 3, 3], w(432, 54)),
+            tensor("c2.bias", &[8], w(8, 16)),
+            tensor("c3.weight", &[8, 8, 3, 3], w(576, 72)),
+            tensor("c3.bias", &[8], w(8, 16)),
+            tensor("fc.weight", &[10, 72], w(720, 72)),
+            tensor("fc.bias", &[10], w(10, 16)),
+        ],
+        input: vec![value("image", &[-1, 1, 28, 28])],
+        output: vec![value("logits", &[-1, 10])],
+        ..Default::default()
+    };
+    model_of(graph)
+}
+
+/// `AveragePool` end to end: the importer computes tract's logits on the float network
+/// (padded windows counted as ONNX's `count_include_pad = 1` says), the compressed network
+/// exports to the integer engine (each pool an `avg_pool` node requantised to its
+/// consumer's codes), and the QDQ export of that model in tract agrees with the engine on
+/// all 64 real images.
+#[test]
+fn average_pooling_imports_exports_and_agrees_in_tract() {
+    use prost::Message;
+    let td = tempfile::tempdir().unwrap();
+    let path = td.path().join("avg.onnx");
+    std::fs::write(&path, avg_pool_net().encode_to_vec()).unwrap();
+    let (px, _) = eq_images();
+    let x = normalised(&px);
+    let want = tract_run(&std::fs::read(&path).unwrap(), x.clone(), [64, 1, 28, 28]);
+    let imp = crate::import_file(&path).unwrap();
+    let xt = Tensor::from_vec(x, (64, 1, 28, 28), &Device::Cpu).unwrap();
+    let got: Vec<f32> = imp
+        .model(&path)
+        .unwrap()
+        .forward(&xt, false)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let worst = crate::tests::worst_relative(&got, &want, 10);
+    assert!(worst <= 1e-4, "worst relative difference {worst:e}");
+    let (im, _) = compressed_onnx(&path, "avg", 20);
+    let pools: Vec<(usize, usize, usize, Option<usize>)> = im
+        .meta()
+        .nodes
+        .iter()
+        .filter_map(|n| match n.op {
+            NodeOp::AvgPool {
+                kernel,
+                stride,
+                pad,
+                pad_end,
+            } => Some((kernel, stride, pad, pad_end)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        pools,
+        [(2, 2, 0, None), (3, 1, 1, None), (3, 2, 1, Some(0))]
+    );
+    let (agree, n) = tract_agreement(&im, &px, 64);
+    assert_eq!(
+        agree, n,
+        "avg-pool: tract and the engine agree on {agree}/{n}"
     );
 }

@@ -1,10 +1,7 @@
 //! The report's content as a small document model, rendered to Markdown and to HTML, so both
 //! formats always carry the same figures.
 
-use crate::{
-    EXTRAPOLATION_MARK, PLOTS, RunReport, StageTiming, TOP1_PLOT, best_uniform_at, fmt,
-    layers_plot_name,
-};
+use crate::{EXTRAPOLATION_MARK, PLOTS, RunReport, StageTiming, TOP1_PLOT, fmt, layers_plot_name};
 
 /// One block of the document. All text is plain (renderers escape it).
 #[derive(Clone, Debug, PartialEq)]
@@ -74,7 +71,8 @@ pub(crate) fn document(r: &RunReport) -> Vec<Block> {
         d.push(Para(
             "Predicted top-1 is the predictor's estimate under the labelling protocol (validation split, short fine-tune); \
              measured top-1 is on the test split after the final fine-tune. The best uniform baseline is the measured uniform \
-             bit-width model with the highest top-1 at no more BOPs than the chosen policy; margin = measured − that baseline. \
+             bit-width model with the highest top-1 within the budget (BOPs and size limits; for an accuracy target, at no more \
+             BOPs than the chosen policy); margin = measured − that baseline. \
              Model size is what the integer engine stores (packed weights, per-channel scales and biases; the quantity a size \
              budget limits, docs/method.md §2); file is the exported file with its header (network, provenance)."
                 .into(),
@@ -94,12 +92,12 @@ pub(crate) fn document(r: &RunReport) -> Vec<Block> {
                     ),
                     (None, None, None) => "—".into(),
                 };
-                let (best, margin) = match best_uniform_at(&r.uniform, x.bops) {
+                let (best, margin) = match r.uniform_for(x) {
                     Some(u) => (
                         format!("{} ({:.2})", u.name, u.measured_top1),
                         opt(x.measured_top1, |m| format!("{:+.2}", m - u.measured_top1)),
                     ),
-                    None => ("none at ≤ these BOPs".into(), "—".into()),
+                    None => ("none within the budget".into(), "—".into()),
                 };
                 vec![
                     x.label.clone(),

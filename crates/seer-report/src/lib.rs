@@ -392,9 +392,29 @@ impl RunReport {
         (self.baseline.bops_w8a8 > 0).then(|| bops as f64 / self.baseline.bops_w8a8 as f64)
     }
 
-    /// Measured top-1 minus the best uniform baseline at ≤ the same BOPs, when both exist.
+    /// The uniform baseline a budget's chosen policy is compared with: the best measured
+    /// one that fits the budget (BOPs ≤ its `max_bops` and size ≤ its `max_size_bits`, each
+    /// where given), so a chosen policy a little under its budget still meets the uniform
+    /// policy that spends it all (docs/method.md §8). A budget without either limit (an
+    /// accuracy target) compares at ≤ the chosen policy's BOPs. Ties: the cheaper one.
+    pub fn uniform_for(&self, b: &BudgetOutcome) -> Option<&UniformBaseline> {
+        let (bops, size) = match (b.max_bops, b.max_size_bits) {
+            (None, None) => (b.bops, u64::MAX),
+            (bops, size) => (bops.unwrap_or(u64::MAX), size.unwrap_or(u64::MAX)),
+        };
+        self.uniform
+            .iter()
+            .filter(|u| u.bops <= bops && u.size_bits <= size && u.measured_top1.is_finite())
+            .max_by(|a, b| {
+                a.measured_top1
+                    .total_cmp(&b.measured_top1)
+                    .then(b.bops.cmp(&a.bops))
+            })
+    }
+
+    /// Measured top-1 minus that of [`Self::uniform_for`] the budget, when both exist.
     pub fn margin(&self, b: &BudgetOutcome) -> Option<(f64, &UniformBaseline)> {
-        let u = best_uniform_at(&self.uniform, b.bops)?;
+        let u = self.uniform_for(b)?;
         Some((b.measured_top1? - u.measured_top1, u))
     }
 
@@ -783,6 +803,33 @@ pub(crate) mod tests {
         assert_eq!(u.name, "w2a2");
         assert!((m - 5.2).abs() < 1e-9);
         assert_eq!(r.margin(&r.budgets[1]), None, "no measurement, no margin");
+        // A uniform baseline above the chosen policy's BOPs but within the budget is the one
+        // compared with; one over the budget, or over a size limit, is not.
+        let mut r = synthetic();
+        let b = &mut r.budgets[0];
+        (b.max_bops, b.bops) = (Some(128_000_000), 120_000_000);
+        r.uniform[0].bops = 128_000_000;
+        assert_eq!(r.uniform_for(&r.budgets[0]).unwrap().name, "w2a2");
+        r.uniform[0].bops = 128_000_001;
+        assert_ne!(
+            r.uniform_for(&r.budgets[0]).map(|u| u.name.as_str()),
+            Some("w2a2")
+        );
+        r.uniform[0].bops = 128_000_000;
+        r.budgets[0].max_size_bits = Some(500_000);
+        assert_ne!(
+            r.uniform_for(&r.budgets[0]).map(|u| u.name.as_str()),
+            Some("w2a2")
+        );
+        // No limit (an accuracy target): at ≤ the chosen policy's BOPs.
+        (r.budgets[0].max_bops, r.budgets[0].max_size_bits) = (None, None);
+        r.budgets[0].bops = 127_999_999;
+        assert_ne!(
+            r.uniform_for(&r.budgets[0]).map(|u| u.name.as_str()),
+            Some("w2a2")
+        );
+        r.budgets[0].bops = 128_000_000;
+        assert_eq!(r.uniform_for(&r.budgets[0]).unwrap().name, "w2a2");
         assert!((r.compression_ratio(600_000).unwrap() - 14.4).abs() < 1e-9);
         assert_eq!(fmt::si(127_000_000), "127M");
         assert_eq!(fmt::size(327_680), "40.96 KB");

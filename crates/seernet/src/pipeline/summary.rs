@@ -130,13 +130,14 @@ impl Run<'_> {
     }
 
     /// `summary.json`'s per-budget entries: limits, costs, predicted and measured top-1, the
-    /// best uniform baseline within the chosen policy's BOPs and the margin over it, files.
+    /// best uniform baseline within the budget and the margin over it
+    /// (`RunReport::uniform_for`), files.
     fn budgets_json(&self, rep: &RunReport) -> Vec<serde_json::Value> {
         let w8a8 = self.budgets.w8a8;
         rep.budgets
             .iter()
             .map(|b| {
-                let best = report::best_uniform_at(&rep.uniform, b.bops);
+                let best = rep.uniform_for(b);
                 let target = b.accuracy_target.as_ref().map(|t| {
                     let held = b.measured_top1.map(|m| t.held(m));
                     serde_json::json!({
