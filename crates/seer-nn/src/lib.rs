@@ -39,7 +39,8 @@ pub use error::{Error, Result};
 /// Each malloc arena keeps its own freed memory, and glibc gives a process up to eight arenas
 /// per core, one per thread that allocates while the others are busy. So the heap is also held
 /// to one arena per core (`std::thread::available_parallelism`), unless the user set
-/// `MALLOC_ARENA_MAX`, which glibc has then already applied: the label bench's peak RSS went
+/// `MALLOC_ARENA_MAX` or `GLIBC_TUNABLES=glibc.malloc.arena_max=N`, which glibc has then
+/// already applied: the label bench's peak RSS went
 /// from 1.75 to 1.34 GB with two arenas on two cores, at the same speed (docs/benchmarks.md,
 /// "Main job", session 28).
 ///
@@ -50,7 +51,8 @@ pub fn keep_freed_memory() -> bool {
     {
         let arenas = std::thread::available_parallelism().map_or(1, |n| n.get());
         let arenas = libc::c_int::try_from(arenas).unwrap_or(libc::c_int::MAX);
-        let user_arenas = std::env::var_os("MALLOC_ARENA_MAX").is_some();
+        let user_arenas = std::env::var_os("MALLOC_ARENA_MAX").is_some()
+            || std::env::var("GLIBC_TUNABLES").is_ok_and(|t| sets_arena_max(&t));
         // SAFETY: mallopt only changes allocator parameters; every value is in range.
         unsafe {
             libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20) == 1
@@ -62,6 +64,16 @@ pub fn keep_freed_memory() -> bool {
     {
         false
     }
+}
+
+/// Whether a `GLIBC_TUNABLES` value (`name=value` pairs separated by `:`) sets
+/// `glibc.malloc.arena_max`.
+#[cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(dead_code))]
+fn sets_arena_max(tunables: &str) -> bool {
+    tunables.split(':').any(|kv| {
+        kv.split_once('=')
+            .is_some_and(|(k, _)| k.trim() == "glibc.malloc.arena_max")
+    })
 }
 
 /// Runs candle's element-wise operations on the calling thread (sets `CANDLE_NUM_THREADS=1`

@@ -684,6 +684,21 @@ fn keep_freed_memory_takes_effect_on_glibc() {
     assert!(crate::keep_freed_memory(), "mallopt refused a setting");
 }
 
+/// A user's `GLIBC_TUNABLES` arena setting is recognised among other tunables; others, and
+/// look-alike names, are not.
+#[test]
+fn glibc_tunables_arena_max_is_recognised() {
+    use crate::sets_arena_max;
+    assert!(sets_arena_max("glibc.malloc.arena_max=2"));
+    assert!(sets_arena_max(
+        "glibc.malloc.trim_threshold=128:glibc.malloc.arena_max=4"
+    ));
+    assert!(!sets_arena_max("glibc.malloc.trim_threshold=128"));
+    assert!(!sets_arena_max("glibc.malloc.arena_test=2"));
+    assert!(!sets_arena_max("glibc.malloc.arena_max"));
+    assert!(!sets_arena_max(""));
+}
+
 /// Networks with channel concatenations (ONNX `Concat`, issue 20), on 8×8×1, 10 classes:
 /// - `concat-codes`: stem → {1×1 conv, 3×3 conv, 3×3 conv} (each + BN + ReLU) → concat of
 ///   three → max pool → conv → global pool → fc (every concat input requantised alike on
