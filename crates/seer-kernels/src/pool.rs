@@ -16,13 +16,28 @@ struct MaxPoolOp {
     s: [usize; 2],
 }
 
+/// Output height and width of a window `k` at stride `s` over `h×w` (floor mode, no padding).
+fn out_hw(k: [usize; 2], s: [usize; 2], h: usize, w: usize) -> (usize, usize) {
+    ((h - k[0]) / s[0] + 1, (w - k[1]) / s[1] + 1)
+}
+
+/// `x` ready for a pooling op `op` of window `k` and stride `s`: Err(Shape) for a rank
+/// other than 4, a zero window or stride, or a window larger than the input.
+fn pool_input(x: &Tensor, k: [usize; 2], s: [usize; 2], op: &'static str) -> Result<Tensor> {
+    let d = x.dims();
+    if d.len() != 4 || k.contains(&0) || s.contains(&0) || k[0] > d[2] || k[1] > d[3] {
+        return Err(Error::Shape {
+            op,
+            msg: format!("input {d:?} with window {k:?} and stride {s:?}"),
+        });
+    }
+    prepare(x, op)
+}
+
 impl MaxPoolOp {
     /// Output height and width (floor mode, no padding).
     fn out_hw(&self, h: usize, w: usize) -> (usize, usize) {
-        (
-            (h - self.k[0]) / self.s[0] + 1,
-            (w - self.k[1]) / self.s[1] + 1,
-        )
+        out_hw(self.k, self.s, h, w)
     }
 
     /// Offset within the `h×w` plane of the first maximum of output cell `(oy, ox)`'s window
@@ -96,15 +111,7 @@ custom_op!(CustomOp1 for MaxPoolOp, |_| "seer-max-pool2d", OP);
 /// window, PyTorch's rule). Errors: [`Error::Shape`] for a rank other than 4, a zero window
 /// or stride, or a window larger than the input.
 pub fn max_pool2d(x: &Tensor, k: [usize; 2], s: [usize; 2]) -> Result<Tensor> {
-    let d = x.dims();
-    if d.len() != 4 || k.contains(&0) || s.contains(&0) || k[0] > d[2] || k[1] > d[3] {
-        return Err(Error::Shape {
-            op: OP,
-            msg: format!("input {d:?} with window {k:?} and stride {s:?}"),
-        });
-    }
-    let x = prepare(x, OP)?;
-    Ok(x.apply_op1(MaxPoolOp { k, s })?)
+    Ok(pool_input(x, k, s, OP)?.apply_op1(MaxPoolOp { k, s })?)
 }
 
 const AVG_OP: &str = "avg_pool2d";
@@ -117,10 +124,7 @@ struct AvgPoolOp {
 impl AvgPoolOp {
     /// Output height and width (floor mode, no padding).
     fn out_hw(&self, h: usize, w: usize) -> (usize, usize) {
-        (
-            (h - self.k[0]) / self.s[0] + 1,
-            (w - self.k[1]) / self.s[1] + 1,
-        )
+        out_hw(self.k, self.s, h, w)
     }
 
     /// `1/(k_h·k_w)` rounded to f32 once, as candle's `avg_pool2d` scales.
@@ -197,15 +201,7 @@ custom_op!(CustomOp1 for AvgPoolOp, |_| "seer-avg-pool2d", AVG_OP);
 /// Errors: [`Error::Shape`] for a rank other than 4, a zero window or stride, or a window
 /// larger than the input.
 pub fn avg_pool2d(x: &Tensor, k: [usize; 2], s: [usize; 2]) -> Result<Tensor> {
-    let d = x.dims();
-    if d.len() != 4 || k.contains(&0) || s.contains(&0) || k[0] > d[2] || k[1] > d[3] {
-        return Err(Error::Shape {
-            op: AVG_OP,
-            msg: format!("input {d:?} with window {k:?} and stride {s:?}"),
-        });
-    }
-    let x = prepare(x, AVG_OP)?;
-    Ok(x.apply_op1(AvgPoolOp { k, s })?)
+    Ok(pool_input(x, k, s, AVG_OP)?.apply_op1(AvgPoolOp { k, s })?)
 }
 
 #[cfg(test)]
