@@ -370,9 +370,19 @@ pub struct StageTiming {
 
 /// Best measured uniform baseline with BOPs ≤ `bops` (ties: the cheaper one).
 pub fn best_uniform_at(uniform: &[UniformBaseline], bops: u64) -> Option<&UniformBaseline> {
+    best_uniform_within(uniform, bops, u64::MAX)
+}
+
+/// Best measured uniform baseline with BOPs ≤ `bops` and size ≤ `size_bits` (ties: the
+/// cheaper one).
+fn best_uniform_within(
+    uniform: &[UniformBaseline],
+    bops: u64,
+    size_bits: u64,
+) -> Option<&UniformBaseline> {
     uniform
         .iter()
-        .filter(|u| u.bops <= bops && u.measured_top1.is_finite())
+        .filter(|u| u.bops <= bops && u.size_bits <= size_bits && u.measured_top1.is_finite())
         .max_by(|a, b| {
             a.measured_top1
                 .total_cmp(&b.measured_top1)
@@ -398,18 +408,14 @@ impl RunReport {
     /// policy that spends it all (docs/method.md §8). A budget without either limit (an
     /// accuracy target) compares at ≤ the chosen policy's BOPs. Ties: the cheaper one.
     pub fn uniform_for(&self, b: &BudgetOutcome) -> Option<&UniformBaseline> {
-        let (bops, size) = match (b.max_bops, b.max_size_bits) {
-            (None, None) => (b.bops, u64::MAX),
-            (bops, size) => (bops.unwrap_or(u64::MAX), size.unwrap_or(u64::MAX)),
-        };
-        self.uniform
-            .iter()
-            .filter(|u| u.bops <= bops && u.size_bits <= size && u.measured_top1.is_finite())
-            .max_by(|a, b| {
-                a.measured_top1
-                    .total_cmp(&b.measured_top1)
-                    .then(b.bops.cmp(&a.bops))
-            })
+        match (b.max_bops, b.max_size_bits) {
+            (None, None) => best_uniform_at(&self.uniform, b.bops),
+            (bops, size) => best_uniform_within(
+                &self.uniform,
+                bops.unwrap_or(u64::MAX),
+                size.unwrap_or(u64::MAX),
+            ),
+        }
     }
 
     /// Measured top-1 minus that of [`Self::uniform_for`] the budget, when both exist.

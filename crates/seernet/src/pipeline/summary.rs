@@ -138,6 +138,7 @@ impl Run<'_> {
             .iter()
             .map(|b| {
                 let best = rep.uniform_for(b);
+                let margin = rep.margin(b).map(|(m, _)| m);
                 let target = b.accuracy_target.as_ref().map(|t| {
                     let held = b.measured_top1.map(|m| t.held(m));
                     serde_json::json!({
@@ -158,8 +159,7 @@ impl Run<'_> {
                     "bops_frac_w8a8": b.bops as f64 / w8a8 as f64,
                     "predicted_val_top1": b.predicted_top1, "test_top1": b.measured_top1,
                     "best_uniform": best.map(|u| &u.name), "best_uniform_test_top1": best.map(|u| u.measured_top1),
-                    "margin": match (b.measured_top1, best) { (Some(m), Some(u)) => Some(m - u.measured_top1), _ => None },
-                    "margin_points": match (b.measured_top1, best) { (Some(m), Some(u)) => Some(m - u.measured_top1), _ => None },
+                    "margin": margin, "margin_points": margin,
                     "budget_used": b.budget_used, "budget_note": b.budget_note,
                     "policy_file": b.policy_file, "model_file": b.model_file,
                 })
