@@ -12,7 +12,7 @@ the figures.
 
     cargo build --release -p seernet-cli
     python3 tools/budget_by_hand.py [--seeds 0,1] [--only w3a3,w4a2] [--steps 300]
-        [--out runs/by-hand] [--seernet PATH]
+        [--out runs/by-hand] [--seernet PATH] [--weight-quant max|lsq]
 
 `--seernet` runs another build of the CLI, e.g. one with an experimental quantizer
 (tools/experiments/README.md).
@@ -58,6 +58,10 @@ POLICIES = {
     "w4-a3-on-0+2+3+4+8": lambda u: unit(0.0, 4, 3 if u in {0, 2, 3, 4, 8} else 2),
     "w4-a3-on-0+1": lambda u: unit(0.0, 4, 3 if u in {0, 1} else 2),
     "w4-a3-on-8+9": lambda u: unit(0.0, 4, 3 if u in {8, 9} else 2),
+    # Session 30 (learned weight steps): 2-bit weights on half the units.
+    "w2a3-internal-w4a3-stream": lambda u: unit(0.0, 2 if u in INTERNAL else 4, 3),
+    "w4a3-internal-w2a3-stream": lambda u: unit(0.0, 4 if u in INTERNAL else 2, 3),
+    "w2a4-internal-w3a3-stream": lambda u: unit(0.0, *((2, 4) if u in INTERNAL else (3, 3))),
 }
 
 
@@ -74,6 +78,8 @@ def main():
     ap.add_argument("--only", default="", help="policy names, comma-separated (default all)")
     ap.add_argument("--steps", type=int, default=300, help="fine-tune steps (default 300)")
     ap.add_argument("--out", default=os.path.join(ROOT, "runs", "by-hand"))
+    ap.add_argument("--weight-quant", default="max", choices=["max", "lsq"],
+                    help="the fine-tune's weight quantizer (default max)")
     ap.add_argument("--seernet", default=SEERNET,
                     help="the seernet binary (default: this checkout's target/release/seernet)")
     a = ap.parse_args()
@@ -106,6 +112,7 @@ def main():
             if not os.path.exists(res):
                 run([seernet, "finetune", "--model", BASELINE, "--policy", pfile,
                      "--steps", str(a.steps), "--batch-size", "64", "--seed", str(s), "--slim",
+                     "--weight-quant", a.weight_quant,
                      "--out", stem + ".safetensors", "--json"])
                 out = run([seernet, "eval", "--model", stem + ".safetensors", "--split",
                            "val", "--json"])

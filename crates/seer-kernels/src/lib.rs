@@ -61,7 +61,8 @@ pub use mask::{channel_mask, filter_l2_scores, group_scores, top_k_mask};
 pub use norm::{BatchNormOutput, batch_norm_eval, batch_norm_relu_train, batch_norm_train, relu};
 pub use pool::{avg_pool2d, max_pool2d};
 pub use quant::{
-    act_levels, fake_quant_act, fake_quant_weight, round_half_away, weight_qmax, weight_scales,
+    LSQ_MIN_STEP, act_levels, fake_quant_act, fake_quant_weight, fake_quant_weight_lsq,
+    round_half_away, weight_mse_steps, weight_qmax, weight_scales,
 };
 pub use residual::{add_relu, gather_channels, shortcut_a};
 pub use simd::{map_into, map2_into};

@@ -182,6 +182,213 @@ pub fn weight_scales(w: &Tensor, bits: u32) -> Result<Tensor> {
     Ok(to_tensor(s, &[c])?)
 }
 
+const LOP: &str = "fake_quant_weight_lsq";
+
+/// The grid of [`weight_mse_steps`]: step = `f · max|w_c| / qmax` for `f` = 1.00, 0.98, …,
+/// 0.10 (46 candidates).
+const MSE_GRID: usize = 46;
+
+/// Least-squares starting steps for [`fake_quant_weight_lsq`], `[C_out]` f32: per output
+/// channel, among `f · max|w_c| / (2^(b−1) − 1)` for `f` = 1.00, 0.98, …, 0.10, the step
+/// with the least squared quantization error `Σ (w − clamp(round(w/s), −qmax, qmax)·s)²`
+/// (ties to the larger `f`); 1 for an all-zero channel (docs/method.md §3, "Learned weight
+/// steps").
+///
+/// `w`: `[C_out, ...]` f32. Errors as [`fake_quant_weight`].
+pub fn weight_mse_steps(w: &Tensor, bits: u32) -> Result<Tensor> {
+    let w = prepare_weight(w, bits)?;
+    let c = w.dim(0)?;
+    let v = F32View::new(&w, LOP)?;
+    let v = v.slice();
+    check_finite(v, LOP, "w")?;
+    let qmax = weight_qmax(bits);
+    let len = v.len().checked_div(c).unwrap_or(0);
+    let steps: Vec<f32> = (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let wc = &v[ch * len..(ch + 1) * len];
+            let m = wc.iter().fold(0f32, |m, x| m.max(x.abs()));
+            if m == 0.0 {
+                return 1.0;
+            }
+            let mut best = (f64::INFINITY, m / qmax);
+            for i in 0..MSE_GRID {
+                let s = (1.0 - 0.02 * i as f32) * m / qmax;
+                let e: f64 = wc
+                    .iter()
+                    .map(|&x| {
+                        let d = x - round_half_away(x / s).clamp(-qmax, qmax) * s;
+                        f64::from(d * d)
+                    })
+                    .sum();
+                if e < best.0 {
+                    best = (e, s);
+                }
+            }
+            best.1
+        })
+        .collect();
+    Ok(to_tensor(steps, &[c])?)
+}
+
+/// The smallest step [`fake_quant_weight_lsq`] uses, as a fraction of `max|w_c| / qmax`.
+pub const LSQ_MIN_STEP: f32 = 1.0 / 1024.0;
+
+/// The step channel `wc` is quantized with by [`fake_quant_weight_lsq`]: the learned step's
+/// magnitude `|step|` held to `[LSQ_MIN_STEP · cap, cap]`, `cap = max|w_c| / qmax` (the step
+/// [`fake_quant_weight`] takes, computed the same way); 1 for an all-zero channel (which stays
+/// zero whatever the step).
+#[inline]
+fn lsq_step(wc: &[f32], step: f32, qmax: f32) -> f32 {
+    let m = wc.iter().fold(0f32, |m, v| m.max(v.abs()));
+    if m == 0.0 {
+        return 1.0;
+    }
+    let cap = m / qmax;
+    step.abs()
+        .clamp((cap * LSQ_MIN_STEP).max(f32::MIN_POSITIVE).min(cap), cap)
+}
+
+/// Learned steps checked: `[C_out]`, finite.
+fn check_steps(steps: &[f32], c: usize) -> Result<()> {
+    if steps.len() != c {
+        return Err(Error::Shape {
+            op: LOP,
+            msg: format!("{} steps for {c} output channels", steps.len()),
+        });
+    }
+    match steps.iter().position(|s| !s.is_finite()) {
+        Some(i) => Err(Error::InvalidParam {
+            op: LOP,
+            msg: format!("step of channel {i} must be finite, got {}", steps[i]),
+        }),
+        None => Ok(()),
+    }
+}
+
+struct FakeQuantWeightLsqOp {
+    bits: u32,
+    err: ErrSlot,
+}
+
+impl FakeQuantWeightLsqOp {
+    fn forward(&self, [w, st]: [&[f32]; 2], [l, _]: [&Layout; 2]) -> Forward {
+        let c = l.dims()[0];
+        check_finite(w, LOP, "w").map_err(|e| fail(&self.err, e))?;
+        check_steps(st, c).map_err(|e| fail(&self.err, e))?;
+        let qmax = weight_qmax(self.bits);
+        let mut out = vec![0f32; w.len()];
+        let len = w.len().checked_div(c).unwrap_or(0);
+        if len > 0 {
+            out.par_chunks_mut(len)
+                .zip(w.par_chunks(len))
+                .zip(st.par_iter())
+                .for_each(|((o, wc), &step)| {
+                    let s = lsq_step(wc, step, qmax);
+                    for (o, &v) in o.iter_mut().zip(wc) {
+                        *o = round_half_away(v / s).clamp(-qmax, qmax) * s;
+                    }
+                });
+        }
+        Ok((out, l.shape().clone()))
+    }
+
+    fn backward(&self, [w, steps]: [&Tensor; 2], _res: &Tensor, grad: &Tensor) -> Backward<2> {
+        let grad = grad.contiguous()?;
+        let wv = F32View::of(w, LOP)?;
+        let sv = F32View::of(steps, LOP)?;
+        let gv = F32View::of(&grad, LOP)?;
+        let c = w.dim(0)?;
+        let (dw, ds) = lsq_backward(wv.slice(), sv.slice(), gv.slice(), c, self.bits);
+        Ok([
+            Some(to_tensor(dw, w.dims())?),
+            Some(to_tensor(ds, steps.dims())?),
+        ])
+    }
+}
+
+custom_op!(CustomOp2 for FakeQuantWeightLsqOp, |_| "seer-fake-quant-weight-lsq", LOP);
+
+/// The backward of [`fake_quant_weight_lsq`] on slices: `(dw, ds)` for weights `w` viewed as
+/// `[c, len]`, steps `st` (`[c]`) and upstream gradient `g` (as `w`). Per channel, with `s`
+/// the step used ([`lsq_step`]) and `t = w/s`: `dw = g` where `|t| ≤ qmax`, else 0;
+/// `ds = (1/√(len·qmax)) · Σ g · (round(t) − t)` inside and `g · sign(t) · qmax` outside,
+/// summed in element order in f64 (so independent of the thread count).
+fn lsq_backward(w: &[f32], st: &[f32], g: &[f32], c: usize, bits: u32) -> (Vec<f32>, Vec<f32>) {
+    let qmax = weight_qmax(bits);
+    let len = w.len().checked_div(c).unwrap_or(0);
+    let mut dw = vec![0f32; w.len()];
+    if len == 0 {
+        return (dw, vec![0.0; c]);
+    }
+    let scale = 1.0 / ((len as f64) * f64::from(qmax)).sqrt();
+    let ds = dw
+        .par_chunks_mut(len)
+        .zip(w.par_chunks(len).zip(g.par_chunks(len)))
+        .zip(st.par_iter())
+        .map(|((d, (wc, gc)), &step)| {
+            let s = lsq_step(wc, step, qmax);
+            let mut sum = 0f64;
+            for ((d, &v), &gr) in d.iter_mut().zip(wc).zip(gc) {
+                let t = v / s;
+                let term = if t.abs() <= qmax {
+                    *d = gr;
+                    gr * (round_half_away(t) - t)
+                } else {
+                    gr * qmax.copysign(t)
+                };
+                sum += f64::from(term);
+            }
+            // The step used is |step|'s: the gradient carries the sign back.
+            let sign = if step < 0.0 { -1.0 } else { 1.0 };
+            (sum * scale) as f32 * sign
+        })
+        .collect();
+    (dw, ds)
+}
+
+/// Fake-quantizes weights per output channel, symmetric, signed, with learned steps (LSQ,
+/// Esser et al., ICLR 2020; docs/method.md §3, "Learned weight steps"):
+/// `q = clamp(round(w / s_c), −qmax, qmax) · s_c`, `qmax = 2^(b−1) − 1`, round half away from
+/// zero, where `s_c` is `|steps[c]|` held to `[LSQ_MIN_STEP · cap_c, cap_c]`, `cap_c =
+/// max|w_c| / qmax`. The quantizer is the same for `s` and `−s`, so a step that an update
+/// pushed below zero keeps working as its magnitude; the floor keeps one at zero usable. The
+/// cap makes the largest-magnitude weight map to `±qmax`, so weights replaced by `q` quantize
+/// to the same codes under [`fake_quant_weight`]. An all-zero channel stays zero.
+///
+/// Backward: straight-through for `w` inside the clip (`|w/s_c| ≤ qmax`), 0 outside; for
+/// `steps[c]`, LSQ's step gradient with its scale `1/√(len·qmax)` (`len` weights per channel),
+/// taken at the step used (straight through the cap and the floor), times the sign of
+/// `steps[c]`.
+///
+/// `w`: `[C_out, ...]` f32; `steps`: `[C_out]` f32, finite (see [`weight_mse_steps`] for a
+/// start); returns `w`'s shape. Errors: [`Error::InvalidBits`] if `bits ∉ 2..=8`,
+/// [`Error::NonFinite`] for NaN/Inf in `w`, [`Error::InvalidParam`] for a non-finite step,
+/// [`Error::Shape`] for a rank-0 `w` or `steps` not `[C_out]`.
+pub fn fake_quant_weight_lsq(w: &Tensor, steps: &Tensor, bits: u32) -> Result<Tensor> {
+    let w = prepare_weight(w, bits)?;
+    if steps.dims() != [w.dim(0)?] {
+        return Err(Error::Shape {
+            op: LOP,
+            msg: format!(
+                "steps must be [{}] (one per output channel), got {:?}",
+                w.dim(0)?,
+                steps.dims()
+            ),
+        });
+    }
+    let steps = prepare(steps, LOP)?;
+    let err = ErrSlot::default();
+    w.apply_op2(
+        &steps,
+        FakeQuantWeightLsqOp {
+            bits,
+            err: err.clone(),
+        },
+    )
+    .map_err(|e| take(&err, e))
+}
+
 pub(crate) const AOP: &str = "fake_quant_act";
 
 struct FakeQuantActOp {
@@ -421,6 +628,177 @@ mod tests {
             prop_assert_eq!(vec(go.get(w.as_tensor()).unwrap()), vec(gr.get(w.as_tensor()).unwrap()));
         }
 
+        /// The learned-step quantizer against its candle-ops reference: forward, `dw` and the
+        /// step gradient to rounding (`dw`'s zeros exactly); steps below, at and above the cap, zero channels.
+        #[test]
+        fn lsq_weight_matches_reference(c in 1usize..6, len in 1usize..40, bits in 2u32..=8, kind in 0u8..5, seed in 0u64..1000, fs in proptest::collection::vec(0.1f32..1.6, 6), neg in proptest::collection::vec(any::<bool>(), 6)) {
+            let w = weights(seed, c, len, kind);
+            let wv = vec(w.as_tensor());
+            let qmax = weight_qmax(bits);
+            let st: Vec<f32> = (0..c).map(|ch| {
+                let m = wv[ch * len..(ch + 1) * len].iter().fold(0f32, |m, v| m.max(v.abs()));
+                // f ≥ 1 is at or above the cap: the step used is max/qmax; a negative step
+                // works as its magnitude.
+                let f = if neg[ch] { -fs[ch] } else { fs[ch] };
+                if m > 0.0 { f * m / qmax } else { f }
+            }).collect();
+            let s = Var::from_vec(st, c, &Device::Cpu).unwrap();
+            let ours = fake_quant_weight_lsq(w.as_tensor(), s.as_tensor(), bits).unwrap();
+            let refq = reference::fake_quant_weight_lsq(w.as_tensor(), s.as_tensor(), bits).unwrap();
+            prop_assert!(rel_err(&ours, &refq, 1e-6) <= 1e-6, "{:?} vs {:?}", vec(&ours), vec(&refq));
+            let r = tensor(seed + 5, &[c, len]);
+            let go = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let gr = (refq * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            // The reference's `dw` goes through `/s` and `·s`: equal up to an ulp, zeros exact.
+            let (dw, dwr) = (vec(go.get(w.as_tensor()).unwrap()), vec(gr.get(w.as_tensor()).unwrap()));
+            for (a, b) in dw.iter().zip(&dwr) {
+                prop_assert!((a - b).abs() <= 1e-6 * b.abs() && (*a == 0.0) == (*b == 0.0), "dw {:?} vs {:?}", dw, dwr);
+            }
+            let (ds, dr) = (vec(go.get(s.as_tensor()).unwrap()), vec(gr.get(s.as_tensor()).unwrap()));
+            let scale = vec(&r).iter().map(|v| v.abs()).sum::<f32>().max(1e-3) * qmax;
+            for (a, b) in ds.iter().zip(&dr) {
+                prop_assert!((a - b).abs() <= 1e-5 * scale, "dstep {:?} vs {:?}", ds, dr);
+            }
+        }
+
+        /// A weight replaced by its learned-step quantization quantizes to the same codes under
+        /// the max-range quantizer (what evaluation and the integer export use after a
+        /// fine-tune), and to the same values up to rounding of the step.
+        #[test]
+        fn lsq_weights_keep_their_codes_under_the_max_range(c in 1usize..6, len in 1usize..40, bits in 2u32..=8, seed in 0u64..1000, fs in proptest::collection::vec(0.1f32..1.6, 6)) {
+            let w = weights(seed, c, len, 4);
+            let wv = vec(w.as_tensor());
+            let qmax = weight_qmax(bits);
+            let st: Vec<f32> = (0..c).map(|ch| {
+                let m = wv[ch * len..(ch + 1) * len].iter().fold(0f32, |m, v| m.max(v.abs()));
+                if m > 0.0 { fs[ch] * m / qmax } else { 1.0 }
+            }).collect();
+            let s = Tensor::from_vec(st, c, &Device::Cpu).unwrap();
+            let q = fake_quant_weight_lsq(w.as_tensor(), &s, bits).unwrap();
+            let again = fake_quant_weight(&q, bits).unwrap();
+            let (sq, sa) = (vec(&weight_scales(&q, bits).unwrap()), vec(&weight_scales(&again, bits).unwrap()));
+            let (qv, av) = (vec(&q), vec(&again));
+            for ch in 0..c {
+                for j in 0..len {
+                    let i = ch * len + j;
+                    prop_assert_eq!(round_half_away(qv[i] / sq[ch]), round_half_away(av[i] / sa[ch]), "channel {} element {}", ch, j);
+                }
+            }
+            prop_assert!(rel_err(&q, &again, 1e-6) <= 1e-6);
+        }
+    }
+
+    #[test]
+    fn lsq_steps_at_the_cap_equal_the_max_range_quantizer() {
+        for (seed, kind) in [(1u64, 0u8), (2, 2), (3, 4)] {
+            let w = weights(seed, 5, 27, kind);
+            for bits in 2..=8 {
+                let big = Tensor::full(1e3f32, 5, &Device::Cpu).unwrap();
+                let a = fake_quant_weight_lsq(w.as_tensor(), &big, bits).unwrap();
+                let b = fake_quant_weight(w.as_tensor(), bits).unwrap();
+                let (a, b) = (vec(&a), vec(&b));
+                // Zero channels keep the step 1e3 and stay zero; the rest take max/qmax.
+                assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
+            }
+        }
+    }
+
+    /// A step quantizes with its magnitude; one at zero or nearer to it than the floor
+    /// `LSQ_MIN_STEP · cap` with the floor.
+    #[test]
+    fn lsq_steps_below_the_floor_use_the_floor() {
+        let w = Tensor::new(&[[1f32, 0.5, -0.25, 0.001], [0., 0., 0., 0.]], &Device::Cpu).unwrap();
+        let floor = 1.0 / 3.0 * LSQ_MIN_STEP;
+        let at = Tensor::new(&[floor, 1.0], &Device::Cpu).unwrap();
+        let want = vec(&fake_quant_weight_lsq(&w, &at, 3).unwrap());
+        for s in [0f32, -0.0, floor / 2.0, -floor / 2.0, -floor] {
+            let st = Tensor::new(&[s, -1.0], &Device::Cpu).unwrap();
+            let got = vec(&fake_quant_weight_lsq(&w, &st, 3).unwrap());
+            assert_eq!(got, want, "step {s}");
+            assert!(got[4..].iter().all(|v| *v == 0.0));
+        }
+        // With the floor step every weight but the smallest clips to ±3 steps.
+        assert_eq!(want[0], 3.0 * floor);
+        for s in [0.2f32, 0.01] {
+            let pos = Tensor::new(&[s, 1.0], &Device::Cpu).unwrap();
+            let neg = Tensor::new(&[-s, -1.0], &Device::Cpu).unwrap();
+            assert_eq!(
+                vec(&fake_quant_weight_lsq(&w, &pos, 3).unwrap()),
+                vec(&fake_quant_weight_lsq(&w, &neg, 3).unwrap())
+            );
+        }
+    }
+
+    #[test]
+    fn mse_steps_never_lose_to_the_max_range() {
+        let w = weights(7, 5, 300, 4);
+        for bits in [2u32, 3, 4, 8] {
+            let st = vec(&weight_mse_steps(w.as_tensor(), bits).unwrap());
+            let maxs = vec(&weight_scales(w.as_tensor(), bits).unwrap());
+            let qmax = weight_qmax(bits);
+            let wv = vec(w.as_tensor());
+            let err = |ch: usize, s: f32| -> f64 {
+                wv[ch * 300..(ch + 1) * 300]
+                    .iter()
+                    .map(|&x| f64::from(x - round_half_away(x / s).clamp(-qmax, qmax) * s).powi(2))
+                    .sum()
+            };
+            for ch in 0..5 {
+                assert!(
+                    st[ch] > 0.0 && st[ch] <= maxs[ch],
+                    "{bits} bits, channel {ch}"
+                );
+                assert!(
+                    err(ch, st[ch]) <= err(ch, maxs[ch]),
+                    "{bits} bits, channel {ch}"
+                );
+            }
+        }
+        // A random-normal-like channel at 2 bits: the best ternary step is far below max/1.
+        let g: Vec<f32> = values(11, 2000);
+        let t = Tensor::from_vec(g, (1, 2000), &Device::Cpu).unwrap();
+        let s2 = vec(&weight_mse_steps(&t, 2).unwrap())[0];
+        let m2 = vec(&weight_scales(&t, 2).unwrap())[0];
+        assert!(s2 < 0.8 * m2, "{s2} vs {m2}");
+        let z = Tensor::zeros((2, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(vec(&weight_mse_steps(&z, 3).unwrap()), vec![1.0, 1.0]);
+    }
+
+    #[test]
+    fn lsq_bad_steps_are_errors() {
+        let w = Tensor::new(&[[1f32, 2.], [0.5, -1.]], &Device::Cpu).unwrap();
+        for bad in [vec![1f32], vec![1., 1., 1.]] {
+            let s = Tensor::from_vec(bad, 1, &Device::Cpu)
+                .unwrap_or_else(|_| Tensor::new(&[1f32, 1., 1.], &Device::Cpu).unwrap());
+            assert!(matches!(
+                fake_quant_weight_lsq(&w, &s, 4),
+                Err(Error::Shape { .. })
+            ));
+        }
+        for bad in [f32::NAN, f32::INFINITY] {
+            let s = Tensor::new(&[1f32, bad], &Device::Cpu).unwrap();
+            assert!(
+                matches!(
+                    fake_quant_weight_lsq(&w, &s, 4),
+                    Err(Error::InvalidParam { .. })
+                ),
+                "{bad}"
+            );
+        }
+        let s = Tensor::new(&[1f32, 1.], &Device::Cpu).unwrap();
+        assert!(matches!(
+            fake_quant_weight_lsq(&w, &s, 9),
+            Err(Error::InvalidBits { .. })
+        ));
+        let nan = Tensor::new(&[[1f32, f32::NAN], [0.5, -1.]], &Device::Cpu).unwrap();
+        assert!(matches!(
+            fake_quant_weight_lsq(&nan, &s, 4),
+            Err(Error::NonFinite { .. })
+        ));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
         #[test]
         fn act_matches_reference(len in 1usize..200, bits in 2u32..=8, alpha in 0.05f32..3.0, kind in 0u8..4, seed in 0u64..1000) {
             let mut v: Vec<f32> = values(seed, len).into_iter().map(|x| x * 2.0 * alpha).collect();

@@ -43,6 +43,41 @@ pub fn fake_quant_weight(w: &Tensor, bits: u32) -> Result<Tensor> {
     Ok((w + (q - w)?.detach())?)
 }
 
+/// Per-channel symmetric weight fake quantization with learned steps (LSQ), from candle ops:
+/// the forward and gradients of [`crate::fake_quant_weight_lsq`], up to rounding (`|step|`
+/// held to `[LSQ_MIN_STEP, 1]·max|w_c|/qmax` with the gradient passed straight through, LSQ
+/// gradient scale `1/√(len·qmax)`, STE for `w` inside the clip, 0 outside).
+pub fn fake_quant_weight_lsq(w: &Tensor, steps: &Tensor, bits: u32) -> Result<Tensor> {
+    let qmax = weight_qmax(bits) as f64;
+    let c = w.dim(0)?;
+    let len = w.elem_count() / c.max(1);
+    let mut bshape = vec![1usize; w.rank()];
+    bshape[0] = c;
+    let st = steps.reshape(bshape.as_slice())?;
+    let m = w
+        .detach()
+        .abs()?
+        .reshape((c, ()))?
+        .max_keepdim(1)?
+        .reshape(bshape.as_slice())?;
+    let qm = Tensor::new(qmax as f32, w.device())?;
+    let cap = m.broadcast_div(&qm)?;
+    let floor = (&cap * f64::from(crate::quant::LSQ_MIN_STEP))?;
+    let held = st.detach().abs()?.maximum(&floor)?.minimum(&cap)?;
+    let used = m.gt(0.0)?.where_cond(&held, &m.ones_like()?)?;
+    // Value: the step used; gradient: to `steps`, straight through the cap, scaled by g.
+    let g = 1.0 / (len as f64 * qmax).sqrt();
+    let sg = (st.abs()? * g)?;
+    let s = (used + (&sg - sg.detach())?)?;
+    let t = w.broadcast_div(&s)?;
+    let inside = t.detach().abs()?.le(qmax)?.to_dtype(DType::F32)?;
+    let outside = (inside.ones_like()? - &inside)?;
+    let edge = (t.detach().sign()? * qmax)?.mul(&outside)?;
+    let tc = ((&t * &inside)? + edge)?;
+    let r = (&tc + (tc.detach().round()? - tc.detach())?)?;
+    Ok(r.broadcast_mul(&s)?)
+}
+
 /// Unsigned activation fake quantization with clip range α, from candle ops: forward
 /// `s·round(clip(x,0,α)/s)`, STE inside `[0, α]`, LSQ/PACT gradient for α.
 pub fn fake_quant_act(x: &Tensor, alpha: &Tensor, bits: u32) -> Result<Tensor> {

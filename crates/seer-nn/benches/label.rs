@@ -216,6 +216,7 @@ fn main() -> R<()> {
         lr: 0.01,
         seed: 0,
         val_images: arg::<usize>(&args, "--val-images"),
+        weight_quant: Default::default(),
     };
 
     // Labels.

@@ -35,6 +35,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         lr: 0.01,
         seed: 0,
         val_images: None,
+        weight_quant: Default::default(),
     };
     let protocol = Labeler::protocol(
         &ckpt,

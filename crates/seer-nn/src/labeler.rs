@@ -10,6 +10,7 @@
 use std::path::Path;
 
 use crate::data::{Augment, DataSource, Dataset, Normalize, Splits};
+use crate::train::WeightQuant;
 use crate::{checkpoint, train};
 use candle_core::Device;
 use seer_label::Error as LabelError;
@@ -34,6 +35,10 @@ pub struct LabelSettings {
     /// the fixed sample [`Dataset::sample`]`(n, `[`VAL_SAMPLE_SEED`]`)` (recorded in the
     /// protocol as `extra.val_images`; docs/method.md §3, step 6).
     pub val_images: Option<usize>,
+    /// How the fine-tune quantizes weights (recorded in the protocol as
+    /// `extra.weight_quantizer` when not the default [`WeightQuant::Max`], so stores made
+    /// before the setting existed keep their hash).
+    pub weight_quant: WeightQuant,
 }
 
 /// Seed of the validation sample of protocols with `extra.val_images` (the subsets
@@ -93,7 +98,12 @@ pub fn finetune_augment(info: &serde_json::Value, name: &DataSource) -> Option<A
     })
 }
 
-fn train_config(p: &Protocol, seed: u64, augment: Option<Augment>) -> train::TrainConfig {
+fn train_config(
+    p: &Protocol,
+    seed: u64,
+    augment: Option<Augment>,
+    weight_quant: WeightQuant,
+) -> train::TrainConfig {
     train::TrainConfig {
         steps: Some(p.finetune_steps as usize),
         batch_size: p.batch_size,
@@ -101,21 +111,28 @@ fn train_config(p: &Protocol, seed: u64, augment: Option<Augment>) -> train::Tra
         seed,
         augment,
         network: p.network,
+        weight_quant,
         ..train::TrainConfig::default()
     }
 }
+
+/// The protocol key of [`LabelSettings::weight_quant`].
+const WEIGHT_QUANTIZER: &str = "weight_quantizer";
 
 fn extra(
     p: &Protocol,
     augment: Option<Augment>,
     val_images: Option<usize>,
+    weight_quant: WeightQuant,
 ) -> std::collections::BTreeMap<String, serde_json::Value> {
-    let c = train_config(p, 0, augment);
+    let c = train_config(p, 0, augment, weight_quant);
     let aug = match augment {
         Some(a) => serde_json::json!({"crop_pad": a.pad, "hflip": a.hflip}),
         None => serde_json::json!("none (the baseline was trained without)"),
     };
     let val = val_images.map(|n| ("val_images", serde_json::json!(n)));
+    let wq = (weight_quant != WeightQuant::Max)
+        .then(|| (WEIGHT_QUANTIZER, serde_json::json!(weight_quant.as_str())));
     [
         (
             "calibration",
@@ -134,8 +151,27 @@ fn extra(
     ]
     .into_iter()
     .chain(val)
+    .chain(wq)
     .map(|(k, v)| (k.to_string(), v))
     .collect()
+}
+
+/// The weight quantizer a protocol labels with: `extra.weight_quantizer`, [`WeightQuant::Max`]
+/// when absent. Err(Label(Protocol)) for any other value than `"lsq"` or `"max"`.
+fn weight_quant_of(protocol: &Protocol) -> Result<WeightQuant> {
+    match protocol.extra.get(WEIGHT_QUANTIZER) {
+        None => Ok(WeightQuant::Max),
+        Some(v) => v
+            .as_str()
+            .and_then(|s| WeightQuant::parse(s).ok())
+            .ok_or_else(|| {
+                LabelError::Protocol {
+                    what: "labeller settings".into(),
+                    diff: format!("extra.{WEIGHT_QUANTIZER} is {v}, not \"max\" or \"lsq\""),
+                }
+                .into()
+            }),
+    }
 }
 
 /// A loaded baseline and dataset, ready to label policies under one protocol.
@@ -149,6 +185,8 @@ pub struct Labeler {
     augment: Option<Augment>,
     /// The validation images labels are scored on: the split's, or its protocol's sample.
     val: Dataset,
+    /// The protocol's weight quantizer (`extra.weight_quantizer`, default max).
+    weight_quant: WeightQuant,
 }
 
 impl std::fmt::Debug for Labeler {
@@ -196,7 +234,12 @@ impl Labeler {
         if let Some(n) = settings.val_images {
             check_val_images(n, splits.val.len())?;
         }
-        p.extra = extra(&p, finetune_augment(&info.info, &name), settings.val_images);
+        p.extra = extra(
+            &p,
+            finetune_augment(&info.info, &name),
+            settings.val_images,
+            settings.weight_quant,
+        );
         p.network = FinetuneNetwork::Slim;
         Ok(p)
     }
@@ -253,7 +296,8 @@ impl Labeler {
                 Some(n as usize)
             }
         };
-        let want = extra(protocol, augment, val_images);
+        let weight_quant = weight_quant_of(protocol)?;
+        let want = extra(protocol, augment, val_images, weight_quant);
         if protocol.extra != want {
             return Err(mismatch(
                 "labeller settings",
@@ -276,6 +320,7 @@ impl Labeler {
             norm,
             augment,
             val,
+            weight_quant,
         })
     }
 
@@ -327,7 +372,7 @@ impl Labeler {
         }
         let (mut model, _) =
             checkpoint::load(&self.checkpoint, Some(&self.protocol.arch), &Device::Cpu)?;
-        let cfg = train_config(&self.protocol, seed, self.augment);
+        let cfg = train_config(&self.protocol, seed, self.augment, self.weight_quant);
         let rep = train::finetune_policy(
             &mut model,
             &self.space,
@@ -352,5 +397,43 @@ impl Labeler {
             validate_s: t1.elapsed().as_secs_f64(),
         };
         Ok((Measured { top1: r.top1 }, times))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn protocol(weight_quant: WeightQuant) -> Protocol {
+        let spec = seer_policy::builtin("lenet5", None, None).unwrap();
+        let space = SearchSpace::new(spec, SpaceConfig::default()).unwrap();
+        let mut p = Protocol::for_space(&space, "fashion-mnist", "s", "b", 100, 64, 0.01, 0);
+        p.network = FinetuneNetwork::Slim;
+        p.extra = extra(&p, None, None, weight_quant);
+        p
+    }
+
+    /// The weight quantizer is part of the protocol (so a store never mixes the two), and a
+    /// protocol without the key, as every store before it existed, reads as `max`.
+    #[test]
+    fn weight_quantizer_is_part_of_the_protocol() {
+        let (max, lsq) = (protocol(WeightQuant::Max), protocol(WeightQuant::Lsq));
+        assert!(!max.extra.contains_key(WEIGHT_QUANTIZER));
+        assert_eq!(lsq.extra[WEIGHT_QUANTIZER], serde_json::json!("lsq"));
+        assert_ne!(max.hash(), lsq.hash());
+        assert_eq!(weight_quant_of(&max).unwrap(), WeightQuant::Max);
+        assert_eq!(weight_quant_of(&lsq).unwrap(), WeightQuant::Lsq);
+        let mut bad = lsq.clone();
+        bad.extra
+            .insert(WEIGHT_QUANTIZER.into(), serde_json::json!("minmax"));
+        match weight_quant_of(&bad) {
+            Err(Error::Label(LabelError::Protocol { diff, .. })) => {
+                assert!(diff.contains("minmax") && diff.contains("lsq"), "{diff}")
+            }
+            other => panic!("{other:?}"),
+        }
+        bad.extra
+            .insert(WEIGHT_QUANTIZER.into(), serde_json::json!(3));
+        assert!(weight_quant_of(&bad).is_err());
     }
 }

@@ -115,6 +115,11 @@ pub(crate) struct LayerParams {
     pub running_var: Option<Var>,
     /// Activation clip range α of the layer's input quantizer (weighted layers).
     pub alpha: Option<Var>,
+    /// Learned weight steps `[C_out]` while a fine-tune with [`WeightQuant::Lsq`]
+    /// runs ([`Model::init_weight_steps`] to [`Model::fold_weight_steps`]); never saved.
+    ///
+    /// [`WeightQuant::Lsq`]: crate::train::WeightQuant::Lsq
+    pub wsteps: Option<Var>,
 }
 
 /// Precomputed masks of the compressed forward pass.
@@ -372,6 +377,7 @@ impl Model {
                     running_mean: cp(&p.running_mean)?,
                     running_var: cp(&p.running_var)?,
                     alpha: cp(&p.alpha)?,
+                    wsteps: cp(&p.wsteps)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -413,7 +419,8 @@ impl Model {
     }
 
     /// Trainable variables: weights, biases, BN γ/β, and (when `with_alpha`) the activation
-    /// clip ranges of quantized inputs. BN running statistics are never included.
+    /// clip ranges of quantized inputs and the learned weight steps, where
+    /// [`Model::init_weight_steps`] made them. BN running statistics are never included.
     pub fn trainable_vars(&self, with_alpha: bool) -> Vec<Var> {
         let mut v = Vec::new();
         for (i, p) in self.params.iter().enumerate() {
@@ -423,8 +430,60 @@ impl Model {
             {
                 v.extend(p.alpha.iter().cloned());
             }
+            if with_alpha {
+                v.extend(p.wsteps.iter().cloned());
+            }
         }
         v
+    }
+
+    /// Starts learned weight steps (LSQ; docs/method.md §3, "Learned weight steps"): every
+    /// weighted layer with quantized weights gets per-output-channel steps, initialised by
+    /// [`seer_kernels::weight_mse_steps`] on its weight as the forward pass reads it (absent
+    /// input channels zeroed). From then on the forward pass quantizes with
+    /// [`seer_kernels::fake_quant_weight_lsq`], and [`Model::trainable_vars`] includes the
+    /// steps. Call after the policy is applied (and the model slimmed); errors from the
+    /// kernels (non-finite weights).
+    pub fn init_weight_steps(&mut self) -> Result<()> {
+        for i in 0..self.params.len() {
+            let Some(bits) = self.comp[i].wbits else {
+                continue;
+            };
+            if self.params[i].weight.is_none() {
+                continue;
+            }
+            let w = self.masked_weight(i, false)?;
+            let steps = seer_kernels::weight_mse_steps(&w, bits)?;
+            self.params[i].wsteps = Some(Var::from_tensor(&steps)?);
+        }
+        Ok(())
+    }
+
+    /// Ends learned weight steps: each weight becomes its quantized value under its learned
+    /// steps, and the steps are dropped. The step in use is capped at `max|w_c|/qmax`
+    /// ([`seer_kernels::fake_quant_weight_lsq`]), so every channel's largest code is `±qmax`
+    /// and the max-range quantizer that evaluation, checkpoints and the integer export use
+    /// reads the same codes from the folded weight (to f32 rounding of the step). A no-op
+    /// without learned steps.
+    pub fn fold_weight_steps(&mut self) -> Result<()> {
+        for i in 0..self.params.len() {
+            if self.params[i].wsteps.is_none() {
+                continue;
+            }
+            let q = self.eff_weight(i, false)?;
+            self.params[i]
+                .weight
+                .as_ref()
+                .expect("learned steps belong to a weighted layer")
+                .set(&q)?;
+            self.params[i].wsteps = None;
+        }
+        Ok(())
+    }
+
+    /// Whether learned weight steps are in use ([`Model::init_weight_steps`]).
+    pub fn has_weight_steps(&self) -> bool {
+        self.params.iter().any(|p| p.wsteps.is_some())
     }
 
     /// Number of parameters (weights, biases, BN γ/β), as stored.
@@ -1047,14 +1106,23 @@ impl Model {
     /// The weight as used in the forward pass: absent input channels zeroed, then
     /// fake-quantized per output channel.
     pub(crate) fn eff_weight(&self, i: usize, train: bool) -> Result<Tensor> {
+        let w = self.masked_weight(i, train)?;
+        let Some(b) = self.comp[i].wbits else {
+            return Ok(w);
+        };
+        match self.param(&self.params[i].wsteps, train) {
+            Some(steps) => Ok(seer_kernels::fake_quant_weight_lsq(&w, &steps, b)?),
+            None => ops::fake_quant_weight(&w, b),
+        }
+    }
+
+    /// The weight with absent input channels zeroed, before quantization.
+    fn masked_weight(&self, i: usize, train: bool) -> Result<Tensor> {
         let mut w = self
             .param(&self.params[i].weight, train)
             .expect("weighted layer");
         if let Some(m) = &self.plan.in_mask[i] {
             w = w.broadcast_mul(m)?;
-        }
-        if let Some(b) = self.comp[i].wbits {
-            w = ops::fake_quant_weight(&w, b)?;
         }
         Ok(w)
     }

@@ -867,3 +867,92 @@ fn distillation_pulls_the_student_towards_the_teacher() {
         .to_string();
     assert!(e.contains("distillation temperature 0"), "{e}");
 }
+
+/// A fine-tune with learned weight steps (`WeightQuant::Lsq`) ends with the steps folded into
+/// the weights: no steps remain, and every quantized weight is already on its max-range grid
+/// (what checkpoints, evaluation and the integer export read). It trains something else than
+/// the max-range fine-tune, and is deterministic.
+#[test]
+fn learned_weight_steps_fold_into_the_weights() {
+    use seer_label::FinetuneNetwork;
+    use train::WeightQuant;
+    for (arch, h, seed) in [("lenet5", 28, 21u64), ("resnet20", 12, 22)] {
+        let spec = builtin(arch, input(&format!("{h}x{h}x1")), None).unwrap();
+        let space = SearchSpace::new(spec.clone(), SpaceConfig::default()).unwrap();
+        let data = synthetic_sized(96, h, seed);
+        let norm = Normalize::new(&[0.2], &[0.3]);
+        let base = Model::new(spec.clone(), seed, &Device::Cpu).unwrap();
+        warm_bn(&base, seed);
+        // Low bits everywhere (2 and 3), some pruning.
+        let mut r = ChaCha8Rng::seed_from_u64(seed);
+        let idx: Vec<usize> = space
+            .genes()
+            .iter()
+            .map(|g| match g.kind {
+                seer_policy::GeneKind::Prune => r.random_range(0..g.candidates.len().min(2)),
+                _ => r.random_range(0..g.candidates.len().min(2)),
+            })
+            .collect();
+        let pol = space.from_indices(&idx).unwrap();
+        let run = |weight_quant| {
+            let mut m = base.try_clone().unwrap();
+            let cfg = TrainConfig {
+                steps: Some(4),
+                batch_size: 16,
+                lr: 0.02,
+                seed: 5,
+                network: FinetuneNetwork::Slim,
+                weight_quant,
+                ..TrainConfig::default()
+            };
+            train::finetune_policy(&mut m, &space, &pol, &data, &norm, &cfg, &mut |_| {}).unwrap();
+            m
+        };
+        let (max, lsq) = (run(WeightQuant::Max), run(WeightQuant::Lsq));
+        assert!(!lsq.has_weight_steps(), "{arch}");
+        let weights = |m: &Model| -> Vec<(usize, Vec<f32>, Tensor)> {
+            let named: std::collections::HashMap<String, Tensor> =
+                m.named_tensors().into_iter().collect();
+            m.spec()
+                .layers
+                .iter()
+                .enumerate()
+                .filter_map(|(i, l)| {
+                    let bits = m.comp()[i].wbits?;
+                    let w = named.get(&format!("{}.weight", l.name))?.clone();
+                    Some((
+                        bits as usize,
+                        w.flatten_all().unwrap().to_vec1().unwrap(),
+                        w,
+                    ))
+                })
+                .collect()
+        };
+        let (wl, wm) = (weights(&lsq), weights(&max));
+        assert!(!wl.is_empty(), "{arch}");
+        for (bits, v, w) in &wl {
+            let q: Vec<f32> = crate::ops::fake_quant_weight(w, *bits as u32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            for (a, b) in v.iter().zip(&q) {
+                assert!(
+                    (a - b).abs() <= 1e-6 * a.abs().max(1e-6),
+                    "{arch}, {bits} bits: {a} requantizes to {b}"
+                );
+            }
+        }
+        assert!(
+            wl.iter().zip(&wm).any(|(a, b)| a.1 != b.1),
+            "{arch}: learned steps changed nothing"
+        );
+        let x = rand_x(8, spec.input, seed + 7);
+        assert_eq!(
+            outputs(&run(WeightQuant::Lsq), &x),
+            outputs(&lsq, &x),
+            "{arch}"
+        );
+    }
+}

@@ -118,6 +118,54 @@ pub struct TrainConfig {
     /// divergence of the softmaxed logits instead of the cross-entropy with the labels.
     /// `None`: plain cross-entropy.
     pub distill: Option<Distill>,
+    /// [`finetune_policy`] only: how weights are fake-quantized while it trains. Ignored by
+    /// [`train`], which uses whatever the model holds.
+    pub weight_quant: WeightQuant,
+}
+
+/// How a quantization-aware fine-tune ([`finetune_policy`]) sets the per-channel weight steps
+/// (docs/method.md §3). Either way the result is a model whose weights quantize under the
+/// max-range quantizer, so checkpoints, evaluation and the integer export are the same.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightQuant {
+    /// `max|w_c| / (2^(b−1) − 1)`, recomputed from the weights at every step (straight-through
+    /// gradient): the authors' quantizer, and every label store's before the setting existed.
+    #[default]
+    Max,
+    /// Learned steps (LSQ, Esser et al., ICLR 2020): started at the least-squares clip
+    /// ([`seer_kernels::weight_mse_steps`]), trained with the weights, then folded into them
+    /// ([`Model::fold_weight_steps`]). At 2 and 3 bits the max range leaves most weights at
+    /// zero; docs/benchmarks.md ("Learned weight steps") has the measurements.
+    Lsq,
+}
+
+impl WeightQuant {
+    /// `max` or `lsq`, as on the command line and in a label protocol.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            WeightQuant::Max => "max",
+            WeightQuant::Lsq => "lsq",
+        }
+    }
+
+    /// Parses [`WeightQuant::as_str`]'s names. Err(Invalid) names the accepted ones.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "max" => Ok(WeightQuant::Max),
+            "lsq" => Ok(WeightQuant::Lsq),
+            other => Err(Error::Invalid(format!(
+                "weight quantizer {other:?}: expected \"max\" or \"lsq\""
+            ))),
+        }
+    }
+}
+
+impl std::str::FromStr for WeightQuant {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Self::parse(s)
+    }
 }
 
 /// Logit distillation from a full-precision teacher (quantization-aware distillation, as in
@@ -162,6 +210,7 @@ impl Default for TrainConfig {
             stop_epoch: None,
             network: FinetuneNetwork::Masked,
             distill: None,
+            weight_quant: WeightQuant::Max,
         }
     }
 }
@@ -436,7 +485,8 @@ pub const QAT_CLIP_NORM: f64 = 5.0;
 /// Quantization-aware fine-tuning of a policy (docs/method.md §3): apply the policy (filter-L2
 /// channel choice, fake quantization), with `cfg.network` slim replace `model` by its
 /// physically pruned version ([`Model::slim`]), re-estimate BatchNorm statistics and
-/// calibrate the activation ranges on training batches, then train (weights and α) for
+/// calibrate the activation ranges on training batches, then train (weights and α; with
+/// [`WeightQuant::Lsq`] also the weight steps, folded into the weights at the end) for
 /// `cfg`, with the gradient norm clipped to [`QAT_CLIP_NORM`] unless `cfg.clip_norm` says
 /// otherwise. The slimmed model computes what the masked one does up to float rounding
 /// (calibration and the α gradient scale use the masked model's full-width statistics).
@@ -461,7 +511,13 @@ pub fn finetune_policy(
     if c.clip_norm.is_none() {
         c.clip_norm = Some(QAT_CLIP_NORM);
     }
-    train(model, train_data, norm, &c, on_step)
+    if cfg.weight_quant == WeightQuant::Lsq {
+        model.init_weight_steps()?;
+    }
+    let report = train(model, train_data, norm, &c, on_step);
+    // Folded on error too: the model never leaves with steps it would not save.
+    model.fold_weight_steps()?;
+    report
 }
 
 /// Batches of [`CALIBRATION_BATCH`] training images that [`prepare_quantized`] re-estimates
@@ -527,6 +583,20 @@ mod tests {
             }
         }
         (loss * temp * temp / n as f64, grad)
+    }
+
+    #[test]
+    fn weight_quant_names_round_trip() {
+        for q in [WeightQuant::Max, WeightQuant::Lsq] {
+            assert_eq!(q.as_str().parse::<WeightQuant>().unwrap(), q);
+            assert_eq!(
+                serde_json::to_string(&q).unwrap(),
+                format!("\"{}\"", q.as_str())
+            );
+        }
+        assert_eq!(WeightQuant::default(), WeightQuant::Max);
+        let e = "LSQ".parse::<WeightQuant>().unwrap_err().to_string();
+        assert!(e.contains("\"LSQ\"") && e.contains("\"lsq\""), "{e}");
     }
 
     #[test]

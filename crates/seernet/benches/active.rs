@@ -107,6 +107,7 @@ fn main() -> Res<()> {
         lr: cfg.lr,
         seed,
         val_images: cfg.label_val_images,
+        weight_quant: Default::default(),
     };
     let protocol = Labeler::protocol(
         &checkpoint,

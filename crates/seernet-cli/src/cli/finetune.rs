@@ -47,6 +47,16 @@ pub struct FinetuneArgs {
     /// it; without the flag the masked full-width network is fine-tuned and written.
     #[arg(long)]
     slim: bool,
+    /// Weight quantizer of the fine-tunes: `max` (step `max|w|/(2^(b-1)-1)` per output
+    /// channel) or `lsq` (learned steps from a least-squares start, folded into the weights;
+    /// docs/method.md §3, "Learned weight steps") [default: max].
+    #[arg(
+        long,
+        value_name = "max|lsq",
+        default_value = "max",
+        hide_default_value = true
+    )]
+    weight_quant: seer_nn::train::WeightQuant,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -86,6 +96,7 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
         } else {
             FinetuneNetwork::Masked
         },
+        weight_quant: a.weight_quant,
         ..train::TrainConfig::default()
     };
     let pb = progress_bar(a.steps as u64, "finetune");

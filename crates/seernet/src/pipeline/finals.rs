@@ -34,6 +34,9 @@ struct FinalResult {
     /// Whether the fine-tune distilled from the baseline (false in caches written before).
     #[serde(default)]
     distill: bool,
+    /// The weight quantizer of the fine-tune (absent, `max`, in caches written before).
+    #[serde(default, skip_serializing_if = "super::is_max")]
+    weight_quant: train::WeightQuant,
     seconds: f64,
 }
 
@@ -301,7 +304,8 @@ impl<'a> Run<'a> {
             (r.steps == self.cfg.final_steps
                 && r.seed == self.final_seed(&hash)
                 && r.top1_val.is_some()
-                && r.distill == self.cfg.final_distill)
+                && r.distill == self.cfg.final_distill
+                && r.weight_quant == self.cfg.weight_quant)
                 .then_some(r)
         };
         let own = self.final_cache(&hash);
@@ -845,6 +849,7 @@ impl FinetuneCtx<'_> {
             augment: seer_nn::labeler::finetune_augment(&info.info, self.dname),
             // The labels' network (slimmed under current protocols): same function, cheaper.
             network: self.network,
+            weight_quant: cfg.weight_quant,
             ..train::TrainConfig::default()
         };
         train::finetune_policy(
@@ -866,6 +871,7 @@ impl FinetuneCtx<'_> {
             top1_test: test.top1,
             top1_val: Some(val.top1),
             distill: cfg.final_distill,
+            weight_quant: cfg.weight_quant,
             seconds: t.elapsed().as_secs_f64(),
         };
         Ok((r, model))

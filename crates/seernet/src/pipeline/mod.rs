@@ -150,6 +150,11 @@ pub struct Config {
     /// `--no-final-distill` turns it off. Labels are unaffected.
     #[serde(default)]
     pub final_distill: bool,
+    /// How labels and final fine-tunes quantize weights (`seer_nn::train::WeightQuant`;
+    /// docs/method.md §3, "Learned weight steps"): `max` (the default) or `lsq`
+    /// (`--weight-quant lsq`). Part of the labelling protocol.
+    #[serde(default, skip_serializing_if = "is_max")]
+    pub weight_quant: seer_nn::train::WeightQuant,
     /// Fine-tune steps per label (docs/method.md §3).
     pub label_steps: u64,
     /// Validation images each label is scored on: a fixed seeded sample of the validation
@@ -262,6 +267,7 @@ impl Config {
             fit_anchors: true,
             final_rivals: 1,
             final_distill: true,
+            weight_quant: seer_nn::train::WeightQuant::Max,
             label_steps: 100,
             label_val_images: None,
             final_steps: 600,
@@ -528,4 +534,10 @@ fn limits(b: &ResolvedBudget) -> seer_barrier::Budget {
         max_bops: b.max_bops.map(|v| v as f64),
         max_size_bits: b.max_size_bits.map(|v| v as f64),
     }
+}
+
+/// Whether a weight quantizer is the default (`max`): such settings are left out of the run's
+/// JSON files, which then read as before the setting existed.
+fn is_max(q: &seer_nn::train::WeightQuant) -> bool {
+    *q == seer_nn::train::WeightQuant::Max
 }

@@ -513,6 +513,7 @@ fn open_store(
         lr: cfg.lr,
         seed: Stream::Labels.seed(cfg.seed),
         val_images: cfg.label_val_images,
+        weight_quant: cfg.weight_quant,
     };
     let protocol = Labeler::protocol(baseline, Some(&dname.id()), cfg.space.clone(), settings)?;
     let labeler = Labeler::new(&protocol, baseline)?;
