@@ -17,9 +17,9 @@ pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     Ok(x.matmul(&w.t()?)?)
 }
 
-/// Per-channel symmetric weight fake quantization with STE, from candle ops.
-pub fn fake_quant_weight(w: &Tensor, bits: u32) -> Result<Tensor> {
-    let qmax = weight_qmax(bits) as f64;
+/// `max|w_c|` per output channel of `w` (`[C, ...]`), detached and shaped `[C, 1, ...]` to
+/// broadcast against `w`, and that shape.
+fn channel_max(w: &Tensor) -> Result<(Tensor, Vec<usize>)> {
     let c = w.dim(0)?;
     let mut bshape = vec![1usize; w.rank()];
     bshape[0] = c;
@@ -29,6 +29,13 @@ pub fn fake_quant_weight(w: &Tensor, bits: u32) -> Result<Tensor> {
         .reshape((c, ()))?
         .max_keepdim(1)?
         .reshape(bshape.as_slice())?;
+    Ok((m, bshape))
+}
+
+/// Per-channel symmetric weight fake quantization with STE, from candle ops.
+pub fn fake_quant_weight(w: &Tensor, bits: u32) -> Result<Tensor> {
+    let qmax = weight_qmax(bits) as f64;
+    let (m, _) = channel_max(w)?;
     // A true division (candle's `tensor / f64` multiplies by the reciprocal).
     let qm = Tensor::new(qmax as f32, w.device())?;
     let s = m
@@ -51,15 +58,8 @@ pub fn fake_quant_weight_lsq(w: &Tensor, steps: &Tensor, bits: u32) -> Result<Te
     let qmax = weight_qmax(bits) as f64;
     let c = w.dim(0)?;
     let len = w.elem_count() / c.max(1);
-    let mut bshape = vec![1usize; w.rank()];
-    bshape[0] = c;
+    let (m, bshape) = channel_max(w)?;
     let st = steps.reshape(bshape.as_slice())?;
-    let m = w
-        .detach()
-        .abs()?
-        .reshape((c, ()))?
-        .max_keepdim(1)?
-        .reshape(bshape.as_slice())?;
     let qm = Tensor::new(qmax as f32, w.device())?;
     let cap = m.broadcast_div(&qm)?;
     let floor = (&cap * f64::from(crate::quant::LSQ_MIN_STEP))?;

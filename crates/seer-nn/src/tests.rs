@@ -45,12 +45,18 @@ pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 }
 
 fn random_policy(space: &SearchSpace, seed: u64) -> Policy {
+    drawn_policy(space, seed, |g, r| r.random_range(0..g.candidates.len()))
+}
+
+/// A policy of `space` whose every gene's candidate index `pick` draws from a generator seeded
+/// with `seed`.
+fn drawn_policy(
+    space: &SearchSpace,
+    seed: u64,
+    mut pick: impl FnMut(&seer_policy::Gene, &mut ChaCha8Rng) -> usize,
+) -> Policy {
     let mut r = ChaCha8Rng::seed_from_u64(seed);
-    let idx: Vec<usize> = space
-        .genes()
-        .iter()
-        .map(|g| r.random_range(0..g.candidates.len()))
-        .collect();
+    let idx: Vec<usize> = space.genes().iter().map(|g| pick(g, &mut r)).collect();
     space.from_indices(&idx).unwrap()
 }
 
@@ -539,18 +545,12 @@ fn slim_finetune_equals_masked_finetune() {
         let base = Model::new(spec.clone(), seed, &Device::Cpu).unwrap();
         warm_bn(&base, seed);
         // A policy that prunes every prunable unit (a random non-zero ratio), random bits.
-        let mut r = ChaCha8Rng::seed_from_u64(seed);
-        let idx: Vec<usize> = space
-            .genes()
-            .iter()
-            .map(|g| match g.kind {
-                seer_policy::GeneKind::Prune if g.candidates.len() > 1 => {
-                    r.random_range(1..g.candidates.len())
-                }
-                _ => r.random_range(0..g.candidates.len()),
-            })
-            .collect();
-        let pol = space.from_indices(&idx).unwrap();
+        let pol = drawn_policy(&space, seed, |g, r| match g.kind {
+            seer_policy::GeneKind::Prune if g.candidates.len() > 1 => {
+                r.random_range(1..g.candidates.len())
+            }
+            _ => r.random_range(0..g.candidates.len()),
+        });
         let cfg = |network| TrainConfig {
             steps: Some(4),
             batch_size: 16,
@@ -883,17 +883,10 @@ fn learned_weight_steps_fold_into_the_weights() {
         let norm = Normalize::new(&[0.2], &[0.3]);
         let base = Model::new(spec.clone(), seed, &Device::Cpu).unwrap();
         warm_bn(&base, seed);
-        // Low bits everywhere (2 and 3), some pruning.
-        let mut r = ChaCha8Rng::seed_from_u64(seed);
-        let idx: Vec<usize> = space
-            .genes()
-            .iter()
-            .map(|g| match g.kind {
-                seer_policy::GeneKind::Prune => r.random_range(0..g.candidates.len().min(2)),
-                _ => r.random_range(0..g.candidates.len().min(2)),
-            })
-            .collect();
-        let pol = space.from_indices(&idx).unwrap();
+        // Low bits everywhere (2 and 3), some pruning (ratios 0 and 0.25).
+        let pol = drawn_policy(&space, seed, |g, r| {
+            r.random_range(0..g.candidates.len().min(2))
+        });
         let run = |weight_quant| {
             let mut m = base.try_clone().unwrap();
             let cfg = TrainConfig {

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use super::budget_args::BudgetArgs;
+use super::net::WeightQuantArg;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use seernet::label::cluster::SlurmSettings;
@@ -107,12 +108,8 @@ pub struct CompressArgs {
     /// full-precision baseline's logits (the default: KL divergence, T = 1; docs/method.md §7).
     #[arg(long)]
     no_final_distill: bool,
-    /// Weight quantizer of labels and final fine-tunes (part of the labelling protocol):
-    /// `max` (step `max|w|/(2^(b-1)-1)` per output channel) or `lsq` (learned steps from a
-    /// least-squares start, folded into the weights; docs/method.md §3, "Learned weight
-    /// steps") [default: max].
-    #[arg(long, value_name = "max|lsq")]
-    weight_quant: Option<seer_nn::train::WeightQuant>,
+    #[command(flatten)]
+    weight_quant: WeightQuantArg,
     /// Labels and final fine-tunes computed side by side, each on its share of the cores (0:
     /// one per core; 1: one after another on every core). The results do not depend on it;
     /// on small networks one fine-tune per core gets through about 1.5x more work
@@ -348,7 +345,7 @@ pub fn run_cmd(a: CompressArgs) -> Result<()> {
     if a.no_final_distill {
         cfg.final_distill = false;
     }
-    cfg.weight_quant = a.weight_quant.unwrap_or(cfg.weight_quant);
+    cfg.weight_quant = a.weight_quant.weight_quant;
     if let Some(k) = a.kappas {
         if let Some(bad) = k.iter().find(|v| !(v.is_finite() && **v >= 0.0)) {
             bail!("--kappas: {bad} is not a finite number ≥ 0");

@@ -10,7 +10,7 @@ use seer_nn::train::FinetuneNetwork;
 use seer_nn::{checkpoint, train};
 use seer_policy::{Policy, SearchSpace};
 
-use super::net::SpaceArgs;
+use super::net::{SpaceArgs, WeightQuantArg};
 use super::nn_util::{device, progress_bar};
 
 /// Arguments of `seernet finetune`.
@@ -47,16 +47,8 @@ pub struct FinetuneArgs {
     /// it; without the flag the masked full-width network is fine-tuned and written.
     #[arg(long)]
     slim: bool,
-    /// Weight quantizer of the fine-tunes: `max` (step `max|w|/(2^(b-1)-1)` per output
-    /// channel) or `lsq` (learned steps from a least-squares start, folded into the weights;
-    /// docs/method.md §3, "Learned weight steps") [default: max].
-    #[arg(
-        long,
-        value_name = "max|lsq",
-        default_value = "max",
-        hide_default_value = true
-    )]
-    weight_quant: seer_nn::train::WeightQuant,
+    #[command(flatten)]
+    weight_quant: WeightQuantArg,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -96,7 +88,7 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
         } else {
             FinetuneNetwork::Masked
         },
-        weight_quant: a.weight_quant,
+        weight_quant: a.weight_quant.weight_quant,
         ..train::TrainConfig::default()
     };
     let pb = progress_bar(a.steps as u64, "finetune");

@@ -11,7 +11,7 @@ use seer_policy::{Policy, SearchSpace};
 use seernet::labeler::{LabelSettings, Labeler};
 use seernet::manifest::Manifest;
 
-use super::net::SpaceArgs;
+use super::net::{SpaceArgs, WeightQuantArg};
 
 /// Arguments of `seernet manifest`.
 #[derive(Args, Debug)]
@@ -46,16 +46,8 @@ pub struct ManifestArgs {
     /// docs/method.md §3) [default: the whole validation split].
     #[arg(long, value_name = "N")]
     val_images: Option<usize>,
-    /// Weight quantizer of the labels' fine-tunes (part of the protocol): `max` (step `max|w|/(2^(b-1)-1)` per output
-    /// channel) or `lsq` (learned steps from a least-squares start, folded into the weights;
-    /// docs/method.md §3, "Learned weight steps") [default: max].
-    #[arg(
-        long,
-        value_name = "max|lsq",
-        default_value = "max",
-        hide_default_value = true
-    )]
-    weight_quant: seer_nn::train::WeightQuant,
+    #[command(flatten)]
+    weight_quant: WeightQuantArg,
     /// Output manifest (JSON lines).
     #[arg(long, value_name = "M.jsonl")]
     out: PathBuf,
@@ -90,7 +82,7 @@ pub fn run(a: ManifestArgs) -> Result<()> {
         lr: a.lr,
         seed: a.seed,
         val_images: a.val_images,
-        weight_quant: a.weight_quant,
+        weight_quant: a.weight_quant.weight_quant,
     };
     let protocol = Labeler::protocol(&a.model, a.dataset.as_deref(), a.space.config()?, settings)?;
     let (model, _) = seer_nn::checkpoint::load(&a.model, None, &candle_core::Device::Cpu)?;

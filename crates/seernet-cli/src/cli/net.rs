@@ -83,6 +83,23 @@ pub fn file_spec(path: &Path) -> Result<NetworkSpec> {
     }
 }
 
+/// The weight quantizer of QAT fine-tunes (labels' and final ones; part of the labelling
+/// protocol).
+#[derive(Args, Clone, Copy, Debug)]
+pub struct WeightQuantArg {
+    /// Weight quantizer of the fine-tunes: `max` (step `max|w|/(2^(b-1)-1)` per output
+    /// channel) or `lsq` (learned steps from a least-squares start, folded into the weights;
+    /// docs/method.md §3, "Learned weight steps"); part of a labelling protocol
+    /// [default: max].
+    #[arg(
+        long = "weight-quant",
+        value_name = "max|lsq",
+        default_value = "max",
+        hide_default_value = true
+    )]
+    pub weight_quant: seer_nn::train::WeightQuant,
+}
+
 /// Search-space options (docs/method.md §1 defaults).
 #[derive(Args, Clone, Debug, Default)]
 pub struct SpaceArgs {
