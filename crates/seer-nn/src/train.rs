@@ -136,7 +136,7 @@ pub enum WeightQuant {
     /// Learned steps (LSQ, Esser et al., ICLR 2020): started at the least-squares clip
     /// ([`seer_kernels::weight_mse_steps`]), trained with the weights, then folded into them
     /// ([`Model::fold_weight_steps`]). At 2 and 3 bits the max range leaves most weights at
-    /// zero; docs/benchmarks.md ("Learned weight steps") has the measurements.
+    /// zero; docs/benchmarks.md ("Main job", session 30) has the measurements.
     Lsq,
 }
 
